@@ -1,0 +1,414 @@
+/*
+ * vnstore_native: batched page codec hot path for vnstore (N-API, C).
+ *
+ * Why this exists: compressing or decoding one 4 KiB page costs a few microseconds, and so does one
+ * trip through a generic N-API binding that allocates a fresh Buffer per page. Batching a whole round
+ * of pages into one call, writing straight into caller-owned memory, removes the per-page overhead.
+ *
+ * liblz4 is bound at run time with dlopen("liblz4.so.1") through its stable entry points (declared
+ * below, because the build machines carry the runtime library but no headers). No lz4 source is part
+ * of this repository. If the library is absent the module's init throws, require() fails, and the
+ * TypeScript layer falls back to its pure-JS codec.
+ *
+ * Stored format (must match src/chunk/codec.ts): a page payload is either Raw (exactly PAGE_SIZE bytes)
+ * or Lz4 (a raw LZ4 block, no size prefix and no frame, 1..PAGE_SIZE-1 bytes, decoding to exactly
+ * PAGE_SIZE bytes).
+ */
+#ifndef NAPI_VERSION
+#define NAPI_VERSION 8
+#endif
+#include <node_api.h>
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PAGE_SIZE 4096u
+#define CODEC_RAW 0u
+#define CODEC_LZ4 1u
+/* Bumped whenever the JS-visible contract of this addon changes; codec.ts refuses other values. */
+#define ADDON_ABI 1
+/* Scratch kept per JS environment for compress output; larger batches use a temporary allocation. */
+#define SCRATCH_KEEP_MAX (64u * 1024u * 1024u)
+
+/* liblz4 prototypes (lz4.h, stable since lz4 r1xx / 1.7). */
+typedef int (*lz4_compress_default_fn)(const char *src, char *dst, int src_size, int dst_capacity);
+typedef int (*lz4_decompress_safe_fn)(const char *src, char *dst, int compressed_size, int dst_capacity);
+typedef int (*lz4_version_number_fn)(void);
+
+static pthread_once_t g_lz4_once = PTHREAD_ONCE_INIT;
+static lz4_compress_default_fn g_lz4_compress;
+static lz4_decompress_safe_fn g_lz4_decompress;
+static int g_lz4_version;
+static char g_lz4_error[512];
+
+static void lz4_load(void) {
+  /* Test hook: VNSTORE_LZ4_SONAME may name another soname (never a path) to exercise the failure
+   * path, e.g. "liblz4.so.999". Rejecting '/' keeps dlopen on the system search path. */
+  const char *soname = getenv("VNSTORE_LZ4_SONAME");
+  if (soname == NULL || soname[0] == '\0') soname = "liblz4.so.1";
+  if (strchr(soname, '/') != NULL) {
+    snprintf(g_lz4_error, sizeof g_lz4_error, "VNSTORE_LZ4_SONAME must be a soname, not a path");
+    return;
+  }
+  void *handle = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
+  if (handle == NULL) {
+    const char *why = dlerror();
+    snprintf(g_lz4_error, sizeof g_lz4_error, "dlopen(%s) failed: %s", soname, why ? why : "unknown");
+    return;
+  }
+  /* dlsym returns void*; going through a union avoids the ISO C object/function pointer warning. */
+  union { void *p; lz4_compress_default_fn f; } c = { dlsym(handle, "LZ4_compress_default") };
+  union { void *p; lz4_decompress_safe_fn f; } d = { dlsym(handle, "LZ4_decompress_safe") };
+  union { void *p; lz4_version_number_fn f; } v = { dlsym(handle, "LZ4_versionNumber") };
+  if (c.p == NULL || d.p == NULL) {
+    snprintf(g_lz4_error, sizeof g_lz4_error, "%s lacks LZ4_compress_default/LZ4_decompress_safe", soname);
+    dlclose(handle);
+    return;
+  }
+  g_lz4_version = v.p != NULL ? v.f() : 0;
+  g_lz4_decompress = d.f;
+  g_lz4_compress = c.f; /* set last: it is the "loaded" flag */
+  /* The handle stays open for the life of the process. */
+}
+
+/* ---------- per-environment state ---------- */
+
+typedef struct {
+  uint8_t *scratch;
+  size_t scratch_cap;
+} instance_t;
+
+static void instance_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  instance_t *inst = (instance_t *)data;
+  if (inst != NULL) {
+    free(inst->scratch);
+    free(inst);
+  }
+}
+
+/* ---------- error helpers ---------- */
+
+#define NAPI_OK(call)                                                                   \
+  do {                                                                                  \
+    if ((call) != napi_ok) {                                                            \
+      bool pending_ = false;                                                            \
+      napi_is_exception_pending(env, &pending_);                                        \
+      if (!pending_) napi_throw_error(env, "E_NAPI", "N-API call failed: " #call);     \
+      return NULL;                                                                      \
+    }                                                                                   \
+  } while (0)
+
+static napi_value throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+  return NULL;
+}
+
+static napi_value throw_range(napi_env env, const char *msg) {
+  napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
+  return NULL;
+}
+
+static napi_value throw_codec(napi_env env, const char *msg) {
+  napi_throw_error(env, "E_CODEC", msg);
+  return NULL;
+}
+
+/* Reads a typed array argument of the wanted element type. Returns 0 on success. */
+static int get_typed(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *length) {
+  bool is_ta = false;
+  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta) return -1;
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t byte_offset;
+  if (napi_get_typedarray_info(env, v, &type, length, data, &ab, &byte_offset) != napi_ok) return -1;
+  if (type != want) return -1;
+  if (*length == 0) *data = NULL; /* detached or empty: never dereferenced */
+  return 0;
+}
+
+/* Reads a non-negative integral number that fits a size_t. Returns 0 on success. */
+static int get_index(napi_env env, napi_value v, size_t *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok) return -1;
+  if (!(d >= 0) || d != floor(d) || d > 9007199254740991.0) return -1;
+  *out = (size_t)d;
+  return 0;
+}
+
+/* ---------- page primitives ---------- */
+
+/* Decodes one payload into exactly PAGE_SIZE bytes at dst. Returns NULL or a static reason. */
+static const char *decode_one(const uint8_t *payload, size_t len, uint32_t codec, uint8_t *dst,
+                              int *decoded) {
+  *decoded = -1;
+  if (codec == CODEC_RAW) {
+    if (len != PAGE_SIZE) return "raw payload length is not PAGE_SIZE";
+    memcpy(dst, payload, PAGE_SIZE);
+    return NULL;
+  }
+  if (codec == CODEC_LZ4) {
+    /* The encoders only store Lz4 when it is strictly smaller than the page. */
+    if (len == 0 || len >= PAGE_SIZE) return "lz4 payload length out of range";
+    /* LZ4_decompress_safe never writes past dst_capacity and never reads past len. */
+    int r = g_lz4_decompress((const char *)payload, (char *)dst, (int)len, (int)PAGE_SIZE);
+    *decoded = r;
+    if (r < 0) return "malformed lz4 block";
+    if ((unsigned)r != PAGE_SIZE) return "lz4 block does not decode to PAGE_SIZE bytes";
+    return NULL;
+  }
+  return "unknown codec";
+}
+
+/* All-zero test with early exit: most non-zero pages differ in the first block. */
+static int page_is_zero(const uint8_t *p) {
+  for (size_t off = 0; off < PAGE_SIZE; off += 256) {
+    uint64_t acc = 0;
+    for (size_t i = 0; i < 256; i += 8) {
+      uint64_t w;
+      memcpy(&w, p + off + i, 8); /* unaligned-safe; compiles to plain loads */
+      acc |= w;
+    }
+    if (acc != 0) return 0;
+  }
+  return 1;
+}
+
+/* ---------- exported functions ---------- */
+
+/* compressPages(src: Uint8Array, offsets: Uint32Array | Float64Array, lengths: Uint32Array,
+ *               codecs: Uint8Array): Buffer
+ * Page i is src[offsets[i], offsets[i]+PAGE_SIZE). Fills lengths[i]/codecs[i]; returns the
+ * concatenated payloads. */
+static napi_value js_compress_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  instance_t *inst = NULL;
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  NAPI_OK(napi_get_instance_data(env, (void **)&inst));
+  if (argc < 4) return throw_type(env, "compressPages(src, offsets, lengths, codecs)");
+
+  uint8_t *src;
+  size_t src_len;
+  if (get_typed(env, argv[0], napi_uint8_array, (void **)&src, &src_len) != 0)
+    return throw_type(env, "src must be a Uint8Array");
+
+  void *offsets;
+  size_t n;
+  int offsets_f64 = 0;
+  if (get_typed(env, argv[1], napi_uint32_array, &offsets, &n) != 0) {
+    if (get_typed(env, argv[1], napi_float64_array, &offsets, &n) != 0)
+      return throw_type(env, "offsets must be a Uint32Array or Float64Array");
+    offsets_f64 = 1;
+  }
+  uint32_t *lengths;
+  size_t n_len;
+  if (get_typed(env, argv[2], napi_uint32_array, (void **)&lengths, &n_len) != 0 || n_len != n)
+    return throw_type(env, "lengths must be a Uint32Array with one element per offset");
+  uint8_t *codecs;
+  size_t n_codecs;
+  if (get_typed(env, argv[3], napi_uint8_array, (void **)&codecs, &n_codecs) != 0 || n_codecs != n)
+    return throw_type(env, "codecs must be a Uint8Array with one element per offset");
+
+  /* Validate every offset before touching memory, so a bad batch has no side effects. */
+  for (size_t i = 0; i < n; i++) {
+    double off = offsets_f64 ? ((const double *)offsets)[i] : (double)((const uint32_t *)offsets)[i];
+    if (!(off >= 0) || off != floor(off) || off + PAGE_SIZE > (double)src_len)
+      return throw_range(env, "page offset out of range of src");
+  }
+
+  if (n > SIZE_MAX / PAGE_SIZE) return throw_range(env, "batch too large");
+  size_t need = n * PAGE_SIZE;
+  uint8_t *out;
+  int temporary = 0;
+  if (need <= inst->scratch_cap) {
+    out = inst->scratch;
+  } else if (need <= SCRATCH_KEEP_MAX) {
+    uint8_t *grown = (uint8_t *)realloc(inst->scratch, need);
+    if (grown == NULL) return throw_range(env, "out of memory for compress scratch");
+    inst->scratch = grown;
+    inst->scratch_cap = need;
+    out = grown;
+  } else {
+    out = (uint8_t *)malloc(need);
+    if (out == NULL) return throw_range(env, "out of memory for compress scratch");
+    temporary = 1;
+  }
+
+  size_t pos = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t off = offsets_f64 ? (size_t)((const double *)offsets)[i] : (size_t)((const uint32_t *)offsets)[i];
+    const uint8_t *page = src + off;
+    /* Capacity PAGE_SIZE-1: LZ4 gives up (returns 0) as soon as the page cannot get smaller. */
+    int r = g_lz4_compress((const char *)page, (char *)(out + pos), (int)PAGE_SIZE, (int)PAGE_SIZE - 1);
+    if (r > 0) {
+      codecs[i] = CODEC_LZ4;
+      lengths[i] = (uint32_t)r;
+      pos += (size_t)r;
+    } else {
+      memcpy(out + pos, page, PAGE_SIZE);
+      codecs[i] = CODEC_RAW;
+      lengths[i] = PAGE_SIZE;
+      pos += PAGE_SIZE;
+    }
+  }
+
+  napi_value result;
+  void *copy_data;
+  static const uint8_t empty = 0; /* out may be NULL for an empty batch */
+  napi_status st = napi_create_buffer_copy(env, pos, pos > 0 ? (const void *)out : (const void *)&empty,
+                                           &copy_data, &result);
+  if (temporary) free(out);
+  if (st != napi_ok) return throw_range(env, "cannot allocate payload buffer");
+  return result;
+}
+
+/* decodePage(payload: Uint8Array, codec: number, dst: Uint8Array, dstOffset: number): void */
+static napi_value js_decode_page(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4) return throw_type(env, "decodePage(payload, codec, dst, dstOffset)");
+  uint8_t *payload;
+  size_t len;
+  if (get_typed(env, argv[0], napi_uint8_array, (void **)&payload, &len) != 0)
+    return throw_type(env, "payload must be a Uint8Array");
+  uint32_t codec;
+  if (napi_get_value_uint32(env, argv[1], &codec) != napi_ok) return throw_type(env, "codec must be a number");
+  uint8_t *dst;
+  size_t dst_len;
+  if (get_typed(env, argv[2], napi_uint8_array, (void **)&dst, &dst_len) != 0)
+    return throw_type(env, "dst must be a Uint8Array");
+  size_t dst_off;
+  if (get_index(env, argv[3], &dst_off) != 0 || dst_off > dst_len || dst_len - dst_off < PAGE_SIZE)
+    return throw_range(env, "dstOffset out of range: need PAGE_SIZE bytes at dst[dstOffset]");
+
+  int decoded;
+  const char *why = decode_one(payload, len, codec, dst + dst_off, &decoded);
+  if (why != NULL) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s (codec %u, payload %zu bytes, decoded %d)", why, codec, len, decoded);
+    return throw_codec(env, msg);
+  }
+  return NULL; /* undefined */
+}
+
+/* decodePages(payload: Uint8Array, lengths: Uint32Array, codecs: Uint8Array, dst: Uint8Array,
+ *             dstOffset: number): void
+ * Payloads are concatenated in order; page i lands at dst[dstOffset + i*PAGE_SIZE]. */
+static napi_value js_decode_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) return throw_type(env, "decodePages(payload, lengths, codecs, dst, dstOffset)");
+  uint8_t *payload;
+  size_t payload_len;
+  if (get_typed(env, argv[0], napi_uint8_array, (void **)&payload, &payload_len) != 0)
+    return throw_type(env, "payload must be a Uint8Array");
+  uint32_t *lengths;
+  size_t n;
+  if (get_typed(env, argv[1], napi_uint32_array, (void **)&lengths, &n) != 0)
+    return throw_type(env, "lengths must be a Uint32Array");
+  uint8_t *codecs;
+  size_t n_codecs;
+  if (get_typed(env, argv[2], napi_uint8_array, (void **)&codecs, &n_codecs) != 0 || n_codecs != n)
+    return throw_type(env, "codecs must be a Uint8Array with one element per length");
+  uint8_t *dst;
+  size_t dst_len;
+  if (get_typed(env, argv[3], napi_uint8_array, (void **)&dst, &dst_len) != 0)
+    return throw_type(env, "dst must be a Uint8Array");
+  size_t dst_off;
+  if (get_index(env, argv[4], &dst_off) != 0 || dst_off > dst_len || n > (dst_len - dst_off) / PAGE_SIZE)
+    return throw_range(env, "dst too small: need lengths.length * PAGE_SIZE bytes at dst[dstOffset]");
+
+  /* The lengths must tile the payload exactly; anything else is a corrupt table. */
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; i++) total += lengths[i];
+  if (total != (uint64_t)payload_len) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "payload is %zu bytes but lengths sum to %llu", payload_len,
+             (unsigned long long)total);
+    return throw_codec(env, msg);
+  }
+
+  size_t pos = 0;
+  for (size_t i = 0; i < n; i++) {
+    int decoded;
+    const char *why = decode_one(payload + pos, lengths[i], codecs[i], dst + dst_off + i * PAGE_SIZE, &decoded);
+    if (why != NULL) {
+      char msg[192];
+      snprintf(msg, sizeof msg, "page %zu of batch: %s (codec %u, payload %u bytes, decoded %d)", i, why,
+               (unsigned)codecs[i], lengths[i], decoded);
+      return throw_codec(env, msg);
+    }
+    pos += lengths[i];
+  }
+  return NULL;
+}
+
+/* zeroMask(src: Uint8Array, count: number): Uint8Array — mask[i] = 1 when page i (at i*PAGE_SIZE)
+ * is all zero. */
+static napi_value js_zero_mask(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2) return throw_type(env, "zeroMask(src, count)");
+  uint8_t *src;
+  size_t src_len;
+  if (get_typed(env, argv[0], napi_uint8_array, (void **)&src, &src_len) != 0)
+    return throw_type(env, "src must be a Uint8Array");
+  size_t count;
+  if (get_index(env, argv[1], &count) != 0 || count > src_len / PAGE_SIZE)
+    return throw_range(env, "count out of range: src must hold count * PAGE_SIZE bytes");
+
+  napi_value ab, mask;
+  void *mask_data;
+  NAPI_OK(napi_create_arraybuffer(env, count, &mask_data, &ab));
+  uint8_t *m = (uint8_t *)mask_data;
+  for (size_t i = 0; i < count; i++) m[i] = (uint8_t)page_is_zero(src + i * PAGE_SIZE);
+  NAPI_OK(napi_create_typedarray(env, napi_uint8_array, count, ab, 0, &mask));
+  return mask;
+}
+
+NAPI_MODULE_INIT() {
+  pthread_once(&g_lz4_once, lz4_load);
+  if (g_lz4_compress == NULL) {
+    /* Fail the require() cleanly; codec.ts then falls back to the JS codec. */
+    napi_throw_error(env, "E_NATIVE_UNAVAILABLE", g_lz4_error[0] ? g_lz4_error : "liblz4 unavailable");
+    return NULL;
+  }
+
+  instance_t *inst = (instance_t *)calloc(1, sizeof *inst);
+  if (inst == NULL) {
+    napi_throw_error(env, "E_NATIVE_UNAVAILABLE", "out of memory");
+    return NULL;
+  }
+  if (napi_set_instance_data(env, inst, instance_finalize, NULL) != napi_ok) {
+    free(inst);
+    napi_throw_error(env, "E_NATIVE_UNAVAILABLE", "napi_set_instance_data failed");
+    return NULL;
+  }
+
+  napi_value abi, page_size, lz4_version;
+  NAPI_OK(napi_create_int32(env, ADDON_ABI, &abi));
+  NAPI_OK(napi_create_uint32(env, PAGE_SIZE, &page_size));
+  NAPI_OK(napi_create_int32(env, g_lz4_version, &lz4_version));
+  napi_property_descriptor props[] = {
+      {"compressPages", NULL, js_compress_pages, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"decodePage", NULL, js_decode_page, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"decodePages", NULL, js_decode_pages, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"zeroMask", NULL, js_zero_mask, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"abi", NULL, NULL, NULL, NULL, abi, napi_enumerable, NULL},
+      {"pageSize", NULL, NULL, NULL, NULL, page_size, napi_enumerable, NULL},
+      {"lz4Version", NULL, NULL, NULL, NULL, lz4_version, napi_enumerable, NULL},
+  };
+  NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  return exports;
+}

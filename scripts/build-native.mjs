@@ -1,0 +1,91 @@
+#!/usr/bin/env node
+// Builds the optional native page codec (native/ -> native/build/Release/vnstore_native.node).
+// Run by the package's "install" script. It never fails the install: without the addon, vnstore uses
+// its TypeScript codec (src/chunk/codec.ts), so on any problem we print one warning line and exit 0.
+// The full node-gyp output goes to native/build/build-native.log.
+//
+// Env: VNSTORE_SKIP_NATIVE=1 skips the build.
+import { spawnSync } from 'node:child_process';
+import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const nativeDir = path.join(root, 'native');
+const buildDir = path.join(nativeDir, 'build');
+const addon = path.join(buildDir, 'Release', 'vnstore_native.node');
+const logFile = path.join(buildDir, 'build-native.log');
+const rel = (p) => path.relative(root, p);
+
+function warn(reason) {
+  console.warn(`vnstore: native addon not available (${reason}); using the TypeScript codec. See ${rel(logFile)}`);
+  process.exit(0);
+}
+
+function writeLog(text) {
+  try {
+    mkdirSync(buildDir, { recursive: true });
+    writeFileSync(logFile, text);
+  } catch {
+    // Logging is best effort; the warning line still tells the user what happened.
+  }
+}
+
+function appendLog(text) {
+  try {
+    appendFileSync(logFile, text);
+  } catch {
+    // best effort, as above
+  }
+}
+
+/** node-gyp: npm exports its bundled copy to scripts; otherwise look beside npm or node. */
+function findNodeGyp() {
+  const candidates = [
+    process.env.npm_config_node_gyp,
+    process.env.npm_execpath && path.join(path.dirname(process.env.npm_execpath), '..', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+    path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+    path.join(root, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+  ];
+  return candidates.find((c) => c && existsSync(c));
+}
+
+/** Headers: prefer what npm configured, else the running node's own install prefix (no download). */
+function findNodeDir() {
+  if (process.env.npm_config_nodedir) return process.env.npm_config_nodedir;
+  const prefix = path.resolve(path.dirname(process.execPath), '..');
+  return existsSync(path.join(prefix, 'include', 'node', 'node_api.h')) ? prefix : undefined;
+}
+
+if (process.env.VNSTORE_SKIP_NATIVE === '1') {
+  console.warn('vnstore: VNSTORE_SKIP_NATIVE=1, native addon not built; using the TypeScript codec');
+  process.exit(0);
+}
+
+const gyp = findNodeGyp();
+if (!gyp) {
+  writeLog('node-gyp not found (npm_config_node_gyp unset and no bundled copy beside npm/node)\n');
+  warn('node-gyp not found');
+}
+const nodedir = findNodeDir();
+const args = [gyp, 'rebuild', '--release', `--directory=${nativeDir}`];
+if (nodedir) args.push(`--nodedir=${nodedir}`);
+
+const res = spawnSync(process.execPath, args, { cwd: nativeDir, encoding: 'utf8', timeout: 300_000 });
+writeLog(`$ ${process.execPath} ${args.join(' ')}\n\n${res.stdout ?? ''}\n${res.stderr ?? ''}\n${res.error ? String(res.error) : ''}\n`);
+if (res.error) warn(`node-gyp did not run: ${res.error.message}`);
+if (res.status !== 0) warn(`node-gyp exited with status ${res.status ?? res.signal}`);
+if (!existsSync(addon)) warn(`build produced no ${rel(addon)}`);
+
+// Built: check it also loads here (it needs liblz4.so.1 at run time), so the message is accurate.
+try {
+  const b = createRequire(import.meta.url)(addon);
+  const v = b.lz4Version;
+  console.log(
+    `vnstore: native addon built (${rel(addon)}, liblz4 ${Math.floor(v / 10000)}.${Math.floor(v / 100) % 100}.${v % 100})`,
+  );
+} catch (err) {
+  appendLog(`built, but loading failed: ${err && err.stack ? err.stack : String(err)}\n`);
+  warn(`built but does not load: ${err && err.message ? err.message : String(err)}`);
+}

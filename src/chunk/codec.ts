@@ -1,0 +1,347 @@
+/**
+ * Page codec: compress and decode 4 KiB guest pages, with a native batched hot path (native/, binds
+ * the system liblz4) and a pure-TypeScript fallback (lz4-napi). Both read and write the same bytes.
+ *
+ * Stored payload format (on disk, see docs/FORMAT.md):
+ *  - ChunkCodec.Raw: exactly PAGE_SIZE bytes, the page itself.
+ *  - ChunkCodec.Lz4: a raw LZ4 block (no size prefix, no frame header), 1..PAGE_SIZE-1 bytes, that
+ *    decodes to exactly PAGE_SIZE bytes. The raw size is implied by the page size, so no prefix.
+ * Encoders choose Lz4 only when it is strictly smaller than the page; decoders reject anything else.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { compressSync, uncompressSync } from 'lz4-napi';
+
+export const PAGE_SIZE = 4096;
+
+/** Per-payload codec as stored on disk. Never renumber. */
+export enum ChunkCodec {
+  Raw = 0,
+  Lz4 = 1,
+}
+
+export interface CompressedPages {
+  /** Concatenated payloads, in input order. */
+  payload: Buffer;
+  /** Byte length of each payload. */
+  lengths: Uint32Array;
+  /** ChunkCodec of each payload (Raw when LZ4 does not make the page smaller). */
+  codecs: Uint8Array;
+}
+
+export interface PageCodec {
+  readonly kind: 'native' | 'js';
+  /** Compress pages; page i is src[offsets[i], offsets[i]+PAGE_SIZE). Throws RangeError on a bad offset. */
+  compressPages(src: Uint8Array, offsets: ArrayLike<number>): CompressedPages;
+  /**
+   * Decode one stored payload into exactly PAGE_SIZE bytes at dst[dstOffset..]. Throws CodecError on
+   * malformed/short/long output (the destination page's contents are then unspecified; bytes outside
+   * it are never touched). Throws RangeError if dst lacks PAGE_SIZE bytes at dstOffset.
+   */
+  decodePage(payload: Uint8Array, codec: ChunkCodec, dst: Uint8Array, dstOffset: number): void;
+  /**
+   * Batch decode: payload is the concatenation of lengths.length payloads (as compressPages returns);
+   * page i lands at dst[dstOffset + i*PAGE_SIZE]. The lengths must sum to payload.length exactly.
+   * Same error rules as decodePage; the message names the failing page of the batch.
+   */
+  decodePages(
+    payload: Uint8Array,
+    lengths: ArrayLike<number>,
+    codecs: ArrayLike<number>,
+    dst: Uint8Array,
+    dstOffset?: number,
+  ): void;
+  /** mask[i] = 1 when page i of src (at i*PAGE_SIZE) is all zero, else 0. src must hold count pages. */
+  zeroMask(src: Uint8Array, count: number): Uint8Array;
+}
+
+export class CodecError extends Error {
+  readonly code = 'E_CODEC';
+  override readonly name = 'CodecError';
+}
+
+/** Thrown by getCodec('native') when the addon cannot be used; 'auto' falls back instead. */
+export class NativeUnavailableError extends Error {
+  readonly code = 'E_NATIVE_UNAVAILABLE';
+  override readonly name = 'NativeUnavailableError';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared argument checks (both codecs must reject the same inputs the same way).
+
+function checkOffset(src: Uint8Array, off: number): void {
+  if (!Number.isInteger(off) || off < 0 || off + PAGE_SIZE > src.length) {
+    throw new RangeError(`page offset ${off} out of range of src (${src.length} bytes)`);
+  }
+}
+
+function checkDst(dst: Uint8Array, dstOffset: number, pages: number): void {
+  if (!Number.isInteger(dstOffset) || dstOffset < 0 || dstOffset + pages * PAGE_SIZE > dst.length) {
+    throw new RangeError(
+      `dst too small: need ${pages * PAGE_SIZE} bytes at offset ${dstOffset}, dst has ${dst.length}`,
+    );
+  }
+}
+
+function checkCount(src: Uint8Array, count: number): void {
+  if (!Number.isInteger(count) || count < 0 || count * PAGE_SIZE > src.length) {
+    throw new RangeError(`count ${count} out of range: src holds ${Math.floor(src.length / PAGE_SIZE)} pages`);
+  }
+}
+
+function asBuffer(a: Uint8Array): Buffer {
+  return Buffer.isBuffer(a) ? a : Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure-TypeScript codec (lz4-napi, i.e. lz4_flex). lz4-napi's block API prepends / expects a 4-byte
+// little-endian uncompressed size; the stored format has none, so we strip and re-add it here.
+
+const LZ4_NAPI_PREFIX = 4;
+const ZERO_PAGE = Buffer.alloc(PAGE_SIZE);
+
+class JsPageCodec implements PageCodec {
+  readonly kind = 'js' as const;
+  /** Reused framing buffer for decode: [u32le PAGE_SIZE][block]. Safe: uncompressSync is synchronous. */
+  private readonly framed = Buffer.alloc(LZ4_NAPI_PREFIX + PAGE_SIZE);
+
+  constructor() {
+    this.framed.writeUInt32LE(PAGE_SIZE, 0);
+  }
+
+  compressPages(src: Uint8Array, offsets: ArrayLike<number>): CompressedPages {
+    const n = offsets.length;
+    for (let i = 0; i < n; i++) checkOffset(src, offsets[i]);
+    const lengths = new Uint32Array(n);
+    const codecs = new Uint8Array(n);
+    const parts: Buffer[] = new Array<Buffer>(n);
+    let total = 0;
+    for (let i = 0; i < n; i++) {
+      const page = Buffer.from(src.buffer, src.byteOffset + offsets[i], PAGE_SIZE);
+      const framed = compressSync(page);
+      const blockLen = framed.length - LZ4_NAPI_PREFIX;
+      if (blockLen < PAGE_SIZE) {
+        parts[i] = framed.subarray(LZ4_NAPI_PREFIX);
+        codecs[i] = ChunkCodec.Lz4;
+        lengths[i] = blockLen;
+      } else {
+        parts[i] = page;
+        codecs[i] = ChunkCodec.Raw;
+        lengths[i] = PAGE_SIZE;
+      }
+      total += lengths[i];
+    }
+    // Buffer.concat copies, so the result never aliases src.
+    return { payload: Buffer.concat(parts, total), lengths, codecs };
+  }
+
+  decodePage(payload: Uint8Array, codec: ChunkCodec, dst: Uint8Array, dstOffset: number): void {
+    checkDst(dst, dstOffset, 1);
+    this.decodeInto(payload, codec, dst, dstOffset, '');
+  }
+
+  decodePages(
+    payload: Uint8Array,
+    lengths: ArrayLike<number>,
+    codecs: ArrayLike<number>,
+    dst: Uint8Array,
+    dstOffset = 0,
+  ): void {
+    const n = lengths.length;
+    if (codecs.length !== n) throw new TypeError('codecs must have one element per length');
+    checkDst(dst, dstOffset, n);
+    let total = 0;
+    for (let i = 0; i < n; i++) total += lengths[i];
+    if (total !== payload.length) {
+      throw new CodecError(`payload is ${payload.length} bytes but lengths sum to ${total}`);
+    }
+    let pos = 0;
+    for (let i = 0; i < n; i++) {
+      const len = lengths[i];
+      const one = payload.subarray(pos, pos + len);
+      this.decodeInto(one, codecs[i], dst, dstOffset + i * PAGE_SIZE, `page ${i} of batch: `);
+      pos += len;
+    }
+  }
+
+  zeroMask(src: Uint8Array, count: number): Uint8Array {
+    checkCount(src, count);
+    const buf = asBuffer(src);
+    const mask = new Uint8Array(count);
+    // Buffer#compare with ranges is a memcmp without allocating a view per page.
+    for (let i = 0; i < count; i++) {
+      const off = i * PAGE_SIZE;
+      mask[i] = buf.compare(ZERO_PAGE, 0, PAGE_SIZE, off, off + PAGE_SIZE) === 0 ? 1 : 0;
+    }
+    return mask;
+  }
+
+  private decodeInto(payload: Uint8Array, codec: number, dst: Uint8Array, dstOffset: number, where: string): void {
+    const len = payload.length;
+    if (codec === ChunkCodec.Raw) {
+      if (len !== PAGE_SIZE) throw new CodecError(`${where}raw payload length is ${len}, not ${PAGE_SIZE}`);
+      dst.set(payload, dstOffset);
+      return;
+    }
+    if (codec === ChunkCodec.Lz4) {
+      if (len === 0 || len >= PAGE_SIZE) throw new CodecError(`${where}lz4 payload length ${len} out of range`);
+      this.framed.set(payload, LZ4_NAPI_PREFIX);
+      let out: Buffer;
+      try {
+        out = uncompressSync(this.framed.subarray(0, LZ4_NAPI_PREFIX + len));
+      } catch (err) {
+        throw new CodecError(`${where}malformed lz4 block (${len} bytes)`, { cause: err });
+      }
+      if (out.length !== PAGE_SIZE) {
+        throw new CodecError(`${where}lz4 block decodes to ${out.length} bytes, not ${PAGE_SIZE}`);
+      }
+      dst.set(out, dstOffset);
+      return;
+    }
+    throw new CodecError(`${where}unknown codec ${codec}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Native codec: thin wrapper over native/ (one N-API call per batch). Argument errors are thrown as
+// RangeError/TypeError by the addon; codec errors carry code E_CODEC and are re-thrown as CodecError
+// so that callers can rely on instanceof.
+
+/** The addon's exports (native/src/vnstore_native.c), ABI 1. */
+interface NativeBinding {
+  readonly abi: number;
+  readonly pageSize: number;
+  readonly lz4Version: number;
+  compressPages(src: Uint8Array, offsets: Uint32Array | Float64Array, lengths: Uint32Array, codecs: Uint8Array): Buffer;
+  decodePage(payload: Uint8Array, codec: number, dst: Uint8Array, dstOffset: number): void;
+  decodePages(payload: Uint8Array, lengths: Uint32Array, codecs: Uint8Array, dst: Uint8Array, dstOffset: number): void;
+  zeroMask(src: Uint8Array, count: number): Uint8Array;
+}
+
+const NATIVE_ABI = 1;
+
+function rethrow(err: unknown): never {
+  if (err instanceof Error && (err as NodeJS.ErrnoException).code === 'E_CODEC') {
+    throw new CodecError(err.message, { cause: err });
+  }
+  throw err;
+}
+
+class NativePageCodec implements PageCodec {
+  readonly kind = 'native' as const;
+  constructor(private readonly b: NativeBinding) {}
+
+  compressPages(src: Uint8Array, offsets: ArrayLike<number>): CompressedPages {
+    const n = offsets.length;
+    // The addon reads offsets as Uint32Array or Float64Array; anything else is copied once.
+    const offs = offsets instanceof Uint32Array || offsets instanceof Float64Array ? offsets : Float64Array.from(offsets);
+    const lengths = new Uint32Array(n);
+    const codecs = new Uint8Array(n);
+    const payload = this.b.compressPages(src, offs, lengths, codecs);
+    return { payload, lengths, codecs };
+  }
+
+  decodePage(payload: Uint8Array, codec: ChunkCodec, dst: Uint8Array, dstOffset: number): void {
+    try {
+      this.b.decodePage(payload, codec, dst, dstOffset);
+    } catch (err) {
+      rethrow(err);
+    }
+  }
+
+  decodePages(
+    payload: Uint8Array,
+    lengths: ArrayLike<number>,
+    codecs: ArrayLike<number>,
+    dst: Uint8Array,
+    dstOffset = 0,
+  ): void {
+    const lens = lengths instanceof Uint32Array ? lengths : Uint32Array.from(lengths);
+    const cods = codecs instanceof Uint8Array ? codecs : Uint8Array.from(codecs);
+    try {
+      this.b.decodePages(payload, lens, cods, dst, dstOffset);
+    } catch (err) {
+      rethrow(err);
+    }
+  }
+
+  zeroMask(src: Uint8Array, count: number): Uint8Array {
+    return this.b.zeroMask(src, count);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and selection.
+
+const ADDON_PATH = fileURLToPath(new URL('../../native/build/Release/vnstore_native.node', import.meta.url));
+
+let jsCodec: JsPageCodec | undefined;
+let nativeCodec: NativePageCodec | null | undefined; // undefined = not tried, null = unavailable
+let nativeError: Error | undefined;
+let nativeLz4Version = 0;
+
+function loadNative(): NativePageCodec | null {
+  if (nativeCodec !== undefined) return nativeCodec;
+  try {
+    const requireNative = createRequire(import.meta.url);
+    const b = requireNative(ADDON_PATH) as NativeBinding;
+    if (b.abi !== NATIVE_ABI || b.pageSize !== PAGE_SIZE) {
+      throw new Error(`addon ABI ${String(b.abi)} / page ${String(b.pageSize)}, want ${NATIVE_ABI} / ${PAGE_SIZE}: rebuild it`);
+    }
+    const codec = new NativePageCodec(b);
+    selfTest(codec);
+    nativeCodec = codec;
+    nativeLz4Version = b.lz4Version;
+  } catch (err) {
+    nativeError = err instanceof Error ? err : new Error(String(err));
+    nativeCodec = null;
+  }
+  return nativeCodec;
+}
+
+/** A compressible and an incompressible page must round-trip before we trust the addon with data. */
+function selfTest(codec: PageCodec): void {
+  const src = new Uint8Array(2 * PAGE_SIZE);
+  for (let i = 0; i < PAGE_SIZE; i++) src[i] = (i * 7) & 0x3f;
+  let x = 0x9e3779b9;
+  for (let i = PAGE_SIZE; i < 2 * PAGE_SIZE; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    src[i] = x & 0xff;
+  }
+  const c = codec.compressPages(src, [0, PAGE_SIZE]);
+  if (c.codecs[0] !== ChunkCodec.Lz4 || c.codecs[1] !== ChunkCodec.Raw) throw new Error('native self-test: codec choice');
+  const out = new Uint8Array(2 * PAGE_SIZE);
+  codec.decodePages(c.payload, c.lengths, c.codecs, out, 0);
+  if (!asBuffer(out).equals(asBuffer(src))) throw new Error('native self-test: round trip mismatch');
+}
+
+/**
+ * Cached codec. 'auto' (default) = native when it loads, else js; env VNSTORE_NATIVE=0 makes 'auto'
+ * pick js. An explicit 'native' ignores the env and throws NativeUnavailableError if the addon is
+ * missing (tests and benchmarks use it to compare both paths).
+ */
+export function getCodec(prefer: 'native' | 'js' | 'auto' = 'auto'): PageCodec {
+  if (prefer === 'native') {
+    const n = loadNative();
+    if (n === null) {
+      throw new NativeUnavailableError(`native page codec unavailable: ${nativeError?.message ?? 'unknown'}`, {
+        cause: nativeError,
+      });
+    }
+    return n;
+  }
+  if (prefer === 'auto' && process.env.VNSTORE_NATIVE !== '0') {
+    const n = loadNative();
+    if (n !== null) return n;
+  }
+  jsCodec ??= new JsPageCodec();
+  return jsCodec;
+}
+
+/** Diagnostics (e.g. for `vnstore stats`/doctor): whether the addon loaded, and why not. */
+export function nativeCodecStatus(): { loaded: boolean; lz4Version?: number; error?: string } {
+  const n = loadNative();
+  return n !== null ? { loaded: true, lz4Version: nativeLz4Version } : { loaded: false, error: nativeError?.message };
+}

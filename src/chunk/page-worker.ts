@@ -1,0 +1,28 @@
+/** Worker thread entry: runs page jobs and hands big buffers back by transfer, not copy. */
+import { parentPort } from 'node:worker_threads';
+import { runDecodeJob, runHashJob, type DecodeJob, type HashJob } from './page-jobs.js';
+
+parentPort?.on('message', (msg: { id: number; job: HashJob | DecodeJob }) => {
+  try {
+    if (msg.job.kind === 'hash') {
+      const r = runHashJob(msg.job);
+      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.pages, r.digests, r.status, r.payload]));
+    } else {
+      const r = runDecodeJob(msg.job);
+      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out]));
+    }
+  } catch (err) {
+    parentPort!.postMessage({ id: msg.id, error: err instanceof Error ? err.message : String(err) });
+  }
+});
+
+function transferables(arrays: Uint8Array[]): ArrayBuffer[] {
+  const out: ArrayBuffer[] = [];
+  for (const a of arrays) {
+    // Only whole, unshared buffers can move; pooled or shared ones are copied by structured clone.
+    if (a.buffer instanceof ArrayBuffer && a.byteOffset === 0 && a.byteLength === a.buffer.byteLength && !out.includes(a.buffer)) {
+      out.push(a.buffer);
+    }
+  }
+  return out;
+}

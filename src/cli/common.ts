@@ -1,0 +1,91 @@
+/** Shared CLI plumbing: store location, error reporting, human units, progress. */
+import path from 'node:path';
+import { Option, type Command } from 'commander';
+import { SingleBar } from 'cli-progress';
+import { Store, type OpenOptions } from '../store/store.js';
+import { VnstoreError } from '../util/errors.js';
+
+export const DEFAULT_STORE_DIR = 'vnstore-data';
+
+export function storeOption(): Option {
+  return new Option('--store <dir>', `store directory (default: $VNSTORE_STORE, else ./${DEFAULT_STORE_DIR})`);
+}
+
+export function storeDir(opts: { store?: string }): string {
+  return path.resolve(opts.store ?? process.env.VNSTORE_STORE ?? DEFAULT_STORE_DIR);
+}
+
+export async function withStore<T>(opts: { store?: string }, fn: (store: Store) => Promise<T>, openOptions?: OpenOptions): Promise<T> {
+  const store = await Store.open(storeDir(opts), openOptions);
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+/** Runs a command action: typed errors become one line on stderr and their exit code. */
+export function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      reportError(err);
+    }
+  };
+}
+
+export function reportError(err: unknown): never {
+  if (err instanceof VnstoreError) {
+    process.stderr.write(`vnstore: error: ${err.message}\n`);
+    if (process.env.VNSTORE_DEBUG) process.stderr.write(`${err.stack ?? ''}\n`);
+    process.exit(err.exitCode);
+  }
+  const e = err as Error;
+  process.stderr.write(`vnstore: internal error: ${e?.message ?? String(err)} (set VNSTORE_DEBUG=1 for details)\n`);
+  if (process.env.VNSTORE_DEBUG) process.stderr.write(`${e?.stack ?? ''}\n`);
+  process.exit(70);
+}
+
+export function usage(message: string): VnstoreError {
+  return new VnstoreError('E_USAGE', message);
+}
+
+export function humanBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[u]}`;
+}
+
+/** A progress bar on stderr when it is a terminal; a no-op otherwise (scripts, pipes, CI). */
+export function progressBar(label: string, total: number): { update(done: number): void; stop(): void } {
+  if (!process.stderr.isTTY || total <= 0) return { update() {}, stop() {} };
+  const bar = new SingleBar(
+    {
+      stream: process.stderr,
+      format: `${label} [{bar}] {percentage}% | {doneH} / {totalH} | {speed}`,
+      hideCursor: true,
+      clearOnComplete: true,
+    },
+  );
+  const start = Date.now();
+  bar.start(total, 0, { doneH: humanBytes(0), totalH: humanBytes(total), speed: '' });
+  return {
+    update(done: number) {
+      const s = (Date.now() - start) / 1000;
+      bar.update(done, { doneH: humanBytes(done), totalH: humanBytes(total), speed: s > 0 ? `${humanBytes(done / s)}/s` : '' });
+    },
+    stop() {
+      bar.stop();
+    },
+  };
+}
+
+export function addStoreOption(cmd: Command): Command {
+  return cmd.addOption(storeOption());
+}

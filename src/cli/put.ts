@@ -1,0 +1,110 @@
+import { createReadStream, promises as fsp } from 'node:fs';
+import type { Command } from 'commander';
+import { PAGE_SIZE } from '../format/pages.js';
+import { BLOCK_PAGES, type Session } from '../store/session.js';
+import { VnstoreError, fromSystemError } from '../util/errors.js';
+import { action, progressBar, usage, withStore, storeOption } from './common.js';
+
+const READ_BYTES = BLOCK_PAGES * PAGE_SIZE;
+
+interface PutOptions {
+  store?: string;
+  vm: string;
+  parent: string;
+  group?: string;
+  json?: boolean;
+}
+
+export function registerPut(program: Command): void {
+  program
+    .command('put')
+    .description('store a raw memory image as a new snapshot of a VM; prints the snapshot id')
+    .argument('<file>', "raw memory image, or '-' for standard input")
+    .requiredOption('--vm <name>', 'VM the image belongs to')
+    .option('--parent <auto|none|id>', "snapshot to compare against: 'auto' = the VM's latest, 'none', or an id", 'auto')
+    .option('--group <id>', 'group snapshot (environment epoch) to record this snapshot under')
+    .option('--json', 'print {id, vm, logicalBytes, newChunks, addedBytes, seconds} as JSON')
+    .addOption(storeOption())
+    .addHelpText('after', '\nExamples:\n  vnstore put --vm web1 web1.mem\n  cat web1.mem | vnstore put --vm web1 --json -\n')
+    .action(
+      action(async (file: string, opts: PutOptions) => {
+        const started = process.hrtime.bigint();
+        const input = await openInput(file);
+        await withStore(opts, async (store) => {
+          const session = await store.beginSession({ vm: opts.vm, parent: opts.parent, group: opts.group });
+          const bar = progressBar(`put ${opts.vm}`, input.size ?? 0);
+          let bytes: number;
+          try {
+            bytes = await feed(session, input.stream, (done) => bar.update(done));
+          } catch (err) {
+            bar.stop();
+            await session.abort();
+            throw err;
+          }
+          bar.stop();
+          const rec = await session.commit({ byteLength: bytes, unwritten: 'zero' });
+          const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+          if (opts.json) {
+            process.stdout.write(
+              JSON.stringify({ id: rec.id, vm: rec.vm, group: rec.group ?? null, parent: rec.parent ?? null, logicalBytes: rec.byteLength, newChunks: rec.newChunks, addedBytes: rec.addedBytes, seconds }) + '\n',
+            );
+          } else process.stdout.write(`${rec.id}\n`);
+        });
+      }),
+    );
+}
+
+async function openInput(file: string): Promise<{ stream: NodeJS.ReadableStream; size?: number }> {
+  if (file === '-') return { stream: process.stdin };
+  let size: number;
+  try {
+    const st = await fsp.stat(file);
+    if (!st.isFile()) throw new VnstoreError('E_INPUT', `${file} is not a regular file`);
+    size = st.size;
+    await fsp.access(file, fsp.constants.R_OK);
+  } catch (err) {
+    if (err instanceof VnstoreError) throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new VnstoreError('E_INPUT', `${file}: no such file`);
+    if (code === 'EACCES') throw new VnstoreError('E_INPUT', `${file}: permission denied`);
+    throw new VnstoreError('E_INPUT', `${file}: cannot read: ${(err as Error).message}`);
+  }
+  return { stream: createReadStream(file, { highWaterMark: READ_BYTES }), size };
+}
+
+/** Streams the input into the session in page-aligned blocks; returns the exact byte count. */
+async function feed(session: Session, stream: NodeJS.ReadableStream, onProgress: (done: number) => void): Promise<number> {
+  let block = new Uint8Array(READ_BYTES);
+  let fill = 0;
+  let total = 0;
+  let page = 0;
+  try {
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      let pos = 0;
+      while (pos < chunk.length) {
+        const n = Math.min(chunk.length - pos, READ_BYTES - fill);
+        block.set(chunk.subarray(pos, pos + n), fill);
+        fill += n;
+        pos += n;
+        if (fill === READ_BYTES) {
+          await session.writePages(page, block, true);
+          page += READ_BYTES / PAGE_SIZE;
+          total += fill;
+          fill = 0;
+          block = new Uint8Array(READ_BYTES);
+          onProgress(total);
+        }
+      }
+    }
+  } catch (err) {
+    if (err instanceof VnstoreError) throw err;
+    throw fromSystemError(err, 'reading input');
+  }
+  if (fill > 0) {
+    await session.writePages(page, block.subarray(0, fill));
+    total += fill;
+  }
+  onProgress(total);
+  if (total === 0) throw usage('input is empty: nothing to store');
+  return total;
+}

@@ -1,0 +1,61 @@
+import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { restoreSnapshot } from '../store/restore.js';
+import { FILE_MODE } from '../util/durable.js';
+import { fromSystemError, VnstoreError } from '../util/errors.js';
+import { action, progressBar, storeOption, withStore } from './common.js';
+
+export function registerRestore(program: Command): void {
+  program
+    .command('restore')
+    .description('write a snapshot back as its exact original bytes, verifying every chunk and the image digest')
+    .argument('<id>', 'snapshot id (or a unique prefix of at least 4 hex digits)')
+    .option('-o, --output <file>', 'write to FILE (via a temp file renamed into place only when fully verified); default: stdout')
+    .addOption(storeOption())
+    .addHelpText('after', '\nOn stdout a failed restore exits non-zero after partial output: check the exit status before using it.\n')
+    .action(
+      action(async (id: string, opts: { store?: string; output?: string }) => {
+        await withStore(opts, async (store) => {
+          const record = await store.resolveSnapshot(id);
+          const bar = progressBar(`restore ${record.id}`, opts.output ? record.byteLength : 0);
+          if (!opts.output) {
+            if (process.stdout.isTTY) throw new VnstoreError('E_USAGE', 'refusing to write a memory image to a terminal; use -o FILE or a pipe');
+            await restoreSnapshot(store, record, { write: (b) => writeStdout(b) });
+            return;
+          }
+          const out = path.resolve(opts.output);
+          const tmp = path.join(path.dirname(out), `.${path.basename(out)}.vnstore-${process.pid}.tmp`);
+          let fh: FileHandle | undefined;
+          try {
+            fh = await fsp.open(tmp, 'wx', FILE_MODE);
+            const handle = fh;
+            await restoreSnapshot(store, record, { write: async (b) => void (await handle.write(b)) }, (done) => bar.update(done));
+            await fh.sync();
+            await fh.close();
+            fh = undefined;
+            await fsp.rename(tmp, out);
+          } catch (err) {
+            await fh?.close().catch(() => undefined);
+            await fsp.rm(tmp, { force: true }).catch(() => undefined);
+            throw fromSystemError(err, `writing ${out}`);
+          } finally {
+            bar.stop();
+          }
+        });
+      }),
+    );
+}
+
+function writeStdout(b: Uint8Array): Promise<void> | void {
+  if (process.stdout.write(b)) return;
+  return new Promise((resolve, reject) => {
+    const onErr = (e: Error) => reject(e);
+    process.stdout.once('error', onErr);
+    process.stdout.once('drain', () => {
+      process.stdout.off('error', onErr);
+      resolve();
+    });
+  });
+}

@@ -1,0 +1,148 @@
+/**
+ * Manifest format v1: one VM snapshot (pure encode/decode, no I/O). See docs/FORMAT.md.
+ *
+ * A manifest is a run-length list over page indices. Each run is ZERO (all-zero pages), SAME (same
+ * digest as the base manifest at the same index) or DIGESTS (32 bytes per page). Against its parent,
+ * an unchanged region of a consecutive snapshot costs one varint, not 32 bytes a page.
+ */
+import { crc32 } from 'node:zlib';
+import { CorruptError } from '../util/errors.js';
+import { ByteReader, ByteWriter } from './varint.js';
+import { DIGEST_BYTES, PageKind, PageTable } from './pages.js';
+
+export const MANIFEST_MAGIC = Buffer.from('VNSTMANI', 'latin1');
+export const MANIFEST_VERSION = 1;
+
+const RUN_ZERO = 0;
+const RUN_SAME = 1;
+const RUN_DIGESTS = 2;
+
+export interface ManifestMeta {
+  id: string;
+  vm: string;
+  group?: string;
+  parent?: string;
+  time: string;
+}
+
+export interface ManifestHeader {
+  meta: ManifestMeta;
+  byteLength: number;
+  pageCount: number;
+  imageDigest: Uint8Array;
+  /** Snapshot whose manifest SAME runs refer to; undefined for a self-contained manifest. */
+  baseId?: string;
+}
+
+export interface ManifestStats {
+  runs: number;
+  digestEntries: number;
+  sameEntries: number;
+  zeroPages: number;
+}
+
+/** Encodes `pages` (every page Zero or Digest) against an optional base page table. */
+export function encodeManifest(
+  header: ManifestHeader,
+  pages: PageTable,
+  base?: PageTable,
+): { bytes: Buffer; stats: ManifestStats } {
+  if (header.pageCount !== pages.pageCount) throw new RangeError('manifest pageCount mismatch');
+  if ((base === undefined) !== (header.baseId === undefined)) throw new RangeError('base table and baseId go together');
+  const w = new ByteWriter(4096 + pages.pageCount);
+  w.bytes(MANIFEST_MAGIC);
+  w.u16(MANIFEST_VERSION);
+  w.u16(0);
+  w.str(JSON.stringify(header.meta));
+  w.varint(header.byteLength);
+  w.varint(header.pageCount);
+  w.bytes(header.imageDigest);
+  w.str(header.baseId ?? '');
+
+  const stats: ManifestStats = { runs: 0, digestEntries: 0, sameEntries: 0, zeroPages: 0 };
+  const body = new ByteWriter(1024 + pages.pageCount);
+  const classify = (i: number): number => {
+    const k = pages.kinds[i];
+    if (k === PageKind.Zero) return RUN_ZERO;
+    if (k !== PageKind.Digest) throw new RangeError(`page ${i} has no content`);
+    if (base && i < base.pageCount && base.kinds[i] === PageKind.Digest && pages.sameDigest(i, base.digests, i * DIGEST_BYTES)) {
+      return RUN_SAME;
+    }
+    return RUN_DIGESTS;
+  };
+  let i = 0;
+  while (i < pages.pageCount) {
+    const kind = classify(i);
+    let j = i + 1;
+    while (j < pages.pageCount && classify(j) === kind) j++;
+    const count = j - i;
+    body.varint(count * 4 + kind);
+    if (kind === RUN_DIGESTS) {
+      body.bytes(pages.digests.subarray(i * DIGEST_BYTES, j * DIGEST_BYTES));
+      stats.digestEntries += count;
+    } else if (kind === RUN_SAME) stats.sameEntries += count;
+    else stats.zeroPages += count;
+    stats.runs++;
+    i = j;
+  }
+  w.varint(stats.runs);
+  w.bytes(body.finish());
+  w.u32(crc32(w.finish()));
+  return { bytes: w.finish(), stats };
+}
+
+export function decodeManifestHeader(bytes: Uint8Array, name: string): { header: ManifestHeader; reader: ByteReader } {
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+  if (buf.length < 16 || !buf.subarray(0, 8).equals(MANIFEST_MAGIC)) throw new CorruptError(`manifest ${name}: bad magic`);
+  const stored = buf.readUInt32LE(buf.length - 4);
+  if (crc32(buf.subarray(0, buf.length - 4)) !== stored) throw new CorruptError(`manifest ${name}: checksum mismatch`);
+  const r = new ByteReader(buf.subarray(0, buf.length - 4), `manifest ${name}`);
+  r.bytes(8);
+  const version = r.u16();
+  if (version !== MANIFEST_VERSION) throw new CorruptError(`manifest ${name}: unsupported manifest version ${version}`);
+  r.u16();
+  let meta: ManifestMeta;
+  try {
+    meta = JSON.parse(r.str()) as ManifestMeta;
+  } catch (err) {
+    throw new CorruptError(`manifest ${name}: bad metadata`, { cause: err });
+  }
+  const byteLength = r.varint();
+  const pageCount = r.varint();
+  if (pageCount !== Math.ceil(byteLength / 4096)) throw new CorruptError(`manifest ${name}: page count does not match byte length`);
+  const imageDigest = Uint8Array.from(r.bytes(DIGEST_BYTES));
+  const baseId = r.str() || undefined;
+  return { header: { meta, byteLength, pageCount, imageDigest, baseId }, reader: r };
+}
+
+/** Decodes the runs into a full page table; `base` must be the resolved base table when baseId is set. */
+export function decodeManifestPages(header: ManifestHeader, reader: ByteReader, name: string, base?: PageTable): PageTable {
+  if (header.baseId !== undefined && !base) throw new RangeError('base table required');
+  const pages = new PageTable(header.pageCount);
+  const runs = reader.varint();
+  let i = 0;
+  for (let r = 0; r < runs; r++) {
+    const h = reader.varint();
+    const kind = h % 4;
+    const count = Math.floor(h / 4);
+    if (count === 0 || i + count > header.pageCount) throw new CorruptError(`manifest ${name}: run overflows the page count`);
+    if (kind === RUN_ZERO) {
+      pages.kinds.fill(PageKind.Zero, i, i + count);
+    } else if (kind === RUN_DIGESTS) {
+      pages.digests.set(reader.bytes(count * DIGEST_BYTES), i * DIGEST_BYTES);
+      pages.kinds.fill(PageKind.Digest, i, i + count);
+    } else if (kind === RUN_SAME) {
+      if (!base || i + count > base.pageCount) throw new CorruptError(`manifest ${name}: SAME run outside its base`);
+      for (let k = i; k < i + count; k++) {
+        if (base.kinds[k] !== PageKind.Digest) throw new CorruptError(`manifest ${name}: SAME run over a non-digest base page`);
+      }
+      pages.digests.set(base.digests.subarray(i * DIGEST_BYTES, (i + count) * DIGEST_BYTES), i * DIGEST_BYTES);
+      pages.kinds.fill(PageKind.Digest, i, i + count);
+    } else {
+      throw new CorruptError(`manifest ${name}: unknown run kind ${kind}`);
+    }
+    i += count;
+  }
+  if (i !== header.pageCount || reader.remaining !== 0) throw new CorruptError(`manifest ${name}: runs do not cover the image exactly`);
+  return pages;
+}

@@ -1,0 +1,119 @@
+/**
+ * Pack file format v1 (pure encode/decode, no I/O). See docs/FORMAT.md.
+ *
+ *   header  16 B : magic "VNSTPACK" | u16 version | u16 flags | u32 pageSize
+ *   payload      : chunk payloads back to back, starting at offset 16
+ *   toc          : per chunk: digest[32] | u16 storedLength | u8 codec          (35 B each)
+ *   trailer 32 B : u32 count | u32 tocOffsetLo | u32 tocOffsetHi | u32 tocCrc32 | u32 payloadCrc32
+ *                  | u32 trailerCrc32 (of the 20 bytes before it) | magic "VNSTPEND"
+ * Chunk offsets are implicit (cumulative stored lengths), so the TOC alone rebuilds the index.
+ */
+import { crc32 } from 'node:zlib';
+import { CorruptError } from '../util/errors.js';
+
+export const PACK_MAGIC = Buffer.from('VNSTPACK', 'latin1');
+export const PACK_END_MAGIC = Buffer.from('VNSTPEND', 'latin1');
+export const PACK_VERSION = 1;
+export const PACK_HEADER_BYTES = 16;
+export const PACK_TRAILER_BYTES = 32;
+export const TOC_ENTRY_BYTES = 35;
+export const DIGEST_BYTES = 32;
+
+export interface PackEntry {
+  digest: Uint8Array; // 32 bytes
+  offset: number; // absolute offset of the payload in the pack file
+  storedLength: number;
+  codec: number;
+}
+
+export function encodePackHeader(pageSize: number): Buffer {
+  const b = Buffer.alloc(PACK_HEADER_BYTES);
+  PACK_MAGIC.copy(b, 0);
+  b.writeUInt16LE(PACK_VERSION, 8);
+  b.writeUInt16LE(0, 10);
+  b.writeUInt32LE(pageSize, 12);
+  return b;
+}
+
+export function parsePackHeader(b: Uint8Array, name: string): { pageSize: number } {
+  const buf = Buffer.from(b.buffer, b.byteOffset, b.length);
+  if (buf.length < PACK_HEADER_BYTES || !buf.subarray(0, 8).equals(PACK_MAGIC)) {
+    throw new CorruptError(`pack ${name}: bad header magic`);
+  }
+  const version = buf.readUInt16LE(8);
+  if (version !== PACK_VERSION) throw new CorruptError(`pack ${name}: unsupported pack version ${version}`);
+  return { pageSize: buf.readUInt32LE(12) };
+}
+
+/** Encodes TOC + trailer for entries whose payloads occupy [16, tocOffset). */
+export function encodePackFooter(
+  entries: readonly { digest: Uint8Array; storedLength: number; codec: number }[],
+  tocOffset: number,
+  payloadCrc: number,
+): Buffer {
+  const toc = Buffer.allocUnsafe(entries.length * TOC_ENTRY_BYTES);
+  let p = 0;
+  for (const e of entries) {
+    if (e.digest.length !== DIGEST_BYTES) throw new RangeError('digest must be 32 bytes');
+    if (e.storedLength < 1 || e.storedLength > 0xffff) throw new RangeError(`stored length out of range: ${e.storedLength}`);
+    toc.set(e.digest, p);
+    toc.writeUInt16LE(e.storedLength, p + 32);
+    toc.writeUInt8(e.codec, p + 34);
+    p += TOC_ENTRY_BYTES;
+  }
+  const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
+  trailer.writeUInt32LE(entries.length, 0);
+  trailer.writeUInt32LE(tocOffset >>> 0, 4);
+  trailer.writeUInt32LE(Math.floor(tocOffset / 2 ** 32), 8);
+  trailer.writeUInt32LE(crc32(toc), 12);
+  trailer.writeUInt32LE(payloadCrc >>> 0, 16);
+  trailer.writeUInt32LE(crc32(trailer.subarray(0, 20)), 20);
+  PACK_END_MAGIC.copy(trailer, 24);
+  return Buffer.concat([toc, trailer]);
+}
+
+export interface PackTrailer {
+  count: number;
+  tocOffset: number;
+  tocCrc: number;
+  payloadCrc: number;
+}
+
+export function parsePackTrailer(b: Uint8Array, fileSize: number, name: string): PackTrailer {
+  const t = Buffer.from(b.buffer, b.byteOffset, b.length);
+  if (t.length !== PACK_TRAILER_BYTES || !t.subarray(24, 32).equals(PACK_END_MAGIC)) {
+    throw new CorruptError(`pack ${name}: missing trailer (truncated or unfinished pack)`);
+  }
+  if (crc32(t.subarray(0, 20)) !== t.readUInt32LE(20)) throw new CorruptError(`pack ${name}: trailer checksum mismatch`);
+  const count = t.readUInt32LE(0);
+  const tocOffset = t.readUInt32LE(4) + t.readUInt32LE(8) * 2 ** 32;
+  if (tocOffset < PACK_HEADER_BYTES || tocOffset + count * TOC_ENTRY_BYTES + PACK_TRAILER_BYTES !== fileSize) {
+    throw new CorruptError(`pack ${name}: table of contents does not match file size`);
+  }
+  return { count, tocOffset, tocCrc: t.readUInt32LE(12), payloadCrc: t.readUInt32LE(16) };
+}
+
+export function parsePackToc(toc: Uint8Array, trailer: PackTrailer, name: string): PackEntry[] {
+  if (toc.length !== trailer.count * TOC_ENTRY_BYTES) throw new CorruptError(`pack ${name}: bad table of contents length`);
+  if (crc32(toc) !== trailer.tocCrc) throw new CorruptError(`pack ${name}: table of contents checksum mismatch`);
+  const buf = Buffer.from(toc.buffer, toc.byteOffset, toc.length);
+  const entries: PackEntry[] = new Array(trailer.count);
+  let offset = PACK_HEADER_BYTES;
+  for (let i = 0; i < trailer.count; i++) {
+    const p = i * TOC_ENTRY_BYTES;
+    const storedLength = buf.readUInt16LE(p + 32);
+    entries[i] = { digest: buf.subarray(p, p + 32), offset, storedLength, codec: buf[p + 34] };
+    offset += storedLength;
+  }
+  if (offset !== trailer.tocOffset) throw new CorruptError(`pack ${name}: chunk lengths do not add up to the payload size`);
+  return entries;
+}
+
+export function packFileName(packId: number): string {
+  return `${packId.toString(16).padStart(8, '0')}.vpk`;
+}
+
+export function parsePackFileName(name: string): number | undefined {
+  const m = /^([0-9a-f]{8})\.vpk$/.exec(name);
+  return m ? parseInt(m[1], 16) : undefined;
+}

@@ -1,0 +1,69 @@
+/** In-memory page table of one VM image: per page index, zero or a 32-byte chunk digest. */
+export const PAGE_SIZE = 4096;
+export const DIGEST_BYTES = 32;
+
+export enum PageKind {
+  Unset = 0,
+  Zero = 1,
+  Digest = 2,
+}
+
+export class PageTable {
+  kinds: Uint8Array;
+  digests: Uint8Array;
+  constructor(public pageCount: number) {
+    this.kinds = new Uint8Array(pageCount);
+    this.digests = new Uint8Array(pageCount * DIGEST_BYTES);
+  }
+
+  /** Grows capacity so page index `index` is addressable (sessions of unknown size). */
+  ensure(index: number): void {
+    if (index < this.pageCount) return;
+    const count = index + 1;
+    if (count > this.kinds.length) {
+      const cap = Math.max(count, this.kinds.length * 2, 256);
+      const kinds = new Uint8Array(cap);
+      kinds.set(this.kinds);
+      const digests = new Uint8Array(cap * DIGEST_BYTES);
+      digests.set(this.digests);
+      this.kinds = kinds;
+      this.digests = digests;
+    }
+    this.pageCount = count;
+  }
+
+  /** Truncates or grows to exactly `count` pages; new pages are Unset. */
+  resize(count: number): void {
+    if (count > this.pageCount) this.ensure(count - 1);
+    else {
+      this.kinds.fill(PageKind.Unset, count, this.pageCount);
+      this.pageCount = count;
+    }
+  }
+
+  digestAt(i: number): Uint8Array {
+    return this.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
+  }
+
+  setZero(i: number): void {
+    this.kinds[i] = PageKind.Zero;
+  }
+
+  setDigest(i: number, digest: Uint8Array, digestOffset = 0): void {
+    this.kinds[i] = PageKind.Digest;
+    this.digests.set(digest.subarray(digestOffset, digestOffset + DIGEST_BYTES), i * DIGEST_BYTES);
+  }
+
+  sameDigest(i: number, other: Uint8Array, otherOffset: number): boolean {
+    const a = this.digests;
+    const p = i * DIGEST_BYTES;
+    for (let k = 0; k < DIGEST_BYTES; k++) if (a[p + k] !== other[otherOffset + k]) return false;
+    return true;
+  }
+
+  countKind(kind: PageKind): number {
+    let n = 0;
+    for (let i = 0; i < this.pageCount; i++) if (this.kinds[i] === kind) n++;
+    return n;
+  }
+}

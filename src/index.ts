@@ -1,0 +1,7 @@
+/** vnstore library API: open a store, run snapshot sessions, restore. See docs/API.md. */
+export { Store, type OpenOptions, type RecoveryReport } from './store/store.js';
+export { Session, type SessionOptions, type CommitOptions, type PreparedSnapshot, type SessionStats } from './store/session.js';
+export { restoreSnapshot, type RestoreSink } from './store/restore.js';
+export type { SnapshotRecord, GroupRecord, PackRecord } from './store/db.js';
+export { VnstoreError, CorruptError, ERROR_CODES, type ErrorCode } from './util/errors.js';
+export { PAGE_SIZE } from './format/pages.js';

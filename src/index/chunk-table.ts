@@ -1,0 +1,179 @@
+/**
+ * In-memory chunk table: 64-bit digest fingerprint → pack location, open addressing with linear
+ * probing in a SharedArrayBuffer so hashing workers can ask "possibly known?" without a message.
+ *
+ * Budget: 20 bytes a slot, load factor kept in (0.35, 0.7] → 29-57 bytes per stored chunk.
+ * A fingerprint match is a hint, never proof: the store confirms "known" against LevelDB (exact
+ * 32-byte key) before deduplicating, and restore verifies every page digest.
+ */
+export const SLOT_WORDS = 5;
+const OCCUPIED = 1 << 24;
+const COLLISION = 2 << 24;
+const MAX_LOAD = 0.7;
+
+export interface ChunkLocation {
+  pack: number;
+  offset: number;
+  storedLength: number;
+  codec: number;
+}
+
+export function fingerprint(digest: Uint8Array, offset = 0): [number, number] {
+  const lo = (digest[offset] | (digest[offset + 1] << 8) | (digest[offset + 2] << 16) | (digest[offset + 3] << 24)) >>> 0;
+  const hi = (digest[offset + 4] | (digest[offset + 5] << 8) | (digest[offset + 6] << 16) | (digest[offset + 7] << 24)) >>> 0;
+  return [lo, hi];
+}
+
+/** Worker-side probe over a shared table: true when some stored chunk has this fingerprint. */
+export function tableHasFingerprint(words: Uint32Array, lo: number, hi: number): boolean {
+  const slots = words.length / SLOT_WORDS;
+  const mask = slots - 1;
+  let s = lo & mask;
+  for (let n = 0; n < slots; n++) {
+    const p = s * SLOT_WORDS;
+    if ((words[p + 4] & OCCUPIED) === 0) return false;
+    if (words[p] === lo && words[p + 1] === hi) return true;
+    s = (s + 1) & mask;
+  }
+  return false;
+}
+
+export class ChunkTable {
+  private words: Uint32Array;
+  private mask: number;
+  size = 0;
+
+  constructor(initialCapacity = 1 << 16) {
+    let cap = 1024;
+    while (cap < initialCapacity / MAX_LOAD) cap *= 2;
+    this.words = ChunkTable.alloc(cap);
+    this.mask = cap - 1;
+  }
+
+  private static alloc(slots: number): Uint32Array {
+    return new Uint32Array(new SharedArrayBuffer(slots * SLOT_WORDS * 4));
+  }
+
+  /** The shared words; replaced on growth, so fetch it again for each worker job. */
+  get shared(): Uint32Array {
+    return this.words;
+  }
+
+  get capacity(): number {
+    return this.mask + 1;
+  }
+
+  get memoryBytes(): number {
+    return this.words.byteLength;
+  }
+
+  private find(lo: number, hi: number): number {
+    const w = this.words;
+    let s = lo & this.mask;
+    for (;;) {
+      const p = s * SLOT_WORDS;
+      if ((w[p + 4] & OCCUPIED) === 0) return -1 - s; // empty slot where it would go
+      if (w[p] === lo && w[p + 1] === hi) return s;
+      s = (s + 1) & this.mask;
+    }
+  }
+
+  hasFingerprint(digest: Uint8Array, offset = 0): boolean {
+    const [lo, hi] = fingerprint(digest, offset);
+    return this.find(lo, hi) >= 0;
+  }
+
+  /**
+   * Location stored under this digest's fingerprint, or undefined. `ambiguous` means two digests
+   * share the fingerprint: the caller must ask the exact index.
+   */
+  get(digest: Uint8Array, offset = 0): { location: ChunkLocation; ambiguous: boolean } | undefined {
+    const [lo, hi] = fingerprint(digest, offset);
+    const s = this.find(lo, hi);
+    if (s < 0) return undefined;
+    const w = this.words;
+    const p = s * SLOT_WORDS;
+    const meta = w[p + 4];
+    return {
+      location: { pack: w[p + 2], offset: w[p + 3], storedLength: meta & 0xffff, codec: (meta >>> 16) & 0xff },
+      ambiguous: (meta & COLLISION) !== 0,
+    };
+  }
+
+  /** Records a chunk known (by the exact index) to be new. A fingerprint clash marks the slot ambiguous. */
+  insert(digest: Uint8Array, loc: ChunkLocation, offset = 0): void {
+    const [lo, hi] = fingerprint(digest, offset);
+    const s = this.find(lo, hi);
+    if (s >= 0) {
+      this.words[s * SLOT_WORDS + 4] |= COLLISION;
+      return;
+    }
+    if ((this.size + 1) / this.capacity > MAX_LOAD) {
+      this.grow();
+      this.insert(digest, loc, offset);
+      return;
+    }
+    this.writeSlot(-1 - s, lo, hi, loc, 0);
+    this.size++;
+  }
+
+  /** Moves a chunk (gc repack). No-op when the fingerprint is absent. */
+  relocate(digest: Uint8Array, loc: ChunkLocation): void {
+    const [lo, hi] = fingerprint(digest);
+    const s = this.find(lo, hi);
+    if (s < 0) return;
+    const flags = this.words[s * SLOT_WORDS + 4] & COLLISION;
+    this.writeSlot(s, lo, hi, loc, flags);
+  }
+
+  /** Removes a fingerprint (gc), keeping probe chains intact by backward-shift deletion. */
+  remove(digest: Uint8Array): void {
+    const [lo, hi] = fingerprint(digest);
+    let s = this.find(lo, hi);
+    if (s < 0) return;
+    const w = this.words;
+    for (;;) {
+      let next = (s + 1) & this.mask;
+      // Find a later entry in the chain that may move into the hole.
+      for (;;) {
+        const p = next * SLOT_WORDS;
+        if ((w[p + 4] & OCCUPIED) === 0) {
+          w.fill(0, s * SLOT_WORDS, s * SLOT_WORDS + SLOT_WORDS);
+          this.size--;
+          return;
+        }
+        const home = w[p] & this.mask;
+        // Entry at `next` may move to `s` if its home is not in the cyclic range (s, next].
+        const inRange = s <= next ? home > s && home <= next : home > s || home <= next;
+        if (!inRange) break;
+        next = (next + 1) & this.mask;
+      }
+      w.copyWithin(s * SLOT_WORDS, next * SLOT_WORDS, next * SLOT_WORDS + SLOT_WORDS);
+      s = next;
+    }
+  }
+
+  private writeSlot(s: number, lo: number, hi: number, loc: ChunkLocation, flags: number): void {
+    const w = this.words;
+    const p = s * SLOT_WORDS;
+    w[p] = lo;
+    w[p + 1] = hi;
+    w[p + 2] = loc.pack;
+    w[p + 3] = loc.offset;
+    w[p + 4] = (loc.storedLength & 0xffff) | ((loc.codec & 0xff) << 16) | OCCUPIED | flags;
+  }
+
+  private grow(): void {
+    const old = this.words;
+    const cap = this.capacity * 2;
+    this.words = ChunkTable.alloc(cap);
+    this.mask = cap - 1;
+    const w = this.words;
+    for (let p = 0; p < old.length; p += SLOT_WORDS) {
+      if ((old[p + 4] & OCCUPIED) === 0) continue;
+      let s = old[p] & this.mask;
+      while ((w[s * SLOT_WORDS + 4] & OCCUPIED) !== 0) s = (s + 1) & this.mask;
+      w.set(old.subarray(p, p + SLOT_WORDS), s * SLOT_WORDS);
+    }
+  }
+}

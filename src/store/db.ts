@@ -1,0 +1,118 @@
+/**
+ * LevelDB key layout (one database, one-byte key prefixes; raw bytes to keep index entries small):
+ *   'c' + digest[32]        → chunk location: u32 pack | u32 offset | u16 storedLength | u8 codec  (11 B)
+ *   'p' + u32be pack id     → JSON PackRecord: the pack is sealed and all its chunks are indexed
+ *   's' + snapshot id       → JSON SnapshotRecord: the commit record; a snapshot exists iff this does
+ *   'v' + vm + 0x00 + id    → empty: per-VM listing
+ *   'g' + group id          → JSON GroupRecord: snapshots committed together as one group
+ *   'm' + name              → JSON store metadata (counters)
+ * See docs/FORMAT.md.
+ */
+import { Level } from 'level';
+import type { ChunkLocation } from '../index/chunk-table.js';
+
+export type StoreDb = Level<Buffer, Buffer>;
+
+export const KEY_CHUNK = 0x63; // 'c'
+export const KEY_PACK = 0x70; // 'p'
+export const KEY_SNAPSHOT = 0x73; // 's'
+export const KEY_VM = 0x76; // 'v'
+export const KEY_GROUP = 0x67; // 'g'
+export const KEY_META = 0x6d; // 'm'
+
+export const CHUNK_VALUE_BYTES = 11;
+
+export function openDb(dir: string): StoreDb {
+  return new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+}
+
+export function chunkKey(digest: Uint8Array): Buffer {
+  const k = Buffer.allocUnsafe(33);
+  k[0] = KEY_CHUNK;
+  k.set(digest, 1);
+  return k;
+}
+
+export function encodeChunkValue(loc: ChunkLocation): Buffer {
+  const v = Buffer.allocUnsafe(CHUNK_VALUE_BYTES);
+  v.writeUInt32LE(loc.pack, 0);
+  v.writeUInt32LE(loc.offset, 4);
+  v.writeUInt16LE(loc.storedLength, 8);
+  v.writeUInt8(loc.codec, 10);
+  return v;
+}
+
+export function decodeChunkValue(v: Uint8Array): ChunkLocation {
+  const b = Buffer.from(v.buffer, v.byteOffset, v.length);
+  return { pack: b.readUInt32LE(0), offset: b.readUInt32LE(4), storedLength: b.readUInt16LE(8), codec: b[10] };
+}
+
+export function packKey(packId: number): Buffer {
+  const k = Buffer.allocUnsafe(5);
+  k[0] = KEY_PACK;
+  k.writeUInt32BE(packId, 1);
+  return k;
+}
+
+export function prefixedKey(prefix: number, rest: string): Buffer {
+  return Buffer.concat([Buffer.of(prefix), Buffer.from(rest, 'utf8')]);
+}
+
+export function vmKey(vm: string, id: string): Buffer {
+  return Buffer.concat([Buffer.of(KEY_VM), Buffer.from(vm, 'utf8'), Buffer.of(0), Buffer.from(id, 'utf8')]);
+}
+
+/** Range options covering every key that starts with `prefix`. */
+export function prefixRange(prefix: Buffer): { gte: Buffer; lt: Buffer } {
+  const lt = Buffer.from(prefix);
+  let i = lt.length - 1;
+  while (i >= 0 && lt[i] === 0xff) i--;
+  if (i < 0) throw new RangeError('prefix of 0xff bytes');
+  lt[i]++;
+  return { gte: prefix, lt: lt.subarray(0, i + 1) };
+}
+
+export function jsonValue(v: unknown): Buffer {
+  return Buffer.from(JSON.stringify(v), 'utf8');
+}
+
+export function parseJson<T>(v: Uint8Array): T {
+  return JSON.parse(Buffer.from(v.buffer, v.byteOffset, v.length).toString('utf8')) as T;
+}
+
+export interface PackRecord {
+  id: number;
+  chunks: number;
+  /** Whole file size, header and table included. */
+  bytes: number;
+  payloadBytes: number;
+  sealedAt: string;
+}
+
+export interface SnapshotRecord {
+  id: string;
+  vm: string;
+  group?: string;
+  epoch?: number;
+  time: string;
+  parent?: string;
+  /** Snapshot whose manifest this one is delta-encoded against (usually the parent). */
+  base?: string;
+  baseDepth: number;
+  byteLength: number;
+  pageCount: number;
+  zeroPages: number;
+  imageDigest: string;
+  /** Chunks first stored by this snapshot, and their stored (compressed) bytes. */
+  newChunks: number;
+  newChunkBytes: number;
+  manifestBytes: number;
+  /** Bytes this snapshot added to the store: new chunk payloads, their pack table entries, its manifest. */
+  addedBytes: number;
+}
+
+export interface GroupRecord {
+  id: string;
+  time: string;
+  snapshots: string[];
+}

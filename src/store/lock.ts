@@ -1,0 +1,52 @@
+/**
+ * One process owns a store: an exclusive lock file holding the owner's PID. A lock whose process is
+ * gone (crash, kill -9) is stale and taken over; a live owner is named in the error.
+ */
+import { promises as fsp } from 'node:fs';
+import { VnstoreError } from '../util/errors.js';
+import { FILE_MODE } from '../util/durable.js';
+
+export class StoreLock {
+  private constructor(private readonly file: string) {}
+
+  static async acquire(file: string): Promise<StoreLock> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      // Write the PID to a private temp file, then link() it into place: the lock appears atomically
+      // with its content, so no reader ever sees an empty lock file.
+      const tmp = `${file}.${process.pid}.tmp`;
+      await fsp.writeFile(tmp, `${process.pid}\n`, { mode: FILE_MODE });
+      try {
+        await fsp.link(tmp, file);
+        return new StoreLock(file);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      } finally {
+        await fsp.rm(tmp, { force: true });
+      }
+      const text = await fsp.readFile(file, 'utf8').catch(() => '');
+      const pid = Number.parseInt(text, 10);
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
+        throw new VnstoreError('E_LOCKED', `store is in use by another vnstore process (PID ${pid}); stop it or wait for it to finish`);
+      }
+      if (pid === process.pid) {
+        throw new VnstoreError('E_LOCKED', `store is already open in this process (PID ${pid})`);
+      }
+      // Stale: the owner is gone. Remove and retry.
+      await fsp.rm(file, { force: true });
+    }
+    throw new VnstoreError('E_LOCKED', `could not take the store lock ${file}`);
+  }
+
+  async release(): Promise<void> {
+    await fsp.rm(this.file, { force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -1,0 +1,356 @@
+/**
+ * A snapshot session: the API agents and the coordinator drive. Pages arrive by page index, in any
+ * order, any number of times (pre-copy rounds); the last write of a page wins. Hashing and
+ * compression run in the page workers; results are applied strictly in submission order, so "last"
+ * means last submitted. Nothing is visible before commit; commit is durable.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { encodeManifest } from '../format/manifest.js';
+import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../format/pages.js';
+import { PACK_TRAILER_BYTES, TOC_ENTRY_BYTES } from '../format/pack.js';
+import { getCodec } from '../chunk/codec.js';
+import { PageStatus, type HashResult } from '../chunk/page-jobs.js';
+import { imageDigest } from '../chunk/hash.js';
+import { writeFileDurable } from '../util/durable.js';
+import { fromSystemError, VnstoreError } from '../util/errors.js';
+import type { SnapshotRecord } from './db.js';
+import { newSnapshotId, validateName } from './ids.js';
+import type { Store } from './store.js';
+import { MAX_BASE_DEPTH } from './store.js';
+
+/** Pages per worker job: large enough to amortise messaging, small enough to keep both cores busy. */
+export const BLOCK_PAGES = 256;
+
+export interface SessionOptions {
+  vm: string;
+  /** Group snapshot (environment epoch) this VM snapshot belongs to. */
+  group?: string;
+  epoch?: number;
+  /** 'auto' (default): the VM's latest snapshot; 'none'; or a snapshot id/prefix. */
+  parent?: 'auto' | 'none' | string;
+  /** Guest memory size in bytes, when known up front; writes beyond it are rejected. */
+  memoryBytes?: number;
+}
+
+export interface CommitOptions {
+  /** Exact image length; default: memoryBytes, else the end of the furthest write. */
+  byteLength?: number;
+  /** Pages never written: take the parent's ('parent', default with a parent), zero, or fail ('error', default without). */
+  unwritten?: 'parent' | 'zero' | 'error';
+}
+
+export interface SessionStats {
+  pagesWritten: number;
+  newChunks: number;
+  newChunkBytes: number;
+}
+
+export type PreparedState = 'prepared' | 'committed' | 'aborted';
+
+export interface PreparedSnapshot {
+  readonly store: Store;
+  readonly record: SnapshotRecord;
+  readonly failureEpoch: number;
+  state: PreparedState;
+}
+
+export class Session {
+  readonly id = newSnapshotId();
+  readonly stats: SessionStats = { pagesWritten: 0, newChunks: 0, newChunkBytes: 0 };
+  private readonly pages: PageTable;
+  private furthestByte = 0;
+  private state: 'open' | 'committing' | 'done' = 'open';
+  private applying: Promise<void> = Promise.resolve();
+  private inFlight = 0;
+  private error: Error | undefined;
+  private readonly failureEpoch: number;
+  private readonly maxInFlight: number;
+
+  private constructor(
+    private readonly store: Store,
+    readonly options: SessionOptions,
+    readonly parent: { id: string; pages: PageTable; depth: number } | undefined,
+  ) {
+    const pageCount = options.memoryBytes !== undefined ? Math.ceil(options.memoryBytes / PAGE_SIZE) : 0;
+    this.pages = new PageTable(pageCount);
+    this.failureEpoch = store.writer.failureEpoch;
+    this.maxInFlight = Math.max(2, store.pool.size * 2 + 1);
+  }
+
+  static async begin(store: Store, options: SessionOptions): Promise<Session> {
+    const bad = validateName('VM', options.vm) ?? (options.group !== undefined ? validateName('group', options.group) : undefined);
+    if (bad) throw new VnstoreError('E_USAGE', bad);
+    if (options.memoryBytes !== undefined && (!Number.isSafeInteger(options.memoryBytes) || options.memoryBytes < 0)) {
+      throw new VnstoreError('E_USAGE', `memory size must be a non-negative integer number of bytes`);
+    }
+    const parentSpec = options.parent ?? 'auto';
+    let parent: Session['parent'];
+    if (parentSpec !== 'none') {
+      const rec = parentSpec === 'auto' ? await store.latestSnapshot(options.vm) : await store.resolveSnapshot(parentSpec);
+      if (rec) parent = { id: rec.id, pages: await store.loadPages(rec.id), depth: rec.baseDepth };
+    }
+    return new Session(store, options, parent);
+  }
+
+  get isOpen(): boolean {
+    return this.state === 'open';
+  }
+
+  /**
+   * Writes pages starting at page index `firstPage`. `data` is a whole number of pages, except that
+   * the image's final page may be short. Resolves once the data is queued (backpressure); the caller
+   * may reuse `data` afterwards unless `transfer` is set (then the store takes ownership).
+   */
+  async writePages(firstPage: number, data: Uint8Array, transfer = false): Promise<void> {
+    this.assertOpen();
+    if (!Number.isSafeInteger(firstPage) || firstPage < 0) throw new VnstoreError('E_USAGE', `bad page index ${firstPage}`);
+    const pageCount = Math.ceil(data.length / PAGE_SIZE);
+    const end = firstPage * PAGE_SIZE + data.length;
+    if (this.options.memoryBytes !== undefined && end > this.options.memoryBytes) {
+      throw new VnstoreError('E_SESSION', `write of pages ${firstPage}..${firstPage + pageCount - 1} exceeds the VM's memory size (${this.options.memoryBytes} bytes)`);
+    }
+    this.furthestByte = Math.max(this.furthestByte, end);
+    for (let p = 0; p < pageCount; p += BLOCK_PAGES) {
+      const n = Math.min(BLOCK_PAGES, pageCount - p);
+      const slice = data.subarray(p * PAGE_SIZE, Math.min(data.length, (p + n) * PAGE_SIZE));
+      // Workers take the block's buffer by transfer: it must own a whole ArrayBuffer of full pages.
+      const owned =
+        transfer && pageCount <= BLOCK_PAGES && slice.length === n * PAGE_SIZE && slice.byteOffset === 0 && slice.buffer.byteLength === slice.length && slice.buffer instanceof ArrayBuffer
+          ? slice
+          : copyToOwnBuffer(slice, n * PAGE_SIZE);
+      await this.submit(firstPage + p, n, owned);
+    }
+  }
+
+  /** Writes one page (convenience for agents sending single dirty pages). */
+  writePage(pageIndex: number, page: Uint8Array): Promise<void> {
+    return this.writePages(pageIndex, page);
+  }
+
+  private async submit(first: number, n: number, pages: Uint8Array): Promise<void> {
+    while (this.inFlight >= this.maxInFlight) await this.applying;
+    if (this.error) throw this.error;
+    this.pages.ensure(first + n - 1);
+    const parent = this.parent?.pages;
+    let parentDigests: Uint8Array | undefined;
+    let parentHasDigest: Uint8Array | undefined;
+    if (parent && first < parent.pageCount) {
+      const m = Math.min(n, parent.pageCount - first);
+      parentDigests = parent.digests.slice(first * DIGEST_BYTES, (first + m) * DIGEST_BYTES);
+      parentHasDigest = new Uint8Array(n);
+      for (let i = 0; i < m; i++) parentHasDigest[i] = parent.kinds[first + i] === PageKind.Digest ? 1 : 0;
+    }
+    const job = this.store.pool.hash({ kind: 'hash', pages, pageCount: n, parentDigests, parentHasDigest, table: this.store.table.shared });
+    this.inFlight++;
+    this.stats.pagesWritten += n;
+    this.applying = this.applying.then(async () => {
+      try {
+        const result = await job;
+        if (!this.error) await this.apply(first, n, result);
+      } catch (err) {
+        this.error ??= fromSystemError(err, `session ${this.id}`);
+      } finally {
+        this.inFlight--;
+      }
+    });
+  }
+
+  /** Applies one block's hash results, in order. Only this method mutates the page table. */
+  private async apply(first: number, n: number, r: HashResult): Promise<void> {
+    const store = this.store;
+    const table = store.table;
+    const confirm: number[] = [];
+    let payloadPos = 0;
+    let newIdx = 0;
+    const payloadAt: number[] = new Array(n).fill(-1);
+    for (let i = 0; i < n; i++) {
+      const idx = first + i;
+      const st = r.status[i];
+      if (st === PageStatus.Zero) {
+        this.pages.setZero(idx);
+        continue;
+      }
+      this.pages.setDigest(idx, r.digests, i * DIGEST_BYTES);
+      if (st === PageStatus.SameAsParent || st === PageStatus.DuplicateInBlock) continue;
+      if (st === PageStatus.New) {
+        payloadAt[i] = payloadPos;
+        const len = r.lengths[newIdx];
+        // Another block or session may have stored it since the worker looked.
+        if (table.hasFingerprint(r.digests, i * DIGEST_BYTES)) {
+          confirm.push(i);
+        } else {
+          this.storeChunk(r.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), r.payload.subarray(payloadPos, payloadPos + len), r.codecs[newIdx]);
+        }
+        payloadPos += len;
+        newIdx++;
+        continue;
+      }
+      confirm.push(i); // MaybeKnown
+    }
+    if (confirm.length === 0) return;
+    const digests = confirm.map((i) => r.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES));
+    const found = await store.lookupExact(digests);
+    for (let k = 0; k < confirm.length; k++) {
+      if (found[k]) continue;
+      const i = confirm[k];
+      // Absent after all (fingerprint clash, or a chunk stored twice within this batch): store it,
+      // unless an earlier page of this batch just did.
+      if (store.writer.openEntries.has(Buffer.from(digests[k]).toString('latin1'))) continue;
+      let payload: Uint8Array;
+      let codec: number;
+      if (payloadAt[i] >= 0) {
+        const newOrdinal = countBefore(r.status, i, PageStatus.New);
+        payload = r.payload.subarray(payloadAt[i], payloadAt[i] + r.lengths[newOrdinal]);
+        codec = r.codecs[newOrdinal];
+      } else {
+        const c = getCodec().compressPages(r.pages, [i * PAGE_SIZE]);
+        payload = c.payload.subarray(0, c.lengths[0]);
+        codec = c.codecs[0];
+      }
+      this.storeChunk(digests[k], payload, codec);
+    }
+  }
+
+  private storeChunk(digest: Uint8Array, payload: Uint8Array, codec: number): void {
+    this.store.writer.append(digest, payload, codec);
+    this.stats.newChunks++;
+    this.stats.newChunkBytes += payload.length;
+  }
+
+  /** Waits for every queued write to be hashed and applied. */
+  async drain(): Promise<void> {
+    while (this.inFlight > 0) await this.applying;
+    await this.applying;
+    if (this.error) throw this.error;
+  }
+
+  /**
+   * Makes the snapshot durable but not yet visible: chunks sealed and indexed, manifest written.
+   * Commit with store.commitPrepared (atomically with other VMs of a group) or use commit().
+   */
+  async prepare(options: CommitOptions = {}): Promise<PreparedSnapshot> {
+    this.assertOpen();
+    this.state = 'committing';
+    try {
+      await this.drain();
+      const byteLength = options.byteLength ?? this.options.memoryBytes ?? this.furthestByte;
+      if (!Number.isSafeInteger(byteLength) || byteLength < 0) throw new VnstoreError('E_USAGE', `bad image length ${byteLength}`);
+      const pageCount = Math.ceil(byteLength / PAGE_SIZE);
+      if (pageCount < this.pages.pageCount && this.pages.kinds.subarray(pageCount, this.pages.pageCount).some((k) => k !== PageKind.Unset)) {
+        throw new VnstoreError('E_SESSION', `pages were written beyond the image length ${byteLength}`);
+      }
+      this.pages.resize(pageCount);
+      this.fillUnwritten(options.unwritten ?? (this.parent ? 'parent' : 'error'));
+      await this.store.writer.flush();
+      if (this.store.writer.failureEpoch !== this.failureEpoch) {
+        throw this.store.writer.lastFailure ?? new VnstoreError('E_IO', 'a pack write failed during the session');
+      }
+      const record = await this.writeManifest(byteLength, pageCount);
+      this.state = 'done';
+      this.store.sessions.delete(this);
+      return { store: this.store, record, failureEpoch: this.failureEpoch, state: 'prepared' };
+    } catch (err) {
+      this.state = 'done';
+      this.store.sessions.delete(this);
+      throw fromSystemError(err, `committing snapshot of VM ${this.options.vm}`);
+    }
+  }
+
+  /** Prepares and commits this one snapshot; returns its catalog record. */
+  async commit(options: CommitOptions = {}): Promise<SnapshotRecord> {
+    const prepared = await this.prepare(options);
+    try {
+      const group = this.options.group !== undefined ? { id: this.options.group } : undefined;
+      return (await this.store.commitPrepared([prepared], group))[0];
+    } catch (err) {
+      await this.store.abortPrepared([prepared]).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Drops the session. Chunks it already stored stay in packs as garbage until gc. */
+  async abort(): Promise<void> {
+    if (this.state === 'done') return;
+    this.state = 'done';
+    this.store.sessions.delete(this);
+    await this.applying.catch(() => undefined);
+  }
+
+  /** Digests this session references so far (gc must treat them as live while it is open). */
+  *liveDigests(): Generator<Uint8Array> {
+    for (let i = 0; i < this.pages.pageCount; i++) if (this.pages.kinds[i] === PageKind.Digest) yield this.pages.digestAt(i);
+  }
+
+  private fillUnwritten(mode: 'parent' | 'zero' | 'error'): void {
+    const pages = this.pages;
+    let unset = 0;
+    for (let i = 0; i < pages.pageCount; i++) {
+      if (pages.kinds[i] !== PageKind.Unset) continue;
+      if (mode === 'error') {
+        unset++;
+        continue;
+      }
+      const parent = this.parent?.pages;
+      if (mode === 'parent' && parent && i < parent.pageCount && parent.kinds[i] === PageKind.Digest) pages.setDigest(i, parent.digests, i * DIGEST_BYTES);
+      else pages.setZero(i);
+    }
+    if (unset > 0) throw new VnstoreError('E_SESSION', `${unset} page(s) of the image were never written`);
+  }
+
+  private async writeManifest(byteLength: number, pageCount: number): Promise<SnapshotRecord> {
+    const time = new Date().toISOString();
+    const meta = { id: this.id, vm: this.options.vm, group: this.options.group, parent: this.parent?.id, time };
+    const digest = imageDigest(this.pages, byteLength);
+    const header = { meta, byteLength, pageCount, imageDigest: digest };
+    let encoded = encodeManifest(header, this.pages);
+    let base: string | undefined;
+    let baseDepth = 0;
+    // Delta-encode against the parent when the chain stays short and it actually saves space.
+    if (this.parent && this.parent.depth < MAX_BASE_DEPTH) {
+      const delta = encodeManifest({ ...header, baseId: this.parent.id }, this.pages, this.parent.pages);
+      if (delta.bytes.length < encoded.bytes.length) {
+        encoded = delta;
+        base = this.parent.id;
+        baseDepth = this.parent.depth + 1;
+      }
+    }
+    const dest = this.store.manifestPath(this.id);
+    await writeFileDurable(dest, encoded.bytes, path.join(path.dirname(dest), `${this.id}.vnm.tmp`));
+    return {
+      id: this.id,
+      vm: this.options.vm,
+      group: this.options.group,
+      epoch: this.options.epoch,
+      time,
+      parent: this.parent?.id,
+      base,
+      baseDepth,
+      byteLength,
+      pageCount,
+      zeroPages: encoded.stats.zeroPages,
+      imageDigest: Buffer.from(digest).toString('hex'),
+      newChunks: this.stats.newChunks,
+      newChunkBytes: this.stats.newChunkBytes,
+      manifestBytes: encoded.bytes.length,
+      addedBytes: this.stats.newChunkBytes + this.stats.newChunks * TOC_ENTRY_BYTES + encoded.bytes.length,
+    };
+  }
+
+  private assertOpen(): void {
+    if (this.state !== 'open') throw new VnstoreError('E_SESSION', `session ${this.id} is no longer open`);
+  }
+}
+
+function copyToOwnBuffer(src: Uint8Array, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  out.set(src);
+  return out;
+}
+
+function countBefore(status: Uint8Array, end: number, value: number): number {
+  let n = 0;
+  for (let i = 0; i < end; i++) if (status[i] === value) n++;
+  return n;
+}
+

@@ -1,0 +1,413 @@
+/**
+ * Store: one directory, owned by one process. Opening takes the lock, checks the format, recovers
+ * from any crash (temp files, packs sealed but not indexed, manifests without a commit record) and
+ * loads the in-memory chunk table.
+ *
+ *   DIR/vnstore.json   identity and format version (written last by init)
+ *   DIR/lock           owner PID
+ *   DIR/db/            LevelDB: chunk index and catalog (src/store/db.ts)
+ *   DIR/packs/         sealed packs (src/format/pack.ts)
+ *   DIR/manifests/     one manifest per snapshot (src/format/manifest.ts)
+ *   DIR/tmp/           temp files; emptied on open
+ *   DIR/quarantine/    packs found corrupt, moved aside (never deleted)
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { decodeManifestHeader, decodeManifestPages, type ManifestHeader } from '../format/manifest.js';
+import { parsePackFileName, packFileName, PACK_HEADER_BYTES } from '../format/pack.js';
+import { PageTable } from '../format/pages.js';
+import { ChunkTable } from '../index/chunk-table.js';
+import { PagePool } from '../chunk/worker-pool.js';
+import { ensurePrivateDir, exists, fsyncDir, writeFileDurable, FILE_MODE } from '../util/durable.js';
+import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
+import { CONFIG_FILE, readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
+import {
+  chunkKey,
+  decodeChunkValue,
+  encodeChunkValue,
+  jsonValue,
+  KEY_CHUNK,
+  KEY_GROUP,
+  KEY_PACK,
+  KEY_SNAPSHOT,
+  KEY_VM,
+  openDb,
+  packKey,
+  parseJson,
+  prefixedKey,
+  prefixRange,
+  vmKey,
+  type GroupRecord,
+  type PackRecord,
+  type SnapshotRecord,
+  type StoreDb,
+} from './db.js';
+import { MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
+import { StoreLock } from './lock.js';
+import { PackReader } from './pack-reader.js';
+import { PackWriter, DEFAULT_PACK_TARGET_BYTES } from './pack-writer.js';
+import { Session, type PreparedSnapshot, type SessionOptions } from './session.js';
+import type { ChunkLocation } from '../index/chunk-table.js';
+
+export interface OpenOptions {
+  /** Page workers (default: one per core; 0 = hash and compress on the calling thread). */
+  workers?: number;
+  /** Pack size at which a pack is sealed. */
+  packTargetBytes?: number;
+}
+
+export interface RecoveryReport {
+  tempFilesRemoved: number;
+  packsIndexed: number;
+  packsQuarantined: string[];
+  orphanManifestsRemoved: number;
+}
+
+export const MAX_BASE_DEPTH = 8;
+
+export class Store {
+  readonly sessions = new Set<Session>();
+  private readonly manifestCache = new Map<string, PageTable>();
+  private closed = false;
+
+  private constructor(
+    readonly dir: string,
+    readonly config: StoreConfig,
+    readonly db: StoreDb,
+    private readonly lock: StoreLock,
+    readonly table: ChunkTable,
+    readonly packs: PackReader,
+    readonly writer: PackWriter,
+    readonly pool: PagePool,
+    readonly recovery: RecoveryReport,
+  ) {}
+
+  static paths(dir: string) {
+    return {
+      config: path.join(dir, CONFIG_FILE),
+      lock: path.join(dir, 'lock'),
+      db: path.join(dir, 'db'),
+      packs: path.join(dir, 'packs'),
+      manifests: path.join(dir, 'manifests'),
+      tmp: path.join(dir, 'tmp'),
+      quarantine: path.join(dir, 'quarantine'),
+    };
+  }
+
+  /** Creates an empty store. Refuses a directory that already holds a store or other files. */
+  static async init(dir: string): Promise<StoreConfig> {
+    const p = Store.paths(dir);
+    if (await exists(p.config)) throw new VnstoreError('E_EXISTS', `${dir} already holds a vnstore store`);
+    try {
+      const entries = await fsp.readdir(dir).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return [] as string[];
+        throw err;
+      });
+      if (entries.length > 0) throw new VnstoreError('E_EXISTS', `${dir} is not empty; choose a new or empty directory for the store`);
+      await ensurePrivateDir(dir);
+      await fsp.chmod(dir, 0o700);
+      for (const d of [p.packs, p.manifests, p.tmp]) await ensurePrivateDir(d);
+      const db = openDb(p.db);
+      await db.open();
+      await db.close();
+      const config: StoreConfig = {
+        format: STORE_FORMAT,
+        version: STORE_FORMAT_VERSION,
+        storeId: randomBytes(16).toString('hex'),
+        created: new Date().toISOString(),
+        pageSize: 4096,
+        chunkDigest: 'blake3-256',
+      };
+      // The identity file is published last: a crash before this leaves no half-made "store".
+      await writeFileDurable(p.config, Buffer.from(JSON.stringify(config, null, 2) + '\n'), path.join(p.tmp, 'vnstore.json.tmp'));
+      await fsyncDir(path.dirname(path.resolve(dir)));
+      return config;
+    } catch (err) {
+      throw fromSystemError(err, `creating store in ${dir}`);
+    }
+  }
+
+  static async open(dir: string, options: OpenOptions = {}): Promise<Store> {
+    const config = await readConfig(dir);
+    const p = Store.paths(dir);
+    let lock: StoreLock;
+    try {
+      lock = await StoreLock.acquire(p.lock);
+    } catch (err) {
+      throw fromSystemError(err, `locking store ${dir}`);
+    }
+    let db: StoreDb | undefined;
+    try {
+      for (const d of [p.packs, p.manifests, p.tmp]) await ensurePrivateDir(d);
+      db = openDb(p.db);
+      try {
+        await db.open();
+      } catch (err) {
+        const cause = (err as { cause?: Error }).cause;
+        if (/lock/i.test(String(cause?.message ?? ''))) throw new VnstoreError('E_LOCKED', `store index ${p.db} is locked by another process`);
+        throw new CorruptError(`store index ${p.db} cannot be opened: ${cause?.message ?? (err as Error).message}`, { cause: err });
+      }
+      const recovery = await recover(dir, db);
+      const table = await loadChunkTable(db);
+      const maxPack = await highestPackId(dir, db);
+      const writer = new PackWriter(p.packs, p.tmp, db, table, maxPack + 1, options.packTargetBytes ?? DEFAULT_PACK_TARGET_BYTES);
+      const pool = new PagePool(options.workers);
+      return new Store(dir, config, db, lock, table, new PackReader(p.packs), writer, pool, recovery);
+    } catch (err) {
+      await db?.close().catch(() => undefined);
+      await lock.release();
+      throw fromSystemError(err, `opening store ${dir}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of [...this.sessions]) await s.abort().catch(() => undefined);
+    await this.writer.close();
+    await this.pool.close();
+    await this.packs.close();
+    await this.db.close();
+    await this.lock.release();
+  }
+
+  // ---------------------------------------------------------------- sessions and commit
+
+  /** Begins a snapshot session for one VM. Pages written to it are invisible until commit. */
+  async beginSession(options: SessionOptions): Promise<Session> {
+    this.assertOpen();
+    const s = await Session.begin(this, options);
+    this.sessions.add(s);
+    return s;
+  }
+
+  /**
+   * Commits prepared snapshots atomically: one synced LevelDB batch writes every commit record (and
+   * the group record), so all of them become visible together or none does.
+   */
+  async commitPrepared(prepared: PreparedSnapshot[], group?: { id: string }): Promise<SnapshotRecord[]> {
+    this.assertOpen();
+    if (prepared.length === 0) throw new VnstoreError('E_SESSION', 'nothing to commit');
+    const batch = this.db.batch();
+    const time = new Date().toISOString();
+    for (const p of prepared) {
+      if (p.store !== this) throw new VnstoreError('E_SESSION', 'prepared snapshot belongs to another store');
+      if (p.state !== 'prepared') throw new VnstoreError('E_SESSION', `snapshot ${p.record.id} is ${p.state}, not prepared`);
+      if (p.failureEpoch !== this.writer.failureEpoch) {
+        throw new VnstoreError('E_IO', `snapshot ${p.record.id}: a pack write failed during the session (${this.writer.lastFailure?.message ?? 'unknown'}); abort and retry`);
+      }
+      batch.put(prefixedKey(KEY_SNAPSHOT, p.record.id), jsonValue(p.record));
+      batch.put(vmKey(p.record.vm, p.record.id), Buffer.alloc(0));
+    }
+    if (group) {
+      const g: GroupRecord = { id: group.id, time, snapshots: prepared.map((p) => p.record.id) };
+      batch.put(prefixedKey(KEY_GROUP, group.id), jsonValue(g));
+    }
+    try {
+      await batch.write({ sync: true });
+    } catch (err) {
+      throw fromSystemError(err, 'writing commit record');
+    }
+    for (const p of prepared) p.state = 'committed';
+    return prepared.map((p) => p.record);
+  }
+
+  /** Discards prepared-but-uncommitted snapshots (removes their manifest files). */
+  async abortPrepared(prepared: PreparedSnapshot[]): Promise<void> {
+    for (const p of prepared) {
+      if (p.state !== 'prepared') continue;
+      p.state = 'aborted';
+      await fsp.rm(this.manifestPath(p.record.id), { force: true });
+    }
+  }
+
+  // ---------------------------------------------------------------- catalog
+
+  manifestPath(id: string): string {
+    return path.join(Store.paths(this.dir).manifests, `${id}.vnm`);
+  }
+
+  async getSnapshot(id: string): Promise<SnapshotRecord | undefined> {
+    const v = await this.db.get(prefixedKey(KEY_SNAPSHOT, id));
+    return v === undefined ? undefined : parseJson<SnapshotRecord>(v);
+  }
+
+  /** Resolves a full id or a unique prefix (≥ 4 hex digits) to a committed snapshot. */
+  async resolveSnapshot(idOrPrefix: string): Promise<SnapshotRecord> {
+    const q = idOrPrefix.trim().toLowerCase();
+    if (!/^[0-9a-f]+$/.test(q) || q.length > 16) throw new VnstoreError('E_USAGE', `${JSON.stringify(idOrPrefix)} is not a snapshot id (16 hex digits, or a unique prefix)`);
+    if (SNAPSHOT_ID_RE.test(q)) {
+      const r = await this.getSnapshot(q);
+      if (!r) throw new VnstoreError('E_NOT_FOUND', `no snapshot ${q} in this store`);
+      return r;
+    }
+    if (q.length < MIN_PREFIX) throw new VnstoreError('E_USAGE', `snapshot id prefix ${q} is too short (at least ${MIN_PREFIX} hex digits)`);
+    const found: SnapshotRecord[] = [];
+    for await (const v of this.db.values({ ...prefixRange(prefixedKey(KEY_SNAPSHOT, q)), limit: 2 })) found.push(parseJson<SnapshotRecord>(v));
+    if (found.length === 0) throw new VnstoreError('E_NOT_FOUND', `no snapshot matching ${q} in this store`);
+    if (found.length > 1) throw new VnstoreError('E_AMBIGUOUS', `snapshot prefix ${q} is ambiguous (${found[0].id}, ${found[1].id}, ...)`);
+    return found[0];
+  }
+
+  /** Committed snapshots in id (= time) order, optionally of one VM. */
+  async listSnapshots(vm?: string): Promise<SnapshotRecord[]> {
+    this.assertOpen();
+    const out: SnapshotRecord[] = [];
+    if (vm === undefined) {
+      for await (const v of this.db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) out.push(parseJson<SnapshotRecord>(v));
+      return out;
+    }
+    const prefix = Buffer.concat([Buffer.of(KEY_VM), Buffer.from(vm, 'utf8'), Buffer.of(0)]);
+    const ids: string[] = [];
+    for await (const k of this.db.keys(prefixRange(prefix))) ids.push(k.subarray(prefix.length).toString('utf8'));
+    const values = await this.db.getMany(ids.map((id) => prefixedKey(KEY_SNAPSHOT, id)));
+    for (const v of values) if (v !== undefined) out.push(parseJson<SnapshotRecord>(v));
+    return out;
+  }
+
+  async latestSnapshot(vm: string): Promise<SnapshotRecord | undefined> {
+    const prefix = Buffer.concat([Buffer.of(KEY_VM), Buffer.from(vm, 'utf8'), Buffer.of(0)]);
+    for await (const k of this.db.keys({ ...prefixRange(prefix), reverse: true, limit: 1 })) {
+      return this.getSnapshot(k.subarray(prefix.length).toString('utf8'));
+    }
+    return undefined;
+  }
+
+  async listPacks(): Promise<PackRecord[]> {
+    const out: PackRecord[] = [];
+    for await (const v of this.db.values(prefixRange(Buffer.of(KEY_PACK)))) out.push(parseJson<PackRecord>(v));
+    return out;
+  }
+
+  // ---------------------------------------------------------------- manifests
+
+  async readManifestHeader(id: string): Promise<ManifestHeader> {
+    return decodeManifestHeader(await this.readManifestBytes(id), id).header;
+  }
+
+  private async readManifestBytes(id: string): Promise<Buffer> {
+    try {
+      return await fsp.readFile(this.manifestPath(id));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new CorruptError(`manifest of snapshot ${id} is missing`);
+      throw fromSystemError(err, `reading manifest of snapshot ${id}`);
+    }
+  }
+
+  /** Full page table of a snapshot, resolving delta bases (cached: bases are shared by children). */
+  async loadPages(id: string, depth = 0): Promise<PageTable> {
+    const cached = this.manifestCache.get(id);
+    if (cached) return cached;
+    if (depth > MAX_BASE_DEPTH + 1) throw new CorruptError(`manifest of snapshot ${id}: base chain too deep`);
+    const { header, reader } = decodeManifestHeader(await this.readManifestBytes(id), id);
+    if (header.meta.id !== id) throw new CorruptError(`manifest of snapshot ${id} names snapshot ${header.meta.id}`);
+    const base = header.baseId ? await this.loadPages(header.baseId, depth + 1) : undefined;
+    const pages = decodeManifestPages(header, reader, id, base);
+    if (this.manifestCache.size >= 8) this.manifestCache.delete(this.manifestCache.keys().next().value as string);
+    this.manifestCache.set(id, pages);
+    return pages;
+  }
+
+  // ---------------------------------------------------------------- chunk index
+
+  /** Exact lookups (open packs first, then LevelDB) for digests the table only hinted at. */
+  async lookupExact(digests: Uint8Array[]): Promise<(ChunkLocation | undefined)[]> {
+    const out: (ChunkLocation | undefined)[] = new Array(digests.length);
+    const missIdx: number[] = [];
+    for (let i = 0; i < digests.length; i++) {
+      const loc = this.writer.openEntries.get(Buffer.from(digests[i].buffer, digests[i].byteOffset, 32).toString('latin1'));
+      if (loc) out[i] = loc;
+      else missIdx.push(i);
+    }
+    if (missIdx.length > 0) {
+      const values = await this.db.getMany(missIdx.map((i) => chunkKey(digests[i])));
+      for (let k = 0; k < missIdx.length; k++) {
+        const v = values[k];
+        out[missIdx[k]] = v === undefined ? undefined : decodeChunkValue(v);
+      }
+    }
+    return out;
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new VnstoreError('E_SESSION', 'store is closed');
+  }
+}
+
+// ------------------------------------------------------------------ open-time recovery
+
+async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
+  const p = Store.paths(dir);
+  const report: RecoveryReport = { tempFilesRemoved: 0, packsIndexed: 0, packsQuarantined: [], orphanManifestsRemoved: 0 };
+  // 1. Temp files are never referenced by anything committed.
+  for (const name of await fsp.readdir(p.tmp)) {
+    await fsp.rm(path.join(p.tmp, name), { force: true, recursive: true });
+    report.tempFilesRemoved++;
+  }
+  // 2. Packs renamed into place but not indexed (crash between rename and the index batch).
+  const indexed = new Set<number>();
+  for await (const k of db.keys(prefixRange(Buffer.of(KEY_PACK)))) indexed.add(k.readUInt32BE(1));
+  for (const name of await fsp.readdir(p.packs)) {
+    const id = parsePackFileName(name);
+    if (id === undefined || indexed.has(id)) continue;
+    const file = path.join(p.packs, name);
+    try {
+      const { readPackTocAt } = await import('./pack-reader.js');
+      const entries = await readPackTocAt(file, name);
+      const batch = db.batch();
+      for (const e of entries) {
+        batch.put(chunkKey(e.digest), encodeChunkValue({ pack: id, offset: e.offset, storedLength: e.storedLength, codec: e.codec }));
+      }
+      const stat = await fsp.stat(file);
+      const payloadBytes = entries.reduce((s, e) => s + e.storedLength, 0);
+      const rec: PackRecord = { id, chunks: entries.length, bytes: stat.size, payloadBytes, sealedAt: stat.mtime.toISOString() };
+      batch.put(packKey(id), jsonValue(rec));
+      await batch.write({ sync: true });
+      report.packsIndexed++;
+    } catch (err) {
+      if (!(err instanceof CorruptError)) throw err;
+      await ensurePrivateDir(p.quarantine);
+      await fsp.rename(file, path.join(p.quarantine, name));
+      report.packsQuarantined.push(name);
+    }
+  }
+  // 3. Manifests written but never committed (crash between manifest and commit record).
+  for (const name of await fsp.readdir(p.manifests)) {
+    const m = /^([0-9a-f]{16})\.vnm(\.tmp)?$/.exec(name);
+    if (!m) continue;
+    if (m[2] || (await db.get(prefixedKey(KEY_SNAPSHOT, m[1]))) === undefined) {
+      if (!m[2] && (await isKeptBase(db, m[1]))) continue;
+      await fsp.rm(path.join(p.manifests, name), { force: true });
+      report.orphanManifestsRemoved++;
+    }
+  }
+  return report;
+}
+
+/** A manifest with no commit record may still be the delta base of a committed snapshot. */
+async function isKeptBase(db: StoreDb, id: string): Promise<boolean> {
+  for await (const v of db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) {
+    if (parseJson<SnapshotRecord>(v).base === id) return true;
+  }
+  return false;
+}
+
+async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {
+  let count = 0;
+  for await (const v of db.values(prefixRange(Buffer.of(KEY_PACK)))) count += parseJson<PackRecord>(v).chunks;
+  const table = new ChunkTable(Math.max(count, 1 << 14));
+  for await (const [k, v] of db.iterator(prefixRange(Buffer.of(KEY_CHUNK)))) table.insert(k.subarray(1), decodeChunkValue(v));
+  return table;
+}
+
+async function highestPackId(dir: string, db: StoreDb): Promise<number> {
+  let max = 0;
+  for await (const k of db.keys({ ...prefixRange(Buffer.of(KEY_PACK)), reverse: true, limit: 1 })) max = k.readUInt32BE(1);
+  for (const d of [Store.paths(dir).packs, Store.paths(dir).quarantine]) {
+    const names = await fsp.readdir(d).catch(() => [] as string[]);
+    for (const name of names) max = Math.max(max, parsePackFileName(name) ?? 0);
+  }
+  return max;
+}
+

@@ -1,0 +1,53 @@
+/**
+ * Durable file primitives: write-then-fsync-then-publish. A published name always refers to
+ * complete, synced bytes; a crash leaves at most a temp file that recovery removes.
+ */
+import { promises as fsp, constants as fsConstants } from 'node:fs';
+import path from 'node:path';
+
+export const FILE_MODE = 0o600;
+export const DIR_MODE = 0o700;
+
+/** fsync a directory so a rename or create inside it survives power loss. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, fsConstants.O_RDONLY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Writes `data` to `tmpPath`, fsyncs, renames to `finalPath`, fsyncs the directory. */
+export async function writeFileDurable(finalPath: string, data: Uint8Array, tmpPath: string): Promise<void> {
+  const fh = await fsp.open(tmpPath, 'wx', FILE_MODE);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    await fsp.rm(tmpPath, { force: true }).catch(() => undefined);
+    throw err;
+  }
+  await fh.close();
+  try {
+    await fsp.rename(tmpPath, finalPath);
+  } catch (err) {
+    await fsp.rm(tmpPath, { force: true }).catch(() => undefined);
+    throw err;
+  }
+  await fsyncDir(path.dirname(finalPath));
+}
+
+export async function ensurePrivateDir(dir: string): Promise<void> {
+  await fsp.mkdir(dir, { recursive: true, mode: DIR_MODE });
+}
+
+export async function exists(p: string): Promise<boolean> {
+  try {
+    await fsp.access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}

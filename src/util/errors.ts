@@ -1,0 +1,58 @@
+/**
+ * Typed errors with stable codes. The CLI maps each code to one exit status and prints one line;
+ * scripts match on `code`, never on message text.
+ */
+export const ERROR_CODES = {
+  E_USAGE: 2,
+  E_NOT_STORE: 3,
+  E_FORMAT_VERSION: 4,
+  E_LOCKED: 5,
+  E_NOT_FOUND: 6,
+  E_CORRUPT: 7,
+  E_IO: 8,
+  E_NO_SPACE: 9,
+  E_INPUT: 10,
+  E_EXISTS: 11,
+  E_SESSION: 12,
+  E_AMBIGUOUS: 13,
+  E_CODEC: 7,
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class VnstoreError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'VnstoreError';
+  }
+  get exitCode(): number {
+    return ERROR_CODES[this.code];
+  }
+}
+
+export class CorruptError extends VnstoreError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('E_CORRUPT', message, options);
+    this.name = 'CorruptError';
+  }
+}
+
+/** Maps a Node system error (ENOSPC, EACCES...) met while doing `what` to a typed error. */
+export function fromSystemError(err: unknown, what: string): VnstoreError {
+  if (err instanceof VnstoreError) return err;
+  const e = err as NodeJS.ErrnoException;
+  switch (e?.code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new VnstoreError('E_NO_SPACE', `${what}: no space left on device`, { cause: err });
+    case 'EACCES':
+    case 'EPERM':
+      return new VnstoreError('E_IO', `${what}: permission denied`, { cause: err });
+    case 'EROFS':
+      return new VnstoreError('E_IO', `${what}: read-only file system`, { cause: err });
+    default:
+      return new VnstoreError('E_IO', `${what}: ${e?.message ?? String(err)}`, { cause: err });
+  }
+}
