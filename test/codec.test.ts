@@ -281,7 +281,9 @@ describe.each(codecs.map((c) => [c.kind, c] as const))('%s codec', (_kind, codec
     expect(() => codec.decodePage(new Uint8Array(PAGE_SIZE + 1), ChunkCodec.Raw, dst, 0)).toThrow(CodecError);
     expect(() => codec.decodePage(new Uint8Array(0), ChunkCodec.Lz4, dst, 0)).toThrow(CodecError);
     expect(() => codec.decodePage(new Uint8Array(PAGE_SIZE), ChunkCodec.Lz4, dst, 0)).toThrow(CodecError);
-    expect(() => codec.decodePage(new Uint8Array(PAGE_SIZE), 2 as ChunkCodec, dst, 0)).toThrow(CodecError);
+    for (const bad of [2, 255, -1, 1.5, 0.5, 256]) {
+      expect(() => codec.decodePage(new Uint8Array(PAGE_SIZE), bad as ChunkCodec, dst, 0)).toThrow(CodecError);
+    }
     // Valid blocks for 2 KiB and 8 KiB of 'a': short and long output, not a page.
     for (const size of [PAGE_SIZE / 2, PAGE_SIZE * 2]) {
       const block = compressSync(Buffer.alloc(size, 0x61)).subarray(4); // strip lz4-napi's size prefix

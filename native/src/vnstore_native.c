@@ -167,20 +167,6 @@ static const char *decode_one(const uint8_t *payload, size_t len, uint32_t codec
   return "unknown codec";
 }
 
-/* All-zero test with early exit: most non-zero pages differ in the first block. */
-static int page_is_zero(const uint8_t *p) {
-  for (size_t off = 0; off < PAGE_SIZE; off += 256) {
-    uint64_t acc = 0;
-    for (size_t i = 0; i < 256; i += 8) {
-      uint64_t w;
-      memcpy(&w, p + off + i, 8); /* unaligned-safe; compiles to plain loads */
-      acc |= w;
-    }
-    if (acc != 0) return 0;
-  }
-  return 1;
-}
-
 /* ---------- exported functions ---------- */
 
 /* compressPages(src: Uint8Array, offsets: Uint32Array | Float64Array, lengths: Uint32Array,
@@ -280,8 +266,10 @@ static napi_value js_decode_page(napi_env env, napi_callback_info info) {
   size_t len;
   if (get_typed(env, argv[0], napi_uint8_array, (void **)&payload, &len) != 0)
     return throw_type(env, "payload must be a Uint8Array");
-  uint32_t codec;
-  if (napi_get_value_uint32(env, argv[1], &codec) != napi_ok) return throw_type(env, "codec must be a number");
+  /* Read as a double so that 1.5 or -1 become "unknown codec" rather than being truncated to one. */
+  double codec_d;
+  if (napi_get_value_double(env, argv[1], &codec_d) != napi_ok) return throw_type(env, "codec must be a number");
+  uint32_t codec = (codec_d >= 0 && codec_d <= 255 && codec_d == floor(codec_d)) ? (uint32_t)codec_d : 0xffffffffu;
   uint8_t *dst;
   size_t dst_len;
   if (get_typed(env, argv[2], napi_uint8_array, (void **)&dst, &dst_len) != 0)
@@ -353,30 +341,6 @@ static napi_value js_decode_pages(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* zeroMask(src: Uint8Array, count: number): Uint8Array — mask[i] = 1 when page i (at i*PAGE_SIZE)
- * is all zero. */
-static napi_value js_zero_mask(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2) return throw_type(env, "zeroMask(src, count)");
-  uint8_t *src;
-  size_t src_len;
-  if (get_typed(env, argv[0], napi_uint8_array, (void **)&src, &src_len) != 0)
-    return throw_type(env, "src must be a Uint8Array");
-  size_t count;
-  if (get_index(env, argv[1], &count) != 0 || count > src_len / PAGE_SIZE)
-    return throw_range(env, "count out of range: src must hold count * PAGE_SIZE bytes");
-
-  napi_value ab, mask;
-  void *mask_data;
-  NAPI_OK(napi_create_arraybuffer(env, count, &mask_data, &ab));
-  uint8_t *m = (uint8_t *)mask_data;
-  for (size_t i = 0; i < count; i++) m[i] = (uint8_t)page_is_zero(src + i * PAGE_SIZE);
-  NAPI_OK(napi_create_typedarray(env, napi_uint8_array, count, ab, 0, &mask));
-  return mask;
-}
-
 NAPI_MODULE_INIT() {
   pthread_once(&g_lz4_once, lz4_load);
   if (g_lz4_compress == NULL) {
@@ -404,7 +368,6 @@ NAPI_MODULE_INIT() {
       {"compressPages", NULL, js_compress_pages, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodePage", NULL, js_decode_page, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodePages", NULL, js_decode_pages, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"zeroMask", NULL, js_zero_mask, NULL, NULL, NULL, napi_enumerable, NULL},
       {"abi", NULL, NULL, NULL, NULL, abi, napi_enumerable, NULL},
       {"pageSize", NULL, NULL, NULL, NULL, page_size, napi_enumerable, NULL},
       {"lz4Version", NULL, NULL, NULL, NULL, lz4_version, napi_enumerable, NULL},

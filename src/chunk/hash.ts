@@ -5,8 +5,9 @@ import { DIGEST_BYTES, PAGE_SIZE, PageTable } from '../format/pages.js';
 export const ZERO_PAGE: Buffer = Buffer.alloc(PAGE_SIZE);
 const IMAGE_DIGEST_PREFIX = Buffer.from('vnstore-image-v1\0', 'latin1');
 
+/** BLAKE3-256 of a page (a zero-copy Buffer view: the binding's typings take Buffers only). */
 export function hashPage(page: Uint8Array): Buffer {
-  return blake3(page);
+  return blake3(Buffer.isBuffer(page) ? page : Buffer.from(page.buffer, page.byteOffset, page.length));
 }
 
 /** memcmp against a zero page: one native call, far faster than a JS loop. */
@@ -32,7 +33,7 @@ export function imageDigest(pages: PageTable, byteLength: number): Buffer {
   for (let i = 0; i < pages.pageCount; i++) {
     if (pages.kinds[i] !== 2 /* PageKind.Digest */) copy.fill(0, base + i * DIGEST_BYTES, base + (i + 1) * DIGEST_BYTES);
   }
-  return blake3(copy);
+  return hashPage(copy);
 }
 
 export function hex(b: Uint8Array): string {

@@ -2,11 +2,10 @@
  * The CPU work of ingest and restore, as pure functions over one block of pages. They run inside
  * worker threads (page-worker.ts) or inline; the store sees the same results either way.
  */
-import { blake3 } from '@napi-rs/blake-hash';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { tableHasFingerprint } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec } from './codec.js';
-import { isZeroPage } from './hash.js';
+import { hashPage, isZeroPage } from './hash.js';
 
 /** Per-page outcome of hashing, decided as far as a worker can without the exact index. */
 export enum PageStatus {
@@ -53,7 +52,7 @@ export function runHashJob(job: HashJob): HashResult {
       status[i] = PageStatus.Zero;
       continue;
     }
-    const d = blake3(pages.subarray(off, off + PAGE_SIZE));
+    const d = hashPage(pages.subarray(off, off + PAGE_SIZE));
     digests.set(d, i * DIGEST_BYTES);
     if (job.parentDigests && job.parentHasDigest?.[i] && d.equals(job.parentDigests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES))) {
       status[i] = PageStatus.SameAsParent;
@@ -115,7 +114,7 @@ export function runDecodeJob(job: DecodeJob): DecodeResult {
     const dstOff = job.slots[i] * PAGE_SIZE;
     try {
       codec.decodePage(job.payload.subarray(p, p + len), job.codecs[i] as ChunkCodec, out, dstOff);
-      const d = blake3(out.subarray(dstOff, dstOff + PAGE_SIZE));
+      const d = hashPage(out.subarray(dstOff, dstOff + PAGE_SIZE));
       if (!d.equals(job.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES))) bad.push(i);
     } catch {
       bad.push(i);

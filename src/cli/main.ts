@@ -6,6 +6,9 @@ import { registerPut } from './put.js';
 import { registerRestore } from './restore.js';
 import { registerLs } from './ls.js';
 import { ERROR_CODES } from '../util/errors.js';
+import { trace } from '../util/trace.js';
+
+trace('modules loaded');
 
 const program = new Command();
 program

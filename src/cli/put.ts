@@ -1,4 +1,5 @@
-import { createReadStream, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { PAGE_SIZE } from '../format/pages.js';
 import { BLOCK_PAGES, type Session } from '../store/session.js';
@@ -35,7 +36,7 @@ export function registerPut(program: Command): void {
           const bar = progressBar(`put ${opts.vm}`, input.size ?? 0);
           let bytes: number;
           try {
-            bytes = await feed(session, input.stream, (done) => bar.update(done));
+            bytes = await feed(session, input, (done) => bar.update(done));
           } catch (err) {
             bar.stop();
             await session.abort();
@@ -54,57 +55,101 @@ export function registerPut(program: Command): void {
     );
 }
 
-async function openInput(file: string): Promise<{ stream: NodeJS.ReadableStream; size?: number }> {
-  if (file === '-') return { stream: process.stdin };
-  let size: number;
+type Input = { kind: 'file'; fh: FileHandle; size: number } | { kind: 'stream'; stream: NodeJS.ReadableStream; size?: number };
+
+async function openInput(file: string): Promise<Input> {
+  if (file === '-') return { kind: 'stream', stream: process.stdin };
   try {
-    const st = await fsp.stat(file);
-    if (!st.isFile()) throw new VnstoreError('E_INPUT', `${file} is not a regular file`);
-    size = st.size;
-    await fsp.access(file, fsp.constants.R_OK);
+    const fh = await fsp.open(file, 'r');
+    const st = await fh.stat();
+    if (!st.isFile()) {
+      await fh.close();
+      throw new VnstoreError('E_INPUT', `${file} is not a regular file`);
+    }
+    return { kind: 'file', fh, size: st.size };
   } catch (err) {
     if (err instanceof VnstoreError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new VnstoreError('E_INPUT', `${file}: no such file`);
     if (code === 'EACCES') throw new VnstoreError('E_INPUT', `${file}: permission denied`);
+    if (code === 'EISDIR') throw new VnstoreError('E_INPUT', `${file} is a directory, not a memory image`);
     throw new VnstoreError('E_INPUT', `${file}: cannot read: ${(err as Error).message}`);
   }
-  return { stream: createReadStream(file, { highWaterMark: READ_BYTES }), size };
 }
 
-/** Streams the input into the session in page-aligned blocks; returns the exact byte count. */
-async function feed(session: Session, stream: NodeJS.ReadableStream, onProgress: (done: number) => void): Promise<number> {
+/** Feeds the whole input into the session; returns the exact byte count. */
+async function feed(session: Session, input: Input, onProgress: (done: number) => void): Promise<number> {
+  try {
+    const total = input.kind === 'file' ? await feedFile(session, input.fh, input.size, onProgress) : await feedStream(session, input.stream, onProgress);
+    if (total === 0) throw usage('input is empty: nothing to store');
+    return total;
+  } catch (err) {
+    if (err instanceof VnstoreError) throw err;
+    throw fromSystemError(err, 'reading input');
+  } finally {
+    if (input.kind === 'file') await input.fh.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Reads a regular file straight into fresh buffers that the page workers take by transfer (no copy),
+ * with a few reads in flight so the disk, the main thread and the workers overlap.
+ */
+async function feedFile(session: Session, fh: FileHandle, size: number, onProgress: (done: number) => void): Promise<number> {
+  const READS_IN_FLIGHT = 3;
+  const reads: { page: number; p: Promise<Uint8Array> }[] = [];
+  let next = 0;
+  let done = 0;
+  const startRead = (pos: number) => {
+    const len = Math.min(READ_BYTES, size - pos);
+    const buf = new Uint8Array(len);
+    return fh.read(buf, 0, len, pos).then(({ bytesRead }) => {
+      if (bytesRead !== len) throw new VnstoreError('E_INPUT', 'input file changed size while being read');
+      return buf;
+    });
+  };
+  while (next < size || reads.length > 0) {
+    while (next < size && reads.length < READS_IN_FLIGHT) {
+      reads.push({ page: next / PAGE_SIZE, p: startRead(next) });
+      next += Math.min(READ_BYTES, size - next);
+    }
+    const r = reads.shift()!;
+    const buf = await r.p;
+    const length = buf.length; // read before the buffer is transferred away
+    await session.writePages(r.page, buf, true);
+    done += length;
+    onProgress(done);
+  }
+  return done;
+}
+
+/** Streams (stdin) arrive in arbitrary pieces: regroup them into page-aligned blocks. */
+async function feedStream(session: Session, stream: NodeJS.ReadableStream, onProgress: (done: number) => void): Promise<number> {
   let block = new Uint8Array(READ_BYTES);
   let fill = 0;
   let total = 0;
   let page = 0;
-  try {
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
-      let pos = 0;
-      while (pos < chunk.length) {
-        const n = Math.min(chunk.length - pos, READ_BYTES - fill);
-        block.set(chunk.subarray(pos, pos + n), fill);
-        fill += n;
-        pos += n;
-        if (fill === READ_BYTES) {
-          await session.writePages(page, block, true);
-          page += READ_BYTES / PAGE_SIZE;
-          total += fill;
-          fill = 0;
-          block = new Uint8Array(READ_BYTES);
-          onProgress(total);
-        }
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    let pos = 0;
+    while (pos < chunk.length) {
+      const n = Math.min(chunk.length - pos, READ_BYTES - fill);
+      block.set(chunk.subarray(pos, pos + n), fill);
+      fill += n;
+      pos += n;
+      if (fill === READ_BYTES) {
+        await session.writePages(page, block, true); // transferred: never touch `block` again
+        page += READ_BYTES / PAGE_SIZE;
+        total += fill;
+        fill = 0;
+        block = new Uint8Array(READ_BYTES);
+        onProgress(total);
       }
     }
-  } catch (err) {
-    if (err instanceof VnstoreError) throw err;
-    throw fromSystemError(err, 'reading input');
   }
   if (fill > 0) {
     await session.writePages(page, block.subarray(0, fill));
     total += fill;
   }
   onProgress(total);
-  if (total === 0) throw usage('input is empty: nothing to store');
   return total;
 }

@@ -43,6 +43,17 @@ export class ChunkTable {
   private mask: number;
   size = 0;
 
+  /** Rebuilds a table from saved words (see table-file.ts); the caller has checked them. */
+  static fromWords(words: Uint32Array, size: number): ChunkTable {
+    const t = new ChunkTable(1);
+    const shared = ChunkTable.alloc(words.length / SLOT_WORDS);
+    shared.set(words);
+    t.words = shared;
+    t.mask = words.length / SLOT_WORDS - 1;
+    t.size = size;
+    return t;
+  }
+
   constructor(initialCapacity = 1 << 16) {
     let cap = 1024;
     while (cap < initialCapacity / MAX_LOAD) cap *= 2;

@@ -8,6 +8,7 @@
  *   'm' + name              → JSON store metadata (counters)
  * See docs/FORMAT.md.
  */
+import { randomBytes } from 'node:crypto';
 import { Level } from 'level';
 import type { ChunkLocation } from '../index/chunk-table.js';
 
@@ -21,6 +22,16 @@ export const KEY_GROUP = 0x67; // 'g'
 export const KEY_META = 0x6d; // 'm'
 
 export const CHUNK_VALUE_BYTES = 11;
+
+/** 'm' "chunkgen": a random token rewritten in every batch that changes chunk entries (see table-file.ts). */
+export const CHUNK_GEN_KEY = Buffer.concat([Buffer.of(KEY_META), Buffer.from('chunkgen', 'latin1')]);
+
+/** Adds a fresh chunk-generation token to a batch that changes chunk entries; returns the token. */
+export function stampChunkGeneration(batch: { put(key: Buffer, value: Buffer): unknown }): Buffer {
+  const token = randomBytes(16);
+  batch.put(CHUNK_GEN_KEY, token);
+  return token;
+}
 
 export function openDb(dir: string): StoreDb {
   return new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });

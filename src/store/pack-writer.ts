@@ -13,7 +13,7 @@ import { PAGE_SIZE } from '../format/pages.js';
 import type { ChunkLocation, ChunkTable } from '../index/chunk-table.js';
 import { fsyncDir, FILE_MODE } from '../util/durable.js';
 import { fromSystemError } from '../util/errors.js';
-import { chunkKey, encodeChunkValue, jsonValue, packKey, type PackRecord, type StoreDb } from './db.js';
+import { chunkKey, encodeChunkValue, jsonValue, packKey, stampChunkGeneration, type PackRecord, type StoreDb } from './db.js';
 
 export const DEFAULT_PACK_TARGET_BYTES = 32 * 1024 * 1024;
 const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
@@ -46,6 +46,8 @@ export class PackWriter {
     private readonly table: ChunkTable,
     private nextPackId: number,
     private readonly targetBytes = DEFAULT_PACK_TARGET_BYTES,
+    /** Told the new chunk-generation token after each index batch (the saved table goes stale). */
+    private readonly onChunkGeneration: (token: Buffer) => void = () => undefined,
   ) {}
 
   /** Queues a chunk for the open pack and returns where it will live. */
@@ -148,7 +150,9 @@ export class PackWriter {
       sealedAt: new Date().toISOString(),
     };
     batch.put(packKey(pack.id), jsonValue(record));
+    const token = stampChunkGeneration(batch);
     await batch.write();
+    this.onChunkGeneration(token);
     for (const e of pack.entries) this.openEntries.delete(Buffer.from(e.digest).toString('latin1'));
   }
 

@@ -6,9 +6,8 @@
 import { packFileName } from '../format/pack.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, type PageTable } from '../format/pages.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
-import { imageDigest, hex } from '../chunk/hash.js';
+import { hashPage, imageDigest, hex } from '../chunk/hash.js';
 import { getCodec, type ChunkCodec } from '../chunk/codec.js';
-import { blake3 } from '@napi-rs/blake-hash';
 import { CorruptError } from '../util/errors.js';
 import type { Store } from './store.js';
 import type { SnapshotRecord } from './db.js';
@@ -126,7 +125,7 @@ async function restoreWindow(store: Store, snapshotId: string, pages: PageTable,
       const dst = result.out;
       try {
         getCodec().decodePage(buf, loc.codec as ChunkCodec, dst, slots[k] * PAGE_SIZE);
-        if (blake3(dst.subarray(slots[k] * PAGE_SIZE, (slots[k] + 1) * PAGE_SIZE)).equals(digestOf(slots[k]))) continue;
+        if (hashPage(dst.subarray(slots[k] * PAGE_SIZE, (slots[k] + 1) * PAGE_SIZE)).equals(digestOf(slots[k]))) continue;
       } catch {
         // fall through to the corruption error
       }

@@ -18,9 +18,10 @@ import type { SnapshotRecord } from './db.js';
 import { newSnapshotId, validateName } from './ids.js';
 import type { Store } from './store.js';
 import { MAX_BASE_DEPTH } from './store.js';
+import { trace } from '../util/trace.js';
 
 /** Pages per worker job: large enough to amortise messaging, small enough to keep both cores busy. */
-export const BLOCK_PAGES = 256;
+export const BLOCK_PAGES = 1024;
 
 export interface SessionOptions {
   vm: string;
@@ -90,6 +91,7 @@ export class Session {
       const rec = parentSpec === 'auto' ? await store.latestSnapshot(options.vm) : await store.resolveSnapshot(parentSpec);
       if (rec) parent = { id: rec.id, pages: await store.loadPages(rec.id), depth: rec.baseDepth };
     }
+    trace('session begun (parent loaded)');
     return new Session(store, options, parent);
   }
 
@@ -234,6 +236,7 @@ export class Session {
     this.state = 'committing';
     try {
       await this.drain();
+      trace('ingest drained');
       const byteLength = options.byteLength ?? this.options.memoryBytes ?? this.furthestByte;
       if (!Number.isSafeInteger(byteLength) || byteLength < 0) throw new VnstoreError('E_USAGE', `bad image length ${byteLength}`);
       const pageCount = Math.ceil(byteLength / PAGE_SIZE);
@@ -243,10 +246,12 @@ export class Session {
       this.pages.resize(pageCount);
       this.fillUnwritten(options.unwritten ?? (this.parent ? 'parent' : 'error'));
       await this.store.writer.flush();
+      trace('packs flushed');
       if (this.store.writer.failureEpoch !== this.failureEpoch) {
         throw this.store.writer.lastFailure ?? new VnstoreError('E_IO', 'a pack write failed during the session');
       }
       const record = await this.writeManifest(byteLength, pageCount);
+      trace('manifest written');
       this.state = 'done';
       this.store.sessions.delete(this);
       return { store: this.store, record, failureEpoch: this.failureEpoch, state: 'prepared' };

@@ -23,6 +23,8 @@ import { ensurePrivateDir, exists, fsyncDir, writeFileDurable, FILE_MODE } from 
 import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import { CONFIG_FILE, readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
 import {
+  CHUNK_GEN_KEY,
+  stampChunkGeneration,
   chunkKey,
   decodeChunkValue,
   encodeChunkValue,
@@ -45,7 +47,11 @@ import {
 } from './db.js';
 import { MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
 import { StoreLock } from './lock.js';
-import { PackReader } from './pack-reader.js';
+import { PackReader, readPackTocAt } from './pack-reader.js';
+import { trace } from '../util/trace.js';
+import { readTableFile, writeTableFile } from '../index/table-file.js';
+
+export const TABLE_FILE = 'chunk-table.bin';
 import { PackWriter, DEFAULT_PACK_TARGET_BYTES } from './pack-writer.js';
 import { Session, type PreparedSnapshot, type SessionOptions } from './session.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
@@ -81,6 +87,8 @@ export class Store {
     readonly writer: PackWriter,
     readonly pool: PagePool,
     readonly recovery: RecoveryReport,
+    /** Chunk-generation token of the index, and whether chunk-table.bin matches it. */
+    readonly chunkGen: { token: Buffer | undefined; saved: boolean },
   ) {}
 
   static paths(dir: string) {
@@ -138,23 +146,37 @@ export class Store {
       throw fromSystemError(err, `locking store ${dir}`);
     }
     let db: StoreDb | undefined;
+    // Workers boot (load modules) while we open LevelDB and recover.
+    const pool = new PagePool(options.workers);
     try {
       for (const d of [p.packs, p.manifests, p.tmp]) await ensurePrivateDir(d);
       db = openDb(p.db);
       try {
         await db.open();
+        // LevelDB creates its directory with the process umask; guest memory metadata stays private.
+        await fsp.chmod(p.db, 0o700);
       } catch (err) {
         const cause = (err as { cause?: Error }).cause;
         if (/lock/i.test(String(cause?.message ?? ''))) throw new VnstoreError('E_LOCKED', `store index ${p.db} is locked by another process`);
         throw new CorruptError(`store index ${p.db} cannot be opened: ${cause?.message ?? (err as Error).message}`, { cause: err });
       }
+      trace('db open');
       const recovery = await recover(dir, db);
-      const table = await loadChunkTable(db);
+      trace('recovered');
+      const savedToken = (await db.get(CHUNK_GEN_KEY)) ?? undefined;
+      const tableFile = path.join(dir, TABLE_FILE);
+      const saved = savedToken ? await readTableFile(tableFile, savedToken) : undefined;
+      const table = saved ?? (await loadChunkTable(db));
+      trace(`chunk table ${saved ? 'read from file' : 'rebuilt from index'} (${table.size} chunks)`);
+      const gen = { token: savedToken, saved: saved !== undefined };
       const maxPack = await highestPackId(dir, db);
-      const writer = new PackWriter(p.packs, p.tmp, db, table, maxPack + 1, options.packTargetBytes ?? DEFAULT_PACK_TARGET_BYTES);
-      const pool = new PagePool(options.workers);
-      return new Store(dir, config, db, lock, table, new PackReader(p.packs), writer, pool, recovery);
+      const writer = new PackWriter(p.packs, p.tmp, db, table, maxPack + 1, options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES, (token) => {
+        gen.token = token;
+        gen.saved = false;
+      });
+      return new Store(dir, config, db, lock, table, new PackReader(p.packs), writer, pool, recovery, gen);
     } catch (err) {
+      await pool.close().catch(() => undefined);
       await db?.close().catch(() => undefined);
       await lock.release();
       throw fromSystemError(err, `opening store ${dir}`);
@@ -166,10 +188,24 @@ export class Store {
     this.closed = true;
     for (const s of [...this.sessions]) await s.abort().catch(() => undefined);
     await this.writer.close();
+    await this.saveTable().catch(() => undefined); // a cache: failing to save only slows the next open
     await this.pool.close();
     await this.packs.close();
     await this.db.close();
     await this.lock.release();
+  }
+
+  /** Saves the chunk table for the next open, when it changed since it was loaded. */
+  private async saveTable(): Promise<void> {
+    if (this.chunkGen.saved) return;
+    if (!this.chunkGen.token) {
+      const batch = this.db.batch();
+      this.chunkGen.token = stampChunkGeneration(batch);
+      await batch.write({ sync: true });
+    }
+    const p = Store.paths(this.dir);
+    await writeTableFile(path.join(this.dir, TABLE_FILE), path.join(p.tmp, `${TABLE_FILE}.tmp`), this.table, this.chunkGen.token);
+    this.chunkGen.saved = true;
   }
 
   // ---------------------------------------------------------------- sessions and commit
@@ -353,7 +389,6 @@ async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
     if (id === undefined || indexed.has(id)) continue;
     const file = path.join(p.packs, name);
     try {
-      const { readPackTocAt } = await import('./pack-reader.js');
       const entries = await readPackTocAt(file, name);
       const batch = db.batch();
       for (const e of entries) {
@@ -363,6 +398,7 @@ async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
       const payloadBytes = entries.reduce((s, e) => s + e.storedLength, 0);
       const rec: PackRecord = { id, chunks: entries.length, bytes: stat.size, payloadBytes, sealedAt: stat.mtime.toISOString() };
       batch.put(packKey(id), jsonValue(rec));
+      stampChunkGeneration(batch);
       await batch.write({ sync: true });
       report.packsIndexed++;
     } catch (err) {
@@ -397,8 +433,25 @@ async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {
   let count = 0;
   for await (const v of db.values(prefixRange(Buffer.of(KEY_PACK)))) count += parseJson<PackRecord>(v).chunks;
   const table = new ChunkTable(Math.max(count, 1 << 14));
-  for await (const [k, v] of db.iterator(prefixRange(Buffer.of(KEY_CHUNK)))) table.insert(k.subarray(1), decodeChunkValue(v));
+  // nextv() moves a thousand entries per native call: start-up cost is part of every command.
+  const it = db.iterator(prefixRange(Buffer.of(KEY_CHUNK)));
+  try {
+    for (;;) {
+      const entries = await it.nextv(4096);
+      if (entries.length === 0) break;
+      for (const [k, v] of entries) table.insert(k.subarray(1), decodeChunkValue(v));
+    }
+  } finally {
+    await it.close();
+  }
   return table;
+}
+
+/** VNSTORE_PACK_TARGET_BYTES: pack size at which packs are sealed (tests use tiny packs). */
+function packTargetFromEnv(): number | undefined {
+  const v = process.env.VNSTORE_PACK_TARGET_BYTES;
+  if (v === undefined || !/^\d+$/.test(v)) return undefined;
+  return Math.max(4096, Number(v));
 }
 
 async function highestPackId(dir: string, db: StoreDb): Promise<number> {

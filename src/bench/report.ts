@@ -1,0 +1,162 @@
+/** Markdown rendering of bench results (stdout and report.md). */
+import type { BenchResult, SweepResult, ToolResult } from './run.js';
+
+export function bytesH(n: number | null | undefined): string {
+  if (n === null || n === undefined) return '–';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(Math.abs(v) >= 100 ? 0 : Math.abs(v) >= 10 ? 1 : 2)} ${units[u]}`;
+}
+
+const ratio = (x: number) => (Number.isFinite(x) && x > 0 ? x.toFixed(2) : '–');
+const times = (x: number) => (Number.isFinite(x) && x > 0 ? `${x.toFixed(x >= 10 ? 1 : 2)}×` : '–');
+const rate = (x: number) => (x > 0 ? x.toFixed(x >= 100 ? 0 : 1) : '–');
+const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+const int = (n: number) => n.toLocaleString('en-US');
+
+function table(head: string[], rows: string[][], align?: ('l' | 'r')[]): string {
+  const sep = head.map((_, i) => ((align?.[i] ?? (i === 0 ? 'l' : 'r')) === 'r' ? '---:' : '---'));
+  return [head, sep, ...rows].map((r) => `| ${r.join(' | ')} |`).join('\n');
+}
+
+export function describeWorkload(r: BenchResult): string {
+  if (r.workload.source === 'images') return `images from \`${r.workload.dir}\``;
+  const p = r.workload.params;
+  return (
+    `generated: ${p.vms} VMs (${p.memMiB.slice(0, p.vms).join(', ')} MiB), ${p.snapshots} snapshots each, ` +
+    `zero ${p.zeroFraction}, shared ${p.sharedFraction}, random ${p.randomFraction}, dirty ${p.dirtyFraction}, seed ${p.seed}` +
+    (p.trailingBytes ? `, +${p.trailingBytes} trailing bytes` : '')
+  );
+}
+
+function toolRow(t: ToolResult): string[] {
+  if (t.error) return [t.tool, `failed: ${t.error}`, '', '', '', '', '', '', '', ''];
+  const verified = t.restore.failed.length > 0 ? `NO (${t.restore.failed.join(', ')})` : `yes (${t.restore.verified})`;
+  return [
+    t.tool === 'vnstore' ? '**vnstore**' : t.tool,
+    bytesH(t.repoBytes),
+    times(t.reduction),
+    ratio(t.vsDedup),
+    ratio(t.vsDedupLz4),
+    rate(t.ingest.mbPerSec),
+    rate(t.restoreSample.mbPerSec),
+    bytesH(t.ingest.peakRssBytes),
+    bytesH(t.restoreSample.peakRssBytes),
+    verified,
+  ];
+}
+
+export function renderMarkdown(r: BenchResult): string {
+  const i = r.ideal;
+  const out: string[] = [];
+  out.push(`## vnstore bench, ${r.date.slice(0, 10)}`);
+  out.push('');
+  out.push(`Workload: ${describeWorkload(r)}.`);
+  out.push(
+    `Logical: ${bytesH(i.logicalBytes)} in ${i.images} images, ${int(i.pages)} pages, ${pct(i.zeroPages / i.pages)} zero; ` +
+      `${int(i.nonZeroPages)} non-zero pages, ${int(i.distinctPages)} distinct (${pct(i.incompressiblePages / Math.max(1, i.distinctPages))} of them incompressible).`,
+  );
+  out.push(
+    `Machine: ${r.machine.cpus} × ${r.machine.cpuModel}, ${bytesH(r.machine.memBytes)} RAM, Node ${r.machine.node}, Linux ${r.machine.kernel}. ` +
+      `Bench took ${(r.seconds / 60).toFixed(1)} min.`,
+  );
+  out.push('');
+  out.push('### Space and speed');
+  out.push('');
+  const idealRow = (name: string, bytes: number, a: string, b: string) => [name, bytesH(bytes), times(i.logicalBytes / bytes), a, b, '', '', '', '', ''];
+  out.push(
+    table(
+      ['store', 'bytes on disk', 'reduction', '÷ bound a', '÷ bound b', 'ingest MB/s', 'restore MB/s', 'peak RSS put', 'peak RSS restore', 'restore verified'],
+      [
+        idealRow('ideal (a): page dedup', i.dedupBytes, '1.00', ratio(i.dedupBytes / i.dedupLz4Bytes)),
+        idealRow('ideal (b): page dedup + per-page LZ4', i.dedupLz4Bytes, ratio(i.dedupLz4Bytes / i.dedupBytes), '1.00'),
+        ...r.tools.map(toolRow),
+      ],
+    ),
+  );
+  out.push('');
+  const v = r.tools.find((t) => t.tool === 'vnstore');
+  out.push(
+    `Reduction = logical bytes ÷ bytes on disk (sum of file sizes in the repository). Ingest = one command per image, ` +
+      `start-up included, MB = 10^6 bytes. Restore MB/s and its peak RSS: the same image for every tool ` +
+      `(${r.sample.vm}/${r.sample.snap}, ${bytesH(r.sample.bytes)}), compared byte for byte with the original.` +
+      (v && !v.error ? ` vnstore restored all ${v.restore.images} images at ${rate(v.restore.mbPerSec)} MB/s, ${v.restore.verified} verified.` : ''),
+  );
+  out.push('');
+  for (const t of r.tools) {
+    const cache = t.cacheBytes !== undefined ? ` Local cache outside the repository (not counted): ${bytesH(t.cacheBytes)}.` : '';
+    out.push(`- **${t.tool}** (${t.version || 'version unknown'}): ${t.settings}.${cache}`);
+  }
+  for (const s of r.skipped) out.push(`- ${s.tool}: skipped, ${s.reason}.`);
+  out.push('');
+  out.push('### Bytes added per snapshot');
+  out.push('');
+  const ok = r.tools.filter((t) => !t.error);
+  const rows = i.perImage.map((p, k) => [
+    `${p.vm}/${p.snap}`,
+    bytesH(p.logicalBytes),
+    bytesH(p.newLz4Bytes),
+    ...ok.map((t) => bytesH(t.perImage[k]?.addedBytes)),
+  ]);
+  rows.push([
+    '**total**',
+    bytesH(i.logicalBytes),
+    bytesH(i.dedupLz4Bytes),
+    ...ok.map((t) => bytesH(t.perImage.reduce((s, x) => s + x.addedBytes, 0))),
+  ]);
+  out.push(table(['image', 'logical', 'ideal (b)', ...ok.map((t) => t.tool)], rows));
+  out.push('');
+  out.push('Growth of each repository from storing the image (the repository as created by init is not included).');
+  out.push('');
+  out.push('### Cross-VM sharing');
+  out.push('');
+  out.push(
+    table(
+      ['VM', 'distinct pages', ...i.vms, 'in any other VM'],
+      i.vms.map((a, x) => [a, int(i.vmDistinctPages[x]), ...i.sharing[x].map((s, y) => (x === y ? '–' : pct(s))), pct(i.vmSharedWithAny[x])]),
+    ),
+  );
+  out.push('');
+  out.push("Share of the row VM's distinct non-zero pages (all its snapshots) that also occur in the column VM.");
+  out.push('');
+  return out.join('\n');
+}
+
+export function renderSweepMarkdown(s: SweepResult): string {
+  const out: string[] = [];
+  const first = s.runs[0];
+  out.push(`## vnstore bench --sweep ${s.knob}=${s.values.join(',')}, ${first?.date.slice(0, 10) ?? ''}`);
+  out.push('');
+  if (first) out.push(`Base workload: ${describeWorkload(first)}; ${s.knob} varies.`);
+  out.push('');
+  const rows: string[][] = [];
+  for (const [k, r] of s.runs.entries()) {
+    const v = String(s.values[k]);
+    rows.push([v, 'ideal (b)', bytesH(r.ideal.logicalBytes), bytesH(r.ideal.dedupLz4Bytes), times(r.ideal.logicalBytes / r.ideal.dedupLz4Bytes), '1.00', '', '', '']);
+    for (const t of r.tools) {
+      if (t.error) {
+        rows.push([v, t.tool, '', `failed: ${t.error}`, '', '', '', '', '']);
+        continue;
+      }
+      rows.push([
+        v,
+        t.tool,
+        bytesH(r.ideal.logicalBytes),
+        bytesH(t.repoBytes),
+        times(t.reduction),
+        ratio(t.vsDedupLz4),
+        rate(t.ingest.mbPerSec),
+        rate(t.restoreSample.mbPerSec),
+        bytesH(t.ingest.peakRssBytes),
+      ]);
+    }
+  }
+  out.push(table([s.knob, 'store', 'logical', 'bytes on disk', 'reduction', '÷ bound b', 'ingest MB/s', 'restore MB/s', 'peak RSS put'], rows));
+  out.push('');
+  return out.join('\n');
+}
