@@ -131,7 +131,7 @@ function benchCli(args: string[]) {
     import { registerBench } from ${JSON.stringify(join(ROOT, 'dist', 'cli', 'bench.js'))};
     const p = new Command().name('vnstore').exitOverride();
     registerBench(p);
-    try { await p.parseAsync(process.argv); }
+    try { await p.parseAsync(process.argv.slice(1), { from: 'user' }); }
     catch (e) { if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 2); throw e; }`;
   return spawnSync(process.execPath, ['--input-type=module', '-e', harness, '--', 'bench', ...args], {
     cwd: ROOT,
@@ -148,7 +148,7 @@ describe('vnstore bench command', () => {
     expect(md.stdout).toContain('| store | bytes on disk | reduction |');
     expect(md.stdout).toContain('**vnstore**');
     expect(md.stdout).toContain('### Cross-VM sharing');
-    const js = benchCli(['--mem-mib', '0.25,0.5', '--snapshots', '2', '--quiet', '--json', '--images', join(work, 'imgs')]);
+    const js = benchCli(['--quiet', '--json', '--images', join(work, 'imgs')]);
     expect(js.status, js.stderr).toBe(0);
     const r = JSON.parse(js.stdout) as BenchResult;
     expect(r.schema).toBe('vnstore-bench/1');

@@ -447,7 +447,7 @@ describe('engine session rules (examples)', () => {
       randomPage(9000 + step).copy(image, page * PAGE);
       const s = await store.beginSession({ vm: 'delta' });
       await s.writePages(page, image.subarray(page * PAGE, (page + 1) * PAGE));
-      const rec = await s.commit();
+      const rec = await s.commit({ byteLength: image.length });
       expect(rec.parent).toBe(prev.id);
       expect(rec.newChunks).toBe(1);
       depths.push(rec.baseDepth);

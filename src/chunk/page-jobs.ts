@@ -5,7 +5,7 @@
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { tableHasFingerprint } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec } from './codec.js';
-import { hashPage, isZeroPage } from './hash.js';
+import { hashPage } from './hash.js';
 
 /** Per-page outcome of hashing, decided as far as a worker can without the exact index. */
 export enum PageStatus {
@@ -46,9 +46,10 @@ export function runHashJob(job: HashJob): HashResult {
   const status = new Uint8Array(pageCount);
   const newOffsets: number[] = [];
   const seen = new Map<string, number>();
+  const zero = getCodec().zeroMask(pages, pageCount);
   for (let i = 0; i < pageCount; i++) {
     const off = i * PAGE_SIZE;
-    if (isZeroPage(pages, off)) {
+    if (zero[i]) {
       status[i] = PageStatus.Zero;
       continue;
     }

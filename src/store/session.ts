@@ -4,11 +4,10 @@
  * compression run in the page workers; results are applied strictly in submission order, so "last"
  * means last submitted. Nothing is visible before commit; commit is durable.
  */
-import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { encodeManifest } from '../format/manifest.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../format/pages.js';
-import { PACK_TRAILER_BYTES, TOC_ENTRY_BYTES } from '../format/pack.js';
+import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { getCodec } from '../chunk/codec.js';
 import { PageStatus, type HashResult } from '../chunk/page-jobs.js';
 import { imageDigest } from '../chunk/hash.js';
@@ -166,15 +165,12 @@ export class Session {
     let payloadPos = 0;
     let newIdx = 0;
     const payloadAt: number[] = new Array(n).fill(-1);
+    // Bulk copy: digests of zero pages are zero bytes and are ignored for Zero kinds.
+    this.pages.digests.set(r.digests, first * DIGEST_BYTES);
     for (let i = 0; i < n; i++) {
-      const idx = first + i;
       const st = r.status[i];
-      if (st === PageStatus.Zero) {
-        this.pages.setZero(idx);
-        continue;
-      }
-      this.pages.setDigest(idx, r.digests, i * DIGEST_BYTES);
-      if (st === PageStatus.SameAsParent || st === PageStatus.DuplicateInBlock) continue;
+      this.pages.kinds[first + i] = st === PageStatus.Zero ? PageKind.Zero : PageKind.Digest;
+      if (st === PageStatus.Zero || st === PageStatus.SameAsParent || st === PageStatus.DuplicateInBlock) continue;
       if (st === PageStatus.New) {
         payloadAt[i] = payloadPos;
         const len = r.lengths[newIdx];

@@ -15,11 +15,11 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { decodeManifestHeader, decodeManifestPages, type ManifestHeader } from '../format/manifest.js';
-import { parsePackFileName, packFileName, PACK_HEADER_BYTES } from '../format/pack.js';
+import { parsePackFileName } from '../format/pack.js';
 import { PageTable } from '../format/pages.js';
 import { ChunkTable } from '../index/chunk-table.js';
 import { PagePool } from '../chunk/worker-pool.js';
-import { ensurePrivateDir, exists, fsyncDir, writeFileDurable, FILE_MODE } from '../util/durable.js';
+import { ensurePrivateDir, exists, fsyncDir, writeFileDurable } from '../util/durable.js';
 import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import { CONFIG_FILE, readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
 import {

@@ -1,0 +1,178 @@
+#!/usr/bin/env node
+// Engine speed and space targets of issue 2, measured in one run (run `npm run build` first):
+//   node bench/engine.mjs [--scale F] [--work-dir DIR] [--keep] [--json]
+//
+// Data set: src/sim/workload.ts ENGINE_WORKLOAD: 4 VMs of unequal size (128/192/256/448 MiB, 1 GiB per
+// epoch; --scale multiplies the sizes), sharing OS pages at different offsets, 3 consecutive snapshots,
+// 35% zero pages, 10% of pages changed between snapshots, contents per-page LZ4 shrinks ~1.7x.
+// Baseline: single-thread BLAKE3, one blake3() call per 4 KiB page, in this process, over the same bytes.
+// vnstore: whole `vnstore put` / `vnstore restore` commands (start-up included), one per image.
+// Targets: first snapshots >= 0.5x, consecutive >= 1.5x, restore >= 0.8x the baseline's MB/s;
+// store bytes on disk / ideal bound (b) <= 1.05.
+import { mkdir, mkdtemp, open, rm } from 'node:fs/promises';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { blake3 } from '@napi-rs/blake-hash';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const dist = (p) => import(join(root, 'dist', p));
+const { ENGINE_WORKLOAD, Workload, writeWorkload, PAGE_SIZE } = await dist('sim/workload.js');
+const { computeIdeal } = await dist('sim/ideal.js');
+const { runChecked, rssMethod } = await dist('bench/proc.js');
+const { dirSize, sameBytes } = await dist('bench/files.js');
+
+const { values: args } = parseArgs({
+  options: {
+    scale: { type: 'string', default: '1' },
+    'work-dir': { type: 'string' },
+    keep: { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+  },
+});
+const scale = Number(args.scale);
+if (!(scale > 0)) throw new Error('--scale must be a positive number');
+const params = { ...ENGINE_WORKLOAD, memMiB: ENGINE_WORKLOAD.memMiB.map((m) => m * scale) };
+const cli = join(root, 'dist', 'cli', 'main.js');
+const log = (s) => process.stderr.write(`engine: ${s}\n`);
+const MB = 1e6;
+
+if (args['work-dir']) await mkdir(args['work-dir'], { recursive: true });
+const work = await mkdtemp(join(args['work-dir'] ?? tmpdir(), 'vnstore-engine-'));
+try {
+  const w = new Workload(params);
+  log(`generating ${w.images().length} images in ${work}`);
+  const images = await writeWorkload(join(work, 'images'), w);
+  const first = images.filter((f) => f.snap === 0);
+  const later = images.filter((f) => f.snap > 0);
+  const bytesOf = (list) => list.reduce((s, f) => s + f.bytes, 0);
+
+  log('ideal bounds');
+  const ideal = await computeIdeal(images);
+
+  log('single-thread BLAKE3 baseline (one call per 4 KiB page)');
+  const hash = await hashBaseline(images);
+
+  const store = join(work, 'store');
+  const opts = { scratchDir: work };
+  await runChecked(process.execPath, [cli, 'init', '--store', store], opts);
+  const put = async (list, label) => {
+    let seconds = 0;
+    let rss = 0;
+    for (const f of list) {
+      const r = await runChecked(process.execPath, [cli, 'put', '--store', store, '--vm', f.vm, f.path], opts);
+      seconds += r.seconds;
+      rss = Math.max(rss, r.peakRssBytes ?? 0);
+      log(`  put ${f.vm}/${f.snap} ${label}: ${(f.bytes / MB / r.seconds).toFixed(0)} MB/s`);
+      f.id = r.stdout.trim();
+    }
+    return { bytes: bytesOf(list), seconds, mbPerSec: bytesOf(list) / MB / seconds, peakRssBytes: rss };
+  };
+  log('vnstore put: first snapshots');
+  const ingestFirst = await put(first, 'first');
+  log('vnstore put: consecutive snapshots');
+  const ingestLater = await put(later, 'consecutive');
+  const disk = await dirSize(store);
+
+  log('vnstore restore: every image, verified against the original');
+  let rSeconds = 0;
+  let rRss = 0;
+  let verified = 0;
+  for (const f of images) {
+    const out = join(work, 'restored.img');
+    const r = await runChecked(process.execPath, [cli, 'restore', '--store', store, f.id, '-o', out], opts);
+    rSeconds += r.seconds;
+    rRss = Math.max(rRss, r.peakRssBytes ?? 0);
+    if (await sameBytes(f.path, out)) verified++;
+    else log(`  restored ${f.vm}/${f.snap} DIFFERS from the original`);
+    await rm(out, { force: true });
+  }
+  const restore = { bytes: bytesOf(images), seconds: rSeconds, mbPerSec: bytesOf(images) / MB / rSeconds, peakRssBytes: rRss, verified };
+
+  const peakRss = Math.max(ingestFirst.peakRssBytes, ingestLater.peakRssBytes);
+  const result = {
+    date: new Date().toISOString(),
+    command: `node bench/engine.mjs${process.argv.slice(2).length ? ' ' + process.argv.slice(2).join(' ') : ''}`,
+    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, memBytes: totalmem(), node: process.version, rss: rssMethod() },
+    workload: w.params,
+    logicalBytes: ideal.logicalBytes,
+    distinctChunks: ideal.distinctPages,
+    zeroShare: ideal.zeroPages / ideal.pages,
+    lz4ShareOfDistinct: ideal.dedupLz4Bytes / ideal.dedupBytes,
+    hash,
+    ingestFirst,
+    ingestConsecutive: ingestLater,
+    restore,
+    ratios: {
+      firstVsHash: ingestFirst.mbPerSec / hash.mbPerSec,
+      consecutiveVsHash: ingestLater.mbPerSec / hash.mbPerSec,
+      restoreVsHash: restore.mbPerSec / hash.mbPerSec,
+    },
+    space: { storeBytes: disk.bytes, idealDedup: ideal.dedupBytes, idealDedupLz4: ideal.dedupLz4Bytes, vsDedupLz4: disk.bytes / ideal.dedupLz4Bytes },
+    peakRssBytes: peakRss,
+    ramPerChunkBytes: peakRss / ideal.distinctPages,
+  };
+  if (args.json) process.stdout.write(JSON.stringify(result, null, 2) + '\n');
+  else process.stdout.write(render(result));
+} finally {
+  if (args.keep) log(`kept ${work}`);
+  else await rm(work, { recursive: true, force: true });
+}
+
+/** Hashes every page of the images with one blake3() call each, timing only the hashing. */
+async function hashBaseline(files) {
+  const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+  let ns = 0n;
+  let bytes = 0;
+  for (const f of files) {
+    const fh = await open(f.path, 'r');
+    try {
+      for (;;) {
+        const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+        if (bytesRead === 0) break;
+        const t = process.hrtime.bigint();
+        for (let o = 0; o < bytesRead; o += PAGE_SIZE) blake3(buf.subarray(o, Math.min(o + PAGE_SIZE, bytesRead)));
+        ns += process.hrtime.bigint() - t;
+        bytes += bytesRead;
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+  const seconds = Number(ns) / 1e9;
+  return { bytes, seconds, mbPerSec: bytes / MB / seconds };
+}
+
+function render(r) {
+  const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+  const x = (v) => `${v.toFixed(2)}x`;
+  const ok = (v, target, less = false) => ((less ? v <= target : v >= target) ? 'met' : 'NOT met');
+  const rows = [
+    ['single-thread BLAKE3 (baseline)', r.hash.mbPerSec.toFixed(0), '1.00x', '', ''],
+    ['put, first snapshots', r.ingestFirst.mbPerSec.toFixed(0), x(r.ratios.firstVsHash), '>= 0.5x', ok(r.ratios.firstVsHash, 0.5)],
+    ['put, consecutive snapshots', r.ingestConsecutive.mbPerSec.toFixed(0), x(r.ratios.consecutiveVsHash), '>= 1.5x', ok(r.ratios.consecutiveVsHash, 1.5)],
+    ['restore (verified)', r.restore.mbPerSec.toFixed(0), x(r.ratios.restoreVsHash), '>= 0.8x', ok(r.ratios.restoreVsHash, 0.8)],
+  ];
+  return [
+    `## vnstore engine benchmark, ${r.date.slice(0, 10)}`,
+    '',
+    `Command: \`${r.command}\` on ${r.machine.cpus} x ${r.machine.cpuModel}, Node ${r.machine.node}.`,
+    `Data: ${r.workload.vms} VMs (${r.workload.memMiB.join(', ')} MiB) x ${r.workload.snapshots} snapshots = ${mib(r.logicalBytes)}; ` +
+      `${(100 * r.zeroShare).toFixed(1)}% zero pages, ${r.distinctChunks.toLocaleString('en-US')} distinct chunks, ` +
+      `per-page LZ4 ${(100 * r.lz4ShareOfDistinct).toFixed(1)}% of raw (${(1 / r.lz4ShareOfDistinct).toFixed(2)}x).`,
+    '',
+    '| measure | MB/s | ÷ BLAKE3 | target | |',
+    '| --- | ---: | ---: | ---: | --- |',
+    ...rows.map((row) => `| ${row.join(' | ')} |`),
+    '',
+    `| space | bytes | |`,
+    '| --- | ---: | --- |',
+    `| ideal (b): page dedup + per-page LZ4 | ${mib(r.space.idealDedupLz4)} | |`,
+    `| vnstore store on disk | ${mib(r.space.storeBytes)} | ${x(r.space.vsDedupLz4)} of (b), target <= 1.05: ${ok(r.space.vsDedupLz4, 1.05, true)} |`,
+    '',
+    `Peak RSS of any put: ${mib(r.peakRssBytes)} (${r.machine.rss}); RAM per stored chunk: ${r.ramPerChunkBytes.toFixed(0)} bytes. ` +
+      `Restore peak RSS: ${mib(r.restore.peakRssBytes)}. Restored images verified: ${r.restore.verified}/${r.workload.vms * r.workload.snapshots}.`,
+    '',
+  ].join('\n');
+}
