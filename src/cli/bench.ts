@@ -84,7 +84,11 @@ export function registerBench(program: Command): void {
     .command('bench')
     .description('measure space efficiency and speed on a VNE-like workload or given images, against the ideal and other tools')
     .option('--vms <n>', 'number of VMs', intArg(1), d.vms)
-    .option('--mem-mib <list>', 'MiB of memory per VM (cycled; sets --vms when --vms is not given)', mibListArg, d.memMiB)
+    .addOption(
+      new Option('--mem-mib <list>', 'MiB of memory per VM (cycled; sets --vms when --vms is not given)')
+        .argParser(mibListArg)
+        .default(d.memMiB, d.memMiB.join(',')),
+    )
     .option('--snapshots <k>', 'consecutive snapshots per VM', intArg(1), d.snapshots)
     .option('--zero <f>', 'fraction of zero pages', fracArg, d.zeroFraction)
     .option('--shared <f>', "fraction of a VM's non-zero pages shared with other VMs", fracArg, d.sharedFraction)

@@ -3,10 +3,13 @@
  *
  *   header  16 B : magic "VNSTPACK" | u16 version | u16 flags | u32 pageSize
  *   payload      : chunk payloads back to back, starting at offset 16
- *   toc          : per chunk: digest[32] | u16 storedLength | u8 codec          (35 B each)
+ *   toc          : per chunk: digestPrefix[8] | u16 storedLength | u8 codec      (11 B each)
  *   trailer 32 B : u32 count | u32 tocOffsetLo | u32 tocOffsetHi | u32 tocCrc32 | u32 payloadCrc32
  *                  | u32 trailerCrc32 (of the 20 bytes before it) | magic "VNSTPEND"
- * Chunk offsets are implicit (cumulative stored lengths), so the TOC alone rebuilds the index.
+ * Chunk offsets are implicit (cumulative stored lengths). The TOC locates and decodes every chunk; a
+ * chunk's full name is its content's BLAKE3, so rebuilding the index re-hashes the decoded chunks
+ * (which also re-verifies them) and the 8-byte prefix cross-checks the result. Keeping full digests
+ * here would duplicate the index's keys: 24 B a chunk, ~1% of the store (docs/DESIGN.md).
  */
 import { crc32 } from 'node:zlib';
 import { CorruptError } from '../util/errors.js';
@@ -16,11 +19,12 @@ export const PACK_END_MAGIC = Buffer.from('VNSTPEND', 'latin1');
 export const PACK_VERSION = 1;
 export const PACK_HEADER_BYTES = 16;
 export const PACK_TRAILER_BYTES = 32;
-export const TOC_ENTRY_BYTES = 35;
+export const TOC_ENTRY_BYTES = 11;
+export const TOC_PREFIX_BYTES = 8;
 export const DIGEST_BYTES = 32;
 
 export interface PackEntry {
-  digest: Uint8Array; // 32 bytes
+  digestPrefix: Uint8Array; // first 8 bytes of the chunk digest
   offset: number; // absolute offset of the payload in the pack file
   storedLength: number;
   codec: number;
@@ -56,9 +60,9 @@ export function encodePackFooter(
   for (const e of entries) {
     if (e.digest.length !== DIGEST_BYTES) throw new RangeError('digest must be 32 bytes');
     if (e.storedLength < 1 || e.storedLength > 0xffff) throw new RangeError(`stored length out of range: ${e.storedLength}`);
-    toc.set(e.digest, p);
-    toc.writeUInt16LE(e.storedLength, p + 32);
-    toc.writeUInt8(e.codec, p + 34);
+    toc.set(e.digest.subarray(0, TOC_PREFIX_BYTES), p);
+    toc.writeUInt16LE(e.storedLength, p + TOC_PREFIX_BYTES);
+    toc.writeUInt8(e.codec, p + TOC_PREFIX_BYTES + 2);
     p += TOC_ENTRY_BYTES;
   }
   const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
@@ -101,8 +105,9 @@ export function parsePackToc(toc: Uint8Array, trailer: PackTrailer, name: string
   let offset = PACK_HEADER_BYTES;
   for (let i = 0; i < trailer.count; i++) {
     const p = i * TOC_ENTRY_BYTES;
-    const storedLength = buf.readUInt16LE(p + 32);
-    entries[i] = { digest: buf.subarray(p, p + 32), offset, storedLength, codec: buf[p + 34] };
+    const storedLength = buf.readUInt16LE(p + TOC_PREFIX_BYTES);
+    if (storedLength === 0) throw new CorruptError(`pack ${name}: chunk ${i} has length 0`);
+    entries[i] = { digestPrefix: buf.subarray(p, p + TOC_PREFIX_BYTES), offset, storedLength, codec: buf[p + TOC_PREFIX_BYTES + 2] };
     offset += storedLength;
   }
   if (offset !== trailer.tocOffset) throw new CorruptError(`pack ${name}: chunk lengths do not add up to the payload size`);

@@ -43,15 +43,30 @@ export class ChunkTable {
   private mask: number;
   size = 0;
 
-  /** Rebuilds a table from saved words (see table-file.ts); the caller has checked them. */
-  static fromWords(words: Uint32Array, size: number): ChunkTable {
-    const t = new ChunkTable(1);
-    const shared = ChunkTable.alloc(words.length / SLOT_WORDS);
-    shared.set(words);
-    t.words = shared;
-    t.mask = words.length / SLOT_WORDS - 1;
-    t.size = size;
+  /** Rebuilds a table from saved occupied slots (see table-file.ts); the caller has checked them. */
+  static fromSlots(slots: Uint32Array, count: number): ChunkTable {
+    const t = new ChunkTable(count);
+    const w = t.words;
+    for (let p = 0; p < count * SLOT_WORDS; p += SLOT_WORDS) {
+      let s = slots[p] & t.mask;
+      while ((w[s * SLOT_WORDS + 4] & OCCUPIED) !== 0) s = (s + 1) & t.mask;
+      w.set(slots.subarray(p, p + SLOT_WORDS), s * SLOT_WORDS);
+    }
+    t.size = count;
     return t;
+  }
+
+  /** The occupied slots, packed (for saving). */
+  occupiedSlots(): Uint32Array {
+    const out = new Uint32Array(this.size * SLOT_WORDS);
+    const w = this.words;
+    let q = 0;
+    for (let p = 0; p < w.length; p += SLOT_WORDS) {
+      if ((w[p + 4] & OCCUPIED) === 0) continue;
+      out.set(w.subarray(p, p + SLOT_WORDS), q);
+      q += SLOT_WORDS;
+    }
+    return out;
   }
 
   constructor(initialCapacity = 1 << 16) {

@@ -1,16 +1,18 @@
 /**
- * Saved chunk table (DIR/chunk-table.bin), so opening a store does not rebuild the table from
- * LevelDB entry by entry. It is a cache: it is used only when its generation token equals the one
- * LevelDB holds ('m' "chunkgen", rewritten in every batch that changes chunk entries) and its checksum
- * holds; otherwise the table is rebuilt from the index. Format (little-endian):
- *   magic "VNSTTABL" | u16 version | u16 slotWords | u32 capacity | u32 size | token[16] | words | u32 crc32
+ * Saved chunk table (DIR/chunk-table.bin), so opening a store does not rebuild the table from LevelDB
+ * entry by entry. Only occupied slots are saved (20 B a chunk; the table is rebuilt by insertion on
+ * load). It is a cache: used only when its generation token equals the one LevelDB holds ('m'
+ * "chunkgen", rewritten in every batch that changes chunk entries) and its checksum holds; otherwise
+ * the table is rebuilt from the index. Format (little-endian):
+ *   magic "VNSTTABL" | u16 version=2 | u16 slotWords=5 | u32 count | u32 reserved | token[16]
+ *   | count × 5 u32 words | u32 crc32 of everything before it
  */
 import { promises as fsp } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { ChunkTable, SLOT_WORDS } from './chunk-table.js';
 
 const MAGIC = Buffer.from('VNSTTABL', 'latin1');
-const VERSION = 1;
+const VERSION = 2;
 const HEADER_BYTES = 8 + 2 + 2 + 4 + 4 + 16;
 
 export async function readTableFile(file: string, token: Buffer): Promise<ChunkTable | undefined> {
@@ -22,27 +24,24 @@ export async function readTableFile(file: string, token: Buffer): Promise<ChunkT
   }
   if (buf.length < HEADER_BYTES + 4 || !buf.subarray(0, 8).equals(MAGIC)) return undefined;
   if (buf.readUInt16LE(8) !== VERSION || buf.readUInt16LE(10) !== SLOT_WORDS) return undefined;
-  const capacity = buf.readUInt32LE(12);
-  const size = buf.readUInt32LE(16);
+  const count = buf.readUInt32LE(12);
   if (!buf.subarray(20, 36).equals(token)) return undefined;
-  const bodyBytes = capacity * SLOT_WORDS * 4;
-  if (capacity === 0 || (capacity & (capacity - 1)) !== 0 || buf.length !== HEADER_BYTES + bodyBytes + 4) return undefined;
+  if (buf.length !== HEADER_BYTES + count * SLOT_WORDS * 4 + 4) return undefined;
   if (crc32(buf.subarray(0, buf.length - 4)) !== buf.readUInt32LE(buf.length - 4)) return undefined;
-  const words = new Uint32Array(capacity * SLOT_WORDS);
-  Buffer.from(words.buffer).set(buf.subarray(HEADER_BYTES, HEADER_BYTES + bodyBytes));
-  return ChunkTable.fromWords(words, size);
+  const words = new Uint32Array(count * SLOT_WORDS);
+  Buffer.from(words.buffer).set(buf.subarray(HEADER_BYTES, buf.length - 4));
+  return ChunkTable.fromSlots(words, count);
 }
 
 export async function writeTableFile(file: string, tmp: string, table: ChunkTable, token: Buffer): Promise<void> {
-  const words = table.shared;
+  const slots = table.occupiedSlots();
   const header = Buffer.alloc(HEADER_BYTES);
   MAGIC.copy(header, 0);
   header.writeUInt16LE(VERSION, 8);
   header.writeUInt16LE(SLOT_WORDS, 10);
-  header.writeUInt32LE(table.capacity, 12);
-  header.writeUInt32LE(table.size, 16);
+  header.writeUInt32LE(slots.length / SLOT_WORDS, 12);
   token.copy(header, 20);
-  const body = Buffer.from(words.buffer, words.byteOffset, words.byteLength);
+  const body = Buffer.from(slots.buffer, slots.byteOffset, slots.byteLength);
   const crc = Buffer.alloc(4);
   crc.writeUInt32LE(crc32(body, crc32(header)));
   await fsp.writeFile(tmp, Buffer.concat([header, body, crc]), { mode: 0o600 });

@@ -1,6 +1,6 @@
 /**
  * LevelDB key layout (one database, one-byte key prefixes; raw bytes to keep index entries small):
- *   'c' + digest[32]        → chunk location: u32 pack | u32 offset | u16 storedLength | u8 codec  (11 B)
+ *   'c' + digest[32]        → chunk location: varint pack | varint offset | varint storedLength·4+codec
  *   'p' + u32be pack id     → JSON PackRecord: the pack is sealed and all its chunks are indexed
  *   's' + snapshot id       → JSON SnapshotRecord: the commit record; a snapshot exists iff this does
  *   'v' + vm + 0x00 + id    → empty: per-VM listing
@@ -11,6 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import { Level } from 'level';
 import type { ChunkLocation } from '../index/chunk-table.js';
+import { ByteReader, ByteWriter } from '../format/varint.js';
 
 export type StoreDb = Level<Buffer, Buffer>;
 
@@ -21,7 +22,6 @@ export const KEY_VM = 0x76; // 'v'
 export const KEY_GROUP = 0x67; // 'g'
 export const KEY_META = 0x6d; // 'm'
 
-export const CHUNK_VALUE_BYTES = 11;
 
 /** 'm' "chunkgen": a random token rewritten in every batch that changes chunk entries (see table-file.ts). */
 export const CHUNK_GEN_KEY = Buffer.concat([Buffer.of(KEY_META), Buffer.from('chunkgen', 'latin1')]);
@@ -44,18 +44,29 @@ export function chunkKey(digest: Uint8Array): Buffer {
   return k;
 }
 
+/**
+ * Chunk location as varints: pack id, offset, then storedLength·4 + codec (codec < 4 in format v1; a
+ * larger codec gets a 4th varint). 6-8 bytes instead of 11: the index is the store's largest metadata.
+ */
 export function encodeChunkValue(loc: ChunkLocation): Buffer {
-  const v = Buffer.allocUnsafe(CHUNK_VALUE_BYTES);
-  v.writeUInt32LE(loc.pack, 0);
-  v.writeUInt32LE(loc.offset, 4);
-  v.writeUInt16LE(loc.storedLength, 8);
-  v.writeUInt8(loc.codec, 10);
-  return v;
+  const w = new ByteWriter(16);
+  w.varint(loc.pack);
+  w.varint(loc.offset);
+  if (loc.codec < 4) w.varint(loc.storedLength * 4 + loc.codec);
+  else {
+    w.varint(loc.storedLength * 4);
+    w.varint(loc.codec);
+  }
+  return Buffer.from(w.finish());
 }
 
 export function decodeChunkValue(v: Uint8Array): ChunkLocation {
-  const b = Buffer.from(v.buffer, v.byteOffset, v.length);
-  return { pack: b.readUInt32LE(0), offset: b.readUInt32LE(4), storedLength: b.readUInt16LE(8), codec: b[10] };
+  const r = new ByteReader(v, 'chunk index entry');
+  const pack = r.varint();
+  const offset = r.varint();
+  const lc = r.varint();
+  const codec = r.remaining > 0 ? r.varint() : lc % 4;
+  return { pack, offset, storedLength: Math.floor(lc / 4), codec };
 }
 
 export function packKey(packId: number): Buffer {

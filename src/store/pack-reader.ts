@@ -10,8 +10,12 @@ import {
   PACK_HEADER_BYTES,
   PACK_TRAILER_BYTES,
   TOC_ENTRY_BYTES,
+  TOC_PREFIX_BYTES,
   type PackEntry,
 } from '../format/pack.js';
+import { PAGE_SIZE } from '../format/pages.js';
+import { getCodec, type ChunkCodec } from '../chunk/codec.js';
+import { hashPage } from '../chunk/hash.js';
 import { CorruptError, fromSystemError } from '../util/errors.js';
 
 const MAX_OPEN = 64;
@@ -66,6 +70,30 @@ export class PackReader {
     this.handles.clear();
     await Promise.all(all.map((h) => h.then((fh) => fh.close()).catch(() => undefined)));
   }
+}
+
+/**
+ * Reads a whole pack and names every chunk by decoding and hashing it: the way the index is rebuilt
+ * from packs alone. Fails (CorruptError naming the pack) when a chunk does not decode or its digest
+ * does not start with the prefix its table of contents records.
+ */
+export async function readPackChunks(file: string, name: string): Promise<(PackEntry & { digest: Buffer })[]> {
+  const entries = await readPackTocAt(file, name);
+  const data = await fsp.readFile(file);
+  const codec = getCodec();
+  const page = new Uint8Array(PAGE_SIZE);
+  return entries.map((e, i) => {
+    try {
+      codec.decodePage(data.subarray(e.offset, e.offset + e.storedLength), e.codec as ChunkCodec, page, 0);
+    } catch {
+      throw new CorruptError(`pack ${name}: chunk ${i} at offset ${e.offset} does not decode`);
+    }
+    const digest = hashPage(page);
+    if (!digest.subarray(0, TOC_PREFIX_BYTES).equals(e.digestPrefix)) {
+      throw new CorruptError(`pack ${name}: chunk ${i} at offset ${e.offset} does not match its table of contents`);
+    }
+    return { ...e, digest };
+  });
 }
 
 export async function readPackTocAt(file: string, name: string): Promise<PackEntry[]> {

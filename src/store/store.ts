@@ -47,7 +47,7 @@ import {
 } from './db.js';
 import { MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
 import { StoreLock } from './lock.js';
-import { PackReader, readPackTocAt } from './pack-reader.js';
+import { PackReader, readPackChunks } from './pack-reader.js';
 import { trace } from '../util/trace.js';
 import { readTableFile, writeTableFile } from '../index/table-file.js';
 
@@ -389,7 +389,7 @@ async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
     if (id === undefined || indexed.has(id)) continue;
     const file = path.join(p.packs, name);
     try {
-      const entries = await readPackTocAt(file, name);
+      const entries = await readPackChunks(file, name);
       const batch = db.batch();
       for (const e of entries) {
         batch.put(chunkKey(e.digest), encodeChunkValue({ pack: id, offset: e.offset, storedLength: e.storedLength, codec: e.codec }));

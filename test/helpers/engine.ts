@@ -33,7 +33,7 @@ export function prng(seed: number): () => number {
 
 /** A page of incompressible bytes determined by `seed` (never all zero). */
 export function randomPage(seed: number, length = PAGE): Buffer {
-  const next = prng(seed * 2654435761 + 1);
+  const next = prng((Math.imul(seed | 0, 2654435761) ^ Math.imul((seed / 2 ** 32) | 0, 40503)) + 1);
   const b = Buffer.allocUnsafe(length);
   for (let i = 0; i + 4 <= length; i += 4) b.writeUInt32LE(next(), i);
   for (let i = length - (length % 4); i < length; i++) b[i] = next() & 0xff;
