@@ -409,9 +409,11 @@ describe('simulated power loss', () => {
       const snap = parseJson<SnapshotRecord>((await db.get(prefixedKey(KEY_SNAPSHOT, id)))!);
       const newest = recs.sort((a, b) => b.id - a.id).slice(0, Math.max(1, Math.ceil(snap.newChunkBytes / PACK_TARGET)));
       const drop = new Set(newest.map((p) => p.id));
+      console.log("DBG", snap.newChunks, snap.newChunkBytes, [...drop], recs.length);
       const batch = db.batch();
       let chunks = 0;
       for await (const [k, v] of db.iterator(prefixRange(Buffer.of(KEY_CHUNK)))) {
+        if (chunks === 0 && k.length) console.log("DBGC", v.readUInt32LE(0), v);
         if (drop.has(v.readUInt32LE(0))) {
           batch.del(k);
           chunks++;

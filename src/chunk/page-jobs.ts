@@ -3,7 +3,7 @@
  * worker threads (page-worker.ts) or inline; the store sees the same results either way.
  */
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
-import { tableHasFingerprint } from '../index/chunk-table.js';
+import { fingerprint, tableHasFingerprint } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec } from './codec.js';
 import { hashPage } from './hash.js';
 
@@ -65,9 +65,7 @@ export function runHashJob(job: HashJob): HashResult {
       continue;
     }
     seen.set(key, i);
-    const lo = (d[0] | (d[1] << 8) | (d[2] << 16) | (d[3] << 24)) >>> 0;
-    const hi = (d[4] | (d[5] << 8) | (d[6] << 16) | (d[7] << 24)) >>> 0;
-    if (job.table && tableHasFingerprint(job.table, lo, hi)) {
+    if (job.table && tableHasFingerprint(job.table, fingerprint(d))) {
       status[i] = PageStatus.MaybeKnown;
       continue;
     }

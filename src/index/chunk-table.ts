@@ -1,12 +1,14 @@
 /**
- * In-memory chunk table: 64-bit digest fingerprint → pack location, open addressing with linear
+ * In-memory chunk table: 32-bit digest fingerprint → pack location, open addressing with linear
  * probing in a SharedArrayBuffer so hashing workers can ask "possibly known?" without a message.
  *
- * Budget: 20 bytes a slot, load factor kept in (0.35, 0.7] → 29-57 bytes per stored chunk.
- * A fingerprint match is a hint, never proof: the store confirms "known" against LevelDB (exact
- * 32-byte key) before deduplicating, and restore verifies every page digest.
+ * Budget: 16 bytes a slot (fingerprint, pack, offset, storedLength|codec|flags), load factor kept in
+ * (0.35, 0.7] → 23-46 bytes per stored chunk. A fingerprint match is a hint, never proof: the store
+ * confirms "known" against LevelDB (exact 32-byte key) before deduplicating, and restore verifies
+ * every page digest. Two stored chunks sharing a fingerprint mark their slot ambiguous, and lookups of
+ * it go to the exact index (expected ~n²/2³³ such pairs: a dozen thousand at 10 M chunks).
  */
-export const SLOT_WORDS = 5;
+export const SLOT_WORDS = 4;
 const OCCUPIED = 1 << 24;
 const COLLISION = 2 << 24;
 const MAX_LOAD = 0.7;
@@ -18,21 +20,20 @@ export interface ChunkLocation {
   codec: number;
 }
 
-export function fingerprint(digest: Uint8Array, offset = 0): [number, number] {
-  const lo = (digest[offset] | (digest[offset + 1] << 8) | (digest[offset + 2] << 16) | (digest[offset + 3] << 24)) >>> 0;
-  const hi = (digest[offset + 4] | (digest[offset + 5] << 8) | (digest[offset + 6] << 16) | (digest[offset + 7] << 24)) >>> 0;
-  return [lo, hi];
+export function fingerprint(digest: Uint8Array, offset = 0): number {
+  return (digest[offset] | (digest[offset + 1] << 8) | (digest[offset + 2] << 16) | (digest[offset + 3] << 24)) >>> 0;
 }
 
 /** Worker-side probe over a shared table: true when some stored chunk has this fingerprint. */
-export function tableHasFingerprint(words: Uint32Array, lo: number, hi: number): boolean {
+export function tableHasFingerprint(words: Uint32Array, fp: number): boolean {
   const slots = words.length / SLOT_WORDS;
   const mask = slots - 1;
-  let s = lo & mask;
+  // The slot index uses the fingerprint's high bits' mix: digests are uniform, any bits will do.
+  let s = fp & mask;
   for (let n = 0; n < slots; n++) {
     const p = s * SLOT_WORDS;
-    if ((words[p + 4] & OCCUPIED) === 0) return false;
-    if (words[p] === lo && words[p + 1] === hi) return true;
+    if ((words[p + 3] & OCCUPIED) === 0) return false;
+    if (words[p] === fp) return true;
     s = (s + 1) & mask;
   }
   return false;
@@ -49,7 +50,7 @@ export class ChunkTable {
     const w = t.words;
     for (let p = 0; p < count * SLOT_WORDS; p += SLOT_WORDS) {
       let s = slots[p] & t.mask;
-      while ((w[s * SLOT_WORDS + 4] & OCCUPIED) !== 0) s = (s + 1) & t.mask;
+      while ((w[s * SLOT_WORDS + 3] & OCCUPIED) !== 0) s = (s + 1) & t.mask;
       w.set(slots.subarray(p, p + SLOT_WORDS), s * SLOT_WORDS);
     }
     t.size = count;
@@ -62,7 +63,7 @@ export class ChunkTable {
     const w = this.words;
     let q = 0;
     for (let p = 0; p < w.length; p += SLOT_WORDS) {
-      if ((w[p + 4] & OCCUPIED) === 0) continue;
+      if ((w[p + 3] & OCCUPIED) === 0) continue;
       out.set(w.subarray(p, p + SLOT_WORDS), q);
       q += SLOT_WORDS;
     }
@@ -93,20 +94,19 @@ export class ChunkTable {
     return this.words.byteLength;
   }
 
-  private find(lo: number, hi: number): number {
+  private find(fp: number): number {
     const w = this.words;
-    let s = lo & this.mask;
+    let s = fp & this.mask;
     for (;;) {
       const p = s * SLOT_WORDS;
-      if ((w[p + 4] & OCCUPIED) === 0) return -1 - s; // empty slot where it would go
-      if (w[p] === lo && w[p + 1] === hi) return s;
+      if ((w[p + 3] & OCCUPIED) === 0) return -1 - s; // empty slot where it would go
+      if (w[p] === fp) return s;
       s = (s + 1) & this.mask;
     }
   }
 
   hasFingerprint(digest: Uint8Array, offset = 0): boolean {
-    const [lo, hi] = fingerprint(digest, offset);
-    return this.find(lo, hi) >= 0;
+    return this.find(fingerprint(digest, offset)) >= 0;
   }
 
   /**
@@ -114,24 +114,23 @@ export class ChunkTable {
    * share the fingerprint: the caller must ask the exact index.
    */
   get(digest: Uint8Array, offset = 0): { location: ChunkLocation; ambiguous: boolean } | undefined {
-    const [lo, hi] = fingerprint(digest, offset);
-    const s = this.find(lo, hi);
+    const s = this.find(fingerprint(digest, offset));
     if (s < 0) return undefined;
     const w = this.words;
     const p = s * SLOT_WORDS;
-    const meta = w[p + 4];
+    const meta = w[p + 3];
     return {
-      location: { pack: w[p + 2], offset: w[p + 3], storedLength: meta & 0xffff, codec: (meta >>> 16) & 0xff },
+      location: { pack: w[p + 1], offset: w[p + 2], storedLength: meta & 0xffff, codec: (meta >>> 16) & 0xff },
       ambiguous: (meta & COLLISION) !== 0,
     };
   }
 
   /** Records a chunk known (by the exact index) to be new. A fingerprint clash marks the slot ambiguous. */
   insert(digest: Uint8Array, loc: ChunkLocation, offset = 0): void {
-    const [lo, hi] = fingerprint(digest, offset);
-    const s = this.find(lo, hi);
+    const fp = fingerprint(digest, offset);
+    const s = this.find(fp);
     if (s >= 0) {
-      this.words[s * SLOT_WORDS + 4] |= COLLISION;
+      this.words[s * SLOT_WORDS + 3] |= COLLISION;
       return;
     }
     if ((this.size + 1) / this.capacity > MAX_LOAD) {
@@ -139,23 +138,22 @@ export class ChunkTable {
       this.insert(digest, loc, offset);
       return;
     }
-    this.writeSlot(-1 - s, lo, hi, loc, 0);
+    this.writeSlot(-1 - s, fp, loc, 0);
     this.size++;
   }
 
   /** Moves a chunk (gc repack). No-op when the fingerprint is absent. */
   relocate(digest: Uint8Array, loc: ChunkLocation): void {
-    const [lo, hi] = fingerprint(digest);
-    const s = this.find(lo, hi);
+    const fp = fingerprint(digest);
+    const s = this.find(fp);
     if (s < 0) return;
-    const flags = this.words[s * SLOT_WORDS + 4] & COLLISION;
-    this.writeSlot(s, lo, hi, loc, flags);
+    const flags = this.words[s * SLOT_WORDS + 3] & COLLISION;
+    this.writeSlot(s, fp, loc, flags);
   }
 
   /** Removes a fingerprint (gc), keeping probe chains intact by backward-shift deletion. */
   remove(digest: Uint8Array): void {
-    const [lo, hi] = fingerprint(digest);
-    let s = this.find(lo, hi);
+    let s = this.find(fingerprint(digest));
     if (s < 0) return;
     const w = this.words;
     for (;;) {
@@ -163,7 +161,7 @@ export class ChunkTable {
       // Find a later entry in the chain that may move into the hole.
       for (;;) {
         const p = next * SLOT_WORDS;
-        if ((w[p + 4] & OCCUPIED) === 0) {
+        if ((w[p + 3] & OCCUPIED) === 0) {
           w.fill(0, s * SLOT_WORDS, s * SLOT_WORDS + SLOT_WORDS);
           this.size--;
           return;
@@ -179,14 +177,13 @@ export class ChunkTable {
     }
   }
 
-  private writeSlot(s: number, lo: number, hi: number, loc: ChunkLocation, flags: number): void {
+  private writeSlot(s: number, fp: number, loc: ChunkLocation, flags: number): void {
     const w = this.words;
     const p = s * SLOT_WORDS;
-    w[p] = lo;
-    w[p + 1] = hi;
-    w[p + 2] = loc.pack;
-    w[p + 3] = loc.offset;
-    w[p + 4] = (loc.storedLength & 0xffff) | ((loc.codec & 0xff) << 16) | OCCUPIED | flags;
+    w[p] = fp;
+    w[p + 1] = loc.pack;
+    w[p + 2] = loc.offset;
+    w[p + 3] = ((loc.storedLength & 0xffff) | ((loc.codec & 0xff) << 16) | OCCUPIED | flags) >>> 0;
   }
 
   private grow(): void {
@@ -196,9 +193,9 @@ export class ChunkTable {
     this.mask = cap - 1;
     const w = this.words;
     for (let p = 0; p < old.length; p += SLOT_WORDS) {
-      if ((old[p + 4] & OCCUPIED) === 0) continue;
+      if ((old[p + 3] & OCCUPIED) === 0) continue;
       let s = old[p] & this.mask;
-      while ((w[s * SLOT_WORDS + 4] & OCCUPIED) !== 0) s = (s + 1) & this.mask;
+      while ((w[s * SLOT_WORDS + 3] & OCCUPIED) !== 0) s = (s + 1) & this.mask;
       w.set(old.subarray(p, p + SLOT_WORDS), s * SLOT_WORDS);
     }
   }
