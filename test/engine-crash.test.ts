@@ -50,7 +50,8 @@ const TRIALS_PER_LANE_PER_TEST = 7;
 const TESTS = 4; // 4 tests × 2 lanes × 7 trials = 56 killed puts
 
 let root: string;
-let putMillis = 400; // calibrated in beforeAll
+let putMillis = 400; // whole put, calibrated in beforeAll
+let workMillis = 150; // from "session begun" to the end of the put
 
 // ------------------------------------------------------------------ images
 
@@ -97,30 +98,43 @@ interface KilledPut {
   exitCode: number | null;
   signal: NodeJS.Signals | null;
   stderr: string;
+  /** The last phase the put reported (VNSTORE_TRACE) before it ended or was killed. */
+  phase: string;
 }
 
-/** Spawns `vnstore put` and SIGKILLs it after `delayMs` (it may finish first). */
-function putAndKill(dir: string, args: string[], file: string, stdinImage: Buffer | undefined, delayMs: number): Promise<KilledPut> {
+/**
+ * Spawns `vnstore put` and SIGKILLs it `delayMs` after it starts (`from: 'spawn'`) or after its
+ * session has begun (`from: 'session'`: start-up skipped, the kill lands in ingest, sealing, manifest
+ * or commit). It may finish first.
+ */
+function putAndKill(dir: string, args: string[], file: string, stdinImage: Buffer | undefined, delayMs: number, from: 'spawn' | 'session' = 'spawn'): Promise<KilledPut> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, 'put', '--store', dir, ...args, stdinImage ? '-' : file], {
       cwd: REPO_ROOT,
-      env: { ...process.env, ...CHILD_ENV, VNSTORE_DEBUG: undefined },
+      env: { ...process.env, ...CHILD_ENV, VNSTORE_TRACE: '1', VNSTORE_DEBUG: undefined },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     let out = '';
     let err = '';
+    let phase = 'start-up';
+    let timer: NodeJS.Timeout | undefined;
+    const arm = () => (timer ??= setTimeout(() => child.kill('SIGKILL'), delayMs));
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+      for (const m of err.matchAll(/\] ([a-z ]+)/g)) phase = m[1].trim();
+      if (from === 'session' && /session begun/.test(err)) arm();
+    });
     child.stdin.on('error', () => undefined);
     if (stdinImage) child.stdin.end(stdinImage);
     else child.stdin.end();
     child.on('error', reject);
-    const timer = setTimeout(() => child.kill('SIGKILL'), delayMs);
+    if (from === 'spawn') arm();
     // 'close' fires after the process is reaped: its PID is gone, so its lock is stale.
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       const m = /^([0-9a-f]{16})\n$/.exec(out);
-      resolve({ printedId: m?.[1], exitCode: code, signal, stderr: err });
+      resolve({ printedId: m?.[1], exitCode: code, signal, stderr: err.replace(/^\[trace [^\n]*\n/gm, ''), phase: out ? 'printed' : phase });
     });
   });
 }
@@ -135,6 +149,8 @@ interface Lane {
   committed: Map<string, Buffer>;
   recovery: RecoveryReport[];
   killedMidway: number;
+  /** Phase each killed put had reached. */
+  phases: string[];
 }
 
 /** Opens the store after a crash and checks every invariant; returns nothing, throws on violation. */
@@ -202,11 +218,16 @@ async function runLane(lane: Lane, trials: number): Promise<void> {
     const parentChoice = lane.rand() % 4;
     if (parentChoice === 0) args.push('--parent', 'none');
     if (lane.rand() % 3 === 0) args.push('--group', `g${t}`);
-    // Mostly inside the put's lifetime, sometimes during start-up, sometimes after it has finished.
-    const delay = lane.rand() % Math.round(putMillis * 1.3);
-    const context = `seed ${SEED} ${lane.name} trial ${t} (${args.join(' ')}${useStdin ? ' stdin' : ''}, kill after ${delay} ms)`;
-    const r = await putAndKill(lane.dir, args, file, useStdin ? image : undefined, delay);
-    if (r.signal === 'SIGKILL') lane.killedMidway++;
+    // Half the kills count from spawn (start-up included), half from the moment the session has
+    // begun, spread over the work that follows and a little past its end.
+    const fromSession = t % 2 === 0;
+    const delay = fromSession ? lane.rand() % Math.round(workMillis * 1.3 + 1) : lane.rand() % Math.round(putMillis * 1.3);
+    const context = `seed ${SEED} ${lane.name} trial ${t} (${args.join(' ')}${useStdin ? ' stdin' : ''}, kill ${delay} ms after ${fromSession ? 'session begun' : 'spawn'})`;
+    const r = await putAndKill(lane.dir, args, file, useStdin ? image : undefined, delay, fromSession ? 'session' : 'spawn');
+    if (r.signal === 'SIGKILL') {
+      lane.killedMidway++;
+      lane.phases.push(r.phase);
+    }
     else {
       // Finished before the kill: it must have succeeded and printed its id.
       expect(r.exitCode, `${context}: ${r.stderr}`).toBe(0);
@@ -221,7 +242,7 @@ async function runLane(lane: Lane, trials: number): Promise<void> {
 
 function newLane(name: string, seed: number): Lane {
   const base = makeTempDir(`crash-${name}`);
-  return { name, dir: path.join(base, 'store'), rand: prng(seed), committed: new Map(), recovery: [], killedMidway: 0 };
+  return { name, dir: path.join(base, 'store'), rand: prng(seed), committed: new Map(), recovery: [], killedMidway: 0, phases: [] };
 }
 
 const lanes: Lane[] = [];
@@ -233,9 +254,14 @@ beforeAll(async () => {
   const file = path.join(root, 'cal.img');
   writeFileSync(file, trialImage(0, 1));
   const started = Date.now();
-  const r = await runCli(['put', '--store', dir, '--vm', 'cal', file], { env: CHILD_ENV });
+  const r = await runCli(['put', '--store', dir, '--vm', 'cal', file], { env: { ...CHILD_ENV, VNSTORE_TRACE: '1' } });
   putMillis = Math.max(150, Date.now() - started);
   expect(r.code).toBe(0);
+  // The put reports its phases on stderr (VNSTORE_TRACE=1); kills are aimed at the work after start-up.
+  const begun = /\[trace\s+([\d.]+) ms\] session begun/.exec(r.stderr);
+  const last = [...r.stderr.matchAll(/\[trace\s+([\d.]+) ms\]/g)].pop();
+  expect(begun, `put reports 'session begun' with VNSTORE_TRACE=1:\n${r.stderr}`).not.toBeNull();
+  workMillis = Math.max(30, Number(last![1]) - Number(begun![1]));
 });
 
 afterAll(() => {
@@ -266,11 +292,18 @@ describe('SIGKILL during put (56 trials in parallel pairs)', () => {
 
   it('the trials really crashed puts mid-way and exercised recovery', () => {
     const killed = lanes.reduce((s, l) => s + l.killedMidway, 0);
+    const phases = lanes.flatMap((l) => l.phases);
     const recoveries = lanes.flatMap((l) => l.recovery);
+    const histogram = JSON.stringify(phases.reduce<Record<string, number>>((h, p) => ((h[p] = (h[p] ?? 0) + 1), h), {}));
+    if (process.env.VNSTORE_CRASH_VERBOSE) {
+      const sum = (k: 'tempFilesRemoved' | 'packsIndexed' | 'orphanManifestsRemoved') => recoveries.reduce((s, r) => s + r[k], 0);
+      console.log(`seed ${SEED}: ${killed} killed, phases ${histogram}, recovery: ${sum('tempFilesRemoved')} temp files, ${sum('packsIndexed')} packs indexed, ${sum('orphanManifestsRemoved')} orphan manifests`);
+    }
     expect(recoveries.length).toBe(TESTS * LANES * TRIALS_PER_LANE_PER_TEST);
-    // Kill delays span start-up to after completion; most land inside the put.
-    expect(killed).toBeGreaterThanOrEqual(Math.floor(recoveries.length / 3));
-    expect(recoveries.reduce((s, r) => s + r.tempFilesRemoved, 0)).toBeGreaterThan(0);
+    expect(killed, histogram).toBeGreaterThanOrEqual(Math.floor(recoveries.length / 3));
+    // Kills landed while the put was writing (after its session began), and recovery had leftovers to clean.
+    expect(phases.filter((p) => /session begun|ingest drained|packs flushed|manifest written/.test(p)).length, histogram).toBeGreaterThanOrEqual(10);
+    expect(recoveries.reduce((s, r) => s + r.tempFilesRemoved, 0), histogram).toBeGreaterThan(0);
     expect(recoveries.every((r) => r.packsQuarantined.length === 0)).toBe(true);
   });
 });

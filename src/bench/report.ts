@@ -111,7 +111,10 @@ export function renderMarkdown(r: BenchResult): string {
   ]);
   out.push(table(['image', 'logical', 'ideal (b)', ...ok.map((t) => t.tool)], rows));
   out.push('');
-  out.push('Growth of each repository from storing the image (the repository as created by init is not included).');
+  out.push(
+    'Growth of each repository from storing the image (the repository as created by init is not included); ' +
+      'negative when a store compacts its files (e.g. a LevelDB compaction) while storing it.',
+  );
   out.push('');
   out.push('### Cross-VM sharing');
   out.push('');

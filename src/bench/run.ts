@@ -204,7 +204,7 @@ async function runTool(
       peakRssBytes: put.run.peakRssBytes,
     });
     size = after;
-    log(`  ${tool.id} put ${img.vm}/${img.snap} (${i + 1}/${images.length}): ${mbps(img.bytes, put.run.seconds)} MB/s, +${bytesH(perImage[i].addedBytes)}`);
+    log(`  ${tool.id} put ${img.vm}/${img.snap} (${i + 1}/${images.length}): ${mbps(img.bytes, put.run.seconds)} MB/s, ${perImage[i].addedBytes < 0 ? '-' : '+'}${bytesH(Math.abs(perImage[i].addedBytes))}`);
   }
   const repo = await dirSize(tool.repoDir);
   const cache = tool.cacheDir ? (await dirSize(tool.cacheDir)).bytes : undefined;

@@ -13,10 +13,11 @@ export function registerRestore(program: Command): void {
     .description('write a snapshot back as its exact original bytes, verifying every chunk and the image digest')
     .argument('<id>', 'snapshot id (or a unique prefix of at least 4 hex digits)')
     .option('-o, --output <file>', 'write to FILE (via a temp file renamed into place only when fully verified); default: stdout')
+    .option('--sync', 'with -o: also fsync the file before it appears under its name (durable against power loss)')
     .addOption(storeOption())
     .addHelpText('after', '\nOn stdout a failed restore exits non-zero after partial output: check the exit status before using it.\n')
     .action(
-      action(async (id: string, opts: { store?: string; output?: string }) => {
+      action(async (id: string, opts: { store?: string; output?: string; sync?: boolean }) => {
         await withStore(opts, async (store) => {
           const record = await store.resolveSnapshot(id);
           const bar = progressBar(`restore ${record.id}`, opts.output ? record.byteLength : 0);
@@ -32,7 +33,7 @@ export function registerRestore(program: Command): void {
             fh = await fsp.open(tmp, 'wx', FILE_MODE);
             const handle = fh;
             await restoreSnapshot(store, record, { write: async (b) => void (await handle.write(b)) }, (done) => bar.update(done));
-            await fh.sync();
+            if (opts.sync) await fh.sync();
             await fh.close();
             fh = undefined;
             await fsp.rename(tmp, out);

@@ -19,6 +19,9 @@ import type { Store } from './store.js';
 import { MAX_BASE_DEPTH } from './store.js';
 import { trace } from '../util/trace.js';
 
+/** Largest image a session accepts without a declared memory size (its page table needs 33 B a page). */
+export const MAX_IMAGE_BYTES = 256 * 2 ** 30;
+
 /** Pages per worker job: large enough to amortise messaging, small enough to keep both cores busy. */
 export const BLOCK_PAGES = 1024;
 
@@ -84,6 +87,7 @@ export class Session {
     if (options.memoryBytes !== undefined && (!Number.isSafeInteger(options.memoryBytes) || options.memoryBytes < 0)) {
       throw new VnstoreError('E_USAGE', `memory size must be a non-negative integer number of bytes`);
     }
+    if ((options.memoryBytes ?? 0) > MAX_IMAGE_BYTES) throw new VnstoreError('E_USAGE', `memory size ${options.memoryBytes} is above the supported maximum (${MAX_IMAGE_BYTES} bytes)`);
     const parentSpec = options.parent ?? 'auto';
     let parent: Session['parent'];
     if (parentSpec !== 'none') {
@@ -111,6 +115,7 @@ export class Session {
     if (this.options.memoryBytes !== undefined && end > this.options.memoryBytes) {
       throw new VnstoreError('E_SESSION', `write of pages ${firstPage}..${firstPage + pageCount - 1} exceeds the VM's memory size (${this.options.memoryBytes} bytes)`);
     }
+    if (end > MAX_IMAGE_BYTES) throw new VnstoreError('E_SESSION', `write at page ${firstPage} is beyond the largest supported image (${MAX_IMAGE_BYTES} bytes)`);
     this.furthestByte = Math.max(this.furthestByte, end);
     for (let p = 0; p < pageCount; p += BLOCK_PAGES) {
       const n = Math.min(BLOCK_PAGES, pageCount - p);
@@ -162,9 +167,11 @@ export class Session {
     const store = this.store;
     const table = store.table;
     const confirm: number[] = [];
+    // For New pages: where the worker's compressed payload starts, and its ordinal among New pages.
+    const payloadAt = new Int32Array(n).fill(-1);
+    const ordinalAt = new Int32Array(n).fill(-1);
     let payloadPos = 0;
     let newIdx = 0;
-    const payloadAt: number[] = new Array(n).fill(-1);
     // Bulk copy: digests of zero pages are zero bytes and are ignored for Zero kinds.
     this.pages.digests.set(r.digests, first * DIGEST_BYTES);
     for (let i = 0; i < n; i++) {
@@ -172,14 +179,12 @@ export class Session {
       this.pages.kinds[first + i] = st === PageStatus.Zero ? PageKind.Zero : PageKind.Digest;
       if (st === PageStatus.Zero || st === PageStatus.SameAsParent || st === PageStatus.DuplicateInBlock) continue;
       if (st === PageStatus.New) {
-        payloadAt[i] = payloadPos;
         const len = r.lengths[newIdx];
+        payloadAt[i] = payloadPos;
+        ordinalAt[i] = newIdx;
         // Another block or session may have stored it since the worker looked.
-        if (table.hasFingerprint(r.digests, i * DIGEST_BYTES)) {
-          confirm.push(i);
-        } else {
-          this.storeChunk(r.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), r.payload.subarray(payloadPos, payloadPos + len), r.codecs[newIdx]);
-        }
+        if (table.hasFingerprint(r.digests, i * DIGEST_BYTES)) confirm.push(i);
+        else this.storeChunk(r.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), r.payload.subarray(payloadPos, payloadPos + len), r.codecs[newIdx]);
         payloadPos += len;
         newIdx++;
         continue;
@@ -191,22 +196,16 @@ export class Session {
     const found = await store.lookupExact(digests);
     for (let k = 0; k < confirm.length; k++) {
       if (found[k]) continue;
-      const i = confirm[k];
-      // Absent after all (fingerprint clash, or a chunk stored twice within this batch): store it,
-      // unless an earlier page of this batch just did.
+      // Absent after all (a fingerprint clash): store it, unless an earlier page of this batch just did.
       if (store.writer.openEntries.has(Buffer.from(digests[k]).toString('latin1'))) continue;
-      let payload: Uint8Array;
-      let codec: number;
-      if (payloadAt[i] >= 0) {
-        const newOrdinal = countBefore(r.status, i, PageStatus.New);
-        payload = r.payload.subarray(payloadAt[i], payloadAt[i] + r.lengths[newOrdinal]);
-        codec = r.codecs[newOrdinal];
+      const i = confirm[k];
+      if (ordinalAt[i] >= 0) {
+        const o = ordinalAt[i];
+        this.storeChunk(digests[k], r.payload.subarray(payloadAt[i], payloadAt[i] + r.lengths[o]), r.codecs[o]);
       } else {
         const c = getCodec().compressPages(r.pages, [i * PAGE_SIZE]);
-        payload = c.payload.subarray(0, c.lengths[0]);
-        codec = c.codecs[0];
+        this.storeChunk(digests[k], c.payload.subarray(0, c.lengths[0]), c.codecs[0]);
       }
-      this.storeChunk(digests[k], payload, codec);
     }
   }
 
@@ -349,9 +348,4 @@ function copyToOwnBuffer(src: Uint8Array, length: number): Uint8Array {
   return out;
 }
 
-function countBefore(status: Uint8Array, end: number, value: number): number {
-  let n = 0;
-  for (let i = 0; i < end; i++) if (status[i] === value) n++;
-  return n;
-}
 
