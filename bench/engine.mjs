@@ -169,7 +169,7 @@ function render(r) {
     `| space | bytes | |`,
     '| --- | ---: | --- |',
     `| ideal (b): page dedup + per-page LZ4 | ${mib(r.space.idealDedupLz4)} | |`,
-    `| vnstore store on disk | ${mib(r.space.storeBytes)} | ${x(r.space.vsDedupLz4)} of (b), target <= 1.05: ${ok(r.space.vsDedupLz4, 1.05, true)} |`,
+    `| vnstore store on disk | ${mib(r.space.storeBytes)} | ${r.space.vsDedupLz4.toFixed(3)}x of (b), target <= 1.05: ${ok(r.space.vsDedupLz4, 1.05, true)} |`,
     '',
     `Peak RSS of any put: ${mib(r.peakRssBytes)} (${r.machine.rss}); RAM per stored chunk: ${r.ramPerChunkBytes.toFixed(0)} bytes. ` +
       `Restore peak RSS: ${mib(r.restore.peakRssBytes)}. Restored images verified: ${r.restore.verified}/${r.workload.vms * r.workload.snapshots}.`,

@@ -5,6 +5,7 @@ import { registerInit } from './init.js';
 import { registerPut } from './put.js';
 import { registerRestore } from './restore.js';
 import { registerLs } from './ls.js';
+import { registerBench } from './bench.js';
 import { ERROR_CODES } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 
@@ -30,6 +31,7 @@ registerInit(program);
 registerPut(program);
 registerRestore(program);
 registerLs(program);
+registerBench(program);
 
 try {
   await program.parseAsync(process.argv);
