@@ -36,7 +36,7 @@ else console.log(`using existing store ${store}`);
 
 const work = mkdtempSync(path.join(os.tmpdir(), 'vnstore-demo-'));
 try {
-  // Figures from real guests (see docs/WORKLOAD.md): many zero pages, much sharing across VMs,
+  // Figures from real guests (see docs/BENCH.md): many zero pages, much sharing across VMs,
   // a few percent of pages changing between snapshots.
   const params = { vms: 3, memMiB: [64, 96, 128], snapshots: 3, zeroFraction: 0.5, sharedFraction: 0.4, randomFraction: 0.15, dirtyFraction: 0.05, seed: 2026 };
   console.log(`generating ${params.vms} VMs (${params.memMiB.join('/')} MiB), ${params.snapshots} snapshots each ...`);

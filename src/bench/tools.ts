@@ -1,7 +1,7 @@
 /**
  * The stores under test, each driven as whole commands (start-up included) on the same image files.
  *
- * Settings (documented in src/bench/README.md; the same in every run):
+ * Settings (documented in docs/BENCH.md; the same in every run):
  * - vnstore: `init`, `put --vm VM --json FILE` (parent auto), `restore ID -o FILE` (verifies digests).
  * - restic: repository format 2, `--compression auto` (zstd), default content-defined chunker
  *   (512 KiB-8 MiB, ~1 MiB average), `--no-cache`, password from RESTIC_PASSWORD (fixed bench value).

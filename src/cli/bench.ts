@@ -1,4 +1,4 @@
-/** `vnstore bench`: space efficiency against the ideal and against other tools (see src/bench/README.md). */
+/** `vnstore bench`: space efficiency against the ideal and against other tools (see docs/BENCH.md). */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidArgumentError, Option, type Command } from 'commander';
@@ -109,7 +109,7 @@ export function registerBench(program: Command): void {
       'after',
       `
 Defaults follow measurements of freshly booted Linux guests (zero 0.61, shared 0.41, dirty 0.007 of pages
-= 1.7% of non-zero pages, unique pages LZ4 to ~0.62). The workload model is in src/bench/README.md.
+= 1.7% of non-zero pages, unique pages LZ4 to ~0.62). The workload model is in docs/BENCH.md.
 Peers: apt-get install restic borgbackup casync; absent ones are skipped with a note.
 
 Examples:
