@@ -2,7 +2,10 @@
  * The CPU work of ingest and restore, as pure functions over one block of pages. They run inside
  * worker threads (page-worker.ts) or inline; the store sees the same results either way.
  */
+import { closeSync, openSync, readSync } from 'node:fs';
+import path from 'node:path';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
+import { packFileName } from '../format/pack.js';
 import { fingerprint, tableHasFingerprint } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec } from './codec.js';
 import { hashPage } from './hash.js';
@@ -22,7 +25,10 @@ export enum PageStatus {
 
 export interface HashJob {
   kind: 'hash';
-  pages: Uint8Array; // pageCount * PAGE_SIZE bytes, own ArrayBuffer (transferable)
+  /** pageCount * PAGE_SIZE bytes, own ArrayBuffer (transferable); or empty with `file` set. */
+  pages: Uint8Array;
+  /** Read the pages from this file range instead (the worker reads it: the main thread stays free). */
+  file?: { path: string; offset: number; length: number };
   pageCount: number;
   /** Parent digests for these page indices (pageCount * 32) and whether each is a digest page. */
   parentDigests?: Uint8Array;
@@ -40,8 +46,27 @@ export interface HashResult {
   codecs: Uint8Array;
 }
 
+let inputFile: { path: string; fd: number } | undefined;
+
+/** Reads a file range into fresh, zero-padded whole pages. */
+function readFileRange(file: { path: string; offset: number; length: number }, pageCount: number): Uint8Array {
+  if (inputFile?.path !== file.path) {
+    if (inputFile) closeSync(inputFile.fd);
+    inputFile = { path: file.path, fd: openSync(file.path, 'r') };
+  }
+  const pages = new Uint8Array(pageCount * PAGE_SIZE);
+  let got = 0;
+  while (got < file.length) {
+    const n = readSync(inputFile.fd, pages, got, file.length - got, file.offset + got);
+    if (n === 0) throw new Error(`${file.path}: file shrank while being read`);
+    got += n;
+  }
+  return pages;
+}
+
 export function runHashJob(job: HashJob): HashResult {
-  const { pages, pageCount } = job;
+  const { pageCount } = job;
+  const pages = job.file ? readFileRange(job.file, pageCount) : job.pages;
   const digests = new Uint8Array(pageCount * DIGEST_BYTES);
   const status = new Uint8Array(pageCount);
   const newOffsets: number[] = [];
@@ -119,6 +144,88 @@ export function runDecodeJob(job: DecodeJob): DecodeResult {
       bad.push(i);
     }
     p += len;
+  }
+  return { out, bad };
+}
+
+/**
+ * Restore of one window, done entirely in a worker: positional reads of the planned pack ranges
+ * (page cache reads are cheap; doing them here keeps the main thread free), decode, verify.
+ */
+export interface RestoreJob {
+  kind: 'restore';
+  packsDir: string;
+  windowPages: number;
+  /** Coalesced reads: pack id, offset and length of each range. */
+  readPack: Uint32Array;
+  readOffset: Float64Array;
+  readLength: Uint32Array;
+  /** Per chunk, in read order: its range, offset inside the range, stored length, codec, slot, digest. */
+  chunkRead: Uint32Array;
+  chunkOffset: Uint32Array;
+  lengths: Uint32Array;
+  codecs: Uint8Array;
+  slots: Uint32Array;
+  digests: Uint8Array;
+}
+
+export interface RestoreResult {
+  out: Uint8Array;
+  /** Chunk indices that failed to decode or verify. */
+  bad: number[];
+  /** A range that could not be read (missing or truncated pack). */
+  readError?: { pack: number; message: string };
+}
+
+const packFds = new Map<string, number>();
+const MAX_FDS = 64;
+let scratch = Buffer.allocUnsafe(1 << 20);
+
+function packFd(packsDir: string, pack: number): number {
+  const file = path.join(packsDir, packFileName(pack));
+  let fd = packFds.get(file);
+  if (fd !== undefined) return fd;
+  if (packFds.size >= MAX_FDS) {
+    const [oldFile, oldFd] = packFds.entries().next().value as [string, number];
+    packFds.delete(oldFile);
+    closeSync(oldFd);
+  }
+  fd = openSync(file, 'r');
+  packFds.set(file, fd);
+  return fd;
+}
+
+export function runRestoreJob(job: RestoreJob): RestoreResult {
+  const codec = getCodec();
+  const out = new Uint8Array(job.windowPages * PAGE_SIZE);
+  const bad: number[] = [];
+  let c = 0;
+  for (let r = 0; r < job.readPack.length; r++) {
+    const len = job.readLength[r];
+    if (scratch.length < len) scratch = Buffer.allocUnsafe(len);
+    try {
+      const fd = packFd(job.packsDir, job.readPack[r]);
+      let got = 0;
+      while (got < len) {
+        const n = readSync(fd, scratch, got, len - got, job.readOffset[r] + got);
+        if (n === 0) break;
+        got += n;
+      }
+      if (got !== len) return { out, bad, readError: { pack: job.readPack[r], message: `short read at offset ${job.readOffset[r]} (truncated pack)` } };
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      return { out, bad, readError: { pack: job.readPack[r], message: e.code === 'ENOENT' ? 'pack is missing' : e.message } };
+    }
+    for (; c < job.chunkRead.length && job.chunkRead[c] === r; c++) {
+      const start = job.chunkOffset[c];
+      const dstOff = job.slots[c] * PAGE_SIZE;
+      try {
+        codec.decodePage(scratch.subarray(start, start + job.lengths[c]), job.codecs[c] as ChunkCodec, out, dstOff);
+        if (!hashPage(out.subarray(dstOff, dstOff + PAGE_SIZE)).equals(job.digests.subarray(c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES))) bad.push(c);
+      } catch {
+        bad.push(c);
+      }
+    }
   }
   return { out, bad };
 }

@@ -1,12 +1,15 @@
 /** Worker thread entry: runs page jobs and hands big buffers back by transfer, not copy. */
 import { parentPort } from 'node:worker_threads';
-import { runDecodeJob, runHashJob, type DecodeJob, type HashJob } from './page-jobs.js';
+import { runDecodeJob, runHashJob, runRestoreJob, type DecodeJob, type HashJob, type RestoreJob } from './page-jobs.js';
 
-parentPort?.on('message', (msg: { id: number; job: HashJob | DecodeJob }) => {
+parentPort?.on('message', (msg: { id: number; job: HashJob | DecodeJob | RestoreJob }) => {
   try {
     if (msg.job.kind === 'hash') {
       const r = runHashJob(msg.job);
       parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.pages, r.digests, r.status, r.payload]));
+    } else if (msg.job.kind === 'restore') {
+      const r = runRestoreJob(msg.job);
+      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out]));
     } else {
       const r = runDecodeJob(msg.job);
       parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out]));

@@ -7,7 +7,17 @@ import path from 'node:path';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { runDecodeJob, runHashJob, type DecodeJob, type DecodeResult, type HashJob, type HashResult } from './page-jobs.js';
+import {
+  runDecodeJob,
+  runHashJob,
+  runRestoreJob,
+  type DecodeJob,
+  type DecodeResult,
+  type HashJob,
+  type HashResult,
+  type RestoreJob,
+  type RestoreResult,
+} from './page-jobs.js';
 
 interface Pending {
   resolve: (v: unknown) => void;
@@ -65,7 +75,7 @@ export class PagePool {
     this.pending.clear();
   }
 
-  private submit<T>(job: HashJob | DecodeJob, transfer: ArrayBuffer[]): Promise<T> {
+  private submit<T>(job: HashJob | DecodeJob | RestoreJob, transfer: ArrayBuffer[]): Promise<T> {
     if (this.failure) return Promise.reject(this.failure);
     let best = this.slots[0];
     for (const s of this.slots) if (s.inFlight < best.inFlight) best = s;
@@ -86,6 +96,12 @@ export class PagePool {
   decode(job: DecodeJob): Promise<DecodeResult> {
     if (this.slots.length === 0) return Promise.resolve().then(() => runDecodeJob(job));
     return this.submit<DecodeResult>(job, ownBuffer(job.payload));
+  }
+
+  /** Reads, decodes and verifies one restore window (the worker reads the packs itself). */
+  restore(job: RestoreJob): Promise<RestoreResult> {
+    if (this.slots.length === 0) return Promise.resolve().then(() => runRestoreJob(job));
+    return this.submit<RestoreResult>(job, []);
   }
 
   async close(): Promise<void> {

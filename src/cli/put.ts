@@ -1,5 +1,5 @@
 import { promises as fsp } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
 import type { Command } from 'commander';
 import { PAGE_SIZE } from '../format/pages.js';
 import { BLOCK_PAGES, type Session } from '../store/session.js';
@@ -55,18 +55,15 @@ export function registerPut(program: Command): void {
     );
 }
 
-type Input = { kind: 'file'; fh: FileHandle; size: number } | { kind: 'stream'; stream: NodeJS.ReadableStream; size?: number };
+type Input = { kind: 'file'; path: string; size: number } | { kind: 'stream'; stream: NodeJS.ReadableStream; size?: number };
 
 async function openInput(file: string): Promise<Input> {
   if (file === '-') return { kind: 'stream', stream: process.stdin };
   try {
-    const fh = await fsp.open(file, 'r');
-    const st = await fh.stat();
-    if (!st.isFile()) {
-      await fh.close();
-      throw new VnstoreError('E_INPUT', `${file} is not a regular file`);
-    }
-    return { kind: 'file', fh, size: st.size };
+    const fh = await fsp.open(file, 'r'); // proves it is readable now; the page workers read it
+    const st = await fh.stat().finally(() => fh.close());
+    if (!st.isFile()) throw new VnstoreError('E_INPUT', `${file} is not a regular file`);
+    return { kind: 'file', path: path.resolve(file), size: st.size };
   } catch (err) {
     if (err instanceof VnstoreError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
@@ -80,47 +77,23 @@ async function openInput(file: string): Promise<Input> {
 /** Feeds the whole input into the session; returns the exact byte count. */
 async function feed(session: Session, input: Input, onProgress: (done: number) => void): Promise<number> {
   try {
-    const total = input.kind === 'file' ? await feedFile(session, input.fh, input.size, onProgress) : await feedStream(session, input.stream, onProgress);
+    const total = input.kind === 'file' ? await feedFile(session, input.path, input.size, onProgress) : await feedStream(session, input.stream, onProgress);
     if (total === 0) throw usage('input is empty: nothing to store');
     return total;
   } catch (err) {
     if (err instanceof VnstoreError) throw err;
     throw fromSystemError(err, 'reading input');
-  } finally {
-    if (input.kind === 'file') await input.fh.close().catch(() => undefined);
   }
 }
 
-/**
- * Reads a regular file straight into fresh buffers that the page workers take by transfer (no copy),
- * with a few reads in flight so the disk, the main thread and the workers overlap.
- */
-async function feedFile(session: Session, fh: FileHandle, size: number, onProgress: (done: number) => void): Promise<number> {
-  const READS_IN_FLIGHT = 3;
-  const reads: { page: number; p: Promise<Uint8Array> }[] = [];
-  let next = 0;
-  let done = 0;
-  const startRead = (pos: number) => {
+/** A regular file: the page workers read its ranges themselves (no copy through the main thread). */
+async function feedFile(session: Session, file: string, size: number, onProgress: (done: number) => void): Promise<number> {
+  for (let pos = 0; pos < size; pos += READ_BYTES) {
     const len = Math.min(READ_BYTES, size - pos);
-    const buf = new Uint8Array(len);
-    return fh.read(buf, 0, len, pos).then(({ bytesRead }) => {
-      if (bytesRead !== len) throw new VnstoreError('E_INPUT', 'input file changed size while being read');
-      return buf;
-    });
-  };
-  while (next < size || reads.length > 0) {
-    while (next < size && reads.length < READS_IN_FLIGHT) {
-      reads.push({ page: next / PAGE_SIZE, p: startRead(next) });
-      next += Math.min(READ_BYTES, size - next);
-    }
-    const r = reads.shift()!;
-    const buf = await r.p;
-    const length = buf.length; // read before the buffer is transferred away
-    await session.writePages(r.page, buf, true);
-    done += length;
-    onProgress(done);
+    await session.writeFileRange(pos / PAGE_SIZE, file, pos, len);
+    onProgress(pos + len);
   }
-  return done;
+  return size;
 }
 
 /** Streams (stdin) arrive in arbitrary pieces: regroup them into page-aligned blocks. */

@@ -23,7 +23,7 @@ const MAX_OPEN = 64;
 export class PackReader {
   private readonly handles = new Map<number, Promise<FileHandle>>();
 
-  constructor(private readonly packsDir: string) {}
+  constructor(readonly packsDir: string) {}
 
   packPath(packId: number): string {
     return path.join(this.packsDir, packFileName(packId));
@@ -63,6 +63,20 @@ export class PackReader {
   /** Parses and checks a pack's trailer and table of contents (not the payload). */
   async readToc(packId: number): Promise<PackEntry[]> {
     return readPackTocAt(this.packPath(packId), packFileName(packId));
+  }
+
+  /**
+   * gc is about to delete this pack: keep (or open) a handle for `graceMs`, so a read whose location
+   * was resolved before the index moved still succeeds on the unlinked file, then close it.
+   */
+  async retire(packId: number, graceMs = 10_000): Promise<void> {
+    const h = this.handle(packId);
+    await h.catch(() => undefined);
+    const timer = setTimeout(() => {
+      if (this.handles.get(packId) === h) this.handles.delete(packId);
+      void h.then((fh) => fh.close()).catch(() => undefined);
+    }, graceMs);
+    timer.unref();
   }
 
   async close(): Promise<void> {

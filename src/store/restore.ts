@@ -15,6 +15,7 @@ import type { SnapshotRecord } from './db.js';
 export const WINDOW_PAGES = 1024;
 const MAX_WINDOWS_IN_FLIGHT = 4;
 const COALESCE_GAP_BYTES = 16 * 1024;
+const MAX_READ_BYTES = 8 * 1024 * 1024;
 
 export interface RestoreSink {
   /** Receives verified bytes in order; may apply backpressure by returning a promise. */
@@ -57,6 +58,19 @@ export async function restoreSnapshot(store: Store, record: SnapshotRecord, sink
 }
 
 async function restoreWindow(store: Store, snapshotId: string, pages: PageTable, first: number, n: number): Promise<Uint8Array> {
+  try {
+    return await restoreWindowOnce(store, snapshotId, pages, first, n, false);
+  } catch (err) {
+    // gc may have moved chunks and deleted their old pack after we located them: locate again,
+    // exactly, and retry once before calling it corruption.
+    if (!(err instanceof PackReadError)) throw err;
+    return restoreWindowOnce(store, snapshotId, pages, first, n, true);
+  }
+}
+
+class PackReadError extends CorruptError {}
+
+async function restoreWindowOnce(store: Store, snapshotId: string, pages: PageTable, first: number, n: number, exactOnly: boolean): Promise<Uint8Array> {
   const slots: number[] = [];
   for (let i = 0; i < n; i++) if (pages.kinds[first + i] === PageKind.Digest) slots.push(i);
   if (slots.length === 0) return new Uint8Array(n * PAGE_SIZE);
@@ -66,7 +80,7 @@ async function restoreWindow(store: Store, snapshotId: string, pages: PageTable,
   const locs: (ChunkLocation | undefined)[] = new Array(slots.length);
   const exact: number[] = [];
   for (let k = 0; k < slots.length; k++) {
-    const hit = store.table.get(digestOf(slots[k]));
+    const hit = exactOnly ? undefined : store.table.get(digestOf(slots[k]));
     if (hit && !hit.ambiguous) locs[k] = hit.location;
     else exact.push(k);
   }
@@ -78,45 +92,63 @@ async function restoreWindow(store: Store, snapshotId: string, pages: PageTable,
     if (!locs[k]) throw new CorruptError(`snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) is not in the index; run 'vnstore check'`);
   }
 
-  // Read in (pack, offset) order, coalescing near neighbours into one read.
+  // Plan reads in (pack, offset) order, coalescing near neighbours; a worker reads, decodes, verifies.
   const order = slots.map((_, k) => k).sort((a, b) => locs[a]!.pack - locs[b]!.pack || locs[a]!.offset - locs[b]!.offset);
-  const payloads: Uint8Array[] = new Array(slots.length);
-  const reads: Promise<void>[] = [];
-  for (let a = 0; a < order.length; ) {
+  const readPack: number[] = [];
+  const readOffset: number[] = [];
+  const readLength: number[] = [];
+  const m = order.length;
+  const chunkRead = new Uint32Array(m);
+  const chunkOffset = new Uint32Array(m);
+  const lengths = new Uint32Array(m);
+  const codecs = new Uint8Array(m);
+  const chunkSlots = new Uint32Array(m);
+  const digests = new Uint8Array(m * DIGEST_BYTES);
+  for (let a = 0; a < m; ) {
     const start = locs[order[a]]!;
     let end = start.offset + start.storedLength;
     let b = a + 1;
-    while (b < order.length) {
+    while (b < m) {
       const l = locs[order[b]]!;
-      if (l.pack !== start.pack || l.offset > end + COALESCE_GAP_BYTES) break;
+      if (l.pack !== start.pack || l.offset > end + COALESCE_GAP_BYTES || l.offset + l.storedLength - start.offset > MAX_READ_BYTES) break;
       end = Math.max(end, l.offset + l.storedLength);
       b++;
     }
-    const members = order.slice(a, b);
-    reads.push(
-      store.packs.read(start.pack, start.offset, end - start.offset).then((buf) => {
-        for (const k of members) payloads[k] = buf.subarray(locs[k]!.offset - start.offset, locs[k]!.offset - start.offset + locs[k]!.storedLength);
-      }),
-    );
+    const r = readPack.length;
+    readPack.push(start.pack);
+    readOffset.push(start.offset);
+    readLength.push(end - start.offset);
+    for (let c = a; c < b; c++) {
+      const k = order[c];
+      const l = locs[k]!;
+      chunkRead[c] = r;
+      chunkOffset[c] = l.offset - start.offset;
+      lengths[c] = l.storedLength;
+      codecs[c] = l.codec;
+      chunkSlots[c] = slots[k];
+      digests.set(digestOf(slots[k]), c * DIGEST_BYTES);
+    }
     a = b;
   }
-  await Promise.all(reads);
-
-  const total = payloads.reduce((s, p) => s + p.length, 0);
-  const payload = new Uint8Array(total);
-  const lengths = new Uint32Array(slots.length);
-  const codecs = new Uint8Array(slots.length);
-  const digests = new Uint8Array(slots.length * DIGEST_BYTES);
-  let pos = 0;
-  for (let k = 0; k < slots.length; k++) {
-    payload.set(payloads[k], pos);
-    pos += payloads[k].length;
-    lengths[k] = payloads[k].length;
-    codecs[k] = locs[k]!.codec;
-    digests.set(digestOf(slots[k]), k * DIGEST_BYTES);
+  const result = await store.pool.restore({
+    kind: 'restore',
+    packsDir: store.packs.packsDir,
+    windowPages: n,
+    readPack: Uint32Array.from(readPack),
+    readOffset: Float64Array.from(readOffset),
+    readLength: Uint32Array.from(readLength),
+    chunkRead,
+    chunkOffset,
+    lengths,
+    codecs,
+    slots: chunkSlots,
+    digests,
+  });
+  if (result.readError) {
+    throw new PackReadError(`snapshot ${snapshotId}: pack ${packFileName(result.readError.pack)}: ${result.readError.message}; run 'vnstore check'`);
   }
-  const result = await store.pool.decode({ kind: 'decode', payload, lengths, codecs, digests, slots: Uint32Array.from(slots), windowPages: n });
-  for (const k of result.bad) {
+  for (const c of result.bad) {
+    const k = order[c];
     // A table hint can point at the wrong chunk only through a fingerprint clash: retry exactly once.
     const [loc] = await store.lookupExact([digestOf(slots[k])]);
     const prev = locs[k]!;

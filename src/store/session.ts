@@ -109,14 +109,8 @@ export class Session {
    */
   async writePages(firstPage: number, data: Uint8Array, transfer = false): Promise<void> {
     this.assertOpen();
-    if (!Number.isSafeInteger(firstPage) || firstPage < 0) throw new VnstoreError('E_USAGE', `bad page index ${firstPage}`);
+    this.checkRange(firstPage, data.length);
     const pageCount = Math.ceil(data.length / PAGE_SIZE);
-    const end = firstPage * PAGE_SIZE + data.length;
-    if (this.options.memoryBytes !== undefined && end > this.options.memoryBytes) {
-      throw new VnstoreError('E_SESSION', `write of pages ${firstPage}..${firstPage + pageCount - 1} exceeds the VM's memory size (${this.options.memoryBytes} bytes)`);
-    }
-    if (end > MAX_IMAGE_BYTES) throw new VnstoreError('E_SESSION', `write at page ${firstPage} is beyond the largest supported image (${MAX_IMAGE_BYTES} bytes)`);
-    this.furthestByte = Math.max(this.furthestByte, end);
     for (let p = 0; p < pageCount; p += BLOCK_PAGES) {
       const n = Math.min(BLOCK_PAGES, pageCount - p);
       const slice = data.subarray(p * PAGE_SIZE, Math.min(data.length, (p + n) * PAGE_SIZE));
@@ -129,12 +123,36 @@ export class Session {
     }
   }
 
+  /**
+   * Writes pages read from a file range (a raw image on disk): the page workers read it themselves,
+   * so the main thread does no copying. Same semantics as writePages.
+   */
+  async writeFileRange(firstPage: number, file: string, offset: number, length: number): Promise<void> {
+    this.assertOpen();
+    this.checkRange(firstPage, length);
+    for (let p = 0; p * PAGE_SIZE < length; p += BLOCK_PAGES) {
+      const bytes = Math.min(BLOCK_PAGES * PAGE_SIZE, length - p * PAGE_SIZE);
+      await this.submit(firstPage + p, Math.ceil(bytes / PAGE_SIZE), new Uint8Array(0), { path: file, offset: offset + p * PAGE_SIZE, length: bytes });
+    }
+  }
+
+  private checkRange(firstPage: number, length: number): void {
+    if (!Number.isSafeInteger(firstPage) || firstPage < 0) throw new VnstoreError('E_USAGE', `bad page index ${firstPage}`);
+    const pageCount = Math.ceil(length / PAGE_SIZE);
+    const end = firstPage * PAGE_SIZE + length;
+    if (this.options.memoryBytes !== undefined && end > this.options.memoryBytes) {
+      throw new VnstoreError('E_SESSION', `write of pages ${firstPage}..${firstPage + pageCount - 1} exceeds the VM's memory size (${this.options.memoryBytes} bytes)`);
+    }
+    if (end > MAX_IMAGE_BYTES) throw new VnstoreError('E_SESSION', `write at page ${firstPage} is beyond the largest supported image (${MAX_IMAGE_BYTES} bytes)`);
+    this.furthestByte = Math.max(this.furthestByte, end);
+  }
+
   /** Writes one page (convenience for agents sending single dirty pages). */
   writePage(pageIndex: number, page: Uint8Array): Promise<void> {
     return this.writePages(pageIndex, page);
   }
 
-  private async submit(first: number, n: number, pages: Uint8Array): Promise<void> {
+  private async submit(first: number, n: number, pages: Uint8Array, file?: { path: string; offset: number; length: number }): Promise<void> {
     while (this.inFlight >= this.maxInFlight) await this.applying;
     if (this.error) throw this.error;
     this.pages.ensure(first + n - 1);
@@ -147,7 +165,7 @@ export class Session {
       parentHasDigest = new Uint8Array(n);
       for (let i = 0; i < m; i++) parentHasDigest[i] = parent.kinds[first + i] === PageKind.Digest ? 1 : 0;
     }
-    const job = this.store.pool.hash({ kind: 'hash', pages, pageCount: n, parentDigests, parentHasDigest, table: this.store.table.shared });
+    const job = this.store.pool.hash({ kind: 'hash', pages, file, pageCount: n, parentDigests, parentHasDigest, table: this.store.table.shared });
     this.inFlight++;
     this.stats.pagesWritten += n;
     this.applying = this.applying.then(async () => {
