@@ -10,7 +10,14 @@
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { compressSync, uncompressSync } from 'lz4-napi';
+import type * as Lz4Napi from 'lz4-napi';
+
+// lz4-napi is only the fallback: load it on first use, not at every command's start-up.
+let lz4napi: typeof Lz4Napi | undefined;
+function lz4(): typeof Lz4Napi {
+  lz4napi ??= createRequire(import.meta.url)('lz4-napi') as typeof Lz4Napi;
+  return lz4napi;
+}
 
 export const PAGE_SIZE = 4096;
 
@@ -143,7 +150,7 @@ class JsPageCodec implements PageCodec {
     let total = 0;
     for (let i = 0; i < n; i++) {
       const page = Buffer.from(src.buffer, src.byteOffset + offsets[i], PAGE_SIZE);
-      const framed = compressSync(page);
+      const framed = lz4().compressSync(page);
       const blockLen = framed.length - LZ4_NAPI_PREFIX;
       if (blockLen < PAGE_SIZE) {
         parts[i] = framed.subarray(LZ4_NAPI_PREFIX);
@@ -205,7 +212,7 @@ class JsPageCodec implements PageCodec {
       this.framed.set(payload, LZ4_NAPI_PREFIX);
       let out: Buffer;
       try {
-        out = uncompressSync(this.framed.subarray(0, LZ4_NAPI_PREFIX + len));
+        out = lz4().uncompressSync(this.framed.subarray(0, LZ4_NAPI_PREFIX + len));
       } catch (err) {
         throw new CodecError(`${where}malformed lz4 block (${len} bytes)`, { cause: err });
       }

@@ -5,7 +5,10 @@ import { registerInit } from './init.js';
 import { registerPut } from './put.js';
 import { registerRestore } from './restore.js';
 import { registerLs } from './ls.js';
-import { registerBench } from './bench.js';
+import { registerForget } from './forget.js';
+import { registerGc } from './gc.js';
+import { registerStats } from './stats.js';
+import { registerCheck } from './check.js';
 import { ERROR_CODES } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 
@@ -16,7 +19,8 @@ program
   .name('vnstore')
   .description('Deduplicating snapshot store for the memory of groups of VMs (virtual networked environments).')
   .version('0.1.0')
-  .showHelpAfterError('(run with --help for usage)')
+  // Usage errors are bad input like any other: one line "vnstore: error: ...", exit 2 (E_USAGE).
+  .configureOutput({ outputError: (str, write) => write(`vnstore: ${str.trim().replace(/\s*\n\s*/g, ' ')} (run with --help for usage)\n`) })
   .exitOverride()
   .addHelpText(
     'after',
@@ -31,7 +35,17 @@ registerInit(program);
 registerPut(program);
 registerRestore(program);
 registerLs(program);
-registerBench(program);
+registerForget(program);
+registerGc(program);
+registerStats(program);
+registerCheck(program);
+// `bench` pulls in the workload generator and the peer-tool drivers: load it only when it can be
+// the command (or help is shown), so put/restore start-up stays lean (it is part of every timing).
+const args = process.argv.slice(2);
+if (args.length === 0 || args.some((a) => a === 'bench' || a === 'help' || a === '--help' || a === '-h')) {
+  const { registerBench } = await import('./bench.js');
+  registerBench(program);
+}
 
 try {
   await program.parseAsync(process.argv);
