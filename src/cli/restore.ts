@@ -3,7 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { restoreSnapshot } from '../store/restore.js';
-import { FILE_MODE } from '../util/durable.js';
+import { FILE_MODE, writeFully } from '../util/durable.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
 import { action, progressBar, storeOption, withStore } from './common.js';
 
@@ -32,7 +32,8 @@ export function registerRestore(program: Command): void {
           try {
             fh = await fsp.open(tmp, 'wx', FILE_MODE);
             const handle = fh;
-            await restoreSnapshot(store, record, { write: async (b) => void (await handle.write(b)) }, (done) => bar.update(done));
+            // writeFully: write() may write less than asked (a full disk does, before it fails with ENOSPC).
+            await restoreSnapshot(store, record, { write: (b) => writeFully(handle, b) }, (done) => bar.update(done));
             if (opts.sync) await fh.sync();
             await fh.close();
             fh = undefined;

@@ -3,6 +3,7 @@
  * gone (crash, kill -9) is stale and taken over; a live owner is named in the error.
  */
 import { promises as fsp } from 'node:fs';
+import path from 'node:path';
 import { VnstoreError } from '../util/errors.js';
 import { FILE_MODE } from '../util/durable.js';
 
@@ -17,6 +18,7 @@ export class StoreLock {
       await fsp.writeFile(tmp, `${process.pid}\n`, { mode: FILE_MODE });
       try {
         await fsp.link(tmp, file);
+        await removeDeadTemps(file);
         return new StoreLock(file);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
@@ -39,6 +41,16 @@ export class StoreLock {
 
   async release(): Promise<void> {
     await fsp.rm(this.file, { force: true });
+  }
+}
+
+/** Temp files `lock.PID.tmp` of processes killed while taking the lock (we hold it now). */
+async function removeDeadTemps(file: string): Promise<void> {
+  const dir = path.dirname(file);
+  const base = path.basename(file);
+  for (const name of await fsp.readdir(dir)) {
+    const m = name.startsWith(`${base}.`) ? /\.(\d+)\.tmp$/.exec(name) : null;
+    if (m && Number(m[1]) !== process.pid && !isAlive(Number(m[1]))) await fsp.rm(path.join(dir, name), { force: true });
   }
 }
 

@@ -168,3 +168,18 @@ async function restoreWindowOnce(store: Store, snapshotId: string, pages: PageTa
   }
   return result.out;
 }
+
+/** Reads one chunk by digest (exact index lookup), decoded and verified; for rare single-page needs. */
+export async function readChunk(store: Store, digest: Uint8Array, what: string): Promise<Uint8Array> {
+  const [loc] = await store.lookupExact([digest]);
+  if (!loc) throw new CorruptError(`${what}: chunk ${hex(digest)} is not in the index; run 'vnstore check'`);
+  const payload = await store.packs.read(loc.pack, loc.offset, loc.storedLength);
+  const page = new Uint8Array(PAGE_SIZE);
+  try {
+    getCodec().decodePage(payload, loc.codec as ChunkCodec, page, 0);
+  } catch {
+    throw new CorruptError(`${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} does not decode; run 'vnstore check'`);
+  }
+  if (!hashPage(page).equals(digest)) throw new CorruptError(`${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} is corrupt (digest mismatch)`);
+  return page;
+}

@@ -10,7 +10,8 @@ import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../format/pages.js
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { getCodec } from '../chunk/codec.js';
 import { PageStatus, type HashResult } from '../chunk/page-jobs.js';
-import { imageDigest } from '../chunk/hash.js';
+import { hashPage, imageDigest } from '../chunk/hash.js';
+import { readChunk } from './restore.js';
 import { writeFileDurable } from '../util/durable.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
 import type { SnapshotRecord } from './db.js';
@@ -259,6 +260,7 @@ export class Session {
       this.pages.resize(pageCount);
       this.fillUnwritten(options.unwritten ?? (this.parent ? 'parent' : 'error'));
       await this.store.writer.flush();
+      if (await this.zeroTail(byteLength)) await this.store.writer.flush();
       trace('packs flushed');
       if (this.store.writer.failureEpoch !== this.failureEpoch) {
         throw this.store.writer.lastFailure ?? new VnstoreError('E_IO', 'a pack write failed during the session');
@@ -298,6 +300,31 @@ export class Session {
   /** Digests this session references so far (gc must treat them as live while it is open). */
   *liveDigests(): Generator<Uint8Array> {
     for (let i = 0; i < this.pages.pageCount; i++) if (this.pages.kinds[i] === PageKind.Digest) yield this.pages.digestAt(i);
+  }
+
+  /**
+   * Bytes past the image length are not part of the image: a short last page is named and stored
+   * zero-padded (docs/FORMAT.md), even when it was written whole or inherited from a longer parent.
+   * Returns true when it stored a new chunk.
+   */
+  private async zeroTail(byteLength: number): Promise<boolean> {
+    const tail = byteLength % PAGE_SIZE;
+    const last = this.pages.pageCount - 1;
+    if (tail === 0 || last < 0 || this.pages.kinds[last] !== PageKind.Digest) return false;
+    const page = await readChunk(this.store, this.pages.digestAt(last), `VM ${this.options.vm} page ${last}`);
+    if (page.subarray(tail).every((b) => b === 0)) return false;
+    page.fill(0, tail);
+    if (page.every((b) => b === 0)) {
+      this.pages.setZero(last);
+      return false;
+    }
+    const digest = hashPage(page);
+    this.pages.setDigest(last, digest);
+    const [known] = await this.store.lookupExact([digest]);
+    if (known) return false;
+    const c = getCodec().compressPages(page, [0]);
+    this.storeChunk(digest, c.payload.subarray(0, c.lengths[0]), c.codecs[0]);
+    return true;
   }
 
   private fillUnwritten(mode: 'parent' | 'zero' | 'error'): void {

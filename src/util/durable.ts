@@ -51,3 +51,8 @@ export async function exists(p: string): Promise<boolean> {
     return false;
   }
 }
+
+/** Writes all of `data` at the current position: write() may write less (a full disk does, before ENOSPC). */
+export async function writeFully(fh: { write(b: Uint8Array, offset: number, length: number): Promise<{ bytesWritten: number }> }, data: Uint8Array): Promise<void> {
+  for (let off = 0; off < data.length; ) off += (await fh.write(data, off, data.length - off)).bytesWritten;
+}

@@ -3,13 +3,15 @@
  * (computed independently of the store), restore into memory, CLI spawning and temp directories.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { blake3 } from '@napi-rs/blake-hash';
 import { restoreSnapshot } from '../../src/store/restore.js';
-import type { Store } from '../../src/store/store.js';
+import { Store } from '../../src/store/store.js';
+import { readPackChunks } from '../../src/store/pack-reader.js';
+import { packFileName } from '../../src/format/pack.js';
 import type { SnapshotRecord } from '../../src/store/db.js';
 
 export const PAGE = 4096;
@@ -116,6 +118,9 @@ export interface CliOptions {
   env?: Record<string, string | undefined>;
   input?: Uint8Array;
   cwd?: string;
+  /** Run as this user (needs root): permission tests as root use an unprivileged uid. */
+  uid?: number;
+  gid?: number;
 }
 
 /** Runs `node dist/cli/main.js ...args` to completion. */
@@ -125,6 +130,7 @@ export function runCli(args: string[], options: CliOptions = {}): Promise<CliRes
       cwd: options.cwd ?? REPO_ROOT,
       env: { ...process.env, VNSTORE_DEBUG: undefined, VNSTORE_STORE: undefined, ...options.env },
       stdio: ['pipe', 'pipe', 'pipe'],
+      ...(options.uid !== undefined ? { uid: options.uid, gid: options.gid ?? options.uid } : {}),
     });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
@@ -150,4 +156,32 @@ export function singleErrorLine(stderr: string): string {
   const lines = stderr.split('\n').filter((l) => l.length > 0);
   if (lines.length !== 1) throw new Error(`expected exactly one stderr line, got ${lines.length}:\n${stderr}`);
   return lines[0];
+}
+
+/**
+ * Opens the store (nothing else may hold it) and checks that packs/ holds exactly the indexed packs,
+ * each well-formed (trailer, table of contents, every chunk decodes to its recorded digest prefix) with
+ * the chunk count its pack record says. Returns a list of problems (empty when consistent).
+ */
+export async function packProblems(dir: string): Promise<string[]> {
+  const store = await Store.open(dir, { workers: 0 });
+  try {
+    const problems: string[] = [];
+    const records = await store.listPacks();
+    const files = readdirSync(path.join(dir, 'packs')).sort();
+    const expected = records.map((r) => packFileName(r.id)).sort();
+    if (files.join() !== expected.join()) problems.push(`pack files ${files.join(',')} != indexed ${expected.join(',')}`);
+    for (const rec of records) {
+      const name = packFileName(rec.id);
+      try {
+        const chunks = await readPackChunks(path.join(dir, 'packs', name), name);
+        if (chunks.length !== rec.chunks) problems.push(`${name}: ${chunks.length} chunks, record says ${rec.chunks}`);
+      } catch (err) {
+        problems.push((err as Error).message);
+      }
+    }
+    return problems;
+  } finally {
+    await store.close();
+  }
 }
