@@ -54,5 +54,10 @@ export async function exists(p: string): Promise<boolean> {
 
 /** Writes all of `data` at the current position: write() may write less (a full disk does, before ENOSPC). */
 export async function writeFully(fh: { write(b: Uint8Array, offset: number, length: number): Promise<{ bytesWritten: number }> }, data: Uint8Array): Promise<void> {
-  for (let off = 0; off < data.length; ) off += (await fh.write(data, off, data.length - off)).bytesWritten;
+  for (let off = 0; off < data.length; ) {
+    const { bytesWritten } = await fh.write(data, off, data.length - off);
+    // A write that makes no progress would loop forever: report it as the full disk it almost surely is.
+    if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC' });
+    off += bytesWritten;
+  }
 }
