@@ -5,3 +5,4 @@ export { restoreSnapshot, type RestoreSink } from './store/restore.js';
 export type { SnapshotRecord, GroupRecord, PackRecord } from './store/db.js';
 export { VnstoreError, CorruptError, ERROR_CODES, type ErrorCode } from './util/errors.js';
 export { PAGE_SIZE } from './format/pages.js';
+export * from './maintenance/index.js'; // forget, gc, check, stats (docs/OPERATIONS.md)

@@ -2,6 +2,7 @@
  * The benchmark run: images (generated or given) → exact ideal bounds → each tool stores every image in
  * a fresh repository (one command per image, in snapshot-major order), restores and verifies → figures.
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
@@ -124,6 +125,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     }
     log('computing the ideal bounds (BLAKE3 + LZ4 of every distinct page)');
     const ideal = await computeIdeal(images);
+    // Flush dirty page cache (fresh images) so its writeback does not slow the first tool's fsyncs.
+    spawnSync('sync');
     const sample = pickSample(images);
 
     const skipped: BenchResult['skipped'] = [];

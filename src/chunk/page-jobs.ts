@@ -80,7 +80,14 @@ export function runHashJob(job: HashJob): HashResult {
     }
     const d = hashPage(pages.subarray(off, off + PAGE_SIZE));
     digests.set(d, i * DIGEST_BYTES);
-    if (job.parentDigests && job.parentHasDigest?.[i] && d.equals(job.parentDigests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES))) {
+    // Same as the parent: known durable without a lookup, provided the store still holds the chunk
+    // (a repaired store may have lost one: then the page takes the normal path and is stored again).
+    if (
+      job.parentDigests &&
+      job.parentHasDigest?.[i] &&
+      d.equals(job.parentDigests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)) &&
+      (!job.table || tableHasFingerprint(job.table, fingerprint(d)))
+    ) {
       status[i] = PageStatus.SameAsParent;
       continue;
     }

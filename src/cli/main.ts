@@ -27,7 +27,7 @@ program
     `
 Store location: --store DIR, else $VNSTORE_STORE, else ./vnstore-data.
 Exit codes: 0 ok, 2 usage, 3 not a store, 4 unsupported format version, 5 store locked,
-  6 unknown snapshot, 7 corrupt data, 8 I/O error, 9 disk full, 10 unreadable input,
+  6 unknown snapshot or VM, 7 corrupt data (check: problems found), 8 I/O error, 9 disk full, 10 unreadable input,
   11 store exists, 12 session error, 13 ambiguous id prefix, 70 internal error.`,
   );
 

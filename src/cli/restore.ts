@@ -23,7 +23,14 @@ export function registerRestore(program: Command): void {
           const bar = progressBar(`restore ${record.id}`, opts.output ? record.byteLength : 0);
           if (!opts.output) {
             if (process.stdout.isTTY) throw new VnstoreError('E_USAGE', 'refusing to write a memory image to a terminal; use -o FILE or a pipe');
-            await restoreSnapshot(store, record, { write: (b) => writeStdout(b) });
+            // A reader that goes away early (`| head`) is not an internal error: say what happened.
+            process.stdout.on('error', (e) => (stdoutError ??= e));
+            try {
+              await restoreSnapshot(store, record, { write: (b) => writeStdout(b) });
+            } catch (err) {
+              if ((err as NodeJS.ErrnoException).code === 'EPIPE') throw new VnstoreError('E_IO', 'standard output was closed before the whole image was written');
+              throw err;
+            }
             return;
           }
           const out = path.resolve(opts.output);
@@ -50,14 +57,25 @@ export function registerRestore(program: Command): void {
     );
 }
 
+let stdoutError: Error | undefined;
+
+/** Writes to stdout with backpressure; a closed pipe (EPIPE) surfaces as an error, never a hang. */
 function writeStdout(b: Uint8Array): Promise<void> | void {
+  if (stdoutError) throw stdoutError;
   if (process.stdout.write(b)) return;
   return new Promise((resolve, reject) => {
-    const onErr = (e: Error) => reject(e);
-    process.stdout.once('error', onErr);
-    process.stdout.once('drain', () => {
+    const done = (err?: Error) => {
+      process.stdout.off('drain', onDrain);
       process.stdout.off('error', onErr);
-      resolve();
-    });
+      process.stdout.off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const onErr = (e: Error) => done(e);
+    const onClose = () => done(stdoutError ?? Object.assign(new Error('stdout closed'), { code: 'EPIPE' }));
+    process.stdout.on('drain', onDrain);
+    process.stdout.on('error', onErr);
+    process.stdout.on('close', onClose);
   });
 }

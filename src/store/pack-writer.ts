@@ -11,9 +11,10 @@ import { crc32 } from 'node:zlib';
 import { encodePackFooter, encodePackHeader, packFileName, PACK_HEADER_BYTES, TOC_ENTRY_BYTES, PACK_TRAILER_BYTES } from '../format/pack.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import type { ChunkLocation, ChunkTable } from '../index/chunk-table.js';
-import { fsyncDir, FILE_MODE } from '../util/durable.js';
+import { fsyncDir, FILE_MODE, writeFully } from '../util/durable.js';
 import { fromSystemError } from '../util/errors.js';
 import { chunkKey, encodeChunkValue, jsonValue, packKey, stampChunkGeneration, type PackRecord, type StoreDb } from './db.js';
+import { addCounterDelta, sealedPackDelta } from '../maintenance/counters.js';
 
 export const DEFAULT_PACK_TARGET_BYTES = 32 * 1024 * 1024;
 const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
@@ -45,7 +46,7 @@ export class PackWriter {
     private readonly db: StoreDb,
     private readonly table: ChunkTable,
     private nextPackId: number,
-    private readonly targetBytes = DEFAULT_PACK_TARGET_BYTES,
+    readonly targetBytes = DEFAULT_PACK_TARGET_BYTES,
     /** Told the new chunk-generation token after each index batch (the saved table goes stale). */
     private readonly onChunkGeneration: (token: Buffer) => void = () => undefined,
   ) {}
@@ -76,6 +77,11 @@ export class PackWriter {
     }
   }
 
+  /** A pack id for a pack written outside this writer (gc rewrite, repair salvage). */
+  reservePackId(): number {
+    return this.nextPackId++;
+  }
+
   /** Discards the open pack without sealing (store close after a failure). */
   async close(): Promise<void> {
     await this.flush().catch(() => undefined);
@@ -96,7 +102,7 @@ export class PackWriter {
       buffered: [],
       bufferedBytes: 0,
       writes: fh.then(async (h) => {
-        await h.write(header);
+        await writeFully(h, header);
       }),
     };
     this.open = pack;
@@ -110,7 +116,7 @@ export class PackWriter {
     pack.bufferedBytes = 0;
     pack.writes = pack.writes.then(async () => {
       const h = await pack.fh;
-      await h.write(data);
+      await writeFully(h, data);
     });
   }
 
@@ -130,7 +136,7 @@ export class PackWriter {
     await pack.writes;
     const h = await pack.fh;
     const footer = encodePackFooter(pack.entries, pack.size, pack.crc);
-    await h.write(footer);
+    await writeFully(h, footer);
     await h.sync();
     await h.close();
     const finalPath = path.join(this.packsDir, packFileName(pack.id));
@@ -150,6 +156,7 @@ export class PackWriter {
       sealedAt: new Date().toISOString(),
     };
     batch.put(packKey(pack.id), jsonValue(record));
+    addCounterDelta(batch, sealedPackDelta(record)); // stats counters, in the same batch (src/maintenance/counters.ts)
     const token = stampChunkGeneration(batch);
     await batch.write();
     this.onChunkGeneration(token);

@@ -53,6 +53,8 @@ import { readTableFile, writeTableFile } from '../index/table-file.js';
 
 export const TABLE_FILE = 'chunk-table.bin';
 import { PackWriter, DEFAULT_PACK_TARGET_BYTES } from './pack-writer.js';
+import { addCounterDelta, putCounterBase, recoveredPackDelta, snapshotDelta, zeroCounters } from '../maintenance/counters.js';
+import { finishPackDeletions, keptBaseKey } from '../maintenance/recovery.js';
 import { Session, type PreparedSnapshot, type SessionOptions } from './session.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 
@@ -74,6 +76,10 @@ export const MAX_BASE_DEPTH = 8;
 
 export class Store {
   readonly sessions = new Set<Session>();
+  /** Sessions being begun (parent resolved, not yet in `sessions`): forget waits for them. */
+  readonly beginning = new Set<Promise<Session>>();
+  /** Set by gc while it runs: sees every exact lookup (src/maintenance/fence.ts). */
+  gcFence: { readonly lookupStart: number; afterLookup(digests: Uint8Array[], found: (ChunkLocation | undefined)[], startSeq: number): Promise<void> } | undefined;
   private readonly manifestCache = new Map<string, PageTable>();
   private closed = false;
 
@@ -118,6 +124,9 @@ export class Store {
       for (const d of [p.packs, p.manifests, p.tmp]) await ensurePrivateDir(d);
       const db = openDb(p.db);
       await db.open();
+      const batch = db.batch();
+      putCounterBase(batch, zeroCounters()); // stats counters start at zero (src/maintenance/counters.ts)
+      await batch.write({ sync: true });
       await db.close();
       const config: StoreConfig = {
         format: STORE_FORMAT,
@@ -158,6 +167,10 @@ export class Store {
       } catch (err) {
         const cause = (err as { cause?: Error }).cause;
         if (/lock/i.test(String(cause?.message ?? ''))) throw new VnstoreError('E_LOCKED', `store index ${p.db} is locked by another process`);
+        // Opening LevelDB writes (log replay, new log and manifest): a full disk is not corruption.
+        if (/No space left on device/i.test(String(cause?.message ?? (err as Error).message))) {
+          throw new VnstoreError('E_NO_SPACE', `store index ${p.db} cannot be opened: no space left on device`, { cause: err });
+        }
         throw new CorruptError(`store index ${p.db} cannot be opened: ${cause?.message ?? (err as Error).message}`, { cause: err });
       }
       trace('db open');
@@ -213,9 +226,15 @@ export class Store {
   /** Begins a snapshot session for one VM. Pages written to it are invisible until commit. */
   async beginSession(options: SessionOptions): Promise<Session> {
     this.assertOpen();
-    const s = await Session.begin(this, options);
-    this.sessions.add(s);
-    return s;
+    const begin = Session.begin(this, options);
+    this.beginning.add(begin);
+    try {
+      const s = await begin;
+      this.sessions.add(s);
+      return s;
+    } finally {
+      this.beginning.delete(begin);
+    }
   }
 
   /**
@@ -237,9 +256,13 @@ export class Store {
       batch.put(vmKey(p.record.vm, p.record.id), Buffer.alloc(0));
     }
     if (group) {
-      const g: GroupRecord = { id: group.id, time, snapshots: prepared.map((p) => p.record.id) };
+      // A group committed in several calls (one `put --group` per VM) lists all of its snapshots.
+      const prev = await this.db.get(prefixedKey(KEY_GROUP, group.id));
+      const prevRec = prev === undefined ? undefined : parseJson<GroupRecord>(prev);
+      const g: GroupRecord = { id: group.id, time: prevRec?.time ?? time, snapshots: [...(prevRec?.snapshots ?? []), ...prepared.map((p) => p.record.id)] };
       batch.put(prefixedKey(KEY_GROUP, group.id), jsonValue(g));
     }
+    addCounterDelta(batch, snapshotDelta(prepared.map((p) => p.record), 1)); // stats counters, same batch
     try {
       await batch.write({ sync: true });
     } catch (err) {
@@ -349,6 +372,9 @@ export class Store {
 
   /** Exact lookups (open packs first, then LevelDB) for digests the table only hinted at. */
   async lookupExact(digests: Uint8Array[]): Promise<(ChunkLocation | undefined)[]> {
+    // A gc running meanwhile must learn of lookups that read the index before its removing batch.
+    const startFence = this.gcFence;
+    const startSeq = startFence?.lookupStart ?? 0;
     const out: (ChunkLocation | undefined)[] = new Array(digests.length);
     const missIdx: number[] = [];
     for (let i = 0; i < digests.length; i++) {
@@ -363,6 +389,8 @@ export class Store {
         out[missIdx[k]] = v === undefined ? undefined : decodeChunkValue(v);
       }
     }
+    const fence = this.gcFence;
+    if (fence) await fence.afterLookup(digests, out, fence === startFence ? startSeq : 0);
     return out;
   }
 
@@ -381,6 +409,8 @@ async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
     await fsp.rm(path.join(p.tmp, name), { force: true, recursive: true });
     report.tempFilesRemoved++;
   }
+  // 1b. Packs gc removed from the index but had not yet deleted: finish the deletion (never re-index).
+  await finishPackDeletions(dir, db);
   // 2. Packs renamed into place but not indexed (crash between rename and the index batch).
   const indexed = new Set<number>();
   for await (const k of db.keys(prefixRange(Buffer.of(KEY_PACK)))) indexed.add(k.readUInt32BE(1));
@@ -398,6 +428,9 @@ async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
       const payloadBytes = entries.reduce((s, e) => s + e.storedLength, 0);
       const rec: PackRecord = { id, chunks: entries.length, bytes: stat.size, payloadBytes, sealedAt: stat.mtime.toISOString() };
       batch.put(packKey(id), jsonValue(rec));
+      // Counters: a gc-rewritten pack's chunks may already be indexed (in the pack it replaces).
+      const prior = await db.getMany(entries.map((e) => chunkKey(e.digest)));
+      addCounterDelta(batch, recoveredPackDelta(rec, entries, prior.map((v) => (v === undefined ? undefined : decodeChunkValue(v).storedLength))));
       stampChunkGeneration(batch);
       await batch.write({ sync: true });
       report.packsIndexed++;
@@ -421,12 +454,12 @@ async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
   return report;
 }
 
-/** A manifest with no commit record may still be the delta base of a committed snapshot. */
+/**
+ * A manifest with no commit record may still be the delta base of a committed snapshot: forget then
+ * wrote a 'k' record for it in the same batch that removed its commit record (src/maintenance/keys.ts).
+ */
 async function isKeptBase(db: StoreDb, id: string): Promise<boolean> {
-  for await (const v of db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) {
-    if (parseJson<SnapshotRecord>(v).base === id) return true;
-  }
-  return false;
+  return (await db.get(keptBaseKey(id))) !== undefined;
 }
 
 async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {

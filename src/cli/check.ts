@@ -1,0 +1,78 @@
+import type { Command } from 'commander';
+import { checkStore, type CheckReport } from '../maintenance/check.js';
+import { VnstoreError } from '../util/errors.js';
+import { action, humanBytes, storeOption, usage, withStore } from './common.js';
+
+interface CheckCliOptions {
+  store?: string;
+  readData?: boolean;
+  readDataSubset?: string;
+  repairIndex?: boolean;
+  json?: boolean;
+}
+
+export function registerCheck(program: Command): void {
+  program
+    .command('check')
+    .description('verify the store: packs, index, manifests, catalog, counters; optionally re-read all data or repair the index')
+    .option('--read-data', 're-read every pack: payload checksum, decode and re-hash every chunk')
+    .option('--read-data-subset <pct>', 're-read a random PCT% of the packs (e.g. 10 or 10%)')
+    .option('--repair-index', 'rebuild the chunk index from the packs (re-hashing every chunk); corrupt packs are salvaged and moved to quarantine/')
+    .option('--json', 'print {ok, problems[], warnings[], checked, counters, repair, next[], seconds}')
+    .addOption(storeOption())
+    .addHelpText(
+      'after',
+      `
+Exit status 0 only when the store is clean; otherwise every problem is listed with the pack, chunk or
+snapshot it concerns, the snapshots it affects, and the command to run next; exit status 7.
+
+Examples:
+  vnstore check
+  vnstore check --read-data-subset 10%
+  vnstore check --repair-index
+`,
+    )
+    .action(
+      action(async (opts: CheckCliOptions) => {
+        let subset: number | undefined;
+        if (opts.readDataSubset !== undefined) {
+          const m = /^(\d+(?:\.\d+)?)%?$/.exec(opts.readDataSubset.trim());
+          subset = m ? Number(m[1]) : NaN;
+          if (!(subset > 0 && subset <= 100)) throw usage(`--read-data-subset takes a percentage in (0, 100], got ${JSON.stringify(opts.readDataSubset)}`);
+        }
+        await withStore(opts, async (store) => {
+          const report = await checkStore(store, { readData: opts.readData, readDataSubsetPct: subset, repairIndex: opts.repairIndex });
+          if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+          else process.stdout.write(render(report));
+          if (!report.ok) {
+            throw new VnstoreError('E_CORRUPT', `check found ${report.problems.length} problem(s)${report.next.length ? `; next: ${report.next[0]}` : ''}`);
+          }
+        });
+      }),
+    );
+}
+
+function render(r: CheckReport): string {
+  const out: string[] = [];
+  const c = r.checked;
+  if (r.repair) {
+    const x = r.repair;
+    out.push(
+      `repair: ${x.packsScanned} pack(s) re-read; index entries +${x.indexEntriesAdded} ~${x.indexEntriesChanged} -${x.indexEntriesRemoved}; catalog fixes ${x.catalogFixes}${x.countersReset ? '; counters reset' : ''}`,
+    );
+    for (const s of x.packsSalvaged) out.push(`  salvaged ${s.goodChunks} good chunk(s) of ${s.pack} into ${s.into} (${s.badChunks} corrupt)`);
+    for (const q of x.packsQuarantined) out.push(`  quarantined ${q.pack} → ${q.to}: ${q.reason}`);
+  }
+  out.push(
+    `checked ${c.snapshots} snapshot(s), ${c.keptBases} kept base(s), ${c.packs} pack(s), ${c.chunks} index entries` +
+      (c.packsRead > 0 ? `; read ${c.packsRead} pack(s), ${c.chunksRead} chunks, ${humanBytes(c.bytesRead)}` : ''),
+  );
+  for (const w of r.warnings) out.push(`warning: ${w}`);
+  for (const p of r.problems) {
+    out.push(`problem [${p.kind}]: ${p.message}`);
+    if (p.affects.length > 0) out.push(`  affects snapshot(s): ${p.affects.join(', ')}`);
+    out.push(`  next: ${p.next}`);
+  }
+  out.push(r.ok ? 'no problems found' : `${r.problems.length} problem(s) found`);
+  return out.join('\n') + '\n';
+}

@@ -1,0 +1,84 @@
+import type { Command } from 'commander';
+import { forget, parseDuration, type ForgetDecision } from '../maintenance/forget.js';
+import { action, humanBytes, storeOption, usage, withStore } from './common.js';
+
+interface ForgetOptions {
+  store?: string;
+  group?: string[];
+  keepLast?: string;
+  keepWithin?: string;
+  vm?: string;
+  dryRun?: boolean;
+  json?: boolean;
+}
+
+export function registerForget(program: Command): void {
+  program
+    .command('forget')
+    .description('remove snapshots from the catalog (by id, by group, or by a retention policy); space comes back with gc')
+    .argument('[id...]', 'snapshot ids (or unique prefixes); a member of a group snapshot forgets the whole group')
+    .option('--group <id...>', 'forget these group snapshots (all their VMs)')
+    .option('--keep-last <n>', 'policy: keep the N latest snapshots of each VM, forget the rest')
+    .option('--keep-within <duration>', 'policy: keep snapshots taken within DURATION (e.g. 7d, 12h, 1d12h; units s m h d w y)')
+    .option('--vm <name>', 'apply the policy to this VM only')
+    .option('--dry-run', 'list what would be forgotten and why; change nothing')
+    .option('--json', 'print {dryRun, forgotten[], kept[], groupsForgotten[], manifestsKeptAsBase[], manifestsRemoved, logicalBytesForgotten}')
+    .addOption(storeOption())
+    .addHelpText(
+      'after',
+      `
+A snapshot is kept when any policy rule keeps it. A group snapshot (one epoch of an environment) is
+kept or forgotten whole. Forget only edits the catalog: run 'vnstore gc' to reclaim the space.
+
+Examples:
+  vnstore forget 0190a3f2c4d1e2f3
+  vnstore forget --keep-last 3 --dry-run
+  vnstore forget --keep-within 14d --keep-last 1 --vm web1
+`,
+    )
+    .action(
+      action(async (ids: string[], opts: ForgetOptions) => {
+        let keepLast: number | undefined;
+        if (opts.keepLast !== undefined) {
+          if (!/^\d+$/.test(opts.keepLast)) throw usage(`--keep-last takes a whole number, got ${JSON.stringify(opts.keepLast)}`);
+          keepLast = Number(opts.keepLast);
+        }
+        const keepWithinMs = opts.keepWithin !== undefined ? parseDuration(opts.keepWithin) : undefined;
+        if (ids.length === 0 && !opts.group?.length && keepLast === undefined && keepWithinMs === undefined) {
+          throw usage('nothing to forget: name snapshots, --group, or a policy (--keep-last, --keep-within)');
+        }
+        await withStore(
+          opts,
+          async (store) => {
+            const report = await forget(store, { ids, groups: opts.group, keepLast, keepWithinMs, vm: opts.vm, dryRun: opts.dryRun });
+            if (opts.json) {
+              process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+              return;
+            }
+            const verb = report.dryRun ? 'would forget' : 'forgot';
+            const out: string[] = [];
+            out.push(`${verb} ${report.forgotten.length} snapshot(s), ${humanBytes(report.logicalBytesForgotten)} logical${report.groupsForgotten.length ? `, groups: ${report.groupsForgotten.join(', ')}` : ''}`);
+            if (report.forgotten.length > 0) out.push(...table(report.forgotten));
+            if (report.kept.length > 0 && (keepLast !== undefined || keepWithinMs !== undefined)) {
+              out.push(`keeping ${report.kept.length} snapshot(s)`);
+              out.push(...table(report.kept));
+            }
+            if (report.manifestsKeptAsBase.length > 0) {
+              out.push(`manifests kept as delta bases of kept snapshots: ${report.manifestsKeptAsBase.join(', ')}`);
+            }
+            if (!report.dryRun && report.forgotten.length > 0) out.push("run 'vnstore gc' to reclaim the space");
+            process.stdout.write(out.join('\n') + '\n');
+          },
+          { workers: 0 },
+        );
+      }),
+    );
+}
+
+function table(rows: ForgetDecision[]): string[] {
+  const header = ['ID', 'VM', 'GROUP', 'TIME', 'REASON'];
+  const lines = rows.map((d) => [d.id, d.vm, d.group ?? '-', d.time.replace('T', ' ').replace(/\.\d+Z$/, 'Z'), d.reasons.join('; ')]);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
+  const fmt = (row: string[]) => '  ' + row.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  return [fmt(header), ...lines.map(fmt)];
+}

@@ -1,0 +1,77 @@
+import type { Command } from 'commander';
+import { runGc, type GcReport } from '../maintenance/gc.js';
+import { DEFAULT_REPACK_BELOW } from '../maintenance/gc-plan.js';
+import { VnstoreError } from '../util/errors.js';
+import { action, humanBytes, storeOption, usage, withStore } from './common.js';
+
+interface GcCliOptions {
+  store?: string;
+  dryRun?: boolean;
+  repackBelow?: string;
+  repackSmall?: boolean;
+  verbose?: boolean;
+  json?: boolean;
+}
+
+export function registerGc(program: Command): void {
+  program
+    .command('gc')
+    .description('reclaim space: drop packs with no live chunk, rewrite sparse packs (copying live chunks as stored)')
+    .option('--dry-run', 'print the plan and the bytes it would reclaim; change nothing')
+    .option('--repack-below <fraction>', `rewrite packs whose live fraction is below this, 0 < f <= 1 (1: reclaim every dead byte)`, String(DEFAULT_REPACK_BELOW))
+    .option('--repack-small', 'also merge packs smaller than a quarter of the pack size')
+    .option('--verbose', 'list every pack with its decision')
+    .option('--json', 'print {dryRun, live, plan, keptBasesUnneeded, result, seconds} with exact integers')
+    .addOption(storeOption())
+    .addHelpText(
+      'after',
+      `
+Live = chunks of every committed snapshot and of open sessions. Crash-safe: a rewritten pack is
+durable and indexed before the old one is deleted (docs/OPERATIONS.md).
+
+Examples:
+  vnstore gc --dry-run
+  vnstore gc --repack-below 1 --json
+`,
+    )
+    .action(
+      action(async (opts: GcCliOptions) => {
+        const f = Number(opts.repackBelow);
+        if (!/^(0(\.\d+)?|1(\.0*)?|\.\d+)$/.test(opts.repackBelow ?? '') || !(f > 0 && f <= 1)) throw usage(`--repack-below takes a fraction in (0, 1], got ${JSON.stringify(opts.repackBelow)}`);
+        await withStore(opts, async (store) => {
+          const report = await runGc(store, { dryRun: opts.dryRun, repackBelow: f, repackSmall: opts.repackSmall });
+          if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+          else process.stdout.write(render(report, opts.verbose ?? false));
+          const skipped = report.result?.skipped ?? [];
+          if (skipped.length > 0) {
+            throw new VnstoreError('E_CORRUPT', `gc left ${skipped.length} step(s) undone: ${skipped[0].reason}`);
+          }
+        });
+      }),
+    );
+}
+
+function render(r: GcReport, verbose: boolean): string {
+  const t = r.plan.totals;
+  const out: string[] = [];
+  out.push(`live: ${r.live.snapshots} snapshot(s), ${r.live.chunks} distinct chunks${r.live.sessions ? `, ${r.live.sessions} open session(s)` : ''}`);
+  out.push(
+    `packs: ${t.packs} (${humanBytes(t.packBytes)}), dead payload ${humanBytes(t.deadBytes)}; plan: drop ${r.plan.drop.length}, rewrite ${r.plan.rewrite.length} into ${r.plan.newPacks.length} (copy ${humanBytes(t.bytesCopied)}), keep ${t.packs - r.plan.drop.length - r.plan.rewrite.length}`,
+  );
+  if (verbose) {
+    for (const p of r.plan.packs) {
+      out.push(`  ${p.id.toString(16).padStart(8, '0')}.vpk  ${p.action.padEnd(7)}  ${humanBytes(p.bytes).padStart(10)}  live ${p.liveChunks}/${p.indexedChunks} chunks, ${(p.liveFraction * 100).toFixed(1)}%  (${p.reason})`);
+    }
+  }
+  if (r.keptBasesUnneeded.length > 0) out.push(`kept base manifests no longer needed: ${r.keptBasesUnneeded.length}`);
+  if (r.dryRun) {
+    out.push(`would reclaim ${humanBytes(t.reclaimBytes)} (${t.reclaimBytes} bytes) of pack files; dead payload left in kept packs: ${humanBytes(t.deadBytesKept)}`);
+  } else if (r.result) {
+    const x = r.result;
+    out.push(
+      `reclaimed ${humanBytes(x.reclaimedBytes)} (${x.reclaimedBytes} bytes): ${x.packsDropped} pack(s) dropped, ${x.packsRewritten} rewritten into ${x.packsWritten.length}, ${x.chunksRemoved} dead chunks removed, ${x.chunksCopied} copied${x.keptBasesRemoved ? `, ${x.keptBasesRemoved} base manifest(s) removed` : ''} in ${r.seconds.toFixed(2)} s`,
+    );
+    for (const s of x.skipped) out.push(`skipped ${s.packs.join(', ')}: ${s.reason}`);
+  }
+  return out.join('\n') + '\n';
+}

@@ -1,0 +1,370 @@
+/**
+ * gc: mark (live digests), measure (per-pack liveness from the index), plan (pure, gc-plan.ts),
+ * execute in crash-safe steps. The write order, as rules (docs/OPERATIONS.md):
+ *
+ *   1. A rewritten pack is written under tmp/, fsynced, renamed into packs/, packs/ fsynced.
+ *   2. One synced LevelDB batch moves the copied chunks' index entries to the new pack, adds its 'p'
+ *      record, deletes the dead chunks' entries and the old packs' 'p' records, writes a 'd' record
+ *      per old pack, adjusts the counters and the chunk generation.
+ *   3. Only then are old pack files deleted (packs/ fsynced), then their 'd' records (synced).
+ *   4. Kept base manifests no longer needed: their 'k' records go first (synced), then the files.
+ *
+ * A crash before 2 leaves an unindexed pack of valid copies (recovery indexes it, the old pack keeps
+ * serving, the next gc collects whichever copy is dead); after 2, recovery finishes 3 from the 'd'
+ * records. Every committed snapshot is restorable at every instant.
+ */
+import { performance } from 'node:perf_hooks';
+import { packFileName } from '../format/pack.js';
+import type { ChunkLocation } from '../index/chunk-table.js';
+import {
+  chunkKey,
+  decodeChunkValue,
+  encodeChunkValue,
+  jsonValue,
+  KEY_CHUNK,
+  packKey,
+  prefixRange,
+  stampChunkGeneration,
+  type PackRecord,
+} from '../store/db.js';
+import { Store } from '../store/store.js';
+import { CorruptError, VnstoreError } from '../util/errors.js';
+import { trace } from '../util/trace.js';
+import { addCounterDelta, foldCounters, type CounterDelta } from './counters.js';
+import { DigestSet } from './digest-set.js';
+import { GcFence, withMaintenanceLock } from './fence.js';
+import { DEFAULT_REPACK_BELOW, planGc, type GcPlan, type PackLiveness } from './gc-plan.js';
+import { deletedPackKey, deletedPackValue, keptBaseKey, listKeptBases, type KeptBaseRecord } from './keys.js';
+import { baseChainIds, baseLookup, collectInFlight, listCommitted, manifestFile, markSnapshots } from './live.js';
+import { removePackFiles, verifyChunks, writePack, type StoredChunk } from './pack-io.js';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { fsyncDir } from '../util/durable.js';
+
+export interface GcOptions {
+  /** Rewrite packs whose live fraction is below this (0..1], default 0.5. */
+  repackBelow?: number;
+  /** Merge small packs too. */
+  repackSmall?: boolean;
+  /** Plan only. */
+  dryRun?: boolean;
+}
+
+export interface GcSkipped {
+  packs: string[];
+  reason: string;
+}
+
+export interface GcResult {
+  packsDropped: number;
+  packsRewritten: number;
+  packsWritten: string[];
+  chunksCopied: number;
+  bytesCopied: number;
+  chunksRemoved: number;
+  deadBytesRemoved: number;
+  /** Pack file bytes before minus after. */
+  reclaimedBytes: number;
+  /** Chunks the plan called dead that a concurrent session looked up meanwhile (kept). */
+  chunksRescued: number;
+  /** Lookups of chunks being removed, held until the index batch settled (the session re-stored them). */
+  lookupsHeld: number;
+  keptBasesRemoved: number;
+  manifestBytesRemoved: number;
+  skipped: GcSkipped[];
+}
+
+export interface GcReport {
+  dryRun: boolean;
+  live: { snapshots: number; chunks: number; sessions: number; preparedManifests: number };
+  plan: GcPlan;
+  /** Kept base manifests no longer needed (removed unless dry run). */
+  keptBasesUnneeded: string[];
+  result?: GcResult;
+  seconds: number;
+}
+
+/**
+ * Test hook: VNSTORE_GC_FAILPOINT=<point>:<n> SIGKILLs the process the nth time gc passes <point>
+ * (pack-renamed, index-written, files-removed, kept-bases-unlisted), so tests can crash gc inside each
+ * window of its write order deterministically, in addition to killing it at random instants.
+ */
+const FAILPOINT = /^([a-z-]+):(\d+)$/.exec(process.env.VNSTORE_GC_FAILPOINT ?? '');
+let failpointHits = 0;
+function failpoint(point: string): void {
+  if (FAILPOINT && FAILPOINT[1] === point && ++failpointHits >= Number(FAILPOINT[2])) process.kill(process.pid, 'SIGKILL');
+}
+
+interface IndexedEntry {
+  digest: Buffer;
+  loc: ChunkLocation;
+}
+
+export async function runGc(store: Store, options: GcOptions = {}): Promise<GcReport> {
+  const repackBelow = options.repackBelow ?? DEFAULT_REPACK_BELOW;
+  if (!(repackBelow > 0 && repackBelow <= 1)) throw new VnstoreError('E_USAGE', `repack threshold must be a fraction in (0, 1], got ${repackBelow}`);
+  return withMaintenanceLock(store, async () => {
+    const started = performance.now();
+    const fence = new GcFence(store);
+    // The fence goes up before anything is read: from here on, every chunk a lookup finds is live.
+    store.gcFence = fence;
+    try {
+      // 1. The packs gc may touch: those sealed and indexed now. Later packs hold only newer chunks.
+      const records = new Map<number, PackRecord>();
+      for (const r of await store.listPacks()) records.set(r.id, r);
+      // 2. Mark, after the pack listing (see fence.ts for why this order is safe).
+      const live = new DigestSet(1 << 16);
+      const inflight = await collectInFlight(store, live);
+      const committed = await listCommitted(store);
+      await markSnapshots(store, committed, live);
+      trace('gc: marked');
+      // 3. Per-pack liveness from the index.
+      const liveness = new Map<number, PackLiveness>();
+      for (const r of records.values()) {
+        liveness.set(r.id, { id: r.id, bytes: r.bytes, payloadBytes: r.payloadBytes, chunks: r.chunks, indexedChunks: 0, indexedBytes: 0, liveChunks: 0, liveBytes: 0 });
+      }
+      const isLive = (d: Uint8Array, o = 0) => live.has(d, o) || fence.rescued(o === 0 ? d : d.subarray(o, o + 32));
+      await scanIndex(store, (key, loc) => {
+        const p = liveness.get(loc.pack);
+        if (!p) return;
+        p.indexedChunks++;
+        p.indexedBytes += loc.storedLength;
+        if (isLive(key, 1)) {
+          p.liveChunks++;
+          p.liveBytes += loc.storedLength;
+        }
+      });
+      const plan = planGc([...liveness.values()], { repackBelow, repackSmall: options.repackSmall ?? false, targetBytes: store.writer.targetBytes });
+      const kept = await listKeptBases(store.db);
+      const unneeded = unneededKeptBases(committed, kept, inflight.bases);
+      trace('gc: planned');
+      const report: GcReport = {
+        dryRun: options.dryRun ?? false,
+        live: { snapshots: committed.length, chunks: live.size, sessions: inflight.sessions, preparedManifests: inflight.preparedManifests },
+        plan,
+        keptBasesUnneeded: unneeded.map((k) => k.id),
+        seconds: 0,
+      };
+      if (options.dryRun) {
+        report.seconds = (performance.now() - started) / 1000;
+        return report;
+      }
+      const result: GcResult = {
+        packsDropped: 0,
+        packsRewritten: 0,
+        packsWritten: [],
+        chunksCopied: 0,
+        bytesCopied: 0,
+        chunksRemoved: 0,
+        deadBytesRemoved: 0,
+        reclaimedBytes: 0,
+        chunksRescued: 0,
+        lookupsHeld: 0,
+        keptBasesRemoved: 0,
+        manifestBytesRemoved: 0,
+        skipped: [],
+      };
+      // 4. The index entries of every pack that goes.
+      const chosen = new Set([...plan.drop, ...plan.rewrite]);
+      const entries = new Map<number, IndexedEntry[]>();
+      for (const id of chosen) entries.set(id, []);
+      if (chosen.size > 0) {
+        await scanIndex(store, (key, loc) => {
+          entries.get(loc.pack)?.push({ digest: Buffer.from(key.subarray(1)), loc });
+        });
+      }
+      // 5. Steps: dropped packs in groups, then each planned new pack with the packs it replaces.
+      const steps: number[][] = [];
+      for (let i = 0; i < plan.drop.length; i += 256) steps.push(plan.drop.slice(i, i + 256));
+      for (const n of plan.newPacks) steps.push(n.from);
+      for (const old of steps) {
+        const counts = old.map((id) => liveness.get(id)!);
+        const mismatch = old.find((id, i) => entries.get(id)!.length !== counts[i].indexedChunks);
+        if (mismatch !== undefined) {
+          result.skipped.push({ packs: old.map(packFileName), reason: `index entries of pack ${packFileName(mismatch)} changed while gc ran` });
+          continue;
+        }
+        await executeStep(store, fence, isLive, old, records, entries, result);
+      }
+      // 6. Kept base manifests nobody needs any more (recomputed: sessions may have come and gone).
+      await pruneKeptBases(store, result);
+      result.lookupsHeld = fence.held;
+      await foldCounters(store.db);
+      report.result = result;
+      report.seconds = (performance.now() - started) / 1000;
+      trace('gc: done');
+      return report;
+    } finally {
+      store.gcFence = undefined;
+    }
+  });
+}
+
+/** Iterates every chunk index entry (one iterator: a consistent view). */
+async function scanIndex(store: Store, fn: (key: Buffer, loc: ChunkLocation) => void): Promise<void> {
+  const it = store.db.iterator(prefixRange(Buffer.of(KEY_CHUNK)));
+  try {
+    for (;;) {
+      const batch = await it.nextv(4096);
+      if (batch.length === 0) break;
+      for (const [k, v] of batch) fn(k, decodeChunkValue(v));
+    }
+  } finally {
+    await it.close();
+  }
+}
+
+/**
+ * One step: copies the live (and rescued) chunks of `old` packs into new pack(s), then in one synced
+ * batch re-points the index, drops the dead entries and the old packs, then deletes the old files.
+ */
+async function executeStep(
+  store: Store,
+  fence: GcFence,
+  isLive: (d: Uint8Array) => boolean,
+  old: number[],
+  records: Map<number, PackRecord>,
+  entries: Map<number, IndexedEntry[]>,
+  result: GcResult,
+): Promise<void> {
+  const all = old.flatMap((id) => entries.get(id)!);
+  let pending = all.filter((e) => isLive(e.digest));
+  let doomed = all.filter((e) => !isLive(e.digest));
+  const written: { record: PackRecord; chunks: IndexedEntry[]; offsets: number[] }[] = [];
+  let rescued = 0;
+  try {
+    for (;;) {
+      if (pending.length > 0) {
+        const chunks = await readChunks(store, pending);
+        const bad = await verifyChunks(store, chunks);
+        if (bad.length > 0) {
+          const e = pending[bad[0]];
+          throw new CorruptError(`chunk ${e.digest.toString('hex')} in pack ${packFileName(e.loc.pack)} at offset ${e.loc.offset} is corrupt (${bad.length} bad chunk(s)); run 'vnstore check --read-data'`);
+        }
+        const id = store.writer.reservePackId();
+        const { record, offsets } = await writePack(store, id, chunks);
+        written.push({ record, chunks: pending, offsets });
+        trace('gc: pack written');
+        failpoint('pack-renamed');
+      }
+      // Rescue check: a lookup found a doomed chunk since we looked (a session now references it).
+      // Synchronous from here to the batch below: no lookup can slip in between.
+      const late = doomed.filter((e) => fence.rescued(e.digest));
+      if (late.length === 0) break;
+      rescued += late.length;
+      const lateSet = new Set(late);
+      doomed = doomed.filter((e) => !lateSet.has(e));
+      pending = late;
+    }
+  } catch (err) {
+    // Nothing is indexed yet: remove the copies we wrote and leave the old packs untouched.
+    await removePackFiles(store, written.map((w) => w.record.id)).catch(() => undefined);
+    if (err instanceof CorruptError) {
+      result.skipped.push({ packs: old.map(packFileName), reason: err.message });
+      return;
+    }
+    throw err;
+  }
+  const doomedSet = new DigestSet(Math.max(16, doomed.length));
+  for (const e of doomed) doomedSet.add(e.digest);
+  const oldRecords = old.map((id) => records.get(id)!);
+  const delta: CounterDelta = { packs: written.length - old.length, packBytes: 0, packPayloadBytes: 0, chunks: -doomed.length, chunkBytes: 0 };
+  for (const r of oldRecords) {
+    delta.packBytes! -= r.bytes;
+    delta.packPayloadBytes! -= r.payloadBytes;
+  }
+  for (const w of written) {
+    delta.packBytes! += w.record.bytes;
+    delta.packPayloadBytes! += w.record.payloadBytes;
+  }
+  for (const e of doomed) delta.chunkBytes! -= e.loc.storedLength;
+  const moved: { digest: Buffer; loc: ChunkLocation }[] = [];
+  for (const w of written) {
+    w.chunks.forEach((e, i) => moved.push({ digest: e.digest, loc: { pack: w.record.id, offset: w.offsets[i], storedLength: e.loc.storedLength, codec: e.loc.codec } }));
+  }
+  const at = new Date().toISOString();
+  await fence.commit(doomedSet, async () => {
+    const batch = store.db.batch();
+    for (const w of written) batch.put(packKey(w.record.id), jsonValue(w.record));
+    for (const m of moved) batch.put(chunkKey(m.digest), encodeChunkValue(m.loc));
+    for (const e of doomed) batch.del(chunkKey(e.digest));
+    for (const id of old) {
+      batch.del(packKey(id));
+      batch.put(deletedPackKey(id), deletedPackValue({ id, reason: written.length > 0 ? 'gc-rewrite' : 'gc-drop', at }));
+    }
+    addCounterDelta(batch, delta);
+    const token = stampChunkGeneration(batch);
+    await batch.write({ sync: true });
+    store.chunkGen.token = token;
+    store.chunkGen.saved = false;
+    // The in-memory table follows the index before any lookup is let through.
+    for (const m of moved) store.table.relocate(m.digest, m.loc);
+    for (const e of doomed) if (store.table.get(e.digest)?.ambiguous === false) store.table.remove(e.digest);
+  });
+  trace('gc: index updated');
+  failpoint('index-written');
+  // Reads that resolved an old location just before the batch still find the (unlinked) file.
+  for (const id of old) await store.packs.retire(id);
+  await removePackFiles(store, old);
+  failpoint('files-removed');
+  const batch = store.db.batch();
+  for (const id of old) batch.del(deletedPackKey(id));
+  await batch.write({ sync: true });
+  trace('gc: packs removed');
+  for (const w of written) result.packsWritten.push(packFileName(w.record.id));
+  const rewritten = written.length > 0 || old.some((id) => (entries.get(id) ?? []).some((e) => isLive(e.digest)));
+  if (rewritten) result.packsRewritten += old.length;
+  else result.packsDropped += old.length;
+  result.chunksCopied += moved.length;
+  result.bytesCopied += moved.reduce((s, m) => s + m.loc.storedLength, 0);
+  result.chunksRemoved += doomed.length;
+  result.deadBytesRemoved += oldRecords.reduce((s, r) => s + r.payloadBytes, 0) - moved.reduce((s, m) => s + m.loc.storedLength, 0);
+  result.reclaimedBytes += -delta.packBytes!;
+  result.chunksRescued += rescued;
+}
+
+/** Reads the stored payloads of `items` (one read per pack spanning them). */
+async function readChunks(store: Store, items: readonly IndexedEntry[]): Promise<StoredChunk[]> {
+  const byPack = new Map<number, IndexedEntry[]>();
+  for (const e of items) {
+    let l = byPack.get(e.loc.pack);
+    if (!l) byPack.set(e.loc.pack, (l = []));
+    l.push(e);
+  }
+  const payloads = new Map<IndexedEntry, Uint8Array>();
+  for (const [pack, list] of byPack) {
+    const start = Math.min(...list.map((e) => e.loc.offset));
+    const end = Math.max(...list.map((e) => e.loc.offset + e.loc.storedLength));
+    const buf = await store.packs.read(pack, start, end - start);
+    for (const e of list) payloads.set(e, buf.subarray(e.loc.offset - start, e.loc.offset - start + e.loc.storedLength));
+  }
+  return items.map((e) => ({ digest: e.digest, payload: payloads.get(e)!, codec: e.loc.codec }));
+}
+
+function unneededKeptBases(committed: Parameters<typeof baseLookup>[0], kept: KeptBaseRecord[], inflightBases: Set<string>): KeptBaseRecord[] {
+  if (kept.length === 0) return [];
+  const baseOf = baseLookup(committed, kept);
+  const needed = baseChainIds(committed.map((r) => r.id), baseOf);
+  for (const b of inflightBases) needed.add(b);
+  for (const b of baseChainIds(inflightBases, baseOf)) needed.add(b);
+  return kept.filter((k) => !needed.has(k.id));
+}
+
+async function pruneKeptBases(store: Store, result: GcResult): Promise<void> {
+  const kept = await listKeptBases(store.db);
+  if (kept.length === 0) return;
+  const scratch = new DigestSet(16);
+  const inflight = await collectInFlight(store, scratch);
+  const committed = await listCommitted(store);
+  const remove = unneededKeptBases(committed, kept, inflight.bases);
+  if (remove.length === 0) return;
+  const batch = store.db.batch();
+  for (const k of remove) batch.del(keptBaseKey(k.id));
+  addCounterDelta(batch, { keptBases: -remove.length, keptBaseBytes: -remove.reduce((s, k) => s + k.manifestBytes, 0) });
+  await batch.write({ sync: true });
+  failpoint('kept-bases-unlisted');
+  for (const k of remove) await fsp.rm(manifestFile(store, k.id), { force: true });
+  await fsyncDir(path.join(Store.paths(store.dir).manifests));
+  result.keptBasesRemoved += remove.length;
+  result.manifestBytesRemoved += remove.reduce((s, k) => s + k.manifestBytes, 0);
+}
