@@ -37,7 +37,12 @@ export interface HashJob {
 }
 
 export interface HashResult {
-  pages: Uint8Array; // handed back (transferred) so rare paths can still compress
+  /**
+   * Raw bytes of the MaybeKnown pages, in page order (4 KiB each): if the exact index says a page is
+   * absent after all, the store compresses it from here. Sending only these, not the whole block
+   * back, keeps megabytes of buffers per block from churning through the main thread's heap.
+   */
+  maybeRaw: Uint8Array;
   digests: Uint8Array;
   status: Uint8Array;
   /** For New pages, in page order. */
@@ -47,6 +52,7 @@ export interface HashResult {
 }
 
 let inputFile: { path: string; fd: number } | undefined;
+let readBuffer = new Uint8Array(0);
 
 /** Reads a file range into fresh, zero-padded whole pages. */
 function readFileRange(file: { path: string; offset: number; length: number }, pageCount: number): Uint8Array {
@@ -54,7 +60,10 @@ function readFileRange(file: { path: string; offset: number; length: number }, p
     if (inputFile) closeSync(inputFile.fd);
     inputFile = { path: file.path, fd: openSync(file.path, 'r') };
   }
-  const pages = new Uint8Array(pageCount * PAGE_SIZE);
+  // One read buffer per worker, reused: nothing is transferred back, so nothing needs a new one.
+  if (readBuffer.length < pageCount * PAGE_SIZE) readBuffer = new Uint8Array(pageCount * PAGE_SIZE);
+  const pages = readBuffer.subarray(0, pageCount * PAGE_SIZE);
+  pages.fill(0, file.length); // zero-pad a short last page
   let got = 0;
   while (got < file.length) {
     const n = readSync(inputFile.fd, pages, got, file.length - got, file.offset + got);
@@ -105,8 +114,14 @@ export function runHashJob(job: HashJob): HashResult {
     newOffsets.push(off);
   }
   const c = newOffsets.length > 0 ? getCodec().compressPages(pages, newOffsets) : undefined;
+  let maybeCount = 0;
+  for (let i = 0; i < pageCount; i++) if (status[i] === PageStatus.MaybeKnown) maybeCount++;
+  const maybeRaw = new Uint8Array(maybeCount * PAGE_SIZE);
+  for (let i = 0, k = 0; i < pageCount; i++) {
+    if (status[i] === PageStatus.MaybeKnown) maybeRaw.set(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), PAGE_SIZE * k++);
+  }
   return {
-    pages,
+    maybeRaw,
     digests,
     status,
     payload: c ? c.payload : new Uint8Array(0),

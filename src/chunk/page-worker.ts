@@ -6,7 +6,7 @@ parentPort?.on('message', (msg: { id: number; job: HashJob | DecodeJob | Restore
   try {
     if (msg.job.kind === 'hash') {
       const r = runHashJob(msg.job);
-      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.pages, r.digests, r.status, r.payload]));
+      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.maybeRaw, r.digests, r.status, r.payload]));
     } else if (msg.job.kind === 'restore') {
       const r = runRestoreJob(msg.job);
       parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out]));

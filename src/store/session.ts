@@ -189,8 +189,10 @@ export class Session {
     // For New pages: where the worker's compressed payload starts, and its ordinal among New pages.
     const payloadAt = new Int32Array(n).fill(-1);
     const ordinalAt = new Int32Array(n).fill(-1);
+    const maybeAt = new Int32Array(n).fill(-1); // ordinal in r.maybeRaw
     let payloadPos = 0;
     let newIdx = 0;
+    let maybeCount = 0;
     // Bulk copy: digests of zero pages are zero bytes and are ignored for Zero kinds.
     this.pages.digests.set(r.digests, first * DIGEST_BYTES);
     for (let i = 0; i < n; i++) {
@@ -208,6 +210,7 @@ export class Session {
         newIdx++;
         continue;
       }
+      maybeAt[i] = maybeCount++;
       confirm.push(i); // MaybeKnown
     }
     if (confirm.length === 0) return;
@@ -222,7 +225,7 @@ export class Session {
         const o = ordinalAt[i];
         this.storeChunk(digests[k], r.payload.subarray(payloadAt[i], payloadAt[i] + r.lengths[o]), r.codecs[o]);
       } else {
-        const c = getCodec().compressPages(r.pages, [i * PAGE_SIZE]);
+        const c = getCodec().compressPages(r.maybeRaw, [maybeAt[i] * PAGE_SIZE]);
         this.storeChunk(digests[k], c.payload.subarray(0, c.lengths[0]), c.codecs[0]);
       }
     }
