@@ -14,10 +14,11 @@ export function registerRestore(program: Command): void {
     .argument('<id>', 'snapshot id (or a unique prefix of at least 4 hex digits)')
     .option('-o, --output <file>', 'write to FILE (via a temp file renamed into place only when fully verified); default: stdout')
     .option('--sync', 'with -o: also fsync the file before it appears under its name (durable against power loss)')
+    .option('--no-sparse', 'with -o: write zero pages out instead of leaving holes (holes read back as zeros)')
     .addOption(storeOption())
     .addHelpText('after', '\nOn stdout a failed restore exits non-zero after partial output: check the exit status before using it.\n')
     .action(
-      action(async (id: string, opts: { store?: string; output?: string; sync?: boolean }) => {
+      action(async (id: string, opts: { store?: string; output?: string; sync?: boolean; sparse?: boolean }) => {
         await withStore(opts, async (store) => {
           const record = await store.resolveSnapshot(id);
           const bar = progressBar(`restore ${record.id}`, opts.output ? record.byteLength : 0);
@@ -40,7 +41,10 @@ export function registerRestore(program: Command): void {
             fh = await fsp.open(tmp, 'wx', FILE_MODE);
             const handle = fh;
             // writeFully: write() may write less than asked (a full disk does, before it fails with ENOSPC).
-            await restoreSnapshot(store, record, { write: (b) => writeFully(handle, b) }, (done) => bar.update(done));
+            const sink = opts.sparse
+              ? { write: (b: Uint8Array) => writeFully(handle, b), writeAt: (b: Uint8Array, pos: number) => writeFullyAt(handle, b, pos), setLength: (n: number) => handle.truncate(n) }
+              : { write: (b: Uint8Array) => writeFully(handle, b) };
+            await restoreSnapshot(store, record, sink, (done) => bar.update(done));
             if (opts.sync) await fh.sync();
             await fh.close();
             fh = undefined;
@@ -60,6 +64,15 @@ export function registerRestore(program: Command): void {
 let stdoutError: Error | undefined;
 
 /** Writes to stdout with backpressure; a closed pipe (EPIPE) surfaces as an error, never a hang. */
+/** Positional write of all of `data` (a short write continues where it stopped). */
+async function writeFullyAt(fh: FileHandle, data: Uint8Array, position: number): Promise<void> {
+  for (let off = 0; off < data.length; ) {
+    const { bytesWritten } = await fh.write(data, off, data.length - off, position + off);
+    if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC' });
+    off += bytesWritten;
+  }
+}
+
 function writeStdout(b: Uint8Array): Promise<void> | void {
   if (stdoutError) throw stdoutError;
   if (process.stdout.write(b)) return;

@@ -20,6 +20,13 @@ const MAX_READ_BYTES = 8 * 1024 * 1024;
 export interface RestoreSink {
   /** Receives verified bytes in order; may apply backpressure by returning a promise. */
   write(chunk: Uint8Array): Promise<void> | void;
+  /**
+   * Optional, for seekable outputs (a new file): write `chunk` at `position`. When present, runs of
+   * zero pages are not written at all (the file gets holes, which read back as zeros) and `setLength`
+   * fixes the final size; `write` is then not called.
+   */
+  writeAt?(chunk: Uint8Array, position: number): Promise<void>;
+  setLength?(length: number): Promise<void>;
 }
 
 export interface RestoreProgress {
@@ -48,12 +55,30 @@ export async function restoreSnapshot(store: Store, record: SnapshotRecord, sink
       windows.push(w);
       first += n;
     }
+    const windowFirst = done / PAGE_SIZE;
     const out = await windows.shift()!;
     const remaining = total - done;
     const bytes = out.length > remaining ? out.subarray(0, remaining) : out;
-    await sink.write(bytes);
+    if (sink.writeAt) await writeNonZeroRuns(sink.writeAt.bind(sink), pages, windowFirst, bytes, done);
+    else await sink.write(bytes);
     done += bytes.length;
     onProgress?.(done, total);
+  }
+  await sink.setLength?.(total);
+}
+
+/** Writes the runs of non-zero pages of one window at their positions; zero runs stay holes. */
+async function writeNonZeroRuns(writeAt: (b: Uint8Array, pos: number) => Promise<void>, pages: PageTable, firstPage: number, bytes: Uint8Array, position: number): Promise<void> {
+  const n = Math.ceil(bytes.length / PAGE_SIZE);
+  for (let i = 0; i < n; ) {
+    if (pages.kinds[firstPage + i] === PageKind.Zero) {
+      i++;
+      continue;
+    }
+    let j = i + 1;
+    while (j < n && pages.kinds[firstPage + j] !== PageKind.Zero) j++;
+    await writeAt(bytes.subarray(i * PAGE_SIZE, Math.min(bytes.length, j * PAGE_SIZE)), position + i * PAGE_SIZE);
+    i = j;
   }
 }
 
