@@ -1,16 +1,9 @@
 /** Markdown rendering of bench results (stdout and report.md). */
 import type { BenchResult, SweepResult, ToolResult } from './run.js';
+import { humanBytes } from '../util/units.js';
 
 export function bytesH(n: number | null | undefined): string {
-  if (n === null || n === undefined) return '–';
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = 0;
-  while (Math.abs(v) >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${n} B` : `${v.toFixed(Math.abs(v) >= 100 ? 0 : Math.abs(v) >= 10 ? 1 : 2)} ${units[u]}`;
+  return n === null || n === undefined ? '–' : humanBytes(n);
 }
 
 const ratio = (x: number) => (Number.isFinite(x) && x > 0 ? x.toFixed(2) : '–');

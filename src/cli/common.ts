@@ -4,6 +4,9 @@ import { Option, type Command } from 'commander';
 import { SingleBar } from 'cli-progress';
 import { Store, type OpenOptions } from '../store/store.js';
 import { VnstoreError } from '../util/errors.js';
+import { humanBytes } from '../util/units.js';
+
+export { humanBytes };
 
 export const DEFAULT_STORE_DIR = 'vnstore-data';
 
@@ -51,16 +54,6 @@ export function usage(message: string): VnstoreError {
   return new VnstoreError('E_USAGE', message);
 }
 
-export function humanBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = 0;
-  while (Math.abs(v) >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[u]}`;
-}
 
 /** A progress bar on stderr when it is a terminal; a no-op otherwise (scripts, pipes, CI). */
 export function progressBar(label: string, total: number): { update(done: number): void; stop(): void } {

@@ -54,6 +54,7 @@ import {
   type PackRecord,
   type SnapshotRecord,
 } from '../store/db.js';
+import { readPackTocAt } from '../store/pack-reader.js';
 import { Store } from '../store/store.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
 import { counterDrift, readCounters, resetCounters, zeroCounters, type StoreCounters } from './counters.js';
@@ -530,23 +531,9 @@ function selectPacksToRead(ids: number[], options: CheckOptions): number[] {
   return pool.slice(0, Math.min(n, pool.length)).sort((a, b) => a - b);
 }
 
+/** The pack's table of contents, with prefixes copied out of the read buffer. */
 async function readToc(file: string, name: string): Promise<PackEntry[]> {
-  const fh = await fsp.open(file, 'r');
-  try {
-    const { size } = await fh.stat();
-    if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) throw new CorruptError(`pack ${name}: too short (${size} bytes)`);
-    const head = Buffer.alloc(PACK_HEADER_BYTES);
-    await fh.read(head, 0, PACK_HEADER_BYTES, 0);
-    parsePackHeader(head, name);
-    const tail = Buffer.alloc(PACK_TRAILER_BYTES);
-    await fh.read(tail, 0, PACK_TRAILER_BYTES, size - PACK_TRAILER_BYTES);
-    const trailer = parsePackTrailer(tail, size, name);
-    const toc = Buffer.alloc(trailer.count * TOC_ENTRY_BYTES);
-    await fh.read(toc, 0, toc.length, trailer.tocOffset);
-    return parsePackToc(toc, trailer, name).map((e) => ({ ...e, digestPrefix: Buffer.from(e.digestPrefix) }));
-  } finally {
-    await fh.close();
-  }
+  return (await readPackTocAt(file, name)).map((e) => ({ ...e, digestPrefix: Buffer.from(e.digestPrefix) }));
 }
 
 interface BadChunk {

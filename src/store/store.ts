@@ -50,13 +50,13 @@ import { StoreLock } from './lock.js';
 import { PackReader, readPackChunks } from './pack-reader.js';
 import { trace } from '../util/trace.js';
 import { readTableFile, writeTableFile } from '../index/table-file.js';
-
-export const TABLE_FILE = 'chunk-table.bin';
 import { PackWriter, DEFAULT_PACK_TARGET_BYTES } from './pack-writer.js';
 import { addCounterDelta, putCounterBase, recoveredPackDelta, snapshotDelta, zeroCounters } from '../maintenance/counters.js';
 import { finishPackDeletions, keptBaseKey } from '../maintenance/recovery.js';
 import { Session, type PreparedSnapshot, type SessionOptions } from './session.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
+
+export const TABLE_FILE = 'chunk-table.bin';
 
 export interface OpenOptions {
   /** Page workers (default: one per core; 0 = hash and compress on the calling thread). */
