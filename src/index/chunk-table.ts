@@ -125,6 +125,11 @@ export class ChunkTable {
     };
   }
 
+  /** Grows ahead of a known burst of inserts (a whole image), so it rehashes once, not repeatedly. */
+  reserve(extra: number): void {
+    while ((this.size + extra) / this.capacity > MAX_LOAD) this.grow();
+  }
+
   /** Records a chunk known (by the exact index) to be new. A fingerprint clash marks the slot ambiguous. */
   insert(digest: Uint8Array, loc: ChunkLocation, offset = 0): void {
     const fp = fingerprint(digest, offset);

@@ -11,7 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import { Level } from 'level';
 import type { ChunkLocation } from '../index/chunk-table.js';
-import { ByteReader, ByteWriter } from '../format/varint.js';
+import { ByteReader } from '../format/varint.js';
 
 export type StoreDb = Level<Buffer, Buffer>;
 
@@ -49,15 +49,25 @@ export function chunkKey(digest: Uint8Array): Buffer {
  * larger codec gets a 4th varint). 6-8 bytes instead of 11: the index is the store's largest metadata.
  */
 export function encodeChunkValue(loc: ChunkLocation): Buffer {
-  const w = new ByteWriter(16);
-  w.varint(loc.pack);
-  w.varint(loc.offset);
-  if (loc.codec < 4) w.varint(loc.storedLength * 4 + loc.codec);
+  // Hand-rolled varints: this runs once per new chunk when a pack is sealed.
+  const out = Buffer.allocUnsafe(24);
+  let p = putVarint(out, 0, loc.pack);
+  p = putVarint(out, p, loc.offset);
+  if (loc.codec < 4) p = putVarint(out, p, loc.storedLength * 4 + loc.codec);
   else {
-    w.varint(loc.storedLength * 4);
-    w.varint(loc.codec);
+    p = putVarint(out, p, loc.storedLength * 4);
+    p = putVarint(out, p, loc.codec);
   }
-  return Buffer.from(w.finish());
+  return out.subarray(0, p);
+}
+
+function putVarint(out: Buffer, p: number, v: number): number {
+  while (v >= 0x80) {
+    out[p++] = (v % 0x80) | 0x80;
+    v = Math.floor(v / 0x80);
+  }
+  out[p++] = v;
+  return p;
 }
 
 export function decodeChunkValue(v: Uint8Array): ChunkLocation {
