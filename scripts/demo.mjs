@@ -42,8 +42,11 @@ try {
   console.log(`generating ${params.vms} VMs (${params.memMiB.join('/')} MiB), ${params.snapshots} snapshots each ...`);
   const images = await writeWorkload(work, params);
   const rows = [];
+  const runTag = new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-');
   for (const img of images) {
-    const r = vnstore(['put', '--vm', img.vm, '--json', img.path], { json: true });
+    // Each round of snapshots is one epoch of the environment: record it as a group.
+    const group = `demo-${runTag}-e${img.snap}`;
+    const r = vnstore(['put', '--vm', img.vm, '--group', group, '--json', img.path], { json: true });
     rows.push({ ...r, snap: img.snap, path: img.path });
     console.log(`  put ${img.vm} snapshot ${img.snap}: ${r.id}  ${mib(r.logicalBytes)} logical, ${mib(r.addedBytes)} added, ${r.newChunks} new chunks, ${r.seconds.toFixed(2)} s`);
   }
@@ -61,6 +64,9 @@ try {
     process.exit(1);
   }
   console.log(`\nrestored ${pick.vm} snapshot ${pick.id}: ${b.length} bytes, sha256 ${sha(b)}… = original ${sha(a)}… (bit-exact)`);
+
+  console.log('\n$ vnstore stats');
+  process.stdout.write(vnstore(['stats']));
 
   const logical = rows.reduce((s, r) => s + r.logicalBytes, 0);
   const onDisk = dirBytes(store);
