@@ -452,6 +452,19 @@ describe.skipIf(!canMount)('disk full (tmpfs, real ENOSPC)', () => {
     umount(mnt);
   });
 
+  it('sparse restore -o (workers write the file) onto a full disk: exit 9 and no output file', async () => {
+    const dir = copyStore('restore-sparse-src');
+    const noisy = Buffer.concat(Array.from({ length: 512 }, (_, i) => randomPage(88_000 + i))); // 2 MiB, no zero page
+    const r = await put(dir, 'noisy', noisy, ['--parent', 'none']);
+    expect(r.code, r.stderr).toBe(0);
+    umount(mnt);
+    expect(mountTmpfs(mnt, 1)).toBe(true);
+    const out = path.join(mnt, 'image.raw');
+    expectError(await runCli(['restore', '--store', dir, r.stdout.toString().trim(), '-o', out]), 9, 'no space left on device', out);
+    expect(readdirSync(mnt)).toEqual([]);
+    umount(mnt);
+  });
+
   it('running out of space at any point of a put (lock, index, packs, manifest, commit): exit 9 or success, never damage', async () => {
     const outcomes: string[] = [];
     /** One put with `free` bytes left on the disk; checks everything; true when the put succeeded. */

@@ -2,7 +2,7 @@
  * The CPU work of ingest and restore, as pure functions over one block of pages. They run inside
  * worker threads (page-worker.ts) or inline; the store sees the same results either way.
  */
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { packFileName } from '../format/pack.js';
@@ -189,10 +189,19 @@ export interface RestoreJob {
   codecs: Uint8Array;
   slots: Uint32Array;
   digests: Uint8Array;
+  /**
+   * Write the verified window straight into this file (a new regular file: positional writes of the
+   * non-zero page runs, zero pages left as holes, nothing past `limit`), instead of handing it back.
+   * Nothing is written unless every chunk of the window verified.
+   */
+  output?: { path: string; position: number; limit: number };
 }
 
 export interface RestoreResult {
+  /** The window's bytes; empty when the worker wrote them to `output` itself. */
   out: Uint8Array;
+  /** Writing to `output` failed (e.g. ENOSPC). */
+  writeError?: { code?: string; message: string };
   /** Chunk indices that failed to decode or verify. */
   bad: number[];
   /** A range that could not be read (missing or truncated pack). */
@@ -249,5 +258,35 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
       }
     }
   }
-  return { out, bad };
+  if (bad.length > 0 || !job.output) return { out, bad };
+  try {
+    writeWindow(job.output, out, job.slots);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return { out: new Uint8Array(0), bad, writeError: { code: e.code, message: e.message } };
+  }
+  return { out: new Uint8Array(0), bad };
+}
+
+let outputFile: { path: string; fd: number } | undefined;
+
+/** pwrite()s the runs of consecutive non-zero slots of a window; zero pages stay holes. */
+function writeWindow(output: { path: string; position: number; limit: number }, out: Uint8Array, slots: Uint32Array): void {
+  if (outputFile?.path !== output.path) {
+    if (outputFile) closeSync(outputFile.fd);
+    outputFile = { path: output.path, fd: openSync(output.path, 'r+') };
+  }
+  const sorted = Uint32Array.from(slots).sort();
+  for (let a = 0; a < sorted.length; ) {
+    let b = a + 1;
+    while (b < sorted.length && sorted[b] === sorted[b - 1] + 1) b++;
+    const start = sorted[a] * PAGE_SIZE;
+    const end = Math.min(sorted[b - 1] * PAGE_SIZE + PAGE_SIZE, output.limit - output.position);
+    for (let off = start; off < end; ) {
+      const n = writeSync(outputFile.fd, out, off, end - off, output.position + off);
+      if (n <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC' });
+      off += n;
+    }
+    a = b;
+  }
 }

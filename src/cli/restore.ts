@@ -42,7 +42,13 @@ export function registerRestore(program: Command): void {
             const handle = fh;
             // writeFully: write() may write less than asked (a full disk does, before it fails with ENOSPC).
             const sink = opts.sparse
-              ? { write: (b: Uint8Array) => writeFully(handle, b), writeAt: (b: Uint8Array, pos: number) => writeFullyAt(handle, b, pos), setLength: (n: number) => handle.truncate(n) }
+              ? {
+                  write: (b: Uint8Array) => writeFully(handle, b),
+                  writeAt: (b: Uint8Array, pos: number) => writeFullyAt(handle, b, pos),
+                  setLength: (n: number) => handle.truncate(n),
+                  filePath: tmp, // the page workers write verified windows into it directly
+                  name: out,
+                }
               : { write: (b: Uint8Array) => writeFully(handle, b) };
             await restoreSnapshot(store, record, sink, (done) => bar.update(done));
             if (opts.sync) await fh.sync();

@@ -8,7 +8,7 @@ import { DIGEST_BYTES, PAGE_SIZE, PageKind, type PageTable } from '../format/pag
 import type { ChunkLocation } from '../index/chunk-table.js';
 import { hashPage, imageDigest, hex } from '../chunk/hash.js';
 import { getCodec, type ChunkCodec } from '../chunk/codec.js';
-import { CorruptError } from '../util/errors.js';
+import { CorruptError, fromSystemError } from '../util/errors.js';
 import type { Store } from './store.js';
 import type { SnapshotRecord } from './db.js';
 
@@ -27,6 +27,13 @@ export interface RestoreSink {
    */
   writeAt?(chunk: Uint8Array, position: number): Promise<void>;
   setLength?(length: number): Promise<void>;
+  /**
+   * Optional, with writeAt: the output is this new regular file, and the page workers may write
+   * verified windows into it themselves (parallel writes, no copy back to the main thread).
+   */
+  filePath?: string;
+  /** How errors name the output (the file the user asked for, not its temp name). */
+  name?: string;
 }
 
 export interface RestoreProgress {
@@ -44,24 +51,30 @@ export async function restoreSnapshot(store: Store, record: SnapshotRecord, sink
   if (imageDigest(pages, header.byteLength).toString('hex') !== expected || expected !== record.imageDigest) {
     throw new CorruptError(`snapshot ${record.id}: manifest does not match its image digest`);
   }
-  const windows: Promise<Uint8Array>[] = [];
+  const windows: { pages: number; out: Promise<Uint8Array> }[] = [];
   let done = 0;
   const total = header.byteLength;
+  const direct = sink.filePath !== undefined && sink.writeAt !== undefined;
   for (let first = 0; first < pages.pageCount || windows.length > 0; ) {
     while (first < pages.pageCount && windows.length < MAX_WINDOWS_IN_FLIGHT) {
       const n = Math.min(WINDOW_PAGES, pages.pageCount - first);
-      const w = restoreWindow(store, record.id, pages, first, n);
+      const output = direct ? { path: sink.filePath!, name: sink.name ?? sink.filePath!, position: first * PAGE_SIZE, limit: total } : undefined;
+      const w = restoreWindow(store, record.id, pages, first, n, output);
       w.catch(() => undefined); // surfaced when awaited, in order
-      windows.push(w);
+      windows.push({ pages: n, out: w });
       first += n;
     }
     const windowFirst = done / PAGE_SIZE;
-    const out = await windows.shift()!;
-    const remaining = total - done;
-    const bytes = out.length > remaining ? out.subarray(0, remaining) : out;
-    if (sink.writeAt) await writeNonZeroRuns(sink.writeAt.bind(sink), pages, windowFirst, bytes, done);
-    else await sink.write(bytes);
-    done += bytes.length;
+    const next = windows.shift()!;
+    const out = await next.out;
+    const windowBytes = Math.min(next.pages * PAGE_SIZE, total - done);
+    if (out.length > 0 || !direct) {
+      // Not written by a worker (no file output, or a page needed the main thread's retry path).
+      const bytes = out.subarray(0, windowBytes);
+      if (sink.writeAt) await writeNonZeroRuns(sink.writeAt.bind(sink), pages, windowFirst, bytes, done);
+      else await sink.write(bytes);
+    }
+    done += windowBytes;
     onProgress?.(done, total);
   }
   await sink.setLength?.(total);
@@ -82,23 +95,33 @@ async function writeNonZeroRuns(writeAt: (b: Uint8Array, pos: number) => Promise
   }
 }
 
-async function restoreWindow(store: Store, snapshotId: string, pages: PageTable, first: number, n: number): Promise<Uint8Array> {
+type WindowOutput = { path: string; name: string; position: number; limit: number };
+
+async function restoreWindow(store: Store, snapshotId: string, pages: PageTable, first: number, n: number, output?: WindowOutput): Promise<Uint8Array> {
   try {
-    return await restoreWindowOnce(store, snapshotId, pages, first, n, false);
+    return await restoreWindowOnce(store, snapshotId, pages, first, n, false, output);
   } catch (err) {
     // gc may have moved chunks and deleted their old pack after we located them: locate again,
     // exactly, and retry once before calling it corruption.
     if (!(err instanceof PackReadError)) throw err;
-    return restoreWindowOnce(store, snapshotId, pages, first, n, true);
+    return restoreWindowOnce(store, snapshotId, pages, first, n, true, output);
   }
 }
 
 class PackReadError extends CorruptError {}
 
-async function restoreWindowOnce(store: Store, snapshotId: string, pages: PageTable, first: number, n: number, exactOnly: boolean): Promise<Uint8Array> {
+async function restoreWindowOnce(
+  store: Store,
+  snapshotId: string,
+  pages: PageTable,
+  first: number,
+  n: number,
+  exactOnly: boolean,
+  output?: WindowOutput,
+): Promise<Uint8Array> {
   const slots: number[] = [];
   for (let i = 0; i < n; i++) if (pages.kinds[first + i] === PageKind.Digest) slots.push(i);
-  if (slots.length === 0) return new Uint8Array(n * PAGE_SIZE);
+  if (slots.length === 0) return output ? new Uint8Array(0) : new Uint8Array(n * PAGE_SIZE); // all zero: nothing to write
   const digestOf = (slot: number) => pages.digests.subarray((first + slot) * DIGEST_BYTES, (first + slot + 1) * DIGEST_BYTES);
 
   // Locate every chunk: the table hint, or the exact index when the hint is missing or ambiguous.
@@ -168,7 +191,11 @@ async function restoreWindowOnce(store: Store, snapshotId: string, pages: PageTa
     codecs,
     slots: chunkSlots,
     digests,
+    output,
   });
+  if (result.writeError) {
+    throw fromSystemError(Object.assign(new Error(result.writeError.message), { code: result.writeError.code }), `writing ${output?.name ?? 'output'}`);
+  }
   if (result.readError) {
     throw new PackReadError(`snapshot ${snapshotId}: pack ${packFileName(result.readError.pack)}: ${result.readError.message}; run 'vnstore check'`);
   }
