@@ -1,6 +1,26 @@
 /** Chunk naming: BLAKE3-256 of a 4 KiB page, zero-page detection, and the whole-image digest. */
-import { blake3 } from '@napi-rs/blake-hash';
+import { createRequire } from 'node:module';
+import type * as BlakeHash from '@napi-rs/blake-hash';
 import { DIGEST_BYTES, PAGE_SIZE, PageTable } from '../format/pages.js';
+
+/**
+ * The binding's own loader probes the C library with process.report.getReport() (~10 ms, in every
+ * process and worker). On glibc Linux x64 load the platform binary directly; anywhere else, or if it
+ * is missing or fails to load, fall back to the package's loader.
+ */
+function loadBlake3(): typeof BlakeHash.blake3 {
+  const require = createRequire(import.meta.url);
+  if (process.platform === 'linux' && process.arch === 'x64') {
+    try {
+      return (require('@napi-rs/blake-hash-linux-x64-gnu') as typeof BlakeHash).blake3;
+    } catch {
+      // musl, or the optional package was not installed
+    }
+  }
+  return (require('@napi-rs/blake-hash') as typeof BlakeHash).blake3;
+}
+
+const blake3 = loadBlake3();
 
 export const ZERO_PAGE: Buffer = Buffer.alloc(PAGE_SIZE);
 const IMAGE_DIGEST_PREFIX = Buffer.from('vnstore-image-v1\0', 'latin1');
