@@ -48,6 +48,7 @@ import {
   parseJson,
   prefixedKey,
   prefixRange,
+  scanChunkIndex,
   stampChunkGeneration,
   vmKey,
   type GroupRecord,
@@ -761,24 +762,8 @@ async function repairIndex(store: Store): Promise<RepairReport> {
 }
 
 async function scanChunkEntries(store: Store, fn: (key: Buffer, loc: ChunkLocation) => void): Promise<void> {
-  const it = store.db.iterator(prefixRange(Buffer.of(KEY_CHUNK)));
-  try {
-    for (;;) {
-      const entries = await it.nextv(4096);
-      if (entries.length === 0) break;
-      for (const [k, v] of entries) {
-        let loc: ChunkLocation;
-        try {
-          loc = decodeChunkValue(v);
-        } catch {
-          loc = { pack: 0xffffffff, offset: 0, storedLength: 0, codec: 0 };
-        }
-        fn(k, loc);
-      }
-    }
-  } finally {
-    await it.close();
-  }
+  // An entry that does not decode points nowhere: the caller reports it against a pack that cannot exist.
+  await scanChunkIndex(store.db, (k, loc) => fn(k, loc ?? { pack: 0xffffffff, offset: 0, storedLength: 0, codec: 0 }));
 }
 
 /** Per-VM listings and group records rebuilt from the commit records. */

@@ -18,12 +18,10 @@ import { packFileName } from '../format/pack.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import {
   chunkKey,
-  decodeChunkValue,
   encodeChunkValue,
   jsonValue,
-  KEY_CHUNK,
   packKey,
-  prefixRange,
+  scanChunkIndex,
   stampChunkGeneration,
   type PackRecord,
 } from '../store/db.js';
@@ -202,16 +200,10 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
 
 /** Iterates every chunk index entry (one iterator: a consistent view). */
 async function scanIndex(store: Store, fn: (key: Buffer, loc: ChunkLocation) => void): Promise<void> {
-  const it = store.db.iterator(prefixRange(Buffer.of(KEY_CHUNK)));
-  try {
-    for (;;) {
-      const batch = await it.nextv(4096);
-      if (batch.length === 0) break;
-      for (const [k, v] of batch) fn(k, decodeChunkValue(v));
-    }
-  } finally {
-    await it.close();
-  }
+  await scanChunkIndex(store.db, (k, loc) => {
+    if (!loc) throw new CorruptError(`chunk index entry ${k.subarray(1).toString('hex')} does not decode; run 'vnstore check'`);
+    fn(k, loc);
+  });
 }
 
 /**

@@ -11,7 +11,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { PAGE_SIZE, PageKind, DIGEST_BYTES } from '../format/pages.js';
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
-import { KEY_CHUNK, KEY_GROUP, KEY_PACK, decodeChunkValue, parseJson, prefixRange, type PackRecord, type SnapshotRecord } from '../store/db.js';
+import { KEY_CHUNK, KEY_GROUP, KEY_PACK, decodeChunkValue, parseJson, prefixRange, scanChunkIndex, type PackRecord, type SnapshotRecord } from '../store/db.js';
 import { Store, TABLE_FILE } from '../store/store.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
 import { counterDrift, FOLD_AFTER_DELTAS, foldCounters, readCounterState, resetCounters, zeroCounters, type StoreCounters } from './counters.js';
@@ -246,19 +246,10 @@ export async function recount(store: Store, records?: SnapshotRecord[]): Promise
     c.packBytes += rec.bytes;
     c.packPayloadBytes += rec.payloadBytes;
   }
-  const it = store.db.iterator(prefixRange(Buffer.of(KEY_CHUNK)));
-  try {
-    for (;;) {
-      const entries = await it.nextv(4096);
-      if (entries.length === 0) break;
-      for (const [, v] of entries) {
-        c.chunks++;
-        c.chunkBytes += decodeChunkValue(v).storedLength;
-      }
-    }
-  } finally {
-    await it.close();
-  }
+  await scanChunkIndex(store.db, (_k, loc) => {
+    c.chunks++;
+    c.chunkBytes += loc?.storedLength ?? 0;
+  });
   return c;
 }
 

@@ -148,3 +148,29 @@ export interface GroupRecord {
   time: string;
   snapshots: string[];
 }
+
+/**
+ * Calls `fn` for every chunk index entry, in key order, through one iterator (a consistent view).
+ * nextv() moves thousands of entries per native call. A value that does not decode is passed as
+ * undefined (check reports it; other callers treat it as corruption).
+ */
+export async function scanChunkIndex(db: StoreDb, fn: (key: Buffer, loc: ChunkLocation | undefined) => void): Promise<void> {
+  const it = db.iterator(prefixRange(Buffer.of(KEY_CHUNK)));
+  try {
+    for (;;) {
+      const entries = await it.nextv(4096);
+      if (entries.length === 0) break;
+      for (const [k, v] of entries) {
+        let loc: ChunkLocation | undefined;
+        try {
+          loc = decodeChunkValue(v);
+        } catch {
+          loc = undefined;
+        }
+        fn(k, loc);
+      }
+    }
+  } finally {
+    await it.close();
+  }
+}

@@ -29,12 +29,12 @@ import {
   decodeChunkValue,
   encodeChunkValue,
   jsonValue,
-  KEY_CHUNK,
   KEY_GROUP,
   KEY_PACK,
   KEY_SNAPSHOT,
   KEY_VM,
   openDb,
+  scanChunkIndex,
   packKey,
   parseJson,
   prefixedKey,
@@ -466,17 +466,10 @@ async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {
   let count = 0;
   for await (const v of db.values(prefixRange(Buffer.of(KEY_PACK)))) count += parseJson<PackRecord>(v).chunks;
   const table = new ChunkTable(Math.max(count, 1 << 14));
-  // nextv() moves a thousand entries per native call: start-up cost is part of every command.
-  const it = db.iterator(prefixRange(Buffer.of(KEY_CHUNK)));
-  try {
-    for (;;) {
-      const entries = await it.nextv(4096);
-      if (entries.length === 0) break;
-      for (const [k, v] of entries) table.insert(k.subarray(1), decodeChunkValue(v));
-    }
-  } finally {
-    await it.close();
-  }
+  await scanChunkIndex(db, (k, loc) => {
+    if (!loc) throw new CorruptError(`chunk index entry ${k.subarray(1).toString('hex')} does not decode; run 'vnstore check --repair-index'`);
+    table.insert(k.subarray(1), loc);
+  });
   return table;
 }
 
