@@ -60,7 +60,10 @@ export function registerPut(program: Command): void {
 type Input = { kind: 'file'; path: string; size: number } | { kind: 'stream'; stream: NodeJS.ReadableStream; size?: number };
 
 async function openInput(file: string): Promise<Input> {
-  if (file === '-') return { kind: 'stream', stream: process.stdin };
+  if (file === '-') {
+    if (process.stdin.isTTY) throw new VnstoreError('E_USAGE', "'-' reads the image from standard input, which is a terminal here; pipe the image in or name a file");
+    return { kind: 'stream', stream: process.stdin };
+  }
   try {
     const fh = await fsp.open(file, 'r'); // proves it is readable now; the page workers read it
     const st = await fh.stat().finally(() => fh.close());
