@@ -6,7 +6,7 @@ import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { packFileName } from '../format/pack.js';
-import { fingerprint, tableHasFingerprint } from '../index/chunk-table.js';
+import { fingerprint, tableHasFingerprint, tableLocation } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec } from './codec.js';
 import { hashPage } from './hash.js';
 
@@ -21,6 +21,11 @@ export enum PageStatus {
   New = 3,
   /** Same digest as an earlier page of this block that is New or MaybeKnown. */
   DuplicateInBlock = 4,
+  /**
+   * The chunk table's location for this fingerprint holds exactly these bytes (read, decoded and
+   * compared in the worker): the chunk is known without an index lookup.
+   */
+  KnownVerified = 5,
 }
 
 export interface HashJob {
@@ -34,11 +39,13 @@ export interface HashJob {
   parentDigests?: Uint8Array;
   parentHasDigest?: Uint8Array;
   table?: Uint32Array; // shared chunk table words
+  /** With `table`: verify fingerprint hits by comparing with the stored chunk (reads packs here). */
+  packsDir?: string;
 }
 
 export interface HashResult {
   /**
-   * Raw bytes of the MaybeKnown pages, in page order (4 KiB each): if the exact index says a page is
+   * Raw bytes of the MaybeKnown and KnownVerified pages, in page order (4 KiB each): if the exact index says a page is
    * absent after all, the store compresses it from here. Sending only these, not the whole block
    * back, keeps megabytes of buffers per block from churning through the main thread's heap.
    */
@@ -107,7 +114,7 @@ export function runHashJob(job: HashJob): HashResult {
     }
     seen.set(key, i);
     if (job.table && tableHasFingerprint(job.table, fingerprint(d))) {
-      status[i] = PageStatus.MaybeKnown;
+      status[i] = job.packsDir && storedCopyEquals(job.packsDir, job.table, d, pages, off) ? PageStatus.KnownVerified : PageStatus.MaybeKnown;
       continue;
     }
     status[i] = PageStatus.New;
@@ -115,10 +122,11 @@ export function runHashJob(job: HashJob): HashResult {
   }
   const c = newOffsets.length > 0 ? getCodec().compressPages(pages, newOffsets) : undefined;
   let maybeCount = 0;
-  for (let i = 0; i < pageCount; i++) if (status[i] === PageStatus.MaybeKnown) maybeCount++;
+  const maybe = (st: number) => st === PageStatus.MaybeKnown || st === PageStatus.KnownVerified;
+  for (let i = 0; i < pageCount; i++) if (maybe(status[i])) maybeCount++;
   const maybeRaw = new Uint8Array(maybeCount * PAGE_SIZE);
   for (let i = 0, k = 0; i < pageCount; i++) {
-    if (status[i] === PageStatus.MaybeKnown) maybeRaw.set(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), PAGE_SIZE * k++);
+    if (maybe(status[i])) maybeRaw.set(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), PAGE_SIZE * k++);
   }
   return {
     maybeRaw,
@@ -128,6 +136,28 @@ export function runHashJob(job: HashJob): HashResult {
     lengths: c ? c.lengths : new Uint32Array(0),
     codecs: c ? c.codecs : new Uint8Array(0),
   };
+}
+
+const comparePage = new Uint8Array(PAGE_SIZE);
+
+/**
+ * True when the chunk the table locates for this digest's fingerprint decodes to exactly the page's
+ * bytes. Exact by content: if the bytes are equal, so are their digests, so the index holds this
+ * digest. Anything unusual (ambiguous slot, pack not sealed yet or gone, short read) answers false
+ * and the page takes the exact-index path instead.
+ */
+function storedCopyEquals(packsDir: string, table: Uint32Array, digest: Uint8Array, pages: Uint8Array, off: number): boolean {
+  const loc = tableLocation(table, fingerprint(digest));
+  if (!loc) return false;
+  try {
+    if (scratch.length < loc.storedLength) scratch = Buffer.allocUnsafe(Math.max(loc.storedLength, 1 << 16));
+    const n = readSync(packFd(packsDir, loc.pack), scratch, 0, loc.storedLength, loc.offset);
+    if (n !== loc.storedLength) return false;
+    getCodec().decodePage(scratch.subarray(0, n), loc.codec as ChunkCodec, comparePage, 0);
+  } catch {
+    return false;
+  }
+  return Buffer.compare(Buffer.from(comparePage.buffer, 0, PAGE_SIZE), Buffer.from(pages.buffer, pages.byteOffset + off, PAGE_SIZE)) === 0;
 }
 
 export interface DecodeJob {

@@ -39,6 +39,27 @@ export function tableHasFingerprint(words: Uint32Array, fp: number): boolean {
   return false;
 }
 
+/**
+ * Worker-side lookup over a shared table: the location stored under this fingerprint, or undefined
+ * when absent or ambiguous (two stored chunks share the fingerprint).
+ */
+export function tableLocation(words: Uint32Array, fp: number): ChunkLocation | undefined {
+  const slots = words.length / SLOT_WORDS;
+  const mask = slots - 1;
+  let s = fp & mask;
+  for (let n = 0; n < slots; n++) {
+    const p = s * SLOT_WORDS;
+    const meta = words[p + 3];
+    if ((meta & OCCUPIED) === 0) return undefined;
+    if (words[p] === fp) {
+      if ((meta & COLLISION) !== 0) return undefined;
+      return { pack: words[p + 1], offset: words[p + 2], storedLength: meta & 0xffff, codec: (meta >>> 16) & 0xff };
+    }
+    s = (s + 1) & mask;
+  }
+  return undefined;
+}
+
 export class ChunkTable {
   private words: Uint32Array;
   private mask: number;

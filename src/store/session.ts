@@ -166,7 +166,16 @@ export class Session {
       parentHasDigest = new Uint8Array(n);
       for (let i = 0; i < m; i++) parentHasDigest[i] = parent.kinds[first + i] === PageKind.Digest ? 1 : 0;
     }
-    const job = this.store.pool.hash({ kind: 'hash', pages, file, pageCount: n, parentDigests, parentHasDigest, table: this.store.table.shared });
+    const job = this.store.pool.hash({
+      kind: 'hash',
+      pages,
+      file,
+      pageCount: n,
+      parentDigests,
+      parentHasDigest,
+      table: this.store.table.shared,
+      packsDir: this.store.packs.packsDir,
+    });
     this.inFlight++;
     this.stats.pagesWritten += n;
     this.applying = this.applying.then(async () => {
@@ -199,6 +208,12 @@ export class Session {
       const st = r.status[i];
       this.pages.kinds[first + i] = st === PageStatus.Zero ? PageKind.Zero : PageKind.Digest;
       if (st === PageStatus.Zero || st === PageStatus.SameAsParent || st === PageStatus.DuplicateInBlock) continue;
+      if (st === PageStatus.KnownVerified) {
+        maybeAt[i] = maybeCount++;
+        // While a gc runs, every reference must go through the exact index (its fence sees lookups).
+        if (store.gcFence) confirm.push(i);
+        continue;
+      }
       if (st === PageStatus.New) {
         const len = r.lengths[newIdx];
         payloadAt[i] = payloadPos;
