@@ -369,7 +369,9 @@ describe('simulated power loss', () => {
       const img = trialImage(2, 777 + attempt);
       attempts.push(img);
       writeFileSync(file, img);
-      r = await putAndKill(dir, ['--vm', 'victim'], file, undefined, Math.round(putMillis * (0.3 + attempt * 0.04)));
+      // Aim inside ingest (after "session begun"), sweeping the work window: an open pack lives in tmp/
+      // for most of it. Timing from spawn missed it once puts got fast.
+      r = await putAndKill(dir, ['--vm', 'victim'], file, undefined, Math.round((workMillis * ((attempt % 10) + 1)) / 12), 'session');
       if (r.printedId) images.set(r.printedId, img);
       if (r.signal === 'SIGKILL' && readdirSync(path.join(dir, 'tmp')).length > 0) break;
     }
