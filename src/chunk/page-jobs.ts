@@ -61,6 +61,27 @@ export interface HashResult {
 let inputFile: { path: string; fd: number } | undefined;
 let readBuffer = new Uint8Array(0);
 
+/** pread()s until `length` bytes are in or the file ends; returns the bytes read. */
+function preadFully(fd: number, buf: Uint8Array, length: number, position: number): number {
+  let got = 0;
+  while (got < length) {
+    const n = readSync(fd, buf, got, length - got, position + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got;
+}
+
+/** Decodes one stored payload into `out` at `dstOff` and checks it against `digest`; false on any failure. */
+function decodeVerified(codec: ReturnType<typeof getCodec>, payload: Uint8Array, codecId: number, out: Uint8Array, dstOff: number, digest: Uint8Array): boolean {
+  try {
+    codec.decodePage(payload, codecId as ChunkCodec, out, dstOff);
+  } catch {
+    return false;
+  }
+  return hashPage(out.subarray(dstOff, dstOff + PAGE_SIZE)).equals(digest);
+}
+
 /** Reads a file range into fresh, zero-padded whole pages. */
 function readFileRange(file: { path: string; offset: number; length: number }, pageCount: number): Uint8Array {
   if (inputFile?.path !== file.path) {
@@ -71,12 +92,7 @@ function readFileRange(file: { path: string; offset: number; length: number }, p
   if (readBuffer.length < pageCount * PAGE_SIZE) readBuffer = new Uint8Array(pageCount * PAGE_SIZE);
   const pages = readBuffer.subarray(0, pageCount * PAGE_SIZE);
   pages.fill(0, file.length); // zero-pad a short last page
-  let got = 0;
-  while (got < file.length) {
-    const n = readSync(inputFile.fd, pages, got, file.length - got, file.offset + got);
-    if (n === 0) throw new Error(`${file.path}: file shrank while being read`);
-    got += n;
-  }
+  if (preadFully(inputFile.fd, pages, file.length, file.offset) !== file.length) throw new Error(`${file.path}: file shrank while being read`);
   return pages;
 }
 
@@ -151,7 +167,7 @@ function storedCopyEquals(packsDir: string, table: Uint32Array, digest: Uint8Arr
   if (!loc) return false;
   try {
     if (scratch.length < loc.storedLength) scratch = Buffer.allocUnsafe(Math.max(loc.storedLength, 1 << 16));
-    const n = readSync(packFd(packsDir, loc.pack), scratch, 0, loc.storedLength, loc.offset);
+    const n = preadFully(packFd(packsDir, loc.pack), scratch, loc.storedLength, loc.offset);
     if (n !== loc.storedLength) return false;
     getCodec().decodePage(scratch.subarray(0, n), loc.codec as ChunkCodec, comparePage, 0);
   } catch {
@@ -188,13 +204,7 @@ export function runDecodeJob(job: DecodeJob): DecodeResult {
   for (let i = 0; i < job.lengths.length; i++) {
     const len = job.lengths[i];
     const dstOff = job.slots[i] * PAGE_SIZE;
-    try {
-      codec.decodePage(job.payload.subarray(p, p + len), job.codecs[i] as ChunkCodec, out, dstOff);
-      const d = hashPage(out.subarray(dstOff, dstOff + PAGE_SIZE));
-      if (!d.equals(job.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES))) bad.push(i);
-    } catch {
-      bad.push(i);
-    }
+    if (!decodeVerified(codec, job.payload.subarray(p, p + len), job.codecs[i], out, dstOff, job.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES))) bad.push(i);
     p += len;
   }
   return { out, bad };
@@ -265,27 +275,15 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
     const len = job.readLength[r];
     if (scratch.length < len) scratch = Buffer.allocUnsafe(len);
     try {
-      const fd = packFd(job.packsDir, job.readPack[r]);
-      let got = 0;
-      while (got < len) {
-        const n = readSync(fd, scratch, got, len - got, job.readOffset[r] + got);
-        if (n === 0) break;
-        got += n;
-      }
-      if (got !== len) return { out, bad, readError: { pack: job.readPack[r], message: `short read at offset ${job.readOffset[r]} (truncated pack)` } };
+      if (preadFully(packFd(job.packsDir, job.readPack[r]), scratch, len, job.readOffset[r]) !== len) return { out, bad, readError: { pack: job.readPack[r], message: `short read at offset ${job.readOffset[r]} (truncated pack)` } };
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       return { out, bad, readError: { pack: job.readPack[r], message: e.code === 'ENOENT' ? 'pack is missing' : e.message } };
     }
     for (; c < job.chunkRead.length && job.chunkRead[c] === r; c++) {
       const start = job.chunkOffset[c];
-      const dstOff = job.slots[c] * PAGE_SIZE;
-      try {
-        codec.decodePage(scratch.subarray(start, start + job.lengths[c]), job.codecs[c] as ChunkCodec, out, dstOff);
-        if (!hashPage(out.subarray(dstOff, dstOff + PAGE_SIZE)).equals(job.digests.subarray(c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES))) bad.push(c);
-      } catch {
-        bad.push(c);
-      }
+      const payload = scratch.subarray(start, start + job.lengths[c]);
+      if (!decodeVerified(codec, payload, job.codecs[c], out, job.slots[c] * PAGE_SIZE, job.digests.subarray(c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES))) bad.push(c);
     }
   }
   if (bad.length > 0 || !job.output) return { out, bad };

@@ -40,11 +40,10 @@ export function registerRestore(program: Command): void {
           try {
             fh = await fsp.open(tmp, 'wx', FILE_MODE);
             const handle = fh;
-            // writeFully: write() may write less than asked (a full disk does, before it fails with ENOSPC).
             const sink = opts.sparse
               ? {
                   write: (b: Uint8Array) => writeFully(handle, b),
-                  writeAt: (b: Uint8Array, pos: number) => writeFullyAt(handle, b, pos),
+                  writeAt: (b: Uint8Array, pos: number) => writeFully(handle, b, pos),
                   setLength: (n: number) => handle.truncate(n),
                   filePath: tmp, // the page workers write verified windows into it directly
                   name: out,
@@ -70,15 +69,6 @@ export function registerRestore(program: Command): void {
 let stdoutError: Error | undefined;
 
 /** Writes to stdout with backpressure; a closed pipe (EPIPE) surfaces as an error, never a hang. */
-/** Positional write of all of `data` (a short write continues where it stopped). */
-async function writeFullyAt(fh: FileHandle, data: Uint8Array, position: number): Promise<void> {
-  for (let off = 0; off < data.length; ) {
-    const { bytesWritten } = await fh.write(data, off, data.length - off, position + off);
-    if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC' });
-    off += bytesWritten;
-  }
-}
-
 function writeStdout(b: Uint8Array): Promise<void> | void {
   if (stdoutError) throw stdoutError;
   if (process.stdout.write(b)) return;

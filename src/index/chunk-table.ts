@@ -24,19 +24,40 @@ export function fingerprint(digest: Uint8Array, offset = 0): number {
   return (digest[offset] | (digest[offset + 1] << 8) | (digest[offset + 2] << 16) | (digest[offset + 3] << 24)) >>> 0;
 }
 
-/** Worker-side probe over a shared table: true when some stored chunk has this fingerprint. */
-export function tableHasFingerprint(words: Uint32Array, fp: number): boolean {
-  const slots = words.length / SLOT_WORDS;
-  const mask = slots - 1;
-  // The slot index uses the fingerprint's high bits' mix: digests are uniform, any bits will do.
+/**
+ * Linear probe for `fp`: its slot index, or -1 - (the empty slot where it would go). Used by the
+ * table itself and by workers reading the shared words. Digests are uniform, so the fingerprint's
+ * low bits serve directly as the home slot.
+ */
+function probe(words: Uint32Array, fp: number): number {
+  const mask = words.length / SLOT_WORDS - 1;
   let s = fp & mask;
-  for (let n = 0; n < slots; n++) {
+  for (;;) {
     const p = s * SLOT_WORDS;
-    if ((words[p + 3] & OCCUPIED) === 0) return false;
-    if (words[p] === fp) return true;
+    if ((words[p + 3] & OCCUPIED) === 0) return -1 - s;
+    if (words[p] === fp) return s;
     s = (s + 1) & mask;
   }
-  return false;
+}
+
+/** Copies the slot at src[p..] into its place in `words` (fingerprints are unique: an empty slot). */
+function placeSlot(words: Uint32Array, src: Uint32Array, p: number): void {
+  words.set(src.subarray(p, p + SLOT_WORDS), (-1 - probe(words, src[p])) * SLOT_WORDS);
+}
+
+function slotLocation(words: Uint32Array, s: number): ChunkLocation {
+  const p = s * SLOT_WORDS;
+  const meta = words[p + 3];
+  return { pack: words[p + 1], offset: words[p + 2], storedLength: meta & 0xffff, codec: (meta >>> 16) & 0xff };
+}
+
+function slotAmbiguous(words: Uint32Array, s: number): boolean {
+  return (words[s * SLOT_WORDS + 3] & COLLISION) !== 0;
+}
+
+/** Worker-side probe over a shared table: true when some stored chunk has this fingerprint. */
+export function tableHasFingerprint(words: Uint32Array, fp: number): boolean {
+  return probe(words, fp) >= 0;
 }
 
 /**
@@ -44,20 +65,8 @@ export function tableHasFingerprint(words: Uint32Array, fp: number): boolean {
  * when absent or ambiguous (two stored chunks share the fingerprint).
  */
 export function tableLocation(words: Uint32Array, fp: number): ChunkLocation | undefined {
-  const slots = words.length / SLOT_WORDS;
-  const mask = slots - 1;
-  let s = fp & mask;
-  for (let n = 0; n < slots; n++) {
-    const p = s * SLOT_WORDS;
-    const meta = words[p + 3];
-    if ((meta & OCCUPIED) === 0) return undefined;
-    if (words[p] === fp) {
-      if ((meta & COLLISION) !== 0) return undefined;
-      return { pack: words[p + 1], offset: words[p + 2], storedLength: meta & 0xffff, codec: (meta >>> 16) & 0xff };
-    }
-    s = (s + 1) & mask;
-  }
-  return undefined;
+  const s = probe(words, fp);
+  return s < 0 || slotAmbiguous(words, s) ? undefined : slotLocation(words, s);
 }
 
 export class ChunkTable {
@@ -69,11 +78,7 @@ export class ChunkTable {
   static fromSlots(slots: Uint32Array, count: number): ChunkTable {
     const t = new ChunkTable(count);
     const w = t.words;
-    for (let p = 0; p < count * SLOT_WORDS; p += SLOT_WORDS) {
-      let s = slots[p] & t.mask;
-      while ((w[s * SLOT_WORDS + 3] & OCCUPIED) !== 0) s = (s + 1) & t.mask;
-      w.set(slots.subarray(p, p + SLOT_WORDS), s * SLOT_WORDS);
-    }
+    for (let p = 0; p < count * SLOT_WORDS; p += SLOT_WORDS) placeSlot(w, slots, p);
     t.size = count;
     return t;
   }
@@ -116,14 +121,7 @@ export class ChunkTable {
   }
 
   private find(fp: number): number {
-    const w = this.words;
-    let s = fp & this.mask;
-    for (;;) {
-      const p = s * SLOT_WORDS;
-      if ((w[p + 3] & OCCUPIED) === 0) return -1 - s; // empty slot where it would go
-      if (w[p] === fp) return s;
-      s = (s + 1) & this.mask;
-    }
+    return probe(this.words, fp);
   }
 
   hasFingerprint(digest: Uint8Array, offset = 0): boolean {
@@ -137,13 +135,7 @@ export class ChunkTable {
   get(digest: Uint8Array, offset = 0): { location: ChunkLocation; ambiguous: boolean } | undefined {
     const s = this.find(fingerprint(digest, offset));
     if (s < 0) return undefined;
-    const w = this.words;
-    const p = s * SLOT_WORDS;
-    const meta = w[p + 3];
-    return {
-      location: { pack: w[p + 1], offset: w[p + 2], storedLength: meta & 0xffff, codec: (meta >>> 16) & 0xff },
-      ambiguous: (meta & COLLISION) !== 0,
-    };
+    return { location: slotLocation(this.words, s), ambiguous: slotAmbiguous(this.words, s) };
   }
 
   /** Grows ahead of a known burst of inserts (a whole image), so it rehashes once, not repeatedly. */
@@ -219,10 +211,7 @@ export class ChunkTable {
     this.mask = cap - 1;
     const w = this.words;
     for (let p = 0; p < old.length; p += SLOT_WORDS) {
-      if ((old[p + 3] & OCCUPIED) === 0) continue;
-      let s = old[p] & this.mask;
-      while ((w[s * SLOT_WORDS + 3] & OCCUPIED) !== 0) s = (s + 1) & this.mask;
-      w.set(old.subarray(p, p + SLOT_WORDS), s * SLOT_WORDS);
+      if ((old[p + 3] & OCCUPIED) !== 0) placeSlot(w, old, p);
     }
   }
 }

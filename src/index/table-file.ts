@@ -1,11 +1,11 @@
 /**
  * Saved chunk table (DIR/chunk-table.bin), so opening a store does not rebuild the table from LevelDB
- * entry by entry. Only occupied slots are saved (20 B a chunk; the table is rebuilt by insertion on
+ * entry by entry. Only occupied slots are saved (16 B a chunk; the table is rebuilt by insertion on
  * load). It is a cache: used only when its generation token equals the one LevelDB holds ('m'
  * "chunkgen", rewritten in every batch that changes chunk entries) and its checksum holds; otherwise
  * the table is rebuilt from the index. Format (little-endian):
- *   magic "VNSTTABL" | u16 version=2 | u16 slotWords=5 | u32 count | u32 reserved | token[16]
- *   | count × 5 u32 words | u32 crc32 of everything before it
+ *   magic "VNSTTABL" | u16 version=2 | u16 slotWords=4 | u32 count | u32 reserved | token[16]
+ *   | count × 4 u32 words | u32 crc32 of everything before it
  */
 import { promises as fsp } from 'node:fs';
 import { crc32 } from 'node:zlib';

@@ -18,8 +18,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
-import { getCodec, type ChunkCodec } from '../chunk/codec.js';
-import { hashPage, imageDigest } from '../chunk/hash.js';
+import { imageDigest } from '../chunk/hash.js';
 import {
   packFileName,
   parsePackFileName,
@@ -55,7 +54,7 @@ import {
   type PackRecord,
   type SnapshotRecord,
 } from '../store/db.js';
-import { readPackTocAt } from '../store/pack-reader.js';
+import { nameChunk, readPackTocAt } from '../store/pack-reader.js';
 import { Store } from '../store/store.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
 import { counterDrift, readCounters, resetCounters, zeroCounters, type StoreCounters } from './counters.js';
@@ -583,7 +582,6 @@ async function readPackData(store: Store, file: string, name: string, indexedAt:
   const bad: BadChunk[] = [];
   const good: PackData['good'] = [];
   const withDigest: { i: number; chunk: StoredChunk }[] = [];
-  const codec = getCodec();
   const page = new Uint8Array(PAGE_SIZE);
   entries.forEach((e, i) => {
     const payload = data.subarray(e.offset, e.offset + e.storedLength);
@@ -592,15 +590,9 @@ async function readPackData(store: Store, file: string, name: string, indexedAt:
       withDigest.push({ i, chunk: { digest: d, payload, codec: e.codec } });
       return;
     }
-    try {
-      codec.decodePage(payload, e.codec as ChunkCodec, page, 0);
-    } catch {
-      bad.push({ index: i, offset: e.offset, why: 'does not decode' });
-      return;
-    }
-    const digest = hashPage(page);
-    if (!digest.subarray(0, TOC_PREFIX_BYTES).equals(e.digestPrefix)) bad.push({ index: i, offset: e.offset, why: 'does not match its table of contents' });
-    else good.push({ entry: e, digest });
+    const named = nameChunk(payload, e, page);
+    if ('why' in named) bad.push({ index: i, offset: e.offset, why: named.why });
+    else good.push({ entry: e, digest: named.digest });
   });
   const badIdx = new Set(await verifyChunks(store, withDigest.map((w) => w.chunk)));
   withDigest.forEach((w, k) => {

@@ -22,7 +22,6 @@ export const KEY_VM = 0x76; // 'v'
 export const KEY_GROUP = 0x67; // 'g'
 export const KEY_META = 0x6d; // 'm'
 
-
 /** 'm' "chunkgen": a random token rewritten in every batch that changes chunk entries (see table-file.ts). */
 export const CHUNK_GEN_KEY = Buffer.concat([Buffer.of(KEY_META), Buffer.from('chunkgen', 'latin1')]);
 

@@ -94,20 +94,27 @@ export class PackReader {
 export async function readPackChunks(file: string, name: string): Promise<(PackEntry & { digest: Buffer })[]> {
   const entries = await readPackTocAt(file, name);
   const data = await fsp.readFile(file);
-  const codec = getCodec();
   const page = new Uint8Array(PAGE_SIZE);
   return entries.map((e, i) => {
-    try {
-      codec.decodePage(data.subarray(e.offset, e.offset + e.storedLength), e.codec as ChunkCodec, page, 0);
-    } catch {
-      throw new CorruptError(`pack ${name}: chunk ${i} at offset ${e.offset} does not decode`);
-    }
-    const digest = hashPage(page);
-    if (!digest.subarray(0, TOC_PREFIX_BYTES).equals(e.digestPrefix)) {
-      throw new CorruptError(`pack ${name}: chunk ${i} at offset ${e.offset} does not match its table of contents`);
-    }
-    return { ...e, digest };
+    const named = nameChunk(data.subarray(e.offset, e.offset + e.storedLength), e, page);
+    if ('why' in named) throw new CorruptError(`pack ${name}: chunk ${i} at offset ${e.offset} ${named.why}`);
+    return { ...e, digest: named.digest };
   });
+}
+
+/**
+ * Names a stored chunk by its content: decodes it (into `page`, a 4 KiB scratch buffer), hashes it
+ * and checks the digest against the prefix the pack's table of contents records.
+ */
+export function nameChunk(payload: Uint8Array, entry: Pick<PackEntry, 'codec' | 'digestPrefix'>, page: Uint8Array): { digest: Buffer } | { why: string } {
+  try {
+    getCodec().decodePage(payload, entry.codec as ChunkCodec, page, 0);
+  } catch {
+    return { why: 'does not decode' };
+  }
+  const digest = hashPage(page);
+  if (!digest.subarray(0, TOC_PREFIX_BYTES).equals(entry.digestPrefix)) return { why: 'does not match its table of contents' };
+  return { digest };
 }
 
 export async function readPackTocAt(file: string, name: string): Promise<PackEntry[]> {

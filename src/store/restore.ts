@@ -205,13 +205,10 @@ async function restoreWindowOnce(
     const [loc] = await store.lookupExact([digestOf(slots[k])]);
     const prev = locs[k]!;
     if (loc && (loc.pack !== prev.pack || loc.offset !== prev.offset)) {
-      const buf = await store.packs.read(loc.pack, loc.offset, loc.storedLength);
-      const dst = result.out;
-      try {
-        getCodec().decodePage(buf, loc.codec as ChunkCodec, dst, slots[k] * PAGE_SIZE);
-        if (hashPage(dst.subarray(slots[k] * PAGE_SIZE, (slots[k] + 1) * PAGE_SIZE)).equals(digestOf(slots[k]))) continue;
-      } catch {
-        // fall through to the corruption error
+      const page = await readVerifiedAt(store, loc, digestOf(slots[k]));
+      if (page) {
+        result.out.set(page, slots[k] * PAGE_SIZE);
+        continue;
       }
     }
     throw new CorruptError(
@@ -221,17 +218,23 @@ async function restoreWindowOnce(
   return result.out;
 }
 
-/** Reads one chunk by digest (exact index lookup), decoded and verified; for rare single-page needs. */
-export async function readChunk(store: Store, digest: Uint8Array, what: string): Promise<Uint8Array> {
-  const [loc] = await store.lookupExact([digest]);
-  if (!loc) throw new CorruptError(`${what}: chunk ${hex(digest)} is not in the index; run 'vnstore check'`);
+/** One stored chunk, decoded and checked against `digest`; undefined when it does not decode or match. */
+async function readVerifiedAt(store: Store, loc: ChunkLocation, digest: Uint8Array): Promise<Uint8Array | undefined> {
   const payload = await store.packs.read(loc.pack, loc.offset, loc.storedLength);
   const page = new Uint8Array(PAGE_SIZE);
   try {
     getCodec().decodePage(payload, loc.codec as ChunkCodec, page, 0);
   } catch {
-    throw new CorruptError(`${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} does not decode; run 'vnstore check'`);
+    return undefined;
   }
-  if (!hashPage(page).equals(digest)) throw new CorruptError(`${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} is corrupt (digest mismatch)`);
+  return hashPage(page).equals(digest) ? page : undefined;
+}
+
+/** Reads one chunk by digest (exact index lookup), decoded and verified; for rare single-page needs. */
+export async function readChunk(store: Store, digest: Uint8Array, what: string): Promise<Uint8Array> {
+  const [loc] = await store.lookupExact([digest]);
+  if (!loc) throw new CorruptError(`${what}: chunk ${hex(digest)} is not in the index; run 'vnstore check'`);
+  const page = await readVerifiedAt(store, loc, digest);
+  if (!page) throw new CorruptError(`${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} is corrupt (does not decode to its digest); run 'vnstore check'`);
   return page;
 }

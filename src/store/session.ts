@@ -410,5 +410,3 @@ function copyToOwnBuffer(src: Uint8Array, length: number): Uint8Array {
   out.set(src);
   return out;
 }
-
-

@@ -52,10 +52,17 @@ export async function exists(p: string): Promise<boolean> {
   }
 }
 
-/** Writes all of `data` at the current position: write() may write less (a full disk does, before ENOSPC). */
-export async function writeFully(fh: { write(b: Uint8Array, offset: number, length: number): Promise<{ bytesWritten: number }> }, data: Uint8Array): Promise<void> {
+/**
+ * Writes all of `data`, at the current position or at `position`: write() may write less than asked
+ * (a full disk does, before it fails with ENOSPC).
+ */
+export async function writeFully(
+  fh: { write(b: Uint8Array, offset: number, length: number, position?: number | null): Promise<{ bytesWritten: number }> },
+  data: Uint8Array,
+  position?: number,
+): Promise<void> {
   for (let off = 0; off < data.length; ) {
-    const { bytesWritten } = await fh.write(data, off, data.length - off);
+    const { bytesWritten } = await fh.write(data, off, data.length - off, position === undefined ? null : position + off);
     // A write that makes no progress would loop forever: report it as the full disk it almost surely is.
     if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC' });
     off += bytesWritten;
