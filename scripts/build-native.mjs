@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Builds the optional native page codec (native/ -> native/build/Release/vnstore_native.node).
+// Builds the optional native addons (native/ -> native/build/Release/vnstore_native.node, the page
+// codec, and vnstore_hash.node, the multi-page BLAKE3).
 // Run by the package's "install" script. It never fails the install: without the addon, vnstore uses
 // its TypeScript codec (src/chunk/codec.ts), so on any problem we print one warning line and exit 0.
 // The full node-gyp output goes to native/build/build-native.log.
@@ -78,12 +79,21 @@ if (res.error) warn(`node-gyp did not run: ${res.error.message}`);
 if (res.status !== 0) warn(`node-gyp exited with status ${res.status ?? res.signal}`);
 if (!existsSync(addon)) warn(`build produced no ${rel(addon)}`);
 
-// Built: check it also loads here (it needs liblz4.so.1 at run time), so the message is accurate.
+// Built: check both modules also load here (the codec needs liblz4.so.1 at run time), so the
+// message is accurate. The page hasher is independent: without it, hashing uses @napi-rs/blake-hash.
+const hashAddon = path.join(buildDir, 'Release', 'vnstore_hash.node');
+let hashNote = 'page hasher missing: per-page @napi-rs/blake-hash';
+try {
+  const h = createRequire(import.meta.url)(hashAddon);
+  hashNote = h.simd ? `page hasher ${h.simd}` : 'no AVX2: per-page @napi-rs/blake-hash';
+} catch (err) {
+  appendLog(`page hasher does not load: ${err && err.stack ? err.stack : String(err)}\n`);
+}
 try {
   const b = createRequire(import.meta.url)(addon);
   const v = b.lz4Version;
   console.log(
-    `vnstore: native addon built (${rel(addon)}, liblz4 ${Math.floor(v / 10000)}.${Math.floor(v / 100) % 100}.${v % 100})`,
+    `vnstore: native addon built (${rel(addon)}, liblz4 ${Math.floor(v / 10000)}.${Math.floor(v / 100) % 100}.${v % 100}; ${hashNote})`,
   );
 } catch (err) {
   appendLog(`built, but loading failed: ${err && err.stack ? err.stack : String(err)}\n`);

@@ -1,5 +1,6 @@
 /** Chunk naming: BLAKE3-256 of a 4 KiB page, zero-page detection, and the whole-image digest. */
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import type * as BlakeHash from '@napi-rs/blake-hash';
 import { DIGEST_BYTES, PAGE_SIZE, PageTable } from '../format/pages.js';
 
@@ -21,6 +22,73 @@ function loadBlake3(): typeof BlakeHash.blake3 {
 }
 
 const blake3 = loadBlake3();
+
+/** native/src/blake3_pages.c, ABI 1: BLAKE3 of whole pages, eight per SIMD pass. */
+interface HashBinding {
+  readonly abi: number;
+  /** "avx512vl", "avx2", or "" when the CPU has no kernel. */
+  readonly simd: string;
+  hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array): void;
+}
+
+const HASH_ADDON_PATH = fileURLToPath(new URL('../../native/build/Release/vnstore_hash.node', import.meta.url));
+let pageHasher: HashBinding | null | undefined; // undefined = not tried, null = unavailable
+let pageHasherError = '';
+
+/**
+ * The multi-page hasher, if built, on a CPU it has a kernel for, and not disabled by
+ * VNSTORE_NATIVE=0; it must reproduce @napi-rs/blake-hash on a self-test before it is trusted.
+ */
+function loadPageHasher(): HashBinding | null {
+  if (pageHasher !== undefined) return pageHasher;
+  pageHasher = null;
+  if (process.env.VNSTORE_NATIVE === '0') {
+    pageHasherError = 'disabled by VNSTORE_NATIVE=0';
+    return null;
+  }
+  try {
+    const b = createRequire(import.meta.url)(HASH_ADDON_PATH) as HashBinding;
+    if (b.abi !== 1) throw new Error(`addon ABI ${String(b.abi)}, want 1: rebuild it`);
+    if (!b.simd) throw new Error('no AVX2 on this CPU');
+    const src = new Uint8Array(3 * PAGE_SIZE);
+    for (let i = 0; i < src.length; i++) src[i] = (i * 131 + (i >>> 12) * 7) & 0xff;
+    const pages = Uint32Array.of(2, 0, 1, 2, 1, 0, 0, 2, 1); // nine: one full group of eight and one short
+    const out = new Uint8Array(3 * DIGEST_BYTES);
+    b.hashPages(src, pages, out);
+    for (let p = 0; p < 3; p++) {
+      const want = blake3(Buffer.from(src.buffer, p * PAGE_SIZE, PAGE_SIZE));
+      if (!want.equals(Buffer.from(out.buffer, p * DIGEST_BYTES, DIGEST_BYTES))) throw new Error('self-test mismatch');
+    }
+    pageHasher = b;
+  } catch (err) {
+    pageHasherError = err instanceof Error ? err.message : String(err);
+  }
+  return pageHasher;
+}
+
+/**
+ * BLAKE3-256 of many whole pages of `src`: for each index p in `pages`, out[p*32 .. p*32+32) gets
+ * the digest of src page p (digests land at their page's index; other slots of `out` are left as
+ * they are). One native call for the lot where the addon serves, else one @napi-rs call per page.
+ */
+export function hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array): void {
+  const native = loadPageHasher();
+  if (native) {
+    native.hashPages(src, pages, out);
+    return;
+  }
+  for (let k = 0; k < pages.length; k++) {
+    const p = pages[k];
+    if (p >= src.length / PAGE_SIZE || (p + 1) * DIGEST_BYTES > out.length) throw new RangeError(`page ${p} out of range`);
+    out.set(hashPage(src.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)), p * DIGEST_BYTES);
+  }
+}
+
+/** Which page hasher serves hashPages(): the SIMD kernel's name, or why the fallback is used. */
+export function pageHasherStatus(): { native: boolean; simd?: string; error?: string } {
+  const n = loadPageHasher();
+  return n ? { native: true, simd: n.simd } : { native: false, error: pageHasherError };
+}
 
 export const ZERO_PAGE: Buffer = Buffer.alloc(PAGE_SIZE);
 const IMAGE_DIGEST_PREFIX = Buffer.from('vnstore-image-v1\0', 'latin1');

@@ -1,0 +1,156 @@
+/*
+ * vnstore_hash: BLAKE3-256 of many 4 KiB pages in one N-API call (N-API, C).
+ *
+ * Why this exists (bench/RESULTS.md, "BLAKE3 per page"): hashing is the one cost every ingested and
+ * restored page pays. Through @napi-rs/blake-hash a page costs one N-API call and a fresh Buffer, and
+ * the hasher inside can only fill four SIMD lanes (a page is four BLAKE3 chunks). Here one call hashes
+ * a whole list of pages, eight side by side in AVX2 lanes (blake3_x8.h), into caller-owned memory.
+ *
+ * Written from the BLAKE3 specification for exactly one input size (4096 bytes, hash mode, 32-byte
+ * output); it is not a general BLAKE3. Tests compare it with @napi-rs/blake-hash on random and edge
+ * pages, and src/chunk/hash.ts refuses the addon unless a self-test matches at load time.
+ *
+ * Without AVX2 the module loads but reports simd = "" and the TypeScript layer keeps using
+ * @napi-rs/blake-hash, which is also the fallback when this addon is not built at all.
+ */
+#ifndef NAPI_VERSION
+#define NAPI_VERSION 8
+#endif
+#include <node_api.h>
+
+#include "napi_args.h"
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PAGE_SIZE 4096u
+#define DIGEST_BYTES 32u
+/* Bumped whenever the JS-visible contract of this addon changes; hash.ts refuses other values. */
+#define HASH_ADDON_ABI 1
+
+#define BLAKE3_BLOCK_LEN 64
+#define BLAKE3_CHUNK_LEN 1024
+#define BLAKE3_CHUNK_START 1u
+#define BLAKE3_CHUNK_END 2u
+#define BLAKE3_PARENT 4u
+#define BLAKE3_ROOT 8u
+
+static const uint32_t BLAKE3_IV[8] = {0x6A09E667u, 0xBB67AE85u, 0x3C6EF372u, 0xA54FF53Au,
+                                      0x510E527Fu, 0x9B05688Cu, 0x1F83D9ABu, 0x5BE0CD19u};
+
+/* Message word order of each of the 7 rounds: row r+1 is row r through the spec's permutation. */
+static const uint8_t MSG_SCHEDULE[7][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8},
+    {3, 4, 10, 12, 13, 2, 7, 14, 6, 5, 9, 0, 11, 15, 8, 1},
+    {10, 7, 12, 9, 14, 3, 13, 15, 4, 0, 11, 2, 5, 8, 1, 6},
+    {12, 13, 9, 11, 15, 10, 14, 8, 7, 2, 5, 3, 0, 1, 6, 4},
+    {9, 14, 11, 5, 8, 12, 15, 1, 13, 3, 0, 10, 2, 6, 4, 7},
+    {11, 15, 5, 0, 1, 9, 8, 6, 14, 10, 2, 12, 3, 4, 7, 13},
+};
+
+/* AVX2 variant: rotations by 12 and 7 as two shifts and an or. */
+#define KSUFFIX _avx2
+#define KTARGET "avx2"
+#define ROTR12(x) _mm256_or_si256(_mm256_srli_epi32((x), 12), _mm256_slli_epi32((x), 20))
+#define ROTR7(x) _mm256_or_si256(_mm256_srli_epi32((x), 7), _mm256_slli_epi32((x), 25))
+#include "blake3_x8.h"
+#undef ROTR7
+#undef ROTR12
+#undef KTARGET
+#undef KSUFFIX
+
+/* AVX-512VL variant: the same 256-bit lanes, but every rotation is one vprord. */
+#define KSUFFIX _avx512vl
+#define KTARGET "avx2,avx512f,avx512vl"
+#define ROTR12(x) _mm256_ror_epi32((x), 12)
+#define ROTR7(x) _mm256_ror_epi32((x), 7)
+#include "blake3_x8.h"
+#undef ROTR7
+#undef ROTR12
+#undef KTARGET
+#undef KSUFFIX
+
+typedef void (*hash8_fn)(const uint8_t *const page[8], uint8_t *const out[8]);
+
+static hash8_fn pick_kernel(const char **name) {
+  __builtin_cpu_init();
+  const char *force = getenv("VNSTORE_HASH_SIMD"); /* test/bench hook: "avx2" pins the AVX2 kernel */
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      !(force != NULL && strcmp(force, "avx2") == 0)) {
+    *name = "avx512vl";
+    return hash8_pages_avx512vl;
+  }
+  if (__builtin_cpu_supports("avx2")) {
+    *name = "avx2";
+    return hash8_pages_avx2;
+  }
+  *name = "";
+  return NULL;
+}
+
+static hash8_fn g_kernel;
+static const char *g_kernel_name = "";
+
+/* hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array): void
+ * For every k, with p = pages[k]: out[p*32 .. p*32+32) = BLAKE3-256(src[p*4096 .. p*4096+4096)).
+ * Digests land at their page's index, so callers hash a sparse set of pages in place. */
+static napi_value js_hash_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3)
+    return throw_type(env, "hashPages(src, pages, out)");
+  if (g_kernel == NULL) return throw_range(env, "no SIMD kernel on this CPU");
+  uint8_t *src;
+  size_t src_len;
+  if (get_typed(env, argv[0], napi_uint8_array, (void **)&src, &src_len) != 0)
+    return throw_type(env, "src must be a Uint8Array");
+  uint32_t *pages;
+  size_t n;
+  if (get_typed(env, argv[1], napi_uint32_array, (void **)&pages, &n) != 0)
+    return throw_type(env, "pages must be a Uint32Array");
+  uint8_t *out;
+  size_t out_len;
+  if (get_typed(env, argv[2], napi_uint8_array, (void **)&out, &out_len) != 0)
+    return throw_type(env, "out must be a Uint8Array");
+  const size_t src_pages = src_len / PAGE_SIZE;
+  const size_t out_pages = out_len / DIGEST_BYTES;
+  for (size_t k = 0; k < n; k++) {
+    if (pages[k] >= src_pages) return throw_range(env, "page index out of range of src");
+    if (pages[k] >= out_pages) return throw_range(env, "out too small: need 32 bytes per page up to the highest index");
+  }
+
+  uint8_t discard[8][DIGEST_BYTES];
+  for (size_t k = 0; k < n; k += 8) {
+    const uint8_t *in[8];
+    uint8_t *dst[8];
+    for (size_t l = 0; l < 8; l++) {
+      /* A short last group repeats its first page in the idle lanes and throws those digests away. */
+      if (k + l < n) {
+        in[l] = src + (size_t)pages[k + l] * PAGE_SIZE;
+        dst[l] = out + (size_t)pages[k + l] * DIGEST_BYTES;
+      } else {
+        in[l] = in[0];
+        dst[l] = discard[l];
+      }
+    }
+    g_kernel(in, dst);
+  }
+  return NULL;
+}
+
+NAPI_MODULE_INIT() {
+  if (g_kernel == NULL) g_kernel = pick_kernel(&g_kernel_name); /* idempotent: same answer in every thread */
+  napi_value abi, simd;
+  if (napi_create_int32(env, HASH_ADDON_ABI, &abi) != napi_ok) return NULL;
+  if (napi_create_string_utf8(env, g_kernel_name, NAPI_AUTO_LENGTH, &simd) != napi_ok) return NULL;
+  napi_property_descriptor props[] = {
+      {"hashPages", NULL, js_hash_pages, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"abi", NULL, NULL, NULL, NULL, abi, napi_enumerable, NULL},
+      {"simd", NULL, NULL, NULL, NULL, simd, napi_enumerable, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  return exports;
+}

@@ -1,0 +1,32 @@
+/*
+ * Argument helpers shared by the vnstore addons (header-only: each addon is its own module).
+ */
+#ifndef VNSTORE_NAPI_ARGS_H
+#define VNSTORE_NAPI_ARGS_H
+#include <node_api.h>
+#include <stddef.h>
+
+static inline napi_value throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+  return NULL;
+}
+
+static inline napi_value throw_range(napi_env env, const char *msg) {
+  napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
+  return NULL;
+}
+
+/* Reads a typed array argument of the wanted element type. Returns 0 on success. */
+static inline int get_typed(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *length) {
+  bool is_ta = false;
+  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta) return -1;
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t byte_offset;
+  if (napi_get_typedarray_info(env, v, &type, length, data, &ab, &byte_offset) != napi_ok) return -1;
+  if (type != want) return -1;
+  if (*length == 0) *data = NULL; /* detached or empty: never dereferenced */
+  return 0;
+}
+
+#endif
