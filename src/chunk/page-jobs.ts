@@ -8,7 +8,7 @@ import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { packFileName } from '../format/pack.js';
 import { fingerprint, tableHasFingerprint, tableLocation } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec } from './codec.js';
-import { hashPage } from './hash.js';
+import { hashPages } from './hash.js';
 
 /** Per-page outcome of hashing, decided as far as a worker can without the exact index. */
 export enum PageStatus {
@@ -72,14 +72,34 @@ function preadFully(fd: number, buf: Uint8Array, length: number, position: numbe
   return got;
 }
 
-/** Decodes one stored payload into `out` at `dstOff` and checks it against `digest`; false on any failure. */
-function decodeVerified(codec: ReturnType<typeof getCodec>, payload: Uint8Array, codecId: number, out: Uint8Array, dstOff: number, digest: Uint8Array): boolean {
+/** Decodes one stored payload into `out` at `dstOff`; false if it does not decode to a page. */
+function decodeInto(codec: ReturnType<typeof getCodec>, payload: Uint8Array, codecId: number, out: Uint8Array, dstOff: number): boolean {
   try {
     codec.decodePage(payload, codecId as ChunkCodec, out, dstOff);
+    return true;
   } catch {
     return false;
   }
-  return hashPage(out.subarray(dstOff, dstOff + PAGE_SIZE)).equals(digest);
+}
+
+/**
+ * Checks decoded pages against their expected digests in one hashing pass. Chunk c sits in page
+ * slot `slots[c]` of `out` and must hash to `digests[c]`; chunks whose `decoded[c]` is 0 already
+ * failed. Returns the failed chunk indices, in order.
+ */
+function verifyDecoded(out: Uint8Array, windowPages: number, slots: Uint32Array, digests: Uint8Array, decoded: Uint8Array): number[] {
+  const ok = new Uint32Array(slots.length);
+  let n = 0;
+  for (let c = 0; c < slots.length; c++) if (decoded[c]) ok[n++] = slots[c];
+  const actual = Buffer.alloc(windowPages * DIGEST_BYTES);
+  hashPages(out, ok.subarray(0, n), actual);
+  const want = Buffer.from(digests.buffer, digests.byteOffset, digests.length);
+  const bad: number[] = [];
+  for (let c = 0; c < slots.length; c++) {
+    const a = slots[c] * DIGEST_BYTES;
+    if (!decoded[c] || actual.compare(want, c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES, a, a + DIGEST_BYTES) !== 0) bad.push(c);
+  }
+  return bad;
 }
 
 /** Reads a file range into fresh, zero-padded whole pages. */
@@ -104,14 +124,18 @@ export function runHashJob(job: HashJob): HashResult {
   const newOffsets: number[] = [];
   const seen = new Map<string, number>();
   const zero = getCodec().zeroMask(pages, pageCount);
+  const nonZero = new Uint32Array(pageCount);
+  let nonZeroCount = 0;
+  for (let i = 0; i < pageCount; i++) if (!zero[i]) nonZero[nonZeroCount++] = i;
+  hashPages(pages, nonZero.subarray(0, nonZeroCount), digests);
+  const digestView = Buffer.from(digests.buffer, digests.byteOffset, digests.length);
   for (let i = 0; i < pageCount; i++) {
     const off = i * PAGE_SIZE;
     if (zero[i]) {
       status[i] = PageStatus.Zero;
       continue;
     }
-    const d = hashPage(pages.subarray(off, off + PAGE_SIZE));
-    digests.set(d, i * DIGEST_BYTES);
+    const d = digestView.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
     // Same as the parent: known durable without a lookup, provided the store still holds the chunk
     // (a repaired store may have lost one: then the page takes the normal path and is stored again).
     if (
@@ -199,15 +223,14 @@ export interface DecodeResult {
 export function runDecodeJob(job: DecodeJob): DecodeResult {
   const codec = getCodec();
   const out = new Uint8Array(job.windowPages * PAGE_SIZE);
-  const bad: number[] = [];
+  const decoded = new Uint8Array(job.lengths.length);
   let p = 0;
   for (let i = 0; i < job.lengths.length; i++) {
     const len = job.lengths[i];
-    const dstOff = job.slots[i] * PAGE_SIZE;
-    if (!decodeVerified(codec, job.payload.subarray(p, p + len), job.codecs[i], out, dstOff, job.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES))) bad.push(i);
+    decoded[i] = decodeInto(codec, job.payload.subarray(p, p + len), job.codecs[i], out, job.slots[i] * PAGE_SIZE) ? 1 : 0;
     p += len;
   }
-  return { out, bad };
+  return { out, bad: verifyDecoded(out, job.windowPages, job.slots, job.digests, decoded) };
 }
 
 /**
@@ -266,9 +289,25 @@ function packFd(packsDir: string, pack: number): number {
   return fd;
 }
 
+/**
+ * Window buffer reused across restore jobs that write their output file themselves: a fresh 4 MiB
+ * buffer per window costs a page fault per page (as much as the LZ4 decode). Slots a window does
+ * not name keep stale bytes, which is harmless: only named slots are verified and written. When a
+ * window has to go back to the main thread after all, it is transferred and a new one is made.
+ */
+let windowBuffer = new Uint8Array(0);
+
 export function runRestoreJob(job: RestoreJob): RestoreResult {
   const codec = getCodec();
-  const out = new Uint8Array(job.windowPages * PAGE_SIZE);
+  const bytes = job.windowPages * PAGE_SIZE;
+  let out: Uint8Array;
+  if (job.output) {
+    if (windowBuffer.byteLength !== bytes) windowBuffer = new Uint8Array(bytes);
+    out = windowBuffer;
+  } else {
+    out = new Uint8Array(bytes);
+  }
+  const decoded = new Uint8Array(job.chunkRead.length);
   const bad: number[] = [];
   let c = 0;
   for (let r = 0; r < job.readPack.length; r++) {
@@ -283,10 +322,18 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
     for (; c < job.chunkRead.length && job.chunkRead[c] === r; c++) {
       const start = job.chunkOffset[c];
       const payload = scratch.subarray(start, start + job.lengths[c]);
-      if (!decodeVerified(codec, payload, job.codecs[c], out, job.slots[c] * PAGE_SIZE, job.digests.subarray(c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES))) bad.push(c);
+      decoded[c] = decodeInto(codec, payload, job.codecs[c], out, job.slots[c] * PAGE_SIZE) ? 1 : 0;
     }
   }
-  if (bad.length > 0 || !job.output) return { out, bad };
+  bad.push(...verifyDecoded(out, job.windowPages, job.slots, job.digests, decoded));
+  if (!job.output) return { out, bad };
+  if (bad.length > 0) {
+    // The main thread mends and writes this window itself: hand over named slots only, in a fresh
+    // zeroed buffer (the reused one holds stale bytes where this window has zero pages).
+    const fresh = new Uint8Array(bytes);
+    for (const slot of job.slots) fresh.set(out.subarray(slot * PAGE_SIZE, (slot + 1) * PAGE_SIZE), slot * PAGE_SIZE);
+    return { out: fresh, bad };
+  }
   try {
     writeWindow(job.output, out, job.slots);
   } catch (err) {

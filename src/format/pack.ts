@@ -49,31 +49,47 @@ export function parsePackHeader(b: Uint8Array, name: string): { pageSize: number
   return { pageSize: buf.readUInt32LE(12) };
 }
 
-/** Encodes TOC + trailer for entries whose payloads occupy [16, tocOffset). */
-export function encodePackFooter(
-  entries: readonly { digest: Uint8Array; storedLength: number; codec: number }[],
-  tocOffset: number,
-  payloadCrc: number,
-): Buffer {
-  const toc = Buffer.allocUnsafe(entries.length * TOC_ENTRY_BYTES);
-  let p = 0;
-  for (const e of entries) {
+/** A pack's table of contents in columns: chunk k has digest digests[k*32..], its length and codec. */
+export interface TocColumns {
+  count: number;
+  digests: Uint8Array;
+  lengths: ArrayLike<number>;
+  codecs: ArrayLike<number>;
+}
+
+/** Columns for a list of chunks (writers that hold one object per chunk). */
+export function tocColumns(entries: readonly { digest: Uint8Array; storedLength: number; codec: number }[]): TocColumns {
+  const digests = new Uint8Array(entries.length * DIGEST_BYTES);
+  entries.forEach((e, k) => {
     if (e.digest.length !== DIGEST_BYTES) throw new RangeError('digest must be 32 bytes');
-    if (e.storedLength < 1 || e.storedLength > 0xffff) throw new RangeError(`stored length out of range: ${e.storedLength}`);
-    toc.set(e.digest.subarray(0, TOC_PREFIX_BYTES), p);
-    toc.writeUInt16LE(e.storedLength, p + TOC_PREFIX_BYTES);
-    toc.writeUInt8(e.codec, p + TOC_PREFIX_BYTES + 2);
+    digests.set(e.digest, k * DIGEST_BYTES);
+  });
+  return { count: entries.length, digests, lengths: entries.map((e) => e.storedLength), codecs: entries.map((e) => e.codec) };
+}
+
+/** Encodes TOC + trailer for chunks whose payloads occupy [16, tocOffset). */
+export function encodePackFooter(toc: TocColumns, tocOffset: number, payloadCrc: number): Buffer {
+  const { count, digests, lengths, codecs } = toc;
+  if (digests.length < count * DIGEST_BYTES) throw new RangeError('digests must hold 32 bytes per chunk');
+  const out = Buffer.allocUnsafe(count * TOC_ENTRY_BYTES + PACK_TRAILER_BYTES);
+  let p = 0;
+  for (let k = 0; k < count; k++) {
+    const len = lengths[k];
+    if (len < 1 || len > 0xffff) throw new RangeError(`stored length out of range: ${len}`);
+    for (let b = 0; b < TOC_PREFIX_BYTES; b++) out[p + b] = digests[k * DIGEST_BYTES + b];
+    out.writeUInt16LE(len, p + TOC_PREFIX_BYTES);
+    out[p + TOC_PREFIX_BYTES + 2] = codecs[k];
     p += TOC_ENTRY_BYTES;
   }
-  const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
-  trailer.writeUInt32LE(entries.length, 0);
+  const trailer = out.subarray(p);
+  trailer.writeUInt32LE(count, 0);
   trailer.writeUInt32LE(tocOffset >>> 0, 4);
   trailer.writeUInt32LE(Math.floor(tocOffset / 2 ** 32), 8);
-  trailer.writeUInt32LE(crc32(toc), 12);
+  trailer.writeUInt32LE(crc32(out.subarray(0, p)), 12);
   trailer.writeUInt32LE(payloadCrc >>> 0, 16);
   trailer.writeUInt32LE(crc32(trailer.subarray(0, 20)), 20);
   PACK_END_MAGIC.copy(trailer, 24);
-  return Buffer.concat([toc, trailer]);
+  return out;
 }
 
 export interface PackTrailer {

@@ -42,7 +42,12 @@ function probe(words: Uint32Array, fp: number): number {
 
 /** Copies the slot at src[p..] into its place in `words` (fingerprints are unique: an empty slot). */
 function placeSlot(words: Uint32Array, src: Uint32Array, p: number): void {
-  words.set(src.subarray(p, p + SLOT_WORDS), (-1 - probe(words, src[p])) * SLOT_WORDS);
+  // Word by word: a subarray per slot costs more than the probe itself (100k slots at every open).
+  const q = (-1 - probe(words, src[p])) * SLOT_WORDS;
+  words[q] = src[p];
+  words[q + 1] = src[p + 1];
+  words[q + 2] = src[p + 2];
+  words[q + 3] = src[p + 3];
 }
 
 function slotLocation(words: Uint32Array, s: number): ChunkLocation {
@@ -90,7 +95,10 @@ export class ChunkTable {
     let q = 0;
     for (let p = 0; p < w.length; p += SLOT_WORDS) {
       if ((w[p + 3] & OCCUPIED) === 0) continue;
-      out.set(w.subarray(p, p + SLOT_WORDS), q);
+      out[q] = w[p];
+      out[q + 1] = w[p + 1];
+      out[q + 2] = w[p + 2];
+      out[q + 3] = w[p + 3];
       q += SLOT_WORDS;
     }
     return out;
