@@ -169,6 +169,13 @@ describe.each(codecs.map((c) => [c.kind, c] as const))('%s codec', (_kind, codec
         // ArrayLike inputs work the same as typed arrays.
         const again = codec.compressPages(src, Array.from(offsets));
         expect(again.payload.equals(payload)).toBe(true);
+        // Into a caller's (reused, dirty) buffer: the same bytes, as a view of that buffer.
+        const dst = new Uint8Array(pages.length * PAGE_SIZE + 5).fill(0xee);
+        const into = codec.compressPages(src, offsets, dst);
+        expect(into.payload.equals(payload)).toBe(true);
+        expect(into.payload.buffer).toBe(dst.buffer);
+        expect(Array.from(into.lengths)).toEqual(Array.from(lengths));
+        expect(Array.from(into.codecs)).toEqual(Array.from(kinds));
       }),
       { numRuns: 200 },
     );
@@ -192,6 +199,13 @@ describe.each(codecs.map((c) => [c.kind, c] as const))('%s codec', (_kind, codec
     const { payload } = codec.compressPages(src, [0]);
     src.fill(0);
     expect(payload.equals(src)).toBe(false);
+  });
+
+  it('refuses a destination smaller than the worst case, before compressing anything', () => {
+    const src = randomBytes(2 * PAGE_SIZE);
+    const dst = new Uint8Array(2 * PAGE_SIZE - 1).fill(7);
+    expect(() => codec.compressPages(src, [0, PAGE_SIZE], dst)).toThrow(RangeError);
+    expect(dst.every((b) => b === 7)).toBe(true);
   });
 
   it('handles an empty batch', () => {

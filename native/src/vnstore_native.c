@@ -34,7 +34,7 @@
 #define CODEC_RAW 0u
 #define CODEC_LZ4 1u
 /* Bumped whenever the JS-visible contract of this addon changes; codec.ts refuses other values. */
-#define ADDON_ABI 1
+#define ADDON_ABI 2
 /* Scratch kept per JS environment for compress output; larger batches use a temporary allocation. */
 #define SCRATCH_KEEP_MAX (64u * 1024u * 1024u)
 
@@ -149,12 +149,13 @@ static const char *decode_one(const uint8_t *payload, size_t len, uint32_t codec
 /* ---------- exported functions ---------- */
 
 /* compressPages(src: Uint8Array, offsets: Uint32Array | Float64Array, lengths: Uint32Array,
- *               codecs: Uint8Array): Buffer
- * Page i is src[offsets[i], offsets[i]+PAGE_SIZE). Fills lengths[i]/codecs[i]; returns the
- * concatenated payloads. */
+ *               codecs: Uint8Array[, dst: Uint8Array]): Buffer | number
+ * Page i is src[offsets[i], offsets[i]+PAGE_SIZE). Fills lengths[i]/codecs[i]. Without dst, returns
+ * the concatenated payloads in a new Buffer; with dst (at least offsets.length * PAGE_SIZE bytes,
+ * e.g. a reused shared slab), writes them to dst[0..] and returns their total length. */
 static napi_value js_compress_pages(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   instance_t *inst = NULL;
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   NAPI_OK(napi_get_instance_data(env, (void **)&inst));
@@ -193,7 +194,16 @@ static napi_value js_compress_pages(napi_env env, napi_callback_info info) {
   size_t need = n * PAGE_SIZE;
   uint8_t *out;
   int temporary = 0;
-  if (need <= inst->scratch_cap) {
+  int into_dst = 0;
+  napi_valuetype dst_type = napi_undefined;
+  if (argc >= 5) NAPI_OK(napi_typeof(env, argv[4], &dst_type));
+  if (dst_type != napi_undefined) {
+    size_t dst_len;
+    if (get_typed(env, argv[4], napi_uint8_array, (void **)&out, &dst_len) != 0)
+      return throw_type(env, "dst must be a Uint8Array");
+    if (dst_len < need) return throw_range(env, "dst too small: need offsets.length * PAGE_SIZE bytes");
+    into_dst = 1;
+  } else if (need <= inst->scratch_cap) {
     out = inst->scratch;
   } else if (need <= SCRATCH_KEEP_MAX) {
     uint8_t *grown = (uint8_t *)realloc(inst->scratch, need);
@@ -226,6 +236,10 @@ static napi_value js_compress_pages(napi_env env, napi_callback_info info) {
   }
 
   napi_value result;
+  if (into_dst) {
+    NAPI_OK(napi_create_double(env, (double)pos, &result));
+    return result;
+  }
   void *copy_data;
   static const uint8_t empty = 0; /* out may be NULL for an empty batch */
   napi_status st = napi_create_buffer_copy(env, pos, pos > 0 ? (const void *)out : (const void *)&empty,

@@ -28,7 +28,7 @@ export enum ChunkCodec {
 }
 
 export interface CompressedPages {
-  /** Concatenated payloads, in input order. */
+  /** Concatenated payloads, in input order (a view of `dst` when one was given). */
   payload: Buffer;
   /** Byte length of each payload. */
   lengths: Uint32Array;
@@ -38,8 +38,12 @@ export interface CompressedPages {
 
 export interface PageCodec {
   readonly kind: 'native' | 'js';
-  /** Compress pages; page i is src[offsets[i], offsets[i]+PAGE_SIZE). Throws RangeError on a bad offset. */
-  compressPages(src: Uint8Array, offsets: ArrayLike<number>): CompressedPages;
+  /**
+   * Compress pages; page i is src[offsets[i], offsets[i]+PAGE_SIZE). Throws RangeError on a bad
+   * offset. With `dst` (offsets.length * PAGE_SIZE bytes or more, e.g. a reused shared slab) the
+   * payloads are written there and `payload` is a view of it: no fresh memory per batch.
+   */
+  compressPages(src: Uint8Array, offsets: ArrayLike<number>, dst?: Uint8Array): CompressedPages;
   /**
    * Decode one stored payload into exactly PAGE_SIZE bytes at dst[dstOffset..]. Throws CodecError on
    * malformed/short/long output (the destination page's contents are then unspecified; bytes outside
@@ -141,9 +145,10 @@ class JsPageCodec implements PageCodec {
     this.framed.writeUInt32LE(PAGE_SIZE, 0);
   }
 
-  compressPages(src: Uint8Array, offsets: ArrayLike<number>): CompressedPages {
+  compressPages(src: Uint8Array, offsets: ArrayLike<number>, dst?: Uint8Array): CompressedPages {
     const n = offsets.length;
     for (let i = 0; i < n; i++) checkOffset(src, offsets[i]);
+    if (dst && dst.length < n * PAGE_SIZE) throw new RangeError('dst too small: need offsets.length * PAGE_SIZE bytes');
     const lengths = new Uint32Array(n);
     const codecs = new Uint8Array(n);
     const parts: Buffer[] = new Array<Buffer>(n);
@@ -162,6 +167,14 @@ class JsPageCodec implements PageCodec {
         lengths[i] = PAGE_SIZE;
       }
       total += lengths[i];
+    }
+    if (dst) {
+      let pos = 0;
+      for (const part of parts) {
+        dst.set(part, pos);
+        pos += part.length;
+      }
+      return { payload: Buffer.from(dst.buffer, dst.byteOffset, total), lengths, codecs };
     }
     // Buffer.concat copies, so the result never aliases src.
     return { payload: Buffer.concat(parts, total), lengths, codecs };
@@ -231,17 +244,17 @@ class JsPageCodec implements PageCodec {
 // RangeError/TypeError by the addon; codec errors carry code E_CODEC and are re-thrown as CodecError
 // so that callers can rely on instanceof.
 
-/** The addon's exports (native/src/vnstore_native.c), ABI 1. */
+/** The addon's exports (native/src/vnstore_native.c), ABI 2. */
 interface NativeBinding {
   readonly abi: number;
   readonly pageSize: number;
   readonly lz4Version: number;
-  compressPages(src: Uint8Array, offsets: Uint32Array | Float64Array, lengths: Uint32Array, codecs: Uint8Array): Buffer;
+  compressPages(src: Uint8Array, offsets: Uint32Array | Float64Array, lengths: Uint32Array, codecs: Uint8Array, dst?: Uint8Array): Buffer | number;
   decodePage(payload: Uint8Array, codec: number, dst: Uint8Array, dstOffset: number): void;
   decodePages(payload: Uint8Array, lengths: Uint32Array, codecs: Uint8Array, dst: Uint8Array, dstOffset: number): void;
 }
 
-const NATIVE_ABI = 1;
+const NATIVE_ABI = 2;
 
 function rethrow(err: unknown): never {
   if (err instanceof Error && (err as NodeJS.ErrnoException).code === 'E_CODEC') {
@@ -254,13 +267,17 @@ class NativePageCodec implements PageCodec {
   readonly kind = 'native' as const;
   constructor(private readonly b: NativeBinding) {}
 
-  compressPages(src: Uint8Array, offsets: ArrayLike<number>): CompressedPages {
+  compressPages(src: Uint8Array, offsets: ArrayLike<number>, dst?: Uint8Array): CompressedPages {
     const n = offsets.length;
     // The addon reads offsets as Uint32Array or Float64Array; anything else is copied once.
     const offs = offsets instanceof Uint32Array || offsets instanceof Float64Array ? offsets : Float64Array.from(offsets);
     const lengths = new Uint32Array(n);
     const codecs = new Uint8Array(n);
-    const payload = this.b.compressPages(src, offs, lengths, codecs);
+    if (dst) {
+      const total = this.b.compressPages(src, offs, lengths, codecs, dst) as number;
+      return { payload: Buffer.from(dst.buffer, dst.byteOffset, total), lengths, codecs };
+    }
+    const payload = this.b.compressPages(src, offs, lengths, codecs) as Buffer;
     return { payload, lengths, codecs };
   }
 

@@ -41,6 +41,8 @@ export interface HashJob {
   table?: Uint32Array; // shared chunk table words
   /** With `table`: verify fingerprint hits by comparing with the stored chunk (reads packs here). */
   packsDir?: string;
+  /** Lent slab (pageCount * PAGE_SIZE bytes) to compress into; handed back as the result's `slab`. */
+  payloadSlab?: Uint8Array;
 }
 
 export interface HashResult {
@@ -56,6 +58,8 @@ export interface HashResult {
   payload: Uint8Array;
   lengths: Uint32Array;
   codecs: Uint8Array;
+  /** The job's payloadSlab, handed back (`payload` is a view of it when there are New pages). */
+  slab?: Uint8Array;
 }
 
 let inputFile: { path: string; fd: number } | undefined;
@@ -160,7 +164,7 @@ export function runHashJob(job: HashJob): HashResult {
     status[i] = PageStatus.New;
     newOffsets.push(off);
   }
-  const c = newOffsets.length > 0 ? getCodec().compressPages(pages, newOffsets) : undefined;
+  const c = newOffsets.length > 0 ? getCodec().compressPages(pages, newOffsets, job.payloadSlab) : undefined;
   let maybeCount = 0;
   const maybe = (st: number) => st === PageStatus.MaybeKnown || st === PageStatus.KnownVerified;
   for (let i = 0; i < pageCount; i++) if (maybe(status[i])) maybeCount++;
@@ -175,6 +179,7 @@ export function runHashJob(job: HashJob): HashResult {
     payload: c ? c.payload : new Uint8Array(0),
     lengths: c ? c.lengths : new Uint32Array(0),
     codecs: c ? c.codecs : new Uint8Array(0),
+    slab: job.payloadSlab,
   };
 }
 
@@ -252,6 +257,8 @@ export interface RestoreJob {
   codecs: Uint8Array;
   slots: Uint32Array;
   digests: Uint8Array;
+  /** Lent slab (windowPages * PAGE_SIZE bytes) to restore into when there is no `output`; it comes back as `out`. */
+  window?: Uint8Array;
   /**
    * Write the verified window straight into this file (a new regular file: positional writes of the
    * non-zero page runs, zero pages left as holes, nothing past `limit`), instead of handing it back.
@@ -304,6 +311,9 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
   if (job.output) {
     if (windowBuffer.byteLength !== bytes) windowBuffer = new Uint8Array(bytes);
     out = windowBuffer;
+  } else if (job.window) {
+    out = job.window; // a reused slab: the pages this window does not name must read as zeros
+    zeroOutsideSlots(out, job.windowPages, job.slots);
   } else {
     out = new Uint8Array(bytes);
   }
@@ -341,6 +351,22 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
     return { out: new Uint8Array(0), bad, writeError: { code: e.code, message: e.message } };
   }
   return { out: new Uint8Array(0), bad };
+}
+
+/** Zeroes the pages of a window that no chunk fills (zero pages of the image). */
+function zeroOutsideSlots(out: Uint8Array, windowPages: number, slots: Uint32Array): void {
+  const named = new Uint8Array(windowPages);
+  for (const s of slots) named[s] = 1;
+  for (let i = 0; i < windowPages; ) {
+    if (named[i]) {
+      i++;
+      continue;
+    }
+    let j = i + 1;
+    while (j < windowPages && !named[j]) j++;
+    out.fill(0, i * PAGE_SIZE, j * PAGE_SIZE);
+    i = j;
+  }
 }
 
 let outputFile: { path: string; fd: number } | undefined;

@@ -1,15 +1,17 @@
 /** Worker thread entry: runs page jobs and hands big buffers back by transfer, not copy. */
 import { parentPort } from 'node:worker_threads';
+import { slabTransfer } from './slab-pool.js';
 import { runDecodeJob, runHashJob, runRestoreJob, type DecodeJob, type HashJob, type RestoreJob } from './page-jobs.js';
 
 parentPort?.on('message', (msg: { id: number; job: HashJob | DecodeJob | RestoreJob }) => {
   try {
     if (msg.job.kind === 'hash') {
       const r = runHashJob(msg.job);
-      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.maybeRaw, r.digests, r.status, r.payload]));
+      // The lent payload slab goes back whole, whatever part of it the payload view covers.
+      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.maybeRaw, r.digests, r.status, r.payload], slabTransfer(r.slab)));
     } else if (msg.job.kind === 'restore') {
       const r = runRestoreJob(msg.job);
-      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out]));
+      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out], slabTransfer(msg.job.window)));
     } else {
       const r = runDecodeJob(msg.job);
       parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out]));
@@ -19,8 +21,8 @@ parentPort?.on('message', (msg: { id: number; job: HashJob | DecodeJob | Restore
   }
 });
 
-function transferables(arrays: Uint8Array[]): ArrayBuffer[] {
-  const out: ArrayBuffer[] = [];
+function transferables(arrays: Uint8Array[], lent: ArrayBuffer[] = []): ArrayBuffer[] {
+  const out: ArrayBuffer[] = [...lent];
   for (const a of arrays) {
     // Only whole, unshared buffers can move; pooled or shared ones are copied by structured clone.
     if (a.buffer instanceof ArrayBuffer && a.byteOffset === 0 && a.byteLength === a.buffer.byteLength && !out.includes(a.buffer)) {

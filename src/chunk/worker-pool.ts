@@ -3,6 +3,7 @@
  * of size 0 runs jobs inline on the calling thread (tests, tiny stores, environments without workers).
  */
 import os from 'node:os';
+import { slabTransfer } from './slab-pool.js';
 import path from 'node:path';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -90,7 +91,7 @@ export class PagePool {
   /** Hashes a block; `job.pages` must own its ArrayBuffer (it is transferred and handed back). */
   hash(job: HashJob): Promise<HashResult> {
     if (this.slots.length === 0) return Promise.resolve().then(() => runHashJob(job));
-    return this.submit<HashResult>(job, ownBuffer(job.pages));
+    return this.submit<HashResult>(job, [...ownBuffer(job.pages), ...slabTransfer(job.payloadSlab)]);
   }
 
   decode(job: DecodeJob): Promise<DecodeResult> {
@@ -101,7 +102,7 @@ export class PagePool {
   /** Reads, decodes and verifies one restore window (the worker reads the packs itself). */
   restore(job: RestoreJob): Promise<RestoreResult> {
     if (this.slots.length === 0) return Promise.resolve().then(() => runRestoreJob(job));
-    return this.submit<RestoreResult>(job, []);
+    return this.submit<RestoreResult>(job, slabTransfer(job.window));
   }
 
   async close(): Promise<void> {

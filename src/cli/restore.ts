@@ -68,23 +68,23 @@ export function registerRestore(program: Command): void {
 
 let stdoutError: Error | undefined;
 
-/** Writes to stdout with backpressure; a closed pipe (EPIPE) surfaces as an error, never a hang. */
-function writeStdout(b: Uint8Array): Promise<void> | void {
+/**
+ * Writes to stdout and settles once the stream is done with the bytes (restore lends its window
+ * buffers: see RestoreSink.write). A closed pipe (EPIPE) surfaces as an error, never a hang.
+ */
+function writeStdout(b: Uint8Array): Promise<void> {
   if (stdoutError) throw stdoutError;
-  if (process.stdout.write(b)) return;
   return new Promise((resolve, reject) => {
-    const done = (err?: Error) => {
-      process.stdout.off('drain', onDrain);
+    const done = (err?: Error | null) => {
       process.stdout.off('error', onErr);
       process.stdout.off('close', onClose);
       if (err) reject(err);
       else resolve();
     };
-    const onDrain = () => done();
     const onErr = (e: Error) => done(e);
     const onClose = () => done(stdoutError ?? Object.assign(new Error('stdout closed'), { code: 'EPIPE' }));
-    process.stdout.on('drain', onDrain);
     process.stdout.on('error', onErr);
     process.stdout.on('close', onClose);
+    process.stdout.write(b, (err) => done(err));
   });
 }

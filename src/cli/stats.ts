@@ -39,7 +39,7 @@ Examples:
           const r = await storeStats(store, { vm: opts.vm, snapshot: opts.snapshot, detail: opts.detail, exact: opts.exact });
           if (opts.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
           else process.stdout.write(render(r));
-        });
+        }, { workers: 0 }); // no page work: spare the start-up of page workers
       }),
     );
 }

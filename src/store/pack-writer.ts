@@ -60,24 +60,70 @@ export class PackWriter {
 
   /** Queues a chunk for the open pack (its bytes are copied) and returns where it will live. */
   append(digest: Uint8Array, payload: Uint8Array, codec: number): ChunkLocation {
-    if (payload.length < 1 || payload.length > PAGE_SIZE) throw new RangeError(`payload length ${payload.length}`);
     if (digest.length !== DIGEST_BYTES) throw new RangeError('digest must be 32 bytes');
-    const pack = this.open ?? this.startPack();
-    const loc: ChunkLocation = { pack: pack.id, offset: pack.size, storedLength: payload.length, codec };
-    if (pack.count === pack.lengths.length) growToc(pack);
-    pack.digests.set(digest, pack.count * DIGEST_BYTES);
-    pack.lengths[pack.count] = payload.length;
-    pack.codecs[pack.count] = codec;
-    pack.count++;
-    if (pack.batch && pack.batchUsed + payload.length > pack.batch.length) this.writeBuffered(pack);
-    pack.batch ??= this.spareBatches.pop() ?? Buffer.allocUnsafeSlow(WRITE_BATCH_BYTES);
-    pack.batch.set(payload, pack.batchUsed);
-    pack.batchUsed += payload.length;
-    pack.size += payload.length;
-    this.openEntries.set(digestKey(digest), loc);
-    this.table.insert(digest, loc);
-    if (pack.size >= this.targetBytes) this.sealOpen();
-    return loc;
+    this.appendMany(digest, [0], payload, [0], [payload.length], [codec], 1);
+    return this.openEntries.get(digestKey(digest))!;
+  }
+
+  /**
+   * Queues many chunks at once (a block's new pages): chunk k is named by digests[digestAt[k] ..+32]
+   * and its payload is payload[payloadAt[k] ..+lengths[k]]. Same effect as append() for each, in
+   * order, but payloads that lie back to back are copied as one run, and no per-chunk views are made:
+   * this is the main thread's share of ingesting a first snapshot.
+   */
+  appendMany(
+    digests: Uint8Array,
+    digestAt: ArrayLike<number>,
+    payload: Uint8Array,
+    payloadAt: ArrayLike<number>,
+    lengths: ArrayLike<number>,
+    codecs: ArrayLike<number>,
+    count: number,
+  ): void {
+    const keys = Buffer.from(digests.buffer, digests.byteOffset, digests.length);
+    let runStart = 0; // payload bytes [runStart, runEnd) still to copy into the open pack's batch
+    let runEnd = 0;
+    for (let k = 0; k < count; k++) {
+      const len = lengths[k];
+      const d = digestAt[k];
+      if (len < 1 || len > PAGE_SIZE) throw new RangeError(`payload length ${len}`);
+      if (d + DIGEST_BYTES > digests.length) throw new RangeError('digest out of range');
+      const pack = this.open ?? this.startPack();
+      if (payloadAt[k] !== runEnd || (pack.batch && pack.batchUsed + (runEnd - runStart) + len > pack.batch.length)) {
+        this.copyRun(pack, payload, runStart, runEnd);
+        runStart = runEnd = payloadAt[k];
+      }
+      const loc: ChunkLocation = { pack: pack.id, offset: pack.size + (runEnd - runStart), storedLength: len, codec: codecs[k] };
+      if (pack.count === pack.lengths.length) growToc(pack);
+      const at = pack.count * DIGEST_BYTES;
+      for (let b = 0; b < DIGEST_BYTES; b++) pack.digests[at + b] = digests[d + b];
+      pack.lengths[pack.count] = len;
+      pack.codecs[pack.count] = codecs[k];
+      pack.count++;
+      runEnd += len;
+      this.openEntries.set(keys.toString('latin1', d, d + DIGEST_BYTES), loc);
+      this.table.insert(digests, loc, d);
+      if (pack.size + (runEnd - runStart) >= this.targetBytes) {
+        this.copyRun(pack, payload, runStart, runEnd);
+        runStart = runEnd;
+        this.sealOpen(); // the next chunk starts a new pack
+      }
+    }
+    if (this.open) this.copyRun(this.open, payload, runStart, runEnd);
+  }
+
+  /** Copies payload[start, end) into the pack's write batch (one set), flushing a full batch first. */
+  private copyRun(pack: OpenPack, payload: Uint8Array, start: number, end: number): void {
+    if (end <= start) return;
+    const n = end - start;
+    if (pack.batch && pack.batchUsed + n > pack.batch.length) this.writeBuffered(pack);
+    if (!pack.batch) {
+      const spare = this.spareBatches.pop();
+      pack.batch = spare && spare.length >= n ? spare : Buffer.allocUnsafeSlow(Math.max(WRITE_BATCH_BYTES, n));
+    }
+    pack.batch.set(payload.subarray(start, end), pack.batchUsed);
+    pack.batchUsed += n;
+    pack.size += n;
   }
 
   /** Seals the open pack (if any) and waits until every pack appended so far is durable and indexed. */

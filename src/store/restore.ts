@@ -18,7 +18,11 @@ const COALESCE_GAP_BYTES = 16 * 1024;
 const MAX_READ_BYTES = 8 * 1024 * 1024;
 
 export interface RestoreSink {
-  /** Receives verified bytes in order; may apply backpressure by returning a promise. */
+  /**
+   * Receives verified bytes in order; may apply backpressure by returning a promise. The chunk is
+   * lent: restore reuses its memory once the returned promise settles (or write returns), so a sink
+   * that keeps bytes beyond that must copy them.
+   */
   write(chunk: Uint8Array): Promise<void> | void;
   /**
    * Optional, for seekable outputs (a new file): write `chunk` at `position`. When present, runs of
@@ -73,6 +77,7 @@ export async function restoreSnapshot(store: Store, record: SnapshotRecord, sink
       const bytes = out.subarray(0, windowBytes);
       if (sink.writeAt) await writeNonZeroRuns(sink.writeAt.bind(sink), pages, windowFirst, bytes, done);
       else await sink.write(bytes);
+      store.slabs.give(out); // written: the slab (if it is one) can take the next window
     }
     done += windowBytes;
     onProgress?.(done, total);
@@ -121,7 +126,7 @@ async function restoreWindowOnce(
 ): Promise<Uint8Array> {
   const slots: number[] = [];
   for (let i = 0; i < n; i++) if (pages.kinds[first + i] === PageKind.Digest) slots.push(i);
-  if (slots.length === 0) return output ? new Uint8Array(0) : new Uint8Array(n * PAGE_SIZE); // all zero: nothing to write
+  if (slots.length === 0) return output ? new Uint8Array(0) : store.slabs.take(n * PAGE_SIZE).fill(0); // all zero: nothing to read
   const digestOf = (slot: number) => pages.digests.subarray((first + slot) * DIGEST_BYTES, (first + slot + 1) * DIGEST_BYTES);
 
   // Locate every chunk: the table hint, or the exact index when the hint is missing or ambiguous.
@@ -192,6 +197,7 @@ async function restoreWindowOnce(
     slots: chunkSlots,
     digests,
     output,
+    window: output ? undefined : store.slabs.take(n * PAGE_SIZE),
   });
   if (result.writeError) {
     throw fromSystemError(Object.assign(new Error(result.writeError.message), { code: result.writeError.code }), `writing ${output?.name ?? 'output'}`);

@@ -166,6 +166,7 @@ export class Session {
       parentHasDigest = new Uint8Array(n);
       for (let i = 0; i < m; i++) parentHasDigest[i] = parent.kinds[first + i] === PageKind.Digest ? 1 : 0;
     }
+    const payloadSlab = this.store.slabs.take(n * PAGE_SIZE);
     const job = this.store.pool.hash({
       kind: 'hash',
       pages,
@@ -175,16 +176,21 @@ export class Session {
       parentHasDigest,
       table: this.store.table.shared,
       packsDir: this.store.packs.packsDir,
+      payloadSlab,
     });
     this.inFlight++;
     this.stats.pagesWritten += n;
     this.applying = this.applying.then(async () => {
+      let slab: Uint8Array | undefined;
       try {
         const result = await job;
+        slab = result.slab;
         if (!this.error) await this.apply(first, n, result);
       } catch (err) {
         this.error ??= fromSystemError(err, `session ${this.id}`);
       } finally {
+        // Apply copied what it kept (PackWriter.append); a failed job's slab is simply not reused.
+        this.store.slabs.give(slab);
         this.inFlight--;
       }
     });
@@ -202,6 +208,12 @@ export class Session {
     let payloadPos = 0;
     let newIdx = 0;
     let maybeCount = 0;
+    // New pages nobody stored meanwhile go to the pack writer in one call, after the loop.
+    const storeDigestAt = new Uint32Array(n);
+    const storePayloadAt = new Uint32Array(n);
+    const storeLength = new Uint32Array(n);
+    const storeCodec = new Uint8Array(n);
+    let storeCount = 0;
     // Bulk copy: digests of zero pages are zero bytes and are ignored for Zero kinds.
     this.pages.digests.set(r.digests, first * DIGEST_BYTES);
     for (let i = 0; i < n; i++) {
@@ -219,14 +231,26 @@ export class Session {
         payloadAt[i] = payloadPos;
         ordinalAt[i] = newIdx;
         // Another block or session may have stored it since the worker looked.
-        if (table.hasFingerprint(r.digests, i * DIGEST_BYTES)) confirm.push(i);
-        else this.storeChunk(r.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), r.payload.subarray(payloadPos, payloadPos + len), r.codecs[newIdx]);
+        if (table.hasFingerprint(r.digests, i * DIGEST_BYTES)) {
+          confirm.push(i);
+        } else {
+          storeDigestAt[storeCount] = i * DIGEST_BYTES;
+          storePayloadAt[storeCount] = payloadPos;
+          storeLength[storeCount] = len;
+          storeCodec[storeCount] = r.codecs[newIdx];
+          storeCount++;
+          this.stats.newChunkBytes += len;
+        }
         payloadPos += len;
         newIdx++;
         continue;
       }
       maybeAt[i] = maybeCount++;
       confirm.push(i); // MaybeKnown
+    }
+    if (storeCount > 0) {
+      store.writer.appendMany(r.digests, storeDigestAt, r.payload, storePayloadAt, storeLength, storeCodec, storeCount);
+      this.stats.newChunks += storeCount;
     }
     if (confirm.length === 0) return;
     const digests = confirm.map((i) => r.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES));

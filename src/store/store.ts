@@ -16,9 +16,10 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { decodeManifestHeader, decodeManifestPages, type ManifestHeader } from '../format/manifest.js';
 import { parsePackFileName } from '../format/pack.js';
-import { PageTable } from '../format/pages.js';
+import { PAGE_SIZE, PageTable } from '../format/pages.js';
 import { ChunkTable } from '../index/chunk-table.js';
 import { PagePool } from '../chunk/worker-pool.js';
+import { SlabPool } from '../chunk/slab-pool.js';
 import { ensurePrivateDir, exists, fsyncDir, writeFileDurable } from '../util/durable.js';
 import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import { CONFIG_FILE, readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
@@ -57,6 +58,8 @@ import { Session, type PreparedSnapshot, type SessionOptions } from './session.j
 import type { ChunkLocation } from '../index/chunk-table.js';
 
 export const TABLE_FILE = 'chunk-table.bin';
+/** Pages per pooled slab: an ingest block and a restore window are both this size. */
+export const SLAB_PAGES = 1024;
 
 export interface OpenOptions {
   /** Page workers (default: one per core; 0 = hash and compress on the calling thread). */
@@ -81,6 +84,8 @@ export class Store {
   /** Set by gc while it runs: sees every exact lookup (src/maintenance/fence.ts). */
   gcFence: { readonly lookupStart: number; afterLookup(digests: Uint8Array[], found: (ChunkLocation | undefined)[], startSeq: number): Promise<void> } | undefined;
   private readonly manifestCache = new Map<string, PageTable>();
+  /** Output buffers lent to page jobs (compressed payloads of a block, a restored window). */
+  readonly slabs = new SlabPool(SLAB_PAGES * PAGE_SIZE, 12);
   private closed = false;
 
   private constructor(
