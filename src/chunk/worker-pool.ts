@@ -1,6 +1,8 @@
 /**
- * A small pool of page workers (default: one per core). Jobs go to the least-loaded worker; a pool
- * of size 0 runs jobs inline on the calling thread (tests, tiny stores, environments without workers).
+ * A small pool of page workers. Jobs go to the least-loaded worker; when every worker already has
+ * WORKER_QUEUE jobs, the calling thread runs the job itself (it is a core too: by default the pool
+ * has one worker fewer than the machine has cores). A pool of size 0 runs every job inline (tests,
+ * tiny stores, environments without workers).
  */
 import os from 'node:os';
 import { slabTransfer } from './slab-pool.js';
@@ -44,11 +46,27 @@ export class PagePool {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private failure: Error | undefined;
+  private started = false;
 
-  constructor(size: number = defaultPoolSize()) {
-    const script = size > 0 ? workerScript() : undefined;
+  /**
+   * `plannedSize` workers, started now or, with `start: false`, on the first start() call. Until
+   * then every job runs inline: a worker costs ~90 ms of CPU to start, which a one-shot command whose
+   * pages are cheap (a consecutive snapshot, a restore) never earns back.
+   */
+  constructor(
+    readonly plannedSize: number = defaultPoolSize(),
+    options: { start?: boolean } = {},
+  ) {
+    if (options.start !== false) this.start();
+  }
+
+  /** Starts the workers (once; a no-op for a pool of size 0 or without a worker script). */
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    const script = this.plannedSize > 0 ? workerScript() : undefined;
     if (!script) return;
-    for (let i = 0; i < size; i++) {
+    for (let i = 0; i < this.plannedSize; i++) {
       const worker = new Worker(script);
       worker.unref();
       const slot: Slot = { worker, inFlight: 0 };
@@ -66,6 +84,7 @@ export class PagePool {
     }
   }
 
+  /** Workers running now. */
   get size(): number {
     return this.slots.length;
   }
@@ -76,10 +95,15 @@ export class PagePool {
     this.pending.clear();
   }
 
-  private submit<T>(job: HashJob | DecodeJob | RestoreJob, transfer: ArrayBuffer[]): Promise<T> {
-    if (this.failure) return Promise.reject(this.failure);
+  /** The least-loaded worker, or undefined when the caller should run the job itself. */
+  private pick(): Slot | undefined {
     let best = this.slots[0];
     for (const s of this.slots) if (s.inFlight < best.inFlight) best = s;
+    return best === undefined || best.inFlight >= WORKER_QUEUE ? undefined : best;
+  }
+
+  private submit<T>(best: Slot, job: HashJob | DecodeJob | RestoreJob, transfer: ArrayBuffer[]): Promise<T> {
+    if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
     if (best.inFlight++ === 0) best.worker.ref();
     return new Promise<T>((resolve, reject) => {
@@ -90,19 +114,22 @@ export class PagePool {
 
   /** Hashes a block; `job.pages` must own its ArrayBuffer (it is transferred and handed back). */
   hash(job: HashJob): Promise<HashResult> {
-    if (this.slots.length === 0) return Promise.resolve().then(() => runHashJob(job));
-    return this.submit<HashResult>(job, [...ownBuffer(job.pages), ...slabTransfer(job.payloadSlab)]);
+    const slot = this.pick();
+    if (!slot) return Promise.resolve().then(() => runHashJob(job));
+    return this.submit<HashResult>(slot, job, [...ownBuffer(job.pages), ...slabTransfer(job.payloadSlab)]);
   }
 
   decode(job: DecodeJob): Promise<DecodeResult> {
-    if (this.slots.length === 0) return Promise.resolve().then(() => runDecodeJob(job));
-    return this.submit<DecodeResult>(job, ownBuffer(job.payload));
+    const slot = this.pick();
+    if (!slot) return Promise.resolve().then(() => runDecodeJob(job));
+    return this.submit<DecodeResult>(slot, job, ownBuffer(job.payload));
   }
 
   /** Reads, decodes and verifies one restore window (the worker reads the packs itself). */
   restore(job: RestoreJob): Promise<RestoreResult> {
-    if (this.slots.length === 0) return Promise.resolve().then(() => runRestoreJob(job));
-    return this.submit<RestoreResult>(job, slabTransfer(job.window));
+    const slot = this.pick();
+    if (!slot) return Promise.resolve().then(() => runRestoreJob(job));
+    return this.submit<RestoreResult>(slot, job, slabTransfer(job.window));
   }
 
   async close(): Promise<void> {
@@ -115,8 +142,17 @@ function ownBuffer(a: Uint8Array): ArrayBuffer[] {
   return a.buffer instanceof ArrayBuffer && a.byteOffset === 0 && a.byteLength === a.buffer.byteLength ? [a.buffer] : [];
 }
 
+/**
+ * Default workers: one per core but the caller's, which runs jobs itself when the workers are busy.
+ * On the 2-core project machine, one worker plus the main thread beat two workers (a worker costs
+ * ~90 ms of CPU to start, and three busy threads on two cores starve the main thread's in-order
+ * apply): bench/RESULTS.md.
+ */
 export function defaultPoolSize(): number {
   const env = process.env.VNSTORE_WORKERS;
   if (env !== undefined && /^\d+$/.test(env)) return Number(env);
-  return Math.max(1, Math.min(os.availableParallelism(), 8));
+  return Math.max(1, Math.min(os.availableParallelism() - 1, 8));
 }
+
+/** Jobs a worker may hold before the caller runs the next one itself (one running, one queued). */
+const WORKER_QUEUE = 2;

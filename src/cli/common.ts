@@ -18,6 +18,12 @@ export function storeDir(opts: { store?: string }): string {
   return path.resolve(opts.store ?? process.env.VNSTORE_STORE ?? DEFAULT_STORE_DIR);
 }
 
+/**
+ * Open options of a one-shot command that pages through a snapshot (put, restore): page workers
+ * start only if the work turns out to need them (see OpenOptions.startWorkers).
+ */
+export const ONE_SHOT: OpenOptions = { startWorkers: 'on-demand' };
+
 export async function withStore<T>(opts: { store?: string }, fn: (store: Store) => Promise<T>, openOptions?: OpenOptions): Promise<T> {
   const store = await Store.open(storeDir(opts), openOptions);
   try {

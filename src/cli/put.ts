@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { PAGE_SIZE } from '../format/pages.js';
 import { BLOCK_PAGES, type Session } from '../store/session.js';
 import { VnstoreError, fromSystemError } from '../util/errors.js';
-import { action, progressBar, usage, withStore, storeOption } from './common.js';
+import { ONE_SHOT, action, progressBar, usage, withStore, storeOption } from './common.js';
 
 const READ_BYTES = BLOCK_PAGES * PAGE_SIZE;
 
@@ -52,7 +52,7 @@ export function registerPut(program: Command): void {
               JSON.stringify({ id: rec.id, vm: rec.vm, group: rec.group ?? null, parent: rec.parent ?? null, logicalBytes: rec.byteLength, newChunks: rec.newChunks, addedBytes: rec.addedBytes, seconds }) + '\n',
             );
           } else process.stdout.write(`${rec.id}\n`);
-        });
+        }, ONE_SHOT);
       }),
     );
 }

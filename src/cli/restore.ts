@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { restoreSnapshot } from '../store/restore.js';
 import { FILE_MODE, writeFully } from '../util/durable.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
-import { action, progressBar, storeOption, withStore } from './common.js';
+import { ONE_SHOT, action, progressBar, storeOption, withStore } from './common.js';
 
 export function registerRestore(program: Command): void {
   program
@@ -61,7 +61,7 @@ export function registerRestore(program: Command): void {
           } finally {
             bar.stop();
           }
-        });
+        }, ONE_SHOT);
       }),
     );
 }

@@ -79,7 +79,7 @@ export class Session {
     const pageCount = options.memoryBytes !== undefined ? Math.ceil(options.memoryBytes / PAGE_SIZE) : 0;
     this.pages = new PageTable(pageCount);
     this.failureEpoch = store.writer.failureEpoch;
-    this.maxInFlight = Math.max(2, store.pool.size * 2 + 1);
+    this.maxInFlight = Math.max(2, store.pool.plannedSize * 2 + 1);
   }
 
   static async begin(store: Store, options: SessionOptions): Promise<Session> {
@@ -95,6 +95,8 @@ export class Session {
       const rec = parentSpec === 'auto' ? await store.latestSnapshot(options.vm) : await store.resolveSnapshot(parentSpec);
       if (rec) parent = { id: rec.id, pages: await store.loadPages(rec.id), depth: rec.baseDepth };
     }
+    // Without a parent every page is hashed and most are compressed: worth the workers' start-up.
+    if (!parent) store.pool.start();
     trace('session begun (parent loaded)');
     return new Session(store, options, parent);
   }
@@ -199,6 +201,8 @@ export class Session {
   /** Applies one block's hash results, in order. Only this method mutates the page table. */
   private async apply(first: number, n: number, r: HashResult): Promise<void> {
     const store = this.store;
+    // A block with many new pages (LZ4 is the costliest step): start the workers if they wait on demand.
+    if (r.lengths.length * 5 > n) store.pool.start();
     const table = store.table;
     const confirm: number[] = [];
     // For New pages: where the worker's compressed payload starts, and its ordinal among New pages.

@@ -62,8 +62,14 @@ export const TABLE_FILE = 'chunk-table.bin';
 export const SLAB_PAGES = 1024;
 
 export interface OpenOptions {
-  /** Page workers (default: one per core; 0 = hash and compress on the calling thread). */
+  /** Page workers (default: one per core but the caller's; 0 = hash and compress on the calling thread). */
   workers?: number;
+  /**
+   * 'open' (default) starts the page workers with the store; 'on-demand' leaves them stopped, runs
+   * page jobs inline, and starts them when a session turns out to compress much (no parent, or many
+   * new pages in a block): what a one-shot command wants (bench/RESULTS.md).
+   */
+  startWorkers?: 'open' | 'on-demand';
   /** Pack size at which a pack is sealed. */
   packTargetBytes?: number;
 }
@@ -161,7 +167,7 @@ export class Store {
     }
     let db: StoreDb | undefined;
     // Workers boot (load modules) while we open LevelDB and recover.
-    const pool = new PagePool(options.workers);
+    const pool = new PagePool(options.workers, { start: options.startWorkers !== 'on-demand' });
     try {
       for (const d of [p.packs, p.manifests, p.tmp]) await ensurePrivateDir(d);
       db = openDb(p.db);
@@ -207,10 +213,12 @@ export class Store {
     for (const s of [...this.sessions]) await s.abort().catch(() => undefined);
     await this.writer.close();
     await this.saveTable().catch(() => undefined); // a cache: failing to save only slows the next open
+    trace('chunk table saved');
     await this.pool.close();
     await this.packs.close();
     await this.db.close();
     await this.lock.release();
+    trace('closed');
   }
 
   /** Saves the chunk table for the next open, when it changed since it was loaded. */
@@ -274,6 +282,7 @@ export class Store {
       throw fromSystemError(err, 'writing commit record');
     }
     for (const p of prepared) p.state = 'committed';
+    trace('committed');
     return prepared.map((p) => p.record);
   }
 
