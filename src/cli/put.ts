@@ -33,8 +33,9 @@ export function registerPut(program: Command): void {
         const input = await openInput(file);
         await withStore(opts, async (store) => {
           const session = await store.beginSession({ vm: opts.vm, parent: opts.parent, group: opts.group });
-          // At most one new chunk per page: size the chunk table once rather than doubling it as we go.
-          if (input.size) store.table.reserve(Math.min(Math.ceil(input.size / PAGE_SIZE / 2), 1 << 22));
+          // A first snapshot stores up to a chunk per page: size the chunk table once rather than
+          // doubling it as we go. A consecutive one adds few; growing for it would only rehash.
+          if (input.size && !session.parent) store.table.reserve(Math.min(Math.ceil(input.size / PAGE_SIZE / 2), 1 << 22));
           const bar = progressBar(`put ${opts.vm}`, input.size ?? 0);
           let bytes: number;
           try {

@@ -49,18 +49,10 @@ export function encodeManifest(
 ): { bytes: Buffer; stats: ManifestStats } {
   if (header.pageCount !== pages.pageCount) throw new RangeError('manifest pageCount mismatch');
   if ((base === undefined) !== (header.baseId === undefined)) throw new RangeError('base table and baseId go together');
-  const w = new ByteWriter(4096 + pages.pageCount);
-  w.bytes(MANIFEST_MAGIC);
-  w.u16(MANIFEST_VERSION);
-  w.u16(0);
-  w.str(JSON.stringify(header.meta));
-  w.varint(header.byteLength);
-  w.varint(header.pageCount);
-  w.bytes(header.imageDigest);
-  w.str(header.baseId ?? '');
-
   const stats: ManifestStats = { runs: 0, digestEntries: 0, sameEntries: 0, zeroPages: 0 };
-  const body = new ByteWriter(1024 + pages.pageCount);
+  // Sized for the worst case (a run header and a digest per page) so it never grows by copying;
+  // fresh memory costs only where it is written.
+  const body = new ByteWriter(64 + pages.pageCount * (DIGEST_BYTES + 4));
   const classify = (i: number): number => {
     const k = pages.kinds[i];
     if (k === PageKind.Zero) return RUN_ZERO;
@@ -85,6 +77,17 @@ export function encodeManifest(
     stats.runs++;
     i = j;
   }
+  const meta = Buffer.from(JSON.stringify(header.meta), 'utf8');
+  const w = new ByteWriter(256 + meta.length + (header.baseId?.length ?? 0) * 4 + body.length);
+  w.bytes(MANIFEST_MAGIC);
+  w.u16(MANIFEST_VERSION);
+  w.u16(0);
+  w.varint(meta.length);
+  w.bytes(meta);
+  w.varint(header.byteLength);
+  w.varint(header.pageCount);
+  w.bytes(header.imageDigest);
+  w.str(header.baseId ?? '');
   w.varint(stats.runs);
   w.bytes(body.finish());
   w.u32(crc32(w.finish()));

@@ -17,7 +17,7 @@ import { chunkKey, encodeChunkValue, jsonValue, packKey, stampChunkGeneration, t
 import { addCounterDelta, sealedPackDelta } from '../maintenance/counters.js';
 
 export const DEFAULT_PACK_TARGET_BYTES = 32 * 1024 * 1024;
-const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
+const WRITE_BATCH_BYTES = 1024 * 1024; // small: each batch is fresh memory once per process
 /** Write batches kept for reuse: fresh memory costs a page fault per 4 KiB (docs/DESIGN.md). */
 const SPARE_BATCHES = 4;
 
@@ -182,14 +182,11 @@ export class PackWriter {
     }
     const data = batch.subarray(0, used);
     pack.crc = crc32(data, pack.crc);
-    pack.writes = pack.writes
-      .then(async () => {
-        const h = await pack.fh;
-        await writeFully(h, data);
-      })
-      .finally(() => {
-        if (this.spareBatches.length < SPARE_BATCHES) this.spareBatches.push(batch);
-      });
+    pack.writes = pack.writes.then(async () => {
+      const h = await pack.fh;
+      await writeFully(h, data);
+      if (this.spareBatches.length < SPARE_BATCHES) this.spareBatches.push(batch);
+    });
   }
 
   private sealOpen(): void {
