@@ -60,7 +60,7 @@ export class PagePool {
     if (options.start !== false) this.start();
   }
 
-  /** Starts the workers (once; a no-op for a pool of size 0 or without a worker script). */
+  /** Starts the workers (once; a no-op for a pool of size 0, without a worker script, or once closed). */
   start(): void {
     if (this.started) return;
     this.started = true;
@@ -133,6 +133,7 @@ export class PagePool {
   }
 
   async close(): Promise<void> {
+    this.started = true; // a late start() (a session applying while the store closes) starts nothing
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
     this.slots.length = 0;
   }
@@ -144,9 +145,9 @@ function ownBuffer(a: Uint8Array): ArrayBuffer[] {
 
 /**
  * Default workers: one per core but the caller's, which runs jobs itself when the workers are busy.
- * On the 2-core project machine, one worker plus the main thread beat two workers (a worker costs
- * ~90 ms of CPU to start, and three busy threads on two cores starve the main thread's in-order
- * apply): bench/RESULTS.md.
+ * On the 2-core project machine one worker plus the main thread ingested a first snapshot as fast
+ * as two workers, with less CPU: a worker costs ~90 ms of CPU to start, and three busy threads on
+ * two cores starve the main thread's in-order apply (docs/DESIGN.md).
  */
 export function defaultPoolSize(): number {
   const env = process.env.VNSTORE_WORKERS;
