@@ -21,6 +21,7 @@
 #include "napi_args.h"
 
 #include <immintrin.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +94,9 @@ static hash8_fn pick_kernel(const char **name) {
 
 static hash8_fn g_kernel;
 static const char *g_kernel_name = "";
+static pthread_once_t g_kernel_once = PTHREAD_ONCE_INIT;
+
+static void init_kernel(void) { g_kernel = pick_kernel(&g_kernel_name); }
 
 /* hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array): void
  * For every k, with p = pages[k]: out[p*32 .. p*32+32) = BLAKE3-256(src[p*4096 .. p*4096+4096)).
@@ -142,7 +146,7 @@ static napi_value js_hash_pages(napi_env env, napi_callback_info info) {
 }
 
 NAPI_MODULE_INIT() {
-  if (g_kernel == NULL) g_kernel = pick_kernel(&g_kernel_name); /* idempotent: same answer in every thread */
+  pthread_once(&g_kernel_once, init_kernel); /* the main thread and every worker load this module */
   napi_value abi, simd;
   if (napi_create_int32(env, HASH_ADDON_ABI, &abi) != napi_ok) return NULL;
   if (napi_create_string_utf8(env, g_kernel_name, NAPI_AUTO_LENGTH, &simd) != napi_ok) return NULL;
