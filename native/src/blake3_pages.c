@@ -20,7 +20,10 @@
 
 #include "napi_args.h"
 
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(VNSTORE_NO_SIMD) /* VNSTORE_NO_SIMD: build without kernels */
+#define HAVE_X86_KERNELS 1
 #include <immintrin.h>
+#endif
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -52,6 +55,9 @@ static const uint8_t MSG_SCHEDULE[7][16] = {
     {11, 15, 5, 0, 1, 9, 8, 6, 14, 10, 2, 12, 3, 4, 7, 13},
 };
 
+typedef void (*hash8_fn)(const uint8_t *const page[8], uint8_t *const out[8]);
+
+#ifdef HAVE_X86_KERNELS
 /* AVX2 variant: rotations by 12 and 7 as two shifts and an or. */
 #define KSUFFIX _avx2
 #define KTARGET "avx2"
@@ -74,8 +80,6 @@ static const uint8_t MSG_SCHEDULE[7][16] = {
 #undef KTARGET
 #undef KSUFFIX
 
-typedef void (*hash8_fn)(const uint8_t *const page[8], uint8_t *const out[8]);
-
 static hash8_fn pick_kernel(const char **name) {
   __builtin_cpu_init();
   const char *force = getenv("VNSTORE_HASH_SIMD"); /* test/bench hook: "avx2" pins the AVX2 kernel */
@@ -91,6 +95,14 @@ static hash8_fn pick_kernel(const char **name) {
   *name = "";
   return NULL;
 }
+#else
+/* Other architectures: no kernel; the module still loads, reports simd = "" and hash.ts keeps
+ * using @napi-rs/blake-hash (and the page codec, built in the same node-gyp run, is unaffected). */
+static hash8_fn pick_kernel(const char **name) {
+  *name = "";
+  return NULL;
+}
+#endif
 
 static hash8_fn g_kernel;
 static const char *g_kernel_name = "";

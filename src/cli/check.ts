@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { checkStore, type CheckReport } from '../maintenance/check.js';
+import type { CheckReport } from '../maintenance/check.js';
 import { VnstoreError } from '../util/errors.js';
 import { action, humanBytes, storeOption, usage, withStore } from './common.js';
 
@@ -41,6 +41,8 @@ Examples:
           if (!(subset > 0 && subset <= 100)) throw usage(`--read-data-subset takes a percentage in (0, 100], got ${JSON.stringify(opts.readDataSubset)}`);
         }
         await withStore(opts, async (store) => {
+          // Loaded when the command runs, so that other commands do not pay for it at start-up.
+          const { checkStore } = await import('../maintenance/check.js');
           const report = await checkStore(store, { readData: opts.readData, readDataSubsetPct: subset, repairIndex: opts.repairIndex });
           if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
           else process.stdout.write(render(report));

@@ -1,7 +1,8 @@
 /** Shared CLI plumbing: store location, error reporting, human units, progress. */
 import path from 'node:path';
 import { Option, type Command } from 'commander';
-import { SingleBar } from 'cli-progress';
+import type { SingleBar } from 'cli-progress';
+import { createRequire } from 'node:module';
 import { Store, type OpenOptions } from '../store/store.js';
 import { VnstoreError } from '../util/errors.js';
 import { humanBytes } from '../util/units.js';
@@ -64,7 +65,9 @@ export function usage(message: string): VnstoreError {
 /** A progress bar on stderr when it is a terminal; a no-op otherwise (scripts, pipes, CI). */
 export function progressBar(label: string, total: number): { update(done: number): void; stop(): void } {
   if (!process.stderr.isTTY || total <= 0) return { update() {}, stop() {} };
-  const bar = new SingleBar(
+  // Loaded only for a terminal: scripts and pipes never pay its start-up.
+  const { SingleBar: Bar } = createRequire(import.meta.url)('cli-progress') as { SingleBar: typeof SingleBar };
+  const bar = new Bar(
     {
       stream: process.stderr,
       format: `${label} [{bar}] {percentage}% | {doneH} / {totalH} | {speed}`,

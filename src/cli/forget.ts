@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { forget, parseDuration, type ForgetDecision } from '../maintenance/forget.js';
+import type { ForgetDecision } from '../maintenance/forget.js';
 import { action, humanBytes, storeOption, usage, withStore } from './common.js';
 
 interface ForgetOptions {
@@ -43,6 +43,8 @@ Examples:
           if (!/^\d+$/.test(opts.keepLast)) throw usage(`--keep-last takes a whole number, got ${JSON.stringify(opts.keepLast)}`);
           keepLast = Number(opts.keepLast);
         }
+        // Loaded when the command runs, so that other commands do not pay for it at start-up.
+        const { forget, parseDuration } = await import('../maintenance/forget.js');
         const keepWithinMs = opts.keepWithin !== undefined ? parseDuration(opts.keepWithin) : undefined;
         if (ids.length === 0 && !opts.group?.length && keepLast === undefined && keepWithinMs === undefined) {
           throw usage('nothing to forget: name snapshots, --group, or a policy (--keep-last, --keep-within)');

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { runGc, type GcReport } from '../maintenance/gc.js';
+import type { GcReport } from '../maintenance/gc.js';
 import { DEFAULT_REPACK_BELOW } from '../maintenance/gc-plan.js';
 import { VnstoreError } from '../util/errors.js';
 import { action, humanBytes, storeOption, usage, withStore } from './common.js';
@@ -39,6 +39,8 @@ Examples:
         const f = Number(opts.repackBelow);
         if (!/^(0(\.\d+)?|1(\.0*)?|\.\d+)$/.test(opts.repackBelow ?? '') || !(f > 0 && f <= 1)) throw usage(`--repack-below takes a fraction in (0, 1], got ${JSON.stringify(opts.repackBelow)}`);
         await withStore(opts, async (store) => {
+          // Loaded when the command runs, so that other commands do not pay for it at start-up.
+          const { runGc } = await import('../maintenance/gc.js');
           const report = await runGc(store, { dryRun: opts.dryRun, repackBelow: f, repackSmall: opts.repackSmall });
           if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
           else process.stdout.write(render(report, opts.verbose ?? false));

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { storeStats, type StatsReport } from '../maintenance/stats.js';
+import type { StatsReport } from '../maintenance/stats.js';
 import { action, humanBytes, storeOption, withStore } from './common.js';
 
 interface StatsCliOptions {
@@ -36,6 +36,8 @@ Examples:
     .action(
       action(async (opts: StatsCliOptions) => {
         await withStore(opts, async (store) => {
+          // Loaded when the command runs, so that other commands do not pay for it at start-up.
+          const { storeStats } = await import('../maintenance/stats.js');
           const r = await storeStats(store, { vm: opts.vm, snapshot: opts.snapshot, detail: opts.detail, exact: opts.exact });
           if (opts.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
           else process.stdout.write(render(r));
