@@ -89,7 +89,10 @@ export class PackWriter {
       if (len < 1 || len > PAGE_SIZE) throw new RangeError(`payload length ${len}`);
       if (d + DIGEST_BYTES > digests.length) throw new RangeError('digest out of range');
       const pack = this.open ?? this.startPack();
-      if (payloadAt[k] !== runEnd || (pack.batch && pack.batchUsed + (runEnd - runStart) + len > pack.batch.length)) {
+      // A run never outgrows the room left in the batch it will be copied into (a new batch when
+      // there is none), so every copy lands in a reused batch, never in a one-off allocation.
+      const room = pack.batch ? pack.batch.length - pack.batchUsed : WRITE_BATCH_BYTES;
+      if (payloadAt[k] !== runEnd || runEnd - runStart + len > room) {
         this.copyRun(pack, payload, runStart, runEnd);
         runStart = runEnd = payloadAt[k];
       }
