@@ -67,7 +67,8 @@ export interface OpenOptions {
   /**
    * 'open' (default) starts the page workers with the store; 'on-demand' leaves them stopped, runs
    * page jobs inline, and starts them when a session turns out to compress much (no parent, or many
-   * new pages in a block): what a one-shot command wants (bench/RESULTS.md).
+   * new pages in a block) or runs long (256 MiB written): what a one-shot command wants
+   * (bench/RESULTS.md).
    */
   startWorkers?: 'open' | 'on-demand';
   /** Pack size at which a pack is sealed. */
