@@ -49,7 +49,7 @@ function loadPageHasher(): HashBinding | null {
   try {
     const b = createRequire(import.meta.url)(HASH_ADDON_PATH) as HashBinding;
     if (b.abi !== 1) throw new Error(`addon ABI ${String(b.abi)}, want 1: rebuild it`);
-    if (!b.simd) throw new Error('no AVX2 on this CPU');
+    if (!b.simd) throw new Error('no SIMD kernel for this CPU (AVX2 needed)');
     const src = new Uint8Array(3 * PAGE_SIZE);
     for (let i = 0; i < src.length; i++) src[i] = (i * 131 + (i >>> 12) * 7) & 0xff;
     const pages = Uint32Array.of(2, 0, 1, 2, 1, 0, 0, 2, 1); // nine: one full group of eight and one short
@@ -77,11 +77,10 @@ export function hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array):
     native.hashPages(src, pages, out);
     return;
   }
-  for (let k = 0; k < pages.length; k++) {
-    const p = pages[k];
-    if (p >= src.length / PAGE_SIZE || (p + 1) * DIGEST_BYTES > out.length) throw new RangeError(`page ${p} out of range`);
-    out.set(hashPage(src.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)), p * DIGEST_BYTES);
-  }
+  // Same contract as the addon: whole pages only, every index checked before anything is written.
+  const srcPages = Math.floor(src.length / PAGE_SIZE);
+  for (const p of pages) if (p >= srcPages || (p + 1) * DIGEST_BYTES > out.length) throw new RangeError(`page ${p} out of range`);
+  for (const p of pages) out.set(hashPage(src.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)), p * DIGEST_BYTES);
 }
 
 /** Which page hasher serves hashPages(): the SIMD kernel's name, or why the fallback is used. */
