@@ -35,7 +35,10 @@ export interface HashJob {
   /** Read the pages from this file range instead (the worker reads it: the main thread stays free). */
   file?: { path: string; offset: number; length: number };
   pageCount: number;
-  /** Parent digests for these page indices (pageCount * 32) and whether each is a digest page. */
+  /**
+   * Parent digests for these page indices (up to pageCount * 32, 4-byte aligned: a slice of the
+   * parent's table) and whether each is a digest page.
+   */
   parentDigests?: Uint8Array;
   parentHasDigest?: Uint8Array;
   table?: Uint32Array; // shared chunk table words
@@ -142,9 +145,8 @@ export function runHashJob(job: HashJob): HashResult {
   const digestView = Buffer.from(digests.buffer, digests.byteOffset, digests.length);
   // Word views for the same-as-parent test: most pages of a consecutive snapshot take it, so it
   // compares 8 words in place instead of making two views and a native call per page.
-  const parent = job.parentDigests;
   const ownWords = new Uint32Array(digests.buffer, digests.byteOffset, pageCount * 8);
-  const parentWords = parent && parent.byteOffset % 4 === 0 ? new Uint32Array(parent.buffer, parent.byteOffset, parent.length >>> 2) : undefined;
+  const parentWords = job.parentDigests && new Uint32Array(job.parentDigests.buffer, job.parentDigests.byteOffset, job.parentDigests.length >>> 2);
   for (let i = 0; i < pageCount; i++) {
     const off = i * PAGE_SIZE;
     if (zero[i]) {
@@ -154,9 +156,9 @@ export function runHashJob(job: HashJob): HashResult {
     // Same as the parent: known durable without a lookup, provided the store still holds the chunk
     // (a repaired store may have lost one: then the page takes the normal path and is stored again).
     if (
-      parent &&
+      parentWords &&
       job.parentHasDigest?.[i] &&
-      (parentWords ? sameWords(ownWords, parentWords, i * 8) : digestView.compare(parent, i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES, i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES) === 0) &&
+      sameWords(ownWords, parentWords, i * 8) &&
       (!job.table || tableHasFingerprint(job.table, fingerprint(digests, i * DIGEST_BYTES)))
     ) {
       status[i] = PageStatus.SameAsParent;

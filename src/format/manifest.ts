@@ -7,7 +7,7 @@
  */
 import { crc32 } from 'node:zlib';
 import { CorruptError } from '../util/errors.js';
-import { ByteReader, ByteWriter, copyBytes } from './varint.js';
+import { ByteReader, ByteWriter } from './varint.js';
 import { DIGEST_BYTES, PageKind, PageTable } from './pages.js';
 
 export const MANIFEST_MAGIC = Buffer.from('VNSTMANI', 'latin1');
@@ -77,13 +77,11 @@ export function encodeManifest(
     stats.runs++;
     i = j;
   }
-  const meta = Buffer.from(JSON.stringify(header.meta), 'utf8');
-  const w = new ByteWriter(256 + meta.length + (header.baseId?.length ?? 0) * 4 + body.length);
+  const w = new ByteWriter(4096 + body.length); // header fields are small; it grows if not
   w.bytes(MANIFEST_MAGIC);
   w.u16(MANIFEST_VERSION);
   w.u16(0);
-  w.varint(meta.length);
-  w.bytes(meta);
+  w.str(JSON.stringify(header.meta));
   w.varint(header.byteLength);
   w.varint(header.pageCount);
   w.bytes(header.imageDigest);
@@ -119,22 +117,6 @@ export function decodeManifestHeader(bytes: Uint8Array, name: string): { header:
 }
 
 /** Decodes the runs into a full page table; `base` must be the resolved base table when baseId is set. */
-const SHORT_RUN = 16;
-
-function fillKinds(kinds: Uint8Array, kind: PageKind, start: number, count: number): void {
-  if (count >= SHORT_RUN) kinds.fill(kind, start, start + count);
-  else for (let k = start; k < start + count; k++) kinds[k] = kind;
-}
-
-function allDigest(kinds: Uint8Array, start: number, count: number): boolean {
-  if (count >= SHORT_RUN) {
-    const run = kinds.subarray(start, start + count);
-    return !run.includes(PageKind.Unset) && !run.includes(PageKind.Zero);
-  }
-  for (let k = start; k < start + count; k++) if (kinds[k] !== PageKind.Digest) return false;
-  return true;
-}
-
 export function decodeManifestPages(header: ManifestHeader, reader: ByteReader, name: string, base?: PageTable): PageTable {
   if (header.baseId !== undefined && !base) throw new RangeError('base table required');
   const pages = new PageTable(header.pageCount);
@@ -145,19 +127,18 @@ export function decodeManifestPages(header: ManifestHeader, reader: ByteReader, 
     const kind = h % 4;
     const count = Math.floor(h / 4);
     if (count === 0 || i + count > header.pageCount) throw new CorruptError(`manifest ${name}: run overflows the page count`);
-    // This runs once per command, mostly before the JIT has compiled it: long runs go to native
-    // fill/set/includes, short ones (zero pages are scattered) to small loops, never per-page work
-    // on a long run.
     if (kind === RUN_ZERO) {
-      fillKinds(pages.kinds, PageKind.Zero, i, count);
+      pages.kinds.fill(PageKind.Zero, i, i + count);
     } else if (kind === RUN_DIGESTS) {
-      reader.copyTo(pages.digests, i * DIGEST_BYTES, count * DIGEST_BYTES);
-      fillKinds(pages.kinds, PageKind.Digest, i, count);
+      pages.digests.set(reader.bytes(count * DIGEST_BYTES), i * DIGEST_BYTES);
+      pages.kinds.fill(PageKind.Digest, i, i + count);
     } else if (kind === RUN_SAME) {
       if (!base || i + count > base.pageCount) throw new CorruptError(`manifest ${name}: SAME run outside its base`);
-      if (!allDigest(base.kinds, i, count)) throw new CorruptError(`manifest ${name}: SAME run over a non-digest base page`);
-      copyBytes(pages.digests, i * DIGEST_BYTES, base.digests, i * DIGEST_BYTES, count * DIGEST_BYTES);
-      fillKinds(pages.kinds, PageKind.Digest, i, count);
+      for (let k = i; k < i + count; k++) {
+        if (base.kinds[k] !== PageKind.Digest) throw new CorruptError(`manifest ${name}: SAME run over a non-digest base page`);
+      }
+      pages.digests.set(base.digests.subarray(i * DIGEST_BYTES, (i + count) * DIGEST_BYTES), i * DIGEST_BYTES);
+      pages.kinds.fill(PageKind.Digest, i, i + count);
     } else {
       throw new CorruptError(`manifest ${name}: unknown run kind ${kind}`);
     }

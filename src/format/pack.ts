@@ -57,16 +57,6 @@ export interface TocColumns {
   codecs: ArrayLike<number>;
 }
 
-/** Columns for a list of chunks (writers that hold one object per chunk). */
-export function tocColumns(entries: readonly { digest: Uint8Array; storedLength: number; codec: number }[]): TocColumns {
-  const digests = new Uint8Array(entries.length * DIGEST_BYTES);
-  entries.forEach((e, k) => {
-    if (e.digest.length !== DIGEST_BYTES) throw new RangeError('digest must be 32 bytes');
-    digests.set(e.digest, k * DIGEST_BYTES);
-  });
-  return { count: entries.length, digests, lengths: entries.map((e) => e.storedLength), codecs: entries.map((e) => e.codec) };
-}
-
 /** Encodes TOC + trailer for chunks whose payloads occupy [16, tocOffset). */
 export function encodePackFooter(toc: TocColumns, tocOffset: number, payloadCrc: number): Buffer {
   const { count, digests, lengths, codecs } = toc;

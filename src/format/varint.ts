@@ -54,18 +54,6 @@ export class ByteWriter {
   }
 }
 
-/**
- * dst.set(src.subarray(...)) for long copies; a plain loop below 256 bytes, where allocating the
- * view costs more than the copy (a decoded manifest is mostly runs of one to a few digests).
- */
-export function copyBytes(dst: Uint8Array, dstOffset: number, src: Uint8Array, srcOffset: number, n: number): void {
-  if (n >= 256) {
-    dst.set(src.subarray(srcOffset, srcOffset + n), dstOffset);
-    return;
-  }
-  for (let k = 0; k < n; k++) dst[dstOffset + k] = src[srcOffset + k];
-}
-
 export class ByteReader {
   pos = 0;
   constructor(
@@ -107,12 +95,6 @@ export class ByteReader {
       mul *= 0x80;
     }
     throw new CorruptError(`${this.what}: bad varint`);
-  }
-  /** Copies the next n bytes into dst at dstOffset (no view object: manifests copy many short runs). */
-  copyTo(dst: Uint8Array, dstOffset: number, n: number): void {
-    this.need(n);
-    copyBytes(dst, dstOffset, this.buf, this.pos, n);
-    this.pos += n;
   }
   bytes(n: number): Uint8Array {
     this.need(n);

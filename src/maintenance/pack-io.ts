@@ -6,7 +6,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
-import { encodePackFooter, encodePackHeader, packFileName, tocColumns, PACK_HEADER_BYTES } from '../format/pack.js';
+import { encodePackFooter, encodePackHeader, packFileName, PACK_HEADER_BYTES } from '../format/pack.js';
 import type { PackRecord } from '../store/db.js';
 import { Store } from '../store/store.js';
 import { ensurePrivateDir, FILE_MODE, fsyncDir } from '../util/durable.js';
@@ -63,11 +63,13 @@ export async function writePack(store: Store, packId: number, chunks: readonly S
   let crc = 0;
   for (const c of chunks) {
     if (c.payload.length < 1 || c.payload.length > PAGE_SIZE) throw new RangeError(`payload length ${c.payload.length}`);
+    if (c.digest.length !== DIGEST_BYTES) throw new RangeError('digest must be 32 bytes');
     offsets.push(offset);
     offset += c.payload.length;
     crc = crc32(c.payload, crc);
   }
-  const footer = encodePackFooter(tocColumns(chunks.map((c) => ({ digest: c.digest, storedLength: c.payload.length, codec: c.codec }))), offset, crc);
+  const toc = { count: chunks.length, digests: Buffer.concat(chunks.map((c) => c.digest)), lengths: chunks.map((c) => c.payload.length), codecs: chunks.map((c) => c.codec) };
+  const footer = encodePackFooter(toc, offset, crc);
   const fh = await fsp.open(tmp, 'wx', FILE_MODE);
   try {
     await fh.writeFile(Buffer.concat([encodePackHeader(PAGE_SIZE), ...chunks.map((c) => c.payload), footer]));

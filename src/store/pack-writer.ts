@@ -58,11 +58,10 @@ export class PackWriter {
     private readonly onChunkGeneration: (token: Buffer) => void = () => undefined,
   ) {}
 
-  /** Queues a chunk for the open pack (its bytes are copied) and returns where it will live. */
-  append(digest: Uint8Array, payload: Uint8Array, codec: number): ChunkLocation {
+  /** Queues one chunk for the open pack (its bytes are copied); openEntries then locates it. */
+  append(digest: Uint8Array, payload: Uint8Array, codec: number): void {
     if (digest.length !== DIGEST_BYTES) throw new RangeError('digest must be 32 bytes');
     this.appendMany(digest, [0], payload, [0], [payload.length], [codec], 1);
-    return this.openEntries.get(digestKey(digest))!;
   }
 
   /**
@@ -120,10 +119,7 @@ export class PackWriter {
     if (end <= start) return;
     const n = end - start;
     if (pack.batch && pack.batchUsed + n > pack.batch.length) this.writeBuffered(pack);
-    if (!pack.batch) {
-      const spare = this.spareBatches.pop();
-      pack.batch = spare && spare.length >= n ? spare : Buffer.allocUnsafeSlow(Math.max(WRITE_BATCH_BYTES, n));
-    }
+    pack.batch ??= this.spareBatches.pop() ?? Buffer.allocUnsafeSlow(WRITE_BATCH_BYTES);
     pack.batch.set(payload.subarray(start, end), pack.batchUsed);
     pack.batchUsed += n;
     pack.size += n;
@@ -180,7 +176,7 @@ export class PackWriter {
     pack.batchUsed = 0;
     if (!batch) return;
     if (used === 0) {
-      this.spareBatches.push(batch);
+      this.recycle(batch);
       return;
     }
     const data = batch.subarray(0, used);
@@ -188,8 +184,12 @@ export class PackWriter {
     pack.writes = pack.writes.then(async () => {
       const h = await pack.fh;
       await writeFully(h, data);
-      if (this.spareBatches.length < SPARE_BATCHES) this.spareBatches.push(batch);
+      this.recycle(batch);
     });
+  }
+
+  private recycle(batch: Buffer): void {
+    if (this.spareBatches.length < SPARE_BATCHES) this.spareBatches.push(batch);
   }
 
   private sealOpen(): void {

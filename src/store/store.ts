@@ -51,15 +51,14 @@ import { StoreLock } from './lock.js';
 import { PackReader, readPackChunks } from './pack-reader.js';
 import { trace } from '../util/trace.js';
 import { readTableFile, writeTableFile } from '../index/table-file.js';
-import { PackWriter, DEFAULT_PACK_TARGET_BYTES } from './pack-writer.js';
+import { PackWriter, DEFAULT_PACK_TARGET_BYTES, digestKey } from './pack-writer.js';
 import { addCounterDelta, putCounterBase, recoveredPackDelta, snapshotDelta, zeroCounters } from '../maintenance/counters.js';
 import { finishPackDeletions, keptBaseKey } from '../maintenance/recovery.js';
-import { Session, type PreparedSnapshot, type SessionOptions } from './session.js';
+import { BLOCK_PAGES, Session, type PreparedSnapshot, type SessionOptions } from './session.js';
+import { WINDOW_PAGES } from './restore.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 
 export const TABLE_FILE = 'chunk-table.bin';
-/** Pages per pooled slab: an ingest block and a restore window are both this size. */
-export const SLAB_PAGES = 1024;
 
 export interface OpenOptions {
   /** Page workers (default: one per core but the caller's; 0 = hash and compress on the calling thread). */
@@ -92,7 +91,7 @@ export class Store {
   gcFence: { readonly lookupStart: number; afterLookup(digests: Uint8Array[], found: (ChunkLocation | undefined)[], startSeq: number): Promise<void> } | undefined;
   private readonly manifestCache = new Map<string, PageTable>();
   /** Output buffers lent to page jobs (compressed payloads of a block, a restored window). */
-  readonly slabs = new SlabPool(SLAB_PAGES * PAGE_SIZE, 12);
+  readonly slabs = new SlabPool(Math.max(BLOCK_PAGES, WINDOW_PAGES) * PAGE_SIZE, 12);
   private closed = false;
 
   private constructor(
@@ -393,7 +392,7 @@ export class Store {
     const out: (ChunkLocation | undefined)[] = new Array(digests.length);
     const missIdx: number[] = [];
     for (let i = 0; i < digests.length; i++) {
-      const loc = this.writer.openEntries.get(Buffer.from(digests[i].buffer, digests[i].byteOffset, 32).toString('latin1'));
+      const loc = this.writer.openEntries.get(digestKey(digests[i]));
       if (loc) out[i] = loc;
       else missIdx.push(i);
     }
