@@ -104,3 +104,23 @@ describe('page workers on demand', () => {
     }
   });
 });
+
+describe('worker readiness', () => {
+  it('runs jobs on the caller until the worker says it is ready, then hands them to the worker', async () => {
+    const pool = new PagePool(1);
+    try {
+      const page = makePage('compressible', 11);
+      const job = () => pool.hash({ kind: 'hash', pages: Uint8Array.from(page), pageCount: 1 });
+      // The worker cannot have loaded in the same tick as its start: this job must not queue behind it.
+      const early = await job();
+      expect(pool.jobCounts).toEqual({ inline: 1, worker: 0 });
+      await pool.whenReady();
+      const late = await job();
+      expect(pool.jobCounts).toEqual({ inline: 1, worker: 1 });
+      expect(Buffer.from(late.digests).equals(Buffer.from(early.digests))).toBe(true);
+      expect(Buffer.from(late.payload).equals(Buffer.from(early.payload))).toBe(true);
+    } finally {
+      await pool.close();
+    }
+  });
+});

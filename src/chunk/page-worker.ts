@@ -31,3 +31,7 @@ function transferables(arrays: Uint8Array[], lent: ArrayBuffer[] = []): ArrayBuf
   }
   return out;
 }
+
+// Loaded and listening: until the pool hears this, it runs jobs on the calling thread rather than
+// queue them behind ~100 ms of worker start-up (docs/DESIGN.md).
+parentPort?.postMessage({ ready: true });

@@ -30,6 +30,8 @@ interface Pending {
 interface Slot {
   worker: Worker;
   inFlight: number;
+  /** The worker has loaded its modules and said so: jobs sent earlier would only wait. */
+  ready: boolean;
 }
 
 function workerScript(): string | undefined {
@@ -47,6 +49,9 @@ export class PagePool {
   private nextId = 1;
   private failure: Error | undefined;
   private started = false;
+  private readonly readyWaiters: (() => void)[] = [];
+  /** Jobs run so far on the calling thread and in workers (diagnostics and tests). */
+  readonly jobCounts = { inline: 0, worker: 0 };
 
   /**
    * `plannedSize` workers, started now or, with `start: false`, on the first start() call. Until
@@ -69,8 +74,13 @@ export class PagePool {
     for (let i = 0; i < this.plannedSize; i++) {
       const worker = new Worker(script);
       worker.unref();
-      const slot: Slot = { worker, inFlight: 0 };
-      worker.on('message', (msg: { id: number; result?: unknown; error?: string }) => {
+      const slot: Slot = { worker, inFlight: 0, ready: false };
+      worker.on('message', (msg: { id: number; result?: unknown; error?: string; ready?: true }) => {
+        if (msg.ready) {
+          slot.ready = true;
+          if (this.slots.every((s) => s.ready)) for (const w of this.readyWaiters.splice(0)) w();
+          return;
+        }
         // Idle workers must not keep the process alive; busy ones must (a pending job is awaited).
         if (--slot.inFlight === 0) worker.unref();
         const p = this.pending.get(msg.id);
@@ -89,21 +99,29 @@ export class PagePool {
     return this.slots.length;
   }
 
+  /** Resolves once every started worker is ready to take jobs (at once when none is starting). */
+  whenReady(): Promise<void> {
+    if (this.slots.every((s) => s.ready)) return Promise.resolve();
+    return new Promise((resolve) => this.readyWaiters.push(resolve));
+  }
+
   private fail(err: Error): void {
     this.failure = err;
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
+    for (const w of this.readyWaiters.splice(0)) w();
   }
 
-  /** The least-loaded worker, or undefined when the caller should run the job itself. */
+  /** The least-loaded ready worker, or undefined when the caller should run the job itself. */
   private pick(): Slot | undefined {
-    let best = this.slots[0];
-    for (const s of this.slots) if (s.inFlight < best.inFlight) best = s;
+    let best: Slot | undefined;
+    for (const s of this.slots) if (s.ready && (best === undefined || s.inFlight < best.inFlight)) best = s;
     return best === undefined || best.inFlight >= WORKER_QUEUE ? undefined : best;
   }
 
   private submit<T>(best: Slot, job: HashJob | DecodeJob | RestoreJob, transfer: ArrayBuffer[]): Promise<T> {
     if (this.failure) return Promise.reject(this.failure);
+    this.jobCounts.worker++;
     const id = this.nextId++;
     if (best.inFlight++ === 0) best.worker.ref();
     return new Promise<T>((resolve, reject) => {
@@ -115,21 +133,26 @@ export class PagePool {
   /** Hashes a block; `job.pages` must own its ArrayBuffer (it is transferred and handed back). */
   hash(job: HashJob): Promise<HashResult> {
     const slot = this.pick();
-    if (!slot) return Promise.resolve().then(() => runHashJob(job));
+    if (!slot) return this.inline(() => runHashJob(job));
     return this.submit<HashResult>(slot, job, [...ownBuffer(job.pages), ...slabTransfer(job.payloadSlab)]);
   }
 
   decode(job: DecodeJob): Promise<DecodeResult> {
     const slot = this.pick();
-    if (!slot) return Promise.resolve().then(() => runDecodeJob(job));
+    if (!slot) return this.inline(() => runDecodeJob(job));
     return this.submit<DecodeResult>(slot, job, ownBuffer(job.payload));
   }
 
   /** Reads, decodes and verifies one restore window (the worker reads the packs itself). */
   restore(job: RestoreJob): Promise<RestoreResult> {
     const slot = this.pick();
-    if (!slot) return Promise.resolve().then(() => runRestoreJob(job));
+    if (!slot) return this.inline(() => runRestoreJob(job));
     return this.submit<RestoreResult>(slot, job, slabTransfer(job.window));
+  }
+
+  private inline<T>(run: () => T): Promise<T> {
+    this.jobCounts.inline++;
+    return Promise.resolve().then(run);
   }
 
   async close(): Promise<void> {

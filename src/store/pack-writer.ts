@@ -11,7 +11,7 @@ import { crc32 } from 'node:zlib';
 import { encodePackFooter, encodePackHeader, packFileName, PACK_HEADER_BYTES, TOC_ENTRY_BYTES, PACK_TRAILER_BYTES } from '../format/pack.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import type { ChunkLocation, ChunkTable } from '../index/chunk-table.js';
-import { fsyncDir, FILE_MODE, writeFully } from '../util/durable.js';
+import { fsyncDir, FILE_MODE, writeFully, writevFully } from '../util/durable.js';
 import { fromSystemError } from '../util/errors.js';
 import { chunkKey, encodeChunkValue, jsonValue, packKey, stampChunkGeneration, type PackRecord, type StoreDb } from './db.js';
 import { addCounterDelta, sealedPackDelta } from '../maintenance/counters.js';
@@ -34,6 +34,10 @@ interface OpenPack {
   codecs: Uint8Array;
   batch: Buffer | undefined; // payloads not yet handed to a write
   batchUsed: number;
+  /** Full batches waiting for the writer: written together, in order, by one writev. */
+  queued: { data: Buffer; batch: Buffer }[];
+  draining: boolean;
+  /** Settles when every batch handed over so far is written (rejects on the first failed write). */
   writes: Promise<void>;
 }
 
@@ -160,6 +164,8 @@ export class PackWriter {
       codecs: new Uint8Array(0),
       batch: undefined,
       batchUsed: 0,
+      queued: [],
+      draining: false,
       writes: fh.then(async (h) => {
         await writeFully(h, header);
       }),
@@ -168,7 +174,7 @@ export class PackWriter {
     return pack;
   }
 
-  /** Hands the pack's buffered payloads to a write (in order); the buffer is reused once written. */
+  /** Hands the pack's buffered payloads to the writer (in order); the buffer is reused once written. */
   private writeBuffered(pack: OpenPack): void {
     const batch = pack.batch;
     const used = pack.batchUsed;
@@ -181,11 +187,29 @@ export class PackWriter {
     }
     const data = batch.subarray(0, used);
     pack.crc = crc32(data, pack.crc);
-    pack.writes = pack.writes.then(async () => {
+    pack.queued.push({ data, batch });
+    if (!pack.draining) {
+      pack.draining = true;
+      pack.writes = pack.writes.then(() => this.drainWrites(pack));
+    }
+  }
+
+  /**
+   * Writes queued batches until none is left. Whatever queued up while a write was in flight goes
+   * out in the next single writev: a main thread busy with ingest turns its event loop only every few
+   * milliseconds, and one write per turn fell behind and piled up fresh batches (docs/DESIGN.md).
+   */
+  private async drainWrites(pack: OpenPack): Promise<void> {
+    try {
       const h = await pack.fh;
-      await writeFully(h, data);
-      this.recycle(batch);
-    });
+      while (pack.queued.length > 0) {
+        const items = pack.queued.splice(0);
+        await writevFully(h, items.map((q) => q.data));
+        for (const q of items) this.recycle(q.batch);
+      }
+    } finally {
+      pack.draining = false;
+    }
   }
 
   private recycle(batch: Buffer): void {

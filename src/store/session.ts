@@ -73,6 +73,8 @@ export class Session {
   private furthestByte = 0;
   private state: 'open' | 'committing' | 'done' = 'open';
   private applying: Promise<void> = Promise.resolve();
+  /** Each queued block's apply, oldest first: backpressure waits for one slot, not for the whole queue. */
+  private readonly queued: Promise<void>[] = [];
   private inFlight = 0;
   private error: Error | undefined;
   private readonly failureEpoch: number;
@@ -163,7 +165,7 @@ export class Session {
   }
 
   private async submit(first: number, n: number, pages: Uint8Array, file?: { path: string; offset: number; length: number }): Promise<void> {
-    while (this.inFlight >= this.maxInFlight) await this.applying;
+    while (this.inFlight >= this.maxInFlight) await this.queued[0];
     if (this.error) throw this.error;
     this.pages.ensure(first + n - 1);
     const parent = this.parent?.pages;
@@ -196,6 +198,11 @@ export class Session {
       try {
         const result = await job;
         slab = result.slab;
+        // Apply in a later turn of the event loop. Node delivers up to 1000 worker messages in one
+        // turn, running each one's continuations on the spot, so applying here kept the loop from
+        // turning for a whole ingest: pack writes never completed, and every write batch was fresh
+        // memory (docs/DESIGN.md, "Event-loop turns").
+        await new Promise<void>((resolve) => setImmediate(resolve));
         if (!this.error) await this.apply(first, n, result);
       } catch (err) {
         this.error ??= fromSystemError(err, `session ${this.id}`);
@@ -203,8 +210,10 @@ export class Session {
         // Apply copied what it kept (PackWriter.append); a failed job's slab is simply not reused.
         this.store.slabs.give(slab);
         this.inFlight--;
+        this.queued.shift();
       }
     });
+    this.queued.push(this.applying);
   }
 
   /** Applies one block's hash results, in order. Only this method mutates the page table. */

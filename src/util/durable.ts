@@ -68,3 +68,18 @@ export async function writeFully(
     off += bytesWritten;
   }
 }
+
+/** writeFully for several buffers at the file's current position, in one writev where the kernel takes it all. */
+export async function writevFully(
+  fh: { writev(buffers: Uint8Array[]): Promise<{ bytesWritten: number }> },
+  buffers: Uint8Array[],
+): Promise<void> {
+  const rest = buffers.filter((b) => b.length > 0);
+  while (rest.length > 0) {
+    let { bytesWritten } = await fh.writev(rest);
+    if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC' });
+    // A short write: drop what went out and continue with the remainder.
+    while (rest.length > 0 && bytesWritten >= rest[0].length) bytesWritten -= rest.shift()!.length;
+    if (rest.length > 0 && bytesWritten > 0) rest[0] = rest[0].subarray(bytesWritten);
+  }
+}
