@@ -2,26 +2,26 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type * as BlakeHash from '@napi-rs/blake-hash';
-import { DIGEST_BYTES, PAGE_SIZE, PageTable } from '../format/pages.js';
+import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../format/pages.js';
 
 /**
  * The binding's own loader probes the C library with process.report.getReport() (~10 ms, in every
  * process and worker). On glibc Linux x64 load the platform binary directly; anywhere else, or if it
  * is missing or fails to load, fall back to the package's loader.
  */
-function loadBlake3(): typeof BlakeHash.blake3 {
+function loadBlake3(): typeof BlakeHash {
   const require = createRequire(import.meta.url);
   if (process.platform === 'linux' && process.arch === 'x64') {
     try {
-      return (require('@napi-rs/blake-hash-linux-x64-gnu') as typeof BlakeHash).blake3;
+      return require('@napi-rs/blake-hash-linux-x64-gnu') as typeof BlakeHash;
     } catch {
       // musl, or the optional package was not installed
     }
   }
-  return (require('@napi-rs/blake-hash') as typeof BlakeHash).blake3;
+  return require('@napi-rs/blake-hash') as typeof BlakeHash;
 }
 
-const blake3 = loadBlake3();
+const { blake3, Blake3Hasher } = loadBlake3();
 
 /** native/src/blake3_pages.c, ABI 1: BLAKE3 of whole pages, eight per SIMD pass. */
 interface HashBinding {
@@ -91,6 +91,8 @@ export function pageHasherStatus(): { native: boolean; simd?: string; error?: st
 
 export const ZERO_PAGE: Buffer = Buffer.alloc(PAGE_SIZE);
 const IMAGE_DIGEST_PREFIX = Buffer.from('vnstore-image-v1\0', 'latin1');
+const ZERO_DIGESTS_PAGES = 2048;
+const ZERO_DIGESTS = Buffer.alloc(ZERO_DIGESTS_PAGES * DIGEST_BYTES);
 
 /** BLAKE3-256 of a page (a zero-copy Buffer view: the binding's typings take Buffers only). */
 export function hashPage(page: Uint8Array): Buffer {
@@ -108,19 +110,22 @@ export function isZeroPage(src: Uint8Array, offset: number): boolean {
  * and can be computed from page digests alone, so out-of-order session writes need no second pass.
  */
 export function imageDigest(pages: PageTable, byteLength: number): Buffer {
+  const hasher = new Blake3Hasher();
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(byteLength));
-  // Zero pages contribute zero bytes; the table keeps stale digests only for non-Digest kinds, so clear them.
+  hasher.update(IMAGE_DIGEST_PREFIX).update(len);
+  // Streamed run by run: no copy of the digest list (megabytes of fresh memory for a large VM).
+  // Non-digest pages contribute zeros; the table may hold stale digests for them.
   const digests = Buffer.from(pages.digests.buffer, pages.digests.byteOffset, pages.pageCount * DIGEST_BYTES);
-  const copy = Buffer.allocUnsafe(IMAGE_DIGEST_PREFIX.length + 8 + digests.length);
-  IMAGE_DIGEST_PREFIX.copy(copy, 0);
-  len.copy(copy, IMAGE_DIGEST_PREFIX.length);
-  digests.copy(copy, IMAGE_DIGEST_PREFIX.length + 8);
-  const base = IMAGE_DIGEST_PREFIX.length + 8;
-  for (let i = 0; i < pages.pageCount; i++) {
-    if (pages.kinds[i] !== 2 /* PageKind.Digest */) copy.fill(0, base + i * DIGEST_BYTES, base + (i + 1) * DIGEST_BYTES);
+  for (let i = 0; i < pages.pageCount; ) {
+    const isDigest = pages.kinds[i] === PageKind.Digest;
+    let j = i + 1;
+    while (j < pages.pageCount && (pages.kinds[j] === PageKind.Digest) === isDigest) j++;
+    if (isDigest) hasher.update(digests.subarray(i * DIGEST_BYTES, j * DIGEST_BYTES));
+    else for (let k = i; k < j; k += ZERO_DIGESTS_PAGES) hasher.update(ZERO_DIGESTS.subarray(0, Math.min(ZERO_DIGESTS_PAGES, j - k) * DIGEST_BYTES));
+    i = j;
   }
-  return hashPage(copy);
+  return hasher.digestBuffer();
 }
 
 export function hex(b: Uint8Array): string {

@@ -32,7 +32,9 @@ export function registerPut(program: Command): void {
         const started = process.hrtime.bigint();
         const input = await openInput(file);
         await withStore(opts, async (store) => {
-          const session = await store.beginSession({ vm: opts.vm, parent: opts.parent, group: opts.group });
+          // A file's size is the memory size: the page table is sized once, not grown as pages arrive.
+          const memoryBytes = input.kind === 'file' ? input.size : undefined;
+          const session = await store.beginSession({ vm: opts.vm, parent: opts.parent, group: opts.group, memoryBytes });
           // A first snapshot stores up to a chunk per page: size the chunk table once rather than
           // doubling it as we go. A consecutive one adds few; growing for it would only rehash.
           if (input.size && !session.parent) store.table.reserve(Math.min(Math.ceil(input.size / PAGE_SIZE / 2), 1 << 22));

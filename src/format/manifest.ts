@@ -7,7 +7,7 @@
  */
 import { crc32 } from 'node:zlib';
 import { CorruptError } from '../util/errors.js';
-import { ByteReader, ByteWriter } from './varint.js';
+import { ByteReader, ByteWriter, varintBytes } from './varint.js';
 import { DIGEST_BYTES, PageKind, PageTable } from './pages.js';
 
 export const MANIFEST_MAGIC = Buffer.from('VNSTMANI', 'latin1');
@@ -41,18 +41,25 @@ export interface ManifestStats {
   zeroPages: number;
 }
 
-/** Encodes `pages` (every page Zero or Digest) against an optional base page table. */
-export function encodeManifest(
-  header: ManifestHeader,
-  pages: PageTable,
-  base?: PageTable,
-): { bytes: Buffer; stats: ManifestStats } {
-  if (header.pageCount !== pages.pageCount) throw new RangeError('manifest pageCount mismatch');
-  if ((base === undefined) !== (header.baseId === undefined)) throw new RangeError('base table and baseId go together');
+/** The runs of a manifest body, planned before any byte is written (see planManifest). */
+export interface ManifestPlan {
+  /** Run headers (count * 4 + kind), in page order. */
+  heads: number[];
+  stats: ManifestStats;
+  /** Exact byte length of the encoded runs (run headers and digests). */
+  bodyBytes: number;
+  base?: PageTable;
+}
+
+/**
+ * Plans the runs of `pages` (every page Zero or Digest) against an optional base page table. Cheap
+ * next to encoding (no bytes are written), so a session plans both the self-contained and the
+ * delta form and encodes only the smaller.
+ */
+export function planManifest(pages: PageTable, base?: PageTable): ManifestPlan {
   const stats: ManifestStats = { runs: 0, digestEntries: 0, sameEntries: 0, zeroPages: 0 };
-  // Sized for the worst case (a run header and a digest per page) so it never grows by copying;
-  // fresh memory costs only where it is written.
-  const body = new ByteWriter(64 + pages.pageCount * (DIGEST_BYTES + 4));
+  const heads: number[] = [];
+  let bodyBytes = 0;
   const classify = (i: number): number => {
     const k = pages.kinds[i];
     if (k === PageKind.Zero) return RUN_ZERO;
@@ -68,29 +75,59 @@ export function encodeManifest(
     let j = i + 1;
     while (j < pages.pageCount && classify(j) === kind) j++;
     const count = j - i;
-    body.varint(count * 4 + kind);
+    const head = count * 4 + kind;
+    heads.push(head);
+    bodyBytes += varintBytes(head);
     if (kind === RUN_DIGESTS) {
-      body.bytes(pages.digests.subarray(i * DIGEST_BYTES, j * DIGEST_BYTES));
+      bodyBytes += count * DIGEST_BYTES;
       stats.digestEntries += count;
     } else if (kind === RUN_SAME) stats.sameEntries += count;
     else stats.zeroPages += count;
     stats.runs++;
     i = j;
   }
-  const w = new ByteWriter(4096 + body.length); // header fields are small; it grows if not
+  return { heads, stats, bodyBytes, base };
+}
+
+/** Encodes `pages` (every page Zero or Digest) against an optional base page table. */
+export function encodeManifest(
+  header: ManifestHeader,
+  pages: PageTable,
+  base?: PageTable,
+  plan: ManifestPlan = planManifest(pages, base),
+): { bytes: Buffer; stats: ManifestStats } {
+  if (header.pageCount !== pages.pageCount) throw new RangeError('manifest pageCount mismatch');
+  if ((base === undefined) !== (header.baseId === undefined)) throw new RangeError('base table and baseId go together');
+  if (plan.base !== base) throw new RangeError('manifest plan was made against another base');
+  const meta = Buffer.from(JSON.stringify(header.meta), 'utf8');
+  const baseId = Buffer.from(header.baseId ?? '', 'utf8');
+  const headBytes =
+    8 + 2 + 2 + varintBytes(meta.length) + meta.length + varintBytes(header.byteLength) + varintBytes(header.pageCount) + DIGEST_BYTES + varintBytes(baseId.length) + baseId.length + varintBytes(plan.stats.runs);
+  // Exactly sized, written once: a manifest is megabytes for large VMs, and fresh memory costs a
+  // page fault per 4 KiB it covers (docs/DESIGN.md).
+  const w = new ByteWriter(headBytes + plan.bodyBytes + 4);
   w.bytes(MANIFEST_MAGIC);
   w.u16(MANIFEST_VERSION);
   w.u16(0);
-  w.str(JSON.stringify(header.meta));
+  w.varint(meta.length);
+  w.bytes(meta);
   w.varint(header.byteLength);
   w.varint(header.pageCount);
   w.bytes(header.imageDigest);
-  w.str(header.baseId ?? '');
-  w.varint(stats.runs);
-  w.bytes(body.finish());
+  w.varint(baseId.length);
+  w.bytes(baseId);
+  w.varint(plan.stats.runs);
+  let page = 0;
+  for (const head of plan.heads) {
+    const count = Math.floor(head / 4);
+    w.varint(head);
+    if (head % 4 === RUN_DIGESTS) w.bytes(pages.digests.subarray(page * DIGEST_BYTES, (page + count) * DIGEST_BYTES));
+    page += count;
+  }
   w.u32(crc32(w.finish()));
-  return { bytes: w.finish(), stats };
+  return { bytes: w.finish(), stats: plan.stats };
 }
+
 
 export function decodeManifestHeader(bytes: Uint8Array, name: string): { header: ManifestHeader; reader: ByteReader } {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);

@@ -11,9 +11,14 @@ export enum PageKind {
 export class PageTable {
   kinds: Uint8Array;
   digests: Uint8Array;
-  constructor(public pageCount: number) {
-    this.kinds = new Uint8Array(pageCount);
-    this.digests = new Uint8Array(pageCount * DIGEST_BYTES);
+  /** `capacity`: pages to make room for up front (a session that expects to grow to that size). */
+  constructor(
+    public pageCount: number,
+    capacity = pageCount,
+  ) {
+    const cap = Math.max(pageCount, capacity);
+    this.kinds = new Uint8Array(cap);
+    this.digests = new Uint8Array(cap * DIGEST_BYTES);
   }
 
   /** Grows capacity so page index `index` is addressable (sessions of unknown size). */

@@ -1,6 +1,16 @@
 /** Unsigned LEB128 varints up to 2^53 (safe integers), used by compact on-disk records. */
 import { CorruptError } from '../util/errors.js';
 
+/** Bytes of the LEB128 encoding of v. */
+export function varintBytes(v: number): number {
+  let n = 1;
+  while (v >= 0x80) {
+    v = Math.floor(v / 0x80);
+    n++;
+  }
+  return n;
+}
+
 export class ByteWriter {
   private buf: Uint8Array;
   length = 0;
@@ -31,7 +41,7 @@ export class ByteWriter {
   }
   varint(v: number): void {
     if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`varint out of range: ${v}`);
-    this.reserve(8);
+    this.reserve(varintBytes(v)); // exactly: a writer sized from varintBytes never grows
     while (v >= 0x80) {
       this.buf[this.length++] = (v % 0x80) | 0x80;
       v = Math.floor(v / 0x80);

@@ -233,11 +233,27 @@ export class PackWriter {
     const h = await pack.fh;
     const footer = encodePackFooter(pack, pack.size, pack.crc);
     await writeFully(h, footer);
-    await h.sync();
-    await h.close();
-    const finalPath = path.join(this.packsDir, packFileName(pack.id));
-    await fsp.rename(pack.tmpPath, finalPath);
-    await fsyncDir(this.packsDir);
+    // The index batch is built while the fsync runs (CPU next to I/O); it is written only after the
+    // pack is durable under its final name, as the write order requires.
+    const synced = h.sync();
+    synced.catch(() => undefined); // awaited below; a failure must not surface as unhandled first
+    const batch = this.indexBatch(pack);
+    try {
+      await synced;
+      await h.close();
+      await fsp.rename(pack.tmpPath, path.join(this.packsDir, packFileName(pack.id)));
+      await fsyncDir(this.packsDir);
+    } catch (err) {
+      await batch.close().catch(() => undefined);
+      throw err;
+    }
+    await batch.write();
+    this.onChunkGeneration(batch.token);
+    for (let k = 0; k < pack.count; k++) this.openEntries.delete(digestKey(pack.digests, k * DIGEST_BYTES));
+  }
+
+  /** The LevelDB batch that indexes a sealed pack: its chunks, its pack record, the stats counters. */
+  private indexBatch(pack: OpenPack): { write(): Promise<void>; close(): Promise<void>; token: Buffer } {
     const batch = this.db.batch();
     let offset = PACK_HEADER_BYTES;
     for (let k = 0; k < pack.count; k++) {
@@ -255,9 +271,7 @@ export class PackWriter {
     batch.put(packKey(pack.id), jsonValue(record));
     addCounterDelta(batch, sealedPackDelta(record)); // stats counters, in the same batch (src/maintenance/counters.ts)
     const token = stampChunkGeneration(batch);
-    await batch.write();
-    this.onChunkGeneration(token);
-    for (let k = 0; k < pack.count; k++) this.openEntries.delete(digestKey(pack.digests, k * DIGEST_BYTES));
+    return { write: () => batch.write(), close: () => batch.close(), token };
   }
 
   /** A pack that failed to seal: forget its chunks everywhere and remove the temp file. */

@@ -5,7 +5,7 @@
  * means last submitted. Nothing is visible before commit; commit is durable.
  */
 import path from 'node:path';
-import { encodeManifest } from '../format/manifest.js';
+import { encodeManifest, planManifest } from '../format/manifest.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../format/pages.js';
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { getCodec } from '../chunk/codec.js';
@@ -86,7 +86,8 @@ export class Session {
     readonly parent: { id: string; pages: PageTable; depth: number } | undefined,
   ) {
     const pageCount = options.memoryBytes !== undefined ? Math.ceil(options.memoryBytes / PAGE_SIZE) : 0;
-    this.pages = new PageTable(pageCount);
+    // Without a declared size, expect the parent's: growing the table as pages arrive copies it.
+    this.pages = new PageTable(pageCount, parent?.pages.pageCount ?? 0);
     this.failureEpoch = store.writer.failureEpoch;
     this.maxInFlight = Math.max(2, store.pool.plannedSize * 2 + 1);
   }
@@ -323,13 +324,20 @@ export class Session {
       }
       this.pages.resize(pageCount);
       this.fillUnwritten(options.unwritten ?? (this.parent ? 'parent' : 'error'));
-      await this.store.writer.flush();
-      if (await this.zeroTail(byteLength)) await this.store.writer.flush();
+      if (byteLength % PAGE_SIZE !== 0) {
+        await this.store.writer.flush(); // zeroTail reads the last page back from its pack
+        await this.zeroTail(byteLength);
+      }
+      // Seal the last pack, and encode the manifest while its writes and fsync run. The manifest
+      // file is written only once every pack is durable and indexed (the write order, docs/FORMAT.md).
+      const flushing = this.store.writer.flush();
+      const manifest = this.buildManifest(byteLength, pageCount);
+      await flushing;
       trace('packs flushed');
       if (this.store.writer.failureEpoch !== this.failureEpoch) {
         throw this.store.writer.lastFailure ?? new VnstoreError('E_IO', 'a pack write failed during the session');
       }
-      const record = await this.writeManifest(byteLength, pageCount);
+      const record = await this.writeManifest(manifest);
       trace('manifest written');
       this.state = 'done';
       this.store.sessions.delete(this);
@@ -407,26 +415,26 @@ export class Session {
     if (unset > 0) throw new VnstoreError('E_SESSION', `${unset} page(s) of the image were never written`);
   }
 
-  private async writeManifest(byteLength: number, pageCount: number): Promise<SnapshotRecord> {
+  /** The manifest's bytes and the catalog record that will point at it (not yet written). */
+  private buildManifest(byteLength: number, pageCount: number): { bytes: Buffer; record: SnapshotRecord } {
     const time = new Date().toISOString();
     const meta = { id: this.id, vm: this.options.vm, group: this.options.group, parent: this.parent?.id, time };
     const digest = imageDigest(this.pages, byteLength);
     const header = { meta, byteLength, pageCount, imageDigest: digest };
-    let encoded = encodeManifest(header, this.pages);
+    // Delta-encode against the parent when the chain stays short and it actually saves space.
+    let plan = planManifest(this.pages);
     let base: string | undefined;
     let baseDepth = 0;
-    // Delta-encode against the parent when the chain stays short and it actually saves space.
     if (this.parent && this.parent.depth < MAX_BASE_DEPTH) {
-      const delta = encodeManifest({ ...header, baseId: this.parent.id }, this.pages, this.parent.pages);
-      if (delta.bytes.length < encoded.bytes.length) {
-        encoded = delta;
+      const delta = planManifest(this.pages, this.parent.pages);
+      if (delta.bodyBytes + Buffer.byteLength(this.parent.id) < plan.bodyBytes) {
+        plan = delta;
         base = this.parent.id;
         baseDepth = this.parent.depth + 1;
       }
     }
-    const dest = this.store.manifestPath(this.id);
-    await writeFileDurable(dest, encoded.bytes, path.join(path.dirname(dest), `${this.id}.vnm.tmp`));
-    return {
+    const encoded = encodeManifest({ ...header, baseId: base }, this.pages, plan.base, plan);
+    const record: SnapshotRecord = {
       id: this.id,
       vm: this.options.vm,
       group: this.options.group,
@@ -444,6 +452,13 @@ export class Session {
       manifestBytes: encoded.bytes.length,
       addedBytes: this.stats.newChunkBytes + this.stats.newChunks * TOC_ENTRY_BYTES + encoded.bytes.length,
     };
+    return { bytes: encoded.bytes, record };
+  }
+
+  private async writeManifest(manifest: { bytes: Buffer; record: SnapshotRecord }): Promise<SnapshotRecord> {
+    const dest = this.store.manifestPath(this.id);
+    await writeFileDurable(dest, manifest.bytes, path.join(path.dirname(dest), `${this.id}.vnm.tmp`));
+    return manifest.record;
   }
 
   private assertOpen(): void {
