@@ -10,11 +10,11 @@ import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../format/pages.js
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { getCodec } from '../chunk/codec.js';
 import { PageStatus, type HashResult } from '../chunk/page-jobs.js';
-import { hashPage, imageDigest } from '../chunk/hash.js';
+import { hashPage, hex, imageDigest } from '../chunk/hash.js';
 import { readChunk } from './restore.js';
 import { digestKey } from './pack-writer.js';
 import { writeFileDurable } from '../util/durable.js';
-import { fromSystemError, VnstoreError } from '../util/errors.js';
+import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import type { SnapshotRecord } from './db.js';
 import { newSnapshotId, validateName } from './ids.js';
 import type { Store } from './store.js';
@@ -323,7 +323,7 @@ export class Session {
         throw new VnstoreError('E_SESSION', `pages were written beyond the image length ${byteLength}`);
       }
       this.pages.resize(pageCount);
-      this.fillUnwritten(options.unwritten ?? (this.parent ? 'parent' : 'error'));
+      await this.fillUnwritten(options.unwritten ?? (this.parent ? 'parent' : 'error'));
       if (byteLength % PAGE_SIZE !== 0) {
         await this.store.writer.flush(); // zeroTail reads the last page back from its pack
         await this.zeroTail(byteLength);
@@ -399,20 +399,41 @@ export class Session {
     return true;
   }
 
-  private fillUnwritten(mode: 'parent' | 'zero' | 'error'): void {
+  private async fillUnwritten(mode: 'parent' | 'zero' | 'error'): Promise<void> {
     const pages = this.pages;
+    const parent = this.parent?.pages;
+    const table = this.store.table;
     let unset = 0;
+    const unknown: number[] = []; // inherited pages whose chunk the chunk table does not know
     for (let i = 0; i < pages.pageCount; i++) {
       if (pages.kinds[i] !== PageKind.Unset) continue;
       if (mode === 'error') {
         unset++;
         continue;
       }
-      const parent = this.parent?.pages;
-      if (mode === 'parent' && parent && i < parent.pageCount && parent.kinds[i] === PageKind.Digest) pages.setDigest(i, parent.digests, i * DIGEST_BYTES);
-      else pages.setZero(i);
+      if (mode === 'parent' && parent && i < parent.pageCount && parent.kinds[i] === PageKind.Digest) {
+        pages.setDigest(i, parent.digests, i * DIGEST_BYTES);
+        if (!table.hasFingerprint(parent.digests, i * DIGEST_BYTES)) unknown.push(i);
+      } else pages.setZero(i);
     }
     if (unset > 0) throw new VnstoreError('E_SESSION', `${unset} page(s) of the image were never written`);
+    if (unknown.length > 0) await this.checkInherited(unknown);
+  }
+
+  /**
+   * An inherited page names its chunk without bytes to store it again, so the chunk must exist. The
+   * chunk table knows every chunk the store holds; one it does not know is confirmed against the
+   * exact index before the commit is refused (after a repair dropped a corrupt pack, say).
+   */
+  private async checkInherited(pageIndices: number[]): Promise<void> {
+    const digests = pageIndices.map((i) => this.pages.digestAt(i));
+    const found = await this.store.lookupExact(digests);
+    const missing = pageIndices.filter((_, k) => !found[k]);
+    if (missing.length === 0) return;
+    throw new CorruptError(
+      `${missing.length} page(s) left unwritten would inherit chunks of parent snapshot ${this.parent!.id} that the store no longer holds ` +
+        `(first: page ${missing[0]}, chunk ${hex(this.pages.digestAt(missing[0]))}); write those pages, or begin with no parent; run 'vnstore check'`,
+    );
   }
 
   /** The manifest's bytes and the catalog record that will point at it (not yet written). */

@@ -1,0 +1,71 @@
+/**
+ * Pages a session leaves unwritten inherit the parent's chunks (the daemon path: agents send only
+ * dirty pages). An inherited chunk the store no longer holds (a repair dropped its pack, say) must
+ * fail the commit, not produce a snapshot that cannot be restored; a rewritten page heals it.
+ */
+import { blake3 } from '@napi-rs/blake-hash';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { chunkKey } from '../src/store/db.js';
+import { Store } from '../src/store/store.js';
+import { makePage, makeTempDir, removeDir, restoreToBuffer, PAGE } from './helpers/engine.js';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) removeDir(d);
+});
+
+async function storeWithParent() {
+  const dir = path.join(makeTempDir('inherit'), 'store');
+  dirs.push(path.dirname(dir));
+  await Store.init(dir);
+  const store = await Store.open(dir, { workers: 0 });
+  const image = Buffer.concat(Array.from({ length: 8 }, (_, i) => makePage('random', 500 + i)));
+  const s = await store.beginSession({ vm: 'x' });
+  await s.writePages(0, image);
+  const parent = await s.commit();
+  return { store, image, parent };
+}
+
+/** A dirty-page session on the parent: writes only `written`, commits with the rest inherited. */
+async function dirtyPut(store: Store, written: Map<number, Buffer>) {
+  const s = await store.beginSession({ vm: 'x' });
+  for (const [i, page] of written) await s.writePage(i, page);
+  return s.commit({ byteLength: 8 * PAGE });
+}
+
+describe('inherited pages', () => {
+  it('a chunk gone from the store fails the commit with a clear error, and nothing is listed', async () => {
+    const { store, image, parent } = await storeWithParent();
+    try {
+      const lost = blake3(image.subarray(3 * PAGE, 4 * PAGE));
+      await store.db.del(chunkKey(lost)); // what a repair that quarantined its pack leaves behind
+      store.table.remove(lost);
+      const err = await dirtyPut(store, new Map([[0, makePage('random', 900)]])).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'E_CORRUPT' });
+      expect(String((err as Error).message)).toContain(`parent snapshot ${parent.id}`);
+      expect(String((err as Error).message)).toContain(`page 3, chunk ${lost.toString('hex')}`);
+      expect((await store.listSnapshots()).map((r) => r.id)).toEqual([parent.id]);
+      // Writing the page again stores its chunk anew: the snapshot commits and restores exactly.
+      const healed = await dirtyPut(store, new Map([[0, makePage('random', 900)], [3, image.subarray(3 * PAGE, 4 * PAGE)]]));
+      const expected = Buffer.from(image);
+      makePage('random', 900).copy(expected, 0);
+      expect((await restoreToBuffer(store, healed)).equals(expected)).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a chunk the table has forgotten but the index holds is confirmed exactly, and the commit succeeds', async () => {
+    const { store, image } = await storeWithParent();
+    try {
+      store.table.remove(blake3(image.subarray(5 * PAGE, 6 * PAGE)));
+      const r = await dirtyPut(store, new Map([[1, makePage('random', 901)]]));
+      const expected = Buffer.from(image);
+      makePage('random', 901).copy(expected, PAGE);
+      expect((await restoreToBuffer(store, r)).equals(expected)).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+});
