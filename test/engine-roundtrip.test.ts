@@ -212,6 +212,57 @@ describe.each([0, 2])('engine round trip, workers: %i', (workers) => {
     await store.close();
   });
 
+  it('scattered page lists (repeats within and across calls, mixed with ranges) commit the last write of each page', async () => {
+    const { dir, store: s0 } = await freshStore(workers);
+    let store = s0;
+    const expected = new Map<string, Buffer>();
+    const pageArb = fc.record({
+      page: fc.nat(),
+      kind: fc.constantFrom<PageKindSpec>('zero', 'random', 'compressible', 'sparse'),
+      seed: fc.integer({ min: 0, max: 3 }),
+    });
+    // A call: a scattered list of pages, or (occasionally) a contiguous range written with writePages.
+    const callArb = fc.record({ scattered: fc.boolean(), pages: fc.array(pageArb, { minLength: 1, maxLength: 12 }) });
+    let round = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 1, max: 30 }), fc.array(callArb, { maxLength: 8 }), fc.boolean(), async (pageCount, calls, withParent) => {
+        round++;
+        const vm = `scatter${round}`;
+        // The parent (or, without one, the first writes) covers every page: nothing is left unwritten.
+        const base = Buffer.concat(Array.from({ length: pageCount }, (_, i) => makePage(i % 4 === 0 ? 'zero' : 'random', 7000 + i)));
+        const model = Buffer.from(base);
+        if (withParent) {
+          const ps = await store.beginSession({ vm });
+          await ps.writePages(0, base);
+          expected.set((await ps.commit()).id, Buffer.from(base));
+        }
+        const session = await store.beginSession({ vm, memoryBytes: pageCount * PAGE });
+        if (!withParent) await session.writeScattered(Array.from({ length: pageCount }, (_, i) => pageCount - 1 - i), Buffer.concat(Array.from({ length: pageCount }, (_, i) => base.subarray((pageCount - 1 - i) * PAGE, (pageCount - i) * PAGE))));
+        let n = 0;
+        for (const call of calls) {
+          const indices = call.pages.map((p) => p.page % pageCount);
+          const data = Buffer.concat(call.pages.map((p) => makePage(p.kind, p.seed * 97 + n++)));
+          if (call.scattered) {
+            await session.writeScattered(indices, data);
+            indices.forEach((page, k) => data.copy(model, page * PAGE, k * PAGE, (k + 1) * PAGE));
+          } else {
+            const first = indices[0];
+            const count = Math.min(call.pages.length, pageCount - first);
+            await session.writePages(first, data.subarray(0, count * PAGE));
+            data.copy(model, first * PAGE, 0, count * PAGE);
+          }
+        }
+        const rec = await session.commit();
+        expectRecordMatches(rec, model);
+        expect((await restoreToBuffer(store, rec)).equals(model)).toBe(true);
+        expected.set(rec.id, Buffer.from(model));
+      }),
+      { numRuns: NUM_RUNS, ...SHRINK_CAP },
+    );
+    store = await verifyAfterReopen(store, dir, workers, expected);
+    await store.close();
+  });
+
   it('consecutive snapshots against their parent (delta manifests, full or dirty-page writes) restore exactly', async () => {
     const { dir, store: s0 } = await freshStore(workers);
     let store = s0;

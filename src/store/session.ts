@@ -149,6 +149,33 @@ export class Session {
     }
   }
 
+  /**
+   * Writes whole pages at arbitrary page indices in one call, as a migration round sends its dirty
+   * pages: page k of `data` (k * PAGE_SIZE onwards) goes to page index `pageIndices[k]`. Indices may
+   * repeat, within a call or across calls; the later write wins, as for separate writes. Much cheaper
+   * than a writePage per page: the pages travel in blocks (one job, one apply per block).
+   */
+  async writeScattered(pageIndices: ArrayLike<number>, data: Uint8Array): Promise<void> {
+    this.assertOpen();
+    const count = pageIndices.length;
+    if (data.length !== count * PAGE_SIZE) {
+      throw new VnstoreError('E_USAGE', `writeScattered needs ${count} whole page(s) (${count * PAGE_SIZE} bytes) for ${count} page index(es), got ${data.length} bytes`);
+    }
+    const furthest = this.furthestByte;
+    try {
+      for (let k = 0; k < count; k++) this.checkRange(pageIndices[k], PAGE_SIZE);
+    } catch (err) {
+      this.furthestByte = furthest; // a refused call leaves no trace, not even in the image length
+      throw err;
+    }
+    for (let p = 0; p < count; p += BLOCK_PAGES) {
+      const n = Math.min(BLOCK_PAGES, count - p);
+      const indices = new Uint32Array(n);
+      for (let k = 0; k < n; k++) indices[k] = pageIndices[p + k];
+      await this.submit(indices, n, copyToOwnBuffer(data.subarray(p * PAGE_SIZE, (p + n) * PAGE_SIZE), n * PAGE_SIZE));
+    }
+  }
+
   private checkRange(firstPage: number, length: number): void {
     if (!Number.isSafeInteger(firstPage) || firstPage < 0) throw new VnstoreError('E_USAGE', `bad page index ${firstPage}`);
     const pageCount = Math.ceil(length / PAGE_SIZE);
@@ -165,18 +192,39 @@ export class Session {
     return this.writePages(pageIndex, page);
   }
 
-  private async submit(first: number, n: number, pages: Uint8Array, file?: { path: string; offset: number; length: number }): Promise<void> {
+  /**
+   * Queues one block: pages `target .. target+n-1`, or the page indices listed in `target` (one per
+   * page of the block, as writeScattered sends them).
+   */
+  private async submit(target: number | Uint32Array, n: number, pages: Uint8Array, file?: { path: string; offset: number; length: number }): Promise<void> {
     while (this.inFlight >= this.maxInFlight) await this.queued[0];
     if (this.error) throw this.error;
-    this.pages.ensure(first + n - 1);
     const parent = this.parent?.pages;
     let parentDigests: Uint8Array | undefined;
     let parentHasDigest: Uint8Array | undefined;
-    if (parent && first < parent.pageCount) {
-      const m = Math.min(n, parent.pageCount - first);
-      parentDigests = parent.digests.slice(first * DIGEST_BYTES, (first + m) * DIGEST_BYTES);
-      parentHasDigest = new Uint8Array(n);
-      for (let i = 0; i < m; i++) parentHasDigest[i] = parent.kinds[first + i] === PageKind.Digest ? 1 : 0;
+    if (typeof target === 'number') {
+      this.pages.ensure(target + n - 1);
+      if (parent && target < parent.pageCount) {
+        const m = Math.min(n, parent.pageCount - target);
+        parentDigests = parent.digests.slice(target * DIGEST_BYTES, (target + m) * DIGEST_BYTES);
+        parentHasDigest = new Uint8Array(n);
+        for (let i = 0; i < m; i++) parentHasDigest[i] = parent.kinds[target + i] === PageKind.Digest ? 1 : 0;
+      }
+    } else {
+      let last = 0;
+      for (let i = 0; i < n; i++) last = Math.max(last, target[i]);
+      this.pages.ensure(last);
+      if (parent) {
+        // The parent's digest for each listed page, in block order (what the worker compares with).
+        parentDigests = new Uint8Array(n * DIGEST_BYTES);
+        parentHasDigest = new Uint8Array(n);
+        for (let i = 0; i < n; i++) {
+          const page = target[i];
+          if (page >= parent.pageCount || parent.kinds[page] !== PageKind.Digest) continue;
+          parentHasDigest[i] = 1;
+          parentDigests.set(parent.digests.subarray(page * DIGEST_BYTES, (page + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
+        }
+      }
     }
     // A long session pays back the workers' start-up even when its pages are cheap.
     if (this.stats.pagesWritten >= WORKERS_AFTER_PAGES) this.store.pool.start();
@@ -204,7 +252,7 @@ export class Session {
         // turning for a whole ingest: pack writes never completed, and every write batch was fresh
         // memory (docs/DESIGN.md, "Event-loop turns").
         await new Promise<void>((resolve) => setImmediate(resolve));
-        if (!this.error) await this.apply(first, n, result);
+        if (!this.error) await this.apply(target, n, result);
       } catch (err) {
         this.error ??= fromSystemError(err, `session ${this.id}`);
       } finally {
@@ -218,7 +266,7 @@ export class Session {
   }
 
   /** Applies one block's hash results, in order. Only this method mutates the page table. */
-  private async apply(first: number, n: number, r: HashResult): Promise<void> {
+  private async apply(target: number | Uint32Array, n: number, r: HashResult): Promise<void> {
     const store = this.store;
     // A block with many new pages (LZ4 is the costliest step): start the workers if they wait on demand.
     if (r.lengths.length * 5 > n) store.pool.start();
@@ -237,11 +285,12 @@ export class Session {
     const storeLength = new Uint32Array(n);
     const storeCodec = new Uint8Array(n);
     let storeCount = 0;
-    // Bulk copy: digests of zero pages are zero bytes and are ignored for Zero kinds.
-    this.pages.digests.set(r.digests, first * DIGEST_BYTES);
+    // Digests of zero pages are zero bytes, ignored for Zero kinds: a contiguous block is one copy.
+    if (typeof target === 'number') this.pages.digests.set(r.digests, target * DIGEST_BYTES);
+    else for (let i = 0; i < n; i++) this.pages.digests.set(r.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), target[i] * DIGEST_BYTES);
     for (let i = 0; i < n; i++) {
       const st = r.status[i];
-      this.pages.kinds[first + i] = st === PageStatus.Zero ? PageKind.Zero : PageKind.Digest;
+      this.pages.kinds[typeof target === 'number' ? target + i : target[i]] = st === PageStatus.Zero ? PageKind.Zero : PageKind.Digest;
       if (st === PageStatus.Zero || st === PageStatus.SameAsParent || st === PageStatus.DuplicateInBlock) continue;
       if (st === PageStatus.KnownVerified) {
         maybeAt[i] = maybeCount++;

@@ -1,7 +1,8 @@
 /**
- * Pages a session leaves unwritten inherit the parent's chunks (the daemon path: agents send only
- * dirty pages). An inherited chunk the store no longer holds (a repair dropped its pack, say) must
- * fail the commit, not produce a snapshot that cannot be restored; a rewritten page heals it.
+ * The session API's daemon path. Pages a session leaves unwritten inherit the parent's chunks (agents
+ * send only dirty pages): an inherited chunk the store no longer holds (a repair dropped its pack,
+ * say) must fail the commit, not produce a snapshot that cannot be restored; a rewritten page heals
+ * it. writeScattered refuses malformed page lists before anything is queued.
  */
 import { blake3 } from '@napi-rs/blake-hash';
 import path from 'node:path';
@@ -64,6 +65,44 @@ describe('inherited pages', () => {
       const expected = Buffer.from(image);
       makePage('random', 901).copy(expected, PAGE);
       expect((await restoreToBuffer(store, r)).equals(expected)).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('writeScattered input', () => {
+  it('refuses a length mismatch, bad indices and pages beyond the memory size, and the session stays usable', async () => {
+    const { store, image } = await storeWithParent();
+    try {
+      const s = await store.beginSession({ vm: 'x', memoryBytes: 8 * PAGE });
+      const page = makePage('random', 77);
+      await expect(s.writeScattered([1, 2], page)).rejects.toMatchObject({ code: 'E_USAGE' });
+      await expect(s.writeScattered([-1], page)).rejects.toMatchObject({ code: 'E_USAGE' });
+      await expect(s.writeScattered([1.5], page)).rejects.toMatchObject({ code: 'E_USAGE' });
+      await expect(s.writeScattered([2, 8], Buffer.concat([page, page]))).rejects.toMatchObject({ code: 'E_SESSION' });
+      // Nothing of a refused call was queued: page 2 still inherits the parent's.
+      await s.writeScattered([6], page);
+      const r = await s.commit();
+      const expected = Buffer.from(image);
+      page.copy(expected, 6 * PAGE);
+      expect((await restoreToBuffer(store, r)).equals(expected)).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('a refused writeScattered leaves no trace', () => {
+  it('does not stretch the image length of a session without a declared size', async () => {
+    const { store, image } = await storeWithParent();
+    try {
+      const s = await store.beginSession({ vm: 'x' });
+      await expect(s.writeScattered([30, -1], Buffer.alloc(2 * PAGE, 1))).rejects.toMatchObject({ code: 'E_USAGE' });
+      await s.writeScattered([1], makePage('random', 78));
+      const r = await s.commit(); // length: the parent's pages are inherited up to the furthest write
+      expect(r.byteLength).toBe(2 * PAGE);
+      expect((await restoreToBuffer(store, r)).equals(Buffer.concat([image.subarray(0, PAGE), makePage('random', 78)]))).toBe(true);
     } finally {
       await store.close();
     }
