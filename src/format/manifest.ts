@@ -128,7 +128,6 @@ export function encodeManifest(
   return { bytes: w.finish(), stats: plan.stats };
 }
 
-
 export function decodeManifestHeader(bytes: Uint8Array, name: string): { header: ManifestHeader; reader: ByteReader } {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
   if (buf.length < 16 || !buf.subarray(0, 8).equals(MANIFEST_MAGIC)) throw new CorruptError(`manifest ${name}: bad magic`);
