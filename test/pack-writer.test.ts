@@ -51,10 +51,18 @@ describe('PackWriter.appendMany', () => {
               const single = makePage('random', 424242);
               const singleDigest = blake3(single);
               store.writer.append(singleDigest, single, 0); // Raw codec
+              // Before sealing, the open pack's table of contents answers exact lookups.
+              const before = new Map(order.map((i) => [i, store.writer.locateUnindexed(digests.subarray(i * DIGEST, (i + 1) * DIGEST))]));
+              for (const i of chunks.map((_, k) => k).filter((k) => !chunks[k].pick)) {
+                if (!order.some((j) => digests.subarray(j * DIGEST, (j + 1) * DIGEST).equals(digests.subarray(i * DIGEST, (i + 1) * DIGEST)))) {
+                  expect(store.writer.locateUnindexed(digests.subarray(i * DIGEST, (i + 1) * DIGEST))).toBeUndefined();
+                }
+              }
               await store.writer.flush();
               for (const i of order) {
                 const digest = digests.subarray(i * DIGEST, (i + 1) * DIGEST);
                 const [loc] = await store.lookupExact([digest]);
+                expect(before.get(i)).toEqual(loc); // the same location before and after indexing
                 expect(loc?.storedLength).toBe(len(i));
                 expect(loc?.codec).toBe(c.codecs[i]);
                 const bytes = await store.packs.read(loc!.pack, loc!.offset, loc!.storedLength);
@@ -65,7 +73,7 @@ describe('PackWriter.appendMany', () => {
               }
               const [sloc] = await store.lookupExact([singleDigest]);
               expect((await store.packs.read(sloc!.pack, sloc!.offset, sloc!.storedLength)).equals(single)).toBe(true);
-              expect(store.writer.openEntries.size).toBe(0);
+              expect(store.writer.unindexedChunks).toBe(0);
             } finally {
               await store.close();
             }
@@ -78,5 +86,38 @@ describe('PackWriter.appendMany', () => {
       ),
       { numRuns: 25 },
     );
+  });
+});
+
+describe('PackWriter.locateUnindexed', () => {
+  it('finds chunks whose fingerprints clash (an ambiguous table slot) by their exact digest, and no other', async () => {
+    const dir = makeTempDir('vnstore-pw-');
+    try {
+      await Store.init(dir);
+      const store = await Store.open(dir, { workers: 0 });
+      try {
+        // Three digests sharing the 4-byte fingerprint, differing in the last byte (a guest can forge these).
+        const digest = (last: number) => Buffer.concat([Buffer.from([1, 2, 3, 4]), Buffer.alloc(27, 9), Buffer.from([last])]);
+        const [a, b, c] = [digest(1), digest(2), digest(3)];
+        store.writer.append(a, makePage('random', 1), 0);
+        store.writer.append(b, makePage('random', 2), 0);
+        expect(store.table.get(a)?.ambiguous).toBe(true);
+        const la = store.writer.locateUnindexed(a);
+        const lb = store.writer.locateUnindexed(b);
+        expect(la && lb && la.offset !== lb.offset).toBe(true);
+        expect(store.writer.locateUnindexed(c)).toBeUndefined();
+        expect(store.writer.unindexedChunks).toBe(2);
+        expect([...store.writer.unindexedDigests()].map((d) => Buffer.from(d).toString('hex'))).toEqual([a.toString('hex'), b.toString('hex')]);
+        await store.writer.flush();
+        // Indexed now: the writer no longer answers for them; the index does.
+        expect(store.writer.locateUnindexed(a)).toBeUndefined();
+        expect(await store.lookupExact([a, b, c])).toEqual([la, lb, undefined]);
+        expect((await store.packs.read(lb!.pack, lb!.offset, lb!.storedLength)).equals(makePage('random', 2))).toBe(true);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      removeDir(dir);
+    }
   });
 });

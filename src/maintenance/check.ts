@@ -473,7 +473,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   // ---------------------------------------------------------------- counters
   let counters: CheckReport['counters'] = null;
   const recorded = await readCounters(store.db);
-  const quiet = store.sessions.size === 0 && store.writer.openEntries.size === 0;
+  const quiet = store.sessions.size === 0 && store.writer.unindexedChunks === 0;
   if (quiet) {
     const drift = counterDrift(recorded, exact);
     counters = { recorded: recorded ?? null, exact, drift };

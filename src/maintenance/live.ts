@@ -46,7 +46,7 @@ export async function collectInFlight(store: Store, into: DigestSet, ignore: Rea
       inflight.bases.add(s.parent.id);
     }
   }
-  for (const key of store.writer.openEntries.keys()) into.add(Buffer.from(key, 'latin1'));
+  for (const digest of store.writer.unindexedDigests()) into.add(digest);
   // Manifests written by prepare() whose commit record is not (yet) there.
   const ids: string[] = [];
   for (const name of await fsp.readdir(Store.paths(store.dir).manifests)) {

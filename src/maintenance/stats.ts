@@ -133,7 +133,7 @@ export async function storeStats(store: Store, options: StatsOptions = {}): Prom
     if (!state.counters) {
       source = 'recount';
       // A store from before counters: initialise them (only when nothing else writes meanwhile).
-      if (store.sessions.size === 0 && store.writer.openEntries.size === 0) {
+      if (store.sessions.size === 0 && store.writer.unindexedChunks === 0) {
         await resetCounters(store.db, exact!);
         state = await readCounterState(store.db);
       }

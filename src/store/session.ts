@@ -12,7 +12,6 @@ import { getCodec } from '../chunk/codec.js';
 import { PageStatus, type HashResult } from '../chunk/page-jobs.js';
 import { hashPage, hex, imageDigest } from '../chunk/hash.js';
 import { readChunk } from './restore.js';
-import { digestKey } from './pack-writer.js';
 import { writeFileDurable } from '../util/durable.js';
 import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import type { SnapshotRecord } from './db.js';
@@ -330,7 +329,7 @@ export class Session {
     for (let k = 0; k < confirm.length; k++) {
       if (found[k]) continue;
       // Absent after all (a fingerprint clash): store it, unless an earlier page of this batch just did.
-      if (store.writer.openEntries.has(digestKey(digests[k]))) continue;
+      if (store.writer.locateUnindexed(digests[k])) continue;
       const i = confirm[k];
       if (ordinalAt[i] >= 0) {
         const o = ordinalAt[i];

@@ -51,7 +51,7 @@ import { StoreLock } from './lock.js';
 import { PackReader, readPackChunks } from './pack-reader.js';
 import { trace } from '../util/trace.js';
 import { readTableFile, writeTableFile } from '../index/table-file.js';
-import { PackWriter, DEFAULT_PACK_TARGET_BYTES, digestKey } from './pack-writer.js';
+import { PackWriter, DEFAULT_PACK_TARGET_BYTES } from './pack-writer.js';
 import { addCounterDelta, putCounterBase, recoveredPackDelta, snapshotDelta, zeroCounters } from '../maintenance/counters.js';
 import { finishPackDeletions, keptBaseKey } from '../maintenance/recovery.js';
 import { BLOCK_PAGES, Session, type PreparedSnapshot, type SessionOptions } from './session.js';
@@ -392,7 +392,7 @@ export class Store {
     const out: (ChunkLocation | undefined)[] = new Array(digests.length);
     const missIdx: number[] = [];
     for (let i = 0; i < digests.length; i++) {
-      const loc = this.writer.openEntries.get(digestKey(digests[i]));
+      const loc = this.writer.locateUnindexed(digests[i]);
       if (loc) out[i] = loc;
       else missIdx.push(i);
     }
