@@ -6,9 +6,11 @@
  */
 import { blake3 } from '@napi-rs/blake-hash';
 import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { chunkKey } from '../src/store/db.js';
-import { Store } from '../src/store/store.js';
+import { restoreSnapshot } from '../src/store/restore.js';
+import { Store, TABLE_FILE } from '../src/store/store.js';
 import { makePage, makeTempDir, removeDir, restoreToBuffer, PAGE } from './helpers/engine.js';
 
 const dirs: string[] = [];
@@ -105,6 +107,32 @@ describe('a refused writeScattered leaves no trace', () => {
       expect((await restoreToBuffer(store, r)).equals(Buffer.concat([image.subarray(0, PAGE), makePage('random', 78)]))).toBe(true);
     } finally {
       await store.close();
+    }
+  });
+});
+
+describe('a store opened without its chunk table (catalog work)', () => {
+  it('lists snapshots, refuses sessions and restores, and leaves the saved table untouched', async () => {
+    const { store, image, parent } = await storeWithParent();
+    const dir = store.dir;
+    await store.close();
+    const tableFile = path.join(dir, TABLE_FILE);
+    const savedTable = readFileSync(tableFile);
+    const catalog = await Store.open(dir, { workers: 0, chunkTable: false });
+    try {
+      expect((await catalog.listSnapshots()).map((r) => r.id)).toEqual([parent.id]);
+      await expect(catalog.beginSession({ vm: 'x' })).rejects.toMatchObject({ code: 'E_USAGE' });
+      await expect(restoreSnapshot(catalog, parent, { write: () => undefined })).rejects.toMatchObject({ code: 'E_USAGE' });
+    } finally {
+      await catalog.close();
+    }
+    expect(readFileSync(tableFile).equals(savedTable)).toBe(true);
+    const full = await Store.open(dir, { workers: 0 });
+    try {
+      expect(full.table.size).toBe(8);
+      expect((await restoreToBuffer(full, parent)).equals(image)).toBe(true);
+    } finally {
+      await full.close();
     }
   });
 });

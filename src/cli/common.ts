@@ -24,6 +24,8 @@ export function storeDir(opts: { store?: string }): string {
  * start only if the work turns out to need them (see OpenOptions.startWorkers).
  */
 export const ONE_SHOT: OpenOptions = { startWorkers: 'on-demand' };
+/** Catalog work (ls, stats, forget): no page workers, and no chunk table (megabytes for a large store). */
+export const CATALOG_ONLY: OpenOptions = { workers: 0, chunkTable: false };
 
 export async function withStore<T>(opts: { store?: string }, fn: (store: Store) => Promise<T>, openOptions?: OpenOptions): Promise<T> {
   const store = await Store.open(storeDir(opts), openOptions);

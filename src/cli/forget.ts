@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import type { ForgetDecision } from '../maintenance/forget.js';
-import { action, humanBytes, storeOption, usage, withStore } from './common.js';
+import { CATALOG_ONLY, action, humanBytes, storeOption, usage, withStore } from './common.js';
 
 interface ForgetOptions {
   store?: string;
@@ -71,7 +71,7 @@ Examples:
             if (!report.dryRun && report.forgotten.length > 0) out.push("run 'vnstore gc' to reclaim the space");
             process.stdout.write(out.join('\n') + '\n');
           },
-          { workers: 0 },
+          CATALOG_ONLY,
         );
       }),
     );

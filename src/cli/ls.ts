@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { action, humanBytes, storeOption, withStore } from './common.js';
+import { CATALOG_ONLY, action, humanBytes, storeOption, withStore } from './common.js';
 
 export function registerLs(program: Command): void {
   program
@@ -35,7 +35,7 @@ export function registerLs(program: Command): void {
           const fmt = (row: string[]) => row.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
           process.stdout.write([fmt(header), ...lines.map(fmt)].join('\n') + '\n');
           if (snaps.length === 0) process.stderr.write('(no snapshots)\n');
-        }, { workers: 0 }); // no page work: spare the start-up of page workers
+        }, CATALOG_ONLY);
       }),
     );
 }

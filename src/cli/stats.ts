@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import type { StatsReport } from '../maintenance/stats.js';
-import { action, humanBytes, storeOption, withStore } from './common.js';
+import { CATALOG_ONLY, action, humanBytes, storeOption, withStore } from './common.js';
 
 interface StatsCliOptions {
   store?: string;
@@ -41,7 +41,7 @@ Examples:
           const r = await storeStats(store, { vm: opts.vm, snapshot: opts.snapshot, detail: opts.detail, exact: opts.exact });
           if (opts.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
           else process.stdout.write(render(r));
-        }, { workers: 0 }); // no page work: spare the start-up of page workers
+        }, CATALOG_ONLY);
       }),
     );
 }

@@ -45,6 +45,7 @@ export interface RestoreProgress {
 }
 
 export async function restoreSnapshot(store: Store, record: SnapshotRecord, sink: RestoreSink, onProgress?: RestoreProgress): Promise<void> {
+  store.assertChunkTable('a restore');
   const pages = await store.loadPages(record.id);
   const header = await store.readManifestHeader(record.id);
   if (header.byteLength !== record.byteLength || pages.pageCount !== record.pageCount) {

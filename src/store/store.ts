@@ -72,6 +72,11 @@ export interface OpenOptions {
   startWorkers?: 'open' | 'on-demand';
   /** Pack size at which a pack is sealed. */
   packTargetBytes?: number;
+  /**
+   * false: do not load the chunk table (catalog work only: `ls`, `stats`, `forget`). Its file is
+   * megabytes for a large store; sessions and restores refuse such a store.
+   */
+  chunkTable?: boolean;
 }
 
 export interface RecoveryReport {
@@ -106,6 +111,8 @@ export class Store {
     readonly recovery: RecoveryReport,
     /** Chunk-generation token of the index, and whether chunk-table.bin matches it. */
     readonly chunkGen: { token: Buffer | undefined; saved: boolean },
+    /** False when opened with `chunkTable: false` (catalog work only). */
+    readonly hasChunkTable: boolean,
   ) {}
 
   static paths(dir: string) {
@@ -189,16 +196,18 @@ export class Store {
       trace('recovered');
       const savedToken = (await db.get(CHUNK_GEN_KEY)) ?? undefined;
       const tableFile = path.join(dir, TABLE_FILE);
-      const saved = savedToken ? await readTableFile(tableFile, savedToken) : undefined;
-      const table = saved ?? (await loadChunkTable(db));
-      trace(`chunk table ${saved ? 'read from file' : 'rebuilt from index'} (${table.size} chunks)`);
-      const gen = { token: savedToken, saved: saved !== undefined };
+      const withTable = options.chunkTable !== false;
+      const saved = withTable && savedToken ? await readTableFile(tableFile, savedToken) : undefined;
+      const table = saved ?? (withTable ? await loadChunkTable(db) : new ChunkTable(0));
+      trace(withTable ? `chunk table ${saved ? 'read from file' : 'rebuilt from index'} (${table.size} chunks)` : 'chunk table not loaded');
+      // Without the table loaded there is nothing to save, and the file on disk must be left alone.
+      const gen = { token: savedToken, saved: saved !== undefined || !withTable };
       const maxPack = await highestPackId(dir, db);
       const writer = new PackWriter(p.packs, p.tmp, db, table, maxPack + 1, options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES, (token) => {
         gen.token = token;
         gen.saved = false;
       });
-      return new Store(dir, config, db, lock, table, new PackReader(p.packs), writer, pool, recovery, gen);
+      return new Store(dir, config, db, lock, table, new PackReader(p.packs), writer, pool, recovery, gen, withTable);
     } catch (err) {
       await pool.close().catch(() => undefined);
       await db?.close().catch(() => undefined);
@@ -239,6 +248,7 @@ export class Store {
   /** Begins a snapshot session for one VM. Pages written to it are invisible until commit. */
   async beginSession(options: SessionOptions): Promise<Session> {
     this.assertOpen();
+    this.assertChunkTable('a snapshot session');
     const begin = Session.begin(this, options);
     this.beginning.add(begin);
     try {
@@ -410,6 +420,11 @@ export class Store {
 
   private assertOpen(): void {
     if (this.closed) throw new VnstoreError('E_SESSION', 'store is closed');
+  }
+
+  /** Refuses work that needs the chunk table on a store opened without it. */
+  assertChunkTable(what: string): void {
+    if (!this.hasChunkTable) throw new VnstoreError('E_USAGE', `${what} needs the chunk table, and this store was opened without it (chunkTable: false)`);
   }
 }
 
