@@ -212,7 +212,7 @@ describe.each([0, 2])('engine round trip, workers: %i', (workers) => {
     await store.close();
   });
 
-  it('scattered page lists (repeats within and across calls, mixed with ranges) commit the last write of each page', async () => {
+  it('scattered page lists and single pages (repeats within and across calls, mixed with ranges) commit the last write of each page', async () => {
     const { dir, store: s0 } = await freshStore(workers);
     let store = s0;
     const expected = new Map<string, Buffer>();
@@ -221,8 +221,9 @@ describe.each([0, 2])('engine round trip, workers: %i', (workers) => {
       kind: fc.constantFrom<PageKindSpec>('zero', 'random', 'compressible', 'sparse'),
       seed: fc.integer({ min: 0, max: 3 }),
     });
-    // A call: a scattered list of pages, or (occasionally) a contiguous range written with writePages.
-    const callArb = fc.record({ scattered: fc.boolean(), pages: fc.array(pageArb, { minLength: 1, maxLength: 12 }) });
+    // A call: a scattered list of pages, a contiguous range written with writePages, or the pages
+    // one writePage at a time (gathered into blocks by the session).
+    const callArb = fc.record({ how: fc.constantFrom('scattered', 'range', 'single'), pages: fc.array(pageArb, { minLength: 1, maxLength: 12 }) });
     let round = 0;
     await fc.assert(
       fc.asyncProperty(fc.integer({ min: 1, max: 30 }), fc.array(callArb, { maxLength: 8 }), fc.boolean(), async (pageCount, calls, withParent) => {
@@ -242,8 +243,11 @@ describe.each([0, 2])('engine round trip, workers: %i', (workers) => {
         for (const call of calls) {
           const indices = call.pages.map((p) => p.page % pageCount);
           const data = Buffer.concat(call.pages.map((p) => makePage(p.kind, p.seed * 97 + n++)));
-          if (call.scattered) {
+          if (call.how === 'scattered') {
             await session.writeScattered(indices, data);
+            indices.forEach((page, k) => data.copy(model, page * PAGE, k * PAGE, (k + 1) * PAGE));
+          } else if (call.how === 'single') {
+            for (let k = 0; k < indices.length; k++) await session.writePage(indices[k], data.subarray(k * PAGE, (k + 1) * PAGE));
             indices.forEach((page, k) => data.copy(model, page * PAGE, k * PAGE, (k + 1) * PAGE));
           } else {
             const first = indices[0];

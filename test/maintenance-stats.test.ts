@@ -86,11 +86,13 @@ beforeAll(async () => {
     images.set(r.id, imageOf(r.vm === 'web' ? [...os, 'r300', 'r301'] : ['r400', 'r401', 'z', 'r9', 'r301']));
   }
   // Garbage: an aborted session's chunks, and a page superseded within a committed session.
+  // (writePages, not writePage: single pages are only gathered, and an abort drops them unstored.)
   const aborted = await store.beginSession({ vm: 'web', parent: 'none' });
   for (let i = 0; i < 3; i++) {
     garbagePages.push(page(`r${500 + i}`));
-    await aborted.writePage(i, page(`r${500 + i}`));
+    await aborted.writePages(i, page(`r${500 + i}`));
   }
+  await aborted.drain(); // stored (and then abandoned) before the abort
   await aborted.abort();
   const s = await store.beginSession({ vm: 'cache' });
   garbagePages.push(page('r600'));

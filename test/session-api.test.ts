@@ -136,3 +136,29 @@ describe('a store opened without its chunk table (catalog work)', () => {
     }
   });
 });
+
+describe('single pages are gathered', () => {
+  it('are stored only when sent (a block, another write, or commit); an abort drops them unstored', async () => {
+    const { store, image } = await storeWithParent();
+    try {
+      const chunksBefore = store.table.size;
+      const dropped = await store.beginSession({ vm: 'x' });
+      for (let i = 0; i < 3; i++) await dropped.writePage(i, makePage('random', 800 + i));
+      await dropped.abort();
+      expect(store.table.size).toBe(chunksBefore);
+      const s = await store.beginSession({ vm: 'x' });
+      await s.writePage(2, makePage('random', 810));
+      expect(store.table.size).toBe(chunksBefore); // gathered, not yet sent
+      await s.writePages(3, makePage('random', 811)); // another write sends the gathered page first
+      await s.drain();
+      expect(store.table.size).toBe(chunksBefore + 2);
+      const r = await s.commit({ byteLength: 8 * PAGE });
+      const expected = Buffer.from(image);
+      makePage('random', 810).copy(expected, 2 * PAGE);
+      makePage('random', 811).copy(expected, 3 * PAGE);
+      expect((await restoreToBuffer(store, r)).equals(expected)).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+});

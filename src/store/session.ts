@@ -74,6 +74,8 @@ export class Session {
   private applying: Promise<void> = Promise.resolve();
   /** Each queued block's apply, oldest first: backpressure waits for one slot, not for the whole queue. */
   private readonly queued: Promise<void>[] = [];
+  /** Single pages from writePage, gathered into one block (sent before any other write, and at commit). */
+  private gathered: { indices: Uint32Array; data: Uint8Array; count: number } | undefined;
   private inFlight = 0;
   private error: Error | undefined;
   private readonly failureEpoch: number;
@@ -122,6 +124,7 @@ export class Session {
   async writePages(firstPage: number, data: Uint8Array, transfer = false): Promise<void> {
     this.assertOpen();
     this.checkRange(firstPage, data.length);
+    await this.sendGathered();
     const pageCount = Math.ceil(data.length / PAGE_SIZE);
     for (let p = 0; p < pageCount; p += BLOCK_PAGES) {
       const n = Math.min(BLOCK_PAGES, pageCount - p);
@@ -142,6 +145,7 @@ export class Session {
   async writeFileRange(firstPage: number, file: string, offset: number, length: number): Promise<void> {
     this.assertOpen();
     this.checkRange(firstPage, length);
+    await this.sendGathered();
     for (let p = 0; p * PAGE_SIZE < length; p += BLOCK_PAGES) {
       const bytes = Math.min(BLOCK_PAGES * PAGE_SIZE, length - p * PAGE_SIZE);
       await this.submit(firstPage + p, Math.ceil(bytes / PAGE_SIZE), new Uint8Array(0), { path: file, offset: offset + p * PAGE_SIZE, length: bytes });
@@ -167,6 +171,7 @@ export class Session {
       this.furthestByte = furthest; // a refused call leaves no trace, not even in the image length
       throw err;
     }
+    await this.sendGathered();
     for (let p = 0; p < count; p += BLOCK_PAGES) {
       const n = Math.min(BLOCK_PAGES, count - p);
       const indices = new Uint32Array(n);
@@ -186,9 +191,28 @@ export class Session {
     this.furthestByte = Math.max(this.furthestByte, end);
   }
 
-  /** Writes one page (convenience for agents sending single dirty pages). */
-  writePage(pageIndex: number, page: Uint8Array): Promise<void> {
-    return this.writePages(pageIndex, page);
+  /**
+   * Writes one page. Whole pages are gathered and sent a block at a time (or before any other write,
+   * and at commit), so a page at a time costs about what writeScattered does (docs/API.md).
+   */
+  async writePage(pageIndex: number, page: Uint8Array): Promise<void> {
+    if (page.length !== PAGE_SIZE) return this.writePages(pageIndex, page); // the image's short last page
+    this.assertOpen();
+    if (this.error) throw this.error;
+    this.checkRange(pageIndex, PAGE_SIZE);
+    const g = (this.gathered ??= { indices: new Uint32Array(BLOCK_PAGES), data: new Uint8Array(BLOCK_PAGES * PAGE_SIZE), count: 0 });
+    g.indices[g.count] = pageIndex;
+    g.data.set(page, g.count * PAGE_SIZE);
+    if (++g.count === BLOCK_PAGES) await this.sendGathered();
+  }
+
+  /** Submits the gathered single pages as one block (taken synchronously: later pages start a new one). */
+  private async sendGathered(): Promise<void> {
+    const g = this.gathered;
+    if (!g) return;
+    this.gathered = undefined;
+    const bytes = g.count * PAGE_SIZE;
+    await this.submit(g.indices.slice(0, g.count), g.count, g.count === BLOCK_PAGES ? g.data : copyToOwnBuffer(g.data.subarray(0, bytes), bytes));
   }
 
   /**
@@ -349,6 +373,7 @@ export class Session {
 
   /** Waits for every queued write to be hashed and applied. */
   async drain(): Promise<void> {
+    await this.sendGathered();
     while (this.inFlight > 0) await this.applying;
     await this.applying;
     if (this.error) throw this.error;
@@ -413,6 +438,7 @@ export class Session {
   async abort(): Promise<void> {
     if (this.state === 'done') return;
     this.state = 'done';
+    this.gathered = undefined;
     this.store.sessions.delete(this);
     await this.applying.catch(() => undefined);
   }
