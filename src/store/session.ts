@@ -155,8 +155,8 @@ export class Session {
   /**
    * Writes whole pages at arbitrary page indices in one call, as a migration round sends its dirty
    * pages: page k of `data` (k * PAGE_SIZE onwards) goes to page index `pageIndices[k]`. Indices may
-   * repeat, within a call or across calls; the later write wins, as for separate writes. Much cheaper
-   * than a writePage per page: the pages travel in blocks (one job, one apply per block).
+   * repeat, within a call or across calls; the later write wins, as for separate writes. The
+   * cheapest way to send a round's pages: blocks of them go out at once, with no cost per call.
    */
   async writeScattered(pageIndices: ArrayLike<number>, data: Uint8Array): Promise<void> {
     this.assertOpen();
