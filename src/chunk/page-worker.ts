@@ -8,7 +8,7 @@ parentPort?.on('message', (msg: { id: number; job: HashJob | DecodeJob | Restore
     if (msg.job.kind === 'hash') {
       const r = runHashJob(msg.job);
       // The lent payload slab goes back whole, whatever part of it the payload view covers.
-      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.maybeRaw, r.digests, r.status, r.payload], slabTransfer(r.slab)));
+      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.maybeRaw, r.digests, r.status, r.payload], [...slabTransfer(r.slab), ...slabTransfer(r.pages)]));
     } else if (msg.job.kind === 'restore') {
       const r = runRestoreJob(msg.job);
       parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out], slabTransfer(msg.job.window)));

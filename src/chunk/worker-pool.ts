@@ -134,7 +134,7 @@ export class PagePool {
   hash(job: HashJob): Promise<HashResult> {
     const slot = this.pick();
     if (!slot) return this.inline(() => runHashJob(job));
-    return this.submit<HashResult>(slot, job, [...ownBuffer(job.pages), ...slabTransfer(job.payloadSlab)]);
+    return this.submit<HashResult>(slot, job, [...(job.pagesLent ? slabTransfer(job.pages) : ownBuffer(job.pages)), ...slabTransfer(job.payloadSlab)]);
   }
 
   decode(job: DecodeJob): Promise<DecodeResult> {

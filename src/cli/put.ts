@@ -104,9 +104,13 @@ async function feedFile(session: Session, file: string, size: number, onProgress
   return size;
 }
 
-/** Streams (stdin) arrive in arbitrary pieces: regroup them into page-aligned blocks. */
+/**
+ * Streams (stdin) arrive in arbitrary pieces: regroup them into page-aligned blocks. One block buffer
+ * serves the whole stream (the session copies each block into reused memory): a fresh 4 MiB buffer
+ * per block cost more in page faults than the hashing of it (0.7 s on a 448 MiB image).
+ */
 async function feedStream(session: Session, stream: NodeJS.ReadableStream, onProgress: (done: number) => void): Promise<number> {
-  let block = new Uint8Array(READ_BYTES);
+  const block = new Uint8Array(READ_BYTES);
   let fill = 0;
   let total = 0;
   let page = 0;
@@ -118,11 +122,10 @@ async function feedStream(session: Session, stream: NodeJS.ReadableStream, onPro
       fill += n;
       pos += n;
       if (fill === READ_BYTES) {
-        await session.writePages(page, block, true); // transferred: never touch `block` again
+        await session.writePages(page, block); // copied: `block` is ours again once this resolves
         page += READ_BYTES / PAGE_SIZE;
         total += fill;
         fill = 0;
-        block = new Uint8Array(READ_BYTES);
         onProgress(total);
       }
     }

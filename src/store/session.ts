@@ -130,11 +130,9 @@ export class Session {
       const n = Math.min(BLOCK_PAGES, pageCount - p);
       const slice = data.subarray(p * PAGE_SIZE, Math.min(data.length, (p + n) * PAGE_SIZE));
       // Workers take the block's buffer by transfer: it must own a whole ArrayBuffer of full pages.
-      const owned =
-        transfer && pageCount <= BLOCK_PAGES && slice.length === n * PAGE_SIZE && slice.byteOffset === 0 && slice.buffer.byteLength === slice.length && slice.buffer instanceof ArrayBuffer
-          ? slice
-          : copyToOwnBuffer(slice, n * PAGE_SIZE);
-      await this.submit(firstPage + p, n, owned);
+      if (transfer && pageCount <= BLOCK_PAGES && slice.length === n * PAGE_SIZE && slice.byteOffset === 0 && slice.buffer.byteLength === slice.length && slice.buffer instanceof ArrayBuffer) {
+        await this.submit(firstPage + p, n, slice);
+      } else await this.submit(firstPage + p, n, this.lendCopy(slice, n), true);
     }
   }
 
@@ -148,7 +146,7 @@ export class Session {
     await this.sendGathered();
     for (let p = 0; p * PAGE_SIZE < length; p += BLOCK_PAGES) {
       const bytes = Math.min(BLOCK_PAGES * PAGE_SIZE, length - p * PAGE_SIZE);
-      await this.submit(firstPage + p, Math.ceil(bytes / PAGE_SIZE), new Uint8Array(0), { path: file, offset: offset + p * PAGE_SIZE, length: bytes });
+      await this.submit(firstPage + p, Math.ceil(bytes / PAGE_SIZE), new Uint8Array(0), false, { path: file, offset: offset + p * PAGE_SIZE, length: bytes });
     }
   }
 
@@ -176,7 +174,7 @@ export class Session {
       const n = Math.min(BLOCK_PAGES, count - p);
       const indices = new Uint32Array(n);
       for (let k = 0; k < n; k++) indices[k] = pageIndices[p + k];
-      await this.submit(indices, n, copyToOwnBuffer(data.subarray(p * PAGE_SIZE, (p + n) * PAGE_SIZE), n * PAGE_SIZE));
+      await this.submit(indices, n, this.lendCopy(data.subarray(p * PAGE_SIZE, (p + n) * PAGE_SIZE), n), true);
     }
   }
 
@@ -200,7 +198,7 @@ export class Session {
     this.assertOpen();
     if (this.error) throw this.error;
     this.checkRange(pageIndex, PAGE_SIZE);
-    const g = (this.gathered ??= { indices: new Uint32Array(BLOCK_PAGES), data: new Uint8Array(BLOCK_PAGES * PAGE_SIZE), count: 0 });
+    const g = (this.gathered ??= { indices: new Uint32Array(BLOCK_PAGES), data: this.store.slabs.take(BLOCK_PAGES * PAGE_SIZE), count: 0 });
     g.indices[g.count] = pageIndex;
     g.data.set(page, g.count * PAGE_SIZE);
     if (++g.count === BLOCK_PAGES) await this.sendGathered();
@@ -211,15 +209,31 @@ export class Session {
     const g = this.gathered;
     if (!g) return;
     this.gathered = undefined;
-    const bytes = g.count * PAGE_SIZE;
-    await this.submit(g.indices.slice(0, g.count), g.count, g.count === BLOCK_PAGES ? g.data : copyToOwnBuffer(g.data.subarray(0, bytes), bytes));
+    await this.submit(g.indices.slice(0, g.count), g.count, g.data.subarray(0, g.count * PAGE_SIZE), true);
+  }
+
+  /**
+   * A copy of `src` (n pages, the last possibly short) in a lent slab, zero-padded to whole pages:
+   * reused memory instead of a fresh buffer per block (docs/DESIGN.md, "No fresh memory per block").
+   */
+  private lendCopy(src: Uint8Array, n: number): Uint8Array {
+    const out = this.store.slabs.take(n * PAGE_SIZE);
+    out.set(src);
+    out.fill(0, src.length);
+    return out;
   }
 
   /**
    * Queues one block: pages `target .. target+n-1`, or the page indices listed in `target` (one per
    * page of the block, as writeScattered sends them).
    */
-  private async submit(target: number | Uint32Array, n: number, pages: Uint8Array, file?: { path: string; offset: number; length: number }): Promise<void> {
+  private async submit(
+    target: number | Uint32Array,
+    n: number,
+    pages: Uint8Array,
+    pagesLent = false,
+    file?: { path: string; offset: number; length: number },
+  ): Promise<void> {
     while (this.inFlight >= this.maxInFlight) await this.queued[0];
     if (this.error) throw this.error;
     const parent = this.parent?.pages;
@@ -255,6 +269,7 @@ export class Session {
     const job = this.store.pool.hash({
       kind: 'hash',
       pages,
+      pagesLent,
       file,
       pageCount: n,
       parentDigests,
@@ -267,9 +282,11 @@ export class Session {
     this.stats.pagesWritten += n;
     this.applying = this.applying.then(async () => {
       let slab: Uint8Array | undefined;
+      let lentPages: Uint8Array | undefined;
       try {
         const result = await job;
         slab = result.slab;
+        lentPages = result.pages;
         // Apply in a later turn of the event loop. Node delivers up to 1000 worker messages in one
         // turn, running each one's continuations on the spot, so applying here kept the loop from
         // turning for a whole ingest: pack writes never completed, and every write batch was fresh
@@ -279,8 +296,9 @@ export class Session {
       } catch (err) {
         this.error ??= fromSystemError(err, `session ${this.id}`);
       } finally {
-        // Apply copied what it kept (PackWriter.append); a failed job's slab is simply not reused.
+        // Apply copied what it kept (PackWriter.append); a failed job's slabs are simply not reused.
         this.store.slabs.give(slab);
+        this.store.slabs.give(lentPages);
         this.inFlight--;
         this.queued.shift();
       }
@@ -559,10 +577,4 @@ export class Session {
   private assertOpen(): void {
     if (this.state !== 'open') throw new VnstoreError('E_SESSION', `session ${this.id} is no longer open`);
   }
-}
-
-function copyToOwnBuffer(src: Uint8Array, length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  out.set(src);
-  return out;
 }
