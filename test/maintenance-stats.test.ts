@@ -96,7 +96,8 @@ beforeAll(async () => {
   await aborted.abort();
   const s = await store.beginSession({ vm: 'cache' });
   garbagePages.push(page('r600'));
-  await s.writePage(5, page('r600'));
+  await s.writePages(5, page('r600')); // sent at once, so stored (writePage would replace it unsent)
+  await s.drain();
   await s.writePage(5, page('r601')); // the last write wins: r600 is stored but unused
   const r = await s.commit({ byteLength: 6 * 4096 });
   recs.push(r);

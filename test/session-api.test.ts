@@ -138,7 +138,7 @@ describe('a store opened without its chunk table (catalog work)', () => {
 });
 
 describe('single pages are gathered', () => {
-  it('are stored only when sent (a block, another write, or commit); an abort drops them unstored', async () => {
+  it('are stored only when sent (a block, another write, or commit), once per page; an abort drops them unstored', async () => {
     const { store, image } = await storeWithParent();
     try {
       const chunksBefore = store.table.size;
@@ -152,10 +152,15 @@ describe('single pages are gathered', () => {
       await s.writePages(3, makePage('random', 811)); // another write sends the gathered page first
       await s.drain();
       expect(store.table.size).toBe(chunksBefore + 2);
+      // Written twice before it is sent: only the last copy is ever stored.
+      await s.writePage(4, makePage('random', 812));
+      await s.writePage(4, makePage('random', 813));
       const r = await s.commit({ byteLength: 8 * PAGE });
+      expect(store.table.size).toBe(chunksBefore + 3);
       const expected = Buffer.from(image);
       makePage('random', 810).copy(expected, 2 * PAGE);
       makePage('random', 811).copy(expected, 3 * PAGE);
+      makePage('random', 813).copy(expected, 4 * PAGE);
       expect((await restoreToBuffer(store, r)).equals(expected)).toBe(true);
     } finally {
       await store.close();

@@ -74,8 +74,11 @@ export class Session {
   private applying: Promise<void> = Promise.resolve();
   /** Each queued block's apply, oldest first: backpressure waits for one slot, not for the whole queue. */
   private readonly queued: Promise<void>[] = [];
-  /** Single pages from writePage, gathered into one block (sent before any other write, and at commit). */
-  private gathered: { indices: Uint32Array; data: Uint8Array; count: number } | undefined;
+  /**
+   * Single pages from writePage, gathered into one block (sent before any other write, and at
+   * commit); `slotOf` maps a page index to its slot, so a page written again replaces its copy.
+   */
+  private gathered: { indices: Uint32Array; data: Uint8Array; count: number; slotOf: Map<number, number> } | undefined;
   private inFlight = 0;
   private error: Error | undefined;
   private readonly failureEpoch: number;
@@ -198,7 +201,15 @@ export class Session {
     this.assertOpen();
     if (this.error) throw this.error;
     this.checkRange(pageIndex, PAGE_SIZE);
-    const g = (this.gathered ??= { indices: new Uint32Array(BLOCK_PAGES), data: this.store.slabs.take(BLOCK_PAGES * PAGE_SIZE), count: 0 });
+    const g = (this.gathered ??= { indices: new Uint32Array(BLOCK_PAGES), data: this.store.slabs.take(BLOCK_PAGES * PAGE_SIZE), count: 0, slotOf: new Map() });
+    // A page written again before its block is sent (a hot page re-sent by the next pre-copy round)
+    // replaces its gathered copy: the superseded one is never hashed, compressed or stored.
+    const again = g.slotOf.get(pageIndex);
+    if (again !== undefined) {
+      g.data.set(page, again * PAGE_SIZE);
+      return;
+    }
+    g.slotOf.set(pageIndex, g.count);
     g.indices[g.count] = pageIndex;
     g.data.set(page, g.count * PAGE_SIZE);
     if (++g.count === BLOCK_PAGES) await this.sendGathered();
