@@ -8,7 +8,7 @@ import { blake3 } from '@napi-rs/blake-hash';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { chunkKey } from '../src/store/db.js';
+import { chunkKey, type SnapshotRecord } from '../src/store/db.js';
 import { restoreSnapshot } from '../src/store/restore.js';
 import { Store, TABLE_FILE } from '../src/store/store.js';
 import { makePage, makeTempDir, removeDir, restoreToBuffer, PAGE } from './helpers/engine.js';
@@ -18,16 +18,43 @@ afterEach(() => {
   for (const d of dirs.splice(0)) removeDir(d);
 });
 
-async function storeWithParent() {
+async function freshStore(): Promise<Store> {
   const dir = path.join(makeTempDir('inherit'), 'store');
   dirs.push(path.dirname(dir));
   await Store.init(dir);
-  const store = await Store.open(dir, { workers: 0 });
+  return Store.open(dir, { workers: 0 });
+}
+
+async function storeWithParent() {
+  const store = await freshStore();
   const image = Buffer.concat(Array.from({ length: 8 }, (_, i) => makePage('random', 500 + i)));
   const s = await store.beginSession({ vm: 'x' });
   await s.writePages(0, image);
   const parent = await s.commit();
   return { store, image, parent };
+}
+
+type WithParent = Awaited<ReturnType<typeof storeWithParent>>;
+
+/** Runs `fn` on a store holding an 8-page parent snapshot of VM x, and closes the store after. */
+async function withParent(fn: (ctx: WithParent) => Promise<void>): Promise<void> {
+  const ctx = await storeWithParent();
+  try {
+    await fn(ctx);
+  } finally {
+    await ctx.store.close();
+  }
+}
+
+/** `image` with some pages replaced. */
+function patched(image: Buffer, pages: [number, Uint8Array][]): Buffer {
+  const out = Buffer.from(image);
+  for (const [i, page] of pages) out.set(page, i * PAGE);
+  return out;
+}
+
+async function expectRestores(store: Store, rec: SnapshotRecord, expected: Buffer): Promise<void> {
+  expect((await restoreToBuffer(store, rec)).equals(expected)).toBe(true);
 }
 
 /** A dirty-page session on the parent: writes only `written`, commits with the rest inherited. */
@@ -38,9 +65,8 @@ async function dirtyPut(store: Store, written: Map<number, Buffer>) {
 }
 
 describe('inherited pages', () => {
-  it('a chunk gone from the store fails the commit with a clear error, and nothing is listed', async () => {
-    const { store, image, parent } = await storeWithParent();
-    try {
+  it('a chunk gone from the store fails the commit with a clear error, and nothing is listed', () =>
+    withParent(async ({ store, image, parent }) => {
       const lost = blake3(image.subarray(3 * PAGE, 4 * PAGE));
       await store.db.del(chunkKey(lost)); // what a repair that quarantined its pack leaves behind
       store.table.remove(lost);
@@ -51,32 +77,20 @@ describe('inherited pages', () => {
       expect((await store.listSnapshots()).map((r) => r.id)).toEqual([parent.id]);
       // Writing the page again stores its chunk anew: the snapshot commits and restores exactly.
       const healed = await dirtyPut(store, new Map([[0, makePage('random', 900)], [3, image.subarray(3 * PAGE, 4 * PAGE)]]));
-      const expected = Buffer.from(image);
-      makePage('random', 900).copy(expected, 0);
-      expect((await restoreToBuffer(store, healed)).equals(expected)).toBe(true);
-    } finally {
-      await store.close();
-    }
-  });
+      await expectRestores(store, healed, patched(image, [[0, makePage('random', 900)]]));
+    }));
 
-  it('a chunk the table has forgotten but the index holds is confirmed exactly, and the commit succeeds', async () => {
-    const { store, image } = await storeWithParent();
-    try {
+  it('a chunk the table has forgotten but the index holds is confirmed exactly, and the commit succeeds', () =>
+    withParent(async ({ store, image }) => {
       store.table.remove(blake3(image.subarray(5 * PAGE, 6 * PAGE)));
       const r = await dirtyPut(store, new Map([[1, makePage('random', 901)]]));
-      const expected = Buffer.from(image);
-      makePage('random', 901).copy(expected, PAGE);
-      expect((await restoreToBuffer(store, r)).equals(expected)).toBe(true);
-    } finally {
-      await store.close();
-    }
-  });
+      await expectRestores(store, r, patched(image, [[1, makePage('random', 901)]]));
+    }));
 });
 
 describe('writeScattered input', () => {
-  it('refuses a length mismatch, bad indices and pages beyond the memory size, and the session stays usable', async () => {
-    const { store, image } = await storeWithParent();
-    try {
+  it('refuses a length mismatch, bad indices and pages beyond the memory size, and the session stays usable', () =>
+    withParent(async ({ store, image }) => {
       const s = await store.beginSession({ vm: 'x', memoryBytes: 8 * PAGE });
       const page = makePage('random', 77);
       await expect(s.writeScattered([1, 2], page)).rejects.toMatchObject({ code: 'E_USAGE' });
@@ -85,30 +99,20 @@ describe('writeScattered input', () => {
       await expect(s.writeScattered([2, 8], Buffer.concat([page, page]))).rejects.toMatchObject({ code: 'E_SESSION' });
       // Nothing of a refused call was queued: page 2 still inherits the parent's.
       await s.writeScattered([6], page);
-      const r = await s.commit();
-      const expected = Buffer.from(image);
-      page.copy(expected, 6 * PAGE);
-      expect((await restoreToBuffer(store, r)).equals(expected)).toBe(true);
-    } finally {
-      await store.close();
-    }
-  });
+      await expectRestores(store, await s.commit(), patched(image, [[6, page]]));
+    }));
 });
 
 describe('a refused writeScattered leaves no trace', () => {
-  it('does not stretch the image length of a session without a declared size', async () => {
-    const { store, image } = await storeWithParent();
-    try {
+  it('does not stretch the image length of a session without a declared size', () =>
+    withParent(async ({ store, image }) => {
       const s = await store.beginSession({ vm: 'x' });
       await expect(s.writeScattered([30, -1], Buffer.alloc(2 * PAGE, 1))).rejects.toMatchObject({ code: 'E_USAGE' });
       await s.writeScattered([1], makePage('random', 78));
       const r = await s.commit(); // length: the parent's pages are inherited up to the furthest write
       expect(r.byteLength).toBe(2 * PAGE);
-      expect((await restoreToBuffer(store, r)).equals(Buffer.concat([image.subarray(0, PAGE), makePage('random', 78)]))).toBe(true);
-    } finally {
-      await store.close();
-    }
-  });
+      await expectRestores(store, r, Buffer.concat([image.subarray(0, PAGE), makePage('random', 78)]));
+    }));
 });
 
 describe('a store opened without its chunk table (catalog work)', () => {
@@ -130,7 +134,7 @@ describe('a store opened without its chunk table (catalog work)', () => {
     const full = await Store.open(dir, { workers: 0 });
     try {
       expect(full.table.size).toBe(8);
-      expect((await restoreToBuffer(full, parent)).equals(image)).toBe(true);
+      await expectRestores(full, parent, image);
     } finally {
       await full.close();
     }
@@ -138,9 +142,8 @@ describe('a store opened without its chunk table (catalog work)', () => {
 });
 
 describe('single pages are gathered', () => {
-  it('are stored only when sent (a block, another write, or commit), once per page; an abort drops them unstored', async () => {
-    const { store, image } = await storeWithParent();
-    try {
+  it('are stored only when sent (a block, another write, or commit), once per page; an abort drops them unstored', () =>
+    withParent(async ({ store, image }) => {
       const chunksBefore = store.table.size;
       const dropped = await store.beginSession({ vm: 'x' });
       for (let i = 0; i < 3; i++) await dropped.writePage(i, makePage('random', 800 + i));
@@ -157,23 +160,13 @@ describe('single pages are gathered', () => {
       await s.writePage(4, makePage('random', 813));
       const r = await s.commit({ byteLength: 8 * PAGE });
       expect(store.table.size).toBe(chunksBefore + 3);
-      const expected = Buffer.from(image);
-      makePage('random', 810).copy(expected, 2 * PAGE);
-      makePage('random', 811).copy(expected, 3 * PAGE);
-      makePage('random', 813).copy(expected, 4 * PAGE);
-      expect((await restoreToBuffer(store, r)).equals(expected)).toBe(true);
-    } finally {
-      await store.close();
-    }
-  });
+      await expectRestores(store, r, patched(image, [[2, makePage('random', 810)], [3, makePage('random', 811)], [4, makePage('random', 813)]]));
+    }));
 });
 
 describe('page buffers are reused', () => {
   it('a short write is zero-padded even in memory that held another block', async () => {
-    const dir = path.join(makeTempDir('inherit'), 'store');
-    dirs.push(path.dirname(dir));
-    await Store.init(dir);
-    const store = await Store.open(dir, { workers: 0 });
+    const store = await freshStore();
     try {
       const s = await store.beginSession({ vm: 'pad', parent: 'none' });
       await s.writePages(0, makePage('random', 1)); // its buffer goes back to the pool once applied
@@ -182,8 +175,7 @@ describe('page buffers are reused', () => {
       await s.writePages(1, short); // short, and not the image's last page
       await s.writePages(2, makePage('random', 3));
       const r = await s.commit({ byteLength: 3 * PAGE });
-      const expected = Buffer.concat([makePage('random', 1), short, Buffer.alloc(PAGE - 100), makePage('random', 3)]);
-      expect((await restoreToBuffer(store, r)).equals(expected)).toBe(true);
+      await expectRestores(store, r, Buffer.concat([makePage('random', 1), short, Buffer.alloc(PAGE - 100), makePage('random', 3)]));
     } finally {
       await store.close();
     }

@@ -30,13 +30,12 @@ export enum PageStatus {
 
 export interface HashJob {
   kind: 'hash';
-  /** pageCount * PAGE_SIZE bytes, own ArrayBuffer (transferable); or empty with `file` set. */
-  pages: Uint8Array;
   /**
-   * `pages` is a view at the start of a lent slab: its whole buffer moves to the worker and comes
-   * back as the result's `pages`, to be reused (fresh memory per block costs a page fault per 4 KiB).
+   * pageCount * PAGE_SIZE bytes at the start of a buffer the job owns (a lent slab, or a caller's
+   * transferred block): the whole buffer moves to the worker and comes back as the result's `pages`,
+   * for reuse. Empty with `file` set.
    */
-  pagesLent?: boolean;
+  pages: Uint8Array;
   /** Read the pages from this file range instead (the worker reads it: the main thread stays free). */
   file?: { path: string; offset: number; length: number };
   pageCount: number;
@@ -68,7 +67,7 @@ export interface HashResult {
   codecs: Uint8Array;
   /** The job's payloadSlab, handed back (`payload` is a view of it when there are New pages). */
   slab?: Uint8Array;
-  /** The job's lent `pages` slab, handed back (pagesLent jobs only). */
+  /** The job's `pages` buffer, handed back (jobs fed with bytes, not a file range). */
   pages?: Uint8Array;
 }
 
@@ -201,7 +200,7 @@ export function runHashJob(job: HashJob): HashResult {
     lengths: c ? c.lengths : new Uint32Array(0),
     codecs: c ? c.codecs : new Uint8Array(0),
     slab: job.payloadSlab,
-    pages: job.pagesLent ? job.pages : undefined,
+    pages: job.file ? undefined : job.pages,
   };
 }
 

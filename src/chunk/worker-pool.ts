@@ -130,11 +130,11 @@ export class PagePool {
     });
   }
 
-  /** Hashes a block; `job.pages` must own its ArrayBuffer (it is transferred and handed back). */
+  /** Hashes a block; the job owns `job.pages`'s buffer (it is transferred and handed back). */
   hash(job: HashJob): Promise<HashResult> {
     const slot = this.pick();
     if (!slot) return this.inline(() => runHashJob(job));
-    return this.submit<HashResult>(slot, job, [...(job.pagesLent ? slabTransfer(job.pages) : ownBuffer(job.pages)), ...slabTransfer(job.payloadSlab)]);
+    return this.submit<HashResult>(slot, job, [...slabTransfer(job.pages), ...slabTransfer(job.payloadSlab)]);
   }
 
   decode(job: DecodeJob): Promise<DecodeResult> {

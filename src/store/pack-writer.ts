@@ -296,11 +296,9 @@ export class PackWriter {
   /** The LevelDB batch that indexes a sealed pack: its chunks, its pack record, the stats counters. */
   private indexBatch(pack: OpenPack): { write(): Promise<void>; close(): Promise<void>; token: Buffer } {
     const batch = this.db.batch();
-    let offset = PACK_HEADER_BYTES;
     for (let k = 0; k < pack.count; k++) {
       const digest = pack.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES);
-      batch.put(chunkKey(digest), encodeChunkValue({ pack: pack.id, offset, storedLength: pack.lengths[k], codec: pack.codecs[k] }));
-      offset += pack.lengths[k];
+      batch.put(chunkKey(digest), encodeChunkValue({ pack: pack.id, offset: pack.offsets[k], storedLength: pack.lengths[k], codec: pack.codecs[k] }));
     }
     const record: PackRecord = {
       id: pack.id,

@@ -126,7 +126,7 @@ export class Session {
    */
   async writePages(firstPage: number, data: Uint8Array, transfer = false): Promise<void> {
     this.assertOpen();
-    this.checkRange(firstPage, data.length);
+    this.furthestByte = Math.max(this.furthestByte, this.checkRange(firstPage, data.length));
     await this.sendGathered();
     const pageCount = Math.ceil(data.length / PAGE_SIZE);
     for (let p = 0; p < pageCount; p += BLOCK_PAGES) {
@@ -135,7 +135,7 @@ export class Session {
       // Workers take the block's buffer by transfer: it must own a whole ArrayBuffer of full pages.
       if (transfer && pageCount <= BLOCK_PAGES && slice.length === n * PAGE_SIZE && slice.byteOffset === 0 && slice.buffer.byteLength === slice.length && slice.buffer instanceof ArrayBuffer) {
         await this.submit(firstPage + p, n, slice);
-      } else await this.submit(firstPage + p, n, this.lendCopy(slice, n), true);
+      } else await this.submit(firstPage + p, n, this.lendCopy(slice, n));
     }
   }
 
@@ -145,11 +145,11 @@ export class Session {
    */
   async writeFileRange(firstPage: number, file: string, offset: number, length: number): Promise<void> {
     this.assertOpen();
-    this.checkRange(firstPage, length);
+    this.furthestByte = Math.max(this.furthestByte, this.checkRange(firstPage, length));
     await this.sendGathered();
     for (let p = 0; p * PAGE_SIZE < length; p += BLOCK_PAGES) {
       const bytes = Math.min(BLOCK_PAGES * PAGE_SIZE, length - p * PAGE_SIZE);
-      await this.submit(firstPage + p, Math.ceil(bytes / PAGE_SIZE), new Uint8Array(0), false, { path: file, offset: offset + p * PAGE_SIZE, length: bytes });
+      await this.submit(firstPage + p, Math.ceil(bytes / PAGE_SIZE), new Uint8Array(0), { path: file, offset: offset + p * PAGE_SIZE, length: bytes });
     }
   }
 
@@ -165,23 +165,21 @@ export class Session {
     if (data.length !== count * PAGE_SIZE) {
       throw new VnstoreError('E_USAGE', `writeScattered needs ${count} whole page(s) (${count * PAGE_SIZE} bytes) for ${count} page index(es), got ${data.length} bytes`);
     }
-    const furthest = this.furthestByte;
-    try {
-      for (let k = 0; k < count; k++) this.checkRange(pageIndices[k], PAGE_SIZE);
-    } catch (err) {
-      this.furthestByte = furthest; // a refused call leaves no trace, not even in the image length
-      throw err;
-    }
+    // Every index is checked before anything is recorded: a refused call leaves no trace.
+    let end = 0;
+    for (let k = 0; k < count; k++) end = Math.max(end, this.checkRange(pageIndices[k], PAGE_SIZE));
+    this.furthestByte = Math.max(this.furthestByte, end);
     await this.sendGathered();
     for (let p = 0; p < count; p += BLOCK_PAGES) {
       const n = Math.min(BLOCK_PAGES, count - p);
       const indices = new Uint32Array(n);
       for (let k = 0; k < n; k++) indices[k] = pageIndices[p + k];
-      await this.submit(indices, n, this.lendCopy(data.subarray(p * PAGE_SIZE, (p + n) * PAGE_SIZE), n), true);
+      await this.submit(indices, n, this.lendCopy(data.subarray(p * PAGE_SIZE, (p + n) * PAGE_SIZE), n));
     }
   }
 
-  private checkRange(firstPage: number, length: number): void {
+  /** Validates a write of `length` bytes at page `firstPage`; returns the byte just past it. */
+  private checkRange(firstPage: number, length: number): number {
     if (!Number.isSafeInteger(firstPage) || firstPage < 0) throw new VnstoreError('E_USAGE', `bad page index ${firstPage}`);
     const pageCount = Math.ceil(length / PAGE_SIZE);
     const end = firstPage * PAGE_SIZE + length;
@@ -189,7 +187,7 @@ export class Session {
       throw new VnstoreError('E_SESSION', `write of pages ${firstPage}..${firstPage + pageCount - 1} exceeds the VM's memory size (${this.options.memoryBytes} bytes)`);
     }
     if (end > MAX_IMAGE_BYTES) throw new VnstoreError('E_SESSION', `write at page ${firstPage} is beyond the largest supported image (${MAX_IMAGE_BYTES} bytes)`);
-    this.furthestByte = Math.max(this.furthestByte, end);
+    return end;
   }
 
   /**
@@ -200,7 +198,7 @@ export class Session {
     if (page.length !== PAGE_SIZE) return this.writePages(pageIndex, page); // the image's short last page
     this.assertOpen();
     if (this.error) throw this.error;
-    this.checkRange(pageIndex, PAGE_SIZE);
+    this.furthestByte = Math.max(this.furthestByte, this.checkRange(pageIndex, PAGE_SIZE));
     const g = (this.gathered ??= { indices: new Uint32Array(BLOCK_PAGES), data: this.store.slabs.take(BLOCK_PAGES * PAGE_SIZE), count: 0, slotOf: new Map() });
     // A page written again before its block is sent (a hot page re-sent by the next pre-copy round)
     // replaces its gathered copy: the superseded one is never hashed, compressed or stored.
@@ -220,7 +218,7 @@ export class Session {
     const g = this.gathered;
     if (!g) return;
     this.gathered = undefined;
-    await this.submit(g.indices.slice(0, g.count), g.count, g.data.subarray(0, g.count * PAGE_SIZE), true);
+    await this.submit(g.indices.slice(0, g.count), g.count, g.data.subarray(0, g.count * PAGE_SIZE));
   }
 
   /**
@@ -238,13 +236,7 @@ export class Session {
    * Queues one block: pages `target .. target+n-1`, or the page indices listed in `target` (one per
    * page of the block, as writeScattered sends them).
    */
-  private async submit(
-    target: number | Uint32Array,
-    n: number,
-    pages: Uint8Array,
-    pagesLent = false,
-    file?: { path: string; offset: number; length: number },
-  ): Promise<void> {
+  private async submit(target: number | Uint32Array, n: number, pages: Uint8Array, file?: { path: string; offset: number; length: number }): Promise<void> {
     while (this.inFlight >= this.maxInFlight) await this.queued[0];
     if (this.error) throw this.error;
     const parent = this.parent?.pages;
@@ -280,7 +272,6 @@ export class Session {
     const job = this.store.pool.hash({
       kind: 'hash',
       pages,
-      pagesLent,
       file,
       pageCount: n,
       parentDigests,
@@ -293,11 +284,11 @@ export class Session {
     this.stats.pagesWritten += n;
     this.applying = this.applying.then(async () => {
       let slab: Uint8Array | undefined;
-      let lentPages: Uint8Array | undefined;
+      let pagesBack: Uint8Array | undefined;
       try {
         const result = await job;
         slab = result.slab;
-        lentPages = result.pages;
+        pagesBack = result.pages;
         // Apply in a later turn of the event loop. Node delivers up to 1000 worker messages in one
         // turn, running each one's continuations on the spot, so applying here kept the loop from
         // turning for a whole ingest: pack writes never completed, and every write batch was fresh
@@ -307,9 +298,10 @@ export class Session {
       } catch (err) {
         this.error ??= fromSystemError(err, `session ${this.id}`);
       } finally {
-        // Apply copied what it kept (PackWriter.append); a failed job's slabs are simply not reused.
+        // Apply copied what it kept (PackWriter.append); a failed job's slabs are simply not reused,
+        // and a buffer that is not one of the pool's slabs is left alone.
         this.store.slabs.give(slab);
-        this.store.slabs.give(lentPages);
+        this.store.slabs.give(pagesBack);
         this.inFlight--;
         this.queued.shift();
       }
