@@ -1,7 +1,8 @@
 /**
- * Page workers on demand (OpenOptions.startWorkers): a one-shot command runs cheap work inline and
- * starts its workers only for a session that compresses much; every mode stores the same bytes, and
- * a pool whose workers are busy lets the caller run jobs itself.
+ * Page workers on demand (OpenOptions.startWorkers): without thread-pool jobs, a one-shot command
+ * runs cheap work inline and starts its workers only for a session that compresses much; every mode
+ * stores the same bytes, and a pool whose workers are busy lets the caller run jobs itself.
+ * (test/thread-pool.test.ts covers on-demand with thread-pool jobs.)
  */
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -42,7 +43,7 @@ describe('page workers on demand', () => {
     const [first, second] = images();
     const dir = await freshStore();
     // A consecutive snapshot with few changes never starts them.
-    let store = await Store.open(dir, { workers: 1, startWorkers: 'on-demand' });
+    let store = await Store.open(dir, { workers: 1, startWorkers: 'on-demand', threadPool: false });
     let r1;
     try {
       expect(store.pool.size).toBe(0);
@@ -51,7 +52,7 @@ describe('page workers on demand', () => {
     } finally {
       await store.close();
     }
-    store = await Store.open(dir, { workers: 1, startWorkers: 'on-demand' });
+    store = await Store.open(dir, { workers: 1, startWorkers: 'on-demand', threadPool: false });
     try {
       const r2 = await put(store, 'a', second);
       expect(r2.parent).toBe(r1.id);
@@ -73,7 +74,7 @@ describe('page workers on demand', () => {
     } finally {
       await store.close();
     }
-    store = await Store.open(dir, { workers: 1, startWorkers: 'on-demand' });
+    store = await Store.open(dir, { workers: 1, startWorkers: 'on-demand', threadPool: false });
     try {
       const r = await put(store, 'b', rewritten);
       expect(r.parent).not.toBeNull();
@@ -107,16 +108,16 @@ describe('page workers on demand', () => {
 
 describe('worker readiness', () => {
   it('runs jobs on the caller until the worker says it is ready, then hands them to the worker', async () => {
-    const pool = new PagePool(1);
+    const pool = new PagePool(1, { threadPool: false });
     try {
       const page = makePage('compressible', 11);
       const job = () => pool.hash({ kind: 'hash', pages: Uint8Array.from(page), pageCount: 1 });
       // The worker cannot have loaded in the same tick as its start: this job must not queue behind it.
       const early = await job();
-      expect(pool.jobCounts).toEqual({ inline: 1, worker: 0 });
+      expect(pool.jobCounts).toEqual({ inline: 1, threadPool: 0, worker: 0 });
       await pool.whenReady();
       const late = await job();
-      expect(pool.jobCounts).toEqual({ inline: 1, worker: 1 });
+      expect(pool.jobCounts).toEqual({ inline: 1, threadPool: 0, worker: 1 });
       expect(Buffer.from(late.digests).equals(Buffer.from(early.digests))).toBe(true);
       expect(Buffer.from(late.payload).equals(Buffer.from(early.payload))).toBe(true);
     } finally {

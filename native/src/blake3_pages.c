@@ -19,6 +19,7 @@
 #include <node_api.h>
 
 #include "napi_args.h"
+#include "napi_async.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(VNSTORE_NO_SIMD) /* VNSTORE_NO_SIMD: build without kernels */
 #define HAVE_X86_KERNELS 1
@@ -32,7 +33,7 @@
 #define PAGE_SIZE 4096u
 #define DIGEST_BYTES 32u
 /* Bumped whenever the JS-visible contract of this addon changes; hash.ts refuses other values. */
-#define HASH_ADDON_ABI 1
+#define HASH_ADDON_ABI 2
 
 #define BLAKE3_BLOCK_LEN 64
 #define BLAKE3_CHUNK_LEN 1024
@@ -110,34 +111,8 @@ static pthread_once_t g_kernel_once = PTHREAD_ONCE_INIT;
 
 static void init_kernel(void) { g_kernel = pick_kernel(&g_kernel_name); }
 
-/* hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array): void
- * For every k, with p = pages[k]: out[p*32 .. p*32+32) = BLAKE3-256(src[p*4096 .. p*4096+4096)).
- * Digests land at their page's index, so callers hash a sparse set of pages in place. */
-static napi_value js_hash_pages(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3)
-    return throw_type(env, "hashPages(src, pages, out)");
-  if (g_kernel == NULL) return throw_range(env, "no SIMD kernel on this CPU");
-  uint8_t *src;
-  size_t src_len;
-  if (get_typed(env, argv[0], napi_uint8_array, (void **)&src, &src_len) != 0)
-    return throw_type(env, "src must be a Uint8Array");
-  uint32_t *pages;
-  size_t n;
-  if (get_typed(env, argv[1], napi_uint32_array, (void **)&pages, &n) != 0)
-    return throw_type(env, "pages must be a Uint32Array");
-  uint8_t *out;
-  size_t out_len;
-  if (get_typed(env, argv[2], napi_uint8_array, (void **)&out, &out_len) != 0)
-    return throw_type(env, "out must be a Uint8Array");
-  const size_t src_pages = src_len / PAGE_SIZE;
-  const size_t out_pages = out_len / DIGEST_BYTES;
-  for (size_t k = 0; k < n; k++) {
-    if (pages[k] >= src_pages) return throw_range(env, "page index out of range of src");
-    if (pages[k] >= out_pages) return throw_range(env, "out too small: need 32 bytes per page up to the highest index");
-  }
-
+/* Hashes pages[0..n) of src into out at each page's index (caller validated every index). */
+static void hash_listed(const uint8_t *src, const uint32_t *pages, size_t n, uint8_t *out) {
   uint8_t discard[8][DIGEST_BYTES];
   for (size_t k = 0; k < n; k += 8) {
     const uint8_t *in[8];
@@ -154,7 +129,101 @@ static napi_value js_hash_pages(napi_env env, napi_callback_info info) {
     }
     g_kernel(in, dst);
   }
+}
+
+/* hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array): void
+ * For every k, with p = pages[k]: out[p*32 .. p*32+32) = BLAKE3-256(src[p*4096 .. p*4096+4096)).
+ * Digests land at their page's index, so callers hash a sparse set of pages in place. */
+static napi_value js_hash_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3)
+    return throw_type(env, "hashPages(src, pages, out)");
+  if (g_kernel == NULL) return throw_range(env, "no SIMD kernel on this CPU");
+  uint8_t *src, *out;
+  uint32_t *pages;
+  size_t src_len, n, out_len;
+  if (arg_typed(env, argv[0], napi_uint8_array, (void **)&src, &src_len, "src must be a Uint8Array") ||
+      arg_typed(env, argv[1], napi_uint32_array, (void **)&pages, &n, "pages must be a Uint32Array") ||
+      arg_typed(env, argv[2], napi_uint8_array, (void **)&out, &out_len, "out must be a Uint8Array"))
+    return NULL;
+  const size_t src_pages = src_len / PAGE_SIZE;
+  const size_t out_pages = out_len / DIGEST_BYTES;
+  for (size_t k = 0; k < n; k++) {
+    if (pages[k] >= src_pages) return throw_range(env, "page index out of range of src");
+    if (pages[k] >= out_pages) return throw_range(env, "out too small: need 32 bytes per page up to the highest index");
+  }
+
+  hash_listed(src, pages, n, out);
   return NULL;
+}
+
+static int page_is_zero(const uint8_t *page) {
+  const uint64_t *w = (const uint64_t *)page; /* pages are 4 KiB-aligned within 8-byte-aligned buffers */
+  uint64_t acc = 0;
+  for (size_t i = 0; i < PAGE_SIZE / 8; i += 8) {
+    acc |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
+    if (acc != 0) return 0; /* most non-zero pages stop within the first 64 bytes */
+  }
+  return 1;
+}
+
+typedef struct {
+  vn_async_t base;
+  const uint8_t *src;
+  size_t count;
+  uint8_t *zero;
+  uint8_t *out;
+} scan_job_t;
+
+static void run_scan(vn_async_t *self) {
+  scan_job_t *job = (scan_job_t *)self;
+  uint32_t list[64];
+  size_t listed = 0, non_zero = 0;
+  for (size_t p = 0; p < job->count; p++) {
+    const int z = page_is_zero(job->src + p * PAGE_SIZE);
+    job->zero[p] = (uint8_t)z;
+    if (z) continue;
+    non_zero++;
+    list[listed++] = (uint32_t)p;
+    if (listed == 64) {
+      hash_listed(job->src, list, listed, job->out);
+      listed = 0;
+    }
+  }
+  hash_listed(job->src, list, listed, job->out);
+  self->result = (double)non_zero;
+}
+
+/* scanPagesAsync(src: Uint8Array, count: number, zero: Uint8Array, out: Uint8Array): Promise<number>
+ * On the libuv thread pool: zero[p] = 1 if page p of src is all zero, else 0 and
+ * out[p*32 .. p*32+32) = its BLAKE3-256 (other slots untouched). Resolves to the non-zero count.
+ * src must hold count pages and be 8-byte aligned; zero count bytes; out count*32 bytes. */
+static napi_value js_scan_pages_async(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4)
+    return throw_type(env, "scanPagesAsync(src, count, zero, out)");
+  if (g_kernel == NULL) return throw_range(env, "no SIMD kernel on this CPU");
+  uint8_t *src, *zero, *out;
+  size_t src_len, zero_len, out_len;
+  uint32_t count;
+  if (arg_typed(env, argv[0], napi_uint8_array, (void **)&src, &src_len, "src must be a Uint8Array") ||
+      arg_typed(env, argv[2], napi_uint8_array, (void **)&zero, &zero_len, "zero must be a Uint8Array") ||
+      arg_typed(env, argv[3], napi_uint8_array, (void **)&out, &out_len, "out must be a Uint8Array"))
+    return NULL;
+  if (napi_get_value_uint32(env, argv[1], &count) != napi_ok) return throw_type(env, "count must be a number");
+  if ((size_t)count * PAGE_SIZE > src_len) return throw_range(env, "src holds fewer than count pages");
+  if (zero_len < count || out_len < (size_t)count * DIGEST_BYTES) return throw_range(env, "zero or out too small for count pages");
+  if (count > 0 && ((uintptr_t)src & 7u) != 0) return throw_range(env, "src must be 8-byte aligned");
+  scan_job_t *job = (scan_job_t *)vn_async_new(sizeof *job, run_scan);
+  if (job == NULL) return throw_range(env, "out of memory");
+  job->src = src;
+  job->count = count;
+  job->zero = zero;
+  job->out = out;
+  const napi_value held[] = {argv[0], argv[2], argv[3]};
+  return vn_async_queue(env, &job->base, held, 3, "vnstore.scanPages");
 }
 
 NAPI_MODULE_INIT() {
@@ -164,6 +233,7 @@ NAPI_MODULE_INIT() {
   if (napi_create_string_utf8(env, g_kernel_name, NAPI_AUTO_LENGTH, &simd) != napi_ok) return NULL;
   napi_property_descriptor props[] = {
       {"hashPages", NULL, js_hash_pages, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"scanPagesAsync", NULL, js_scan_pages_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"abi", NULL, NULL, NULL, NULL, abi, napi_enumerable, NULL},
       {"simd", NULL, NULL, NULL, NULL, simd, napi_enumerable, NULL},
   };

@@ -29,4 +29,11 @@ static inline int get_typed(napi_env env, napi_value v, napi_typedarray_type wan
   return 0;
 }
 
+/* get_typed, throwing a TypeError with `msg` on failure. Returns 0 on success. */
+static inline int arg_typed(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *length, const char *msg) {
+  if (get_typed(env, v, want, data, length) == 0) return 0;
+  throw_type(env, msg);
+  return -1;
+}
+
 #endif

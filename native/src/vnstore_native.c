@@ -20,6 +20,7 @@
 #include <node_api.h>
 
 #include "napi_args.h"
+#include "napi_async.h"
 
 #include <dlfcn.h>
 #include <limits.h>
@@ -34,7 +35,7 @@
 #define CODEC_RAW 0u
 #define CODEC_LZ4 1u
 /* Bumped whenever the JS-visible contract of this addon changes; codec.ts refuses other values. */
-#define ADDON_ABI 2
+#define ADDON_ABI 3
 /* Scratch kept per JS environment for compress output; larger batches use a temporary allocation. */
 #define SCRATCH_KEEP_MAX (64u * 1024u * 1024u)
 
@@ -146,6 +147,21 @@ static const char *decode_one(const uint8_t *payload, size_t len, uint32_t codec
   return "unknown codec";
 }
 
+/* Compresses one page to dst (PAGE_SIZE bytes of room); returns the stored length. */
+static size_t compress_one(const uint8_t *page, uint8_t *dst, uint32_t *length, uint8_t *codec) {
+  /* Capacity PAGE_SIZE-1: LZ4 gives up (returns 0) as soon as the page cannot get smaller. */
+  int r = g_lz4_compress((const char *)page, (char *)dst, (int)PAGE_SIZE, (int)PAGE_SIZE - 1);
+  if (r > 0) {
+    *codec = CODEC_LZ4;
+    *length = (uint32_t)r;
+    return (size_t)r;
+  }
+  memcpy(dst, page, PAGE_SIZE);
+  *codec = CODEC_RAW;
+  *length = PAGE_SIZE;
+  return PAGE_SIZE;
+}
+
 /* ---------- exported functions ---------- */
 
 /* compressPages(src: Uint8Array, offsets: Uint32Array | Float64Array, lengths: Uint32Array,
@@ -220,19 +236,7 @@ static napi_value js_compress_pages(napi_env env, napi_callback_info info) {
   size_t pos = 0;
   for (size_t i = 0; i < n; i++) {
     size_t off = offsets_f64 ? (size_t)((const double *)offsets)[i] : (size_t)((const uint32_t *)offsets)[i];
-    const uint8_t *page = src + off;
-    /* Capacity PAGE_SIZE-1: LZ4 gives up (returns 0) as soon as the page cannot get smaller. */
-    int r = g_lz4_compress((const char *)page, (char *)(out + pos), (int)PAGE_SIZE, (int)PAGE_SIZE - 1);
-    if (r > 0) {
-      codecs[i] = CODEC_LZ4;
-      lengths[i] = (uint32_t)r;
-      pos += (size_t)r;
-    } else {
-      memcpy(out + pos, page, PAGE_SIZE);
-      codecs[i] = CODEC_RAW;
-      lengths[i] = PAGE_SIZE;
-      pos += PAGE_SIZE;
-    }
+    pos += compress_one(src + off, out + pos, &lengths[i], &codecs[i]);
   }
 
   napi_value result;
@@ -247,6 +251,56 @@ static napi_value js_compress_pages(napi_env env, napi_callback_info info) {
   if (temporary) free(out);
   if (st != napi_ok) return throw_range(env, "cannot allocate payload buffer");
   return result;
+}
+
+typedef struct {
+  vn_async_t base;
+  const uint8_t *src;
+  const uint32_t *offsets;
+  size_t n;
+  uint32_t *lengths;
+  uint8_t *codecs;
+  uint8_t *dst;
+} compress_job_t;
+
+static void run_compress(vn_async_t *self) {
+  compress_job_t *job = (compress_job_t *)self;
+  size_t pos = 0;
+  for (size_t i = 0; i < job->n; i++) pos += compress_one(job->src + job->offsets[i], job->dst + pos, &job->lengths[i], &job->codecs[i]);
+  self->result = (double)pos;
+}
+
+/* compressPagesAsync(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array,
+ *                    dst: Uint8Array): Promise<number>
+ * compressPages with a destination, on the libuv thread pool; resolves to the payloads' total length.
+ * Every argument is checked here, before the job is queued. */
+static napi_value js_compress_pages_async(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) return throw_type(env, "compressPagesAsync(src, offsets, lengths, codecs, dst)");
+  uint8_t *src, *codecs, *dst;
+  uint32_t *offsets, *lengths;
+  size_t src_len, n, n_len, n_codecs, dst_len;
+  if (arg_typed(env, argv[0], napi_uint8_array, (void **)&src, &src_len, "src must be a Uint8Array") ||
+      arg_typed(env, argv[1], napi_uint32_array, (void **)&offsets, &n, "offsets must be a Uint32Array") ||
+      arg_typed(env, argv[2], napi_uint32_array, (void **)&lengths, &n_len, "lengths must be a Uint32Array") ||
+      arg_typed(env, argv[3], napi_uint8_array, (void **)&codecs, &n_codecs, "codecs must be a Uint8Array") ||
+      arg_typed(env, argv[4], napi_uint8_array, (void **)&dst, &dst_len, "dst must be a Uint8Array"))
+    return NULL;
+  if (n_len != n || n_codecs != n) return throw_type(env, "lengths and codecs need one element per offset");
+  for (size_t i = 0; i < n; i++)
+    if ((size_t)offsets[i] + PAGE_SIZE > src_len) return throw_range(env, "page offset out of range of src");
+  if (n > SIZE_MAX / PAGE_SIZE || dst_len < n * PAGE_SIZE) return throw_range(env, "dst too small: need offsets.length * PAGE_SIZE bytes");
+  compress_job_t *job = (compress_job_t *)vn_async_new(sizeof *job, run_compress);
+  if (job == NULL) return throw_range(env, "out of memory");
+  job->src = src;
+  job->offsets = offsets;
+  job->n = n;
+  job->lengths = lengths;
+  job->codecs = codecs;
+  job->dst = dst;
+  return vn_async_queue(env, &job->base, argv, 5, "vnstore.compressPages");
 }
 
 /* decodePage(payload: Uint8Array, codec: number, dst: Uint8Array, dstOffset: number): void */
@@ -359,6 +413,7 @@ NAPI_MODULE_INIT() {
   NAPI_OK(napi_create_int32(env, g_lz4_version, &lz4_version));
   napi_property_descriptor props[] = {
       {"compressPages", NULL, js_compress_pages, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"compressPagesAsync", NULL, js_compress_pages_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodePage", NULL, js_decode_page, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodePages", NULL, js_decode_pages, NULL, NULL, NULL, napi_enumerable, NULL},
       {"abi", NULL, NULL, NULL, NULL, abi, napi_enumerable, NULL},

@@ -64,6 +64,12 @@ export interface PageCodec {
   ): void;
   /** mask[i] = 1 when page i of src (at i*PAGE_SIZE) is all zero, else 0. src must hold count pages. */
   zeroMask(src: Uint8Array, count: number): Uint8Array;
+  /**
+   * compressPages into `dst` on the libuv thread pool (native codec only): the main thread stays
+   * free meanwhile. Arguments are checked before anything runs; until the promise settles, no
+   * argument's buffer may be transferred or written.
+   */
+  compressPagesAsync?(src: Uint8Array, offsets: Uint32Array, dst: Uint8Array): Promise<CompressedPages>;
 }
 
 export class CodecError extends Error {
@@ -244,17 +250,18 @@ class JsPageCodec implements PageCodec {
 // RangeError/TypeError by the addon; codec errors carry code E_CODEC and are re-thrown as CodecError
 // so that callers can rely on instanceof.
 
-/** The addon's exports (native/src/vnstore_native.c), ABI 2. */
+/** The addon's exports (native/src/vnstore_native.c), ABI 3. */
 interface NativeBinding {
   readonly abi: number;
   readonly pageSize: number;
   readonly lz4Version: number;
   compressPages(src: Uint8Array, offsets: Uint32Array | Float64Array, lengths: Uint32Array, codecs: Uint8Array, dst?: Uint8Array): Buffer | number;
+  compressPagesAsync(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, dst: Uint8Array): Promise<number>;
   decodePage(payload: Uint8Array, codec: number, dst: Uint8Array, dstOffset: number): void;
   decodePages(payload: Uint8Array, lengths: Uint32Array, codecs: Uint8Array, dst: Uint8Array, dstOffset: number): void;
 }
 
-const NATIVE_ABI = 2;
+const NATIVE_ABI = 3;
 
 function rethrow(err: unknown): never {
   if (err instanceof Error && (err as NodeJS.ErrnoException).code === 'E_CODEC') {
@@ -279,6 +286,15 @@ class NativePageCodec implements PageCodec {
     }
     const payload = this.b.compressPages(src, offs, lengths, codecs) as Buffer;
     return { payload, lengths, codecs };
+  }
+
+  /** Not `async`: a bad argument throws at the call, as with compressPages. */
+  compressPagesAsync(src: Uint8Array, offsets: Uint32Array, dst: Uint8Array): Promise<CompressedPages> {
+    const lengths = new Uint32Array(offsets.length);
+    const codecs = new Uint8Array(offsets.length);
+    return this.b
+      .compressPagesAsync(src, offsets, lengths, codecs, dst)
+      .then((total) => ({ payload: Buffer.from(dst.buffer, dst.byteOffset, total), lengths, codecs }));
   }
 
   decodePage(payload: Uint8Array, codec: ChunkCodec, dst: Uint8Array, dstOffset: number): void {

@@ -23,12 +23,13 @@ function loadBlake3(): typeof BlakeHash {
 
 const { blake3, Blake3Hasher } = loadBlake3();
 
-/** native/src/blake3_pages.c, ABI 1: BLAKE3 of whole pages, eight per SIMD pass. */
+/** native/src/blake3_pages.c, ABI 2: BLAKE3 of whole pages, eight per SIMD pass. */
 interface HashBinding {
   readonly abi: number;
   /** "avx512vl", "avx2", or "" when the CPU has no kernel. */
   readonly simd: string;
   hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array): void;
+  scanPagesAsync(src: Uint8Array, count: number, zero: Uint8Array, out: Uint8Array): Promise<number>;
 }
 
 const HASH_ADDON_PATH = fileURLToPath(new URL('../../native/build/Release/vnstore_hash.node', import.meta.url));
@@ -48,7 +49,7 @@ function loadPageHasher(): HashBinding | null {
   }
   try {
     const b = createRequire(import.meta.url)(HASH_ADDON_PATH) as HashBinding;
-    if (b.abi !== 1) throw new Error(`addon ABI ${String(b.abi)}, want 1: rebuild it`);
+    if (b.abi !== 2) throw new Error(`addon ABI ${String(b.abi)}, want 2: rebuild it`);
     if (!b.simd) throw new Error('no SIMD kernel for this CPU (AVX2 needed)');
     const src = new Uint8Array(3 * PAGE_SIZE);
     for (let i = 0; i < src.length; i++) src[i] = (i * 131 + (i >>> 12) * 7) & 0xff;
@@ -81,6 +82,17 @@ export function hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array):
   const srcPages = Math.floor(src.length / PAGE_SIZE);
   for (const p of pages) if (p >= srcPages || (p + 1) * DIGEST_BYTES > out.length) throw new RangeError(`page ${p} out of range`);
   for (const p of pages) out.set(hashPage(src.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)), p * DIGEST_BYTES);
+}
+
+/**
+ * The thread-pool page scanner, where the addon serves: scan(src, count, zero, out) sets zero[p]
+ * to 1 for each all-zero page p of src's first `count` pages and hashes the others into
+ * out[p*32 ..], off the main thread; it resolves to the non-zero count. src must be 8-byte aligned,
+ * and none of the three buffers may be transferred or written until it settles.
+ */
+export function pageScanner(): HashBinding['scanPagesAsync'] | undefined {
+  const native = loadPageHasher();
+  return native ? (src, count, zero, out) => native.scanPagesAsync(src, count, zero, out) : undefined;
 }
 
 /** Which page hasher serves hashPages(): the SIMD kernel's name, or why the fallback is used. */

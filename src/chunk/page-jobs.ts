@@ -2,13 +2,13 @@
  * The CPU work of ingest and restore, as pure functions over one block of pages. They run inside
  * worker threads (page-worker.ts) or inline; the store sees the same results either way.
  */
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, read, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { packFileName } from '../format/pack.js';
 import { fingerprint, tableHasFingerprint, tableLocation } from '../index/chunk-table.js';
-import { getCodec, type ChunkCodec } from './codec.js';
-import { hashPages } from './hash.js';
+import { getCodec, type ChunkCodec, type CompressedPages } from './codec.js';
+import { hashPages, pageScanner } from './hash.js';
 
 /** Per-page outcome of hashing, decided as far as a worker can without the exact index. */
 export enum PageStatus {
@@ -122,17 +122,19 @@ function sameWords(a: Uint32Array, b: Uint32Array, at: number): boolean {
   return true;
 }
 
-/** Reads a file range into fresh, zero-padded whole pages. */
+/** Reads a file range into zero-padded whole pages (a per-thread buffer, reused by the next call). */
 function readFileRange(file: { path: string; offset: number; length: number }, pageCount: number): Uint8Array {
+  // The descriptor stays open across the blocks of one image (jobs run one at a time per thread).
   if (inputFile?.path !== file.path) {
     if (inputFile) closeSync(inputFile.fd);
     inputFile = { path: file.path, fd: openSync(file.path, 'r') };
   }
+  const { fd } = inputFile;
   // One read buffer per worker, reused: nothing is transferred back, so nothing needs a new one.
   if (readBuffer.length < pageCount * PAGE_SIZE) readBuffer = new Uint8Array(pageCount * PAGE_SIZE);
   const pages = readBuffer.subarray(0, pageCount * PAGE_SIZE);
   pages.fill(0, file.length); // zero-pad a short last page
-  if (preadFully(inputFile.fd, pages, file.length, file.offset) !== file.length) throw new Error(`${file.path}: file shrank while being read`);
+  if (preadFully(fd, pages, file.length, file.offset) !== file.length) throw new Error(`${file.path}: file shrank while being read`);
   return pages;
 }
 
@@ -140,14 +142,86 @@ export function runHashJob(job: HashJob): HashResult {
   const { pageCount } = job;
   const pages = job.file ? readFileRange(job.file, pageCount) : job.pages;
   const digests = new Uint8Array(pageCount * DIGEST_BYTES);
-  const status = new Uint8Array(pageCount);
-  const newOffsets: number[] = [];
-  const seen = new Map<string, number>();
   const zero = getCodec().zeroMask(pages, pageCount);
   const nonZero = new Uint32Array(pageCount);
   let nonZeroCount = 0;
   for (let i = 0; i < pageCount; i++) if (!zero[i]) nonZero[nonZeroCount++] = i;
   hashPages(pages, nonZero.subarray(0, nonZeroCount), digests);
+  const { status, newOffsets } = classifyPages(job, pages, zero, digests);
+  const c = newOffsets.length > 0 ? getCodec().compressPages(pages, newOffsets, job.payloadSlab) : undefined;
+  return finishHashJob(job, pages, digests, status, c);
+}
+
+/**
+ * runHashJob with its heavy steps (reading a file range, the zero scan and BLAKE3, LZ4) on the libuv
+ * thread pool, for callers with no worker to send the job to: the calling thread stays free to read
+ * and apply other blocks meanwhile, and the pool's threads are already running (a worker thread
+ * costs ~90 ms to start; docs/DESIGN.md, "Thread-pool jobs"). Same results as runHashJob. A file
+ * job reads into `readBuffer` (pageCount pages or more), which is free again once this settles.
+ * Returns undefined when the addons cannot serve (no native codec or page hasher): run runHashJob.
+ */
+export function runHashJobOnThreadPool(job: HashJob, readBuffer: () => Uint8Array): Promise<HashResult> | undefined {
+  const scan = pageScanner();
+  const codec = getCodec();
+  if (!scan || !codec.compressPagesAsync) return undefined;
+  if (!job.file && job.pages.byteOffset % 8 !== 0) return undefined; // the scanner reads 8-byte words
+  return hashOnThreadPool(job, readBuffer, scan, codec);
+}
+
+async function hashOnThreadPool(
+  job: HashJob,
+  readBuffer: () => Uint8Array,
+  scan: NonNullable<ReturnType<typeof pageScanner>>,
+  codec: ReturnType<typeof getCodec>,
+): Promise<HashResult> {
+  const { pageCount } = job;
+  let pages = job.pages;
+  if (job.file) {
+    pages = readBuffer().subarray(0, pageCount * PAGE_SIZE);
+    pages.fill(0, job.file.length); // zero-pad a short last page
+    // A descriptor per job (one openat, next to a 4 MiB read): jobs of several sessions may be
+    // reading different files at once, so none may close a descriptor another is using.
+    const fd = openSync(job.file.path, 'r');
+    try {
+      if ((await preadFullyAsync(fd, pages, job.file.length, job.file.offset)) !== job.file.length) throw new Error(`${job.file.path}: file shrank while being read`);
+    } finally {
+      closeSync(fd);
+    }
+  }
+  const zero = new Uint8Array(pageCount);
+  const digests = new Uint8Array(pageCount * DIGEST_BYTES);
+  await scan(pages, pageCount, zero, digests);
+  const { status, newOffsets } = classifyPages(job, pages, zero, digests);
+  const c = newOffsets.length > 0 ? await codec.compressPagesAsync!(pages, newOffsets, job.payloadSlab ?? new Uint8Array(newOffsets.length * PAGE_SIZE)) : undefined;
+  return finishHashJob(job, pages, digests, status, c);
+}
+
+/** Whether runHashJobOnThreadPool can serve (the native page hasher and codec both loaded). */
+export function threadPoolServes(): boolean {
+  return pageScanner() !== undefined && getCodec().compressPagesAsync !== undefined;
+}
+
+/** pread()s on the thread pool until `length` bytes are in or the file ends; returns the bytes read. */
+async function preadFullyAsync(fd: number, buf: Uint8Array, length: number, position: number): Promise<number> {
+  let got = 0;
+  while (got < length) {
+    const n = await new Promise<number>((resolve, reject) => read(fd, buf, got, length - got, position + got, (err, bytes) => (err ? reject(err) : resolve(bytes))));
+    if (n === 0) break;
+    got += n;
+  }
+  return got;
+}
+
+/**
+ * Decides each page's status from its zero flag and digest (see PageStatus), and lists the byte
+ * offsets of the New pages, which are the ones to compress.
+ */
+function classifyPages(job: HashJob, pages: Uint8Array, zero: Uint8Array, digests: Uint8Array): { status: Uint8Array; newOffsets: Uint32Array } {
+  const { pageCount } = job;
+  const status = new Uint8Array(pageCount);
+  const newOffsets = new Uint32Array(pageCount);
+  let newCount = 0;
+  const seen = new Set<string>();
   const digestView = Buffer.from(digests.buffer, digests.byteOffset, digests.length);
   // Word views for the same-as-parent test: most pages of a consecutive snapshot take it, so it
   // compares 8 words in place instead of making two views and a native call per page.
@@ -176,15 +250,20 @@ export function runHashJob(job: HashJob): HashResult {
       status[i] = PageStatus.DuplicateInBlock;
       continue;
     }
-    seen.set(key, i);
+    seen.add(key);
     if (job.table && tableHasFingerprint(job.table, fingerprint(d))) {
       status[i] = job.packsDir && storedCopyEquals(job.packsDir, job.table, d, pages, off) ? PageStatus.KnownVerified : PageStatus.MaybeKnown;
       continue;
     }
     status[i] = PageStatus.New;
-    newOffsets.push(off);
+    newOffsets[newCount++] = off;
   }
-  const c = newOffsets.length > 0 ? getCodec().compressPages(pages, newOffsets, job.payloadSlab) : undefined;
+  return { status, newOffsets: newOffsets.subarray(0, newCount) };
+}
+
+/** The job's result: copies out the raw bytes of the pages the store may still need (see maybeRaw). */
+function finishHashJob(job: HashJob, pages: Uint8Array, digests: Uint8Array, status: Uint8Array, c: CompressedPages | undefined): HashResult {
+  const { pageCount } = job;
   let maybeCount = 0;
   const maybe = (st: number) => st === PageStatus.MaybeKnown || st === PageStatus.KnownVerified;
   for (let i = 0; i < pageCount; i++) if (maybe(status[i])) maybeCount++;

@@ -1,11 +1,13 @@
 /**
  * A small pool of page workers. Jobs go to the least-loaded worker; when every worker already has
- * WORKER_QUEUE jobs, the calling thread runs the job itself (it is a core too: by default the pool
- * has one worker fewer than the machine has cores). A pool of size 0 runs every job inline (tests,
- * tiny stores, environments without workers).
+ * WORKER_QUEUE jobs, or none is started, the job runs without one: a hash job as native jobs on the
+ * libuv thread pool where the addons serve, any other job on the calling thread (it is a core too:
+ * by default the pool has one worker fewer than the machine has cores). A pool of size 0 never
+ * starts a worker (tests, tiny stores, environments without workers).
  */
 import os from 'node:os';
 import { slabTransfer } from './slab-pool.js';
+import { PAGE_SIZE } from '../format/pages.js';
 import path from 'node:path';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +15,8 @@ import { Worker } from 'node:worker_threads';
 import {
   runDecodeJob,
   runHashJob,
+  runHashJobOnThreadPool,
+  threadPoolServes,
   runRestoreJob,
   type DecodeJob,
   type DecodeResult,
@@ -50,18 +54,30 @@ export class PagePool {
   private failure: Error | undefined;
   private started = false;
   private readonly readyWaiters: (() => void)[] = [];
-  /** Jobs run so far on the calling thread and in workers (diagnostics and tests). */
-  readonly jobCounts = { inline: 0, worker: 0 };
+  /**
+   * Jobs run so far on the calling thread, on the libuv thread pool, and in workers (diagnostics
+   * and tests).
+   */
+  readonly jobCounts = { inline: 0, threadPool: 0, worker: 0 };
+  /** Read buffers of file jobs that ran on the thread pool, free for the next one. */
+  private readonly shelf: Uint8Array[] = [];
+
+  /**
+   * Whether hash jobs with no worker free run on the libuv thread pool (where the addons serve)
+   * rather than on the calling thread. Default: yes, unless VNSTORE_THREAD_POOL=0.
+   */
+  readonly threadPool: boolean;
 
   /**
    * `plannedSize` workers, started now or, with `start: false`, on the first start() call. Until
-   * then every job runs inline: a worker costs ~90 ms of CPU to start, which a one-shot command whose
-   * pages are cheap (a consecutive snapshot, a restore) never earns back.
+   * then no job goes to a worker: a worker costs ~90 ms of CPU to start, which a one-shot command
+   * whose pages are cheap (a consecutive snapshot, a restore) never earns back.
    */
   constructor(
     readonly plannedSize: number = defaultPoolSize(),
-    options: { start?: boolean } = {},
+    options: { start?: boolean; threadPool?: boolean } = {},
   ) {
+    this.threadPool = options.threadPool ?? process.env.VNSTORE_THREAD_POOL !== '0';
     if (options.start !== false) this.start();
   }
 
@@ -92,6 +108,17 @@ export class PagePool {
       worker.on('error', (err) => this.fail(err));
       this.slots.push(slot);
     }
+  }
+
+  /**
+   * The work turned out heavy enough for workers (Session decides): start them, unless thread-pool
+   * jobs serve hashing. Those need no start-up, while a worker's ~90 ms of it is not earned back by a
+   * one-shot command (docs/DESIGN.md, "Thread-pool jobs"). A pool started from the outset is not
+   * affected.
+   */
+  wantWorkers(): void {
+    if (this.threadPool && threadPoolServes()) return;
+    this.start();
   }
 
   /** Workers running now. */
@@ -133,7 +160,7 @@ export class PagePool {
   /** Hashes a block; the job owns `job.pages`'s buffer (it is transferred and handed back). */
   hash(job: HashJob): Promise<HashResult> {
     const slot = this.pick();
-    if (!slot) return this.inline(() => runHashJob(job));
+    if (!slot) return this.onThreadPool(job) ?? this.inline(() => runHashJob(job));
     return this.submit<HashResult>(slot, job, [...slabTransfer(job.pages), ...slabTransfer(job.payloadSlab)]);
   }
 
@@ -150,6 +177,31 @@ export class PagePool {
     return this.submit<RestoreResult>(slot, job, slabTransfer(job.window));
   }
 
+  /**
+   * A hash job with no worker free goes to the libuv thread pool where the addons serve: the
+   * calling thread only classifies its pages, and reads and applies other blocks meanwhile.
+   */
+  private onThreadPool(job: HashJob): Promise<HashResult> | undefined {
+    if (!this.threadPool) return undefined;
+    let buffer: Uint8Array | undefined;
+    const running = runHashJobOnThreadPool(job, () => (buffer = this.lend(job.pageCount * PAGE_SIZE)));
+    if (!running) return undefined;
+    this.jobCounts.threadPool++;
+    return running.finally(() => {
+      if (buffer) this.giveBack(buffer);
+    });
+  }
+
+  /** A scratch buffer of at least `bytes` for a thread-pool job; reused, so never assume zeros. */
+  private lend(bytes: number): Uint8Array {
+    const i = this.shelf.findIndex((b) => b.length >= bytes);
+    return i >= 0 ? this.shelf.splice(i, 1)[0] : new Uint8Array(Math.max(bytes, 4 * 1024 * 1024));
+  }
+
+  private giveBack(buffer: Uint8Array): void {
+    if (this.shelf.length < SHELF_BUFFERS) this.shelf.push(buffer);
+  }
+
   private inline<T>(run: () => T): Promise<T> {
     this.jobCounts.inline++;
     return Promise.resolve().then(run);
@@ -159,6 +211,7 @@ export class PagePool {
     this.started = true; // a late start() (a session applying while the store closes) starts nothing
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
     this.slots.length = 0;
+    this.shelf.length = 0;
   }
 }
 
@@ -177,6 +230,9 @@ export function defaultPoolSize(): number {
   if (env !== undefined && /^\d+$/.test(env)) return Number(env);
   return Math.max(1, Math.min(os.availableParallelism() - 1, 8));
 }
+
+/** Read buffers kept for thread-pool jobs: enough for the blocks in flight. */
+const SHELF_BUFFERS = 8;
 
 /** Jobs a worker may hold before the caller runs the next one itself (one running, one queued). */
 const WORKER_QUEUE = 2;

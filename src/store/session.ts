@@ -109,8 +109,9 @@ export class Session {
       const rec = parentSpec === 'auto' ? await store.latestSnapshot(options.vm) : await store.resolveSnapshot(parentSpec);
       if (rec) parent = { id: rec.id, pages: await store.loadPages(rec.id), depth: rec.baseDepth };
     }
-    // Without a parent every page is hashed and most are compressed: worth the workers' start-up.
-    if (!parent) store.pool.start();
+    // Without a parent every page is hashed and most are compressed: worth the workers' start-up
+    // (wantWorkers starts none where thread-pool jobs serve: they need no start-up).
+    if (!parent) store.pool.wantWorkers();
     trace('session begun (parent loaded)');
     return new Session(store, options, parent);
   }
@@ -267,7 +268,7 @@ export class Session {
       }
     }
     // A long session pays back the workers' start-up even when its pages are cheap.
-    if (this.stats.pagesWritten >= WORKERS_AFTER_PAGES) this.store.pool.start();
+    if (this.stats.pagesWritten >= WORKERS_AFTER_PAGES) this.store.pool.wantWorkers();
     const payloadSlab = this.store.slabs.take(n * PAGE_SIZE);
     const job = this.store.pool.hash({
       kind: 'hash',
@@ -312,8 +313,8 @@ export class Session {
   /** Applies one block's hash results, in order. Only this method mutates the page table. */
   private async apply(target: number | Uint32Array, n: number, r: HashResult): Promise<void> {
     const store = this.store;
-    // A block with many new pages (LZ4 is the costliest step): start the workers if they wait on demand.
-    if (r.lengths.length * 5 > n) store.pool.start();
+    // A block with many new pages (LZ4 is the costliest step): workers, if they wait on demand.
+    if (r.lengths.length * 5 > n) store.pool.wantWorkers();
     const table = store.table;
     const confirm: number[] = [];
     // For New pages: where the worker's compressed payload starts, and its ordinal among New pages.

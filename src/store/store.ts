@@ -61,15 +61,24 @@ import type { ChunkLocation } from '../index/chunk-table.js';
 export const TABLE_FILE = 'chunk-table.bin';
 
 export interface OpenOptions {
-  /** Page workers (default: one per core but the caller's; 0 = hash and compress on the calling thread). */
+  /**
+   * Page workers (default: one per core but the caller's; 0 = none: hash jobs run on the libuv
+   * thread pool, or on the calling thread without the native addons).
+   */
   workers?: number;
   /**
-   * 'open' (default) starts the page workers with the store; 'on-demand' leaves them stopped, runs
-   * page jobs inline, and starts them when a session turns out to compress much (no parent, or many
-   * new pages in a block) or runs long (256 MiB written): what a one-shot command wants
+   * 'open' (default) starts the page workers with the store; 'on-demand' leaves them stopped and
+   * runs hash jobs on the thread pool (see `threadPool`). Without thread-pool jobs it runs them on
+   * the calling thread and starts the workers when a session turns out to compress much (no parent,
+   * or many new pages in a block) or runs long (256 MiB written). What a one-shot command wants
    * (bench/RESULTS.md).
    */
   startWorkers?: 'open' | 'on-demand';
+  /**
+   * Hash jobs no worker takes run their heavy steps on the libuv thread pool where the native addons
+   * serve (default true; VNSTORE_THREAD_POOL=0 turns it off): then 'on-demand' never starts workers.
+   */
+  threadPool?: boolean;
   /** Pack size at which a pack is sealed. */
   packTargetBytes?: number;
   /**
@@ -174,7 +183,7 @@ export class Store {
     }
     let db: StoreDb | undefined;
     // Workers boot (load modules) while we open LevelDB and recover.
-    const pool = new PagePool(options.workers, { start: options.startWorkers !== 'on-demand' });
+    const pool = new PagePool(options.workers, { start: options.startWorkers !== 'on-demand', threadPool: options.threadPool });
     try {
       for (const d of [p.packs, p.manifests, p.tmp]) await ensurePrivateDir(d);
       db = openDb(p.db);

@@ -1,0 +1,210 @@
+/**
+ * Thread-pool jobs (docs/DESIGN.md, "Thread-pool jobs"): the addons' promise-returning calls must
+ * give exactly the bytes of their synchronous twins, refuse bad arguments before anything runs, and
+ * a hash job run on the libuv thread pool must equal the same job run by runHashJob. A one-shot
+ * store with thread-pool jobs never starts workers, and sessions reading different files at once
+ * store both exactly.
+ */
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import fc from 'fast-check';
+import { afterEach, describe, expect, it } from 'vitest';
+import { blake3 } from '@napi-rs/blake-hash';
+import { getCodec } from '../src/chunk/codec.js';
+import { hashPages, pageScanner } from '../src/chunk/hash.js';
+import { runHashJob, runHashJobOnThreadPool, type HashJob, type HashResult } from '../src/chunk/page-jobs.js';
+import { PagePool } from '../src/chunk/worker-pool.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../src/format/pages.js';
+import { ChunkTable } from '../src/index/chunk-table.js';
+import { Store } from '../src/store/store.js';
+import { makePage, makeTempDir, removeDir, restoreToBuffer, type PageKindSpec } from './helpers/engine.js';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) removeDir(d);
+});
+
+const scan = pageScanner();
+const codec = getCodec();
+// The suite's native build always has both; without them these paths are simply not taken.
+const native = scan !== undefined && codec.compressPagesAsync !== undefined;
+
+const kindArb = fc.constantFrom<PageKindSpec>('zero', 'random', 'compressible', 'sparse');
+/** A block: page kinds and seeds, with repeats (duplicates inside the block). */
+const blockArb = fc.array(fc.tuple(kindArb, fc.nat({ max: 6 })), { minLength: 1, maxLength: 40 });
+
+function blockOf(spec: [PageKindSpec, number][]): Uint8Array {
+  const out = new Uint8Array(spec.length * PAGE_SIZE);
+  spec.forEach(([kind, seed], i) => out.set(makePage(kind, seed), i * PAGE_SIZE));
+  return out;
+}
+
+function sameResult(a: HashResult, b: HashResult): void {
+  expect(Array.from(a.status)).toEqual(Array.from(b.status));
+  expect(Buffer.from(a.digests).equals(Buffer.from(b.digests))).toBe(true);
+  expect(Buffer.from(a.payload).equals(Buffer.from(b.payload))).toBe(true);
+  expect(Array.from(a.lengths)).toEqual(Array.from(b.lengths));
+  expect(Array.from(a.codecs)).toEqual(Array.from(b.codecs));
+  expect(Buffer.from(a.maybeRaw).equals(Buffer.from(b.maybeRaw))).toBe(true);
+}
+
+describe.runIf(native)('thread-pool addon calls', () => {
+  it('scanPagesAsync flags zero pages and hashes the others in place, leaving zero pages\' slots alone', async () => {
+    await fc.assert(
+      fc.asyncProperty(blockArb, async (spec) => {
+        const src = blockOf(spec);
+        const n = spec.length;
+        const zero = new Uint8Array(n).fill(7);
+        const out = new Uint8Array(n * DIGEST_BYTES).fill(0xa5);
+        const nonZero = await scan!(src, n, zero, out);
+        let want = 0;
+        for (let i = 0; i < n; i++) {
+          const page = src.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+          const isZero = page.every((b) => b === 0);
+          expect(zero[i]).toBe(isZero ? 1 : 0);
+          const slot = Buffer.from(out.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES));
+          if (isZero) expect(slot.equals(Buffer.alloc(DIGEST_BYTES, 0xa5))).toBe(true);
+          else {
+            want++;
+            expect(slot.equals(blake3(Buffer.from(page)))).toBe(true);
+          }
+        }
+        expect(nonZero).toBe(want);
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it('scanPagesAsync refuses bad arguments at the call, before any byte is written', () => {
+    const src = new Uint8Array(3 * PAGE_SIZE).fill(1);
+    const zero = new Uint8Array(3).fill(9);
+    const out = new Uint8Array(3 * DIGEST_BYTES).fill(9);
+    expect(() => scan!(src, 4, zero, out)).toThrow(RangeError); // more pages than src holds
+    expect(() => scan!(src, 3, zero.subarray(0, 2), out)).toThrow(RangeError);
+    expect(() => scan!(src, 3, zero, out.subarray(0, 64))).toThrow(RangeError);
+    const unaligned = new Uint8Array(3 * PAGE_SIZE + 1).subarray(1);
+    expect(() => scan!(unaligned, 3, zero, out)).toThrow(RangeError);
+    expect(() => scan!(src as unknown as Uint8Array, 3, new Uint16Array(3) as unknown as Uint8Array, out)).toThrow(TypeError);
+    expect(zero.every((b) => b === 9) && out.every((b) => b === 9)).toBe(true);
+  });
+
+  it('compressPagesAsync writes the bytes compressPages writes', async () => {
+    await fc.assert(
+      fc.asyncProperty(blockArb, fc.array(fc.nat({ max: 39 }), { maxLength: 30 }), async (spec, picks) => {
+        const src = blockOf(spec);
+        const offsets = Uint32Array.from(picks.filter((p) => p < spec.length), (p) => p * PAGE_SIZE);
+        const want = codec.compressPages(src, offsets, new Uint8Array(offsets.length * PAGE_SIZE));
+        const got = await codec.compressPagesAsync!(src, offsets, new Uint8Array(offsets.length * PAGE_SIZE));
+        expect(Buffer.from(got.payload).equals(Buffer.from(want.payload))).toBe(true);
+        expect(Array.from(got.lengths)).toEqual(Array.from(want.lengths));
+        expect(Array.from(got.codecs)).toEqual(Array.from(want.codecs));
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it('compressPagesAsync refuses an offset past src or a short destination at the call', () => {
+    const src = new Uint8Array(2 * PAGE_SIZE).fill(3);
+    const dst = new Uint8Array(2 * PAGE_SIZE).fill(9);
+    expect(() => codec.compressPagesAsync!(src, Uint32Array.of(0, PAGE_SIZE + 1), dst)).toThrow(RangeError);
+    expect(() => codec.compressPagesAsync!(src, Uint32Array.of(0, PAGE_SIZE), dst.subarray(0, PAGE_SIZE))).toThrow(RangeError);
+    expect(dst.every((b) => b === 9)).toBe(true);
+  });
+});
+
+describe.runIf(native)('hash jobs on the thread pool', () => {
+  it('give the results of runHashJob: any block, parent digests, table hits, file ranges', async () => {
+    const root = makeTempDir('tpool');
+    dirs.push(root);
+    await fc.assert(
+      fc.asyncProperty(blockArb, fc.array(fc.boolean(), { maxLength: 40 }), fc.array(fc.boolean(), { maxLength: 40 }), fc.nat({ max: PAGE_SIZE - 1 }), fc.boolean(), async (spec, sameAsParent, inTable, cut, fromFile) => {
+          const src = blockOf(spec);
+          const n = spec.length;
+          // Parent digests: the real digest where sameAsParent says so, another page's otherwise.
+          const real = new Uint8Array(n * DIGEST_BYTES);
+          hashPages(src, Uint32Array.from({ length: n }, (_, i) => i), real);
+          const parentDigests = new Uint8Array(n * DIGEST_BYTES);
+          const parentHasDigest = new Uint8Array(n);
+          const table = new ChunkTable(64);
+          for (let i = 0; i < n; i++) {
+            parentHasDigest[i] = 1;
+            if (sameAsParent[i]) parentDigests.set(real.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
+            else parentDigests.set(blake3(Buffer.from(makePage('random', 900 + i))), i * DIGEST_BYTES);
+            if (inTable[i] || sameAsParent[i]) table.insert(real, { pack: 1, offset: i * 10, storedLength: 10, codec: 1 }, i * DIGEST_BYTES);
+          }
+          // A file job reads a range whose last page may be short (zero-padded).
+          const length = n * PAGE_SIZE - (fromFile ? cut : 0);
+          const file = path.join(root, 'image.bin');
+          if (fromFile) writeFileSync(file, src.subarray(0, length));
+          const expectedPages = new Uint8Array(src.subarray(0, length).length + (n * PAGE_SIZE - length));
+          expectedPages.set(src.subarray(0, length));
+          const job = (): HashJob => ({
+            kind: 'hash',
+            pages: fromFile ? new Uint8Array(0) : Uint8Array.from(expectedPages),
+            file: fromFile ? { path: file, offset: 0, length } : undefined,
+            pageCount: n,
+            parentDigests,
+            parentHasDigest,
+            table: table.shared,
+            payloadSlab: new Uint8Array(n * PAGE_SIZE),
+          });
+          const want = runHashJob(job());
+          const running = runHashJobOnThreadPool(job(), () => new Uint8Array(n * PAGE_SIZE).fill(0xee));
+          expect(running).toBeDefined();
+          sameResult(await running!, want);
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  it('a pool with no worker free sends hash jobs to the thread pool; with threadPool: false, to the caller', async () => {
+    const page = makePage('compressible', 31);
+    const job = (): HashJob => ({ kind: 'hash', pages: Uint8Array.from(Buffer.concat([page, page, Buffer.alloc(PAGE_SIZE)])), pageCount: 3 });
+    const onPool = new PagePool(0);
+    const onCaller = new PagePool(0, { threadPool: false });
+    try {
+      const a = await onPool.hash(job());
+      const b = await onCaller.hash(job());
+      expect(onPool.jobCounts).toEqual({ inline: 0, threadPool: 1, worker: 0 });
+      expect(onCaller.jobCounts).toEqual({ inline: 1, threadPool: 0, worker: 0 });
+      sameResult(a, b);
+      onPool.wantWorkers();
+      expect(onPool.size).toBe(0); // thread-pool jobs serve: no worker is started
+    } finally {
+      await onPool.close();
+      await onCaller.close();
+    }
+  });
+
+  it('a one-shot store never starts workers, and sessions reading different files at once store both exactly', async () => {
+    const root = makeTempDir('tpool');
+    dirs.push(root);
+    const dir = path.join(root, 'store');
+    await Store.init(dir);
+    const images = [0, 1, 2].map((v) =>
+      Buffer.concat(Array.from({ length: 2100 + v * 300 }, (_, i) => makePage((['compressible', 'random', 'zero', 'sparse'] as const)[(i * 7 + v) % 4], v * 10000 + (i % 900)))),
+    );
+    images[1] = images[1].subarray(0, images[1].length - 123); // a short last page
+    const files = images.map((img, v) => {
+      const f = path.join(root, `vm${v}.img`);
+      writeFileSync(f, img);
+      return f;
+    });
+    const store = await Store.open(dir, { workers: 1, startWorkers: 'on-demand' });
+    try {
+      const records = await Promise.all(
+        files.map(async (f, v) => {
+          const s = await store.beginSession({ vm: `vm${v}` });
+          await s.writeFileRange(0, f, 0, images[v].length);
+          return s.commit();
+        }),
+      );
+      expect(store.pool.size).toBe(0);
+      expect(store.pool.jobCounts.threadPool).toBeGreaterThanOrEqual(6);
+      for (let v = 0; v < 3; v++) expect((await restoreToBuffer(store, records[v])).equals(images[v])).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+});
