@@ -9,8 +9,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { blake3 } from '@napi-rs/blake-hash';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { DIGEST_BYTES, PAGE_SIZE } from '../src/format/pages.js';
-import { hashPage, hashPages, pageHasherStatus } from '../src/chunk/hash.js';
+import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../src/format/pages.js';
+import { hashPage, hashPages, imageDigest, pageHasherStatus } from '../src/chunk/hash.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SENTINEL = 0xa5;
@@ -112,4 +112,40 @@ describe('hashPages', () => {
       else if (got.status.native) expect(got.status.simd).toBe('avx2');
     });
   }
+});
+
+describe('imageDigest', () => {
+  it('is BLAKE3 of prefix, length and the whole digest list (zeros for non-digest pages), across its 2048-page chunks', () => {
+    const prefix = Buffer.from('vnstore-image-v1\0', 'latin1');
+    fc.assert(
+      fc.property(
+        // Runs of page kinds long enough to cross chunk boundaries; stale digests under zero pages.
+        fc.array(fc.tuple(fc.constantFrom(PageKind.Digest, PageKind.Zero, PageKind.Unset), fc.integer({ min: 1, max: 1500 })), { minLength: 1, maxLength: 8 }),
+        fc.integer({ min: 0, max: 4095 }),
+        fc.integer(),
+        (runs, tail, seed) => {
+          const pageCount = runs.reduce((n, [, len]) => n + len, 0);
+          const table = new PageTable(pageCount);
+          let x = seed | 1;
+          for (let i = 0; i < table.digests.length; i++) {
+            x ^= x << 13;
+            x ^= x >>> 17;
+            x ^= x << 5;
+            table.digests[i] = x & 0xff;
+          }
+          let p = 0;
+          for (const [kind, len] of runs) table.kinds.fill(kind, p, (p += len));
+          const byteLength = pageCount * PAGE_SIZE - (tail % PAGE_SIZE);
+          const list = Buffer.alloc(pageCount * DIGEST_BYTES);
+          for (let i = 0; i < pageCount; i++) {
+            if (table.kinds[i] === PageKind.Digest) list.set(table.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
+          }
+          const len = Buffer.alloc(8);
+          len.writeBigUInt64LE(BigInt(byteLength));
+          expect(imageDigest(table, byteLength).equals(blake3(Buffer.concat([prefix, len, list])))).toBe(true);
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
 });

@@ -103,8 +103,8 @@ export function pageHasherStatus(): { native: boolean; simd?: string; error?: st
 
 export const ZERO_PAGE: Buffer = Buffer.alloc(PAGE_SIZE);
 const IMAGE_DIGEST_PREFIX = Buffer.from('vnstore-image-v1\0', 'latin1');
-const ZERO_DIGESTS_PAGES = 2048;
-const ZERO_DIGESTS = Buffer.alloc(ZERO_DIGESTS_PAGES * DIGEST_BYTES);
+const DIGEST_CHUNK_PAGES = 2048;
+const digestChunk = Buffer.alloc(DIGEST_CHUNK_PAGES * DIGEST_BYTES);
 
 /** BLAKE3-256 of a page (a zero-copy Buffer view: the binding's typings take Buffers only). */
 export function hashPage(page: Uint8Array): Buffer {
@@ -126,16 +126,23 @@ export function imageDigest(pages: PageTable, byteLength: number): Buffer {
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(byteLength));
   hasher.update(IMAGE_DIGEST_PREFIX).update(len);
-  // Streamed run by run: no copy of the digest list (megabytes of fresh memory for a large VM).
+  // The digest list goes through a reused 64 KiB buffer: no copy of the whole list (megabytes of
+  // fresh memory for a large VM), and one hasher call per 2048 pages instead of one per run of
+  // digest or zero pages (tens of thousands of calls for a typical image: 7-10 ms of 448 MiB's put).
   // Non-digest pages contribute zeros; the table may hold stale digests for them.
-  const digests = Buffer.from(pages.digests.buffer, pages.digests.byteOffset, pages.pageCount * DIGEST_BYTES);
-  for (let i = 0; i < pages.pageCount; ) {
-    const isDigest = pages.kinds[i] === PageKind.Digest;
-    let j = i + 1;
-    while (j < pages.pageCount && (pages.kinds[j] === PageKind.Digest) === isDigest) j++;
-    if (isDigest) hasher.update(digests.subarray(i * DIGEST_BYTES, j * DIGEST_BYTES));
-    else for (let k = i; k < j; k += ZERO_DIGESTS_PAGES) hasher.update(ZERO_DIGESTS.subarray(0, Math.min(ZERO_DIGESTS_PAGES, j - k) * DIGEST_BYTES));
-    i = j;
+  const digests = pages.digests;
+  const kinds = pages.kinds;
+  for (let first = 0; first < pages.pageCount; first += DIGEST_CHUNK_PAGES) {
+    const n = Math.min(DIGEST_CHUNK_PAGES, pages.pageCount - first);
+    for (let i = 0; i < n; ) {
+      const isDigest = kinds[first + i] === PageKind.Digest;
+      let j = i + 1;
+      while (j < n && (kinds[first + j] === PageKind.Digest) === isDigest) j++;
+      if (isDigest) digestChunk.set(digests.subarray((first + i) * DIGEST_BYTES, (first + j) * DIGEST_BYTES), i * DIGEST_BYTES);
+      else digestChunk.fill(0, i * DIGEST_BYTES, j * DIGEST_BYTES);
+      i = j;
+    }
+    hasher.update(digestChunk.subarray(0, n * DIGEST_BYTES));
   }
   return hasher.digestBuffer();
 }
