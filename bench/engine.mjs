@@ -12,17 +12,17 @@
 // --repeat R: the baseline and the whole command sequence R times (a fresh store each time) on the
 // same images; each figure is the median of the R runs, each ratio the ratio of the medians, and
 // the per-run figures are listed too (the project machine is noisy: one run can move 20%).
-import { mkdir, mkdtemp, open, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { spawnSync } from 'node:child_process';
-import { blake3 } from '@napi-rs/blake-hash';
+import { hashBaseline, warm, warmDir } from './baseline.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = (p) => import(join(root, 'dist', p));
-const { ENGINE_WORKLOAD, Workload, writeWorkload, PAGE_SIZE } = await dist('sim/workload.js');
+const { ENGINE_WORKLOAD, Workload, writeWorkload } = await dist('sim/workload.js');
 const { computeIdeal } = await dist('sim/ideal.js');
 const { runChecked, rssMethod } = await dist('bench/proc.js');
 const { dirSize, sameBytes } = await dist('bench/files.js');
@@ -164,47 +164,6 @@ try {
 } finally {
   if (args.keep) log(`kept ${work}`);
   else await rm(work, { recursive: true, force: true });
-}
-
-/** Reads a file once (into the page cache), untimed. */
-async function warm(path) {
-  const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
-  const fh = await open(path, 'r');
-  try {
-    while ((await fh.read(buf, 0, buf.length, null)).bytesRead > 0);
-  } finally {
-    await fh.close();
-  }
-}
-
-async function warmDir(dir) {
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (e.isFile()) await warm(join(e.parentPath ?? e.path, e.name));
-  }
-}
-
-/** Hashes every page of the images with one blake3() call each, timing only the hashing. */
-async function hashBaseline(files) {
-  const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
-  let ns = 0n;
-  let bytes = 0;
-  for (const f of files) {
-    const fh = await open(f.path, 'r');
-    try {
-      for (;;) {
-        const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-        if (bytesRead === 0) break;
-        const t = process.hrtime.bigint();
-        for (let o = 0; o < bytesRead; o += PAGE_SIZE) blake3(buf.subarray(o, Math.min(o + PAGE_SIZE, bytesRead)));
-        ns += process.hrtime.bigint() - t;
-        bytes += bytesRead;
-      }
-    } finally {
-      await fh.close();
-    }
-  }
-  const seconds = Number(ns) / 1e9;
-  return { bytes, seconds, mbPerSec: bytes / MB / seconds };
 }
 
 function render(r) {

@@ -71,7 +71,6 @@ export interface HashResult {
   pages?: Uint8Array;
 }
 
-let inputFile: { path: string; fd: number } | undefined;
 let readBuffer = new Uint8Array(0);
 
 /** pread()s until `length` bytes are in or the file ends; returns the bytes read. */
@@ -124,17 +123,18 @@ function sameWords(a: Uint32Array, b: Uint32Array, at: number): boolean {
 
 /** Reads a file range into zero-padded whole pages (a per-thread buffer, reused by the next call). */
 function readFileRange(file: { path: string; offset: number; length: number }, pageCount: number): Uint8Array {
-  // The descriptor stays open across the blocks of one image (jobs run one at a time per thread).
-  if (inputFile?.path !== file.path) {
-    if (inputFile) closeSync(inputFile.fd);
-    inputFile = { path: file.path, fd: openSync(file.path, 'r') };
-  }
-  const { fd } = inputFile;
   // One read buffer per worker, reused: nothing is transferred back, so nothing needs a new one.
   if (readBuffer.length < pageCount * PAGE_SIZE) readBuffer = new Uint8Array(pageCount * PAGE_SIZE);
   const pages = readBuffer.subarray(0, pageCount * PAGE_SIZE);
   pages.fill(0, file.length); // zero-pad a short last page
-  if (preadFully(fd, pages, file.length, file.offset) !== file.length) throw new Error(`${file.path}: file shrank while being read`);
+  // A descriptor per job, not one kept by path: in a long-lived process the path may name another
+  // file by the next put (an image renamed into place), and a kept descriptor would read the old one.
+  const fd = openSync(file.path, 'r');
+  try {
+    if (preadFully(fd, pages, file.length, file.offset) !== file.length) throw new Error(`${file.path}: file shrank while being read`);
+  } finally {
+    closeSync(fd);
+  }
   return pages;
 }
 
@@ -469,25 +469,28 @@ function zeroOutsideSlots(out: Uint8Array, windowPages: number, slots: Uint32Arr
   }
 }
 
-let outputFile: { path: string; fd: number } | undefined;
-
-/** pwrite()s the runs of consecutive non-zero slots of a window; zero pages stay holes. */
+/**
+ * pwrite()s the runs of consecutive non-zero slots of a window; zero pages stay holes. A descriptor
+ * per window, not one kept by path: a long-lived process restores to the same path again after the
+ * last output was moved or removed, and a kept descriptor would write into the old file.
+ */
 function writeWindow(output: { path: string; position: number; limit: number }, out: Uint8Array, slots: Uint32Array): void {
-  if (outputFile?.path !== output.path) {
-    if (outputFile) closeSync(outputFile.fd);
-    outputFile = { path: output.path, fd: openSync(output.path, 'r+') };
-  }
-  const sorted = Uint32Array.from(slots).sort();
-  for (let a = 0; a < sorted.length; ) {
-    let b = a + 1;
-    while (b < sorted.length && sorted[b] === sorted[b - 1] + 1) b++;
-    const start = sorted[a] * PAGE_SIZE;
-    const end = Math.min(sorted[b - 1] * PAGE_SIZE + PAGE_SIZE, output.limit - output.position);
-    for (let off = start; off < end; ) {
-      const n = writeSync(outputFile.fd, out, off, end - off, output.position + off);
-      if (n <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC' });
-      off += n;
+  const fd = openSync(output.path, 'r+');
+  try {
+    const sorted = Uint32Array.from(slots).sort();
+    for (let a = 0; a < sorted.length; ) {
+      let b = a + 1;
+      while (b < sorted.length && sorted[b] === sorted[b - 1] + 1) b++;
+      const start = sorted[a] * PAGE_SIZE;
+      const end = Math.min(sorted[b - 1] * PAGE_SIZE + PAGE_SIZE, output.limit - output.position);
+      for (let off = start; off < end; ) {
+        const n = writeSync(fd, out, off, end - off, output.position + off);
+        if (n <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC' });
+        off += n;
+      }
+      a = b;
     }
-    a = b;
+  } finally {
+    closeSync(fd);
   }
 }

@@ -1,0 +1,102 @@
+/**
+ * A long-lived process (the snapshot daemon): one store, its page workers started from open, many
+ * puts and restores. A path names a file only at the moment of the call: an image replaced at the
+ * same path between two puts, or a restore output removed and created again under the same name,
+ * must be read and written as the files they are now (workers once kept descriptors by path).
+ */
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { restoreSnapshot } from '../src/store/restore.js';
+import type { SnapshotRecord } from '../src/store/db.js';
+import { Store } from '../src/store/store.js';
+import { makePage, makeTempDir, removeDir, type PageKindSpec } from './helpers/engine.js';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) removeDir(d);
+});
+
+/** An image of `pages` pages (several 4 MiB blocks, so the workers take some), distinct per seed. */
+function image(seed: number, pages = 2600): Buffer {
+  const kinds: PageKindSpec[] = ['compressible', 'random', 'zero', 'sparse'];
+  return Buffer.concat(Array.from({ length: pages }, (_, i) => makePage(kinds[(i * 5 + seed) % 4], seed * 100000 + i)));
+}
+
+async function openWithWorkers(root: string): Promise<Store> {
+  const dir = path.join(root, 'store');
+  await Store.init(dir);
+  const store = await Store.open(dir, { workers: 1 });
+  await store.pool.whenReady();
+  expect(store.pool.size).toBe(1);
+  return store;
+}
+
+/** restore -o as the CLI does it with a sparse file: the workers write verified windows into it. */
+async function restoreToFile(store: Store, record: SnapshotRecord, file: string): Promise<void> {
+  const fh = await open(file, 'wx');
+  try {
+    const writeAll = async (b: Uint8Array, position?: number) => {
+      for (let off = 0; off < b.length; ) off += (await fh.write(b, off, b.length - off, position === undefined ? null : position + off)).bytesWritten;
+    };
+    await restoreSnapshot(store, record, { write: (b) => writeAll(b), writeAt: (b, pos) => writeAll(b, pos), setLength: (n) => fh.truncate(n), filePath: file });
+  } finally {
+    await fh.close();
+  }
+}
+
+describe('one long-lived process, workers started from open', () => {
+  it('restores to the same output path again and again, each time into the new file', async () => {
+    const root = makeTempDir('longlived');
+    dirs.push(root);
+    const store = await openWithWorkers(root);
+    try {
+      const images = [image(1), image(2), image(3)];
+      const records: SnapshotRecord[] = [];
+      for (const [i, img] of images.entries()) {
+        const s = await store.beginSession({ vm: `vm${i}` });
+        await s.writePages(0, img);
+        records.push(await s.commit());
+      }
+      const out = path.join(root, 'restored.img');
+      for (let round = 0; round < 2; round++) {
+        for (const [i, rec] of records.entries()) {
+          await restoreToFile(store, rec, out);
+          expect(readFileSync(out).equals(images[i]), `round ${round}, image ${i}`).toBe(true);
+          rmSync(out);
+        }
+      }
+      expect(store.pool.jobCounts.worker).toBeGreaterThan(0);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('reads an image replaced at the same path between two puts as the new file', async () => {
+    const root = makeTempDir('longlived');
+    dirs.push(root);
+    const store = await openWithWorkers(root);
+    try {
+      const file = path.join(root, 'vm.img');
+      const images = [image(4), image(5), image(6)];
+      const records: SnapshotRecord[] = [];
+      for (const img of images) {
+        // An agent writes the next image beside the old one and renames it into place.
+        writeFileSync(`${file}.new`, img);
+        renameSync(`${file}.new`, file);
+        const s = await store.beginSession({ vm: 'vm', parent: 'none' });
+        await s.writeFileRange(0, file, 0, img.length);
+        records.push(await s.commit());
+      }
+      for (const [i, rec] of records.entries()) {
+        const out = path.join(root, `out${i}.img`);
+        await restoreToFile(store, rec, out);
+        expect(readFileSync(out).equals(images[i]), `image ${i}`).toBe(true);
+      }
+      expect(store.pool.jobCounts.worker).toBeGreaterThan(0);
+    } finally {
+      await store.close();
+    }
+  });
+});
