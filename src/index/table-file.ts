@@ -9,6 +9,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import { crc32 } from 'node:zlib';
+import { writevFully } from '../util/durable.js';
 import { ChunkTable, SLOT_WORDS } from './chunk-table.js';
 
 const MAGIC = Buffer.from('VNSTTABL', 'latin1');
@@ -28,8 +29,10 @@ export async function readTableFile(file: string, token: Buffer): Promise<ChunkT
   if (!buf.subarray(20, 36).equals(token)) return undefined;
   if (buf.length !== HEADER_BYTES + count * SLOT_WORDS * 4 + 4) return undefined;
   if (crc32(buf.subarray(0, buf.length - 4)) !== buf.readUInt32LE(buf.length - 4)) return undefined;
-  const words = new Uint32Array(count * SLOT_WORDS);
-  Buffer.from(words.buffer).set(buf.subarray(HEADER_BYTES, buf.length - 4));
+  // The slots are read in place when the file's bytes sit 4-byte aligned (a fresh buffer: always),
+  // not copied first: a copy of megabytes costs a page fault per 4 KiB on this project's machine.
+  const at = buf.byteOffset + HEADER_BYTES;
+  const words = at % 4 === 0 ? new Uint32Array(buf.buffer, at, count * SLOT_WORDS) : new Uint32Array(buf.buffer.slice(at, at + count * SLOT_WORDS * 4));
   return ChunkTable.fromSlots(words, count);
 }
 
@@ -44,6 +47,12 @@ export async function writeTableFile(file: string, tmp: string, table: ChunkTabl
   const body = Buffer.from(slots.buffer, slots.byteOffset, slots.byteLength);
   const crc = Buffer.alloc(4);
   crc.writeUInt32LE(crc32(body, crc32(header)));
-  await fsp.writeFile(tmp, Buffer.concat([header, body, crc]), { mode: 0o600 });
+  // Three buffers in one writev: no concatenated copy of the slots.
+  const fh = await fsp.open(tmp, 'w', 0o600);
+  try {
+    await writevFully(fh, [header, body, crc]);
+  } finally {
+    await fh.close();
+  }
   await fsp.rename(tmp, file);
 }
