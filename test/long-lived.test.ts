@@ -2,15 +2,17 @@
  * A long-lived process (the snapshot daemon): one store, its page workers started from open, many
  * puts and restores. A path names a file only at the moment of the call: an image replaced at the
  * same path between two puts, or a restore output removed and created again under the same name,
- * must be read and written as the files they are now (workers once kept descriptors by path).
+ * must be read and written as the files they are now (workers once kept descriptors by path); and
+ * packs that gc removes must not stay open in any thread (their space would not be freed).
  */
-import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { restoreSnapshot } from '../src/store/restore.js';
 import type { SnapshotRecord } from '../src/store/db.js';
 import { Store } from '../src/store/store.js';
+import { forget, runGc } from '../src/maintenance/index.js';
 import { makePage, makeTempDir, removeDir, type PageKindSpec } from './helpers/engine.js';
 
 const dirs: string[] = [];
@@ -24,10 +26,10 @@ function image(seed: number, pages = 2600): Buffer {
   return Buffer.concat(Array.from({ length: pages }, (_, i) => makePage(kinds[(i * 5 + seed) % 4], seed * 100000 + i)));
 }
 
-async function openWithWorkers(root: string): Promise<Store> {
+async function openWithWorkers(root: string, packTargetBytes?: number): Promise<Store> {
   const dir = path.join(root, 'store');
   await Store.init(dir);
-  const store = await Store.open(dir, { workers: 1 });
+  const store = await Store.open(dir, { workers: 1, packTargetBytes });
   await store.pool.whenReady();
   expect(store.pool.size).toBe(1);
   return store;
@@ -95,6 +97,48 @@ describe('one long-lived process, workers started from open', () => {
         expect(readFileSync(out).equals(images[i]), `image ${i}`).toBe(true);
       }
       expect(store.pool.jobCounts.worker).toBeGreaterThan(0);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it.runIf(existsSync('/proc/self/fd'))('keeps no descriptor of a pack gc removed, in any thread', async () => {
+    const root = makeTempDir('longlived');
+    dirs.push(root);
+    const store = await openWithWorkers(root, 1 << 20); // small packs: each image fills packs of its own
+    try {
+      const images = [image(7), image(8)];
+      const records: SnapshotRecord[] = [];
+      for (const [i, img] of images.entries()) {
+        const s = await store.beginSession({ vm: `vm${i}` });
+        await s.writePages(0, img);
+        records.push(await s.commit());
+      }
+      // Restores read every pack through the threads' descriptor caches.
+      for (const [i, rec] of records.entries()) {
+        const out = path.join(root, `before${i}.img`);
+        await restoreToFile(store, rec, out);
+        expect(readFileSync(out).equals(images[i])).toBe(true);
+      }
+      await forget(store, { ids: [records[0].id] });
+      store.packs.retireGraceMs = 0; // the main thread's reader keeps a removed pack open 10 s by design
+      const report = await runGc(store, { repackBelow: 1 });
+      expect(report.result!.packsDropped + report.result!.packsRewritten).toBeGreaterThan(0);
+      await restoreToFile(store, records[1], path.join(root, 'after.img')); // worker jobs after gc's
+      // The reader's (zero) grace timers and the workers' forget messages settle within moments.
+      const packsDir = path.join(root, 'store', 'packs');
+      const removedStillOpen = () =>
+        readdirSync('/proc/self/fd')
+          .map((fd) => {
+            try {
+              return readlinkSync(`/proc/self/fd/${fd}`);
+            } catch {
+              return '';
+            }
+          })
+          .filter((target) => target.startsWith(packsDir) && target.endsWith('(deleted)'));
+      for (let waited = 0; removedStillOpen().length > 0 && waited < 2000; waited += 20) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(removedStillOpen()).toEqual([]);
     } finally {
       await store.close();
     }

@@ -1,9 +1,13 @@
 /** Worker thread entry: runs page jobs and hands big buffers back by transfer, not copy. */
 import { parentPort } from 'node:worker_threads';
 import { slabTransfer } from './slab-pool.js';
-import { runDecodeJob, runHashJob, runRestoreJob, type DecodeJob, type HashJob, type RestoreJob } from './page-jobs.js';
+import { forgetPacks, runDecodeJob, runHashJob, runRestoreJob, type DecodeJob, type HashJob, type RestoreJob } from './page-jobs.js';
 
-parentPort?.on('message', (msg: { id: number; job: HashJob | DecodeJob | RestoreJob }) => {
+parentPort?.on('message', (msg: { id: number; job: HashJob | DecodeJob | RestoreJob } | { forgetPacks: { packsDir: string; ids: number[] } }) => {
+  if ('forgetPacks' in msg) {
+    forgetPacks(msg.forgetPacks.packsDir, msg.forgetPacks.ids); // no reply: later jobs run after it
+    return;
+  }
   try {
     if (msg.job.kind === 'hash') {
       const r = runHashJob(msg.job);

@@ -13,6 +13,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import {
+  forgetPacks,
   runDecodeJob,
   runHashJob,
   runHashJobOnThreadPool,
@@ -119,6 +120,15 @@ export class PagePool {
   wantWorkers(): void {
     if (this.threadPool && threadPoolServes()) return;
     this.start();
+  }
+
+  /**
+   * Packs about to be removed: every thread that runs page jobs (this one and each worker, after
+   * the jobs it already holds) closes its cached descriptors of them, so their space is freed.
+   */
+  forgetPacks(packsDir: string, ids: readonly number[]): void {
+    forgetPacks(packsDir, ids);
+    for (const s of this.slots) s.worker.postMessage({ forgetPacks: { packsDir, ids: [...ids] } });
   }
 
   /** Workers running now. */

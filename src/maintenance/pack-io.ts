@@ -108,6 +108,7 @@ export async function quarantinePack(store: Store, name: string): Promise<string
 export async function removePackFiles(store: Store, ids: readonly number[]): Promise<void> {
   if (ids.length === 0) return;
   const dir = Store.paths(store.dir).packs;
+  store.pool.forgetPacks(store.packs.packsDir, ids); // the key page jobs cache descriptors under
   for (const id of ids) await fsp.rm(path.join(dir, packFileName(id)), { force: true });
   await fsyncDir(dir);
 }

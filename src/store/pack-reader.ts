@@ -22,6 +22,8 @@ const MAX_OPEN = 64;
 
 export class PackReader {
   private readonly handles = new Map<number, Promise<FileHandle>>();
+  /** How long a retired pack's handle stays open (see retire); tests shorten it. */
+  retireGraceMs = 10_000;
 
   constructor(readonly packsDir: string) {}
 
@@ -69,7 +71,7 @@ export class PackReader {
    * gc is about to delete this pack: keep (or open) a handle for `graceMs`, so a read whose location
    * was resolved before the index moved still succeeds on the unlinked file, then close it.
    */
-  async retire(packId: number, graceMs = 10_000): Promise<void> {
+  async retire(packId: number, graceMs = this.retireGraceMs): Promise<void> {
     const h = this.handle(packId);
     await h.catch(() => undefined);
     const timer = setTimeout(() => {
