@@ -1,6 +1,7 @@
 /**
  * The CPU work of ingest and restore, as pure functions over one block of pages. They run inside
- * worker threads (page-worker.ts) or inline; the store sees the same results either way.
+ * worker threads (page-worker.ts) or inline, and a hash job also with its heavy steps on the libuv
+ * thread pool (runHashJobOnThreadPool); the store sees the same results every way.
  */
 import { closeSync, openSync, read, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
@@ -161,11 +162,9 @@ export function runHashJob(job: HashJob): HashResult {
  * Returns undefined when the addons cannot serve (no native codec or page hasher): run runHashJob.
  */
 export function runHashJobOnThreadPool(job: HashJob, readBuffer: () => Uint8Array): Promise<HashResult> | undefined {
-  const scan = pageScanner();
-  const codec = getCodec();
-  if (!scan || !codec.compressPagesAsync) return undefined;
+  if (!threadPoolServes()) return undefined;
   if (!job.file && job.pages.byteOffset % 8 !== 0) return undefined; // the scanner reads 8-byte words
-  return hashOnThreadPool(job, readBuffer, scan, codec);
+  return hashOnThreadPool(job, readBuffer, pageScanner()!, getCodec());
 }
 
 async function hashOnThreadPool(
