@@ -35,7 +35,7 @@
 #define CODEC_RAW 0u
 #define CODEC_LZ4 1u
 /* Bumped whenever the JS-visible contract of this addon changes; codec.ts refuses other values. */
-#define ADDON_ABI 3
+#define ADDON_ABI 4
 /* Scratch kept per JS environment for compress output; larger batches use a temporary allocation. */
 #define SCRATCH_KEEP_MAX (64u * 1024u * 1024u)
 
@@ -303,6 +303,47 @@ static napi_value js_compress_pages_async(napi_env env, napi_callback_info info)
   return vn_async_queue(env, &job->base, argv, 5, "vnstore.compressPages");
 }
 
+/* decodeChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array,
+ *              slots: Uint32Array, out: Uint8Array, failed: Uint8Array): number
+ * Chunk i, stored at src[offsets[i], +lengths[i]) with codecs[i], is decoded into page slots[i] of
+ * out; failed[i] = 1 where it does not decode to exactly one page (that page's bytes are then
+ * unspecified), else 0. Returns the number of failures. Every range and slot is checked first, so
+ * bad arguments throw before any byte is written. One call per restore window: a call per page cost
+ * as much as the LZ4 decoding itself. */
+static napi_value js_decode_chunks(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 7) return throw_type(env, "decodeChunks(src, offsets, lengths, codecs, slots, out, failed)");
+  uint8_t *src, *codecs, *out, *failed;
+  uint32_t *offsets, *lengths, *slots;
+  size_t src_len, n, n_len, n_codecs, n_slots, out_len, n_failed;
+  if (arg_typed(env, argv[0], napi_uint8_array, (void **)&src, &src_len, "src must be a Uint8Array") ||
+      arg_typed(env, argv[1], napi_uint32_array, (void **)&offsets, &n, "offsets must be a Uint32Array") ||
+      arg_typed(env, argv[2], napi_uint32_array, (void **)&lengths, &n_len, "lengths must be a Uint32Array") ||
+      arg_typed(env, argv[3], napi_uint8_array, (void **)&codecs, &n_codecs, "codecs must be a Uint8Array") ||
+      arg_typed(env, argv[4], napi_uint32_array, (void **)&slots, &n_slots, "slots must be a Uint32Array") ||
+      arg_typed(env, argv[5], napi_uint8_array, (void **)&out, &out_len, "out must be a Uint8Array") ||
+      arg_typed(env, argv[6], napi_uint8_array, (void **)&failed, &n_failed, "failed must be a Uint8Array"))
+    return NULL;
+  if (n_len != n || n_codecs != n || n_slots != n || n_failed != n)
+    return throw_type(env, "lengths, codecs, slots and failed need one element per offset");
+  for (size_t i = 0; i < n; i++) {
+    if ((uint64_t)offsets[i] + lengths[i] > (uint64_t)src_len) return throw_range(env, "chunk range out of range of src");
+    if (((uint64_t)slots[i] + 1) * PAGE_SIZE > (uint64_t)out_len) return throw_range(env, "slot out of range of out");
+  }
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    int decoded;
+    const char *why = decode_one(src + offsets[i], lengths[i], codecs[i], out + (size_t)slots[i] * PAGE_SIZE, &decoded);
+    failed[i] = why != NULL;
+    bad += why != NULL;
+  }
+  napi_value result;
+  NAPI_OK(napi_create_uint32(env, (uint32_t)bad, &result));
+  return result;
+}
+
 /* decodePage(payload: Uint8Array, codec: number, dst: Uint8Array, dstOffset: number): void */
 static napi_value js_decode_page(napi_env env, napi_callback_info info) {
   size_t argc = 4;
@@ -414,6 +455,7 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"compressPages", NULL, js_compress_pages, NULL, NULL, NULL, napi_enumerable, NULL},
       {"compressPagesAsync", NULL, js_compress_pages_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"decodeChunks", NULL, js_decode_chunks, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodePage", NULL, js_decode_page, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodePages", NULL, js_decode_pages, NULL, NULL, NULL, napi_enumerable, NULL},
       {"abi", NULL, NULL, NULL, NULL, abi, napi_enumerable, NULL},

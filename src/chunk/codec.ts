@@ -62,6 +62,13 @@ export interface PageCodec {
     dst: Uint8Array,
     dstOffset?: number,
   ): void;
+  /**
+   * Decodes chunk i, stored at src[offsets[i], +lengths[i]) with codecs[i], into page slots[i] of
+   * out; failed[i] = 1 where it does not decode to exactly one page (that page's bytes are then
+   * unspecified), else 0. Returns the failure count. A bad range or slot throws RangeError before
+   * anything is written.
+   */
+  decodeChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, slots: Uint32Array, out: Uint8Array, failed: Uint8Array): number;
   /** mask[i] = 1 when page i of src (at i*PAGE_SIZE) is all zero, else 0. src must hold count pages. */
   zeroMask(src: Uint8Array, count: number): Uint8Array;
   /**
@@ -97,6 +104,18 @@ function checkDst(dst: Uint8Array, dstOffset: number, pages: number): void {
     throw new RangeError(
       `dst too small: need ${pages * PAGE_SIZE} bytes at offset ${dstOffset}, dst has ${dst.length}`,
     );
+  }
+}
+
+/** decodeChunks' argument rules, checked before anything is written (as the addon does). */
+function checkChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, slots: Uint32Array, out: Uint8Array, failed: Uint8Array): void {
+  const n = offsets.length;
+  if (lengths.length !== n || codecs.length !== n || slots.length !== n || failed.length !== n) {
+    throw new TypeError('lengths, codecs, slots and failed need one element per offset');
+  }
+  for (let i = 0; i < n; i++) {
+    if (offsets[i] + lengths[i] > src.length) throw new RangeError('chunk range out of range of src');
+    if ((slots[i] + 1) * PAGE_SIZE > out.length) throw new RangeError('slot out of range of out');
   }
 }
 
@@ -215,6 +234,21 @@ class JsPageCodec implements PageCodec {
     }
   }
 
+  decodeChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, slots: Uint32Array, out: Uint8Array, failed: Uint8Array): number {
+    checkChunks(src, offsets, lengths, codecs, slots, out, failed);
+    let bad = 0;
+    for (let i = 0; i < offsets.length; i++) {
+      try {
+        this.decodeInto(src.subarray(offsets[i], offsets[i] + lengths[i]), codecs[i], out, slots[i] * PAGE_SIZE, '');
+        failed[i] = 0;
+      } catch {
+        failed[i] = 1;
+        bad++;
+      }
+    }
+    return bad;
+  }
+
   zeroMask(src: Uint8Array, count: number): Uint8Array {
     return zeroMask(src, count);
   }
@@ -250,7 +284,7 @@ class JsPageCodec implements PageCodec {
 // RangeError/TypeError by the addon; codec errors carry code E_CODEC and are re-thrown as CodecError
 // so that callers can rely on instanceof.
 
-/** The addon's exports (native/src/vnstore_native.c), ABI 3. */
+/** The addon's exports (native/src/vnstore_native.c), ABI 4. */
 interface NativeBinding {
   readonly abi: number;
   readonly pageSize: number;
@@ -259,9 +293,10 @@ interface NativeBinding {
   compressPagesAsync(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, dst: Uint8Array): Promise<number>;
   decodePage(payload: Uint8Array, codec: number, dst: Uint8Array, dstOffset: number): void;
   decodePages(payload: Uint8Array, lengths: Uint32Array, codecs: Uint8Array, dst: Uint8Array, dstOffset: number): void;
+  decodeChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, slots: Uint32Array, out: Uint8Array, failed: Uint8Array): number;
 }
 
-const NATIVE_ABI = 3;
+const NATIVE_ABI = 4;
 
 function rethrow(err: unknown): never {
   if (err instanceof Error && (err as NodeJS.ErrnoException).code === 'E_CODEC') {
@@ -319,6 +354,10 @@ class NativePageCodec implements PageCodec {
     } catch (err) {
       rethrow(err);
     }
+  }
+
+  decodeChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, slots: Uint32Array, out: Uint8Array, failed: Uint8Array): number {
+    return this.b.decodeChunks(src, offsets, lengths, codecs, slots, out, failed);
   }
 
   zeroMask(src: Uint8Array, count: number): Uint8Array {

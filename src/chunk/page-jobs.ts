@@ -431,24 +431,31 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
   } else {
     out = new Uint8Array(bytes);
   }
-  const decoded = new Uint8Array(job.chunkRead.length);
+  // Every read range of the window back to back in one buffer, then one decode call for the window
+  // (a call per page cost as much as the LZ4 decoding itself).
+  const m = job.chunkRead.length;
+  const rangeStart = new Float64Array(job.readPack.length);
+  let storedBytes = 0;
+  for (let r = 0; r < job.readPack.length; r++) {
+    rangeStart[r] = storedBytes;
+    storedBytes += job.readLength[r];
+  }
+  if (scratch.length < storedBytes) scratch = Buffer.allocUnsafe(storedBytes);
   const bad: number[] = [];
-  let c = 0;
   for (let r = 0; r < job.readPack.length; r++) {
     const len = job.readLength[r];
-    if (scratch.length < len) scratch = Buffer.allocUnsafe(len);
     try {
-      if (preadFully(packFd(job.packsDir, job.readPack[r]), scratch, len, job.readOffset[r]) !== len) return { out, bad, readError: { pack: job.readPack[r], message: `short read at offset ${job.readOffset[r]} (truncated pack)` } };
+      if (preadFully(packFd(job.packsDir, job.readPack[r]), scratch.subarray(rangeStart[r], rangeStart[r] + len), len, job.readOffset[r]) !== len) return { out, bad, readError: { pack: job.readPack[r], message: `short read at offset ${job.readOffset[r]} (truncated pack)` } };
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       return { out, bad, readError: { pack: job.readPack[r], message: e.code === 'ENOENT' ? 'pack is missing' : e.message } };
     }
-    for (; c < job.chunkRead.length && job.chunkRead[c] === r; c++) {
-      const start = job.chunkOffset[c];
-      const payload = scratch.subarray(start, start + job.lengths[c]);
-      decoded[c] = decodeInto(codec, payload, job.codecs[c], out, job.slots[c] * PAGE_SIZE) ? 1 : 0;
-    }
   }
+  const offsets = new Uint32Array(m);
+  for (let c = 0; c < m; c++) offsets[c] = rangeStart[job.chunkRead[c]] + job.chunkOffset[c];
+  const failed = new Uint8Array(m);
+  codec.decodeChunks(scratch, offsets, job.lengths, job.codecs, job.slots, out, failed);
+  const decoded = failed.map((f) => (f ? 0 : 1));
   bad.push(...verifyDecoded(out, job.windowPages, job.slots, job.digests, decoded));
   if (!job.output) return { out, bad };
   if (bad.length > 0) {

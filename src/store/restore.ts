@@ -134,7 +134,7 @@ async function restoreWindowOnce(
   const locs: (ChunkLocation | undefined)[] = new Array(slots.length);
   const exact: number[] = [];
   for (let k = 0; k < slots.length; k++) {
-    const hit = exactOnly ? undefined : store.table.get(digestOf(slots[k]));
+    const hit = exactOnly ? undefined : store.table.get(pages.digests, (first + slots[k]) * DIGEST_BYTES);
     if (hit && !hit.ambiguous) locs[k] = hit.location;
     else exact.push(k);
   }
