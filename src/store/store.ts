@@ -34,6 +34,7 @@ import {
   KEY_PACK,
   KEY_SNAPSHOT,
   KEY_VM,
+  flushMemtable,
   openDb,
   scanChunkIndex,
   packKey,
@@ -230,8 +231,13 @@ export class Store {
     this.closed = true;
     for (const s of [...this.sessions]) await s.abort().catch(() => undefined);
     await this.writer.close();
+    // The chunk index changed here: write LevelDB's memtable out now, next to the table save, so the
+    // next open does not replay the log (see flushMemtable). A failure only slows that open.
+    const flushing = this.chunkGen.saved ? undefined : flushMemtable(this.db).catch(() => undefined);
     await this.saveTable().catch(() => undefined); // a cache: failing to save only slows the next open
     trace('chunk table saved');
+    await flushing;
+    trace('index memtable flushed');
     await this.pool.close();
     await this.packs.close();
     await this.db.close();
