@@ -4,14 +4,11 @@
  */
 import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Store } from '../src/store/store.js';
-import { makePage, makeTempDir, removeDir, restoreToBuffer } from './helpers/engine.js';
+import { makePage, initStore, tempDirs, restoreToBuffer } from './helpers/engine.js';
 
-const dirs: string[] = [];
-afterEach(() => {
-  for (const d of dirs.splice(0)) removeDir(d);
-});
+const tempDir = tempDirs();
 
 /** Bytes in LevelDB's write-ahead logs: what the next open would replay. */
 function logBytes(store: string): number {
@@ -23,10 +20,8 @@ function logBytes(store: string): number {
 
 describe('the index memtable at close', () => {
   it('is written out after a put that indexed chunks: nothing left to replay, everything restores', async () => {
-    const root = makeTempDir('dbflush');
-    dirs.push(root);
-    const dir = path.join(root, 'store');
-    await Store.init(dir);
+    const root = tempDir('dbflush');
+    const dir = await initStore(root);
     const image = Buffer.concat(Array.from({ length: 3000 }, (_, i) => makePage(i % 3 === 0 ? 'random' : 'compressible', i)));
     let store = await Store.open(dir, { workers: 0 });
     let rec;

@@ -8,17 +8,14 @@
 import { existsSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { restoreSnapshot } from '../src/store/restore.js';
 import type { SnapshotRecord } from '../src/store/db.js';
 import { Store } from '../src/store/store.js';
 import { forget, runGc } from '../src/maintenance/index.js';
-import { makePage, makeTempDir, removeDir, type PageKindSpec } from './helpers/engine.js';
+import { makePage, initStore, tempDirs, type PageKindSpec } from './helpers/engine.js';
 
-const dirs: string[] = [];
-afterEach(() => {
-  for (const d of dirs.splice(0)) removeDir(d);
-});
+const tempDir = tempDirs();
 
 /** An image of `pages` pages (several 4 MiB blocks, so the workers take some), distinct per seed. */
 function image(seed: number, pages = 2600): Buffer {
@@ -27,8 +24,7 @@ function image(seed: number, pages = 2600): Buffer {
 }
 
 async function openWithWorkers(root: string, packTargetBytes?: number): Promise<Store> {
-  const dir = path.join(root, 'store');
-  await Store.init(dir);
+  const dir = await initStore(root);
   const store = await Store.open(dir, { workers: 1, packTargetBytes });
   await store.pool.whenReady();
   expect(store.pool.size).toBe(1);
@@ -50,8 +46,7 @@ async function restoreToFile(store: Store, record: SnapshotRecord, file: string)
 
 describe('one long-lived process, workers started from open', () => {
   it('restores to the same output path again and again, each time into the new file', async () => {
-    const root = makeTempDir('longlived');
-    dirs.push(root);
+    const root = tempDir('longlived');
     const store = await openWithWorkers(root);
     try {
       const images = [image(1), image(2), image(3)];
@@ -76,8 +71,7 @@ describe('one long-lived process, workers started from open', () => {
   });
 
   it('reads an image replaced at the same path between two puts as the new file', async () => {
-    const root = makeTempDir('longlived');
-    dirs.push(root);
+    const root = tempDir('longlived');
     const store = await openWithWorkers(root);
     try {
       const file = path.join(root, 'vm.img');
@@ -103,8 +97,7 @@ describe('one long-lived process, workers started from open', () => {
   });
 
   it.runIf(existsSync('/proc/self/fd'))('keeps no descriptor of a pack gc removed, in any thread', async () => {
-    const root = makeTempDir('longlived');
-    dirs.push(root);
+    const root = tempDir('longlived');
     const store = await openWithWorkers(root, 1 << 20); // small packs: each image fills packs of its own
     try {
       const images = [image(7), image(8)];

@@ -7,22 +7,16 @@
 import { blake3 } from '@napi-rs/blake-hash';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { chunkKey, type SnapshotRecord } from '../src/store/db.js';
 import { restoreSnapshot } from '../src/store/restore.js';
 import { Store, TABLE_FILE } from '../src/store/store.js';
-import { makePage, makeTempDir, removeDir, restoreToBuffer, PAGE } from './helpers/engine.js';
+import { makePage, initStore, tempDirs, restoreToBuffer, PAGE } from './helpers/engine.js';
 
-const dirs: string[] = [];
-afterEach(() => {
-  for (const d of dirs.splice(0)) removeDir(d);
-});
+const tempDir = tempDirs();
 
 async function freshStore(): Promise<Store> {
-  const dir = path.join(makeTempDir('inherit'), 'store');
-  dirs.push(path.dirname(dir));
-  await Store.init(dir);
-  return Store.open(dir, { workers: 0 });
+  return Store.open(await initStore(tempDir('inherit')), { workers: 0 });
 }
 
 async function storeWithParent() {

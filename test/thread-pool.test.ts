@@ -8,7 +8,7 @@
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { blake3 } from '@napi-rs/blake-hash';
 import { getCodec } from '../src/chunk/codec.js';
 import { hashPages, pageScanner } from '../src/chunk/hash.js';
@@ -17,12 +17,9 @@ import { PagePool } from '../src/chunk/worker-pool.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../src/format/pages.js';
 import { ChunkTable } from '../src/index/chunk-table.js';
 import { Store } from '../src/store/store.js';
-import { makePage, makeTempDir, removeDir, restoreToBuffer, type PageKindSpec } from './helpers/engine.js';
+import { makePage, initStore, tempDirs, restoreToBuffer, type PageKindSpec } from './helpers/engine.js';
 
-const dirs: string[] = [];
-afterEach(() => {
-  for (const d of dirs.splice(0)) removeDir(d);
-});
+const tempDir = tempDirs();
 
 const scan = pageScanner();
 const codec = getCodec();
@@ -114,8 +111,7 @@ describe.runIf(native)('thread-pool addon calls', () => {
 
 describe.runIf(native)('hash jobs on the thread pool', () => {
   it('give the results of runHashJob: any block, parent digests, table hits, file ranges', async () => {
-    const root = makeTempDir('tpool');
-    dirs.push(root);
+    const root = tempDir('tpool');
     await fc.assert(
       fc.asyncProperty(blockArb, fc.array(fc.boolean(), { maxLength: 40 }), fc.array(fc.boolean(), { maxLength: 40 }), fc.nat({ max: PAGE_SIZE - 1 }), fc.boolean(), async (spec, sameAsParent, inTable, cut, fromFile) => {
           const src = blockOf(spec);
@@ -178,10 +174,8 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
   });
 
   it('a one-shot store never starts workers, and sessions reading different files at once store both exactly', async () => {
-    const root = makeTempDir('tpool');
-    dirs.push(root);
-    const dir = path.join(root, 'store');
-    await Store.init(dir);
+    const root = tempDir('tpool');
+    const dir = await initStore(root);
     const images = [0, 1, 2].map((v) =>
       Buffer.concat(Array.from({ length: 2100 + v * 300 }, (_, i) => makePage((['compressible', 'random', 'zero', 'sparse'] as const)[(i * 7 + v) % 4], v * 10000 + (i % 900)))),
     );

@@ -4,23 +4,16 @@
  * stores the same bytes, and a pool whose workers are busy lets the caller run jobs itself.
  * (test/thread-pool.test.ts covers on-demand with thread-pool jobs.)
  */
-import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { PagePool } from '../src/chunk/worker-pool.js';
 import { PageStatus } from '../src/chunk/page-jobs.js';
 import { Store } from '../src/store/store.js';
-import { makePage, makeTempDir, removeDir, restoreToBuffer, PAGE } from './helpers/engine.js';
+import { makePage, initStore, tempDirs, restoreToBuffer, PAGE } from './helpers/engine.js';
 
-const dirs: string[] = [];
-afterEach(() => {
-  for (const d of dirs.splice(0)) removeDir(d);
-});
+const tempDir = tempDirs();
 
 async function freshStore(): Promise<string> {
-  const dir = path.join(makeTempDir('wstart'), 'store');
-  dirs.push(path.dirname(dir));
-  await Store.init(dir);
-  return dir;
+  return initStore(tempDir('wstart'));
 }
 
 /** 64 pages of compressible content (all new to an empty store), then the same image with 2 pages changed. */

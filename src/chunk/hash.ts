@@ -91,8 +91,7 @@ export function hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array):
  * and none of the three buffers may be transferred or written until it settles.
  */
 export function pageScanner(): HashBinding['scanPagesAsync'] | undefined {
-  const native = loadPageHasher();
-  return native ? (src, count, zero, out) => native.scanPagesAsync(src, count, zero, out) : undefined;
+  return loadPageHasher()?.scanPagesAsync; // an N-API function: it needs no `this`, and no closure per job
 }
 
 /** Which page hasher serves hashPages(): the SIMD kernel's name, or why the fallback is used. */

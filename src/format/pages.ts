@@ -8,6 +8,12 @@ export enum PageKind {
   Digest = 2,
 }
 
+/** Whether the 32-byte digests at a[aOffset..] and b[bOffset..] are equal (in place, no views). */
+export function digestsEqual(a: Uint8Array, aOffset: number, b: Uint8Array, bOffset: number): boolean {
+  for (let k = 0; k < DIGEST_BYTES; k++) if (a[aOffset + k] !== b[bOffset + k]) return false;
+  return true;
+}
+
 export class PageTable {
   kinds: Uint8Array;
   digests: Uint8Array;
@@ -60,10 +66,7 @@ export class PageTable {
   }
 
   sameDigest(i: number, other: Uint8Array, otherOffset: number): boolean {
-    const a = this.digests;
-    const p = i * DIGEST_BYTES;
-    for (let k = 0; k < DIGEST_BYTES; k++) if (a[p + k] !== other[otherOffset + k]) return false;
-    return true;
+    return digestsEqual(this.digests, i * DIGEST_BYTES, other, otherOffset);
   }
 
   countKind(kind: PageKind): number {

@@ -10,7 +10,7 @@ import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { encodePackFooter, encodePackHeader, packFileName, PACK_HEADER_BYTES, TOC_ENTRY_BYTES, PACK_TRAILER_BYTES } from '../format/pack.js';
-import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
+import { DIGEST_BYTES, digestsEqual, PAGE_SIZE } from '../format/pages.js';
 import type { ChunkLocation, ChunkTable } from '../index/chunk-table.js';
 import { fsyncDir, FILE_MODE, writeFully, writevFully } from '../util/durable.js';
 import { fromSystemError } from '../util/errors.js';
@@ -146,11 +146,11 @@ export class PackWriter {
     if (!hit.ambiguous) {
       const pack = this.unindexed.get(hit.location.pack);
       const k = pack ? tocIndexAt(pack, hit.location.offset) : -1;
-      return k >= 0 && sameDigest(pack!.digests, k, digest) ? hit.location : undefined;
+      return k >= 0 && digestsEqual(pack!.digests, k * DIGEST_BYTES, digest, 0) ? hit.location : undefined;
     }
     for (const pack of this.unindexed.values()) {
       for (let k = 0; k < pack.count; k++) {
-        if (sameDigest(pack.digests, k, digest)) return { pack: pack.id, offset: pack.offsets[k], storedLength: pack.lengths[k], codec: pack.codecs[k] };
+        if (digestsEqual(pack.digests, k * DIGEST_BYTES, digest, 0)) return { pack: pack.id, offset: pack.offsets[k], storedLength: pack.lengths[k], codec: pack.codecs[k] };
       }
     }
     return undefined;
@@ -341,12 +341,6 @@ function tocIndexAt(pack: OpenPack, offset: number): number {
   return -1;
 }
 
-/** Whether TOC entry k of `digests` (32 bytes each) equals `digest`. */
-function sameDigest(digests: Uint8Array, k: number, digest: Uint8Array): boolean {
-  const at = k * DIGEST_BYTES;
-  for (let b = 0; b < DIGEST_BYTES; b++) if (digests[at + b] !== digest[b]) return false;
-  return true;
-}
 
 /** Doubles the table-of-contents columns of an open pack. */
 function growToc(pack: OpenPack): void {

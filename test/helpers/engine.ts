@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { blake3 } from '@napi-rs/blake-hash';
+import { afterEach } from 'vitest';
 import { restoreSnapshot } from '../../src/store/restore.js';
 import { Store } from '../../src/store/store.js';
 import { readPackChunks } from '../../src/store/pack-reader.js';
@@ -149,6 +150,29 @@ export function makeTempDir(prefix: string): string {
 
 export function removeDir(dir: string): void {
   rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * Temp directories for the calling test file, each removed after the test that made it. Call once at
+ * the file's top level; the returned function makes one (like makeTempDir).
+ */
+export function tempDirs(): (prefix: string) => string {
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const d of dirs.splice(0)) removeDir(d);
+  });
+  return (prefix) => {
+    const d = makeTempDir(prefix);
+    dirs.push(d);
+    return d;
+  };
+}
+
+/** Initialises a new store at ROOT/store and returns its path. */
+export async function initStore(root: string): Promise<string> {
+  const dir = path.join(root, 'store');
+  await Store.init(dir);
+  return dir;
 }
 
 /** Asserts nothing; returns the single stderr line of a failed command, or throws a descriptive error. */
