@@ -41,7 +41,7 @@ if (!(scale > 0)) throw new Error('--scale must be a positive number');
 const repeat = Number(args.repeat);
 if (!Number.isInteger(repeat) || repeat < 1) throw new Error('--repeat must be a positive integer');
 const params = { ...ENGINE_WORKLOAD, memMiB: ENGINE_WORKLOAD.memMiB.map((m) => m * scale) };
-const cli = join(root, 'dist', 'cli', 'main.js');
+const cli = join(root, 'dist', 'cli', 'bin.cjs');
 const log = (s) => process.stderr.write(`engine: ${s}\n`);
 const MB = 1e6;
 

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const cli = path.join(root, 'dist/cli/main.js');
+const cli = path.join(root, 'dist/cli/bin.cjs');
 if (!existsSync(cli)) {
   console.error('demo: dist/ is missing; run `npm install` first (it builds the project)');
   process.exit(1);

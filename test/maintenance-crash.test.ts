@@ -69,7 +69,7 @@ function gcAndKill(dir: string, delayMs: number, from: KillFrom): Promise<Killed
     child.on('error', reject);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      const phases = [...err.matchAll(/\] (gc: [a-z ]+)/g)].map((m) => m[1]);
+      const phases = [...err.matchAll(/\] (gc: [a-z ]+)/g)].map((m) => m[1].trim());
       resolve({ code, signal, phase: phases.pop() ?? 'start-up', stderr: err });
     });
   });

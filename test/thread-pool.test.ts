@@ -3,9 +3,11 @@
  * give exactly the bytes of their synchronous twins, refuse bad arguments before anything runs, and
  * a hash job run on the libuv thread pool must equal the same job run by runHashJob. A one-shot
  * store with thread-pool jobs never starts workers, and sessions reading different files at once
- * store both exactly.
+ * store both exactly. The vnstore executable sizes the pool before Node starts it.
  */
-import { writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { closeSync, openSync, writeFileSync } from 'node:fs';
+import { availableParallelism, constants as osConstants } from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -17,7 +19,7 @@ import { PagePool } from '../src/chunk/worker-pool.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../src/format/pages.js';
 import { ChunkTable } from '../src/index/chunk-table.js';
 import { Store } from '../src/store/store.js';
-import { makePage, initStore, tempDirs, restoreToBuffer, type PageKindSpec } from './helpers/engine.js';
+import { CLI, makePage, initStore, tempDirs, restoreToBuffer, type PageKindSpec } from './helpers/engine.js';
 
 const tempDir = tempDirs();
 
@@ -25,6 +27,8 @@ const scan = pageScanner();
 const codec = getCodec();
 // The suite's native build always has both; without them these paths are simply not taken.
 const native = scan !== undefined && codec.compressPagesAsync !== undefined;
+const scanPages = scan?.scanPagesAsync;
+const scanFile = scan?.scanFileAsync;
 
 const kindArb = fc.constantFrom<PageKindSpec>('zero', 'random', 'compressible', 'sparse');
 /** A block: page kinds and seeds, with repeats (duplicates inside the block). */
@@ -53,7 +57,7 @@ describe.runIf(native)('thread-pool addon calls', () => {
         const n = spec.length;
         const zero = new Uint8Array(n).fill(7);
         const out = new Uint8Array(n * DIGEST_BYTES).fill(0xa5);
-        const nonZero = await scan!(src, n, zero, out);
+        const nonZero = await scanPages!(src, n, zero, out);
         let want = 0;
         for (let i = 0; i < n; i++) {
           const page = src.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
@@ -76,13 +80,88 @@ describe.runIf(native)('thread-pool addon calls', () => {
     const src = new Uint8Array(3 * PAGE_SIZE).fill(1);
     const zero = new Uint8Array(3).fill(9);
     const out = new Uint8Array(3 * DIGEST_BYTES).fill(9);
-    expect(() => scan!(src, 4, zero, out)).toThrow(RangeError); // more pages than src holds
-    expect(() => scan!(src, 3, zero.subarray(0, 2), out)).toThrow(RangeError);
-    expect(() => scan!(src, 3, zero, out.subarray(0, 64))).toThrow(RangeError);
+    expect(() => scanPages!(src, 4, zero, out)).toThrow(RangeError); // more pages than src holds
+    expect(() => scanPages!(src, 3, zero.subarray(0, 2), out)).toThrow(RangeError);
+    expect(() => scanPages!(src, 3, zero, out.subarray(0, 64))).toThrow(RangeError);
     const unaligned = new Uint8Array(3 * PAGE_SIZE + 1).subarray(1);
-    expect(() => scan!(unaligned, 3, zero, out)).toThrow(RangeError);
-    expect(() => scan!(src as unknown as Uint8Array, 3, new Uint16Array(3) as unknown as Uint8Array, out)).toThrow(TypeError);
+    expect(() => scanPages!(unaligned, 3, zero, out)).toThrow(RangeError);
+    expect(() => scanPages!(src as unknown as Uint8Array, 3, new Uint16Array(3) as unknown as Uint8Array, out)).toThrow(TypeError);
     expect(zero.every((b) => b === 9) && out.every((b) => b === 9)).toBe(true);
+  });
+
+  it('scanFileAsync reads a file range, zero-pads it to whole pages and scans it as scanPagesAsync does', async () => {
+    const root = tempDir('tpool');
+    const file = path.join(root, 'image.bin');
+    await fc.assert(
+      fc.asyncProperty(blockArb, fc.nat({ max: PAGE_SIZE - 1 }), fc.nat({ max: 3 * PAGE_SIZE }), async (spec, cut, prefix) => {
+        const src = blockOf(spec);
+        const n = spec.length;
+        const length = n * PAGE_SIZE - cut;
+        writeFileSync(file, Buffer.concat([Buffer.alloc(prefix, 0x5c), src.subarray(0, length), Buffer.alloc(100, 0x77)]));
+        const padded = new Uint8Array(n * PAGE_SIZE);
+        padded.set(src.subarray(0, length));
+        const wantZero = new Uint8Array(n);
+        const wantOut = new Uint8Array(n * DIGEST_BYTES);
+        await scanPages!(padded, n, wantZero, wantOut);
+        const dst = new Uint8Array(n * PAGE_SIZE).fill(0xee); // stale bytes of a reused buffer
+        const zero = new Uint8Array(n);
+        const out = new Uint8Array(n * DIGEST_BYTES);
+        const fd = openSync(file, 'r');
+        try {
+          expect(await scanFile!(fd, prefix, length, dst, n, zero, out)).toBe(length);
+        } finally {
+          closeSync(fd);
+        }
+        expect(Buffer.from(dst).equals(Buffer.from(padded))).toBe(true);
+        expect(Array.from(zero)).toEqual(Array.from(wantZero));
+        expect(Buffer.from(out).equals(Buffer.from(wantOut))).toBe(true);
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it('scanFileAsync reports a file that ends early and a failed read, and scans nothing then', async () => {
+    const root = tempDir('tpool');
+    const file = path.join(root, 'short.bin');
+    writeFileSync(file, Buffer.alloc(PAGE_SIZE + 10, 1));
+    const dst = new Uint8Array(2 * PAGE_SIZE);
+    const zero = new Uint8Array(2).fill(9);
+    const out = new Uint8Array(2 * DIGEST_BYTES).fill(9);
+    const fd = openSync(file, 'r');
+    try {
+      expect(await scanFile!(fd, 0, 2 * PAGE_SIZE, dst, 2, zero, out)).toBe(PAGE_SIZE + 10);
+    } finally {
+      closeSync(fd);
+    }
+    const dirFd = openSync(root, 'r'); // read(2) on a directory fails with EISDIR
+    try {
+      expect(await scanFile!(dirFd, 0, PAGE_SIZE, dst, 1, zero, out)).toBe(-osConstants.errno.EISDIR);
+    } finally {
+      closeSync(dirFd);
+    }
+    expect(zero.every((b) => b === 9) && out.every((b) => b === 9)).toBe(true);
+  });
+
+  it('scanFileAsync refuses bad arguments at the call, before anything is read', () => {
+    const root = tempDir('tpool');
+    const file = path.join(root, 'f.bin');
+    writeFileSync(file, Buffer.alloc(3 * PAGE_SIZE, 1));
+    const dst = new Uint8Array(3 * PAGE_SIZE).fill(9);
+    const zero = new Uint8Array(3).fill(9);
+    const out = new Uint8Array(3 * DIGEST_BYTES).fill(9);
+    const fd = openSync(file, 'r');
+    try {
+      expect(() => scanFile!(fd, 0, 3 * PAGE_SIZE + 1, dst, 3, zero, out)).toThrow(RangeError); // more than count pages
+      expect(() => scanFile!(fd, 0, PAGE_SIZE, dst, 4, zero, out)).toThrow(RangeError); // dst too small
+      expect(() => scanFile!(fd, 0, PAGE_SIZE, dst, 3, zero.subarray(0, 2), out)).toThrow(RangeError);
+      expect(() => scanFile!(fd, 0, PAGE_SIZE, new Uint8Array(3 * PAGE_SIZE + 1).subarray(1), 3, zero, out)).toThrow(RangeError);
+      expect(() => scanFile!(-1, 0, PAGE_SIZE, dst, 3, zero, out)).toThrow(TypeError);
+      expect(() => scanFile!(fd, -1, PAGE_SIZE, dst, 3, zero, out)).toThrow(TypeError);
+      expect(() => scanFile!(fd, 0, PAGE_SIZE, dst as unknown as Uint8Array, 3, new Uint16Array(3) as unknown as Uint8Array, out)).toThrow(TypeError);
+    } finally {
+      closeSync(fd);
+    }
+    expect(dst.every((b) => b === 9) && zero.every((b) => b === 9) && out.every((b) => b === 9)).toBe(true);
   });
 
   it('compressPagesAsync writes the bytes compressPages writes', async () => {
@@ -113,7 +192,7 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
   it('give the results of runHashJob: any block, parent digests, table hits, file ranges', async () => {
     const root = tempDir('tpool');
     await fc.assert(
-      fc.asyncProperty(blockArb, fc.array(fc.boolean(), { maxLength: 40 }), fc.array(fc.boolean(), { maxLength: 40 }), fc.nat({ max: PAGE_SIZE - 1 }), fc.boolean(), async (spec, sameAsParent, inTable, cut, fromFile) => {
+      fc.asyncProperty(blockArb, fc.array(fc.boolean(), { maxLength: 40 }), fc.array(fc.boolean(), { maxLength: 40 }), fc.nat({ max: PAGE_SIZE - 1 }), fc.boolean(), fc.nat({ max: 2 * PAGE_SIZE }), async (spec, sameAsParent, inTable, cut, fromFile, at) => {
           const src = blockOf(spec);
           const n = spec.length;
           // Parent digests: the real digest where sameAsParent says so, another page's otherwise.
@@ -131,13 +210,13 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
           // A file job reads a range whose last page may be short (zero-padded).
           const length = n * PAGE_SIZE - (fromFile ? cut : 0);
           const file = path.join(root, 'image.bin');
-          if (fromFile) writeFileSync(file, src.subarray(0, length));
+          if (fromFile) writeFileSync(file, Buffer.concat([Buffer.alloc(at, 0x3c), src.subarray(0, length)]));
           const expectedPages = new Uint8Array(src.subarray(0, length).length + (n * PAGE_SIZE - length));
           expectedPages.set(src.subarray(0, length));
           const job = (): HashJob => ({
             kind: 'hash',
             pages: fromFile ? new Uint8Array(0) : Uint8Array.from(expectedPages),
-            file: fromFile ? { path: file, offset: 0, length } : undefined,
+            file: fromFile ? { path: file, offset: at, length } : undefined,
             pageCount: n,
             parentDigests,
             parentHasDigest,
@@ -152,6 +231,17 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
       ),
       { numRuns: 60 },
     );
+  });
+
+  it('fail as runHashJob does on a file that ends early or cannot be read', async () => {
+    const root = tempDir('tpool');
+    const file = path.join(root, 'short.bin');
+    writeFileSync(file, Buffer.alloc(PAGE_SIZE + 10, 1));
+    const job = (p: string): HashJob => ({ kind: 'hash', pages: new Uint8Array(0), file: { path: p, offset: 0, length: 2 * PAGE_SIZE }, pageCount: 2 });
+    expect(() => runHashJob(job(file))).toThrow(/file shrank while being read/);
+    await expect(runHashJobOnThreadPool(job(file), () => new Uint8Array(2 * PAGE_SIZE))!).rejects.toThrow(/file shrank while being read/);
+    expect(() => runHashJob(job(root))).toThrow(expect.objectContaining({ code: 'EISDIR' }));
+    await expect(runHashJobOnThreadPool(job(root), () => new Uint8Array(2 * PAGE_SIZE))!).rejects.toMatchObject({ code: 'EISDIR', syscall: 'read', path: root });
   });
 
   it('a pool with no worker free sends hash jobs to the thread pool; with threadPool: false, to the caller', async () => {
@@ -200,5 +290,22 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
     } finally {
       await store.close();
     }
+  });
+});
+
+describe('the vnstore executable', () => {
+  /** UV_THREADPOOL_SIZE as the command saw it at exit (a preloaded CommonJS hook prints it). */
+  function poolSizeSeen(env: Record<string, string | undefined>): string {
+    const hook = path.join(tempDir('bin'), 'hook.cjs');
+    writeFileSync(hook, "process.on('exit', () => process.stderr.write('pool=' + process.env.UV_THREADPOOL_SIZE + '\\n'));\n");
+    const r = spawnSync(process.execPath, ['-r', hook, CLI, '--version'], { env: { ...process.env, ...env }, encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+    return /pool=(\S+)/.exec(r.stderr)?.[1] ?? '';
+  }
+
+  it('sizes the thread pool to the cores (2 to 4) before it starts, unless the user set it', () => {
+    expect(poolSizeSeen({ UV_THREADPOOL_SIZE: undefined })).toBe(String(Math.min(4, Math.max(2, availableParallelism()))));
+    expect(poolSizeSeen({ UV_THREADPOOL_SIZE: '3' })).toBe('3');
   });
 });

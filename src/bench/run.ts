@@ -28,7 +28,7 @@ export interface BenchOptions {
   keep?: boolean;
   /** Peers restore every image too (default: one sample image; vnstore always restores all). */
   restoreAll?: boolean;
-  /** Path of vnstore's built CLI (dist/cli/main.js). */
+  /** Path of vnstore's built executable (dist/cli/bin.cjs). */
   vnstoreCli: string;
   /** Progress lines (stderr). */
   log?: (line: string) => void;
@@ -95,15 +95,15 @@ export interface BenchResult {
   seconds: number;
 }
 
-/** Finds dist/cli/main.js of this checkout ($VNSTORE_BENCH_CLI overrides). */
+/** Finds dist/cli/bin.cjs of this checkout ($VNSTORE_BENCH_CLI overrides). */
 export function defaultVnstoreCli(): string {
   if (process.env.VNSTORE_BENCH_CLI) return resolve(process.env.VNSTORE_BENCH_CLI);
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, 'package.json'))) return join(dir, 'dist', 'cli', 'main.js');
+    if (existsSync(join(dir, 'package.json'))) return join(dir, 'dist', 'cli', 'bin.cjs');
     dir = dirname(dir);
   }
-  return resolve('dist/cli/main.js');
+  return resolve('dist/cli/bin.cjs');
 }
 
 export async function runBench(opts: BenchOptions): Promise<BenchResult> {

@@ -33,7 +33,7 @@ export interface ToolContext {
   dir: string;
   /** Where GNU time reports go. */
   scratchDir: string;
-  /** Path of vnstore's dist/cli/main.js. */
+  /** Path of vnstore's dist/cli/bin.cjs. */
   vnstoreCli: string;
 }
 

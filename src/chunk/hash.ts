@@ -23,13 +23,14 @@ function loadBlake3(): typeof BlakeHash {
 
 const { blake3, Blake3Hasher } = loadBlake3();
 
-/** native/src/blake3_pages.c, ABI 2: BLAKE3 of whole pages, eight per SIMD pass. */
+/** native/src/blake3_pages.c, ABI 3: BLAKE3 of whole pages, eight per SIMD pass. */
 interface HashBinding {
   readonly abi: number;
   /** "avx512vl", "avx2", or "" when the CPU has no kernel. */
   readonly simd: string;
   hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array): void;
   scanPagesAsync(src: Uint8Array, count: number, zero: Uint8Array, out: Uint8Array): Promise<number>;
+  scanFileAsync(fd: number, position: number, length: number, dst: Uint8Array, count: number, zero: Uint8Array, out: Uint8Array): Promise<number>;
 }
 
 const HASH_ADDON_PATH = fileURLToPath(new URL('../../native/build/Release/vnstore_hash.node', import.meta.url));
@@ -49,7 +50,7 @@ function loadPageHasher(): HashBinding | null {
   }
   try {
     const b = createRequire(import.meta.url)(HASH_ADDON_PATH) as HashBinding;
-    if (b.abi !== 2) throw new Error(`addon ABI ${String(b.abi)}, want 2: rebuild it`);
+    if (b.abi !== 3) throw new Error(`addon ABI ${String(b.abi)}, want 3: rebuild it`);
     if (!b.simd) throw new Error('no SIMD kernel for this CPU (AVX2 needed)');
     const src = new Uint8Array(3 * PAGE_SIZE);
     for (let i = 0; i < src.length; i++) src[i] = (i * 131 + (i >>> 12) * 7) & 0xff;
@@ -84,14 +85,20 @@ export function hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array):
   for (const p of pages) out.set(hashPage(src.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)), p * DIGEST_BYTES);
 }
 
+/** The thread-pool page scanner's two calls (see pageScanner). */
+export type PageScanner = Pick<HashBinding, 'scanPagesAsync' | 'scanFileAsync'>;
+
 /**
- * The thread-pool page scanner, where the addon serves: scan(src, count, zero, out) sets zero[p]
- * to 1 for each all-zero page p of src's first `count` pages and hashes the others into
- * out[p*32 ..], off the main thread; it resolves to the non-zero count. src must be 8-byte aligned,
- * and none of the three buffers may be transferred or written until it settles.
+ * The thread-pool page scanner, where the addon serves. scanPagesAsync(src, count, zero, out) sets
+ * zero[p] to 1 for each all-zero page p of src's first `count` pages and hashes the others into
+ * out[p*32 ..], off the main thread; it resolves to the non-zero count. scanFileAsync(fd, position,
+ * length, dst, count, zero, out) first reads `length` bytes of the file at `position` into dst and
+ * zero-pads them to `count` pages, in the same thread-pool job; it resolves to the bytes read (fewer
+ * if the file ended first, and then nothing is scanned) or to -errno. The page buffer must be 8-byte
+ * aligned, and no buffer may be transferred or written until the call settles.
  */
-export function pageScanner(): HashBinding['scanPagesAsync'] | undefined {
-  return loadPageHasher()?.scanPagesAsync; // an N-API function: it needs no `this`, and no closure per job
+export function pageScanner(): PageScanner | undefined {
+  return loadPageHasher() ?? undefined; // its N-API functions need no `this`
 }
 
 /** Which page hasher serves hashPages(): the SIMD kernel's name, or why the fallback is used. */

@@ -3,13 +3,14 @@
  * worker threads (page-worker.ts) or inline, and a hash job also with its heavy steps on the libuv
  * thread pool (runHashJobOnThreadPool); the store sees the same results every way.
  */
-import { closeSync, openSync, read, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { packFileName } from '../format/pack.js';
 import { fingerprint, tableHasFingerprint, tableLocation } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec, type CompressedPages } from './codec.js';
-import { hashPages, pageScanner } from './hash.js';
+import { hashPages, pageScanner, type PageScanner } from './hash.js';
 
 /** Per-page outcome of hashing, decided as far as a worker can without the exact index. */
 export enum PageStatus {
@@ -170,26 +171,29 @@ export function runHashJobOnThreadPool(job: HashJob, readBuffer: () => Uint8Arra
 async function hashOnThreadPool(
   job: HashJob,
   readBuffer: () => Uint8Array,
-  scan: NonNullable<ReturnType<typeof pageScanner>>,
+  scan: PageScanner,
   codec: ReturnType<typeof getCodec>,
 ): Promise<HashResult> {
   const { pageCount } = job;
+  const zero = new Uint8Array(pageCount);
+  const digests = new Uint8Array(pageCount * DIGEST_BYTES);
   let pages = job.pages;
   if (job.file) {
     pages = readBuffer().subarray(0, pageCount * PAGE_SIZE);
-    pages.fill(0, job.file.length); // zero-pad a short last page
     // A descriptor per job (one openat, next to a 4 MiB read): jobs of several sessions may be
-    // reading different files at once, so none may close a descriptor another is using.
+    // reading different files at once, so none may close a descriptor another is using. The read
+    // and the scan are one thread-pool job (each job queued costs the main thread a thread wake-up).
     const fd = openSync(job.file.path, 'r');
     try {
-      if ((await preadFullyAsync(fd, pages, job.file.length, job.file.offset)) !== job.file.length) throw new Error(`${job.file.path}: file shrank while being read`);
+      const got = await scan.scanFileAsync(fd, job.file.offset, job.file.length, pages, pageCount, zero, digests);
+      if (got < 0) throw errnoError(-got, 'read', job.file.path);
+      if (got !== job.file.length) throw new Error(`${job.file.path}: file shrank while being read`);
     } finally {
       closeSync(fd);
     }
+  } else {
+    await scan.scanPagesAsync(pages, pageCount, zero, digests);
   }
-  const zero = new Uint8Array(pageCount);
-  const digests = new Uint8Array(pageCount * DIGEST_BYTES);
-  await scan(pages, pageCount, zero, digests);
   const { status, newOffsets } = classifyPages(job, pages, zero, digests);
   const c = newOffsets.length > 0 ? await codec.compressPagesAsync!(pages, newOffsets, job.payloadSlab ?? new Uint8Array(newOffsets.length * PAGE_SIZE)) : undefined;
   return finishHashJob(job, pages, digests, status, c);
@@ -200,15 +204,10 @@ export function threadPoolServes(): boolean {
   return pageScanner() !== undefined && getCodec().compressPagesAsync !== undefined;
 }
 
-/** pread()s on the thread pool until `length` bytes are in or the file ends; returns the bytes read. */
-async function preadFullyAsync(fd: number, buf: Uint8Array, length: number, position: number): Promise<number> {
-  let got = 0;
-  while (got < length) {
-    const n = await new Promise<number>((resolve, reject) => read(fd, buf, got, length - got, position + got, (err, bytes) => (err ? reject(err) : resolve(bytes))));
-    if (n === 0) break;
-    got += n;
-  }
-  return got;
+/** The error Node's fs calls throw for `errno` (code such as 'EIO', errno, syscall, path). */
+function errnoError(errno: number, syscall: string, file: string): NodeJS.ErrnoException {
+  const code = Object.entries(osConstants.errno).find(([, n]) => n === errno)?.[0] ?? 'EIO';
+  return Object.assign(new Error(`${code}: ${syscall} failed, '${file}'`), { code, errno: -errno, syscall, path: file });
 }
 
 /**

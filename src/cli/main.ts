@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** The `vnstore` command: one file per subcommand, each thin over the library. */
+/** The `vnstore` command line (started by bin.cts): one file per subcommand, each thin over the library. */
 import { Command, CommanderError } from 'commander';
 import { registerInit } from './init.js';
 import { registerPut } from './put.js';

@@ -17,7 +17,7 @@ import type { SnapshotRecord } from '../../src/store/db.js';
 
 export const PAGE = 4096;
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
+export const CLI = path.join(REPO_ROOT, 'dist/cli/bin.cjs');
 
 // ------------------------------------------------------------------ deterministic content
 
@@ -124,7 +124,7 @@ export interface CliOptions {
   gid?: number;
 }
 
-/** Runs `node dist/cli/main.js ...args` to completion. */
+/** Runs `node dist/cli/bin.cjs ...args` (the vnstore executable) to completion. */
 export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], {
