@@ -304,6 +304,19 @@ describe('the vnstore executable', () => {
     return /pool=(\S+)/.exec(r.stderr)?.[1] ?? '';
   }
 
+  it('puts an image without loading worker threads when the thread pool serves', async () => {
+    const root = tempDir('bin');
+    const dir = await initStore(root);
+    const image = path.join(root, 'vm.img');
+    writeFileSync(image, Buffer.concat([makePage('compressible', 1), makePage('random', 2), Buffer.alloc(PAGE_SIZE)]));
+    const hook = path.join(root, 'hook.cjs');
+    writeFileSync(hook, "process.on('exit', () => process.stderr.write('loaded=' + process.moduleLoadList.filter((m) => m.endsWith(' worker_threads')).length + '\\n'));\n");
+    const r = spawnSync(process.execPath, ['-r', hook, CLI, 'put', '--store', dir, '--vm', 'vm0', image], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim()).toMatch(/^[0-9a-f]{16}$/);
+    expect(r.stderr).toContain('loaded=0');
+  });
+
   it('sizes the thread pool to the cores (2 to 4) before it starts, unless the user set it', () => {
     expect(poolSizeSeen({ UV_THREADPOOL_SIZE: undefined })).toBe(String(Math.min(4, Math.max(2, availableParallelism()))));
     expect(poolSizeSeen({ UV_THREADPOOL_SIZE: '3' })).toBe('3');

@@ -11,7 +11,8 @@ import { PAGE_SIZE } from '../format/pages.js';
 import path from 'node:path';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import { createRequire } from 'node:module';
+import type { Worker } from 'node:worker_threads';
 import {
   forgetPacks,
   runDecodeJob,
@@ -88,8 +89,11 @@ export class PagePool {
     this.started = true;
     const script = this.plannedSize > 0 ? workerScript() : undefined;
     if (!script) return;
+    // Loaded only when a worker starts: a one-shot command whose jobs run on the thread pool never
+    // needs it, and loading it costs ~5 ms of every command's start-up here.
+    const { Worker: WorkerThread } = createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads');
     for (let i = 0; i < this.plannedSize; i++) {
-      const worker = new Worker(script);
+      const worker = new WorkerThread(script);
       worker.unref();
       const slot: Slot = { worker, inFlight: 0, ready: false };
       worker.on('message', (msg: { id: number; result?: unknown; error?: string; ready?: true }) => {
