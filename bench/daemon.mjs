@@ -10,12 +10,24 @@
 // (reported apart): this is what the engine itself does per snapshot, not what issue 2's targets
 // measure (whole `vnstore put` / `restore` commands, start-up included: bench/engine.mjs).
 import { mkdtemp, open, rm } from 'node:fs/promises';
-import { cpus, tmpdir } from 'node:os';
+import { availableParallelism, cpus, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { spawnSync } from 'node:child_process';
 import { hashBaseline, warm } from './baseline.mjs';
+
+// `vnstore serve` will run from the vnstore executable, which sizes libuv's thread pool to the cores
+// (2 to 4) before Node starts it (src/cli/bin.cts). A script run as an ES module cannot: Node starts
+// the pool while loading it. So, unless the size is given, this runs itself again with it set.
+if (process.env.UV_THREADPOOL_SIZE === undefined) {
+  const size = String(Math.min(4, Math.max(2, availableParallelism())));
+  const child = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
+    stdio: 'inherit',
+    env: { ...process.env, UV_THREADPOOL_SIZE: size },
+  });
+  process.exit(child.status ?? 1);
+}
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = (p) => import(join(root, 'dist', p));
@@ -60,7 +72,7 @@ try {
   const result = {
     date: new Date().toISOString(),
     command: `node bench/daemon.mjs${process.argv.slice(2).length ? ' ' + process.argv.slice(2).join(' ') : ''}`,
-    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, node: process.version },
+    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, node: process.version, threadPool: Number(process.env.UV_THREADPOOL_SIZE) },
     workload: w.params,
     hashMbPerSec: med('hashMbPerSec'),
     openSeconds: med('openSeconds'),
@@ -158,7 +170,7 @@ function render(r) {
   return [
     `## vnstore through the library, one long-lived process, ${r.date.slice(0, 10)}`,
     '',
-    `Command: \`${r.command}\` on ${r.machine.cpus} x ${r.machine.cpuModel}, Node ${r.machine.node}; ` +
+    `Command: \`${r.command}\` on ${r.machine.cpus} x ${r.machine.cpuModel}, Node ${r.machine.node} (libuv pool: ${r.machine.threadPool} threads); ` +
       `${r.workload.vms} VMs (${r.workload.memMiB.join(', ')} MiB) x ${r.workload.snapshots} snapshots.`,
     `Store opened once (workers started and ready): ${(r.openSeconds * 1000).toFixed(0)} ms, not counted below.`,
     '',
