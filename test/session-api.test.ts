@@ -8,7 +8,8 @@ import { blake3 } from '@napi-rs/blake-hash';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { chunkKey, type SnapshotRecord } from '../src/store/db.js';
+import { chunkKey, KEY_GROUP, type GroupRecord, type SnapshotRecord } from '../src/store/db.js';
+import { checkStore } from '../src/maintenance/check.js';
 import { restoreSnapshot } from '../src/store/restore.js';
 import { Store, TABLE_FILE } from '../src/store/store.js';
 import { makePage, initStore, tempDirs, restoreToBuffer, PAGE } from './helpers/engine.js';
@@ -170,6 +171,24 @@ describe('page buffers are reused', () => {
       await s.writePages(2, makePage('random', 3));
       const r = await s.commit({ byteLength: 3 * PAGE });
       await expectRestores(store, r, Buffer.concat([makePage('random', 1), short, Buffer.alloc(PAGE - 100), makePage('random', 3)]));
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('sessions of one group committed separately', () => {
+  it('all land in the group record, even when their commits run at once', async () => {
+    const store = await freshStore();
+    try {
+      const sessions = await Promise.all(['a', 'b', 'c', 'd'].map((vm) => store.beginSession({ vm, group: 'epoch-1' })));
+      await Promise.all(sessions.map((s, i) => s.writePages(0, Buffer.concat([makePage('random', 900 + i), makePage('compressible', i)]))));
+      const records = await Promise.all(sessions.map((s) => s.commit()));
+      const group = JSON.parse((await store.db.get(Buffer.concat([Buffer.of(KEY_GROUP), Buffer.from('epoch-1')])))!.toString('utf8')) as GroupRecord;
+      expect([...group.snapshots].sort()).toEqual(records.map((r) => r.id).sort());
+      const report = await checkStore(store);
+      expect(report.problems).toEqual([]);
+      expect(report.warnings).toEqual([]);
     } finally {
       await store.close();
     }

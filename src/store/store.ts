@@ -105,6 +105,8 @@ export class Store {
   /** Set by gc while it runs: sees every exact lookup (src/maintenance/fence.ts). */
   gcFence: { readonly lookupStart: number; afterLookup(digests: Uint8Array[], found: (ChunkLocation | undefined)[], startSeq: number): Promise<void> } | undefined;
   private readonly manifestCache = new Map<string, PageTable>();
+  /** The last commit queued for each group (settled, never rejects): see commitPrepared. */
+  private readonly groupCommits = new Map<string, Promise<void>>();
   /** Output buffers lent to page jobs (compressed payloads of a block, a restored window). */
   readonly slabs = new SlabPool(Math.max(BLOCK_PAGES, WINDOW_PAGES) * PAGE_SIZE, 12);
   private closed = false;
@@ -282,6 +284,24 @@ export class Store {
   async commitPrepared(prepared: PreparedSnapshot[], group?: { id: string }): Promise<SnapshotRecord[]> {
     this.assertOpen();
     if (prepared.length === 0) throw new VnstoreError('E_SESSION', 'nothing to commit');
+    if (!group) return this.writeCommit(prepared, undefined);
+    // A commit reads the group record, extends it and writes it back: commits to one group run one
+    // at a time, or sessions of one group committed at once would each drop the others' ids.
+    const previous = this.groupCommits.get(group.id);
+    const run = previous ? previous.then(() => this.writeCommit(prepared, group)) : this.writeCommit(prepared, group);
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.groupCommits.set(group.id, settled);
+    void settled.then(() => {
+      if (this.groupCommits.get(group.id) === settled) this.groupCommits.delete(group.id);
+    });
+    return run;
+  }
+
+  private async writeCommit(prepared: PreparedSnapshot[], group: { id: string } | undefined): Promise<SnapshotRecord[]> {
+    this.assertOpen();
     const batch = this.db.batch();
     const time = new Date().toISOString();
     for (const p of prepared) {
