@@ -3,7 +3,10 @@
  * puts and restores. A path names a file only at the moment of the call: an image replaced at the
  * same path between two puts, or a restore output removed and created again under the same name,
  * must be read and written as the files they are now (workers once kept descriptors by path); and
- * packs that gc removes must not stay open in any thread (their space would not be freed).
+ * packs that gc removes must not stay open in any thread (their space would not be freed). And the
+ * daemon's mix: sessions of several groups at once (pre-copy rewrites, aborts), forget and gc while
+ * they run, restores racing a gc that rewrites packs; everything committed restores exactly and
+ * check finds nothing (sessions of one group committed at once once dropped each other's ids).
  */
 import { existsSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
@@ -12,8 +15,8 @@ import { describe, expect, it } from 'vitest';
 import { restoreSnapshot } from '../src/store/restore.js';
 import type { SnapshotRecord } from '../src/store/db.js';
 import { Store } from '../src/store/store.js';
-import { forget, runGc } from '../src/maintenance/index.js';
-import { makePage, initStore, tempDirs, type PageKindSpec } from './helpers/engine.js';
+import { checkStore, forget, runGc } from '../src/maintenance/index.js';
+import { makePage, initStore, tempDirs, restoreToBuffer, PAGE, type PageKindSpec } from './helpers/engine.js';
 
 const tempDir = tempDirs();
 
@@ -132,6 +135,52 @@ describe('one long-lived process, workers started from open', () => {
           .filter((target) => target.startsWith(packsDir) && target.endsWith('(deleted)'));
       for (let waited = 0; removedStillOpen().length > 0 && waited < 2000; waited += 20) await new Promise((resolve) => setTimeout(resolve, 20));
       expect(removedStillOpen()).toEqual([]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('serves many sessions of several groups at once, with aborts, forget and gc meanwhile, and restores racing a gc', async () => {
+    const store = await openWithWorkers(tempDir('mix'));
+    try {
+      const kinds: PageKindSpec[] = ['zero', 'zero', 'compressible', 'sparse', 'random'];
+      /** Shared pages (seeds below 64) at different offsets per VM, the rest its own. */
+      const imageOf = (seed: number, pages: number) =>
+        Buffer.concat(Array.from({ length: pages }, (_, i) => makePage(kinds[(seed + i) % 5], (seed * 7 + i) % 3 === 0 ? (seed + i) % 64 : 1000 + seed * 1000 + i)));
+      const live = new Map<string, { record: SnapshotRecord; image: Buffer }>();
+      const gcs: Promise<unknown>[] = [];
+      for (let round = 0; round < 6; round++) {
+        const vms = ['a', 'b', 'c', 'd'];
+        const sessions = await Promise.all(vms.map((vm) => store.beginSession({ vm, group: `r${round}` })));
+        const images = vms.map((_, k) => imageOf(round * 10 + k, 260 + k * 37));
+        // Pre-copy style: the whole image, then some pages again with new contents (last write wins).
+        await Promise.all(
+          sessions.map(async (s, k) => {
+            await s.writePages(0, images[k]);
+            for (let j = 0; j < 12; j++) {
+              const p = (j * 13 + k) % (images[k].length / PAGE);
+              const page = makePage('random', 500000 + round * 1000 + k * 100 + j);
+              page.copy(images[k], p * PAGE);
+              await s.writePage(p, page);
+            }
+          }),
+        );
+        if (round >= 2) gcs.push(runGc(store, { repackBelow: 0.9 }));
+        const aborted = round % vms.length;
+        await sessions[aborted].abort();
+        const records = await Promise.all(sessions.map((s, k) => (k === aborted ? undefined : s.commit())));
+        records.forEach((record, k) => record && live.set(record.id, { record, image: images[k] }));
+        if (round >= 3) for (const d of (await forget(store, { groups: [`r${round - 3}`] })).forgotten) live.delete(d.id);
+      }
+      await Promise.all(gcs);
+      const racing = [...live.values()].map(async ({ record, image }) => (await restoreToBuffer(store, record)).equals(image));
+      await runGc(store, { repackBelow: 1, repackSmall: true });
+      expect(await Promise.all(racing)).toEqual([...live.values()].map(() => true));
+      expect(live.size).toBe(9); // rounds 3-5 kept, three VMs each
+      for (const { record, image } of live.values()) expect((await restoreToBuffer(store, record)).equals(image)).toBe(true);
+      const report = await checkStore(store);
+      expect(report.problems).toEqual([]);
+      expect(report.warnings).toEqual([]);
     } finally {
       await store.close();
     }
