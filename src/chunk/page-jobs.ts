@@ -410,10 +410,10 @@ function packFd(packsDir: string, pack: number): number {
 }
 
 /**
- * Window buffer reused across restore jobs that write their output file themselves: a fresh 4 MiB
- * buffer per window costs a page fault per page (as much as the LZ4 decode). Slots a window does
- * not name keep stale bytes, which is harmless: only named slots are verified and written. When a
- * window has to go back to the main thread after all, it is transferred and a new one is made.
+ * Window buffer reused across restore jobs that write their output file themselves: a fresh buffer
+ * per window costs a page fault per page (as much as the LZ4 decode). Slots a window does not name
+ * keep stale bytes, which is harmless: only named slots are verified and written. A window that has
+ * to go back to the main thread after all goes back as a fresh copy of its named slots.
  */
 let windowBuffer = new Uint8Array(0);
 
@@ -422,8 +422,9 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
   const bytes = job.windowPages * PAGE_SIZE;
   let out: Uint8Array;
   if (job.output) {
-    if (windowBuffer.byteLength !== bytes) windowBuffer = new Uint8Array(bytes);
-    out = windowBuffer;
+    // Grown, never shrunk: an image's short last window reuses it, and so does the next restore.
+    if (windowBuffer.byteLength < bytes) windowBuffer = new Uint8Array(bytes);
+    out = windowBuffer.subarray(0, bytes);
   } else if (job.window) {
     out = job.window; // a reused slab: the pages this window does not name must read as zeros
     zeroOutsideSlots(out, job.windowPages, job.slots);
