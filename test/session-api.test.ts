@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { chunkKey, KEY_GROUP, type GroupRecord, type SnapshotRecord } from '../src/store/db.js';
 import { checkStore } from '../src/maintenance/check.js';
+import { runGc } from '../src/maintenance/gc.js';
 import { restoreSnapshot } from '../src/store/restore.js';
 import { Store, TABLE_FILE } from '../src/store/store.js';
 import { makePage, initStore, tempDirs, restoreToBuffer, PAGE } from './helpers/engine.js';
@@ -189,6 +190,28 @@ describe('sessions of one group committed separately', () => {
       const report = await checkStore(store);
       expect(report.problems).toEqual([]);
       expect(report.warnings).toEqual([]);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('abort once a commit has begun', () => {
+  it('does nothing: the commit completes, and a gc meanwhile still sees the session\'s chunks as live', async () => {
+    const store = await Store.open(await initStore(tempDir('abort-commit')), { workers: 0, packTargetBytes: 64 * 1024 });
+    try {
+      const image = Buffer.concat(Array.from({ length: 96 }, (_, i) => makePage('random', 7000 + i)));
+      const s = await store.beginSession({ vm: 'x' });
+      await s.writePages(0, image);
+      const committing = s.commit();
+      await s.abort();
+      const gc = runGc(store, { repackBelow: 1 });
+      const record = await committing;
+      const { live } = await gc;
+      // Whenever gc looked, the snapshot was live: a session, a prepared manifest or a commit record.
+      expect(live.sessions + live.preparedManifests + live.snapshots).toBeGreaterThanOrEqual(1);
+      expect((await restoreToBuffer(store, record)).equals(image)).toBe(true);
+      expect((await checkStore(store)).problems).toEqual([]);
     } finally {
       await store.close();
     }

@@ -456,9 +456,13 @@ export class Session {
     }
   }
 
-  /** Drops the session. Chunks it already stored stay in packs as garbage until gc. */
+  /**
+   * Drops the session. Chunks it already stored stay in packs as garbage until gc. Once commit() or
+   * prepare() has begun, the outcome is theirs and abort does nothing: dropping the session then
+   * took it out of the live set gc reads while its manifest was still being written.
+   */
   async abort(): Promise<void> {
-    if (this.state === 'done') return;
+    if (this.state !== 'open') return;
     this.state = 'done';
     this.gathered = undefined;
     this.store.sessions.delete(this);
