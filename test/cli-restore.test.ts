@@ -1,5 +1,5 @@
 /**
- * Restore across many windows (1024 pages each) through every output path: stdout, `-o` (sparse,
+ * Restore across many windows (WINDOW_PAGES each) through every output path: stdout, `-o` (sparse,
  * written by whoever runs the window), `--no-sparse`, and the library sink. Windows reuse their
  * memory (lent slabs, reused buffers), so stale bytes from an earlier window must never show, in
  * particular where a window has zero pages or is entirely zero.
@@ -7,10 +7,11 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WINDOW_PAGES } from '../src/store/restore.js';
 import { Store } from '../src/store/store.js';
 import { makePage, makeTempDir, PAGE, removeDir, restoreToBuffer, runCli } from './helpers/engine.js';
 
-const WINDOW = 1024;
+const WINDOW = WINDOW_PAGES;
 let dir: string;
 let store: string;
 let image: Buffer;

@@ -267,6 +267,21 @@ describe('snapshot ids', () => {
   });
 });
 
+describe('restore outputs', () => {
+  it('-o naming a directory: exit 2 before any work, nothing written beside it', async () => {
+    const out = path.join(root, 'a-directory');
+    mkdirSync(out);
+    expectError(await runCli(['restore', '--store', store, idA, '-o', out]), 2, 'is a directory');
+    expect(readdirSync(out)).toEqual([]);
+    expect(readdirSync(root).filter((f) => f.includes('.vnstore-'))).toEqual([]);
+  });
+
+  it.runIf(existsSync('/dev/full'))('stdout on a full device: exit 9, one line naming standard output', async () => {
+    const r = spawnSync(`exec "${process.execPath}" "${CLI}" restore --store "${store}" ${idA} > /dev/full`, { shell: '/bin/sh', encoding: 'utf8' });
+    expectError({ code: r.status, signal: r.signal, stdout: Buffer.alloc(0), stderr: r.stderr }, 9, 'standard output', 'no space left');
+  });
+});
+
 describe('corruption is detected and named, never returned as data', () => {
   function packsOf(dir: string): string[] {
     return readdirSync(path.join(dir, 'packs')).sort();

@@ -29,12 +29,17 @@ export function registerRestore(program: Command): void {
             try {
               await restoreSnapshot(store, record, { write: (b) => writeStdout(b) });
             } catch (err) {
-              if ((err as NodeJS.ErrnoException).code === 'EPIPE') throw new VnstoreError('E_IO', 'standard output was closed before the whole image was written');
+              const code = (err as NodeJS.ErrnoException).code;
+              if (code === 'EPIPE') throw new VnstoreError('E_IO', 'standard output was closed before the whole image was written');
+              // A system error writing stdout (a full disk behind a redirect) is not an internal one.
+              if (typeof code === 'string' && !(err instanceof VnstoreError)) throw fromSystemError(err, 'writing standard output');
               throw err;
             }
             return;
           }
           const out = path.resolve(opts.output);
+          // Refused before any work: the temp file would be written in full, then fail to replace it.
+          if ((await fsp.stat(out).catch(() => undefined))?.isDirectory()) throw new VnstoreError('E_USAGE', `output ${out} is a directory; name a file`);
           const tmp = path.join(path.dirname(out), `.${path.basename(out)}.vnstore-${process.pid}.tmp`);
           let fh: FileHandle | undefined;
           try {
