@@ -133,6 +133,12 @@ describe('bad input files', () => {
     expectError(await runCli(['put', '--store', store, '--vm', 'a', root]), 10, root);
   });
 
+  it('a FIFO with no writer as input: exit 10 at once (no wait for a writer), pointing to stdin', async () => {
+    const fifo = path.join(root, 'input.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    expectError(await runCli(['put', '--store', store, '--vm', 'a', fifo]), 10, fifo, 'not a regular file', "give '-'");
+  });
+
   it('empty input, as a file or on stdin: exit 2, nothing stored', async () => {
     const empty = path.join(root, 'empty.img');
     writeFileSync(empty, '');

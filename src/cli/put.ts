@@ -68,6 +68,8 @@ async function openInput(file: string): Promise<Input> {
     return { kind: 'stream', stream: process.stdin };
   }
   try {
+    // stat before open: opening a FIFO with no writer would block for ever.
+    if (!(await fsp.stat(file)).isFile()) throw new VnstoreError('E_INPUT', `${file} is not a regular file (for a pipe or a device, give '-' and redirect it to standard input)`);
     const fh = await fsp.open(file, 'r'); // proves it is readable now; the page workers read it
     const st = await fh.stat().finally(() => fh.close());
     if (!st.isFile()) throw new VnstoreError('E_INPUT', `${file} is not a regular file`);
