@@ -10,7 +10,7 @@
 // (reported apart): this is what the engine itself does per snapshot, not what issue 2's targets
 // measure (whole `vnstore put` / `restore` commands, start-up included: bench/engine.mjs).
 import { mkdtemp, open, rm } from 'node:fs/promises';
-import { availableParallelism, cpus, tmpdir } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -20,16 +20,15 @@ import { hashBaseline, warm } from './baseline.mjs';
 // `vnstore serve` will run from the vnstore executable, which sizes libuv's thread pool to the cores
 // (2 to 4) before Node starts it (src/cli/bin.cts). A script run as an ES module cannot: Node starts
 // the pool while loading it. So, unless the size is given, this runs itself again with it set.
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 if (process.env.UV_THREADPOOL_SIZE === undefined) {
-  const size = String(Math.min(4, Math.max(2, availableParallelism())));
-  const child = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
-    stdio: 'inherit',
-    env: { ...process.env, UV_THREADPOOL_SIZE: size },
-  });
+  const { sizeThreadPool } = await import(join(root, 'dist', 'cli', 'thread-pool-size.cjs'));
+  const env = { ...process.env };
+  sizeThreadPool(env);
+  const child = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit', env });
   process.exit(child.status ?? 1);
 }
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = (p) => import(join(root, 'dist', p));
 const { ENGINE_WORKLOAD, Workload, writeWorkload } = await dist('sim/workload.js');
 const { Store, restoreSnapshot } = await dist('index.js');

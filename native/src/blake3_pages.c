@@ -133,15 +133,21 @@ static void hash_listed(const uint8_t *src, const uint32_t *pages, size_t n, uin
   }
 }
 
+/* Every call's prologue: its `n` arguments into argv, and a SIMD kernel to run them on. Throws
+ * (usage as the message) and returns -1 otherwise. */
+static int call_args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *usage) {
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < n) return throw_type(env, usage), -1;
+  if (g_kernel == NULL) return throw_range(env, "no SIMD kernel on this CPU"), -1;
+  return 0;
+}
+
 /* hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array): void
  * For every k, with p = pages[k]: out[p*32 .. p*32+32) = BLAKE3-256(src[p*4096 .. p*4096+4096)).
  * Digests land at their page's index, so callers hash a sparse set of pages in place. */
 static napi_value js_hash_pages(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3)
-    return throw_type(env, "hashPages(src, pages, out)");
-  if (g_kernel == NULL) return throw_range(env, "no SIMD kernel on this CPU");
+  if (call_args(env, info, 3, argv, "hashPages(src, pages, out)") != 0) return NULL;
   uint8_t *src, *out;
   uint32_t *pages;
   size_t src_len, n, out_len;
@@ -257,11 +263,8 @@ static int scan_args(napi_env env, const napi_value argv[4], scan_job_t *into) {
  * out[p*32 .. p*32+32) = its BLAKE3-256 (other slots untouched). Resolves to the non-zero count.
  * src must hold count pages and be 8-byte aligned; zero count bytes; out count*32 bytes. */
 static napi_value js_scan_pages_async(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4)
-    return throw_type(env, "scanPagesAsync(src, count, zero, out)");
-  if (g_kernel == NULL) return throw_range(env, "no SIMD kernel on this CPU");
+  if (call_args(env, info, 4, argv, "scanPagesAsync(src, count, zero, out)") != 0) return NULL;
   scan_job_t args;
   if (scan_args(env, argv, &args) != 0) return NULL;
   scan_job_t *job = (scan_job_t *)vn_async_new(sizeof *job, run_scan);
@@ -278,11 +281,8 @@ static napi_value js_scan_pages_async(napi_env env, napi_callback_info info) {
  * to the bytes read: `length`, fewer if the file ended first (then nothing is scanned), or -errno
  * if the read failed. dst must hold count pages and be 8-byte aligned; length <= count * 4096. */
 static napi_value js_scan_file_async(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
   napi_value argv[7];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 7)
-    return throw_type(env, "scanFileAsync(fd, position, length, dst, count, zero, out)");
-  if (g_kernel == NULL) return throw_range(env, "no SIMD kernel on this CPU");
+  if (call_args(env, info, 7, argv, "scanFileAsync(fd, position, length, dst, count, zero, out)") != 0) return NULL;
   int32_t fd;
   int64_t position, length;
   if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) return throw_type(env, "fd must be a file descriptor");

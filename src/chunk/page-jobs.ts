@@ -4,8 +4,8 @@
  * thread pool (runHashJobOnThreadPool); the store sees the same results every way.
  */
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
-import { constants as osConstants } from 'node:os';
 import path from 'node:path';
+import { getSystemErrorName } from 'node:util';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { packFileName } from '../format/pack.js';
 import { fingerprint, tableHasFingerprint, tableLocation } from '../index/chunk-table.js';
@@ -87,31 +87,22 @@ function preadFully(fd: number, buf: Uint8Array, length: number, position: numbe
 }
 
 /** Decodes one stored payload into `out` at `dstOff`; false if it does not decode to a page. */
-function decodeInto(codec: ReturnType<typeof getCodec>, payload: Uint8Array, codecId: number, out: Uint8Array, dstOff: number): boolean {
-  try {
-    codec.decodePage(payload, codecId as ChunkCodec, out, dstOff);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Checks decoded pages against their expected digests in one hashing pass. Chunk c sits in page
- * slot `slots[c]` of `out` and must hash to `digests[c]`; chunks whose `decoded[c]` is 0 already
- * failed. Returns the failed chunk indices, in order.
+ * slot `slots[c]` of `out` and must hash to `digests[c]`; chunks whose `failed[c]` is 1 (as
+ * decodeChunks sets it) already failed. Returns the failed chunk indices, in order.
  */
-function verifyDecoded(out: Uint8Array, windowPages: number, slots: Uint32Array, digests: Uint8Array, decoded: Uint8Array): number[] {
+function verifyDecoded(out: Uint8Array, windowPages: number, slots: Uint32Array, digests: Uint8Array, failed: Uint8Array): number[] {
   const ok = new Uint32Array(slots.length);
   let n = 0;
-  for (let c = 0; c < slots.length; c++) if (decoded[c]) ok[n++] = slots[c];
+  for (let c = 0; c < slots.length; c++) if (!failed[c]) ok[n++] = slots[c];
   const actual = Buffer.alloc(windowPages * DIGEST_BYTES);
   hashPages(out, ok.subarray(0, n), actual);
   const want = Buffer.from(digests.buffer, digests.byteOffset, digests.length);
   const bad: number[] = [];
   for (let c = 0; c < slots.length; c++) {
     const a = slots[c] * DIGEST_BYTES;
-    if (!decoded[c] || actual.compare(want, c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES, a, a + DIGEST_BYTES) !== 0) bad.push(c);
+    if (failed[c] || actual.compare(want, c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES, a, a + DIGEST_BYTES) !== 0) bad.push(c);
   }
   return bad;
 }
@@ -206,7 +197,7 @@ export function threadPoolServes(): boolean {
 
 /** The error Node's fs calls throw for `errno` (code such as 'EIO', errno, syscall, path). */
 function errnoError(errno: number, syscall: string, file: string): NodeJS.ErrnoException {
-  const code = Object.entries(osConstants.errno).find(([, n]) => n === errno)?.[0] ?? 'EIO';
+  const code = getSystemErrorName(-errno);
   return Object.assign(new Error(`${code}: ${syscall} failed, '${file}'`), { code, errno: -errno, syscall, path: file });
 }
 
@@ -326,14 +317,12 @@ export interface DecodeResult {
 export function runDecodeJob(job: DecodeJob): DecodeResult {
   const codec = getCodec();
   const out = new Uint8Array(job.windowPages * PAGE_SIZE);
-  const decoded = new Uint8Array(job.lengths.length);
-  let p = 0;
-  for (let i = 0; i < job.lengths.length; i++) {
-    const len = job.lengths[i];
-    decoded[i] = decodeInto(codec, job.payload.subarray(p, p + len), job.codecs[i], out, job.slots[i] * PAGE_SIZE) ? 1 : 0;
-    p += len;
-  }
-  return { out, bad: verifyDecoded(out, job.windowPages, job.slots, job.digests, decoded) };
+  // The payloads lie back to back: one decode call for the window, as restore windows do.
+  const offsets = new Uint32Array(job.lengths.length);
+  for (let i = 1; i < offsets.length; i++) offsets[i] = offsets[i - 1] + job.lengths[i - 1];
+  const failed = new Uint8Array(offsets.length);
+  codec.decodeChunks(job.payload, offsets, job.lengths, job.codecs, job.slots, out, failed);
+  return { out, bad: verifyDecoded(out, job.windowPages, job.slots, job.digests, failed) };
 }
 
 /**
@@ -455,8 +444,7 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
   for (let c = 0; c < m; c++) offsets[c] = rangeStart[job.chunkRead[c]] + job.chunkOffset[c];
   const failed = new Uint8Array(m);
   codec.decodeChunks(scratch, offsets, job.lengths, job.codecs, job.slots, out, failed);
-  const decoded = failed.map((f) => (f ? 0 : 1));
-  bad.push(...verifyDecoded(out, job.windowPages, job.slots, job.digests, decoded));
+  bad.push(...verifyDecoded(out, job.windowPages, job.slots, job.digests, failed));
   if (!job.output) return { out, bad };
   if (bad.length > 0) {
     // The main thread mends and writes this window itself: hand over named slots only, in a fresh

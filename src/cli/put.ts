@@ -69,10 +69,9 @@ async function openInput(file: string): Promise<Input> {
   }
   try {
     // stat before open: opening a FIFO with no writer would block for ever.
-    if (!(await fsp.stat(file)).isFile()) throw new VnstoreError('E_INPUT', `${file} is not a regular file (for a pipe or a device, give '-' and redirect it to standard input)`);
-    const fh = await fsp.open(file, 'r'); // proves it is readable now; the page workers read it
-    const st = await fh.stat().finally(() => fh.close());
-    if (!st.isFile()) throw new VnstoreError('E_INPUT', `${file} is not a regular file`);
+    const st = await fsp.stat(file);
+    if (!st.isFile()) throw new VnstoreError('E_INPUT', `${file} is not a regular file (for a pipe or a device, give '-' and redirect it to standard input)`);
+    await (await fsp.open(file, 'r')).close(); // proves it is readable now; the page workers read it
     return { kind: 'file', path: path.resolve(file), size: st.size };
   } catch (err) {
     if (err instanceof VnstoreError) throw err;
