@@ -167,11 +167,12 @@ static napi_value js_hash_pages(napi_env env, napi_callback_info info) {
 }
 
 static int page_is_zero(const uint8_t *page) {
-  const uint64_t *w = (const uint64_t *)page; /* pages are 4 KiB-aligned within 8-byte-aligned buffers */
-  uint64_t acc = 0;
-  for (size_t i = 0; i < PAGE_SIZE / 8; i += 8) {
-    acc |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
-    if (acc != 0) return 0; /* most non-zero pages stop within the first 64 bytes */
+  /* Eight words at a time through memcpy: no type-punned read, no alignment assumption (the
+   * compiler turns each memcpy into plain loads). */
+  uint64_t w[8];
+  for (size_t i = 0; i < PAGE_SIZE; i += sizeof w) {
+    memcpy(w, page + i, sizeof w);
+    if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return 0; /* most non-zero pages stop within the first 64 bytes */
   }
   return 1;
 }
@@ -305,8 +306,8 @@ static napi_value js_scan_file_async(napi_env env, napi_callback_info info) {
 NAPI_MODULE_INIT() {
   pthread_once(&g_kernel_once, init_kernel); /* the main thread and every worker load this module */
   napi_value abi, simd;
-  if (napi_create_int32(env, HASH_ADDON_ABI, &abi) != napi_ok) return NULL;
-  if (napi_create_string_utf8(env, g_kernel_name, NAPI_AUTO_LENGTH, &simd) != napi_ok) return NULL;
+  NAPI_OK(napi_create_int32(env, HASH_ADDON_ABI, &abi));
+  NAPI_OK(napi_create_string_utf8(env, g_kernel_name, NAPI_AUTO_LENGTH, &simd));
   napi_property_descriptor props[] = {
       {"hashPages", NULL, js_hash_pages, NULL, NULL, NULL, napi_enumerable, NULL},
       {"scanPagesAsync", NULL, js_scan_pages_async, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -314,6 +315,6 @@ NAPI_MODULE_INIT() {
       {"abi", NULL, NULL, NULL, NULL, abi, napi_enumerable, NULL},
       {"simd", NULL, NULL, NULL, NULL, simd, napi_enumerable, NULL},
   };
-  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;
 }

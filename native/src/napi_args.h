@@ -6,6 +6,20 @@
 #include <node_api.h>
 #include <stddef.h>
 
+/* Runs an N-API call; on failure makes sure an exception is pending (the call's own, else E_NAPI
+ * naming the call) and returns NULL from the enclosing function, so require() or the JS call throws.
+ * Used by every function and by each module's init: an init that returned NULL without a pending
+ * exception would hand JS an empty exports object instead of an error. */
+#define NAPI_OK(call)                                                               \
+  do {                                                                              \
+    if ((call) != napi_ok) {                                                        \
+      bool pending_ = false;                                                        \
+      napi_is_exception_pending(env, &pending_);                                    \
+      if (!pending_) napi_throw_error(env, "E_NAPI", "N-API call failed: " #call); \
+      return NULL;                                                                  \
+    }                                                                               \
+  } while (0)
+
 static inline napi_value throw_type(napi_env env, const char *msg) {
   napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
   return NULL;

@@ -99,16 +99,6 @@ static void instance_finalize(napi_env env, void *data, void *hint) {
 
 /* ---------- error helpers ---------- */
 
-#define NAPI_OK(call)                                                                   \
-  do {                                                                                  \
-    if ((call) != napi_ok) {                                                            \
-      bool pending_ = false;                                                            \
-      napi_is_exception_pending(env, &pending_);                                        \
-      if (!pending_) napi_throw_error(env, "E_NAPI", "N-API call failed: " #call);     \
-      return NULL;                                                                      \
-    }                                                                                   \
-  } while (0)
-
 static napi_value throw_codec(napi_env env, const char *msg) {
   napi_throw_error(env, "E_CODEC", msg);
   return NULL;
