@@ -435,8 +435,12 @@ export function getCodec(prefer: 'native' | 'js' | 'auto' = 'auto'): PageCodec {
   return jsCodec;
 }
 
-/** Diagnostics (e.g. for `vnstore stats`/doctor): whether the addon loaded, and why not. */
-export function nativeCodecStatus(): { loaded: boolean; lz4Version?: number; error?: string } {
+/**
+ * Diagnostics (`vnstore version`, test/global-setup.ts): whether the addon loaded and passed its
+ * self-test, and why not. `active` is the codec getCodec() gives (VNSTORE_NATIVE=0 picks js).
+ */
+export function nativeCodecStatus(): { loaded: boolean; active: 'native' | 'js'; abi: number; lz4Version?: number; error?: string } {
   const n = loadNative();
-  return n !== null ? { loaded: true, lz4Version: nativeLz4Version } : { loaded: false, error: nativeError?.message };
+  const common = { active: getCodec().kind, abi: NATIVE_ABI };
+  return n !== null ? { loaded: true, lz4Version: nativeLz4Version, ...common } : { loaded: false, error: nativeError?.message, ...common };
 }

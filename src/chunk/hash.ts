@@ -34,8 +34,15 @@ interface HashBinding {
 }
 
 const HASH_ADDON_PATH = fileURLToPath(new URL('../../native/build/Release/vnstore_hash.node', import.meta.url));
+const HASH_ADDON_ABI = 3;
 let pageHasher: HashBinding | null | undefined; // undefined = not tried, null = unavailable
 let pageHasherError = '';
+/**
+ * What became of the addon itself: 'loaded' (it loads, has our ABI, and its kernel, if the CPU has
+ * one, passed the self-test), 'failed' (missing, does not load, or wrong) or 'disabled'. A CPU
+ * without AVX2 leaves it 'loaded' but unused: that is a machine, not a broken build.
+ */
+let pageHasherAddon: 'loaded' | 'failed' | 'disabled' = 'failed';
 
 /**
  * The multi-page hasher, if built, on a CPU it has a kernel for, and not disabled by
@@ -46,26 +53,36 @@ function loadPageHasher(): HashBinding | null {
   pageHasher = null;
   if (process.env.VNSTORE_NATIVE === '0') {
     pageHasherError = 'disabled by VNSTORE_NATIVE=0';
+    pageHasherAddon = 'disabled';
     return null;
   }
   try {
     const b = createRequire(import.meta.url)(HASH_ADDON_PATH) as HashBinding;
-    if (b.abi !== 3) throw new Error(`addon ABI ${String(b.abi)}, want 3: rebuild it`);
-    if (!b.simd) throw new Error('no SIMD kernel for this CPU (AVX2 needed)');
-    const src = new Uint8Array(3 * PAGE_SIZE);
-    for (let i = 0; i < src.length; i++) src[i] = (i * 131 + (i >>> 12) * 7) & 0xff;
-    const pages = Uint32Array.of(2, 0, 1, 2, 1, 0, 0, 2, 1); // nine: one full group of eight and one short
-    const out = new Uint8Array(3 * DIGEST_BYTES);
-    b.hashPages(src, pages, out);
-    for (let p = 0; p < 3; p++) {
-      const want = blake3(Buffer.from(src.buffer, p * PAGE_SIZE, PAGE_SIZE));
-      if (!want.equals(Buffer.from(out.buffer, p * DIGEST_BYTES, DIGEST_BYTES))) throw new Error('self-test mismatch');
+    if (b.abi !== HASH_ADDON_ABI) throw new Error(`addon ABI ${String(b.abi)}, want ${HASH_ADDON_ABI}: rebuild it`);
+    if (!b.simd) {
+      pageHasherAddon = 'loaded';
+      throw new Error('no SIMD kernel for this CPU (AVX2 needed)');
     }
+    selfTest(b);
     pageHasher = b;
+    pageHasherAddon = 'loaded';
   } catch (err) {
     pageHasherError = err instanceof Error ? err.message : String(err);
   }
   return pageHasher;
+}
+
+/** Nine pages (one full group of eight and one short) must match @napi-rs/blake-hash. */
+function selfTest(b: HashBinding): void {
+  const src = new Uint8Array(3 * PAGE_SIZE);
+  for (let i = 0; i < src.length; i++) src[i] = (i * 131 + (i >>> 12) * 7) & 0xff;
+  const pages = Uint32Array.of(2, 0, 1, 2, 1, 0, 0, 2, 1);
+  const out = new Uint8Array(3 * DIGEST_BYTES);
+  b.hashPages(src, pages, out);
+  for (let p = 0; p < 3; p++) {
+    const want = blake3(Buffer.from(src.buffer, p * PAGE_SIZE, PAGE_SIZE));
+    if (!want.equals(Buffer.from(out.buffer, p * DIGEST_BYTES, DIGEST_BYTES))) throw new Error(`self-test mismatch (${b.simd} kernel)`);
+  }
 }
 
 /**
@@ -101,10 +118,14 @@ export function pageScanner(): PageScanner | undefined {
   return loadPageHasher() ?? undefined; // its N-API functions need no `this`
 }
 
-/** Which page hasher serves hashPages(): the SIMD kernel's name, or why the fallback is used. */
-export function pageHasherStatus(): { native: boolean; simd?: string; error?: string } {
+/**
+ * Which page hasher serves hashPages(): the SIMD kernel's name, or why the fallback is used; and
+ * whether the addon itself loaded (`addon`), which CI requires (test/global-setup.ts).
+ */
+export function pageHasherStatus(): { native: boolean; simd?: string; error?: string; addon: 'loaded' | 'failed' | 'disabled'; abi: number } {
   const n = loadPageHasher();
-  return n ? { native: true, simd: n.simd } : { native: false, error: pageHasherError };
+  const common = { addon: pageHasherAddon, abi: HASH_ADDON_ABI };
+  return n ? { native: true, simd: n.simd, ...common } : { native: false, error: pageHasherError, ...common };
 }
 
 export const ZERO_PAGE: Buffer = Buffer.alloc(PAGE_SIZE);

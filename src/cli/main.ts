@@ -9,6 +9,7 @@ import { registerForget } from './forget.js';
 import { registerGc } from './gc.js';
 import { registerStats } from './stats.js';
 import { registerCheck } from './check.js';
+import { printVersion, registerVersion } from './version.js';
 import { ERROR_CODES } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 
@@ -18,7 +19,8 @@ const program = new Command();
 program
   .name('vnstore')
   .description('Deduplicating snapshot store for the memory of groups of VMs (virtual networked environments).')
-  .version('0.1.0')
+  // --version is answered below, before parsing; the option is declared for --help only.
+  .option('-V, --version', 'print the version and the active hashing and codec paths (as `vnstore version`)')
   // Usage errors are bad input like any other: one line "vnstore: error: ...", exit 2 (E_USAGE).
   .configureOutput({ outputError: (str, write) => write(`vnstore: ${str.trim().replace(/\s*\n\s*/g, ' ')} (run with --help for usage)\n`) })
   .exitOverride()
@@ -39,9 +41,14 @@ registerForget(program);
 registerGc(program);
 registerStats(program);
 registerCheck(program);
+registerVersion(program);
 // `bench` pulls in the workload generator and the peer-tool drivers: load it only when it can be
 // the command (or help is shown), so put/restore start-up stays lean (it is part of every timing).
 const args = process.argv.slice(2);
+if (args.length === 1 && (args[0] === '--version' || args[0] === '-V')) {
+  printVersion(false);
+  process.exit(0);
+}
 if (args.length === 0 || args.some((a) => a === 'bench' || a === 'help' || a === '--help' || a === '-h')) {
   const { registerBench } = await import('./bench.js');
   registerBench(program);

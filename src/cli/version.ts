@@ -1,0 +1,51 @@
+/**
+ * `vnstore version` and `vnstore --version`: vnstore's own version and which hashing and codec paths
+ * are active, with their versions, so a slow or odd run can be traced to a fallback (a missing
+ * compiler at install, VNSTORE_NATIVE=0, a CPU without AVX2).
+ */
+import { readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { activePaths, type ActivePaths } from '../chunk/active-paths.js';
+import { action } from './common.js';
+
+export interface VersionReport extends ActivePaths {
+  vnstore: string;
+  node: string;
+}
+
+export function versionReport(): VersionReport {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return { vnstore: pkg.version, node: process.version, ...activePaths() };
+}
+
+export function formatVersion(r: VersionReport): string {
+  const h = r.hashing;
+  const c = r.codec;
+  const hashing =
+    h.path === 'native-simd'
+      ? `native SIMD BLAKE3, ${h.kernel ?? '?'} kernel (vnstore_hash ABI ${h.addonAbi})`
+      : `${h.library}, one call per page (native hasher not used: ${h.reason ?? 'unknown'})`;
+  const codec =
+    c.path === 'native'
+      ? `native LZ4, system liblz4 ${c.liblz4 ?? '?'} (vnstore_native ABI ${c.addonAbi})`
+      : `TypeScript over ${c.library} (native codec not used: ${c.reason ?? 'unknown'})`;
+  return `vnstore ${r.vnstore} (node ${r.node})\nhashing: ${hashing}\ncodec:   ${codec}\n`;
+}
+
+export function printVersion(json: boolean): void {
+  const r = versionReport();
+  process.stdout.write(json ? JSON.stringify(r, null, 2) + '\n' : formatVersion(r));
+}
+
+export function registerVersion(program: Command): void {
+  program
+    .command('version')
+    .description("print vnstore's version and which hashing and codec paths are active (native addons or fallbacks)")
+    .option('--json', 'print {vnstore, node, hashing: {path, kernel, addon, ...}, codec: {path, liblz4, addon, ...}}')
+    .action(
+      action((opts: { json?: boolean }) => {
+        printVersion(opts.json === true);
+        return Promise.resolve();
+      }),
+    );
+}

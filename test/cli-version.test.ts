@@ -1,0 +1,73 @@
+// `vnstore version` / `--version` say which hashing and codec paths run, with their versions: the
+// answer must be what the library really picks in that environment, not a fixed string.
+import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { REPO_ROOT, runCli } from './helpers/engine.js';
+import { nativeCodecStatus } from '../src/chunk/codec.js';
+import { pageHasherStatus } from '../src/chunk/hash.js';
+import type { VersionReport } from '../src/cli/version.js';
+
+const pkgVersion = (JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+const depVersion = (name: string) => (JSON.parse(readFileSync(path.join(REPO_ROOT, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version;
+const hasher = pageHasherStatus();
+const codec = nativeCodecStatus();
+
+async function versionJson(env: Record<string, string> = {}): Promise<VersionReport> {
+  const r = await runCli(['version', '--json'], { env });
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout.toString('utf8')) as VersionReport;
+}
+
+describe('vnstore version', () => {
+  it('--json reports the paths this machine runs, with the versions behind them', async () => {
+    const r = await versionJson();
+    expect(r.vnstore).toBe(pkgVersion);
+    expect(r.node).toBe(process.version);
+    expect(r.hashing.library).toBe(`@napi-rs/blake-hash ${depVersion('@napi-rs/blake-hash')}`);
+    expect(r.codec.library).toBe(`lz4-napi ${depVersion('lz4-napi')}`);
+    expect(r.hashing.addonAbi).toBe(3);
+    expect(r.codec.addonAbi).toBe(4);
+    // The same answer the library gives in this (test) process.
+    expect(r.hashing.path).toBe(hasher.native ? 'native-simd' : 'napi-rs');
+    expect(r.hashing.kernel).toBe(hasher.native ? hasher.simd : undefined);
+    expect(r.hashing.addon).toBe(hasher.addon);
+    expect(r.codec.path).toBe(codec.loaded ? 'native' : 'typescript');
+    if (codec.loaded) {
+      const v = codec.lz4Version!;
+      expect(r.codec.liblz4).toBe(`${Math.floor(v / 10000)}.${Math.floor(v / 100) % 100}.${v % 100}`);
+      expect(r.codec.reason).toBeUndefined();
+    } else {
+      expect(r.codec.reason).toBe(codec.error);
+    }
+  });
+
+  it('--version prints the same facts as three lines', async () => {
+    const r = await runCli(['--version']);
+    expect(r.code, r.stderr).toBe(0);
+    const lines = r.stdout.toString('utf8').trimEnd().split('\n');
+    expect(lines).toHaveLength(3);
+    expect(lines[0]).toBe(`vnstore ${pkgVersion} (node ${process.version})`);
+    expect(lines[1]).toBe(
+      hasher.native
+        ? `hashing: native SIMD BLAKE3, ${hasher.simd} kernel (vnstore_hash ABI 3)`
+        : `hashing: @napi-rs/blake-hash ${depVersion('@napi-rs/blake-hash')}, one call per page (native hasher not used: ${hasher.error})`,
+    );
+    expect(lines[2]).toMatch(codec.loaded ? /^codec: {3}native LZ4, system liblz4 \d+\.\d+\.\d+ \(vnstore_native ABI 4\)$/ : /^codec: {3}TypeScript over lz4-napi /);
+  });
+
+  it('VNSTORE_NATIVE=0 reports both fallbacks and why', async () => {
+    const r = await versionJson({ VNSTORE_NATIVE: '0' });
+    expect(r.hashing).toMatchObject({ path: 'napi-rs', addon: 'disabled', reason: 'disabled by VNSTORE_NATIVE=0' });
+    expect(r.hashing.kernel).toBeUndefined();
+    expect(r.codec).toMatchObject({ path: 'typescript', reason: 'disabled by VNSTORE_NATIVE=0' });
+  });
+
+  it.runIf(codec.loaded)('a codec addon that cannot bind liblz4 is reported as failed, with the loader error', async () => {
+    const r = await versionJson({ VNSTORE_LZ4_SONAME: 'liblz4.so.999' });
+    expect(r.codec.path).toBe('typescript');
+    expect(r.codec.addon).toBe('failed');
+    expect(r.codec.reason).toMatch(/dlopen\(liblz4\.so\.999\) failed/);
+    expect(r.hashing.path).toBe(hasher.native ? 'native-simd' : 'napi-rs'); // the hasher does not need liblz4
+  });
+});
