@@ -42,8 +42,8 @@ describe('vnstore version', () => {
     }
   });
 
-  it('--version prints the same facts as three lines', async () => {
-    const r = await runCli(['--version']);
+  it('prints the same facts as three lines, and --version as one', async () => {
+    const r = await runCli(['version']);
     expect(r.code, r.stderr).toBe(0);
     const lines = r.stdout.toString('utf8').trimEnd().split('\n');
     expect(lines).toHaveLength(3);
@@ -54,6 +54,17 @@ describe('vnstore version', () => {
         : `hashing: @napi-rs/blake-hash ${depVersion('@napi-rs/blake-hash')}, one call per page (native hasher not used: ${hasher.error})`,
     );
     expect(lines[2]).toMatch(codec.loaded ? /^codec: {3}native LZ4, system liblz4 \d+\.\d+\.\d+ \(vnstore_native ABI 4\)$/ : /^codec: {3}TypeScript over lz4-napi /);
+
+    const hashing = hasher.native ? `native SIMD BLAKE3 ${hasher.simd}` : `@napi-rs/blake-hash ${depVersion('@napi-rs/blake-hash')} per page`;
+    const codecPart = codec.loaded ? /native LZ4, liblz4 \d+\.\d+\.\d+/ : /TypeScript, lz4-napi /;
+    for (const flag of ['--version', '-V']) {
+      const one = await runCli([flag]);
+      expect(one.code, one.stderr).toBe(0);
+      const line = one.stdout.toString('utf8');
+      expect(line.startsWith(`vnstore ${pkgVersion} (node ${process.version}; hashing: ${hashing}; codec: `)).toBe(true);
+      expect(line).toMatch(codecPart);
+      expect(line.endsWith(')\n') && line.indexOf('\n') === line.length - 1).toBe(true);
+    }
   });
 
   it('VNSTORE_NATIVE=0 reports both fallbacks and why', async () => {

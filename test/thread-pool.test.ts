@@ -300,7 +300,7 @@ describe('the vnstore executable', () => {
     writeFileSync(hook, "process.on('exit', () => process.stderr.write('pool=' + process.env.UV_THREADPOOL_SIZE + '\\n'));\n");
     const r = spawnSync(process.execPath, ['-r', hook, CLI, '--version'], { env: { ...process.env, ...env }, encoding: 'utf8' });
     expect(r.status).toBe(0);
-    expect(r.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+    expect(r.stdout.trim()).toMatch(/^vnstore \d+\.\d+\.\d+ \(node [^\n]+\)$/);
     return /pool=(\S+)/.exec(r.stderr)?.[1] ?? '';
   }
 

@@ -20,7 +20,7 @@ program
   .name('vnstore')
   .description('Deduplicating snapshot store for the memory of groups of VMs (virtual networked environments).')
   // --version is answered below, before parsing; the option is declared for --help only.
-  .option('-V, --version', 'print the version and the active hashing and codec paths (as `vnstore version`)')
+  .option('-V, --version', 'print the version and the active hashing and codec paths on one line (details: `vnstore version`)')
   // Usage errors are bad input like any other: one line "vnstore: error: ...", exit 2 (E_USAGE).
   .configureOutput({ outputError: (str, write) => write(`vnstore: ${str.trim().replace(/\s*\n\s*/g, ' ')} (run with --help for usage)\n`) })
   .exitOverride()
@@ -46,7 +46,7 @@ registerVersion(program);
 // the command (or help is shown), so put/restore start-up stays lean (it is part of every timing).
 const args = process.argv.slice(2);
 if (args.length === 1 && (args[0] === '--version' || args[0] === '-V')) {
-  printVersion(false);
+  printVersion('line');
   process.exit(0);
 }
 if (args.length === 0 || args.some((a) => a === 'bench' || a === 'help' || a === '--help' || a === '-h')) {

@@ -18,6 +18,7 @@ export function versionReport(): VersionReport {
   return { vnstore: pkg.version, node: process.version, ...activePaths() };
 }
 
+/** `vnstore version`: one line per path, and why a fallback serves. */
 export function formatVersion(r: VersionReport): string {
   const h = r.hashing;
   const c = r.codec;
@@ -32,9 +33,18 @@ export function formatVersion(r: VersionReport): string {
   return `vnstore ${r.vnstore} (node ${r.node})\nhashing: ${hashing}\ncodec:   ${codec}\n`;
 }
 
-export function printVersion(json: boolean): void {
+/** `vnstore --version`: one line (scripts and bench reports take it whole); reasons are in `version`. */
+export function formatVersionLine(r: VersionReport): string {
+  const h = r.hashing;
+  const c = r.codec;
+  const hashing = h.path === 'native-simd' ? `native SIMD BLAKE3 ${h.kernel ?? '?'}` : `${h.library} per page`;
+  const codec = c.path === 'native' ? `native LZ4, liblz4 ${c.liblz4 ?? '?'}` : `TypeScript, ${c.library}`;
+  return `vnstore ${r.vnstore} (node ${r.node}; hashing: ${hashing}; codec: ${codec})\n`;
+}
+
+export function printVersion(form: 'line' | 'lines' | 'json'): void {
   const r = versionReport();
-  process.stdout.write(json ? JSON.stringify(r, null, 2) + '\n' : formatVersion(r));
+  process.stdout.write(form === 'json' ? JSON.stringify(r, null, 2) + '\n' : form === 'line' ? formatVersionLine(r) : formatVersion(r));
 }
 
 export function registerVersion(program: Command): void {
@@ -44,7 +54,7 @@ export function registerVersion(program: Command): void {
     .option('--json', 'print {vnstore, node, hashing: {path, kernel, addon, ...}, codec: {path, liblz4, addon, ...}}')
     .action(
       action((opts: { json?: boolean }) => {
-        printVersion(opts.json === true);
+        printVersion(opts.json === true ? 'json' : 'lines');
         return Promise.resolve();
       }),
     );
