@@ -1,11 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ChunkTable, fingerprint, tableHasFingerprint, type ChunkLocation } from '../src/index/chunk-table.js';
-import { readTableFile, writeTableFile } from '../src/index/table-file.js';
+import { crc32 } from 'node:zlib';
+import { ChunkTable, fingerprint, tableHasDigest, tableLocation, type ChunkLocation } from '../src/index/chunk-table.js';
+import { TABLE_FILE_VERSION, readTableFile, writeTableFile } from '../src/index/table-file.js';
+import { Store, TABLE_FILE } from '../src/store/store.js';
+import { makeTempDir, randomPage, removeDir, restoreToBuffer } from './helpers/engine.js';
 
 const loc = (i: number): ChunkLocation => ({ pack: i + 1, offset: 16 + i * 7, storedLength: 1 + (i % 4096), codec: i % 2 });
 
@@ -13,15 +16,24 @@ describe('ChunkTable', () => {
   it('behaves like a map under random inserts, relocations and removals (with growth)', () => {
     fc.assert(
       fc.property(fc.array(fc.tuple(fc.constantFrom('insert', 'remove', 'relocate'), fc.nat(300)), { minLength: 200, maxLength: 800 }), (ops) => {
-        const digests = Array.from({ length: 301 }, (_, i) => {
-          const d = Buffer.alloc(32);
-          // Distinct fingerprints, but clustered home slots so probe chains collide and wrap around
-          // the end of the table: the hard cases for backward-shift deletion.
-          d.writeUInt32LE((((i % 7) << 28) | (i * 16) | 0x0f) >>> 0, 0);
-          d.writeUInt32LE(i, 4);
-          return d;
-        });
+        // Distinct fingerprints under this table's seed, but home slots clustered across the end of
+        // its 1024 slots (it never grows here), so probe chains collide and wrap around: the hard
+        // cases for backward-shift deletion. Picked from random digests with the table's own key.
         const t = new ChunkTable(8);
+        expect(t.capacity).toBe(1024);
+        const digests: Buffer[] = [];
+        const fps = new Set<number>();
+        const pool = randomBytes(32 * 4096);
+        for (let k = 0; digests.length < 301; k = (k + 1) % 4096) {
+          if (k === 0 && digests.length > 0) pool.set(randomBytes(pool.length));
+          const d = Buffer.from(pool.subarray(k * 32, k * 32 + 32));
+          const fp = fingerprint(t.shared, d);
+          const home = fp & 1023;
+          if ((home >= 1000 || home < 24) && !fps.has(fp)) {
+            fps.add(fp);
+            digests.push(d);
+          }
+        }
         const model = new Map<number, ChunkLocation>();
         for (const [op, i] of ops) {
           if (op === 'insert' && !model.has(i)) {
@@ -41,7 +53,8 @@ describe('ChunkTable', () => {
           const got = t.get(digests[i]);
           if (model.has(i)) expect(got?.location).toEqual(model.get(i));
           else expect(got).toBeUndefined();
-          expect(tableHasFingerprint(t.shared, fingerprint(digests[i]))).toBe(model.has(i));
+          expect(tableHasDigest(t.shared, digests[i])).toBe(model.has(i));
+          expect(tableLocation(t.shared, digests[i])).toEqual(model.get(i));
         }
       }),
       { numRuns: 60 },
@@ -52,14 +65,49 @@ describe('ChunkTable', () => {
     const t = new ChunkTable(16);
     const a = randomBytes(32);
     const b = Buffer.from(a);
-    b[31] ^= 1; // same first 4 bytes, different digest
+    b[31] ^= 1; // same first 12 bytes (all the keyed fingerprint reads), different digest
     t.insert(a, loc(1));
     t.insert(b, loc(2));
     expect(t.size).toBe(1);
     expect(t.get(b)).toEqual({ location: loc(1), ambiguous: true });
   });
 
-  it('saves and reloads exactly, and refuses a stale token or a damaged file', async () => {
+  it('keys its fingerprints: digests a guest forged to share their first bytes neither clash nor cluster', () => {
+    // Unkeyed, the fingerprint was the digest's first 4 bytes: 2000 such pages (2^32 hashes of brute
+    // force each, less for a few low bits) shared one ambiguous slot. Keyed, they spread out.
+    const t = new ChunkTable(4);
+    const forged = Array.from({ length: 2000 }, () => {
+      const d = randomBytes(32);
+      d.writeUInt32LE(0xdeadbeef, 0);
+      return d;
+    });
+    forged.forEach((d, i) => t.insert(d, loc(i)));
+    expect(t.size).toBe(2000);
+    forged.forEach((d, i) => expect(t.get(d)).toEqual({ location: loc(i), ambiguous: false }));
+    const homes = new Set(forged.map((d) => fingerprint(t.shared, d) & (t.capacity - 1)));
+    expect(homes.size).toBeGreaterThan(1500); // ~1800 distinct homes expected in 4096 slots; unkeyed: 1
+  });
+
+  it('draws a random seed per table, keeps it through growth, and takes a given one', () => {
+    const d = randomBytes(32);
+    const a = new ChunkTable(4);
+    const b = new ChunkTable(4);
+    expect(a.seed.equals(b.seed)).toBe(false);
+    expect(fingerprint(a.shared, d)).not.toBe(fingerprint(b.shared, d));
+    const seed = Buffer.from('0123456789ab', 'latin1');
+    const c = new ChunkTable(4, seed);
+    expect(c.seed).toEqual(seed);
+    const before = fingerprint(c.shared, d);
+    const ds = Array.from({ length: 3000 }, () => randomBytes(32));
+    ds.forEach((x, i) => c.insert(x, loc(i)));
+    expect(c.capacity).toBeGreaterThan(1024); // grew
+    expect(c.seed).toEqual(seed);
+    expect(fingerprint(c.shared, d)).toBe(before);
+    ds.forEach((x, i) => expect(tableLocation(c.shared, x)).toEqual(loc(i)));
+    expect(() => new ChunkTable(4, Buffer.alloc(8))).toThrow(RangeError);
+  });
+
+  it('saves and reloads exactly, seed included, and refuses a stale token or a damaged file', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'vnstore-table-'));
     const t = new ChunkTable(4);
     const ds = Array.from({ length: 5000 }, () => randomBytes(32));
@@ -67,14 +115,77 @@ describe('ChunkTable', () => {
     const token = randomBytes(16);
     const file = path.join(dir, 't.bin');
     await writeTableFile(file, path.join(dir, 't.tmp'), t, token);
+    const raw0 = readFileSync(file);
+    expect(raw0.subarray(0, 8).toString('latin1')).toBe('VNSTTABL');
+    expect(raw0.readUInt16LE(8)).toBe(3);
+    expect(raw0.subarray(36, 48)).toEqual(t.seed);
+    expect(raw0.length).toBe(52 + 5000 * 16 + 4);
     const back = await readTableFile(file, token);
     expect(back?.size).toBe(t.size);
+    expect(back!.seed).toEqual(t.seed);
     ds.forEach((d) => expect(back!.get(d)).toEqual(t.get(d)));
+    ds.forEach((d) => expect(tableLocation(back!.shared, d)).toEqual(t.get(d)!.location));
     expect(await readTableFile(file, randomBytes(16))).toBeUndefined();
     const { promises: fsp } = await import('node:fs');
     const raw = await fsp.readFile(file);
     raw[100] ^= 0xff;
     await fsp.writeFile(file, raw);
     expect(await readTableFile(file, token)).toBeUndefined();
+  });
+});
+
+/** Rewrites a saved table file in version 2's layout (no seed), as an older vnstore left it. */
+function downgradeToV2(file: string): void {
+  const v3 = readFileSync(file);
+  const header = Buffer.from(v3.subarray(0, 36));
+  header.writeUInt16LE(2, 8);
+  const body = v3.subarray(52, v3.length - 4);
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32LE(crc32(body, crc32(header)));
+  writeFileSync(file, Buffer.concat([header, body, crc]));
+}
+
+describe('the saved chunk table of an older version', () => {
+  it('is not read: the store rebuilds the table from its index with a new seed and saves version 3', async () => {
+    const dir = makeTempDir('table-v2');
+    try {
+      await Store.init(dir);
+      const image = Buffer.concat(Array.from({ length: 64 }, (_, i) => randomPage(i + 1)));
+      let store = await Store.open(dir, { workers: 0 });
+      const s = await store.beginSession({ vm: 'a', parent: 'none' });
+      await s.writePages(0, image);
+      const rec = await s.commit();
+      const firstSeed = store.table.seed;
+      await store.close();
+      const file = path.join(dir, TABLE_FILE);
+      expect(readFileSync(file).readUInt16LE(8)).toBe(TABLE_FILE_VERSION);
+      downgradeToV2(file);
+      const token = readFileSync(file).subarray(20, 36);
+      expect(await readTableFile(file, Buffer.from(token))).toBeUndefined(); // right token, wrong version
+
+      store = await Store.open(dir, { workers: 0 });
+      try {
+        expect(store.table.size).toBe(64);
+        expect(store.table.seed.equals(firstSeed)).toBe(false); // rebuilt, not read
+        expect((await restoreToBuffer(store, rec)).equals(image)).toBe(true);
+        // The same pages again are all known through the rebuilt table: nothing new is stored.
+        const again = await store.beginSession({ vm: 'b', parent: 'none' });
+        await again.writePages(0, image);
+        expect((await again.commit()).newChunks).toBe(0);
+      } finally {
+        await store.close();
+      }
+      const saved = readFileSync(file);
+      expect(saved.readUInt16LE(8)).toBe(3);
+      store = await Store.open(dir, { workers: 0 });
+      try {
+        expect(store.table.size).toBe(64);
+        expect(store.table.seed).toEqual(saved.subarray(36, 48)); // read from the new file this time
+      } finally {
+        await store.close();
+      }
+    } finally {
+      removeDir(dir);
+    }
   });
 });

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { packFileName } from '../format/pack.js';
-import { fingerprint, tableHasFingerprint, tableLocation } from '../index/chunk-table.js';
+import { tableHasDigest, tableLocation } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec, type CompressedPages } from './codec.js';
 import { hashPages, pageScanner, type PageScanner } from './hash.js';
 
@@ -228,7 +228,7 @@ function classifyPages(job: HashJob, pages: Uint8Array, zero: Uint8Array, digest
       parentWords &&
       job.parentHasDigest?.[i] &&
       sameWords(ownWords, parentWords, i * 8) &&
-      (!job.table || tableHasFingerprint(job.table, fingerprint(digests, i * DIGEST_BYTES)))
+      (!job.table || tableHasDigest(job.table, digests, i * DIGEST_BYTES))
     ) {
       status[i] = PageStatus.SameAsParent;
       continue;
@@ -240,7 +240,7 @@ function classifyPages(job: HashJob, pages: Uint8Array, zero: Uint8Array, digest
       continue;
     }
     seen.add(key);
-    if (job.table && tableHasFingerprint(job.table, fingerprint(d))) {
+    if (job.table && tableHasDigest(job.table, d)) {
       status[i] = job.packsDir && storedCopyEquals(job.packsDir, job.table, d, pages, off) ? PageStatus.KnownVerified : PageStatus.MaybeKnown;
       continue;
     }
@@ -281,7 +281,7 @@ const comparePage = new Uint8Array(PAGE_SIZE);
  * and the page takes the exact-index path instead.
  */
 function storedCopyEquals(packsDir: string, table: Uint32Array, digest: Uint8Array, pages: Uint8Array, off: number): boolean {
-  const loc = tableLocation(table, fingerprint(digest));
+  const loc = tableLocation(table, digest);
   if (!loc) return false;
   try {
     if (scratch.length < loc.storedLength) scratch = Buffer.allocUnsafe(Math.max(loc.storedLength, 1 << 16));

@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+
 /**
  * In-memory chunk table: 32-bit digest fingerprint → pack location, open addressing with linear
  * probing in a SharedArrayBuffer so hashing workers can ask "possibly known?" without a message.
@@ -7,8 +9,17 @@
  * confirms "known" against LevelDB (exact 32-byte key) before deduplicating, and restore verifies
  * every page digest. Two stored chunks sharing a fingerprint mark their slot ambiguous, and lookups of
  * it go to the exact index (expected ~n²/2³³ such pairs: a dozen thousand at 10 M chunks).
+ *
+ * The fingerprint is keyed with the table's random seed, as DigestSet's probe is: guests choose
+ * their pages' contents, and so, at the cost of brute force, any few bits of their digests. Unkeyed,
+ * pages whose digests share their first four bytes would all fall into one ambiguous slot, and
+ * shared low bits would pile into one probe chain. The seed sits in the shared words' header (so
+ * workers probe with it) and in the saved table file; a table rebuilt from the index draws a new one.
  */
 export const SLOT_WORDS = 4;
+/** Words ahead of the slots: the 96-bit seed and one spare. */
+const HEADER_WORDS = 4;
+export const SEED_BYTES = 12;
 const OCCUPIED = 1 << 24;
 const COLLISION = 2 << 24;
 const MAX_LOAD = 0.7;
@@ -20,20 +31,36 @@ export interface ChunkLocation {
   codec: number;
 }
 
-export function fingerprint(digest: Uint8Array, offset = 0): number {
-  return (digest[offset] | (digest[offset + 1] << 8) | (digest[offset + 2] << 16) | (digest[offset + 3] << 24)) >>> 0;
+function word(d: Uint8Array, o: number): number {
+  return d[o] | (d[o + 1] << 8) | (d[o + 2] << 16) | (d[o + 3] << 24);
+}
+
+/**
+ * The digest's 32-bit fingerprint under the seed in `words`' header: its first 12 bytes, each word
+ * xored with a seed word, multiplied by odd constants and mixed. Digests equal in those 12 bytes
+ * share it (tests forge clashes so); finding such a pair by brute force costs ~2⁴⁸ hashes.
+ */
+export function fingerprint(words: Uint32Array, digest: Uint8Array, offset = 0): number {
+  let h =
+    Math.imul(word(digest, offset) ^ words[0], 0x9e3779b1) ^
+    Math.imul(word(digest, offset + 4) ^ words[1], 0x85ebca77) ^
+    Math.imul(word(digest, offset + 8) ^ words[2], 0xc2b2ae3d);
+  h ^= h >>> 15;
+  h = Math.imul(h, 0x2c1b3c6d);
+  h ^= h >>> 13;
+  return h >>> 0;
 }
 
 /**
  * Linear probe for `fp`: its slot index, or -1 - (the empty slot where it would go). Used by the
- * table itself and by workers reading the shared words. Digests are uniform, so the fingerprint's
+ * table itself and by workers reading the shared words. Keyed fingerprints are uniform, so their
  * low bits serve directly as the home slot.
  */
 function probe(words: Uint32Array, fp: number): number {
-  const mask = words.length / SLOT_WORDS - 1;
+  const mask = (words.length - HEADER_WORDS) / SLOT_WORDS - 1;
   let s = fp & mask;
   for (;;) {
-    const p = s * SLOT_WORDS;
+    const p = HEADER_WORDS + s * SLOT_WORDS;
     if ((words[p + 3] & OCCUPIED) === 0) return -1 - s;
     if (words[p] === fp) return s;
     s = (s + 1) & mask;
@@ -43,7 +70,7 @@ function probe(words: Uint32Array, fp: number): number {
 /** Copies the slot at src[p..] into its place in `words` (fingerprints are unique: an empty slot). */
 function placeSlot(words: Uint32Array, src: Uint32Array, p: number): void {
   // Word by word: a subarray per slot costs more than the probe itself (100k slots at every open).
-  const q = (-1 - probe(words, src[p])) * SLOT_WORDS;
+  const q = HEADER_WORDS + (-1 - probe(words, src[p])) * SLOT_WORDS;
   words[q] = src[p];
   words[q + 1] = src[p + 1];
   words[q + 2] = src[p + 2];
@@ -51,26 +78,26 @@ function placeSlot(words: Uint32Array, src: Uint32Array, p: number): void {
 }
 
 function slotLocation(words: Uint32Array, s: number): ChunkLocation {
-  const p = s * SLOT_WORDS;
+  const p = HEADER_WORDS + s * SLOT_WORDS;
   const meta = words[p + 3];
   return { pack: words[p + 1], offset: words[p + 2], storedLength: meta & 0xffff, codec: (meta >>> 16) & 0xff };
 }
 
 function slotAmbiguous(words: Uint32Array, s: number): boolean {
-  return (words[s * SLOT_WORDS + 3] & COLLISION) !== 0;
+  return (words[HEADER_WORDS + s * SLOT_WORDS + 3] & COLLISION) !== 0;
 }
 
-/** Worker-side probe over a shared table: true when some stored chunk has this fingerprint. */
-export function tableHasFingerprint(words: Uint32Array, fp: number): boolean {
-  return probe(words, fp) >= 0;
+/** Worker-side probe over a shared table: true when some stored chunk has this digest's fingerprint. */
+export function tableHasDigest(words: Uint32Array, digest: Uint8Array, offset = 0): boolean {
+  return probe(words, fingerprint(words, digest, offset)) >= 0;
 }
 
 /**
- * Worker-side lookup over a shared table: the location stored under this fingerprint, or undefined
- * when absent or ambiguous (two stored chunks share the fingerprint).
+ * Worker-side lookup over a shared table: the location stored under this digest's fingerprint, or
+ * undefined when absent or ambiguous (two stored chunks share the fingerprint).
  */
-export function tableLocation(words: Uint32Array, fp: number): ChunkLocation | undefined {
-  const s = probe(words, fp);
+export function tableLocation(words: Uint32Array, digest: Uint8Array, offset = 0): ChunkLocation | undefined {
+  const s = probe(words, fingerprint(words, digest, offset));
   return s < 0 || slotAmbiguous(words, s) ? undefined : slotLocation(words, s);
 }
 
@@ -79,9 +106,12 @@ export class ChunkTable {
   private mask: number;
   size = 0;
 
-  /** Rebuilds a table from saved occupied slots (see table-file.ts); the caller has checked them. */
-  static fromSlots(slots: Uint32Array, count: number): ChunkTable {
-    const t = new ChunkTable(count);
+  /**
+   * Rebuilds a table from saved occupied slots (see table-file.ts) and the seed their fingerprints
+   * were made with; the caller has checked them.
+   */
+  static fromSlots(slots: Uint32Array, count: number, seed: Uint8Array): ChunkTable {
+    const t = new ChunkTable(count, seed);
     const w = t.words;
     for (let p = 0; p < count * SLOT_WORDS; p += SLOT_WORDS) placeSlot(w, slots, p);
     t.size = count;
@@ -93,7 +123,7 @@ export class ChunkTable {
     const out = new Uint32Array(this.size * SLOT_WORDS);
     const w = this.words;
     let q = 0;
-    for (let p = 0; p < w.length; p += SLOT_WORDS) {
+    for (let p = HEADER_WORDS; p < w.length; p += SLOT_WORDS) {
       if ((w[p + 3] & OCCUPIED) === 0) continue;
       out[q] = w[p];
       out[q + 1] = w[p + 1];
@@ -104,15 +134,25 @@ export class ChunkTable {
     return out;
   }
 
-  constructor(initialCapacity = 1 << 16) {
+  /** `seed` (SEED_BYTES): a saved table's; a new table draws a random one. */
+  constructor(initialCapacity = 1 << 16, seed: Uint8Array = randomBytes(SEED_BYTES)) {
+    if (seed.length !== SEED_BYTES) throw new RangeError(`chunk table seed must be ${SEED_BYTES} bytes`);
     let cap = 1024;
     while (cap < initialCapacity / MAX_LOAD) cap *= 2;
     this.words = ChunkTable.alloc(cap);
+    for (let i = 0; i < SEED_BYTES / 4; i++) this.words[i] = word(seed, i * 4) >>> 0;
     this.mask = cap - 1;
   }
 
   private static alloc(slots: number): Uint32Array {
-    return new Uint32Array(new SharedArrayBuffer(slots * SLOT_WORDS * 4));
+    return new Uint32Array(new SharedArrayBuffer((HEADER_WORDS + slots * SLOT_WORDS) * 4));
+  }
+
+  /** The probe seed (a copy), saved with the table. */
+  get seed(): Buffer {
+    const out = Buffer.alloc(SEED_BYTES);
+    for (let i = 0; i < SEED_BYTES / 4; i++) out.writeUInt32LE(this.words[i], i * 4);
+    return out;
   }
 
   /** The shared words; replaced on growth, so fetch it again for each worker job. */
@@ -128,12 +168,16 @@ export class ChunkTable {
     return this.words.byteLength;
   }
 
+  private fp(digest: Uint8Array, offset = 0): number {
+    return fingerprint(this.words, digest, offset);
+  }
+
   private find(fp: number): number {
     return probe(this.words, fp);
   }
 
   hasFingerprint(digest: Uint8Array, offset = 0): boolean {
-    return this.find(fingerprint(digest, offset)) >= 0;
+    return this.find(this.fp(digest, offset)) >= 0;
   }
 
   /**
@@ -141,7 +185,7 @@ export class ChunkTable {
    * share the fingerprint: the caller must ask the exact index.
    */
   get(digest: Uint8Array, offset = 0): { location: ChunkLocation; ambiguous: boolean } | undefined {
-    const s = this.find(fingerprint(digest, offset));
+    const s = this.find(this.fp(digest, offset));
     if (s < 0) return undefined;
     return { location: slotLocation(this.words, s), ambiguous: slotAmbiguous(this.words, s) };
   }
@@ -153,10 +197,10 @@ export class ChunkTable {
 
   /** Records a chunk known (by the exact index) to be new. A fingerprint clash marks the slot ambiguous. */
   insert(digest: Uint8Array, loc: ChunkLocation, offset = 0): void {
-    const fp = fingerprint(digest, offset);
+    const fp = this.fp(digest, offset);
     const s = this.find(fp);
     if (s >= 0) {
-      this.words[s * SLOT_WORDS + 3] |= COLLISION;
+      this.words[HEADER_WORDS + s * SLOT_WORDS + 3] |= COLLISION;
       return;
     }
     if ((this.size + 1) / this.capacity > MAX_LOAD) {
@@ -170,25 +214,26 @@ export class ChunkTable {
 
   /** Moves a chunk (gc repack). No-op when the fingerprint is absent. */
   relocate(digest: Uint8Array, loc: ChunkLocation): void {
-    const fp = fingerprint(digest);
+    const fp = this.fp(digest);
     const s = this.find(fp);
     if (s < 0) return;
-    const flags = this.words[s * SLOT_WORDS + 3] & COLLISION;
+    const flags = this.words[HEADER_WORDS + s * SLOT_WORDS + 3] & COLLISION;
     this.writeSlot(s, fp, loc, flags);
   }
 
   /** Removes a fingerprint (gc), keeping probe chains intact by backward-shift deletion. */
   remove(digest: Uint8Array): void {
-    let s = this.find(fingerprint(digest));
+    let s = this.find(this.fp(digest));
     if (s < 0) return;
     const w = this.words;
+    const at = (slot: number) => HEADER_WORDS + slot * SLOT_WORDS;
     for (;;) {
       let next = (s + 1) & this.mask;
       // Find a later entry in the chain that may move into the hole.
       for (;;) {
-        const p = next * SLOT_WORDS;
+        const p = at(next);
         if ((w[p + 3] & OCCUPIED) === 0) {
-          w.fill(0, s * SLOT_WORDS, s * SLOT_WORDS + SLOT_WORDS);
+          w.fill(0, at(s), at(s) + SLOT_WORDS);
           this.size--;
           return;
         }
@@ -198,14 +243,14 @@ export class ChunkTable {
         if (!inRange) break;
         next = (next + 1) & this.mask;
       }
-      w.copyWithin(s * SLOT_WORDS, next * SLOT_WORDS, next * SLOT_WORDS + SLOT_WORDS);
+      w.copyWithin(at(s), at(next), at(next) + SLOT_WORDS);
       s = next;
     }
   }
 
   private writeSlot(s: number, fp: number, loc: ChunkLocation, flags: number): void {
     const w = this.words;
-    const p = s * SLOT_WORDS;
+    const p = HEADER_WORDS + s * SLOT_WORDS;
     w[p] = fp;
     w[p + 1] = loc.pack;
     w[p + 2] = loc.offset;
@@ -218,7 +263,8 @@ export class ChunkTable {
     this.words = ChunkTable.alloc(cap);
     this.mask = cap - 1;
     const w = this.words;
-    for (let p = 0; p < old.length; p += SLOT_WORDS) {
+    w.set(old.subarray(0, HEADER_WORDS)); // the same seed: stored fingerprints stay valid
+    for (let p = HEADER_WORDS; p < old.length; p += SLOT_WORDS) {
       if ((old[p + 3] & OCCUPIED) !== 0) placeSlot(w, old, p);
     }
   }
