@@ -36,14 +36,20 @@ function warn(reason) {
   process.exit(0);
 }
 
-/** In CI the log file is gone with the runner: show the compiler's last words on stderr. */
+/**
+ * In CI the log file is gone with the runner: show the compiler's first errors (the first is the
+ * cause, the rest mostly its echoes) with a few lines of context each, else the log's last lines.
+ */
 function printLogTail() {
+  let lines;
   try {
-    const lines = readFileSync(logFile, 'utf8').trimEnd().split('\n');
-    console.error(lines.slice(-40).join('\n'));
+    lines = readFileSync(logFile, 'utf8').trimEnd().split('\n');
   } catch {
-    // no log written: the reason line says it all
+    return; // no log written: the reason line says it all
   }
+  const errors = lines.flatMap((l, i) => (/\berror\b:/.test(l) ? [i] : [])).slice(0, 5);
+  const shown = errors.length > 0 ? errors.flatMap((i) => lines.slice(i, i + 3)) : lines.slice(-40);
+  console.error(shown.join('\n'));
 }
 
 function writeLog(text) {
