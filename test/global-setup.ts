@@ -5,6 +5,8 @@
  * native/ changed since they were built, or when they are an AddressSanitizer build and this run
  * does not preload libasan (loading one then aborts the process), or the other way round.
  *
+ * In watch mode the same checks run again before every rerun.
+ *
  * In CI (CI=true or 1, or VNSTORE_REQUIRE_NATIVE=1) the run stops here unless both addons load and
  * pass their self-tests: otherwise every native test would quietly run the fallback and pass.
  * VNSTORE_NATIVE=0 (a deliberate fallback run) is exempt.
@@ -14,6 +16,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { TestProject } from 'vitest/node';
 import { nativeInputs, staleNativeInputs, staleSources } from './helpers/fresh-build.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -56,8 +59,13 @@ async function requireNativeInCI(): Promise<void> {
   process.stderr.write(`test set-up: native addons loaded (codec ${p.codec.path}, liblz4 ${p.codec.liblz4 ?? '?'}; hashing ${p.hashing.path} ${p.hashing.kernel ?? ''})\n`);
 }
 
-export default async function setup(): Promise<void> {
+export default async function setup(project: TestProject): Promise<void> {
   freshNative();
   freshDist();
   await requireNativeInCI();
+  // Watch mode (`npx vitest`): an edit reruns tests without this set-up; rebuild before each rerun.
+  project.onTestsRerun(() => {
+    freshNative();
+    freshDist();
+  });
 }
