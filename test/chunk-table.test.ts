@@ -88,6 +88,29 @@ describe('ChunkTable', () => {
     expect(homes.size).toBeGreaterThan(1500); // ~1800 distinct homes expected in 4096 slots; unkeyed: 1
   });
 
+  it('computes the fingerprint exactly as docs/FORMAT.md specifies it (saved slots depend on it)', () => {
+    // The documented mix, in BigInt arithmetic mod 2^32, independent of the table's Math.imul code.
+    const M = 0xffffffffn;
+    const mul = (a: bigint, b: bigint) => (a * b) & M;
+    const documented = (seed: Buffer, d: Buffer): number => {
+      const w = (i: number) => BigInt(d.readUInt32LE(4 * i)) ^ BigInt(seed.readUInt32LE(4 * i));
+      let h = mul(w(0), 0x9e3779b1n) ^ mul(w(1), 0x85ebca77n) ^ mul(w(2), 0xc2b2ae3dn);
+      h ^= h >> 15n;
+      h = mul(h, 0x2c1b3c6dn);
+      h ^= h >> 13n;
+      return Number(h);
+    };
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 12, maxLength: 12 }), fc.uint8Array({ minLength: 32, maxLength: 32 }), (seed, digest) => {
+        const t = new ChunkTable(4, seed);
+        expect(fingerprint(t.shared, digest)).toBe(documented(Buffer.from(seed), Buffer.from(digest)));
+        const at = Buffer.concat([randomBytes(7), digest]);
+        expect(fingerprint(t.shared, at, 7)).toBe(documented(Buffer.from(seed), Buffer.from(digest)));
+      }),
+      { numRuns: 200 },
+    );
+  });
+
   it('draws a random seed per table, keeps it through growth, and takes a given one', () => {
     const d = randomBytes(32);
     const a = new ChunkTable(4);
