@@ -45,7 +45,7 @@ registerVersion(program);
 // `bench` pulls in the workload generator and the peer-tool drivers: load it only when it can be
 // the command (or help is shown), so put/restore start-up stays lean (it is part of every timing).
 const args = process.argv.slice(2);
-if (args.length === 1 && (args[0] === '--version' || args[0] === '-V')) {
+if (args[0] === '--version' || args[0] === '-V') {
   printVersion('line');
   process.exit(0);
 }
