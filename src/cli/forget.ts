@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import type { ForgetDecision } from '../maintenance/forget.js';
-import { CATALOG_ONLY, action, humanBytes, storeOption, usage, withStore } from './common.js';
+import { CATALOG_ONLY, action, humanBytes, storeOption, lockWaitOption, usage, withStore } from './common.js';
 
 interface ForgetOptions {
   store?: string;
@@ -24,6 +24,7 @@ export function registerForget(program: Command): void {
     .option('--dry-run', 'list what would be forgotten and why; change nothing')
     .option('--json', 'print {dryRun, forgotten[], kept[], groupsForgotten[], manifestsKeptAsBase[], manifestsRemoved, logicalBytesForgotten}')
     .addOption(storeOption())
+    .addOption(lockWaitOption())
     .addHelpText(
       'after',
       `
