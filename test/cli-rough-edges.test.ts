@@ -74,6 +74,8 @@ describe('restore -o into a missing directory', () => {
     const line = expectError(await runCli(['restore', '--store', store, ids.A, '-o', rel], { cwd: root }), 2, `cannot write ${rel}`, 'does not exist');
     expect(line).not.toContain('.tmp');
     expect(existsSync(path.join(root, 'no-such-dir'))).toBe(false);
+    writeFileSync(path.join(root, 'a-file'), 'x');
+    expectError(await runCli(['restore', '--store', store, ids.A, '-o', path.join('a-file', 'x.img')], { cwd: root }), 2, `${path.join(root, 'a-file')} is not a directory`);
   });
 });
 

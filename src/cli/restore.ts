@@ -43,7 +43,8 @@ export function registerRestore(program: Command): void {
           if ((await fsp.stat(out).catch(() => undefined))?.isDirectory()) throw new VnstoreError('E_USAGE', `output ${out} is a directory; name a file`);
           // The temp file goes next to the output: a missing directory must be named as the user wrote it.
           const parent = await fsp.stat(path.dirname(out)).catch(() => undefined);
-          if (!parent?.isDirectory()) throw new VnstoreError('E_USAGE', `cannot write ${opts.output}: directory ${path.dirname(out)} does not exist`);
+          if (!parent) throw new VnstoreError('E_USAGE', `cannot write ${opts.output}: directory ${path.dirname(out)} does not exist`);
+          if (!parent.isDirectory()) throw new VnstoreError('E_USAGE', `cannot write ${opts.output}: ${path.dirname(out)} is not a directory`);
           const tmp = path.join(path.dirname(out), `.${path.basename(out)}.vnstore-${process.pid}.tmp`);
           let fh: FileHandle | undefined;
           try {
