@@ -4,7 +4,7 @@
 // restore one bit-exact, and print what deduplication and compression saved.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +16,7 @@ if (!existsSync(cli)) {
   process.exit(1);
 }
 const { writeWorkload } = await import(path.join(root, 'dist/sim/workload.js'));
+const { runSummary } = await import('./demo-report.mjs');
 const store = path.resolve(process.env.VNSTORE_STORE ?? 'vnstore-data');
 
 function vnstore(args, { json = false } = {}) {
@@ -29,10 +30,13 @@ function vnstore(args, { json = false } = {}) {
 }
 
 const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
-const dirBytes = (d) => readdirSync(d, { withFileTypes: true }).reduce((s, e) => s + (e.isDirectory() ? dirBytes(path.join(d, e.name)) : statSync(path.join(d, e.name)).size), 0);
 
+let before;
 if (!existsSync(path.join(store, 'vnstore.json'))) process.stdout.write(vnstore(['init']));
-else console.log(`using existing store ${store}`);
+else {
+  console.log(`using existing store ${store}`);
+  before = vnstore(['stats', '--json'], { json: true }).summary;
+}
 
 const work = mkdtempSync(path.join(os.tmpdir(), 'vnstore-demo-'));
 try {
@@ -68,11 +72,8 @@ try {
   console.log('\n$ vnstore stats');
   process.stdout.write(vnstore(['stats']));
 
-  const logical = rows.reduce((s, r) => s + r.logicalBytes, 0);
-  const onDisk = dirBytes(store);
-  console.log(`\nthis run stored ${mib(logical)} of VM memory; added ${mib(rows.reduce((s, r) => s + r.addedBytes, 0))} to the store`);
-  console.log(`store ${store}: ${mib(onDisk)} on disk in all (index, manifests and packs included)`);
-  console.log(`space saved by dedup + compression: ${(logical / Math.max(1, rows.reduce((s, r) => s + r.addedBytes, 0))).toFixed(1)}x for this run`);
+  console.log('');
+  for (const line of runSummary(before, vnstore(['stats', '--json'], { json: true }).summary, rows)) console.log(line);
 } finally {
   rmSync(work, { recursive: true, force: true });
 }

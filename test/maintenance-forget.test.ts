@@ -14,7 +14,7 @@ import { recount } from '../src/maintenance/stats.js';
 import type { SnapshotRecord } from '../src/store/db.js';
 import { Store } from '../src/store/store.js';
 import { runCli, removeDir, restoreToBuffer } from './helpers/engine.js';
-import { expectAllRestore, imageOf, newStore, putGroup, putImage } from './helpers/maintenance.js';
+import { catalogRecord, expectAllRestore, imageOf, newStore, putGroup, putImage } from './helpers/maintenance.js';
 
 const roots: string[] = [];
 afterEach(() => {
@@ -26,21 +26,7 @@ const NOW = Date.parse('2026-06-01T12:00:00Z');
 
 /** Catalog records for the pure policy tests: id order = time order. */
 function rec(id: number, vm: string, hoursAgo: number, group?: string): SnapshotRecord {
-  return {
-    id: id.toString(16).padStart(16, '0'),
-    vm,
-    group,
-    time: new Date(NOW - hoursAgo * H).toISOString(),
-    baseDepth: 0,
-    byteLength: 4096,
-    pageCount: 1,
-    zeroPages: 0,
-    imageDigest: '',
-    newChunks: 0,
-    newChunkBytes: 0,
-    manifestBytes: 0,
-    addedBytes: 0,
-  };
+  return catalogRecord(id, vm, NOW - hoursAgo * H, group);
 }
 
 const forgotten = (ds: ReturnType<typeof decideForget>) => ds.filter((d) => d.forget).map((d) => Number.parseInt(d.id, 16));

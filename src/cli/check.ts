@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { CheckReport } from '../maintenance/check.js';
 import { VnstoreError } from '../util/errors.js';
-import { action, humanBytes, storeOption, usage, withStore } from './common.js';
+import { action, humanBytes, storeOption, lockWaitOption, usage, withStore } from './common.js';
 
 interface CheckCliOptions {
   store?: string;
@@ -20,6 +20,7 @@ export function registerCheck(program: Command): void {
     .option('--repair-index', 'rebuild the chunk index from the packs (re-hashing every chunk); corrupt packs are salvaged and moved to quarantine/')
     .option('--json', 'print {ok, problems[], warnings[], checked, counters, repair, next[], seconds}')
     .addOption(storeOption())
+    .addOption(lockWaitOption())
     .addHelpText(
       'after',
       `

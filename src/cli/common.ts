@@ -1,11 +1,13 @@
 /** Shared CLI plumbing: store location, error reporting, human units, progress. */
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { Option, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import type { SingleBar } from 'cli-progress';
 import { createRequire } from 'node:module';
 import { Store, type OpenOptions } from '../store/store.js';
 import { VnstoreError } from '../util/errors.js';
 import { humanBytes } from '../util/units.js';
+import { openWaitingForLock } from './lock-wait.js';
 
 export { humanBytes };
 
@@ -27,8 +29,36 @@ export const ONE_SHOT: OpenOptions = { startWorkers: 'on-demand' };
 /** Catalog work (ls, stats, forget): no page workers, and no chunk table (megabytes for a large store). */
 export const CATALOG_ONLY: OpenOptions = { workers: 0, chunkTable: false };
 
-export async function withStore<T>(opts: { store?: string }, fn: (store: Store) => Promise<T>, openOptions?: OpenOptions): Promise<T> {
-  const store = await Store.open(storeDir(opts), openOptions);
+/** `--lock-wait SECONDS` (as borg has), for every command that opens a store. */
+export function lockWaitOption(): Option {
+  return new Option('--lock-wait <seconds>', 'if another process holds the store, wait up to SECONDS for it (default 0: fail at once, exit 5)').argParser(parseLockWait);
+}
+
+function parseLockWait(value: string): number {
+  if (!/^\d+(\.\d+)?$/.test(value.trim())) throw new InvalidArgumentError('takes a number of seconds >= 0');
+  return Number(value);
+}
+
+/**
+ * Refuses a store path that cannot be a store directory (a file, or under one) with one line, before
+ * anything reads it: otherwise the user is told to run 'vnstore init', which cannot succeed there.
+ */
+export async function assertStorePath(dir: string, forInit = false): Promise<void> {
+  const st = await fsp.stat(dir).catch((err: NodeJS.ErrnoException) => err);
+  if (st instanceof Error) {
+    if (st.code === 'ENOTDIR') throw new VnstoreError(forInit ? 'E_USAGE' : 'E_NOT_STORE', `${dir}: a parent of this path is a file, not a directory`);
+    return; // ENOENT and the like: init creates it; open reports a missing store its own way
+  }
+  if (!st.isDirectory()) {
+    if (forInit) throw new VnstoreError('E_USAGE', `${dir} is a file; name a new or empty directory for the store`);
+    throw new VnstoreError('E_NOT_STORE', `${dir} is not a vnstore store: it is a file, not a directory`);
+  }
+}
+
+export async function withStore<T>(opts: { store?: string; lockWait?: number }, fn: (store: Store) => Promise<T>, openOptions?: OpenOptions): Promise<T> {
+  const dir = storeDir(opts);
+  await assertStorePath(dir);
+  const store = await openWaitingForLock(() => Store.open(dir, openOptions), (opts.lockWait ?? 0) * 1000);
   try {
     return await fn(store);
   } finally {
@@ -62,7 +92,6 @@ export function reportError(err: unknown): never {
 export function usage(message: string): VnstoreError {
   return new VnstoreError('E_USAGE', message);
 }
-
 
 /** A progress bar on stderr when it is a terminal; a no-op otherwise (scripts, pipes, CI). */
 export function progressBar(label: string, total: number): { update(done: number): void; stop(): void } {

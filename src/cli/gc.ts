@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import type { GcReport } from '../maintenance/gc.js';
 import { DEFAULT_REPACK_BELOW } from '../maintenance/gc-plan.js';
 import { VnstoreError } from '../util/errors.js';
-import { action, humanBytes, storeOption, usage, withStore } from './common.js';
+import { action, humanBytes, storeOption, lockWaitOption, usage, withStore } from './common.js';
 
 interface GcCliOptions {
   store?: string;
@@ -23,6 +23,7 @@ export function registerGc(program: Command): void {
     .option('--verbose', 'list every pack with its decision')
     .option('--json', 'print {dryRun, live, plan, keptBasesUnneeded, result, seconds} with exact integers')
     .addOption(storeOption())
+    .addOption(lockWaitOption())
     .addHelpText(
       'after',
       `

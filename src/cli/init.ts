@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { Store } from '../store/store.js';
-import { action, storeDir, storeOption } from './common.js';
+import { action, assertStorePath, storeDir, storeOption } from './common.js';
 
 export function registerInit(program: Command): void {
   program
@@ -11,6 +11,7 @@ export function registerInit(program: Command): void {
     .action(
       action(async (opts: { store?: string; json?: boolean }) => {
         const dir = storeDir(opts);
+        await assertStorePath(dir, true);
         const config = await Store.init(dir);
         if (opts.json) process.stdout.write(JSON.stringify({ dir, ...config }) + '\n');
         else process.stdout.write(`created store ${dir} (format version ${config.version})\n`);

@@ -1,17 +1,33 @@
 import type { Command } from 'commander';
-import { CATALOG_ONLY, action, humanBytes, storeOption, withStore } from './common.js';
+import type { SnapshotRecord } from '../store/db.js';
+import type { Store } from '../store/store.js';
+import { VnstoreError } from '../util/errors.js';
+import { CATALOG_ONLY, action, humanBytes, storeOption, lockWaitOption, withStore } from './common.js';
+
+/** How `ls` shows the parent of a snapshot whose parent has been forgotten (it cannot be restored). */
+export const FORGOTTEN_PARENT = '(forgotten)';
 
 export function registerLs(program: Command): void {
   program
     .command('ls')
     .description('list committed snapshots, oldest first')
-    .option('--vm <name>', 'only this VM')
-    .option('--json', 'print an array of {id, vm, group, time, parent, logicalBytes, addedBytes, ...}')
+    .option('--vm <name>', 'only this VM (exit 6 if it has no snapshots)')
+    .option('--json', 'print an array of {id, vm, group, time, parent, parentForgotten, logicalBytes, addedBytes, ...}')
     .addOption(storeOption())
+    .addOption(lockWaitOption())
+    .addHelpText(
+      'after',
+      `
+PARENT is the snapshot a snapshot was stored against; ${FORGOTTEN_PARENT} when that one has since been
+forgotten (in --json: parent keeps its id and parentForgotten is true).
+`,
+    )
     .action(
       action(async (opts: { store?: string; vm?: string; json?: boolean }) => {
         await withStore(opts, async (store) => {
           const snaps = await store.listSnapshots(opts.vm);
+          if (opts.vm !== undefined && snaps.length === 0) throw new VnstoreError('E_NOT_FOUND', `no snapshots of VM ${opts.vm} in this store`);
+          const forgotten = await forgottenParents(store, snaps);
           if (opts.json) {
             const rows = snaps.map((s) => ({
               id: s.id,
@@ -19,6 +35,7 @@ export function registerLs(program: Command): void {
               group: s.group ?? null,
               time: s.time,
               parent: s.parent ?? null,
+              parentForgotten: s.parent !== undefined && forgotten.has(s.parent),
               logicalBytes: s.byteLength,
               addedBytes: s.addedBytes,
               newChunks: s.newChunks,
@@ -30,7 +47,8 @@ export function registerLs(program: Command): void {
             return;
           }
           const header = ['ID', 'VM', 'GROUP', 'TIME', 'PARENT', 'SIZE', 'ADDED'];
-          const lines = snaps.map((s) => [s.id, s.vm, s.group ?? '-', s.time.replace('T', ' ').replace(/\.\d+Z$/, 'Z'), s.parent ?? '-', humanBytes(s.byteLength), humanBytes(s.addedBytes)]);
+          const parentText = (p: string | undefined) => (p === undefined ? '-' : forgotten.has(p) ? FORGOTTEN_PARENT : p);
+          const lines = snaps.map((s) => [s.id, s.vm, s.group ?? '-', s.time.replace('T', ' ').replace(/\.\d+Z$/, 'Z'), parentText(s.parent), humanBytes(s.byteLength), humanBytes(s.addedBytes)]);
           const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
           const fmt = (row: string[]) => row.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
           process.stdout.write([fmt(header), ...lines.map(fmt)].join('\n') + '\n');
@@ -38,4 +56,14 @@ export function registerLs(program: Command): void {
         }, CATALOG_ONLY);
       }),
     );
+}
+
+/** Parents named by `snaps` that are no longer committed (looked up only when not listed). */
+async function forgottenParents(store: Store, snaps: readonly SnapshotRecord[]): Promise<Set<string>> {
+  const listed = new Set(snaps.map((s) => s.id));
+  const out = new Set<string>();
+  for (const p of new Set(snaps.map((s) => s.parent).filter((p): p is string => p !== undefined && !listed.has(p)))) {
+    if (!(await store.getSnapshot(p))) out.add(p);
+  }
+  return out;
 }

@@ -10,6 +10,8 @@ import { registerGc } from './gc.js';
 import { registerStats } from './stats.js';
 import { registerCheck } from './check.js';
 import { printVersion, registerVersion } from './version.js';
+import { registerDiff } from './diff.js';
+import { registerCompletion } from './completion.js';
 import { ERROR_CODES } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 
@@ -42,6 +44,8 @@ registerGc(program);
 registerStats(program);
 registerCheck(program);
 registerVersion(program);
+registerDiff(program);
+registerCompletion(program);
 // `bench` pulls in the workload generator and the peer-tool drivers: load it only when it can be
 // the command (or help is shown), so put/restore start-up stays lean (it is part of every timing).
 const args = process.argv.slice(2);
@@ -49,7 +53,8 @@ if (args[0] === '--version' || args[0] === '-V') {
   printVersion('line');
   process.exit(0);
 }
-if (args.length === 0 || args.some((a) => a === 'bench' || a === 'help' || a === '--help' || a === '-h')) {
+// Completion lists every command, so it loads it too.
+if (args.length === 0 || args.some((a) => a === 'bench' || a === 'help' || a === '--help' || a === '-h' || a === 'completion')) {
   const { registerBench } = await import('./bench.js');
   registerBench(program);
 }

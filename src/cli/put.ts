@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { PAGE_SIZE } from '../format/pages.js';
 import { BLOCK_PAGES, type Session } from '../store/session.js';
 import { VnstoreError, fromSystemError } from '../util/errors.js';
-import { ONE_SHOT, action, progressBar, usage, withStore, storeOption } from './common.js';
+import { ONE_SHOT, action, progressBar, usage, withStore, storeOption, lockWaitOption } from './common.js';
 
 const READ_BYTES = BLOCK_PAGES * PAGE_SIZE;
 
@@ -24,8 +24,9 @@ export function registerPut(program: Command): void {
     .requiredOption('--vm <name>', 'VM the image belongs to')
     .option('--parent <auto|none|id>', "snapshot to compare against: 'auto' = the VM's latest, 'none', or an id", 'auto')
     .option('--group <id>', 'group snapshot (environment epoch) to record this snapshot under')
-    .option('--json', 'print {id, vm, logicalBytes, newChunks, addedBytes, seconds} as JSON')
+    .option('--json', 'print {id, vm, group, parent, logicalBytes, newChunks, addedBytes, seconds} as JSON')
     .addOption(storeOption())
+    .addOption(lockWaitOption())
     .addHelpText('after', '\nExamples:\n  vnstore put --vm web1 web1.mem\n  cat web1.mem | vnstore put --vm web1 --json -\n')
     .action(
       action(async (file: string, opts: PutOptions) => {

@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { restoreSnapshot } from '../store/restore.js';
 import { FILE_MODE, writeFully } from '../util/durable.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
-import { ONE_SHOT, action, progressBar, storeOption, withStore } from './common.js';
+import { ONE_SHOT, action, progressBar, storeOption, lockWaitOption, withStore } from './common.js';
 
 export function registerRestore(program: Command): void {
   program
@@ -16,6 +16,7 @@ export function registerRestore(program: Command): void {
     .option('--sync', 'with -o: also fsync the file before it appears under its name (durable against power loss)')
     .option('--no-sparse', 'with -o: write zero pages out instead of leaving holes (holes read back as zeros)')
     .addOption(storeOption())
+    .addOption(lockWaitOption())
     .addHelpText('after', '\nOn stdout a failed restore exits non-zero after partial output: check the exit status before using it.\n')
     .action(
       action(async (id: string, opts: { store?: string; output?: string; sync?: boolean; sparse?: boolean }) => {
@@ -40,6 +41,10 @@ export function registerRestore(program: Command): void {
           const out = path.resolve(opts.output);
           // Refused before any work: the temp file would be written in full, then fail to replace it.
           if ((await fsp.stat(out).catch(() => undefined))?.isDirectory()) throw new VnstoreError('E_USAGE', `output ${out} is a directory; name a file`);
+          // The temp file goes next to the output: a missing directory must be named as the user wrote it.
+          const parent = await fsp.stat(path.dirname(out)).catch(() => undefined);
+          if (!parent) throw new VnstoreError('E_USAGE', `cannot write ${opts.output}: directory ${path.dirname(out)} does not exist`);
+          if (!parent.isDirectory()) throw new VnstoreError('E_USAGE', `cannot write ${opts.output}: ${path.dirname(out)} is not a directory`);
           const tmp = path.join(path.dirname(out), `.${path.basename(out)}.vnstore-${process.pid}.tmp`);
           let fh: FileHandle | undefined;
           try {

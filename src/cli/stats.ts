@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import type { StatsReport } from '../maintenance/stats.js';
-import { CATALOG_ONLY, action, humanBytes, storeOption, withStore } from './common.js';
+import { CATALOG_ONLY, action, humanBytes, storeOption, lockWaitOption, withStore } from './common.js';
 
 interface StatsCliOptions {
   store?: string;
@@ -21,6 +21,7 @@ export function registerStats(program: Command): void {
     .option('--exact', 'recount the summary from manifests and the index and report whether the counters drifted')
     .option('--json', 'print exact integers with stable field names (docs/OPERATIONS.md)')
     .addOption(storeOption())
+    .addOption(lockWaitOption())
     .addHelpText(
       'after',
       `
@@ -72,7 +73,10 @@ function render(r: StatsReport): string {
     `on disk          ${humanBytes(s.onDiskBytes)}: packs ${humanBytes(s.packBytes)} (${s.packs}), manifests ${humanBytes(s.manifestBytes + s.keptBaseManifestBytes)}, index ${humanBytes(s.indexBytes)}, table ${humanBytes(s.tableBytes)}` +
       (s.quarantineBytes ? `; quarantine ${humanBytes(s.quarantineBytes)}` : ''),
   );
-  out.push(`dedup ${x(s.dedupRatio)}   compression ${x(s.compressionRatio)}   overall reduction ${x(s.reduction)}`);
+  // From the counters, the chunk count includes chunks no snapshot references any more (forgotten or
+  // aborted, until gc): the ratio is then only a lower bound of the one --detail computes.
+  const dedup = s.dedupBasis === 'referenced-chunks' || s.dedupRatio === null ? x(s.dedupRatio) : `${x(s.dedupRatio)} or more (exact with --detail)`;
+  out.push(`dedup ${dedup}   compression ${x(s.compressionRatio)}   overall reduction ${x(s.reduction)}`);
   if (r.garbage) {
     out.push(`garbage          ${humanBytes(r.garbage.totalPayloadBytes)} (${r.garbage.chunks} unreferenced chunks, ${humanBytes(r.garbage.unindexedPayloadBytes)} superseded copies); 'vnstore gc' reclaims it`);
   } else out.push(`garbage          (run with --detail, or 'vnstore gc --dry-run')`);

@@ -1,8 +1,9 @@
 /**
  * forget: removes snapshots from the catalog (their chunks become garbage for gc).
  *
- * Selection (decideForget, pure): either named snapshots / groups, or a policy: --keep-last N (per VM)
- * and --keep-within DURATION, optionally limited to one VM; a snapshot is kept when any rule keeps it.
+ * Selection (decideForget, pure): either named snapshots / groups, or a policy: --keep-last N (per VM),
+ * --keep-within DURATION and the calendar rules --keep-hourly/daily/weekly/monthly/yearly N (per VM,
+ * retention.ts), optionally limited to one VM; a snapshot is kept when any rule keeps it.
  * A group snapshot is kept or forgotten whole: naming one member forgets the group; a policy that
  * keeps one member keeps the group.
  *
@@ -22,6 +23,7 @@ import { DigestSet } from './digest-set.js';
 import { withMaintenanceLock } from './fence.js';
 import { keptBaseKey, listKeptBases, type KeptBaseRecord } from './keys.js';
 import { baseChainIds, baseLookup, collectInFlight, listCommitted, manifestFile } from './live.js';
+import { CALENDAR_UNITS, calendarKeeps, calendarRulesText, hasCalendarRules, type CalendarRules } from './retention.js';
 
 export interface ForgetSelection {
   /** Explicit snapshot ids (full ids; resolve prefixes first) and group ids. */
@@ -31,6 +33,8 @@ export interface ForgetSelection {
   keepLast?: number;
   /** Policy: keep snapshots taken within this many milliseconds before `nowMs`. */
   keepWithinMs?: number;
+  /** Policy: keep the latest snapshot of each of the N most recent hours/days/... that have one (per VM). */
+  calendar?: CalendarRules;
   /** Policy applies to this VM only. */
   vm?: string;
   nowMs: number;
@@ -46,18 +50,22 @@ export interface ForgetDecision {
 }
 
 function isPolicy(sel: ForgetSelection): boolean {
-  return sel.keepLast !== undefined || sel.keepWithinMs !== undefined;
+  return sel.keepLast !== undefined || sel.keepWithinMs !== undefined || hasCalendarRules(sel.calendar);
 }
 
 /** Decides, for every committed snapshot, whether it is forgotten and why. Pure. */
 export function decideForget(records: readonly SnapshotRecord[], sel: ForgetSelection): ForgetDecision[] {
   const explicit = (sel.ids?.length ?? 0) + (sel.groups?.length ?? 0) > 0;
-  if (explicit === isPolicy(sel)) throw new VnstoreError('E_USAGE', 'name snapshots (or --group) to forget, or give a policy (--keep-last, --keep-within), not both');
+  if (explicit === isPolicy(sel)) throw new VnstoreError('E_USAGE', 'name snapshots (or --group) to forget, or give a policy (--keep-last, --keep-within, --keep-daily, ...), not both');
   if (explicit && sel.vm !== undefined) throw new VnstoreError('E_USAGE', '--vm limits a policy; it does not combine with named snapshots');
   if (sel.keepLast !== undefined && (!Number.isSafeInteger(sel.keepLast) || sel.keepLast < 1)) {
     throw new VnstoreError('E_USAGE', `--keep-last must be a whole number >= 1 (to forget specific snapshots, name them)`);
   }
   if (sel.keepWithinMs !== undefined && !(sel.keepWithinMs > 0)) throw new VnstoreError('E_USAGE', '--keep-within must be a positive duration');
+  for (const unit of CALENDAR_UNITS) {
+    const n = sel.calendar?.[unit];
+    if (n !== undefined && (!Number.isSafeInteger(n) || n < 1)) throw new VnstoreError('E_USAGE', `--keep-${unit} must be a whole number >= 1`);
+  }
   const sorted = [...records].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   const out = new Map<string, ForgetDecision>();
   for (const r of sorted) out.set(r.id, { id: r.id, vm: r.vm, group: r.group ?? null, time: r.time, forget: false, reasons: [] });
@@ -111,12 +119,14 @@ export function decideForget(records: readonly SnapshotRecord[], sel: ForgetSele
   }
   for (const [vm, l] of byVm) {
     const newestFirst = [...l].reverse();
+    const calendar = sel.calendar ? calendarKeeps(l, sel.calendar) : undefined;
     newestFirst.forEach((d, i) => {
       if (sel.keepLast !== undefined && i < sel.keepLast) d.reasons.push(`keep-last ${sel.keepLast}: ${ordinal(i + 1)} latest of ${vm}`);
       if (sel.keepWithinMs !== undefined) {
         const t = Date.parse(d.time);
         if (Number.isFinite(t) && t >= sel.nowMs - sel.keepWithinMs) d.reasons.push(`keep-within ${formatDuration(sel.keepWithinMs)}`);
       }
+      d.reasons.push(...(calendar?.get(d.id) ?? []));
       if (d.reasons.length === 0) {
         d.forget = true;
         d.reasons.push(policyText(sel));
@@ -255,6 +265,7 @@ function policyText(sel: ForgetSelection): string {
   const parts: string[] = [];
   if (sel.keepLast !== undefined) parts.push(`keep-last ${sel.keepLast}`);
   if (sel.keepWithinMs !== undefined) parts.push(`keep-within ${formatDuration(sel.keepWithinMs)}`);
+  parts.push(...calendarRulesText(sel.calendar));
   return `not kept by ${parts.join(' or ')}`;
 }
 

@@ -7,6 +7,17 @@ import path from 'node:path';
 import { VnstoreError } from '../util/errors.js';
 import { FILE_MODE } from '../util/durable.js';
 
+/** E_LOCKED because a live process holds the lock: carries its PID, so a caller can wait and say whom for. */
+export class StoreLockedError extends VnstoreError {
+  constructor(readonly pid: number) {
+    super(
+      'E_LOCKED',
+      `store is in use by another vnstore process (PID ${pid}); wait for it with --lock-wait SECONDS, or serve the store ('vnstore serve') so that read commands (--server ADDR) get in while it writes`,
+    );
+    this.name = 'StoreLockedError';
+  }
+}
+
 export class StoreLock {
   private constructor(private readonly file: string) {}
 
@@ -28,7 +39,7 @@ export class StoreLock {
       const text = await fsp.readFile(file, 'utf8').catch(() => '');
       const pid = Number.parseInt(text, 10);
       if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
-        throw new VnstoreError('E_LOCKED', `store is in use by another vnstore process (PID ${pid}); stop it or wait for it to finish`);
+        throw new StoreLockedError(pid);
       }
       if (pid === process.pid) {
         throw new VnstoreError('E_LOCKED', `store is already open in this process (PID ${pid})`);

@@ -47,7 +47,7 @@ import {
   type SnapshotRecord,
   type StoreDb,
 } from './db.js';
-import { MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
+import { ambiguousPrefixError, MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
 import { StoreLock } from './lock.js';
 import { PackReader, readPackChunks } from './pack-reader.js';
 import { trace } from '../util/trace.js';
@@ -361,11 +361,12 @@ export class Store {
       return r;
     }
     if (q.length < MIN_PREFIX) throw new VnstoreError('E_USAGE', `snapshot id prefix ${q} is too short (at least ${MIN_PREFIX} hex digits)`);
-    const found: SnapshotRecord[] = [];
-    for await (const v of this.db.values({ ...prefixRange(prefixedKey(KEY_SNAPSHOT, q)), limit: 2 })) found.push(parseJson<SnapshotRecord>(v));
-    if (found.length === 0) throw new VnstoreError('E_NOT_FOUND', `no snapshot matching ${q} in this store`);
-    if (found.length > 1) throw new VnstoreError('E_AMBIGUOUS', `snapshot prefix ${q} is ambiguous (${found[0].id}, ${found[1].id}, ...)`);
-    return found[0];
+    const ids: string[] = []; // keys only: the error says how many matched
+    for await (const k of this.db.keys(prefixRange(prefixedKey(KEY_SNAPSHOT, q)))) ids.push(k.subarray(1).toString('utf8'));
+    const found = ids.length === 1 ? await this.getSnapshot(ids[0]) : undefined;
+    if (ids.length > 1) throw ambiguousPrefixError(q, ids);
+    if (!found) throw new VnstoreError('E_NOT_FOUND', `no snapshot matching ${q} in this store`);
+    return found;
   }
 
   /** Committed snapshots in id (= time) order, optionally of one VM. */

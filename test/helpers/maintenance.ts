@@ -123,3 +123,22 @@ export function dirFileBytes(dir: string): { files: number; bytes: number } {
   }
   return { files, bytes };
 }
+
+/** A catalog record for the pure policy tests (one 4 KiB page, nothing stored): id from a number. */
+export function catalogRecord(id: number, vm: string, timeMs: number, group?: string): SnapshotRecord {
+  return {
+    id: id.toString(16).padStart(16, '0'),
+    vm,
+    group,
+    time: new Date(timeMs).toISOString(),
+    baseDepth: 0,
+    byteLength: 4096,
+    pageCount: 1,
+    zeroPages: 0,
+    imageDigest: '',
+    newChunks: 0,
+    newChunkBytes: 0,
+    manifestBytes: 0,
+    addedBytes: 0,
+  };
+}

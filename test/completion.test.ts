@@ -1,0 +1,66 @@
+/**
+ * vnstore completion: the bash script is generated from the command tree (every command and every
+ * option its --help lists completes) and works in a real bash, driven as bash's completion calls it.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectCliError } from './helpers/cli.js';
+import { makeTempDir, removeDir, runCli } from './helpers/engine.js';
+
+let dir: string;
+let script: string;
+
+beforeAll(async () => {
+  dir = makeTempDir('completion');
+  const r = await runCli(['completion', 'bash']);
+  expect(r.code, r.stderr).toBe(0);
+  script = path.join(dir, 'vnstore.bash');
+  writeFileSync(script, r.stdout);
+  mkdirSync(path.join(dir, 'store-dir'));
+  writeFileSync(path.join(dir, 'mem.img'), 'x');
+});
+afterAll(() => removeDir(dir));
+
+/** What bash offers after typing `words` (the last one is the word being completed). */
+function complete(...words: string[]): string[] {
+  const line = ['vnstore', ...words].map((w) => `'${w}'`).join(' ');
+  const r = spawnSync('bash', ['-c', `source '${script}'; COMP_WORDS=(${line}); COMP_CWORD=${words.length}; _vnstore; printf '%s\\n' "\${COMPREPLY[@]}"`], { cwd: dir, encoding: 'utf8' });
+  expect(r.status, r.stderr).toBe(0);
+  return r.stdout.split('\n').filter(Boolean).sort();
+}
+
+describe('vnstore completion bash', () => {
+  it('completes every command and every option each --help lists', async () => {
+    const top = (await runCli(['--help'])).stdout.toString();
+    const commands = [...top.split('Commands:')[1].matchAll(/^ {2}([a-z]+)/gm)].map((m) => m[1]).filter((c) => c !== 'help');
+    expect(commands).toEqual(expect.arrayContaining(['init', 'put', 'restore', 'ls', 'forget', 'gc', 'stats', 'check', 'diff', 'completion', 'bench']));
+    expect(complete('')).toEqual([...commands, '--help', '--version'].sort());
+    expect(complete('re')).toEqual(['restore']);
+    for (const cmd of commands) {
+      const help = (await runCli([cmd, '--help'])).stdout.toString();
+      const listed = [...new Set([...help.matchAll(/(?:^|[\s,])(--?[a-z][a-z-]*)/gm)].map((m) => m[1]))].filter((f) => help.split('Options:')[1]?.includes(f));
+      const offered = complete(cmd, '-');
+      for (const flag of listed) expect(offered, `${cmd} ${flag}`).toContain(flag);
+    }
+  }, 120_000);
+
+  it('completes option prefixes, directories after --store, files for <file>, nothing for other values', () => {
+    expect(complete('restore', '--st')).toEqual(['--store']);
+    expect(complete('forget', '--keep-')).toEqual(['--keep-daily', '--keep-hourly', '--keep-last', '--keep-monthly', '--keep-weekly', '--keep-within', '--keep-yearly']);
+    expect(complete('ls', '--store', 'st')).toEqual(['store-dir']);
+    expect(complete('put', '--vm', 'web1', 'me')).toEqual(['mem.img']);
+    expect(complete('restore', 'abc', '-o', 'me')).toEqual(['mem.img']);
+    expect(complete('put', '--vm', 'me')).toEqual([]);
+  });
+
+  it('zsh gets the same function behind bashcompinit; another shell is a usage error', async () => {
+    const zsh = (await runCli(['completion', 'zsh'])).stdout.toString();
+    expect(zsh.split('\n').slice(0, 2)).toEqual(['# zsh: load bash-style completion, then the bash function.', 'autoload -U +X bashcompinit && bashcompinit']);
+    expect(zsh.endsWith('complete -o filenames -F _vnstore vnstore\n')).toBe(true);
+    expectCliError(await runCli(['completion', 'fish']), 2, 'bash and zsh');
+    const help = (await runCli(['completion', '--help'])).stdout.toString();
+    expect(help).toContain('source <(vnstore completion bash)');
+  });
+});
