@@ -52,9 +52,12 @@ export function fromSystemError(err: unknown, what: string): VnstoreError {
       return new VnstoreError('E_IO', `${what}: permission denied`, { cause: err });
     case 'EROFS':
       return new VnstoreError('E_IO', `${what}: read-only file system`, { cause: err });
-    default:
-      // LevelDB reports a full disk as an 'IO error: ...: No space left on device' with no errno code.
-      if (/No space left on device/i.test(String(e?.message ?? err))) return new VnstoreError('E_NO_SPACE', `${what}: no space left on device`, { cause: err });
+    default: {
+      // LevelDB reports a full disk as an 'IO error: ...: No space left on device' with no errno code,
+      // sometimes only in the cause of its own error.
+      const text = `${String(e?.message ?? err)} ${String((e?.cause as Error | undefined)?.message ?? '')}`;
+      if (/No space left on device|Disk quota exceeded/i.test(text)) return new VnstoreError('E_NO_SPACE', `${what}: no space left on device`, { cause: err });
       return new VnstoreError('E_IO', `${what}: ${e?.message ?? String(err)}`, { cause: err });
+    }
   }
 }
