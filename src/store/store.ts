@@ -157,6 +157,7 @@ export class Store {
       for (const d of [p.packs, p.manifests, p.tmp]) await ensurePrivateDir(d);
       const db = openDb(p.db);
       await db.open();
+      await fsp.chmod(p.db, 0o700); // LevelDB creates it with the process umask
       const batch = db.batch();
       putCounterBase(batch, zeroCounters()); // stats counters start at zero (src/maintenance/counters.ts)
       await batch.write({ sync: true });
