@@ -133,7 +133,13 @@ export interface CheckReport {
 }
 
 const NEXT_REPAIR = 'vnstore check --repair-index';
-const NEXT_FORGET = (ids: string[]) => (ids.length > 0 ? `vnstore forget ${ids.join(' ')} (or put the same image again: a put of identical content heals lost chunks)` : NEXT_REPAIR);
+/**
+ * What heals snapshots whose data is lost: forgetting them, or a put of the same image. The put must
+ * be parentless: a put against a parent takes the pages equal to the parent's as stored, without
+ * looking them up, so it would not store a lost chunk again.
+ */
+const NEXT_FORGET = (ids: string[]) =>
+  ids.length > 0 ? `vnstore forget ${ids.join(' ')} (or put the same image again with 'vnstore put --parent none': that stores lost chunks anew and heals them)` : NEXT_REPAIR;
 
 interface PackState {
   id: number;
@@ -160,6 +166,9 @@ export async function checkStore(store: Store, options: CheckOptions = {}): Prom
         report.problems = report.problems.filter((p) => p.kind !== 'counters');
         repair.countersReset = true;
       }
+      // What a repair leaves is beyond it (chunks lost with their pack): advising the repair that was
+      // just run would lead nowhere; say what heals the snapshots affected.
+      for (const p of report.problems) if (p.affects.length > 0 && p.next.startsWith(NEXT_REPAIR)) p.next = NEXT_FORGET(p.affects);
       report.ok = report.problems.length === 0;
       report.next = nextCommands(report.problems);
     }
@@ -464,7 +473,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   } else problems.push(...missing);
   problems.push(...packProblems.values(), ...indexProblems, ...dataProblems);
   for (const pr of problems) {
-    if ((pr.kind === 'chunk-corrupt' || pr.kind === 'pack-unreadable' || pr.kind === 'pack-missing' || pr.kind === 'pack-size') && pr.affects.length > 0) {
+    if ((pr.kind === 'chunk-corrupt' || pr.kind === 'chunk-missing' || pr.kind === 'pack-unreadable' || pr.kind === 'pack-missing' || pr.kind === 'pack-size') && pr.affects.length > 0) {
       pr.next = `${NEXT_REPAIR}, then ${NEXT_FORGET(pr.affects)}`;
     }
     pr.affects.sort();
