@@ -27,6 +27,14 @@ describe('fromSystemError', () => {
     for (const err of [inMessage, inCause]) expect(fromSystemError(err, 'writing commit record')).toMatchObject({ code: 'E_NO_SPACE', exitCode: 9 });
   });
 
+  it("LevelDB on damaged files ('Corruption', a table's offsets outside it): E_CORRUPT (exit 7), not an I/O error", () => {
+    for (const err of [sys('LEVEL_CORRUPTION', 'Corruption: block checksum mismatch'), sys('LEVEL_IO_ERROR', 'IO error: /s/db/000012.ldb: Invalid argument')]) {
+      const e = fromSystemError(err, 'opening store /s');
+      expect([e.code, e.exitCode]).toEqual(['E_CORRUPT', 7]);
+      expect(e.message).toMatch(/^opening store \/s: store catalog \(db\/\) is damaged \(.+\); run 'vnstore check'/);
+    }
+  });
+
   it('a typed error passes through unchanged', () => {
     const typed = new VnstoreError('E_CORRUPT', 'pack 00000002.vpk is damaged');
     expect(fromSystemError(typed, 'x')).toBe(typed);

@@ -44,7 +44,10 @@ import {
   KEY_SNAPSHOT,
   KEY_VM,
   packKey,
-  parseJson,
+  parseRecord,
+  GROUP_RECORD,
+  PACK_RECORD,
+  SNAPSHOT_RECORD,
   prefixedKey,
   prefixRange,
   scanChunkIndex,
@@ -201,7 +204,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   }
   const groups = new Map<string, GroupRecord>();
   for await (const v of store.db.values(prefixRange(Buffer.of(KEY_GROUP)))) {
-    const g = parseJson<GroupRecord>(v);
+    const g = parseRecord(v, GROUP_RECORD);
     groups.set(g.id, g);
   }
   for (const g of groups.values()) {
@@ -301,7 +304,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   // ---------------------------------------------------------------- packs
   const packs = new Map<number, PackState>();
   for await (const v of store.db.values(prefixRange(Buffer.of(KEY_PACK)))) {
-    const rec = parseJson<PackRecord>(v);
+    const rec = parseRecord(v, PACK_RECORD);
     packs.set(rec.id, { id: rec.id, name: packFileName(rec.id), record: rec, bad: false });
     exact.packs++;
     exact.packBytes += rec.bytes;
@@ -640,7 +643,7 @@ async function repairIndex(store: Store): Promise<RepairReport> {
   const packRecords: PackRecord[] = [];
   const oldRecords = new Map<number, PackRecord>();
   for await (const v of store.db.values(prefixRange(Buffer.of(KEY_PACK)))) {
-    const r = parseJson<PackRecord>(v);
+    const r = parseRecord(v, PACK_RECORD);
     oldRecords.set(r.id, r);
   }
   const names = (await fsp.readdir(p.packs)).filter((n) => parsePackFileName(n) !== undefined).sort();
@@ -771,7 +774,7 @@ async function scanChunkEntries(store: Store, fn: (key: Buffer, loc: ChunkLocati
 async function repairCatalog(store: Store, batch: { put(k: Buffer, v: Buffer): unknown; del(k: Buffer): unknown }): Promise<number> {
   let fixes = 0;
   const records: SnapshotRecord[] = [];
-  for await (const v of store.db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) records.push(parseJson<SnapshotRecord>(v));
+  for await (const v of store.db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) records.push(parseRecord(v, SNAPSHOT_RECORD));
   const want = new Set(records.map((r) => vmKey(r.vm, r.id).toString('latin1')));
   for await (const k of store.db.keys(prefixRange(Buffer.of(KEY_VM)))) {
     if (!want.delete(k.toString('latin1'))) {
@@ -792,7 +795,7 @@ async function repairCatalog(store: Store, batch: { put(k: Buffer, v: Buffer): u
   }
   const existing = new Map<string, GroupRecord>();
   for await (const v of store.db.values(prefixRange(Buffer.of(KEY_GROUP)))) {
-    const g = parseJson<GroupRecord>(v);
+    const g = parseRecord(v, GROUP_RECORD);
     existing.set(g.id, g);
   }
   for (const [id, g] of existing) {

@@ -22,7 +22,7 @@ import { ChunkTable } from '../index/chunk-table.js';
 import { PagePool } from '../chunk/worker-pool.js';
 import { SlabPool } from '../chunk/slab-pool.js';
 import { ensurePrivateDir, exists, fsyncDir, writeFileDurable } from '../util/durable.js';
-import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
+import { CATALOG_DAMAGE_ADVICE, CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import { CONFIG_FILE, readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
 import {
   CHUNK_GEN_KEY,
@@ -39,7 +39,10 @@ import {
   openDb,
   scanChunkIndex,
   packKey,
-  parseJson,
+  parseRecord,
+  GROUP_RECORD,
+  PACK_RECORD,
+  SNAPSHOT_RECORD,
   prefixedKey,
   prefixRange,
   vmKey,
@@ -327,7 +330,7 @@ export class Store {
     if (group) {
       // A group committed in several calls (one `put --group` per VM) lists all of its snapshots.
       const prev = await this.db.get(prefixedKey(KEY_GROUP, group.id));
-      const prevRec = prev === undefined ? undefined : parseJson<GroupRecord>(prev);
+      const prevRec = prev === undefined ? undefined : parseRecord(prev, GROUP_RECORD, group.id);
       const g: GroupRecord = { id: group.id, time: prevRec?.time ?? time, snapshots: [...(prevRec?.snapshots ?? []), ...prepared.map((p) => p.record.id)] };
       batch.put(prefixedKey(KEY_GROUP, group.id), jsonValue(g));
     }
@@ -378,7 +381,10 @@ export class Store {
 
   async getSnapshot(id: string): Promise<SnapshotRecord | undefined> {
     const v = await this.db.get(prefixedKey(KEY_SNAPSHOT, id));
-    return v === undefined ? undefined : parseJson<SnapshotRecord>(v);
+    if (v === undefined) return undefined;
+    const r = parseRecord(v, SNAPSHOT_RECORD, id);
+    if (r.id !== id) throw new CorruptError(`store catalog (db/) is damaged: snapshot record ${id} names snapshot ${r.id}; ${CATALOG_DAMAGE_ADVICE}`);
+    return r;
   }
 
   /** Resolves a full id or a unique prefix (≥ 4 hex digits) to a committed snapshot. */
@@ -392,7 +398,7 @@ export class Store {
     }
     if (q.length < MIN_PREFIX) throw new VnstoreError('E_USAGE', `snapshot id prefix ${q} is too short (at least ${MIN_PREFIX} hex digits)`);
     const found: SnapshotRecord[] = [];
-    for await (const v of this.db.values({ ...prefixRange(prefixedKey(KEY_SNAPSHOT, q)), limit: 2 })) found.push(parseJson<SnapshotRecord>(v));
+    for await (const v of this.db.values({ ...prefixRange(prefixedKey(KEY_SNAPSHOT, q)), limit: 2 })) found.push(parseRecord(v, SNAPSHOT_RECORD));
     if (found.length === 0) throw new VnstoreError('E_NOT_FOUND', `no snapshot matching ${q} in this store`);
     if (found.length > 1) throw new VnstoreError('E_AMBIGUOUS', `snapshot prefix ${q} is ambiguous (${found[0].id}, ${found[1].id}, ...)`);
     return found[0];
@@ -403,14 +409,14 @@ export class Store {
     this.assertOpen();
     const out: SnapshotRecord[] = [];
     if (vm === undefined) {
-      for await (const v of this.db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) out.push(parseJson<SnapshotRecord>(v));
+      for await (const v of this.db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) out.push(parseRecord(v, SNAPSHOT_RECORD));
       return out;
     }
     const prefix = Buffer.concat([Buffer.of(KEY_VM), Buffer.from(vm, 'utf8'), Buffer.of(0)]);
     const ids: string[] = [];
     for await (const k of this.db.keys(prefixRange(prefix))) ids.push(k.subarray(prefix.length).toString('utf8'));
     const values = await this.db.getMany(ids.map((id) => prefixedKey(KEY_SNAPSHOT, id)));
-    for (const v of values) if (v !== undefined) out.push(parseJson<SnapshotRecord>(v));
+    for (const v of values) if (v !== undefined) out.push(parseRecord(v, SNAPSHOT_RECORD));
     return out;
   }
 
@@ -424,7 +430,7 @@ export class Store {
 
   async listPacks(): Promise<PackRecord[]> {
     const out: PackRecord[] = [];
-    for await (const v of this.db.values(prefixRange(Buffer.of(KEY_PACK)))) out.push(parseJson<PackRecord>(v));
+    for await (const v of this.db.values(prefixRange(Buffer.of(KEY_PACK)))) out.push(parseRecord(v, PACK_RECORD));
     return out;
   }
 
@@ -574,7 +580,7 @@ async function isKeptBase(db: StoreDb, id: string): Promise<boolean> {
 
 async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {
   let count = 0;
-  for await (const v of db.values(prefixRange(Buffer.of(KEY_PACK)))) count += parseJson<PackRecord>(v).chunks;
+  for await (const v of db.values(prefixRange(Buffer.of(KEY_PACK)))) count += parseRecord(v, PACK_RECORD).chunks;
   const table = new ChunkTable(Math.max(count, 1 << 14));
   await scanChunkIndex(db, (k, loc) => {
     if (!loc) throw new CorruptError(`chunk index entry ${k.subarray(1).toString('hex')} does not decode; run 'vnstore check --repair-index'`);
