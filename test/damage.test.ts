@@ -114,17 +114,24 @@ describe('a store damaged at random', () => {
       hit = true;
     }
     expect(hit).toBe(true);
-    const codes: number[] = [];
+    const refused: string[] = [];
     for (const [id, want] of images) {
       const r = await runCli(['restore', '--store', dir, id]);
-      codes.push(r.code ?? -1);
       if (r.code === 0) expect(r.stdout.equals(want)).toBe(true);
       else {
         expect(r.code, r.stderr).toBe(7);
-        expect(r.stderr).toMatch(/^vnstore: error: store catalog \(db\/\) is damaged: snapshot record .*restore the store from a backup\n$/);
+        expect(r.stderr).toMatch(new RegExp(`^vnstore: error: store catalog \\(db/\\) is damaged: snapshot record ${id} .*restore the store from a backup.*\\n$`));
+        refused.push(id);
       }
     }
-    expect(codes).toContain(7);
+    expect(refused.length).toBeGreaterThan(0);
+    // check lists each damaged record as a problem (and goes on with the rest), naming the way out.
+    const c = await runCli(['check', '--store', dir, '--json']);
+    expect(c.code, c.stderr).toBe(7);
+    const report = JSON.parse(c.stdout.toString()) as { problems: { kind: string; message: string; snapshot?: string; next: string }[] };
+    const damaged = report.problems.filter((p) => p.kind === 'catalog' && p.message.includes('is damaged'));
+    expect(damaged.map((p) => p.snapshot).sort()).toEqual(refused.sort());
+    for (const p of damaged) expect(p.next).toMatch(/^restore the store from a backup/);
   });
 
   it(`${CASES} seeded damages: every restore is exact or refused with a typed error`, async () => {

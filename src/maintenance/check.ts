@@ -45,6 +45,7 @@ import {
   KEY_VM,
   packKey,
   parseRecord,
+  parseSnapshotRecord,
   GROUP_RECORD,
   PACK_RECORD,
   SNAPSHOT_RECORD,
@@ -59,12 +60,11 @@ import {
 } from '../store/db.js';
 import { nameChunk, readPackTocAt } from '../store/pack-reader.js';
 import { Store } from '../store/store.js';
-import { CorruptError, VnstoreError } from '../util/errors.js';
+import { CATALOG_DAMAGE_ADVICE, CorruptError, VnstoreError } from '../util/errors.js';
 import { counterDrift, readCounters, resetCounters, zeroCounters, type StoreCounters } from './counters.js';
 import { DigestSet, ensureLength } from './digest-set.js';
 import { withMaintenanceLock } from './fence.js';
 import { listDeletedPacks, listKeptBases } from './keys.js';
-import { listCommitted } from './live.js';
 import { ManifestLoader } from './manifests.js';
 import { quarantinePack, verifyChunks, writePack, type StoredChunk } from './pack-io.js';
 
@@ -180,6 +180,24 @@ export async function checkStore(store: Store, options: CheckOptions = {}): Prom
   });
 }
 
+/**
+ * Commit records, in id order; a damaged one (does not parse, fails its schema, carries another id)
+ * is a problem of its own, and the check goes on with the others to show the whole damage.
+ */
+async function readSnapshotRecords(store: Store, problems: CheckProblem[]): Promise<SnapshotRecord[]> {
+  const out: SnapshotRecord[] = [];
+  for await (const [k, v] of store.db.iterator(prefixRange(Buffer.of(KEY_SNAPSHOT)))) {
+    const id = k.subarray(1).toString('utf8');
+    try {
+      out.push(parseSnapshotRecord(v, id));
+    } catch (err) {
+      if (!(err instanceof CorruptError)) throw err;
+      problems.push({ kind: 'catalog', message: err.message, snapshot: id, affects: [id], next: CATALOG_DAMAGE_ADVICE });
+    }
+  }
+  return out;
+}
+
 async function runCheck(store: Store, options: CheckOptions): Promise<CheckReport> {
   const problems: CheckProblem[] = [];
   const warnings: string[] = [];
@@ -188,7 +206,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   const checked = { snapshots: 0, keptBases: 0, packs: 0, chunks: 0, packsRead: 0, chunksRead: 0, bytesRead: 0 };
 
   // ---------------------------------------------------------------- catalog
-  const records = await listCommitted(store);
+  const records = await readSnapshotRecords(store, problems);
   const recById = new Map(records.map((r) => [r.id, r]));
   const kept = await listKeptBases(store.db);
   const keptIds = new Set(kept.map((k) => k.id));

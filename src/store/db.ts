@@ -214,6 +214,13 @@ export const SNAPSHOT_RECORD: RecordSchema<SnapshotRecord> = {
             : undefined,
 };
 
+/** A commit record read under its key: also the id it carries must be the key's. */
+export function parseSnapshotRecord(v: Uint8Array, id: string): SnapshotRecord {
+  const r = parseRecord(v, SNAPSHOT_RECORD, id);
+  if (r.id !== id) throw damagedRecord(SNAPSHOT_RECORD, id, `names snapshot ${JSON.stringify(r.id)}`);
+  return r;
+}
+
 export const PACK_RECORD: RecordSchema<PackRecord> = {
   name: 'pack record',
   fields: { id: 'count', chunks: 'count', bytes: 'count', payloadBytes: 'count', sealedAt: 'string' },

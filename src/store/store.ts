@@ -22,7 +22,7 @@ import { ChunkTable } from '../index/chunk-table.js';
 import { PagePool } from '../chunk/worker-pool.js';
 import { SlabPool } from '../chunk/slab-pool.js';
 import { ensurePrivateDir, exists, fsyncDir, writeFileDurable } from '../util/durable.js';
-import { CATALOG_DAMAGE_ADVICE, CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
+import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import { CONFIG_FILE, readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
 import {
   CHUNK_GEN_KEY,
@@ -40,6 +40,7 @@ import {
   scanChunkIndex,
   packKey,
   parseRecord,
+  parseSnapshotRecord,
   GROUP_RECORD,
   PACK_RECORD,
   SNAPSHOT_RECORD,
@@ -381,10 +382,7 @@ export class Store {
 
   async getSnapshot(id: string): Promise<SnapshotRecord | undefined> {
     const v = await this.db.get(prefixedKey(KEY_SNAPSHOT, id));
-    if (v === undefined) return undefined;
-    const r = parseRecord(v, SNAPSHOT_RECORD, id);
-    if (r.id !== id) throw new CorruptError(`store catalog (db/) is damaged: snapshot record ${id} names snapshot ${r.id}; ${CATALOG_DAMAGE_ADVICE}`);
-    return r;
+    return v === undefined ? undefined : parseSnapshotRecord(v, id);
   }
 
   /** Resolves a full id or a unique prefix (≥ 4 hex digits) to a committed snapshot. */

@@ -40,7 +40,7 @@ export class CorruptError extends VnstoreError {
 }
 
 /** How to go on from a damaged catalog (db/): nothing can rebuild its records from the packs. */
-export const CATALOG_DAMAGE_ADVICE = "run 'vnstore check' to see what else is damaged; restore the store from a backup";
+export const CATALOG_DAMAGE_ADVICE = 'restore the store from a backup (catalog records cannot be rebuilt from the packs)';
 
 /** Maps a Node system error (ENOSPC, EACCES...) met while doing `what` to a typed error. */
 export function fromSystemError(err: unknown, what: string): VnstoreError {
