@@ -31,7 +31,7 @@ describe('fromSystemError', () => {
     for (const err of [sys('LEVEL_CORRUPTION', 'Corruption: block checksum mismatch'), sys('LEVEL_IO_ERROR', 'IO error: /s/db/000012.ldb: Invalid argument')]) {
       const e = fromSystemError(err, 'opening store /s');
       expect([e.code, e.exitCode]).toEqual(['E_CORRUPT', 7]);
-      expect(e.message).toMatch(/^opening store \/s: store catalog \(db\/\) is damaged \(.+\); run 'vnstore check'/);
+      expect(e.message).toMatch(/^opening store \/s: store catalog \(db\/\) is damaged \(.+\); restore the store from a backup/);
     }
   });
 
