@@ -18,13 +18,14 @@ import {
   KEY_SNAPSHOT,
   openDb,
   packKey,
-  parseJson,
+  PACK_RECORD,
+  parseRecord,
+  SNAPSHOT_RECORD,
   prefixedKey,
   prefixRange,
   stampChunkGeneration,
   vmKey,
   type PackRecord,
-  type SnapshotRecord,
 } from '../src/store/db.js';
 import { parsePackFileName } from '../src/format/pack.js';
 import {
@@ -478,8 +479,8 @@ describe('simulated power loss', () => {
     // Drop the pack records and chunk entries of every pack this put sealed.
     const before = await withDb(dir, async (db) => {
       const recs: PackRecord[] = [];
-      for await (const v of db.values(prefixRange(Buffer.of(KEY_PACK)))) recs.push(parseJson<PackRecord>(v));
-      const snap = parseJson<SnapshotRecord>((await db.get(prefixedKey(KEY_SNAPSHOT, id)))!);
+      for await (const v of db.values(prefixRange(Buffer.of(KEY_PACK)))) recs.push(parseRecord(v, PACK_RECORD));
+      const snap = parseRecord((await db.get(prefixedKey(KEY_SNAPSHOT, id)))!, SNAPSHOT_RECORD);
       const newest = recs.sort((a, b) => b.id - a.id).slice(0, Math.max(1, Math.ceil(snap.newChunkBytes / PACK_TARGET)));
       const drop = new Set(newest.map((p) => p.id));
       const batch = db.batch();

@@ -5,7 +5,7 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import type { SingleBar } from 'cli-progress';
 import { createRequire } from 'node:module';
 import { Store, type OpenOptions } from '../store/store.js';
-import { VnstoreError } from '../util/errors.js';
+import { fromSystemError, VnstoreError } from '../util/errors.js';
 import { humanBytes } from '../util/units.js';
 import { openWaitingForLock } from './lock-wait.js';
 
@@ -78,6 +78,8 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): 
 }
 
 export function reportError(err: unknown): never {
+  // A system error no layer mapped (ENOSPC, EIO from some write path) is still not an internal one.
+  if (!(err instanceof VnstoreError) && isSystemError(err)) err = fromSystemError(err, 'store I/O');
   if (err instanceof VnstoreError) {
     process.stderr.write(`vnstore: error: ${err.message}\n`);
     if (process.env.VNSTORE_DEBUG) process.stderr.write(`${err.stack ?? ''}\n`);
@@ -87,6 +89,11 @@ export function reportError(err: unknown): never {
   process.stderr.write(`vnstore: internal error: ${e?.message ?? String(err)} (set VNSTORE_DEBUG=1 for details)\n`);
   if (process.env.VNSTORE_DEBUG) process.stderr.write(`${e?.stack ?? ''}\n`);
   process.exit(70);
+}
+
+function isSystemError(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code === 'string' && (/^E[A-Z0-9]+$/.test(code) || code.startsWith('LEVEL_'));
 }
 
 export function usage(message: string): VnstoreError {

@@ -56,8 +56,12 @@ export async function writeTableFile(file: string, tmp: string, table: ChunkTabl
   const fh = await fsp.open(tmp, 'w', 0o600);
   try {
     await writevFully(fh, [header, body, crc]);
-  } finally {
     await fh.close();
+  } catch (err) {
+    // A full disk: no half-written temp file may keep holding the space.
+    await fh.close().catch(() => undefined);
+    await fsp.rm(tmp, { force: true });
+    throw err;
   }
   await fsp.rename(tmp, file);
 }

@@ -44,7 +44,11 @@ import {
   KEY_SNAPSHOT,
   KEY_VM,
   packKey,
-  parseJson,
+  parseRecord,
+  parseSnapshotRecord,
+  GROUP_RECORD,
+  PACK_RECORD,
+  SNAPSHOT_RECORD,
   prefixedKey,
   prefixRange,
   scanChunkIndex,
@@ -56,12 +60,11 @@ import {
 } from '../store/db.js';
 import { nameChunk, readPackTocAt } from '../store/pack-reader.js';
 import { Store } from '../store/store.js';
-import { CorruptError, VnstoreError } from '../util/errors.js';
+import { CATALOG_DAMAGE_ADVICE, CorruptError, VnstoreError } from '../util/errors.js';
 import { counterDrift, readCounters, resetCounters, zeroCounters, type StoreCounters } from './counters.js';
 import { DigestSet, ensureLength } from './digest-set.js';
 import { withMaintenanceLock } from './fence.js';
 import { listDeletedPacks, listKeptBases } from './keys.js';
-import { listCommitted } from './live.js';
 import { ManifestLoader } from './manifests.js';
 import { quarantinePack, verifyChunks, writePack, type StoredChunk } from './pack-io.js';
 
@@ -133,7 +136,13 @@ export interface CheckReport {
 }
 
 const NEXT_REPAIR = 'vnstore check --repair-index';
-const NEXT_FORGET = (ids: string[]) => (ids.length > 0 ? `vnstore forget ${ids.join(' ')} (or put the same image again: a put of identical content heals lost chunks)` : NEXT_REPAIR);
+/**
+ * What heals snapshots whose data is lost: forgetting them, or a put of the same image. The put must
+ * be parentless: a put against a parent takes the pages equal to the parent's as stored, without
+ * looking them up, so it would not store a lost chunk again.
+ */
+const NEXT_FORGET = (ids: string[]) =>
+  ids.length > 0 ? `vnstore forget ${ids.join(' ')} (or put the same image again with 'vnstore put --parent none': that stores lost chunks anew and heals them)` : NEXT_REPAIR;
 
 interface PackState {
   id: number;
@@ -160,12 +169,33 @@ export async function checkStore(store: Store, options: CheckOptions = {}): Prom
         report.problems = report.problems.filter((p) => p.kind !== 'counters');
         repair.countersReset = true;
       }
+      // What a repair leaves is beyond it (chunks lost with their pack): advising the repair that was
+      // just run would lead nowhere; say what heals the snapshots affected.
+      for (const p of report.problems) if (p.affects.length > 0 && p.next.startsWith(NEXT_REPAIR)) p.next = NEXT_FORGET(p.affects);
       report.ok = report.problems.length === 0;
       report.next = nextCommands(report.problems);
     }
     report.seconds = (performance.now() - started) / 1000;
     return report;
   });
+}
+
+/**
+ * Commit records, in id order; a damaged one (does not parse, fails its schema, carries another id)
+ * is a problem of its own, and the check goes on with the others to show the whole damage.
+ */
+async function readSnapshotRecords(store: Store, problems: CheckProblem[]): Promise<SnapshotRecord[]> {
+  const out: SnapshotRecord[] = [];
+  for await (const [k, v] of store.db.iterator(prefixRange(Buffer.of(KEY_SNAPSHOT)))) {
+    const id = k.subarray(1).toString('utf8');
+    try {
+      out.push(parseSnapshotRecord(v, id));
+    } catch (err) {
+      if (!(err instanceof CorruptError)) throw err;
+      problems.push({ kind: 'catalog', message: err.message, snapshot: id, affects: [id], next: CATALOG_DAMAGE_ADVICE });
+    }
+  }
+  return out;
 }
 
 async function runCheck(store: Store, options: CheckOptions): Promise<CheckReport> {
@@ -176,7 +206,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   const checked = { snapshots: 0, keptBases: 0, packs: 0, chunks: 0, packsRead: 0, chunksRead: 0, bytesRead: 0 };
 
   // ---------------------------------------------------------------- catalog
-  const records = await listCommitted(store);
+  const records = await readSnapshotRecords(store, problems);
   const recById = new Map(records.map((r) => [r.id, r]));
   const kept = await listKeptBases(store.db);
   const keptIds = new Set(kept.map((k) => k.id));
@@ -192,7 +222,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   }
   const groups = new Map<string, GroupRecord>();
   for await (const v of store.db.values(prefixRange(Buffer.of(KEY_GROUP)))) {
-    const g = parseJson<GroupRecord>(v);
+    const g = parseRecord(v, GROUP_RECORD);
     groups.set(g.id, g);
   }
   for (const g of groups.values()) {
@@ -292,7 +322,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   // ---------------------------------------------------------------- packs
   const packs = new Map<number, PackState>();
   for await (const v of store.db.values(prefixRange(Buffer.of(KEY_PACK)))) {
-    const rec = parseJson<PackRecord>(v);
+    const rec = parseRecord(v, PACK_RECORD);
     packs.set(rec.id, { id: rec.id, name: packFileName(rec.id), record: rec, bad: false });
     exact.packs++;
     exact.packBytes += rec.bytes;
@@ -464,7 +494,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   } else problems.push(...missing);
   problems.push(...packProblems.values(), ...indexProblems, ...dataProblems);
   for (const pr of problems) {
-    if ((pr.kind === 'chunk-corrupt' || pr.kind === 'pack-unreadable' || pr.kind === 'pack-missing' || pr.kind === 'pack-size') && pr.affects.length > 0) {
+    if ((pr.kind === 'chunk-corrupt' || pr.kind === 'chunk-missing' || pr.kind === 'pack-unreadable' || pr.kind === 'pack-missing' || pr.kind === 'pack-size') && pr.affects.length > 0) {
       pr.next = `${NEXT_REPAIR}, then ${NEXT_FORGET(pr.affects)}`;
     }
     pr.affects.sort();
@@ -631,7 +661,7 @@ async function repairIndex(store: Store): Promise<RepairReport> {
   const packRecords: PackRecord[] = [];
   const oldRecords = new Map<number, PackRecord>();
   for await (const v of store.db.values(prefixRange(Buffer.of(KEY_PACK)))) {
-    const r = parseJson<PackRecord>(v);
+    const r = parseRecord(v, PACK_RECORD);
     oldRecords.set(r.id, r);
   }
   const names = (await fsp.readdir(p.packs)).filter((n) => parsePackFileName(n) !== undefined).sort();
@@ -762,7 +792,7 @@ async function scanChunkEntries(store: Store, fn: (key: Buffer, loc: ChunkLocati
 async function repairCatalog(store: Store, batch: { put(k: Buffer, v: Buffer): unknown; del(k: Buffer): unknown }): Promise<number> {
   let fixes = 0;
   const records: SnapshotRecord[] = [];
-  for await (const v of store.db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) records.push(parseJson<SnapshotRecord>(v));
+  for await (const v of store.db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) records.push(parseRecord(v, SNAPSHOT_RECORD));
   const want = new Set(records.map((r) => vmKey(r.vm, r.id).toString('latin1')));
   for await (const k of store.db.keys(prefixRange(Buffer.of(KEY_VM)))) {
     if (!want.delete(k.toString('latin1'))) {
@@ -783,7 +813,7 @@ async function repairCatalog(store: Store, batch: { put(k: Buffer, v: Buffer): u
   }
   const existing = new Map<string, GroupRecord>();
   for await (const v of store.db.values(prefixRange(Buffer.of(KEY_GROUP)))) {
-    const g = parseJson<GroupRecord>(v);
+    const g = parseRecord(v, GROUP_RECORD);
     existing.set(g.id, g);
   }
   for (const [id, g] of existing) {

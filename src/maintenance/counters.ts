@@ -11,7 +11,7 @@
  * never lost. A store without a base key predates counters: stats then recounts (see stats.ts).
  */
 import { randomBytes } from 'node:crypto';
-import { jsonValue, KEY_META, parseJson, prefixRange, type PackRecord, type SnapshotRecord, type StoreDb } from '../store/db.js';
+import { jsonValue, KEY_META, parseRecord, prefixRange, type PackRecord, type RecordSchema, type SnapshotRecord, type StoreDb } from '../store/db.js';
 
 export interface StoreCounters {
   /** Committed snapshots and the sums of their records. */
@@ -133,6 +133,9 @@ export function recoveredPackDelta(
   return d;
 }
 
+/** A counter base or delta: any of the fields, each an integer (deltas may be negative). */
+const COUNTER_RECORD: RecordSchema<CounterDelta> = { name: 'stats counter record', fields: Object.fromEntries(COUNTER_FIELDS.map((f) => [f, 'int?'])) };
+
 export interface CounterState {
   /** undefined: the store predates counters (no base key). */
   counters: StoreCounters | undefined;
@@ -145,7 +148,7 @@ export async function readCounterState(db: StoreDb): Promise<CounterState> {
   const sum = zeroCounters();
   const deltaKeys: Buffer[] = [];
   for await (const [k, v] of db.iterator(prefixRange(COUNTERS_KEY))) {
-    const parsed = parseJson<CounterDelta>(v);
+    const parsed = parseRecord(v, COUNTER_RECORD);
     if (k.length === COUNTERS_KEY.length) base = { ...zeroCounters(), ...pick(parsed) };
     else {
       deltaKeys.push(k);

@@ -46,6 +46,18 @@ export interface GcOptions {
   repackSmall?: boolean;
   /** Plan only. */
   dryRun?: boolean;
+  /** Consider only these packs (default: every indexed pack). */
+  packs?: readonly number[];
+}
+
+/**
+ * Drops those of `packs` that hold no live chunk (no rewrite, no merge): what a session that failed
+ * on a write (a full disk) sealed, removed at once rather than left for the next gc. Chunks another
+ * session references meanwhile are live, so their packs stay.
+ */
+export async function dropDeadPacks(store: Store, packs: readonly number[]): Promise<GcReport> {
+  // Below every non-zero live fraction: only packs with no live chunk are planned (as drops).
+  return runGc(store, { packs, repackBelow: Number.MIN_VALUE });
 }
 
 export interface GcSkipped {
@@ -109,7 +121,8 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
     try {
       // 1. The packs gc may touch: those sealed and indexed now. Later packs hold only newer chunks.
       const records = new Map<number, PackRecord>();
-      for (const r of await store.listPacks()) records.set(r.id, r);
+      const only = options.packs ? new Set(options.packs) : undefined;
+      for (const r of await store.listPacks()) if (!only || only.has(r.id)) records.set(r.id, r);
       // 2. Mark, after the pack listing (see fence.ts for why this order is safe).
       const live = new DigestSet(1 << 16);
       const inflight = await collectInFlight(store, live);

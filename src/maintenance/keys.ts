@@ -5,7 +5,7 @@
  *   'd' + u32be pack id → JSON DeletedPackRecord: the pack has left the index; its file is to be
  *                        removed (recovery removes it, never re-indexes it)
  */
-import { jsonValue, parseJson, prefixedKey, prefixRange, type StoreDb } from '../store/db.js';
+import { jsonValue, parseRecord, prefixedKey, prefixRange, type RecordSchema, type StoreDb } from '../store/db.js';
 
 export const KEY_KEPT_BASE = 0x6b; // 'k'
 export const KEY_DELETED_PACK = 0x64; // 'd'
@@ -28,6 +28,13 @@ export interface DeletedPackRecord {
   at: string;
 }
 
+const KEPT_BASE_RECORD: RecordSchema<KeptBaseRecord> = {
+  name: 'kept base record',
+  fields: { id: 'string', vm: 'string', base: 'string?', manifestBytes: 'count', time: 'string', forgottenAt: 'string' },
+};
+
+const DELETED_PACK_RECORD: RecordSchema<DeletedPackRecord> = { name: 'deleted pack record', fields: { id: 'count', reason: 'string', at: 'string' } };
+
 export function keptBaseKey(id: string): Buffer {
   return prefixedKey(KEY_KEPT_BASE, id);
 }
@@ -41,13 +48,13 @@ export function deletedPackKey(packId: number): Buffer {
 
 export async function listKeptBases(db: StoreDb): Promise<KeptBaseRecord[]> {
   const out: KeptBaseRecord[] = [];
-  for await (const v of db.values(prefixRange(Buffer.of(KEY_KEPT_BASE)))) out.push(parseJson<KeptBaseRecord>(v));
+  for await (const v of db.values(prefixRange(Buffer.of(KEY_KEPT_BASE)))) out.push(parseRecord(v, KEPT_BASE_RECORD));
   return out;
 }
 
 export async function listDeletedPacks(db: StoreDb): Promise<DeletedPackRecord[]> {
   const out: DeletedPackRecord[] = [];
-  for await (const v of db.values(prefixRange(Buffer.of(KEY_DELETED_PACK)))) out.push(parseJson<DeletedPackRecord>(v));
+  for await (const v of db.values(prefixRange(Buffer.of(KEY_DELETED_PACK)))) out.push(parseRecord(v, DELETED_PACK_RECORD));
   return out;
 }
 

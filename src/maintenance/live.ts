@@ -6,7 +6,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { DIGEST_BYTES, PageKind, type PageTable } from '../format/pages.js';
-import { KEY_SNAPSHOT, parseJson, prefixedKey, prefixRange, type SnapshotRecord } from '../store/db.js';
+import { KEY_SNAPSHOT, parseRecord, prefixedKey, prefixRange, SNAPSHOT_RECORD, type SnapshotRecord } from '../store/db.js';
 import { Store } from '../store/store.js';
 import { CorruptError } from '../util/errors.js';
 import { DigestSet } from './digest-set.js';
@@ -74,7 +74,7 @@ export async function collectInFlight(store: Store, into: DigestSet, ignore: Rea
 /** Committed snapshot records, in id (= time) order, from one consistent iterator. */
 export async function listCommitted(store: Store): Promise<SnapshotRecord[]> {
   const out: SnapshotRecord[] = [];
-  for await (const v of store.db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) out.push(parseJson<SnapshotRecord>(v));
+  for await (const v of store.db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) out.push(parseRecord(v, SNAPSHOT_RECORD));
   return out;
 }
 

@@ -11,7 +11,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { PAGE_SIZE, PageKind, DIGEST_BYTES } from '../format/pages.js';
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
-import { KEY_CHUNK, KEY_GROUP, KEY_PACK, decodeChunkValue, parseJson, prefixRange, scanChunkIndex, type PackRecord, type SnapshotRecord } from '../store/db.js';
+import { KEY_CHUNK, KEY_GROUP, KEY_PACK, decodeChunkValue, PACK_RECORD, parseRecord, prefixRange, scanChunkIndex, type SnapshotRecord } from '../store/db.js';
 import { Store, TABLE_FILE } from '../store/store.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
 import { counterDrift, FOLD_AFTER_DELTAS, foldCounters, readCounterState, resetCounters, zeroCounters, type StoreCounters } from './counters.js';
@@ -241,7 +241,7 @@ export async function recount(store: Store, records?: SnapshotRecord[]): Promise
     c.keptBaseBytes += st?.size ?? k.manifestBytes;
   }
   for await (const v of store.db.values(prefixRange(Buffer.of(KEY_PACK)))) {
-    const rec = parseJson<PackRecord>(v);
+    const rec = parseRecord(v, PACK_RECORD);
     c.packs++;
     c.packBytes += rec.bytes;
     c.packPayloadBytes += rec.payloadBytes;

@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { Level } from 'level';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import { ByteReader } from '../format/varint.js';
+import { CATALOG_DAMAGE_ADVICE, CorruptError } from '../util/errors.js';
 
 export type StoreDb = Level<Buffer, Buffer>;
 
@@ -121,9 +122,116 @@ export function jsonValue(v: unknown): Buffer {
   return Buffer.from(JSON.stringify(v), 'utf8');
 }
 
-export function parseJson<T>(v: Uint8Array): T {
-  return JSON.parse(Buffer.from(v.buffer, v.byteOffset, v.length).toString('utf8')) as T;
+/**
+ * What each field of a catalog record must be: a string, a non-negative integer ('count'), any
+ * integer ('int'), a list of strings; '?' = may be absent.
+ */
+type FieldKind = 'string' | 'string?' | 'count' | 'count?' | 'int?' | 'strings';
+
+export interface RecordSchema<T> {
+  /** What the record is, as the error names it ("snapshot record"). */
+  name: string;
+  fields: Record<string, FieldKind>;
+  /** Checks beyond the field types; returns what is wrong. */
+  check?: (r: T) => string | undefined;
 }
+
+
+/**
+ * Parses a JSON record read from LevelDB and checks it against its schema. LevelDB verifies no block
+ * checksum on reads (classic-level offers no verify_checksums option), so damaged table bytes can
+ * come back as a value: they must read as damage (CorruptError, exit 7), never as an internal error.
+ */
+export function parseRecord<T>(v: Uint8Array, schema: RecordSchema<T>, key?: string): T {
+  let r: unknown;
+  try {
+    r = JSON.parse(Buffer.from(v.buffer, v.byteOffset, v.length).toString('utf8'));
+  } catch (err) {
+    throw damagedRecord(schema, key, `does not parse (${(err as Error).message})`);
+  }
+  if (typeof r !== 'object' || r === null || Array.isArray(r)) throw damagedRecord(schema, key, 'is not an object');
+  const fields = r as Record<string, unknown>;
+  for (const [name, kind] of Object.entries(schema.fields)) {
+    const x = fields[name];
+    if (x === undefined && kind.endsWith('?')) continue;
+    if (!fieldIs(x, kind)) throw damagedRecord(schema, key, `has a bad ${name} (${JSON.stringify(x) ?? 'absent'})`);
+  }
+  const wrong = schema.check?.(r as T);
+  if (wrong) throw damagedRecord(schema, key, wrong);
+  return r as T;
+}
+
+function fieldIs(x: unknown, kind: FieldKind): boolean {
+  switch (kind) {
+    case 'string':
+    case 'string?':
+      return typeof x === 'string';
+    case 'count':
+    case 'count?':
+      return Number.isSafeInteger(x) && (x as number) >= 0;
+    case 'int?':
+      return Number.isSafeInteger(x);
+    case 'strings':
+      return Array.isArray(x) && x.every((e) => typeof e === 'string');
+  }
+}
+
+function damagedRecord(schema: { name: string }, key: string | undefined, why: string): CorruptError {
+  return new CorruptError(`store catalog (db/) is damaged: ${schema.name}${key ? ` ${key}` : ''} ${why}; ${CATALOG_DAMAGE_ADVICE}`);
+}
+
+const HEX_ID = /^[0-9a-f]{16}$/;
+
+export const SNAPSHOT_RECORD: RecordSchema<SnapshotRecord> = {
+  name: 'snapshot record',
+  fields: {
+    id: 'string',
+    vm: 'string',
+    group: 'string?',
+    epoch: 'count?',
+    time: 'string',
+    parent: 'string?',
+    base: 'string?',
+    baseDepth: 'count',
+    byteLength: 'count',
+    pageCount: 'count',
+    zeroPages: 'count',
+    imageDigest: 'string',
+    newChunks: 'count',
+    newChunkBytes: 'count',
+    manifestBytes: 'count',
+    addedBytes: 'count',
+  },
+  check: (r) =>
+    !HEX_ID.test(r.id)
+      ? `has a bad id ${JSON.stringify(r.id)}`
+      : (r.parent !== undefined && !HEX_ID.test(r.parent)) || (r.base !== undefined && !HEX_ID.test(r.base))
+        ? 'names a bad parent or base'
+        : !/^[0-9a-f]{64}$/.test(r.imageDigest)
+          ? 'has a bad image digest'
+          : r.pageCount !== Math.ceil(r.byteLength / 4096) || r.zeroPages > r.pageCount
+            ? 'has page counts that do not fit its length'
+            : undefined,
+};
+
+/** A commit record read under its key: also the id it carries must be the key's. */
+export function parseSnapshotRecord(v: Uint8Array, id: string): SnapshotRecord {
+  const r = parseRecord(v, SNAPSHOT_RECORD, id);
+  if (r.id !== id) throw damagedRecord(SNAPSHOT_RECORD, id, `names snapshot ${JSON.stringify(r.id)}`);
+  return r;
+}
+
+export const PACK_RECORD: RecordSchema<PackRecord> = {
+  name: 'pack record',
+  fields: { id: 'count', chunks: 'count', bytes: 'count', payloadBytes: 'count', sealedAt: 'string' },
+  check: (r) => (r.payloadBytes > r.bytes ? 'has more payload than bytes' : undefined),
+};
+
+export const GROUP_RECORD: RecordSchema<GroupRecord> = {
+  name: 'group record',
+  fields: { id: 'string', time: 'string', snapshots: 'strings' },
+  check: (r) => (r.snapshots.every((id) => HEX_ID.test(id)) ? undefined : 'lists a bad snapshot id'),
+};
 
 export interface PackRecord {
   id: number;

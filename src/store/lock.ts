@@ -26,8 +26,9 @@ export class StoreLock {
       // Write the PID to a private temp file, then link() it into place: the lock appears atomically
       // with its content, so no reader ever sees an empty lock file.
       const tmp = `${file}.${process.pid}.tmp`;
-      await fsp.writeFile(tmp, `${process.pid}\n`, { mode: FILE_MODE });
       try {
+        // Inside the try: a write that fails (a full disk) must not leave the temp file behind.
+        await fsp.writeFile(tmp, `${process.pid}\n`, { mode: FILE_MODE });
         await fsp.link(tmp, file);
         await removeDeadTemps(file);
         return new StoreLock(file);

@@ -56,6 +56,8 @@ export class PackWriter {
   /** Bumped on every failed pack: sessions that began before a failure must not commit. */
   failureEpoch = 0;
   lastFailure: Error | undefined;
+  /** Ids of the packs sealed and indexed, in order (a failed session's are dropped: sealedSince). */
+  private readonly sealedLog: number[] = [];
 
   constructor(
     private readonly packsDir: string,
@@ -176,6 +178,16 @@ export class PackWriter {
     }
   }
 
+  /** Packs sealed so far: a mark for sealedSince. */
+  get sealedCount(): number {
+    return this.sealedLog.length;
+  }
+
+  /** Ids of the packs sealed since `mark` (a sealedCount). */
+  sealedSince(mark: number): number[] {
+    return this.sealedLog.slice(mark);
+  }
+
   /** A pack id for a pack written outside this writer (gc rewrite, repair salvage). */
   reservePackId(): number {
     return this.nextPackId++;
@@ -206,9 +218,11 @@ export class PackWriter {
       batchUsed: 0,
       queued: [],
       draining: false,
-      writes: fh.then(async (h) => {
-        await writeFully(h, header);
-      }),
+      writes: quiet(
+        fh.then(async (h) => {
+          await writeFully(h, header);
+        }),
+      ),
     };
     this.open = pack;
     this.unindexed.set(id, pack);
@@ -231,7 +245,7 @@ export class PackWriter {
     pack.queued.push({ data, batch });
     if (!pack.draining) {
       pack.draining = true;
-      pack.writes = pack.writes.then(() => this.drainWrites(pack));
+      pack.writes = quiet(pack.writes.then(() => this.drainWrites(pack)));
     }
   }
 
@@ -291,6 +305,7 @@ export class PackWriter {
     await batch.write();
     this.onChunkGeneration(batch.token);
     this.unindexed.delete(pack.id);
+    this.sealedLog.push(pack.id);
   }
 
   /** The LevelDB batch that indexes a sealed pack: its chunks, its pack record, the stats counters. */
@@ -324,7 +339,20 @@ export class PackWriter {
     }
     await pack.fh.then((h) => h.close()).catch(() => undefined);
     await fsp.rm(pack.tmpPath, { force: true }).catch(() => undefined);
+    // Renamed but its index batch failed: nothing may use it (every session that saw its chunks fails
+    // on the bumped epoch), and left in packs/ it would hold the space until recovery indexed it.
+    await fsp.rm(path.join(this.packsDir, packFileName(pack.id)), { force: true }).catch(() => undefined);
   }
+}
+
+/**
+ * Marks a pack's write chain as handled: its failure is reported when the seal awaits it, and a
+ * failure met before that (a full disk while batches are still queued) must not end the process as
+ * an unhandled rejection. Returns the same promise.
+ */
+function quiet(p: Promise<void>): Promise<void> {
+  p.catch(() => undefined);
+  return p;
 }
 
 /** TOC index of the chunk at `offset` in an unindexed pack (offsets ascend), or -1. */

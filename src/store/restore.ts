@@ -225,11 +225,14 @@ async function restoreWindowOnce(
       }
     }
     throw new CorruptError(
-      `snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) in pack ${packFileName(prev.pack)} is corrupt (digest mismatch); run 'vnstore check'`,
+      `snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) in pack ${packFileName(prev.pack)} is corrupt (digest mismatch); ${FIND_DAMAGE}`,
     );
   }
   return result.out;
 }
+
+/** Damaged chunk data is found only by re-reading it: a plain 'vnstore check' reads structure alone. */
+const FIND_DAMAGE = "run 'vnstore check --read-data' to find every damaged chunk and the snapshots it affects";
 
 /** One stored chunk, decoded and checked against `digest`; undefined when it does not decode or match. */
 async function readVerifiedAt(store: Store, loc: ChunkLocation, digest: Uint8Array): Promise<Uint8Array | undefined> {
@@ -248,6 +251,6 @@ export async function readChunk(store: Store, digest: Uint8Array, what: string):
   const [loc] = await store.lookupExact([digest]);
   if (!loc) throw new CorruptError(`${what}: chunk ${hex(digest)} is not in the index; run 'vnstore check'`);
   const page = await readVerifiedAt(store, loc, digest);
-  if (!page) throw new CorruptError(`${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} is corrupt (does not decode to its digest); run 'vnstore check'`);
+  if (!page) throw new CorruptError(`${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} is corrupt (does not decode to its digest); ${FIND_DAMAGE}`);
   return page;
 }

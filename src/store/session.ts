@@ -82,6 +82,8 @@ export class Session {
   private inFlight = 0;
   private error: Error | undefined;
   private readonly failureEpoch: number;
+  /** The writer's sealedCount when the session began: the packs a failure may leave behind follow it. */
+  private readonly sealMark: number;
   private readonly maxInFlight: number;
 
   private constructor(
@@ -93,6 +95,7 @@ export class Session {
     // Without a declared size, expect the parent's: growing the table as pages arrive copies it.
     this.pages = new PageTable(pageCount, parent?.pages.pageCount ?? 0);
     this.failureEpoch = store.writer.failureEpoch;
+    this.sealMark = store.writer.sealedCount;
     this.maxInFlight = Math.max(2, store.pool.plannedSize * 2 + 1);
   }
 
@@ -240,6 +243,8 @@ export class Session {
   private async submit(target: number | Uint32Array, n: number, pages: Uint8Array, file?: { path: string; offset: number; length: number }): Promise<void> {
     while (this.inFlight >= this.maxInFlight) await this.queued[0];
     if (this.error) throw this.error;
+    // A pack failed (a full disk): this session cannot commit, so stop now, not after the whole image.
+    if (this.store.writer.failureEpoch !== this.failureEpoch) throw this.writerFailure();
     const parent = this.parent?.pages;
     let parentDigests: Uint8Array | undefined;
     let parentHasDigest: Uint8Array | undefined;
@@ -429,9 +434,7 @@ export class Session {
       const manifest = this.buildManifest(byteLength, pageCount);
       await flushing;
       trace('packs flushed');
-      if (this.store.writer.failureEpoch !== this.failureEpoch) {
-        throw this.store.writer.lastFailure ?? new VnstoreError('E_IO', 'a pack write failed during the session');
-      }
+      if (this.store.writer.failureEpoch !== this.failureEpoch) throw this.writerFailure();
       const record = await this.writeManifest(manifest);
       trace('manifest written');
       this.state = 'done';
@@ -440,7 +443,9 @@ export class Session {
     } catch (err) {
       this.state = 'done';
       this.store.sessions.delete(this);
-      throw fromSystemError(err, `committing snapshot of VM ${this.options.vm}`);
+      const e = fromSystemError(err, `committing snapshot of VM ${this.options.vm}`);
+      if (isWriteFailure(e)) await this.store.discardFailedPacks(this.sealMark);
+      throw e;
     }
   }
 
@@ -452,12 +457,14 @@ export class Session {
       return (await this.store.commitPrepared([prepared], group))[0];
     } catch (err) {
       await this.store.abortPrepared([prepared]).catch(() => undefined);
+      if (isWriteFailure(err)) await this.store.discardFailedPacks(this.sealMark);
       throw err;
     }
   }
 
   /**
-   * Drops the session. Chunks it already stored stay in packs as garbage until gc. Once commit() or
+   * Drops the session. Chunks it already stored stay in packs as garbage until gc (after a failed pack
+   * write, the packs nothing live references are dropped at once: Store.discardFailedPacks). Once commit() or
    * prepare() has begun, the outcome is theirs and abort does nothing: dropping the session then
    * took it out of the live set gc reads while its manifest was still being written.
    */
@@ -467,6 +474,14 @@ export class Session {
     this.gathered = undefined;
     this.store.sessions.delete(this);
     await this.applying.catch(() => undefined);
+    if (this.store.writer.failureEpoch !== this.failureEpoch) {
+      await this.store.writer.flush().catch(() => undefined); // every pack it filled is sealed or failed
+      await this.store.discardFailedPacks(this.sealMark);
+    }
+  }
+
+  private writerFailure(): Error {
+    return this.store.writer.lastFailure ?? new VnstoreError('E_IO', 'a pack write failed during the session');
   }
 
   /** Digests this session references so far (gc must treat them as live while it is open). */
@@ -585,4 +600,9 @@ export class Session {
   private assertOpen(): void {
     if (this.state !== 'open') throw new VnstoreError('E_SESSION', `session ${this.id} is no longer open`);
   }
+}
+
+/** A failure to write (a full disk, an I/O error), after which the session's packs are garbage. */
+function isWriteFailure(err: unknown): boolean {
+  return err instanceof VnstoreError && (err.code === 'E_NO_SPACE' || err.code === 'E_IO');
 }

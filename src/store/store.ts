@@ -10,6 +10,7 @@
  *   DIR/manifests/     one manifest per snapshot (src/format/manifest.ts)
  *   DIR/tmp/           temp files; emptied on open
  *   DIR/quarantine/    packs found corrupt, moved aside (never deleted)
+ *   DIR/reserve        room kept for maintenance on a full disk (src/store/reserve.ts)
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -38,7 +39,11 @@ import {
   openDb,
   scanChunkIndex,
   packKey,
-  parseJson,
+  parseRecord,
+  parseSnapshotRecord,
+  GROUP_RECORD,
+  PACK_RECORD,
+  SNAPSHOT_RECORD,
   prefixedKey,
   prefixRange,
   vmKey,
@@ -49,8 +54,10 @@ import {
 } from './db.js';
 import { ambiguousPrefixError, MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
 import { StoreLock } from './lock.js';
+import { ensureReserve, releaseReserveIfLow, reserveSize } from './reserve.js';
 import { PackReader, readPackChunks } from './pack-reader.js';
 import { trace } from '../util/trace.js';
+import { humanBytes } from '../util/units.js';
 import { readTableFile, writeTableFile } from '../index/table-file.js';
 import { PackWriter, DEFAULT_PACK_TARGET_BYTES } from './pack-writer.js';
 import { addCounterDelta, putCounterBase, recoveredPackDelta, snapshotDelta, zeroCounters } from '../maintenance/counters.js';
@@ -154,6 +161,7 @@ export class Store {
       for (const d of [p.packs, p.manifests, p.tmp]) await ensurePrivateDir(d);
       const db = openDb(p.db);
       await db.open();
+      await fsp.chmod(p.db, 0o700); // LevelDB creates it with the process umask
       const batch = db.batch();
       putCounterBase(batch, zeroCounters()); // stats counters start at zero (src/maintenance/counters.ts)
       await batch.write({ sync: true });
@@ -166,6 +174,7 @@ export class Store {
         pageSize: 4096,
         chunkDigest: 'blake3-256',
       };
+      await ensureReserve(dir, p.tmp, 0);
       // The identity file is published last: a crash before this leaves no half-made "store".
       await writeFileDurable(p.config, Buffer.from(JSON.stringify(config, null, 2) + '\n'), path.join(p.tmp, 'vnstore.json.tmp'));
       await fsyncDir(path.dirname(path.resolve(dir)));
@@ -178,6 +187,9 @@ export class Store {
   static async open(dir: string, options: OpenOptions = {}): Promise<Store> {
     const config = await readConfig(dir);
     const p = Store.paths(dir);
+    // On a (nearly) full disk the reserve makes room for the writes an open needs (the lock file,
+    // LevelDB's log replay) and for forget and gc; sessions refuse to start until it is back.
+    await releaseReserveIfLow(dir).catch(() => undefined);
     let lock: StoreLock;
     try {
       lock = await StoreLock.acquire(p.lock);
@@ -243,6 +255,8 @@ export class Store {
     await this.pool.close();
     await this.packs.close();
     await this.db.close();
+    // Room for the reserve twice over: never the write that fills the disk.
+    await ensureReserve(this.dir, Store.paths(this.dir).tmp, await reserveSize(this.dir)).catch(() => undefined);
     await this.lock.release();
     trace('closed');
   }
@@ -266,6 +280,7 @@ export class Store {
   async beginSession(options: SessionOptions): Promise<Session> {
     this.assertOpen();
     this.assertChunkTable('a snapshot session');
+    await this.assertRoomToIngest();
     const begin = Session.begin(this, options);
     this.beginning.add(begin);
     try {
@@ -316,7 +331,7 @@ export class Store {
     if (group) {
       // A group committed in several calls (one `put --group` per VM) lists all of its snapshots.
       const prev = await this.db.get(prefixedKey(KEY_GROUP, group.id));
-      const prevRec = prev === undefined ? undefined : parseJson<GroupRecord>(prev);
+      const prevRec = prev === undefined ? undefined : parseRecord(prev, GROUP_RECORD, group.id);
       const g: GroupRecord = { id: group.id, time: prevRec?.time ?? time, snapshots: [...(prevRec?.snapshots ?? []), ...prepared.map((p) => p.record.id)] };
       batch.put(prefixedKey(KEY_GROUP, group.id), jsonValue(g));
     }
@@ -329,6 +344,25 @@ export class Store {
     for (const p of prepared) p.state = 'committed';
     trace('committed');
     return prepared.map((p) => p.record);
+  }
+
+  /**
+   * After a session failed on a write (a full disk, an I/O error): the packs sealed since `mark` (a
+   * writer.sealedCount) hold chunks first stored then. Those no live snapshot or session references
+   * are dropped now (by gc's own crash-safe steps), so a failed put does not leave its packs filling
+   * the disk. Best effort: what stays is garbage for the next gc.
+   */
+  async discardFailedPacks(mark: number): Promise<void> {
+    const ids = this.writer.sealedSince(mark);
+    if (ids.length === 0 || this.closed) return;
+    try {
+      await releaseReserveIfLow(this.dir); // the index batch that drops them needs a little room
+      const { dropDeadPacks } = await import('../maintenance/gc.js');
+      await dropDeadPacks(this, ids);
+      trace(`failed session: ${ids.length} pack(s) considered for removal`);
+    } catch {
+      // Left as garbage: 'vnstore gc' removes it.
+    }
   }
 
   /** Discards prepared-but-uncommitted snapshots (removes their manifest files). */
@@ -348,7 +382,7 @@ export class Store {
 
   async getSnapshot(id: string): Promise<SnapshotRecord | undefined> {
     const v = await this.db.get(prefixedKey(KEY_SNAPSHOT, id));
-    return v === undefined ? undefined : parseJson<SnapshotRecord>(v);
+    return v === undefined ? undefined : parseSnapshotRecord(v, id);
   }
 
   /** Resolves a full id or a unique prefix (≥ 4 hex digits) to a committed snapshot. */
@@ -374,14 +408,14 @@ export class Store {
     this.assertOpen();
     const out: SnapshotRecord[] = [];
     if (vm === undefined) {
-      for await (const v of this.db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) out.push(parseJson<SnapshotRecord>(v));
+      for await (const v of this.db.values(prefixRange(Buffer.of(KEY_SNAPSHOT)))) out.push(parseRecord(v, SNAPSHOT_RECORD));
       return out;
     }
     const prefix = Buffer.concat([Buffer.of(KEY_VM), Buffer.from(vm, 'utf8'), Buffer.of(0)]);
     const ids: string[] = [];
     for await (const k of this.db.keys(prefixRange(prefix))) ids.push(k.subarray(prefix.length).toString('utf8'));
     const values = await this.db.getMany(ids.map((id) => prefixedKey(KEY_SNAPSHOT, id)));
-    for (const v of values) if (v !== undefined) out.push(parseJson<SnapshotRecord>(v));
+    for (const v of values) if (v !== undefined) out.push(parseRecord(v, SNAPSHOT_RECORD));
     return out;
   }
 
@@ -395,7 +429,7 @@ export class Store {
 
   async listPacks(): Promise<PackRecord[]> {
     const out: PackRecord[] = [];
-    for await (const v of this.db.values(prefixRange(Buffer.of(KEY_PACK)))) out.push(parseJson<PackRecord>(v));
+    for await (const v of this.db.values(prefixRange(Buffer.of(KEY_PACK)))) out.push(parseRecord(v, PACK_RECORD));
     return out;
   }
 
@@ -452,6 +486,22 @@ export class Store {
     const fence = this.gcFence;
     if (fence) await fence.afterLookup(digests, out, fence === startFence ? startSeq : 0);
     return out;
+  }
+
+  /** A session needs the space reserve in place (re-created here if there is room): see reserve.ts. */
+  private async assertRoomToIngest(): Promise<void> {
+    let ok: boolean;
+    try {
+      ok = await ensureReserve(this.dir, Store.paths(this.dir).tmp, 0);
+    } catch (err) {
+      throw fromSystemError(err, 'making room for a new snapshot');
+    }
+    if (!ok) {
+      throw new VnstoreError(
+        'E_NO_SPACE',
+        `no space left on device for a new snapshot in ${this.dir}: the store keeps ${humanBytes(await reserveSize(this.dir))} free for reading and maintenance; free space ('vnstore forget' then 'vnstore gc', or delete other files) and retry`,
+      );
+    }
   }
 
   private assertOpen(): void {
@@ -529,7 +579,7 @@ async function isKeptBase(db: StoreDb, id: string): Promise<boolean> {
 
 async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {
   let count = 0;
-  for await (const v of db.values(prefixRange(Buffer.of(KEY_PACK)))) count += parseJson<PackRecord>(v).chunks;
+  for await (const v of db.values(prefixRange(Buffer.of(KEY_PACK)))) count += parseRecord(v, PACK_RECORD).chunks;
   const table = new ChunkTable(Math.max(count, 1 << 14));
   await scanChunkIndex(db, (k, loc) => {
     if (!loc) throw new CorruptError(`chunk index entry ${k.subarray(1).toString('hex')} does not decode; run 'vnstore check --repair-index'`);

@@ -39,6 +39,9 @@ export class CorruptError extends VnstoreError {
   }
 }
 
+/** How to go on from a damaged catalog (db/): nothing can rebuild its records from the packs. */
+export const CATALOG_DAMAGE_ADVICE = 'restore the store from a backup (catalog records cannot be rebuilt from the packs)';
+
 /** Maps a Node system error (ENOSPC, EACCES...) met while doing `what` to a typed error. */
 export function fromSystemError(err: unknown, what: string): VnstoreError {
   if (err instanceof VnstoreError) return err;
@@ -52,9 +55,17 @@ export function fromSystemError(err: unknown, what: string): VnstoreError {
       return new VnstoreError('E_IO', `${what}: permission denied`, { cause: err });
     case 'EROFS':
       return new VnstoreError('E_IO', `${what}: read-only file system`, { cause: err });
-    default:
-      // LevelDB reports a full disk as an 'IO error: ...: No space left on device' with no errno code.
-      if (/No space left on device/i.test(String(e?.message ?? err))) return new VnstoreError('E_NO_SPACE', `${what}: no space left on device`, { cause: err });
+    default: {
+      // LevelDB reports a full disk as an 'IO error: ...: No space left on device' with no errno code,
+      // sometimes only in the cause of its own error.
+      const text = `${String(e?.message ?? err)} ${String((e?.cause as Error | undefined)?.message ?? '')}`;
+      if (/No space left on device|Disk quota exceeded/i.test(text)) return new VnstoreError('E_NO_SPACE', `${what}: no space left on device`, { cause: err });
+      // LevelDB on damaged files: 'Corruption: ...', or an 'IO error: ...: Invalid argument' when a
+      // table's own (damaged) offsets point outside it. Damage, not a failing device.
+      if (typeof e?.code === 'string' && e.code.startsWith('LEVEL_') && /Corruption|Invalid argument/.test(text)) {
+        return new CorruptError(`${what}: store catalog (db/) is damaged (${text.trim()}); ${CATALOG_DAMAGE_ADVICE}`, { cause: err });
+      }
       return new VnstoreError('E_IO', `${what}: ${e?.message ?? String(err)}`, { cause: err });
+    }
   }
 }
