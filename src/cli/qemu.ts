@@ -1,7 +1,7 @@
 /** `vnstore qemu receive|send|info`: QEMU live migration into the store and back (docs/QEMU.md). */
 import net from 'node:net';
 import type { Command } from 'commander';
-import { ChunkSource } from '../qemu/byte-source.js';
+import { ChunkSource, eagerChunks } from '../qemu/byte-source.js';
 import { describeQemu, findQemuAncestor } from '../qemu/qemu-process.js';
 import { receiveMigration } from '../qemu/receive.js';
 import { loadStoredMigration, sendMigration, type StoredMigration } from '../qemu/send.js';
@@ -67,6 +67,13 @@ export function restoreCommandLine(m: StoredMigration, storeDirectory?: string):
   return out;
 }
 
+/** Bytes of stream read ahead of the store: VNSTORE_QEMU_SPOOL_MIB, default 2048 (a whole small VM). */
+function spoolBudget(): number {
+  const mib = Number(process.env.VNSTORE_QEMU_SPOOL_MIB ?? 2048);
+  if (!Number.isFinite(mib) || mib < 1) throw usage(`VNSTORE_QEMU_SPOOL_MIB=${process.env.VNSTORE_QEMU_SPOOL_MIB}: expected a number of MiB`);
+  return mib * 2 ** 20;
+}
+
 function writeOut(b: Buffer): Promise<void> {
   return new Promise((resolve, reject) => {
     process.stdout.write(b, (err) => (err ? reject(err) : resolve()));
@@ -102,12 +109,15 @@ Examples (QMP, or the HMP monitor):
         const t0 = performance.now();
         const endpoint = opts.listen ? parseListen(opts.listen) : undefined;
         if (!endpoint && process.stdin.isTTY) throw usage('standard input is a terminal: run this as QEMU\'s migrate "exec:..." target, or use --listen');
+        // Standard input is drained from now on, while the store opens: QEMU is already sending.
+        const budget = spoolBudget();
+        const stdinChunks = endpoint ? undefined : eagerChunks(process.stdin, budget, true);
         await withStore(
           opts,
           async (store) => {
-            const input = endpoint ? await acceptOne(endpoint.host, endpoint.port) : process.stdin;
+            const chunks = stdinChunks ?? eagerChunks(await acceptOne(endpoint!.host, endpoint!.port), budget, true);
             const info = qemuInfo(opts);
-            const r = await receiveMigration(store, new ChunkSource(input), { vm: opts.vm, group: opts.group, qemu: info });
+            const r = await receiveMigration(store, new ChunkSource(chunks), { vm: opts.vm, group: opts.group, qemu: info });
             if (opts.json) {
               process.stdout.write(
                 `${JSON.stringify({

@@ -96,3 +96,56 @@ export class ChunkSource implements ByteSource {
     return this.take(this.buffered);
   }
 }
+
+/**
+ * Reads `input` as fast as it delivers from the moment it is made, queueing up to `budgetBytes`
+ * ahead of the consumer, so a slower store (or the store still opening) never slows the sender:
+ * QEMU's rounds would otherwise wait on the pipe (the VNsnap lesson: the store must not stretch the
+ * migration). Past the budget the input is paused (backpressure). With `holdUntilEnd`, nothing is
+ * handed on before the input ends or the budget fills: the consumer's CPU work (hashing,
+ * compression) then runs after the sender is done instead of competing with it.
+ */
+export function eagerChunks(input: NodeJS.ReadableStream, budgetBytes: number, holdUntilEnd = false): AsyncIterable<Buffer> {
+  const queue: Buffer[] = [];
+  let queued = 0;
+  let ended = false;
+  let failure: unknown;
+  let wake: (() => void) | undefined;
+  const signal = () => {
+    wake?.();
+    wake = undefined;
+  };
+  input.on('data', (c: Buffer | string) => {
+    const b = typeof c === 'string' ? Buffer.from(c) : c;
+    queue.push(b);
+    queued += b.length;
+    if (queued > budgetBytes) input.pause();
+    signal();
+  });
+  input.once('end', () => {
+    ended = true;
+    signal();
+  });
+  input.once('error', (e) => {
+    failure = e;
+    signal();
+  });
+  input.resume();
+  return {
+    async *[Symbol.asyncIterator]() {
+      for (;;) {
+        if (queue.length > 0 && (!holdUntilEnd || ended || failure !== undefined || queued > budgetBytes)) {
+          holdUntilEnd = false;
+          const b = queue.shift() as Buffer;
+          queued -= b.length;
+          if (queued <= budgetBytes / 2 && input.isPaused()) input.resume();
+          yield b;
+          continue;
+        }
+        if (failure) throw failure;
+        if (ended) return;
+        await new Promise<void>((r) => (wake = r));
+      }
+    },
+  };
+}
