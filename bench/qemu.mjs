@@ -10,7 +10,7 @@
 // pre-started Node TCP server that discards the stream; `vnstore qemu receive --listen` started
 // beforehand (a daemon), QEMU migrating to `tcp:`. Round 1 into vnstore is a cold store (every page new); later rounds have the previous snapshot
 // as parent. --bandwidth max lifts QEMU's default 128 MiB/s cap, so the target is the limit.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -64,17 +64,21 @@ try {
   for (let r = 1; r <= rounds; r++) {
     for (const target of TARGETS) {
       const file = join(dir, `cat-${r}.mig`);
+      const idFile = join(dir, `r${r}.id`);
       const listener = target === 'vnstore-listen' ? await listeningReceiver(store, 'bench-listen') : target === 'tcp-drain' ? await tcpDrain() : undefined;
       const uri =
         target === 'cat'
           ? `exec:cat > ${file}`
           : target === 'node-drain'
             ? `exec:${process.execPath} -e "${DRAIN}"`
-            : listener?.uri ?? `exec:${process.execPath} ${vnstoreBin} qemu receive --vm bench --store ${store} > ${join(dir, `r${r}.id`)}`;
+            : listener?.uri ?? `exec:${process.execPath} ${vnstoreBin} qemu receive --vm bench --store ${store} > ${idFile}`;
       const t0 = performance.now();
       const info = await migrate(vm, uri);
       const wallMs = performance.now() - t0;
       await listener?.done();
+      // The exec: receiver stores the stream after QEMU is done: wait for it, so that its work
+      // never overlaps the next target's migration.
+      if (target === 'vnstore') await waitFor(`round ${r}: receive's id`, () => existsSync(idFile) && readFileSync(idFile, 'utf8').endsWith('\n'), 120_000);
       if (info.status !== 'completed') throw new Error(`round ${r} ${target}: ${info.status}`);
       results.push({ round: r, target, totalMs: info['total-time'], downtimeMs: info.downtime, setupMs: info['setup-time'], wallMs: Math.round(wallMs), transferredBytes: info.ram?.transferred, iterations: info.ram?.['dirty-sync-count'] });
       if (target === 'cat') rmSync(file);
