@@ -111,11 +111,11 @@ Examples (QMP, or the HMP monitor):
         if (!endpoint && process.stdin.isTTY) throw usage('standard input is a terminal: run this as QEMU\'s migrate "exec:..." target, or use --listen');
         // Standard input is drained from now on, while the store opens: QEMU is already sending.
         const budget = spoolBudget();
-        const stdinChunks = endpoint ? undefined : eagerChunks(process.stdin, budget, true);
+        const stdinChunks = endpoint ? undefined : eagerChunks(process.stdin, budget, process.env.VNSTORE_QEMU_HOLD !== "0");
         await withStore(
           opts,
           async (store) => {
-            const chunks = stdinChunks ?? eagerChunks(await acceptOne(endpoint!.host, endpoint!.port), budget, true);
+            const chunks = stdinChunks ?? eagerChunks(await acceptOne(endpoint!.host, endpoint!.port), budget, process.env.VNSTORE_QEMU_HOLD !== "0");
             const info = qemuInfo(opts);
             const r = await receiveMigration(store, new ChunkSource(chunks), { vm: opts.vm, group: opts.group, qemu: info });
             if (opts.json) {
