@@ -155,6 +155,24 @@ describe('vnstore qemu', () => {
     expect(JSON.parse(info.stdout.toString())).toMatchObject({ id: out.id, stateId: out.stateId, vm: 'vm1', machine: 'pc-i440fx-7.2', group: out.group });
   });
 
+  it('commits the RAM and state snapshots of each VM into the --group given (an environment epoch)', async () => {
+    const { bytes } = encodeModel(model());
+    const ids: string[] = [];
+    for (const vm of ['env-a', 'env-b']) {
+      const r = await runCli(['qemu', 'receive', '--vm', vm, '--group', 'env1-e1', '--store', store], { input: bytes });
+      expect(r.code, r.stderr).toBe(0);
+      ids.push(r.stdout.toString().trim());
+    }
+    const inGroup = (await snapshots()).filter((s) => (s as { group?: string }).group === 'env1-e1').map((s) => s.vm);
+    expect(inGroup.sort()).toEqual(['env-a', 'env-a.qemu', 'env-b', 'env-b.qemu']);
+    // Each VM's send finds its own state in the shared group.
+    for (const id of ids) {
+      const sent = await runCli(['qemu', 'send', id, '--store', store]);
+      expect(sent.code, sent.stderr).toBe(0);
+      expect((await decodeToMemory(sent.stdout)).mem.equals(memoryOf(model()))).toBe(true);
+    }
+  });
+
   it('accepts one TCP connection with --listen', async () => {
     const { bytes } = encodeModel(model());
     const child = spawn(process.execPath, [CLI, 'qemu', 'receive', '--vm', 'vm2', '--listen', 'tcp:127.0.0.1:0', '--store', store], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
