@@ -40,14 +40,17 @@ async function acceptOne(host: string, port: number): Promise<net.Socket> {
   return socket;
 }
 
-async function qemuInfo(opts: ReceiveOpts): Promise<QemuProcessInfo> {
-  if (opts.qemuPid !== undefined) {
-    const pid = Number(opts.qemuPid);
-    if (!Number.isInteger(pid) || pid <= 0) throw usage(`--qemu-pid ${opts.qemuPid}: not a process id`);
-    return describeQemu(pid);
-  }
-  const pid = await findQemuAncestor();
-  return pid === undefined ? {} : describeQemu(pid);
+/** Checked before the stream is read: a bad --qemu-pid must not cost a whole migration. */
+function parseQemuPid(spec: string | undefined): number | undefined {
+  if (spec === undefined) return undefined;
+  const pid = Number(spec);
+  if (!Number.isInteger(pid) || pid <= 0) throw usage(`--qemu-pid ${spec}: not a process id`);
+  return pid;
+}
+
+async function qemuInfo(pid: number | undefined): Promise<QemuProcessInfo> {
+  const found = pid ?? (await findQemuAncestor());
+  return found === undefined ? {} : describeQemu(found);
 }
 
 /** The command line that restores a stored VM: the source's, with -incoming from the store. */
@@ -108,6 +111,7 @@ Examples (QMP, or the HMP monitor):
       action(async (opts: ReceiveOpts) => {
         const t0 = performance.now();
         const endpoint = opts.listen ? parseListen(opts.listen) : undefined;
+        const qemuPid = parseQemuPid(opts.qemuPid);
         if (!endpoint && process.stdin.isTTY) throw usage('standard input is a terminal: run this as QEMU\'s migrate "exec:..." target, or use --listen');
         // Standard input is drained from now on, while the store opens: QEMU is already sending.
         const budget = spoolBudget();
@@ -116,8 +120,7 @@ Examples (QMP, or the HMP monitor):
           opts,
           async (store) => {
             const chunks = stdinChunks ?? eagerChunks(await acceptOne(endpoint!.host, endpoint!.port), budget, process.env.VNSTORE_QEMU_HOLD !== "0");
-            const info = qemuInfo(opts);
-            const r = await receiveMigration(store, new ChunkSource(chunks), { vm: opts.vm, group: opts.group, qemu: info });
+            const r = await receiveMigration(store, new ChunkSource(chunks), { vm: opts.vm, group: opts.group, qemu: () => qemuInfo(qemuPid) });
             if (opts.json) {
               process.stdout.write(
                 `${JSON.stringify({

@@ -22,8 +22,11 @@ export interface ReceiveOptions {
   vm: string;
   /** Group (environment epoch) to commit into; default: a group of its own, `qemu-<new id>`. */
   group?: string;
-  /** QEMU's version and command line, when known (a promise: looked up while the stream flows). */
-  qemu?: Promise<QemuProcessInfo> | QemuProcessInfo;
+  /**
+   * QEMU's version and command line, looked up once the stream has ended (running `qemu --version`
+   * during the migration would take CPU from it).
+   */
+  qemu?: () => Promise<QemuProcessInfo>;
 }
 
 export interface ReceiveResult {
@@ -99,7 +102,7 @@ export async function receiveMigration(store: Store, source: ByteSource, options
       ramSnapshot: ramSession.id,
       vm: options.vm,
       machine: decoded.config?.machine,
-      qemu: (await options.qemu) ?? {},
+      qemu: (await options.qemu?.()) ?? {},
       config: decoded.config,
       ram: decoded.ram,
       footers: decoded.footers,
