@@ -47,6 +47,25 @@ describe('eagerChunks', () => {
     expect(Buffer.concat(seen).equals(Buffer.concat([...Array.from({ length: 5 }, (_, i) => Buffer.alloc(1024, i)), Buffer.alloc(10, 9)]))).toBe(true);
   });
 
+  it('hands on tens of thousands of chunks exactly and in order, held or taken while arriving', async () => {
+    for (const hold of [true, false]) {
+      const input = new PassThrough({ highWaterMark: 1 << 20 });
+      const seen: Buffer[] = [];
+      const done = collect(eagerChunks(input, 1 << 30, hold), seen);
+      const parts: Buffer[] = [];
+      for (let i = 0; i < 20_000; i++) {
+        const p = Buffer.alloc(8);
+        p.writeUInt32LE(i, 0);
+        parts.push(p);
+        input.write(p);
+        if (i % 5000 === 0) await tick(); // let some be taken (and the queue compacted) while arriving
+      }
+      input.end();
+      await done;
+      expect(Buffer.concat(seen).equals(Buffer.concat(parts)), `hold=${hold}`).toBe(true);
+    }
+  });
+
   it('passes an input error on after the bytes before it', async () => {
     const input = new PassThrough();
     const seen: Buffer[] = [];

@@ -105,8 +105,12 @@ export class ChunkSource implements ByteSource {
  * handed on before the input ends or the budget fills: the consumer's CPU work (hashing,
  * compression) then runs after the sender is done instead of competing with it.
  */
+const EMPTY = Buffer.alloc(0);
+
 export function eagerChunks(input: NodeJS.ReadableStream, budgetBytes: number, holdUntilEnd = false): AsyncIterable<Buffer> {
-  const queue: Buffer[] = [];
+  // A held stream is tens of thousands of chunks: take from a moving head, not Array.shift (O(n)).
+  let queue: Buffer[] = [];
+  let head = 0;
   let queued = 0;
   let ended = false;
   let failure: unknown;
@@ -134,9 +138,14 @@ export function eagerChunks(input: NodeJS.ReadableStream, budgetBytes: number, h
   return {
     async *[Symbol.asyncIterator]() {
       for (;;) {
-        if (queue.length > 0 && (!holdUntilEnd || ended || failure !== undefined || queued > budgetBytes)) {
+        if (head < queue.length && (!holdUntilEnd || ended || failure !== undefined || queued > budgetBytes)) {
           holdUntilEnd = false;
-          const b = queue.shift() as Buffer;
+          const b = queue[head];
+          queue[head++] = EMPTY; // let it be collected once consumed
+          if (head === queue.length || (head > 4096 && head > queue.length / 2)) {
+            queue = queue.slice(head);
+            head = 0;
+          }
           queued -= b.length;
           if (queued <= budgetBytes / 2 && input.isPaused()) input.resume();
           yield b;
