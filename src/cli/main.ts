@@ -12,6 +12,7 @@ import { registerCheck } from './check.js';
 import { printVersion, registerVersion } from './version.js';
 import { registerDiff } from './diff.js';
 import { registerCompletion } from './completion.js';
+import { registerQemu } from './qemu.js';
 import { ERROR_CODES } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 
@@ -46,6 +47,7 @@ registerCheck(program);
 registerVersion(program);
 registerDiff(program);
 registerCompletion(program);
+registerQemu(program);
 // `bench` pulls in the workload generator and the peer-tool drivers: load it only when it can be
 // the command (or help is shown), so put/restore start-up stays lean (it is part of every timing).
 const args = process.argv.slice(2);

@@ -1,0 +1,206 @@
+/** `vnstore qemu receive|send|info`: QEMU live migration into the store and back (docs/QEMU.md). */
+import net from 'node:net';
+import type { Command } from 'commander';
+import { ChunkSource, eagerChunks } from '../qemu/byte-source.js';
+import { describeQemu, findQemuAncestor } from '../qemu/qemu-process.js';
+import { receiveMigration } from '../qemu/receive.js';
+import { loadStoredMigration, sendMigration, type StoredMigration } from '../qemu/send.js';
+import type { QemuProcessInfo } from '../qemu/state-image.js';
+import { fromSystemError, VnstoreError } from '../util/errors.js';
+import { ONE_SHOT, action, storeDir, storeOption, usage, withStore } from './common.js';
+
+interface ReceiveOpts {
+  vm: string;
+  group?: string;
+  store?: string;
+  listen?: string;
+  qemuPid?: string;
+  json?: boolean;
+}
+
+function parseListen(spec: string): { host: string; port: number } {
+  const m = /^tcp:(.*):(\d+)$/.exec(spec);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || port > 65535) throw usage(`--listen ${spec}: expected tcp:HOST:PORT (e.g. tcp:127.0.0.1:4444; port 0 picks a free one)`);
+  return { host: m[1].replace(/^\[(.*)\]$/, '$1') || '0.0.0.0', port };
+}
+
+/** Accepts one connection (QEMU's `migrate "tcp:HOST:PORT"`), announcing the address on stderr. */
+async function acceptOne(host: string, port: number): Promise<net.Socket> {
+  const server = net.createServer({ pauseOnConnect: true });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e) => reject(fromSystemError(e, `listening on ${host}:${port}`)));
+    server.listen(port, host, () => resolve());
+  });
+  const addr = server.address() as net.AddressInfo;
+  process.stderr.write(`vnstore: listening on tcp:${host}:${addr.port}\n`);
+  const socket = await new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  server.close(); // one stream per receive: multifd's extra channels are refused by not being accepted
+  socket.resume();
+  return socket;
+}
+
+/** Checked before the stream is read: a bad --qemu-pid must not cost a whole migration. */
+function parseQemuPid(spec: string | undefined): number | undefined {
+  if (spec === undefined) return undefined;
+  const pid = Number(spec);
+  if (!Number.isInteger(pid) || pid <= 0) throw usage(`--qemu-pid ${spec}: not a process id`);
+  return pid;
+}
+
+async function qemuInfo(pid: number | undefined): Promise<QemuProcessInfo> {
+  const found = pid ?? (await findQemuAncestor());
+  return found === undefined ? {} : describeQemu(found);
+}
+
+/** The command line that restores a stored VM: the source's, with -incoming from the store. */
+export function restoreCommandLine(m: StoredMigration, storeDirectory?: string): string[] | undefined {
+  const argv = m.image.meta.qemu.commandLine;
+  if (!argv) return undefined;
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '-incoming' || argv[i] === '--incoming') {
+      i++;
+      continue;
+    }
+    out.push(argv[i]);
+  }
+  const store = storeDirectory ? ` --store ${storeDirectory}` : '';
+  out.push('-incoming', `exec:vnstore qemu send ${m.ram.id}${store}`);
+  return out;
+}
+
+/** Bytes of stream read ahead of the store: VNSTORE_QEMU_SPOOL_MIB, default 2048 (a whole small VM). */
+function spoolBudget(): number {
+  const mib = Number(process.env.VNSTORE_QEMU_SPOOL_MIB ?? 2048);
+  if (!Number.isFinite(mib) || mib < 1) throw usage(`VNSTORE_QEMU_SPOOL_MIB=${process.env.VNSTORE_QEMU_SPOOL_MIB}: expected a number of MiB`);
+  return mib * 2 ** 20;
+}
+
+function writeOut(b: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    process.stdout.write(b, (err) => (err ? reject(err) : resolve()));
+  });
+}
+
+export function registerQemu(program: Command): void {
+  const qemu = program.command('qemu').description('QEMU live migration into the store (receive) and back into a new QEMU (send); see docs/QEMU.md');
+
+  qemu
+    .command('receive')
+    .description('store a QEMU pre-copy migration stream (standard input, or one TCP connection) as a snapshot of --vm')
+    .requiredOption('--vm <name>', 'VM name the snapshot is stored under (its QEMU state goes under NAME.qemu)')
+    .option('--group <id>', 'group snapshot (environment epoch) to commit into; default: a group of its own')
+    .option('--listen <tcp:HOST:PORT>', 'accept one connection from `migrate "tcp:HOST:PORT"` instead of reading standard input')
+    .option('--qemu-pid <pid>', "QEMU's process id, to record its version and command line (found automatically under `exec:`)")
+    .option('--json', 'print {id, stateId, vm, group, machine, qemuVersion, blocks, logicalBytes, streamBytes, newChunks, addedBytes, seconds}')
+    .addOption(storeOption())
+    .addHelpText(
+      'after',
+      `
+The snapshot commits only when the stream ends with QEMU's EOF and VM description; a cut, malformed
+or unsupported stream (multifd, compression, XBZRLE, postcopy) leaves nothing and exits 10.
+Standard output of an exec: command goes nowhere: redirect it to keep the id.
+
+Examples (QMP, or the HMP monitor):
+  migrate "exec:vnstore qemu receive --vm web1 --store /var/lib/vnstore > /tmp/web1.id"
+  vnstore qemu receive --vm web1 --listen tcp:127.0.0.1:4444 --qemu-pid 1234   # then migrate "tcp:127.0.0.1:4444"
+`,
+    )
+    .action(
+      action(async (opts: ReceiveOpts) => {
+        const t0 = performance.now();
+        const endpoint = opts.listen ? parseListen(opts.listen) : undefined;
+        const qemuPid = parseQemuPid(opts.qemuPid);
+        if (!endpoint && process.stdin.isTTY) throw usage('standard input is a terminal: run this as QEMU\'s migrate "exec:..." target, or use --listen');
+        // Standard input is drained from now on, while the store opens: QEMU is already sending.
+        const budget = spoolBudget();
+        const stdinChunks = endpoint ? undefined : eagerChunks(process.stdin, budget, process.env.VNSTORE_QEMU_HOLD !== "0");
+        await withStore(
+          opts,
+          async (store) => {
+            const chunks = stdinChunks ?? eagerChunks(await acceptOne(endpoint!.host, endpoint!.port), budget, process.env.VNSTORE_QEMU_HOLD !== "0");
+            const r = await receiveMigration(store, new ChunkSource(chunks), { vm: opts.vm, group: opts.group, qemu: () => qemuInfo(qemuPid) });
+            if (opts.json) {
+              process.stdout.write(
+                `${JSON.stringify({
+                  id: r.ram.id,
+                  stateId: r.state.id,
+                  vm: r.ram.vm,
+                  group: r.ram.group,
+                  machine: r.meta.machine,
+                  qemuVersion: r.meta.qemu.version,
+                  blocks: r.meta.blocks.map((b) => ({ name: b.name, bytes: b.bytes })),
+                  logicalBytes: r.ram.byteLength,
+                  streamBytes: r.meta.stream.bytes,
+                  newChunks: r.ram.newChunks + r.state.newChunks,
+                  addedBytes: r.ram.addedBytes + r.state.addedBytes,
+                  seconds: Number(((performance.now() - t0) / 1000).toFixed(3)),
+                })}\n`,
+              );
+            } else process.stdout.write(`${r.ram.id}\n`);
+          },
+          ONE_SHOT,
+        );
+      }),
+    );
+
+  qemu
+    .command('send')
+    .description('write a stored VM as a migration stream on standard output, for qemu-system-x86_64 -incoming "exec:vnstore qemu send ID"')
+    .argument('<id>', 'the RAM snapshot id that receive printed, or its NAME.qemu state snapshot (a unique prefix is enough)')
+    .addOption(storeOption())
+    .addHelpText('after', '\nStart QEMU with the command line `vnstore qemu info ID` prints (same machine, memory and devices).\n')
+    .action(
+      action(async (id: string, opts: { store?: string }) => {
+        if (process.stdout.isTTY) throw usage('refusing to write a migration stream to a terminal; run this as QEMU\'s -incoming "exec:..." source');
+        await withStore(
+          opts,
+          async (store) => {
+            const m = await loadStoredMigration(store, id);
+            try {
+              await sendMigration(store, m, writeOut);
+            } catch (err) {
+              const code = (err as NodeJS.ErrnoException).code;
+              if (code === 'EPIPE') throw new VnstoreError('E_IO', 'QEMU closed the stream before it was complete (see its error output)');
+              if (typeof code === 'string' && !(err instanceof VnstoreError)) throw fromSystemError(err, 'writing standard output');
+              throw err;
+            }
+          },
+          ONE_SHOT,
+        );
+      }),
+    );
+
+  qemu
+    .command('info')
+    .description('what a stored QEMU snapshot holds: machine, QEMU version, RAM blocks, and the command line that restores it')
+    .argument('<id>', 'RAM snapshot id or its NAME.qemu state snapshot (a unique prefix is enough)')
+    .option('--json', 'print it as JSON')
+    .addOption(storeOption())
+    .action(
+      action(async (id: string, opts: { store?: string; json?: boolean }) => {
+        await withStore(
+          opts,
+          async (store) => {
+            const m = await loadStoredMigration(store, id);
+            const { meta } = m.image;
+            const restore = restoreCommandLine(m, storeDir(opts));
+            const info = { id: m.ram.id, stateId: m.state.id, vm: meta.vm, group: m.ram.group, machine: meta.machine, qemuVersion: meta.qemu.version, blocks: meta.blocks, commandLine: meta.qemu.commandLine, restoreCommandLine: restore, stream: meta.stream };
+            if (opts.json) {
+              process.stdout.write(`${JSON.stringify(info)}\n`);
+              return;
+            }
+            const lines = [
+              `snapshot ${m.ram.id} (state ${m.state.id}) of ${meta.vm}, group ${m.ram.group ?? '-'}`,
+              `machine ${meta.machine ?? 'unknown'}, ${meta.qemu.version ?? 'QEMU version unknown'}`,
+              ...meta.blocks.map((b) => `  block ${b.name}: ${b.bytes} bytes`),
+              restore ? `restore with: ${restore.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`)).join(' ')}` : 'restore: the source command line was not recorded; start QEMU as the source was, with -incoming "exec:vnstore qemu send ID"',
+            ];
+            process.stdout.write(`${lines.join('\n')}\n`);
+          },
+          ONE_SHOT,
+        );
+      }),
+    );
+}

@@ -1,0 +1,205 @@
+/**
+ * `vnstore qemu receive|send|info` on synthetic QEMU 7.2 streams (the real QEMU runs in
+ * qemu-live.test.ts): a multi-round stream is stored (a page sent again wins, a page re-sent as zero
+ * is zero), restores to the exact memory, and `send` regenerates a stream that decodes to the same
+ * memory, head and device tail; a cut, corrupted or unsupported stream exits 10 and leaves no snapshot.
+ */
+import net from 'node:net';
+import { spawn } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ChunkSource } from '../src/qemu/byte-source.js';
+import { decodeStream } from '../src/qemu/stream-decoder.js';
+import { encodeHeader } from '../src/qemu/stream-encoder.js';
+import { RAM_SECTION_VERSION } from '../src/qemu/stream-format.js';
+import { CLI, makePage, makeTempDir, prng, removeDir, REPO_ROOT, runCli } from './helpers/engine.js';
+import { encodeModel, type PageRecord, type StreamModel } from './qemu/stream-model.js';
+
+const PAGE = 4096;
+let dir: string;
+let store: string;
+
+/** pc.ram of 96 pages and a 4-page ROM; three rounds; pages re-sent, one of them as zero. */
+function model(): StreamModel {
+  const blocks = [
+    { name: 'pc.ram', bytes: 96 * PAGE },
+    { name: 'pc.bios', bytes: 4 * PAGE },
+  ];
+  const round0: PageRecord[] = [];
+  for (let p = 0; p < 96; p++) round0.push({ block: 0, page: p, data: p % 3 === 0 ? 0 : makePage(p % 2 ? 'random' : 'compressible', p), named: p === 0 });
+  for (let p = 0; p < 4; p++) round0.push({ block: 1, page: p, data: makePage('compressible', 500 + p), named: p === 0 });
+  const round1: PageRecord[] = [
+    { block: 0, page: 5, data: makePage('random', 1005), named: true },
+    { block: 0, page: 7, data: 0, named: false }, // was data: now zero
+    { block: 0, page: 9, data: makePage('random', 1009), named: false },
+  ];
+  const round2: PageRecord[] = [
+    { block: 0, page: 5, data: makePage('random', 2005), named: true }, // sent a third time: this copy wins
+    { block: 0, page: 3, data: makePage('sparse', 2003), named: false }, // was zero
+  ];
+  return {
+    config: { machine: 'pc-i440fx-7.2', capabilities: [] },
+    ram: { sectionId: 2, instanceId: 0, versionId: RAM_SECTION_VERSION },
+    footers: true,
+    blocks,
+    rounds: [round0, round1, round2],
+    deviceSections: Buffer.concat([Buffer.of(4), Buffer.from('opaque device state '.repeat(50))]),
+    vmDescription: JSON.stringify({ page_size: 4096, devices: [{ name: 'cpu', instance_id: 0 }] }),
+  };
+}
+
+/** The memory the model leaves: blocks one after another, last write wins, unwritten pages zero. */
+function memoryOf(m: StreamModel): Buffer {
+  const first: number[] = [];
+  let total = 0;
+  for (const b of m.blocks) {
+    first.push(total);
+    total += b.bytes / PAGE;
+  }
+  const mem = Buffer.alloc(total * PAGE);
+  for (const r of m.rounds.flat()) {
+    const at = (first[r.block] + r.page) * PAGE;
+    if (typeof r.data === 'number') mem.fill(r.data, at, at + PAGE);
+    else mem.set(r.data, at);
+  }
+  return mem;
+}
+
+async function decodeToMemory(bytes: Buffer) {
+  const first: number[] = [];
+  let mem = Buffer.alloc(0);
+  const decoded = await decodeStream(ChunkSource.ofBuffer(bytes), {
+    blocks: (blocks) => {
+      let total = 0;
+      for (const b of blocks) {
+        first.push(total);
+        total += b.bytes / PAGE;
+      }
+      mem = Buffer.alloc(total * PAGE);
+    },
+    page: (block, page, data, fill) => {
+      const at = (first[block] + page) * PAGE;
+      if (data) data.copy(mem, at);
+      else mem.fill(fill, at, at + PAGE);
+    },
+  });
+  return { decoded, mem };
+}
+
+async function snapshots(): Promise<{ id: string; vm: string }[]> {
+  const ls = await runCli(['ls', '--json', '--store', store]);
+  expect(ls.code).toBe(0);
+  return JSON.parse(ls.stdout.toString()) as { id: string; vm: string }[];
+}
+
+beforeAll(async () => {
+  dir = makeTempDir('qemu-cli');
+  store = `${dir}/store`;
+  expect((await runCli(['init', '--store', store])).code).toBe(0);
+});
+
+afterAll(() => removeDir(dir));
+
+describe('vnstore qemu', () => {
+  it('refuses a cut, corrupted or unsupported stream with exit 10 and leaves no snapshot', async () => {
+    const { bytes } = encodeModel(model());
+    const rand = prng(13);
+    const cuts = [0, 3, 8, 40, bytes.length - 1, bytes.length - 20, ...Array.from({ length: 4 }, () => rand() % bytes.length)];
+    for (const cut of cuts) {
+      const r = await runCli(['qemu', 'receive', '--vm', 'bad', '--store', store], { input: bytes.subarray(0, cut) });
+      expect(r.code, `cut at ${cut}: ${r.stderr}`).toBe(10);
+      expect(r.stderr).toMatch(/^vnstore: error: migration stream/);
+      expect(r.stderr.split('\n').filter(Boolean)).toHaveLength(1);
+    }
+    const corrupt = Buffer.from(bytes);
+    corrupt[bytes.length - 3] ^= 0xff; // inside the VM description
+    expect((await runCli(['qemu', 'receive', '--vm', 'bad', '--store', store], { input: corrupt })).code).toBe(10);
+    const postcopy = Buffer.concat([encodeHeader({ machine: 'pc-i440fx-7.2', capabilities: [] }), Buffer.of(8, 0, 3, 0, 0)]);
+    const r = await runCli(['qemu', 'receive', '--vm', 'bad', '--store', store], { input: postcopy });
+    expect(r.code).toBe(10);
+    expect(r.stderr).toMatch(/postcopy.*not support/);
+    expect(await snapshots()).toEqual([]);
+  });
+
+  it('stores a multi-round stream (last copy wins), restores its memory, and sends a stream QEMU would load', async () => {
+    const m = model();
+    const { bytes } = encodeModel(m);
+    const r = await runCli(['qemu', 'receive', '--vm', 'vm1', '--json', '--store', store], { input: bytes });
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout.toString()) as { id: string; stateId: string; group: string; machine: string; blocks: unknown; logicalBytes: number; streamBytes: number };
+    expect(out.machine).toBe('pc-i440fx-7.2');
+    expect(out.blocks).toEqual(m.blocks);
+    expect(out.logicalBytes).toBe(100 * PAGE);
+    expect(out.streamBytes).toBe(bytes.length);
+    const all = await snapshots();
+    expect(all.map((s) => s.vm).sort()).toEqual(['vm1', 'vm1.qemu']);
+
+    const restored = await runCli(['restore', out.id, '--store', store]);
+    expect(restored.code).toBe(0);
+    expect(restored.stdout.equals(memoryOf(m))).toBe(true);
+
+    for (const id of [out.id, out.stateId.slice(0, 12)]) {
+      const sent = await runCli(['qemu', 'send', id, '--store', store]);
+      expect(sent.code, sent.stderr).toBe(0);
+      const { decoded, mem } = await decodeToMemory(sent.stdout);
+      expect(mem.equals(memoryOf(m))).toBe(true);
+      expect(decoded.blocks).toEqual(m.blocks);
+      expect(decoded.head).toEqual(encodeHeader(m.config));
+      expect(decoded.ram).toEqual(m.ram);
+      expect(decoded.footers).toBe(true);
+      expect(decoded.tail).toEqual(bytes.subarray(bytes.length - decoded.tail.length));
+      expect(decoded.pageRecords + decoded.zeroRecords).toBe(100); // every page once
+    }
+
+    const info = await runCli(['qemu', 'info', out.id, '--json', '--store', store]);
+    expect(info.code).toBe(0);
+    expect(JSON.parse(info.stdout.toString())).toMatchObject({ id: out.id, stateId: out.stateId, vm: 'vm1', machine: 'pc-i440fx-7.2', group: out.group });
+  });
+
+  it('commits the RAM and state snapshots of each VM into the --group given (an environment epoch)', async () => {
+    const { bytes } = encodeModel(model());
+    const ids: string[] = [];
+    for (const vm of ['env-a', 'env-b']) {
+      const r = await runCli(['qemu', 'receive', '--vm', vm, '--group', 'env1-e1', '--store', store], { input: bytes });
+      expect(r.code, r.stderr).toBe(0);
+      ids.push(r.stdout.toString().trim());
+    }
+    const inGroup = (await snapshots()).filter((s) => (s as { group?: string }).group === 'env1-e1').map((s) => s.vm);
+    expect(inGroup.sort()).toEqual(['env-a', 'env-a.qemu', 'env-b', 'env-b.qemu']);
+    // Each VM's send finds its own state in the shared group.
+    for (const id of ids) {
+      const sent = await runCli(['qemu', 'send', id, '--store', store]);
+      expect(sent.code, sent.stderr).toBe(0);
+      expect((await decodeToMemory(sent.stdout)).mem.equals(memoryOf(model()))).toBe(true);
+    }
+  });
+
+  it('accepts one TCP connection with --listen', async () => {
+    const { bytes } = encodeModel(model());
+    const child = spawn(process.execPath, [CLI, 'qemu', 'receive', '--vm', 'vm2', '--listen', 'tcp:127.0.0.1:0', '--store', store], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    let stdout = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    const port = await new Promise<number>((resolve, reject) => {
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        const p = /listening on tcp:127\.0\.0\.1:(\d+)/.exec(stderr);
+        if (p) resolve(Number(p[1]));
+      });
+      child.once('exit', () => reject(new Error(`receive exited: ${stderr}`)));
+    });
+    const sock = net.connect(port, '127.0.0.1');
+    sock.end(bytes);
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    expect(code, stderr).toBe(0);
+    const restored = await runCli(['restore', stdout.trim(), '--store', store]);
+    expect(restored.stdout.equals(memoryOf(model()))).toBe(true);
+  });
+
+  it('refuses to send a snapshot that did not come from QEMU', async () => {
+    const put = await runCli(['put', '--vm', 'plain', '-', '--store', store], { input: Buffer.alloc(8 * PAGE, 1) });
+    expect(put.code).toBe(0);
+    const r = await runCli(['qemu', 'send', put.stdout.toString().trim(), '--store', store]);
+    expect(r.code).toBe(6);
+    expect(r.stderr).toMatch(/no QEMU state image/);
+  });
+});

@@ -1,0 +1,160 @@
+// Real-QEMU harness for test/qemu-live.test.ts and bench/qemu.mjs: builds the guest
+// (build-guest.sh), starts qemu-system-x86_64 under TCG with a QMP socket and the serial console in a
+// file, speaks QMP, and reads the guest's "vntick N ok" lines.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import net from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const repoRoot = join(here, '..', '..');
+export const vnstoreBin = join(repoRoot, 'dist', 'cli', 'bin.cjs');
+
+export function qemuAvailable() {
+  return spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).status === 0;
+}
+
+/** Builds (or reuses) the cached guest; returns { kernel, initrd }. */
+export function buildGuest() {
+  const r = spawnSync('bash', [join(here, 'build-guest.sh')], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`build-guest.sh failed: ${r.stderr}`);
+  const dir = r.stdout.trim().split('\n').pop();
+  return { kernel: join(dir, 'vmlinuz'), initrd: join(dir, 'initrd.gz') };
+}
+
+export async function waitFor(what, fn, timeoutMs = 60_000, everyMs = 100) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** A minimal QMP client: one command at a time, events kept in a list. */
+export class Qmp {
+  constructor(socket) {
+    this.socket = socket;
+    this.buf = '';
+    this.waiting = [];
+    this.events = [];
+    socket.setEncoding('utf8');
+    socket.on('data', (d) => {
+      this.buf += d;
+      let nl;
+      while ((nl = this.buf.indexOf('\n')) >= 0) {
+        const line = this.buf.slice(0, nl).trim();
+        this.buf = this.buf.slice(nl + 1);
+        if (!line) continue;
+        const msg = JSON.parse(line);
+        if (msg.event) this.events.push(msg);
+        else if (msg.QMP) continue;
+        else this.waiting.shift()?.(msg);
+      }
+    });
+  }
+
+  static async connect(path) {
+    const socket = await waitFor(`QMP socket ${path}`, () =>
+      new Promise((resolve) => {
+        const s = net.connect(path);
+        s.once('connect', () => resolve(s));
+        s.once('error', () => resolve(undefined));
+      }),
+    );
+    const q = new Qmp(socket);
+    await q.cmd('qmp_capabilities');
+    return q;
+  }
+
+  cmd(execute, args) {
+    return new Promise((resolve, reject) => {
+      this.waiting.push((msg) => (msg.error ? reject(new Error(`QMP ${execute}: ${msg.error.desc}`)) : resolve(msg.return)));
+      this.socket.write(`${JSON.stringify(args ? { execute, arguments: args } : { execute })}\n`);
+    });
+  }
+
+  close() {
+    this.socket.destroy();
+  }
+}
+
+/**
+ * Starts a guest: 'pc' machine, TCG, `memMiB` of RAM, no default devices, console in
+ * `${dir}/${name}.console`, QMP at `${dir}/${name}.qmp`. With `incoming`, waits for that stream.
+ */
+export async function startGuest({ dir, name, memMiB = 96, incoming, guest }) {
+  const consolePath = join(dir, `${name}.console`);
+  const qmpPath = join(dir, `${name}.qmp`);
+  const argv = [
+    'qemu-system-x86_64',
+    '-machine', 'pc',
+    '-accel', 'tcg',
+    '-m', String(memMiB),
+    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-serial', `file:${consolePath}`,
+    '-kernel', guest.kernel,
+    '-initrd', guest.initrd,
+    '-append', 'console=ttyS0 quiet panic=-1',
+    '-qmp', `unix:${qmpPath},server=on,wait=off`,
+  ];
+  if (incoming) argv.push('-incoming', incoming);
+  const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  proc.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+  const qmp = await Promise.race([
+    Qmp.connect(qmpPath),
+    exited.then((e) => {
+      throw new Error(`qemu exited (${JSON.stringify(e)}): ${stderr}`);
+    }),
+  ]);
+  return {
+    name,
+    proc,
+    qmp,
+    argv,
+    consolePath,
+    exited,
+    stderr: () => stderr,
+    async stop() {
+      qmp.close();
+      if (proc.exitCode === null) proc.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+/** The guest's console lines "vntick N ok|BAD", in order. */
+export function ticks(consolePath) {
+  if (!existsSync(consolePath)) return [];
+  const out = [];
+  for (const m of readFileSync(consolePath, 'latin1').matchAll(/vntick (\d+) (ok|BAD)/g)) out.push({ n: Number(m[1]), ok: m[2] === 'ok' });
+  return out;
+}
+
+export function lastTick(consolePath) {
+  const t = ticks(consolePath);
+  return t.length ? t[t.length - 1].n : 0;
+}
+
+/**
+ * Migrates to `uri` and waits for the outcome; returns query-migrate's final answer (status,
+ * total-time, downtime, ram). The source is left paused (postmigrate) unless `resume`.
+ */
+export async function migrate(vm, uri, { resume = true, timeoutMs = 120_000 } = {}) {
+  await vm.qmp.cmd('migrate', { uri });
+  const info = await waitFor(
+    `migration of ${vm.name}`,
+    async () => {
+      const q = await vm.qmp.cmd('query-migrate');
+      return q.status === 'completed' || q.status === 'failed' || q.status === 'cancelled' ? q : undefined;
+    },
+    timeoutMs,
+    50,
+  );
+  if (resume) await vm.qmp.cmd('cont');
+  return info;
+}
