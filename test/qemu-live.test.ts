@@ -16,6 +16,11 @@ let dir: string;
 let store: string;
 let guest: { kernel: string; initrd: string };
 const running: Guest[] = [];
+// Outside CI a machine without QEMU skips this suite, saying so; under CI=true (.ci/run installs
+// qemu-system-x86 and busybox-static) a missing QEMU fails it.
+const inCi = /^(1|true)$/i.test(process.env.CI ?? '');
+const haveQemu = qemuAvailable();
+if (!haveQemu && !inCi) console.warn('qemu-live tests skipped: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86 busybox-static); under CI=true they fail instead');
 
 interface Received {
   id: string;
@@ -50,7 +55,8 @@ async function snapshot(g: Guest, vm: string, tag: string): Promise<{ received: 
 }
 
 beforeAll(async () => {
-  if (!qemuAvailable()) throw new Error('qemu-system-x86_64 is not installed: apt-get install qemu-system-x86 busybox-static (.ci/run does)');
+  if (!haveQemu && !inCi) return;
+  if (!haveQemu) throw new Error('qemu-system-x86_64 is not installed: apt-get install qemu-system-x86 busybox-static (.ci/run does)');
   guest = buildGuest();
   dir = makeTempDir('qemu-live');
   store = `${dir}/store`;
@@ -62,7 +68,7 @@ afterAll(async () => {
   if (dir) removeDir(dir);
 });
 
-describe('QEMU live migration into vnstore and back', () => {
+describe.skipIf(!haveQemu && !inCi)('QEMU live migration into vnstore and back', () => {
   it('snapshots a running guest twice, then a fresh QEMU started from the store continues its count with its memory intact', async () => {
     const g1 = await boot('g1');
     await waitFor('g1 counting', () => lastTick(g1.consolePath) >= 2, 90_000);
