@@ -47,7 +47,9 @@ const message: fc.Arbitrary<Message> = fc.oneof(
   fc.record({ t: fc.constantFrom('result' as const, 'end' as const), req: u32, json: fc.json() }),
   fc.record({ t: fc.constant('missing' as const), req: u32, positions: fc.array(u32, { maxLength: 50 }).map((a) => Uint32Array.from(a)) }),
   fc.record({ t: fc.constant('error' as const), req: u32, code: fc.constantFrom('E_MALFORMED', 'E_AUTH', 'E_NOT_FOUND'), message: fc.string({ maxLength: 100 }) }),
-  fc.record({ t: fc.constant('data' as const), req: u32, data: fc.uint8Array({ maxLength: 9000 }) }),
+  fc.integer({ min: 0, max: 3 }).chain((n) =>
+    fc.record({ t: fc.constant('data' as const), req: u32, firstPage: u32, digests: digestsFor(n), data: fc.uint8Array({ minLength: Math.max(0, n * PAGE - 4095), maxLength: n * PAGE }) }),
+  ),
 );
 
 /** Plain values for comparison: typed arrays and Buffers as arrays of numbers. */

@@ -6,7 +6,7 @@
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { ProtocolError } from './errors.js';
 import { frameHeader, type RawFrame } from './frames.js';
-import { HELLO_MAGIC, MAX_DATA_BYTES, MAX_JSON_BYTES, MAX_OFFERS_PER_BATCH, MAX_PAGES_PER_BATCH, MAX_STRING_BYTES, MAX_ZERO_RANGES } from './limits.js';
+import { HELLO_MAGIC, MAX_JSON_BYTES, MAX_OFFERS_PER_BATCH, MAX_PAGES_PER_BATCH, MAX_STRING_BYTES, MAX_ZERO_RANGES } from './limits.js';
 
 export const MSG = {
   HELLO: 1,
@@ -52,7 +52,11 @@ export type Message =
   /** Positions (into the OFFER's list) of the pages whose bytes the server lacks. */
   | { t: 'missing'; req: number; positions: Uint32Array }
   | { t: 'error'; req: number; code: string; message: string }
-  | { t: 'data'; req: number; data: Uint8Array }
+  /**
+   * Restore: image pages `firstPage ..` in order, with each page's digest (32 zero bytes for a zero
+   * page); the image's last page may be short.
+   */
+  | { t: 'data'; req: number; firstPage: number; digests: Uint8Array; data: Uint8Array }
   | { t: 'end'; req: number; json: string };
 
 // ------------------------------------------------------------------ encoding
@@ -151,9 +155,12 @@ export function encodeMessage(m: Message): Buffer {
       return w.u32(m.req).u32(m.positions.length).u32s(m.positions).frame(MSG.MISSING);
     case 'error':
       return w.u32(m.req).str(m.code).str(m.message.slice(0, 4096)).frame(MSG.ERROR);
-    case 'data':
-      checkCount(m.data.length, MAX_DATA_BYTES, 'data bytes');
-      return w.u32(m.req).bytes(m.data).frame(MSG.DATA);
+    case 'data': {
+      const n = m.digests.length / DIGEST_BYTES;
+      checkCount(n, MAX_PAGES_PER_BATCH, 'data pages');
+      checkDataLength(n, m.data.length);
+      return w.u32(m.req).u32(m.firstPage).u32(n).bytes(m.digests).bytes(m.data).frame(MSG.DATA);
+    }
     case 'end':
       return w.u32(m.req).str(m.json).frame(MSG.END);
   }
@@ -171,6 +178,13 @@ function interleave(indices: Uint32Array, digests: Uint8Array): Buffer {
 
 function checkCount(n: number, max: number, what: string): void {
   if (n > max) throw new ProtocolError('E_LIMIT', `${n} ${what} in one frame, past the limit of ${max}`);
+}
+
+/** n pages of data: whole pages but for a short last one. */
+function checkDataLength(n: number, bytes: number): void {
+  if (!Number.isInteger(n) || bytes > n * PAGE_SIZE || (n > 0 && bytes <= (n - 1) * PAGE_SIZE) || (n === 0 && bytes > 0)) {
+    throw new ProtocolError('E_MALFORMED', `DATA: ${bytes} bytes do not make ${n} page(s)`);
+  }
 }
 
 function checkLength(got: number, want: number, what: string): void {
@@ -364,9 +378,12 @@ export function decodeMessage(frame: RawFrame): Message {
     case MSG.DATA: {
       r = new Reader(b, 'DATA');
       const req = r.u32();
+      const firstPage = r.u32();
+      const n = r.count(MAX_PAGES_PER_BATCH, DIGEST_BYTES, 'data pages');
+      const digests = r.bytes(n * DIGEST_BYTES);
       const data = r.rest();
-      if (data.length > MAX_DATA_BYTES) throw new ProtocolError('E_LIMIT', `DATA of ${data.length} bytes, past the limit of ${MAX_DATA_BYTES}`);
-      m = { t: 'data', req, data };
+      checkDataLength(n, data.length);
+      m = { t: 'data', req, firstPage, digests, data };
       break;
     }
     case MSG.END:

@@ -1,0 +1,84 @@
+/**
+ * Catalog calls (CALL) and the streaming restore (RESTORE) a server answers: thin over the Store
+ * and the maintenance API, so `--server` commands print what the local ones print.
+ */
+import { DIGEST_BYTES, PAGE_SIZE, PageKind } from '../format/pages.js';
+import { MAX_PAGES_PER_BATCH } from '../protocol/limits.js';
+import { ProtocolError } from '../protocol/errors.js';
+import type { Store } from '../store/store.js';
+import type { SnapshotRecord } from '../store/db.js';
+import { restoreSnapshot } from '../store/restore.js';
+import { storeStats } from '../maintenance/stats.js';
+import { VnstoreError } from '../util/errors.js';
+
+export type CallHandler = (store: Store, args: Record<string, unknown>) => Promise<unknown>;
+
+function optString(args: Record<string, unknown>, key: string): string | undefined {
+  const v = args[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string') throw new VnstoreError('E_USAGE', `argument ${key} must be a string`);
+  return v;
+}
+
+function needString(args: Record<string, unknown>, key: string): string {
+  const v = optString(args, key);
+  if (v === undefined) throw new VnstoreError('E_USAGE', `argument ${key} is required`);
+  return v;
+}
+
+export const CALLS: Record<string, CallHandler> = {
+  list: (store, args) => store.listSnapshots(optString(args, 'vm')),
+  resolve: (store, args) => store.resolveSnapshot(needString(args, 'id')),
+  stats: (store, args) => storeStats(store, { vm: optString(args, 'vm') }),
+};
+
+export async function runCall(store: Store, method: string, argsJson: string): Promise<string> {
+  const handler = Object.hasOwn(CALLS, method) ? CALLS[method] : undefined;
+  if (!handler) throw new VnstoreError('E_USAGE', `unknown call ${JSON.stringify(method)} (known: ${Object.keys(CALLS).join(', ')})`);
+  let args: unknown;
+  try {
+    args = JSON.parse(argsJson === '' ? '{}' : argsJson);
+  } catch {
+    throw new ProtocolError('E_MALFORMED', `arguments of ${method} are not JSON`);
+  }
+  if (typeof args !== 'object' || args === null || Array.isArray(args)) throw new ProtocolError('E_MALFORMED', `arguments of ${method} must be a JSON object`);
+  return JSON.stringify(await handler(store, args as Record<string, unknown>));
+}
+
+/** Where a restore's frames go; `send` resolves when the connection can take more (backpressure). */
+export interface DataSink {
+  send(firstPage: number, digests: Uint8Array, data: Uint8Array): Promise<void>;
+}
+
+/**
+ * Streams snapshot `record` as DATA batches of up to MAX_PAGES_PER_BATCH pages, each with its page
+ * digests (zero pages as 32 zero bytes) so the client verifies every page and the image digest.
+ */
+export async function streamRestore(store: Store, record: SnapshotRecord, out: DataSink): Promise<void> {
+  const pages = await store.loadPages(record.id);
+  const batchBytes = MAX_PAGES_PER_BATCH * PAGE_SIZE;
+  const buf = Buffer.alloc(batchBytes);
+  let fill = 0;
+  let firstPage = 0;
+  const flush = async () => {
+    const n = Math.ceil(fill / PAGE_SIZE);
+    const digests = new Uint8Array(n * DIGEST_BYTES);
+    for (let k = 0; k < n; k++) if (pages.kinds[firstPage + k] === PageKind.Digest) digests.set(pages.digestAt(firstPage + k), k * DIGEST_BYTES);
+    await out.send(firstPage, digests, buf.subarray(0, fill));
+    firstPage += n;
+    fill = 0;
+  };
+  await restoreSnapshot(store, record, {
+    // Restore lends each chunk: copy it into the batch (the DATA frame is encoded from that copy).
+    write: async (chunk) => {
+      for (let pos = 0; pos < chunk.length; ) {
+        const n = Math.min(chunk.length - pos, batchBytes - fill);
+        buf.set(chunk.subarray(pos, pos + n), fill);
+        fill += n;
+        pos += n;
+        if (fill === batchBytes) await flush();
+      }
+    },
+  });
+  if (fill > 0) await flush();
+}
