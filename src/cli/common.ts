@@ -6,6 +6,7 @@ import { createRequire } from 'node:module';
 import { Store, type OpenOptions } from '../store/store.js';
 import { VnstoreError } from '../util/errors.js';
 import { humanBytes } from '../util/units.js';
+import { readLiveServer } from '../server/address.js';
 
 export { humanBytes };
 
@@ -28,7 +29,9 @@ export const ONE_SHOT: OpenOptions = { startWorkers: 'on-demand' };
 export const CATALOG_ONLY: OpenOptions = { workers: 0, chunkTable: false };
 
 export async function withStore<T>(opts: { store?: string }, fn: (store: Store) => Promise<T>, openOptions?: OpenOptions): Promise<T> {
-  const store = await Store.open(storeDir(opts), openOptions);
+  const store = await Store.open(storeDir(opts), openOptions).catch(async (err: unknown) => {
+    throw await explainServerLock(err, storeDir(opts));
+  });
   try {
     return await fn(store);
   } finally {
@@ -45,6 +48,15 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): 
       reportError(err);
     }
   };
+}
+
+/** A store locked by a running `vnstore serve`: say which server holds it and how to go through it. */
+async function explainServerLock(err: unknown, dir: string): Promise<unknown> {
+  if (!(err instanceof VnstoreError) || err.code !== 'E_LOCKED') return err;
+  const rec = await readLiveServer(dir);
+  if (!rec) return err;
+  const addr = rec.addresses[0] ?? 'an unknown address';
+  return new VnstoreError('E_LOCKED', `store is served by vnstore server PID ${rec.pid} at ${addr}; give --server ${addr} (or set VNSTORE_SERVER) to go through it`);
 }
 
 export function reportError(err: unknown): never {

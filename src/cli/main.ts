@@ -9,6 +9,9 @@ import { registerForget } from './forget.js';
 import { registerGc } from './gc.js';
 import { registerStats } from './stats.js';
 import { registerCheck } from './check.js';
+import { registerServe } from './serve.js';
+import { registerToken } from './token.js';
+import { registerAgent } from './agent.js';
 import { ERROR_CODES } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 
@@ -28,7 +31,7 @@ program
 Store location: --store DIR, else $VNSTORE_STORE, else ./vnstore-data.
 Exit codes: 0 ok, 2 usage, 3 not a store, 4 unsupported format version, 5 store locked,
   6 unknown snapshot or VM, 7 corrupt data (check: problems found), 8 I/O error, 9 disk full, 10 unreadable input,
-  11 store exists, 12 session error, 13 ambiguous id prefix, 70 internal error.`,
+  11 store exists, 12 session error, 13 ambiguous id prefix, 14 protocol error (server), 15 access token refused, 70 internal error.`,
   );
 
 registerInit(program);
@@ -39,6 +42,9 @@ registerForget(program);
 registerGc(program);
 registerStats(program);
 registerCheck(program);
+registerServe(program);
+registerToken(program);
+registerAgent(program);
 // `bench` pulls in the workload generator and the peer-tool drivers: load it only when it can be
 // the command (or help is shown), so put/restore start-up stays lean (it is part of every timing).
 const args = process.argv.slice(2);

@@ -79,14 +79,14 @@ export class Connection {
     const req = requestIdOf(frame);
     try {
       const m = decodeMessage(frame);
-      if (!this.authed) return this.hello(m);
+      if (!this.authed) return await this.hello(m);
       await this.dispatch(m);
     } catch (err) {
       this.replyError(req, err);
     }
   }
 
-  private hello(m: Message): void {
+  private async hello(m: Message): Promise<void> {
     if (m.t !== 'hello') throw this.fatal(new ProtocolError('E_HELLO_REQUIRED', 'the first frame must be HELLO'));
     let version: number;
     try {
@@ -94,7 +94,7 @@ export class Connection {
     } catch (err) {
       throw this.fatal(err);
     }
-    if (!tokensMatch(m.token, this.server.token)) {
+    if (!tokensMatch(m.token, await this.server.currentToken())) {
       this.server.log.warn({ event: 'auth_failed', peer: this.peer });
       throw this.fatal(new ProtocolError('E_AUTH', 'access token refused (vnstore token prints the store\'s token)'));
     }

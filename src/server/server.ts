@@ -17,9 +17,11 @@ import { ServerMetrics } from './metrics.js';
 import { PreparedRegistry, type RemoteSessionState } from './sessions.js';
 import { formatAddress, type Address } from './address.js';
 import { silentLogger, type Logger } from './log.js';
+import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MEMORY_BUDGET, DEFAULT_PREPARED_TIMEOUT_MS } from './defaults.js';
 
 export interface ServerOptions {
-  token: string;
+  /** The access token, or where to read it at each HELLO (so a rotated token takes effect at once). */
+  token: string | (() => Promise<string>);
   log?: Logger;
   /** An open session with no request for this long is aborted (default 5 minutes). */
   idleTimeoutMs?: number;
@@ -29,9 +31,7 @@ export interface ServerOptions {
   memoryBudgetBytes?: number;
 }
 
-export const DEFAULT_IDLE_TIMEOUT_MS = 5 * 60_000;
-export const DEFAULT_PREPARED_TIMEOUT_MS = 30 * 60_000;
-export const DEFAULT_MEMORY_BUDGET = 64 * 2 ** 20;
+export { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_PREPARED_TIMEOUT_MS, DEFAULT_MEMORY_BUDGET };
 
 export interface TlsFiles {
   cert: Buffer;
@@ -43,7 +43,7 @@ export class VnServer {
   readonly budget: MemoryBudget;
   readonly prepared = new PreparedRegistry();
   readonly log: Logger;
-  readonly token: string;
+  private readonly tokenSource: () => Promise<string>;
   private readonly connections = new Set<Connection>();
   private readonly listeners: net.Server[] = [];
   private readonly open = new Set<RemoteSessionState>();
@@ -56,7 +56,8 @@ export class VnServer {
     readonly store: Store,
     options: ServerOptions,
   ) {
-    this.token = options.token;
+    const token = options.token;
+    this.tokenSource = typeof token === 'string' ? () => Promise.resolve(token) : token;
     this.log = options.log ?? silentLogger();
     this.idleMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
     this.preparedMs = options.preparedTimeoutMs ?? DEFAULT_PREPARED_TIMEOUT_MS;
@@ -65,6 +66,11 @@ export class VnServer {
     const every = Math.max(50, Math.min(1000, Math.floor(Math.min(this.idleMs, this.preparedMs) / 4)));
     this.sweeper = setInterval(() => void this.sweep(Date.now()), every);
     this.sweeper.unref();
+  }
+
+  /** The token HELLO must present now. */
+  currentToken(): Promise<string> {
+    return this.tokenSource();
   }
 
   /** Starts listening; resolves to the address actually bound (a port 0 becomes the real port). */
