@@ -70,6 +70,7 @@ async function serve(opts: ServeOptions): Promise<void> {
   const log = createLogger();
   const store = await Store.open(dir);
   const server = new VnServer(store, { token: () => readTokenFile(tokenFile), log, idleTimeoutMs, preparedTimeoutMs });
+  await server.adoptHeld();
   const bound: string[] = [];
   let metricsHttp: ReturnType<typeof server.metrics.httpServer> | undefined;
   try {

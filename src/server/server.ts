@@ -68,6 +68,18 @@ export class VnServer {
     this.sweeper.unref();
   }
 
+  /**
+   * Takes back the prepared snapshots a previous run held (until their deadline): a coordinator can
+   * still commit them after a restart. Call once, before listening.
+   */
+  async adoptHeld(): Promise<number> {
+    const held = await this.store.heldPrepared();
+    for (const h of held) this.prepared.add(h.prepared, h.deadline);
+    this.metrics.sessionsPrepared.set(this.prepared.size);
+    if (held.length > 0) this.log.info({ event: 'prepared_adopted', snapshots: held.map((h) => h.prepared.record.id) });
+    return held.length;
+  }
+
   /** The token HELLO must present now. */
   currentToken(): Promise<string> {
     return this.tokenSource();
@@ -125,8 +137,14 @@ export class VnServer {
     const started = process.hrtime.bigint();
     try {
       const prepared = await st.session.prepare(options);
+      const deadline = Date.now() + this.preparedMs;
+      // Held in the store: it survives a server restart until committed, aborted or timed out.
+      await this.store.holdPrepared(prepared, deadline).catch(async (err: unknown) => {
+        await this.store.abortPrepared([prepared]).catch(() => undefined);
+        throw err;
+      });
       st.prepared = prepared;
-      this.prepared.add(prepared, Date.now() + this.preparedMs);
+      this.prepared.add(prepared, deadline);
       this.metrics.sessionsPrepared.set(this.prepared.size);
       this.metrics.commitSeconds.observe({ step: 'prepare' }, seconds(started));
       this.log.info({ event: 'session_prepared', session: prepared.record.id, vm: prepared.record.vm });

@@ -20,6 +20,7 @@ export async function startServer(root: string, options: Partial<ServerOptions> 
   const storeDir = dir ?? (await initStore(root));
   const store = await Store.open(storeDir, { workers: 0 });
   const server = new VnServer(store, { token: TEST_TOKEN, ...options });
+  await server.adoptHeld();
   const address = await server.listen(parseAddress('127.0.0.1:0'));
   const clients: AgentClient[] = [];
   return {
