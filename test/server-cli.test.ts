@@ -66,6 +66,18 @@ describe('vnstore serve / token / agent', () => {
       const bad = await runCli(['agent', 'restore', '--server', srv.address, first.id], { env: { VNSTORE_TOKEN: 'nope' } });
       expect(bad.code).toBe(15);
       expect(singleErrorLine(bad.stderr)).toMatch(/access token refused/);
+      // Catalog commands and restore through the server (--server or $VNSTORE_SERVER).
+      const env = { VNSTORE_SERVER: srv.address, VNSTORE_TOKEN: readFileSync(tokenFile, 'utf8').trim() };
+      const lsRemote = await runCli(['ls', '--json', '--vm', 'web1'], { env });
+      expect(lsRemote.code).toBe(0);
+      expect((JSON.parse(lsRemote.stdout.toString()) as { id: string }[]).map((x) => x.id)).toEqual([first.id, second.id]);
+      const statsRemote = await runCli(['stats', '--json', '--server', srv.address, '--token-file', tokenFile]);
+      expect(statsRemote.code).toBe(0);
+      expect((JSON.parse(statsRemote.stdout.toString()) as { summary: { snapshots: number } }).summary.snapshots).toBe(2);
+      const out2 = path.join(root, 'out2.mem');
+      const restRemote = await runCli(['restore', first.id, '-o', out2], { env });
+      expect(restRemote.code).toBe(0);
+      expect(readFileSync(out2).equals(image)).toBe(true);
       // A local command on the served store: one line naming the server's PID and address.
       const ls = await runCli(['ls', '--store', store]);
       expect(ls.code).toBe(5);

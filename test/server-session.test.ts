@@ -157,6 +157,17 @@ describe('server sessions', () => {
       expect((await coordinator.listSnapshots()).map((x) => x.vm)).toEqual(['b']);
     }));
 
+  it('stop() returns while agents are still connected (their connections are closed)', async () => {
+    const r = await startServer(tempDir('server'));
+    const c = await r.connect();
+    const s = await c.beginSession({ vm: 'left-open' });
+    await s.writePages(0, makeImage(4, 61));
+    const stopped = await Promise.race([r.server.stop().then(() => 'stopped'), new Promise((res) => setTimeout(() => res('hung'), 5000))]);
+    expect(stopped).toBe('stopped');
+    expect(r.store.sessions.size).toBe(0);
+    await r.stop();
+  });
+
   it('an idle session times out (E_TIMEOUT) and a prepared one past its deadline is aborted', () =>
     withServer(
       async (r) => {

@@ -64,7 +64,7 @@ export class AgentClient {
     return this.call('resolve', { id: idOrPrefix });
   }
 
-  stats(options: { vm?: string } = {}): Promise<StatsReport> {
+  stats(options: { vm?: string; snapshot?: string; detail?: boolean; exact?: boolean } = {}): Promise<StatsReport> {
     return this.call('stats', options);
   }
 

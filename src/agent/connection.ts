@@ -10,6 +10,7 @@ import { ProtocolError, RemoteError } from '../protocol/errors.js';
 import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
 import { parseAddress } from '../server/address.js';
 import { VnstoreError } from '../util/errors.js';
+import { drainedOrClosed } from '../util/drain.js';
 
 export interface ConnectOptions {
   /** HOST:PORT, tls://HOST:PORT or unix:PATH (src/server/address.ts). */
@@ -87,6 +88,8 @@ export class AgentConnection {
       const onClose = () => reject(new VnstoreError('E_IO', `server ${opts.server} closed the connection during the handshake`));
       socket.on('data', onData);
       socket.once('close', onClose);
+      // Reset during the handshake: the close that follows rejects; the error must not go unhandled.
+      socket.on('error', () => undefined);
     }).catch((err: unknown) => {
       socket.destroy();
       throw err;
@@ -147,7 +150,8 @@ export class AgentConnection {
     const frame = encodeMessage({ ...m, req } as Message);
     this.outstanding++;
     const answer = new Promise<Message>((resolve, reject) => this.waiters.set(req, { resolve, reject, stream }));
-    if (!this.socket.write(frame)) await new Promise<void>((resolve) => this.socket.once('drain', resolve));
+    answer.catch(() => undefined); // the caller sees the rejection; it must not count as unhandled while we wait to send
+    if (!this.socket.write(frame)) await drainedOrClosed(this.socket); // closed: the answer fails
     return answer;
   }
 

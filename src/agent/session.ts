@@ -113,8 +113,13 @@ export class RemoteSession {
     for (const k of keep) (isZeroPage(data, k * PAGE_SIZE) ? zero : offer).push(k);
     hashPages(data, Uint32Array.from(offer), digests);
     const pending: Promise<unknown>[] = [];
+    // Requests answered while this batch still waits on its offer: their failure is seen below.
+    const track = (p: Promise<unknown>) => {
+      p.catch(() => undefined);
+      pending.push(p);
+    };
     if (zero.length > 0) {
-      pending.push(this.conn.request({ t: 'zero', sid: this.sid, ranges: zeroRanges(zero.map((k) => indices[k])) }));
+      track(this.conn.request({ t: 'zero', sid: this.sid, ranges: zeroRanges(zero.map((k) => indices[k])) }));
       this.stats.zeroPages += zero.length;
     }
     if (offer.length > 0) {
@@ -137,7 +142,7 @@ export class RemoteSession {
           dg.set(digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), j * DIGEST_BYTES);
           bytes.set(data.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE), j * PAGE_SIZE);
         }
-        pending.push(this.conn.request({ t: 'pages', sid: this.sid, indices: idx, digests: dg, data: bytes }));
+        track(this.conn.request({ t: 'pages', sid: this.sid, indices: idx, digests: dg, data: bytes }));
         this.stats.pagesSent += part.length;
       }
     }

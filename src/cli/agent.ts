@@ -1,15 +1,15 @@
 /** `vnstore agent push|restore`: store and restore images through a server (docs/PROTOCOL.md). */
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import path from 'node:path';
 import type { Command } from 'commander';
 import { PAGE_SIZE } from '../format/pages.js';
 import { MAX_OFFERS_PER_BATCH } from '../protocol/limits.js';
 import type { AgentClient } from '../agent/client.js';
 import type { RemoteSession } from '../agent/session.js';
-import { FILE_MODE, writeFully } from '../util/durable.js';
+import { writeFully } from '../util/durable.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
 import { action, progressBar, usage } from './common.js';
+import { checkOutputPath, writeOutputFile } from './output-file.js';
 import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
 
 /** Pages read and sent per call: one full OFFER. */
@@ -210,20 +210,6 @@ export async function restoreThrough(client: AgentClient, id: string, output: st
     await client.restore(id, (b) => new Promise<void>((resolve, reject) => process.stdout.write(b, (err) => (err ? reject(fromSystemError(err, 'writing standard output')) : resolve()))));
     return;
   }
-  const out = path.resolve(output);
-  if ((await fsp.stat(out).catch(() => undefined))?.isDirectory()) throw usage(`output ${out} is a directory; name a file`);
-  const tmp = path.join(path.dirname(out), `.${path.basename(out)}.vnstore-${process.pid}.tmp`);
-  let fh: FileHandle | undefined;
-  try {
-    fh = await fsp.open(tmp, 'wx', FILE_MODE);
-    const handle = fh;
-    await client.restore(id, (b) => writeFully(handle, b));
-    await fh.close();
-    fh = undefined;
-    await fsp.rename(tmp, out);
-  } catch (err) {
-    await fh?.close().catch(() => undefined);
-    await fsp.rm(tmp, { force: true }).catch(() => undefined);
-    throw fromSystemError(err, `writing ${out}`);
-  }
+  const out = await checkOutputPath(output);
+  await writeOutputFile(out, (fh) => client.restore(id, (b) => writeFully(fh, b)).then(() => undefined));
 }

@@ -1,17 +1,21 @@
 import type { Command } from 'commander';
 import { CATALOG_ONLY, action, humanBytes, storeOption, withStore } from './common.js';
+import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
 
 export function registerLs(program: Command): void {
-  program
+  const cmd = program
     .command('ls')
     .description('list committed snapshots, oldest first')
     .option('--vm <name>', 'only this VM')
     .option('--json', 'print an array of {id, vm, group, time, parent, logicalBytes, addedBytes, ...}')
-    .addOption(storeOption())
-    .action(
-      action(async (opts: { store?: string; vm?: string; json?: boolean }) => {
-        await withStore(opts, async (store) => {
-          const snaps = await store.listSnapshots(opts.vm);
+    .addOption(storeOption());
+  addRemoteOptions(cmd, false).action(
+      action(async (opts: RemoteOptions & { store?: string; vm?: string; json?: boolean }) => {
+        const server = serverAddress(opts);
+        const snaps = server
+          ? await withRemote(opts, server, (client) => client.listSnapshots(opts.vm))
+          : await withStore(opts, (store) => store.listSnapshots(opts.vm), CATALOG_ONLY);
+        {
           if (opts.json) {
             const rows = snaps.map((s) => ({
               id: s.id,
@@ -35,7 +39,7 @@ export function registerLs(program: Command): void {
           const fmt = (row: string[]) => row.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
           process.stdout.write([fmt(header), ...lines.map(fmt)].join('\n') + '\n');
           if (snaps.length === 0) process.stderr.write('(no snapshots)\n');
-        }, CATALOG_ONLY);
+        }
       }),
     );
 }

@@ -4,7 +4,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import { Option, type Command } from 'commander';
-import { AgentClient } from '../agent/client.js';
+import type { AgentClient } from '../agent/client.js';
 import { readTokenFile } from '../server/token.js';
 import { VnstoreError } from '../util/errors.js';
 
@@ -33,7 +33,9 @@ export async function connectRemote(opts: RemoteOptions, server: string): Promis
   else throw new VnstoreError('E_USAGE', "no access token: give --token-file FILE or set $VNSTORE_TOKEN (on the server's host, 'vnstore token' prints it)");
   const tlsCa = opts.tlsCa ? await fsp.readFile(opts.tlsCa).catch(() => undefined) : undefined;
   if (opts.tlsCa && !tlsCa) throw new VnstoreError('E_INPUT', `cannot read CA certificate ${opts.tlsCa}`);
-  return AgentClient.connect({ server, token, tlsCa });
+  // Loaded only when a command goes through a server.
+  const { AgentClient: Client } = await import('../agent/client.js');
+  return Client.connect({ server, token, tlsCa });
 }
 
 /** Runs `fn` with a connected client, closing it after. */

@@ -26,10 +26,17 @@ function needString(args: Record<string, unknown>, key: string): string {
   return v;
 }
 
+function optBool(args: Record<string, unknown>, key: string): boolean | undefined {
+  const v = args[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'boolean') throw new VnstoreError('E_USAGE', `argument ${key} must be true or false`);
+  return v;
+}
+
 export const CALLS: Record<string, CallHandler> = {
   list: (store, args) => store.listSnapshots(optString(args, 'vm')),
   resolve: (store, args) => store.resolveSnapshot(needString(args, 'id')),
-  stats: (store, args) => storeStats(store, { vm: optString(args, 'vm') }),
+  stats: (store, args) => storeStats(store, { vm: optString(args, 'vm'), snapshot: optString(args, 'snapshot'), detail: optBool(args, 'detail'), exact: optBool(args, 'exact') }),
 };
 
 export async function runCall(store: Store, method: string, argsJson: string): Promise<string> {

@@ -12,6 +12,7 @@ import { ProtocolError, wireCodeOf } from '../protocol/errors.js';
 import { negotiateVersion } from '../protocol/version.js';
 import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH } from '../protocol/limits.js';
 import { RemoteSessionState } from './sessions.js';
+import { drainedOrClosed } from '../util/drain.js';
 import { runCall, streamRestore } from './catalog.js';
 import { tokensMatch } from './token.js';
 import type { VnServer } from './server.js';
@@ -195,16 +196,7 @@ export class Connection {
     await streamRestore(store, record, {
       send: (firstPage, digests, data) => {
         const ok = this.send({ t: 'data', req, firstPage, digests, data });
-        if (ok || this.closed) return Promise.resolve();
-        return new Promise<void>((resolve) => {
-          const done = () => {
-            this.socket.off('drain', done);
-            this.socket.off('close', done);
-            resolve();
-          };
-          this.socket.on('drain', done);
-          this.socket.on('close', done);
-        });
+        return ok || this.closed ? Promise.resolve() : drainedOrClosed(this.socket);
       },
     });
     this.send({ t: 'end', req, json: '{}' });

@@ -222,11 +222,13 @@ export class VnServer {
   async stop(): Promise<void> {
     this.stopping = true;
     clearInterval(this.sweeper);
-    await Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.close(() => resolve()))));
+    // A listener's close callback waits for its connections to end: close them before awaiting it.
+    const closed = Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.close(() => resolve()))));
     const conns = [...this.connections];
     for (const c of conns) c.close();
     await Promise.all(conns.map((c) => c.idle.catch(() => undefined)));
     for (const c of conns) c.socket.destroy();
+    await closed;
     for (const st of [...this.open]) await this.abortSession(st, 'shutdown');
     this.log.info({ event: 'stopped', prepared: this.prepared.size });
   }
