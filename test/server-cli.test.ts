@@ -78,6 +78,22 @@ describe('vnstore serve / token / agent', () => {
       const restRemote = await runCli(['restore', first.id, '-o', out2], { env });
       expect(restRemote.code).toBe(0);
       expect(readFileSync(out2).equals(image)).toBe(true);
+      // Maintenance through the server: forget the first snapshot, gc, check --read-data.
+      const fg = await runCli(['forget', first.id, '--json'], { env });
+      expect(fg.code).toBe(0);
+      expect((JSON.parse(fg.stdout.toString()) as { forgotten: { id: string }[] }).forgotten.map((x) => x.id)).toEqual([first.id]);
+      const gc = await runCli(['gc', '--json', '--repack-below', '1'], { env });
+      expect(gc.code).toBe(0);
+      expect((JSON.parse(gc.stdout.toString()) as { live: { snapshots: number } }).live.snapshots).toBe(1);
+      const ck = await runCli(['check', '--read-data', '--json'], { env });
+      expect(ck.code).toBe(0);
+      expect((JSON.parse(ck.stdout.toString()) as { ok: boolean }).ok).toBe(true);
+      const repair = await runCli(['check', '--repair-index'], { env });
+      expect(repair.code).toBe(2);
+      expect(singleErrorLine(repair.stderr)).toMatch(/stop the server/);
+      const after = path.join(root, 'after.mem');
+      expect((await runCli(['restore', second.id, '-o', after], { env })).code).toBe(0);
+      expect(readFileSync(after).equals(next)).toBe(true);
       // A local command on the served store: one line naming the server's PID and address.
       const ls = await runCli(['ls', '--store', store]);
       expect(ls.code).toBe(5);

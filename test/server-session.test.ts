@@ -157,6 +157,27 @@ describe('server sessions', () => {
       expect((await coordinator.listSnapshots()).map((x) => x.vm)).toEqual(['b']);
     }));
 
+  it('gc runs inside the server while another agent ingests; both snapshots restore exactly', () =>
+    withServer(async (r) => {
+      const a = await r.connect();
+      const b = await r.connect();
+      const old = await a.beginSession({ vm: 'old' });
+      await old.writePages(0, makeImage(200, 71));
+      const oldRec = await old.commit();
+      await a.forget({ ids: [oldRec.id] });
+      const image = makeImage(400, 72);
+      const s = await b.beginSession({ vm: 'busy' });
+      const ingest = (async () => {
+        for (let p = 0; p < 400; p += 50) await s.writePages(p, image.subarray(p * PAGE, (p + 50) * PAGE));
+        return s.commit();
+      })();
+      const report = await a.gc({ repackBelow: 1 });
+      const rec = await ingest;
+      expect(report.result?.skipped ?? []).toEqual([]);
+      expect((await restoreRemote(a, rec.id)).equals(image)).toBe(true);
+      expect((await a.check({ readData: true })).ok).toBe(true);
+    }));
+
   it('stop() returns while agents are still connected (their connections are closed)', async () => {
     const r = await startServer(tempDir('server'));
     const c = await r.connect();

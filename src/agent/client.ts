@@ -8,6 +8,9 @@ import { hashPages, imageDigest } from '../chunk/hash.js';
 import type { SnapshotRecord } from '../store/db.js';
 import type { SessionOptions } from '../store/session.js';
 import type { StatsReport } from '../maintenance/stats.js';
+import type { GcReport } from '../maintenance/gc.js';
+import type { CheckReport } from '../maintenance/check.js';
+import type { ForgetReport } from '../maintenance/forget.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
 import type { Message } from '../protocol/messages.js';
 import { AgentConnection, resultJson, type ConnectOptions } from './connection.js';
@@ -66,6 +69,19 @@ export class AgentClient {
 
   stats(options: { vm?: string; snapshot?: string; detail?: boolean; exact?: boolean } = {}): Promise<StatsReport> {
     return this.call('stats', options);
+  }
+
+  /** gc inside the server, beside ingesting sessions. */
+  gc(options: { dryRun?: boolean; repackBelow?: number; repackSmall?: boolean } = {}): Promise<GcReport> {
+    return this.call('gc', options);
+  }
+
+  check(options: { readData?: boolean; readDataSubsetPct?: number } = {}): Promise<CheckReport> {
+    return this.call('check', options);
+  }
+
+  forget(options: { ids?: string[]; groups?: string[]; keepLast?: number; keepWithinMs?: number; vm?: string; dryRun?: boolean }): Promise<ForgetReport> {
+    return this.call('forget', options);
   }
 
   /**

@@ -9,6 +9,9 @@ import type { Store } from '../store/store.js';
 import type { SnapshotRecord } from '../store/db.js';
 import { restoreSnapshot } from '../store/restore.js';
 import { storeStats } from '../maintenance/stats.js';
+import { runGc } from '../maintenance/gc.js';
+import { checkStore } from '../maintenance/check.js';
+import { forget } from '../maintenance/forget.js';
 import { VnstoreError } from '../util/errors.js';
 
 export type CallHandler = (store: Store, args: Record<string, unknown>) => Promise<unknown>;
@@ -33,10 +36,40 @@ function optBool(args: Record<string, unknown>, key: string): boolean | undefine
   return v;
 }
 
+function optNumber(args: Record<string, unknown>, key: string): number | undefined {
+  const v = args[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new VnstoreError('E_USAGE', `argument ${key} must be a number`);
+  return v;
+}
+
+function optStrings(args: Record<string, unknown>, key: string): string[] | undefined {
+  const v = args[key];
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw new VnstoreError('E_USAGE', `argument ${key} must be a list of strings`);
+  return v as string[];
+}
+
+/**
+ * Catalog and maintenance calls. gc, check and forget run inside the server beside ingesting sessions
+ * (the store's own fences make that safe); check's index repair is not offered: it needs the store
+ * to itself.
+ */
 export const CALLS: Record<string, CallHandler> = {
   list: (store, args) => store.listSnapshots(optString(args, 'vm')),
   resolve: (store, args) => store.resolveSnapshot(needString(args, 'id')),
   stats: (store, args) => storeStats(store, { vm: optString(args, 'vm'), snapshot: optString(args, 'snapshot'), detail: optBool(args, 'detail'), exact: optBool(args, 'exact') }),
+  gc: (store, args) => runGc(store, { dryRun: optBool(args, 'dryRun'), repackBelow: optNumber(args, 'repackBelow'), repackSmall: optBool(args, 'repackSmall') }),
+  check: (store, args) => checkStore(store, { readData: optBool(args, 'readData'), readDataSubsetPct: optNumber(args, 'readDataSubsetPct') }),
+  forget: (store, args) =>
+    forget(store, {
+      ids: optStrings(args, 'ids') ?? [],
+      groups: optStrings(args, 'groups'),
+      keepLast: optNumber(args, 'keepLast'),
+      keepWithinMs: optNumber(args, 'keepWithinMs'),
+      vm: optString(args, 'vm'),
+      dryRun: optBool(args, 'dryRun'),
+    }),
 };
 
 export async function runCall(store: Store, method: string, argsJson: string): Promise<string> {
