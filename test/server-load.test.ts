@@ -230,3 +230,40 @@ function blast(address: string, bytes: Buffer): Promise<void> {
     });
   });
 }
+
+describe('server backpressure', () => {
+  it('an agent that sends 48 MiB of page batches and never reads an answer holds the server to its window', async () => {
+    const r = await startServer(tempDir('stall'));
+    try {
+      const { blake3 } = await import('@napi-rs/blake-hash');
+      const [host, port] = [r.address.slice(0, r.address.lastIndexOf(':')), Number(r.address.slice(r.address.lastIndexOf(':') + 1))];
+      const sock = net.connect(port, host);
+      await new Promise((res) => sock.once('connect', res));
+      sock.pause(); // never reads the server's answers
+      sock.write(helloFrame(TEST_TOKEN));
+      sock.write(encodeMessage({ t: 'begin', req: 1, sid: 1, vm: 'stalled', parent: 'none' }));
+      const pages = 256;
+      const data = Buffer.concat(Array.from({ length: pages }, (_, k) => makePage('random', k)));
+      const digests = Buffer.concat(Array.from({ length: pages }, (_, k) => blake3(data.subarray(k * PAGE, (k + 1) * PAGE))));
+      const frame = encodeMessage({ t: 'pages', req: 2, sid: 1, indices: Uint32Array.from({ length: pages }, (_, k) => k), digests, data });
+      let maxBudget = 0;
+      const sampler = setInterval(() => (maxBudget = Math.max(maxBudget, r.server.budget.inUse)), 1);
+      let written = 0;
+      // Write 48 frames (48 MiB of pages), waiting for the kernel to take each: once the server stops
+      // reading, writes block (the agent is held back), and the server's frame memory stays bounded.
+      const deadline = Date.now() + 20_000;
+      for (let i = 0; i < 48 && Date.now() < deadline; i++) {
+        if (!sock.write(frame)) await Promise.race([new Promise((res) => sock.once('drain', res)), new Promise((res) => setTimeout(res, 500))]);
+        written++;
+      }
+      await new Promise((res) => setTimeout(res, 300));
+      clearInterval(sampler);
+      expect(written).toBeGreaterThan(0);
+      // At most the window (8 frames) of ~1 MiB each is held as received-but-unhandled frames.
+      expect(maxBudget).toBeLessThanOrEqual(8 * frame.length);
+      sock.destroy();
+    } finally {
+      await r.stop();
+    }
+  });
+});
