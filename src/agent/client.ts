@@ -4,7 +4,7 @@
  * image digest of the catalog record).
  */
 import { DIGEST_BYTES, PAGE_SIZE, PageTable } from '../format/pages.js';
-import { hashPages, imageDigest } from '../chunk/hash.js';
+import { hashPages, imageDigest, isZeroPage } from '../chunk/hash.js';
 import type { SnapshotRecord } from '../store/db.js';
 import type { SessionOptions } from '../store/session.js';
 import type { StatsReport } from '../maintenance/stats.js';
@@ -134,6 +134,8 @@ export class AgentClient {
   }
 }
 
+const ZERO_DIGEST = new Uint8Array(DIGEST_BYTES);
+
 /** Checks one DATA batch: its place in the stream and each page's bytes against its digest. */
 function verifyBatch(record: SnapshotRecord, pages: PageTable, expectPage: number, firstPage: number, digests: Uint8Array, data: Uint8Array): void {
   const n = digests.length / DIGEST_BYTES;
@@ -145,8 +147,8 @@ function verifyBatch(record: SnapshotRecord, pages: PageTable, expectPage: numbe
   const nonZero: number[] = [];
   for (let k = 0; k < n; k++) {
     const d = digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES);
-    if (d.every((b) => b === 0)) {
-      if (!whole.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE).every((b) => b === 0)) throw new CorruptError(`snapshot ${record.id}: page ${firstPage + k} should be zero`);
+    if (Buffer.compare(d, ZERO_DIGEST) === 0) {
+      if (!isZeroPage(whole, k * PAGE_SIZE)) throw new CorruptError(`snapshot ${record.id}: page ${firstPage + k} should be zero`);
       pages.setZero(firstPage + k);
     } else nonZero.push(k);
   }
