@@ -40,6 +40,7 @@ export class AgentConnection {
   private nextReq = 1;
   private outstanding = 0;
   private failure: Error | undefined;
+  private drainWait: Promise<void> | undefined;
   private constructor(
     private readonly socket: net.Socket,
     readonly window: number,
@@ -151,7 +152,11 @@ export class AgentConnection {
     this.outstanding++;
     const answer = new Promise<Message>((resolve, reject) => this.waiters.set(req, { resolve, reject, stream }));
     answer.catch(() => undefined); // the caller sees the rejection; it must not count as unhandled while we wait to send
-    if (!this.socket.write(frame)) await drainedOrClosed(this.socket); // closed: the answer fails
+    if (!this.socket.write(frame)) {
+      // One wait shared by every writer held back (not a pair of listeners each); closed: the answer fails.
+      this.drainWait ??= drainedOrClosed(this.socket).finally(() => (this.drainWait = undefined));
+      await this.drainWait;
+    }
     return answer;
   }
 
