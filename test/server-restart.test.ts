@@ -45,6 +45,33 @@ describe('prepared sessions across a restart', () => {
     await third.stop();
   });
 
+  it('a coordinator aborts a group prepared before a restart: all members or none', async () => {
+    const root = tempDir('restart');
+    const first = await startServer(root);
+    const ids: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const c = await first.connect();
+      const s = await c.beginSession({ vm: `a${i}`, group: 'g2' });
+      await s.writePages(0, makeImage(12, 60 + i));
+      ids.push((await s.prepare()).id);
+    }
+    await first.stop();
+    const second = await startServer(root, {}, first.dir);
+    try {
+      const c = await second.connect();
+      // One id that is not prepared: nothing is aborted.
+      await expect(c.abortPrepared([...ids, 'ffffffffffffffff'])).rejects.toMatchObject({ wire: 'E_SESSION_STATE' });
+      expect(second.server.prepared.size).toBe(2);
+      await c.abortPrepared(ids);
+      expect(second.server.prepared.size).toBe(0);
+      for (const id of ids) expect(existsSync(second.store.manifestPath(id))).toBe(false);
+      await expect(c.commitPrepared(ids, { id: 'g2' })).rejects.toMatchObject({ wire: 'E_SESSION_STATE' });
+      expect(await c.listSnapshots()).toEqual([]);
+    } finally {
+      await second.stop();
+    }
+  });
+
   it('held prepared snapshots past their deadline are aborted after a restart, manifests removed', async () => {
     const root = tempDir('restart');
     const first = await startServer(root, { preparedTimeoutMs: 400 });

@@ -51,8 +51,11 @@ export class AgentClient {
     return records;
   }
 
-  async abortPrepared(prepared: RemotePrepared[]): Promise<void> {
-    for (const p of prepared) await p.session.abort();
+  /** Aborts prepared snapshots, of this agent or of others (by id): all of them or, on an error, none. */
+  async abortPrepared(prepared: (RemotePrepared | string)[]): Promise<void> {
+    const ids = prepared.map((p) => (typeof p === 'string' ? p : p.id));
+    await this.call('abort-prepared', { ids });
+    for (const p of prepared) if (typeof p !== 'string') p.session.markDone();
   }
 
   private async call<T>(method: string, args: object = {}): Promise<T> {

@@ -123,6 +123,11 @@ export class Connection {
         return this.result(m.req, records);
       }
       case 'call':
+        if (m.method === 'abort-prepared') {
+          // Server state, not the store's: prepared snapshots waiting for a coordinator.
+          await s.abortPreparedIds(parseIds(m.args));
+          return this.result(m.req, {});
+        }
         this.send({ t: 'result', req: m.req, json: await runCall(s.store, m.method, m.args) });
         return;
       case 'restore':
@@ -259,6 +264,17 @@ class FatalError extends Error {
   constructor(readonly inner: unknown) {
     super(inner instanceof Error ? inner.message : String(inner));
   }
+}
+
+function parseIds(argsJson: string): string[] {
+  let ids: unknown;
+  try {
+    ids = (JSON.parse(argsJson) as { ids?: unknown }).ids;
+  } catch {
+    throw new ProtocolError('E_MALFORMED', 'arguments of abort-prepared are not JSON');
+  }
+  if (!Array.isArray(ids) || ids.some((x) => typeof x !== 'string')) throw new ProtocolError('E_MALFORMED', 'abort-prepared takes {"ids": [snapshot id, ...]}');
+  return ids as string[];
 }
 
 /** The request id of a client frame, read before decoding so even a malformed one is answered by id. */

@@ -187,6 +187,18 @@ export class VnServer {
     }
   }
 
+  /**
+   * Aborts prepared snapshots by id, of any connection (a coordinator giving up on a group): all the
+   * named ones must be waiting for a commit, or none is touched.
+   */
+  async abortPreparedIds(ids: string[]): Promise<void> {
+    const list = this.prepared.take(ids);
+    this.prepared.remove(ids);
+    this.metrics.sessionsPrepared.set(this.prepared.size);
+    await this.store.abortPrepared(list);
+    this.log.info({ event: 'prepared_abort', snapshots: ids, reason: 'coordinator' });
+  }
+
   async abortSession(st: RemoteSessionState, by?: 'timeout' | 'shutdown'): Promise<void> {
     if (st.phase === 'open') {
       st.stage = 'aborted';
