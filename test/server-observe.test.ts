@@ -1,6 +1,6 @@
 /** Metrics over HTTP, TLS on request, and one backend interface for a local store or a server. */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
@@ -62,6 +62,29 @@ describe('server observability and transports', () => {
       const c = await AgentClient.connect({ server: address, token: TEST_TOKEN, tlsCa: readFileSync(cert) });
       const image = makeImage(40, 8, 100);
       const s = await c.beginSession({ vm: 'tls' });
+      await s.writePages(0, image);
+      const rec = await s.commit();
+      expect((await restoreRemote(c, rec.id)).equals(image)).toBe(true);
+      await c.close();
+    } finally {
+      await server.stop();
+      await store.close();
+    }
+  });
+
+  it('a Unix socket (mode 0600) serves agents as TCP does', async () => {
+    const root = tempDir('unix');
+    const store = await Store.open(await initStore(root), { workers: 0 });
+    const { VnServer } = await import('../src/server/server.js');
+    const server = new VnServer(store, { token: TEST_TOKEN });
+    try {
+      const sock = path.join(root, 'vnstore.sock');
+      const address = await server.listen({ kind: 'unix', path: sock });
+      expect(address).toBe(`unix:${sock}`);
+      expect(statSync(sock).mode & 0o777).toBe(0o600);
+      const c = await AgentClient.connect({ server: address, token: TEST_TOKEN });
+      const image = makeImage(20, 10);
+      const s = await c.beginSession({ vm: 'u' });
       await s.writePages(0, image);
       const rec = await s.commit();
       expect((await restoreRemote(c, rec.id)).equals(image)).toBe(true);
