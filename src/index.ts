@@ -6,3 +6,6 @@ export type { SnapshotRecord, GroupRecord, PackRecord } from './store/db.js';
 export { VnstoreError, CorruptError, ERROR_CODES, type ErrorCode } from './util/errors.js';
 export { PAGE_SIZE } from './format/pages.js';
 export * from './maintenance/index.js'; // forget, gc, check, stats (docs/OPERATIONS.md)
+export * from './agent/index.js'; // client of `vnstore serve` (docs/PROTOCOL.md)
+export { VnServer, type ServerOptions } from './server/server.js';
+export { ProtocolError, RemoteError, WIRE_CODES, type WireCode } from './protocol/errors.js';

@@ -2,8 +2,9 @@ import type { Command } from 'commander';
 import type { CheckReport } from '../maintenance/check.js';
 import { VnstoreError } from '../util/errors.js';
 import { action, humanBytes, storeOption, lockWaitOption, usage, withStore } from './common.js';
+import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
 
-interface CheckCliOptions {
+interface CheckCliOptions extends RemoteOptions {
   store?: string;
   readData?: boolean;
   readDataSubset?: string;
@@ -12,7 +13,7 @@ interface CheckCliOptions {
 }
 
 export function registerCheck(program: Command): void {
-  program
+  const cmd = program
     .command('check')
     .description('verify the store: packs, index, manifests, catalog, counters; optionally re-read all data or repair the index')
     .option('--read-data', 're-read every pack: payload checksum, decode and re-hash every chunk')
@@ -20,7 +21,8 @@ export function registerCheck(program: Command): void {
     .option('--repair-index', 'rebuild the chunk index from the packs (re-hashing every chunk); corrupt packs are salvaged and moved to quarantine/')
     .option('--json', 'print {ok, problems[], warnings[], checked, counters, repair, next[], seconds}')
     .addOption(storeOption())
-    .addOption(lockWaitOption())
+    .addOption(lockWaitOption());
+  addRemoteOptions(cmd, false)
     .addHelpText(
       'after',
       `
@@ -41,16 +43,20 @@ Examples:
           subset = m ? Number(m[1]) : NaN;
           if (!(subset > 0 && subset <= 100)) throw usage(`--read-data-subset takes a percentage in (0, 100], got ${JSON.stringify(opts.readDataSubset)}`);
         }
-        await withStore(opts, async (store) => {
-          // Loaded when the command runs, so that other commands do not pay for it at start-up.
-          const { checkStore } = await import('../maintenance/check.js');
-          const report = await checkStore(store, { readData: opts.readData, readDataSubsetPct: subset, repairIndex: opts.repairIndex });
-          if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-          else process.stdout.write(render(report));
-          if (!report.ok) {
-            throw new VnstoreError('E_CORRUPT', `check found ${report.problems.length} problem(s)${report.next.length ? `; next: ${report.next[0]}` : ''}`);
-          }
-        });
+        const server = serverAddress(opts);
+        if (server && opts.repairIndex) throw usage('--repair-index needs the store to itself: stop the server and run it locally');
+        const report = server
+          ? await withRemote(opts, server, (client) => client.check({ readData: opts.readData, readDataSubsetPct: subset }))
+          : await withStore(opts, async (store) => {
+              // Loaded when the command runs, so that other commands do not pay for it at start-up.
+              const { checkStore } = await import('../maintenance/check.js');
+              return checkStore(store, { readData: opts.readData, readDataSubsetPct: subset, repairIndex: opts.repairIndex });
+            });
+        if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+        else process.stdout.write(render(report));
+        if (!report.ok) {
+          throw new VnstoreError('E_CORRUPT', `check found ${report.problems.length} problem(s)${report.next.length ? `; next: ${report.next[0]}` : ''}`);
+        }
       }),
     );
 }

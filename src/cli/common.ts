@@ -8,6 +8,7 @@ import { Store, type OpenOptions } from '../store/store.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
 import { humanBytes } from '../util/units.js';
 import { openWaitingForLock } from './lock-wait.js';
+import { readLiveServer } from '../server/address.js';
 
 export { humanBytes };
 
@@ -58,7 +59,9 @@ export async function assertStorePath(dir: string, forInit = false): Promise<voi
 export async function withStore<T>(opts: { store?: string; lockWait?: number }, fn: (store: Store) => Promise<T>, openOptions?: OpenOptions): Promise<T> {
   const dir = storeDir(opts);
   await assertStorePath(dir);
-  const store = await openWaitingForLock(() => Store.open(dir, openOptions), (opts.lockWait ?? 0) * 1000);
+  const store = await openWaitingForLock(() => Store.open(dir, openOptions), (opts.lockWait ?? 0) * 1000).catch(async (err: unknown) => {
+    throw await explainServerLock(err, dir);
+  });
   try {
     return await fn(store);
   } finally {
@@ -75,6 +78,15 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): 
       reportError(err);
     }
   };
+}
+
+/** A store locked by a running `vnstore serve`: say which server holds it and how to go through it. */
+async function explainServerLock(err: unknown, dir: string): Promise<unknown> {
+  if (!(err instanceof VnstoreError) || err.code !== 'E_LOCKED') return err;
+  const rec = await readLiveServer(dir);
+  if (!rec) return err;
+  const addr = rec.addresses[0] ?? 'an unknown address';
+  return new VnstoreError('E_LOCKED', `store is served by vnstore server PID ${rec.pid} at ${addr}; give --server ${addr} (or set VNSTORE_SERVER) to go through it`);
 }
 
 export function reportError(err: unknown): never {

@@ -3,8 +3,9 @@ import { InvalidArgumentError, Option } from 'commander';
 import type { ForgetDecision } from '../maintenance/forget.js';
 import type { CalendarRules, CalendarUnit } from '../maintenance/retention.js';
 import { CATALOG_ONLY, action, humanBytes, storeOption, lockWaitOption, usage, withStore } from './common.js';
+import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
 
-interface ForgetOptions {
+interface ForgetOptions extends RemoteOptions {
   store?: string;
   group?: string[];
   keepLast?: string;
@@ -20,7 +21,7 @@ interface ForgetOptions {
 }
 
 export function registerForget(program: Command): void {
-  program
+  const cmd = program
     .command('forget')
     .description('remove snapshots from the catalog (by id, by group, or by a retention policy); space comes back with gc')
     .argument('[id...]', 'snapshot ids (or unique prefixes); a member of a group snapshot forgets the whole group')
@@ -36,7 +37,8 @@ export function registerForget(program: Command): void {
     .option('--dry-run', 'list what would be forgotten and why; change nothing')
     .option('--json', 'print {dryRun, forgotten[], kept[], groupsForgotten[], manifestsKeptAsBase[], manifestsRemoved, logicalBytesForgotten}')
     .addOption(storeOption())
-    .addOption(lockWaitOption())
+    .addOption(lockWaitOption());
+  addRemoteOptions(cmd, false)
     .addHelpText(
       'after',
       `
@@ -69,30 +71,26 @@ Examples:
         if (ids.length === 0 && !opts.group?.length && keepLast === undefined && keepWithinMs === undefined && !anyCalendar) {
           throw usage('nothing to forget: name snapshots, --group, or a policy (--keep-last, --keep-within, --keep-daily, ...)');
         }
-        await withStore(
-          opts,
-          async (store) => {
-            const report = await forget(store, { ids, groups: opts.group, keepLast, keepWithinMs, calendar: anyCalendar ? calendar : undefined, vm: opts.vm, dryRun: opts.dryRun });
-            if (opts.json) {
-              process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-              return;
-            }
-            const verb = report.dryRun ? 'would forget' : 'forgot';
-            const out: string[] = [];
-            out.push(`${verb} ${report.forgotten.length} snapshot(s), ${humanBytes(report.logicalBytesForgotten)} logical${report.groupsForgotten.length ? `, groups: ${report.groupsForgotten.join(', ')}` : ''}`);
-            if (report.forgotten.length > 0) out.push(...table(report.forgotten));
-            if (report.kept.length > 0 && (keepLast !== undefined || keepWithinMs !== undefined || anyCalendar)) {
-              out.push(`keeping ${report.kept.length} snapshot(s)`);
-              out.push(...table(report.kept));
-            }
-            if (report.manifestsKeptAsBase.length > 0) {
-              out.push(`manifests kept as delta bases of kept snapshots: ${report.manifestsKeptAsBase.join(', ')}`);
-            }
-            if (!report.dryRun && report.forgotten.length > 0) out.push("run 'vnstore gc' to reclaim the space");
-            process.stdout.write(out.join('\n') + '\n');
-          },
-          CATALOG_ONLY,
-        );
+        const request = { ids, groups: opts.group, keepLast, keepWithinMs, calendar: anyCalendar ? calendar : undefined, vm: opts.vm, dryRun: opts.dryRun };
+        const server = serverAddress(opts);
+        const report = server ? await withRemote(opts, server, (client) => client.forget(request)) : await withStore(opts, (store) => forget(store, request), CATALOG_ONLY);
+        if (opts.json) {
+          process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+          return;
+        }
+        const verb = report.dryRun ? 'would forget' : 'forgot';
+        const out: string[] = [];
+        out.push(`${verb} ${report.forgotten.length} snapshot(s), ${humanBytes(report.logicalBytesForgotten)} logical${report.groupsForgotten.length ? `, groups: ${report.groupsForgotten.join(', ')}` : ''}`);
+        if (report.forgotten.length > 0) out.push(...table(report.forgotten));
+        if (report.kept.length > 0 && (keepLast !== undefined || keepWithinMs !== undefined || anyCalendar)) {
+          out.push(`keeping ${report.kept.length} snapshot(s)`);
+          out.push(...table(report.kept));
+        }
+        if (report.manifestsKeptAsBase.length > 0) {
+          out.push(`manifests kept as delta bases of kept snapshots: ${report.manifestsKeptAsBase.join(', ')}`);
+        }
+        if (!report.dryRun && report.forgotten.length > 0) out.push("run 'vnstore gc' to reclaim the space");
+        process.stdout.write(out.join('\n') + '\n');
       }),
     );
 }

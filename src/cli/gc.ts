@@ -3,8 +3,9 @@ import type { GcReport } from '../maintenance/gc.js';
 import { DEFAULT_REPACK_BELOW } from '../maintenance/gc-plan.js';
 import { VnstoreError } from '../util/errors.js';
 import { action, humanBytes, storeOption, lockWaitOption, usage, withStore } from './common.js';
+import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
 
-interface GcCliOptions {
+interface GcCliOptions extends RemoteOptions {
   store?: string;
   dryRun?: boolean;
   repackBelow?: string;
@@ -14,7 +15,7 @@ interface GcCliOptions {
 }
 
 export function registerGc(program: Command): void {
-  program
+  const cmd = program
     .command('gc')
     .description('reclaim space: drop packs with no live chunk, rewrite sparse packs (copying live chunks as stored)')
     .option('--dry-run', 'print the plan and the bytes it would reclaim; change nothing')
@@ -23,7 +24,8 @@ export function registerGc(program: Command): void {
     .option('--verbose', 'list every pack with its decision')
     .option('--json', 'print {dryRun, live, plan, keptBasesUnneeded, result, seconds} with exact integers')
     .addOption(storeOption())
-    .addOption(lockWaitOption())
+    .addOption(lockWaitOption());
+  addRemoteOptions(cmd, false)
     .addHelpText(
       'after',
       `
@@ -39,17 +41,21 @@ Examples:
       action(async (opts: GcCliOptions) => {
         const f = Number(opts.repackBelow);
         if (!/^(0(\.\d+)?|1(\.0*)?|\.\d+)$/.test(opts.repackBelow ?? '') || !(f > 0 && f <= 1)) throw usage(`--repack-below takes a fraction in (0, 1], got ${JSON.stringify(opts.repackBelow)}`);
-        await withStore(opts, async (store) => {
-          // Loaded when the command runs, so that other commands do not pay for it at start-up.
-          const { runGc } = await import('../maintenance/gc.js');
-          const report = await runGc(store, { dryRun: opts.dryRun, repackBelow: f, repackSmall: opts.repackSmall });
-          if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-          else process.stdout.write(render(report, opts.verbose ?? false));
-          const skipped = report.result?.skipped ?? [];
-          if (skipped.length > 0) {
-            throw new VnstoreError('E_CORRUPT', `gc left ${skipped.length} step(s) undone: ${skipped[0].reason}`);
-          }
-        });
+        const gcOpts = { dryRun: opts.dryRun, repackBelow: f, repackSmall: opts.repackSmall };
+        const server = serverAddress(opts);
+        const report = server
+          ? await withRemote(opts, server, (client) => client.gc(gcOpts)) // runs inside the server, beside ingest
+          : await withStore(opts, async (store) => {
+              // Loaded when the command runs, so that other commands do not pay for it at start-up.
+              const { runGc } = await import('../maintenance/gc.js');
+              return runGc(store, gcOpts);
+            });
+        if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+        else process.stdout.write(render(report, opts.verbose ?? false));
+        const skipped = report.result?.skipped ?? [];
+        if (skipped.length > 0) {
+          throw new VnstoreError('E_CORRUPT', `gc left ${skipped.length} step(s) undone: ${skipped[0].reason}`);
+        }
       }),
     );
 }

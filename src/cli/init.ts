@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { Store } from '../store/store.js';
+import { tokenPath, writeNewToken } from '../server/token.js';
 import { action, assertStorePath, storeDir, storeOption } from './common.js';
 
 export function registerInit(program: Command): void {
@@ -13,7 +14,9 @@ export function registerInit(program: Command): void {
         const dir = storeDir(opts);
         await assertStorePath(dir, true);
         const config = await Store.init(dir);
-        if (opts.json) process.stdout.write(JSON.stringify({ dir, ...config }) + '\n');
+        // The token agents present to `vnstore serve` (0600; `vnstore token` prints it).
+        await writeNewToken(dir);
+        if (opts.json) process.stdout.write(JSON.stringify({ dir, ...config, tokenFile: tokenPath(dir) }) + '\n');
         else process.stdout.write(`created store ${dir} (format version ${config.version})\n`);
       }),
     );

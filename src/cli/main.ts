@@ -13,6 +13,9 @@ import { printVersion, registerVersion } from './version.js';
 import { registerDiff } from './diff.js';
 import { registerCompletion } from './completion.js';
 import { registerQemu } from './qemu.js';
+import { registerServe } from './serve.js';
+import { registerToken } from './token.js';
+import { registerAgent } from './agent.js';
 import { ERROR_CODES } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 
@@ -33,7 +36,7 @@ program
 Store location: --store DIR, else $VNSTORE_STORE, else ./vnstore-data.
 Exit codes: 0 ok, 2 usage, 3 not a store, 4 unsupported format version, 5 store locked,
   6 unknown snapshot or VM, 7 corrupt data (check: problems found), 8 I/O error, 9 disk full, 10 unreadable input,
-  11 store exists, 12 session error, 13 ambiguous id prefix, 70 internal error.`,
+  11 store exists, 12 session error, 13 ambiguous id prefix, 14 protocol error (server), 15 access token refused, 70 internal error.`,
   );
 
 registerInit(program);
@@ -48,6 +51,9 @@ registerVersion(program);
 registerDiff(program);
 registerCompletion(program);
 registerQemu(program);
+registerServe(program);
+registerToken(program);
+registerAgent(program);
 // `bench` pulls in the workload generator and the peer-tool drivers: load it only when it can be
 // the command (or help is shown), so put/restore start-up stays lean (it is part of every timing).
 const args = process.argv.slice(2);

@@ -1,14 +1,14 @@
-import { promises as fsp } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
-import path from 'node:path';
 import type { Command } from 'commander';
 import { restoreSnapshot } from '../store/restore.js';
-import { FILE_MODE, writeFully } from '../util/durable.js';
+import { writeFully } from '../util/durable.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
 import { ONE_SHOT, action, progressBar, storeOption, lockWaitOption, withStore } from './common.js';
+import { checkOutputPath, writeOutputFile } from './output-file.js';
+import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
+import { restoreThrough } from './agent.js';
 
 export function registerRestore(program: Command): void {
-  program
+  const cmd = program
     .command('restore')
     .description('write a snapshot back as its exact original bytes, verifying every chunk and the image digest')
     .argument('<id>', 'snapshot id (or a unique prefix of at least 4 hex digits)')
@@ -16,10 +16,17 @@ export function registerRestore(program: Command): void {
     .option('--sync', 'with -o: also fsync the file before it appears under its name (durable against power loss)')
     .option('--no-sparse', 'with -o: write zero pages out instead of leaving holes (holes read back as zeros)')
     .addOption(storeOption())
-    .addOption(lockWaitOption())
+    .addOption(lockWaitOption());
+  addRemoteOptions(cmd, false)
     .addHelpText('after', '\nOn stdout a failed restore exits non-zero after partial output: check the exit status before using it.\n')
     .action(
-      action(async (id: string, opts: { store?: string; output?: string; sync?: boolean; sparse?: boolean }) => {
+      action(async (id: string, opts: RemoteOptions & { store?: string; lockWait?: number; output?: string; sync?: boolean; sparse?: boolean }) => {
+        const server = serverAddress(opts);
+        if (server) {
+          // Through the server: every page and the image digest are verified here (vnstore agent restore).
+          await withRemote(opts, server, (client) => restoreThrough(client, id, opts.output));
+          return;
+        }
         await withStore(opts, async (store) => {
           const record = await store.resolveSnapshot(id);
           const bar = progressBar(`restore ${record.id}`, opts.output ? record.byteLength : 0);
@@ -38,36 +45,24 @@ export function registerRestore(program: Command): void {
             }
             return;
           }
-          const out = path.resolve(opts.output);
-          // Refused before any work: the temp file would be written in full, then fail to replace it.
-          if ((await fsp.stat(out).catch(() => undefined))?.isDirectory()) throw new VnstoreError('E_USAGE', `output ${out} is a directory; name a file`);
-          // The temp file goes next to the output: a missing directory must be named as the user wrote it.
-          const parent = await fsp.stat(path.dirname(out)).catch(() => undefined);
-          if (!parent) throw new VnstoreError('E_USAGE', `cannot write ${opts.output}: directory ${path.dirname(out)} does not exist`);
-          if (!parent.isDirectory()) throw new VnstoreError('E_USAGE', `cannot write ${opts.output}: ${path.dirname(out)} is not a directory`);
-          const tmp = path.join(path.dirname(out), `.${path.basename(out)}.vnstore-${process.pid}.tmp`);
-          let fh: FileHandle | undefined;
+          const out = await checkOutputPath(opts.output);
           try {
-            fh = await fsp.open(tmp, 'wx', FILE_MODE);
-            const handle = fh;
-            const sink = opts.sparse
-              ? {
-                  write: (b: Uint8Array) => writeFully(handle, b),
-                  writeAt: (b: Uint8Array, pos: number) => writeFully(handle, b, pos),
-                  setLength: (n: number) => handle.truncate(n),
-                  filePath: tmp, // the page workers write verified windows into it directly
-                  name: out,
-                }
-              : { write: (b: Uint8Array) => writeFully(handle, b) };
-            await restoreSnapshot(store, record, sink, (done) => bar.update(done));
-            if (opts.sync) await fh.sync();
-            await fh.close();
-            fh = undefined;
-            await fsp.rename(tmp, out);
-          } catch (err) {
-            await fh?.close().catch(() => undefined);
-            await fsp.rm(tmp, { force: true }).catch(() => undefined);
-            throw fromSystemError(err, `writing ${out}`);
+            await writeOutputFile(
+              out,
+              async (handle, tmp) => {
+                const sink = opts.sparse
+                  ? {
+                      write: (b: Uint8Array) => writeFully(handle, b),
+                      writeAt: (b: Uint8Array, pos: number) => writeFully(handle, b, pos),
+                      setLength: (n: number) => handle.truncate(n),
+                      filePath: tmp, // the page workers write verified windows into it directly
+                      name: out,
+                    }
+                  : { write: (b: Uint8Array) => writeFully(handle, b) };
+                await restoreSnapshot(store, record, sink, (done) => bar.update(done));
+              },
+              opts.sync,
+            );
           } finally {
             bar.stop();
           }

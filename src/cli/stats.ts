@@ -1,8 +1,9 @@
 import type { Command } from 'commander';
 import type { StatsReport } from '../maintenance/stats.js';
 import { CATALOG_ONLY, action, humanBytes, storeOption, lockWaitOption, withStore } from './common.js';
+import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
 
-interface StatsCliOptions {
+interface StatsCliOptions extends RemoteOptions {
   store?: string;
   vm?: string;
   snapshot?: string;
@@ -12,7 +13,7 @@ interface StatsCliOptions {
 }
 
 export function registerStats(program: Command): void {
-  program
+  const cmd = program
     .command('stats')
     .description('what the store holds and saves: logical vs stored bytes, dedup and compression, per VM and snapshot, sharing, garbage')
     .option('--vm <name>', 'one VM: its snapshots, unique bytes and sharing (implies --detail)')
@@ -21,7 +22,8 @@ export function registerStats(program: Command): void {
     .option('--exact', 'recount the summary from manifests and the index and report whether the counters drifted')
     .option('--json', 'print exact integers with stable field names (docs/OPERATIONS.md)')
     .addOption(storeOption())
-    .addOption(lockWaitOption())
+    .addOption(lockWaitOption());
+  addRemoteOptions(cmd, false)
     .addHelpText(
       'after',
       `
@@ -36,13 +38,21 @@ Examples:
     )
     .action(
       action(async (opts: StatsCliOptions) => {
-        await withStore(opts, async (store) => {
-          // Loaded when the command runs, so that other commands do not pay for it at start-up.
-          const { storeStats } = await import('../maintenance/stats.js');
-          const r = await storeStats(store, { vm: opts.vm, snapshot: opts.snapshot, detail: opts.detail, exact: opts.exact });
-          if (opts.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
-          else process.stdout.write(render(r));
-        }, CATALOG_ONLY);
+        const what = { vm: opts.vm, snapshot: opts.snapshot, detail: opts.detail, exact: opts.exact };
+        const server = serverAddress(opts);
+        const r = server
+          ? await withRemote(opts, server, (client) => client.stats(what))
+          : await withStore(
+              opts,
+              async (store) => {
+                // Loaded when the command runs, so that other commands do not pay for it at start-up.
+                const { storeStats } = await import('../maintenance/stats.js');
+                return storeStats(store, what);
+              },
+              CATALOG_ONLY,
+            );
+        if (opts.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+        else process.stdout.write(render(r));
       }),
     );
 }

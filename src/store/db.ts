@@ -6,6 +6,7 @@
  *   'v' + vm + 0x00 + id    → empty: per-VM listing
  *   'g' + group id          → JSON GroupRecord: snapshots committed together as one group
  *   'm' + name              → JSON store metadata (counters)
+ *   'h' + snapshot id       → JSON HeldPrepared: a prepared snapshot kept across restarts (held.ts)
  * See docs/FORMAT.md.
  */
 import { randomBytes } from 'node:crypto';

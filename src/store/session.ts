@@ -182,6 +182,85 @@ export class Session {
     }
   }
 
+  /**
+   * Writes pages by digest alone, for chunks the store already holds (an agent offered them, and only
+   * the pages the store lacks cross the network): page `pageIndices[k]` gets digest k when the exact
+   * index holds that chunk. Ordered with the other writes (the last write of a page wins). Resolves
+   * to 1 per page written and 0 per page whose chunk the store lacks (left as it was).
+   */
+  async writeKnown(pageIndices: Uint32Array, digests: Uint8Array): Promise<Uint8Array> {
+    this.assertOpen();
+    const n = pageIndices.length;
+    if (digests.length !== n * DIGEST_BYTES) throw new VnstoreError('E_USAGE', `writeKnown needs ${n} digest(s) (${n * DIGEST_BYTES} bytes), got ${digests.length} bytes`);
+    let end = 0;
+    for (let k = 0; k < n; k++) end = Math.max(end, this.checkRange(pageIndices[k], PAGE_SIZE));
+    this.furthestByte = Math.max(this.furthestByte, end);
+    await this.sendGathered();
+    return this.inOrder(async () => {
+      const list: Uint8Array[] = [];
+      for (let k = 0; k < n; k++) list.push(digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES));
+      // Through the exact index: a gc running meanwhile sees the lookup (its fence), and the page,
+      // once set, is live for it (liveDigests).
+      const found = await this.store.lookupExact(list);
+      const written = new Uint8Array(n);
+      for (let k = 0; k < n; k++) {
+        if (!found[k]) continue;
+        this.pages.ensure(pageIndices[k]);
+        this.pages.setDigest(pageIndices[k], digests, k * DIGEST_BYTES);
+        written[k] = 1;
+        this.stats.pagesWritten++;
+      }
+      return written;
+    });
+  }
+
+  /** Writes all-zero pages without their bytes: `ranges` holds (first page, page count) pairs. */
+  async writeZeroRanges(ranges: Uint32Array): Promise<void> {
+    this.assertOpen();
+    if (ranges.length % 2 !== 0) throw new VnstoreError('E_USAGE', 'zero ranges come in (first page, page count) pairs');
+    let end = 0;
+    for (let r = 0; r < ranges.length; r += 2) if (ranges[r + 1] > 0) end = Math.max(end, this.checkRange(ranges[r], ranges[r + 1] * PAGE_SIZE));
+    this.furthestByte = Math.max(this.furthestByte, end);
+    await this.sendGathered();
+    await this.inOrder(async () => {
+      for (let r = 0; r < ranges.length; r += 2) {
+        const first = ranges[r];
+        const count = ranges[r + 1];
+        if (count === 0) continue;
+        this.pages.ensure(first + count - 1);
+        this.pages.kinds.fill(PageKind.Zero, first, first + count);
+        this.stats.pagesWritten += count;
+      }
+    });
+  }
+
+  /**
+   * Runs `fn` after every write queued before it has been applied, and before any queued after it:
+   * the page table changes in submission order. A failure fails the session, as a block's does.
+   */
+  private async inOrder<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.inFlight >= this.maxInFlight) await this.queued[0];
+    if (this.error) throw this.error;
+    this.inFlight++;
+    const run = this.applying.then(async () => {
+      if (this.error) throw this.error;
+      return fn();
+    });
+    this.applying = run
+      .then(
+        () => undefined,
+        (err: unknown) => {
+          this.error ??= fromSystemError(err, `session ${this.id}`);
+        },
+      )
+      .finally(() => {
+        this.inFlight--;
+        this.queued.shift();
+      });
+    this.queued.push(this.applying);
+    return run;
+  }
+
   /** Validates a write of `length` bytes at page `firstPage`; returns the byte just past it. */
   private checkRange(firstPage: number, length: number): number {
     if (!Number.isSafeInteger(firstPage) || firstPage < 0) throw new VnstoreError('E_USAGE', `bad page index ${firstPage}`);

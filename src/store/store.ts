@@ -55,6 +55,7 @@ import {
 import { ambiguousPrefixError, MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
 import { StoreLock } from './lock.js';
 import { ensureReserve, releaseReserveIfLow, reserveSize } from './reserve.js';
+import { heldKey, isHeld, listHeld, putHeld } from './held.js';
 import { PackReader, readPackChunks } from './pack-reader.js';
 import { trace } from '../util/trace.js';
 import { humanBytes } from '../util/units.js';
@@ -327,6 +328,7 @@ export class Store {
       }
       batch.put(prefixedKey(KEY_SNAPSHOT, p.record.id), jsonValue(p.record));
       batch.put(vmKey(p.record.vm, p.record.id), Buffer.alloc(0));
+      batch.del(heldKey(p.record.id)); // a held prepared snapshot (src/store/held.ts) is published
     }
     if (group) {
       // A group committed in several calls (one `put --group` per VM) lists all of its snapshots.
@@ -370,8 +372,25 @@ export class Store {
     for (const p of prepared) {
       if (p.state !== 'prepared') continue;
       p.state = 'aborted';
+      await this.db.del(heldKey(p.record.id), { sync: true });
       await fsp.rm(this.manifestPath(p.record.id), { force: true });
     }
+  }
+
+  /**
+   * Keeps a prepared snapshot across restarts until it is committed or aborted (a server holding it
+   * for a coordinator): recovery keeps its manifest, heldPrepared() gives it back after a reopen.
+   */
+  async holdPrepared(prepared: PreparedSnapshot, deadline: number): Promise<void> {
+    this.assertOpen();
+    if (prepared.state !== 'prepared') throw new VnstoreError('E_SESSION', `snapshot ${prepared.record.id} is ${prepared.state}, not prepared`);
+    await putHeld(this.db, { record: prepared.record, deadline });
+  }
+
+  /** The held prepared snapshots (see holdPrepared), prepared again in this process. */
+  async heldPrepared(): Promise<{ prepared: PreparedSnapshot; deadline: number }[]> {
+    this.assertOpen();
+    return (await listHeld(this.db)).map((h) => ({ prepared: { store: this, record: h.record, failureEpoch: this.writer.failureEpoch, state: 'prepared' }, deadline: h.deadline }));
   }
 
   // ---------------------------------------------------------------- catalog
@@ -561,7 +580,7 @@ async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
     const m = /^([0-9a-f]{16})\.vnm(\.tmp)?$/.exec(name);
     if (!m) continue;
     if (m[2] || (await db.get(prefixedKey(KEY_SNAPSHOT, m[1]))) === undefined) {
-      if (!m[2] && (await isKeptBase(db, m[1]))) continue;
+      if (!m[2] && ((await isKeptBase(db, m[1])) || (await isHeld(db, m[1])))) continue;
       await fsp.rm(path.join(p.manifests, name), { force: true });
       report.orphanManifestsRemoved++;
     }

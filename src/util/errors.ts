@@ -16,6 +16,10 @@ export const ERROR_CODES = {
   E_SESSION: 12,
   E_AMBIGUOUS: 13,
   E_CODEC: 7,
+  /** A network peer broke the agent protocol (src/protocol/errors.ts carries the wire code). */
+  E_PROTOCOL: 14,
+  /** The server refused the access token. */
+  E_AUTH: 15,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -1,0 +1,154 @@
+#!/usr/bin/env node
+// Issue 12's ratios through `vnstore serve`: agents (in this process, over loopback TCP) and the
+// server (a child process) on this machine, against single-thread BLAKE3 (one blake3() call per
+// page) over the same bytes in memory. Run `npm run build` first.
+//   node bench/server.mjs [--mib N] [--agents-mib N] [--json]
+// Figures: first snapshot, consecutive from the whole image, consecutive with a 10% dirty-page list
+// (logical bytes / time), restore (verified client-side), wire bytes of the consecutive snapshot
+// against (its new pages' bytes + 40 B per offered page) from the server's metrics, aggregate ingest
+// with 1, 2, 4 and 8 agents, and the server's peak RSS (VmHWM) after the 8-agent run.
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { blake3 } from '@napi-rs/blake-hash';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const CLI = join(root, 'dist', 'cli', 'bin.cjs');
+const { AgentClient } = await import(join(root, 'dist', 'index.js'));
+const { values: args } = parseArgs({ options: { mib: { type: 'string', default: '256' }, 'agents-mib': { type: 'string', default: '64' }, json: { type: 'boolean', default: false } } });
+const PAGE = 4096;
+const MB = 1e6;
+const log = (s) => process.stderr.write(`server-bench: ${s}\n`);
+const now = () => performance.now() / 1000;
+
+/** xorshift pages: a quarter zero, a quarter text-like (compressible), half random. */
+function makeImage(mib, seed) {
+  const pages = (mib * 1024 * 1024) / PAGE;
+  const buf = Buffer.alloc(pages * PAGE);
+  let s = seed >>> 0 || 1;
+  const next = () => ((s ^= s << 13), (s ^= s >>> 17), (s ^= s << 5), s >>> 0);
+  for (let p = 0; p < pages; p++) {
+    const kind = next() % 4;
+    const at = p * PAGE;
+    if (kind === 0) continue;
+    if (kind === 1) buf.write(`page ${p} seed ${seed} `.repeat(200).slice(0, PAGE), at, 'latin1');
+    else for (let o = 0; o < PAGE; o += 4) buf.writeUInt32LE(next(), at + o);
+  }
+  return buf;
+}
+
+function baseline(image) {
+  const t = now();
+  for (let o = 0; o < image.length; o += PAGE) blake3(image.subarray(o, o + PAGE));
+  return image.length / MB / (now() - t);
+}
+
+async function startServe(store) {
+  const child = spawn(process.execPath, [CLI, 'serve', '--store', store, '--listen', '127.0.0.1:0', '--metrics', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let out = '';
+  await new Promise((res, rej) => {
+    child.stdout.on('data', (d) => {
+      out += d;
+      if (/^listening /m.test(out) && /^metrics /m.test(out)) res();
+    });
+    child.on('exit', () => rej(new Error('vnstore serve exited')));
+  });
+  return { child, address: /^listening (\S+)$/m.exec(out)[1], metrics: /^metrics (\S+)$/m.exec(out)[1] };
+}
+
+async function wireIn(metricsUrl) {
+  const text = await (await fetch(metricsUrl)).text();
+  return Number(/^vnstore_wire_bytes_total\{direction="in"\} (\S+)$/m.exec(text)?.[1] ?? 0);
+}
+
+async function push(client, vm, image, opts = {}) {
+  const s = await client.beginSession({ vm, memoryBytes: image.length, parent: opts.parent ?? 'auto' });
+  const block = 4096 * PAGE;
+  if (opts.dirty) {
+    for (let k = 0; k < opts.dirty.length; k += 4096) {
+      const part = opts.dirty.slice(k, k + 4096);
+      await s.writeScattered(part, Buffer.concat(part.map((p) => image.subarray(p * PAGE, (p + 1) * PAGE))));
+    }
+  } else for (let o = 0; o < image.length; o += block) await s.writePages(o / PAGE, image.subarray(o, o + block));
+  const rec = await s.commit({ byteLength: image.length, unwritten: opts.dirty ? 'parent' : 'zero' });
+  return { rec, stats: s.stats };
+}
+
+const work = await mkdtemp(join(tmpdir(), 'vnstore-server-bench-'));
+try {
+  const store = join(work, 'store');
+  await new Promise((res, rej) => spawn(process.execPath, [CLI, 'init', '--store', store], { stdio: 'ignore' }).on('exit', (c) => (c === 0 ? res() : rej(new Error('init failed')))));
+  const token = (await readFile(join(store, 'access-token'), 'utf8')).trim();
+  const mib = Number(args.mib);
+  log(`images of ${mib} MiB`);
+  const first = makeImage(mib, 1);
+  const second = Buffer.from(first);
+  const pages = first.length / PAGE;
+  // 10% of the pages dirty (every tenth), with new random content.
+  const dirty = [];
+  for (let p = 0; p < pages; p += 10) dirty.push(p);
+  for (const p of dirty) for (let o = 0; o < PAGE; o += 4) second.writeUInt32LE((Math.imul(p, 2654435761) ^ o) >>> 0, p * PAGE + o);
+  const third = Buffer.from(second);
+  for (const p of dirty) third.writeUInt32LE(0xdeadbeef, p * PAGE + 8);
+  const base = baseline(first);
+  const srv = await startServe(store);
+  const client = await AgentClient.connect({ server: srv.address, token });
+  const r = {};
+  let t = now();
+  await push(client, 'vm', first);
+  r.first = first.length / MB / (now() - t);
+  const before = await wireIn(srv.metrics);
+  t = now();
+  const cons = await push(client, 'vm', second);
+  r.consecutive = second.length / MB / (now() - t);
+  const wire = (await wireIn(srv.metrics)) - before;
+  r.wireBytes = wire;
+  r.wireBudget = cons.stats.pagesSent * PAGE + 40 * cons.stats.pagesOffered;
+  t = now();
+  await push(client, 'vm', third, { dirty });
+  r.dirty10 = third.length / MB / (now() - t);
+  t = now();
+  let restored = 0;
+  await client.restore(cons.rec.id, (b) => void (restored += b.length));
+  r.restore = restored / MB / (now() - t);
+  await client.close();
+  r.aggregate = {};
+  const amib = Number(args['agents-mib']);
+  const agentImages = Array.from({ length: 8 }, (_, k) => makeImage(amib, 100 + k));
+  for (const n of [1, 2, 4, 8]) {
+    const clients = await Promise.all(Array.from({ length: n }, () => AgentClient.connect({ server: srv.address, token })));
+    t = now();
+    await Promise.all(clients.map((c, k) => push(c, `agg${n}-${k}`, agentImages[k], { parent: 'none' })));
+    r.aggregate[n] = (n * amib * 1024 * 1024) / MB / (now() - t);
+    await Promise.all(clients.map((c) => c.close()));
+  }
+  const status = await readFile(`/proc/${srv.child.pid}/status`, 'utf8').catch(() => '');
+  r.serverPeakRssMiB = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? NaN) / 1024;
+  srv.child.kill('SIGTERM');
+  await new Promise((res) => srv.child.on('exit', res));
+  const out = {
+    date: new Date().toISOString(),
+    imageMiB: mib,
+    baselineMBps: base,
+    firstMBps: r.first,
+    firstRatio: r.first / base,
+    consecutiveMBps: r.consecutive,
+    consecutiveRatio: r.consecutive / base,
+    dirty10MBps: r.dirty10,
+    dirty10Ratio: r.dirty10 / base,
+    restoreMBps: r.restore,
+    restoreRatio: r.restore / base,
+    consecutiveWireBytes: r.wireBytes,
+    wireBudgetBytes: r.wireBudget,
+    wireRatio: r.wireBytes / r.wireBudget,
+    aggregateMBps: r.aggregate,
+    serverPeakRssMiB: r.serverPeakRssMiB,
+  };
+  if (args.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
+  else for (const [k, v] of Object.entries(out)) process.stdout.write(`${k.padEnd(22)} ${typeof v === 'number' ? v.toFixed(2) : JSON.stringify(v)}\n`);
+} finally {
+  await rm(work, { recursive: true, force: true });
+}

@@ -1,0 +1,183 @@
+/**
+ * A client connection to a vnstore server: HELLO/WELCOME, then requests matched to their answers by
+ * request id, at most `window` outstanding (the server's window), and restore streams.
+ */
+import net from 'node:net';
+import tls from 'node:tls';
+import { decodeMessage, encodeMessage, type Message } from '../protocol/messages.js';
+import { FrameDecoder } from '../protocol/frames.js';
+import { ProtocolError, RemoteError } from '../protocol/errors.js';
+import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
+import { parseAddress } from '../server/address.js';
+import { VnstoreError } from '../util/errors.js';
+import { drainedOrClosed } from '../util/drain.js';
+
+export interface ConnectOptions {
+  /** HOST:PORT, tls://HOST:PORT or unix:PATH (src/server/address.ts). */
+  server: string;
+  token: string;
+  /** CA certificate(s) to trust for a tls:// server (else the system's). */
+  tlsCa?: Buffer;
+  /** Give up connecting after this long (default 10 s). */
+  connectTimeoutMs?: number;
+}
+
+type Reply = Extract<Message, { t: 'result' | 'missing' }>;
+type Request = Message & { req: number };
+/** A request without its id (assigned when sent). */
+export type Outgoing = Request extends infer R ? (R extends Request ? Omit<R, 'req'> : never) : never;
+
+interface Waiter {
+  resolve(m: Reply | Extract<Message, { t: 'end' }>): void;
+  reject(err: Error): void;
+  /** For a restore: its frames before END (RESULT with the record, then DATA). */
+  stream?: (m: Message) => void;
+}
+
+export class AgentConnection {
+  private readonly waiters = new Map<number, Waiter>();
+  private readonly slots: (() => void)[] = [];
+  private nextReq = 1;
+  private outstanding = 0;
+  private failure: Error | undefined;
+  private drainWait: Promise<void> | undefined;
+  private constructor(
+    private readonly socket: net.Socket,
+    readonly window: number,
+    readonly serverId: string,
+    readonly maxPagesPerBatch: number,
+  ) {}
+
+  static async connect(opts: ConnectOptions): Promise<AgentConnection> {
+    const addr = parseAddress(opts.server);
+    const socket = await new Promise<net.Socket>((resolve, reject) => {
+      const s =
+        addr.kind === 'unix'
+          ? net.connect(addr.path)
+          : addr.tls
+            ? tls.connect({ host: addr.host, port: addr.port, ca: opts.tlsCa, servername: net.isIP(addr.host) ? undefined : addr.host })
+            : net.connect(addr.port, addr.host);
+      const timer = setTimeout(() => s.destroy(new Error('timed out')), opts.connectTimeoutMs ?? 10_000);
+      s.once(addr.kind === 'tcp' && addr.tls ? 'secureConnect' : 'connect', () => {
+        clearTimeout(timer);
+        s.removeAllListeners('error');
+        resolve(s);
+      });
+      s.once('error', (err) => {
+        clearTimeout(timer);
+        reject(new VnstoreError('E_IO', `cannot connect to vnstore server ${opts.server}: ${err.message}`));
+      });
+    });
+    socket.setNoDelay(true);
+    const decoder = new FrameDecoder();
+    socket.write(encodeMessage({ t: 'hello', minVersion: MIN_PROTOCOL_VERSION, maxVersion: PROTOCOL_VERSION, token: opts.token }));
+    const welcome = await new Promise<Extract<Message, { t: 'welcome' }>>((resolve, reject) => {
+      const onData = (chunk: Buffer) => {
+        try {
+          const frames = decoder.push(chunk);
+          if (frames.length === 0) return;
+          socket.off('data', onData);
+          socket.off('close', onClose);
+          const m = decodeMessage(frames[0]);
+          if (m.t === 'welcome') resolve(m);
+          else if (m.t === 'error') reject(new RemoteError(m.code, `server ${opts.server}: ${m.message}`));
+          else reject(new ProtocolError('E_MALFORMED', `server ${opts.server} answered HELLO with ${m.t.toUpperCase()}`));
+        } catch (err) {
+          reject(err as Error);
+        }
+      };
+      const onClose = () => reject(new VnstoreError('E_IO', `server ${opts.server} closed the connection during the handshake`));
+      socket.on('data', onData);
+      socket.once('close', onClose);
+      // Reset during the handshake: the close that follows rejects; the error must not go unhandled.
+      socket.on('error', () => undefined);
+    }).catch((err: unknown) => {
+      socket.destroy();
+      throw err;
+    });
+    const c = new AgentConnection(socket, Math.max(1, welcome.window), welcome.serverId, welcome.maxPagesPerBatch);
+    c.listen(decoder);
+    return c;
+  }
+
+  private listen(decoder: FrameDecoder): void {
+    this.socket.on('data', (chunk: Buffer) => {
+      try {
+        for (const f of decoder.push(chunk)) this.onMessage(decodeMessage(f));
+      } catch (err) {
+        this.fail(err as Error);
+        this.socket.destroy();
+      }
+    });
+    this.socket.on('error', (err) => this.fail(new VnstoreError('E_IO', `connection to the server failed: ${err.message}`)));
+    this.socket.on('close', () => this.fail(new VnstoreError('E_IO', 'the server closed the connection')));
+  }
+
+  private onMessage(m: Message): void {
+    if (m.t === 'error' && m.req === 0) {
+      this.fail(new RemoteError(m.code, m.message));
+      return;
+    }
+    if (!('req' in m)) throw new ProtocolError('E_MALFORMED', `unexpected ${m.t.toUpperCase()} from the server`);
+    const w = this.waiters.get(m.req);
+    if (!w) throw new ProtocolError('E_MALFORMED', `answer to unknown request ${m.req}`);
+    if (m.t === 'error') this.settle(m.req, () => w.reject(new RemoteError(m.code, m.message)));
+    else if (w.stream && m.t !== 'end') w.stream(m);
+    else if (m.t === 'result' || m.t === 'missing' || m.t === 'end') this.settle(m.req, () => w.resolve(m));
+    else throw new ProtocolError('E_MALFORMED', `unexpected ${m.t.toUpperCase()} for request ${m.req}`);
+  }
+
+  private settle(req: number, fn: () => void): void {
+    this.waiters.delete(req);
+    this.outstanding--;
+    this.slots.shift()?.();
+    fn();
+  }
+
+  private fail(err: Error): void {
+    if (this.failure) return;
+    this.failure = err;
+    for (const w of this.waiters.values()) w.reject(err);
+    this.waiters.clear();
+    for (const wake of this.slots.splice(0)) wake();
+  }
+
+  /** Sends a request; resolves to its answer (RESULT or MISSING), rejects with the server's error. */
+  async request(m: Outgoing, stream?: (m: Message) => void): Promise<Message> {
+    while (this.outstanding >= this.window && !this.failure) await new Promise<void>((resolve) => this.slots.push(resolve));
+    if (this.failure) throw this.failure;
+    const req = this.nextReq;
+    this.nextReq = this.nextReq >= 0xfffffffe ? 1 : this.nextReq + 1;
+    const frame = encodeMessage({ ...m, req } as Message);
+    this.outstanding++;
+    const answer = new Promise<Message>((resolve, reject) => this.waiters.set(req, { resolve, reject, stream }));
+    answer.catch(() => undefined); // the caller sees the rejection; it must not count as unhandled while we wait to send
+    if (!this.socket.write(frame)) {
+      // One wait shared by every writer held back (not a pair of listeners each); closed: the answer fails.
+      this.drainWait ??= drainedOrClosed(this.socket).finally(() => (this.drainWait = undefined));
+      await this.drainWait;
+    }
+    return answer;
+  }
+
+  /** Pauses reading (a restore's consumer applying backpressure) until `until` settles. */
+  hold(until: Promise<unknown>): void {
+    this.socket.pause();
+    void until.finally(() => this.socket.resume());
+  }
+
+  async close(): Promise<void> {
+    if (this.socket.destroyed) return;
+    await new Promise<void>((resolve) => {
+      this.socket.once('close', () => resolve());
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+    });
+  }
+}
+
+/** The JSON of a RESULT answer. */
+export function resultJson<T>(m: Message): T {
+  if (m.t !== 'result') throw new ProtocolError('E_MALFORMED', `expected RESULT, got ${m.t.toUpperCase()}`);
+  return JSON.parse(m.json) as T;
+}

@@ -1,0 +1,29 @@
+/** Protocol constants: the version range this build speaks and the limits every frame is checked against. */
+import { PAGE_SIZE, DIGEST_BYTES } from '../format/pages.js';
+
+/** Four bytes that open every HELLO: a peer that is not a vnstore agent is refused at once. */
+export const HELLO_MAGIC = 0x564e5350; // "VNSP"
+export const PROTOCOL_VERSION = 1;
+export const MIN_PROTOCOL_VERSION = 1;
+
+/** Frame header: u32 length of what follows (type byte + body), then the type byte. */
+export const FRAME_HEADER_BYTES = 5;
+/** Pages in one PAGES frame: 256 pages = 1 MiB of page bytes. */
+export const MAX_PAGES_PER_BATCH = 256;
+/** Offers (page index + digest) in one OFFER frame. */
+export const MAX_OFFERS_PER_BATCH = 4096;
+/** Zero ranges in one ZERO frame. */
+export const MAX_ZERO_RANGES = 4096;
+/** Bytes of page data in one DATA frame of a restore. */
+export const MAX_DATA_BYTES = MAX_PAGES_PER_BATCH * PAGE_SIZE;
+/** Longest string field (names, tokens, messages, JSON arguments). */
+export const MAX_STRING_BYTES = 64 * 1024;
+/** Largest JSON reply (a catalog listing); a larger one is an error, not an allocation. */
+export const MAX_JSON_BYTES = MAX_DATA_BYTES;
+/**
+ * Largest frame, header excluded: a full PAGES batch (its entries and bytes) plus slack for ids.
+ * The decoder refuses a larger length before it buffers anything of the frame.
+ */
+export const MAX_FRAME_BYTES = MAX_PAGES_PER_BATCH * (PAGE_SIZE + 4 + DIGEST_BYTES) + 64;
+/** Requests a client may have outstanding on one connection (the server's window, sent in WELCOME). */
+export const DEFAULT_WINDOW = 8;

@@ -1,0 +1,140 @@
+/**
+ * Catalog calls (CALL) and the streaming restore (RESTORE) a server answers: thin over the Store
+ * and the maintenance API, so `--server` commands print what the local ones print.
+ */
+import { DIGEST_BYTES, PAGE_SIZE, PageKind } from '../format/pages.js';
+import { MAX_PAGES_PER_BATCH } from '../protocol/limits.js';
+import { ProtocolError } from '../protocol/errors.js';
+import type { Store } from '../store/store.js';
+import type { SnapshotRecord } from '../store/db.js';
+import { restoreSnapshot } from '../store/restore.js';
+import { storeStats } from '../maintenance/stats.js';
+import { runGc } from '../maintenance/gc.js';
+import { checkStore } from '../maintenance/check.js';
+import { forget } from '../maintenance/forget.js';
+import { CALENDAR_UNITS, type CalendarRules, type CalendarUnit } from '../maintenance/retention.js';
+import { VnstoreError } from '../util/errors.js';
+
+export type CallHandler = (store: Store, args: Record<string, unknown>) => Promise<unknown>;
+
+function optString(args: Record<string, unknown>, key: string): string | undefined {
+  const v = args[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string') throw new VnstoreError('E_USAGE', `argument ${key} must be a string`);
+  return v;
+}
+
+function needString(args: Record<string, unknown>, key: string): string {
+  const v = optString(args, key);
+  if (v === undefined) throw new VnstoreError('E_USAGE', `argument ${key} is required`);
+  return v;
+}
+
+function optBool(args: Record<string, unknown>, key: string): boolean | undefined {
+  const v = args[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'boolean') throw new VnstoreError('E_USAGE', `argument ${key} must be true or false`);
+  return v;
+}
+
+function optNumber(args: Record<string, unknown>, key: string): number | undefined {
+  const v = args[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new VnstoreError('E_USAGE', `argument ${key} must be a number`);
+  return v;
+}
+
+function optStrings(args: Record<string, unknown>, key: string): string[] | undefined {
+  const v = args[key];
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw new VnstoreError('E_USAGE', `argument ${key} must be a list of strings`);
+  return v as string[];
+}
+
+/** forget's calendar rules ({daily: 7, ...}): whole numbers per known unit, nothing else. */
+function optCalendar(args: Record<string, unknown>): CalendarRules | undefined {
+  const v = args.calendar;
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'object' || Array.isArray(v)) throw new VnstoreError('E_USAGE', 'argument calendar must be an object');
+  const rules = v as Record<string, unknown>;
+  const out: CalendarRules = {};
+  for (const unit of Object.keys(rules)) {
+    if (!(CALENDAR_UNITS as readonly string[]).includes(unit)) throw new VnstoreError('E_USAGE', `argument calendar: unknown unit ${JSON.stringify(unit)}`);
+    out[unit as CalendarUnit] = optNumber(rules, unit);
+  }
+  return out;
+}
+
+/**
+ * Catalog and maintenance calls. gc, check and forget run inside the server beside ingesting sessions
+ * (the store's own fences make that safe); check's index repair is not offered: it needs the store
+ * to itself.
+ */
+export const CALLS: Record<string, CallHandler> = {
+  list: (store, args) => store.listSnapshots(optString(args, 'vm')),
+  resolve: (store, args) => store.resolveSnapshot(needString(args, 'id')),
+  stats: (store, args) => storeStats(store, { vm: optString(args, 'vm'), snapshot: optString(args, 'snapshot'), detail: optBool(args, 'detail'), exact: optBool(args, 'exact') }),
+  gc: (store, args) => runGc(store, { dryRun: optBool(args, 'dryRun'), repackBelow: optNumber(args, 'repackBelow'), repackSmall: optBool(args, 'repackSmall') }),
+  check: (store, args) => checkStore(store, { readData: optBool(args, 'readData'), readDataSubsetPct: optNumber(args, 'readDataSubsetPct') }),
+  forget: (store, args) =>
+    forget(store, {
+      ids: optStrings(args, 'ids') ?? [],
+      groups: optStrings(args, 'groups'),
+      keepLast: optNumber(args, 'keepLast'),
+      keepWithinMs: optNumber(args, 'keepWithinMs'),
+      calendar: optCalendar(args),
+      vm: optString(args, 'vm'),
+      dryRun: optBool(args, 'dryRun'),
+    }),
+};
+
+export async function runCall(store: Store, method: string, argsJson: string): Promise<string> {
+  const handler = Object.hasOwn(CALLS, method) ? CALLS[method] : undefined;
+  if (!handler) throw new VnstoreError('E_USAGE', `unknown call ${JSON.stringify(method)} (known: ${Object.keys(CALLS).join(', ')})`);
+  let args: unknown;
+  try {
+    args = JSON.parse(argsJson === '' ? '{}' : argsJson);
+  } catch {
+    throw new ProtocolError('E_MALFORMED', `arguments of ${method} are not JSON`);
+  }
+  if (typeof args !== 'object' || args === null || Array.isArray(args)) throw new ProtocolError('E_MALFORMED', `arguments of ${method} must be a JSON object`);
+  return JSON.stringify(await handler(store, args as Record<string, unknown>));
+}
+
+/** Where a restore's frames go; `send` resolves when the connection can take more (backpressure). */
+export interface DataSink {
+  send(firstPage: number, digests: Uint8Array, data: Uint8Array): Promise<void>;
+}
+
+/**
+ * Streams snapshot `record` as DATA batches of up to MAX_PAGES_PER_BATCH pages, each with its page
+ * digests (zero pages as 32 zero bytes) so the client verifies every page and the image digest.
+ */
+export async function streamRestore(store: Store, record: SnapshotRecord, out: DataSink): Promise<void> {
+  const pages = await store.loadPages(record.id);
+  const batchBytes = MAX_PAGES_PER_BATCH * PAGE_SIZE;
+  const buf = Buffer.alloc(batchBytes);
+  let fill = 0;
+  let firstPage = 0;
+  const flush = async () => {
+    const n = Math.ceil(fill / PAGE_SIZE);
+    const digests = new Uint8Array(n * DIGEST_BYTES);
+    for (let k = 0; k < n; k++) if (pages.kinds[firstPage + k] === PageKind.Digest) digests.set(pages.digestAt(firstPage + k), k * DIGEST_BYTES);
+    await out.send(firstPage, digests, buf.subarray(0, fill));
+    firstPage += n;
+    fill = 0;
+  };
+  await restoreSnapshot(store, record, {
+    // Restore lends each chunk: copy it into the batch (the DATA frame is encoded from that copy).
+    write: async (chunk) => {
+      for (let pos = 0; pos < chunk.length; ) {
+        const n = Math.min(chunk.length - pos, batchBytes - fill);
+        buf.set(chunk.subarray(pos, pos + n), fill);
+        fill += n;
+        pos += n;
+        if (fill === batchBytes) await flush();
+      }
+    },
+  });
+  if (fill > 0) await flush();
+}

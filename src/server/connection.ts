@@ -1,0 +1,304 @@
+/**
+ * One agent connection: HELLO first (version and token), then requests handled one at a time in
+ * arrival order, so a session's writes apply in the order the agent sent them. Reading stops while
+ * `window` frames wait or the server's memory budget is exhausted (TCP pushes back on the agent).
+ */
+import type { Socket } from 'node:net';
+import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
+import { hashPages } from '../chunk/hash.js';
+import { decodeMessage, encodeMessage, MSG, type Message } from '../protocol/messages.js';
+import { FrameDecoder, type RawFrame } from '../protocol/frames.js';
+import { ProtocolError, wireCodeOf } from '../protocol/errors.js';
+import { negotiateVersion } from '../protocol/version.js';
+import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH } from '../protocol/limits.js';
+import { RemoteSessionState } from './sessions.js';
+import { drainedOrClosed } from '../util/drain.js';
+import { runCall, streamRestore } from './catalog.js';
+import { tokensMatch } from './token.js';
+import type { VnServer } from './server.js';
+
+type SessionRequest = Extract<Message, { sid: number }>;
+
+export class Connection {
+  readonly sessions = new Map<number, RemoteSessionState>();
+  private readonly decoder = new FrameDecoder();
+  private authed = false;
+  private chain: Promise<void> = Promise.resolve();
+  private waiting = 0;
+  private closed = false;
+  private readonly wake = () => this.maybeResume();
+
+  constructor(
+    readonly socket: Socket,
+    private readonly server: VnServer,
+    readonly peer: string,
+  ) {
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => server.log.debug({ event: 'socket_error', peer, err: err.message }));
+    socket.on('close', () => void this.onClose());
+  }
+
+  private onData(chunk: Buffer): void {
+    this.server.metrics.wireBytes.inc({ direction: 'in' }, chunk.length);
+    let frames: RawFrame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (err) {
+      // The stream has lost its framing: one error frame, then close.
+      this.fail(0, err);
+      return;
+    }
+    for (const f of frames) this.enqueue(f);
+  }
+
+  private enqueue(frame: RawFrame): void {
+    const bytes = frame.body.length;
+    this.waiting++;
+    this.server.budget.take(bytes);
+    if (this.waiting >= DEFAULT_WINDOW || this.server.budget.exhausted) this.socket.pause();
+    this.chain = this.chain
+      .then(() => (this.closed ? undefined : this.handle(frame)))
+      .finally(() => {
+        this.waiting--;
+        this.server.budget.give(bytes);
+        this.maybeResume();
+      });
+  }
+
+  private maybeResume(): void {
+    if (this.closed || !this.socket.isPaused() || this.waiting >= DEFAULT_WINDOW) return;
+    if (this.server.budget.exhausted) this.server.budget.whenFree(this.wake);
+    else this.socket.resume();
+  }
+
+  /** Settles once every frame received so far has been handled. */
+  get idle(): Promise<void> {
+    return this.chain;
+  }
+
+  private async handle(frame: RawFrame): Promise<void> {
+    const req = requestIdOf(frame);
+    try {
+      const m = decodeMessage(frame);
+      if (!this.authed) return await this.hello(m);
+      await this.dispatch(m);
+    } catch (err) {
+      this.replyError(req, err);
+    }
+  }
+
+  private async hello(m: Message): Promise<void> {
+    if (m.t !== 'hello') throw this.fatal(new ProtocolError('E_HELLO_REQUIRED', 'the first frame must be HELLO'));
+    let version: number;
+    try {
+      version = negotiateVersion(m.minVersion, m.maxVersion);
+    } catch (err) {
+      throw this.fatal(err);
+    }
+    if (!tokensMatch(m.token, await this.server.currentToken())) {
+      this.server.log.warn({ event: 'auth_failed', peer: this.peer });
+      throw this.fatal(new ProtocolError('E_AUTH', 'access token refused (vnstore token prints the store\'s token)'));
+    }
+    this.authed = true;
+    this.send({ t: 'welcome', version, window: DEFAULT_WINDOW, maxFrameBytes: MAX_FRAME_BYTES, maxPagesPerBatch: MAX_PAGES_PER_BATCH, serverId: this.server.store.config.storeId });
+    this.server.log.info({ event: 'hello', peer: this.peer, version });
+  }
+
+  private async dispatch(m: Message): Promise<void> {
+    const s = this.server;
+    switch (m.t) {
+      case 'hello':
+        throw new ProtocolError('E_HELLO_REQUIRED', 'HELLO was already sent on this connection');
+      case 'begin':
+        return this.begin(m);
+      case 'offer':
+      case 'pages':
+      case 'zero':
+      case 'prepare':
+      case 'commit':
+      case 'abort':
+        return this.sessionRequest(m);
+      case 'group-commit': {
+        const records = await s.groupCommit(m.group, m.ids);
+        return this.result(m.req, records);
+      }
+      case 'call':
+        if (m.method === 'abort-prepared') {
+          // Server state, not the store's: prepared snapshots waiting for a coordinator.
+          await s.abortPreparedIds(parseIds(m.args));
+          return this.result(m.req, {});
+        }
+        this.send({ t: 'result', req: m.req, json: await runCall(s.store, m.method, m.args) });
+        return;
+      case 'restore':
+        return this.restore(m.req, m.id);
+      default:
+        throw new ProtocolError('E_UNKNOWN_TYPE', `a server does not accept ${m.t.toUpperCase()} frames`);
+    }
+  }
+
+  private async begin(m: Extract<Message, { t: 'begin' }>): Promise<void> {
+    if (this.sessions.has(m.sid)) throw new ProtocolError('E_SESSION_STATE', `session number ${m.sid} is already in use on this connection`);
+    // Pages cross the wire whole (a short last page zero-padded): the session takes whole pages up to
+    // the memory size, and PREPARE gives the exact image length.
+    const wholePages = m.memoryBytes === undefined ? undefined : Math.ceil(m.memoryBytes / PAGE_SIZE) * PAGE_SIZE;
+    const session = await this.server.store.beginSession({ vm: m.vm, group: m.group, parent: m.parent, memoryBytes: wholePages });
+    const state = new RemoteSessionState(m.sid, session, m.memoryBytes, Date.now());
+    this.sessions.set(m.sid, state);
+    this.server.sessionBegun(state);
+    this.server.log.info({ event: 'session_begin', peer: this.peer, sid: m.sid, session: session.id, vm: m.vm, group: m.group, parent: session.parent?.id ?? null });
+    if (this.closed) await this.server.abortSession(state); // the agent went away while it began
+    this.result(m.req, { parent: session.parent?.id ?? null });
+  }
+
+  private async sessionRequest(m: SessionRequest): Promise<void> {
+    const st = this.sessions.get(m.sid);
+    if (!st) throw new ProtocolError('E_UNKNOWN_SESSION', `no session ${m.sid} on this connection`);
+    st.lastActive = Date.now();
+    const s = this.server;
+    switch (m.t) {
+      case 'offer': {
+        st.assertWritable();
+        checkIndices(st, m.indices);
+        const written = await st.session.writeKnown(m.indices, m.digests);
+        const missing: number[] = [];
+        for (let k = 0; k < written.length; k++) if (!written[k]) missing.push(k);
+        s.metrics.pagesOffered.inc(m.indices.length);
+        s.metrics.pagesNew.inc(missing.length);
+        s.metrics.pagesDuplicate.inc(m.indices.length - missing.length);
+        this.send({ t: 'missing', req: m.req, positions: Uint32Array.from(missing) });
+        return;
+      }
+      case 'pages': {
+        st.assertWritable();
+        checkIndices(st, m.indices);
+        verifyPages(m.indices, m.digests, m.data);
+        await st.session.writeScattered(m.indices, m.data);
+        s.metrics.pagesReceived.inc(m.indices.length);
+        return this.result(m.req, {});
+      }
+      case 'zero': {
+        st.assertWritable();
+        for (let r = 0; r < m.ranges.length; r += 2) st.checkPages(m.ranges[r], m.ranges[r + 1]);
+        await st.session.writeZeroRanges(m.ranges);
+        return this.result(m.req, {});
+      }
+      case 'prepare':
+        return this.result(m.req, { id: (await s.prepareSession(st, { byteLength: m.byteLength ?? st.memoryBytes, unwritten: m.unwritten })).id });
+      case 'commit':
+        return this.result(m.req, await s.commitSession(st));
+      case 'abort':
+        await s.abortSession(st);
+        this.sessions.delete(m.sid);
+        return this.result(m.req, {});
+    }
+  }
+
+  private async restore(req: number, id: string): Promise<void> {
+    const store = this.server.store;
+    const record = await store.resolveSnapshot(id);
+    this.result(req, record);
+    await streamRestore(store, record, {
+      send: (firstPage, digests, data) => {
+        const ok = this.send({ t: 'data', req, firstPage, digests, data });
+        return ok || this.closed ? Promise.resolve() : drainedOrClosed(this.socket);
+      },
+    });
+    this.send({ t: 'end', req, json: '{}' });
+  }
+
+  private result(req: number, value: unknown): void {
+    this.send({ t: 'result', req, json: JSON.stringify(value) });
+  }
+
+  /** Writes a frame; false when the socket's buffer is full (the caller may wait for 'drain'). */
+  send(m: Message): boolean {
+    if (this.closed) return false;
+    const frame = encodeMessage(m);
+    this.server.metrics.wireBytes.inc({ direction: 'out' }, frame.length);
+    return this.socket.write(frame);
+  }
+
+  private replyError(req: number, err: unknown): void {
+    const inner = err instanceof FatalError ? err.inner : err;
+    const code = wireCodeOf(inner);
+    const message = inner instanceof Error ? inner.message : String(inner);
+    this.server.metrics.errors.inc({ code });
+    if (code !== 'E_INTERNAL') this.server.log.info({ event: 'request_error', peer: this.peer, req, code, message });
+    if (code === 'E_INTERNAL') this.server.log.error({ event: 'internal_error', peer: this.peer, req, err: inner instanceof Error ? inner.stack : String(inner) });
+    this.send({ t: 'error', req, code, message });
+    if (err instanceof FatalError) this.close();
+  }
+
+  /** An error after which the connection closes (handshake failures, lost framing). */
+  private fatal(err: unknown): FatalError {
+    return new FatalError(err);
+  }
+
+  private fail(req: number, err: unknown): void {
+    this.replyError(req, this.fatal(err));
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.server.budget.forget(this.wake);
+    this.socket.end();
+    // A peer that never reads would keep a half-closed socket: give it a moment, then drop it.
+    setTimeout(() => this.socket.destroy(), 2000).unref();
+  }
+
+  private async onClose(): Promise<void> {
+    this.closed = true;
+    this.server.budget.forget(this.wake);
+    this.server.connectionClosed(this);
+    await this.chain.catch(() => undefined);
+    // A dropped connection aborts its sessions that are not prepared; prepared ones wait for a commit.
+    for (const st of this.sessions.values()) if (st.phase === 'open') await this.server.abortSession(st);
+    this.sessions.clear();
+  }
+}
+
+/** A handshake or framing error: sent like any error, then the connection closes. */
+class FatalError extends Error {
+  constructor(readonly inner: unknown) {
+    super(inner instanceof Error ? inner.message : String(inner));
+  }
+}
+
+function parseIds(argsJson: string): string[] {
+  let ids: unknown;
+  try {
+    ids = (JSON.parse(argsJson) as { ids?: unknown }).ids;
+  } catch {
+    throw new ProtocolError('E_MALFORMED', 'arguments of abort-prepared are not JSON');
+  }
+  if (!Array.isArray(ids) || ids.some((x) => typeof x !== 'string')) throw new ProtocolError('E_MALFORMED', 'abort-prepared takes {"ids": [snapshot id, ...]}');
+  return ids as string[];
+}
+
+/** The request id of a client frame, read before decoding so even a malformed one is answered by id. */
+function requestIdOf(frame: RawFrame): number {
+  if (frame.type === MSG.HELLO || frame.type >= MSG.WELCOME || frame.body.length < 4) return 0;
+  return frame.body.readUInt32BE(0);
+}
+
+function checkIndices(st: RemoteSessionState, indices: Uint32Array): void {
+  let max = -1;
+  for (const i of indices) if (i > max) max = i;
+  if (max >= 0) st.checkPages(max, 1);
+}
+
+/** Hashes every page and refuses the whole batch on the first mismatch: nothing of it is stored. */
+function verifyPages(indices: Uint32Array, digests: Uint8Array, data: Uint8Array): void {
+  const n = indices.length;
+  const got = new Uint8Array(n * DIGEST_BYTES);
+  const order = new Uint32Array(n);
+  for (let k = 0; k < n; k++) order[k] = k;
+  hashPages(data.subarray(0, n * PAGE_SIZE), order, got);
+  for (let k = 0; k < n; k++) {
+    if (Buffer.compare(got.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)) !== 0) {
+      throw new ProtocolError('E_DIGEST_MISMATCH', `page ${indices[k]}: its bytes do not hash to the digest sent with them; nothing of this batch was stored`);
+    }
+  }
+}
