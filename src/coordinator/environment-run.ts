@@ -29,10 +29,13 @@ export interface RunOptions<P> {
   failCommit?: number[];
   /** Give up (transfers unfinished) at this simulated time. */
   limitMs: number;
+  /** Called with the environment once it exists (tests observe its VMs). */
+  onEnv?: (env: SimEnv) => void;
 }
 
 export async function runEnvironment<P>(o: RunOptions<P>): Promise<{ reports: EpochReport[]; outcome: Outcome; env: SimEnv }> {
   const env = new SimEnv(o.spec);
+  o.onEnv?.(env);
   const reports: EpochReport[] = [];
   let at = o.firstAtMs;
   for (let e = 1; e <= o.epochs; e++) {
@@ -82,7 +85,7 @@ export async function resumeGroup(spec: EnvSpec, reader: GroupReader, group: str
   const states = new Map<string, GuestState>(names.map((n) => [n, decodeGuestState(images.get(n) as Uint8Array)]));
   const check = checkGroup(states, channel, names);
   const env = new SimEnv(spec, { epoch, images });
-  env.clock.after(0, () => env.redeliver(channel));
+  env.redeliver(channel); // before anything runs: a finished environment must still get them
   await env.clock.runUntil(() => env.transfersDone(), limitMs);
   return { images, check, outcome: outcomeOf(env) };
 }

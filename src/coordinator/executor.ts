@@ -10,7 +10,6 @@ import { epochFigures, isFinal, startEpoch, step, type CoordinatorCommand, type 
 import type { SnapshotTarget } from './target.js';
 import type { SimEnv } from '../sim/env.js';
 import { Rng } from '../sim/events.js';
-import { PAGE_SIZE } from '../format/pages.js';
 
 export interface EpochOptions {
   epoch: number;
@@ -84,9 +83,7 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
         channelFrames = frames.length;
         const image = encodeChannelState(frames);
         const s = await target.beginSession({ vm: channelMemberName(env.spec.name), group, epoch: o.epoch, memoryBytes: image.length });
-        const padded = Buffer.alloc(Math.ceil(image.length / PAGE_SIZE) * PAGE_SIZE);
-        image.copy(padded);
-        await s.writePages(0, padded);
+        await s.writePages(0, image); // its last page short: the image is exactly the encoding
         channelPrepared = await s.prepare({ byteLength: image.length });
         prepared.push(channelPrepared);
       }

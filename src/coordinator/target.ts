@@ -85,14 +85,17 @@ export class MemoryTarget implements SnapshotTarget<MemoryPrepared>, GroupReader
     };
     const put = (index: number, page: Uint8Array) => {
       if (!open) throw new VnstoreError('E_SESSION', 'write to a closed session');
-      pages.set(index, Uint8Array.from(page));
+      pages.set(index, page);
     };
     return {
+      // one copy per call (the caller may reuse its buffer), pages kept as views of it
       writeScattered: async (indices, bytes) => {
-        for (let k = 0; k < indices.length; k++) put(indices[k], bytes.subarray(k * 4096, (k + 1) * 4096));
+        const copy = bytes.slice();
+        for (let k = 0; k < indices.length; k++) put(indices[k], copy.subarray(k * 4096, (k + 1) * 4096));
       },
       writePages: async (first, bytes) => {
-        for (let k = 0; k * 4096 < bytes.length; k++) put(first + k, bytes.subarray(k * 4096, (k + 1) * 4096));
+        const copy = bytes.slice();
+        for (let k = 0; k * 4096 < copy.length; k++) put(first + k, copy.subarray(k * 4096, (k + 1) * 4096));
       },
       prepare: async ({ byteLength }) => {
         const image = new Uint8Array(byteLength);

@@ -51,7 +51,7 @@ export function scenarioSpec(o: ScenarioOptions): EnvSpec {
       { from: vms[0].name, to: vms[vms.length - 1].name, everyMs: 20 },
       { from: vms[vms.length - 1].name, to: vms[0].name, everyMs: 20 },
     ],
-    tickMs: 5,
+    tickMs: 10,
     mss: 1000,
     windowBytes: 8000,
     tunnelMs: 1,

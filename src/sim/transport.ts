@@ -77,6 +77,8 @@ export function senderPull(s: ReliableSender, seed: number, now: number): Segmen
   const out: Segment[] = [];
   while (s.nextSeq < s.written && s.nextSeq - s.unacked < s.windowBytes) {
     const len = Math.min(s.mss, s.written - s.nextSeq, s.windowBytes - (s.nextSeq - s.unacked));
+    // Whole segments only while the application is still writing (Nagle): fewer, fuller frames.
+    if (len < s.mss && s.written < s.fileBytes && s.nextSeq === s.sentUpTo) break;
     out.push({ seq: s.nextSeq, data: fileSlice(seed, s.nextSeq, len) });
     s.nextSeq += len;
   }

@@ -20,7 +20,7 @@ import {
   type ReliableSender,
 } from './transport.js';
 import { PAGE_SIZE } from '../format/pages.js';
-import { buildFrame, ETH_HEADER_BYTES } from '../switch/ethernet.js';
+import { buildFrame, ETH_HEADER_BYTES, macBytes } from '../switch/ethernet.js';
 
 export const STATE_PAGES = 8;
 /** The experimental ethertype the simulated guests use. */
@@ -97,19 +97,19 @@ export function vmMac(index: number): string {
   return `02:00:00:00:${((index >> 8) & 0xff).toString(16).padStart(2, '0')}:${(index & 0xff).toString(16).padStart(2, '0')}`;
 }
 
-/** The content of a workload page: zero, or a 16-byte pattern naming its owner, index and version. */
+/**
+ * The content of a workload page: zero, or a 16-byte pattern naming its owner, index and version.
+ * `into` must be zeroed already (a fresh buffer): zero pages are left as they are.
+ */
 export function pageContent(spec: VmSpec, page: number, version: number, into: Uint8Array): void {
   const owner = version > 0 ? spec.index : page < STATE_PAGES + spec.commonPages ? 0 : -1;
-  if (owner < 0) {
-    into.fill(0);
-    return;
-  }
-  const pat = Buffer.alloc(16);
-  pat.writeUInt32BE(PATTERN_MAGIC, 0);
-  pat.writeUInt32BE(owner, 4);
-  pat.writeUInt32BE(page, 8);
-  pat.writeUInt32BE(version, 12);
-  Buffer.from(into.buffer, into.byteOffset, into.byteLength).fill(pat);
+  if (owner < 0) return;
+  const b = Buffer.from(into.buffer, into.byteOffset, into.byteLength);
+  b.writeUInt32BE(PATTERN_MAGIC, 0);
+  b.writeUInt32BE(owner, 4);
+  b.writeUInt32BE(page, 8);
+  b.writeUInt32BE(version, 12);
+  for (let n = 16; n < b.length; n *= 2) b.copyWithin(n, 0, Math.min(n, b.length - n));
 }
 
 export interface VmNetwork {
@@ -130,6 +130,9 @@ export class SimVm {
   private readonly pending: Uint8Array[] = [];
   private busy = false;
   private readonly peerByIndex: Map<number, string>;
+  private readonly peerMac: Map<string, Uint8Array>;
+  /** Bytes of each transfer this VM receives, by sender. */
+  private readonly incoming: [string, number][];
 
   constructor(
     readonly spec: VmSpec,
@@ -139,10 +142,12 @@ export class SimVm {
     versions?: Uint32Array,
   ) {
     this.mac = vmMac(spec.index);
-    this.macBytes = Buffer.from(this.mac.replaceAll(':', ''), 'hex');
+    this.macBytes = Buffer.from(macBytes(this.mac));
     this.versions = versions ?? new Uint32Array(spec.pages);
     this.dirtyMark = new Uint8Array(spec.pages);
     this.peerByIndex = new Map(peers.map((p) => [p.index, p.name]));
+    this.peerMac = new Map(peers.map((p) => [p.name, macBytes(vmMac(p.index))]));
+    this.incoming = app.transfers.filter((t) => t.to === spec.name).map((t) => [t.from, t.bytes]);
     this.state = state ?? SimVm.initialState(spec, app);
   }
 
@@ -245,11 +250,9 @@ export class SimVm {
 
   /** Every transfer this VM takes part in has finished. */
   transfersDone(): boolean {
-    return Object.values(this.state.tcpOut).every(senderDone) && Object.entries(this.state.tcpIn).every(([from]) => this.state.tcpIn[from].expected >= this.fileBytesFrom(from));
-  }
-
-  fileBytesFrom(from: string): number {
-    return this.app.transfers.find((t) => t.from === from && t.to === this.spec.name)?.bytes ?? 0;
+    for (const k in this.state.tcpOut) if (!senderDone(this.state.tcpOut[k])) return false;
+    for (const [from, bytes] of this.incoming) if (this.state.tcpIn[from].expected < bytes) return false;
+    return true;
   }
 
   /** Pages dirtied since the last call (the hypervisor's dirty log), and a fresh log. */
@@ -309,7 +312,6 @@ export class SimVm {
   }
 
   private send(net: VmNetwork, to: string, kind: number, seq: number, data: Uint8Array): void {
-    const peer = this.peers.find((p) => p.name === to) as { index: number };
     const frameId = this.state.sentFrames[to] ?? 0;
     this.state.sentFrames[to] = frameId + 1;
     const payload = Buffer.alloc(10 + data.length);
@@ -318,7 +320,7 @@ export class SimVm {
     payload.writeUInt32BE(frameId, 2);
     payload.writeUInt32BE(seq, 6);
     payload.set(data, 10);
-    net.emit(this, buildFrame(vmMac(peer.index), this.mac, SIM_ETHERTYPE, payload));
+    net.emit(this, buildFrame(this.peerMac.get(to) as Uint8Array, this.macBytes, SIM_ETHERTYPE, payload));
   }
 }
 

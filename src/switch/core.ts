@@ -60,7 +60,7 @@ export class SwitchCore {
   private readonly holdLimit: number;
   private readonly colours = new Map<string, number>();
   private readonly peers: string[];
-  private readonly macs = new Map<string, Place>();
+  private readonly macs = new Map<number, Place>();
   private readonly held = new Map<string, HeldFrame[]>();
   private heldCount = 0;
   private readonly pairs = new Map<string, PairCounters>();

@@ -1,12 +1,13 @@
 /** The two Ethernet header fields a layer-2 switch reads. */
 export const ETH_HEADER_BYTES = 14;
 
-export function destinationMac(frame: Uint8Array): string {
-  return macString(frame, 0);
+/** The destination MAC as a number (48 bits fit a double exactly): a cheap table key. */
+export function destinationMac(frame: Uint8Array): number {
+  return macNumber(frame, 0);
 }
 
-export function sourceMac(frame: Uint8Array): string {
-  return macString(frame, 6);
+export function sourceMac(frame: Uint8Array): number {
+  return macNumber(frame, 6);
 }
 
 /** Broadcast and multicast destinations have the group bit set in the first octet. */
@@ -14,17 +15,20 @@ export function isGroupMac(frame: Uint8Array): boolean {
   return (frame[0] & 1) === 1;
 }
 
-function macString(frame: Uint8Array, at: number): string {
-  let s = '';
-  for (let i = at; i < at + 6; i++) s += (i > at ? ':' : '') + frame[i].toString(16).padStart(2, '0');
-  return s;
+function macNumber(frame: Uint8Array, at: number): number {
+  return (frame[at] * 0x10000 + ((frame[at + 1] << 8) | frame[at + 2])) * 0x1000000 + ((frame[at + 3] << 16) | (frame[at + 4] << 8) | frame[at + 5]);
 }
 
-/** Builds a frame (tests, the simulated NICs): MACs as 'aa:bb:..', ethertype, payload. */
-export function buildFrame(dst: string, src: string, etherType: number, payload: Uint8Array): Buffer {
+/** A MAC written 'aa:bb:cc:dd:ee:ff' as its six bytes. */
+export function macBytes(mac: string): Uint8Array {
+  return Buffer.from(mac.replaceAll(':', ''), 'hex');
+}
+
+/** Builds a frame (tests, the simulated NICs): MACs as 'aa:bb:..' or bytes, ethertype, payload. */
+export function buildFrame(dst: string | Uint8Array, src: string | Uint8Array, etherType: number, payload: Uint8Array): Buffer {
   const f = Buffer.allocUnsafe(ETH_HEADER_BYTES + payload.length);
-  Buffer.from(dst.replaceAll(':', ''), 'hex').copy(f, 0);
-  Buffer.from(src.replaceAll(':', ''), 'hex').copy(f, 6);
+  f.set(typeof dst === 'string' ? macBytes(dst) : dst, 0);
+  f.set(typeof src === 'string' ? macBytes(src) : src, 6);
   f.writeUInt16BE(etherType, 12);
   f.set(payload, ETH_HEADER_BYTES);
   return f;
