@@ -10,6 +10,7 @@ import { registerGc } from './gc.js';
 import { registerStats } from './stats.js';
 import { registerCheck } from './check.js';
 import { registerSwitch } from './switch.js';
+import { registerSnapshot } from './snapshot.js';
 import { ERROR_CODES } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 
@@ -41,6 +42,7 @@ registerGc(program);
 registerStats(program);
 registerCheck(program);
 registerSwitch(program);
+registerSnapshot(program);
 // `bench` pulls in the workload generator and the peer-tool drivers: load it only when it can be
 // the command (or help is shown), so put/restore start-up stays lean (it is part of every timing).
 const args = process.argv.slice(2);

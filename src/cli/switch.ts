@@ -29,7 +29,8 @@ function parseNamed(s: string, what: string): { name: string; addr: Endpoint } {
   return { name: s.slice(0, i), addr: parseEndpoint(s.slice(i + 1), what) };
 }
 
-function parseCount(s: string, what: string, min: number): number {
+/** A decimal integer option of at least `min` (also used by `snapshot`). */
+export function parseCount(s: string, what: string, min: number): number {
   if (!/^\d+$/.test(s) || Number(s) < min) throw usage(`${what}: expected an integer >= ${min}, got ${JSON.stringify(s)}`);
   return Number(s);
 }
