@@ -41,10 +41,10 @@ describe('vnstore snapshot --env', () => {
     const ls = JSON.parse((await runCli(['ls', '--store', store, '--json'])).stdout.toString()) as { group: string; vm: string }[];
     expect(ls).toHaveLength(15);
     expect(new Set(ls.map((s) => s.group))).toEqual(new Set(['env7-e1', 'env7-e2', 'env7-e3']));
-    // the same environment again would reuse the group ids: refused before any work
-    const again = await runCli(['snapshot', '--env', env, '--store', store]);
-    expect(again.code).toBe(11);
-    expect(singleErrorLine(again.stderr)).toBe('vnstore: error: the store already holds group env7-e1: give the environment another name');
+    // the same environment again continues with the next epoch
+    const again = await runCli(['snapshot', '--env', env, '--store', store, '--json']);
+    expect(again.code).toBe(0);
+    expect(JSON.parse(again.stdout.toString()).epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([['env7-e4', 'committed']]);
   });
 
   it('refuses a bad environment file or option with one line and its exit code', async () => {

@@ -54,7 +54,8 @@ export function registerSnapshot(program: Command): void {
     .addHelpText(
       'after',
       `
-Each epoch is one group <env>-e<N> in the store: every VM's memory at its pause and, with
+Each epoch is one group <env>-e<N> in the store, N counting on from the environment's last
+committed group: every VM's memory at its pause and, with
 --channels hold, the frames in flight across the cut (<env>.channels). An epoch with a failed or
 late VM is aborted whole: nothing of it becomes visible. Times are simulated milliseconds.
 
@@ -74,12 +75,15 @@ Examples:
         const { storeTarget } = await import('../coordinator/target.js');
         await withStore(opts, async (store) => {
           const target = storeTarget(store);
-          const taken = new Set((await store.listSnapshots()).map((r) => r.group));
-          for (let e = 1; e <= epochs; e++) if (taken.has(`${spec.name}-e${e}`)) throw new VnstoreError('E_EXISTS', `the store already holds group ${spec.name}-e${e}: give the environment another name`);
+          // Epochs continue after the environment's last committed group (an aborted or
+          // interrupted epoch left none), so a rerun after a crash takes the next epoch.
+          const prefix = `${spec.name}-e`;
+          const last = Math.max(0, ...(await store.listSnapshots()).map((r) => r.group ?? '').filter((g) => g.startsWith(prefix) && /^\d+$/.test(g.slice(prefix.length))).map((g) => Number(g.slice(prefix.length))));
           const run = await runEnvironment({
             spec,
             target,
             epochs,
+            firstEpoch: last + 1,
             firstAtMs: count(opts.firstAt, '--first-at', 0),
             gapMs: count(opts.interval, '--interval', 0),
             syncStop: opts.syncStop === 'on',

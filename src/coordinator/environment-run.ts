@@ -16,6 +16,8 @@ export interface RunOptions<P> {
   spec: EnvSpec;
   target: SnapshotTarget<P>;
   epochs: number;
+  /** Number of the first epoch (default 1): after the environment's last committed one. */
+  firstEpoch?: number;
   /** First epoch starts here; each next one `gapMs` after the previous one ended. */
   firstAtMs: number;
   gapMs: number;
@@ -34,11 +36,12 @@ export interface RunOptions<P> {
 }
 
 export async function runEnvironment<P>(o: RunOptions<P>): Promise<{ reports: EpochReport[]; outcome: Outcome; env: SimEnv }> {
-  const env = new SimEnv(o.spec);
+  const first = o.firstEpoch ?? 1;
+  const env = new SimEnv(o.spec, { epoch: first - 1 });
   o.onEnv?.(env);
   const reports: EpochReport[] = [];
   let at = o.firstAtMs;
-  for (let e = 1; e <= o.epochs; e++) {
+  for (let e = first; e < first + o.epochs; e++) {
     await env.clock.runUntil(() => false, at);
     const failing = o.failCommit?.includes(e);
     reports.push(
