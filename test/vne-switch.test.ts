@@ -11,6 +11,7 @@ import { SwitchCore, type SwitchOutput } from '../src/switch/core.js';
 import { buildFrame } from '../src/switch/ethernet.js';
 import { decodeTunnel, encodeTunnel, TunnelKind } from '../src/switch/tunnel.js';
 import { UdpSwitch } from '../src/switch/udp.js';
+import { requestFlip } from '../src/switch/flip-client.js';
 
 const mac = (i: number) => `02:00:00:00:00:${i.toString(16).padStart(2, '0')}`;
 
@@ -193,6 +194,24 @@ describe('UDP relay on loopback', () => {
     // a datagram from an address not in the port table is counted, not forwarded
     ctl.sock.send(f, A.vmPort, '127.0.0.1');
     await until(() => A.core.unknownSource === 1);
+  });
+});
+
+describe('flip requests (the agent side)', () => {
+  it('flips a VM on a remote switch and returns the acknowledged colour; an unknown VM times out with one clear error', async () => {
+    const g = dgram.createSocket('udp4');
+    await new Promise<void>((r) => g.bind(0, '127.0.0.1', () => r()));
+    const sw = await UdpSwitch.start({ vmListen: { host: '127.0.0.1', port: 0 }, tunnelListen: { host: '127.0.0.1', port: 0 }, ports: [{ vm: 'v0', addr: { host: '127.0.0.1', port: g.address().port } }], peers: [], channels: 'hold', holdFrames: 4 });
+    try {
+      const at = { host: '127.0.0.1', port: sw.tunnelPort };
+      expect(await requestFlip(at, 'v0', 3)).toBe(3);
+      expect(sw.core.colourOf('v0')).toBe(3);
+      expect(await requestFlip(at, 'v0', 2)).toBe(3); // never lowered: the colour in force is returned
+      await expect(requestFlip(at, 'nope', 1, { retryMs: 10, attempts: 3 })).rejects.toThrow(`switch 127.0.0.1:${sw.tunnelPort} did not acknowledge the flip of nope to epoch 1 (3 attempts, 10 ms apart)`);
+    } finally {
+      g.close();
+      await sw.close();
+    }
   });
 });
 
