@@ -197,6 +197,27 @@ describe('UDP relay on loopback', () => {
   });
 });
 
+describe('an unreachable peer', () => {
+  it('is counted as a send error and the switch keeps relaying', async () => {
+    const [a, b] = [dgram.createSocket('udp4'), dgram.createSocket('udp4')];
+    await Promise.all([a, b].map((s) => new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()))));
+    const got: Buffer[] = [];
+    b.on('message', (m) => got.push(m));
+    const sw = await UdpSwitch.start({ vmListen: { host: '127.0.0.1', port: 0 }, tunnelListen: { host: '127.0.0.1', port: 0 }, ports: [{ vm: 'a', addr: { host: '127.0.0.1', port: a.address().port } }, { vm: 'b', addr: { host: '127.0.0.1', port: b.address().port } }], peers: [{ name: 'gone', addr: { host: 'no-such-host.invalid', port: 9 } }], channels: 'drop', holdFrames: 4 });
+    try {
+      const frame = buildFrame('ff:ff:ff:ff:ff:ff', mac(1), 0x0800, Buffer.from('flooded to b and to the unreachable peer'));
+      a.send(frame, sw.vmPort, '127.0.0.1');
+      for (let i = 0; i < 300 && (sw.sendErrors === 0 || got.length === 0); i++) await new Promise((r) => setTimeout(r, 10));
+      expect(sw.sendErrors).toBe(1);
+      expect(got.map((g) => g.equals(frame))).toEqual([true]);
+    } finally {
+      a.close();
+      b.close();
+      await sw.close();
+    }
+  });
+});
+
 describe('flip requests (the agent side)', () => {
   it('flips a VM on a remote switch and returns the acknowledged colour; an unknown VM times out with one clear error', async () => {
     const g = dgram.createSocket('udp4');

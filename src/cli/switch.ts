@@ -46,7 +46,7 @@ export function registerSwitch(program: Command): void {
     .option('--channels <mode>', 'frames from a post-snapshot to a pre-snapshot VM: drop (the paper) or hold until the receiver flips', 'drop')
     .option('--hold-frames <n>', 'hold buffer size in frames; beyond it frames are dropped and counted', '4096')
     .option('--epoch <n>', 'initial colour of every local VM (the last committed epoch)', '0')
-    .option('--json', 'on exit, print the counters as JSON: {pairs: [{src, dst, epoch, delivered, deliveredBytes, dropped, droppedBytes, held, crossing}], unknownSource, badTunnelDatagrams}')
+    .option('--json', 'on exit, print the counters as JSON: {pairs: [{src, dst, epoch, delivered, deliveredBytes, dropped, droppedBytes, held, crossing}], unknownSource, badTunnelDatagrams, sendErrors}')
     .addHelpText(
       'after',
       `
@@ -83,11 +83,11 @@ Counters are printed when the switch stops (SIGINT or SIGTERM).
           process.once('SIGTERM', resolve);
         });
         await sw.close();
-        const report = { pairs: sw.core.counters(), unknownSource: sw.core.unknownSource, badTunnelDatagrams: sw.badTunnelDatagrams };
+        const report = { pairs: sw.core.counters(), unknownSource: sw.core.unknownSource, badTunnelDatagrams: sw.badTunnelDatagrams, sendErrors: sw.sendErrors };
         if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
         else {
           for (const c of report.pairs) process.stdout.write(`${c.src} -> ${c.dst} epoch ${c.epoch}: delivered ${c.delivered} (${c.deliveredBytes} B), dropped ${c.dropped} (${c.droppedBytes} B), held ${c.held}, across the cut ${c.crossing}\n`);
-          process.stdout.write(`unknown sources ${report.unknownSource}, bad tunnel datagrams ${report.badTunnelDatagrams}\n`);
+          process.stdout.write(`unknown sources ${report.unknownSource}, bad tunnel datagrams ${report.badTunnelDatagrams}, send errors ${report.sendErrors}\n`);
         }
       }),
     );

@@ -38,6 +38,8 @@ export class UdpSwitch {
   readonly core: SwitchCore;
   /** Tunnel datagrams refused (foreign, truncated, unsupported version). */
   badTunnelDatagrams = 0;
+  /** Datagrams the system refused to send (a peer or VM address unreachable): counted, the switch runs on. */
+  sendErrors = 0;
   private readonly vmByAddr = new Map<string, string>();
   private readonly vmAddr = new Map<string, Endpoint>();
   private readonly peerByAddr = new Map<string, string>();
@@ -57,6 +59,9 @@ export class UdpSwitch {
       this.peerByAddr.set(key(p.addr), p.name);
       this.peerAddr.set(p.name, p.addr);
     }
+    // An 'error' with no listener would end the process: one unreachable peer must not stop the switch.
+    vmSocket.on('error', () => this.sendErrors++);
+    tunnelSocket.on('error', () => this.sendErrors++);
     vmSocket.on('message', (msg, rinfo) => this.onVmDatagram(msg, rinfo));
     tunnelSocket.on('message', (msg, rinfo) => this.onTunnelDatagram(msg, rinfo));
   }
@@ -129,10 +134,10 @@ export class UdpSwitch {
     for (const o of outputs) {
       if (o.kind === 'local') {
         const a = this.vmAddr.get(o.vm) as Endpoint;
-        this.vmSocket.send(o.frame, a.port, a.host);
+        this.vmSocket.send(o.frame, a.port, a.host, (err) => void (err && this.sendErrors++));
       } else {
         const a = this.peerAddr.get(o.peer) as Endpoint;
-        this.tunnelSocket.send(encodeTunnel({ kind: TunnelKind.FRAME, epoch: o.epoch, vm: o.srcVm, payload: o.frame }), a.port, a.host);
+        this.tunnelSocket.send(encodeTunnel({ kind: TunnelKind.FRAME, epoch: o.epoch, vm: o.srcVm, payload: o.frame }), a.port, a.host, (err) => void (err && this.sendErrors++));
       }
     }
   }
