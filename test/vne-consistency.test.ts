@@ -3,7 +3,7 @@
  * modes, with and without synchronised stop): every committed group passes the checker (no receipt
  * without its send; channel state only of frames in flight across the cut), holds every VM or none,
  * loses no frame in hold mode, and the environment resumed from it finishes every transfer with the
- * checksum of an undisturbed run. Runs use the in-memory target; the store-backed group restore is
+ * checksum of an undisturbed run, on the receivers' disks as well as in their memory. Runs use the in-memory target; the store-backed group restore is
  * in vne-group-restore.test.ts.
  */
 import { describe, expect, it } from 'vitest';
@@ -74,7 +74,7 @@ describe('coordinated snapshots are causally consistent', () => {
       const what = `seed ${seed} ${JSON.stringify({ channels: p.channels, syncStop: p.syncStop, fault: p.fault, holdFrames: p.holdFrames })}`;
       // the live run is undisturbed in its result
       expect(r.outcome.done, what).toBe(true);
-      for (const t of r.outcome.transfers) expect([t.received, t.checksum], what).toEqual([t.bytes, t.expected]);
+      for (const t of r.outcome.transfers) expect([t.received, t.checksum, t.diskChecksum], what).toEqual([t.bytes, t.expected, t.expected]);
       const switchDrops = r.env.counters().reduce((n, c) => n + c.dropped, 0);
       const switchCrossing = r.env.counters().reduce((n, c) => n + c.crossing, 0);
       // hold mode loses no datagram live (at most the one still in flight when the run ended)
@@ -104,7 +104,7 @@ describe('coordinated snapshots are causally consistent', () => {
         if (p.channels === 'drop') tally.lostDrop += g.check.lost;
         tally.channelFrames += g.check.channelFrames;
         expect(g.outcome.done, `${what} ${rep.group}: resumed run did not finish`).toBe(true);
-        for (const t of g.outcome.transfers) expect([t.received, t.checksum], `${what} ${rep.group}`).toEqual([t.bytes, t.expected]);
+        for (const t of g.outcome.transfers) expect([t.received, t.checksum, t.diskChecksum], `${what} ${rep.group}`).toEqual([t.bytes, t.expected, t.expected]);
       }
       tally[p.channels]++;
     }

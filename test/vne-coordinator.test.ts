@@ -111,7 +111,7 @@ describe('coordinator executor on a simulated environment', () => {
       const target = new MemoryTarget();
       const r = await runEnvironment({ spec: spec('drop'), target, epochs: 1, firstAtMs: 300, gapMs: 0, syncStop, timeoutMs: 60_000, agent, limitMs: 120_000 });
       expect(r.reports[0].outcome).toBe('committed');
-      expect([...(target.groups.get(r.reports[0].group) as Map<string, Uint8Array>).keys()].sort()).toEqual(['vm0', 'vm1', 'vm2', 'vm3']);
+      expect([...(target.groups.get(r.reports[0].group) as Map<string, Uint8Array>).keys()].sort()).toEqual(['vm0', 'vm0.disk', 'vm1', 'vm1.disk', 'vm2', 'vm2.disk', 'vm3', 'vm3.disk']);
       for (const v of r.reports[0].vms) {
         expect(v.rounds).toBeGreaterThanOrEqual(1);
         expect(v.downtimeMs).toBeGreaterThan(agent.pauseOverheadMs);

@@ -13,7 +13,7 @@ import { Store } from '../src/store/store.js';
 import { CLI, initStore, runCli, tempDirs } from './helpers/engine.js';
 
 const tempDir = tempDirs();
-const MEMBERS = ['env9.channels', 'vm0', 'vm1', 'vm2', 'vm3'];
+const MEMBERS = ['env9.channels', 'vm0', 'vm0.disk', 'vm1', 'vm1.disk', 'vm2', 'vm2.disk', 'vm3', 'vm3.disk'];
 
 describe('coordinator killed mid-epoch', () => {
   it('never leaves a partial group committed, and the next epoch succeeds', { timeout: 240_000 }, async () => {

@@ -74,7 +74,7 @@ describe('simulated VMs', () => {
     await env.clock.runUntil(() => env.transfersDone(), 60_000);
     const o = outcomeOf(env);
     expect(o.done).toBe(true);
-    expect(o.transfers.map((t) => [t.received, t.checksum])).toEqual(o.transfers.map((t) => [t.bytes, t.expected]));
+    expect(o.transfers.map((t) => [t.received, t.checksum, t.diskChecksum])).toEqual(o.transfers.map((t) => [t.bytes, t.expected, t.expected]));
     expect(o.datagrams.every((d) => d.sent > 100 && d.sent - d.received <= 1)).toBe(true); // at most one in flight
     expect(o.timeouts).toBe(0);
   });

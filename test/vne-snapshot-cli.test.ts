@@ -39,7 +39,7 @@ describe('vnstore snapshot --env', () => {
       ['env7-e3', true, 0, 0],
     ]);
     const ls = JSON.parse((await runCli(['ls', '--store', store, '--json'])).stdout.toString()) as { group: string; vm: string }[];
-    expect(ls).toHaveLength(15);
+    expect(ls).toHaveLength(27); // per epoch: 4 VMs' memory and disk, the channel state
     expect(new Set(ls.map((s) => s.group))).toEqual(new Set(['env7-e1', 'env7-e2', 'env7-e3']));
     // the same environment again continues with the next epoch
     const again = await runCli(['snapshot', '--env', env, '--store', store, '--json']);

@@ -55,7 +55,7 @@ export function registerSnapshot(program: Command): void {
       'after',
       `
 Each epoch is one group <env>-e<N> in the store, N counting on from the environment's last
-committed group: every VM's memory at its pause and, with
+committed group: every VM's memory and disk (<vm>.disk) at its pause and, with
 --channels hold, the frames in flight across the cut (<env>.channels). An epoch with a failed or
 late VM is aborted whole: nothing of it becomes visible. Times are simulated milliseconds.
 

@@ -3,9 +3,11 @@
  * session, the colour flip at the stop-and-copy pause, prepare, report. Round k sends the pages
  * dirtied during round k-1 (round 1 sends every page) and lasts pages × the host's per-page time;
  * the pause lasts as long as copying the last dirty pages and the state pages, plus a fixed cost.
+ * The VM's disk, as it is at the pause, goes into a second session of the group (`<vm>.disk`): a
+ * copy-on-write snapshot taken at the pause and written out after it, so it adds no downtime.
  */
 import type { SimEnv } from '../sim/env.js';
-import { STATE_PAGES, type SimVm } from '../sim/vm.js';
+import { diskMemberName, STATE_PAGES, type SimVm } from '../sim/vm.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import type { TimerHandle } from '../sim/events.js';
 import type { CoordinatorEvent } from './protocol.js';
@@ -23,7 +25,9 @@ export interface AgentOptions {
 
 export class SimAgent<P> {
   private session?: TargetSession<P>;
+  private diskSession?: TargetSession<P>;
   private prepared?: P;
+  private diskPrepared?: P;
   private round?: TimerHandle;
   private syncStop = false;
   private ready = false;
@@ -42,8 +46,10 @@ export class SimAgent<P> {
     this.vm = env.vms.get(name) as SimVm;
   }
 
-  get preparedMember(): P | undefined {
-    return this.prepared;
+  /** The VM's prepared members (memory, and disk if it has one), once all are prepared; else none. */
+  get preparedMembers(): P[] {
+    if (this.prepared === undefined) return [];
+    return this.diskPrepared === undefined ? [this.prepared] : [this.prepared, this.diskPrepared];
   }
 
   /** Opens the session and starts round 1 (an event of the simulation: the queue awaits it). */
@@ -60,6 +66,7 @@ export class SimAgent<P> {
       });
     }
     this.session = await this.target.beginSession({ vm: this.name, group, epoch, memoryBytes: this.vm.spec.pages * PAGE_SIZE });
+    if (this.vm.disk.length > 0) this.diskSession = await this.target.beginSession({ vm: diskMemberName(this.name), group, epoch, memoryBytes: this.vm.disk.length });
     this.vm.takeDirty(); // round 1 sends every page: what was dirtied before does not matter
     await this.sendRound(Array.from({ length: this.vm.spec.pages }, (_, i) => i), epoch);
   }
@@ -71,12 +78,14 @@ export class SimAgent<P> {
     await this.stopAndCopy(epoch);
   }
 
-  /** The epoch is aborted: drop the session, let the VM run. */
+  /** The epoch is aborted: drop the sessions and whatever they prepared, let the VM run. */
   async abort(): Promise<void> {
     this.dead = true;
     this.round?.cancel();
     if (this.vm.paused) this.env.resume(this.name);
     await this.session?.abort();
+    await this.diskSession?.abort();
+    await this.target.abortPrepared([this.prepared, this.diskPrepared].filter((p): p is P => p !== undefined));
   }
 
   private async sendRound(pages: number[], epoch: number): Promise<void> {
@@ -111,11 +120,16 @@ export class SimAgent<P> {
     const s = this.session as TargetSession<P>;
     await s.writeScattered(dirty, this.vm.pagesBytes(dirty));
     await s.writePages(0, this.vm.stateBytes(paused));
+    const disk = this.vm.disk.slice(); // the disk at the pause
     const downtimeMs = (dirty.length + STATE_PAGES) * env.host(this.vm.spec.host).pageMs + this.options.pauseOverheadMs;
     this.round = env.clock.after(downtimeMs, async () => {
       if (this.dead) return;
       env.resume(this.name);
       this.report({ type: 'flipped', vm: this.name, now: paused, downtimeMs });
+      if (this.diskSession) {
+        await this.diskSession.writePages(0, disk);
+        this.diskPrepared = await this.diskSession.prepare({ byteLength: disk.length });
+      }
       this.prepared = await s.prepare({ byteLength: this.vm.spec.pages * PAGE_SIZE });
       if (!this.dead) this.report({ type: 'prepared', vm: this.name, now: env.clock.now });
     });

@@ -7,6 +7,8 @@
  */
 import type { ChannelFrame } from '../switch/core.js';
 import { decodeSimFrame, inRuns, type GuestState } from '../sim/vm.js';
+import { fnv1a, FNV_OFFSET } from '../sim/transport.js';
+import type { TransferSpec } from '../sim/vm.js';
 
 export interface ConsistencyReport {
   violations: string[];
@@ -54,4 +56,30 @@ export function checkGroup(states: Map<string, GuestState>, channel: ChannelFram
     }
   }
   return { violations, receipts, channelFrames: channel.length, lost };
+}
+
+/**
+ * Memory and disk of one cut agree: every file a VM's memory says it has received in order (the
+ * receiver's offset and running checksum) is on its disk image, at its offset, with that checksum,
+ * and nothing past that offset is (the file is written in order onto a zeroed disk).
+ * Files are laid out on a receiver's disk one after another in the order of `transfers`.
+ */
+export function checkDisks(states: Map<string, GuestState>, disks: Map<string, Uint8Array | undefined>, transfers: TransferSpec[]): string[] {
+  const violations: string[] = [];
+  const base = new Map<string, number>();
+  for (const t of transfers) {
+    const at = base.get(t.to) ?? 0;
+    base.set(t.to, at + t.bytes);
+    const r = states.get(t.to)?.tcpIn[t.from];
+    const disk = disks.get(t.to);
+    if (!r) continue;
+    if (!disk || disk.length < at + t.bytes) {
+      violations.push(`${t.to} has no disk image holding the file from ${t.from}`);
+      continue;
+    }
+    if (fnv1a(FNV_OFFSET, disk.subarray(at, at + r.expected)) !== r.checksum) violations.push(`${t.to}'s disk does not hold the ${r.expected} bytes from ${t.from} its memory says it received`);
+    // and nothing more: bytes past that offset would come from after the cut
+    if (disk.subarray(at + r.expected, at + t.bytes).some((b) => b !== 0)) violations.push(`${t.to}'s disk holds bytes from ${t.from} past the ${r.expected} its memory says it received`);
+  }
+  return violations;
 }

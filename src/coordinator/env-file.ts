@@ -71,8 +71,10 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
     const pages = int(v.pages, `vms[${i}].pages`, STATE_PAGES + 1, 1 << 24, bad);
     const host = str(v.host, `vms[${i}].host`, bad);
     if (!hosts.some((h) => h.name === host)) throw bad(`vms[${i}].host "${host}" is not one of the hosts`);
+    const vmName = str(v.name, `vms[${i}].name`, bad);
+    if (vmName.includes('.')) throw bad(`vms[${i}].name "${vmName}" must not contain "." (group members <vm>.disk and <env>.channels use it)`);
     return {
-      name: str(v.name, `vms[${i}].name`, bad),
+      name: vmName,
       host,
       pages,
       dirtyPerSec: num(v.dirtyPerSec ?? 100, `vms[${i}].dirtyPerSec`, 0, 1e7, bad),

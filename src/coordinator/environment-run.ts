@@ -6,10 +6,10 @@
 import { runEpoch, type EpochReport } from './executor.js';
 import type { AgentOptions } from './agent.js';
 import { channelMemberName, decodeChannelState } from './channel-state.js';
-import { checkGroup, type ConsistencyReport } from './consistency.js';
+import { checkDisks, checkGroup, type ConsistencyReport } from './consistency.js';
 import type { GroupReader, SnapshotTarget } from './target.js';
 import { SimEnv, type EnvSpec } from '../sim/env.js';
-import { decodeGuestState, type GuestState } from '../sim/vm.js';
+import { decodeGuestState, diskMemberName, type GuestState } from '../sim/vm.js';
 import { outcomeOf, type Outcome } from '../sim/outcome.js';
 
 export interface RunOptions<P> {
@@ -73,7 +73,7 @@ export interface GroupRestore {
 }
 
 /**
- * Resumes the whole environment from a committed group: every VM from its image, the group's
+ * Resumes the whole environment from a committed group: every VM from its memory and disk images, the group's
  * channel state re-delivered (hold mode), every VM's colour at the group's epoch; then checks the
  * group's consistency and runs the environment until its transfers finish.
  */
@@ -87,6 +87,7 @@ export async function resumeGroup(spec: EnvSpec, reader: GroupReader, group: str
   const channel = chImage ? decodeChannelState(chImage, epoch) : [];
   const states = new Map<string, GuestState>(names.map((n) => [n, decodeGuestState(images.get(n) as Uint8Array)]));
   const check = checkGroup(states, channel, names);
+  check.violations.push(...checkDisks(states, new Map(names.map((n) => [n, images.get(diskMemberName(n))])), spec.transfers));
   const env = new SimEnv(spec, { epoch, images });
   env.redeliver(channel); // before anything runs: a finished environment must still get them
   await env.clock.runUntil(() => env.transfersDone(), limitMs);

@@ -77,7 +77,7 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
   };
   const commit = async () => {
     try {
-      const prepared = names.map((n) => agents.get(n)?.preparedMember as P);
+      const prepared = names.flatMap((n) => (agents.get(n) as SimAgent<P>).preparedMembers);
       if (env.spec.channels === 'hold') {
         const frames = env.takeChannelState(o.epoch);
         channelFrames = frames.length;
@@ -96,8 +96,7 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
   };
   const abort = async () => {
     for (const a of agents.values()) await a.abort();
-    const prepared = [...names.map((n) => agents.get(n)?.preparedMember), channelPrepared].filter((p) => p !== undefined) as P[];
-    await target.abortPrepared(prepared);
+    if (channelPrepared !== undefined) await target.abortPrepared([channelPrepared]);
     for (const n of names) env.flip(n, o.epoch); // close the aborted epoch's colours
     env.takeChannelState(o.epoch);
   };

@@ -6,7 +6,7 @@
  * judged against are the VMs' colours at those very moments (docs/COORDINATION.md).
  */
 import { EventQueue } from './events.js';
-import { SimVm, type AppSpec, type DatagramSpec, type TransferSpec, type VmSpec } from './vm.js';
+import { diskMemberName, SimVm, type AppSpec, type DatagramSpec, type TransferSpec, type VmSpec } from './vm.js';
 import { SwitchCore, type ChannelFrame, type PairCounters, type SwitchOutput } from '../switch/core.js';
 import type { ChannelMode } from '../switch/colour.js';
 
@@ -40,7 +40,7 @@ export class SimEnv {
   private readonly tickGen = new Map<string, number>();
   private readonly net = { emit: (vm: SimVm, frame: Uint8Array) => this.route(vm.spec.host, this.switchOf(vm.spec.name).fromLocal(vm.spec.name, frame)) };
 
-  /** `images`: resume each VM from a memory image (a group restore) instead of starting fresh. */
+  /** `images`: resume each VM from a memory image and its disk image (a group restore) instead of starting fresh. */
   constructor(
     readonly spec: EnvSpec,
     options: { epoch?: number; images?: Map<string, Uint8Array> } = {},
@@ -55,7 +55,7 @@ export class SimEnv {
       const vs: VmSpec = { ...v, index: i + 1 };
       this.specs.set(v.name, vs);
       const image = options.images?.get(v.name);
-      this.vms.set(v.name, image ? SimVm.fromImage(vs, this.app, peers, image, 0) : new SimVm(vs, this.app, peers));
+      this.vms.set(v.name, image ? SimVm.fromImage(vs, this.app, peers, image, 0, options.images?.get(diskMemberName(v.name))) : new SimVm(vs, this.app, peers));
       this.scheduleTick(v.name, 0);
     });
   }

@@ -60,7 +60,7 @@ export function fileSlice(seed: number, offset: number, length: number): Uint8Ar
   return b;
 }
 
-const FNV_OFFSET = 0x811c9dc5;
+export const FNV_OFFSET = 0x811c9dc5;
 
 export function fnv1a(h: number, data: Uint8Array): number {
   for (let i = 0; i < data.length; i++) h = Math.imul(h ^ data[i], 0x01000193) >>> 0;

@@ -133,6 +133,12 @@ export class SimVm {
   private readonly peerMac: Map<string, Uint8Array>;
   /** Bytes of each transfer this VM receives, by sender. */
   private readonly incoming: [string, number][];
+  /**
+   * The VM's disk: each incoming transfer's file is written at its own offset as its bytes arrive
+   * in order (empty when the VM receives nothing). A snapshot takes it as it is at the pause.
+   */
+  readonly disk: Uint8Array;
+  private readonly diskBase = new Map<string, number>();
 
   constructor(
     readonly spec: VmSpec,
@@ -140,6 +146,7 @@ export class SimVm {
     private readonly peers: { name: string; index: number }[],
     state?: GuestState,
     versions?: Uint32Array,
+    disk?: Uint8Array,
   ) {
     this.mac = vmMac(spec.index);
     this.macBytes = Buffer.from(macBytes(this.mac));
@@ -148,6 +155,13 @@ export class SimVm {
     this.peerByIndex = new Map(peers.map((p) => [p.index, p.name]));
     this.peerMac = new Map(peers.map((p) => [p.name, macBytes(vmMac(p.index))]));
     this.incoming = app.transfers.filter((t) => t.to === spec.name).map((t) => [t.from, t.bytes]);
+    let size = 0;
+    for (const [from, bytes] of this.incoming) {
+      this.diskBase.set(from, size);
+      size += bytes;
+    }
+    this.disk = new Uint8Array(size);
+    if (disk) this.disk.set(disk.subarray(0, size));
     this.state = state ?? SimVm.initialState(spec, app);
   }
 
@@ -226,7 +240,10 @@ export class SimVm {
     if (from === undefined) return;
     addToRuns((this.state.recvFrames[from] ??= []), f.frameId);
     if (f.kind === MSG.DATA && this.state.tcpIn[from]) {
-      const ack = receiverOnSegment(this.state.tcpIn[from], { seq: f.seq, data: f.data }, now);
+      const r = this.state.tcpIn[from];
+      const before = r.expected;
+      const ack = receiverOnSegment(r, { seq: f.seq, data: f.data }, now);
+      if (r.expected > before) this.disk.set(f.data, (this.diskBase.get(from) as number) + before);
       this.send(net, from, MSG.ACK, ack, new Uint8Array(0));
     } else if (f.kind === MSG.ACK && this.state.tcpOut[from]) {
       const snd = this.state.tcpOut[from];
@@ -293,8 +310,14 @@ export class SimVm {
     return out;
   }
 
-  /** A VM resumed from a memory image at time `now`. */
-  static fromImage(spec: VmSpec, app: AppSpec, peers: { name: string; index: number }[], image: Uint8Array, now: number): SimVm {
+  /** The disk region holding the file received from `from` (its first `length` bytes). */
+  diskRegion(from: string, length: number): Uint8Array {
+    const base = this.diskBase.get(from) as number;
+    return this.disk.subarray(base, base + length);
+  }
+
+  /** A VM resumed from a memory image (and its disk image) at time `now`. */
+  static fromImage(spec: VmSpec, app: AppSpec, peers: { name: string; index: number }[], image: Uint8Array, now: number, disk?: Uint8Array): SimVm {
     const state = shiftTimes(decodeGuestState(image), now);
     const versions = new Uint32Array(spec.pages);
     const b = Buffer.from(image.buffer, image.byteOffset, image.byteLength);
@@ -302,7 +325,7 @@ export class SimVm {
       const at = p * PAGE_SIZE;
       if (b.readUInt32BE(at) === PATTERN_MAGIC && b.readUInt32BE(at + 8) === p) versions[p] = b.readUInt32BE(at + 12);
     }
-    return new SimVm(spec, app, peers, state, versions);
+    return new SimVm(spec, app, peers, state, versions, disk);
   }
 
   private markDirty(p: number): void {
@@ -322,6 +345,11 @@ export class SimVm {
     payload.set(data, 10);
     net.emit(this, buildFrame(this.peerMac.get(to) as Uint8Array, this.macBytes, SIM_ETHERTYPE, payload));
   }
+}
+
+/** The group member that holds a VM's disk. */
+export function diskMemberName(vm: string): string {
+  return `${vm}.disk`;
 }
 
 export function decodeGuestState(image: Uint8Array): GuestState {
