@@ -95,7 +95,7 @@ Examples:
           if (opts.verifyRestore) {
             for (const rep of run.reports.filter((r) => r.outcome === 'committed')) {
               const g = await resumeGroup(spec, target, rep.group, rep.epoch, 24 * 3600 * 1000);
-              verified.push({ group: rep.group, check: g.check, transfersOk: g.outcome.done && g.outcome.transfers.every((t) => t.checksum === t.expected && t.received === t.bytes), datagrams: g.outcome.datagrams });
+              verified.push({ group: rep.group, check: g.check, transfersOk: g.outcome.done && g.outcome.transfers.every((t) => t.checksum === t.expected && t.diskChecksum === t.expected && t.received === t.bytes), datagrams: g.outcome.datagrams });
             }
           }
           if (opts.json) process.stdout.write(JSON.stringify({ env: spec.name, epochs: run.reports, live: run.outcome, verified }, null, 2) + '\n');
@@ -117,10 +117,10 @@ function render(reports: EpochReport[], live: Outcome, verified: Verification[])
     for (const v of r.vms) out.push(`  ${v.vm}: ${v.rounds} round(s), duration ${ms(v.durationMs)}, downtime ${ms(v.downtimeMs)}, flip at +${ms(v.flipAtMs)}`);
     out.push(`  skew ${ms(r.skewMs)}; frames dropped ${r.framesDropped}, held ${r.framesHeld}, across the cut ${r.framesCrossing} (channel state ${r.channelFrames})`);
   }
-  out.push(`live run: ${live.transfers.filter((t) => t.checksum === t.expected && t.received === t.bytes).length}/${live.transfers.length} transfers ended with their checksum; longest RTO ${ms(live.longestRtoMs)}, longest stall ${ms(live.longestStallMs)}`);
+  out.push(`live run: ${live.transfers.filter((t) => t.checksum === t.expected && t.diskChecksum === t.expected && t.received === t.bytes).length}/${live.transfers.length} transfers ended with their checksum, in memory and on disk; longest RTO ${ms(live.longestRtoMs)}, longest stall ${ms(live.longestStallMs)}`);
   for (const d of live.datagrams) out.push(`  datagrams ${d.from} -> ${d.to}: ${d.sent} sent, ${d.received} received`);
   for (const v of verified) {
-    out.push(`restored ${v.group}: ${v.check.violations.length === 0 ? 'consistent' : `INCONSISTENT: ${v.check.violations[0]}`}, ${v.check.lost} frame(s) lost across the cut, transfers ${v.transfersOk ? 'ended with their checksums' : 'FAILED'}`);
+    out.push(`restored ${v.group}: ${v.check.violations.length === 0 ? 'consistent' : `INCONSISTENT: ${v.check.violations[0]}`}, ${v.check.lost} frame(s) lost across the cut, transfers ${v.transfersOk ? 'ended with their checksums (memory and disk)' : 'FAILED'}`);
   }
   return out.join('\n') + '\n';
 }
