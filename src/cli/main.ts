@@ -16,6 +16,8 @@ import { registerQemu } from './qemu.js';
 import { registerServe } from './serve.js';
 import { registerToken } from './token.js';
 import { registerAgent } from './agent.js';
+import { registerSwitch } from './switch.js';
+import { registerSnapshot } from './snapshot.js';
 import { ERROR_CODES } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 
@@ -54,6 +56,8 @@ registerQemu(program);
 registerServe(program);
 registerToken(program);
 registerAgent(program);
+registerSwitch(program);
+registerSnapshot(program);
 // `bench` pulls in the workload generator and the peer-tool drivers: load it only when it can be
 // the command (or help is shown), so put/restore start-up stays lean (it is part of every timing).
 const args = process.argv.slice(2);

@@ -1,0 +1,118 @@
+/**
+ * The environment file of `vnstore snapshot --env FILE` (JSON). For now it describes a simulated
+ * environment, either generated from a few knobs or spelled out:
+ *
+ *   {"name": "env7", "seed": 1, "scenario": {"vms": 4, "hosts": 2, "minPages": 512, "sizeRatio": 4,
+ *    "pageMs": 1, "bytesPerSec": 40000, "transferMs": 20000}}
+ *
+ *   {"name": "env7", "seed": 1, "hosts": [{"name": "h0", "pageMs": 1}, ...],
+ *    "vms": [{"name": "web1", "host": "h0", "pages": 4096, "dirtyPerSec": 100, "hotPages": 32,
+ *             "commonPages": 1024}, ...],
+ *    "transfers": [{"from": "web1", "to": "db1", "bytes": 800000, "bytesPerSec": 40000}],
+ *    "datagrams": [{"from": "web1", "to": "db1", "everyMs": 20}]}
+ *
+ * Real environments (VMs with agents and switch ports) come with the network server.
+ */
+import { readFile } from 'node:fs/promises';
+import type { EnvSpec } from '../sim/env.js';
+import { scenarioSpec } from '../sim/scenario.js';
+import type { ChannelMode } from '../switch/colour.js';
+import { STATE_PAGES } from '../sim/vm.js';
+import { VnstoreError } from '../util/errors.js';
+
+type Json = Record<string, unknown>;
+
+export async function readEnvFile(file: string, channels: ChannelMode): Promise<EnvSpec> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new VnstoreError('E_INPUT', `cannot read environment file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw new VnstoreError('E_INPUT', `environment file ${file} is not JSON: ${(err as Error).message}`, { cause: err });
+  }
+  return parseEnv(doc, channels, file);
+}
+
+export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environment'): EnvSpec {
+  const bad = (msg: string) => new VnstoreError('E_INPUT', `${where}: ${msg}`);
+  if (!isObject(doc)) throw bad('expected a JSON object');
+  const name = doc.name;
+  if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$/.test(name)) throw bad('"name" must be 1-41 letters, digits, ".", "_" or "-"');
+  const seed = int(doc.seed ?? 1, 'seed', 0, 2 ** 31 - 1, bad);
+  if (isObject(doc.scenario)) {
+    const s = doc.scenario;
+    const vms = int(s.vms, 'scenario.vms', 2, 64, bad);
+    return scenarioSpec({
+      name,
+      seed,
+      vms,
+      hosts: int(s.hosts ?? 2, 'scenario.hosts', 1, vms, bad),
+      minPages: int(s.minPages ?? 512, 'scenario.minPages', STATE_PAGES + 1, 1 << 20, bad),
+      sizeRatio: num(s.sizeRatio ?? 1, 'scenario.sizeRatio', 1, 1024, bad),
+      pageMs: num(s.pageMs ?? 1, 'scenario.pageMs', 0.001, 1000, bad),
+      bytesPerSec: int(s.bytesPerSec ?? 40_000, 'scenario.bytesPerSec', 1000, 1e9, bad),
+      transferMs: int(s.transferMs ?? 20_000, 'scenario.transferMs', 1, 3_600_000, bad),
+      channels,
+    });
+  }
+  const list = (k: string): Json[] => {
+    const v = doc[k] ?? [];
+    if (!Array.isArray(v) || !v.every(isObject)) throw bad(`"${k}" must be an array of objects`);
+    return v;
+  };
+  const hosts = list('hosts').map((h, i) => ({ name: str(h.name, `hosts[${i}].name`, bad), pageMs: num(h.pageMs ?? 1, `hosts[${i}].pageMs`, 0.001, 1000, bad) }));
+  if (hosts.length === 0) throw bad('give "scenario", or "hosts" and "vms"');
+  const vms = list('vms').map((v, i) => {
+    const pages = int(v.pages, `vms[${i}].pages`, STATE_PAGES + 1, 1 << 24, bad);
+    const host = str(v.host, `vms[${i}].host`, bad);
+    if (!hosts.some((h) => h.name === host)) throw bad(`vms[${i}].host "${host}" is not one of the hosts`);
+    const vmName = str(v.name, `vms[${i}].name`, bad);
+    if (vmName.includes('.')) throw bad(`vms[${i}].name "${vmName}" must not contain "." (group members <vm>.disk and <env>.channels use it)`);
+    return {
+      name: vmName,
+      host,
+      pages,
+      dirtyPerSec: num(v.dirtyPerSec ?? 100, `vms[${i}].dirtyPerSec`, 0, 1e7, bad),
+      hotPages: int(v.hotPages ?? 32, `vms[${i}].hotPages`, 1, pages, bad),
+      commonPages: int(v.commonPages ?? 0, `vms[${i}].commonPages`, 0, pages - STATE_PAGES, bad),
+    };
+  });
+  if (vms.length === 0 || vms.length > 250) throw bad('"vms" must list 1 to 250 VMs');
+  const names = new Set(vms.map((v) => v.name));
+  if (names.size !== vms.length) throw bad('two VMs have the same name');
+  const vmName = (v: unknown, k: string) => {
+    const n = str(v, k, bad);
+    if (!names.has(n)) throw bad(`${k} "${n}" is not one of the VMs`);
+    return n;
+  };
+  const transfers = list('transfers').map((t, i) => ({ from: vmName(t.from, `transfers[${i}].from`), to: vmName(t.to, `transfers[${i}].to`), bytes: int(t.bytes, `transfers[${i}].bytes`, 1, 2 ** 31 - 1, bad), bytesPerSec: int(t.bytesPerSec ?? 40_000, `transfers[${i}].bytesPerSec`, 1000, 1e9, bad) }));
+  const datagrams = list('datagrams').map((d, i) => ({ from: vmName(d.from, `datagrams[${i}].from`), to: vmName(d.to, `datagrams[${i}].to`), everyMs: int(d.everyMs ?? 20, `datagrams[${i}].everyMs`, 10, 3_600_000, bad) }));
+  const pairs = [...transfers, ...datagrams].map((x) => `${x.from}>${x.to}`);
+  if (new Set(pairs.filter((_, i) => i < transfers.length)).size !== transfers.length) throw bad('two transfers between the same VMs in the same direction');
+  if ([...transfers, ...datagrams].some((x) => x.from === x.to)) throw bad('a flow from a VM to itself');
+  return { name, seed, hosts, vms, transfers, datagrams, tickMs: 10, mss: 1000, windowBytes: 8000, tunnelMs: 1, channels, holdFrames: 4096 };
+}
+
+function isObject(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function str(v: unknown, k: string, bad: (m: string) => Error): string {
+  if (typeof v !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$/.test(v)) throw bad(`"${k}" must be a name of 1-41 letters, digits, ".", "_" or "-"`);
+  return v;
+}
+
+function num(v: unknown, k: string, min: number, max: number, bad: (m: string) => Error): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) throw bad(`"${k}" must be a number from ${min} to ${max}`);
+  return v;
+}
+
+function int(v: unknown, k: string, min: number, max: number, bad: (m: string) => Error): number {
+  if (!Number.isInteger(v) || (v as number) < min || (v as number) > max) throw bad(`"${k}" must be an integer from ${min} to ${max}`);
+  return v as number;
+}

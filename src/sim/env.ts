@@ -1,0 +1,126 @@
+/**
+ * A simulated virtual networked environment: VMs on several hosts, one SwitchCore per host (the
+ * switch the real relay runs), tunnels with a fixed delay between hosts, all on one simulated clock.
+ * A VM and its switch share a host, so a frame reaches its switch as it is sent and a VM receives a
+ * frame as its switch decides to deliver it: the colour a frame is tagged with and the colour it is
+ * judged against are the VMs' colours at those very moments (docs/COORDINATION.md).
+ */
+import { EventQueue } from './events.js';
+import { diskMemberName, SimVm, type AppSpec, type DatagramSpec, type TransferSpec, type VmSpec } from './vm.js';
+import { SwitchCore, type ChannelFrame, type PairCounters, type SwitchOutput } from '../switch/core.js';
+import type { ChannelMode } from '../switch/colour.js';
+
+export interface HostSpec {
+  name: string;
+  /** Simulated ms to copy one page from this host to the store (its snapshot bandwidth and load). */
+  pageMs: number;
+}
+
+export interface EnvSpec {
+  name: string;
+  seed: number;
+  hosts: HostSpec[];
+  vms: Omit<VmSpec, 'index'>[];
+  transfers: TransferSpec[];
+  datagrams: DatagramSpec[];
+  tickMs: number;
+  mss: number;
+  windowBytes: number;
+  tunnelMs: number;
+  channels: ChannelMode;
+  holdFrames: number;
+}
+
+export class SimEnv {
+  readonly clock = new EventQueue();
+  readonly vms = new Map<string, SimVm>();
+  readonly switches = new Map<string, SwitchCore>();
+  readonly specs = new Map<string, VmSpec>();
+  readonly app: AppSpec;
+  private readonly tickGen = new Map<string, number>();
+  private readonly net = { emit: (vm: SimVm, frame: Uint8Array) => this.route(vm.spec.host, this.switchOf(vm.spec.name).fromLocal(vm.spec.name, frame)) };
+
+  /** `images`: resume each VM from a memory image and its disk image (a group restore) instead of starting fresh. */
+  constructor(
+    readonly spec: EnvSpec,
+    options: { epoch?: number; images?: Map<string, Uint8Array> } = {},
+  ) {
+    this.app = { seed: spec.seed, tickMs: spec.tickMs, mss: spec.mss, windowBytes: spec.windowBytes, transfers: spec.transfers, datagrams: spec.datagrams };
+    const peers = spec.vms.map((v, i) => ({ name: v.name, index: i + 1 }));
+    for (const h of spec.hosts) {
+      const local = spec.vms.filter((v) => v.host === h.name).map((v) => v.name);
+      this.switches.set(h.name, new SwitchCore({ localVms: local, peers: spec.hosts.filter((o) => o.name !== h.name).map((o) => o.name), channels: spec.channels, holdFrames: spec.holdFrames, epoch: options.epoch ?? 0 }));
+    }
+    spec.vms.forEach((v, i) => {
+      const vs: VmSpec = { ...v, index: i + 1 };
+      this.specs.set(v.name, vs);
+      const image = options.images?.get(v.name);
+      this.vms.set(v.name, image ? SimVm.fromImage(vs, this.app, peers, image, 0, options.images?.get(diskMemberName(v.name))) : new SimVm(vs, this.app, peers));
+      this.scheduleTick(v.name, 0);
+    });
+  }
+
+  host(name: string): HostSpec {
+    return this.spec.hosts.find((h) => h.name === name) as HostSpec;
+  }
+
+  switchOf(vm: string): SwitchCore {
+    return this.switches.get((this.specs.get(vm) as VmSpec).host) as SwitchCore;
+  }
+
+  /** Pauses a VM (its ticks stop; frames for it wait in its NIC). */
+  pause(vm: string): void {
+    (this.vms.get(vm) as SimVm).pause();
+    this.tickGen.set(vm, (this.tickGen.get(vm) ?? 0) + 1);
+  }
+
+  resume(vm: string): void {
+    const v = this.vms.get(vm) as SimVm;
+    v.resume(this.clock.now, this.net);
+    this.scheduleTick(vm, this.spec.tickMs);
+  }
+
+  /** Sets a VM's colour at its switch; frames held for it are delivered (or queued, if it is paused). */
+  flip(vm: string, epoch: number): void {
+    this.route(this.specs.get(vm)?.host as string, this.switchOf(vm).flip(vm, epoch));
+  }
+
+  /** Frames that crossed the cut of `epoch`, from every switch. */
+  takeChannelState(epoch: number): ChannelFrame[] {
+    return [...this.switches.values()].flatMap((s) => s.takeChannelState(epoch));
+  }
+
+  /** Re-delivers a group's channel state to the receivers (a group restore in hold mode). */
+  redeliver(frames: ChannelFrame[]): void {
+    for (const c of frames) (this.vms.get(c.dst) as SimVm).receive(c.frame, this.clock.now, this.net);
+  }
+
+  counters(): PairCounters[] {
+    return [...this.switches.values()].flatMap((s) => s.counters());
+  }
+
+  transfersDone(): boolean {
+    return [...this.vms.values()].every((v) => v.transfersDone());
+  }
+
+  private scheduleTick(vm: string, delay: number): void {
+    const gen = this.tickGen.get(vm) ?? 0;
+    const run = () => {
+      if ((this.tickGen.get(vm) ?? 0) !== gen) return; // the VM was paused since
+      const v = this.vms.get(vm) as SimVm;
+      v.tick(this.clock.now, this.net);
+      this.clock.after(this.spec.tickMs, run);
+    };
+    this.clock.after(delay, run);
+  }
+
+  private route(fromHost: string, outputs: SwitchOutput[]): void {
+    for (const o of outputs) {
+      if (o.kind === 'local') (this.vms.get(o.vm) as SimVm).receive(o.frame, this.clock.now, this.net);
+      else {
+        const frame = o.frame;
+        this.clock.after(this.spec.tunnelMs, () => this.route(o.peer, (this.switches.get(o.peer) as SwitchCore).fromTunnel(fromHost, o.srcVm, o.epoch, frame)));
+      }
+    }
+  }
+}
