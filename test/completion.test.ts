@@ -40,9 +40,18 @@ describe('vnstore completion bash', () => {
     expect(complete('re')).toEqual(['restore']);
     for (const cmd of commands) {
       const help = (await runCli([cmd, '--help'])).stdout.toString();
-      const listed = [...new Set([...help.matchAll(/(?:^|[\s,])(--?[a-z][a-z-]*)/gm)].map((m) => m[1]))].filter((f) => help.split('Options:')[1]?.includes(f));
-      const offered = complete(cmd, '-');
-      for (const flag of listed) expect(offered, `${cmd} ${flag}`).toContain(flag);
+      const subs = [...(help.split('Commands:')[1] ?? '').matchAll(/^ {2}([a-z]+)/gm)].map((m) => m[1]).filter((c) => c !== 'help');
+      // A command that groups subcommands (qemu, agent) offers them, and each its own options.
+      if (subs.length > 0) expect(complete(cmd, '')).toEqual([...subs, '--help', '-h'].sort());
+      for (const words of subs.length > 0 ? subs.map((sub) => [cmd, sub]) : [[cmd]]) {
+        const text = subs.length > 0 ? (await runCli([...words, '--help'])).stdout.toString() : help;
+        // The flags that start the option lines (descriptions may quote other programs' flags).
+        const optionLines = (text.split('Options:')[1] ?? '').split(/\n(?:Commands:|\S)/)[0];
+        const listed = [...optionLines.matchAll(/^ {2}(-[a-zA-Z], )?(--[a-z][a-z-]*)/gm)].flatMap((m) => (m[1] ? [m[1].slice(0, 2), m[2]] : [m[2]]));
+        expect(listed.length, `${words.join(' ')}: options found in --help`).toBeGreaterThan(0);
+        const offered = complete(...words, '-');
+        for (const flag of listed) expect(offered, `${words.join(' ')} ${flag}`).toContain(flag);
+      }
     }
   }, 120_000);
 

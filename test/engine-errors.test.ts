@@ -88,6 +88,7 @@ afterAll(() => removeDir(root));
 
 describe('CLI help', () => {
   it('--help works for the program and every command it lists', async () => {
+    const r0 = (r: { stdout: Buffer | string }) => r.stdout.toString();
     const top = await runCli(['--help']);
     expect(top.code).toBe(0);
     expect(top.stderr).toBe('');
@@ -107,8 +108,16 @@ describe('CLI help', () => {
         expect(r.stderr).toBe('');
         expect(r.stdout.toString()).toMatch(new RegExp(`^Usage: vnstore ${cmd} `));
         // Commands that open no local store (bench, version, completion, switch), work through a
-        // server (agent), or only group subcommands (qemu).
+        // server (agent), or only group subcommands (qemu, agent: checked one by one below).
         if (!['bench', 'version', 'completion', 'agent', 'qemu', 'switch'].includes(cmd)) expect(r.stdout.toString()).toContain('--store <dir>');
+      }
+      const subs = [...(r0(await runCli([cmd, '--help'])).split(/^Commands:\n/m)[1] ?? '').matchAll(/^ {2}([a-z][a-z-]*)\b/gm)].map((m) => m[1]).filter((c) => c !== 'help');
+      for (const sub of subs) {
+        const r = await runCli([cmd, sub, '--help']);
+        expect(r.code, `${cmd} ${sub} --help: ${r.stderr}`).toBe(0);
+        expect(r.stdout.toString()).toMatch(new RegExp(`^Usage: vnstore ${cmd} ${sub} `));
+        // Subcommands that read or write a store name it; the agent's go through --server.
+        expect(r.stdout.toString()).toContain(cmd === 'agent' ? '--server <addr>' : '--store <dir>');
       }
     }
   });
