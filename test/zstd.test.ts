@@ -64,6 +64,7 @@ describe('zstd: availability', () => {
     expect(js.canCompress).toBe(false);
     expect(() => js.compress(Buffer.alloc(10), new Uint32Array([0]), new Uint32Array([10]), 3)).toThrow(NativeUnavailableError);
     expect(() => js.train(Buffer.alloc(10), new Uint32Array([10]), 1024)).toThrow(NativeUnavailableError);
+    expect(() => js.compressAsync(Buffer.alloc(10), new Uint32Array([0]), new Uint32Array([10]), 3)).toThrow(NativeUnavailableError);
   });
 
   it('zstdBound is ZSTD_COMPRESSBOUND', () => {
@@ -135,6 +136,25 @@ describe.runIf(native !== null)('zstd: native round trips, both decoders agree',
     expect(() => decodeAll(z, withDict.payload, withDict.lengths, one.starts, one.sizes, 4096)).toThrow(CodecError);
     expect(() => decodeAll(js, withDict.payload, withDict.lengths, one.starts, one.sizes, 4096)).toThrow(/dictionary/);
     expect(() => decodeAll(js, withDict.payload, withDict.lengths, one.starts, one.sizes, 4096, dict)).toThrow(CodecError);
+  });
+
+  it('compressAsync (thread pool) writes the same frames as compress, with and without a dictionary', async () => {
+    const blobs = Array.from({ length: 24 }, (_, k) => Buffer.from(`page ${k} `.repeat(400 + k)));
+    const { src, starts, sizes } = layout(blobs);
+    const s = layout(blobs.slice(0, 20));
+    const dict = z.train(s.src, s.sizes, 4096);
+    for (const d of [undefined, dict]) {
+      const sync = z.compress(src, starts, sizes, 3, d);
+      const pending = z.compressAsync(src, starts, sizes, 3, d);
+      expect(pending).toBeInstanceOf(Promise);
+      const async = await pending;
+      expect(async.payload.equals(sync.payload)).toBe(true);
+      expect([...async.lengths]).toEqual([...sync.lengths]);
+      expect(decodeAll(z, async.payload, async.lengths, starts, sizes, src.length, d).equals(src)).toBe(true);
+    }
+    // Bad arguments throw at the call, before any job is queued.
+    expect(() => z.compressAsync(src, new Uint32Array([src.length]), new Uint32Array([1]), 3)).toThrow(RangeError);
+    expect(() => z.compressAsync(src, starts, sizes, 0)).toThrow(RangeError);
   });
 
   it('training on too little data is a CodecError, not a crash', () => {

@@ -13,6 +13,7 @@
  */
 #include "zstd_codec.h"
 #include "napi_args.h"
+#include "napi_async.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -166,18 +167,27 @@ static int get_dict(napi_env env, size_t argc, napi_value *argv, size_t at, uint
   return 0;
 }
 
-/* zstdCompress(src: Uint8Array, starts: Uint32Array, sizes: Uint32Array, level: number,
- *              lengths: Uint32Array, dst: Uint8Array[, dict: Uint8Array]): number
- * Blob i is src[starts[i], +sizes[i]); its frame is written to dst after frame i-1 and its length to
- * lengths[i]. dst needs the sum of ZSTD_compressBound(sizes[i]) bytes. Returns the frames' total
- * length. Every argument is checked before anything is written. */
-static napi_value js_compress(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
-  zstd_state_t *s;
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&s));
-  if (Z.version == 0) return throw_unavailable(env);
-  if (argc < 6) return throw_type(env, "zstdCompress(src, starts, sizes, level, lengths, dst[, dict])");
+/* A checked compress batch: blob i is src[starts[i], +sizes[i]); frames go to dst back to back. */
+typedef struct {
+  const uint8_t *src, *dict;
+  const uint32_t *starts, *sizes;
+  uint32_t *lengths;
+  uint8_t *dst;
+  size_t n, dict_len;
+  int level;
+} compress_args_t;
+
+/* Reads and checks (src, starts, sizes, level, lengths, dst[, dict]). Returns 0, or -1 with an
+ * exception pending. Every range is checked here, so compressing cannot fail on bad arguments. */
+static int read_compress_args(napi_env env, size_t argc, napi_value *argv, compress_args_t *a) {
+  if (Z.version == 0) {
+    throw_unavailable(env);
+    return -1;
+  }
+  if (argc < 6) {
+    throw_type(env, "zstdCompress(src, starts, sizes, level, lengths, dst[, dict])");
+    return -1;
+  }
   uint8_t *src, *dst, *dict;
   uint32_t *starts, *sizes, *lengths;
   size_t src_len, n, n_sizes, n_lengths, dst_len, dict_len;
@@ -188,39 +198,108 @@ static napi_value js_compress(napi_env env, napi_callback_info info) {
       arg_typed(env, argv[4], napi_uint32_array, (void **)&lengths, &n_lengths, "lengths must be a Uint32Array") ||
       arg_typed(env, argv[5], napi_uint8_array, (void **)&dst, &dst_len, "dst must be a Uint8Array") ||
       get_dict(env, argc, argv, 6, &dict, &dict_len))
-    return NULL;
-  if (n_sizes != n || n_lengths != n) return throw_type(env, "sizes and lengths need one element per start");
-  if (napi_get_value_int32(env, argv[3], &level) != napi_ok) return throw_type(env, "level must be a number");
-  if (level < 1 || level > Z.max_level()) return throw_range(env, "level out of range (1 to ZSTD_maxCLevel())");
+    return -1;
+  const char *type_error = NULL, *range_error = NULL;
+  if (n_sizes != n || n_lengths != n) type_error = "sizes and lengths need one element per start";
+  else if (napi_get_value_int32(env, argv[3], &level) != napi_ok) type_error = "level must be a number";
+  else if (level < 1 || level > Z.max_level()) range_error = "level out of range (1 to ZSTD_maxCLevel())";
   uint64_t need = 0;
-  for (size_t i = 0; i < n; i++) {
-    if ((uint64_t)starts[i] + sizes[i] > (uint64_t)src_len) return throw_range(env, "blob range out of range of src");
+  for (size_t i = 0; type_error == NULL && range_error == NULL && i < n; i++) {
+    if ((uint64_t)starts[i] + sizes[i] > (uint64_t)src_len) range_error = "blob range out of range of src";
     need += Z.bound(sizes[i]);
   }
-  if (need > (uint64_t)dst_len) return throw_range(env, "dst too small: need the sum of zstdBound(sizes[i]) bytes");
-  if (s->cctx == NULL && (s->cctx = Z.create_cctx()) == NULL) return throw_range(env, "out of memory for a zstd context");
-  zstd_cdict *cdict = NULL;
-  if (dict != NULL && (cdict = Z.create_cdict(dict, dict_len, level)) == NULL)
-    return throw_codec(env, "zstd cannot load this dictionary");
+  if (type_error == NULL && range_error == NULL && need > (uint64_t)dst_len)
+    range_error = "dst too small: need the sum of zstdBound(sizes[i]) bytes";
+  if (type_error != NULL || range_error != NULL) {
+    if (type_error != NULL) throw_type(env, type_error);
+    else throw_range(env, range_error);
+    return -1;
+  }
+  *a = (compress_args_t){src, dict, starts, sizes, lengths, dst, n, dict_len, level};
+  return 0;
+}
 
+/* Compresses a checked batch with `cctx`; returns NULL and the total in *total, or a static reason. */
+static const char *compress_all(zstd_cctx *cctx, const compress_args_t *a, size_t *total) {
+  zstd_cdict *cdict = NULL;
+  if (a->dict != NULL && (cdict = Z.create_cdict(a->dict, a->dict_len, a->level)) == NULL) return "zstd cannot load this dictionary";
   size_t pos = 0;
   const char *fail = NULL;
-  for (size_t i = 0; i < n && fail == NULL; i++) {
-    size_t cap = Z.bound(sizes[i]);
-    size_t r = cdict != NULL ? Z.compress_cdict(s->cctx, dst + pos, cap, src + starts[i], sizes[i], cdict)
-                             : Z.compress(s->cctx, dst + pos, cap, src + starts[i], sizes[i], level);
+  for (size_t i = 0; i < a->n; i++) {
+    size_t cap = Z.bound(a->sizes[i]);
+    const uint8_t *blob = a->src + a->starts[i];
+    size_t r = cdict != NULL ? Z.compress_cdict(cctx, a->dst + pos, cap, blob, a->sizes[i], cdict)
+                             : Z.compress(cctx, a->dst + pos, cap, blob, a->sizes[i], a->level);
     if (Z.is_error(r)) {
       fail = Z.error_name(r); /* cannot happen within the bound; reported rather than assumed */
       break;
     }
-    lengths[i] = (uint32_t)r;
+    a->lengths[i] = (uint32_t)r;
     pos += r;
   }
   if (cdict != NULL) Z.free_cdict(cdict);
+  *total = pos;
+  return fail;
+}
+
+/* zstdCompress(src: Uint8Array, starts: Uint32Array, sizes: Uint32Array, level: number,
+ *              lengths: Uint32Array, dst: Uint8Array[, dict: Uint8Array]): number
+ * Blob i is src[starts[i], +sizes[i]); its frame is written to dst after frame i-1 and its length to
+ * lengths[i]. dst needs the sum of ZSTD_compressBound(sizes[i]) bytes. Returns the frames' total
+ * length. Every argument is checked before anything is written. */
+static napi_value js_compress(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  zstd_state_t *s;
+  compress_args_t a;
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&s));
+  if (read_compress_args(env, argc, argv, &a) != 0) return NULL;
+  if (s->cctx == NULL && (s->cctx = Z.create_cctx()) == NULL) return throw_range(env, "out of memory for a zstd context");
+  size_t total;
+  const char *fail = compress_all(s->cctx, &a, &total);
   if (fail != NULL) return throw_codec(env, fail);
   napi_value result;
-  NAPI_OK(napi_create_double(env, (double)pos, &result));
+  NAPI_OK(napi_create_double(env, (double)total, &result));
   return result;
+}
+
+typedef struct {
+  vn_async_t base;
+  compress_args_t a;
+} compress_job_t;
+
+static void run_compress(vn_async_t *self) {
+  compress_job_t *job = (compress_job_t *)self;
+  /* A context of its own: the environment's is for main-thread calls. */
+  zstd_cctx *cctx = Z.create_cctx();
+  if (cctx == NULL) {
+    self->error = "out of memory for a zstd context";
+    return;
+  }
+  size_t total;
+  self->error = compress_all(cctx, &job->a, &total);
+  self->result = (double)total;
+  Z.free_cctx(cctx);
+}
+
+/* zstdCompressAsync(...same arguments as zstdCompress): Promise<number>
+ * zstdCompress on the libuv thread pool, so that background recompression leaves the main thread
+ * free. Arguments are checked before the job is queued; until the promise settles none of their
+ * buffers may be written or transferred. */
+static napi_value js_compress_async(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  compress_args_t a;
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (read_compress_args(env, argc, argv, &a) != 0) return NULL;
+  compress_job_t *job = (compress_job_t *)vn_async_new(sizeof *job, run_compress);
+  if (job == NULL) return throw_range(env, "out of memory");
+  job->a = a;
+  /* Hold src, starts, sizes, lengths, dst and the dictionary (argv[3] is the level, a number). */
+  napi_value held[6] = {argv[0], argv[1], argv[2], argv[4], argv[5], argv[0]};
+  int nheld = 5;
+  if (a.dict != NULL) held[nheld++] = argv[6];
+  return vn_async_queue(env, &job->base, held, nheld, "vnstore.zstdCompress");
 }
 
 /* zstdDecompress(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, out: Uint8Array,
@@ -344,6 +423,7 @@ napi_value zstd_define(napi_env env, napi_value exports) {
   NAPI_OK(napi_create_int32(env, Z.version != 0 ? Z.max_level() : 0, &max_level));
   napi_property_descriptor props[] = {
       {"zstdCompress", NULL, js_compress, NULL, NULL, NULL, napi_enumerable, s},
+      {"zstdCompressAsync", NULL, js_compress_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"zstdDecompress", NULL, js_decompress, NULL, NULL, NULL, napi_enumerable, s},
       {"zstdTrain", NULL, js_train, NULL, NULL, NULL, napi_enumerable, NULL},
       {"zstdVersion", NULL, NULL, NULL, NULL, version, napi_enumerable, NULL},

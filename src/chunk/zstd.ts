@@ -34,6 +34,12 @@ export interface ZstdCodec {
    */
   compress(src: Uint8Array, starts: Uint32Array, sizes: Uint32Array, level: number, dict?: Uint8Array): ZstdFrames;
   /**
+   * compress on the libuv thread pool (background recompression must not hold the main thread).
+   * Arguments are checked at the call, which throws as compress does; until the promise settles no
+   * argument's buffer may be written or transferred.
+   */
+  compressAsync(src: Uint8Array, starts: Uint32Array, sizes: Uint32Array, level: number, dict?: Uint8Array): Promise<ZstdFrames>;
+  /**
    * Frame i = src[offsets[i], +lengths[i]) must decode to exactly outSizes[i] bytes, written at
    * out[outStarts[i]..]. Throws RangeError on bad ranges (before writing), CodecError on the first
    * frame that does not decode (naming it; that frame's room is then unspecified, bytes outside the
@@ -75,11 +81,24 @@ function checkDecompress(src: Uint8Array, offsets: Uint32Array, lengths: Uint32A
 // ---------------------------------------------------------------------------------------------
 // Native path.
 
+/** Worst-case output room for one batch, and its lengths array. */
+function room(starts: Uint32Array, sizes: Uint32Array): { dst: Buffer; lengths: Uint32Array } {
+  let bytes = 0;
+  for (let i = 0; i < sizes.length; i++) bytes += zstdBound(sizes[i]);
+  return { dst: Buffer.allocUnsafe(bytes), lengths: new Uint32Array(starts.length) };
+}
+
+/** Copies the frames out of the worst-case buffer, so that a long-lived payload does not pin the slack. */
+function framesOf(dst: Buffer, total: number, lengths: Uint32Array): ZstdFrames {
+  return { payload: Buffer.from(dst.subarray(0, total)), lengths };
+}
+
 interface ZstdBinding {
   readonly zstdVersion: number;
   readonly zstdMaxLevel: number;
   readonly zstdError: string;
   zstdCompress(src: Uint8Array, starts: Uint32Array, sizes: Uint32Array, level: number, lengths: Uint32Array, dst: Uint8Array, dict?: Uint8Array): number;
+  zstdCompressAsync(src: Uint8Array, starts: Uint32Array, sizes: Uint32Array, level: number, lengths: Uint32Array, dst: Uint8Array, dict?: Uint8Array): Promise<number>;
   zstdDecompress(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, out: Uint8Array, outStarts: Uint32Array, outSizes: Uint32Array, dict?: Uint8Array): void;
   zstdTrain(samples: Uint8Array, sampleSizes: Uint32Array, capacity: number): Buffer;
 }
@@ -101,17 +120,27 @@ class NativeZstd implements ZstdCodec {
   }
 
   compress(src: Uint8Array, starts: Uint32Array, sizes: Uint32Array, level: number, dict?: Uint8Array): ZstdFrames {
-    let room = 0;
-    for (let i = 0; i < sizes.length; i++) room += zstdBound(sizes[i]);
-    const dst = Buffer.allocUnsafe(room);
-    const lengths = new Uint32Array(starts.length);
+    const { dst, lengths } = room(starts, sizes);
     try {
-      const total = this.b.zstdCompress(src, starts, sizes, level, lengths, dst, dict);
-      // Copy out of the worst-case buffer so that a long-lived payload does not pin the slack.
-      return { payload: Buffer.from(dst.subarray(0, total)), lengths };
+      return framesOf(dst, this.b.zstdCompress(src, starts, sizes, level, lengths, dst, dict), lengths);
     } catch (err) {
       rethrow(err);
     }
+  }
+
+  /** Not `async`: a bad argument throws at the call, as with compress. */
+  compressAsync(src: Uint8Array, starts: Uint32Array, sizes: Uint32Array, level: number, dict?: Uint8Array): Promise<ZstdFrames> {
+    const { dst, lengths } = room(starts, sizes);
+    let pending: Promise<number>;
+    try {
+      pending = this.b.zstdCompressAsync(src, starts, sizes, level, lengths, dst, dict);
+    } catch (err) {
+      rethrow(err);
+    }
+    return pending.then(
+      (total) => framesOf(dst, total, lengths),
+      (err: unknown) => rethrow(err),
+    );
   }
 
   decompress(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, out: Uint8Array, outStarts: Uint32Array, outSizes: Uint32Array, dict?: Uint8Array): void {
@@ -149,6 +178,10 @@ class JsZstd implements ZstdCodec {
 
   compress(): ZstdFrames {
     throw new NativeUnavailableError(`zstd compression needs the native addon and libzstd.so.1 (${this.why})`);
+  }
+
+  compressAsync(): Promise<ZstdFrames> {
+    return Promise.resolve(this.compress());
   }
 
   train(): Buffer {
