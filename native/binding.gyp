@@ -1,6 +1,6 @@
 {
-  # vnstore page codec addon. Binds the system liblz4 at run time (dlopen), so no lz4 headers or
-  # sources are needed at build time: the few prototypes used are declared in the C file.
+  # vnstore page codec addon. Binds the system liblz4 and libzstd at run time (dlopen), so no lz4 or
+  # zstd headers or sources are needed at build time: the few prototypes used are declared in the C files.
   #
   # Warnings are errors: a warning here is a defect nobody reads in an install log. With
   # vnstore_sanitize=1 (scripts/build-native.mjs --sanitize, CI only) both modules are built with
@@ -19,7 +19,7 @@
   "targets": [
     {
       "target_name": "vnstore_native",
-      "sources": ["src/vnstore_native.c"],
+      "sources": ["src/vnstore_native.c", "src/zstd_codec.c"],
       "libraries": ["-ldl"]
     },
     {

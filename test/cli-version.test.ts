@@ -6,12 +6,14 @@ import path from 'node:path';
 import { REPO_ROOT, runCli } from './helpers/engine.js';
 import { nativeCodecStatus } from '../src/chunk/codec.js';
 import { pageHasherStatus } from '../src/chunk/hash.js';
+import { zstdStatus } from '../src/chunk/zstd.js';
 import type { VersionReport } from '../src/cli/version.js';
 
 const pkgVersion = (JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 const depVersion = (name: string) => (JSON.parse(readFileSync(path.join(REPO_ROOT, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version;
 const hasher = pageHasherStatus();
 const codec = nativeCodecStatus();
+const zstd = zstdStatus();
 
 async function versionJson(env: Record<string, string | undefined> = {}): Promise<VersionReport> {
   const r = await runCli(['version', '--json'], { env });
@@ -27,7 +29,7 @@ describe('vnstore version', () => {
     expect(r.hashing.library).toBe(`@napi-rs/blake-hash ${depVersion('@napi-rs/blake-hash')}`);
     expect(r.codec.library).toBe(`lz4-napi ${depVersion('lz4-napi')}`);
     expect(r.hashing.addonAbi).toBe(3);
-    expect(r.codec.addonAbi).toBe(4);
+    expect(r.codec.addonAbi).toBe(5);
     // The same answer the library gives in this (test) process.
     expect(r.hashing.path).toBe(hasher.native ? 'native-simd' : 'napi-rs');
     expect(r.hashing.kernel).toBe(hasher.native ? hasher.simd : undefined);
@@ -39,20 +41,27 @@ describe('vnstore version', () => {
     }
     if (codec.active === 'native') expect(r.codec.reason).toBeUndefined();
     else expect(r.codec.reason).toBe(process.env.VNSTORE_NATIVE === '0' ? 'disabled by VNSTORE_NATIVE=0' : codec.error);
+    expect(r.zstd.library).toBe(`fzstd ${depVersion('fzstd')}`);
+    expect(r.zstd.path).toBe(zstd.path === 'native' ? 'native' : 'fzstd');
+    expect(r.zstd.libzstd).toBe(zstd.libzstd);
+    expect(r.zstd.reason).toBe(zstd.reason);
   });
 
-  it('prints the same facts as three lines, and --version as one', async () => {
+  it('prints the same facts as four lines, and --version as one', async () => {
     const r = await runCli(['version']);
     expect(r.code, r.stderr).toBe(0);
     const lines = r.stdout.toString('utf8').trimEnd().split('\n');
-    expect(lines).toHaveLength(3);
+    expect(lines).toHaveLength(4);
     expect(lines[0]).toBe(`vnstore ${pkgVersion} (node ${process.version})`);
     expect(lines[1]).toBe(
       hasher.native
         ? `hashing: native SIMD BLAKE3, ${hasher.simd} kernel (vnstore_hash ABI 3)`
         : `hashing: @napi-rs/blake-hash ${depVersion('@napi-rs/blake-hash')}, one call per page (native hasher not used: ${hasher.error})`,
     );
-    expect(lines[2]).toMatch(codec.active === 'native' ? /^codec: {3}native LZ4, system liblz4 \d+\.\d+\.\d+ \(vnstore_native ABI 4\)$/ : /^codec: {3}TypeScript over lz4-napi /);
+    expect(lines[2]).toMatch(codec.active === 'native' ? /^codec: {3}native LZ4, system liblz4 \d+\.\d+\.\d+ \(vnstore_native ABI 5\)$/ : /^codec: {3}TypeScript over lz4-napi /);
+    expect(lines[3]).toMatch(
+      zstd.path === 'native' ? /^zstd: {4}native, system libzstd \d+\.\d+\.\d+ \(compress and decompress\)$/ : /^zstd: {4}fzstd \S+, decompress only \(native zstd not used: /,
+    );
 
     const hashing = hasher.native ? `native SIMD BLAKE3 ${hasher.simd}` : `@napi-rs/blake-hash ${depVersion('@napi-rs/blake-hash')} per page`;
     const codecPart = codec.active === 'native' ? /native LZ4, liblz4 \d+\.\d+\.\d+/ : /TypeScript, lz4-napi /;
@@ -62,6 +71,7 @@ describe('vnstore version', () => {
       const line = one.stdout.toString('utf8');
       expect(line.startsWith(`vnstore ${pkgVersion} (node ${process.version}; hashing: ${hashing}; codec: `)).toBe(true);
       expect(line).toMatch(codecPart);
+      expect(line).toMatch(zstd.path === 'native' ? /; zstd: libzstd \d+\.\d+\.\d+\)$/m : /; zstd: fzstd \S+, decompress only\)$/m);
       expect(line.endsWith(')\n') && line.indexOf('\n') === line.length - 1).toBe(true);
     }
   });
@@ -71,6 +81,15 @@ describe('vnstore version', () => {
     expect(r.hashing).toMatchObject({ path: 'napi-rs', addon: 'disabled', reason: 'disabled by VNSTORE_NATIVE=0' });
     expect(r.hashing.kernel).toBeUndefined();
     expect(r.codec).toMatchObject({ path: 'typescript', reason: 'disabled by VNSTORE_NATIVE=0' });
+    expect(r.zstd).toMatchObject({ path: 'fzstd', reason: 'disabled by VNSTORE_NATIVE=0' });
+  });
+
+  it.runIf(codec.loaded)('an addon that cannot bind libzstd keeps native LZ4 and reports zstd on fzstd, with the loader error', async () => {
+    const r = await versionJson({ VNSTORE_ZSTD_SONAME: 'libzstd.so.999', VNSTORE_NATIVE: undefined });
+    expect(r.codec.path).toBe('native');
+    expect(r.zstd.path).toBe('fzstd');
+    expect(r.zstd.libzstd).toBeUndefined();
+    expect(r.zstd.reason).toMatch(/dlopen\(libzstd\.so\.999\) failed/);
   });
 
   it.runIf(codec.loaded)('a codec addon that cannot bind liblz4 is reported as failed, with the loader error', async () => {

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { blake3 } from '@napi-rs/blake-hash';
 import { compressSync } from 'lz4-napi';
 import { describe, expect, it } from 'vitest';
-import { computeIdeal, type ImageSource } from '../src/sim/ideal.js';
+import { computeIdeal, ZstdBounds, type ImageSource } from '../src/sim/ideal.js';
+import { getZstd, type ZstdCodec } from '../src/chunk/zstd.js';
 import {
   PAGE_SIZE,
   Workload,
@@ -222,5 +223,77 @@ describe('ideal bounds', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('zstd bounds (c) and (d)', () => {
+  const zstd = (() => {
+    try {
+      return getZstd('native');
+    } catch {
+      return null;
+    }
+  })();
+
+  /** A page from a seed: a few runs of bytes and a counter, so zstd shrinks it by a seed-dependent amount. */
+  function page(seed: number): Buffer {
+    const p = Buffer.alloc(PAGE_SIZE);
+    for (let i = 0; i < PAGE_SIZE; i++) p[i] = (i % (seed + 2) === 0 ? seed : (i >> (seed % 7)) + seed) & 0xff;
+    return p;
+  }
+  /** xorshift32 bytes: a page no compressor shrinks. */
+  function noise(seed: number): Buffer {
+    const p = Buffer.alloc(PAGE_SIZE);
+    let x = seed | 1;
+    for (let i = 0; i < PAGE_SIZE; i++) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      p[i] = x & 0xff;
+    }
+    return p;
+  }
+  const frame = (z: ZstdCodec, bytes: Buffer) => z.compress(bytes, new Uint32Array([0]), new Uint32Array([bytes.length]), 3).payload.length;
+
+  it.runIf(zstd !== null)('are exact on known images: distinct non-zero pages in first-seen order, 16 to a container', async () => {
+    const z = zstd as ZstdCodec;
+    // 18 distinct pages (so one full container and one of 2), a random one that zstd cannot shrink,
+    // repeats within and across images, and zero pages that no bound counts.
+    const rnd = noise(0x9e3779b9);
+    const distinct = [...Array.from({ length: 17 }, (_, k) => page(k + 1)), rnd];
+    const zero = Buffer.alloc(PAGE_SIZE);
+    const img1 = Buffer.concat([distinct[0], zero, distinct[1], distinct[0], ...distinct.slice(2, 10)]);
+    const img2 = Buffer.concat([distinct[5], ...distinct.slice(10), zero, distinct[17]]);
+    const r = await computeIdeal([
+      { vm: 'a', snap: 0, blocks: () => [img1] },
+      { vm: 'b', snap: 0, blocks: () => [img2] },
+    ]);
+    expect(r.distinctPages).toBe(18);
+    expect(r.zstdLevel).toBe(3);
+    expect(r.containerPages).toBe(16);
+    expect(r.zstdUnavailable).toBeUndefined();
+    const perPage = distinct.reduce((s, p) => s + Math.min(frame(z, p), PAGE_SIZE), 0);
+    expect(r.dedupZstdPageBytes).toBe(perPage);
+    expect(Math.min(frame(z, rnd), PAGE_SIZE)).toBe(PAGE_SIZE); // the random page counts raw
+    const first = Buffer.concat(distinct.slice(0, 16));
+    const last = Buffer.concat(distinct.slice(16));
+    expect(r.dedupZstdContainerBytes).toBe(frame(z, first) + Math.min(frame(z, last), 2 * PAGE_SIZE));
+  });
+
+  it.runIf(zstd !== null)('ZstdBounds counts an incompressible container at its raw size', () => {
+    const b = new ZstdBounds(zstd as ZstdCodec, 3, 2);
+    b.add(noise(1));
+    b.add(noise(2));
+    b.add(noise(3));
+    b.finish();
+    expect(b.pageBytes).toBe(3 * PAGE_SIZE);
+    expect(b.containerBytes).toBe(3 * PAGE_SIZE);
+  });
+
+  it('without native zstd the bounds are null, with the reason', async () => {
+    const r = await computeIdeal([{ vm: 'a', snap: 0, blocks: () => [page(3)] }], undefined, () => getZstd('js'));
+    expect(r.dedupZstdPageBytes).toBeNull();
+    expect(r.dedupZstdContainerBytes).toBeNull();
+    expect(r.zstdUnavailable).toMatch(/need the native addon/);
   });
 });

@@ -13,6 +13,9 @@
  * Stored format (must match src/chunk/codec.ts): a page payload is either Raw (exactly PAGE_SIZE bytes)
  * or Lz4 (a raw LZ4 block, no size prefix and no frame, 1..PAGE_SIZE-1 bytes, decoding to exactly
  * PAGE_SIZE bytes).
+ *
+ * The same module carries the batched zstd codec (native/src/zstd_codec.c, over libzstd.so.1, which
+ * is optional: without it only the zstd functions refuse).
  */
 #ifndef NAPI_VERSION
 #define NAPI_VERSION 8
@@ -21,6 +24,7 @@
 
 #include "napi_args.h"
 #include "napi_async.h"
+#include "zstd_codec.h"
 
 #include <dlfcn.h>
 #include <limits.h>
@@ -35,7 +39,7 @@
 #define CODEC_RAW 0u
 #define CODEC_LZ4 1u
 /* Bumped whenever the JS-visible contract of this addon changes; codec.ts refuses other values. */
-#define ADDON_ABI 4
+#define ADDON_ABI 5
 /* Scratch kept per JS environment for compress output; larger batches use a temporary allocation. */
 #define SCRATCH_KEEP_MAX (64u * 1024u * 1024u)
 
@@ -453,5 +457,5 @@ NAPI_MODULE_INIT() {
       {"lz4Version", NULL, NULL, NULL, NULL, lz4_version, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
-  return exports;
+  return zstd_define(env, exports);
 }

@@ -74,6 +74,10 @@ export interface ToolResult {
   vsDedup: number;
   /** repoBytes ÷ bound (b), page dedup + per-page LZ4 */
   vsDedupLz4: number;
+  /** repoBytes ÷ bound (c), page dedup + per-page zstd; null when the bound is not computed */
+  vsDedupZstdPage: number | null;
+  /** repoBytes ÷ bound (d), page dedup + zstd over 64 KiB containers; null when not computed */
+  vsDedupZstdContainer: number | null;
   ingest: Phase;
   perImage: ImageRow[];
   /** Restore of every image the tool restored (vnstore: all; peers: the sample, or all with restoreAll). */
@@ -123,7 +127,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       log(`generating ${w.images().length} images (${gib(total)}) in ${work}`);
       images = await writeWorkload(join(work, 'images'), w, (f, i, n) => log(`  generated ${f.vm}/${f.snap}.img (${i + 1}/${n})`));
     }
-    log('computing the ideal bounds (BLAKE3 + LZ4 of every distinct page)');
+    log('computing the ideal bounds (BLAKE3, LZ4 and zstd of every distinct page, zstd of 64 KiB containers)');
     const ideal = await computeIdeal(images);
     // Flush dirty page cache (fresh images) so its writeback does not slow the first tool's fsyncs.
     spawnSync('sync');
@@ -237,6 +241,8 @@ async function runTool(
     reduction: logical / repo.bytes,
     vsDedup: repo.bytes / ideal.dedupBytes,
     vsDedupLz4: repo.bytes / ideal.dedupLz4Bytes,
+    vsDedupZstdPage: ideal.dedupZstdPageBytes === null ? null : repo.bytes / ideal.dedupZstdPageBytes,
+    vsDedupZstdContainer: ideal.dedupZstdContainerBytes === null ? null : repo.bytes / ideal.dedupZstdContainerBytes,
     ingest: phase(perImage.map((r) => ({ bytes: r.bytes, seconds: r.seconds, peakRssBytes: r.peakRssBytes }))),
     perImage,
     restore: {
@@ -277,6 +283,8 @@ function failedTool(tool: Tool, error: string): ToolResult {
     reduction: 0,
     vsDedup: 0,
     vsDedupLz4: 0,
+    vsDedupZstdPage: null,
+    vsDedupZstdContainer: null,
     ingest: empty,
     perImage: [],
     restore: { ...empty, verified: 0, failed: [] },

@@ -14,6 +14,8 @@ const GRID = '#e3e3e3';
 const COLORS: Record<string, string> = {
   'ideal (a)': '#c7c7c7',
   'ideal (b)': '#8c8c8c',
+  'ideal (c)': '#6b6b6b',
+  'ideal (d)': '#4d4d4d',
   vnstore: '#1f6fd1',
   restic: '#e8830c',
   borg: '#2e9e44',
@@ -204,12 +206,18 @@ export function benchSvg(r: BenchResult): string {
   const tools = r.tools.filter((t) => !t.error);
   const body: string[] = [];
   let y = 10;
+  // Bounds (c) and (d) exist only where native zstd ran.
+  const zstdBounds = [
+    { label: `ideal (c): dedup + page zstd-${i.zstdLevel}`, key: 'ideal (c)', bytes: i.dedupZstdPageBytes },
+    { label: `ideal (d): dedup + zstd-${i.zstdLevel} 64 KiB`, key: 'ideal (d)', bytes: i.dedupZstdContainerBytes },
+  ].filter((z): z is { label: string; key: string; bytes: number } => z.bytes !== null);
   const bars: Bar[] = [
     { label: 'ideal (a): page dedup', key: 'ideal (a)', value: i.logicalBytes / i.dedupBytes, note: '' },
     { label: 'ideal (b): dedup + page LZ4', key: 'ideal (b)', value: i.logicalBytes / i.dedupLz4Bytes, note: '' },
+    ...zstdBounds.map((z) => ({ label: z.label, key: z.key, value: i.logicalBytes / z.bytes, note: '' })),
     ...tools.map((t) => ({ label: t.tool, key: t.tool, value: t.reduction, note: '' })),
   ];
-  const sizes = [i.dedupBytes, i.dedupLz4Bytes, ...tools.map((t) => t.repoBytes)];
+  const sizes = [i.dedupBytes, i.dedupLz4Bytes, ...zstdBounds.map((z) => z.bytes), ...tools.map((t) => t.repoBytes)];
   bars.forEach((b, k) => (b.note = `${b.value.toFixed(2)}×  (${bytesH(sizes[k])})`));
   const [p1, h1] = hbarPanel(
     y,

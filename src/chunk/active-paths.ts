@@ -9,6 +9,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { nativeCodecStatus } from './codec.js';
 import { pageHasherStatus } from './hash.js';
+import { zstdStatus } from './zstd.js';
 
 /** What became of an addon: loaded (and self-tested), failed (missing, not loading, wrong), or disabled. */
 export type AddonState = 'loaded' | 'failed' | 'disabled';
@@ -37,11 +38,21 @@ export interface ActivePaths {
     library: string;
     reason?: string;
   };
+  zstd: {
+    /** 'native': native/src/zstd_codec.c over the system libzstd (compress and decompress); 'fzstd': decompress only. */
+    path: 'native' | 'fzstd';
+    /** The system libzstd's version ('1.5.4') where it loaded. */
+    libzstd?: string;
+    /** 'fzstd 0.1.1', the fallback's library. */
+    library: string;
+    reason?: string;
+  };
 }
 
 export function activePaths(): ActivePaths {
   const h = pageHasherStatus();
   const c = nativeCodecStatus();
+  const z = zstdStatus();
   const disabled = process.env.VNSTORE_NATIVE === '0';
   const codecReason = c.active === 'native' ? undefined : disabled ? 'disabled by VNSTORE_NATIVE=0' : c.error;
   return {
@@ -60,6 +71,12 @@ export function activePaths(): ActivePaths {
       ...(c.lz4Version !== undefined ? { liblz4: lz4VersionString(c.lz4Version) } : {}),
       library: `lz4-napi ${packageVersion('lz4-napi')}`,
       ...(codecReason !== undefined ? { reason: codecReason } : {}),
+    },
+    zstd: {
+      path: z.path === 'native' ? 'native' : 'fzstd',
+      ...(z.libzstd !== undefined ? { libzstd: z.libzstd } : {}),
+      library: `fzstd ${packageVersion('fzstd')}`,
+      ...(z.reason !== undefined ? { reason: z.reason } : {}),
     },
   };
 }

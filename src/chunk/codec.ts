@@ -284,7 +284,7 @@ class JsPageCodec implements PageCodec {
 // RangeError/TypeError by the addon; codec errors carry code E_CODEC and are re-thrown as CodecError
 // so that callers can rely on instanceof.
 
-/** The addon's exports (native/src/vnstore_native.c), ABI 4. */
+/** The addon's exports (native/src/vnstore_native.c), ABI 5; its zstd half is read by zstd.ts. */
 interface NativeBinding {
   readonly abi: number;
   readonly pageSize: number;
@@ -296,7 +296,7 @@ interface NativeBinding {
   decodeChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, slots: Uint32Array, out: Uint8Array, failed: Uint8Array): number;
 }
 
-const NATIVE_ABI = 4;
+const NATIVE_ABI = 5;
 
 function rethrow(err: unknown): never {
   if (err instanceof Error && (err as NodeJS.ErrnoException).code === 'E_CODEC') {
@@ -374,6 +374,7 @@ let jsCodec: JsPageCodec | undefined;
 let nativeCodec: NativePageCodec | null | undefined; // undefined = not tried, null = unavailable
 let nativeError: Error | undefined;
 let nativeLz4Version = 0;
+let nativeBinding: NativeBinding | undefined;
 
 function loadNative(): NativePageCodec | null {
   if (nativeCodec !== undefined) return nativeCodec;
@@ -387,6 +388,7 @@ function loadNative(): NativePageCodec | null {
     selfTest(codec);
     nativeCodec = codec;
     nativeLz4Version = b.lz4Version;
+    nativeBinding = b;
   } catch (err) {
     nativeError = err instanceof Error ? err : new Error(String(err));
     nativeCodec = null;
@@ -410,6 +412,15 @@ function selfTest(codec: PageCodec): void {
   const out = new Uint8Array(2 * PAGE_SIZE);
   codec.decodePages(c.payload, c.lengths, c.codecs, out, 0);
   if (!asBuffer(out).equals(asBuffer(src))) throw new Error('native self-test: round trip mismatch');
+}
+
+/**
+ * The loaded, self-tested addon's exports (undefined when it does not load), for the modules that
+ * bind its other halves (zstd.ts): one load, one ABI check.
+ */
+export function nativeAddon(): object | undefined {
+  loadNative();
+  return nativeBinding;
 }
 
 /**

@@ -30,7 +30,12 @@ export function formatVersion(r: VersionReport): string {
     c.path === 'native'
       ? `native LZ4, system liblz4 ${c.liblz4 ?? '?'} (vnstore_native ABI ${c.addonAbi})`
       : `TypeScript over ${c.library} (native codec not used: ${c.reason ?? 'unknown'})`;
-  return `vnstore ${r.vnstore} (node ${r.node})\nhashing: ${hashing}\ncodec:   ${codec}\n`;
+  const z = r.zstd;
+  const zstd =
+    z.path === 'native'
+      ? `native, system libzstd ${z.libzstd ?? '?'} (compress and decompress)`
+      : `${z.library}, decompress only (native zstd not used: ${z.reason ?? 'unknown'})`;
+  return `vnstore ${r.vnstore} (node ${r.node})\nhashing: ${hashing}\ncodec:   ${codec}\nzstd:    ${zstd}\n`;
 }
 
 /** `vnstore --version`: one line (scripts and bench reports take it whole); reasons are in `version`. */
@@ -39,7 +44,8 @@ export function formatVersionLine(r: VersionReport): string {
   const c = r.codec;
   const hashing = h.path === 'native-simd' ? `native SIMD BLAKE3 ${h.kernel ?? '?'}` : `${h.library} per page`;
   const codec = c.path === 'native' ? `native LZ4, liblz4 ${c.liblz4 ?? '?'}` : `TypeScript, ${c.library}`;
-  return `vnstore ${r.vnstore} (node ${r.node}; hashing: ${hashing}; codec: ${codec})\n`;
+  const zstd = r.zstd.path === 'native' ? `libzstd ${r.zstd.libzstd ?? '?'}` : `${r.zstd.library}, decompress only`;
+  return `vnstore ${r.vnstore} (node ${r.node}; hashing: ${hashing}; codec: ${codec}; zstd: ${zstd})\n`;
 }
 
 export function printVersion(form: 'line' | 'lines' | 'json'): void {
@@ -51,7 +57,7 @@ export function registerVersion(program: Command): void {
   program
     .command('version')
     .description("print vnstore's version and which hashing and codec paths are active (native addons or fallbacks)")
-    .option('--json', 'print {vnstore, node, hashing: {path, kernel, addon, ...}, codec: {path, liblz4, addon, ...}}')
+    .option('--json', 'print {vnstore, node, hashing: {path, kernel, addon, ...}, codec: {path, liblz4, addon, ...}, zstd: {path, libzstd, ...}}')
     .action(
       action((opts: { json?: boolean }) => {
         printVersion(opts.json === true ? 'json' : 'lines');

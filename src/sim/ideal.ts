@@ -9,13 +9,26 @@
  * - bound (b) "page dedup + per-page LZ4": sum over distinct non-zero pages of min(raw LZ4 block size,
  *   4096), the raw block size being lz4-napi `compressSync(page).length - 4` (lz4-napi prepends a 4-byte
  *   length). A page LZ4 does not shrink counts 4096, as a store keeping it raw would pay.
- * Neither bound counts any metadata (manifests, index, pack tables): a real store sits above both.
+ * - bound (c) "page dedup + per-page zstd": sum over distinct non-zero pages of min(zstd frame size at
+ *   ZSTD_DEFAULT_LEVEL (3), 4096), the frame as src/chunk/zstd.ts writes it (libzstd's
+ *   ZSTD_compressCCtx: content size in the header, no checksum).
+ * - bound (d) "page dedup + zstd over 64 KiB containers": the distinct non-zero pages in first-seen
+ *   order (images in the given order, pages in image order), cut into containers of 16 pages (the last
+ *   one may hold fewer); sum over containers of min(zstd frame size of the container, its raw size).
+ *   This is what a store that packs cold distinct pages 16 to a zstd frame would need at least.
+ * Bounds (c) and (d) need the native zstd (libzstd through the addon); without it they are null and
+ * `zstdUnavailable` says why. No bound counts any metadata (manifests, index, pack tables): a real
+ * store sits above them all.
  * - sharing[a][b]: share of VM a's distinct non-zero pages (all its snapshots) also present in VM b.
  */
 import { open } from 'node:fs/promises';
 import { blake3 } from '@napi-rs/blake-hash';
 import { compressSync } from 'lz4-napi';
 import { PAGE_SIZE } from './workload.js';
+import { getZstd, ZSTD_DEFAULT_LEVEL, type ZstdCodec } from '../chunk/zstd.js';
+
+/** Bound (d)'s container: 64 KiB of distinct pages, the size issue 16 measures against. */
+export const IDEAL_CONTAINER_PAGES = 16;
 
 export interface ImageSource {
   /** VM the image belongs to (groups images for the sharing matrix). */
@@ -53,6 +66,16 @@ export interface IdealReport {
   dedupLz4Bytes: number;
   /** Distinct pages LZ4 does not shrink (counted at 4096 in bound b). */
   incompressiblePages: number;
+  /** zstd level of bounds (c) and (d). */
+  zstdLevel: number;
+  /** Pages per container of bound (d). */
+  containerPages: number;
+  /** Bound (c): per-page zstd of the distinct pages; null without native zstd. */
+  dedupZstdPageBytes: number | null;
+  /** Bound (d): zstd over containers of distinct pages; null without native zstd. */
+  dedupZstdContainerBytes: number | null;
+  /** Why bounds (c) and (d) are null. */
+  zstdUnavailable?: string;
   perImage: ImageIdeal[];
   /** VM names in first-seen order; indices of `sharing`. */
   vms: string[];
@@ -126,11 +149,71 @@ export function lz4PageBytes(page: Buffer): number {
   return Math.min(compressSync(page).length - 4, PAGE_SIZE);
 }
 
-/** Computes the exact bounds; images are taken in the given order (the order `newLz4Bytes` refers to). */
+/**
+ * Accumulates bounds (c) and (d): distinct pages are copied into one container buffer; each full
+ * container costs two native calls (its pages as single frames, then the container as one frame).
+ */
+export class ZstdBounds {
+  pageBytes = 0;
+  containerBytes = 0;
+  private readonly buf: Buffer;
+  private readonly starts: Uint32Array;
+  private readonly sizes: Uint32Array;
+  private fill = 0;
+
+  constructor(
+    private readonly z: ZstdCodec,
+    readonly level = ZSTD_DEFAULT_LEVEL,
+    readonly containerPages = IDEAL_CONTAINER_PAGES,
+  ) {
+    this.buf = Buffer.alloc(containerPages * PAGE_SIZE);
+    this.starts = Uint32Array.from({ length: containerPages }, (_, i) => i * PAGE_SIZE);
+    this.sizes = new Uint32Array(containerPages).fill(PAGE_SIZE);
+  }
+
+  /** Adds one distinct non-zero page (copied: the caller's buffer may be reused). */
+  add(page: Uint8Array): void {
+    this.buf.set(page, this.fill * PAGE_SIZE);
+    if (++this.fill === this.containerPages) this.flush();
+  }
+
+  /** Closes the last, partial container; call once after the last page. */
+  finish(): void {
+    if (this.fill > 0) this.flush();
+  }
+
+  private flush(): void {
+    const n = this.fill;
+    const pages = this.z.compress(this.buf, this.starts.subarray(0, n), this.sizes.subarray(0, n), this.level);
+    for (const len of pages.lengths) this.pageBytes += Math.min(len, PAGE_SIZE);
+    const raw = n * PAGE_SIZE;
+    const box = this.z.compress(this.buf, new Uint32Array([0]), new Uint32Array([raw]), this.level);
+    this.containerBytes += Math.min(box.payload.length, raw);
+    this.fill = 0;
+  }
+}
+
+/** Bounds (c) and (d) when native zstd is there, else the reason they are left out. */
+function zstdBoundsOrWhy(zstd: () => ZstdCodec): ZstdBounds | string {
+  try {
+    const z = zstd();
+    if (!z.canCompress) return 'zstd bounds need the native addon and libzstd.so.1 (the fzstd fallback only decompresses)';
+    return new ZstdBounds(z);
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
+}
+
+/**
+ * Computes the exact bounds; images are taken in the given order (the order `newLz4Bytes` refers to).
+ * `zstd` gives the codec of bounds (c) and (d) (tests pass the fallback to see them left out).
+ */
 export async function computeIdeal(
   images: ImageSource[],
   onProgress?: (done: number, total: number) => void,
+  zstd: () => ZstdCodec = () => getZstd('native'),
 ): Promise<IdealReport> {
+  const zb = zstdBoundsOrWhy(zstd);
   const vms: string[] = [];
   const vmIndex = new Map<string, number>();
   for (const im of images) {
@@ -153,6 +236,11 @@ export async function computeIdeal(
     dedupBytes: 0,
     dedupLz4Bytes: 0,
     incompressiblePages: 0,
+    zstdLevel: ZSTD_DEFAULT_LEVEL,
+    containerPages: IDEAL_CONTAINER_PAGES,
+    dedupZstdPageBytes: null,
+    dedupZstdContainerBytes: null,
+    ...(typeof zb === 'string' ? { zstdUnavailable: zb } : {}),
     perImage: [],
     vms,
     vmDistinctPages: [],
@@ -180,6 +268,7 @@ export async function computeIdeal(
           grown.set(masks);
           masks = grown;
         }
+        if (typeof zb !== 'string') zb.add(page);
         const lz = lz4PageBytes(page);
         if (lz === PAGE_SIZE) r.incompressiblePages++;
         row.newDistinctPages++;
@@ -195,6 +284,11 @@ export async function computeIdeal(
     r.distinctPages += row.newDistinctPages;
     r.dedupLz4Bytes += row.newLz4Bytes;
     onProgress?.(i + 1, images.length);
+  }
+  if (typeof zb !== 'string') {
+    zb.finish();
+    r.dedupZstdPageBytes = zb.pageBytes;
+    r.dedupZstdContainerBytes = zb.containerBytes;
   }
   r.nonZeroPages = r.pages - r.zeroPages;
   r.dedupBytes = r.distinctPages * PAGE_SIZE;
