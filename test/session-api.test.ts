@@ -161,17 +161,51 @@ describe('single pages are gathered', () => {
 });
 
 describe('page buffers are reused', () => {
-  it('a short write is zero-padded even in memory that held another block', async () => {
+  it('a short last page is zero-padded even in memory that held another block', async () => {
     const store = await freshStore();
     try {
       const s = await store.beginSession({ vm: 'pad', parent: 'none' });
       await s.writePages(0, makePage('random', 1)); // its buffer goes back to the pool once applied
       await s.drain();
       const short = makePage('random', 2).subarray(0, 100);
-      await s.writePages(1, short); // short, and not the image's last page
+      await s.writePages(1, short); // the image's short last page
+      const r = await s.commit({ byteLength: PAGE + 100 });
+      await expectRestores(store, r, Buffer.concat([makePage('random', 1), short]));
+      // A longer child inherits the page whole: its padding must be zeros, not the old block's bytes.
+      const child = await store.beginSession({ vm: 'pad', parent: r.id });
+      await child.writePages(2, makePage('random', 3));
+      const c = await child.commit({ byteLength: 3 * PAGE });
+      await expectRestores(store, c, Buffer.concat([makePage('random', 1), short, Buffer.alloc(PAGE - 100), makePage('random', 3)]));
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('a short page is only the image\'s last page', () => {
+  it('is refused anywhere else (E_USAGE), at the write with a memory size, else at commit; a whole rewrite heals it', async () => {
+    const store = await freshStore();
+    try {
+      const short = makePage('random', 2).subarray(0, 100);
+      // Without a memory size the image's end is known at commit.
+      const s = await store.beginSession({ vm: 'trunc', parent: 'none' });
+      await s.writePages(0, makePage('random', 1));
+      await s.writePages(1, short); // a truncated page from a daemon
       await s.writePages(2, makePage('random', 3));
-      const r = await s.commit({ byteLength: 3 * PAGE });
-      await expectRestores(store, r, Buffer.concat([makePage('random', 1), short, Buffer.alloc(PAGE - 100), makePage('random', 3)]));
+      await expect(s.commit({ byteLength: 3 * PAGE })).rejects.toMatchObject({ code: 'E_USAGE', message: expect.stringMatching(/page 1 was written short/) });
+      await s.abort();
+      // With one it is refused at the write itself, and nothing is recorded.
+      const m = await store.beginSession({ vm: 'trunc', parent: 'none', memoryBytes: 3 * PAGE });
+      await expect(m.writePages(1, short)).rejects.toMatchObject({ code: 'E_USAGE' });
+      await expect(m.writePage(2, short)).rejects.toMatchObject({ code: 'E_USAGE' });
+      await m.abort();
+      // A short write later replaced by the whole page is no truncation.
+      const h = await store.beginSession({ vm: 'trunc', parent: 'none' });
+      await h.writePages(0, Buffer.concat([makePage('random', 1), short]));
+      await h.writeScattered([1, 2], Buffer.concat([makePage('random', 2), makePage('random', 3)]));
+      const r = await h.commit({ byteLength: 3 * PAGE });
+      await expectRestores(store, r, Buffer.concat([makePage('random', 1), makePage('random', 2), makePage('random', 3)]));
+      expect((await store.listSnapshots('trunc')).map((x) => x.id)).toEqual([r.id]);
     } finally {
       await store.close();
     }

@@ -70,6 +70,8 @@ export class Session {
   readonly stats: SessionStats = { pagesWritten: 0, newChunks: 0, newChunkBytes: 0 };
   private readonly pages: PageTable;
   private furthestByte = 0;
+  /** The last short page written and not since replaced by a whole one (its index and end byte). */
+  private shortPage: { index: number; end: number } | undefined;
   private state: 'open' | 'committing' | 'done' = 'open';
   private applying: Promise<void> = Promise.resolve();
   /** Each queued block's apply, oldest first: backpressure waits for one slot, not for the whole queue. */
@@ -131,6 +133,7 @@ export class Session {
   async writePages(firstPage: number, data: Uint8Array, transfer = false): Promise<void> {
     this.assertOpen();
     this.furthestByte = Math.max(this.furthestByte, this.checkRange(firstPage, data.length));
+    this.noteWrite(firstPage, data.length);
     await this.sendGathered();
     const pageCount = Math.ceil(data.length / PAGE_SIZE);
     for (let p = 0; p < pageCount; p += BLOCK_PAGES) {
@@ -150,6 +153,7 @@ export class Session {
   async writeFileRange(firstPage: number, file: string, offset: number, length: number): Promise<void> {
     this.assertOpen();
     this.furthestByte = Math.max(this.furthestByte, this.checkRange(firstPage, length));
+    this.noteWrite(firstPage, length);
     await this.sendGathered();
     for (let p = 0; p * PAGE_SIZE < length; p += BLOCK_PAGES) {
       const bytes = Math.min(BLOCK_PAGES * PAGE_SIZE, length - p * PAGE_SIZE);
@@ -173,6 +177,7 @@ export class Session {
     let end = 0;
     for (let k = 0; k < count; k++) end = Math.max(end, this.checkRange(pageIndices[k], PAGE_SIZE));
     this.furthestByte = Math.max(this.furthestByte, end);
+    if (this.shortPage) for (let k = 0; k < count; k++) this.noteWrite(pageIndices[k], PAGE_SIZE);
     await this.sendGathered();
     for (let p = 0; p < count; p += BLOCK_PAGES) {
       const n = Math.min(BLOCK_PAGES, count - p);
@@ -221,6 +226,7 @@ export class Session {
     let end = 0;
     for (let r = 0; r < ranges.length; r += 2) if (ranges[r + 1] > 0) end = Math.max(end, this.checkRange(ranges[r], ranges[r + 1] * PAGE_SIZE));
     this.furthestByte = Math.max(this.furthestByte, end);
+    if (this.shortPage) for (let r = 0; r < ranges.length; r += 2) this.noteWrite(ranges[r], ranges[r + 1] * PAGE_SIZE);
     await this.sendGathered();
     await this.inOrder(async () => {
       for (let r = 0; r < ranges.length; r += 2) {
@@ -266,11 +272,27 @@ export class Session {
     if (!Number.isSafeInteger(firstPage) || firstPage < 0) throw new VnstoreError('E_USAGE', `bad page index ${firstPage}`);
     const pageCount = Math.ceil(length / PAGE_SIZE);
     const end = firstPage * PAGE_SIZE + length;
+    if (length % PAGE_SIZE !== 0 && this.options.memoryBytes !== undefined && end !== this.options.memoryBytes) {
+      throw shortPageError(firstPage + pageCount - 1, end, this.options.memoryBytes);
+    }
     if (this.options.memoryBytes !== undefined && end > this.options.memoryBytes) {
       throw new VnstoreError('E_SESSION', `write of pages ${firstPage}..${firstPage + pageCount - 1} exceeds the VM's memory size (${this.options.memoryBytes} bytes)`);
     }
     if (end > MAX_IMAGE_BYTES) throw new VnstoreError('E_SESSION', `write at page ${firstPage} is beyond the largest supported image (${MAX_IMAGE_BYTES} bytes)`);
     return end;
+  }
+
+  /**
+   * Records where a short page was written (only the image's last page may be short: prepare checks
+   * it against the image length), or forgets it when a whole page replaces it.
+   */
+  private noteWrite(firstPage: number, length: number): void {
+    if (length % PAGE_SIZE !== 0) {
+      this.shortPage = { index: firstPage + Math.floor(length / PAGE_SIZE), end: firstPage * PAGE_SIZE + length };
+      return;
+    }
+    const s = this.shortPage;
+    if (s && s.index >= firstPage && s.index < firstPage + length / PAGE_SIZE) this.shortPage = undefined;
   }
 
   /**
@@ -282,6 +304,7 @@ export class Session {
     this.assertOpen();
     if (this.error) throw this.error;
     this.furthestByte = Math.max(this.furthestByte, this.checkRange(pageIndex, PAGE_SIZE));
+    if (this.shortPage) this.noteWrite(pageIndex, PAGE_SIZE);
     const g = (this.gathered ??= { indices: new Uint32Array(BLOCK_PAGES), data: this.store.slabs.take(BLOCK_PAGES * PAGE_SIZE), count: 0, slotOf: new Map() });
     // A page written again before its block is sent (a hot page re-sent by the next pre-copy round)
     // replaces its gathered copy: the superseded one is never hashed, compressed or stored.
@@ -498,6 +521,8 @@ export class Session {
       const byteLength = options.byteLength ?? this.options.memoryBytes ?? this.furthestByte;
       if (!Number.isSafeInteger(byteLength) || byteLength < 0) throw new VnstoreError('E_USAGE', `bad image length ${byteLength}`);
       const pageCount = Math.ceil(byteLength / PAGE_SIZE);
+      // A short page anywhere but at the image's end is a truncated page: never zero-padded silently.
+      if (this.shortPage && this.shortPage.end !== byteLength) throw shortPageError(this.shortPage.index, this.shortPage.end, byteLength);
       if (pageCount < this.pages.pageCount && this.pages.kinds.subarray(pageCount, this.pages.pageCount).some((k) => k !== PageKind.Unset)) {
         throw new VnstoreError('E_SESSION', `pages were written beyond the image length ${byteLength}`);
       }
@@ -684,4 +709,8 @@ export class Session {
 /** A failure to write (a full disk, an I/O error), after which the session's packs are garbage. */
 function isWriteFailure(err: unknown): boolean {
   return err instanceof VnstoreError && (err.code === 'E_NO_SPACE' || err.code === 'E_IO');
+}
+
+function shortPageError(index: number, end: number, imageBytes: number): VnstoreError {
+  return new VnstoreError('E_USAGE', `page ${index} was written short (${end - index * PAGE_SIZE} of ${PAGE_SIZE} bytes), but only the image's last page may be short and the image is ${imageBytes} bytes: a truncated page is refused, never padded with zeros`);
 }
