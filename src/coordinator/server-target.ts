@@ -8,6 +8,7 @@
  */
 import type { AgentClient } from '../agent/client.js';
 import type { RemoteSession } from '../agent/session.js';
+import { readGroupImages, serverGroupSource } from './group-source.js';
 import type { GroupReader, SnapshotTarget, TargetSession } from './target.js';
 
 export interface ServerTarget extends SnapshotTarget<string>, GroupReader {
@@ -52,18 +53,7 @@ export function serverTarget(connect: () => Promise<AgentClient>, options: { age
     async abortPrepared(prepared) {
       if (prepared.length > 0) await (await client(COORDINATOR)).abortPrepared(prepared);
     },
-    async readGroup(groupId) {
-      const c = await client(COORDINATOR);
-      const members = (await c.listSnapshots()).filter((r) => r.group === groupId);
-      if (members.length === 0) return undefined;
-      const images = new Map<string, Uint8Array>();
-      for (const r of members) {
-        const parts: Buffer[] = [];
-        await c.restore(r.id, (chunk) => void parts.push(Buffer.from(chunk)));
-        images.set(r.vm, Buffer.concat(parts));
-      }
-      return images;
-    },
+    readGroup: async (groupId) => readGroupImages(serverGroupSource(await client(COORDINATOR)), groupId),
     async listGroupNames() {
       const c = await client(COORDINATOR);
       return [...new Set((await c.listSnapshots()).map((r) => r.group).filter((g): g is string => !!g))];
