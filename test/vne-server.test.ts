@@ -2,9 +2,10 @@
  * Coordinated snapshots through a real `vnstore serve` child process: each VM's agent stores through
  * its own connection, the coordinator commits the group by id (GROUP_COMMIT). The groups are byte for
  * byte those of the same seeded run into an in-memory target; an agent's connection or the server
- * killed mid-epoch aborts that epoch whole and the next one commits.
+ * killed mid-epoch aborts that epoch whole and the next one commits. `vnstore snapshot --server`
+ * and `vnstore restore --group --server` from the command line.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runEnvironment, resumeGroup, type RunOptions } from '../src/coordinator/environment-run.js';
@@ -13,6 +14,8 @@ import type { EpochReport } from '../src/coordinator/executor.js';
 import { serverTarget } from '../src/coordinator/server-target.js';
 import { channelMemberName } from '../src/coordinator/channel-state.js';
 import { AgentClient } from '../src/agent/client.js';
+import { readGroupImages, storeGroupSource } from '../src/coordinator/group-source.js';
+import { Store } from '../src/store/store.js';
 import { scenarioSpec } from '../src/sim/scenario.js';
 import { diskMemberName } from '../src/sim/vm.js';
 import { runCli, tempDirs } from './helpers/engine.js';
@@ -182,8 +185,22 @@ describe('coordinated snapshots through vnstore serve', () => {
       const again = await runCli(['snapshot', '--env', env, '--server', srv.address, '--token-file', tokenFile, '--json']);
       expect(again.code).toBe(0);
       expect(JSON.parse(again.stdout.toString()).epochs.map((e: { group: string }) => e.group)).toEqual(['envc-e4']);
+      // The group restore of one epoch through the server: one file per member.
+      const rg = await runCli(['restore', '--group', 'envc-e2', '-o', path.join(root, 'e2'), '--server', srv.address, '--token-file', tokenFile, '--json']);
+      expect(rg.stderr).toBe('');
+      expect(rg.code).toBe(0);
     } finally {
       await srv.stop();
+    }
+    // Its files are exactly what the store itself gives back for the group.
+    const store2 = await Store.open(store, { workers: 0 });
+    try {
+      const images = (await readGroupImages(storeGroupSource(store2), 'envc-e2')) as Map<string, Uint8Array>;
+      expect([...images.keys()].sort()).toEqual(['envc.channels', 'vm0', 'vm0.disk', 'vm1', 'vm1.disk', 'vm2', 'vm2.disk']);
+      expect(readdirSync(path.join(root, 'e2')).sort()).toEqual([...images.keys()].map((m) => `${m}.img`).sort());
+      for (const [m, image] of images) expect(readFileSync(path.join(root, 'e2', `${m}.img`)).equals(Buffer.from(image)), m).toBe(true);
+    } finally {
+      await store2.close();
     }
   });
 });
