@@ -63,6 +63,16 @@ async function expectEpoch2Aborted(reports: EpochReport[], address: string, toke
   }
 }
 
+/** After the server has stopped: no prepared member of an aborted epoch is left held in the store. */
+async function expectNothingHeld(dir: string): Promise<void> {
+  const store = await Store.open(dir, { workers: 0 });
+  try {
+    expect((await store.heldPrepared()).map((h) => h.prepared.record.vm)).toEqual([]);
+  } finally {
+    await store.close();
+  }
+}
+
 describe('coordinated snapshots through vnstore serve', () => {
   it('commits three epochs as groups that restore exactly the images of the same run in memory', async () => {
     const { store, token } = await initCli(tempDir('vne-srv'));
@@ -129,6 +139,7 @@ describe('coordinated snapshots through vnstore serve', () => {
       await target.close();
       await srv.stop();
     }
+    await expectNothingHeld(store);
   });
 
   it('a server killed mid-epoch leaves no partial group; restarted, the next epoch commits', async () => {
@@ -163,6 +174,45 @@ describe('coordinated snapshots through vnstore serve', () => {
       await target.close();
       await srv.stop();
     }
+    await expectNothingHeld(store);
+  });
+
+  it('prepared members outlive a server restart; an epoch aborted after it leaves none of them held', async () => {
+    const { store, token } = await initCli(tempDir('vne-srv-held'));
+    let srv: ServeProcess = await startServe(store);
+    const target = serverTarget(() => AgentClient.connect({ server: srv.address, token }));
+    // Epoch 2: every VM has prepared when the coordinator opens the channel-state member. Kill the
+    // server there and start it again; then make that epoch's group commit fail.
+    let restarted = false;
+    const killing: SnapshotTarget<string> = {
+      ...target,
+      async beginSession(o) {
+        if (o.group === 'envs-e2' && o.vm === channelMemberName('envs')) {
+          await srv.stop('SIGKILL');
+          srv = await startServe(store);
+          restarted = true;
+        }
+        return target.beginSession(o);
+      },
+      async commitGroup(group, ids) {
+        if (group === 'envs-e2') {
+          // The restarted server adopted the VMs' prepared members: they are still there to commit.
+          expect(ids).toHaveLength(MEMBERS.length);
+          throw new Error('injected commit failure');
+        }
+        return target.commitGroup(group, ids);
+      },
+    };
+    try {
+      const r = await runEnvironment(runOptions(killing));
+      expect(restarted).toBe(true);
+      expect(r.reports[1].reason).toMatch(/injected commit failure/);
+      await expectEpoch2Aborted(r.reports, srv.address, token, target);
+    } finally {
+      await target.close();
+      await srv.stop();
+    }
+    await expectNothingHeld(store);
   });
 
   it('vnstore snapshot --server takes and verifies three epochs, and numbers on from the last group', async () => {
