@@ -32,6 +32,11 @@ export class AgentClient {
     return this.conn.serverId;
   }
 
+  /** False once the connection has failed or closed (a new client must connect). */
+  get usable(): boolean {
+    return this.conn.usable;
+  }
+
   async beginSession(options: SessionOptions): Promise<RemoteSession> {
     const sid = this.nextSid++;
     const res = resultJson<{ parent: string | null }>(

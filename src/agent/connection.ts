@@ -160,6 +160,11 @@ export class AgentConnection {
     return answer;
   }
 
+  /** False once the connection has failed or closed: every request would reject. */
+  get usable(): boolean {
+    return this.failure === undefined && !this.socket.destroyed;
+  }
+
   /** Pauses reading (a restore's consumer applying backpressure) until `until` settles. */
   hold(until: Promise<unknown>): void {
     this.socket.pause();

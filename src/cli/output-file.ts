@@ -23,18 +23,34 @@ export async function checkOutputPath(output: string): Promise<string> {
  * on any failure the temp file is removed and `out` is left as it was.
  */
 export async function writeOutputFile(out: string, fill: (fh: FileHandle, tmp: string) => Promise<void>, sync = false): Promise<void> {
-  const tmp = path.join(path.dirname(out), `.${path.basename(out)}.vnstore-${process.pid}.tmp`);
+  await writeOutputFiles([out], (_, fh, tmp) => fill(fh, tmp), sync);
+}
+
+/**
+ * Several outputs as one: each filled into its own temp file (in order), and only once every one is
+ * complete are they renamed into place. On any failure every temp file is removed and no output is
+ * touched, so a caller never leaves some of a set written.
+ */
+export async function writeOutputFiles(outs: string[], fill: (index: number, fh: FileHandle, tmp: string) => Promise<void>, sync = false): Promise<void> {
+  const tmps = outs.map((out) => path.join(path.dirname(out), `.${path.basename(out)}.vnstore-${process.pid}.tmp`));
   let fh: FileHandle | undefined;
+  let current = outs[0];
   try {
-    fh = await fsp.open(tmp, 'wx', FILE_MODE);
-    await fill(fh, tmp);
-    if (sync) await fh.sync();
-    await fh.close();
-    fh = undefined;
-    await fsp.rename(tmp, out);
+    for (let i = 0; i < outs.length; i++) {
+      current = outs[i];
+      fh = await fsp.open(tmps[i], 'wx', FILE_MODE);
+      await fill(i, fh, tmps[i]);
+      if (sync) await fh.sync();
+      await fh.close();
+      fh = undefined;
+    }
+    for (let i = 0; i < outs.length; i++) {
+      current = outs[i];
+      await fsp.rename(tmps[i], outs[i]);
+    }
   } catch (err) {
     await fh?.close().catch(() => undefined);
-    await fsp.rm(tmp, { force: true }).catch(() => undefined);
-    throw fromSystemError(err, `writing ${out}`);
+    for (const tmp of tmps) await fsp.rm(tmp, { force: true }).catch(() => undefined);
+    throw fromSystemError(err, `writing ${current}`);
   }
 }

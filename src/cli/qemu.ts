@@ -7,9 +7,11 @@ import { receiveMigration } from '../qemu/receive.js';
 import { loadStoredMigration, sendMigration, type StoredMigration } from '../qemu/send.js';
 import type { QemuProcessInfo } from '../qemu/state-image.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
+import type { MigrationStore } from '../qemu/migration-store.js';
 import { ONE_SHOT, action, storeDir, storeOption, usage, withStore } from './common.js';
+import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
 
-interface ReceiveOpts {
+interface ReceiveOpts extends RemoteOptions {
   vm: string;
   group?: string;
   store?: string;
@@ -54,7 +56,7 @@ async function qemuInfo(pid: number | undefined): Promise<QemuProcessInfo> {
 }
 
 /** The command line that restores a stored VM: the source's, with -incoming from the store. */
-export function restoreCommandLine(m: StoredMigration, storeDirectory?: string): string[] | undefined {
+export function restoreCommandLine(m: StoredMigration, source?: string): string[] | undefined {
   const argv = m.image.meta.qemu.commandLine;
   if (!argv) return undefined;
   const out: string[] = [];
@@ -65,8 +67,7 @@ export function restoreCommandLine(m: StoredMigration, storeDirectory?: string):
     }
     out.push(argv[i]);
   }
-  const store = storeDirectory ? ` --store ${storeDirectory}` : '';
-  out.push('-incoming', `exec:vnstore qemu send ${m.ram.id}${store}`);
+  out.push('-incoming', `exec:vnstore qemu send ${m.ram.id}${source ? ` ${source}` : ''}`);
   return out;
 }
 
@@ -75,6 +76,20 @@ function spoolBudget(): number {
   const mib = Number(process.env.VNSTORE_QEMU_SPOOL_MIB ?? 2048);
   if (!Number.isFinite(mib) || mib < 1) throw usage(`VNSTORE_QEMU_SPOOL_MIB=${process.env.VNSTORE_QEMU_SPOOL_MIB}: expected a number of MiB`);
   return mib * 2 ** 20;
+}
+
+/**
+ * Runs `fn` on the store the options name: through a server (--server, $VNSTORE_SERVER) or the
+ * local store. `where` is the option string a later `vnstore qemu send` needs to find it.
+ */
+async function withMigrations<T>(opts: RemoteOptions & { store?: string }, fn: (store: MigrationStore, where: string) => Promise<T>): Promise<T> {
+  const { serverMigrations, storeMigrations } = await import('../qemu/migration-store.js');
+  const server = serverAddress(opts);
+  if (server) {
+    const where = `--server ${server}${opts.tokenFile ? ` --token-file ${opts.tokenFile}` : ''}${opts.tlsCa ? ` --tls-ca ${opts.tlsCa}` : ''}`;
+    return withRemote(opts, server, (client) => fn(serverMigrations(client), where));
+  }
+  return withStore(opts, (store) => fn(storeMigrations(store), `--store ${storeDir(opts)}`), ONE_SHOT);
 }
 
 function writeOut(b: Buffer): Promise<void> {
@@ -86,7 +101,7 @@ function writeOut(b: Buffer): Promise<void> {
 export function registerQemu(program: Command): void {
   const qemu = program.command('qemu').description('QEMU live migration into the store (receive) and back into a new QEMU (send); see docs/QEMU.md');
 
-  qemu
+  const receive = qemu
     .command('receive')
     .description('store a QEMU pre-copy migration stream (standard input, or one TCP connection) as a snapshot of --vm')
     .requiredOption('--vm <name>', 'VM name the snapshot is stored under (its QEMU state goes under NAME.qemu)')
@@ -94,7 +109,8 @@ export function registerQemu(program: Command): void {
     .option('--listen <tcp:HOST:PORT>', 'accept one connection from `migrate "tcp:HOST:PORT"` instead of reading standard input')
     .option('--qemu-pid <pid>', "QEMU's process id, to record its version and command line (found automatically under `exec:`)")
     .option('--json', 'print {id, stateId, vm, group, machine, qemuVersion, blocks, logicalBytes, streamBytes, newChunks, addedBytes, seconds}')
-    .addOption(storeOption())
+    .addOption(storeOption());
+  addRemoteOptions(receive, false)
     .addHelpText(
       'after',
       `
@@ -104,6 +120,7 @@ Standard output of an exec: command goes nowhere: redirect it to keep the id.
 
 Examples (QMP, or the HMP monitor):
   migrate "exec:vnstore qemu receive --vm web1 --store /var/lib/vnstore > /tmp/web1.id"
+  migrate "exec:vnstore qemu receive --vm web1 --server 10.0.0.5:7007 --token-file /etc/vnstore.token > /tmp/web1.id"
   vnstore qemu receive --vm web1 --listen tcp:127.0.0.1:4444 --qemu-pid 1234   # then migrate "tcp:127.0.0.1:4444"
 `,
     )
@@ -116,7 +133,7 @@ Examples (QMP, or the HMP monitor):
         // Standard input is drained from now on, while the store opens: QEMU is already sending.
         const budget = spoolBudget();
         const stdinChunks = endpoint ? undefined : eagerChunks(process.stdin, budget, process.env.VNSTORE_QEMU_HOLD !== "0");
-        await withStore(
+        await withMigrations(
           opts,
           async (store) => {
             const chunks = stdinChunks ?? eagerChunks(await acceptOne(endpoint!.host, endpoint!.port), budget, process.env.VNSTORE_QEMU_HOLD !== "0");
@@ -140,21 +157,21 @@ Examples (QMP, or the HMP monitor):
               );
             } else process.stdout.write(`${r.ram.id}\n`);
           },
-          ONE_SHOT,
         );
       }),
     );
 
-  qemu
+  const send = qemu
     .command('send')
     .description('write a stored VM as a migration stream on standard output, for qemu-system-x86_64 -incoming "exec:vnstore qemu send ID"')
     .argument('<id>', 'the RAM snapshot id that receive printed, or its NAME.qemu state snapshot (a unique prefix is enough)')
-    .addOption(storeOption())
+    .addOption(storeOption());
+  addRemoteOptions(send, false)
     .addHelpText('after', '\nStart QEMU with the command line `vnstore qemu info ID` prints (same machine, memory and devices).\n')
     .action(
-      action(async (id: string, opts: { store?: string }) => {
+      action(async (id: string, opts: RemoteOptions & { store?: string }) => {
         if (process.stdout.isTTY) throw usage('refusing to write a migration stream to a terminal; run this as QEMU\'s -incoming "exec:..." source');
-        await withStore(
+        await withMigrations(
           opts,
           async (store) => {
             const m = await loadStoredMigration(store, id);
@@ -167,28 +184,27 @@ Examples (QMP, or the HMP monitor):
               throw err;
             }
           },
-          ONE_SHOT,
         );
       }),
     );
 
-  qemu
+  const info = qemu
     .command('info')
     .description('what a stored QEMU snapshot holds: machine, QEMU version, RAM blocks, and the command line that restores it')
     .argument('<id>', 'RAM snapshot id or its NAME.qemu state snapshot (a unique prefix is enough)')
     .option('--json', 'print it as JSON')
-    .addOption(storeOption())
-    .action(
-      action(async (id: string, opts: { store?: string; json?: boolean }) => {
-        await withStore(
+    .addOption(storeOption());
+  addRemoteOptions(info, false).action(
+      action(async (id: string, opts: RemoteOptions & { store?: string; json?: boolean }) => {
+        await withMigrations(
           opts,
-          async (store) => {
+          async (store, where) => {
             const m = await loadStoredMigration(store, id);
             const { meta } = m.image;
-            const restore = restoreCommandLine(m, storeDir(opts));
-            const info = { id: m.ram.id, stateId: m.state.id, vm: meta.vm, group: m.ram.group, machine: meta.machine, qemuVersion: meta.qemu.version, blocks: meta.blocks, commandLine: meta.qemu.commandLine, restoreCommandLine: restore, stream: meta.stream };
+            const restore = restoreCommandLine(m, where);
+            const described = { id: m.ram.id, stateId: m.state.id, vm: meta.vm, group: m.ram.group, machine: meta.machine, qemuVersion: meta.qemu.version, blocks: meta.blocks, commandLine: meta.qemu.commandLine, restoreCommandLine: restore, stream: meta.stream };
             if (opts.json) {
-              process.stdout.write(`${JSON.stringify(info)}\n`);
+              process.stdout.write(`${JSON.stringify(described)}\n`);
               return;
             }
             const lines = [
@@ -199,7 +215,6 @@ Examples (QMP, or the HMP monitor):
             ];
             process.stdout.write(`${lines.join('\n')}\n`);
           },
-          ONE_SHOT,
         );
       }),
     );

@@ -1,8 +1,9 @@
+import path from 'node:path';
 import type { Command } from 'commander';
 import { restoreSnapshot } from '../store/restore.js';
 import { writeFully } from '../util/durable.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
-import { ONE_SHOT, action, progressBar, storeOption, lockWaitOption, withStore } from './common.js';
+import { ONE_SHOT, action, progressBar, storeOption, lockWaitOption, usage, withStore } from './common.js';
 import { checkOutputPath, writeOutputFile } from './output-file.js';
 import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
 import { restoreThrough } from './agent.js';
@@ -10,18 +11,38 @@ import { restoreThrough } from './agent.js';
 export function registerRestore(program: Command): void {
   const cmd = program
     .command('restore')
-    .description('write a snapshot back as its exact original bytes, verifying every chunk and the image digest')
-    .argument('<id>', 'snapshot id (or a unique prefix of at least 4 hex digits)')
-    .option('-o, --output <file>', 'write to FILE (via a temp file renamed into place only when fully verified); default: stdout')
+    .description('write a snapshot (or a whole group) back as its exact original bytes, verifying every chunk and the image digest')
+    .argument('[id]', 'snapshot id (or a unique prefix of at least 4 hex digits)')
+    .option('--group <id>', 'restore every member of this group (each VM\'s memory and disk, the channel state) into the directory -o as <member>.img')
+    .option('-o, --output <file>', 'write to FILE (via a temp file renamed into place only when fully verified); default: stdout. With --group: a directory (default: the current one)')
+    .option('--json', 'with --group: print {group, dir, members: [{vm, id, file, bytes, imageDigest}]}')
     .option('--sync', 'with -o: also fsync the file before it appears under its name (durable against power loss)')
     .option('--no-sparse', 'with -o: write zero pages out instead of leaving holes (holes read back as zeros)')
     .addOption(storeOption())
     .addOption(lockWaitOption());
   addRemoteOptions(cmd, false)
-    .addHelpText('after', '\nOn stdout a failed restore exits non-zero after partial output: check the exit status before using it.\n')
+    .addHelpText(
+      'after',
+      `
+On stdout a failed restore exits non-zero after partial output: check the exit status before using it.
+With --group every member is verified before any file appears under its name: a damaged member
+refuses the whole group (exit 7) and leaves the directory as it was; an unknown group exits 6.
+
+Examples:
+  vnstore restore 3fa2 -o vm0.img
+  vnstore restore --group env7-e3 -o restored/ --json
+`,
+    )
     .action(
-      action(async (id: string, opts: RemoteOptions & { store?: string; lockWait?: number; output?: string; sync?: boolean; sparse?: boolean }) => {
+      action(async (id: string | undefined, opts: RemoteOptions & { store?: string; lockWait?: number; output?: string; sync?: boolean; sparse?: boolean; group?: string; json?: boolean }) => {
         const server = serverAddress(opts);
+        if (opts.group !== undefined) {
+          if (id !== undefined) throw usage('give a snapshot id or --group, not both');
+          await restoreGroup(opts.group, opts, server);
+          return;
+        }
+        if (id === undefined) throw usage('name the snapshot to restore (an id or a unique prefix), or give --group ID');
+        if (opts.json) throw usage('--json goes with --group');
         if (server) {
           // Through the server: every page and the image digest are verified here (vnstore agent restore).
           await withRemote(opts, server, (client) => restoreThrough(client, id, opts.output));
@@ -69,6 +90,18 @@ export function registerRestore(program: Command): void {
         }, ONE_SHOT);
       }),
     );
+}
+
+/** --group: every member into the -o directory, through the server or from the local store. */
+async function restoreGroup(group: string, opts: RemoteOptions & { store?: string; lockWait?: number; output?: string; sync?: boolean; json?: boolean }, server: string | undefined): Promise<void> {
+  const { restoreGroupToDir } = await import('./restore-group.js');
+  const { serverGroupSource, storeGroupSource } = await import('../coordinator/group-source.js');
+  const dir = opts.output ?? '.';
+  const written = server
+    ? await withRemote(opts, server, (client) => restoreGroupToDir(serverGroupSource(client), group, dir, opts))
+    : await withStore(opts, (store) => restoreGroupToDir(storeGroupSource(store), group, dir, opts), ONE_SHOT);
+  if (opts.json) process.stdout.write(JSON.stringify({ group, dir: path.resolve(dir), members: written }, null, 2) + '\n');
+  else for (const m of written) process.stdout.write(`${m.file}  ${m.vm} (${m.id}, ${m.bytes} bytes)\n`);
 }
 
 let stdoutError: Error | undefined;

@@ -2,18 +2,21 @@
  * `vnstore snapshot --env FILE`: coordinated snapshots of a whole environment into a local store.
  * For now the environment is simulated (src/sim): the command runs it under its traffic, takes
  * `--epochs` coordinated snapshots, each committed as one group, and with `--verify-restore` resumes
- * the environment from every committed group read back from the store and checks it. `--server`
- * (agents over the network) comes with `vnstore serve`.
+ * the environment from every committed group read back from the store and checks it. With
+ * `--server` every agent has its own connection to `vnstore serve` and the coordinator commits the
+ * group there (src/coordinator/server-target.ts).
  */
 import type { Command } from 'commander';
 import type { EpochReport } from '../coordinator/executor.js';
 import type { Outcome } from '../sim/outcome.js';
 import type { ConsistencyReport } from '../coordinator/consistency.js';
 import { VnstoreError } from '../util/errors.js';
+import type { GroupReader, SnapshotTarget } from '../coordinator/target.js';
 import { action, storeOption, usage, withStore } from './common.js';
 import { parseCount as count } from './switch.js';
+import { addRemoteOptions, connectRemote, serverAddress, type RemoteOptions } from './remote.js';
 
-interface SnapshotCliOptions {
+interface SnapshotCliOptions extends RemoteOptions {
   env: string;
   store?: string;
   epochs: string;
@@ -36,7 +39,7 @@ interface Verification {
 }
 
 export function registerSnapshot(program: Command): void {
-  program
+  const cmd = program
     .command('snapshot')
     .description('coordinated snapshots of a whole environment (all VMs causally consistent), each committed as one group')
     .requiredOption('--env <file>', 'the environment file (JSON; docs/COORDINATION.md): for now a simulated environment')
@@ -50,7 +53,8 @@ export function registerSnapshot(program: Command): void {
     .option('--max-rounds <n>', 'stop and copy after this many pre-copy rounds at the most', '10')
     .option('--verify-restore', 'afterwards, resume the environment from every committed group read back from the store, check it and run it to the end')
     .option('--json', 'print {epochs: [EpochReport], live: Outcome, verified: [...]} (docs/COORDINATION.md)')
-    .addOption(storeOption())
+    .addOption(storeOption());
+  addRemoteOptions(cmd, false)
     .addHelpText(
       'after',
       `
@@ -58,10 +62,13 @@ Each epoch is one group <env>-e<N> in the store, N counting on from the environm
 committed group: every VM's memory and disk (<vm>.disk) at its pause and, with
 --channels hold, the frames in flight across the cut (<env>.channels). An epoch with a failed or
 late VM is aborted whole: nothing of it becomes visible. Times are simulated milliseconds.
+With --server, each VM's agent stores through its own connection to 'vnstore serve' and the
+coordinator commits the group there (GROUP_COMMIT: all members or none).
 
 Examples:
   vnstore snapshot --env env.json --epochs 3 --verify-restore
   vnstore snapshot --env env.json --sync-stop off --channels drop --json
+  vnstore snapshot --env env.json --server 127.0.0.1:7007 --token-file ~/.vnstore-token --epochs 3
 `,
     )
     .action(
@@ -72,13 +79,11 @@ Examples:
         const { readEnvFile } = await import('../coordinator/env-file.js');
         const spec = await readEnvFile(opts.env, opts.channels);
         const { runEnvironment, resumeGroup } = await import('../coordinator/environment-run.js');
-        const { storeTarget } = await import('../coordinator/target.js');
-        await withStore(opts, async (store) => {
-          const target = storeTarget(store);
+        await withTarget(opts, async (target, groups) => {
           // Epochs continue after the environment's last committed group (an aborted or
           // interrupted epoch left none), so a rerun after a crash takes the next epoch.
           const prefix = `${spec.name}-e`;
-          const last = Math.max(0, ...(await store.listSnapshots()).map((r) => r.group ?? '').filter((g) => g.startsWith(prefix) && /^\d+$/.test(g.slice(prefix.length))).map((g) => Number(g.slice(prefix.length))));
+          const last = Math.max(0, ...groups.filter((g) => g.startsWith(prefix) && /^\d+$/.test(g.slice(prefix.length))).map((g) => Number(g.slice(prefix.length))));
           const run = await runEnvironment({
             spec,
             target,
@@ -107,6 +112,26 @@ Examples:
         });
       }),
     );
+}
+
+/** The local store's target or the server's, with the group names committed so far; closed after `fn`. */
+async function withTarget(opts: SnapshotCliOptions, fn: (target: SnapshotTarget & GroupReader, groups: string[]) => Promise<void>): Promise<void> {
+  const server = serverAddress(opts);
+  if (server) {
+    const { serverTarget } = await import('../coordinator/server-target.js');
+    const target = serverTarget(() => connectRemote(opts, server));
+    try {
+      await fn(target as SnapshotTarget & GroupReader, await target.listGroupNames());
+    } finally {
+      await target.close();
+    }
+    return;
+  }
+  const { storeTarget } = await import('../coordinator/target.js');
+  await withStore(opts, async (store) => {
+    const groups = (await store.listSnapshots()).map((r) => r.group).filter((g): g is string => !!g);
+    await fn(storeTarget(store) as SnapshotTarget & GroupReader, groups);
+  });
 }
 
 function render(reports: EpochReport[], live: Outcome, verified: Verification[]): string {

@@ -65,10 +65,29 @@ export class SimAgent<P> {
         if (f.kind === 'crash') this.report({ type: 'failed', vm: this.name, now: this.env.clock.now, reason: 'agent crashed' });
       });
     }
-    this.session = await this.target.beginSession({ vm: this.name, group, epoch, memoryBytes: this.vm.spec.pages * PAGE_SIZE });
-    if (this.vm.disk.length > 0) this.diskSession = await this.target.beginSession({ vm: diskMemberName(this.name), group, epoch, memoryBytes: this.vm.disk.length });
+    await this.guard(async () => {
+      this.session = await this.target.beginSession({ vm: this.name, group, epoch, memoryBytes: this.vm.spec.pages * PAGE_SIZE });
+      if (this.vm.disk.length > 0) this.diskSession = await this.target.beginSession({ vm: diskMemberName(this.name), group, epoch, memoryBytes: this.vm.disk.length });
+    });
     this.vm.takeDirty(); // round 1 sends every page: what was dirtied before does not matter
     await this.sendRound(Array.from({ length: this.vm.spec.pages }, (_, i) => i), epoch);
+  }
+
+  /**
+   * Runs a step that talks to the target. A failure there (a connection to the server lost) is the
+   * agent's failure: it stops, lets its VM run and reports it, so the coordinator aborts the epoch.
+   */
+  private async guard(step: () => Promise<void>): Promise<void> {
+    if (this.dead) return;
+    try {
+      await step();
+    } catch (err) {
+      if (this.dead) return;
+      this.dead = true;
+      this.round?.cancel();
+      if (this.vm.paused) this.env.resume(this.name);
+      this.report({ type: 'failed', vm: this.name, now: this.env.clock.now, reason: `storing failed: ${(err as Error).message}` });
+    }
   }
 
   /** The coordinator orders the stop-and-copy (synchronised stop): pause now, wherever the round is. */
@@ -83,15 +102,18 @@ export class SimAgent<P> {
     this.dead = true;
     this.round?.cancel();
     if (this.vm.paused) this.env.resume(this.name);
-    await this.session?.abort();
-    await this.diskSession?.abort();
-    await this.target.abortPrepared([this.prepared, this.diskPrepared].filter((p): p is P => p !== undefined));
+    // Best effort: a session whose connection is gone was aborted by the server already.
+    await this.session?.abort().catch(() => undefined);
+    await this.diskSession?.abort().catch(() => undefined);
+    // Unreachable target: its prepared members stay invisible and expire there (never committed).
+    await this.target.abortPrepared([this.prepared, this.diskPrepared].filter((p): p is P => p !== undefined)).catch(() => undefined);
   }
 
   private async sendRound(pages: number[], epoch: number): Promise<void> {
     if (this.dead) return;
     this.rounds++;
-    if (pages.length > 0) await (this.session as TargetSession<P>).writeScattered(pages, this.vm.pagesBytes(pages));
+    if (pages.length > 0) await this.guard(() => (this.session as TargetSession<P>).writeScattered(pages, this.vm.pagesBytes(pages)));
+    if (this.dead) return;
     const ms = Math.max(pages.length * this.env.host(this.vm.spec.host).pageMs, this.env.spec.tickMs);
     this.round = this.env.clock.after(ms, () => this.endRound(epoch));
   }
@@ -118,19 +140,24 @@ export class SimAgent<P> {
     env.flip(this.name, epoch); // the cut: the VM's state now, its colour from now on
     const dirty = this.vm.takeDirty();
     const s = this.session as TargetSession<P>;
-    await s.writeScattered(dirty, this.vm.pagesBytes(dirty));
-    await s.writePages(0, this.vm.stateBytes(paused));
+    await this.guard(async () => {
+      await s.writeScattered(dirty, this.vm.pagesBytes(dirty));
+      await s.writePages(0, this.vm.stateBytes(paused));
+    });
+    if (this.dead) return;
     const disk = this.vm.disk.slice(); // the disk at the pause
     const downtimeMs = (dirty.length + STATE_PAGES) * env.host(this.vm.spec.host).pageMs + this.options.pauseOverheadMs;
     this.round = env.clock.after(downtimeMs, async () => {
       if (this.dead) return;
       env.resume(this.name);
       this.report({ type: 'flipped', vm: this.name, now: paused, downtimeMs });
-      if (this.diskSession) {
-        await this.diskSession.writePages(0, disk);
-        this.diskPrepared = await this.diskSession.prepare({ byteLength: disk.length });
-      }
-      this.prepared = await s.prepare({ byteLength: this.vm.spec.pages * PAGE_SIZE });
+      await this.guard(async () => {
+        if (this.diskSession) {
+          await this.diskSession.writePages(0, disk);
+          this.diskPrepared = await this.diskSession.prepare({ byteLength: disk.length });
+        }
+        this.prepared = await s.prepare({ byteLength: this.vm.spec.pages * PAGE_SIZE });
+      });
       if (!this.dead) this.report({ type: 'prepared', vm: this.name, now: env.clock.now });
     });
   }

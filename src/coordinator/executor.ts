@@ -96,7 +96,7 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
   };
   const abort = async () => {
     for (const a of agents.values()) await a.abort();
-    if (channelPrepared !== undefined) await target.abortPrepared([channelPrepared]);
+    if (channelPrepared !== undefined) await target.abortPrepared([channelPrepared]).catch(() => undefined);
     for (const n of names) env.flip(n, o.epoch); // close the aborted epoch's colours
     env.takeChannelState(o.epoch);
   };

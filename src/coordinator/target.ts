@@ -5,8 +5,8 @@
  */
 import type { Store } from '../store/store.js';
 import type { PreparedSnapshot } from '../store/session.js';
-import { restoreSnapshot } from '../store/restore.js';
 import { VnstoreError } from '../util/errors.js';
+import { readGroupImages, storeGroupSource } from './group-source.js';
 
 export interface TargetSession<P> {
   /** Whole pages at arbitrary indices (a round's dirty list); the last write of a page wins. */
@@ -44,17 +44,7 @@ export function storeTarget(store: Store): SnapshotTarget<PreparedSnapshot> & Gr
       await store.commitPrepared(prepared, { id: groupId });
     },
     abortPrepared: (prepared) => store.abortPrepared(prepared),
-    async readGroup(groupId) {
-      const members = (await store.listSnapshots()).filter((r) => r.group === groupId);
-      if (members.length === 0) return undefined;
-      const images = new Map<string, Uint8Array>();
-      for (const r of members) {
-        const parts: Buffer[] = [];
-        await restoreSnapshot(store, r, { write: (chunk) => void parts.push(Buffer.from(chunk)) });
-        images.set(r.vm, Buffer.concat(parts));
-      }
-      return images;
-    },
+    readGroup: (groupId) => readGroupImages(storeGroupSource(store), groupId),
   };
 }
 

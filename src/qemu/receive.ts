@@ -1,5 +1,5 @@
 /**
- * Receives one QEMU migration stream into the store (docs/QEMU.md): the RAM blocks, laid out one
+ * Receives one QEMU migration stream into the store, local or through a server (docs/QEMU.md): the RAM blocks, laid out one
  * after another, become the pages of one snapshot of VM `vm` (each round's pages written as they
  * arrive, the last copy of a page winning); the rest of the stream becomes a state image stored as
  * a snapshot of VM `vm.qemu`. Both commit together, in one group, only once the stream has ended
@@ -9,9 +9,8 @@ import type { ByteSource } from './byte-source.js';
 import { decodeStream, type RamSink } from './stream-decoder.js';
 import { TARGET_PAGE_SIZE, type RamBlock } from './stream-format.js';
 import { encodeStateImage, STATE_VM_SUFFIX, type QemuProcessInfo, type StateMeta } from './state-image.js';
-import type { Session } from '../store/session.js';
 import type { SnapshotRecord } from '../store/db.js';
-import type { Store } from '../store/store.js';
+import type { MigrationSession, MigrationStore } from './migration-store.js';
 import { VnstoreError } from '../util/errors.js';
 import { newSnapshotId } from '../store/ids.js';
 
@@ -41,7 +40,7 @@ export function stateVmName(vm: string): string {
 
 /** Gathers decoded pages into batches for the RAM session; zero pages never written are skipped. */
 class RamWriter implements RamSink {
-  session: Session | undefined;
+  session: MigrationSession | undefined;
   firstPage: number[] = [];
   blockList: RamBlock[] = [];
   private written: Uint8Array = new Uint8Array(0);
@@ -49,7 +48,7 @@ class RamWriter implements RamSink {
   private readonly data = Buffer.allocUnsafe(BATCH_PAGES * TARGET_PAGE_SIZE);
   private count = 0;
 
-  constructor(private readonly begin: (memoryBytes: number) => Promise<Session>) {}
+  constructor(private readonly begin: (memoryBytes: number) => Promise<MigrationSession>) {}
 
   async blocks(blocks: RamBlock[]): Promise<void> {
     let pages = 0;
@@ -80,16 +79,17 @@ class RamWriter implements RamSink {
     const n = this.count;
     this.count = 0;
     // writeScattered copies what it keeps, so the batch buffer is reused at once.
-    await (this.session as Session).writeScattered(this.indices.subarray(0, n), this.data.subarray(0, n * TARGET_PAGE_SIZE));
+    await (this.session as MigrationSession).writeScattered(this.indices.subarray(0, n), this.data.subarray(0, n * TARGET_PAGE_SIZE));
   }
 }
 
-export async function receiveMigration(store: Store, source: ByteSource, options: ReceiveOptions): Promise<ReceiveResult> {
+export async function receiveMigration(store: MigrationStore, source: ByteSource, options: ReceiveOptions): Promise<ReceiveResult> {
   if (options.vm.endsWith(STATE_VM_SUFFIX)) throw new VnstoreError('E_USAGE', `VM name ${options.vm} ends with ${STATE_VM_SUFFIX}, which names state images`);
-  const sessions: Session[] = [];
+  const sessions: MigrationSession[] = [];
+  const prepared: string[] = [];
   const group = options.group ?? `qemu-${newSnapshotId()}`;
   const open = async (vm: string, memoryBytes?: number) => {
-    const s = await store.beginSession({ vm, group, parent: 'auto', memoryBytes });
+    const s = await store.beginSession({ vm, group, memoryBytes });
     sessions.push(s);
     return s;
   };
@@ -97,9 +97,11 @@ export async function receiveMigration(store: Store, source: ByteSource, options
   try {
     const decoded = await decodeStream(source, ram);
     await ram.flush();
-    const ramSession = ram.session as Session;
+    // Prepared first: its id (which a server gives only now) goes into the state image.
+    const ramId = await (ram.session as MigrationSession).prepare({ unwritten: 'zero' });
+    prepared.push(ramId);
     const meta: StateMeta = {
-      ramSnapshot: ramSession.id,
+      ramSnapshot: ramId,
       vm: options.vm,
       machine: decoded.config?.machine,
       qemu: (await options.qemu?.()) ?? {},
@@ -112,16 +114,13 @@ export async function receiveMigration(store: Store, source: ByteSource, options
     const image = encodeStateImage({ meta, head: decoded.head, tail: decoded.tail });
     const stateSession = await open(stateVmName(options.vm), image.length);
     await stateSession.writePages(0, image);
-    const prepared = [await ramSession.prepare({ unwritten: 'zero' }), await stateSession.prepare({ byteLength: image.length, unwritten: 'zero' })];
-    try {
-      const [ramRecord, stateRecord] = await store.commitPrepared(prepared, { id: group });
-      return { ram: ramRecord, state: stateRecord, meta };
-    } catch (err) {
-      await store.abortPrepared(prepared);
-      throw err;
-    }
+    prepared.push(await stateSession.prepare({ byteLength: image.length, unwritten: 'zero' }));
+    const [ramRecord, stateRecord] = await store.commitGroup(group, prepared);
+    return { ram: ramRecord, state: stateRecord, meta };
   } catch (err) {
-    for (const s of sessions) await s.abort();
+    // Best effort: a server that is gone aborts unprepared sessions itself and expires prepared ones.
+    await store.abortPrepared(prepared).catch(() => undefined);
+    for (const s of sessions) await s.abort().catch(() => undefined);
     throw err;
   }
 }

@@ -5,9 +5,8 @@
  * page), an empty END, then the stored device state, EOF and VM description. Every page is verified
  * against its digest by the restore that reads it.
  */
-import { restoreSnapshot } from '../store/restore.js';
 import type { SnapshotRecord } from '../store/db.js';
-import type { Store } from '../store/store.js';
+import type { MigrationStore } from './migration-store.js';
 import { VnstoreError } from '../util/errors.js';
 import { decodeStateImage, STATE_VM_SUFFIX, type StateImage } from './state-image.js';
 import { encodeEos, encodeFooter, encodeRamSetup, encodeSectionEnd, encodeSectionPart, encodeSectionStart, pageRecordBytes, writePageRecord } from './stream-encoder.js';
@@ -19,14 +18,14 @@ export interface StoredMigration {
   image: StateImage;
 }
 
-async function readStateImage(store: Store, state: SnapshotRecord): Promise<StateImage> {
+async function readStateImage(store: MigrationStore, state: SnapshotRecord): Promise<StateImage> {
   const parts: Buffer[] = [];
-  await restoreSnapshot(store, state, { write: (chunk) => void parts.push(Buffer.from(chunk)) });
+  await store.restore(state, (chunk) => void parts.push(Buffer.from(chunk)));
   return decodeStateImage(Buffer.concat(parts), `snapshot ${state.id}`);
 }
 
 /** Finds both halves of a stored migration from either snapshot's id (or a unique prefix). */
-export async function loadStoredMigration(store: Store, idOrPrefix: string): Promise<StoredMigration> {
+export async function loadStoredMigration(store: MigrationStore, idOrPrefix: string): Promise<StoredMigration> {
   const record = await store.resolveSnapshot(idOrPrefix);
   let state: SnapshotRecord | undefined;
   if (record.vm.endsWith(STATE_VM_SUFFIX)) state = record;
@@ -40,7 +39,10 @@ export async function loadStoredMigration(store: Store, idOrPrefix: string): Pro
     throw new VnstoreError('E_NOT_FOUND', `snapshot ${record.id} (VM ${record.vm}) was not received from QEMU: it has no QEMU state image`);
   }
   const image = await readStateImage(store, state);
-  const ram = await store.getSnapshot(image.meta.ramSnapshot);
+  const ram = await store.resolveSnapshot(image.meta.ramSnapshot).catch((err: unknown) => {
+    if (err instanceof VnstoreError && err.code === 'E_NOT_FOUND') return undefined;
+    throw err;
+  });
   if (!ram) throw new VnstoreError('E_NOT_FOUND', `QEMU state ${state.id} names RAM snapshot ${image.meta.ramSnapshot}, which is not in this store (forgotten?)`);
   return { ram, state, image };
 }
@@ -52,7 +54,7 @@ const OUT_BYTES = 1 << 20;
  * Writes the stream to `write`, which may apply backpressure by returning a promise and keeps the
  * buffer it is given (each is fresh). Returns the number of bytes written.
  */
-export async function sendMigration(store: Store, m: StoredMigration, write: (b: Buffer) => Promise<void> | void): Promise<number> {
+export async function sendMigration(store: MigrationStore, m: StoredMigration, write: (b: Buffer) => Promise<void> | void): Promise<number> {
   const { meta, head, tail } = m.image;
   const expectedPages = meta.blocks.reduce((s, b) => s + b.bytes / TARGET_PAGE_SIZE, 0);
   if (m.ram.pageCount !== expectedPages) throw new VnstoreError('E_CORRUPT', `snapshot ${m.ram.id} has ${m.ram.pageCount} pages, its QEMU blocks ${expectedPages}`);
@@ -89,8 +91,7 @@ export async function sendMigration(store: Store, m: StoredMigration, write: (b:
     at = writePageRecord(out, at, name, inBlock, isZero ? 0 : p);
     page++;
   };
-  await restoreSnapshot(store, m.ram, {
-    write: async (chunk) => {
+  await store.restore(m.ram, async (chunk) => {
       let c = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
       if (carry) {
         const need = TARGET_PAGE_SIZE - carry.length;
@@ -103,7 +104,6 @@ export async function sendMigration(store: Store, m: StoredMigration, write: (b:
       let off = 0;
       for (; off + TARGET_PAGE_SIZE <= c.length; off += TARGET_PAGE_SIZE) await onPage(c.subarray(off, off + TARGET_PAGE_SIZE));
       if (off < c.length) carry = Buffer.from(c.subarray(off));
-    },
   });
   if (carry || page !== expectedPages) throw new VnstoreError('E_CORRUPT', `snapshot ${m.ram.id}: restored ${page} pages, expected ${expectedPages}`);
   await flush();
