@@ -43,7 +43,20 @@ else console.log(`using existing store ${store}`);
 // read back from the store and resumed: the transfers must end with their checksums.
 const envFile = path.join(root, 'docs/examples/vne-4vm.json');
 console.log(`\n$ vnstore snapshot --env ${path.relative(root, envFile)} --epochs 3 --verify-restore`);
-process.stdout.write(vnstore(['snapshot', '--env', envFile, '--epochs', '3', '--verify-restore']));
+const envOut = vnstore(['snapshot', '--env', envFile, '--epochs', '3', '--verify-restore']);
+process.stdout.write(envOut);
+const lastGroup = [...envOut.matchAll(/^epoch \d+: group (\S+) committed$/gm)].at(-1)?.[1];
+if (lastGroup) {
+  // The whole environment at one epoch, as files: every VM's memory and disk, and the channel state.
+  const groupDir = mkdtempSync(path.join(os.tmpdir(), 'vnstore-demo-group-'));
+  try {
+    console.log(`\n$ vnstore restore --group ${lastGroup} -o DIR`);
+    const g = vnstore(['restore', '--group', lastGroup, '-o', groupDir, '--json'], { json: true });
+    for (const m of g.members) console.log(`  ${path.basename(m.file)}  ${m.bytes} bytes, verified (image digest ${m.imageDigest.slice(0, 16)}…)`);
+  } finally {
+    rmSync(groupDir, { recursive: true, force: true });
+  }
+}
 before = vnstore(['stats', '--json'], { json: true }).summary;
 console.log('');
 

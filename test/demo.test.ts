@@ -60,6 +60,7 @@ describe('demo figures', () => {
         expect(r.out).toMatch(new RegExp(`^epoch ${e}: group demo-e${e} committed$`, 'm'));
         expect(r.out).toMatch(new RegExp(`^restored demo-e${e}: consistent, 0 frame\\(s\\) lost across the cut, transfers ended with their checksums`, 'm'));
       }
+      expect(r.out).toMatch(new RegExp(`\\$ vnstore restore --group demo-e${3 * run} -o DIR\\n  web1\\.img  8388608 bytes, verified`));
       const listed = JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString()) as { group: string | null; byteLength?: number }[];
       const envMembers = listed.filter((x) => x.group?.startsWith('demo-e')).length;
       expect(envMembers).toBeGreaterThanOrEqual(3 * 4 * run); // every VM's memory in every group, at least
