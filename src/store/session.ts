@@ -197,19 +197,31 @@ export class Session {
     this.furthestByte = Math.max(this.furthestByte, end);
     await this.sendGathered();
     return this.inOrder(async () => {
-      const list: Uint8Array[] = [];
-      for (let k = 0; k < n; k++) list.push(digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES));
-      // Through the exact index: a gc running meanwhile sees the lookup (its fence), and the page,
-      // once set, is live for it (liveDigests).
-      const found = await this.store.lookupExact(list);
       const written = new Uint8Array(n);
-      for (let k = 0; k < n; k++) {
-        if (!found[k]) continue;
+      const set = (k: number) => {
         this.pages.ensure(pageIndices[k]);
         this.pages.setDigest(pageIndices[k], digests, k * DIGEST_BYTES);
         written[k] = 1;
         this.stats.pagesWritten++;
+      };
+      // Skipping the exact index where the page workers do too: a digest whose fingerprint the chunk
+      // table lacks, not in an open pack either, is absent (as for New); one the table knows that
+      // equals the parent's at its index is known (the parent keeps it live, as for SameAsParent).
+      const parent = this.parent?.pages;
+      const ask: number[] = [];
+      for (let k = 0; k < n; k++) {
+        const page = pageIndices[k];
+        const at = k * DIGEST_BYTES;
+        if (!this.store.table.hasFingerprint(digests, at)) {
+          if (this.store.writer.locateUnindexed(digests.subarray(at, at + DIGEST_BYTES))) ask.push(k);
+        } else if (parent && page < parent.pageCount && parent.kinds[page] === PageKind.Digest && sameDigest(parent.digests, page * DIGEST_BYTES, digests, at)) set(k);
+        else ask.push(k);
       }
+      if (ask.length === 0) return written;
+      // Through the exact index: a gc running meanwhile sees the lookup (its fence), and the page,
+      // once set, is live for it (liveDigests).
+      const found = await this.store.lookupExact(ask.map((k) => digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)));
+      ask.forEach((k, j) => found[j] && set(k));
       return written;
     });
   }
@@ -684,4 +696,10 @@ export class Session {
 /** A failure to write (a full disk, an I/O error), after which the session's packs are garbage. */
 function isWriteFailure(err: unknown): boolean {
   return err instanceof VnstoreError && (err.code === 'E_NO_SPACE' || err.code === 'E_IO');
+}
+
+/** Whether the 32-byte digests at a[ao..] and b[bo..] are equal. */
+function sameDigest(a: Uint8Array, ao: number, b: Uint8Array, bo: number): boolean {
+  for (let i = 0; i < DIGEST_BYTES; i++) if (a[ao + i] !== b[bo + i]) return false;
+  return true;
 }
