@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import {
   decodeMessage,
   encodeMessage,
+  encodeMessageParts,
   FrameDecoder,
   FRAME_HEADER_BYTES,
   MAX_FRAME_BYTES,
@@ -109,6 +110,62 @@ describe('protocol round trip', () => {
     expect(negotiateVersion(1, 9)).toBe(PROTOCOL_VERSION);
     expect(() => negotiateVersion(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3)).toThrow(expect.objectContaining({ wire: 'E_VERSION' }));
     expect(() => negotiateVersion(0, 0)).toThrow(expect.objectContaining({ wire: 'E_VERSION' }));
+  });
+});
+
+describe('large frames: zero-copy encoding and pooled decoding', () => {
+  /** A PAGES or DATA frame of `n` pages whose bytes say which frame and page they are. */
+  function bigMessage(k: number, n: number): Message {
+    const data = Buffer.alloc(n * PAGE);
+    for (let p = 0; p < n; p++) data.fill((k * 31 + p) & 0xff, p * PAGE, (p + 1) * PAGE);
+    const digests = new Uint8Array(n * 32).fill(k & 0xff);
+    return k % 2 === 0
+      ? { t: 'pages', req: k, sid: 1, indices: Uint32Array.from({ length: n }, (_, p) => p), digests, data }
+      : { t: 'data', req: k, firstPage: k * 1000, digests, data };
+  }
+
+  it('a frame is written from the page bytes themselves, not a copy, and joins to the same bytes as encodeMessage', () => {
+    const m = bigMessage(0, MAX_PAGES_PER_BATCH) as Extract<Message, { t: 'pages' }>;
+    const parts = encodeMessageParts(m);
+    expect(parts.some((p) => p.buffer === m.data.buffer && p.byteOffset === m.data.byteOffset && p.length === m.data.length)).toBe(true);
+    expect(Buffer.concat(parts).equals(encodeMessage(m))).toBe(true);
+  });
+
+  it('split large frames decode exactly, whether released (buffer reused) or held while later ones arrive', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.record({ n: fc.integer({ min: 1, max: MAX_PAGES_PER_BATCH }), hold: fc.boolean() }), { minLength: 1, maxLength: 8 }),
+        fc.integer({ min: 1000, max: 200_000 }),
+        (specs, chunkBytes) => {
+          const msgs = specs.map((s, k) => bigMessage(k, s.n));
+          const wire = Buffer.concat(msgs.map(encodeMessage));
+          const d = new FrameDecoder();
+          /** The exact bytes of a decoded PAGES or DATA message (plain() is far too slow for MiBs). */
+          const bytesOf = (m: Message) => {
+            if (m.t !== 'pages' && m.t !== 'data') throw new Error(`unexpected ${m.t}`);
+            return Buffer.concat([Buffer.from(JSON.stringify({ ...m, digests: undefined, data: undefined, indices: m.t === 'pages' ? Array.from(m.indices) : undefined })), m.digests, m.data]);
+          };
+          const held: { m: Message; want: Buffer }[] = [];
+          let k = 0;
+          for (let at = 0; at < wire.length; at += chunkBytes) {
+            // A fresh copy of each read, as a socket gives: the decoder must not keep views of it across reads.
+            for (const f of d.push(Buffer.from(wire.subarray(at, at + chunkBytes)))) {
+              const m = decodeMessage(f);
+              const want = bytesOf(msgs[k]);
+              expect(bytesOf(m).equals(want)).toBe(true);
+              if (specs[k].hold) held.push({ m, want });
+              else f.release?.();
+              k++;
+            }
+          }
+          expect(k).toBe(msgs.length);
+          expect(d.idle).toBe(true);
+          // Frames not released were never handed out again: their bytes are intact.
+          for (const h of held) expect(bytesOf(h.m).equals(h.want)).toBe(true);
+        },
+      ),
+      { numRuns: 40 },
+    );
   });
 });
 

@@ -55,6 +55,36 @@ describe('server sessions', () => {
       expect((await restoreRemote(c, rec.id)).equals(next)).toBe(true);
     }));
 
+  it('offers skip the exact index for pages the chunk table lacks or the parent holds at that index', () =>
+    withServer(async (r) => {
+      const asked: number[] = [];
+      const lookupExact = r.store.lookupExact.bind(r.store);
+      r.store.lookupExact = (digests) => {
+        asked.push(digests.length);
+        return lookupExact(digests);
+      };
+      const c = await r.connect();
+      const image = makeImage(512, 4);
+      const s1 = await c.beginSession({ vm: 'skip' });
+      await s1.writePages(0, image);
+      await s1.commit();
+      // A first snapshot: every offered digest is new to the chunk table, so none is looked up.
+      expect(s1.stats.pagesOffered).toBeGreaterThan(300);
+      expect(asked.reduce((a, b) => a + b, 0)).toBe(0);
+      asked.length = 0;
+      const next = Buffer.from(image);
+      next.set(makePageBytes(9003), 3 * PAGE); // new content where the parent has a zero page
+      image.copy(next, 10 * PAGE, 1 * PAGE, 2 * PAGE); // page 1's content, now also at page 10
+      const s2 = await c.beginSession({ vm: 'skip' });
+      await s2.writePages(0, next);
+      const rec = await s2.commit();
+      // Unchanged pages equal the parent's: not looked up; the moved page is, and is found (no bytes
+      // sent for it); the new page is absent from the chunk table: sent without a lookup.
+      expect({ asked: asked.reduce((a, b) => a + b, 0), sent: s2.stats.pagesSent, offered: s2.stats.pagesOffered }).toEqual({ asked: 1, sent: 1, offered: s1.stats.pagesOffered + 1 });
+      expect(s2.stats.pagesSent).toBe(1);
+      expect((await restoreRemote(c, rec.id)).equals(next)).toBe(true);
+    }));
+
   it('pages re-sent in later rounds: the last write wins, repeats within a call too', () =>
     withServer(async (r) => {
       const c = await r.connect();

@@ -104,7 +104,8 @@ export class AgentClient {
     let nextPage = 0;
     let chain: Promise<void> = Promise.resolve();
     let failure: Error | undefined;
-    const onFrame = (m: Message) => {
+    const onFrame = (m: Message, release?: () => void) => {
+      if (m.t !== 'data') release?.();
       if (m.t === 'result' && !record) {
         record = JSON.parse(m.json) as SnapshotRecord;
         pages = new PageTable(record.pageCount);
@@ -123,6 +124,8 @@ export class AgentClient {
       }
       const data = m.data;
       chain = chain.then(() => (failure ? undefined : write(data)));
+      // The chunk is lent to `write` until it settles; then its frame's buffer is reused.
+      chain.then(() => release?.(), () => undefined);
       chain.catch((err: Error) => (failure ??= err));
       this.conn.hold(chain);
     };

@@ -4,10 +4,12 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
-import { decodeMessage, encodeMessage, type Message } from '../protocol/messages.js';
-import { FrameDecoder } from '../protocol/frames.js';
+import { decodeMessage, encodeMessage, encodeMessageParts, type Message } from '../protocol/messages.js';
+import { FrameDecoder, writeFrame } from '../protocol/frames.js';
 import { ProtocolError, RemoteError } from '../protocol/errors.js';
-import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
+import { DEFAULT_WINDOW, MAX_PAGES_PER_BATCH, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
+import { PAGE_SIZE } from '../format/pages.js';
+import { SlabPool } from '../chunk/slab-pool.js';
 import { parseAddress } from '../server/address.js';
 import { VnstoreError } from '../util/errors.js';
 import { drainedOrClosed } from '../util/drain.js';
@@ -27,15 +29,23 @@ type Request = Message & { req: number };
 /** A request without its id (assigned when sent). */
 export type Outgoing = Request extends infer R ? (R extends Request ? Omit<R, 'req'> : never) : never;
 
+/**
+ * Takes a restore's frames before END; `release`, when given, must be called once nothing refers to
+ * the frame's bytes any more (its buffer is then reused for a later frame).
+ */
+export type StreamHandler = (m: Message, release?: () => void) => void;
+
 interface Waiter {
   resolve(m: Reply | Extract<Message, { t: 'end' }>): void;
   reject(err: Error): void;
   /** For a restore: its frames before END (RESULT with the record, then DATA). */
-  stream?: (m: Message) => void;
+  stream?: StreamHandler;
 }
 
 export class AgentConnection {
   private readonly waiters = new Map<number, Waiter>();
+  /** Page buffers for PAGES requests, reused once answered (fresh memory faults on first touch). */
+  readonly pageBuffers = new SlabPool(MAX_PAGES_PER_BATCH * PAGE_SIZE, 2 * DEFAULT_WINDOW);
   private readonly slots: (() => void)[] = [];
   private nextReq = 1;
   private outstanding = 0;
@@ -103,7 +113,7 @@ export class AgentConnection {
   private listen(decoder: FrameDecoder): void {
     this.socket.on('data', (chunk: Buffer) => {
       try {
-        for (const f of decoder.push(chunk)) this.onMessage(decodeMessage(f));
+        for (const f of decoder.push(chunk)) this.onMessage(decodeMessage(f), f.release);
       } catch (err) {
         this.fail(err as Error);
         this.socket.destroy();
@@ -113,7 +123,18 @@ export class AgentConnection {
     this.socket.on('close', () => this.fail(new VnstoreError('E_IO', 'the server closed the connection')));
   }
 
-  private onMessage(m: Message): void {
+  private onMessage(m: Message, release?: () => void): void {
+    const w = 'req' in m && m.t !== 'end' ? this.waiters.get(m.req) : undefined;
+    if (w?.stream && m.t !== 'error') {
+      w.stream(m, release);
+      return;
+    }
+    // Every other answer is decoded into copies: its frame's buffer is free at once.
+    release?.();
+    this.onAnswer(m);
+  }
+
+  private onAnswer(m: Message): void {
     if (m.t === 'error' && m.req === 0) {
       this.fail(new RemoteError(m.code, m.message));
       return;
@@ -122,7 +143,6 @@ export class AgentConnection {
     const w = this.waiters.get(m.req);
     if (!w) throw new ProtocolError('E_MALFORMED', `answer to unknown request ${m.req}`);
     if (m.t === 'error') this.settle(m.req, () => w.reject(new RemoteError(m.code, m.message)));
-    else if (w.stream && m.t !== 'end') w.stream(m);
     else if (m.t === 'result' || m.t === 'missing' || m.t === 'end') this.settle(m.req, () => w.resolve(m));
     else throw new ProtocolError('E_MALFORMED', `unexpected ${m.t.toUpperCase()} for request ${m.req}`);
   }
@@ -142,17 +162,20 @@ export class AgentConnection {
     for (const wake of this.slots.splice(0)) wake();
   }
 
-  /** Sends a request; resolves to its answer (RESULT or MISSING), rejects with the server's error. */
-  async request(m: Outgoing, stream?: (m: Message) => void): Promise<Message> {
+  /**
+   * Sends a request; resolves to its answer (RESULT or MISSING), rejects with the server's error.
+   * Byte fields of `m` are written from its own memory: they must not change until this settles.
+   */
+  async request(m: Outgoing, stream?: StreamHandler): Promise<Message> {
     while (this.outstanding >= this.window && !this.failure) await new Promise<void>((resolve) => this.slots.push(resolve));
     if (this.failure) throw this.failure;
     const req = this.nextReq;
     this.nextReq = this.nextReq >= 0xfffffffe ? 1 : this.nextReq + 1;
-    const frame = encodeMessage({ ...m, req } as Message);
+    const frame = encodeMessageParts({ ...m, req } as Message);
     this.outstanding++;
     const answer = new Promise<Message>((resolve, reject) => this.waiters.set(req, { resolve, reject, stream }));
     answer.catch(() => undefined); // the caller sees the rejection; it must not count as unhandled while we wait to send
-    if (!this.socket.write(frame)) {
+    if (!writeFrame(this.socket, frame)) {
       // One wait shared by every writer held back (not a pair of listeners each); closed: the answer fails.
       this.drainWait ??= drainedOrClosed(this.socket).finally(() => (this.drainWait = undefined));
       await this.drainWait;

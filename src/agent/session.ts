@@ -61,8 +61,8 @@ export class RemoteSession {
     if (data.length !== n * PAGE_SIZE) throw new VnstoreError('E_USAGE', `writeScattered needs ${n} whole page(s) (${n * PAGE_SIZE} bytes), got ${data.length} bytes`);
     const indices = Uint32Array.from(pageIndices);
     for (const i of indices) this.furthestByte = Math.max(this.furthestByte, (i + 1) * PAGE_SIZE);
-    const copy = data.slice(); // the caller may reuse its buffer once this resolves
-    return this.enqueue(() => this.send(indices, copy));
+    // No copy: this resolves only once the pages have been sent, as writePages does.
+    return this.enqueue(() => this.send(indices, data));
   }
 
   /** One page; pages are gathered and sent MAX_OFFERS_PER_BATCH at a time (and before any other write). */
@@ -97,17 +97,31 @@ export class RemoteSession {
   /**
    * Sends whole pages: zero pages as ranges, the rest offered by digest; the bytes of the pages the
    * server lacks follow. A page listed twice is sent once, with its later content.
+   *
+   * Pipelined: the call's pages go in batches of OFFER_BATCH_PAGES, and the next batch is hashed
+   * and offered while earlier ones wait for their answers and send their bytes (the connection's
+   * window bounds what is outstanding). Batches may reach the server interleaved; that is safe
+   * because, after dropping all but the last copy of each page, no two batches share a page index.
    */
   private async send(indices: Uint32Array, data: Uint8Array): Promise<void> {
-    for (let start = 0; start < indices.length; start += MAX_OFFERS_PER_BATCH) {
-      const end = Math.min(indices.length, start + MAX_OFFERS_PER_BATCH);
-      await this.sendBatch(indices.subarray(start, end), data.subarray(start * PAGE_SIZE, end * PAGE_SIZE));
-    }
-  }
-
-  private async sendBatch(indices: Uint32Array, data: Uint8Array): Promise<void> {
     const keep = lastOccurrences(indices);
     const digests = new Uint8Array(indices.length * DIGEST_BYTES);
+    const pending: Promise<void>[] = [];
+    let failed = false;
+    for (let start = 0; start < keep.length && !failed; start += OFFER_BATCH_PAGES) {
+      const batch = this.sendBatch(indices, data, digests, keep.subarray(start, Math.min(keep.length, start + OFFER_BATCH_PAGES)));
+      batch.catch(() => (failed = true));
+      pending.push(batch);
+      // Bound the batches in flight (each holds its page copies until answered).
+      if (pending.length >= BATCHES_IN_FLIGHT) await pending[pending.length - BATCHES_IN_FLIGHT].catch(() => undefined);
+    }
+    // Every batch settled before this call does: the next write must not overtake one still in flight.
+    const settled = await Promise.allSettled(pending);
+    for (const r of settled) if (r.status === 'rejected') throw r.reason;
+  }
+
+  /** One batch: positions `keep` (into `indices` and `data`), hashed here into `digests` at those positions. */
+  private async sendBatch(indices: Uint32Array, data: Uint8Array, digests: Uint8Array, keep: Uint32Array): Promise<void> {
     const zero: number[] = [];
     const offer: number[] = [];
     for (const k of keep) (isZeroPage(data, k * PAGE_SIZE) ? zero : offer).push(k);
@@ -124,25 +138,27 @@ export class RemoteSession {
     }
     if (offer.length > 0) {
       const offerIdx = Uint32Array.from(offer, (k) => indices[k]);
-      const offerDigests = new Uint8Array(offer.length * DIGEST_BYTES);
-      offer.forEach((k, j) => offerDigests.set(digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), j * DIGEST_BYTES));
+      const offerDigests = gatherDigests(digests, offer);
       this.stats.pagesOffered += offer.length;
       const answer = await this.conn.request({ t: 'offer', sid: this.sid, indices: offerIdx, digests: offerDigests });
       if (answer.t !== 'missing') throw new VnstoreError('E_PROTOCOL', `server answered OFFER with ${answer.t.toUpperCase()}`);
       const missing = answer.positions;
       for (let b = 0; b < missing.length; b += MAX_PAGES_PER_BATCH) {
         const part = missing.subarray(b, Math.min(missing.length, b + MAX_PAGES_PER_BATCH));
-        const idx = new Uint32Array(part.length);
-        const dg = new Uint8Array(part.length * DIGEST_BYTES);
-        const bytes = new Uint8Array(part.length * PAGE_SIZE);
-        for (let j = 0; j < part.length; j++) {
-          if (part[j] >= offer.length) throw new VnstoreError('E_PROTOCOL', `server asked for page ${part[j]} of an offer of ${offer.length}`);
-          const k = offer[part[j]];
-          idx[j] = indices[k];
-          dg.set(digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), j * DIGEST_BYTES);
-          bytes.set(data.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE), j * PAGE_SIZE);
+        const picked: number[] = [];
+        for (const j of part) {
+          if (j >= offer.length) throw new VnstoreError('E_PROTOCOL', `server asked for page ${j} of an offer of ${offer.length}`);
+          picked.push(offer[j]);
         }
-        track(this.conn.request({ t: 'pages', sid: this.sid, indices: idx, digests: dg, data: bytes }));
+        // A reused buffer, given back once the server has answered (it has read the bytes then).
+        const bytes = this.conn.pageBuffers.take(picked.length * PAGE_SIZE);
+        picked.forEach((k, j) => bytes.set(data.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE), j * PAGE_SIZE));
+        const sent = this.conn.request({ t: 'pages', sid: this.sid, indices: Uint32Array.from(picked, (k) => indices[k]), digests: gatherDigests(digests, picked), data: bytes });
+        track(sent);
+        void sent.then(
+          () => this.conn.pageBuffers.give(bytes),
+          () => undefined, // failed: the socket may still hold the bytes, so the buffer is not reused
+        );
         this.stats.pagesSent += part.length;
       }
     }
@@ -200,12 +216,27 @@ function padToPages(data: Uint8Array, n: number): Uint8Array {
   return out;
 }
 
+/** Pages per OFFER of a pipelined write: small enough that hashing one overlaps the next's round trip. */
+const OFFER_BATCH_PAGES = Math.min(MAX_OFFERS_PER_BATCH, 4 * MAX_PAGES_PER_BATCH);
+/** Batches of one write in flight at once. */
+const BATCHES_IN_FLIGHT = 4;
+
 /** Positions k of `indices` that are the last occurrence of their page index, in order. */
-function lastOccurrences(indices: Uint32Array): number[] {
+function lastOccurrences(indices: Uint32Array): Uint32Array {
   const last = new Map<number, number>();
   for (let k = 0; k < indices.length; k++) last.set(indices[k], k);
-  if (last.size === indices.length) return Array.from(indices.keys());
-  return [...last.values()].sort((a, b) => a - b);
+  if (last.size === indices.length) return Uint32Array.from(indices.keys());
+  return Uint32Array.from([...last.values()].sort((a, b) => a - b));
+}
+
+/** The digests at `positions` of `digests`, packed in that order. */
+function gatherDigests(digests: Uint8Array, positions: number[]): Uint8Array {
+  const out = new Uint8Array(positions.length * DIGEST_BYTES);
+  // A byte loop: a subarray and set() per 32-byte digest cost more than the copy itself.
+  for (let j = 0; j < positions.length; j++) {
+    for (let i = 0, from = positions[j] * DIGEST_BYTES, to = j * DIGEST_BYTES; i < DIGEST_BYTES; i++) out[to + i] = digests[from + i];
+  }
+  return out;
 }
 
 /** Sorted page indices as (first, count) pairs of runs. */

@@ -1,14 +1,21 @@
 /**
  * Length-prefixed frames: u32be length (type byte + body, at most MAX_FRAME_BYTES), u8 type, body.
  * The streaming decoder checks the length before it buffers a byte of the body, so a peer can make it
- * hold at most one frame.
+ * hold at most one frame (allocated at its checked length once the header is in).
  */
 import { FRAME_HEADER_BYTES, MAX_FRAME_BYTES } from './limits.js';
+import type { Writable } from 'node:stream';
 import { ProtocolError } from './errors.js';
+import { SlabPool } from '../chunk/slab-pool.js';
 
 export interface RawFrame {
   type: number;
   body: Buffer;
+  /**
+   * Set on a frame in a buffer of the decoder's pool: call it once nothing refers to `body` any more
+   * (nor to views of it), so the buffer is reused for a later frame.
+   */
+  release?: () => void;
 }
 
 /** Header for a frame of `type` whose body is `bodyBytes` long (the body follows separately). */
@@ -22,67 +29,118 @@ export function frameHeader(type: number, bodyBytes: number): Buffer {
 }
 
 export class FrameDecoder {
-  private parts: Buffer[] = [];
-  private buffered = 0;
-  /** Length of the frame being gathered, once its header is in. */
-  private need = -1;
+  /** Header bytes of a frame whose length is not yet known (fewer than FRAME_LENGTH_BYTES). */
+  private head = Buffer.alloc(0);
+  /** The frame being gathered (type byte + body), allocated once its length is known and checked. */
+  private frame: Buffer | undefined;
+  private filled = 0;
   private failed: ProtocolError | undefined;
+  /** Buffers for large split frames, maxFrameBytes each, reused once released. */
+  private readonly pool: SlabPool;
 
-  constructor(private readonly maxFrameBytes = MAX_FRAME_BYTES) {}
+  constructor(private readonly maxFrameBytes = MAX_FRAME_BYTES) {
+    this.pool = new SlabPool(maxFrameBytes, POOLED_FRAMES);
+  }
 
-  /** Bytes held for an incomplete frame (never more than one frame plus one read). */
+  /** Bytes held for an incomplete frame (the whole frame's buffer once its header is in; never more). */
   get bufferedBytes(): number {
-    return this.buffered;
+    return this.frame ? this.frame.length : this.head.length;
   }
 
   /**
-   * Feeds bytes; returns the frames they complete. After a refused frame the stream has lost its
-   * framing: every later call throws the same error.
+   * Feeds bytes; returns the frames they complete. Frames wholly inside `chunk` are views of it (no
+   * copy); a frame split across reads is copied once into a buffer of its checked length. After a
+   * refused frame the stream has lost its framing: every later call throws the same error.
    */
   push(chunk: Uint8Array): RawFrame[] {
     if (this.failed) throw this.failed;
     const frames: RawFrame[] = [];
-    let buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    for (;;) {
-      if (this.need < 0) {
-        if (this.buffered + buf.length < 4) break;
-        const head = this.take(buf, 4);
-        buf = head.rest;
-        const length = head.taken.readUInt32BE(0);
-        if (length === 0 || length > this.maxFrameBytes) {
-          this.failed = new ProtocolError(length === 0 ? 'E_MALFORMED' : 'E_FRAME_TOO_LARGE', length === 0 ? 'frame of length 0 (no type byte)' : `frame of ${length} bytes is past the limit of ${this.maxFrameBytes}`);
-          this.parts = [];
-          this.buffered = 0;
-          throw this.failed;
-        }
-        this.need = length;
+    const buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    let pos = 0;
+    while (pos < buf.length) {
+      if (this.frame) {
+        const n = Math.min(buf.length - pos, this.frame.length - this.filled);
+        buf.copy(this.frame, this.filled, pos, pos + n);
+        this.filled += n;
+        pos += n;
+        if (this.filled < this.frame.length) break;
+        frames.push(this.complete(this.frame));
+        this.frame = undefined;
+        continue;
       }
-      if (this.buffered + buf.length < this.need) break;
-      const { taken, rest } = this.take(buf, this.need);
-      buf = rest;
-      this.need = -1;
-      frames.push({ type: taken[0], body: taken.subarray(1) });
-    }
-    if (buf.length > 0) {
-      // Copy: the caller may reuse its read buffer.
-      this.parts.push(Buffer.from(buf));
-      this.buffered += buf.length;
+      let length: number;
+      if (this.head.length === 0 && buf.length - pos >= FRAME_LENGTH_BYTES) {
+        length = buf.readUInt32BE(pos);
+        pos += FRAME_LENGTH_BYTES;
+      } else {
+        const n = Math.min(buf.length - pos, FRAME_LENGTH_BYTES - this.head.length);
+        this.head = Buffer.concat([this.head, buf.subarray(pos, pos + n)]);
+        pos += n;
+        if (this.head.length < FRAME_LENGTH_BYTES) break;
+        length = this.head.readUInt32BE(0);
+        this.head = Buffer.alloc(0);
+      }
+      if (length === 0 || length > this.maxFrameBytes) {
+        this.failed = new ProtocolError(length === 0 ? 'E_MALFORMED' : 'E_FRAME_TOO_LARGE', length === 0 ? 'frame of length 0 (no type byte)' : `frame of ${length} bytes is past the limit of ${this.maxFrameBytes}`);
+        throw this.failed;
+      }
+      if (buf.length - pos >= length) {
+        frames.push({ type: buf[pos], body: buf.subarray(pos + 1, pos + length) });
+        pos += length;
+      } else {
+        // Copy: the caller may reuse its read buffer.
+        this.frame = this.allocate(length);
+        this.filled = 0;
+      }
     }
     return frames;
   }
 
-  /** Whether the stream ended between frames (a clean end) rather than inside one. */
-  get idle(): boolean {
-    return this.buffered === 0 && this.need < 0;
+  /**
+   * A buffer for a frame of `length` bytes. Large ones come from the pool: fresh memory costs a page
+   * fault per 4 KiB on first touch, several times the copy itself (bench/RESULTS.md).
+   */
+  private allocate(length: number): Buffer {
+    if (length < POOLED_FRAME_MIN_BYTES) return Buffer.allocUnsafe(length);
+    const view = this.pool.take(length);
+    return Buffer.from(view.buffer, view.byteOffset, length);
   }
 
-  /** `n` bytes from what is buffered followed by `buf`; what of `buf` is left. */
-  private take(buf: Buffer, n: number): { taken: Buffer; rest: Buffer } {
-    if (this.buffered === 0) return { taken: buf.subarray(0, n), rest: buf.subarray(n) };
-    const fromBuf = n - this.buffered;
-    const taken = Buffer.concat([...this.parts, buf.subarray(0, fromBuf)], n);
-    this.parts = [];
-    this.buffered = 0;
-    return { taken, rest: buf.subarray(fromBuf) };
+  private complete(frame: Buffer): RawFrame {
+    const out: RawFrame = { type: frame[0], body: frame.subarray(1) };
+    if (frame.length >= POOLED_FRAME_MIN_BYTES) {
+      let released = false;
+      out.release = () => {
+        if (!released) this.pool.give(frame);
+        released = true;
+      };
+    }
+    return out;
   }
+
+  /** Whether the stream ended between frames (a clean end) rather than inside one. */
+  get idle(): boolean {
+    return this.head.length === 0 && !this.frame;
+  }
+}
+
+/** The u32 length that opens every frame. */
+const FRAME_LENGTH_BYTES = 4;
+/** Split frames at least this long are gathered in pooled buffers (PAGES and DATA batches). */
+const POOLED_FRAME_MIN_BYTES = 64 * 1024;
+/** Released buffers a decoder keeps: one being filled, one being handled, one spare. */
+const POOLED_FRAMES = 3;
+
+/**
+ * Writes one frame's buffers (encodeMessageParts) in one go; returns what the last write() did
+ * (false: the socket's buffer is full, wait for 'drain'). The buffers are not copied: they must not
+ * change until written (`written` is called then, or with the error if the socket fails first).
+ */
+export function writeFrame(socket: Writable, parts: Buffer[], written?: () => void): boolean {
+  if (parts.length === 1) return socket.write(parts[0], written);
+  socket.cork();
+  let ok = true;
+  parts.forEach((p, i) => (ok = socket.write(p, i === parts.length - 1 ? written : undefined)));
+  socket.uncork();
+  return ok;
 }

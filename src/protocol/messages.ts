@@ -104,14 +104,43 @@ class Writer {
     this.parts.push(b);
     return this;
   }
-  frame(type: number): Buffer {
-    const body = Buffer.concat(this.parts);
-    return Buffer.concat([frameHeader(type, body.length), body]);
+  /**
+   * The frame as buffers to write in order: the header with the small fields, then each large byte
+   * field as a view of the caller's memory (no copy; it must not change until written).
+   */
+  frame(type: number): Buffer[] {
+    const out: Buffer[] = [];
+    let small: Buffer[] = [];
+    let bodyBytes = 0;
+    for (const p of this.parts) {
+      bodyBytes += p.length;
+      if (p.length < LARGE_PART_BYTES) small.push(p);
+      else {
+        out.push(Buffer.concat(small), p);
+        small = [];
+      }
+    }
+    out.push(Buffer.concat(small));
+    out[0] = Buffer.concat([frameHeader(type, bodyBytes), out[0]]);
+    return out.filter((b) => b.length > 0);
   }
 }
 
-/** One frame (header included) for `m`. Throws ProtocolError when `m` breaks a limit. */
+/** Fields this large go out as views rather than being copied into the frame. */
+const LARGE_PART_BYTES = 16 * 1024;
+
+/** One frame (header included) for `m`, as one buffer. Throws ProtocolError when `m` breaks a limit. */
 export function encodeMessage(m: Message): Buffer {
+  const parts = encodeMessageParts(m);
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+}
+
+/**
+ * One frame (header included) for `m` as buffers to write in order; large byte fields (page data,
+ * digests) are views of `m`'s own memory, which must not change until the buffers are written.
+ * Throws ProtocolError when `m` breaks a limit.
+ */
+export function encodeMessageParts(m: Message): Buffer[] {
   const w = new Writer();
   switch (m.t) {
     case 'hello':
@@ -171,7 +200,8 @@ function interleave(indices: Uint32Array, digests: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(indices.length * (4 + DIGEST_BYTES));
   for (let k = 0; k < indices.length; k++) {
     out.writeUInt32BE(indices[k], k * 36);
-    out.set(digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), k * 36 + 4);
+    // A byte loop: a subarray and set() per 32-byte digest cost more than the copy itself.
+    for (let i = 0, from = k * DIGEST_BYTES, to = k * 36 + 4; i < DIGEST_BYTES; i++) out[to + i] = digests[from + i];
   }
   return out;
 }
@@ -269,7 +299,7 @@ function entries(r: Reader, n: number): { indices: Uint32Array; digests: Uint8Ar
   const digests = new Uint8Array(n * DIGEST_BYTES);
   for (let k = 0; k < n; k++) {
     indices[k] = raw.readUInt32BE(k * 36);
-    digests.set(raw.subarray(k * 36 + 4, k * 36 + 36), k * DIGEST_BYTES);
+    for (let i = 0, from = k * 36 + 4, to = k * DIGEST_BYTES; i < DIGEST_BYTES; i++) digests[to + i] = raw[from + i];
   }
   return { indices, digests };
 }

@@ -101,10 +101,17 @@ export async function runCall(store: Store, method: string, argsJson: string): P
   return JSON.stringify(await handler(store, args as Record<string, unknown>));
 }
 
-/** Where a restore's frames go; `send` resolves when the connection can take more (backpressure). */
+/** Where a restore's frames go. */
 export interface DataSink {
+  /**
+   * Sends one batch; resolves once `data` and `digests` are no longer needed (written out, or the
+   * connection gone), which is also the backpressure: a slow reader holds the next batch back.
+   */
   send(firstPage: number, digests: Uint8Array, data: Uint8Array): Promise<void>;
 }
+
+/** Batch buffers of one restore: one being filled while the other is written out. */
+const RESTORE_BUFFERS = 2;
 
 /**
  * Streams snapshot `record` as DATA batches of up to MAX_PAGES_PER_BATCH pages, each with its page
@@ -113,28 +120,35 @@ export interface DataSink {
 export async function streamRestore(store: Store, record: SnapshotRecord, out: DataSink): Promise<void> {
   const pages = await store.loadPages(record.id);
   const batchBytes = MAX_PAGES_PER_BATCH * PAGE_SIZE;
-  const buf = Buffer.alloc(batchBytes);
+  // Reused buffers, not a fresh one per batch: fresh memory costs a page fault per 4 KiB on first
+  // touch, more than the copy (bench/RESULTS.md). A buffer is refilled only once its send settled.
+  const bufs = Array.from({ length: RESTORE_BUFFERS }, () => ({ bytes: Buffer.allocUnsafe(batchBytes), sent: Promise.resolve() }));
+  let cur = 0;
   let fill = 0;
   let firstPage = 0;
-  const flush = async () => {
+  const flush = () => {
     const n = Math.ceil(fill / PAGE_SIZE);
     const digests = new Uint8Array(n * DIGEST_BYTES);
     for (let k = 0; k < n; k++) if (pages.kinds[firstPage + k] === PageKind.Digest) digests.set(pages.digestAt(firstPage + k), k * DIGEST_BYTES);
-    await out.send(firstPage, digests, buf.subarray(0, fill));
+    const b = bufs[cur];
+    b.sent = out.send(firstPage, digests, b.bytes.subarray(0, fill));
     firstPage += n;
     fill = 0;
+    cur = (cur + 1) % RESTORE_BUFFERS;
+    return bufs[cur].sent;
   };
   await restoreSnapshot(store, record, {
-    // Restore lends each chunk: copy it into the batch (the DATA frame is encoded from that copy).
+    // Restore lends each chunk: copy it into the batch (the DATA frame is written from that copy).
     write: async (chunk) => {
       for (let pos = 0; pos < chunk.length; ) {
         const n = Math.min(chunk.length - pos, batchBytes - fill);
-        buf.set(chunk.subarray(pos, pos + n), fill);
+        bufs[cur].bytes.set(chunk.subarray(pos, pos + n), fill);
         fill += n;
         pos += n;
         if (fill === batchBytes) await flush();
       }
     },
   });
-  if (fill > 0) await flush();
+  if (fill > 0) flush();
+  await Promise.all(bufs.map((b) => b.sent));
 }

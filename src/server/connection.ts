@@ -6,13 +6,12 @@
 import type { Socket } from 'node:net';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { hashPages } from '../chunk/hash.js';
-import { decodeMessage, encodeMessage, MSG, type Message } from '../protocol/messages.js';
-import { FrameDecoder, type RawFrame } from '../protocol/frames.js';
+import { decodeMessage, encodeMessageParts, MSG, type Message } from '../protocol/messages.js';
+import { FrameDecoder, writeFrame, type RawFrame } from '../protocol/frames.js';
 import { ProtocolError, wireCodeOf } from '../protocol/errors.js';
 import { negotiateVersion } from '../protocol/version.js';
 import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH } from '../protocol/limits.js';
 import { RemoteSessionState } from './sessions.js';
-import { drainedOrClosed } from '../util/drain.js';
 import { runCall, streamRestore } from './catalog.js';
 import { tokensMatch } from './token.js';
 import type { VnServer } from './server.js';
@@ -59,6 +58,8 @@ export class Connection {
     this.chain = this.chain
       .then(() => (this.closed ? undefined : this.handle(frame)))
       .finally(() => {
+        // Handling copies what it keeps (the session's slabs): the frame's buffer can be reused.
+        frame.release?.();
         this.waiting--;
         this.server.budget.give(bytes);
         this.maybeResume();
@@ -199,10 +200,12 @@ export class Connection {
     const record = await store.resolveSnapshot(id);
     this.result(req, record);
     await streamRestore(store, record, {
-      send: (firstPage, digests, data) => {
-        const ok = this.send({ t: 'data', req, firstPage, digests, data });
-        return ok || this.closed ? Promise.resolve() : drainedOrClosed(this.socket);
-      },
+      // Settles when the socket has written the frame (or failed): the buffers are then free again.
+      send: (firstPage, digests, data) =>
+        new Promise<void>((resolve) => {
+          if (this.closed) resolve(); // nothing is written any more
+          else this.send({ t: 'data', req, firstPage, digests, data }, () => resolve());
+        }),
     });
     this.send({ t: 'end', req, json: '{}' });
   }
@@ -211,12 +214,18 @@ export class Connection {
     this.send({ t: 'result', req, json: JSON.stringify(value) });
   }
 
-  /** Writes a frame; false when the socket's buffer is full (the caller may wait for 'drain'). */
-  send(m: Message): boolean {
+  /**
+   * Writes a frame; false when the socket's buffer is full (the caller may wait for 'drain'), or the
+   * connection is closed (nothing written). Byte fields of `m` are written from its own memory: they
+   * must not change until `written` is called (once the socket wrote the frame or failed).
+   */
+  send(m: Message, written?: () => void): boolean {
     if (this.closed) return false;
-    const frame = encodeMessage(m);
-    this.server.metrics.wireBytes.inc({ direction: 'out' }, frame.length);
-    return this.socket.write(frame);
+    const parts = encodeMessageParts(m);
+    let bytes = 0;
+    for (const p of parts) bytes += p.length;
+    this.server.metrics.wireBytes.inc({ direction: 'out' }, bytes);
+    return writeFrame(this.socket, parts, written);
   }
 
   private replyError(req: number, err: unknown): void {

@@ -6,7 +6,7 @@
  */
 import path from 'node:path';
 import { encodeManifest, planManifest } from '../format/manifest.js';
-import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../format/pages.js';
+import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable, digestsEqual } from '../format/pages.js';
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { getCodec } from '../chunk/codec.js';
 import { PageStatus, type HashResult } from '../chunk/page-jobs.js';
@@ -202,19 +202,31 @@ export class Session {
     this.furthestByte = Math.max(this.furthestByte, end);
     await this.sendGathered();
     return this.inOrder(async () => {
-      const list: Uint8Array[] = [];
-      for (let k = 0; k < n; k++) list.push(digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES));
-      // Through the exact index: a gc running meanwhile sees the lookup (its fence), and the page,
-      // once set, is live for it (liveDigests).
-      const found = await this.store.lookupExact(list);
       const written = new Uint8Array(n);
-      for (let k = 0; k < n; k++) {
-        if (!found[k]) continue;
+      const set = (k: number) => {
         this.pages.ensure(pageIndices[k]);
         this.pages.setDigest(pageIndices[k], digests, k * DIGEST_BYTES);
         written[k] = 1;
         this.stats.pagesWritten++;
+      };
+      // Skipping the exact index where the page workers do too: a digest whose fingerprint the chunk
+      // table lacks, not in an open pack either, is absent (as for New); one the table knows that
+      // equals the parent's at its index is known (the parent keeps it live, as for SameAsParent).
+      const parent = this.parent?.pages;
+      const ask: number[] = [];
+      for (let k = 0; k < n; k++) {
+        const page = pageIndices[k];
+        const at = k * DIGEST_BYTES;
+        if (!this.store.table.hasFingerprint(digests, at)) {
+          if (this.store.writer.locateUnindexed(digests.subarray(at, at + DIGEST_BYTES))) ask.push(k);
+        } else if (parent && page < parent.pageCount && parent.kinds[page] === PageKind.Digest && digestsEqual(parent.digests, page * DIGEST_BYTES, digests, at)) set(k);
+        else ask.push(k);
       }
+      if (ask.length === 0) return written;
+      // Through the exact index: a gc running meanwhile sees the lookup (its fence), and the page,
+      // once set, is live for it (liveDigests).
+      const found = await this.store.lookupExact(ask.map((k) => digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)));
+      ask.forEach((k, j) => found[j] && set(k));
       return written;
     });
   }
