@@ -26,6 +26,11 @@ export const KEY_META = 0x6d; // 'm'
 
 /** 'm' "chunkgen": a random token rewritten in every batch that changes chunk entries (see table-file.ts). */
 export const CHUNK_GEN_KEY = Buffer.concat([Buffer.of(KEY_META), Buffer.from('chunkgen', 'latin1')]);
+/**
+ * The highest pack id at the last clean close of a full open (decimal text). Packs above it were
+ * sealed by a process that did not close cleanly; the next full open drops those no snapshot uses.
+ */
+export const CLEAN_PACK_KEY = Buffer.concat([Buffer.of(KEY_META), Buffer.from('cleanpack', 'latin1')]);
 
 /** Adds a fresh chunk-generation token to a batch that changes chunk entries; returns the token. */
 export function stampChunkGeneration(batch: { put(key: Buffer, value: Buffer): unknown }): Buffer {

@@ -26,6 +26,7 @@ import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import { CONFIG_FILE, readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
 import {
   CHUNK_GEN_KEY,
+  CLEAN_PACK_KEY,
   stampChunkGeneration,
   chunkKey,
   decodeChunkValue,
@@ -118,6 +119,8 @@ export class Store {
   /** Output buffers lent to page jobs (compressed payloads of a block, a restored window). */
   readonly slabs = new SlabPool(Math.max(BLOCK_PAGES, WINDOW_PAGES) * PAGE_SIZE, 12);
   private closed = false;
+  /** CLEAN_PACK_KEY as read at open (NaN when absent): close rewrites it only when it moved. */
+  private cleanPackMark = NaN;
 
   private constructor(
     readonly dir: string,
@@ -232,7 +235,9 @@ export class Store {
         gen.token = token;
         gen.saved = false;
       });
-      return new Store(dir, config, db, lock, table, new PackReader(p.packs), writer, pool, recovery, gen, withTable);
+      const store = new Store(dir, config, db, lock, table, new PackReader(p.packs), writer, pool, recovery, gen, withTable);
+      if (withTable) await store.discardUncleanPacks();
+      return store;
     } catch (err) {
       await pool.close().catch(() => undefined);
       await db?.close().catch(() => undefined);
@@ -255,6 +260,12 @@ export class Store {
     trace('index memtable flushed');
     await this.pool.close();
     await this.packs.close();
+    // A clean close of a full open: packs up to here are accounted for (discardUncleanPacks).
+    // Written only when it moved: a command that only read (restore, check) writes nothing here.
+    if (this.hasChunkTable) {
+      const highest = await highestPackId(this.dir, this.db).catch(() => undefined);
+      if (highest !== undefined && highest !== this.cleanPackMark) await this.db.put(CLEAN_PACK_KEY, Buffer.from(String(highest), 'latin1'), { sync: true }).catch(() => undefined);
+    }
     await this.db.close();
     // Room for the reserve twice over: never the write that fills the disk.
     await ensureReserve(this.dir, Store.paths(this.dir).tmp, await reserveSize(this.dir)).catch(() => undefined);
@@ -355,13 +366,31 @@ export class Store {
    * the disk. Best effort: what stays is garbage for the next gc.
    */
   async discardFailedPacks(mark: number): Promise<void> {
-    const ids = this.writer.sealedSince(mark);
+    await this.discardDeadPacks(this.writer.sealedSince(mark), 'failed session');
+  }
+
+  /**
+   * On a full open, after a process that did not close cleanly (killed mid-put, power loss): the
+   * packs sealed since the last clean close that no committed or prepared snapshot uses are dropped,
+   * so a put killed outright leaves nothing once the store is opened again. Stores that never
+   * recorded a clean close (older versions) leave this to gc.
+   */
+  private async discardUncleanPacks(): Promise<void> {
+    const mark = await this.db.get(CLEAN_PACK_KEY).catch(() => undefined);
+    const clean = mark === undefined ? NaN : Number(mark.toString('latin1'));
+    this.cleanPackMark = clean;
+    if (!Number.isSafeInteger(clean)) return;
+    const ids = (await this.listPacks()).map((r) => r.id).filter((id) => id > clean);
+    await this.discardDeadPacks(ids, 'unclean close');
+  }
+
+  private async discardDeadPacks(ids: number[], why: string): Promise<void> {
     if (ids.length === 0 || this.closed) return;
     try {
       await releaseReserveIfLow(this.dir); // the index batch that drops them needs a little room
       const { dropDeadPacks } = await import('../maintenance/gc.js');
       await dropDeadPacks(this, ids);
-      trace(`failed session: ${ids.length} pack(s) considered for removal`);
+      trace(`${why}: ${ids.length} pack(s) considered for removal`);
     } catch {
       // Left as garbage: 'vnstore gc' removes it.
     }
