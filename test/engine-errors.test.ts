@@ -128,7 +128,7 @@ describe('CLI help', () => {
     [['put', '--store', 'x', '--vm', 'a'], /missing required argument 'file'/],
     [['ls', '--bogus'], /unknown option '--bogus'/],
     [['bogus-command'], /unknown command 'bogus-command'/],
-    [['restore'], /missing required argument 'id'/],
+    [['restore'], /name the snapshot to restore \(an id or a unique prefix\), or give --group ID/],
   ])('usage error %j: one line, exit 2', async (args, message) => {
     expectError(await runCli(args as string[]), 2, message);
   });
