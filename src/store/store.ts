@@ -251,6 +251,13 @@ export class Store {
     this.closed = true;
     for (const s of [...this.sessions]) await s.abort().catch(() => undefined);
     await this.writer.close();
+    // A clean close of a full open: packs up to here are accounted for (discardUncleanPacks).
+    // Written only when it moved, so a command that only read (restore, check) writes nothing here,
+    // and before the memtable flush below, so the next open has no log to replay.
+    if (this.hasChunkTable) {
+      const highest = await highestPackId(this.dir, this.db).catch(() => undefined);
+      if (highest !== undefined && highest !== this.cleanPackMark) await this.db.put(CLEAN_PACK_KEY, Buffer.from(String(highest), 'latin1'), { sync: true }).catch(() => undefined);
+    }
     // The chunk index changed here: write LevelDB's memtable out now, next to the table save, so the
     // next open does not replay the log (see flushMemtable). A failure only slows that open.
     const flushing = this.chunkGen.saved ? undefined : flushMemtable(this.db).catch(() => undefined);
@@ -260,12 +267,6 @@ export class Store {
     trace('index memtable flushed');
     await this.pool.close();
     await this.packs.close();
-    // A clean close of a full open: packs up to here are accounted for (discardUncleanPacks).
-    // Written only when it moved: a command that only read (restore, check) writes nothing here.
-    if (this.hasChunkTable) {
-      const highest = await highestPackId(this.dir, this.db).catch(() => undefined);
-      if (highest !== undefined && highest !== this.cleanPackMark) await this.db.put(CLEAN_PACK_KEY, Buffer.from(String(highest), 'latin1'), { sync: true }).catch(() => undefined);
-    }
     await this.db.close();
     // Room for the reserve twice over: never the write that fills the disk.
     await ensureReserve(this.dir, Store.paths(this.dir).tmp, await reserveSize(this.dir)).catch(() => undefined);
