@@ -12,6 +12,16 @@ import { Store } from '../src/store/store.js';
 
 const tempDir = tempDirs();
 
+
+/** Stores `image` through the client as one snapshot of `vm`, restores it exactly, and closes. */
+async function expectRoundTrip(c: AgentClient, vm: string, image: Buffer): Promise<void> {
+  const s = await c.beginSession({ vm });
+  await s.writePages(0, image);
+  const rec = await s.commit();
+  expect((await restoreRemote(c, rec.id)).equals(image)).toBe(true);
+  await c.close();
+}
+
 describe('server observability and transports', () => {
   it('Prometheus metrics: sessions, pages offered/new/duplicate, wire and stored bytes, commit latency, errors by code', async () => {
     const r = await startServer(tempDir('metrics'));
@@ -60,12 +70,7 @@ describe('server observability and transports', () => {
       expect(address).toMatch(/^tls:\/\/127\.0\.0\.1:\d+$/);
       await expect(AgentClient.connect({ server: address, token: TEST_TOKEN })).rejects.toMatchObject({ code: 'E_IO' });
       const c = await AgentClient.connect({ server: address, token: TEST_TOKEN, tlsCa: readFileSync(cert) });
-      const image = makeImage(40, 8, 100);
-      const s = await c.beginSession({ vm: 'tls' });
-      await s.writePages(0, image);
-      const rec = await s.commit();
-      expect((await restoreRemote(c, rec.id)).equals(image)).toBe(true);
-      await c.close();
+      await expectRoundTrip(c, 'tls', makeImage(40, 8, 100));
     } finally {
       await server.stop();
       await store.close();
@@ -83,12 +88,7 @@ describe('server observability and transports', () => {
       expect(address).toBe(`unix:${sock}`);
       expect(statSync(sock).mode & 0o777).toBe(0o600);
       const c = await AgentClient.connect({ server: address, token: TEST_TOKEN });
-      const image = makeImage(20, 10);
-      const s = await c.beginSession({ vm: 'u' });
-      await s.writePages(0, image);
-      const rec = await s.commit();
-      expect((await restoreRemote(c, rec.id)).equals(image)).toBe(true);
-      await c.close();
+      await expectRoundTrip(c, 'u', makeImage(20, 10));
     } finally {
       await server.stop();
       await store.close();
