@@ -47,6 +47,30 @@ describe('vnstore snapshot --env', () => {
     expect(JSON.parse(again.stdout.toString()).epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([['env7-e4', 'committed']]);
   });
 
+  it('with --switches process, runs the VMs over real switch processes: the same groups as a rerun, verified', { timeout: 120_000 }, async () => {
+    const root = tempDir('vne-cli-sw');
+    const env = path.join(root, 'env.json');
+    writeFileSync(env, JSON.stringify({ ...ENV, name: 'envp', scenario: { ...ENV.scenario, minPages: 64, transferMs: 3000 } }));
+    const runs = [];
+    for (const dir of ['a', 'b']) {
+      const store = await initStore(path.join(root, dir));
+      const r = await runCli(['snapshot', '--env', env, '--store', store, '--epochs', '2', '--switches', 'process', '--verify-restore', '--json']);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      runs.push(JSON.parse(r.stdout.toString()));
+    }
+    const [a, b] = runs;
+    expect(a.epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([
+      ['envp-e1', 'committed'],
+      ['envp-e2', 'committed'],
+    ]);
+    expect(a.verified.map((v: { transfersOk: boolean; check: { violations: string[]; lost: number } }) => [v.transfersOk, v.check.violations.length, v.check.lost])).toEqual([
+      [true, 0, 0],
+      [true, 0, 0],
+    ]);
+    expect(b.epochs).toEqual(a.epochs); // deterministic over real processes too
+  });
+
   it('refuses a bad environment file or option with one line and its exit code', async () => {
     const root = tempDir('vne-cli-bad');
     const store = await initStore(root);
@@ -62,6 +86,7 @@ describe('vnstore snapshot --env', () => {
       [['--env', file({ name: 'x', scenario: { vms: 1 } })], 10, /"scenario\.vms" must be an integer from 2 to 64/],
       [['--env', file(ENV), '--sync-stop', 'maybe'], 2, /--sync-stop takes on or off/],
       [['--env', file(ENV), '--epochs', '0'], 2, /--epochs: expected an integer >= 1/],
+      [['--env', file(ENV), '--switches', 'remote'], 2, /--switches takes in-process or process/],
     ];
     for (const [args, code, message] of cases) {
       const r = await runCli(['snapshot', '--store', store, ...args]);

@@ -11,7 +11,7 @@ import { SwitchCore, type SwitchOutput } from '../src/switch/core.js';
 import { buildFrame } from '../src/switch/ethernet.js';
 import { decodeTunnel, encodeTunnel, TunnelKind } from '../src/switch/tunnel.js';
 import { UdpSwitch } from '../src/switch/udp.js';
-import { requestFlip } from '../src/switch/flip-client.js';
+import { requestChannelState, requestFlip, requestStatus } from '../src/switch/flip-client.js';
 
 const mac = (i: number) => `02:00:00:00:00:${i.toString(16).padStart(2, '0')}`;
 
@@ -30,7 +30,7 @@ describe('colour rule', () => {
 describe('tunnel header', () => {
   it('round-trips every field and the frame bytes', () => {
     fc.assert(
-      fc.property(fc.constantFrom(1, 2, 3) as fc.Arbitrary<1 | 2 | 3>, fc.nat({ max: 0xffffffff }), fc.string({ minLength: 1, maxLength: 20 }), fc.uint8Array({ maxLength: 1600 }), (kind, epoch, vm, payload) => {
+      fc.property(fc.constantFrom(1, 2, 3, 4, 5, 6, 7) as fc.Arbitrary<1 | 2 | 3 | 4 | 5 | 6 | 7>, fc.nat({ max: 0xffffffff }), fc.string({ minLength: 1, maxLength: 20 }), fc.uint8Array({ maxLength: 1600 }), (kind, epoch, vm, payload) => {
         const m = decodeTunnel(encodeTunnel({ kind, epoch, vm, payload }));
         expect(m.kind).toBe(kind);
         expect(m.epoch).toBe(epoch);
@@ -231,6 +231,42 @@ describe('flip requests (the agent side)', () => {
       await expect(requestFlip(at, 'nope', 1, { retryMs: 10, attempts: 3 })).rejects.toThrow(`switch 127.0.0.1:${sw.tunnelPort} did not acknowledge the flip of nope to epoch 1 (3 attempts, 10 ms apart)`);
     } finally {
       g.close();
+      await sw.close();
+    }
+  });
+});
+
+describe('status and channel state (the coordinator side)', () => {
+  it('answers STATUS with its incarnation and counts, and CHANNEL_GET with the whole channel state in parts', async () => {
+    const [g0, g1] = [dgram.createSocket('udp4'), dgram.createSocket('udp4')];
+    await Promise.all([g0, g1].map((s) => new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()))));
+    let got = 0;
+    g1.on('message', () => got++);
+    const lo = (port: number) => ({ host: '127.0.0.1', port });
+    const sw = await UdpSwitch.start({ vmListen: lo(0), tunnelListen: lo(0), ports: [{ vm: 'v0', addr: lo(g0.address().port) }, { vm: 'v1', addr: lo(g1.address().port) }], peers: [], channels: 'hold', holdFrames: 4 });
+    try {
+      const at = lo(sw.tunnelPort);
+      // v1 passes its cut first: v0's frames to it cross the cut and are recorded, 120 of 1014 bytes (three parts)
+      expect(await requestFlip(at, 'v1', 1)).toBe(1);
+      const frames = Array.from({ length: 120 }, (_, i) => buildFrame(mac(1), mac(0), 0x0800, Buffer.alloc(1000, i)));
+      for (const [k, f] of frames.entries()) {
+        g0.send(f, sw.vmPort, '127.0.0.1');
+        // in tens: a burst larger than the socket's receive buffer would be lost, as on a wire
+        if (k % 10 === 9) for (let i = 0; i < 300 && got <= k; i++) await new Promise((r) => setTimeout(r, 2));
+      }
+      const st = await requestStatus(at, 1);
+      expect(st).toMatchObject({ incarnation: sw.incarnation, vmIn: 120, vmOut: { v1: 120 }, colours: { v0: 0, v1: 1 } });
+      expect(st.pairs).toEqual([{ src: 'v0', dst: 'v1', epoch: 0, delivered: 120, deliveredBytes: 120 * 1014, dropped: 0, droppedBytes: 0, held: 0, crossing: 120 }]);
+      const ch = await requestChannelState(at, 1);
+      expect(ch.map((c) => [c.src, c.dst, c.epoch])).toEqual(frames.map(() => ['v0', 'v1', 1]));
+      expect(ch.every((c, i) => Buffer.from(c.frame).equals(frames[i]))).toBe(true);
+      expect(await requestChannelState(at, 2)).toEqual([]);
+      // a newer epoch's flip forgets the older channel state (it was committed or dropped by then)
+      await requestFlip(at, 'v0', 2);
+      expect(await requestChannelState(at, 1)).toEqual([]);
+    } finally {
+      g0.close();
+      g1.close();
       await sw.close();
     }
   });

@@ -6,7 +6,10 @@
  * `--server` every agent has its own connection to `vnstore serve` and the coordinator commits the
  * group there (src/coordinator/server-target.ts).
  */
+import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
+import type { EnvSpec } from '../sim/env.js';
+import type { UdpNetwork } from '../sim/udp-network.js';
 import type { EpochReport } from '../coordinator/executor.js';
 import type { Outcome } from '../sim/outcome.js';
 import type { ConsistencyReport } from '../coordinator/consistency.js';
@@ -28,6 +31,7 @@ interface SnapshotCliOptions extends RemoteOptions {
   dirtyThreshold: string;
   maxRounds: string;
   verifyRestore?: boolean;
+  switches: string;
   json?: boolean;
 }
 
@@ -51,6 +55,7 @@ export function registerSnapshot(program: Command): void {
     .option('--timeout <ms>', 'abort an epoch not committing by then (simulated ms from its start)', '120000')
     .option('--dirty-threshold <pages>', 'stop and copy once the dirty set is this small', '32')
     .option('--max-rounds <n>', 'stop and copy after this many pre-copy rounds at the most', '10')
+    .option('--switches <where>', "in-process (one switch core per simulated host, with a 1 ms tunnel) or process (a real 'vnstore switch' process per host on loopback, frames over UDP)", 'in-process')
     .option('--verify-restore', 'afterwards, resume the environment from every committed group read back from the store, check it and run it to the end')
     .option('--json', 'print {epochs: [EpochReport], live: Outcome, verified: [...]} (docs/COORDINATION.md)')
     .addOption(storeOption());
@@ -62,6 +67,9 @@ Each epoch is one group <env>-e<N> in the store, N counting on from the environm
 committed group: every VM's memory and disk (<vm>.disk) at its pause and, with
 --channels hold, the frames in flight across the cut (<env>.channels). An epoch with a failed or
 late VM is aborted whole: nothing of it becomes visible. Times are simulated milliseconds.
+With --switches process, the VMs' frames go through one 'vnstore switch' process per host
+(UDP on loopback, the tunnel between them); simulated time stands still while frames travel, so
+runs stay deterministic, and an epoch whose switch cannot be reached or was restarted aborts.
 With --server, each VM's agent stores through its own connection to 'vnstore serve' and the
 coordinator commits the group there (GROUP_COMMIT: all members or none).
 
@@ -75,11 +83,12 @@ Examples:
       action(async (opts: SnapshotCliOptions) => {
         if (opts.syncStop !== 'on' && opts.syncStop !== 'off') throw usage(`--sync-stop takes on or off, got ${JSON.stringify(opts.syncStop)}`);
         if (opts.channels !== 'drop' && opts.channels !== 'hold') throw usage(`--channels takes drop or hold, got ${JSON.stringify(opts.channels)}`);
+        if (opts.switches !== 'in-process' && opts.switches !== 'process') throw usage(`--switches takes in-process or process, got ${JSON.stringify(opts.switches)}`);
         const epochs = count(opts.epochs, '--epochs', 1);
         const { readEnvFile } = await import('../coordinator/env-file.js');
         const spec = await readEnvFile(opts.env, opts.channels);
         const { runEnvironment, resumeGroup } = await import('../coordinator/environment-run.js');
-        await withTarget(opts, async (target, groups) => {
+        await withTarget(opts, async (target, groups) => withNetwork(opts.switches === 'process' ? spec : undefined, async (network) => {
           // Epochs continue after the environment's last committed group (an aborted or
           // interrupted epoch left none), so a rerun after a crash takes the next epoch.
           const prefix = `${spec.name}-e`;
@@ -91,6 +100,7 @@ Examples:
             firstEpoch: last + 1,
             firstAtMs: count(opts.firstAt, '--first-at', 0),
             gapMs: count(opts.interval, '--interval', 0),
+            network,
             syncStop: opts.syncStop === 'on',
             timeoutMs: count(opts.timeout, '--timeout', 1),
             agent: { dirtyThresholdPages: count(opts.dirtyThreshold, '--dirty-threshold', 0), maxRounds: count(opts.maxRounds, '--max-rounds', 1), pauseOverheadMs: 10 },
@@ -109,9 +119,27 @@ Examples:
           if (aborted) throw new VnstoreError('E_SESSION', `epoch ${aborted.epoch} was aborted: ${aborted.reason}`);
           const failed = verified.find((v) => v.check.violations.length > 0 || !v.transfersOk);
           if (failed) throw new VnstoreError('E_CORRUPT', `group ${failed.group} did not verify: ${failed.check.violations[0] ?? 'a transfer did not end with its checksum'}`);
-        });
+        }));
       }),
     );
+}
+
+/** With a spec: a `vnstore switch` process per simulated host and the VMs' NICs attached to them, stopped after `fn`. */
+async function withNetwork(spec: EnvSpec | undefined, fn: (network: UdpNetwork | undefined) => Promise<void>): Promise<void> {
+  if (!spec) return fn(undefined);
+  const { startSwitchProcesses } = await import('../sim/switch-processes.js');
+  const { UdpNetwork } = await import('../sim/udp-network.js');
+  const switches = await startSwitchProcesses(spec, fileURLToPath(new URL('./bin.cjs', import.meta.url)));
+  try {
+    const network = await UdpNetwork.open(switches.network);
+    try {
+      await fn(network);
+    } finally {
+      await network.close();
+    }
+  } finally {
+    await switches.stop();
+  }
 }
 
 /** The local store's target or the server's, with the group names committed so far; closed after `fn`. */

@@ -77,7 +77,7 @@ export class SimAgent<P> {
    * Runs a step that talks to the target. A failure there (a connection to the server lost) is the
    * agent's failure: it stops, lets its VM run and reports it, so the coordinator aborts the epoch.
    */
-  private async guard(step: () => Promise<void>): Promise<void> {
+  private async guard(step: () => Promise<void>, what = 'storing'): Promise<void> {
     if (this.dead) return;
     try {
       await step();
@@ -86,7 +86,7 @@ export class SimAgent<P> {
       this.dead = true;
       this.round?.cancel();
       if (this.vm.paused) this.env.resume(this.name);
-      this.report({ type: 'failed', vm: this.name, now: this.env.clock.now, reason: `storing failed: ${(err as Error).message}` });
+      this.report({ type: 'failed', vm: this.name, now: this.env.clock.now, reason: `${what} failed: ${(err as Error).message}` });
     }
   }
 
@@ -136,8 +136,13 @@ export class SimAgent<P> {
     this.stopped = true;
     const env = this.env;
     const paused = env.clock.now;
+    // Over switch processes: every frame already delivered to the VM is handled before its cut.
+    await env.quiesce();
     env.pause(this.name);
-    env.flip(this.name, epoch); // the cut: the VM's state now, its colour from now on
+    // The cut: the VM's state now, its colour from now on. A flip its switch does not confirm
+    // fails the VM's snapshot, and so the epoch.
+    await this.guard(() => env.flip(this.name, epoch), 'flipping the colour');
+    if (this.dead) return;
     const dirty = this.vm.takeDirty();
     const s = this.session as TargetSession<P>;
     await this.guard(async () => {

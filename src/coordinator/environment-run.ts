@@ -9,6 +9,7 @@ import { channelMemberName, decodeChannelState } from './channel-state.js';
 import { checkDisks, checkGroup, type ConsistencyReport } from './consistency.js';
 import type { GroupReader, SnapshotTarget } from './target.js';
 import { SimEnv, type EnvSpec } from '../sim/env.js';
+import type { UdpNetwork } from '../sim/udp-network.js';
 import { decodeGuestState, diskMemberName, type GuestState } from '../sim/vm.js';
 import { outcomeOf, type Outcome } from '../sim/outcome.js';
 
@@ -33,17 +34,22 @@ export interface RunOptions<P> {
   limitMs: number;
   /** Called with the environment once it exists (tests observe its VMs). */
   onEnv?: (env: SimEnv) => void;
+  /** Called as each epoch starts (tests schedule faults relative to it). */
+  onEpoch?: (epoch: number, env: SimEnv) => void;
+  /** The VMs' frames go through real switch processes (udp-network.ts) instead of in-process switches. */
+  network?: UdpNetwork;
 }
 
 export async function runEnvironment<P>(o: RunOptions<P>): Promise<{ reports: EpochReport[]; outcome: Outcome; env: SimEnv }> {
   const first = o.firstEpoch ?? 1;
-  const env = new SimEnv(o.spec, { epoch: first - 1 });
+  const env = new SimEnv(o.spec, { epoch: first - 1, network: o.network });
   o.onEnv?.(env);
   const reports: EpochReport[] = [];
   let at = o.firstAtMs;
   for (let e = first; e < first + o.epochs; e++) {
     await env.clock.runUntil(() => false, at);
     const failing = o.failCommit?.includes(e);
+    o.onEpoch?.(e, env);
     reports.push(
       await runEpoch(env, o.target, {
         epoch: e,

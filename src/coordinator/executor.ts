@@ -78,8 +78,10 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
   const commit = async () => {
     try {
       const prepared = names.flatMap((n) => (agents.get(n) as SimAgent<P>).preparedMembers);
+      // Switch processes: one restarted since the epoch opened forgot the colours it judged the cut by.
+      await env.confirmEpoch(o.epoch);
       if (env.spec.channels === 'hold') {
-        const frames = env.takeChannelState(o.epoch);
+        const frames = await env.takeChannelState(o.epoch);
         channelFrames = frames.length;
         const image = encodeChannelState(frames);
         const s = await target.beginSession({ vm: channelMemberName(env.spec.name), group, epoch: o.epoch, memoryBytes: image.length });
@@ -97,14 +99,22 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
   const abort = async () => {
     for (const a of agents.values()) await a.abort();
     if (channelPrepared !== undefined) await target.abortPrepared([channelPrepared]).catch(() => undefined);
-    for (const n of names) env.flip(n, o.epoch); // close the aborted epoch's colours
-    env.takeChannelState(o.epoch);
+    // Close the aborted epoch's colours (best effort: a switch that is down gets them when the next epoch opens).
+    for (const n of names) await env.flip(n, o.epoch).catch(() => undefined);
+    env.discardChannelState(o.epoch);
   };
 
   const first = startEpoch(config, o.epoch, clock.now);
   state = first.state;
   for (const n of names) agents.set(n, new SimAgent(env, n, target, { ...o.agent, fault: o.faults?.[n] }, feed));
-  apply(first.commands);
+  // Every colour at the last closed epoch (a restarted switch process starts lower); a switch that
+  // cannot be reached fails the epoch before it starts: a flip it misses could not be confirmed.
+  const opened = await env.openEpoch(o.epoch - 1).then(
+    () => undefined,
+    (err: Error) => err.message,
+  );
+  if (opened === undefined) apply(first.commands);
+  else feed({ type: 'failed', vm: 'network', now: clock.now, reason: opened });
   const tick = () => {
     if (isFinal(state)) return;
     feed({ type: 'tick', now: clock.now });
@@ -114,7 +124,8 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
   await clock.runUntil(() => isFinal(state), Infinity);
   if (state.phase === 'aborted') await abort();
   const figures = epochFigures(state);
-  const counters = env.counters().filter((c) => c.epoch === o.epoch);
+  const all = await env.epochCounters(o.epoch);
+  const counters = all.filter((c) => c.epoch === o.epoch);
   return {
     epoch: o.epoch,
     group,
@@ -124,7 +135,7 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
     startedAt: state.startedAt,
     framesDropped: counters.reduce((s, c) => s + c.dropped, 0),
     framesHeld: counters.reduce((s, c) => s + c.held, 0),
-    framesCrossing: env.counters().filter((c) => c.epoch === o.epoch - 1).reduce((s, c) => s + c.crossing, 0),
+    framesCrossing: all.filter((c) => c.epoch === o.epoch - 1).reduce((s, c) => s + c.crossing, 0),
     channelFrames,
   };
 }

@@ -9,6 +9,7 @@ import { EventQueue } from './events.js';
 import { diskMemberName, SimVm, type AppSpec, type DatagramSpec, type TransferSpec, type VmSpec } from './vm.js';
 import { SwitchCore, type ChannelFrame, type PairCounters, type SwitchOutput } from '../switch/core.js';
 import type { ChannelMode } from '../switch/colour.js';
+import type { UdpNetwork } from './udp-network.js';
 
 export interface HostSpec {
   name: string;
@@ -38,13 +39,23 @@ export class SimEnv {
   readonly specs = new Map<string, VmSpec>();
   readonly app: AppSpec;
   private readonly tickGen = new Map<string, number>();
-  private readonly net = { emit: (vm: SimVm, frame: Uint8Array) => this.route(vm.spec.host, this.switchOf(vm.spec.name).fromLocal(vm.spec.name, frame)) };
+  private readonly net = {
+    emit: (vm: SimVm, frame: Uint8Array) => (this.network ? this.network.send(vm.spec.name, frame) : this.route(vm.spec.host, this.switchOf(vm.spec.name).fromLocal(vm.spec.name, frame))),
+  };
+  /** Real switch processes instead of the in-process SwitchCores (udp-network.ts); those then stay unused. */
+  private readonly network?: UdpNetwork;
 
   /** `images`: resume each VM from a memory image and its disk image (a group restore) instead of starting fresh. */
   constructor(
     readonly spec: EnvSpec,
-    options: { epoch?: number; images?: Map<string, Uint8Array> } = {},
+    options: { epoch?: number; images?: Map<string, Uint8Array>; network?: UdpNetwork } = {},
   ) {
+    this.network = options.network;
+    if (this.network) {
+      this.network.connect((vm, frame) => (this.vms.get(vm) as SimVm).receive(frame, this.clock.now, this.net));
+      const network = this.network;
+      this.clock.settle = () => network.settle();
+    }
     this.app = { seed: spec.seed, tickMs: spec.tickMs, mss: spec.mss, windowBytes: spec.windowBytes, transfers: spec.transfers, datagrams: spec.datagrams };
     const peers = spec.vms.map((v, i) => ({ name: v.name, index: i + 1 }));
     for (const h of spec.hosts) {
@@ -80,14 +91,44 @@ export class SimEnv {
     this.scheduleTick(vm, this.spec.tickMs);
   }
 
-  /** Sets a VM's colour at its switch; frames held for it are delivered (or queued, if it is paused). */
-  flip(vm: string, epoch: number): void {
-    this.route(this.specs.get(vm)?.host as string, this.switchOf(vm).flip(vm, epoch));
+  /**
+   * Sets a VM's colour at its switch; frames held for it are delivered (or queued, if it is paused).
+   * Over switch processes it rejects when the switch does not acknowledge the flip.
+   */
+  async flip(vm: string, epoch: number): Promise<void> {
+    if (this.network) await this.network.flip(vm, epoch);
+    else this.route(this.specs.get(vm)?.host as string, this.switchOf(vm).flip(vm, epoch));
+  }
+
+  /** Every frame sent so far has been judged by its switches and handed to its receiver (a VM about to pause). */
+  async quiesce(): Promise<void> {
+    await this.network?.settle();
+  }
+
+  /** Before an epoch: every VM's colour at least `previous`; over switch processes, each switch's identity noted. */
+  async openEpoch(previous: number): Promise<void> {
+    await this.network?.openEpoch(previous);
+  }
+
+  /** Before a commit: rejects if a switch cannot be reached or was restarted since `openEpoch`. */
+  async confirmEpoch(epoch: number): Promise<void> {
+    await this.network?.confirmEpoch(epoch);
   }
 
   /** Frames that crossed the cut of `epoch`, from every switch. */
-  takeChannelState(epoch: number): ChannelFrame[] {
+  async takeChannelState(epoch: number): Promise<ChannelFrame[]> {
+    if (this.network) return this.network.channelState(epoch);
     return [...this.switches.values()].flatMap((s) => s.takeChannelState(epoch));
+  }
+
+  /** An aborted epoch's channel state is dropped (switch processes drop it at the next epoch's flips). */
+  discardChannelState(epoch: number): void {
+    for (const s of this.switches.values()) s.takeChannelState(epoch);
+  }
+
+  /** The switches' pair counters of `epoch` and the one before it. */
+  async epochCounters(epoch: number): Promise<PairCounters[]> {
+    return this.network ? this.network.counters(epoch) : this.counters();
   }
 
   /** Re-delivers a group's channel state to the receivers (a group restore in hold mode). */

@@ -23,6 +23,13 @@ export class EventQueue implements SimClock {
   private heap: Entry[] = [];
   private seq = 0;
   private time = 0;
+  /** An event ran since the last settle: run `settle` before the clock moves on. */
+  private unsettled = false;
+  /**
+   * Awaited before simulated time moves on after events ran at the current instant (a network of
+   * real processes delivers what those events sent, at this same instant).
+   */
+  settle?: () => Promise<void>;
 
   get now(): number {
     return this.time;
@@ -48,12 +55,19 @@ export class EventQueue implements SimClock {
     while (this.heap.length > 0 && !stop()) {
       const e = this.pop();
       if (e.cancelled) continue;
+      if (e.at > this.time && this.unsettled && this.settle) {
+        this.push(e);
+        this.unsettled = false;
+        await this.settle();
+        continue;
+      }
       if (e.at > limit) {
         this.push(e);
         this.time = limit;
         return;
       }
       this.time = e.at;
+      this.unsettled = true;
       const r = e.run();
       if (r) await r;
     }

@@ -126,6 +126,8 @@ export class SwitchCore {
     if (was === undefined) throw new Error(`flip of a VM not on this switch: ${vm}`);
     if (epoch <= was) return [];
     this.colours.set(vm, epoch);
+    // A newer cut has begun here, so older epochs' channel state was committed or dropped: forget it.
+    if (this.channel.some((c) => c.epoch < epoch)) this.keepChannel((c) => c.epoch >= epoch);
     const queue = this.held.get(vm) ?? [];
     const stay: HeldFrame[] = [];
     const out: SwitchOutput[] = [];
@@ -143,11 +145,20 @@ export class SwitchCore {
 
   /** Removes and returns the channel state recorded for `epoch` (frames that crossed its cut). */
   takeChannelState(epoch: number): ChannelFrame[] {
-    const taken = this.channel.filter((c) => c.epoch === epoch);
-    const kept = this.channel.filter((c) => c.epoch !== epoch);
+    const taken = this.channelState(epoch);
+    this.keepChannel((c) => c.epoch !== epoch);
+    return taken;
+  }
+
+  /** The channel state recorded for `epoch`, left in place (a switch process answers it remotely). */
+  channelState(epoch: number): ChannelFrame[] {
+    return this.channel.filter((c) => c.epoch === epoch);
+  }
+
+  private keepChannel(keep: (c: ChannelFrame) => boolean): void {
+    const kept = this.channel.filter(keep);
     this.channel.length = 0;
     this.channel.push(...kept);
-    return taken;
   }
 
   heldFrames(): number {

@@ -1,11 +1,14 @@
 /**
- * The agent's side of a colour flip for a real VM: a FLIP datagram to the VM's switch (its tunnel
- * port), resent until the switch answers FLIP_ACK with a colour at least the one asked for. UDP may
- * lose either datagram, and a repeated FLIP is harmless (a switch never lowers a colour).
+ * The agent's and coordinator's side of a switch's control messages (tunnel.ts): FLIP (a VM passed
+ * its cut), STATUS and CHANNEL_GET, each a datagram to the switch's tunnel port resent until the
+ * matching answer comes. UDP may lose either datagram; every request is harmless to repeat (a
+ * switch never lowers a colour; STATUS and CHANNEL_GET change nothing).
  */
 import dgram from 'node:dgram';
-import { decodeTunnel, encodeTunnel, TunnelKind } from './tunnel.js';
-import type { Endpoint } from './udp.js';
+import { decodeTunnel, encodeTunnel, TunnelKind, type TunnelKindValue, type TunnelMessage } from './tunnel.js';
+import type { Endpoint, SwitchStatus } from './udp.js';
+import { decodeChannelState } from '../coordinator/channel-state.js';
+import type { ChannelFrame } from './core.js';
 import { VnstoreError } from '../util/errors.js';
 
 export interface FlipOptions {
@@ -14,25 +17,26 @@ export interface FlipOptions {
   attempts?: number;
 }
 
-export async function requestFlip(sw: Endpoint, vm: string, epoch: number, options: FlipOptions = {}): Promise<number> {
+/** Sends `request` until an answer of kind `answer` that `accept` takes; rejects after the last attempt. */
+async function ask<T>(sw: Endpoint, request: TunnelMessage, answer: TunnelKindValue, accept: (m: TunnelMessage) => T | undefined, what: string, options: FlipOptions): Promise<T> {
   const retryMs = options.retryMs ?? 50;
   const attempts = options.attempts ?? 10;
   const sock = dgram.createSocket('udp4');
-  const request = encodeTunnel({ kind: TunnelKind.FLIP, epoch, vm, payload: new Uint8Array(0) });
+  const bytes = encodeTunnel(request);
   try {
     await new Promise<void>((resolve, reject) => {
       sock.once('error', reject);
       sock.bind(0, () => resolve());
     });
-    return await new Promise<number>((resolve, reject) => {
+    return await new Promise<T>((resolve, reject) => {
       let sent = 0;
       const send = () => {
         if (sent++ >= attempts) {
           clearInterval(timer);
-          reject(new VnstoreError('E_IO', `switch ${sw.host}:${sw.port} did not acknowledge the flip of ${vm} to epoch ${epoch} (${attempts} attempts, ${retryMs} ms apart)`));
+          reject(new VnstoreError('E_IO', `switch ${sw.host}:${sw.port} did not ${what} (${attempts} attempts, ${retryMs} ms apart)`));
           return;
         }
-        sock.send(request, sw.port, sw.host);
+        sock.send(bytes, sw.port, sw.host, () => undefined); // a send error is a lost datagram: the next attempt retries
       };
       const timer = setInterval(send, retryMs);
       sock.on('message', (msg) => {
@@ -42,14 +46,49 @@ export async function requestFlip(sw: Endpoint, vm: string, epoch: number, optio
         } catch {
           return; // not an answer to us
         }
-        if (m.kind === TunnelKind.FLIP_ACK && m.vm === vm && m.epoch >= epoch) {
+        const got = m.kind === answer ? accept(m) : undefined;
+        if (got !== undefined) {
           clearInterval(timer);
-          resolve(m.epoch);
+          resolve(got);
         }
       });
       send();
     });
   } finally {
     sock.close();
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+/** Sets `vm`'s colour to at least `epoch` at its switch; resolves to the colour now in force. */
+export function requestFlip(sw: Endpoint, vm: string, epoch: number, options: FlipOptions = {}): Promise<number> {
+  return ask(sw, { kind: TunnelKind.FLIP, epoch, vm, payload: EMPTY }, TunnelKind.FLIP_ACK, (m) => (m.vm === vm && m.epoch >= epoch ? m.epoch : undefined), `acknowledge the flip of ${vm} to epoch ${epoch}`, options);
+}
+
+/** The switch's status; pair counters of `epoch` and the one before. */
+export function requestStatus(sw: Endpoint, epoch: number, options: FlipOptions = {}): Promise<SwitchStatus> {
+  return ask(sw, { kind: TunnelKind.STATUS, epoch, vm: '-', payload: EMPTY }, TunnelKind.STATUS_ACK, (m) => (m.epoch === epoch ? (JSON.parse(Buffer.from(m.payload).toString('utf8')) as SwitchStatus) : undefined), 'answer STATUS', options);
+}
+
+/** The channel state the switch recorded for `epoch`, fetched part by part; the incarnation it came from is checked by the caller. */
+export async function requestChannelState(sw: Endpoint, epoch: number, options: FlipOptions = {}): Promise<ChannelFrame[]> {
+  const out: ChannelFrame[] = [];
+  for (;;) {
+    const first = Buffer.alloc(4);
+    first.writeUInt32BE(out.length, 0);
+    const part = await ask(
+      sw,
+      { kind: TunnelKind.CHANNEL_GET, epoch, vm: '-', payload: first },
+      TunnelKind.CHANNEL_PART,
+      (m) => {
+        const b = Buffer.from(m.payload);
+        return m.epoch === epoch && b.length >= 8 && b.readUInt32BE(4) === out.length ? { total: b.readUInt32BE(0), frames: decodeChannelState(b.subarray(8), epoch) } : undefined;
+      },
+      `send the channel state of epoch ${epoch}`,
+      options,
+    );
+    out.push(...part.frames);
+    if (out.length >= part.total || part.frames.length === 0) return out;
   }
 }

@@ -1,0 +1,84 @@
+/**
+ * One `vnstore switch` process per simulated host, on loopback, for an environment whose VMs' frames
+ * go through real relays (udp-network.ts): ports chosen up front so that every switch knows its peers'
+ * tunnel addresses and a restarted switch comes back on the same ones.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
+import type { EnvSpec } from './env.js';
+import type { Endpoint } from '../switch/udp.js';
+import type { SwitchAddresses, UdpNetworkOptions } from './udp-network.js';
+import { VnstoreError } from '../util/errors.js';
+
+export interface SwitchProcesses {
+  network: UdpNetworkOptions;
+  /** SIGKILLs a host's switch and waits for it to be gone. */
+  kill(host: string): Promise<void>;
+  /** Starts a host's switch again (a fresh process: colours at `epoch`, nothing held). */
+  start(host: string, epoch?: number): Promise<void>;
+  /** Stops every switch (SIGTERM). */
+  stop(): Promise<void>;
+}
+
+/** `n` UDP ports free on loopback now (bound together, then released). */
+async function freePorts(n: number): Promise<number[]> {
+  const socks = Array.from({ length: n }, () => dgram.createSocket('udp4'));
+  await Promise.all(socks.map((s) => new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()))));
+  const ports = socks.map((s) => s.address().port);
+  await Promise.all(socks.map((s) => new Promise<void>((r) => s.close(() => r()))));
+  return ports;
+}
+
+/** `cli`: the vnstore command's script (dist/cli/bin.cjs). */
+export async function startSwitchProcesses(spec: EnvSpec, cli: string, epoch = 0): Promise<SwitchProcesses> {
+  const ports = await freePorts(spec.vms.length + 2 * spec.hosts.length);
+  const lo = (port: number): Endpoint => ({ host: '127.0.0.1', port });
+  const vms = new Map(spec.vms.map((v, i) => [v.name, { host: v.host, addr: lo(ports[i]) }]));
+  const switches = new Map<string, SwitchAddresses>(spec.hosts.map((h, i) => [h.name, { vm: lo(ports[spec.vms.length + 2 * i]), tunnel: lo(ports[spec.vms.length + 2 * i + 1]) }]));
+  const children = new Map<string, { child: ChildProcess; exited: Promise<void> }>();
+  const addr = (e: Endpoint) => `${e.host}:${e.port}`;
+
+  const start = async (host: string, at = epoch): Promise<void> => {
+    const sw = switches.get(host) as SwitchAddresses;
+    const args = [cli, 'switch', '--vm-listen', addr(sw.vm), '--tunnel-listen', addr(sw.tunnel), '--channels', spec.channels, '--hold-frames', String(spec.holdFrames), '--epoch', String(at)];
+    for (const [vm, v] of vms) if (v.host === host) args.push('--port', `${vm}=${addr(v.addr)}`);
+    for (const [peer, p] of switches) if (peer !== host) args.push('--peer', `${peer}=${addr(p.tunnel)}`);
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    children.set(host, { child, exited });
+    let err = '';
+    await new Promise<void>((resolve, reject) => {
+      child.stderr?.on('data', (d: Buffer) => {
+        err += d.toString();
+        if (/VMs on udp port \d+/.test(err)) resolve();
+      });
+      void exited.then(() => reject(new VnstoreError('E_IO', `vnstore switch for ${host} exited before listening: ${err.trim()}`)));
+    });
+  };
+  const kill = async (host: string): Promise<void> => {
+    const c = children.get(host);
+    if (!c) return;
+    c.child.kill('SIGKILL');
+    await c.exited;
+    children.delete(host);
+  };
+  const processes: SwitchProcesses = {
+    network: { switches, vms },
+    kill,
+    start,
+    async stop() {
+      for (const [host, c] of [...children]) {
+        c.child.kill('SIGTERM');
+        await c.exited;
+        children.delete(host);
+      }
+    },
+  };
+  try {
+    for (const h of spec.hosts) await start(h.name);
+  } catch (err) {
+    for (const h of spec.hosts) await kill(h.name);
+    throw err;
+  }
+  return processes;
+}
