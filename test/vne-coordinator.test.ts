@@ -46,6 +46,22 @@ describe('coordinator state machine', () => {
     expect(state.vms.c).toMatchObject({ flipAt: 100, downtimeMs: 4, preparedAt: 104 });
   });
 
+  it('waits with the commit while frames from before a cut are still travelling', () => {
+    const { log, state } = drive(config(false), [
+      { type: 'flipped', vm: 'a', now: 1, downtimeMs: 1 },
+      { type: 'prepared', vm: 'a', now: 2 },
+      { type: 'flipped', vm: 'b', now: 1, downtimeMs: 1 },
+      { type: 'prepared', vm: 'b', now: 2 },
+      { type: 'flipped', vm: 'c', now: 1, downtimeMs: 1 },
+      { type: 'prepared', vm: 'c', now: 7 },
+      { type: 'tick', now: 10, cutInFlight: 3 },
+      { type: 'tick', now: 20, cutInFlight: 0 },
+    ]);
+    expect(log[6].cmds).toEqual([]);
+    expect(log[7].cmds).toEqual([{ type: 'commit' }]);
+    expect(state.phase).toBe('committing');
+  });
+
   it('with sync-stop: orders every stop at once when the last VM is ready, not before', () => {
     const { commands, log } = drive(config(true), [
       { type: 'ready', vm: 'b', now: 5 },

@@ -4,11 +4,13 @@
  *
  *   {"name": "env7", "seed": 1, "scenario": {"vms": 4, "hosts": 2, "minPages": 512, "sizeRatio": 4,
  *    "pageMs": 1, "bytesPerSec": 40000, "transferMs": 20000}}
+ *   (or "bytesPerSec": 0 for bulk transfers of "transferBytes" each over links of "linkBytesPerSec")
  *
  *   {"name": "env7", "seed": 1, "hosts": [{"name": "h0", "pageMs": 1}, ...],
  *    "vms": [{"name": "web1", "host": "h0", "pages": 4096, "dirtyPerSec": 100, "hotPages": 32,
  *             "commonPages": 1024}, ...],
- *    "transfers": [{"from": "web1", "to": "db1", "bytes": 800000, "bytesPerSec": 40000}],
+ *    "transfers": [{"from": "web1", "to": "db1", "bytes": 800000, "bytesPerSec": 40000}],  (0: bulk)
+ *    "linkBytesPerSec": 400000,  (optional: each tunnel direction's rate)
  *    "datagrams": [{"from": "web1", "to": "db1", "everyMs": 20}]}
  *
  * Real environments (VMs with agents and switch ports) come with the network server.
@@ -55,8 +57,10 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
       minPages: int(s.minPages ?? 512, 'scenario.minPages', STATE_PAGES + 1, 1 << 20, bad),
       sizeRatio: num(s.sizeRatio ?? 1, 'scenario.sizeRatio', 1, 1024, bad),
       pageMs: num(s.pageMs ?? 1, 'scenario.pageMs', 0.001, 1000, bad),
-      bytesPerSec: int(s.bytesPerSec ?? 40_000, 'scenario.bytesPerSec', 1000, 1e9, bad),
+      bytesPerSec: int(s.bytesPerSec ?? 40_000, 'scenario.bytesPerSec', 0, 1e9, bad),
       transferMs: int(s.transferMs ?? 20_000, 'scenario.transferMs', 1, 3_600_000, bad),
+      transferBytes: s.transferBytes === undefined ? undefined : int(s.transferBytes, 'scenario.transferBytes', 1, 2 ** 31 - 1, bad),
+      linkBytesPerSec: s.linkBytesPerSec === undefined ? undefined : int(s.linkBytesPerSec, 'scenario.linkBytesPerSec', 1000, 1e10, bad),
       channels,
     });
   }
@@ -90,12 +94,13 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
     if (!names.has(n)) throw bad(`${k} "${n}" is not one of the VMs`);
     return n;
   };
-  const transfers = list('transfers').map((t, i) => ({ from: vmName(t.from, `transfers[${i}].from`), to: vmName(t.to, `transfers[${i}].to`), bytes: int(t.bytes, `transfers[${i}].bytes`, 1, 2 ** 31 - 1, bad), bytesPerSec: int(t.bytesPerSec ?? 40_000, `transfers[${i}].bytesPerSec`, 1000, 1e9, bad) }));
+  const transfers = list('transfers').map((t, i) => ({ from: vmName(t.from, `transfers[${i}].from`), to: vmName(t.to, `transfers[${i}].to`), bytes: int(t.bytes, `transfers[${i}].bytes`, 1, 2 ** 31 - 1, bad), bytesPerSec: int(t.bytesPerSec ?? 40_000, `transfers[${i}].bytesPerSec`, 0, 1e9, bad) }));
   const datagrams = list('datagrams').map((d, i) => ({ from: vmName(d.from, `datagrams[${i}].from`), to: vmName(d.to, `datagrams[${i}].to`), everyMs: int(d.everyMs ?? 20, `datagrams[${i}].everyMs`, 10, 3_600_000, bad) }));
   const pairs = [...transfers, ...datagrams].map((x) => `${x.from}>${x.to}`);
   if (new Set(pairs.filter((_, i) => i < transfers.length)).size !== transfers.length) throw bad('two transfers between the same VMs in the same direction');
   if ([...transfers, ...datagrams].some((x) => x.from === x.to)) throw bad('a flow from a VM to itself');
-  return { name, seed, hosts, vms, transfers, datagrams, tickMs: 10, mss: 1000, windowBytes: 8000, tunnelMs: 1, channels, holdFrames: 4096 };
+  const linkBytesPerSec = doc.linkBytesPerSec === undefined ? undefined : int(doc.linkBytesPerSec, 'linkBytesPerSec', 1000, 1e10, bad);
+  return { name, seed, hosts, vms, transfers, datagrams, tickMs: 10, mss: 1000, windowBytes: 8000, tunnelMs: 1, linkBytesPerSec, channels, holdFrames: 4096 };
 }
 
 function isObject(v: unknown): v is Json {

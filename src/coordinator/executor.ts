@@ -117,7 +117,7 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
   else feed({ type: 'failed', vm: 'network', now: clock.now, reason: opened });
   const tick = () => {
     if (isFinal(state)) return;
-    feed({ type: 'tick', now: clock.now });
+    feed({ type: 'tick', now: clock.now, cutInFlight: env.framesInFlightBefore(o.epoch) });
     clock.after(env.spec.tickMs, tick);
   };
   clock.after(env.spec.tickMs, tick);

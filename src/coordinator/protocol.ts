@@ -8,8 +8,9 @@
  *     round limit is reached), flipping the VM's colour at the pause
  *   with sync-stop: an agent whose dirty set is small reports ready and keeps running short rounds;
  *     when every VM is ready, the coordinator orders every stop-and-copy at once
- *   every VM flipped and prepared, and `settleMs` after the last flip (frames in flight across the
- *     cut have reached their switch) ──▶ commit the group (all VMs, and the channel state)
+ *   every VM flipped and prepared, `settleMs` after the last flip, and no frame sent before a cut
+ *     still travelling (frames in flight across the cut have reached their switch) ──▶ commit the
+ *     group (all VMs, and the channel state)
  *   any failure, or the deadline passing ──▶ abort every VM of the epoch
  */
 export interface CoordinatorConfig {
@@ -48,7 +49,8 @@ export type CoordinatorEvent =
   | { type: 'flipped'; vm: string; now: number; downtimeMs: number }
   | { type: 'prepared'; vm: string; now: number }
   | { type: 'failed'; vm: string; now: number; reason: string }
-  | { type: 'tick'; now: number }
+  /** `cutInFlight`: frames sent before their sender's cut still travelling (the executor counts them). */
+  | { type: 'tick'; now: number; cutInFlight?: number }
   | { type: 'committed'; now: number }
   | { type: 'commit-failed'; now: number; reason: string };
 
@@ -107,7 +109,9 @@ export function step(config: CoordinatorConfig, prev: EpochState, ev: Coordinato
   }
   if (state.phase === 'running' && all.every((v) => v.phase === 'prepared')) {
     const lastFlip = Math.max(...all.map((v) => v.flipAt as number));
-    if (ev.now >= lastFlip + config.settleMs) {
+    // Commit on a tick at least settleMs after the last flip with no frame from before a cut still
+    // travelling: every frame in flight across the cut has reached its switch, so the channel state is whole.
+    if (ev.type === 'tick' && ev.now >= lastFlip + config.settleMs && (ev.cutInFlight ?? 0) === 0) {
       state.phase = 'committing';
       commands.push({ type: 'commit' });
     }

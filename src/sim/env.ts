@@ -9,6 +9,7 @@ import { EventQueue } from './events.js';
 import { diskMemberName, SimVm, type AppSpec, type DatagramSpec, type TransferSpec, type VmSpec } from './vm.js';
 import { SwitchCore, type ChannelFrame, type PairCounters, type SwitchOutput } from '../switch/core.js';
 import type { ChannelMode } from '../switch/colour.js';
+import { destinationMac } from '../switch/ethernet.js';
 import type { UdpNetwork } from './udp-network.js';
 
 export interface HostSpec {
@@ -28,6 +29,13 @@ export interface EnvSpec {
   mss: number;
   windowBytes: number;
   tunnelMs: number;
+  /**
+   * Each VM's path to each VM on another host as a link of this many bytes per simulated second
+   * (the tunnel shared fairly between pairs, so an ack does not wait behind its sender's own bulk
+   * data to someone else): a pair's frames queue and leave one after another. Undefined or 0: no
+   * serialisation, only `tunnelMs`. Frames between VMs of one host are not limited.
+   */
+  linkBytesPerSec?: number;
   channels: ChannelMode;
   holdFrames: number;
 }
@@ -39,6 +47,10 @@ export class SimEnv {
   readonly specs = new Map<string, VmSpec>();
   readonly app: AppSpec;
   private readonly tickGen = new Map<string, number>();
+  /** Tunnel frames on their way, by the colour they carry. */
+  private readonly inTransit = new Map<number, number>();
+  /** When each VM pair's link is free again (simulated ms). */
+  private readonly linkFreeAt = new Map<string, number>();
   private readonly net = {
     emit: (vm: SimVm, frame: Uint8Array) => (this.network ? this.network.send(vm.spec.name, frame) : this.route(vm.spec.host, this.switchOf(vm.spec.name).fromLocal(vm.spec.name, frame))),
   };
@@ -144,6 +156,26 @@ export class SimEnv {
     return [...this.vms.values()].every((v) => v.transfersDone());
   }
 
+  /**
+   * Frames between hosts still on their way that carry a colour older than `epoch` (sent before
+   * their sender's cut). Over switch processes none: simulated time stands still until they arrive.
+   */
+  framesInFlightBefore(epoch: number): number {
+    let n = 0;
+    for (const [e, count] of this.inTransit) if (e < epoch) n += count;
+    return n;
+  }
+
+  /** Time from now until a frame of `bytes` has left the link `key` (after those queued before it). */
+  private linkDelay(key: string, bytes: number): number {
+    const rate = this.spec.linkBytesPerSec ?? 0;
+    if (rate <= 0) return 0;
+    const now = this.clock.now;
+    const done = Math.max(now, this.linkFreeAt.get(key) ?? 0) + (bytes * 1000) / rate;
+    this.linkFreeAt.set(key, done);
+    return done - now;
+  }
+
   private scheduleTick(vm: string, delay: number): void {
     const gen = this.tickGen.get(vm) ?? 0;
     const run = () => {
@@ -160,7 +192,12 @@ export class SimEnv {
       if (o.kind === 'local') (this.vms.get(o.vm) as SimVm).receive(o.frame, this.clock.now, this.net);
       else {
         const frame = o.frame;
-        this.clock.after(this.spec.tunnelMs, () => this.route(o.peer, (this.switches.get(o.peer) as SwitchCore).fromTunnel(fromHost, o.srcVm, o.epoch, frame)));
+        this.inTransit.set(o.epoch, (this.inTransit.get(o.epoch) ?? 0) + 1);
+        // The colour travels with the frame (tagged now), and the peer judges it when it arrives.
+        this.clock.after(this.linkDelay(`${o.srcVm}>${destinationMac(frame)}`, frame.length) + this.spec.tunnelMs, () => {
+          this.inTransit.set(o.epoch, (this.inTransit.get(o.epoch) as number) - 1);
+          this.route(o.peer, (this.switches.get(o.peer) as SwitchCore).fromTunnel(fromHost, o.srcVm, o.epoch, frame));
+        });
       }
     }
   }

@@ -1,8 +1,8 @@
 /**
  * Simulated environments from a few knobs and a seed: VM sizes spread geometrically between the
  * smallest and `sizeRatio` times it, unequal dirtying rates and hot sets, hosts of unequal snapshot
- * bandwidth, a ring of paced file transfers (VM i to VM i+1, so most cross hosts) and two datagram
- * flows between the first and the last VM.
+ * bandwidth, a ring of file transfers (VM i to VM i+1, so most cross hosts; paced, or bulk over
+ * links of a set rate) and two datagram flows between the first and the last VM.
  */
 import { Rng } from './events.js';
 import type { EnvSpec } from './env.js';
@@ -19,9 +19,12 @@ export interface ScenarioOptions {
   pageMs: number;
   channels: ChannelMode;
   holdFrames?: number;
-  /** Each transfer's rate and length. */
+  /** Each transfer's rate (0: bulk, the whole file written at once) and length: `transferBytes`, or the rate times `transferMs`. */
   bytesPerSec: number;
   transferMs: number;
+  transferBytes?: number;
+  /** Each tunnel direction's link rate (EnvSpec.linkBytesPerSec); none by default. */
+  linkBytesPerSec?: number;
 }
 
 export function scenarioSpec(o: ScenarioOptions): EnvSpec {
@@ -40,7 +43,7 @@ export function scenarioSpec(o: ScenarioOptions): EnvSpec {
     hotPages: Math.round(rng.range(8, 48)),
     commonPages: Math.floor(pages / 4),
   }));
-  const bytes = Math.round((o.bytesPerSec * o.transferMs) / 1000);
+  const bytes = o.transferBytes ?? Math.round((o.bytesPerSec * o.transferMs) / 1000);
   return {
     name: o.name ?? `sim${o.seed}`,
     seed: o.seed,
@@ -55,6 +58,7 @@ export function scenarioSpec(o: ScenarioOptions): EnvSpec {
     mss: 1000,
     windowBytes: 8000,
     tunnelMs: 1,
+    linkBytesPerSec: o.linkBytesPerSec,
     channels: o.channels,
     holdFrames: o.holdFrames ?? 100_000,
   };

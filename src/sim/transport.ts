@@ -31,7 +31,7 @@ export interface ReliableSender {
 export interface ReliableReceiver {
   expected: number;
   checksum: number;
-  /** Time of the last in-order progress, and the longest gap between two (the application's stall). */
+  /** Time of the last in-order progress, and the longest gap between two progresses (the application's stall). */
   lastProgressAt: number;
   longestStall: number;
 }
@@ -116,8 +116,9 @@ export function senderDone(s: ReliableSender): boolean {
 export function receiverOnSegment(r: ReliableReceiver, seg: Segment, now: number): number {
   if (seg.seq === r.expected && seg.data.length > 0) {
     r.checksum = fnv1a(r.checksum, seg.data);
+    // A stall is a gap between two progresses: the wait for the first byte is the transfer's start.
+    if (r.expected > 0) r.longestStall = Math.max(r.longestStall, now - r.lastProgressAt);
     r.expected += seg.data.length;
-    r.longestStall = Math.max(r.longestStall, now - r.lastProgressAt);
     r.lastProgressAt = now;
   }
   return r.expected;

@@ -44,6 +44,7 @@ export interface TransferSpec {
   from: string;
   to: string;
   bytes: number;
+  /** The rate the application writes the file at; 0: the whole file at once (a bulk transfer, paced only by TCP's window and the link). */
   bytesPerSec: number;
 }
 
@@ -200,7 +201,7 @@ export class SimVm {
     for (const t of this.app.transfers) {
       if (t.from !== this.spec.name) continue;
       const snd = s.tcpOut[t.to];
-      snd.written = Math.min(snd.fileBytes, snd.written + (t.bytesPerSec * this.app.tickMs) / 1000);
+      snd.written = t.bytesPerSec > 0 ? Math.min(snd.fileBytes, snd.written + (t.bytesPerSec * this.app.tickMs) / 1000) : snd.fileBytes;
       snd.written = Math.floor(snd.written);
       if (snd.timerAt >= 0 && now >= snd.timerAt) senderOnTimeout(snd, now);
       for (const seg of senderPull(snd, this.app.seed, now)) this.send(net, t.to, MSG.DATA, seg.seq, seg.data);
