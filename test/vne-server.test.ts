@@ -19,6 +19,7 @@ import { Store } from '../src/store/store.js';
 import { scenarioSpec } from '../src/sim/scenario.js';
 import { diskMemberName } from '../src/sim/vm.js';
 import { runCli, tempDirs } from './helpers/engine.js';
+import { groupsOn } from './helpers/vne-groups.js';
 import { startServe, type ServeProcess } from './helpers/serve-process.js';
 
 const tempDir = tempDirs();
@@ -36,18 +37,6 @@ async function initCli(root: string): Promise<{ store: string; token: string; to
   expect(r.code).toBe(0);
   const tokenFile = (JSON.parse(r.stdout.toString()) as { tokenFile: string }).tokenFile;
   return { store, tokenFile, token: readFileSync(tokenFile, 'utf8').trim() };
-}
-
-/** Every group on the server with its members' names, through a fresh client. */
-async function groupsOn(address: string, token: string): Promise<Map<string, string[]>> {
-  const c = await AgentClient.connect({ server: address, token });
-  try {
-    const out = new Map<string, string[]>();
-    for (const r of await c.listSnapshots()) out.set(r.group ?? '', [...(out.get(r.group ?? '') ?? []), r.vm].sort());
-    return out;
-  } finally {
-    await c.close();
-  }
 }
 
 /** Epoch 2 aborted and left nothing; epochs 1 and 3 are whole groups that resume consistently. */
