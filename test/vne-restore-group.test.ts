@@ -1,9 +1,10 @@
 /**
  * `vnstore restore --group ID -o DIR`, from a local store and through `vnstore serve`: every member
  * as DIR/<member>.img with its exact bytes, an unknown group exit 6, and a damaged member refusing
- * the whole group with nothing written (not even the members that verified).
+ * the whole group with nothing written (not even the members that verified); a crash between two
+ * renames, completed by the next restore into the directory, so it never stays a mix of two groups.
  */
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Store } from '../src/store/store.js';
@@ -121,6 +122,34 @@ describe('vnstore restore --group', () => {
       expect(readFileSync(path.join(dir, 'vm0.img'), 'utf8')).toBe('older');
     } finally {
       await srv.stop();
+    }
+  });
+
+  it('a crash between two renames leaves a journal; the next restore into the directory completes them first', async () => {
+    const root = tempDir('rg-crash');
+    const { store, images: e1 } = await storeWithGroup(root);
+    const e2 = members(2);
+    const s = await Store.open(store, { workers: 0 });
+    try {
+      await putGroup(s, 'envg-e2', e2);
+    } finally {
+      await s.close();
+    }
+    const dir = path.join(root, 'out');
+    for (const renamed of [1, 2]) {
+      expect((await runCli(['restore', '--group', 'envg-e1', '-o', dir, '--store', store])).code).toBe(0);
+      expectRestored(dir, e1);
+      // killed after its first (second) rename: DIR holds that many of e2's members, the rest e1's, and the journal
+      const r = await runCli(['restore', '--group', 'envg-e2', '-o', dir, '--store', store], { env: { VNSTORE_OUTPUT_FAILPOINT: `renamed:${renamed}` } });
+      expect(r.signal).toBe('SIGKILL');
+      expect(existsSync(path.join(dir, '.vnstore-restore.journal'))).toBe(true);
+      const fromE2 = e2.filter((m) => readFileSync(path.join(dir, `${m.vm}.img`)).equals(m.image)).length;
+      const fromE1 = e1.filter((m) => readFileSync(path.join(dir, `${m.vm}.img`)).equals(m.image)).length;
+      expect([fromE2, fromE1]).toEqual([renamed, e1.length - renamed]);
+      // any next restore into DIR (even of a group that does not exist) completes e2's renames first
+      const next = await runCli(['restore', '--group', 'envg-e9', '-o', dir, '--store', store]);
+      expect(next.code).toBe(6);
+      expectRestored(dir, e2);
     }
   });
 });
