@@ -6,7 +6,9 @@
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { initStore, runCli, singleErrorLine, tempDirs } from './helpers/engine.js';
+import { CLI, initStore, runCli, singleErrorLine, tempDirs } from './helpers/engine.js';
+import { parseEnv } from '../src/coordinator/env-file.js';
+import { startSwitchProcesses } from '../src/sim/switch-processes.js';
 
 const tempDir = tempDirs();
 
@@ -71,6 +73,55 @@ describe('vnstore snapshot --env', () => {
     expect(b.epochs).toEqual(a.epochs); // deterministic over real processes too
   });
 
+  it('with --switches env, attaches the VMs to running switches the environment file names', { timeout: 120_000 }, async () => {
+    const root = tempDir('vne-cli-env-sw');
+    const store = await initStore(root);
+    const doc = {
+      name: 'envn',
+      seed: 2,
+      hosts: [{ name: 'hostA', pageMs: 1 }, { name: 'hostB', pageMs: 1.3 }],
+      vms: [
+        { name: 'web1', host: 'hostA', pages: 96, dirtyPerSec: 100, hotPages: 16 },
+        { name: 'db1', host: 'hostB', pages: 192, dirtyPerSec: 150, hotPages: 24 },
+        { name: 'cache1', host: 'hostB', pages: 64, dirtyPerSec: 50, hotPages: 8 },
+      ],
+      transfers: [{ from: 'db1', to: 'web1', bytes: 60_000, bytesPerSec: 20_000 }, { from: 'web1', to: 'cache1', bytes: 60_000, bytesPerSec: 20_000 }],
+      datagrams: [{ from: 'web1', to: 'db1', everyMs: 20 }],
+    };
+    // The switches run before the snapshot and after it, as on real hosts; the file names them.
+    const switches = await startSwitchProcesses(parseEnv(doc, 'hold'), CLI);
+    try {
+      const addr = (e: { host: string; port: number }) => `${e.host}:${e.port}`;
+      const named = {
+        ...doc,
+        hosts: doc.hosts.map((h) => ({ ...h, switch: { vm: addr(switches.network.switches.get(h.name)!.vm), tunnel: addr(switches.network.switches.get(h.name)!.tunnel) } })),
+        vms: doc.vms.map((v) => ({ ...v, nic: addr(switches.network.vms.get(v.name)!.addr) })),
+      };
+      const env = path.join(root, 'env.json');
+      writeFileSync(env, JSON.stringify(named));
+      const r = await runCli(['snapshot', '--env', env, '--store', store, '--epochs', '2', '--switches', 'env', '--verify-restore', '--json']);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      const out = JSON.parse(r.stdout.toString());
+      expect(out.epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([
+        ['envn-e1', 'committed'],
+        ['envn-e2', 'committed'],
+      ]);
+      expect(out.verified.map((v: { transfersOk: boolean; check: { violations: string[]; lost: number } }) => [v.transfersOk, v.check.violations.length, v.check.lost])).toEqual([
+        [true, 0, 0],
+        [true, 0, 0],
+      ]);
+      // a file that does not name them is refused with one line
+      const bare = path.join(root, 'bare.json');
+      writeFileSync(bare, JSON.stringify(doc));
+      const refused = await runCli(['snapshot', '--env', bare, '--store', store, '--switches', 'env']);
+      expect(refused.code).toBe(10);
+      expect(singleErrorLine(refused.stderr)).toMatch(/--switches env: host hostA names no "switch"/);
+    } finally {
+      await switches.stop();
+    }
+  });
+
   it('refuses a bad environment file or option with one line and its exit code', async () => {
     const root = tempDir('vne-cli-bad');
     const store = await initStore(root);
@@ -86,7 +137,8 @@ describe('vnstore snapshot --env', () => {
       [['--env', file({ name: 'x', scenario: { vms: 1 } })], 10, /"scenario\.vms" must be an integer from 2 to 64/],
       [['--env', file(ENV), '--sync-stop', 'maybe'], 2, /--sync-stop takes on or off/],
       [['--env', file(ENV), '--epochs', '0'], 2, /--epochs: expected an integer >= 1/],
-      [['--env', file(ENV), '--switches', 'remote'], 2, /--switches takes in-process or process/],
+      [['--env', file(ENV), '--switches', 'remote'], 2, /--switches takes in-process, process or env/],
+      [['--env', file({ name: 'x', hosts: [{ name: 'h0' }], vms: [{ name: 'a', host: 'h0', pages: 64, nic: '5001' }] })], 10, /"vms\[0\]\.nic" must be "HOST:PORT"/],
     ];
     for (const [args, code, message] of cases) {
       const r = await runCli(['snapshot', '--store', store, ...args]);

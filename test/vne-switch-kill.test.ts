@@ -121,4 +121,20 @@ describe('the simulated VMs over switch processes', () => {
       expect(g.outcome.done).toBe(true);
     }
   });
+
+  it('refuse a switch whose colours are already past the epoch (it would apply no cut): the epoch aborts, nothing is committed', { timeout: 60_000 }, async () => {
+    const spec = scenarioSpec({ name: 'ahead', seed: 9, vms: 2, hosts: 2, minPages: 32, sizeRatio: 1, pageMs: 1, channels: 'drop', bytesPerSec: 20_000, transferMs: 500 });
+    const switches = await startSwitchProcesses(spec, CLI, 5);
+    const network = await UdpNetwork.open(switches.network);
+    const target = new MemoryTarget();
+    try {
+      const run = await runEnvironment({ spec, target, network, epochs: 1, firstAtMs: 100, gapMs: 0, syncStop: true, timeoutMs: 60_000, agent: { dirtyThresholdPages: 8, maxRounds: 4, pauseOverheadMs: 2 }, limitMs: 600_000 });
+      expect(run.reports[0]).toMatchObject({ outcome: 'aborted' });
+      expect(run.reports[0].reason).toMatch(/switch h0 has vm0 at colour 5, past this environment's last epoch 0: restart it with --epoch 0/);
+      expect(target.groups.size).toBe(0);
+    } finally {
+      await network.close();
+      await switches.stop();
+    }
+  });
 });

@@ -9,7 +9,7 @@
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import type { EnvSpec } from '../sim/env.js';
-import type { UdpNetwork } from '../sim/udp-network.js';
+import type { UdpNetwork, UdpNetworkOptions } from '../sim/udp-network.js';
 import type { EpochReport } from '../coordinator/executor.js';
 import type { Outcome } from '../sim/outcome.js';
 import type { ConsistencyReport } from '../coordinator/consistency.js';
@@ -55,7 +55,7 @@ export function registerSnapshot(program: Command): void {
     .option('--timeout <ms>', 'abort an epoch not committing by then (simulated ms from its start)', '120000')
     .option('--dirty-threshold <pages>', 'stop and copy once the dirty set is this small', '32')
     .option('--max-rounds <n>', 'stop and copy after this many pre-copy rounds at the most', '10')
-    .option('--switches <where>', "in-process (one switch core per simulated host, with a 1 ms tunnel) or process (a real 'vnstore switch' process per host on loopback, frames over UDP)", 'in-process')
+    .option('--switches <where>', "in-process (one switch core per simulated host, with a 1 ms tunnel), process (a 'vnstore switch' process per host started on loopback, frames over UDP) or env (the running switches and VM NIC addresses the environment file names)", 'in-process')
     .option('--verify-restore', 'afterwards, resume the environment from every committed group read back from the store, check it and run it to the end')
     .option('--json', 'print {epochs: [EpochReport], live: Outcome, verified: [...]} (docs/COORDINATION.md)')
     .addOption(storeOption());
@@ -70,6 +70,8 @@ late VM is aborted whole: nothing of it becomes visible. Times are simulated mil
 With --switches process, the VMs' frames go through one 'vnstore switch' process per host
 (UDP on loopback, the tunnel between them); simulated time stands still while frames travel, so
 runs stay deterministic, and an epoch whose switch cannot be reached or was restarted aborts.
+With --switches env, through the running switches the file names (hosts[].switch, vms[].nic;
+each switch started with --peer NAME= the other hosts' names and --port for its VMs' NICs).
 With --server, each VM's agent stores through its own connection to 'vnstore serve' and the
 coordinator commits the group there (GROUP_COMMIT: all members or none).
 
@@ -83,12 +85,12 @@ Examples:
       action(async (opts: SnapshotCliOptions) => {
         if (opts.syncStop !== 'on' && opts.syncStop !== 'off') throw usage(`--sync-stop takes on or off, got ${JSON.stringify(opts.syncStop)}`);
         if (opts.channels !== 'drop' && opts.channels !== 'hold') throw usage(`--channels takes drop or hold, got ${JSON.stringify(opts.channels)}`);
-        if (opts.switches !== 'in-process' && opts.switches !== 'process') throw usage(`--switches takes in-process or process, got ${JSON.stringify(opts.switches)}`);
+        if (opts.switches !== 'in-process' && opts.switches !== 'process' && opts.switches !== 'env') throw usage(`--switches takes in-process, process or env, got ${JSON.stringify(opts.switches)}`);
         const epochs = count(opts.epochs, '--epochs', 1);
         const { readEnvFile } = await import('../coordinator/env-file.js');
         const spec = await readEnvFile(opts.env, opts.channels);
         const { runEnvironment, resumeGroup } = await import('../coordinator/environment-run.js');
-        await withTarget(opts, async (target, groups) => withNetwork(opts.switches === 'process' ? spec : undefined, async (network) => {
+        await withTarget(opts, async (target, groups) => withNetwork(spec, opts.switches, async (network) => {
           // Epochs continue after the environment's last committed group (an aborted or
           // interrupted epoch left none), so a rerun after a crash takes the next epoch.
           const prefix = `${spec.name}-e`;
@@ -124,19 +126,29 @@ Examples:
     );
 }
 
-/** With a spec: a `vnstore switch` process per simulated host and the VMs' NICs attached to them, stopped after `fn`. */
-async function withNetwork(spec: EnvSpec | undefined, fn: (network: UdpNetwork | undefined) => Promise<void>): Promise<void> {
-  if (!spec) return fn(undefined);
-  const { startSwitchProcesses } = await import('../sim/switch-processes.js');
+/**
+ * The VMs' network: in-process switch cores (none here), a `vnstore switch` process per simulated
+ * host started and stopped around `fn` (process), or the running switches the file names (env).
+ */
+async function withNetwork(spec: EnvSpec, where: string, fn: (network: UdpNetwork | undefined) => Promise<void>): Promise<void> {
+  if (where === 'in-process') return fn(undefined);
   const { UdpNetwork } = await import('../sim/udp-network.js');
-  const switches = await startSwitchProcesses(spec, fileURLToPath(new URL('./bin.cjs', import.meta.url)));
-  try {
-    const network = await UdpNetwork.open(switches.network);
+  const attach = async (options: UdpNetworkOptions) => {
+    const network = await UdpNetwork.open(options);
     try {
       await fn(network);
     } finally {
       await network.close();
     }
+  };
+  if (where === 'env') {
+    const { namedNetwork } = await import('../coordinator/env-file.js');
+    return attach(namedNetwork(spec));
+  }
+  const { startSwitchProcesses } = await import('../sim/switch-processes.js');
+  const switches = await startSwitchProcesses(spec, fileURLToPath(new URL('./bin.cjs', import.meta.url)));
+  try {
+    await attach(switches.network);
   } finally {
     await switches.stop();
   }

@@ -13,7 +13,9 @@
  *    "linkBytesPerSec": 400000,  (optional: each tunnel direction's rate)
  *    "datagrams": [{"from": "web1", "to": "db1", "everyMs": 20}]}
  *
- * Real environments (VMs with agents and switch ports) come with the network server.
+ * A spelled-out file may name running switches and the VMs' NICs, for `--switches env`:
+ *   "hosts": [{"name": "h0", "pageMs": 1, "switch": {"vm": "127.0.0.1:7000", "tunnel": "127.0.0.1:7100"}}],
+ *   "vms": [{"name": "web1", "host": "h0", "pages": 4096, "nic": "127.0.0.1:5001"}, ...]
  */
 import { readFile } from 'node:fs/promises';
 import type { EnvSpec } from '../sim/env.js';
@@ -21,6 +23,8 @@ import { scenarioSpec } from '../sim/scenario.js';
 import type { ChannelMode } from '../switch/colour.js';
 import { STATE_PAGES } from '../sim/vm.js';
 import { VnstoreError } from '../util/errors.js';
+import type { Endpoint } from '../switch/udp.js';
+import type { UdpNetworkOptions } from '../sim/udp-network.js';
 
 type Json = Record<string, unknown>;
 
@@ -69,7 +73,15 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
     if (!Array.isArray(v) || !v.every(isObject)) throw bad(`"${k}" must be an array of objects`);
     return v;
   };
-  const hosts = list('hosts').map((h, i) => ({ name: str(h.name, `hosts[${i}].name`, bad), pageMs: num(h.pageMs ?? 1, `hosts[${i}].pageMs`, 0.001, 1000, bad) }));
+  const hosts = list('hosts').map((h, i) => {
+    const sw = h.switch;
+    if (sw !== undefined && !isObject(sw)) throw bad(`"hosts[${i}].switch" must be {"vm": "HOST:PORT", "tunnel": "HOST:PORT"}`);
+    return {
+      name: str(h.name, `hosts[${i}].name`, bad),
+      pageMs: num(h.pageMs ?? 1, `hosts[${i}].pageMs`, 0.001, 1000, bad),
+      ...(sw ? { switch: { vm: endpoint(sw.vm, `hosts[${i}].switch.vm`, bad), tunnel: endpoint(sw.tunnel, `hosts[${i}].switch.tunnel`, bad) } } : {}),
+    };
+  });
   if (hosts.length === 0) throw bad('give "scenario", or "hosts" and "vms"');
   const vms = list('vms').map((v, i) => {
     const pages = int(v.pages, `vms[${i}].pages`, STATE_PAGES + 1, 1 << 24, bad);
@@ -84,6 +96,7 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
       dirtyPerSec: num(v.dirtyPerSec ?? 100, `vms[${i}].dirtyPerSec`, 0, 1e7, bad),
       hotPages: int(v.hotPages ?? 32, `vms[${i}].hotPages`, 1, pages, bad),
       commonPages: int(v.commonPages ?? 0, `vms[${i}].commonPages`, 0, pages - STATE_PAGES, bad),
+      ...(v.nic !== undefined ? { nic: endpoint(v.nic, `vms[${i}].nic`, bad) } : {}),
     };
   });
   if (vms.length === 0 || vms.length > 250) throw bad('"vms" must list 1 to 250 VMs');
@@ -101,6 +114,27 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
   if ([...transfers, ...datagrams].some((x) => x.from === x.to)) throw bad('a flow from a VM to itself');
   const linkBytesPerSec = doc.linkBytesPerSec === undefined ? undefined : int(doc.linkBytesPerSec, 'linkBytesPerSec', 1000, 1e10, bad);
   return { name, seed, hosts, vms, transfers, datagrams, tickMs: 10, mss: 1000, windowBytes: 8000, tunnelMs: 1, linkBytesPerSec, channels, holdFrames: 4096 };
+}
+
+/**
+ * The switches and NICs the file names, for `snapshot --switches env`: every host's running switch
+ * and every VM's NIC address (the switch's --port), or a one-line error naming what is missing.
+ */
+export function namedNetwork(spec: EnvSpec): UdpNetworkOptions {
+  const noSwitch = spec.hosts.find((h) => !h.switch);
+  if (noSwitch) throw new VnstoreError('E_INPUT', `--switches env: host ${noSwitch.name} names no "switch": {"vm": "HOST:PORT", "tunnel": "HOST:PORT"}`);
+  const noNic = spec.vms.find((v) => !v.nic);
+  if (noNic) throw new VnstoreError('E_INPUT', `--switches env: VM ${noNic.name} names no "nic": "HOST:PORT" (its switch's --port)`);
+  return {
+    switches: new Map(spec.hosts.map((h) => [h.name, h.switch as { vm: Endpoint; tunnel: Endpoint }])),
+    vms: new Map(spec.vms.map((v) => [v.name, { host: v.host, addr: v.nic as Endpoint }])),
+  };
+}
+
+function endpoint(v: unknown, k: string, bad: (m: string) => Error): Endpoint {
+  const m = typeof v === 'string' ? /^(.+):(\d{1,5})$/.exec(v) : null;
+  if (!m || Number(m[2]) > 65535) throw bad(`"${k}" must be "HOST:PORT"`);
+  return { host: m[1], port: Number(m[2]) };
 }
 
 function isObject(v: unknown): v is Json {

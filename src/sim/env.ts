@@ -11,11 +11,14 @@ import { SwitchCore, type ChannelFrame, type PairCounters, type SwitchOutput } f
 import type { ChannelMode } from '../switch/colour.js';
 import { destinationMac } from '../switch/ethernet.js';
 import type { UdpNetwork } from './udp-network.js';
+import type { Endpoint } from '../switch/udp.js';
 
 export interface HostSpec {
   name: string;
   /** Simulated ms to copy one page from this host to the store (its snapshot bandwidth and load). */
   pageMs: number;
+  /** A running `vnstore switch` for this host (its --vm-listen and --tunnel-listen), for `snapshot --switches env`. */
+  switch?: { vm: Endpoint; tunnel: Endpoint };
 }
 
 export interface EnvSpec {

@@ -10,7 +10,7 @@
  * hosts therefore take no simulated time. A switch that does not answer is taken as down: frames to
  * it are lost (TCP repairs them), and its counts are taken afresh when it (or a restarted process,
  * with a new incarnation) answers again. The coordinator's side: `openEpoch` raises every VM's colour
- * to the last closed epoch and notes each switch's incarnation; `confirmEpoch` refuses the epoch if
+ * to the last closed epoch (refusing a switch already past it) and notes each switch's incarnation; `confirmEpoch` refuses the epoch if
  * a switch cannot be reached or was restarted since (its colours and held frames were lost), so a
  * cut judged by a switch that forgot it is never committed (docs/COORDINATION.md).
  */
@@ -116,7 +116,13 @@ export class UdpNetwork {
   async openEpoch(previous: number): Promise<void> {
     for (const vm of this.order) await this.flip(vm, previous);
     this.epochIncarnations = new Map();
-    for (const host of this.o.switches.keys()) this.epochIncarnations.set(host, (await this.statusOf(host, previous + 1)).incarnation);
+    for (const host of this.o.switches.keys()) {
+      const st = await this.statusOf(host, previous + 1);
+      // A switch never lowers a colour: one already past this epoch would apply no cut at all.
+      const ahead = Object.entries(st.colours).find(([, c]) => c > previous);
+      if (ahead) throw new VnstoreError('E_IO', `switch ${host} has ${ahead[0]} at colour ${ahead[1]}, past this environment's last epoch ${previous}: restart it with --epoch ${previous}`);
+      this.epochIncarnations.set(host, st.incarnation);
+    }
   }
 
   /** Throws unless every switch answers as the same process that was there when the epoch opened. */

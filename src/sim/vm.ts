@@ -38,6 +38,8 @@ export interface VmSpec {
   hotPages: number;
   /** Pages after the state region that start with common content (an OS all VMs share). */
   commonPages: number;
+  /** The VM's NIC address, as its switch's `--port VM=HOST:PORT` names it (for `snapshot --switches env`). */
+  nic?: { host: string; port: number };
 }
 
 export interface TransferSpec {
