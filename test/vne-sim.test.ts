@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { SimEnv } from '../src/sim/env.js';
 import { Rng } from '../src/sim/events.js';
+import { parseEnv } from '../src/coordinator/env-file.js';
 import { scenarioSpec } from '../src/sim/scenario.js';
 import { expectedChecksum, newReceiver, newSender, receiverOnSegment, RTO_MIN_MS, senderOnAck, senderOnTimeout, senderPull, senderDone } from '../src/sim/transport.js';
 import { decodeGuestState, SimVm, STATE_PAGES, addToRuns, inRuns } from '../src/sim/vm.js';
@@ -105,6 +106,23 @@ describe('simulated VMs', () => {
     await resumed.clock.runUntil(() => resumed.transfersDone(), 60_000);
     const o = outcomeOf(resumed);
     expect(o.transfers.map((t) => [t.received, t.checksum])).toEqual(o.transfers.map((t) => [t.bytes, t.expected]));
+  });
+
+  it('runs bulk transfers over rate-limited links: as fast as the link, one segment time between progresses', async () => {
+    // as an environment file gives it: bulk (bytesPerSec 0) transfers of transferBytes over 100 kB/s links
+    const bulk = parseEnv({ name: 'bulk', seed: 4, scenario: { vms: 4, hosts: 2, minPages: 32, bytesPerSec: 0, transferBytes: 200_000, linkBytesPerSec: 100_000 } }, 'drop');
+    expect(bulk.linkBytesPerSec).toBe(100_000);
+    expect(bulk.transfers.map((t) => [t.bytes, t.bytesPerSec])).toEqual(bulk.transfers.map(() => [200_000, 0]));
+    const env = new SimEnv(bulk);
+    await env.clock.runUntil(() => env.transfersDone(), 60_000);
+    const o = outcomeOf(env);
+    expect(o.transfers.map((t) => [t.received, t.checksum, t.diskChecksum])).toEqual(o.transfers.map((t) => [t.bytes, t.expected, t.expected]));
+    // 200 segments of 1000 bytes, each 1024 bytes on the wire at 100 kB/s: 10.24 ms apart, about 2 s
+    expect(o.longestStallMs).toBeGreaterThanOrEqual(10.24);
+    expect(o.longestStallMs).toBeLessThan(12);
+    expect(o.finishedAtMs).toBeGreaterThan(2000);
+    expect(o.finishedAtMs).toBeLessThan(2200);
+    expect(o.timeouts).toBe(0);
   });
 
   it('keeps receipt logs as merged runs', () => {
