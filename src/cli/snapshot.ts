@@ -78,6 +78,7 @@ coordinator commits the group there (GROUP_COMMIT: all members or none).
 Examples:
   vnstore snapshot --env env.json --epochs 3 --verify-restore
   vnstore snapshot --env env.json --sync-stop off --channels drop --json
+  vnstore snapshot --env env.json --switches process --epochs 3 --verify-restore
   vnstore snapshot --env env.json --server 127.0.0.1:7007 --token-file ~/.vnstore-token --epochs 3
 `,
     )
