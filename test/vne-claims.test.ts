@@ -5,8 +5,8 @@
  * every environment, seed and channel mode; with it and hold mode no frame is dropped, and the stall
  * is at most the longest downtime plus the flip window plus the undisturbed transfer's own longest
  * gap between two progresses (one segment's time on its path: the receiver's last segment before its
- * pause may have come up to that long before it). 75 simulated runs of 4 MB transfers: about 60 s
- * on 2 idle cores, 160 s when they are shared (the environments are the bench's, by design).
+ * pause may have come up to that long before it). 75 simulated runs of 4 MB transfers: 161 s
+ * measured on the 2 shared cores at load 9-11 (the environments are the bench's, by design).
  */
 import { describe, expect, it } from 'vitest';
 import { BENCH_ENVS, BENCH_SEEDS, benchRun, undisturbedStall } from '../src/coordinator/vne-bench.js';
