@@ -19,18 +19,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { imageDigest } from '../chunk/hash.js';
-import {
-  packFileName,
-  parsePackFileName,
-  parsePackHeader,
-  parsePackToc,
-  parsePackTrailer,
-  PACK_HEADER_BYTES,
-  PACK_TRAILER_BYTES,
-  TOC_ENTRY_BYTES,
-  TOC_PREFIX_BYTES,
-  type PackEntry,
-} from '../format/pack.js';
+import { packFileName, parsePackFileName, PACK_HEADER_BYTES, TOC_PREFIX_BYTES, type PackEntry } from '../format/pack.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind } from '../format/pages.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import {
@@ -58,14 +47,15 @@ import {
   type PackRecord,
   type SnapshotRecord,
 } from '../store/db.js';
-import { nameChunk, readPackTocAt } from '../store/pack-reader.js';
+import { nameChunk, type PackReader, type WholePack } from '../store/pack-reader.js';
 import { Store } from '../store/store.js';
-import { CATALOG_DAMAGE_ADVICE, CorruptError, VnstoreError } from '../util/errors.js';
+import { CATALOG_DAMAGE_ADVICE, CorruptError, MissingError, VnstoreError } from '../util/errors.js';
+import { indexOfSorted } from '../util/search.js';
 import { counterDrift, readCounters, resetCounters, zeroCounters, type StoreCounters } from './counters.js';
 import { DigestSet, ensureLength } from './digest-set.js';
 import { withMaintenanceLock } from './fence.js';
 import { listDeletedPacks, listKeptBases } from './keys.js';
-import { ManifestLoader } from './manifests.js';
+import { ManifestLoader } from '../store/manifest-loader.js';
 import { quarantinePack, verifyChunks, writePack, type StoredChunk } from './pack-io.js';
 
 export type ProblemKind =
@@ -241,7 +231,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   for (const d of await listDeletedPacks(store.db)) warnings.push(`pack ${packFileName(d.id)} is being deleted by gc (finished on next open)`);
 
   // ---------------------------------------------------------------- manifests
-  const loader = new ManifestLoader(store);
+  const loader = new ManifestLoader((id) => store.manifestPath(id));
   const referenced = new DigestSet(1 << 16);
   /** Snapshots that cannot be restored because their own manifest (or a base) is bad. */
   const brokenManifest = new Map<string, string>();
@@ -287,8 +277,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
       for (let i = 0; i < pages.pageCount; i++) if (pages.kinds[i] === PageKind.Digest) referenced.add(pages.digests, i * DIGEST_BYTES);
     } catch (err) {
       if (!(err instanceof CorruptError)) throw err;
-      const missing = /is missing/.test(err.message) && !/delta base/.test(err.message);
-      problems.push({ kind: missing ? 'manifest-missing' : 'manifest-corrupt', message: err.message, snapshot: r.id, affects: [r.id], next: NEXT_FORGET([r.id]) });
+      problems.push({ kind: err instanceof MissingError ? 'manifest-missing' : 'manifest-corrupt', message: err.message, snapshot: r.id, affects: [r.id], next: NEXT_FORGET([r.id]) });
       brokenManifest.set(r.id, err.message);
     }
     exact.logicalBytes += byteLength;
@@ -340,7 +329,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
     }
     ps.fileBytes = st.size;
     try {
-      const toc = await readToc(file, ps.name);
+      const toc = await readToc(store.packs, ps.id);
       ps.toc = toc;
       ps.tocOffsets = Float64Array.from(toc.map((e) => e.offset));
       if (st.size !== ps.record!.bytes || toc.length !== ps.record!.chunks) {
@@ -440,7 +429,7 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   if (options.readData || options.readDataSubsetPct !== undefined) {
     for (const id of readSet) {
       const ps = packs.get(id)!;
-      const res = await readPackData(store, path.join(p.packs, ps.name), ps.name, indexedAt.get(id)!);
+      const res = await readPackData(store, id, indexedAt.get(id)!);
       checked.packsRead++;
       checked.chunksRead += res.chunks;
       checked.bytesRead += res.bytes;
@@ -534,16 +523,8 @@ function nextCommands(problems: CheckProblem[]): string[] {
 }
 
 function findTocEntry(ps: PackState, offset: number): PackEntry | undefined {
-  const offs = ps.tocOffsets!;
-  let lo = 0;
-  let hi = offs.length - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    if (offs[mid] === offset) return ps.toc![mid];
-    if (offs[mid] < offset) lo = mid + 1;
-    else hi = mid - 1;
-  }
-  return undefined;
+  const i = indexOfSorted(ps.tocOffsets!, offset);
+  return i < 0 ? undefined : ps.toc![i];
 }
 
 function selectPacksToRead(ids: number[], options: CheckOptions): number[] {
@@ -562,8 +543,8 @@ function selectPacksToRead(ids: number[], options: CheckOptions): number[] {
 }
 
 /** The pack's table of contents, with prefixes copied out of the read buffer. */
-async function readToc(file: string, name: string): Promise<PackEntry[]> {
-  return (await readPackTocAt(file, name)).map((e) => ({ ...e, digestPrefix: Buffer.from(e.digestPrefix) }));
+async function readToc(packs: PackReader, id: number): Promise<PackEntry[]> {
+  return (await packs.readToc(id)).map((e) => ({ ...e, digestPrefix: Buffer.from(e.digestPrefix) }));
 }
 
 interface BadChunk {
@@ -588,25 +569,18 @@ interface PackData {
  * chunks against their full digest (in the page workers), the others by decoding and re-hashing
  * against the digest prefix in the table of contents.
  */
-async function readPackData(store: Store, file: string, name: string, indexedAt: Map<number, Buffer>): Promise<PackData> {
-  let data: Buffer;
+async function readPackData(store: Store, id: number, indexedAt: Map<number, Buffer>): Promise<PackData> {
+  let whole: WholePack;
   try {
-    data = await fsp.readFile(file);
+    whole = await store.packs.readWhole(id);
   } catch (err) {
-    return { error: `pack ${name}: cannot be read (${(err as Error).message})`, chunks: 0, bytes: 0, payloadCrcOk: false, bad: [], good: [] };
+    if (err instanceof CorruptError) {
+      const bytes = await fsp.stat(store.packs.packPath(id)).then((st) => st.size, () => 0);
+      return { error: err.message, chunks: 0, bytes, payloadCrcOk: false, bad: [], good: [] };
+    }
+    return { error: `pack ${packFileName(id)}: cannot be read (${(err as Error).message})`, chunks: 0, bytes: 0, payloadCrcOk: false, bad: [], good: [] };
   }
-  let entries: PackEntry[];
-  let payloadCrc: number;
-  try {
-    parsePackHeader(data.subarray(0, PACK_HEADER_BYTES), name);
-    if (data.length < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) throw new CorruptError(`pack ${name}: too short (${data.length} bytes)`);
-    const trailer = parsePackTrailer(data.subarray(data.length - PACK_TRAILER_BYTES), data.length, name);
-    entries = parsePackToc(data.subarray(trailer.tocOffset, trailer.tocOffset + trailer.count * TOC_ENTRY_BYTES), trailer, name);
-    payloadCrc = trailer.payloadCrc;
-  } catch (err) {
-    if (!(err instanceof CorruptError)) throw err;
-    return { error: err.message, chunks: 0, bytes: data.length, payloadCrcOk: false, bad: [], good: [] };
-  }
+  const { data, entries, payloadCrc } = whole;
   const end = entries.length > 0 ? entries[entries.length - 1].offset + entries[entries.length - 1].storedLength : PACK_HEADER_BYTES;
   const payloadCrcOk = crc32(data.subarray(PACK_HEADER_BYTES, end)) === payloadCrc >>> 0;
   const bad: BadChunk[] = [];
@@ -680,7 +654,7 @@ async function repairIndex(store: Store): Promise<RepairReport> {
     const id = parsePackFileName(name)!;
     report.packsScanned++;
     const file = path.join(p.packs, name);
-    const res = await readPackData(store, file, name, noIndexed);
+    const res = await readPackData(store, id, noIndexed);
     if (res.error || res.bad.length > 0) {
       damaged.push({ id, name, res });
       continue;

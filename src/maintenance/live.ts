@@ -4,7 +4,6 @@
  * and which manifests must stay on disk as delta bases.
  */
 import { promises as fsp } from 'node:fs';
-import path from 'node:path';
 import { DIGEST_BYTES, PageKind, type PageTable } from '../format/pages.js';
 import { KEY_SNAPSHOT, parseRecord, prefixedKey, prefixRange, SNAPSHOT_RECORD, type SnapshotRecord } from '../store/db.js';
 import { Store } from '../store/store.js';
@@ -114,5 +113,5 @@ export function baseLookup(records: readonly SnapshotRecord[], kept: readonly Ke
 }
 
 export function manifestFile(store: Store, id: string): string {
-  return path.join(Store.paths(store.dir).manifests, `${id}.vnm`);
+  return store.manifestPath(id);
 }

@@ -11,13 +11,12 @@ import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { getCodec } from '../chunk/codec.js';
 import { PageStatus, type HashResult } from '../chunk/page-jobs.js';
 import { hashPage, hex, imageDigest } from '../chunk/hash.js';
-import { readChunk } from './restore.js';
 import { writeFileDurable } from '../util/durable.js';
 import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import type { SnapshotRecord } from './db.js';
 import { newSnapshotId, validateName } from './ids.js';
 import type { Store } from './store.js';
-import { MAX_BASE_DEPTH } from './store.js';
+import { MAX_BASE_DEPTH } from './manifest-loader.js';
 import { trace } from '../util/trace.js';
 
 /** Largest image a session accepts without a declared memory size (its page table needs 33 B a page). */
@@ -614,7 +613,7 @@ export class Session {
     const tail = byteLength % PAGE_SIZE;
     const last = this.pages.pageCount - 1;
     if (tail === 0 || last < 0 || this.pages.kinds[last] !== PageKind.Digest) return false;
-    const page = await readChunk(this.store, this.pages.digestAt(last), `VM ${this.options.vm} page ${last}`);
+    const page = await this.store.readChunk(this.pages.digestAt(last), `VM ${this.options.vm} page ${last}`);
     if (page.subarray(tail).every((b) => b === 0)) return false;
     page.fill(0, tail);
     if (page.every((b) => b === 0)) {

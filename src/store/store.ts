@@ -15,14 +15,15 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { decodeManifestHeader, decodeManifestPages, type ManifestHeader } from '../format/manifest.js';
-import { parsePackFileName } from '../format/pack.js';
-import { PAGE_SIZE, PageTable } from '../format/pages.js';
+import type { ManifestHeader } from '../format/manifest.js';
+import { packFileName, parsePackFileName } from '../format/pack.js';
+import { PAGE_SIZE, type PageTable } from '../format/pages.js';
 import { ChunkTable } from '../index/chunk-table.js';
 import { PagePool } from '../chunk/worker-pool.js';
 import { SlabPool } from '../chunk/slab-pool.js';
 import { ensurePrivateDir, exists, fsyncDir, writeFileDurable } from '../util/durable.js';
-import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
+import { hex } from '../chunk/hash.js';
+import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError, VnstoreError } from '../util/errors.js';
 import { CONFIG_FILE, readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
 import {
   CHUNK_GEN_KEY,
@@ -57,7 +58,8 @@ import { ambiguousPrefixError, MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
 import { StoreLock } from './lock.js';
 import { ensureReserve, releaseReserveIfLow, reserveSize } from './reserve.js';
 import { heldKey, isHeld, listHeld, putHeld } from './held.js';
-import { PackReader, readPackChunks } from './pack-reader.js';
+import { PackReader } from './pack-reader.js';
+import { ManifestLoader } from './manifest-loader.js';
 import { trace } from '../util/trace.js';
 import { humanBytes } from '../util/units.js';
 import { readTableFile, writeTableFile } from '../index/table-file.js';
@@ -105,7 +107,7 @@ export interface RecoveryReport {
   orphanManifestsRemoved: number;
 }
 
-export const MAX_BASE_DEPTH = 8;
+export { MAX_BASE_DEPTH } from './manifest-loader.js';
 
 export class Store {
   readonly sessions = new Set<Session>();
@@ -113,7 +115,8 @@ export class Store {
   readonly beginning = new Set<Promise<Session>>();
   /** Set by gc while it runs: sees every exact lookup (src/maintenance/fence.ts). */
   gcFence: { readonly lookupStart: number; afterLookup(digests: Uint8Array[], found: (ChunkLocation | undefined)[], startSeq: number): Promise<void> } | undefined;
-  private readonly manifestCache = new Map<string, PageTable>();
+  /** Page tables of recent snapshots: bases are shared by their children, and manifests never change. */
+  private readonly manifests = new ManifestLoader((id) => this.manifestPath(id), 8);
   /** The last commit queued for each group (settled, never rejects): see commitPrepared. */
   private readonly groupCommits = new Map<string, Promise<void>>();
   /** Output buffers lent to page jobs (compressed payloads of a block, a restored window). */
@@ -175,7 +178,7 @@ export class Store {
         version: STORE_FORMAT_VERSION,
         storeId: randomBytes(16).toString('hex'),
         created: new Date().toISOString(),
-        pageSize: 4096,
+        pageSize: PAGE_SIZE,
         chunkDigest: 'blake3-256',
       };
       await ensureReserve(dir, p.tmp, 0);
@@ -201,6 +204,7 @@ export class Store {
       throw fromSystemError(err, `locking store ${dir}`);
     }
     let db: StoreDb | undefined;
+    let packs: PackReader | undefined;
     // Workers boot (load modules) while we open LevelDB and recover.
     const pool = new PagePool(options.workers, { start: options.startWorkers !== 'on-demand', threadPool: options.threadPool });
     try {
@@ -220,7 +224,8 @@ export class Store {
         throw new CorruptError(`store index ${p.db} cannot be opened: ${cause?.message ?? (err as Error).message}`, { cause: err });
       }
       trace('db open');
-      const recovery = await recover(dir, db);
+      packs = new PackReader(p.packs);
+      const recovery = await recover(dir, db, packs);
       trace('recovered');
       const savedToken = (await db.get(CHUNK_GEN_KEY)) ?? undefined;
       const tableFile = path.join(dir, TABLE_FILE);
@@ -235,11 +240,12 @@ export class Store {
         gen.token = token;
         gen.saved = false;
       });
-      const store = new Store(dir, config, db, lock, table, new PackReader(p.packs), writer, pool, recovery, gen, withTable);
+      const store = new Store(dir, config, db, lock, table, packs, writer, pool, recovery, gen, withTable);
       if (withTable) await store.discardUncleanPacks();
       return store;
     } catch (err) {
       await pool.close().catch(() => undefined);
+      await packs?.close();
       await db?.close().catch(() => undefined);
       await lock.release();
       throw fromSystemError(err, `opening store ${dir}`);
@@ -485,30 +491,12 @@ export class Store {
   // ---------------------------------------------------------------- manifests
 
   async readManifestHeader(id: string): Promise<ManifestHeader> {
-    return decodeManifestHeader(await this.readManifestBytes(id), id).header;
+    return this.manifests.readHeader(id);
   }
 
-  private async readManifestBytes(id: string): Promise<Buffer> {
-    try {
-      return await fsp.readFile(this.manifestPath(id));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new CorruptError(`manifest of snapshot ${id} is missing`);
-      throw fromSystemError(err, `reading manifest of snapshot ${id}`);
-    }
-  }
-
-  /** Full page table of a snapshot, resolving delta bases (cached: bases are shared by children). */
-  async loadPages(id: string, depth = 0): Promise<PageTable> {
-    const cached = this.manifestCache.get(id);
-    if (cached) return cached;
-    if (depth > MAX_BASE_DEPTH + 1) throw new CorruptError(`manifest of snapshot ${id}: base chain too deep`);
-    const { header, reader } = decodeManifestHeader(await this.readManifestBytes(id), id);
-    if (header.meta.id !== id) throw new CorruptError(`manifest of snapshot ${id} names snapshot ${header.meta.id}`);
-    const base = header.baseId ? await this.loadPages(header.baseId, depth + 1) : undefined;
-    const pages = decodeManifestPages(header, reader, id, base);
-    if (this.manifestCache.size >= 8) this.manifestCache.delete(this.manifestCache.keys().next().value as string);
-    this.manifestCache.set(id, pages);
-    return pages;
+  /** Full page table of a snapshot, resolving delta bases. */
+  async loadPages(id: string): Promise<PageTable> {
+    return (await this.manifests.load(id)).pages;
   }
 
   // ---------------------------------------------------------------- chunk index
@@ -535,6 +523,15 @@ export class Store {
     const fence = this.gcFence;
     if (fence) await fence.afterLookup(digests, out, fence === startFence ? startSeq : 0);
     return out;
+  }
+
+  /** Reads one chunk by digest (exact index lookup), decoded and verified; for rare single-page needs. */
+  async readChunk(digest: Uint8Array, what: string): Promise<Uint8Array> {
+    const [loc] = await this.lookupExact([digest]);
+    if (!loc) throw new CorruptError(`${what}: chunk ${hex(digest)} is not in the index; run 'vnstore check'`);
+    const page = await this.packs.readVerified(loc, digest);
+    if (!page) throw new CorruptError(`${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} is corrupt (does not decode to its digest); ${FIND_DAMAGE_ADVICE}`);
+    return page;
   }
 
   /** A session needs the space reserve in place (re-created here if there is room): see reserve.ts. */
@@ -565,7 +562,7 @@ export class Store {
 
 // ------------------------------------------------------------------ open-time recovery
 
-async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
+async function recover(dir: string, db: StoreDb, packs: PackReader): Promise<RecoveryReport> {
   const p = Store.paths(dir);
   const report: RecoveryReport = { tempFilesRemoved: 0, packsIndexed: 0, packsQuarantined: [], orphanManifestsRemoved: 0 };
   // 1. Temp files are never referenced by anything committed.
@@ -583,7 +580,7 @@ async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
     if (id === undefined || indexed.has(id)) continue;
     const file = path.join(p.packs, name);
     try {
-      const entries = await readPackChunks(file, name);
+      const entries = await packs.readChunks(id);
       const batch = db.batch();
       for (const e of entries) {
         batch.put(chunkKey(e.digest), encodeChunkValue({ pack: id, offset: e.offset, storedLength: e.storedLength, codec: e.codec }));
@@ -600,6 +597,7 @@ async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
       report.packsIndexed++;
     } catch (err) {
       if (!(err instanceof CorruptError)) throw err;
+      await packs.evict(id);
       await ensurePrivateDir(p.quarantine);
       await fsp.rename(file, path.join(p.quarantine, name));
       report.packsQuarantined.push(name);
@@ -641,7 +639,7 @@ async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {
 function packTargetFromEnv(): number | undefined {
   const v = process.env.VNSTORE_PACK_TARGET_BYTES;
   if (v === undefined || !/^\d+$/.test(v)) return undefined;
-  return Math.max(4096, Number(v));
+  return Math.max(PAGE_SIZE, Number(v));
 }
 
 async function highestPackId(dir: string, db: StoreDb): Promise<number> {
