@@ -747,13 +747,7 @@ async function repairIndex(store: Store): Promise<RepairReport> {
   report.catalogFixes = await repairCatalog(store, batch);
   const token = stampChunkGeneration(batch);
   await batch.write({ sync: true });
-  store.chunkGen.token = token;
-  store.chunkGen.saved = false;
-  for (const d of toRemove) if (store.table.get(d)?.ambiguous === false) store.table.remove(d);
-  for (const u of puts) {
-    if (u.existed) store.table.relocate(u.digest, u.loc);
-    else store.table.insert(u.digest, u.loc);
-  }
+  store.indexChanged(token, { removed: toRemove, relocated: puts.filter((u) => u.existed), inserted: puts.filter((u) => !u.existed) });
   return report;
 }
 

@@ -209,7 +209,7 @@ export async function forget(store: Store, request: Omit<ForgetSelection, 'nowMs
     await batch.write({ sync: true });
     // Sessions that resolved a forgotten snapshot as parent just before the batch (still beginning, or
     // prepared meanwhile) will delta-encode against it: keep those manifests too.
-    await Promise.allSettled([...store.beginning]);
+    await store.sessions.beginningSettled();
     const late = await collectInFlight(store, new DigestSet(16), goIds);
     const nowCommitted = await listCommitted(store); // after the in-flight look: a session that committed meanwhile is here
     const lateBaseOf = baseLookup([...records, ...nowCommitted], kept);

@@ -553,11 +553,11 @@ export class Session {
       const record = await this.writeManifest(manifest);
       trace('manifest written');
       this.state = 'done';
-      this.store.sessions.delete(this);
+      this.store.sessions.unregister(this);
       return { store: this.store, record, failureEpoch: this.failureEpoch, state: 'prepared' };
     } catch (err) {
       this.state = 'done';
-      this.store.sessions.delete(this);
+      this.store.sessions.unregister(this);
       const e = fromSystemError(err, `committing snapshot of VM ${this.options.vm}`);
       if (isWriteFailure(e)) await this.store.discardFailedPacks(this.sealMark);
       throw e;
@@ -587,7 +587,7 @@ export class Session {
     if (this.state !== 'open') return;
     this.state = 'done';
     this.gathered = undefined;
-    this.store.sessions.delete(this);
+    this.store.sessions.unregister(this);
     await this.applying.catch(() => undefined);
     if (this.store.writer.failureEpoch !== this.failureEpoch) {
       await this.store.writer.flush().catch(() => undefined); // every pack it filled is sealed or failed

@@ -67,6 +67,8 @@ import { PackWriter, DEFAULT_PACK_TARGET_BYTES } from './pack-writer.js';
 import { addCounterDelta, putCounterBase, recoveredPackDelta, snapshotDelta, zeroCounters } from '../maintenance/counters.js';
 import { finishPackDeletions, keptBaseKey } from '../maintenance/recovery.js';
 import { BLOCK_PAGES, Session, type PreparedSnapshot, type SessionOptions } from './session.js';
+import { SessionRegistry } from './session-registry.js';
+import { ChunkGeneration } from './chunk-generation.js';
 import { WINDOW_PAGES } from './restore.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 
@@ -109,12 +111,29 @@ export interface RecoveryReport {
 
 export { MAX_BASE_DEPTH } from './manifest-loader.js';
 
+/** What gc puts up while it runs: it sees every exact lookup (src/maintenance/fence.ts). */
+export interface LookupFence {
+  readonly lookupStart: number;
+  afterLookup(digests: Uint8Array[], found: (ChunkLocation | undefined)[], startSeq: number): Promise<void>;
+}
+
+/** How an index batch changed chunk entries, for the in-memory table to follow (Store.indexChanged). */
+export interface TableChange {
+  /** Chunks now at another location. */
+  relocated?: Iterable<{ digest: Uint8Array; loc: ChunkLocation }>;
+  /** Chunks that left the index. */
+  removed?: Iterable<Uint8Array>;
+  /** Chunks the index gained. */
+  inserted?: Iterable<{ digest: Uint8Array; loc: ChunkLocation }>;
+}
+
+/** The chunk table's read side: sessions and restores ask it; only the store and the pack writer change it. */
+export type ChunkTableView = Pick<ChunkTable, 'get' | 'hasFingerprint' | 'shared' | 'size' | 'seed' | 'capacity' | 'memoryBytes'>;
+
 export class Store {
-  readonly sessions = new Set<Session>();
-  /** Sessions being begun (parent resolved, not yet in `sessions`): forget waits for them. */
-  readonly beginning = new Set<Promise<Session>>();
-  /** Set by gc while it runs: sees every exact lookup (src/maintenance/fence.ts). */
-  gcFence: { readonly lookupStart: number; afterLookup(digests: Uint8Array[], found: (ChunkLocation | undefined)[], startSeq: number): Promise<void> } | undefined;
+  /** The live snapshot sessions (gc, check and stats read it; sessions register through beginSession). */
+  readonly sessions = new SessionRegistry();
+  private fence: LookupFence | undefined;
   /** Page tables of recent snapshots: bases are shared by their children, and manifests never change. */
   private readonly manifests = new ManifestLoader((id) => this.manifestPath(id), 8);
   /** The last commit queued for each group (settled, never rejects): see commitPrepared. */
@@ -130,13 +149,13 @@ export class Store {
     readonly config: StoreConfig,
     readonly db: StoreDb,
     private readonly lock: StoreLock,
-    readonly table: ChunkTable,
+    private readonly chunkTable: ChunkTable,
     readonly packs: PackReader,
     readonly writer: PackWriter,
     readonly pool: PagePool,
     readonly recovery: RecoveryReport,
     /** Chunk-generation token of the index, and whether chunk-table.bin matches it. */
-    readonly chunkGen: { token: Buffer | undefined; saved: boolean },
+    readonly chunkGen: ChunkGeneration,
     /** False when opened with `chunkTable: false` (catalog work only). */
     readonly hasChunkTable: boolean,
   ) {}
@@ -234,12 +253,9 @@ export class Store {
       const table = saved ?? (withTable ? await loadChunkTable(db) : new ChunkTable(0));
       trace(withTable ? `chunk table ${saved ? 'read from file' : 'rebuilt from index'} (${table.size} chunks)` : 'chunk table not loaded');
       // Without the table loaded there is nothing to save, and the file on disk must be left alone.
-      const gen = { token: savedToken, saved: saved !== undefined || !withTable };
+      const gen = new ChunkGeneration(savedToken, saved !== undefined || !withTable);
       const maxPack = await highestPackId(dir, db);
-      const writer = new PackWriter(p.packs, p.tmp, db, table, maxPack + 1, options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES, (token) => {
-        gen.token = token;
-        gen.saved = false;
-      });
+      const writer = new PackWriter(p.packs, p.tmp, db, table, maxPack + 1, options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES, (token) => gen.advance(token));
       const store = new Store(dir, config, db, lock, table, packs, writer, pool, recovery, gen, withTable);
       if (withTable) await store.discardUncleanPacks();
       return store;
@@ -283,14 +299,55 @@ export class Store {
   /** Saves the chunk table for the next open, when it changed since it was loaded. */
   private async saveTable(): Promise<void> {
     if (this.chunkGen.saved) return;
-    if (!this.chunkGen.token) {
+    let token = this.chunkGen.token;
+    if (!token) {
       const batch = this.db.batch();
-      this.chunkGen.token = stampChunkGeneration(batch);
+      token = stampChunkGeneration(batch);
       await batch.write({ sync: true });
+      this.chunkGen.advance(token);
     }
     const p = Store.paths(this.dir);
-    await writeTableFile(path.join(this.dir, TABLE_FILE), path.join(p.tmp, `${TABLE_FILE}.tmp`), this.table, this.chunkGen.token);
-    this.chunkGen.saved = true;
+    await writeTableFile(path.join(this.dir, TABLE_FILE), path.join(p.tmp, `${TABLE_FILE}.tmp`), this.chunkTable, token);
+    this.chunkGen.markSaved(token);
+  }
+
+  /** The in-memory chunk table, to read (fingerprint hints for sessions and restores). */
+  get table(): ChunkTableView {
+    return this.chunkTable;
+  }
+
+  /** Makes room in the chunk table for `chunks` more entries up front (a large first put). */
+  reserveChunkTable(chunks: number): void {
+    this.chunkTable.reserve(chunks);
+  }
+
+  /**
+   * An index batch stamped `token` (stampChunkGeneration) that moved, removed or added chunk entries
+   * was written: the table follows it, and chunk-table.bin is stale until saved. gc and repair call
+   * this before any lookup is let through (the pack writer keeps the table itself as it seals).
+   */
+  indexChanged(token: Buffer, change: TableChange): void {
+    this.chunkGen.advance(token);
+    const t = this.chunkTable;
+    for (const m of change.relocated ?? []) t.relocate(m.digest, m.loc);
+    // An ambiguous hint may stand for another chunk with the same fingerprint: left for the exact index.
+    for (const d of change.removed ?? []) if (t.get(d)?.ambiguous === false) t.remove(d);
+    for (const u of change.inserted ?? []) t.insert(u.digest, u.loc);
+  }
+
+  /** The fence gc raises while it runs (see LookupFence); sessions ask whether one is up. */
+  get gcFence(): LookupFence | undefined {
+    return this.fence;
+  }
+
+  /** gc raises its fence before it reads anything; one at a time (maintenance runs one at a time). */
+  raiseGcFence(fence: LookupFence): void {
+    if (this.fence) throw new VnstoreError('E_SESSION', 'a gc fence is already up');
+    this.fence = fence;
+  }
+
+  lowerGcFence(fence: LookupFence): void {
+    if (this.fence === fence) this.fence = undefined;
   }
 
   // ---------------------------------------------------------------- sessions and commit
@@ -300,15 +357,7 @@ export class Store {
     this.assertOpen();
     this.assertChunkTable('a snapshot session');
     await this.assertRoomToIngest();
-    const begin = Session.begin(this, options);
-    this.beginning.add(begin);
-    try {
-      const s = await begin;
-      this.sessions.add(s);
-      return s;
-    } finally {
-      this.beginning.delete(begin);
-    }
+    return this.sessions.admit(Session.begin(this, options));
   }
 
   /**
@@ -504,7 +553,7 @@ export class Store {
   /** Exact lookups (open packs first, then LevelDB) for digests the table only hinted at. */
   async lookupExact(digests: Uint8Array[]): Promise<(ChunkLocation | undefined)[]> {
     // A gc running meanwhile must learn of lookups that read the index before its removing batch.
-    const startFence = this.gcFence;
+    const startFence = this.fence;
     const startSeq = startFence?.lookupStart ?? 0;
     const out: (ChunkLocation | undefined)[] = new Array(digests.length);
     const missIdx: number[] = [];
@@ -520,7 +569,7 @@ export class Store {
         out[missIdx[k]] = v === undefined ? undefined : decodeChunkValue(v);
       }
     }
-    const fence = this.gcFence;
+    const fence = this.fence;
     if (fence) await fence.afterLookup(digests, out, fence === startFence ? startSeq : 0);
     return out;
   }
