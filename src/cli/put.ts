@@ -2,7 +2,8 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { PAGE_SIZE } from '../format/pages.js';
-import { BLOCK_PAGES, type Session } from '../store/session.js';
+import { BLOCK_PAGES } from '../store/job-sizes.js';
+import type { Session } from '../store/session.js';
 import { VnstoreError, fromSystemError } from '../util/errors.js';
 import { ONE_SHOT, action, progressBar, usage, withStore, storeOption, lockWaitOption } from './common.js';
 

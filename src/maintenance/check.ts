@@ -51,10 +51,10 @@ import { nameChunk, type PackReader, type WholePack } from '../store/pack-reader
 import { Store } from '../store/store.js';
 import { CATALOG_DAMAGE_ADVICE, CorruptError, MissingError, VnstoreError } from '../util/errors.js';
 import { indexOfSorted } from '../util/search.js';
-import { counterDrift, readCounters, resetCounters, zeroCounters, type StoreCounters } from './counters.js';
+import { counterDrift, readCounters, resetCounters, zeroCounters, type StoreCounters } from '../store/counters.js';
 import { DigestSet, ensureLength } from './digest-set.js';
 import { withMaintenanceLock } from './fence.js';
-import { listDeletedPacks, listKeptBases } from './keys.js';
+import { listDeletedPacks, listKeptBases } from '../store/keys.js';
 import { ManifestLoader } from '../store/manifest-loader.js';
 import { quarantinePack, verifyChunks, writePack, type StoredChunk } from './pack-io.js';
 

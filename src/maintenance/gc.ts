@@ -28,11 +28,11 @@ import {
 import { Store } from '../store/store.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
-import { addCounterDelta, foldCounters, type CounterDelta } from './counters.js';
+import { addCounterDelta, foldCounters, type CounterDelta } from '../store/counters.js';
 import { DigestSet } from './digest-set.js';
 import { GcFence, withMaintenanceLock } from './fence.js';
 import { DEFAULT_REPACK_BELOW, planGc, type GcPlan, type PackLiveness } from './gc-plan.js';
-import { deletedPackKey, deletedPackValue, keptBaseKey, listKeptBases, type KeptBaseRecord } from './keys.js';
+import { deletedPackKey, deletedPackValue, keptBaseKey, listKeptBases, type KeptBaseRecord } from '../store/keys.js';
 import { baseChainIds, baseLookup, collectInFlight, listCommitted, manifestFile, markSnapshots } from './live.js';
 import { removePackFiles, verifyChunks, writePack, type StoredChunk } from './pack-io.js';
 import { promises as fsp } from 'node:fs';

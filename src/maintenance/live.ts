@@ -9,7 +9,7 @@ import { KEY_SNAPSHOT, parseRecord, prefixedKey, prefixRange, SNAPSHOT_RECORD, t
 import { Store } from '../store/store.js';
 import { CorruptError } from '../util/errors.js';
 import { DigestSet } from './digest-set.js';
-import { keptBaseKey, type KeptBaseRecord } from './keys.js';
+import { keptBaseKey, type KeptBaseRecord } from '../store/keys.js';
 
 /** Adds every digest page of `pages`; skips pages equal to `prev` at the same index (already added). */
 export function addPageDigests(set: DigestSet, pages: PageTable, prev?: PageTable): void {

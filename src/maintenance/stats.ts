@@ -14,10 +14,10 @@ import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { KEY_CHUNK, KEY_GROUP, KEY_PACK, decodeChunkValue, PACK_RECORD, parseRecord, prefixRange, scanChunkIndex, type SnapshotRecord } from '../store/db.js';
 import { Store, TABLE_FILE } from '../store/store.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
-import { counterDrift, FOLD_AFTER_DELTAS, foldCounters, readCounterState, resetCounters, zeroCounters, type StoreCounters } from './counters.js';
+import { counterDrift, FOLD_AFTER_DELTAS, foldCounters, readCounterState, resetCounters, zeroCounters, type StoreCounters } from '../store/counters.js';
 import { DigestSet, ensureLength } from './digest-set.js';
 import { withMaintenanceLock } from './fence.js';
-import { listKeptBases } from './keys.js';
+import { listKeptBases } from '../store/keys.js';
 import { collectInFlight, listCommitted } from './live.js';
 import { ManifestLoader } from '../store/manifest-loader.js';
 

@@ -16,7 +16,7 @@ import { fsyncDir, FILE_MODE, writeFully, writevFully } from '../util/durable.js
 import { fromSystemError } from '../util/errors.js';
 import { indexOfSorted } from '../util/search.js';
 import { chunkKey, encodeChunkValue, jsonValue, packKey, stampChunkGeneration, type PackRecord, type StoreDb } from './db.js';
-import { addCounterDelta, sealedPackDelta } from '../maintenance/counters.js';
+import { addCounterDelta, sealedPackDelta } from './counters.js';
 
 export const DEFAULT_PACK_TARGET_BYTES = 32 * 1024 * 1024;
 const WRITE_BATCH_BYTES = 1024 * 1024; // small: each batch is fresh memory once per process
@@ -324,7 +324,7 @@ export class PackWriter {
       sealedAt: new Date().toISOString(),
     };
     batch.put(packKey(pack.id), jsonValue(record));
-    addCounterDelta(batch, sealedPackDelta(record)); // stats counters, in the same batch (src/maintenance/counters.ts)
+    addCounterDelta(batch, sealedPackDelta(record)); // stats counters, in the same batch (src/store/counters.ts)
     const token = stampChunkGeneration(batch);
     return { write: () => batch.write(), close: () => batch.close(), token };
   }

@@ -10,14 +10,8 @@ import { imageDigest, hex } from '../chunk/hash.js';
 import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError } from '../util/errors.js';
 import type { Store } from './store.js';
 import type { SnapshotRecord } from './db.js';
+import { WINDOW_PAGES } from './job-sizes.js';
 
-/**
- * Pages per restore window (1 MiB). A window's output and read buffers are reused, but each is
- * touched fresh once per process, and a first touch costs ~12 µs a page on the project's virtual
- * machines: 4 MiB windows cost a one-shot 448 MiB restore ~2,000 more page faults and 5-7% of its
- * time (bench/RESULTS.md).
- */
-export const WINDOW_PAGES = 256;
 const MAX_WINDOWS_IN_FLIGHT = 4;
 const COALESCE_GAP_BYTES = 16 * 1024;
 const MAX_READ_BYTES = 8 * 1024 * 1024;

@@ -15,6 +15,7 @@ import { writeFileDurable } from '../util/durable.js';
 import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import type { SnapshotRecord } from './db.js';
 import { newSnapshotId, validateName } from './ids.js';
+import { BLOCK_PAGES } from './job-sizes.js';
 import type { Store } from './store.js';
 import { MAX_BASE_DEPTH } from './manifest-loader.js';
 import { trace } from '../util/trace.js';
@@ -22,8 +23,6 @@ import { trace } from '../util/trace.js';
 /** Largest image a session accepts without a declared memory size (its page table needs 33 B a page). */
 export const MAX_IMAGE_BYTES = 256 * 2 ** 30;
 
-/** Pages per worker job: large enough to amortise messaging, small enough to keep both cores busy. */
-export const BLOCK_PAGES = 1024;
 /**
  * Pages written (256 MiB) after which a session starts page workers that wait on demand: on the
  * project machine a consecutive put of 896 MiB took 1.27-1.53 s against 1.76-1.82 s inline, one

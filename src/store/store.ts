@@ -24,14 +24,13 @@ import { SlabPool } from '../chunk/slab-pool.js';
 import { ensurePrivateDir, exists, fsyncDir, writeFileDurable } from '../util/durable.js';
 import { hex } from '../chunk/hash.js';
 import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError, VnstoreError } from '../util/errors.js';
-import { CONFIG_FILE, readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
+import { readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
 import {
   CHUNK_GEN_KEY,
   CLEAN_PACK_KEY,
   stampChunkGeneration,
   chunkKey,
   decodeChunkValue,
-  encodeChunkValue,
   jsonValue,
   KEY_GROUP,
   KEY_PACK,
@@ -40,7 +39,6 @@ import {
   flushMemtable,
   openDb,
   scanChunkIndex,
-  packKey,
   parseRecord,
   parseSnapshotRecord,
   GROUP_RECORD,
@@ -57,19 +55,20 @@ import {
 import { ambiguousPrefixError, MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
 import { StoreLock } from './lock.js';
 import { ensureReserve, releaseReserveIfLow, reserveSize } from './reserve.js';
-import { heldKey, isHeld, listHeld, putHeld } from './held.js';
+import { heldKey, listHeld, putHeld } from './held.js';
 import { PackReader } from './pack-reader.js';
 import { ManifestLoader } from './manifest-loader.js';
 import { trace } from '../util/trace.js';
 import { humanBytes } from '../util/units.js';
 import { readTableFile, writeTableFile } from '../index/table-file.js';
 import { PackWriter, DEFAULT_PACK_TARGET_BYTES } from './pack-writer.js';
-import { addCounterDelta, putCounterBase, recoveredPackDelta, snapshotDelta, zeroCounters } from '../maintenance/counters.js';
-import { finishPackDeletions, keptBaseKey } from '../maintenance/recovery.js';
-import { BLOCK_PAGES, Session, type PreparedSnapshot, type SessionOptions } from './session.js';
+import { addCounterDelta, putCounterBase, snapshotDelta, zeroCounters } from './counters.js';
+import { recover, type RecoveryReport } from './recovery.js';
+import { storePaths, type StorePaths } from './paths.js';
+import { Session, type PreparedSnapshot, type SessionOptions } from './session.js';
+import { BLOCK_PAGES, WINDOW_PAGES } from './job-sizes.js';
 import { SessionRegistry } from './session-registry.js';
 import { ChunkGeneration } from './chunk-generation.js';
-import { WINDOW_PAGES } from './restore.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 
 export const TABLE_FILE = 'chunk-table.bin';
@@ -102,12 +101,7 @@ export interface OpenOptions {
   chunkTable?: boolean;
 }
 
-export interface RecoveryReport {
-  tempFilesRemoved: number;
-  packsIndexed: number;
-  packsQuarantined: string[];
-  orphanManifestsRemoved: number;
-}
+export type { RecoveryReport };
 
 export { MAX_BASE_DEPTH } from './manifest-loader.js';
 
@@ -160,16 +154,8 @@ export class Store {
     readonly hasChunkTable: boolean,
   ) {}
 
-  static paths(dir: string) {
-    return {
-      config: path.join(dir, CONFIG_FILE),
-      lock: path.join(dir, 'lock'),
-      db: path.join(dir, 'db'),
-      packs: path.join(dir, 'packs'),
-      manifests: path.join(dir, 'manifests'),
-      tmp: path.join(dir, 'tmp'),
-      quarantine: path.join(dir, 'quarantine'),
-    };
+  static paths(dir: string): StorePaths {
+    return storePaths(dir);
   }
 
   /** Creates an empty store. Refuses a directory that already holds a store or other files. */
@@ -189,7 +175,7 @@ export class Store {
       await db.open();
       await fsp.chmod(p.db, 0o700); // LevelDB creates it with the process umask
       const batch = db.batch();
-      putCounterBase(batch, zeroCounters()); // stats counters start at zero (src/maintenance/counters.ts)
+      putCounterBase(batch, zeroCounters()); // stats counters start at zero (src/store/counters.ts)
       await batch.write({ sync: true });
       await db.close();
       const config: StoreConfig = {
@@ -607,70 +593,6 @@ export class Store {
   assertChunkTable(what: string): void {
     if (!this.hasChunkTable) throw new VnstoreError('E_USAGE', `${what} needs the chunk table, and this store was opened without it (chunkTable: false)`);
   }
-}
-
-// ------------------------------------------------------------------ open-time recovery
-
-async function recover(dir: string, db: StoreDb, packs: PackReader): Promise<RecoveryReport> {
-  const p = Store.paths(dir);
-  const report: RecoveryReport = { tempFilesRemoved: 0, packsIndexed: 0, packsQuarantined: [], orphanManifestsRemoved: 0 };
-  // 1. Temp files are never referenced by anything committed.
-  for (const name of await fsp.readdir(p.tmp)) {
-    await fsp.rm(path.join(p.tmp, name), { force: true, recursive: true });
-    report.tempFilesRemoved++;
-  }
-  // 1b. Packs gc removed from the index but had not yet deleted: finish the deletion (never re-index).
-  await finishPackDeletions(dir, db);
-  // 2. Packs renamed into place but not indexed (crash between rename and the index batch).
-  const indexed = new Set<number>();
-  for await (const k of db.keys(prefixRange(Buffer.of(KEY_PACK)))) indexed.add(k.readUInt32BE(1));
-  for (const name of await fsp.readdir(p.packs)) {
-    const id = parsePackFileName(name);
-    if (id === undefined || indexed.has(id)) continue;
-    const file = path.join(p.packs, name);
-    try {
-      const entries = await packs.readChunks(id);
-      const batch = db.batch();
-      for (const e of entries) {
-        batch.put(chunkKey(e.digest), encodeChunkValue({ pack: id, offset: e.offset, storedLength: e.storedLength, codec: e.codec }));
-      }
-      const stat = await fsp.stat(file);
-      const payloadBytes = entries.reduce((s, e) => s + e.storedLength, 0);
-      const rec: PackRecord = { id, chunks: entries.length, bytes: stat.size, payloadBytes, sealedAt: stat.mtime.toISOString() };
-      batch.put(packKey(id), jsonValue(rec));
-      // Counters: a gc-rewritten pack's chunks may already be indexed (in the pack it replaces).
-      const prior = await db.getMany(entries.map((e) => chunkKey(e.digest)));
-      addCounterDelta(batch, recoveredPackDelta(rec, entries, prior.map((v) => (v === undefined ? undefined : decodeChunkValue(v).storedLength))));
-      stampChunkGeneration(batch);
-      await batch.write({ sync: true });
-      report.packsIndexed++;
-    } catch (err) {
-      if (!(err instanceof CorruptError)) throw err;
-      await packs.evict(id);
-      await ensurePrivateDir(p.quarantine);
-      await fsp.rename(file, path.join(p.quarantine, name));
-      report.packsQuarantined.push(name);
-    }
-  }
-  // 3. Manifests written but never committed (crash between manifest and commit record).
-  for (const name of await fsp.readdir(p.manifests)) {
-    const m = /^([0-9a-f]{16})\.vnm(\.tmp)?$/.exec(name);
-    if (!m) continue;
-    if (m[2] || (await db.get(prefixedKey(KEY_SNAPSHOT, m[1]))) === undefined) {
-      if (!m[2] && ((await isKeptBase(db, m[1])) || (await isHeld(db, m[1])))) continue;
-      await fsp.rm(path.join(p.manifests, name), { force: true });
-      report.orphanManifestsRemoved++;
-    }
-  }
-  return report;
-}
-
-/**
- * A manifest with no commit record may still be the delta base of a committed snapshot: forget then
- * wrote a 'k' record for it in the same batch that removed its commit record (src/maintenance/keys.ts).
- */
-async function isKeptBase(db: StoreDb, id: string): Promise<boolean> {
-  return (await db.get(keptBaseKey(id))) !== undefined;
 }
 
 async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {
