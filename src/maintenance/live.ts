@@ -7,7 +7,7 @@ import { promises as fsp } from 'node:fs';
 import { DIGEST_BYTES, PageKind, type PageTable } from '../format/pages.js';
 import { KEY_SNAPSHOT, parseRecord, prefixedKey, prefixRange, SNAPSHOT_RECORD, type SnapshotRecord } from '../store/db.js';
 import { Store } from '../store/store.js';
-import { CorruptError } from '../util/errors.js';
+import { CorruptError, MissingError } from '../util/errors.js';
 import { DigestSet } from './digest-set.js';
 import { keptBaseKey, type KeptBaseRecord } from '../store/keys.js';
 
@@ -63,8 +63,8 @@ export async function collectInFlight(store: Store, into: DigestSet, ignore: Rea
       if (header.baseId) inflight.bases.add(header.baseId);
       inflight.preparedManifests++;
     } catch (err) {
-      // Aborted (file removed) while we looked: nothing to keep.
-      if (!(err instanceof CorruptError) || !/missing/.test(err.message)) throw err;
+      // Aborted (file removed, its own or its base's) while we looked: nothing to keep.
+      if (!(err instanceof MissingError || (err instanceof CorruptError && err.cause instanceof MissingError))) throw err;
     }
   }
   return inflight;
