@@ -7,7 +7,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { WINDOW_PAGES } from '../src/store/restore.js';
+import { WINDOW_PAGES } from '../src/store/job-sizes.js';
 import { Store } from '../src/store/store.js';
 import { makePage, makeTempDir, PAGE, removeDir, restoreToBuffer, runCli } from './helpers/engine.js';
 

@@ -16,7 +16,7 @@ import { runGc } from '../src/maintenance/gc.js';
 import { Store } from '../src/store/store.js';
 import { CLI, REPO_ROOT, makeTempDir, prng, removeDir, runCli } from './helpers/engine.js';
 import { openDb, prefixRange } from '../src/store/db.js';
-import { KEY_DELETED_PACK } from '../src/maintenance/keys.js';
+import { KEY_DELETED_PACK } from '../src/store/keys.js';
 import { expectAllRestore, imageOf, putImage } from './helpers/maintenance.js';
 
 const PACK_TARGET = 8 * 1024; // ~2 chunks a pack: gc works in many small crash-safe steps

@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { decideForget, forget, parseDuration } from '../src/maintenance/forget.js';
 import { runGc } from '../src/maintenance/gc.js';
 import { checkStore } from '../src/maintenance/check.js';
-import { readCounters } from '../src/maintenance/counters.js';
+import { readCounters } from '../src/store/counters.js';
 import { recount } from '../src/maintenance/stats.js';
 import type { SnapshotRecord } from '../src/store/db.js';
 import { Store } from '../src/store/store.js';

@@ -8,7 +8,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { checkStore } from '../src/maintenance/check.js';
-import { readCounters } from '../src/maintenance/counters.js';
+import { readCounters } from '../src/store/counters.js';
 import { forget } from '../src/maintenance/forget.js';
 import { runGc } from '../src/maintenance/gc.js';
 import { planGc, type PackLiveness } from '../src/maintenance/gc-plan.js';

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { forget } from '../src/maintenance/forget.js';
 import { runGc } from '../src/maintenance/gc.js';
 import { storeStats, type StatsReport } from '../src/maintenance/stats.js';
-import { COUNTERS_KEY } from '../src/maintenance/counters.js';
+import { COUNTERS_KEY } from '../src/store/counters.js';
 import type { SnapshotRecord } from '../src/store/db.js';
 import { Store } from '../src/store/store.js';
 import { makeTempDir, removeDir, runCli } from './helpers/engine.js';

@@ -8,7 +8,8 @@ import { blake3 } from '@napi-rs/blake-hash';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { chunkKey, KEY_GROUP, type GroupRecord, type SnapshotRecord } from '../src/store/db.js';
+import { chunkKey, KEY_GROUP, stampChunkGeneration, type GroupRecord, type SnapshotRecord } from '../src/store/db.js';
+import type { ChunkTable } from '../src/index/chunk-table.js';
 import { checkStore } from '../src/maintenance/check.js';
 import { runGc } from '../src/maintenance/gc.js';
 import { restoreSnapshot } from '../src/store/restore.js';
@@ -64,8 +65,12 @@ describe('inherited pages', () => {
   it('a chunk gone from the store fails the commit with a clear error, and nothing is listed', () =>
     withParent(async ({ store, image, parent }) => {
       const lost = blake3(image.subarray(3 * PAGE, 4 * PAGE));
-      await store.db.del(chunkKey(lost)); // what a repair that quarantined its pack leaves behind
-      store.table.remove(lost);
+      // What a repair that quarantined its pack leaves behind: the entry gone from index and table.
+      const batch = store.db.batch();
+      batch.del(chunkKey(lost));
+      const token = stampChunkGeneration(batch);
+      await batch.write();
+      store.indexChanged(token, { removed: [lost] });
       const err = await dirtyPut(store, new Map([[0, makePage('random', 900)]])).catch((e: unknown) => e);
       expect(err).toMatchObject({ code: 'E_CORRUPT' });
       expect(String((err as Error).message)).toContain(`parent snapshot ${parent.id}`);
@@ -78,7 +83,7 @@ describe('inherited pages', () => {
 
   it('a chunk the table has forgotten but the index holds is confirmed exactly, and the commit succeeds', () =>
     withParent(async ({ store, image }) => {
-      store.table.remove(blake3(image.subarray(5 * PAGE, 6 * PAGE)));
+      (store.table as ChunkTable).remove(blake3(image.subarray(5 * PAGE, 6 * PAGE))); // forged: past the read-only view
       const r = await dirtyPut(store, new Map([[1, makePage('random', 901)]]));
       await expectRestores(store, r, patched(image, [[1, makePage('random', 901)]]));
     }));

@@ -19,7 +19,9 @@ function lz4(): typeof Lz4Napi {
   return lz4napi;
 }
 
-export const PAGE_SIZE = 4096;
+import { PAGE_SIZE } from '../format/pages.js';
+
+export { PAGE_SIZE };
 
 /** Per-payload codec as stored on disk. Never renumber. */
 export enum ChunkCodec {

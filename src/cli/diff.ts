@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import { DEFAULT_REGION_PAGES, diffPages, type PageDiffCounts } from '../maintenance/diff.js';
-import { ManifestLoader } from '../maintenance/manifests.js';
+import { ManifestLoader } from '../store/manifest-loader.js';
 import type { SnapshotRecord } from '../store/db.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import { CATALOG_ONLY, action, humanBytes, lockWaitOption, storeOption, withStore } from './common.js';
@@ -46,7 +46,7 @@ Examples:
           async (store) => {
             const ra = await store.resolveSnapshot(a);
             const rb = await store.resolveSnapshot(b);
-            const loader = new ManifestLoader(store, 4);
+            const loader = new ManifestLoader((id) => store.manifestPath(id), 4);
             const pa = (await loader.load(ra.id)).pages;
             const pb = (await loader.load(rb.id)).pages;
             const d = diffPages(pa, pb, opts.regionPages);

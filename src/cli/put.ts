@@ -2,7 +2,8 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { PAGE_SIZE } from '../format/pages.js';
-import { BLOCK_PAGES, type Session } from '../store/session.js';
+import { BLOCK_PAGES } from '../store/job-sizes.js';
+import type { Session } from '../store/session.js';
 import { VnstoreError, fromSystemError } from '../util/errors.js';
 import { ONE_SHOT, action, progressBar, usage, withStore, storeOption, lockWaitOption } from './common.js';
 
@@ -38,7 +39,7 @@ export function registerPut(program: Command): void {
           const session = await store.beginSession({ vm: opts.vm, parent: opts.parent, group: opts.group, memoryBytes });
           // A first snapshot stores up to a chunk per page: size the chunk table once rather than
           // doubling it as we go. A consecutive one adds few; growing for it would only rehash.
-          if (input.size && !session.parent) store.table.reserve(Math.min(Math.ceil(input.size / PAGE_SIZE / 2), 1 << 22));
+          if (input.size && !session.parent) store.reserveChunkTable(Math.min(Math.ceil(input.size / PAGE_SIZE / 2), 1 << 22));
           const bar = progressBar(`put ${opts.vm}`, input.size ?? 0);
           let bytes: number;
           try {

@@ -8,7 +8,7 @@
 import { crc32 } from 'node:zlib';
 import { CorruptError } from '../util/errors.js';
 import { ByteReader, ByteWriter, varintBytes } from './varint.js';
-import { DIGEST_BYTES, PageKind, PageTable } from './pages.js';
+import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from './pages.js';
 
 export const MANIFEST_MAGIC = Buffer.from('VNSTMANI', 'latin1');
 export const MANIFEST_VERSION = 1;
@@ -146,7 +146,7 @@ export function decodeManifestHeader(bytes: Uint8Array, name: string): { header:
   }
   const byteLength = r.varint();
   const pageCount = r.varint();
-  if (pageCount !== Math.ceil(byteLength / 4096)) throw new CorruptError(`manifest ${name}: page count does not match byte length`);
+  if (pageCount !== Math.ceil(byteLength / PAGE_SIZE)) throw new CorruptError(`manifest ${name}: page count does not match byte length`);
   const imageDigest = Uint8Array.from(r.bytes(DIGEST_BYTES));
   const baseId = r.str() || undefined;
   return { header: { meta, byteLength, pageCount, imageDigest, baseId }, reader: r };

@@ -13,6 +13,7 @@
  */
 import { crc32 } from 'node:zlib';
 import { CorruptError } from '../util/errors.js';
+import { DIGEST_BYTES } from './pages.js';
 
 export const PACK_MAGIC = Buffer.from('VNSTPACK', 'latin1');
 export const PACK_END_MAGIC = Buffer.from('VNSTPEND', 'latin1');
@@ -21,7 +22,7 @@ export const PACK_HEADER_BYTES = 16;
 export const PACK_TRAILER_BYTES = 32;
 export const TOC_ENTRY_BYTES = 11;
 export const TOC_PREFIX_BYTES = 8;
-export const DIGEST_BYTES = 32;
+export { DIGEST_BYTES };
 
 export interface PackEntry {
   digestPrefix: Uint8Array; // first 8 bytes of the chunk digest

@@ -11,6 +11,19 @@ export function varintBytes(v: number): number {
   return n;
 }
 
+/**
+ * Writes v (a safe integer ≥ 0, unchecked: callers on hot paths pass known-good values) as LEB128 at
+ * out[p..]; returns the position after it. `out` must have varintBytes(v) bytes free there.
+ */
+export function putVarint(out: Uint8Array, p: number, v: number): number {
+  while (v >= 0x80) {
+    out[p++] = (v % 0x80) | 0x80;
+    v = Math.floor(v / 0x80);
+  }
+  out[p++] = v;
+  return p;
+}
+
 export class ByteWriter {
   private buf: Uint8Array;
   length = 0;
@@ -42,11 +55,7 @@ export class ByteWriter {
   varint(v: number): void {
     if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`varint out of range: ${v}`);
     this.reserve(varintBytes(v)); // exactly: a writer sized from varintBytes never grows
-    while (v >= 0x80) {
-      this.buf[this.length++] = (v % 0x80) | 0x80;
-      v = Math.floor(v / 0x80);
-    }
-    this.buf[this.length++] = v;
+    this.length = putVarint(this.buf, this.length, v);
   }
   bytes(b: Uint8Array): void {
     this.reserve(b.length);

@@ -18,10 +18,10 @@ import { KEY_GROUP, KEY_SNAPSHOT, jsonValue, prefixedKey, vmKey, type SnapshotRe
 import { Store } from '../store/store.js';
 import { fsyncDir } from '../util/durable.js';
 import { VnstoreError } from '../util/errors.js';
-import { addCounterDelta, snapshotDelta, sumDelta } from './counters.js';
+import { addCounterDelta, snapshotDelta, sumDelta } from '../store/counters.js';
 import { DigestSet } from './digest-set.js';
 import { withMaintenanceLock } from './fence.js';
-import { keptBaseKey, listKeptBases, type KeptBaseRecord } from './keys.js';
+import { keptBaseKey, listKeptBases, type KeptBaseRecord } from '../store/keys.js';
 import { baseChainIds, baseLookup, collectInFlight, listCommitted, manifestFile } from './live.js';
 import { CALENDAR_UNITS, calendarKeeps, calendarRulesText, hasCalendarRules, type CalendarRules } from './retention.js';
 
@@ -209,7 +209,7 @@ export async function forget(store: Store, request: Omit<ForgetSelection, 'nowMs
     await batch.write({ sync: true });
     // Sessions that resolved a forgotten snapshot as parent just before the batch (still beginning, or
     // prepared meanwhile) will delta-encode against it: keep those manifests too.
-    await Promise.allSettled([...store.beginning]);
+    await store.sessions.beginningSettled();
     const late = await collectInFlight(store, new DigestSet(16), goIds);
     const nowCommitted = await listCommitted(store); // after the in-flight look: a session that committed meanwhile is here
     const lateBaseOf = baseLookup([...records, ...nowCommitted], kept);

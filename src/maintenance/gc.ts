@@ -28,11 +28,11 @@ import {
 import { Store } from '../store/store.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
-import { addCounterDelta, foldCounters, type CounterDelta } from './counters.js';
+import { addCounterDelta, foldCounters, type CounterDelta } from '../store/counters.js';
 import { DigestSet } from './digest-set.js';
 import { GcFence, withMaintenanceLock } from './fence.js';
 import { DEFAULT_REPACK_BELOW, planGc, type GcPlan, type PackLiveness } from './gc-plan.js';
-import { deletedPackKey, deletedPackValue, keptBaseKey, listKeptBases, type KeptBaseRecord } from './keys.js';
+import { deletedPackKey, deletedPackValue, keptBaseKey, listKeptBases, type KeptBaseRecord } from '../store/keys.js';
 import { baseChainIds, baseLookup, collectInFlight, listCommitted, manifestFile, markSnapshots } from './live.js';
 import { removePackFiles, verifyChunks, writePack, type StoredChunk } from './pack-io.js';
 import { promises as fsp } from 'node:fs';
@@ -117,7 +117,7 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
     const started = performance.now();
     const fence = new GcFence(store);
     // The fence goes up before anything is read: from here on, every chunk a lookup finds is live.
-    store.gcFence = fence;
+    store.raiseGcFence(fence);
     try {
       // 1. The packs gc may touch: those sealed and indexed now. Later packs hold only newer chunks.
       const records = new Map<number, PackRecord>();
@@ -206,7 +206,7 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
       trace('gc: done');
       return report;
     } finally {
-      store.gcFence = undefined;
+      store.lowerGcFence(fence);
     }
   });
 }
@@ -300,11 +300,8 @@ async function executeStep(
     addCounterDelta(batch, delta);
     const token = stampChunkGeneration(batch);
     await batch.write({ sync: true });
-    store.chunkGen.token = token;
-    store.chunkGen.saved = false;
     // The in-memory table follows the index before any lookup is let through.
-    for (const m of moved) store.table.relocate(m.digest, m.loc);
-    for (const e of doomed) if (store.table.get(e.digest)?.ambiguous === false) store.table.remove(e.digest);
+    store.indexChanged(token, { relocated: moved, removed: doomed.map((e) => e.digest) });
   });
   trace('gc: index updated');
   failpoint('index-written');

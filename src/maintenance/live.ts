@@ -4,13 +4,12 @@
  * and which manifests must stay on disk as delta bases.
  */
 import { promises as fsp } from 'node:fs';
-import path from 'node:path';
 import { DIGEST_BYTES, PageKind, type PageTable } from '../format/pages.js';
 import { KEY_SNAPSHOT, parseRecord, prefixedKey, prefixRange, SNAPSHOT_RECORD, type SnapshotRecord } from '../store/db.js';
 import { Store } from '../store/store.js';
-import { CorruptError } from '../util/errors.js';
+import { CorruptError, MissingError } from '../util/errors.js';
 import { DigestSet } from './digest-set.js';
-import { keptBaseKey, type KeptBaseRecord } from './keys.js';
+import { keptBaseKey, type KeptBaseRecord } from '../store/keys.js';
 
 /** Adds every digest page of `pages`; skips pages equal to `prev` at the same index (already added). */
 export function addPageDigests(set: DigestSet, pages: PageTable, prev?: PageTable): void {
@@ -64,8 +63,8 @@ export async function collectInFlight(store: Store, into: DigestSet, ignore: Rea
       if (header.baseId) inflight.bases.add(header.baseId);
       inflight.preparedManifests++;
     } catch (err) {
-      // Aborted (file removed) while we looked: nothing to keep.
-      if (!(err instanceof CorruptError) || !/missing/.test(err.message)) throw err;
+      // Aborted (file removed, its own or its base's) while we looked: nothing to keep.
+      if (!(err instanceof MissingError || (err instanceof CorruptError && err.cause instanceof MissingError))) throw err;
     }
   }
   return inflight;
@@ -114,5 +113,5 @@ export function baseLookup(records: readonly SnapshotRecord[], kept: readonly Ke
 }
 
 export function manifestFile(store: Store, id: string): string {
-  return path.join(Store.paths(store.dir).manifests, `${id}.vnm`);
+  return store.manifestPath(id);
 }

@@ -14,12 +14,12 @@ import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { KEY_CHUNK, KEY_GROUP, KEY_PACK, decodeChunkValue, PACK_RECORD, parseRecord, prefixRange, scanChunkIndex, type SnapshotRecord } from '../store/db.js';
 import { Store, TABLE_FILE } from '../store/store.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
-import { counterDrift, FOLD_AFTER_DELTAS, foldCounters, readCounterState, resetCounters, zeroCounters, type StoreCounters } from './counters.js';
+import { counterDrift, FOLD_AFTER_DELTAS, foldCounters, readCounterState, resetCounters, zeroCounters, type StoreCounters } from '../store/counters.js';
 import { DigestSet, ensureLength } from './digest-set.js';
 import { withMaintenanceLock } from './fence.js';
-import { listKeptBases } from './keys.js';
+import { listKeptBases } from '../store/keys.js';
 import { collectInFlight, listCommitted } from './live.js';
-import { ManifestLoader } from './manifests.js';
+import { ManifestLoader } from '../store/manifest-loader.js';
 
 export interface StatsOptions {
   detail?: boolean;
@@ -217,7 +217,7 @@ async function dirBytes(dir: string): Promise<number> {
 /** The counters, recomputed from manifests, kept bases, pack records and the index. */
 export async function recount(store: Store, records?: SnapshotRecord[]): Promise<StoreCounters> {
   const c = zeroCounters();
-  const loader = new ManifestLoader(store);
+  const loader = new ManifestLoader((id) => store.manifestPath(id));
   for (const r of records ?? (await listCommitted(store))) {
     c.snapshots++;
     try {
@@ -266,7 +266,7 @@ async function addDetail(store: Store, records: SnapshotRecord[], vmNames: strin
   let lastSeen = new Int32Array(1 << 16); // snapshot index + 1 that last counted it
   let vmMask = new Uint32Array((1 << 16) * W);
   const snapDistinct = new Array<number>(records.length).fill(0);
-  const loader = new ManifestLoader(store, 12);
+  const loader = new ManifestLoader((id) => store.manifestPath(id), 12);
   const added = [false];
   for (let si = 0; si < records.length; si++) {
     const r = records[si];

@@ -23,7 +23,9 @@
 import { mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 
-export const PAGE_SIZE = 4096;
+import { PAGE_SIZE } from '../format/pages.js';
+
+export { PAGE_SIZE };
 const PAGES_PER_MIB = 256;
 export const DEFAULT_BLOCK_BYTES = 4 * 1024 * 1024;
 

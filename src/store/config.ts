@@ -1,6 +1,7 @@
 /** The store's identity file `vnstore.json`: written last by init, checked on every open. */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { PAGE_SIZE } from '../format/pages.js';
 import { VnstoreError } from '../util/errors.js';
 
 export const STORE_FORMAT = 'vnstore';
@@ -12,7 +13,7 @@ export interface StoreConfig {
   version: number;
   storeId: string;
   created: string;
-  pageSize: 4096;
+  pageSize: typeof PAGE_SIZE;
   chunkDigest: 'blake3-256';
 }
 
@@ -41,7 +42,7 @@ export async function readConfig(dir: string): Promise<StoreConfig> {
       `${dir}: store format version ${String(cfg.version)} is not supported (this vnstore reads version ${STORE_FORMAT_VERSION})`,
     );
   }
-  if (cfg.pageSize !== 4096 || cfg.chunkDigest !== 'blake3-256') {
+  if (cfg.pageSize !== PAGE_SIZE || cfg.chunkDigest !== 'blake3-256') {
     throw new VnstoreError('E_FORMAT_VERSION', `${dir}: unsupported store parameters (page size ${String(cfg.pageSize)}, digest ${String(cfg.chunkDigest)})`);
   }
   return cfg as StoreConfig;

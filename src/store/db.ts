@@ -12,7 +12,8 @@
 import { randomBytes } from 'node:crypto';
 import { Level } from 'level';
 import type { ChunkLocation } from '../index/chunk-table.js';
-import { ByteReader } from '../format/varint.js';
+import { PAGE_SIZE } from '../format/pages.js';
+import { ByteReader, putVarint } from '../format/varint.js';
 import { CATALOG_DAMAGE_ADVICE, CorruptError } from '../util/errors.js';
 
 export type StoreDb = Level<Buffer, Buffer>;
@@ -79,15 +80,6 @@ export function encodeChunkValue(loc: ChunkLocation): Buffer {
     p = putVarint(out, p, loc.codec);
   }
   return out.subarray(0, p);
-}
-
-function putVarint(out: Buffer, p: number, v: number): number {
-  while (v >= 0x80) {
-    out[p++] = (v % 0x80) | 0x80;
-    v = Math.floor(v / 0x80);
-  }
-  out[p++] = v;
-  return p;
 }
 
 export function decodeChunkValue(v: Uint8Array): ChunkLocation {
@@ -215,7 +207,7 @@ export const SNAPSHOT_RECORD: RecordSchema<SnapshotRecord> = {
         ? 'names a bad parent or base'
         : !/^[0-9a-f]{64}$/.test(r.imageDigest)
           ? 'has a bad image digest'
-          : r.pageCount !== Math.ceil(r.byteLength / 4096) || r.zeroPages > r.pageCount
+          : r.pageCount !== Math.ceil(r.byteLength / PAGE_SIZE) || r.zeroPages > r.pageCount
             ? 'has page counts that do not fit its length'
             : undefined,
 };

@@ -1,4 +1,8 @@
-/** Reads sealed packs: cached file handles, positional reads, table-of-contents parsing and checks. */
+/**
+ * The one reader of sealed packs (page workers aside, which read by descriptor in their own threads):
+ * one LRU cache of open file handles, positional reads, table-of-contents parsing and checks, whole-pack
+ * reads for recovery and check, verified single-chunk reads.
+ */
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
@@ -16,6 +20,7 @@ import {
 import { PAGE_SIZE } from '../format/pages.js';
 import { getCodec, type ChunkCodec } from '../chunk/codec.js';
 import { hashPage } from '../chunk/hash.js';
+import type { ChunkLocation } from '../index/chunk-table.js';
 import { CorruptError, fromSystemError } from '../util/errors.js';
 
 const MAX_OPEN = 64;
@@ -62,9 +67,61 @@ export class PackReader {
     return buf;
   }
 
-  /** Parses and checks a pack's trailer and table of contents (not the payload). */
+  /** Parses and checks a pack's header, trailer and table of contents (not the payload). */
   async readToc(packId: number): Promise<PackEntry[]> {
-    return readPackTocAt(this.packPath(packId), packFileName(packId));
+    const fh = await this.handle(packId);
+    const { size } = await fh.stat();
+    return (await parseLayout(packFileName(packId), size, (offset, length) => readAt(fh, offset, length))).entries;
+  }
+
+  /**
+   * The whole pack file, its table of contents checked (CorruptError naming the pack when it does
+   * not parse). For the rare whole-pack passes: recovery, check --read-data, repair.
+   */
+  async readWhole(packId: number): Promise<WholePack> {
+    const fh = await this.handle(packId);
+    const { size } = await fh.stat();
+    const data = Buffer.allocUnsafe(size);
+    const { bytesRead } = await fh.read(data, 0, size, 0);
+    const name = packFileName(packId);
+    if (bytesRead !== size) throw new CorruptError(`pack ${name}: short read (truncated pack)`);
+    const { entries, payloadCrc } = await parseLayout(name, size, async (offset, length) => data.subarray(offset, offset + length));
+    return { data, entries, payloadCrc };
+  }
+
+  /**
+   * Reads a whole pack and names every chunk by decoding and hashing it: the way the index is rebuilt
+   * from packs alone. Fails (CorruptError naming the pack) when a chunk does not decode or its digest
+   * does not start with the prefix its table of contents records.
+   */
+  async readChunks(packId: number): Promise<(PackEntry & { digest: Buffer })[]> {
+    const { data, entries } = await this.readWhole(packId);
+    const page = new Uint8Array(PAGE_SIZE);
+    return entries.map((e, i) => {
+      const named = nameChunk(data.subarray(e.offset, e.offset + e.storedLength), e, page);
+      if ('why' in named) throw new CorruptError(`pack ${packFileName(packId)}: chunk ${i} at offset ${e.offset} ${named.why}`);
+      return { ...e, digest: named.digest };
+    });
+  }
+
+  /** One stored chunk, decoded and checked against `digest`; undefined when it does not decode or match. */
+  async readVerified(loc: ChunkLocation, digest: Uint8Array): Promise<Uint8Array | undefined> {
+    const payload = await this.read(loc.pack, loc.offset, loc.storedLength);
+    const page = new Uint8Array(PAGE_SIZE);
+    try {
+      getCodec().decodePage(payload, loc.codec as ChunkCodec, page, 0);
+    } catch {
+      return undefined;
+    }
+    return hashPage(page).equals(digest) ? page : undefined;
+  }
+
+  /** The pack's file left packs/ (quarantined, removed): close its handle now. */
+  async evict(packId: number): Promise<void> {
+    const h = this.handles.get(packId);
+    if (!h) return;
+    this.handles.delete(packId);
+    await h.then((fh) => fh.close()).catch(() => undefined);
   }
 
   /**
@@ -89,22 +146,6 @@ export class PackReader {
 }
 
 /**
- * Reads a whole pack and names every chunk by decoding and hashing it: the way the index is rebuilt
- * from packs alone. Fails (CorruptError naming the pack) when a chunk does not decode or its digest
- * does not start with the prefix its table of contents records.
- */
-export async function readPackChunks(file: string, name: string): Promise<(PackEntry & { digest: Buffer })[]> {
-  const entries = await readPackTocAt(file, name);
-  const data = await fsp.readFile(file);
-  const page = new Uint8Array(PAGE_SIZE);
-  return entries.map((e, i) => {
-    const named = nameChunk(data.subarray(e.offset, e.offset + e.storedLength), e, page);
-    if ('why' in named) throw new CorruptError(`pack ${name}: chunk ${i} at offset ${e.offset} ${named.why}`);
-    return { ...e, digest: named.digest };
-  });
-}
-
-/**
  * Names a stored chunk by its content: decodes it (into `page`, a 4 KiB scratch buffer), hashes it
  * and checks the digest against the prefix the pack's table of contents records.
  */
@@ -119,21 +160,25 @@ export function nameChunk(payload: Uint8Array, entry: Pick<PackEntry, 'codec' | 
   return { digest };
 }
 
-export async function readPackTocAt(file: string, name: string): Promise<PackEntry[]> {
-  const fh = await fsp.open(file, 'r');
-  try {
-    const { size } = await fh.stat();
-    if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) throw new CorruptError(`pack ${name}: too short (${size} bytes)`);
-    const head = Buffer.alloc(PACK_HEADER_BYTES);
-    await fh.read(head, 0, PACK_HEADER_BYTES, 0);
-    parsePackHeader(head, name);
-    const tail = Buffer.alloc(PACK_TRAILER_BYTES);
-    await fh.read(tail, 0, PACK_TRAILER_BYTES, size - PACK_TRAILER_BYTES);
-    const trailer = parsePackTrailer(tail, size, name);
-    const toc = Buffer.alloc(trailer.count * TOC_ENTRY_BYTES);
-    await fh.read(toc, 0, toc.length, trailer.tocOffset);
-    return parsePackToc(toc, trailer, name);
-  } finally {
-    await fh.close();
-  }
+export interface WholePack {
+  data: Buffer;
+  entries: PackEntry[];
+  /** The payload checksum the trailer records (check compares it with the payload read). */
+  payloadCrc: number;
+}
+
+/** `length` bytes at `offset`, zero-filled past the end (the parsers' checksums then fail). */
+async function readAt(fh: FileHandle, offset: number, length: number): Promise<Buffer> {
+  const buf = Buffer.alloc(length);
+  await fh.read(buf, 0, length, offset);
+  return buf;
+}
+
+/** Header, trailer and table of contents of a pack of `size` bytes, read through `read`. */
+async function parseLayout(name: string, size: number, read: (offset: number, length: number) => Promise<Uint8Array>): Promise<{ entries: PackEntry[]; payloadCrc: number }> {
+  if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) throw new CorruptError(`pack ${name}: too short (${size} bytes)`);
+  parsePackHeader(await read(0, PACK_HEADER_BYTES), name);
+  const trailer = parsePackTrailer(await read(size - PACK_TRAILER_BYTES, PACK_TRAILER_BYTES), size, name);
+  const entries = parsePackToc(await read(trailer.tocOffset, trailer.count * TOC_ENTRY_BYTES), trailer, name);
+  return { entries, payloadCrc: trailer.payloadCrc };
 }

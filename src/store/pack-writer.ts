@@ -14,8 +14,9 @@ import { DIGEST_BYTES, digestsEqual, PAGE_SIZE } from '../format/pages.js';
 import type { ChunkLocation, ChunkTable } from '../index/chunk-table.js';
 import { fsyncDir, FILE_MODE, writeFully, writevFully } from '../util/durable.js';
 import { fromSystemError } from '../util/errors.js';
+import { indexOfSorted } from '../util/search.js';
 import { chunkKey, encodeChunkValue, jsonValue, packKey, stampChunkGeneration, type PackRecord, type StoreDb } from './db.js';
-import { addCounterDelta, sealedPackDelta } from '../maintenance/counters.js';
+import { addCounterDelta, sealedPackDelta } from './counters.js';
 
 export const DEFAULT_PACK_TARGET_BYTES = 32 * 1024 * 1024;
 const WRITE_BATCH_BYTES = 1024 * 1024; // small: each batch is fresh memory once per process
@@ -323,7 +324,7 @@ export class PackWriter {
       sealedAt: new Date().toISOString(),
     };
     batch.put(packKey(pack.id), jsonValue(record));
-    addCounterDelta(batch, sealedPackDelta(record)); // stats counters, in the same batch (src/maintenance/counters.ts)
+    addCounterDelta(batch, sealedPackDelta(record)); // stats counters, in the same batch (src/store/counters.ts)
     const token = stampChunkGeneration(batch);
     return { write: () => batch.write(), close: () => batch.close(), token };
   }
@@ -357,16 +358,7 @@ function quiet(p: Promise<void>): Promise<void> {
 
 /** TOC index of the chunk at `offset` in an unindexed pack (offsets ascend), or -1. */
 function tocIndexAt(pack: OpenPack, offset: number): number {
-  let lo = 0;
-  let hi = pack.count - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >>> 1;
-    const o = pack.offsets[mid];
-    if (o === offset) return mid;
-    if (o < offset) lo = mid + 1;
-    else hi = mid - 1;
-  }
-  return -1;
+  return indexOfSorted(pack.offsets, offset, pack.count);
 }
 
 

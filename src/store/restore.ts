@@ -6,19 +6,12 @@
 import { packFileName } from '../format/pack.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, type PageTable } from '../format/pages.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
-import { hashPage, imageDigest, hex } from '../chunk/hash.js';
-import { getCodec, type ChunkCodec } from '../chunk/codec.js';
-import { CorruptError, fromSystemError } from '../util/errors.js';
+import { imageDigest, hex } from '../chunk/hash.js';
+import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError } from '../util/errors.js';
 import type { Store } from './store.js';
 import type { SnapshotRecord } from './db.js';
+import { WINDOW_PAGES } from './job-sizes.js';
 
-/**
- * Pages per restore window (1 MiB). A window's output and read buffers are reused, but each is
- * touched fresh once per process, and a first touch costs ~12 µs a page on the project's virtual
- * machines: 4 MiB windows cost a one-shot 448 MiB restore ~2,000 more page faults and 5-7% of its
- * time (bench/RESULTS.md).
- */
-export const WINDOW_PAGES = 256;
 const MAX_WINDOWS_IN_FLIGHT = 4;
 const COALESCE_GAP_BYTES = 16 * 1024;
 const MAX_READ_BYTES = 8 * 1024 * 1024;
@@ -218,39 +211,15 @@ async function restoreWindowOnce(
     const [loc] = await store.lookupExact([digestOf(slots[k])]);
     const prev = locs[k]!;
     if (loc && (loc.pack !== prev.pack || loc.offset !== prev.offset)) {
-      const page = await readVerifiedAt(store, loc, digestOf(slots[k]));
+      const page = await store.packs.readVerified(loc, digestOf(slots[k]));
       if (page) {
         result.out.set(page, slots[k] * PAGE_SIZE);
         continue;
       }
     }
     throw new CorruptError(
-      `snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) in pack ${packFileName(prev.pack)} is corrupt (digest mismatch); ${FIND_DAMAGE}`,
+      `snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) in pack ${packFileName(prev.pack)} is corrupt (digest mismatch); ${FIND_DAMAGE_ADVICE}`,
     );
   }
   return result.out;
-}
-
-/** Damaged chunk data is found only by re-reading it: a plain 'vnstore check' reads structure alone. */
-const FIND_DAMAGE = "run 'vnstore check --read-data' to find every damaged chunk and the snapshots it affects";
-
-/** One stored chunk, decoded and checked against `digest`; undefined when it does not decode or match. */
-async function readVerifiedAt(store: Store, loc: ChunkLocation, digest: Uint8Array): Promise<Uint8Array | undefined> {
-  const payload = await store.packs.read(loc.pack, loc.offset, loc.storedLength);
-  const page = new Uint8Array(PAGE_SIZE);
-  try {
-    getCodec().decodePage(payload, loc.codec as ChunkCodec, page, 0);
-  } catch {
-    return undefined;
-  }
-  return hashPage(page).equals(digest) ? page : undefined;
-}
-
-/** Reads one chunk by digest (exact index lookup), decoded and verified; for rare single-page needs. */
-export async function readChunk(store: Store, digest: Uint8Array, what: string): Promise<Uint8Array> {
-  const [loc] = await store.lookupExact([digest]);
-  if (!loc) throw new CorruptError(`${what}: chunk ${hex(digest)} is not in the index; run 'vnstore check'`);
-  const page = await readVerifiedAt(store, loc, digest);
-  if (!page) throw new CorruptError(`${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} is corrupt (does not decode to its digest); ${FIND_DAMAGE}`);
-  return page;
 }

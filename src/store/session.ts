@@ -11,20 +11,18 @@ import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { getCodec } from '../chunk/codec.js';
 import { PageStatus, type HashResult } from '../chunk/page-jobs.js';
 import { hashPage, hex, imageDigest } from '../chunk/hash.js';
-import { readChunk } from './restore.js';
 import { writeFileDurable } from '../util/durable.js';
 import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import type { SnapshotRecord } from './db.js';
 import { newSnapshotId, validateName } from './ids.js';
+import { BLOCK_PAGES } from './job-sizes.js';
 import type { Store } from './store.js';
-import { MAX_BASE_DEPTH } from './store.js';
+import { MAX_BASE_DEPTH } from './manifest-loader.js';
 import { trace } from '../util/trace.js';
 
 /** Largest image a session accepts without a declared memory size (its page table needs 33 B a page). */
 export const MAX_IMAGE_BYTES = 256 * 2 ** 30;
 
-/** Pages per worker job: large enough to amortise messaging, small enough to keep both cores busy. */
-export const BLOCK_PAGES = 1024;
 /**
  * Pages written (256 MiB) after which a session starts page workers that wait on demand: on the
  * project machine a consecutive put of 896 MiB took 1.27-1.53 s against 1.76-1.82 s inline, one
@@ -554,11 +552,11 @@ export class Session {
       const record = await this.writeManifest(manifest);
       trace('manifest written');
       this.state = 'done';
-      this.store.sessions.delete(this);
+      this.store.sessions.unregister(this);
       return { store: this.store, record, failureEpoch: this.failureEpoch, state: 'prepared' };
     } catch (err) {
       this.state = 'done';
-      this.store.sessions.delete(this);
+      this.store.sessions.unregister(this);
       const e = fromSystemError(err, `committing snapshot of VM ${this.options.vm}`);
       if (isWriteFailure(e)) await this.store.discardFailedPacks(this.sealMark);
       throw e;
@@ -588,7 +586,7 @@ export class Session {
     if (this.state !== 'open') return;
     this.state = 'done';
     this.gathered = undefined;
-    this.store.sessions.delete(this);
+    this.store.sessions.unregister(this);
     await this.applying.catch(() => undefined);
     if (this.store.writer.failureEpoch !== this.failureEpoch) {
       await this.store.writer.flush().catch(() => undefined); // every pack it filled is sealed or failed
@@ -614,7 +612,7 @@ export class Session {
     const tail = byteLength % PAGE_SIZE;
     const last = this.pages.pageCount - 1;
     if (tail === 0 || last < 0 || this.pages.kinds[last] !== PageKind.Digest) return false;
-    const page = await readChunk(this.store, this.pages.digestAt(last), `VM ${this.options.vm} page ${last}`);
+    const page = await this.store.readChunk(this.pages.digestAt(last), `VM ${this.options.vm} page ${last}`);
     if (page.subarray(tail).every((b) => b === 0)) return false;
     page.fill(0, tail);
     if (page.every((b) => b === 0)) {

@@ -15,22 +15,22 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { decodeManifestHeader, decodeManifestPages, type ManifestHeader } from '../format/manifest.js';
-import { parsePackFileName } from '../format/pack.js';
-import { PAGE_SIZE, PageTable } from '../format/pages.js';
+import type { ManifestHeader } from '../format/manifest.js';
+import { packFileName, parsePackFileName } from '../format/pack.js';
+import { PAGE_SIZE, type PageTable } from '../format/pages.js';
 import { ChunkTable } from '../index/chunk-table.js';
 import { PagePool } from '../chunk/worker-pool.js';
 import { SlabPool } from '../chunk/slab-pool.js';
 import { ensurePrivateDir, exists, fsyncDir, writeFileDurable } from '../util/durable.js';
-import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
-import { CONFIG_FILE, readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
+import { hex } from '../chunk/hash.js';
+import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError, VnstoreError } from '../util/errors.js';
+import { readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
 import {
   CHUNK_GEN_KEY,
   CLEAN_PACK_KEY,
   stampChunkGeneration,
   chunkKey,
   decodeChunkValue,
-  encodeChunkValue,
   jsonValue,
   KEY_GROUP,
   KEY_PACK,
@@ -39,7 +39,6 @@ import {
   flushMemtable,
   openDb,
   scanChunkIndex,
-  packKey,
   parseRecord,
   parseSnapshotRecord,
   GROUP_RECORD,
@@ -56,16 +55,20 @@ import {
 import { ambiguousPrefixError, MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
 import { StoreLock } from './lock.js';
 import { ensureReserve, releaseReserveIfLow, reserveSize } from './reserve.js';
-import { heldKey, isHeld, listHeld, putHeld } from './held.js';
-import { PackReader, readPackChunks } from './pack-reader.js';
+import { heldKey, listHeld, putHeld } from './held.js';
+import { PackReader } from './pack-reader.js';
+import { ManifestLoader } from './manifest-loader.js';
 import { trace } from '../util/trace.js';
 import { humanBytes } from '../util/units.js';
 import { readTableFile, writeTableFile } from '../index/table-file.js';
 import { PackWriter, DEFAULT_PACK_TARGET_BYTES } from './pack-writer.js';
-import { addCounterDelta, putCounterBase, recoveredPackDelta, snapshotDelta, zeroCounters } from '../maintenance/counters.js';
-import { finishPackDeletions, keptBaseKey } from '../maintenance/recovery.js';
-import { BLOCK_PAGES, Session, type PreparedSnapshot, type SessionOptions } from './session.js';
-import { WINDOW_PAGES } from './restore.js';
+import { addCounterDelta, putCounterBase, snapshotDelta, zeroCounters } from './counters.js';
+import { recover, type RecoveryReport } from './recovery.js';
+import { storePaths, type StorePaths } from './paths.js';
+import { Session, type PreparedSnapshot, type SessionOptions } from './session.js';
+import { BLOCK_PAGES, WINDOW_PAGES } from './job-sizes.js';
+import { SessionRegistry } from './session-registry.js';
+import { ChunkGeneration } from './chunk-generation.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 
 export const TABLE_FILE = 'chunk-table.bin';
@@ -98,22 +101,35 @@ export interface OpenOptions {
   chunkTable?: boolean;
 }
 
-export interface RecoveryReport {
-  tempFilesRemoved: number;
-  packsIndexed: number;
-  packsQuarantined: string[];
-  orphanManifestsRemoved: number;
+export type { RecoveryReport };
+
+export { MAX_BASE_DEPTH } from './manifest-loader.js';
+
+/** What gc puts up while it runs: it sees every exact lookup (src/maintenance/fence.ts). */
+export interface LookupFence {
+  readonly lookupStart: number;
+  afterLookup(digests: Uint8Array[], found: (ChunkLocation | undefined)[], startSeq: number): Promise<void>;
 }
 
-export const MAX_BASE_DEPTH = 8;
+/** How an index batch changed chunk entries, for the in-memory table to follow (Store.indexChanged). */
+export interface TableChange {
+  /** Chunks now at another location. */
+  relocated?: Iterable<{ digest: Uint8Array; loc: ChunkLocation }>;
+  /** Chunks that left the index. */
+  removed?: Iterable<Uint8Array>;
+  /** Chunks the index gained. */
+  inserted?: Iterable<{ digest: Uint8Array; loc: ChunkLocation }>;
+}
+
+/** The chunk table's read side: sessions and restores ask it; only the store and the pack writer change it. */
+export type ChunkTableView = Pick<ChunkTable, 'get' | 'hasFingerprint' | 'shared' | 'size' | 'seed' | 'capacity' | 'memoryBytes'>;
 
 export class Store {
-  readonly sessions = new Set<Session>();
-  /** Sessions being begun (parent resolved, not yet in `sessions`): forget waits for them. */
-  readonly beginning = new Set<Promise<Session>>();
-  /** Set by gc while it runs: sees every exact lookup (src/maintenance/fence.ts). */
-  gcFence: { readonly lookupStart: number; afterLookup(digests: Uint8Array[], found: (ChunkLocation | undefined)[], startSeq: number): Promise<void> } | undefined;
-  private readonly manifestCache = new Map<string, PageTable>();
+  /** The live snapshot sessions (gc, check and stats read it; sessions register through beginSession). */
+  readonly sessions = new SessionRegistry();
+  private fence: LookupFence | undefined;
+  /** Page tables of recent snapshots: bases are shared by their children, and manifests never change. */
+  private readonly manifests = new ManifestLoader((id) => this.manifestPath(id), 8);
   /** The last commit queued for each group (settled, never rejects): see commitPrepared. */
   private readonly groupCommits = new Map<string, Promise<void>>();
   /** Output buffers lent to page jobs (compressed payloads of a block, a restored window). */
@@ -127,27 +143,19 @@ export class Store {
     readonly config: StoreConfig,
     readonly db: StoreDb,
     private readonly lock: StoreLock,
-    readonly table: ChunkTable,
+    private readonly chunkTable: ChunkTable,
     readonly packs: PackReader,
     readonly writer: PackWriter,
     readonly pool: PagePool,
     readonly recovery: RecoveryReport,
     /** Chunk-generation token of the index, and whether chunk-table.bin matches it. */
-    readonly chunkGen: { token: Buffer | undefined; saved: boolean },
+    readonly chunkGen: ChunkGeneration,
     /** False when opened with `chunkTable: false` (catalog work only). */
     readonly hasChunkTable: boolean,
   ) {}
 
-  static paths(dir: string) {
-    return {
-      config: path.join(dir, CONFIG_FILE),
-      lock: path.join(dir, 'lock'),
-      db: path.join(dir, 'db'),
-      packs: path.join(dir, 'packs'),
-      manifests: path.join(dir, 'manifests'),
-      tmp: path.join(dir, 'tmp'),
-      quarantine: path.join(dir, 'quarantine'),
-    };
+  static paths(dir: string): StorePaths {
+    return storePaths(dir);
   }
 
   /** Creates an empty store. Refuses a directory that already holds a store or other files. */
@@ -167,7 +175,7 @@ export class Store {
       await db.open();
       await fsp.chmod(p.db, 0o700); // LevelDB creates it with the process umask
       const batch = db.batch();
-      putCounterBase(batch, zeroCounters()); // stats counters start at zero (src/maintenance/counters.ts)
+      putCounterBase(batch, zeroCounters()); // stats counters start at zero (src/store/counters.ts)
       await batch.write({ sync: true });
       await db.close();
       const config: StoreConfig = {
@@ -175,7 +183,7 @@ export class Store {
         version: STORE_FORMAT_VERSION,
         storeId: randomBytes(16).toString('hex'),
         created: new Date().toISOString(),
-        pageSize: 4096,
+        pageSize: PAGE_SIZE,
         chunkDigest: 'blake3-256',
       };
       await ensureReserve(dir, p.tmp, 0);
@@ -201,6 +209,7 @@ export class Store {
       throw fromSystemError(err, `locking store ${dir}`);
     }
     let db: StoreDb | undefined;
+    let packs: PackReader | undefined;
     // Workers boot (load modules) while we open LevelDB and recover.
     const pool = new PagePool(options.workers, { start: options.startWorkers !== 'on-demand', threadPool: options.threadPool });
     try {
@@ -220,7 +229,8 @@ export class Store {
         throw new CorruptError(`store index ${p.db} cannot be opened: ${cause?.message ?? (err as Error).message}`, { cause: err });
       }
       trace('db open');
-      const recovery = await recover(dir, db);
+      packs = new PackReader(p.packs);
+      const recovery = await recover(dir, db, packs);
       trace('recovered');
       const savedToken = (await db.get(CHUNK_GEN_KEY)) ?? undefined;
       const tableFile = path.join(dir, TABLE_FILE);
@@ -229,17 +239,15 @@ export class Store {
       const table = saved ?? (withTable ? await loadChunkTable(db) : new ChunkTable(0));
       trace(withTable ? `chunk table ${saved ? 'read from file' : 'rebuilt from index'} (${table.size} chunks)` : 'chunk table not loaded');
       // Without the table loaded there is nothing to save, and the file on disk must be left alone.
-      const gen = { token: savedToken, saved: saved !== undefined || !withTable };
+      const gen = new ChunkGeneration(savedToken, saved !== undefined || !withTable);
       const maxPack = await highestPackId(dir, db);
-      const writer = new PackWriter(p.packs, p.tmp, db, table, maxPack + 1, options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES, (token) => {
-        gen.token = token;
-        gen.saved = false;
-      });
-      const store = new Store(dir, config, db, lock, table, new PackReader(p.packs), writer, pool, recovery, gen, withTable);
+      const writer = new PackWriter(p.packs, p.tmp, db, table, maxPack + 1, options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES, (token) => gen.advance(token));
+      const store = new Store(dir, config, db, lock, table, packs, writer, pool, recovery, gen, withTable);
       if (withTable) await store.discardUncleanPacks();
       return store;
     } catch (err) {
       await pool.close().catch(() => undefined);
+      await packs?.close();
       await db?.close().catch(() => undefined);
       await lock.release();
       throw fromSystemError(err, `opening store ${dir}`);
@@ -277,14 +285,55 @@ export class Store {
   /** Saves the chunk table for the next open, when it changed since it was loaded. */
   private async saveTable(): Promise<void> {
     if (this.chunkGen.saved) return;
-    if (!this.chunkGen.token) {
+    let token = this.chunkGen.token;
+    if (!token) {
       const batch = this.db.batch();
-      this.chunkGen.token = stampChunkGeneration(batch);
+      token = stampChunkGeneration(batch);
       await batch.write({ sync: true });
+      this.chunkGen.advance(token);
     }
     const p = Store.paths(this.dir);
-    await writeTableFile(path.join(this.dir, TABLE_FILE), path.join(p.tmp, `${TABLE_FILE}.tmp`), this.table, this.chunkGen.token);
-    this.chunkGen.saved = true;
+    await writeTableFile(path.join(this.dir, TABLE_FILE), path.join(p.tmp, `${TABLE_FILE}.tmp`), this.chunkTable, token);
+    this.chunkGen.markSaved(token);
+  }
+
+  /** The in-memory chunk table, to read (fingerprint hints for sessions and restores). */
+  get table(): ChunkTableView {
+    return this.chunkTable;
+  }
+
+  /** Makes room in the chunk table for `chunks` more entries up front (a large first put). */
+  reserveChunkTable(chunks: number): void {
+    this.chunkTable.reserve(chunks);
+  }
+
+  /**
+   * An index batch stamped `token` (stampChunkGeneration) that moved, removed or added chunk entries
+   * was written: the table follows it, and chunk-table.bin is stale until saved. gc and repair call
+   * this before any lookup is let through (the pack writer keeps the table itself as it seals).
+   */
+  indexChanged(token: Buffer, change: TableChange): void {
+    this.chunkGen.advance(token);
+    const t = this.chunkTable;
+    for (const m of change.relocated ?? []) t.relocate(m.digest, m.loc);
+    // An ambiguous hint may stand for another chunk with the same fingerprint: left for the exact index.
+    for (const d of change.removed ?? []) if (t.get(d)?.ambiguous === false) t.remove(d);
+    for (const u of change.inserted ?? []) t.insert(u.digest, u.loc);
+  }
+
+  /** The fence gc raises while it runs (see LookupFence); sessions ask whether one is up. */
+  get gcFence(): LookupFence | undefined {
+    return this.fence;
+  }
+
+  /** gc raises its fence before it reads anything; one at a time (maintenance runs one at a time). */
+  raiseGcFence(fence: LookupFence): void {
+    if (this.fence) throw new VnstoreError('E_SESSION', 'a gc fence is already up');
+    this.fence = fence;
+  }
+
+  lowerGcFence(fence: LookupFence): void {
+    if (this.fence === fence) this.fence = undefined;
   }
 
   // ---------------------------------------------------------------- sessions and commit
@@ -294,15 +343,7 @@ export class Store {
     this.assertOpen();
     this.assertChunkTable('a snapshot session');
     await this.assertRoomToIngest();
-    const begin = Session.begin(this, options);
-    this.beginning.add(begin);
-    try {
-      const s = await begin;
-      this.sessions.add(s);
-      return s;
-    } finally {
-      this.beginning.delete(begin);
-    }
+    return this.sessions.admit(Session.begin(this, options));
   }
 
   /**
@@ -485,30 +526,12 @@ export class Store {
   // ---------------------------------------------------------------- manifests
 
   async readManifestHeader(id: string): Promise<ManifestHeader> {
-    return decodeManifestHeader(await this.readManifestBytes(id), id).header;
+    return this.manifests.readHeader(id);
   }
 
-  private async readManifestBytes(id: string): Promise<Buffer> {
-    try {
-      return await fsp.readFile(this.manifestPath(id));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new CorruptError(`manifest of snapshot ${id} is missing`);
-      throw fromSystemError(err, `reading manifest of snapshot ${id}`);
-    }
-  }
-
-  /** Full page table of a snapshot, resolving delta bases (cached: bases are shared by children). */
-  async loadPages(id: string, depth = 0): Promise<PageTable> {
-    const cached = this.manifestCache.get(id);
-    if (cached) return cached;
-    if (depth > MAX_BASE_DEPTH + 1) throw new CorruptError(`manifest of snapshot ${id}: base chain too deep`);
-    const { header, reader } = decodeManifestHeader(await this.readManifestBytes(id), id);
-    if (header.meta.id !== id) throw new CorruptError(`manifest of snapshot ${id} names snapshot ${header.meta.id}`);
-    const base = header.baseId ? await this.loadPages(header.baseId, depth + 1) : undefined;
-    const pages = decodeManifestPages(header, reader, id, base);
-    if (this.manifestCache.size >= 8) this.manifestCache.delete(this.manifestCache.keys().next().value as string);
-    this.manifestCache.set(id, pages);
-    return pages;
+  /** Full page table of a snapshot, resolving delta bases. */
+  async loadPages(id: string): Promise<PageTable> {
+    return (await this.manifests.load(id)).pages;
   }
 
   // ---------------------------------------------------------------- chunk index
@@ -516,7 +539,7 @@ export class Store {
   /** Exact lookups (open packs first, then LevelDB) for digests the table only hinted at. */
   async lookupExact(digests: Uint8Array[]): Promise<(ChunkLocation | undefined)[]> {
     // A gc running meanwhile must learn of lookups that read the index before its removing batch.
-    const startFence = this.gcFence;
+    const startFence = this.fence;
     const startSeq = startFence?.lookupStart ?? 0;
     const out: (ChunkLocation | undefined)[] = new Array(digests.length);
     const missIdx: number[] = [];
@@ -532,9 +555,18 @@ export class Store {
         out[missIdx[k]] = v === undefined ? undefined : decodeChunkValue(v);
       }
     }
-    const fence = this.gcFence;
+    const fence = this.fence;
     if (fence) await fence.afterLookup(digests, out, fence === startFence ? startSeq : 0);
     return out;
+  }
+
+  /** Reads one chunk by digest (exact index lookup), decoded and verified; for rare single-page needs. */
+  async readChunk(digest: Uint8Array, what: string): Promise<Uint8Array> {
+    const [loc] = await this.lookupExact([digest]);
+    if (!loc) throw new CorruptError(`${what}: chunk ${hex(digest)} is not in the index; run 'vnstore check'`);
+    const page = await this.packs.readVerified(loc, digest);
+    if (!page) throw new CorruptError(`${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} is corrupt (does not decode to its digest); ${FIND_DAMAGE_ADVICE}`);
+    return page;
   }
 
   /** A session needs the space reserve in place (re-created here if there is room): see reserve.ts. */
@@ -563,69 +595,6 @@ export class Store {
   }
 }
 
-// ------------------------------------------------------------------ open-time recovery
-
-async function recover(dir: string, db: StoreDb): Promise<RecoveryReport> {
-  const p = Store.paths(dir);
-  const report: RecoveryReport = { tempFilesRemoved: 0, packsIndexed: 0, packsQuarantined: [], orphanManifestsRemoved: 0 };
-  // 1. Temp files are never referenced by anything committed.
-  for (const name of await fsp.readdir(p.tmp)) {
-    await fsp.rm(path.join(p.tmp, name), { force: true, recursive: true });
-    report.tempFilesRemoved++;
-  }
-  // 1b. Packs gc removed from the index but had not yet deleted: finish the deletion (never re-index).
-  await finishPackDeletions(dir, db);
-  // 2. Packs renamed into place but not indexed (crash between rename and the index batch).
-  const indexed = new Set<number>();
-  for await (const k of db.keys(prefixRange(Buffer.of(KEY_PACK)))) indexed.add(k.readUInt32BE(1));
-  for (const name of await fsp.readdir(p.packs)) {
-    const id = parsePackFileName(name);
-    if (id === undefined || indexed.has(id)) continue;
-    const file = path.join(p.packs, name);
-    try {
-      const entries = await readPackChunks(file, name);
-      const batch = db.batch();
-      for (const e of entries) {
-        batch.put(chunkKey(e.digest), encodeChunkValue({ pack: id, offset: e.offset, storedLength: e.storedLength, codec: e.codec }));
-      }
-      const stat = await fsp.stat(file);
-      const payloadBytes = entries.reduce((s, e) => s + e.storedLength, 0);
-      const rec: PackRecord = { id, chunks: entries.length, bytes: stat.size, payloadBytes, sealedAt: stat.mtime.toISOString() };
-      batch.put(packKey(id), jsonValue(rec));
-      // Counters: a gc-rewritten pack's chunks may already be indexed (in the pack it replaces).
-      const prior = await db.getMany(entries.map((e) => chunkKey(e.digest)));
-      addCounterDelta(batch, recoveredPackDelta(rec, entries, prior.map((v) => (v === undefined ? undefined : decodeChunkValue(v).storedLength))));
-      stampChunkGeneration(batch);
-      await batch.write({ sync: true });
-      report.packsIndexed++;
-    } catch (err) {
-      if (!(err instanceof CorruptError)) throw err;
-      await ensurePrivateDir(p.quarantine);
-      await fsp.rename(file, path.join(p.quarantine, name));
-      report.packsQuarantined.push(name);
-    }
-  }
-  // 3. Manifests written but never committed (crash between manifest and commit record).
-  for (const name of await fsp.readdir(p.manifests)) {
-    const m = /^([0-9a-f]{16})\.vnm(\.tmp)?$/.exec(name);
-    if (!m) continue;
-    if (m[2] || (await db.get(prefixedKey(KEY_SNAPSHOT, m[1]))) === undefined) {
-      if (!m[2] && ((await isKeptBase(db, m[1])) || (await isHeld(db, m[1])))) continue;
-      await fsp.rm(path.join(p.manifests, name), { force: true });
-      report.orphanManifestsRemoved++;
-    }
-  }
-  return report;
-}
-
-/**
- * A manifest with no commit record may still be the delta base of a committed snapshot: forget then
- * wrote a 'k' record for it in the same batch that removed its commit record (src/maintenance/keys.ts).
- */
-async function isKeptBase(db: StoreDb, id: string): Promise<boolean> {
-  return (await db.get(keptBaseKey(id))) !== undefined;
-}
-
 async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {
   let count = 0;
   for await (const v of db.values(prefixRange(Buffer.of(KEY_PACK)))) count += parseRecord(v, PACK_RECORD).chunks;
@@ -641,7 +610,7 @@ async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {
 function packTargetFromEnv(): number | undefined {
   const v = process.env.VNSTORE_PACK_TARGET_BYTES;
   if (v === undefined || !/^\d+$/.test(v)) return undefined;
-  return Math.max(4096, Number(v));
+  return Math.max(PAGE_SIZE, Number(v));
 }
 
 async function highestPackId(dir: string, db: StoreDb): Promise<number> {

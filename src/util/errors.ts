@@ -43,6 +43,20 @@ export class CorruptError extends VnstoreError {
   }
 }
 
+/**
+ * Damage of one kind: a file the catalog says exists (a manifest, a pack) is not there. Same code and
+ * exit status as CorruptError; check tells it apart by type, never by message text.
+ */
+export class MissingError extends CorruptError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'MissingError';
+  }
+}
+
+/** Damaged chunk data is found only by re-reading it: a plain 'vnstore check' reads structure alone. */
+export const FIND_DAMAGE_ADVICE = "run 'vnstore check --read-data' to find every damaged chunk and the snapshots it affects";
+
 /** How to go on from a damaged catalog (db/): nothing can rebuild its records from the packs. */
 export const CATALOG_DAMAGE_ADVICE = 'restore the store from a backup (catalog records cannot be rebuilt from the packs)';
 

@@ -11,7 +11,6 @@ import { blake3 } from '@napi-rs/blake-hash';
 import { afterEach } from 'vitest';
 import { restoreSnapshot } from '../../src/store/restore.js';
 import { Store } from '../../src/store/store.js';
-import { readPackChunks } from '../../src/store/pack-reader.js';
 import { packFileName } from '../../src/format/pack.js';
 import type { SnapshotRecord } from '../../src/store/db.js';
 
@@ -198,7 +197,7 @@ export async function packProblems(dir: string): Promise<string[]> {
     for (const rec of records) {
       const name = packFileName(rec.id);
       try {
-        const chunks = await readPackChunks(path.join(dir, 'packs', name), name);
+        const chunks = await store.packs.readChunks(rec.id);
         if (chunks.length !== rec.chunks) problems.push(`${name}: ${chunks.length} chunks, record says ${rec.chunks}`);
       } catch (err) {
         problems.push((err as Error).message);

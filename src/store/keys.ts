@@ -5,7 +5,7 @@
  *   'd' + u32be pack id → JSON DeletedPackRecord: the pack has left the index; its file is to be
  *                        removed (recovery removes it, never re-indexes it)
  */
-import { jsonValue, parseRecord, prefixedKey, prefixRange, type RecordSchema, type StoreDb } from '../store/db.js';
+import { jsonValue, parseRecord, prefixedKey, prefixRange, type RecordSchema, type StoreDb } from './db.js';
 
 export const KEY_KEPT_BASE = 0x6b; // 'k'
 export const KEY_DELETED_PACK = 0x64; // 'd'

@@ -11,7 +11,7 @@
  * never lost. A store without a base key predates counters: stats then recounts (see stats.ts).
  */
 import { randomBytes } from 'node:crypto';
-import { jsonValue, KEY_META, parseRecord, prefixRange, type PackRecord, type RecordSchema, type SnapshotRecord, type StoreDb } from '../store/db.js';
+import { jsonValue, KEY_META, parseRecord, prefixRange, type PackRecord, type RecordSchema, type SnapshotRecord, type StoreDb } from './db.js';
 
 export interface StoreCounters {
   /** Committed snapshots and the sums of their records. */

@@ -1,0 +1,15 @@
+/**
+ * How many pages one page job moves: shared by sessions (hash jobs), restores (windows) and the
+ * store, which sizes the slabs it lends to both. Kept here, below all three, so none imports another.
+ */
+
+/** Pages per hash job: large enough to amortise messaging, small enough to keep both cores busy. */
+export const BLOCK_PAGES = 1024;
+
+/**
+ * Pages per restore window (1 MiB). A window's output and read buffers are reused, but each is
+ * touched fresh once per process, and a first touch costs ~12 µs a page on the project's virtual
+ * machines: 4 MiB windows cost a one-shot 448 MiB restore ~2,000 more page faults and 5-7% of its
+ * time (bench/RESULTS.md).
+ */
+export const WINDOW_PAGES = 256;

@@ -1,0 +1,129 @@
+/**
+ * Open-time recovery (Store.open runs it before loading the chunk table). Below the store and the
+ * maintenance commands: it reads the catalog and packs, never a Store.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { packFileName, parsePackFileName } from '../format/pack.js';
+import { ensurePrivateDir, fsyncDir } from '../util/durable.js';
+import { CorruptError } from '../util/errors.js';
+import { addCounterDelta, recoveredPackDelta } from './counters.js';
+import {
+  chunkKey,
+  decodeChunkValue,
+  encodeChunkValue,
+  jsonValue,
+  KEY_PACK,
+  KEY_SNAPSHOT,
+  packKey,
+  prefixedKey,
+  prefixRange,
+  stampChunkGeneration,
+  type PackRecord,
+  type StoreDb,
+} from './db.js';
+import { isHeld } from './held.js';
+import { deletedPackKey, keptBaseKey, KEY_DELETED_PACK } from './keys.js';
+import type { PackReader } from './pack-reader.js';
+import { storePaths } from './paths.js';
+
+export interface RecoveryReport {
+  tempFilesRemoved: number;
+  packsIndexed: number;
+  packsQuarantined: string[];
+  orphanManifestsRemoved: number;
+}
+
+/**
+ * Recovery on open, before anything reads the store: temp files go, deletions gc began are finished,
+ * packs sealed but not indexed are indexed (or quarantined when they do not read back), manifests
+ * that never got a commit record go (unless held or a kept base).
+ */
+export async function recover(dir: string, db: StoreDb, packs: PackReader): Promise<RecoveryReport> {
+  const p = storePaths(dir);
+  const report: RecoveryReport = { tempFilesRemoved: 0, packsIndexed: 0, packsQuarantined: [], orphanManifestsRemoved: 0 };
+  // 1. Temp files are never referenced by anything committed.
+  for (const name of await fsp.readdir(p.tmp)) {
+    await fsp.rm(path.join(p.tmp, name), { force: true, recursive: true });
+    report.tempFilesRemoved++;
+  }
+  // 1b. Packs gc removed from the index but had not yet deleted: finish the deletion (never re-index).
+  await finishPackDeletions(dir, db);
+  // 2. Packs renamed into place but not indexed (crash between rename and the index batch).
+  const indexed = new Set<number>();
+  for await (const k of db.keys(prefixRange(Buffer.of(KEY_PACK)))) indexed.add(k.readUInt32BE(1));
+  for (const name of await fsp.readdir(p.packs)) {
+    const id = parsePackFileName(name);
+    if (id === undefined || indexed.has(id)) continue;
+    const file = path.join(p.packs, name);
+    try {
+      const entries = await packs.readChunks(id);
+      const batch = db.batch();
+      for (const e of entries) {
+        batch.put(chunkKey(e.digest), encodeChunkValue({ pack: id, offset: e.offset, storedLength: e.storedLength, codec: e.codec }));
+      }
+      const stat = await fsp.stat(file);
+      const payloadBytes = entries.reduce((s, e) => s + e.storedLength, 0);
+      const rec: PackRecord = { id, chunks: entries.length, bytes: stat.size, payloadBytes, sealedAt: stat.mtime.toISOString() };
+      batch.put(packKey(id), jsonValue(rec));
+      // Counters: a gc-rewritten pack's chunks may already be indexed (in the pack it replaces).
+      const prior = await db.getMany(entries.map((e) => chunkKey(e.digest)));
+      addCounterDelta(batch, recoveredPackDelta(rec, entries, prior.map((v) => (v === undefined ? undefined : decodeChunkValue(v).storedLength))));
+      stampChunkGeneration(batch);
+      await batch.write({ sync: true });
+      report.packsIndexed++;
+    } catch (err) {
+      if (!(err instanceof CorruptError)) throw err;
+      await packs.evict(id);
+      await ensurePrivateDir(p.quarantine);
+      await fsp.rename(file, path.join(p.quarantine, name));
+      report.packsQuarantined.push(name);
+    }
+  }
+  // 3. Manifests written but never committed (crash between manifest and commit record).
+  for (const name of await fsp.readdir(p.manifests)) {
+    const m = /^([0-9a-f]{16})\.vnm(\.tmp)?$/.exec(name);
+    if (!m) continue;
+    if (m[2] || (await db.get(prefixedKey(KEY_SNAPSHOT, m[1]))) === undefined) {
+      if (!m[2] && ((await isKeptBase(db, m[1])) || (await isHeld(db, m[1])))) continue;
+      await fsp.rm(path.join(p.manifests, name), { force: true });
+      report.orphanManifestsRemoved++;
+    }
+  }
+  return report;
+}
+
+/**
+ * A manifest with no commit record may still be the delta base of a committed snapshot: forget then
+ * wrote a 'k' record for it in the same batch that removed its commit record (src/store/keys.ts).
+ */
+async function isKeptBase(db: StoreDb, id: string): Promise<boolean> {
+  return (await db.get(keptBaseKey(id))) !== undefined;
+}
+
+/**
+ * A 'd' record says gc removed the pack from the index (in the same batch that moved its live chunks
+ * elsewhere) and a crash stopped it before the file was deleted. Delete the file now: re-indexing it as
+ * an "unindexed pack" would resurrect dead chunks. Returns the number of files removed.
+ */
+async function finishPackDeletions(dir: string, db: StoreDb): Promise<number> {
+  const ids: number[] = [];
+  for await (const k of db.keys(prefixRange(Buffer.of(KEY_DELETED_PACK)))) ids.push(k.readUInt32BE(1));
+  if (ids.length === 0) return 0;
+  const packs = storePaths(dir).packs;
+  let removed = 0;
+  for (const id of ids) {
+    const file = path.join(packs, packFileName(id));
+    try {
+      await fsp.rm(file);
+      removed++;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
+  await fsyncDir(packs);
+  const batch = db.batch();
+  for (const id of ids) batch.del(deletedPackKey(id));
+  await batch.write({ sync: true });
+  return removed;
+}
