@@ -2,7 +2,8 @@
 // Issue 12's ratios through `vnstore serve`: agents (in this process, over loopback TCP) and the
 // server (a child process) on this machine, against single-thread BLAKE3 (one blake3() call per
 // page) over the same bytes in memory. Run `npm run build` first.
-//   node bench/server.mjs [--mib N] [--agents-mib N] [--json]
+//   node bench/server.mjs [--mib N] [--agents-mib N] [--no-aggregate] [--json]
+// $BENCH_SERVE_NODE_ARGS: extra node flags for the server child (e.g. "--cpu-prof --cpu-prof-dir=D").
 // Figures: first snapshot, consecutive from the whole image, consecutive with a 10% dirty-page list
 // (logical bytes / time), restore (verified client-side), wire bytes of the consecutive snapshot
 // against (its new pages' bytes + 40 B per offered page) from the server's metrics, aggregate ingest
@@ -18,27 +19,12 @@ import { blake3 } from '@napi-rs/blake-hash';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const CLI = join(root, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
-const { values: args } = parseArgs({ options: { mib: { type: 'string', default: '256' }, 'agents-mib': { type: 'string', default: '64' }, json: { type: 'boolean', default: false } } });
+const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
+const { values: args } = parseArgs({ options: { mib: { type: 'string', default: '256' }, 'agents-mib': { type: 'string', default: '64' }, json: { type: 'boolean', default: false }, 'no-aggregate': { type: 'boolean', default: false } } });
 const PAGE = 4096;
 const MB = 1e6;
 const log = (s) => process.stderr.write(`server-bench: ${s}\n`);
 const now = () => performance.now() / 1000;
-
-/** xorshift pages: a quarter zero, a quarter text-like (compressible), half random. */
-function makeImage(mib, seed) {
-  const pages = (mib * 1024 * 1024) / PAGE;
-  const buf = Buffer.alloc(pages * PAGE);
-  let s = seed >>> 0 || 1;
-  const next = () => ((s ^= s << 13), (s ^= s >>> 17), (s ^= s << 5), s >>> 0);
-  for (let p = 0; p < pages; p++) {
-    const kind = next() % 4;
-    const at = p * PAGE;
-    if (kind === 0) continue;
-    if (kind === 1) buf.write(`page ${p} seed ${seed} `.repeat(200).slice(0, PAGE), at, 'latin1');
-    else for (let o = 0; o < PAGE; o += 4) buf.writeUInt32LE(next(), at + o);
-  }
-  return buf;
-}
 
 function baseline(image) {
   const t = now();
@@ -47,7 +33,7 @@ function baseline(image) {
 }
 
 async function startServe(store) {
-  const child = spawn(process.execPath, [CLI, 'serve', '--store', store, '--listen', '127.0.0.1:0', '--metrics', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn(process.execPath, [...(process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? []), CLI, 'serve', '--store', store, '--listen', '127.0.0.1:0', '--metrics', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
   let out = '';
   await new Promise((res, rej) => {
     child.stdout.on('data', (d) => {
@@ -118,7 +104,7 @@ try {
   r.aggregate = {};
   const amib = Number(args['agents-mib']);
   const agentImages = Array.from({ length: 8 }, (_, k) => makeImage(amib, 100 + k));
-  for (const n of [1, 2, 4, 8]) {
+  for (const n of args['no-aggregate'] ? [] : [1, 2, 4, 8]) {
     const clients = await Promise.all(Array.from({ length: n }, () => AgentClient.connect({ server: srv.address, token })));
     t = now();
     await Promise.all(clients.map((c, k) => push(c, `agg${n}-${k}`, agentImages[k], { parent: 'none' })));
