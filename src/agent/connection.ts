@@ -7,12 +7,13 @@ import tls from 'node:tls';
 import { decodeMessage, encodeMessage, encodeMessageParts, type Message } from '../protocol/messages.js';
 import { FrameDecoder, writeFrame } from '../protocol/frames.js';
 import { ProtocolError, RemoteError } from '../protocol/errors.js';
-import { DEFAULT_WINDOW, MAX_PAGES_PER_BATCH, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
+import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import { SlabPool } from '../chunk/slab-pool.js';
 import { parseAddress } from '../server/address.js';
 import { VnstoreError } from '../util/errors.js';
 import { drainedOrClosed } from '../util/drain.js';
+import { reusedReadBuffer, type ChunkHandler } from '../protocol/socket-reader.js';
 
 export interface ConnectOptions {
   /** HOST:PORT, tls://HOST:PORT or unix:PATH (src/server/address.ts). */
@@ -60,13 +61,16 @@ export class AgentConnection {
 
   static async connect(opts: ConnectOptions): Promise<AgentConnection> {
     const addr = parseAddress(opts.server);
+    // Every read goes to `onChunk`: the handshake's handler first, then the connection's.
+    let onChunk: ChunkHandler = () => undefined;
+    const onread = reusedReadBuffer((chunk) => onChunk(chunk));
     const socket = await new Promise<net.Socket>((resolve, reject) => {
       const s =
         addr.kind === 'unix'
-          ? net.connect(addr.path)
+          ? net.connect({ path: addr.path, onread })
           : addr.tls
-            ? tls.connect({ host: addr.host, port: addr.port, ca: opts.tlsCa, servername: net.isIP(addr.host) ? undefined : addr.host })
-            : net.connect(addr.port, addr.host);
+            ? tls.connect({ host: addr.host, port: addr.port, ca: opts.tlsCa, servername: net.isIP(addr.host) ? undefined : addr.host }).on('data', (chunk: Buffer) => onChunk(chunk))
+            : net.connect({ port: addr.port, host: addr.host, onread });
       const timer = setTimeout(() => s.destroy(new Error('timed out')), opts.connectTimeoutMs ?? 10_000);
       s.once(addr.kind === 'tcp' && addr.tls ? 'secureConnect' : 'connect', () => {
         clearTimeout(timer);
@@ -79,14 +83,14 @@ export class AgentConnection {
       });
     });
     socket.setNoDelay(true);
-    const decoder = new FrameDecoder();
+    const decoder = new FrameDecoder(MAX_FRAME_BYTES, true, 4); // copies: reads land in one reused buffer
     socket.write(encodeMessage({ t: 'hello', minVersion: MIN_PROTOCOL_VERSION, maxVersion: PROTOCOL_VERSION, token: opts.token }));
     const welcome = await new Promise<Extract<Message, { t: 'welcome' }>>((resolve, reject) => {
       const onData = (chunk: Buffer) => {
         try {
           const frames = decoder.push(chunk);
           if (frames.length === 0) return;
-          socket.off('data', onData);
+          onChunk = () => undefined;
           socket.off('close', onClose);
           const m = decodeMessage(frames[0]);
           if (m.t === 'welcome') resolve(m);
@@ -97,7 +101,7 @@ export class AgentConnection {
         }
       };
       const onClose = () => reject(new VnstoreError('E_IO', `server ${opts.server} closed the connection during the handshake`));
-      socket.on('data', onData);
+      onChunk = onData;
       socket.once('close', onClose);
       // Reset during the handshake: the close that follows rejects; the error must not go unhandled.
       socket.on('error', () => undefined);
@@ -106,21 +110,22 @@ export class AgentConnection {
       throw err;
     });
     const c = new AgentConnection(socket, Math.max(1, welcome.window), welcome.serverId, welcome.maxPagesPerBatch);
-    c.listen(decoder);
+    onChunk = c.listen(decoder);
     return c;
   }
 
-  private listen(decoder: FrameDecoder): void {
-    this.socket.on('data', (chunk: Buffer) => {
+  /** Attaches the connection's handlers; returns the one for the bytes read. */
+  private listen(decoder: FrameDecoder): ChunkHandler {
+    this.socket.on('error', (err) => this.fail(new VnstoreError('E_IO', `connection to the server failed: ${err.message}`)));
+    this.socket.on('close', () => this.fail(new VnstoreError('E_IO', 'the server closed the connection')));
+    return (chunk) => {
       try {
         for (const f of decoder.push(chunk)) this.onMessage(decodeMessage(f), f.release);
       } catch (err) {
         this.fail(err as Error);
         this.socket.destroy();
       }
-    });
-    this.socket.on('error', (err) => this.fail(new VnstoreError('E_IO', `connection to the server failed: ${err.message}`)));
-    this.socket.on('close', () => this.fail(new VnstoreError('E_IO', 'the server closed the connection')));
+    };
   }
 
   private onMessage(m: Message, release?: () => void): void {
