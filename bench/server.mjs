@@ -45,6 +45,23 @@ async function startServe(store) {
   return { child, address: /^listening (\S+)$/m.exec(out)[1], metrics: /^metrics (\S+)$/m.exec(out)[1] };
 }
 
+/** CPU seconds (user + system) of a process so far, from /proc (all its threads). */
+async function cpuOf(pid) {
+  const f = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+}
+
+/** Runs `fn`, returning its wall seconds and the CPU seconds of this process and of the server. */
+async function timed(serverPid, fn) {
+  const cpu0 = process.cpuUsage();
+  const srv0 = await cpuOf(serverPid);
+  const t0 = now();
+  const value = await fn();
+  const wall = now() - t0;
+  const c = process.cpuUsage(cpu0);
+  return { value, wall, agentCpu: (c.user + c.system) / 1e6, serverCpu: (await cpuOf(serverPid)) - srv0 };
+}
+
 async function wireIn(metricsUrl) {
   const text = await (await fetch(metricsUrl)).text();
   return Number(/^vnstore_wire_bytes_total\{direction="in"\} (\S+)$/m.exec(text)?.[1] ?? 0);
@@ -83,30 +100,31 @@ try {
   const srv = await startServe(store);
   const client = await AgentClient.connect({ server: srv.address, token });
   const r = {};
-  let t = now();
-  await push(client, 'vm', first);
-  r.first = first.length / MB / (now() - t);
+  /** MB/s of `bytes` over the phase's wall time; CPU seconds of agent and server go to r.cpu. */
+  r.cpu = {};
+  const phase = async (name, bytes, fn) => {
+    const m = await timed(srv.child.pid, fn);
+    r[name] = bytes / MB / m.wall;
+    r.cpu[name] = { wall: +m.wall.toFixed(3), agent: +m.agentCpu.toFixed(3), server: +m.serverCpu.toFixed(2) };
+    return m.value;
+  };
+  await phase('first', first.length, () => push(client, 'vm', first));
   const before = await wireIn(srv.metrics);
-  t = now();
-  const cons = await push(client, 'vm', second);
-  r.consecutive = second.length / MB / (now() - t);
+  const cons = await phase('consecutive', second.length, () => push(client, 'vm', second));
   const wire = (await wireIn(srv.metrics)) - before;
   r.wireBytes = wire;
   r.wireBudget = cons.stats.pagesSent * PAGE + 40 * cons.stats.pagesOffered;
-  t = now();
-  await push(client, 'vm', third, { dirty });
-  r.dirty10 = third.length / MB / (now() - t);
-  t = now();
+  await phase('dirty10', third.length, () => push(client, 'vm', third, { dirty }));
   let restored = 0;
-  await client.restore(cons.rec.id, (b) => void (restored += b.length));
-  r.restore = restored / MB / (now() - t);
+  await phase('restore', first.length, () => client.restore(cons.rec.id, (b) => void (restored += b.length)));
+  if (restored !== second.length) throw new Error(`restored ${restored} bytes, want ${second.length}`);
   await client.close();
   r.aggregate = {};
   const amib = Number(args['agents-mib']);
   const agentImages = Array.from({ length: 8 }, (_, k) => makeImage(amib, 100 + k));
   for (const n of args['no-aggregate'] ? [] : [1, 2, 4, 8]) {
     const clients = await Promise.all(Array.from({ length: n }, () => AgentClient.connect({ server: srv.address, token })));
-    t = now();
+    const t = now();
     await Promise.all(clients.map((c, k) => push(c, `agg${n}-${k}`, agentImages[k], { parent: 'none' })));
     r.aggregate[n] = (n * amib * 1024 * 1024) / MB / (now() - t);
     await Promise.all(clients.map((c) => c.close()));
@@ -132,6 +150,7 @@ try {
     wireRatio: r.wireBytes / r.wireBudget,
     aggregateMBps: r.aggregate,
     serverPeakRssMiB: r.serverPeakRssMiB,
+    cpuSeconds: r.cpu,
   };
   if (args.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
   else for (const [k, v] of Object.entries(out)) process.stdout.write(`${k.padEnd(22)} ${typeof v === 'number' ? v.toFixed(2) : JSON.stringify(v)}\n`);
