@@ -177,7 +177,8 @@ export class Connection {
         st.assertWritable();
         checkIndices(st, m.indices);
         verifyPages(m.indices, m.digests, m.data);
-        await st.session.writeScattered(m.indices, m.data);
+        // Each page hashed once here: the session's page jobs take the checked digests.
+        await st.session.writeScattered(m.indices, m.data, m.digests);
         s.metrics.pagesReceived.inc(m.indices.length);
         return this.result(m.req, {});
       }
