@@ -51,7 +51,8 @@ export class AgentConnection {
   private nextReq = 1;
   private outstanding = 0;
   private failure: Error | undefined;
-  private drainWait: Promise<void> | undefined;
+  /** The last submitted frame's write: the next waits for it, so frames go out in submit order. */
+  private writing: Promise<void> = Promise.resolve();
   private constructor(
     private readonly socket: net.Socket,
     readonly window: number,
@@ -172,20 +173,37 @@ export class AgentConnection {
    * Byte fields of `m` are written from its own memory: they must not change until this settles.
    */
   async request(m: Outgoing, stream?: StreamHandler): Promise<Message> {
-    while (this.outstanding >= this.window && !this.failure) await new Promise<void>((resolve) => this.slots.push(resolve));
-    if (this.failure) throw this.failure;
-    const req = this.nextReq;
-    this.nextReq = this.nextReq >= 0xfffffffe ? 1 : this.nextReq + 1;
-    const frame = encodeMessageParts({ ...m, req } as Message);
-    this.outstanding++;
-    const answer = new Promise<Message>((resolve, reject) => this.waiters.set(req, { resolve, reject, stream }));
-    answer.catch(() => undefined); // the caller sees the rejection; it must not count as unhandled while we wait to send
-    if (!writeFrame(this.socket, frame)) {
-      // One wait shared by every writer held back (not a pair of listeners each); closed: the answer fails.
-      this.drainWait ??= drainedOrClosed(this.socket).finally(() => (this.drainWait = undefined));
-      await this.drainWait;
-    }
+    const { written, answer } = this.submit(m, stream);
+    await written;
     return answer;
+  }
+
+  /**
+   * request() in two steps: `written` settles once the frame is handed to the socket, `answer` with
+   * the answer. Frames are written in the order of the submit() calls (a writer waiting for a window
+   * slot holds back the ones after it), so a caller may go on once `written` settles and still know
+   * its later requests reach the server after this one. Byte fields of `m` must not change until
+   * `answer` settles.
+   */
+  submit(m: Outgoing, stream?: StreamHandler): { written: Promise<void>; answer: Promise<Message> } {
+    let settle!: Pick<Waiter, 'resolve' | 'reject'>;
+    const answer = new Promise<Message>((resolve, reject) => (settle = { resolve, reject }));
+    answer.catch(() => undefined); // the caller sees the rejection; it must not count as unhandled while we wait to send
+    const written = this.writing.then(async () => {
+      while (this.outstanding >= this.window && !this.failure) await new Promise<void>((resolve) => this.slots.push(resolve));
+      if (this.failure) {
+        settle.reject(this.failure);
+        throw this.failure;
+      }
+      const req = this.nextReq;
+      this.nextReq = this.nextReq >= 0xfffffffe ? 1 : this.nextReq + 1;
+      const frame = encodeMessageParts({ ...m, req } as Message);
+      this.outstanding++;
+      this.waiters.set(req, { ...settle, stream });
+      if (!writeFrame(this.socket, frame)) await drainedOrClosed(this.socket); // closed: the answer fails
+    });
+    this.writing = written.catch(() => undefined);
+    return { written, answer };
   }
 
   /** False once the connection has failed or closed: every request would reject. */
