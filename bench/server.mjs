@@ -2,7 +2,11 @@
 // Issue 12's ratios through `vnstore serve`: agents (in this process, over loopback TCP) and the
 // server (a child process) on this machine, against single-thread BLAKE3 (one blake3() call per
 // page) over the same bytes in memory. Run `npm run build` first.
-//   node bench/server.mjs [--mib N] [--agents-mib N] [--no-aggregate] [--json]
+//   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--no-aggregate] [--json]
+// --warmup-mib (default 32): before the timed phases, one snapshot of another VM of that size is
+// stored and restored, so both processes have compiled their hot code, as a running daemon has (in a
+// fresh server process, V8's optimising compiler took about a quarter of the server's CPU during
+// its first 128 MiB snapshot: perf, bench/RESULTS.md). 0 times a fresh server.
 // $BENCH_SERVE_NODE_ARGS: extra node flags for the server child (e.g. "--cpu-prof --cpu-prof-dir=D").
 // Figures: first snapshot, consecutive from the whole image, consecutive with a 10% dirty-page list
 // (logical bytes / time), restore (verified client-side), wire bytes of the consecutive snapshot
@@ -20,7 +24,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const CLI = join(root, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
-const { values: args } = parseArgs({ options: { mib: { type: 'string', default: '256' }, 'agents-mib': { type: 'string', default: '64' }, json: { type: 'boolean', default: false }, 'no-aggregate': { type: 'boolean', default: false } } });
+const { values: args } = parseArgs({ options: { mib: { type: 'string', default: '256' }, 'agents-mib': { type: 'string', default: '64' }, json: { type: 'boolean', default: false }, 'no-aggregate': { type: 'boolean', default: false }, 'warmup-mib': { type: 'string', default: '32' } } });
 const PAGE = 4096;
 const MB = 1e6;
 const log = (s) => process.stderr.write(`server-bench: ${s}\n`);
@@ -99,6 +103,11 @@ try {
   const base = baseline(first);
   const srv = await startServe(store);
   const client = await AgentClient.connect({ server: srv.address, token });
+  const warmupMiB = Number(args['warmup-mib']);
+  if (warmupMiB > 0) {
+    const warm = await push(client, 'warmup', makeImage(warmupMiB, 99), { parent: 'none' });
+    await client.restore(warm.rec.id, () => undefined);
+  }
   const r = {};
   /** MB/s of `bytes` over the phase's wall time; CPU seconds of agent and server go to r.cpu. */
   r.cpu = {};
@@ -136,6 +145,8 @@ try {
   const out = {
     date: new Date().toISOString(),
     imageMiB: mib,
+    warmupMiB,
+    loadavg: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number),
     baselineMBps: base,
     firstMBps: r.first,
     firstRatio: r.first / base,
