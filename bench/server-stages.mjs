@@ -3,7 +3,7 @@
 // (the image bench/server.mjs uses), to show what the ratios of issue 12 can reach on 2 cores:
 // single-thread BLAKE3 (the baseline), the batched native page hasher (agent hashing, server check,
 // restoring client's check), the zero scan, LZ4 compress and decode of the non-zero pages, a memcpy,
-// loopback TCP of 1 MiB frames to a child process that drops them, and writing the compressed bytes
+// loopback TCP of 1 MiB writes to a child process that drops them (reused or fresh read buffers), and writing the compressed bytes
 // to a file with fdatasync (the pack write). Run `npm run build` first.
 //   node bench/server-stages.mjs [--mib N] [--json]
 import { spawn } from 'node:child_process';
@@ -83,27 +83,39 @@ try {
   rmSync(dir, { recursive: true, force: true });
 }
 
-// Loopback TCP: 1 MiB frames of the image to a child that drops them, until it has read them all.
-const sink = spawn(process.execPath, ['-e', `const s=require('net').createServer(c=>{let n=0;c.on('data',d=>{n+=d.length;if(n>=${image.length})c.end('k')})}).listen(0,'127.0.0.1',()=>console.log(s.address().port))`], { stdio: ['ignore', 'pipe', 'inherit'] });
-const port = await new Promise((res) => sink.stdout.once('data', (d) => res(Number(String(d).trim()))));
-const sock = net.connect(port, '127.0.0.1');
-await new Promise((res) => sock.once('connect', res));
-t = performance.now();
-await new Promise((res) => {
-  sock.once('data', res);
-  let o = 0;
-  const pump = () => {
-    while (o < image.length) {
-      const ok = sock.write(image.subarray(o, o + (1 << 20)));
-      o += 1 << 20;
-      if (!ok) return void sock.once('drain', pump);
-    }
-  };
-  pump();
-});
-out.loopbackTcpMBps = rate(image.length, t);
-sock.destroy();
-sink.kill();
+// Loopback TCP: 1 MiB writes of the image to a child that counts and drops what it reads, until it
+// has read it all; the child reads into one reused buffer (net's onread, as the server and agent
+// do since issue 12) or with Node's default reads (a fresh buffer per read).
+async function loopback(reused) {
+  const listener = net.createServer();
+  await new Promise((res) => listener.listen(0, '127.0.0.1', res));
+  const accepted = new Promise((res) => listener.once('connection', res));
+  const reader = reused
+    ? `let n=0;const c=require('net').connect({port:${listener.address().port},host:'127.0.0.1',onread:{buffer:Buffer.alloc(1<<20),callback:(k)=>{n+=k;if(n>=${image.length})c.end('k');return true}}})`
+    : `let n=0;const c=require('net').connect(${listener.address().port},'127.0.0.1');c.on('data',(d)=>{n+=d.length;if(n>=${image.length})c.end('k')})`;
+  const child = spawn(process.execPath, ['-e', reader], { stdio: 'inherit' });
+  const sock = await accepted;
+  listener.close();
+  const t0 = performance.now();
+  await new Promise((res) => {
+    sock.once('data', res);
+    let o = 0;
+    const pump = () => {
+      while (o < image.length) {
+        const ok = sock.write(image.subarray(o, o + (1 << 20)));
+        o += 1 << 20;
+        if (!ok) return void sock.once('drain', pump);
+      }
+    };
+    pump();
+  });
+  const r = rate(image.length, t0);
+  sock.destroy();
+  child.kill();
+  return r;
+}
+out.loopbackTcpMBps = await loopback(true);
+out.loopbackTcpDefaultReadsMBps = await loopback(false);
 out.loadavgAfter = (await import('node:os')).loadavg().map((x) => +x.toFixed(2));
 if (args.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
 else for (const [k, v] of Object.entries(out)) process.stdout.write(`${k.padEnd(20)} ${typeof v === 'number' ? v.toFixed(2) : JSON.stringify(v)}\n`);

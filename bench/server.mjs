@@ -71,8 +71,11 @@ async function wireIn(metricsUrl) {
   return Number(/^vnstore_wire_bytes_total\{direction="in"\} (\S+)$/m.exec(text)?.[1] ?? 0);
 }
 
+/** Stores `image` as a snapshot of `vm`; `seconds` splits the wall time into begin, writes and prepare + commit. */
 async function push(client, vm, image, opts = {}) {
+  const t0 = now();
   const s = await client.beginSession({ vm, memoryBytes: image.length, parent: opts.parent ?? 'auto' });
+  const t1 = now();
   const block = 4096 * PAGE;
   if (opts.dirty) {
     for (let k = 0; k < opts.dirty.length; k += 4096) {
@@ -80,8 +83,9 @@ async function push(client, vm, image, opts = {}) {
       await s.writeScattered(part, Buffer.concat(part.map((p) => image.subarray(p * PAGE, (p + 1) * PAGE))));
     }
   } else for (let o = 0; o < image.length; o += block) await s.writePages(o / PAGE, image.subarray(o, o + block));
+  const t2 = now();
   const rec = await s.commit({ byteLength: image.length, unwritten: opts.dirty ? 'parent' : 'zero' });
-  return { rec, stats: s.stats };
+  return { rec, stats: s.stats, seconds: { begin: t1 - t0, writes: t2 - t1, commit: now() - t2 } };
 }
 
 const work = await mkdtemp(join(tmpdir(), 'vnstore-server-bench-'));
@@ -124,6 +128,9 @@ try {
   r.wireBytes = wire;
   r.wireBudget = cons.stats.pagesSent * PAGE + 40 * cons.stats.pagesOffered;
   await phase('dirty10', third.length, () => push(client, 'vm', third, { dirty }));
+  // What every snapshot pays whatever its size (begin with the parent's page table, prepare and
+  // commit: manifest, fsyncs, catalog): a dirty-list snapshot that lists no page.
+  r.emptyDirty = (await push(client, 'vm', third, { dirty: [] })).seconds;
   let restored = 0;
   await phase('restore', first.length, () => client.restore(cons.rec.id, (b) => void (restored += b.length)));
   if (restored !== second.length) throw new Error(`restored ${restored} bytes, want ${second.length}`);
@@ -154,6 +161,8 @@ try {
     consecutiveRatio: r.consecutive / base,
     dirty10MBps: r.dirty10,
     dirty10Ratio: r.dirty10 / base,
+    emptyDirtySnapshotSeconds: r.emptyDirty,
+    dirty10BudgetSeconds: third.length / MB / (8 * base),
     restoreMBps: r.restore,
     restoreRatio: r.restore / base,
     consecutiveWireBytes: r.wireBytes,
