@@ -2,7 +2,12 @@
 // Issue 12's ratios through `vnstore serve`: agents (in this process, over loopback TCP) and the
 // server (a child process) on this machine, against single-thread BLAKE3 (one blake3() call per
 // page) over the same bytes in memory. Run `npm run build` first.
-//   node bench/server.mjs [--mib N] [--agents-mib N] [--json]
+//   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--no-aggregate] [--json]
+// --warmup-mib (default 32): before the timed phases, one snapshot of another VM of that size is
+// stored and restored, so both processes have compiled their hot code, as a running daemon has (in a
+// fresh server process, V8's optimising compiler took about a quarter of the server's CPU during
+// its first 128 MiB snapshot: perf, bench/RESULTS.md). 0 times a fresh server.
+// $BENCH_SERVE_NODE_ARGS: extra node flags for the server child (e.g. "--cpu-prof --cpu-prof-dir=D").
 // Figures: first snapshot, consecutive from the whole image, consecutive with a 10% dirty-page list
 // (logical bytes / time), restore (verified client-side), wire bytes of the consecutive snapshot
 // against (its new pages' bytes + 40 B per offered page) from the server's metrics, aggregate ingest
@@ -18,27 +23,12 @@ import { blake3 } from '@napi-rs/blake-hash';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const CLI = join(root, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
-const { values: args } = parseArgs({ options: { mib: { type: 'string', default: '256' }, 'agents-mib': { type: 'string', default: '64' }, json: { type: 'boolean', default: false } } });
+const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
+const { values: args } = parseArgs({ options: { mib: { type: 'string', default: '256' }, 'agents-mib': { type: 'string', default: '64' }, json: { type: 'boolean', default: false }, 'no-aggregate': { type: 'boolean', default: false }, 'warmup-mib': { type: 'string', default: '32' } } });
 const PAGE = 4096;
 const MB = 1e6;
 const log = (s) => process.stderr.write(`server-bench: ${s}\n`);
 const now = () => performance.now() / 1000;
-
-/** xorshift pages: a quarter zero, a quarter text-like (compressible), half random. */
-function makeImage(mib, seed) {
-  const pages = (mib * 1024 * 1024) / PAGE;
-  const buf = Buffer.alloc(pages * PAGE);
-  let s = seed >>> 0 || 1;
-  const next = () => ((s ^= s << 13), (s ^= s >>> 17), (s ^= s << 5), s >>> 0);
-  for (let p = 0; p < pages; p++) {
-    const kind = next() % 4;
-    const at = p * PAGE;
-    if (kind === 0) continue;
-    if (kind === 1) buf.write(`page ${p} seed ${seed} `.repeat(200).slice(0, PAGE), at, 'latin1');
-    else for (let o = 0; o < PAGE; o += 4) buf.writeUInt32LE(next(), at + o);
-  }
-  return buf;
-}
 
 function baseline(image) {
   const t = now();
@@ -47,7 +37,7 @@ function baseline(image) {
 }
 
 async function startServe(store) {
-  const child = spawn(process.execPath, [CLI, 'serve', '--store', store, '--listen', '127.0.0.1:0', '--metrics', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn(process.execPath, [...(process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? []), CLI, 'serve', '--store', store, '--listen', '127.0.0.1:0', '--metrics', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
   let out = '';
   await new Promise((res, rej) => {
     child.stdout.on('data', (d) => {
@@ -59,13 +49,33 @@ async function startServe(store) {
   return { child, address: /^listening (\S+)$/m.exec(out)[1], metrics: /^metrics (\S+)$/m.exec(out)[1] };
 }
 
+/** CPU seconds (user + system) of a process so far, from /proc (all its threads). */
+async function cpuOf(pid) {
+  const f = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+}
+
+/** Runs `fn`, returning its wall seconds and the CPU seconds of this process and of the server. */
+async function timed(serverPid, fn) {
+  const cpu0 = process.cpuUsage();
+  const srv0 = await cpuOf(serverPid);
+  const t0 = now();
+  const value = await fn();
+  const wall = now() - t0;
+  const c = process.cpuUsage(cpu0);
+  return { value, wall, agentCpu: (c.user + c.system) / 1e6, serverCpu: (await cpuOf(serverPid)) - srv0 };
+}
+
 async function wireIn(metricsUrl) {
   const text = await (await fetch(metricsUrl)).text();
   return Number(/^vnstore_wire_bytes_total\{direction="in"\} (\S+)$/m.exec(text)?.[1] ?? 0);
 }
 
+/** Stores `image` as a snapshot of `vm`; `seconds` splits the wall time into begin, writes and prepare + commit. */
 async function push(client, vm, image, opts = {}) {
+  const t0 = now();
   const s = await client.beginSession({ vm, memoryBytes: image.length, parent: opts.parent ?? 'auto' });
+  const t1 = now();
   const block = 4096 * PAGE;
   if (opts.dirty) {
     for (let k = 0; k < opts.dirty.length; k += 4096) {
@@ -73,8 +83,9 @@ async function push(client, vm, image, opts = {}) {
       await s.writeScattered(part, Buffer.concat(part.map((p) => image.subarray(p * PAGE, (p + 1) * PAGE))));
     }
   } else for (let o = 0; o < image.length; o += block) await s.writePages(o / PAGE, image.subarray(o, o + block));
+  const t2 = now();
   const rec = await s.commit({ byteLength: image.length, unwritten: opts.dirty ? 'parent' : 'zero' });
-  return { rec, stats: s.stats };
+  return { rec, stats: s.stats, seconds: { begin: t1 - t0, writes: t2 - t1, commit: now() - t2 } };
 }
 
 const work = await mkdtemp(join(tmpdir(), 'vnstore-server-bench-'));
@@ -96,31 +107,40 @@ try {
   const base = baseline(first);
   const srv = await startServe(store);
   const client = await AgentClient.connect({ server: srv.address, token });
+  const warmupMiB = Number(args['warmup-mib']);
+  if (warmupMiB > 0) {
+    const warm = await push(client, 'warmup', makeImage(warmupMiB, 99), { parent: 'none' });
+    await client.restore(warm.rec.id, () => undefined);
+  }
   const r = {};
-  let t = now();
-  await push(client, 'vm', first);
-  r.first = first.length / MB / (now() - t);
+  /** MB/s of `bytes` over the phase's wall time; CPU seconds of agent and server go to r.cpu. */
+  r.cpu = {};
+  const phase = async (name, bytes, fn) => {
+    const m = await timed(srv.child.pid, fn);
+    r[name] = bytes / MB / m.wall;
+    r.cpu[name] = { wall: +m.wall.toFixed(3), agent: +m.agentCpu.toFixed(3), server: +m.serverCpu.toFixed(2) };
+    return m.value;
+  };
+  await phase('first', first.length, () => push(client, 'vm', first));
   const before = await wireIn(srv.metrics);
-  t = now();
-  const cons = await push(client, 'vm', second);
-  r.consecutive = second.length / MB / (now() - t);
+  const cons = await phase('consecutive', second.length, () => push(client, 'vm', second));
   const wire = (await wireIn(srv.metrics)) - before;
   r.wireBytes = wire;
   r.wireBudget = cons.stats.pagesSent * PAGE + 40 * cons.stats.pagesOffered;
-  t = now();
-  await push(client, 'vm', third, { dirty });
-  r.dirty10 = third.length / MB / (now() - t);
-  t = now();
+  await phase('dirty10', third.length, () => push(client, 'vm', third, { dirty }));
+  // What every snapshot pays whatever its size (begin with the parent's page table, prepare and
+  // commit: manifest, fsyncs, catalog): a dirty-list snapshot that lists no page.
+  r.emptyDirty = (await push(client, 'vm', third, { dirty: [] })).seconds;
   let restored = 0;
-  await client.restore(cons.rec.id, (b) => void (restored += b.length));
-  r.restore = restored / MB / (now() - t);
+  await phase('restore', first.length, () => client.restore(cons.rec.id, (b) => void (restored += b.length)));
+  if (restored !== second.length) throw new Error(`restored ${restored} bytes, want ${second.length}`);
   await client.close();
   r.aggregate = {};
   const amib = Number(args['agents-mib']);
   const agentImages = Array.from({ length: 8 }, (_, k) => makeImage(amib, 100 + k));
-  for (const n of [1, 2, 4, 8]) {
+  for (const n of args['no-aggregate'] ? [] : [1, 2, 4, 8]) {
     const clients = await Promise.all(Array.from({ length: n }, () => AgentClient.connect({ server: srv.address, token })));
-    t = now();
+    const t = now();
     await Promise.all(clients.map((c, k) => push(c, `agg${n}-${k}`, agentImages[k], { parent: 'none' })));
     r.aggregate[n] = (n * amib * 1024 * 1024) / MB / (now() - t);
     await Promise.all(clients.map((c) => c.close()));
@@ -132,6 +152,8 @@ try {
   const out = {
     date: new Date().toISOString(),
     imageMiB: mib,
+    warmupMiB,
+    loadavg: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number),
     baselineMBps: base,
     firstMBps: r.first,
     firstRatio: r.first / base,
@@ -139,6 +161,8 @@ try {
     consecutiveRatio: r.consecutive / base,
     dirty10MBps: r.dirty10,
     dirty10Ratio: r.dirty10 / base,
+    emptyDirtySnapshotSeconds: r.emptyDirty,
+    dirty10BudgetSeconds: third.length / MB / (8 * base),
     restoreMBps: r.restore,
     restoreRatio: r.restore / base,
     consecutiveWireBytes: r.wireBytes,
@@ -146,6 +170,7 @@ try {
     wireRatio: r.wireBytes / r.wireBudget,
     aggregateMBps: r.aggregate,
     serverPeakRssMiB: r.serverPeakRssMiB,
+    cpuSeconds: r.cpu,
   };
   if (args.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
   else for (const [k, v] of Object.entries(out)) process.stdout.write(`${k.padEnd(22)} ${typeof v === 'number' ? v.toFixed(2) : JSON.stringify(v)}\n`);

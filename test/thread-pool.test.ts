@@ -233,6 +233,38 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
     );
   });
 
+  it('with checkedDigests (a server\'s verified digests) give the results of hashing, inline and on the thread pool, without hashing again', async () => {
+    await fc.assert(
+      fc.asyncProperty(blockArb, fc.array(fc.boolean(), { maxLength: 40 }), fc.array(fc.boolean(), { maxLength: 40 }), async (spec, sameAsParent, inTable) => {
+        const src = blockOf(spec);
+        const n = spec.length;
+        // What an agent sends: every page's digest, a zero page's too.
+        const real = new Uint8Array(n * DIGEST_BYTES);
+        for (let i = 0; i < n; i++) real.set(blake3(Buffer.from(src.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE))), i * DIGEST_BYTES);
+        const parentDigests = new Uint8Array(n * DIGEST_BYTES);
+        const parentHasDigest = new Uint8Array(n).fill(1);
+        const table = new ChunkTable(64);
+        for (let i = 0; i < n; i++) {
+          if (sameAsParent[i]) parentDigests.set(real.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
+          if (inTable[i] || sameAsParent[i]) table.insert(real, { pack: 1, offset: i * 10, storedLength: 10, codec: 1 }, i * DIGEST_BYTES);
+        }
+        const job = (checkedDigests?: Uint8Array): HashJob => ({ kind: 'hash', pages: Uint8Array.from(src), pageCount: n, parentDigests, parentHasDigest, table: table.shared, payloadSlab: new Uint8Array(n * PAGE_SIZE), checkedDigests });
+        const want = runHashJob(job());
+        sameResult(runHashJob(job(real)), want);
+        sameResult((await runHashJobOnThreadPool(job(real), () => new Uint8Array(0)))!, want);
+        // Taken as given: a (deliberately) different digest for a non-zero page comes back unchanged.
+        const k = spec.findIndex(([kind]) => kind !== 'zero');
+        if (k < 0) return;
+        const other = Uint8Array.from(real);
+        other.set(blake3(Buffer.from('not this page')), k * DIGEST_BYTES);
+        for (const r of [runHashJob(job(other)), (await runHashJobOnThreadPool(job(other), () => new Uint8Array(0)))!]) {
+          expect(Buffer.from(r.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)).equals(Buffer.from(other.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)))).toBe(true);
+        }
+      }),
+      { numRuns: 100 },
+    );
+  });
+
   it('fail as runHashJob does on a file that ends early or cannot be read', async () => {
     const root = tempDir('tpool');
     const file = path.join(root, 'short.bin');

@@ -7,12 +7,13 @@ import tls from 'node:tls';
 import { decodeMessage, encodeMessage, encodeMessageParts, type Message } from '../protocol/messages.js';
 import { FrameDecoder, writeFrame } from '../protocol/frames.js';
 import { ProtocolError, RemoteError } from '../protocol/errors.js';
-import { DEFAULT_WINDOW, MAX_PAGES_PER_BATCH, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
+import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import { SlabPool } from '../chunk/slab-pool.js';
 import { parseAddress } from '../server/address.js';
 import { VnstoreError } from '../util/errors.js';
 import { drainedOrClosed } from '../util/drain.js';
+import { reusedReadBuffer, type ChunkHandler } from '../protocol/socket-reader.js';
 
 export interface ConnectOptions {
   /** HOST:PORT, tls://HOST:PORT or unix:PATH (src/server/address.ts). */
@@ -50,7 +51,8 @@ export class AgentConnection {
   private nextReq = 1;
   private outstanding = 0;
   private failure: Error | undefined;
-  private drainWait: Promise<void> | undefined;
+  /** The last submitted frame's write: the next waits for it, so frames go out in submit order. */
+  private writing: Promise<void> = Promise.resolve();
   private constructor(
     private readonly socket: net.Socket,
     readonly window: number,
@@ -60,13 +62,16 @@ export class AgentConnection {
 
   static async connect(opts: ConnectOptions): Promise<AgentConnection> {
     const addr = parseAddress(opts.server);
+    // Every read goes to `onChunk`: the handshake's handler first, then the connection's.
+    let onChunk: ChunkHandler = () => undefined;
+    const onread = reusedReadBuffer((chunk) => onChunk(chunk));
     const socket = await new Promise<net.Socket>((resolve, reject) => {
       const s =
         addr.kind === 'unix'
-          ? net.connect(addr.path)
+          ? net.connect({ path: addr.path, onread })
           : addr.tls
-            ? tls.connect({ host: addr.host, port: addr.port, ca: opts.tlsCa, servername: net.isIP(addr.host) ? undefined : addr.host })
-            : net.connect(addr.port, addr.host);
+            ? tls.connect({ host: addr.host, port: addr.port, ca: opts.tlsCa, servername: net.isIP(addr.host) ? undefined : addr.host }).on('data', (chunk: Buffer) => onChunk(chunk))
+            : net.connect({ port: addr.port, host: addr.host, onread });
       const timer = setTimeout(() => s.destroy(new Error('timed out')), opts.connectTimeoutMs ?? 10_000);
       s.once(addr.kind === 'tcp' && addr.tls ? 'secureConnect' : 'connect', () => {
         clearTimeout(timer);
@@ -79,14 +84,14 @@ export class AgentConnection {
       });
     });
     socket.setNoDelay(true);
-    const decoder = new FrameDecoder();
+    const decoder = new FrameDecoder(MAX_FRAME_BYTES, true, 4); // copies: reads land in one reused buffer
     socket.write(encodeMessage({ t: 'hello', minVersion: MIN_PROTOCOL_VERSION, maxVersion: PROTOCOL_VERSION, token: opts.token }));
     const welcome = await new Promise<Extract<Message, { t: 'welcome' }>>((resolve, reject) => {
       const onData = (chunk: Buffer) => {
         try {
           const frames = decoder.push(chunk);
           if (frames.length === 0) return;
-          socket.off('data', onData);
+          onChunk = () => undefined;
           socket.off('close', onClose);
           const m = decodeMessage(frames[0]);
           if (m.t === 'welcome') resolve(m);
@@ -97,7 +102,7 @@ export class AgentConnection {
         }
       };
       const onClose = () => reject(new VnstoreError('E_IO', `server ${opts.server} closed the connection during the handshake`));
-      socket.on('data', onData);
+      onChunk = onData;
       socket.once('close', onClose);
       // Reset during the handshake: the close that follows rejects; the error must not go unhandled.
       socket.on('error', () => undefined);
@@ -106,21 +111,22 @@ export class AgentConnection {
       throw err;
     });
     const c = new AgentConnection(socket, Math.max(1, welcome.window), welcome.serverId, welcome.maxPagesPerBatch);
-    c.listen(decoder);
+    onChunk = c.listen(decoder);
     return c;
   }
 
-  private listen(decoder: FrameDecoder): void {
-    this.socket.on('data', (chunk: Buffer) => {
+  /** Attaches the connection's handlers; returns the one for the bytes read. */
+  private listen(decoder: FrameDecoder): ChunkHandler {
+    this.socket.on('error', (err) => this.fail(new VnstoreError('E_IO', `connection to the server failed: ${err.message}`)));
+    this.socket.on('close', () => this.fail(new VnstoreError('E_IO', 'the server closed the connection')));
+    return (chunk) => {
       try {
         for (const f of decoder.push(chunk)) this.onMessage(decodeMessage(f), f.release);
       } catch (err) {
         this.fail(err as Error);
         this.socket.destroy();
       }
-    });
-    this.socket.on('error', (err) => this.fail(new VnstoreError('E_IO', `connection to the server failed: ${err.message}`)));
-    this.socket.on('close', () => this.fail(new VnstoreError('E_IO', 'the server closed the connection')));
+    };
   }
 
   private onMessage(m: Message, release?: () => void): void {
@@ -167,20 +173,37 @@ export class AgentConnection {
    * Byte fields of `m` are written from its own memory: they must not change until this settles.
    */
   async request(m: Outgoing, stream?: StreamHandler): Promise<Message> {
-    while (this.outstanding >= this.window && !this.failure) await new Promise<void>((resolve) => this.slots.push(resolve));
-    if (this.failure) throw this.failure;
-    const req = this.nextReq;
-    this.nextReq = this.nextReq >= 0xfffffffe ? 1 : this.nextReq + 1;
-    const frame = encodeMessageParts({ ...m, req } as Message);
-    this.outstanding++;
-    const answer = new Promise<Message>((resolve, reject) => this.waiters.set(req, { resolve, reject, stream }));
-    answer.catch(() => undefined); // the caller sees the rejection; it must not count as unhandled while we wait to send
-    if (!writeFrame(this.socket, frame)) {
-      // One wait shared by every writer held back (not a pair of listeners each); closed: the answer fails.
-      this.drainWait ??= drainedOrClosed(this.socket).finally(() => (this.drainWait = undefined));
-      await this.drainWait;
-    }
+    const { written, answer } = this.submit(m, stream);
+    await written;
     return answer;
+  }
+
+  /**
+   * request() in two steps: `written` settles once the frame is handed to the socket, `answer` with
+   * the answer. Frames are written in the order of the submit() calls (a writer waiting for a window
+   * slot holds back the ones after it), so a caller may go on once `written` settles and still know
+   * its later requests reach the server after this one. Byte fields of `m` must not change until
+   * `answer` settles.
+   */
+  submit(m: Outgoing, stream?: StreamHandler): { written: Promise<void>; answer: Promise<Message> } {
+    let settle!: Pick<Waiter, 'resolve' | 'reject'>;
+    const answer = new Promise<Message>((resolve, reject) => (settle = { resolve, reject }));
+    answer.catch(() => undefined); // the caller sees the rejection; it must not count as unhandled while we wait to send
+    const written = this.writing.then(async () => {
+      while (this.outstanding >= this.window && !this.failure) await new Promise<void>((resolve) => this.slots.push(resolve));
+      if (this.failure) {
+        settle.reject(this.failure);
+        throw this.failure;
+      }
+      const req = this.nextReq;
+      this.nextReq = this.nextReq >= 0xfffffffe ? 1 : this.nextReq + 1;
+      const frame = encodeMessageParts({ ...m, req } as Message);
+      this.outstanding++;
+      this.waiters.set(req, { ...settle, stream });
+      if (!writeFrame(this.socket, frame)) await drainedOrClosed(this.socket); // closed: the answer fails
+    });
+    this.writing = written.catch(() => undefined);
+    return { written, answer };
   }
 
   /** False once the connection has failed or closed: every request would reject. */

@@ -30,6 +30,9 @@ export class RemoteSession {
   private furthestByte = 0;
   private state: 'open' | 'prepared' | 'done' = 'open';
   private gathered: { indices: number[]; data: Uint8Array; slotOf: Map<number, number> } | undefined;
+  /** PAGES answers not yet in (writes settle before them), and the first error one brought. */
+  private readonly unanswered = new Set<Promise<unknown>>();
+  private failure: Error | undefined;
 
   constructor(
     private readonly conn: AgentConnection,
@@ -102,8 +105,13 @@ export class RemoteSession {
    * and offered while earlier ones wait for their answers and send their bytes (the connection's
    * window bounds what is outstanding). Batches may reach the server interleaved; that is safe
    * because, after dropping all but the last copy of each page, no two batches share a page index.
+   * Across calls: a call settles once its last frame is written (PAGES frames carry copies of the
+   * pages), not answered, so the next call hashes while the server stores this one's pages; frames
+   * are written in order, so a later call's pages reach the server after this call's. A PAGES
+   * answer's error fails the next call, or prepare.
    */
   private async send(indices: Uint32Array, data: Uint8Array): Promise<void> {
+    this.throwIfFailed();
     const keep = lastOccurrences(indices);
     const digests = new Uint8Array(indices.length * DIGEST_BYTES);
     const pending: Promise<void>[] = [];
@@ -118,9 +126,13 @@ export class RemoteSession {
     // Every batch settled before this call does: the next write must not overtake one still in flight.
     const settled = await Promise.allSettled(pending);
     for (const r of settled) if (r.status === 'rejected') throw r.reason;
+    this.throwIfFailed();
   }
 
-  /** One batch: positions `keep` (into `indices` and `data`), hashed here into `digests` at those positions. */
+  /**
+   * One batch: positions `keep` (into `indices` and `data`), hashed here into `digests` at those
+   * positions. Settles once its frames are written and its ZERO and OFFER answered.
+   */
   private async sendBatch(indices: Uint32Array, data: Uint8Array, digests: Uint8Array, keep: Uint32Array): Promise<void> {
     const zero: number[] = [];
     const offer: number[] = [];
@@ -153,9 +165,10 @@ export class RemoteSession {
         // A reused buffer, given back once the server has answered (it has read the bytes then).
         const bytes = this.conn.pageBuffers.take(picked.length * PAGE_SIZE);
         picked.forEach((k, j) => bytes.set(data.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE), j * PAGE_SIZE));
-        const sent = this.conn.request({ t: 'pages', sid: this.sid, indices: Uint32Array.from(picked, (k) => indices[k]), digests: gatherDigests(digests, picked), data: bytes });
-        track(sent);
-        void sent.then(
+        const sent = this.conn.submit({ t: 'pages', sid: this.sid, indices: Uint32Array.from(picked, (k) => indices[k]), digests: gatherDigests(digests, picked), data: bytes });
+        track(sent.written);
+        this.awaitAnswer(sent.answer);
+        void sent.answer.then(
           () => this.conn.pageBuffers.give(bytes),
           () => undefined, // failed: the socket may still hold the bytes, so the buffer is not reused
         );
@@ -165,10 +178,34 @@ export class RemoteSession {
     await Promise.all(pending);
   }
 
+  /** A PAGES answer not waited for by its call: its error fails the session's next call or prepare. */
+  private awaitAnswer(answer: Promise<unknown>): void {
+    this.unanswered.add(answer);
+    answer.then(
+      () => this.unanswered.delete(answer),
+      (err: unknown) => {
+        this.unanswered.delete(answer);
+        this.failure ??= err instanceof Error ? err : new Error(String(err));
+      },
+    );
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure) throw this.failure;
+  }
+
+  /** Every write's answers in: throws the first error one of them had. */
+  private async allAnswered(): Promise<void> {
+    await this.queue;
+    await Promise.allSettled([...this.unanswered]);
+    this.throwIfFailed();
+  }
+
   /** Makes the snapshot durable on the server but invisible; commit it with AgentClient.commitPrepared. */
   async prepare(options: CommitOptions = {}): Promise<RemotePrepared> {
     this.assertOpen();
     await this.enqueue(async () => undefined);
+    await this.allAnswered();
     this.state = 'prepared';
     try {
       const res = resultJson<{ id: string }>(await this.conn.request({ t: 'prepare', sid: this.sid, byteLength: options.byteLength ?? this.options.memoryBytes ?? this.furthestByte, unwritten: options.unwritten }));

@@ -10,7 +10,7 @@ import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { packFileName } from '../format/pack.js';
 import { tableHasDigest, tableLocation } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec, type CompressedPages } from './codec.js';
-import { hashPages, pageScanner, type PageScanner } from './hash.js';
+import { hashPage, hashPages, pageScanner, type PageScanner } from './hash.js';
 
 /** Per-page outcome of hashing, decided as far as a worker can without the exact index. */
 export enum PageStatus {
@@ -52,6 +52,12 @@ export interface HashJob {
   packsDir?: string;
   /** Lent slab (pageCount * PAGE_SIZE bytes) to compress into; handed back as the result's `slab`. */
   payloadSlab?: Uint8Array;
+  /**
+   * The pages' digests (pageCount * 32), already checked against these bytes (a server hashed each
+   * page it received to verify the agent's digest): the job takes them instead of hashing again, and
+   * a page whose digest is the zero page's is a zero page. Never set from digests nobody checked.
+   */
+  checkedDigests?: Uint8Array;
 }
 
 export interface HashResult {
@@ -134,6 +140,11 @@ function readFileRange(file: { path: string; offset: number; length: number }, p
 export function runHashJob(job: HashJob): HashResult {
   const { pageCount } = job;
   const pages = job.file ? readFileRange(job.file, pageCount) : job.pages;
+  if (job.checkedDigests) {
+    const { digests, status, newOffsets } = classifyChecked(job, pages);
+    const c = newOffsets.length > 0 ? getCodec().compressPages(pages, newOffsets, job.payloadSlab) : undefined;
+    return finishHashJob(job, pages, digests, status, c);
+  }
   const digests = new Uint8Array(pageCount * DIGEST_BYTES);
   const zero = getCodec().zeroMask(pages, pageCount);
   const nonZero = new Uint32Array(pageCount);
@@ -166,6 +177,12 @@ async function hashOnThreadPool(
   codec: ReturnType<typeof getCodec>,
 ): Promise<HashResult> {
   const { pageCount } = job;
+  if (job.checkedDigests && !job.file) {
+    // Nothing to hash: only LZ4 goes to the thread pool.
+    const { digests, status, newOffsets } = classifyChecked(job, job.pages);
+    const c = newOffsets.length > 0 ? await codec.compressPagesAsync!(job.pages, newOffsets, job.payloadSlab ?? new Uint8Array(newOffsets.length * PAGE_SIZE)) : undefined;
+    return finishHashJob(job, job.pages, digests, status, c);
+  }
   const zero = new Uint8Array(pageCount);
   const digests = new Uint8Array(pageCount * DIGEST_BYTES);
   let pages = job.pages;
@@ -248,6 +265,24 @@ function classifyPages(job: HashJob, pages: Uint8Array, zero: Uint8Array, digest
     newOffsets[newCount++] = off;
   }
   return { status, newOffsets: newOffsets.subarray(0, newCount) };
+}
+
+const ZERO_PAGE_DIGEST = hashPage(new Uint8Array(PAGE_SIZE));
+
+/**
+ * classifyPages for a job with checkedDigests, on a copy of them (the result's): a page with the zero
+ * page's digest is a zero page, and its digest becomes zero bytes, as a hashing job leaves it.
+ */
+function classifyChecked(job: HashJob, pages: Uint8Array): { digests: Uint8Array; status: Uint8Array; newOffsets: Uint32Array } {
+  const digests = Uint8Array.from(job.checkedDigests!);
+  if (digests.length !== job.pageCount * DIGEST_BYTES) throw new RangeError(`checkedDigests: ${digests.length} bytes for ${job.pageCount} pages`);
+  const zero = new Uint8Array(job.pageCount);
+  for (let i = 0; i < job.pageCount; i++) {
+    if (ZERO_PAGE_DIGEST.compare(digests, i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES) !== 0) continue;
+    zero[i] = 1;
+    digests.fill(0, i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
+  }
+  return { digests, ...classifyPages(job, pages, zero, digests) };
 }
 
 /** The job's result: copies out the raw bytes of the pages the store may still need (see maybeRaw). */

@@ -38,8 +38,16 @@ export class FrameDecoder {
   /** Buffers for large split frames, maxFrameBytes each, reused once released. */
   private readonly pool: SlabPool;
 
-  constructor(private readonly maxFrameBytes = MAX_FRAME_BYTES) {
-    this.pool = new SlabPool(maxFrameBytes, POOLED_FRAMES);
+  /**
+   * `copyAll`: every frame is copied out of the chunk, none is a view of it (for a socket that reads
+   * into one reused buffer: the chunk is overwritten by the next read). `keep`: pooled buffers kept.
+   */
+  constructor(
+    private readonly maxFrameBytes = MAX_FRAME_BYTES,
+    private readonly copyAll = false,
+    keep = POOLED_FRAMES,
+  ) {
+    this.pool = new SlabPool(maxFrameBytes, keep);
   }
 
   /** Bytes held for an incomplete frame (the whole frame's buffer once its header is in; never more). */
@@ -49,7 +57,7 @@ export class FrameDecoder {
 
   /**
    * Feeds bytes; returns the frames they complete. Frames wholly inside `chunk` are views of it (no
-   * copy); a frame split across reads is copied once into a buffer of its checked length. After a
+   * copy) unless `copyAll`; a frame split across reads is copied once into a buffer of its checked length. After a
    * refused frame the stream has lost its framing: every later call throws the same error.
    */
   push(chunk: Uint8Array): RawFrame[] {
@@ -84,7 +92,12 @@ export class FrameDecoder {
         this.failed = new ProtocolError(length === 0 ? 'E_MALFORMED' : 'E_FRAME_TOO_LARGE', length === 0 ? 'frame of length 0 (no type byte)' : `frame of ${length} bytes is past the limit of ${this.maxFrameBytes}`);
         throw this.failed;
       }
-      if (buf.length - pos >= length) {
+      if (buf.length - pos >= length && this.copyAll) {
+        const frame = this.allocate(length);
+        buf.copy(frame, 0, pos, pos + length);
+        frames.push(this.complete(frame));
+        pos += length;
+      } else if (buf.length - pos >= length) {
         frames.push({ type: buf[pos], body: buf.subarray(pos + 1, pos + length) });
         pos += length;
       } else {

@@ -14,13 +14,16 @@ import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH } from '../protoco
 import { RemoteSessionState } from './sessions.js';
 import { runCall, streamRestore } from './catalog.js';
 import { tokensMatch } from './token.js';
+import { adoptAccepted } from '../protocol/socket-reader.js';
 import type { VnServer } from './server.js';
 
 type SessionRequest = Extract<Message, { sid: number }>;
 
 export class Connection {
   readonly sessions = new Map<number, RemoteSessionState>();
-  private readonly decoder = new FrameDecoder();
+  /** Copies every frame: reads land in one reused buffer. */
+  private readonly decoder = new FrameDecoder(MAX_FRAME_BYTES, true, DEFAULT_WINDOW + 2);
+  readonly socket: Socket;
   private authed = false;
   private chain: Promise<void> = Promise.resolve();
   private waiting = 0;
@@ -28,11 +31,11 @@ export class Connection {
   private readonly wake = () => this.maybeResume();
 
   constructor(
-    readonly socket: Socket,
+    accepted: Socket,
     private readonly server: VnServer,
     readonly peer: string,
   ) {
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    const socket = (this.socket = adoptAccepted(accepted, (chunk) => this.onData(chunk)));
     socket.on('error', (err) => server.log.debug({ event: 'socket_error', peer, err: err.message }));
     socket.on('close', () => void this.onClose());
   }
@@ -174,7 +177,8 @@ export class Connection {
         st.assertWritable();
         checkIndices(st, m.indices);
         verifyPages(m.indices, m.digests, m.data);
-        await st.session.writeScattered(m.indices, m.data);
+        // Each page hashed once here: the session's page jobs take the checked digests.
+        await st.session.writeScattered(m.indices, m.data, m.digests);
         s.metrics.pagesReceived.inc(m.indices.length);
         return this.result(m.req, {});
       }

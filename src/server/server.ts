@@ -88,7 +88,7 @@ export class VnServer {
   /** Starts listening; resolves to the address actually bound (a port 0 becomes the real port). */
   async listen(addr: Address, tlsFiles?: TlsFiles): Promise<string> {
     const onSocket = (socket: net.Socket) => this.accept(socket);
-    const server = addr.kind === 'tcp' && addr.tls ? tls.createServer({ cert: tlsFiles?.cert, key: tlsFiles?.key }, onSocket) : net.createServer(onSocket);
+    const server = addr.kind === 'tcp' && addr.tls ? tls.createServer({ cert: tlsFiles?.cert, key: tlsFiles?.key }, onSocket) : net.createServer({ pauseOnConnect: true }, onSocket); // Connection starts reading (socket-reader.ts)
     if (addr.kind === 'unix') await removeStaleSocket(addr.path);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -110,9 +110,9 @@ export class VnServer {
       socket.destroy();
       return;
     }
-    socket.setNoDelay(true);
     const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
     const c = new Connection(socket, this, peer);
+    c.socket.setNoDelay(true);
     this.connections.add(c);
     this.metrics.connectionsOpen.set(this.connections.size);
     this.log.info({ event: 'connection', peer });

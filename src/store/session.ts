@@ -164,10 +164,13 @@ export class Session {
    * pages: page k of `data` (k * PAGE_SIZE onwards) goes to page index `pageIndices[k]`. Indices may
    * repeat, within a call or across calls; the later write wins, as for separate writes. The
    * cheapest way to send a round's pages: blocks of them go out at once, with no cost per call.
+   * `checkedDigests` (count * 32 bytes): the pages' digests, already checked against these bytes (a
+   * server verified each received page): the page jobs take them instead of hashing again.
    */
-  async writeScattered(pageIndices: ArrayLike<number>, data: Uint8Array): Promise<void> {
+  async writeScattered(pageIndices: ArrayLike<number>, data: Uint8Array, checkedDigests?: Uint8Array): Promise<void> {
     this.assertOpen();
     const count = pageIndices.length;
+    if (checkedDigests && checkedDigests.length !== count * DIGEST_BYTES) throw new VnstoreError('E_USAGE', `writeScattered needs ${count} checked digest(s), got ${checkedDigests.length} bytes`);
     if (data.length !== count * PAGE_SIZE) {
       throw new VnstoreError('E_USAGE', `writeScattered needs ${count} whole page(s) (${count * PAGE_SIZE} bytes) for ${count} page index(es), got ${data.length} bytes`);
     }
@@ -181,7 +184,9 @@ export class Session {
       const n = Math.min(BLOCK_PAGES, count - p);
       const indices = new Uint32Array(n);
       for (let k = 0; k < n; k++) indices[k] = pageIndices[p + k];
-      await this.submit(indices, n, this.lendCopy(data.subarray(p * PAGE_SIZE, (p + n) * PAGE_SIZE), n));
+      // A copy: the job may run after the caller reuses its buffer (as `data` is copied by lendCopy).
+      const checked = checkedDigests?.slice(p * DIGEST_BYTES, (p + n) * DIGEST_BYTES);
+      await this.submit(indices, n, this.lendCopy(data.subarray(p * PAGE_SIZE, (p + n) * PAGE_SIZE), n), undefined, checked);
     }
   }
 
@@ -352,7 +357,7 @@ export class Session {
    * Queues one block: pages `target .. target+n-1`, or the page indices listed in `target` (one per
    * page of the block, as writeScattered sends them).
    */
-  private async submit(target: number | Uint32Array, n: number, pages: Uint8Array, file?: { path: string; offset: number; length: number }): Promise<void> {
+  private async submit(target: number | Uint32Array, n: number, pages: Uint8Array, file?: { path: string; offset: number; length: number }, checkedDigests?: Uint8Array): Promise<void> {
     while (this.inFlight >= this.maxInFlight) await this.queued[0];
     if (this.error) throw this.error;
     // A pack failed (a full disk): this session cannot commit, so stop now, not after the whole image.
@@ -397,6 +402,7 @@ export class Session {
       table: this.store.table.shared,
       packsDir: this.store.packs.packsDir,
       payloadSlab,
+      checkedDigests,
     });
     this.inFlight++;
     this.stats.pagesWritten += n;

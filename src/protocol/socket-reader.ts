@@ -1,0 +1,43 @@
+/**
+ * Socket reads into one reused buffer. Node's default reads allocate a fresh 64 KiB buffer per read,
+ * and on the project machine that capped a socket at 110-270 MB/s, where reading into one reused
+ * 1 MiB buffer (net's `onread`) took 0.8-2 GB/s (bench/RESULTS.md, "Server (issue 12)", socket
+ * reads). The bytes passed to `onChunk` are valid only during the call: the next read overwrites them.
+ */
+import net from 'node:net';
+
+/** Size of the reused read buffer: one read can take a whole PAGES or DATA frame. */
+export const READ_BUFFER_BYTES = 1 << 20;
+
+export type ChunkHandler = (chunk: Buffer) => void;
+
+/** `onread` options for net.connect / new net.Socket: reads land in one buffer, handed to `onChunk`. */
+export function reusedReadBuffer(onChunk: ChunkHandler): net.OnReadOpts {
+  const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+  return {
+    buffer,
+    callback: (nread, buf) => {
+      onChunk(Buffer.from(buf.buffer, buf.byteOffset, nread));
+      return true; // pausing is socket.pause()'s (backpressure), not this return value's
+    },
+  };
+}
+
+/**
+ * A socket accepted by a net.Server created with `pauseOnConnect`, re-made so that it reads into one
+ * reused buffer: net.Server has no `onread` option, so the accepted handle moves to a new Socket that
+ * has one (the old Socket object is dropped without closing the handle). Falls back to 'data' events
+ * (the same socket) where the handle cannot be taken, e.g. a TLS socket.
+ */
+export function adoptAccepted(socket: net.Socket, onChunk: ChunkHandler): net.Socket {
+  const raw = socket as unknown as { _handle?: unknown };
+  if (!(socket instanceof net.Socket) || socket.constructor !== net.Socket || !raw._handle || socket.destroyed) {
+    socket.on('data', onChunk);
+    socket.resume();
+    return socket;
+  }
+  const handle = raw._handle;
+  raw._handle = null;
+  socket.destroy(); // its handle is gone: this only updates the listener's connection count
+  return new net.Socket({ handle, onread: reusedReadBuffer(onChunk) } as net.SocketConstructorOpts);
+}
