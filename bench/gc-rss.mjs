@@ -62,7 +62,7 @@ async function child(dir, packBytes) {
   const store = await Store.open(dir, { workers: 0, packTargetBytes: packBytes });
   const rssOpen = peakRssBytes();
   // Every pack with a dead byte is rewritten (older builds: repackBelow; this one: maxUnused).
-  const report = await runGc(store, { repackBelow: 1, maxUnused: 0 });
+  const report = await runGc(store, { repackBelow: 1, maxUnused: { bytes: 0 } });
   const peak = peakRssBytes();
   await store.close();
   process.stdout.write(JSON.stringify({ peakRssBytes: peak, peakRssAtOpenBytes: rssOpen, bytesCopied: report.result.bytesCopied, packsRewritten: report.result.packsRewritten, packsWritten: report.result.packsWritten.length, reclaimedBytes: report.result.reclaimedBytes }) + '\n');

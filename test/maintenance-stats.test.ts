@@ -196,7 +196,7 @@ describe('stats', () => {
     const live = new Map(images);
     live.delete(recs[0].id);
     live.delete(recs[2].id);
-    await runGc(store, { repackBelow: 1 });
+    await runGc(store, { maxUnused: { bytes: 0 } });
     const r = await storeStats(store, { exact: true, detail: true });
     const bf = bruteForce(live, ['cache', 'db', 'web']);
     expect(r.exact!.drifted).toBe(false);

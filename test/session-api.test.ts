@@ -239,7 +239,7 @@ describe('abort once a commit has begun', () => {
       await s.writePages(0, image);
       const committing = s.commit();
       await s.abort();
-      const gc = runGc(store, { repackBelow: 1 });
+      const gc = runGc(store, { maxUnused: { bytes: 0 } });
       const record = await committing;
       const { live } = await gc;
       // Whenever gc looked, the snapshot was live: a session, a prepared manifest or a commit record.

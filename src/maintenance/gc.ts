@@ -26,7 +26,7 @@ import { trace } from '../util/trace.js';
 import { addCounterDelta, foldCounters, type CounterDelta } from './counters.js';
 import { DigestSet } from './digest-set.js';
 import { GcFence, withMaintenanceLock } from './fence.js';
-import { DEFAULT_REPACK_BELOW, planGc, type GcPlan, type PackLiveness } from './gc-plan.js';
+import { DEFAULT_MAX_UNUSED, planGc, type GcPlan, type GcPlanOptions, type MaxUnused, type PackLiveness } from './gc-plan.js';
 import { deletedPackKey, deletedPackValue, keptBaseKey, listKeptBases, type KeptBaseRecord } from './keys.js';
 import { baseChainIds, baseLookup, collectInFlight, listCommitted, manifestFile, markSnapshots } from './live.js';
 import { copyChunks, removePackFiles } from './pack-io.js';
@@ -35,8 +35,10 @@ import path from 'node:path';
 import { fsyncDir } from '../util/durable.js';
 
 export interface GcOptions {
-  /** Rewrite packs whose live fraction is below this (0..1], default 0.5. */
-  repackBelow?: number;
+  /** Unused bytes gc may leave in kept packs (default 5% of the store's pack bytes after gc). */
+  maxUnused?: MaxUnused;
+  /** Most live bytes one run copies into new packs (default: no bound). */
+  maxRepackBytes?: number;
   /** Merge small packs too. */
   repackSmall?: boolean;
   /** Plan only. */
@@ -51,8 +53,8 @@ export interface GcOptions {
  * session references meanwhile are live, so their packs stay.
  */
 export async function dropDeadPacks(store: Store, packs: readonly number[]): Promise<GcReport> {
-  // Below every non-zero live fraction: only packs with no live chunk are planned (as drops).
-  return runGc(store, { packs, repackBelow: Number.MIN_VALUE });
+  // Any amount of unused bytes may stay: only packs with no live chunk are planned (as drops).
+  return runGc(store, { packs, maxUnused: { unlimited: true } });
 }
 
 export interface GcSkipped {
@@ -106,8 +108,17 @@ interface IndexedEntry {
 }
 
 export async function runGc(store: Store, options: GcOptions = {}): Promise<GcReport> {
-  const repackBelow = options.repackBelow ?? DEFAULT_REPACK_BELOW;
-  if (!(repackBelow > 0 && repackBelow <= 1)) throw new VnstoreError('E_USAGE', `repack threshold must be a fraction in (0, 1], got ${repackBelow}`);
+  const planOptions: GcPlanOptions = {
+    maxUnused: options.maxUnused ?? DEFAULT_MAX_UNUSED,
+    maxRepackBytes: options.maxRepackBytes,
+    repackSmall: options.repackSmall ?? false,
+    targetBytes: store.writer.targetBytes,
+  };
+  try {
+    planGc([], planOptions); // the options, checked before the store is touched
+  } catch (err) {
+    throw new VnstoreError('E_USAGE', `gc: ${(err as Error).message}`);
+  }
   return withMaintenanceLock(store, async () => {
     const started = performance.now();
     const fence = new GcFence(store);
@@ -140,7 +151,7 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
           p.liveBytes += loc.storedLength;
         }
       });
-      const plan = planGc([...liveness.values()], { repackBelow, repackSmall: options.repackSmall ?? false, targetBytes: store.writer.targetBytes });
+      const plan = planGc([...liveness.values()], planOptions);
       const kept = await listKeptBases(store.db);
       const unneeded = unneededKeptBases(committed, kept, inflight.bases);
       trace('gc: planned');
