@@ -118,7 +118,7 @@ describe('one long-lived process, workers started from open', () => {
       }
       await forget(store, { ids: [records[0].id] });
       store.packs.retireGraceMs = 0; // the main thread's reader keeps a removed pack open 10 s by design
-      const report = await runGc(store, { repackBelow: 1 });
+      const report = await runGc(store, { maxUnused: { bytes: 0 } });
       expect(report.result!.packsDropped + report.result!.packsRewritten).toBeGreaterThan(0);
       await restoreToFile(store, records[1], path.join(root, 'after.img')); // worker jobs after gc's
       // The reader's (zero) grace timers and the workers' forget messages settle within moments.
@@ -165,7 +165,7 @@ describe('one long-lived process, workers started from open', () => {
             }
           }),
         );
-        if (round >= 2) gcs.push(runGc(store, { repackBelow: 0.9 }));
+        if (round >= 2) gcs.push(runGc(store, { maxUnused: { percent: 10 } }));
         const aborted = round % vms.length;
         await sessions[aborted].abort();
         const records = await Promise.all(sessions.map((s, k) => (k === aborted ? undefined : s.commit())));
@@ -174,7 +174,7 @@ describe('one long-lived process, workers started from open', () => {
       }
       await Promise.all(gcs);
       const racing = [...live.values()].map(async ({ record, image }) => (await restoreToBuffer(store, record)).equals(image));
-      await runGc(store, { repackBelow: 1, repackSmall: true });
+      await runGc(store, { maxUnused: { bytes: 0 }, repackSmall: true });
       expect(await Promise.all(racing)).toEqual([...live.values()].map(() => true));
       expect(live.size).toBe(9); // rounds 3-5 kept, three VMs each
       for (const { record, image } of live.values()) expect((await restoreToBuffer(store, record)).equals(image)).toBe(true);

@@ -251,7 +251,7 @@ describe('vnstore check', () => {
     flip(packFile, loc.offset + 7);
     const damaged = readFileSync(packFile);
     expect((await runCli(['forget', '--store', dir, ids.a1])).code).toBe(0);
-    const gc = await runCli(['gc', '--store', dir, '--repack-below', '1', '--json'], { env: ENV });
+    const gc = await runCli(['gc', '--store', dir, '--max-unused', '0', '--json'], { env: ENV });
     expect(gc.code).toBe(7);
     expect(gc.stderr).toMatch(new RegExp(`^vnstore: error: gc left 1 step\\(s\\) undone: chunk ${liveDigest} in pack ${packFileName(loc.pack)} .* is corrupt`));
     const rep = JSON.parse(gc.stdout.toString());

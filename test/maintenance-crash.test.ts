@@ -51,7 +51,7 @@ type KillFrom = 'spawn' | 'planned' | { phase: string; nth: number };
  */
 function gcAndKill(dir: string, delayMs: number, from: KillFrom): Promise<Killed> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'gc', '--store', dir, '--repack-below', '1'], {
+    const child = spawn(process.execPath, [CLI, 'gc', '--store', dir, '--max-unused', '0'], {
       cwd: REPO_ROOT,
       env: { ...process.env, ...ENV, VNSTORE_TRACE: '1', VNSTORE_DEBUG: undefined },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -101,7 +101,7 @@ beforeAll(async () => {
   // Calibrate: how long the work after planning takes in a full run.
   const cal = path.join(root, 'calibrate');
   cpSync(template, cal, { recursive: true });
-  const r = await runCli(['gc', '--store', cal, '--repack-below', '1', '--json'], { env: { ...ENV, VNSTORE_TRACE: '1' } });
+  const r = await runCli(['gc', '--store', cal, '--max-unused', '0', '--json'], { env: { ...ENV, VNSTORE_TRACE: '1' } });
   expect(r.code, r.stderr).toBe(0);
   const t = (label: string) => Number(new RegExp(`\\[trace\\s+([\\d.]+) ms\\] ${label}`).exec(r.stderr)?.[1]);
   workMs = Math.max(50, t('gc: done') - t('gc: planned'));
@@ -140,8 +140,8 @@ async function lane(l: number): Promise<void> {
       await expectAllRestore(store, images, context);
       if (t % 3 === 1) {
         // A later gc completes the job: nothing dead is left, everything still restores.
-        await runGc(store, { repackBelow: 1 });
-        expect((await runGc(store, { repackBelow: 1, dryRun: true })).plan.totals.deadBytes, context).toBe(0);
+        await runGc(store, { maxUnused: { bytes: 0 } });
+        expect((await runGc(store, { maxUnused: { bytes: 0 }, dryRun: true })).plan.totals.deadBytes, context).toBe(0);
         expect((await checkStore(store)).problems, `${context}: check after a second gc`).toEqual([]);
         await expectAllRestore(store, images, `${context}, second gc`);
       }
@@ -201,7 +201,7 @@ describe('gc killed inside each window of its write order (VNSTORE_GC_FAILPOINT)
           expected.delete(recIds[2]);
           expected.delete(recIds[5]);
         }
-        const r = await runCli(['gc', '--store', dir, '--repack-below', '1'], { env: { ...ENV, VNSTORE_GC_FAILPOINT: context } });
+        const r = await runCli(['gc', '--store', dir, '--max-unused', '0'], { env: { ...ENV, VNSTORE_GC_FAILPOINT: context } });
         expect(r.signal, `${context}: ${r.stderr}`).toBe('SIGKILL');
         const markers = await deletedPackMarkers(dir);
         if (point === 'index-written' || point === 'files-removed') expect(markers, context).toBeGreaterThan(0);
@@ -212,8 +212,8 @@ describe('gc killed inside each window of its write order (VNSTORE_GC_FAILPOINT)
           const check = await checkStore(store, { readData: true });
           expect(check.problems, `${context}: check after the crash`).toEqual([]);
           await expectAllRestore(store, expected, context);
-          await runGc(store, { repackBelow: 1 });
-          expect((await runGc(store, { repackBelow: 1, dryRun: true })).plan.totals.deadBytes, context).toBe(0);
+          await runGc(store, { maxUnused: { bytes: 0 } });
+          expect((await runGc(store, { maxUnused: { bytes: 0 }, dryRun: true })).plan.totals.deadBytes, context).toBe(0);
           expect((await checkStore(store, { readData: true })).problems, `${context}: after a second gc`).toEqual([]);
           await expectAllRestore(store, expected, `${context}, second gc`);
           if (point === 'kept-bases-unlisted') {

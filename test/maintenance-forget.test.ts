@@ -128,7 +128,7 @@ describe('forget on a store', () => {
     expect(counters!.keptBases).toBe(2);
 
     // gc keeps them while a3 exists; survives a reopen (recovery keeps 'k' manifests).
-    expect((await runGc(store, { repackBelow: 1 })).result!.keptBasesRemoved).toBe(0);
+    expect((await runGc(store, { maxUnused: { bytes: 0 } })).result!.keptBasesRemoved).toBe(0);
     await store.close();
     const s2 = await Store.open(dir, { workers: 0, packTargetBytes: 16 * 1024 });
     expect(s2.recovery.orphanManifestsRemoved).toBe(0);
@@ -138,7 +138,7 @@ describe('forget on a store', () => {
     // Forget a3: now nothing needs the chain; gc removes the kept manifests and their chunks.
     await forget(s2, { ids: [a[2].id] });
     expected.delete(a[2].id);
-    const gc = await runGc(s2, { repackBelow: 1 });
+    const gc = await runGc(s2, { maxUnused: { bytes: 0 } });
     expect(gc.result!.keptBasesRemoved).toBe(2);
     expect(readdirSync(path.join(dir, 'manifests')).sort()).toEqual([`${b1.id}.vnm`]);
     await expectAllRestore(s2, expected, 'after last forget');
@@ -182,14 +182,14 @@ describe('forget on a store', () => {
     const s = await store.beginSession({ vm: 'vm' }); // parent = p
     await s.writePage(1, imageOf(['r9']));
     await forget(store, { ids: [p.id] });
-    const gc = await runGc(store, { repackBelow: 1 });
+    const gc = await runGc(store, { maxUnused: { bytes: 0 } });
     expect(gc.live.sessions).toBe(1);
     const child = await s.commit({ byteLength: img.length }); // unwritten pages inherit p's
     expect(child.base).toBe(p.id);
     const want = imageOf(['r1', 'r9', 'z', 'r3', 'c4', 'r5']);
     expect((await restoreToBuffer(store, child)).equals(want)).toBe(true);
     // The forgotten parent's manifest stays (the child is delta-encoded against it) until the child goes.
-    expect((await runGc(store, { repackBelow: 1 })).result!.keptBasesRemoved).toBe(0);
+    expect((await runGc(store, { maxUnused: { bytes: 0 } })).result!.keptBasesRemoved).toBe(0);
     expect((await checkStore(store, { readData: true })).problems).toEqual([]);
     await store.close();
   });
@@ -215,7 +215,7 @@ describe('forget racing sessions in the same process', () => {
       imageOf([`r${3000 + round}`]).copy(want, 4096);
       expected.set(rec.id, want);
       expect(rec.base).toBe(p.id);
-      await runGc(store, { repackBelow: 1 });
+      await runGc(store, { maxUnused: { bytes: 0 } });
       await expectAllRestore(store, expected, `round ${round}`);
       // The child is forgotten too before the next round, so bases come and go.
       if (round % 2 === 1) {

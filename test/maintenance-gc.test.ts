@@ -11,7 +11,8 @@ import { checkStore } from '../src/maintenance/check.js';
 import { readCounters } from '../src/store/counters.js';
 import { forget } from '../src/maintenance/forget.js';
 import { runGc } from '../src/maintenance/gc.js';
-import { planGc, type PackLiveness } from '../src/maintenance/gc-plan.js';
+import { DEFAULT_MAX_UNUSED, parseMaxUnused, parseSize, planGc, type MaxUnused, type PackLiveness } from '../src/maintenance/gc-plan.js';
+import fc from 'fast-check';
 import { recount } from '../src/maintenance/stats.js';
 import type { SnapshotRecord } from '../src/store/db.js';
 import { Store } from '../src/store/store.js';
@@ -30,10 +31,13 @@ function pl(id: number, payloadBytes: number, liveBytes: number, liveChunks: num
 }
 
 describe('gc plan (pure)', () => {
-  it('drops dead packs, rewrites sparse ones, keeps dense ones, and predicts exact sizes', () => {
-    const packs = [pl(1, 16384, 16384, 4), pl(2, 16384, 4096, 1), pl(3, 16384, 0, 0), pl(4, 16384, 12288, 3), pl(5, 8000, 2000, 2)];
-    const plan = planGc(packs, { repackBelow: 0.5, repackSmall: false, targetBytes: 16384 });
+  const packs = [pl(1, 16384, 16384, 4), pl(2, 16384, 4096, 1), pl(3, 16384, 0, 0), pl(4, 16384, 12288, 3), pl(5, 8000, 2000, 2)];
+
+  it('drops dead packs, rewrites the sparsest until unused bytes are within the target, and predicts exact sizes', () => {
+    // 20% of the pack bytes after gc: rewriting packs 2 and 5 (live 25%, the sparsest) is enough.
+    const plan = planGc(packs, { maxUnused: { percent: 20 }, repackSmall: false, targetBytes: 16384 });
     expect(plan.packs.map((p) => p.action)).toEqual(['keep', 'rewrite', 'drop', 'keep', 'rewrite']);
+    expect(plan.packs[3].reason).toMatch(/unused within target/);
     expect(plan.drop).toEqual([3]);
     expect(plan.rewrite).toEqual([2, 5]);
     // Packs 2 and 5's live data (4096 + 2000 B, 3 chunks) fit one new pack.
@@ -41,23 +45,88 @@ describe('gc plan (pure)', () => {
     const old = packs[1].bytes + packs[2].bytes + packs[4].bytes;
     expect(plan.totals.reclaimBytes).toBe(old - (16 + 6096 + 33 + 32));
     expect(plan.totals.deadBytesKept).toBe(4096);
+    expect(plan.totals.packBytesAfter).toBe(packs[0].bytes + packs[3].bytes + 16 + 6096 + 33 + 32);
+    expect(plan.totals.maxUnusedBytes).toBe(Math.floor(plan.totals.packBytesAfter * 0.2));
     expect(plan.totals.chunksRemoved).toBe(3 + 4 + 2); // dead indexed chunks of packs 2, 3 and 5
     expect(plan.totals.bytesCopied).toBe(6096);
 
-    const all = planGc(packs, { repackBelow: 1, repackSmall: false, targetBytes: 16384 });
-    expect(all.packs.map((p) => p.action)).toEqual(['keep', 'rewrite', 'drop', 'rewrite', 'rewrite']);
-    // New packs close at the target: 4096 + 12288 reaches 16384 - 16, then 2000 starts another.
-    expect(all.newPacks.map((n) => n.from)).toEqual([[2, 4], [5]]);
-    expect(all.totals.deadBytesKept).toBe(0);
-    expect(all.totals.deadBytesRemoved).toBe(all.totals.deadBytes);
+    // The default (5%) goes on to pack 4 as well; so does 0 bytes, which reclaims every dead byte.
+    for (const maxUnused of [DEFAULT_MAX_UNUSED, { bytes: 0 }]) {
+      const all = planGc(packs, { maxUnused, repackSmall: false, targetBytes: 16384 });
+      expect(all.packs.map((p) => p.action)).toEqual(['keep', 'rewrite', 'drop', 'rewrite', 'rewrite']);
+      // New packs close at the target: 4096 + 12288 reaches 16384 - 16, then 2000 starts another.
+      expect(all.newPacks.map((n) => n.from)).toEqual([[2, 4], [5]]);
+      expect(all.totals.deadBytesKept).toBe(0);
+      expect(all.totals.deadBytesRemoved).toBe(all.totals.deadBytes);
+    }
+    // --max-repack bounds the copying: pack 4's 12 KiB do not fit after 2 and 5.
+    const bounded = planGc(packs, { maxUnused: { bytes: 0 }, maxRepackBytes: 6096, repackSmall: false, targetBytes: 16384 });
+    expect(bounded.rewrite).toEqual([2, 5]);
+    expect(bounded.packs[3].reason).toMatch(/max-repack/);
+    // Unlimited: only drops.
+    expect(planGc(packs, { maxUnused: { unlimited: true }, repackSmall: false, targetBytes: 16384 }).packs.map((p) => p.action)).toEqual(['keep', 'keep', 'drop', 'keep', 'keep']);
 
-    const small = planGc([pl(1, 4096, 4096, 1, 1), pl(2, 4096, 4096, 1, 1), pl(3, 16384, 16384, 4)], { repackBelow: 0.5, repackSmall: true, targetBytes: 65536 });
+    const small = planGc([pl(1, 4096, 4096, 1, 1), pl(2, 4096, 4096, 1, 1), pl(3, 16384, 16384, 4)], { maxUnused: DEFAULT_MAX_UNUSED, repackSmall: true, targetBytes: 65536 });
     // Packs under a quarter of the target merge; pack 3 (16 476 B) is just above it.
     expect(small.rewrite).toEqual([1, 2]);
     expect(small.packs[0].reason).toMatch(/small/);
     expect(small.newPacks).toEqual([{ from: [1, 2], chunks: 2, payloadBytes: 8192, bytes: 16 + 8192 + 22 + 32 }]);
-    expect(() => planGc(packs, { repackBelow: 0, repackSmall: false, targetBytes: 16384 })).toThrow(RangeError);
-    expect(planGc([], { repackBelow: 0.5, repackSmall: false, targetBytes: 16384 }).totals.reclaimBytes).toBe(0);
+    expect(() => planGc(packs, { maxUnused: { percent: 100 }, repackSmall: false, targetBytes: 16384 })).toThrow(RangeError);
+    expect(() => planGc(packs, { maxUnused: { bytes: -1 }, repackSmall: false, targetBytes: 16384 })).toThrow(RangeError);
+    expect(() => planGc(packs, { maxUnused: DEFAULT_MAX_UNUSED, maxRepackBytes: -1, repackSmall: false, targetBytes: 16384 })).toThrow(RangeError);
+    expect(planGc([], { maxUnused: DEFAULT_MAX_UNUSED, repackSmall: false, targetBytes: 16384 }).totals.reclaimBytes).toBe(0);
+  });
+
+  it('parses --max-unused and sizes', () => {
+    expect(parseMaxUnused('5%')).toEqual({ percent: 5 });
+    expect(parseMaxUnused('0.5 %')).toEqual({ percent: 0.5 });
+    expect(parseMaxUnused('0')).toEqual({ bytes: 0 });
+    expect(parseMaxUnused('200M')).toEqual({ bytes: 200 * 2 ** 20 });
+    expect(parseMaxUnused('1.5GiB')).toEqual({ bytes: 1.5 * 2 ** 30 });
+    expect(parseMaxUnused('unlimited')).toEqual({ unlimited: true });
+    for (const bad of ['100%', 'half', '-1', '5%%', '3X', '']) expect(parseMaxUnused(bad), bad).toBeUndefined();
+    expect(parseSize('2k')).toBe(2048);
+    expect(parseSize('7')).toBe(7);
+    expect(parseSize('1e3')).toBeUndefined();
+  });
+
+  const arbPack = (id: number) =>
+    fc
+      .record({ chunks: fc.integer({ min: 1, max: 40 }), indexedFrac: fc.double({ min: 0, max: 1, noNaN: true }), liveFrac: fc.double({ min: 0, max: 1, noNaN: true }), avg: fc.integer({ min: 1, max: 4096 }), liveShare: fc.double({ min: 0, max: 1, noNaN: true }) })
+      .map(({ chunks, indexedFrac, liveFrac, avg, liveShare }): PackLiveness => {
+        const payloadBytes = chunks * avg;
+        const indexedChunks = Math.round(chunks * indexedFrac);
+        const liveChunks = Math.round(indexedChunks * liveFrac);
+        const liveBytes = liveChunks === 0 ? 0 : liveChunks + Math.floor((payloadBytes - liveChunks) * liveShare);
+        return { id, bytes: 48 + payloadBytes + 11 * chunks, payloadBytes, chunks, indexedChunks, indexedBytes: Math.max(liveBytes, Math.floor((payloadBytes * indexedChunks) / chunks)), liveChunks, liveBytes };
+      });
+  const arbPacks = fc.integer({ min: 0, max: 30 }).chain((n) => fc.tuple(...Array.from({ length: n }, (_, i) => arbPack(i * 3 + 1))));
+  const arbMaxUnused: fc.Arbitrary<MaxUnused> = fc.oneof(fc.integer({ min: 0, max: 99 }).map((percent) => ({ percent })), fc.integer({ min: 0, max: 200_000 }).map((bytes) => ({ bytes })));
+
+  it('leaves unused bytes within the target whenever --max-repack allows; never copies more than --max-repack', () => {
+    fc.assert(
+      fc.property(arbPacks, arbMaxUnused, fc.option(fc.integer({ min: 0, max: 300_000 }), { nil: undefined }), fc.boolean(), (packs, maxUnused, maxRepackBytes, repackSmall) => {
+        const plan = planGc(packs, { maxUnused, maxRepackBytes, repackSmall, targetBytes: 16384 });
+        const t = plan.totals;
+        expect(t.bytesCopied).toBeLessThanOrEqual(maxRepackBytes ?? Infinity);
+        const candidates = plan.packs.filter((p) => p.liveChunks > 0 && p.liveBytes < p.payloadBytes);
+        const allowed = maxRepackBytes === undefined || candidates.reduce((s, p) => s + p.liveBytes, 0) <= maxRepackBytes;
+        if (allowed) expect(t.deadBytesKept).toBeLessThanOrEqual(t.maxUnusedBytes!);
+        // Exact bookkeeping: every pack decided once; dead packs always go; sizes add up.
+        for (const p of plan.packs) expect(p.action === 'drop').toBe(p.liveChunks === 0);
+        expect(plan.drop.length + plan.rewrite.length + plan.packs.filter((p) => p.action === 'keep').length).toBe(packs.length);
+        expect(t.deadBytesKept).toBe(t.deadBytes - t.deadBytesRemoved);
+        expect(t.packBytesAfter).toBe(t.packBytes - t.reclaimBytes);
+        expect(t.packBytesAfter).toBe(plan.packs.filter((p) => p.action === 'keep').reduce((s, p) => s + p.bytes, 0) + plan.newPacks.reduce((s, n) => s + n.bytes, 0));
+        expect(plan.newPacks.flatMap((n) => n.from)).toEqual(plan.rewrite);
+        // Sparsest first: with no bound on copying, no kept pack with dead bytes is sparser than a rewritten one.
+        if (maxRepackBytes === undefined && !repackSmall) {
+          const kept = candidates.filter((p) => p.action === 'keep');
+          for (const r of plan.packs.filter((p) => p.action === 'rewrite')) for (const k of kept) expect(r.liveFraction).toBeLessThanOrEqual(k.liveFraction);
+        }
+      }),
+      { numRuns: 500 },
+    );
   });
 });
 
@@ -81,7 +150,7 @@ async function buildStore(store: Store): Promise<{ recs: SnapshotRecord[]; image
 }
 
 describe('gc on a store', () => {
-  it('--repack-below 1 reclaims exactly the dead bytes; copies keep their stored bytes; all else restores', async () => {
+  it('--max-unused 0 reclaims exactly the dead bytes; copies keep their stored bytes; all else restores', async () => {
     const { root, dir, store } = await newStore('gc-exact', PACK_TARGET);
     roots.push(root);
     const { recs, images } = await buildStore(store);
@@ -102,9 +171,9 @@ describe('gc on a store', () => {
     const packsBefore = dirFileBytes(path.join(dir, 'packs'));
 
     const s = await Store.open(dir, { workers: 0, packTargetBytes: PACK_TARGET });
-    const dry = await runGc(s, { repackBelow: 1, dryRun: true });
+    const dry = await runGc(s, { maxUnused: { bytes: 0 }, dryRun: true });
     expect(dirFileBytes(path.join(dir, 'packs'))).toEqual(packsBefore); // a dry run changes nothing
-    const report = await runGc(s, { repackBelow: 1 });
+    const report = await runGc(s, { maxUnused: { bytes: 0 } });
     const r = report.result!;
     expect(report.live.chunks).toBe(live.size);
     expect(r.chunksRemoved).toBe(dead.length);
@@ -118,7 +187,7 @@ describe('gc on a store', () => {
     expect(packsAfter.bytes).toBe(liveBytes + live.size * TOC_ENTRY + packsAfter.files * PACK_OVERHEAD);
     await expectAllRestore(s, images, 'after gc');
     expect(await readCounters(s.db)).toEqual(await recount(s));
-    const again = await runGc(s, { repackBelow: 1, dryRun: true });
+    const again = await runGc(s, { maxUnused: { bytes: 0 }, dryRun: true });
     expect(again.plan.totals.deadBytes).toBe(0);
     expect(again.plan.drop.length + again.plan.rewrite.length).toBe(0);
     const check = await checkStore(s, { readData: true });
@@ -135,7 +204,7 @@ describe('gc on a store', () => {
     expect(readdirSync(path.join(dir, 'tmp'))).toEqual([]);
   });
 
-  it('the default threshold reclaims what the plan says and leaves the rest for later', async () => {
+  it('the default (5% unused) reclaims what the plan says and leaves unused bytes within the target', async () => {
     const { root, dir, store } = await newStore('gc-default', PACK_TARGET);
     roots.push(root);
     const { recs, images } = await buildStore(store);
@@ -144,7 +213,9 @@ describe('gc on a store', () => {
     const before = dirFileBytes(path.join(dir, 'packs')).bytes;
     const report = await runGc(store);
     const t = report.plan.totals;
-    expect(report.plan.packs.some((p) => p.action === 'keep' && p.liveBytes < p.payloadBytes)).toBe(true);
+    expect(t.deadBytes).toBeGreaterThan(0);
+    expect(t.deadBytesKept).toBeLessThanOrEqual(t.maxUnusedBytes!);
+    expect(t.maxUnusedBytes).toBe(Math.floor(t.packBytesAfter * 0.05));
     expect(report.result!.reclaimedBytes).toBe(t.reclaimBytes);
     expect(before - dirFileBytes(path.join(dir, 'packs')).bytes).toBe(t.reclaimBytes);
     const next = await runGc(store, { dryRun: true });
@@ -205,7 +276,7 @@ describe('gc on a store', () => {
       };
       return b;
     };
-    const report = await runGc(store, { repackBelow: 1 });
+    const report = await runGc(store, { maxUnused: { bytes: 0 } });
     store.packs.read = origRead;
     (store.db as { batch: unknown }).batch = origBatch;
     expect(hooked).toBe(true);
@@ -241,7 +312,7 @@ describe('gc on a store', () => {
       images.delete(victim);
       const s = await current.beginSession({ vm: `s${round}`, parent: 'none' });
       const want: Buffer[] = [];
-      const gc = runGc(current, { repackBelow: rand() % 2 ? 1 : 0.5 });
+      const gc = runGc(current, { maxUnused: rand() % 2 ? { bytes: 0 } : { percent: 5 } });
       for (let i = 0; i < 40; i++) {
         const p = rand() % 4 === 0 ? page(`r${50_000 + round * 100 + i}`) : candidates[rand() % candidates.length];
         await s.writePage(i, p);
@@ -271,7 +342,7 @@ describe('vnstore gc (CLI)', () => {
     images.delete(recs[2].id);
     await store.close();
     const env = { VNSTORE_PACK_TARGET_BYTES: String(PACK_TARGET) };
-    expect((await runCli(['gc', '--help'])).stdout.toString()).toMatch(/--repack-below/);
+    expect((await runCli(['gc', '--help'])).stdout.toString()).toMatch(/--max-unused <PCT\|SIZE>[\s\S]*--max-repack <SIZE>/);
     const before = dirFileBytes(path.join(dir, 'packs'));
     const dry = await runCli(['gc', '--store', dir, '--dry-run', '--json'], { env });
     expect(dry.code, dry.stderr).toBe(0);
@@ -289,8 +360,9 @@ describe('vnstore gc (CLI)', () => {
     expect(before.bytes - dirFileBytes(path.join(dir, 'packs')).bytes).toBe(rep.result.reclaimedBytes);
     expect(typeof rep.seconds).toBe('number');
     for (const [args, code, msg] of [
-      [['gc', '--store', dir, '--repack-below', '2'], 2, /fraction in \(0, 1\]/],
-      [['gc', '--store', dir, '--repack-below', 'half'], 2, /fraction/],
+      [['gc', '--store', dir, '--max-unused', '100%'], 2, /--max-unused takes a percentage below 100/],
+      [['gc', '--store', dir, '--max-unused', 'half'], 2, /--max-unused takes/],
+      [['gc', '--store', dir, '--max-repack', 'lots'], 2, /--max-repack takes a size/],
       [['gc', '--store', path.join(root, 'none')], 3, /not a vnstore store/],
     ] as const) {
       const r = await runCli([...args]);

@@ -82,7 +82,7 @@ describe('vnstore serve / token / agent', () => {
       const fg = await runCli(['forget', first.id, '--json'], { env });
       expect(fg.code).toBe(0);
       expect((JSON.parse(fg.stdout.toString()) as { forgotten: { id: string }[] }).forgotten.map((x) => x.id)).toEqual([first.id]);
-      const gc = await runCli(['gc', '--json', '--repack-below', '1'], { env });
+      const gc = await runCli(['gc', '--json', '--max-unused', '0'], { env });
       expect(gc.code).toBe(0);
       expect((JSON.parse(gc.stdout.toString()) as { live: { snapshots: number } }).live.snapshots).toBe(1);
       const ck = await runCli(['check', '--read-data', '--json'], { env });

@@ -201,7 +201,7 @@ describe('server sessions', () => {
         for (let p = 0; p < 400; p += 50) await s.writePages(p, image.subarray(p * PAGE, (p + 50) * PAGE));
         return s.commit();
       })();
-      const report = await a.gc({ repackBelow: 1 });
+      const report = await a.gc({ maxUnused: { bytes: 0 } });
       const rec = await ingest;
       expect(report.result?.skipped ?? []).toEqual([]);
       expect((await restoreRemote(a, rec.id)).equals(image)).toBe(true);

@@ -9,6 +9,7 @@ import type { SnapshotRecord } from '../store/db.js';
 import type { SessionOptions } from '../store/session.js';
 import type { StatsReport } from '../maintenance/stats.js';
 import type { GcReport } from '../maintenance/gc.js';
+import type { MaxUnused } from '../maintenance/gc-plan.js';
 import type { CheckReport } from '../maintenance/check.js';
 import type { ForgetReport } from '../maintenance/forget.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
@@ -80,7 +81,7 @@ export class AgentClient {
   }
 
   /** gc inside the server, beside ingesting sessions. */
-  gc(options: { dryRun?: boolean; repackBelow?: number; repackSmall?: boolean } = {}): Promise<GcReport> {
+  gc(options: { dryRun?: boolean; maxUnused?: MaxUnused; maxRepackBytes?: number; repackSmall?: boolean } = {}): Promise<GcReport> {
     return this.call('gc', options);
   }
 

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import type { GcReport } from '../maintenance/gc.js';
-import { DEFAULT_REPACK_BELOW } from '../maintenance/gc-plan.js';
+import { parseMaxUnused, parseSize } from '../maintenance/gc-plan.js';
 import { VnstoreError } from '../util/errors.js';
 import { action, humanBytes, storeOption, lockWaitOption, usage, withStore } from './common.js';
 import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
@@ -8,7 +8,8 @@ import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from 
 interface GcCliOptions extends RemoteOptions {
   store?: string;
   dryRun?: boolean;
-  repackBelow?: string;
+  maxUnused: string;
+  maxRepack?: string;
   repackSmall?: boolean;
   verbose?: boolean;
   json?: boolean;
@@ -17,9 +18,10 @@ interface GcCliOptions extends RemoteOptions {
 export function registerGc(program: Command): void {
   const cmd = program
     .command('gc')
-    .description('reclaim space: drop packs with no live chunk, rewrite sparse packs (copying live chunks as stored)')
+    .description('reclaim space: drop packs with no live chunk, rewrite the sparsest packs (copying live chunks as stored) until unused bytes are within --max-unused')
     .option('--dry-run', 'print the plan and the bytes it would reclaim; change nothing')
-    .option('--repack-below <fraction>', `rewrite packs whose live fraction is below this, 0 < f <= 1 (1: reclaim every dead byte)`, String(DEFAULT_REPACK_BELOW))
+    .option('--max-unused <PCT|SIZE>', 'unused bytes gc may leave in kept packs: a percentage of the pack bytes after gc ("5%"), a size ("200M", "0": reclaim every dead byte) or "unlimited" (only drop dead packs)', '5%')
+    .option('--max-repack <SIZE>', 'copy at most this many live bytes in this run ("1G"); default: no bound')
     .option('--repack-small', 'also merge packs smaller than a quarter of the pack size')
     .option('--verbose', 'list every pack with its decision')
     .option('--json', 'print {dryRun, live, plan, keptBasesUnneeded, result, seconds} with exact integers')
@@ -29,19 +31,25 @@ export function registerGc(program: Command): void {
     .addHelpText(
       'after',
       `
-Live = chunks of every committed snapshot and of open sessions. Crash-safe: a rewritten pack is
-durable and indexed before the old one is deleted (docs/OPERATIONS.md).
+Live = chunks of every committed snapshot and of open sessions. Unused = dead payload bytes in
+packs that also hold live chunks. Packs with no live chunk are always dropped; then packs are
+rewritten sparsest first until the unused bytes left are within --max-unused (as restic's prune),
+copying no more than --max-repack. Crash-safe: a rewritten pack is durable and indexed before the
+old one is deleted (docs/OPERATIONS.md). Sizes take K, M, G, T (powers of 1024).
 
 Examples:
-  vnstore gc --dry-run
-  vnstore gc --repack-below 1 --json
+  vnstore gc --dry-run                 # what a default run would do
+  vnstore gc --max-unused 0 --json     # reclaim every dead byte
+  vnstore gc --max-repack 2G           # bound the copying of one nightly run
 `,
     )
     .action(
       action(async (opts: GcCliOptions) => {
-        const f = Number(opts.repackBelow);
-        if (!/^(0(\.\d+)?|1(\.0*)?|\.\d+)$/.test(opts.repackBelow ?? '') || !(f > 0 && f <= 1)) throw usage(`--repack-below takes a fraction in (0, 1], got ${JSON.stringify(opts.repackBelow)}`);
-        const gcOpts = { dryRun: opts.dryRun, repackBelow: f, repackSmall: opts.repackSmall };
+        const maxUnused = parseMaxUnused(opts.maxUnused);
+        if (!maxUnused) throw usage(`--max-unused takes a percentage below 100 ("5%"), a size ("200M") or "unlimited", got ${JSON.stringify(opts.maxUnused)}`);
+        const maxRepackBytes = opts.maxRepack === undefined ? undefined : parseSize(opts.maxRepack);
+        if (opts.maxRepack !== undefined && maxRepackBytes === undefined) throw usage(`--max-repack takes a size ("500M", "2G"), got ${JSON.stringify(opts.maxRepack)}`);
+        const gcOpts = { dryRun: opts.dryRun, maxUnused, maxRepackBytes, repackSmall: opts.repackSmall };
         const server = serverAddress(opts);
         const report = server
           ? await withRemote(opts, server, (client) => client.gc(gcOpts)) // runs inside the server, beside ingest
@@ -67,6 +75,8 @@ function render(r: GcReport, verbose: boolean): string {
   out.push(
     `packs: ${t.packs} (${humanBytes(t.packBytes)}), dead payload ${humanBytes(t.deadBytes)}; plan: drop ${r.plan.drop.length}, rewrite ${r.plan.rewrite.length} into ${r.plan.newPacks.length} (copy ${humanBytes(t.bytesCopied)}), keep ${t.packs - r.plan.drop.length - r.plan.rewrite.length}`,
   );
+  const target = t.maxUnusedBytes === null ? 'unlimited' : humanBytes(t.maxUnusedBytes);
+  out.push(`unused after gc: ${humanBytes(t.deadBytesKept)} of ${humanBytes(t.packBytesAfter)} (target ${target}${t.maxUnusedBytes !== null && t.deadBytesKept > t.maxUnusedBytes ? '; not reached: --max-repack bounds this run' : ''})`);
   if (verbose) {
     for (const p of r.plan.packs) {
       out.push(`  ${p.id.toString(16).padStart(8, '0')}.vpk  ${p.action.padEnd(7)}  ${humanBytes(p.bytes).padStart(10)}  live ${p.liveChunks}/${p.indexedChunks} chunks, ${(p.liveFraction * 100).toFixed(1)}%  (${p.reason})`);

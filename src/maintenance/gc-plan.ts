@@ -2,10 +2,15 @@
  * gc plan: a pure function from per-pack liveness to what to do with each pack. No I/O, no clock:
  * the same input always gives the same plan (tests call it directly).
  *
- *   drop     no live chunk: the pack and its index entries go
- *   rewrite  live fraction (live payload / payload) below the threshold, or a small pack merged with
- *            others (repackSmall): live chunks are copied, as stored, into new packs; the old pack goes
- *   keep     everything else (its dead chunks stay until the pack gets sparse enough)
+ *   drop     no live chunk: the pack and its index entries go (always: it costs no copying)
+ *   rewrite  live chunks are copied, as stored, into new packs; the old pack goes
+ *   keep     everything else (its dead chunks stay as unused bytes)
+ *
+ * Which packs to rewrite follows a store-wide target, as restic's prune does (docs/DESIGN.md): packs
+ * are rewritten sparsest first (lowest live fraction) until the unused bytes left (dead payload in
+ * kept packs) are at most `maxUnused` (a share of the store's pack bytes after gc, or a size), while
+ * the bytes copied stay within `maxRepackBytes`. A per-pack live-fraction threshold left a store
+ * whose forgotten snapshots were spread over half-live packs with all of its dead bytes.
  *
  * New packs are formed from whole old packs' live data, in pack id order, closing a new pack once it
  * reaches the target size; so the plan knows the new packs' exact sizes and the exact bytes reclaimed.
@@ -25,16 +30,20 @@ export interface PackLiveness {
   liveBytes: number;
 }
 
+/** How many unused bytes gc may leave: a percentage of the store's pack bytes after gc, bytes, or any. */
+export type MaxUnused = { percent: number } | { bytes: number } | { unlimited: true };
+
 export interface GcPlanOptions {
-  /** Rewrite a pack whose live fraction is below this (0..1]; 1 = rewrite every pack with dead bytes. */
-  repackBelow: number;
+  maxUnused: MaxUnused;
+  /** Most live bytes one run copies (absent: no bound). */
+  maxRepackBytes?: number;
   /** Also merge packs smaller than a quarter of the target size (when there are at least two). */
   repackSmall: boolean;
   /** Size at which a new pack is closed (the pack writer's target). */
   targetBytes: number;
 }
 
-export const DEFAULT_REPACK_BELOW = 0.5;
+export const DEFAULT_MAX_UNUSED: MaxUnused = { percent: 5 };
 
 export type PackAction = 'drop' | 'rewrite' | 'keep';
 
@@ -73,8 +82,12 @@ export interface GcPlan {
     chunksCopied: number;
     /** File bytes freed: old files removed minus new files written. */
     reclaimBytes: number;
-    /** Dead payload bytes left in kept packs. */
+    /** Dead payload bytes left in kept packs: the unused bytes after gc. */
     deadBytesKept: number;
+    /** Pack file bytes after gc (kept packs and new ones). */
+    packBytesAfter: number;
+    /** The target for deadBytesKept this plan was made against (bytes, from maxUnused; null: unlimited). */
+    maxUnusedBytes: number | null;
   };
 }
 
@@ -82,9 +95,22 @@ export function newPackBytes(chunks: number, payloadBytes: number): number {
   return PACK_HEADER_BYTES + payloadBytes + chunks * TOC_ENTRY_BYTES + PACK_TRAILER_BYTES;
 }
 
+/** The unused bytes allowed when the store's pack files hold `packBytes` after gc. */
+export function maxUnusedBytes(maxUnused: MaxUnused, packBytes: number): number {
+  if ('unlimited' in maxUnused) return Infinity;
+  return 'bytes' in maxUnused ? maxUnused.bytes : Math.floor((packBytes * maxUnused.percent) / 100);
+}
+
+function checkOptions(o: GcPlanOptions): void {
+  const m = o.maxUnused;
+  const bad = 'unlimited' in m ? m.unlimited !== true : 'bytes' in m ? !Number.isSafeInteger(m.bytes) || m.bytes < 0 : !(m.percent >= 0 && m.percent < 100);
+  if (bad) throw new RangeError(`maxUnused must be a size >= 0, a percentage in [0, 100) or unlimited, got ${JSON.stringify(m)}`);
+  if (o.maxRepackBytes !== undefined && !(Number.isSafeInteger(o.maxRepackBytes) && o.maxRepackBytes >= 0)) throw new RangeError(`maxRepackBytes ${o.maxRepackBytes}`);
+  if (!(o.targetBytes >= 4096)) throw new RangeError(`targetBytes ${o.targetBytes}`);
+}
+
 export function planGc(packs: readonly PackLiveness[], options: GcPlanOptions): GcPlan {
-  if (!(options.repackBelow > 0 && options.repackBelow <= 1)) throw new RangeError(`repackBelow must be in (0, 1], got ${options.repackBelow}`);
-  if (!(options.targetBytes >= 4096)) throw new RangeError(`targetBytes ${options.targetBytes}`);
+  checkOptions(options);
   const sorted = [...packs].sort((a, b) => a.id - b.id);
   const decisions: PackDecision[] = sorted.map((p) => {
     if (p.liveChunks > p.indexedChunks || p.liveBytes > p.payloadBytes || p.indexedBytes > p.payloadBytes) {
@@ -92,16 +118,45 @@ export function planGc(packs: readonly PackLiveness[], options: GcPlanOptions): 
     }
     const liveFraction = p.payloadBytes === 0 ? 0 : p.liveBytes / p.payloadBytes;
     if (p.liveChunks === 0) return { ...p, liveFraction, action: 'drop', reason: p.chunks === 0 ? 'empty' : 'no live chunks' };
-    if (p.liveBytes < p.payloadBytes && liveFraction < options.repackBelow) {
-      return { ...p, liveFraction, action: 'rewrite', reason: `live ${pct(liveFraction)} < ${pct(options.repackBelow)}` };
-    }
-    return { ...p, liveFraction, action: 'keep', reason: p.liveBytes === p.payloadBytes ? 'all live' : `live ${pct(liveFraction)} >= ${pct(options.repackBelow)}` };
+    return { ...p, liveFraction, action: 'keep', reason: p.liveBytes === p.payloadBytes ? 'all live' : '' };
   });
+  // Sparsest first: the most unused bytes reclaimed per byte copied (ties: lower id first).
+  const candidates = decisions.filter((d) => d.action === 'keep' && d.liveBytes < d.payloadBytes).sort((a, b) => a.liveFraction - b.liveFraction || a.id - b.id);
+  // What the store holds after gc, as rewrites are decided: each rewritten pack's live chunks
+  // counted as they will be stored (payload and table entries; the new packs' framing, a few dozen
+  // bytes each, only adds to the real total, so the target computed here is never above the final).
+  let unused = 0;
+  let after = 0;
+  for (const d of decisions) {
+    if (d.action === 'drop') continue;
+    unused += d.payloadBytes - d.liveBytes;
+    after += d.bytes;
+  }
+  const maxRepack = options.maxRepackBytes ?? Infinity;
+  let copied = 0;
+  for (const d of candidates) {
+    const target = maxUnusedBytes(options.maxUnused, after);
+    if (unused <= target) {
+      d.reason = `unused within target (${unused} <= ${target} B)`;
+      continue;
+    }
+    if (copied + d.liveBytes > maxRepack) {
+      d.reason = `over --max-repack (${copied} + ${d.liveBytes} > ${maxRepack} B)`;
+      continue;
+    }
+    d.action = 'rewrite';
+    d.reason = `live ${pct(d.liveFraction)}; unused ${unused} B > target ${target} B`;
+    copied += d.liveBytes;
+    unused -= d.payloadBytes - d.liveBytes;
+    after -= d.bytes - (d.liveBytes + d.liveChunks * TOC_ENTRY_BYTES);
+  }
   if (options.repackSmall) {
     const small = decisions.filter((d) => d.action === 'keep' && d.bytes < options.targetBytes / 4);
     const rewriting = decisions.filter((d) => d.action === 'rewrite').length;
     if (small.length >= 2 || (small.length === 1 && rewriting > 0)) {
       for (const d of small) {
+        if (copied + d.liveBytes > maxRepack) continue;
+        copied += d.liveBytes;
         d.action = 'rewrite';
         d.reason = `small (${d.bytes} B < target/4)`;
       }
@@ -137,6 +192,8 @@ export function planGc(packs: readonly PackLiveness[], options: GcPlanOptions): 
     chunksCopied: 0,
     reclaimBytes: 0,
     deadBytesKept: 0,
+    packBytesAfter: 0,
+    maxUnusedBytes: 0,
   };
   for (const d of decisions) {
     totals.packBytes += d.bytes;
@@ -156,6 +213,9 @@ export function planGc(packs: readonly PackLiveness[], options: GcPlanOptions): 
     }
   }
   for (const n of newPacks) totals.reclaimBytes -= n.bytes;
+  totals.packBytesAfter = totals.packBytes - totals.reclaimBytes;
+  const target = maxUnusedBytes(options.maxUnused, totals.packBytesAfter);
+  totals.maxUnusedBytes = target === Infinity ? null : target;
   return {
     options,
     packs: decisions,
@@ -164,6 +224,32 @@ export function planGc(packs: readonly PackLiveness[], options: GcPlanOptions): 
     newPacks,
     totals,
   };
+}
+
+/**
+ * Parses `--max-unused`: "5%" (of the store's pack bytes after gc), a size ("200M", "1.5GiB",
+ * "0"), or "unlimited". Returns undefined for anything else.
+ */
+export function parseMaxUnused(text: string): MaxUnused | undefined {
+  const t = text.trim();
+  if (t === 'unlimited') return { unlimited: true };
+  const m = /^(\d+(?:\.\d+)?)\s*%$/.exec(t);
+  if (m) {
+    const percent = Number(m[1]);
+    return percent < 100 ? { percent } : undefined;
+  }
+  const bytes = parseSize(t);
+  return bytes === undefined ? undefined : { bytes };
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: 1024 ** 2, mb: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gb: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tb: 1024 ** 4, tib: 1024 ** 4 };
+
+/** A byte size: a number with an optional binary unit (K, M, G, T; KiB, MB... all powers of 1024). */
+export function parseSize(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/.exec(text.trim());
+  const unit = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
+  if (!m || unit === undefined) return undefined;
+  return Math.floor(Number(m[1]) * unit);
 }
 
 function pct(f: number): string {

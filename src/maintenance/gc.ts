@@ -15,33 +15,30 @@
  */
 import { performance } from 'node:perf_hooks';
 import { packFileName } from '../format/pack.js';
+import { DIGEST_BYTES } from '../format/pages.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
-import {
-  chunkKey,
-  encodeChunkValue,
-  jsonValue,
-  packKey,
-  scanChunkIndex,
-  stampChunkGeneration,
-  type PackRecord,
-} from '../store/db.js';
+import { scanChunkIndex, type PackRecord } from '../store/db.js';
+import { IndexBatch } from '../store/index-batch.js';
+import type { SealedPack } from '../store/pack-file.js';
 import { Store } from '../store/store.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 import { addCounterDelta, foldCounters, type CounterDelta } from '../store/counters.js';
 import { DigestSet } from './digest-set.js';
 import { GcFence, withMaintenanceLock } from './fence.js';
-import { DEFAULT_REPACK_BELOW, planGc, type GcPlan, type PackLiveness } from './gc-plan.js';
+import { DEFAULT_MAX_UNUSED, planGc, type GcPlan, type GcPlanOptions, type MaxUnused, type PackLiveness } from './gc-plan.js';
 import { deletedPackKey, deletedPackValue, keptBaseKey, listKeptBases, type KeptBaseRecord } from '../store/keys.js';
 import { baseChainIds, baseLookup, collectInFlight, listCommitted, manifestFile, markSnapshots } from './live.js';
-import { removePackFiles, verifyChunks, writePack, type StoredChunk } from './pack-io.js';
+import { copyChunks, removePackFiles } from './pack-io.js';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { fsyncDir } from '../util/durable.js';
 
 export interface GcOptions {
-  /** Rewrite packs whose live fraction is below this (0..1], default 0.5. */
-  repackBelow?: number;
+  /** Unused bytes gc may leave in kept packs (default 5% of the store's pack bytes after gc). */
+  maxUnused?: MaxUnused;
+  /** Most live bytes one run copies into new packs (default: no bound). */
+  maxRepackBytes?: number;
   /** Merge small packs too. */
   repackSmall?: boolean;
   /** Plan only. */
@@ -56,8 +53,8 @@ export interface GcOptions {
  * session references meanwhile are live, so their packs stay.
  */
 export async function dropDeadPacks(store: Store, packs: readonly number[]): Promise<GcReport> {
-  // Below every non-zero live fraction: only packs with no live chunk are planned (as drops).
-  return runGc(store, { packs, repackBelow: Number.MIN_VALUE });
+  // Any amount of unused bytes may stay: only packs with no live chunk are planned (as drops).
+  return runGc(store, { packs, maxUnused: { unlimited: true } });
 }
 
 export interface GcSkipped {
@@ -111,8 +108,17 @@ interface IndexedEntry {
 }
 
 export async function runGc(store: Store, options: GcOptions = {}): Promise<GcReport> {
-  const repackBelow = options.repackBelow ?? DEFAULT_REPACK_BELOW;
-  if (!(repackBelow > 0 && repackBelow <= 1)) throw new VnstoreError('E_USAGE', `repack threshold must be a fraction in (0, 1], got ${repackBelow}`);
+  const planOptions: GcPlanOptions = {
+    maxUnused: options.maxUnused ?? DEFAULT_MAX_UNUSED,
+    maxRepackBytes: options.maxRepackBytes,
+    repackSmall: options.repackSmall ?? false,
+    targetBytes: store.writer.targetBytes,
+  };
+  try {
+    planGc([], planOptions); // the options, checked before the store is touched
+  } catch (err) {
+    throw new VnstoreError('E_USAGE', `gc: ${(err as Error).message}`);
+  }
   return withMaintenanceLock(store, async () => {
     const started = performance.now();
     const fence = new GcFence(store);
@@ -145,7 +151,7 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
           p.liveBytes += loc.storedLength;
         }
       });
-      const plan = planGc([...liveness.values()], { repackBelow, repackSmall: options.repackSmall ?? false, targetBytes: store.writer.targetBytes });
+      const plan = planGc([...liveness.values()], planOptions);
       const kept = await listKeptBases(store.db);
       const unneeded = unneededKeptBases(committed, kept, inflight.bases);
       trace('gc: planned');
@@ -235,20 +241,13 @@ async function executeStep(
   const all = old.flatMap((id) => entries.get(id)!);
   let pending = all.filter((e) => isLive(e.digest));
   let doomed = all.filter((e) => !isLive(e.digest));
-  const written: { record: PackRecord; chunks: IndexedEntry[]; offsets: number[] }[] = [];
+  const written: SealedPack[] = [];
   let rescued = 0;
   try {
     for (;;) {
       if (pending.length > 0) {
-        const chunks = await readChunks(store, pending);
-        const bad = await verifyChunks(store, chunks);
-        if (bad.length > 0) {
-          const e = pending[bad[0]];
-          throw new CorruptError(`chunk ${e.digest.toString('hex')} in pack ${packFileName(e.loc.pack)} at offset ${e.loc.offset} is corrupt (${bad.length} bad chunk(s)); run 'vnstore check --read-data'`);
-        }
-        const id = store.writer.reservePackId();
-        const { record, offsets } = await writePack(store, id, chunks);
-        written.push({ record, chunks: pending, offsets });
+        const { sealed } = await copyChunks(store, store.writer.reservePackId(), pending);
+        written.push(sealed);
         trace('gc: pack written');
         failpoint('pack-renamed');
       }
@@ -283,23 +282,21 @@ async function executeStep(
     delta.packPayloadBytes! += w.record.payloadBytes;
   }
   for (const e of doomed) delta.chunkBytes! -= e.loc.storedLength;
-  const moved: { digest: Buffer; loc: ChunkLocation }[] = [];
-  for (const w of written) {
-    w.chunks.forEach((e, i) => moved.push({ digest: e.digest, loc: { pack: w.record.id, offset: w.offsets[i], storedLength: e.loc.storedLength, codec: e.loc.codec } }));
+  const moved: { digest: Uint8Array; loc: ChunkLocation }[] = [];
+  for (const { record, chunks: c } of written) {
+    for (let k = 0; k < c.count; k++) moved.push({ digest: c.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), loc: { pack: record.id, offset: c.offsets[k], storedLength: c.lengths[k], codec: c.codecs[k] } });
   }
   const at = new Date().toISOString();
   await fence.commit(doomedSet, async () => {
-    const batch = store.db.batch();
-    for (const w of written) batch.put(packKey(w.record.id), jsonValue(w.record));
-    for (const m of moved) batch.put(chunkKey(m.digest), encodeChunkValue(m.loc));
-    for (const e of doomed) batch.del(chunkKey(e.digest));
+    const batch = new IndexBatch(store.db);
+    for (const w of written) batch.addPack(w.record, w.chunks); // the copied chunks' entries now point into it
+    for (const e of doomed) batch.removeChunk(e.digest);
     for (const id of old) {
-      batch.del(packKey(id));
+      batch.removePack(id);
       batch.put(deletedPackKey(id), deletedPackValue({ id, reason: written.length > 0 ? 'gc-rewrite' : 'gc-drop', at }));
     }
     addCounterDelta(batch, delta);
-    const token = stampChunkGeneration(batch);
-    await batch.write({ sync: true });
+    const token = await batch.write({ sync: true });
     // The in-memory table follows the index before any lookup is let through.
     store.indexChanged(token, { relocated: moved, removed: doomed.map((e) => e.digest) });
   });
@@ -323,24 +320,6 @@ async function executeStep(
   result.deadBytesRemoved += oldRecords.reduce((s, r) => s + r.payloadBytes, 0) - moved.reduce((s, m) => s + m.loc.storedLength, 0);
   result.reclaimedBytes += -delta.packBytes!;
   result.chunksRescued += rescued;
-}
-
-/** Reads the stored payloads of `items` (one read per pack spanning them). */
-async function readChunks(store: Store, items: readonly IndexedEntry[]): Promise<StoredChunk[]> {
-  const byPack = new Map<number, IndexedEntry[]>();
-  for (const e of items) {
-    let l = byPack.get(e.loc.pack);
-    if (!l) byPack.set(e.loc.pack, (l = []));
-    l.push(e);
-  }
-  const payloads = new Map<IndexedEntry, Uint8Array>();
-  for (const [pack, list] of byPack) {
-    const start = Math.min(...list.map((e) => e.loc.offset));
-    const end = Math.max(...list.map((e) => e.loc.offset + e.loc.storedLength));
-    const buf = await store.packs.read(pack, start, end - start);
-    for (const e of list) payloads.set(e, buf.subarray(e.loc.offset - start, e.loc.offset - start + e.loc.storedLength));
-  }
-  return items.map((e) => ({ digest: e.digest, payload: payloads.get(e)!, codec: e.loc.codec }));
 }
 
 function unneededKeptBases(committed: Parameters<typeof baseLookup>[0], kept: KeptBaseRecord[], inflightBases: Set<string>): KeptBaseRecord[] {

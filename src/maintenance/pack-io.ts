@@ -4,13 +4,13 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { crc32 } from 'node:zlib';
-import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
-import { encodePackFooter, encodePackHeader, packFileName, PACK_HEADER_BYTES } from '../format/pack.js';
-import type { PackRecord } from '../store/db.js';
+import { DIGEST_BYTES } from '../format/pages.js';
+import { packFileName } from '../format/pack.js';
+import { BatchPool, PackFile, type SealedPack } from '../store/pack-file.js';
 import { Store } from '../store/store.js';
-import { ensurePrivateDir, FILE_MODE, fsyncDir } from '../util/durable.js';
-import { fromSystemError } from '../util/errors.js';
+import { ensurePrivateDir, fsyncDir } from '../util/durable.js';
+import { CorruptError, fromSystemError } from '../util/errors.js';
+import type { ChunkLocation } from '../index/chunk-table.js';
 
 export interface StoredChunk {
   digest: Uint8Array;
@@ -49,47 +49,68 @@ export async function verifyChunks(store: Store, chunks: readonly StoredChunk[])
 }
 
 /**
- * Writes `chunks` as a new sealed pack: temp file, fsync, rename into packs/, fsync packs/. The pack
- * is durable but not indexed when this returns (the caller's index batch does that; a crash before it
- * leaves a pack that recovery indexes, which is harmless: every chunk in it is a valid copy).
+ * Writes `chunks` as a new sealed pack through the one pack writer (PackFile): temp file, fsync,
+ * rename into packs/, fsync packs/. The pack is durable but not indexed when this returns (the
+ * caller's index batch does that; a crash before it leaves a pack that recovery indexes, which is
+ * harmless: every chunk in it is a valid copy).
  */
-export async function writePack(store: Store, packId: number, chunks: readonly StoredChunk[]): Promise<{ record: PackRecord; offsets: number[] }> {
+export async function writePack(store: Store, packId: number, chunks: Iterable<StoredChunk>): Promise<SealedPack> {
   const p = Store.paths(store.dir);
-  const name = packFileName(packId);
-  const tmp = path.join(p.tmp, `${name}.gc.tmp`);
-  const final = path.join(p.packs, name);
-  const offsets: number[] = [];
-  let offset = PACK_HEADER_BYTES;
-  let crc = 0;
-  for (const c of chunks) {
-    if (c.payload.length < 1 || c.payload.length > PAGE_SIZE) throw new RangeError(`payload length ${c.payload.length}`);
-    if (c.digest.length !== DIGEST_BYTES) throw new RangeError('digest must be 32 bytes');
-    offsets.push(offset);
-    offset += c.payload.length;
-    crc = crc32(c.payload, crc);
-  }
-  const toc = { count: chunks.length, digests: Buffer.concat(chunks.map((c) => c.digest)), lengths: chunks.map((c) => c.payload.length), codecs: chunks.map((c) => c.codec) };
-  const footer = encodePackFooter(toc, offset, crc);
-  const fh = await fsp.open(tmp, 'wx', FILE_MODE);
+  const pack = new PackFile(packId, p.tmp, new BatchPool(1));
   try {
-    await fh.writeFile(Buffer.concat([encodePackHeader(PAGE_SIZE), ...chunks.map((c) => c.payload), footer]));
-    await fh.sync();
+    for (const c of chunks) pack.append(c.digest, c.payload, c.codec);
+    return (await pack.seal(p.packs, () => undefined)).sealed;
   } catch (err) {
-    await fh.close().catch(() => undefined);
-    await fsp.rm(tmp, { force: true }).catch(() => undefined);
-    throw fromSystemError(err, `writing pack ${name}`);
+    await pack.discard(p.packs);
+    if (err instanceof RangeError) throw err;
+    throw fromSystemError(err, `writing pack ${packFileName(packId)}`);
   }
-  await fh.close();
-  await fsp.rename(tmp, final);
-  await fsyncDir(p.packs);
-  const record: PackRecord = {
-    id: packId,
-    chunks: chunks.length,
-    bytes: offset + footer.length,
-    payloadBytes: offset - PACK_HEADER_BYTES,
-    sealedAt: new Date().toISOString(),
-  };
-  return { record, offsets };
+}
+
+/** A chunk as the index places it: what gc copies. */
+export interface PlacedChunk {
+  digest: Uint8Array;
+  loc: ChunkLocation;
+}
+
+/** Bytes of an old pack read (and verified) at once when copying: memory does not follow pack size. */
+export const COPY_WINDOW_BYTES = 1024 * 1024;
+
+/**
+ * Copies `chunks` (as stored, no recompression) from their packs into one new pack, streaming: they
+ * are read in windows of at most COPY_WINDOW_BYTES in pack and offset order, each window verified
+ * against its digests in the page workers, then appended; the pack is sealed (durable, not indexed).
+ * Returns the sealed pack and the chunks in the order they were written (chunk k of the new pack is
+ * order[k]). A chunk that does not verify throws CorruptError and leaves no file behind.
+ */
+export async function copyChunks<T extends PlacedChunk>(store: Store, packId: number, chunks: readonly T[]): Promise<{ sealed: SealedPack; order: T[] }> {
+  const order = [...chunks].sort((a, b) => a.loc.pack - b.loc.pack || a.loc.offset - b.loc.offset);
+  const p = Store.paths(store.dir);
+  const pack = new PackFile(packId, p.tmp, new BatchPool(1));
+  try {
+    for (let i = 0; i < order.length; ) {
+      const first = order[i].loc;
+      let j = i + 1;
+      while (j < order.length && order[j].loc.pack === first.pack && order[j].loc.offset + order[j].loc.storedLength - first.offset <= COPY_WINDOW_BYTES) j++;
+      const last = order[j - 1].loc;
+      const window = await store.packs.read(first.pack, first.offset, last.offset + last.storedLength - first.offset);
+      const part: StoredChunk[] = order.slice(i, j).map((c) => ({ digest: c.digest, payload: window.subarray(c.loc.offset - first.offset, c.loc.offset - first.offset + c.loc.storedLength), codec: c.loc.codec }));
+      const bad = await verifyChunks(store, part);
+      if (bad.length > 0) {
+        const e = order[i + bad[0]];
+        throw new CorruptError(`chunk ${Buffer.from(e.digest).toString('hex')} in pack ${packFileName(e.loc.pack)} at offset ${e.loc.offset} is corrupt (${bad.length} bad chunk(s)); run 'vnstore check --read-data'`);
+      }
+      for (const c of part) pack.append(c.digest, c.payload, c.codec);
+      // Wait for the window's bytes to reach the file before reading the next: at most one window
+      // and one write batch in memory, whatever the pack's size.
+      await pack.written();
+      i = j;
+    }
+    return { sealed: (await pack.seal(p.packs, () => undefined)).sealed, order };
+  } catch (err) {
+    await pack.discard(p.packs);
+    throw fromSystemError(err, `writing pack ${packFileName(packId)}`);
+  }
 }
 
 /** Moves a pack file into quarantine/ (never deleting it); returns the quarantined file's path. */

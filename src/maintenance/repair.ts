@@ -127,9 +127,9 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
       let into = '(none)';
       if (chunks.length > 0) {
         const newId = store.writer.reservePackId();
-        const { record, offsets } = await writePack(store, newId, chunks);
+        const { record, chunks: written } = await writePack(store, newId, chunks);
         packRecords.push(record);
-        consider(newId, entries, offsets);
+        consider(newId, entries, Array.from({ length: written.count }, (_, i) => written.offsets[i]));
         into = packFileName(newId);
       }
       const to = await quarantinePack(store, d.name);

@@ -10,6 +10,7 @@ import type { SnapshotRecord } from '../store/db.js';
 import { restoreSnapshot } from '../store/restore.js';
 import { storeStats } from '../maintenance/stats.js';
 import { runGc } from '../maintenance/gc.js';
+import type { MaxUnused } from '../maintenance/gc-plan.js';
 import { checkStore } from '../maintenance/check.js';
 import { forget } from '../maintenance/forget.js';
 import { CALENDAR_UNITS, type CalendarRules, type CalendarUnit } from '../maintenance/retention.js';
@@ -51,6 +52,14 @@ function optStrings(args: Record<string, unknown>, key: string): string[] | unde
   return v as string[];
 }
 
+/** gc's maxUnused ({percent} | {bytes} | {unlimited: true}): runGc checks the values. */
+function optMaxUnused(args: Record<string, unknown>): MaxUnused | undefined {
+  const v = args.maxUnused;
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'object' || Array.isArray(v)) throw new VnstoreError('E_USAGE', 'argument maxUnused must be an object');
+  return v as MaxUnused;
+}
+
 /** forget's calendar rules ({daily: 7, ...}): whole numbers per known unit, nothing else. */
 function optCalendar(args: Record<string, unknown>): CalendarRules | undefined {
   const v = args.calendar;
@@ -74,7 +83,7 @@ export const CALLS: Record<string, CallHandler> = {
   list: (store, args) => store.listSnapshots(optString(args, 'vm')),
   resolve: (store, args) => store.resolveSnapshot(needString(args, 'id')),
   stats: (store, args) => storeStats(store, { vm: optString(args, 'vm'), snapshot: optString(args, 'snapshot'), detail: optBool(args, 'detail'), exact: optBool(args, 'exact') }),
-  gc: (store, args) => runGc(store, { dryRun: optBool(args, 'dryRun'), repackBelow: optNumber(args, 'repackBelow'), repackSmall: optBool(args, 'repackSmall') }),
+  gc: (store, args) => runGc(store, { dryRun: optBool(args, 'dryRun'), maxUnused: optMaxUnused(args), maxRepackBytes: optNumber(args, 'maxRepackBytes'), repackSmall: optBool(args, 'repackSmall') }),
   check: (store, args) => checkStore(store, { readData: optBool(args, 'readData'), readDataSubsetPct: optNumber(args, 'readDataSubsetPct') }),
   forget: (store, args) =>
     forget(store, {

@@ -1,0 +1,237 @@
+/**
+ * One pack file being written, streaming: the header, then payloads handed to the file in bounded
+ * batches as they arrive, then the seal. The one way packs are written (ingest, gc, repair), in the
+ * rule's order (docs/FORMAT.md):
+ *
+ *   header, payload, table of contents, footer → fsync → rename tmp/ → packs/ → fsync packs/
+ *
+ * The caller indexes the sealed pack afterwards (IndexBatch.addPack): ingest at once, gc in the batch
+ * that re-points the copied chunks, repair in its rebuilt index. Memory: the table of contents in
+ * columns (45 B a chunk) and at most a few write batches, whatever the pack's size.
+ */
+import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { crc32 } from 'node:zlib';
+import { encodePackFooter, encodePackHeader, packFileName, PACK_HEADER_BYTES, PACK_TRAILER_BYTES, TOC_ENTRY_BYTES } from '../format/pack.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
+import { fsyncDir, FILE_MODE, writeFully, writevFully } from '../util/durable.js';
+import type { PackRecord } from './db.js';
+import { indexOfSorted } from '../util/search.js';
+
+export const WRITE_BATCH_BYTES = 1024 * 1024; // small: each batch is fresh memory once per process
+
+/** Write batches kept for reuse: fresh memory costs a page fault per 4 KiB (docs/DESIGN.md). */
+export class BatchPool {
+  private readonly spare: Buffer[] = [];
+  constructor(private readonly keep = 4) {}
+  take(): Buffer {
+    return this.spare.pop() ?? Buffer.allocUnsafeSlow(WRITE_BATCH_BYTES);
+  }
+  give(batch: Buffer): void {
+    if (this.spare.length < this.keep) this.spare.push(batch);
+  }
+}
+
+/** A pack's chunks in columns: chunk k is digests[k*32 ..+32] at offsets[k], lengths[k] bytes. */
+export interface PackChunks {
+  count: number;
+  digests: Uint8Array;
+  offsets: ArrayLike<number>;
+  lengths: ArrayLike<number>;
+  codecs: ArrayLike<number>;
+}
+
+/** A pack durable under its final name, not yet indexed: what IndexBatch.addPack takes. */
+export interface SealedPack {
+  record: PackRecord;
+  chunks: PackChunks;
+}
+
+export class PackFile {
+  /** Bytes appended so far, header included (the next chunk's offset). */
+  size = PACK_HEADER_BYTES;
+  /** The table of contents in columns (one object per chunk made the GC a main-thread cost). */
+  count = 0;
+  digests = new Uint8Array(0);
+  lengths = new Uint16Array(0);
+  codecs = new Uint8Array(0);
+  offsets = new Uint32Array(0); // ascending
+  private crc = 0; // running CRC32 of the payload handed to writes so far
+  private batch: Buffer | undefined; // payloads not yet handed to a write
+  private batchUsed = 0;
+  /** Full batches waiting for the writer: written together, in order, by one writev. */
+  private queued: { data: Buffer; batch: Buffer }[] = [];
+  private draining = false;
+  private readonly fh: Promise<FileHandle>;
+  /** Settles when every batch handed over so far is written (rejects on the first failed write). */
+  private writes: Promise<void>;
+  readonly tmpPath: string;
+
+  constructor(
+    readonly id: number,
+    tmpDir: string,
+    private readonly batches: BatchPool,
+  ) {
+    this.tmpPath = path.join(tmpDir, `${packFileName(id)}.tmp`);
+    this.fh = fsp.open(this.tmpPath, 'wx', FILE_MODE);
+    this.writes = quiet(this.fh.then((h) => writeFully(h, encodePackHeader(PAGE_SIZE))));
+  }
+
+  /** Room left in the current write batch (a whole new batch when there is none). */
+  get batchRoom(): number {
+    return this.batch ? this.batch.length - this.batchUsed : WRITE_BATCH_BYTES;
+  }
+
+  /**
+   * Records chunk `digests[digestAt ..+32]` of `length` bytes at the pack's current end plus `skip`
+   * (payload bytes the caller copies later, with copyRun); returns its offset.
+   */
+  addEntry(digests: Uint8Array, digestAt: number, length: number, codec: number, skip = 0): number {
+    if (length < 1 || length > PAGE_SIZE) throw new RangeError(`payload length ${length}`);
+    if (digestAt + DIGEST_BYTES > digests.length) throw new RangeError('digest out of range');
+    if (this.count === this.lengths.length) this.growToc();
+    const offset = this.size + skip;
+    const k = this.count++;
+    const at = k * DIGEST_BYTES;
+    for (let b = 0; b < DIGEST_BYTES; b++) this.digests[at + b] = digests[digestAt + b];
+    this.lengths[k] = length;
+    this.codecs[k] = codec;
+    this.offsets[k] = offset;
+    return offset;
+  }
+
+  /** One chunk: its entry and its bytes. */
+  append(digest: Uint8Array, payload: Uint8Array, codec: number): number {
+    if (digest.length !== DIGEST_BYTES) throw new RangeError('digest must be 32 bytes');
+    const offset = this.addEntry(digest, 0, payload.length, codec);
+    this.copyRun(payload, 0, payload.length);
+    return offset;
+  }
+
+  /** Copies payload[start, end) to the pack's end through the write batch, flushing a full batch first. */
+  copyRun(payload: Uint8Array, start: number, end: number): void {
+    if (end <= start) return;
+    const n = end - start;
+    if (this.batch && this.batchUsed + n > this.batch.length) this.writeBuffered();
+    this.batch ??= this.batches.take();
+    if (n > this.batch.length) throw new RangeError(`run of ${n} bytes exceeds a write batch`);
+    this.batch.set(payload.subarray(start, end), this.batchUsed);
+    this.batchUsed += n;
+    this.size += n;
+  }
+
+  /** Settles once every byte handed over so far is written (rejects if a write failed). */
+  written(): Promise<void> {
+    this.writeBuffered();
+    return this.writes;
+  }
+
+  /** Hands the buffered payloads to the writer (in order); the batch is reused once written. */
+  writeBuffered(): void {
+    const batch = this.batch;
+    const used = this.batchUsed;
+    this.batch = undefined;
+    this.batchUsed = 0;
+    if (!batch) return;
+    if (used === 0) {
+      this.batches.give(batch);
+      return;
+    }
+    const data = batch.subarray(0, used);
+    this.crc = crc32(data, this.crc);
+    this.queued.push({ data, batch });
+    if (!this.draining) {
+      this.draining = true;
+      this.writes = quiet(this.writes.then(() => this.drainWrites()));
+    }
+  }
+
+  /**
+   * Writes queued batches until none is left. Whatever queued up while a write was in flight goes
+   * out in the next single writev: a main thread busy with ingest turns its event loop only every few
+   * milliseconds, and one write per turn fell behind and piled up fresh batches (docs/DESIGN.md).
+   */
+  private async drainWrites(): Promise<void> {
+    try {
+      const h = await this.fh;
+      while (this.queued.length > 0) {
+        const items = this.queued.splice(0);
+        await writevFully(h, items.map((q) => q.data));
+        for (const q of items) this.batches.give(q.batch);
+      }
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  /** The pack record the seal produces (exact: the footer's size follows from the chunk count). */
+  record(): PackRecord {
+    return {
+      id: this.id,
+      chunks: this.count,
+      bytes: this.size + this.count * TOC_ENTRY_BYTES + PACK_TRAILER_BYTES,
+      payloadBytes: this.size - PACK_HEADER_BYTES,
+      sealedAt: new Date().toISOString(),
+    };
+  }
+
+  /**
+   * Footer, fsync, rename into `packsDir`, fsync of the directory. `whileSyncing` runs while the
+   * fsync is in flight (ingest builds its index batch there: CPU next to I/O). On failure the temp
+   * file is left to discard().
+   */
+  async seal<T>(packsDir: string, whileSyncing: (sealed: SealedPack) => T): Promise<{ sealed: SealedPack; during: T }> {
+    await this.written();
+    const h = await this.fh;
+    await writeFully(h, encodePackFooter(this, this.size, this.crc));
+    const synced = h.sync();
+    synced.catch(() => undefined); // awaited below; a failure must not surface as unhandled first
+    const sealed: SealedPack = { record: this.record(), chunks: this };
+    const during = whileSyncing(sealed);
+    await synced;
+    await h.close();
+    await fsp.rename(this.tmpPath, path.join(packsDir, packFileName(this.id)));
+    await fsyncDir(packsDir);
+    return { sealed, during };
+  }
+
+  /** Removes what a failed pack left: the temp file, and the final file if the rename happened. */
+  async discard(packsDir: string): Promise<void> {
+    await this.fh.then((h) => h.close()).catch(() => undefined);
+    await fsp.rm(this.tmpPath, { force: true }).catch(() => undefined);
+    await fsp.rm(path.join(packsDir, packFileName(this.id)), { force: true }).catch(() => undefined);
+  }
+
+  /** Index of the chunk at `offset` (offsets ascend), or -1. */
+  indexAt(offset: number): number {
+    return indexOfSorted(this.offsets, offset, this.count);
+  }
+
+  /** Doubles the table-of-contents columns. */
+  private growToc(): void {
+    const cap = Math.max(1024, this.lengths.length * 2);
+    const digests = new Uint8Array(cap * DIGEST_BYTES);
+    digests.set(this.digests);
+    const lengths = new Uint16Array(cap);
+    lengths.set(this.lengths);
+    const codecs = new Uint8Array(cap);
+    codecs.set(this.codecs);
+    const offsets = new Uint32Array(cap);
+    offsets.set(this.offsets);
+    this.digests = digests;
+    this.lengths = lengths;
+    this.codecs = codecs;
+    this.offsets = offsets;
+  }
+}
+
+/**
+ * Marks a pack's write chain as handled: its failure is reported when the seal awaits it, and a
+ * failure met before that (a full disk while batches are still queued) must not end the process as
+ * an unhandled rejection. Returns the same promise.
+ */
+function quiet(p: Promise<void>): Promise<void> {
+  p.catch(() => undefined);
+  return p;
+}
