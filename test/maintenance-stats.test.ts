@@ -87,9 +87,6 @@ beforeAll(async () => {
   }
   // Garbage: an aborted session's chunks, and a page superseded within a committed session.
   // (writePages, not writePage: single pages are only gathered, and an abort drops them unstored.)
-  // Sessions keep new chunks until commit (pending-chunks.ts); a bound of 1 byte hands each block's
-  // to the pack writer at once, as a session past its bound does, so they can become garbage.
-  process.env.VNSTORE_PENDING_LIMIT_BYTES = '1';
   const aborted = await store.beginSession({ vm: 'web', parent: 'none' });
   for (let i = 0; i < 3; i++) {
     garbagePages.push(page(`r${500 + i}`));
@@ -103,7 +100,6 @@ beforeAll(async () => {
   await s.drain();
   await s.writePage(5, page('r601')); // the last write wins: r600 is stored but unused
   const r = await s.commit({ byteLength: 6 * 4096 });
-  delete process.env.VNSTORE_PENDING_LIMIT_BYTES;
   recs.push(r);
   images.set(r.id, imageOf(['r400', 'r401', 'z', 'r9', 'r301', 'r601']));
   await store.close();
