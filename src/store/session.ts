@@ -19,7 +19,6 @@ import { BLOCK_PAGES } from './job-sizes.js';
 import type { Store } from './store.js';
 import { MAX_BASE_DEPTH } from './manifest-loader.js';
 import { trace } from '../util/trace.js';
-import { PendingChunks } from './pending-chunks.js';
 
 /** Largest image a session accepts without a declared memory size (its page table needs 33 B a page). */
 export const MAX_IMAGE_BYTES = 256 * 2 ** 30;
@@ -86,8 +85,6 @@ export class Session {
   /** The writer's sealedCount when the session began: the packs a failure may leave behind follow it. */
   private readonly sealMark: number;
   private readonly maxInFlight: number;
-  /** New chunks kept until commit, so that a later round's replacement leaves no garbage (pending-chunks.ts). */
-  private pending = new PendingChunks();
 
   private constructor(
     private readonly store: Store,
@@ -223,8 +220,7 @@ export class Session {
       for (let k = 0; k < n; k++) {
         const page = pageIndices[k];
         const at = k * DIGEST_BYTES;
-        if (this.pending.has(digests, at)) set(k); // this session's own new chunk, stored at commit
-        else if (!this.store.table.hasFingerprint(digests, at)) {
+        if (!this.store.table.hasFingerprint(digests, at)) {
           if (this.store.writer.locateUnindexed(digests.subarray(at, at + DIGEST_BYTES))) ask.push(k);
         } else if (parent && page < parent.pageCount && parent.kinds[page] === PageKind.Digest && digestsEqual(parent.digests, page * DIGEST_BYTES, digests, at)) set(k);
         else ask.push(k);
@@ -451,7 +447,7 @@ export class Session {
     let payloadPos = 0;
     let newIdx = 0;
     let maybeCount = 0;
-    // New pages nobody stored meanwhile are kept (pending) after the loop, until commit.
+    // New pages nobody stored meanwhile go to the pack writer in one call, after the loop.
     const storeDigestAt = new Uint32Array(n);
     const storePayloadAt = new Uint32Array(n);
     const storeLength = new Uint32Array(n);
@@ -474,11 +470,8 @@ export class Session {
         const len = r.lengths[newIdx];
         payloadAt[i] = payloadPos;
         ordinalAt[i] = newIdx;
-        // An earlier block of this session keeps it already, or another session stored it since the
-        // worker looked.
-        if (this.pending.has(r.digests, i * DIGEST_BYTES)) {
-          // nothing to store: the page names the kept chunk
-        } else if (table.hasFingerprint(r.digests, i * DIGEST_BYTES)) {
+        // Another block or session may have stored it since the worker looked.
+        if (table.hasFingerprint(r.digests, i * DIGEST_BYTES)) {
           confirm.push(i);
         } else {
           storeDigestAt[storeCount] = i * DIGEST_BYTES;
@@ -486,6 +479,7 @@ export class Session {
           storeLength[storeCount] = len;
           storeCodec[storeCount] = r.codecs[newIdx];
           storeCount++;
+          this.stats.newChunkBytes += len;
         }
         payloadPos += len;
         newIdx++;
@@ -494,20 +488,17 @@ export class Session {
       maybeAt[i] = maybeCount++;
       confirm.push(i); // MaybeKnown
     }
-    for (let k = 0; k < storeCount; k++) this.pending.add(r.digests, storeDigestAt[k], r.payload, storePayloadAt[k], storeLength[k], storeCodec[k]);
-    if (confirm.length > 0) await this.confirmAndStore(r, confirm, payloadAt, ordinalAt, maybeAt);
-    if (this.pending.full) await this.flushPending();
-  }
-
-  /** Pages whose chunk the table hinted at: kept as known when the exact index has it, else stored. */
-  private async confirmAndStore(r: HashResult, confirm: number[], payloadAt: Int32Array, ordinalAt: Int32Array, maybeAt: Int32Array): Promise<void> {
-    const store = this.store;
+    if (storeCount > 0) {
+      store.writer.appendMany(r.digests, storeDigestAt, r.payload, storePayloadAt, storeLength, storeCodec, storeCount);
+      this.stats.newChunks += storeCount;
+    }
+    if (confirm.length === 0) return;
     const digests = confirm.map((i) => r.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES));
     const found = await store.lookupExact(digests);
     for (let k = 0; k < confirm.length; k++) {
       if (found[k]) continue;
       // Absent after all (a fingerprint clash): store it, unless an earlier page of this batch just did.
-      if (store.writer.locateUnindexed(digests[k]) || this.pending.has(digests[k])) continue;
+      if (store.writer.locateUnindexed(digests[k])) continue;
       const i = confirm[k];
       if (ordinalAt[i] >= 0) {
         const o = ordinalAt[i];
@@ -520,39 +511,9 @@ export class Session {
   }
 
   private storeChunk(digest: Uint8Array, payload: Uint8Array, codec: number): void {
-    this.pending.add(digest, 0, payload, 0, payload.length, codec);
-  }
-
-  /**
-   * Hands the kept new chunks that the page table still references to the pack writer; those a
-   * later round replaced are dropped unstored. A chunk another session stored meanwhile is not
-   * stored again (the page then names that copy). Runs inside the ordered apply chain or after it
-   * drained, so no chunk is kept while this runs.
-   */
-  private async flushPending(): Promise<void> {
-    const p = this.pending;
-    if (p.count === 0) return;
-    const keep = new Uint8Array(p.count);
-    const pages = this.pages;
-    for (let i = 0; i < pages.pageCount; i++) {
-      if (pages.kinds[i] !== PageKind.Digest) continue;
-      const ord = p.find(pages.digests, i * DIGEST_BYTES);
-      if (ord >= 0) keep[ord] = 1;
-    }
-    const ask: number[] = [];
-    for (let ord = 0; ord < p.count; ord++) if (keep[ord] && this.store.table.hasFingerprint(p.digest(ord), 0)) ask.push(ord);
-    if (ask.length > 0) {
-      const found = await this.store.lookupExact(ask.map((o) => p.digest(o)));
-      ask.forEach((o, k) => {
-        if (found[k]) keep[o] = 0;
-      });
-    }
-    for (const run of p.runs(keep)) {
-      this.store.writer.appendMany(run.digests, run.digestAt, run.payload, run.payloadAt, run.lengths, run.codecs, run.count);
-      this.stats.newChunks += run.count;
-      this.stats.newChunkBytes += run.bytes;
-    }
-    this.pending = new PendingChunks(p.limitBytes, p.release()); // appendMany copied what it keeps
+    this.store.writer.append(digest, payload, codec);
+    this.stats.newChunks++;
+    this.stats.newChunkBytes += payload.length;
   }
 
   /** Waits for every queued write to be hashed and applied. */
@@ -583,11 +544,9 @@ export class Session {
       }
       this.pages.resize(pageCount);
       await this.fillUnwritten(options.unwritten ?? (this.parent ? 'parent' : 'error'));
-      await this.flushPending();
       if (byteLength % PAGE_SIZE !== 0) {
         await this.store.writer.flush(); // zeroTail reads the last page back from its pack
         await this.zeroTail(byteLength);
-        await this.flushPending();
       }
       // Seal the last pack, and encode the manifest while its writes and fsync run. The manifest
       // file is written only once every pack is durable and indexed (the write order, docs/FORMAT.md).
@@ -624,8 +583,7 @@ export class Session {
   }
 
   /**
-   * Drops the session. Its kept new chunks are dropped unstored; those already handed to the writer
-   * (past the bound of pending-chunks.ts) stay in packs as garbage until gc (after a failed pack
+   * Drops the session. Chunks it already stored stay in packs as garbage until gc (after a failed pack
    * write, the packs nothing live references are dropped at once: Store.discardFailedPacks). Once commit() or
    * prepare() has begun, the outcome is theirs and abort does nothing: dropping the session then
    * took it out of the live set gc reads while its manifest was still being written.
