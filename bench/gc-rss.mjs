@@ -13,38 +13,22 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const PAGE = 4096;
-const MIB = 1024 * 1024;
+import { DEFAULT_DIST, distImporter, fillRandom, MIB, PAGE } from './dist-workload.mjs';
 
 const { values } = parseArgs({
   options: {
     'data-mib': { type: 'string', default: '96' },
     'packs-mib': { type: 'string', default: '32,256' },
-    dist: { type: 'string', default: path.join(here, '..', 'dist') },
+    dist: { type: 'string', default: DEFAULT_DIST },
     child: { type: 'string' },
     pack: { type: 'string' },
     json: { type: 'boolean', default: false },
   },
 });
 const dist = path.resolve(values.dist);
-const load = async (rel) => import(pathToFileURL(path.join(dist, rel)).href);
-
-/** xorshift32: incompressible pages, reproducible. */
-function fillRandom(buf, seed) {
-  let s = seed >>> 0 || 0x9e3779b9;
-  for (let i = 0; i < buf.length; i += 4) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    buf.writeUInt32LE(s, i);
-  }
-}
+const load = distImporter(dist);
 
 function peakRssBytes() {
   try {
