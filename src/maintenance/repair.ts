@@ -8,14 +8,11 @@ import path from 'node:path';
 import { packFileName, parsePackFileName, PACK_HEADER_BYTES, TOC_PREFIX_BYTES, type PackEntry } from '../format/pack.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import {
-  chunkKey,
-  encodeChunkValue,
   jsonValue,
   KEY_GROUP,
   KEY_PACK,
   KEY_SNAPSHOT,
   KEY_VM,
-  packKey,
   parseRecord,
   GROUP_RECORD,
   PACK_RECORD,
@@ -23,12 +20,12 @@ import {
   prefixedKey,
   prefixRange,
   scanChunkIndex,
-  stampChunkGeneration,
   vmKey,
   type GroupRecord,
   type PackRecord,
   type SnapshotRecord,
 } from '../store/db.js';
+import { IndexBatch } from '../store/index-batch.js';
 import { Store } from '../store/store.js';
 import { VnstoreError } from '../util/errors.js';
 import { DigestSet, ensureLength } from './digest-set.js';
@@ -165,22 +162,27 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
   report.indexEntriesRemoved = toRemove.length;
   report.indexEntriesChanged = puts.filter((u) => u.existed).length;
   report.indexEntriesAdded = puts.length - report.indexEntriesChanged;
-  let batch = store.db.batch();
+  // Bounded batches; each stamps a new chunk generation, so a crash part-way leaves the saved table stale.
+  let batch = new IndexBatch(store.db);
   let ops = 0;
+  const next = async () => {
+    if (++ops % 10_000 !== 0) return;
+    await batch.write();
+    batch = new IndexBatch(store.db);
+  };
   for (const d of toRemove) {
-    batch.del(chunkKey(d));
-    if (++ops % 10_000 === 0) await batch.write().then(() => (batch = store.db.batch()));
+    batch.removeChunk(d);
+    await next();
   }
   for (const u of puts) {
-    batch.put(chunkKey(u.digest), encodeChunkValue(u.loc));
-    if (++ops % 10_000 === 0) await batch.write().then(() => (batch = store.db.batch()));
+    batch.putChunk(u.digest, u.loc);
+    await next();
   }
   const goodIds = new Set(packRecords.map((r) => r.id));
-  for (const id of oldRecords.keys()) if (!goodIds.has(id)) batch.del(packKey(id));
-  for (const r of packRecords) batch.put(packKey(r.id), jsonValue(r));
+  for (const id of oldRecords.keys()) if (!goodIds.has(id)) batch.removePack(id);
+  for (const r of packRecords) batch.putPackRecord(r);
   report.catalogFixes = await repairCatalog(store, batch);
-  const token = stampChunkGeneration(batch);
-  await batch.write({ sync: true });
+  const token = await batch.write({ sync: true });
   store.indexChanged(token, { removed: toRemove, relocated: puts.filter((u) => u.existed), inserted: puts.filter((u) => !u.existed) });
   return report;
 }

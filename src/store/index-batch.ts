@@ -22,6 +22,11 @@ export class IndexBatch {
       const digest = chunks.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES);
       this.batch.put(chunkKey(digest), encodeChunkValue({ pack: record.id, offset: chunks.offsets[k], storedLength: chunks.lengths[k], codec: chunks.codecs[k] }));
     }
+    return this.putPackRecord(record);
+  }
+
+  /** A pack record alone (its entries are added one by one, where they are not a sealed pack's columns). */
+  putPackRecord(record: PackRecord): this {
     this.batch.put(packKey(record.id), jsonValue(record));
     return this;
   }

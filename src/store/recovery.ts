@@ -11,17 +11,14 @@ import { addCounterDelta, recoveredPackDelta } from './counters.js';
 import {
   chunkKey,
   decodeChunkValue,
-  encodeChunkValue,
-  jsonValue,
   KEY_PACK,
   KEY_SNAPSHOT,
-  packKey,
   prefixedKey,
   prefixRange,
-  stampChunkGeneration,
   type PackRecord,
   type StoreDb,
 } from './db.js';
+import { IndexBatch } from './index-batch.js';
 import { isHeld } from './held.js';
 import { deletedPackKey, keptBaseKey, KEY_DELETED_PACK } from './keys.js';
 import type { PackReader } from './pack-reader.js';
@@ -58,18 +55,15 @@ export async function recover(dir: string, db: StoreDb, packs: PackReader): Prom
     const file = path.join(p.packs, name);
     try {
       const entries = await packs.readChunks(id);
-      const batch = db.batch();
-      for (const e of entries) {
-        batch.put(chunkKey(e.digest), encodeChunkValue({ pack: id, offset: e.offset, storedLength: e.storedLength, codec: e.codec }));
-      }
+      const batch = new IndexBatch(db);
+      for (const e of entries) batch.putChunk(e.digest, { pack: id, offset: e.offset, storedLength: e.storedLength, codec: e.codec });
       const stat = await fsp.stat(file);
       const payloadBytes = entries.reduce((s, e) => s + e.storedLength, 0);
       const rec: PackRecord = { id, chunks: entries.length, bytes: stat.size, payloadBytes, sealedAt: stat.mtime.toISOString() };
-      batch.put(packKey(id), jsonValue(rec));
+      batch.putPackRecord(rec);
       // Counters: a gc-rewritten pack's chunks may already be indexed (in the pack it replaces).
       const prior = await db.getMany(entries.map((e) => chunkKey(e.digest)));
       addCounterDelta(batch, recoveredPackDelta(rec, entries, prior.map((v) => (v === undefined ? undefined : decodeChunkValue(v).storedLength))));
-      stampChunkGeneration(batch);
       await batch.write({ sync: true });
       report.packsIndexed++;
     } catch (err) {

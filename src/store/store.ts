@@ -28,7 +28,6 @@ import { readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from
 import {
   CHUNK_GEN_KEY,
   CLEAN_PACK_KEY,
-  stampChunkGeneration,
   chunkKey,
   decodeChunkValue,
   jsonValue,
@@ -52,6 +51,7 @@ import {
   type SnapshotRecord,
   type StoreDb,
 } from './db.js';
+import { IndexBatch } from './index-batch.js';
 import { ambiguousPrefixError, MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
 import { StoreLock } from './lock.js';
 import { ensureReserve, releaseReserveIfLow, reserveSize } from './reserve.js';
@@ -287,9 +287,7 @@ export class Store {
     if (this.chunkGen.saved) return;
     let token = this.chunkGen.token;
     if (!token) {
-      const batch = this.db.batch();
-      token = stampChunkGeneration(batch);
-      await batch.write({ sync: true });
+      token = await new IndexBatch(this.db).write({ sync: true });
       this.chunkGen.advance(token);
     }
     const p = Store.paths(this.dir);
