@@ -8,8 +8,9 @@ import { loadStoredMigration, sendMigration, type StoredMigration } from '../qem
 import type { QemuProcessInfo } from '../qemu/state-image.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
 import type { MigrationStore } from '../qemu/migration-store.js';
-import { ONE_SHOT, action, storeDir, storeOption, usage, withStore } from './common.js';
+import { ONE_SHOT, action, lockWaitOption, storeDir, storeOption, usage, withStore } from './common.js';
 import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
+import { parseCount, parseEndpoint } from './switch.js';
 
 interface ReceiveOpts extends RemoteOptions {
   vm: string;
@@ -50,6 +51,25 @@ function parseQemuPid(spec: string | undefined): number | undefined {
   return pid;
 }
 
+interface SnapshotOpts extends RemoteOptions {
+  env: string;
+  vm: string[];
+  switch: string;
+  epoch?: string;
+  listenHost: string;
+  store?: string;
+  json?: boolean;
+}
+
+const collect = (v: string, all: string[]) => [...all, v];
+
+/** `NAME=QMP` (a Unix socket path, unix:PATH or tcp:HOST:PORT). */
+function parseVmQmp(spec: string): { vm: string; qmp: string } {
+  const i = spec.indexOf('=');
+  if (i < 1 || i === spec.length - 1) throw usage(`--vm ${spec}: expected NAME=QMP-SOCKET (e.g. web1=/run/web1.qmp or web1=tcp:127.0.0.1:4445)`);
+  return { vm: spec.slice(0, i), qmp: spec.slice(i + 1) };
+}
+
 async function qemuInfo(pid: number | undefined): Promise<QemuProcessInfo> {
   const found = pid ?? (await findQemuAncestor());
   return found === undefined ? {} : describeQemu(found);
@@ -82,7 +102,7 @@ function spoolBudget(): number {
  * Runs `fn` on the store the options name: through a server (--server, $VNSTORE_SERVER) or the
  * local store. `where` is the option string a later `vnstore qemu send` needs to find it.
  */
-async function withMigrations<T>(opts: RemoteOptions & { store?: string }, fn: (store: MigrationStore, where: string) => Promise<T>): Promise<T> {
+async function withMigrations<T>(opts: RemoteOptions & { store?: string; lockWait?: number }, fn: (store: MigrationStore, where: string) => Promise<T>): Promise<T> {
   const { serverMigrations, storeMigrations } = await import('../qemu/migration-store.js');
   const server = serverAddress(opts);
   if (server) {
@@ -109,7 +129,8 @@ export function registerQemu(program: Command): void {
     .option('--listen <tcp:HOST:PORT>', 'accept one connection from `migrate "tcp:HOST:PORT"` instead of reading standard input')
     .option('--qemu-pid <pid>', "QEMU's process id, to record its version and command line (found automatically under `exec:`)")
     .option('--json', 'print {id, stateId, vm, group, machine, qemuVersion, blocks, logicalBytes, streamBytes, newChunks, addedBytes, seconds}')
-    .addOption(storeOption());
+    .addOption(storeOption())
+    .addOption(lockWaitOption());
   addRemoteOptions(receive, false)
     .addHelpText(
       'after',
@@ -165,7 +186,8 @@ Examples (QMP, or the HMP monitor):
     .command('send')
     .description('write a stored VM as a migration stream on standard output, for qemu-system-x86_64 -incoming "exec:vnstore qemu send ID"')
     .argument('<id>', 'the RAM snapshot id that receive printed, or its NAME.qemu state snapshot (a unique prefix is enough)')
-    .addOption(storeOption());
+    .addOption(storeOption())
+    .addOption(lockWaitOption());
   addRemoteOptions(send, false)
     .addHelpText('after', '\nStart QEMU with the command line `vnstore qemu info ID` prints (same machine, memory and devices).\n')
     .action(
@@ -193,7 +215,8 @@ Examples (QMP, or the HMP monitor):
     .description('what a stored QEMU snapshot holds: machine, QEMU version, RAM blocks, and the command line that restores it')
     .argument('<id>', 'RAM snapshot id or its NAME.qemu state snapshot (a unique prefix is enough)')
     .option('--json', 'print it as JSON')
-    .addOption(storeOption());
+    .addOption(storeOption())
+    .addOption(lockWaitOption());
   addRemoteOptions(info, false).action(
       action(async (id: string, opts: RemoteOptions & { store?: string; json?: boolean }) => {
         await withMigrations(
@@ -216,6 +239,78 @@ Examples (QMP, or the HMP monitor):
             process.stdout.write(`${lines.join('\n')}\n`);
           },
         );
+      }),
+    );
+
+  const snapshot = qemu
+    .command('snapshot')
+    .description('a coordinated live snapshot of QEMU VMs on a vnstore switch: every VM migrated into the store at once, its colour flipped while QEMU pauses it, all committed as one group')
+    .requiredOption('--env <name>', 'environment name: the group is <env>-e<epoch>')
+    .option('--vm <name=qmp>', "a VM: its name (as on the switch's --port) and its QMP socket (path, unix:PATH or tcp:HOST:PORT); repeat per VM", collect, [])
+    .option('--switch <host:port>', "the VMs' switch's tunnel address, where colour flips go", '127.0.0.1:7100')
+    .option('--epoch <n>', "the epoch to take (default: one past the environment's last group in the store and the VMs' colours at the switch)")
+    .option('--listen-host <host>', 'address the migration streams come to (QEMU must reach it)', '127.0.0.1')
+    .option('--json', 'print {group, epoch, flipSkewMs, members: [{vm, id, stateId, totalMs, downtimeMs, addedBytes}]}')
+    .addOption(storeOption())
+    .addOption(lockWaitOption());
+  addRemoteOptions(snapshot, false)
+    .addHelpText(
+      'after',
+      `
+Each VM must run with a QMP socket and be attached to the switch (-netdev dgram, docs/QEMU.md).
+The guests keep running: each is paused only for its migration's last round, as with receive.
+If any VM's migration or flip fails, nothing is committed (exit 12) and every VM is flipped to the
+epoch anyway. Restore each member with \`vnstore qemu info ID\`'s command line.
+
+Example:
+  vnstore switch --port web1=127.0.0.1:5001 --port db1=127.0.0.1:5002 &
+  vnstore qemu snapshot --env shop --vm web1=/run/web1.qmp --vm db1=/run/db1.qmp --store /var/lib/vnstore
+`,
+    )
+    .action(
+      action(async (opts: SnapshotOpts) => {
+        if (opts.vm.length === 0) throw usage('at least one --vm NAME=QMP-SOCKET is needed');
+        const vms = opts.vm.map(parseVmQmp);
+        if (new Set(vms.map((v) => v.vm)).size !== vms.length) throw usage('a VM is named by two --vm options');
+        const switchAddr = parseEndpoint(opts.switch, '--switch');
+        const asked = opts.epoch === undefined ? undefined : parseCount(opts.epoch, '--epoch', 1);
+        const { QmpClient } = await import('../qemu/qmp.js');
+        const { QemuVmAgent } = await import('../qemu/vm-agent.js');
+        const { nextEpoch, snapshotEnvironment } = await import('../qemu/environment.js');
+        const { findQemuBySocket } = await import('../qemu/qemu-process.js');
+        const clients = await Promise.all(vms.map((v) => QmpClient.connect(v.qmp)));
+        try {
+          await withMigrations(opts, async (store) => {
+            const agents = vms.map(
+              (v, k) =>
+                new QemuVmAgent({
+                  vm: v.vm,
+                  qmp: clients[k],
+                  switchAddr,
+                  store,
+                  spoolBytes: spoolBudget(),
+                  listenHost: opts.listenHost,
+                  qemuInfo: async () => {
+                    const pid = v.qmp.startsWith('tcp:') ? undefined : await findQemuBySocket(v.qmp.replace(/^unix:/, ''));
+                    return pid === undefined ? {} : describeQemu(pid);
+                  },
+                }),
+            );
+            const next = await nextEpoch(store, opts.env, agents);
+            if (asked !== undefined && asked < next) throw usage(`--epoch ${asked}: ${opts.env} is at epoch ${next - 1} already (its groups or its VMs' colours); a new cut needs ${next} or more`);
+            const epoch = asked ?? next;
+            const r = await snapshotEnvironment(store, agents, opts.env, epoch);
+            const members = r.members.map((m) => ({ vm: m.vm, id: m.ram.id, stateId: m.state.id, totalMs: m.totalMs, downtimeMs: m.downtimeMs, addedBytes: m.ram.addedBytes + m.state.addedBytes }));
+            if (opts.json) process.stdout.write(`${JSON.stringify({ group: r.group, epoch: r.epoch, flipSkewMs: Number(r.flipSkewMs.toFixed(1)), members })}\n`);
+            else {
+              const lines = [`group ${r.group} committed (${members.length} VMs, flips within ${r.flipSkewMs.toFixed(1)} ms)`];
+              for (const m of members) lines.push(`  ${m.vm}: ${m.id} (state ${m.stateId}), migration ${m.totalMs} ms, downtime ${m.downtimeMs} ms`);
+              process.stdout.write(`${lines.join('\n')}\n`);
+            }
+          });
+        } finally {
+          for (const c of clients) c.close();
+        }
       }),
     );
 }
