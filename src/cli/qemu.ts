@@ -1,7 +1,9 @@
 /** `vnstore qemu receive|send|info`: QEMU live migration into the store and back (docs/QEMU.md). */
 import net from 'node:net';
+import { isatty } from 'node:tty';
 import type { Command } from 'commander';
 import { ChunkSource, eagerChunks } from '../qemu/byte-source.js';
+import { Spool, takeEarlySpool } from '../qemu/spool.js';
 import { describeQemu, findQemuAncestor } from '../qemu/qemu-process.js';
 import { receiveMigration } from '../qemu/receive.js';
 import { loadStoredMigration, sendMigration, type StoredMigration } from '../qemu/send.js';
@@ -39,8 +41,7 @@ async function acceptOne(host: string, port: number): Promise<net.Socket> {
   process.stderr.write(`vnstore: listening on tcp:${host}:${addr.port}\n`);
   const socket = await new Promise<net.Socket>((resolve) => server.once('connection', resolve));
   server.close(); // one stream per receive: multifd's extra channels are refused by not being accepted
-  socket.resume();
-  return socket;
+  return socket; // paused until its reader attaches (streamInput)
 }
 
 /** Checked before the stream is read: a bad --qemu-pid must not cost a whole migration. */
@@ -98,6 +99,33 @@ function spoolBudget(): number {
   return mib * 2 ** 20;
 }
 
+type SpoolMode = 'file' | 'memory' | 'none';
+
+/**
+ * How the receiver takes the stream while QEMU sends (docs/QEMU.md): `file` (default) spools it to
+ * a temporary file and stores it once it has ended; `memory` holds it in memory (up to
+ * VNSTORE_QEMU_SPOOL_MIB); `none` stores pages as they arrive (VNSTORE_QEMU_HOLD=0, as before).
+ */
+function spoolMode(): SpoolMode {
+  const v = process.env.VNSTORE_QEMU_SPOOL ?? (process.env.VNSTORE_QEMU_HOLD === '0' ? 'none' : 'file');
+  if (v !== 'file' && v !== 'memory' && v !== 'none') throw usage(`VNSTORE_QEMU_SPOOL=${v}: expected file, memory or none`);
+  return v;
+}
+
+interface StreamInput {
+  chunks: AsyncIterable<Buffer>;
+  close(): void;
+}
+
+/** The migration stream from standard input or a socket, taken as the spool mode says. */
+async function streamInput(input: net.Socket | 'stdin', mode: SpoolMode): Promise<StreamInput> {
+  if (mode === 'file') {
+    const spool = input === 'stdin' ? await (takeEarlySpool() ?? Spool.fromStdin()) : await Spool.fromStream(input);
+    return { chunks: spool.chunks(), close: () => spool.close() };
+  }
+  return { chunks: eagerChunks(input === 'stdin' ? process.stdin : input, spoolBudget(), mode === 'memory'), close: () => undefined };
+}
+
 /**
  * Runs `fn` on the store the options name: through a server (--server, $VNSTORE_SERVER) or the
  * local store. `where` is the option string a later `vnstore qemu send` needs to find it.
@@ -150,15 +178,17 @@ Examples (QMP, or the HMP monitor):
         const t0 = performance.now();
         const endpoint = opts.listen ? parseListen(opts.listen) : undefined;
         const qemuPid = parseQemuPid(opts.qemuPid);
-        if (!endpoint && process.stdin.isTTY) throw usage('standard input is a terminal: run this as QEMU\'s migrate "exec:..." target, or use --listen');
-        // Standard input is drained from now on, while the store opens: QEMU is already sending.
-        const budget = spoolBudget();
-        const stdinChunks = endpoint ? undefined : eagerChunks(process.stdin, budget, process.env.VNSTORE_QEMU_HOLD !== "0");
+        // isatty, not process.stdin.isTTY: making process.stdin would set the pipe non-blocking.
+        if (!endpoint && isatty(0)) throw usage('standard input is a terminal: run this as QEMU\'s migrate "exec:..." target, or use --listen');
+        const mode = spoolMode();
+        // Standard input is taken first, before the store opens: QEMU is already sending (with the
+        // file spool, the whole stream is read before anything else happens).
+        const stdin = endpoint ? undefined : await streamInput('stdin', mode);
         await withMigrations(
           opts,
           async (store) => {
-            const chunks = stdinChunks ?? eagerChunks(await acceptOne(endpoint!.host, endpoint!.port), budget, process.env.VNSTORE_QEMU_HOLD !== "0");
-            const r = await receiveMigration(store, new ChunkSource(chunks), { vm: opts.vm, group: opts.group, qemu: () => qemuInfo(qemuPid) });
+            const input = stdin ?? (await streamInput(await acceptOne(endpoint!.host, endpoint!.port), mode));
+            const r = await receiveMigration(store, new ChunkSource(input.chunks), { vm: opts.vm, group: opts.group, qemu: () => qemuInfo(qemuPid) }).finally(() => input.close());
             if (opts.json) {
               process.stdout.write(
                 `${JSON.stringify({
@@ -288,7 +318,6 @@ Example:
                   qmp: clients[k],
                   switchAddr,
                   store,
-                  spoolBytes: spoolBudget(),
                   listenHost: opts.listenHost,
                   qemuInfo: async () => {
                     const pid = v.qmp.startsWith('tcp:') ? undefined : await findQemuBySocket(v.qmp.replace(/^unix:/, ''));

@@ -12,7 +12,8 @@
  * old colour, every frame after `cont` the new one, whichever way the scheduler goes.
  */
 import net from 'node:net';
-import { ChunkSource, eagerChunks } from './byte-source.js';
+import { ChunkSource } from './byte-source.js';
+import { Spool } from './spool.js';
 import { prepareMigration, type PreparedMigration } from './receive.js';
 import type { MigrationStore } from './migration-store.js';
 import type { QmpClient, QmpEvent } from './qmp.js';
@@ -28,8 +29,8 @@ export interface QemuVmAgentOptions {
   /** The switch's tunnel address, where FLIP datagrams go. */
   switchAddr: Endpoint;
   store: MigrationStore;
-  /** Bytes of stream held ahead of the store (the receiver's read-ahead; see docs/QEMU.md). */
-  spoolBytes: number;
+  /** Where the stream is spooled while QEMU sends (default: VNSTORE_QEMU_SPOOL_DIR, else the temp directory). */
+  spoolDir?: string;
   /** Address the migration stream comes to; QEMU must reach it (default 127.0.0.1, QEMU on this host). */
   listenHost?: string;
   /** QEMU's version and command line, recorded in the state image. */
@@ -115,9 +116,14 @@ export class QemuVmAgent {
     };
     o.qmp.on('event', onEvent);
     let connected = false;
-    const receiving = listener.connection.then((socket) => {
+    const receiving = listener.connection.then(async (socket) => {
       connected = true;
-      return prepareMigration(o.store, new ChunkSource(eagerChunks(socket, o.spoolBytes, true)), { vm: o.vm, group, qemu: o.qemuInfo });
+      const spool = await Spool.fromStream(socket, o.spoolDir);
+      try {
+        return await prepareMigration(o.store, new ChunkSource(spool.chunks()), { vm: o.vm, group, qemu: o.qemuInfo });
+      } finally {
+        spool.close();
+      }
     });
     receiving.catch(() => undefined); // awaited below, or never (no connection came)
     try {
