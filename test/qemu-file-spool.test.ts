@@ -29,17 +29,26 @@ async function readBack(spool: Spool): Promise<Buffer> {
 const SPOOL_JS = path.resolve('dist/qemu/spool.js');
 /** A child that spools its standard input with Spool.fromStdin and writes the bytes read back to stdout. */
 /** With `nonBlocking`, the child makes process.stdin first, which sets the pipe non-blocking (as libuv does). */
-function spoolChild(spoolDir: string, stdin: 'pipe' | number, nonBlocking = false): { child: ReturnType<typeof spawn>; out: Promise<{ bytes: Buffer; streamed: boolean }> } {
-  const script = `import { Spool } from ${JSON.stringify(SPOOL_JS)}; ${nonBlocking ? 'process.stdin.pause();' : ''} const s = await Spool.fromStdin(${JSON.stringify(spoolDir)}); process.stderr.write('streamed=' + s.streamed); for await (const c of s.chunks()) process.stdout.write(c); s.close();`;
+function spoolChild(
+  spoolDir: string,
+  stdin: 'pipe' | number,
+  nonBlocking = false,
+): { child: ReturnType<typeof spawn>; ready: Promise<void>; out: Promise<{ bytes: Buffer; streamed: boolean }> } {
+  const script = `import { Spool } from ${JSON.stringify(SPOOL_JS)}; ${nonBlocking ? 'process.stdin.pause();' : ''} process.stderr.write('ready;'); const s = await Spool.fromStdin(${JSON.stringify(spoolDir)}); process.stderr.write('streamed=' + s.streamed); for await (const c of s.chunks()) process.stdout.write(c); s.close();`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: [stdin, 'pipe', 'pipe'] });
   const parts: Buffer[] = [];
   let err = '';
   child.stdout?.on('data', (d: Buffer) => parts.push(d));
-  child.stderr?.on('data', (d: Buffer) => (err += d));
+  let isReady: () => void = () => undefined;
+  const ready = new Promise<void>((r) => (isReady = r));
+  child.stderr?.on('data', (d: Buffer) => {
+    err += d;
+    if (err.startsWith('ready;')) isReady();
+  });
   const out = new Promise<{ bytes: Buffer; streamed: boolean }>((resolve, reject) =>
-    child.once('close', (code) => (code === 0 ? resolve({ bytes: Buffer.concat(parts), streamed: err === 'streamed=true' }) : reject(new Error(`spool child exited ${code}: ${err}`)))),
+    child.once('close', (code) => (code === 0 ? resolve({ bytes: Buffer.concat(parts), streamed: err === 'ready;streamed=true' }) : reject(new Error(`spool child exited ${code}: ${err}`)))),
   );
-  return { child, out };
+  return { child, ready, out };
 }
 
 describe('the file spool', () => {
@@ -100,7 +109,11 @@ describe('the file spool', () => {
 
   for (const nonBlocking of [false, true]) {
   it(`spools a ${nonBlocking ? 'non-blocking' : 'blocking'} pipe fed in bursts exactly${nonBlocking ? ' (reads meet EAGAIN, then the stream reads the rest)' : ''}`, async () => {
-    const { child, out } = spoolChild(dir, 'pipe', nonBlocking);
+    const { child, ready, out } = spoolChild(dir, 'pipe', nonBlocking);
+    // Nothing is sent until the child is about to read, and then only after a pause: its first read
+    // finds the pipe empty (a non-blocking one answers EAGAIN at once, whatever the load).
+    await ready;
+    await new Promise((r) => setTimeout(r, 200));
     const bursts = Array.from({ length: 12 }, (_, i) => Buffer.alloc(100_000 + i * 999, i + 1));
     for (const b of bursts) {
       child.stdin?.write(b);

@@ -60,6 +60,8 @@ interface MigrateInfo {
 }
 
 const FINAL = new Set(['completed', 'failed', 'cancelled']);
+/** A FLIP resent every 50 ms for up to 3 s: a busy host's switch may answer late (the guest waits paused). */
+const FLIP_RETRY = { retryMs: 50, attempts: 60 };
 
 /** Listens on `host`, port 0; resolves the port and (later) the one connection QEMU makes. */
 async function listenOnce(host: string): Promise<{ port: number; connection: Promise<net.Socket>; close: () => void }> {
@@ -90,12 +92,12 @@ export class QemuVmAgent {
 
   /** The VM's colour at its switch now (a FLIP to 0 never lowers it; the answer carries the colour in force). */
   colour(): Promise<number> {
-    return requestFlip(this.options.switchAddr, this.options.vm, 0);
+    return requestFlip(this.options.switchAddr, this.options.vm, 0, FLIP_RETRY);
   }
 
   /** Sets the VM's colour without a snapshot (an aborted epoch closes this way). */
   flip(epoch: number): Promise<number> {
-    return requestFlip(this.options.switchAddr, this.options.vm, epoch);
+    return requestFlip(this.options.switchAddr, this.options.vm, epoch, FLIP_RETRY);
   }
 
   /**
