@@ -5,6 +5,8 @@
 // and busybox-static (the guest is test/qemu/build-guest.sh's).
 //   node bench/qemu.mjs [--rounds R] [--mem MiB] [--bandwidth default|max] [--json]
 //   BENCH_TARGETS=cat,vnstore-listen (a subset of the targets below, in that order)
+//   (vnstore-mem and vnstore-listen-mem: the same receivers with VNSTORE_QEMU_SPOOL=memory, the
+//   stream held in memory instead of spooled to a file)
 //
 // Targets: `exec:cat > FILE`; `exec:node -e 'stdin.resume()'` (Node's start-up alone);
 // `exec:vnstore qemu receive` (Node start-up and store open are part of the migration); a
@@ -29,6 +31,9 @@ const { values: opts } = parseArgs({
 const rounds = Number(opts.rounds);
 const TARGETS = (process.env.BENCH_TARGETS ?? 'cat,node-drain,vnstore,tcp-drain,vnstore-listen').split(',');
 const DRAIN = "process.stdin.resume()";
+// The floor of any Node exec: receiver that keeps the stream: Node's start-up, then 1 MiB
+// synchronous reads written to a file (what vnstore's spool does, without loading vnstore).
+const SPOOL = "const fs=require('fs'),b=Buffer.allocUnsafe(1<<20),o=fs.openSync(process.argv[1],'w');for(let n;(n=fs.readSync(0,b,0,b.length,null))>0;)fs.writeSync(o,b,0,n)";
 
 /** A pre-started TCP sink that discards the stream: the baseline for --listen. */
 async function tcpDrain() {
@@ -39,8 +44,9 @@ async function tcpDrain() {
 }
 
 /** A receiver started before the migration, as a snapshot daemon would be: `--listen tcp:127.0.0.1:0`. */
-async function listeningReceiver(store, vm) {
-  const child = spawn(process.execPath, [vnstoreBin, 'qemu', 'receive', '--vm', vm, '--listen', 'tcp:127.0.0.1:0', '--store', store], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function listeningReceiver(store, vm, spool) {
+  const env = spool ? { ...process.env, VNSTORE_QEMU_SPOOL: spool } : process.env;
+  const child = spawn(process.execPath, [vnstoreBin, 'qemu', 'receive', '--vm', vm, '--listen', 'tcp:127.0.0.1:0', '--store', store], { stdio: ['ignore', 'pipe', 'pipe'], env });
   let stderr = '';
   const exited = new Promise((res) => child.once('exit', (code) => res(code)));
   const port = await new Promise((resolve, reject) => {
@@ -57,32 +63,41 @@ const dir = mkdtempSync(join(tmpdir(), 'vnstore-bench-qemu-'));
 const store = join(dir, 'store');
 const results = [];
 let vm;
+let maxBandwidth;
 try {
   spawnSync(process.execPath, [vnstoreBin, 'init', '--store', store], { stdio: 'inherit' });
   vm = await startGuest({ dir, name: 'bench', guest: buildGuest(), memMiB: Number(opts.mem) });
   if (opts.bandwidth === 'max') await vm.qmp.cmd('migrate-set-parameters', { 'max-bandwidth': 64 * 2 ** 30 });
+  // One QEMU, one setting for every target: recorded so that the report says what it was.
+  maxBandwidth = (await vm.qmp.cmd('query-migrate-parameters'))['max-bandwidth'];
   await waitFor('the guest counting', () => lastTick(vm.consolePath) >= 3, 120_000);
   for (let r = 1; r <= rounds; r++) {
     for (const target of TARGETS) {
       const file = join(dir, `cat-${r}.mig`);
-      const idFile = join(dir, `r${r}.id`);
-      const listener = target === 'vnstore-listen' ? await listeningReceiver(store, 'bench-listen') : target === 'tcp-drain' ? await tcpDrain() : undefined;
+      const idFile = join(dir, `r${r}-${target}.id`);
+      const listener = target.startsWith('vnstore-listen')
+        ? await listeningReceiver(store, 'bench-listen', target === 'vnstore-listen-mem' ? 'memory' : undefined)
+        : target === 'tcp-drain'
+          ? await tcpDrain()
+          : undefined;
       const uri =
         target === 'cat'
           ? `exec:cat > ${file}`
           : target === 'node-drain'
             ? `exec:${process.execPath} -e "${DRAIN}"`
-            : listener?.uri ?? `exec:${process.execPath} ${vnstoreBin} qemu receive --vm bench --store ${store} > ${idFile}`;
+            : target === 'node-spool'
+              ? `exec:${process.execPath} -e "${SPOOL}" ${file}`
+            : listener?.uri ?? `exec:${target === 'vnstore-mem' ? 'VNSTORE_QEMU_SPOOL=memory ' : ''}${process.execPath} ${vnstoreBin} qemu receive --vm bench --store ${store} > ${idFile}`;
       const t0 = performance.now();
       const info = await migrate(vm, uri);
       const wallMs = performance.now() - t0;
       await listener?.done();
       // The exec: receiver stores the stream after QEMU is done: wait for it, so that its work
       // never overlaps the next target's migration.
-      if (target === 'vnstore') await waitFor(`round ${r}: receive's id`, () => existsSync(idFile) && readFileSync(idFile, 'utf8').endsWith('\n'), 120_000);
+      if (target === 'vnstore' || target === 'vnstore-mem') await waitFor(`round ${r}: receive's id`, () => existsSync(idFile) && readFileSync(idFile, 'utf8').endsWith('\n'), 120_000);
       if (info.status !== 'completed') throw new Error(`round ${r} ${target}: ${info.status}`);
       results.push({ round: r, target, totalMs: info['total-time'], downtimeMs: info.downtime, setupMs: info['setup-time'], wallMs: Math.round(wallMs), transferredBytes: info.ram?.transferred, iterations: info.ram?.['dirty-sync-count'] });
-      if (target === 'cat') rmSync(file);
+      if (target === 'cat' || target === 'node-spool') rmSync(file, { force: true });
       if (!opts.json) console.error(`round ${r} ${target}: total ${info['total-time']} ms, downtime ${info.downtime} ms`);
       // Let the guest run between migrations, as a daemon's snapshots would.
       await new Promise((res) => setTimeout(res, 1000));
@@ -102,11 +117,11 @@ for (const target of TARGETS) {
 }
 for (const target of TARGETS) if (summary.cat) summary[target].totalRatioToCat = summary[target].totalMsMedian / summary.cat.totalMsMedian;
 const storeBytes = spawnSync('du', ['-sb', store], { encoding: 'utf8' }).stdout.split('\t')[0];
-const report = { mem: Number(opts.mem), bandwidth: opts.bandwidth, rounds, results, summary, storeBytes: Number(storeBytes), date: new Date().toISOString() };
+const report = { mem: Number(opts.mem), bandwidth: opts.bandwidth, maxBandwidth, loadavg: readFileSync('/proc/loadavg', 'utf8').trim(), rounds, results, summary, storeBytes: Number(storeBytes), date: new Date().toISOString() };
 rmSync(dir, { recursive: true, force: true });
 if (opts.json) console.log(JSON.stringify(report));
 else {
-  console.log(`guest ${opts.mem} MiB, bandwidth ${opts.bandwidth}, ${rounds} round(s) per target`);
+  console.log(`guest ${opts.mem} MiB, bandwidth ${opts.bandwidth} (max-bandwidth ${maxBandwidth} B/s), ${rounds} round(s) per target, load ${report.loadavg}`);
   console.log('round target   total ms  downtime ms  transferred');
   for (const x of results) console.log(`${String(x.round).padStart(5)} ${x.target.padEnd(8)} ${String(x.totalMs).padStart(8)} ${String(x.downtimeMs).padStart(12)} ${String(x.transferredBytes).padStart(12)}`);
   for (const t of TARGETS) console.log(`${t.padEnd(15)} median total ${summary[t].totalMsMedian} ms${summary.cat ? ` (x${summary[t].totalRatioToCat.toFixed(3)} of cat)` : ''}, median downtime ${summary[t].downtimeMsMedian} ms`);

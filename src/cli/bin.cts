@@ -8,7 +8,16 @@
  * starts it while loading an ES module entry point (its loader reads files with pool jobs), so the
  * entry point is this CommonJS file. A value the user set wins.
  */
+import { isatty } from 'node:tty';
 import { sizeThreadPool } from './thread-pool-size.cjs';
 
 sizeThreadPool();
-void import('./main.js');
+// `qemu receive` on QEMU's exec: pipe reads the stream before loading the rest of vnstore (about
+// half a second on a loaded machine, during which QEMU would wait on the full pipe; docs/QEMU.md).
+const argv = process.argv.slice(2);
+if (argv[0] === 'qemu' && argv[1] === 'receive') {
+  void import('../qemu/spool.js').then((m) => {
+    if (m.wantsEarlySpool(argv, process.env, isatty(0))) m.startEarlySpool();
+    return import('./main.js');
+  });
+} else void import('./main.js');

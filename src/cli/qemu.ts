@@ -1,15 +1,18 @@
 /** `vnstore qemu receive|send|info`: QEMU live migration into the store and back (docs/QEMU.md). */
 import net from 'node:net';
+import { isatty } from 'node:tty';
 import type { Command } from 'commander';
 import { ChunkSource, eagerChunks } from '../qemu/byte-source.js';
+import { Spool, takeEarlySpool } from '../qemu/spool.js';
 import { describeQemu, findQemuAncestor } from '../qemu/qemu-process.js';
 import { receiveMigration } from '../qemu/receive.js';
 import { loadStoredMigration, sendMigration, type StoredMigration } from '../qemu/send.js';
 import type { QemuProcessInfo } from '../qemu/state-image.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
 import type { MigrationStore } from '../qemu/migration-store.js';
-import { ONE_SHOT, action, storeDir, storeOption, usage, withStore } from './common.js';
+import { ONE_SHOT, action, lockWaitOption, storeDir, storeOption, usage, withStore } from './common.js';
 import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
+import { parseCount, parseEndpoint } from './switch.js';
 
 interface ReceiveOpts extends RemoteOptions {
   vm: string;
@@ -38,8 +41,7 @@ async function acceptOne(host: string, port: number): Promise<net.Socket> {
   process.stderr.write(`vnstore: listening on tcp:${host}:${addr.port}\n`);
   const socket = await new Promise<net.Socket>((resolve) => server.once('connection', resolve));
   server.close(); // one stream per receive: multifd's extra channels are refused by not being accepted
-  socket.resume();
-  return socket;
+  return socket; // paused until its reader attaches (streamInput)
 }
 
 /** Checked before the stream is read: a bad --qemu-pid must not cost a whole migration. */
@@ -48,6 +50,25 @@ function parseQemuPid(spec: string | undefined): number | undefined {
   const pid = Number(spec);
   if (!Number.isInteger(pid) || pid <= 0) throw usage(`--qemu-pid ${spec}: not a process id`);
   return pid;
+}
+
+interface SnapshotOpts extends RemoteOptions {
+  env: string;
+  vm: string[];
+  switch: string;
+  epoch?: string;
+  listenHost: string;
+  store?: string;
+  json?: boolean;
+}
+
+const collect = (v: string, all: string[]) => [...all, v];
+
+/** `NAME=QMP` (a Unix socket path, unix:PATH or tcp:HOST:PORT). */
+function parseVmQmp(spec: string): { vm: string; qmp: string } {
+  const i = spec.indexOf('=');
+  if (i < 1 || i === spec.length - 1) throw usage(`--vm ${spec}: expected NAME=QMP-SOCKET (e.g. web1=/run/web1.qmp or web1=tcp:127.0.0.1:4445)`);
+  return { vm: spec.slice(0, i), qmp: spec.slice(i + 1) };
 }
 
 async function qemuInfo(pid: number | undefined): Promise<QemuProcessInfo> {
@@ -78,11 +99,38 @@ function spoolBudget(): number {
   return mib * 2 ** 20;
 }
 
+type SpoolMode = 'file' | 'memory' | 'none';
+
+/**
+ * How the receiver takes the stream while QEMU sends (docs/QEMU.md): `file` (default) spools it to
+ * a temporary file and stores it once it has ended; `memory` holds it in memory (up to
+ * VNSTORE_QEMU_SPOOL_MIB); `none` stores pages as they arrive (VNSTORE_QEMU_HOLD=0, as before).
+ */
+function spoolMode(): SpoolMode {
+  const v = process.env.VNSTORE_QEMU_SPOOL ?? (process.env.VNSTORE_QEMU_HOLD === '0' ? 'none' : 'file');
+  if (v !== 'file' && v !== 'memory' && v !== 'none') throw usage(`VNSTORE_QEMU_SPOOL=${v}: expected file, memory or none`);
+  return v;
+}
+
+interface StreamInput {
+  chunks: AsyncIterable<Buffer>;
+  close(): void;
+}
+
+/** The migration stream from standard input or a socket, taken as the spool mode says. */
+async function streamInput(input: net.Socket | 'stdin', mode: SpoolMode): Promise<StreamInput> {
+  if (mode === 'file') {
+    const spool = input === 'stdin' ? await (takeEarlySpool() ?? Spool.fromStdin()) : await Spool.fromStream(input);
+    return { chunks: spool.chunks(), close: () => spool.close() };
+  }
+  return { chunks: eagerChunks(input === 'stdin' ? process.stdin : input, spoolBudget(), mode === 'memory'), close: () => undefined };
+}
+
 /**
  * Runs `fn` on the store the options name: through a server (--server, $VNSTORE_SERVER) or the
  * local store. `where` is the option string a later `vnstore qemu send` needs to find it.
  */
-async function withMigrations<T>(opts: RemoteOptions & { store?: string }, fn: (store: MigrationStore, where: string) => Promise<T>): Promise<T> {
+async function withMigrations<T>(opts: RemoteOptions & { store?: string; lockWait?: number }, fn: (store: MigrationStore, where: string) => Promise<T>): Promise<T> {
   const { serverMigrations, storeMigrations } = await import('../qemu/migration-store.js');
   const server = serverAddress(opts);
   if (server) {
@@ -109,7 +157,8 @@ export function registerQemu(program: Command): void {
     .option('--listen <tcp:HOST:PORT>', 'accept one connection from `migrate "tcp:HOST:PORT"` instead of reading standard input')
     .option('--qemu-pid <pid>', "QEMU's process id, to record its version and command line (found automatically under `exec:`)")
     .option('--json', 'print {id, stateId, vm, group, machine, qemuVersion, blocks, logicalBytes, streamBytes, newChunks, addedBytes, seconds}')
-    .addOption(storeOption());
+    .addOption(storeOption())
+    .addOption(lockWaitOption());
   addRemoteOptions(receive, false)
     .addHelpText(
       'after',
@@ -129,15 +178,17 @@ Examples (QMP, or the HMP monitor):
         const t0 = performance.now();
         const endpoint = opts.listen ? parseListen(opts.listen) : undefined;
         const qemuPid = parseQemuPid(opts.qemuPid);
-        if (!endpoint && process.stdin.isTTY) throw usage('standard input is a terminal: run this as QEMU\'s migrate "exec:..." target, or use --listen');
-        // Standard input is drained from now on, while the store opens: QEMU is already sending.
-        const budget = spoolBudget();
-        const stdinChunks = endpoint ? undefined : eagerChunks(process.stdin, budget, process.env.VNSTORE_QEMU_HOLD !== "0");
+        // isatty, not process.stdin.isTTY: making process.stdin would set the pipe non-blocking.
+        if (!endpoint && isatty(0)) throw usage('standard input is a terminal: run this as QEMU\'s migrate "exec:..." target, or use --listen');
+        const mode = spoolMode();
+        // Standard input is taken first, before the store opens: QEMU is already sending (with the
+        // file spool, the whole stream is read before anything else happens).
+        const stdin = endpoint ? undefined : await streamInput('stdin', mode);
         await withMigrations(
           opts,
           async (store) => {
-            const chunks = stdinChunks ?? eagerChunks(await acceptOne(endpoint!.host, endpoint!.port), budget, process.env.VNSTORE_QEMU_HOLD !== "0");
-            const r = await receiveMigration(store, new ChunkSource(chunks), { vm: opts.vm, group: opts.group, qemu: () => qemuInfo(qemuPid) });
+            const input = stdin ?? (await streamInput(await acceptOne(endpoint!.host, endpoint!.port), mode));
+            const r = await receiveMigration(store, new ChunkSource(input.chunks), { vm: opts.vm, group: opts.group, qemu: () => qemuInfo(qemuPid) }).finally(() => input.close());
             if (opts.json) {
               process.stdout.write(
                 `${JSON.stringify({
@@ -165,7 +216,8 @@ Examples (QMP, or the HMP monitor):
     .command('send')
     .description('write a stored VM as a migration stream on standard output, for qemu-system-x86_64 -incoming "exec:vnstore qemu send ID"')
     .argument('<id>', 'the RAM snapshot id that receive printed, or its NAME.qemu state snapshot (a unique prefix is enough)')
-    .addOption(storeOption());
+    .addOption(storeOption())
+    .addOption(lockWaitOption());
   addRemoteOptions(send, false)
     .addHelpText('after', '\nStart QEMU with the command line `vnstore qemu info ID` prints (same machine, memory and devices).\n')
     .action(
@@ -193,7 +245,8 @@ Examples (QMP, or the HMP monitor):
     .description('what a stored QEMU snapshot holds: machine, QEMU version, RAM blocks, and the command line that restores it')
     .argument('<id>', 'RAM snapshot id or its NAME.qemu state snapshot (a unique prefix is enough)')
     .option('--json', 'print it as JSON')
-    .addOption(storeOption());
+    .addOption(storeOption())
+    .addOption(lockWaitOption());
   addRemoteOptions(info, false).action(
       action(async (id: string, opts: RemoteOptions & { store?: string; json?: boolean }) => {
         await withMigrations(
@@ -216,6 +269,77 @@ Examples (QMP, or the HMP monitor):
             process.stdout.write(`${lines.join('\n')}\n`);
           },
         );
+      }),
+    );
+
+  const snapshot = qemu
+    .command('snapshot')
+    .description('a coordinated live snapshot of QEMU VMs on a vnstore switch: every VM migrated into the store at once, its colour flipped while QEMU pauses it, all committed as one group')
+    .requiredOption('--env <name>', 'environment name: the group is <env>-e<epoch>')
+    .option('--vm <name=qmp>', "a VM: its name (as on the switch's --port) and its QMP socket (path, unix:PATH or tcp:HOST:PORT); repeat per VM", collect, [])
+    .option('--switch <host:port>', "the VMs' switch's tunnel address, where colour flips go", '127.0.0.1:7100')
+    .option('--epoch <n>', "the epoch to take (default: one past the environment's last group in the store and the VMs' colours at the switch)")
+    .option('--listen-host <host>', 'address the migration streams come to (QEMU must reach it)', '127.0.0.1')
+    .option('--json', 'print {group, epoch, flipSkewMs, members: [{vm, id, stateId, totalMs, downtimeMs, addedBytes}]}')
+    .addOption(storeOption())
+    .addOption(lockWaitOption());
+  addRemoteOptions(snapshot, false)
+    .addHelpText(
+      'after',
+      `
+Each VM must run with a QMP socket and be attached to the switch (-netdev dgram, docs/QEMU.md).
+The guests keep running: each is paused only for its migration's last round, as with receive.
+If any VM's migration or flip fails, nothing is committed (exit 12) and every VM is flipped to the
+epoch anyway. Restore each member with \`vnstore qemu info ID\`'s command line.
+
+Example:
+  vnstore switch --port web1=127.0.0.1:5001 --port db1=127.0.0.1:5002 &
+  vnstore qemu snapshot --env shop --vm web1=/run/web1.qmp --vm db1=/run/db1.qmp --store /var/lib/vnstore
+`,
+    )
+    .action(
+      action(async (opts: SnapshotOpts) => {
+        if (opts.vm.length === 0) throw usage('at least one --vm NAME=QMP-SOCKET is needed');
+        const vms = opts.vm.map(parseVmQmp);
+        if (new Set(vms.map((v) => v.vm)).size !== vms.length) throw usage('a VM is named by two --vm options');
+        const switchAddr = parseEndpoint(opts.switch, '--switch');
+        const asked = opts.epoch === undefined ? undefined : parseCount(opts.epoch, '--epoch', 1);
+        const { QmpClient } = await import('../qemu/qmp.js');
+        const { QemuVmAgent } = await import('../qemu/vm-agent.js');
+        const { nextEpoch, snapshotEnvironment } = await import('../qemu/environment.js');
+        const { findQemuBySocket } = await import('../qemu/qemu-process.js');
+        const clients = await Promise.all(vms.map((v) => QmpClient.connect(v.qmp)));
+        try {
+          await withMigrations(opts, async (store) => {
+            const agents = vms.map(
+              (v, k) =>
+                new QemuVmAgent({
+                  vm: v.vm,
+                  qmp: clients[k],
+                  switchAddr,
+                  store,
+                  listenHost: opts.listenHost,
+                  qemuInfo: async () => {
+                    const pid = v.qmp.startsWith('tcp:') ? undefined : await findQemuBySocket(v.qmp.replace(/^unix:/, ''));
+                    return pid === undefined ? {} : describeQemu(pid);
+                  },
+                }),
+            );
+            const next = await nextEpoch(store, opts.env, agents);
+            if (asked !== undefined && asked < next) throw usage(`--epoch ${asked}: ${opts.env} is at epoch ${next - 1} already (its groups or its VMs' colours); a new cut needs ${next} or more`);
+            const epoch = asked ?? next;
+            const r = await snapshotEnvironment(store, agents, opts.env, epoch);
+            const members = r.members.map((m) => ({ vm: m.vm, id: m.ram.id, stateId: m.state.id, totalMs: m.totalMs, downtimeMs: m.downtimeMs, addedBytes: m.ram.addedBytes + m.state.addedBytes }));
+            if (opts.json) process.stdout.write(`${JSON.stringify({ group: r.group, epoch: r.epoch, flipSkewMs: Number(r.flipSkewMs.toFixed(1)), members })}\n`);
+            else {
+              const lines = [`group ${r.group} committed (${members.length} VMs, flips within ${r.flipSkewMs.toFixed(1)} ms)`];
+              for (const m of members) lines.push(`  ${m.vm}: ${m.id} (state ${m.stateId}), migration ${m.totalMs} ms, downtime ${m.downtimeMs} ms`);
+              process.stdout.write(`${lines.join('\n')}\n`);
+            }
+          });
+        } finally {
+          for (const c of clients) c.close();
+        }
       }),
     );
 }

@@ -54,3 +54,35 @@ export async function describeQemu(pid: number): Promise<QemuProcessInfo> {
   }
   return info;
 }
+
+/**
+ * The QEMU process listening on a Unix socket (its QMP socket), found through /proc/net/unix and
+ * the processes' open sockets; undefined when it cannot be seen (another user's process, not Linux).
+ */
+export async function findQemuBySocket(socketPath: string): Promise<number | undefined> {
+  let table: string;
+  try {
+    table = await fsp.readFile('/proc/net/unix', 'utf8');
+  } catch {
+    return undefined;
+  }
+  const wanted = path.resolve(socketPath);
+  const inodes = new Set<string>();
+  for (const line of table.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length >= 8 && f[7] === wanted) inodes.add(`socket:[${f[6]}]`);
+  }
+  if (inodes.size === 0) return undefined;
+  for (const entry of await fsp.readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    const exe = await exeOf(pid);
+    if (!exe || !path.basename(exe).startsWith('qemu-system-')) continue;
+    const fds = await fsp.readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+    for (const fd of fds) {
+      const target = await fsp.readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+      if (inodes.has(target)) return pid;
+    }
+  }
+  return undefined;
+}

@@ -83,7 +83,22 @@ class RamWriter implements RamSink {
   }
 }
 
-export async function receiveMigration(store: MigrationStore, source: ByteSource, options: ReceiveOptions): Promise<ReceiveResult> {
+/**
+ * A migration received and prepared (durable, invisible): its two members (RAM, then state) wait to
+ * be committed, alone by `receiveMigration` or with other VMs' members as one environment group.
+ */
+export interface PreparedMigration {
+  group: string;
+  /** The RAM snapshot's id, then the state image's. */
+  ids: [string, string];
+  meta: StateMeta;
+}
+
+/**
+ * Reads the stream to its end and prepares both snapshots without committing them. On any error
+ * both sessions are aborted (and whatever was prepared) before the error is thrown.
+ */
+export async function prepareMigration(store: MigrationStore, source: ByteSource, options: ReceiveOptions): Promise<PreparedMigration> {
   if (options.vm.endsWith(STATE_VM_SUFFIX)) throw new VnstoreError('E_USAGE', `VM name ${options.vm} ends with ${STATE_VM_SUFFIX}, which names state images`);
   const sessions: MigrationSession[] = [];
   const prepared: string[] = [];
@@ -114,13 +129,24 @@ export async function receiveMigration(store: MigrationStore, source: ByteSource
     const image = encodeStateImage({ meta, head: decoded.head, tail: decoded.tail });
     const stateSession = await open(stateVmName(options.vm), image.length);
     await stateSession.writePages(0, image);
-    prepared.push(await stateSession.prepare({ byteLength: image.length, unwritten: 'zero' }));
-    const [ramRecord, stateRecord] = await store.commitGroup(group, prepared);
-    return { ram: ramRecord, state: stateRecord, meta };
+    const stateId = await stateSession.prepare({ byteLength: image.length, unwritten: 'zero' });
+    return { group, ids: [ramId, stateId], meta };
   } catch (err) {
     // Best effort: a server that is gone aborts unprepared sessions itself and expires prepared ones.
     await store.abortPrepared(prepared).catch(() => undefined);
     for (const s of sessions) await s.abort().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Receives one stream and commits it as a group of its own (or into `options.group`), all or nothing. */
+export async function receiveMigration(store: MigrationStore, source: ByteSource, options: ReceiveOptions): Promise<ReceiveResult> {
+  const p = await prepareMigration(store, source, options);
+  try {
+    const [ram, state] = await store.commitGroup(p.group, p.ids);
+    return { ram, state, meta: p.meta };
+  } catch (err) {
+    await store.abortPrepared(p.ids).catch(() => undefined);
     throw err;
   }
 }

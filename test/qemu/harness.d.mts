@@ -17,14 +17,16 @@ export interface Guest {
   proc: ChildProcess;
   qmp: Qmp;
   argv: string[];
+  qmpPath: string;
   consolePath: string;
   exited: Promise<{ code: number | null; signal: string | null }>;
   stderr(): string;
   stop(): Promise<void>;
 }
-export function startGuest(o: { dir: string; name: string; memMiB?: number; incoming?: string; guest: { kernel: string; initrd: string } }): Promise<Guest>;
+export function startGuest(o: { dir: string; name: string; memMiB?: number; incoming?: string; guest: { kernel: string; initrd: string }; append?: string; extraArgs?: string[] }): Promise<Guest>;
 export function ticks(consolePath: string): { n: number; ok: boolean }[];
 export function lastTick(consolePath: string): number;
+export function pingReplies(consolePath: string): number[];
 export interface MigrateInfo {
   status: string;
   'total-time'?: number;

@@ -84,8 +84,9 @@ export class Qmp {
 /**
  * Starts a guest: 'pc' machine, TCG, `memMiB` of RAM, no default devices, console in
  * `${dir}/${name}.console`, QMP at `${dir}/${name}.qmp`. With `incoming`, waits for that stream.
+ * `append` is added to the kernel command line, `extraArgs` to QEMU's (a NIC, for the environment test).
  */
-export async function startGuest({ dir, name, memMiB = 96, incoming, guest }) {
+export async function startGuest({ dir, name, memMiB = 96, incoming, guest, append = '', extraArgs = [] }) {
   const consolePath = join(dir, `${name}.console`);
   const qmpPath = join(dir, `${name}.qmp`);
   const argv = [
@@ -97,8 +98,9 @@ export async function startGuest({ dir, name, memMiB = 96, incoming, guest }) {
     '-serial', `file:${consolePath}`,
     '-kernel', guest.kernel,
     '-initrd', guest.initrd,
-    '-append', 'console=ttyS0 quiet panic=-1',
+    '-append', `console=ttyS0 quiet panic=-1${append ? ` ${append}` : ''}`,
     '-qmp', `unix:${qmpPath},server=on,wait=off`,
+    ...extraArgs,
   ];
   if (incoming) argv.push('-incoming', incoming);
   const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -115,6 +117,7 @@ export async function startGuest({ dir, name, memMiB = 96, incoming, guest }) {
     name,
     proc,
     qmp,
+    qmpPath,
     argv,
     consolePath,
     exited,
@@ -133,6 +136,12 @@ export function ticks(consolePath) {
   const out = [];
   for (const m of readFileSync(consolePath, 'latin1').matchAll(/vntick (\d+) (ok|BAD)/g)) out.push({ n: Number(m[1]), ok: m[2] === 'ok' });
   return out;
+}
+
+/** The sequence numbers of the ping replies the guest printed ("64 bytes from ...: seq=N ..."), in order. */
+export function pingReplies(consolePath) {
+  if (!existsSync(consolePath)) return [];
+  return [...readFileSync(consolePath, 'latin1').matchAll(/bytes from [\d.]+: seq=(\d+)/g)].map((m) => Number(m[1]));
 }
 
 export function lastTick(consolePath) {

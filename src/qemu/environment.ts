@@ -1,0 +1,65 @@
+/**
+ * A coordinated snapshot of a QEMU environment: every VM's agent migrates its VM into the store
+ * and flips its colour at the pause (vm-agent.ts), all at once; when every VM's members are
+ * prepared they are committed as one group `<env>-e<epoch>`, all or none. If any VM fails the epoch
+ * is aborted: the members prepared are dropped and every VM is flipped to the epoch, so frames
+ * between VMs that did and did not flip are not judged against a cut that no longer exists
+ * (docs/COORDINATION.md, "Aborted epochs").
+ */
+import type { SnapshotRecord } from '../store/db.js';
+import type { MigrationStore } from './migration-store.js';
+import type { QemuMember, QemuVmAgent } from './vm-agent.js';
+import { VnstoreError } from '../util/errors.js';
+
+export interface EnvironmentSnapshot {
+  group: string;
+  epoch: number;
+  members: (QemuMember & { ram: SnapshotRecord; state: SnapshotRecord })[];
+  /** Milliseconds between the first and the last flip acknowledged. */
+  flipSkewMs: number;
+}
+
+export function groupId(env: string, epoch: number): string {
+  return `${env}-e${epoch}`;
+}
+
+/**
+ * The next epoch of `env`: one past both the highest `<env>-e<N>` group the store holds and the
+ * VMs' colours at their switches (an aborted epoch stores no group but leaves its colour, and a
+ * cut must raise every colour).
+ */
+export async function nextEpoch(store: MigrationStore, env: string, agents: QemuVmAgent[]): Promise<number> {
+  const pattern = new RegExp(`^${env.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-e(\\d+)$`);
+  let last = 0;
+  for (const s of await store.listSnapshots()) {
+    const m = s.group ? pattern.exec(s.group) : null;
+    if (m) last = Math.max(last, Number(m[1]));
+  }
+  for (const colour of await Promise.all(agents.map((a) => a.colour()))) last = Math.max(last, colour);
+  return last + 1;
+}
+
+export async function snapshotEnvironment(store: MigrationStore, agents: QemuVmAgent[], env: string, epoch: number): Promise<EnvironmentSnapshot> {
+  const group = groupId(env, epoch);
+  const results = await Promise.allSettled(agents.map((a) => a.snapshot(group, epoch)));
+  const members = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const ids = members.flatMap((m) => m.prepared.ids);
+  const failures = results.flatMap((r, k) => (r.status === 'rejected' ? [`${agents[k].vm}: ${(r.reason as Error).message}`] : []));
+  if (failures.length === 0) {
+    try {
+      const records = await store.commitGroup(group, ids);
+      const flips = members.map((m) => m.flippedAt);
+      return {
+        group,
+        epoch,
+        members: members.map((m, k) => ({ ...m, ram: records[2 * k], state: records[2 * k + 1] })),
+        flipSkewMs: Math.max(...flips) - Math.min(...flips),
+      };
+    } catch (err) {
+      failures.push(`commit: ${(err as Error).message}`);
+    }
+  }
+  await store.abortPrepared(ids).catch(() => undefined);
+  await Promise.all(agents.map((a) => a.flip(epoch).catch(() => undefined)));
+  throw new VnstoreError('E_SESSION', `epoch ${epoch} of ${env} aborted, no group stored: ${failures.join('; ')}`);
+}

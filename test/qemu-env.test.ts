@@ -1,0 +1,198 @@
+/**
+ * A QEMU environment (issue 13, part 2): two real QEMU guests (TCG, test/qemu/build-guest.sh's
+ * guest with virtio-net) on one `vnstore switch` through `-netdev dgram`, pinging each other at
+ * static addresses. `vnstore qemu snapshot` takes one coordinated group snapshot of both while they
+ * run: each VM migrated into the store by its agent, its colour flipped at the switch while QEMU
+ * pauses it, both VMs' members committed as one group. The switch's counters show the frames of
+ * both colours; two fresh QEMUs started from the group go on counting and pinging each other.
+ * Needs qemu-system-x86 and busybox-static (.ci/run installs them); skipped outside CI without them.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildGuest, lastTick, pingReplies, qemuAvailable, startGuest, ticks, vnstoreBin, waitFor, type Guest } from './qemu/harness.mjs';
+import { makeTempDir, removeDir, runCli } from './helpers/engine.js';
+
+const inCi = /^(1|true)$/i.test(process.env.CI ?? '');
+const haveQemu = qemuAvailable();
+if (!haveQemu && !inCi) console.warn('qemu-env tests skipped: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86 busybox-static); under CI=true they fail instead');
+
+let dir: string;
+let store: string;
+let guest: { kernel: string; initrd: string };
+const running: Guest[] = [];
+const switches: ChildProcess[] = [];
+
+interface PairCounters {
+  src: string;
+  dst: string;
+  epoch: number;
+  delivered: number;
+  dropped: number;
+  held: number;
+  crossing: number;
+}
+
+/** Free UDP ports on loopback for the guests' own addresses (the switch must know them up front). */
+async function freeUdpPorts(n: number): Promise<number[]> {
+  const socks = await Promise.all(
+    Array.from({ length: n }, () => {
+      const s = dgram.createSocket('udp4');
+      return new Promise<dgram.Socket>((resolve) => s.bind(0, '127.0.0.1', () => resolve(s)));
+    }),
+  );
+  const ports = socks.map((s) => s.address().port);
+  await Promise.all(socks.map((s) => new Promise<void>((r) => s.close(() => r()))));
+  return ports;
+}
+
+/** `vnstore switch` on ephemeral ports; stop() ends it and returns its counters. */
+async function startSwitch(ports: Record<string, number>, epoch: number) {
+  const args = [vnstoreBin, 'switch', '--vm-listen', '127.0.0.1:0', '--tunnel-listen', '127.0.0.1:0', '--channels', 'hold', '--epoch', String(epoch), '--json'];
+  for (const [vm, port] of Object.entries(ports)) args.push('--port', `${vm}=127.0.0.1:${port}`);
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  switches.push(child);
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  const [vmPort, tunnelPort] = await waitFor('the switch to listen', () => {
+    const m = /VMs on udp port (\d+), tunnel on udp port (\d+)/.exec(err);
+    if (child.exitCode !== null) throw new Error(`switch exited: ${err}`);
+    return m ? [Number(m[1]), Number(m[2])] : undefined;
+  });
+  return {
+    vmPort,
+    tunnelPort,
+    async stop(): Promise<PairCounters[]> {
+      child.kill('SIGTERM');
+      expect(await exited, err).toBe(0);
+      return (JSON.parse(out) as { pairs: PairCounters[] }).pairs;
+    },
+  };
+}
+
+/** QEMU arguments attaching a guest to the switch, plus a QMP socket of its own for the agent. */
+function nicArgs(k: number, ownPort: number, switchPort: number): string[] {
+  return [
+    '-netdev', `dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=${ownPort},remote.type=inet,remote.host=127.0.0.1,remote.port=${switchPort}`,
+    '-device', `virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0${k},romfile=`,
+    '-qmp', `unix:${dir}/vm${k}.agent.qmp,server=on,wait=off`,
+  ];
+}
+
+const ADDRS = { vm1: ['10.0.0.1', '10.0.0.2'], vm2: ['10.0.0.2', '10.0.0.1'] } as const;
+
+async function boot(vm: 'vm1' | 'vm2', k: number, ownPort: number, switchPort: number, incoming?: string, suffix = ''): Promise<Guest> {
+  const [ip, peer] = ADDRS[vm];
+  const g = await startGuest({ dir, name: vm + suffix, guest, memMiB: 96, incoming, append: `vnip=${ip} vnpeer=${peer}`, extraArgs: nicArgs(k, ownPort, switchPort) });
+  running.push(g);
+  return g;
+}
+
+const sum = (pairs: PairCounters[], f: (p: PairCounters) => boolean, field: 'delivered' | 'dropped') => pairs.filter(f).reduce((a, p) => a + p[field], 0);
+
+beforeAll(async () => {
+  if (!haveQemu && !inCi) return;
+  if (!haveQemu) throw new Error('qemu-system-x86_64 is not installed: apt-get install qemu-system-x86 busybox-static (.ci/run does)');
+  guest = buildGuest();
+  dir = makeTempDir('qemu-env');
+  store = `${dir}/store`;
+  expect((await runCli(['init', '--store', store])).code).toBe(0);
+}, 300_000);
+
+afterAll(async () => {
+  for (const g of running) await g.stop();
+  for (const s of switches) if (s.exitCode === null) s.kill('SIGKILL');
+  if (dir) removeDir(dir);
+});
+
+describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', () => {
+  it('snapshots two pinging guests as one group with their colours flipped, and restores both to go on', async () => {
+    const [p1, p2] = await freeUdpPorts(2);
+    const sw = await startSwitch({ vm1: p1, vm2: p2 }, 0);
+    const [g1, g2] = await Promise.all([boot('vm1', 1, p1, sw.vmPort), boot('vm2', 2, p2, sw.vmPort)]);
+    await waitFor('both guests pinging each other', () => pingReplies(g1.consolePath).length >= 3 && pingReplies(g2.consolePath).length >= 3, 120_000);
+    const snapshotArgs = ['qemu', 'snapshot', '--env', 'lab', '--vm', `vm1=${dir}/vm1.agent.qmp`, '--vm', `vm2=unix:${dir}/vm2.agent.qmp`, '--switch', `127.0.0.1:${sw.tunnelPort}`, '--json', '--store', store];
+
+    // Epoch 1 fails: vm2 migrates with compression, which the receiver refuses. vm1's migration
+    // completes and is prepared, but nothing is committed, and both VMs are flipped to epoch 1.
+    await g2.qmp.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'compress', state: true }] });
+    const failed = await runCli(snapshotArgs);
+    expect(failed.code, failed.stderr).toBe(12);
+    // QEMU may see the refusal (the receiver closing) or finish writing first: either way it is named.
+    expect(failed.stderr.toString()).toMatch(/^vnstore: error: epoch 1 of lab aborted, no group stored: vm2: (migration of vm2 failed|migration stream uses compressed pages)/);
+    expect(failed.stderr.toString().trim().split('\n')).toHaveLength(1);
+    expect(JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString())).toEqual([]);
+    await g2.qmp.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'compress', state: false }] });
+    for (const g of [g1, g2]) expect((await g.qmp.cmd<{ status: string }>('query-status')).status).toBe('running');
+
+    const before = { tick: [lastTick(g1.consolePath), lastTick(g2.consolePath)], seq: [pingReplies(g1.consolePath).at(-1) as number, pingReplies(g2.consolePath).at(-1) as number] };
+    // Epoch 2 (numbered past the colours the aborted epoch left at the switch) commits.
+    const snap = await runCli(snapshotArgs);
+    expect(snap.code, snap.stderr).toBe(0);
+    const after = { tick: [lastTick(g1.consolePath), lastTick(g2.consolePath)] };
+    const result = JSON.parse(snap.stdout.toString()) as { group: string; epoch: number; members: { vm: string; id: string; stateId: string; downtimeMs: number }[] };
+    expect(result.group).toBe('lab-e2');
+    expect(result.epoch).toBe(2);
+    expect(result.members.map((m) => m.vm)).toEqual(['vm1', 'vm2']);
+
+    // Both VMs' RAM and state snapshots, committed in the one group, and nothing else in the store.
+    const ls = await runCli(['ls', '--json', '--store', store]);
+    const listed = JSON.parse(ls.stdout.toString()) as { id: string; vm: string; group: string }[];
+    expect(listed.map((s) => `${s.vm}@${s.group}`).sort()).toEqual(['vm1.qemu@lab-e2', 'vm1@lab-e2', 'vm2.qemu@lab-e2', 'vm2@lab-e2']);
+    expect(new Set(listed.map((s) => s.id))).toEqual(new Set(result.members.flatMap((m) => [m.id, m.stateId])));
+
+    // The guests ran on after the snapshot, and still reach each other.
+    await waitFor('pings after the snapshot', () => (pingReplies(g1.consolePath).at(-1) as number) > before.seq[0] + 5 && (pingReplies(g2.consolePath).at(-1) as number) > before.seq[1] + 5, 60_000);
+    const lastSeq = [pingReplies(g1.consolePath).at(-1) as number, pingReplies(g2.consolePath).at(-1) as number];
+    await Promise.all([g1.stop(), g2.stop()]);
+
+    // The switch saw the colours in both directions: frames of epoch 0 before the first flips and of
+    // epoch 2 after the second. In hold mode a frame from a flipped VM to one not yet flipped waits:
+    // none dropped.
+    const pairs = await sw.stop();
+    for (const [src, dst] of [['vm1', 'vm2'], ['vm2', 'vm1']]) {
+      for (const epoch of [0, 2]) expect(sum(pairs, (p) => p.src === src && p.dst === dst && p.epoch === epoch, 'delivered'), `${src}->${dst} epoch ${epoch}`).toBeGreaterThan(0);
+    }
+    expect(sum(pairs, () => true, 'dropped')).toBe(0);
+    expect(pairs.every((p) => p.epoch <= 2)).toBe(true);
+
+    // Group restore: a fresh switch at the group's epoch, two fresh QEMUs from the group's members.
+    const sw2 = await startSwitch({ vm1: p1, vm2: p2 }, 2);
+    const id = (vm: string) => (result.members.find((m) => m.vm === vm) as { id: string }).id;
+    // One local store serves one process at a time: the second send waits for the first.
+    const send = (vm: string) => `exec:${process.execPath} ${vnstoreBin} qemu send ${id(vm)} --store ${store} --lock-wait 120`;
+    const [r1, r2] = await Promise.all([boot('vm1', 1, p1, sw2.vmPort, send('vm1'), '-restored'), boot('vm2', 2, p2, sw2.vmPort, send('vm2'), '-restored')]);
+    await waitFor('the restored guests counting and pinging', () => ticks(r1.consolePath).length >= 3 && ticks(r2.consolePath).length >= 3 && pingReplies(r1.consolePath).length >= 3 && pingReplies(r2.consolePath).length >= 3, 120_000);
+    for (const [k, r] of [r1, r2].entries()) {
+      const t = ticks(r.consolePath);
+      // The count goes on from the snapshot, taken between `before` and `after`, every check passing.
+      expect(t[0].n).toBeGreaterThan(before.tick[k]);
+      expect(t[0].n).toBeLessThanOrEqual(after.tick[k] + 2);
+      t.forEach((x, j) => expect(x).toEqual({ n: t[0].n + j, ok: true }));
+      // The restored ping goes on numbering from the snapshot (below what the originals reached after
+      // it), and its replies come back through the new switch.
+      const seq = pingReplies(r.consolePath);
+      expect(seq[0]).toBeGreaterThan(before.seq[k]);
+      expect(seq[0]).toBeLessThan(lastSeq[k]);
+      expect(seq).toEqual([...seq].sort((a, b) => a - b));
+    }
+    await Promise.all([r1.stop(), r2.stop()]);
+    const pairs2 = await sw2.stop();
+    for (const [src, dst] of [['vm1', 'vm2'], ['vm2', 'vm1']]) expect(sum(pairs2, (p) => p.src === src && p.dst === dst && p.epoch === 2, 'delivered')).toBeGreaterThan(0);
+  }, 400_000);
+
+  it('refuses, in one line and storing nothing, a VM whose QMP socket cannot be reached', async () => {
+    const [p1] = await freeUdpPorts(1);
+    const sw = await startSwitch({ vm1: p1 }, 0);
+    const r = await runCli(['qemu', 'snapshot', '--env', 'broken', '--vm', `vm1=${dir}/nowhere.qmp`, '--switch', `127.0.0.1:${sw.tunnelPort}`, '--store', store]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.toString()).toMatch(/^vnstore: .*QMP .*nowhere\.qmp: cannot connect/);
+    expect(r.stderr.toString().trim().split('\n')).toHaveLength(1);
+    await sw.stop();
+    const ls = await runCli(['ls', '--json', '--store', store]);
+    expect((JSON.parse(ls.stdout.toString()) as { group: string }[]).some((x) => x.group.startsWith('broken'))).toBe(false);
+  }, 60_000);
+});
