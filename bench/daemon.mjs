@@ -25,7 +25,10 @@ if (process.env.UV_THREADPOOL_SIZE === undefined) {
   const { sizeThreadPool } = await import(join(root, 'dist', 'cli', 'thread-pool-size.cjs'));
   const env = { ...process.env };
   sizeThreadPool(env);
-  const child = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit', env });
+  const child = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
+    stdio: 'inherit',
+    env,
+  });
   process.exit(child.status ?? 1);
 }
 
@@ -158,7 +161,7 @@ try {
 }
 
 async function writeAll(fh, b, position) {
-  for (let off = 0; off < b.length; ) {
+  for (let off = 0; off < b.length;) {
     const { bytesWritten } = await fh.write(b, off, b.length - off, position === undefined ? null : position + off);
     off += bytesWritten;
   }

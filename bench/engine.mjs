@@ -146,7 +146,12 @@ try {
       consecutiveVsHash: ingestLater.mbPerSec / hash.mbPerSec,
       restoreVsHash: restore.mbPerSec / hash.mbPerSec,
     },
-    space: { storeBytes: disk.bytes, idealDedup: ideal.dedupBytes, idealDedupLz4: ideal.dedupLz4Bytes, vsDedupLz4: disk.bytes / ideal.dedupLz4Bytes },
+    space: {
+      storeBytes: disk.bytes,
+      idealDedup: ideal.dedupBytes,
+      idealDedupLz4: ideal.dedupLz4Bytes,
+      vsDedupLz4: disk.bytes / ideal.dedupLz4Bytes,
+    },
     peakRssBytes: peakRss,
     ramPerChunkBytes: peakRss / ideal.distinctPages,
     repeat,
@@ -155,7 +160,11 @@ try {
       firstMbPerSec: x.ingestFirst.mbPerSec,
       consecutiveMbPerSec: x.ingestLater.mbPerSec,
       restoreMbPerSec: x.restore.mbPerSec,
-      ratios: { first: x.ingestFirst.mbPerSec / x.hash.mbPerSec, consecutive: x.ingestLater.mbPerSec / x.hash.mbPerSec, restore: x.restore.mbPerSec / x.hash.mbPerSec },
+      ratios: {
+        first: x.ingestFirst.mbPerSec / x.hash.mbPerSec,
+        consecutive: x.ingestLater.mbPerSec / x.hash.mbPerSec,
+        restore: x.restore.mbPerSec / x.hash.mbPerSec,
+      },
       storeBytes: x.diskBytes,
     })),
   };
@@ -173,7 +182,13 @@ function render(r) {
   const rows = [
     ['single-thread BLAKE3 (baseline)', r.hash.mbPerSec.toFixed(0), '1.00x', '', ''],
     ['put, first snapshots', r.ingestFirst.mbPerSec.toFixed(0), x(r.ratios.firstVsHash), '>= 0.5x', ok(r.ratios.firstVsHash, 0.5)],
-    ['put, consecutive snapshots', r.ingestConsecutive.mbPerSec.toFixed(0), x(r.ratios.consecutiveVsHash), '>= 1.5x', ok(r.ratios.consecutiveVsHash, 1.5)],
+    [
+      'put, consecutive snapshots',
+      r.ingestConsecutive.mbPerSec.toFixed(0),
+      x(r.ratios.consecutiveVsHash),
+      '>= 1.5x',
+      ok(r.ratios.consecutiveVsHash, 1.5),
+    ],
     ['restore (verified)', r.restore.mbPerSec.toFixed(0), x(r.ratios.restoreVsHash), '>= 0.8x', ok(r.ratios.restoreVsHash, 0.8)],
   ];
   return [
@@ -203,7 +218,10 @@ function render(r) {
           '',
           '| run | baseline MB/s | first | consecutive | restore |',
           '| ---: | ---: | ---: | ---: | ---: |',
-          ...r.runs.map((run, i) => `| ${i + 1} | ${run.hashMbPerSec.toFixed(0)} | ${run.firstMbPerSec.toFixed(0)}, ${x(run.ratios.first)} | ${run.consecutiveMbPerSec.toFixed(0)}, ${x(run.ratios.consecutive)} | ${run.restoreMbPerSec.toFixed(0)}, ${x(run.ratios.restore)} |`),
+          ...r.runs.map(
+            (run, i) =>
+              `| ${i + 1} | ${run.hashMbPerSec.toFixed(0)} | ${run.firstMbPerSec.toFixed(0)}, ${x(run.ratios.first)} | ${run.consecutiveMbPerSec.toFixed(0)}, ${x(run.ratios.consecutive)} | ${run.restoreMbPerSec.toFixed(0)}, ${x(run.ratios.restore)} |`,
+          ),
         ]
       : []),
     '',

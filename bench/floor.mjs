@@ -44,7 +44,10 @@ function readAndHash(file, part, parts) {
 }
 
 if (isMainThread) {
-  const { values: args, positionals } = parseArgs({ allowPositionals: true, options: { threads: { type: 'string', default: '1' }, repeat: { type: 'string', default: '3' } } });
+  const { values: args, positionals } = parseArgs({
+    allowPositionals: true,
+    options: { threads: { type: 'string', default: '1' }, repeat: { type: 'string', default: '3' } },
+  });
   const file = positionals[0];
   if (!file) throw new Error('usage: node bench/floor.mjs IMAGE [--threads N] [--repeat R]');
   const threads = Number(args.threads);
@@ -55,15 +58,28 @@ if (isMainThread) {
     if (threads <= 1) parts = [readAndHash(file, 0, 1)];
     else {
       // Workers are started and loaded first: their start-up is not part of the floor.
-      const workers = Array.from({ length: threads }, (_, i) => new Worker(fileURLToPath(import.meta.url), { workerData: { file, part: i, parts: threads } }));
+      const workers = Array.from(
+        { length: threads },
+        (_, i) => new Worker(fileURLToPath(import.meta.url), { workerData: { file, part: i, parts: threads } }),
+      );
       await Promise.all(workers.map((w) => new Promise((resolve) => w.once('message', resolve))));
       const t1 = performance.now();
-      parts = await Promise.all(workers.map((w) => new Promise((resolve) => { w.once('message', resolve); w.postMessage('go'); })));
+      parts = await Promise.all(
+        workers.map(
+          (w) =>
+            new Promise((resolve) => {
+              w.once('message', resolve);
+              w.postMessage('go');
+            }),
+        ),
+      );
       await Promise.all(workers.map((w) => w.terminate()));
       console.log(`  ${threads} threads: ${(performance.now() - t1).toFixed(0)} ms wall`);
     }
     const f = (x) => x.toFixed(0);
-    console.log(`run ${r + 1}: ${parts.map((p) => `${f(p.total)} ms (read ${f(p.read)}, zero check + BLAKE3 ${f(p.hash)})`).join('; ')}${threads <= 1 ? `, wall ${f(performance.now() - t)} ms` : ''}`);
+    console.log(
+      `run ${r + 1}: ${parts.map((p) => `${f(p.total)} ms (read ${f(p.read)}, zero check + BLAKE3 ${f(p.hash)})`).join('; ')}${threads <= 1 ? `, wall ${f(performance.now() - t)} ms` : ''}`,
+    );
   }
 } else {
   parentPort.postMessage('ready');

@@ -49,7 +49,16 @@ async function child(dir, packBytes) {
   const report = await runGc(store, { repackBelow: 1, maxUnused: { bytes: 0 } });
   const peak = peakRssBytes();
   await store.close();
-  process.stdout.write(JSON.stringify({ peakRssBytes: peak, peakRssAtOpenBytes: rssOpen, bytesCopied: report.result.bytesCopied, packsRewritten: report.result.packsRewritten, packsWritten: report.result.packsWritten.length, reclaimedBytes: report.result.reclaimedBytes }) + '\n');
+  process.stdout.write(
+    JSON.stringify({
+      peakRssBytes: peak,
+      peakRssAtOpenBytes: rssOpen,
+      bytesCopied: report.result.bytesCopied,
+      packsRewritten: report.result.packsRewritten,
+      packsWritten: report.result.packsWritten.length,
+      reclaimedBytes: report.result.reclaimedBytes,
+    }) + '\n',
+  );
 }
 
 async function build(dir, dataBytes, packBytes) {
@@ -89,7 +98,11 @@ if (values.child) {
     try {
       const dir = path.join(root, 'store');
       await build(dir, dataBytes, packMib * MIB);
-      const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', dir, '--pack', String(packMib * MIB), '--dist', dist], { encoding: 'utf8' });
+      const r = spawnSync(
+        process.execPath,
+        [fileURLToPath(import.meta.url), '--child', dir, '--pack', String(packMib * MIB), '--dist', dist],
+        { encoding: 'utf8' },
+      );
       if (r.status !== 0) throw new Error(`gc child failed (${r.status}): ${r.stderr}`);
       rows.push({ packMib, ...JSON.parse(r.stdout.trim().split('\n').pop()) });
     } finally {
@@ -100,7 +113,9 @@ if (values.child) {
   if (values.json) process.stdout.write(JSON.stringify(out) + '\n');
   else {
     for (const r of rows) {
-      process.stdout.write(`pack ${r.packMib} MiB: gc peak RSS ${(r.peakRssBytes / MIB).toFixed(1)} MiB (at open ${(r.peakRssAtOpenBytes / MIB).toFixed(1)} MiB), copied ${(r.bytesCopied / MIB).toFixed(1)} MiB from ${r.packsRewritten} pack(s) into ${r.packsWritten}\n`);
+      process.stdout.write(
+        `pack ${r.packMib} MiB: gc peak RSS ${(r.peakRssBytes / MIB).toFixed(1)} MiB (at open ${(r.peakRssAtOpenBytes / MIB).toFixed(1)} MiB), copied ${(r.bytesCopied / MIB).toFixed(1)} MiB from ${r.packsRewritten} pack(s) into ${r.packsWritten}\n`,
+      );
     }
     process.stdout.write(`load average: ${out.loadavg}\n`);
   }

@@ -109,7 +109,9 @@ for (let i = 0; i < NPAGES; i++) {
 }
 // Written, not just calloc'ed: untouched calloc memory maps the kernel's shared zero page, which
 // would sit in cache and flatter the zero-page rows.
-const zeros = Buffer.alloc(NPAGES * PAGE).fill(1).fill(0);
+const zeros = Buffer.alloc(NPAGES * PAGE)
+  .fill(1)
+  .fill(0);
 const pageViews = Array.from({ length: NPAGES }, (_, i) => pages.subarray(i * PAGE, (i + 1) * PAGE));
 
 // ---------------------------------------------------------------------------------------------
@@ -191,21 +193,31 @@ const ratioOf = (codec, which) => {
   const c = codec.compressPages(pages, offsets);
   let stored = 0;
   for (let i = which; i < NPAGES; i += 2) stored += c.lengths[i];
-  return (NPAGES / 2) * PAGE / stored;
+  return ((NPAGES / 2) * PAGE) / stored;
 };
 const ratioNote = (codec) => `ratio text ${ratioOf(codec, 0).toFixed(2)}x, binary ${ratioOf(codec, 1).toFixed(2)}x`;
 
 measure('lz4-napi compressSync per page (+ strip prefix)', NPAGES, () => {
   for (const p of pageViews) sink ^= compressSync(p).subarray(4).length;
 });
-const jsCompress = measure(`js codec compressPages, batches of ${BATCH}`, NPAGES, () => {
-  for (const b of batches) sink ^= jsCodec.compressPages(pages, b).payload.length;
-}, { note: ratioNote(jsCodec) });
+const jsCompress = measure(
+  `js codec compressPages, batches of ${BATCH}`,
+  NPAGES,
+  () => {
+    for (const b of batches) sink ^= jsCodec.compressPages(pages, b).payload.length;
+  },
+  { note: ratioNote(jsCodec) },
+);
 let nativeCompress = NaN;
 if (nativeCodec) {
-  nativeCompress = measure(`native compressPages, batches of ${BATCH}`, NPAGES, () => {
-    for (const b of batches) sink ^= nativeCodec.compressPages(pages, b).payload.length;
-  }, { note: ratioNote(nativeCodec) });
+  nativeCompress = measure(
+    `native compressPages, batches of ${BATCH}`,
+    NPAGES,
+    () => {
+      for (const b of batches) sink ^= nativeCodec.compressPages(pages, b).payload.length;
+    },
+    { note: ratioNote(nativeCodec) },
+  );
   const one = new Uint32Array(1);
   measure('native compressPages, batch of 1 (per-call overhead)', NPAGES, () => {
     for (let i = 0; i < NPAGES; i++) {
@@ -253,13 +265,16 @@ const payloads = [];
     pos += jsC.lengths[i];
   }
 }
-const framed = payloads.map((p, i) =>
-  jsC.codecs[i] === 1 ? Buffer.concat([Buffer.from([0, 16, 0, 0]), p]) : null,
-);
+const framed = payloads.map((p, i) => (jsC.codecs[i] === 1 ? Buffer.concat([Buffer.from([0, 16, 0, 0]), p]) : null));
 const dst = Buffer.alloc(NPAGES * PAGE);
-measure('lz4-napi uncompressSync per page (pre-framed input)', NPAGES, () => {
-  for (const f of framed) if (f) sink ^= uncompressSync(f).length;
-}, { note: 'Lz4 pages only; framing cost excluded' });
+measure(
+  'lz4-napi uncompressSync per page (pre-framed input)',
+  NPAGES,
+  () => {
+    for (const f of framed) if (f) sink ^= uncompressSync(f).length;
+  },
+  { note: 'Lz4 pages only; framing cost excluded' },
+);
 const jsDecode = measure('js codec decodePage per page', NPAGES, () => {
   for (let i = 0; i < NPAGES; i++) jsCodec.decodePage(payloads[i], jsC.codecs[i], dst, i * PAGE);
 });
@@ -338,7 +353,9 @@ function zeroF64(buf, count) {
   }
   return z;
 }
-const tails = Buffer.alloc(NPAGES * PAGE).fill(1).fill(0);
+const tails = Buffer.alloc(NPAGES * PAGE)
+  .fill(1)
+  .fill(0);
 for (let i = 0; i < NPAGES; i++) tails.fill(0x5a, (i + 1) * PAGE - 64, (i + 1) * PAGE);
 for (const [label, buf] of [
   ['non-zero pages', pages],
@@ -388,22 +405,42 @@ try {
   const present = Array.from({ length: N }, () => keys[rnd() % keys.length]);
   const absent = Array.from({ length: N }, () => randomBytes(32));
   const note = `${LEVEL_KEYS} keys`;
-  await measureAsync('LevelDB await get (present)', N, async () => {
-    for (const k of present) sink ^= (await db.get(k))[0];
-  }, { note });
-  measure('LevelDB getSync (present)', N, () => {
-    for (const k of present) sink ^= db.getSync(k)[0];
-  }, { bytesPerOp: 0, note });
-  measure('LevelDB getSync (absent)', N, () => {
-    for (const k of absent) sink ^= db.getSync(k) === undefined ? 1 : 0;
-  }, { bytesPerOp: 0, note });
+  await measureAsync(
+    'LevelDB await get (present)',
+    N,
+    async () => {
+      for (const k of present) sink ^= (await db.get(k))[0];
+    },
+    { note },
+  );
+  measure(
+    'LevelDB getSync (present)',
+    N,
+    () => {
+      for (const k of present) sink ^= db.getSync(k)[0];
+    },
+    { bytesPerOp: 0, note },
+  );
+  measure(
+    'LevelDB getSync (absent)',
+    N,
+    () => {
+      for (const k of absent) sink ^= db.getSync(k) === undefined ? 1 : 0;
+    },
+    { bytesPerOp: 0, note },
+  );
   for (const [label, ks] of [
     ['present', present],
     ['absent', absent],
   ]) {
-    await measureAsync(`LevelDB getMany, batches of ${BATCH} (${label}), per key`, N, async () => {
-      for (let i = 0; i < N; i += BATCH) sink ^= (await db.getMany(ks.slice(i, i + BATCH))).length;
-    }, { note });
+    await measureAsync(
+      `LevelDB getMany, batches of ${BATCH} (${label}), per key`,
+      N,
+      async () => {
+        for (let i = 0; i < N; i += BATCH) sink ^= (await db.getMany(ks.slice(i, i + BATCH))).length;
+      },
+      { note },
+    );
   }
   await db.close();
 } finally {
@@ -412,7 +449,9 @@ try {
 
 // ---------------------------------------------------------------------------------------------
 
-console.log(`\npages: ${NPAGES} x 4 KiB (half text-like, half binary), batch ${BATCH}; median of 5 trials; MB/s = 10^6 B/s of raw page data\n`);
+console.log(
+  `\npages: ${NPAGES} x 4 KiB (half text-like, half binary), batch ${BATCH}; median of 5 trials; MB/s = 10^6 B/s of raw page data\n`,
+);
 console.log('| primitive | ns/op | MB/s | note |');
 console.log('| --- | ---: | ---: | --- |');
 for (const r of rows) {

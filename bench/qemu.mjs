@@ -30,14 +30,22 @@ const { values: opts } = parseArgs({
 });
 const rounds = Number(opts.rounds);
 const TARGETS = (process.env.BENCH_TARGETS ?? 'cat,node-drain,vnstore,tcp-drain,vnstore-listen').split(',');
-const DRAIN = "process.stdin.resume()";
+const DRAIN = 'process.stdin.resume()';
 // The floor of any Node exec: receiver that keeps the stream: Node's start-up, then 1 MiB
 // synchronous reads written to a file (what vnstore's spool does, without loading vnstore).
-const SPOOL = "const fs=require('fs'),b=Buffer.allocUnsafe(1<<20),o=fs.openSync(process.argv[1],'w');for(let n;(n=fs.readSync(0,b,0,b.length,null))>0;)fs.writeSync(o,b,0,n)";
+const SPOOL =
+  "const fs=require('fs'),b=Buffer.allocUnsafe(1<<20),o=fs.openSync(process.argv[1],'w');for(let n;(n=fs.readSync(0,b,0,b.length,null))>0;)fs.writeSync(o,b,0,n)";
 
 /** A pre-started TCP sink that discards the stream: the baseline for --listen. */
 async function tcpDrain() {
-  const child = spawn(process.execPath, ['-e', "const s=require('net').createServer(c=>{c.resume();c.on('end',()=>{s.close()})}).listen(0,'127.0.0.1',()=>console.log(s.address().port))"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(
+    process.execPath,
+    [
+      '-e',
+      "const s=require('net').createServer(c=>{c.resume();c.on('end',()=>{s.close()})}).listen(0,'127.0.0.1',()=>console.log(s.address().port))",
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   const port = await new Promise((res) => child.stdout.once('data', (d) => res(Number(String(d).trim()))));
   const exited = new Promise((res) => child.once('exit', res));
   return { uri: `tcp:127.0.0.1:${port}`, done: () => exited };
@@ -46,7 +54,10 @@ async function tcpDrain() {
 /** A receiver started before the migration, as a snapshot daemon would be: `--listen tcp:127.0.0.1:0`. */
 async function listeningReceiver(store, vm, spool) {
   const env = spool ? { ...process.env, VNSTORE_QEMU_SPOOL: spool } : process.env;
-  const child = spawn(process.execPath, [vnstoreBin, 'qemu', 'receive', '--vm', vm, '--listen', 'tcp:127.0.0.1:0', '--store', store], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  const child = spawn(process.execPath, [vnstoreBin, 'qemu', 'receive', '--vm', vm, '--listen', 'tcp:127.0.0.1:0', '--store', store], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env,
+  });
   let stderr = '';
   const exited = new Promise((res) => child.once('exit', (code) => res(code)));
   const port = await new Promise((resolve, reject) => {
@@ -57,7 +68,13 @@ async function listeningReceiver(store, vm, spool) {
     });
     exited.then(() => reject(new Error(`receiver exited: ${stderr}`)));
   });
-  return { uri: `tcp:127.0.0.1:${port}`, done: () => exited.then((code) => { if (code !== 0) throw new Error(`receiver failed: ${stderr}`); }) };
+  return {
+    uri: `tcp:127.0.0.1:${port}`,
+    done: () =>
+      exited.then((code) => {
+        if (code !== 0) throw new Error(`receiver failed: ${stderr}`);
+      }),
+  };
 }
 const dir = mkdtempSync(join(tmpdir(), 'vnstore-bench-qemu-'));
 const store = join(dir, 'store');
@@ -87,16 +104,27 @@ try {
             ? `exec:${process.execPath} -e "${DRAIN}"`
             : target === 'node-spool'
               ? `exec:${process.execPath} -e "${SPOOL}" ${file}`
-            : listener?.uri ?? `exec:${target === 'vnstore-mem' ? 'VNSTORE_QEMU_SPOOL=memory ' : ''}${process.execPath} ${vnstoreBin} qemu receive --vm bench --store ${store} > ${idFile}`;
+              : (listener?.uri ??
+                `exec:${target === 'vnstore-mem' ? 'VNSTORE_QEMU_SPOOL=memory ' : ''}${process.execPath} ${vnstoreBin} qemu receive --vm bench --store ${store} > ${idFile}`);
       const t0 = performance.now();
       const info = await migrate(vm, uri);
       const wallMs = performance.now() - t0;
       await listener?.done();
       // The exec: receiver stores the stream after QEMU is done: wait for it, so that its work
       // never overlaps the next target's migration.
-      if (target === 'vnstore' || target === 'vnstore-mem') await waitFor(`round ${r}: receive's id`, () => existsSync(idFile) && readFileSync(idFile, 'utf8').endsWith('\n'), 120_000);
+      if (target === 'vnstore' || target === 'vnstore-mem')
+        await waitFor(`round ${r}: receive's id`, () => existsSync(idFile) && readFileSync(idFile, 'utf8').endsWith('\n'), 120_000);
       if (info.status !== 'completed') throw new Error(`round ${r} ${target}: ${info.status}`);
-      results.push({ round: r, target, totalMs: info['total-time'], downtimeMs: info.downtime, setupMs: info['setup-time'], wallMs: Math.round(wallMs), transferredBytes: info.ram?.transferred, iterations: info.ram?.['dirty-sync-count'] });
+      results.push({
+        round: r,
+        target,
+        totalMs: info['total-time'],
+        downtimeMs: info.downtime,
+        setupMs: info['setup-time'],
+        wallMs: Math.round(wallMs),
+        transferredBytes: info.ram?.transferred,
+        iterations: info.ram?.['dirty-sync-count'],
+      });
       if (target === 'cat' || target === 'node-spool') rmSync(file, { force: true });
       if (!opts.json) console.error(`round ${r} ${target}: total ${info['total-time']} ms, downtime ${info.downtime} ms`);
       // Let the guest run between migrations, as a daemon's snapshots would.
@@ -113,18 +141,40 @@ const median = (xs) => {
 const summary = {};
 for (const target of TARGETS) {
   const rs = results.filter((x) => x.target === target);
-  summary[target] = { totalMsMedian: median(rs.map((x) => x.totalMs)), downtimeMsMedian: median(rs.map((x) => x.downtimeMs)), totalMs: rs.map((x) => x.totalMs), downtimeMs: rs.map((x) => x.downtimeMs) };
+  summary[target] = {
+    totalMsMedian: median(rs.map((x) => x.totalMs)),
+    downtimeMsMedian: median(rs.map((x) => x.downtimeMs)),
+    totalMs: rs.map((x) => x.totalMs),
+    downtimeMs: rs.map((x) => x.downtimeMs),
+  };
 }
 for (const target of TARGETS) if (summary.cat) summary[target].totalRatioToCat = summary[target].totalMsMedian / summary.cat.totalMsMedian;
 const storeBytes = spawnSync('du', ['-sb', store], { encoding: 'utf8' }).stdout.split('\t')[0];
-const report = { mem: Number(opts.mem), bandwidth: opts.bandwidth, maxBandwidth, loadavg: readFileSync('/proc/loadavg', 'utf8').trim(), rounds, results, summary, storeBytes: Number(storeBytes), date: new Date().toISOString() };
+const report = {
+  mem: Number(opts.mem),
+  bandwidth: opts.bandwidth,
+  maxBandwidth,
+  loadavg: readFileSync('/proc/loadavg', 'utf8').trim(),
+  rounds,
+  results,
+  summary,
+  storeBytes: Number(storeBytes),
+  date: new Date().toISOString(),
+};
 rmSync(dir, { recursive: true, force: true });
 if (opts.json) console.log(JSON.stringify(report));
 else {
-  console.log(`guest ${opts.mem} MiB, bandwidth ${opts.bandwidth} (max-bandwidth ${maxBandwidth} B/s), ${rounds} round(s) per target, load ${report.loadavg}`);
+  console.log(
+    `guest ${opts.mem} MiB, bandwidth ${opts.bandwidth} (max-bandwidth ${maxBandwidth} B/s), ${rounds} round(s) per target, load ${report.loadavg}`,
+  );
   console.log('round target   total ms  downtime ms  transferred');
-  for (const x of results) console.log(`${String(x.round).padStart(5)} ${x.target.padEnd(8)} ${String(x.totalMs).padStart(8)} ${String(x.downtimeMs).padStart(12)} ${String(x.transferredBytes).padStart(12)}`);
-  for (const t of TARGETS) console.log(`${t.padEnd(15)} median total ${summary[t].totalMsMedian} ms${summary.cat ? ` (x${summary[t].totalRatioToCat.toFixed(3)} of cat)` : ''}, median downtime ${summary[t].downtimeMsMedian} ms`);
+  for (const x of results)
+    console.log(
+      `${String(x.round).padStart(5)} ${x.target.padEnd(8)} ${String(x.totalMs).padStart(8)} ${String(x.downtimeMs).padStart(12)} ${String(x.transferredBytes).padStart(12)}`,
+    );
+  for (const t of TARGETS)
+    console.log(
+      `${t.padEnd(15)} median total ${summary[t].totalMsMedian} ms${summary.cat ? ` (x${summary[t].totalRatioToCat.toFixed(3)} of cat)` : ''}, median downtime ${summary[t].downtimeMsMedian} ms`,
+    );
   console.log(`store ${storeBytes} B`);
 }
-

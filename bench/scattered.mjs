@@ -40,11 +40,14 @@ try {
           pages.writeUInt32LE(salt++, k * PAGE + 3000); // new content every time
         });
         const t = performance.now();
-        if (mode === 'writePage') for (let k = 0; k < indices.length; k++) await s.writePage(indices[k], pages.subarray(k * PAGE, (k + 1) * PAGE));
+        if (mode === 'writePage')
+          for (let k = 0; k < indices.length; k++) await s.writePage(indices[k], pages.subarray(k * PAGE, (k + 1) * PAGE));
         else await s.writeScattered(indices, pages);
         const writes = performance.now() - t;
         await s.commit();
-        console.log(`${mode.padEnd(14)} ${indices.length} dirty pages: writes ${writes.toFixed(0)} ms, with commit ${(performance.now() - t).toFixed(0)} ms`);
+        console.log(
+          `${mode.padEnd(14)} ${indices.length} dirty pages: writes ${writes.toFixed(0)} ms, with commit ${(performance.now() - t).toFixed(0)} ms`,
+        );
       }
     }
   } finally {

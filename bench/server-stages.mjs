@@ -25,7 +25,11 @@ const MB = 1e6;
 const image = makeImage(Number(args.mib), 1);
 const pages = image.length / PAGE;
 const rate = (bytes, t0) => bytes / MB / ((performance.now() - t0) / 1000);
-const out = { date: new Date().toISOString(), imageMiB: Number(args.mib), loadavg: (await import('node:os')).loadavg().map((x) => +x.toFixed(2)) };
+const out = {
+  date: new Date().toISOString(),
+  imageMiB: Number(args.mib),
+  loadavg: (await import('node:os')).loadavg().map((x) => +x.toFixed(2)),
+};
 
 let t = performance.now();
 for (let o = 0; o < image.length; o += PAGE) blake3(image.subarray(o, o + PAGE));
@@ -43,7 +47,12 @@ out.nonZeroFraction = nonZero.length / pages;
 const digests = new Uint8Array(pages * 32);
 const BATCH = 1024;
 t = performance.now();
-for (let p = 0; p < pages; p += BATCH) hashPages(image.subarray(p * PAGE, (p + BATCH) * PAGE), Uint32Array.from({ length: Math.min(BATCH, pages - p) }, (_, k) => k), digests.subarray(p * 32));
+for (let p = 0; p < pages; p += BATCH)
+  hashPages(
+    image.subarray(p * PAGE, (p + BATCH) * PAGE),
+    Uint32Array.from({ length: Math.min(BATCH, pages - p) }, (_, k) => k),
+    digests.subarray(p * 32),
+  );
 out.nativeHashMBps = rate(image.length, t);
 
 const offsets = Uint32Array.from(nonZero, (p) => p * PAGE);
@@ -118,4 +127,6 @@ out.loopbackTcpMBps = await loopback(true);
 out.loopbackTcpDefaultReadsMBps = await loopback(false);
 out.loadavgAfter = (await import('node:os')).loadavg().map((x) => +x.toFixed(2));
 if (args.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
-else for (const [k, v] of Object.entries(out)) process.stdout.write(`${k.padEnd(20)} ${typeof v === 'number' ? v.toFixed(2) : JSON.stringify(v)}\n`);
+else
+  for (const [k, v] of Object.entries(out))
+    process.stdout.write(`${k.padEnd(20)} ${typeof v === 'number' ? v.toFixed(2) : JSON.stringify(v)}\n`);

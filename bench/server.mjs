@@ -24,7 +24,15 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const CLI = join(root, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
-const { values: args } = parseArgs({ options: { mib: { type: 'string', default: '256' }, 'agents-mib': { type: 'string', default: '64' }, json: { type: 'boolean', default: false }, 'no-aggregate': { type: 'boolean', default: false }, 'warmup-mib': { type: 'string', default: '32' } } });
+const { values: args } = parseArgs({
+  options: {
+    mib: { type: 'string', default: '256' },
+    'agents-mib': { type: 'string', default: '64' },
+    json: { type: 'boolean', default: false },
+    'no-aggregate': { type: 'boolean', default: false },
+    'warmup-mib': { type: 'string', default: '32' },
+  },
+});
 const PAGE = 4096;
 const MB = 1e6;
 const log = (s) => process.stderr.write(`server-bench: ${s}\n`);
@@ -37,7 +45,21 @@ function baseline(image) {
 }
 
 async function startServe(store) {
-  const child = spawn(process.execPath, [...(process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? []), CLI, 'serve', '--store', store, '--listen', '127.0.0.1:0', '--metrics', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn(
+    process.execPath,
+    [
+      ...(process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
+      CLI,
+      'serve',
+      '--store',
+      store,
+      '--listen',
+      '127.0.0.1:0',
+      '--metrics',
+      '127.0.0.1:0',
+    ],
+    { stdio: ['ignore', 'pipe', 'ignore'] },
+  );
   let out = '';
   await new Promise((res, rej) => {
     child.stdout.on('data', (d) => {
@@ -91,7 +113,11 @@ async function push(client, vm, image, opts = {}) {
 const work = await mkdtemp(join(tmpdir(), 'vnstore-server-bench-'));
 try {
   const store = join(work, 'store');
-  await new Promise((res, rej) => spawn(process.execPath, [CLI, 'init', '--store', store], { stdio: 'ignore' }).on('exit', (c) => (c === 0 ? res() : rej(new Error('init failed')))));
+  await new Promise((res, rej) =>
+    spawn(process.execPath, [CLI, 'init', '--store', store], { stdio: 'ignore' }).on('exit', (c) =>
+      c === 0 ? res() : rej(new Error('init failed')),
+    ),
+  );
   const token = (await readFile(join(store, 'access-token'), 'utf8')).trim();
   const mib = Number(args.mib);
   log(`images of ${mib} MiB`);
@@ -173,7 +199,9 @@ try {
     cpuSeconds: r.cpu,
   };
   if (args.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
-  else for (const [k, v] of Object.entries(out)) process.stdout.write(`${k.padEnd(22)} ${typeof v === 'number' ? v.toFixed(2) : JSON.stringify(v)}\n`);
+  else
+    for (const [k, v] of Object.entries(out))
+      process.stdout.write(`${k.padEnd(22)} ${typeof v === 'number' ? v.toFixed(2) : JSON.stringify(v)}\n`);
 } finally {
   await rm(work, { recursive: true, force: true });
 }

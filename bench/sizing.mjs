@@ -77,13 +77,19 @@ try {
 }
 
 const per = (v, c) => (v / c).toFixed(1);
-console.log('| chunks | put s | pack overhead B/chunk | LevelDB B/chunk | chunk-table.bin B/chunk | manifest B/page | RAM on open: buffers B/chunk | RSS B/chunk |');
+console.log(
+  '| chunks | put s | pack overhead B/chunk | LevelDB B/chunk | chunk-table.bin B/chunk | manifest B/page | RAM on open: buffers B/chunk | RSS B/chunk |',
+);
 console.log('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
 for (const r of rows) {
-  console.log(`| ${r.chunks} | ${r.seconds.toFixed(2)} | ${per(r.packs - r.payload, r.chunks)} | ${per(r.index, r.chunks)} | ${per(r.table, r.chunks)} | ${per(r.manifests, r.chunks)} | ${per(r.openBuffers, r.chunks)} | ${per(r.openRss, r.chunks)} |`);
+  console.log(
+    `| ${r.chunks} | ${r.seconds.toFixed(2)} | ${per(r.packs - r.payload, r.chunks)} | ${per(r.index, r.chunks)} | ${per(r.table, r.chunks)} | ${per(r.manifests, r.chunks)} | ${per(r.openBuffers, r.chunks)} | ${per(r.openRss, r.chunks)} |`,
+  );
 }
 if (rows.length >= 2) {
   const [a, b] = [rows[0], rows.at(-1)];
   const slope = (k) => ((b[k] - a[k]) / (b.chunks - a.chunks)).toFixed(1);
-  console.log(`\nSlope from ${a.chunks} to ${b.chunks} chunks (fixed costs cancel), bytes per added chunk: LevelDB ${slope('index')}, chunk-table.bin ${slope('table')}, pack overhead ${((b.packs - b.payload - (a.packs - a.payload)) / (b.chunks - a.chunks)).toFixed(1)}, RAM buffers on open ${slope('openBuffers')}, RSS on open ${slope('openRss')}.`);
+  console.log(
+    `\nSlope from ${a.chunks} to ${b.chunks} chunks (fixed costs cancel), bytes per added chunk: LevelDB ${slope('index')}, chunk-table.bin ${slope('table')}, pack overhead ${((b.packs - b.payload - (a.packs - a.payload)) / (b.chunks - a.chunks)).toFixed(1)}, RAM buffers on open ${slope('openBuffers')}, RSS on open ${slope('openRss')}.`,
+  );
 }

@@ -80,7 +80,9 @@ try {
   // What the manifest references, from the index.
   const table = await store.loadPages(rec.id);
   const digests = new Map();
-  for (let i = 0; i < table.pageCount; i++) if (table.kinds[i] === PageKind.Digest) digests.set(Buffer.from(table.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)).toString('hex'), true);
+  for (let i = 0; i < table.pageCount; i++)
+    if (table.kinds[i] === PageKind.Digest)
+      digests.set(Buffer.from(table.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)).toString('hex'), true);
   const locs = await store.lookupExact([...digests.keys()].map((h) => Buffer.from(h, 'hex')));
   const referencedStored = locs.reduce((sum, l) => sum + l.storedLength, 0);
   await store.close();

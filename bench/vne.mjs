@@ -13,8 +13,16 @@ import { parseArgs } from 'node:util';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // The environments, seeds and settings live in src/coordinator/vne-bench.ts, shared with
 // test/vne-claims.test.ts, which asserts this table's claims on the same simulations.
-const { BENCH_ENVS: envs, BENCH_MODES: modes, BENCH_SEEDS, benchRun, undisturbedStall } = await import(join(root, 'dist', 'coordinator', 'vne-bench.js'));
-const { values: args } = parseArgs({ options: { seeds: { type: 'string', default: String(BENCH_SEEDS.length) }, json: { type: 'boolean', default: false } } });
+const {
+  BENCH_ENVS: envs,
+  BENCH_MODES: modes,
+  BENCH_SEEDS,
+  benchRun,
+  undisturbedStall,
+} = await import(join(root, 'dist', 'coordinator', 'vne-bench.js'));
+const { values: args } = parseArgs({
+  options: { seeds: { type: 'string', default: String(BENCH_SEEDS.length) }, json: { type: 'boolean', default: false } },
+});
 const SEEDS = Number(args.seeds);
 
 const one = (env, mode, seed) => benchRun(env, mode, seed, { resume: true });
@@ -33,13 +41,17 @@ if (args.json) {
 } else {
   const f = (x) => (Number.isInteger(x) ? String(x) : x.toFixed(1));
   const range = (xs) => (Math.min(...xs) === Math.max(...xs) ? f(xs[0]) : `${f(Math.min(...xs))}-${f(Math.max(...xs))}`);
-  console.log('| environment | sync-stop | channels | skew ms | dropped | held | longest RTO ms | stall ms (undisturbed) | max downtime ms | lost across cut | UDP lost live / after restore |');
+  console.log(
+    '| environment | sync-stop | channels | skew ms | dropped | held | longest RTO ms | stall ms (undisturbed) | max downtime ms | lost across cut | UDP lost live / after restore |',
+  );
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const env of envs) {
     for (const mode of modes) {
       const rs = rows.filter((r) => r.env === env.label && r.syncStop === mode.syncStop && r.channels === mode.channels);
       const col = (k) => range(rs.map((r) => r[k]));
-      console.log(`| ${env.label} | ${mode.syncStop ? 'on' : 'off'} | ${mode.channels} | ${col('skewMs')} | ${col('framesDropped')} | ${col('framesHeld')} | ${col('longestRtoMs')} | ${col('stallMs')} (${col('baselineStallMs')}) | ${col('maxDowntimeMs')} | ${col('lostAcrossCut')} | ${col('udpLostLive')} / ${col('udpLostRestored')} |`);
+      console.log(
+        `| ${env.label} | ${mode.syncStop ? 'on' : 'off'} | ${mode.channels} | ${col('skewMs')} | ${col('framesDropped')} | ${col('framesHeld')} | ${col('longestRtoMs')} | ${col('stallMs')} (${col('baselineStallMs')}) | ${col('maxDowntimeMs')} | ${col('lostAcrossCut')} | ${col('udpLostLive')} / ${col('udpLostRestored')} |`,
+      );
     }
   }
   console.log('\nsync-stop off / on, per environment, seed and channel mode (smallest ratio over seeds and modes):');
@@ -58,7 +70,11 @@ if (args.json) {
     console.log(`  ${env.label}: skew ${ratio('skewMs')}x smaller, stall ${ratio('stallMs')}x smaller`);
   }
   const hs = rows.filter((r) => r.syncStop && r.channels === 'hold');
-  console.log(`\nhold + sync-stop: frames dropped ${hs.reduce((n, r) => n + r.framesDropped, 0)}, lost across the cut ${hs.reduce((n, r) => n + r.lostAcrossCut, 0)}, UDP lost live ${hs.reduce((n, r) => n + r.udpLostLive, 0)} and after restore ${hs.reduce((n, r) => n + r.udpLostRestored, 0)}`);
-  console.log(`  stall: ${range(hs.map((r) => r.stallMs))} ms; max downtime + skew: ${range(hs.map((r) => r.maxDowntimeMs + r.skewMs))} ms; stall over that: ${range(hs.map((r) => r.stallMs - r.maxDowntimeMs - r.skewMs))} ms; the undisturbed run's longest gap: ${range(hs.map((r) => r.baselineStallMs))} ms`);
+  console.log(
+    `\nhold + sync-stop: frames dropped ${hs.reduce((n, r) => n + r.framesDropped, 0)}, lost across the cut ${hs.reduce((n, r) => n + r.lostAcrossCut, 0)}, UDP lost live ${hs.reduce((n, r) => n + r.udpLostLive, 0)} and after restore ${hs.reduce((n, r) => n + r.udpLostRestored, 0)}`,
+  );
+  console.log(
+    `  stall: ${range(hs.map((r) => r.stallMs))} ms; max downtime + skew: ${range(hs.map((r) => r.maxDowntimeMs + r.skewMs))} ms; stall over that: ${range(hs.map((r) => r.stallMs - r.maxDowntimeMs - r.skewMs))} ms; the undisturbed run's longest gap: ${range(hs.map((r) => r.baselineStallMs))} ms`,
+  );
   console.log(`${rows.length} runs in ${seconds.toFixed(1)} s`);
 }

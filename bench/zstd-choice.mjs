@@ -127,7 +127,15 @@ function measureZstd(label, blobPages, level, dict) {
   const out = Buffer.alloc(pages.length);
   const d = timeIt(() => {
     for (let i = 0; i < starts.length; i += per) {
-      z.decompress(payload, offs.subarray(i, i + per), lengths.subarray(i, i + per), out, starts.subarray(i, i + per), sizes.subarray(i, i + per), dict);
+      z.decompress(
+        payload,
+        offs.subarray(i, i + per),
+        lengths.subarray(i, i + per),
+        out,
+        starts.subarray(i, i + per),
+        sizes.subarray(i, i + per),
+        dict,
+      );
     }
   });
   if (!out.equals(pages)) throw new Error(`${label}: round trip differs`);
@@ -137,7 +145,15 @@ function measureZstd(label, blobPages, level, dict) {
   for (let t = 0; t < 2000; t++) {
     const b = (t * 2654435761) % starts.length;
     const s = process.hrtime.bigint();
-    z.decompress(payload, offs.subarray(b, b + 1), lengths.subarray(b, b + 1), scratch, new Uint32Array([0]), sizes.subarray(b, b + 1), dict);
+    z.decompress(
+      payload,
+      offs.subarray(b, b + 1),
+      lengths.subarray(b, b + 1),
+      scratch,
+      new Uint32Array([0]),
+      sizes.subarray(b, b + 1),
+      dict,
+    );
     one.push(Number(process.hrtime.bigint() - s) / 1e3);
   }
   one.sort((a, b) => a - b);
@@ -192,23 +208,35 @@ for (const cap of [112 * 1024, 512 * 1024]) {
   const { dict, seconds } = trainDict(cap);
   notes.push(`dictionary of ${(dict.length / 1024).toFixed(0)} KiB trained in ${seconds.toFixed(1)} s`);
   for (const level of [3, 9]) {
-    const r = measureZstd(`zstd-${level} per page, ${(dict.length / 1024).toFixed(0)} KiB dictionary (of ≤ ${cap / 1024} KiB)`, 1, level, dict);
+    const r = measureZstd(
+      `zstd-${level} per page, ${(dict.length / 1024).toFixed(0)} KiB dictionary (of ≤ ${cap / 1024} KiB)`,
+      1,
+      level,
+      dict,
+    );
     r.stored += dict.length; // the dictionary is stored once
     rows.push(r);
   }
 }
-for (const kib of [64, 256, 1024]) rows.push(measureZstd(`zstd-3 over ${kib >= 1024 ? `${kib / 1024} MiB` : `${kib} KiB`} containers`, kib / 4, 3));
+for (const kib of [64, 256, 1024])
+  rows.push(measureZstd(`zstd-3 over ${kib >= 1024 ? `${kib / 1024} MiB` : `${kib} KiB`} containers`, kib / 4, 3));
 rows.push(measureZstd('zstd-9 over 64 KiB containers', 16, 9));
 rows.push(measureZstd('zstd-9 over 1 MiB containers', 256, 9));
 
 const lz = rows[0].stored;
 const fmt = (x, d = 0) => x.toFixed(d);
-console.log(`Source: ${source}. ${(logical / 2 ** 20).toFixed(0)} MiB logical (${nonZero} non-zero pages), ${n} distinct non-zero pages (${fmt(MB, 1)} MB).`);
-console.log(`Machine: ${os.cpus().length} × ${os.cpus()[0].model}, Node ${process.version}, libzstd ${zstdStatus().libzstd}, ${new Date().toISOString().slice(0, 16)}Z.`);
+console.log(
+  `Source: ${source}. ${(logical / 2 ** 20).toFixed(0)} MiB logical (${nonZero} non-zero pages), ${n} distinct non-zero pages (${fmt(MB, 1)} MB).`,
+);
+console.log(
+  `Machine: ${os.cpus().length} × ${os.cpus()[0].model}, Node ${process.version}, libzstd ${zstdStatus().libzstd}, ${new Date().toISOString().slice(0, 16)}Z.`,
+);
 console.log(`Notes: ${notes.join('; ')}; timings best of repeats over ≥ ${minSeconds} s each.`);
 console.log('');
 console.log('| codec | stored MB | vs LZ4 per page | compress MB/s | decompress MB/s | restore one page: µs (median) |');
 console.log('| --- | ---: | ---: | ---: | ---: | ---: |');
 for (const r of rows) {
-  console.log(`| ${r.label} | ${fmt(r.stored / 1e6, 1)} | ${fmt((100 * r.stored) / lz - 100, 1)}% | ${fmt(r.compress)} | ${fmt(r.decompress)} | ${fmt(r.onePageUs, 1)} |`);
+  console.log(
+    `| ${r.label} | ${fmt(r.stored / 1e6, 1)} | ${fmt((100 * r.stored) / lz - 100, 1)}% | ${fmt(r.compress)} | ${fmt(r.decompress)} | ${fmt(r.onePageUs, 1)} |`,
+  );
 }

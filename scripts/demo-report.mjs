@@ -13,10 +13,16 @@ export function runSummary(before, after, rows) {
   const newChunks = rows.reduce((s, r) => s + r.newChunks, 0);
   const grew = after.onDiskBytes - (before?.onDiskBytes ?? 0);
   const share = logical > 0 ? ((grew / logical) * 100).toFixed(1) : '0.0';
-  const lines = [`this run: ${rows.length} snapshots, ${mib(logical)} of VM memory; the store grew by ${mib(grew)} on disk (${share}% of it)`];
+  const lines = [
+    `this run: ${rows.length} snapshots, ${mib(logical)} of VM memory; the store grew by ${mib(grew)} on disk (${share}% of it)`,
+  ];
   if (newChunks === 0 && rows.length > 0) {
-    lines.push('  every page was already in the store (the demo generates the same images each run): only manifests and catalog entries were added');
+    lines.push(
+      '  every page was already in the store (the demo generates the same images each run): only manifests and catalog entries were added',
+    );
   }
-  lines.push(`whole store: ${after.snapshots} snapshots, ${mib(after.logicalBytes)} of VM memory in ${mib(after.onDiskBytes)} on disk: overall reduction ${ratio(after.reduction)}`);
+  lines.push(
+    `whole store: ${after.snapshots} snapshots, ${mib(after.logicalBytes)} of VM memory in ${mib(after.onDiskBytes)} on disk: overall reduction ${ratio(after.reduction)}`,
+  );
   return lines;
 }

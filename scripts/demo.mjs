@@ -52,7 +52,8 @@ if (lastGroup) {
   try {
     console.log(`\n$ vnstore restore --group ${lastGroup} -o DIR`);
     const g = vnstore(['restore', '--group', lastGroup, '-o', groupDir, '--json'], { json: true });
-    for (const m of g.members) console.log(`  ${path.basename(m.file)}  ${m.bytes} bytes, verified (image digest ${m.imageDigest.slice(0, 16)}…)`);
+    for (const m of g.members)
+      console.log(`  ${path.basename(m.file)}  ${m.bytes} bytes, verified (image digest ${m.imageDigest.slice(0, 16)}…)`);
   } finally {
     rmSync(groupDir, { recursive: true, force: true });
   }
@@ -64,7 +65,16 @@ const work = mkdtempSync(path.join(os.tmpdir(), 'vnstore-demo-'));
 try {
   // Figures from real guests (see docs/BENCH.md): many zero pages, much sharing across VMs,
   // a few percent of pages changing between snapshots.
-  const params = { vms: 3, memMiB: [64, 96, 128], snapshots: 3, zeroFraction: 0.5, sharedFraction: 0.4, randomFraction: 0.15, dirtyFraction: 0.05, seed: 2026 };
+  const params = {
+    vms: 3,
+    memMiB: [64, 96, 128],
+    snapshots: 3,
+    zeroFraction: 0.5,
+    sharedFraction: 0.4,
+    randomFraction: 0.15,
+    dirtyFraction: 0.05,
+    seed: 2026,
+  };
   console.log(`generating ${params.vms} VMs (${params.memMiB.join('/')} MiB), ${params.snapshots} snapshots each ...`);
   const images = await writeWorkload(work, params);
   const rows = [];
@@ -74,7 +84,9 @@ try {
     const group = `demo-${runTag}-e${img.snap}`;
     const r = vnstore(['put', '--vm', img.vm, '--group', group, '--json', img.path], { json: true });
     rows.push({ ...r, snap: img.snap, path: img.path });
-    console.log(`  put ${img.vm} snapshot ${img.snap}: ${r.id}  ${mib(r.logicalBytes)} logical, ${mib(r.addedBytes)} added, ${r.newChunks} new chunks, ${r.seconds.toFixed(2)} s`);
+    console.log(
+      `  put ${img.vm} snapshot ${img.snap}: ${r.id}  ${mib(r.logicalBytes)} logical, ${mib(r.addedBytes)} added, ${r.newChunks} new chunks, ${r.seconds.toFixed(2)} s`,
+    );
   }
   console.log('\n$ vnstore ls');
   process.stdout.write(vnstore(['ls']));

@@ -25,7 +25,8 @@ async function scriptedServer() {
     sock.on('data', (chunk: Buffer) => {
       for (const f of d.push(chunk)) {
         const m = decodeMessage(f);
-        if (m.t === 'hello') answer({ t: 'welcome', version: 1, window: 8, maxFrameBytes: MAX_FRAME_BYTES, maxPagesPerBatch: 256, serverId: 'scripted' });
+        if (m.t === 'hello')
+          answer({ t: 'welcome', version: 1, window: 8, maxFrameBytes: MAX_FRAME_BYTES, maxPagesPerBatch: 256, serverId: 'scripted' });
         else if (m.t === 'begin') answer({ t: 'result', req: m.req, json: '{"parent":null}' });
         else if (m.t === 'offer') {
           log.push(`offer ${Array.from(m.indices).join(',')}`);
@@ -55,7 +56,7 @@ async function until(ok: () => boolean): Promise<void> {
 }
 
 describe('agent write pipelining', () => {
-  it('a write settles with its PAGES unanswered; the next write\'s frames follow it in order', async () => {
+  it("a write settles with its PAGES unanswered; the next write's frames follow it in order", async () => {
     const srv = await scriptedServer();
     const client = await AgentClient.connect({ server: srv.address, token: 't' });
     const s = await client.beginSession({ vm: 'vm', memoryBytes: 16 * PAGE });
@@ -68,7 +69,7 @@ describe('agent write pipelining', () => {
     await client.close();
   });
 
-  it('a PAGES error fails the next write, and prepare, with the server\'s code', async () => {
+  it("a PAGES error fails the next write, and prepare, with the server's code", async () => {
     const srv = await scriptedServer();
     const client = await AgentClient.connect({ server: srv.address, token: 't' });
     const s = await client.beginSession({ vm: 'vm', memoryBytes: 16 * PAGE });

@@ -185,7 +185,12 @@ describe('vnstore bench command', () => {
   });
 
   it('rejects bad flags with one clear line and exit code 2', () => {
-    for (const args of [['--zero', '2'], ['--compare', 'zfs'], ['--sweep', 'colour=1,2'], ['--images', '/tmp', '--vms', '2']]) {
+    for (const args of [
+      ['--zero', '2'],
+      ['--compare', 'zfs'],
+      ['--sweep', 'colour=1,2'],
+      ['--images', '/tmp', '--vms', '2'],
+    ]) {
       const r = benchCli(args);
       expect(r.status, args.join(' ')).toBe(2);
       expect(r.stderr.trim().split('\n')[0]).toMatch(/error: .*(fraction|unknown tool|KNOB|cannot be combined)/);

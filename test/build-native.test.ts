@@ -23,7 +23,12 @@ function brokenCopy(): string {
 
 function build(root: string, ci: string | undefined) {
   const env = { ...process.env, CI: ci, VNSTORE_SKIP_NATIVE: undefined };
-  return spawnSync(process.execPath, [path.join(root, 'scripts', 'build-native.mjs')], { cwd: root, env, encoding: 'utf8', timeout: 120_000 });
+  return spawnSync(process.execPath, [path.join(root, 'scripts', 'build-native.mjs')], {
+    cwd: root,
+    env,
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
 }
 
 // Needs a compiler, as the real build does: where the addon was built there is one (in CI there
@@ -35,7 +40,9 @@ describe.runIf(compiler)('scripts/build-native.mjs on a broken native source', (
     const root = brokenCopy();
     const r = build(root, undefined);
     expect(r.status, r.stderr).toBe(0);
-    expect(r.stderr.trim()).toBe('vnstore: native addon not available (node-gyp exited with status 1); using the TypeScript codec. See native/build/build-native.log');
+    expect(r.stderr.trim()).toBe(
+      'vnstore: native addon not available (node-gyp exited with status 1); using the TypeScript codec. See native/build/build-native.log',
+    );
     expect(existsSync(path.join(root, 'native', 'build', 'Release', 'vnstore_native.node'))).toBe(false);
   });
 

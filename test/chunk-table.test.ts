@@ -15,48 +15,51 @@ const loc = (i: number): ChunkLocation => ({ pack: i + 1, offset: 16 + i * 7, st
 describe('ChunkTable', () => {
   it('behaves like a map under random inserts, relocations and removals (with growth)', () => {
     fc.assert(
-      fc.property(fc.array(fc.tuple(fc.constantFrom('insert', 'remove', 'relocate'), fc.nat(300)), { minLength: 200, maxLength: 800 }), (ops) => {
-        // Distinct fingerprints under this table's seed, but home slots clustered across the end of
-        // its 1024 slots (it never grows here), so probe chains collide and wrap around: the hard
-        // cases for backward-shift deletion. Picked from random digests with the table's own key.
-        const t = new ChunkTable(8);
-        expect(t.capacity).toBe(1024);
-        const digests: Buffer[] = [];
-        const fps = new Set<number>();
-        const pool = randomBytes(32 * 4096);
-        for (let k = 0; digests.length < 301; k = (k + 1) % 4096) {
-          if (k === 0 && digests.length > 0) pool.set(randomBytes(pool.length));
-          const d = Buffer.from(pool.subarray(k * 32, k * 32 + 32));
-          const fp = fingerprint(t.shared, d);
-          const home = fp & 1023;
-          if ((home >= 1000 || home < 24) && !fps.has(fp)) {
-            fps.add(fp);
-            digests.push(d);
+      fc.property(
+        fc.array(fc.tuple(fc.constantFrom('insert', 'remove', 'relocate'), fc.nat(300)), { minLength: 200, maxLength: 800 }),
+        (ops) => {
+          // Distinct fingerprints under this table's seed, but home slots clustered across the end of
+          // its 1024 slots (it never grows here), so probe chains collide and wrap around: the hard
+          // cases for backward-shift deletion. Picked from random digests with the table's own key.
+          const t = new ChunkTable(8);
+          expect(t.capacity).toBe(1024);
+          const digests: Buffer[] = [];
+          const fps = new Set<number>();
+          const pool = randomBytes(32 * 4096);
+          for (let k = 0; digests.length < 301; k = (k + 1) % 4096) {
+            if (k === 0 && digests.length > 0) pool.set(randomBytes(pool.length));
+            const d = Buffer.from(pool.subarray(k * 32, k * 32 + 32));
+            const fp = fingerprint(t.shared, d);
+            const home = fp & 1023;
+            if ((home >= 1000 || home < 24) && !fps.has(fp)) {
+              fps.add(fp);
+              digests.push(d);
+            }
           }
-        }
-        const model = new Map<number, ChunkLocation>();
-        for (const [op, i] of ops) {
-          if (op === 'insert' && !model.has(i)) {
-            t.insert(digests[i], loc(i));
-            model.set(i, loc(i));
-          } else if (op === 'remove') {
-            t.remove(digests[i]);
-            model.delete(i);
-          } else if (op === 'relocate' && model.has(i)) {
-            const l = { ...loc(i), pack: 9999 };
-            t.relocate(digests[i], l);
-            model.set(i, l);
+          const model = new Map<number, ChunkLocation>();
+          for (const [op, i] of ops) {
+            if (op === 'insert' && !model.has(i)) {
+              t.insert(digests[i], loc(i));
+              model.set(i, loc(i));
+            } else if (op === 'remove') {
+              t.remove(digests[i]);
+              model.delete(i);
+            } else if (op === 'relocate' && model.has(i)) {
+              const l = { ...loc(i), pack: 9999 };
+              t.relocate(digests[i], l);
+              model.set(i, l);
+            }
           }
-        }
-        expect(t.size).toBe(model.size);
-        for (let i = 0; i < digests.length; i++) {
-          const got = t.get(digests[i]);
-          if (model.has(i)) expect(got?.location).toEqual(model.get(i));
-          else expect(got).toBeUndefined();
-          expect(tableHasDigest(t.shared, digests[i])).toBe(model.has(i));
-          expect(tableLocation(t.shared, digests[i])).toEqual(model.get(i));
-        }
-      }),
+          expect(t.size).toBe(model.size);
+          for (let i = 0; i < digests.length; i++) {
+            const got = t.get(digests[i]);
+            if (model.has(i)) expect(got?.location).toEqual(model.get(i));
+            else expect(got).toBeUndefined();
+            expect(tableHasDigest(t.shared, digests[i])).toBe(model.has(i));
+            expect(tableLocation(t.shared, digests[i])).toEqual(model.get(i));
+          }
+        },
+      ),
       { numRuns: 60 },
     );
   });

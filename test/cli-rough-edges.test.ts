@@ -16,7 +16,8 @@ const images: Record<string, Buffer> = {};
 
 function image(pages: number, seed: number): Buffer {
   const out: Buffer[] = [];
-  for (let i = 0; i < pages; i++) out.push(i % 3 === 0 ? Buffer.alloc(PAGE) : i % 3 === 1 ? randomPage(seed * 10_000 + i) : compressiblePage(seed + i));
+  for (let i = 0; i < pages; i++)
+    out.push(i % 3 === 0 ? Buffer.alloc(PAGE) : i % 3 === 1 ? randomPage(seed * 10_000 + i) : compressiblePage(seed + i));
   return Buffer.concat(out);
 }
 
@@ -40,7 +41,12 @@ beforeAll(async () => {
   images.C = Buffer.from(images.B);
   randomPage(78).copy(images.C, 7 * PAGE);
   images.D = image(60, 2);
-  for (const [name, vm] of [['A', 'a'], ['B', 'a'], ['C', 'a'], ['D', 'b']]) {
+  for (const [name, vm] of [
+    ['A', 'a'],
+    ['B', 'a'],
+    ['C', 'a'],
+    ['D', 'b'],
+  ]) {
     const r = await put(store, vm, images[name]);
     expect(r.code, r.stderr).toBe(0);
     ids[name] = r.stdout.toString().trim();
@@ -71,11 +77,20 @@ describe('a store path that is a file', () => {
 describe('restore -o into a missing directory', () => {
   it('is refused up front naming the path the user gave, not a temp name; nothing is written', async () => {
     const rel = path.join('no-such-dir', 'x.img');
-    const line = expectError(await runCli(['restore', '--store', store, ids.A, '-o', rel], { cwd: root }), 2, `cannot write ${rel}`, 'does not exist');
+    const line = expectError(
+      await runCli(['restore', '--store', store, ids.A, '-o', rel], { cwd: root }),
+      2,
+      `cannot write ${rel}`,
+      'does not exist',
+    );
     expect(line).not.toContain('.tmp');
     expect(existsSync(path.join(root, 'no-such-dir'))).toBe(false);
     writeFileSync(path.join(root, 'a-file'), 'x');
-    expectError(await runCli(['restore', '--store', store, ids.A, '-o', path.join('a-file', 'x.img')], { cwd: root }), 2, `${path.join(root, 'a-file')} is not a directory`);
+    expectError(
+      await runCli(['restore', '--store', store, ids.A, '-o', path.join('a-file', 'x.img')], { cwd: root }),
+      2,
+      `${path.join(root, 'a-file')} is not a directory`,
+    );
   });
 });
 
@@ -113,7 +128,11 @@ describe('ls', () => {
     const rowC = text.split('\n').find((l) => l.startsWith(ids.C))!;
     expect(rowC.split(/\s{2,}/)[4]).toBe(ids.B);
     expect(text).not.toContain(ids.A);
-    const rows = JSON.parse((await runCli(['ls', '--store', dir, '--json'])).stdout.toString()) as { id: string; parent: string | null; parentForgotten: boolean }[];
+    const rows = JSON.parse((await runCli(['ls', '--store', dir, '--json'])).stdout.toString()) as {
+      id: string;
+      parent: string | null;
+      parentForgotten: boolean;
+    }[];
     expect(rows.map((r) => [r.id, r.parent, r.parentForgotten])).toEqual([
       [ids.B, ids.A, true],
       [ids.C, ids.B, false],
@@ -138,7 +157,9 @@ describe('stats after a forget', () => {
     expect((await runCli(['forget', '--store', dir, ids.D])).code).toBe(0);
     const plain = (await runCli(['stats', '--store', dir])).stdout.toString();
     const detail = (await runCli(['stats', '--store', dir, '--detail'])).stdout.toString();
-    const j = JSON.parse((await runCli(['stats', '--store', dir, '--detail', '--json'])).stdout.toString()) as { summary: { nonZeroPages: number; referencedChunks: number; dedupRatio: number } };
+    const j = JSON.parse((await runCli(['stats', '--store', dir, '--detail', '--json'])).stdout.toString()) as {
+      summary: { nonZeroPages: number; referencedChunks: number; dedupRatio: number };
+    };
     const plainLine = plain.split('\n').find((l) => l.startsWith('dedup '))!;
     const detailLine = detail.split('\n').find((l) => l.startsWith('dedup '))!;
     // Exact: non-zero pages of A, B, C over the distinct chunks they reference (A's 60 + one per child).
@@ -148,7 +169,10 @@ describe('stats after a forget', () => {
     const bound = Number(/^dedup (\d+\.\d+)x or more \(exact with --detail\)/.exec(plainLine)?.[1]);
     expect(bound).toBeLessThan(j.summary.dedupRatio); // D's 40 chunks are still indexed until gc
     expect((await runCli(['gc', '--store', dir])).code).toBe(0);
-    const after = (await runCli(['stats', '--store', dir])).stdout.toString().split('\n').find((l) => l.startsWith('dedup '))!;
+    const after = (await runCli(['stats', '--store', dir])).stdout
+      .toString()
+      .split('\n')
+      .find((l) => l.startsWith('dedup '))!;
     expect(after).toMatch(/^dedup 2\.90x or more/);
   });
 });
@@ -160,7 +184,10 @@ describe('put --help', () => {
     expect(fields).toContain('group');
     expect(fields).toContain('parent');
     const help = (await runCli(['put', '--help'])).stdout.toString().replace(/\s+/g, ' ');
-    const listed = /print \{([^}]*)\} as JSON/.exec(help)?.[1].split(',').map((f) => f.trim());
+    const listed = /print \{([^}]*)\} as JSON/
+      .exec(help)?.[1]
+      .split(',')
+      .map((f) => f.trim());
     expect(listed).toEqual(fields);
   });
 });
@@ -183,7 +210,11 @@ describe('--lock-wait', () => {
 
   it('waits for the holder to go, then runs (ls, restore, put)', async () => {
     const dir = copyStore('lock-wait');
-    for (const cmd of [['ls', '--json'], ['restore', ids.C], ['put', '--vm', 'w', path.join(root, 'w.img')]]) {
+    for (const cmd of [
+      ['ls', '--json'],
+      ['restore', ids.C],
+      ['put', '--vm', 'w', path.join(root, 'w.img')],
+    ]) {
       writeFileSync(path.join(root, 'w.img'), images.D);
       const sleeper = spawn('sleep', ['30'], { stdio: 'ignore' });
       writeFileSync(path.join(dir, 'lock'), `${sleeper.pid}\n`);

@@ -10,7 +10,8 @@ import { zstdStatus } from '../src/chunk/zstd.js';
 import type { VersionReport } from '../src/cli/version.js';
 
 const pkgVersion = (JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
-const depVersion = (name: string) => (JSON.parse(readFileSync(path.join(REPO_ROOT, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version;
+const depVersion = (name: string) =>
+  (JSON.parse(readFileSync(path.join(REPO_ROOT, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version;
 const hasher = pageHasherStatus();
 const codec = nativeCodecStatus();
 const zstd = zstdStatus();
@@ -58,12 +59,20 @@ describe('vnstore version', () => {
         ? `hashing: native SIMD BLAKE3, ${hasher.simd} kernel (vnstore_hash ABI 3)`
         : `hashing: @napi-rs/blake-hash ${depVersion('@napi-rs/blake-hash')}, one call per page (native hasher not used: ${hasher.error})`,
     );
-    expect(lines[2]).toMatch(codec.active === 'native' ? /^codec: {3}native LZ4, system liblz4 \d+\.\d+\.\d+ \(vnstore_native ABI 5\)$/ : /^codec: {3}TypeScript over lz4-napi /);
+    expect(lines[2]).toMatch(
+      codec.active === 'native'
+        ? /^codec: {3}native LZ4, system liblz4 \d+\.\d+\.\d+ \(vnstore_native ABI 5\)$/
+        : /^codec: {3}TypeScript over lz4-napi /,
+    );
     expect(lines[3]).toMatch(
-      zstd.path === 'native' ? /^zstd: {4}native, system libzstd \d+\.\d+\.\d+ \(compress and decompress\)$/ : /^zstd: {4}fzstd \S+, decompress only \(native zstd not used: /,
+      zstd.path === 'native'
+        ? /^zstd: {4}native, system libzstd \d+\.\d+\.\d+ \(compress and decompress\)$/
+        : /^zstd: {4}fzstd \S+, decompress only \(native zstd not used: /,
     );
 
-    const hashing = hasher.native ? `native SIMD BLAKE3 ${hasher.simd}` : `@napi-rs/blake-hash ${depVersion('@napi-rs/blake-hash')} per page`;
+    const hashing = hasher.native
+      ? `native SIMD BLAKE3 ${hasher.simd}`
+      : `@napi-rs/blake-hash ${depVersion('@napi-rs/blake-hash')} per page`;
     const codecPart = codec.active === 'native' ? /native LZ4, liblz4 \d+\.\d+\.\d+/ : /TypeScript, lz4-napi /;
     for (const flag of ['--version', '-V']) {
       const one = await runCli([flag]);
@@ -84,13 +93,16 @@ describe('vnstore version', () => {
     expect(r.zstd).toMatchObject({ path: 'fzstd', reason: 'disabled by VNSTORE_NATIVE=0' });
   });
 
-  it.runIf(codec.loaded)('an addon that cannot bind libzstd keeps native LZ4 and reports zstd on fzstd, with the loader error', async () => {
-    const r = await versionJson({ VNSTORE_ZSTD_SONAME: 'libzstd.so.999', VNSTORE_NATIVE: undefined });
-    expect(r.codec.path).toBe('native');
-    expect(r.zstd.path).toBe('fzstd');
-    expect(r.zstd.libzstd).toBeUndefined();
-    expect(r.zstd.reason).toMatch(/dlopen\(libzstd\.so\.999\) failed/);
-  });
+  it.runIf(codec.loaded)(
+    'an addon that cannot bind libzstd keeps native LZ4 and reports zstd on fzstd, with the loader error',
+    async () => {
+      const r = await versionJson({ VNSTORE_ZSTD_SONAME: 'libzstd.so.999', VNSTORE_NATIVE: undefined });
+      expect(r.codec.path).toBe('native');
+      expect(r.zstd.path).toBe('fzstd');
+      expect(r.zstd.libzstd).toBeUndefined();
+      expect(r.zstd.reason).toMatch(/dlopen\(libzstd\.so\.999\) failed/);
+    },
+  );
 
   it.runIf(codec.loaded)('a codec addon that cannot bind liblz4 is reported as failed, with the loader error', async () => {
     const r = await versionJson({ VNSTORE_LZ4_SONAME: 'liblz4.so.999', VNSTORE_NATIVE: undefined });

@@ -42,10 +42,10 @@ const textPage = fc
   .map((words) => tile(new TextEncoder().encode(words.join(''))));
 /** Runs of zeros, a repeated byte, or random bytes: sparse structs, partially used pages. */
 const mixedPage = fc
-  .array(
-    fc.tuple(fc.integer({ min: 1, max: 1024 }), fc.oneof(fc.constant(-1), fc.integer({ min: 0, max: 255 })), fc.nat()),
-    { minLength: 1, maxLength: 12 },
-  )
+  .array(fc.tuple(fc.integer({ min: 1, max: 1024 }), fc.oneof(fc.constant(-1), fc.integer({ min: 0, max: 255 })), fc.nat()), {
+    minLength: 1,
+    maxLength: 12,
+  })
   .map((runs) => {
     const page = new Uint8Array(PAGE_SIZE);
     let pos = 0;

@@ -26,7 +26,11 @@ afterAll(() => removeDir(dir));
 /** What bash offers after typing `words` (the last one is the word being completed). */
 function complete(...words: string[]): string[] {
   const line = ['vnstore', ...words].map((w) => `'${w}'`).join(' ');
-  const r = spawnSync('bash', ['-c', `source '${script}'; COMP_WORDS=(${line}); COMP_CWORD=${words.length}; _vnstore; printf '%s\\n' "\${COMPREPLY[@]}"`], { cwd: dir, encoding: 'utf8' });
+  const r = spawnSync(
+    'bash',
+    ['-c', `source '${script}'; COMP_WORDS=(${line}); COMP_CWORD=${words.length}; _vnstore; printf '%s\\n' "\${COMPREPLY[@]}"`],
+    { cwd: dir, encoding: 'utf8' },
+  );
   expect(r.status, r.stderr).toBe(0);
   return r.stdout.split('\n').filter(Boolean).sort();
 }
@@ -35,7 +39,9 @@ describe('vnstore completion bash', () => {
   it('completes every command and every option each --help lists', async () => {
     const top = (await runCli(['--help'])).stdout.toString();
     const commands = [...top.split('Commands:')[1].matchAll(/^ {2}([a-z]+)/gm)].map((m) => m[1]).filter((c) => c !== 'help');
-    expect(commands).toEqual(expect.arrayContaining(['init', 'put', 'restore', 'ls', 'forget', 'gc', 'stats', 'check', 'diff', 'completion', 'bench']));
+    expect(commands).toEqual(
+      expect.arrayContaining(['init', 'put', 'restore', 'ls', 'forget', 'gc', 'stats', 'check', 'diff', 'completion', 'bench']),
+    );
     expect(complete('')).toEqual([...commands, '--help', '--version'].sort());
     expect(complete('re')).toEqual(['restore']);
     for (const cmd of commands) {
@@ -47,7 +53,9 @@ describe('vnstore completion bash', () => {
         const text = subs.length > 0 ? (await runCli([...words, '--help'])).stdout.toString() : help;
         // The flags that start the option lines (descriptions may quote other programs' flags).
         const optionLines = (text.split('Options:')[1] ?? '').split(/\n(?:Commands:|\S)/)[0];
-        const listed = [...optionLines.matchAll(/^ {2}(-[a-zA-Z], )?(--[a-z][a-z-]*)/gm)].flatMap((m) => (m[1] ? [m[1].slice(0, 2), m[2]] : [m[2]]));
+        const listed = [...optionLines.matchAll(/^ {2}(-[a-zA-Z], )?(--[a-z][a-z-]*)/gm)].flatMap((m) =>
+          m[1] ? [m[1].slice(0, 2), m[2]] : [m[2]],
+        );
         expect(listed.length, `${words.join(' ')}: options found in --help`).toBeGreaterThan(0);
         const offered = complete(...words, '-');
         for (const flag of listed) expect(offered, `${words.join(' ')} ${flag}`).toContain(flag);
@@ -57,7 +65,15 @@ describe('vnstore completion bash', () => {
 
   it('completes option prefixes, directories after --store, files for <file>, nothing for other values', () => {
     expect(complete('restore', '--st')).toEqual(['--store']);
-    expect(complete('forget', '--keep-')).toEqual(['--keep-daily', '--keep-hourly', '--keep-last', '--keep-monthly', '--keep-weekly', '--keep-within', '--keep-yearly']);
+    expect(complete('forget', '--keep-')).toEqual([
+      '--keep-daily',
+      '--keep-hourly',
+      '--keep-last',
+      '--keep-monthly',
+      '--keep-weekly',
+      '--keep-within',
+      '--keep-yearly',
+    ]);
     expect(complete('ls', '--store', 'st')).toEqual(['store-dir']);
     expect(complete('put', '--vm', 'web1', 'me')).toEqual(['mem.img']);
     expect(complete('restore', 'abc', '-o', 'me')).toEqual(['mem.img']);
@@ -66,7 +82,10 @@ describe('vnstore completion bash', () => {
 
   it('zsh gets the same function behind bashcompinit; another shell is a usage error', async () => {
     const zsh = (await runCli(['completion', 'zsh'])).stdout.toString();
-    expect(zsh.split('\n').slice(0, 2)).toEqual(['# zsh: load bash-style completion, then the bash function.', 'autoload -U +X bashcompinit && bashcompinit']);
+    expect(zsh.split('\n').slice(0, 2)).toEqual([
+      '# zsh: load bash-style completion, then the bash function.',
+      'autoload -U +X bashcompinit && bashcompinit',
+    ]);
     expect(zsh.endsWith('complete -o filenames -F _vnstore vnstore\n')).toBe(true);
     expectCliError(await runCli(['completion', 'fish']), 2, 'bash and zsh');
     const help = (await runCli(['completion', '--help'])).stdout.toString();

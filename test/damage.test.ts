@@ -22,7 +22,9 @@ const images = new Map<string, Buffer>();
 
 function image(pages: number, seed: number): Buffer {
   return Buffer.concat(
-    Array.from({ length: pages }, (_, i) => (i % 4 === 0 ? Buffer.alloc(PAGE) : i % 4 === 1 ? randomPage(seed * 1000 + i) : compressiblePage(seed * 1000 + i))),
+    Array.from({ length: pages }, (_, i) =>
+      i % 4 === 0 ? Buffer.alloc(PAGE) : i % 4 === 1 ? randomPage(seed * 1000 + i) : compressiblePage(seed * 1000 + i),
+    ),
   );
 }
 
@@ -83,7 +85,11 @@ beforeAll(async () => {
   images.set((await putImage(store, 'a', a2)).id, a2);
   const b1 = image(24, 3);
   const c1 = image(16, 4);
-  for (const r of await putGroup(store, 'env-1', [{ vm: 'b', image: b1 }, { vm: 'c', image: c1 }])) images.set(r.id, r.vm === 'b' ? b1 : c1);
+  for (const r of await putGroup(store, 'env-1', [
+    { vm: 'b', image: b1 },
+    { vm: 'c', image: c1 },
+  ]))
+    images.set(r.id, r.vm === 'b' ? b1 : c1);
   await store.close(); // LevelDB's memtable goes to a table file: tables and a log both exist
   store = await Store.open(base, { workers: 0, packTargetBytes: 64 * 1024 });
   const a3 = Buffer.from(a2);
@@ -99,7 +105,7 @@ afterAll(() => {
 });
 
 describe('a store damaged at random', () => {
-  it("a garbled snapshot record in a LevelDB table: restore exits 7 naming the catalog, never 70", async () => {
+  it('a garbled snapshot record in a LevelDB table: restore exits 7 naming the catalog, never 70', async () => {
     const dir = path.join(root, 'garbled');
     cpSync(base, dir, { recursive: true });
     // A control character inside a record's JSON, as random damage to a table made it (the issue's
@@ -120,7 +126,9 @@ describe('a store damaged at random', () => {
       if (r.code === 0) expect(r.stdout.equals(want)).toBe(true);
       else {
         expect(r.code, r.stderr).toBe(7);
-        expect(r.stderr).toMatch(new RegExp(`^vnstore: error: store catalog \\(db/\\) is damaged: snapshot record ${id} .*restore the store from a backup.*\\n$`));
+        expect(r.stderr).toMatch(
+          new RegExp(`^vnstore: error: store catalog \\(db/\\) is damaged: snapshot record ${id} .*restore the store from a backup.*\\n$`),
+        );
         refused.push(id);
       }
     }

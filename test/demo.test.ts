@@ -15,7 +15,11 @@ const summary = runSummary as (before: object | undefined, after: object, rows: 
 
 function runDemo(store: string): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(REPO_ROOT, 'scripts/demo.mjs')], { cwd: REPO_ROOT, env: { ...process.env, VNSTORE_STORE: store }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [path.join(REPO_ROOT, 'scripts/demo.mjs')], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, VNSTORE_STORE: store },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (out += d.toString()));
@@ -39,7 +43,9 @@ describe('demo figures', () => {
       'whole store: 2 snapshots, 128.0 MiB of VM memory in 16.0 MiB on disk: overall reduction 8.00x',
     ]);
     const again = rows.map((r) => ({ ...r, newChunks: 0 }));
-    expect(summary({ onDiskBytes: 16 * M }, { snapshots: 4, logicalBytes: 256 * M, onDiskBytes: 16.5 * M, reduction: 256 / 16.5 }, again)).toEqual([
+    expect(
+      summary({ onDiskBytes: 16 * M }, { snapshots: 4, logicalBytes: 256 * M, onDiskBytes: 16.5 * M, reduction: 256 / 16.5 }, again),
+    ).toEqual([
       'this run: 2 snapshots, 128.0 MiB of VM memory; the store grew by 0.5 MiB on disk (0.4% of it)',
       '  every page was already in the store (the demo generates the same images each run): only manifests and catalog entries were added',
       'whole store: 4 snapshots, 256.0 MiB of VM memory in 16.5 MiB on disk: overall reduction 15.52x',
@@ -54,17 +60,29 @@ describe('demo figures', () => {
       const r = await runDemo(store);
       expect(r.code, r.out).toBe(0);
       const statsRatio = /^dedup .*overall reduction (\d+\.\d\dx)$/m.exec(r.out)?.[1];
-      const closing = r.out.slice(r.out.lastIndexOf('\nthis run: ') + 1).trimEnd().split('\n');
+      const closing = r.out
+        .slice(r.out.lastIndexOf('\nthis run: ') + 1)
+        .trimEnd()
+        .split('\n');
       // The coordinated part: 3 epochs committed and each resumed from the store, checksums verified.
       for (const e of [1, 2, 3].map((k) => k + 3 * (run - 1))) {
         expect(r.out).toMatch(new RegExp(`^epoch ${e}: group demo-e${e} committed$`, 'm'));
-        expect(r.out).toMatch(new RegExp(`^restored demo-e${e}: consistent, 0 frame\\(s\\) lost across the cut, transfers ended with their checksums`, 'm'));
+        expect(r.out).toMatch(
+          new RegExp(`^restored demo-e${e}: consistent, 0 frame\\(s\\) lost across the cut, transfers ended with their checksums`, 'm'),
+        );
       }
       expect(r.out).toMatch(new RegExp(`\\$ vnstore restore --group demo-e${3 * run} -o DIR\\n  web1\\.img  8388608 bytes, verified`));
-      const listed = JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString()) as { group: string | null; byteLength?: number }[];
+      const listed = JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString()) as {
+        group: string | null;
+        byteLength?: number;
+      }[];
       const envMembers = listed.filter((x) => x.group?.startsWith('demo-e')).length;
       expect(envMembers).toBeGreaterThanOrEqual(3 * 4 * run); // every VM's memory in every group, at least
-      expect(closing.at(-1)).toMatch(new RegExp(`^whole store: ${9 * run + envMembers} snapshots, [\\d.]+ MiB of VM memory in [\\d.]+ MiB on disk: overall reduction ${statsRatio}$`));
+      expect(closing.at(-1)).toMatch(
+        new RegExp(
+          `^whole store: ${9 * run + envMembers} snapshots, [\\d.]+ MiB of VM memory in [\\d.]+ MiB on disk: overall reduction ${statsRatio}$`,
+        ),
+      );
       expect(r.out).not.toMatch(/for this run/);
       // LevelDB may compact on a re-run, so the store can even shrink a little: the share may be negative.
       const grewShare = Number(/\((-?[\d.]+)% of it\)$/m.exec(closing[0])?.[1]);

@@ -41,7 +41,12 @@ describe('diffPages (pure)', () => {
         expect(d.regions.length).toBe(Math.ceil(n / regionPages));
         d.regions.forEach((r, k) => {
           const to = Math.min(n, (k + 1) * regionPages);
-          expect(r).toEqual({ index: k, firstPage: k * regionPages, pages: to - k * regionPages, ...modelCounts(a, b, k * regionPages, to) });
+          expect(r).toEqual({
+            index: k,
+            firstPage: k * regionPages,
+            pages: to - k * regionPages,
+            ...modelCounts(a, b, k * regionPages, to),
+          });
         });
       }),
       { numRuns: 300 },
@@ -114,14 +119,28 @@ describe('vnstore diff', () => {
     ] as const) {
       const r = await runCli(['diff', '--store', store, ia.slice(0, 14), ib, '--region-pages', '4', '--json']);
       expect(r.code, r.stderr).toBe(0);
-      const j = JSON.parse(r.stdout.toString()) as { a: { id: string; pages: number }; b: { id: string }; pageSize: number; regionPages: number; total: PageDiffCounts; regions: (PageDiffCounts & { firstPage: number; pages: number })[] };
+      const j = JSON.parse(r.stdout.toString()) as {
+        a: { id: string; pages: number };
+        b: { id: string };
+        pageSize: number;
+        regionPages: number;
+        total: PageDiffCounts;
+        regions: (PageDiffCounts & { firstPage: number; pages: number })[];
+      };
       expect([j.a.id, j.b.id, j.a.pages, j.pageSize, j.regionPages]).toEqual([ia, ib, a.length / PAGE, PAGE, 4]);
       expect(j.total).toEqual(fromImages(a, b, 0, 13));
       expect(j.regions.map((x) => x.firstPage)).toEqual([0, 4, 8, 12]);
-      j.regions.forEach((x) => expect({ changed: x.changed, added: x.added, removed: x.removed, becameZero: x.becameZero, unchanged: x.unchanged }).toEqual(fromImages(a, b, x.firstPage, x.firstPage + x.pages)));
+      j.regions.forEach((x) =>
+        expect({ changed: x.changed, added: x.added, removed: x.removed, becameZero: x.becameZero, unchanged: x.unchanged }).toEqual(
+          fromImages(a, b, x.firstPage, x.firstPage + x.pages),
+        ),
+      );
     }
     // The case above, spelled out: changed 1, 3, 4; zeroed 2; added 10-12.
-    const j = JSON.parse((await runCli(['diff', '--store', store, idA, idB, '--json'])).stdout.toString()) as { total: PageDiffCounts; regions: unknown[] };
+    const j = JSON.parse((await runCli(['diff', '--store', store, idA, idB, '--json'])).stdout.toString()) as {
+      total: PageDiffCounts;
+      regions: unknown[];
+    };
     expect(j.total).toEqual({ changed: 3, added: 3, removed: 0, becameZero: 1, unchanged: 6 });
     expect(j.regions.length).toBe(1); // default regions are 256 MiB
   });

@@ -93,8 +93,10 @@ describe.skipIf(!canMount && !inCi)('disk full (tmpfs, real ENOSPC)', () => {
     return f;
   }
 
-  const cli = (args: string[], packTarget?: string) => runCli(args, { env: { VNSTORE_PACK_TARGET_BYTES: packTarget, VNSTORE_RESERVE_BYTES: undefined } });
-  const put = async (dir: string, vm: string, file: string, packTarget?: string, extra: string[] = []) => cli(['put', '--store', dir, '--vm', vm, ...extra, file], packTarget);
+  const cli = (args: string[], packTarget?: string) =>
+    runCli(args, { env: { VNSTORE_PACK_TARGET_BYTES: packTarget, VNSTORE_RESERVE_BYTES: undefined } });
+  const put = async (dir: string, vm: string, file: string, packTarget?: string, extra: string[] = []) =>
+    cli(['put', '--store', dir, '--vm', vm, ...extra, file], packTarget);
 
   /** ls lists exactly `expected`, check finds no problem, and each restores exactly (to a file off the full disk). */
   async function expectIntact(dir: string, expected: Map<string, Buffer>): Promise<void> {
@@ -117,7 +119,9 @@ describe.skipIf(!canMount && !inCi)('disk full (tmpfs, real ENOSPC)', () => {
       const dir = freshMount(24);
       ok(await cli(['init', '--store', dir]));
       const first = randomBytes(2 * MiB);
-      const firstId = ok(await put(dir, 'a', imageFile(first), packTarget)).stdout.toString().trim();
+      const firstId = ok(await put(dir, 'a', imageFile(first), packTarget))
+        .stdout.toString()
+        .trim();
       const packsBefore = readdirSync(path.join(dir, 'packs')).sort();
 
       expectFull(await put(dir, 'big', imageFile(randomBytes(64 * MiB)), packTarget), 'writing pack');
@@ -130,8 +134,16 @@ describe.skipIf(!canMount && !inCi)('disk full (tmpfs, real ENOSPC)', () => {
 
       // The space it took is free again: a later put succeeds and restores exactly.
       const next = randomBytes(4 * MiB);
-      const nextId = ok(await put(dir, 'b', imageFile(next), packTarget)).stdout.toString().trim();
-      await expectIntact(dir, new Map([[firstId, first], [nextId, next]]));
+      const nextId = ok(await put(dir, 'b', imageFile(next), packTarget))
+        .stdout.toString()
+        .trim();
+      await expectIntact(
+        dir,
+        new Map([
+          [firstId, first],
+          [nextId, next],
+        ]),
+      );
     }, 120_000);
   }
 
@@ -139,26 +151,46 @@ describe.skipIf(!canMount && !inCi)('disk full (tmpfs, real ENOSPC)', () => {
     const dir = freshMount(24);
     ok(await cli(['init', '--store', dir]));
     const a = randomBytes(2 * MiB);
-    const aId = ok(await put(dir, 'a', imageFile(a))).stdout.toString().trim();
+    const aId = ok(await put(dir, 'a', imageFile(a)))
+      .stdout.toString()
+      .trim();
     const b = randomBytes(3 * MiB);
-    const bId = ok(await put(dir, 'b', imageFile(b))).stdout.toString().trim();
+    const bId = ok(await put(dir, 'b', imageFile(b)))
+      .stdout.toString()
+      .trim();
     const filler = fill(mnt);
 
-    await expectIntact(dir, new Map([[aId, a], [bId, b]]));
+    await expectIntact(
+      dir,
+      new Map([
+        [aId, a],
+        [bId, b],
+      ]),
+    );
     ok(await cli(['stats', '--store', dir]));
     // Ingest never eats the room maintenance needs.
     const c = randomBytes(1 * MiB);
     const cFile = imageFile(c);
     expectFull(await put(dir, 'c', cFile), 'new snapshot');
     ok(await cli(['forget', '--store', dir, bId]));
-    const gc = JSON.parse(ok(await cli(['gc', '--store', dir, '--json'])).stdout.toString()) as { result: { packsDropped: number; reclaimedBytes: number } };
+    const gc = JSON.parse(ok(await cli(['gc', '--store', dir, '--json'])).stdout.toString()) as {
+      result: { packsDropped: number; reclaimedBytes: number };
+    };
     expect(gc.result.packsDropped).toBe(1);
     expect(gc.result.reclaimedBytes).toBeGreaterThan(3 * MiB);
     await expectIntact(dir, new Map([[aId, a]]));
     // gc won back room enough for the put, with the reserve back in place.
-    const cId = ok(await put(dir, 'c', cFile)).stdout.toString().trim();
+    const cId = ok(await put(dir, 'c', cFile))
+      .stdout.toString()
+      .trim();
     rmSync(filler);
-    await expectIntact(dir, new Map([[aId, a], [cId, c]]));
+    await expectIntact(
+      dir,
+      new Map([
+        [aId, a],
+        [cId, c],
+      ]),
+    );
   }, 120_000);
 
   it('gc that must repack on a full disk: it runs in the reserve, or without one exits 9 and harms nothing', async () => {
@@ -168,9 +200,13 @@ describe.skipIf(!canMount && !inCi)('disk full (tmpfs, real ENOSPC)', () => {
       ok(await runCli(['init', '--store', dir], { env }));
       // a2 shares a quarter of a's pages: once a is forgotten, a's pack is 25% live and gets rewritten.
       const a = randomBytes(2 * MiB);
-      const a2 = Buffer.concat([a.subarray(0, MiB / 2), randomBytes(3 * MiB / 2)]);
-      const aId = ok(await runCli(['put', '--store', dir, '--vm', 'a', imageFile(a)], { env })).stdout.toString().trim();
-      const a2Id = ok(await runCli(['put', '--store', dir, '--vm', 'a', imageFile(a2)], { env })).stdout.toString().trim();
+      const a2 = Buffer.concat([a.subarray(0, MiB / 2), randomBytes((3 * MiB) / 2)]);
+      const aId = ok(await runCli(['put', '--store', dir, '--vm', 'a', imageFile(a)], { env }))
+        .stdout.toString()
+        .trim();
+      const a2Id = ok(await runCli(['put', '--store', dir, '--vm', 'a', imageFile(a2)], { env }))
+        .stdout.toString()
+        .trim();
       ok(await runCli(['forget', '--store', dir, aId], { env }));
       const filler = fill(mnt, reserve === 'none' ? 128 * 1024 : 0); // without a reserve: room to open, not to repack
       const r = await runCli(['gc', '--store', dir, '--json'], { env });
@@ -193,7 +229,9 @@ describe.skipIf(!canMount && !inCi)('disk full (tmpfs, real ENOSPC)', () => {
     const dir = freshMount(24);
     ok(await cli(['init', '--store', dir]));
     const a = randomBytes(6 * MiB); // more than the reserve the open may free
-    const aId = ok(await put(dir, 'a', imageFile(a))).stdout.toString().trim();
+    const aId = ok(await put(dir, 'a', imageFile(a)))
+      .stdout.toString()
+      .trim();
     const filler = fill(mnt);
     const out = path.join(mnt, 'restored.raw');
     expectFull(await cli(['restore', '--store', dir, aId, '-o', out, '--no-sparse']), out);

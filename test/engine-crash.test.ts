@@ -109,7 +109,14 @@ interface KilledPut {
  * session has begun (`from: 'session'`: start-up skipped, the kill lands in ingest, sealing, manifest
  * or commit). It may finish first.
  */
-function putAndKill(dir: string, args: string[], file: string, stdinImage: Buffer | undefined, delayMs: number, from: 'spawn' | 'session' = 'spawn'): Promise<KilledPut> {
+function putAndKill(
+  dir: string,
+  args: string[],
+  file: string,
+  stdinImage: Buffer | undefined,
+  delayMs: number,
+  from: 'spawn' | 'session' = 'spawn',
+): Promise<KilledPut> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, 'put', '--store', dir, ...args, stdinImage ? '-' : file], {
       cwd: REPO_ROOT,
@@ -136,7 +143,13 @@ function putAndKill(dir: string, args: string[], file: string, stdinImage: Buffe
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       const m = /^([0-9a-f]{16})\n$/.exec(out);
-      resolve({ printedId: m?.[1], exitCode: code, signal, stderr: err.replace(/^\[trace [^\n]*\n/gm, ''), phase: out ? 'printed' : phase });
+      resolve({
+        printedId: m?.[1],
+        exitCode: code,
+        signal,
+        stderr: err.replace(/^\[trace [^\n]*\n/gm, ''),
+        phase: out ? 'printed' : phase,
+      });
     });
   });
 }
@@ -163,7 +176,9 @@ async function checkStore(lane: Lane, context: string, candidates: { vm: string;
     const p = Store.paths(lane.dir);
     // Recovery leaves no temp files, no unindexed packs, no uncommitted manifests.
     expect(readdirSync(p.tmp), `${context}: tmp/ after open`).toEqual([]);
-    const packFiles = readdirSync(p.packs).map((n) => parsePackFileName(n)).sort((a, b) => a! - b!);
+    const packFiles = readdirSync(p.packs)
+      .map((n) => parsePackFileName(n))
+      .sort((a, b) => a! - b!);
     const indexed = (await store.listPacks()).map((r) => r.id).sort((a, b) => a - b);
     expect(packFiles, `${context}: every pack file is indexed`).toEqual(indexed);
     const listed = await store.listSnapshots();
@@ -229,8 +244,7 @@ async function runLane(lane: Lane, trials: number): Promise<void> {
     if (r.signal === 'SIGKILL') {
       lane.killedMidway++;
       lane.phases.push(r.phase);
-    }
-    else {
+    } else {
       // Finished before the kill: it must have succeeded and printed its id.
       expect(r.exitCode, `${context}: ${r.stderr}`).toBe(0);
       expect(r.printedId, context).toBeDefined();
@@ -301,13 +315,21 @@ describe('SIGKILL during put (56 trials in parallel pairs)', () => {
     const histogram = JSON.stringify(phases.reduce<Record<string, number>>((h, p) => ((h[p] = (h[p] ?? 0) + 1), h), {}));
     if (process.env.VNSTORE_CRASH_VERBOSE) {
       const sum = (k: 'tempFilesRemoved' | 'packsIndexed' | 'orphanManifestsRemoved') => recoveries.reduce((s, r) => s + r[k], 0);
-      console.log(`seed ${SEED}: ${killed} killed, phases ${histogram}, recovery: ${sum('tempFilesRemoved')} temp files, ${sum('packsIndexed')} packs indexed, ${sum('orphanManifestsRemoved')} orphan manifests`);
+      console.log(
+        `seed ${SEED}: ${killed} killed, phases ${histogram}, recovery: ${sum('tempFilesRemoved')} temp files, ${sum('packsIndexed')} packs indexed, ${sum('orphanManifestsRemoved')} orphan manifests`,
+      );
     }
     expect(recoveries.length).toBe(TESTS * LANES * TRIALS_PER_LANE_PER_TEST);
     expect(killed, histogram).toBeGreaterThanOrEqual(Math.floor(recoveries.length / 3));
     // Kills landed while the put was writing (after its session began), and recovery had leftovers to clean.
-    expect(phases.filter((p) => /session begun|ingest drained|packs flushed|manifest written/.test(p)).length, histogram).toBeGreaterThanOrEqual(10);
-    expect(recoveries.reduce((s, r) => s + r.tempFilesRemoved, 0), histogram).toBeGreaterThan(0);
+    expect(
+      phases.filter((p) => /session begun|ingest drained|packs flushed|manifest written/.test(p)).length,
+      histogram,
+    ).toBeGreaterThanOrEqual(10);
+    expect(
+      recoveries.reduce((s, r) => s + r.tempFilesRemoved, 0),
+      histogram,
+    ).toBeGreaterThan(0);
     expect(recoveries.every((r) => r.packsQuarantined.length === 0)).toBe(true);
   });
 });

@@ -4,7 +4,18 @@
  * (src/util/errors.ts). Disk full is real ENOSPC, on a small tmpfs mounted for the test.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ERROR_CODES } from '../src/util/errors.js';
@@ -43,7 +54,8 @@ function expectError(r: CliResult, exitCode: number, ...fragments: (string | Reg
 
 function image(pages: number, seed: number, tail: number): Buffer {
   const out: Buffer[] = [];
-  for (let i = 0; i < pages; i++) out.push(i % 3 === 0 ? Buffer.alloc(PAGE) : i % 3 === 1 ? randomPage(seed * 10_000 + i) : compressiblePage(seed + i));
+  for (let i = 0; i < pages; i++)
+    out.push(i % 3 === 0 ? Buffer.alloc(PAGE) : i % 3 === 1 ? randomPage(seed * 10_000 + i) : compressiblePage(seed + i));
   const img = Buffer.concat(out);
   return tail ? img.subarray(0, img.length - PAGE + tail) : img;
 }
@@ -66,7 +78,9 @@ function copyStore(name: string): string {
 }
 
 function waitExit(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('close', () => resolve())));
+  return new Promise((resolve) =>
+    child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('close', () => resolve()),
+  );
 }
 
 beforeAll(async () => {
@@ -95,23 +109,52 @@ describe('CLI help', () => {
     const text = top.stdout.toString();
     expect(text).toMatch(/^Usage: vnstore /);
     // The exit codes documented in the help are the ones errors.ts maps to.
-    for (const [code, n] of Object.entries({ usage: 2, 'not a store': 3, 'unsupported format version': 4, 'store locked': 5, 'unknown snapshot': 6, 'corrupt data': 7, 'I/O error': 8, 'disk full': 9, 'unreadable input': 10, 'store exists': 11 })) {
+    for (const [code, n] of Object.entries({
+      usage: 2,
+      'not a store': 3,
+      'unsupported format version': 4,
+      'store locked': 5,
+      'unknown snapshot': 6,
+      'corrupt data': 7,
+      'I/O error': 8,
+      'disk full': 9,
+      'unreadable input': 10,
+      'store exists': 11,
+    })) {
       expect(text).toContain(`${n} ${code}`);
     }
-    expect(ERROR_CODES).toMatchObject({ E_USAGE: 2, E_NOT_STORE: 3, E_FORMAT_VERSION: 4, E_LOCKED: 5, E_NOT_FOUND: 6, E_CORRUPT: 7, E_IO: 8, E_NO_SPACE: 9, E_INPUT: 10, E_EXISTS: 11, E_AMBIGUOUS: 13 });
+    expect(ERROR_CODES).toMatchObject({
+      E_USAGE: 2,
+      E_NOT_STORE: 3,
+      E_FORMAT_VERSION: 4,
+      E_LOCKED: 5,
+      E_NOT_FOUND: 6,
+      E_CORRUPT: 7,
+      E_IO: 8,
+      E_NO_SPACE: 9,
+      E_INPUT: 10,
+      E_EXISTS: 11,
+      E_AMBIGUOUS: 13,
+    });
     const commands = [...text.split(/^Commands:\n/m)[1].matchAll(/^ {2}([a-z][a-z-]*)\b/gm)].map((m) => m[1]).filter((c) => c !== 'help');
     expect(commands).toEqual(expect.arrayContaining(['init', 'put', 'restore', 'ls']));
     for (const cmd of commands) {
-      for (const args of [[cmd, '--help'], ['help', cmd]]) {
+      for (const args of [
+        [cmd, '--help'],
+        ['help', cmd],
+      ]) {
         const r = await runCli(args);
         expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
         expect(r.stderr).toBe('');
         expect(r.stdout.toString()).toMatch(new RegExp(`^Usage: vnstore ${cmd} `));
         // Commands that open no local store (bench, version, completion, switch), work through a
         // server (agent), or only group subcommands (qemu, agent: checked one by one below).
-        if (!['bench', 'version', 'completion', 'agent', 'qemu', 'switch'].includes(cmd)) expect(r.stdout.toString()).toContain('--store <dir>');
+        if (!['bench', 'version', 'completion', 'agent', 'qemu', 'switch'].includes(cmd))
+          expect(r.stdout.toString()).toContain('--store <dir>');
       }
-      const subs = [...(r0(await runCli([cmd, '--help'])).split(/^Commands:\n/m)[1] ?? '').matchAll(/^ {2}([a-z][a-z-]*)\b/gm)].map((m) => m[1]).filter((c) => c !== 'help');
+      const subs = [...(r0(await runCli([cmd, '--help'])).split(/^Commands:\n/m)[1] ?? '').matchAll(/^ {2}([a-z][a-z-]*)\b/gm)]
+        .map((m) => m[1])
+        .filter((c) => c !== 'help');
       for (const sub of subs) {
         const r = await runCli([cmd, sub, '--help']);
         expect(r.code, `${cmd} ${sub} --help: ${r.stderr}`).toBe(0);
@@ -294,7 +337,10 @@ describe('restore outputs', () => {
   });
 
   it.runIf(existsSync('/dev/full'))('stdout on a full device: exit 9, one line naming standard output', async () => {
-    const r = spawnSync(`exec "${process.execPath}" "${CLI}" restore --store "${store}" ${idA} > /dev/full`, { shell: '/bin/sh', encoding: 'utf8' });
+    const r = spawnSync(`exec "${process.execPath}" "${CLI}" restore --store "${store}" ${idA} > /dev/full`, {
+      shell: '/bin/sh',
+      encoding: 'utf8',
+    });
     expectError({ code: r.status, signal: r.signal, stdout: Buffer.alloc(0), stderr: r.stderr }, 9, 'standard output', 'no space left');
   });
 });
@@ -363,7 +409,10 @@ describe('corruption is detected and named, never returned as data', () => {
       for (let i = 40; i < bytes.length; i += 97) bytes[i] ^= 0xff;
       writeFileSync(cache, bytes);
     } else writeFileSync(cache, 'garbage');
-    for (const [id, img] of [[idA, imageA], [idB, imageB]] as const) {
+    for (const [id, img] of [
+      [idA, imageA],
+      [idB, imageB],
+    ] as const) {
       const r = await runCli(['restore', '--store', dir, id]);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout.equals(img)).toBe(true);
@@ -469,7 +518,13 @@ describe.skipIf(!canMount && process.env.CI !== 'true')('disk full (tmpfs, real 
     rmSync(filler);
     const r = await put(dir, 'vm', fresh, [], SMALL_PACKS);
     expect(r.code, r.stderr).toBe(0);
-    await expectIntact(dir, new Map([[firstId, first], [r.stdout.toString().trim(), fresh]]));
+    await expectIntact(
+      dir,
+      new Map([
+        [firstId, first],
+        [r.stdout.toString().trim(), fresh],
+      ]),
+    );
   });
 
   it('restore -o onto a full disk: exit 9 and no output file (never a short image that looks finished)', async () => {
@@ -514,7 +569,10 @@ describe.skipIf(!canMount && process.env.CI !== 'true')('disk full (tmpfs, real 
       // Still full: a read-only command either works or says the disk is full (never "corrupt").
       const ls = await runCli(['ls', '--store', dir, '--json']);
       if (ls.code !== 0) expectError(ls, 9, 'no space left on device');
-      else expect((JSON.parse(ls.stdout.toString()) as { id: string }[]).map((x) => x.id).sort(), context).toEqual([...expected.keys()].sort());
+      else
+        expect((JSON.parse(ls.stdout.toString()) as { id: string }[]).map((x) => x.id).sort(), context).toEqual(
+          [...expected.keys()].sort(),
+        );
       // Space comes back: everything committed is intact, nothing partial shows, and ingest goes on.
       rmSync(filler);
       await expectIntact(dir, expected);

@@ -94,7 +94,12 @@ const segmentArb: fc.Arbitrary<Segment> = fc.oneof(
 
 /** An image: segments of page kinds, then cut to an exact length that need not be a page multiple. */
 const imageArb: fc.Arbitrary<Buffer> = fc.oneof(
-  { weight: 5, arbitrary: fc.record({ segments: fc.array(segmentArb, { minLength: 1, maxLength: 10 }), cut: fc.integer({ min: 0, max: PAGE - 1 }) }).map(buildImage) },
+  {
+    weight: 5,
+    arbitrary: fc
+      .record({ segments: fc.array(segmentArb, { minLength: 1, maxLength: 10 }), cut: fc.integer({ min: 0, max: PAGE - 1 }) })
+      .map(buildImage),
+  },
   // Tiny images: a few bytes, possibly all zero.
   { weight: 1, arbitrary: fc.uint8Array({ minLength: 1, maxLength: 200 }).map((a) => Buffer.from(a)) },
   { weight: 1, arbitrary: fc.integer({ min: 1, max: 3 * PAGE + 5 }).map((n) => Buffer.alloc(n)) },
@@ -147,15 +152,21 @@ describe.each([0, 2])('engine round trip, workers: %i', (workers) => {
     const expected = new Map<string, Buffer>();
     let vmN = 0;
     await fc.assert(
-      fc.asyncProperty(imageArb, fc.array(fc.integer({ min: 1, max: 300 }), { maxLength: 4 }), fc.boolean(), fc.boolean(), async (image, sizes, transfer, givenLength) => {
-        const session = await store.beginSession({ vm: `vm${vmN++}`, parent: 'none' });
-        await writeImage(session, image, sizes, transfer);
-        const rec = await session.commit(givenLength ? { byteLength: image.length } : {});
-        expectRecordMatches(rec, image);
-        expected.set(rec.id, Buffer.from(image));
-        const out = await restoreToBuffer(store, rec);
-        expect(out.equals(image)).toBe(true);
-      }),
+      fc.asyncProperty(
+        imageArb,
+        fc.array(fc.integer({ min: 1, max: 300 }), { maxLength: 4 }),
+        fc.boolean(),
+        fc.boolean(),
+        async (image, sizes, transfer, givenLength) => {
+          const session = await store.beginSession({ vm: `vm${vmN++}`, parent: 'none' });
+          await writeImage(session, image, sizes, transfer);
+          const rec = await session.commit(givenLength ? { byteLength: image.length } : {});
+          expectRecordMatches(rec, image);
+          expected.set(rec.id, Buffer.from(image));
+          const out = await restoreToBuffer(store, rec);
+          expect(out.equals(image)).toBe(true);
+        },
+      ),
       { numRuns: NUM_RUNS, ...SHRINK_CAP },
     );
     store = await verifyAfterReopen(store, dir, workers, expected);
@@ -185,7 +196,10 @@ describe.each([0, 2])('engine round trip, workers: %i', (workers) => {
             ...Array.from({ length: pageCount }, (_, page) => ({ page, kind: 'random' as PageKindSpec, seed: 1000 + page, count: 1 })),
             ...extraWrites.map((w) => ({ ...w, page: w.page % pageCount, count: Math.min(w.count, pageCount - (w.page % pageCount)) })),
           ];
-          const order = writes.map((w, i) => ({ w, k: shuffleKey(i) })).sort((a, b) => a.k - b.k).map((x) => x.w);
+          const order = writes
+            .map((w, i) => ({ w, k: shuffleKey(i) }))
+            .sort((a, b) => a.k - b.k)
+            .map((x) => x.w);
           const model = Buffer.alloc(pageCount * PAGE);
           const session = await store.beginSession({ vm: 'order', parent: 'none', memoryBytes: byteLength });
           let n = 0;
@@ -223,44 +237,56 @@ describe.each([0, 2])('engine round trip, workers: %i', (workers) => {
     });
     // A call: a scattered list of pages, a contiguous range written with writePages, or the pages
     // one writePage at a time (gathered into blocks by the session).
-    const callArb = fc.record({ how: fc.constantFrom('scattered', 'range', 'single'), pages: fc.array(pageArb, { minLength: 1, maxLength: 12 }) });
+    const callArb = fc.record({
+      how: fc.constantFrom('scattered', 'range', 'single'),
+      pages: fc.array(pageArb, { minLength: 1, maxLength: 12 }),
+    });
     let round = 0;
     await fc.assert(
-      fc.asyncProperty(fc.integer({ min: 1, max: 30 }), fc.array(callArb, { maxLength: 8 }), fc.boolean(), async (pageCount, calls, withParent) => {
-        round++;
-        const vm = `scatter${round}`;
-        // The parent (or, without one, the first writes) covers every page: nothing is left unwritten.
-        const base = Buffer.concat(Array.from({ length: pageCount }, (_, i) => makePage(i % 4 === 0 ? 'zero' : 'random', 7000 + i)));
-        const model = Buffer.from(base);
-        if (withParent) {
-          const ps = await store.beginSession({ vm });
-          await ps.writePages(0, base);
-          expected.set((await ps.commit()).id, Buffer.from(base));
-        }
-        const session = await store.beginSession({ vm, memoryBytes: pageCount * PAGE });
-        if (!withParent) await session.writeScattered(Array.from({ length: pageCount }, (_, i) => pageCount - 1 - i), Buffer.concat(Array.from({ length: pageCount }, (_, i) => base.subarray((pageCount - 1 - i) * PAGE, (pageCount - i) * PAGE))));
-        let n = 0;
-        for (const call of calls) {
-          const indices = call.pages.map((p) => p.page % pageCount);
-          const data = Buffer.concat(call.pages.map((p) => makePage(p.kind, p.seed * 97 + n++)));
-          if (call.how === 'scattered') {
-            await session.writeScattered(indices, data);
-            indices.forEach((page, k) => data.copy(model, page * PAGE, k * PAGE, (k + 1) * PAGE));
-          } else if (call.how === 'single') {
-            for (let k = 0; k < indices.length; k++) await session.writePage(indices[k], data.subarray(k * PAGE, (k + 1) * PAGE));
-            indices.forEach((page, k) => data.copy(model, page * PAGE, k * PAGE, (k + 1) * PAGE));
-          } else {
-            const first = indices[0];
-            const count = Math.min(call.pages.length, pageCount - first);
-            await session.writePages(first, data.subarray(0, count * PAGE));
-            data.copy(model, first * PAGE, 0, count * PAGE);
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 30 }),
+        fc.array(callArb, { maxLength: 8 }),
+        fc.boolean(),
+        async (pageCount, calls, withParent) => {
+          round++;
+          const vm = `scatter${round}`;
+          // The parent (or, without one, the first writes) covers every page: nothing is left unwritten.
+          const base = Buffer.concat(Array.from({ length: pageCount }, (_, i) => makePage(i % 4 === 0 ? 'zero' : 'random', 7000 + i)));
+          const model = Buffer.from(base);
+          if (withParent) {
+            const ps = await store.beginSession({ vm });
+            await ps.writePages(0, base);
+            expected.set((await ps.commit()).id, Buffer.from(base));
           }
-        }
-        const rec = await session.commit();
-        expectRecordMatches(rec, model);
-        expect((await restoreToBuffer(store, rec)).equals(model)).toBe(true);
-        expected.set(rec.id, Buffer.from(model));
-      }),
+          const session = await store.beginSession({ vm, memoryBytes: pageCount * PAGE });
+          if (!withParent)
+            await session.writeScattered(
+              Array.from({ length: pageCount }, (_, i) => pageCount - 1 - i),
+              Buffer.concat(Array.from({ length: pageCount }, (_, i) => base.subarray((pageCount - 1 - i) * PAGE, (pageCount - i) * PAGE))),
+            );
+          let n = 0;
+          for (const call of calls) {
+            const indices = call.pages.map((p) => p.page % pageCount);
+            const data = Buffer.concat(call.pages.map((p) => makePage(p.kind, p.seed * 97 + n++)));
+            if (call.how === 'scattered') {
+              await session.writeScattered(indices, data);
+              indices.forEach((page, k) => data.copy(model, page * PAGE, k * PAGE, (k + 1) * PAGE));
+            } else if (call.how === 'single') {
+              for (let k = 0; k < indices.length; k++) await session.writePage(indices[k], data.subarray(k * PAGE, (k + 1) * PAGE));
+              indices.forEach((page, k) => data.copy(model, page * PAGE, k * PAGE, (k + 1) * PAGE));
+            } else {
+              const first = indices[0];
+              const count = Math.min(call.pages.length, pageCount - first);
+              await session.writePages(first, data.subarray(0, count * PAGE));
+              data.copy(model, first * PAGE, 0, count * PAGE);
+            }
+          }
+          const rec = await session.commit();
+          expectRecordMatches(rec, model);
+          expect((await restoreToBuffer(store, rec)).equals(model)).toBe(true);
+          expected.set(rec.id, Buffer.from(model));
+        },
+      ),
       { numRuns: NUM_RUNS, ...SHRINK_CAP },
     );
     store = await verifyAfterReopen(store, dir, workers, expected);
@@ -275,7 +301,10 @@ describe.each([0, 2])('engine round trip, workers: %i', (workers) => {
     const stepArb = fc.record({
       mode: fc.constantFrom('full' as const, 'dirty' as const),
       lengthDelta: fc.integer({ min: -6 * PAGE, max: 6 * PAGE }),
-      changes: fc.array(fc.record({ page: fc.nat(), kind: fc.constantFrom<PageKindSpec>('zero', 'random', 'compressible', 'sparse'), seed: fc.nat(50) }), { maxLength: 5 }),
+      changes: fc.array(
+        fc.record({ page: fc.nat(), kind: fc.constantFrom<PageKindSpec>('zero', 'random', 'compressible', 'sparse'), seed: fc.nat(50) }),
+        { maxLength: 5 },
+      ),
     });
     await fc.assert(
       fc.asyncProperty(imageArb, fc.array(stepArb, { minLength: 1, maxLength: 11 }), async (first, steps) => {
@@ -373,9 +402,11 @@ describe.each([0, 2])('engine round trip, workers: %i', (workers) => {
           });
           const sessions = await Promise.all(plans.map((_, i) => store.beginSession({ vm: `multi${run}-${i}`, parent: 'none' })));
           if (concurrentWrites) {
-            await Promise.all(plans.map(async (plan, i) => {
-              for (const op of plan.ops) await sessions[i].writePages(op.page, op.data);
-            }));
+            await Promise.all(
+              plans.map(async (plan, i) => {
+                for (const op of plan.ops) await sessions[i].writePages(op.page, op.data);
+              }),
+            );
           } else {
             const cursor = plans.map(() => 0);
             let remaining = plans.reduce((s, p) => s + p.ops.length, 0);
@@ -550,7 +581,17 @@ describe('engine session rules (examples)', () => {
     expect((await restoreToBuffer(store, r4)).equals(Buffer.alloc(100))).toBe(true);
     expect(r4.zeroPages).toBe(1);
     expect(r4.imageDigest).toBe(expectedImageDigest(Buffer.alloc(100)));
-    store = await verifyAfterReopen(store, dir, 0, new Map([[r1.id, a], [r2.id, img2], [r3.id, img3], [r4.id, Buffer.alloc(100)]]));
+    store = await verifyAfterReopen(
+      store,
+      dir,
+      0,
+      new Map([
+        [r1.id, a],
+        [r2.id, img2],
+        [r3.id, img3],
+        [r4.id, Buffer.alloc(100)],
+      ]),
+    );
     await store.close();
   });
 

@@ -62,6 +62,11 @@ describe('stale build detection', () => {
   it('this run sees a dist/ built from the current src/ (the page workers and the CLI run it)', () => {
     const configs = ['tsconfig.json', 'tsconfig.build.json'].map((f) => path.join(REPO_ROOT, f));
     expect(staleSources(path.join(REPO_ROOT, 'src'), path.join(REPO_ROOT, 'dist'), configs)).toEqual([]);
-    expect(staleNativeInputs(nativeInputs(path.join(REPO_ROOT, 'native')), ['vnstore_native.node', 'vnstore_hash.node'].map((m) => path.join(REPO_ROOT, 'native/build/Release', m)))).toEqual([]);
+    expect(
+      staleNativeInputs(
+        nativeInputs(path.join(REPO_ROOT, 'native')),
+        ['vnstore_native.node', 'vnstore_hash.node'].map((m) => path.join(REPO_ROOT, 'native/build/Release', m)),
+      ),
+    ).toEqual([]);
   });
 });

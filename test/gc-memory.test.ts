@@ -24,7 +24,11 @@ interface Row {
 
 describe('gc memory', () => {
   it('peak RSS of a gc rewrite is the same at 32 MiB and 512 MiB packs', () => {
-    const r = spawnSync(process.execPath, [path.join(REPO_ROOT, 'bench/gc-rss.mjs'), '--data-mib', '128', '--packs-mib', '32,512', '--json'], { encoding: 'utf8' });
+    const r = spawnSync(
+      process.execPath,
+      [path.join(REPO_ROOT, 'bench/gc-rss.mjs'), '--data-mib', '128', '--packs-mib', '32,512', '--json'],
+      { encoding: 'utf8' },
+    );
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     const rows = (JSON.parse(r.stdout) as { rows: Row[] }).rows;

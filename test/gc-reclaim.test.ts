@@ -13,7 +13,17 @@ import { forget } from '../src/maintenance/forget.js';
 import { DEFAULT_PACK_TARGET_BYTES } from '../src/store/pack-writer.js';
 import { Store } from '../src/store/store.js';
 import { prng, removeDir, runCli } from './helpers/engine.js';
-import { digestsOf, dirFileBytes, expectAllRestore, imageOf, newStore, PACK_OVERHEAD, putImage, readIndex, TOC_ENTRY } from './helpers/maintenance.js';
+import {
+  digestsOf,
+  dirFileBytes,
+  expectAllRestore,
+  imageOf,
+  newStore,
+  PACK_OVERHEAD,
+  putImage,
+  readIndex,
+  TOC_ENTRY,
+} from './helpers/maintenance.js';
 
 const roots: string[] = [];
 afterEach(() => {

@@ -36,15 +36,28 @@ function freshNative(): void {
   const stale = staleNativeInputs(nativeInputs(path.join(root, 'native')), modules);
   const built = modules.some((m) => existsSync(m));
   if (!built || (stale.length === 0 && isSanitized === wantSanitized)) return;
-  const why = stale.length > 0 ? `${rel(stale[0])} is newer than the built addons` : isSanitized ? 'the addons are a sanitizer build and libasan is not preloaded' : 'libasan is preloaded but the addons are a normal build';
+  const why =
+    stale.length > 0
+      ? `${rel(stale[0])} is newer than the built addons`
+      : isSanitized
+        ? 'the addons are a sanitizer build and libasan is not preloaded'
+        : 'libasan is preloaded but the addons are a normal build';
   run(`rebuilding the native addons (${why})`, ['scripts/build-native.mjs', ...(wantSanitized ? ['--sanitize'] : [])]);
 }
 
 function freshDist(): void {
-  const stale = staleSources(path.join(root, 'src'), path.join(root, 'dist'), ['tsconfig.json', 'tsconfig.build.json'].map((f) => path.join(root, f)));
+  const stale = staleSources(
+    path.join(root, 'src'),
+    path.join(root, 'dist'),
+    ['tsconfig.json', 'tsconfig.build.json'].map((f) => path.join(root, f)),
+  );
   if (stale.length === 0) return;
   const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
-  run(`rebuilding dist/ (${rel(stale[0])}${stale.length > 1 ? ` and ${stale.length - 1} more` : ''} newer than its build)`, [tsc, '-p', 'tsconfig.build.json']);
+  run(`rebuilding dist/ (${rel(stale[0])}${stale.length > 1 ? ` and ${stale.length - 1} more` : ''} newer than its build)`, [
+    tsc,
+    '-p',
+    'tsconfig.build.json',
+  ]);
 }
 
 async function requireNativeInCI(): Promise<void> {
@@ -55,8 +68,11 @@ async function requireNativeInCI(): Promise<void> {
   const problems: string[] = [];
   if (p.codec.addon !== 'loaded') problems.push(`the page codec addon did not load: ${p.codec.reason ?? 'unknown'}`);
   if (p.hashing.addon !== 'loaded') problems.push(`the page hasher addon did not load: ${p.hashing.reason ?? 'unknown'}`);
-  if (problems.length > 0) throw new Error(`CI needs the native addons (set VNSTORE_NATIVE=0 to test the fallback on purpose): ${problems.join('; ')}`);
-  process.stderr.write(`test set-up: native addons loaded (codec ${p.codec.path}, liblz4 ${p.codec.liblz4 ?? '?'}; hashing ${p.hashing.path} ${p.hashing.kernel ?? ''})\n`);
+  if (problems.length > 0)
+    throw new Error(`CI needs the native addons (set VNSTORE_NATIVE=0 to test the fallback on purpose): ${problems.join('; ')}`);
+  process.stderr.write(
+    `test set-up: native addons loaded (codec ${p.codec.path}, liblz4 ${p.codec.liblz4 ?? '?'}; hashing ${p.hashing.path} ${p.hashing.kernel ?? ''})\n`,
+  );
 }
 
 export default async function setup(project: TestProject): Promise<void> {

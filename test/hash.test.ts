@@ -64,7 +64,11 @@ describe('hashPages', () => {
     const out = new Uint8Array(count * DIGEST_BYTES);
     hashPages(src, list, out);
     for (let p = 0; p < count; p++) {
-      expect(Buffer.from(out.subarray(p * DIGEST_BYTES, (p + 1) * DIGEST_BYTES)).equals(hashPage(src.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)))).toBe(true);
+      expect(
+        Buffer.from(out.subarray(p * DIGEST_BYTES, (p + 1) * DIGEST_BYTES)).equals(
+          hashPage(src.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)),
+        ),
+      ).toBe(true);
     }
   });
 
@@ -104,7 +108,10 @@ describe('hashPages', () => {
         for (let p = 0; p < n; p++) if (!blake3(Buffer.from(src.buffer, p * 4096, 4096)).equals(Buffer.from(out.buffer, p * 32, 32))) bad++;
         console.log(JSON.stringify({ bad, status: m.pageHasherStatus() }));
       `;
-      const res = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, ...v.env }, encoding: 'utf8' });
+      const res = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+        env: { ...process.env, ...v.env },
+        encoding: 'utf8',
+      });
       expect(res.status, res.stderr).toBe(0);
       const got = JSON.parse(res.stdout.trim()) as { bad: number; status: { native: boolean; simd?: string } };
       expect(got.bad).toBe(0);
@@ -120,7 +127,10 @@ describe('imageDigest', () => {
     fc.assert(
       fc.property(
         // Runs of page kinds long enough to cross chunk boundaries; stale digests under zero pages.
-        fc.array(fc.tuple(fc.constantFrom(PageKind.Digest, PageKind.Zero, PageKind.Unset), fc.integer({ min: 1, max: 1500 })), { minLength: 1, maxLength: 8 }),
+        fc.array(fc.tuple(fc.constantFrom(PageKind.Digest, PageKind.Zero, PageKind.Unset), fc.integer({ min: 1, max: 1500 })), {
+          minLength: 1,
+          maxLength: 8,
+        }),
         fc.integer({ min: 0, max: 4095 }),
         fc.integer(),
         (runs, tail, seed) => {
@@ -138,7 +148,8 @@ describe('imageDigest', () => {
           const byteLength = pageCount * PAGE_SIZE - (tail % PAGE_SIZE);
           const list = Buffer.alloc(pageCount * DIGEST_BYTES);
           for (let i = 0; i < pageCount; i++) {
-            if (table.kinds[i] === PageKind.Digest) list.set(table.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
+            if (table.kinds[i] === PageKind.Digest)
+              list.set(table.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
           }
           const len = Buffer.alloc(8);
           len.writeBigUInt64LE(BigInt(byteLength));

@@ -30,7 +30,15 @@ export function runtimeImports(file: string, text: string): string[] {
       if (clause?.isTypeOnly) continue;
       const named = clause?.namedBindings;
       // `import { type A, type B } from` is erased too; `import {} from` / a bare import is not.
-      if (clause && !clause.name && named && ts.isNamedImports(named) && named.elements.length > 0 && named.elements.every((e) => e.isTypeOnly)) continue;
+      if (
+        clause &&
+        !clause.name &&
+        named &&
+        ts.isNamedImports(named) &&
+        named.elements.length > 0 &&
+        named.elements.every((e) => e.isTypeOnly)
+      )
+        continue;
       spec = st.moduleSpecifier;
     } else if (ts.isExportDeclaration(st)) {
       if (st.isTypeOnly) continue;
@@ -84,10 +92,28 @@ describe('module graph of src/', () => {
     const a = path.join(SRC, 'a.ts');
     const b = path.join(SRC, 'b.ts');
     const c = path.join(SRC, 'c.ts');
-    expect(runtimeImports(a, "import { x } from './b.js';\nimport type { T } from './c.js';\nimport { type U } from './c.js';")).toEqual([b]);
+    expect(runtimeImports(a, "import { x } from './b.js';\nimport type { T } from './c.js';\nimport { type U } from './c.js';")).toEqual([
+      b,
+    ]);
     expect(runtimeImports(b, "export { y } from './a.js';\nimport './c.js';")).toEqual([a, c]);
-    expect(findCycles(new Map([[a, [b]], [b, [a, c]], [c, []]]))).toEqual([[a, b]]);
-    expect(findCycles(new Map([[a, [b]], [b, [c]], [c, []]]))).toEqual([]);
+    expect(
+      findCycles(
+        new Map([
+          [a, [b]],
+          [b, [a, c]],
+          [c, []],
+        ]),
+      ),
+    ).toEqual([[a, b]]);
+    expect(
+      findCycles(
+        new Map([
+          [a, [b]],
+          [b, [c]],
+          [c, []],
+        ]),
+      ),
+    ).toEqual([]);
   });
 
   it('has no runtime import cycle', () => {
@@ -99,7 +125,12 @@ describe('module graph of src/', () => {
   });
 
   it('keeps the layers: format, index and util import no store or maintenance; the store imports no maintenance', () => {
-    const below: Record<string, string[]> = { format: ['store', 'maintenance'], index: ['store', 'maintenance'], util: ['store', 'maintenance'], store: ['maintenance'] };
+    const below: Record<string, string[]> = {
+      format: ['store', 'maintenance'],
+      index: ['store', 'maintenance'],
+      util: ['store', 'maintenance'],
+      store: ['maintenance'],
+    };
     const crossings: string[] = [];
     for (const f of sourceFiles(SRC)) {
       const layer = path.relative(SRC, f).split(path.sep)[0];

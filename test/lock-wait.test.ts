@@ -31,7 +31,12 @@ describe('openWaitingForLock', () => {
 
   it('gives up at the deadline with the holder named and the wait said', async () => {
     const clock = fakeClock();
-    const err = await openWaitingForLock(() => Promise.reject(new StoreLockedError(7)), 2500, clock, () => undefined).catch((e: unknown) => e);
+    const err = await openWaitingForLock(
+      () => Promise.reject(new StoreLockedError(7)),
+      2500,
+      clock,
+      () => undefined,
+    ).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(VnstoreError);
     expect((err as VnstoreError).code).toBe('E_LOCKED');
     expect((err as VnstoreError).message).toMatch(/PID 7\b.*\(waited 2\.5 s\)$/);

@@ -39,9 +39,15 @@ async function restoreToFile(store: Store, record: SnapshotRecord, file: string)
   const fh = await open(file, 'wx');
   try {
     const writeAll = async (b: Uint8Array, position?: number) => {
-      for (let off = 0; off < b.length; ) off += (await fh.write(b, off, b.length - off, position === undefined ? null : position + off)).bytesWritten;
+      for (let off = 0; off < b.length;)
+        off += (await fh.write(b, off, b.length - off, position === undefined ? null : position + off)).bytesWritten;
     };
-    await restoreSnapshot(store, record, { write: (b) => writeAll(b), writeAt: (b, pos) => writeAll(b, pos), setLength: (n) => fh.truncate(n), filePath: file });
+    await restoreSnapshot(store, record, {
+      write: (b) => writeAll(b),
+      writeAt: (b, pos) => writeAll(b, pos),
+      setLength: (n) => fh.truncate(n),
+      filePath: file,
+    });
   } finally {
     await fh.close();
   }
@@ -133,7 +139,8 @@ describe('one long-lived process, workers started from open', () => {
             }
           })
           .filter((target) => target.startsWith(packsDir) && target.endsWith('(deleted)'));
-      for (let waited = 0; removedStillOpen().length > 0 && waited < 2000; waited += 20) await new Promise((resolve) => setTimeout(resolve, 20));
+      for (let waited = 0; removedStillOpen().length > 0 && waited < 2000; waited += 20)
+        await new Promise((resolve) => setTimeout(resolve, 20));
       expect(removedStillOpen()).toEqual([]);
     } finally {
       await store.close();
@@ -146,7 +153,11 @@ describe('one long-lived process, workers started from open', () => {
       const kinds: PageKindSpec[] = ['zero', 'zero', 'compressible', 'sparse', 'random'];
       /** Shared pages (seeds below 64) at different offsets per VM, the rest its own. */
       const imageOf = (seed: number, pages: number) =>
-        Buffer.concat(Array.from({ length: pages }, (_, i) => makePage(kinds[(seed + i) % 5], (seed * 7 + i) % 3 === 0 ? (seed + i) % 64 : 1000 + seed * 1000 + i)));
+        Buffer.concat(
+          Array.from({ length: pages }, (_, i) =>
+            makePage(kinds[(seed + i) % 5], (seed * 7 + i) % 3 === 0 ? (seed + i) % 64 : 1000 + seed * 1000 + i),
+          ),
+        );
       const live = new Map<string, { record: SnapshotRecord; image: Buffer }>();
       const gcs: Promise<unknown>[] = [];
       for (let round = 0; round < 6; round++) {

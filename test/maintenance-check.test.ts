@@ -29,7 +29,12 @@ beforeAll(async () => {
   const a2 = a1.map((n, i) => (i % 5 === 1 ? `r${300 + i}` : n));
   const a3 = a2.map((n, i) => (i % 6 === 2 ? `r${600 + i}` : n));
   const b1 = [...a1.slice(0, 8), ...Array.from({ length: 12 }, (_, i) => `r${900 + i}`)];
-  for (const [name, vm, pages, tail] of [['a1', 'a', a1, 0], ['a2', 'a', a2, 0], ['a3', 'a', a3, 100], ['b1', 'b', b1, 0]] as const) {
+  for (const [name, vm, pages, tail] of [
+    ['a1', 'a', a1, 0],
+    ['a2', 'a', a2, 0],
+    ['a3', 'a', a3, 100],
+    ['b1', 'b', b1, 0],
+  ] as const) {
     const img = imageOf([...pages], tail);
     const r = await putImage(store, vm, img);
     ids[name] = r.id;
@@ -55,7 +60,10 @@ interface Problem {
   next: string;
 }
 
-async function check(dir: string, ...args: string[]): Promise<{ code: number | null; ok: boolean; problems: Problem[]; report: Record<string, unknown>; stderr: string }> {
+async function check(
+  dir: string,
+  ...args: string[]
+): Promise<{ code: number | null; ok: boolean; problems: Problem[]; report: Record<string, unknown>; stderr: string }> {
   const r = await runCli(['check', '--store', dir, '--json', ...args], { env: ENV });
   const report = JSON.parse(r.stdout.toString());
   if (r.code !== 0) {
@@ -93,7 +101,11 @@ const digestsUsedBy = (name: string) => new Set(digestsOf(images.get(ids[name])!
 
 /** A chunk only this snapshot uses, and where it is stored. */
 async function chunkOnlyIn(dir: string, name: string): Promise<{ digest: string; pack: number; offset: number; storedLength: number }> {
-  const others = new Set(Object.keys(ids).filter((n) => n !== name).flatMap((n) => [...digestsUsedBy(n)]));
+  const others = new Set(
+    Object.keys(ids)
+      .filter((n) => n !== name)
+      .flatMap((n) => [...digestsUsedBy(n)]),
+  );
   const index = await readIndex(dir);
   const mine = [...digestsUsedBy(name)].filter((d) => !others.has(d));
   const d = mine.find((x) => index.get(x)!.storedLength === 4096)!; // a raw chunk: any flipped byte shows
@@ -153,7 +165,10 @@ describe('vnstore check', () => {
     expect(r.stderr).toMatch(new RegExp(`snapshot ${ids.a3}.*pack ${packFileName(victim.pack)}.*corrupt`));
 
     const rep = await check(dir, '--repair-index');
-    const repair = rep.report.repair as { packsSalvaged: { pack: string; goodChunks: number; badChunks: number }[]; packsQuarantined: { pack: string; to: string }[] };
+    const repair = rep.report.repair as {
+      packsSalvaged: { pack: string; goodChunks: number; badChunks: number }[];
+      packsQuarantined: { pack: string; to: string }[];
+    };
     expect(repair.packsSalvaged).toEqual([expect.objectContaining({ pack: packFileName(victim.pack), badChunks: 1 })]);
     expect(repair.packsQuarantined[0].to).toBe(`quarantine/${packFileName(victim.pack)}`);
     // Quarantined, never deleted: the damaged bytes are kept as they were.
@@ -253,7 +268,9 @@ describe('vnstore check', () => {
     expect((await runCli(['forget', '--store', dir, ids.a1])).code).toBe(0);
     const gc = await runCli(['gc', '--store', dir, '--max-unused', '0', '--json'], { env: ENV });
     expect(gc.code).toBe(7);
-    expect(gc.stderr).toMatch(new RegExp(`^vnstore: error: gc left 1 step\\(s\\) undone: chunk ${liveDigest} in pack ${packFileName(loc.pack)} .* is corrupt`));
+    expect(gc.stderr).toMatch(
+      new RegExp(`^vnstore: error: gc left 1 step\\(s\\) undone: chunk ${liveDigest} in pack ${packFileName(loc.pack)} .* is corrupt`),
+    );
     const rep = JSON.parse(gc.stdout.toString());
     expect(rep.result.skipped).toHaveLength(1);
     expect(rep.result.skipped[0].packs).toContain(packFileName(loc.pack));

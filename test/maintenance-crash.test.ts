@@ -83,7 +83,9 @@ beforeAll(async () => {
   const rand = prng(4242);
   const recs = [];
   for (let vm = 0; vm < 5; vm++) {
-    let names = Array.from({ length: 120 }, (_, i) => (i < 10 ? `r${i}` : rand() % 8 === 0 ? 'z' : rand() % 3 === 0 ? `c${vm * 1000 + i}` : `r${vm * 1000 + i}`));
+    let names = Array.from({ length: 120 }, (_, i) =>
+      i < 10 ? `r${i}` : rand() % 8 === 0 ? 'z' : rand() % 3 === 0 ? `c${vm * 1000 + i}` : `r${vm * 1000 + i}`,
+    );
     for (let gen = 0; gen < 3; gen++) {
       if (gen > 0) names = names.map((n, i) => (rand() % 10 < 4 ? `r${vm * 1000 + gen * 100 + i}` : n));
       const img = imageOf(names, vm === 1 ? 1234 : 0);
@@ -124,7 +126,14 @@ async function lane(l: number): Promise<void> {
     const dir = path.join(root, `lane${l}-trial${t}`);
     cpSync(template, dir, { recursive: true });
     const kind = t % 4;
-    const from: KillFrom = kind === 0 ? 'spawn' : kind === 1 ? 'planned' : kind === 2 ? { phase: 'gc: pack written', nth: 1 + (rand() % packsWritten) } : { phase: 'gc: index updated', nth: 1 + (rand() % steps) };
+    const from: KillFrom =
+      kind === 0
+        ? 'spawn'
+        : kind === 1
+          ? 'planned'
+          : kind === 2
+            ? { phase: 'gc: pack written', nth: 1 + (rand() % packsWritten) }
+            : { phase: 'gc: index updated', nth: 1 + (rand() % steps) };
     const delay = kind === 0 ? startupMs + (rand() % Math.round(workMs * 1.2 + 1)) : rand() % Math.round(workMs * 1.1 + 1);
     const context = `seed ${SEED} lane ${l} trial ${t} (kill ${typeof from === 'object' ? `at ${from.phase} #${from.nth}` : `${delay} ms after ${from}`})`;
     const k = await gcAndKill(dir, delay, from);
@@ -156,7 +165,10 @@ describe(`SIGKILL during gc (${LANES * TRIALS_PER_LANE} trials)`, () => {
   it('after every crash the store opens, checks clean and restores every snapshot bit-exact', async () => {
     await Promise.all(Array.from({ length: LANES }, (_, l) => lane(l)));
     const histogram = outcomes.reduce<Record<string, number>>((h, p) => ((h[p] = (h[p] ?? 0) + 1), h), {});
-    if (process.env.VNSTORE_CRASH_VERBOSE) console.log(`seed ${SEED}: start-up ${startupMs} ms, work ${workMs} ms, ${steps} steps, ${packsWritten} packs written: ${JSON.stringify(histogram)}`);
+    if (process.env.VNSTORE_CRASH_VERBOSE)
+      console.log(
+        `seed ${SEED}: start-up ${startupMs} ms, work ${workMs} ms, ${steps} steps, ${packsWritten} packs written: ${JSON.stringify(histogram)}`,
+      );
     // The kills landed in the middle of the work, not only before or after it.
     const midway = outcomes.filter((p) => PHASES.slice(1, 5).includes(p)).length;
     expect(midway, JSON.stringify(histogram)).toBeGreaterThanOrEqual(LANES * TRIALS_PER_LANE * 0.4);

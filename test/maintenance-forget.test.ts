@@ -33,7 +33,16 @@ const forgotten = (ds: ReturnType<typeof decideForget>) => ds.filter((d) => d.fo
 
 describe('forget policy (pure)', () => {
   // a: 1..5 (oldest → newest, 50h..10h ago), b: 6..8 (30h, 20h, 1h ago)
-  const catalog = [rec(1, 'a', 50), rec(2, 'a', 40), rec(3, 'a', 30), rec(4, 'a', 20), rec(5, 'a', 10), rec(6, 'b', 30), rec(7, 'b', 20), rec(8, 'b', 1)];
+  const catalog = [
+    rec(1, 'a', 50),
+    rec(2, 'a', 40),
+    rec(3, 'a', 30),
+    rec(4, 'a', 20),
+    rec(5, 'a', 10),
+    rec(6, 'b', 30),
+    rec(7, 'b', 20),
+    rec(8, 'b', 1),
+  ];
 
   it('--keep-last N keeps the N latest of each VM', () => {
     expect(forgotten(decideForget(catalog, { keepLast: 2, nowMs: NOW }))).toEqual([1, 2, 3, 6]);
@@ -94,7 +103,11 @@ describe('forget on a store', () => {
     const expected = new Map<string, Buffer>();
     // A chain a1 ← a2 ← a3 (each delta-encoded against its parent) and an unrelated b1.
     const base = Array.from({ length: 24 }, (_, i) => (i % 5 === 0 ? 'z' : `r${i}`));
-    const imgs = [base, base.map((n, i) => (i % 4 === 1 ? `r${100 + i}` : n)), base.map((n, i) => (i % 4 === 1 ? `r${100 + i}` : i % 6 === 2 ? `c${i}` : n))].map((p) => imageOf(p, 1000));
+    const imgs = [
+      base,
+      base.map((n, i) => (i % 4 === 1 ? `r${100 + i}` : n)),
+      base.map((n, i) => (i % 4 === 1 ? `r${100 + i}` : i % 6 === 2 ? `c${i}` : n)),
+    ].map((p) => imageOf(p, 1000));
     const a: SnapshotRecord[] = [];
     for (const img of imgs) {
       const r = await putImage(store, 'a', img);

@@ -17,7 +17,19 @@ import { recount } from '../src/maintenance/stats.js';
 import type { SnapshotRecord } from '../src/store/db.js';
 import { Store } from '../src/store/store.js';
 import { prng, removeDir, restoreToBuffer, runCli } from './helpers/engine.js';
-import { dirFileBytes, digestsOf, expectAllRestore, imageOf, newStore, page, PACK_OVERHEAD, putImage, readIndex, storedLengths, TOC_ENTRY } from './helpers/maintenance.js';
+import {
+  dirFileBytes,
+  digestsOf,
+  expectAllRestore,
+  imageOf,
+  newStore,
+  page,
+  PACK_OVERHEAD,
+  putImage,
+  readIndex,
+  storedLengths,
+  TOC_ENTRY,
+} from './helpers/maintenance.js';
 
 const roots: string[] = [];
 afterEach(() => {
@@ -27,7 +39,16 @@ afterEach(() => {
 const PACK_TARGET = 16 * 1024;
 
 function pl(id: number, payloadBytes: number, liveBytes: number, liveChunks: number, chunks = 4, indexedChunks = chunks): PackLiveness {
-  return { id, bytes: 48 + payloadBytes + 11 * chunks, payloadBytes, chunks, indexedChunks, indexedBytes: payloadBytes, liveChunks, liveBytes };
+  return {
+    id,
+    bytes: 48 + payloadBytes + 11 * chunks,
+    payloadBytes,
+    chunks,
+    indexedChunks,
+    indexedBytes: payloadBytes,
+    liveChunks,
+    liveBytes,
+  };
 }
 
 describe('gc plan (pure)', () => {
@@ -64,16 +85,28 @@ describe('gc plan (pure)', () => {
     expect(bounded.rewrite).toEqual([2, 5]);
     expect(bounded.packs[3].reason).toMatch(/max-repack/);
     // Unlimited: only drops.
-    expect(planGc(packs, { maxUnused: { unlimited: true }, repackSmall: false, targetBytes: 16384 }).packs.map((p) => p.action)).toEqual(['keep', 'keep', 'drop', 'keep', 'keep']);
+    expect(planGc(packs, { maxUnused: { unlimited: true }, repackSmall: false, targetBytes: 16384 }).packs.map((p) => p.action)).toEqual([
+      'keep',
+      'keep',
+      'drop',
+      'keep',
+      'keep',
+    ]);
 
-    const small = planGc([pl(1, 4096, 4096, 1, 1), pl(2, 4096, 4096, 1, 1), pl(3, 16384, 16384, 4)], { maxUnused: DEFAULT_MAX_UNUSED, repackSmall: true, targetBytes: 65536 });
+    const small = planGc([pl(1, 4096, 4096, 1, 1), pl(2, 4096, 4096, 1, 1), pl(3, 16384, 16384, 4)], {
+      maxUnused: DEFAULT_MAX_UNUSED,
+      repackSmall: true,
+      targetBytes: 65536,
+    });
     // Packs under a quarter of the target merge; pack 3 (16 476 B) is just above it.
     expect(small.rewrite).toEqual([1, 2]);
     expect(small.packs[0].reason).toMatch(/small/);
     expect(small.newPacks).toEqual([{ from: [1, 2], chunks: 2, payloadBytes: 8192, bytes: 16 + 8192 + 22 + 32 }]);
     expect(() => planGc(packs, { maxUnused: { percent: 100 }, repackSmall: false, targetBytes: 16384 })).toThrow(RangeError);
     expect(() => planGc(packs, { maxUnused: { bytes: -1 }, repackSmall: false, targetBytes: 16384 })).toThrow(RangeError);
-    expect(() => planGc(packs, { maxUnused: DEFAULT_MAX_UNUSED, maxRepackBytes: -1, repackSmall: false, targetBytes: 16384 })).toThrow(RangeError);
+    expect(() => planGc(packs, { maxUnused: DEFAULT_MAX_UNUSED, maxRepackBytes: -1, repackSmall: false, targetBytes: 16384 })).toThrow(
+      RangeError,
+    );
     expect(planGc([], { maxUnused: DEFAULT_MAX_UNUSED, repackSmall: false, targetBytes: 16384 }).totals.reclaimBytes).toBe(0);
   });
 
@@ -92,39 +125,66 @@ describe('gc plan (pure)', () => {
 
   const arbPack = (id: number) =>
     fc
-      .record({ chunks: fc.integer({ min: 1, max: 40 }), indexedFrac: fc.double({ min: 0, max: 1, noNaN: true }), liveFrac: fc.double({ min: 0, max: 1, noNaN: true }), avg: fc.integer({ min: 1, max: 4096 }), liveShare: fc.double({ min: 0, max: 1, noNaN: true }) })
+      .record({
+        chunks: fc.integer({ min: 1, max: 40 }),
+        indexedFrac: fc.double({ min: 0, max: 1, noNaN: true }),
+        liveFrac: fc.double({ min: 0, max: 1, noNaN: true }),
+        avg: fc.integer({ min: 1, max: 4096 }),
+        liveShare: fc.double({ min: 0, max: 1, noNaN: true }),
+      })
       .map(({ chunks, indexedFrac, liveFrac, avg, liveShare }): PackLiveness => {
         const payloadBytes = chunks * avg;
         const indexedChunks = Math.round(chunks * indexedFrac);
         const liveChunks = Math.round(indexedChunks * liveFrac);
         const liveBytes = liveChunks === 0 ? 0 : liveChunks + Math.floor((payloadBytes - liveChunks) * liveShare);
-        return { id, bytes: 48 + payloadBytes + 11 * chunks, payloadBytes, chunks, indexedChunks, indexedBytes: Math.max(liveBytes, Math.floor((payloadBytes * indexedChunks) / chunks)), liveChunks, liveBytes };
+        return {
+          id,
+          bytes: 48 + payloadBytes + 11 * chunks,
+          payloadBytes,
+          chunks,
+          indexedChunks,
+          indexedBytes: Math.max(liveBytes, Math.floor((payloadBytes * indexedChunks) / chunks)),
+          liveChunks,
+          liveBytes,
+        };
       });
   const arbPacks = fc.integer({ min: 0, max: 30 }).chain((n) => fc.tuple(...Array.from({ length: n }, (_, i) => arbPack(i * 3 + 1))));
-  const arbMaxUnused: fc.Arbitrary<MaxUnused> = fc.oneof(fc.integer({ min: 0, max: 99 }).map((percent) => ({ percent })), fc.integer({ min: 0, max: 200_000 }).map((bytes) => ({ bytes })));
+  const arbMaxUnused: fc.Arbitrary<MaxUnused> = fc.oneof(
+    fc.integer({ min: 0, max: 99 }).map((percent) => ({ percent })),
+    fc.integer({ min: 0, max: 200_000 }).map((bytes) => ({ bytes })),
+  );
 
   it('leaves unused bytes within the target whenever --max-repack allows; never copies more than --max-repack', () => {
     fc.assert(
-      fc.property(arbPacks, arbMaxUnused, fc.option(fc.integer({ min: 0, max: 300_000 }), { nil: undefined }), fc.boolean(), (packs, maxUnused, maxRepackBytes, repackSmall) => {
-        const plan = planGc(packs, { maxUnused, maxRepackBytes, repackSmall, targetBytes: 16384 });
-        const t = plan.totals;
-        expect(t.bytesCopied).toBeLessThanOrEqual(maxRepackBytes ?? Infinity);
-        const candidates = plan.packs.filter((p) => p.liveChunks > 0 && p.liveBytes < p.payloadBytes);
-        const allowed = maxRepackBytes === undefined || candidates.reduce((s, p) => s + p.liveBytes, 0) <= maxRepackBytes;
-        if (allowed) expect(t.deadBytesKept).toBeLessThanOrEqual(t.maxUnusedBytes!);
-        // Exact bookkeeping: every pack decided once; dead packs always go; sizes add up.
-        for (const p of plan.packs) expect(p.action === 'drop').toBe(p.liveChunks === 0);
-        expect(plan.drop.length + plan.rewrite.length + plan.packs.filter((p) => p.action === 'keep').length).toBe(packs.length);
-        expect(t.deadBytesKept).toBe(t.deadBytes - t.deadBytesRemoved);
-        expect(t.packBytesAfter).toBe(t.packBytes - t.reclaimBytes);
-        expect(t.packBytesAfter).toBe(plan.packs.filter((p) => p.action === 'keep').reduce((s, p) => s + p.bytes, 0) + plan.newPacks.reduce((s, n) => s + n.bytes, 0));
-        expect(plan.newPacks.flatMap((n) => n.from)).toEqual(plan.rewrite);
-        // Sparsest first: with no bound on copying, no kept pack with dead bytes is sparser than a rewritten one.
-        if (maxRepackBytes === undefined && !repackSmall) {
-          const kept = candidates.filter((p) => p.action === 'keep');
-          for (const r of plan.packs.filter((p) => p.action === 'rewrite')) for (const k of kept) expect(r.liveFraction).toBeLessThanOrEqual(k.liveFraction);
-        }
-      }),
+      fc.property(
+        arbPacks,
+        arbMaxUnused,
+        fc.option(fc.integer({ min: 0, max: 300_000 }), { nil: undefined }),
+        fc.boolean(),
+        (packs, maxUnused, maxRepackBytes, repackSmall) => {
+          const plan = planGc(packs, { maxUnused, maxRepackBytes, repackSmall, targetBytes: 16384 });
+          const t = plan.totals;
+          expect(t.bytesCopied).toBeLessThanOrEqual(maxRepackBytes ?? Infinity);
+          const candidates = plan.packs.filter((p) => p.liveChunks > 0 && p.liveBytes < p.payloadBytes);
+          const allowed = maxRepackBytes === undefined || candidates.reduce((s, p) => s + p.liveBytes, 0) <= maxRepackBytes;
+          if (allowed) expect(t.deadBytesKept).toBeLessThanOrEqual(t.maxUnusedBytes!);
+          // Exact bookkeeping: every pack decided once; dead packs always go; sizes add up.
+          for (const p of plan.packs) expect(p.action === 'drop').toBe(p.liveChunks === 0);
+          expect(plan.drop.length + plan.rewrite.length + plan.packs.filter((p) => p.action === 'keep').length).toBe(packs.length);
+          expect(t.deadBytesKept).toBe(t.deadBytes - t.deadBytesRemoved);
+          expect(t.packBytesAfter).toBe(t.packBytes - t.reclaimBytes);
+          expect(t.packBytesAfter).toBe(
+            plan.packs.filter((p) => p.action === 'keep').reduce((s, p) => s + p.bytes, 0) + plan.newPacks.reduce((s, n) => s + n.bytes, 0),
+          );
+          expect(plan.newPacks.flatMap((n) => n.from)).toEqual(plan.rewrite);
+          // Sparsest first: with no bound on copying, no kept pack with dead bytes is sparser than a rewritten one.
+          if (maxRepackBytes === undefined && !repackSmall) {
+            const kept = candidates.filter((p) => p.action === 'keep');
+            for (const r of plan.packs.filter((p) => p.action === 'rewrite'))
+              for (const k of kept) expect(r.liveFraction).toBeLessThanOrEqual(k.liveFraction);
+          }
+        },
+      ),
       { numRuns: 500 },
     );
   });
@@ -136,7 +196,11 @@ async function buildStore(store: Store): Promise<{ recs: SnapshotRecord[]; image
   const vocab = (n: number) => (rand() % 9 === 0 ? 'z' : rand() % 3 === 0 ? `c${n}` : `r${n}`);
   const recs: SnapshotRecord[] = [];
   const images = new Map<string, Buffer>();
-  for (const [vm, base, size] of [['a', 0, 40], ['b', 1000, 28], ['c', 2000, 20]] as const) {
+  for (const [vm, base, size] of [
+    ['a', 0, 40],
+    ['b', 1000, 28],
+    ['c', 2000, 20],
+  ] as const) {
     let names = Array.from({ length: size }, (_, i) => (i < 6 ? `r${i}` : vocab(base + i))); // r0..r5 shared by all VMs
     for (let gen = 0; gen < 3; gen++) {
       if (gen > 0) names = names.map((n, i) => (rand() % 10 < 3 ? vocab(base + 100 * gen + i) : n));
@@ -303,7 +367,9 @@ describe('gc on a store', () => {
     roots.push(root);
     const { recs, images } = await buildStore(store);
     let current = store;
-    const candidates = [...images.values()].flatMap((img) => Array.from({ length: Math.floor(img.length / 4096) }, (_, i) => Buffer.from(img.subarray(i * 4096, (i + 1) * 4096))));
+    const candidates = [...images.values()].flatMap((img) =>
+      Array.from({ length: Math.floor(img.length / 4096) }, (_, i) => Buffer.from(img.subarray(i * 4096, (i + 1) * 4096))),
+    );
     const rand = prng(99);
     for (let round = 0; round < 4; round++) {
       const ids = [...images.keys()];

@@ -49,10 +49,12 @@ function bruteForce(live: Map<string, Buffer>, vms: string[]) {
     zeroPages: sum(all.map((i) => digestsOf(i).zeroPages)),
     referenced: new Set([...per.values()].flatMap((s) => [...s])),
     lengths,
-    unique: new Map([...per].map(([id, s]) => {
-      const u = [...s].filter((d) => count.get(d) === 1);
-      return [id, { chunks: u.length, bytes: bytesOf(u), distinct: s.size }];
-    })),
+    unique: new Map(
+      [...per].map(([id, s]) => {
+        const u = [...s].filter((d) => count.get(d) === 1);
+        return [id, { chunks: u.length, bytes: bytesOf(u), distinct: s.size }];
+      }),
+    ),
     vmDistinct: vmSets.map((s) => s.size),
     vmUnique: vmSets.map((s, i) => {
       const u = [...s].filter((d) => vmSets.every((o, j) => j === i || !o.has(d)));
@@ -157,7 +159,9 @@ describe('stats', () => {
     // Bytes added when stored: new chunks' payload + table entries + the manifest.
     const first = recs[0];
     const firstDistinct = new Set(digestsOf(images.get(first.id)!).digests);
-    expect(first.addedBytes).toBe(sum([...firstDistinct].map((d) => bf.lengths.get(d)! + TOC_ENTRY)) + statSync(path.join(dir, 'manifests', `${first.id}.vnm`)).size);
+    expect(first.addedBytes).toBe(
+      sum([...firstDistinct].map((d) => bf.lengths.get(d)! + TOC_ENTRY)) + statSync(path.join(dir, 'manifests', `${first.id}.vnm`)).size,
+    );
   });
 
   it('detail: unique bytes per snapshot and VM, the sharing matrix and garbage, exactly', async () => {
@@ -180,7 +184,12 @@ describe('stats', () => {
     });
     const garbage = [...bf.lengths.keys()].filter((d) => !bf.referenced.has(d));
     expect(garbage.length).toBe(4);
-    expect(r.garbage).toEqual({ chunks: 4, payloadBytes: sum(garbage.map((d) => bf.lengths.get(d)!)), unindexedPayloadBytes: 0, totalPayloadBytes: sum(garbage.map((d) => bf.lengths.get(d)!)) });
+    expect(r.garbage).toEqual({
+      chunks: 4,
+      payloadBytes: sum(garbage.map((d) => bf.lengths.get(d)!)),
+      unindexedPayloadBytes: 0,
+      totalPayloadBytes: sum(garbage.map((d) => bf.lengths.get(d)!)),
+    });
     expect(r.missingChunks).toBe(0);
     // --vm and --snapshot narrow the rows (figures stay store-wide).
     const one = await statsOf({ vm: 'db' });
@@ -229,7 +238,23 @@ describe('vnstore stats (CLI)', () => {
     const r = await runCli(['stats', '--store', dir, '--json']);
     expect(r.code, r.stderr).toBe(0);
     const j = JSON.parse(r.stdout.toString());
-    for (const k of ['snapshots', 'vms', 'groups', 'logicalBytes', 'pages', 'zeroPages', 'nonZeroPages', 'distinctChunks', 'chunkRawBytes', 'storedBytes', 'packs', 'packBytes', 'manifestBytes', 'indexBytes', 'onDiskBytes']) {
+    for (const k of [
+      'snapshots',
+      'vms',
+      'groups',
+      'logicalBytes',
+      'pages',
+      'zeroPages',
+      'nonZeroPages',
+      'distinctChunks',
+      'chunkRawBytes',
+      'storedBytes',
+      'packs',
+      'packBytes',
+      'manifestBytes',
+      'indexBytes',
+      'onDiskBytes',
+    ]) {
       expect(Number.isSafeInteger(j.summary[k]), k).toBe(true);
     }
     expect(typeof j.summary.dedupRatio).toBe('number');

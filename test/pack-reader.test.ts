@@ -37,10 +37,18 @@ describe('PackReader', () => {
       const chunks = await store.packs.readChunks(packId);
       expect(chunks.map((c) => c.digest.toString('hex')).sort()).toEqual(pages.map((p) => hashPage(p).toString('hex')).sort());
       for (const c of chunks) {
-        const page = await store.packs.readVerified({ pack: packId, offset: c.offset, storedLength: c.storedLength, codec: c.codec }, c.digest);
+        const page = await store.packs.readVerified(
+          { pack: packId, offset: c.offset, storedLength: c.storedLength, codec: c.codec },
+          c.digest,
+        );
         expect(Buffer.from(page!).equals(pages.find((p) => hashPage(p).equals(c.digest))!)).toBe(true);
         // The same bytes under another digest do not verify.
-        expect(await store.packs.readVerified({ pack: packId, offset: c.offset, storedLength: c.storedLength, codec: c.codec }, Buffer.alloc(32))).toBeUndefined();
+        expect(
+          await store.packs.readVerified(
+            { pack: packId, offset: c.offset, storedLength: c.storedLength, codec: c.codec },
+            Buffer.alloc(32),
+          ),
+        ).toBeUndefined();
       }
     } finally {
       await store.close();
@@ -58,7 +66,10 @@ describe('PackReader', () => {
       renameSync(`${file}.new`, file);
       expect((await store.packs.readWhole(packId)).data.equals(original)).toBe(true);
       await store.packs.evict(packId);
-      await expect(store.packs.readWhole(packId)).rejects.toMatchObject({ code: 'E_CORRUPT', message: expect.stringContaining(packFileName(packId)) });
+      await expect(store.packs.readWhole(packId)).rejects.toMatchObject({
+        code: 'E_CORRUPT',
+        message: expect.stringContaining(packFileName(packId)),
+      });
       await expect(store.packs.readToc(packId)).rejects.toMatchObject({ code: 'E_CORRUPT' });
       // Truncated in place (same inode, handle cached): seen at once.
       writeFileSync(file, original);

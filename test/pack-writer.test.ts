@@ -16,7 +16,14 @@ describe('PackWriter.appendMany', () => {
   it('stores exactly the chosen chunks, across pack boundaries, findable by digest', async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc.array(fc.record({ kind: fc.constantFrom('random', 'compressible', 'sparse') as fc.Arbitrary<PageKindSpec>, pick: fc.boolean(), seed: fc.nat() }), { minLength: 1, maxLength: 60 }),
+        fc.array(
+          fc.record({
+            kind: fc.constantFrom('random', 'compressible', 'sparse') as fc.Arbitrary<PageKindSpec>,
+            pick: fc.boolean(),
+            seed: fc.nat(),
+          }),
+          { minLength: 1, maxLength: 60 },
+        ),
         fc.integer({ min: 2, max: 40 }).map((k) => k * 1024), // pack target: a few chunks per pack
         fc.boolean(),
         async (chunks, packTarget, reversed) => {
@@ -27,7 +34,10 @@ describe('PackWriter.appendMany', () => {
             try {
               // One block, as a worker returns it: payloads back to back, digests in page order.
               const pages = chunks.map((c, i) => makePage(c.kind, c.seed * 64 + i));
-              const c = getCodec().compressPages(Buffer.concat(pages), pages.map((_, i) => i * PAGE));
+              const c = getCodec().compressPages(
+                Buffer.concat(pages),
+                pages.map((_, i) => i * PAGE),
+              );
               const payload = c.payload;
               const digests = Buffer.concat(pages.map((p) => blake3(p)));
               const at: number[] = [];
@@ -54,7 +64,9 @@ describe('PackWriter.appendMany', () => {
               // Before sealing, the open pack's table of contents answers exact lookups.
               const before = new Map(order.map((i) => [i, store.writer.locateUnindexed(digests.subarray(i * DIGEST, (i + 1) * DIGEST))]));
               for (const i of chunks.map((_, k) => k).filter((k) => !chunks[k].pick)) {
-                if (!order.some((j) => digests.subarray(j * DIGEST, (j + 1) * DIGEST).equals(digests.subarray(i * DIGEST, (i + 1) * DIGEST)))) {
+                if (
+                  !order.some((j) => digests.subarray(j * DIGEST, (j + 1) * DIGEST).equals(digests.subarray(i * DIGEST, (i + 1) * DIGEST)))
+                ) {
                   expect(store.writer.locateUnindexed(digests.subarray(i * DIGEST, (i + 1) * DIGEST))).toBeUndefined();
                 }
               }
@@ -107,7 +119,10 @@ describe('PackWriter.locateUnindexed', () => {
         expect(la && lb && la.offset !== lb.offset).toBe(true);
         expect(store.writer.locateUnindexed(c)).toBeUndefined();
         expect(store.writer.unindexedChunks).toBe(2);
-        expect([...store.writer.unindexedDigests()].map((d) => Buffer.from(d).toString('hex'))).toEqual([a.toString('hex'), b.toString('hex')]);
+        expect([...store.writer.unindexedDigests()].map((d) => Buffer.from(d).toString('hex'))).toEqual([
+          a.toString('hex'),
+          b.toString('hex'),
+        ]);
         await store.writer.flush();
         // Indexed now: the writer no longer answers for them; the index does.
         expect(store.writer.locateUnindexed(a)).toBeUndefined();

@@ -41,10 +41,16 @@ describe('varint codec', () => {
     expect([...encodeChunkValue({ pack: 1, offset: 16, storedLength: 4096, codec: 0 })]).toEqual([0x01, 0x10, 0x80, 0x80, 0x01]);
     expect([...encodeChunkValue({ pack: 300, offset: 128, storedLength: 10, codec: 5 })]).toEqual([0xac, 0x02, 0x80, 0x01, 0x28, 0x05]);
     fc.assert(
-      fc.property(fc.nat(), fc.nat(), fc.integer({ min: 1, max: 4096 }), fc.integer({ min: 0, max: 200 }), (pack, offset, storedLength, codec) => {
-        const loc = { pack, offset, storedLength, codec };
-        expect(decodeChunkValue(encodeChunkValue(loc))).toEqual(loc);
-      }),
+      fc.property(
+        fc.nat(),
+        fc.nat(),
+        fc.integer({ min: 1, max: 4096 }),
+        fc.integer({ min: 0, max: 200 }),
+        (pack, offset, storedLength, codec) => {
+          const loc = { pack, offset, storedLength, codec };
+          expect(decodeChunkValue(encodeChunkValue(loc))).toEqual(loc);
+        },
+      ),
     );
   });
 });

@@ -56,7 +56,15 @@ describe('vnstore qemu', () => {
     const { bytes } = encodeModel(m);
     const r = await runCli(['qemu', 'receive', '--vm', 'vm1', '--json', '--store', store], { input: bytes });
     expect(r.code, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout.toString()) as { id: string; stateId: string; group: string; machine: string; blocks: unknown; logicalBytes: number; streamBytes: number };
+    const out = JSON.parse(r.stdout.toString()) as {
+      id: string;
+      stateId: string;
+      group: string;
+      machine: string;
+      blocks: unknown;
+      logicalBytes: number;
+      streamBytes: number;
+    };
     expect(out.machine).toBe('pc-i440fx-7.2');
     expect(out.blocks).toEqual(m.blocks);
     expect(out.logicalBytes).toBe(100 * PAGE);
@@ -76,7 +84,13 @@ describe('vnstore qemu', () => {
 
     const info = await runCli(['qemu', 'info', out.id, '--json', '--store', store]);
     expect(info.code).toBe(0);
-    expect(JSON.parse(info.stdout.toString())).toMatchObject({ id: out.id, stateId: out.stateId, vm: 'vm1', machine: 'pc-i440fx-7.2', group: out.group });
+    expect(JSON.parse(info.stdout.toString())).toMatchObject({
+      id: out.id,
+      stateId: out.stateId,
+      vm: 'vm1',
+      machine: 'pc-i440fx-7.2',
+      group: out.group,
+    });
   });
 
   it('commits the RAM and state snapshots of each VM into the --group given (an environment epoch)', async () => {
@@ -99,7 +113,10 @@ describe('vnstore qemu', () => {
 
   it('accepts one TCP connection with --listen', async () => {
     const { bytes } = encodeModel(model());
-    const child = spawn(process.execPath, [CLI, 'qemu', 'receive', '--vm', 'vm2', '--listen', 'tcp:127.0.0.1:0', '--store', store], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, 'qemu', 'receive', '--vm', 'vm2', '--listen', 'tcp:127.0.0.1:0', '--store', store], {
+      cwd: REPO_ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stderr = '';
     let stdout = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));

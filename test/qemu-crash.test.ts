@@ -18,7 +18,8 @@ let dir: string;
 
 function model(): StreamModel {
   const round0: PageRecord[] = [];
-  for (let p = 0; p < PAGES; p++) round0.push({ block: 0, page: p, data: p % 4 === 0 ? 0 : makePage(p % 3 ? 'random' : 'compressible', p), named: p === 0 });
+  for (let p = 0; p < PAGES; p++)
+    round0.push({ block: 0, page: p, data: p % 4 === 0 ? 0 : makePage(p % 3 ? 'random' : 'compressible', p), named: p === 0 });
   const round1: PageRecord[] = [];
   for (let p = 1; p < PAGES; p += 7) round1.push({ block: 0, page: p, data: makePage('random', 100_000 + p), named: round1.length === 0 });
   return {
@@ -43,14 +44,18 @@ function memoryOf(m: StreamModel): Buffer {
 
 /** Streams `bytes` into a receiver in 256 KiB pieces and SIGKILLs it `killMs` after it starts. */
 async function killedReceive(store: string, vm: string, bytes: Buffer, killMs: number): Promise<number | null> {
-  const child = spawn(process.execPath, [CLI, 'qemu', 'receive', '--vm', vm, '--store', store], { cwd: REPO_ROOT, stdio: ['pipe', 'ignore', 'ignore'] });
+  const child = spawn(process.execPath, [CLI, 'qemu', 'receive', '--vm', vm, '--store', store], {
+    cwd: REPO_ROOT,
+    stdio: ['pipe', 'ignore', 'ignore'],
+  });
   child.stdin.on('error', () => undefined);
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const timer = setTimeout(() => child.kill('SIGKILL'), killMs);
   let gone = false;
   void exited.then(() => (gone = true));
   for (let at = 0; at < bytes.length && !gone; at += 1 << 18) {
-    if (!child.stdin.write(bytes.subarray(at, at + (1 << 18)))) await Promise.race([new Promise((r) => child.stdin.once('drain', r)), exited]);
+    if (!child.stdin.write(bytes.subarray(at, at + (1 << 18))))
+      await Promise.race([new Promise((r) => child.stdin.once('drain', r)), exited]);
   }
   child.stdin.end();
   const code = await exited;

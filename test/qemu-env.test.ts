@@ -15,7 +15,10 @@ import { makeTempDir, removeDir, runCli } from './helpers/engine.js';
 
 const inCi = /^(1|true)$/i.test(process.env.CI ?? '');
 const haveQemu = qemuAvailable();
-if (!haveQemu && !inCi) console.warn('qemu-env tests skipped: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86 busybox-static); under CI=true they fail instead');
+if (!haveQemu && !inCi)
+  console.warn(
+    'qemu-env tests skipped: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86 busybox-static); under CI=true they fail instead',
+  );
 
 let dir: string;
 let store: string;
@@ -48,7 +51,19 @@ async function freeUdpPorts(n: number): Promise<number[]> {
 
 /** `vnstore switch` on ephemeral ports; stop() ends it and returns its counters. */
 async function startSwitch(ports: Record<string, number>, epoch: number) {
-  const args = [vnstoreBin, 'switch', '--vm-listen', '127.0.0.1:0', '--tunnel-listen', '127.0.0.1:0', '--channels', 'hold', '--epoch', String(epoch), '--json'];
+  const args = [
+    vnstoreBin,
+    'switch',
+    '--vm-listen',
+    '127.0.0.1:0',
+    '--tunnel-listen',
+    '127.0.0.1:0',
+    '--channels',
+    'hold',
+    '--epoch',
+    String(epoch),
+    '--json',
+  ];
   for (const [vm, port] of Object.entries(ports)) args.push('--port', `${vm}=127.0.0.1:${port}`);
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   switches.push(child);
@@ -76,9 +91,12 @@ async function startSwitch(ports: Record<string, number>, epoch: number) {
 /** QEMU arguments attaching a guest to the switch, plus a QMP socket of its own for the agent. */
 function nicArgs(k: number, ownPort: number, switchPort: number): string[] {
   return [
-    '-netdev', `dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=${ownPort},remote.type=inet,remote.host=127.0.0.1,remote.port=${switchPort}`,
-    '-device', `virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0${k},romfile=`,
-    '-qmp', `unix:${dir}/vm${k}.agent.qmp,server=on,wait=off`,
+    '-netdev',
+    `dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=${ownPort},remote.type=inet,remote.host=127.0.0.1,remote.port=${switchPort}`,
+    '-device',
+    `virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0${k},romfile=`,
+    '-qmp',
+    `unix:${dir}/vm${k}.agent.qmp,server=on,wait=off`,
   ];
 }
 
@@ -86,12 +104,21 @@ const ADDRS = { vm1: ['10.0.0.1', '10.0.0.2'], vm2: ['10.0.0.2', '10.0.0.1'] } a
 
 async function boot(vm: 'vm1' | 'vm2', k: number, ownPort: number, switchPort: number, incoming?: string, suffix = ''): Promise<Guest> {
   const [ip, peer] = ADDRS[vm];
-  const g = await startGuest({ dir, name: vm + suffix, guest, memMiB: 96, incoming, append: `vnip=${ip} vnpeer=${peer}`, extraArgs: nicArgs(k, ownPort, switchPort) });
+  const g = await startGuest({
+    dir,
+    name: vm + suffix,
+    guest,
+    memMiB: 96,
+    incoming,
+    append: `vnip=${ip} vnpeer=${peer}`,
+    extraArgs: nicArgs(k, ownPort, switchPort),
+  });
   running.push(g);
   return g;
 }
 
-const sum = (pairs: PairCounters[], f: (p: PairCounters) => boolean, field: 'delivered' | 'dropped') => pairs.filter(f).reduce((a, p) => a + p[field], 0);
+const sum = (pairs: PairCounters[], f: (p: PairCounters) => boolean, field: 'delivered' | 'dropped') =>
+  pairs.filter(f).reduce((a, p) => a + p[field], 0);
 
 beforeAll(async () => {
   if (!haveQemu && !inCi) return;
@@ -113,8 +140,26 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
     const [p1, p2] = await freeUdpPorts(2);
     const sw = await startSwitch({ vm1: p1, vm2: p2 }, 0);
     const [g1, g2] = await Promise.all([boot('vm1', 1, p1, sw.vmPort), boot('vm2', 2, p2, sw.vmPort)]);
-    await waitFor('both guests pinging each other', () => pingReplies(g1.consolePath).length >= 3 && pingReplies(g2.consolePath).length >= 3, 120_000);
-    const snapshotArgs = ['qemu', 'snapshot', '--env', 'lab', '--vm', `vm1=${dir}/vm1.agent.qmp`, '--vm', `vm2=unix:${dir}/vm2.agent.qmp`, '--switch', `127.0.0.1:${sw.tunnelPort}`, '--json', '--store', store];
+    await waitFor(
+      'both guests pinging each other',
+      () => pingReplies(g1.consolePath).length >= 3 && pingReplies(g2.consolePath).length >= 3,
+      120_000,
+    );
+    const snapshotArgs = [
+      'qemu',
+      'snapshot',
+      '--env',
+      'lab',
+      '--vm',
+      `vm1=${dir}/vm1.agent.qmp`,
+      '--vm',
+      `vm2=unix:${dir}/vm2.agent.qmp`,
+      '--switch',
+      `127.0.0.1:${sw.tunnelPort}`,
+      '--json',
+      '--store',
+      store,
+    ];
 
     // Epoch 1 fails: vm2 migrates with compression, which the receiver refuses. vm1's migration
     // completes and is prepared, but nothing is committed, and both VMs are flipped to epoch 1.
@@ -122,18 +167,27 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
     const failed = await runCli(snapshotArgs);
     expect(failed.code, failed.stderr).toBe(12);
     // QEMU may see the refusal (the receiver closing) or finish writing first: either way it is named.
-    expect(failed.stderr.toString()).toMatch(/^vnstore: error: epoch 1 of lab aborted, no group stored: vm2: (migration of vm2 failed|migration stream uses compressed pages)/);
+    expect(failed.stderr.toString()).toMatch(
+      /^vnstore: error: epoch 1 of lab aborted, no group stored: vm2: (migration of vm2 failed|migration stream uses compressed pages)/,
+    );
     expect(failed.stderr.toString().trim().split('\n')).toHaveLength(1);
     expect(JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString())).toEqual([]);
     await g2.qmp.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'compress', state: false }] });
     for (const g of [g1, g2]) expect((await g.qmp.cmd<{ status: string }>('query-status')).status).toBe('running');
 
-    const before = { tick: [lastTick(g1.consolePath), lastTick(g2.consolePath)], seq: [pingReplies(g1.consolePath).at(-1) as number, pingReplies(g2.consolePath).at(-1) as number] };
+    const before = {
+      tick: [lastTick(g1.consolePath), lastTick(g2.consolePath)],
+      seq: [pingReplies(g1.consolePath).at(-1) as number, pingReplies(g2.consolePath).at(-1) as number],
+    };
     // Epoch 2 (numbered past the colours the aborted epoch left at the switch) commits.
     const snap = await runCli(snapshotArgs);
     expect(snap.code, snap.stderr).toBe(0);
     const after = { tick: [lastTick(g1.consolePath), lastTick(g2.consolePath)] };
-    const result = JSON.parse(snap.stdout.toString()) as { group: string; epoch: number; members: { vm: string; id: string; stateId: string; downtimeMs: number }[] };
+    const result = JSON.parse(snap.stdout.toString()) as {
+      group: string;
+      epoch: number;
+      members: { vm: string; id: string; stateId: string; downtimeMs: number }[];
+    };
     expect(result.group).toBe('lab-e2');
     expect(result.epoch).toBe(2);
     expect(result.members.map((m) => m.vm)).toEqual(['vm1', 'vm2']);
@@ -145,7 +199,13 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
     expect(new Set(listed.map((s) => s.id))).toEqual(new Set(result.members.flatMap((m) => [m.id, m.stateId])));
 
     // The guests ran on after the snapshot, and still reach each other.
-    await waitFor('pings after the snapshot', () => (pingReplies(g1.consolePath).at(-1) as number) > before.seq[0] + 5 && (pingReplies(g2.consolePath).at(-1) as number) > before.seq[1] + 5, 60_000);
+    await waitFor(
+      'pings after the snapshot',
+      () =>
+        (pingReplies(g1.consolePath).at(-1) as number) > before.seq[0] + 5 &&
+        (pingReplies(g2.consolePath).at(-1) as number) > before.seq[1] + 5,
+      60_000,
+    );
     const lastSeq = [pingReplies(g1.consolePath).at(-1) as number, pingReplies(g2.consolePath).at(-1) as number];
     await Promise.all([g1.stop(), g2.stop()]);
 
@@ -153,8 +213,15 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
     // epoch 2 after the second. In hold mode a frame from a flipped VM to one not yet flipped waits:
     // none dropped.
     const pairs = await sw.stop();
-    for (const [src, dst] of [['vm1', 'vm2'], ['vm2', 'vm1']]) {
-      for (const epoch of [0, 2]) expect(sum(pairs, (p) => p.src === src && p.dst === dst && p.epoch === epoch, 'delivered'), `${src}->${dst} epoch ${epoch}`).toBeGreaterThan(0);
+    for (const [src, dst] of [
+      ['vm1', 'vm2'],
+      ['vm2', 'vm1'],
+    ]) {
+      for (const epoch of [0, 2])
+        expect(
+          sum(pairs, (p) => p.src === src && p.dst === dst && p.epoch === epoch, 'delivered'),
+          `${src}->${dst} epoch ${epoch}`,
+        ).toBeGreaterThan(0);
     }
     expect(sum(pairs, () => true, 'dropped')).toBe(0);
     expect(pairs.every((p) => p.epoch <= 2)).toBe(true);
@@ -164,8 +231,19 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
     const id = (vm: string) => (result.members.find((m) => m.vm === vm) as { id: string }).id;
     // One local store serves one process at a time: the second send waits for the first.
     const send = (vm: string) => `exec:${process.execPath} ${vnstoreBin} qemu send ${id(vm)} --store ${store} --lock-wait 120`;
-    const [r1, r2] = await Promise.all([boot('vm1', 1, p1, sw2.vmPort, send('vm1'), '-restored'), boot('vm2', 2, p2, sw2.vmPort, send('vm2'), '-restored')]);
-    await waitFor('the restored guests counting and pinging', () => ticks(r1.consolePath).length >= 3 && ticks(r2.consolePath).length >= 3 && pingReplies(r1.consolePath).length >= 3 && pingReplies(r2.consolePath).length >= 3, 120_000);
+    const [r1, r2] = await Promise.all([
+      boot('vm1', 1, p1, sw2.vmPort, send('vm1'), '-restored'),
+      boot('vm2', 2, p2, sw2.vmPort, send('vm2'), '-restored'),
+    ]);
+    await waitFor(
+      'the restored guests counting and pinging',
+      () =>
+        ticks(r1.consolePath).length >= 3 &&
+        ticks(r2.consolePath).length >= 3 &&
+        pingReplies(r1.consolePath).length >= 3 &&
+        pingReplies(r2.consolePath).length >= 3,
+      120_000,
+    );
     for (const [k, r] of [r1, r2].entries()) {
       const t = ticks(r.consolePath);
       // The count goes on from the snapshot, taken between `before` and `after`, every check passing.
@@ -181,13 +259,28 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
     }
     await Promise.all([r1.stop(), r2.stop()]);
     const pairs2 = await sw2.stop();
-    for (const [src, dst] of [['vm1', 'vm2'], ['vm2', 'vm1']]) expect(sum(pairs2, (p) => p.src === src && p.dst === dst && p.epoch === 2, 'delivered')).toBeGreaterThan(0);
+    for (const [src, dst] of [
+      ['vm1', 'vm2'],
+      ['vm2', 'vm1'],
+    ])
+      expect(sum(pairs2, (p) => p.src === src && p.dst === dst && p.epoch === 2, 'delivered')).toBeGreaterThan(0);
   }, 400_000);
 
   it('refuses, in one line and storing nothing, a VM whose QMP socket cannot be reached', async () => {
     const [p1] = await freeUdpPorts(1);
     const sw = await startSwitch({ vm1: p1 }, 0);
-    const r = await runCli(['qemu', 'snapshot', '--env', 'broken', '--vm', `vm1=${dir}/nowhere.qmp`, '--switch', `127.0.0.1:${sw.tunnelPort}`, '--store', store]);
+    const r = await runCli([
+      'qemu',
+      'snapshot',
+      '--env',
+      'broken',
+      '--vm',
+      `vm1=${dir}/nowhere.qmp`,
+      '--switch',
+      `127.0.0.1:${sw.tunnelPort}`,
+      '--store',
+      store,
+    ]);
     expect(r.code).not.toBe(0);
     expect(r.stderr.toString()).toMatch(/^vnstore: .*QMP .*nowhere\.qmp: cannot connect/);
     expect(r.stderr.toString().trim().split('\n')).toHaveLength(1);

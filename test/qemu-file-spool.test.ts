@@ -46,7 +46,11 @@ function spoolChild(
     if (err.startsWith('ready;')) isReady();
   });
   const out = new Promise<{ bytes: Buffer; streamed: boolean }>((resolve, reject) =>
-    child.once('close', (code) => (code === 0 ? resolve({ bytes: Buffer.concat(parts), streamed: err === 'ready;streamed=true' }) : reject(new Error(`spool child exited ${code}: ${err}`)))),
+    child.once('close', (code) =>
+      code === 0
+        ? resolve({ bytes: Buffer.concat(parts), streamed: err === 'ready;streamed=true' })
+        : reject(new Error(`spool child exited ${code}: ${err}`)),
+    ),
   );
   return { child, ready, out };
 }
@@ -108,22 +112,22 @@ describe('the file spool', () => {
   });
 
   for (const nonBlocking of [false, true]) {
-  it(`spools a ${nonBlocking ? 'non-blocking' : 'blocking'} pipe fed in bursts exactly${nonBlocking ? ' (reads meet EAGAIN, then the stream reads the rest)' : ''}`, async () => {
-    const { child, ready, out } = spoolChild(dir, 'pipe', nonBlocking);
-    // Nothing is sent until the child is about to read, and then only after a pause: its first read
-    // finds the pipe empty (a non-blocking one answers EAGAIN at once, whatever the load).
-    await ready;
-    await new Promise((r) => setTimeout(r, 200));
-    const bursts = Array.from({ length: 12 }, (_, i) => Buffer.alloc(100_000 + i * 999, i + 1));
-    for (const b of bursts) {
-      child.stdin?.write(b);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    child.stdin?.end();
-    const got = await out;
-    expect(got.bytes.equals(Buffer.concat(bursts))).toBe(true);
-    expect(got.streamed).toBe(nonBlocking);
-  });
+    it(`spools a ${nonBlocking ? 'non-blocking' : 'blocking'} pipe fed in bursts exactly${nonBlocking ? ' (reads meet EAGAIN, then the stream reads the rest)' : ''}`, async () => {
+      const { child, ready, out } = spoolChild(dir, 'pipe', nonBlocking);
+      // Nothing is sent until the child is about to read, and then only after a pause: its first read
+      // finds the pipe empty (a non-blocking one answers EAGAIN at once, whatever the load).
+      await ready;
+      await new Promise((r) => setTimeout(r, 200));
+      const bursts = Array.from({ length: 12 }, (_, i) => Buffer.alloc(100_000 + i * 999, i + 1));
+      for (const b of bursts) {
+        child.stdin?.write(b);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      child.stdin?.end();
+      const got = await out;
+      expect(got.bytes.equals(Buffer.concat(bursts))).toBe(true);
+      expect(got.streamed).toBe(nonBlocking);
+    });
   }
 
   it('is started early only for qemu receive from standard input with the file spool', () => {
@@ -141,13 +145,19 @@ describe('the file spool', () => {
   it('receive names an unusable spool directory in one line and stores nothing', async () => {
     const store = path.join(dir, 'store');
     expect((await runCli(['init', '--store', store])).code).toBe(0);
-    const r = await runCli(['qemu', 'receive', '--vm', 'a', '--store', store], { input: Buffer.alloc(1000), env: { VNSTORE_QEMU_SPOOL_DIR: path.join(dir, 'missing') } });
+    const r = await runCli(['qemu', 'receive', '--vm', 'a', '--store', store], {
+      input: Buffer.alloc(1000),
+      env: { VNSTORE_QEMU_SPOOL_DIR: path.join(dir, 'missing') },
+    });
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/^vnstore: error: .*spool file in .*missing/);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     const ls = await runCli(['ls', '--json', '--store', store]);
     expect(JSON.parse(ls.stdout.toString())).toEqual([]);
-    const bad = await runCli(['qemu', 'receive', '--vm', 'a', '--store', store], { input: Buffer.alloc(10), env: { VNSTORE_QEMU_SPOOL: 'disk' } });
+    const bad = await runCli(['qemu', 'receive', '--vm', 'a', '--store', store], {
+      input: Buffer.alloc(10),
+      env: { VNSTORE_QEMU_SPOOL: 'disk' },
+    });
     expect(bad.stderr).toMatch(/^vnstore: error: VNSTORE_QEMU_SPOOL=disk: expected file, memory or none/);
   });
 });

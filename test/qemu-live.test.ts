@@ -20,7 +20,10 @@ const running: Guest[] = [];
 // qemu-system-x86 and busybox-static) a missing QEMU fails it.
 const inCi = /^(1|true)$/i.test(process.env.CI ?? '');
 const haveQemu = qemuAvailable();
-if (!haveQemu && !inCi) console.warn('qemu-live tests skipped: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86 busybox-static); under CI=true they fail instead');
+if (!haveQemu && !inCi)
+  console.warn(
+    'qemu-live tests skipped: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86 busybox-static); under CI=true they fail instead',
+  );
 
 interface Received {
   id: string;
@@ -37,10 +40,18 @@ async function boot(name: string, incoming?: string): Promise<Guest> {
 }
 
 /** Live snapshot: migrate into `vnstore qemu receive`, resume the guest, wait for the receiver's answer. */
-async function snapshot(g: Guest, vm: string, tag: string): Promise<{ received: Received; tickAtSnapshot: number; totalMs: number; downtimeMs: number }> {
+async function snapshot(
+  g: Guest,
+  vm: string,
+  tag: string,
+): Promise<{ received: Received; tickAtSnapshot: number; totalMs: number; downtimeMs: number }> {
   const out = `${dir}/${tag}.json`;
   const err = `${dir}/${tag}.err`;
-  const info = await migrate(g, `exec:${process.execPath} ${vnstoreBin} qemu receive --vm ${vm} --store ${store} --json > ${out} 2> ${err}`, { resume: false });
+  const info = await migrate(
+    g,
+    `exec:${process.execPath} ${vnstoreBin} qemu receive --vm ${vm} --store ${store} --json > ${out} 2> ${err}`,
+    { resume: false },
+  );
   expect(info.status, g.stderr()).toBe('completed');
   // Paused now: the last tick on the console is the last one the snapshot can hold.
   const tickAtSnapshot = lastTick(g.consolePath);
@@ -84,7 +95,12 @@ describe.skipIf(!haveQemu && !inCi)('QEMU live migration into vnstore and back',
 
     const info = await runCli(['qemu', 'info', second.received.id, '--json', '--store', store]);
     expect(info.code, info.stderr).toBe(0);
-    const meta = JSON.parse(info.stdout.toString()) as { machine: string; qemuVersion: string; commandLine: string[]; blocks: { name: string }[] };
+    const meta = JSON.parse(info.stdout.toString()) as {
+      machine: string;
+      qemuVersion: string;
+      commandLine: string[];
+      blocks: { name: string }[];
+    };
     expect(meta.machine).toBe('pc-i440fx-7.2');
     expect(meta.qemuVersion).toBe(execFileSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).split('\n')[0].trim());
     expect(meta.commandLine).toEqual(g1.argv.map((a, i) => (i === 0 ? meta.commandLine[0] : a)));
@@ -115,7 +131,12 @@ describe.skipIf(!haveQemu && !inCi)('QEMU live migration into vnstore and back',
     };
     const at = (a: string, b: string) => sharing.sharedChunks[sharing.vms.indexOf(a)][sharing.vms.indexOf(b)];
     // The kernel, initramfs and firmware pages are the same in every guest.
-    for (const [a, b] of [['g1', 'g2'], ['g1', 'g3'], ['g2', 'g3']]) expect(at(a, b), `${a}/${b}`).toBeGreaterThan(1000);
+    for (const [a, b] of [
+      ['g1', 'g2'],
+      ['g1', 'g3'],
+      ['g2', 'g3'],
+    ])
+      expect(at(a, b), `${a}/${b}`).toBeGreaterThan(1000);
     expect(summary.dedupRatio).toBeGreaterThan(1.5);
     for (const s of [s2, s3]) expect(s.received.addedBytes).toBeLessThan(s.received.logicalBytes / 3);
   }, 300_000);

@@ -58,8 +58,22 @@ describe('vnstore qemu through a server', () => {
     const { bytes } = encodeModel(m);
     const r = await runCli(['qemu', 'receive', '--vm', 'vm1', '--json', ...remote], { input: bytes });
     expect(r.code, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout.toString()) as { id: string; stateId: string; group: string; machine: string; blocks: unknown; logicalBytes: number; streamBytes: number };
-    expect(out).toMatchObject({ vm: 'vm1', machine: 'pc-i440fx-7.2', blocks: m.blocks, logicalBytes: 100 * 4096, streamBytes: bytes.length });
+    const out = JSON.parse(r.stdout.toString()) as {
+      id: string;
+      stateId: string;
+      group: string;
+      machine: string;
+      blocks: unknown;
+      logicalBytes: number;
+      streamBytes: number;
+    };
+    expect(out).toMatchObject({
+      vm: 'vm1',
+      machine: 'pc-i440fx-7.2',
+      blocks: m.blocks,
+      logicalBytes: 100 * 4096,
+      streamBytes: bytes.length,
+    });
     const listed = await onServer((c) => c.listSnapshots());
     expect(listed.map((s) => [s.vm, s.group]).sort()).toEqual([
       ['vm1', out.group],
@@ -75,7 +89,13 @@ describe('vnstore qemu through a server', () => {
 
     const info = await runCli(['qemu', 'info', out.id, '--json', ...remote]);
     expect(info.code, info.stderr).toBe(0);
-    expect(JSON.parse(info.stdout.toString())).toMatchObject({ id: out.id, stateId: out.stateId, vm: 'vm1', machine: 'pc-i440fx-7.2', group: out.group });
+    expect(JSON.parse(info.stdout.toString())).toMatchObject({
+      id: out.id,
+      stateId: out.stateId,
+      vm: 'vm1',
+      machine: 'pc-i440fx-7.2',
+      group: out.group,
+    });
   });
 
   it('commits each VM into the --group given, and each send finds its own state there', async () => {

@@ -44,7 +44,9 @@ describe('eagerChunks', () => {
     })();
     input.end(Buffer.alloc(10, 9));
     await rest;
-    expect(Buffer.concat(seen).equals(Buffer.concat([...Array.from({ length: 5 }, (_, i) => Buffer.alloc(1024, i)), Buffer.alloc(10, 9)]))).toBe(true);
+    expect(
+      Buffer.concat(seen).equals(Buffer.concat([...Array.from({ length: 5 }, (_, i) => Buffer.alloc(1024, i)), Buffer.alloc(10, 9)])),
+    ).toBe(true);
   });
 
   it('hands on tens of thousands of chunks exactly and in order, held or taken while arriving', async () => {

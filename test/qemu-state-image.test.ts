@@ -15,7 +15,9 @@ const image: fc.Arbitrary<StateImage> = fc.record({
     qemu: fc.record({ version: fc.string(), commandLine: fc.array(fc.string(), { maxLength: 5 }) }),
     ram: fc.record({ sectionId: fc.nat(), instanceId: fc.nat(), versionId: fc.constant(4) }),
     footers: fc.boolean(),
-    blocks: fc.array(fc.record({ name: fc.string({ minLength: 1 }), bytes: fc.nat().map((n) => n * 4096), firstPage: fc.nat() }), { maxLength: 4 }),
+    blocks: fc.array(fc.record({ name: fc.string({ minLength: 1 }), bytes: fc.nat().map((n) => n * 4096), firstPage: fc.nat() }), {
+      maxLength: 4,
+    }),
     stream: fc.record({ bytes: fc.nat(), ramSections: fc.nat(), pageRecords: fc.nat(), zeroRecords: fc.nat() }),
   }),
   head: fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b)),
@@ -51,7 +53,19 @@ describe('QEMU state image', () => {
         expect(refused(bytes.subarray(0, pick % bytes.length)).code).toBe('E_CORRUPT');
       }),
     );
-    const v2 = encodeStateImage({ meta: { ramSnapshot: '0', vm: 'x', qemu: {}, ram: { sectionId: 0, instanceId: 0, versionId: 4 }, footers: true, blocks: [], stream: { bytes: 0, ramSections: 0, pageRecords: 0, zeroRecords: 0 } }, head: Buffer.alloc(0), tail: Buffer.alloc(0) });
+    const v2 = encodeStateImage({
+      meta: {
+        ramSnapshot: '0',
+        vm: 'x',
+        qemu: {},
+        ram: { sectionId: 0, instanceId: 0, versionId: 4 },
+        footers: true,
+        blocks: [],
+        stream: { bytes: 0, ramSections: 0, pageRecords: 0, zeroRecords: 0 },
+      },
+      head: Buffer.alloc(0),
+      tail: Buffer.alloc(0),
+    });
     v2.writeUInt16LE(2, 8);
     expect(refused(v2).message).toMatch(/version 2/);
   });

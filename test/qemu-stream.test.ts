@@ -60,7 +60,9 @@ async function refusal(bytes: Buffer): Promise<VnstoreError> {
 }
 
 function expectedRecords(m: StreamModel): Seen['records'] {
-  return m.rounds.flat().map((r) => ({ block: r.block, page: r.page, data: typeof r.data === 'number' ? Buffer.alloc(4096, r.data) : Buffer.from(r.data) }));
+  return m.rounds
+    .flat()
+    .map((r) => ({ block: r.block, page: r.page, data: typeof r.data === 'number' ? Buffer.alloc(4096, r.data) : Buffer.from(r.data) }));
 }
 
 describe('QEMU migration stream codec', () => {
@@ -120,7 +122,11 @@ describe('QEMU migration stream codec', () => {
   it('refuses multifd, XBZRLE, compression, RDMA, postcopy commands and other iterable sections by name', async () => {
     const blocks = [{ name: 'pc.ram', bytes: 8192 }];
     const ram = { sectionId: 2, instanceId: 0, versionId: RAM_SECTION_VERSION };
-    const start = Buffer.concat([encodeHeader({ machine: 'pc-i440fx-7.2', capabilities: [] }), encodeSectionStart(ram), encodeRamSetup(blocks)]);
+    const start = Buffer.concat([
+      encodeHeader({ machine: 'pc-i440fx-7.2', capabilities: [] }),
+      encodeSectionStart(ram),
+      encodeRamSetup(blocks),
+    ]);
     const record = (flags: number) => {
       const b = Buffer.alloc(8);
       b.writeBigUInt64BE(BigInt(flags), 0);

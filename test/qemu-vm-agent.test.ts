@@ -28,7 +28,14 @@ let sw: UdpSwitch;
 beforeAll(async () => {
   dir = makeTempDir('qemu-vm-agent');
   store = await Store.open(await initStore(dir));
-  sw = await UdpSwitch.start({ vmListen: { host: '127.0.0.1', port: 0 }, tunnelListen: { host: '127.0.0.1', port: 0 }, ports: [{ vm: 'vm1', addr: { host: '127.0.0.1', port: 9 } }], peers: [], channels: 'hold', holdFrames: 16 });
+  sw = await UdpSwitch.start({
+    vmListen: { host: '127.0.0.1', port: 0 },
+    tunnelListen: { host: '127.0.0.1', port: 0 },
+    ports: [{ vm: 'vm1', addr: { host: '127.0.0.1', port: 9 } }],
+    peers: [],
+    channels: 'hold',
+    holdFrames: 16,
+  });
 });
 
 afterAll(async () => {
@@ -51,7 +58,7 @@ async function fakeQemu(socketPath: string, stream: Buffer, fail = false) {
     let buf = '';
     c.on('data', (d) => {
       buf += d.toString();
-      for (let nl; (nl = buf.indexOf('\n')) >= 0; ) {
+      for (let nl; (nl = buf.indexOf('\n')) >= 0;) {
         const cmd = JSON.parse(buf.slice(0, nl)) as { execute: string; arguments?: { uri?: string } };
         buf = buf.slice(nl + 1);
         log.push({ what: cmd.execute, colour: sw.core.colourOf('vm1') });
@@ -88,7 +95,13 @@ describe('the QEMU VM agent', () => {
     const qemu = await fakeQemu(path.join(dir, 'ok.qmp'), encodeModel(m).bytes);
     const qmp = await QmpClient.connect(path.join(dir, 'ok.qmp'));
     const migrations = storeMigrations(store);
-    const agent = new QemuVmAgent({ vm: 'vm1', qmp, switchAddr: { host: '127.0.0.1', port: sw.tunnelPort }, store: migrations, spoolDir: dir });
+    const agent = new QemuVmAgent({
+      vm: 'vm1',
+      qmp,
+      switchAddr: { host: '127.0.0.1', port: sw.tunnelPort },
+      store: migrations,
+      spoolDir: dir,
+    });
     const r = await snapshotEnvironment(migrations, [agent], 'lab', 1);
     qmp.close();
     await qemu.close();
@@ -106,7 +119,13 @@ describe('the QEMU VM agent', () => {
     const qemu = await fakeQemu(path.join(dir, 'fail.qmp'), encodeModel(model()).bytes, true);
     const qmp = await QmpClient.connect(path.join(dir, 'fail.qmp'));
     const migrations = storeMigrations(store);
-    const agent = new QemuVmAgent({ vm: 'vm1', qmp, switchAddr: { host: '127.0.0.1', port: sw.tunnelPort }, store: migrations, spoolDir: dir });
+    const agent = new QemuVmAgent({
+      vm: 'vm1',
+      qmp,
+      switchAddr: { host: '127.0.0.1', port: sw.tunnelPort },
+      store: migrations,
+      spoolDir: dir,
+    });
     const before = (await store.listSnapshots()).length;
     const err = await snapshotEnvironment(migrations, [agent], 'lab', 2).catch((e: unknown) => e);
     qmp.close();

@@ -36,15 +36,22 @@ function modelKeeps(snaps: { id: string; ms: number }[], unit: CalendarUnit, n: 
     const cur = latest.get(p);
     if (!cur || s.ms > cur.ms || (s.ms === cur.ms && s.id > cur.id)) latest.set(p, s);
   }
-  return new Set([...latest.values()].sort((a, b) => b.ms - a.ms || (a.id < b.id ? 1 : -1)).slice(0, n).map((s) => s.id));
+  return new Set(
+    [...latest.values()]
+      .sort((a, b) => b.ms - a.ms || (a.id < b.id ? 1 : -1))
+      .slice(0, n)
+      .map((s) => s.id),
+  );
 }
 
 const SPAN: Record<CalendarUnit, number> = { hourly: 3 * DAY, daily: 40 * DAY, weekly: 200 * DAY, monthly: 900 * DAY, yearly: 4000 * DAY };
 
 const snapshotsArb = (unit: CalendarUnit) =>
-  fc.uniqueArray(fc.integer({ min: 0, max: SPAN[unit] }), { minLength: 0, maxLength: 40 }).map((offsets) =>
-    offsets.map((o, i) => ({ id: (1000 + i).toString(16).padStart(16, '0'), ms: START + o, time: new Date(START + o).toISOString() })),
-  );
+  fc
+    .uniqueArray(fc.integer({ min: 0, max: SPAN[unit] }), { minLength: 0, maxLength: 40 })
+    .map((offsets) =>
+      offsets.map((o, i) => ({ id: (1000 + i).toString(16).padStart(16, '0'), ms: START + o, time: new Date(START + o).toISOString() })),
+    );
 
 describe('calendar retention (pure)', () => {
   for (const unit of CALENDAR_UNITS) {
@@ -87,25 +94,37 @@ describe('calendar retention (pure)', () => {
     const rec = (i: number, vm: string, ms: number, group?: string) => catalogRecord(1000 + i, vm, ms, group);
     const catalogArb = fc
       .uniqueArray(fc.integer({ min: 0, max: 30 * DAY }), { minLength: 1, maxLength: 30 })
-      .chain((ts) => fc.tuple(fc.constant(ts.sort((a, b) => a - b)), fc.array(fc.constantFrom('a', 'b', 'c'), { minLength: ts.length, maxLength: ts.length }), fc.array(fc.option(fc.constantFrom('g1', 'g2', 'g3')), { minLength: ts.length, maxLength: ts.length })));
+      .chain((ts) =>
+        fc.tuple(
+          fc.constant(ts.sort((a, b) => a - b)),
+          fc.array(fc.constantFrom('a', 'b', 'c'), { minLength: ts.length, maxLength: ts.length }),
+          fc.array(fc.option(fc.constantFrom('g1', 'g2', 'g3')), { minLength: ts.length, maxLength: ts.length }),
+        ),
+      );
     fc.assert(
-      fc.property(catalogArb, fc.integer({ min: 1, max: 5 }), fc.integer({ min: 1, max: 3 }), fc.option(fc.integer({ min: 1, max: 3 }), { nil: undefined }), ([ts, vms, groups], daily, weekly, keepLast) => {
-        const records = ts.map((t, i) => rec(i, vms[i], START + t, groups[i] ?? undefined));
-        const ds = decideForget(records, { calendar: { daily, weekly }, keepLast, nowMs: START + 31 * DAY });
-        const byId = new Map(ds.map((d) => [d.id, d]));
-        // Whatever a rule keeps on its own is kept.
-        for (const vm of ['a', 'b', 'c']) {
-          const mine = records.filter((r) => r.vm === vm);
-          for (const id of calendarKeeps(mine, { daily, weekly }).keys()) expect(byId.get(id)!.forget).toBe(false);
-        }
-        // Groups go whole.
-        for (const g of ['g1', 'g2', 'g3']) {
-          const members = ds.filter((d) => d.group === g);
-          expect(new Set(members.map((d) => d.forget)).size).toBeLessThanOrEqual(1);
-        }
-        // Nothing is forgotten without a reason, nor kept without one.
-        for (const d of ds) expect(d.reasons.length).toBeGreaterThan(0);
-      }),
+      fc.property(
+        catalogArb,
+        fc.integer({ min: 1, max: 5 }),
+        fc.integer({ min: 1, max: 3 }),
+        fc.option(fc.integer({ min: 1, max: 3 }), { nil: undefined }),
+        ([ts, vms, groups], daily, weekly, keepLast) => {
+          const records = ts.map((t, i) => rec(i, vms[i], START + t, groups[i] ?? undefined));
+          const ds = decideForget(records, { calendar: { daily, weekly }, keepLast, nowMs: START + 31 * DAY });
+          const byId = new Map(ds.map((d) => [d.id, d]));
+          // Whatever a rule keeps on its own is kept.
+          for (const vm of ['a', 'b', 'c']) {
+            const mine = records.filter((r) => r.vm === vm);
+            for (const id of calendarKeeps(mine, { daily, weekly }).keys()) expect(byId.get(id)!.forget).toBe(false);
+          }
+          // Groups go whole.
+          for (const g of ['g1', 'g2', 'g3']) {
+            const members = ds.filter((d) => d.group === g);
+            expect(new Set(members.map((d) => d.forget)).size).toBeLessThanOrEqual(1);
+          }
+          // Nothing is forgotten without a reason, nor kept without one.
+          for (const d of ds) expect(d.reasons.length).toBeGreaterThan(0);
+        },
+      ),
       { numRuns: 200 },
     );
   });
@@ -120,7 +139,12 @@ describe('forget --keep-daily through the CLI', () => {
     store = path.join(root, 'store');
     expect((await runCli(['init', '--store', store])).code).toBe(0);
     // a: three snapshots (the last in group e2 with b's); b: one. All today (UTC).
-    for (const [vm, seed, group] of [['a', 1, 'e1'], ['a', 2, ''], ['a', 3, 'e2'], ['b', 4, 'e2']] as const) {
+    for (const [vm, seed, group] of [
+      ['a', 1, 'e1'],
+      ['a', 2, ''],
+      ['a', 3, 'e2'],
+      ['b', 4, 'e2'],
+    ] as const) {
       const r = await putImage(root, store, vm, Buffer.concat([randomPage(seed), Buffer.alloc(PAGE)]), group ? ['--group', group] : []);
       expect(r.code, r.stderr).toBe(0);
       ids.push(r.stdout.toString().trim());

@@ -14,7 +14,11 @@ describe('scripts/run-vitest.mjs', () => {
     const env = { ...process.env };
     delete env.FORCE_COLOR;
     delete env.NO_COLOR;
-    const r = spawnSync(process.execPath, [path.join(REPO_ROOT, 'scripts/run-vitest.mjs'), 'test/ids.test.ts'], { cwd: REPO_ROOT, encoding: 'utf8', env });
+    const r = spawnSync(process.execPath, [path.join(REPO_ROOT, 'scripts/run-vitest.mjs'), 'test/ids.test.ts'], {
+      cwd: REPO_ROOT,
+      encoding: 'utf8',
+      env,
+    });
     expect(r.status, r.stderr).toBe(0);
     const out = r.stdout + r.stderr;
     expect(out).not.toContain('\x1b[');

@@ -50,7 +50,10 @@ describe('vnstore serve / token / agent', () => {
       for (const p of [1, 50, 599]) next.set(makeImage(1, 1000 + p * 4), p * PAGE);
       writeFileSync(imgFile, next);
       writeFileSync(path.join(root, 'dirty'), '1\n50\n599\n');
-      const put2 = await runCli(['agent', 'push', '--server', srv.address, '--vm', 'web1', '--dirty-list', path.join(root, 'dirty'), '--json', imgFile], { env: { VNSTORE_TOKEN: readFileSync(tokenFile, 'utf8').trim() } });
+      const put2 = await runCli(
+        ['agent', 'push', '--server', srv.address, '--vm', 'web1', '--dirty-list', path.join(root, 'dirty'), '--json', imgFile],
+        { env: { VNSTORE_TOKEN: readFileSync(tokenFile, 'utf8').trim() } },
+      );
       expect(put2.code).toBe(0);
       const second = JSON.parse(put2.stdout.toString()) as { id: string; parent: string; pagesSent: number; pagesOffered: number };
       expect(second.parent).toBe(first.id);
@@ -102,7 +105,11 @@ describe('vnstore serve / token / agent', () => {
       const exit = await srv.stop('SIGTERM');
       expect(exit).toEqual({ code: 0, signal: null });
     }
-    const lines = srv.stderr().trim().split('\n').map((l) => JSON.parse(l) as { event?: string });
+    const lines = srv
+      .stderr()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { event?: string });
     expect(lines.map((l) => l.event)).toEqual(expect.arrayContaining(['listening', 'hello', 'commit', 'auth_failed', 'shutdown', 'exit']));
     // The store is free again and holds both snapshots.
     const ls = await runCli(['ls', '--store', store, '--json']);

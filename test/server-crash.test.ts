@@ -115,12 +115,20 @@ describe('server crash safety', () => {
       };
       const errors: string[] = [];
       // Agents stop at the kill (their requests fail with E_IO); any other error is a finding.
-      const work = Promise.all([0, 1, 2].map((a) => agent(a).catch((err: Error & { code?: string }) => void (err.code === 'E_IO' || errors.push(`${err.code}: ${err.message}`)))));
+      const work = Promise.all(
+        [0, 1, 2].map((a) =>
+          agent(a).catch((err: Error & { code?: string }) => void (err.code === 'E_IO' || errors.push(`${err.code}: ${err.message}`))),
+        ),
+      );
       // A random point during ingest: after a random number of acknowledged commits (0-2), plus a
       // random delay, so kills land before, inside and after commits.
       const before = acked.size;
       const want = before + (rand() % 3);
-      await waitFor(() => errors.length > 0 || (acked.size >= want && clients.length >= 3), 'agents connected and commits before the kill', 30_000).catch(async (err: Error) => {
+      await waitFor(
+        () => errors.length > 0 || (acked.size >= want && clients.length >= 3),
+        'agents connected and commits before the kill',
+        30_000,
+      ).catch(async (err: Error) => {
         await srv.stop('SIGKILL');
         throw new Error(`${err.message} (point ${point}, seed ${seed}); server log:\n${srv.stderr().slice(-3000)}`);
       });
@@ -142,7 +150,9 @@ describe('server crash safety', () => {
       for (const [group, members] of groups) {
         const committed = members.filter((id) => listed.has(id)).length;
         // A group commit is one batch: never some of its members.
-        expect([0, groupSize.get(group)], `group ${group} (seed ${seed})`).toContain(committed === members.length ? groupSize.get(group) : committed);
+        expect([0, groupSize.get(group)], `group ${group} (seed ${seed})`).toContain(
+          committed === members.length ? groupSize.get(group) : committed,
+        );
         if (committed > 0) expect(committed).toBe(groupSize.get(group));
       }
       for (const [id, image] of acked) expect((await restoreRemote(c, id)).equals(image), `snapshot ${id} (seed ${seed})`).toBe(true);
@@ -162,7 +172,8 @@ describe('server crash safety', () => {
     try {
       const report = await checkStore(s, { readData: true });
       expect(report.problems, `seed ${seed}`).toEqual([]);
-      for (const id of [...acked.keys()].slice(-5)) expect((await restoreToBuffer(s, await s.resolveSnapshot(id))).equals(acked.get(id)!)).toBe(true);
+      for (const id of [...acked.keys()].slice(-5))
+        expect((await restoreToBuffer(s, await s.resolveSnapshot(id))).equals(acked.get(id)!)).toBe(true);
     } finally {
       await s.close();
     }

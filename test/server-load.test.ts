@@ -60,7 +60,11 @@ describe('server under load', () => {
   it('200 random pre-copy write schedules round-trip exactly', async () => {
     const r = await startServer(tempDir('schedules'));
     const c = await r.connect();
-    type Op = { kind: 'range'; first: number; n: number; seed: number } | { kind: 'scatter'; pages: number[]; seed: number } | { kind: 'page'; page: number; seed: number } | { kind: 'zero'; first: number; n: number };
+    type Op =
+      | { kind: 'range'; first: number; n: number; seed: number }
+      | { kind: 'scatter'; pages: number[]; seed: number }
+      | { kind: 'page'; page: number; seed: number }
+      | { kind: 'zero'; first: number; n: number };
     const pageSeed = (seed: number, k: number) => (seed * 31 + k) % 5; // few distinct contents: duplicates across writes
     const content = (seed: number, k: number) => (pageSeed(seed, k) === 0 ? Buffer.alloc(PAGE) : makePage('random', pageSeed(seed, k)));
     try {
@@ -73,10 +77,23 @@ describe('server under load', () => {
               vm: fc.constantFrom('a', 'b', 'c'),
               ops: fc.array(
                 fc.oneof(
-                  fc.record({ kind: fc.constant('range' as const), first: fc.integer({ min: 0, max: pages - 1 }), n: fc.integer({ min: 1, max: pages }), seed: fc.nat(1000) }),
-                  fc.record({ kind: fc.constant('scatter' as const), pages: fc.array(fc.integer({ min: 0, max: pages - 1 }), { minLength: 1, maxLength: 8 }), seed: fc.nat(1000) }),
+                  fc.record({
+                    kind: fc.constant('range' as const),
+                    first: fc.integer({ min: 0, max: pages - 1 }),
+                    n: fc.integer({ min: 1, max: pages }),
+                    seed: fc.nat(1000),
+                  }),
+                  fc.record({
+                    kind: fc.constant('scatter' as const),
+                    pages: fc.array(fc.integer({ min: 0, max: pages - 1 }), { minLength: 1, maxLength: 8 }),
+                    seed: fc.nat(1000),
+                  }),
                   fc.record({ kind: fc.constant('page' as const), page: fc.integer({ min: 0, max: pages - 1 }), seed: fc.nat(1000) }),
-                  fc.record({ kind: fc.constant('zero' as const), first: fc.integer({ min: 0, max: pages - 1 }), n: fc.integer({ min: 1, max: pages }) }),
+                  fc.record({
+                    kind: fc.constant('zero' as const),
+                    first: fc.integer({ min: 0, max: pages - 1 }),
+                    n: fc.integer({ min: 1, max: pages }),
+                  }),
                 ),
                 { minLength: 1, maxLength: 10 },
               ),
@@ -89,7 +106,9 @@ describe('server under load', () => {
             for (const op of ops as Op[]) {
               if (op.kind === 'range' || op.kind === 'zero') {
                 const n = Math.min(op.n, pages - op.first);
-                const data = Buffer.concat(Array.from({ length: n }, (_, k) => (op.kind === 'zero' ? Buffer.alloc(PAGE) : content(op.seed, k))));
+                const data = Buffer.concat(
+                  Array.from({ length: n }, (_, k) => (op.kind === 'zero' ? Buffer.alloc(PAGE) : content(op.seed, k))),
+                );
                 await s.writePages(op.first, data);
                 model.set(data, op.first * PAGE);
               } else if (op.kind === 'scatter') {
@@ -253,7 +272,8 @@ describe('server backpressure', () => {
       // reading, writes block (the agent is held back), and the server's frame memory stays bounded.
       const deadline = Date.now() + 20_000;
       for (let i = 0; i < 48 && Date.now() < deadline; i++) {
-        if (!sock.write(frame)) await Promise.race([new Promise((res) => sock.once('drain', res)), new Promise((res) => setTimeout(res, 500))]);
+        if (!sock.write(frame))
+          await Promise.race([new Promise((res) => sock.once('drain', res)), new Promise((res) => setTimeout(res, 500))]);
         written++;
       }
       await new Promise((res) => setTimeout(res, 300));

@@ -12,7 +12,6 @@ import { Store } from '../src/store/store.js';
 
 const tempDir = tempDirs();
 
-
 /** Stores `image` through the client as one snapshot of `vm`, restores it exactly, and closes. */
 async function expectRoundTrip(c: AgentClient, vm: string, image: Buffer): Promise<void> {
   const s = await c.beginSession({ vm });
@@ -61,12 +60,37 @@ describe('server observability and transports', () => {
     const root = tempDir('tls');
     const key = path.join(root, 'key.pem');
     const cert = path.join(root, 'cert.pem');
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-keyout',
+        key,
+        '-out',
+        cert,
+        '-days',
+        '1',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+      ],
+      { stdio: 'ignore' },
+    );
     const store = await Store.open(await initStore(root), { workers: 0 });
     const { VnServer } = await import('../src/server/server.js');
     const server = new VnServer(store, { token: TEST_TOKEN });
     try {
-      const address = await server.listen({ kind: 'tcp', host: '127.0.0.1', port: 0, tls: true }, { cert: readFileSync(cert), key: readFileSync(key) });
+      const address = await server.listen(
+        { kind: 'tcp', host: '127.0.0.1', port: 0, tls: true },
+        { cert: readFileSync(cert), key: readFileSync(key) },
+      );
       expect(address).toMatch(/^tls:\/\/127\.0\.0\.1:\d+$/);
       await expect(AgentClient.connect({ server: address, token: TEST_TOKEN })).rejects.toMatchObject({ code: 'E_IO' });
       const c = await AgentClient.connect({ server: address, token: TEST_TOKEN, tlsCa: readFileSync(cert) });

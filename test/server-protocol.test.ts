@@ -23,10 +23,29 @@ const safe = fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER });
 const digestsFor = (n: number) => fc.uint8Array({ minLength: n * 32, maxLength: n * 32 });
 
 const message: fc.Arbitrary<Message> = fc.oneof(
-  fc.record({ t: fc.constant('hello' as const), minVersion: fc.integer({ min: 0, max: 65535 }), maxVersion: fc.integer({ min: 0, max: 65535 }), token: fc.string({ maxLength: 64 }) }),
-  fc.record({ t: fc.constant('begin' as const), req: u32, sid: u32, vm: name, group: fc.option(name, { nil: undefined }), parent: fc.constantFrom('auto', 'none', '0123456789abcdef'), memoryBytes: fc.option(safe, { nil: undefined }) }),
+  fc.record({
+    t: fc.constant('hello' as const),
+    minVersion: fc.integer({ min: 0, max: 65535 }),
+    maxVersion: fc.integer({ min: 0, max: 65535 }),
+    token: fc.string({ maxLength: 64 }),
+  }),
+  fc.record({
+    t: fc.constant('begin' as const),
+    req: u32,
+    sid: u32,
+    vm: name,
+    group: fc.option(name, { nil: undefined }),
+    parent: fc.constantFrom('auto', 'none', '0123456789abcdef'),
+    memoryBytes: fc.option(safe, { nil: undefined }),
+  }),
   fc.integer({ min: 0, max: 40 }).chain((n) =>
-    fc.record({ t: fc.constant('offer' as const), req: u32, sid: u32, indices: fc.array(u32, { minLength: n, maxLength: n }).map((a) => Uint32Array.from(a)), digests: digestsFor(n) }),
+    fc.record({
+      t: fc.constant('offer' as const),
+      req: u32,
+      sid: u32,
+      indices: fc.array(u32, { minLength: n, maxLength: n }).map((a) => Uint32Array.from(a)),
+      digests: digestsFor(n),
+    }),
   ),
   fc.integer({ min: 0, max: 3 }).chain((n) =>
     fc.record({
@@ -38,24 +57,63 @@ const message: fc.Arbitrary<Message> = fc.oneof(
       data: fc.uint8Array({ minLength: n * PAGE, maxLength: n * PAGE }),
     }),
   ),
-  fc.array(u32, { maxLength: 20 }).map((a): Message => ({ t: 'zero', req: 7, sid: 9, ranges: Uint32Array.from(a.length % 2 ? a.slice(1) : a) })),
-  fc.record({ t: fc.constant('prepare' as const), req: u32, sid: u32, byteLength: fc.option(safe, { nil: undefined }), unwritten: fc.constantFrom(undefined, 'parent' as const, 'zero' as const, 'error' as const) }),
+  fc
+    .array(u32, { maxLength: 20 })
+    .map((a): Message => ({ t: 'zero', req: 7, sid: 9, ranges: Uint32Array.from(a.length % 2 ? a.slice(1) : a) })),
+  fc.record({
+    t: fc.constant('prepare' as const),
+    req: u32,
+    sid: u32,
+    byteLength: fc.option(safe, { nil: undefined }),
+    unwritten: fc.constantFrom(undefined, 'parent' as const, 'zero' as const, 'error' as const),
+  }),
   fc.record({ t: fc.constantFrom('commit' as const, 'abort' as const), req: u32, sid: u32 }),
-  fc.record({ t: fc.constant('group-commit' as const), req: u32, group: name, ids: fc.array(fc.stringMatching(/^[0-9a-f]{16}$/), { maxLength: 10 }) }),
+  fc.record({
+    t: fc.constant('group-commit' as const),
+    req: u32,
+    group: name,
+    ids: fc.array(fc.stringMatching(/^[0-9a-f]{16}$/), { maxLength: 10 }),
+  }),
   fc.record({ t: fc.constant('call' as const), req: u32, method: name, args: fc.json() }),
   fc.record({ t: fc.constant('restore' as const), req: u32, id: fc.stringMatching(/^[0-9a-f]{4,16}$/) }),
-  fc.record({ t: fc.constant('welcome' as const), version: fc.integer({ min: 0, max: 65535 }), window: fc.integer({ min: 0, max: 65535 }), maxFrameBytes: u32, maxPagesPerBatch: u32, serverId: fc.string() }),
+  fc.record({
+    t: fc.constant('welcome' as const),
+    version: fc.integer({ min: 0, max: 65535 }),
+    window: fc.integer({ min: 0, max: 65535 }),
+    maxFrameBytes: u32,
+    maxPagesPerBatch: u32,
+    serverId: fc.string(),
+  }),
   fc.record({ t: fc.constantFrom('result' as const, 'end' as const), req: u32, json: fc.json() }),
   fc.record({ t: fc.constant('missing' as const), req: u32, positions: fc.array(u32, { maxLength: 50 }).map((a) => Uint32Array.from(a)) }),
-  fc.record({ t: fc.constant('error' as const), req: u32, code: fc.constantFrom('E_MALFORMED', 'E_AUTH', 'E_NOT_FOUND'), message: fc.string({ maxLength: 100 }) }),
+  fc.record({
+    t: fc.constant('error' as const),
+    req: u32,
+    code: fc.constantFrom('E_MALFORMED', 'E_AUTH', 'E_NOT_FOUND'),
+    message: fc.string({ maxLength: 100 }),
+  }),
   fc.integer({ min: 0, max: 3 }).chain((n) =>
-    fc.record({ t: fc.constant('data' as const), req: u32, firstPage: u32, digests: digestsFor(n), data: fc.uint8Array({ minLength: Math.max(0, n * PAGE - 4095), maxLength: n * PAGE }) }),
+    fc.record({
+      t: fc.constant('data' as const),
+      req: u32,
+      firstPage: u32,
+      digests: digestsFor(n),
+      data: fc.uint8Array({ minLength: Math.max(0, n * PAGE - 4095), maxLength: n * PAGE }),
+    }),
   ),
 );
 
 /** Plain values for comparison: typed arrays and Buffers as arrays of numbers. */
 function plain(m: Message): unknown {
-  return JSON.parse(JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array || v instanceof Uint32Array ? Array.from(v) : (v as { type?: string; data?: number[] })?.type === 'Buffer' ? (v as { data: number[] }).data : v)));
+  return JSON.parse(
+    JSON.stringify(m, (_k, v: unknown) =>
+      v instanceof Uint8Array || v instanceof Uint32Array
+        ? Array.from(v)
+        : (v as { type?: string; data?: number[] })?.type === 'Buffer'
+          ? (v as { data: number[] }).data
+          : v,
+    ),
+  );
 }
 
 function decodeAll(chunks: Uint8Array[]): Message[] {
@@ -82,31 +140,39 @@ function split(b: Buffer, cuts: number[]): Uint8Array[] {
 describe('protocol round trip', () => {
   it('copyAll: frames stay exact when every read lands in the same reused buffer (a socket with onread)', () => {
     fc.assert(
-      fc.property(fc.array(message, { minLength: 1, maxLength: 6 }), fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 8 }), (msgs, cuts) => {
-        const wire = Buffer.concat(msgs.map(encodeMessage));
-        const readBuffer = Buffer.alloc(wire.length);
-        const d = new FrameDecoder(MAX_FRAME_BYTES, true);
-        const frames = [];
-        for (const c of split(wire, cuts)) {
-          readBuffer.fill(0xa5); // the next read overwrites what the last one left
-          readBuffer.set(c);
-          frames.push(...d.push(readBuffer.subarray(0, c.length)));
-        }
-        readBuffer.fill(0x5a);
-        expect(d.idle).toBe(true);
-        // Decoded only now, after every read: no frame may be a view of the read buffer.
-        expect(frames.map((f) => plain(decodeMessage(f)))).toEqual(msgs.map(plain));
-      }),
+      fc.property(
+        fc.array(message, { minLength: 1, maxLength: 6 }),
+        fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 8 }),
+        (msgs, cuts) => {
+          const wire = Buffer.concat(msgs.map(encodeMessage));
+          const readBuffer = Buffer.alloc(wire.length);
+          const d = new FrameDecoder(MAX_FRAME_BYTES, true);
+          const frames = [];
+          for (const c of split(wire, cuts)) {
+            readBuffer.fill(0xa5); // the next read overwrites what the last one left
+            readBuffer.set(c);
+            frames.push(...d.push(readBuffer.subarray(0, c.length)));
+          }
+          readBuffer.fill(0x5a);
+          expect(d.idle).toBe(true);
+          // Decoded only now, after every read: no frame may be a view of the read buffer.
+          expect(frames.map((f) => plain(decodeMessage(f)))).toEqual(msgs.map(plain));
+        },
+      ),
       { numRuns: 500 },
     );
   });
 
   it('every message decodes to itself, however the stream is cut', () => {
     fc.assert(
-      fc.property(fc.array(message, { minLength: 1, maxLength: 6 }), fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 8 }), (msgs, cuts) => {
-        const wire = Buffer.concat(msgs.map(encodeMessage));
-        expect(decodeAll(split(wire, cuts)).map(plain)).toEqual(msgs.map(plain));
-      }),
+      fc.property(
+        fc.array(message, { minLength: 1, maxLength: 6 }),
+        fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 8 }),
+        (msgs, cuts) => {
+          const wire = Buffer.concat(msgs.map(encodeMessage));
+          expect(decodeAll(split(wire, cuts)).map(plain)).toEqual(msgs.map(plain));
+        },
+      ),
       { numRuns: 500 },
     );
   });
@@ -122,9 +188,20 @@ describe('protocol round trip', () => {
 
   it('encoders refuse batches past the limits', () => {
     const n = MAX_PAGES_PER_BATCH + 1;
-    expect(() => encodeMessage({ t: 'pages', req: 1, sid: 1, indices: new Uint32Array(n), digests: new Uint8Array(n * 32), data: new Uint8Array(n * PAGE) })).toThrow(ProtocolError);
+    expect(() =>
+      encodeMessage({
+        t: 'pages',
+        req: 1,
+        sid: 1,
+        indices: new Uint32Array(n),
+        digests: new Uint8Array(n * 32),
+        data: new Uint8Array(n * PAGE),
+      }),
+    ).toThrow(ProtocolError);
     const o = MAX_OFFERS_PER_BATCH + 1;
-    expect(() => encodeMessage({ t: 'offer', req: 1, sid: 1, indices: new Uint32Array(o), digests: new Uint8Array(o * 32) })).toThrow(/limit/);
+    expect(() => encodeMessage({ t: 'offer', req: 1, sid: 1, indices: new Uint32Array(o), digests: new Uint8Array(o * 32) })).toThrow(
+      /limit/,
+    );
   });
 
   it('version negotiation picks the highest common version or refuses with E_VERSION', () => {
@@ -164,7 +241,13 @@ describe('large frames: zero-copy encoding and pooled decoding', () => {
           /** The exact bytes of a decoded PAGES or DATA message (plain() is far too slow for MiBs). */
           const bytesOf = (m: Message) => {
             if (m.t !== 'pages' && m.t !== 'data') throw new Error(`unexpected ${m.t}`);
-            return Buffer.concat([Buffer.from(JSON.stringify({ ...m, digests: undefined, data: undefined, indices: m.t === 'pages' ? Array.from(m.indices) : undefined })), m.digests, m.data]);
+            return Buffer.concat([
+              Buffer.from(
+                JSON.stringify({ ...m, digests: undefined, data: undefined, indices: m.t === 'pages' ? Array.from(m.indices) : undefined }),
+              ),
+              m.digests,
+              m.data,
+            ]);
           };
           const held: { m: Message; want: Buffer }[] = [];
           let k = 0;
@@ -237,12 +320,16 @@ describe('protocol fuzz', () => {
         (frames, flips, cut, mode) => {
           let wire: Buffer;
           if (mode === 'reorder') wire = Buffer.concat([...frames].reverse().flatMap((f) => [f, f]));
-          else if (mode === 'retype') wire = Buffer.concat(frames.map((f) => Buffer.concat([f.subarray(0, 4), Buffer.of((f[4] * 31 + cut) & 0xff), f.subarray(5)])));
+          else if (mode === 'retype')
+            wire = Buffer.concat(frames.map((f) => Buffer.concat([f.subarray(0, 4), Buffer.of((f[4] * 31 + cut) & 0xff), f.subarray(5)])));
           else if (mode === 'body') {
             // Keeps the framing, shortens or lengthens each body: the message decoder must refuse it.
             wire = Buffer.concat(
               frames.map((f) => {
-                const body = cut % 2 ? f.subarray(5, Math.max(5, f.length - 1 - (cut % 7))) : Buffer.concat([f.subarray(5), Buffer.alloc(1 + (cut % 5))]);
+                const body =
+                  cut % 2
+                    ? f.subarray(5, Math.max(5, f.length - 1 - (cut % 7)))
+                    : Buffer.concat([f.subarray(5), Buffer.alloc(1 + (cut % 5))]);
                 const h = Buffer.alloc(5);
                 h.writeUInt32BE(body.length + 1);
                 h[4] = f[4];

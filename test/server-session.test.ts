@@ -80,7 +80,11 @@ describe('server sessions', () => {
       const rec = await s2.commit();
       // Unchanged pages equal the parent's: not looked up; the moved page is, and is found (no bytes
       // sent for it); the new page is absent from the chunk table: sent without a lookup.
-      expect({ asked: asked.reduce((a, b) => a + b, 0), sent: s2.stats.pagesSent, offered: s2.stats.pagesOffered }).toEqual({ asked: 1, sent: 1, offered: s1.stats.pagesOffered + 1 });
+      expect({ asked: asked.reduce((a, b) => a + b, 0), sent: s2.stats.pagesSent, offered: s2.stats.pagesOffered }).toEqual({
+        asked: 1,
+        sent: 1,
+        offered: s1.stats.pagesOffered + 1,
+      });
       expect(s2.stats.pagesSent).toBe(1);
       expect((await restoreRemote(c, rec.id)).equals(next)).toBe(true);
     }));
@@ -115,7 +119,9 @@ describe('server sessions', () => {
       await conn.request({ t: 'begin', sid: 1, vm: 'evil', parent: 'none', memoryBytes: 4 * PAGE });
       const page = makePageBytes(77);
       const lie = blake3(makePageBytes(78));
-      await expect(conn.request({ t: 'pages', sid: 1, indices: Uint32Array.of(0), digests: lie, data: page })).rejects.toMatchObject({ wire: 'E_DIGEST_MISMATCH' });
+      await expect(conn.request({ t: 'pages', sid: 1, indices: Uint32Array.of(0), digests: lie, data: page })).rejects.toMatchObject({
+        wire: 'E_DIGEST_MISMATCH',
+      });
       // The session goes on: the honest page is taken; neither the lie nor the page is stored under it.
       await conn.request({ t: 'pages', sid: 1, indices: Uint32Array.of(0), digests: blake3(page), data: page });
       await r.store.writer.flush();
@@ -129,15 +135,21 @@ describe('server sessions', () => {
       const conn = await AgentConnection.connect({ server: r.address, token: TEST_TOKEN });
       const page = makePageBytes(5);
       const d = blake3(page);
-      await expect(conn.request({ t: 'offer', sid: 9, indices: Uint32Array.of(0), digests: d })).rejects.toMatchObject({ wire: 'E_UNKNOWN_SESSION' });
+      await expect(conn.request({ t: 'offer', sid: 9, indices: Uint32Array.of(0), digests: d })).rejects.toMatchObject({
+        wire: 'E_UNKNOWN_SESSION',
+      });
       await conn.request({ t: 'begin', sid: 1, vm: 'v', parent: 'none', memoryBytes: 2 * PAGE });
       await expect(conn.request({ t: 'begin', sid: 1, vm: 'v', parent: 'none' })).rejects.toMatchObject({ wire: 'E_SESSION_STATE' });
-      await expect(conn.request({ t: 'pages', sid: 1, indices: Uint32Array.of(2), digests: d, data: page })).rejects.toMatchObject({ wire: 'E_PAGE_RANGE' });
+      await expect(conn.request({ t: 'pages', sid: 1, indices: Uint32Array.of(2), digests: d, data: page })).rejects.toMatchObject({
+        wire: 'E_PAGE_RANGE',
+      });
       await expect(conn.request({ t: 'zero', sid: 1, ranges: Uint32Array.of(1, 5) })).rejects.toMatchObject({ wire: 'E_PAGE_RANGE' });
       await conn.request({ t: 'pages', sid: 1, indices: Uint32Array.of(0), digests: d, data: page });
       await conn.request({ t: 'zero', sid: 1, ranges: Uint32Array.of(1, 1) });
       await conn.request({ t: 'prepare', sid: 1 });
-      await expect(conn.request({ t: 'pages', sid: 1, indices: Uint32Array.of(0), digests: d, data: page })).rejects.toMatchObject({ wire: 'E_SESSION_STATE' });
+      await expect(conn.request({ t: 'pages', sid: 1, indices: Uint32Array.of(0), digests: d, data: page })).rejects.toMatchObject({
+        wire: 'E_SESSION_STATE',
+      });
       await expect(conn.request({ t: 'prepare', sid: 1 })).rejects.toMatchObject({ wire: 'E_SESSION_STATE' });
       await conn.request({ t: 'commit', sid: 1 });
       await expect(conn.request({ t: 'commit', sid: 1 })).rejects.toMatchObject({ wire: 'E_SESSION_STATE' });
@@ -162,9 +174,14 @@ describe('server sessions', () => {
       expect(await r.store.listSnapshots()).toEqual([]);
       const coordinator = await r.connect();
       // A member that is not prepared makes the whole group fail, and nothing is committed.
-      await expect(coordinator.commitPrepared([...prepared.map((p) => p.id), '0000000000000000'], { id: 'epoch-1' })).rejects.toMatchObject({ wire: 'E_SESSION_STATE' });
+      await expect(coordinator.commitPrepared([...prepared.map((p) => p.id), '0000000000000000'], { id: 'epoch-1' })).rejects.toMatchObject(
+        { wire: 'E_SESSION_STATE' },
+      );
       expect(await r.store.listSnapshots()).toEqual([]);
-      const records = await coordinator.commitPrepared(prepared.map((p) => p.id), { id: 'epoch-1' });
+      const records = await coordinator.commitPrepared(
+        prepared.map((p) => p.id),
+        { id: 'epoch-1' },
+      );
       expect(records.map((x) => x.id)).toEqual(prepared.map((p) => p.id));
       for (let i = 0; i < 3; i++) expect((await restoreRemote(coordinator, records[i].id)).equals(images[i])).toBe(true);
       await expect(coordinator.commitPrepared([prepared[0].id], { id: 'epoch-1' })).rejects.toMatchObject({ wire: 'E_SESSION_STATE' });
@@ -238,7 +255,7 @@ describe('server sessions', () => {
 });
 
 function makePageBytes(seed: number): Buffer {
-  return makeImage(1, seed * 4 + (4 - ((seed * 7) % 4)) % 4);
+  return makeImage(1, seed * 4 + ((4 - ((seed * 7) % 4)) % 4));
 }
 
 async function waitFor(cond: () => boolean): Promise<void> {

@@ -77,7 +77,13 @@ describe('inherited pages', () => {
       expect(String((err as Error).message)).toContain(`page 3, chunk ${lost.toString('hex')}`);
       expect((await store.listSnapshots()).map((r) => r.id)).toEqual([parent.id]);
       // Writing the page again stores its chunk anew: the snapshot commits and restores exactly.
-      const healed = await dirtyPut(store, new Map([[0, makePage('random', 900)], [3, image.subarray(3 * PAGE, 4 * PAGE)]]));
+      const healed = await dirtyPut(
+        store,
+        new Map([
+          [0, makePage('random', 900)],
+          [3, image.subarray(3 * PAGE, 4 * PAGE)],
+        ]),
+      );
       await expectRestores(store, healed, patched(image, [[0, makePage('random', 900)]]));
     }));
 
@@ -161,7 +167,15 @@ describe('single pages are gathered', () => {
       await s.writePage(4, makePage('random', 813));
       const r = await s.commit({ byteLength: 8 * PAGE });
       expect(store.table.size).toBe(chunksBefore + 3);
-      await expectRestores(store, r, patched(image, [[2, makePage('random', 810)], [3, makePage('random', 811)], [4, makePage('random', 813)]]));
+      await expectRestores(
+        store,
+        r,
+        patched(image, [
+          [2, makePage('random', 810)],
+          [3, makePage('random', 811)],
+          [4, makePage('random', 813)],
+        ]),
+      );
     }));
 });
 
@@ -187,7 +201,7 @@ describe('page buffers are reused', () => {
   });
 });
 
-describe('a short page is only the image\'s last page', () => {
+describe("a short page is only the image's last page", () => {
   it('is refused anywhere else (E_USAGE), at the write with a memory size, else at commit; a whole rewrite heals it', async () => {
     const store = await freshStore();
     try {
@@ -197,7 +211,10 @@ describe('a short page is only the image\'s last page', () => {
       await s.writePages(0, makePage('random', 1));
       await s.writePages(1, short); // a truncated page from a daemon
       await s.writePages(2, makePage('random', 3));
-      await expect(s.commit({ byteLength: 3 * PAGE })).rejects.toMatchObject({ code: 'E_USAGE', message: expect.stringMatching(/page 1 was written short/) });
+      await expect(s.commit({ byteLength: 3 * PAGE })).rejects.toMatchObject({
+        code: 'E_USAGE',
+        message: expect.stringMatching(/page 1 was written short/),
+      });
       await s.abort();
       // With one it is refused at the write itself, and nothing is recorded.
       const m = await store.beginSession({ vm: 'trunc', parent: 'none', memoryBytes: 3 * PAGE });
@@ -224,7 +241,9 @@ describe('sessions of one group committed separately', () => {
       const sessions = await Promise.all(['a', 'b', 'c', 'd'].map((vm) => store.beginSession({ vm, group: 'epoch-1' })));
       await Promise.all(sessions.map((s, i) => s.writePages(0, Buffer.concat([makePage('random', 900 + i), makePage('compressible', i)]))));
       const records = await Promise.all(sessions.map((s) => s.commit()));
-      const group = JSON.parse((await store.db.get(Buffer.concat([Buffer.of(KEY_GROUP), Buffer.from('epoch-1')])))!.toString('utf8')) as GroupRecord;
+      const group = JSON.parse(
+        (await store.db.get(Buffer.concat([Buffer.of(KEY_GROUP), Buffer.from('epoch-1')])))!.toString('utf8'),
+      ) as GroupRecord;
       expect([...group.snapshots].sort()).toEqual(records.map((r) => r.id).sort());
       const report = await checkStore(store);
       expect(report.problems).toEqual([]);
@@ -236,7 +255,7 @@ describe('sessions of one group committed separately', () => {
 });
 
 describe('abort once a commit has begun', () => {
-  it('does nothing: the commit completes, and a gc meanwhile still sees the session\'s chunks as live', async () => {
+  it("does nothing: the commit completes, and a gc meanwhile still sees the session's chunks as live", async () => {
     const store = await Store.open(await initStore(tempDir('abort-commit')), { workers: 0, packTargetBytes: 64 * 1024 });
     try {
       const image = Buffer.concat(Array.from({ length: 96 }, (_, i) => makePage('random', 7000 + i)));

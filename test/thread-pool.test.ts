@@ -50,7 +50,7 @@ function sameResult(a: HashResult, b: HashResult): void {
 }
 
 describe.runIf(native)('thread-pool addon calls', () => {
-  it('scanPagesAsync flags zero pages and hashes the others in place, leaving zero pages\' slots alone', async () => {
+  it("scanPagesAsync flags zero pages and hashes the others in place, leaving zero pages' slots alone", async () => {
     await fc.assert(
       fc.asyncProperty(blockArb, async (spec) => {
         const src = blockOf(spec);
@@ -157,7 +157,9 @@ describe.runIf(native)('thread-pool addon calls', () => {
       expect(() => scanFile!(fd, 0, PAGE_SIZE, new Uint8Array(3 * PAGE_SIZE + 1).subarray(1), 3, zero, out)).toThrow(RangeError);
       expect(() => scanFile!(-1, 0, PAGE_SIZE, dst, 3, zero, out)).toThrow(TypeError);
       expect(() => scanFile!(fd, -1, PAGE_SIZE, dst, 3, zero, out)).toThrow(TypeError);
-      expect(() => scanFile!(fd, 0, PAGE_SIZE, dst as unknown as Uint8Array, 3, new Uint16Array(3) as unknown as Uint8Array, out)).toThrow(TypeError);
+      expect(() => scanFile!(fd, 0, PAGE_SIZE, dst as unknown as Uint8Array, 3, new Uint16Array(3) as unknown as Uint8Array, out)).toThrow(
+        TypeError,
+      );
     } finally {
       closeSync(fd);
     }
@@ -168,7 +170,10 @@ describe.runIf(native)('thread-pool addon calls', () => {
     await fc.assert(
       fc.asyncProperty(blockArb, fc.array(fc.nat({ max: 39 }), { maxLength: 30 }), async (spec, picks) => {
         const src = blockOf(spec);
-        const offsets = Uint32Array.from(picks.filter((p) => p < spec.length), (p) => p * PAGE_SIZE);
+        const offsets = Uint32Array.from(
+          picks.filter((p) => p < spec.length),
+          (p) => p * PAGE_SIZE,
+        );
         const want = codec.compressPages(src, offsets, new Uint8Array(offsets.length * PAGE_SIZE));
         const got = await codec.compressPagesAsync!(src, offsets, new Uint8Array(offsets.length * PAGE_SIZE));
         expect(Buffer.from(got.payload).equals(Buffer.from(want.payload))).toBe(true);
@@ -192,12 +197,23 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
   it('give the results of runHashJob: any block, parent digests, table hits, file ranges', async () => {
     const root = tempDir('tpool');
     await fc.assert(
-      fc.asyncProperty(blockArb, fc.array(fc.boolean(), { maxLength: 40 }), fc.array(fc.boolean(), { maxLength: 40 }), fc.nat({ max: PAGE_SIZE - 1 }), fc.boolean(), fc.nat({ max: 2 * PAGE_SIZE }), async (spec, sameAsParent, inTable, cut, fromFile, at) => {
+      fc.asyncProperty(
+        blockArb,
+        fc.array(fc.boolean(), { maxLength: 40 }),
+        fc.array(fc.boolean(), { maxLength: 40 }),
+        fc.nat({ max: PAGE_SIZE - 1 }),
+        fc.boolean(),
+        fc.nat({ max: 2 * PAGE_SIZE }),
+        async (spec, sameAsParent, inTable, cut, fromFile, at) => {
           const src = blockOf(spec);
           const n = spec.length;
           // Parent digests: the real digest where sameAsParent says so, another page's otherwise.
           const real = new Uint8Array(n * DIGEST_BYTES);
-          hashPages(src, Uint32Array.from({ length: n }, (_, i) => i), real);
+          hashPages(
+            src,
+            Uint32Array.from({ length: n }, (_, i) => i),
+            real,
+          );
           const parentDigests = new Uint8Array(n * DIGEST_BYTES);
           const parentHasDigest = new Uint8Array(n);
           const table = new ChunkTable(64);
@@ -205,7 +221,8 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
             parentHasDigest[i] = 1;
             if (sameAsParent[i]) parentDigests.set(real.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
             else parentDigests.set(blake3(Buffer.from(makePage('random', 900 + i))), i * DIGEST_BYTES);
-            if (inTable[i] || sameAsParent[i]) table.insert(real, { pack: 1, offset: i * 10, storedLength: 10, codec: 1 }, i * DIGEST_BYTES);
+            if (inTable[i] || sameAsParent[i])
+              table.insert(real, { pack: 1, offset: i * 10, storedLength: 10, codec: 1 }, i * DIGEST_BYTES);
           }
           // A file job reads a range whose last page may be short (zero-padded).
           const length = n * PAGE_SIZE - (fromFile ? cut : 0);
@@ -233,34 +250,53 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
     );
   });
 
-  it('with checkedDigests (a server\'s verified digests) give the results of hashing, inline and on the thread pool, without hashing again', async () => {
+  it("with checkedDigests (a server's verified digests) give the results of hashing, inline and on the thread pool, without hashing again", async () => {
     await fc.assert(
-      fc.asyncProperty(blockArb, fc.array(fc.boolean(), { maxLength: 40 }), fc.array(fc.boolean(), { maxLength: 40 }), async (spec, sameAsParent, inTable) => {
-        const src = blockOf(spec);
-        const n = spec.length;
-        // What an agent sends: every page's digest, a zero page's too.
-        const real = new Uint8Array(n * DIGEST_BYTES);
-        for (let i = 0; i < n; i++) real.set(blake3(Buffer.from(src.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE))), i * DIGEST_BYTES);
-        const parentDigests = new Uint8Array(n * DIGEST_BYTES);
-        const parentHasDigest = new Uint8Array(n).fill(1);
-        const table = new ChunkTable(64);
-        for (let i = 0; i < n; i++) {
-          if (sameAsParent[i]) parentDigests.set(real.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
-          if (inTable[i] || sameAsParent[i]) table.insert(real, { pack: 1, offset: i * 10, storedLength: 10, codec: 1 }, i * DIGEST_BYTES);
-        }
-        const job = (checkedDigests?: Uint8Array): HashJob => ({ kind: 'hash', pages: Uint8Array.from(src), pageCount: n, parentDigests, parentHasDigest, table: table.shared, payloadSlab: new Uint8Array(n * PAGE_SIZE), checkedDigests });
-        const want = runHashJob(job());
-        sameResult(runHashJob(job(real)), want);
-        sameResult((await runHashJobOnThreadPool(job(real), () => new Uint8Array(0)))!, want);
-        // Taken as given: a (deliberately) different digest for a non-zero page comes back unchanged.
-        const k = spec.findIndex(([kind]) => kind !== 'zero');
-        if (k < 0) return;
-        const other = Uint8Array.from(real);
-        other.set(blake3(Buffer.from('not this page')), k * DIGEST_BYTES);
-        for (const r of [runHashJob(job(other)), (await runHashJobOnThreadPool(job(other), () => new Uint8Array(0)))!]) {
-          expect(Buffer.from(r.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)).equals(Buffer.from(other.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)))).toBe(true);
-        }
-      }),
+      fc.asyncProperty(
+        blockArb,
+        fc.array(fc.boolean(), { maxLength: 40 }),
+        fc.array(fc.boolean(), { maxLength: 40 }),
+        async (spec, sameAsParent, inTable) => {
+          const src = blockOf(spec);
+          const n = spec.length;
+          // What an agent sends: every page's digest, a zero page's too.
+          const real = new Uint8Array(n * DIGEST_BYTES);
+          for (let i = 0; i < n; i++) real.set(blake3(Buffer.from(src.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE))), i * DIGEST_BYTES);
+          const parentDigests = new Uint8Array(n * DIGEST_BYTES);
+          const parentHasDigest = new Uint8Array(n).fill(1);
+          const table = new ChunkTable(64);
+          for (let i = 0; i < n; i++) {
+            if (sameAsParent[i]) parentDigests.set(real.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
+            if (inTable[i] || sameAsParent[i])
+              table.insert(real, { pack: 1, offset: i * 10, storedLength: 10, codec: 1 }, i * DIGEST_BYTES);
+          }
+          const job = (checkedDigests?: Uint8Array): HashJob => ({
+            kind: 'hash',
+            pages: Uint8Array.from(src),
+            pageCount: n,
+            parentDigests,
+            parentHasDigest,
+            table: table.shared,
+            payloadSlab: new Uint8Array(n * PAGE_SIZE),
+            checkedDigests,
+          });
+          const want = runHashJob(job());
+          sameResult(runHashJob(job(real)), want);
+          sameResult((await runHashJobOnThreadPool(job(real), () => new Uint8Array(0)))!, want);
+          // Taken as given: a (deliberately) different digest for a non-zero page comes back unchanged.
+          const k = spec.findIndex(([kind]) => kind !== 'zero');
+          if (k < 0) return;
+          const other = Uint8Array.from(real);
+          other.set(blake3(Buffer.from('not this page')), k * DIGEST_BYTES);
+          for (const r of [runHashJob(job(other)), (await runHashJobOnThreadPool(job(other), () => new Uint8Array(0)))!]) {
+            expect(
+              Buffer.from(r.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)).equals(
+                Buffer.from(other.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)),
+              ),
+            ).toBe(true);
+          }
+        },
+      ),
       { numRuns: 100 },
     );
   });
@@ -269,16 +305,29 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
     const root = tempDir('tpool');
     const file = path.join(root, 'short.bin');
     writeFileSync(file, Buffer.alloc(PAGE_SIZE + 10, 1));
-    const job = (p: string): HashJob => ({ kind: 'hash', pages: new Uint8Array(0), file: { path: p, offset: 0, length: 2 * PAGE_SIZE }, pageCount: 2 });
+    const job = (p: string): HashJob => ({
+      kind: 'hash',
+      pages: new Uint8Array(0),
+      file: { path: p, offset: 0, length: 2 * PAGE_SIZE },
+      pageCount: 2,
+    });
     expect(() => runHashJob(job(file))).toThrow(/file shrank while being read/);
     await expect(runHashJobOnThreadPool(job(file), () => new Uint8Array(2 * PAGE_SIZE))!).rejects.toThrow(/file shrank while being read/);
     expect(() => runHashJob(job(root))).toThrow(expect.objectContaining({ code: 'EISDIR' }));
-    await expect(runHashJobOnThreadPool(job(root), () => new Uint8Array(2 * PAGE_SIZE))!).rejects.toMatchObject({ code: 'EISDIR', syscall: 'read', path: root });
+    await expect(runHashJobOnThreadPool(job(root), () => new Uint8Array(2 * PAGE_SIZE))!).rejects.toMatchObject({
+      code: 'EISDIR',
+      syscall: 'read',
+      path: root,
+    });
   });
 
   it('a pool with no worker free sends hash jobs to the thread pool; with threadPool: false, to the caller', async () => {
     const page = makePage('compressible', 31);
-    const job = (): HashJob => ({ kind: 'hash', pages: Uint8Array.from(Buffer.concat([page, page, Buffer.alloc(PAGE_SIZE)])), pageCount: 3 });
+    const job = (): HashJob => ({
+      kind: 'hash',
+      pages: Uint8Array.from(Buffer.concat([page, page, Buffer.alloc(PAGE_SIZE)])),
+      pageCount: 3,
+    });
     const onPool = new PagePool(0);
     const onCaller = new PagePool(0, { threadPool: false });
     try {
@@ -299,7 +348,11 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
     const root = tempDir('tpool');
     const dir = await initStore(root);
     const images = [0, 1, 2].map((v) =>
-      Buffer.concat(Array.from({ length: 2100 + v * 300 }, (_, i) => makePage((['compressible', 'random', 'zero', 'sparse'] as const)[(i * 7 + v) % 4], v * 10000 + (i % 900)))),
+      Buffer.concat(
+        Array.from({ length: 2100 + v * 300 }, (_, i) =>
+          makePage((['compressible', 'random', 'zero', 'sparse'] as const)[(i * 7 + v) % 4], v * 10000 + (i % 900)),
+        ),
+      ),
     );
     images[1] = images[1].subarray(0, images[1].length - 123); // a short last page
     const files = images.map((img, v) => {
@@ -342,7 +395,10 @@ describe('the vnstore executable', () => {
     const image = path.join(root, 'vm.img');
     writeFileSync(image, Buffer.concat([makePage('compressible', 1), makePage('random', 2), Buffer.alloc(PAGE_SIZE)]));
     const hook = path.join(root, 'hook.cjs');
-    writeFileSync(hook, "process.on('exit', () => process.stderr.write('loaded=' + process.moduleLoadList.filter((m) => m.endsWith(' worker_threads')).length + '\\n'));\n");
+    writeFileSync(
+      hook,
+      "process.on('exit', () => process.stderr.write('loaded=' + process.moduleLoadList.filter((m) => m.endsWith(' worker_threads')).length + '\\n'));\n",
+    );
     const r = spawnSync(process.execPath, ['-r', hook, CLI, 'put', '--store', dir, '--vm', 'vm0', image], { encoding: 'utf8' });
     expect(r.status).toBe(0);
     expect(r.stdout.trim()).toMatch(/^[0-9a-f]{16}$/);

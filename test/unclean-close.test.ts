@@ -15,7 +15,10 @@ import { CLI, makeTempDir, removeDir, restoreToBuffer, runCli } from './helpers/
 const roots: string[] = [];
 afterAll(() => roots.forEach(removeDir));
 
-const packFiles = (store: string) => readdirSync(path.join(store, 'packs')).filter((n) => n.endsWith('.vpk')).sort();
+const packFiles = (store: string) =>
+  readdirSync(path.join(store, 'packs'))
+    .filter((n) => n.endsWith('.vpk'))
+    .sort();
 
 async function waitFor(what: string, cond: () => boolean, ms = 60_000): Promise<void> {
   const until = Date.now() + ms;
@@ -40,7 +43,10 @@ describe('a put killed outright', () => {
 
     // 160 MiB of incompressible pages: several 32 MiB packs, killed once two are sealed.
     writeFileSync(path.join(root, 'big.img'), randomBytes(160 * 2 ** 20));
-    const child = spawn(process.execPath, [CLI, 'put', '--vm', 'big', '--store', store, path.join(root, 'big.img')], { stdio: 'ignore', env: { ...process.env, VNSTORE_PACK_TARGET_BYTES: '' } });
+    const child = spawn(process.execPath, [CLI, 'put', '--vm', 'big', '--store', store, path.join(root, 'big.img')], {
+      stdio: 'ignore',
+      env: { ...process.env, VNSTORE_PACK_TARGET_BYTES: '' },
+    });
     const exited = new Promise((r) => child.on('exit', r));
     await waitFor('two packs sealed by the put', () => packFiles(store).length >= before.length + 2);
     child.kill('SIGKILL');

@@ -12,23 +12,29 @@ import { describe, expect, it } from 'vitest';
 import { BENCH_ENVS, BENCH_SEEDS, benchRun, undisturbedStall } from '../src/coordinator/vne-bench.js';
 
 describe('synchronised stop-and-copy, on the bench environments', () => {
-  it.each(BENCH_ENVS)('$label: skew and stall at least 5x smaller; hold mode drops nothing and stalls no longer than downtime + window', { timeout: 300_000 }, async (env) => {
-    for (const seed of BENCH_SEEDS) {
-      const gap = await undisturbedStall(env, seed);
-      // undisturbed, about one segment's time on its path (5.12 ms) between progresses; with N=2 the
-      // two transfers' acks share paths with the other's data
-      expect(gap, 'the bulk transfer undisturbed').toBeLessThan(8);
-      for (const channels of ['drop', 'hold'] as const) {
-        const off = await benchRun(env, { syncStop: false, channels }, seed, { resume: false });
-        const on = await benchRun(env, { syncStop: true, channels }, seed, { resume: false });
-        const at = `seed ${seed}, ${channels}`;
-        expect(off.skewMs / on.skewMs, `${at}: skew ${off.skewMs} vs ${on.skewMs}`).toBeGreaterThanOrEqual(5);
-        expect(off.stallMs / on.stallMs, `${at}: stall ${off.stallMs} vs ${on.stallMs}`).toBeGreaterThanOrEqual(5);
-        if (channels === 'hold') {
-          expect(on.framesDropped, at).toBe(0);
-          expect(on.stallMs, `${at}: downtime ${on.maxDowntimeMs}, window ${on.skewMs}, undisturbed gap ${gap}`).toBeLessThanOrEqual(on.maxDowntimeMs + on.skewMs + gap);
+  it.each(BENCH_ENVS)(
+    '$label: skew and stall at least 5x smaller; hold mode drops nothing and stalls no longer than downtime + window',
+    { timeout: 300_000 },
+    async (env) => {
+      for (const seed of BENCH_SEEDS) {
+        const gap = await undisturbedStall(env, seed);
+        // undisturbed, about one segment's time on its path (5.12 ms) between progresses; with N=2 the
+        // two transfers' acks share paths with the other's data
+        expect(gap, 'the bulk transfer undisturbed').toBeLessThan(8);
+        for (const channels of ['drop', 'hold'] as const) {
+          const off = await benchRun(env, { syncStop: false, channels }, seed, { resume: false });
+          const on = await benchRun(env, { syncStop: true, channels }, seed, { resume: false });
+          const at = `seed ${seed}, ${channels}`;
+          expect(off.skewMs / on.skewMs, `${at}: skew ${off.skewMs} vs ${on.skewMs}`).toBeGreaterThanOrEqual(5);
+          expect(off.stallMs / on.stallMs, `${at}: stall ${off.stallMs} vs ${on.stallMs}`).toBeGreaterThanOrEqual(5);
+          if (channels === 'hold') {
+            expect(on.framesDropped, at).toBe(0);
+            expect(on.stallMs, `${at}: downtime ${on.maxDowntimeMs}, window ${on.skewMs}, undisturbed gap ${gap}`).toBeLessThanOrEqual(
+              on.maxDowntimeMs + on.skewMs + gap,
+            );
+          }
         }
       }
-    }
-  });
+    },
+  );
 });

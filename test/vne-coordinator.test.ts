@@ -71,14 +71,24 @@ describe('coordinator state machine', () => {
       { type: 'ready', vm: 'c', now: 51 },
     ]);
     expect(log.slice(0, 3).every((l) => l.cmds.length === 0)).toBe(true);
-    expect(log[3].cmds).toEqual([{ type: 'stop', vm: 'a' }, { type: 'stop', vm: 'b' }, { type: 'stop', vm: 'c' }]);
+    expect(log[3].cmds).toEqual([
+      { type: 'stop', vm: 'a' },
+      { type: 'stop', vm: 'b' },
+      { type: 'stop', vm: 'c' },
+    ]);
     expect(log[4].cmds).toEqual([]);
     expect(commands.filter((c) => c.type === 'stop')).toHaveLength(3);
   });
 
   it('aborts on a failure, on the deadline, on a failed commit, and never changes afterwards', () => {
-    expect(drive(config(false), [{ type: 'failed', vm: 'b', now: 3, reason: 'agent crashed' }]).state).toMatchObject({ phase: 'aborted', reason: 'b: agent crashed' });
-    expect(drive(config(false), [{ type: 'tick', now: 10_001 }]).state).toMatchObject({ phase: 'aborted', reason: 'timed out after 10000 ms' });
+    expect(drive(config(false), [{ type: 'failed', vm: 'b', now: 3, reason: 'agent crashed' }]).state).toMatchObject({
+      phase: 'aborted',
+      reason: 'b: agent crashed',
+    });
+    expect(drive(config(false), [{ type: 'tick', now: 10_001 }]).state).toMatchObject({
+      phase: 'aborted',
+      reason: 'timed out after 10000 ms',
+    });
     const late = drive(config(false), [
       ...['a', 'b', 'c'].flatMap((vm): CoordinatorEvent[] => [
         { type: 'flipped', vm, now: 1, downtimeMs: 1 },
@@ -118,16 +128,36 @@ describe('coordinator state machine', () => {
 });
 
 describe('coordinator executor on a simulated environment', () => {
-  const spec = (channels: 'drop' | 'hold') => scenarioSpec({ seed: 11, vms: 4, hosts: 2, minPages: 64, sizeRatio: 8, pageMs: 4, channels, bytesPerSec: 20_000, transferMs: 4000 });
+  const spec = (channels: 'drop' | 'hold') =>
+    scenarioSpec({ seed: 11, vms: 4, hosts: 2, minPages: 64, sizeRatio: 8, pageMs: 4, channels, bytesPerSec: 20_000, transferMs: 4000 });
   const agent = { dirtyThresholdPages: 24, maxRounds: 8, pauseOverheadMs: 5 };
 
   it('records per VM rounds, downtime and flip time; sync-stop flips every VM inside a short window', async () => {
     const runs = [];
     for (const syncStop of [false, true]) {
       const target = new MemoryTarget();
-      const r = await runEnvironment({ spec: spec('drop'), target, epochs: 1, firstAtMs: 300, gapMs: 0, syncStop, timeoutMs: 60_000, agent, limitMs: 120_000 });
+      const r = await runEnvironment({
+        spec: spec('drop'),
+        target,
+        epochs: 1,
+        firstAtMs: 300,
+        gapMs: 0,
+        syncStop,
+        timeoutMs: 60_000,
+        agent,
+        limitMs: 120_000,
+      });
       expect(r.reports[0].outcome).toBe('committed');
-      expect([...(target.groups.get(r.reports[0].group) as Map<string, Uint8Array>).keys()].sort()).toEqual(['vm0', 'vm0.disk', 'vm1', 'vm1.disk', 'vm2', 'vm2.disk', 'vm3', 'vm3.disk']);
+      expect([...(target.groups.get(r.reports[0].group) as Map<string, Uint8Array>).keys()].sort()).toEqual([
+        'vm0',
+        'vm0.disk',
+        'vm1',
+        'vm1.disk',
+        'vm2',
+        'vm2.disk',
+        'vm3',
+        'vm3.disk',
+      ]);
       for (const v of r.reports[0].vms) {
         expect(v.rounds).toBeGreaterThanOrEqual(1);
         expect(v.downtimeMs).toBeGreaterThan(agent.pauseOverheadMs);
@@ -158,7 +188,9 @@ describe('coordinator executor on a simulated environment', () => {
           limitMs: 120_000,
         });
         expect(r.reports.map((x) => x.outcome)).toEqual(['aborted', 'committed']);
-        expect(r.reports[0].reason).toMatch(fault === 'crash' ? /vm2: agent crashed/ : fault === 'hang' ? /timed out/ : /injected commit failure/);
+        expect(r.reports[0].reason).toMatch(
+          fault === 'crash' ? /vm2: agent crashed/ : fault === 'hang' ? /timed out/ : /injected commit failure/,
+        );
         expect([...target.groups.keys()]).toEqual([r.reports[1].group]);
         expect(target.openSessions).toBe(0);
         // the aborted epoch closed its colours: every VM is at epoch 2 now, none left behind

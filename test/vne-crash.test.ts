@@ -20,7 +20,14 @@ describe('coordinator killed mid-epoch', () => {
     const root = tempDir('vne-crash');
     const store = await initStore(root);
     const env = path.join(root, 'env.json');
-    writeFileSync(env, JSON.stringify({ name: 'env9', seed: 9, scenario: { vms: 4, hosts: 2, minPages: 256, sizeRatio: 4, pageMs: 1, bytesPerSec: 40_000, transferMs: 10_000 } }));
+    writeFileSync(
+      env,
+      JSON.stringify({
+        name: 'env9',
+        seed: 9,
+        scenario: { vms: 4, hosts: 2, minPages: 256, sizeRatio: 4, pageMs: 1, bytesPerSec: 40_000, transferMs: 10_000 },
+      }),
+    );
     // A whole run first, timed: how long 6 epochs take depends on the machine's load (4-7 s on
     // 2 idle cores, twice that when shared), so the kills are spread over that run's time and
     // the later ones land among commits.
@@ -31,7 +38,9 @@ describe('coordinator killed mid-epoch', () => {
     const kills = [0.08, 0.22, 0.36, 0.5, 0.64, 0.78].map((f) => Math.round(f * runMs));
     let committedBefore = 6;
     for (const ms of kills) {
-      const child = spawn(process.execPath, [CLI, 'snapshot', '--env', env, '--store', store, '--epochs', '6', '--interval', '100'], { stdio: 'ignore' });
+      const child = spawn(process.execPath, [CLI, 'snapshot', '--env', env, '--store', store, '--epochs', '6', '--interval', '100'], {
+        stdio: 'ignore',
+      });
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
       await new Promise((r) => setTimeout(r, ms));
       child.kill('SIGKILL');
@@ -43,7 +52,9 @@ describe('coordinator killed mid-epoch', () => {
         for (const x of snaps) groups.set(x.group as string, [...(groups.get(x.group as string) ?? []), x.vm]);
         for (const [g, vms] of groups) expect(vms.sort(), `killed at ${ms} ms: group ${g}`).toEqual(MEMBERS);
         // epochs are numbered on from the last committed one: no gaps, no repeats
-        expect([...groups.keys()].sort((a, b) => Number(a.slice(6)) - Number(b.slice(6)))).toEqual(Array.from({ length: groups.size }, (_, i) => `env9-e${i + 1}`));
+        expect([...groups.keys()].sort((a, b) => Number(a.slice(6)) - Number(b.slice(6)))).toEqual(
+          Array.from({ length: groups.size }, (_, i) => `env9-e${i + 1}`),
+        );
         expect(groups.size).toBeGreaterThanOrEqual(committedBefore);
         committedBefore = groups.size;
         expect((await checkStore(s)).problems, `killed at ${ms} ms`).toEqual([]);
@@ -56,7 +67,9 @@ describe('coordinator killed mid-epoch', () => {
     expect(next.stderr).toBe('');
     expect(next.code).toBe(0);
     const out = JSON.parse(next.stdout.toString());
-    expect(out.epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([[`env9-e${committedBefore + 1}`, 'committed']]);
+    expect(out.epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([
+      [`env9-e${committedBefore + 1}`, 'committed'],
+    ]);
     expect(out.verified[0]).toMatchObject({ transfersOk: true, check: { violations: [], lost: 0 } });
   });
 });

@@ -21,7 +21,18 @@ describe('group snapshots in the store', () => {
   it('stores three epochs as groups whose restore gives the exact images at the pauses and resumes the environment', async () => {
     const store = await Store.open(await initStore(tempDir('vne-group')), { workers: 0 });
     try {
-      const spec = scenarioSpec({ name: 'env7', seed: 21, vms: 4, hosts: 2, minPages: 96, sizeRatio: 4, pageMs: 2, channels: 'hold', bytesPerSec: 20_000, transferMs: 6000 });
+      const spec = scenarioSpec({
+        name: 'env7',
+        seed: 21,
+        vms: 4,
+        hosts: 2,
+        minPages: 96,
+        sizeRatio: 4,
+        pageMs: 2,
+        channels: 'hold',
+        bytesPerSec: 20_000,
+        transferMs: 6000,
+      });
       const inner = storeTarget(store);
       // Record each VM's image at its pause, as the agent saw it, to compare with what the store gives back.
       const atPause = new Map<string, Uint8Array>();
@@ -45,15 +56,34 @@ describe('group snapshots in the store', () => {
           };
         },
       };
-      const r = await runEnvironment({ spec, target, epochs: 3, firstAtMs: 300, gapMs: 400, syncStop: true, timeoutMs: 60_000, agent: { dirtyThresholdPages: 24, maxRounds: 8, pauseOverheadMs: 5 }, limitMs: 600_000, onEnv: (e) => (env = e) });
+      const r = await runEnvironment({
+        spec,
+        target,
+        epochs: 3,
+        firstAtMs: 300,
+        gapMs: 400,
+        syncStop: true,
+        timeoutMs: 60_000,
+        agent: { dirtyThresholdPages: 24, maxRounds: 8, pauseOverheadMs: 5 },
+        limitMs: 600_000,
+        onEnv: (e) => (env = e),
+      });
       expect(r.reports.map((x) => x.reason ?? x.outcome)).toEqual(['committed', 'committed', 'committed']);
       const snaps = await store.listSnapshots();
       expect(snaps).toHaveLength(3 * 9); // 4 VMs' memory and disk, and the channel state, per epoch
       for (const rep of r.reports) {
-        expect(snaps.filter((x) => x.group === rep.group).map((x) => x.vm).sort()).toEqual([channelMemberName('env7'), 'vm0', 'vm0.disk', 'vm1', 'vm1.disk', 'vm2', 'vm2.disk', 'vm3', 'vm3.disk']);
+        expect(
+          snaps
+            .filter((x) => x.group === rep.group)
+            .map((x) => x.vm)
+            .sort(),
+        ).toEqual([channelMemberName('env7'), 'vm0', 'vm0.disk', 'vm1', 'vm1.disk', 'vm2', 'vm2.disk', 'vm3', 'vm3.disk']);
         const g = await resumeGroup(spec, inner, rep.group, rep.epoch, 600_000);
         for (const m of spec.vms.flatMap((v) => [v.name, diskMemberName(v.name)])) {
-          expect(Buffer.from(g.images.get(m) as Uint8Array).equals(Buffer.from(atPause.get(`${rep.group}/${m}`) as Uint8Array)), `${rep.group}/${m}`).toBe(true);
+          expect(
+            Buffer.from(g.images.get(m) as Uint8Array).equals(Buffer.from(atPause.get(`${rep.group}/${m}`) as Uint8Array)),
+            `${rep.group}/${m}`,
+          ).toBe(true);
         }
         expect(g.check.violations).toEqual([]);
         expect(g.check.lost).toBe(0);
@@ -71,9 +101,31 @@ describe('group snapshots in the store', () => {
   it('an aborted epoch (an agent crashed) leaves no snapshot visible, and the next epoch commits', async () => {
     const dir = await initStore(tempDir('vne-abort'));
     let store = await Store.open(dir, { workers: 0 });
-    const spec = scenarioSpec({ name: 'env8', seed: 5, vms: 3, hosts: 2, minPages: 64, sizeRatio: 2, pageMs: 2, channels: 'drop', bytesPerSec: 20_000, transferMs: 3000 });
+    const spec = scenarioSpec({
+      name: 'env8',
+      seed: 5,
+      vms: 3,
+      hosts: 2,
+      minPages: 64,
+      sizeRatio: 2,
+      pageMs: 2,
+      channels: 'drop',
+      bytesPerSec: 20_000,
+      transferMs: 3000,
+    });
     try {
-      const r = await runEnvironment({ spec, target: storeTarget(store), epochs: 2, firstAtMs: 200, gapMs: 200, syncStop: false, timeoutMs: 60_000, agent: { dirtyThresholdPages: 24, maxRounds: 8, pauseOverheadMs: 5 }, faults: { 1: { vm1: { kind: 'crash', atMs: 100 } } }, limitMs: 600_000 });
+      const r = await runEnvironment({
+        spec,
+        target: storeTarget(store),
+        epochs: 2,
+        firstAtMs: 200,
+        gapMs: 200,
+        syncStop: false,
+        timeoutMs: 60_000,
+        agent: { dirtyThresholdPages: 24, maxRounds: 8, pauseOverheadMs: 5 },
+        faults: { 1: { vm1: { kind: 'crash', atMs: 100 } } },
+        limitMs: 600_000,
+      });
       expect(r.reports.map((x) => x.outcome)).toEqual(['aborted', 'committed']);
     } finally {
       await store.close();

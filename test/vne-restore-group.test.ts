@@ -16,7 +16,11 @@ const tempDir = tempDirs();
 
 /** Memory with zero and compressible pages, a disk, and a channel-state image of odd length. */
 function members(seed: number): { vm: string; image: Buffer }[] {
-  const memory = Buffer.concat(Array.from({ length: 24 }, (_, i) => (i % 3 === 0 ? Buffer.alloc(PAGE) : i % 3 === 1 ? randomPage(seed * 100 + i) : compressiblePage(seed * 100 + i))));
+  const memory = Buffer.concat(
+    Array.from({ length: 24 }, (_, i) =>
+      i % 3 === 0 ? Buffer.alloc(PAGE) : i % 3 === 1 ? randomPage(seed * 100 + i) : compressiblePage(seed * 100 + i),
+    ),
+  );
   const disk = Buffer.concat(Array.from({ length: 8 }, (_, i) => randomPage(seed * 1000 + i)));
   const channels = randomPage(seed * 7 + 3).subarray(0, 1234);
   return [
@@ -61,7 +65,9 @@ describe('vnstore restore --group', () => {
     const out = JSON.parse(r.stdout.toString()) as { group: string; dir: string; members: { vm: string; file: string; bytes: number }[] };
     expect(out.group).toBe('envg-e1');
     expect(out.dir).toBe(local);
-    expect(out.members.map((m) => [m.vm, m.file, m.bytes]).sort()).toEqual(images.map((m) => [m.vm, path.join(local, `${m.vm}.img`), m.image.length]).sort());
+    expect(out.members.map((m) => [m.vm, m.file, m.bytes]).sort()).toEqual(
+      images.map((m) => [m.vm, path.join(local, `${m.vm}.img`), m.image.length]).sort(),
+    );
 
     const srv = await startServe(store);
     try {
@@ -140,7 +146,9 @@ describe('vnstore restore --group', () => {
       expect((await runCli(['restore', '--group', 'envg-e1', '-o', dir, '--store', store])).code).toBe(0);
       expectRestored(dir, e1);
       // killed after its first (second) rename: DIR holds that many of e2's members, the rest e1's, and the journal
-      const r = await runCli(['restore', '--group', 'envg-e2', '-o', dir, '--store', store], { env: { VNSTORE_OUTPUT_FAILPOINT: `renamed:${renamed}` } });
+      const r = await runCli(['restore', '--group', 'envg-e2', '-o', dir, '--store', store], {
+        env: { VNSTORE_OUTPUT_FAILPOINT: `renamed:${renamed}` },
+      });
       expect(r.signal).toBe('SIGKILL');
       expect(existsSync(path.join(dir, '.vnstore-restore.journal'))).toBe(true);
       const fromE2 = e2.filter((m) => readFileSync(path.join(dir, `${m.vm}.img`)).equals(m.image)).length;

@@ -28,22 +28,42 @@ describe('coordinator killed during a --server run', () => {
     const tokenFile = (JSON.parse(init.stdout.toString()) as { tokenFile: string }).tokenFile;
     const token = readFileSync(tokenFile, 'utf8').trim();
     const env = path.join(root, 'env.json');
-    writeFileSync(env, JSON.stringify({ name: 'envk', seed: 4, scenario: { vms: 3, hosts: 2, minPages: 128, sizeRatio: 3, pageMs: 1, bytesPerSec: 40_000, transferMs: 6000 } }));
+    writeFileSync(
+      env,
+      JSON.stringify({
+        name: 'envk',
+        seed: 4,
+        scenario: { vms: 3, hosts: 2, minPages: 128, sizeRatio: 3, pageMs: 1, bytesPerSec: 40_000, transferMs: 6000 },
+      }),
+    );
     let srv: ServeProcess = await startServe(store, ['--prepared-timeout', '2']);
     let committed = 0;
     const check = async (label: string) => {
       const groups = await groupsOn(srv.address, token);
       for (const [g, members] of groups) expect(members, `${label}: group ${g}`).toEqual(MEMBERS);
-      expect([...groups.keys()].sort((a, b) => Number(a.slice(6)) - Number(b.slice(6))), label).toEqual(Array.from({ length: groups.size }, (_, i) => `envk-e${i + 1}`));
+      expect(
+        [...groups.keys()].sort((a, b) => Number(a.slice(6)) - Number(b.slice(6))),
+        label,
+      ).toEqual(Array.from({ length: groups.size }, (_, i) => `envk-e${i + 1}`));
       expect(groups.size, label).toBeGreaterThanOrEqual(committed);
       committed = groups.size;
     };
     try {
       // Fixed points early in a run, then kills timed from a commit seen on the server, so that
       // some land after a commit, in the next epoch's rounds or prepares.
-      const points: ({ afterMs: number } | { afterCommitMs: number })[] = [{ afterMs: 300 }, { afterMs: 900 }, { afterCommitMs: 30 }, { afterCommitMs: 150 }, { afterCommitMs: 400 }];
+      const points: ({ afterMs: number } | { afterCommitMs: number })[] = [
+        { afterMs: 300 },
+        { afterMs: 900 },
+        { afterCommitMs: 30 },
+        { afterCommitMs: 150 },
+        { afterCommitMs: 400 },
+      ];
       for (const p of points) {
-        const child = spawn(process.execPath, [CLI, 'snapshot', '--env', env, '--server', srv.address, '--token-file', tokenFile, '--epochs', '6', '--interval', '50'], { stdio: 'ignore' });
+        const child = spawn(
+          process.execPath,
+          [CLI, 'snapshot', '--env', env, '--server', srv.address, '--token-file', tokenFile, '--epochs', '6', '--interval', '50'],
+          { stdio: 'ignore' },
+        );
         const exited = new Promise<void>((r) => child.once('exit', () => r()));
         if ('afterMs' in p) await sleep(p.afterMs);
         else {
@@ -62,7 +82,10 @@ describe('coordinator killed during a --server run', () => {
     }
     const s = await Store.open(store, { workers: 0 });
     try {
-      expect((await s.heldPrepared()).map((h) => h.prepared.record.vm), 'prepared members left neither committed nor aborted').toEqual([]);
+      expect(
+        (await s.heldPrepared()).map((h) => h.prepared.record.vm),
+        'prepared members left neither committed nor aborted',
+      ).toEqual([]);
       expect((await checkStore(s)).problems).toEqual([]);
     } finally {
       await s.close();
@@ -70,11 +93,23 @@ describe('coordinator killed during a --server run', () => {
     srv = await startServe(store);
     try {
       await check('after the server restarted');
-      const next = await runCli(['snapshot', '--env', env, '--server', srv.address, '--token-file', tokenFile, '--verify-restore', '--json']);
+      const next = await runCli([
+        'snapshot',
+        '--env',
+        env,
+        '--server',
+        srv.address,
+        '--token-file',
+        tokenFile,
+        '--verify-restore',
+        '--json',
+      ]);
       expect(next.stderr.toString()).toBe('');
       expect(next.code).toBe(0);
       const out = JSON.parse(next.stdout.toString());
-      expect(out.epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([[`envk-e${committed + 1}`, 'committed']]);
+      expect(out.epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([
+        [`envk-e${committed + 1}`, 'committed'],
+      ]);
       expect(out.verified[0]).toMatchObject({ transfersOk: true, check: { violations: [], lost: 0 } });
     } finally {
       await srv.stop();

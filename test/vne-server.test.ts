@@ -24,11 +24,32 @@ import { startServe, type ServeProcess } from './helpers/serve-process.js';
 
 const tempDir = tempDirs();
 
-const spec = scenarioSpec({ name: 'envs', seed: 5, vms: 3, hosts: 2, minPages: 64, sizeRatio: 3, pageMs: 2, channels: 'hold', bytesPerSec: 20_000, transferMs: 4000 });
+const spec = scenarioSpec({
+  name: 'envs',
+  seed: 5,
+  vms: 3,
+  hosts: 2,
+  minPages: 64,
+  sizeRatio: 3,
+  pageMs: 2,
+  channels: 'hold',
+  bytesPerSec: 20_000,
+  transferMs: 4000,
+});
 const MEMBERS = [channelMemberName('envs'), ...spec.vms.flatMap((v) => [v.name, diskMemberName(v.name)])].sort();
 
 function runOptions<P>(target: SnapshotTarget<P>): RunOptions<P> {
-  return { spec, target, epochs: 3, firstAtMs: 300, gapMs: 400, syncStop: true, timeoutMs: 60_000, agent: { dirtyThresholdPages: 24, maxRounds: 8, pauseOverheadMs: 5 }, limitMs: 600_000 };
+  return {
+    spec,
+    target,
+    epochs: 3,
+    firstAtMs: 300,
+    gapMs: 400,
+    syncStop: true,
+    timeoutMs: 60_000,
+    agent: { dirtyThresholdPages: 24, maxRounds: 8, pauseOverheadMs: 5 },
+    limitMs: 600_000,
+  };
 }
 
 async function initCli(root: string): Promise<{ store: string; token: string; tokenFile: string }> {
@@ -71,7 +92,11 @@ describe('coordinated snapshots through vnstore serve', () => {
       const viaServer = await runEnvironment(runOptions(target));
       const memory = new MemoryTarget();
       const inMemory = await runEnvironment(runOptions(memory));
-      expect(viaServer.reports.map((r) => `${r.group} ${r.reason ?? r.outcome}`)).toEqual(['envs-e1 committed', 'envs-e2 committed', 'envs-e3 committed']);
+      expect(viaServer.reports.map((r) => `${r.group} ${r.reason ?? r.outcome}`)).toEqual([
+        'envs-e1 committed',
+        'envs-e2 committed',
+        'envs-e3 committed',
+      ]);
       expect(viaServer.reports).toEqual(inMemory.reports);
       const groups = await groupsOn(srv.address, token);
       expect([...groups.keys()].sort()).toEqual(['envs-e1', 'envs-e2', 'envs-e3']);
@@ -80,7 +105,8 @@ describe('coordinated snapshots through vnstore serve', () => {
         const got = (await target.readGroup(r.group)) as Map<string, Uint8Array>;
         const want = memory.groups.get(r.group) as Map<string, Uint8Array>;
         expect([...got.keys()].sort()).toEqual(MEMBERS);
-        for (const m of MEMBERS) expect(Buffer.from(got.get(m) as Uint8Array).equals(Buffer.from(want.get(m) as Uint8Array)), `${r.group}/${m}`).toBe(true);
+        for (const m of MEMBERS)
+          expect(Buffer.from(got.get(m) as Uint8Array).equals(Buffer.from(want.get(m) as Uint8Array)), `${r.group}/${m}`).toBe(true);
         const resumed = await resumeGroup(spec, target, r.group, r.epoch, 600_000);
         expect(resumed.check.violations).toEqual([]);
         expect(resumed.outcome.done).toBe(true);
@@ -208,15 +234,44 @@ describe('coordinated snapshots through vnstore serve', () => {
     const root = tempDir('vne-srv-cli');
     const { store, tokenFile } = await initCli(root);
     const env = path.join(root, 'env.json');
-    writeFileSync(env, JSON.stringify({ name: 'envc', seed: 3, scenario: { vms: 3, hosts: 2, minPages: 64, sizeRatio: 3, pageMs: 1, bytesPerSec: 40_000, transferMs: 4000 } }));
+    writeFileSync(
+      env,
+      JSON.stringify({
+        name: 'envc',
+        seed: 3,
+        scenario: { vms: 3, hosts: 2, minPages: 64, sizeRatio: 3, pageMs: 1, bytesPerSec: 40_000, transferMs: 4000 },
+      }),
+    );
     const srv = await startServe(store);
     try {
-      const r = await runCli(['snapshot', '--env', env, '--server', srv.address, '--token-file', tokenFile, '--epochs', '3', '--verify-restore', '--json']);
+      const r = await runCli([
+        'snapshot',
+        '--env',
+        env,
+        '--server',
+        srv.address,
+        '--token-file',
+        tokenFile,
+        '--epochs',
+        '3',
+        '--verify-restore',
+        '--json',
+      ]);
       expect(r.stderr.toString()).toBe('');
       expect(r.code).toBe(0);
       const out = JSON.parse(r.stdout.toString());
-      expect(out.epochs.map((e: { group: string; outcome: string }) => `${e.group} ${e.outcome}`)).toEqual(['envc-e1 committed', 'envc-e2 committed', 'envc-e3 committed']);
-      expect(out.verified.map((v: { group: string; transfersOk: boolean; check: { violations: string[] } }) => [v.group, v.transfersOk, v.check.violations.length])).toEqual([
+      expect(out.epochs.map((e: { group: string; outcome: string }) => `${e.group} ${e.outcome}`)).toEqual([
+        'envc-e1 committed',
+        'envc-e2 committed',
+        'envc-e3 committed',
+      ]);
+      expect(
+        out.verified.map((v: { group: string; transfersOk: boolean; check: { violations: string[] } }) => [
+          v.group,
+          v.transfersOk,
+          v.check.violations.length,
+        ]),
+      ).toEqual([
         ['envc-e1', true, 0],
         ['envc-e2', true, 0],
         ['envc-e3', true, 0],
@@ -225,7 +280,18 @@ describe('coordinated snapshots through vnstore serve', () => {
       expect(again.code).toBe(0);
       expect(JSON.parse(again.stdout.toString()).epochs.map((e: { group: string }) => e.group)).toEqual(['envc-e4']);
       // The group restore of one epoch through the server: one file per member.
-      const rg = await runCli(['restore', '--group', 'envc-e2', '-o', path.join(root, 'e2'), '--server', srv.address, '--token-file', tokenFile, '--json']);
+      const rg = await runCli([
+        'restore',
+        '--group',
+        'envc-e2',
+        '-o',
+        path.join(root, 'e2'),
+        '--server',
+        srv.address,
+        '--token-file',
+        tokenFile,
+        '--json',
+      ]);
       expect(rg.stderr).toBe('');
       expect(rg.code).toBe(0);
     } finally {

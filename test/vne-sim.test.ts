@@ -9,39 +9,57 @@ import { SimEnv } from '../src/sim/env.js';
 import { Rng } from '../src/sim/events.js';
 import { parseEnv } from '../src/coordinator/env-file.js';
 import { scenarioSpec } from '../src/sim/scenario.js';
-import { expectedChecksum, newReceiver, newSender, receiverOnSegment, RTO_MIN_MS, senderOnAck, senderOnTimeout, senderPull, senderDone } from '../src/sim/transport.js';
+import {
+  expectedChecksum,
+  newReceiver,
+  newSender,
+  receiverOnSegment,
+  RTO_MIN_MS,
+  senderOnAck,
+  senderOnTimeout,
+  senderPull,
+  senderDone,
+} from '../src/sim/transport.js';
 import { decodeGuestState, SimVm, STATE_PAGES, addToRuns, inRuns } from '../src/sim/vm.js';
 import { outcomeOf } from '../src/sim/outcome.js';
 
 describe('reliable transport', () => {
   it('delivers the exact file through random losses (both ways), and delivers nothing when everything is lost', () => {
     fc.assert(
-      fc.property(fc.double({ min: 0, max: 0.6, noNaN: true }), fc.integer({ min: 1, max: 20_000 }), fc.nat(1000), (lossRate, bytes, seed) => {
-        // every run also tries total loss, briefly: nothing may get through, the RTO reaches its cap
-        for (const [rate, steps] of [[lossRate, 20_000], [1, 40]]) {
-          const rng = new Rng(seed);
-          const s = newSender(bytes, 700, 2800);
-          const r = newReceiver(0);
-          s.written = bytes;
-          let now = 0;
-          for (let step = 0; step < steps && !senderDone(s); step++) {
-            for (const seg of senderPull(s, seed, now)) {
-              if (rng.next() < rate) continue;
-              const ack = receiverOnSegment(r, seg, now);
-              if (rng.next() >= rate) senderOnAck(s, ack, now);
+      fc.property(
+        fc.double({ min: 0, max: 0.6, noNaN: true }),
+        fc.integer({ min: 1, max: 20_000 }),
+        fc.nat(1000),
+        (lossRate, bytes, seed) => {
+          // every run also tries total loss, briefly: nothing may get through, the RTO reaches its cap
+          for (const [rate, steps] of [
+            [lossRate, 20_000],
+            [1, 40],
+          ]) {
+            const rng = new Rng(seed);
+            const s = newSender(bytes, 700, 2800);
+            const r = newReceiver(0);
+            s.written = bytes;
+            let now = 0;
+            for (let step = 0; step < steps && !senderDone(s); step++) {
+              for (const seg of senderPull(s, seed, now)) {
+                if (rng.next() < rate) continue;
+                const ack = receiverOnSegment(r, seg, now);
+                if (rng.next() >= rate) senderOnAck(s, ack, now);
+              }
+              if (s.timerAt >= 0 && !senderDone(s)) {
+                now = s.timerAt;
+                senderOnTimeout(s, now);
+              }
             }
-            if (s.timerAt >= 0 && !senderDone(s)) {
-              now = s.timerAt;
-              senderOnTimeout(s, now);
+            if (rate === 1) {
+              expect([senderDone(s), r.expected, s.longestRto]).toEqual([false, 0, 60_000]);
+            } else {
+              expect([senderDone(s), r.expected, r.checksum]).toEqual([true, bytes, expectedChecksum(seed, bytes)]);
             }
           }
-          if (rate === 1) {
-            expect([senderDone(s), r.expected, s.longestRto]).toEqual([false, 0, 60_000]);
-          } else {
-            expect([senderDone(s), r.expected, r.checksum]).toEqual([true, bytes, expectedChecksum(seed, bytes)]);
-          }
-        }
-      }),
+        },
+      ),
       { numRuns: 100 },
     );
   });
@@ -69,14 +87,26 @@ describe('reliable transport', () => {
 });
 
 describe('simulated VMs', () => {
-  const spec = scenarioSpec({ seed: 3, vms: 3, hosts: 2, minPages: 64, sizeRatio: 4, pageMs: 2, channels: 'drop', bytesPerSec: 20_000, transferMs: 3000 });
+  const spec = scenarioSpec({
+    seed: 3,
+    vms: 3,
+    hosts: 2,
+    minPages: 64,
+    sizeRatio: 4,
+    pageMs: 2,
+    channels: 'drop',
+    bytesPerSec: 20_000,
+    transferMs: 3000,
+  });
 
   it('runs an undisturbed environment to the end: every file arrives with its checksum, no datagram lost', async () => {
     const env = new SimEnv(spec);
     await env.clock.runUntil(() => env.transfersDone(), 60_000);
     const o = outcomeOf(env);
     expect(o.done).toBe(true);
-    expect(o.transfers.map((t) => [t.received, t.checksum, t.diskChecksum])).toEqual(o.transfers.map((t) => [t.bytes, t.expected, t.expected]));
+    expect(o.transfers.map((t) => [t.received, t.checksum, t.diskChecksum])).toEqual(
+      o.transfers.map((t) => [t.bytes, t.expected, t.expected]),
+    );
     expect(o.datagrams.every((d) => d.sent > 100 && d.sent - d.received <= 1)).toBe(true); // at most one in flight
     expect(o.timeouts).toBe(0);
   });
@@ -97,7 +127,13 @@ describe('simulated VMs', () => {
     for (const vm of env.vms.values()) {
       const image = vm.image(env.clock.now);
       expect(decodeGuestState(image).ticks).toBe(vm.state.ticks);
-      const back = SimVm.fromImage(vm.spec, env.app, spec.vms.map((v, i) => ({ name: v.name, index: i + 1 })), image, env.clock.now);
+      const back = SimVm.fromImage(
+        vm.spec,
+        env.app,
+        spec.vms.map((v, i) => ({ name: v.name, index: i + 1 })),
+        image,
+        env.clock.now,
+      );
       expect(Buffer.from(back.image(env.clock.now)).equals(Buffer.from(image))).toBe(true);
       expect(back.versions.some((v, p) => p >= STATE_PAGES && v > 0)).toBe(true);
     }
@@ -110,13 +146,22 @@ describe('simulated VMs', () => {
 
   it('runs bulk transfers over rate-limited links: as fast as the link, one segment time between progresses', async () => {
     // as an environment file gives it: bulk (bytesPerSec 0) transfers of transferBytes over 100 kB/s links
-    const bulk = parseEnv({ name: 'bulk', seed: 4, scenario: { vms: 4, hosts: 2, minPages: 32, bytesPerSec: 0, transferBytes: 200_000, linkBytesPerSec: 100_000 } }, 'drop');
+    const bulk = parseEnv(
+      {
+        name: 'bulk',
+        seed: 4,
+        scenario: { vms: 4, hosts: 2, minPages: 32, bytesPerSec: 0, transferBytes: 200_000, linkBytesPerSec: 100_000 },
+      },
+      'drop',
+    );
     expect(bulk.linkBytesPerSec).toBe(100_000);
     expect(bulk.transfers.map((t) => [t.bytes, t.bytesPerSec])).toEqual(bulk.transfers.map(() => [200_000, 0]));
     const env = new SimEnv(bulk);
     await env.clock.runUntil(() => env.transfersDone(), 60_000);
     const o = outcomeOf(env);
-    expect(o.transfers.map((t) => [t.received, t.checksum, t.diskChecksum])).toEqual(o.transfers.map((t) => [t.bytes, t.expected, t.expected]));
+    expect(o.transfers.map((t) => [t.received, t.checksum, t.diskChecksum])).toEqual(
+      o.transfers.map((t) => [t.bytes, t.expected, t.expected]),
+    );
     // 200 segments of 1000 bytes, each 1024 bytes on the wire at 100 kB/s: 10.24 ms apart, about 2 s
     expect(o.longestStallMs).toBeGreaterThanOrEqual(10.24);
     expect(o.longestStallMs).toBeLessThan(12);

@@ -12,7 +12,11 @@ import { startSwitchProcesses } from '../src/sim/switch-processes.js';
 
 const tempDir = tempDirs();
 
-const ENV = { name: 'env7', seed: 3, scenario: { vms: 4, hosts: 2, minPages: 128, sizeRatio: 4, pageMs: 1, bytesPerSec: 40_000, transferMs: 6000 } };
+const ENV = {
+  name: 'env7',
+  seed: 3,
+  scenario: { vms: 4, hosts: 2, minPages: 128, sizeRatio: 4, pageMs: 1, bytesPerSec: 40_000, transferMs: 6000 },
+};
 
 describe('vnstore snapshot --env', () => {
   it('takes three coordinated snapshots as groups and verifies each by a group restore', async () => {
@@ -35,7 +39,14 @@ describe('vnstore snapshot --env', () => {
       expect(e.framesDropped).toBe(0); // and hold mode
     }
     expect(out.live.transfers.every((t: { checksum: number; expected: number }) => t.checksum === t.expected)).toBe(true);
-    expect(out.verified.map((v: { group: string; transfersOk: boolean; check: { violations: string[]; lost: number } }) => [v.group, v.transfersOk, v.check.violations.length, v.check.lost])).toEqual([
+    expect(
+      out.verified.map((v: { group: string; transfersOk: boolean; check: { violations: string[]; lost: number } }) => [
+        v.group,
+        v.transfersOk,
+        v.check.violations.length,
+        v.check.lost,
+      ]),
+    ).toEqual([
       ['env7-e1', true, 0, 0],
       ['env7-e2', true, 0, 0],
       ['env7-e3', true, 0, 0],
@@ -46,32 +57,56 @@ describe('vnstore snapshot --env', () => {
     // the same environment again continues with the next epoch
     const again = await runCli(['snapshot', '--env', env, '--store', store, '--json']);
     expect(again.code).toBe(0);
-    expect(JSON.parse(again.stdout.toString()).epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([['env7-e4', 'committed']]);
+    expect(JSON.parse(again.stdout.toString()).epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([
+      ['env7-e4', 'committed'],
+    ]);
   });
 
-  it('with --switches process, runs the VMs over real switch processes: the same groups as a rerun, verified', { timeout: 120_000 }, async () => {
-    const root = tempDir('vne-cli-sw');
-    const env = path.join(root, 'env.json');
-    writeFileSync(env, JSON.stringify({ ...ENV, name: 'envp', scenario: { ...ENV.scenario, minPages: 64, transferMs: 3000 } }));
-    const runs = [];
-    for (const dir of ['a', 'b']) {
-      const store = await initStore(path.join(root, dir));
-      const r = await runCli(['snapshot', '--env', env, '--store', store, '--epochs', '2', '--switches', 'process', '--verify-restore', '--json']);
-      expect(r.stderr).toBe('');
-      expect(r.code).toBe(0);
-      runs.push(JSON.parse(r.stdout.toString()));
-    }
-    const [a, b] = runs;
-    expect(a.epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([
-      ['envp-e1', 'committed'],
-      ['envp-e2', 'committed'],
-    ]);
-    expect(a.verified.map((v: { transfersOk: boolean; check: { violations: string[]; lost: number } }) => [v.transfersOk, v.check.violations.length, v.check.lost])).toEqual([
-      [true, 0, 0],
-      [true, 0, 0],
-    ]);
-    expect(b.epochs).toEqual(a.epochs); // deterministic over real processes too
-  });
+  it(
+    'with --switches process, runs the VMs over real switch processes: the same groups as a rerun, verified',
+    { timeout: 120_000 },
+    async () => {
+      const root = tempDir('vne-cli-sw');
+      const env = path.join(root, 'env.json');
+      writeFileSync(env, JSON.stringify({ ...ENV, name: 'envp', scenario: { ...ENV.scenario, minPages: 64, transferMs: 3000 } }));
+      const runs = [];
+      for (const dir of ['a', 'b']) {
+        const store = await initStore(path.join(root, dir));
+        const r = await runCli([
+          'snapshot',
+          '--env',
+          env,
+          '--store',
+          store,
+          '--epochs',
+          '2',
+          '--switches',
+          'process',
+          '--verify-restore',
+          '--json',
+        ]);
+        expect(r.stderr).toBe('');
+        expect(r.code).toBe(0);
+        runs.push(JSON.parse(r.stdout.toString()));
+      }
+      const [a, b] = runs;
+      expect(a.epochs.map((e: { group: string; outcome: string }) => [e.group, e.outcome])).toEqual([
+        ['envp-e1', 'committed'],
+        ['envp-e2', 'committed'],
+      ]);
+      expect(
+        a.verified.map((v: { transfersOk: boolean; check: { violations: string[]; lost: number } }) => [
+          v.transfersOk,
+          v.check.violations.length,
+          v.check.lost,
+        ]),
+      ).toEqual([
+        [true, 0, 0],
+        [true, 0, 0],
+      ]);
+      expect(b.epochs).toEqual(a.epochs); // deterministic over real processes too
+    },
+  );
 
   it('with --switches env, attaches the VMs to running switches the environment file names', { timeout: 120_000 }, async () => {
     const root = tempDir('vne-cli-env-sw');
@@ -79,13 +114,19 @@ describe('vnstore snapshot --env', () => {
     const doc = {
       name: 'envn',
       seed: 2,
-      hosts: [{ name: 'hostA', pageMs: 1 }, { name: 'hostB', pageMs: 1.3 }],
+      hosts: [
+        { name: 'hostA', pageMs: 1 },
+        { name: 'hostB', pageMs: 1.3 },
+      ],
       vms: [
         { name: 'web1', host: 'hostA', pages: 96, dirtyPerSec: 100, hotPages: 16 },
         { name: 'db1', host: 'hostB', pages: 192, dirtyPerSec: 150, hotPages: 24 },
         { name: 'cache1', host: 'hostB', pages: 64, dirtyPerSec: 50, hotPages: 8 },
       ],
-      transfers: [{ from: 'db1', to: 'web1', bytes: 60_000, bytesPerSec: 20_000 }, { from: 'web1', to: 'cache1', bytes: 60_000, bytesPerSec: 20_000 }],
+      transfers: [
+        { from: 'db1', to: 'web1', bytes: 60_000, bytesPerSec: 20_000 },
+        { from: 'web1', to: 'cache1', bytes: 60_000, bytesPerSec: 20_000 },
+      ],
       datagrams: [{ from: 'web1', to: 'db1', everyMs: 20 }],
     };
     // The switches run before the snapshot and after it, as on real hosts; the file names them.
@@ -94,12 +135,27 @@ describe('vnstore snapshot --env', () => {
       const addr = (e: { host: string; port: number }) => `${e.host}:${e.port}`;
       const named = {
         ...doc,
-        hosts: doc.hosts.map((h) => ({ ...h, switch: { vm: addr(switches.network.switches.get(h.name)!.vm), tunnel: addr(switches.network.switches.get(h.name)!.tunnel) } })),
+        hosts: doc.hosts.map((h) => ({
+          ...h,
+          switch: { vm: addr(switches.network.switches.get(h.name)!.vm), tunnel: addr(switches.network.switches.get(h.name)!.tunnel) },
+        })),
         vms: doc.vms.map((v) => ({ ...v, nic: addr(switches.network.vms.get(v.name)!.addr) })),
       };
       const env = path.join(root, 'env.json');
       writeFileSync(env, JSON.stringify(named));
-      const r = await runCli(['snapshot', '--env', env, '--store', store, '--epochs', '2', '--switches', 'env', '--verify-restore', '--json']);
+      const r = await runCli([
+        'snapshot',
+        '--env',
+        env,
+        '--store',
+        store,
+        '--epochs',
+        '2',
+        '--switches',
+        'env',
+        '--verify-restore',
+        '--json',
+      ]);
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
       const out = JSON.parse(r.stdout.toString());
@@ -107,7 +163,13 @@ describe('vnstore snapshot --env', () => {
         ['envn-e1', 'committed'],
         ['envn-e2', 'committed'],
       ]);
-      expect(out.verified.map((v: { transfersOk: boolean; check: { violations: string[]; lost: number } }) => [v.transfersOk, v.check.violations.length, v.check.lost])).toEqual([
+      expect(
+        out.verified.map((v: { transfersOk: boolean; check: { violations: string[]; lost: number } }) => [
+          v.transfersOk,
+          v.check.violations.length,
+          v.check.lost,
+        ]),
+      ).toEqual([
         [true, 0, 0],
         [true, 0, 0],
       ]);
@@ -133,12 +195,20 @@ describe('vnstore snapshot --env', () => {
     const cases: [string[], number, RegExp][] = [
       [['--env', path.join(root, 'missing.json')], 10, /cannot read environment file .*missing\.json: ENOENT/],
       [['--env', file('{"name": ')], 10, /is not JSON/],
-      [['--env', file({ name: 'x', hosts: [{ name: 'h0' }], vms: [{ name: 'a', host: 'h9', pages: 64 }] })], 10, /vms\[0\]\.host "h9" is not one of the hosts/],
+      [
+        ['--env', file({ name: 'x', hosts: [{ name: 'h0' }], vms: [{ name: 'a', host: 'h9', pages: 64 }] })],
+        10,
+        /vms\[0\]\.host "h9" is not one of the hosts/,
+      ],
       [['--env', file({ name: 'x', scenario: { vms: 1 } })], 10, /"scenario\.vms" must be an integer from 2 to 64/],
       [['--env', file(ENV), '--sync-stop', 'maybe'], 2, /--sync-stop takes on or off/],
       [['--env', file(ENV), '--epochs', '0'], 2, /--epochs: expected an integer >= 1/],
       [['--env', file(ENV), '--switches', 'remote'], 2, /--switches takes in-process, process or env/],
-      [['--env', file({ name: 'x', hosts: [{ name: 'h0' }], vms: [{ name: 'a', host: 'h0', pages: 64, nic: '5001' }] })], 10, /"vms\[0\]\.nic" must be "HOST:PORT"/],
+      [
+        ['--env', file({ name: 'x', hosts: [{ name: 'h0' }], vms: [{ name: 'a', host: 'h0', pages: 64, nic: '5001' }] })],
+        10,
+        /"vms\[0\]\.nic" must be "HOST:PORT"/,
+      ],
     ];
     for (const [args, code, message] of cases) {
       const r = await runCli(['snapshot', '--store', store, ...args]);

@@ -30,8 +30,22 @@ const CASES: Case[] = [
 ];
 
 async function killRun(c: Case) {
-  const spec = scenarioSpec({ name: `k${c.seed}`, seed: c.seed, vms: 4, hosts: 2, minPages: 64, sizeRatio: 3, pageMs: 2, channels: c.channels, bytesPerSec: 20_000, transferMs: 3000 });
-  const members = [...(c.channels === 'hold' ? [channelMemberName(spec.name)] : []), ...spec.vms.flatMap((v) => [v.name, diskMemberName(v.name)])].sort();
+  const spec = scenarioSpec({
+    name: `k${c.seed}`,
+    seed: c.seed,
+    vms: 4,
+    hosts: 2,
+    minPages: 64,
+    sizeRatio: 3,
+    pageMs: 2,
+    channels: c.channels,
+    bytesPerSec: 20_000,
+    transferMs: 3000,
+  });
+  const members = [
+    ...(c.channels === 'hold' ? [channelMemberName(spec.name)] : []),
+    ...spec.vms.flatMap((v) => [v.name, diskMemberName(v.name)]),
+  ].sort();
   const switches = await startSwitchProcesses(spec, CLI);
   const network = await UdpNetwork.open(switches.network);
   // A random point of epoch 2 (it takes about 500-1000 simulated ms here), down for 150 ms.
@@ -70,38 +84,70 @@ async function killRun(c: Case) {
 }
 
 describe('a switch process killed mid-epoch', () => {
-  it.each(CASES)('seed $seed, $channels, sync-stop $syncStop: no partial group, the next epoch commits consistent', { timeout: 120_000 }, async (c) => {
-    const { spec, members, run, target, killAt, events } = await killRun(c);
-    const [e1, e2, e3] = run.reports;
-    expect(events.length, 'the switch was killed and restarted').toBe(2);
-    expect(Number(events[0].slice(8)), `killed ${killAt} ms into epoch 2`).toBeGreaterThanOrEqual(e2.startedAt);
-    expect(e1.outcome).toBe('committed');
-    expect(e3.outcome, e3.reason).toBe('committed');
-    if (e2.outcome === 'aborted') expect(e2.reason).toMatch(/switch h1|flip/);
-    expect([...target.groups.keys()].sort()).toEqual(run.reports.filter((r) => r.outcome === 'committed').map((r) => r.group).sort());
-    for (const r of run.reports.filter((x) => x.outcome === 'committed')) {
-      const images = target.groups.get(r.group) as Map<string, Uint8Array>;
-      expect([...images.keys()].sort(), r.group).toEqual(members);
-      const g = await resumeGroup(spec, target, r.group, r.epoch, 600_000);
-      expect(g.check.violations, r.group).toEqual([]);
-      expect(g.outcome.done, r.group).toBe(true);
-      for (const t of g.outcome.transfers) expect([t.checksum, t.diskChecksum], `${r.group} ${t.from}->${t.to}`).toEqual([t.expected, t.expected]);
-    }
-    // the live run, through a switch that died and came back, still ends every transfer right
-    expect(run.outcome.done).toBe(true);
-    for (const t of run.outcome.transfers) expect(t.checksum).toBe(t.expected);
-  });
+  it.each(CASES)(
+    'seed $seed, $channels, sync-stop $syncStop: no partial group, the next epoch commits consistent',
+    { timeout: 120_000 },
+    async (c) => {
+      const { spec, members, run, target, killAt, events } = await killRun(c);
+      const [e1, e2, e3] = run.reports;
+      expect(events.length, 'the switch was killed and restarted').toBe(2);
+      expect(Number(events[0].slice(8)), `killed ${killAt} ms into epoch 2`).toBeGreaterThanOrEqual(e2.startedAt);
+      expect(e1.outcome).toBe('committed');
+      expect(e3.outcome, e3.reason).toBe('committed');
+      if (e2.outcome === 'aborted') expect(e2.reason).toMatch(/switch h1|flip/);
+      expect([...target.groups.keys()].sort()).toEqual(
+        run.reports
+          .filter((r) => r.outcome === 'committed')
+          .map((r) => r.group)
+          .sort(),
+      );
+      for (const r of run.reports.filter((x) => x.outcome === 'committed')) {
+        const images = target.groups.get(r.group) as Map<string, Uint8Array>;
+        expect([...images.keys()].sort(), r.group).toEqual(members);
+        const g = await resumeGroup(spec, target, r.group, r.epoch, 600_000);
+        expect(g.check.violations, r.group).toEqual([]);
+        expect(g.outcome.done, r.group).toBe(true);
+        for (const t of g.outcome.transfers)
+          expect([t.checksum, t.diskChecksum], `${r.group} ${t.from}->${t.to}`).toEqual([t.expected, t.expected]);
+      }
+      // the live run, through a switch that died and came back, still ends every transfer right
+      expect(run.outcome.done).toBe(true);
+      for (const t of run.outcome.transfers) expect(t.checksum).toBe(t.expected);
+    },
+  );
 });
 
 describe('the simulated VMs over switch processes', () => {
   it('run deterministically: the same seed gives the same epochs, and every group is consistent', { timeout: 120_000 }, async () => {
-    const spec = scenarioSpec({ name: 'det', seed: 8, vms: 4, hosts: 2, minPages: 64, sizeRatio: 3, pageMs: 2, channels: 'hold', bytesPerSec: 20_000, transferMs: 2000 });
+    const spec = scenarioSpec({
+      name: 'det',
+      seed: 8,
+      vms: 4,
+      hosts: 2,
+      minPages: 64,
+      sizeRatio: 3,
+      pageMs: 2,
+      channels: 'hold',
+      bytesPerSec: 20_000,
+      transferMs: 2000,
+    });
     const once = async () => {
       const switches = await startSwitchProcesses(spec, CLI);
       const network = await UdpNetwork.open(switches.network);
       const target = new MemoryTarget();
       try {
-        const run = await runEnvironment({ spec, target, network, epochs: 2, firstAtMs: 300, gapMs: 300, syncStop: true, timeoutMs: 60_000, agent: { dirtyThresholdPages: 24, maxRounds: 8, pauseOverheadMs: 5 }, limitMs: 600_000 });
+        const run = await runEnvironment({
+          spec,
+          target,
+          network,
+          epochs: 2,
+          firstAtMs: 300,
+          gapMs: 300,
+          syncStop: true,
+          timeoutMs: 60_000,
+          agent: { dirtyThresholdPages: 24, maxRounds: 8, pauseOverheadMs: 5 },
+          limitMs: 600_000,
+        });
         return { run, target };
       } finally {
         await network.close();
@@ -114,7 +160,8 @@ describe('the simulated VMs over switch processes', () => {
     expect(b.run.reports).toEqual(a.run.reports);
     expect(b.run.outcome).toEqual(a.run.outcome);
     for (const r of a.run.reports) {
-      for (const [m, image] of a.target.groups.get(r.group) as Map<string, Uint8Array>) expect(Buffer.from(image).equals(Buffer.from(b.target.groups.get(r.group)?.get(m) as Uint8Array)), `${r.group}/${m}`).toBe(true);
+      for (const [m, image] of a.target.groups.get(r.group) as Map<string, Uint8Array>)
+        expect(Buffer.from(image).equals(Buffer.from(b.target.groups.get(r.group)?.get(m) as Uint8Array)), `${r.group}/${m}`).toBe(true);
       const g = await resumeGroup(spec, a.target, r.group, r.epoch, 600_000);
       expect(g.check.violations).toEqual([]);
       expect(g.check.lost, 'hold mode: nothing lost across the cut').toBe(0);
@@ -122,19 +169,47 @@ describe('the simulated VMs over switch processes', () => {
     }
   });
 
-  it('refuse a switch whose colours are already past the epoch (it would apply no cut): the epoch aborts, nothing is committed', { timeout: 60_000 }, async () => {
-    const spec = scenarioSpec({ name: 'ahead', seed: 9, vms: 2, hosts: 2, minPages: 32, sizeRatio: 1, pageMs: 1, channels: 'drop', bytesPerSec: 20_000, transferMs: 500 });
-    const switches = await startSwitchProcesses(spec, CLI, 5);
-    const network = await UdpNetwork.open(switches.network);
-    const target = new MemoryTarget();
-    try {
-      const run = await runEnvironment({ spec, target, network, epochs: 1, firstAtMs: 100, gapMs: 0, syncStop: true, timeoutMs: 60_000, agent: { dirtyThresholdPages: 8, maxRounds: 4, pauseOverheadMs: 2 }, limitMs: 600_000 });
-      expect(run.reports[0]).toMatchObject({ outcome: 'aborted' });
-      expect(run.reports[0].reason).toMatch(/switch h0 has vm0 at colour 5, past this environment's last epoch 0: restart it with --epoch 0/);
-      expect(target.groups.size).toBe(0);
-    } finally {
-      await network.close();
-      await switches.stop();
-    }
-  });
+  it(
+    'refuse a switch whose colours are already past the epoch (it would apply no cut): the epoch aborts, nothing is committed',
+    { timeout: 60_000 },
+    async () => {
+      const spec = scenarioSpec({
+        name: 'ahead',
+        seed: 9,
+        vms: 2,
+        hosts: 2,
+        minPages: 32,
+        sizeRatio: 1,
+        pageMs: 1,
+        channels: 'drop',
+        bytesPerSec: 20_000,
+        transferMs: 500,
+      });
+      const switches = await startSwitchProcesses(spec, CLI, 5);
+      const network = await UdpNetwork.open(switches.network);
+      const target = new MemoryTarget();
+      try {
+        const run = await runEnvironment({
+          spec,
+          target,
+          network,
+          epochs: 1,
+          firstAtMs: 100,
+          gapMs: 0,
+          syncStop: true,
+          timeoutMs: 60_000,
+          agent: { dirtyThresholdPages: 8, maxRounds: 4, pauseOverheadMs: 2 },
+          limitMs: 600_000,
+        });
+        expect(run.reports[0]).toMatchObject({ outcome: 'aborted' });
+        expect(run.reports[0].reason).toMatch(
+          /switch h0 has vm0 at colour 5, past this environment's last epoch 0: restart it with --epoch 0/,
+        );
+        expect(target.groups.size).toBe(0);
+      } finally {
+        await network.close();
+        await switches.stop();
+      }
+    },
+  );
 });

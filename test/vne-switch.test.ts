@@ -30,13 +30,19 @@ describe('colour rule', () => {
 describe('tunnel header', () => {
   it('round-trips every field and the frame bytes', () => {
     fc.assert(
-      fc.property(fc.constantFrom(1, 2, 3, 4, 5, 6, 7) as fc.Arbitrary<1 | 2 | 3 | 4 | 5 | 6 | 7>, fc.nat({ max: 0xffffffff }), fc.string({ minLength: 1, maxLength: 20 }), fc.uint8Array({ maxLength: 1600 }), (kind, epoch, vm, payload) => {
-        const m = decodeTunnel(encodeTunnel({ kind, epoch, vm, payload }));
-        expect(m.kind).toBe(kind);
-        expect(m.epoch).toBe(epoch);
-        expect(m.vm).toBe(vm);
-        expect(Buffer.from(m.payload).equals(Buffer.from(payload))).toBe(true);
-      }),
+      fc.property(
+        fc.constantFrom(1, 2, 3, 4, 5, 6, 7) as fc.Arbitrary<1 | 2 | 3 | 4 | 5 | 6 | 7>,
+        fc.nat({ max: 0xffffffff }),
+        fc.string({ minLength: 1, maxLength: 20 }),
+        fc.uint8Array({ maxLength: 1600 }),
+        (kind, epoch, vm, payload) => {
+          const m = decodeTunnel(encodeTunnel({ kind, epoch, vm, payload }));
+          expect(m.kind).toBe(kind);
+          expect(m.epoch).toBe(epoch);
+          expect(m.vm).toBe(vm);
+          expect(Buffer.from(m.payload).equals(Buffer.from(payload))).toBe(true);
+        },
+      ),
     );
   });
 
@@ -162,9 +168,26 @@ describe('UDP relay on loopback', () => {
     await new Promise<void>((r) => probe.bind(0, '127.0.0.1', () => r()));
     const bTunnel = probe.address().port;
     probe.close();
-    const A = await UdpSwitch.start({ vmListen: lo(0), tunnelListen: lo(0), ports: [{ vm: 'v0', addr: lo(g0.port) }, { vm: 'v1', addr: lo(g1.port) }], peers: [{ name: 'B', addr: lo(bTunnel) }], channels: 'drop', holdFrames: 16 });
+    const A = await UdpSwitch.start({
+      vmListen: lo(0),
+      tunnelListen: lo(0),
+      ports: [
+        { vm: 'v0', addr: lo(g0.port) },
+        { vm: 'v1', addr: lo(g1.port) },
+      ],
+      peers: [{ name: 'B', addr: lo(bTunnel) }],
+      channels: 'drop',
+      holdFrames: 16,
+    });
     switches.push(A);
-    const B = await UdpSwitch.start({ vmListen: lo(0), tunnelListen: lo(bTunnel), ports: [{ vm: 'v2', addr: lo(g2.port) }], peers: [{ name: 'A', addr: lo(A.tunnelPort) }], channels: 'drop', holdFrames: 16 });
+    const B = await UdpSwitch.start({
+      vmListen: lo(0),
+      tunnelListen: lo(bTunnel),
+      ports: [{ vm: 'v2', addr: lo(g2.port) }],
+      peers: [{ name: 'A', addr: lo(A.tunnelPort) }],
+      channels: 'drop',
+      holdFrames: 16,
+    });
     switches.push(B);
 
     const hello2 = buildFrame('ff:ff:ff:ff:ff:ff', mac(2), 0x0800, Buffer.from('hello from v2'));
@@ -181,7 +204,11 @@ describe('UDP relay on loopback', () => {
     A.flip('v0', 1);
     g0.sock.send(buildFrame(mac(2), mac(0), 0x0800, Buffer.from('post to pre')), A.vmPort, '127.0.0.1');
     await until(() => B.core.counters().some((c) => c.dropped === 1));
-    expect(B.core.counters().find((c) => c.src === 'v0' && c.dst === 'v2' && c.epoch === 1)).toMatchObject({ dropped: 1, droppedBytes: 25, delivered: 0 });
+    expect(B.core.counters().find((c) => c.src === 'v0' && c.dst === 'v2' && c.epoch === 1)).toMatchObject({
+      dropped: 1,
+      droppedBytes: 25,
+      delivered: 0,
+    });
     // a FLIP datagram flips v2 remotely and is acknowledged; then v0's frames pass again
     const ctl = await guest();
     ctl.sock.send(encodeTunnel({ kind: TunnelKind.FLIP, epoch: 1, vm: 'v2', payload: new Uint8Array(0) }), B.tunnelPort, '127.0.0.1');
@@ -203,7 +230,17 @@ describe('an unreachable peer', () => {
     await Promise.all([a, b].map((s) => new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()))));
     const got: Buffer[] = [];
     b.on('message', (m) => got.push(m));
-    const sw = await UdpSwitch.start({ vmListen: { host: '127.0.0.1', port: 0 }, tunnelListen: { host: '127.0.0.1', port: 0 }, ports: [{ vm: 'a', addr: { host: '127.0.0.1', port: a.address().port } }, { vm: 'b', addr: { host: '127.0.0.1', port: b.address().port } }], peers: [{ name: 'gone', addr: { host: 'no-such-host.invalid', port: 9 } }], channels: 'drop', holdFrames: 4 });
+    const sw = await UdpSwitch.start({
+      vmListen: { host: '127.0.0.1', port: 0 },
+      tunnelListen: { host: '127.0.0.1', port: 0 },
+      ports: [
+        { vm: 'a', addr: { host: '127.0.0.1', port: a.address().port } },
+        { vm: 'b', addr: { host: '127.0.0.1', port: b.address().port } },
+      ],
+      peers: [{ name: 'gone', addr: { host: 'no-such-host.invalid', port: 9 } }],
+      channels: 'drop',
+      holdFrames: 4,
+    });
     try {
       const frame = buildFrame('ff:ff:ff:ff:ff:ff', mac(1), 0x0800, Buffer.from('flooded to b and to the unreachable peer'));
       a.send(frame, sw.vmPort, '127.0.0.1');
@@ -222,13 +259,22 @@ describe('flip requests (the agent side)', () => {
   it('flips a VM on a remote switch and returns the acknowledged colour; an unknown VM times out with one clear error', async () => {
     const g = dgram.createSocket('udp4');
     await new Promise<void>((r) => g.bind(0, '127.0.0.1', () => r()));
-    const sw = await UdpSwitch.start({ vmListen: { host: '127.0.0.1', port: 0 }, tunnelListen: { host: '127.0.0.1', port: 0 }, ports: [{ vm: 'v0', addr: { host: '127.0.0.1', port: g.address().port } }], peers: [], channels: 'hold', holdFrames: 4 });
+    const sw = await UdpSwitch.start({
+      vmListen: { host: '127.0.0.1', port: 0 },
+      tunnelListen: { host: '127.0.0.1', port: 0 },
+      ports: [{ vm: 'v0', addr: { host: '127.0.0.1', port: g.address().port } }],
+      peers: [],
+      channels: 'hold',
+      holdFrames: 4,
+    });
     try {
       const at = { host: '127.0.0.1', port: sw.tunnelPort };
       expect(await requestFlip(at, 'v0', 3)).toBe(3);
       expect(sw.core.colourOf('v0')).toBe(3);
       expect(await requestFlip(at, 'v0', 2)).toBe(3); // never lowered: the colour in force is returned
-      await expect(requestFlip(at, 'nope', 1, { retryMs: 10, attempts: 3 })).rejects.toThrow(`switch 127.0.0.1:${sw.tunnelPort} did not acknowledge the flip of nope to epoch 1 (3 attempts, 10 ms apart)`);
+      await expect(requestFlip(at, 'nope', 1, { retryMs: 10, attempts: 3 })).rejects.toThrow(
+        `switch 127.0.0.1:${sw.tunnelPort} did not acknowledge the flip of nope to epoch 1 (3 attempts, 10 ms apart)`,
+      );
     } finally {
       g.close();
       await sw.close();
@@ -243,7 +289,17 @@ describe('status and channel state (the coordinator side)', () => {
     let got = 0;
     g1.on('message', () => got++);
     const lo = (port: number) => ({ host: '127.0.0.1', port });
-    const sw = await UdpSwitch.start({ vmListen: lo(0), tunnelListen: lo(0), ports: [{ vm: 'v0', addr: lo(g0.address().port) }, { vm: 'v1', addr: lo(g1.address().port) }], peers: [], channels: 'hold', holdFrames: 4 });
+    const sw = await UdpSwitch.start({
+      vmListen: lo(0),
+      tunnelListen: lo(0),
+      ports: [
+        { vm: 'v0', addr: lo(g0.address().port) },
+        { vm: 'v1', addr: lo(g1.address().port) },
+      ],
+      peers: [],
+      channels: 'hold',
+      holdFrames: 4,
+    });
     try {
       const at = lo(sw.tunnelPort);
       // v1 passes its cut first: v0's frames to it cross the cut and are recorded, 120 of 1014 bytes (three parts)
@@ -256,7 +312,9 @@ describe('status and channel state (the coordinator side)', () => {
       }
       const st = await requestStatus(at, 1);
       expect(st).toMatchObject({ incarnation: sw.incarnation, vmIn: 120, vmOut: { v1: 120 }, colours: { v0: 0, v1: 1 } });
-      expect(st.pairs).toEqual([{ src: 'v0', dst: 'v1', epoch: 0, delivered: 120, deliveredBytes: 120 * 1014, dropped: 0, droppedBytes: 0, held: 0, crossing: 120 }]);
+      expect(st.pairs).toEqual([
+        { src: 'v0', dst: 'v1', epoch: 0, delivered: 120, deliveredBytes: 120 * 1014, dropped: 0, droppedBytes: 0, held: 0, crossing: 120 },
+      ]);
       const ch = await requestChannelState(at, 1);
       expect(ch.map((c) => [c.src, c.dst, c.epoch])).toEqual(frames.map(() => ['v0', 'v1', 1]));
       expect(ch.every((c, i) => Buffer.from(c.frame).equals(frames[i]))).toBe(true);
@@ -286,7 +344,23 @@ describe('vnstore switch (the command)', () => {
     const [g0, g1] = [await bindGuest(), await bindGuest()];
     const got: Buffer[] = [];
     g1.on('message', (m) => got.push(m));
-    const child = spawn(process.execPath, [CLI, 'switch', '--vm-listen', '127.0.0.1:0', '--tunnel-listen', '127.0.0.1:0', '--port', `a=127.0.0.1:${g0.address().port}`, '--port', `b=127.0.0.1:${g1.address().port}`, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        'switch',
+        '--vm-listen',
+        '127.0.0.1:0',
+        '--tunnel-listen',
+        '127.0.0.1:0',
+        '--port',
+        `a=127.0.0.1:${g0.address().port}`,
+        '--port',
+        `b=127.0.0.1:${g1.address().port}`,
+        '--json',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));
@@ -305,6 +379,8 @@ describe('vnstore switch (the command)', () => {
     }
     expect(child.exitCode).toBe(0);
     const report = JSON.parse(out);
-    expect(report.pairs).toEqual([{ src: 'a', dst: 'b', epoch: 0, delivered: 1, deliveredBytes: 25, dropped: 0, droppedBytes: 0, held: 0, crossing: 0 }]);
+    expect(report.pairs).toEqual([
+      { src: 'a', dst: 'b', epoch: 0, delivered: 1, deliveredBytes: 25, dropped: 0, droppedBytes: 0, held: 0, crossing: 0 },
+    ]);
   });
 });

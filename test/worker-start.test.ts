@@ -89,7 +89,12 @@ describe('page workers on demand', () => {
       });
       const results = await Promise.all(jobs);
       for (const r of results) {
-        expect(Array.from(r.status)).toEqual([PageStatus.New, PageStatus.DuplicateInBlock, PageStatus.DuplicateInBlock, PageStatus.DuplicateInBlock]);
+        expect(Array.from(r.status)).toEqual([
+          PageStatus.New,
+          PageStatus.DuplicateInBlock,
+          PageStatus.DuplicateInBlock,
+          PageStatus.DuplicateInBlock,
+        ]);
         expect(Buffer.from(r.digests.subarray(0, 32)).equals(Buffer.from(results[0].digests.subarray(0, 32)))).toBe(true);
         expect(Buffer.from(r.payload).equals(Buffer.from(results[0].payload))).toBe(true);
       }

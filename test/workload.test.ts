@@ -7,14 +7,7 @@ import { compressSync } from 'lz4-napi';
 import { describe, expect, it } from 'vitest';
 import { computeIdeal, ZstdBounds, type ImageSource } from '../src/sim/ideal.js';
 import { getZstd, type ZstdCodec } from '../src/chunk/zstd.js';
-import {
-  PAGE_SIZE,
-  Workload,
-  WorkloadParamError,
-  resolveParams,
-  writeWorkload,
-  type WorkloadParams,
-} from '../src/sim/workload.js';
+import { PAGE_SIZE, Workload, WorkloadParamError, resolveParams, writeWorkload, type WorkloadParams } from '../src/sim/workload.js';
 
 const SMALL: Partial<WorkloadParams> = {
   vms: 3,

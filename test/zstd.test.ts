@@ -28,7 +28,9 @@ function safeNative(): ZstdCodec | null {
 /** Blobs like guest memory: runs of a byte, repeated short patterns, text-like words, random bytes. */
 const part = fc.oneof(
   fc.record({ b: fc.integer({ min: 0, max: 255 }), n: fc.integer({ min: 1, max: 6000 }) }).map(({ b, n }) => new Uint8Array(n).fill(b)),
-  fc.record({ p: fc.uint8Array({ minLength: 1, maxLength: 48 }), n: fc.integer({ min: 1, max: 9000 }) }).map(({ p, n }) => Uint8Array.from({ length: n }, (_, i) => p[i % p.length])),
+  fc
+    .record({ p: fc.uint8Array({ minLength: 1, maxLength: 48 }), n: fc.integer({ min: 1, max: 9000 }) })
+    .map(({ p, n }) => Uint8Array.from({ length: n }, (_, i) => p[i % p.length])),
   fc.uint8Array({ minLength: 1, maxLength: 3000 }),
 );
 const blob = fc.array(part, { minLength: 0, maxLength: 12 }).map((parts) => Buffer.concat(parts));
@@ -48,7 +50,15 @@ function frameOffsets(lengths: Uint32Array): Uint32Array {
 }
 
 /** Decodes every frame with `codec` into a fresh buffer the size of src. */
-function decodeAll(codec: ZstdCodec, payload: Uint8Array, lengths: Uint32Array, starts: Uint32Array, sizes: Uint32Array, total: number, dict?: Uint8Array): Buffer {
+function decodeAll(
+  codec: ZstdCodec,
+  payload: Uint8Array,
+  lengths: Uint32Array,
+  starts: Uint32Array,
+  sizes: Uint32Array,
+  total: number,
+  dict?: Uint8Array,
+): Buffer {
   const out = Buffer.alloc(total, 0xa5);
   codec.decompress(payload, frameOffsets(lengths), lengths, out, starts, sizes, dict);
   return out;
@@ -100,7 +110,9 @@ describe.runIf(native !== null)('zstd: native round trips, both decoders agree',
     expect(box.payload.length).toBeLessThan(perFrames.payload.length);
     for (const d of decoders) {
       expect(decodeAll(d, perFrames.payload, perFrames.lengths, per.starts, per.sizes, per.src.length).equals(per.src)).toBe(true);
-      expect(decodeAll(d, box.payload, box.lengths, new Uint32Array([0]), new Uint32Array([per.src.length]), per.src.length).equals(per.src)).toBe(true);
+      expect(
+        decodeAll(d, box.payload, box.lengths, new Uint32Array([0]), new Uint32Array([per.src.length]), per.src.length).equals(per.src),
+      ).toBe(true);
     }
   });
 
@@ -169,8 +181,12 @@ describe.runIf(native !== null)('zstd: native round trips, both decoders agree',
     const { payload, lengths } = z.compress(src, new Uint32Array([0]), new Uint32Array([4096]), 3);
     for (const d of decoders) {
       const out = Buffer.alloc(4096, 0xee);
-      expect(() => d.decompress(payload, new Uint32Array([0]), lengths, out, new Uint32Array([1]), new Uint32Array([4096]))).toThrow(RangeError);
-      expect(() => d.decompress(payload, new Uint32Array([1]), lengths, out, new Uint32Array([0]), new Uint32Array([4096]))).toThrow(RangeError);
+      expect(() => d.decompress(payload, new Uint32Array([0]), lengths, out, new Uint32Array([1]), new Uint32Array([4096]))).toThrow(
+        RangeError,
+      );
+      expect(() => d.decompress(payload, new Uint32Array([1]), lengths, out, new Uint32Array([0]), new Uint32Array([4096]))).toThrow(
+        RangeError,
+      );
       expect(out.equals(Buffer.alloc(4096, 0xee))).toBe(true);
     }
   });
@@ -185,7 +201,9 @@ describe.runIf(native !== null)('zstd: corrupt frames are refused on both paths'
   /** Decodes `frame` as one 16 KiB blob into a guarded buffer; checks nothing outside the room moved. */
   function refuses(d: ZstdCodec, frame: Uint8Array, size = src.length): void {
     const out = Buffer.alloc(size + 64, 0x5a);
-    expect(() => d.decompress(frame, new Uint32Array([0]), new Uint32Array([frame.length]), out, new Uint32Array([32]), new Uint32Array([size]))).toThrow(CodecError);
+    expect(() =>
+      d.decompress(frame, new Uint32Array([0]), new Uint32Array([frame.length]), out, new Uint32Array([32]), new Uint32Array([size])),
+    ).toThrow(CodecError);
     expect(out.subarray(0, 32).equals(Buffer.alloc(32, 0x5a))).toBe(true);
     expect(out.subarray(32 + size).equals(Buffer.alloc(32, 0x5a))).toBe(true);
   }
@@ -215,7 +233,16 @@ describe.runIf(native !== null)('zstd: corrupt frames are refused on both paths'
     bad[two.lengths[0]] ^= 0xff; // second frame's magic
     for (const d of decoders) {
       const out = Buffer.alloc(2 * src.length);
-      expect(() => d.decompress(bad, frameOffsets(two.lengths), two.lengths, out, new Uint32Array([0, src.length]), new Uint32Array([src.length, src.length]))).toThrow(/frame 1 of batch/);
+      expect(() =>
+        d.decompress(
+          bad,
+          frameOffsets(two.lengths),
+          two.lengths,
+          out,
+          new Uint32Array([0, src.length]),
+          new Uint32Array([src.length, src.length]),
+        ),
+      ).toThrow(/frame 1 of batch/);
     }
   });
 });

@@ -41,7 +41,14 @@ export class AgentClient {
   async beginSession(options: SessionOptions): Promise<RemoteSession> {
     const sid = this.nextSid++;
     const res = resultJson<{ parent: string | null }>(
-      await this.conn.request({ t: 'begin', sid, vm: options.vm, group: options.group, parent: options.parent ?? 'auto', memoryBytes: options.memoryBytes }),
+      await this.conn.request({
+        t: 'begin',
+        sid,
+        vm: options.vm,
+        group: options.group,
+        parent: options.parent ?? 'auto',
+        memoryBytes: options.memoryBytes,
+      }),
     );
     return new RemoteSession(this.conn, sid, options, res.parent ? { id: res.parent } : undefined);
   }
@@ -89,7 +96,14 @@ export class AgentClient {
     return this.call('check', options);
   }
 
-  forget(options: { ids?: string[]; groups?: string[]; keepLast?: number; keepWithinMs?: number; vm?: string; dryRun?: boolean }): Promise<ForgetReport> {
+  forget(options: {
+    ids?: string[];
+    groups?: string[];
+    keepLast?: number;
+    keepWithinMs?: number;
+    vm?: string;
+    dryRun?: boolean;
+  }): Promise<ForgetReport> {
     return this.call('forget', options);
   }
 
@@ -126,7 +140,10 @@ export class AgentClient {
       const data = m.data;
       chain = chain.then(() => (failure ? undefined : write(data)));
       // The chunk is lent to `write` until it settles; then its frame's buffer is reused.
-      chain.then(() => release?.(), () => undefined);
+      chain.then(
+        () => release?.(),
+        () => undefined,
+      );
       chain.catch((err: Error) => (failure ??= err));
       this.conn.hold(chain);
     };
@@ -134,7 +151,8 @@ export class AgentClient {
     await chain;
     if (failure) throw failure;
     if (!record || !pages) throw new VnstoreError('E_PROTOCOL', 'restore stream ended without its record');
-    if (nextPage !== record.pageCount) throw new CorruptError(`snapshot ${record.id}: the server sent ${nextPage} of ${record.pageCount} pages`);
+    if (nextPage !== record.pageCount)
+      throw new CorruptError(`snapshot ${record.id}: the server sent ${nextPage} of ${record.pageCount} pages`);
     if (imageDigest(pages, record.byteLength).toString('hex') !== record.imageDigest) {
       throw new CorruptError(`snapshot ${record.id}: the restored pages do not match the image digest`);
     }
@@ -149,11 +167,20 @@ export class AgentClient {
 const ZERO_DIGEST = new Uint8Array(DIGEST_BYTES);
 
 /** Checks one DATA batch: its place in the stream and each page's bytes against its digest. */
-function verifyBatch(record: SnapshotRecord, pages: PageTable, expectPage: number, firstPage: number, digests: Uint8Array, data: Uint8Array): void {
+function verifyBatch(
+  record: SnapshotRecord,
+  pages: PageTable,
+  expectPage: number,
+  firstPage: number,
+  digests: Uint8Array,
+  data: Uint8Array,
+): void {
   const n = digests.length / DIGEST_BYTES;
-  if (firstPage !== expectPage || firstPage + n > record.pageCount) throw new CorruptError(`snapshot ${record.id}: restore batch at page ${firstPage}, expected page ${expectPage}`);
+  if (firstPage !== expectPage || firstPage + n > record.pageCount)
+    throw new CorruptError(`snapshot ${record.id}: restore batch at page ${firstPage}, expected page ${expectPage}`);
   const end = Math.min(record.byteLength, (firstPage + n) * PAGE_SIZE);
-  if (data.length !== end - firstPage * PAGE_SIZE) throw new CorruptError(`snapshot ${record.id}: restore batch at page ${firstPage} has ${data.length} bytes`);
+  if (data.length !== end - firstPage * PAGE_SIZE)
+    throw new CorruptError(`snapshot ${record.id}: restore batch at page ${firstPage} has ${data.length} bytes`);
   const whole = data.length === n * PAGE_SIZE ? data : Buffer.concat([data, Buffer.alloc(n * PAGE_SIZE - data.length)]);
   const got = new Uint8Array(n * DIGEST_BYTES);
   const nonZero: number[] = [];
@@ -166,7 +193,10 @@ function verifyBatch(record: SnapshotRecord, pages: PageTable, expectPage: numbe
   }
   hashPages(whole, Uint32Array.from(nonZero), got);
   for (const k of nonZero) {
-    if (Buffer.compare(got.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)) !== 0) {
+    if (
+      Buffer.compare(got.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)) !==
+      0
+    ) {
       throw new CorruptError(`snapshot ${record.id}: page ${firstPage + k} does not match its digest`);
     }
     pages.setDigest(firstPage + k, digests, k * DIGEST_BYTES);

@@ -70,7 +70,9 @@ export class AgentConnection {
         addr.kind === 'unix'
           ? net.connect({ path: addr.path, onread })
           : addr.tls
-            ? tls.connect({ host: addr.host, port: addr.port, ca: opts.tlsCa, servername: net.isIP(addr.host) ? undefined : addr.host }).on('data', (chunk: Buffer) => onChunk(chunk))
+            ? tls
+                .connect({ host: addr.host, port: addr.port, ca: opts.tlsCa, servername: net.isIP(addr.host) ? undefined : addr.host })
+                .on('data', (chunk: Buffer) => onChunk(chunk))
             : net.connect({ port: addr.port, host: addr.host, onread });
       const timer = setTimeout(() => s.destroy(new Error('timed out')), opts.connectTimeoutMs ?? 10_000);
       s.once(addr.kind === 'tcp' && addr.tls ? 'secureConnect' : 'connect', () => {

@@ -61,7 +61,8 @@ export class RemoteSession {
   writeScattered(pageIndices: ArrayLike<number>, data: Uint8Array): Promise<void> {
     this.assertOpen();
     const n = pageIndices.length;
-    if (data.length !== n * PAGE_SIZE) throw new VnstoreError('E_USAGE', `writeScattered needs ${n} whole page(s) (${n * PAGE_SIZE} bytes), got ${data.length} bytes`);
+    if (data.length !== n * PAGE_SIZE)
+      throw new VnstoreError('E_USAGE', `writeScattered needs ${n} whole page(s) (${n * PAGE_SIZE} bytes), got ${data.length} bytes`);
     const indices = Uint32Array.from(pageIndices);
     for (const i of indices) this.furthestByte = Math.max(this.furthestByte, (i + 1) * PAGE_SIZE);
     // No copy: this resolves only once the pages have been sent, as writePages does.
@@ -165,7 +166,13 @@ export class RemoteSession {
         // A reused buffer, given back once the server has answered (it has read the bytes then).
         const bytes = this.conn.pageBuffers.take(picked.length * PAGE_SIZE);
         picked.forEach((k, j) => bytes.set(data.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE), j * PAGE_SIZE));
-        const sent = this.conn.submit({ t: 'pages', sid: this.sid, indices: Uint32Array.from(picked, (k) => indices[k]), digests: gatherDigests(digests, picked), data: bytes });
+        const sent = this.conn.submit({
+          t: 'pages',
+          sid: this.sid,
+          indices: Uint32Array.from(picked, (k) => indices[k]),
+          digests: gatherDigests(digests, picked),
+          data: bytes,
+        });
         track(sent.written);
         this.awaitAnswer(sent.answer);
         void sent.answer.then(
@@ -208,7 +215,14 @@ export class RemoteSession {
     await this.allAnswered();
     this.state = 'prepared';
     try {
-      const res = resultJson<{ id: string }>(await this.conn.request({ t: 'prepare', sid: this.sid, byteLength: options.byteLength ?? this.options.memoryBytes ?? this.furthestByte, unwritten: options.unwritten }));
+      const res = resultJson<{ id: string }>(
+        await this.conn.request({
+          t: 'prepare',
+          sid: this.sid,
+          byteLength: options.byteLength ?? this.options.memoryBytes ?? this.furthestByte,
+          unwritten: options.unwritten,
+        }),
+      );
       return { id: res.id, session: this };
     } catch (err) {
       this.state = 'done';

@@ -60,11 +60,17 @@ export async function readImageDir(dir: string): Promise<ImageFile[]> {
     throw new ImageDirError(code === 'ENOENT' ? `${dir}: no such directory` : `${dir}: cannot read (${code})`);
   }
   const byName = (a: string, b: string) => a.localeCompare(b, 'en', { numeric: true });
-  const vms = top.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name).sort(byName);
+  const vms = top
+    .filter((e) => e.isDirectory() && !e.name.startsWith('.'))
+    .map((e) => e.name)
+    .sort(byName);
   const perVm: ImageFile[][] = [];
   for (const vm of vms) {
     const entries = await readdir(join(root, vm), { withFileTypes: true });
-    const names = entries.filter((e) => e.isFile() && !e.name.startsWith('.')).map((e) => e.name).sort(byName);
+    const names = entries
+      .filter((e) => e.isFile() && !e.name.startsWith('.'))
+      .map((e) => e.name)
+      .sort(byName);
     const files: ImageFile[] = [];
     for (const [snap, name] of names.entries()) {
       const path = join(root, vm, name);

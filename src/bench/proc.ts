@@ -95,7 +95,10 @@ export async function runMeasured(cmd: string, args: string[], opts: RunOptions 
 export async function runChecked(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
   const r = await runMeasured(cmd, args, opts);
   if (r.code !== 0) {
-    const lines = r.stderr.trim().split('\n').filter((l) => l.trim() !== '' && !/^Command exited with non-zero status/.test(l));
+    const lines = r.stderr
+      .trim()
+      .split('\n')
+      .filter((l) => l.trim() !== '' && !/^Command exited with non-zero status/.test(l));
     throw new Error(`${cmd} ${args[0] ?? ''} failed (exit ${r.code}): ${lines.at(-1) ?? 'no message'}`);
   }
   return r;

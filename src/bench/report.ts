@@ -68,11 +68,26 @@ export function renderMarkdown(r: BenchResult): string {
   const bounds = [i.dedupBytes, i.dedupLz4Bytes, i.dedupZstdPageBytes, i.dedupZstdContainerBytes];
   const against = (bytes: number) => bounds.map((b) => (b === null ? '–' : ratio(bytes / b)));
   const idealRow = (name: string, bytes: number | null) =>
-    bytes === null ? [name, `not computed: ${i.zstdUnavailable ?? 'no native zstd'}`, '', '', '', '', '', '', '', '', '', ''] : [name, bytesH(bytes), times(i.logicalBytes / bytes), ...against(bytes), '', '', '', '', ''];
+    bytes === null
+      ? [name, `not computed: ${i.zstdUnavailable ?? 'no native zstd'}`, '', '', '', '', '', '', '', '', '', '']
+      : [name, bytesH(bytes), times(i.logicalBytes / bytes), ...against(bytes), '', '', '', '', ''];
   const kib = (i.containerPages * PAGE_SIZE) / 1024;
   out.push(
     table(
-      ['store', 'bytes on disk', 'reduction', '÷ bound a', '÷ bound b', '÷ bound c', '÷ bound d', 'ingest MB/s', 'restore MB/s', 'peak RSS put', 'peak RSS restore', 'restore verified'],
+      [
+        'store',
+        'bytes on disk',
+        'reduction',
+        '÷ bound a',
+        '÷ bound b',
+        '÷ bound c',
+        '÷ bound d',
+        'ingest MB/s',
+        'restore MB/s',
+        'peak RSS put',
+        'peak RSS restore',
+        'restore verified',
+      ],
       [
         idealRow('ideal (a): page dedup', i.dedupBytes),
         idealRow('ideal (b): page dedup + per-page LZ4', i.dedupLz4Bytes),
@@ -90,7 +105,9 @@ export function renderMarkdown(r: BenchResult): string {
       `(d) zstd over containers of ${i.containerPages} distinct pages in first-seen order. Ingest = one command per image, ` +
       `start-up included, MB = 10^6 bytes. Restore MB/s and its peak RSS: the same image for every tool ` +
       `(${r.sample.vm}/${r.sample.snap}, ${bytesH(r.sample.bytes)}), compared byte for byte with the original.` +
-      (v && !v.error ? ` vnstore restored all ${v.restore.images} images at ${rate(v.restore.mbPerSec)} MB/s, ${v.restore.verified} verified.` : ''),
+      (v && !v.error
+        ? ` vnstore restored all ${v.restore.images} images at ${rate(v.restore.mbPerSec)} MB/s, ${v.restore.verified} verified.`
+        : ''),
   );
   out.push('');
   for (const t of r.tools) {
@@ -126,7 +143,12 @@ export function renderMarkdown(r: BenchResult): string {
   out.push(
     table(
       ['VM', 'distinct pages', ...i.vms, 'in any other VM'],
-      i.vms.map((a, x) => [a, int(i.vmDistinctPages[x]), ...i.sharing[x].map((s, y) => (x === y ? '–' : pct(s))), pct(i.vmSharedWithAny[x])]),
+      i.vms.map((a, x) => [
+        a,
+        int(i.vmDistinctPages[x]),
+        ...i.sharing[x].map((s, y) => (x === y ? '–' : pct(s))),
+        pct(i.vmSharedWithAny[x]),
+      ]),
     ),
   );
   out.push('');
@@ -145,7 +167,17 @@ export function renderSweepMarkdown(s: SweepResult): string {
   const rows: string[][] = [];
   for (const [k, r] of s.runs.entries()) {
     const v = String(s.values[k]);
-    rows.push([v, 'ideal (b)', bytesH(r.ideal.logicalBytes), bytesH(r.ideal.dedupLz4Bytes), times(r.ideal.logicalBytes / r.ideal.dedupLz4Bytes), '1.00', '', '', '']);
+    rows.push([
+      v,
+      'ideal (b)',
+      bytesH(r.ideal.logicalBytes),
+      bytesH(r.ideal.dedupLz4Bytes),
+      times(r.ideal.logicalBytes / r.ideal.dedupLz4Bytes),
+      '1.00',
+      '',
+      '',
+      '',
+    ]);
     for (const t of r.tools) {
       if (t.error) {
         rows.push([v, t.tool, '', `failed: ${t.error}`, '', '', '', '', '']);
@@ -164,7 +196,9 @@ export function renderSweepMarkdown(s: SweepResult): string {
       ]);
     }
   }
-  out.push(table([s.knob, 'store', 'logical', 'bytes on disk', 'reduction', '÷ bound b', 'ingest MB/s', 'restore MB/s', 'peak RSS put'], rows));
+  out.push(
+    table([s.knob, 'store', 'logical', 'bytes on disk', 'reduction', '÷ bound b', 'ingest MB/s', 'restore MB/s', 'peak RSS put'], rows),
+  );
   out.push('');
   return out.join('\n');
 }

@@ -161,7 +161,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       schema: 'vnstore-bench/1',
       date: new Date().toISOString(),
       machine: machine(),
-      workload: opts.imagesDir ? { source: 'images', dir: resolve(opts.imagesDir) } : { source: 'generated', params: new Workload(opts.params ?? {}).params },
+      workload: opts.imagesDir
+        ? { source: 'images', dir: resolve(opts.imagesDir) }
+        : { source: 'generated', params: new Workload(opts.params ?? {}).params },
       images: images.map(({ vm, snap, bytes }) => ({ vm, snap, bytes })),
       sample: { vm: sample.vm, snap: sample.snap, bytes: sample.bytes },
       ideal,
@@ -211,7 +213,9 @@ async function runTool(
       peakRssBytes: put.run.peakRssBytes,
     });
     size = after;
-    log(`  ${tool.id} put ${img.vm}/${img.snap} (${i + 1}/${images.length}): ${mbps(img.bytes, put.run.seconds)} MB/s, ${perImage[i].addedBytes < 0 ? '-' : '+'}${bytesH(Math.abs(perImage[i].addedBytes))}`);
+    log(
+      `  ${tool.id} put ${img.vm}/${img.snap} (${i + 1}/${images.length}): ${mbps(img.bytes, put.run.seconds)} MB/s, ${perImage[i].addedBytes < 0 ? '-' : '+'}${bytesH(Math.abs(perImage[i].addedBytes))}`,
+    );
   }
   const repo = await dirSize(tool.repoDir);
   const cache = tool.cacheDir ? (await dirSize(tool.cacheDir)).bytes : undefined;

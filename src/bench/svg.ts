@@ -160,7 +160,14 @@ function vgroupLogPanel(
       const v = m * unit;
       if (Math.log10(v) < lo || Math.log10(v) > hi) continue;
       parts.push(line(left, y(v), right, y(v), GRID));
-      parts.push(text(left - 8, y(v) + 4, bytesH(v).replace('.00 ', ' ').replace('.0 ', ' '), `${FONT} font-size="11" fill="#666" text-anchor="end"`));
+      parts.push(
+        text(
+          left - 8,
+          y(v) + 4,
+          bytesH(v).replace('.00 ', ' ').replace('.0 ', ' '),
+          `${FONT} font-size="11" fill="#666" text-anchor="end"`,
+        ),
+      );
     }
   }
   const groupW = (right - left) / groups.length;
@@ -175,7 +182,9 @@ function vgroupLogPanel(
         // Value above the bar, vertical, so neighbouring labels never collide.
         const tx = x + barW / 2 + 3;
         const ty = y(v) - 5;
-        parts.push(text(tx, ty, bytesH(v), `${FONT} font-size="10" fill="${INK}" transform="rotate(-90 ${tx.toFixed(1)} ${ty.toFixed(1)})"`));
+        parts.push(
+          text(tx, ty, bytesH(v), `${FONT} font-size="10" fill="${INK}" transform="rotate(-90 ${tx.toFixed(1)} ${ty.toFixed(1)})"`),
+        );
       } else parts.push(text(x + barW / 2, bottom - 4, '0', `${FONT} font-size="10" fill="#666" text-anchor="middle"`));
     });
     parts.push(text(left + k * groupW + groupW / 2, bottom + 18, g, `${FONT} font-size="13" fill="${INK}" text-anchor="middle"`));
@@ -238,7 +247,8 @@ export function benchSvg(r: BenchResult): string {
   body.push(p2);
   y += h2;
   const epochs = [...new Set(i.perImage.map((p) => p.snap))].sort((a, b) => a - b);
-  const perEpoch = (vals: { snap: number; v: number }[]) => epochs.map((e) => vals.filter((x) => x.snap === e).reduce((s, x) => s + x.v, 0));
+  const perEpoch = (vals: { snap: number; v: number }[]) =>
+    epochs.map((e) => vals.filter((x) => x.snap === e).reduce((s, x) => s + x.v, 0));
   const [p3, h3] = vgroupLogPanel(
     y,
     'Bytes added per snapshot epoch (all VMs, log scale; lower is better)',
@@ -288,9 +298,13 @@ function linePanel(
   }
   xs.forEach((v, k) => parts.push(text(x(k), bottom + 18, v, `${FONT} font-size="13" fill="${INK}" text-anchor="middle"`)));
   series.forEach((s, j) => {
-    const pts = s.values.map((v, k) => (v === null ? null : `${x(k).toFixed(1)},${y(v).toFixed(1)}`)).filter((p): p is string => p !== null);
+    const pts = s.values
+      .map((v, k) => (v === null ? null : `${x(k).toFixed(1)},${y(v).toFixed(1)}`))
+      .filter((p): p is string => p !== null);
     const width = s.key === 'vnstore' ? 3.5 : 2.2;
-    parts.push(`<polyline points="${pts.join(' ')}" fill="none" stroke="${color(s.key)}" stroke-width="${width}" ${s.dashed ? 'stroke-dasharray="6 4"' : ''}/>`);
+    parts.push(
+      `<polyline points="${pts.join(' ')}" fill="none" stroke="${color(s.key)}" stroke-width="${width}" ${s.dashed ? 'stroke-dasharray="6 4"' : ''}/>`,
+    );
     for (const p of pts) {
       const [px, py] = p.split(',');
       parts.push(`<circle cx="${px}" cy="${py}" r="3.5" fill="${color(s.key)}"/>`);
@@ -307,7 +321,8 @@ function linePanel(
 export function sweepSvg(s: SweepResult): string {
   const xs = s.values.map(String);
   const toolIds = [...new Set(s.runs.flatMap((r) => r.tools.filter((t) => !t.error).map((t) => t.tool)))];
-  const pick = (f: (r: BenchResult, tool: string) => number | null) => toolIds.map((id) => ({ key: id, label: id, values: s.runs.map((r) => f(r, id)) }));
+  const pick = (f: (r: BenchResult, tool: string) => number | null) =>
+    toolIds.map((id) => ({ key: id, label: id, values: s.runs.map((r) => f(r, id)) }));
   const find = (r: BenchResult, id: string) => r.tools.find((t) => t.tool === id && !t.error);
   const body: string[] = [];
   let y = 10;

@@ -160,7 +160,11 @@ function borgTool(ctx: ToolContext, id: ToolId, chunker: string | null): Tool {
     init: () => runChecked('borg', ['init', '--encryption', 'none', repoDir], opts),
     async put(img) {
       const archive = imgName(img);
-      const run = await runChecked('borg', ['create', '--compression', 'lz4', ...chunkArgs, `${repoDir}::${archive}`, resolve(img.path)], opts);
+      const run = await runChecked(
+        'borg',
+        ['create', '--compression', 'lz4', ...chunkArgs, `${repoDir}::${archive}`, resolve(img.path)],
+        opts,
+      );
       return { run, ref: archive };
     },
     async restore(img, ref, outDir) {

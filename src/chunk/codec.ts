@@ -57,20 +57,22 @@ export interface PageCodec {
    * page i lands at dst[dstOffset + i*PAGE_SIZE]. The lengths must sum to payload.length exactly.
    * Same error rules as decodePage; the message names the failing page of the batch.
    */
-  decodePages(
-    payload: Uint8Array,
-    lengths: ArrayLike<number>,
-    codecs: ArrayLike<number>,
-    dst: Uint8Array,
-    dstOffset?: number,
-  ): void;
+  decodePages(payload: Uint8Array, lengths: ArrayLike<number>, codecs: ArrayLike<number>, dst: Uint8Array, dstOffset?: number): void;
   /**
    * Decodes chunk i, stored at src[offsets[i], +lengths[i]) with codecs[i], into page slots[i] of
    * out; failed[i] = 1 where it does not decode to exactly one page (that page's bytes are then
    * unspecified), else 0. Returns the failure count. A bad range or slot throws RangeError before
    * anything is written.
    */
-  decodeChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, slots: Uint32Array, out: Uint8Array, failed: Uint8Array): number;
+  decodeChunks(
+    src: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    codecs: Uint8Array,
+    slots: Uint32Array,
+    out: Uint8Array,
+    failed: Uint8Array,
+  ): number;
   /** mask[i] = 1 when page i of src (at i*PAGE_SIZE) is all zero, else 0. src must hold count pages. */
   zeroMask(src: Uint8Array, count: number): Uint8Array;
   /**
@@ -103,14 +105,20 @@ function checkOffset(src: Uint8Array, off: number): void {
 
 function checkDst(dst: Uint8Array, dstOffset: number, pages: number): void {
   if (!Number.isInteger(dstOffset) || dstOffset < 0 || dstOffset + pages * PAGE_SIZE > dst.length) {
-    throw new RangeError(
-      `dst too small: need ${pages * PAGE_SIZE} bytes at offset ${dstOffset}, dst has ${dst.length}`,
-    );
+    throw new RangeError(`dst too small: need ${pages * PAGE_SIZE} bytes at offset ${dstOffset}, dst has ${dst.length}`);
   }
 }
 
 /** decodeChunks' argument rules, checked before anything is written (as the addon does). */
-function checkChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, slots: Uint32Array, out: Uint8Array, failed: Uint8Array): void {
+function checkChunks(
+  src: Uint8Array,
+  offsets: Uint32Array,
+  lengths: Uint32Array,
+  codecs: Uint8Array,
+  slots: Uint32Array,
+  out: Uint8Array,
+  failed: Uint8Array,
+): void {
   const n = offsets.length;
   if (lengths.length !== n || codecs.length !== n || slots.length !== n || failed.length !== n) {
     throw new TypeError('lengths, codecs, slots and failed need one element per offset');
@@ -212,13 +220,7 @@ class JsPageCodec implements PageCodec {
     this.decodeInto(payload, codec, dst, dstOffset, '');
   }
 
-  decodePages(
-    payload: Uint8Array,
-    lengths: ArrayLike<number>,
-    codecs: ArrayLike<number>,
-    dst: Uint8Array,
-    dstOffset = 0,
-  ): void {
+  decodePages(payload: Uint8Array, lengths: ArrayLike<number>, codecs: ArrayLike<number>, dst: Uint8Array, dstOffset = 0): void {
     const n = lengths.length;
     if (codecs.length !== n) throw new TypeError('codecs must have one element per length');
     checkDst(dst, dstOffset, n);
@@ -236,7 +238,15 @@ class JsPageCodec implements PageCodec {
     }
   }
 
-  decodeChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, slots: Uint32Array, out: Uint8Array, failed: Uint8Array): number {
+  decodeChunks(
+    src: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    codecs: Uint8Array,
+    slots: Uint32Array,
+    out: Uint8Array,
+    failed: Uint8Array,
+  ): number {
     checkChunks(src, offsets, lengths, codecs, slots, out, failed);
     let bad = 0;
     for (let i = 0; i < offsets.length; i++) {
@@ -291,11 +301,25 @@ interface NativeBinding {
   readonly abi: number;
   readonly pageSize: number;
   readonly lz4Version: number;
-  compressPages(src: Uint8Array, offsets: Uint32Array | Float64Array, lengths: Uint32Array, codecs: Uint8Array, dst?: Uint8Array): Buffer | number;
+  compressPages(
+    src: Uint8Array,
+    offsets: Uint32Array | Float64Array,
+    lengths: Uint32Array,
+    codecs: Uint8Array,
+    dst?: Uint8Array,
+  ): Buffer | number;
   compressPagesAsync(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, dst: Uint8Array): Promise<number>;
   decodePage(payload: Uint8Array, codec: number, dst: Uint8Array, dstOffset: number): void;
   decodePages(payload: Uint8Array, lengths: Uint32Array, codecs: Uint8Array, dst: Uint8Array, dstOffset: number): void;
-  decodeChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, slots: Uint32Array, out: Uint8Array, failed: Uint8Array): number;
+  decodeChunks(
+    src: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    codecs: Uint8Array,
+    slots: Uint32Array,
+    out: Uint8Array,
+    failed: Uint8Array,
+  ): number;
 }
 
 const NATIVE_ABI = 5;
@@ -342,13 +366,7 @@ class NativePageCodec implements PageCodec {
     }
   }
 
-  decodePages(
-    payload: Uint8Array,
-    lengths: ArrayLike<number>,
-    codecs: ArrayLike<number>,
-    dst: Uint8Array,
-    dstOffset = 0,
-  ): void {
+  decodePages(payload: Uint8Array, lengths: ArrayLike<number>, codecs: ArrayLike<number>, dst: Uint8Array, dstOffset = 0): void {
     const lens = lengths instanceof Uint32Array ? lengths : Uint32Array.from(lengths);
     const cods = codecs instanceof Uint8Array ? codecs : Uint8Array.from(codecs);
     try {
@@ -358,7 +376,15 @@ class NativePageCodec implements PageCodec {
     }
   }
 
-  decodeChunks(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, codecs: Uint8Array, slots: Uint32Array, out: Uint8Array, failed: Uint8Array): number {
+  decodeChunks(
+    src: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    codecs: Uint8Array,
+    slots: Uint32Array,
+    out: Uint8Array,
+    failed: Uint8Array,
+  ): number {
     return this.b.decodeChunks(src, offsets, lengths, codecs, slots, out, failed);
   }
 

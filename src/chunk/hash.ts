@@ -30,7 +30,15 @@ interface HashBinding {
   readonly simd: string;
   hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array): void;
   scanPagesAsync(src: Uint8Array, count: number, zero: Uint8Array, out: Uint8Array): Promise<number>;
-  scanFileAsync(fd: number, position: number, length: number, dst: Uint8Array, count: number, zero: Uint8Array, out: Uint8Array): Promise<number>;
+  scanFileAsync(
+    fd: number,
+    position: number,
+    length: number,
+    dst: Uint8Array,
+    count: number,
+    zero: Uint8Array,
+    out: Uint8Array,
+  ): Promise<number>;
 }
 
 const HASH_ADDON_PATH = fileURLToPath(new URL('../../native/build/Release/vnstore_hash.node', import.meta.url));
@@ -122,7 +130,13 @@ export function pageScanner(): PageScanner | undefined {
  * Which page hasher serves hashPages(): the SIMD kernel's name, or why the fallback is used; and
  * whether the addon itself loaded (`addon`), which CI requires (test/global-setup.ts).
  */
-export function pageHasherStatus(): { native: boolean; simd?: string; error?: string; addon: 'loaded' | 'failed' | 'disabled'; abi: number } {
+export function pageHasherStatus(): {
+  native: boolean;
+  simd?: string;
+  error?: string;
+  addon: 'loaded' | 'failed' | 'disabled';
+  abi: number;
+} {
   const n = loadPageHasher();
   const common = { addon: pageHasherAddon, abi: HASH_ADDON_ABI };
   return n ? { native: true, simd: n.simd, ...common } : { native: false, error: pageHasherError, ...common };
@@ -161,7 +175,7 @@ export function imageDigest(pages: PageTable, byteLength: number): Buffer {
   const kinds = pages.kinds;
   for (let first = 0; first < pages.pageCount; first += DIGEST_CHUNK_PAGES) {
     const n = Math.min(DIGEST_CHUNK_PAGES, pages.pageCount - first);
-    for (let i = 0; i < n; ) {
+    for (let i = 0; i < n;) {
       const isDigest = kinds[first + i] === PageKind.Digest;
       let j = i + 1;
       while (j < n && (kinds[first + j] === PageKind.Digest) === isDigest) j++;

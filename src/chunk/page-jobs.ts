@@ -180,7 +180,10 @@ async function hashOnThreadPool(
   if (job.checkedDigests && !job.file) {
     // Nothing to hash: only LZ4 goes to the thread pool.
     const { digests, status, newOffsets } = classifyChecked(job, job.pages);
-    const c = newOffsets.length > 0 ? await codec.compressPagesAsync!(job.pages, newOffsets, job.payloadSlab ?? new Uint8Array(newOffsets.length * PAGE_SIZE)) : undefined;
+    const c =
+      newOffsets.length > 0
+        ? await codec.compressPagesAsync!(job.pages, newOffsets, job.payloadSlab ?? new Uint8Array(newOffsets.length * PAGE_SIZE))
+        : undefined;
     return finishHashJob(job, job.pages, digests, status, c);
   }
   const zero = new Uint8Array(pageCount);
@@ -203,7 +206,10 @@ async function hashOnThreadPool(
     await scan.scanPagesAsync(pages, pageCount, zero, digests);
   }
   const { status, newOffsets } = classifyPages(job, pages, zero, digests);
-  const c = newOffsets.length > 0 ? await codec.compressPagesAsync!(pages, newOffsets, job.payloadSlab ?? new Uint8Array(newOffsets.length * PAGE_SIZE)) : undefined;
+  const c =
+    newOffsets.length > 0
+      ? await codec.compressPagesAsync!(pages, newOffsets, job.payloadSlab ?? new Uint8Array(newOffsets.length * PAGE_SIZE))
+      : undefined;
   return finishHashJob(job, pages, digests, status, c);
 }
 
@@ -222,7 +228,12 @@ function errnoError(errno: number, syscall: string, file: string): NodeJS.ErrnoE
  * Decides each page's status from its zero flag and digest (see PageStatus), and lists the byte
  * offsets of the New pages, which are the ones to compress.
  */
-function classifyPages(job: HashJob, pages: Uint8Array, zero: Uint8Array, digests: Uint8Array): { status: Uint8Array; newOffsets: Uint32Array } {
+function classifyPages(
+  job: HashJob,
+  pages: Uint8Array,
+  zero: Uint8Array,
+  digests: Uint8Array,
+): { status: Uint8Array; newOffsets: Uint32Array } {
   const { pageCount } = job;
   const status = new Uint8Array(pageCount);
   const newOffsets = new Uint32Array(pageCount);
@@ -232,7 +243,8 @@ function classifyPages(job: HashJob, pages: Uint8Array, zero: Uint8Array, digest
   // Word views for the same-as-parent test: most pages of a consecutive snapshot take it, so it
   // compares 8 words in place instead of making two views and a native call per page.
   const ownWords = new Uint32Array(digests.buffer, digests.byteOffset, pageCount * 8);
-  const parentWords = job.parentDigests && new Uint32Array(job.parentDigests.buffer, job.parentDigests.byteOffset, job.parentDigests.length >>> 2);
+  const parentWords =
+    job.parentDigests && new Uint32Array(job.parentDigests.buffer, job.parentDigests.byteOffset, job.parentDigests.length >>> 2);
   for (let i = 0; i < pageCount; i++) {
     const off = i * PAGE_SIZE;
     if (zero[i]) {
@@ -258,7 +270,8 @@ function classifyPages(job: HashJob, pages: Uint8Array, zero: Uint8Array, digest
     }
     seen.add(key);
     if (job.table && tableHasDigest(job.table, d)) {
-      status[i] = job.packsDir && storedCopyEquals(job.packsDir, job.table, d, pages, off) ? PageStatus.KnownVerified : PageStatus.MaybeKnown;
+      status[i] =
+        job.packsDir && storedCopyEquals(job.packsDir, job.table, d, pages, off) ? PageStatus.KnownVerified : PageStatus.MaybeKnown;
       continue;
     }
     status[i] = PageStatus.New;
@@ -275,7 +288,8 @@ const ZERO_PAGE_DIGEST = hashPage(new Uint8Array(PAGE_SIZE));
  */
 function classifyChecked(job: HashJob, pages: Uint8Array): { digests: Uint8Array; status: Uint8Array; newOffsets: Uint32Array } {
   const digests = Uint8Array.from(job.checkedDigests!);
-  if (digests.length !== job.pageCount * DIGEST_BYTES) throw new RangeError(`checkedDigests: ${digests.length} bytes for ${job.pageCount} pages`);
+  if (digests.length !== job.pageCount * DIGEST_BYTES)
+    throw new RangeError(`checkedDigests: ${digests.length} bytes for ${job.pageCount} pages`);
   const zero = new Uint8Array(job.pageCount);
   for (let i = 0; i < job.pageCount; i++) {
     if (ZERO_PAGE_DIGEST.compare(digests, i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES) !== 0) continue;
@@ -286,7 +300,13 @@ function classifyChecked(job: HashJob, pages: Uint8Array): { digests: Uint8Array
 }
 
 /** The job's result: copies out the raw bytes of the pages the store may still need (see maybeRaw). */
-function finishHashJob(job: HashJob, pages: Uint8Array, digests: Uint8Array, status: Uint8Array, c: CompressedPages | undefined): HashResult {
+function finishHashJob(
+  job: HashJob,
+  pages: Uint8Array,
+  digests: Uint8Array,
+  status: Uint8Array,
+  c: CompressedPages | undefined,
+): HashResult {
   const { pageCount } = job;
   let maybeCount = 0;
   const maybe = (st: number) => st === PageStatus.MaybeKnown || st === PageStatus.KnownVerified;
@@ -469,7 +489,11 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
   for (let r = 0; r < job.readPack.length; r++) {
     const len = job.readLength[r];
     try {
-      if (preadFully(packFd(job.packsDir, job.readPack[r]), scratch.subarray(rangeStart[r], rangeStart[r] + len), len, job.readOffset[r]) !== len) return { out, bad, readError: { pack: job.readPack[r], message: `short read at offset ${job.readOffset[r]} (truncated pack)` } };
+      if (
+        preadFully(packFd(job.packsDir, job.readPack[r]), scratch.subarray(rangeStart[r], rangeStart[r] + len), len, job.readOffset[r]) !==
+        len
+      )
+        return { out, bad, readError: { pack: job.readPack[r], message: `short read at offset ${job.readOffset[r]} (truncated pack)` } };
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       return { out, bad, readError: { pack: job.readPack[r], message: e.code === 'ENOENT' ? 'pack is missing' : e.message } };
@@ -501,7 +525,7 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
 function zeroOutsideSlots(out: Uint8Array, windowPages: number, slots: Uint32Array): void {
   const named = new Uint8Array(windowPages);
   for (const s of slots) named[s] = 1;
-  for (let i = 0; i < windowPages; ) {
+  for (let i = 0; i < windowPages;) {
     if (named[i]) {
       i++;
       continue;
@@ -522,12 +546,12 @@ function writeWindow(output: { path: string; position: number; limit: number }, 
   const fd = openSync(output.path, 'r+');
   try {
     const sorted = Uint32Array.from(slots).sort();
-    for (let a = 0; a < sorted.length; ) {
+    for (let a = 0; a < sorted.length;) {
       let b = a + 1;
       while (b < sorted.length && sorted[b] === sorted[b - 1] + 1) b++;
       const start = sorted[a] * PAGE_SIZE;
       const end = Math.min(sorted[b - 1] * PAGE_SIZE + PAGE_SIZE, output.limit - output.position);
-      for (let off = start; off < end; ) {
+      for (let off = start; off < end;) {
         const n = writeSync(fd, out, off, end - off, output.position + off);
         if (n <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC' });
         off += n;

@@ -3,27 +3,33 @@ import { parentPort } from 'node:worker_threads';
 import { slabTransfer } from './slab-pool.js';
 import { forgetPacks, runDecodeJob, runHashJob, runRestoreJob, type DecodeJob, type HashJob, type RestoreJob } from './page-jobs.js';
 
-parentPort?.on('message', (msg: { id: number; job: HashJob | DecodeJob | RestoreJob } | { forgetPacks: { packsDir: string; ids: number[] } }) => {
-  if ('forgetPacks' in msg) {
-    forgetPacks(msg.forgetPacks.packsDir, msg.forgetPacks.ids); // no reply: later jobs run after it
-    return;
-  }
-  try {
-    if (msg.job.kind === 'hash') {
-      const r = runHashJob(msg.job);
-      // The lent payload slab goes back whole, whatever part of it the payload view covers.
-      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.maybeRaw, r.digests, r.status, r.payload], [...slabTransfer(r.slab), ...slabTransfer(r.pages)]));
-    } else if (msg.job.kind === 'restore') {
-      const r = runRestoreJob(msg.job);
-      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out], slabTransfer(msg.job.window)));
-    } else {
-      const r = runDecodeJob(msg.job);
-      parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out]));
+parentPort?.on(
+  'message',
+  (msg: { id: number; job: HashJob | DecodeJob | RestoreJob } | { forgetPacks: { packsDir: string; ids: number[] } }) => {
+    if ('forgetPacks' in msg) {
+      forgetPacks(msg.forgetPacks.packsDir, msg.forgetPacks.ids); // no reply: later jobs run after it
+      return;
     }
-  } catch (err) {
-    parentPort!.postMessage({ id: msg.id, error: err instanceof Error ? err.message : String(err) });
-  }
-});
+    try {
+      if (msg.job.kind === 'hash') {
+        const r = runHashJob(msg.job);
+        // The lent payload slab goes back whole, whatever part of it the payload view covers.
+        parentPort!.postMessage(
+          { id: msg.id, result: r },
+          transferables([r.maybeRaw, r.digests, r.status, r.payload], [...slabTransfer(r.slab), ...slabTransfer(r.pages)]),
+        );
+      } else if (msg.job.kind === 'restore') {
+        const r = runRestoreJob(msg.job);
+        parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out], slabTransfer(msg.job.window)));
+      } else {
+        const r = runDecodeJob(msg.job);
+        parentPort!.postMessage({ id: msg.id, result: r }, transferables([r.out]));
+      }
+    } catch (err) {
+      parentPort!.postMessage({ id: msg.id, error: err instanceof Error ? err.message : String(err) });
+    }
+  },
+);
 
 function transferables(arrays: Uint8Array[], lent: ArrayBuffer[] = []): ArrayBuffer[] {
   const out: ArrayBuffer[] = [...lent];

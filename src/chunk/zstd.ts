@@ -67,7 +67,14 @@ export function zstdBound(n: number): number {
 // ---------------------------------------------------------------------------------------------
 // Shared argument rules (both paths refuse the same inputs the same way).
 
-function checkDecompress(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, out: Uint8Array, outStarts: Uint32Array, outSizes: Uint32Array): void {
+function checkDecompress(
+  src: Uint8Array,
+  offsets: Uint32Array,
+  lengths: Uint32Array,
+  out: Uint8Array,
+  outStarts: Uint32Array,
+  outSizes: Uint32Array,
+): void {
   const n = offsets.length;
   if (lengths.length !== n || outStarts.length !== n || outSizes.length !== n) {
     throw new TypeError('lengths, outStarts and outSizes need one element per offset');
@@ -97,9 +104,33 @@ interface ZstdBinding {
   readonly zstdVersion: number;
   readonly zstdMaxLevel: number;
   readonly zstdError: string;
-  zstdCompress(src: Uint8Array, starts: Uint32Array, sizes: Uint32Array, level: number, lengths: Uint32Array, dst: Uint8Array, dict?: Uint8Array): number;
-  zstdCompressAsync(src: Uint8Array, starts: Uint32Array, sizes: Uint32Array, level: number, lengths: Uint32Array, dst: Uint8Array, dict?: Uint8Array): Promise<number>;
-  zstdDecompress(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, out: Uint8Array, outStarts: Uint32Array, outSizes: Uint32Array, dict?: Uint8Array): void;
+  zstdCompress(
+    src: Uint8Array,
+    starts: Uint32Array,
+    sizes: Uint32Array,
+    level: number,
+    lengths: Uint32Array,
+    dst: Uint8Array,
+    dict?: Uint8Array,
+  ): number;
+  zstdCompressAsync(
+    src: Uint8Array,
+    starts: Uint32Array,
+    sizes: Uint32Array,
+    level: number,
+    lengths: Uint32Array,
+    dst: Uint8Array,
+    dict?: Uint8Array,
+  ): Promise<number>;
+  zstdDecompress(
+    src: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    out: Uint8Array,
+    outStarts: Uint32Array,
+    outSizes: Uint32Array,
+    dict?: Uint8Array,
+  ): void;
   zstdTrain(samples: Uint8Array, sampleSizes: Uint32Array, capacity: number): Buffer;
 }
 
@@ -143,7 +174,15 @@ class NativeZstd implements ZstdCodec {
     );
   }
 
-  decompress(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, out: Uint8Array, outStarts: Uint32Array, outSizes: Uint32Array, dict?: Uint8Array): void {
+  decompress(
+    src: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    out: Uint8Array,
+    outStarts: Uint32Array,
+    outSizes: Uint32Array,
+    dict?: Uint8Array,
+  ): void {
     try {
       this.b.zstdDecompress(src, offsets, lengths, out, outStarts, outSizes, dict);
     } catch (err) {
@@ -188,9 +227,18 @@ class JsZstd implements ZstdCodec {
     throw new NativeUnavailableError(`zstd dictionary training needs the native addon and libzstd.so.1 (${this.why})`);
   }
 
-  decompress(src: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, out: Uint8Array, outStarts: Uint32Array, outSizes: Uint32Array, dict?: Uint8Array): void {
+  decompress(
+    src: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    out: Uint8Array,
+    outStarts: Uint32Array,
+    outSizes: Uint32Array,
+    dict?: Uint8Array,
+  ): void {
     checkDecompress(src, offsets, lengths, out, outStarts, outSizes);
-    if (dict !== undefined) throw new CodecError('zstd frames with a dictionary need the native addon and libzstd.so.1 (fzstd has no dictionary support)');
+    if (dict !== undefined)
+      throw new CodecError('zstd frames with a dictionary need the native addon and libzstd.so.1 (fzstd has no dictionary support)');
     for (let i = 0; i < offsets.length; i++) {
       const where = `frame ${i} of batch`;
       const frame = src.subarray(offsets[i], offsets[i] + lengths[i]);

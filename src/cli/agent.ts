@@ -37,7 +37,10 @@ export function registerAgent(program: Command): void {
       .option('--json', 'print {id, vm, group, parent, logicalBytes, newChunks, addedBytes, pagesOffered, pagesSent, zeroPages, seconds}'),
     true,
   )
-    .addHelpText('after', '\nExamples:\n  vnstore agent push --server 10.0.0.5:7420 --token-file token --vm web1 web1.mem\n  vnstore agent push --server unix:/run/vnstore.sock --vm web1 --dirty-list dirty.txt web1.mem\n')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  vnstore agent push --server 10.0.0.5:7420 --token-file token --vm web1 web1.mem\n  vnstore agent push --server unix:/run/vnstore.sock --vm web1 --dirty-list dirty.txt web1.mem\n',
+    )
     .action(action(push));
   addRemoteOptions(
     agent
@@ -90,7 +93,19 @@ async function push(file: string, opts: PushOptions): Promise<void> {
       if (opts.json) {
         const { pagesOffered, pagesSent, zeroPages } = session.stats;
         process.stdout.write(
-          JSON.stringify({ id: rec.id, vm: rec.vm, group: rec.group ?? null, parent: rec.parent ?? null, logicalBytes: rec.byteLength, newChunks: rec.newChunks, addedBytes: rec.addedBytes, pagesOffered, pagesSent, zeroPages, seconds }) + '\n',
+          JSON.stringify({
+            id: rec.id,
+            vm: rec.vm,
+            group: rec.group ?? null,
+            parent: rec.parent ?? null,
+            logicalBytes: rec.byteLength,
+            newChunks: rec.newChunks,
+            addedBytes: rec.addedBytes,
+            pagesOffered,
+            pagesSent,
+            zeroPages,
+            seconds,
+          }) + '\n',
         );
       } else process.stdout.write(`${rec.id}\n`);
     });
@@ -107,7 +122,11 @@ interface Image {
 async function openImage(file: string): Promise<Image> {
   try {
     const st = await fsp.stat(file);
-    if (!st.isFile()) throw new VnstoreError('E_INPUT', `${file} is not a regular file (for a pipe or a device, give '-' and redirect it to standard input)`);
+    if (!st.isFile())
+      throw new VnstoreError(
+        'E_INPUT',
+        `${file} is not a regular file (for a pipe or a device, give '-' and redirect it to standard input)`,
+      );
     return { fh: await fsp.open(file, 'r'), size: st.size };
   } catch (err) {
     if (err instanceof VnstoreError) throw err;
@@ -148,7 +167,12 @@ async function sendDirty(session: RemoteSession, input: Image, pages: number[], 
   for (let k = 0; k < pages.length; k += READ_PAGES) {
     const part = pages.slice(k, k + READ_PAGES);
     buf.fill(0, 0, part.length * PAGE_SIZE);
-    for (let j = 0; j < part.length; j++) await readAt(input, buf.subarray(j * PAGE_SIZE, Math.min((j + 1) * PAGE_SIZE, j * PAGE_SIZE + input.size - part[j] * PAGE_SIZE)), part[j] * PAGE_SIZE);
+    for (let j = 0; j < part.length; j++)
+      await readAt(
+        input,
+        buf.subarray(j * PAGE_SIZE, Math.min((j + 1) * PAGE_SIZE, j * PAGE_SIZE + input.size - part[j] * PAGE_SIZE)),
+        part[j] * PAGE_SIZE,
+      );
     await session.writeScattered(part, buf.subarray(0, part.length * PAGE_SIZE));
     onProgress((k + part.length) * PAGE_SIZE);
   }
@@ -157,12 +181,13 @@ async function sendDirty(session: RemoteSession, input: Image, pages: number[], 
 
 /** Standard input arrives in arbitrary pieces: regroup them into blocks of whole pages. */
 async function sendStream(session: RemoteSession, onProgress: (done: number) => void): Promise<number> {
-  if (process.stdin.isTTY) throw usage("'-' reads the image from standard input, which is a terminal here; pipe the image in or name a file");
+  if (process.stdin.isTTY)
+    throw usage("'-' reads the image from standard input, which is a terminal here; pipe the image in or name a file");
   const block = new Uint8Array(READ_PAGES * PAGE_SIZE);
   let fill = 0;
   let total = 0;
   for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
-    for (let pos = 0; pos < chunk.length; ) {
+    for (let pos = 0; pos < chunk.length;) {
       const n = Math.min(chunk.length - pos, block.length - fill);
       block.set(chunk.subarray(pos, pos + n), fill);
       fill += n;
@@ -192,7 +217,8 @@ export async function readDirtyList(file: string): Promise<number[]> {
     const m = /^(\d+)(?:-(\d+))?$/.exec(tok);
     const a = m ? Number(m[1]) : NaN;
     const b = m?.[2] !== undefined ? Number(m[2]) : a;
-    if (!m || b < a || b > 0xfffffffe || b - a > 1 << 26) throw new VnstoreError('E_INPUT', `dirty-page list ${file}: ${JSON.stringify(tok)} is not a page index or an A-B range`);
+    if (!m || b < a || b > 0xfffffffe || b - a > 1 << 26)
+      throw new VnstoreError('E_INPUT', `dirty-page list ${file}: ${JSON.stringify(tok)} is not a page index or an A-B range`);
     for (let p = a; p <= b; p++) pages.add(p);
   }
   return [...pages].sort((x, y) => x - y);
@@ -207,7 +233,13 @@ async function restore(id: string, opts: RemoteOptions & { output?: string }): P
 export async function restoreThrough(client: AgentClient, id: string, output: string | undefined): Promise<void> {
   if (!output) {
     if (process.stdout.isTTY) throw usage('refusing to write a memory image to a terminal; use -o FILE or a pipe');
-    await client.restore(id, (b) => new Promise<void>((resolve, reject) => process.stdout.write(b, (err) => (err ? reject(fromSystemError(err, 'writing standard output')) : resolve()))));
+    await client.restore(
+      id,
+      (b) =>
+        new Promise<void>((resolve, reject) =>
+          process.stdout.write(b, (err) => (err ? reject(fromSystemError(err, 'writing standard output')) : resolve())),
+        ),
+    );
     return;
   }
   const out = await checkOutputPath(output);

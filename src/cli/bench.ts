@@ -59,7 +59,10 @@ function mibListArg(v: string): number[] {
 
 function compareArg(v: string): ToolId[] {
   const ids = new Set<ToolId>();
-  for (const word of v.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const word of v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const tools = COMPARE_WORDS[word];
     if (!tools) throw new InvalidArgumentError(`unknown tool '${word}'; choose from ${Object.keys(COMPARE_WORDS).join(', ')}.`);
     for (const t of tools) ids.add(t);
@@ -70,7 +73,8 @@ function compareArg(v: string): ToolId[] {
 
 function sweepArg(v: string): { knob: SweepKnob; values: number[] } {
   const m = /^([a-z-]+)=(.+)$/.exec(v.trim());
-  if (!m || !(m[1] in SWEEP_KNOBS)) throw new InvalidArgumentError(`expected KNOB=V1,V2,... with KNOB one of ${Object.keys(SWEEP_KNOBS).join(', ')}.`);
+  if (!m || !(m[1] in SWEEP_KNOBS))
+    throw new InvalidArgumentError(`expected KNOB=V1,V2,... with KNOB one of ${Object.keys(SWEEP_KNOBS).join(', ')}.`);
   const values = m[2].split(',').map((s) => Number(s.trim()));
   if (values.some((n) => !Number.isFinite(n)) || m[2].split(',').some((s) => s.trim() === '')) {
     throw new InvalidArgumentError(`values of ${m[1]} must be numbers, e.g. ${m[1]}=0.01,0.05,0.1.`);
@@ -97,8 +101,16 @@ export function registerBench(program: Command): void {
     .option('--seed <s>', 'workload seed', intArg(0), d.seed)
     .addOption(new Option('--trailing-bytes <n>', 'extra bytes per image (odd lengths)').argParser(intArg(0)).hideHelp())
     .option('--images <dir>', 'use existing raw images instead: one folder per VM, one file per snapshot')
-    .option('--compare <tools>', `also run these if installed: ${Object.keys(COMPARE_WORDS).join(', ')} (borg = default chunker and fixed,4096)`, compareArg)
-    .option('--sweep <knob=v1,v2,...>', `repeat the bench for each value of one workload knob (${Object.keys(SWEEP_KNOBS).join(', ')})`, sweepArg)
+    .option(
+      '--compare <tools>',
+      `also run these if installed: ${Object.keys(COMPARE_WORDS).join(', ')} (borg = default chunker and fixed,4096)`,
+      compareArg,
+    )
+    .option(
+      '--sweep <knob=v1,v2,...>',
+      `repeat the bench for each value of one workload knob (${Object.keys(SWEEP_KNOBS).join(', ')})`,
+      sweepArg,
+    )
     .option('--json', 'print the results as JSON instead of Markdown')
     .option('--out <dir>', 'also write report.md, report.json and SVG charts there')
     .option('--work-dir <dir>', 'where images and repositories are made (default: the OS temp dir); removed afterwards')
@@ -180,13 +192,18 @@ async function benchAction(flags: BenchFlags, cmd: Command): Promise<void> {
     await writeFile(join(flags.out, 'report.json'), json);
     if ('runs' in result) {
       await writeFile(join(flags.out, 'sweep.svg'), sweepSvg(result));
-      for (const [k, run] of result.runs.entries()) await writeFile(join(flags.out, `bench-${result.knob}-${result.values[k]}.svg`), benchSvg(run));
+      for (const [k, run] of result.runs.entries())
+        await writeFile(join(flags.out, `bench-${result.knob}-${result.values[k]}.svg`), benchSvg(run));
     } else await writeFile(join(flags.out, 'bench.svg'), benchSvg(result));
     log?.(`wrote ${flags.out}/report.md, report.json and the SVG chart${'runs' in result ? 's' : ''}`);
   }
   const runs = 'runs' in result ? result.runs : [result];
   const bad = runs.flatMap((r) => r.tools.filter((t) => t.tool === 'vnstore' && t.restore.failed.length > 0));
-  if (bad.length) throw new VnstoreError('E_CORRUPT', `vnstore restored images that differ from the originals: ${bad.flatMap((t) => t.restore.failed).join(', ')}`);
+  if (bad.length)
+    throw new VnstoreError(
+      'E_CORRUPT',
+      `vnstore restored images that differ from the originals: ${bad.flatMap((t) => t.restore.failed).join(', ')}`,
+    );
 }
 
 function flagName(k: string): string {

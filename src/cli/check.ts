@@ -18,7 +18,10 @@ export function registerCheck(program: Command): void {
     .description('verify the store: packs, index, manifests, catalog, counters; optionally re-read all data or repair the index')
     .option('--read-data', 're-read every pack: payload checksum, decode and re-hash every chunk')
     .option('--read-data-subset <pct>', 're-read a random PCT% of the packs (e.g. 10 or 10%)')
-    .option('--repair-index', 'rebuild the chunk index from the packs (re-hashing every chunk); corrupt packs are salvaged and moved to quarantine/')
+    .option(
+      '--repair-index',
+      'rebuild the chunk index from the packs (re-hashing every chunk); corrupt packs are salvaged and moved to quarantine/',
+    )
     .option('--json', 'print {ok, problems[], warnings[], checked, counters, repair, next[], seconds}')
     .addOption(storeOption())
     .addOption(lockWaitOption());
@@ -41,7 +44,8 @@ Examples:
         if (opts.readDataSubset !== undefined) {
           const m = /^(\d+(?:\.\d+)?)%?$/.exec(opts.readDataSubset.trim());
           subset = m ? Number(m[1]) : NaN;
-          if (!(subset > 0 && subset <= 100)) throw usage(`--read-data-subset takes a percentage in (0, 100], got ${JSON.stringify(opts.readDataSubset)}`);
+          if (!(subset > 0 && subset <= 100))
+            throw usage(`--read-data-subset takes a percentage in (0, 100], got ${JSON.stringify(opts.readDataSubset)}`);
         }
         const server = serverAddress(opts);
         if (server && opts.repairIndex) throw usage('--repair-index needs the store to itself: stop the server and run it locally');
@@ -55,7 +59,10 @@ Examples:
         if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
         else process.stdout.write(render(report));
         if (!report.ok) {
-          throw new VnstoreError('E_CORRUPT', `check found ${report.problems.length} problem(s)${report.next.length ? `; next: ${report.next[0]}` : ''}`);
+          throw new VnstoreError(
+            'E_CORRUPT',
+            `check found ${report.problems.length} problem(s)${report.next.length ? `; next: ${report.next[0]}` : ''}`,
+          );
         }
       }),
     );
@@ -69,7 +76,8 @@ function render(r: CheckReport): string {
     out.push(
       `repair: ${x.packsScanned} pack(s) re-read; index entries +${x.indexEntriesAdded} ~${x.indexEntriesChanged} -${x.indexEntriesRemoved}; catalog fixes ${x.catalogFixes}${x.countersReset ? '; counters reset' : ''}`,
     );
-    for (const s of x.packsSalvaged) out.push(`  salvaged ${s.goodChunks} good chunk(s) of ${s.pack} into ${s.into} (${s.badChunks} corrupt)`);
+    for (const s of x.packsSalvaged)
+      out.push(`  salvaged ${s.goodChunks} good chunk(s) of ${s.pack} into ${s.into} (${s.badChunks} corrupt)`);
     for (const q of x.packsQuarantined) out.push(`  quarantined ${q.pack} → ${q.to}: ${q.reason}`);
   }
   out.push(

@@ -32,7 +32,10 @@ export const CATALOG_ONLY: OpenOptions = { workers: 0, chunkTable: false };
 
 /** `--lock-wait SECONDS` (as borg has), for every command that opens a store. */
 export function lockWaitOption(): Option {
-  return new Option('--lock-wait <seconds>', 'if another process holds the store, wait up to SECONDS for it (default 0: fail at once, exit 5)').argParser(parseLockWait);
+  return new Option(
+    '--lock-wait <seconds>',
+    'if another process holds the store, wait up to SECONDS for it (default 0: fail at once, exit 5)',
+  ).argParser(parseLockWait);
 }
 
 function parseLockWait(value: string): number {
@@ -47,7 +50,8 @@ function parseLockWait(value: string): number {
 export async function assertStorePath(dir: string, forInit = false): Promise<void> {
   const st = await fsp.stat(dir).catch((err: NodeJS.ErrnoException) => err);
   if (st instanceof Error) {
-    if (st.code === 'ENOTDIR') throw new VnstoreError(forInit ? 'E_USAGE' : 'E_NOT_STORE', `${dir}: a parent of this path is a file, not a directory`);
+    if (st.code === 'ENOTDIR')
+      throw new VnstoreError(forInit ? 'E_USAGE' : 'E_NOT_STORE', `${dir}: a parent of this path is a file, not a directory`);
     return; // ENOENT and the like: init creates it; open reports a missing store its own way
   }
   if (!st.isDirectory()) {
@@ -56,7 +60,11 @@ export async function assertStorePath(dir: string, forInit = false): Promise<voi
   }
 }
 
-export async function withStore<T>(opts: { store?: string; lockWait?: number }, fn: (store: Store) => Promise<T>, openOptions?: OpenOptions): Promise<T> {
+export async function withStore<T>(
+  opts: { store?: string; lockWait?: number },
+  fn: (store: Store) => Promise<T>,
+  openOptions?: OpenOptions,
+): Promise<T> {
   const dir = storeDir(opts);
   await assertStorePath(dir);
   const store = await openWaitingForLock(() => Store.open(dir, openOptions), (opts.lockWait ?? 0) * 1000).catch(async (err: unknown) => {
@@ -86,7 +94,10 @@ async function explainServerLock(err: unknown, dir: string): Promise<unknown> {
   const rec = await readLiveServer(dir);
   if (!rec) return err;
   const addr = rec.addresses[0] ?? 'an unknown address';
-  return new VnstoreError('E_LOCKED', `store is served by vnstore server PID ${rec.pid} at ${addr}; give --server ${addr} (or set VNSTORE_SERVER) to go through it`);
+  return new VnstoreError(
+    'E_LOCKED',
+    `store is served by vnstore server PID ${rec.pid} at ${addr}; give --server ${addr} (or set VNSTORE_SERVER) to go through it`,
+  );
 }
 
 export function reportError(err: unknown): never {
@@ -117,14 +128,12 @@ export function progressBar(label: string, total: number): { update(done: number
   if (!process.stderr.isTTY || total <= 0) return { update() {}, stop() {} };
   // Loaded only for a terminal: scripts and pipes never pay its start-up.
   const { SingleBar: Bar } = createRequire(import.meta.url)('cli-progress') as { SingleBar: typeof SingleBar };
-  const bar = new Bar(
-    {
-      stream: process.stderr,
-      format: `${label} [{bar}] {percentage}% | {doneH} / {totalH} | {speed}`,
-      hideCursor: true,
-      clearOnComplete: true,
-    },
-  );
+  const bar = new Bar({
+    stream: process.stderr,
+    format: `${label} [{bar}] {percentage}% | {doneH} / {totalH} | {speed}`,
+    hideCursor: true,
+    clearOnComplete: true,
+  });
   const start = Date.now();
   bar.start(total, 0, { doneH: humanBytes(0), totalH: humanBytes(total), speed: '' });
   return {

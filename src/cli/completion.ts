@@ -66,7 +66,10 @@ ${fn}() {
     esac
   done
   if [[ -z "$cmd" ]]; then
-    COMPREPLY=($(compgen -W "${shapes.filter((s) => !s.name.includes(' ')).map((s) => s.name).join(' ')} --help --version" -- "$cur"))
+    COMPREPLY=($(compgen -W "${shapes
+      .filter((s) => !s.name.includes(' '))
+      .map((s) => s.name)
+      .join(' ')} --help --version" -- "$cur"))
     return 0
   fi
   case "$cmd" in

@@ -18,7 +18,12 @@ export function registerDiff(program: Command): void {
     .description('how many pages changed, were added or removed, or became zero from snapshot A to snapshot B, by region and in total')
     .argument('<a>', 'the earlier snapshot: id or unique prefix')
     .argument('<b>', 'the later snapshot: id or unique prefix')
-    .option('--region-pages <n>', `pages per region (default ${DEFAULT_REGION_PAGES} = ${humanBytes(DEFAULT_REGION_PAGES * PAGE_SIZE)})`, parseRegionPages, DEFAULT_REGION_PAGES)
+    .option(
+      '--region-pages <n>',
+      `pages per region (default ${DEFAULT_REGION_PAGES} = ${humanBytes(DEFAULT_REGION_PAGES * PAGE_SIZE)})`,
+      parseRegionPages,
+      DEFAULT_REGION_PAGES,
+    )
     .option('--json', 'print {a, b, pageSize, regionPages, total, regions[]} with exact counts')
     .addOption(storeOption())
     .addOption(lockWaitOption())
@@ -69,7 +74,9 @@ Examples:
             const both = d.total.changed + d.total.becameZero + d.total.unchanged;
             const moved = d.total.changed + d.total.becameZero;
             out.push('');
-            out.push(`${moved} of ${both} pages in both differ (${both > 0 ? ((moved / both) * 100).toFixed(2) : '0.00'}%), ${humanBytes(moved * PAGE_SIZE)}; regions of ${humanBytes(d.regionPages * PAGE_SIZE)}`);
+            out.push(
+              `${moved} of ${both} pages in both differ (${both > 0 ? ((moved / both) * 100).toFixed(2) : '0.00'}%), ${humanBytes(moved * PAGE_SIZE)}; regions of ${humanBytes(d.regionPages * PAGE_SIZE)}`,
+            );
             process.stdout.write(out.join('\n') + '\n');
           },
           CATALOG_ONLY,
@@ -79,6 +86,7 @@ Examples:
 }
 
 function parseRegionPages(value: string): number {
-  if (!/^\d+$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) throw new InvalidArgumentError('takes a whole number of pages >= 1');
+  if (!/^\d+$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value)))
+    throw new InvalidArgumentError('takes a whole number of pages >= 1');
   return Number(value);
 }

@@ -35,7 +35,10 @@ export function registerForget(program: Command): void {
     .addOption(calendarOption('yearly', 'years'))
     .option('--vm <name>', 'apply the policy to this VM only')
     .option('--dry-run', 'list what would be forgotten and why; change nothing')
-    .option('--json', 'print {dryRun, forgotten[], kept[], groupsForgotten[], manifestsKeptAsBase[], manifestsRemoved, logicalBytesForgotten}')
+    .option(
+      '--json',
+      'print {dryRun, forgotten[], kept[], groupsForgotten[], manifestsKeptAsBase[], manifestsRemoved, logicalBytesForgotten}',
+    )
     .addOption(storeOption())
     .addOption(lockWaitOption());
   addRemoteOptions(cmd, false)
@@ -66,21 +69,39 @@ Examples:
         // Loaded when the command runs, so that other commands do not pay for it at start-up.
         const { forget, parseDuration } = await import('../maintenance/forget.js');
         const keepWithinMs = opts.keepWithin !== undefined ? parseDuration(opts.keepWithin) : undefined;
-        const calendar: CalendarRules = { hourly: opts.keepHourly, daily: opts.keepDaily, weekly: opts.keepWeekly, monthly: opts.keepMonthly, yearly: opts.keepYearly };
+        const calendar: CalendarRules = {
+          hourly: opts.keepHourly,
+          daily: opts.keepDaily,
+          weekly: opts.keepWeekly,
+          monthly: opts.keepMonthly,
+          yearly: opts.keepYearly,
+        };
         const anyCalendar = Object.values(calendar).some((n) => n !== undefined);
         if (ids.length === 0 && !opts.group?.length && keepLast === undefined && keepWithinMs === undefined && !anyCalendar) {
           throw usage('nothing to forget: name snapshots, --group, or a policy (--keep-last, --keep-within, --keep-daily, ...)');
         }
-        const request = { ids, groups: opts.group, keepLast, keepWithinMs, calendar: anyCalendar ? calendar : undefined, vm: opts.vm, dryRun: opts.dryRun };
+        const request = {
+          ids,
+          groups: opts.group,
+          keepLast,
+          keepWithinMs,
+          calendar: anyCalendar ? calendar : undefined,
+          vm: opts.vm,
+          dryRun: opts.dryRun,
+        };
         const server = serverAddress(opts);
-        const report = server ? await withRemote(opts, server, (client) => client.forget(request)) : await withStore(opts, (store) => forget(store, request), CATALOG_ONLY);
+        const report = server
+          ? await withRemote(opts, server, (client) => client.forget(request))
+          : await withStore(opts, (store) => forget(store, request), CATALOG_ONLY);
         if (opts.json) {
           process.stdout.write(JSON.stringify(report, null, 2) + '\n');
           return;
         }
         const verb = report.dryRun ? 'would forget' : 'forgot';
         const out: string[] = [];
-        out.push(`${verb} ${report.forgotten.length} snapshot(s), ${humanBytes(report.logicalBytesForgotten)} logical${report.groupsForgotten.length ? `, groups: ${report.groupsForgotten.join(', ')}` : ''}`);
+        out.push(
+          `${verb} ${report.forgotten.length} snapshot(s), ${humanBytes(report.logicalBytesForgotten)} logical${report.groupsForgotten.length ? `, groups: ${report.groupsForgotten.join(', ')}` : ''}`,
+        );
         if (report.forgotten.length > 0) out.push(...table(report.forgotten));
         if (report.kept.length > 0 && (keepLast !== undefined || keepWithinMs !== undefined || anyCalendar)) {
           out.push(`keeping ${report.kept.length} snapshot(s)`);
@@ -99,12 +120,20 @@ function table(rows: ForgetDecision[]): string[] {
   const header = ['ID', 'VM', 'GROUP', 'TIME', 'REASON'];
   const lines = rows.map((d) => [d.id, d.vm, d.group ?? '-', d.time.replace('T', ' ').replace(/\.\d+Z$/, 'Z'), d.reasons.join('; ')]);
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
-  const fmt = (row: string[]) => '  ' + row.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  const fmt = (row: string[]) =>
+    '  ' +
+    row
+      .map((c, i) => c.padEnd(widths[i]))
+      .join('  ')
+      .trimEnd();
   return [fmt(header), ...lines.map(fmt)];
 }
 
 function calendarOption(unit: CalendarUnit, period: string): Option {
-  return new Option(`--keep-${unit} <n>`, `policy: keep the latest snapshot of each of the N most recent ${period} that have one (UTC)`).argParser((v) => {
+  return new Option(
+    `--keep-${unit} <n>`,
+    `policy: keep the latest snapshot of each of the N most recent ${period} that have one (UTC)`,
+  ).argParser((v) => {
     if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError('takes a whole number >= 1');
     return Number(v);
   });

@@ -18,9 +18,15 @@ interface GcCliOptions extends RemoteOptions {
 export function registerGc(program: Command): void {
   const cmd = program
     .command('gc')
-    .description('reclaim space: drop packs with no live chunk, rewrite the sparsest packs (copying live chunks as stored) until unused bytes are within --max-unused')
+    .description(
+      'reclaim space: drop packs with no live chunk, rewrite the sparsest packs (copying live chunks as stored) until unused bytes are within --max-unused',
+    )
     .option('--dry-run', 'print the plan and the bytes it would reclaim; change nothing')
-    .option('--max-unused <PCT|SIZE>', 'unused bytes gc may leave in kept packs: a percentage of the pack bytes after gc ("5%"), a size ("200M", "0": reclaim every dead byte) or "unlimited" (only drop dead packs)', '5%')
+    .option(
+      '--max-unused <PCT|SIZE>',
+      'unused bytes gc may leave in kept packs: a percentage of the pack bytes after gc ("5%"), a size ("200M", "0": reclaim every dead byte) or "unlimited" (only drop dead packs)',
+      '5%',
+    )
     .option('--max-repack <SIZE>', 'copy at most this many live bytes in this run ("1G"); default: no bound')
     .option('--repack-small', 'also merge packs smaller than a quarter of the pack size')
     .option('--verbose', 'list every pack with its decision')
@@ -46,9 +52,13 @@ Examples:
     .action(
       action(async (opts: GcCliOptions) => {
         const maxUnused = parseMaxUnused(opts.maxUnused);
-        if (!maxUnused) throw usage(`--max-unused takes a percentage below 100 ("5%"), a size ("200M") or "unlimited", got ${JSON.stringify(opts.maxUnused)}`);
+        if (!maxUnused)
+          throw usage(
+            `--max-unused takes a percentage below 100 ("5%"), a size ("200M") or "unlimited", got ${JSON.stringify(opts.maxUnused)}`,
+          );
         const maxRepackBytes = opts.maxRepack === undefined ? undefined : parseSize(opts.maxRepack);
-        if (opts.maxRepack !== undefined && maxRepackBytes === undefined) throw usage(`--max-repack takes a size ("500M", "2G"), got ${JSON.stringify(opts.maxRepack)}`);
+        if (opts.maxRepack !== undefined && maxRepackBytes === undefined)
+          throw usage(`--max-repack takes a size ("500M", "2G"), got ${JSON.stringify(opts.maxRepack)}`);
         const gcOpts = { dryRun: opts.dryRun, maxUnused, maxRepackBytes, repackSmall: opts.repackSmall };
         const server = serverAddress(opts);
         const report = server
@@ -71,20 +81,28 @@ Examples:
 function render(r: GcReport, verbose: boolean): string {
   const t = r.plan.totals;
   const out: string[] = [];
-  out.push(`live: ${r.live.snapshots} snapshot(s), ${r.live.chunks} distinct chunks${r.live.sessions ? `, ${r.live.sessions} open session(s)` : ''}`);
+  out.push(
+    `live: ${r.live.snapshots} snapshot(s), ${r.live.chunks} distinct chunks${r.live.sessions ? `, ${r.live.sessions} open session(s)` : ''}`,
+  );
   out.push(
     `packs: ${t.packs} (${humanBytes(t.packBytes)}), dead payload ${humanBytes(t.deadBytes)}; plan: drop ${r.plan.drop.length}, rewrite ${r.plan.rewrite.length} into ${r.plan.newPacks.length} (copy ${humanBytes(t.bytesCopied)}), keep ${t.packs - r.plan.drop.length - r.plan.rewrite.length}`,
   );
   const target = t.maxUnusedBytes === null ? 'unlimited' : humanBytes(t.maxUnusedBytes);
-  out.push(`unused after gc: ${humanBytes(t.deadBytesKept)} of ${humanBytes(t.packBytesAfter)} (target ${target}${t.maxUnusedBytes !== null && t.deadBytesKept > t.maxUnusedBytes ? '; not reached: --max-repack bounds this run' : ''})`);
+  out.push(
+    `unused after gc: ${humanBytes(t.deadBytesKept)} of ${humanBytes(t.packBytesAfter)} (target ${target}${t.maxUnusedBytes !== null && t.deadBytesKept > t.maxUnusedBytes ? '; not reached: --max-repack bounds this run' : ''})`,
+  );
   if (verbose) {
     for (const p of r.plan.packs) {
-      out.push(`  ${p.id.toString(16).padStart(8, '0')}.vpk  ${p.action.padEnd(7)}  ${humanBytes(p.bytes).padStart(10)}  live ${p.liveChunks}/${p.indexedChunks} chunks, ${(p.liveFraction * 100).toFixed(1)}%  (${p.reason})`);
+      out.push(
+        `  ${p.id.toString(16).padStart(8, '0')}.vpk  ${p.action.padEnd(7)}  ${humanBytes(p.bytes).padStart(10)}  live ${p.liveChunks}/${p.indexedChunks} chunks, ${(p.liveFraction * 100).toFixed(1)}%  (${p.reason})`,
+      );
     }
   }
   if (r.keptBasesUnneeded.length > 0) out.push(`kept base manifests no longer needed: ${r.keptBasesUnneeded.length}`);
   if (r.dryRun) {
-    out.push(`would reclaim ${humanBytes(t.reclaimBytes)} (${t.reclaimBytes} bytes) of pack files; dead payload left in kept packs: ${humanBytes(t.deadBytesKept)}`);
+    out.push(
+      `would reclaim ${humanBytes(t.reclaimBytes)} (${t.reclaimBytes} bytes) of pack files; dead payload left in kept packs: ${humanBytes(t.deadBytesKept)}`,
+    );
   } else if (r.result) {
     const x = r.result;
     out.push(

@@ -14,7 +14,12 @@ const realClock: LockWaitClock = { now: () => Date.now(), sleep: (ms) => new Pro
  * to 1 s: a short put frees the store quickly, a long one is not hammered. On a terminal, says once
  * whom it waits for. The final E_LOCKED says how long it waited.
  */
-export async function openWaitingForLock<T>(open: () => Promise<T>, waitMs: number, clock: LockWaitClock = realClock, notify = tellWaiting): Promise<T> {
+export async function openWaitingForLock<T>(
+  open: () => Promise<T>,
+  waitMs: number,
+  clock: LockWaitClock = realClock,
+  notify = tellWaiting,
+): Promise<T> {
   const deadline = clock.now() + waitMs;
   let delay = 50;
   let told = false;
@@ -24,7 +29,8 @@ export async function openWaitingForLock<T>(open: () => Promise<T>, waitMs: numb
     } catch (err) {
       if (!(err instanceof VnstoreError) || err.code !== 'E_LOCKED' || waitMs <= 0) throw err;
       const left = deadline - clock.now();
-      if (left <= 0) throw new VnstoreError('E_LOCKED', `${err.message} (waited ${(waitMs / 1000).toFixed(waitMs % 1000 ? 1 : 0)} s)`, { cause: err });
+      if (left <= 0)
+        throw new VnstoreError('E_LOCKED', `${err.message} (waited ${(waitMs / 1000).toFixed(waitMs % 1000 ? 1 : 0)} s)`, { cause: err });
       if (!told) {
         notify(err instanceof StoreLockedError ? err.pid : undefined, waitMs);
         told = true;

@@ -64,9 +64,21 @@ forgotten (in --json: parent keeps its id and parentForgotten is true).
       }
       const header = ['ID', 'VM', 'GROUP', 'TIME', 'PARENT', 'SIZE', 'ADDED'];
       const parentText = (p: string | undefined) => (p === undefined ? '-' : forgotten.has(p) ? FORGOTTEN_PARENT : p);
-      const lines = snaps.map((s) => [s.id, s.vm, s.group ?? '-', s.time.replace('T', ' ').replace(/\.\d+Z$/, 'Z'), parentText(s.parent), humanBytes(s.byteLength), humanBytes(s.addedBytes)]);
+      const lines = snaps.map((s) => [
+        s.id,
+        s.vm,
+        s.group ?? '-',
+        s.time.replace('T', ' ').replace(/\.\d+Z$/, 'Z'),
+        parentText(s.parent),
+        humanBytes(s.byteLength),
+        humanBytes(s.addedBytes),
+      ]);
       const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
-      const fmt = (row: string[]) => row.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+      const fmt = (row: string[]) =>
+        row
+          .map((c, i) => c.padEnd(widths[i]))
+          .join('  ')
+          .trimEnd();
       process.stdout.write([fmt(header), ...lines.map(fmt)].join('\n') + '\n');
       if (snaps.length === 0) process.stderr.write('(no snapshots)\n');
     }),

@@ -11,7 +11,8 @@ import { fromSystemError, VnstoreError } from '../util/errors.js';
  */
 export async function checkOutputPath(output: string): Promise<string> {
   const out = path.resolve(output);
-  if ((await fsp.stat(out).catch(() => undefined))?.isDirectory()) throw new VnstoreError('E_USAGE', `output ${out} is a directory; name a file`);
+  if ((await fsp.stat(out).catch(() => undefined))?.isDirectory())
+    throw new VnstoreError('E_USAGE', `output ${out} is a directory; name a file`);
   const parent = await fsp.stat(path.dirname(out)).catch(() => undefined);
   if (!parent) throw new VnstoreError('E_USAGE', `cannot write ${output}: directory ${path.dirname(out)} does not exist`);
   if (!parent.isDirectory()) throw new VnstoreError('E_USAGE', `cannot write ${output}: ${path.dirname(out)} is not a directory`);
@@ -31,7 +32,12 @@ export async function writeOutputFile(out: string, fill: (fh: FileHandle, tmp: s
  * complete are they renamed into place. On any failure every temp file is removed and no output is
  * touched, so a caller never leaves some of a set written.
  */
-export async function writeOutputFiles(outs: string[], fill: (index: number, fh: FileHandle, tmp: string) => Promise<void>, sync = false, options: { journal?: string } = {}): Promise<void> {
+export async function writeOutputFiles(
+  outs: string[],
+  fill: (index: number, fh: FileHandle, tmp: string) => Promise<void>,
+  sync = false,
+  options: { journal?: string } = {},
+): Promise<void> {
   const tmps = outs.map((out) => path.join(path.dirname(out), `.${path.basename(out)}.vnstore-${process.pid}.tmp`));
   let fh: FileHandle | undefined;
   let current = outs[0];
@@ -46,7 +52,12 @@ export async function writeOutputFiles(outs: string[], fill: (index: number, fh:
     }
     // With a journal, the renames are recorded first: a crash among them leaves the journal, and
     // recoverRenames completes them, so the outputs never stay a mix of old and new.
-    if (options.journal) await writeJournal(options.journal, tmps.map((t, i) => [t, outs[i]]), sync);
+    if (options.journal)
+      await writeJournal(
+        options.journal,
+        tmps.map((t, i) => [t, outs[i]]),
+        sync,
+      );
     for (let i = 0; i < outs.length; i++) {
       current = outs[i];
       await fsp.rename(tmps[i], outs[i]);
@@ -100,10 +111,15 @@ export async function recoverRenames(journal: string): Promise<boolean> {
   } catch {
     throw new VnstoreError('E_CORRUPT', `${journal} is not a rename journal`);
   }
-  if (doc.version !== 1) throw new VnstoreError('E_FORMAT_VERSION', `${journal}: rename journal version ${String(doc.version)} is not supported (this vnstore reads 1)`);
+  if (doc.version !== 1)
+    throw new VnstoreError(
+      'E_FORMAT_VERSION',
+      `${journal}: rename journal version ${String(doc.version)} is not supported (this vnstore reads 1)`,
+    );
   const renames = doc.renames;
   const inside = (n: unknown) => typeof n === 'string' && n !== '' && !n.includes('/') && !n.includes('\\') && n !== '..' && n !== '.';
-  if (!Array.isArray(renames) || !renames.every((r) => Array.isArray(r) && r.length === 2 && inside(r[0]) && inside(r[1]))) throw new VnstoreError('E_CORRUPT', `${journal} is not a rename journal`);
+  if (!Array.isArray(renames) || !renames.every((r) => Array.isArray(r) && r.length === 2 && inside(r[0]) && inside(r[1])))
+    throw new VnstoreError('E_CORRUPT', `${journal} is not a rename journal`);
   for (const [tmp, out] of renames as [string, string][]) {
     await fsp.rename(path.join(dir, tmp), path.join(dir, out)).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOENT') throw fromSystemError(err, `completing ${path.join(dir, out)}`);

@@ -33,31 +33,44 @@ export function registerPut(program: Command): void {
       action(async (file: string, opts: PutOptions) => {
         const started = process.hrtime.bigint();
         const input = await openInput(file);
-        await withStore(opts, async (store) => {
-          // A file's size is the memory size: the page table is sized once, not grown as pages arrive.
-          const memoryBytes = input.kind === 'file' ? input.size : undefined;
-          const session = await store.beginSession({ vm: opts.vm, parent: opts.parent, group: opts.group, memoryBytes });
-          // A first snapshot stores up to a chunk per page: size the chunk table once rather than
-          // doubling it as we go. A consecutive one adds few; growing for it would only rehash.
-          if (input.size && !session.parent) store.reserveChunkTable(Math.min(Math.ceil(input.size / PAGE_SIZE / 2), 1 << 22));
-          const bar = progressBar(`put ${opts.vm}`, input.size ?? 0);
-          let bytes: number;
-          try {
-            bytes = await feed(session, input, (done) => bar.update(done));
-          } catch (err) {
+        await withStore(
+          opts,
+          async (store) => {
+            // A file's size is the memory size: the page table is sized once, not grown as pages arrive.
+            const memoryBytes = input.kind === 'file' ? input.size : undefined;
+            const session = await store.beginSession({ vm: opts.vm, parent: opts.parent, group: opts.group, memoryBytes });
+            // A first snapshot stores up to a chunk per page: size the chunk table once rather than
+            // doubling it as we go. A consecutive one adds few; growing for it would only rehash.
+            if (input.size && !session.parent) store.reserveChunkTable(Math.min(Math.ceil(input.size / PAGE_SIZE / 2), 1 << 22));
+            const bar = progressBar(`put ${opts.vm}`, input.size ?? 0);
+            let bytes: number;
+            try {
+              bytes = await feed(session, input, (done) => bar.update(done));
+            } catch (err) {
+              bar.stop();
+              await session.abort();
+              throw err;
+            }
             bar.stop();
-            await session.abort();
-            throw err;
-          }
-          bar.stop();
-          const rec = await session.commit({ byteLength: bytes, unwritten: 'zero' });
-          const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-          if (opts.json) {
-            process.stdout.write(
-              JSON.stringify({ id: rec.id, vm: rec.vm, group: rec.group ?? null, parent: rec.parent ?? null, logicalBytes: rec.byteLength, newChunks: rec.newChunks, addedBytes: rec.addedBytes, seconds }) + '\n',
-            );
-          } else process.stdout.write(`${rec.id}\n`);
-        }, ONE_SHOT);
+            const rec = await session.commit({ byteLength: bytes, unwritten: 'zero' });
+            const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+            if (opts.json) {
+              process.stdout.write(
+                JSON.stringify({
+                  id: rec.id,
+                  vm: rec.vm,
+                  group: rec.group ?? null,
+                  parent: rec.parent ?? null,
+                  logicalBytes: rec.byteLength,
+                  newChunks: rec.newChunks,
+                  addedBytes: rec.addedBytes,
+                  seconds,
+                }) + '\n',
+              );
+            } else process.stdout.write(`${rec.id}\n`);
+          },
+          ONE_SHOT,
+        );
       }),
     );
 }
@@ -66,13 +79,21 @@ type Input = { kind: 'file'; path: string; size: number } | { kind: 'stream'; st
 
 async function openInput(file: string): Promise<Input> {
   if (file === '-') {
-    if (process.stdin.isTTY) throw new VnstoreError('E_USAGE', "'-' reads the image from standard input, which is a terminal here; pipe the image in or name a file");
+    if (process.stdin.isTTY)
+      throw new VnstoreError(
+        'E_USAGE',
+        "'-' reads the image from standard input, which is a terminal here; pipe the image in or name a file",
+      );
     return { kind: 'stream', stream: process.stdin };
   }
   try {
     // stat before open: opening a FIFO with no writer would block for ever.
     const st = await fsp.stat(file);
-    if (!st.isFile()) throw new VnstoreError('E_INPUT', `${file} is not a regular file (for a pipe or a device, give '-' and redirect it to standard input)`);
+    if (!st.isFile())
+      throw new VnstoreError(
+        'E_INPUT',
+        `${file} is not a regular file (for a pipe or a device, give '-' and redirect it to standard input)`,
+      );
     await (await fsp.open(file, 'r')).close(); // proves it is readable now; the page workers read it
     return { kind: 'file', path: path.resolve(file), size: st.size };
   } catch (err) {
@@ -88,7 +109,10 @@ async function openInput(file: string): Promise<Input> {
 /** Feeds the whole input into the session; returns the exact byte count. */
 async function feed(session: Session, input: Input, onProgress: (done: number) => void): Promise<number> {
   try {
-    const total = input.kind === 'file' ? await feedFile(session, input.path, input.size, onProgress) : await feedStream(session, input.stream, onProgress);
+    const total =
+      input.kind === 'file'
+        ? await feedFile(session, input.path, input.size, onProgress)
+        : await feedStream(session, input.stream, onProgress);
     if (total === 0) throw usage('input is empty: nothing to store');
     return total;
   } catch (err) {

@@ -67,7 +67,8 @@ const collect = (v: string, all: string[]) => [...all, v];
 /** `NAME=QMP` (a Unix socket path, unix:PATH or tcp:HOST:PORT). */
 function parseVmQmp(spec: string): { vm: string; qmp: string } {
   const i = spec.indexOf('=');
-  if (i < 1 || i === spec.length - 1) throw usage(`--vm ${spec}: expected NAME=QMP-SOCKET (e.g. web1=/run/web1.qmp or web1=tcp:127.0.0.1:4445)`);
+  if (i < 1 || i === spec.length - 1)
+    throw usage(`--vm ${spec}: expected NAME=QMP-SOCKET (e.g. web1=/run/web1.qmp or web1=tcp:127.0.0.1:4445)`);
   return { vm: spec.slice(0, i), qmp: spec.slice(i + 1) };
 }
 
@@ -95,7 +96,8 @@ export function restoreCommandLine(m: StoredMigration, source?: string): string[
 /** Bytes of stream read ahead of the store: VNSTORE_QEMU_SPOOL_MIB, default 2048 (a whole small VM). */
 function spoolBudget(): number {
   const mib = Number(process.env.VNSTORE_QEMU_SPOOL_MIB ?? 2048);
-  if (!Number.isFinite(mib) || mib < 1) throw usage(`VNSTORE_QEMU_SPOOL_MIB=${process.env.VNSTORE_QEMU_SPOOL_MIB}: expected a number of MiB`);
+  if (!Number.isFinite(mib) || mib < 1)
+    throw usage(`VNSTORE_QEMU_SPOOL_MIB=${process.env.VNSTORE_QEMU_SPOOL_MIB}: expected a number of MiB`);
   return mib * 2 ** 20;
 }
 
@@ -130,7 +132,10 @@ async function streamInput(input: net.Socket | 'stdin', mode: SpoolMode): Promis
  * Runs `fn` on the store the options name: through a server (--server, $VNSTORE_SERVER) or the
  * local store. `where` is the option string a later `vnstore qemu send` needs to find it.
  */
-async function withMigrations<T>(opts: RemoteOptions & { store?: string; lockWait?: number }, fn: (store: MigrationStore, where: string) => Promise<T>): Promise<T> {
+async function withMigrations<T>(
+  opts: RemoteOptions & { store?: string; lockWait?: number },
+  fn: (store: MigrationStore, where: string) => Promise<T>,
+): Promise<T> {
   const { serverMigrations, storeMigrations } = await import('../qemu/migration-store.js');
   const server = serverAddress(opts);
   if (server) {
@@ -147,7 +152,9 @@ function writeOut(b: Buffer): Promise<void> {
 }
 
 export function registerQemu(program: Command): void {
-  const qemu = program.command('qemu').description('QEMU live migration into the store (receive) and back into a new QEMU (send); see docs/QEMU.md');
+  const qemu = program
+    .command('qemu')
+    .description('QEMU live migration into the store (receive) and back into a new QEMU (send); see docs/QEMU.md');
 
   const receive = qemu
     .command('receive')
@@ -156,7 +163,10 @@ export function registerQemu(program: Command): void {
     .option('--group <id>', 'group snapshot (environment epoch) to commit into; default: a group of its own')
     .option('--listen <tcp:HOST:PORT>', 'accept one connection from `migrate "tcp:HOST:PORT"` instead of reading standard input')
     .option('--qemu-pid <pid>', "QEMU's process id, to record its version and command line (found automatically under `exec:`)")
-    .option('--json', 'print {id, stateId, vm, group, machine, qemuVersion, blocks, logicalBytes, streamBytes, newChunks, addedBytes, seconds}')
+    .option(
+      '--json',
+      'print {id, stateId, vm, group, machine, qemuVersion, blocks, logicalBytes, streamBytes, newChunks, addedBytes, seconds}',
+    )
     .addOption(storeOption())
     .addOption(lockWaitOption());
   addRemoteOptions(receive, false)
@@ -179,36 +189,38 @@ Examples (QMP, or the HMP monitor):
         const endpoint = opts.listen ? parseListen(opts.listen) : undefined;
         const qemuPid = parseQemuPid(opts.qemuPid);
         // isatty, not process.stdin.isTTY: making process.stdin would set the pipe non-blocking.
-        if (!endpoint && isatty(0)) throw usage('standard input is a terminal: run this as QEMU\'s migrate "exec:..." target, or use --listen');
+        if (!endpoint && isatty(0))
+          throw usage('standard input is a terminal: run this as QEMU\'s migrate "exec:..." target, or use --listen');
         const mode = spoolMode();
         // Standard input is taken first, before the store opens: QEMU is already sending (with the
         // file spool, the whole stream is read before anything else happens).
         const stdin = endpoint ? undefined : await streamInput('stdin', mode);
-        await withMigrations(
-          opts,
-          async (store) => {
-            const input = stdin ?? (await streamInput(await acceptOne(endpoint!.host, endpoint!.port), mode));
-            const r = await receiveMigration(store, new ChunkSource(input.chunks), { vm: opts.vm, group: opts.group, qemu: () => qemuInfo(qemuPid) }).finally(() => input.close());
-            if (opts.json) {
-              process.stdout.write(
-                `${JSON.stringify({
-                  id: r.ram.id,
-                  stateId: r.state.id,
-                  vm: r.ram.vm,
-                  group: r.ram.group,
-                  machine: r.meta.machine,
-                  qemuVersion: r.meta.qemu.version,
-                  blocks: r.meta.blocks.map((b) => ({ name: b.name, bytes: b.bytes })),
-                  logicalBytes: r.ram.byteLength,
-                  streamBytes: r.meta.stream.bytes,
-                  newChunks: r.ram.newChunks + r.state.newChunks,
-                  addedBytes: r.ram.addedBytes + r.state.addedBytes,
-                  seconds: Number(((performance.now() - t0) / 1000).toFixed(3)),
-                })}\n`,
-              );
-            } else process.stdout.write(`${r.ram.id}\n`);
-          },
-        );
+        await withMigrations(opts, async (store) => {
+          const input = stdin ?? (await streamInput(await acceptOne(endpoint!.host, endpoint!.port), mode));
+          const r = await receiveMigration(store, new ChunkSource(input.chunks), {
+            vm: opts.vm,
+            group: opts.group,
+            qemu: () => qemuInfo(qemuPid),
+          }).finally(() => input.close());
+          if (opts.json) {
+            process.stdout.write(
+              `${JSON.stringify({
+                id: r.ram.id,
+                stateId: r.state.id,
+                vm: r.ram.vm,
+                group: r.ram.group,
+                machine: r.meta.machine,
+                qemuVersion: r.meta.qemu.version,
+                blocks: r.meta.blocks.map((b) => ({ name: b.name, bytes: b.bytes })),
+                logicalBytes: r.ram.byteLength,
+                streamBytes: r.meta.stream.bytes,
+                newChunks: r.ram.newChunks + r.state.newChunks,
+                addedBytes: r.ram.addedBytes + r.state.addedBytes,
+                seconds: Number(((performance.now() - t0) / 1000).toFixed(3)),
+              })}\n`,
+            );
+          } else process.stdout.write(`${r.ram.id}\n`);
+        });
       }),
     );
 
@@ -222,21 +234,19 @@ Examples (QMP, or the HMP monitor):
     .addHelpText('after', '\nStart QEMU with the command line `vnstore qemu info ID` prints (same machine, memory and devices).\n')
     .action(
       action(async (id: string, opts: RemoteOptions & { store?: string }) => {
-        if (process.stdout.isTTY) throw usage('refusing to write a migration stream to a terminal; run this as QEMU\'s -incoming "exec:..." source');
-        await withMigrations(
-          opts,
-          async (store) => {
-            const m = await loadStoredMigration(store, id);
-            try {
-              await sendMigration(store, m, writeOut);
-            } catch (err) {
-              const code = (err as NodeJS.ErrnoException).code;
-              if (code === 'EPIPE') throw new VnstoreError('E_IO', 'QEMU closed the stream before it was complete (see its error output)');
-              if (typeof code === 'string' && !(err instanceof VnstoreError)) throw fromSystemError(err, 'writing standard output');
-              throw err;
-            }
-          },
-        );
+        if (process.stdout.isTTY)
+          throw usage('refusing to write a migration stream to a terminal; run this as QEMU\'s -incoming "exec:..." source');
+        await withMigrations(opts, async (store) => {
+          const m = await loadStoredMigration(store, id);
+          try {
+            await sendMigration(store, m, writeOut);
+          } catch (err) {
+            const code = (err as NodeJS.ErrnoException).code;
+            if (code === 'EPIPE') throw new VnstoreError('E_IO', 'QEMU closed the stream before it was complete (see its error output)');
+            if (typeof code === 'string' && !(err instanceof VnstoreError)) throw fromSystemError(err, 'writing standard output');
+            throw err;
+          }
+        });
       }),
     );
 
@@ -248,37 +258,57 @@ Examples (QMP, or the HMP monitor):
     .addOption(storeOption())
     .addOption(lockWaitOption());
   addRemoteOptions(info, false).action(
-      action(async (id: string, opts: RemoteOptions & { store?: string; json?: boolean }) => {
-        await withMigrations(
-          opts,
-          async (store, where) => {
-            const m = await loadStoredMigration(store, id);
-            const { meta } = m.image;
-            const restore = restoreCommandLine(m, where);
-            const described = { id: m.ram.id, stateId: m.state.id, vm: meta.vm, group: m.ram.group, machine: meta.machine, qemuVersion: meta.qemu.version, blocks: meta.blocks, commandLine: meta.qemu.commandLine, restoreCommandLine: restore, stream: meta.stream };
-            if (opts.json) {
-              process.stdout.write(`${JSON.stringify(described)}\n`);
-              return;
-            }
-            const lines = [
-              `snapshot ${m.ram.id} (state ${m.state.id}) of ${meta.vm}, group ${m.ram.group ?? '-'}`,
-              `machine ${meta.machine ?? 'unknown'}, ${meta.qemu.version ?? 'QEMU version unknown'}`,
-              ...meta.blocks.map((b) => `  block ${b.name}: ${b.bytes} bytes`),
-              restore ? `restore with: ${restore.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`)).join(' ')}` : 'restore: the source command line was not recorded; start QEMU as the source was, with -incoming "exec:vnstore qemu send ID"',
-            ];
-            process.stdout.write(`${lines.join('\n')}\n`);
-          },
-        );
-      }),
-    );
+    action(async (id: string, opts: RemoteOptions & { store?: string; json?: boolean }) => {
+      await withMigrations(opts, async (store, where) => {
+        const m = await loadStoredMigration(store, id);
+        const { meta } = m.image;
+        const restore = restoreCommandLine(m, where);
+        const described = {
+          id: m.ram.id,
+          stateId: m.state.id,
+          vm: meta.vm,
+          group: m.ram.group,
+          machine: meta.machine,
+          qemuVersion: meta.qemu.version,
+          blocks: meta.blocks,
+          commandLine: meta.qemu.commandLine,
+          restoreCommandLine: restore,
+          stream: meta.stream,
+        };
+        if (opts.json) {
+          process.stdout.write(`${JSON.stringify(described)}\n`);
+          return;
+        }
+        const lines = [
+          `snapshot ${m.ram.id} (state ${m.state.id}) of ${meta.vm}, group ${m.ram.group ?? '-'}`,
+          `machine ${meta.machine ?? 'unknown'}, ${meta.qemu.version ?? 'QEMU version unknown'}`,
+          ...meta.blocks.map((b) => `  block ${b.name}: ${b.bytes} bytes`),
+          restore
+            ? `restore with: ${restore.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`)).join(' ')}`
+            : 'restore: the source command line was not recorded; start QEMU as the source was, with -incoming "exec:vnstore qemu send ID"',
+        ];
+        process.stdout.write(`${lines.join('\n')}\n`);
+      });
+    }),
+  );
 
   const snapshot = qemu
     .command('snapshot')
-    .description('a coordinated live snapshot of QEMU VMs on a vnstore switch: every VM migrated into the store at once, its colour flipped while QEMU pauses it, all committed as one group')
+    .description(
+      'a coordinated live snapshot of QEMU VMs on a vnstore switch: every VM migrated into the store at once, its colour flipped while QEMU pauses it, all committed as one group',
+    )
     .requiredOption('--env <name>', 'environment name: the group is <env>-e<epoch>')
-    .option('--vm <name=qmp>', "a VM: its name (as on the switch's --port) and its QMP socket (path, unix:PATH or tcp:HOST:PORT); repeat per VM", collect, [])
+    .option(
+      '--vm <name=qmp>',
+      "a VM: its name (as on the switch's --port) and its QMP socket (path, unix:PATH or tcp:HOST:PORT); repeat per VM",
+      collect,
+      [],
+    )
     .option('--switch <host:port>', "the VMs' switch's tunnel address, where colour flips go", '127.0.0.1:7100')
-    .option('--epoch <n>', "the epoch to take (default: one past the environment's last group in the store and the VMs' colours at the switch)")
+    .option(
+      '--epoch <n>',
+      "the epoch to take (default: one past the environment's last group in the store and the VMs' colours at the switch)",
+    )
     .option('--listen-host <host>', 'address the migration streams come to (QEMU must reach it)', '127.0.0.1')
     .option('--json', 'print {group, epoch, flipSkewMs, members: [{vm, id, stateId, totalMs, downtimeMs, addedBytes}]}')
     .addOption(storeOption())
@@ -326,14 +356,28 @@ Example:
                 }),
             );
             const next = await nextEpoch(store, opts.env, agents);
-            if (asked !== undefined && asked < next) throw usage(`--epoch ${asked}: ${opts.env} is at epoch ${next - 1} already (its groups or its VMs' colours); a new cut needs ${next} or more`);
+            if (asked !== undefined && asked < next)
+              throw usage(
+                `--epoch ${asked}: ${opts.env} is at epoch ${next - 1} already (its groups or its VMs' colours); a new cut needs ${next} or more`,
+              );
             const epoch = asked ?? next;
             const r = await snapshotEnvironment(store, agents, opts.env, epoch);
-            const members = r.members.map((m) => ({ vm: m.vm, id: m.ram.id, stateId: m.state.id, totalMs: m.totalMs, downtimeMs: m.downtimeMs, addedBytes: m.ram.addedBytes + m.state.addedBytes }));
-            if (opts.json) process.stdout.write(`${JSON.stringify({ group: r.group, epoch: r.epoch, flipSkewMs: Number(r.flipSkewMs.toFixed(1)), members })}\n`);
+            const members = r.members.map((m) => ({
+              vm: m.vm,
+              id: m.ram.id,
+              stateId: m.state.id,
+              totalMs: m.totalMs,
+              downtimeMs: m.downtimeMs,
+              addedBytes: m.ram.addedBytes + m.state.addedBytes,
+            }));
+            if (opts.json)
+              process.stdout.write(
+                `${JSON.stringify({ group: r.group, epoch: r.epoch, flipSkewMs: Number(r.flipSkewMs.toFixed(1)), members })}\n`,
+              );
             else {
               const lines = [`group ${r.group} committed (${members.length} VMs, flips within ${r.flipSkewMs.toFixed(1)} ms)`];
-              for (const m of members) lines.push(`  ${m.vm}: ${m.id} (state ${m.stateId}), migration ${m.totalMs} ms, downtime ${m.downtimeMs} ms`);
+              for (const m of members)
+                lines.push(`  ${m.vm}: ${m.id} (state ${m.stateId}), migration ${m.totalMs} ms, downtime ${m.downtimeMs} ms`);
               process.stdout.write(`${lines.join('\n')}\n`);
             }
           });

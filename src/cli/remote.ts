@@ -16,9 +16,16 @@ export interface RemoteOptions {
 
 export function addRemoteOptions(cmd: Command, serverRequired: boolean): Command {
   return cmd
-    .addOption(new Option('--server <addr>', `server address: HOST:PORT, tls://HOST:PORT or unix:PATH (default: $VNSTORE_SERVER${serverRequired ? '' : '; without either, the local store'})`))
-    .addOption(new Option('--token-file <file>', "file holding the store's access token (default: $VNSTORE_TOKEN; 'vnstore token' prints it)"))
-    .addOption(new Option('--tls-ca <file>', 'for tls:// servers: CA certificate to trust (e.g. the server\'s self-signed certificate)'));
+    .addOption(
+      new Option(
+        '--server <addr>',
+        `server address: HOST:PORT, tls://HOST:PORT or unix:PATH (default: $VNSTORE_SERVER${serverRequired ? '' : '; without either, the local store'})`,
+      ),
+    )
+    .addOption(
+      new Option('--token-file <file>', "file holding the store's access token (default: $VNSTORE_TOKEN; 'vnstore token' prints it)"),
+    )
+    .addOption(new Option('--tls-ca <file>', "for tls:// servers: CA certificate to trust (e.g. the server's self-signed certificate)"));
 }
 
 /** The server to use: --server, else $VNSTORE_SERVER, else undefined (a local command). */
@@ -30,7 +37,11 @@ export async function connectRemote(opts: RemoteOptions, server: string): Promis
   let token: string;
   if (opts.tokenFile) token = await readTokenFile(opts.tokenFile);
   else if (process.env.VNSTORE_TOKEN) token = process.env.VNSTORE_TOKEN.trim();
-  else throw new VnstoreError('E_USAGE', "no access token: give --token-file FILE or set $VNSTORE_TOKEN (on the server's host, 'vnstore token' prints it)");
+  else
+    throw new VnstoreError(
+      'E_USAGE',
+      "no access token: give --token-file FILE or set $VNSTORE_TOKEN (on the server's host, 'vnstore token' prints it)",
+    );
   const tlsCa = opts.tlsCa ? await fsp.readFile(opts.tlsCa).catch(() => undefined) : undefined;
   if (opts.tlsCa && !tlsCa) throw new VnstoreError('E_INPUT', `cannot read CA certificate ${opts.tlsCa}`);
   // Loaded only when a command goes through a server.

@@ -33,7 +33,12 @@ export function memberFileName(vm: string): string {
   return `${vm}.img`;
 }
 
-export async function restoreGroupToDir(source: GroupSource, group: string, dir: string, options: { sync?: boolean } = {}): Promise<RestoredMember[]> {
+export async function restoreGroupToDir(
+  source: GroupSource,
+  group: string,
+  dir: string,
+  options: { sync?: boolean } = {},
+): Promise<RestoredMember[]> {
   const out = path.resolve(dir);
   const stat = await fsp.stat(out).catch(() => undefined);
   if (stat && !stat.isDirectory()) throw new VnstoreError('E_USAGE', `output ${out} is not a directory`);
@@ -42,7 +47,8 @@ export async function restoreGroupToDir(source: GroupSource, group: string, dir:
   if (stat) await recoverRenames(journal);
   const members = await source.members(group);
   if (members.length === 0) throw new VnstoreError('E_NOT_FOUND', `no group ${group}`);
-  if (!stat) await fsp.mkdir(out, { recursive: true, mode: 0o700 }).catch((err: unknown) => Promise.reject(fromSystemError(err, `creating ${out}`)));
+  if (!stat)
+    await fsp.mkdir(out, { recursive: true, mode: 0o700 }).catch((err: unknown) => Promise.reject(fromSystemError(err, `creating ${out}`)));
   const files = members.map((r) => path.join(out, memberFileName(r.vm)));
   if (new Set(files).size !== files.length) throw new VnstoreError('E_CORRUPT', `group ${group} names a member twice`);
   await writeOutputFiles(files, (i, fh) => source.restore(members[i], (b) => writeFully(fh, b)), options.sync, { journal });

@@ -29,7 +29,11 @@ export function registerServe(program: Command): void {
     .option('--tls-cert <file>', 'serve TLS on --listen with this certificate (PEM); needs --tls-key')
     .option('--tls-key <file>', 'private key (PEM) of --tls-cert')
     .option('--idle-timeout <seconds>', 'abort an open session after this long without a request', String(DEFAULT_IDLE_TIMEOUT_MS / 1000))
-    .option('--prepared-timeout <seconds>', 'abort a prepared snapshot not committed within this long', String(DEFAULT_PREPARED_TIMEOUT_MS / 1000))
+    .option(
+      '--prepared-timeout <seconds>',
+      'abort a prepared snapshot not committed within this long',
+      String(DEFAULT_PREPARED_TIMEOUT_MS / 1000),
+    )
     .addOption(storeOption())
     .addHelpText(
       'after',
@@ -92,7 +96,11 @@ async function serve(opts: ServeOptions): Promise<void> {
     metricsHttp?.close();
     await store.close();
     const e = err as NodeJS.ErrnoException;
-    if (e.code === 'EADDRINUSE') throw new VnstoreError('E_IO', `cannot listen: address in use (${e.message.replace(/^listen EADDRINUSE: address already in use /, '')})`);
+    if (e.code === 'EADDRINUSE')
+      throw new VnstoreError(
+        'E_IO',
+        `cannot listen: address in use (${e.message.replace(/^listen EADDRINUSE: address already in use /, '')})`,
+      );
     if (e.code === 'EACCES') throw new VnstoreError('E_IO', `cannot listen: permission denied (${e.message})`);
     throw err;
   }

@@ -50,13 +50,28 @@ export function registerSnapshot(program: Command): void {
     .option('--epochs <n>', 'coordinated snapshots to take, one after another', '1')
     .option('--first-at <ms>', 'simulated time of the first snapshot', '1000')
     .option('--interval <ms>', 'simulated time between the end of one snapshot and the start of the next', '1000')
-    .option('--sync-stop <on|off>', 'order every stop-and-copy at once when every VM is ready (off: each VM stops on its own, as in the paper)', 'on')
-    .option('--channels <mode>', 'frames from post- to pre-snapshot VMs: hold (kept as channel state, nothing lost) or drop (the paper)', 'hold')
+    .option(
+      '--sync-stop <on|off>',
+      'order every stop-and-copy at once when every VM is ready (off: each VM stops on its own, as in the paper)',
+      'on',
+    )
+    .option(
+      '--channels <mode>',
+      'frames from post- to pre-snapshot VMs: hold (kept as channel state, nothing lost) or drop (the paper)',
+      'hold',
+    )
     .option('--timeout <ms>', 'abort an epoch not committing by then (simulated ms from its start)', '120000')
     .option('--dirty-threshold <pages>', 'stop and copy once the dirty set is this small', '32')
     .option('--max-rounds <n>', 'stop and copy after this many pre-copy rounds at the most', '10')
-    .option('--switches <where>', "in-process (one switch core per simulated host, with a 1 ms tunnel), process (a 'vnstore switch' process per host started on loopback, frames over UDP) or env (the running switches and VM NIC addresses the environment file names)", 'in-process')
-    .option('--verify-restore', 'afterwards, resume the environment from every committed group read back from the store, check it and run it to the end')
+    .option(
+      '--switches <where>',
+      "in-process (one switch core per simulated host, with a 1 ms tunnel), process (a 'vnstore switch' process per host started on loopback, frames over UDP) or env (the running switches and VM NIC addresses the environment file names)",
+      'in-process',
+    )
+    .option(
+      '--verify-restore',
+      'afterwards, resume the environment from every committed group read back from the store, check it and run it to the end',
+    )
     .option('--json', 'print {epochs: [EpochReport], live: Outcome, verified: [...]} (docs/COORDINATION.md)')
     .addOption(storeOption());
   addRemoteOptions(cmd, false)
@@ -84,45 +99,71 @@ Examples:
     )
     .action(
       action(async (opts: SnapshotCliOptions) => {
-        if (opts.syncStop !== 'on' && opts.syncStop !== 'off') throw usage(`--sync-stop takes on or off, got ${JSON.stringify(opts.syncStop)}`);
-        if (opts.channels !== 'drop' && opts.channels !== 'hold') throw usage(`--channels takes drop or hold, got ${JSON.stringify(opts.channels)}`);
-        if (opts.switches !== 'in-process' && opts.switches !== 'process' && opts.switches !== 'env') throw usage(`--switches takes in-process, process or env, got ${JSON.stringify(opts.switches)}`);
+        if (opts.syncStop !== 'on' && opts.syncStop !== 'off')
+          throw usage(`--sync-stop takes on or off, got ${JSON.stringify(opts.syncStop)}`);
+        if (opts.channels !== 'drop' && opts.channels !== 'hold')
+          throw usage(`--channels takes drop or hold, got ${JSON.stringify(opts.channels)}`);
+        if (opts.switches !== 'in-process' && opts.switches !== 'process' && opts.switches !== 'env')
+          throw usage(`--switches takes in-process, process or env, got ${JSON.stringify(opts.switches)}`);
         const epochs = count(opts.epochs, '--epochs', 1);
         const { readEnvFile } = await import('../coordinator/env-file.js');
         const spec = await readEnvFile(opts.env, opts.channels);
         const { runEnvironment, resumeGroup } = await import('../coordinator/environment-run.js');
-        await withTarget(opts, async (target, groups) => withNetwork(spec, opts.switches, async (network) => {
-          // Epochs continue after the environment's last committed group (an aborted or
-          // interrupted epoch left none), so a rerun after a crash takes the next epoch.
-          const prefix = `${spec.name}-e`;
-          const last = Math.max(0, ...groups.filter((g) => g.startsWith(prefix) && /^\d+$/.test(g.slice(prefix.length))).map((g) => Number(g.slice(prefix.length))));
-          const run = await runEnvironment({
-            spec,
-            target,
-            epochs,
-            firstEpoch: last + 1,
-            firstAtMs: count(opts.firstAt, '--first-at', 0),
-            gapMs: count(opts.interval, '--interval', 0),
-            network,
-            syncStop: opts.syncStop === 'on',
-            timeoutMs: count(opts.timeout, '--timeout', 1),
-            agent: { dirtyThresholdPages: count(opts.dirtyThreshold, '--dirty-threshold', 0), maxRounds: count(opts.maxRounds, '--max-rounds', 1), pauseOverheadMs: 10 },
-            limitMs: 24 * 3600 * 1000,
-          });
-          const verified: Verification[] = [];
-          if (opts.verifyRestore) {
-            for (const rep of run.reports.filter((r) => r.outcome === 'committed')) {
-              const g = await resumeGroup(spec, target, rep.group, rep.epoch, 24 * 3600 * 1000);
-              verified.push({ group: rep.group, check: g.check, transfersOk: g.outcome.done && g.outcome.transfers.every((t) => t.checksum === t.expected && t.diskChecksum === t.expected && t.received === t.bytes), datagrams: g.outcome.datagrams });
+        await withTarget(opts, async (target, groups) =>
+          withNetwork(spec, opts.switches, async (network) => {
+            // Epochs continue after the environment's last committed group (an aborted or
+            // interrupted epoch left none), so a rerun after a crash takes the next epoch.
+            const prefix = `${spec.name}-e`;
+            const last = Math.max(
+              0,
+              ...groups
+                .filter((g) => g.startsWith(prefix) && /^\d+$/.test(g.slice(prefix.length)))
+                .map((g) => Number(g.slice(prefix.length))),
+            );
+            const run = await runEnvironment({
+              spec,
+              target,
+              epochs,
+              firstEpoch: last + 1,
+              firstAtMs: count(opts.firstAt, '--first-at', 0),
+              gapMs: count(opts.interval, '--interval', 0),
+              network,
+              syncStop: opts.syncStop === 'on',
+              timeoutMs: count(opts.timeout, '--timeout', 1),
+              agent: {
+                dirtyThresholdPages: count(opts.dirtyThreshold, '--dirty-threshold', 0),
+                maxRounds: count(opts.maxRounds, '--max-rounds', 1),
+                pauseOverheadMs: 10,
+              },
+              limitMs: 24 * 3600 * 1000,
+            });
+            const verified: Verification[] = [];
+            if (opts.verifyRestore) {
+              for (const rep of run.reports.filter((r) => r.outcome === 'committed')) {
+                const g = await resumeGroup(spec, target, rep.group, rep.epoch, 24 * 3600 * 1000);
+                verified.push({
+                  group: rep.group,
+                  check: g.check,
+                  transfersOk:
+                    g.outcome.done &&
+                    g.outcome.transfers.every((t) => t.checksum === t.expected && t.diskChecksum === t.expected && t.received === t.bytes),
+                  datagrams: g.outcome.datagrams,
+                });
+              }
             }
-          }
-          if (opts.json) process.stdout.write(JSON.stringify({ env: spec.name, epochs: run.reports, live: run.outcome, verified }, null, 2) + '\n');
-          else process.stdout.write(render(run.reports, run.outcome, verified));
-          const aborted = run.reports.find((r) => r.outcome === 'aborted');
-          if (aborted) throw new VnstoreError('E_SESSION', `epoch ${aborted.epoch} was aborted: ${aborted.reason}`);
-          const failed = verified.find((v) => v.check.violations.length > 0 || !v.transfersOk);
-          if (failed) throw new VnstoreError('E_CORRUPT', `group ${failed.group} did not verify: ${failed.check.violations[0] ?? 'a transfer did not end with its checksum'}`);
-        }));
+            if (opts.json)
+              process.stdout.write(JSON.stringify({ env: spec.name, epochs: run.reports, live: run.outcome, verified }, null, 2) + '\n');
+            else process.stdout.write(render(run.reports, run.outcome, verified));
+            const aborted = run.reports.find((r) => r.outcome === 'aborted');
+            if (aborted) throw new VnstoreError('E_SESSION', `epoch ${aborted.epoch} was aborted: ${aborted.reason}`);
+            const failed = verified.find((v) => v.check.violations.length > 0 || !v.transfersOk);
+            if (failed)
+              throw new VnstoreError(
+                'E_CORRUPT',
+                `group ${failed.group} did not verify: ${failed.check.violations[0] ?? 'a transfer did not end with its checksum'}`,
+              );
+          }),
+        );
       }),
     );
 }
@@ -156,7 +197,10 @@ async function withNetwork(spec: EnvSpec, where: string, fn: (network: UdpNetwor
 }
 
 /** The local store's target or the server's, with the group names committed so far; closed after `fn`. */
-async function withTarget(opts: SnapshotCliOptions, fn: (target: SnapshotTarget & GroupReader, groups: string[]) => Promise<void>): Promise<void> {
+async function withTarget(
+  opts: SnapshotCliOptions,
+  fn: (target: SnapshotTarget & GroupReader, groups: string[]) => Promise<void>,
+): Promise<void> {
   const server = serverAddress(opts);
   if (server) {
     const { serverTarget } = await import('../coordinator/server-target.js');
@@ -180,13 +224,20 @@ function render(reports: EpochReport[], live: Outcome, verified: Verification[])
   const out: string[] = [];
   for (const r of reports) {
     out.push(`epoch ${r.epoch}: group ${r.group} ${r.outcome}${r.reason ? ` (${r.reason})` : ''}`);
-    for (const v of r.vms) out.push(`  ${v.vm}: ${v.rounds} round(s), duration ${ms(v.durationMs)}, downtime ${ms(v.downtimeMs)}, flip at +${ms(v.flipAtMs)}`);
-    out.push(`  skew ${ms(r.skewMs)}; frames dropped ${r.framesDropped}, held ${r.framesHeld}, across the cut ${r.framesCrossing} (channel state ${r.channelFrames})`);
+    for (const v of r.vms)
+      out.push(`  ${v.vm}: ${v.rounds} round(s), duration ${ms(v.durationMs)}, downtime ${ms(v.downtimeMs)}, flip at +${ms(v.flipAtMs)}`);
+    out.push(
+      `  skew ${ms(r.skewMs)}; frames dropped ${r.framesDropped}, held ${r.framesHeld}, across the cut ${r.framesCrossing} (channel state ${r.channelFrames})`,
+    );
   }
-  out.push(`live run: ${live.transfers.filter((t) => t.checksum === t.expected && t.diskChecksum === t.expected && t.received === t.bytes).length}/${live.transfers.length} transfers ended with their checksum, in memory and on disk; longest RTO ${ms(live.longestRtoMs)}, longest stall ${ms(live.longestStallMs)}`);
+  out.push(
+    `live run: ${live.transfers.filter((t) => t.checksum === t.expected && t.diskChecksum === t.expected && t.received === t.bytes).length}/${live.transfers.length} transfers ended with their checksum, in memory and on disk; longest RTO ${ms(live.longestRtoMs)}, longest stall ${ms(live.longestStallMs)}`,
+  );
   for (const d of live.datagrams) out.push(`  datagrams ${d.from} -> ${d.to}: ${d.sent} sent, ${d.received} received`);
   for (const v of verified) {
-    out.push(`restored ${v.group}: ${v.check.violations.length === 0 ? 'consistent' : `INCONSISTENT: ${v.check.violations[0]}`}, ${v.check.lost} frame(s) lost across the cut, transfers ${v.transfersOk ? 'ended with their checksums (memory and disk)' : 'FAILED'}`);
+    out.push(
+      `restored ${v.group}: ${v.check.violations.length === 0 ? 'consistent' : `INCONSISTENT: ${v.check.violations[0]}`}, ${v.check.lost} frame(s) lost across the cut, transfers ${v.transfersOk ? 'ended with their checksums (memory and disk)' : 'FAILED'}`,
+    );
   }
   return out.join('\n') + '\n';
 }

@@ -67,7 +67,11 @@ function pct(a: number, b: number): string {
 
 function grid(header: string[], rows: string[][]): string[] {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((l) => l[i].length)));
-  const fmt = (row: string[]) => row.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
+  const fmt = (row: string[]) =>
+    row
+      .map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
+      .join('  ')
+      .trimEnd();
   return [fmt(header), ...rows.map(fmt)];
 }
 
@@ -85,13 +89,21 @@ function render(r: StatsReport): string {
   );
   // From the counters, the chunk count includes chunks no snapshot references any more (forgotten or
   // aborted, until gc): the ratio is then only a lower bound of the one --detail computes.
-  const dedup = s.dedupBasis === 'referenced-chunks' || s.dedupRatio === null ? x(s.dedupRatio) : `${x(s.dedupRatio)} or more (exact with --detail)`;
+  const dedup =
+    s.dedupBasis === 'referenced-chunks' || s.dedupRatio === null ? x(s.dedupRatio) : `${x(s.dedupRatio)} or more (exact with --detail)`;
   out.push(`dedup ${dedup}   compression ${x(s.compressionRatio)}   overall reduction ${x(s.reduction)}`);
   if (r.garbage) {
-    out.push(`garbage          ${humanBytes(r.garbage.totalPayloadBytes)} (${r.garbage.chunks} unreferenced chunks, ${humanBytes(r.garbage.unindexedPayloadBytes)} superseded copies); 'vnstore gc' reclaims it`);
+    out.push(
+      `garbage          ${humanBytes(r.garbage.totalPayloadBytes)} (${r.garbage.chunks} unreferenced chunks, ${humanBytes(r.garbage.unindexedPayloadBytes)} superseded copies); 'vnstore gc' reclaims it`,
+    );
   } else out.push(`garbage          (run with --detail, or 'vnstore gc --dry-run')`);
   if (r.missingChunks) out.push(`WARNING: ${r.missingChunks} referenced chunk(s) are not indexed: run 'vnstore check'`);
-  if (r.exact) out.push(r.exact.drifted ? `counters DRIFTED: ${JSON.stringify(r.exact.drift)} (run 'vnstore check --repair-index')` : 'counters exact (recount agrees)');
+  if (r.exact)
+    out.push(
+      r.exact.drifted
+        ? `counters DRIFTED: ${JSON.stringify(r.exact.drift)} (run 'vnstore check --repair-index')`
+        : 'counters exact (recount agrees)',
+    );
   if (r.vmStats.length > 0) {
     out.push('');
     const detail = r.vmStats[0].uniqueBytes !== undefined;
@@ -99,7 +111,13 @@ function render(r: StatsReport): string {
     out.push(
       ...grid(
         header,
-        r.vmStats.map((v) => [v.vm, String(v.snapshots), humanBytes(v.logicalBytes), humanBytes(v.addedBytes), ...(detail ? [String(v.distinctChunks), humanBytes(v.uniqueBytes!)] : [])]),
+        r.vmStats.map((v) => [
+          v.vm,
+          String(v.snapshots),
+          humanBytes(v.logicalBytes),
+          humanBytes(v.addedBytes),
+          ...(detail ? [String(v.distinctChunks), humanBytes(v.uniqueBytes!)] : []),
+        ]),
       ),
     );
   }
@@ -108,14 +126,26 @@ function render(r: StatsReport): string {
     out.push(
       ...grid(
         ['SNAPSHOT', 'VM', 'LOGICAL', 'ADDED', 'CHUNKS', 'UNIQUE'],
-        r.snapshotStats.map((v) => [v.id, v.vm, humanBytes(v.logicalBytes), humanBytes(v.addedBytes), String(v.distinctChunks ?? '-'), v.uniqueBytes !== undefined ? humanBytes(v.uniqueBytes) : '-']),
+        r.snapshotStats.map((v) => [
+          v.id,
+          v.vm,
+          humanBytes(v.logicalBytes),
+          humanBytes(v.addedBytes),
+          String(v.distinctChunks ?? '-'),
+          v.uniqueBytes !== undefined ? humanBytes(v.uniqueBytes) : '-',
+        ]),
       ),
     );
   }
   if (r.sharing && r.sharing.vms.length > 1) {
     out.push('');
     out.push("sharing: share of the row VM's distinct chunks also held by the column VM");
-    out.push(...grid(['', ...r.sharing.vms], r.sharing.vms.map((vm, a) => [vm, ...r.sharing!.fraction[a].map((f) => (f === null ? '-' : `${(f * 100).toFixed(1)}%`))])));
+    out.push(
+      ...grid(
+        ['', ...r.sharing.vms],
+        r.sharing.vms.map((vm, a) => [vm, ...r.sharing!.fraction[a].map((f) => (f === null ? '-' : `${(f * 100).toFixed(1)}%`))]),
+      ),
+    );
   }
   return out.join('\n') + '\n';
 }

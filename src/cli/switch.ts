@@ -41,12 +41,19 @@ export function registerSwitch(program: Command): void {
     .description("run a host's virtual switch: a layer-2 relay for VMs attached over UDP, with snapshot colours")
     .option('--vm-listen <host:port>', 'where VMs send their frames', '127.0.0.1:7000')
     .option('--tunnel-listen <host:port>', 'where peer switches and flip requests arrive', '127.0.0.1:7100')
-    .option('--port <vm=host:port>', "a local VM and its own address (repeat per VM)", collect, [])
+    .option('--port <vm=host:port>', 'a local VM and its own address (repeat per VM)', collect, [])
     .option('--peer <name=host:port>', "a peer switch's tunnel address (repeat per peer)", collect, [])
-    .option('--channels <mode>', 'frames from a post-snapshot to a pre-snapshot VM: drop (the paper) or hold until the receiver flips', 'drop')
+    .option(
+      '--channels <mode>',
+      'frames from a post-snapshot to a pre-snapshot VM: drop (the paper) or hold until the receiver flips',
+      'drop',
+    )
     .option('--hold-frames <n>', 'hold buffer size in frames; beyond it frames are dropped and counted', '4096')
     .option('--epoch <n>', 'initial colour of every local VM (the last committed epoch)', '0')
-    .option('--json', 'on exit, print the counters as JSON: {pairs: [{src, dst, epoch, delivered, deliveredBytes, dropped, droppedBytes, held, crossing}], unknownSource, badTunnelDatagrams, sendErrors}')
+    .option(
+      '--json',
+      'on exit, print the counters as JSON: {pairs: [{src, dst, epoch, delivered, deliveredBytes, dropped, droppedBytes, held, crossing}], unknownSource, badTunnelDatagrams, sendErrors}',
+    )
     .addHelpText(
       'after',
       `
@@ -63,7 +70,8 @@ Counters are printed when the switch stops (SIGINT or SIGTERM).
     )
     .action(
       action(async (opts: SwitchCliOptions) => {
-        if (opts.channels !== 'drop' && opts.channels !== 'hold') throw usage(`--channels takes drop or hold, got ${JSON.stringify(opts.channels)}`);
+        if (opts.channels !== 'drop' && opts.channels !== 'hold')
+          throw usage(`--channels takes drop or hold, got ${JSON.stringify(opts.channels)}`);
         if (opts.port.length === 0) throw usage('at least one --port VM=HOST:PORT is needed');
         const ports = opts.port.map((p) => parseNamed(p, '--port')).map((p) => ({ vm: p.name, addr: p.addr }));
         if (new Set(ports.map((p) => p.vm)).size !== ports.length) throw usage('a VM is named by two --port options');
@@ -77,17 +85,29 @@ Counters are printed when the switch stops (SIGINT or SIGTERM).
           holdFrames: parseCount(opts.holdFrames, '--hold-frames', 0),
           epoch: parseCount(opts.epoch, '--epoch', 0),
         });
-        process.stderr.write(`vnstore switch: VMs on udp port ${sw.vmPort}, tunnel on udp port ${sw.tunnelPort}, ${ports.length} VM(s), channels ${opts.channels}\n`);
+        process.stderr.write(
+          `vnstore switch: VMs on udp port ${sw.vmPort}, tunnel on udp port ${sw.tunnelPort}, ${ports.length} VM(s), channels ${opts.channels}\n`,
+        );
         await new Promise<void>((resolve) => {
           process.once('SIGINT', resolve);
           process.once('SIGTERM', resolve);
         });
         await sw.close();
-        const report = { pairs: sw.core.counters(), unknownSource: sw.core.unknownSource, badTunnelDatagrams: sw.badTunnelDatagrams, sendErrors: sw.sendErrors };
+        const report = {
+          pairs: sw.core.counters(),
+          unknownSource: sw.core.unknownSource,
+          badTunnelDatagrams: sw.badTunnelDatagrams,
+          sendErrors: sw.sendErrors,
+        };
         if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
         else {
-          for (const c of report.pairs) process.stdout.write(`${c.src} -> ${c.dst} epoch ${c.epoch}: delivered ${c.delivered} (${c.deliveredBytes} B), dropped ${c.dropped} (${c.droppedBytes} B), held ${c.held}, across the cut ${c.crossing}\n`);
-          process.stdout.write(`unknown sources ${report.unknownSource}, bad tunnel datagrams ${report.badTunnelDatagrams}, send errors ${report.sendErrors}\n`);
+          for (const c of report.pairs)
+            process.stdout.write(
+              `${c.src} -> ${c.dst} epoch ${c.epoch}: delivered ${c.delivered} (${c.deliveredBytes} B), dropped ${c.dropped} (${c.droppedBytes} B), held ${c.held}, across the cut ${c.crossing}\n`,
+            );
+          process.stdout.write(
+            `unknown sources ${report.unknownSource}, bad tunnel datagrams ${report.badTunnelDatagrams}, send errors ${report.sendErrors}\n`,
+          );
         }
       }),
     );

@@ -7,7 +7,10 @@ export function registerToken(program: Command): void {
   program
     .command('token')
     .description("print the store's access token (agents give it to 'vnstore serve' with --token-file or $VNSTORE_TOKEN)")
-    .option('--rotate', 'replace the token with a new random one (a running server takes it at the next connection; connected agents stay connected)')
+    .option(
+      '--rotate',
+      'replace the token with a new random one (a running server takes it at the next connection; connected agents stay connected)',
+    )
     .addOption(storeOption())
     .addHelpText('after', '\nThe token lives in STORE/access-token, readable by its owner only (mode 0600).\n')
     .action(

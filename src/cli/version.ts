@@ -57,7 +57,10 @@ export function registerVersion(program: Command): void {
   program
     .command('version')
     .description("print vnstore's version and which hashing and codec paths are active (native addons or fallbacks)")
-    .option('--json', 'print {vnstore, node, hashing: {path, kernel, addon, ...}, codec: {path, liblz4, addon, ...}, zstd: {path, libzstd, ...}}')
+    .option(
+      '--json',
+      'print {vnstore, node, hashing: {path, kernel, addon, ...}, codec: {path, liblz4, addon, ...}, zstd: {path, libzstd, ...}}',
+    )
     .action(
       action((opts: { json?: boolean }) => {
         printVersion(opts.json === true ? 'json' : 'lines');

@@ -67,10 +67,19 @@ export class SimAgent<P> {
     }
     await this.guard(async () => {
       this.session = await this.target.beginSession({ vm: this.name, group, epoch, memoryBytes: this.vm.spec.pages * PAGE_SIZE });
-      if (this.vm.disk.length > 0) this.diskSession = await this.target.beginSession({ vm: diskMemberName(this.name), group, epoch, memoryBytes: this.vm.disk.length });
+      if (this.vm.disk.length > 0)
+        this.diskSession = await this.target.beginSession({
+          vm: diskMemberName(this.name),
+          group,
+          epoch,
+          memoryBytes: this.vm.disk.length,
+        });
     });
     this.vm.takeDirty(); // round 1 sends every page: what was dirtied before does not matter
-    await this.sendRound(Array.from({ length: this.vm.spec.pages }, (_, i) => i), epoch);
+    await this.sendRound(
+      Array.from({ length: this.vm.spec.pages }, (_, i) => i),
+      epoch,
+    );
   }
 
   /**

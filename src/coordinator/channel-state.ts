@@ -30,7 +30,8 @@ export function decodeChannelState(image: Uint8Array, epoch: number): ChannelFra
   const b = Buffer.from(image.buffer, image.byteOffset, image.byteLength);
   const bad = (why: string) => new VnstoreError('E_CORRUPT', `channel state: ${why}`);
   if (b.length < 9 || b.toString('latin1', 0, 4) !== MAGIC) throw bad('not a channel state image');
-  if (b[4] !== VERSION) throw new VnstoreError('E_FORMAT_VERSION', `channel state version ${b[4]} is not supported (this vnstore reads ${VERSION})`);
+  if (b[4] !== VERSION)
+    throw new VnstoreError('E_FORMAT_VERSION', `channel state version ${b[4]} is not supported (this vnstore reads ${VERSION})`);
   const n = b.readUInt32BE(5);
   const out: ChannelFrame[] = [];
   let at = 9;

@@ -31,7 +31,8 @@ export function checkGroup(states: Map<string, GuestState>, channel: ChannelFram
     }
     const sent = states.get(c.src)?.sentFrames[c.dst] ?? 0;
     if (f.frameId >= sent) violations.push(`channel frame ${c.src}->${c.dst} #${f.frameId} was sent after ${c.src}'s cut (${sent} sent)`);
-    if (inRuns(states.get(c.dst)?.recvFrames[c.src], f.frameId)) violations.push(`channel frame ${c.src}->${c.dst} #${f.frameId} is also received in ${c.dst}'s state`);
+    if (inRuns(states.get(c.dst)?.recvFrames[c.src], f.frameId))
+      violations.push(`channel frame ${c.src}->${c.dst} #${f.frameId} is also received in ${c.dst}'s state`);
     const key = `${c.src}>${c.dst}`;
     const set = inChannel.get(key) ?? new Set<number>();
     if (set.has(f.frameId)) violations.push(`channel frame ${key} #${f.frameId} recorded twice`);
@@ -64,7 +65,11 @@ export function checkGroup(states: Map<string, GuestState>, channel: ChannelFram
  * and nothing past that offset is (the file is written in order onto a zeroed disk).
  * Files are laid out on a receiver's disk one after another in the order of `transfers`.
  */
-export function checkDisks(states: Map<string, GuestState>, disks: Map<string, Uint8Array | undefined>, transfers: TransferSpec[]): string[] {
+export function checkDisks(
+  states: Map<string, GuestState>,
+  disks: Map<string, Uint8Array | undefined>,
+  transfers: TransferSpec[],
+): string[] {
   const violations: string[] = [];
   const base = new Map<string, number>();
   for (const t of transfers) {
@@ -77,9 +82,11 @@ export function checkDisks(states: Map<string, GuestState>, disks: Map<string, U
       violations.push(`${t.to} has no disk image holding the file from ${t.from}`);
       continue;
     }
-    if (fnv1a(FNV_OFFSET, disk.subarray(at, at + r.expected)) !== r.checksum) violations.push(`${t.to}'s disk does not hold the ${r.expected} bytes from ${t.from} its memory says it received`);
+    if (fnv1a(FNV_OFFSET, disk.subarray(at, at + r.expected)) !== r.checksum)
+      violations.push(`${t.to}'s disk does not hold the ${r.expected} bytes from ${t.from} its memory says it received`);
     // and nothing more: bytes past that offset would come from after the cut
-    if (disk.subarray(at + r.expected, at + t.bytes).some((b) => b !== 0)) violations.push(`${t.to}'s disk holds bytes from ${t.from} past the ${r.expected} its memory says it received`);
+    if (disk.subarray(at + r.expected, at + t.bytes).some((b) => b !== 0))
+      violations.push(`${t.to}'s disk holds bytes from ${t.from} past the ${r.expected} its memory says it received`);
   }
   return violations;
 }

@@ -33,7 +33,11 @@ export async function readEnvFile(file: string, channels: ChannelMode): Promise<
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    throw new VnstoreError('E_INPUT', `cannot read environment file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+    throw new VnstoreError(
+      'E_INPUT',
+      `cannot read environment file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      { cause: err },
+    );
   }
   let doc: unknown;
   try {
@@ -48,7 +52,8 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
   const bad = (msg: string) => new VnstoreError('E_INPUT', `${where}: ${msg}`);
   if (!isObject(doc)) throw bad('expected a JSON object');
   const name = doc.name;
-  if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$/.test(name)) throw bad('"name" must be 1-41 letters, digits, ".", "_" or "-"');
+  if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$/.test(name))
+    throw bad('"name" must be 1-41 letters, digits, ".", "_" or "-"');
   const seed = int(doc.seed ?? 1, 'seed', 0, 2 ** 31 - 1, bad);
   if (isObject(doc.scenario)) {
     const s = doc.scenario;
@@ -79,7 +84,9 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
     return {
       name: str(h.name, `hosts[${i}].name`, bad),
       pageMs: num(h.pageMs ?? 1, `hosts[${i}].pageMs`, 0.001, 1000, bad),
-      ...(sw ? { switch: { vm: endpoint(sw.vm, `hosts[${i}].switch.vm`, bad), tunnel: endpoint(sw.tunnel, `hosts[${i}].switch.tunnel`, bad) } } : {}),
+      ...(sw
+        ? { switch: { vm: endpoint(sw.vm, `hosts[${i}].switch.vm`, bad), tunnel: endpoint(sw.tunnel, `hosts[${i}].switch.tunnel`, bad) } }
+        : {}),
     };
   });
   if (hosts.length === 0) throw bad('give "scenario", or "hosts" and "vms"');
@@ -88,7 +95,8 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
     const host = str(v.host, `vms[${i}].host`, bad);
     if (!hosts.some((h) => h.name === host)) throw bad(`vms[${i}].host "${host}" is not one of the hosts`);
     const vmName = str(v.name, `vms[${i}].name`, bad);
-    if (vmName.includes('.')) throw bad(`vms[${i}].name "${vmName}" must not contain "." (group members <vm>.disk and <env>.channels use it)`);
+    if (vmName.includes('.'))
+      throw bad(`vms[${i}].name "${vmName}" must not contain "." (group members <vm>.disk and <env>.channels use it)`);
     return {
       name: vmName,
       host,
@@ -107,13 +115,37 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
     if (!names.has(n)) throw bad(`${k} "${n}" is not one of the VMs`);
     return n;
   };
-  const transfers = list('transfers').map((t, i) => ({ from: vmName(t.from, `transfers[${i}].from`), to: vmName(t.to, `transfers[${i}].to`), bytes: int(t.bytes, `transfers[${i}].bytes`, 1, 2 ** 31 - 1, bad), bytesPerSec: int(t.bytesPerSec ?? 40_000, `transfers[${i}].bytesPerSec`, 0, 1e9, bad) }));
-  const datagrams = list('datagrams').map((d, i) => ({ from: vmName(d.from, `datagrams[${i}].from`), to: vmName(d.to, `datagrams[${i}].to`), everyMs: int(d.everyMs ?? 20, `datagrams[${i}].everyMs`, 10, 3_600_000, bad) }));
+  const transfers = list('transfers').map((t, i) => ({
+    from: vmName(t.from, `transfers[${i}].from`),
+    to: vmName(t.to, `transfers[${i}].to`),
+    bytes: int(t.bytes, `transfers[${i}].bytes`, 1, 2 ** 31 - 1, bad),
+    bytesPerSec: int(t.bytesPerSec ?? 40_000, `transfers[${i}].bytesPerSec`, 0, 1e9, bad),
+  }));
+  const datagrams = list('datagrams').map((d, i) => ({
+    from: vmName(d.from, `datagrams[${i}].from`),
+    to: vmName(d.to, `datagrams[${i}].to`),
+    everyMs: int(d.everyMs ?? 20, `datagrams[${i}].everyMs`, 10, 3_600_000, bad),
+  }));
   const pairs = [...transfers, ...datagrams].map((x) => `${x.from}>${x.to}`);
-  if (new Set(pairs.filter((_, i) => i < transfers.length)).size !== transfers.length) throw bad('two transfers between the same VMs in the same direction');
+  if (new Set(pairs.filter((_, i) => i < transfers.length)).size !== transfers.length)
+    throw bad('two transfers between the same VMs in the same direction');
   if ([...transfers, ...datagrams].some((x) => x.from === x.to)) throw bad('a flow from a VM to itself');
   const linkBytesPerSec = doc.linkBytesPerSec === undefined ? undefined : int(doc.linkBytesPerSec, 'linkBytesPerSec', 1000, 1e10, bad);
-  return { name, seed, hosts, vms, transfers, datagrams, tickMs: 10, mss: 1000, windowBytes: 8000, tunnelMs: 1, linkBytesPerSec, channels, holdFrames: 4096 };
+  return {
+    name,
+    seed,
+    hosts,
+    vms,
+    transfers,
+    datagrams,
+    tickMs: 10,
+    mss: 1000,
+    windowBytes: 8000,
+    tunnelMs: 1,
+    linkBytesPerSec,
+    channels,
+    holdFrames: 4096,
+  };
 }
 
 /**
@@ -122,7 +154,11 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
  */
 export function namedNetwork(spec: EnvSpec): UdpNetworkOptions {
   const noSwitch = spec.hosts.find((h) => !h.switch);
-  if (noSwitch) throw new VnstoreError('E_INPUT', `--switches env: host ${noSwitch.name} names no "switch": {"vm": "HOST:PORT", "tunnel": "HOST:PORT"}`);
+  if (noSwitch)
+    throw new VnstoreError(
+      'E_INPUT',
+      `--switches env: host ${noSwitch.name} names no "switch": {"vm": "HOST:PORT", "tunnel": "HOST:PORT"}`,
+    );
   const noNic = spec.vms.find((v) => !v.nic);
   if (noNic) throw new VnstoreError('E_INPUT', `--switches env: VM ${noNic.name} names no "nic": "HOST:PORT" (its switch's --port)`);
   return {
@@ -142,7 +178,8 @@ function isObject(v: unknown): v is Json {
 }
 
 function str(v: unknown, k: string, bad: (m: string) => Error): string {
-  if (typeof v !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$/.test(v)) throw bad(`"${k}" must be a name of 1-41 letters, digits, ".", "_" or "-"`);
+  if (typeof v !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$/.test(v))
+    throw bad(`"${k}" must be a name of 1-41 letters, digits, ".", "_" or "-"`);
   return v;
 }
 

@@ -83,7 +83,13 @@ export interface GroupRestore {
  * channel state re-delivered (hold mode), every VM's colour at the group's epoch; then checks the
  * group's consistency and runs the environment until its transfers finish.
  */
-export async function resumeGroup(spec: EnvSpec, reader: GroupReader, group: string, epoch: number, limitMs: number): Promise<GroupRestore> {
+export async function resumeGroup(
+  spec: EnvSpec,
+  reader: GroupReader,
+  group: string,
+  epoch: number,
+  limitMs: number,
+): Promise<GroupRestore> {
   const images = await reader.readGroup(group);
   if (!images) throw new Error(`no committed group ${group}`);
   const names = spec.vms.map((v) => v.name);

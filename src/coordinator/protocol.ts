@@ -54,7 +54,8 @@ export type CoordinatorEvent =
   | { type: 'committed'; now: number }
   | { type: 'commit-failed'; now: number; reason: string };
 
-export type CoordinatorCommand = { type: 'precopy'; vm: string } | { type: 'stop'; vm: string } | { type: 'commit' } | { type: 'abort'; reason: string };
+export type CoordinatorCommand =
+  { type: 'precopy'; vm: string } | { type: 'stop'; vm: string } | { type: 'commit' } | { type: 'abort'; reason: string };
 
 export interface Step {
   state: EpochState;
@@ -75,7 +76,8 @@ export function step(config: CoordinatorConfig, prev: EpochState, ev: Coordinato
   if (isFinal(prev)) return { state: prev, commands: [] };
   const state: EpochState = { ...prev, vms: { ...prev.vms } };
   const abort = (reason: string): Step => ({ state: { ...state, phase: 'aborted', reason }, commands: [{ type: 'abort', reason }] });
-  if (ev.type === 'committed') return state.phase === 'committing' ? { state: { ...state, phase: 'committed' }, commands: [] } : { state, commands: [] };
+  if (ev.type === 'committed')
+    return state.phase === 'committing' ? { state: { ...state, phase: 'committed' }, commands: [] } : { state, commands: [] };
   if (ev.type === 'commit-failed') return abort(`group commit failed: ${ev.reason}`);
   if (ev.type === 'failed') return abort(`${ev.vm}: ${ev.reason}`);
   if (state.phase === 'running' && ev.now - state.startedAt > config.timeoutMs) return abort(`timed out after ${config.timeoutMs} ms`);
@@ -120,10 +122,19 @@ export function step(config: CoordinatorConfig, prev: EpochState, ev: Coordinato
 }
 
 /** Per-epoch figures from a final state: each VM's timings and the skew between flips. */
-export function epochFigures(state: EpochState): { vms: { vm: string; rounds: number; durationMs: number; downtimeMs: number; flipAtMs: number }[]; skewMs: number } {
+export function epochFigures(state: EpochState): {
+  vms: { vm: string; rounds: number; durationMs: number; downtimeMs: number; flipAtMs: number }[];
+  skewMs: number;
+} {
   const vms = Object.entries(state.vms)
     .filter(([, v]) => v.flipAt !== undefined)
-    .map(([vm, v]) => ({ vm, rounds: v.rounds, durationMs: (v.preparedAt ?? v.flipAt ?? state.startedAt) - state.startedAt, downtimeMs: v.downtimeMs ?? 0, flipAtMs: (v.flipAt as number) - state.startedAt }));
+    .map(([vm, v]) => ({
+      vm,
+      rounds: v.rounds,
+      durationMs: (v.preparedAt ?? v.flipAt ?? state.startedAt) - state.startedAt,
+      downtimeMs: v.downtimeMs ?? 0,
+      flipAtMs: (v.flipAt as number) - state.startedAt,
+    }));
   const flips = vms.map((v) => v.flipAtMs);
   return { vms, skewMs: flips.length > 0 ? Math.max(...flips) - Math.min(...flips) : 0 };
 }

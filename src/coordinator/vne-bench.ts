@@ -14,7 +14,15 @@ import { scenarioSpec, type ScenarioOptions } from '../sim/scenario.js';
 import type { AgentOptions } from './agent.js';
 
 /** 512 pages at 1 ms a page: the smallest VM's first round takes ~0.5 s, a 16x larger one ~8 s. */
-export const BENCH_BASE = { hosts: 2, minPages: 512, pageMs: 1, bytesPerSec: 0, transferMs: 0, transferBytes: 4_000_000, linkBytesPerSec: 200_000 } as const;
+export const BENCH_BASE = {
+  hosts: 2,
+  minPages: 512,
+  pageMs: 1,
+  bytesPerSec: 0,
+  transferMs: 0,
+  transferBytes: 4_000_000,
+  linkBytesPerSec: 200_000,
+} as const;
 export const BENCH_AGENT: AgentOptions = { dirtyThresholdPages: 32, maxRounds: 10, pauseOverheadMs: 10 };
 export const BENCH_SEEDS = [1, 2, 3];
 
@@ -70,10 +78,21 @@ const lostDatagrams = (ds: { sent: number; received: number }[]) => ds.reduce((n
 export async function benchRun(env: BenchEnv, mode: BenchMode, seed: number, options: { resume: boolean }): Promise<BenchFigures> {
   const s = spec(env, mode.channels, seed);
   const target = new MemoryTarget();
-  const r = await runEnvironment({ spec: s, target, epochs: 1, firstAtMs: 1000, gapMs: 0, syncStop: mode.syncStop, timeoutMs: 120_000, agent: BENCH_AGENT, limitMs: 600_000 });
+  const r = await runEnvironment({
+    spec: s,
+    target,
+    epochs: 1,
+    firstAtMs: 1000,
+    gapMs: 0,
+    syncStop: mode.syncStop,
+    timeoutMs: 120_000,
+    agent: BENCH_AGENT,
+    limitMs: 600_000,
+  });
   const rep = r.reports[0];
   if (rep.outcome !== 'committed') throw new Error(`epoch aborted: ${rep.reason}`);
-  if (!r.outcome.done || !r.outcome.transfers.every((t) => t.checksum === t.expected)) throw new Error('a transfer ended with the wrong checksum');
+  if (!r.outcome.done || !r.outcome.transfers.every((t) => t.checksum === t.expected))
+    throw new Error('a transfer ended with the wrong checksum');
   const figures: BenchFigures = {
     skewMs: rep.skewMs,
     framesDropped: rep.framesDropped,
@@ -88,7 +107,8 @@ export async function benchRun(env: BenchEnv, mode: BenchMode, seed: number, opt
   if (options.resume) {
     const g = await resumeGroup(s, target, rep.group, rep.epoch, 600_000);
     if (g.check.violations.length > 0) throw new Error(`inconsistent group: ${g.check.violations[0]}`);
-    if (!g.outcome.done || !g.outcome.transfers.every((t) => t.checksum === t.expected)) throw new Error('a resumed transfer ended with the wrong checksum');
+    if (!g.outcome.done || !g.outcome.transfers.every((t) => t.checksum === t.expected))
+      throw new Error('a resumed transfer ended with the wrong checksum');
     figures.lostAcrossCut = g.check.lost;
     figures.udpLostRestored = lostDatagrams(g.outcome.datagrams);
   }
@@ -97,6 +117,16 @@ export async function benchRun(env: BenchEnv, mode: BenchMode, seed: number, opt
 
 /** The same environment with no snapshot: the transfers' longest gap between two progresses anyway. */
 export async function undisturbedStall(env: BenchEnv, seed: number): Promise<number> {
-  const r = await runEnvironment({ spec: spec(env, 'drop', seed), target: new MemoryTarget(), epochs: 0, firstAtMs: 0, gapMs: 0, syncStop: false, timeoutMs: 1, agent: BENCH_AGENT, limitMs: 600_000 });
+  const r = await runEnvironment({
+    spec: spec(env, 'drop', seed),
+    target: new MemoryTarget(),
+    epochs: 0,
+    firstAtMs: 0,
+    gapMs: 0,
+    syncStop: false,
+    timeoutMs: 1,
+    agent: BENCH_AGENT,
+    limitMs: 600_000,
+  });
   return r.outcome.longestStallMs;
 }

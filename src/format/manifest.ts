@@ -102,7 +102,17 @@ export function encodeManifest(
   const meta = Buffer.from(JSON.stringify(header.meta), 'utf8');
   const baseId = Buffer.from(header.baseId ?? '', 'utf8');
   const headBytes =
-    8 + 2 + 2 + varintBytes(meta.length) + meta.length + varintBytes(header.byteLength) + varintBytes(header.pageCount) + DIGEST_BYTES + varintBytes(baseId.length) + baseId.length + varintBytes(plan.stats.runs);
+    8 +
+    2 +
+    2 +
+    varintBytes(meta.length) +
+    meta.length +
+    varintBytes(header.byteLength) +
+    varintBytes(header.pageCount) +
+    DIGEST_BYTES +
+    varintBytes(baseId.length) +
+    baseId.length +
+    varintBytes(plan.stats.runs);
   // Exactly sized, written once: a manifest is megabytes for large VMs, and fresh memory costs a
   // page fault per 4 KiB it covers (docs/DESIGN.md).
   const w = new ByteWriter(headBytes + plan.bodyBytes + 4);

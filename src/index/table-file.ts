@@ -36,7 +36,8 @@ export async function readTableFile(file: string, token: Buffer): Promise<ChunkT
   // The slots are read in place when the file's bytes sit 4-byte aligned (a fresh buffer: always),
   // not copied first: a copy of megabytes costs a page fault per 4 KiB on this project's machine.
   const at = buf.byteOffset + HEADER_BYTES;
-  const words = at % 4 === 0 ? new Uint32Array(buf.buffer, at, count * SLOT_WORDS) : new Uint32Array(buf.buffer.slice(at, at + count * SLOT_WORDS * 4));
+  const words =
+    at % 4 === 0 ? new Uint32Array(buf.buffer, at, count * SLOT_WORDS) : new Uint32Array(buf.buffer.slice(at, at + count * SLOT_WORDS * 4));
   return ChunkTable.fromSlots(words, count, buf.subarray(SEED_AT, SEED_AT + SEED_BYTES));
 }
 

@@ -1,6 +1,16 @@
 /** check, phase 1: the catalog records ('s', 'v', 'g', 'k', 'd') agree with one another. */
 import { packFileName } from '../format/pack.js';
-import { KEY_GROUP, KEY_SNAPSHOT, KEY_VM, parseRecord, parseSnapshotRecord, GROUP_RECORD, prefixRange, type GroupRecord, type SnapshotRecord } from '../store/db.js';
+import {
+  KEY_GROUP,
+  KEY_SNAPSHOT,
+  KEY_VM,
+  parseRecord,
+  parseSnapshotRecord,
+  GROUP_RECORD,
+  prefixRange,
+  type GroupRecord,
+  type SnapshotRecord,
+} from '../store/db.js';
 import { listDeletedPacks, listKeptBases, type KeptBaseRecord } from '../store/keys.js';
 import type { Store } from '../store/store.js';
 import { CATALOG_DAMAGE_ADVICE, CorruptError } from '../util/errors.js';
@@ -24,11 +34,24 @@ export async function checkCatalog(store: Store): Promise<CatalogResult> {
   for await (const k of store.db.keys(prefixRange(Buffer.of(KEY_VM)))) vmKeys.add(k.subarray(1).toString('utf8'));
   for (const r of records) {
     const key = `${r.vm}\0${r.id}`;
-    if (!vmKeys.delete(key)) problems.push({ kind: 'catalog', message: `snapshot ${r.id} has no per-VM listing entry`, snapshot: r.id, affects: [], next: NEXT_REPAIR });
+    if (!vmKeys.delete(key))
+      problems.push({
+        kind: 'catalog',
+        message: `snapshot ${r.id} has no per-VM listing entry`,
+        snapshot: r.id,
+        affects: [],
+        next: NEXT_REPAIR,
+      });
   }
   for (const k of vmKeys) {
     const [vm, id] = k.split('\0');
-    problems.push({ kind: 'catalog', message: `VM listing of ${vm} names snapshot ${id}, which has no commit record`, snapshot: id, affects: [], next: NEXT_REPAIR });
+    problems.push({
+      kind: 'catalog',
+      message: `VM listing of ${vm} names snapshot ${id}, which has no commit record`,
+      snapshot: id,
+      affects: [],
+      next: NEXT_REPAIR,
+    });
   }
   const groups = new Map<string, GroupRecord>();
   for await (const v of store.db.values(prefixRange(Buffer.of(KEY_GROUP)))) {
@@ -38,17 +61,41 @@ export async function checkCatalog(store: Store): Promise<CatalogResult> {
   for (const g of groups.values()) {
     for (const id of g.snapshots) {
       const r = recById.get(id);
-      if (!r) problems.push({ kind: 'catalog', message: `group ${g.id} lists snapshot ${id}, which has no commit record`, affects: [], next: NEXT_REPAIR });
-      else if (r.group !== g.id) problems.push({ kind: 'catalog', message: `group ${g.id} lists snapshot ${id}, which belongs to group ${r.group ?? '(none)'}`, snapshot: id, affects: [], next: NEXT_REPAIR });
+      if (!r)
+        problems.push({
+          kind: 'catalog',
+          message: `group ${g.id} lists snapshot ${id}, which has no commit record`,
+          affects: [],
+          next: NEXT_REPAIR,
+        });
+      else if (r.group !== g.id)
+        problems.push({
+          kind: 'catalog',
+          message: `group ${g.id} lists snapshot ${id}, which belongs to group ${r.group ?? '(none)'}`,
+          snapshot: id,
+          affects: [],
+          next: NEXT_REPAIR,
+        });
     }
   }
   for (const r of records) {
     if (r.group === undefined) continue;
     const g = groups.get(r.group);
-    if (!g) problems.push({ kind: 'catalog', message: `snapshot ${r.id} belongs to group ${r.group}, which has no group record`, snapshot: r.id, affects: [], next: NEXT_REPAIR });
-    else if (!g.snapshots.includes(r.id)) warnings.push(`group record ${r.group} does not list its member ${r.id} (written before groups were merged); '${NEXT_REPAIR}' rewrites it`);
+    if (!g)
+      problems.push({
+        kind: 'catalog',
+        message: `snapshot ${r.id} belongs to group ${r.group}, which has no group record`,
+        snapshot: r.id,
+        affects: [],
+        next: NEXT_REPAIR,
+      });
+    else if (!g.snapshots.includes(r.id))
+      warnings.push(
+        `group record ${r.group} does not list its member ${r.id} (written before groups were merged); '${NEXT_REPAIR}' rewrites it`,
+      );
   }
-  for (const d of await listDeletedPacks(store.db)) warnings.push(`pack ${packFileName(d.id)} is being deleted by gc (finished on next open)`);
+  for (const d of await listDeletedPacks(store.db))
+    warnings.push(`pack ${packFileName(d.id)} is being deleted by gc (finished on next open)`);
   return { records, kept, problems, warnings };
 }
 

@@ -37,7 +37,11 @@ export function selectPacksToRead(ids: number[], options: DataOptions): number[]
 }
 
 /** Reads the packs of `readSet`; `indexedAt` gives, per pack, the indexed digest at each offset. */
-export async function checkData(store: Store, readSet: readonly number[], indexedAt: Map<number, Map<number, Buffer>>): Promise<DataResult> {
+export async function checkData(
+  store: Store,
+  readSet: readonly number[],
+  indexedAt: Map<number, Map<number, Buffer>>,
+): Promise<DataResult> {
   const dataProblems: CheckProblem[] = [];
   const badDigests = new Map<string, CheckProblem>();
   const checked = { packsRead: 0, chunksRead: 0, bytesRead: 0 };
@@ -67,7 +71,13 @@ export async function checkData(store: Store, readSet: readonly number[], indexe
       if (hex) badDigests.set(hex, pr);
     }
     if (res.bad.length === 0 && !res.payloadCrcOk) {
-      dataProblems.push({ kind: 'payload-checksum', message: `pack ${name}: payload checksum mismatch although every chunk verifies`, pack: name, affects: [], next: NEXT_REPAIR });
+      dataProblems.push({
+        kind: 'payload-checksum',
+        message: `pack ${name}: payload checksum mismatch although every chunk verifies`,
+        pack: name,
+        affects: [],
+        next: NEXT_REPAIR,
+      });
     }
   }
   return { problems: dataProblems, badDigests, checked };

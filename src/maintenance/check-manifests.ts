@@ -28,7 +28,11 @@ export interface ManifestResult {
   checked: { snapshots: number; keptBases: number };
 }
 
-export async function checkManifests(store: Store, records: readonly SnapshotRecord[], kept: readonly KeptBaseRecord[]): Promise<ManifestResult> {
+export async function checkManifests(
+  store: Store,
+  records: readonly SnapshotRecord[],
+  kept: readonly KeptBaseRecord[],
+): Promise<ManifestResult> {
   const problems: CheckProblem[] = [];
   const warnings: string[] = [];
   const counted = zeroCounters();
@@ -68,20 +72,34 @@ export async function checkManifests(store: Store, records: readonly SnapshotRec
       const mismatch: string[] = [];
       if (m.header.byteLength !== r.byteLength) mismatch.push(`byte length ${m.header.byteLength} vs ${r.byteLength}`);
       if (m.pages.pageCount !== r.pageCount) mismatch.push(`page count ${m.pages.pageCount} vs ${r.pageCount}`);
-      if ((m.header.baseId ?? null) !== (r.base ?? null)) mismatch.push(`delta base ${m.header.baseId ?? '(none)'} vs ${r.base ?? '(none)'}`);
+      if ((m.header.baseId ?? null) !== (r.base ?? null))
+        mismatch.push(`delta base ${m.header.baseId ?? '(none)'} vs ${r.base ?? '(none)'}`);
       if (Buffer.from(m.header.imageDigest).toString('hex') !== r.imageDigest) mismatch.push('image digest');
-      else if (imageDigest(m.pages, m.header.byteLength).toString('hex') !== r.imageDigest) mismatch.push('page digests do not hash to the image digest');
+      else if (imageDigest(m.pages, m.header.byteLength).toString('hex') !== r.imageDigest)
+        mismatch.push('page digests do not hash to the image digest');
       if (zeroPages !== r.zeroPages) mismatch.push(`zero pages ${zeroPages} vs ${r.zeroPages}`);
       if (m.fileBytes !== r.manifestBytes) mismatch.push(`file size ${m.fileBytes} vs ${r.manifestBytes}`);
       if (mismatch.length > 0) {
-        problems.push({ kind: 'manifest-mismatch', message: `manifest of snapshot ${r.id} disagrees with its commit record (${mismatch.join('; ')})`, snapshot: r.id, affects: [r.id], next: NEXT_FORGET([r.id]) });
+        problems.push({
+          kind: 'manifest-mismatch',
+          message: `manifest of snapshot ${r.id} disagrees with its commit record (${mismatch.join('; ')})`,
+          snapshot: r.id,
+          affects: [r.id],
+          next: NEXT_FORGET([r.id]),
+        });
         brokenManifest.set(r.id, 'manifest mismatch');
       }
       const pages = m.pages;
       for (let i = 0; i < pages.pageCount; i++) if (pages.kinds[i] === PageKind.Digest) referenced.add(pages.digests, i * DIGEST_BYTES);
     } catch (err) {
       if (!(err instanceof CorruptError)) throw err;
-      problems.push({ kind: err instanceof MissingError ? 'manifest-missing' : 'manifest-corrupt', message: err.message, snapshot: r.id, affects: [r.id], next: NEXT_FORGET([r.id]) });
+      problems.push({
+        kind: err instanceof MissingError ? 'manifest-missing' : 'manifest-corrupt',
+        message: err.message,
+        snapshot: r.id,
+        affects: [r.id],
+        next: NEXT_FORGET([r.id]),
+      });
       brokenManifest.set(r.id, err.message);
     }
     counted.logicalBytes += byteLength;
@@ -97,19 +115,27 @@ export async function checkManifests(store: Store, records: readonly SnapshotRec
     if (!st) {
       const dependants = records.filter((r) => chainOf(r.id).includes(k.id)).map((r) => r.id);
       if (dependants.length > 0 && !dependants.every((id) => brokenManifest.has(id))) {
-        problems.push({ kind: 'manifest-missing', message: `kept base manifest ${k.id} is missing`, snapshot: k.id, affects: dependants, next: NEXT_FORGET(dependants) });
+        problems.push({
+          kind: 'manifest-missing',
+          message: `kept base manifest ${k.id} is missing`,
+          snapshot: k.id,
+          affects: dependants,
+          next: NEXT_FORGET(dependants),
+        });
       }
     }
   }
   // A broken manifest also breaks every snapshot delta-encoded through it.
   for (const pr of problems) {
     if (!pr.snapshot || !pr.kind.startsWith('manifest')) continue;
-    for (const r of records) if (r.id !== pr.snapshot && chainOf(r.id).includes(pr.snapshot) && !pr.affects.includes(r.id)) pr.affects.push(r.id);
+    for (const r of records)
+      if (r.id !== pr.snapshot && chainOf(r.id).includes(pr.snapshot) && !pr.affects.includes(r.id)) pr.affects.push(r.id);
   }
   const manifestNames = await fsp.readdir(Store.paths(store.dir).manifests);
   for (const name of manifestNames) {
     const m = /^([0-9a-f]{16})\.vnm$/.exec(name);
-    if (m && !recById.has(m[1]) && !keptIds.has(m[1])) warnings.push(`manifest ${name} belongs to no committed snapshot (removed on next open unless a session is committing it)`);
+    if (m && !recById.has(m[1]) && !keptIds.has(m[1]))
+      warnings.push(`manifest ${name} belongs to no committed snapshot (removed on next open unless a session is committing it)`);
   }
   return { problems, warnings, referenced, brokenManifest, pagesOf: async (id) => (await loader.load(id)).pages, counted, checked };
 }

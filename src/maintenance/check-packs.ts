@@ -55,7 +55,13 @@ export async function checkPacks(store: Store): Promise<PacksResult> {
     const st = await fsp.stat(store.packs.packPath(ps.id)).catch(() => undefined);
     if (!st) {
       ps.bad = true;
-      packProblems.set(ps.id, { kind: 'pack-missing', message: `pack ${ps.name} is missing`, pack: ps.name, affects: [], next: NEXT_REPAIR });
+      packProblems.set(ps.id, {
+        kind: 'pack-missing',
+        message: `pack ${ps.name} is missing`,
+        pack: ps.name,
+        affects: [],
+        next: NEXT_REPAIR,
+      });
       continue;
     }
     ps.fileBytes = st.size;
@@ -64,7 +70,9 @@ export async function checkPacks(store: Store): Promise<PacksResult> {
       ps.toc = toc;
       ps.tocOffsets = Float64Array.from(toc.map((e) => e.offset));
       if (st.size !== ps.record!.bytes || toc.length !== ps.record!.chunks) {
-        throw new CorruptError(`pack ${ps.name}: ${st.size} bytes and ${toc.length} chunks, its record says ${ps.record!.bytes} bytes and ${ps.record!.chunks} chunks`);
+        throw new CorruptError(
+          `pack ${ps.name}: ${st.size} bytes and ${toc.length} chunks, its record says ${ps.record!.bytes} bytes and ${ps.record!.chunks} chunks`,
+        );
       }
     } catch (err) {
       if (!(err instanceof CorruptError)) throw err;
@@ -100,7 +108,12 @@ export interface IndexResult {
   checked: { chunks: number };
 }
 
-export async function checkIndex(store: Store, packs: PacksResult, referenced: DigestSet, readSet: readonly number[]): Promise<IndexResult> {
+export async function checkIndex(
+  store: Store,
+  packs: PacksResult,
+  referenced: DigestSet,
+  readSet: readonly number[],
+): Promise<IndexResult> {
   const counted = zeroCounters();
   const checked = { chunks: 0 };
   const { packProblems } = packs;
@@ -124,7 +137,13 @@ export async function checkIndex(store: Store, packs: PacksResult, referenced: D
         try {
           loc = decodeChunkValue(v);
         } catch {
-          indexProblems.push({ kind: 'index-entry', message: `index entry of chunk ${k.subarray(1).toString('hex')} does not decode`, chunk: k.subarray(1).toString('hex'), affects: [], next: NEXT_REPAIR });
+          indexProblems.push({
+            kind: 'index-entry',
+            message: `index entry of chunk ${k.subarray(1).toString('hex')} does not decode`,
+            chunk: k.subarray(1).toString('hex'),
+            affects: [],
+            next: NEXT_REPAIR,
+          });
           continue;
         }
         counted.chunkBytes += loc.storedLength;
@@ -133,7 +152,14 @@ export async function checkIndex(store: Store, packs: PacksResult, referenced: D
         const hex = () => k.subarray(1).toString('hex');
         const ps = packs.packs.get(loc.pack);
         if (!ps) {
-          const pr: CheckProblem = { kind: 'index-entry', message: `chunk ${hex()} is indexed in pack ${packFileName(loc.pack)}, which is not an indexed pack`, chunk: hex(), pack: packFileName(loc.pack), affects: [], next: NEXT_REPAIR };
+          const pr: CheckProblem = {
+            kind: 'index-entry',
+            message: `chunk ${hex()} is indexed in pack ${packFileName(loc.pack)}, which is not an indexed pack`,
+            chunk: hex(),
+            pack: packFileName(loc.pack),
+            affects: [],
+            next: NEXT_REPAIR,
+          };
           indexProblems.push(pr);
           badDigests.set(hex(), pr);
           continue;
@@ -143,7 +169,12 @@ export async function checkIndex(store: Store, packs: PacksResult, referenced: D
           continue;
         }
         const e = findTocEntry(ps, loc.offset);
-        if (!e || e.storedLength !== loc.storedLength || e.codec !== loc.codec || !k.subarray(1, 1 + TOC_PREFIX_BYTES).equals(e.digestPrefix)) {
+        if (
+          !e ||
+          e.storedLength !== loc.storedLength ||
+          e.codec !== loc.codec ||
+          !k.subarray(1, 1 + TOC_PREFIX_BYTES).equals(e.digestPrefix)
+        ) {
           const pr: CheckProblem = {
             kind: 'index-entry',
             message: `index entry of chunk ${hex()} (pack ${ps.name}, offset ${loc.offset}, ${loc.storedLength} B, codec ${loc.codec}) disagrees with the pack's table of contents`,
@@ -167,7 +198,13 @@ export async function checkIndex(store: Store, packs: PacksResult, referenced: D
   for (let ord = 0; ord < referenced.size; ord++) {
     if (indexedFlag[ord]) continue;
     const hex = Buffer.from(referenced.digest(ord)).toString('hex');
-    const pr: CheckProblem = { kind: 'chunk-missing', message: `chunk ${hex} is used by a snapshot but is not in the index`, chunk: hex, affects: [], next: NEXT_REPAIR };
+    const pr: CheckProblem = {
+      kind: 'chunk-missing',
+      message: `chunk ${hex} is used by a snapshot but is not in the index`,
+      chunk: hex,
+      affects: [],
+      next: NEXT_REPAIR,
+    };
     missingByDigest.set(hex, pr);
     badDigests.set(hex, pr);
   }

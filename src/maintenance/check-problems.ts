@@ -46,4 +46,6 @@ export const NEXT_REPAIR = 'vnstore check --repair-index';
  * looking them up, so it would not store a lost chunk again.
  */
 export const NEXT_FORGET = (ids: string[]) =>
-  ids.length > 0 ? `vnstore forget ${ids.join(' ')} (or put the same image again with 'vnstore put --parent none': that stores lost chunks anew and heals them)` : NEXT_REPAIR;
+  ids.length > 0
+    ? `vnstore forget ${ids.join(' ')} (or put the same image again with 'vnstore put --parent none': that stores lost chunks anew and heals them)`
+    : NEXT_REPAIR;

@@ -79,7 +79,10 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   const { records } = catalog;
   const manifests = await checkManifests(store, records, catalog.kept);
   const packs = await checkPacks(store);
-  const readSet = selectPacksToRead([...packs.packs.values()].filter((ps) => !ps.bad).map((ps) => ps.id), options);
+  const readSet = selectPacksToRead(
+    [...packs.packs.values()].filter((ps) => !ps.bad).map((ps) => ps.id),
+    options,
+  );
   const index = await checkIndex(store, packs, manifests.referenced, readSet);
   const data = await checkData(store, readSet, index.indexedAt);
   const exact = [manifests.counted, packs.counted, index.counted].reduce(sumDelta, zeroCounters()) as StoreCounters;
@@ -93,11 +96,23 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   const missing = [...index.missingByDigest.values()];
   if (missing.length > 8) {
     const affected = [...new Set(missing.flatMap((m) => m.affects))].sort();
-    problems.push({ kind: 'chunk-missing', message: `${missing.length} chunks used by snapshots are not in the index (first: ${missing[0].chunk})`, affects: affected, next: NEXT_REPAIR });
+    problems.push({
+      kind: 'chunk-missing',
+      message: `${missing.length} chunks used by snapshots are not in the index (first: ${missing[0].chunk})`,
+      affects: affected,
+      next: NEXT_REPAIR,
+    });
   } else problems.push(...missing);
   problems.push(...packs.packProblems.values(), ...index.problems, ...data.problems);
   for (const pr of problems) {
-    if ((pr.kind === 'chunk-corrupt' || pr.kind === 'chunk-missing' || pr.kind === 'pack-unreadable' || pr.kind === 'pack-missing' || pr.kind === 'pack-size') && pr.affects.length > 0) {
+    if (
+      (pr.kind === 'chunk-corrupt' ||
+        pr.kind === 'chunk-missing' ||
+        pr.kind === 'pack-unreadable' ||
+        pr.kind === 'pack-missing' ||
+        pr.kind === 'pack-size') &&
+      pr.affects.length > 0
+    ) {
       pr.next = `${NEXT_REPAIR}, then ${NEXT_FORGET(pr.affects)}`;
     }
     pr.affects.sort();
@@ -128,7 +143,12 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
 }
 
 /** Adds to each problem in `badDigests` the snapshots (with readable manifests) that use its digest. */
-async function markAffected(records: readonly SnapshotRecord[], brokenManifest: ReadonlyMap<string, string>, pagesOf: (id: string) => Promise<PageTable>, badDigests: ReadonlyMap<string, CheckProblem>): Promise<void> {
+async function markAffected(
+  records: readonly SnapshotRecord[],
+  brokenManifest: ReadonlyMap<string, string>,
+  pagesOf: (id: string) => Promise<PageTable>,
+  badDigests: ReadonlyMap<string, CheckProblem>,
+): Promise<void> {
   if (badDigests.size === 0) return;
   const bad = new DigestSet(badDigests.size);
   const byOrd: CheckProblem[] = [];

@@ -43,7 +43,8 @@ function zeroCounts(): PageDiffCounts {
 const isZero = (t: PageTable, i: number) => t.kinds[i] !== PageKind.Digest;
 
 export function diffPages(a: PageTable, b: PageTable, regionPages = DEFAULT_REGION_PAGES): PageDiff {
-  if (!Number.isSafeInteger(regionPages) || regionPages < 1) throw new RangeError(`regionPages must be a whole number >= 1, got ${regionPages}`);
+  if (!Number.isSafeInteger(regionPages) || regionPages < 1)
+    throw new RangeError(`regionPages must be a whole number >= 1, got ${regionPages}`);
   const n = Math.max(a.pageCount, b.pageCount);
   const total = zeroCounts();
   const regions: RegionDiff[] = [];

@@ -83,6 +83,9 @@ const locks = new WeakMap<Store, Promise<unknown>>();
 export async function withMaintenanceLock<T>(store: Store, fn: () => Promise<T>): Promise<T> {
   const prev = locks.get(store) ?? Promise.resolve();
   const run = prev.catch(() => undefined).then(fn);
-  locks.set(store, run.catch(() => undefined));
+  locks.set(
+    store,
+    run.catch(() => undefined),
+  );
   return run;
 }

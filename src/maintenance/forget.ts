@@ -56,15 +56,21 @@ function isPolicy(sel: ForgetSelection): boolean {
 /** Decides, for every committed snapshot, whether it is forgotten and why. Pure. */
 export function decideForget(records: readonly SnapshotRecord[], sel: ForgetSelection): ForgetDecision[] {
   const explicit = (sel.ids?.length ?? 0) + (sel.groups?.length ?? 0) > 0;
-  if (explicit === isPolicy(sel)) throw new VnstoreError('E_USAGE', 'name snapshots (or --group) to forget, or give a policy (--keep-last, --keep-within, --keep-daily, ...), not both');
+  if (explicit === isPolicy(sel))
+    throw new VnstoreError(
+      'E_USAGE',
+      'name snapshots (or --group) to forget, or give a policy (--keep-last, --keep-within, --keep-daily, ...), not both',
+    );
   if (explicit && sel.vm !== undefined) throw new VnstoreError('E_USAGE', '--vm limits a policy; it does not combine with named snapshots');
   if (sel.keepLast !== undefined && (!Number.isSafeInteger(sel.keepLast) || sel.keepLast < 1)) {
     throw new VnstoreError('E_USAGE', `--keep-last must be a whole number >= 1 (to forget specific snapshots, name them)`);
   }
-  if (sel.keepWithinMs !== undefined && !(sel.keepWithinMs > 0)) throw new VnstoreError('E_USAGE', '--keep-within must be a positive duration');
+  if (sel.keepWithinMs !== undefined && !(sel.keepWithinMs > 0))
+    throw new VnstoreError('E_USAGE', '--keep-within must be a positive duration');
   for (const unit of CALENDAR_UNITS) {
     const n = sel.calendar?.[unit];
-    if (n !== undefined && (!Number.isSafeInteger(n) || n < 1)) throw new VnstoreError('E_USAGE', `--keep-${unit} must be a whole number >= 1`);
+    if (n !== undefined && (!Number.isSafeInteger(n) || n < 1))
+      throw new VnstoreError('E_USAGE', `--keep-${unit} must be a whole number >= 1`);
   }
   const sorted = [...records].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   const out = new Map<string, ForgetDecision>();
@@ -158,7 +164,10 @@ export interface ForgetReport {
 }
 
 /** Resolves ids/prefixes, decides, and (unless dryRun) forgets. */
-export async function forget(store: Store, request: Omit<ForgetSelection, 'nowMs'> & { nowMs?: number; dryRun?: boolean }): Promise<ForgetReport> {
+export async function forget(
+  store: Store,
+  request: Omit<ForgetSelection, 'nowMs'> & { nowMs?: number; dryRun?: boolean },
+): Promise<ForgetReport> {
   const ids: string[] = [];
   for (const q of request.ids ?? []) ids.push((await store.resolveSnapshot(q)).id);
   return withMaintenanceLock(store, async () => {
@@ -176,7 +185,10 @@ export async function forget(store: Store, request: Omit<ForgetSelection, 'nowMs
     const kept = await listKeptBases(store.db);
     const inflight = await collectInFlight(store, new DigestSet(16));
     const baseOf = baseLookup(records, kept);
-    const needed = baseChainIds(remaining.map((r) => r.id), baseOf);
+    const needed = baseChainIds(
+      remaining.map((r) => r.id),
+      baseOf,
+    );
     for (const b of inflight.bases) needed.add(b);
     for (const b of baseChainIds(inflight.bases, baseOf)) needed.add(b);
     const keepAsBase = goRecords.filter((r) => needed.has(r.id));
@@ -204,7 +216,10 @@ export async function forget(store: Store, request: Omit<ForgetSelection, 'nowMs
     }
     addCounterDelta(
       batch,
-      sumDelta(snapshotDelta(goRecords, -1), { keptBases: keepAsBase.length, keptBaseBytes: keepAsBase.reduce((s, r) => s + r.manifestBytes, 0) }),
+      sumDelta(snapshotDelta(goRecords, -1), {
+        keptBases: keepAsBase.length,
+        keptBaseBytes: keepAsBase.reduce((s, r) => s + r.manifestBytes, 0),
+      }),
     );
     await batch.write({ sync: true });
     // Sessions that resolved a forgotten snapshot as parent just before the batch (still beginning, or
@@ -213,11 +228,29 @@ export async function forget(store: Store, request: Omit<ForgetSelection, 'nowMs
     const late = await collectInFlight(store, new DigestSet(16), goIds);
     const nowCommitted = await listCommitted(store); // after the in-flight look: a session that committed meanwhile is here
     const lateBaseOf = baseLookup([...records, ...nowCommitted], kept);
-    const lateNeeded = new Set([...late.bases, ...baseChainIds(late.bases, lateBaseOf), ...baseChainIds(nowCommitted.map((r) => r.id), lateBaseOf)]);
+    const lateNeeded = new Set([
+      ...late.bases,
+      ...baseChainIds(late.bases, lateBaseOf),
+      ...baseChainIds(
+        nowCommitted.map((r) => r.id),
+        lateBaseOf,
+      ),
+    ]);
     const extra = goRecords.filter((r) => lateNeeded.has(r.id) && !needed.has(r.id));
     if (extra.length > 0) {
       const b2 = store.db.batch();
-      for (const r of extra) b2.put(keptBaseKey(r.id), jsonValue({ id: r.id, vm: r.vm, base: r.base, manifestBytes: r.manifestBytes, time: r.time, forgottenAt } satisfies KeptBaseRecord));
+      for (const r of extra)
+        b2.put(
+          keptBaseKey(r.id),
+          jsonValue({
+            id: r.id,
+            vm: r.vm,
+            base: r.base,
+            manifestBytes: r.manifestBytes,
+            time: r.time,
+            forgottenAt,
+          } satisfies KeptBaseRecord),
+        );
       addCounterDelta(b2, { keptBases: extra.length, keptBaseBytes: extra.reduce((s, r) => s + r.manifestBytes, 0) });
       await b2.write({ sync: true });
       keepAsBase.push(...extra);
@@ -241,7 +274,8 @@ const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 8
 /** Parses "90s", "15m", "12h", "7d", "2w", "1y" and sums like "1d12h". */
 export function parseDuration(text: string): number {
   const t = text.trim();
-  if (!/^(\d+[smhdwy])+$/.test(t)) throw new VnstoreError('E_USAGE', `bad duration ${JSON.stringify(text)}: use a number and a unit (s, m, h, d, w, y), e.g. 7d or 1d12h`);
+  if (!/^(\d+[smhdwy])+$/.test(t))
+    throw new VnstoreError('E_USAGE', `bad duration ${JSON.stringify(text)}: use a number and a unit (s, m, h, d, w, y), e.g. 7d or 1d12h`);
   let ms = 0;
   for (const m of t.matchAll(/(\d+)([smhdwy])/g)) ms += Number(m[1]) * UNIT_MS[m[2]];
   if (!Number.isSafeInteger(ms) || ms <= 0) throw new VnstoreError('E_USAGE', `bad duration ${JSON.stringify(text)}`);

@@ -103,9 +103,15 @@ export function maxUnusedBytes(maxUnused: MaxUnused, packBytes: number): number 
 
 function checkOptions(o: GcPlanOptions): void {
   const m = o.maxUnused;
-  const bad = 'unlimited' in m ? m.unlimited !== true : 'bytes' in m ? !Number.isSafeInteger(m.bytes) || m.bytes < 0 : !(m.percent >= 0 && m.percent < 100);
+  const bad =
+    'unlimited' in m
+      ? m.unlimited !== true
+      : 'bytes' in m
+        ? !Number.isSafeInteger(m.bytes) || m.bytes < 0
+        : !(m.percent >= 0 && m.percent < 100);
   if (bad) throw new RangeError(`maxUnused must be a size >= 0, a percentage in [0, 100) or unlimited, got ${JSON.stringify(m)}`);
-  if (o.maxRepackBytes !== undefined && !(Number.isSafeInteger(o.maxRepackBytes) && o.maxRepackBytes >= 0)) throw new RangeError(`maxRepackBytes ${o.maxRepackBytes}`);
+  if (o.maxRepackBytes !== undefined && !(Number.isSafeInteger(o.maxRepackBytes) && o.maxRepackBytes >= 0))
+    throw new RangeError(`maxRepackBytes ${o.maxRepackBytes}`);
   if (!(o.targetBytes >= 4096)) throw new RangeError(`targetBytes ${o.targetBytes}`);
 }
 
@@ -121,7 +127,9 @@ export function planGc(packs: readonly PackLiveness[], options: GcPlanOptions): 
     return { ...p, liveFraction, action: 'keep', reason: p.liveBytes === p.payloadBytes ? 'all live' : '' };
   });
   // Sparsest first: the most unused bytes reclaimed per byte copied (ties: lower id first).
-  const candidates = decisions.filter((d) => d.action === 'keep' && d.liveBytes < d.payloadBytes).sort((a, b) => a.liveFraction - b.liveFraction || a.id - b.id);
+  const candidates = decisions
+    .filter((d) => d.action === 'keep' && d.liveBytes < d.payloadBytes)
+    .sort((a, b) => a.liveFraction - b.liveFraction || a.id - b.id);
   // What the store holds after gc, as rewrites are decided: each rewritten pack's live chunks
   // counted as they will be stored (payload and table entries; the new packs' framing, a few dozen
   // bytes each, only adds to the real total, so the target computed here is never above the final).
@@ -242,7 +250,22 @@ export function parseMaxUnused(text: string): MaxUnused | undefined {
   return bytes === undefined ? undefined : { bytes };
 }
 
-const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: 1024 ** 2, mb: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gb: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tb: 1024 ** 4, tib: 1024 ** 4 };
+const SIZE_UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 1024,
+  kb: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1024 ** 3,
+  gib: 1024 ** 3,
+  t: 1024 ** 4,
+  tb: 1024 ** 4,
+  tib: 1024 ** 4,
+};
 
 /** A byte size: a number with an optional binary unit (K, M, G, T; KiB, MB... all powers of 1024). */
 export function parseSize(text: string): number | undefined {

@@ -138,7 +138,16 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
       // 3. Per-pack liveness from the index.
       const liveness = new Map<number, PackLiveness>();
       for (const r of records.values()) {
-        liveness.set(r.id, { id: r.id, bytes: r.bytes, payloadBytes: r.payloadBytes, chunks: r.chunks, indexedChunks: 0, indexedBytes: 0, liveChunks: 0, liveBytes: 0 });
+        liveness.set(r.id, {
+          id: r.id,
+          bytes: r.bytes,
+          payloadBytes: r.payloadBytes,
+          chunks: r.chunks,
+          indexedChunks: 0,
+          indexedBytes: 0,
+          liveChunks: 0,
+          liveBytes: 0,
+        });
       }
       const isLive = (d: Uint8Array, o = 0) => live.has(d, o) || fence.rescued(o === 0 ? d : d.subarray(o, o + 32));
       await scanIndex(store, (key, loc) => {
@@ -157,7 +166,12 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
       trace('gc: planned');
       const report: GcReport = {
         dryRun: options.dryRun ?? false,
-        live: { snapshots: committed.length, chunks: live.size, sessions: inflight.sessions, preparedManifests: inflight.preparedManifests },
+        live: {
+          snapshots: committed.length,
+          chunks: live.size,
+          sessions: inflight.sessions,
+          preparedManifests: inflight.preparedManifests,
+        },
         plan,
         keptBasesUnneeded: unneeded.map((k) => k.id),
         seconds: 0,
@@ -198,7 +212,10 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
         const counts = old.map((id) => liveness.get(id)!);
         const mismatch = old.find((id, i) => entries.get(id)!.length !== counts[i].indexedChunks);
         if (mismatch !== undefined) {
-          result.skipped.push({ packs: old.map(packFileName), reason: `index entries of pack ${packFileName(mismatch)} changed while gc ran` });
+          result.skipped.push({
+            packs: old.map(packFileName),
+            reason: `index entries of pack ${packFileName(mismatch)} changed while gc ran`,
+          });
           continue;
         }
         await executeStep(store, fence, isLive, old, records, entries, result);
@@ -262,7 +279,10 @@ async function executeStep(
     }
   } catch (err) {
     // Nothing is indexed yet: remove the copies we wrote and leave the old packs untouched.
-    await removePackFiles(store, written.map((w) => w.record.id)).catch(() => undefined);
+    await removePackFiles(
+      store,
+      written.map((w) => w.record.id),
+    ).catch(() => undefined);
     if (err instanceof CorruptError) {
       result.skipped.push({ packs: old.map(packFileName), reason: err.message });
       return;
@@ -272,7 +292,13 @@ async function executeStep(
   const doomedSet = new DigestSet(Math.max(16, doomed.length));
   for (const e of doomed) doomedSet.add(e.digest);
   const oldRecords = old.map((id) => records.get(id)!);
-  const delta: CounterDelta = { packs: written.length - old.length, packBytes: 0, packPayloadBytes: 0, chunks: -doomed.length, chunkBytes: 0 };
+  const delta: CounterDelta = {
+    packs: written.length - old.length,
+    packBytes: 0,
+    packPayloadBytes: 0,
+    chunks: -doomed.length,
+    chunkBytes: 0,
+  };
   for (const r of oldRecords) {
     delta.packBytes! -= r.bytes;
     delta.packPayloadBytes! -= r.payloadBytes;
@@ -284,7 +310,11 @@ async function executeStep(
   for (const e of doomed) delta.chunkBytes! -= e.loc.storedLength;
   const moved: { digest: Uint8Array; loc: ChunkLocation }[] = [];
   for (const { record, chunks: c } of written) {
-    for (let k = 0; k < c.count; k++) moved.push({ digest: c.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), loc: { pack: record.id, offset: c.offsets[k], storedLength: c.lengths[k], codec: c.codecs[k] } });
+    for (let k = 0; k < c.count; k++)
+      moved.push({
+        digest: c.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES),
+        loc: { pack: record.id, offset: c.offsets[k], storedLength: c.lengths[k], codec: c.codecs[k] },
+      });
   }
   const at = new Date().toISOString();
   await fence.commit(doomedSet, async () => {
@@ -322,10 +352,17 @@ async function executeStep(
   result.chunksRescued += rescued;
 }
 
-function unneededKeptBases(committed: Parameters<typeof baseLookup>[0], kept: KeptBaseRecord[], inflightBases: Set<string>): KeptBaseRecord[] {
+function unneededKeptBases(
+  committed: Parameters<typeof baseLookup>[0],
+  kept: KeptBaseRecord[],
+  inflightBases: Set<string>,
+): KeptBaseRecord[] {
   if (kept.length === 0) return [];
   const baseOf = baseLookup(committed, kept);
-  const needed = baseChainIds(committed.map((r) => r.id), baseOf);
+  const needed = baseChainIds(
+    committed.map((r) => r.id),
+    baseOf,
+  );
   for (const b of inflightBases) needed.add(b);
   for (const b of baseChainIds(inflightBases, baseOf)) needed.add(b);
   return kept.filter((k) => !needed.has(k.id));

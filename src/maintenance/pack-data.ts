@@ -39,10 +39,20 @@ export async function readPackData(store: Store, id: number, indexedAt: Map<numb
     whole = await store.packs.readWhole(id);
   } catch (err) {
     if (err instanceof CorruptError) {
-      const bytes = await fsp.stat(store.packs.packPath(id)).then((st) => st.size, () => 0);
+      const bytes = await fsp.stat(store.packs.packPath(id)).then(
+        (st) => st.size,
+        () => 0,
+      );
       return { error: err.message, chunks: 0, bytes, payloadCrcOk: false, bad: [], good: [] };
     }
-    return { error: `pack ${packFileName(id)}: cannot be read (${(err as Error).message})`, chunks: 0, bytes: 0, payloadCrcOk: false, bad: [], good: [] };
+    return {
+      error: `pack ${packFileName(id)}: cannot be read (${(err as Error).message})`,
+      chunks: 0,
+      bytes: 0,
+      payloadCrcOk: false,
+      bad: [],
+      good: [],
+    };
   }
   const { data, entries, payloadCrc } = whole;
   const end = entries.length > 0 ? entries[entries.length - 1].offset + entries[entries.length - 1].storedLength : PACK_HEADER_BYTES;
@@ -62,11 +72,18 @@ export async function readPackData(store: Store, id: number, indexedAt: Map<numb
     if ('why' in named) bad.push({ index: i, offset: e.offset, why: named.why });
     else good.push({ entry: e, digest: named.digest });
   });
-  const badIdx = new Set(await verifyChunks(store, withDigest.map((w) => w.chunk)));
+  const badIdx = new Set(
+    await verifyChunks(
+      store,
+      withDigest.map((w) => w.chunk),
+    ),
+  );
   withDigest.forEach((w, k) => {
     const e = entries[w.i];
-    if (badIdx.has(k)) bad.push({ index: w.i, offset: e.offset, digest: Buffer.from(w.chunk.digest), why: 'is corrupt (does not decode to its digest)' });
-    else if (!Buffer.from(w.chunk.digest).subarray(0, TOC_PREFIX_BYTES).equals(e.digestPrefix)) bad.push({ index: w.i, offset: e.offset, digest: Buffer.from(w.chunk.digest), why: 'does not match its table of contents' });
+    if (badIdx.has(k))
+      bad.push({ index: w.i, offset: e.offset, digest: Buffer.from(w.chunk.digest), why: 'is corrupt (does not decode to its digest)' });
+    else if (!Buffer.from(w.chunk.digest).subarray(0, TOC_PREFIX_BYTES).equals(e.digestPrefix))
+      bad.push({ index: w.i, offset: e.offset, digest: Buffer.from(w.chunk.digest), why: 'does not match its table of contents' });
     else good.push({ entry: e, digest: Buffer.from(w.chunk.digest) });
   });
   bad.sort((a, b) => a.index - b.index);

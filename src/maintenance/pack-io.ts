@@ -83,22 +83,37 @@ export const COPY_WINDOW_BYTES = 1024 * 1024;
  * Returns the sealed pack and the chunks in the order they were written (chunk k of the new pack is
  * order[k]). A chunk that does not verify throws CorruptError and leaves no file behind.
  */
-export async function copyChunks<T extends PlacedChunk>(store: Store, packId: number, chunks: readonly T[]): Promise<{ sealed: SealedPack; order: T[] }> {
+export async function copyChunks<T extends PlacedChunk>(
+  store: Store,
+  packId: number,
+  chunks: readonly T[],
+): Promise<{ sealed: SealedPack; order: T[] }> {
   const order = [...chunks].sort((a, b) => a.loc.pack - b.loc.pack || a.loc.offset - b.loc.offset);
   const p = Store.paths(store.dir);
   const pack = new PackFile(packId, p.tmp, new BatchPool(1));
   try {
-    for (let i = 0; i < order.length; ) {
+    for (let i = 0; i < order.length;) {
       const first = order[i].loc;
       let j = i + 1;
-      while (j < order.length && order[j].loc.pack === first.pack && order[j].loc.offset + order[j].loc.storedLength - first.offset <= COPY_WINDOW_BYTES) j++;
+      while (
+        j < order.length &&
+        order[j].loc.pack === first.pack &&
+        order[j].loc.offset + order[j].loc.storedLength - first.offset <= COPY_WINDOW_BYTES
+      )
+        j++;
       const last = order[j - 1].loc;
       const window = await store.packs.read(first.pack, first.offset, last.offset + last.storedLength - first.offset);
-      const part: StoredChunk[] = order.slice(i, j).map((c) => ({ digest: c.digest, payload: window.subarray(c.loc.offset - first.offset, c.loc.offset - first.offset + c.loc.storedLength), codec: c.loc.codec }));
+      const part: StoredChunk[] = order.slice(i, j).map((c) => ({
+        digest: c.digest,
+        payload: window.subarray(c.loc.offset - first.offset, c.loc.offset - first.offset + c.loc.storedLength),
+        codec: c.loc.codec,
+      }));
       const bad = await verifyChunks(store, part);
       if (bad.length > 0) {
         const e = order[i + bad[0]];
-        throw new CorruptError(`chunk ${Buffer.from(e.digest).toString('hex')} in pack ${packFileName(e.loc.pack)} at offset ${e.loc.offset} is corrupt (${bad.length} bad chunk(s)); run 'vnstore check --read-data'`);
+        throw new CorruptError(
+          `chunk ${Buffer.from(e.digest).toString('hex')} in pack ${packFileName(e.loc.pack)} at offset ${e.loc.offset} is corrupt (${bad.length} bad chunk(s)); run 'vnstore check --read-data'`,
+        );
       }
       for (const c of part) pack.append(c.digest, c.payload, c.codec);
       // Wait for the window's bytes to reach the file before reading the next: at most one window
@@ -118,7 +133,15 @@ export async function quarantinePack(store: Store, name: string): Promise<string
   const p = Store.paths(store.dir);
   await ensurePrivateDir(p.quarantine);
   let dest = path.join(p.quarantine, name);
-  for (let n = 1; await fsp.access(dest).then(() => true, () => false); n++) dest = path.join(p.quarantine, `${name}.${n}`);
+  for (
+    let n = 1;
+    await fsp.access(dest).then(
+      () => true,
+      () => false,
+    );
+    n++
+  )
+    dest = path.join(p.quarantine, `${name}.${n}`);
   await fsp.rename(path.join(p.packs, name), dest);
   await fsyncDir(p.quarantine);
   await fsyncDir(p.packs);

@@ -51,7 +51,16 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
   if (store.sessions.size > 0) throw new VnstoreError('E_SESSION', 'cannot repair the index while snapshot sessions are open');
   await store.writer.flush();
   const p = Store.paths(store.dir);
-  const report: RepairReport = { packsScanned: 0, packsQuarantined: [], packsSalvaged: [], indexEntriesAdded: 0, indexEntriesChanged: 0, indexEntriesRemoved: 0, catalogFixes: 0, countersReset: false };
+  const report: RepairReport = {
+    packsScanned: 0,
+    packsQuarantined: [],
+    packsSalvaged: [],
+    indexEntriesAdded: 0,
+    indexEntriesChanged: 0,
+    indexEntriesRemoved: 0,
+    catalogFixes: 0,
+    countersReset: false,
+  };
   // Current index, to prefer existing locations among duplicates and to update the table by diff.
   const current = new DigestSet(1 << 16);
   let curLoc: Float64Array = new Float64Array(1 << 16); // pack · 2^32 + offset
@@ -72,7 +81,12 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
   const names = (await fsp.readdir(p.packs)).filter((n) => parsePackFileName(n) !== undefined).sort();
   const consider = (id: number, good: { entry: PackEntry; digest: Buffer }[], offsets?: number[]) => {
     good.forEach((g, i) => {
-      const loc: ChunkLocation = { pack: id, offset: offsets ? offsets[i] : g.entry.offset, storedLength: g.entry.storedLength, codec: g.entry.codec };
+      const loc: ChunkLocation = {
+        pack: id,
+        offset: offsets ? offsets[i] : g.entry.offset,
+        storedLength: g.entry.storedLength,
+        codec: g.entry.codec,
+      };
       const ord = desired.add(g.digest);
       const prev = desLoc[ord];
       const c = current.find(g.digest);
@@ -92,7 +106,13 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
     }
     const st = await fsp.stat(file);
     const payloadBytes = res.good.reduce((s, g) => s + g.entry.storedLength, 0);
-    packRecords.push({ id, chunks: res.chunks, bytes: st.size, payloadBytes, sealedAt: oldRecords.get(id)?.sealedAt ?? st.mtime.toISOString() });
+    packRecords.push({
+      id,
+      chunks: res.chunks,
+      bytes: st.size,
+      payloadBytes,
+      sealedAt: oldRecords.get(id)?.sealedAt ?? st.mtime.toISOString(),
+    });
     consider(id, res.good);
   }
   if (damaged.length > 0) {
@@ -108,17 +128,38 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
       const entries: { entry: PackEntry; digest: Buffer }[] = [];
       const have = new Set<string>();
       for (const g of d.res.good) {
-        chunks.push({ digest: g.digest, payload: data.subarray(g.entry.offset, g.entry.offset + g.entry.storedLength), codec: g.entry.codec });
+        chunks.push({
+          digest: g.digest,
+          payload: data.subarray(g.entry.offset, g.entry.offset + g.entry.storedLength),
+          codec: g.entry.codec,
+        });
         entries.push(g);
         have.add(g.digest.toString('latin1'));
       }
-      const candidates = known.get(d.id)!.filter((e) => !have.has(e.digest.toString('latin1')) && e.loc.offset >= PACK_HEADER_BYTES && e.loc.offset + e.loc.storedLength <= data.length);
-      const cand: StoredChunk[] = candidates.map((e) => ({ digest: e.digest, payload: data.subarray(e.loc.offset, e.loc.offset + e.loc.storedLength), codec: e.loc.codec }));
+      const candidates = known
+        .get(d.id)!
+        .filter(
+          (e) =>
+            !have.has(e.digest.toString('latin1')) && e.loc.offset >= PACK_HEADER_BYTES && e.loc.offset + e.loc.storedLength <= data.length,
+        );
+      const cand: StoredChunk[] = candidates.map((e) => ({
+        digest: e.digest,
+        payload: data.subarray(e.loc.offset, e.loc.offset + e.loc.storedLength),
+        codec: e.loc.codec,
+      }));
       const badIdx = new Set(await verifyChunks(store, cand));
       candidates.forEach((e, i) => {
         if (badIdx.has(i)) return;
         chunks.push(cand[i]);
-        entries.push({ entry: { digestPrefix: e.digest.subarray(0, TOC_PREFIX_BYTES), offset: e.loc.offset, storedLength: e.loc.storedLength, codec: e.loc.codec }, digest: e.digest });
+        entries.push({
+          entry: {
+            digestPrefix: e.digest.subarray(0, TOC_PREFIX_BYTES),
+            offset: e.loc.offset,
+            storedLength: e.loc.storedLength,
+            codec: e.loc.codec,
+          },
+          digest: e.digest,
+        });
       });
       // Good chunks into a new pack (durable first), then the damaged pack goes aside, never deleted.
       let into = '(none)';
@@ -126,13 +167,21 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
         const newId = store.writer.reservePackId();
         const { record, chunks: written } = await writePack(store, newId, chunks);
         packRecords.push(record);
-        consider(newId, entries, Array.from({ length: written.count }, (_, i) => written.offsets[i]));
+        consider(
+          newId,
+          entries,
+          Array.from({ length: written.count }, (_, i) => written.offsets[i]),
+        );
         into = packFileName(newId);
       }
       const to = await quarantinePack(store, d.name);
       const lost = Math.max(0, (d.res.error ? known.get(d.id)!.length : d.res.chunks) - chunks.length);
       report.packsSalvaged.push({ pack: d.name, into, goodChunks: chunks.length, badChunks: lost });
-      report.packsQuarantined.push({ pack: d.name, to: path.relative(store.dir, to), reason: d.res.error ?? `${d.res.bad.length} corrupt chunk(s)` });
+      report.packsQuarantined.push({
+        pack: d.name,
+        to: path.relative(store.dir, to),
+        reason: d.res.error ?? `${d.res.bad.length} corrupt chunk(s)`,
+      });
     }
   }
   desLoc = desLoc.slice(0, desired.size);
@@ -235,7 +284,10 @@ async function repairCatalog(store: Store, batch: { put(k: Buffer, v: Buffer): u
   }
   for (const [id, members] of groups) {
     if (existing.has(id)) continue;
-    batch.put(prefixedKey(KEY_GROUP, id), jsonValue({ id, time: members[0].time, snapshots: members.map((r) => r.id) } satisfies GroupRecord));
+    batch.put(
+      prefixedKey(KEY_GROUP, id),
+      jsonValue({ id, time: members[0].time, snapshots: members.map((r) => r.id) } satisfies GroupRecord),
+    );
     fixes++;
   }
   return fixes;

@@ -11,10 +11,28 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { PAGE_SIZE, PageKind, DIGEST_BYTES } from '../format/pages.js';
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
-import { KEY_CHUNK, KEY_GROUP, KEY_PACK, decodeChunkValue, PACK_RECORD, parseRecord, prefixRange, scanChunkIndex, type SnapshotRecord } from '../store/db.js';
+import {
+  KEY_CHUNK,
+  KEY_GROUP,
+  KEY_PACK,
+  decodeChunkValue,
+  PACK_RECORD,
+  parseRecord,
+  prefixRange,
+  scanChunkIndex,
+  type SnapshotRecord,
+} from '../store/db.js';
 import { Store, TABLE_FILE } from '../store/store.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
-import { counterDrift, FOLD_AFTER_DELTAS, foldCounters, readCounterState, resetCounters, zeroCounters, type StoreCounters } from '../store/counters.js';
+import {
+  counterDrift,
+  FOLD_AFTER_DELTAS,
+  foldCounters,
+  readCounterState,
+  resetCounters,
+  zeroCounters,
+  type StoreCounters,
+} from '../store/counters.js';
 import { DigestSet, ensureLength } from './digest-set.js';
 import { withMaintenanceLock } from './fence.js';
 import { listKeptBases } from '../store/keys.js';
@@ -125,7 +143,8 @@ export async function storeStats(store: Store, options: StatsOptions = {}): Prom
     const records = await listCommitted(store);
     let snapshotFilter: SnapshotRecord | undefined;
     if (options.snapshot !== undefined) snapshotFilter = await store.resolveSnapshot(options.snapshot);
-    if (options.vm !== undefined && !records.some((r) => r.vm === options.vm)) throw new VnstoreError('E_NOT_FOUND', `no snapshots of VM ${options.vm} in this store`);
+    if (options.vm !== undefined && !records.some((r) => r.vm === options.vm))
+      throw new VnstoreError('E_NOT_FOUND', `no snapshots of VM ${options.vm} in this store`);
     const detail = options.detail || options.vm !== undefined || options.snapshot !== undefined;
     let exact: StoreCounters | undefined;
     let source: StatsReport['source'] = 'counters';
@@ -369,7 +388,12 @@ async function addDetail(store: Store, records: SnapshotRecord[], vmNames: strin
     fraction: shared.map((row, a) => row.map((n) => (shared[a][a] > 0 ? n / shared[a][a] : null))),
   };
   const unindexed = c.packPayloadBytes - c.chunkBytes;
-  report.garbage = { chunks: garbageChunks, payloadBytes: garbageBytes, unindexedPayloadBytes: unindexed, totalPayloadBytes: garbageBytes + unindexed };
+  report.garbage = {
+    chunks: garbageChunks,
+    payloadBytes: garbageBytes,
+    unindexedPayloadBytes: unindexed,
+    totalPayloadBytes: garbageBytes + unindexed,
+  };
   report.missingChunks = missing;
   report.summary.referencedChunks = set.size;
   report.summary.dedupRatio = ratio(report.summary.nonZeroPages, set.size);

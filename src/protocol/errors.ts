@@ -52,7 +52,20 @@ export class RemoteError extends VnstoreError {
 
 /** Store codes map to themselves (same exit status as a local command); wire-only codes to E_PROTOCOL. */
 function localCode(wire: string): ErrorCode {
-  const store: readonly string[] = ['E_USAGE', 'E_NOT_STORE', 'E_FORMAT_VERSION', 'E_LOCKED', 'E_NOT_FOUND', 'E_CORRUPT', 'E_IO', 'E_NO_SPACE', 'E_INPUT', 'E_EXISTS', 'E_SESSION', 'E_AMBIGUOUS'];
+  const store: readonly string[] = [
+    'E_USAGE',
+    'E_NOT_STORE',
+    'E_FORMAT_VERSION',
+    'E_LOCKED',
+    'E_NOT_FOUND',
+    'E_CORRUPT',
+    'E_IO',
+    'E_NO_SPACE',
+    'E_INPUT',
+    'E_EXISTS',
+    'E_SESSION',
+    'E_AMBIGUOUS',
+  ];
   if (store.includes(wire)) return wire as ErrorCode;
   if (wire === 'E_AUTH') return 'E_AUTH';
   return 'E_PROTOCOL';

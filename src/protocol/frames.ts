@@ -21,7 +21,8 @@ export interface RawFrame {
 /** Header for a frame of `type` whose body is `bodyBytes` long (the body follows separately). */
 export function frameHeader(type: number, bodyBytes: number): Buffer {
   const length = bodyBytes + 1;
-  if (length > MAX_FRAME_BYTES) throw new ProtocolError('E_FRAME_TOO_LARGE', `frame of ${length} bytes is past the limit of ${MAX_FRAME_BYTES}`);
+  if (length > MAX_FRAME_BYTES)
+    throw new ProtocolError('E_FRAME_TOO_LARGE', `frame of ${length} bytes is past the limit of ${MAX_FRAME_BYTES}`);
   const h = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
   h.writeUInt32BE(length, 0);
   h[4] = type;
@@ -89,7 +90,10 @@ export class FrameDecoder {
         this.head = Buffer.alloc(0);
       }
       if (length === 0 || length > this.maxFrameBytes) {
-        this.failed = new ProtocolError(length === 0 ? 'E_MALFORMED' : 'E_FRAME_TOO_LARGE', length === 0 ? 'frame of length 0 (no type byte)' : `frame of ${length} bytes is past the limit of ${this.maxFrameBytes}`);
+        this.failed = new ProtocolError(
+          length === 0 ? 'E_MALFORMED' : 'E_FRAME_TOO_LARGE',
+          length === 0 ? 'frame of length 0 (no type byte)' : `frame of ${length} bytes is past the limit of ${this.maxFrameBytes}`,
+        );
         throw this.failed;
       }
       if (buf.length - pos >= length && this.copyAll) {

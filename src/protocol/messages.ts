@@ -146,7 +146,14 @@ export function encodeMessageParts(m: Message): Buffer[] {
     case 'hello':
       return w.u32(HELLO_MAGIC).u16(m.minVersion).u16(m.maxVersion).str(m.token).frame(MSG.HELLO);
     case 'begin':
-      return w.u32(m.req).u32(m.sid).str(m.vm).str(m.group ?? '').str(m.parent).optU64(m.memoryBytes).frame(MSG.BEGIN);
+      return w
+        .u32(m.req)
+        .u32(m.sid)
+        .str(m.vm)
+        .str(m.group ?? '')
+        .str(m.parent)
+        .optU64(m.memoryBytes)
+        .frame(MSG.BEGIN);
     case 'offer':
       checkCount(m.indices.length, MAX_OFFERS_PER_BATCH, 'offers');
       checkLength(m.digests.length, m.indices.length * DIGEST_BYTES, 'offer digests');
@@ -159,9 +166,19 @@ export function encodeMessageParts(m: Message): Buffer[] {
     case 'zero':
       if (m.ranges.length % 2 !== 0) throw new ProtocolError('E_MALFORMED', 'zero ranges come in (first, count) pairs');
       checkCount(m.ranges.length / 2, MAX_ZERO_RANGES, 'zero ranges');
-      return w.u32(m.req).u32(m.sid).u32(m.ranges.length / 2).u32s(m.ranges).frame(MSG.ZERO);
+      return w
+        .u32(m.req)
+        .u32(m.sid)
+        .u32(m.ranges.length / 2)
+        .u32s(m.ranges)
+        .frame(MSG.ZERO);
     case 'prepare':
-      return w.u32(m.req).u32(m.sid).optU64(m.byteLength).u8(m.unwritten ? UNWRITTEN.indexOf(m.unwritten) : 0).frame(MSG.PREPARE);
+      return w
+        .u32(m.req)
+        .u32(m.sid)
+        .optU64(m.byteLength)
+        .u8(m.unwritten ? UNWRITTEN.indexOf(m.unwritten) : 0)
+        .frame(MSG.PREPARE);
     case 'commit':
       return w.u32(m.req).u32(m.sid).frame(MSG.COMMIT);
     case 'abort':
@@ -289,7 +306,8 @@ class Reader {
     return this.bytes(this.b.length - this.pos);
   }
   end(): void {
-    if (this.pos !== this.b.length) throw new ProtocolError('E_MALFORMED', `${this.what} frame has ${this.b.length - this.pos} trailing byte(s)`);
+    if (this.pos !== this.b.length)
+      throw new ProtocolError('E_MALFORMED', `${this.what} frame has ${this.b.length - this.pos} trailing byte(s)`);
   }
 }
 
@@ -388,7 +406,14 @@ export function decodeMessage(frame: RawFrame): Message {
       break;
     case MSG.WELCOME:
       r = new Reader(b, 'WELCOME');
-      m = { t: 'welcome', version: r.u16(), window: r.u16(), maxFrameBytes: r.u32(), maxPagesPerBatch: r.u32(), serverId: r.str('server id', 1024) };
+      m = {
+        t: 'welcome',
+        version: r.u16(),
+        window: r.u16(),
+        maxFrameBytes: r.u32(),
+        maxPagesPerBatch: r.u32(),
+        serverId: r.str('server id', 1024),
+      };
       break;
     case MSG.RESULT:
       r = new Reader(b, 'RESULT');

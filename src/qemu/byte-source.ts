@@ -92,7 +92,8 @@ export class ChunkSource implements ByteSource {
       if (this.buffered > maxBytes) break;
       await this.fill(this.buffered + 1);
     }
-    if (this.buffered > maxBytes) throw new VnstoreError('E_INPUT', `migration stream: more than ${maxBytes} bytes of device state after the RAM sections`);
+    if (this.buffered > maxBytes)
+      throw new VnstoreError('E_INPUT', `migration stream: more than ${maxBytes} bytes of device state after the RAM sections`);
     return this.take(this.buffered);
   }
 }

@@ -39,7 +39,12 @@ export async function nextEpoch(store: MigrationStore, env: string, agents: Qemu
   return last + 1;
 }
 
-export async function snapshotEnvironment(store: MigrationStore, agents: QemuVmAgent[], env: string, epoch: number): Promise<EnvironmentSnapshot> {
+export async function snapshotEnvironment(
+  store: MigrationStore,
+  agents: QemuVmAgent[],
+  env: string,
+  epoch: number,
+): Promise<EnvironmentSnapshot> {
   const group = groupId(env, epoch);
   const results = await Promise.allSettled(agents.map((a) => a.snapshot(group, epoch)));
   const members = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));

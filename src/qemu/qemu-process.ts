@@ -49,7 +49,9 @@ export async function describeQemu(pid: number): Promise<QemuProcessInfo> {
   const exe = await exeOf(pid);
   if (exe) {
     info.version = await new Promise<string | undefined>((resolve) => {
-      execFile(exe, ['--version'], { timeout: 10_000 }, (err, stdout) => resolve(err ? undefined : stdout.split('\n')[0].trim() || undefined));
+      execFile(exe, ['--version'], { timeout: 10_000 }, (err, stdout) =>
+        resolve(err ? undefined : stdout.split('\n')[0].trim() || undefined),
+      );
     });
   }
   return info;

@@ -70,7 +70,16 @@ export class QmpClient extends EventEmitter {
     const q = new QmpClient(socket, spec);
     let timer: NodeJS.Timeout | undefined;
     const silent = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new VnstoreError('E_IO', `QMP ${spec}: no greeting within ${timeoutMs} ms (QEMU serves one client per -qmp socket: is another connected? give the agent a -qmp socket of its own)`)), timeoutMs);
+      timer = setTimeout(
+        () =>
+          reject(
+            new VnstoreError(
+              'E_IO',
+              `QMP ${spec}: no greeting within ${timeoutMs} ms (QEMU serves one client per -qmp socket: is another connected? give the agent a -qmp socket of its own)`,
+            ),
+          ),
+        timeoutMs,
+      );
     });
     try {
       await Promise.race([q.greeting, silent]);

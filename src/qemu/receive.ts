@@ -99,7 +99,8 @@ export interface PreparedMigration {
  * both sessions are aborted (and whatever was prepared) before the error is thrown.
  */
 export async function prepareMigration(store: MigrationStore, source: ByteSource, options: ReceiveOptions): Promise<PreparedMigration> {
-  if (options.vm.endsWith(STATE_VM_SUFFIX)) throw new VnstoreError('E_USAGE', `VM name ${options.vm} ends with ${STATE_VM_SUFFIX}, which names state images`);
+  if (options.vm.endsWith(STATE_VM_SUFFIX))
+    throw new VnstoreError('E_USAGE', `VM name ${options.vm} ends with ${STATE_VM_SUFFIX}, which names state images`);
   const sessions: MigrationSession[] = [];
   const prepared: string[] = [];
   const group = options.group ?? `qemu-${newSnapshotId()}`;
@@ -124,7 +125,12 @@ export async function prepareMigration(store: MigrationStore, source: ByteSource
       ram: decoded.ram,
       footers: decoded.footers,
       blocks: decoded.blocks.map((b, k) => ({ ...b, firstPage: ram.firstPage[k] })),
-      stream: { bytes: decoded.streamBytes, ramSections: decoded.ramSections, pageRecords: decoded.pageRecords, zeroRecords: decoded.zeroRecords },
+      stream: {
+        bytes: decoded.streamBytes,
+        ramSections: decoded.ramSections,
+        pageRecords: decoded.pageRecords,
+        zeroRecords: decoded.zeroRecords,
+      },
     };
     const image = encodeStateImage({ meta, head: decoded.head, tail: decoded.tail });
     const stateSession = await open(stateVmName(options.vm), image.length);

@@ -9,7 +9,16 @@ import type { SnapshotRecord } from '../store/db.js';
 import type { MigrationStore } from './migration-store.js';
 import { VnstoreError } from '../util/errors.js';
 import { decodeStateImage, STATE_VM_SUFFIX, type StateImage } from './state-image.js';
-import { encodeEos, encodeFooter, encodeRamSetup, encodeSectionEnd, encodeSectionPart, encodeSectionStart, pageRecordBytes, writePageRecord } from './stream-encoder.js';
+import {
+  encodeEos,
+  encodeFooter,
+  encodeRamSetup,
+  encodeSectionEnd,
+  encodeSectionPart,
+  encodeSectionStart,
+  pageRecordBytes,
+  writePageRecord,
+} from './stream-encoder.js';
 import { TARGET_PAGE_SIZE } from './stream-format.js';
 
 export interface StoredMigration {
@@ -31,7 +40,9 @@ export async function loadStoredMigration(store: MigrationStore, idOrPrefix: str
   if (record.vm.endsWith(STATE_VM_SUFFIX)) state = record;
   else {
     // The state image was committed in the RAM snapshot's group, under the VM's state name.
-    const candidates = (await store.listSnapshots(record.vm + STATE_VM_SUFFIX)).filter((s) => s.group !== undefined && s.group === record.group);
+    const candidates = (await store.listSnapshots(record.vm + STATE_VM_SUFFIX)).filter(
+      (s) => s.group !== undefined && s.group === record.group,
+    );
     for (const c of candidates) {
       const image = await readStateImage(store, c);
       if (image.meta.ramSnapshot === record.id) return { ram: record, state: c, image };
@@ -43,7 +54,11 @@ export async function loadStoredMigration(store: MigrationStore, idOrPrefix: str
     if (err instanceof VnstoreError && err.code === 'E_NOT_FOUND') return undefined;
     throw err;
   });
-  if (!ram) throw new VnstoreError('E_NOT_FOUND', `QEMU state ${state.id} names RAM snapshot ${image.meta.ramSnapshot}, which is not in this store (forgotten?)`);
+  if (!ram)
+    throw new VnstoreError(
+      'E_NOT_FOUND',
+      `QEMU state ${state.id} names RAM snapshot ${image.meta.ramSnapshot}, which is not in this store (forgotten?)`,
+    );
   return { ram, state, image };
 }
 
@@ -54,10 +69,15 @@ const OUT_BYTES = 1 << 20;
  * Writes the stream to `write`, which may apply backpressure by returning a promise and keeps the
  * buffer it is given (each is fresh). Returns the number of bytes written.
  */
-export async function sendMigration(store: MigrationStore, m: StoredMigration, write: (b: Buffer) => Promise<void> | void): Promise<number> {
+export async function sendMigration(
+  store: MigrationStore,
+  m: StoredMigration,
+  write: (b: Buffer) => Promise<void> | void,
+): Promise<number> {
   const { meta, head, tail } = m.image;
   const expectedPages = meta.blocks.reduce((s, b) => s + b.bytes / TARGET_PAGE_SIZE, 0);
-  if (m.ram.pageCount !== expectedPages) throw new VnstoreError('E_CORRUPT', `snapshot ${m.ram.id} has ${m.ram.pageCount} pages, its QEMU blocks ${expectedPages}`);
+  if (m.ram.pageCount !== expectedPages)
+    throw new VnstoreError('E_CORRUPT', `snapshot ${m.ram.id} has ${m.ram.pageCount} pages, its QEMU blocks ${expectedPages}`);
   let total = 0;
   const emit = async (b: Buffer) => {
     total += b.length;
@@ -66,7 +86,9 @@ export async function sendMigration(store: MigrationStore, m: StoredMigration, w
   };
   const sid = meta.ram.sectionId;
   const footer = () => (meta.footers ? [encodeFooter(sid)] : []);
-  await emit(Buffer.concat([head, encodeSectionStart(meta.ram), encodeRamSetup(meta.blocks), encodeEos(), ...footer(), encodeSectionPart(sid)]));
+  await emit(
+    Buffer.concat([head, encodeSectionStart(meta.ram), encodeRamSetup(meta.blocks), encodeEos(), ...footer(), encodeSectionPart(sid)]),
+  );
 
   let out = Buffer.allocUnsafe(OUT_BYTES);
   let at = 0;
@@ -92,20 +114,21 @@ export async function sendMigration(store: MigrationStore, m: StoredMigration, w
     page++;
   };
   await store.restore(m.ram, async (chunk) => {
-      let c = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-      if (carry) {
-        const need = TARGET_PAGE_SIZE - carry.length;
-        carry = Buffer.concat([carry, c.subarray(0, need)]);
-        c = c.subarray(need);
-        if (carry.length < TARGET_PAGE_SIZE) return;
-        await onPage(carry);
-        carry = undefined;
-      }
-      let off = 0;
-      for (; off + TARGET_PAGE_SIZE <= c.length; off += TARGET_PAGE_SIZE) await onPage(c.subarray(off, off + TARGET_PAGE_SIZE));
-      if (off < c.length) carry = Buffer.from(c.subarray(off));
+    let c = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    if (carry) {
+      const need = TARGET_PAGE_SIZE - carry.length;
+      carry = Buffer.concat([carry, c.subarray(0, need)]);
+      c = c.subarray(need);
+      if (carry.length < TARGET_PAGE_SIZE) return;
+      await onPage(carry);
+      carry = undefined;
+    }
+    let off = 0;
+    for (; off + TARGET_PAGE_SIZE <= c.length; off += TARGET_PAGE_SIZE) await onPage(c.subarray(off, off + TARGET_PAGE_SIZE));
+    if (off < c.length) carry = Buffer.from(c.subarray(off));
   });
-  if (carry || page !== expectedPages) throw new VnstoreError('E_CORRUPT', `snapshot ${m.ram.id}: restored ${page} pages, expected ${expectedPages}`);
+  if (carry || page !== expectedPages)
+    throw new VnstoreError('E_CORRUPT', `snapshot ${m.ram.id}: restored ${page} pages, expected ${expectedPages}`);
   await flush();
   await emit(Buffer.concat([encodeEos(), ...footer(), encodeSectionEnd(sid), encodeEos(), ...footer(), tail]));
   return total;

@@ -43,7 +43,7 @@ export class Spool {
 
   private static write(fd: number, buf: Uint8Array, at: number): void {
     try {
-      for (let done = 0; done < buf.length; ) done += fs.writeSync(fd, buf, done, buf.length - done, at + done);
+      for (let done = 0; done < buf.length;) done += fs.writeSync(fd, buf, done, buf.length - done, at + done);
     } catch (err) {
       throw fromSystemError(err, 'writing the spool file');
     }
@@ -104,7 +104,7 @@ export class Spool {
 
   /** The spooled bytes in order, each chunk a fresh buffer (the decoder keeps views of them). */
   async *chunks(): AsyncIterable<Buffer> {
-    for (let at = 0; at < this.bytes; ) {
+    for (let at = 0; at < this.bytes;) {
       const want = Math.min(READ_BACK_BYTES, this.bytes - at);
       const buf = Buffer.allocUnsafe(want);
       let got = 0;

@@ -67,7 +67,10 @@ export function malformed(offset: number, message: string): VnstoreError {
 }
 
 export function unsupported(message: string): VnstoreError {
-  return new VnstoreError('E_INPUT', `migration stream uses ${message}, which vnstore does not support (plain pre-copy only; see docs/QEMU.md)`);
+  return new VnstoreError(
+    'E_INPUT',
+    `migration stream uses ${message}, which vnstore does not support (plain pre-copy only; see docs/QEMU.md)`,
+  );
 }
 
 /** Big-endian field reads with one byte of push-back (a section type read ahead). */
@@ -133,9 +136,14 @@ export async function decodeStream(source: ByteSource, sink: RamSink, limits: De
 
   const magic = await r.be32('the stream header');
   if (magic === MULTIFD_MAGIC) throw unsupported('multifd (this is a multifd channel)');
-  if (magic !== QEMU_VM_FILE_MAGIC) throw malformed(r.offset - 4, `not a QEMU migration stream (magic 0x${magic.toString(16).padStart(8, '0')}, expected 0x5145564d "QEVM")`);
+  if (magic !== QEMU_VM_FILE_MAGIC)
+    throw malformed(
+      r.offset - 4,
+      `not a QEMU migration stream (magic 0x${magic.toString(16).padStart(8, '0')}, expected 0x5145564d "QEVM")`,
+    );
   const version = await r.be32('the stream header');
-  if (version !== QEMU_VM_FILE_VERSION) throw malformed(r.offset - 4, `stream version ${version} is not supported (QEMU 7.2 writes version ${QEMU_VM_FILE_VERSION})`);
+  if (version !== QEMU_VM_FILE_VERSION)
+    throw malformed(r.offset - 4, `stream version ${version} is not supported (QEMU 7.2 writes version ${QEMU_VM_FILE_VERSION})`);
 
   let type = await r.u8('a section header');
   let config: StreamConfig | undefined;
@@ -164,7 +172,8 @@ export async function decodeStream(source: ByteSource, sink: RamSink, limits: De
         const versionId = await r.be32('a section header');
         if (name !== RAM_SECTION_NAME) throw unsupported(`the iterable section ${JSON.stringify(name)} (block migration or dirty bitmaps)`);
         if (ram) throw malformed(at, 'a second RAM section START');
-        if (versionId !== RAM_SECTION_VERSION) throw malformed(at, `RAM section version ${versionId} (QEMU 7.2 writes ${RAM_SECTION_VERSION})`);
+        if (versionId !== RAM_SECTION_VERSION)
+          throw malformed(at, `RAM section version ${versionId} (QEMU 7.2 writes ${RAM_SECTION_VERSION})`);
         ram = { sectionId, instanceId, versionId };
         blocks = await readRamSetup(r, limits);
         ramState.blocks = blocks;
@@ -211,7 +220,10 @@ export async function decodeStream(source: ByteSource, sink: RamSink, limits: De
       case Section.FULL:
         throw malformed(at, 'a device section before the final RAM section (not a pre-copy stream)');
       case Section.EOF:
-        throw malformed(at, ram ? 'EOF before the final RAM section (the migration was cancelled or failed)' : 'EOF before any RAM section');
+        throw malformed(
+          at,
+          ram ? 'EOF before the final RAM section (the migration was cancelled or failed)' : 'EOF before any RAM section',
+        );
       case Section.CONFIGURATION:
         throw malformed(at, 'a configuration section after the first section');
       default:
@@ -246,7 +258,8 @@ async function readConfiguration(r: FieldReader): Promise<StreamConfig> {
       const count = await r.be32('the capability list');
       if (count > 64) throw malformed(sat, `${count} capabilities`);
       for (let i = 0; i < count; i++) config.capabilities.push(await r.str8('the capability list'));
-      if (config.capabilities.length > 0) throw unsupported(`the capabilities ${config.capabilities.join(', ')} (x-ignore-shared leaves shared RAM out of the stream)`);
+      if (config.capabilities.length > 0)
+        throw unsupported(`the capabilities ${config.capabilities.join(', ')} (x-ignore-shared leaves shared RAM out of the stream)`);
     } else if (name === CONFIG_SUBSECTION.uuid) {
       config.uuid = (await r.bytes(16, 'the VM uuid')).toString('hex');
     } else {
@@ -279,7 +292,8 @@ async function readRamSetup(r: FieldReader, limits: DecodeLimits): Promise<RamBl
     const bytes = Number(await r.be64('the RAM block list'));
     if (name.length === 0) throw malformed(bat, 'a RAM block without a name');
     if (seen.has(name)) throw malformed(bat, `RAM block ${name} listed twice`);
-    if (bytes === 0 || bytes % TARGET_PAGE_SIZE !== 0) throw malformed(bat, `RAM block ${name} of ${bytes} bytes (not a positive multiple of ${TARGET_PAGE_SIZE})`);
+    if (bytes === 0 || bytes % TARGET_PAGE_SIZE !== 0)
+      throw malformed(bat, `RAM block ${name} of ${bytes} bytes (not a positive multiple of ${TARGET_PAGE_SIZE})`);
     if (bytes > remaining) throw malformed(bat, `RAM block ${name} (${bytes} bytes) exceeds the announced RAM size`);
     seen.add(name);
     blocks.push({ name, bytes });
@@ -353,7 +367,8 @@ async function readFooter(r: FieldReader, sectionId: number, footers: boolean | 
  */
 export function checkTail(tail: Buffer, tailStart: number): DecodedStream['vmDescription'] {
   if (tail.length === 0) throw truncated(tailStart, 'the device state after the final RAM section');
-  if (tail[0] !== Section.FULL && tail[0] !== Section.EOF) throw malformed(tailStart, `section type 0x${tail[0].toString(16)} after the final RAM section (expected device state)`);
+  if (tail[0] !== Section.FULL && tail[0] !== Section.EOF)
+    throw malformed(tailStart, `section type 0x${tail[0].toString(16)} after the final RAM section (expected device state)`);
   // The JSON holds no control bytes, so the last "EOF, VMDESCRIPTION, length" whose length reaches
   // exactly to the end is the real one.
   for (let p = tail.length - 7; p >= 0; p--) {
@@ -367,5 +382,8 @@ export function checkTail(tail: Buffer, tailStart: number): DecodedStream['vmDes
     }
     break;
   }
-  throw malformed(tailStart + tail.length, 'the stream does not end with EOF and the VM description (cut short, or QEMU runs with suppress-vmdesc=on)');
+  throw malformed(
+    tailStart + tail.length,
+    'the stream does not end with EOF and the VM description (cut short, or QEMU runs with suppress-vmdesc=on)',
+  );
 }

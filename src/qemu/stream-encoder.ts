@@ -47,7 +47,9 @@ export function encodeHeader(config: StreamConfig | undefined): Buffer {
     parts.push(Buffer.of(Section.CONFIGURATION), be32(name.length), name);
     if (config.pageBits !== undefined) parts.push(subsection(CONFIG_SUBSECTION.pageBits, be32(config.pageBits)));
     if (config.capabilities.length > 0) {
-      parts.push(subsection(CONFIG_SUBSECTION.capabilities, Buffer.concat([be32(config.capabilities.length), ...config.capabilities.map(str8)])));
+      parts.push(
+        subsection(CONFIG_SUBSECTION.capabilities, Buffer.concat([be32(config.capabilities.length), ...config.capabilities.map(str8)])),
+      );
     }
     if (config.uuid !== undefined) parts.push(subsection(CONFIG_SUBSECTION.uuid, Buffer.from(config.uuid, 'hex')));
   }
@@ -90,7 +92,13 @@ export function pageRecordBytes(named: string | undefined, zero: boolean): numbe
  * name, or undefined to continue the previous record's block; `page` is the 4096 bytes, or a
  * number: a page filled with that byte (a ZERO record; QEMU sends 0).
  */
-export function writePageRecord(out: Buffer, at: number, block: string | undefined, pageInBlock: number, page: Uint8Array | number): number {
+export function writePageRecord(
+  out: Buffer,
+  at: number,
+  block: string | undefined,
+  pageInBlock: number,
+  page: Uint8Array | number,
+): number {
   const flags = (typeof page === 'number' ? RamFlag.ZERO : RamFlag.PAGE) | (block === undefined ? RamFlag.CONTINUE : 0);
   out.writeBigUInt64BE((BigInt(pageInBlock) << BigInt(TARGET_PAGE_BITS)) | BigInt(flags), at);
   at += 8;

@@ -67,7 +67,9 @@ const FLIP_RETRY = { retryMs: 50, attempts: 60 };
 async function listenOnce(host: string): Promise<{ port: number; connection: Promise<net.Socket>; close: () => void }> {
   const server = net.createServer({ pauseOnConnect: true });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (e) => reject(new VnstoreError('E_IO', `cannot listen on ${host} for the migration stream: ${e.message}`, { cause: e })));
+    server.once('error', (e) =>
+      reject(new VnstoreError('E_IO', `cannot listen on ${host} for the migration stream: ${e.message}`, { cause: e })),
+    );
     server.listen(0, host, () => resolve());
   });
   const connection = new Promise<net.Socket>((resolve) =>
@@ -157,7 +159,8 @@ export class QemuVmAgent {
     for (;;) {
       const info = await qmp.execute<MigrateInfo>('query-migrate');
       if (info.status && FINAL.has(info.status)) {
-        if (info.status !== 'completed') throw new VnstoreError('E_IO', `migration of ${vm} ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
+        if (info.status !== 'completed')
+          throw new VnstoreError('E_IO', `migration of ${vm} ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
         return info;
       }
       await new Promise((r) => setTimeout(r, this.options.pollMs ?? 20));

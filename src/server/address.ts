@@ -22,7 +22,8 @@ export function parseAddress(text: string, what = 'server address'): Address {
   const rest = tls ? s.slice(6) : s;
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(rest) ?? /^()()(\d{1,5})$/.exec(rest);
   const port = m ? Number(m[3]) : NaN;
-  if (!m || port < 0 || port > 65535) throw new VnstoreError('E_USAGE', `${what} ${JSON.stringify(text)} is not HOST:PORT, tls://HOST:PORT or unix:PATH`);
+  if (!m || port < 0 || port > 65535)
+    throw new VnstoreError('E_USAGE', `${what} ${JSON.stringify(text)} is not HOST:PORT, tls://HOST:PORT or unix:PATH`);
   return { kind: 'tcp', host: m[1] || m[2] || DEFAULT_HOST, port, tls };
 }
 
@@ -43,7 +44,11 @@ export function serverRecordPath(storeDir: string): string {
 }
 
 export async function writeServerRecord(storeDir: string, rec: ServerRecord): Promise<void> {
-  await writeFileDurable(serverRecordPath(storeDir), Buffer.from(JSON.stringify(rec) + '\n'), path.join(storeDir, 'tmp', `${SERVER_FILE}.tmp`));
+  await writeFileDurable(
+    serverRecordPath(storeDir),
+    Buffer.from(JSON.stringify(rec) + '\n'),
+    path.join(storeDir, 'tmp', `${SERVER_FILE}.tmp`),
+  );
 }
 
 /** The record of a server that is still running, if any (a record left by a killed one is ignored). */

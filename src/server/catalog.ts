@@ -48,7 +48,8 @@ function optNumber(args: Record<string, unknown>, key: string): number | undefin
 function optStrings(args: Record<string, unknown>, key: string): string[] | undefined {
   const v = args[key];
   if (v === undefined || v === null) return undefined;
-  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw new VnstoreError('E_USAGE', `argument ${key} must be a list of strings`);
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string'))
+    throw new VnstoreError('E_USAGE', `argument ${key} must be a list of strings`);
   return v as string[];
 }
 
@@ -68,7 +69,8 @@ function optCalendar(args: Record<string, unknown>): CalendarRules | undefined {
   const rules = v as Record<string, unknown>;
   const out: CalendarRules = {};
   for (const unit of Object.keys(rules)) {
-    if (!(CALENDAR_UNITS as readonly string[]).includes(unit)) throw new VnstoreError('E_USAGE', `argument calendar: unknown unit ${JSON.stringify(unit)}`);
+    if (!(CALENDAR_UNITS as readonly string[]).includes(unit))
+      throw new VnstoreError('E_USAGE', `argument calendar: unknown unit ${JSON.stringify(unit)}`);
     out[unit as CalendarUnit] = optNumber(rules, unit);
   }
   return out;
@@ -82,9 +84,22 @@ function optCalendar(args: Record<string, unknown>): CalendarRules | undefined {
 export const CALLS: Record<string, CallHandler> = {
   list: (store, args) => store.listSnapshots(optString(args, 'vm')),
   resolve: (store, args) => store.resolveSnapshot(needString(args, 'id')),
-  stats: (store, args) => storeStats(store, { vm: optString(args, 'vm'), snapshot: optString(args, 'snapshot'), detail: optBool(args, 'detail'), exact: optBool(args, 'exact') }),
-  gc: (store, args) => runGc(store, { dryRun: optBool(args, 'dryRun'), maxUnused: optMaxUnused(args), maxRepackBytes: optNumber(args, 'maxRepackBytes'), repackSmall: optBool(args, 'repackSmall') }),
-  check: (store, args) => checkStore(store, { readData: optBool(args, 'readData'), readDataSubsetPct: optNumber(args, 'readDataSubsetPct') }),
+  stats: (store, args) =>
+    storeStats(store, {
+      vm: optString(args, 'vm'),
+      snapshot: optString(args, 'snapshot'),
+      detail: optBool(args, 'detail'),
+      exact: optBool(args, 'exact'),
+    }),
+  gc: (store, args) =>
+    runGc(store, {
+      dryRun: optBool(args, 'dryRun'),
+      maxUnused: optMaxUnused(args),
+      maxRepackBytes: optNumber(args, 'maxRepackBytes'),
+      repackSmall: optBool(args, 'repackSmall'),
+    }),
+  check: (store, args) =>
+    checkStore(store, { readData: optBool(args, 'readData'), readDataSubsetPct: optNumber(args, 'readDataSubsetPct') }),
   forget: (store, args) =>
     forget(store, {
       ids: optStrings(args, 'ids') ?? [],
@@ -106,7 +121,8 @@ export async function runCall(store: Store, method: string, argsJson: string): P
   } catch {
     throw new ProtocolError('E_MALFORMED', `arguments of ${method} are not JSON`);
   }
-  if (typeof args !== 'object' || args === null || Array.isArray(args)) throw new ProtocolError('E_MALFORMED', `arguments of ${method} must be a JSON object`);
+  if (typeof args !== 'object' || args === null || Array.isArray(args))
+    throw new ProtocolError('E_MALFORMED', `arguments of ${method} must be a JSON object`);
   return JSON.stringify(await handler(store, args as Record<string, unknown>));
 }
 
@@ -138,7 +154,8 @@ export async function streamRestore(store: Store, record: SnapshotRecord, out: D
   const flush = () => {
     const n = Math.ceil(fill / PAGE_SIZE);
     const digests = new Uint8Array(n * DIGEST_BYTES);
-    for (let k = 0; k < n; k++) if (pages.kinds[firstPage + k] === PageKind.Digest) digests.set(pages.digestAt(firstPage + k), k * DIGEST_BYTES);
+    for (let k = 0; k < n; k++)
+      if (pages.kinds[firstPage + k] === PageKind.Digest) digests.set(pages.digestAt(firstPage + k), k * DIGEST_BYTES);
     const b = bufs[cur];
     b.sent = out.send(firstPage, digests, b.bytes.subarray(0, fill));
     firstPage += n;
@@ -149,7 +166,7 @@ export async function streamRestore(store: Store, record: SnapshotRecord, out: D
   await restoreSnapshot(store, record, {
     // Restore lends each chunk: copy it into the batch (the DATA frame is written from that copy).
     write: async (chunk) => {
-      for (let pos = 0; pos < chunk.length; ) {
+      for (let pos = 0; pos < chunk.length;) {
         const n = Math.min(chunk.length - pos, batchBytes - fill);
         bufs[cur].bytes.set(chunk.subarray(pos, pos + n), fill);
         fill += n;

@@ -101,10 +101,17 @@ export class Connection {
     }
     if (!tokensMatch(m.token, await this.server.currentToken())) {
       this.server.log.warn({ event: 'auth_failed', peer: this.peer });
-      throw this.fatal(new ProtocolError('E_AUTH', 'access token refused (vnstore token prints the store\'s token)'));
+      throw this.fatal(new ProtocolError('E_AUTH', "access token refused (vnstore token prints the store's token)"));
     }
     this.authed = true;
-    this.send({ t: 'welcome', version, window: DEFAULT_WINDOW, maxFrameBytes: MAX_FRAME_BYTES, maxPagesPerBatch: MAX_PAGES_PER_BATCH, serverId: this.server.store.config.storeId });
+    this.send({
+      t: 'welcome',
+      version,
+      window: DEFAULT_WINDOW,
+      maxFrameBytes: MAX_FRAME_BYTES,
+      maxPagesPerBatch: MAX_PAGES_PER_BATCH,
+      serverId: this.server.store.config.storeId,
+    });
     this.server.log.info({ event: 'hello', peer: this.peer, version });
   }
 
@@ -142,7 +149,8 @@ export class Connection {
   }
 
   private async begin(m: Extract<Message, { t: 'begin' }>): Promise<void> {
-    if (this.sessions.has(m.sid)) throw new ProtocolError('E_SESSION_STATE', `session number ${m.sid} is already in use on this connection`);
+    if (this.sessions.has(m.sid))
+      throw new ProtocolError('E_SESSION_STATE', `session number ${m.sid} is already in use on this connection`);
     // Pages cross the wire whole (a short last page zero-padded): the session takes whole pages up to
     // the memory size, and PREPARE gives the exact image length.
     const wholePages = m.memoryBytes === undefined ? undefined : Math.ceil(m.memoryBytes / PAGE_SIZE) * PAGE_SIZE;
@@ -150,7 +158,15 @@ export class Connection {
     const state = new RemoteSessionState(m.sid, session, m.memoryBytes, Date.now());
     this.sessions.set(m.sid, state);
     this.server.sessionBegun(state);
-    this.server.log.info({ event: 'session_begin', peer: this.peer, sid: m.sid, session: session.id, vm: m.vm, group: m.group, parent: session.parent?.id ?? null });
+    this.server.log.info({
+      event: 'session_begin',
+      peer: this.peer,
+      sid: m.sid,
+      session: session.id,
+      vm: m.vm,
+      group: m.group,
+      parent: session.parent?.id ?? null,
+    });
     if (this.closed) await this.server.abortSession(state); // the agent went away while it began
     this.result(m.req, { parent: session.parent?.id ?? null });
   }
@@ -189,7 +205,9 @@ export class Connection {
         return this.result(m.req, {});
       }
       case 'prepare':
-        return this.result(m.req, { id: (await s.prepareSession(st, { byteLength: m.byteLength ?? st.memoryBytes, unwritten: m.unwritten })).id });
+        return this.result(m.req, {
+          id: (await s.prepareSession(st, { byteLength: m.byteLength ?? st.memoryBytes, unwritten: m.unwritten })).id,
+        });
       case 'commit':
         return this.result(m.req, await s.commitSession(st));
       case 'abort':
@@ -207,7 +225,8 @@ export class Connection {
       // Settles when the socket has written the frame (or failed): the buffers are then free again.
       send: (firstPage, digests, data) =>
         new Promise<void>((resolve) => {
-          if (this.closed) resolve(); // nothing is written any more
+          if (this.closed)
+            resolve(); // nothing is written any more
           else this.send({ t: 'data', req, firstPage, digests, data }, () => resolve());
         }),
     });
@@ -238,7 +257,8 @@ export class Connection {
     const message = inner instanceof Error ? inner.message : String(inner);
     this.server.metrics.errors.inc({ code });
     if (code !== 'E_INTERNAL') this.server.log.info({ event: 'request_error', peer: this.peer, req, code, message });
-    if (code === 'E_INTERNAL') this.server.log.error({ event: 'internal_error', peer: this.peer, req, err: inner instanceof Error ? inner.stack : String(inner) });
+    if (code === 'E_INTERNAL')
+      this.server.log.error({ event: 'internal_error', peer: this.peer, req, err: inner instanceof Error ? inner.stack : String(inner) });
     this.send({ t: 'error', req, code, message });
     if (err instanceof FatalError) this.close();
   }
@@ -286,7 +306,8 @@ function parseIds(argsJson: string): string[] {
   } catch {
     throw new ProtocolError('E_MALFORMED', 'arguments of abort-prepared are not JSON');
   }
-  if (!Array.isArray(ids) || ids.some((x) => typeof x !== 'string')) throw new ProtocolError('E_MALFORMED', 'abort-prepared takes {"ids": [snapshot id, ...]}');
+  if (!Array.isArray(ids) || ids.some((x) => typeof x !== 'string'))
+    throw new ProtocolError('E_MALFORMED', 'abort-prepared takes {"ids": [snapshot id, ...]}');
   return ids as string[];
 }
 
@@ -310,8 +331,14 @@ function verifyPages(indices: Uint32Array, digests: Uint8Array, data: Uint8Array
   for (let k = 0; k < n; k++) order[k] = k;
   hashPages(data.subarray(0, n * PAGE_SIZE), order, got);
   for (let k = 0; k < n; k++) {
-    if (Buffer.compare(got.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)) !== 0) {
-      throw new ProtocolError('E_DIGEST_MISMATCH', `page ${indices[k]}: its bytes do not hash to the digest sent with them; nothing of this batch was stored`);
+    if (
+      Buffer.compare(got.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)) !==
+      0
+    ) {
+      throw new ProtocolError(
+        'E_DIGEST_MISMATCH',
+        `page ${indices[k]}: its bytes do not hash to the digest sent with them; nothing of this batch was stored`,
+      );
     }
   }
 }

@@ -88,7 +88,10 @@ export class VnServer {
   /** Starts listening; resolves to the address actually bound (a port 0 becomes the real port). */
   async listen(addr: Address, tlsFiles?: TlsFiles): Promise<string> {
     const onSocket = (socket: net.Socket) => this.accept(socket);
-    const server = addr.kind === 'tcp' && addr.tls ? tls.createServer({ cert: tlsFiles?.cert, key: tlsFiles?.key }, onSocket) : net.createServer({ pauseOnConnect: true }, onSocket); // Connection starts reading (socket-reader.ts)
+    const server =
+      addr.kind === 'tcp' && addr.tls
+        ? tls.createServer({ cert: tlsFiles?.cert, key: tlsFiles?.key }, onSocket)
+        : net.createServer({ pauseOnConnect: true }, onSocket); // Connection starts reading (socket-reader.ts)
     if (addr.kind === 'unix') await removeStaleSocket(addr.path);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

@@ -41,7 +41,11 @@ export class RemoteSessionState {
   checkPages(first: number, count: number): void {
     if (this.memoryBytes === undefined) return;
     const pages = Math.ceil(this.memoryBytes / 4096);
-    if (first + count > pages) throw new ProtocolError('E_PAGE_RANGE', `page ${first + count - 1} is past the VM's memory size (${this.memoryBytes} bytes, ${pages} pages)`);
+    if (first + count > pages)
+      throw new ProtocolError(
+        'E_PAGE_RANGE',
+        `page ${first + count - 1} is past the VM's memory size (${this.memoryBytes} bytes, ${pages} pages)`,
+      );
   }
 }
 
@@ -67,7 +71,8 @@ export class PreparedRegistry {
     if (new Set(ids).size !== ids.length) throw new ProtocolError('E_MALFORMED', 'a group commit names a snapshot twice');
     return ids.map((id) => {
       const e = this.entries.get(id);
-      if (!e || e.prepared.state !== 'prepared') throw new ProtocolError('E_SESSION_STATE', `snapshot ${id} is not a prepared snapshot waiting for commit on this server`);
+      if (!e || e.prepared.state !== 'prepared')
+        throw new ProtocolError('E_SESSION_STATE', `snapshot ${id} is not a prepared snapshot waiting for commit on this server`);
       return e.prepared;
     });
   }

@@ -32,7 +32,11 @@ export async function readTokenFile(file: string): Promise<string> {
     text = await fsp.readFile(file, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new VnstoreError('E_NOT_FOUND', `no access token at ${file} (a store made before tokens existed: run 'vnstore token --rotate')`);
+    if (code === 'ENOENT')
+      throw new VnstoreError(
+        'E_NOT_FOUND',
+        `no access token at ${file} (a store made before tokens existed: run 'vnstore token --rotate')`,
+      );
     throw fromSystemError(err, `reading access token ${file}`);
   }
   const token = text.trim();

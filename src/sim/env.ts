@@ -55,7 +55,10 @@ export class SimEnv {
   /** When each VM pair's link is free again (simulated ms). */
   private readonly linkFreeAt = new Map<string, number>();
   private readonly net = {
-    emit: (vm: SimVm, frame: Uint8Array) => (this.network ? this.network.send(vm.spec.name, frame) : this.route(vm.spec.host, this.switchOf(vm.spec.name).fromLocal(vm.spec.name, frame))),
+    emit: (vm: SimVm, frame: Uint8Array) =>
+      this.network
+        ? this.network.send(vm.spec.name, frame)
+        : this.route(vm.spec.host, this.switchOf(vm.spec.name).fromLocal(vm.spec.name, frame)),
   };
   /** Real switch processes instead of the in-process SwitchCores (udp-network.ts); those then stay unused. */
   private readonly network?: UdpNetwork;
@@ -71,17 +74,38 @@ export class SimEnv {
       const network = this.network;
       this.clock.settle = () => network.settle();
     }
-    this.app = { seed: spec.seed, tickMs: spec.tickMs, mss: spec.mss, windowBytes: spec.windowBytes, transfers: spec.transfers, datagrams: spec.datagrams };
+    this.app = {
+      seed: spec.seed,
+      tickMs: spec.tickMs,
+      mss: spec.mss,
+      windowBytes: spec.windowBytes,
+      transfers: spec.transfers,
+      datagrams: spec.datagrams,
+    };
     const peers = spec.vms.map((v, i) => ({ name: v.name, index: i + 1 }));
     for (const h of spec.hosts) {
       const local = spec.vms.filter((v) => v.host === h.name).map((v) => v.name);
-      this.switches.set(h.name, new SwitchCore({ localVms: local, peers: spec.hosts.filter((o) => o.name !== h.name).map((o) => o.name), channels: spec.channels, holdFrames: spec.holdFrames, epoch: options.epoch ?? 0 }));
+      this.switches.set(
+        h.name,
+        new SwitchCore({
+          localVms: local,
+          peers: spec.hosts.filter((o) => o.name !== h.name).map((o) => o.name),
+          channels: spec.channels,
+          holdFrames: spec.holdFrames,
+          epoch: options.epoch ?? 0,
+        }),
+      );
     }
     spec.vms.forEach((v, i) => {
       const vs: VmSpec = { ...v, index: i + 1 };
       this.specs.set(v.name, vs);
       const image = options.images?.get(v.name);
-      this.vms.set(v.name, image ? SimVm.fromImage(vs, this.app, peers, image, 0, options.images?.get(diskMemberName(v.name))) : new SimVm(vs, this.app, peers));
+      this.vms.set(
+        v.name,
+        image
+          ? SimVm.fromImage(vs, this.app, peers, image, 0, options.images?.get(diskMemberName(v.name)))
+          : new SimVm(vs, this.app, peers),
+      );
       this.scheduleTick(v.name, 0);
     });
   }

@@ -18,8 +18,21 @@ export function outcomeOf(env: SimEnv): Outcome {
   const states = [...env.vms.values()].map((v) => ({ name: v.spec.name, s: v.state }));
   const get = (n: string) => states.find((x) => x.name === n)?.s as GuestState;
   return {
-    transfers: env.spec.transfers.map((t) => ({ from: t.from, to: t.to, bytes: t.bytes, received: get(t.to).tcpIn[t.from].expected, checksum: get(t.to).tcpIn[t.from].checksum, diskChecksum: fnv1a(FNV_OFFSET, (env.vms.get(t.to) as SimVm).diskRegion(t.from, t.bytes)), expected: expectedChecksum(env.spec.seed, t.bytes) })),
-    datagrams: env.spec.datagrams.map((d) => ({ from: d.from, to: d.to, sent: get(d.from).udpOut[d.to].sent, received: get(d.to).udpIn[d.from].received })),
+    transfers: env.spec.transfers.map((t) => ({
+      from: t.from,
+      to: t.to,
+      bytes: t.bytes,
+      received: get(t.to).tcpIn[t.from].expected,
+      checksum: get(t.to).tcpIn[t.from].checksum,
+      diskChecksum: fnv1a(FNV_OFFSET, (env.vms.get(t.to) as SimVm).diskRegion(t.from, t.bytes)),
+      expected: expectedChecksum(env.spec.seed, t.bytes),
+    })),
+    datagrams: env.spec.datagrams.map((d) => ({
+      from: d.from,
+      to: d.to,
+      sent: get(d.from).udpOut[d.to].sent,
+      received: get(d.to).udpIn[d.from].received,
+    })),
     longestRtoMs: Math.max(0, ...states.flatMap((x) => Object.values(x.s.tcpOut).map((t) => t.longestRto))),
     timeouts: states.reduce((n, x) => n + Object.values(x.s.tcpOut).reduce((m, t) => m + t.timeouts, 0), 0),
     longestStallMs: Math.max(0, ...states.flatMap((x) => Object.values(x.s.tcpIn).map((r) => r.longestStall))),

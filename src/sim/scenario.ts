@@ -49,11 +49,15 @@ export function scenarioSpec(o: ScenarioOptions): EnvSpec {
     seed: o.seed,
     hosts,
     vms,
-    transfers: o.vms < 2 ? [] : vms.map((v, i) => ({ from: v.name, to: vms[(i + 1) % vms.length].name, bytes, bytesPerSec: o.bytesPerSec })),
-    datagrams: o.vms < 2 ? [] : [
-      { from: vms[0].name, to: vms[vms.length - 1].name, everyMs: 20 },
-      { from: vms[vms.length - 1].name, to: vms[0].name, everyMs: 20 },
-    ],
+    transfers:
+      o.vms < 2 ? [] : vms.map((v, i) => ({ from: v.name, to: vms[(i + 1) % vms.length].name, bytes, bytesPerSec: o.bytesPerSec })),
+    datagrams:
+      o.vms < 2
+        ? []
+        : [
+            { from: vms[0].name, to: vms[vms.length - 1].name, everyMs: 20 },
+            { from: vms[vms.length - 1].name, to: vms[0].name, everyMs: 20 },
+          ],
     tickMs: 10,
     mss: 1000,
     windowBytes: 8000,

@@ -34,13 +34,28 @@ export async function startSwitchProcesses(spec: EnvSpec, cli: string, epoch = 0
   const ports = await freePorts(spec.vms.length + 2 * spec.hosts.length);
   const lo = (port: number): Endpoint => ({ host: '127.0.0.1', port });
   const vms = new Map(spec.vms.map((v, i) => [v.name, { host: v.host, addr: lo(ports[i]) }]));
-  const switches = new Map<string, SwitchAddresses>(spec.hosts.map((h, i) => [h.name, { vm: lo(ports[spec.vms.length + 2 * i]), tunnel: lo(ports[spec.vms.length + 2 * i + 1]) }]));
+  const switches = new Map<string, SwitchAddresses>(
+    spec.hosts.map((h, i) => [h.name, { vm: lo(ports[spec.vms.length + 2 * i]), tunnel: lo(ports[spec.vms.length + 2 * i + 1]) }]),
+  );
   const children = new Map<string, { child: ChildProcess; exited: Promise<void> }>();
   const addr = (e: Endpoint) => `${e.host}:${e.port}`;
 
   const start = async (host: string, at = epoch): Promise<void> => {
     const sw = switches.get(host) as SwitchAddresses;
-    const args = [cli, 'switch', '--vm-listen', addr(sw.vm), '--tunnel-listen', addr(sw.tunnel), '--channels', spec.channels, '--hold-frames', String(spec.holdFrames), '--epoch', String(at)];
+    const args = [
+      cli,
+      'switch',
+      '--vm-listen',
+      addr(sw.vm),
+      '--tunnel-listen',
+      addr(sw.tunnel),
+      '--channels',
+      spec.channels,
+      '--hold-frames',
+      String(spec.holdFrames),
+      '--epoch',
+      String(at),
+    ];
     for (const [vm, v] of vms) if (v.host === host) args.push('--port', `${vm}=${addr(v.addr)}`);
     for (const [peer, p] of switches) if (peer !== host) args.push('--peer', `${peer}=${addr(p.tunnel)}`);
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });

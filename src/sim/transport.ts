@@ -42,7 +42,19 @@ export interface Segment {
 }
 
 export function newSender(fileBytes: number, mss: number, windowBytes: number): ReliableSender {
-  return { fileBytes, mss, windowBytes, written: 0, nextSeq: 0, sentUpTo: 0, unacked: 0, rto: RTO_MIN_MS, timerAt: -1, longestRto: RTO_MIN_MS, timeouts: 0 };
+  return {
+    fileBytes,
+    mss,
+    windowBytes,
+    written: 0,
+    nextSeq: 0,
+    sentUpTo: 0,
+    unacked: 0,
+    rto: RTO_MIN_MS,
+    timerAt: -1,
+    longestRto: RTO_MIN_MS,
+    timeouts: 0,
+  };
 }
 
 export function newReceiver(now: number): ReliableReceiver {

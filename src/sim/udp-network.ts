@@ -69,7 +69,9 @@ export class UdpNetwork {
         n.recv.set(vm, (n.recv.get(vm) ?? 0) + 1);
       });
       await new Promise<void>((resolve, reject) => {
-        s.once('error', (err) => reject(new VnstoreError('E_IO', `cannot bind VM ${vm}'s NIC to udp ${addr.host}:${addr.port}: ${err.message}`, { cause: err })));
+        s.once('error', (err) =>
+          reject(new VnstoreError('E_IO', `cannot bind VM ${vm}'s NIC to udp ${addr.host}:${addr.port}: ${err.message}`, { cause: err })),
+        );
         s.bind(addr.port, addr.host, () => resolve());
       });
       n.sockets.set(vm, s);
@@ -120,7 +122,11 @@ export class UdpNetwork {
       const st = await this.statusOf(host, previous + 1);
       // A switch never lowers a colour: one already past this epoch would apply no cut at all.
       const ahead = Object.entries(st.colours).find(([, c]) => c > previous);
-      if (ahead) throw new VnstoreError('E_IO', `switch ${host} has ${ahead[0]} at colour ${ahead[1]}, past this environment's last epoch ${previous}: restart it with --epoch ${previous}`);
+      if (ahead)
+        throw new VnstoreError(
+          'E_IO',
+          `switch ${host} has ${ahead[0]} at colour ${ahead[1]}, past this environment's last epoch ${previous}: restart it with --epoch ${previous}`,
+        );
       this.epochIncarnations.set(host, st.incarnation);
     }
   }
@@ -130,7 +136,8 @@ export class UdpNetwork {
     const out: SwitchStatus[] = [];
     for (const [host, incarnation] of this.epochIncarnations) {
       const st = await this.statusOf(host, epoch);
-      if (st.incarnation !== incarnation) throw new VnstoreError('E_IO', `switch ${host} was restarted during epoch ${epoch}: the colours it judged the cut by are lost`);
+      if (st.incarnation !== incarnation)
+        throw new VnstoreError('E_IO', `switch ${host} was restarted during epoch ${epoch}: the colours it judged the cut by are lost`);
       out.push(st);
     }
     return out;
@@ -139,7 +146,10 @@ export class UdpNetwork {
   /** Every switch's channel state of `epoch`, confirmed to come from the processes that judged the cut. */
   async channelState(epoch: number): Promise<ChannelFrame[]> {
     const frames: ChannelFrame[] = [];
-    for (const host of this.o.switches.keys()) frames.push(...(await requestChannelState((this.o.switches.get(host) as SwitchAddresses).tunnel, epoch, { retryMs: 50, attempts: 6 })));
+    for (const host of this.o.switches.keys())
+      frames.push(
+        ...(await requestChannelState((this.o.switches.get(host) as SwitchAddresses).tunnel, epoch, { retryMs: 50, attempts: 6 })),
+      );
     await this.confirmEpoch(epoch);
     return frames;
   }
@@ -175,7 +185,9 @@ export class UdpNetwork {
     return Promise.all(
       [...this.o.switches].map(async ([host, sw]): Promise<[string, SwitchStatus | undefined]> => {
         const known = this.seen.has(host);
-        const st = await requestStatus(sw.tunnel, epoch, known ? { retryMs: 100, attempts: 1 } : { retryMs: 10, attempts: 1 }).catch(() => undefined);
+        const st = await requestStatus(sw.tunnel, epoch, known ? { retryMs: 100, attempts: 1 } : { retryMs: 10, attempts: 1 }).catch(
+          () => undefined,
+        );
         if (!st) this.seen.delete(host);
         return [host, st];
       }),
@@ -193,12 +205,17 @@ export class UdpNetwork {
       if (!s || s.incarnation !== st.incarnation) {
         const recv: Record<string, number> = {};
         for (const vm of Object.keys(st.colours)) recv[vm] = this.recv.get(vm) ?? 0;
-        s = { incarnation: st.incarnation, status: st, base: { sent: this.sent.get(host) ?? 0, vmIn: st.vmIn, recv, vmOut: { ...st.vmOut } } };
+        s = {
+          incarnation: st.incarnation,
+          status: st,
+          base: { sent: this.sent.get(host) ?? 0, vmIn: st.vmIn, recv, vmOut: { ...st.vmOut } },
+        };
         this.seen.set(host, s);
       }
       s.status = st;
       if (st.vmIn - s.base.vmIn < (this.sent.get(host) ?? 0) - s.base.sent) quiet = false;
-      for (const vm of Object.keys(st.colours)) if ((this.recv.get(vm) ?? 0) - (s.base.recv[vm] ?? 0) < (st.vmOut[vm] ?? 0) - (s.base.vmOut[vm] ?? 0)) quiet = false;
+      for (const vm of Object.keys(st.colours))
+        if ((this.recv.get(vm) ?? 0) - (s.base.recv[vm] ?? 0) < (st.vmOut[vm] ?? 0) - (s.base.vmOut[vm] ?? 0)) quiet = false;
     }
     for (const [a, sa] of live) {
       for (const [b, sb] of live) {

@@ -169,7 +169,17 @@ export class SimVm {
   }
 
   static initialState(spec: VmSpec, app: AppSpec): GuestState {
-    const s: GuestState = { rng: (app.seed ^ Math.imul(spec.index, 0x9e3779b1)) | 0, dirtyCarry: 0, tcpOut: {}, tcpIn: {}, udpOut: {}, udpIn: {}, sentFrames: {}, recvFrames: {}, ticks: 0 };
+    const s: GuestState = {
+      rng: (app.seed ^ Math.imul(spec.index, 0x9e3779b1)) | 0,
+      dirtyCarry: 0,
+      tcpOut: {},
+      tcpIn: {},
+      udpOut: {},
+      udpIn: {},
+      sentFrames: {},
+      recvFrames: {},
+      ticks: 0,
+    };
     for (const t of app.transfers) {
       if (t.from === spec.name) s.tcpOut[t.to] = newSender(t.bytes, app.mss, app.windowBytes);
       if (t.to === spec.name) s.tcpIn[t.from] = newReceiver(0);
@@ -290,7 +300,8 @@ export class SimVm {
   /** The bytes of `pages` (workload pages) packed one after another, for a pre-copy round. */
   pagesBytes(pages: ArrayLike<number>): Uint8Array {
     const out = new Uint8Array(pages.length * PAGE_SIZE);
-    for (let k = 0; k < pages.length; k++) pageContent(this.spec, pages[k], this.versions[pages[k]], out.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE));
+    for (let k = 0; k < pages.length; k++)
+      pageContent(this.spec, pages[k], this.versions[pages[k]], out.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE));
     return out;
   }
 
@@ -298,7 +309,8 @@ export class SimVm {
   stateBytes(now: number): Uint8Array {
     const json = Buffer.from(JSON.stringify(shiftTimes(this.state, -now)), 'utf8');
     const out = new Uint8Array(STATE_PAGES * PAGE_SIZE);
-    if (json.length + 4 > out.length) throw new Error(`guest state of ${this.spec.name} is ${json.length} bytes, over the ${out.length - 4} the state pages hold`);
+    if (json.length + 4 > out.length)
+      throw new Error(`guest state of ${this.spec.name} is ${json.length} bytes, over the ${out.length - 4} the state pages hold`);
     Buffer.from(out.buffer).writeUInt32BE(json.length, 0);
     out.set(json, 4);
     return out;
@@ -320,7 +332,14 @@ export class SimVm {
   }
 
   /** A VM resumed from a memory image (and its disk image) at time `now`. */
-  static fromImage(spec: VmSpec, app: AppSpec, peers: { name: string; index: number }[], image: Uint8Array, now: number, disk?: Uint8Array): SimVm {
+  static fromImage(
+    spec: VmSpec,
+    app: AppSpec,
+    peers: { name: string; index: number }[],
+    image: Uint8Array,
+    now: number,
+    disk?: Uint8Array,
+  ): SimVm {
     const state = shiftTimes(decodeGuestState(image), now);
     const versions = new Uint32Array(spec.pages);
     const b = Buffer.from(image.buffer, image.byteOffset, image.byteLength);

@@ -89,7 +89,8 @@ export class WorkloadParamError extends Error {
 export function resolveParams(p: Partial<WorkloadParams>, base: WorkloadParams = BENCH_WORKLOAD): WorkloadParams {
   const r: WorkloadParams = { ...base, ...p, memMiB: [...(p.memMiB ?? base.memMiB)] };
   const int = (name: string, v: number, min: number, max: number) => {
-    if (!Number.isInteger(v) || v < min || v > max) throw new WorkloadParamError(`${name} must be an integer in [${min}, ${max}], got ${v}`);
+    if (!Number.isInteger(v) || v < min || v > max)
+      throw new WorkloadParamError(`${name} must be an integer in [${min}, ${max}], got ${v}`);
   };
   const frac = (name: string, v: number) => {
     if (!Number.isFinite(v) || v < 0 || v > 1) throw new WorkloadParamError(`${name} must be a fraction in [0, 1], got ${v}`);

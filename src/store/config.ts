@@ -35,7 +35,8 @@ export async function readConfig(dir: string): Promise<StoreConfig> {
   } catch {
     throw new VnstoreError('E_NOT_STORE', `${dir} is not a vnstore store (${CONFIG_FILE} is not valid JSON)`);
   }
-  if (cfg.format !== STORE_FORMAT) throw new VnstoreError('E_NOT_STORE', `${dir} is not a vnstore store (${CONFIG_FILE} has format ${JSON.stringify(cfg.format)})`);
+  if (cfg.format !== STORE_FORMAT)
+    throw new VnstoreError('E_NOT_STORE', `${dir} is not a vnstore store (${CONFIG_FILE} has format ${JSON.stringify(cfg.format)})`);
   if (cfg.version !== STORE_FORMAT_VERSION) {
     throw new VnstoreError(
       'E_FORMAT_VERSION',
@@ -43,7 +44,10 @@ export async function readConfig(dir: string): Promise<StoreConfig> {
     );
   }
   if (cfg.pageSize !== PAGE_SIZE || cfg.chunkDigest !== 'blake3-256') {
-    throw new VnstoreError('E_FORMAT_VERSION', `${dir}: unsupported store parameters (page size ${String(cfg.pageSize)}, digest ${String(cfg.chunkDigest)})`);
+    throw new VnstoreError(
+      'E_FORMAT_VERSION',
+      `${dir}: unsupported store parameters (page size ${String(cfg.pageSize)}, digest ${String(cfg.chunkDigest)})`,
+    );
   }
   return cfg as StoreConfig;
 }

@@ -11,7 +11,16 @@
  * never lost. A store without a base key predates counters: stats then recounts (see stats.ts).
  */
 import { randomBytes } from 'node:crypto';
-import { jsonValue, KEY_META, parseRecord, prefixRange, type PackRecord, type RecordSchema, type SnapshotRecord, type StoreDb } from './db.js';
+import {
+  jsonValue,
+  KEY_META,
+  parseRecord,
+  prefixRange,
+  type PackRecord,
+  type RecordSchema,
+  type SnapshotRecord,
+  type StoreDb,
+} from './db.js';
 
 export interface StoreCounters {
   /** Committed snapshots and the sums of their records. */
@@ -105,7 +114,13 @@ export function snapshotDelta(records: readonly SnapshotRecord[], sign: 1 | -1):
 
 /** A pack sealed by the writer: every chunk in it is new to the index. */
 export function sealedPackDelta(record: PackRecord): CounterDelta {
-  return { chunks: record.chunks, chunkBytes: record.payloadBytes, packs: 1, packBytes: record.bytes, packPayloadBytes: record.payloadBytes };
+  return {
+    chunks: record.chunks,
+    chunkBytes: record.payloadBytes,
+    packs: 1,
+    packBytes: record.bytes,
+    packPayloadBytes: record.payloadBytes,
+  };
 }
 
 /**
@@ -134,7 +149,10 @@ export function recoveredPackDelta(
 }
 
 /** A counter base or delta: any of the fields, each an integer (deltas may be negative). */
-const COUNTER_RECORD: RecordSchema<CounterDelta> = { name: 'stats counter record', fields: Object.fromEntries(COUNTER_FIELDS.map((f) => [f, 'int?'])) };
+const COUNTER_RECORD: RecordSchema<CounterDelta> = {
+  name: 'stats counter record',
+  fields: Object.fromEntries(COUNTER_FIELDS.map((f) => [f, 'int?'])),
+};
 
 export interface CounterState {
   /** undefined: the store predates counters (no base key). */
@@ -187,7 +205,10 @@ export async function resetCounters(db: StoreDb, exact: StoreCounters): Promise<
   await batch.write({ sync: true });
 }
 
-export function counterDrift(recorded: StoreCounters | undefined, exact: StoreCounters): Partial<Record<keyof StoreCounters, { counter: number | null; exact: number }>> {
+export function counterDrift(
+  recorded: StoreCounters | undefined,
+  exact: StoreCounters,
+): Partial<Record<keyof StoreCounters, { counter: number | null; exact: number }>> {
   const out: Partial<Record<keyof StoreCounters, { counter: number | null; exact: number }>> = {};
   for (const f of COUNTER_FIELDS) {
     const c = recorded ? recorded[f] : null;

@@ -134,7 +134,6 @@ export interface RecordSchema<T> {
   check?: (r: T) => string | undefined;
 }
 
-
 /**
  * Parses a JSON record read from LevelDB and checks it against its schema. LevelDB verifies no block
  * checksum on reads (classic-level offers no verify_checksums option), so damaged table bytes can

@@ -3,7 +3,16 @@
  * for a coordinator's commit survives a restart: recovery keeps its manifest (it removes manifests
  * with neither a commit record nor a hold), and the commit batch that publishes it deletes the hold.
  */
-import { jsonValue, parseRecord, prefixedKey, prefixRange, SNAPSHOT_RECORD, type RecordSchema, type SnapshotRecord, type StoreDb } from './db.js';
+import {
+  jsonValue,
+  parseRecord,
+  prefixedKey,
+  prefixRange,
+  SNAPSHOT_RECORD,
+  type RecordSchema,
+  type SnapshotRecord,
+  type StoreDb,
+} from './db.js';
 
 export const KEY_HELD = 0x68; // 'h'
 

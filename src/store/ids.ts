@@ -41,6 +41,7 @@ export function ambiguousPrefixError(prefix: string, matches: readonly string[])
 
 export function validateName(kind: string, name: string): string | undefined {
   if (name.length === 0 || name.length > 128) return `${kind} name must be 1-128 characters`;
-  if (!/^[A-Za-z0-9][A-Za-z0-9._:@-]*$/.test(name)) return `${kind} name ${JSON.stringify(name)} may use letters, digits and . _ : @ - (starting with a letter or digit)`;
+  if (!/^[A-Za-z0-9][A-Za-z0-9._:@-]*$/.test(name))
+    return `${kind} name ${JSON.stringify(name)} may use letters, digits and . _ : @ - (starting with a letter or digit)`;
   return undefined;
 }

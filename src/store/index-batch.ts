@@ -20,7 +20,10 @@ export class IndexBatch {
   addPack(record: PackRecord, chunks: PackChunks): this {
     for (let k = 0; k < chunks.count; k++) {
       const digest = chunks.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES);
-      this.batch.put(chunkKey(digest), encodeChunkValue({ pack: record.id, offset: chunks.offsets[k], storedLength: chunks.lengths[k], codec: chunks.codecs[k] }));
+      this.batch.put(
+        chunkKey(digest),
+        encodeChunkValue({ pack: record.id, offset: chunks.offsets[k], storedLength: chunks.lengths[k], codec: chunks.codecs[k] }),
+      );
     }
     return this.putPackRecord(record);
   }

@@ -33,7 +33,10 @@ const KEPT_BASE_RECORD: RecordSchema<KeptBaseRecord> = {
   fields: { id: 'string', vm: 'string', base: 'string?', manifestBytes: 'count', time: 'string', forgottenAt: 'string' },
 };
 
-const DELETED_PACK_RECORD: RecordSchema<DeletedPackRecord> = { name: 'deleted pack record', fields: { id: 'count', reason: 'string', at: 'string' } };
+const DELETED_PACK_RECORD: RecordSchema<DeletedPackRecord> = {
+  name: 'deleted pack record',
+  fields: { id: 'count', reason: 'string', at: 'string' },
+};
 
 export function keptBaseKey(id: string): Buffer {
   return prefixedKey(KEY_KEPT_BASE, id);

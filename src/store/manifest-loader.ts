@@ -48,7 +48,10 @@ export class ManifestLoader {
         base = (await this.load(header.baseId, depth + 1)).pages;
       } catch (err) {
         // Not a MissingError even when the base's file is gone: this manifest is there, but unusable.
-        if (err instanceof CorruptError) throw new CorruptError(`manifest of snapshot ${id}: its delta base ${header.baseId} is unreadable (${err.message})`, { cause: err });
+        if (err instanceof CorruptError)
+          throw new CorruptError(`manifest of snapshot ${id}: its delta base ${header.baseId} is unreadable (${err.message})`, {
+            cause: err,
+          });
         throw err;
       }
     }

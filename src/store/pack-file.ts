@@ -13,7 +13,14 @@ import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
-import { encodePackFooter, encodePackHeader, packFileName, PACK_HEADER_BYTES, PACK_TRAILER_BYTES, TOC_ENTRY_BYTES } from '../format/pack.js';
+import {
+  encodePackFooter,
+  encodePackHeader,
+  packFileName,
+  PACK_HEADER_BYTES,
+  PACK_TRAILER_BYTES,
+  TOC_ENTRY_BYTES,
+} from '../format/pack.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { fsyncDir, FILE_MODE, writeFully, writevFully } from '../util/durable.js';
 import type { PackRecord } from './db.js';
@@ -157,7 +164,10 @@ export class PackFile {
       const h = await this.fh;
       while (this.queued.length > 0) {
         const items = this.queued.splice(0);
-        await writevFully(h, items.map((q) => q.data));
+        await writevFully(
+          h,
+          items.map((q) => q.data),
+        );
         for (const q of items) this.batches.give(q.batch);
       }
     } finally {

@@ -149,7 +149,11 @@ export class PackReader {
  * Names a stored chunk by its content: decodes it (into `page`, a 4 KiB scratch buffer), hashes it
  * and checks the digest against the prefix the pack's table of contents records.
  */
-export function nameChunk(payload: Uint8Array, entry: Pick<PackEntry, 'codec' | 'digestPrefix'>, page: Uint8Array): { digest: Buffer } | { why: string } {
+export function nameChunk(
+  payload: Uint8Array,
+  entry: Pick<PackEntry, 'codec' | 'digestPrefix'>,
+  page: Uint8Array,
+): { digest: Buffer } | { why: string } {
   try {
     getCodec().decodePage(payload, entry.codec as ChunkCodec, page, 0);
   } catch {
@@ -175,7 +179,11 @@ async function readAt(fh: FileHandle, offset: number, length: number): Promise<B
 }
 
 /** Header, trailer and table of contents of a pack of `size` bytes, read through `read`. */
-async function parseLayout(name: string, size: number, read: (offset: number, length: number) => Promise<Uint8Array>): Promise<{ entries: PackEntry[]; payloadCrc: number }> {
+async function parseLayout(
+  name: string,
+  size: number,
+  read: (offset: number, length: number) => Promise<Uint8Array>,
+): Promise<{ entries: PackEntry[]; payloadCrc: number }> {
   if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) throw new CorruptError(`pack ${name}: too short (${size} bytes)`);
   parsePackHeader(await read(0, PACK_HEADER_BYTES), name);
   const trailer = parsePackTrailer(await read(size - PACK_TRAILER_BYTES, PACK_TRAILER_BYTES), size, name);

@@ -106,7 +106,8 @@ export class PackWriter {
     }
     for (const pack of this.unindexed.values()) {
       for (let k = 0; k < pack.count; k++) {
-        if (digestsEqual(pack.digests, k * DIGEST_BYTES, digest, 0)) return { pack: pack.id, offset: pack.offsets[k], storedLength: pack.lengths[k], codec: pack.codecs[k] };
+        if (digestsEqual(pack.digests, k * DIGEST_BYTES, digest, 0))
+          return { pack: pack.id, offset: pack.offsets[k], storedLength: pack.lengths[k], codec: pack.codecs[k] };
       }
     }
     return undefined;
@@ -121,7 +122,8 @@ export class PackWriter {
 
   /** Digests of the chunks appended but not yet indexed (gc keeps them). */
   *unindexedDigests(): Generator<Uint8Array> {
-    for (const pack of this.unindexed.values()) for (let k = 0; k < pack.count; k++) yield pack.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES);
+    for (const pack of this.unindexed.values())
+      for (let k = 0; k < pack.count; k++) yield pack.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES);
   }
 
   /** Seals the open pack (if any) and waits until every pack appended so far is durable and indexed. */

@@ -8,16 +8,7 @@ import { packFileName, parsePackFileName } from '../format/pack.js';
 import { ensurePrivateDir, fsyncDir } from '../util/durable.js';
 import { CorruptError } from '../util/errors.js';
 import { addCounterDelta, recoveredPackDelta } from './counters.js';
-import {
-  chunkKey,
-  decodeChunkValue,
-  KEY_PACK,
-  KEY_SNAPSHOT,
-  prefixedKey,
-  prefixRange,
-  type PackRecord,
-  type StoreDb,
-} from './db.js';
+import { chunkKey, decodeChunkValue, KEY_PACK, KEY_SNAPSHOT, prefixedKey, prefixRange, type PackRecord, type StoreDb } from './db.js';
 import { IndexBatch } from './index-batch.js';
 import { isHeld } from './held.js';
 import { deletedPackKey, keptBaseKey, KEY_DELETED_PACK } from './keys.js';
@@ -63,7 +54,14 @@ export async function recover(dir: string, db: StoreDb, packs: PackReader): Prom
       batch.putPackRecord(rec);
       // Counters: a gc-rewritten pack's chunks may already be indexed (in the pack it replaces).
       const prior = await db.getMany(entries.map((e) => chunkKey(e.digest)));
-      addCounterDelta(batch, recoveredPackDelta(rec, entries, prior.map((v) => (v === undefined ? undefined : decodeChunkValue(v).storedLength))));
+      addCounterDelta(
+        batch,
+        recoveredPackDelta(
+          rec,
+          entries,
+          prior.map((v) => (v === undefined ? undefined : decodeChunkValue(v).storedLength)),
+        ),
+      );
       await batch.write({ sync: true });
       report.packsIndexed++;
     } catch (err) {

@@ -43,7 +43,12 @@ export interface RestoreProgress {
   (bytesDone: number, bytesTotal: number): void;
 }
 
-export async function restoreSnapshot(store: Store, record: SnapshotRecord, sink: RestoreSink, onProgress?: RestoreProgress): Promise<void> {
+export async function restoreSnapshot(
+  store: Store,
+  record: SnapshotRecord,
+  sink: RestoreSink,
+  onProgress?: RestoreProgress,
+): Promise<void> {
   store.assertChunkTable('a restore');
   const pages = await store.loadPages(record.id);
   const header = await store.readManifestHeader(record.id);
@@ -59,10 +64,12 @@ export async function restoreSnapshot(store: Store, record: SnapshotRecord, sink
   let done = 0;
   const total = header.byteLength;
   const direct = sink.filePath !== undefined && sink.writeAt !== undefined;
-  for (let first = 0; first < pages.pageCount || windows.length > 0; ) {
+  for (let first = 0; first < pages.pageCount || windows.length > 0;) {
     while (first < pages.pageCount && windows.length < MAX_WINDOWS_IN_FLIGHT) {
       const n = Math.min(WINDOW_PAGES, pages.pageCount - first);
-      const output = direct ? { path: sink.filePath!, name: sink.name ?? sink.filePath!, position: first * PAGE_SIZE, limit: total } : undefined;
+      const output = direct
+        ? { path: sink.filePath!, name: sink.name ?? sink.filePath!, position: first * PAGE_SIZE, limit: total }
+        : undefined;
       const w = restoreWindow(store, record.id, pages, first, n, output);
       w.catch(() => undefined); // surfaced when awaited, in order
       windows.push({ pages: n, out: w });
@@ -86,9 +93,15 @@ export async function restoreSnapshot(store: Store, record: SnapshotRecord, sink
 }
 
 /** Writes the runs of non-zero pages of one window at their positions; zero runs stay holes. */
-async function writeNonZeroRuns(writeAt: (b: Uint8Array, pos: number) => Promise<void>, pages: PageTable, firstPage: number, bytes: Uint8Array, position: number): Promise<void> {
+async function writeNonZeroRuns(
+  writeAt: (b: Uint8Array, pos: number) => Promise<void>,
+  pages: PageTable,
+  firstPage: number,
+  bytes: Uint8Array,
+  position: number,
+): Promise<void> {
   const n = Math.ceil(bytes.length / PAGE_SIZE);
-  for (let i = 0; i < n; ) {
+  for (let i = 0; i < n;) {
     if (pages.kinds[firstPage + i] === PageKind.Zero) {
       i++;
       continue;
@@ -102,7 +115,14 @@ async function writeNonZeroRuns(writeAt: (b: Uint8Array, pos: number) => Promise
 
 type WindowOutput = { path: string; name: string; position: number; limit: number };
 
-async function restoreWindow(store: Store, snapshotId: string, pages: PageTable, first: number, n: number, output?: WindowOutput): Promise<Uint8Array> {
+async function restoreWindow(
+  store: Store,
+  snapshotId: string,
+  pages: PageTable,
+  first: number,
+  n: number,
+  output?: WindowOutput,
+): Promise<Uint8Array> {
   try {
     return await restoreWindowOnce(store, snapshotId, pages, first, n, false, output);
   } catch (err) {
@@ -142,7 +162,10 @@ async function restoreWindowOnce(
     exact.forEach((k, j) => (locs[k] = found[j]));
   }
   for (let k = 0; k < slots.length; k++) {
-    if (!locs[k]) throw new CorruptError(`snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) is not in the index; run 'vnstore check'`);
+    if (!locs[k])
+      throw new CorruptError(
+        `snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) is not in the index; run 'vnstore check'`,
+      );
   }
 
   // Plan reads in (pack, offset) order, coalescing near neighbours; a worker reads, decodes, verifies.
@@ -157,7 +180,7 @@ async function restoreWindowOnce(
   const codecs = new Uint8Array(m);
   const chunkSlots = new Uint32Array(m);
   const digests = new Uint8Array(m * DIGEST_BYTES);
-  for (let a = 0; a < m; ) {
+  for (let a = 0; a < m;) {
     const start = locs[order[a]]!;
     let end = start.offset + start.storedLength;
     let b = a + 1;
@@ -200,10 +223,15 @@ async function restoreWindowOnce(
     window: output ? undefined : store.slabs.take(n * PAGE_SIZE),
   });
   if (result.writeError) {
-    throw fromSystemError(Object.assign(new Error(result.writeError.message), { code: result.writeError.code }), `writing ${output?.name ?? 'output'}`);
+    throw fromSystemError(
+      Object.assign(new Error(result.writeError.message), { code: result.writeError.code }),
+      `writing ${output?.name ?? 'output'}`,
+    );
   }
   if (result.readError) {
-    throw new PackReadError(`snapshot ${snapshotId}: pack ${packFileName(result.readError.pack)}: ${result.readError.message}; run 'vnstore check'`);
+    throw new PackReadError(
+      `snapshot ${snapshotId}: pack ${packFileName(result.readError.pack)}: ${result.readError.message}; run 'vnstore check'`,
+    );
   }
   for (const c of result.bad) {
     const k = order[c];

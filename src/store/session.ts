@@ -105,7 +105,8 @@ export class Session {
     if (options.memoryBytes !== undefined && (!Number.isSafeInteger(options.memoryBytes) || options.memoryBytes < 0)) {
       throw new VnstoreError('E_USAGE', `memory size must be a non-negative integer number of bytes`);
     }
-    if ((options.memoryBytes ?? 0) > MAX_IMAGE_BYTES) throw new VnstoreError('E_USAGE', `memory size ${options.memoryBytes} is above the supported maximum (${MAX_IMAGE_BYTES} bytes)`);
+    if ((options.memoryBytes ?? 0) > MAX_IMAGE_BYTES)
+      throw new VnstoreError('E_USAGE', `memory size ${options.memoryBytes} is above the supported maximum (${MAX_IMAGE_BYTES} bytes)`);
     const parentSpec = options.parent ?? 'auto';
     let parent: Session['parent'];
     if (parentSpec !== 'none') {
@@ -138,7 +139,14 @@ export class Session {
       const n = Math.min(BLOCK_PAGES, pageCount - p);
       const slice = data.subarray(p * PAGE_SIZE, Math.min(data.length, (p + n) * PAGE_SIZE));
       // Workers take the block's buffer by transfer: it must own a whole ArrayBuffer of full pages.
-      if (transfer && pageCount <= BLOCK_PAGES && slice.length === n * PAGE_SIZE && slice.byteOffset === 0 && slice.buffer.byteLength === slice.length && slice.buffer instanceof ArrayBuffer) {
+      if (
+        transfer &&
+        pageCount <= BLOCK_PAGES &&
+        slice.length === n * PAGE_SIZE &&
+        slice.byteOffset === 0 &&
+        slice.buffer.byteLength === slice.length &&
+        slice.buffer instanceof ArrayBuffer
+      ) {
         await this.submit(firstPage + p, n, slice);
       } else await this.submit(firstPage + p, n, this.lendCopy(slice, n));
     }
@@ -155,7 +163,11 @@ export class Session {
     await this.sendGathered();
     for (let p = 0; p * PAGE_SIZE < length; p += BLOCK_PAGES) {
       const bytes = Math.min(BLOCK_PAGES * PAGE_SIZE, length - p * PAGE_SIZE);
-      await this.submit(firstPage + p, Math.ceil(bytes / PAGE_SIZE), new Uint8Array(0), { path: file, offset: offset + p * PAGE_SIZE, length: bytes });
+      await this.submit(firstPage + p, Math.ceil(bytes / PAGE_SIZE), new Uint8Array(0), {
+        path: file,
+        offset: offset + p * PAGE_SIZE,
+        length: bytes,
+      });
     }
   }
 
@@ -170,9 +182,13 @@ export class Session {
   async writeScattered(pageIndices: ArrayLike<number>, data: Uint8Array, checkedDigests?: Uint8Array): Promise<void> {
     this.assertOpen();
     const count = pageIndices.length;
-    if (checkedDigests && checkedDigests.length !== count * DIGEST_BYTES) throw new VnstoreError('E_USAGE', `writeScattered needs ${count} checked digest(s), got ${checkedDigests.length} bytes`);
+    if (checkedDigests && checkedDigests.length !== count * DIGEST_BYTES)
+      throw new VnstoreError('E_USAGE', `writeScattered needs ${count} checked digest(s), got ${checkedDigests.length} bytes`);
     if (data.length !== count * PAGE_SIZE) {
-      throw new VnstoreError('E_USAGE', `writeScattered needs ${count} whole page(s) (${count * PAGE_SIZE} bytes) for ${count} page index(es), got ${data.length} bytes`);
+      throw new VnstoreError(
+        'E_USAGE',
+        `writeScattered needs ${count} whole page(s) (${count * PAGE_SIZE} bytes) for ${count} page index(es), got ${data.length} bytes`,
+      );
     }
     // Every index is checked before anything is recorded: a refused call leaves no trace.
     let end = 0;
@@ -199,7 +215,8 @@ export class Session {
   async writeKnown(pageIndices: Uint32Array, digests: Uint8Array): Promise<Uint8Array> {
     this.assertOpen();
     const n = pageIndices.length;
-    if (digests.length !== n * DIGEST_BYTES) throw new VnstoreError('E_USAGE', `writeKnown needs ${n} digest(s) (${n * DIGEST_BYTES} bytes), got ${digests.length} bytes`);
+    if (digests.length !== n * DIGEST_BYTES)
+      throw new VnstoreError('E_USAGE', `writeKnown needs ${n} digest(s) (${n * DIGEST_BYTES} bytes), got ${digests.length} bytes`);
     let end = 0;
     for (let k = 0; k < n; k++) end = Math.max(end, this.checkRange(pageIndices[k], PAGE_SIZE));
     this.furthestByte = Math.max(this.furthestByte, end);
@@ -222,7 +239,13 @@ export class Session {
         const at = k * DIGEST_BYTES;
         if (!this.store.table.hasFingerprint(digests, at)) {
           if (this.store.writer.locateUnindexed(digests.subarray(at, at + DIGEST_BYTES))) ask.push(k);
-        } else if (parent && page < parent.pageCount && parent.kinds[page] === PageKind.Digest && digestsEqual(parent.digests, page * DIGEST_BYTES, digests, at)) set(k);
+        } else if (
+          parent &&
+          page < parent.pageCount &&
+          parent.kinds[page] === PageKind.Digest &&
+          digestsEqual(parent.digests, page * DIGEST_BYTES, digests, at)
+        )
+          set(k);
         else ask.push(k);
       }
       if (ask.length === 0) return written;
@@ -239,7 +262,8 @@ export class Session {
     this.assertOpen();
     if (ranges.length % 2 !== 0) throw new VnstoreError('E_USAGE', 'zero ranges come in (first page, page count) pairs');
     let end = 0;
-    for (let r = 0; r < ranges.length; r += 2) if (ranges[r + 1] > 0) end = Math.max(end, this.checkRange(ranges[r], ranges[r + 1] * PAGE_SIZE));
+    for (let r = 0; r < ranges.length; r += 2)
+      if (ranges[r + 1] > 0) end = Math.max(end, this.checkRange(ranges[r], ranges[r + 1] * PAGE_SIZE));
     this.furthestByte = Math.max(this.furthestByte, end);
     if (this.shortPage) for (let r = 0; r < ranges.length; r += 2) this.noteWrite(ranges[r], ranges[r + 1] * PAGE_SIZE);
     await this.sendGathered();
@@ -291,9 +315,13 @@ export class Session {
       throw shortPageError(firstPage + pageCount - 1, end, this.options.memoryBytes);
     }
     if (this.options.memoryBytes !== undefined && end > this.options.memoryBytes) {
-      throw new VnstoreError('E_SESSION', `write of pages ${firstPage}..${firstPage + pageCount - 1} exceeds the VM's memory size (${this.options.memoryBytes} bytes)`);
+      throw new VnstoreError(
+        'E_SESSION',
+        `write of pages ${firstPage}..${firstPage + pageCount - 1} exceeds the VM's memory size (${this.options.memoryBytes} bytes)`,
+      );
     }
-    if (end > MAX_IMAGE_BYTES) throw new VnstoreError('E_SESSION', `write at page ${firstPage} is beyond the largest supported image (${MAX_IMAGE_BYTES} bytes)`);
+    if (end > MAX_IMAGE_BYTES)
+      throw new VnstoreError('E_SESSION', `write at page ${firstPage} is beyond the largest supported image (${MAX_IMAGE_BYTES} bytes)`);
     return end;
   }
 
@@ -320,7 +348,12 @@ export class Session {
     if (this.error) throw this.error;
     this.furthestByte = Math.max(this.furthestByte, this.checkRange(pageIndex, PAGE_SIZE));
     if (this.shortPage) this.noteWrite(pageIndex, PAGE_SIZE);
-    const g = (this.gathered ??= { indices: new Uint32Array(BLOCK_PAGES), data: this.store.slabs.take(BLOCK_PAGES * PAGE_SIZE), count: 0, slotOf: new Map() });
+    const g = (this.gathered ??= {
+      indices: new Uint32Array(BLOCK_PAGES),
+      data: this.store.slabs.take(BLOCK_PAGES * PAGE_SIZE),
+      count: 0,
+      slotOf: new Map(),
+    });
     // A page written again before its block is sent (a hot page re-sent by the next pre-copy round)
     // replaces its gathered copy: the superseded one is never hashed, compressed or stored.
     const again = g.slotOf.get(pageIndex);
@@ -357,7 +390,13 @@ export class Session {
    * Queues one block: pages `target .. target+n-1`, or the page indices listed in `target` (one per
    * page of the block, as writeScattered sends them).
    */
-  private async submit(target: number | Uint32Array, n: number, pages: Uint8Array, file?: { path: string; offset: number; length: number }, checkedDigests?: Uint8Array): Promise<void> {
+  private async submit(
+    target: number | Uint32Array,
+    n: number,
+    pages: Uint8Array,
+    file?: { path: string; offset: number; length: number },
+    checkedDigests?: Uint8Array,
+  ): Promise<void> {
     while (this.inFlight >= this.maxInFlight) await this.queued[0];
     if (this.error) throw this.error;
     // A pack failed (a full disk): this session cannot commit, so stop now, not after the whole image.
@@ -455,7 +494,9 @@ export class Session {
     let storeCount = 0;
     // Digests of zero pages are zero bytes, ignored for Zero kinds: a contiguous block is one copy.
     if (typeof target === 'number') this.pages.digests.set(r.digests, target * DIGEST_BYTES);
-    else for (let i = 0; i < n; i++) this.pages.digests.set(r.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), target[i] * DIGEST_BYTES);
+    else
+      for (let i = 0; i < n; i++)
+        this.pages.digests.set(r.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), target[i] * DIGEST_BYTES);
     for (let i = 0; i < n; i++) {
       const st = r.status[i];
       this.pages.kinds[typeof target === 'number' ? target + i : target[i]] = st === PageStatus.Zero ? PageKind.Zero : PageKind.Digest;
@@ -539,7 +580,10 @@ export class Session {
       const pageCount = Math.ceil(byteLength / PAGE_SIZE);
       // A short page anywhere but at the image's end is a truncated page: never zero-padded silently.
       if (this.shortPage && this.shortPage.end !== byteLength) throw shortPageError(this.shortPage.index, this.shortPage.end, byteLength);
-      if (pageCount < this.pages.pageCount && this.pages.kinds.subarray(pageCount, this.pages.pageCount).some((k) => k !== PageKind.Unset)) {
+      if (
+        pageCount < this.pages.pageCount &&
+        this.pages.kinds.subarray(pageCount, this.pages.pageCount).some((k) => k !== PageKind.Unset)
+      ) {
         throw new VnstoreError('E_SESSION', `pages were written beyond the image length ${byteLength}`);
       }
       this.pages.resize(pageCount);
@@ -728,5 +772,8 @@ function isWriteFailure(err: unknown): boolean {
 }
 
 function shortPageError(index: number, end: number, imageBytes: number): VnstoreError {
-  return new VnstoreError('E_USAGE', `page ${index} was written short (${end - index * PAGE_SIZE} of ${PAGE_SIZE} bytes), but only the image's last page may be short and the image is ${imageBytes} bytes: a truncated page is refused, never padded with zeros`);
+  return new VnstoreError(
+    'E_USAGE',
+    `page ${index} was written short (${end - index * PAGE_SIZE} of ${PAGE_SIZE} bytes), but only the image's last page may be short and the image is ${imageBytes} bytes: a truncated page is refused, never padded with zeros`,
+  );
 }

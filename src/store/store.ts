@@ -221,7 +221,8 @@ export class Store {
         await fsp.chmod(p.db, 0o700);
       } catch (err) {
         const cause = (err as { cause?: Error }).cause;
-        if (/lock/i.test(String(cause?.message ?? ''))) throw new VnstoreError('E_LOCKED', `store index ${p.db} is locked by another process`);
+        if (/lock/i.test(String(cause?.message ?? '')))
+          throw new VnstoreError('E_LOCKED', `store index ${p.db} is locked by another process`);
         // Opening LevelDB writes (log replay, new log and manifest): a full disk is not corruption.
         if (/No space left on device/i.test(String(cause?.message ?? (err as Error).message))) {
           throw new VnstoreError('E_NO_SPACE', `store index ${p.db} cannot be opened: no space left on device`, { cause: err });
@@ -241,7 +242,15 @@ export class Store {
       // Without the table loaded there is nothing to save, and the file on disk must be left alone.
       const gen = new ChunkGeneration(savedToken, saved !== undefined || !withTable);
       const maxPack = await highestPackId(dir, db);
-      const writer = new PackWriter(p.packs, p.tmp, db, table, maxPack + 1, options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES, (token) => gen.advance(token));
+      const writer = new PackWriter(
+        p.packs,
+        p.tmp,
+        db,
+        table,
+        maxPack + 1,
+        options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES,
+        (token) => gen.advance(token),
+      );
       const store = new Store(dir, config, db, lock, table, packs, writer, pool, recovery, gen, withTable);
       if (withTable) await store.discardUncleanPacks();
       return store;
@@ -264,7 +273,8 @@ export class Store {
     // and before the memtable flush below, so the next open has no log to replay.
     if (this.hasChunkTable) {
       const highest = await highestPackId(this.dir, this.db).catch(() => undefined);
-      if (highest !== undefined && highest !== this.cleanPackMark) await this.db.put(CLEAN_PACK_KEY, Buffer.from(String(highest), 'latin1'), { sync: true }).catch(() => undefined);
+      if (highest !== undefined && highest !== this.cleanPackMark)
+        await this.db.put(CLEAN_PACK_KEY, Buffer.from(String(highest), 'latin1'), { sync: true }).catch(() => undefined);
     }
     // The chunk index changed here: write LevelDB's memtable out now, next to the table save, so the
     // next open does not replay the log (see flushMemtable). A failure only slows that open.
@@ -375,7 +385,10 @@ export class Store {
       if (p.store !== this) throw new VnstoreError('E_SESSION', 'prepared snapshot belongs to another store');
       if (p.state !== 'prepared') throw new VnstoreError('E_SESSION', `snapshot ${p.record.id} is ${p.state}, not prepared`);
       if (p.failureEpoch !== this.writer.failureEpoch) {
-        throw new VnstoreError('E_IO', `snapshot ${p.record.id}: a pack write failed during the session (${this.writer.lastFailure?.message ?? 'unknown'}); abort and retry`);
+        throw new VnstoreError(
+          'E_IO',
+          `snapshot ${p.record.id}: a pack write failed during the session (${this.writer.lastFailure?.message ?? 'unknown'}); abort and retry`,
+        );
       }
       batch.put(prefixedKey(KEY_SNAPSHOT, p.record.id), jsonValue(p.record));
       batch.put(vmKey(p.record.vm, p.record.id), Buffer.alloc(0));
@@ -385,10 +398,20 @@ export class Store {
       // A group committed in several calls (one `put --group` per VM) lists all of its snapshots.
       const prev = await this.db.get(prefixedKey(KEY_GROUP, group.id));
       const prevRec = prev === undefined ? undefined : parseRecord(prev, GROUP_RECORD, group.id);
-      const g: GroupRecord = { id: group.id, time: prevRec?.time ?? time, snapshots: [...(prevRec?.snapshots ?? []), ...prepared.map((p) => p.record.id)] };
+      const g: GroupRecord = {
+        id: group.id,
+        time: prevRec?.time ?? time,
+        snapshots: [...(prevRec?.snapshots ?? []), ...prepared.map((p) => p.record.id)],
+      };
       batch.put(prefixedKey(KEY_GROUP, group.id), jsonValue(g));
     }
-    addCounterDelta(batch, snapshotDelta(prepared.map((p) => p.record), 1)); // stats counters, same batch
+    addCounterDelta(
+      batch,
+      snapshotDelta(
+        prepared.map((p) => p.record),
+        1,
+      ),
+    ); // stats counters, same batch
     try {
       await batch.write({ sync: true });
     } catch (err) {
@@ -452,14 +475,18 @@ export class Store {
    */
   async holdPrepared(prepared: PreparedSnapshot, deadline: number): Promise<void> {
     this.assertOpen();
-    if (prepared.state !== 'prepared') throw new VnstoreError('E_SESSION', `snapshot ${prepared.record.id} is ${prepared.state}, not prepared`);
+    if (prepared.state !== 'prepared')
+      throw new VnstoreError('E_SESSION', `snapshot ${prepared.record.id} is ${prepared.state}, not prepared`);
     await putHeld(this.db, { record: prepared.record, deadline });
   }
 
   /** The held prepared snapshots (see holdPrepared), prepared again in this process. */
   async heldPrepared(): Promise<{ prepared: PreparedSnapshot; deadline: number }[]> {
     this.assertOpen();
-    return (await listHeld(this.db)).map((h) => ({ prepared: { store: this, record: h.record, failureEpoch: this.writer.failureEpoch, state: 'prepared' }, deadline: h.deadline }));
+    return (await listHeld(this.db)).map((h) => ({
+      prepared: { store: this, record: h.record, failureEpoch: this.writer.failureEpoch, state: 'prepared' },
+      deadline: h.deadline,
+    }));
   }
 
   // ---------------------------------------------------------------- catalog
@@ -476,13 +503,15 @@ export class Store {
   /** Resolves a full id or a unique prefix (≥ 4 hex digits) to a committed snapshot. */
   async resolveSnapshot(idOrPrefix: string): Promise<SnapshotRecord> {
     const q = idOrPrefix.trim().toLowerCase();
-    if (!/^[0-9a-f]+$/.test(q) || q.length > 16) throw new VnstoreError('E_USAGE', `${JSON.stringify(idOrPrefix)} is not a snapshot id (16 hex digits, or a unique prefix)`);
+    if (!/^[0-9a-f]+$/.test(q) || q.length > 16)
+      throw new VnstoreError('E_USAGE', `${JSON.stringify(idOrPrefix)} is not a snapshot id (16 hex digits, or a unique prefix)`);
     if (SNAPSHOT_ID_RE.test(q)) {
       const r = await this.getSnapshot(q);
       if (!r) throw new VnstoreError('E_NOT_FOUND', `no snapshot ${q} in this store`);
       return r;
     }
-    if (q.length < MIN_PREFIX) throw new VnstoreError('E_USAGE', `snapshot id prefix ${q} is too short (at least ${MIN_PREFIX} hex digits)`);
+    if (q.length < MIN_PREFIX)
+      throw new VnstoreError('E_USAGE', `snapshot id prefix ${q} is too short (at least ${MIN_PREFIX} hex digits)`);
     const ids: string[] = []; // keys only: the error says how many matched
     for await (const k of this.db.keys(prefixRange(prefixedKey(KEY_SNAPSHOT, q)))) ids.push(k.subarray(1).toString('utf8'));
     const found = ids.length === 1 ? await this.getSnapshot(ids[0]) : undefined;
@@ -563,7 +592,10 @@ export class Store {
     const [loc] = await this.lookupExact([digest]);
     if (!loc) throw new CorruptError(`${what}: chunk ${hex(digest)} is not in the index; run 'vnstore check'`);
     const page = await this.packs.readVerified(loc, digest);
-    if (!page) throw new CorruptError(`${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} is corrupt (does not decode to its digest); ${FIND_DAMAGE_ADVICE}`);
+    if (!page)
+      throw new CorruptError(
+        `${what}: chunk ${hex(digest)} in pack ${packFileName(loc.pack)} is corrupt (does not decode to its digest); ${FIND_DAMAGE_ADVICE}`,
+      );
     return page;
   }
 
@@ -589,7 +621,8 @@ export class Store {
 
   /** Refuses work that needs the chunk table on a store opened without it. */
   assertChunkTable(what: string): void {
-    if (!this.hasChunkTable) throw new VnstoreError('E_USAGE', `${what} needs the chunk table, and this store was opened without it (chunkTable: false)`);
+    if (!this.hasChunkTable)
+      throw new VnstoreError('E_USAGE', `${what} needs the chunk table, and this store was opened without it (chunkTable: false)`);
   }
 }
 
@@ -598,7 +631,8 @@ async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {
   for await (const v of db.values(prefixRange(Buffer.of(KEY_PACK)))) count += parseRecord(v, PACK_RECORD).chunks;
   const table = new ChunkTable(Math.max(count, 1 << 14));
   await scanChunkIndex(db, (k, loc) => {
-    if (!loc) throw new CorruptError(`chunk index entry ${k.subarray(1).toString('hex')} does not decode; run 'vnstore check --repair-index'`);
+    if (!loc)
+      throw new CorruptError(`chunk index entry ${k.subarray(1).toString('hex')} does not decode; run 'vnstore check --repair-index'`);
     table.insert(k.subarray(1), loc);
   });
   return table;
@@ -620,4 +654,3 @@ async function highestPackId(dir: string, db: StoreDb): Promise<number> {
   }
   return max;
 }
-

@@ -10,8 +10,7 @@ import { forwardDecision, type ChannelMode } from './colour.js';
 import { destinationMac, ETH_HEADER_BYTES, isGroupMac, sourceMac } from './ethernet.js';
 
 export type SwitchOutput =
-  | { kind: 'local'; vm: string; frame: Uint8Array }
-  | { kind: 'tunnel'; peer: string; srcVm: string; epoch: number; frame: Uint8Array };
+  { kind: 'local'; vm: string; frame: Uint8Array } | { kind: 'tunnel'; peer: string; srcVm: string; epoch: number; frame: Uint8Array };
 
 export interface PairCounters {
   src: string;

@@ -16,7 +16,10 @@ export function isGroupMac(frame: Uint8Array): boolean {
 }
 
 function macNumber(frame: Uint8Array, at: number): number {
-  return (frame[at] * 0x10000 + ((frame[at + 1] << 8) | frame[at + 2])) * 0x1000000 + ((frame[at + 3] << 16) | (frame[at + 4] << 8) | frame[at + 5]);
+  return (
+    (frame[at] * 0x10000 + ((frame[at + 1] << 8) | frame[at + 2])) * 0x1000000 +
+    ((frame[at + 3] << 16) | (frame[at + 4] << 8) | frame[at + 5])
+  );
 }
 
 /** A MAC written 'aa:bb:cc:dd:ee:ff' as its six bytes. */

@@ -18,7 +18,14 @@ export interface FlipOptions {
 }
 
 /** Sends `request` until an answer of kind `answer` that `accept` takes; rejects after the last attempt. */
-async function ask<T>(sw: Endpoint, request: TunnelMessage, answer: TunnelKindValue, accept: (m: TunnelMessage) => T | undefined, what: string, options: FlipOptions): Promise<T> {
+async function ask<T>(
+  sw: Endpoint,
+  request: TunnelMessage,
+  answer: TunnelKindValue,
+  accept: (m: TunnelMessage) => T | undefined,
+  what: string,
+  options: FlipOptions,
+): Promise<T> {
   const retryMs = options.retryMs ?? 50;
   const attempts = options.attempts ?? 10;
   const sock = dgram.createSocket('udp4');
@@ -63,12 +70,26 @@ const EMPTY = new Uint8Array(0);
 
 /** Sets `vm`'s colour to at least `epoch` at its switch; resolves to the colour now in force. */
 export function requestFlip(sw: Endpoint, vm: string, epoch: number, options: FlipOptions = {}): Promise<number> {
-  return ask(sw, { kind: TunnelKind.FLIP, epoch, vm, payload: EMPTY }, TunnelKind.FLIP_ACK, (m) => (m.vm === vm && m.epoch >= epoch ? m.epoch : undefined), `acknowledge the flip of ${vm} to epoch ${epoch}`, options);
+  return ask(
+    sw,
+    { kind: TunnelKind.FLIP, epoch, vm, payload: EMPTY },
+    TunnelKind.FLIP_ACK,
+    (m) => (m.vm === vm && m.epoch >= epoch ? m.epoch : undefined),
+    `acknowledge the flip of ${vm} to epoch ${epoch}`,
+    options,
+  );
 }
 
 /** The switch's status; pair counters of `epoch` and the one before. */
 export function requestStatus(sw: Endpoint, epoch: number, options: FlipOptions = {}): Promise<SwitchStatus> {
-  return ask(sw, { kind: TunnelKind.STATUS, epoch, vm: '-', payload: EMPTY }, TunnelKind.STATUS_ACK, (m) => (m.epoch === epoch ? (JSON.parse(Buffer.from(m.payload).toString('utf8')) as SwitchStatus) : undefined), 'answer STATUS', options);
+  return ask(
+    sw,
+    { kind: TunnelKind.STATUS, epoch, vm: '-', payload: EMPTY },
+    TunnelKind.STATUS_ACK,
+    (m) => (m.epoch === epoch ? (JSON.parse(Buffer.from(m.payload).toString('utf8')) as SwitchStatus) : undefined),
+    'answer STATUS',
+    options,
+  );
 }
 
 /** The channel state the switch recorded for `epoch`, fetched part by part; the incarnation it came from is checked by the caller. */
@@ -83,7 +104,9 @@ export async function requestChannelState(sw: Endpoint, epoch: number, options: 
       TunnelKind.CHANNEL_PART,
       (m) => {
         const b = Buffer.from(m.payload);
-        return m.epoch === epoch && b.length >= 8 && b.readUInt32BE(4) === out.length ? { total: b.readUInt32BE(0), frames: decodeChannelState(b.subarray(8), epoch) } : undefined;
+        return m.epoch === epoch && b.length >= 8 && b.readUInt32BE(4) === out.length
+          ? { total: b.readUInt32BE(0), frames: decodeChannelState(b.subarray(8), epoch) }
+          : undefined;
       },
       `send the channel state of epoch ${epoch}`,
       options,

@@ -32,8 +32,10 @@ export interface TunnelMessage {
 
 export function encodeTunnel(msg: TunnelMessage): Buffer {
   const name = Buffer.from(msg.vm, 'utf8');
-  if (name.length < 1 || name.length > MAX_VM_NAME_BYTES) throw new VnstoreError('E_USAGE', `VM name must be 1-${MAX_VM_NAME_BYTES} bytes: '${msg.vm}'`);
-  if (!Number.isInteger(msg.epoch) || msg.epoch < 0 || msg.epoch > 0xffffffff) throw new VnstoreError('E_USAGE', `epoch out of range: ${msg.epoch}`);
+  if (name.length < 1 || name.length > MAX_VM_NAME_BYTES)
+    throw new VnstoreError('E_USAGE', `VM name must be 1-${MAX_VM_NAME_BYTES} bytes: '${msg.vm}'`);
+  if (!Number.isInteger(msg.epoch) || msg.epoch < 0 || msg.epoch > 0xffffffff)
+    throw new VnstoreError('E_USAGE', `epoch out of range: ${msg.epoch}`);
   const out = Buffer.allocUnsafe(9 + name.length + msg.payload.length);
   out.writeUInt16BE(TUNNEL_MAGIC, 0);
   out[2] = TUNNEL_VERSION;
@@ -49,7 +51,8 @@ export function encodeTunnel(msg: TunnelMessage): Buffer {
 export function decodeTunnel(buf: Uint8Array): TunnelMessage {
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
   if (b.length < 10 || b.readUInt16BE(0) !== TUNNEL_MAGIC) throw new VnstoreError('E_CODEC', 'not a vnstore tunnel datagram');
-  if (b[2] !== TUNNEL_VERSION) throw new VnstoreError('E_CODEC', `unsupported tunnel version ${b[2]} (this switch speaks ${TUNNEL_VERSION})`);
+  if (b[2] !== TUNNEL_VERSION)
+    throw new VnstoreError('E_CODEC', `unsupported tunnel version ${b[2]} (this switch speaks ${TUNNEL_VERSION})`);
   const kind = b[3] as TunnelKindValue;
   if (kind < TunnelKind.FRAME || kind > TunnelKind.CHANNEL_PART) throw new VnstoreError('E_CODEC', `unknown tunnel message kind ${kind}`);
   const n = b[8];

@@ -76,7 +76,13 @@ export class UdpSwitch {
     private readonly vmSocket: dgram.Socket,
     private readonly tunnelSocket: dgram.Socket,
   ) {
-    this.core = new SwitchCore({ localVms: options.ports.map((p) => p.vm), peers: options.peers.map((p) => p.name), channels: options.channels, holdFrames: options.holdFrames, epoch: options.epoch });
+    this.core = new SwitchCore({
+      localVms: options.ports.map((p) => p.vm),
+      peers: options.peers.map((p) => p.name),
+      channels: options.channels,
+      holdFrames: options.holdFrames,
+      epoch: options.epoch,
+    });
     for (const p of options.ports) {
       this.vmByAddr.set(key(p.addr), p.vm);
       this.vmAddr.set(p.vm, p.addr);
@@ -96,7 +102,9 @@ export class UdpSwitch {
     const bind = async (e: Endpoint) => {
       const s = dgram.createSocket('udp4');
       await new Promise<void>((resolve, reject) => {
-        s.once('error', (err) => reject(new VnstoreError('E_IO', `cannot listen on udp ${e.host}:${e.port}: ${err.message}`, { cause: err })));
+        s.once('error', (err) =>
+          reject(new VnstoreError('E_IO', `cannot listen on udp ${e.host}:${e.port}: ${err.message}`, { cause: err })),
+        );
         s.bind(e.port, e.host, () => resolve());
       });
       return s;
@@ -123,7 +131,10 @@ export class UdpSwitch {
   }
 
   async close(): Promise<void> {
-    await Promise.all([new Promise<void>((r) => this.vmSocket.close(() => r())), new Promise<void>((r) => this.tunnelSocket.close(() => r()))]);
+    await Promise.all([
+      new Promise<void>((r) => this.vmSocket.close(() => r())),
+      new Promise<void>((r) => this.tunnelSocket.close(() => r())),
+    ]);
   }
 
   private onVmDatagram(msg: Buffer, rinfo: dgram.RemoteInfo): void {
@@ -181,7 +192,8 @@ export class UdpSwitch {
     const all = this.core.channelState(epoch);
     let end = Math.min(first, all.length);
     let bytes = 0;
-    while (end < all.length && (end === first || bytes + all[end].frame.length + 140 <= CHANNEL_PART_BYTES)) bytes += all[end++].frame.length + 140;
+    while (end < all.length && (end === first || bytes + all[end].frame.length + 140 <= CHANNEL_PART_BYTES))
+      bytes += all[end++].frame.length + 140;
     const head = Buffer.alloc(8);
     head.writeUInt32BE(all.length, 0);
     head.writeUInt32BE(Math.min(first, all.length), 4);
@@ -201,7 +213,12 @@ export class UdpSwitch {
       } else {
         const a = this.peerAddr.get(o.peer) as Endpoint;
         bump(this.tunnelOut, o.peer);
-        this.tunnelSocket.send(encodeTunnel({ kind: TunnelKind.FRAME, epoch: o.epoch, vm: o.srcVm, payload: o.frame }), a.port, a.host, (err) => void (err && this.sendErrors++));
+        this.tunnelSocket.send(
+          encodeTunnel({ kind: TunnelKind.FRAME, epoch: o.epoch, vm: o.srcVm, payload: o.frame }),
+          a.port,
+          a.host,
+          (err) => void (err && this.sendErrors++),
+        );
       }
     }
   }

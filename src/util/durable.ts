@@ -61,7 +61,7 @@ export async function writeFully(
   data: Uint8Array,
   position?: number,
 ): Promise<void> {
-  for (let off = 0; off < data.length; ) {
+  for (let off = 0; off < data.length;) {
     const { bytesWritten } = await fh.write(data, off, data.length - off, position === undefined ? null : position + off);
     // A write that makes no progress would loop forever: report it as the full disk it almost surely is.
     if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC' });

@@ -77,7 +77,8 @@ export function fromSystemError(err: unknown, what: string): VnstoreError {
       // LevelDB reports a full disk as an 'IO error: ...: No space left on device' with no errno code,
       // sometimes only in the cause of its own error.
       const text = `${String(e?.message ?? err)} ${String((e?.cause as Error | undefined)?.message ?? '')}`;
-      if (/No space left on device|Disk quota exceeded/i.test(text)) return new VnstoreError('E_NO_SPACE', `${what}: no space left on device`, { cause: err });
+      if (/No space left on device|Disk quota exceeded/i.test(text))
+        return new VnstoreError('E_NO_SPACE', `${what}: no space left on device`, { cause: err });
       // LevelDB on damaged files: 'Corruption: ...', or an 'IO error: ...: Invalid argument' when a
       // table's own (damaged) offsets point outside it. Damage, not a failing device.
       if (typeof e?.code === 'string' && e.code.startsWith('LEVEL_') && /Corruption|Invalid argument/.test(text)) {

@@ -27,5 +27,7 @@ export async function putImage(scratch: string, store: string, vm: string, img: 
 }
 
 export function waitExit(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('close', () => resolve())));
+  return new Promise((resolve) =>
+    child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('close', () => resolve()),
+  );
 }

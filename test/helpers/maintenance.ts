@@ -69,7 +69,12 @@ export async function newStore(prefix: string, packTargetBytes = 16 * 1024): Pro
   return { root, dir, store: await Store.open(dir, { workers: 0, packTargetBytes }) };
 }
 
-export async function putImage(store: Store, vm: string, image: Buffer, opts: { group?: string; parent?: string } = {}): Promise<SnapshotRecord> {
+export async function putImage(
+  store: Store,
+  vm: string,
+  image: Buffer,
+  opts: { group?: string; parent?: string } = {},
+): Promise<SnapshotRecord> {
   const s = await store.beginSession({ vm, group: opts.group, parent: opts.parent ?? 'auto' });
   await s.writePages(0, image);
   return s.commit({ byteLength: image.length, unwritten: 'zero' });

@@ -19,7 +19,8 @@ export function model(): StreamModel {
     { name: 'pc.bios', bytes: 4 * PAGE },
   ];
   const round0: PageRecord[] = [];
-  for (let p = 0; p < 96; p++) round0.push({ block: 0, page: p, data: p % 3 === 0 ? 0 : makePage(p % 2 ? 'random' : 'compressible', p), named: p === 0 });
+  for (let p = 0; p < 96; p++)
+    round0.push({ block: 0, page: p, data: p % 3 === 0 ? 0 : makePage(p % 2 ? 'random' : 'compressible', p), named: p === 0 });
   for (let p = 0; p < 4; p++) round0.push({ block: 1, page: p, data: makePage('compressible', 500 + p), named: p === 0 });
   const round1: PageRecord[] = [
     { block: 0, page: 5, data: makePage('random', 1005), named: true },
@@ -78,7 +79,6 @@ export async function decodeToMemory(bytes: Buffer) {
   });
   return { decoded, mem };
 }
-
 
 /** What `vnstore qemu send` wrote for the stream `bytes` of model `m`: every page once, the exact memory, head and tail. */
 export async function expectSentStream(sent: Buffer, m: StreamModel, bytes: Buffer): Promise<void> {

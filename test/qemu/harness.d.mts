@@ -23,7 +23,15 @@ export interface Guest {
   stderr(): string;
   stop(): Promise<void>;
 }
-export function startGuest(o: { dir: string; name: string; memMiB?: number; incoming?: string; guest: { kernel: string; initrd: string }; append?: string; extraArgs?: string[] }): Promise<Guest>;
+export function startGuest(o: {
+  dir: string;
+  name: string;
+  memMiB?: number;
+  incoming?: string;
+  guest: { kernel: string; initrd: string };
+  append?: string;
+  extraArgs?: string[];
+}): Promise<Guest>;
 export function ticks(consolePath: string): { n: number; ok: boolean }[];
 export function lastTick(consolePath: string): number;
 export function pingReplies(consolePath: string): number[];

@@ -57,12 +57,14 @@ export class Qmp {
   }
 
   static async connect(path) {
-    const socket = await waitFor(`QMP socket ${path}`, () =>
-      new Promise((resolve) => {
-        const s = net.connect(path);
-        s.once('connect', () => resolve(s));
-        s.once('error', () => resolve(undefined));
-      }),
+    const socket = await waitFor(
+      `QMP socket ${path}`,
+      () =>
+        new Promise((resolve) => {
+          const s = net.connect(path);
+          s.once('connect', () => resolve(s));
+          s.once('error', () => resolve(undefined));
+        }),
     );
     const q = new Qmp(socket);
     await q.cmd('qmp_capabilities');
@@ -91,15 +93,27 @@ export async function startGuest({ dir, name, memMiB = 96, incoming, guest, appe
   const qmpPath = join(dir, `${name}.qmp`);
   const argv = [
     'qemu-system-x86_64',
-    '-machine', 'pc',
-    '-accel', 'tcg',
-    '-m', String(memMiB),
-    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-    '-serial', `file:${consolePath}`,
-    '-kernel', guest.kernel,
-    '-initrd', guest.initrd,
-    '-append', `console=ttyS0 quiet panic=-1${append ? ` ${append}` : ''}`,
-    '-qmp', `unix:${qmpPath},server=on,wait=off`,
+    '-machine',
+    'pc',
+    '-accel',
+    'tcg',
+    '-m',
+    String(memMiB),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-serial',
+    `file:${consolePath}`,
+    '-kernel',
+    guest.kernel,
+    '-initrd',
+    guest.initrd,
+    '-append',
+    `console=ttyS0 quiet panic=-1${append ? ` ${append}` : ''}`,
+    '-qmp',
+    `unix:${qmpPath},server=on,wait=off`,
     ...extraArgs,
   ];
   if (incoming) argv.push('-incoming', incoming);

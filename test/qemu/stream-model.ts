@@ -120,7 +120,9 @@ export const streamModel: fc.Arbitrary<StreamModel> = fc
     });
     // A round's first record names its block, as QEMU does after each section header.
     for (const round of rounds) if (round.length > 0) round[0].named = true;
-    const config: StreamConfig | undefined = withConfig ? { machine: 'pc-i440fx-7.2', capabilities: [], uuid: sectionId % 2 ? '00112233445566778899aabbccddeeff' : undefined } : undefined;
+    const config: StreamConfig | undefined = withConfig
+      ? { machine: 'pc-i440fx-7.2', capabilities: [], uuid: sectionId % 2 ? '00112233445566778899aabbccddeeff' : undefined }
+      : undefined;
     return {
       config,
       ram: { sectionId, instanceId: 0, versionId: RAM_SECTION_VERSION },
