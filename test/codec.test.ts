@@ -453,8 +453,13 @@ describe('fallback when liblz4 is missing', () => {
     try {
       const source = readFileSync(path.join(repoRoot, 'src/chunk/codec.ts'), 'utf8');
       const addonUrl = pathToFileURL(path.join(repoRoot, 'native/build/Release/vnstore_native.node')).href;
-      const rewritten = source.replace("'../../native/build/Release/vnstore_native.node'", JSON.stringify(addonUrl));
-      expect(rewritten).not.toBe(source);
+      const withAddon = source.replace("'../../native/build/Release/vnstore_native.node'", JSON.stringify(addonUrl));
+      expect(withAddon).not.toBe(source);
+      // Its own relative imports (constants) come from the build of the same sources.
+      const rewritten = withAddon.replace(
+        /from '\.\.\/([^']+\.js)'/g,
+        (_m, rel: string) => `from ${JSON.stringify(pathToFileURL(path.join(repoRoot, 'dist', rel)).href)}`,
+      );
       const out = ts.transpileModule(rewritten, {
         compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 },
       }).outputText;
