@@ -5,10 +5,12 @@
  * memory, head and device tail; a cut, corrupted or unsupported stream exits 10 and leaves no snapshot.
  */
 import net from 'node:net';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeHeader } from '../src/qemu/stream-encoder.js';
 import { CLI, makeTempDir, prng, removeDir, REPO_ROOT, runCli } from './helpers/engine.js';
+import { Store } from '../src/store/store.js';
 import { encodeModel } from './qemu/stream-model.js';
 import { decodeToMemory, expectSentStream, memoryOf, model } from './qemu/cli-model.js';
 
@@ -93,6 +95,54 @@ describe('vnstore qemu', () => {
     });
   });
 
+  it('--detach exits once the stream is spooled, before the store is free; a background process stores it', async () => {
+    // QEMU waits for an exec: target to exit before its main loop runs again (the guest stays
+    // paused): the command must not wait for the store. The test holds the store's lock, so a
+    // receive that stored before exiting could not exit while it is held.
+    const m = model();
+    const { bytes } = encodeModel(m);
+    const out = `${dir}/detach.out`;
+    const err = `${dir}/detach.err`;
+    const held = await Store.open(store);
+    let code: number | null;
+    try {
+      const fds = [openSync(out, 'w'), openSync(err, 'w')];
+      const child = spawn(
+        process.execPath,
+        [CLI, 'qemu', 'receive', '--vm', 'det', '--json', '--detach', '--lock-wait', '60', '--store', store],
+        {
+          stdio: ['pipe', fds[0], fds[1]],
+        },
+      );
+      fds.forEach((fd) => closeSync(fd));
+      child.stdin!.end(bytes);
+      code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+      expect(readFileSync(out, 'utf8')).toBe(''); // nothing stored yet: the lock is ours
+    } finally {
+      await held.close();
+    }
+    expect(code, readFileSync(err, 'utf8')).toBe(0);
+    const line = await waitForLine(out);
+    expect(readFileSync(err, 'utf8')).toBe('');
+    const r = JSON.parse(line) as { id: string; vm: string; streamBytes: number };
+    expect(r.vm).toBe('det');
+    expect(r.streamBytes).toBe(bytes.length);
+    const restored = await runCli(['restore', r.id, '--store', store]);
+    expect(restored.code).toBe(0);
+    expect(restored.stdout.equals(memoryOf(m))).toBe(true);
+    // A cut stream under --detach: the command still exits 0 (spooled), the error goes to its stderr.
+    const errCut = `${dir}/detach-cut.err`;
+    const fd = openSync(errCut, 'w');
+    const cut = spawn(process.execPath, [CLI, 'qemu', 'receive', '--vm', 'cut', '--detach', '--store', store], {
+      stdio: ['pipe', 'ignore', fd],
+    });
+    closeSync(fd);
+    cut.stdin!.end(bytes.subarray(0, bytes.length - 20));
+    expect(await new Promise((resolve) => cut.once('exit', resolve))).toBe(0);
+    expect(await waitForLine(errCut)).toMatch(/^vnstore: error: migration stream/);
+    expect((await snapshots()).filter((s) => s.vm.startsWith('cut'))).toEqual([]);
+  });
+
   it('commits the RAM and state snapshots of each VM into the --group given (an environment epoch)', async () => {
     const { bytes } = encodeModel(model());
     const ids: string[] = [];
@@ -144,3 +194,13 @@ describe('vnstore qemu', () => {
     expect(r.stderr).toMatch(/no QEMU state image/);
   });
 });
+
+/** The first whole line a background process writes to `file`. */
+async function waitForLine(file: string): Promise<string> {
+  for (let i = 0; i < 600; i++) {
+    const t = existsSync(file) ? readFileSync(file, 'utf8') : '';
+    if (t.includes('\n')) return t.slice(0, t.indexOf('\n'));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`nothing written to ${file} in 60 s`);
+}

@@ -1,7 +1,8 @@
 /** `vnstore qemu receive|send|info`: QEMU live migration into the store and back (docs/QEMU.md). */
+import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { isatty } from 'node:tty';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { ChunkSource, eagerChunks } from '../qemu/byte-source.js';
 import { Spool, takeEarlySpool } from '../qemu/spool.js';
 import { describeQemu, findQemuAncestor } from '../qemu/qemu-process.js';
@@ -21,6 +22,8 @@ interface ReceiveOpts extends RemoteOptions {
   listen?: string;
   qemuPid?: string;
   json?: boolean;
+  detach?: boolean;
+  fromSpoolFd?: string;
 }
 
 function parseListen(spec: string): { host: string; port: number } {
@@ -119,6 +122,38 @@ interface StreamInput {
   close(): void;
 }
 
+function parseSpoolFd(v: string): number {
+  const fd = Number(v);
+  if (!Number.isInteger(fd) || fd < 3) throw usage(`--from-spool-fd ${v}: expected a file descriptor number of 3 or more`);
+  return fd;
+}
+
+/**
+ * Hands a spooled stream to a detached `vnstore qemu receive --from-spool-fd 3` with the same
+ * arguments, standard output and error, and returns without waiting for it (docs/QEMU.md).
+ */
+async function detachReceive(spool: Spool, qemuPid: number | undefined): Promise<void> {
+  const args = process.argv.slice(2).filter((a) => a !== '--detach');
+  args.push('--from-spool-fd', '3');
+  if (qemuPid !== undefined && !args.some((a) => a === '--qemu-pid' || a.startsWith('--qemu-pid=')))
+    args.push('--qemu-pid', String(qemuPid));
+  try {
+    const child = spawn(process.execPath, [...process.execArgv, process.argv[1], ...args], {
+      stdio: ['ignore', 'inherit', 'inherit', spool.fileDescriptor],
+      detached: true,
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+    child.unref();
+  } catch (err) {
+    throw fromSystemError(err, 'starting the background receive');
+  } finally {
+    spool.close();
+  }
+}
+
 /** The migration stream from standard input or a socket, taken as the spool mode says. */
 async function streamInput(input: net.Socket | 'stdin', mode: SpoolMode): Promise<StreamInput> {
   if (mode === 'file') {
@@ -164,6 +199,11 @@ export function registerQemu(program: Command): void {
     .option('--listen <tcp:HOST:PORT>', 'accept one connection from `migrate "tcp:HOST:PORT"` instead of reading standard input')
     .option('--qemu-pid <pid>', "QEMU's process id, to record its version and command line (found automatically under `exec:`)")
     .option(
+      '--detach',
+      'exit as soon as the stream is spooled and store it from a background process: QEMU waits for an exec: command to exit before it lets the guest run again',
+    )
+    .addOption(new Option('--from-spool-fd <fd>', 'internal: the spool handed over by --detach').hideHelp())
+    .option(
       '--json',
       'print {id, stateId, vm, group, machine, qemuVersion, blocks, logicalBytes, streamBytes, newChunks, addedBytes, seconds}',
     )
@@ -176,9 +216,14 @@ export function registerQemu(program: Command): void {
 The snapshot commits only when the stream ends with QEMU's EOF and VM description; a cut, malformed
 or unsupported stream (multifd, compression, XBZRLE, postcopy) leaves nothing and exits 10.
 Standard output of an exec: command goes nowhere: redirect it to keep the id.
+QEMU closes an exec: target by waiting for the command to exit, and its main loop (QMP, 'cont')
+waits with it: without --detach the guest stays paused until the snapshot is stored. With --detach
+the command exits once the stream is spooled, and a background process stores it, writing the id
+(or the one-line error) to the same standard output and error; the exit status then says only that
+the stream was spooled.
 
 Examples (QMP, or the HMP monitor):
-  migrate "exec:vnstore qemu receive --vm web1 --store /var/lib/vnstore > /tmp/web1.id"
+  migrate "exec:vnstore qemu receive --vm web1 --store /var/lib/vnstore --detach > /tmp/web1.id 2> /tmp/web1.err"
   migrate "exec:vnstore qemu receive --vm web1 --server 10.0.0.5:7007 --token-file /etc/vnstore.token > /tmp/web1.id"
   vnstore qemu receive --vm web1 --listen tcp:127.0.0.1:4444 --qemu-pid 1234   # then migrate "tcp:127.0.0.1:4444"
 `,
@@ -192,9 +237,22 @@ Examples (QMP, or the HMP monitor):
         if (!endpoint && isatty(0))
           throw usage('standard input is a terminal: run this as QEMU\'s migrate "exec:..." target, or use --listen');
         const mode = spoolMode();
+        if (opts.detach && (endpoint || mode !== 'file'))
+          throw usage('--detach is for exec: targets with the file spool (no --listen, VNSTORE_QEMU_SPOOL=file)');
+        if (opts.detach) {
+          // Standard input to its end, QEMU's ancestry while it is ours, then the rest in a process
+          // QEMU does not wait for.
+          await detachReceive(await (takeEarlySpool() ?? Spool.fromStdin()), qemuPid ?? (await findQemuAncestor()));
+          return;
+        }
         // Standard input is taken first, before the store opens: QEMU is already sending (with the
         // file spool, the whole stream is read before anything else happens).
-        const stdin = endpoint ? undefined : await streamInput('stdin', mode);
+        const handed = opts.fromSpoolFd === undefined ? undefined : Spool.fromFd(parseSpoolFd(opts.fromSpoolFd));
+        const stdin = endpoint
+          ? undefined
+          : handed
+            ? { chunks: handed.chunks(), close: () => handed.close() }
+            : await streamInput('stdin', mode);
         await withMigrations(opts, async (store) => {
           const input = stdin ?? (await streamInput(await acceptOne(endpoint!.host, endpoint!.port), mode));
           const r = await receiveMigration(store, new ChunkSource(input.chunks), {

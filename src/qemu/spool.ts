@@ -29,6 +29,20 @@ export class Spool {
     readonly streamed = false,
   ) {}
 
+  /** A spool handed over by another process (`qemu receive --detach`): its bytes are the whole file. */
+  static fromFd(fd: number): Spool {
+    try {
+      return new Spool(fd, fs.fstatSync(fd).size);
+    } catch (err) {
+      throw fromSystemError(err, `reading the spool file handed over as fd ${fd}`);
+    }
+  }
+
+  /** The open spool file, to hand to another process (it stays open here until close). */
+  get fileDescriptor(): number {
+    return this.fd;
+  }
+
   /** An open, already unlinked, private (0600) file in `dir`. */
   private static create(dir: string): number {
     const file = path.join(dir, `vnstore-qemu-spool-${process.pid}-${randomBytes(6).toString('hex')}`);
@@ -141,7 +155,9 @@ let early: Promise<Spool> | undefined;
 export function wantsEarlySpool(argv: string[], env: NodeJS.ProcessEnv, stdinIsTty: boolean): boolean {
   const [command, sub, ...rest] = argv;
   if (command !== 'qemu' || sub !== 'receive' || stdinIsTty) return false;
-  if (rest.some((a) => a === '--listen' || a.startsWith('--listen=') || a === '-h' || a === '--help')) return false;
+  const notStdin = (a: string) =>
+    a === '--listen' || a.startsWith('--listen=') || a === '--from-spool-fd' || a.startsWith('--from-spool-fd=');
+  if (rest.some((a) => notStdin(a) || a === '-h' || a === '--help')) return false;
   return (env.VNSTORE_QEMU_SPOOL ?? (env.VNSTORE_QEMU_HOLD === '0' ? 'none' : 'file')) === 'file';
 }
 
