@@ -8,7 +8,7 @@ import type { AgentClient } from '../agent/client.js';
 import type { RemoteSession } from '../agent/session.js';
 import { writeFully } from '../util/durable.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
-import { action, progressBar, usage } from './common.js';
+import { action, printCommitted, progressBar, usage } from './common.js';
 import { checkOutputPath, writeOutputFile } from './output-file.js';
 import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
 
@@ -90,24 +90,8 @@ async function push(file: string, opts: PushOptions): Promise<void> {
       }
       const rec = await session.commit({ byteLength: bytes, unwritten: dirty ? 'parent' : 'zero' });
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      if (opts.json) {
-        const { pagesOffered, pagesSent, zeroPages } = session.stats;
-        process.stdout.write(
-          JSON.stringify({
-            id: rec.id,
-            vm: rec.vm,
-            group: rec.group ?? null,
-            parent: rec.parent ?? null,
-            logicalBytes: rec.byteLength,
-            newChunks: rec.newChunks,
-            addedBytes: rec.addedBytes,
-            pagesOffered,
-            pagesSent,
-            zeroPages,
-            seconds,
-          }) + '\n',
-        );
-      } else process.stdout.write(`${rec.id}\n`);
+      const { pagesOffered, pagesSent, zeroPages } = session.stats;
+      printCommitted(rec, opts.json, seconds, { pagesOffered, pagesSent, zeroPages });
     });
   } finally {
     await input?.fh.close();

@@ -14,6 +14,37 @@ export { humanBytes };
 
 export const DEFAULT_STORE_DIR = 'vnstore-data';
 
+/** What a committed snapshot reports: `put` and `agent push` print the same fields. */
+interface CommittedRecord {
+  id: string;
+  vm: string;
+  group?: string;
+  parent?: string;
+  byteLength: number;
+  newChunks: number;
+  addedBytes: number;
+}
+
+/** Prints a committed snapshot's id, or with --json its fields, `extra` before the time taken. */
+export function printCommitted(rec: CommittedRecord, json: boolean | undefined, seconds: number, extra: Record<string, number> = {}): void {
+  if (!json) {
+    process.stdout.write(`${rec.id}\n`);
+    return;
+  }
+  const out = {
+    id: rec.id,
+    vm: rec.vm,
+    group: rec.group ?? null,
+    parent: rec.parent ?? null,
+    logicalBytes: rec.byteLength,
+    newChunks: rec.newChunks,
+    addedBytes: rec.addedBytes,
+    ...extra,
+    seconds,
+  };
+  process.stdout.write(JSON.stringify(out) + '\n');
+}
+
 export function storeOption(): Option {
   return new Option('--store <dir>', `store directory (default: $VNSTORE_STORE, else ./${DEFAULT_STORE_DIR})`);
 }

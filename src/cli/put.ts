@@ -5,7 +5,7 @@ import { PAGE_SIZE } from '../format/pages.js';
 import { BLOCK_PAGES } from '../store/job-sizes.js';
 import type { Session } from '../store/session.js';
 import { VnstoreError, fromSystemError } from '../util/errors.js';
-import { ONE_SHOT, action, progressBar, usage, withStore, storeOption, lockWaitOption } from './common.js';
+import { ONE_SHOT, action, printCommitted, progressBar, usage, withStore, storeOption, lockWaitOption } from './common.js';
 
 const READ_BYTES = BLOCK_PAGES * PAGE_SIZE;
 
@@ -54,20 +54,7 @@ export function registerPut(program: Command): void {
             bar.stop();
             const rec = await session.commit({ byteLength: bytes, unwritten: 'zero' });
             const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-            if (opts.json) {
-              process.stdout.write(
-                JSON.stringify({
-                  id: rec.id,
-                  vm: rec.vm,
-                  group: rec.group ?? null,
-                  parent: rec.parent ?? null,
-                  logicalBytes: rec.byteLength,
-                  newChunks: rec.newChunks,
-                  addedBytes: rec.addedBytes,
-                  seconds,
-                }) + '\n',
-              );
-            } else process.stdout.write(`${rec.id}\n`);
+            printCommitted(rec, opts.json, seconds);
           },
           ONE_SHOT,
         );

@@ -154,10 +154,16 @@ async function detachReceive(spool: Spool, qemuPid: number | undefined): Promise
   }
 }
 
+/** Standard input's spool: the one `--detach` handed over, the early spool, or one spooled now. */
+async function stdinSpool(fromSpoolFd?: string): Promise<Spool> {
+  if (fromSpoolFd !== undefined) return Spool.fromFd(parseSpoolFd(fromSpoolFd));
+  return takeEarlySpool() ?? Spool.fromStdin();
+}
+
 /** The migration stream from standard input or a socket, taken as the spool mode says. */
-async function streamInput(input: net.Socket | 'stdin', mode: SpoolMode): Promise<StreamInput> {
+async function streamInput(input: net.Socket | 'stdin', mode: SpoolMode, fromSpoolFd?: string): Promise<StreamInput> {
   if (mode === 'file') {
-    const spool = input === 'stdin' ? await (takeEarlySpool() ?? Spool.fromStdin()) : await Spool.fromStream(input);
+    const spool = input === 'stdin' ? await stdinSpool(fromSpoolFd) : await Spool.fromStream(input);
     return { chunks: spool.chunks(), close: () => spool.close() };
   }
   return { chunks: eagerChunks(input === 'stdin' ? process.stdin : input, spoolBudget(), mode === 'memory'), close: () => undefined };
@@ -242,17 +248,12 @@ Examples (QMP, or the HMP monitor):
         if (opts.detach) {
           // Standard input to its end, QEMU's ancestry while it is ours, then the rest in a process
           // QEMU does not wait for.
-          await detachReceive(await (takeEarlySpool() ?? Spool.fromStdin()), qemuPid ?? (await findQemuAncestor()));
+          await detachReceive(await stdinSpool(), qemuPid ?? (await findQemuAncestor()));
           return;
         }
         // Standard input is taken first, before the store opens: QEMU is already sending (with the
         // file spool, the whole stream is read before anything else happens).
-        const handed = opts.fromSpoolFd === undefined ? undefined : Spool.fromFd(parseSpoolFd(opts.fromSpoolFd));
-        const stdin = endpoint
-          ? undefined
-          : handed
-            ? { chunks: handed.chunks(), close: () => handed.close() }
-            : await streamInput('stdin', mode);
+        const stdin = endpoint ? undefined : await streamInput('stdin', mode, opts.fromSpoolFd);
         await withMigrations(opts, async (store) => {
           const input = stdin ?? (await streamInput(await acceptOne(endpoint!.host, endpoint!.port), mode));
           const r = await receiveMigration(store, new ChunkSource(input.chunks), {

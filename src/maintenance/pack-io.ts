@@ -1,6 +1,6 @@
 /**
  * Pack I/O for gc and repair: copy chunks as stored (no recompression) after verifying each against
- * its digest, write a new pack in the rule's order, move a bad pack aside.
+ * its digest, write a new pack in the rule's order, remove packs nothing uses.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -8,7 +8,7 @@ import { DIGEST_BYTES } from '../format/pages.js';
 import { packFileName } from '../format/pack.js';
 import { BatchPool, PackFile, type SealedPack } from '../store/pack-file.js';
 import { Store } from '../store/store.js';
-import { ensurePrivateDir, fsyncDir } from '../util/durable.js';
+import { fsyncDir } from '../util/durable.js';
 import { CorruptError, fromSystemError } from '../util/errors.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 
@@ -126,26 +126,6 @@ export async function copyChunks<T extends PlacedChunk>(
     await pack.discard(p.packs);
     throw fromSystemError(err, `writing pack ${packFileName(packId)}`);
   }
-}
-
-/** Moves a pack file into quarantine/ (never deleting it); returns the quarantined file's path. */
-export async function quarantinePack(store: Store, name: string): Promise<string> {
-  const p = Store.paths(store.dir);
-  await ensurePrivateDir(p.quarantine);
-  let dest = path.join(p.quarantine, name);
-  for (
-    let n = 1;
-    await fsp.access(dest).then(
-      () => true,
-      () => false,
-    );
-    n++
-  )
-    dest = path.join(p.quarantine, `${name}.${n}`);
-  await fsp.rename(path.join(p.packs, name), dest);
-  await fsyncDir(p.quarantine);
-  await fsyncDir(p.packs);
-  return dest;
 }
 
 /** Removes pack files (after their index entries are gone) and syncs the directory. */

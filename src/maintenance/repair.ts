@@ -29,7 +29,8 @@ import { IndexBatch } from '../store/index-batch.js';
 import { Store } from '../store/store.js';
 import { VnstoreError } from '../util/errors.js';
 import { DigestSet, ensureLength } from './digest-set.js';
-import { quarantinePack, verifyChunks, writePack, type StoredChunk } from './pack-io.js';
+import { verifyChunks, writePack, type StoredChunk } from './pack-io.js';
+import { quarantinePack } from '../store/quarantine.js';
 import { readPackData, type PackData } from './pack-data.js';
 
 export interface RepairReport {
@@ -174,7 +175,7 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
         );
         into = packFileName(newId);
       }
-      const to = await quarantinePack(store, d.name);
+      const to = await quarantinePack(store.dir, store.packs, d.name);
       const lost = Math.max(0, (d.res.error ? known.get(d.id)!.length : d.res.chunks) - chunks.length);
       report.packsSalvaged.push({ pack: d.name, into, goodChunks: chunks.length, badChunks: lost });
       report.packsQuarantined.push({

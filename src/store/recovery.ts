@@ -5,7 +5,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { packFileName, parsePackFileName } from '../format/pack.js';
-import { ensurePrivateDir, fsyncDir } from '../util/durable.js';
+import { fsyncDir } from '../util/durable.js';
 import { CorruptError } from '../util/errors.js';
 import { addCounterDelta, recoveredPackDelta } from './counters.js';
 import { chunkKey, decodeChunkValue, KEY_PACK, KEY_SNAPSHOT, prefixedKey, prefixRange, type PackRecord, type StoreDb } from './db.js';
@@ -14,6 +14,7 @@ import { isHeld } from './held.js';
 import { deletedPackKey, keptBaseKey, KEY_DELETED_PACK } from './keys.js';
 import type { PackReader } from './pack-reader.js';
 import { storePaths } from './paths.js';
+import { quarantinePack } from './quarantine.js';
 
 export interface RecoveryReport {
   tempFilesRemoved: number;
@@ -66,9 +67,7 @@ export async function recover(dir: string, db: StoreDb, packs: PackReader): Prom
       report.packsIndexed++;
     } catch (err) {
       if (!(err instanceof CorruptError)) throw err;
-      await packs.evict(id);
-      await ensurePrivateDir(p.quarantine);
-      await fsp.rename(file, path.join(p.quarantine, name));
+      await quarantinePack(dir, packs, name);
       report.packsQuarantined.push(name);
     }
   }
