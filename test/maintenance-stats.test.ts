@@ -145,6 +145,9 @@ describe('stats', () => {
     expect(s.manifestBytes).toBe(manifests.bytes);
     expect(s.keptBaseManifests).toBe(0);
     expect(s.onDiskBytes).toBe(s.packBytes + s.manifestBytes + s.keptBaseManifestBytes + s.indexBytes + s.tableBytes);
+    // Not payload: pack framing and tables (the pack files less the stored payload), manifests, index, table.
+    expect(s.metadataBytes).toBe(packs.bytes - stored + manifests.bytes + s.indexBytes + s.tableBytes);
+    expect(s.metadataFraction).toBe(s.metadataBytes / s.onDiskBytes);
     expect(s.dedupRatio).toBe((bf.pages - bf.zeroPages) / distinct);
     expect(s.dedupBasis).toBe('indexed-chunks');
     expect(s.compressionRatio).toBe((distinct * 4096) / stored);
@@ -254,6 +257,7 @@ describe('vnstore stats (CLI)', () => {
       'manifestBytes',
       'indexBytes',
       'onDiskBytes',
+      'metadataBytes',
     ]) {
       expect(Number.isSafeInteger(j.summary[k]), k).toBe(true);
     }

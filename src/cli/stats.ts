@@ -87,6 +87,9 @@ function render(r: StatsReport): string {
     `on disk          ${humanBytes(s.onDiskBytes)}: packs ${humanBytes(s.packBytes)} (${s.packs}), manifests ${humanBytes(s.manifestBytes + s.keptBaseManifestBytes)}, index ${humanBytes(s.indexBytes)}, table ${humanBytes(s.tableBytes)}` +
       (s.quarantineBytes ? `; quarantine ${humanBytes(s.quarantineBytes)}` : ''),
   );
+  out.push(
+    `metadata         ${humanBytes(s.metadataBytes)} = ${pct(s.metadataBytes, s.onDiskBytes)} of the store (pack tables ${humanBytes(s.packBytes - s.packPayloadBytes)}, manifests, index, table)`,
+  );
   // From the counters, the chunk count includes chunks no snapshot references any more (forgotten or
   // aborted, until gc): the ratio is then only a lower bound of the one --detail computes.
   const dedup =

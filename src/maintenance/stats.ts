@@ -69,6 +69,13 @@ export interface StatsSummary {
   tableBytes: number;
   /** packBytes + manifestBytes + keptBaseManifestBytes + indexBytes + tableBytes. */
   onDiskBytes: number;
+  /**
+   * Everything on disk that is not chunk payload: pack headers, tables and trailers, manifests, the
+   * index (db/) and the saved chunk table. onDiskBytes - packPayloadBytes.
+   */
+  metadataBytes: number;
+  /** metadataBytes / onDiskBytes (issue 16's budget is 2%). */
+  metadataFraction: number | null;
   quarantineBytes: number;
   /**
    * nonZeroPages / chunks: with the summary alone `chunks` is distinctChunks (garbage included until
@@ -186,6 +193,8 @@ export async function storeStats(store: Store, options: StatsOptions = {}): Prom
       indexBytes,
       tableBytes,
       onDiskBytes: onDisk,
+      metadataBytes: onDisk - c.packPayloadBytes,
+      metadataFraction: onDisk > 0 ? (onDisk - c.packPayloadBytes) / onDisk : null,
       quarantineBytes,
       dedupRatio: ratio(c.pages - c.zeroPages, c.chunks),
       dedupBasis: 'indexed-chunks',
