@@ -36,6 +36,7 @@ import {
   KEY_SNAPSHOT,
   KEY_VM,
   flushMemtable,
+  levelOpenError,
   openDb,
   scanChunkIndex,
   parseRecord,
@@ -237,14 +238,7 @@ export class Store {
         // LevelDB creates its directory with the process umask; guest memory metadata stays private.
         await fsp.chmod(p.db, 0o700);
       } catch (err) {
-        const cause = (err as { cause?: Error }).cause;
-        if (/lock/i.test(String(cause?.message ?? '')))
-          throw new VnstoreError('E_LOCKED', `store index ${p.db} is locked by another process`);
-        // Opening LevelDB writes (log replay, new log and manifest): a full disk is not corruption.
-        if (/No space left on device/i.test(String(cause?.message ?? (err as Error).message))) {
-          throw new VnstoreError('E_NO_SPACE', `store index ${p.db} cannot be opened: no space left on device`, { cause: err });
-        }
-        throw new CorruptError(`store index ${p.db} cannot be opened: ${cause?.message ?? (err as Error).message}`, { cause: err });
+        throw levelOpenError(err, p.db);
       }
       trace('db open');
       packs = new PackReader(p.packs);
