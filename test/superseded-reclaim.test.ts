@@ -6,6 +6,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DIGEST_BYTES } from '../src/format/pages.js';
@@ -143,6 +144,23 @@ describe('reclaim after commit, 32 MiB packs', () => {
     } finally {
       await store.close();
     }
+  }, 120_000);
+
+  it('close() waits for a reclaim the commit started', async () => {
+    const dir = path.join(tempDir(), 'store');
+    await Store.init(dir);
+    const store = await Store.open(dir, { workers: 0, sweeper: gcSweeper });
+    const pages = 2048; // 8 MiB, every page rewritten once: 8 MiB superseded
+    const s = await store.beginSession({ vm: 'a', parent: 'none', memoryBytes: pages * PAGE });
+    await s.writePages(0, Buffer.concat(Array.from({ length: pages }, (_, p) => randomPage(p))));
+    const image = Buffer.concat(Array.from({ length: pages }, (_, p) => randomPage(500_000 + p)));
+    await s.writePages(0, image);
+    const rec = await s.commit();
+    await store.close(); // no reclaimIdle(): close must wait for it
+    const files = readdirSync(path.join(dir, 'packs'));
+    const bytes = files.reduce((sum, f) => sum + statSync(path.join(dir, 'packs', f)).size, 0);
+    expect(bytes).toBeLessThan(pages * PAGE * 1.01);
+    await expectIntact(dir, rec.id, createHash('sha256').update(image).digest('hex'));
   }, 120_000);
 
   it('a SIGKILL during the background reclaim leaves a store that checks clean and restores exactly', async () => {
