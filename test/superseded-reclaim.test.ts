@@ -16,6 +16,7 @@ import { worthReclaiming, DEFAULT_RECLAIM_POLICY, reclaimFromEnv } from '../src/
 import { Store } from '../src/store/store.js';
 import { SupersededTracker } from '../src/store/superseded.js';
 import { makeTempDir, PAGE, randomPage, REPO_ROOT, removeDir, restoreToBuffer } from './helpers/engine.js';
+import { restoreRemote, startServer } from './helpers/server.js';
 
 const MIB = 1024 * 1024;
 const BENCH = path.join(REPO_ROOT, 'bench/superseded.mjs');
@@ -161,6 +162,27 @@ describe('reclaim after commit, 32 MiB packs', () => {
     const bytes = files.reduce((sum, f) => sum + statSync(path.join(dir, 'packs', f)).size, 0);
     expect(bytes).toBeLessThan(pages * PAGE * 1.01);
     await expectIntact(dir, rec.id, createHash('sha256').update(image).digest('hex'));
+  }, 120_000);
+
+  it('the server reclaims in its own process after an agent commits', async () => {
+    const running = await startServer(tempDir(), {}, undefined, { sweeper: gcSweeper });
+    try {
+      const client = await running.connect();
+      const pages = 2048;
+      const s = await client.beginSession({ vm: 'remote', parent: 'none', memoryBytes: pages * PAGE });
+      // Two rounds, each sent whole (single pages the agent gathers would replace each other unsent).
+      const all = Array.from({ length: pages }, (_, p) => p);
+      await s.writeScattered(all, Buffer.concat(all.map((p) => randomPage(p))));
+      const image = Buffer.concat(all.map((p) => randomPage(700_000 + p)));
+      await s.writeScattered(all, image);
+      const rec = await s.commit();
+      expect((await running.store.reclaimIdle()).runs).toBe(1);
+      const packs = (await running.store.listPacks()).reduce((sum, r) => sum + r.bytes, 0);
+      expect(packs).toBeLessThan(pages * PAGE * 1.01);
+      expect((await restoreRemote(client, rec.id)).equals(image)).toBe(true);
+    } finally {
+      await running.stop();
+    }
   }, 120_000);
 
   it('a SIGKILL during the background reclaim leaves a store that checks clean and restores exactly', async () => {
