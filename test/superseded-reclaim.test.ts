@@ -12,7 +12,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { DIGEST_BYTES } from '../src/format/pages.js';
 import { checkStore } from '../src/maintenance/check.js';
 import { gcSweeper } from '../src/maintenance/sweeper.js';
-import { worthReclaiming, DEFAULT_RECLAIM_POLICY, reclaimFromEnv } from '../src/store/reclaim.js';
+import { DEFAULT_RECLAIM_POLICY, Reclaimer, reclaimFromEnv, worthReclaiming, type PackSweeper } from '../src/store/reclaim.js';
 import { Store } from '../src/store/store.js';
 import { SupersededTracker } from '../src/store/superseded.js';
 import { makeTempDir, PAGE, randomPage, REPO_ROOT, removeDir, restoreToBuffer } from './helpers/engine.js';
@@ -92,6 +92,74 @@ describe('superseded chunk accounting', () => {
     expect(reclaimFromEnv({ VNSTORE_RECLAIM: '0' })).toBe(false);
     expect(reclaimFromEnv({ VNSTORE_RECLAIM: 'off' })).toBe(false);
     expect(reclaimFromEnv({})).toBe(true);
+  });
+});
+
+describe('Reclaimer', () => {
+  /** A sweeper whose reclaims finish when the test says, recording the packs of each. */
+  function fakeSweeper() {
+    const calls: number[][] = [];
+    let active = 0;
+    let most = 0;
+    const releases: (() => void)[] = [];
+    const sweeper: PackSweeper = {
+      dropDead: () => Promise.resolve(),
+      reclaim: async (_store, packs) => {
+        calls.push([...packs]);
+        most = Math.max(most, ++active);
+        await new Promise<void>((r) => releases.push(r));
+        active--;
+        if (packs.includes(13)) throw new Error('a failed reclaim');
+      },
+    };
+    const settle = async () => {
+      while (releases.length === 0) await new Promise((r) => setImmediate(r));
+      releases.shift()!();
+    };
+    return { sweeper, calls, settle, most: () => most };
+  }
+  const worth = (packs: number[]) => ({ packs, newBytes: 100 * MIB, supersededBytes: 50 * MIB });
+  const store = {} as Store;
+
+  it('runs one reclaim at a time, merges requests made meanwhile, and close() waits for them', async () => {
+    const f = fakeSweeper();
+    const r = new Reclaimer(store, f.sweeper, true);
+    r.afterCommit(worth([1, 2]));
+    await f.settle();
+    expect(f.calls).toEqual([[1, 2]]);
+    r.afterCommit(worth([3]));
+    r.afterCommit(worth([4, 3]));
+    r.afterCommit({ ...worth([9]), supersededBytes: 0 }); // not worth it: not asked
+    let closed = false;
+    const closing = r.close().then(() => (closed = true));
+    r.afterCommit(worth([5])); // after close: ignored
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(closed).toBe(false); // the run of 3 and 4 has not finished
+    await f.settle();
+    await closing;
+    expect(f.calls).toEqual([
+      [1, 2],
+      [3, 4],
+    ]);
+    expect(f.most()).toBe(1);
+    expect(r.runs).toBe(2);
+  });
+
+  it('does nothing when turned off or without a sweeper, and survives a failed reclaim', async () => {
+    const f = fakeSweeper();
+    new Reclaimer(store, f.sweeper, false).afterCommit(worth([1]));
+    new Reclaimer(store, undefined, true).afterCommit(worth([1]));
+    await new Promise((r) => setImmediate(r));
+    expect(f.calls).toEqual([]);
+    const r = new Reclaimer(store, f.sweeper, true);
+    r.afterCommit(worth([13]));
+    await f.settle();
+    await r.idle();
+    expect(r.lastError).toBeInstanceOf(Error);
+    r.afterCommit(worth([14]));
+    await f.settle();
+    await r.idle();
+    expect(f.calls).toEqual([[13], [14]]);
   });
 });
 
