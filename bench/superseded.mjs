@@ -11,14 +11,14 @@
  *   node bench/superseded.mjs [--mib 64] [--rounds 5] [--dirty 0.2] [--dist DIR] [--json] [--no-reclaim]
  *                             [--store DIR]
  *
- * --store DIR: use (and keep) that store, and as soon as the commit resolves print one JSON line with
+ * --store DIR: use (and keep) that store (created if it does not exist), and as soon as the commit resolves print one JSON line with
  * the snapshot id and the SHA-256 of the image it must restore to (test/superseded-reclaim.test.ts
  * kills the process during the reclaim that follows).
  *
  * Pages are two thirds random (incompressible), one third compressible text. Uses the built dist/.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -62,7 +62,7 @@ const dirty = Number(values.dirty);
 const root = values.store ? undefined : mkdtempSync(path.join(tmpdir(), 'vnstore-superseded-'));
 try {
   const dir = values.store ? path.resolve(values.store) : path.join(root, 'store');
-  await Store.init(dir);
+  if (!existsSync(dir)) await Store.init(dir); // --store may name a store that holds snapshots already
   const store = await Store.open(dir, { sweeper, reclaim: !values['no-reclaim'] });
   const pick = xorshift(42);
   const began = performance.now();

@@ -62,6 +62,21 @@ async function expectIntact(dir: string, id: string, sha256: string): Promise<vo
   }
 }
 
+/** A new store at `dir` with one snapshot (1 MiB of random pages), closed cleanly. */
+async function putPrior(dir: string): Promise<{ id: string; sha256: string }> {
+  await Store.init(dir);
+  const store = await Store.open(dir, { workers: 0, sweeper: gcSweeper });
+  try {
+    const image = Buffer.concat(Array.from({ length: 256 }, (_, p) => randomPage(2_000_000 + p)));
+    const s = await store.beginSession({ vm: 'prior', parent: 'none', memoryBytes: image.length });
+    await s.writePages(0, image);
+    const rec = await s.commit();
+    return { id: rec.id, sha256: createHash('sha256').update(image).digest('hex') };
+  } finally {
+    await store.close();
+  }
+}
+
 describe('superseded chunk accounting', () => {
   it('counts a stored chunk replaced by other content once, and not one rewritten with the same', () => {
     const t = new SupersededTracker();
@@ -267,7 +282,10 @@ describe('reclaim after commit, 32 MiB packs', () => {
       { delayMs: Math.floor((0.3 + Math.random() * 0.3) * reclaimMs) },
     ];
     for (const kill of kills) {
+      // A store that holds a snapshot already and was closed cleanly: its reopen after the kill also
+      // sweeps what the killed process sealed (the unclean-close path) on top of gc's recovery.
       const dir = path.join(tempDir(), 'store');
+      const prior = await putPrior(dir);
       const child = spawn(process.execPath, [BENCH, '--mib', '40', '--json', '--store', dir], {
         stdio: ['ignore', 'pipe', 'pipe'],
         env: {
@@ -296,6 +314,7 @@ describe('reclaim after commit, 32 MiB packs', () => {
       // Killed while the reclaim ran (a failpoint: the reclaim reached that point in gc's write order).
       expect(signal, `${JSON.stringify(kill)} of a ${reclaimMs.toFixed(0)} ms reclaim`).toBe('SIGKILL');
       await expectIntact(dir, c.committed, c.sha256);
+      await expectIntact(dir, prior.id, prior.sha256);
     }
   }, 300_000);
 });
