@@ -4,13 +4,21 @@
  * guest image, then `--rounds - 1` more rounds each rewriting `--dirty` of the pages (chosen at
  * random) with new content, as a pre-copy migration sends them, and commits. Reports the pack bytes
  * the store holds after the commit against the bytes the committed manifest references (the
- * distinct chunks' stored lengths from the index, their table entries and each pack's framing).
+ * distinct chunks' stored lengths from the index, their table entries and each pack's framing),
+ * once the store's background reclaim of superseded chunks (if the build has one) is done; and the
+ * times of the whole session, of its commit, and of that reclaim after the commit resolved.
  *
- *   node bench/superseded.mjs [--mib 64] [--rounds 5] [--dirty 0.2] [--dist DIR] [--json]
+ *   node bench/superseded.mjs [--mib 64] [--rounds 5] [--dirty 0.2] [--dist DIR] [--json] [--no-reclaim]
+ *                             [--store DIR]
+ *
+ * --store DIR: use (and keep) that store (created if it does not exist), and as soon as the commit resolves print one JSON line with
+ * the snapshot id and the SHA-256 of the image it must restore to (test/superseded-reclaim.test.ts
+ * kills the process during the reclaim that follows).
  *
  * Pages are two thirds random (incompressible), one third compressible text. Uses the built dist/.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -23,6 +31,8 @@ const { values } = parseArgs({
     dirty: { type: 'string', default: '0.2' },
     dist: { type: 'string', default: DEFAULT_DIST },
     json: { type: 'boolean', default: false },
+    'no-reclaim': { type: 'boolean', default: false },
+    store: { type: 'string' },
   },
 });
 const dist = path.resolve(values.dist);
@@ -40,15 +50,20 @@ function fillPage(out, index, version) {
 }
 
 const { Store } = await load('store/store.js');
+// Builds with a reclaim take their sweeper at open (older ones import gc themselves).
+const sweeper = await load('maintenance/sweeper.js').then(
+  (m) => m.gcSweeper,
+  () => undefined,
+);
 const { DIGEST_BYTES, PageKind } = await load('format/pages.js');
 const pages = (Number(values.mib) * MIB) / PAGE;
 const rounds = Number(values.rounds);
 const dirty = Number(values.dirty);
-const root = mkdtempSync(path.join(tmpdir(), 'vnstore-superseded-'));
+const root = values.store ? undefined : mkdtempSync(path.join(tmpdir(), 'vnstore-superseded-'));
 try {
-  const dir = path.join(root, 'store');
-  await Store.init(dir);
-  const store = await Store.open(dir);
+  const dir = values.store ? path.resolve(values.store) : path.join(root, 'store');
+  if (!existsSync(dir)) await Store.init(dir); // --store may name a store that holds snapshots already
+  const store = await Store.open(dir, { sweeper, reclaim: !values['no-reclaim'] });
   const pick = xorshift(42);
   const began = performance.now();
   const s = await store.beginSession({ vm: 'vm', parent: 'none', memoryBytes: pages * PAGE });
@@ -73,10 +88,25 @@ try {
       sent += idx.length;
     }
   }
+  // The image it must restore to, hashed before the commit so that the reclaim starts as it resolves.
+  let sha256;
+  if (values.store) {
+    const image = createHash('sha256');
+    const page = Buffer.alloc(PAGE);
+    for (let p = 0; p < pages; p++) {
+      fillPage(page, p, version[p]);
+      image.update(page);
+    }
+    sha256 = image.digest('hex');
+  }
   const started = performance.now();
   const rec = await s.commit();
   const commitSeconds = (performance.now() - started) / 1000;
   const sessionSeconds = (performance.now() - began) / 1000;
+  if (values.store) process.stdout.write(JSON.stringify({ committed: rec.id, sha256 }) + '\n');
+  const reclaimStarted = performance.now();
+  const reclaimRuns = typeof store.reclaimIdle === 'function' ? (await store.reclaimIdle()).runs : 0;
+  const reclaimSeconds = (performance.now() - reclaimStarted) / 1000;
   // What the manifest references, from the index.
   const table = await store.loadPages(rec.id);
   const digests = new Map();
@@ -101,15 +131,17 @@ try {
     ratio: packBytes / bound,
     commitSeconds,
     sessionSeconds,
+    reclaimRuns,
+    reclaimSeconds,
     dist,
     loadavg: readFileSync('/proc/loadavg', 'utf8').trim(),
   };
   if (values.json) process.stdout.write(JSON.stringify(out) + '\n');
   else {
     process.stdout.write(
-      `${out.imageMib} MiB image, ${rounds} rounds, ${dirty * 100}% rewritten per round: packs ${(packBytes / MIB).toFixed(1)} MiB, referenced ${(bound / MIB).toFixed(1)} MiB (${out.ratio.toFixed(3)}x); session ${sessionSeconds.toFixed(2)} s, of which commit ${commitSeconds.toFixed(2)} s\nload average: ${out.loadavg}\n`,
+      `${out.imageMib} MiB image, ${rounds} rounds, ${dirty * 100}% rewritten per round: packs ${(packBytes / MIB).toFixed(1)} MiB, referenced ${(bound / MIB).toFixed(1)} MiB (${out.ratio.toFixed(3)}x); session ${sessionSeconds.toFixed(2)} s, of which commit ${commitSeconds.toFixed(2)} s; reclaim ${reclaimRuns} run(s), ${reclaimSeconds.toFixed(2)} s after the commit\nload average: ${out.loadavg}\n`,
     );
   }
 } finally {
-  rmSync(root, { recursive: true, force: true });
+  if (root) rmSync(root, { recursive: true, force: true });
 }

@@ -3,6 +3,7 @@
  * sessions of the same shape (writePages, writeScattered, writePage, commit, abort).
  */
 import { Store, type OpenOptions } from '../store/store.js';
+import { lazyGcSweeper } from '../maintenance/lazy-sweeper.js';
 import type { SnapshotRecord } from '../store/db.js';
 import type { CommitOptions, SessionOptions } from '../store/session.js';
 import { AgentClient, type ConnectOptions } from './client.js';
@@ -24,6 +25,6 @@ export interface SnapshotBackend {
 }
 
 export async function openBackend(config: BackendConfig): Promise<SnapshotBackend> {
-  if ('store' in config) return Store.open(config.store, config.open);
+  if ('store' in config) return Store.open(config.store, { sweeper: lazyGcSweeper, ...config.open });
   return AgentClient.connect(config);
 }

@@ -9,6 +9,7 @@ import { fromSystemError, VnstoreError } from '../util/errors.js';
 import { humanBytes } from '../util/units.js';
 import { openWaitingForLock } from './lock-wait.js';
 import { readLiveServer } from '../server/address.js';
+import { lazyGcSweeper } from '../maintenance/lazy-sweeper.js';
 
 export { humanBytes };
 
@@ -98,7 +99,10 @@ export async function withStore<T>(
 ): Promise<T> {
   const dir = storeDir(opts);
   await assertStorePath(dir);
-  const store = await openWaitingForLock(() => Store.open(dir, openOptions), (opts.lockWait ?? 0) * 1000).catch(async (err: unknown) => {
+  const store = await openWaitingForLock(
+    () => Store.open(dir, { sweeper: lazyGcSweeper, ...openOptions }),
+    (opts.lockWait ?? 0) * 1000,
+  ).catch(async (err: unknown) => {
     throw await explainServerLock(err, dir);
   });
   try {

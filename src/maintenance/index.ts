@@ -9,6 +9,7 @@ export {
   type ForgetReport,
 } from './forget.js';
 export { runGc, type GcOptions, type GcReport, type GcResult } from './gc.js';
+export { gcSweeper } from './sweeper.js';
 export {
   planGc,
   DEFAULT_MAX_UNUSED,

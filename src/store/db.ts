@@ -14,7 +14,7 @@ import { Level } from 'level';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import { ByteReader, putVarint } from '../format/varint.js';
-import { CATALOG_DAMAGE_ADVICE, CorruptError } from '../util/errors.js';
+import { CATALOG_DAMAGE_ADVICE, CorruptError, VnstoreError } from '../util/errors.js';
 
 export type StoreDb = Level<Buffer, Buffer>;
 
@@ -56,6 +56,22 @@ export function flushMemtable(db: StoreDb): Promise<void> {
 
 export function openDb(dir: string): StoreDb {
   return new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+}
+
+/**
+ * Why LevelDB would not open, by classic-level's codes: the open fails with LEVEL_DATABASE_NOT_OPEN
+ * and the cause's code says LEVEL_LOCKED, LEVEL_CORRUPTION or LEVEL_IO_ERROR. Anything but a lock or
+ * a full disk is reported as damage, as before.
+ */
+export function levelOpenError(err: unknown, dbDir: string): Error {
+  const cause = (err as { cause?: { code?: unknown; message?: unknown } }).cause;
+  const message = String(cause?.message ?? (err as Error).message);
+  if (cause?.code === 'LEVEL_LOCKED') return new VnstoreError('E_LOCKED', `store index ${dbDir} is locked by another process`);
+  // Opening LevelDB writes (log replay, new log and manifest): a full disk is not corruption. LevelDB
+  // reports it as a plain IO error (LEVEL_IO_ERROR, no errno): its text is all there is to go on.
+  if (/No space left on device/i.test(message))
+    return new VnstoreError('E_NO_SPACE', `store index ${dbDir} cannot be opened: no space left on device`, { cause: err });
+  return new CorruptError(`store index ${dbDir} cannot be opened: ${message}`, { cause: err });
 }
 
 export function chunkKey(digest: Uint8Array): Buffer {

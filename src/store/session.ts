@@ -18,6 +18,8 @@ import { newSnapshotId, validateName } from './ids.js';
 import { BLOCK_PAGES } from './job-sizes.js';
 import type { Store } from './store.js';
 import { MAX_BASE_DEPTH } from './manifest-loader.js';
+import { SupersededTracker } from './superseded.js';
+import type { ReclaimHint } from './reclaim.js';
 import { trace } from '../util/trace.js';
 
 /** Largest image a session accepts without a declared memory size (its page table needs 33 B a page). */
@@ -52,6 +54,8 @@ export interface SessionStats {
   pagesWritten: number;
   newChunks: number;
   newChunkBytes: number;
+  /** New chunks a later write of the same page replaced (an estimate: src/store/superseded.ts). */
+  supersededChunks: number;
 }
 
 export type PreparedState = 'prepared' | 'committed' | 'aborted';
@@ -61,11 +65,14 @@ export interface PreparedSnapshot {
   readonly record: SnapshotRecord;
   readonly failureEpoch: number;
   state: PreparedState;
+  /** What the session left superseded, for the store to reclaim after the commit (src/store/reclaim.ts). */
+  readonly reclaim?: ReclaimHint;
 }
 
 export class Session {
   readonly id = newSnapshotId();
-  readonly stats: SessionStats = { pagesWritten: 0, newChunks: 0, newChunkBytes: 0 };
+  readonly stats: SessionStats = { pagesWritten: 0, newChunks: 0, newChunkBytes: 0, supersededChunks: 0 };
+  private readonly superseded = new SupersededTracker();
   private readonly pages: PageTable;
   private furthestByte = 0;
   /** The last short page written and not since replaced by a whole one (its index and end byte). */
@@ -492,6 +499,11 @@ export class Session {
     const storeLength = new Uint32Array(n);
     const storeCodec = new Uint8Array(n);
     let storeCount = 0;
+    const held = this.pages.digests;
+    for (let i = 0; i < n; i++) {
+      const page = typeof target === 'number' ? target + i : target[i];
+      this.superseded.replace(page, held, page * DIGEST_BYTES, r.digests, i * DIGEST_BYTES);
+    }
     // Digests of zero pages are zero bytes, ignored for Zero kinds: a contiguous block is one copy.
     if (typeof target === 'number') this.pages.digests.set(r.digests, target * DIGEST_BYTES);
     else
@@ -520,6 +532,7 @@ export class Session {
           storeLength[storeCount] = len;
           storeCodec[storeCount] = r.codecs[newIdx];
           storeCount++;
+          this.superseded.stored(typeof target === 'number' ? target + i : target[i]);
           this.stats.newChunkBytes += len;
         }
         payloadPos += len;
@@ -541,6 +554,7 @@ export class Session {
       // Absent after all (a fingerprint clash): store it, unless an earlier page of this batch just did.
       if (store.writer.locateUnindexed(digests[k])) continue;
       const i = confirm[k];
+      this.superseded.stored(typeof target === 'number' ? target + i : target[i]);
       if (ordinalAt[i] >= 0) {
         const o = ordinalAt[i];
         this.storeChunk(digests[k], r.payload.subarray(payloadAt[i], payloadAt[i] + r.lengths[o]), r.codecs[o]);
@@ -603,7 +617,7 @@ export class Session {
       trace('manifest written');
       this.state = 'done';
       this.store.sessions.unregister(this);
-      return { store: this.store, record, failureEpoch: this.failureEpoch, state: 'prepared' };
+      return { store: this.store, record, failureEpoch: this.failureEpoch, state: 'prepared', reclaim: this.reclaimHint() };
     } catch (err) {
       this.state = 'done';
       this.store.sessions.unregister(this);
@@ -644,6 +658,19 @@ export class Session {
     }
   }
 
+  /** The packs sealed since the session began, and its new and superseded bytes (after the last flush). */
+  private reclaimHint(): ReclaimHint {
+    const s = this.stats;
+    s.supersededChunks = this.superseded.chunks;
+    // Superseded chunks are counted, not measured: they are taken at the session's mean stored size.
+    const mean = s.newChunks === 0 ? 0 : s.newChunkBytes / s.newChunks;
+    return {
+      packs: this.store.writer.sealedSince(this.sealMark),
+      newBytes: s.newChunkBytes,
+      supersededBytes: Math.round(Math.min(s.newChunks, s.supersededChunks) * mean),
+    };
+  }
+
   private writerFailure(): Error {
     return this.store.writer.lastFailure ?? new VnstoreError('E_IO', 'a pack write failed during the session');
   }
@@ -670,11 +697,13 @@ export class Session {
       return false;
     }
     const digest = hashPage(page);
+    this.superseded.replace(last, this.pages.digests, last * DIGEST_BYTES, digest, 0);
     this.pages.setDigest(last, digest);
     const [known] = await this.store.lookupExact([digest]);
     if (known) return false;
     const c = getCodec().compressPages(page, [0]);
     this.storeChunk(digest, c.payload.subarray(0, c.lengths[0]), c.codecs[0]);
+    this.superseded.stored(last);
     return true;
   }
 

@@ -36,6 +36,7 @@ import {
   KEY_SNAPSHOT,
   KEY_VM,
   flushMemtable,
+  levelOpenError,
   openDb,
   scanChunkIndex,
   parseRecord,
@@ -70,6 +71,7 @@ import { BLOCK_PAGES, WINDOW_PAGES } from './job-sizes.js';
 import { SessionRegistry } from './session-registry.js';
 import { ChunkGeneration } from './chunk-generation.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
+import { Reclaimer, reclaimFromEnv, type PackSweeper } from './reclaim.js';
 
 export const TABLE_FILE = 'chunk-table.bin';
 
@@ -99,6 +101,17 @@ export interface OpenOptions {
    * megabytes for a large store; sessions and restores refuse such a store.
    */
   chunkTable?: boolean;
+  /**
+   * Removes garbage the store made itself (gcSweeper from the maintenance layer, which the store does
+   * not import): a failed or killed session's packs, and chunks a pre-copy session superseded. Without
+   * one, that garbage waits for 'vnstore gc'.
+   */
+  sweeper?: PackSweeper;
+  /**
+   * Reclaim superseded pre-copy chunks in the background after a commit (src/store/reclaim.ts;
+   * default true, VNSTORE_RECLAIM=0 turns it off). Needs `sweeper`.
+   */
+  reclaim?: boolean;
 }
 
 export type { RecoveryReport };
@@ -137,6 +150,7 @@ export class Store {
   private closed = false;
   /** CLEAN_PACK_KEY as read at open (NaN when absent): close rewrites it only when it moved. */
   private cleanPackMark = NaN;
+  private readonly reclaimer: Reclaimer;
 
   private constructor(
     readonly dir: string,
@@ -152,7 +166,11 @@ export class Store {
     readonly chunkGen: ChunkGeneration,
     /** False when opened with `chunkTable: false` (catalog work only). */
     readonly hasChunkTable: boolean,
-  ) {}
+    private readonly sweeper: PackSweeper | undefined,
+    reclaim: boolean,
+  ) {
+    this.reclaimer = new Reclaimer(this, sweeper, reclaim);
+  }
 
   static paths(dir: string): StorePaths {
     return storePaths(dir);
@@ -220,14 +238,7 @@ export class Store {
         // LevelDB creates its directory with the process umask; guest memory metadata stays private.
         await fsp.chmod(p.db, 0o700);
       } catch (err) {
-        const cause = (err as { cause?: Error }).cause;
-        if (/lock/i.test(String(cause?.message ?? '')))
-          throw new VnstoreError('E_LOCKED', `store index ${p.db} is locked by another process`);
-        // Opening LevelDB writes (log replay, new log and manifest): a full disk is not corruption.
-        if (/No space left on device/i.test(String(cause?.message ?? (err as Error).message))) {
-          throw new VnstoreError('E_NO_SPACE', `store index ${p.db} cannot be opened: no space left on device`, { cause: err });
-        }
-        throw new CorruptError(`store index ${p.db} cannot be opened: ${cause?.message ?? (err as Error).message}`, { cause: err });
+        throw levelOpenError(err, p.db);
       }
       trace('db open');
       packs = new PackReader(p.packs);
@@ -251,7 +262,8 @@ export class Store {
         options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES,
         (token) => gen.advance(token),
       );
-      const store = new Store(dir, config, db, lock, table, packs, writer, pool, recovery, gen, withTable);
+      const reclaim = options.reclaim ?? reclaimFromEnv();
+      const store = new Store(dir, config, db, lock, table, packs, writer, pool, recovery, gen, withTable, options.sweeper, reclaim);
       if (withTable) await store.discardUncleanPacks();
       return store;
     } catch (err) {
@@ -267,11 +279,14 @@ export class Store {
     if (this.closed) return;
     this.closed = true;
     for (const s of [...this.sessions]) await s.abort().catch(() => undefined);
+    // A reclaim started by a commit finishes first: it writes packs and index batches.
+    await this.reclaimer.close();
     await this.writer.close();
     // A clean close of a full open: packs up to here are accounted for (discardUncleanPacks).
     // Written only when it moved, so a command that only read (restore, check) writes nothing here,
-    // and before the memtable flush below, so the next open has no log to replay.
-    if (this.hasChunkTable) {
+    // and before the memtable flush below, so the next open has no log to replay. Without a sweeper
+    // the packs of a killed process were not looked at: the mark stays for an open that can.
+    if (this.hasChunkTable && this.sweeper) {
       const highest = await highestPackId(this.dir, this.db).catch(() => undefined);
       if (highest !== undefined && highest !== this.cleanPackMark)
         await this.db.put(CLEAN_PACK_KEY, Buffer.from(String(highest), 'latin1'), { sync: true }).catch(() => undefined);
@@ -419,6 +434,8 @@ export class Store {
     }
     for (const p of prepared) p.state = 'committed';
     trace('committed');
+    // Durable now: superseded chunks may go, in the background (the caller gets its records first).
+    for (const p of prepared) this.reclaimer.afterCommit(p.reclaim);
     return prepared.map((p) => p.record);
   }
 
@@ -448,15 +465,23 @@ export class Store {
   }
 
   private async discardDeadPacks(ids: number[], why: string): Promise<void> {
-    if (ids.length === 0 || this.closed) return;
+    if (ids.length === 0 || this.closed || !this.sweeper) return;
     try {
       await releaseReserveIfLow(this.dir); // the index batch that drops them needs a little room
-      const { dropDeadPacks } = await import('../maintenance/gc.js');
-      await dropDeadPacks(this, ids);
+      await this.sweeper.dropDead(this, ids);
       trace(`${why}: ${ids.length} pack(s) considered for removal`);
     } catch {
       // Left as garbage: 'vnstore gc' removes it.
     }
+  }
+
+  /**
+   * Resolves once no reclaim of superseded chunks runs or waits (see OpenOptions.reclaim); `runs`
+   * counts those started since open.
+   */
+  async reclaimIdle(): Promise<{ runs: number }> {
+    await this.reclaimer.idle();
+    return { runs: this.reclaimer.runs };
   }
 
   /** Discards prepared-but-uncommitted snapshots (removes their manifest files). */

@@ -1,5 +1,5 @@
 /** In-process server fixtures for the server tests: a store, a VnServer on loopback, agent clients. */
-import { Store } from '../../src/store/store.js';
+import { Store, type OpenOptions } from '../../src/store/store.js';
 import { VnServer, type ServerOptions } from '../../src/server/server.js';
 import { AgentClient } from '../../src/agent/client.js';
 import { parseAddress } from '../../src/server/address.js';
@@ -16,9 +16,14 @@ export interface Running {
   stop(): Promise<void>;
 }
 
-export async function startServer(root: string, options: Partial<ServerOptions> = {}, dir?: string): Promise<Running> {
+export async function startServer(
+  root: string,
+  options: Partial<ServerOptions> = {},
+  dir?: string,
+  open: OpenOptions = {},
+): Promise<Running> {
   const storeDir = dir ?? (await initStore(root));
-  const store = await Store.open(storeDir, { workers: 0 });
+  const store = await Store.open(storeDir, { workers: 0, ...open });
   const server = new VnServer(store, { token: TEST_TOKEN, ...options });
   await server.adoptHeld();
   const address = await server.listen(parseAddress('127.0.0.1:0'));

@@ -1,0 +1,12 @@
+/**
+ * gcSweeper, loaded on first use: the CLI and the server open stores with it, and most commands never
+ * sweep anything, so gc's modules stay unloaded at their start.
+ */
+import type { PackSweeper } from '../store/reclaim.js';
+
+const load = async () => (await import('./sweeper.js')).gcSweeper;
+
+export const lazyGcSweeper: PackSweeper = {
+  dropDead: async (store, packs) => (await load()).dropDead(store, packs),
+  reclaim: async (store, packs) => (await load()).reclaim(store, packs),
+};
