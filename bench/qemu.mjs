@@ -6,7 +6,8 @@
 //   node bench/qemu.mjs [--rounds R] [--mem MiB] [--bandwidth default|max] [--json]
 //   BENCH_TARGETS=cat,vnstore-listen (a subset of the targets below, in that order)
 //   (vnstore-mem and vnstore-listen-mem: the same receivers with VNSTORE_QEMU_SPOOL=memory, the
-//   stream held in memory instead of spooled to a file)
+//   stream held in memory instead of spooled to a file; vnstore-b: `exec:` into another build's
+//   executable, BENCH_VNSTORE_B=/path/to/dist/cli/bin.cjs, for an A/B of two builds in one run)
 //
 // Targets: `exec:cat > FILE`; `exec:node -e 'stdin.resume()'` (Node's start-up alone);
 // `exec:vnstore qemu receive` (Node start-up and store open are part of the migration); a
@@ -35,6 +36,13 @@ const DRAIN = 'process.stdin.resume()';
 // synchronous reads written to a file (what vnstore's spool does, without loading vnstore).
 const SPOOL =
   "const fs=require('fs'),b=Buffer.allocUnsafe(1<<20),o=fs.openSync(process.argv[1],'w');for(let n;(n=fs.readSync(0,b,0,b.length,null))>0;)fs.writeSync(o,b,0,n)";
+
+/** The other build's executable for the vnstore-b target. */
+function otherBin() {
+  const bin = process.env.BENCH_VNSTORE_B;
+  if (!bin || !existsSync(bin)) throw new Error('target vnstore-b needs BENCH_VNSTORE_B=/path/to/dist/cli/bin.cjs');
+  return bin;
+}
 
 /** A pre-started TCP sink that discards the stream: the baseline for --listen. */
 async function tcpDrain() {
@@ -105,14 +113,14 @@ try {
             : target === 'node-spool'
               ? `exec:${process.execPath} -e "${SPOOL}" ${file}`
               : (listener?.uri ??
-                `exec:${target === 'vnstore-mem' ? 'VNSTORE_QEMU_SPOOL=memory ' : ''}${process.execPath} ${vnstoreBin} qemu receive --vm bench --store ${store} > ${idFile}`);
+                `exec:${target === 'vnstore-mem' ? 'VNSTORE_QEMU_SPOOL=memory ' : ''}${process.execPath} ${target === 'vnstore-b' ? otherBin() : vnstoreBin} qemu receive --vm bench --store ${store} > ${idFile}`);
       const t0 = performance.now();
       const info = await migrate(vm, uri);
       const wallMs = performance.now() - t0;
       await listener?.done();
       // The exec: receiver stores the stream after QEMU is done: wait for it, so that its work
       // never overlaps the next target's migration.
-      if (target === 'vnstore' || target === 'vnstore-mem')
+      if (target === 'vnstore' || target === 'vnstore-mem' || target === 'vnstore-b')
         await waitFor(`round ${r}: receive's id`, () => existsSync(idFile) && readFileSync(idFile, 'utf8').endsWith('\n'), 120_000);
       if (info.status !== 'completed') throw new Error(`round ${r} ${target}: ${info.status}`);
       results.push({

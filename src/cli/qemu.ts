@@ -1,10 +1,9 @@
 /** `vnstore qemu receive|send|info`: QEMU live migration into the store and back (docs/QEMU.md). */
-import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { isatty } from 'node:tty';
 import { Option, type Command } from 'commander';
 import { ChunkSource, eagerChunks } from '../qemu/byte-source.js';
-import { Spool, takeEarlySpool } from '../qemu/spool.js';
+import { Spool, earlySpool } from '../qemu/spool.js';
 import { describeQemu, findQemuAncestor } from '../qemu/qemu-process.js';
 import { receiveMigration } from '../qemu/receive.js';
 import { loadStoredMigration, sendMigration, type StoredMigration } from '../qemu/send.js';
@@ -130,18 +129,12 @@ function parseSpoolFd(v: string): number {
 
 /**
  * Hands a spooled stream to a detached `vnstore qemu receive --from-spool-fd 3` with the same
- * arguments, standard output and error, and returns without waiting for it (docs/QEMU.md).
+ * arguments, standard output and error, and returns without waiting for it (docs/QEMU.md). The
+ * executable does this itself when it can (early-spool.cts); this is the way when it could not.
  */
 async function detachReceive(spool: Spool, qemuPid: number | undefined): Promise<void> {
-  const args = process.argv.slice(2).filter((a) => a !== '--detach');
-  args.push('--from-spool-fd', '3');
-  if (qemuPid !== undefined && !args.some((a) => a === '--qemu-pid' || a.startsWith('--qemu-pid=')))
-    args.push('--qemu-pid', String(qemuPid));
   try {
-    const child = spawn(process.execPath, [...process.execArgv, process.argv[1], ...args], {
-      stdio: ['ignore', 'inherit', 'inherit', spool.fileDescriptor],
-      detached: true,
-    });
+    const child = earlySpool().spawnDetachedReceive(spool.fileDescriptor, qemuPid);
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);
       child.once('error', reject);
@@ -157,7 +150,7 @@ async function detachReceive(spool: Spool, qemuPid: number | undefined): Promise
 /** Standard input's spool: the one `--detach` handed over, the early spool, or one spooled now. */
 async function stdinSpool(fromSpoolFd?: string): Promise<Spool> {
   if (fromSpoolFd !== undefined) return Spool.fromFd(parseSpoolFd(fromSpoolFd));
-  return takeEarlySpool() ?? Spool.fromStdin();
+  return Spool.fromStdin();
 }
 
 /** The migration stream from standard input or a socket, taken as the spool mode says. */
