@@ -60,6 +60,7 @@ interface SnapshotOpts extends RemoteOptions {
   switch: string;
   epoch?: string;
   listenHost: string;
+  syncStop: string;
   store?: string;
   json?: boolean;
 }
@@ -362,7 +363,18 @@ Examples (QMP, or the HMP monitor):
       "the epoch to take (default: one past the environment's last group in the store and the VMs' colours at the switch)",
     )
     .option('--listen-host <host>', 'address the migration streams come to (QEMU must reach it)', '127.0.0.1')
-    .option('--json', 'print {group, epoch, flipSkewMs, members: [{vm, id, stateId, totalMs, downtimeMs, addedBytes}]}')
+    .addOption(
+      new Option(
+        '--sync-stop <mode>',
+        'on: pause every guest together (QMP stop) once all migrations are nearly done, so the colours flip together; off: each guest pauses when its own migration converges',
+      )
+        .choices(['on', 'off'])
+        .default('on'),
+    )
+    .option(
+      '--json',
+      'print {group, epoch, syncStop, flipSkewMs, stopSkewMs, members: [{vm, id, stateId, totalMs, downtimeMs, addedBytes}]}',
+    )
     .addOption(storeOption())
     .addOption(lockWaitOption());
   addRemoteOptions(snapshot, false)
@@ -371,6 +383,10 @@ Examples (QMP, or the HMP monitor):
       `
 Each VM must run with a QMP socket and be attached to the switch (-netdev dgram, docs/QEMU.md).
 The guests keep running: each is paused only for its migration's last round, as with receive.
+With --sync-stop on (the default) each migration runs until little is left (QEMU's downtime-limit
+held at 1 ms, then its max-bandwidth cut to 10 B/s, so that QEMU does not pause the guest by
+itself); once every VM is there, all are released at once and every QEMU pauses its guest and
+completes, so the colours flip together. Each VM's own settings are set back afterwards.
 If any VM's migration or flip fails, nothing is committed (exit 12) and every VM is flipped to the
 epoch anyway. Restore each member with \`vnstore qemu info ID\`'s command line.
 
@@ -413,7 +429,7 @@ Example:
                 `--epoch ${asked}: ${opts.env} is at epoch ${next - 1} already (its groups or its VMs' colours); a new cut needs ${next} or more`,
               );
             const epoch = asked ?? next;
-            const r = await snapshotEnvironment(store, agents, opts.env, epoch);
+            const r = await snapshotEnvironment(store, agents, opts.env, epoch, { syncStop: opts.syncStop === 'on' });
             const members = r.members.map((m) => ({
               vm: m.vm,
               id: m.ram.id,
@@ -422,12 +438,15 @@ Example:
               downtimeMs: m.downtimeMs,
               addedBytes: m.ram.addedBytes + m.state.addedBytes,
             }));
+            const ms = (x: number | undefined) => (x === undefined ? undefined : Number(x.toFixed(1)));
             if (opts.json)
               process.stdout.write(
-                `${JSON.stringify({ group: r.group, epoch: r.epoch, flipSkewMs: Number(r.flipSkewMs.toFixed(1)), members })}\n`,
+                `${JSON.stringify({ group: r.group, epoch: r.epoch, syncStop: opts.syncStop === 'on', flipSkewMs: ms(r.flipSkewMs), stopSkewMs: ms(r.stopSkewMs), members })}\n`,
               );
             else {
-              const lines = [`group ${r.group} committed (${members.length} VMs, flips within ${r.flipSkewMs.toFixed(1)} ms)`];
+              const lines = [
+                `group ${r.group} committed (${members.length} VMs, ${opts.syncStop === 'on' ? 'stopped together' : 'each stopped by its migration'}, flips within ${r.flipSkewMs.toFixed(1)} ms)`,
+              ];
               for (const m of members)
                 lines.push(`  ${m.vm}: ${m.id} (state ${m.stateId}), migration ${m.totalMs} ms, downtime ${m.downtimeMs} ms`);
               process.stdout.write(`${lines.join('\n')}\n`);

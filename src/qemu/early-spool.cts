@@ -22,6 +22,8 @@ export interface StdinSpool {
   bytes: number;
   /** Standard input reached its end (else it is non-blocking and ran dry: the rest is Node's stream's). */
   ended: boolean;
+  /** performance.now() when the first bytes were read (undefined if none were). */
+  firstReadAt?: number;
 }
 
 /** A system error and what was being done (the ES side turns it into a VnstoreError). */
@@ -64,18 +66,20 @@ export function spoolStdinSync(dir: string): StdinSpool {
   }
   const buf = Buffer.allocUnsafe(COPY_BYTES);
   let at = 0;
+  let firstReadAt: number | undefined;
   let doing = 'reading the migration stream';
   try {
     for (;;) {
       const n = fs.readSync(0, buf, 0, buf.length, null);
-      if (n === 0) return { fd, bytes: at, ended: true };
+      if (n === 0) return { fd, bytes: at, ended: true, firstReadAt };
+      firstReadAt ??= performance.now();
       doing = 'writing the spool file';
       writeAllAt(fd, buf.subarray(0, n), at);
       doing = 'reading the migration stream';
       at += n;
     }
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EAGAIN') return { fd, bytes: at, ended: false };
+    if ((error as NodeJS.ErrnoException).code === 'EAGAIN') return { fd, bytes: at, ended: false, firstReadAt };
     fs.closeSync(fd);
     throw { error, doing } satisfies SpoolFailure;
   }
@@ -111,12 +115,21 @@ export function stdinIsTty(): boolean {
 
 let early: StdinSpool | SpoolFailure | undefined;
 
-/** Spools standard input now, synchronously while the pipe has data; the result waits for takeEarlySpool. */
+/**
+ * Spools standard input now, synchronously while the pipe has data; the result waits for
+ * takeEarlySpool. VNSTORE_TRACE=1 prints, afterwards, when the first bytes were read (ms since the
+ * process started: the start-up QEMU waited for) and when the copy stopped, as src/util/trace.ts does.
+ */
 export function startEarlySpool(): void {
   try {
     early ??= spoolStdinSync(defaultSpoolDir());
   } catch (failure) {
     early = failure as SpoolFailure;
+  }
+  if (process.env.VNSTORE_TRACE === '1' && 'fd' in early) {
+    const ms = (t: number) => `[trace ${t.toFixed(1).padStart(8)} ms]`;
+    if (early.firstReadAt !== undefined) process.stderr.write(`${ms(early.firstReadAt)} early spool: first bytes read\n`);
+    process.stderr.write(`${ms(performance.now())} early spool: ${early.bytes} bytes, ${early.ended ? 'ended' : 'ran dry'}\n`);
   }
 }
 
