@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildGuest, lastTick, pingReplies, qemuAvailable, startGuest, ticks, vnstoreBin, waitFor, type Guest } from './qemu/harness.mjs';
 import { makeTempDir, removeDir, runCli } from './helpers/engine.js';
 import { startServe } from './helpers/serve-process.js';
+import { decodeChannelState } from '../src/coordinator/channel-state.js';
 
 const inCi = /^(1|true)$/i.test(process.env.CI ?? '');
 const haveQemu = qemuAvailable();
@@ -358,22 +359,46 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
       boot('vm2', 2, p2, sw.vmPort, undefined, '-sync', 256),
     ]);
     await waitFor('both guests counting', () => lastTick(g1.consolePath) >= 2 && lastTick(g2.consolePath) >= 2, 120_000);
-    const take = async (mode: 'on' | 'off') => {
-      const r = await runCli(snapshotArgs('sync', '-sync', sw.tunnelPort, '--sync-stop', mode, '--store', store));
+    const take = async (mode: 'on' | 'off', ...more: string[]) => {
+      const r = await runCli(snapshotArgs('sync', '-sync', sw.tunnelPort, '--sync-stop', mode, '--store', store, ...more));
       expect(r.code, r.stderr).toBe(0);
       return JSON.parse(r.stdout.toString()) as {
         group: string;
         syncStop: boolean;
         flipSkewMs: number;
         stopSkewMs: number;
+        channelFrames?: number;
         members: { vm: string; id: string }[];
       };
     };
-    const off = await take('off');
+    // With the guests paused seconds apart, pings cross the cut: their channel state is stored too.
+    const off = await take('off', '--channel-state', 'on');
     const before = lastTick(g1.consolePath);
     const on = await take('on');
     const after = lastTick(g1.consolePath);
     expect([off.group, off.syncStop, on.group, on.syncStop]).toEqual(['sync-e1', false, 'sync-e2', true]);
+    const listed = JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString()) as {
+      id: string;
+      vm: string;
+      group: string;
+    }[];
+    expect(
+      listed
+        .filter((x) => x.group === 'sync-e1')
+        .map((x) => x.vm)
+        .sort(),
+    ).toEqual(['sync.channels', 'vm1', 'vm1.qemu', 'vm2', 'vm2.qemu']);
+    expect(
+      listed
+        .filter((x) => x.group === 'sync-e2')
+        .map((x) => x.vm)
+        .sort(),
+    ).toEqual(['vm1', 'vm1.qemu', 'vm2', 'vm2.qemu']);
+    const image = await runCli(['restore', listed.find((x) => x.vm === 'sync.channels')!.id, '--store', store]);
+    const frames = decodeChannelState(image.stdout, 1);
+    expect(frames).toHaveLength(off.channelFrames!);
+    for (const f of frames) expect([f.src, f.dst].sort()).toEqual(['vm1', 'vm2']);
+    expect(on.channelFrames).toBeUndefined();
     console.log(
       `flip skew: --sync-stop off ${off.flipSkewMs} ms, on ${on.flipSkewMs} ms; stop skew: off ${off.stopSkewMs} ms, on ${on.stopSkewMs} ms`,
     );

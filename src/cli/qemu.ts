@@ -61,6 +61,7 @@ interface SnapshotOpts extends RemoteOptions {
   epoch?: string;
   listenHost: string;
   syncStop: string;
+  channelState: string;
   store?: string;
   json?: boolean;
 }
@@ -371,9 +372,17 @@ Examples (QMP, or the HMP monitor):
         .choices(['on', 'off'])
         .default('on'),
     )
+    .addOption(
+      new Option(
+        '--channel-state <mode>',
+        'on: store the frames that crossed the cut, fetched from the switch (--channels hold), as the group member <env>.channels',
+      )
+        .choices(['on', 'off'])
+        .default('off'),
+    )
     .option(
       '--json',
-      'print {group, epoch, syncStop, flipSkewMs, stopSkewMs, members: [{vm, id, stateId, totalMs, downtimeMs, addedBytes}]}',
+      'print {group, epoch, syncStop, flipSkewMs, stopSkewMs, channelFrames, members: [{vm, id, stateId, totalMs, downtimeMs, addedBytes}]}',
     )
     .addOption(storeOption())
     .addOption(lockWaitOption());
@@ -429,7 +438,12 @@ Example:
                 `--epoch ${asked}: ${opts.env} is at epoch ${next - 1} already (its groups or its VMs' colours); a new cut needs ${next} or more`,
               );
             const epoch = asked ?? next;
-            const r = await snapshotEnvironment(store, agents, opts.env, epoch, { syncStop: opts.syncStop === 'on' });
+            const { requestChannelState } = await import('../switch/flip-client.js');
+            const r = await snapshotEnvironment(store, agents, opts.env, epoch, {
+              syncStop: opts.syncStop === 'on',
+              channelState:
+                opts.channelState === 'on' ? () => requestChannelState(switchAddr, epoch, { retryMs: 50, attempts: 60 }) : undefined,
+            });
             const members = r.members.map((m) => ({
               vm: m.vm,
               id: m.ram.id,
@@ -441,7 +455,7 @@ Example:
             const ms = (x: number | undefined) => (x === undefined ? undefined : Number(x.toFixed(1)));
             if (opts.json)
               process.stdout.write(
-                `${JSON.stringify({ group: r.group, epoch: r.epoch, syncStop: opts.syncStop === 'on', flipSkewMs: ms(r.flipSkewMs), stopSkewMs: ms(r.stopSkewMs), members })}\n`,
+                `${JSON.stringify({ group: r.group, epoch: r.epoch, syncStop: opts.syncStop === 'on', flipSkewMs: ms(r.flipSkewMs), stopSkewMs: ms(r.stopSkewMs), channelFrames: r.channelFrames, members })}\n`,
               );
             else {
               const lines = [

@@ -10,6 +10,8 @@ import type { SnapshotRecord } from '../store/db.js';
 import type { MigrationStore } from './migration-store.js';
 import type { QemuMember, QemuVmAgent } from './vm-agent.js';
 import { StopBarrier } from './stop-barrier.js';
+import { channelMemberName, encodeChannelState } from '../coordinator/channel-state.js';
+import type { ChannelFrame } from '../switch/core.js';
 import { VnstoreError } from '../util/errors.js';
 
 export interface EnvironmentSnapshot {
@@ -20,6 +22,8 @@ export interface EnvironmentSnapshot {
   flipSkewMs: number;
   /** Milliseconds between the first and the last guest paused (QMP STOP events seen). */
   stopSkewMs?: number;
+  /** Frames stored as the group's channel state (member `<env>.channels`), when it was fetched. */
+  channelFrames?: number;
 }
 
 const spread = (xs: number[]) => Math.max(...xs) - Math.min(...xs);
@@ -44,6 +48,19 @@ export async function nextEpoch(store: MigrationStore, env: string, agents: Qemu
   return last + 1;
 }
 
+/** The channel state as the group member `<env>.channels` (docs/COORDINATION.md), prepared. */
+async function prepareChannelState(store: MigrationStore, env: string, group: string, frames: ChannelFrame[]): Promise<string> {
+  const image = encodeChannelState(frames);
+  const session = await store.beginSession({ vm: channelMemberName(env), group, memoryBytes: image.length });
+  try {
+    await session.writePages(0, image);
+    return await session.prepare({ byteLength: image.length, unwritten: 'zero' });
+  } catch (err) {
+    await session.abort().catch(() => undefined);
+    throw err;
+  }
+}
+
 /**
  * With `syncStop`, the guests are paused together once every migration is nearly done (StopBarrier,
  * vm-agent.ts); without it, each when its own migration converges.
@@ -53,7 +70,11 @@ export async function snapshotEnvironment(
   agents: QemuVmAgent[],
   env: string,
   epoch: number,
-  options: { syncStop?: boolean } = {},
+  options: {
+    syncStop?: boolean;
+    /** The frames that crossed the cut, from the switch (hold mode): stored as one more member. */
+    channelState?: () => Promise<ChannelFrame[]>;
+  } = {},
 ): Promise<EnvironmentSnapshot> {
   const group = groupId(env, epoch);
   const barrier = options.syncStop ? new StopBarrier(agents.length) : undefined;
@@ -63,6 +84,9 @@ export async function snapshotEnvironment(
   const failures = results.flatMap((r, k) => (r.status === 'rejected' ? [`${agents[k].vm}: ${(r.reason as Error).message}`] : []));
   if (failures.length === 0) {
     try {
+      // Every VM has flipped: no more frames cross this cut.
+      const frames = options.channelState ? await options.channelState() : undefined;
+      if (frames) ids.push(await prepareChannelState(store, env, group, frames));
       const records = await store.commitGroup(group, ids);
       const stops = members.flatMap((m) => (m.stoppedAt === undefined ? [] : [m.stoppedAt]));
       return {
@@ -71,6 +95,7 @@ export async function snapshotEnvironment(
         members: members.map((m, k) => ({ ...m, ram: records[2 * k], state: records[2 * k + 1] })),
         flipSkewMs: spread(members.map((m) => m.flippedAt)),
         stopSkewMs: stops.length === members.length ? spread(stops) : undefined,
+        channelFrames: frames?.length,
       };
     } catch (err) {
       failures.push(`commit: ${(err as Error).message}`);
