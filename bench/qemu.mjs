@@ -6,7 +6,9 @@
 //   node bench/qemu.mjs [--rounds R] [--mem MiB] [--bandwidth default|max] [--json]
 //   BENCH_TARGETS=cat,vnstore-listen (a subset of the targets below, in that order)
 //   (vnstore-mem and vnstore-listen-mem: the same receivers with VNSTORE_QEMU_SPOOL=memory, the
-//   stream held in memory instead of spooled to a file)
+//   stream held in memory instead of spooled to a file; spool-only: vnstore's early spool module
+//   alone, which copies the stream to its file and exits, nothing stored; vnstore-b: `exec:` into another build's
+//   executable, BENCH_VNSTORE_B=/path/to/dist/cli/bin.cjs, for an A/B of two builds in one run)
 //
 // Targets: `exec:cat > FILE`; `exec:node -e 'stdin.resume()'` (Node's start-up alone);
 // `exec:vnstore qemu receive` (Node start-up and store open are part of the migration); a
@@ -31,10 +33,27 @@ const { values: opts } = parseArgs({
 const rounds = Number(opts.rounds);
 const TARGETS = (process.env.BENCH_TARGETS ?? 'cat,node-drain,vnstore,tcp-drain,vnstore-listen').split(',');
 const DRAIN = 'process.stdin.resume()';
+// spool-only: vnstore's own early spool (dist/qemu/early-spool.cjs) and nothing else of vnstore.
+const EARLY_SPOOL = join(vnstoreBin, '..', '..', 'qemu', 'early-spool.cjs');
 // The floor of any Node exec: receiver that keeps the stream: Node's start-up, then 1 MiB
 // synchronous reads written to a file (what vnstore's spool does, without loading vnstore).
+// It prints when it first read (ms since its process started) on stderr, as vnstore's early spool
+// does with VNSTORE_TRACE=1: the start-up during which QEMU waited on the full pipe.
 const SPOOL =
-  "const fs=require('fs'),b=Buffer.allocUnsafe(1<<20),o=fs.openSync(process.argv[1],'w');for(let n;(n=fs.readSync(0,b,0,b.length,null))>0;)fs.writeSync(o,b,0,n)";
+  "const fs=require('fs'),b=Buffer.allocUnsafe(1<<20),o=fs.openSync(process.argv[1],'w');let f;for(let n;(n=fs.readSync(0,b,0,b.length,null))>0;){f??=performance.now();fs.writeSync(o,b,0,n)}process.stderr.write('[trace '+f.toFixed(1)+' ms] early spool: first bytes read\\n')";
+
+/** When an exec: receiver first read, from its trace line; undefined for the others. */
+function firstRead(traceFile) {
+  const m = existsSync(traceFile) && /\[trace +([\d.]+) ms\] early spool: first bytes read/.exec(readFileSync(traceFile, 'utf8'));
+  return m ? Math.round(Number(m[1])) : undefined;
+}
+
+/** The other build's executable for the vnstore-b target. */
+function otherBin() {
+  const bin = process.env.BENCH_VNSTORE_B;
+  if (!bin || !existsSync(bin)) throw new Error('target vnstore-b needs BENCH_VNSTORE_B=/path/to/dist/cli/bin.cjs');
+  return bin;
+}
 
 /** A pre-started TCP sink that discards the stream: the baseline for --listen. */
 async function tcpDrain() {
@@ -92,6 +111,7 @@ try {
     for (const target of TARGETS) {
       const file = join(dir, `cat-${r}.mig`);
       const idFile = join(dir, `r${r}-${target}.id`);
+      const traceFile = join(dir, `r${r}-${target}.trace`);
       const listener = target.startsWith('vnstore-listen')
         ? await listeningReceiver(store, 'bench-listen', target === 'vnstore-listen-mem' ? 'memory' : undefined)
         : target === 'tcp-drain'
@@ -103,16 +123,18 @@ try {
           : target === 'node-drain'
             ? `exec:${process.execPath} -e "${DRAIN}"`
             : target === 'node-spool'
-              ? `exec:${process.execPath} -e "${SPOOL}" ${file}`
-              : (listener?.uri ??
-                `exec:${target === 'vnstore-mem' ? 'VNSTORE_QEMU_SPOOL=memory ' : ''}${process.execPath} ${vnstoreBin} qemu receive --vm bench --store ${store} > ${idFile}`);
+              ? `exec:${process.execPath} -e "${SPOOL}" ${file} 2> ${traceFile}`
+              : target === 'spool-only'
+                ? `exec:VNSTORE_TRACE=1 ${process.execPath} -e "require('${EARLY_SPOOL}').startEarlySpool()" 2> ${traceFile}`
+                : (listener?.uri ??
+                  `exec:VNSTORE_TRACE=1 ${target === 'vnstore-mem' ? 'VNSTORE_QEMU_SPOOL=memory ' : ''}${process.execPath} ${target === 'vnstore-b' ? otherBin() : vnstoreBin} qemu receive --vm bench --store ${store} > ${idFile} 2> ${traceFile}`);
       const t0 = performance.now();
       const info = await migrate(vm, uri);
       const wallMs = performance.now() - t0;
       await listener?.done();
       // The exec: receiver stores the stream after QEMU is done: wait for it, so that its work
       // never overlaps the next target's migration.
-      if (target === 'vnstore' || target === 'vnstore-mem')
+      if (target === 'vnstore' || target === 'vnstore-mem' || target === 'vnstore-b')
         await waitFor(`round ${r}: receive's id`, () => existsSync(idFile) && readFileSync(idFile, 'utf8').endsWith('\n'), 120_000);
       if (info.status !== 'completed') throw new Error(`round ${r} ${target}: ${info.status}`);
       results.push({
@@ -124,6 +146,8 @@ try {
         wallMs: Math.round(wallMs),
         transferredBytes: info.ram?.transferred,
         iterations: info.ram?.['dirty-sync-count'],
+        // ms from the exec: receiver's start to its first read (vnstore's early spool, the node floor)
+        firstReadMs: firstRead(traceFile),
       });
       if (target === 'cat' || target === 'node-spool') rmSync(file, { force: true });
       if (!opts.json) console.error(`round ${r} ${target}: total ${info['total-time']} ms, downtime ${info.downtime} ms`);
@@ -146,6 +170,7 @@ for (const target of TARGETS) {
     downtimeMsMedian: median(rs.map((x) => x.downtimeMs)),
     totalMs: rs.map((x) => x.totalMs),
     downtimeMs: rs.map((x) => x.downtimeMs),
+    firstReadMs: rs.map((x) => x.firstReadMs),
   };
 }
 for (const target of TARGETS) if (summary.cat) summary[target].totalRatioToCat = summary[target].totalMsMedian / summary.cat.totalMsMedian;

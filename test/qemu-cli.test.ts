@@ -143,6 +143,31 @@ describe('vnstore qemu', () => {
     expect((await snapshots()).filter((s) => s.vm.startsWith('cut'))).toEqual([]);
   });
 
+  it('--detach starts the background receive before the CLI loads: only that process loads it', async () => {
+    // VNSTORE_TRACE prints "modules loaded" from every process that loads the CLI (main.ts); the
+    // command itself must not, since QEMU keeps the guest paused until it exits.
+    const { bytes } = encodeModel(model());
+    const err = `${dir}/detach-trace.err`;
+    const out = `${dir}/detach-trace.out`;
+    const fds = [openSync(out, 'w'), openSync(err, 'w')];
+    const child = spawn(
+      process.execPath,
+      [CLI, 'qemu', 'receive', '--vm', 'det-early', '--store', store, '--detach', '--lock-wait', '60'],
+      {
+        stdio: ['pipe', fds[0], fds[1]],
+        env: { ...process.env, VNSTORE_TRACE: '1' },
+      },
+    );
+    fds.forEach((fd) => closeSync(fd));
+    child.stdin!.end(bytes);
+    expect(await new Promise((resolve) => child.once('exit', resolve))).toBe(0);
+    const id = await waitForLine(out);
+    const loads = readFileSync(err, 'utf8').match(/\] modules loaded/g) ?? [];
+    expect(loads).toHaveLength(1);
+    const restored = await runCli(['restore', id, '--store', store]);
+    expect(restored.stdout.equals(memoryOf(model()))).toBe(true);
+  });
+
   it('commits the RAM and state snapshots of each VM into the --group given (an environment epoch)', async () => {
     const { bytes } = encodeModel(model());
     const ids: string[] = [];

@@ -74,7 +74,8 @@ describe('vnstore qemu receive killed at any instant', () => {
     const m = model();
     const { bytes } = encodeModel(m);
     const memory = memoryOf(m);
-    // How long a whole receive takes here, unkilled: the kills are spread from 15% to 115% of it.
+    // How long a whole receive takes here, unkilled: the kills are spread from 15% to 150% of it
+    // (past 100%: on the loaded 2-core machine one receive can take a third longer than another).
     expect((await runCli(['init', '--store', `${dir}/timing`])).code).toBe(0);
     const t0 = performance.now();
     expect(await killedReceive(`${dir}/timing`, 'vm', bytes, 600_000)).toBe(0);
@@ -83,7 +84,7 @@ describe('vnstore qemu receive killed at any instant', () => {
     for (let trial = 0; trial < 6; trial++) {
       const store = `${dir}/store${trial}`;
       expect((await runCli(['init', '--store', store])).code).toBe(0);
-      const killMs = Math.round(wholeMs * (0.15 + 0.2 * trial));
+      const killMs = Math.round(wholeMs * (0.15 + 0.27 * trial));
       const code = await killedReceive(store, 'vm', bytes, killMs);
       const check = await runCli(['check', '--store', store]);
       expect(check.code, `trial ${trial} (kill at ${killMs} ms, exit ${code}): ${check.stderr}`).toBe(0);

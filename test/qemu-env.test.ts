@@ -12,6 +12,8 @@ import dgram from 'node:dgram';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildGuest, lastTick, pingReplies, qemuAvailable, startGuest, ticks, vnstoreBin, waitFor, type Guest } from './qemu/harness.mjs';
 import { makeTempDir, removeDir, runCli } from './helpers/engine.js';
+import { startServe } from './helpers/serve-process.js';
+import { decodeChannelState } from '../src/coordinator/channel-state.js';
 
 const inCi = /^(1|true)$/i.test(process.env.CI ?? '');
 const haveQemu = qemuAvailable();
@@ -89,32 +91,46 @@ async function startSwitch(ports: Record<string, number>, epoch: number) {
 }
 
 /** QEMU arguments attaching a guest to the switch, plus a QMP socket of its own for the agent. */
-function nicArgs(k: number, ownPort: number, switchPort: number): string[] {
+function nicArgs(k: number, ownPort: number, switchPort: number, qmpName = `vm${k}.agent`): string[] {
   return [
     '-netdev',
     `dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=${ownPort},remote.type=inet,remote.host=127.0.0.1,remote.port=${switchPort}`,
     '-device',
     `virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0${k},romfile=`,
     '-qmp',
-    `unix:${dir}/vm${k}.agent.qmp,server=on,wait=off`,
+    `unix:${dir}/${qmpName}.qmp,server=on,wait=off`,
   ];
 }
 
 const ADDRS = { vm1: ['10.0.0.1', '10.0.0.2'], vm2: ['10.0.0.2', '10.0.0.1'] } as const;
 
-async function boot(vm: 'vm1' | 'vm2', k: number, ownPort: number, switchPort: number, incoming?: string, suffix = ''): Promise<Guest> {
+async function boot(
+  vm: 'vm1' | 'vm2',
+  k: number,
+  ownPort: number,
+  switchPort: number,
+  incoming?: string,
+  suffix = '',
+  memMiB = 96,
+): Promise<Guest> {
   const [ip, peer] = ADDRS[vm];
   const g = await startGuest({
     dir,
     name: vm + suffix,
     guest,
-    memMiB: 96,
+    memMiB,
     incoming,
     append: `vnip=${ip} vnpeer=${peer}`,
-    extraArgs: nicArgs(k, ownPort, switchPort),
+    extraArgs: nicArgs(k, ownPort, switchPort, `${vm}${suffix}.agent`),
   });
   running.push(g);
   return g;
+}
+
+/** `vnstore qemu snapshot --json` of vm1 and vm2 (their agent QMP sockets named by `suffix`) on a switch. */
+function snapshotArgs(env: string, suffix: string, tunnelPort: number, ...more: string[]): string[] {
+  const vm = (name: string) => ['--vm', `${name}=${dir}/${name}${suffix}.agent.qmp`];
+  return ['qemu', 'snapshot', '--env', env, ...vm('vm1'), ...vm('vm2'), '--switch', `127.0.0.1:${tunnelPort}`, '--json', ...more];
 }
 
 const sum = (pairs: PairCounters[], f: (p: PairCounters) => boolean, field: 'delivered' | 'dropped') =>
@@ -264,6 +280,155 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
       ['vm2', 'vm1'],
     ])
       expect(sum(pairs2, (p) => p.src === src && p.dst === dst && p.epoch === 2, 'delivered')).toBeGreaterThan(0);
+  }, 400_000);
+
+  it('snapshots an environment through a vnstore serve (--server) and restores both guests from it', async () => {
+    const srvStore = `${dir}/server-store`;
+    const init = await runCli(['init', '--store', srvStore, '--json']);
+    expect(init.code, init.stderr).toBe(0);
+    const tokenFile = (JSON.parse(init.stdout.toString()) as { tokenFile: string }).tokenFile;
+    const srv = await startServe(srvStore);
+    try {
+      const remote = ['--server', srv.address, '--token-file', tokenFile];
+      const [p1, p2] = await freeUdpPorts(2);
+      const sw = await startSwitch({ vm1: p1, vm2: p2 }, 0);
+      const [g1, g2] = await Promise.all([
+        boot('vm1', 1, p1, sw.vmPort, undefined, '-srv'),
+        boot('vm2', 2, p2, sw.vmPort, undefined, '-srv'),
+      ]);
+      await waitFor(
+        'both guests pinging each other',
+        () => pingReplies(g1.consolePath).length >= 2 && pingReplies(g2.consolePath).length >= 2,
+        120_000,
+      );
+      const before = [lastTick(g1.consolePath), lastTick(g2.consolePath)];
+      const snap = await runCli(snapshotArgs('remote', '-srv', sw.tunnelPort, ...remote));
+      expect(snap.code, snap.stderr).toBe(0);
+      const after = [lastTick(g1.consolePath), lastTick(g2.consolePath)];
+      const result = JSON.parse(snap.stdout.toString()) as { group: string; members: { vm: string; id: string; stateId: string }[] };
+      expect(result.group).toBe('remote-e1');
+      // The group is on the server, all four members, and nothing went to the local store.
+      const ls = await runCli(['ls', '--json', ...remote]);
+      expect(ls.code, ls.stderr).toBe(0);
+      const listed = JSON.parse(ls.stdout.toString()) as { id: string; vm: string; group: string }[];
+      expect(listed.map((x) => `${x.vm}@${x.group}`).sort()).toEqual([
+        'vm1.qemu@remote-e1',
+        'vm1@remote-e1',
+        'vm2.qemu@remote-e1',
+        'vm2@remote-e1',
+      ]);
+      expect(new Set(listed.map((x) => x.id))).toEqual(new Set(result.members.flatMap((m) => [m.id, m.stateId])));
+      const local = JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString()) as { group: string }[];
+      expect(local.some((x) => x.group === 'remote-e1')).toBe(false);
+      await Promise.all([g1.stop(), g2.stop()]);
+      await sw.stop();
+
+      // Both restored at once through the server (no store lock between them), on a switch at the epoch.
+      const sw2 = await startSwitch({ vm1: p1, vm2: p2 }, 1);
+      const send = (vm: string) =>
+        `exec:${process.execPath} ${vnstoreBin} qemu send ${result.members.find((m) => m.vm === vm)!.id} ${remote.join(' ')}`;
+      const [r1, r2] = await Promise.all([
+        boot('vm1', 1, p1, sw2.vmPort, send('vm1'), '-srv-restored'),
+        boot('vm2', 2, p2, sw2.vmPort, send('vm2'), '-srv-restored'),
+      ]);
+      await waitFor(
+        'the guests restored from the server counting and pinging',
+        () => [r1, r2].every((r) => ticks(r.consolePath).length >= 3 && pingReplies(r.consolePath).length >= 2),
+        120_000,
+      );
+      for (const [k, r] of [r1, r2].entries()) {
+        const t = ticks(r.consolePath);
+        expect(t[0].n).toBeGreaterThan(before[k]);
+        expect(t[0].n).toBeLessThanOrEqual(after[k] + 2);
+        t.forEach((x, j) => expect(x).toEqual({ n: t[0].n + j, ok: true }));
+      }
+      await Promise.all([r1.stop(), r2.stop()]);
+      await sw2.stop();
+    } finally {
+      await srv.stop();
+    }
+  }, 400_000);
+
+  it('--sync-stop on pauses guests of different sizes together, where off pauses each as its migration converges', async () => {
+    // 96 and 256 MiB: their migrations take different times, so each converging on its own pauses
+    // them far apart; the synchronised stop pauses both once both are nearly done.
+    const [p1, p2] = await freeUdpPorts(2);
+    const sw = await startSwitch({ vm1: p1, vm2: p2 }, 0);
+    const [g1, g2] = await Promise.all([
+      boot('vm1', 1, p1, sw.vmPort, undefined, '-sync', 96),
+      boot('vm2', 2, p2, sw.vmPort, undefined, '-sync', 256),
+    ]);
+    await waitFor('both guests counting', () => lastTick(g1.consolePath) >= 2 && lastTick(g2.consolePath) >= 2, 120_000);
+    const take = async (mode: 'on' | 'off', ...more: string[]) => {
+      const r = await runCli(snapshotArgs('sync', '-sync', sw.tunnelPort, '--sync-stop', mode, '--store', store, ...more));
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout.toString()) as {
+        group: string;
+        syncStop: boolean;
+        flipSkewMs: number;
+        stopSkewMs: number;
+        channelFrames?: number;
+        members: { vm: string; id: string }[];
+      };
+    };
+    // With the guests paused seconds apart, pings cross the cut: their channel state is stored too.
+    const off = await take('off', '--channel-state', 'on');
+    const before = lastTick(g1.consolePath);
+    const on = await take('on');
+    const after = lastTick(g1.consolePath);
+    expect([off.group, off.syncStop, on.group, on.syncStop]).toEqual(['sync-e1', false, 'sync-e2', true]);
+    const listed = JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString()) as {
+      id: string;
+      vm: string;
+      group: string;
+    }[];
+    expect(
+      listed
+        .filter((x) => x.group === 'sync-e1')
+        .map((x) => x.vm)
+        .sort(),
+    ).toEqual(['sync.channels', 'vm1', 'vm1.qemu', 'vm2', 'vm2.qemu']);
+    expect(
+      listed
+        .filter((x) => x.group === 'sync-e2')
+        .map((x) => x.vm)
+        .sort(),
+    ).toEqual(['vm1', 'vm1.qemu', 'vm2', 'vm2.qemu']);
+    const image = await runCli(['restore', listed.find((x) => x.vm === 'sync.channels')!.id, '--store', store]);
+    const frames = decodeChannelState(image.stdout, 1);
+    expect(frames).toHaveLength(off.channelFrames!);
+    for (const f of frames) expect([f.src, f.dst].sort()).toEqual(['vm1', 'vm2']);
+    expect(on.channelFrames).toBeUndefined();
+    console.log(
+      `flip skew: --sync-stop off ${off.flipSkewMs} ms, on ${on.flipSkewMs} ms; stop skew: off ${off.stopSkewMs} ms, on ${on.stopSkewMs} ms`,
+    );
+    expect(on.stopSkewMs).toBeLessThan(off.stopSkewMs / 2);
+    expect(on.flipSkewMs).toBeLessThan(off.flipSkewMs / 2);
+    // QEMU's downtime limit and bandwidth, changed to hold the migrations for the stop, are back to their defaults.
+    for (const g of [g1, g2]) {
+      expect((await g.qmp.cmd<{ status: string }>('query-status')).status).toBe('running');
+      const p = await g.qmp.cmd<{ 'downtime-limit': number; 'max-bandwidth': number }>('query-migrate-parameters');
+      expect([p['downtime-limit'], p['max-bandwidth']]).toEqual([300, 134217728]);
+    }
+    // The synchronised snapshot restores: the small guest counts on from it, its checks passing.
+    await Promise.all([g1.stop(), g2.stop()]);
+    const id = on.members.find((m) => m.vm === 'vm1')!.id;
+    const r1 = await boot(
+      'vm1',
+      1,
+      p1,
+      sw.vmPort,
+      `exec:${process.execPath} ${vnstoreBin} qemu send ${id} --store ${store}`,
+      '-sync-restored',
+      96,
+    );
+    await waitFor('the restored guest counting', () => ticks(r1.consolePath).length >= 3, 120_000);
+    const t = ticks(r1.consolePath);
+    expect(t[0].n).toBeGreaterThan(before);
+    expect(t[0].n).toBeLessThanOrEqual(after + 2);
+    t.forEach((x, j) => expect(x).toEqual({ n: t[0].n + j, ok: true }));
+    await r1.stop();
+    await sw.stop();
   }, 400_000);
 
   it('refuses, in one line and storing nothing, a VM whose QMP socket cannot be reached', async () => {

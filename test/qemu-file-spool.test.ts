@@ -5,13 +5,14 @@
  * takes over), started by the executable before it loads the rest of vnstore. Needs dist/ (npm run build).
  */
 import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { openSync, readdirSync, writeFileSync, closeSync } from 'node:fs';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { setImmediate as tick } from 'node:timers/promises';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Spool, wantsEarlySpool } from '../src/qemu/spool.js';
+import { Spool } from '../src/qemu/spool.js';
 import { makeTempDir, removeDir, runCli } from './helpers/engine.js';
 
 let dir: string;
@@ -27,6 +28,10 @@ async function readBack(spool: Spool): Promise<Buffer> {
 }
 
 const SPOOL_JS = path.resolve('dist/qemu/spool.js');
+// CommonJS, run by the executable before any ES module: tested as built.
+const { wantsEarlySpool } = createRequire(import.meta.url)(
+  path.resolve('dist/qemu/early-spool.cjs'),
+) as typeof import('../src/qemu/early-spool.cjs');
 /** A child that spools its standard input with Spool.fromStdin and writes the bytes read back to stdout. */
 /** With `nonBlocking`, the child makes process.stdin first, which sets the pipe non-blocking (as libuv does). */
 function spoolChild(
@@ -131,15 +136,15 @@ describe('the file spool', () => {
   }
 
   it('is started early only for qemu receive from standard input with the file spool', () => {
-    expect(wantsEarlySpool(['qemu', 'receive', '--vm', 'a'], {}, false)).toBe(true);
-    expect(wantsEarlySpool(['qemu', 'receive', '--vm', 'a'], { VNSTORE_QEMU_SPOOL: 'file' }, false)).toBe(true);
-    expect(wantsEarlySpool(['qemu', 'receive', '--vm', 'a'], {}, true)).toBe(false);
-    expect(wantsEarlySpool(['qemu', 'receive', '--vm', 'a', '--listen', 'tcp:127.0.0.1:0'], {}, false)).toBe(false);
-    expect(wantsEarlySpool(['qemu', 'receive', '--listen=tcp:127.0.0.1:0'], {}, false)).toBe(false);
-    expect(wantsEarlySpool(['qemu', 'receive', '--help'], {}, false)).toBe(false);
-    expect(wantsEarlySpool(['qemu', 'receive'], { VNSTORE_QEMU_SPOOL: 'memory' }, false)).toBe(false);
-    expect(wantsEarlySpool(['qemu', 'receive'], { VNSTORE_QEMU_HOLD: '0' }, false)).toBe(false);
-    expect(wantsEarlySpool(['qemu', 'send', 'x'], {}, false)).toBe(false);
+    expect(wantsEarlySpool(['qemu', 'receive', '--vm', 'a'], {}, () => false)).toBe(true);
+    expect(wantsEarlySpool(['qemu', 'receive', '--vm', 'a'], { VNSTORE_QEMU_SPOOL: 'file' }, () => false)).toBe(true);
+    expect(wantsEarlySpool(['qemu', 'receive', '--vm', 'a'], {}, () => true)).toBe(false);
+    expect(wantsEarlySpool(['qemu', 'receive', '--vm', 'a', '--listen', 'tcp:127.0.0.1:0'], {}, () => false)).toBe(false);
+    expect(wantsEarlySpool(['qemu', 'receive', '--listen=tcp:127.0.0.1:0'], {}, () => false)).toBe(false);
+    expect(wantsEarlySpool(['qemu', 'receive', '--help'], {}, () => false)).toBe(false);
+    expect(wantsEarlySpool(['qemu', 'receive'], { VNSTORE_QEMU_SPOOL: 'memory' }, () => false)).toBe(false);
+    expect(wantsEarlySpool(['qemu', 'receive'], { VNSTORE_QEMU_HOLD: '0' }, () => false)).toBe(false);
+    expect(wantsEarlySpool(['qemu', 'send', 'x'], {}, () => false)).toBe(false);
   });
 
   it('receive names an unusable spool directory in one line and stores nothing', async () => {

@@ -8,16 +8,17 @@
  * starts it while loading an ES module entry point (its loader reads files with pool jobs), so the
  * entry point is this CommonJS file. A value the user set wins.
  */
-import { isatty } from 'node:tty';
 import { sizeThreadPool } from './thread-pool-size.cjs';
+import { detachFromEarlySpool, startEarlySpool, stdinIsTty, wantsEarlySpool } from '../qemu/early-spool.cjs';
 
 sizeThreadPool();
-// `qemu receive` on QEMU's exec: pipe reads the stream before loading the rest of vnstore (about
-// half a second on a loaded machine, during which QEMU would wait on the full pipe; docs/QEMU.md).
+const loadCli = () => void import('./main.js');
+// `qemu receive` on QEMU's exec: pipe copies the stream to its spool file before anything else
+// loads: loading vnstore during the migration would compete with QEMU for the CPU while its pipe
+// stays full (docs/QEMU.md). With --detach, the background receive starts from here too.
 const argv = process.argv.slice(2);
-if (argv[0] === 'qemu' && argv[1] === 'receive') {
-  void import('../qemu/spool.js').then((m) => {
-    if (m.wantsEarlySpool(argv, process.env, isatty(0))) m.startEarlySpool();
-    return import('./main.js');
-  });
-} else void import('./main.js');
+if (wantsEarlySpool(argv, process.env, stdinIsTty)) {
+  startEarlySpool();
+  if (argv.includes('--detach')) detachFromEarlySpool(loadCli);
+  else loadCli();
+} else loadCli();

@@ -1,10 +1,9 @@
 /** `vnstore qemu receive|send|info`: QEMU live migration into the store and back (docs/QEMU.md). */
-import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { isatty } from 'node:tty';
 import { Option, type Command } from 'commander';
 import { ChunkSource, eagerChunks } from '../qemu/byte-source.js';
-import { Spool, takeEarlySpool } from '../qemu/spool.js';
+import { Spool, earlySpool } from '../qemu/spool.js';
 import { describeQemu, findQemuAncestor } from '../qemu/qemu-process.js';
 import { receiveMigration } from '../qemu/receive.js';
 import { loadStoredMigration, sendMigration, type StoredMigration } from '../qemu/send.js';
@@ -61,6 +60,8 @@ interface SnapshotOpts extends RemoteOptions {
   switch: string;
   epoch?: string;
   listenHost: string;
+  syncStop: string;
+  channelState: string;
   store?: string;
   json?: boolean;
 }
@@ -130,18 +131,12 @@ function parseSpoolFd(v: string): number {
 
 /**
  * Hands a spooled stream to a detached `vnstore qemu receive --from-spool-fd 3` with the same
- * arguments, standard output and error, and returns without waiting for it (docs/QEMU.md).
+ * arguments, standard output and error, and returns without waiting for it (docs/QEMU.md). The
+ * executable does this itself when it can (early-spool.cts); this is the way when it could not.
  */
 async function detachReceive(spool: Spool, qemuPid: number | undefined): Promise<void> {
-  const args = process.argv.slice(2).filter((a) => a !== '--detach');
-  args.push('--from-spool-fd', '3');
-  if (qemuPid !== undefined && !args.some((a) => a === '--qemu-pid' || a.startsWith('--qemu-pid=')))
-    args.push('--qemu-pid', String(qemuPid));
   try {
-    const child = spawn(process.execPath, [...process.execArgv, process.argv[1], ...args], {
-      stdio: ['ignore', 'inherit', 'inherit', spool.fileDescriptor],
-      detached: true,
-    });
+    const child = earlySpool().spawnDetachedReceive(spool.fileDescriptor, qemuPid);
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);
       child.once('error', reject);
@@ -157,7 +152,7 @@ async function detachReceive(spool: Spool, qemuPid: number | undefined): Promise
 /** Standard input's spool: the one `--detach` handed over, the early spool, or one spooled now. */
 async function stdinSpool(fromSpoolFd?: string): Promise<Spool> {
   if (fromSpoolFd !== undefined) return Spool.fromFd(parseSpoolFd(fromSpoolFd));
-  return takeEarlySpool() ?? Spool.fromStdin();
+  return Spool.fromStdin();
 }
 
 /** The migration stream from standard input or a socket, taken as the spool mode says. */
@@ -369,7 +364,26 @@ Examples (QMP, or the HMP monitor):
       "the epoch to take (default: one past the environment's last group in the store and the VMs' colours at the switch)",
     )
     .option('--listen-host <host>', 'address the migration streams come to (QEMU must reach it)', '127.0.0.1')
-    .option('--json', 'print {group, epoch, flipSkewMs, members: [{vm, id, stateId, totalMs, downtimeMs, addedBytes}]}')
+    .addOption(
+      new Option(
+        '--sync-stop <mode>',
+        'on: pause every guest together (QMP stop) once all migrations are nearly done, so the colours flip together; off: each guest pauses when its own migration converges',
+      )
+        .choices(['on', 'off'])
+        .default('on'),
+    )
+    .addOption(
+      new Option(
+        '--channel-state <mode>',
+        'on: store the frames that crossed the cut, fetched from the switch (--channels hold), as the group member <env>.channels',
+      )
+        .choices(['on', 'off'])
+        .default('off'),
+    )
+    .option(
+      '--json',
+      'print {group, epoch, syncStop, flipSkewMs, stopSkewMs, channelFrames, members: [{vm, id, stateId, totalMs, downtimeMs, addedBytes}]}',
+    )
     .addOption(storeOption())
     .addOption(lockWaitOption());
   addRemoteOptions(snapshot, false)
@@ -378,6 +392,10 @@ Examples (QMP, or the HMP monitor):
       `
 Each VM must run with a QMP socket and be attached to the switch (-netdev dgram, docs/QEMU.md).
 The guests keep running: each is paused only for its migration's last round, as with receive.
+With --sync-stop on (the default) each migration runs until little is left (QEMU's downtime-limit
+held at 1 ms, then its max-bandwidth cut to 10 B/s, so that QEMU does not pause the guest by
+itself); once every VM is there, all are released at once and every QEMU pauses its guest and
+completes, so the colours flip together. Each VM's own settings are set back afterwards.
 If any VM's migration or flip fails, nothing is committed (exit 12) and every VM is flipped to the
 epoch anyway. Restore each member with \`vnstore qemu info ID\`'s command line.
 
@@ -420,7 +438,12 @@ Example:
                 `--epoch ${asked}: ${opts.env} is at epoch ${next - 1} already (its groups or its VMs' colours); a new cut needs ${next} or more`,
               );
             const epoch = asked ?? next;
-            const r = await snapshotEnvironment(store, agents, opts.env, epoch);
+            const { requestChannelState } = await import('../switch/flip-client.js');
+            const r = await snapshotEnvironment(store, agents, opts.env, epoch, {
+              syncStop: opts.syncStop === 'on',
+              channelState:
+                opts.channelState === 'on' ? () => requestChannelState(switchAddr, epoch, { retryMs: 50, attempts: 60 }) : undefined,
+            });
             const members = r.members.map((m) => ({
               vm: m.vm,
               id: m.ram.id,
@@ -429,12 +452,15 @@ Example:
               downtimeMs: m.downtimeMs,
               addedBytes: m.ram.addedBytes + m.state.addedBytes,
             }));
+            const ms = (x: number | undefined) => (x === undefined ? undefined : Number(x.toFixed(1)));
             if (opts.json)
               process.stdout.write(
-                `${JSON.stringify({ group: r.group, epoch: r.epoch, flipSkewMs: Number(r.flipSkewMs.toFixed(1)), members })}\n`,
+                `${JSON.stringify({ group: r.group, epoch: r.epoch, syncStop: opts.syncStop === 'on', flipSkewMs: ms(r.flipSkewMs), stopSkewMs: ms(r.stopSkewMs), channelFrames: r.channelFrames, members })}\n`,
               );
             else {
-              const lines = [`group ${r.group} committed (${members.length} VMs, flips within ${r.flipSkewMs.toFixed(1)} ms)`];
+              const lines = [
+                `group ${r.group} committed (${members.length} VMs, ${opts.syncStop === 'on' ? 'stopped together' : 'each stopped by its migration'}, flips within ${r.flipSkewMs.toFixed(1)} ms)`,
+              ];
               for (const m of members)
                 lines.push(`  ${m.vm}: ${m.id} (state ${m.stateId}), migration ${m.totalMs} ms, downtime ${m.downtimeMs} ms`);
               process.stdout.write(`${lines.join('\n')}\n`);

@@ -11,11 +11,19 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { promisify } from 'node:util';
 import { fromSystemError } from '../util/errors.js';
+import type { SpoolFailure, StdinSpool } from './early-spool.cjs';
 
-/** One read's and one write's size while spooling. */
-const COPY_BYTES = 1 << 20;
+/**
+ * The executable's early spool (CommonJS, loaded first by bin.cts): required at run time, so that
+ * the same module instance hands over what it spooled and vitest never has to load a `.cts` file.
+ */
+export function earlySpool(): typeof import('./early-spool.cjs') {
+  return createRequire(import.meta.url)('./early-spool.cjs') as typeof import('./early-spool.cjs');
+}
+
 /** Size of the chunks handed to the decoder when read back. */
 const READ_BACK_BYTES = 4 << 20;
 const readAt = promisify(fs.read);
@@ -64,27 +72,20 @@ export class Spool {
   }
 
   /**
-   * Spools standard input (QEMU's `exec:` pipe) to its end: synchronous 1 MiB reads while it has
-   * data, and, if the pipe is non-blocking and runs dry (EAGAIN), Node's stream for the rest.
+   * Spools standard input (QEMU's `exec:` pipe) to its end: what the executable's early spool
+   * copied (early-spool.cts), else a copy made now; if the pipe is non-blocking and ran dry
+   * (EAGAIN), Node's stream reads the rest.
    */
   static async fromStdin(dir = defaultSpoolDir()): Promise<Spool> {
-    const fd = Spool.create(dir);
-    const buf = Buffer.allocUnsafe(COPY_BYTES);
-    let at = 0;
+    const early = earlySpool();
+    let s: StdinSpool | SpoolFailure | undefined = early.takeEarlySpool();
     try {
-      for (;;) {
-        const n = fs.readSync(0, buf, 0, buf.length, null);
-        if (n === 0) return new Spool(fd, at);
-        Spool.write(fd, buf.subarray(0, n), at);
-        at += n;
-      }
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') {
-        fs.closeSync(fd);
-        throw fromSystemError(err, 'reading the migration stream');
-      }
+      s ??= early.spoolStdinSync(dir);
+    } catch (failure) {
+      s = failure as SpoolFailure;
     }
-    return Spool.drain(process.stdin, fd, at);
+    if ('error' in s) throw fromSystemError(s.error, s.doing);
+    return s.ended ? new Spool(s.fd, s.bytes) : Spool.drain(process.stdin, s.fd, s.bytes);
   }
 
   /** Spools a stream (a socket) to its end; each chunk is written at once and not kept. */
@@ -143,33 +144,4 @@ export class Spool {
 /** `VNSTORE_QEMU_SPOOL_DIR`, else the system's temporary directory. */
 export function defaultSpoolDir(): string {
   return process.env.VNSTORE_QEMU_SPOOL_DIR || os.tmpdir();
-}
-
-let early: Promise<Spool> | undefined;
-
-/**
- * Whether a command line is `qemu receive` from standard input with the file spool: the executable
- * then starts spooling before it loads the rest of vnstore (startEarlySpool), since QEMU is sending
- * already and its pipe holds only 64 KiB. A usage error is still reported by the command.
- */
-export function wantsEarlySpool(argv: string[], env: NodeJS.ProcessEnv, stdinIsTty: boolean): boolean {
-  const [command, sub, ...rest] = argv;
-  if (command !== 'qemu' || sub !== 'receive' || stdinIsTty) return false;
-  const notStdin = (a: string) =>
-    a === '--listen' || a.startsWith('--listen=') || a === '--from-spool-fd' || a.startsWith('--from-spool-fd=');
-  if (rest.some((a) => notStdin(a) || a === '-h' || a === '--help')) return false;
-  return (env.VNSTORE_QEMU_SPOOL ?? (env.VNSTORE_QEMU_HOLD === '0' ? 'none' : 'file')) === 'file';
-}
-
-/** Starts spooling standard input now (synchronously while the pipe has data). */
-export function startEarlySpool(): void {
-  early ??= Spool.fromStdin();
-  early.catch(() => undefined); // taken and awaited by the receive command
-}
-
-/** The spool startEarlySpool began, once. */
-export function takeEarlySpool(): Promise<Spool> | undefined {
-  const e = early;
-  early = undefined;
-  return e;
 }

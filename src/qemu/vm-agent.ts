@@ -18,6 +18,7 @@ import { prepareMigration, type PreparedMigration } from './receive.js';
 import type { MigrationStore } from './migration-store.js';
 import type { QmpClient, QmpEvent } from './qmp.js';
 import type { QemuProcessInfo } from './state-image.js';
+import type { StopBarrier } from './stop-barrier.js';
 import { requestFlip } from '../switch/flip-client.js';
 import type { Endpoint } from '../switch/udp.js';
 import { VnstoreError } from '../util/errors.js';
@@ -57,6 +58,36 @@ interface MigrateInfo {
   'total-time'?: number;
   downtime?: number;
   'error-desc'?: string;
+  ram?: { remaining?: number; 'dirty-sync-count'?: number };
+}
+
+/**
+ * When a migration is ready for the synchronised stop: what is left to send is small (16 MiB, or
+ * twice what was sent between the last two polls, so that a fast pass is not missed between polls),
+ * or it has run this long anyway (a guest that dirties memory faster than it is sent must not hold
+ * the others back for ever).
+ */
+export const SYNC_READY = { remainingBytes: 16 * 2 ** 20, afterMs: 30_000 };
+
+/**
+ * How QEMU 7.2 is held from pausing its guest until every VM is ready, and then released. QEMU
+ * pauses the guest for the last round by itself once what is left could be sent within its
+ * downtime limit (300 ms by default: a small guest's whole dirty RAM after the first pass), so the
+ * limit is held at 1 ms while the first pass runs. That alone does not hold an idle guest (it
+ * dirties less than 1 ms of transfer between passes: measured), so once ready the migration's
+ * bandwidth is cut to 10 B/s (QEMU's rate limit, which leaves it a record per 100 ms; 0-9 would
+ * mean no limit) and what is left stays unsent. Released, the bandwidth is set back and the limit
+ * raised to QEMU's maximum, so QEMU pauses the guest at its next check (every 100 ms at most) and
+ * sends the rest paused. Not QMP `stop`: QEMU records the source's run state in the stream, and a
+ * guest stopped that way is restored paused. The VM's own settings are set back afterwards.
+ */
+const HOLD = { 'downtime-limit': 1 };
+const HOLD_READY = { 'max-bandwidth': 10 };
+const RELEASE_DOWNTIME_LIMIT_MS = 2_000_000;
+
+interface MigrationParameters {
+  'downtime-limit'?: number;
+  'max-bandwidth'?: number;
 }
 
 const FINAL = new Set(['completed', 'failed', 'cancelled']);
@@ -104,14 +135,22 @@ export class QemuVmAgent {
 
   /**
    * One live snapshot of the VM for `epoch`, prepared in `group`. On failure the migration is
-   * cancelled, the guest is let run, and nothing this agent prepared is left behind.
+   * cancelled, the guest is let run, and nothing this agent prepared is left behind. With `sync`,
+   * QEMU is held from pausing the guest until every VM's migration is ready (StopBarrier), then
+   * released, so all guests pause together instead of each when its own migration converges.
    */
-  async snapshot(group: string, epoch: number): Promise<QemuMember> {
+  async snapshot(group: string, epoch: number, sync?: StopBarrier): Promise<QemuMember> {
     const o = this.options;
     const listener = await listenOnce(o.listenHost ?? '127.0.0.1');
     let stoppedAt: number | undefined;
     let flip: Promise<number> | undefined;
-    const startFlip = () => (flip ??= this.flip(epoch));
+    let flippedAt: number | undefined;
+    // The acknowledgement's time, not the time it is awaited (after the migration completed).
+    const startFlip = () =>
+      (flip ??= this.flip(epoch).then((colour) => {
+        flippedAt = this.now();
+        return colour;
+      }));
     const onEvent = (ev: QmpEvent) => {
       if (ev.event !== 'STOP' || stoppedAt !== undefined) return;
       stoppedAt = this.now();
@@ -131,13 +170,12 @@ export class QemuVmAgent {
     });
     receiving.catch(() => undefined); // awaited below, or never (no connection came)
     try {
-      const info = await this.migrate(`tcp:${o.listenHost ?? '127.0.0.1'}:${listener.port}`);
+      const info = await this.migrate(`tcp:${o.listenHost ?? '127.0.0.1'}:${listener.port}`, sync);
       // Paused (postmigrate) until `cont`: a flip that has not happened yet still falls in the pause.
       await startFlip();
-      const flippedAt = this.now();
       await o.qmp.execute('cont');
       const prepared = await receiving;
-      return { vm: o.vm, prepared, totalMs: info['total-time'], downtimeMs: info.downtime, stoppedAt, flippedAt };
+      return { vm: o.vm, prepared, totalMs: info['total-time'], downtimeMs: info.downtime, stoppedAt, flippedAt: flippedAt as number };
     } catch (err) {
       listener.close();
       await o.qmp.execute('migrate_cancel').catch(() => undefined);
@@ -153,17 +191,51 @@ export class QemuVmAgent {
     }
   }
 
-  private async migrate(uri: string): Promise<MigrateInfo> {
+  private async migrate(uri: string, sync?: StopBarrier): Promise<MigrateInfo> {
     const { qmp, vm } = this.options;
-    await qmp.execute('migrate', { uri });
-    for (;;) {
-      const info = await qmp.execute<MigrateInfo>('query-migrate');
-      if (info.status && FINAL.has(info.status)) {
-        if (info.status !== 'completed')
-          throw new VnstoreError('E_IO', `migration of ${vm} ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
-        return info;
+    let arrived = false;
+    let own: MigrationParameters | undefined;
+    try {
+      if (sync) {
+        const p = await qmp.execute<MigrationParameters>('query-migrate-parameters');
+        own = { 'downtime-limit': p['downtime-limit'], 'max-bandwidth': p['max-bandwidth'] };
+        await qmp.execute('migrate-set-parameters', HOLD);
       }
-      await new Promise((r) => setTimeout(r, this.options.pollMs ?? 20));
+      const started = this.now();
+      let lastRemaining: number | undefined;
+      await qmp.execute('migrate', { uri });
+      for (;;) {
+        const info = await qmp.execute<MigrateInfo>('query-migrate');
+        if (info.status && FINAL.has(info.status)) {
+          if (info.status !== 'completed')
+            throw new VnstoreError('E_IO', `migration of ${vm} ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
+          return info;
+        }
+        const remaining = info.ram?.remaining;
+        if (sync && own && !arrived && info.status === 'active' && readyToStop(remaining, lastRemaining, this.now() - started)) {
+          await qmp.execute('migrate-set-parameters', HOLD_READY);
+          arrived = true;
+          await sync.arrive();
+          // QEMU pauses the guest now (its STOP event flips the colour, in snapshot) and completes.
+          await qmp.execute('migrate-set-parameters', {
+            'max-bandwidth': own['max-bandwidth'],
+            'downtime-limit': RELEASE_DOWNTIME_LIMIT_MS,
+          });
+          continue;
+        }
+        lastRemaining = remaining ?? lastRemaining;
+        await new Promise((r) => setTimeout(r, this.options.pollMs ?? 20));
+      }
+    } finally {
+      if (sync && !arrived) sync.leave();
+      if (own) await qmp.execute('migrate-set-parameters', { ...own }).catch(() => undefined);
     }
   }
+}
+
+function readyToStop(remaining: number | undefined, lastRemaining: number | undefined, elapsedMs: number): boolean {
+  if (elapsedMs >= SYNC_READY.afterMs) return true;
+  if (remaining === undefined) return false;
+  const drained = lastRemaining === undefined ? 0 : Math.max(0, lastRemaining - remaining);
+  return remaining <= Math.max(SYNC_READY.remainingBytes, 2 * drained);
 }
