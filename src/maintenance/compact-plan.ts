@@ -4,8 +4,9 @@
  *
  * A pack is compacted when it is cold (sealed at least `minAgeMs` before `now`: pre-copy rounds and
  * the next snapshots rewrite recent pages, and compressing them again would be wasted work) and at
- * least a quarter of its live bytes are LZ4 pages (a pack compact wrote holds containers, plus the
- * few pages zstd could not shrink: it is not picked again). Packs with no live chunk are gc's.
+ * least a quarter of its live chunks are LZ4 pages (a pack compact wrote holds containers, plus the
+ * few pages zstd could not shrink: it is not picked again; pages LZ4 could not shrink either, stored
+ * raw, are random-like and gain nothing). Packs with no live chunk are gc's.
  */
 export interface CompactPackFacts {
   id: number;
@@ -30,7 +31,7 @@ export interface CompactPlanOptions {
 
 /** Default --min-age: packs sealed in the last 15 minutes stay as they are. */
 export const DEFAULT_MIN_AGE_MS = 15 * 60 * 1000;
-/** LZ4 share of a pack's live bytes from which compacting it is worth it. */
+/** LZ4 share of a pack's live chunks from which compacting it is worth it. */
 export const MIN_LZ4_SHARE = 0.25;
 
 export interface CompactDecision {
@@ -62,7 +63,7 @@ export function planCompact(packs: readonly CompactPackFacts[], o: CompactPlanOp
       skip('no live chunk (gc drops it)');
       continue;
     }
-    if (p.lz4LiveBytes < MIN_LZ4_SHARE * p.liveBytes) {
+    if (p.lz4LiveChunks < MIN_LZ4_SHARE * p.liveChunks) {
       skip('already compact');
       continue;
     }

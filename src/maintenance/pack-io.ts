@@ -6,7 +6,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { CONTAINER_CODEC, MAX_CONTAINER_PAGES, PACK_VERSION, PACK_VERSION_CONTAINERS, packFileName } from '../format/pack.js';
-import { getCodec } from '../chunk/codec.js';
+import { ChunkCodec, getCodec } from '../chunk/codec.js';
 import { compressContainers, MAX_CONTAINER_BYTES } from '../chunk/container.js';
 import { getZstd, ZSTD_DEFAULT_LEVEL } from '../chunk/zstd.js';
 import { decodeOne } from '../store/pack-reader.js';
@@ -125,8 +125,9 @@ const CONTAINERS_PER_CALL = 64;
 
 export interface CopyOptions {
   /**
-   * Compact: write every per-page chunk into zstd containers at this level, in the order given
-   * (first-seen order), not in pack order. Without it, per-page chunks are copied as stored.
+   * Compact: write every LZ4 page into zstd containers at this level, in the order given
+   * (first-seen order), not in pack order; raw pages stay raw. Without it, per-page chunks are
+   * copied as stored.
    */
   compactLevel?: number;
   /** Reports chunks done (compact's progress). */
@@ -196,7 +197,9 @@ export async function copyChunks<T extends PlacedChunk>(
           await builder.flush(false);
           pack.appendContainer(digests, n, part[k].payload);
           k += n - 1;
-        } else if (c.loc.codec !== CONTAINER_CODEC && !compact) {
+        } else if (c.loc.codec !== CONTAINER_CODEC && (!compact || c.loc.codec === ChunkCodec.Raw)) {
+          // Raw pages are the ones LZ4 could not shrink: random-like, zstd gains nothing on them (and
+          // its literal tables grow a container mixing them with text), so they stay as they are.
           await builder.flush(false);
           pack.append(c.digest, part[k].payload, c.loc.codec);
         } else {

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { blake3 } from '@napi-rs/blake-hash';
 import { expect } from 'vitest';
 import { getCodec } from '../../src/chunk/codec.js';
+import { checkStore } from '../../src/maintenance/check.js';
 import { Store } from '../../src/store/store.js';
 import type { SnapshotRecord } from '../../src/store/db.js';
 import { openDb, prefixRange, KEY_CHUNK, decodeChunkValue } from '../../src/store/db.js';
@@ -146,4 +147,27 @@ export function catalogRecord(id: number, vm: string, timeMs: number, group?: st
     manifestBytes: 0,
     addedBytes: 0,
   };
+}
+
+/**
+ * The end of one round of the concurrent-maintenance tests: commits the session that wrote `want`
+ * while maintenance ran, checks every snapshot restores, reopens the store and checks it (data too).
+ * Returns the reopened store.
+ */
+export async function commitRestoreReopen(
+  store: Store,
+  session: { commit(): Promise<SnapshotRecord> },
+  want: Buffer[],
+  images: Map<string, Buffer>,
+  context: string,
+): Promise<Store> {
+  const rec = await session.commit();
+  images.set(rec.id, Buffer.concat(want));
+  await expectAllRestore(store, images, context);
+  const dir = store.dir;
+  const packTargetBytes = store.writer.targetBytes;
+  await store.close();
+  const reopened = await Store.open(dir, { workers: 0, packTargetBytes });
+  expect((await checkStore(reopened, { readData: true })).problems, context).toEqual([]);
+  return reopened;
 }
