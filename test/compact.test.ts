@@ -20,28 +20,11 @@ import { WINDOW_PAGES } from '../src/store/job-sizes.js';
 import { Store } from '../src/store/store.js';
 import type { SnapshotRecord } from '../src/store/db.js';
 import { compressiblePage, prng, randomPage, removeDir, restoreToBuffer, runCli, singleErrorLine, sparsePage } from './helpers/engine.js';
-import { commitRestoreReopen, dirFileBytes, expectAllRestore, newStore, putImage } from './helpers/maintenance.js';
+import { commitRestoreReopen, dirFileBytes, expectAllRestore, newStore, putImage, textPage } from './helpers/maintenance.js';
 
 const PACK_TARGET = 256 * 1024;
 const roots: string[] = [];
 afterAll(() => roots.forEach(removeDir));
-
-const WORDS = 'the of and to in is that for it as was with be by on not he this are or his from at which but have an they you were'.split(
-  ' ',
-);
-
-/** A page of text-like bytes (words drawn at random): LZ4 halves it, zstd over 16 such pages does better. */
-function textPage(seed: number): Buffer {
-  const next = prng(seed * 31 + 5);
-  const parts: string[] = [];
-  let n = 0;
-  while (n < 4096) {
-    const w = WORDS[next() % WORDS.length] + (next() % 7 === 0 ? `${next() % 1000} ` : ' ');
-    parts.push(w);
-    n += w.length;
-  }
-  return Buffer.from(parts.join('').slice(0, 4096), 'latin1');
-}
 
 /** 3 VMs × 3 generations of mostly compressible memory, each generation rewriting a third of it. */
 async function buildStore(store: Store, pages = 300): Promise<{ recs: SnapshotRecord[]; images: Map<string, Buffer> }> {
@@ -101,8 +84,12 @@ describe('vnstore compact', () => {
     const packBytes = dirFileBytes(path.join(dir, 'packs')).bytes;
     // An hour later (the clock is passed in): every pack is cold.
     const later = () => Date.now() + 60 * 60 * 1000;
+    const config = () => JSON.parse(readFileSync(path.join(dir, 'vnstore.json'), 'utf8')) as { version: number };
+    expect(config().version).toBe(1);
     const report = await runCompact(store, { now: later });
     expect(report.result!.skipped).toEqual([]);
+    // The store's version says it may hold version-2 packs: an older vnstore refuses it whole.
+    expect(config().version).toBe(2);
     expect(report.plan.totals.packsChosen).toBeGreaterThan(0);
     expect(report.result!.chunksCopied).toBe(report.plan.totals.liveChunks);
     const after = await storeStats(store);

@@ -14,7 +14,8 @@ import { ChunkCodec } from '../chunk/codec.js';
 import { DIGEST_BYTES, PageKind } from '../format/pages.js';
 import { foldCounters } from '../store/counters.js';
 import { scanChunkIndex } from '../store/db.js';
-import type { Store } from '../store/store.js';
+import { Store } from '../store/store.js';
+import { allowContainerPacks } from '../store/config.js';
 import { VnstoreError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 import { DEFAULT_MIN_AGE_MS, planCompact, type CompactPackFacts, type CompactPlan } from './compact-plan.js';
@@ -95,6 +96,7 @@ export async function runCompact(store: Store, options: CompactOptions = {}): Pr
         seconds: 0,
       };
       if (!options.dryRun && plan.steps.length > 0) {
+        await allowContainerPacks(store.dir, Store.paths(store.dir).tmp, store.config);
         const entries = await collectEntries(store, new Set(plan.steps.flat()));
         const rank = await firstSeenRanks(store, marked.committed, entries);
         const result = emptyGcResult();
