@@ -5,7 +5,7 @@
  * re-containers the live pages of a container that lost some; sessions commit while compact runs;
  * without libzstd compact fails with one line while reading still works.
  */
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { getZstd } from '../src/chunk/zstd.js';
@@ -216,6 +216,64 @@ describe('vnstore compact', () => {
       current = await commitRestoreReopen(current, s, want, images, `round ${round}`);
     }
     await current.close();
+  });
+});
+
+describe('check --repair-index on a compacted store', () => {
+  it('rebuilds the same index from v2 packs; a damaged container loses only its own pages', async () => {
+    const { root, dir, store } = await newStore('compact-repair', PACK_TARGET);
+    roots.push(root);
+    const { images } = await buildStore(store, 120);
+    await runCompact(store, { minAgeMs: 0 });
+    // Intact: the index rebuilt from the packs is the index compact wrote (members and page counts too).
+    const intact = (await checkStore(store, { repairIndex: true })).repair!;
+    expect([intact.indexEntriesAdded, intact.indexEntriesChanged, intact.indexEntriesRemoved]).toEqual([0, 0, 0]);
+    expect(intact.packsQuarantined).toEqual([]);
+    // Damage one container frame of a v2 pack.
+    const packs = await store.listPacks();
+    let target: { id: number; offset: number; length: number; members: number } | undefined;
+    for (const r of packs) {
+      const toc = await store.packs.readToc(r.id);
+      const first = toc.find((e) => e.codec === CONTAINER_CODEC && e.member === 0 && e.pages === 16);
+      if (first) {
+        target = { id: r.id, offset: first.offset, length: first.storedLength, members: first.pages };
+        break;
+      }
+    }
+    expect(target).toBeDefined();
+    await store.close();
+    const file = path.join(dir, 'packs', `${target!.id.toString(16).padStart(8, '0')}.vpk`);
+    const bytes = readFileSync(file);
+    bytes[target!.offset + Math.floor(target!.length / 2)] ^= 0x5a;
+    writeFileSync(file, bytes);
+    const s = await Store.open(dir, { workers: 0, packTargetBytes: PACK_TARGET });
+    try {
+      const rep = (await checkStore(s, { repairIndex: true })).repair!;
+      expect(rep.packsQuarantined.map((q) => q.pack)).toEqual([path.basename(file)]);
+      expect(rep.packsSalvaged).toHaveLength(1);
+      // The damaged frame's pages are lost (at most its 16); every other chunk of the pack is saved.
+      expect(rep.packsSalvaged[0].badChunks).toBeGreaterThan(0);
+      expect(rep.packsSalvaged[0].badChunks).toBeLessThanOrEqual(target!.members);
+      expect(rep.packsSalvaged[0].goodChunks).toBeGreaterThan(0);
+      // Snapshots that use none of the lost pages restore exactly; the others fail naming the damage.
+      let exact = 0;
+      let refused = 0;
+      for (const rec of await s.listSnapshots()) {
+        try {
+          expect((await restoreToBuffer(s, rec)).equals(images.get(rec.id)!), rec.id).toBe(true);
+          exact++;
+        } catch (err) {
+          expect((err as { code?: string }).code).toBe('E_CORRUPT');
+          refused++;
+        }
+      }
+      // The lost pages were live (some snapshot needs them); the other VMs' snapshots do not share them.
+      expect(refused).toBeGreaterThan(0);
+      expect(exact).toBeGreaterThan(0);
+      expect(exact + refused).toBe(images.size);
+    } finally {
+      await s.close();
+    }
   });
 });
 
