@@ -103,7 +103,17 @@ describe('vnstore bench end to end', () => {
     } else {
       expect(v!.vsDedupZstdPage).toBeNull();
     }
+    // The same store after `vnstore compact`: restored again, every image verified, set against bound (d).
+    const c = v!.afterCompact!;
+    expect(c.restore.verified).toBe(images);
+    expect(c.restoreSample.verified).toBe(true);
+    expect(c.repoBytes).toBeGreaterThan(0);
+    expect(c.compactSeconds).toBeGreaterThan(0);
+    if (result.ideal.dedupZstdContainerBytes !== null)
+      expect(c.vsDedupZstdContainer).toBeCloseTo(c.repoBytes / result.ideal.dedupZstdContainerBytes, 9);
     const md = renderMarkdown(result);
+    expect(md).toMatch(/\| \*\*vnstore after compact\*\* \|/);
+    expect(md).toMatch(/vnstore compact took [\d.]+ s .*× bound \(d\); restore of the compacted store at [\d.]+% \(sample\)/);
     expect(md).toMatch(/\| ideal \(c\): page dedup \+ per-page zstd-3 \|/);
     expect(md).toMatch(/\| ideal \(d\): page dedup \+ zstd-3 over 64 KiB containers \|/);
     expect(v!.ingest.mbPerSec).toBeGreaterThan(0);

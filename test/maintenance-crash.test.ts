@@ -6,7 +6,6 @@
  *
  * Reproduce a failing run with VNSTORE_CRASH_SEED=<seed printed in the assertion message>.
  */
-import { spawn } from 'node:child_process';
 import { cpSync, existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,10 +13,10 @@ import { checkStore } from '../src/maintenance/check.js';
 import { forget } from '../src/maintenance/forget.js';
 import { runGc } from '../src/maintenance/gc.js';
 import { Store } from '../src/store/store.js';
-import { CLI, REPO_ROOT, makeTempDir, prng, removeDir, runCli } from './helpers/engine.js';
+import { makeTempDir, prng, removeDir, runCli } from './helpers/engine.js';
 import { openDb, prefixRange } from '../src/store/db.js';
 import { KEY_DELETED_PACK } from '../src/store/keys.js';
-import { expectAllRestore, imageOf, putImage } from './helpers/maintenance.js';
+import { expectAllRestore, imageOf, putImage, runAndKill, type KillFrom } from './helpers/maintenance.js';
 
 const PACK_TARGET = 8 * 1024; // ~2 chunks a pack: gc works in many small crash-safe steps
 const ENV = { VNSTORE_PACK_TARGET_BYTES: String(PACK_TARGET) };
@@ -34,46 +33,6 @@ let workMs = 300;
 let startupMs = 300;
 let steps = 10;
 let packsWritten = 10;
-
-interface Killed {
-  signal: NodeJS.Signals | null;
-  code: number | null;
-  phase: string;
-  stderr: string;
-}
-
-type KillFrom = 'spawn' | 'planned' | { phase: string; nth: number };
-
-/**
- * Runs `vnstore gc` and SIGKILLs it `delayMs` after spawn, or after it has planned, or the moment it
- * reports the nth occurrence of a phase (the trace line arrives while the next step is under way:
- * e.g. right after a new pack was renamed into place, before or while its index batch is written).
- */
-function gcAndKill(dir: string, delayMs: number, from: KillFrom): Promise<Killed> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'gc', '--store', dir, '--max-unused', '0'], {
-      cwd: REPO_ROOT,
-      env: { ...process.env, ...ENV, VNSTORE_TRACE: '1', VNSTORE_DEBUG: undefined },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let err = '';
-    let timer: NodeJS.Timeout | undefined;
-    const arm = () => (timer ??= setTimeout(() => child.kill('SIGKILL'), delayMs));
-    if (from === 'spawn') arm();
-    child.stdout.resume();
-    child.stderr.on('data', (d: Buffer) => {
-      err += d.toString();
-      if (from === 'planned' && err.includes('gc: planned')) arm();
-      if (typeof from === 'object' && err.split(from.phase).length - 1 >= from.nth) child.kill('SIGKILL');
-    });
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      const phases = [...err.matchAll(/\] (gc: [a-z ]+)/g)].map((m) => m[1].trim());
-      resolve({ code, signal, phase: phases.pop() ?? 'start-up', stderr: err });
-    });
-  });
-}
 
 beforeAll(async () => {
   root = makeTempDir('gc-crash');
@@ -136,7 +95,7 @@ async function lane(l: number): Promise<void> {
             : { phase: 'gc: index updated', nth: 1 + (rand() % steps) };
     const delay = kind === 0 ? startupMs + (rand() % Math.round(workMs * 1.2 + 1)) : rand() % Math.round(workMs * 1.1 + 1);
     const context = `seed ${SEED} lane ${l} trial ${t} (kill ${typeof from === 'object' ? `at ${from.phase} #${from.nth}` : `${delay} ms after ${from}`})`;
-    const k = await gcAndKill(dir, delay, from);
+    const k = await runAndKill(['gc', '--store', dir, '--max-unused', '0'], ENV, delay, from);
     if (k.signal !== 'SIGKILL') expect(k.code, `${context}: ${k.stderr}`).toBe(0);
     outcomes.push(k.signal === 'SIGKILL' ? k.phase : 'finished');
     if (process.env.VNSTORE_CRASH_VERBOSE) console.log(context, k.signal, k.phase);

@@ -19,6 +19,7 @@ import { Store } from '../src/store/store.js';
 import { prng, removeDir, restoreToBuffer, runCli } from './helpers/engine.js';
 import {
   dirFileBytes,
+  commitRestoreReopen,
   digestsOf,
   expectAllRestore,
   imageOf,
@@ -363,7 +364,7 @@ describe('gc on a store', () => {
   });
 
   it('sessions writing while gc runs concurrently (random interleavings) commit and restore exactly', async () => {
-    const { root, dir, store } = await newStore('gc-concurrent', PACK_TARGET);
+    const { root, store } = await newStore('gc-concurrent', PACK_TARGET);
     roots.push(root);
     const { recs, images } = await buildStore(store);
     let current = store;
@@ -386,12 +387,7 @@ describe('gc on a store', () => {
         if (rand() % 3 === 0) await new Promise((r) => setImmediate(r));
       }
       await gc;
-      const rec = await s.commit();
-      images.set(rec.id, Buffer.concat(want));
-      await expectAllRestore(current, images, `round ${round}`);
-      await current.close();
-      current = await Store.open(dir, { workers: 0, packTargetBytes: PACK_TARGET });
-      expect((await checkStore(current, { readData: true })).problems, `round ${round}`).toEqual([]);
+      current = await commitRestoreReopen(current, s, want, images, `round ${round}`);
     }
     expect(recs.length).toBe(9);
     await current.close();

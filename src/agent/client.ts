@@ -9,6 +9,7 @@ import type { SnapshotRecord } from '../store/db.js';
 import type { SessionOptions } from '../store/session.js';
 import type { StatsReport } from '../maintenance/stats.js';
 import type { GcReport } from '../maintenance/gc.js';
+import type { CompactReport } from '../maintenance/compact.js';
 import type { MaxUnused } from '../maintenance/gc-plan.js';
 import type { CheckReport } from '../maintenance/check.js';
 import type { ForgetReport } from '../maintenance/forget.js';
@@ -90,6 +91,16 @@ export class AgentClient {
   /** gc inside the server, beside ingesting sessions. */
   gc(options: { dryRun?: boolean; maxUnused?: MaxUnused; maxRepackBytes?: number; repackSmall?: boolean } = {}): Promise<GcReport> {
     return this.call('gc', options);
+  }
+
+  /** compact inside the server, beside ingesting sessions. */
+  compact(options: { level?: number; minAgeMs?: number; maxRepackBytes?: number; dryRun?: boolean } = {}): Promise<CompactReport> {
+    return this.call('compact', {
+      level: options.level,
+      minAgeMs: options.minAgeMs,
+      maxRepackBytes: options.maxRepackBytes,
+      dryRun: options.dryRun,
+    });
   }
 
   check(options: { readData?: boolean; readDataSubsetPct?: number } = {}): Promise<CheckReport> {

@@ -47,6 +47,39 @@ function toolRow(t: ToolResult): string[] {
   ];
 }
 
+/** The row of vnstore's store after `vnstore compact` (ingest: the compact run's own speed). */
+function compactRow(t: ToolResult): string[] {
+  const c = t.afterCompact!;
+  const verified = c.restore.failed.length > 0 ? `NO (${c.restore.failed.join(', ')})` : `yes (${c.restore.verified})`;
+  return [
+    '**vnstore after compact**',
+    bytesH(c.repoBytes),
+    times(c.reduction),
+    ratio(c.vsDedup),
+    ratio(c.vsDedupLz4),
+    c.vsDedupZstdPage === null ? '–' : ratio(c.vsDedupZstdPage),
+    c.vsDedupZstdContainer === null ? '–' : ratio(c.vsDedupZstdContainer),
+    '–',
+    rate(c.restoreSample.mbPerSec),
+    bytesH(c.compactPeakRssBytes),
+    bytesH(c.restoreSample.peakRssBytes),
+    verified,
+  ];
+}
+
+/** The issue-16 checks in one line: compacted bytes against bound (d), restore speed against LZ4's. */
+function compactSummary(t: ToolResult): string {
+  const c = t.afterCompact!;
+  const logical = t.ingest.bytes;
+  return (
+    `vnstore compact took ${c.compactSeconds.toFixed(1)} s (${rate(logical / 1e6 / c.compactSeconds)} MB/s of logical data); ` +
+    `store ${bytesH(t.repoBytes)} → ${bytesH(c.repoBytes)}` +
+    (c.vsDedupZstdContainer === null ? '' : `, ${ratio(c.vsDedupZstdContainer)} × bound (d)`) +
+    `; restore of the compacted store at ${pct(c.restoreSample.mbPerSec / t.restoreSample.mbPerSec)} (sample) and ` +
+    `${pct(c.restore.mbPerSec / t.restore.mbPerSec)} (all ${c.restore.images} images) of the LZ4 store's speed, in the same run.`
+  );
+}
+
 export function renderMarkdown(r: BenchResult): string {
   const i = r.ideal;
   const out: string[] = [];
@@ -93,12 +126,13 @@ export function renderMarkdown(r: BenchResult): string {
         idealRow('ideal (b): page dedup + per-page LZ4', i.dedupLz4Bytes),
         idealRow(`ideal (c): page dedup + per-page zstd-${i.zstdLevel}`, i.dedupZstdPageBytes),
         idealRow(`ideal (d): page dedup + zstd-${i.zstdLevel} over ${kib} KiB containers`, i.dedupZstdContainerBytes),
-        ...r.tools.map(toolRow),
+        ...r.tools.flatMap((t) => (t.afterCompact ? [toolRow(t), compactRow(t)] : [toolRow(t)])),
       ],
     ),
   );
   out.push('');
   const v = r.tools.find((t) => t.tool === 'vnstore');
+  if (v?.afterCompact) out.push(compactSummary(v), '');
   out.push(
     `Reduction = logical bytes ÷ bytes on disk (sum of file sizes in the repository). Bounds (docs/BENCH.md): ` +
       `(a) distinct non-zero pages × 4 KiB; (b) each LZ4-compressed alone; (c) each zstd-compressed alone; ` +

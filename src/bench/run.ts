@@ -84,6 +84,22 @@ export interface ToolResult {
   restore: Phase & { verified: number; failed: string[] };
   /** Restore of the common sample image, the same for every tool. */
   restoreSample: Phase & { verified: boolean };
+  /** vnstore: the same store after `vnstore compact --min-age 0`, restored again (same images). */
+  afterCompact?: AfterCompact;
+}
+
+export interface AfterCompact {
+  /** Wall time of the compact command (start-up included). */
+  compactSeconds: number;
+  compactPeakRssBytes: number | null;
+  repoBytes: number;
+  reduction: number;
+  vsDedup: number;
+  vsDedupLz4: number;
+  vsDedupZstdPage: number | null;
+  vsDedupZstdContainer: number | null;
+  restore: Phase & { verified: number; failed: string[] };
+  restoreSample: Phase & { verified: boolean };
 }
 
 export interface BenchResult {
@@ -222,18 +238,30 @@ async function runTool(
 
   const outDir = join(work, 'restored');
   const toRestore = restoreAll ? images : [sample];
-  const restoreRuns: { img: ImageFile; run: RunResult; ok: boolean }[] = [];
-  log(`${tool.id}: restoring ${toRestore.length} image${toRestore.length > 1 ? 's' : ''}`);
-  for (const img of toRestore) {
-    await mkdir(outDir, { recursive: true });
-    const { run, file } = await tool.restore(img, refs.get(img) as string, outDir);
-    const ok = await sameBytes(img.path, file);
-    restoreRuns.push({ img, run, ok });
-    if (!ok) log(`  ${tool.id}: restored ${img.vm}/${img.snap} DIFFERS from the original`);
-    await rm(outDir, { recursive: true, force: true });
-  }
-  const sampleRun = restoreRuns.find((r) => r.img === sample) as (typeof restoreRuns)[number];
+  const restoreRuns = await restoreImages(tool, toRestore, refs, outDir, log);
   const logical = ideal.logicalBytes;
+  const against = (bytes: number) => ({
+    reduction: logical / bytes,
+    vsDedup: bytes / ideal.dedupBytes,
+    vsDedupLz4: bytes / ideal.dedupLz4Bytes,
+    vsDedupZstdPage: ideal.dedupZstdPageBytes === null ? null : bytes / ideal.dedupZstdPageBytes,
+    vsDedupZstdContainer: ideal.dedupZstdContainerBytes === null ? null : bytes / ideal.dedupZstdContainerBytes,
+  });
+  let afterCompact: AfterCompact | undefined;
+  if (tool.compact) {
+    log(`${tool.id}: compacting`);
+    const run = await tool.compact();
+    const compacted = await dirSize(tool.repoDir);
+    log(`${tool.id}: restoring ${toRestore.length} image${toRestore.length > 1 ? 's' : ''} from the compacted store`);
+    const again = await restoreImages(tool, toRestore, refs, outDir, log);
+    afterCompact = {
+      compactSeconds: run.seconds,
+      compactPeakRssBytes: run.peakRssBytes,
+      repoBytes: compacted.bytes,
+      ...against(compacted.bytes),
+      ...restorePhases(again, sample),
+    };
+  }
   return {
     tool: tool.id,
     version,
@@ -242,17 +270,44 @@ async function runTool(
     repoAllocatedBytes: repo.allocatedBytes,
     repoFiles: repo.files,
     cacheBytes: cache,
-    reduction: logical / repo.bytes,
-    vsDedup: repo.bytes / ideal.dedupBytes,
-    vsDedupLz4: repo.bytes / ideal.dedupLz4Bytes,
-    vsDedupZstdPage: ideal.dedupZstdPageBytes === null ? null : repo.bytes / ideal.dedupZstdPageBytes,
-    vsDedupZstdContainer: ideal.dedupZstdContainerBytes === null ? null : repo.bytes / ideal.dedupZstdContainerBytes,
+    ...against(repo.bytes),
     ingest: phase(perImage.map((r) => ({ bytes: r.bytes, seconds: r.seconds, peakRssBytes: r.peakRssBytes }))),
     perImage,
+    ...restorePhases(restoreRuns, sample),
+    ...(afterCompact ? { afterCompact } : {}),
+  };
+}
+
+type RestoreRun = { img: ImageFile; run: RunResult; ok: boolean };
+
+/** Restores `images` one command each into `outDir`, comparing each with its original. */
+async function restoreImages(
+  tool: Tool,
+  images: ImageFile[],
+  refs: Map<ImageFile, string>,
+  outDir: string,
+  log: (line: string) => void,
+): Promise<RestoreRun[]> {
+  const runs: RestoreRun[] = [];
+  for (const img of images) {
+    await mkdir(outDir, { recursive: true });
+    const { run, file } = await tool.restore(img, refs.get(img) as string, outDir);
+    const ok = await sameBytes(img.path, file);
+    runs.push({ img, run, ok });
+    if (!ok) log(`  ${tool.id}: restored ${img.vm}/${img.snap} DIFFERS from the original`);
+    await rm(outDir, { recursive: true, force: true });
+  }
+  return runs;
+}
+
+/** The restore phase of all runs, and of the sample's run. */
+function restorePhases(runs: RestoreRun[], sample: ImageFile): Pick<ToolResult, 'restore' | 'restoreSample'> {
+  const sampleRun = runs.find((r) => r.img === sample) as RestoreRun;
+  return {
     restore: {
-      ...phase(restoreRuns.map((r) => ({ bytes: r.img.bytes, seconds: r.run.seconds, peakRssBytes: r.run.peakRssBytes }))),
-      verified: restoreRuns.filter((r) => r.ok).length,
-      failed: restoreRuns.filter((r) => !r.ok).map((r) => `${r.img.vm}/${r.img.snap}`),
+      ...phase(runs.map((r) => ({ bytes: r.img.bytes, seconds: r.run.seconds, peakRssBytes: r.run.peakRssBytes }))),
+      verified: runs.filter((r) => r.ok).length,
+      failed: runs.filter((r) => !r.ok).map((r) => `${r.img.vm}/${r.img.snap}`),
     },
     restoreSample: {
       ...phase([{ bytes: sample.bytes, seconds: sampleRun.run.seconds, peakRssBytes: sampleRun.run.peakRssBytes }]),

@@ -10,6 +10,7 @@ import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { packFileName } from '../format/pack.js';
 import { tableHasDigest, tableLocation } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec, type CompressedPages } from './codec.js';
+import { decodeStoredChunks } from './container.js';
 import { hashPage, hashPages, pageScanner, type PageScanner } from './hash.js';
 
 /** Per-page outcome of hashing, decided as far as a worker can without the exact index. */
@@ -351,10 +352,13 @@ function storedCopyEquals(packsDir: string, table: Uint32Array, digest: Uint8Arr
 
 export interface DecodeJob {
   kind: 'decode';
-  /** Stored payloads, back to back. */
+  /** Stored payloads, back to back (or where `offsets` says: pages of one container share its frame). */
   payload: Uint8Array;
+  offsets?: Uint32Array;
   lengths: Uint32Array;
   codecs: Uint8Array;
+  /** Member numbers of container pages (codec 2); absent when there are none. */
+  members?: Uint8Array;
   /** Expected digest of each payload (count * 32). */
   digests: Uint8Array;
   /** Page slot of each payload inside the output window. */
@@ -373,10 +377,13 @@ export function runDecodeJob(job: DecodeJob): DecodeResult {
   const codec = getCodec();
   const out = new Uint8Array(job.windowPages * PAGE_SIZE);
   // The payloads lie back to back: one decode call for the window, as restore windows do.
-  const offsets = new Uint32Array(job.lengths.length);
-  for (let i = 1; i < offsets.length; i++) offsets[i] = offsets[i - 1] + job.lengths[i - 1];
+  let offsets = job.offsets;
+  if (!offsets) {
+    offsets = new Uint32Array(job.lengths.length);
+    for (let i = 1; i < offsets.length; i++) offsets[i] = offsets[i - 1] + job.lengths[i - 1];
+  }
   const failed = new Uint8Array(offsets.length);
-  codec.decodeChunks(job.payload, offsets, job.lengths, job.codecs, job.slots, out, failed);
+  decodeStoredChunks(codec, job.payload, offsets, job.lengths, job.codecs, job.members, job.slots, out, failed);
   return { out, bad: verifyDecoded(out, job.windowPages, job.slots, job.digests, failed) };
 }
 
@@ -397,6 +404,8 @@ export interface RestoreJob {
   chunkOffset: Uint32Array;
   lengths: Uint32Array;
   codecs: Uint8Array;
+  /** Member numbers of container pages (codec 2: their offset and length name the frame); absent when none. */
+  members?: Uint8Array;
   slots: Uint32Array;
   digests: Uint8Array;
   /** Lent slab (windowPages * PAGE_SIZE bytes) to restore into when there is no `output`; it comes back as `out`. */
@@ -502,7 +511,8 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
   const offsets = new Uint32Array(m);
   for (let c = 0; c < m; c++) offsets[c] = rangeStart[job.chunkRead[c]] + job.chunkOffset[c];
   const failed = new Uint8Array(m);
-  codec.decodeChunks(scratch, offsets, job.lengths, job.codecs, job.slots, out, failed);
+  // A container's pages are consecutive here (sorted by pack and offset): each frame is decoded once.
+  decodeStoredChunks(codec, scratch, offsets, job.lengths, job.codecs, job.members, job.slots, out, failed);
   bad.push(...verifyDecoded(out, job.windowPages, job.slots, job.digests, failed));
   if (!job.output) return { out, bad };
   if (bad.length > 0) {

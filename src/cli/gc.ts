@@ -4,6 +4,7 @@ import { parseMaxUnused, parseSize } from '../maintenance/gc-plan.js';
 import { VnstoreError } from '../util/errors.js';
 import { action, humanBytes, storeOption, lockWaitOption, usage, withStore } from './common.js';
 import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
+import { renderCompact, runCompactCommand, throwIfSkipped } from './compact.js';
 
 interface GcCliOptions extends RemoteOptions {
   store?: string;
@@ -13,6 +14,7 @@ interface GcCliOptions extends RemoteOptions {
   repackSmall?: boolean;
   verbose?: boolean;
   json?: boolean;
+  compact?: boolean;
 }
 
 export function registerGc(program: Command): void {
@@ -29,6 +31,7 @@ export function registerGc(program: Command): void {
     )
     .option('--max-repack <SIZE>', 'copy at most this many live bytes in this run ("1G"); default: no bound')
     .option('--repack-small', 'also merge packs smaller than a quarter of the pack size')
+    .option('--compact', "then compact cold LZ4 pages into zstd containers, with compact's defaults (see 'vnstore compact --help')")
     .option('--verbose', 'list every pack with its decision')
     .option('--json', 'print {dryRun, live, plan, keptBasesUnneeded, result, seconds} with exact integers')
     .addOption(storeOption())
@@ -68,12 +71,17 @@ Examples:
               const { runGc } = await import('../maintenance/gc.js');
               return runGc(store, gcOpts);
             });
-        if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-        else process.stdout.write(render(report, opts.verbose ?? false));
+        const compacted = opts.compact ? await runCompactCommand(opts, { dryRun: opts.dryRun }) : undefined;
+        if (opts.json) process.stdout.write(JSON.stringify(compacted ? { ...report, compact: compacted } : report, null, 2) + '\n');
+        else {
+          process.stdout.write(render(report, opts.verbose ?? false));
+          if (compacted) process.stdout.write(renderCompact(compacted, opts.verbose ?? false));
+        }
         const skipped = report.result?.skipped ?? [];
         if (skipped.length > 0) {
           throw new VnstoreError('E_CORRUPT', `gc left ${skipped.length} step(s) undone: ${skipped[0].reason}`);
         }
+        if (compacted) throwIfSkipped(compacted);
       }),
     );
 }

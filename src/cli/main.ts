@@ -7,6 +7,7 @@ import { registerRestore } from './restore.js';
 import { registerLs } from './ls.js';
 import { registerForget } from './forget.js';
 import { registerGc } from './gc.js';
+import { registerCompact } from './compact.js';
 import { registerStats } from './stats.js';
 import { registerCheck } from './check.js';
 import { printVersion, registerVersion } from './version.js';
@@ -38,7 +39,7 @@ program
 Store location: --store DIR, else $VNSTORE_STORE, else ./vnstore-data.
 Exit codes: 0 ok, 2 usage, 3 not a store, 4 unsupported format version, 5 store locked,
   6 unknown snapshot or VM, 7 corrupt data (check: problems found), 8 I/O error, 9 disk full, 10 unreadable input,
-  11 store exists, 12 session error, 13 ambiguous id prefix, 14 protocol error (server), 15 access token refused, 70 internal error.`,
+  11 store exists, 12 session error, 13 ambiguous id prefix, 14 protocol error (server), 15 access token refused, 16 unsupported here (compact without libzstd), 70 internal error.`,
   );
 
 registerInit(program);
@@ -47,6 +48,7 @@ registerRestore(program);
 registerLs(program);
 registerForget(program);
 registerGc(program);
+registerCompact(program);
 registerStats(program);
 registerCheck(program);
 registerVersion(program);

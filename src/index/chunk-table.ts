@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
+import { CONTAINER_CODEC } from '../format/pack.js';
 
 /**
  * In-memory chunk table: 32-bit digest fingerprint → pack location, open addressing with linear
  * probing in a SharedArrayBuffer so hashing workers can ask "possibly known?" without a message.
  *
- * Budget: 16 bytes a slot (fingerprint, pack, offset, storedLength|codec|flags), load factor kept in
+ * Budget: 16 bytes a slot (fingerprint, pack, offset, storedLength|codec|member|flags|pages), load factor kept in
  * (0.35, 0.7] → 23-46 bytes per stored chunk. A fingerprint match is a hint, never proof: the store
  * confirms "known" against LevelDB (exact 32-byte key) before deduplicating, and restore verifies
  * every page digest. Two stored chunks sharing a fingerprint mark their slot ambiguous, and lookups of
@@ -29,6 +30,10 @@ export interface ChunkLocation {
   offset: number;
   storedLength: number;
   codec: number;
+  /** Page number inside a zstd container (codec 2, pack format 2); absent otherwise. */
+  member?: number;
+  /** Pages in that container (1..16); absent outside containers. */
+  pages?: number;
 }
 
 function word(d: Uint8Array, o: number): number {
@@ -80,7 +85,19 @@ function placeSlot(words: Uint32Array, src: Uint32Array, p: number): void {
 function slotLocation(words: Uint32Array, s: number): ChunkLocation {
   const p = HEADER_WORDS + s * SLOT_WORDS;
   const meta = words[p + 3];
-  return { pack: words[p + 1], offset: words[p + 2], storedLength: meta & 0xffff, codec: (meta >>> 16) & 0xff };
+  const codec = (meta >>> 16) & 0x0f;
+  // Bits 20-23: the member inside a container, 26-29: its pages - 1; only containers set them (so
+  // the location has no such keys otherwise, as locations from the index have none).
+  return codec === CONTAINER_CODEC
+    ? {
+        pack: words[p + 1],
+        offset: words[p + 2],
+        storedLength: meta & 0xffff,
+        codec,
+        member: (meta >>> 20) & 0x0f,
+        pages: ((meta >>> 26) & 0x0f) + 1,
+      }
+    : { pack: words[p + 1], offset: words[p + 2], storedLength: meta & 0xffff, codec };
 }
 
 function slotAmbiguous(words: Uint32Array, s: number): boolean {
@@ -254,7 +271,8 @@ export class ChunkTable {
     w[p] = fp;
     w[p + 1] = loc.pack;
     w[p + 2] = loc.offset;
-    w[p + 3] = ((loc.storedLength & 0xffff) | ((loc.codec & 0xff) << 16) | OCCUPIED | flags) >>> 0;
+    const container = loc.codec === CONTAINER_CODEC ? ((loc.member ?? 0) << 20) | (((loc.pages ?? 1) - 1) << 26) : 0;
+    w[p + 3] = ((loc.storedLength & 0xffff) | ((loc.codec & 0x0f) << 16) | container | OCCUPIED | flags) >>> 0;
   }
 
   private grow(): void {

@@ -4,7 +4,8 @@
  * it points into, and every digest a manifest names is indexed.
  */
 import { promises as fsp } from 'node:fs';
-import { packFileName, parsePackFileName, TOC_PREFIX_BYTES, type PackEntry } from '../format/pack.js';
+import { CONTAINER_CODEC, packFileName, parsePackFileName, storedShare, TOC_PREFIX_BYTES, type PackEntry } from '../format/pack.js';
+import { locationKey } from './pack-data.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import { zeroCounters, type StoreCounters } from '../store/counters.js';
 import { decodeChunkValue, KEY_CHUNK, KEY_PACK, parseRecord, PACK_RECORD, prefixRange, type PackRecord } from '../store/db.js';
@@ -146,7 +147,7 @@ export async function checkIndex(
           });
           continue;
         }
-        counted.chunkBytes += loc.storedLength;
+        counted.chunkBytes += storedShare(loc);
         const ord = referenced.find(k, 1);
         if (ord >= 0) indexedFlag[ord] = 1;
         const hex = () => k.subarray(1).toString('hex');
@@ -168,11 +169,12 @@ export async function checkIndex(
           badDigests.set(hex(), packProblems.get(ps.id)!);
           continue;
         }
-        const e = findTocEntry(ps, loc.offset);
+        const e = findTocEntry(ps, loc.offset, loc.member ?? 0);
         if (
           !e ||
           e.storedLength !== loc.storedLength ||
           e.codec !== loc.codec ||
+          (e.codec === CONTAINER_CODEC && e.pages !== loc.pages) ||
           !k.subarray(1, 1 + TOC_PREFIX_BYTES).equals(e.digestPrefix)
         ) {
           const pr: CheckProblem = {
@@ -187,7 +189,7 @@ export async function checkIndex(
           badDigests.set(hex(), pr);
           continue;
         }
-        indexedAt.get(loc.pack)?.set(loc.offset, Buffer.from(k.subarray(1)));
+        indexedAt.get(loc.pack)?.set(locationKey(loc.offset, loc.member), Buffer.from(k.subarray(1)));
       }
     }
   } finally {
@@ -211,9 +213,13 @@ export async function checkIndex(
   return { problems: indexProblems, badDigests, missingByDigest, indexedAt, counted, checked };
 }
 
-function findTocEntry(ps: PackState, offset: number): PackEntry | undefined {
-  const i = indexOfSorted(ps.tocOffsets!, offset);
-  return i < 0 ? undefined : ps.toc![i];
+/** The entry at `offset` (page `member` there when it is a container's frame). */
+function findTocEntry(ps: PackState, offset: number, member: number): PackEntry | undefined {
+  let i = indexOfSorted(ps.tocOffsets!, offset);
+  if (i < 0) return undefined;
+  while (i > 0 && ps.tocOffsets![i - 1] === offset) i--; // a container's pages share its offset
+  const e = ps.toc![i + member];
+  return e && e.offset === offset && e.member === member ? e : undefined;
 }
 
 /** The pack's table of contents, with prefixes copied out of the read buffer. */

@@ -14,12 +14,12 @@
  * records. Every committed snapshot is restorable at every instant.
  */
 import { performance } from 'node:perf_hooks';
-import { packFileName } from '../format/pack.js';
+import { packFileName, storedShare } from '../format/pack.js';
 import { DIGEST_BYTES } from '../format/pages.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import { scanChunkIndex, type PackRecord } from '../store/db.js';
 import { IndexBatch } from '../store/index-batch.js';
-import type { SealedPack } from '../store/pack-file.js';
+import { chunkLocation, type SealedPack } from '../store/pack-file.js';
 import { Store } from '../store/store.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
@@ -102,7 +102,7 @@ function failpoint(point: string): void {
   if (FAILPOINT && FAILPOINT[1] === point && ++failpointHits >= Number(FAILPOINT[2])) process.kill(process.pid, 'SIGKILL');
 }
 
-interface IndexedEntry {
+export interface IndexedEntry {
   digest: Buffer;
   loc: ChunkLocation;
 }
@@ -125,41 +125,7 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
     // The fence goes up before anything is read: from here on, every chunk a lookup finds is live.
     store.raiseGcFence(fence);
     try {
-      // 1. The packs gc may touch: those sealed and indexed now. Later packs hold only newer chunks.
-      const records = new Map<number, PackRecord>();
-      const only = options.packs ? new Set(options.packs) : undefined;
-      for (const r of await store.listPacks()) if (!only || only.has(r.id)) records.set(r.id, r);
-      // 2. Mark, after the pack listing (see fence.ts for why this order is safe).
-      const live = new DigestSet(1 << 16);
-      const inflight = await collectInFlight(store, live);
-      const committed = await listCommitted(store);
-      await markSnapshots(store, committed, live);
-      trace('gc: marked');
-      // 3. Per-pack liveness from the index.
-      const liveness = new Map<number, PackLiveness>();
-      for (const r of records.values()) {
-        liveness.set(r.id, {
-          id: r.id,
-          bytes: r.bytes,
-          payloadBytes: r.payloadBytes,
-          chunks: r.chunks,
-          indexedChunks: 0,
-          indexedBytes: 0,
-          liveChunks: 0,
-          liveBytes: 0,
-        });
-      }
-      const isLive = (d: Uint8Array, o = 0) => live.has(d, o) || fence.rescued(o === 0 ? d : d.subarray(o, o + 32));
-      await scanIndex(store, (key, loc) => {
-        const p = liveness.get(loc.pack);
-        if (!p) return;
-        p.indexedChunks++;
-        p.indexedBytes += loc.storedLength;
-        if (isLive(key, 1)) {
-          p.liveChunks++;
-          p.liveBytes += loc.storedLength;
-        }
-      });
+      const { records, live, inflight, committed, liveness, isLive } = await markAndMeasure(store, fence, options.packs);
       const plan = planGc([...liveness.values()], planOptions);
       const kept = await listKeptBases(store.db);
       const unneeded = unneededKeptBases(committed, kept, inflight.bases);
@@ -180,46 +146,13 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
         report.seconds = (performance.now() - started) / 1000;
         return report;
       }
-      const result: GcResult = {
-        packsDropped: 0,
-        packsRewritten: 0,
-        packsWritten: [],
-        chunksCopied: 0,
-        bytesCopied: 0,
-        chunksRemoved: 0,
-        deadBytesRemoved: 0,
-        reclaimedBytes: 0,
-        chunksRescued: 0,
-        lookupsHeld: 0,
-        keptBasesRemoved: 0,
-        manifestBytesRemoved: 0,
-        skipped: [],
-      };
-      // 4. The index entries of every pack that goes.
-      const chosen = new Set([...plan.drop, ...plan.rewrite]);
-      const entries = new Map<number, IndexedEntry[]>();
-      for (const id of chosen) entries.set(id, []);
-      if (chosen.size > 0) {
-        await scanIndex(store, (key, loc) => {
-          entries.get(loc.pack)?.push({ digest: Buffer.from(key.subarray(1)), loc });
-        });
-      }
-      // 5. Steps: dropped packs in groups, then each planned new pack with the packs it replaces.
+      const result = emptyGcResult();
+      // 4. The index entries of every pack that goes; 5. the steps.
+      const entries = await collectEntries(store, new Set([...plan.drop, ...plan.rewrite]));
       const steps: number[][] = [];
       for (let i = 0; i < plan.drop.length; i += 256) steps.push(plan.drop.slice(i, i + 256));
       for (const n of plan.newPacks) steps.push(n.from);
-      for (const old of steps) {
-        const counts = old.map((id) => liveness.get(id)!);
-        const mismatch = old.find((id, i) => entries.get(id)!.length !== counts[i].indexedChunks);
-        if (mismatch !== undefined) {
-          result.skipped.push({
-            packs: old.map(packFileName),
-            reason: `index entries of pack ${packFileName(mismatch)} changed while gc ran`,
-          });
-          continue;
-        }
-        await executeStep(store, fence, isLive, old, records, entries, result);
-      }
+      await executeSteps(store, fence, { records, liveness, isLive }, steps, entries, result);
       // 6. Kept base manifests nobody needs any more (recomputed: sessions may have come and gone).
       await pruneKeptBases(store, result);
       result.lookupsHeld = fence.held;
@@ -232,6 +165,123 @@ export async function runGc(store: Store, options: GcOptions = {}): Promise<GcRe
       store.lowerGcFence(fence);
     }
   });
+}
+
+/** What gc's mark and measure found: compact plans from the same. */
+export interface Marked {
+  /** The packs that may be touched: sealed and indexed when the fence went up. */
+  records: Map<number, PackRecord>;
+  live: DigestSet;
+  inflight: Awaited<ReturnType<typeof collectInFlight>>;
+  committed: Awaited<ReturnType<typeof listCommitted>>;
+  liveness: Map<number, PackLiveness>;
+  /** Live by the mark, or looked up by a session since the fence went up. */
+  isLive: (d: Uint8Array, o?: number) => boolean;
+}
+
+/**
+ * Lists the packs (`only`, or all indexed), marks the live chunks and measures each pack's liveness
+ * from the index. The caller has raised `fence`.
+ */
+export async function markAndMeasure(store: Store, fence: GcFence, only?: readonly number[]): Promise<Marked> {
+  // 1. The packs gc may touch: those sealed and indexed now. Later packs hold only newer chunks.
+  const records = new Map<number, PackRecord>();
+  const onlySet = only ? new Set(only) : undefined;
+  for (const r of await store.listPacks()) if (!onlySet || onlySet.has(r.id)) records.set(r.id, r);
+  // 2. Mark, after the pack listing (see fence.ts for why this order is safe).
+  const live = new DigestSet(1 << 16);
+  const inflight = await collectInFlight(store, live);
+  const committed = await listCommitted(store);
+  await markSnapshots(store, committed, live);
+  trace('gc: marked');
+  // 3. Per-pack liveness from the index.
+  const liveness = new Map<number, PackLiveness>();
+  for (const r of records.values()) {
+    liveness.set(r.id, {
+      id: r.id,
+      bytes: r.bytes,
+      payloadBytes: r.payloadBytes,
+      chunks: r.chunks,
+      indexedChunks: 0,
+      indexedBytes: 0,
+      liveChunks: 0,
+      liveBytes: 0,
+    });
+  }
+  const isLive = (d: Uint8Array, o = 0) => live.has(d, o) || fence.rescued(o === 0 ? d : d.subarray(o, o + 32));
+  await scanIndex(store, (key, loc) => {
+    const p = liveness.get(loc.pack);
+    if (!p) return;
+    p.indexedChunks++;
+    p.indexedBytes += storedShare(loc);
+    if (isLive(key, 1)) {
+      p.liveChunks++;
+      p.liveBytes += storedShare(loc);
+    }
+  });
+  return { records, live, inflight, committed, liveness, isLive };
+}
+
+/** The index entries pointing into `packs`, per pack. */
+export async function collectEntries(store: Store, packs: ReadonlySet<number>): Promise<Map<number, IndexedEntry[]>> {
+  const entries = new Map<number, IndexedEntry[]>();
+  for (const id of packs) entries.set(id, []);
+  if (packs.size > 0) {
+    await scanIndex(store, (key, loc) => {
+      entries.get(loc.pack)?.push({ digest: Buffer.from(key.subarray(1)), loc });
+    });
+  }
+  return entries;
+}
+
+/** Writes the live chunks of a step into new pack `packId` (sealed, not indexed): gc copies, compact compresses. */
+export type CopyLive = (pending: IndexedEntry[], packId: number) => Promise<SealedPack>;
+
+/**
+ * Runs steps in the write order above: each step's old packs are replaced by new pack(s) holding
+ * their live chunks (written by `copy`), or dropped when nothing in them is live. A step whose packs'
+ * index entries changed since they were measured is skipped (reported in `result.skipped`).
+ */
+export async function executeSteps(
+  store: Store,
+  fence: GcFence,
+  marked: Pick<Marked, 'records' | 'liveness' | 'isLive'>,
+  steps: number[][],
+  entries: Map<number, IndexedEntry[]>,
+  result: GcResult,
+  copy: CopyLive = async (pending, packId) => (await copyChunks(store, packId, pending)).sealed,
+): Promise<void> {
+  for (const old of steps) {
+    const counts = old.map((id) => marked.liveness.get(id)!);
+    const mismatch = old.find((id, i) => entries.get(id)!.length !== counts[i].indexedChunks);
+    if (mismatch !== undefined) {
+      result.skipped.push({
+        packs: old.map(packFileName),
+        reason: `index entries of pack ${packFileName(mismatch)} changed while gc ran`,
+      });
+      continue;
+    }
+    await executeStep(store, fence, marked.isLive, old, marked.records, entries, result, copy);
+  }
+}
+
+/** A result with nothing done yet. */
+export function emptyGcResult(): GcResult {
+  return {
+    packsDropped: 0,
+    packsRewritten: 0,
+    packsWritten: [],
+    chunksCopied: 0,
+    bytesCopied: 0,
+    chunksRemoved: 0,
+    deadBytesRemoved: 0,
+    reclaimedBytes: 0,
+    chunksRescued: 0,
+    lookupsHeld: 0,
+    keptBasesRemoved: 0,
+    manifestBytesRemoved: 0,
+    skipped: [],
+  };
 }
 
 /** Iterates every chunk index entry (one iterator: a consistent view). */
@@ -254,6 +304,7 @@ async function executeStep(
   records: Map<number, PackRecord>,
   entries: Map<number, IndexedEntry[]>,
   result: GcResult,
+  copy: CopyLive,
 ): Promise<void> {
   const all = old.flatMap((id) => entries.get(id)!);
   let pending = all.filter((e) => isLive(e.digest));
@@ -263,8 +314,7 @@ async function executeStep(
   try {
     for (;;) {
       if (pending.length > 0) {
-        const { sealed } = await copyChunks(store, store.writer.reservePackId(), pending);
-        written.push(sealed);
+        written.push(await copy(pending, store.writer.reservePackId()));
         trace('gc: pack written');
         failpoint('pack-renamed');
       }
@@ -307,15 +357,19 @@ async function executeStep(
     delta.packBytes! += w.record.bytes;
     delta.packPayloadBytes! += w.record.payloadBytes;
   }
-  for (const e of doomed) delta.chunkBytes! -= e.loc.storedLength;
   const moved: { digest: Uint8Array; loc: ChunkLocation }[] = [];
   for (const { record, chunks: c } of written) {
     for (let k = 0; k < c.count; k++)
       moved.push({
         digest: c.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES),
-        loc: { pack: record.id, offset: c.offsets[k], storedLength: c.lengths[k], codec: c.codecs[k] },
+        loc: chunkLocation(record.id, c, k),
       });
   }
+  // Every old entry goes; the moved chunks come back with their new bytes (re-containered by gc,
+  // compressed by compact), the dead ones do not.
+  for (const e of all) delta.chunkBytes! -= storedShare(e.loc);
+  const movedBytes = moved.reduce((s, m) => s + storedShare(m.loc), 0);
+  delta.chunkBytes! += movedBytes;
   const at = new Date().toISOString();
   await fence.commit(doomedSet, async () => {
     const batch = new IndexBatch(store.db);

@@ -7,6 +7,7 @@ import { crc32 } from 'node:zlib';
 import { packFileName, PACK_HEADER_BYTES, TOC_PREFIX_BYTES, type PackEntry } from '../format/pack.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import { nameChunk, type WholePack } from '../store/pack-reader.js';
+import { ContainerCache } from '../chunk/container.js';
 import type { Store } from '../store/store.js';
 import { CorruptError } from '../util/errors.js';
 import { verifyChunks, type StoredChunk } from './pack-io.js';
@@ -28,10 +29,15 @@ export interface PackData {
   good: { entry: PackEntry; digest: Buffer }[];
 }
 
+/** The key of `indexedAt`: a chunk's offset, and its member inside a container (0 otherwise). */
+export function locationKey(offset: number, member = 0): number {
+  return offset * 16 + member;
+}
+
 /**
  * Reads a whole pack, checks its structure and payload checksum, and verifies every chunk: indexed
- * chunks against their full digest (in the page workers), the others by decoding and re-hashing
- * against the digest prefix in the table of contents.
+ * chunks (`indexedAt`, by locationKey) against their full digest (in the page workers), the others by
+ * decoding and re-hashing against the digest prefix in the table of contents.
  */
 export async function readPackData(store: Store, id: number, indexedAt: Map<number, Buffer>): Promise<PackData> {
   let whole: WholePack;
@@ -61,14 +67,15 @@ export async function readPackData(store: Store, id: number, indexedAt: Map<numb
   const good: PackData['good'] = [];
   const withDigest: { i: number; chunk: StoredChunk }[] = [];
   const page = new Uint8Array(PAGE_SIZE);
+  const containers = new ContainerCache();
   entries.forEach((e, i) => {
     const payload = data.subarray(e.offset, e.offset + e.storedLength);
-    const d = indexedAt.get(e.offset);
+    const d = indexedAt.get(locationKey(e.offset, e.member));
     if (d) {
-      withDigest.push({ i, chunk: { digest: d, payload, codec: e.codec } });
+      withDigest.push({ i, chunk: { digest: d, payload, codec: e.codec, member: e.member, pages: e.pages } });
       return;
     }
-    const named = nameChunk(payload, e, page);
+    const named = nameChunk(payload, e, page, containers);
     if ('why' in named) bad.push({ index: i, offset: e.offset, why: named.why });
     else good.push({ entry: e, digest: named.digest });
   });

@@ -5,7 +5,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { packFileName, parsePackFileName, PACK_HEADER_BYTES, TOC_PREFIX_BYTES, type PackEntry } from '../format/pack.js';
+import { packFileName, parsePackFileName, PACK_HEADER_BYTES, storedShare, TOC_PREFIX_BYTES, type PackEntry } from '../format/pack.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import {
   jsonValue,
@@ -26,6 +26,8 @@ import {
   type SnapshotRecord,
 } from '../store/db.js';
 import { IndexBatch } from '../store/index-batch.js';
+import { chunkLocation, type PackChunks } from '../store/pack-file.js';
+import { entryLocation } from '../store/pack-reader.js';
 import { Store } from '../store/store.js';
 import { VnstoreError } from '../util/errors.js';
 import { DigestSet, ensureLength } from './digest-set.js';
@@ -80,14 +82,9 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
     oldRecords.set(r.id, r);
   }
   const names = (await fsp.readdir(p.packs)).filter((n) => parsePackFileName(n) !== undefined).sort();
-  const consider = (id: number, good: { entry: PackEntry; digest: Buffer }[], offsets?: number[]) => {
+  const consider = (id: number, good: { entry: PackEntry; digest: Buffer }[], written?: PackChunks) => {
     good.forEach((g, i) => {
-      const loc: ChunkLocation = {
-        pack: id,
-        offset: offsets ? offsets[i] : g.entry.offset,
-        storedLength: g.entry.storedLength,
-        codec: g.entry.codec,
-      };
+      const loc = written ? chunkLocation(id, written, i) : entryLocation(id, g.entry);
       const ord = desired.add(g.digest);
       const prev = desLoc[ord];
       const c = current.find(g.digest);
@@ -106,7 +103,7 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
       continue;
     }
     const st = await fsp.stat(file);
-    const payloadBytes = res.good.reduce((s, g) => s + g.entry.storedLength, 0);
+    const payloadBytes = res.good.reduce((s, g) => s + storedShare(g.entry), 0);
     packRecords.push({
       id,
       chunks: res.chunks,
@@ -133,6 +130,8 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
           digest: g.digest,
           payload: data.subarray(g.entry.offset, g.entry.offset + g.entry.storedLength),
           codec: g.entry.codec,
+          member: g.entry.member,
+          pages: g.entry.pages,
         });
         entries.push(g);
         have.add(g.digest.toString('latin1'));
@@ -147,6 +146,8 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
         digest: e.digest,
         payload: data.subarray(e.loc.offset, e.loc.offset + e.loc.storedLength),
         codec: e.loc.codec,
+        member: e.loc.member,
+        pages: e.loc.pages,
       }));
       const badIdx = new Set(await verifyChunks(store, cand));
       candidates.forEach((e, i) => {
@@ -158,6 +159,8 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
             offset: e.loc.offset,
             storedLength: e.loc.storedLength,
             codec: e.loc.codec,
+            member: e.loc.member ?? 0,
+            pages: e.loc.pages ?? 1,
           },
           digest: e.digest,
         });
@@ -168,11 +171,7 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
         const newId = store.writer.reservePackId();
         const { record, chunks: written } = await writePack(store, newId, chunks);
         packRecords.push(record);
-        consider(
-          newId,
-          entries,
-          Array.from({ length: written.count }, (_, i) => written.offsets[i]),
-        );
+        consider(newId, entries, written);
         into = packFileName(newId);
       }
       const to = await quarantinePack(store.dir, store.packs, d.name);
@@ -202,7 +201,14 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
     }
     seen[ord] = 1;
     const want = desLoc[ord];
-    if (want.pack !== loc.pack || want.offset !== loc.offset || want.storedLength !== loc.storedLength || want.codec !== loc.codec) {
+    if (
+      want.pack !== loc.pack ||
+      want.offset !== loc.offset ||
+      want.storedLength !== loc.storedLength ||
+      want.codec !== loc.codec ||
+      want.member !== loc.member ||
+      want.pages !== loc.pages
+    ) {
       puts.push({ digest, loc: want, existed: true });
     }
   });

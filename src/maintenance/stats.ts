@@ -10,7 +10,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { PAGE_SIZE, PageKind, DIGEST_BYTES } from '../format/pages.js';
-import { TOC_ENTRY_BYTES } from '../format/pack.js';
+import { storedShare, TOC_ENTRY_BYTES } from '../format/pack.js';
 import {
   KEY_CHUNK,
   KEY_GROUP,
@@ -276,7 +276,7 @@ export async function recount(store: Store, records?: SnapshotRecord[]): Promise
   }
   await scanChunkIndex(store.db, (_k, loc) => {
     c.chunks++;
-    c.chunkBytes += loc?.storedLength ?? 0;
+    c.chunkBytes += loc ? storedShare(loc) : 0;
   });
   return c;
 }
@@ -329,7 +329,7 @@ async function addDetail(store: Store, records: SnapshotRecord[], vmNames: strin
       const entries = await it.nextv(4096);
       if (entries.length === 0) break;
       for (const [k, v] of entries) {
-        const len = decodeChunkValue(v).storedLength;
+        const len = storedShare(decodeChunkValue(v));
         const ord = set.find(k, 1);
         if (ord >= 0) {
           size[ord] = len;

@@ -10,6 +10,7 @@ import type { SnapshotRecord } from '../store/db.js';
 import { restoreSnapshot } from '../store/restore.js';
 import { storeStats } from '../maintenance/stats.js';
 import { runGc } from '../maintenance/gc.js';
+import { runCompact } from '../maintenance/compact.js';
 import type { MaxUnused } from '../maintenance/gc-plan.js';
 import { checkStore } from '../maintenance/check.js';
 import { forget } from '../maintenance/forget.js';
@@ -77,7 +78,7 @@ function optCalendar(args: Record<string, unknown>): CalendarRules | undefined {
 }
 
 /**
- * Catalog and maintenance calls. gc, check and forget run inside the server beside ingesting sessions
+ * Catalog and maintenance calls. gc, compact, check and forget run inside the server beside ingesting sessions
  * (the store's own fences make that safe); check's index repair is not offered: it needs the store
  * to itself.
  */
@@ -97,6 +98,13 @@ export const CALLS: Record<string, CallHandler> = {
       maxUnused: optMaxUnused(args),
       maxRepackBytes: optNumber(args, 'maxRepackBytes'),
       repackSmall: optBool(args, 'repackSmall'),
+    }),
+  compact: (store, args) =>
+    runCompact(store, {
+      level: optNumber(args, 'level'),
+      minAgeMs: optNumber(args, 'minAgeMs'),
+      maxRepackBytes: optNumber(args, 'maxRepackBytes'),
+      dryRun: optBool(args, 'dryRun'),
     }),
   check: (store, args) =>
     checkStore(store, { readData: optBool(args, 'readData'), readDataSubsetPct: optNumber(args, 'readDataSubsetPct') }),

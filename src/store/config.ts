@@ -2,10 +2,18 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { PAGE_SIZE } from '../format/pages.js';
+import { writeFileDurable } from '../util/durable.js';
 import { VnstoreError } from '../util/errors.js';
 
 export const STORE_FORMAT = 'vnstore';
+/** The version `init` writes. */
 export const STORE_FORMAT_VERSION = 1;
+/**
+ * The version of a store that may hold version-2 packs (zstd containers): compact raises it before
+ * writing the first such pack, so that an older vnstore refuses the whole store with one line instead
+ * of reporting its compacted packs as damage (or quarantining one that recovery finds unindexed).
+ */
+export const STORE_FORMAT_VERSION_CONTAINERS = 2;
 export const CONFIG_FILE = 'vnstore.json';
 
 export interface StoreConfig {
@@ -37,10 +45,10 @@ export async function readConfig(dir: string): Promise<StoreConfig> {
   }
   if (cfg.format !== STORE_FORMAT)
     throw new VnstoreError('E_NOT_STORE', `${dir} is not a vnstore store (${CONFIG_FILE} has format ${JSON.stringify(cfg.format)})`);
-  if (cfg.version !== STORE_FORMAT_VERSION) {
+  if (cfg.version !== STORE_FORMAT_VERSION && cfg.version !== STORE_FORMAT_VERSION_CONTAINERS) {
     throw new VnstoreError(
       'E_FORMAT_VERSION',
-      `${dir}: store format version ${String(cfg.version)} is not supported (this vnstore reads version ${STORE_FORMAT_VERSION})`,
+      `${dir}: store format version ${String(cfg.version)} is not supported (this vnstore reads versions ${STORE_FORMAT_VERSION} and ${STORE_FORMAT_VERSION_CONTAINERS}; a newer vnstore wrote it)`,
     );
   }
   if (cfg.pageSize !== PAGE_SIZE || cfg.chunkDigest !== 'blake3-256') {
@@ -50,4 +58,16 @@ export async function readConfig(dir: string): Promise<StoreConfig> {
     );
   }
   return cfg as StoreConfig;
+}
+
+/** Raises a version-1 store to version 2 (durably: temp file, fsync, rename) before its first v2 pack. */
+export async function allowContainerPacks(dir: string, tmpDir: string, config: StoreConfig): Promise<void> {
+  if (config.version >= STORE_FORMAT_VERSION_CONTAINERS) return;
+  const next: StoreConfig = { ...config, version: STORE_FORMAT_VERSION_CONTAINERS };
+  await writeFileDurable(
+    path.join(dir, CONFIG_FILE),
+    Buffer.from(JSON.stringify(next, null, 2) + '\n'),
+    path.join(tmpDir, `${CONFIG_FILE}.tmp`),
+  );
+  config.version = STORE_FORMAT_VERSION_CONTAINERS;
 }

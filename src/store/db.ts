@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { Level } from 'level';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import { PAGE_SIZE } from '../format/pages.js';
+import { CONTAINER_CODEC } from '../format/pack.js';
 import { ByteReader, putVarint } from '../format/varint.js';
 import { CATALOG_DAMAGE_ADVICE, CorruptError, VnstoreError } from '../util/errors.js';
 
@@ -84,13 +85,18 @@ export function chunkKey(digest: Uint8Array): Buffer {
 /**
  * Chunk location as varints: pack id, offset, then storedLength·4 + codec (codec < 4 in format v1; a
  * larger codec gets a 4th varint). 6-8 bytes instead of 11: the index is the store's largest metadata.
+ * A page in a zstd container (codec 2, pack format 2) adds a 4th varint, member + 16·(pages - 1)
+ * (1-2 B): offset and length then name the container's frame.
  */
 export function encodeChunkValue(loc: ChunkLocation): Buffer {
   // Hand-rolled varints: this runs once per new chunk when a pack is sealed.
   const out = Buffer.allocUnsafe(24);
   let p = putVarint(out, 0, loc.pack);
   p = putVarint(out, p, loc.offset);
-  if (loc.codec < 4) p = putVarint(out, p, loc.storedLength * 4 + loc.codec);
+  if (loc.codec === CONTAINER_CODEC) {
+    p = putVarint(out, p, loc.storedLength * 4 + loc.codec);
+    p = putVarint(out, p, (loc.member ?? 0) + 16 * ((loc.pages ?? 1) - 1));
+  } else if (loc.codec < 4) p = putVarint(out, p, loc.storedLength * 4 + loc.codec);
   else {
     p = putVarint(out, p, loc.storedLength * 4);
     p = putVarint(out, p, loc.codec);
@@ -103,6 +109,13 @@ export function decodeChunkValue(v: Uint8Array): ChunkLocation {
   const pack = r.varint();
   const offset = r.varint();
   const lc = r.varint();
+  if (lc % 4 === CONTAINER_CODEC) {
+    const mp = r.varint();
+    const member = mp % 16;
+    const pages = Math.floor(mp / 16) + 1;
+    if (pages > 16 || member >= pages) throw new CorruptError(`chunk index entry: container member ${member} of ${pages} pages`);
+    return { pack, offset, storedLength: Math.floor(lc / 4), codec: CONTAINER_CODEC, member, pages };
+  }
   const codec = r.remaining > 0 ? r.varint() : lc % 4;
   return { pack, offset, storedLength: Math.floor(lc / 4), codec };
 }

@@ -7,7 +7,7 @@
 import type { ChunkLocation } from '../index/chunk-table.js';
 import { DIGEST_BYTES } from '../format/pages.js';
 import { chunkKey, encodeChunkValue, jsonValue, packKey, stampChunkGeneration, type PackRecord, type StoreDb } from './db.js';
-import type { PackChunks } from './pack-file.js';
+import { chunkLocation, type PackChunks } from './pack-file.js';
 
 export class IndexBatch {
   private readonly batch;
@@ -20,10 +20,7 @@ export class IndexBatch {
   addPack(record: PackRecord, chunks: PackChunks): this {
     for (let k = 0; k < chunks.count; k++) {
       const digest = chunks.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES);
-      this.batch.put(
-        chunkKey(digest),
-        encodeChunkValue({ pack: record.id, offset: chunks.offsets[k], storedLength: chunks.lengths[k], codec: chunks.codecs[k] }),
-      );
+      this.batch.put(chunkKey(digest), encodeChunkValue(chunkLocation(record.id, chunks, k)));
     }
     return this.putPackRecord(record);
   }

@@ -17,13 +17,17 @@ import {
   encodePackFooter,
   encodePackHeader,
   packFileName,
+  CONTAINER_CODEC,
   PACK_HEADER_BYTES,
+  PACK_VERSION,
+  PACK_VERSION_CONTAINERS,
   PACK_TRAILER_BYTES,
   TOC_ENTRY_BYTES,
 } from '../format/pack.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { fsyncDir, FILE_MODE, writeFully, writevFully } from '../util/durable.js';
 import type { PackRecord } from './db.js';
+import type { ChunkLocation } from '../index/chunk-table.js';
 import { indexOfSorted } from '../util/search.js';
 
 export const WRITE_BATCH_BYTES = 1024 * 1024; // small: each batch is fresh memory once per process
@@ -40,13 +44,29 @@ export class BatchPool {
   }
 }
 
-/** A pack's chunks in columns: chunk k is digests[k*32 ..+32] at offsets[k], lengths[k] bytes. */
+/**
+ * A pack's chunks in columns: chunk k is digests[k*32 ..+32] at offsets[k], lengths[k] bytes; a page
+ * in a container (codec 2) is member members[k] of the frame at offsets[k].
+ */
 export interface PackChunks {
   count: number;
   digests: Uint8Array;
   offsets: ArrayLike<number>;
   lengths: ArrayLike<number>;
   codecs: ArrayLike<number>;
+  members?: ArrayLike<number>;
+  /** Pages of the container of each container page (codec 2). */
+  containerPages?: ArrayLike<number>;
+}
+
+/** Where chunk k of a pack's columns lies (its member too when it is in a container). */
+export function chunkLocation(pack: number, chunks: PackChunks, k: number): ChunkLocation {
+  const loc: ChunkLocation = { pack, offset: chunks.offsets[k], storedLength: chunks.lengths[k], codec: chunks.codecs[k] };
+  if (loc.codec === CONTAINER_CODEC) {
+    loc.member = chunks.members ? chunks.members[k] : 0;
+    loc.pages = chunks.containerPages ? chunks.containerPages[k] : 1;
+  }
+  return loc;
 }
 
 /** A pack durable under its final name, not yet indexed: what IndexBatch.addPack takes. */
@@ -63,7 +83,9 @@ export class PackFile {
   digests = new Uint8Array(0);
   lengths = new Uint16Array(0);
   codecs = new Uint8Array(0);
-  offsets = new Uint32Array(0); // ascending
+  members = new Uint8Array(0);
+  containerPages = new Uint8Array(0);
+  offsets = new Uint32Array(0); // ascending (a container's pages share theirs)
   private crc = 0; // running CRC32 of the payload handed to writes so far
   private batch: Buffer | undefined; // payloads not yet handed to a write
   private batchUsed = 0;
@@ -79,10 +101,12 @@ export class PackFile {
     readonly id: number,
     tmpDir: string,
     private readonly batches: BatchPool,
+    /** PACK_VERSION_CONTAINERS for a pack that may hold zstd containers (compact, gc copying them). */
+    readonly version = PACK_VERSION,
   ) {
     this.tmpPath = path.join(tmpDir, `${packFileName(id)}.tmp`);
     this.fh = fsp.open(this.tmpPath, 'wx', FILE_MODE);
-    this.writes = quiet(this.fh.then((h) => writeFully(h, encodePackHeader(PAGE_SIZE))));
+    this.writes = quiet(this.fh.then((h) => writeFully(h, encodePackHeader(PAGE_SIZE, version))));
   }
 
   /** Room left in the current write batch (a whole new batch when there is none). */
@@ -105,6 +129,29 @@ export class PackFile {
     this.lengths[k] = length;
     this.codecs[k] = codec;
     this.offsets[k] = offset;
+    return offset;
+  }
+
+  /**
+   * One zstd container: an entry per page (digests[k*32..] for member k, in the frame's page order),
+   * then the frame's bytes once. A v2 pack only; the frame must fit the TOC's u16 length.
+   */
+  appendContainer(digests: Uint8Array, pages: number, frame: Uint8Array): number {
+    if (this.version !== PACK_VERSION_CONTAINERS) throw new RangeError('containers need a version 2 pack');
+    if (frame.length < 1 || frame.length > 0xffff) throw new RangeError(`container frame length ${frame.length}`);
+    if (pages < 1 || pages > 16 || digests.length < pages * DIGEST_BYTES) throw new RangeError(`container of ${pages} pages`);
+    const offset = this.size;
+    for (let m = 0; m < pages; m++) {
+      if (this.count === this.lengths.length) this.growToc();
+      const k = this.count++;
+      this.digests.set(digests.subarray(m * DIGEST_BYTES, (m + 1) * DIGEST_BYTES), k * DIGEST_BYTES);
+      this.lengths[k] = frame.length;
+      this.codecs[k] = CONTAINER_CODEC;
+      this.members[k] = m;
+      this.containerPages[k] = pages;
+      this.offsets[k] = offset;
+    }
+    this.copyRun(frame, 0, frame.length);
     return offset;
   }
 
@@ -227,11 +274,17 @@ export class PackFile {
     lengths.set(this.lengths);
     const codecs = new Uint8Array(cap);
     codecs.set(this.codecs);
+    const members = new Uint8Array(cap);
+    members.set(this.members);
+    const containerPages = new Uint8Array(cap);
+    containerPages.set(this.containerPages);
     const offsets = new Uint32Array(cap);
     offsets.set(this.offsets);
     this.digests = digests;
     this.lengths = lengths;
     this.codecs = codecs;
+    this.members = members;
+    this.containerPages = containerPages;
     this.offsets = offsets;
   }
 }

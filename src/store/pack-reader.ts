@@ -15,8 +15,10 @@ import {
   PACK_TRAILER_BYTES,
   TOC_ENTRY_BYTES,
   TOC_PREFIX_BYTES,
+  CONTAINER_CODEC,
   type PackEntry,
 } from '../format/pack.js';
+import { ContainerCache } from '../chunk/container.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import { getCodec, type ChunkCodec } from '../chunk/codec.js';
 import { hashPage } from '../chunk/hash.js';
@@ -97,8 +99,9 @@ export class PackReader {
   async readChunks(packId: number): Promise<(PackEntry & { digest: Buffer })[]> {
     const { data, entries } = await this.readWhole(packId);
     const page = new Uint8Array(PAGE_SIZE);
+    const containers = new ContainerCache();
     return entries.map((e, i) => {
-      const named = nameChunk(data.subarray(e.offset, e.offset + e.storedLength), e, page);
+      const named = nameChunk(data.subarray(e.offset, e.offset + e.storedLength), e, page, containers);
       if ('why' in named) throw new CorruptError(`pack ${packFileName(packId)}: chunk ${i} at offset ${e.offset} ${named.why}`);
       return { ...e, digest: named.digest };
     });
@@ -107,13 +110,13 @@ export class PackReader {
   /** One stored chunk, decoded and checked against `digest`; undefined when it does not decode or match. */
   async readVerified(loc: ChunkLocation, digest: Uint8Array): Promise<Uint8Array | undefined> {
     const payload = await this.read(loc.pack, loc.offset, loc.storedLength);
-    const page = new Uint8Array(PAGE_SIZE);
+    let page: Uint8Array;
     try {
-      getCodec().decodePage(payload, loc.codec as ChunkCodec, page, 0);
+      page = decodeOne(payload, loc.codec, loc.member ?? 0, new Uint8Array(PAGE_SIZE));
     } catch {
       return undefined;
     }
-    return hashPage(page).equals(digest) ? page : undefined;
+    return hashPage(page).equals(digest) ? Uint8Array.from(page) : undefined;
   }
 
   /** The pack's file left packs/ (quarantined, removed): close its handle now. */
@@ -145,21 +148,43 @@ export class PackReader {
   }
 }
 
+/** Where a pack's table of contents places an entry, as the index records it. */
+export function entryLocation(pack: number, e: PackEntry): ChunkLocation {
+  const loc: ChunkLocation = { pack, offset: e.offset, storedLength: e.storedLength, codec: e.codec };
+  if (e.codec === CONTAINER_CODEC) {
+    loc.member = e.member;
+    loc.pages = e.pages;
+  }
+  return loc;
+}
+
 /**
- * Names a stored chunk by its content: decodes it (into `page`, a 4 KiB scratch buffer), hashes it
- * and checks the digest against the prefix the pack's table of contents records.
+ * Decodes one stored chunk: a per-page payload into `page`, or page `member` of a container (through
+ * `containers`, which keeps the last container decoded); returns the page's bytes.
+ */
+export function decodeOne(payload: Uint8Array, codec: number, member: number, page: Uint8Array, containers?: ContainerCache): Uint8Array {
+  if (codec === CONTAINER_CODEC) return (containers ?? new ContainerCache()).page(`${payload.byteOffset}`, payload, member);
+  getCodec().decodePage(payload, codec as ChunkCodec, page, 0);
+  return page;
+}
+
+/**
+ * Names a stored chunk by its content: decodes it (into `page`, a 4 KiB scratch buffer, or through
+ * `containers`), hashes it and checks the digest against the prefix the pack's table of contents records.
  */
 export function nameChunk(
   payload: Uint8Array,
-  entry: Pick<PackEntry, 'codec' | 'digestPrefix'>,
+  entry: Pick<PackEntry, 'codec' | 'digestPrefix' | 'member'>,
   page: Uint8Array,
+  containers?: ContainerCache,
 ): { digest: Buffer } | { why: string } {
+  let decoded: Uint8Array;
   try {
-    getCodec().decodePage(payload, entry.codec as ChunkCodec, page, 0);
+    decoded = decodeOne(payload, entry.codec, entry.member, page, containers);
   } catch {
     return { why: 'does not decode' };
   }
-  const digest = hashPage(page);
+  const digest = hashPage(decoded);
   if (!digest.subarray(0, TOC_PREFIX_BYTES).equals(entry.digestPrefix)) return { why: 'does not match its table of contents' };
   return { digest };
 }
@@ -185,8 +210,8 @@ async function parseLayout(
   read: (offset: number, length: number) => Promise<Uint8Array>,
 ): Promise<{ entries: PackEntry[]; payloadCrc: number }> {
   if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) throw new CorruptError(`pack ${name}: too short (${size} bytes)`);
-  parsePackHeader(await read(0, PACK_HEADER_BYTES), name);
+  const { version } = parsePackHeader(await read(0, PACK_HEADER_BYTES), name);
   const trailer = parsePackTrailer(await read(size - PACK_TRAILER_BYTES, PACK_TRAILER_BYTES), size, name);
-  const entries = parsePackToc(await read(trailer.tocOffset, trailer.count * TOC_ENTRY_BYTES), trailer, name);
+  const entries = parsePackToc(await read(trailer.tocOffset, trailer.count * TOC_ENTRY_BYTES), trailer, name, version);
   return { entries, payloadCrc: trailer.payloadCrc };
 }

@@ -4,7 +4,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { packFileName, parsePackFileName } from '../format/pack.js';
+import { packFileName, parsePackFileName, storedShare } from '../format/pack.js';
 import { fsyncDir } from '../util/durable.js';
 import { CorruptError } from '../util/errors.js';
 import { addCounterDelta, recoveredPackDelta } from './counters.js';
@@ -12,7 +12,7 @@ import { chunkKey, decodeChunkValue, KEY_PACK, KEY_SNAPSHOT, prefixedKey, prefix
 import { IndexBatch } from './index-batch.js';
 import { isHeld } from './held.js';
 import { deletedPackKey, keptBaseKey, KEY_DELETED_PACK } from './keys.js';
-import type { PackReader } from './pack-reader.js';
+import { entryLocation, type PackReader } from './pack-reader.js';
 import { storePaths } from './paths.js';
 import { quarantinePack } from './quarantine.js';
 
@@ -48,9 +48,9 @@ export async function recover(dir: string, db: StoreDb, packs: PackReader): Prom
     try {
       const entries = await packs.readChunks(id);
       const batch = new IndexBatch(db);
-      for (const e of entries) batch.putChunk(e.digest, { pack: id, offset: e.offset, storedLength: e.storedLength, codec: e.codec });
+      for (const e of entries) batch.putChunk(e.digest, entryLocation(id, e));
       const stat = await fsp.stat(file);
-      const payloadBytes = entries.reduce((s, e) => s + e.storedLength, 0);
+      const payloadBytes = entries.reduce((s, e) => s + storedShare(e), 0);
       const rec: PackRecord = { id, chunks: entries.length, bytes: stat.size, payloadBytes, sealedAt: stat.mtime.toISOString() };
       batch.putPackRecord(rec);
       // Counters: a gc-rewritten pack's chunks may already be indexed (in the pack it replaces).
@@ -59,8 +59,8 @@ export async function recover(dir: string, db: StoreDb, packs: PackReader): Prom
         batch,
         recoveredPackDelta(
           rec,
-          entries,
-          prior.map((v) => (v === undefined ? undefined : decodeChunkValue(v).storedLength)),
+          entries.map((e) => ({ digest: e.digest, storedLength: storedShare(e) })),
+          prior.map((v) => (v === undefined ? undefined : storedShare(decodeChunkValue(v)))),
         ),
       );
       await batch.write({ sync: true });

@@ -178,6 +178,7 @@ async function restoreWindowOnce(
   const chunkOffset = new Uint32Array(m);
   const lengths = new Uint32Array(m);
   const codecs = new Uint8Array(m);
+  let members: Uint8Array | undefined;
   const chunkSlots = new Uint32Array(m);
   const digests = new Uint8Array(m * DIGEST_BYTES);
   for (let a = 0; a < m;) {
@@ -201,6 +202,7 @@ async function restoreWindowOnce(
       chunkOffset[c] = l.offset - start.offset;
       lengths[c] = l.storedLength;
       codecs[c] = l.codec;
+      if (l.member !== undefined) (members ??= new Uint8Array(m))[c] = l.member;
       chunkSlots[c] = slots[k];
       digests.set(digestOf(slots[k]), c * DIGEST_BYTES);
     }
@@ -217,6 +219,7 @@ async function restoreWindowOnce(
     chunkOffset,
     lengths,
     codecs,
+    members,
     slots: chunkSlots,
     digests,
     output,

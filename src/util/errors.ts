@@ -20,6 +20,8 @@ export const ERROR_CODES = {
   E_PROTOCOL: 14,
   /** The server refused the access token. */
   E_AUTH: 15,
+  /** This machine lacks what the command needs (compact without libzstd). */
+  E_UNSUPPORTED: 16,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -3,15 +3,17 @@
  * which chunks each snapshot uses), library puts, and brute-force accounting computed from the raw
  * images and the files on disk rather than from the store's own counters.
  */
+import { spawn } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { blake3 } from '@napi-rs/blake-hash';
 import { expect } from 'vitest';
 import { getCodec } from '../../src/chunk/codec.js';
+import { checkStore } from '../../src/maintenance/check.js';
 import { Store } from '../../src/store/store.js';
 import type { SnapshotRecord } from '../../src/store/db.js';
 import { openDb, prefixRange, KEY_CHUNK, decodeChunkValue } from '../../src/store/db.js';
-import { PAGE, compressiblePage, makeTempDir, randomPage, restoreToBuffer } from './engine.js';
+import { CLI, PAGE, REPO_ROOT, compressiblePage, makeTempDir, prng, randomPage, restoreToBuffer } from './engine.js';
 
 export const TOC_ENTRY = 11;
 export const PACK_OVERHEAD = 16 + 32;
@@ -23,6 +25,23 @@ export function page(name: string): Buffer {
   if (name[0] === 'r') return randomPage(100_000 + n);
   if (name[0] === 'c') return compressiblePage(200_000 + n);
   throw new Error(`bad page name ${name}`);
+}
+
+const WORDS = 'the of and to in is that for it as was with be by on not he this are or his from at which but have an they you were'.split(
+  ' ',
+);
+
+/** A page of text-like bytes (words drawn at random): LZ4 halves it, zstd over 16 such pages does better. */
+export function textPage(seed: number): Buffer {
+  const next = prng(seed * 31 + 5);
+  const parts: string[] = [];
+  let n = 0;
+  while (n < 4096) {
+    const w = WORDS[next() % WORDS.length] + (next() % 7 === 0 ? `${next() % 1000} ` : ' ');
+    parts.push(w);
+    n += w.length;
+  }
+  return Buffer.from(parts.join('').slice(0, 4096), 'latin1');
 }
 
 export function imageOf(names: string[], tail = 0): Buffer {
@@ -146,4 +165,69 @@ export function catalogRecord(id: number, vm: string, timeMs: number, group?: st
     manifestBytes: 0,
     addedBytes: 0,
   };
+}
+
+/**
+ * The end of one round of the concurrent-maintenance tests: commits the session that wrote `want`
+ * while maintenance ran, checks every snapshot restores, reopens the store and checks it (data too).
+ * Returns the reopened store.
+ */
+export async function commitRestoreReopen(
+  store: Store,
+  session: { commit(): Promise<SnapshotRecord> },
+  want: Buffer[],
+  images: Map<string, Buffer>,
+  context: string,
+): Promise<Store> {
+  const rec = await session.commit();
+  images.set(rec.id, Buffer.concat(want));
+  await expectAllRestore(store, images, context);
+  const dir = store.dir;
+  const packTargetBytes = store.writer.targetBytes;
+  await store.close();
+  const reopened = await Store.open(dir, { workers: 0, packTargetBytes });
+  expect((await checkStore(reopened, { readData: true })).problems, context).toEqual([]);
+  return reopened;
+}
+
+export interface Killed {
+  signal: NodeJS.Signals | null;
+  code: number | null;
+  /** The last trace phase ("gc: ..." or "compact: ...") the command reported before it ended. */
+  phase: string;
+  stderr: string;
+}
+
+export type KillFrom = 'spawn' | 'planned' | { phase: string; nth: number };
+
+/**
+ * Runs `vnstore ...args` (gc or compact, traced) and SIGKILLs it `delayMs` after spawn, or after it
+ * has planned, or the moment it reports the nth occurrence of a phase (the trace line arrives while
+ * the next step is under way: e.g. right after a new pack was renamed into place, before or while
+ * its index batch is written).
+ */
+export function runAndKill(args: string[], env: Record<string, string>, delayMs: number, from: KillFrom): Promise<Killed> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, ...env, VNSTORE_TRACE: '1', VNSTORE_DEBUG: undefined },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let err = '';
+    let timer: NodeJS.Timeout | undefined;
+    const arm = () => (timer ??= setTimeout(() => child.kill('SIGKILL'), delayMs));
+    if (from === 'spawn') arm();
+    child.stdout.resume();
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+      if (from === 'planned' && /(gc|compact): planned/.test(err)) arm();
+      if (typeof from === 'object' && err.split(from.phase).length - 1 >= from.nth) child.kill('SIGKILL');
+    });
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      const phases = [...err.matchAll(/\] ((?:gc|compact): [a-z ]+)/g)].map((m) => m[1].trim());
+      resolve({ code, signal, phase: phases.pop() ?? 'start-up', stderr: err });
+    });
+  });
 }
