@@ -144,6 +144,16 @@ export class SimEnv {
     await this.network?.settle();
   }
 
+  /** Where an agent sends its VM's FLIP itself: its switch process's control port (undefined: in-process switches). */
+  switchControl(vm: string): Endpoint | undefined {
+    return this.network?.controlAddress(vm);
+  }
+
+  /** A FLIP sent by someone else (an agent process) may release held frames: settle before time moves on. */
+  expectFrames(): void {
+    this.network?.expectFrames();
+  }
+
   /** Before an epoch: every VM's colour at least `previous`; over switch processes, each switch's identity noted. */
   async openEpoch(previous: number): Promise<void> {
     await this.network?.openEpoch(previous);
