@@ -8,7 +8,7 @@
  * SIGKILLed at a seeded point of an epoch leaves no partial group, and once restarted the next
  * epoch commits.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runEnvironment, resumeGroup } from '../src/coordinator/environment-run.js';
@@ -26,7 +26,8 @@ import type { Outcome } from '../src/sim/outcome.js';
 import { UdpNetwork } from '../src/sim/udp-network.js';
 import { startSwitchProcesses } from '../src/sim/switch-processes.js';
 import { startAgentProcesses, type AgentProcesses } from '../src/sim/agent-processes.js';
-import { CLI, runCli, tempDirs } from './helpers/engine.js';
+import { CLI, initStore, runCli, singleErrorLine, tempDirs } from './helpers/engine.js';
+import { parseEnv } from '../src/coordinator/env-file.js';
 import { groupsOn } from './helpers/vne-groups.js';
 import { startServe } from './helpers/serve-process.js';
 
@@ -243,4 +244,127 @@ describe('an agent process SIGKILLed mid-epoch', () => {
       for (const t of r.outcome.transfers) expect(t.checksum).toBe(t.expected);
     },
   );
+});
+
+describe('vnstore snapshot --agents', () => {
+  const ENV = {
+    name: 'cli',
+    seed: 6,
+    hosts: [
+      { name: 'h0', pageMs: 1 },
+      { name: 'h1', pageMs: 1.5 },
+    ],
+    vms: [
+      { name: 'a', host: 'h0', pages: 256, dirtyPerSec: 200, hotPages: 24, commonPages: 64 },
+      { name: 'b', host: 'h1', pages: 128, dirtyPerSec: 100, hotPages: 16, commonPages: 64 },
+      { name: 'c', host: 'h1', pages: 64, dirtyPerSec: 80, hotPages: 8, commonPages: 32 },
+    ],
+    transfers: [
+      { from: 'a', to: 'b', bytes: 60_000, bytesPerSec: 0 },
+      { from: 'c', to: 'a', bytes: 40_000, bytesPerSec: 20_000 },
+    ],
+    datagrams: [{ from: 'b', to: 'c', everyMs: 20 }],
+    linkBytesPerSec: 200_000,
+  };
+  type Out = {
+    epochs: { group: string; outcome: string }[];
+    live: Outcome;
+    verified: { group: string; check: { violations: string[]; lost: number }; transfersOk: boolean }[];
+  };
+
+  it(
+    'process: an agent process per host, over switch processes, through the server; env: the agents the file names',
+    { timeout: 180_000 },
+    async () => {
+      const root = tempDir('vne-agents-cli');
+      const store = path.join(root, 'store');
+      const init = await runCli(['init', '--store', store, '--json']);
+      const tokenFile = (JSON.parse(init.stdout.toString()) as { tokenFile: string }).tokenFile;
+      const serve = await startServe(store);
+      const envFile = path.join(root, 'env.json');
+      writeFileSync(envFile, JSON.stringify(ENV));
+      const remote = ['--server', serve.address, '--token-file', tokenFile];
+      try {
+        const r = await runCli([
+          'snapshot',
+          '--env',
+          envFile,
+          ...remote,
+          '--agents',
+          'process',
+          '--switches',
+          'process',
+          '--epochs',
+          '2',
+          '--first-at',
+          '200',
+          '--interval',
+          '200',
+          '--verify-restore',
+          '--json',
+        ]);
+        expect(r.stderr.toString()).toBe('');
+        expect(r.code).toBe(0);
+        const out = JSON.parse(r.stdout.toString()) as Out;
+        expect(out.epochs.map((e) => `${e.group} ${e.outcome}`)).toEqual(['cli-e1 committed', 'cli-e2 committed']);
+        expect(out.verified.map((v) => [v.group, v.check.violations, v.check.lost, v.transfersOk])).toEqual([
+          ['cli-e1', [], 0, true],
+          ['cli-e2', [], 0, true],
+        ]);
+        // the agents the file names, already running; the next run numbers on from the server's groups
+        const agents = await startAgentProcesses(parseEnv(ENV, 'hold'), CLI, remote);
+        try {
+          const named = { ...ENV, hosts: ENV.hosts.map((h) => ({ ...h, agent: `127.0.0.1:${agents.addresses.get(h.name)?.port}` })) };
+          writeFileSync(envFile, JSON.stringify(named));
+          const e = await runCli([
+            'snapshot',
+            '--env',
+            envFile,
+            ...remote,
+            '--agents',
+            'env',
+            '--first-at',
+            '200',
+            '--verify-restore',
+            '--json',
+          ]);
+          expect(e.stderr.toString()).toBe('');
+          expect(e.code).toBe(0);
+          const eo = JSON.parse(e.stdout.toString()) as Out;
+          expect(eo.epochs.map((x) => `${x.group} ${x.outcome}`)).toEqual(['cli-e3 committed']);
+          expect(eo.verified.map((v) => [v.group, v.check.violations, v.transfersOk])).toEqual([['cli-e3', [], true]]);
+        } finally {
+          await agents.stop();
+        }
+        // an agent address where nothing listens: the epoch aborts (exit 12) and leaves no group
+        const dead = { ...ENV, hosts: ENV.hosts.map((h) => ({ ...h, agent: '127.0.0.1:1' })) };
+        writeFileSync(envFile, JSON.stringify(dead));
+        const d = await runCli(['snapshot', '--env', envFile, ...remote, '--agents', 'env', '--first-at', '200']);
+        expect(d.code).toBe(12);
+        expect(singleErrorLine(d.stderr.toString())).toMatch(/epoch 4 was aborted: \w+: cannot reach agent process h\d at 127\.0\.0\.1:1/);
+        const token = readFileSync(tokenFile, 'utf8').trim();
+        expect([...(await groupsOn(serve.address, token)).keys()].sort()).toEqual(['cli-e1', 'cli-e2', 'cli-e3']);
+      } finally {
+        await serve.stop();
+      }
+    },
+  );
+
+  it('refuses agent processes without a server, and an environment that names no agent, in one line', async () => {
+    const root = tempDir('vne-agents-cli-err');
+    const store = await initStore(root);
+    const envFile = path.join(root, 'env.json');
+    writeFileSync(envFile, JSON.stringify(ENV));
+    const r = await runCli(['snapshot', '--env', envFile, '--store', store, '--agents', 'process'], { env: { VNSTORE_SERVER: undefined } });
+    expect(r.code).toBe(2);
+    expect(singleErrorLine(r.stderr.toString())).toMatch(/--agents process needs --server/);
+    const bad = await runCli(['snapshot', '--env', envFile, '--store', store, '--agents', 'elsewhere']);
+    expect(bad.code).toBe(2);
+    expect(singleErrorLine(bad.stderr.toString())).toMatch(/--agents takes in-process, process or env, got "elsewhere"/);
+    const none = await runCli(['snapshot', '--env', envFile, '--agents', 'env', '--server', '127.0.0.1:1'], {
+      env: { VNSTORE_TOKEN: 'x' },
+    });
+    expect(none.code).toBe(10);
+    expect(singleErrorLine(none.stderr.toString())).toMatch(/--agents env: host h0 names no "agent": "HOST:PORT"/);
+  });
 });

@@ -19,6 +19,8 @@ export interface HostSpec {
   pageMs: number;
   /** A running `vnstore switch` for this host (its --vm-listen and --tunnel-listen), for `snapshot --switches env`. */
   switch?: { vm: Endpoint; tunnel: Endpoint };
+  /** A running `vnstore agent serve` for this host's VMs, for `snapshot --agents env`. */
+  agent?: Endpoint;
 }
 
 export interface EnvSpec {
