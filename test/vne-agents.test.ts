@@ -9,12 +9,25 @@
  * epoch commits.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import fc from 'fast-check';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runEnvironment, resumeGroup } from '../src/coordinator/environment-run.js';
 import { AgentLink, remoteAgents } from '../src/coordinator/control-link.js';
 import { serverTarget } from '../src/coordinator/server-target.js';
-import { MemoryTarget, type GroupReader } from '../src/coordinator/target.js';
+import { MemoryTarget, type GroupReader, type SnapshotTarget } from '../src/coordinator/target.js';
+import { serveAgents } from '../src/coordinator/agent-process.js';
+import {
+  checkHello,
+  ControlReader,
+  ControlType,
+  decodeIndices,
+  encodeControl,
+  encodeIndices,
+  helloHeader,
+  type ControlFrame,
+} from '../src/coordinator/control.js';
 import { channelMemberName } from '../src/coordinator/channel-state.js';
 import type { EpochReport } from '../src/coordinator/executor.js';
 import { AgentClient } from '../src/agent/client.js';
@@ -367,4 +380,84 @@ describe('vnstore snapshot --agents', () => {
     expect(none.code).toBe(10);
     expect(singleErrorLine(none.stderr.toString())).toMatch(/--agents env: host h0 names no "agent": "HOST:PORT"/);
   });
+});
+
+describe('the control protocol', () => {
+  it('frames round-trip whole and split at any byte (property), with exact bytes', () => {
+    const types = Object.values(ControlType);
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            type: fc.constantFrom(...types),
+            header: fc.dictionary(fc.string({ maxLength: 8 }), fc.oneof(fc.string(), fc.integer(), fc.boolean())),
+            payload: fc.uint8Array({ maxLength: 300 }),
+          }),
+          { maxLength: 6 },
+        ),
+        fc.array(fc.nat(2000), { maxLength: 5 }),
+        (frames, cuts) => {
+          const bytes = Buffer.concat(frames.map((f) => encodeControl(f.type, f.header, f.payload)));
+          const reader = new ControlReader();
+          const got: ControlFrame[] = [];
+          let at = 0;
+          for (const c of [...cuts.map((x) => x % (bytes.length + 1)).sort((a, b) => a - b), bytes.length]) {
+            if (c < at) continue;
+            got.push(...reader.push(bytes.subarray(at, c)));
+            at = c;
+          }
+          expect(got.map((g) => ({ type: g.type, header: g.header, payload: Buffer.from(g.payload) }))).toEqual(
+            frames.map((f) => ({ type: f.type, header: JSON.parse(JSON.stringify(f.header)), payload: Buffer.from(f.payload) })),
+          );
+        },
+      ),
+    );
+    // u32 length 15 | type 8 | u32 JSON length 8 | {"ms":5} | payload, exactly
+    expect(encodeControl(ControlType.TIMER, { ms: 5 }, Uint8Array.of(1, 2)).toString('hex')).toBe(
+      '0000000f' + '08' + '00000008' + Buffer.from('{"ms":5}').toString('hex') + '0102',
+    );
+    expect(decodeIndices(encodeIndices([0, 1, 4_294_967_295]))).toEqual([0, 1, 4_294_967_295]);
+    expect(() => new ControlReader().push(Buffer.from('0000000409000000', 'hex'))).toThrow(/length 4 out of range/);
+    expect(() => new ControlReader().push(Buffer.from('000000056300000000', 'hex'))).toThrow(/unknown control frame type 99/);
+    expect(() => checkHello({ magic: 'VNCT', min: 2, max: 3 })).toThrow(/versions 2-3 offered; this agent speaks 1/);
+  });
+
+  it(
+    'an agent refuses a HELLO of another version, and drops its sessions when its coordinator goes away',
+    { timeout: 30_000 },
+    async () => {
+      const target = new MemoryTarget();
+      const server = await serveAgents({ host: '127.0.0.1', port: 0 }, target as unknown as SnapshotTarget<string>);
+      const talk = async (first: Buffer): Promise<{ sock: net.Socket; frames: ControlFrame[]; closed: Promise<void> }> => {
+        const sock = net.connect(server.address.port, server.address.host);
+        const reader = new ControlReader();
+        const frames: ControlFrame[] = [];
+        sock.on('data', (d: Buffer) => frames.push(...reader.push(d)));
+        const closed = new Promise<void>((r) => sock.once('close', () => r()));
+        await new Promise<void>((r) => sock.once('connect', () => r()));
+        sock.write(first);
+        return { sock, frames, closed };
+      };
+      try {
+        const old = await talk(encodeControl(ControlType.HELLO, { magic: 'VNCT', min: 7, max: 9 }));
+        await old.closed;
+        expect(old.frames.map((f) => [f.type, f.header.code])).toEqual([[ControlType.ERROR, 'E_FORMAT_VERSION']]);
+
+        const c = await talk(encodeControl(ControlType.HELLO, helloHeader()));
+        const begin = { turn: 1, at: 0, vm: 'v', kind: 'begin', group: 'g', epoch: 1, syncStop: true, pages: 16, diskBytes: 4096 };
+        c.sock.write(
+          encodeControl(ControlType.TURN, { ...begin, dirtyThresholdPages: 4, maxRounds: 3, pauseOverheadMs: 1, pageMs: 1, tickMs: 10 }),
+        );
+        // the agent opened the memory and disk sessions and now asks the hypervisor for the dirty log
+        await expect
+          .poll(() => c.frames.map((f) => f.header.op ?? f.type), { timeout: 10_000 })
+          .toEqual([ControlType.WELCOME, 'take-dirty']);
+        expect(target.openSessions).toBe(2);
+        c.sock.destroy();
+        await expect.poll(() => target.openSessions, { timeout: 10_000 }).toBe(0);
+      } finally {
+        await server.close();
+      }
+    },
+  );
 });

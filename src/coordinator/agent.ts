@@ -159,7 +159,7 @@ export class SimAgent<P> implements EpochAgent<P> {
       if (this.dead) return;
       this.dead = true;
       this.round?.cancel();
-      await this.vm.resume();
+      await this.vm.resume().catch(() => undefined); // a hypervisor that is gone cannot be asked
       this.report({ type: 'failed', vm: this.name, now: this.vm.now(), reason: `${what} failed: ${(err as Error).message}` });
     }
   }
@@ -175,7 +175,7 @@ export class SimAgent<P> implements EpochAgent<P> {
   async abort(): Promise<void> {
     this.dead = true;
     this.round?.cancel();
-    await this.vm.resume();
+    await this.vm.resume().catch(() => undefined); // the coordinator (the hypervisor's side) may be gone
     // Best effort: a session whose connection is gone was aborted by the server already.
     await this.session?.abort().catch(() => undefined);
     await this.diskSession?.abort().catch(() => undefined);
