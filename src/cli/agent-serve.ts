@@ -52,8 +52,14 @@ Example:
           process.once('SIGINT', resolve);
           process.once('SIGTERM', resolve);
         });
-        await agents.close();
-        await target.close();
+        // Its coordinators' connections go first (their unfinished epochs' sessions are dropped), then
+        // its own to the server; a server that does not answer does not keep it from exiting.
+        const closed = (async () => {
+          await agents.close();
+          await target.close();
+        })();
+        await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
+        process.exit(0);
       }),
     );
 }

@@ -39,6 +39,7 @@ export async function serveAgents(listen: Endpoint, target: SnapshotTarget<strin
   const sockets = new Set<net.Socket>();
   const server = net.createServer((sock) => {
     sockets.add(sock);
+    sock.setNoDelay(true); // a turn is many small request-answer exchanges: no Nagle delay between them
     sock.on('close', () => sockets.delete(sock));
     controlConnection(sock, target, incarnation);
   });
@@ -145,12 +146,16 @@ function controlConnection(sock: net.Socket, target: SnapshotTarget<string>, inc
       const run = timers.get(Number(h.timer));
       timers.delete(Number(h.timer));
       if (run) await run();
+    } else if (h.kind === 'abort') {
+      // An agent that has prepared or failed was let go already: the coordinator aborts its members itself.
+      agents.delete(vm);
+      await agent?.abort();
     } else if (!agent) throw new VnstoreError('E_SESSION', `no epoch of ${vm} runs here (was this agent restarted?)`);
     else if (h.kind === 'stop') await agent.stop(Number(h.epoch));
-    else if (h.kind === 'abort') {
-      agents.delete(vm);
-      await agent.abort();
-    } else throw new VnstoreError('E_PROTOCOL', `unknown turn ${JSON.stringify(h.kind)}`);
+    else throw new VnstoreError('E_PROTOCOL', `unknown turn ${JSON.stringify(h.kind)}`);
+    // Prepared or failed: the members' fate (commit or abort) is the coordinator's from now on, so a
+    // coordinator that goes away later must not make this process abort them.
+    for (const [name, a] of agents) if (a.settled) agents.delete(name);
   };
 
   sock.on('data', (chunk: Buffer) => {

@@ -111,6 +111,11 @@ export class SimAgent<P> implements EpochAgent<P> {
     this.name = vm.name;
   }
 
+  /** It has prepared, failed or been aborted: nothing of the epoch is left for it to do. */
+  get settled(): boolean {
+    return this.dead || this.prepared !== undefined;
+  }
+
   /** The VM's prepared members (memory, and disk if it has one), once all are prepared; else none. */
   get preparedMembers(): P[] {
     if (this.prepared === undefined) return [];

@@ -83,6 +83,7 @@ export class AgentLink {
   private async connect(): Promise<void> {
     const { host, port } = this.address;
     const sock = net.connect({ host, port });
+    sock.setNoDelay(true); // a turn is many small request-answer exchanges: no Nagle delay between them
     const reader = new ControlReader();
     const lost = (why: string) => {
       const p = this.pending;
