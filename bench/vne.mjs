@@ -76,5 +76,16 @@ if (args.json) {
   console.log(
     `  stall: ${range(hs.map((r) => r.stallMs))} ms; max downtime + skew: ${range(hs.map((r) => r.maxDowntimeMs + r.skewMs))} ms; stall over that: ${range(hs.map((r) => r.stallMs - r.maxDowntimeMs - r.skewMs))} ms; the undisturbed run's longest gap: ${range(hs.map((r) => r.baselineStallMs))} ms`,
   );
+  console.log("\nhold + sync-stop: the longest stall against its receiver's pause (stall = lead + receiver downtime):");
+  console.log(
+    '| environment | seed | stall ms | max downtime + window ms | over it ms | receiver downtime ms | lead: last progress to pause ms | undisturbed gap ms | ends at the resume |',
+  );
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const r of hs) {
+    const p = r.stallAtPause;
+    console.log(
+      `| ${r.env} | ${r.seed} | ${f(r.stallMs)} | ${f(r.maxDowntimeMs + r.skewMs)} | ${f(r.stallMs - r.maxDowntimeMs - r.skewMs)} | ${p ? f(p.downtimeMs) : '-'} | ${p ? f(p.leadMs) : '-'} | ${f(r.baselineStallMs)} | ${p ? (p.endsAtResume ? 'yes' : 'NO') : 'not at a pause'} |`,
+    );
+  }
   console.log(`${rows.length} runs in ${seconds.toFixed(1)} s`);
 }

@@ -11,6 +11,7 @@ import { fromSystemError, VnstoreError } from '../util/errors.js';
 import { action, printCommitted, progressBar, usage } from './common.js';
 import { checkOutputPath, writeOutputFile } from './output-file.js';
 import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
+import { registerAgentServe } from './agent-serve.js';
 
 /** Pages read and sent per call: one full OFFER. */
 const READ_PAGES = MAX_OFFERS_PER_BATCH;
@@ -24,7 +25,9 @@ interface PushOptions extends RemoteOptions {
 }
 
 export function registerAgent(program: Command): void {
-  const agent = program.command('agent').description('store and restore memory images through a vnstore server (vnstore serve)');
+  const agent = program
+    .command('agent')
+    .description('store and restore memory images through a vnstore server (vnstore serve); run an agent process (serve)');
   addRemoteOptions(
     agent
       .command('push')
@@ -50,6 +53,7 @@ export function registerAgent(program: Command): void {
       .option('-o, --output <file>', 'write to FILE (via a temp file renamed into place only when fully verified); default: stdout'),
     true,
   ).action(action(restore));
+  registerAgentServe(agent);
 }
 
 function requireServer(opts: RemoteOptions): string {

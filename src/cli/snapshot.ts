@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import type { EnvSpec } from '../sim/env.js';
 import type { UdpNetwork, UdpNetworkOptions } from '../sim/udp-network.js';
-import type { EpochReport } from '../coordinator/executor.js';
+import type { AgentFactory, EpochReport } from '../coordinator/executor.js';
+import type { Endpoint } from '../switch/udp.js';
 import type { Outcome } from '../sim/outcome.js';
 import type { ConsistencyReport } from '../coordinator/consistency.js';
 import { VnstoreError } from '../util/errors.js';
@@ -32,6 +33,7 @@ interface SnapshotCliOptions extends RemoteOptions {
   maxRounds: string;
   verifyRestore?: boolean;
   switches: string;
+  agents: string;
   json?: boolean;
 }
 
@@ -69,6 +71,11 @@ export function registerSnapshot(program: Command): void {
       'in-process',
     )
     .option(
+      '--agents <where>',
+      "in-process (the agents run in this process), process (a 'vnstore agent serve' process per host started on loopback) or env (the running agent processes the environment file names); process and env need --server",
+      'in-process',
+    )
+    .option(
       '--verify-restore',
       'afterwards, resume the environment from every committed group read back from the store, check it and run it to the end',
     )
@@ -89,12 +96,18 @@ With --switches env, through the running switches the file names (hosts[].switch
 each switch started with --peer NAME= the other hosts' names and --port for its VMs' NICs).
 With --server, each VM's agent stores through its own connection to 'vnstore serve' and the
 coordinator commits the group there (GROUP_COMMIT: all members or none).
+With --agents process, each host's VMs are snapshotted by their own 'vnstore agent serve' process
+(started on loopback, storing through --server): this process keeps the simulated clock and plays
+the VMs' hypervisor, and drives the agents over the control protocol (docs/PROTOCOL.md); an agent
+process that is lost aborts the epoch. With --agents env, the agent processes the file names
+(hosts[].agent: "HOST:PORT"), started with 'vnstore agent serve --listen HOST:PORT --server ...'.
 
 Examples:
   vnstore snapshot --env env.json --epochs 3 --verify-restore
   vnstore snapshot --env env.json --sync-stop off --channels drop --json
   vnstore snapshot --env env.json --switches process --epochs 3 --verify-restore
   vnstore snapshot --env env.json --server 127.0.0.1:7007 --token-file ~/.vnstore-token --epochs 3
+  vnstore snapshot --env env.json --server 127.0.0.1:7007 --token-file t --agents process --switches process
 `,
     )
     .action(
@@ -105,64 +118,74 @@ Examples:
           throw usage(`--channels takes drop or hold, got ${JSON.stringify(opts.channels)}`);
         if (opts.switches !== 'in-process' && opts.switches !== 'process' && opts.switches !== 'env')
           throw usage(`--switches takes in-process, process or env, got ${JSON.stringify(opts.switches)}`);
+        if (opts.agents !== 'in-process' && opts.agents !== 'process' && opts.agents !== 'env')
+          throw usage(`--agents takes in-process, process or env, got ${JSON.stringify(opts.agents)}`);
+        if (opts.agents !== 'in-process' && !serverAddress(opts))
+          throw usage(`--agents ${opts.agents} needs --server (or $VNSTORE_SERVER): agent processes store through their own connections`);
         const epochs = count(opts.epochs, '--epochs', 1);
         const { readEnvFile } = await import('../coordinator/env-file.js');
         const spec = await readEnvFile(opts.env, opts.channels);
+        if (opts.agents === 'env') (await import('../coordinator/env-file.js')).namedAgents(spec); // before connecting anywhere
         const { runEnvironment, resumeGroup } = await import('../coordinator/environment-run.js');
         await withTarget(opts, async (target, groups) =>
-          withNetwork(spec, opts.switches, async (network) => {
-            // Epochs continue after the environment's last committed group (an aborted or
-            // interrupted epoch left none), so a rerun after a crash takes the next epoch.
-            const prefix = `${spec.name}-e`;
-            const last = Math.max(
-              0,
-              ...groups
-                .filter((g) => g.startsWith(prefix) && /^\d+$/.test(g.slice(prefix.length)))
-                .map((g) => Number(g.slice(prefix.length))),
-            );
-            const run = await runEnvironment({
-              spec,
-              target,
-              epochs,
-              firstEpoch: last + 1,
-              firstAtMs: count(opts.firstAt, '--first-at', 0),
-              gapMs: count(opts.interval, '--interval', 0),
-              network,
-              syncStop: opts.syncStop === 'on',
-              timeoutMs: count(opts.timeout, '--timeout', 1),
-              agent: {
-                dirtyThresholdPages: count(opts.dirtyThreshold, '--dirty-threshold', 0),
-                maxRounds: count(opts.maxRounds, '--max-rounds', 1),
-                pauseOverheadMs: 10,
-              },
-              limitMs: 24 * 3600 * 1000,
-            });
-            const verified: Verification[] = [];
-            if (opts.verifyRestore) {
-              for (const rep of run.reports.filter((r) => r.outcome === 'committed')) {
-                const g = await resumeGroup(spec, target, rep.group, rep.epoch, 24 * 3600 * 1000);
-                verified.push({
-                  group: rep.group,
-                  check: g.check,
-                  transfersOk:
-                    g.outcome.done &&
-                    g.outcome.transfers.every((t) => t.checksum === t.expected && t.diskChecksum === t.expected && t.received === t.bytes),
-                  datagrams: g.outcome.datagrams,
-                });
-              }
-            }
-            if (opts.json)
-              process.stdout.write(JSON.stringify({ env: spec.name, epochs: run.reports, live: run.outcome, verified }, null, 2) + '\n');
-            else process.stdout.write(render(run.reports, run.outcome, verified));
-            const aborted = run.reports.find((r) => r.outcome === 'aborted');
-            if (aborted) throw new VnstoreError('E_SESSION', `epoch ${aborted.epoch} was aborted: ${aborted.reason}`);
-            const failed = verified.find((v) => v.check.violations.length > 0 || !v.transfersOk);
-            if (failed)
-              throw new VnstoreError(
-                'E_CORRUPT',
-                `group ${failed.group} did not verify: ${failed.check.violations[0] ?? 'a transfer did not end with its checksum'}`,
+          withNetwork(spec, opts.switches, async (network) =>
+            withAgents(spec, opts, target, async (agents) => {
+              // Epochs continue after the environment's last committed group (an aborted or
+              // interrupted epoch left none), so a rerun after a crash takes the next epoch.
+              const prefix = `${spec.name}-e`;
+              const last = Math.max(
+                0,
+                ...groups
+                  .filter((g) => g.startsWith(prefix) && /^\d+$/.test(g.slice(prefix.length)))
+                  .map((g) => Number(g.slice(prefix.length))),
               );
-          }),
+              const run = await runEnvironment({
+                spec,
+                target,
+                epochs,
+                firstEpoch: last + 1,
+                firstAtMs: count(opts.firstAt, '--first-at', 0),
+                gapMs: count(opts.interval, '--interval', 0),
+                network,
+                agents,
+                syncStop: opts.syncStop === 'on',
+                timeoutMs: count(opts.timeout, '--timeout', 1),
+                agent: {
+                  dirtyThresholdPages: count(opts.dirtyThreshold, '--dirty-threshold', 0),
+                  maxRounds: count(opts.maxRounds, '--max-rounds', 1),
+                  pauseOverheadMs: 10,
+                },
+                limitMs: 24 * 3600 * 1000,
+              });
+              const verified: Verification[] = [];
+              if (opts.verifyRestore) {
+                for (const rep of run.reports.filter((r) => r.outcome === 'committed')) {
+                  const g = await resumeGroup(spec, target, rep.group, rep.epoch, 24 * 3600 * 1000);
+                  verified.push({
+                    group: rep.group,
+                    check: g.check,
+                    transfersOk:
+                      g.outcome.done &&
+                      g.outcome.transfers.every(
+                        (t) => t.checksum === t.expected && t.diskChecksum === t.expected && t.received === t.bytes,
+                      ),
+                    datagrams: g.outcome.datagrams,
+                  });
+                }
+              }
+              if (opts.json)
+                process.stdout.write(JSON.stringify({ env: spec.name, epochs: run.reports, live: run.outcome, verified }, null, 2) + '\n');
+              else process.stdout.write(render(run.reports, run.outcome, verified));
+              const aborted = run.reports.find((r) => r.outcome === 'aborted');
+              if (aborted) throw new VnstoreError('E_SESSION', `epoch ${aborted.epoch} was aborted: ${aborted.reason}`);
+              const failed = verified.find((v) => v.check.violations.length > 0 || !v.transfersOk);
+              if (failed)
+                throw new VnstoreError(
+                  'E_CORRUPT',
+                  `group ${failed.group} did not verify: ${failed.check.violations[0] ?? 'a transfer did not end with its checksum'}`,
+                );
+            }),
+          ),
         );
       }),
     );
@@ -193,6 +216,42 @@ async function withNetwork(spec: EnvSpec, where: string, fn: (network: UdpNetwor
     await attach(switches.network);
   } finally {
     await switches.stop();
+  }
+}
+
+/**
+ * The VMs' agents: in this process (undefined), one `vnstore agent serve` per simulated host started
+ * on loopback and stopped after `fn` (process), or the running ones the file names (env).
+ */
+async function withAgents(
+  spec: EnvSpec,
+  opts: SnapshotCliOptions,
+  target: SnapshotTarget,
+  fn: (agents: AgentFactory<unknown> | undefined) => Promise<void>,
+): Promise<void> {
+  if (opts.agents === 'in-process') return fn(undefined);
+  const { AgentLink, remoteAgents } = await import('../coordinator/control-link.js');
+  const run = async (addresses: Map<string, Endpoint>) => {
+    const links = new Map([...addresses].map(([host, addr]) => [host, new AgentLink(host, addr)]));
+    try {
+      await fn(remoteAgents(links, target as SnapshotTarget<string>) as AgentFactory<unknown>);
+    } finally {
+      for (const l of links.values()) l.close();
+    }
+  };
+  if (opts.agents === 'env') {
+    const { namedAgents } = await import('../coordinator/env-file.js');
+    return run(namedAgents(spec));
+  }
+  const remote = ['--server', serverAddress(opts) as string];
+  if (opts.tokenFile) remote.push('--token-file', opts.tokenFile);
+  if (opts.tlsCa) remote.push('--tls-ca', opts.tlsCa);
+  const { startAgentProcesses } = await import('../sim/agent-processes.js');
+  const agents = await startAgentProcesses(spec, fileURLToPath(new URL('./bin.cjs', import.meta.url)), remote);
+  try {
+    await run(agents.addresses);
+  } finally {
+    await agents.stop();
   }
 }
 

@@ -1,10 +1,14 @@
 /**
- * The agent side for a simulated VM: one VM's live snapshot as pre-copy rounds into a target
- * session, the colour flip at the stop-and-copy pause, prepare, report. Round k sends the pages
- * dirtied during round k-1 (round 1 sends every page) and lasts pages × the host's per-page time;
- * the pause lasts as long as copying the last dirty pages and the state pages, plus a fixed cost.
- * The VM's disk, as it is at the pause, goes into a second session of the group (`<vm>.disk`): a
- * copy-on-write snapshot taken at the pause and written out after it, so it adds no downtime.
+ * The agent side of one VM's live snapshot: pre-copy rounds into a target session, the colour flip
+ * at the stop-and-copy pause, prepare, report. Round k sends the pages dirtied during round k-1
+ * (round 1 sends every page) and lasts pages × the host's per-page time; the pause lasts as long as
+ * copying the last dirty pages and the state pages, plus a fixed cost. The VM's disk, as it is at
+ * the pause, goes into a second session of the group (`<vm>.disk`): a copy-on-write snapshot taken
+ * at the pause and written out after it, so it adds no downtime.
+ *
+ * The agent reaches its VM, its switch and the clock only through `AgentVm`: in-process over the
+ * simulated environment (`localVm`), or from an agent process over the control protocol
+ * (control-link.ts, agent-process.ts), so both forms run this very code.
  */
 import type { SimEnv } from '../sim/env.js';
 import { diskMemberName, STATE_PAGES, type SimVm } from '../sim/vm.js';
@@ -12,6 +16,60 @@ import { PAGE_SIZE } from '../format/pages.js';
 import type { TimerHandle } from '../sim/events.js';
 import type { CoordinatorEvent } from './protocol.js';
 import type { SnapshotTarget, TargetSession } from './target.js';
+
+/** What an agent needs of its VM's hypervisor, its switch and the (simulated) clock. */
+export interface AgentVm {
+  readonly name: string;
+  /** Memory pages, disk bytes (0: no disk), and the host's copy time per page (simulated ms). */
+  readonly pages: number;
+  readonly diskBytes: number;
+  readonly pageMs: number;
+  readonly tickMs: number;
+  now(): number;
+  after(ms: number, run: () => void | Promise<unknown>): TimerHandle;
+  dirtyCount(): Promise<number>;
+  /** The dirty log since the last call, and a fresh log. */
+  takeDirty(): Promise<number[]>;
+  /** The bytes of `pages`, packed one after another. */
+  readPages(pages: number[]): Promise<Uint8Array>;
+  /** Pauses the VM once every frame delivered to it so far has been handled (its cut). */
+  pause(): Promise<void>;
+  /** Sets the VM's colour at its switch; rejects if the switch does not acknowledge it. */
+  flip(epoch: number): Promise<void>;
+  /** The VM's software state pages, times relative to `pausedAt`. */
+  stateBytes(pausedAt: number): Promise<Uint8Array>;
+  disk(): Promise<Uint8Array>;
+  /** Resumes the VM if it is paused. */
+  resume(): Promise<void>;
+}
+
+/** A VM of the simulated environment in this process, for an agent in this process. */
+export function localVm(env: SimEnv, name: string): AgentVm {
+  const vm = env.vms.get(name) as SimVm;
+  return {
+    name,
+    pages: vm.spec.pages,
+    diskBytes: vm.disk.length,
+    pageMs: env.host(vm.spec.host).pageMs,
+    tickMs: env.spec.tickMs,
+    now: () => env.clock.now,
+    after: (ms, run) => env.clock.after(ms, run),
+    dirtyCount: async () => vm.dirtyCount(),
+    takeDirty: async () => vm.takeDirty(),
+    readPages: async (pages) => vm.pagesBytes(pages),
+    async pause() {
+      // Over switch processes: every frame already delivered to the VM is handled before its cut.
+      await env.quiesce();
+      env.pause(name);
+    },
+    flip: (epoch) => env.flip(name, epoch),
+    stateBytes: async (pausedAt) => vm.stateBytes(pausedAt),
+    disk: async () => vm.disk.slice(),
+    resume: async () => {
+      if (vm.paused) env.resume(name);
+    },
+  };
+}
 
 export interface AgentOptions {
   /** The dirty set is small enough to stop and copy at this many pages or fewer. */
@@ -23,7 +81,15 @@ export interface AgentOptions {
   fault?: { kind: 'crash' | 'hang'; atMs: number };
 }
 
-export class SimAgent<P> {
+/** The epoch's side of an agent, as the executor drives it: in this process (SimAgent) or another (RemoteAgent). */
+export interface EpochAgent<P> {
+  readonly preparedMembers: P[];
+  start(group: string, epoch: number, syncStop: boolean): Promise<void>;
+  stop(epoch: number): Promise<void>;
+  abort(): Promise<void>;
+}
+
+export class SimAgent<P> implements EpochAgent<P> {
   private session?: TargetSession<P>;
   private diskSession?: TargetSession<P>;
   private prepared?: P;
@@ -34,16 +100,20 @@ export class SimAgent<P> {
   private stopped = false;
   private dead = false;
   private rounds = 0;
-  private readonly vm: SimVm;
+  readonly name: string;
 
   constructor(
-    private readonly env: SimEnv,
-    readonly name: string,
+    private readonly vm: AgentVm,
     private readonly target: SnapshotTarget<P>,
     private readonly options: AgentOptions,
     private readonly report: (ev: CoordinatorEvent) => void,
   ) {
-    this.vm = env.vms.get(name) as SimVm;
+    this.name = vm.name;
+  }
+
+  /** It has prepared, failed or been aborted: nothing of the epoch is left for it to do. */
+  get settled(): boolean {
+    return this.dead || this.prepared !== undefined;
   }
 
   /** The VM's prepared members (memory, and disk if it has one), once all are prepared; else none. */
@@ -57,27 +127,27 @@ export class SimAgent<P> {
     this.syncStop = syncStop;
     const f = this.options.fault;
     if (f) {
-      this.env.clock.after(f.atMs, () => {
+      this.vm.after(f.atMs, async () => {
         if (this.dead || this.prepared) return;
         this.dead = true;
         this.round?.cancel();
-        if (this.vm.paused) this.env.resume(this.name);
-        if (f.kind === 'crash') this.report({ type: 'failed', vm: this.name, now: this.env.clock.now, reason: 'agent crashed' });
+        await this.vm.resume();
+        if (f.kind === 'crash') this.report({ type: 'failed', vm: this.name, now: this.vm.now(), reason: 'agent crashed' });
       });
     }
     await this.guard(async () => {
-      this.session = await this.target.beginSession({ vm: this.name, group, epoch, memoryBytes: this.vm.spec.pages * PAGE_SIZE });
-      if (this.vm.disk.length > 0)
+      this.session = await this.target.beginSession({ vm: this.name, group, epoch, memoryBytes: this.vm.pages * PAGE_SIZE });
+      if (this.vm.diskBytes > 0)
         this.diskSession = await this.target.beginSession({
           vm: diskMemberName(this.name),
           group,
           epoch,
-          memoryBytes: this.vm.disk.length,
+          memoryBytes: this.vm.diskBytes,
         });
     });
-    this.vm.takeDirty(); // round 1 sends every page: what was dirtied before does not matter
+    await this.vm.takeDirty(); // round 1 sends every page: what was dirtied before does not matter
     await this.sendRound(
-      Array.from({ length: this.vm.spec.pages }, (_, i) => i),
+      Array.from({ length: this.vm.pages }, (_, i) => i),
       epoch,
     );
   }
@@ -94,8 +164,8 @@ export class SimAgent<P> {
       if (this.dead) return;
       this.dead = true;
       this.round?.cancel();
-      if (this.vm.paused) this.env.resume(this.name);
-      this.report({ type: 'failed', vm: this.name, now: this.env.clock.now, reason: `${what} failed: ${(err as Error).message}` });
+      await this.vm.resume().catch(() => undefined); // a hypervisor that is gone cannot be asked
+      this.report({ type: 'failed', vm: this.name, now: this.vm.now(), reason: `${what} failed: ${(err as Error).message}` });
     }
   }
 
@@ -110,7 +180,7 @@ export class SimAgent<P> {
   async abort(): Promise<void> {
     this.dead = true;
     this.round?.cancel();
-    if (this.vm.paused) this.env.resume(this.name);
+    await this.vm.resume().catch(() => undefined); // the coordinator (the hypervisor's side) may be gone
     // Best effort: a session whose connection is gone was aborted by the server already.
     await this.session?.abort().catch(() => undefined);
     await this.diskSession?.abort().catch(() => undefined);
@@ -121,58 +191,58 @@ export class SimAgent<P> {
   private async sendRound(pages: number[], epoch: number): Promise<void> {
     if (this.dead) return;
     this.rounds++;
-    if (pages.length > 0) await this.guard(() => (this.session as TargetSession<P>).writeScattered(pages, this.vm.pagesBytes(pages)));
+    if (pages.length > 0)
+      await this.guard(async () => (this.session as TargetSession<P>).writeScattered(pages, await this.vm.readPages(pages)));
     if (this.dead) return;
-    const ms = Math.max(pages.length * this.env.host(this.vm.spec.host).pageMs, this.env.spec.tickMs);
-    this.round = this.env.clock.after(ms, () => this.endRound(epoch));
+    const ms = Math.max(pages.length * this.vm.pageMs, this.vm.tickMs);
+    this.round = this.vm.after(ms, () => this.endRound(epoch));
   }
 
-  private endRound(epoch: number): Promise<void> | undefined {
-    if (this.dead) return undefined;
-    this.report({ type: 'round', vm: this.name, now: this.env.clock.now });
-    const small = this.vm.dirtyCount() <= this.options.dirtyThresholdPages || this.rounds >= this.options.maxRounds;
+  private async endRound(epoch: number): Promise<void> {
+    if (this.dead) return;
+    this.report({ type: 'round', vm: this.name, now: this.vm.now() });
+    const small = (await this.vm.dirtyCount()) <= this.options.dirtyThresholdPages || this.rounds >= this.options.maxRounds;
+    if (this.dead || this.stopped) return;
     if (!this.syncStop && small) return this.stopAndCopy(epoch);
     if (this.syncStop && small && !this.ready) {
       this.ready = true;
-      this.report({ type: 'ready', vm: this.name, now: this.env.clock.now });
-      if (this.stopped || this.dead) return undefined; // the report made the coordinator stop us
+      this.report({ type: 'ready', vm: this.name, now: this.vm.now() });
+      if (this.stopped || this.dead) return; // the report made the coordinator stop us
     }
     // Not small yet, or ready and waiting for the order: keep the dirty set small with another round.
-    return this.sendRound(this.vm.takeDirty(), epoch);
+    return this.sendRound(await this.vm.takeDirty(), epoch);
   }
 
   private async stopAndCopy(epoch: number): Promise<void> {
     this.stopped = true;
-    const env = this.env;
-    const paused = env.clock.now;
-    // Over switch processes: every frame already delivered to the VM is handled before its cut.
-    await env.quiesce();
-    env.pause(this.name);
+    const vm = this.vm;
+    const paused = vm.now();
+    await vm.pause();
     // The cut: the VM's state now, its colour from now on. A flip its switch does not confirm
     // fails the VM's snapshot, and so the epoch.
-    await this.guard(() => env.flip(this.name, epoch), 'flipping the colour');
+    await this.guard(() => vm.flip(epoch), 'flipping the colour');
     if (this.dead) return;
-    const dirty = this.vm.takeDirty();
+    const dirty = await vm.takeDirty();
     const s = this.session as TargetSession<P>;
     await this.guard(async () => {
-      await s.writeScattered(dirty, this.vm.pagesBytes(dirty));
-      await s.writePages(0, this.vm.stateBytes(paused));
+      await s.writeScattered(dirty, await vm.readPages(dirty));
+      await s.writePages(0, await vm.stateBytes(paused));
     });
     if (this.dead) return;
-    const disk = this.vm.disk.slice(); // the disk at the pause
-    const downtimeMs = (dirty.length + STATE_PAGES) * env.host(this.vm.spec.host).pageMs + this.options.pauseOverheadMs;
-    this.round = env.clock.after(downtimeMs, async () => {
+    const disk = await vm.disk(); // the disk at the pause
+    const downtimeMs = (dirty.length + STATE_PAGES) * vm.pageMs + this.options.pauseOverheadMs;
+    this.round = vm.after(downtimeMs, async () => {
       if (this.dead) return;
-      env.resume(this.name);
+      await vm.resume();
       this.report({ type: 'flipped', vm: this.name, now: paused, downtimeMs });
       await this.guard(async () => {
         if (this.diskSession) {
           await this.diskSession.writePages(0, disk);
           this.diskPrepared = await this.diskSession.prepare({ byteLength: disk.length });
         }
-        this.prepared = await s.prepare({ byteLength: this.vm.spec.pages * PAGE_SIZE });
+        this.prepared = await s.prepare({ byteLength: vm.pages * PAGE_SIZE });
       });
-      if (!this.dead) this.report({ type: 'prepared', vm: this.name, now: env.clock.now });
+      if (!this.dead) this.report({ type: 'prepared', vm: this.name, now: vm.now() });
     });
   }
 }

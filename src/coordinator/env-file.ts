@@ -13,7 +13,8 @@
  *    "linkBytesPerSec": 400000,  (optional: each tunnel direction's rate)
  *    "datagrams": [{"from": "web1", "to": "db1", "everyMs": 20}]}
  *
- * A spelled-out file may name running switches and the VMs' NICs, for `--switches env`:
+ * A spelled-out file may name each host's agent process, for `--agents env` ("agent": "127.0.0.1:7431"
+ * in a host), and running switches and the VMs' NICs, for `--switches env`:
  *   "hosts": [{"name": "h0", "pageMs": 1, "switch": {"vm": "127.0.0.1:7000", "tunnel": "127.0.0.1:7100"}}],
  *   "vms": [{"name": "web1", "host": "h0", "pages": 4096, "nic": "127.0.0.1:5001"}, ...]
  */
@@ -80,6 +81,7 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
   };
   const hosts = list('hosts').map((h, i) => {
     const sw = h.switch;
+    const agent = h.agent === undefined ? undefined : endpoint(h.agent, `hosts[${i}].agent`, bad);
     if (sw !== undefined && !isObject(sw)) throw bad(`"hosts[${i}].switch" must be {"vm": "HOST:PORT", "tunnel": "HOST:PORT"}`);
     return {
       name: str(h.name, `hosts[${i}].name`, bad),
@@ -87,6 +89,7 @@ export function parseEnv(doc: unknown, channels: ChannelMode, where = 'environme
       ...(sw
         ? { switch: { vm: endpoint(sw.vm, `hosts[${i}].switch.vm`, bad), tunnel: endpoint(sw.tunnel, `hosts[${i}].switch.tunnel`, bad) } }
         : {}),
+      ...(agent ? { agent } : {}),
     };
   });
   if (hosts.length === 0) throw bad('give "scenario", or "hosts" and "vms"');
@@ -165,6 +168,17 @@ export function namedNetwork(spec: EnvSpec): UdpNetworkOptions {
     switches: new Map(spec.hosts.map((h) => [h.name, h.switch as { vm: Endpoint; tunnel: Endpoint }])),
     vms: new Map(spec.vms.map((v) => [v.name, { host: v.host, addr: v.nic as Endpoint }])),
   };
+}
+
+/** Each host's running agent process the file names (`hosts[].agent`), for `snapshot --agents env`. */
+export function namedAgents(spec: EnvSpec): Map<string, Endpoint> {
+  const missing = spec.hosts.find((h) => !h.agent);
+  if (missing)
+    throw new VnstoreError(
+      'E_INPUT',
+      `--agents env: host ${missing.name} names no "agent": "HOST:PORT" (its 'vnstore agent serve --listen')`,
+    );
+  return new Map(spec.hosts.map((h) => [h.name, h.agent as Endpoint]));
 }
 
 function endpoint(v: unknown, k: string, bad: (m: string) => Error): Endpoint {

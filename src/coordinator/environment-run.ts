@@ -3,7 +3,7 @@
  * injected faults), the run to the end of its transfers; and a group restore: the environment
  * resumed from a committed group's images (and its channel state), checked and run to the end.
  */
-import { runEpoch, type EpochReport } from './executor.js';
+import { runEpoch, type AgentFactory, type EpochReport } from './executor.js';
 import type { AgentOptions } from './agent.js';
 import { channelMemberName, decodeChannelState } from './channel-state.js';
 import { checkDisks, checkGroup, type ConsistencyReport } from './consistency.js';
@@ -38,6 +38,8 @@ export interface RunOptions<P> {
   onEpoch?: (epoch: number, env: SimEnv) => void;
   /** The VMs' frames go through real switch processes (udp-network.ts) instead of in-process switches. */
   network?: UdpNetwork;
+  /** Each VM's agent (default: in this process); control-link.ts's `remoteAgents` for agent processes. */
+  agents?: AgentFactory<P>;
 }
 
 export async function runEnvironment<P>(o: RunOptions<P>): Promise<{ reports: EpochReport[]; outcome: Outcome; env: SimEnv }> {
@@ -57,6 +59,7 @@ export async function runEnvironment<P>(o: RunOptions<P>): Promise<{ reports: Ep
         timeoutMs: o.timeoutMs,
         agent: o.agent,
         faults: o.faults?.[e],
+        agents: o.agents,
         controlMs: o.controlMs ?? 1,
         controlJitterMs: o.controlJitterMs ?? 2,
         beforeCommit: failing

@@ -4,14 +4,16 @@
  * switches' channel state, commits the group through the target or aborts every member. An aborted
  * epoch closes its colours (every VM flips to it), so the next epoch starts from one colour.
  */
-import { SimAgent, type AgentOptions } from './agent.js';
+import { localVm, SimAgent, type AgentOptions, type EpochAgent } from './agent.js';
 import { channelMemberName, encodeChannelState } from './channel-state.js';
 import { epochFigures, isFinal, startEpoch, step, type CoordinatorCommand, type CoordinatorEvent, type EpochState } from './protocol.js';
 import type { SnapshotTarget } from './target.js';
 import type { SimEnv } from '../sim/env.js';
 import { Rng } from '../sim/events.js';
 
-export interface EpochOptions {
+export type AgentFactory<P> = (env: SimEnv, vm: string, options: AgentOptions, report: (ev: CoordinatorEvent) => void) => EpochAgent<P>;
+
+export interface EpochOptions<P = unknown> {
   epoch: number;
   syncStop: boolean;
   timeoutMs: number;
@@ -21,6 +23,8 @@ export interface EpochOptions {
   /** Control message latency, ms, plus up to `controlJitterMs` more per VM. */
   controlMs: number;
   controlJitterMs: number;
+  /** Makes each VM's agent (default: a SimAgent in this process; control-link.ts: one in an agent process). */
+  agents?: AgentFactory<P>;
   /** Injected before the group commit (tests): throw to make the commit fail. */
   beforeCommit?: () => void;
 }
@@ -45,14 +49,14 @@ export function groupId(env: string, epoch: number): string {
   return `${env}-e${epoch}`;
 }
 
-export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: EpochOptions): Promise<EpochReport> {
+export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: EpochOptions<P>): Promise<EpochReport> {
   const names = env.spec.vms.map((v) => v.name);
   const config = { vms: names, syncStop: o.syncStop, timeoutMs: o.timeoutMs, settleMs: 2 * env.spec.tunnelMs + env.spec.tickMs };
   const group = groupId(env.spec.name, o.epoch);
   const clock = env.clock;
   const jitter = new Rng(env.spec.seed ^ (o.epoch * 7919));
   let state: EpochState;
-  const agents = new Map<string, SimAgent<P>>();
+  const agents = new Map<string, EpochAgent<P>>();
   let channelFrames = 0;
   let channelPrepared: P | undefined;
 
@@ -64,10 +68,10 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
   const apply = (commands: CoordinatorCommand[]) => {
     for (const c of commands) {
       if (c.type === 'precopy') {
-        const a = agents.get(c.vm) as SimAgent<P>;
+        const a = agents.get(c.vm) as EpochAgent<P>;
         clock.after(0, () => a.start(group, o.epoch, o.syncStop));
       } else if (c.type === 'stop') {
-        const a = agents.get(c.vm) as SimAgent<P>;
+        const a = agents.get(c.vm) as EpochAgent<P>;
         clock.after(o.controlMs + jitter.next() * o.controlJitterMs, () => a.stop(o.epoch));
       } else if (c.type === 'commit') {
         clock.after(0, () => commit());
@@ -77,7 +81,7 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
   };
   const commit = async () => {
     try {
-      const prepared = names.flatMap((n) => (agents.get(n) as SimAgent<P>).preparedMembers);
+      const prepared = names.flatMap((n) => (agents.get(n) as EpochAgent<P>).preparedMembers);
       // Switch processes: one restarted since the epoch opened forgot the colours it judged the cut by.
       await env.confirmEpoch(o.epoch);
       if (env.spec.channels === 'hold') {
@@ -106,7 +110,8 @@ export async function runEpoch<P>(env: SimEnv, target: SnapshotTarget<P>, o: Epo
 
   const first = startEpoch(config, o.epoch, clock.now);
   state = first.state;
-  for (const n of names) agents.set(n, new SimAgent(env, n, target, { ...o.agent, fault: o.faults?.[n] }, feed));
+  const make: AgentFactory<P> = o.agents ?? ((e, n, options, report) => new SimAgent(localVm(e, n), target, options, report));
+  for (const n of names) agents.set(n, make(env, n, { ...o.agent, fault: o.faults?.[n] }, feed));
   // Every colour at the last closed epoch (a restarted switch process starts lower); a switch that
   // cannot be reached fails the epoch before it starts: a flip it misses could not be confirmed.
   const opened = await env.openEpoch(o.epoch - 1).then(

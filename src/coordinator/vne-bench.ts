@@ -12,6 +12,8 @@ import { runEnvironment, resumeGroup } from './environment-run.js';
 import { MemoryTarget } from './target.js';
 import { scenarioSpec, type ScenarioOptions } from '../sim/scenario.js';
 import type { AgentOptions } from './agent.js';
+import type { EpochReport } from './executor.js';
+import type { SimEnv } from '../sim/env.js';
 
 /** 512 pages at 1 ms a page: the smallest VM's first round takes ~0.5 s, a 16x larger one ~8 s. */
 export const BENCH_BASE = {
@@ -65,6 +67,12 @@ export interface BenchFigures {
   lostAcrossCut?: number;
   udpLostLive: number;
   udpLostRestored?: number;
+  /**
+   * The longest stall against its receiver's pause, when the stall spans it: how long before the
+   * pause it began (the receiver's last progress before it), the receiver's downtime, and whether
+   * it ended the instant the receiver resumed (what arrived meanwhile was handled then, not later).
+   */
+  stallAtPause?: { leadMs: number; downtimeMs: number; endsAtResume: boolean };
 }
 
 function spec(env: BenchEnv, channels: 'drop' | 'hold', seed: number) {
@@ -103,6 +111,7 @@ export async function benchRun(env: BenchEnv, mode: BenchMode, seed: number, opt
     maxDurationMs: Math.max(...rep.vms.map((v) => v.durationMs)),
     rounds: rep.vms.map((v) => v.rounds),
     udpLostLive: lostDatagrams(r.outcome.datagrams),
+    stallAtPause: stallAtPause(r.env, rep),
   };
   if (options.resume) {
     const g = await resumeGroup(s, target, rep.group, rep.epoch, 600_000);
@@ -113,6 +122,19 @@ export async function benchRun(env: BenchEnv, mode: BenchMode, seed: number, opt
     figures.udpLostRestored = lostDatagrams(g.outcome.datagrams);
   }
   return figures;
+}
+
+function stallAtPause(env: SimEnv, rep: EpochReport): BenchFigures['stallAtPause'] {
+  let worst: { vm: string; stall: number; end: number } | undefined;
+  for (const [vm, v] of env.vms)
+    for (const r of Object.values(v.state.tcpIn))
+      if (!worst || r.longestStall > worst.stall) worst = { vm, stall: r.longestStall, end: r.longestStallEnd };
+  const pause = rep.vms.find((v) => v.vm === worst?.vm);
+  if (!worst || !pause) return undefined;
+  const at = rep.startedAt + pause.flipAtMs;
+  const begin = worst.end - worst.stall;
+  if (begin > at || worst.end < at) return undefined;
+  return { leadMs: at - begin, downtimeMs: pause.downtimeMs, endsAtResume: Math.abs(worst.end - (at + pause.downtimeMs)) < 1e-6 };
 }
 
 /** The same environment with no snapshot: the transfers' longest gap between two progresses anyway. */

@@ -19,6 +19,8 @@ export interface HostSpec {
   pageMs: number;
   /** A running `vnstore switch` for this host (its --vm-listen and --tunnel-listen), for `snapshot --switches env`. */
   switch?: { vm: Endpoint; tunnel: Endpoint };
+  /** A running `vnstore agent serve` for this host's VMs, for `snapshot --agents env`. */
+  agent?: Endpoint;
 }
 
 export interface EnvSpec {
@@ -142,6 +144,16 @@ export class SimEnv {
   /** Every frame sent so far has been judged by its switches and handed to its receiver (a VM about to pause). */
   async quiesce(): Promise<void> {
     await this.network?.settle();
+  }
+
+  /** Where an agent sends its VM's FLIP itself: its switch process's control port (undefined: in-process switches). */
+  switchControl(vm: string): Endpoint | undefined {
+    return this.network?.controlAddress(vm);
+  }
+
+  /** A FLIP sent by someone else (an agent process) may release held frames: settle before time moves on. */
+  expectFrames(): void {
+    this.network?.expectFrames();
   }
 
   /** Before an epoch: every VM's colour at least `previous`; over switch processes, each switch's identity noted. */

@@ -3,12 +3,11 @@
  * go through real relays (udp-network.ts): ports chosen up front so that every switch knows its peers'
  * tunnel addresses and a restarted switch comes back on the same ones.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
 import type { EnvSpec } from './env.js';
 import type { Endpoint } from '../switch/udp.js';
 import type { SwitchAddresses, UdpNetworkOptions } from './udp-network.js';
-import { VnstoreError } from '../util/errors.js';
+import { ChildProcesses } from './children.js';
 
 export interface SwitchProcesses {
   network: UdpNetworkOptions;
@@ -37,7 +36,7 @@ export async function startSwitchProcesses(spec: EnvSpec, cli: string, epoch = 0
   const switches = new Map<string, SwitchAddresses>(
     spec.hosts.map((h, i) => [h.name, { vm: lo(ports[spec.vms.length + 2 * i]), tunnel: lo(ports[spec.vms.length + 2 * i + 1]) }]),
   );
-  const children = new Map<string, { child: ChildProcess; exited: Promise<void> }>();
+  const children = new ChildProcesses();
   const addr = (e: Endpoint) => `${e.host}:${e.port}`;
 
   const start = async (host: string, at = epoch): Promise<void> => {
@@ -58,36 +57,14 @@ export async function startSwitchProcesses(spec: EnvSpec, cli: string, epoch = 0
     ];
     for (const [vm, v] of vms) if (v.host === host) args.push('--port', `${vm}=${addr(v.addr)}`);
     for (const [peer, p] of switches) if (peer !== host) args.push('--peer', `${peer}=${addr(p.tunnel)}`);
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    const exited = new Promise<void>((r) => child.once('exit', () => r()));
-    children.set(host, { child, exited });
-    let err = '';
-    await new Promise<void>((resolve, reject) => {
-      child.stderr?.on('data', (d: Buffer) => {
-        err += d.toString();
-        if (/VMs on udp port \d+/.test(err)) resolve();
-      });
-      void exited.then(() => reject(new VnstoreError('E_IO', `vnstore switch for ${host} exited before listening: ${err.trim()}`)));
-    });
+    await children.start(`vnstore switch for ${host}`, args, /VMs on udp port \d+/, 'stderr');
   };
-  const kill = async (host: string): Promise<void> => {
-    const c = children.get(host);
-    if (!c) return;
-    c.child.kill('SIGKILL');
-    await c.exited;
-    children.delete(host);
-  };
+  const kill = (host: string) => children.kill(`vnstore switch for ${host}`);
   const processes: SwitchProcesses = {
     network: { switches, vms },
     kill,
     start,
-    async stop() {
-      for (const [host, c] of [...children]) {
-        c.child.kill('SIGTERM');
-        await c.exited;
-        children.delete(host);
-      }
-    },
+    stop: () => children.stop(),
   };
   try {
     for (const h of spec.hosts) await start(h.name);

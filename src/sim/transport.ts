@@ -34,6 +34,8 @@ export interface ReliableReceiver {
   /** Time of the last in-order progress, and the longest gap between two progresses (the application's stall). */
   lastProgressAt: number;
   longestStall: number;
+  /** When the longest stall ended (it began `longestStall` before): where a stall sits against a pause. */
+  longestStallEnd: number;
 }
 
 export interface Segment {
@@ -58,7 +60,7 @@ export function newSender(fileBytes: number, mss: number, windowBytes: number): 
 }
 
 export function newReceiver(now: number): ReliableReceiver {
-  return { expected: 0, checksum: FNV_OFFSET, lastProgressAt: now, longestStall: 0 };
+  return { expected: 0, checksum: FNV_OFFSET, lastProgressAt: now, longestStall: 0, longestStallEnd: now };
 }
 
 /** The transferred file's byte at `offset` (a pure function of the seed: the run's expected result). */
@@ -129,7 +131,10 @@ export function receiverOnSegment(r: ReliableReceiver, seg: Segment, now: number
   if (seg.seq === r.expected && seg.data.length > 0) {
     r.checksum = fnv1a(r.checksum, seg.data);
     // A stall is a gap between two progresses: the wait for the first byte is the transfer's start.
-    if (r.expected > 0) r.longestStall = Math.max(r.longestStall, now - r.lastProgressAt);
+    if (r.expected > 0 && now - r.lastProgressAt > r.longestStall) {
+      r.longestStall = now - r.lastProgressAt;
+      r.longestStallEnd = now;
+    }
     r.expected += seg.data.length;
     r.lastProgressAt = now;
   }

@@ -114,6 +114,16 @@ export class UdpNetwork {
     this.quiet = false; // frames held for it went out
   }
 
+  /** The control (tunnel) port of the switch `vm` is attached to: where its FLIP goes. */
+  controlAddress(vm: string): Endpoint {
+    return (this.o.switches.get((this.o.vms.get(vm) as { host: string }).host) as SwitchAddresses).tunnel;
+  }
+
+  /** Frames may be on their way that this side did not send (a FLIP from an agent process released held ones). */
+  expectFrames(): void {
+    this.quiet = false;
+  }
+
   /** Raises every VM to the last closed epoch and notes each switch's incarnation; throws if one cannot be reached. */
   async openEpoch(previous: number): Promise<void> {
     for (const vm of this.order) await this.flip(vm, previous);

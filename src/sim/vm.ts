@@ -413,6 +413,9 @@ export function inRuns(runs: number[] | undefined, id: number): boolean {
 function shiftTimes(s: GuestState, delta: number): GuestState {
   const c = JSON.parse(JSON.stringify(s)) as GuestState;
   for (const snd of Object.values(c.tcpOut)) if (snd.timerAt >= 0) snd.timerAt += delta;
-  for (const r of Object.values(c.tcpIn)) r.lastProgressAt += delta;
+  for (const r of Object.values(c.tcpIn)) {
+    r.lastProgressAt += delta;
+    r.longestStallEnd += delta;
+  }
   return c;
 }

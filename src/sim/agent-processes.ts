@@ -1,0 +1,51 @@
+/**
+ * One `vnstore agent serve` process per simulated host, on loopback, for `vnstore snapshot --agents
+ * process` and the tests: ports chosen up front, so a restarted agent comes back at the same address.
+ */
+import net from 'node:net';
+import type { EnvSpec } from './env.js';
+import type { Endpoint } from '../switch/udp.js';
+import { ChildProcesses } from './children.js';
+
+export interface AgentProcesses {
+  addresses: Map<string, Endpoint>;
+  /** SIGKILLs a host's agent process and waits for it to be gone. */
+  kill(host: string): Promise<void>;
+  /** Starts a host's agent process again (a fresh process knows no epoch). */
+  start(host: string): Promise<void>;
+  /** Stops every agent process (SIGTERM). */
+  stop(): Promise<void>;
+}
+
+async function freeTcpPort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+/** `cli`: the vnstore command's script (dist/cli/bin.cjs); `remote`: its --server and --token-file arguments. */
+export async function startAgentProcesses(spec: EnvSpec, cli: string, remote: string[]): Promise<AgentProcesses> {
+  const addresses = new Map<string, Endpoint>();
+  for (const h of spec.hosts) addresses.set(h.name, { host: '127.0.0.1', port: await freeTcpPort() });
+  const children = new ChildProcesses();
+  const start = async (host: string): Promise<void> => {
+    const a = addresses.get(host) as Endpoint;
+    const args = [cli, 'agent', 'serve', '--listen', `${a.host}:${a.port}`, ...remote];
+    await children.start(`vnstore agent serve for ${host}`, args, /^listening /m, 'stdout');
+  };
+  const kill = (host: string) => children.kill(`vnstore agent serve for ${host}`);
+  try {
+    for (const h of spec.hosts) await start(h.name);
+  } catch (err) {
+    for (const h of spec.hosts) await kill(h.name);
+    throw err;
+  }
+  return {
+    addresses,
+    kill,
+    start,
+    stop: () => children.stop(),
+  };
+}
