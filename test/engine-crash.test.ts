@@ -317,7 +317,8 @@ describe('SIGKILL during put (56 trials in parallel pairs)', () => {
         // Every pack left by all those crashes is whole and exactly as indexed.
         expect(await packProblems(lane.dir), lane.name).toEqual([]);
       }
-    }, 120_000);
+      // Up to ~90 s while another test file (two workers) and a loaded machine share the cores.
+    }, 300_000);
   }
 
   it('the trials really crashed puts mid-way and exercised recovery', () => {
