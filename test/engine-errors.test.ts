@@ -102,7 +102,6 @@ afterAll(() => removeDir(root));
 
 describe('CLI help', () => {
   it('--help works for the program and every command it lists', async () => {
-    const r0 = (r: { stdout: Buffer | string }) => r.stdout.toString();
     const top = await runCli(['--help']);
     expect(top.code).toBe(0);
     expect(top.stderr).toBe('');
@@ -139,11 +138,13 @@ describe('CLI help', () => {
     const commands = [...text.split(/^Commands:\n/m)[1].matchAll(/^ {2}([a-z][a-z-]*)\b/gm)].map((m) => m[1]).filter((c) => c !== 'help');
     expect(commands).toEqual(expect.arrayContaining(['init', 'put', 'restore', 'ls']));
     for (const cmd of commands) {
+      let cmdHelp = '';
       for (const args of [
         [cmd, '--help'],
         ['help', cmd],
       ]) {
         const r = await runCli(args);
+        if (args[1] === '--help') cmdHelp = r.stdout.toString();
         expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
         expect(r.stderr).toBe('');
         expect(r.stdout.toString()).toMatch(new RegExp(`^Usage: vnstore ${cmd} `));
@@ -152,7 +153,7 @@ describe('CLI help', () => {
         if (!['bench', 'version', 'completion', 'agent', 'qemu', 'switch'].includes(cmd))
           expect(r.stdout.toString()).toContain('--store <dir>');
       }
-      const subs = [...(r0(await runCli([cmd, '--help'])).split(/^Commands:\n/m)[1] ?? '').matchAll(/^ {2}([a-z][a-z-]*)\b/gm)]
+      const subs = [...(cmdHelp.split(/^Commands:\n/m)[1] ?? '').matchAll(/^ {2}([a-z][a-z-]*)\b/gm)]
         .map((m) => m[1])
         .filter((c) => c !== 'help');
       for (const sub of subs) {
@@ -481,14 +482,35 @@ describe.skipIf(!canMount && process.env.CI !== 'true')('disk full (tmpfs, real 
 
   afterAll(() => umount(mnt));
 
+  let template: { dir: string; usedBytes: number } | undefined;
+
+  /** Bytes in use on the file system of `dir`. */
+  function usedBytes(dir: string): number {
+    const r = spawnSync('df', ['-B1', '--output=used', dir], { encoding: 'utf8' });
+    return Number(r.stdout.trim().split('\n').pop());
+  }
+
+  /**
+   * A new 8 MiB tmpfs holding a store with one snapshot (`first`). The first call makes it with the
+   * CLI (init, put) and keeps a copy; later calls copy that store onto the new tmpfs, which must then
+   * use exactly the blocks the CLI-made one did (the probes below start from the same state; a
+   * dozen of them would otherwise spend most of their time on the same init and put).
+   */
   async function freshStoreOnTmpfs(): Promise<string> {
     umount(mnt);
     expect(mountTmpfs(mnt, 8)).toBe(true);
     const dir = path.join(mnt, 'store');
+    if (template) {
+      cpSync(template.dir, dir, { recursive: true, preserveTimestamps: true });
+      expect(usedBytes(mnt), 'the copied store takes the space the CLI-made one took').toBe(template.usedBytes);
+      return dir;
+    }
     expect((await runCli(['init', '--store', dir])).code).toBe(0);
     const r = await put(dir, 'vm', first, [], SMALL_PACKS);
     expect(r.code, r.stderr).toBe(0);
     firstId = r.stdout.toString().trim();
+    template = { dir: path.join(root, 'tmpfs-store-template'), usedBytes: usedBytes(mnt) };
+    cpSync(dir, template.dir, { recursive: true, preserveTimestamps: true });
     return dir;
   }
 

@@ -131,7 +131,9 @@ describe(`SIGKILL during gc (${LANES * TRIALS_PER_LANE} trials)`, () => {
     // The kills landed in the middle of the work, not only before or after it.
     const midway = outcomes.filter((p) => PHASES.slice(1, 5).includes(p)).length;
     expect(midway, JSON.stringify(histogram)).toBeGreaterThanOrEqual(LANES * TRIALS_PER_LANE * 0.4);
-  }, 120_000);
+    // 26 trials one after another: ~60 s alone, but over 120 s while another test file (two
+    // workers) and a loaded machine share the cores. The limit only catches a hang.
+  }, 300_000);
 });
 
 async function deletedPackMarkers(dir: string): Promise<number> {
