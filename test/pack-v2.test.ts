@@ -185,6 +185,8 @@ describe('pack format 2', () => {
       }
     };
     await expectRefused((b) => b.writeUInt16LE(3, 8), 'E_FORMAT_VERSION', /unsupported pack version 3/);
+    // Version 0 was never written: damage (a pack torn after its magic), quarantined by recovery.
+    await expectRefused((b) => b.writeUInt16LE(0, 8), 'E_CORRUPT', /bad pack version 0/);
     // A v1 reader's view of a v2 pack: container bytes are unknown codecs.
     await expectRefused((b) => b.writeUInt16LE(1, 8), 'E_CORRUPT', /unknown codec/);
     await expectRefused((b) => (b[tocAt + 10] = 3), 'E_CORRUPT', /unknown codec 3/);

@@ -73,6 +73,9 @@ export function parsePackHeader(b: Uint8Array, name: string): { pageSize: number
     throw new CorruptError(`pack ${name}: bad header magic`);
   }
   const version = buf.readUInt16LE(8);
+  // Only a version above ours may be a newer writer's pack (kept, never quarantined); 0 was never
+  // written, so it is damage, e.g. a pack torn after its magic.
+  if (version < PACK_VERSION) throw new CorruptError(`pack ${name}: bad pack version ${version}`);
   if (version !== PACK_VERSION && version !== PACK_VERSION_CONTAINERS) {
     throw new VnstoreError('E_FORMAT_VERSION', `pack ${name}: unsupported pack version ${version} (written by a newer vnstore?)`);
   }
