@@ -367,7 +367,7 @@ Examples (QMP, or the HMP monitor):
     .addOption(
       new Option(
         '--sync-stop <mode>',
-        'on: pause every guest together (QMP stop) once all migrations are nearly done, so the colours flip together; off: each guest pauses when its own migration converges',
+        'on: hold every migration until all are nearly done, then let every QEMU pause its guest at once, so the colours flip together; off: each guest pauses when its own migration converges',
       )
         .choices(['on', 'off'])
         .default('on'),
