@@ -5,6 +5,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ByteReader, ByteWriter, putVarint, varintBytes } from '../src/format/varint.js';
+import { CONTAINER_CODEC } from '../src/format/pack.js';
 import { decodeChunkValue, encodeChunkValue } from '../src/store/db.js';
 import { indexOfSorted } from '../src/util/search.js';
 
@@ -45,9 +46,25 @@ describe('varint codec', () => {
         fc.nat(),
         fc.nat(),
         fc.integer({ min: 1, max: 4096 }),
-        fc.integer({ min: 0, max: 200 }),
+        fc.integer({ min: 0, max: 200 }).filter((c) => c !== CONTAINER_CODEC),
         (pack, offset, storedLength, codec) => {
           const loc = { pack, offset, storedLength, codec };
+          expect(decodeChunkValue(encodeChunkValue(loc))).toEqual(loc);
+        },
+      ),
+    );
+    // A page in a zstd container (pack format 2) also names its member and the container's page count.
+    expect([...encodeChunkValue({ pack: 1, offset: 16, storedLength: 700, codec: CONTAINER_CODEC, member: 3, pages: 16 })]).toEqual([
+      0x01, 0x10, 0xf2, 0x15, 0xf3, 0x01,
+    ]);
+    fc.assert(
+      fc.property(
+        fc.nat(),
+        fc.nat(),
+        fc.integer({ min: 1, max: 65536 }),
+        fc.integer({ min: 1, max: 16 }).chain((pages) => fc.tuple(fc.constant(pages), fc.integer({ min: 0, max: pages - 1 }))),
+        (pack, offset, storedLength, [pages, member]) => {
+          const loc = { pack, offset, storedLength, codec: CONTAINER_CODEC, member, pages };
           expect(decodeChunkValue(encodeChunkValue(loc))).toEqual(loc);
         },
       ),
