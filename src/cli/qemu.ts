@@ -370,7 +370,7 @@ Examples (QMP, or the HMP monitor):
         'on: hold every migration until all are nearly done, then let every QEMU pause its guest at once, so the colours flip together; off: each guest pauses when its own migration converges',
       )
         .choices(['on', 'off'])
-        .default('on'),
+        .default('off'),
     )
     .addOption(
       new Option(
@@ -392,7 +392,7 @@ Examples (QMP, or the HMP monitor):
       `
 Each VM must run with a QMP socket and be attached to the switch (-netdev dgram, docs/QEMU.md).
 The guests keep running: each is paused only for its migration's last round, as with receive.
-With --sync-stop on (the default) each migration runs until little is left (QEMU's downtime-limit
+With --sync-stop on (experimental: see docs/QEMU.md) each migration runs until little is left (QEMU's downtime-limit
 held at 1 ms, then its max-bandwidth cut to 10 B/s, so that QEMU does not pause the guest by
 itself); once every VM is there, all are released at once and every QEMU pauses its guest and
 completes, so the colours flip together. Each VM's own settings are set back afterwards.
