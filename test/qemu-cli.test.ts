@@ -12,7 +12,7 @@ import { encodeHeader } from '../src/qemu/stream-encoder.js';
 import { CLI, makeTempDir, prng, removeDir, REPO_ROOT, runCli } from './helpers/engine.js';
 import { Store } from '../src/store/store.js';
 import { encodeModel } from './qemu/stream-model.js';
-import { decodeToMemory, expectSentStream, memoryOf, model } from './qemu/cli-model.js';
+import { decodeToMemory, expectSentStream, memoryOf, model, type ReceiveJson } from './qemu/cli-model.js';
 
 const PAGE = 4096;
 let dir: string;
@@ -58,15 +58,7 @@ describe('vnstore qemu', () => {
     const { bytes } = encodeModel(m);
     const r = await runCli(['qemu', 'receive', '--vm', 'vm1', '--json', '--store', store], { input: bytes });
     expect(r.code, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout.toString()) as {
-      id: string;
-      stateId: string;
-      group: string;
-      machine: string;
-      blocks: unknown;
-      logicalBytes: number;
-      streamBytes: number;
-    };
+    const out = JSON.parse(r.stdout.toString()) as ReceiveJson;
     expect(out.machine).toBe('pc-i440fx-7.2');
     expect(out.blocks).toEqual(m.blocks);
     expect(out.logicalBytes).toBe(100 * PAGE);

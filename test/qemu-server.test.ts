@@ -15,7 +15,7 @@ import { ChunkSource } from '../src/qemu/byte-source.js';
 import { serverMigrations } from '../src/qemu/migration-store.js';
 import { prepareMigration } from '../src/qemu/receive.js';
 import { encodeModel, type PageRecord, type StreamModel } from './qemu/stream-model.js';
-import { decodeToMemory, expectSentStream, memoryOf, model } from './qemu/cli-model.js';
+import { decodeToMemory, expectSentStream, memoryOf, model, type ReceiveJson } from './qemu/cli-model.js';
 
 let dir: string;
 let srv: ServeProcess;
@@ -69,15 +69,7 @@ describe('vnstore qemu through a server', () => {
     const { bytes } = encodeModel(m);
     const r = await runCli(['qemu', 'receive', '--vm', 'vm1', '--json', ...remote], { input: bytes });
     expect(r.code, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout.toString()) as {
-      id: string;
-      stateId: string;
-      group: string;
-      machine: string;
-      blocks: unknown;
-      logicalBytes: number;
-      streamBytes: number;
-    };
+    const out = JSON.parse(r.stdout.toString()) as ReceiveJson;
     expect(out).toMatchObject({
       vm: 'vm1',
       machine: 'pc-i440fx-7.2',

@@ -12,6 +12,17 @@ import type { PageRecord, StreamModel } from './stream-model.js';
 
 const PAGE = 4096;
 
+/** The fields of `vnstore qemu receive --json` the qemu command tests read. */
+export interface ReceiveJson {
+  id: string;
+  stateId: string;
+  group: string;
+  machine: string;
+  blocks: unknown;
+  logicalBytes: number;
+  streamBytes: number;
+}
+
 /** pc.ram of 96 pages and a 4-page ROM; three rounds; pages re-sent, one of them as zero. */
 export function model(): StreamModel {
   const blocks = [
