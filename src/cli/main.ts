@@ -1,28 +1,9 @@
 #!/usr/bin/env node
 /** The `vnstore` command line (started by bin.cts): one file per subcommand, each thin over the library. */
 import { Command, CommanderError } from 'commander';
-import { registerInit } from './init.js';
-import { registerPut } from './put.js';
-import { registerRestore } from './restore.js';
-import { registerLs } from './ls.js';
-import { registerForget } from './forget.js';
-import { registerGc } from './gc.js';
-import { registerCompact } from './compact.js';
-import { registerStats } from './stats.js';
-import { registerCheck } from './check.js';
-import { printVersion, registerVersion } from './version.js';
-import { registerDiff } from './diff.js';
-import { registerCompletion } from './completion.js';
-import { registerQemu } from './qemu.js';
-import { registerServe } from './serve.js';
-import { registerToken } from './token.js';
-import { registerAgent } from './agent.js';
-import { registerSwitch } from './switch.js';
-import { registerSnapshot } from './snapshot.js';
+import { printVersion } from './version.js';
 import { ERROR_CODES } from '../util/errors.js';
 import { trace } from '../util/trace.js';
-
-trace('modules loaded');
 
 const program = new Command();
 program
@@ -42,36 +23,45 @@ Exit codes: 0 ok, 2 usage, 3 not a store, 4 unsupported format version, 5 store 
   11 store exists, 12 session error, 13 ambiguous id prefix, 14 protocol error (server), 15 access token refused, 16 unsupported here (compact without libzstd), 70 internal error.`,
   );
 
-registerInit(program);
-registerPut(program);
-registerRestore(program);
-registerLs(program);
-registerForget(program);
-registerGc(program);
-registerCompact(program);
-registerStats(program);
-registerCheck(program);
-registerVersion(program);
-registerDiff(program);
-registerCompletion(program);
-registerQemu(program);
-registerServe(program);
-registerToken(program);
-registerAgent(program);
-registerSwitch(program);
-registerSnapshot(program);
-// `bench` pulls in the workload generator and the peer-tool drivers: load it only when it can be
-// the command (or help is shown), so put/restore start-up stays lean (it is part of every timing).
+// Each command's module is loaded only when it can be the command: a one-shot command then starts
+// without parsing the other eighteen (measured: bench/RESULTS.md, "CI time"). Completion, a bare
+// `vnstore`, top-level help and an unknown word (for commander's "did you mean") load them all, in
+// this order, which is the order --help lists them in.
+type Loader = () => Promise<(program: Command) => void>;
+const COMMANDS: [string, Loader][] = [
+  ['init', async () => (await import('./init.js')).registerInit],
+  ['put', async () => (await import('./put.js')).registerPut],
+  ['restore', async () => (await import('./restore.js')).registerRestore],
+  ['ls', async () => (await import('./ls.js')).registerLs],
+  ['forget', async () => (await import('./forget.js')).registerForget],
+  ['gc', async () => (await import('./gc.js')).registerGc],
+  ['compact', async () => (await import('./compact.js')).registerCompact],
+  ['stats', async () => (await import('./stats.js')).registerStats],
+  ['check', async () => (await import('./check.js')).registerCheck],
+  ['version', async () => (await import('./version.js')).registerVersion],
+  ['diff', async () => (await import('./diff.js')).registerDiff],
+  ['completion', async () => (await import('./completion.js')).registerCompletion],
+  ['qemu', async () => (await import('./qemu.js')).registerQemu],
+  ['serve', async () => (await import('./serve.js')).registerServe],
+  ['token', async () => (await import('./token.js')).registerToken],
+  ['agent', async () => (await import('./agent.js')).registerAgent],
+  ['switch', async () => (await import('./switch.js')).registerSwitch],
+  ['snapshot', async () => (await import('./snapshot.js')).registerSnapshot],
+  ['bench', async () => (await import('./bench.js')).registerBench],
+];
+
 const args = process.argv.slice(2);
 if (args[0] === '--version' || args[0] === '-V') {
   printVersion('line');
   process.exit(0);
 }
-// Completion lists every command, so it loads it too.
-if (args.length === 0 || args.some((a) => a === 'bench' || a === 'help' || a === '--help' || a === '-h' || a === 'completion')) {
-  const { registerBench } = await import('./bench.js');
-  registerBench(program);
-}
+const named = COMMANDS.find(([name]) => name === args[0]);
+// `vnstore CMD --help` needs only CMD; `vnstore --help` and `vnstore help CMD` list them all.
+const wantsEverything = !named || named[0] === 'completion';
+const chosen = wantsEverything ? COMMANDS : [named];
+const registers = await Promise.all(chosen.map(([, load]) => load()));
+for (const register of registers) register(program);
+trace('modules loaded');
 
 try {
   await program.parseAsync(process.argv);
