@@ -1,5 +1,6 @@
 /** vnstore library API: open a store, run snapshot sessions, restore. See docs/API.md. */
 export { Store, type OpenOptions, type RecoveryReport } from './store/store.js';
+export { openStore } from './open-store.js'; // Store.open with gc as the sweeper
 export { Session, type SessionOptions, type CommitOptions, type PreparedSnapshot, type SessionStats } from './store/session.js';
 export { restoreSnapshot, type RestoreSink } from './store/restore.js';
 export type { SnapshotRecord, GroupRecord, PackRecord } from './store/db.js';
