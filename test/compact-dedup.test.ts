@@ -7,9 +7,6 @@ import { openSync, readSync, writeSync, closeSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { PageStatus, runHashJob } from '../src/chunk/page-jobs.js';
-import { getCodec } from '../src/chunk/codec.js';
-import { decodeStoredChunks } from '../src/chunk/container.js';
-import { getZstd } from '../src/chunk/zstd.js';
 import { CONTAINER_CODEC, packFileName } from '../src/format/pack.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../src/format/pages.js';
 import { runCompact } from '../src/maintenance/compact.js';
@@ -74,37 +71,5 @@ describe('dedup against zstd containers at ingest', () => {
     expect(Buffer.from(result.maybeRaw).equals(pages)).toBe(true);
     expect(result.digests.subarray(0, DIGEST_BYTES)).toEqual(new Uint8Array(hashPage(pages.subarray(0, PAGE_SIZE))));
     await store.close();
-  });
-});
-
-describe('decoding containers in restore windows', () => {
-  it('each call decodes its own containers, though the same offsets named other bytes in the call before', () => {
-    // Two windows whose buffers hold a different container at the same offset (0), as consecutive
-    // restore windows do: the second must not be served from the first's decoded pages.
-    const pagesA = Buffer.concat(Array.from({ length: 16 }, (_, i) => textPage(2000 + i)));
-    const pagesB = Buffer.concat(Array.from({ length: 16 }, (_, i) => textPage(3000 + i)));
-    for (const pages of [pagesA, pagesB, pagesA]) {
-      const frame = getZstd().compress(pages, Uint32Array.of(0), Uint32Array.of(pages.length), 3).payload;
-      const n = 16;
-      const out = new Uint8Array(n * PAGE_SIZE);
-      const failed = new Uint8Array(n);
-      const members = Uint8Array.from({ length: n }, (_, i) => n - 1 - i); // reversed: slot i takes page 15 - i
-      decodeStoredChunks(
-        getCodec(),
-        frame,
-        new Uint32Array(n),
-        new Uint32Array(n).fill(frame.length),
-        new Uint8Array(n).fill(CONTAINER_CODEC),
-        members,
-        Uint32Array.from({ length: n }, (_, i) => i),
-        out,
-        failed,
-      );
-      expect([...failed]).toEqual(new Array(n).fill(0));
-      for (let i = 0; i < n; i++) {
-        const want = pages.subarray((n - 1 - i) * PAGE_SIZE, (n - i) * PAGE_SIZE);
-        expect(Buffer.from(out.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)).equals(want)).toBe(true);
-      }
-    }
   });
 });

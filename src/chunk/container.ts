@@ -53,16 +53,16 @@ export function containerPages(frame: Uint8Array): number {
 /** Decodes a container frame into out[outOffset..] (room for 16 pages); returns its page count. */
 export function decodeContainer(frame: Uint8Array, out: Uint8Array, outOffset = 0): number {
   const pages = containerPages(frame);
-  const a = frameArgs;
-  a.lengths[0] = frame.length;
-  a.outStarts[0] = outOffset;
-  a.outSizes[0] = pages * PAGE_SIZE;
-  getZstd().decompress(frame, a.offsets, a.lengths, out, a.outStarts, a.outSizes);
+  getZstd().decompress(
+    frame,
+    Uint32Array.of(0),
+    Uint32Array.of(frame.length),
+    out,
+    Uint32Array.of(outOffset),
+    Uint32Array.of(pages * PAGE_SIZE),
+  );
   return pages;
 }
-
-/** decodeContainer's one-frame arguments, reused: it runs once per container a restore window reads. */
-const frameArgs = { offsets: new Uint32Array(1), lengths: new Uint32Array(1), outStarts: new Uint32Array(1), outSizes: new Uint32Array(1) };
 
 /** The last container decoded, kept so that reading its other pages next costs nothing. */
 export class ContainerCache {
@@ -84,14 +84,7 @@ export class ContainerCache {
     if (member >= this.count) throw new CodecError(`zstd container holds ${this.count} pages, not page ${member}`);
     return this.pages.subarray(member * PAGE_SIZE, (member + 1) * PAGE_SIZE);
   }
-
-  /** Drops the decoded container (its key names bytes that are about to change). */
-  forget(): void {
-    this.key = '';
-  }
 }
-
-let windowCache: ContainerCache | undefined;
 
 /**
  * decodeChunks with containers: chunk i is stored at src[offsets[i], +lengths[i]) with codecs[i]
@@ -113,12 +106,10 @@ export function decodeStoredChunks(
   // Per-page chunks in one native call; container chunks fail there (unknown codec) and are done here.
   codec.decodeChunks(src, offsets, lengths, codecs, slots, out, failed);
   if (!members) return;
-  // One cache per thread: a fresh 64 KiB buffer per restore window showed in restore profiles. Its
-  // keys are offsets into this call's `src`, so what it holds from an earlier call is dropped.
-  const cache = (windowCache ??= new ContainerCache());
-  cache.forget();
+  let cache: ContainerCache | undefined;
   for (let i = 0; i < offsets.length; i++) {
     if (codecs[i] !== CONTAINER_CODEC) continue;
+    cache ??= new ContainerCache();
     try {
       const page = cache.page(String(offsets[i]), src.subarray(offsets[i], offsets[i] + lengths[i]), members[i]);
       out.set(page, slots[i] * PAGE_SIZE);
