@@ -2,7 +2,7 @@
 # Real guest memory for the space benchmarks (bench/RESULTS.md, "Real guest memory"): boots small
 # Linux guests with QEMU under TCG (no KVM needed) and saves their physical memory at each epoch.
 #
-#   bash bench/qemu-guest-memory.sh [--busy] [--epochs N] OUTDIR [MiB...]   # default: idle, 2 epochs, 256 and 384 MiB
+#   bash bench/qemu-guest-memory.sh [--busy [--tar-copies]] [--epochs N] OUTDIR [MiB...]   # default: idle, 2 epochs, 256 and 384 MiB
 #   node bench/zstd-choice.mjs --images=OUTDIR/vm0/0.img,OUTDIR/vm1/0.img,... --max-pages=1000000
 #   node dist/cli/bin.cjs bench --images OUTDIR
 #
@@ -17,22 +17,25 @@
 # Busy guests (--busy; issue 16's guests were busy Debian 12 machines): the initramfs carries ~120 MB
 # of the host's Debian 12 userland (Python 3.11's library, Perl's, shared libraries): the page cache
 # every guest of one distribution shares. Each guest then runs daemons (syslogd, crond, httpd) and its
-# own work, seeded by its number: a tar of part of that userland (offsets unlike the files'), its
-# gzip, a generated CSV table (~8 MB) and a sorted copy, checksums, and an awk process that keeps a
-# ~20 MB table of records in its heap. Each later epoch rewrites a tenth of the table, appends logs,
+# own work, seeded by its number: a copy of part of that userland and a gzipped tar of it (with
+# --tar-copies: the tar itself, whose file bytes sit at 512-byte offsets, which content-defined
+# chunkers deduplicate and page dedup cannot), a generated CSV table (~5 MB) and a sorted copy,
+# checksums, and an awk process that keeps a ~20 MB table of records in its heap. Each later epoch rewrites a tenth of the table, appends logs,
 # re-sorts and re-compresses, and starts another heap process: the dirty pages of a busy guest.
 # Guests run at once (-smp 1 each); give each about 4-8 min of one core.
 set -euo pipefail
 busy=0
+tarcopies=0
 epochs=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --busy) busy=1; shift ;;
+    --tar-copies) tarcopies=1; shift ;;
     --epochs) epochs=${2:?--epochs needs a number}; shift 2 ;;
     *) break ;;
   esac
 done
-out=$(realpath -m "${1:?usage: qemu-guest-memory.sh [--busy] [--epochs N] OUTDIR [MiB...]}")
+out=$(realpath -m "${1:?usage: qemu-guest-memory.sh [--busy [--tar-copies]] [--epochs N] OUTDIR [MiB...]}")
 shift
 sizes=("$@")
 [ $# -eq 0 ] && sizes=(256 384)
@@ -88,13 +91,21 @@ case $((vm % 3)) in
   1) part="/data/perl /data/lib" ;;
   *) part="/data/lib /data/python3.11/email /data/python3.11/asyncio" ;;
 esac
-tar cf /work/part.tar $part
-gzip -c /work/part.tar > /work/part.tar.gz
+if [ "${vntar:-0}" = 1 ]; then
+  # An archive in memory: the files' bytes again, at 512-byte offsets (no page-aligned duplicates).
+  tar cf /work/part.tar $part
+  gzip -c /work/part.tar > /work/part.tar.gz
+else
+  # A copy: the files' bytes again, page-aligned, as a second copy in a page cache is.
+  mkdir /work/part
+  cp -r $part /work/part/
+  tar cf - $part | gzip -c > /work/part.tar.gz
+fi
 table 0 > /work/table.csv
 sort -t, -k3 /work/table.csv > /work/table.sorted
 gzip -c /work/table.csv > /work/table.csv.gz
 find /data -type f | sort > /work/files.txt
-md5sum /work/part.tar /bin/busybox > /work/sums.txt
+md5sum /work/part.tar.gz /bin/busybox > /work/sums.txt
 heap 0
 sleep 5
 echo READY1 > /dev/console
@@ -164,7 +175,7 @@ guest() { # INDEX MiB: boot one guest and save its memory at each epoch
   local name=vm$1 mib=$2
   mkdir -p "$out/$name"
   qemu-system-x86_64 -machine pc,accel=tcg -cpu qemu64 -smp 1 -m "${mib}M" -kernel "$kernel" -initrd initrd.gz \
-    -append "console=ttyS0 quiet panic=-1 vnvm=$1" -display none -serial "file:$name.console" \
+    -append "console=ttyS0 quiet panic=-1 vnvm=$1 vntar=$tarcopies" -display none -serial "file:$name.console" \
     -monitor "unix:$name.mon,server,nowait" -no-reboot &
   local qpid=$!
   for ((epoch = 0; epoch < epochs; epoch++)); do
