@@ -111,8 +111,22 @@ describe('vnstore bench end to end', () => {
     expect(c.compactSeconds).toBeGreaterThan(0);
     if (result.ideal.dedupZstdContainerBytes !== null)
       expect(c.vsDedupZstdContainer).toBeCloseTo(c.repoBytes / result.ideal.dedupZstdContainerBytes, 9);
+    // What the bytes are made of, by `vnstore stats --json`: the store it counts and the files beside
+    // it (the space reserve; config and lock, a few bytes) add up to the repository's bytes.
+    for (const b of [v!.breakdown!, c.breakdown!]) {
+      expect(b.reserveBytes).toBeGreaterThan(0);
+      expect(b.otherBytes).toBeGreaterThanOrEqual(0);
+      expect(b.otherBytes).toBeLessThan(64 * 1024);
+      expect(b.packPayloadBytes).toBeGreaterThan(0);
+      expect(b.packPayloadBytes).toBeLessThan(b.packBytes);
+      expect(b.metadataBytes).toBe(b.storeBytes - b.packPayloadBytes);
+      expect(b.metadataFraction).toBeCloseTo(b.metadataBytes / b.storeBytes, 12);
+    }
     const md = renderMarkdown(result);
     expect(md).toMatch(/\| \*\*vnstore after compact\*\* \|/);
+    expect(md).toMatch(
+      /vnstore after compact: packs [\d.]+ \w+ = [\d.]+ × bound \(d\); metadata .* = [\d.]+% of the store's [\d.]+ \w+ = [\d.]+ × bound \(d\); beside it the space reserve/,
+    );
     expect(md).toMatch(/vnstore compact took [\d.]+ s .*× bound \(d\); restore of the compacted store at [\d.]+% \(sample\)/);
     expect(md).toMatch(/\| ideal \(c\): page dedup \+ per-page zstd-3 \|/);
     expect(md).toMatch(/\| ideal \(d\): page dedup \+ zstd-3 over 64 KiB containers \|/);

@@ -1,5 +1,6 @@
 /** Markdown rendering of bench results (stdout and report.md). */
 import type { BenchResult, SweepResult, ToolResult } from './run.js';
+import type { StoreBreakdown } from './tools.js';
 import { humanBytes } from '../util/units.js';
 import { PAGE_SIZE } from '../sim/workload.js';
 
@@ -80,6 +81,19 @@ function compactSummary(t: ToolResult): string {
   );
 }
 
+/**
+ * What vnstore's bytes are made of, by `vnstore stats --json` (issue 16: the packs against bound (d),
+ * metadata within 2% of the store), the space reserve apart; `boundD` null when not computed.
+ */
+function breakdownLine(label: string, b: StoreBreakdown, boundD: number | null): string {
+  const vsD = (bytes: number) => (boundD === null ? '' : ` = ${ratio(bytes / boundD)} × bound (d)`);
+  return (
+    `${label}: packs ${bytesH(b.packBytes)}${vsD(b.packBytes)}; metadata (pack headers and tables, manifests, index, ` +
+    `chunk table) ${bytesH(b.metadataBytes)} = ${pct(b.metadataFraction)} of the store's ${bytesH(b.storeBytes)}${vsD(b.storeBytes)}; ` +
+    `beside it the space reserve ${bytesH(b.reserveBytes)} and other files ${bytesH(b.otherBytes)}.`
+  );
+}
+
 export function renderMarkdown(r: BenchResult): string {
   const i = r.ideal;
   const out: string[] = [];
@@ -133,6 +147,8 @@ export function renderMarkdown(r: BenchResult): string {
   out.push('');
   const v = r.tools.find((t) => t.tool === 'vnstore');
   if (v?.afterCompact) out.push(compactSummary(v), '');
+  if (v?.breakdown) out.push(breakdownLine('vnstore (`vnstore stats --json`)', v.breakdown, i.dedupZstdContainerBytes), '');
+  if (v?.afterCompact?.breakdown) out.push(breakdownLine('vnstore after compact', v.afterCompact.breakdown, i.dedupZstdContainerBytes), '');
   out.push(
     `Reduction = logical bytes ÷ bytes on disk (sum of file sizes in the repository). Bounds (docs/BENCH.md): ` +
       `(a) distinct non-zero pages × 4 KiB; (b) each LZ4-compressed alone; (c) each zstd-compressed alone; ` +

@@ -12,7 +12,7 @@ import { computeIdeal, type IdealReport } from '../sim/ideal.js';
 import { Workload, writeWorkload, type ImageFile, type WorkloadParams } from '../sim/workload.js';
 import { dirSize, readImageDir, sameBytes } from './files.js';
 import { rssMethod, type RunResult } from './proc.js';
-import { makeTool, type Tool, type ToolId } from './tools.js';
+import { makeTool, type StoreBreakdown, type Tool, type ToolId } from './tools.js';
 import { bytesH } from './report.js';
 
 export interface BenchOptions {
@@ -86,6 +86,8 @@ export interface ToolResult {
   restoreSample: Phase & { verified: boolean };
   /** vnstore: the same store after `vnstore compact --min-age 0`, restored again (same images). */
   afterCompact?: AfterCompact;
+  /** vnstore: what the repository's bytes are made of (packs, metadata, reserve). */
+  breakdown?: StoreBreakdown;
 }
 
 export interface AfterCompact {
@@ -100,6 +102,7 @@ export interface AfterCompact {
   vsDedupZstdContainer: number | null;
   restore: Phase & { verified: number; failed: string[] };
   restoreSample: Phase & { verified: boolean };
+  breakdown?: StoreBreakdown;
 }
 
 export interface BenchResult {
@@ -235,6 +238,7 @@ async function runTool(
   }
   const repo = await dirSize(tool.repoDir);
   const cache = tool.cacheDir ? (await dirSize(tool.cacheDir)).bytes : undefined;
+  const breakdown = await tool.breakdown?.(repo.bytes);
 
   const outDir = join(work, 'restored');
   const toRestore = restoreAll ? images : [sample];
@@ -252,6 +256,7 @@ async function runTool(
     log(`${tool.id}: compacting`);
     const run = await tool.compact();
     const compacted = await dirSize(tool.repoDir);
+    const compactedBreakdown = await tool.breakdown?.(compacted.bytes);
     log(`${tool.id}: restoring ${toRestore.length} image${toRestore.length > 1 ? 's' : ''} from the compacted store`);
     const again = await restoreImages(tool, toRestore, refs, outDir, log);
     afterCompact = {
@@ -260,6 +265,7 @@ async function runTool(
       repoBytes: compacted.bytes,
       ...against(compacted.bytes),
       ...restorePhases(again, sample),
+      ...(compactedBreakdown ? { breakdown: compactedBreakdown } : {}),
     };
   }
   return {
@@ -275,6 +281,7 @@ async function runTool(
     perImage,
     ...restorePhases(restoreRuns, sample),
     ...(afterCompact ? { afterCompact } : {}),
+    ...(breakdown ? { breakdown } : {}),
   };
 }
 

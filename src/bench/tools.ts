@@ -10,7 +10,7 @@
  * - borg-fixed4k: as borg, with `--chunker-params fixed,4096` (one chunk per page, like vnstore).
  * - casync: `make --compression=zstd` into a local chunk store, default chunk sizes (16/64/256 KiB).
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import type { ImageFile } from '../sim/workload.js';
 import { runChecked, runMeasured, which, type RunResult } from './proc.js';
@@ -62,6 +62,27 @@ export interface Tool {
   restore(img: ImageFile, ref: string, outDir: string): Promise<{ run: RunResult; file: string }>;
   /** Recompresses the stored data in place (vnstore compact), when the tool has such a step. */
   compact?(): Promise<RunResult>;
+  /** What the repository's bytes are made of, as the tool itself reports it (vnstore stats). */
+  breakdown?(repoBytes: number): Promise<StoreBreakdown>;
+}
+
+/**
+ * vnstore's repository bytes by kind: `vnstore stats --json` for the store proper, and the files it
+ * does not count (the space reserve, the config, the lock).
+ */
+export interface StoreBreakdown {
+  /** The store as `vnstore stats` counts it: packs, manifests, index, chunk table. */
+  storeBytes: number;
+  packBytes: number;
+  /** Chunk payload inside the packs. */
+  packPayloadBytes: number;
+  /** storeBytes - packPayloadBytes: pack headers and tables, manifests, index, chunk table. */
+  metadataBytes: number;
+  metadataFraction: number;
+  /** The space reserve file (DIR/reserve), kept for maintenance on a full disk. */
+  reserveBytes: number;
+  /** Repository bytes that are neither: config, lock, quarantine, temp files. */
+  otherBytes: number;
 }
 
 const imgName = (img: ImageFile) => `${img.vm}-${img.snap}`;
@@ -104,6 +125,28 @@ function vnstoreTool(ctx: ToolContext): Tool {
     },
     // Everything, now: the bench measures the compacted store against bound (d).
     compact: () => runChecked(node, cli('compact', '--store', repoDir, '--min-age', '0', '--json'), opts),
+    async breakdown(repoBytes) {
+      const s = JSON.parse((await runChecked(node, cli('stats', '--store', repoDir, '--json'), opts)).stdout).summary as {
+        onDiskBytes: number;
+        packBytes: number;
+        packPayloadBytes: number;
+        metadataBytes: number;
+        metadataFraction: number | null;
+      };
+      const reserveBytes = await stat(join(repoDir, 'reserve')).then(
+        (st) => st.size,
+        () => 0,
+      );
+      return {
+        storeBytes: s.onDiskBytes,
+        packBytes: s.packBytes,
+        packPayloadBytes: s.packPayloadBytes,
+        metadataBytes: s.metadataBytes,
+        metadataFraction: s.metadataFraction ?? 0,
+        reserveBytes,
+        otherBytes: repoBytes - s.onDiskBytes - reserveBytes,
+      };
+    },
   };
 }
 

@@ -7,10 +7,10 @@ import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
-import { packFileName } from '../format/pack.js';
+import { CONTAINER_CODEC, packFileName } from '../format/pack.js';
 import { tableHasDigest, tableLocation } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec, type CompressedPages } from './codec.js';
-import { decodeStoredChunks } from './container.js';
+import { decodeContainer, decodeStoredChunks, MAX_CONTAINER_BYTES } from './container.js';
 import { hashPage, hashPages, pageScanner, type PageScanner } from './hash.js';
 
 /** Per-page outcome of hashing, decided as far as a worker can without the exact index. */
@@ -331,6 +331,13 @@ function finishHashJob(
 const comparePage = new Uint8Array(PAGE_SIZE);
 
 /**
+ * The zstd container decoded last by this thread's dedup checks, by pack and frame offset (sealed
+ * packs never change; gc's forgetPacks drops it with the descriptors): pages another VM stored first
+ * sit in its containers, and the next pages of an image usually fall in the same one.
+ */
+const lastContainer = { key: '', pages: 0, bytes: new Uint8Array(MAX_CONTAINER_BYTES) };
+
+/**
  * True when the chunk the table locates for this digest's fingerprint decodes to exactly the page's
  * bytes. Exact by content: if the bytes are equal, so are their digests, so the index holds this
  * digest. Anything unusual (ambiguous slot, pack not sealed yet or gone, short read) answers false
@@ -339,15 +346,39 @@ const comparePage = new Uint8Array(PAGE_SIZE);
 function storedCopyEquals(packsDir: string, table: Uint32Array, digest: Uint8Array, pages: Uint8Array, off: number): boolean {
   const loc = tableLocation(table, digest);
   if (!loc) return false;
+  let stored: Uint8Array;
   try {
-    if (scratch.length < loc.storedLength) scratch = Buffer.allocUnsafe(Math.max(loc.storedLength, 1 << 16));
-    const n = preadFully(packFd(packsDir, loc.pack), scratch, loc.storedLength, loc.offset);
-    if (n !== loc.storedLength) return false;
-    getCodec().decodePage(scratch.subarray(0, n), loc.codec as ChunkCodec, comparePage, 0);
+    if (loc.codec === CONTAINER_CODEC) stored = containerPage(packsDir, loc.pack, loc.offset, loc.storedLength, loc.member ?? 0);
+    else {
+      if (scratch.length < loc.storedLength) scratch = Buffer.allocUnsafe(Math.max(loc.storedLength, 1 << 16));
+      const n = preadFully(packFd(packsDir, loc.pack), scratch, loc.storedLength, loc.offset);
+      if (n !== loc.storedLength) return false;
+      getCodec().decodePage(scratch.subarray(0, n), loc.codec as ChunkCodec, comparePage, 0);
+      stored = comparePage;
+    }
   } catch {
     return false;
   }
-  return Buffer.compare(Buffer.from(comparePage.buffer, 0, PAGE_SIZE), Buffer.from(pages.buffer, pages.byteOffset + off, PAGE_SIZE)) === 0;
+  return (
+    Buffer.compare(
+      Buffer.from(stored.buffer, stored.byteOffset, PAGE_SIZE),
+      Buffer.from(pages.buffer, pages.byteOffset + off, PAGE_SIZE),
+    ) === 0
+  );
+}
+
+/** Page `member` of the container frame at (pack, offset), decoded once for its neighbours; throws when unreadable. */
+function containerPage(packsDir: string, pack: number, offset: number, length: number, member: number): Uint8Array {
+  const key = `${packsDir}\0${pack}\0${offset}`;
+  if (lastContainer.key !== key) {
+    lastContainer.key = '';
+    if (scratch.length < length) scratch = Buffer.allocUnsafe(Math.max(length, 1 << 16));
+    if (preadFully(packFd(packsDir, pack), scratch, length, offset) !== length) throw new Error('short read');
+    lastContainer.pages = decodeContainer(scratch.subarray(0, length), lastContainer.bytes);
+    lastContainer.key = key;
+  }
+  if (member >= lastContainer.pages) throw new Error(`container has no page ${member}`);
+  return lastContainer.bytes.subarray(member * PAGE_SIZE, (member + 1) * PAGE_SIZE);
 }
 
 export interface DecodeJob {
@@ -439,6 +470,7 @@ let scratch = Buffer.allocUnsafe(1 << 20);
  * hold up to MAX_FDS packs' worth of space that gc reported as reclaimed.
  */
 export function forgetPacks(packsDir: string, ids: readonly number[]): void {
+  lastContainer.key = ''; // a decoded container of a removed pack must not answer for its successor
   for (const id of ids) {
     const file = path.join(packsDir, packFileName(id));
     const fd = packFds.get(file);

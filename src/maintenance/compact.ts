@@ -13,7 +13,7 @@ import { getZstd, ZSTD_DEFAULT_LEVEL } from '../chunk/zstd.js';
 import { ChunkCodec } from '../chunk/codec.js';
 import { DIGEST_BYTES, PageKind } from '../format/pages.js';
 import { foldCounters } from '../store/counters.js';
-import { scanChunkIndex } from '../store/db.js';
+import { compactAllKeys, scanChunkIndex } from '../store/db.js';
 import { Store } from '../store/store.js';
 import { allowContainerPacks } from '../store/config.js';
 import { VnstoreError } from '../util/errors.js';
@@ -118,6 +118,8 @@ export async function runCompact(store: Store, options: CompactOptions = {}): Pr
         });
         result.lookupsHeld = fence.held;
         await foldCounters(store.db);
+        // Every moved chunk left a superseded index entry behind: drop them now, not at LevelDB's leisure.
+        await compactAllKeys(store.db);
         report.result = result;
         report.packBytesAfter = packBytesBefore - result.reclaimedBytes;
       }

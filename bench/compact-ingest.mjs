@@ -1,0 +1,208 @@
+#!/usr/bin/env node
+/**
+ * Ingest and restore before and after `vnstore compact`, in one run (issue 16: "ingest speed
+ * unchanged (same run, before and after); restore ≥ 80% of the LZ4 store's", per VM).
+ *
+ *   node bench/compact-ingest.mjs --images DIR [--rounds 3] [--work DIR] [--keep] [--json FILE] [--cli-b PATH]
+ *
+ * DIR holds one folder per VM, one raw image per snapshot (bench/qemu-guest-memory.sh --epochs 3).
+ * Every snapshot but each VM's last is stored (snapshot-major, as `vnstore bench` does) into an LZ4
+ * store; the store is copied and the copy compacted (`compact --min-age 0`). Then, for each round,
+ * rotating which store goes first:
+ *   - restore: each VM's stored snapshots from both stores (`restore -o`), compared byte for byte;
+ *   - ingest: fresh copies of both stores take each VM's last image (its next snapshot; `put`,
+ *     parent auto) and a clone (the first image as the first snapshot of a new VM: every page is
+ *     already stored, the dedup path where compacted pages sit in containers).
+ * With --cli-b, the compacted store is also restored and ingested into by another build (another
+ * commit's dist/cli/bin.cjs): the same data, before and after a code change, in the same run.
+ * Figures: the median over rounds of each command's wall time (Node start-up included, as `vnstore
+ * bench` reports) and of its CPU time (user + system, GNU time): on a shared machine the CPU time
+ * says what a command costs when wall times mostly say how busy the machine was.
+ */
+import { execFileSync } from 'node:child_process';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { DEFAULT_DIST, distImporter } from './dist-workload.mjs';
+
+const { values } = parseArgs({
+  options: {
+    images: { type: 'string' },
+    rounds: { type: 'string', default: '3' },
+    work: { type: 'string', default: tmpdir() },
+    keep: { type: 'boolean', default: false },
+    json: { type: 'string' },
+    'cli-b': { type: 'string' },
+  },
+});
+const rounds = Number(values.rounds);
+if (!values.images || !(rounds >= 1)) {
+  process.stderr.write(
+    'usage: node bench/compact-ingest.mjs --images DIR [--rounds N] [--work DIR] [--keep] [--json FILE] [--cli-b PATH]\n',
+  );
+  process.exit(2);
+}
+const load = distImporter(DEFAULT_DIST);
+const { readImageDir, sameBytes, dirSize } = await load('bench/files.js');
+const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'cli', 'bin.cjs');
+const CLI_B = values['cli-b'] ? path.resolve(values['cli-b']) : undefined;
+
+const log = (s) => process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${s}\n`);
+const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+const mbps = (bytes, s) => bytes / 1e6 / s;
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+const work = mkdtempSync(path.join(values.work, 'compact-ingest-'));
+const timeFile = path.join(work, 'time.txt');
+
+/** Runs one vnstore command under GNU time: stdout, wall and CPU seconds. */
+function vn(cli, ...args) {
+  const stdout = execFileSync('/usr/bin/time', ['-f', '%e %U %S', '-o', timeFile, process.execPath, cli, ...args], {
+    encoding: 'utf8',
+    maxBuffer: 64 << 20,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const [wall, user, sys] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1).split(' ').map(Number);
+  return { stdout, wall, cpu: user + sys };
+}
+
+const images = await readImageDir(values.images);
+const vms = [...new Set(images.map((i) => i.vm))];
+const lastSnap = new Map(vms.map((vm) => [vm, Math.max(...images.filter((i) => i.vm === vm).map((i) => i.snap))]));
+const stored = images.filter((i) => i.snap < lastSnap.get(i.vm));
+const next = images.filter((i) => i.snap === lastSnap.get(i.vm));
+if (stored.length === 0 || next.length === 0) throw new Error('each VM needs at least two images (stored snapshots and a next one)');
+
+const result = { date: new Date().toISOString(), cpus: cpus().length, images: values.images, rounds, load: { start: loadavg() } };
+const L = path.join(work, 'lz4');
+const C = path.join(work, 'compact');
+// Stores by name, and the build that drives each.
+const variants = [
+  { name: 'lz4', dir: L, cli: CLI },
+  { name: 'compact', dir: C, cli: CLI },
+  ...(CLI_B ? [{ name: 'compact-b', dir: C, cli: CLI_B }] : []),
+];
+/** The variants in round-robin order: round r of item k starts at variant (r + k) mod n. */
+const rotated = (r, k) => variants.map((_, i) => variants[(i + r + k) % variants.length]);
+
+try {
+  log(`storing ${stored.length} images into the LZ4 store`);
+  vn(CLI, 'init', '--store', L);
+  const ids = new Map();
+  let ingestSeconds = 0;
+  for (const img of stored) {
+    const run = vn(CLI, 'put', '--store', L, '--vm', img.vm, '--json', img.path);
+    ids.set(img, JSON.parse(run.stdout).id);
+    ingestSeconds += run.wall;
+  }
+  const storedBytes = stored.reduce((s, i) => s + i.bytes, 0);
+  result.initialIngest = { images: stored.length, bytes: storedBytes, seconds: ingestSeconds, mbPerSec: mbps(storedBytes, ingestSeconds) };
+  cpSync(L, C, { recursive: true });
+  log('compacting the copy');
+  const compact = vn(CLI, 'compact', '--store', C, '--min-age', '0', '--json');
+  result.compact = { seconds: compact.wall, cpuSeconds: compact.cpu };
+  const stats = async (dir) => {
+    const s = JSON.parse(vn(CLI, 'stats', '--store', dir, '--json').stdout).summary;
+    return { dirBytes: (await dirSize(dir)).bytes, ...s };
+  };
+  result.stats = { lz4: await stats(L), compact: await stats(C) };
+
+  const out = path.join(work, 'out.img');
+  const restoreRuns = new Map(stored.map((img) => [img, Object.fromEntries(variants.map((v) => [v.name, []]))]));
+  const putRuns = [];
+  const puts = [
+    ...next.map((img) => ({ img, vm: img.vm, what: 'next snapshot' })),
+    { img: stored[0], vm: 'clone', what: `clone of ${stored[0].vm}/${stored[0].snap}` },
+  ];
+  for (let r = 0; r < rounds; r++) {
+    log(`round ${r + 1}/${rounds}: restoring every stored snapshot (load ${loadavg()})`);
+    for (const [k, img] of stored.entries()) {
+      for (const v of rotated(r, k)) {
+        const run = vn(v.cli, 'restore', '--store', v.dir, ids.get(img), '-o', out);
+        if (!(await sameBytes(img.path, out))) throw new Error(`${v.name}: restored ${img.vm}/${img.snap} differs from the original`);
+        rmSync(out);
+        restoreRuns.get(img)[v.name].push(run);
+      }
+    }
+    log(`round ${r + 1}/${rounds}: ingesting into fresh copies of the stores`);
+    const copies = variants.map((v) => {
+      const dir = path.join(work, `put-${v.name}`);
+      rmSync(dir, { recursive: true, force: true });
+      cpSync(v.dir, dir, { recursive: true });
+      return { ...v, dir };
+    });
+    for (const [k, p] of puts.entries()) {
+      for (const v of copies.map((_, i) => copies[(i + r + k) % copies.length])) {
+        const run = vn(v.cli, 'put', '--store', v.dir, '--vm', p.vm, '--json', p.img.path);
+        putRuns.push({ round: r, put: k, variant: v.name, ...run, out: JSON.parse(run.stdout) });
+      }
+    }
+    for (const c of copies) rmSync(c.dir, { recursive: true, force: true });
+  }
+  result.load.end = loadavg();
+
+  const summary = (runs, bytes) => ({
+    wallSeconds: median(runs.map((x) => x.wall)),
+    cpuSeconds: median(runs.map((x) => x.cpu)),
+    mbPerSec: mbps(bytes, median(runs.map((x) => x.wall))),
+    walls: runs.map((x) => x.wall),
+  });
+  result.restore = stored.map((img) => ({
+    vm: img.vm,
+    snap: img.snap,
+    bytes: img.bytes,
+    ...Object.fromEntries(variants.map((v) => [v.name, summary(restoreRuns.get(img)[v.name], img.bytes)])),
+  }));
+  result.ingest = puts.map((p, k) => ({
+    vm: p.vm,
+    what: p.what,
+    bytes: p.img.bytes,
+    ...Object.fromEntries(
+      variants.map((v) => {
+        const runs = putRuns.filter((x) => x.put === k && x.variant === v.name);
+        return [v.name, { ...summary(runs, p.img.bytes), newChunks: runs[0].out.newChunks, addedBytes: runs[0].out.addedBytes }];
+      }),
+    ),
+  }));
+} finally {
+  if (values.keep) log(`kept ${work}`);
+  else rmSync(work, { recursive: true, force: true });
+}
+
+const pct = (x) => `${(100 * x).toFixed(1)}%`;
+const names = variants.map((v) => v.name);
+const head = (what) => [
+  `| ${what} | ${names.map((n) => `${n} MB/s (CPU s)`).join(' | ')} | compact ÷ lz4, wall | compact ÷ lz4, CPU |${CLI_B ? ' compact-b ÷ lz4, wall |' : ''}`,
+  `| --- | ${names.map(() => '---:').join(' | ')} | ---: | ---: |${CLI_B ? ' ---: |' : ''}`,
+];
+const row = (label, r) =>
+  `| ${label} | ${names.map((n) => `${r[n].mbPerSec.toFixed(0)} (${r[n].cpuSeconds.toFixed(2)})`).join(' | ')} | ` +
+  `${pct(r.lz4.wallSeconds / r.compact.wallSeconds)} | ${pct(r.lz4.cpuSeconds / r.compact.cpuSeconds)} |` +
+  (CLI_B ? ` ${pct(r.lz4.wallSeconds / r['compact-b'].wallSeconds)} |` : '');
+const total = (rows) => {
+  const t = { bytes: rows.reduce((s, r) => s + r.bytes, 0) };
+  for (const n of names) {
+    const wall = rows.reduce((s, r) => s + r[n].wallSeconds, 0);
+    t[n] = { wallSeconds: wall, cpuSeconds: rows.reduce((s, r) => s + r[n].cpuSeconds, 0), mbPerSec: mbps(t.bytes, wall) };
+  }
+  return t;
+};
+const lines = [
+  `${result.cpus} cores; load average ${result.load.start} → ${result.load.end}; median of ${rounds} round(s) per command` +
+    (CLI_B ? `; compact-b = the compacted store driven by ${CLI_B}` : ''),
+  '',
+  ...head('restore'),
+  ...result.restore.map((r) => row(`${r.vm}/${r.snap}`, r)),
+  row('all', total(result.restore)),
+  '',
+  ...head('put into the store'),
+  ...result.ingest.map((r) => row(`${r.vm} (${r.what}; ${r.lz4.newChunks} new chunks)`, r)),
+  row('all', total(result.ingest)),
+];
+process.stdout.write(lines.join('\n') + '\n');
+if (values.json) writeFileSync(values.json, JSON.stringify(result, null, 2) + '\n');
