@@ -25,10 +25,9 @@ import { spawn } from 'node:child_process';
 import { createWriteStream, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import net from 'node:net';
 import dgram from 'node:dgram';
 import { parseArgs } from 'node:util';
-import { buildGuest, pingReplies, startGuest, ticks, vnstoreBin, waitFor } from '../test/qemu/harness.mjs';
+import { buildGuest, pingReplies, qmpProxy, startGuest, ticks, vnstoreBin, waitFor } from '../test/qemu/harness.mjs';
 import { ChunkSource } from '../dist/qemu/byte-source.js';
 import { decodeStream } from '../dist/qemu/stream-decoder.js';
 
@@ -84,77 +83,6 @@ async function startSwitch(ports) {
     return m ? [Number(m[1]), Number(m[2])] : undefined;
   });
   return { vmPort, tunnelPort, stop: () => child.kill('SIGKILL') };
-}
-
-/**
- * A QMP proxy at `path` in front of QEMU's socket `upstream`: lines pass unchanged, except that a
- * `migrate` to tcp:HOST:PORT is sent to a relay of ours that forwards to HOST:PORT and also writes
- * the stream to `${streamPrefix}-N.stream` (N counts migrations).
- */
-function qmpTeeProxy(path, upstream, streamPrefix) {
-  let migrations = 0;
-  const streams = [];
-  const hooks = { beforeCont: undefined };
-  const server = net.createServer((client) => {
-    const up = net.connect(upstream);
-    up.pipe(client);
-    client.on('error', () => up.destroy());
-    up.on('error', () => client.destroy());
-    client.on('close', () => up.destroy());
-    let buf = '';
-    let chain = Promise.resolve();
-    client.setEncoding('utf8');
-    client.on('data', (d) => {
-      buf += d;
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl + 1);
-        buf = buf.slice(nl + 1);
-        chain = chain.then(async () => up.write(await rewrite(line)));
-      }
-    });
-  });
-  async function rewrite(line) {
-    let msg;
-    try {
-      msg = JSON.parse(line);
-    } catch {
-      return line;
-    }
-    if (msg.execute === 'cont' && hooks.beforeCont) {
-      const hook = hooks.beforeCont;
-      hooks.beforeCont = undefined;
-      await hook();
-      return line;
-    }
-    const m = msg.execute === 'migrate' ? /^tcp:(.+):(\d+)$/.exec(msg.arguments?.uri ?? '') : null;
-    if (!m) return line;
-    const file = `${streamPrefix}-${++migrations}.stream`;
-    streams.push(file);
-    const relay = net.createServer((from) => {
-      relay.close();
-      const to = net.connect({ host: m[1], port: Number(m[2]) });
-      const tee = createWriteStream(file);
-      from.on('data', (d) => {
-        tee.write(d);
-        if (!to.write(d)) {
-          from.pause();
-          to.once('drain', () => from.resume());
-        }
-      });
-      from.on('end', () => {
-        tee.end();
-        to.end();
-      });
-      from.on('error', () => to.destroy());
-      to.on('error', () => from.destroy());
-      to.on('data', (d) => from.write(d));
-    });
-    await new Promise((r) => relay.listen(0, '127.0.0.1', r));
-    msg.arguments.uri = `tcp:127.0.0.1:${relay.address().port}`;
-    return `${JSON.stringify(msg)}\n`;
-  }
-  return new Promise((resolve) => server.listen(path, () => resolve({ streams, hooks, close: () => server.close() })));
 }
 
 /** A stream decoded to page images (block name -> bytes, last copy of each page winning) and its device state. */
@@ -246,7 +174,7 @@ async function oneRun(run, guest, mode) {
     await waitFor('pings', () => pingReplies(g1.consolePath).length >= 3 && pingReplies(g2.consolePath).length >= 3, 400_000);
     const proxies = {};
     for (const vm of ['vm1', 'vm2'])
-      proxies[vm] = await qmpTeeProxy(join(dir, `${vm}.proxy.qmp`), join(dir, `${vm}.agent.qmp`), join(dir, vm));
+      proxies[vm] = await qmpProxy(join(dir, `${vm}.proxy.qmp`), join(dir, `${vm}.agent.qmp`), { teePrefix: join(dir, vm) });
     const args = [
       'qemu',
       'snapshot',
