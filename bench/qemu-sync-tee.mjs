@@ -4,8 +4,9 @@
 // with the exact bytes QEMU sends kept beside the store:
 //   two 96 MiB guests pinging each other through `vnstore switch`; epoch 1 aborted by vm2's
 //   refused (compressed) stream; epoch 2 committed. Both epochs go through `vnstore qemu snapshot`
-//   unchanged, but its QMP connections pass through a proxy here that rewrites each `migrate`
-//   URI to a tee: a TCP relay to the agent's listener that also writes the stream to a file.
+//   unchanged, but its QMP connections pass through a proxy (test/qemu/harness.mjs's qmpProxy)
+//   that rewrites each `migrate` URI to a tee: a TCP relay to the agent's listener that also
+//   writes the stream to a file.
 // Then, per VM of the committed epoch:
 //   (0) the stream's pc.ram against the source's memory as QEMU left it paused after the migration
 //       (QMP pmemsave, taken before the agent's `cont` is let through): pages the stream got wrong;
@@ -14,12 +15,12 @@
 //       last copy wins) and device state, compared byte for byte with the raw stream's, and a
 //       fresh QEMU restored from the store: its first checks.
 // Run `npm run build` first; needs qemu-system-x86_64 and busybox-static.
-//   node bench/qemu-sync-tee.mjs [--runs N] [--sync-stop on|off] [--mem SIZE] [--restore both|raw]
+//   node bench/qemu-sync-tee.mjs [--runs N] [--sync-stop on|off] [--mem SIZE] [--restore both|raw|none]
 //                                [--refused on|off] [--load PAGES] [--keep DIR] [--json]
 // --mem is QEMU's -m (96 MiB; 98312K is 96 MiB + 8 KiB, a RAM block that is not a whole number of
-// 64-page bitmap words); --restore raw restores only from the raw stream (none: no restores) (the store's bytes are
-// compared all the same); --refused off leaves out the aborted epoch 1; --load PAGES has each guest
-// rewrite that many pages with random bytes for ever (test/qemu/guest-init.sh's vnload).
+// 64-page bitmap words); --restore raw restores only from the raw stream, none from neither (the
+// stored bytes are compared either way); --refused off leaves out the aborted epoch 1; --load PAGES
+// has each guest rewrite that many pages with random bytes for ever (guest-init.sh's vnload).
 // Prints one line per run; --keep keeps the streams and consoles of runs where any check failed.
 import { spawn } from 'node:child_process';
 import { createWriteStream, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
