@@ -9,8 +9,20 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildGuest, lastTick, pingReplies, qemuAvailable, startGuest, ticks, vnstoreBin, waitFor, type Guest } from './qemu/harness.mjs';
+import {
+  buildGuest,
+  lastTick,
+  pingReplies,
+  qemuAvailable,
+  qmpProxy,
+  startGuest,
+  ticks,
+  vnstoreBin,
+  waitFor,
+  type Guest,
+} from './qemu/harness.mjs';
 import { makeTempDir, removeDir, runCli } from './helpers/engine.js';
 import { startServe } from './helpers/serve-process.js';
 import { decodeChannelState } from '../src/coordinator/channel-state.js';
@@ -104,6 +116,16 @@ function nicArgs(k: number, ownPort: number, switchPort: number, qmpName = `vm${
 
 const ADDRS = { vm1: ['10.0.0.1', '10.0.0.2'], vm2: ['10.0.0.2', '10.0.0.1'] } as const;
 
+/**
+ * Guest RAM sizes 8 KiB past a whole number of MiB. Under TCG, QEMU before 9.0 can lose a guest
+ * write from its migration dirty bitmap when a RAM block is a whole number of 64-page bitmap words
+ * (256 KiB): that fast path clears dirty bits without resetting the TLB entries that bypass dirty
+ * tracking. Any other size takes the exact path, so these tests see vnstore's exactness and not
+ * QEMU's bug (docs/QEMU.md, "Synchronised stop", has the runs that found it).
+ */
+const MEM_96 = '98312K';
+const MEM_256 = '262152K';
+
 async function boot(
   vm: 'vm1' | 'vm2',
   k: number,
@@ -111,7 +133,7 @@ async function boot(
   switchPort: number,
   incoming?: string,
   suffix = '',
-  memMiB = 96,
+  memMiB: string = MEM_96,
 ): Promise<Guest> {
   const [ip, peer] = ADDRS[vm];
   const g = await startGuest({
@@ -172,6 +194,8 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
       `vm2=unix:${dir}/vm2.agent.qmp`,
       '--switch',
       `127.0.0.1:${sw.tunnelPort}`,
+      '--sync-stop',
+      'on',
       '--json',
       '--store',
       store,
@@ -202,9 +226,11 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
     const result = JSON.parse(snap.stdout.toString()) as {
       group: string;
       epoch: number;
+      syncStop: boolean;
       members: { vm: string; id: string; stateId: string; downtimeMs: number }[];
     };
     expect(result.group).toBe('lab-e2');
+    expect(result.syncStop).toBe(true);
     expect(result.epoch).toBe(2);
     expect(result.members.map((m) => m.vm)).toEqual(['vm1', 'vm2']);
 
@@ -305,8 +331,21 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
       const snap = await runCli(snapshotArgs('remote', '-srv', sw.tunnelPort, ...remote));
       expect(snap.code, snap.stderr).toBe(0);
       const after = [lastTick(g1.consolePath), lastTick(g2.consolePath)];
-      const result = JSON.parse(snap.stdout.toString()) as { group: string; members: { vm: string; id: string; stateId: string }[] };
+      const result = JSON.parse(snap.stdout.toString()) as {
+        group: string;
+        syncStop: boolean;
+        syncStopReason: string;
+        members: { vm: string; id: string; stateId: string }[];
+      };
       expect(result.group).toBe('remote-e1');
+      // --sync-stop auto, the default: these guests run under TCG, held only on QEMU 9.0 or later.
+      const { qemu } = await g1.qmp.cmd<{ qemu: { major: number; minor: number; micro: number } }>('query-version');
+      if (qemu.major < 9)
+        expect([result.syncStop, result.syncStopReason]).toEqual([
+          false,
+          `TCG before QEMU 9.0 can lose a guest write from a held migration (docs/QEMU.md): vm1 (QEMU ${qemu.major}.${qemu.minor}.${qemu.micro}), vm2 (QEMU ${qemu.major}.${qemu.minor}.${qemu.micro})`,
+        ]);
+      else expect([result.syncStop, result.syncStopReason]).toEqual([true, 'every VM runs under KVM or on QEMU 9.0 or later']);
       // The group is on the server, all four members, and nothing went to the local store.
       const ls = await runCli(['ls', '--json', ...remote]);
       expect(ls.code, ls.stderr).toBe(0);
@@ -350,17 +389,22 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
   }, 400_000);
 
   it('--sync-stop on pauses guests of different sizes together, where off pauses each as its migration converges', async () => {
-    // 96 and 256 MiB: their migrations take different times, so each converging on its own pauses
+    // About 96 and 256 MiB (MEM_96, MEM_256): their migrations take different times, so each converging on its own pauses
     // them far apart; the synchronised stop pauses both once both are nearly done.
     const [p1, p2] = await freeUdpPorts(2);
     const sw = await startSwitch({ vm1: p1, vm2: p2 }, 0);
     const [g1, g2] = await Promise.all([
-      boot('vm1', 1, p1, sw.vmPort, undefined, '-sync', 96),
-      boot('vm2', 2, p2, sw.vmPort, undefined, '-sync', 256),
+      boot('vm1', 1, p1, sw.vmPort, undefined, '-sync', MEM_96),
+      boot('vm2', 2, p2, sw.vmPort, undefined, '-sync', MEM_256),
     ]);
     await waitFor('both guests counting', () => lastTick(g1.consolePath) >= 2 && lastTick(g2.consolePath) >= 2, 120_000);
-    const take = async (mode: 'on' | 'off', ...more: string[]) => {
-      const r = await runCli(snapshotArgs('sync', '-sync', sw.tunnelPort, '--sync-stop', mode, '--store', store, ...more));
+    // The synchronised snapshot's agents reach QEMU through proxies that hold their `cont` until the
+    // paused guests' memory is saved: what each stored RAM snapshot must hold exactly.
+    const proxies = await Promise.all(
+      [g1, g2].map((g, k) => qmpProxy(`${dir}/vm${k + 1}-sync-held.agent.qmp`, `${dir}/vm${k + 1}-sync.agent.qmp`)),
+    );
+    const take = async (mode: 'on' | 'off', suffix: string, ...more: string[]) => {
+      const r = await runCli(snapshotArgs('sync', suffix, sw.tunnelPort, '--sync-stop', mode, '--store', store, ...more));
       expect(r.code, r.stderr).toBe(0);
       return JSON.parse(r.stdout.toString()) as {
         group: string;
@@ -372,10 +416,35 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
       };
     };
     // With the guests paused seconds apart, pings cross the cut: their channel state is stored too.
-    const off = await take('off', '--channel-state', 'on');
+    const off = await take('off', '-sync', '--channel-state', 'on');
     const before = lastTick(g1.consolePath);
-    const on = await take('on');
+    const paused: Record<string, string> = { vm1: `${dir}/vm1-sync.paused`, vm2: `${dir}/vm2-sync.paused` };
+    for (const [k, g] of [g1, g2].entries())
+      proxies[k].hooks.beforeCont = async () => {
+        const { 'base-memory': bytes } = await g.qmp.cmd<{ 'base-memory': number }>('query-memory-size-summary');
+        await g.qmp.cmd('pmemsave', { val: 0, size: bytes, filename: paused[`vm${k + 1}`] });
+      };
+    const on = await take('on', '-sync-held');
     const after = lastTick(g1.consolePath);
+    for (const p of proxies) p.close();
+    // Each stored pc.ram is the paused guest's memory, byte for byte, but for 0xa0000-0xfffff (the
+    // VGA window and BIOS shadow in physical memory: not pc.ram there).
+    for (const m of on.members) {
+      const info = await runCli(['qemu', 'info', m.id, '--json', '--store', store]);
+      const pcRam = (JSON.parse(info.stdout.toString()) as { blocks: { name: string; bytes: number; firstPage: number }[] }).blocks.find(
+        (b) => b.name === 'pc.ram',
+      )!;
+      const image = `${dir}/${m.vm}-sync.restored`;
+      expect((await runCli(['restore', m.id, '-o', image, '--store', store])).code).toBe(0);
+      const stored = readFileSync(image).subarray(pcRam.firstPage * 4096, pcRam.firstPage * 4096 + pcRam.bytes);
+      const truth = readFileSync(paused[m.vm]);
+      expect(truth.length).toBe(pcRam.bytes);
+      const differing: number[] = [];
+      for (let page = 0; page * 4096 < truth.length; page++)
+        if ((page < 0xa0 || page >= 0x100) && truth.compare(stored, page * 4096, (page + 1) * 4096, page * 4096, (page + 1) * 4096) !== 0)
+          differing.push(page);
+      expect(differing, `${m.vm}: pages of pc.ram unlike the paused guest's`).toEqual([]);
+    }
     expect([off.group, off.syncStop, on.group, on.syncStop]).toEqual(['sync-e1', false, 'sync-e2', true]);
     const listed = JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString()) as {
       id: string;
@@ -420,7 +489,7 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
       sw.vmPort,
       `exec:${process.execPath} ${vnstoreBin} qemu send ${id} --store ${store}`,
       '-sync-restored',
-      96,
+      MEM_96,
     );
     await waitFor('the restored guest counting', () => ticks(r1.consolePath).length >= 3, 120_000);
     const t = ticks(r1.consolePath);

@@ -10,6 +10,8 @@ import { loadStoredMigration, sendMigration, type StoredMigration } from '../qem
 import type { QemuProcessInfo } from '../qemu/state-image.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
 import type { MigrationStore } from '../qemu/migration-store.js';
+import type { QmpClient } from '../qemu/qmp.js';
+import type { SyncStopChoice } from '../qemu/sync-stop-policy.js';
 import { ONE_SHOT, action, lockWaitOption, storeDir, storeOption, usage, withStore } from './common.js';
 import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
 import { parseCount, parseEndpoint } from './switch.js';
@@ -179,6 +181,20 @@ async function withMigrations<T>(
     return withRemote(opts, server, (client) => fn(serverMigrations(client), where));
   }
   return withStore(opts, (store) => fn(storeMigrations(store), `--store ${storeDir(opts)}`), ONE_SHOT);
+}
+
+/** `--sync-stop`, with auto decided from what each VM's QEMU says (accelerator, version). */
+async function decideSyncStop(mode: 'on' | 'off' | 'auto', vms: { vm: string }[], clients: QmpClient[]): Promise<SyncStopChoice> {
+  const { chooseSyncStop } = await import('../qemu/sync-stop-policy.js');
+  if (mode !== 'auto') return chooseSyncStop(mode, []);
+  const runtimes = await Promise.all(
+    clients.map(async (c, k) => {
+      const kvm = await c.execute<{ enabled?: boolean }>('query-kvm');
+      const v = await c.execute<{ qemu: { major: number; minor: number; micro: number } }>('query-version');
+      return { vm: vms[k].vm, kvm: kvm.enabled === true, version: v.qemu };
+    }),
+  );
+  return chooseSyncStop('auto', runtimes);
 }
 
 function writeOut(b: Buffer): Promise<void> {
@@ -367,10 +383,10 @@ Examples (QMP, or the HMP monitor):
     .addOption(
       new Option(
         '--sync-stop <mode>',
-        'on: hold every migration until all are nearly done, then let every QEMU pause its guest at once, so the colours flip together; off: each guest pauses when its own migration converges',
+        'on: hold every migration until all are nearly done, then let every QEMU pause its guest at once, so the colours flip together; off: each guest pauses when its own migration converges; auto: on unless a VM runs under TCG on a QEMU older than 9.0 (docs/QEMU.md)',
       )
-        .choices(['on', 'off'])
-        .default('off'),
+        .choices(['on', 'off', 'auto'])
+        .default('auto'),
     )
     .addOption(
       new Option(
@@ -382,7 +398,7 @@ Examples (QMP, or the HMP monitor):
     )
     .option(
       '--json',
-      'print {group, epoch, syncStop, flipSkewMs, stopSkewMs, channelFrames, members: [{vm, id, stateId, totalMs, downtimeMs, addedBytes}]}',
+      'print {group, epoch, syncStop, syncStopReason, flipSkewMs, stopSkewMs, channelFrames, members: [{vm, id, stateId, totalMs, downtimeMs, addedBytes}]}',
     )
     .addOption(storeOption())
     .addOption(lockWaitOption());
@@ -392,10 +408,12 @@ Examples (QMP, or the HMP monitor):
       `
 Each VM must run with a QMP socket and be attached to the switch (-netdev dgram, docs/QEMU.md).
 The guests keep running: each is paused only for its migration's last round, as with receive.
-With --sync-stop on (experimental: see docs/QEMU.md) each migration runs until little is left (QEMU's downtime-limit
+With --sync-stop on each migration runs until little is left (QEMU's downtime-limit
 held at 1 ms, then its max-bandwidth cut to 10 B/s, so that QEMU does not pause the guest by
 itself); once every VM is there, all are released at once and every QEMU pauses its guest and
 completes, so the colours flip together. Each VM's own settings are set back afterwards.
+auto, the default, does that unless a VM runs under TCG on a QEMU older than 9.0, whose dirty
+tracking can lose a guest write from a held migration (docs/QEMU.md); it says which it chose.
 If any VM's migration or flip fails, nothing is committed (exit 12) and every VM is flipped to the
 epoch anyway. Restore each member with \`vnstore qemu info ID\`'s command line.
 
@@ -417,6 +435,7 @@ Example:
         const { findQemuBySocket } = await import('../qemu/qemu-process.js');
         const clients = await Promise.all(vms.map((v) => QmpClient.connect(v.qmp)));
         try {
+          const syncStop = await decideSyncStop(opts.syncStop as 'on' | 'off' | 'auto', vms, clients);
           await withMigrations(opts, async (store) => {
             const agents = vms.map(
               (v, k) =>
@@ -440,7 +459,7 @@ Example:
             const epoch = asked ?? next;
             const { requestChannelState } = await import('../switch/flip-client.js');
             const r = await snapshotEnvironment(store, agents, opts.env, epoch, {
-              syncStop: opts.syncStop === 'on',
+              syncStop: syncStop.on,
               channelState:
                 opts.channelState === 'on' ? () => requestChannelState(switchAddr, epoch, { retryMs: 50, attempts: 60 }) : undefined,
             });
@@ -455,12 +474,13 @@ Example:
             const ms = (x: number | undefined) => (x === undefined ? undefined : Number(x.toFixed(1)));
             if (opts.json)
               process.stdout.write(
-                `${JSON.stringify({ group: r.group, epoch: r.epoch, syncStop: opts.syncStop === 'on', flipSkewMs: ms(r.flipSkewMs), stopSkewMs: ms(r.stopSkewMs), channelFrames: r.channelFrames, members })}\n`,
+                `${JSON.stringify({ group: r.group, epoch: r.epoch, syncStop: syncStop.on, syncStopReason: syncStop.reason, flipSkewMs: ms(r.flipSkewMs), stopSkewMs: ms(r.stopSkewMs), channelFrames: r.channelFrames, members })}\n`,
               );
             else {
               const lines = [
-                `group ${r.group} committed (${members.length} VMs, ${opts.syncStop === 'on' ? 'stopped together' : 'each stopped by its migration'}, flips within ${r.flipSkewMs.toFixed(1)} ms)`,
+                `group ${r.group} committed (${members.length} VMs, ${syncStop.on ? 'stopped together' : 'each stopped by its migration'}, flips within ${r.flipSkewMs.toFixed(1)} ms)`,
               ];
+              if (opts.syncStop === 'auto') lines.push(`  sync-stop ${syncStop.on ? 'on' : 'off'}: ${syncStop.reason}`);
               for (const m of members)
                 lines.push(`  ${m.vm}: ${m.id} (state ${m.stateId}), migration ${m.totalMs} ms, downtime ${m.downtimeMs} ms`);
               process.stdout.write(`${lines.join('\n')}\n`);

@@ -4,7 +4,8 @@
 # longer matches) on the console. A restored guest must continue the count with every check "ok".
 # With vnip=ADDR and vnpeer=ADDR on the kernel command line (the environment test) it also brings
 # up eth0 (virtio-net) at ADDR/24 and pings the peer for ever: "vnping" lines, then busybox ping's
-# "seq=N" replies, whose numbering goes on in a restored guest.
+# "seq=N" replies, whose numbering goes on in a restored guest. With vnload=PAGES it also rewrites
+# that many pages of /scratch with random bytes for ever, to dirty memory while it is migrated.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t devtmpfs dev /dev 2>/dev/null
@@ -14,6 +15,7 @@ for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vnip=*) vnip=${arg#vnip=} ;;
     vnpeer=*) vnpeer=${arg#vnpeer=} ;;
+    vnload=*) vnload=${arg#vnload=} ;;
   esac
 done
 if [ -n "$vnip" ]; then
@@ -25,6 +27,9 @@ if [ -n "$vnip" ]; then
   ip link set eth0 up
   echo "vnping from $vnip to $vnpeer"
   ping -i 0.3 "$vnpeer" &
+fi
+if [ -n "$vnload" ]; then
+  (while true; do dd if=/dev/urandom of=/scratch bs=4k count="$vnload" conv=notrunc 2>/dev/null; done) &
 fi
 echo "vnguest ready $want"
 i=0

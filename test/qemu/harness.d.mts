@@ -26,7 +26,8 @@ export interface Guest {
 export function startGuest(o: {
   dir: string;
   name: string;
-  memMiB?: number;
+  /** QEMU's -m: MiB, or a size with a suffix ('98312K'). */
+  memMiB?: number | string;
   incoming?: string;
   guest: { kernel: string; initrd: string };
   append?: string;
@@ -43,3 +44,8 @@ export interface MigrateInfo {
   ram?: Record<string, number>;
 }
 export function migrate(vm: Guest, uri: string, o?: { resume?: boolean; timeoutMs?: number }): Promise<MigrateInfo>;
+export function qmpProxy(
+  path: string,
+  upstream: string,
+  o?: { teePrefix?: string },
+): Promise<{ streams: string[]; hooks: { beforeCont?: () => Promise<unknown> }; close(): void }>;

@@ -2,7 +2,7 @@
 // (build-guest.sh), starts qemu-system-x86_64 under TCG with a QMP socket and the serial console in a
 // file, speaks QMP, and reads the guest's "vntick N ok" lines.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { createWriteStream, existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -180,4 +180,77 @@ export async function migrate(vm, uri, { resume = true, timeoutMs = 120_000 } = 
   );
   if (resume) await vm.qmp.cmd('cont');
   return info;
+}
+
+/**
+ * A QMP proxy at `path` in front of QEMU's socket `upstream`, for a client (`vnstore qemu snapshot`)
+ * that must not know: lines pass unchanged, except that with `teePrefix` a `migrate` to
+ * tcp:HOST:PORT goes to a relay of ours that forwards to HOST:PORT and also writes the stream to
+ * `${teePrefix}-N.stream` (N counts migrations, listed in `streams`), and that a `cont` waits for
+ * `hooks.beforeCont` when one is set (once): the paused guest can be looked at first.
+ */
+export function qmpProxy(path, upstream, { teePrefix } = {}) {
+  let migrations = 0;
+  const streams = [];
+  const hooks = { beforeCont: undefined };
+  const server = net.createServer((client) => {
+    const up = net.connect(upstream);
+    up.pipe(client);
+    client.on('error', () => up.destroy());
+    up.on('error', () => client.destroy());
+    client.on('close', () => up.destroy());
+    let buf = '';
+    let chain = Promise.resolve();
+    client.setEncoding('utf8');
+    client.on('data', (d) => {
+      buf += d;
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl + 1);
+        buf = buf.slice(nl + 1);
+        chain = chain.then(async () => up.write(await rewrite(line)));
+      }
+    });
+  });
+  async function rewrite(line) {
+    let msg;
+    try {
+      msg = JSON.parse(line);
+    } catch {
+      return line;
+    }
+    if (msg.execute === 'cont' && hooks.beforeCont) {
+      const hook = hooks.beforeCont;
+      hooks.beforeCont = undefined;
+      await hook();
+      return line;
+    }
+    const m = teePrefix && msg.execute === 'migrate' ? /^tcp:(.+):(\d+)$/.exec(msg.arguments?.uri ?? '') : null;
+    if (!m) return line;
+    const file = `${teePrefix}-${++migrations}.stream`;
+    streams.push(file);
+    const relay = net.createServer((from) => {
+      relay.close();
+      const to = net.connect({ host: m[1], port: Number(m[2]) });
+      const tee = createWriteStream(file);
+      from.on('data', (d) => {
+        tee.write(d);
+        if (!to.write(d)) {
+          from.pause();
+          to.once('drain', () => from.resume());
+        }
+      });
+      from.on('end', () => {
+        tee.end();
+        to.end();
+      });
+      from.on('error', () => to.destroy());
+      to.on('error', () => from.destroy());
+      to.on('data', (d) => from.write(d));
+    });
+    await new Promise((r) => relay.listen(0, '127.0.0.1', r));
+    msg.arguments.uri = `tcp:127.0.0.1:${relay.address().port}`;
+    return `${JSON.stringify(msg)}\n`;
+  }
+  return new Promise((resolve) => server.listen(path, () => resolve({ streams, hooks, close: () => server.close() })));
 }
