@@ -58,6 +58,8 @@ export class AgentConnection {
   private nextReq = 1;
   private outstanding = 0;
   private failure: Error | undefined;
+  /** close() was called: no more requests are written. */
+  private closing = false;
   /** The last submitted frame's write: the next waits for it, so frames go out in submit order. */
   private writing: Promise<void> = Promise.resolve();
   private constructor(
@@ -200,9 +202,12 @@ export class AgentConnection {
     answer.catch(() => undefined); // the caller sees the rejection; it must not count as unhandled while we wait to send
     const written = this.writing.then(async () => {
       while (this.outstanding >= this.window && !this.failure) await new Promise<void>((resolve) => this.slots.push(resolve));
-      if (this.failure) {
-        settle.reject(this.failure);
-        throw this.failure;
+      // After close(), a request still queued (a write's batch in flight) fails with that reason, not
+      // with the socket's "write after end".
+      const refused = this.failure ?? (this.closing ? new VnstoreError('E_IO', 'the agent closed the connection') : undefined);
+      if (refused) {
+        settle.reject(refused);
+        throw refused;
       }
       const req = this.nextReq;
       this.nextReq = this.nextReq >= 0xfffffffe ? 1 : this.nextReq + 1;
@@ -227,6 +232,7 @@ export class AgentConnection {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     if (this.socket.destroyed) return;
     await new Promise<void>((resolve) => {
       this.socket.once('close', () => resolve());
