@@ -1,9 +1,8 @@
 /**
- * The agent's writes pipeline across calls (issue 12): a write call settles once its pages are
- * copied, not once its OFFER or PAGES are answered, so the next call is scanned and offered while
- * the server stores; a page written again still reaches the server after its earlier copy, and an
- * error answer fails the next call or prepare. Checked against a scripted server that holds
- * answers back.
+ * The agent's writes pipeline across calls (issue 12): a write call settles once its frames are
+ * written, not once its PAGES are answered, so the next call hashes and offers while the server
+ * stores; frames still reach the server in call order, and a PAGES error fails the next call or
+ * prepare. Checked against a scripted server that holds PAGES answers back.
  */
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -16,14 +15,10 @@ afterEach(() => {
   for (const s of servers.splice(0)) s.close();
 });
 
-/**
- * A server that answers HELLO, BEGIN, OFFER (every page missing) and PREPARE, and keeps PAGES
- * unanswered in `held`; with `holdOffers`, OFFERs wait in `offers` too (release() answers them).
- */
-async function scriptedServer(holdOffers = false) {
+/** A server that answers HELLO, BEGIN, OFFER (every page missing) and PREPARE, and keeps PAGES unanswered in `held`. */
+async function scriptedServer() {
   const log: string[] = [];
   const held: { req: number; indices: number[]; answer: (m: Message) => void }[] = [];
-  const offers: (() => void)[] = [];
   const server = net.createServer((sock) => {
     const d = new FrameDecoder();
     const answer = (m: Message) => sock.write(encodeMessage(m));
@@ -35,9 +30,7 @@ async function scriptedServer(holdOffers = false) {
         else if (m.t === 'begin') answer({ t: 'result', req: m.req, json: '{"parent":null}' });
         else if (m.t === 'offer') {
           log.push(`offer ${Array.from(m.indices).join(',')}`);
-          const missing = () => answer({ t: 'missing', req: m.req, positions: Uint32Array.from(m.indices.keys()) });
-          if (holdOffers) offers.push(missing);
-          else missing();
+          answer({ t: 'missing', req: m.req, positions: Uint32Array.from(m.indices.keys()) });
         } else if (m.t === 'pages') {
           log.push(`pages ${Array.from(m.indices).join(',')} ${Buffer.from(m.data.subarray(0, 1)).toString('hex')}`);
           held.push({ req: m.req, indices: Array.from(m.indices), answer });
@@ -51,7 +44,7 @@ async function scriptedServer(holdOffers = false) {
   servers.push(server);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as net.AddressInfo;
-  return { address: `127.0.0.1:${port}`, log, held, offers };
+  return { address: `127.0.0.1:${port}`, log, held };
 }
 
 const pages = (n: number, fill: number) => Buffer.alloc(n * PAGE, fill);
@@ -71,32 +64,6 @@ describe('agent write pipelining', () => {
     await s.writePages(1, pages(1, 0x22)); // page 1 again, new content
     await until(() => srv.held.length === 2);
     expect(srv.log).toEqual(['offer 0,1', 'pages 0,1 11', 'offer 1', 'pages 1 22']);
-    for (const h of srv.held) h.answer({ t: 'result', req: h.req, json: '{}' });
-    await expect(s.prepare()).resolves.toMatchObject({ id: '0123456789abcdef' });
-    await client.close();
-  });
-
-  it('a write settles before its OFFER is answered; a later write of the same pages waits for their PAGES', async () => {
-    const srv = await scriptedServer(true);
-    const client = await AgentClient.connect({ server: srv.address, token: 't' });
-    const s = await client.beginSession({ vm: 'vm', memoryBytes: 16 * PAGE });
-    const first = pages(2, 0x11);
-    await s.writePages(0, first); // settles with its OFFER unanswered: the pages were copied
-    first.fill(0x99); // the caller may reuse its buffer at once
-    await s.writePages(8, pages(1, 0x33)); // no page in common: offered at once
-    await s.writePages(1, pages(1, 0x22)); // page 1 again: not offered before the first write's PAGES
-    await until(() => srv.offers.length === 2);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(srv.log).toEqual(['offer 0,1', 'offer 8']);
-    srv.offers.splice(0).forEach((release) => release());
-    await until(() => srv.held.length === 2 && srv.offers.length === 1);
-    // The first write's pages keep their content although the caller overwrote its buffer, and the
-    // second write of page 1 is offered only after them.
-    expect(srv.log.slice(0, 3)).toEqual(['offer 0,1', 'offer 8', 'pages 0,1 11']);
-    expect(srv.log.slice(3).sort()).toEqual(['offer 1', 'pages 8 33']);
-    srv.offers[0]();
-    await until(() => srv.held.length === 3);
-    expect(srv.log[5]).toBe('pages 1 22');
     for (const h of srv.held) h.answer({ t: 'result', req: h.req, json: '{}' });
     await expect(s.prepare()).resolves.toMatchObject({ id: '0123456789abcdef' });
     await client.close();

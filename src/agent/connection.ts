@@ -7,7 +7,7 @@ import tls from 'node:tls';
 import { decodeMessage, encodeMessage, encodeMessageParts, type Message } from '../protocol/messages.js';
 import { FrameDecoder, writeFrame } from '../protocol/frames.js';
 import { ProtocolError, RemoteError } from '../protocol/errors.js';
-import { MAX_FRAME_BYTES, MAX_OFFERS_PER_BATCH, MAX_PAGES_PER_BATCH, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
+import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import { SlabPool } from '../chunk/slab-pool.js';
 import { parseAddress } from '../server/address.js';
@@ -43,23 +43,14 @@ interface Waiter {
   stream?: StreamHandler;
 }
 
-/** Pages per OFFER of a pipelined write: small enough that scanning one overlaps the next's round trip. */
-export const OFFER_BATCH_PAGES = Math.min(MAX_OFFERS_PER_BATCH, 4 * MAX_PAGES_PER_BATCH);
-/** Batches of a session in flight at once (taken and not answered): 8 × 4 MiB of page copies. */
-export const BATCHES_IN_FLIGHT = 8;
-
 export class AgentConnection {
   private readonly waiters = new Map<number, Waiter>();
-  /** Page buffers for PAGES requests, reused once answered (fresh memory faults on first touch): enough for every batch in flight. */
-  readonly pageBuffers = new SlabPool(MAX_PAGES_PER_BATCH * PAGE_SIZE, (BATCHES_IN_FLIGHT * OFFER_BATCH_PAGES) / MAX_PAGES_PER_BATCH);
-  /** Sessions' copies of the pages of a write (src/agent/session.ts), reused across sessions. */
-  readonly batchBuffers = new SlabPool(OFFER_BATCH_PAGES * PAGE_SIZE, BATCHES_IN_FLIGHT);
+  /** Page buffers for PAGES requests, reused once answered (fresh memory faults on first touch). */
+  readonly pageBuffers = new SlabPool(MAX_PAGES_PER_BATCH * PAGE_SIZE, 2 * DEFAULT_WINDOW);
   private readonly slots: (() => void)[] = [];
   private nextReq = 1;
   private outstanding = 0;
   private failure: Error | undefined;
-  /** close() was called: no more requests are written. */
-  private closing = false;
   /** The last submitted frame's write: the next waits for it, so frames go out in submit order. */
   private writing: Promise<void> = Promise.resolve();
   private constructor(
@@ -202,12 +193,9 @@ export class AgentConnection {
     answer.catch(() => undefined); // the caller sees the rejection; it must not count as unhandled while we wait to send
     const written = this.writing.then(async () => {
       while (this.outstanding >= this.window && !this.failure) await new Promise<void>((resolve) => this.slots.push(resolve));
-      // After close(), a request still queued (a write's batch in flight) fails with that reason, not
-      // with the socket's "write after end".
-      const refused = this.failure ?? (this.closing ? new VnstoreError('E_IO', 'the agent closed the connection') : undefined);
-      if (refused) {
-        settle.reject(refused);
-        throw refused;
+      if (this.failure) {
+        settle.reject(this.failure);
+        throw this.failure;
       }
       const req = this.nextReq;
       this.nextReq = this.nextReq >= 0xfffffffe ? 1 : this.nextReq + 1;
@@ -232,7 +220,6 @@ export class AgentConnection {
   }
 
   async close(): Promise<void> {
-    this.closing = true;
     if (this.socket.destroyed) return;
     await new Promise<void>((resolve) => {
       this.socket.once('close', () => resolve());

@@ -4,9 +4,8 @@
  * offered by digest and only those the server lacks are sent with their bytes.
  */
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
-import { hashPages, isZeroPage, pageScanner } from '../chunk/hash.js';
+import { hashPages, isZeroPage } from '../chunk/hash.js';
 import { MAX_OFFERS_PER_BATCH, MAX_PAGES_PER_BATCH } from '../protocol/limits.js';
-import { BATCHES_IN_FLIGHT, OFFER_BATCH_PAGES } from './connection.js';
 import type { SnapshotRecord } from '../store/db.js';
 import type { CommitOptions, SessionOptions } from '../store/session.js';
 import { VnstoreError } from '../util/errors.js';
@@ -31,8 +30,8 @@ export class RemoteSession {
   private furthestByte = 0;
   private state: 'open' | 'prepared' | 'done' = 'open';
   private gathered: { indices: number[]; data: Uint8Array; slotOf: Map<number, number> } | undefined;
-  /** Batches taken and not yet answered, oldest first (Set order), and the first error one brought. */
-  private readonly batches = new Set<Batch>();
+  /** PAGES answers not yet in (writes settle before them), and the first error one brought. */
+  private readonly unanswered = new Set<Promise<unknown>>();
   private failure: Error | undefined;
 
   constructor(
@@ -100,152 +99,102 @@ export class RemoteSession {
   }
 
   /**
-   * Takes a write call's pages: zero pages go as ranges, the rest are offered by digest and the bytes
-   * of those the server lacks follow. A page listed twice is sent once, with its later content.
+   * Sends whole pages: zero pages as ranges, the rest offered by digest; the bytes of the pages the
+   * server lacks follow. A page listed twice is sent once, with its later content.
    *
-   * The call settles once its pages are copied into the session's batch buffers (OFFER_BATCH_PAGES
-   * pages each), as the library session's writes settle once queued: the caller may reuse `data` at
-   * once, and the next call is copied while this one's batches are scanned (zero test and BLAKE3 on
-   * the thread pool), offered and sent. Without that, a caller that awaits each write kept agent
-   * and server waiting on each other at every call (bench/RESULTS.md, issue 12). A batch's error
-   * (an error answer to OFFER, PAGES or ZERO) fails the session's next write call, or PREPARE.
+   * Pipelined: the call's pages go in batches of OFFER_BATCH_PAGES, and the next batch is hashed
+   * and offered while earlier ones wait for their answers and send their bytes (the connection's
+   * window bounds what is outstanding). Batches may reach the server interleaved; that is safe
+   * because, after dropping all but the last copy of each page, no two batches share a page index.
+   * Across calls: a call settles once its last frame is written (PAGES frames carry copies of the
+   * pages), not answered, so the next call hashes while the server stores this one's pages; frames
+   * are written in order, so a later call's pages reach the server after this call's. A PAGES
+   * answer's error fails the next call, or prepare.
    */
   private async send(indices: Uint32Array, data: Uint8Array): Promise<void> {
     this.throwIfFailed();
     const keep = lastOccurrences(indices);
-    for (let start = 0; start < keep.length; start += OFFER_BATCH_PAGES) {
-      // Bound the batches in flight (each holds a copy of its pages until its answers are in).
-      while (this.batches.size >= BATCHES_IN_FLIGHT) await Promise.race([...this.batches].map((b) => b.done));
-      this.throwIfFailed();
-      const positions = keep.subarray(start, Math.min(keep.length, start + OFFER_BATCH_PAGES));
-      const n = positions.length;
-      const pageIndices = new Uint32Array(n);
-      const copy = this.conn.batchBuffers.take(n * PAGE_SIZE);
-      const contiguous = positions[n - 1] - positions[0] === n - 1;
-      if (contiguous) copy.set(data.subarray(positions[0] * PAGE_SIZE, (positions[0] + n) * PAGE_SIZE));
-      for (let j = 0; j < n; j++) {
-        const k = positions[j];
-        pageIndices[j] = indices[k];
-        if (!contiguous) copy.set(data.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE), j * PAGE_SIZE);
-      }
-      this.startBatch(pageIndices, copy);
+    const digests = new Uint8Array(indices.length * DIGEST_BYTES);
+    const pending: Promise<void>[] = [];
+    let failed = false;
+    for (let start = 0; start < keep.length && !failed; start += OFFER_BATCH_PAGES) {
+      const batch = this.sendBatch(indices, data, digests, keep.subarray(start, Math.min(keep.length, start + OFFER_BATCH_PAGES)));
+      batch.catch(() => (failed = true));
+      pending.push(batch);
+      // Bound the batches in flight (each holds its page copies until answered).
+      if (pending.length >= BATCHES_IN_FLIGHT) await pending[pending.length - BATCHES_IN_FLIGHT].catch(() => undefined);
     }
+    // Every batch settled before this call does: the next write must not overtake one still in flight.
+    const settled = await Promise.allSettled(pending);
+    for (const r of settled) if (r.status === 'rejected') throw r.reason;
+    this.throwIfFailed();
   }
 
   /**
-   * Scans, offers and sends one batch (its own copy of n pages, page j at page index indices[j], no
-   * index twice). Batches are scanned in parallel but offered in the order they were taken, and a
-   * batch sharing a page index range with an earlier one still waiting for its OFFER answer waits
-   * until that one's PAGES are submitted: its frames then reach the server after them, and the
-   * later write of the page wins. Batches of one call never share an index (lastOccurrences).
+   * One batch: positions `keep` (into `indices` and `data`), hashed here into `digests` at those
+   * positions. Settles once its frames are written and its ZERO and OFFER answered.
    */
-  private startBatch(indices: Uint32Array, data: Uint8Array): void {
-    const n = indices.length;
-    let lo = indices[0];
-    let hi = indices[0];
-    for (const i of indices) {
-      lo = Math.min(lo, i);
-      hi = Math.max(hi, i);
-    }
-    const earlier = [...this.batches];
-    const previous = earlier[earlier.length - 1];
-    let offered!: () => void;
-    let pagesSubmitted!: () => void;
-    const batch: Batch = {
-      lo,
-      hi,
-      offered: new Promise<void>((resolve) => (offered = resolve)),
-      pagesSubmitted: new Promise<void>((resolve) => (pagesSubmitted = resolve)),
-      done: Promise.resolve(),
-    };
-    const run = async () => {
-      const zero = new Uint8Array(n);
-      const digests = new Uint8Array(n * DIGEST_BYTES);
-      try {
-        await scanPages(data, n, zero, digests);
-        if (previous) await previous.offered;
-        for (const b of earlier) if (b.lo <= hi && lo <= b.hi) await b.pagesSubmitted;
-        this.throwIfFailed();
-        await this.offerBatch(indices, data, zero, digests, offered, pagesSubmitted);
-      } finally {
-        offered();
-        pagesSubmitted();
-      }
-    };
-    batch.done = run().then(
-      // Every answer is in: the server has read the copy, so it can take another batch's pages.
-      () => this.conn.batchBuffers.give(data),
-      (err: unknown) => void (this.failure ??= err instanceof Error ? err : new Error(String(err))),
-    );
-    this.batches.add(batch);
-    void batch.done.then(() => this.batches.delete(batch));
-  }
-
-  /**
-   * Submits a scanned batch's ZERO and OFFER frames (`offered` once they are submitted), then, on
-   * the OFFER's answer, the PAGES frames of the pages the server lacks (`pagesSubmitted`); settles
-   * once every answer is in.
-   */
-  private async offerBatch(
-    indices: Uint32Array,
-    data: Uint8Array,
-    zero: Uint8Array,
-    digests: Uint8Array,
-    offered: () => void,
-    pagesSubmitted: () => void,
-  ): Promise<void> {
-    const zeroAt: number[] = [];
+  private async sendBatch(indices: Uint32Array, data: Uint8Array, digests: Uint8Array, keep: Uint32Array): Promise<void> {
+    const zero: number[] = [];
     const offer: number[] = [];
-    for (let j = 0; j < indices.length; j++) (zero[j] ? zeroAt : offer).push(j);
-    const answers: Promise<unknown>[] = [];
-    if (zeroAt.length > 0) {
-      answers.push(this.conn.submit({ t: 'zero', sid: this.sid, ranges: zeroRanges(zeroAt.map((j) => indices[j])) }).answer);
-      this.stats.zeroPages += zeroAt.length;
+    for (const k of keep) (isZeroPage(data, k * PAGE_SIZE) ? zero : offer).push(k);
+    hashPages(data, Uint32Array.from(offer), digests);
+    const pending: Promise<unknown>[] = [];
+    // Requests answered while this batch still waits on its offer: their failure is seen below.
+    const track = (p: Promise<unknown>) => {
+      p.catch(() => undefined);
+      pending.push(p);
+    };
+    if (zero.length > 0) {
+      track(this.conn.request({ t: 'zero', sid: this.sid, ranges: zeroRanges(zero.map((k) => indices[k])) }));
+      this.stats.zeroPages += zero.length;
     }
-    if (offer.length === 0) {
-      offered();
-      pagesSubmitted();
-      await Promise.all(answers);
-      return;
-    }
-    this.stats.pagesOffered += offer.length;
-    const offerIndices = Uint32Array.from(offer, (j) => indices[j]);
-    const offerDigests = gatherDigests(digests, offer);
-    const asked = this.conn.submit({ t: 'offer', sid: this.sid, indices: offerIndices, digests: offerDigests });
-    offered();
-    const answer = await asked.answer;
-    if (answer.t !== 'missing') throw new VnstoreError('E_PROTOCOL', `server answered OFFER with ${answer.t.toUpperCase()}`);
-    const missing = answer.positions;
-    for (let b = 0; b < missing.length; b += MAX_PAGES_PER_BATCH) {
-      const part = missing.subarray(b, Math.min(missing.length, b + MAX_PAGES_PER_BATCH));
-      for (const m of part)
-        if (m >= offer.length) throw new VnstoreError('E_PROTOCOL', `server asked for page ${m} of an offer of ${offer.length}`);
-      // Positions in the batch's copy: a run of them goes out as a view of it, others are gathered.
-      const picked = Array.from(part, (m) => offer[m]);
-      const run = picked[picked.length - 1] - picked[0] === picked.length - 1;
-      const bytes = run
-        ? data.subarray(picked[0] * PAGE_SIZE, (picked[0] + picked.length) * PAGE_SIZE)
-        : this.conn.pageBuffers.take(picked.length * PAGE_SIZE);
-      if (!run) picked.forEach((j, at) => bytes.set(data.subarray(j * PAGE_SIZE, (j + 1) * PAGE_SIZE), at * PAGE_SIZE));
-      const sent = this.conn.submit({
-        t: 'pages',
-        sid: this.sid,
-        indices: Uint32Array.from(part, (m) => offerIndices[m]),
-        digests: gatherDigests(offerDigests, part),
-        data: bytes,
-      });
-      answers.push(sent.answer);
-      // A gathered buffer is reused once the server has answered (it has read the bytes then); on
-      // failure the socket may still hold them, so it is not.
-      if (!run)
+    if (offer.length > 0) {
+      const offerIdx = Uint32Array.from(offer, (k) => indices[k]);
+      const offerDigests = gatherDigests(digests, offer);
+      this.stats.pagesOffered += offer.length;
+      const answer = await this.conn.request({ t: 'offer', sid: this.sid, indices: offerIdx, digests: offerDigests });
+      if (answer.t !== 'missing') throw new VnstoreError('E_PROTOCOL', `server answered OFFER with ${answer.t.toUpperCase()}`);
+      const missing = answer.positions;
+      for (let b = 0; b < missing.length; b += MAX_PAGES_PER_BATCH) {
+        const part = missing.subarray(b, Math.min(missing.length, b + MAX_PAGES_PER_BATCH));
+        const picked: number[] = [];
+        for (const j of part) {
+          if (j >= offer.length) throw new VnstoreError('E_PROTOCOL', `server asked for page ${j} of an offer of ${offer.length}`);
+          picked.push(offer[j]);
+        }
+        // A reused buffer, given back once the server has answered (it has read the bytes then).
+        const bytes = this.conn.pageBuffers.take(picked.length * PAGE_SIZE);
+        picked.forEach((k, j) => bytes.set(data.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE), j * PAGE_SIZE));
+        const sent = this.conn.submit({
+          t: 'pages',
+          sid: this.sid,
+          indices: Uint32Array.from(picked, (k) => indices[k]),
+          digests: gatherDigests(digests, picked),
+          data: bytes,
+        });
+        track(sent.written);
+        this.awaitAnswer(sent.answer);
         void sent.answer.then(
           () => this.conn.pageBuffers.give(bytes),
-          () => undefined,
+          () => undefined, // failed: the socket may still hold the bytes, so the buffer is not reused
         );
-      this.stats.pagesSent += part.length;
+        this.stats.pagesSent += part.length;
+      }
     }
-    pagesSubmitted();
-    await Promise.all(answers);
+    await Promise.all(pending);
+  }
+
+  /** A PAGES answer not waited for by its call: its error fails the session's next call or prepare. */
+  private awaitAnswer(answer: Promise<unknown>): void {
+    this.unanswered.add(answer);
+    answer.then(
+      () => this.unanswered.delete(answer),
+      (err: unknown) => {
+        this.unanswered.delete(answer);
+        this.failure ??= err instanceof Error ? err : new Error(String(err));
+      },
+    );
   }
 
   private throwIfFailed(): void {
@@ -255,7 +204,7 @@ export class RemoteSession {
   /** Every write's answers in: throws the first error one of them had. */
   private async allAnswered(): Promise<void> {
     await this.queue;
-    while (this.batches.size > 0) await Promise.all([...this.batches].map((b) => b.done));
+    await Promise.allSettled([...this.unanswered]);
     this.throwIfFailed();
   }
 
@@ -299,8 +248,7 @@ export class RemoteSession {
     if (this.state === 'done') return;
     this.state = 'done';
     this.gathered = undefined;
-    await this.queue.catch(() => undefined);
-    while (this.batches.size > 0) await Promise.all([...this.batches].map((b) => b.done));
+    await this.queue;
     await this.conn.request({ t: 'abort', sid: this.sid });
   }
 
@@ -319,47 +267,13 @@ function padToPages(data: Uint8Array, n: number): Uint8Array {
   return out;
 }
 
-/** A batch in flight, for the order of later ones (see startBatch). */
-interface Batch {
-  /** Its lowest and highest page index. */
-  lo: number;
-  hi: number;
-  /** Settles once its OFFER (and ZERO) frames are submitted, or it failed before. */
-  offered: Promise<void>;
-  /** Settles once its PAGES frames are submitted, or it failed before. */
-  pagesSubmitted: Promise<void>;
-  /** Settles (never rejects) once every answer is in or it failed; its error is the session's failure. */
-  done: Promise<void>;
-}
-
-/**
- * zero[j] = 1 for each all-zero page j of src's first n pages, the others' BLAKE3 into out[j*32..]:
- * one pass on the thread pool where the native scanner serves (src is then a whole slab, so 8-byte
- * aligned), else on this thread.
- */
-async function scanPages(src: Uint8Array, n: number, zero: Uint8Array, out: Uint8Array): Promise<void> {
-  const scanner = pageScanner();
-  if (scanner && src.byteOffset % 8 === 0) {
-    await scanner.scanPagesAsync(src, n, zero, out);
-    return;
-  }
-  const hash: number[] = [];
-  for (let j = 0; j < n; j++)
-    if (isZeroPage(src, j * PAGE_SIZE)) zero[j] = 1;
-    else hash.push(j);
-  hashPages(src, Uint32Array.from(hash), out);
-}
+/** Pages per OFFER of a pipelined write: small enough that hashing one overlaps the next's round trip. */
+const OFFER_BATCH_PAGES = Math.min(MAX_OFFERS_PER_BATCH, 4 * MAX_PAGES_PER_BATCH);
+/** Batches of one write in flight at once. */
+const BATCHES_IN_FLIGHT = 4;
 
 /** Positions k of `indices` that are the last occurrence of their page index, in order. */
 function lastOccurrences(indices: Uint32Array): Uint32Array {
-  let ascending = true;
-  for (let k = 1; k < indices.length && ascending; k++) ascending = indices[k] > indices[k - 1];
-  if (ascending) {
-    // Every index once (writePages, sorted lists): no map of them.
-    const all = new Uint32Array(indices.length);
-    for (let k = 0; k < all.length; k++) all[k] = k;
-    return all;
-  }
   const last = new Map<number, number>();
   for (let k = 0; k < indices.length; k++) last.set(indices[k], k);
   if (last.size === indices.length) return Uint32Array.from(indices.keys());
@@ -367,7 +281,7 @@ function lastOccurrences(indices: Uint32Array): Uint32Array {
 }
 
 /** The digests at `positions` of `digests`, packed in that order. */
-function gatherDigests(digests: Uint8Array, positions: ArrayLike<number>): Uint8Array {
+function gatherDigests(digests: Uint8Array, positions: number[]): Uint8Array {
   const out = new Uint8Array(positions.length * DIGEST_BYTES);
   // A byte loop: a subarray and set() per 32-byte digest cost more than the copy itself.
   for (let j = 0; j < positions.length; j++) {
@@ -376,12 +290,9 @@ function gatherDigests(digests: Uint8Array, positions: ArrayLike<number>): Uint8
   return out;
 }
 
-/** Page indices as (first, count) pairs of runs, in ascending order. */
-function zeroRanges(list: number[]): Uint32Array {
-  const pages = Uint32Array.from(list);
-  let ascending = true;
-  for (let k = 1; k < pages.length && ascending; k++) ascending = pages[k] > pages[k - 1];
-  if (!ascending) pages.sort(); // a typed array sorts numerically, natively
+/** Sorted page indices as (first, count) pairs of runs. */
+function zeroRanges(pages: number[]): Uint32Array {
+  pages.sort((a, b) => a - b);
   const out: number[] = [];
   for (const p of pages) {
     const n = out.length;
