@@ -3,10 +3,12 @@
 // server (a child process) on this machine, against single-thread BLAKE3 (one blake3() call per
 // page) over the same bytes in memory. Run `npm run build` first.
 //   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--no-aggregate] [--json]
-// --warmup-mib (default 32): before the timed phases, one snapshot of another VM of that size is
-// stored and restored, so both processes have compiled their hot code, as a running daemon has (in a
-// fresh server process, V8's optimising compiler took about a quarter of the server's CPU during
-// its first 128 MiB snapshot: perf, bench/RESULTS.md). 0 times a fresh server.
+// --warmup-mib (default 32): before the timed phases, another VM of that size goes through every
+// timed phase (a first snapshot, two consecutive ones, a dirty-list one, a restore), so both
+// processes have compiled their hot code, as a running daemon has: in a fresh server process V8's
+// optimising compiler took about a quarter of the server's CPU during its first 128 MiB snapshot,
+// and the first consecutive snapshots took 2-3x the server CPU of later ones (bench/RESULTS.md).
+// 0 times a fresh server.
 // $BENCH_SERVE_NODE_ARGS: extra node flags for the server child (e.g. "--cpu-prof --cpu-prof-dir=D").
 // Figures: first snapshot, consecutive from the whole image, consecutive with a 10% dirty-page list
 // (logical bytes / time), restore (verified client-side), wire bytes of the consecutive snapshot
@@ -135,7 +137,14 @@ try {
   const client = await AgentClient.connect({ server: srv.address, token });
   const warmupMiB = Number(args['warmup-mib']);
   if (warmupMiB > 0) {
-    const warm = await push(client, 'warmup', makeImage(warmupMiB, 99), { parent: 'none' });
+    const warmImage = makeImage(warmupMiB, 99);
+    const warmDirty = [];
+    for (let p = 0; p < warmImage.length / PAGE; p += 10) warmDirty.push(p);
+    let warm = await push(client, 'warmup', warmImage, { parent: 'none' });
+    for (let round = 1; round <= 3; round++) {
+      for (const p of warmDirty) warmImage.writeUInt32LE(round, p * PAGE + 8);
+      warm = await push(client, 'warmup', warmImage, round === 3 ? { dirty: warmDirty } : {});
+    }
     await client.restore(warm.rec.id, () => undefined);
   }
   const r = {};

@@ -62,7 +62,12 @@ export class PageTable {
 
   setDigest(i: number, digest: Uint8Array, digestOffset = 0): void {
     this.kinds[i] = PageKind.Digest;
-    this.digests.set(digest.subarray(digestOffset, digestOffset + DIGEST_BYTES), i * DIGEST_BYTES);
+    // A byte loop, not subarray + set: a view per page cost 10-15 ms per 128 MiB snapshot's
+    // inherited pages, and more again in its garbage collection (issue 12's profiles).
+    const d = this.digests;
+    if ((i + 1) * DIGEST_BYTES > d.length || digestOffset + DIGEST_BYTES > digest.length)
+      throw new RangeError(`page ${i}: digest out of range`);
+    for (let k = 0, to = i * DIGEST_BYTES; k < DIGEST_BYTES; k++) d[to + k] = digest[digestOffset + k];
   }
 
   sameDigest(i: number, other: Uint8Array, otherOffset: number): boolean {

@@ -143,46 +143,34 @@ export interface DataSink {
   send(firstPage: number, digests: Uint8Array, data: Uint8Array): Promise<void>;
 }
 
-/** Batch buffers of one restore: one being filled while the other is written out. */
-const RESTORE_BUFFERS = 2;
-
 /**
  * Streams snapshot `record` as DATA batches of up to MAX_PAGES_PER_BATCH pages, each with its page
  * digests (zero pages as 32 zero bytes) so the client verifies every page and the image digest.
+ * Each batch is sent from the window restore lends (whole pages from a page boundary, 256 pages on
+ * this build): no copy into a batch buffer of its own, which took a sixth of a warm server's main
+ * thread during a restore (bench/RESULTS.md, issue 12). The window is lent until its frames are
+ * written, and restore decodes the next windows meanwhile.
  */
 export async function streamRestore(store: Store, record: SnapshotRecord, out: DataSink): Promise<void> {
   const pages = await store.loadPages(record.id);
   const batchBytes = MAX_PAGES_PER_BATCH * PAGE_SIZE;
-  // Reused buffers, not a fresh one per batch: fresh memory costs a page fault per 4 KiB on first
-  // touch, more than the copy (bench/RESULTS.md). A buffer is refilled only once its send settled.
-  const bufs = Array.from({ length: RESTORE_BUFFERS }, () => ({ bytes: Buffer.allocUnsafe(batchBytes), sent: Promise.resolve() }));
-  let cur = 0;
-  let fill = 0;
   let firstPage = 0;
-  const flush = () => {
-    const n = Math.ceil(fill / PAGE_SIZE);
+  const send = (data: Uint8Array): Promise<void> => {
+    const n = Math.ceil(data.length / PAGE_SIZE);
     const digests = new Uint8Array(n * DIGEST_BYTES);
     for (let k = 0; k < n; k++)
       if (pages.kinds[firstPage + k] === PageKind.Digest) digests.set(pages.digestAt(firstPage + k), k * DIGEST_BYTES);
-    const b = bufs[cur];
-    b.sent = out.send(firstPage, digests, b.bytes.subarray(0, fill));
+    const sent = out.send(firstPage, digests, data);
     firstPage += n;
-    fill = 0;
-    cur = (cur + 1) % RESTORE_BUFFERS;
-    return bufs[cur].sent;
+    return sent;
   };
   await restoreSnapshot(store, record, {
-    // Restore lends each chunk: copy it into the batch (the DATA frame is written from that copy).
+    // Every window but the image's last is whole pages, so each batch starts at a page boundary.
     write: async (chunk) => {
-      for (let pos = 0; pos < chunk.length;) {
-        const n = Math.min(chunk.length - pos, batchBytes - fill);
-        bufs[cur].bytes.set(chunk.subarray(pos, pos + n), fill);
-        fill += n;
-        pos += n;
-        if (fill === batchBytes) await flush();
-      }
+      const sends: Promise<void>[] = [];
+      for (let pos = 0; pos < chunk.length; pos += batchBytes)
+        sends.push(send(chunk.subarray(pos, Math.min(chunk.length, pos + batchBytes))));
+      await Promise.all(sends);
     },
   });
-  if (fill > 0) flush();
-  await Promise.all(bufs.map((b) => b.sent));
 }

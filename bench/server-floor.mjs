@@ -1,0 +1,188 @@
+#!/usr/bin/env node
+// The floors under two of issue 12's ratios, measured in one run beside the baseline they divide:
+//  - what a snapshot through `vnstore serve` costs whatever its size: a dirty-list snapshot that lists
+//    no page (BEGIN with the parent's page table, PREPARE: manifest written durably and the prepared
+//    snapshot held durably for a coordinator, COMMIT: the catalog batch), each step timed on its own,
+//    and the fsync/fdatasync calls the server makes for it (counted with strace, when present);
+//  - the same steps' durable writes done bare: write + fsync + rename + fsync of the directory for the
+//    manifest's bytes, and a small write + fdatasync (a LevelDB log append with sync);
+//  - write + fdatasync of the bytes LZ4 leaves of the image's non-zero pages (a first snapshot's pack
+//    write) and of bench/server.mjs's 10% dirty pages (a dirty-list snapshot's).
+// From these it prints the best ratio each floor allows: the 10% dirty list can be no faster than
+// the empty snapshot, nor than its pack write (ratio <= image bytes / that time / baseline), and a
+// first snapshot no faster than its pack write. Run `npm run build` first.
+//   node bench/server-floor.mjs [--mib 128] [--reps 7] [--json]
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, fdatasyncSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { blake3 } from '@napi-rs/blake-hash';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const CLI = join(root, 'dist', 'cli', 'bin.cjs');
+const { AgentClient } = await import(join(root, 'dist', 'index.js'));
+const { getCodec } = await import(join(root, 'dist', 'chunk', 'codec.js'));
+const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
+const { values: args } = parseArgs({
+  options: { mib: { type: 'string', default: '128' }, reps: { type: 'string', default: '7' }, json: { type: 'boolean', default: false } },
+});
+const PAGE = 4096;
+const MB = 1e6;
+const reps = Number(args.reps);
+const now = () => performance.now() / 1000;
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const loadavg = async () => (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number);
+
+const image = makeImage(Number(args.mib), 1);
+const out = { date: new Date().toISOString(), imageMiB: Number(args.mib), reps, loadavg: await loadavg() };
+let t = now();
+for (let o = 0; o < image.length; o += PAGE) blake3(image.subarray(o, o + PAGE));
+out.baselineMBps = image.length / MB / (now() - t);
+
+const work = await mkdtemp(join(tmpdir(), 'vnstore-server-floor-'));
+try {
+  const store = join(work, 'store');
+  spawnSync(process.execPath, [CLI, 'init', '--store', store], { stdio: 'ignore' });
+  const token = (await readFile(join(store, 'access-token'), 'utf8')).trim();
+  const child = spawn(process.execPath, [CLI, 'serve', '--store', store, '--listen', '127.0.0.1:0'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  let listening = '';
+  await new Promise((res, rej) => {
+    child.stdout.on('data', (d) => {
+      listening += d;
+      if (/^listening /m.test(listening)) res();
+    });
+    child.on('exit', () => rej(new Error('vnstore serve exited')));
+  });
+  const client = await AgentClient.connect({ server: /^listening (\S+)$/m.exec(listening)[1], token });
+  const first = await client.beginSession({ vm: 'vm', memoryBytes: image.length, parent: 'none' });
+  for (let o = 0; o < image.length; o += 4096 * PAGE) await first.writePages(o / PAGE, image.subarray(o, o + 4096 * PAGE));
+  await first.commit();
+
+  /** One dirty-list snapshot that lists no page: seconds of BEGIN, PREPARE and COMMIT, and its record. */
+  const empty = async () => {
+    const t0 = now();
+    const s = await client.beginSession({ vm: 'vm', memoryBytes: image.length, parent: 'auto' });
+    const t1 = now();
+    await s.prepare({ byteLength: image.length, unwritten: 'parent' });
+    const t2 = now();
+    const record = await s.commitPreparedHere();
+    return { begin: t1 - t0, prepare: t2 - t1, commit: now() - t2, record };
+  };
+  for (let r = 0; r < 2; r++) await empty(); // warm both processes
+  const runs = [];
+  for (let r = 0; r < reps; r++) runs.push(await empty());
+  const step = (k) => median(runs.map((x) => x[k]));
+  out.emptySnapshot = { begin: step('begin'), prepare: step('prepare'), commit: step('commit') };
+  out.emptySnapshot.total = median(runs.map((x) => x.begin + x.prepare + x.commit));
+  const manifestBytes = runs[0].record.manifestBytes;
+  out.manifestBytes = manifestBytes;
+
+  // The server's fsync-family calls for `reps` empty snapshots (strace slows them: not timed).
+  const traced = join(work, 'strace.txt');
+  const strace = spawn('strace', ['-f', '-c', '-e', 'trace=fsync,fdatasync,sync_file_range', '-o', traced, '-p', String(child.pid)], {
+    stdio: 'ignore',
+  });
+  const attached = await Promise.race([
+    new Promise((res) => strace.once('error', () => res(false))),
+    new Promise((res) => setTimeout(() => res(true), 500)),
+  ]);
+  if (attached) {
+    for (let r = 0; r < reps; r++) await empty();
+    strace.kill('SIGINT');
+    await new Promise((res) => strace.once('exit', res));
+    const summary = await readFile(traced, 'utf8').catch(() => '');
+    out.syncCallsPerEmptySnapshot = {};
+    for (const m of summary.matchAll(/^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(fsync|fdatasync|sync_file_range)$/gm))
+      out.syncCallsPerEmptySnapshot[m[2]] = Number(m[1]) / reps;
+  }
+  await client.close();
+  child.kill('SIGTERM');
+  await new Promise((res) => child.on('exit', res));
+
+  // The same durable writes, bare, on the same file system.
+  const bare = (fn) => {
+    const times = [];
+    for (let r = 0; r < reps; r++) {
+      const t0 = now();
+      fn(r);
+      times.push(now() - t0);
+    }
+    return median(times);
+  };
+  const manifest = Buffer.alloc(manifestBytes, 7);
+  out.bareManifestWriteSeconds = bare((r) => {
+    const tmp = join(work, `m${r}.tmp`);
+    const fd = openSync(tmp, 'w', 0o600);
+    writeSync(fd, manifest);
+    fsyncSync(fd);
+    closeSync(fd);
+    renameSync(tmp, join(work, `m${r}`));
+    const dir = openSync(work, 'r');
+    fsyncSync(dir);
+    closeSync(dir);
+  });
+  const log = openSync(join(work, 'log'), 'a', 0o600);
+  out.bareSmallSyncWriteSeconds = bare(() => {
+    writeSync(log, Buffer.alloc(300, 1));
+    fdatasyncSync(log);
+  });
+  closeSync(log);
+  // Manifest (2 fsyncs) + hold + commit record (a synced log append each): the durable writes alone.
+  out.bareDurableStepsSeconds = out.bareManifestWriteSeconds + 2 * out.bareSmallSyncWriteSeconds;
+
+  // Pack writes: the LZ4 output of the pages, written in 4 MiB writes and fdatasync'ed (median of 3).
+  const codec = getCodec();
+  const packWrite = (src, pageNumbers) => {
+    const packed = codec.compressPages(
+      src,
+      pageNumbers.map((p) => p * PAGE),
+    ).payload;
+    const times = [];
+    for (let r = 0; r < 3; r++) {
+      const fd = openSync(join(work, `pack${r}`), 'w', 0o600);
+      const t0 = now();
+      for (let o = 0; o < packed.length; o += 4 << 20) writeSync(fd, packed, o, Math.min(4 << 20, packed.length - o));
+      fdatasyncSync(fd);
+      times.push(now() - t0);
+      closeSync(fd);
+    }
+    return { bytes: packed.length, seconds: median(times) };
+  };
+  // A first snapshot stores every non-zero page.
+  const zero = codec.zeroMask(image, image.length / PAGE);
+  const nonZero = [];
+  for (let p = 0; p < zero.length; p++) if (!zero[p]) nonZero.push(p);
+  out.firstPackWrite = packWrite(image, nonZero);
+  // bench/server.mjs's 10% dirty list: every tenth page, rewritten word by word (so incompressible).
+  const dirtyImage = Buffer.from(image);
+  const dirty = [];
+  for (let p = 0; p < image.length / PAGE; p += 10) dirty.push(p);
+  for (const p of dirty)
+    for (let o = 0; o < PAGE; o += 4) dirtyImage.writeUInt32LE((Math.imul(p, 2654435761) ^ o ^ 0x5a5a) >>> 0, p * PAGE + o);
+  out.dirty10PackWrite = packWrite(dirtyImage, dirty);
+
+  const imageMB = image.length / MB;
+  out.floors = {
+    dirty10Target: 8,
+    dirty10BudgetSeconds: imageMB / (8 * out.baselineMBps),
+    // Even with no page work at all, a dirty-list snapshot costs the empty one ...
+    dirty10MaxRatioFromEmptySnapshot: imageMB / out.emptySnapshot.total / out.baselineMBps,
+    // ... and, with everything else free and overlapped, the durable write of its new pages.
+    dirty10MaxRatioFromPackWrite: imageMB / out.dirty10PackWrite.seconds / out.baselineMBps,
+    firstTarget: 0.6,
+    // Even with every other stage free and overlapped, a first snapshot writes its packs durably.
+    firstMaxRatioFromPackWrite: imageMB / out.firstPackWrite.seconds / out.baselineMBps,
+  };
+  out.loadavgAfter = await loadavg();
+} finally {
+  await rm(work, { recursive: true, force: true });
+}
+if (args.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
+else
+  for (const [k, v] of Object.entries(out))
+    process.stdout.write(`${k.padEnd(26)} ${typeof v === 'number' ? v.toFixed(4) : JSON.stringify(v)}\n`);
