@@ -67,7 +67,15 @@ export function encodePackHeader(pageSize: number, version = PACK_VERSION): Buff
   return b;
 }
 
-export function parsePackHeader(b: Uint8Array, name: string): { pageSize: number; version: number } {
+/**
+ * Checks a pack's header. `versions`: those the caller reads (the store format 1/2 readers take 1 and
+ * 2; a version-3 pack is then refused as a newer one, and the format-3 reader takes 3 only).
+ */
+export function parsePackHeader(
+  b: Uint8Array,
+  name: string,
+  versions: readonly number[] = [PACK_VERSION, PACK_VERSION_CONTAINERS],
+): { pageSize: number; version: number } {
   const buf = Buffer.from(b.buffer, b.byteOffset, b.length);
   if (buf.length < PACK_HEADER_BYTES || !buf.subarray(0, 8).equals(PACK_MAGIC)) {
     throw new CorruptError(`pack ${name}: bad header magic`);
@@ -76,9 +84,11 @@ export function parsePackHeader(b: Uint8Array, name: string): { pageSize: number
   // Only a version above ours may be a newer writer's pack (kept, never quarantined); 0 was never
   // written, so it is damage, e.g. a pack torn after its magic.
   if (version < PACK_VERSION) throw new CorruptError(`pack ${name}: bad pack version ${version}`);
-  if (version !== PACK_VERSION && version !== PACK_VERSION_CONTAINERS) {
+  if (version > Math.max(...versions)) {
     throw new VnstoreError('E_FORMAT_VERSION', `pack ${name}: unsupported pack version ${version} (written by a newer vnstore?)`);
   }
+  if (!versions.includes(version))
+    throw new CorruptError(`pack ${name}: pack version ${version} does not belong in a store of this format`);
   if (buf.readUInt16LE(10) !== 0) throw new CorruptError(`pack ${name}: unknown header flags`);
   const pageSize = buf.readUInt32LE(12);
   if (pageSize !== PAGE_SIZE) throw new CorruptError(`pack ${name}: page size ${pageSize}, not ${PAGE_SIZE}`);
