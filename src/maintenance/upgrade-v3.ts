@@ -10,7 +10,7 @@ import path from 'node:path';
 import { getCodec } from '../chunk/codec.js';
 import { decodeContainer } from '../chunk/container.js';
 import { encodeManifestV2, NumberedPages } from '../format/manifest-v2.js';
-import { CONTAINER_CODEC, MAX_CONTAINER_PAGES } from '../format/pack.js';
+import { CONTAINER_CODEC, MAX_CONTAINER_PAGES, PACK_HEADER_BYTES } from '../format/pack.js';
 import { PACK_VERSION_NUMBERED } from '../format/pack-v3.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind } from '../format/pages.js';
 import { scanChunkIndex } from '../store/db.js';
@@ -37,6 +37,8 @@ export interface ChunkConversion {
   packIds: number[];
   /** Containers some of whose pages the old index no longer held: their live pages were stored singly. */
   splitContainers: number;
+  /** Payload bytes written (every chunk's stored share: nothing dead is copied). */
+  chunkBytes: number;
 }
 
 interface OldChunk {
@@ -59,12 +61,13 @@ export async function convertChunks(store: Store, target: V3Target): Promise<Chu
   chunks.sort((a, b) => a.loc.pack - b.loc.pack || a.loc.offset - b.loc.offset || (a.loc.member ?? 0) - (b.loc.member ?? 0));
   await ensurePrivateDir(target.packs);
   await ensurePrivateDir(target.tmp);
-  const out: ChunkConversion = { numberOf: new Map(), nextNumber: 0, packIds: [], splitContainers: 0 };
+  const out: ChunkConversion = { numberOf: new Map(), nextNumber: 0, packIds: [], splitContainers: 0, chunkBytes: 0 };
   const targetBytes = target.packTargetBytes ?? 32 * 1024 * 1024;
   const batches = new BatchPool(2);
   let pack: PackFile | undefined;
   const seal = async () => {
     if (!pack || pack.count === 0) return;
+    out.chunkBytes += pack.size - PACK_HEADER_BYTES;
     await pack.seal(target.packs, () => undefined);
     out.packIds.push(pack.id);
     pack = undefined;
