@@ -70,6 +70,7 @@ export async function upgradeStore(dir: string, options: { packTargetBytes?: num
     trace('upgrade: manifests written');
     const db = openDb(path.join(up, 'db'));
     await db.open();
+    await fsp.chmod(path.join(up, 'db'), 0o700); // LevelDB creates it with the process umask (as init does)
     try {
       await copyCatalog(store.db, db, sizes, {
         chunks: chunks.nextNumber,
@@ -84,11 +85,13 @@ export async function upgradeStore(dir: string, options: { packTargetBytes?: num
     await fsp.rm(target.tmp, { recursive: true, force: true });
     for (const d of [target.packs, target.manifests, path.join(up, 'db'), up, dir]) await fsyncDir(d);
     trace('upgrade: catalog written');
+    // The temp file under upgrade/ (the same file system): a kill before its rename leaves it where
+    // the next upgrade's fresh start removes it (beside vnstore.json it made that upgrade fail).
     const config: StoreConfig = { ...before, version: STORE_FORMAT_VERSION_NUMBERED };
     await writeFileDurable(
       path.join(dir, CONFIG_FILE),
       Buffer.from(JSON.stringify(config, null, 2) + '\n'),
-      path.join(dir, `${CONFIG_FILE}.tmp`),
+      path.join(up, `${CONFIG_FILE}.tmp`),
     );
     trace('upgrade: flipped');
     report = {
