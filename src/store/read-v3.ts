@@ -29,9 +29,16 @@ export async function loadNumberedManifest(
   return { header, pages: decodeManifestV2Pages(header, reader, id, base) };
 }
 
-/** Each page's digest from the TOCs (zero pages stay zero): what the image digest is computed over. */
+/**
+ * Each page's digest from the TOCs (zero pages stay zero): what the image digest is computed over,
+ * and what a session's parent or a restore compares pages with. One read per pack of the span of its
+ * digest column the pages use, not 32 bytes a page (a 512 MiB image names ~130k chunks).
+ */
 export async function pageDigests(packs: PackReader, load: NumberIndexLoad, pages: NumberedPages, what: string): Promise<PageTable> {
   const table = new PageTable(pages.pageCount);
+  const packOf = new Int32Array(pages.pageCount).fill(-1);
+  const entryOf = new Uint32Array(pages.pageCount);
+  const span = new Map<number, { lo: number; hi: number }>();
   for (let p = 0; p < pages.pageCount; p++) {
     if (pages.kinds[p] !== PageKind.Digest) {
       table.setZero(p);
@@ -39,7 +46,24 @@ export async function pageDigests(packs: PackReader, load: NumberIndexLoad, page
     }
     const at = load.index.locate(pages.numbers[p]);
     if (!at) throw new CorruptError(`${what}: page ${p} names chunk ${pages.numbers[p]}, which no pack holds`);
-    table.setDigest(p, await packs.read(at.pack, load.digestColumns.get(at.pack)! + DIGEST_BYTES * at.entry, DIGEST_BYTES));
+    packOf[p] = at.pack;
+    entryOf[p] = at.entry;
+    const s = span.get(at.pack);
+    if (!s) span.set(at.pack, { lo: at.entry, hi: at.entry });
+    else {
+      s.lo = Math.min(s.lo, at.entry);
+      s.hi = Math.max(s.hi, at.entry);
+    }
+  }
+  const columns = new Map<number, { lo: number; bytes: Buffer }>();
+  for (const [pack, { lo, hi }] of span) {
+    const bytes = await packs.read(pack, load.digestColumns.get(pack)! + DIGEST_BYTES * lo, DIGEST_BYTES * (hi - lo + 1));
+    columns.set(pack, { lo, bytes });
+  }
+  for (let p = 0; p < pages.pageCount; p++) {
+    if (packOf[p] < 0) continue;
+    const col = columns.get(packOf[p])!;
+    table.setDigest(p, col.bytes, DIGEST_BYTES * (entryOf[p] - col.lo));
   }
   return table;
 }
