@@ -12,13 +12,13 @@ import { describe, expect, it } from 'vitest';
 import { parsePackFileName } from '../src/format/pack.js';
 import { runCompact } from '../src/maintenance/compact.js';
 import { forget } from '../src/maintenance/forget.js';
-import { finishUpgradeSwap, NEXT_NUMBER_KEY, upgradeStore } from '../src/maintenance/upgrade.js';
+import { finishUpgradeSwap, NEXT_NUMBER_KEY, upgradeCopyBytes, upgradeStore } from '../src/maintenance/upgrade.js';
 import { KEY_CHUNK, KEY_SNAPSHOT, openDb, parseSnapshotRecord, prefixRange } from '../src/store/db.js';
 import { loadNumberIndex } from '../src/store/number-load.js';
 import { PackReader } from '../src/store/pack-reader.js';
 import { loadNumberedManifest, readImageV3 } from '../src/store/read-v3.js';
 import { Store } from '../src/store/store.js';
-import { makePage, REPO_ROOT } from './helpers/engine.js';
+import { makePage, REPO_ROOT, restoreToBuffer } from './helpers/engine.js';
 import { expectAllRestore, newStore, putImage } from './helpers/maintenance.js';
 
 const CHILD = path.join(REPO_ROOT, 'test/helpers/upgrade-child.mjs');
@@ -165,6 +165,29 @@ describe('upgrade to store format 3, killed', () => {
     expect(outcomes.some((o) => o.startsWith('2:'))).toBe(true);
     expect(outcomes.some((o) => o.startsWith('3:'))).toBe(true);
   }, 240_000); // 11 upgrade processes and as many verifications: ~25-40 s alone on 2 cores, more in the full suite
+
+  it('leaves the old store untouched, and no copy, when the upgrade fails before its commit point', async () => {
+    const { dir, store } = await newStore('upgrade-fails', PACK_TARGET);
+    const img = image(6, 30);
+    const rec = await putImage(store, 'a', img);
+    const broken = await putImage(store, 'b', image(7, 30));
+    await store.close();
+    const manifest = path.join(dir, 'manifests', `${broken.id}.vnm`);
+    const bytes = readFileSync(manifest);
+    bytes[bytes.length - 10] ^= 0xff;
+    writeFileSync(manifest, bytes);
+    await expect(upgradeStore(dir)).rejects.toMatchObject({ code: 'E_CORRUPT' });
+    expect(existsSync(path.join(dir, 'upgrade'))).toBe(false);
+    expect(storeVersion(dir)).toBe(1);
+    const old = await Store.open(dir, { workers: 0 });
+    try {
+      expect((await restoreToBuffer(old, rec)).equals(img)).toBe(true);
+    } finally {
+      await old.close();
+    }
+    // The space it asks for: packs, 24 B more a chunk, manifests, 16 MiB.
+    expect(upgradeCopyBytes(100e6, 50_000, 2e6)).toBe(100e6 + 1.2e6 + 2e6 + 16 * 1024 * 1024);
+  });
 
   it('starts over after a kill during the flip, refuses to run twice, and the old engine refuses the result', async () => {
     const { dir, store } = await newStore('upgrade-twice', PACK_TARGET);
