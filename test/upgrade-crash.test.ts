@@ -12,7 +12,8 @@ import { describe, expect, it } from 'vitest';
 import { parsePackFileName } from '../src/format/pack.js';
 import { runCompact } from '../src/maintenance/compact.js';
 import { forget } from '../src/maintenance/forget.js';
-import { finishUpgradeSwap, NEXT_NUMBER_KEY, upgradeCopyBytes, upgradeStore } from '../src/maintenance/upgrade.js';
+import { finishUpgradeSwap, upgradeCopyBytes, upgradeStore } from '../src/maintenance/upgrade.js';
+import { readNextNumber } from '../src/store/number-allocator.js';
 import { KEY_CHUNK, KEY_SNAPSHOT, openDb, parseSnapshotRecord, prefixRange } from '../src/store/db.js';
 import { loadNumberIndex } from '../src/store/number-load.js';
 import { PackReader } from '../src/store/pack-reader.js';
@@ -73,12 +74,12 @@ async function expectFormat3(dir: string, expected: Map<string, Buffer>, context
   await db.open();
   const ids: string[] = [];
   let chunkKeys = 0;
-  let next: string | undefined;
+  let next = -1;
   try {
     for await (const [k, v] of db.iterator(prefixRange(Buffer.of(KEY_SNAPSHOT))))
       ids.push(parseSnapshotRecord(v, k.subarray(1).toString('utf8')).id);
     for await (const k of db.keys(prefixRange(Buffer.of(KEY_CHUNK)))) if (k) chunkKeys++;
-    next = (await db.get(NEXT_NUMBER_KEY))?.toString('latin1');
+    next = await readNextNumber(db);
   } finally {
     await db.close();
   }
@@ -89,7 +90,7 @@ async function expectFormat3(dir: string, expected: Map<string, Buffer>, context
     const packIds = readdirSync(path.join(dir, 'packs')).map((f) => parsePackFileName(f)!);
     const load = await loadNumberIndex(reader, packIds);
     expect(load.damaged.length + load.copies.length + load.conflicting.length, `${context}: packs load clean`).toBe(0);
-    expect(Number(next), `${context}: next number`).toBe(load.index.nextNumber);
+    expect(next, `${context}: next number`).toBe(load.index.nextNumber);
     for (const id of ids) {
       const { header, pages } = await loadNumberedManifest(path.join(dir, 'manifests'), id);
       expect((await readImageV3(reader, load, header, pages)).equals(expected.get(id)!), `${context}: ${id} exact`).toBe(true);

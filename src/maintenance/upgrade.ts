@@ -21,6 +21,7 @@ import { CHUNK_GEN_KEY, CLEAN_PACK_KEY, KEY_CHUNK, KEY_META, KEY_PACK, KEY_SNAPS
 import { listHeld } from '../store/held.js';
 import { KEY_KEPT_BASE, listKeptBases } from '../store/keys.js';
 import { freeBytes } from '../store/reserve.js';
+import { NEXT_NUMBER_KEY, NumberAllocator } from '../store/number-allocator.js';
 import { Store } from '../store/store.js';
 import { exists, fsyncDir, writeFileDurable } from '../util/durable.js';
 import { VnstoreError } from '../util/errors.js';
@@ -29,8 +30,6 @@ import { convertChunks, convertManifests } from './upgrade-v3.js';
 
 export const STORE_FORMAT_VERSION_NUMBERED = 3;
 export const UPGRADE_DIR = 'upgrade';
-/** `m nextnumber`: one more than the highest chunk number ever given (decimal text). */
-export const NEXT_NUMBER_KEY = Buffer.concat([Buffer.of(KEY_META), Buffer.from('nextnumber', 'latin1')]);
 /** The parts the swap replaces, in this order. */
 const SWAPPED = ['db', 'packs', 'manifests'] as const;
 
@@ -199,7 +198,7 @@ async function copyCatalog(
     packBytes: converted.packBytes,
     packPayloadBytes: converted.chunkBytes,
   });
-  batch.put(NEXT_NUMBER_KEY, Buffer.from(String(converted.nextNumber), 'latin1'));
+  batch.put(NEXT_NUMBER_KEY, new NumberAllocator(0, converted.nextNumber).markValue());
   await batch.write({ sync: true });
 }
 
