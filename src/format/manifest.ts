@@ -89,16 +89,18 @@ export function planManifest(pages: PageTable, base?: PageTable): ManifestPlan {
   return { heads, stats, bodyBytes, base };
 }
 
-/** Encodes `pages` (every page Zero or Digest) against an optional base page table. */
-export function encodeManifest(
-  header: ManifestHeader,
-  pages: PageTable,
-  base?: PageTable,
-  plan: ManifestPlan = planManifest(pages, base),
-): { bytes: Buffer; stats: ManifestStats } {
-  if (header.pageCount !== pages.pageCount) throw new RangeError('manifest pageCount mismatch');
+/** The arguments of an encode agree: page count, base and baseId, the plan's base (both versions). */
+export function checkManifestPlan(header: ManifestHeader, pageCount: number, base: unknown, planBase: unknown): void {
+  if (header.pageCount !== pageCount) throw new RangeError('manifest pageCount mismatch');
   if ((base === undefined) !== (header.baseId === undefined)) throw new RangeError('base table and baseId go together');
-  if (plan.base !== base) throw new RangeError('manifest plan was made against another base');
+  if (planBase !== base) throw new RangeError('manifest plan was made against another base');
+}
+
+/**
+ * A writer holding a manifest's magic, version and header fields up to its run count, sized exactly
+ * for `bodyBytes` of runs and the CRC after them (manifest versions 1 and 2 share the header).
+ */
+export function beginManifest(header: ManifestHeader, version: number, runs: number, bodyBytes: number): ByteWriter {
   const meta = Buffer.from(JSON.stringify(header.meta), 'utf8');
   const baseId = Buffer.from(header.baseId ?? '', 'utf8');
   const headBytes =
@@ -112,12 +114,12 @@ export function encodeManifest(
     DIGEST_BYTES +
     varintBytes(baseId.length) +
     baseId.length +
-    varintBytes(plan.stats.runs);
+    varintBytes(runs);
   // Exactly sized, written once: a manifest is megabytes for large VMs, and fresh memory costs a
   // page fault per 4 KiB it covers (docs/DESIGN.md).
-  const w = new ByteWriter(headBytes + plan.bodyBytes + 4);
+  const w = new ByteWriter(headBytes + bodyBytes + 4);
   w.bytes(MANIFEST_MAGIC);
-  w.u16(MANIFEST_VERSION);
+  w.u16(version);
   w.u16(0);
   w.varint(meta.length);
   w.bytes(meta);
@@ -126,7 +128,19 @@ export function encodeManifest(
   w.bytes(header.imageDigest);
   w.varint(baseId.length);
   w.bytes(baseId);
-  w.varint(plan.stats.runs);
+  w.varint(runs);
+  return w;
+}
+
+/** Encodes `pages` (every page Zero or Digest) against an optional base page table. */
+export function encodeManifest(
+  header: ManifestHeader,
+  pages: PageTable,
+  base?: PageTable,
+  plan: ManifestPlan = planManifest(pages, base),
+): { bytes: Buffer; stats: ManifestStats } {
+  checkManifestPlan(header, pages.pageCount, base, plan.base);
+  const w = beginManifest(header, MANIFEST_VERSION, plan.stats.runs, plan.bodyBytes);
   let page = 0;
   for (const head of plan.heads) {
     const count = Math.floor(head / 4);
@@ -139,6 +153,15 @@ export function encodeManifest(
 }
 
 export function decodeManifestHeader(bytes: Uint8Array, name: string): { header: ManifestHeader; reader: ByteReader } {
+  return decodeManifestHeaderOf(bytes, name, MANIFEST_VERSION);
+}
+
+/** The header of a manifest of `version` (its magic, CRC and fields checked); the reader is at its runs. */
+export function decodeManifestHeaderOf(
+  bytes: Uint8Array,
+  name: string,
+  expectVersion: number,
+): { header: ManifestHeader; reader: ByteReader } {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
   if (buf.length < 16 || !buf.subarray(0, 8).equals(MANIFEST_MAGIC)) throw new CorruptError(`manifest ${name}: bad magic`);
   const stored = buf.readUInt32LE(buf.length - 4);
@@ -146,7 +169,7 @@ export function decodeManifestHeader(bytes: Uint8Array, name: string): { header:
   const r = new ByteReader(buf.subarray(0, buf.length - 4), `manifest ${name}`);
   r.bytes(8);
   const version = r.u16();
-  if (version !== MANIFEST_VERSION) throw new CorruptError(`manifest ${name}: unsupported manifest version ${version}`);
+  if (version !== expectVersion) throw new CorruptError(`manifest ${name}: unsupported manifest version ${version}`);
   r.u16();
   let meta: ManifestMeta;
   try {

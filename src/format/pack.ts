@@ -67,7 +67,15 @@ export function encodePackHeader(pageSize: number, version = PACK_VERSION): Buff
   return b;
 }
 
-export function parsePackHeader(b: Uint8Array, name: string): { pageSize: number; version: number } {
+/**
+ * Checks a pack's header. `versions`: those the caller reads (the store format 1/2 readers take 1 and
+ * 2; a version-3 pack is then refused as a newer one, and the format-3 reader takes 3 only).
+ */
+export function parsePackHeader(
+  b: Uint8Array,
+  name: string,
+  versions: readonly number[] = [PACK_VERSION, PACK_VERSION_CONTAINERS],
+): { pageSize: number; version: number } {
   const buf = Buffer.from(b.buffer, b.byteOffset, b.length);
   if (buf.length < PACK_HEADER_BYTES || !buf.subarray(0, 8).equals(PACK_MAGIC)) {
     throw new CorruptError(`pack ${name}: bad header magic`);
@@ -76,9 +84,11 @@ export function parsePackHeader(b: Uint8Array, name: string): { pageSize: number
   // Only a version above ours may be a newer writer's pack (kept, never quarantined); 0 was never
   // written, so it is damage, e.g. a pack torn after its magic.
   if (version < PACK_VERSION) throw new CorruptError(`pack ${name}: bad pack version ${version}`);
-  if (version !== PACK_VERSION && version !== PACK_VERSION_CONTAINERS) {
+  if (version > Math.max(...versions)) {
     throw new VnstoreError('E_FORMAT_VERSION', `pack ${name}: unsupported pack version ${version} (written by a newer vnstore?)`);
   }
+  if (!versions.includes(version))
+    throw new CorruptError(`pack ${name}: pack version ${version} does not belong in a store of this format`);
   if (buf.readUInt16LE(10) !== 0) throw new CorruptError(`pack ${name}: unknown header flags`);
   const pageSize = buf.readUInt32LE(12);
   if (pageSize !== PAGE_SIZE) throw new CorruptError(`pack ${name}: page size ${pageSize}, not ${PAGE_SIZE}`);
@@ -113,14 +123,7 @@ export function encodePackFooter(toc: TocColumns, tocOffset: number, payloadCrc:
     out[p + TOC_PREFIX_BYTES + 2] = codecs[k] | (member << 4);
     p += TOC_ENTRY_BYTES;
   }
-  const trailer = out.subarray(p);
-  trailer.writeUInt32LE(count, 0);
-  trailer.writeUInt32LE(tocOffset >>> 0, 4);
-  trailer.writeUInt32LE(Math.floor(tocOffset / 2 ** 32), 8);
-  trailer.writeUInt32LE(crc32(out.subarray(0, p)), 12);
-  trailer.writeUInt32LE(payloadCrc >>> 0, 16);
-  trailer.writeUInt32LE(crc32(trailer.subarray(0, 20)), 20);
-  PACK_END_MAGIC.copy(trailer, 24);
+  writePackTrailer(out.subarray(p), count, tocOffset, out.subarray(0, p), payloadCrc);
   return out;
 }
 
@@ -131,7 +134,11 @@ export interface PackTrailer {
   payloadCrc: number;
 }
 
-export function parsePackTrailer(b: Uint8Array, fileSize: number, name: string): PackTrailer {
+/**
+ * The trailer's fields after its magic and checksum (all pack versions); `tocBytes` is what the file
+ * size leaves between `tocOffset` and the trailer (negative when it does not fit).
+ */
+export function parseTrailerFields(b: Uint8Array, fileSize: number, name: string): PackTrailer & { tocBytes: number } {
   const t = Buffer.from(b.buffer, b.byteOffset, b.length);
   if (t.length !== PACK_TRAILER_BYTES || !t.subarray(24, 32).equals(PACK_END_MAGIC)) {
     throw new CorruptError(`pack ${name}: missing trailer (truncated or unfinished pack)`);
@@ -139,10 +146,32 @@ export function parsePackTrailer(b: Uint8Array, fileSize: number, name: string):
   if (crc32(t.subarray(0, 20)) !== t.readUInt32LE(20)) throw new CorruptError(`pack ${name}: trailer checksum mismatch`);
   const count = t.readUInt32LE(0);
   const tocOffset = t.readUInt32LE(4) + t.readUInt32LE(8) * 2 ** 32;
-  if (tocOffset < PACK_HEADER_BYTES || tocOffset + count * TOC_ENTRY_BYTES + PACK_TRAILER_BYTES !== fileSize) {
+  return {
+    count,
+    tocOffset,
+    tocCrc: t.readUInt32LE(12),
+    payloadCrc: t.readUInt32LE(16),
+    tocBytes: fileSize - PACK_TRAILER_BYTES - tocOffset,
+  };
+}
+
+export function parsePackTrailer(b: Uint8Array, fileSize: number, name: string): PackTrailer {
+  const { tocBytes, ...trailer } = parseTrailerFields(b, fileSize, name);
+  if (trailer.tocOffset < PACK_HEADER_BYTES || tocBytes !== trailer.count * TOC_ENTRY_BYTES) {
     throw new CorruptError(`pack ${name}: table of contents does not match file size`);
   }
-  return { count, tocOffset, tocCrc: t.readUInt32LE(12), payloadCrc: t.readUInt32LE(16) };
+  return trailer;
+}
+
+/** Writes the 32-byte trailer at t[0..] for a TOC of `toc` bytes (all pack versions). */
+export function writePackTrailer(t: Buffer, count: number, tocOffset: number, toc: Uint8Array, payloadCrc: number): void {
+  t.writeUInt32LE(count, 0);
+  t.writeUInt32LE(tocOffset >>> 0, 4);
+  t.writeUInt32LE(Math.floor(tocOffset / 2 ** 32), 8);
+  t.writeUInt32LE(crc32(toc), 12);
+  t.writeUInt32LE(payloadCrc >>> 0, 16);
+  t.writeUInt32LE(crc32(t.subarray(0, 20)), 20);
+  PACK_END_MAGIC.copy(t, 24);
 }
 
 /**

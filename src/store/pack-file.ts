@@ -20,10 +20,10 @@ import {
   CONTAINER_CODEC,
   PACK_HEADER_BYTES,
   PACK_VERSION,
-  PACK_VERSION_CONTAINERS,
   PACK_TRAILER_BYTES,
   TOC_ENTRY_BYTES,
 } from '../format/pack.js';
+import { encodePackFooterV3, PACK_VERSION_NUMBERED } from '../format/pack-v3.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { fsyncDir, FILE_MODE, writeFully, writevFully } from '../util/durable.js';
 import type { PackRecord } from './db.js';
@@ -86,6 +86,8 @@ export class PackFile {
   members = new Uint8Array(0);
   containerPages = new Uint8Array(0);
   offsets = new Uint32Array(0); // ascending (a container's pages share theirs)
+  /** Chunk numbers (a version-3 pack only; strictly increasing). */
+  numbers = new Float64Array(0);
   private crc = 0; // running CRC32 of the payload handed to writes so far
   private batch: Buffer | undefined; // payloads not yet handed to a write
   private batchUsed = 0;
@@ -101,7 +103,10 @@ export class PackFile {
     readonly id: number,
     tmpDir: string,
     private readonly batches: BatchPool,
-    /** PACK_VERSION_CONTAINERS for a pack that may hold zstd containers (compact, gc copying them). */
+    /**
+     * PACK_VERSION_CONTAINERS for a pack that may hold zstd containers (compact, gc copying them);
+     * PACK_VERSION_NUMBERED (store format 3) for a pack of numbered chunks, any codec.
+     */
     readonly version = PACK_VERSION,
   ) {
     this.tmpPath = path.join(tmpDir, `${packFileName(id)}.tmp`);
@@ -116,14 +121,16 @@ export class PackFile {
 
   /**
    * Records chunk `digests[digestAt ..+32]` of `length` bytes at the pack's current end plus `skip`
-   * (payload bytes the caller copies later, with copyRun); returns its offset.
+   * (payload bytes the caller copies later, with copyRun); returns its offset. A version-3 pack needs
+   * the chunk's `number`.
    */
-  addEntry(digests: Uint8Array, digestAt: number, length: number, codec: number, skip = 0): number {
+  addEntry(digests: Uint8Array, digestAt: number, length: number, codec: number, skip = 0, number?: number): number {
     if (length < 1 || length > PAGE_SIZE) throw new RangeError(`payload length ${length}`);
     if (digestAt + DIGEST_BYTES > digests.length) throw new RangeError('digest out of range');
     if (this.count === this.lengths.length) this.growToc();
     const offset = this.size + skip;
     const k = this.count++;
+    this.numbers[k] = this.checkedNumber(number, k);
     const at = k * DIGEST_BYTES;
     for (let b = 0; b < DIGEST_BYTES; b++) this.digests[at + b] = digests[digestAt + b];
     this.lengths[k] = length;
@@ -134,16 +141,18 @@ export class PackFile {
 
   /**
    * One zstd container: an entry per page (digests[k*32..] for member k, in the frame's page order),
-   * then the frame's bytes once. A v2 pack only; the frame must fit the TOC's u16 length.
+   * then the frame's bytes once. A v2 or v3 pack only (v3: `numbers` gives member k's number); the
+   * frame must fit the TOC's u16 length.
    */
-  appendContainer(digests: Uint8Array, pages: number, frame: Uint8Array): number {
-    if (this.version !== PACK_VERSION_CONTAINERS) throw new RangeError('containers need a version 2 pack');
+  appendContainer(digests: Uint8Array, pages: number, frame: Uint8Array, numbers?: ArrayLike<number>): number {
+    if (this.version === PACK_VERSION) throw new RangeError('containers need a version 2 or 3 pack');
     if (frame.length < 1 || frame.length > 0xffff) throw new RangeError(`container frame length ${frame.length}`);
     if (pages < 1 || pages > 16 || digests.length < pages * DIGEST_BYTES) throw new RangeError(`container of ${pages} pages`);
     const offset = this.size;
     for (let m = 0; m < pages; m++) {
       if (this.count === this.lengths.length) this.growToc();
       const k = this.count++;
+      this.numbers[k] = this.checkedNumber(numbers?.[m], k);
       this.digests.set(digests.subarray(m * DIGEST_BYTES, (m + 1) * DIGEST_BYTES), k * DIGEST_BYTES);
       this.lengths[k] = frame.length;
       this.codecs[k] = CONTAINER_CODEC;
@@ -155,10 +164,10 @@ export class PackFile {
     return offset;
   }
 
-  /** One chunk: its entry and its bytes. */
-  append(digest: Uint8Array, payload: Uint8Array, codec: number): number {
+  /** One chunk: its entry and its bytes (and, in a version-3 pack, its number). */
+  append(digest: Uint8Array, payload: Uint8Array, codec: number, number?: number): number {
     if (digest.length !== DIGEST_BYTES) throw new RangeError('digest must be 32 bytes');
-    const offset = this.addEntry(digest, 0, payload.length, codec);
+    const offset = this.addEntry(digest, 0, payload.length, codec, 0, number);
     this.copyRun(payload, 0, payload.length);
     return offset;
   }
@@ -222,12 +231,21 @@ export class PackFile {
     }
   }
 
-  /** The pack record the seal produces (exact: the footer's size follows from the chunk count). */
-  record(): PackRecord {
+  /** The TOC and trailer the seal writes. */
+  private footer(): Buffer {
+    if (this.version !== PACK_VERSION_NUMBERED) return encodePackFooter(this, this.size, this.crc);
+    return encodePackFooterV3(this, this.size, this.crc);
+  }
+
+  /**
+   * The pack record the seal produces (exact: before version 3 the footer's size follows from the
+   * chunk count; a version-3 footer's is passed by the seal).
+   */
+  record(footerBytes = this.count * TOC_ENTRY_BYTES + PACK_TRAILER_BYTES): PackRecord {
     return {
       id: this.id,
       chunks: this.count,
-      bytes: this.size + this.count * TOC_ENTRY_BYTES + PACK_TRAILER_BYTES,
+      bytes: this.size + footerBytes,
       payloadBytes: this.size - PACK_HEADER_BYTES,
       sealedAt: new Date().toISOString(),
     };
@@ -241,10 +259,11 @@ export class PackFile {
   async seal<T>(packsDir: string, whileSyncing: (sealed: SealedPack) => T): Promise<{ sealed: SealedPack; during: T }> {
     await this.written();
     const h = await this.fh;
-    await writeFully(h, encodePackFooter(this, this.size, this.crc));
+    const footer = this.footer();
+    await writeFully(h, footer);
     const synced = h.sync();
     synced.catch(() => undefined); // awaited below; a failure must not surface as unhandled first
-    const sealed: SealedPack = { record: this.record(), chunks: this };
+    const sealed: SealedPack = { record: this.record(footer.length), chunks: this };
     const during = whileSyncing(sealed);
     await synced;
     await h.close();
@@ -265,6 +284,20 @@ export class PackFile {
     return indexOfSorted(this.offsets, offset, this.count);
   }
 
+  /** A version-3 pack's entry k needs a number above its predecessor's; other versions take none. */
+  private checkedNumber(number: number | undefined, k: number): number {
+    if (this.version !== PACK_VERSION_NUMBERED) {
+      if (number !== undefined) throw new RangeError(`a version-${this.version} pack has no chunk numbers`);
+      return 0;
+    }
+    if (number === undefined || !Number.isSafeInteger(number) || (k > 0 && number <= this.numbers[k - 1])) {
+      throw new RangeError(
+        `chunk ${k} of pack ${this.id}: number ${String(number)} does not follow ${k > 0 ? this.numbers[k - 1] : 'nothing'}`,
+      );
+    }
+    return number;
+  }
+
   /** Doubles the table-of-contents columns. */
   private growToc(): void {
     const cap = Math.max(1024, this.lengths.length * 2);
@@ -280,12 +313,15 @@ export class PackFile {
     containerPages.set(this.containerPages);
     const offsets = new Uint32Array(cap);
     offsets.set(this.offsets);
+    const numbers = new Float64Array(this.version === PACK_VERSION_NUMBERED ? cap : 0);
+    numbers.set(this.numbers);
     this.digests = digests;
     this.lengths = lengths;
     this.codecs = codecs;
     this.members = members;
     this.containerPages = containerPages;
     this.offsets = offsets;
+    this.numbers = numbers;
   }
 }
 

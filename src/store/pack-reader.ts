@@ -18,6 +18,7 @@ import {
   CONTAINER_CODEC,
   type PackEntry,
 } from '../format/pack.js';
+import { PACK_VERSION_NUMBERED, parsePackTocV3, parsePackTrailerV3, type TocV3 } from '../format/pack-v3.js';
 import { ContainerCache } from '../chunk/container.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import { getCodec, type ChunkCodec } from '../chunk/codec.js';
@@ -74,6 +75,21 @@ export class PackReader {
     const fh = await this.handle(packId);
     const { size } = await fh.stat();
     return (await parseLayout(packFileName(packId), size, (offset, length) => readAt(fh, offset, length))).entries;
+  }
+
+  /**
+   * A version-3 pack's header, trailer and table of contents, checked (not the payload): the index of
+   * store format 3. `tocOffset` + toc.digestsAt + 32k is entry k's digest in the file.
+   */
+  async readTocV3(packId: number): Promise<PackTocV3> {
+    const fh = await this.handle(packId);
+    const { size } = await fh.stat();
+    const name = packFileName(packId);
+    if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) throw new CorruptError(`pack ${name}: too short (${size} bytes)`);
+    parsePackHeader(await readAt(fh, 0, PACK_HEADER_BYTES), name, [PACK_VERSION_NUMBERED]);
+    const trailer = parsePackTrailerV3(await readAt(fh, size - PACK_TRAILER_BYTES, PACK_TRAILER_BYTES), size, name);
+    const toc = parsePackTocV3(await readAt(fh, trailer.tocOffset, trailer.tocBytes), trailer, name);
+    return { toc, tocOffset: trailer.tocOffset, payloadCrc: trailer.payloadCrc };
   }
 
   /**
@@ -187,6 +203,13 @@ export function nameChunk(
   const digest = hashPage(decoded);
   if (!digest.subarray(0, TOC_PREFIX_BYTES).equals(entry.digestPrefix)) return { why: 'does not match its table of contents' };
   return { digest };
+}
+
+export interface PackTocV3 {
+  toc: TocV3;
+  /** File offset of the TOC. */
+  tocOffset: number;
+  payloadCrc: number;
 }
 
 export interface WholePack {

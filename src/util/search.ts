@@ -13,3 +13,15 @@ export function indexOfSorted(sorted: ArrayLike<number>, value: number, count = 
   }
   return -1;
 }
+
+/** The first index in the ascending `sorted[0..count)` whose value is above `value` (count when none). */
+export function upperBound(sorted: ArrayLike<number>, value: number, count = sorted.length): number {
+  let lo = 0;
+  let hi = count;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (sorted[mid] <= value) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}

@@ -1,0 +1,226 @@
+/**
+ * The in-memory chunk index of store format 3, built from the packs' tables of contents (no I/O here:
+ * callers parse TOCs and read digests). docs/FORMAT.md, "Store format 3"; docs/DESIGN.md for memory.
+ *
+ *   number → (pack, entry)   a directory of the packs' number runs, sorted and never overlapping
+ *   (pack, entry) → location the pack's offset and meta columns (from its TOC)
+ *   digest → (pack, entry)   the keyed-fingerprint ChunkTable holding each chunk's location (as on
+ *                            format 2, so page workers keep confirming hits by reading the chunk);
+ *                            a hit is a candidate the caller confirms against the TOC's digest, and a
+ *                            fingerprint two stored digests share goes to an exact map of those few
+ *
+ * A number present in two packs (a gc or compact killed between sealing its copy and deleting the
+ * original) is refused by addPack with the packs it overlaps: recovery decides which copy goes.
+ */
+import { CONTAINER_CODEC } from '../format/pack.js';
+import { metaCodec, metaMember, metaPages, metaStoredLength, type TocV3 } from '../format/pack-v3.js';
+import { digestsEqual } from '../format/pages.js';
+import { upperBound } from '../util/search.js';
+import { ChunkTable, type ChunkLocation } from './chunk-table.js';
+
+/** What the index keeps of a pack: its TOC's columns (digests are not kept). */
+export interface PackColumns {
+  pack: number;
+  count: number;
+  runStarts: number[];
+  runLengths: number[];
+  offsets: Uint32Array;
+  metas: Uint32Array;
+}
+
+/** A chunk's place: its pack, its entry in that pack's TOC, and where its payload is. */
+export interface NumberedLocation {
+  pack: number;
+  entry: number;
+  location: ChunkLocation;
+}
+
+/** Reads entry `entry`'s 32-byte digest from pack `pack`'s TOC (rare: fingerprint clashes only). */
+export type DigestOf = (pack: number, entry: number) => Uint8Array;
+
+/** The answer to "is this digest stored?" before the caller confirms it. */
+export type Candidate =
+  | { kind: 'absent' }
+  /** The only stored chunk with this fingerprint: compare its digest (pack TOC) before trusting it. */
+  | { kind: 'confirm'; pack: number; entry: number; number: number }
+  /** Decided exactly (the fingerprint is shared by stored digests, which the index keeps). */
+  | { kind: 'exact'; number: number | undefined };
+
+export class NumberIndex {
+  private readonly packs = new Map<number, PackColumns>();
+  /** The number-run directory, sorted by start: run r covers starts[r] .. starts[r] + lengths[r] - 1. */
+  private starts: number[] = [];
+  private lengths: number[] = [];
+  private runPacks: number[] = [];
+  /** Entry index in its pack of the run's first number. */
+  private runEntries: number[] = [];
+  /** Digests (hex) whose fingerprint another stored digest shares → their numbers. */
+  private readonly clashes = new Map<string, number>();
+  private chunks = 0;
+  /** One more than the highest number any pack added holds (0 when empty). */
+  nextNumber = 0;
+
+  constructor(readonly table: ChunkTable = new ChunkTable(1 << 14)) {}
+
+  get size(): number {
+    return this.chunks;
+  }
+
+  get packIds(): number[] {
+    return [...this.packs.keys()];
+  }
+
+  /** Packs holding any of these number runs (empty when none overlaps). */
+  overlapping(runStarts: readonly number[], runLengths: readonly number[]): number[] {
+    const found = new Set<number>();
+    for (let r = 0; r < runStarts.length; r++) {
+      const lo = runStarts[r];
+      const hi = lo + runLengths[r];
+      // Directory runs that start before hi; walk back while they may reach lo (runs do not overlap).
+      for (let d = upperBound(this.starts, hi - 1) - 1; d >= 0 && this.starts[d] + this.lengths[d] > lo; d--) found.add(this.runPacks[d]);
+    }
+    return [...found].sort((a, b) => a - b);
+  }
+
+  /**
+   * Adds a sealed pack's TOC (its digest column is used here, not kept; `digestOf` reads an older
+   * pack's digest when fingerprints clash). Returns the packs whose numbers it overlaps, and then adds
+   * nothing: the caller resolves duplicates first.
+   */
+  addPack(pack: number, toc: TocV3, digestOf: DigestOf): number[] {
+    if (this.packs.has(pack)) throw new RangeError(`pack ${pack} is already indexed`);
+    const overlap = this.overlapping(toc.runStarts, toc.runLengths);
+    if (overlap.length > 0) return overlap;
+    const cols: PackColumns = {
+      pack,
+      count: toc.count,
+      runStarts: toc.runStarts,
+      runLengths: toc.runLengths,
+      offsets: toc.offsets,
+      metas: toc.metas,
+    };
+    this.packs.set(pack, cols);
+    let entry = 0;
+    for (let r = 0; r < toc.runStarts.length; r++) {
+      this.insertRun(toc.runStarts[r], toc.runLengths[r], pack, entry);
+      entry += toc.runLengths[r];
+      this.nextNumber = Math.max(this.nextNumber, toc.runStarts[r] + toc.runLengths[r]);
+    }
+    this.table.reserve(toc.count);
+    for (let k = 0; k < toc.count; k++) this.insertDigest(toc.digests, k, cols, digestOf);
+    this.chunks += toc.count;
+    return [];
+  }
+
+  /** Removes a pack (gc, compact, repair, recovery); `digests` is its digest column. */
+  removePack(pack: number, digests: Uint8Array): void {
+    const cols = this.packs.get(pack);
+    if (!cols) return;
+    for (let k = 0; k < cols.count; k++) {
+      const hex = Buffer.from(digests.buffer, digests.byteOffset + k * 32, 32).toString('hex');
+      if (this.clashes.delete(hex)) continue; // its slot stays ambiguous: lookups use the map
+      const hit = this.table.get(digests, k * 32);
+      if (hit && hit.location.pack === pack) this.table.remove(digests.subarray(k * 32, k * 32 + 32));
+    }
+    const keep = this.runPacks.map((p) => p !== pack);
+    this.starts = this.starts.filter((_, r) => keep[r]);
+    this.lengths = this.lengths.filter((_, r) => keep[r]);
+    this.runEntries = this.runEntries.filter((_, r) => keep[r]);
+    this.runPacks = this.runPacks.filter((_, r) => keep[r]);
+    this.packs.delete(pack);
+    this.chunks -= cols.count;
+  }
+
+  /** Where chunk `n` is, or undefined when no pack holds it. */
+  locate(n: number): NumberedLocation | undefined {
+    const d = upperBound(this.starts, n) - 1;
+    if (d < 0 || n >= this.starts[d] + this.lengths[d]) return undefined;
+    const pack = this.runPacks[d];
+    const entry = this.runEntries[d] + (n - this.starts[d]);
+    return { pack, entry, location: locationOf(this.packs.get(pack)!, entry) };
+  }
+
+  /** The number of entry `entry` of `pack`. */
+  numberOf(pack: number, entry: number): number {
+    const cols = this.packs.get(pack);
+    if (!cols || entry >= cols.count) throw new RangeError(`no entry ${entry} in pack ${pack}`);
+    let base = 0;
+    for (let r = 0; ; r++) {
+      if (entry < base + cols.runLengths[r]) return cols.runStarts[r] + (entry - base);
+      base += cols.runLengths[r];
+    }
+  }
+
+  /** The TOC entry a location names (a container's page: its frame's first entry plus its member). */
+  entryAt(pack: number, loc: ChunkLocation): number | undefined {
+    const cols = this.packs.get(pack);
+    if (!cols) return undefined;
+    const first = upperBound(cols.offsets, loc.offset - 1);
+    const entry = first + (loc.codec === CONTAINER_CODEC ? (loc.member ?? 0) : 0);
+    return entry < cols.count && cols.offsets[entry] === loc.offset ? entry : undefined;
+  }
+
+  /** Is this digest stored? A candidate to confirm, or an exact answer. */
+  candidate(digest: Uint8Array, offset = 0): Candidate {
+    const hit = this.table.get(digest, offset);
+    if (!hit) return { kind: 'absent' };
+    if (hit.ambiguous) {
+      return { kind: 'exact', number: this.clashes.get(Buffer.from(digest.buffer, digest.byteOffset + offset, 32).toString('hex')) };
+    }
+    const entry = this.entryAt(hit.location.pack, hit.location);
+    if (entry === undefined) return { kind: 'absent' };
+    return { kind: 'confirm', pack: hit.location.pack, entry, number: this.numberOf(hit.location.pack, entry) };
+  }
+
+  /** candidate() confirmed with `digestOf`: the digest's number, or undefined when it is not stored. */
+  lookup(digest: Uint8Array, digestOf: DigestOf, offset = 0): number | undefined {
+    const c = this.candidate(digest, offset);
+    if (c.kind === 'absent') return undefined;
+    if (c.kind === 'exact') return c.number;
+    return digestsEqual(digestOf(c.pack, c.entry), 0, digest, offset) ? c.number : undefined;
+  }
+
+  /** Bytes the index holds (typed arrays exactly; the run directory at 8 B a field of a run). */
+  get memoryBytes(): number {
+    let cols = 0;
+    for (const c of this.packs.values()) cols += c.offsets.byteLength + c.metas.byteLength + 16 * c.runStarts.length;
+    return this.table.memoryBytes + cols + 32 * this.starts.length + 100 * this.clashes.size;
+  }
+
+  private insertRun(start: number, length: number, pack: number, entry: number): void {
+    const at = upperBound(this.starts, start);
+    this.starts.splice(at, 0, start);
+    this.lengths.splice(at, 0, length);
+    this.runPacks.splice(at, 0, pack);
+    this.runEntries.splice(at, 0, entry);
+  }
+
+  private insertDigest(digests: Uint8Array, k: number, cols: PackColumns, digestOf: DigestOf): void {
+    const at = k * 32;
+    const hit = this.table.get(digests, at);
+    const hex = () => Buffer.from(digests.buffer, digests.byteOffset + at, 32).toString('hex');
+    if (hit) {
+      // A stored digest shares the fingerprint: both go to the exact map (the slot becomes ambiguous).
+      if (!hit.ambiguous) {
+        const other = this.entryAt(hit.location.pack, hit.location);
+        if (other !== undefined) {
+          this.clashes.set(Buffer.from(digestOf(hit.location.pack, other)).toString('hex'), this.numberOf(hit.location.pack, other));
+        }
+      }
+      this.clashes.set(hex(), this.numberOf(cols.pack, k));
+    }
+    this.table.insert(digests, locationOf(cols, k), at);
+  }
+}
+
+/** The chunk location of entry k (the shape the chunk table and the pack reader use). */
+export function locationOf(cols: PackColumns, k: number): ChunkLocation {
+  const meta = cols.metas[k];
+  const codec = metaCodec(meta);
+  const loc: ChunkLocation = { pack: cols.pack, offset: cols.offsets[k], storedLength: metaStoredLength(meta), codec };
+  if (codec === CONTAINER_CODEC) {
+    loc.member = metaMember(meta);
+    loc.pages = metaPages(meta);
+  }
+  return loc;
+}

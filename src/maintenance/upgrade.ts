@@ -1,0 +1,209 @@
+/**
+ * Store format 1/2 → 3 (docs/FORMAT.md, "Upgrade"), crash-safe by a commit point:
+ *
+ *   1. under the store's lock, convert into DIR/upgrade/: packs (upgrade-v3.ts), manifests, and a new
+ *      LevelDB with the catalog (no chunk entries), every part fsynced;
+ *   2. rewrite vnstore.json with version 3 (temp, fsync, rename, fsync dir): the commit point. From
+ *      here no format-1/2 vnstore opens the store (it refuses version 3), so nothing writes the old
+ *      parts after they were copied;
+ *   3. release the lock and swap (finishUpgradeSwap): each of db, packs, manifests replaced by its
+ *      upgrade/ copy, then upgrade/ and chunk-table.bin removed. Every step is idempotent: a run
+ *      killed here is finished by the next call (and, once the engine opens format 3, by its open).
+ * A kill before step 2 leaves the old store as it was, plus an upgrade/ tree the next upgrade removes
+ * first. Not yet wired to a CLI command: this engine does not open format-3 stores yet
+ * (docs/FORMAT3-STATUS.md).
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { CONFIG_FILE, readConfig, type StoreConfig } from '../store/config.js';
+import { putCounterBase, readCounters, zeroCounters } from '../store/counters.js';
+import { CHUNK_GEN_KEY, CLEAN_PACK_KEY, KEY_CHUNK, KEY_META, KEY_PACK, KEY_SNAPSHOT, openDb, type StoreDb } from '../store/db.js';
+import { listHeld } from '../store/held.js';
+import { KEY_KEPT_BASE, listKeptBases } from '../store/keys.js';
+import { freeBytes } from '../store/reserve.js';
+import { NEXT_NUMBER_KEY, NumberAllocator } from '../store/number-allocator.js';
+import { Store } from '../store/store.js';
+import { exists, fsyncDir, writeFileDurable } from '../util/durable.js';
+import { VnstoreError } from '../util/errors.js';
+import { trace } from '../util/trace.js';
+import { convertChunks, convertManifests } from './upgrade-v3.js';
+
+export const STORE_FORMAT_VERSION_NUMBERED = 3;
+export const UPGRADE_DIR = 'upgrade';
+/** The parts the swap replaces, in this order. */
+const SWAPPED = ['db', 'packs', 'manifests'] as const;
+
+export interface UpgradeReport {
+  chunks: number;
+  packs: number;
+  manifests: number;
+  manifestBytesBefore: number;
+  manifestBytesAfter: number;
+}
+
+/** The raw vnstore.json (readConfig refuses version 3 today). */
+async function readRawConfig(dir: string): Promise<StoreConfig> {
+  const text = await fsp.readFile(path.join(dir, CONFIG_FILE), 'utf8').catch(() => undefined);
+  if (text === undefined) return readConfig(dir); // its one-line errors for a missing or unreadable file
+  return JSON.parse(text) as StoreConfig;
+}
+
+export async function upgradeStore(dir: string, options: { packTargetBytes?: number } = {}): Promise<UpgradeReport> {
+  const before = await readRawConfig(dir);
+  if (before.version === STORE_FORMAT_VERSION_NUMBERED) {
+    await finishUpgradeSwap(dir);
+    throw new VnstoreError('E_USAGE', `${dir} is already at store format version ${STORE_FORMAT_VERSION_NUMBERED}`);
+  }
+  const store = await Store.open(dir, { workers: 0, chunkTable: false, reclaim: false });
+  const up = path.join(dir, UPGRADE_DIR);
+  let report: UpgradeReport | undefined;
+  let flipped = false;
+  try {
+    await fsp.rm(up, { recursive: true, force: true }); // a killed upgrade's leftovers: start over
+    const copyBytes = upgradeCopyBytes(
+      await dirBytes(path.join(dir, 'packs')),
+      (await readCounters(store.db))?.chunks ?? 0,
+      await dirBytes(path.join(dir, 'manifests')),
+    );
+    const free = await freeBytes(dir);
+    if (free < copyBytes) {
+      const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
+      throw new VnstoreError(
+        'E_NO_SPACE',
+        `${dir}: upgrade needs ${mb(copyBytes)} free beside the store (a copy of its packs); ${mb(free)} are free`,
+      );
+    }
+    const target = { packs: path.join(up, 'packs'), manifests: path.join(up, 'manifests'), tmp: path.join(up, 'tmp') };
+    const chunks = await convertChunks(store, { ...target, packTargetBytes: options.packTargetBytes });
+    trace('upgrade: packs written');
+    const snapshots = await store.listSnapshots();
+    const kept = await listKeptBases(store.db);
+    const held = await listHeld(store.db);
+    const ids = [...snapshots.map((s) => s.id), ...kept.map((k) => k.id), ...held.map((h) => h.record.id)];
+    const sizes = await convertManifests(store, ids, chunks.numberOf, target);
+    trace('upgrade: manifests written');
+    const db = openDb(path.join(up, 'db'));
+    await db.open();
+    await fsp.chmod(path.join(up, 'db'), 0o700); // LevelDB creates it with the process umask (as init does)
+    try {
+      await copyCatalog(store.db, db, sizes, {
+        chunks: chunks.nextNumber,
+        chunkBytes: chunks.chunkBytes,
+        packs: chunks.packIds.length,
+        packBytes: await dirBytes(target.packs),
+        nextNumber: chunks.nextNumber,
+      });
+    } finally {
+      await db.close();
+    }
+    await fsp.rm(target.tmp, { recursive: true, force: true });
+    for (const d of [target.packs, target.manifests, path.join(up, 'db'), up, dir]) await fsyncDir(d);
+    trace('upgrade: catalog written');
+    // The temp file under upgrade/ (the same file system): a kill before its rename leaves it where
+    // the next upgrade's fresh start removes it (beside vnstore.json it made that upgrade fail).
+    const config: StoreConfig = { ...before, version: STORE_FORMAT_VERSION_NUMBERED };
+    await writeFileDurable(
+      path.join(dir, CONFIG_FILE),
+      Buffer.from(JSON.stringify(config, null, 2) + '\n'),
+      path.join(up, `${CONFIG_FILE}.tmp`),
+    );
+    flipped = true;
+    trace('upgrade: flipped');
+    report = {
+      chunks: chunks.nextNumber,
+      packs: chunks.packIds.length,
+      manifests: sizes.size,
+      manifestBytesBefore: snapshots.reduce((s, r) => s + r.manifestBytes, 0) + kept.reduce((s, k) => s + k.manifestBytes, 0),
+      manifestBytesAfter: [...sizes.values()].reduce((a, b) => a + b, 0),
+    };
+  } catch (err) {
+    // Before the flip the old store stands: drop the partial copy (a kill leaves it to the next run).
+    if (!flipped) await fsp.rm(up, { recursive: true, force: true }).catch(() => undefined);
+    throw err;
+  } finally {
+    await store.close();
+  }
+  await finishUpgradeSwap(dir);
+  return report;
+}
+
+/**
+ * Free bytes the upgrade needs beside the store: a copy of its packs (no dead bytes are copied, but
+ * a format-3 table entry costs up to 35 B against 11: 24 B more a chunk), of its manifests (version 2
+ * is smaller), and 16 MiB for LevelDB and slack.
+ */
+export function upgradeCopyBytes(packBytes: number, chunks: number, manifestBytes: number): number {
+  return packBytes + 24 * chunks + manifestBytes + 16 * 1024 * 1024;
+}
+
+/** Step 3, idempotent: replaces the old parts by the upgrade's once vnstore.json says version 3. */
+export async function finishUpgradeSwap(dir: string): Promise<void> {
+  const up = path.join(dir, UPGRADE_DIR);
+  if (!(await exists(up))) return;
+  if ((await readRawConfig(dir)).version !== STORE_FORMAT_VERSION_NUMBERED) return; // not committed: the old store stands
+  for (const part of SWAPPED) {
+    if (!(await exists(path.join(up, part)))) continue; // swapped by an earlier run
+    await fsp.rm(path.join(dir, part), { recursive: true, force: true });
+    await fsp.rename(path.join(up, part), path.join(dir, part));
+    await fsyncDir(dir);
+    trace(`upgrade: swapped ${part}`);
+  }
+  await fsp.rm(path.join(dir, 'chunk-table.bin'), { force: true });
+  await fsp.rm(up, { recursive: true, force: true });
+  await fsyncDir(dir);
+}
+
+/**
+ * Copies the catalog into the new database: every record but the chunk index (`c`), the pack records
+ * (`p`), the chunk generation, the clean-pack mark and the counters; manifest sizes updated in the
+ * snapshot and kept-base records; counters refolded (chunk and pack figures from the conversion);
+ * `m nextnumber` set. One synced batch.
+ */
+async function copyCatalog(
+  from: StoreDb,
+  to: StoreDb,
+  sizes: ReadonlyMap<string, number>,
+  converted: { chunks: number; chunkBytes: number; packs: number; packBytes: number; nextNumber: number },
+): Promise<void> {
+  const batch = to.batch();
+  const skip = (k: Buffer) =>
+    k[0] === KEY_CHUNK ||
+    k[0] === KEY_PACK ||
+    k.equals(CHUNK_GEN_KEY) ||
+    k.equals(CLEAN_PACK_KEY) ||
+    (k[0] === KEY_META && k.subarray(1).toString('latin1').startsWith('counters'));
+  for await (const [k, v] of from.iterator()) {
+    if (skip(k)) continue;
+    if (k[0] === KEY_SNAPSHOT || k[0] === KEY_KEPT_BASE) {
+      const rec = JSON.parse(v.toString('utf8')) as { id: string; manifestBytes: number };
+      rec.manifestBytes = sizes.get(rec.id) ?? rec.manifestBytes;
+      batch.put(k, Buffer.from(JSON.stringify(rec), 'utf8'));
+    } else batch.put(k, v);
+  }
+  const old = (await readCounters(from)) ?? zeroCounters();
+  const manifestOf = (ids: string[]) => ids.reduce((s, id) => s + (sizes.get(id) ?? 0), 0);
+  const snapshotIds: string[] = [];
+  const keptIds: string[] = [];
+  for await (const k of from.keys()) {
+    if (k[0] === KEY_SNAPSHOT) snapshotIds.push(k.subarray(1).toString('utf8'));
+    if (k[0] === KEY_KEPT_BASE) keptIds.push(k.subarray(1).toString('utf8'));
+  }
+  putCounterBase(batch, {
+    ...old,
+    manifestBytes: manifestOf(snapshotIds),
+    keptBaseBytes: manifestOf(keptIds),
+    chunks: converted.chunks,
+    chunkBytes: converted.chunkBytes,
+    packs: converted.packs,
+    packBytes: converted.packBytes,
+    packPayloadBytes: converted.chunkBytes,
+  });
+  batch.put(NEXT_NUMBER_KEY, new NumberAllocator(0, converted.nextNumber).markValue());
+  await batch.write({ sync: true });
+}
+
+async function dirBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const f of await fsp.readdir(dir)) total += (await fsp.stat(path.join(dir, f))).size;
+  return total;
+}

@@ -1,0 +1,64 @@
+/**
+ * Builds the format-3 chunk index from the packs' tables of contents (docs/FORMAT.md, "Recovery
+ * (format 3)"). It reads and decides; the caller (recovery) acts on the decisions:
+ *   - a pack whose header, trailer or TOC fails its checks is `damaged` (recovery quarantines it);
+ *   - a pack every number of which older packs already hold is a `copy` left by a gc or compact
+ *     killed between sealing it and recording its originals' deletion (recovery deletes it);
+ *   - a pack that shares only some numbers with older packs is `conflicting`: damage the write order
+ *     never produces, left out of the index for `check` to report.
+ * Packs are taken in id order, so an original (lower id) always wins over its copy.
+ */
+import { NumberIndex, type DigestOf } from '../index/number-index.js';
+import type { TocV3 } from '../format/pack-v3.js';
+import { VnstoreError } from '../util/errors.js';
+import type { PackReader } from './pack-reader.js';
+
+export interface NumberIndexLoad {
+  index: NumberIndex;
+  /**
+   * Where each loaded pack's digest column starts in its file (entry k's digest: + 32k). The digests
+   * themselves are not kept (docs/DESIGN.md, "Memory").
+   */
+  digestColumns: Map<number, number>;
+  damaged: { pack: number; why: string }[];
+  copies: number[];
+  conflicting: { pack: number; overlaps: number[] }[];
+}
+
+/** Whether every number of `toc` is already held by `index`. */
+function allHeld(index: NumberIndex, toc: TocV3): boolean {
+  for (let r = 0; r < toc.runStarts.length; r++) {
+    for (let n = toc.runStarts[r]; n < toc.runStarts[r] + toc.runLengths[r]; n++) if (!index.locate(n)) return false;
+  }
+  return true;
+}
+
+export async function loadNumberIndex(reader: PackReader, packIds: readonly number[], index = new NumberIndex()): Promise<NumberIndexLoad> {
+  const load: NumberIndexLoad = { index, digestColumns: new Map(), damaged: [], copies: [], conflicting: [] };
+  // While loading, clashing fingerprints read the older pack's digest from its TOC, held until the end.
+  const digests = new Map<number, Uint8Array>();
+  const digestOf: DigestOf = (pack, entry) => digests.get(pack)!.subarray(entry * 32, entry * 32 + 32);
+  for (const pack of [...packIds].sort((a, b) => a - b)) {
+    let read;
+    try {
+      read = await reader.readTocV3(pack);
+    } catch (err) {
+      // A newer vnstore's pack is not damage: the whole open fails instead (never quarantine it).
+      if (err instanceof VnstoreError && err.code === 'E_CORRUPT') {
+        load.damaged.push({ pack, why: err.message });
+        continue;
+      }
+      throw err;
+    }
+    const overlaps = index.overlapping(read.toc.runStarts, read.toc.runLengths);
+    if (overlaps.length > 0) {
+      if (allHeld(index, read.toc)) load.copies.push(pack);
+      else load.conflicting.push({ pack, overlaps });
+      continue;
+    }
+    digests.set(pack, read.toc.digests);
+    load.digestColumns.set(pack, read.tocOffset + read.toc.digestsAt);
+    index.addPack(pack, read.toc, digestOf);
+  }
+  return load;
+}
