@@ -217,7 +217,9 @@ export class SimAgent<P> implements EpochAgent<P> {
     this.stopped = true;
     const vm = this.vm;
     const paused = vm.now();
-    await vm.pause();
+    // A pause whose network cannot be confirmed quiet fails the VM's snapshot (and so the epoch).
+    await this.guard(() => vm.pause(), 'pausing the VM');
+    if (this.dead) return;
     // The cut: the VM's state now, its colour from now on. A flip its switch does not confirm
     // fails the VM's snapshot, and so the epoch.
     await this.guard(() => vm.flip(epoch), 'flipping the colour');

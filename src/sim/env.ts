@@ -74,7 +74,8 @@ export class SimEnv {
     if (this.network) {
       this.network.connect((vm, frame) => (this.vms.get(vm) as SimVm).receive(frame, this.clock.now, this.net));
       const network = this.network;
-      this.clock.settle = () => network.settle();
+      // Unconfirmed (a switch silent past the budget): time moves on and late frames arrive later.
+      this.clock.settle = async () => void (await network.settle());
     }
     this.app = {
       seed: spec.seed,
@@ -141,9 +142,13 @@ export class SimEnv {
     else this.route(this.specs.get(vm)?.host as string, this.switchOf(vm).flip(vm, epoch));
   }
 
-  /** Every frame sent so far has been judged by its switches and handed to its receiver (a VM about to pause). */
+  /**
+   * Every frame sent so far has been judged by its switches and handed to its receiver (a VM about
+   * to pause); rejects if that cannot be confirmed, since a frame the VM took after its cut, or one
+   * its switch judged after it, would be lost across the cut.
+   */
   async quiesce(): Promise<void> {
-    await this.network?.settle();
+    if (this.network) await this.network.quiesce();
   }
 
   /** Where an agent sends its VM's FLIP itself: its switch process's control port (undefined: in-process switches). */
