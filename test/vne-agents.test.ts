@@ -31,7 +31,6 @@ import {
 import { channelMemberName } from '../src/coordinator/channel-state.js';
 import type { EpochReport } from '../src/coordinator/executor.js';
 import { AgentClient } from '../src/agent/client.js';
-import { scenarioSpec } from '../src/sim/scenario.js';
 import type { EnvSpec, SimEnv } from '../src/sim/env.js';
 import { diskMemberName } from '../src/sim/vm.js';
 import { Rng } from '../src/sim/events.js';
@@ -43,31 +42,12 @@ import { CLI, initStore, runCli, singleErrorLine, tempDirs } from './helpers/eng
 import { parseEnv } from '../src/coordinator/env-file.js';
 import { groupsOn } from './helpers/vne-groups.js';
 import { startServe } from './helpers/serve-process.js';
+import { KILL_RUN, killSpec } from './helpers/vne-kill.js';
 
 const tempDir = tempDirs();
 
-function spec(name: string, seed: number, channels: 'drop' | 'hold'): EnvSpec {
-  return scenarioSpec({
-    name,
-    seed,
-    vms: 4,
-    hosts: 2,
-    minPages: 64,
-    sizeRatio: 3,
-    pageMs: 2,
-    channels,
-    bytesPerSec: 20_000,
-    transferMs: 2000,
-  });
-}
-
-const RUN = {
-  firstAtMs: 300,
-  gapMs: 300,
-  timeoutMs: 60_000,
-  agent: { dirtyThresholdPages: 24, maxRounds: 8, pauseOverheadMs: 5 },
-  limitMs: 600_000,
-};
+const spec = (name: string, seed: number, channels: 'drop' | 'hold'): EnvSpec => killSpec(name, seed, channels, 2000);
+const RUN = KILL_RUN;
 
 interface AgentRun {
   reports: EpochReport[];
@@ -88,6 +68,8 @@ async function agentRun(
     epochs: number;
     syncStop: boolean;
     during?: (epoch: number, env: SimEnv, agents: AgentProcesses, events: string[], switches: SwitchProcesses) => void;
+    /** Then restore the environment from its last committed group and take this many more epochs (a VM died). */
+    restoreEpochs?: number;
   },
 ): Promise<AgentRun> {
   const root = tempDir('vne-agents');
@@ -113,7 +95,24 @@ async function agentRun(
       syncStop: o.syncStop,
       agents: remoteAgents(links, target),
       onEpoch: (epoch, env) => o.during?.(epoch, env, agents, events, switches),
+      tail: o.restoreEpochs === undefined,
     });
+    if (o.restoreEpochs !== undefined) {
+      const last = run.reports.filter((r) => r.outcome === 'committed').at(-1) as EpochReport;
+      const restored = await runEnvironment({
+        ...RUN,
+        spec: s,
+        target,
+        network,
+        epochs: o.restoreEpochs,
+        firstEpoch: (run.reports.at(-1) as EpochReport).epoch + 1,
+        syncStop: o.syncStop,
+        agents: remoteAgents(links, target),
+        from: { images: (await target.readGroup(last.group)) as Map<string, Uint8Array>, epoch: last.epoch },
+      });
+      run.reports.push(...restored.reports);
+      run.outcome = restored.outcome;
+    }
     const groups = new Map<string, Map<string, Uint8Array>>();
     for (const r of run.reports.filter((x) => x.outcome === 'committed'))
       groups.set(r.group, (await target.readGroup(r.group)) as Map<string, Uint8Array>);
@@ -278,6 +277,49 @@ describe('an agent process (or its whole host: agent and switch) SIGKILLed mid-e
         expect(x.reason ?? '', `epoch ${x.epoch}`).toMatch(died);
       await expectGroupsSound(s, r, c.host);
       // The live run, through the agent's death, still ends every transfer with its checksum.
+      expect(r.outcome.done).toBe(true);
+      for (const t of r.outcome.transfers) expect(t.checksum).toBe(t.expected);
+    },
+  );
+});
+
+// Early kills (epoch 2 lasts about 350-500 simulated ms here), so that epoch 2 aborts.
+const VM_KILLS = [
+  { seed: 1, channels: 'hold' as const, syncStop: true, window: [0, 300] as [number, number] },
+  { seed: 2, channels: 'drop' as const, syncStop: false, window: [0, 300] as [number, number] },
+  { seed: 3, channels: 'hold' as const, syncStop: false, window: [0, 300] as [number, number] },
+];
+
+describe('a VM killed mid-epoch under agent processes (its hypervisor side dies)', () => {
+  it.each(VM_KILLS)(
+    'seed $seed, $channels, sync-stop $syncStop: epoch 2 aborts; restored from the last group, the next epoch commits',
+    { timeout: 180_000 },
+    async (c) => {
+      const s = spec(`av${c.seed}`, c.seed, c.channels);
+      const rng = new Rng(c.seed * 7919);
+      const killAt = Math.round(rng.range(...c.window));
+      const victim = s.vms[rng.int(s.vms.length)].name;
+      const r = await agentRun(s, {
+        epochs: 2,
+        syncStop: c.syncStop,
+        restoreEpochs: 1,
+        during: (epoch, env, _agents, events) => {
+          if (epoch !== 2) return;
+          env.clock.after(killAt, () => {
+            events.push(`kill ${victim} at ${env.clock.now.toFixed(0)}`);
+            env.killVm(victim);
+          });
+        },
+      });
+      const [e1, e2, e3] = r.reports;
+      expect(r.events).toEqual([`kill ${victim} at ${(e2.startedAt + killAt).toFixed(0)}`]);
+      expect(e1.outcome, e1.reason).toBe('committed');
+      expect(e2.outcome).toBe('aborted');
+      // the agent (in its process) reports the hypervisor's failure, and the epoch aborts
+      expect(e2.reason).toMatch(new RegExp(`^${victim}: .* failed: hypervisor: VM ${victim} is gone: its hypervisor process died`));
+      expect(e3.outcome, e3.reason).toBe('committed');
+      await expectGroupsSound(s, r);
+      // the environment restored from epoch 1's group ends every transfer right
       expect(r.outcome.done).toBe(true);
       for (const t of r.outcome.transfers) expect(t.checksum).toBe(t.expected);
     },
