@@ -3,7 +3,8 @@
  * spread over pre-copy rounds, prepares and group commits: the server shows only whole groups,
  * numbered without gaps; the members the dead coordinator had prepared but not committed are
  * never committed, and the server aborts them at its prepared timeout (none is left held in the
- * store); the next run takes the next epoch, commits it and verifies it.
+ * store); the next run takes the next epoch, commits it and verifies it. With the agents in the
+ * coordinator's process, and in `vnstore agent serve` processes that outlive it.
  */
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -14,12 +15,18 @@ import { Store } from '../src/store/store.js';
 import { CLI, runCli, tempDirs } from './helpers/engine.js';
 import { groupsOn } from './helpers/vne-groups.js';
 import { startServe, type ServeProcess } from './helpers/serve-process.js';
+import { scenarioSpec } from '../src/sim/scenario.js';
+import { startAgentProcesses, type AgentProcesses } from '../src/sim/agent-processes.js';
 
 const tempDir = tempDirs();
 const MEMBERS = ['envk.channels', 'vm0', 'vm0.disk', 'vm1', 'vm1.disk', 'vm2', 'vm2.disk'];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-describe('coordinator killed during a --server run', () => {
+const SCENARIO = { vms: 3, hosts: 2, minPages: 128, sizeRatio: 3, pageMs: 1, bytesPerSec: 40_000, transferMs: 6000 };
+
+// `env`: each host's agent in a `vnstore agent serve` process of the test's (which the file names), so
+// the coordinator's death leaves agents that must drop what they began for it.
+describe.each(['in-process', 'env'] as const)('coordinator killed during a --server run, agents %s', (agentsForm) => {
   it('leaves every prepared member committed in a whole group or aborted; the next epoch commits', { timeout: 300_000 }, async () => {
     const root = tempDir('vne-srv-coord');
     const store = path.join(root, 'store');
@@ -28,15 +35,26 @@ describe('coordinator killed during a --server run', () => {
     const tokenFile = (JSON.parse(init.stdout.toString()) as { tokenFile: string }).tokenFile;
     const token = readFileSync(tokenFile, 'utf8').trim();
     const env = path.join(root, 'env.json');
-    writeFileSync(
-      env,
-      JSON.stringify({
-        name: 'envk',
-        seed: 4,
-        scenario: { vms: 3, hosts: 2, minPages: 128, sizeRatio: 3, pageMs: 1, bytesPerSec: 40_000, transferMs: 6000 },
-      }),
-    );
+    const spec = scenarioSpec({ name: 'envk', seed: 4, channels: 'hold', ...SCENARIO });
+    const agents: { procs?: AgentProcesses } = {};
+    // The environment file; with agent processes, spelled out with each host's agent, started for `server`.
+    const writeEnv = async (server: string) => {
+      if (agentsForm === 'in-process') return writeFileSync(env, JSON.stringify({ name: 'envk', seed: 4, scenario: SCENARIO }));
+      await agents.procs?.stop();
+      agents.procs = await startAgentProcesses(spec, CLI, ['--server', server, '--token-file', tokenFile]);
+      const hosts = spec.hosts.map((h) => ({ ...h, agent: `127.0.0.1:${agents.procs?.addresses.get(h.name)?.port}` }));
+      writeFileSync(
+        env,
+        JSON.stringify({ name: 'envk', seed: 4, hosts, vms: spec.vms, transfers: spec.transfers, datagrams: spec.datagrams }),
+      );
+    };
+    const stopAgents = async () => {
+      await agents.procs?.stop();
+      agents.procs = undefined;
+    };
+    const agentArgs = agentsForm === 'env' ? ['--agents', 'env'] : [];
     let srv: ServeProcess = await startServe(store, ['--prepared-timeout', '2']);
+    await writeEnv(srv.address);
     let committed = 0;
     const check = async (label: string) => {
       const groups = await groupsOn(srv.address, token);
@@ -61,7 +79,21 @@ describe('coordinator killed during a --server run', () => {
       for (const p of points) {
         const child = spawn(
           process.execPath,
-          [CLI, 'snapshot', '--env', env, '--server', srv.address, '--token-file', tokenFile, '--epochs', '6', '--interval', '50'],
+          [
+            CLI,
+            'snapshot',
+            '--env',
+            env,
+            '--server',
+            srv.address,
+            '--token-file',
+            tokenFile,
+            '--epochs',
+            '6',
+            '--interval',
+            '50',
+            ...agentArgs,
+          ],
           { stdio: 'ignore' },
         );
         const exited = new Promise<void>((r) => child.once('exit', () => r()));
@@ -78,6 +110,7 @@ describe('coordinator killed during a --server run', () => {
       expect(committed, 'no kill came after a commit: the test did not test it').toBeGreaterThan(0);
       await sleep(3000); // past the prepared timeout: the server aborts what the dead coordinators left prepared
     } finally {
+      await stopAgents();
       await srv.stop();
     }
     const s = await Store.open(store, { workers: 0 });
@@ -92,6 +125,7 @@ describe('coordinator killed during a --server run', () => {
     }
     srv = await startServe(store);
     try {
+      await writeEnv(srv.address);
       await check('after the server restarted');
       const next = await runCli([
         'snapshot',
@@ -103,6 +137,7 @@ describe('coordinator killed during a --server run', () => {
         tokenFile,
         '--verify-restore',
         '--json',
+        ...agentArgs,
       ]);
       expect(next.stderr.toString()).toBe('');
       expect(next.code).toBe(0);
@@ -112,6 +147,7 @@ describe('coordinator killed during a --server run', () => {
       ]);
       expect(out.verified[0]).toMatchObject({ transfersOk: true, check: { violations: [], lost: 0 } });
     } finally {
+      await stopAgents();
       await srv.stop();
     }
   });

@@ -14,6 +14,7 @@ import { Rng } from '../src/sim/events.js';
 import { UdpNetwork } from '../src/sim/udp-network.js';
 import { startSwitchProcesses } from '../src/sim/switch-processes.js';
 import { CLI } from './helpers/engine.js';
+import { killSpec } from './helpers/vne-kill.js';
 
 interface Case {
   seed: number;
@@ -30,18 +31,7 @@ const CASES: Case[] = [
 ];
 
 async function killRun(c: Case) {
-  const spec = scenarioSpec({
-    name: `k${c.seed}`,
-    seed: c.seed,
-    vms: 4,
-    hosts: 2,
-    minPages: 64,
-    sizeRatio: 3,
-    pageMs: 2,
-    channels: c.channels,
-    bytesPerSec: 20_000,
-    transferMs: 3000,
-  });
+  const spec = killSpec(`k${c.seed}`, c.seed, c.channels, 3000);
   const members = [
     ...(c.channels === 'hold' ? [channelMemberName(spec.name)] : []),
     ...spec.vms.flatMap((v) => [v.name, diskMemberName(v.name)]),

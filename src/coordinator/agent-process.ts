@@ -23,9 +23,12 @@ import {
   type ControlFrame,
   type ControlTypeValue,
 } from './control.js';
-import { requestFlip } from '../switch/flip-client.js';
+import { requestFlip, type FlipOptions } from '../switch/flip-client.js';
 import type { Endpoint } from '../switch/udp.js';
 import { VnstoreError } from '../util/errors.js';
+
+/** A FLIP resent soon at first, backing off, for up to 2 s of real time (a loaded host's switch may be slow); a killed one fails it at once. */
+const flipRetry = (): FlipOptions => ({ retryMs: 5, maxRetryMs: 100, attempts: Infinity, deadline: Date.now() + 2000, refusedFails: true });
 
 export interface AgentServer {
   readonly address: Endpoint;
@@ -120,7 +123,7 @@ function controlConnection(sock: net.Socket, target: SnapshotTarget<string>, inc
       pause: async () => void (await call(vm, 'pause')),
       // The agent's own FLIP to its VM's switch, as a real agent sends it; in-process switches through the hypervisor.
       flip: async (epoch) =>
-        sw ? requestFlip(sw, vm, epoch, { retryMs: 20, attempts: 10 }).then(() => undefined) : void (await call(vm, 'flip', { epoch })),
+        sw ? requestFlip(sw, vm, epoch, flipRetry()).then(() => undefined) : void (await call(vm, 'flip', { epoch })),
       stateBytes: async (pausedAt) => (await call(vm, 'state', { pausedAt })).payload,
       disk: async () => (await call(vm, 'disk')).payload,
       resume: async () => void (await call(vm, 'resume')),

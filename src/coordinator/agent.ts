@@ -46,6 +46,7 @@ export interface AgentVm {
 /** A VM of the simulated environment in this process, for an agent in this process. */
 export function localVm(env: SimEnv, name: string): AgentVm {
   const vm = env.vms.get(name) as SimVm;
+  const alive = () => env.hypervisorOf(name); // a VM whose hypervisor died answers nothing
   return {
     name,
     pages: vm.spec.pages,
@@ -54,19 +55,20 @@ export function localVm(env: SimEnv, name: string): AgentVm {
     tickMs: env.spec.tickMs,
     now: () => env.clock.now,
     after: (ms, run) => env.clock.after(ms, run),
-    dirtyCount: async () => vm.dirtyCount(),
-    takeDirty: async () => vm.takeDirty(),
-    readPages: async (pages) => vm.pagesBytes(pages),
+    dirtyCount: async () => alive().dirtyCount(),
+    takeDirty: async () => alive().takeDirty(),
+    readPages: async (pages) => alive().pagesBytes(pages),
     async pause() {
+      alive();
       // Over switch processes: every frame already delivered to the VM is handled before its cut.
       await env.quiesce();
       env.pause(name);
     },
     flip: (epoch) => env.flip(name, epoch),
-    stateBytes: async (pausedAt) => vm.stateBytes(pausedAt),
-    disk: async () => vm.disk.slice(),
+    stateBytes: async (pausedAt) => alive().stateBytes(pausedAt),
+    disk: async () => alive().disk.slice(),
     resume: async () => {
-      if (vm.paused) env.resume(name);
+      if (alive().paused) env.resume(name);
     },
   };
 }
@@ -145,7 +147,8 @@ export class SimAgent<P> implements EpochAgent<P> {
           memoryBytes: this.vm.diskBytes,
         });
     });
-    await this.vm.takeDirty(); // round 1 sends every page: what was dirtied before does not matter
+    // round 1 sends every page: what was dirtied before does not matter
+    await this.guard(async () => void (await this.vm.takeDirty()), 'reading the dirty log');
     await this.sendRound(
       Array.from({ length: this.vm.pages }, (_, i) => i),
       epoch,
@@ -201,7 +204,9 @@ export class SimAgent<P> implements EpochAgent<P> {
   private async endRound(epoch: number): Promise<void> {
     if (this.dead) return;
     this.report({ type: 'round', vm: this.name, now: this.vm.now() });
-    const small = (await this.vm.dirtyCount()) <= this.options.dirtyThresholdPages || this.rounds >= this.options.maxRounds;
+    let dirtyCount = 0;
+    await this.guard(async () => void (dirtyCount = await this.vm.dirtyCount()), 'reading the dirty log');
+    const small = dirtyCount <= this.options.dirtyThresholdPages || this.rounds >= this.options.maxRounds;
     if (this.dead || this.stopped) return;
     if (!this.syncStop && small) return this.stopAndCopy(epoch);
     if (this.syncStop && small && !this.ready) {
@@ -210,30 +215,37 @@ export class SimAgent<P> implements EpochAgent<P> {
       if (this.stopped || this.dead) return; // the report made the coordinator stop us
     }
     // Not small yet, or ready and waiting for the order: keep the dirty set small with another round.
-    return this.sendRound(await this.vm.takeDirty(), epoch);
+    let dirty: number[] = [];
+    await this.guard(async () => void (dirty = await this.vm.takeDirty()), 'reading the dirty log');
+    return this.sendRound(dirty, epoch);
   }
 
   private async stopAndCopy(epoch: number): Promise<void> {
     this.stopped = true;
     const vm = this.vm;
     const paused = vm.now();
-    await vm.pause();
+    // A pause whose network cannot be confirmed quiet fails the VM's snapshot (and so the epoch).
+    await this.guard(() => vm.pause(), 'pausing the VM');
+    if (this.dead) return;
     // The cut: the VM's state now, its colour from now on. A flip its switch does not confirm
     // fails the VM's snapshot, and so the epoch.
     await this.guard(() => vm.flip(epoch), 'flipping the colour');
     if (this.dead) return;
-    const dirty = await vm.takeDirty();
+    let dirty: number[] = [];
+    let disk: Uint8Array = new Uint8Array(0);
     const s = this.session as TargetSession<P>;
     await this.guard(async () => {
+      dirty = await vm.takeDirty();
       await s.writeScattered(dirty, await vm.readPages(dirty));
       await s.writePages(0, await vm.stateBytes(paused));
-    });
+      disk = await vm.disk(); // the disk at the pause
+    }, 'the stop-and-copy');
     if (this.dead) return;
-    const disk = await vm.disk(); // the disk at the pause
     const downtimeMs = (dirty.length + STATE_PAGES) * vm.pageMs + this.options.pauseOverheadMs;
     this.round = vm.after(downtimeMs, async () => {
       if (this.dead) return;
-      await vm.resume();
+      await this.guard(() => vm.resume(), 'resuming the VM');
+      if (this.dead) return;
       this.report({ type: 'flipped', vm: this.name, now: paused, downtimeMs });
       await this.guard(async () => {
         if (this.diskSession) {

@@ -234,7 +234,7 @@ export class RemoteAgent implements EpochAgent<string> {
   /** The VM's hypervisor, answering its agent. */
   private async hypervisor(f: ControlFrame): Promise<{ header?: Record<string, unknown>; payload?: Uint8Array }> {
     if (f.header.vm !== this.name) throw new VnstoreError('E_PROTOCOL', `a call for ${String(f.header.vm)} in ${this.name}'s turn`);
-    const vm = this.vm;
+    const vm = this.env.hypervisorOf(this.name); // a VM whose hypervisor died answers nothing
     switch (f.header.op) {
       case 'dirty-count':
         return { header: { value: vm.dirtyCount() } };

@@ -40,11 +40,17 @@ export interface RunOptions<P> {
   network?: UdpNetwork;
   /** Each VM's agent (default: in this process); control-link.ts's `remoteAgents` for agent processes. */
   agents?: AgentFactory<P>;
+  /** Start from a committed group (a group restore) instead of afresh: its images, its channel state re-delivered. */
+  from?: { images: Map<string, Uint8Array>; epoch: number };
+  /** After the last epoch, run on until the transfers finish (default true; false: a run that cannot finish, such as one whose VM died). */
+  tail?: boolean;
 }
 
 export async function runEnvironment<P>(o: RunOptions<P>): Promise<{ reports: EpochReport[]; outcome: Outcome; env: SimEnv }> {
   const first = o.firstEpoch ?? 1;
-  const env = new SimEnv(o.spec, { epoch: first - 1, network: o.network });
+  const env = o.from
+    ? restoredEnvironment(o.spec, o.from.images, o.from.epoch, { epoch: first - 1, network: o.network })
+    : new SimEnv(o.spec, { epoch: first - 1, network: o.network });
   o.onEnv?.(env);
   const reports: EpochReport[] = [];
   let at = o.firstAtMs;
@@ -71,7 +77,7 @@ export async function runEnvironment<P>(o: RunOptions<P>): Promise<{ reports: Ep
     );
     at = env.clock.now + o.gapMs;
   }
-  await env.clock.runUntil(() => env.transfersDone(), o.limitMs);
+  if (o.tail ?? true) await env.clock.runUntil(() => env.transfersDone(), o.limitMs);
   return { reports, outcome: outcomeOf(env), env };
 }
 
@@ -98,13 +104,32 @@ export async function resumeGroup(
   const names = spec.vms.map((v) => v.name);
   const missing = names.filter((n) => !images.has(n));
   if (missing.length > 0) throw new Error(`group ${group} lacks ${missing.join(', ')}: a partial group was committed`);
-  const chImage = images.get(channelMemberName(spec.name));
-  const channel = chImage ? decodeChannelState(chImage, epoch) : [];
+  const channel = channelStateOf(spec, images, epoch);
   const states = new Map<string, GuestState>(names.map((n) => [n, decodeGuestState(images.get(n) as Uint8Array)]));
   const check = checkGroup(states, channel, names);
   check.violations.push(...checkDisks(states, new Map(names.map((n) => [n, images.get(diskMemberName(n))])), spec.transfers));
-  const env = new SimEnv(spec, { epoch, images });
-  env.redeliver(channel); // before anything runs: a finished environment must still get them
+  const env = restoredEnvironment(spec, images, epoch);
   await env.clock.runUntil(() => env.transfersDone(), limitMs);
   return { images, check, outcome: outcomeOf(env) };
+}
+
+function channelStateOf(spec: EnvSpec, images: Map<string, Uint8Array>, epoch: number) {
+  const image = images.get(channelMemberName(spec.name));
+  return image ? decodeChannelState(image, epoch) : [];
+}
+
+/**
+ * The environment as a committed group of epoch `groupEpoch` left it: every VM from its images, the
+ * group's channel state re-delivered before anything runs (a finished environment must still get it).
+ * `options.epoch`: the colours it starts at (default the group's; higher after aborted epochs).
+ */
+export function restoredEnvironment(
+  spec: EnvSpec,
+  images: Map<string, Uint8Array>,
+  groupEpoch: number,
+  options: { epoch?: number; network?: UdpNetwork } = {},
+): SimEnv {
+  const env = new SimEnv(spec, { epoch: options.epoch ?? groupEpoch, images, network: options.network });
+  env.redeliver(channelStateOf(spec, images, groupEpoch));
+  return env;
 }

@@ -33,6 +33,11 @@ export class ChildProcesses {
     this.children.delete(name);
   }
 
+  /** Sends `signal` to `name` (SIGSTOP and SIGCONT: a process starved of CPU, as on a loaded host). */
+  signal(name: string, signal: NodeJS.Signals): void {
+    this.children.get(name)?.child.kill(signal);
+  }
+
   /** Stops every child (SIGTERM) and waits for each. */
   async stop(): Promise<void> {
     for (const [name, c] of [...this.children]) {

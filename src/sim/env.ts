@@ -12,6 +12,7 @@ import type { ChannelMode } from '../switch/colour.js';
 import { destinationMac } from '../switch/ethernet.js';
 import type { UdpNetwork } from './udp-network.js';
 import type { Endpoint } from '../switch/udp.js';
+import { VnstoreError } from '../util/errors.js';
 
 export interface HostSpec {
   name: string;
@@ -56,6 +57,8 @@ export class SimEnv {
   private readonly inTransit = new Map<number, number>();
   /** When each VM pair's link is free again (simulated ms). */
   private readonly linkFreeAt = new Map<string, number>();
+  /** VMs whose hypervisor process died (`killVm`). */
+  private readonly gone = new Set<string>();
   private readonly net = {
     emit: (vm: SimVm, frame: Uint8Array) =>
       this.network
@@ -72,9 +75,10 @@ export class SimEnv {
   ) {
     this.network = options.network;
     if (this.network) {
-      this.network.connect((vm, frame) => (this.vms.get(vm) as SimVm).receive(frame, this.clock.now, this.net));
+      this.network.connect((vm, frame) => this.receive(vm, frame));
       const network = this.network;
-      this.clock.settle = () => network.settle();
+      // Unconfirmed (a switch silent past the budget): time moves on and late frames arrive later.
+      this.clock.settle = async () => void (await network.settle());
     }
     this.app = {
       seed: spec.seed,
@@ -120,6 +124,22 @@ export class SimEnv {
     return this.switches.get((this.specs.get(vm) as VmSpec).host) as SwitchCore;
   }
 
+  /**
+   * The VM's hypervisor process dies: the VM stops for good (no ticks; frames for it are lost) and
+   * every call its agent makes on it fails. Its memory is gone with it: the environment is brought
+   * back by a group restore.
+   */
+  killVm(vm: string): void {
+    this.gone.add(vm);
+    this.pause(vm);
+  }
+
+  /** Throws if the VM's hypervisor process died (`killVm`): what its agent asks of it cannot be answered. */
+  hypervisorOf(vm: string): SimVm {
+    if (this.gone.has(vm)) throw new VnstoreError('E_IO', `VM ${vm} is gone: its hypervisor process died`);
+    return this.vms.get(vm) as SimVm;
+  }
+
   /** Pauses a VM (its ticks stop; frames for it wait in its NIC). */
   pause(vm: string): void {
     (this.vms.get(vm) as SimVm).pause();
@@ -127,6 +147,7 @@ export class SimEnv {
   }
 
   resume(vm: string): void {
+    if (this.gone.has(vm)) return;
     const v = this.vms.get(vm) as SimVm;
     v.resume(this.clock.now, this.net);
     this.scheduleTick(vm, this.spec.tickMs);
@@ -141,9 +162,13 @@ export class SimEnv {
     else this.route(this.specs.get(vm)?.host as string, this.switchOf(vm).flip(vm, epoch));
   }
 
-  /** Every frame sent so far has been judged by its switches and handed to its receiver (a VM about to pause). */
+  /**
+   * Every frame sent so far has been judged by its switches and handed to its receiver (a VM about
+   * to pause); rejects if that cannot be confirmed, since a frame the VM took after its cut, or one
+   * its switch judged after it, would be lost across the cut.
+   */
   async quiesce(): Promise<void> {
-    await this.network?.settle();
+    if (this.network) await this.network.quiesce();
   }
 
   /** Where an agent sends its VM's FLIP itself: its switch process's control port (undefined: in-process switches). */
@@ -184,7 +209,11 @@ export class SimEnv {
 
   /** Re-delivers a group's channel state to the receivers (a group restore in hold mode). */
   redeliver(frames: ChannelFrame[]): void {
-    for (const c of frames) (this.vms.get(c.dst) as SimVm).receive(c.frame, this.clock.now, this.net);
+    for (const c of frames) this.receive(c.dst, c.frame);
+  }
+
+  private receive(vm: string, frame: Uint8Array): void {
+    if (!this.gone.has(vm)) (this.vms.get(vm) as SimVm).receive(frame, this.clock.now, this.net);
   }
 
   counters(): PairCounters[] {
@@ -228,7 +257,7 @@ export class SimEnv {
 
   private route(fromHost: string, outputs: SwitchOutput[]): void {
     for (const o of outputs) {
-      if (o.kind === 'local') (this.vms.get(o.vm) as SimVm).receive(o.frame, this.clock.now, this.net);
+      if (o.kind === 'local') this.receive(o.vm, o.frame);
       else {
         const frame = o.frame;
         this.inTransit.set(o.epoch, (this.inTransit.get(o.epoch) ?? 0) + 1);

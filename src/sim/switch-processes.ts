@@ -15,6 +15,8 @@ export interface SwitchProcesses {
   kill(host: string): Promise<void>;
   /** Starts a host's switch again (a fresh process: colours at `epoch`, nothing held). */
   start(host: string, epoch?: number): Promise<void>;
+  /** Sends a signal to a host's switch (SIGSTOP, SIGCONT: a switch that is slow, not dead). */
+  signal(host: string, signal: NodeJS.Signals): void;
   /** Stops every switch (SIGTERM). */
   stop(): Promise<void>;
 }
@@ -64,6 +66,7 @@ export async function startSwitchProcesses(spec: EnvSpec, cli: string, epoch = 0
     network: { switches, vms },
     kill,
     start,
+    signal: (host, signal) => children.signal(`vnstore switch for ${host}`, signal),
     stop: () => children.stop(),
   };
   try {

@@ -7,9 +7,12 @@
  * VM pauses for its cut) the environment waits until the network is quiet, that is until every
  * switch has read every datagram sent to it and every VM socket every datagram a switch sent it,
  * counted by the switches' STATUS answers against what this side sent and received. Frames crossing
- * hosts therefore take no simulated time. A switch that does not answer is taken as down: frames to
- * it are lost (TCP repairs them), and its counts are taken afresh when it (or a restarted process,
- * with a new incarnation) answers again. The coordinator's side: `openEpoch` raises every VM's colour
+ * hosts therefore take no simulated time. A switch is taken as down only when its host says nobody
+ * listens at its port (a killed process): frames to it are lost (TCP repairs them), and its counts
+ * are taken afresh when a restarted process (a new incarnation) answers. A switch that is merely slow
+ * (a loaded machine) is asked again, backing off, until it answers or the settle budget is spent; a
+ * settle that could not confirm a quiet network fails the flip that waits for it, so the epoch aborts
+ * rather than judge a frame against the wrong side of a cut. The coordinator's side: `openEpoch` raises every VM's colour
  * to the last closed epoch (refusing a switch already past it) and notes each switch's incarnation; `confirmEpoch` refuses the epoch if
  * a switch cannot be reached or was restarted since (its colours and held frames were lost), so a
  * cut judged by a switch that forgot it is never committed (docs/COORDINATION.md).
@@ -17,7 +20,7 @@
 import dgram from 'node:dgram';
 import type { Endpoint, SwitchStatus } from '../switch/udp.js';
 import type { ChannelFrame, PairCounters } from '../switch/core.js';
-import { requestChannelState, requestFlip, requestStatus } from '../switch/flip-client.js';
+import { isRefused, requestChannelState, requestFlip, requestStatus, type FlipOptions } from '../switch/flip-client.js';
 import { VnstoreError } from '../util/errors.js';
 
 export interface SwitchAddresses {
@@ -31,14 +34,26 @@ export interface UdpNetworkOptions {
   switches: Map<string, SwitchAddresses>;
   /** Each VM's own address (the switch's `--port VM=HOST:PORT`) and its host. */
   vms: Map<string, { host: string; addr: Endpoint }>;
-  /** Give up waiting for a quiet network after this long (real ms): late frames arrive later. */
+  /**
+   * Give up waiting for a quiet network (or a switch's answer) after this long, real ms (default
+   * 2000): late frames then arrive later, and a flip waiting for the network fails.
+   */
   settleBudgetMs?: number;
 }
 
+/** A switch's answer to one STATUS round: its status; or `refused`, nobody listens at its port; or neither, no answer in time. */
+interface Probe {
+  host: string;
+  status?: SwitchStatus;
+  refused?: boolean;
+}
+
+/** A switch silent through a whole settle is asked only this long in the next ones, until it answers. */
+const UNRESPONSIVE_PROBE_MS = 100;
+
 interface Seen {
   incarnation: string;
-  status: SwitchStatus;
-  /** Counts when this incarnation was first seen: only what happened since is compared. */
+  /** Counts when this incarnation was first seen still: only what happened since is compared. */
   base: { sent: number; vmIn: number; recv: Record<string, number>; vmOut: Record<string, number> };
 }
 
@@ -53,6 +68,10 @@ export class UdpNetwork {
   private deliver: (vm: string, frame: Uint8Array) => void = () => undefined;
   private quiet = true;
   private epochIncarnations = new Map<string, string>();
+  private readonly unresponsive = new Set<string>();
+  private lastFailure: string[] = [];
+  /** The counts of the last STATUS round of this settle: a round equal to it saw nothing move. */
+  private lastRound = '';
 
   private constructor(private readonly o: UdpNetworkOptions) {
     this.order = [...o.vms.keys()];
@@ -76,6 +95,9 @@ export class UdpNetwork {
       });
       n.sockets.set(vm, s);
     }
+    // Every switch's counts as they are before any VM sends: the base the quiet network is judged by.
+    n.quiet = false;
+    await n.settle();
     return n;
   }
 
@@ -92,25 +114,40 @@ export class UdpNetwork {
     (this.sockets.get(vm) as dgram.Socket).send(frame, sw.vm.port, sw.vm.host, () => undefined);
   }
 
-  /** Delivers what arrived and waits until the network is quiet (or the budget is spent). */
-  async settle(): Promise<void> {
-    if (this.quiet && this.inbox.length === 0) return;
-    const deadline = Date.now() + (this.o.settleBudgetMs ?? 2000);
+  /**
+   * Delivers what arrived and waits until the network is quiet; false if that could not be confirmed
+   * within the budget (a switch silent, or counts that never balanced: datagrams lost).
+   */
+  async settle(): Promise<boolean> {
+    if (this.quiet && this.inbox.length === 0) return true;
+    const deadline = Date.now() + this.budgetMs;
+    this.lastRound = '';
     for (;;) {
       this.deliverInbox();
-      const statuses = await this.statuses(0);
-      if (this.inbox.length === 0 && this.isQuiet(statuses)) break;
-      if (Date.now() > deadline) break;
+      const probes = await this.statuses(0, deadline);
+      if (this.isQuiet(probes) && this.inbox.length === 0) {
+        this.quiet = true;
+        return true;
+      }
+      if (Date.now() >= deadline) {
+        this.giveUp(probes);
+        this.deliverInbox();
+        return false; // not quiet: the next settle asks again
+      }
       await new Promise((r) => setTimeout(r, 1));
     }
-    this.deliverInbox();
-    this.quiet = this.inbox.length === 0;
   }
 
+  /** Settles, or rejects if the network's quiet could not be confirmed. */
+  async quiesce(what = 'a pause'): Promise<void> {
+    if (!(await this.settle()))
+      throw new VnstoreError('E_IO', `the network was not quiet within ${this.budgetMs} ms before ${what}: ${this.lastFailure.join('; ')}`);
+  }
+
+  /** Sets `vm`'s colour at its switch once every frame it sent has been judged; rejects if that or the flip is not confirmed. */
   async flip(vm: string, epoch: number): Promise<void> {
-    await this.settle();
-    const { host } = this.o.vms.get(vm) as { host: string };
-    await requestFlip((this.o.switches.get(host) as SwitchAddresses).tunnel, vm, epoch, { retryMs: 20, attempts: 10 });
+    await this.quiesce(`the flip of ${vm}`);
+    await requestFlip(this.controlAddress(vm), vm, epoch, this.asking());
     this.quiet = false; // frames held for it went out
   }
 
@@ -161,12 +198,13 @@ export class UdpNetwork {
         ...(await requestChannelState((this.o.switches.get(host) as SwitchAddresses).tunnel, epoch, { retryMs: 50, attempts: 6 })),
       );
     await this.confirmEpoch(epoch);
-    return frames;
+    // Frames of one pair keep their order; pairs are put in one order, not the order two senders' frames happened to reach a switch.
+    return frames.sort((a, b) => (a.src < b.src ? -1 : a.src > b.src ? 1 : a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : 0));
   }
 
   /** Pair counters of `epoch` and the one before from every switch that answers (a restarted one's are lost). */
   async counters(epoch: number): Promise<PairCounters[]> {
-    return (await this.statuses(epoch)).flatMap(([, st]) => st?.pairs ?? []);
+    return (await this.statuses(epoch, Date.now() + this.budgetMs)).flatMap((p) => p.status?.pairs ?? []);
   }
 
   async close(): Promise<void> {
@@ -176,7 +214,7 @@ export class UdpNetwork {
 
   private async statusOf(host: string, epoch: number): Promise<SwitchStatus> {
     try {
-      return await requestStatus((this.o.switches.get(host) as SwitchAddresses).tunnel, epoch, { retryMs: 50, attempts: 6 });
+      return await requestStatus((this.o.switches.get(host) as SwitchAddresses).tunnel, epoch, this.asking());
     } catch (err) {
       throw new VnstoreError('E_IO', `switch ${host} is unreachable: ${(err as Error).message}`, { cause: err });
     }
@@ -190,54 +228,103 @@ export class UdpNetwork {
     }
   }
 
-  /** One STATUS round to every switch; an unanswered one is undefined (down, or too slow this time). */
-  private async statuses(epoch: number): Promise<[string, SwitchStatus | undefined][]> {
+  private get budgetMs(): number {
+    return this.o.settleBudgetMs ?? 2000;
+  }
+
+  /** How a request to a switch is resent: soon at first, backing off, until `deadline`; a refused port fails it at once. */
+  private asking(deadline = Date.now() + this.budgetMs): FlipOptions {
+    return { retryMs: 5, maxRetryMs: 100, attempts: Infinity, deadline, refusedFails: true };
+  }
+
+  /**
+   * One STATUS round to every switch, each asked until it answers this round (a fresh socket per
+   * round, so an answer is never one to an older question), nobody listens at its port, or `deadline`.
+   */
+  private async statuses(epoch: number, deadline: number): Promise<Probe[]> {
     return Promise.all(
-      [...this.o.switches].map(async ([host, sw]): Promise<[string, SwitchStatus | undefined]> => {
-        const known = this.seen.has(host);
-        const st = await requestStatus(sw.tunnel, epoch, known ? { retryMs: 100, attempts: 1 } : { retryMs: 10, attempts: 1 }).catch(
-          () => undefined,
-        );
-        if (!st) this.seen.delete(host);
-        return [host, st];
+      [...this.o.switches].map(async ([host, sw]): Promise<Probe> => {
+        const until = this.unresponsive.has(host) ? Math.min(deadline, Date.now() + UNRESPONSIVE_PROBE_MS) : deadline;
+        try {
+          const status = await requestStatus(sw.tunnel, epoch, this.asking(until));
+          this.unresponsive.delete(host);
+          return { host, status };
+        } catch (err) {
+          if (!isRefused(err)) return { host };
+          this.seen.delete(host); // down: what was sent to it is lost; a restarted process is counted afresh
+          return { host, refused: true };
+        }
       }),
     );
   }
 
-  /** Every live switch has read what was sent to it; every VM what its switch sent; every tunnel is empty. */
-  private isQuiet(statuses: [string, SwitchStatus | undefined][]): boolean {
+  /**
+   * A settle ran out of time. A silent switch is asked only briefly from now on (until it answers)
+   * and every count is kept, since what it holds may yet arrive; if every switch answered, what
+   * never balanced was lost on the way, and the bases are taken afresh at the next still round.
+   */
+  private giveUp(probes: Probe[]): void {
+    const silent = probes.filter((p) => !p.status && !p.refused).map((p) => p.host);
+    for (const host of silent) this.unresponsive.add(host);
+    this.lastFailure = silent.map((host) => `switch ${host} did not answer STATUS`);
+    if (silent.length > 0) return; // its frames may yet come: every count is kept
+    this.lastFailure = ["datagrams were lost (the switches' counts never balanced)"];
+    this.seen.clear();
+    this.pairBase.clear();
+  }
+
+  /**
+   * Every switch answered or is down; every live one has read what was sent to it; every VM what its
+   * switch sent; every tunnel is empty. Counts are compared from a base per switch incarnation (and
+   * per pair of them), taken only in a round in which nothing moved since the round before: a base
+   * taken with a frame in flight would forget that frame, or wait forever for one already counted.
+   */
+  private isQuiet(probes: Probe[]): boolean {
     let quiet = true;
     const live = new Map<string, SwitchStatus>();
-    for (const [host, st] of statuses) {
-      if (!st) continue;
-      live.set(host, st);
-      let s = this.seen.get(host);
-      if (!s || s.incarnation !== st.incarnation) {
+    for (const { host, status, refused } of probes) {
+      if (status) live.set(host, status);
+      else if (!refused) quiet = false; // slow, or gone without a word: its frames cannot be counted
+    }
+    const round = JSON.stringify([
+      [...live].map(([h, st]) => [h, st.incarnation, st.vmIn, st.vmOut, st.tunnelIn, st.tunnelOut]),
+      [...this.sent],
+      [...this.recv],
+      this.inbox.length,
+    ]);
+    const still = round === this.lastRound;
+    this.lastRound = round;
+    const pairKey = (a: string, b: string) => `${(live.get(a) as SwitchStatus).incarnation}>${(live.get(b) as SwitchStatus).incarnation}`;
+    const pairs = [...live.keys()].flatMap((a) => [...live.keys()].filter((b) => b !== a).map((b) => [a, b] as const));
+    const newHosts = [...live].filter(([h, st]) => this.seen.get(h)?.incarnation !== st.incarnation);
+    const newPairs = pairs.filter(([a, b]) => this.pairBase.get(`${a}>${b}`)?.key !== pairKey(a, b));
+    if (newHosts.length > 0 || newPairs.length > 0) {
+      if (!still) return false;
+      for (const [host, st] of newHosts) {
         const recv: Record<string, number> = {};
         for (const vm of Object.keys(st.colours)) recv[vm] = this.recv.get(vm) ?? 0;
-        s = {
+        this.seen.set(host, {
           incarnation: st.incarnation,
-          status: st,
           base: { sent: this.sent.get(host) ?? 0, vmIn: st.vmIn, recv, vmOut: { ...st.vmOut } },
-        };
-        this.seen.set(host, s);
+        });
       }
-      s.status = st;
-      if (st.vmIn - s.base.vmIn < (this.sent.get(host) ?? 0) - s.base.sent) quiet = false;
-      for (const vm of Object.keys(st.colours))
-        if ((this.recv.get(vm) ?? 0) - (s.base.recv[vm] ?? 0) < (st.vmOut[vm] ?? 0) - (s.base.vmOut[vm] ?? 0)) quiet = false;
+      for (const [a, b] of newPairs)
+        this.pairBase.set(`${a}>${b}`, {
+          key: pairKey(a, b),
+          out: (live.get(a) as SwitchStatus).tunnelOut[b] ?? 0,
+          in: (live.get(b) as SwitchStatus).tunnelIn[a] ?? 0,
+        });
     }
-    for (const [a, sa] of live) {
-      for (const [b, sb] of live) {
-        if (a === b) continue;
-        const key = `${sa.incarnation}>${sb.incarnation}`;
-        let base = this.pairBase.get(`${a}>${b}`);
-        if (!base || base.key !== key) {
-          base = { key, out: sa.tunnelOut[b] ?? 0, in: sb.tunnelIn[a] ?? 0 };
-          this.pairBase.set(`${a}>${b}`, base);
-        }
-        if ((sb.tunnelIn[a] ?? 0) - base.in < (sa.tunnelOut[b] ?? 0) - base.out) quiet = false;
-      }
+    for (const [host, st] of live) {
+      const { base } = this.seen.get(host) as Seen;
+      if (st.vmIn - base.vmIn < (this.sent.get(host) ?? 0) - base.sent) quiet = false;
+      for (const vm of Object.keys(st.colours))
+        if ((this.recv.get(vm) ?? 0) - (base.recv[vm] ?? 0) < (st.vmOut[vm] ?? 0) - (base.vmOut[vm] ?? 0)) quiet = false;
+    }
+    for (const [a, b] of pairs) {
+      const base = this.pairBase.get(`${a}>${b}`) as { out: number; in: number };
+      if (((live.get(b) as SwitchStatus).tunnelIn[a] ?? 0) - base.in < ((live.get(a) as SwitchStatus).tunnelOut[b] ?? 0) - base.out)
+        quiet = false;
     }
     return quiet;
   }

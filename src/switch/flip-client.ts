@@ -15,6 +15,21 @@ export interface FlipOptions {
   /** Wait this long for an answer before sending again. */
   retryMs?: number;
   attempts?: number;
+  /** Wait twice as long after each resend, up to this many ms (default: `retryMs`, a fixed wait). */
+  maxRetryMs?: number;
+  /** Stop at this `Date.now()` whatever attempts are left: a slow answer is waited for, but not forever. */
+  deadline?: number;
+  /**
+   * Connect the socket to the switch, so that a host answering "port unreachable" (no switch listens
+   * there: a killed process) fails the request at the next resend instead of after every attempt
+   * (`isRefused`). The switch must answer from the address asked, as one bound to it does.
+   */
+  refusedFails?: boolean;
+}
+
+/** The request failed because no switch listens at the address (the host said so), not for want of an answer. */
+export function isRefused(err: unknown): boolean {
+  return (err as { cause?: { code?: string } } | undefined)?.cause?.code === 'ECONNREFUSED';
 }
 
 /** Sends `request` until an answer of kind `answer` that `accept` takes; rejects after the last attempt. */
@@ -27,6 +42,7 @@ async function ask<T>(
   options: FlipOptions,
 ): Promise<T> {
   const retryMs = options.retryMs ?? 50;
+  const maxRetryMs = Math.max(retryMs, options.maxRetryMs ?? retryMs);
   const attempts = options.attempts ?? 10;
   const sock = dgram.createSocket('udp4');
   const bytes = encodeTunnel(request);
@@ -35,17 +51,40 @@ async function ask<T>(
       sock.once('error', reject);
       sock.bind(0, () => resolve());
     });
+    if (options.refusedFails) await new Promise<void>((resolve) => sock.connect(sw.port, sw.host, () => resolve()));
     return await new Promise<T>((resolve, reject) => {
       let sent = 0;
+      let wait = retryMs;
+      let timer: NodeJS.Timeout | undefined;
+      let done = false;
+      const finish = (err: Error | undefined, value?: T) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (err) reject(err);
+        else resolve(value as T);
+      };
       const send = () => {
-        if (sent++ >= attempts) {
-          clearInterval(timer);
-          reject(new VnstoreError('E_IO', `switch ${sw.host}:${sw.port} did not ${what} (${attempts} attempts, ${retryMs} ms apart)`));
+        if (done) return;
+        if (sent >= attempts || (options.deadline !== undefined && sent > 0 && Date.now() >= options.deadline)) {
+          const apart = maxRetryMs > retryMs ? `${retryMs}-${maxRetryMs}` : `${retryMs}`;
+          finish(new VnstoreError('E_IO', `switch ${sw.host}:${sw.port} did not ${what} (${sent} attempts, ${apart} ms apart)`));
           return;
         }
-        sock.send(bytes, sw.port, sw.host, () => undefined); // a send error is a lost datagram: the next attempt retries
+        sent++;
+        // A send error is a lost datagram (the next attempt retries), unless the host said nobody listens.
+        const onSent = (err: Error | null) => void (err && refused(err));
+        if (options.refusedFails) sock.send(bytes, onSent);
+        else sock.send(bytes, sw.port, sw.host, onSent);
+        timer = setTimeout(send, options.deadline === undefined ? wait : Math.max(1, Math.min(wait, options.deadline - Date.now())));
+        wait = Math.min(wait * 2, maxRetryMs);
       };
-      const timer = setInterval(send, retryMs);
+      const refused = (err: Error) => {
+        if ((err as NodeJS.ErrnoException).code === 'ECONNREFUSED')
+          finish(new VnstoreError('E_IO', `switch ${sw.host}:${sw.port} is not running (port unreachable)`, { cause: err }));
+      };
+      // A connected socket hears "port unreachable" on its next send or receive; other errors are lost datagrams.
+      sock.on('error', refused);
       sock.on('message', (msg) => {
         let m;
         try {
@@ -54,10 +93,7 @@ async function ask<T>(
           return; // not an answer to us
         }
         const got = m.kind === answer ? accept(m) : undefined;
-        if (got !== undefined) {
-          clearInterval(timer);
-          resolve(got);
-        }
+        if (got !== undefined) finish(undefined, got);
       });
       send();
     });
