@@ -7,7 +7,8 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentClient } from '../src/agent/client.js';
-import { decodeMessage, encodeMessage, FrameDecoder, MAX_FRAME_BYTES, type Message } from '../src/protocol/index.js';
+import type { Message } from '../src/protocol/index.js';
+import { scriptedServer } from './helpers/scripted-server.js';
 
 const PAGE = 4096;
 const servers: net.Server[] = [];
@@ -15,36 +16,24 @@ afterEach(() => {
   for (const s of servers.splice(0)) s.close();
 });
 
-/** A server that answers HELLO, BEGIN, OFFER (every page missing) and PREPARE, and keeps PAGES unanswered in `held`. */
-async function scriptedServer() {
+/** A server that answers OFFER (every page missing) and PREPARE, and keeps PAGES unanswered in `held`. */
+async function pipelineServer() {
   const log: string[] = [];
   const held: { req: number; indices: number[]; answer: (m: Message) => void }[] = [];
-  const server = net.createServer((sock) => {
-    const d = new FrameDecoder();
-    const answer = (m: Message) => sock.write(encodeMessage(m));
-    sock.on('data', (chunk: Buffer) => {
-      for (const f of d.push(chunk)) {
-        const m = decodeMessage(f);
-        if (m.t === 'hello')
-          answer({ t: 'welcome', version: 1, window: 8, maxFrameBytes: MAX_FRAME_BYTES, maxPagesPerBatch: 256, serverId: 'scripted' });
-        else if (m.t === 'begin') answer({ t: 'result', req: m.req, json: '{"parent":null}' });
-        else if (m.t === 'offer') {
-          log.push(`offer ${Array.from(m.indices).join(',')}`);
-          answer({ t: 'missing', req: m.req, positions: Uint32Array.from(m.indices.keys()) });
-        } else if (m.t === 'pages') {
-          log.push(`pages ${Array.from(m.indices).join(',')} ${Buffer.from(m.data.subarray(0, 1)).toString('hex')}`);
-          held.push({ req: m.req, indices: Array.from(m.indices), answer });
-        } else if (m.t === 'prepare') {
-          log.push('prepare');
-          answer({ t: 'result', req: m.req, json: '{"id":"0123456789abcdef"}' });
-        }
-      }
-    });
+  const { address, server } = await scriptedServer((m, answer) => {
+    if (m.t === 'offer') {
+      log.push(`offer ${Array.from(m.indices).join(',')}`);
+      answer({ t: 'missing', req: m.req, positions: Uint32Array.from(m.indices.keys()) });
+    } else if (m.t === 'pages') {
+      log.push(`pages ${Array.from(m.indices).join(',')} ${Buffer.from(m.data.subarray(0, 1)).toString('hex')}`);
+      held.push({ req: m.req, indices: Array.from(m.indices), answer });
+    } else if (m.t === 'prepare') {
+      log.push('prepare');
+      answer({ t: 'result', req: m.req, json: '{"id":"0123456789abcdef"}' });
+    }
   });
   servers.push(server);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  return { address: `127.0.0.1:${port}`, log, held };
+  return { address, log, held };
 }
 
 const pages = (n: number, fill: number) => Buffer.alloc(n * PAGE, fill);
@@ -57,7 +46,7 @@ async function until(ok: () => boolean): Promise<void> {
 
 describe('agent write pipelining', () => {
   it("a write settles with its PAGES unanswered; the next write's frames follow it in order", async () => {
-    const srv = await scriptedServer();
+    const srv = await pipelineServer();
     const client = await AgentClient.connect({ server: srv.address, token: 't' });
     const s = await client.beginSession({ vm: 'vm', memoryBytes: 16 * PAGE });
     await s.writePages(0, pages(2, 0x11)); // settles although the server never answers its PAGES
@@ -70,7 +59,7 @@ describe('agent write pipelining', () => {
   });
 
   it("a PAGES error fails the next write, and prepare, with the server's code", async () => {
-    const srv = await scriptedServer();
+    const srv = await pipelineServer();
     const client = await AgentClient.connect({ server: srv.address, token: 't' });
     const s = await client.beginSession({ vm: 'vm', memoryBytes: 16 * PAGE });
     await s.writePages(0, pages(2, 0x33));

@@ -216,7 +216,8 @@ export class AgentConnection {
   /** Pauses reading (a restore's consumer applying backpressure) until `until` settles. */
   hold(until: Promise<unknown>): void {
     this.socket.pause();
-    void until.finally(() => this.socket.resume());
+    const resume = () => void this.socket.resume();
+    until.then(resume, resume); // a failure is the holder's to report, not an unhandled rejection here
   }
 
   async close(): Promise<void> {

@@ -4,7 +4,7 @@
  * offered by digest and only those the server lacks are sent with their bytes.
  */
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
-import { hashPages, isZeroPage } from '../chunk/hash.js';
+import { hashPages, isZeroPage, pageScanner } from '../chunk/hash.js';
 import { MAX_OFFERS_PER_BATCH, MAX_PAGES_PER_BATCH } from '../protocol/limits.js';
 import type { SnapshotRecord } from '../store/db.js';
 import type { CommitOptions, SessionOptions } from '../store/session.js';
@@ -135,10 +135,7 @@ export class RemoteSession {
    * positions. Settles once its frames are written and its ZERO and OFFER answered.
    */
   private async sendBatch(indices: Uint32Array, data: Uint8Array, digests: Uint8Array, keep: Uint32Array): Promise<void> {
-    const zero: number[] = [];
-    const offer: number[] = [];
-    for (const k of keep) (isZeroPage(data, k * PAGE_SIZE) ? zero : offer).push(k);
-    hashPages(data, Uint32Array.from(offer), digests);
+    const { zero, offer } = await scanPages(data, digests, keep);
     const pending: Promise<unknown>[] = [];
     // Requests answered while this batch still waits on its offer: their failure is seen below.
     const track = (p: Promise<unknown>) => {
@@ -272,12 +269,49 @@ const OFFER_BATCH_PAGES = Math.min(MAX_OFFERS_PER_BATCH, 4 * MAX_PAGES_PER_BATCH
 /** Batches of one write in flight at once. */
 const BATCHES_IN_FLIGHT = 4;
 
+/**
+ * Splits the pages at positions `keep` of `data` into zero pages and pages to offer, hashing the
+ * latter into `digests` at their positions. A contiguous run (every whole-image write) is zero-tested
+ * and hashed in one pass on the libuv thread pool, so the main thread goes on offering earlier
+ * batches and the batches of a call are scanned on both cores; the caller's pages must not change
+ * until this settles, which the write call's own promise already requires.
+ */
+async function scanPages(data: Uint8Array, digests: Uint8Array, keep: Uint32Array): Promise<{ zero: number[]; offer: number[] }> {
+  const zero: number[] = [];
+  const offer: number[] = [];
+  const n = keep.length;
+  const first = n > 0 ? keep[0] : 0;
+  const scanner = pageScanner();
+  // The scanner reads 8-byte words: an unaligned view is scanned here instead.
+  if (scanner && n > 0 && keep[n - 1] - first === n - 1 && (data.byteOffset + first * PAGE_SIZE) % 8 === 0) {
+    const isZero = new Uint8Array(n);
+    const pages = data.subarray(first * PAGE_SIZE, (first + n) * PAGE_SIZE);
+    await scanner.scanPagesAsync(pages, n, isZero, digests.subarray(first * DIGEST_BYTES, (first + n) * DIGEST_BYTES));
+    for (let j = 0; j < n; j++) (isZero[j] === 1 ? zero : offer).push(first + j);
+    return { zero, offer };
+  }
+  for (const k of keep) (isZeroPage(data, k * PAGE_SIZE) ? zero : offer).push(k);
+  hashPages(data, Uint32Array.from(offer), digests);
+  return { zero, offer };
+}
+
 /** Positions k of `indices` that are the last occurrence of their page index, in order. */
 function lastOccurrences(indices: Uint32Array): Uint32Array {
+  // The common case, strictly ascending indices (whole-image writes, sorted dirty lists), needs no map.
+  let ascending = true;
+  for (let k = 1; k < indices.length && ascending; k++) ascending = indices[k] > indices[k - 1];
+  if (ascending) return positions(indices.length);
   const last = new Map<number, number>();
   for (let k = 0; k < indices.length; k++) last.set(indices[k], k);
-  if (last.size === indices.length) return Uint32Array.from(indices.keys());
+  if (last.size === indices.length) return positions(indices.length);
   return Uint32Array.from([...last.values()].sort((a, b) => a - b));
+}
+
+/** 0, 1, .., n - 1. */
+function positions(n: number): Uint32Array {
+  const out = new Uint32Array(n);
+  for (let k = 0; k < n; k++) out[k] = k;
+  return out;
 }
 
 /** The digests at `positions` of `digests`, packed in that order. */
@@ -292,7 +326,9 @@ function gatherDigests(digests: Uint8Array, positions: number[]): Uint8Array {
 
 /** Sorted page indices as (first, count) pairs of runs. */
 function zeroRanges(pages: number[]): Uint32Array {
-  pages.sort((a, b) => a - b);
+  let ascending = true;
+  for (let k = 1; k < pages.length && ascending; k++) ascending = pages[k] > pages[k - 1];
+  if (!ascending) pages.sort((a, b) => a - b);
   const out: number[] = [];
   for (const p of pages) {
     const n = out.length;
