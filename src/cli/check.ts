@@ -51,11 +51,16 @@ Examples:
         if (server && opts.repairIndex) throw usage('--repair-index needs the store to itself: stop the server and run it locally');
         const report = server
           ? await withRemote(opts, server, (client) => client.check({ readData: opts.readData, readDataSubsetPct: subset }))
-          : await withStore(opts, async (store) => {
-              // Loaded when the command runs, so that other commands do not pay for it at start-up.
-              const { checkStore } = await import('../maintenance/check.js');
-              return checkStore(store, { readData: opts.readData, readDataSubsetPct: subset, repairIndex: opts.repairIndex });
-            });
+          : await withStore(
+              opts,
+              async (store) => {
+                // Loaded when the command runs, so that other commands do not pay for it at start-up.
+                const { checkStore } = await import('../maintenance/check.js');
+                return checkStore(store, { readData: opts.readData, readDataSubsetPct: subset, repairIndex: opts.repairIndex });
+              },
+              // Every index table's checksums, also of those an earlier open verified (bit rot).
+              { recheckIndex: true },
+            );
         if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
         else process.stdout.write(render(report));
         if (!report.ok) {
