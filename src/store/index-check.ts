@@ -108,6 +108,11 @@ async function readVerified(dbDir: string): Promise<Map<string, string>> {
 
 async function writeVerified(dbDir: string, tables: Map<string, string>): Promise<void> {
   const tmp = path.join(dbDir, `${VERIFIED_FILE}.tmp`);
-  await fsp.writeFile(tmp, JSON.stringify({ version: VERIFIED_VERSION, tables: Object.fromEntries(tables) }) + '\n', { mode: FILE_MODE });
-  await fsp.rename(tmp, path.join(dbDir, VERIFIED_FILE));
+  try {
+    await fsp.writeFile(tmp, JSON.stringify({ version: VERIFIED_VERSION, tables: Object.fromEntries(tables) }) + '\n', { mode: FILE_MODE });
+    await fsp.rename(tmp, path.join(dbDir, VERIFIED_FILE));
+  } catch (err) {
+    await fsp.rm(tmp, { force: true }); // a full disk: leave no partial file behind
+    throw err;
+  }
 }
