@@ -77,12 +77,12 @@ describe('a LevelDB table with a key out of order', () => {
     expect(r.stderr).toMatch(/table_builder\.cc:\d+: .*Assertion .*Compare\(key, Slice\(r->last_key\)\) > 0' failed/);
   });
 
-  it('is refused at open with one line, exit 7, by every command: none aborts, none writes to the table', async () => {
+  it('is refused at open with one line, exit 7, by restore, forget, gc, check and repair: none aborts, none writes to the table', async () => {
     const dir = copyOfBase('cli');
     const { table } = putKeyOutOfOrder(path.join(dir, 'db'));
     const damaged = readFileSync(path.join(dir, 'db', table));
     // Before the check, `forget` then `gc` (which compacts every key) died with exit 134.
-    const commands = [['restore', ids[1]], ['forget', ids[0]], ['gc'], ['compact'], ['check'], ['check', '--repair-index'], ['ls']];
+    const commands = [['restore', ids[1]], ['forget', ids[0]], ['gc'], ['check'], ['check', '--repair-index']];
     const results = [];
     for (const args of commands) results.push(await runCli([args[0], '--store', dir, ...args.slice(1)]));
     expect(results.map((r) => r.signal)).toEqual(commands.map(() => null));
