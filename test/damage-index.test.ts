@@ -14,8 +14,8 @@ import { cpSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeF
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkIndexFiles, VERIFIED_FILE } from '../src/store/index-check.js';
-import { checkTable, LevelFileDamage, liveTables } from '../src/store/leveldb-files.js';
+import { checkIndexFiles, TABLE_DAMAGE_ADVICE, VERIFIED_FILE } from '../src/store/index-check.js';
+import { checkTable, LevelFileDamage, liveTables, salvageTable } from '../src/store/leveldb-files.js';
 import { Store } from '../src/store/store.js';
 import { crc32c, maskCrc } from '../src/util/crc32c.js';
 import { CorruptError } from '../src/util/errors.js';
@@ -77,12 +77,12 @@ describe('a LevelDB table with a key out of order', () => {
     expect(r.stderr).toMatch(/table_builder\.cc:\d+: .*Assertion .*Compare\(key, Slice\(r->last_key\)\) > 0' failed/);
   });
 
-  it('is refused at open with one line, exit 7, by restore, forget, gc, check and repair: none aborts, none writes to the table', async () => {
+  it('is refused at open with one line, exit 7, by restore, forget, gc and check: none aborts, none writes to the table', async () => {
     const dir = copyOfBase('cli');
     const { table } = putKeyOutOfOrder(path.join(dir, 'db'));
     const damaged = readFileSync(path.join(dir, 'db', table));
     // Before the check, `forget` then `gc` (which compacts every key) died with exit 134.
-    const commands = [['restore', ids[1]], ['forget', ids[0]], ['gc'], ['check'], ['check', '--repair-index']];
+    const commands = [['restore', ids[1]], ['forget', ids[0]], ['gc'], ['check']];
     const results = [];
     for (const args of commands) results.push(await runCli([args[0], '--store', dir, ...args.slice(1)]));
     expect(results.map((r) => r.signal)).toEqual(commands.map(() => null));
@@ -90,10 +90,41 @@ describe('a LevelDB table with a key out of order', () => {
       expect(r.code, `${commands[i].join(' ')}: ${r.stderr}`).toBe(7);
       expect(r.stderr).toBe(
         `vnstore: error: store catalog (db/) is damaged: table ${table}: block at ${blockAt(r.stderr)} fails its checksum ` +
-          `(in ${path.join(dir, 'db')}); restore the store from a backup (catalog records cannot be rebuilt from the packs)\n`,
+          `(in ${path.join(dir, 'db')}); ${TABLE_DAMAGE_ADVICE}\n`,
       );
     }
     expect(readFileSync(path.join(dir, 'db', table)).equals(damaged)).toBe(true);
+  });
+
+  it('check --repair-index salvages the table: the intact blocks kept, the lost chunk entries rebuilt from the packs', async () => {
+    const dir = copyOfBase('salvage');
+    const db = path.join(dir, 'db');
+    const { table } = putKeyOutOfOrder(db);
+    const damaged = readFileSync(path.join(db, table));
+    const r = await runCli(['check', '--store', dir, '--repair-index']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const out = r.stdout.toString();
+    expect(out).toMatch(
+      new RegExp(
+        `^salvaged index table ${table}: kept \\d+ data block\\(s\\), dropped 1; the damaged file is in ${dir}/quarantine/db-${table}\\n`,
+      ),
+    );
+    expect(out).toMatch(/index entries \+[1-9]\d* /); // the dropped block's chunk entries, re-indexed
+    expect(out).toMatch(/no problems found\n$/);
+    expect(readFileSync(path.join(dir, 'quarantine', `db-${table}`)).equals(damaged)).toBe(true);
+    expect(statSync(path.join(db, table)).size).toBe(damaged.length); // the size the MANIFEST gives
+    // Every snapshot restores exactly, and the store takes the abort's trigger (forget, then gc).
+    for (const [i, id] of ids.entries()) {
+      const x = await runCli(['restore', '--store', dir, id]);
+      expect(x.code, x.stderr).toBe(0);
+      expect(x.stdout.equals(images[i])).toBe(true);
+    }
+    expect((await runCli(['forget', '--store', dir, ids[0]])).code).toBe(0);
+    const gc = await runCli(['gc', '--store', dir]);
+    expect([gc.code, gc.signal, gc.stderr]).toEqual([0, null, '']);
+    const again = await runCli(['restore', '--store', dir, ids[1]]);
+    expect(again.stdout.equals(images[1])).toBe(true);
   });
 
   it('is refused by the library too (CorruptError), and again on every open', async () => {
@@ -204,6 +235,32 @@ describe('the table check', () => {
       }
     }
     expect(missed).toBeLessThan(40);
+  });
+
+  it('a salvaged table is whole: the blocks that read, same size; nothing kept when the footer or size is wrong', () => {
+    const db = path.join(base, 'db');
+    const table = readFileSync(
+      path.join(db, tablesOf(db).sort((a, b) => statSync(path.join(db, b)).size - statSync(path.join(db, a)).size)[0]),
+    );
+    const whole = salvageTable(table, table.length);
+    expect([whole.dropped, whole.lost]).toEqual([0, undefined]);
+    checkTable(whole.bytes);
+    // A flip inside the first data block: that block goes, the others stay where they were.
+    const copy = Buffer.from(table);
+    copy[10] ^= 0xff;
+    const s = salvageTable(copy, copy.length);
+    expect([s.dropped, s.dataBlocks]).toEqual([1, whole.dataBlocks - 1]);
+    expect(s.bytes.length).toBe(table.length);
+    checkTable(s.bytes);
+    // The blocks kept stay byte for byte where they were (the second and third here).
+    expect(s.bytes.subarray(4200, 8000).equals(table.subarray(4200, 8000))).toBe(true);
+    for (const broken of [table.subarray(0, table.length - 1), Buffer.concat([table.subarray(0, table.length - 8), Buffer.alloc(8)])]) {
+      const none = salvageTable(broken, table.length);
+      expect(none.dataBlocks).toBe(0);
+      expect(none.lost).toMatch(/bytes, not|magic/);
+      expect(none.bytes.length).toBe(table.length);
+      checkTable(none.bytes);
+    }
   });
 
   it('damage anywhere in a table throws LevelFileDamage and nothing else', () => {

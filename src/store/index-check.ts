@@ -49,16 +49,16 @@ export async function checkIndexFiles(dbDir: string, options: { recheck?: boolea
   let read = 0;
   for (const [number, size] of live) {
     const name = tableName(number, names);
-    if (!name) throw damaged(dbDir, `table ${String(number).padStart(6, '0')}.ldb is missing`);
+    if (!name) throw new IndexTableDamage(dbDir, `table ${String(number).padStart(6, '0')}.ldb is missing`);
     const file = path.join(dbDir, name);
     const st = await fsp.stat(file, { bigint: true });
-    if (Number(st.size) !== size) throw damaged(dbDir, `table ${name} is ${st.size} bytes, not ${size}`);
+    if (Number(st.size) !== size) throw new IndexTableDamage(dbDir, `table ${name} is ${st.size} bytes, not ${size}`);
     const identity = `${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.ino}`;
     if (verified.get(name) !== identity) {
       try {
         checkTable(await fsp.readFile(file));
       } catch (err) {
-        if (err instanceof LevelFileDamage) throw damaged(dbDir, `table ${name}: ${err.message}`);
+        if (err instanceof LevelFileDamage) throw new IndexTableDamage(dbDir, `table ${name}: ${err.message}`);
         throw err;
       }
       read++;
@@ -74,7 +74,7 @@ export async function checkIndexFiles(dbDir: string, options: { recheck?: boolea
  * verifies the MANIFEST's checksums itself and refuses to open then (E_CORRUPT, levelOpenError), and
  * with no version it reads no table: the tables need no check of ours.
  */
-async function liveTablesOf(dbDir: string): Promise<Map<number, number> | undefined> {
+export async function liveTablesOf(dbDir: string): Promise<Map<number, number> | undefined> {
   try {
     const current = await fsp.readFile(path.join(dbDir, 'CURRENT'), 'latin1');
     const m = /^(MANIFEST-\d+)\n$/.exec(current);
@@ -86,9 +86,21 @@ async function liveTablesOf(dbDir: string): Promise<Map<number, number> | undefi
 }
 
 /** LevelDB names tables NNNNNN.ldb, and reads the older NNNNNN.sst too. */
-function tableName(number: number, names: string[]): string | undefined {
+export function tableName(number: number, names: string[]): string | undefined {
   const stem = String(number).padStart(6, '0');
   return [`${stem}.ldb`, `${stem}.sst`].find((n) => names.includes(n));
+}
+
+/** How to go on from damaged index tables (index-salvage.ts). */
+export const TABLE_DAMAGE_ADVICE =
+  "run 'vnstore check --repair-index' to drop the damaged blocks (the records in them are lost) and rebuild the chunk index from the packs, or restore the store from a backup";
+
+/** A live table of the index is damaged or missing: `vnstore check --repair-index` salvages it. */
+export class IndexTableDamage extends CorruptError {
+  constructor(dbDir: string, what: string) {
+    super(`store catalog (db/) is damaged: ${what} (in ${dbDir}); ${TABLE_DAMAGE_ADVICE}`);
+    this.name = 'IndexTableDamage';
+  }
 }
 
 function damaged(dbDir: string, what: string): CorruptError {

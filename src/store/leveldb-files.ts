@@ -183,51 +183,181 @@ function readBlock(table: Uint8Array, h: BlockHandle, what: string): Uint8Array 
   }
 }
 
-/** The values of a block's entries (keys are prefix-compressed; only values are needed here). */
-function blockValues(block: Uint8Array, what: string): Uint8Array[] {
+/** A block's entries, keys restored from their shared prefixes. */
+function blockEntries(block: Uint8Array, what: string): [Uint8Array, Uint8Array][] {
   if (block.length < 4) throw new LevelFileDamage(`${what}: shorter than its restart count`);
   const restarts = Buffer.from(block.buffer, block.byteOffset, block.length).readUInt32LE(block.length - 4);
   const end = block.length - 4 - 4 * restarts;
   if (restarts === 0 || end < 0) throw new LevelFileDamage(`${what}: bad restart count ${restarts}`);
   const c = new Cursor(block.subarray(0, end), what);
-  const values: Uint8Array[] = [];
-  let keyLength = 0;
+  const entries: [Uint8Array, Uint8Array][] = [];
+  let key: Uint8Array = new Uint8Array(0);
   while (!c.done) {
     const shared = c.varint();
     const unshared = c.varint();
     const valueLength = c.varint();
-    if (shared > keyLength) throw new LevelFileDamage(`${what}: entry shares ${shared} bytes of a ${keyLength}-byte key`);
-    c.slice(unshared);
-    keyLength = shared + unshared;
-    values.push(c.slice(valueLength));
+    if (shared > key.length) throw new LevelFileDamage(`${what}: entry shares ${shared} bytes of a ${key.length}-byte key`);
+    key = shared === 0 ? c.slice(unshared) : Buffer.concat([key.subarray(0, shared), c.slice(unshared)]);
+    entries.push([key, c.slice(valueLength)]);
   }
-  return values;
+  return entries;
 }
 
-/**
- * Checks a LevelDB table (`.ldb`) whole: the footer's magic number, then every block the table has
- * (data blocks through the index, the filter block through the metaindex, both of those through the
- * footer) against its checksum; and that those blocks tile the file from its start to the footer,
- * so every byte LevelDB reads is covered. Throws LevelFileDamage naming the first fault.
- */
-export function checkTable(table: Uint8Array): void {
+/** The parts of a table its footer and index name, each block with its handle. */
+interface TableLayout {
+  metaindex: BlockHandle;
+  index: BlockHandle;
+  /** Data blocks, with the index entry (separator key, handle bytes) that names each. */
+  data: { handle: BlockHandle; entry: [Uint8Array, Uint8Array] }[];
+  /** The filter block, if the metaindex names one. */
+  meta: BlockHandle[];
+}
+
+/** Reads the footer, index and metaindex (each checked); throws LevelFileDamage. */
+function readLayout(table: Uint8Array): TableLayout {
   if (table.length < FOOTER) throw new LevelFileDamage(`${table.length} bytes: shorter than a table's footer`);
   const footer = table.subarray(table.length - FOOTER);
   if (!Buffer.from(footer.subarray(FOOTER - 8)).equals(TABLE_MAGIC)) throw new LevelFileDamage('bad magic number in the footer');
   const f = new Cursor(footer.subarray(0, FOOTER - 8), 'footer');
   const metaindex = readHandle(f);
   const index = readHandle(f);
-  const blocks: BlockHandle[] = [];
-  for (const value of blockValues(readBlock(table, index, 'index block'), 'index block'))
-    blocks.push(readHandle(new Cursor(value, 'index entry')));
-  for (const value of blockValues(readBlock(table, metaindex, 'metaindex block'), 'metaindex block'))
-    blocks.push(readHandle(new Cursor(value, 'metaindex entry')));
-  blocks.push(metaindex, index);
+  const data = blockEntries(readBlock(table, index, 'index block'), 'index block').map((entry) => ({
+    handle: readHandle(new Cursor(entry[1], 'index entry')),
+    entry,
+  }));
+  const meta = blockEntries(readBlock(table, metaindex, 'metaindex block'), 'metaindex block').map(([, v]) =>
+    readHandle(new Cursor(v, 'metaindex entry')),
+  );
+  return { metaindex, index, data, meta };
+}
+
+/**
+ * Checks a LevelDB table (`.ldb`) whole: the footer's magic number, then every block the table has
+ * (data blocks through the index, the filter block through the metaindex, both of those through the
+ * footer) against its checksum; and that no two blocks overlap. A table LevelDB wrote has its blocks
+ * tile the file, so every byte LevelDB reads is checked; one `salvageTable` rewrote has gaps where
+ * it dropped blocks, which nothing reads. Throws LevelFileDamage naming the first fault.
+ */
+export function checkTable(table: Uint8Array): void {
+  const t = readLayout(table); // reads the metaindex and index blocks
+  const toRead = [...t.data.map((d) => d.handle), ...t.meta];
+  const blocks = [...toRead, t.metaindex, t.index].sort((x, y) => x.offset - y.offset);
   let at = 0;
-  for (const [i, h] of blocks.entries()) {
-    if (h.offset !== at) throw new LevelFileDamage(`block ${i} starts at ${h.offset}, not at ${at} where the one before ends`);
-    if (i < blocks.length - 2) readBlock(table, h, 'block'); // the last two were read above
+  for (const h of blocks) {
+    if (h.offset < at) throw new LevelFileDamage(`block at ${h.offset} overlaps the one before it (which ends at ${at})`);
     at = h.offset + h.size + BLOCK_TRAILER;
   }
-  if (at !== table.length - FOOTER) throw new LevelFileDamage(`blocks end at ${at}, not at the footer (${table.length - FOOTER})`);
+  if (at > table.length - FOOTER) throw new LevelFileDamage(`blocks end at ${at}, past the footer (${table.length - FOOTER})`);
+  for (const h of toRead) readBlock(table, h, 'block');
+}
+
+/** What salvageTable kept of a table. */
+export interface TableSalvage {
+  /** The new table, as long as the MANIFEST says the table is (LevelDB reads its footer there). */
+  bytes: Buffer;
+  dataBlocks: number;
+  dropped: number;
+  /** Why the whole table was dropped (footer, index or metaindex unreadable), if it was. */
+  lost?: string;
+}
+
+/**
+ * A table LevelDB can read in place of a damaged one, of the same `size`: the data blocks whose
+ * checksums hold, kept where they are, under a new index block without the others; the filter
+ * block kept if it reads, else a metaindex without it. When the footer or the index does not read,
+ * or the file is shorter than `size`, no block can be trusted: the new table holds none. A key in a
+ * dropped block is gone (and so is a deletion recorded there, so an older value of its key, in
+ * another table, shows again).
+ */
+export function salvageTable(table: Uint8Array, size: number): TableSalvage {
+  let layout: TableLayout | undefined;
+  let lost: string | undefined;
+  try {
+    if (table.length !== size) throw new LevelFileDamage(`${table.length} bytes, not ${size}`);
+    layout = readLayout(table);
+  } catch (err) {
+    if (!(err instanceof LevelFileDamage)) throw err;
+    lost = err.message;
+  }
+  const kept = (layout?.data ?? []).filter(({ handle }) => {
+    try {
+      readBlock(table, handle, 'block');
+      return true;
+    } catch (err) {
+      if (err instanceof LevelFileDamage) return false;
+      throw err;
+    }
+  });
+  let metaEntries: [Uint8Array, Uint8Array][] = [];
+  if (layout) {
+    try {
+      for (const h of layout.meta) readBlock(table, h, 'filter block');
+      metaEntries = blockEntries(readBlock(table, layout.metaindex, 'metaindex block'), 'metaindex block');
+    } catch (err) {
+      if (!(err instanceof LevelFileDamage)) throw err;
+    }
+  }
+  const index = blockWithTrailer(kept.map((d) => d.entry));
+  // Where the new metaindex and index go: after the last block kept (where the old ones were), or
+  // in a dropped block's place. LevelDB may have compressed the old index, so the new one can be
+  // larger: failing every place, the filter block is dropped too (a filter only saves reads).
+  const tailFrom = (withFilter: boolean) =>
+    layout ? Math.min(layout.metaindex.offset, layout.index.offset, ...(withFilter ? [] : layout.meta.map((h) => h.offset))) : 0;
+  const dropped = (layout?.data ?? [])
+    .filter((d) => !kept.includes(d))
+    .map((d) => ({ offset: d.handle.offset, room: d.handle.size + BLOCK_TRAILER }));
+  let metaindex = blockWithTrailer(metaEntries);
+  const placeFor = (tail: number) =>
+    [{ offset: tail, room: size - FOOTER - tail }, ...dropped].find((r) => r.room >= metaindex.length + index.length)?.offset;
+  let start = placeFor(tailFrom(true));
+  if (start === undefined && metaEntries.length > 0) {
+    metaindex = blockWithTrailer([]);
+    start = placeFor(tailFrom(false));
+  }
+  if (start === undefined) throw new LevelFileDamage(`no room for a new index in ${size} bytes`);
+  const out = Buffer.alloc(size);
+  if (layout) out.set(table.subarray(0, tailFrom(true))); // then the new blocks over it
+  metaindex.copy(out, start);
+  index.copy(out, start + metaindex.length);
+  const footer = Buffer.alloc(FOOTER);
+  let p = putLevelVarint(footer, 0, start);
+  p = putLevelVarint(footer, p, metaindex.length - BLOCK_TRAILER);
+  p = putLevelVarint(footer, p, start + metaindex.length);
+  putLevelVarint(footer, p, index.length - BLOCK_TRAILER);
+  TABLE_MAGIC.copy(footer, FOOTER - 8);
+  footer.copy(out, size - FOOTER);
+  return { bytes: out, dataBlocks: kept.length, dropped: (layout?.data.length ?? 0) - kept.length, lost };
+}
+
+function putLevelVarint(out: Buffer, p: number, v: number): number {
+  while (v >= 0x80) {
+    out[p++] = (v % 0x80) | 0x80;
+    v = Math.floor(v / 0x80);
+  }
+  out[p++] = v;
+  return p;
+}
+
+/** An uncompressed block of `entries`, each a restart point (as LevelDB writes its index), with its trailer. */
+function blockWithTrailer(entries: [Uint8Array, Uint8Array][]): Buffer {
+  const parts: Buffer[] = [];
+  const restarts: number[] = [];
+  let at = 0;
+  for (const [key, value] of entries) {
+    const head = Buffer.alloc(15);
+    let p = putLevelVarint(head, 0, 0);
+    p = putLevelVarint(head, p, key.length);
+    p = putLevelVarint(head, p, value.length);
+    restarts.push(at);
+    parts.push(head.subarray(0, p), Buffer.from(key), Buffer.from(value));
+    at += p + key.length + value.length;
+  }
+  if (restarts.length === 0) restarts.push(0);
+  const tail = Buffer.alloc(4 * restarts.length + 4);
+  restarts.forEach((r, i) => tail.writeUInt32LE(r, 4 * i));
+  tail.writeUInt32LE(restarts.length, 4 * restarts.length);
+  const contents = Buffer.concat([...parts, tail]);
+  const trailer = Buffer.alloc(BLOCK_TRAILER);
+  trailer.writeUInt32LE(maskCrc(crc32c(contents, trailer.subarray(0, 1))), 1);
+  return Buffer.concat([contents, trailer]);
 }
