@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectCliError } from './helpers/cli.js';
+import { expectCliError, runCliInProcess } from './helpers/cli.js';
 import { makeTempDir, removeDir, runCli } from './helpers/engine.js';
 
 let dir: string;
@@ -37,7 +37,8 @@ function complete(...words: string[]): string[] {
 
 describe('vnstore completion bash', () => {
   it('completes every command and every option each --help lists', async () => {
-    const top = (await runCli(['--help'])).stdout.toString();
+    // Help texts in-process (test/helpers/cli.ts runCliInProcess): the completion is what runs in bash.
+    const top = (await runCliInProcess(['--help'])).stdout.toString();
     const commands = [...top.split('Commands:')[1].matchAll(/^ {2}([a-z]+)/gm)].map((m) => m[1]).filter((c) => c !== 'help');
     expect(commands).toEqual(
       expect.arrayContaining(['init', 'put', 'restore', 'ls', 'forget', 'gc', 'stats', 'check', 'diff', 'completion', 'bench']),
@@ -45,12 +46,12 @@ describe('vnstore completion bash', () => {
     expect(complete('')).toEqual([...commands, '--help', '--version'].sort());
     expect(complete('re')).toEqual(['restore']);
     for (const cmd of commands) {
-      const help = (await runCli([cmd, '--help'])).stdout.toString();
+      const help = (await runCliInProcess([cmd, '--help'])).stdout.toString();
       const subs = [...(help.split('Commands:')[1] ?? '').matchAll(/^ {2}([a-z]+)/gm)].map((m) => m[1]).filter((c) => c !== 'help');
       // A command that groups subcommands (qemu, agent) offers them, and each its own options.
       if (subs.length > 0) expect(complete(cmd, '')).toEqual([...subs, '--help', '-h'].sort());
       for (const words of subs.length > 0 ? subs.map((sub) => [cmd, sub]) : [[cmd]]) {
-        const text = subs.length > 0 ? (await runCli([...words, '--help'])).stdout.toString() : help;
+        const text = subs.length > 0 ? (await runCliInProcess([...words, '--help'])).stdout.toString() : help;
         // The flags that start the option lines (descriptions may quote other programs' flags).
         const optionLines = (text.split('Options:')[1] ?? '').split(/\n(?:Commands:|\S)/)[0];
         const listed = [...optionLines.matchAll(/^ {2}(-[a-zA-Z], )?(--[a-z][a-z-]*)/gm)].flatMap((m) =>
@@ -88,7 +89,7 @@ describe('vnstore completion bash', () => {
     ]);
     expect(zsh.endsWith('complete -o filenames -F _vnstore vnstore\n')).toBe(true);
     expectCliError(await runCli(['completion', 'fish']), 2, 'bash and zsh');
-    const help = (await runCli(['completion', '--help'])).stdout.toString();
+    const help = (await runCliInProcess(['completion', '--help'])).stdout.toString();
     expect(help).toContain('source <(vnstore completion bash)');
   });
 });

@@ -3,15 +3,36 @@
  * logs, packs, manifests, the identity file...) get bytes flipped, are truncated or deleted, and
  * then every restore is exact or refused with a typed error (VnstoreError: exit 3-13 at the CLI),
  * never an internal error (exit 70) and never wrong bytes. The damage is seeded (which file, which
- * bytes); snapshot ids and times differ per run, so the bytes of LevelDB's files do too.
+ * bytes), and so is the store it lands on: its snapshot ids, times and random tokens come from a
+ * frozen clock and a seeded randomBytes while it is built, so LevelDB's files are the same bytes on
+ * every run (checked below). When they varied, a seeded flip in a table hit a different key each run
+ * and about 1 run in 12 aborted LevelDB (test/damage-index.test.ts has that case made on purpose).
  */
 import { cpSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { jsonValue, KEY_SNAPSHOT, openDb, parseSnapshotRecord, prefixedKey } from '../src/store/db.js';
 import { Store } from '../src/store/store.js';
 import { VnstoreError } from '../src/util/errors.js';
 import { compressiblePage, makeTempDir, PAGE, prng, randomPage, removeDir, restoreToBuffer, runCli } from './helpers/engine.js';
 import { putGroup, putImage } from './helpers/maintenance.js';
+
+/** While on, node:crypto's randomBytes draws from a seeded generator (ids, tokens, the store id). */
+const seeded = vi.hoisted(() => ({ on: false, state: 1 }));
+vi.mock('node:crypto', async (importOriginal) => {
+  const real = await importOriginal<typeof import('node:crypto')>();
+  const randomBytes = ((size: number, ...rest: unknown[]) => {
+    if (!seeded.on || rest.length > 0) return (real.randomBytes as (...a: unknown[]) => Buffer)(size, ...rest);
+    const out = Buffer.allocUnsafe(size);
+    for (let i = 0; i < size; i++) {
+      seeded.state = (Math.imul(seeded.state, 1103515245) + 12345) >>> 0;
+      out[i] = seeded.state >>> 24;
+    }
+    return out;
+  }) as typeof real.randomBytes;
+  return { ...real, default: { ...real, randomBytes }, randomBytes };
+});
 
 const CASES = 60;
 const CLI_CASES = 4; // of which these also run the restores through the executable (exit codes)
@@ -70,32 +91,62 @@ function expectDamageCode(err: VnstoreError, context: string): void {
 
 const savedReserve = process.env.VNSTORE_RESERVE_BYTES;
 
+/**
+ * The base store, the same bytes on every run: two VMs, a child snapshot (a delta manifest), a
+ * group, small packs (several of them), and a reopen (LevelDB tables and a log both exist).
+ */
+async function buildBase(dir: string, S: typeof Store = Store): Promise<Map<string, Buffer>> {
+  const built = new Map<string, Buffer>();
+  vi.useFakeTimers({ toFake: ['Date'], now: Date.UTC(2026, 0, 2, 3, 4, 5) });
+  seeded.on = true;
+  seeded.state = 1;
+  try {
+    await S.init(dir);
+    let store = await S.open(dir, { workers: 0, packTargetBytes: 64 * 1024 });
+    const a1 = image(48, 1);
+    const a2 = Buffer.from(a1);
+    image(8, 2).copy(a2, 8 * PAGE);
+    built.set((await putImage(store, 'a', a1)).id, a1);
+    built.set((await putImage(store, 'a', a2)).id, a2);
+    const b1 = image(24, 3);
+    const c1 = image(16, 4);
+    for (const r of await putGroup(store, 'env-1', [
+      { vm: 'b', image: b1 },
+      { vm: 'c', image: c1 },
+    ]))
+      built.set(r.id, r.vm === 'b' ? b1 : c1);
+    await store.close(); // LevelDB's memtable goes to a table file: tables and a log both exist
+    store = await S.open(dir, { workers: 0, packTargetBytes: 64 * 1024 });
+    const a3 = Buffer.from(a2);
+    image(4, 5).copy(a3, 20 * PAGE);
+    built.set((await putImage(store, 'a', a3)).id, a3);
+    await store.close();
+  } finally {
+    seeded.on = false;
+    vi.useRealTimers();
+  }
+  return built;
+}
+
+/**
+ * A digest of every file of a store but those that are not its data: LevelDB's text log (real
+ * times), the list of verified tables (inodes and times) and the space reserve (random filler).
+ */
+function storeDigest(dir: string): string {
+  const h = createHash('sha256');
+  for (const f of filesUnder(dir)) {
+    if (/(^|\/)(LOG(\.old)?|VNSTORE-VERIFIED|reserve)$/.test(f)) continue;
+    h.update(path.relative(dir, f)).update(readFileSync(f));
+  }
+  return h.digest('hex');
+}
+
 beforeAll(async () => {
   // A small space reserve: copying 4 MiB per case would cost more than the case (it may be damaged too).
   process.env.VNSTORE_RESERVE_BYTES = String(64 * 1024);
   root = makeTempDir('damage');
   base = path.join(root, 'base');
-  await Store.init(base);
-  // Small packs: several of them; two VMs, a child snapshot (a delta manifest), a group.
-  let store = await Store.open(base, { workers: 0, packTargetBytes: 64 * 1024 });
-  const a1 = image(48, 1);
-  const a2 = Buffer.from(a1);
-  image(8, 2).copy(a2, 8 * PAGE);
-  images.set((await putImage(store, 'a', a1)).id, a1);
-  images.set((await putImage(store, 'a', a2)).id, a2);
-  const b1 = image(24, 3);
-  const c1 = image(16, 4);
-  for (const r of await putGroup(store, 'env-1', [
-    { vm: 'b', image: b1 },
-    { vm: 'c', image: c1 },
-  ]))
-    images.set(r.id, r.vm === 'b' ? b1 : c1);
-  await store.close(); // LevelDB's memtable goes to a table file: tables and a log both exist
-  store = await Store.open(base, { workers: 0, packTargetBytes: 64 * 1024 });
-  const a3 = Buffer.from(a2);
-  image(4, 5).copy(a3, 20 * PAGE);
-  images.set((await putImage(store, 'a', a3)).id, a3);
-  await store.close();
+  for (const [id, img] of await buildBase(base)) images.set(id, img);
 });
 
 afterAll(() => {
@@ -105,34 +156,68 @@ afterAll(() => {
 });
 
 describe('a store damaged at random', () => {
-  it('a garbled snapshot record in a LevelDB table: restore exits 7 naming the catalog, never 70', async () => {
+  it('the store the damage lands on is the same bytes on every build', async () => {
+    const again = path.join(root, 'again');
+    // Fresh modules, as in a new run: ids.ts keeps the last id's time per process.
+    vi.resetModules();
+    const built = await buildBase(again, (await import('../src/store/store.js')).Store);
+    expect([...built.keys()]).toEqual([...images.keys()]);
+    expect(storeDigest(again)).toBe(storeDigest(base));
+    removeDir(again);
+  });
+
+  it('a garbled snapshot record in a LevelDB table: every command exits 7 naming the table, never 70 or 134', async () => {
     const dir = path.join(root, 'garbled');
     cpSync(base, dir, { recursive: true });
     // A control character inside a record's JSON, as random damage to a table made it (the issue's
-    // "Bad control character in string literal in JSON"): LevelDB hands the value back unverified.
-    let hit = false;
+    // "Bad control character in string literal in JSON"): the table's block checksum finds it at open.
+    const garbled: string[] = [];
     for (const file of filesUnder(path.join(dir, 'db')).filter((f) => f.endsWith('.ldb'))) {
       const bytes = readFileSync(file);
       const at = bytes.indexOf('"vm":"'); // snappy keeps a record's first field literal
       if (at < 0) continue;
       bytes[at + 6] = 0x01;
       writeFileSync(file, bytes);
-      hit = true;
+      garbled.push(path.basename(file));
     }
-    expect(hit).toBe(true);
-    const refused: string[] = [];
+    expect(garbled.length).toBeGreaterThan(0);
+    for (const args of [['restore', [...images.keys()][0]], ['check', '--json'], ['ls']]) {
+      const r = await runCli([args[0], '--store', dir, ...args.slice(1)]);
+      expect(r.code, r.stderr).toBe(7);
+      expect(r.stderr).toMatch(
+        new RegExp(
+          `^vnstore: error: store catalog \\(db/\\) is damaged: table (${garbled.join('|')}): block at \\d+ \\(\\d+ bytes\\) fails its checksum .*restore the store from a backup.*\\n$`,
+        ),
+      );
+    }
+  });
+
+  it('a garbled snapshot record LevelDB hands back: restore exits 7 naming the record; check lists each one', async () => {
+    const dir = path.join(root, 'garbled-record');
+    cpSync(base, dir, { recursive: true });
+    // Written through LevelDB, so every checksum holds: the records' own checks must find it.
+    const db = openDb(path.join(dir, 'db'));
+    await db.open();
+    const refused = [...images.keys()].slice(0, 2);
+    for (const id of refused) {
+      const key = prefixedKey(KEY_SNAPSHOT, id);
+      const text = jsonValue(parseSnapshotRecord((await db.get(key))!, id));
+      text[text.indexOf('"vm":"') + 6] = 0x01;
+      await db.put(key, text);
+    }
+    await db.close();
     for (const [id, want] of images) {
       const r = await runCli(['restore', '--store', dir, id]);
-      if (r.code === 0) expect(r.stdout.equals(want)).toBe(true);
-      else {
-        expect(r.code, r.stderr).toBe(7);
-        expect(r.stderr).toMatch(
-          new RegExp(`^vnstore: error: store catalog \\(db/\\) is damaged: snapshot record ${id} .*restore the store from a backup.*\\n$`),
-        );
-        refused.push(id);
+      if (!refused.includes(id)) {
+        expect(r.code, r.stderr).toBe(0);
+        expect(r.stdout.equals(want)).toBe(true);
+        continue;
       }
+      expect(r.code, r.stderr).toBe(7);
+      expect(r.stderr).toMatch(
+        new RegExp(`^vnstore: error: store catalog \\(db/\\) is damaged: snapshot record ${id} .*restore the store from a backup.*\\n$`),
+      );
     }
-    expect(refused.length).toBeGreaterThan(0);
     // check lists each damaged record as a problem (and goes on with the rest), naming the way out.
     const c = await runCli(['check', '--store', dir, '--json']);
     expect(c.code, c.stderr).toBe(7);

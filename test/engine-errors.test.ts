@@ -31,6 +31,7 @@ import {
   singleErrorLine,
   type CliResult,
 } from './helpers/engine.js';
+import { runCliInProcess } from './helpers/cli.js';
 
 let root: string;
 let store: string; // a store holding two snapshots of vm "a": idA, then idB (child of A)
@@ -102,8 +103,11 @@ afterAll(() => removeDir(root));
 
 describe('CLI help', () => {
   it('--help works for the program and every command it lists', async () => {
+    // The executable once; the rest in-process (the same text: compared here), one spawn each
+    // cost 38 s of this file at load 7-10.
     const top = await runCli(['--help']);
     expect(top.code).toBe(0);
+    expect(await runCliInProcess(['--help'])).toEqual(top);
     expect(top.stderr).toBe('');
     const text = top.stdout.toString();
     expect(text).toMatch(/^Usage: vnstore /);
@@ -143,7 +147,7 @@ describe('CLI help', () => {
         [cmd, '--help'],
         ['help', cmd],
       ]) {
-        const r = await runCli(args);
+        const r = await runCliInProcess(args);
         if (args[1] === '--help') cmdHelp = r.stdout.toString();
         expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
         expect(r.stderr).toBe('');
@@ -157,7 +161,7 @@ describe('CLI help', () => {
         .map((m) => m[1])
         .filter((c) => c !== 'help');
       for (const sub of subs) {
-        const r = await runCli([cmd, sub, '--help']);
+        const r = await runCliInProcess([cmd, sub, '--help']);
         expect(r.code, `${cmd} ${sub} --help: ${r.stderr}`).toBe(0);
         expect(r.stdout.toString()).toMatch(new RegExp(`^Usage: vnstore ${cmd} ${sub} `));
         // Subcommands that read or write a store name it; the agent's go through --server.
@@ -174,7 +178,11 @@ describe('CLI help', () => {
     [['bogus-command'], /unknown command 'bogus-command'/],
     [['restore'], /name the snapshot to restore \(an id or a unique prefix\), or give --group ID/],
   ])('usage error %j: one line, exit 2', async (args, message) => {
-    expectError(await runCli(args as string[]), 2, message);
+    expectError(await runCliInProcess(args as string[]), 2, message);
+  });
+
+  it('a usage error from the executable: one line, exit 2', async () => {
+    expectError(await runCli(['ls', '--bogus']), 2, "unknown option '--bogus'");
   });
 });
 
@@ -237,10 +245,13 @@ describe('not a store, format version, existing store', () => {
     mkdirSync(plain);
     const file = path.join(root, 'plain-input.img');
     writeFileSync(file, randomPage(5));
+    // The executable once; then every command and kind of path in-process (the same error line
+    // and status: reportError ends both).
+    expectError(await runCli(['ls', '--store', plain]), 3, plain, 'not a vnstore store');
     for (const dir of [plain, path.join(root, 'does-not-exist'), file]) {
-      expectError(await runCli(['ls', '--store', dir]), 3, dir, 'not a vnstore store');
-      expectError(await runCli(['restore', '--store', dir, idA]), 3, 'not a vnstore store');
-      expectError(await runCli(['put', '--store', dir, '--vm', 'a', file]), 3, 'not a vnstore store');
+      expectError(await runCliInProcess(['ls', '--store', dir]), 3, dir, 'not a vnstore store');
+      expectError(await runCliInProcess(['restore', '--store', dir, idA]), 3, 'not a vnstore store');
+      expectError(await runCliInProcess(['put', '--store', dir, '--vm', 'a', file]), 3, 'not a vnstore store');
     }
     // $VNSTORE_STORE is used when --store is absent.
     expectError(await runCli(['ls'], { env: { VNSTORE_STORE: plain } }), 3, plain);

@@ -1,7 +1,9 @@
 import type { Command } from 'commander';
 import type { CheckReport } from '../maintenance/check.js';
+import { IndexTableDamage } from '../store/index-check.js';
+import type { TableSalvageReport } from '../store/index-salvage.js';
 import { VnstoreError } from '../util/errors.js';
-import { action, humanBytes, storeOption, lockWaitOption, usage, withStore } from './common.js';
+import { action, humanBytes, storeDir, storeOption, lockWaitOption, usage, withStore } from './common.js';
 import { addRemoteOptions, serverAddress, withRemote, type RemoteOptions } from './remote.js';
 
 interface CheckCliOptions extends RemoteOptions {
@@ -20,7 +22,7 @@ export function registerCheck(program: Command): void {
     .option('--read-data-subset <pct>', 're-read a random PCT% of the packs (e.g. 10 or 10%)')
     .option(
       '--repair-index',
-      'rebuild the chunk index from the packs (re-hashing every chunk); corrupt packs are salvaged and moved to quarantine/',
+      'rebuild the chunk index from the packs (re-hashing every chunk); corrupt packs are salvaged and moved to quarantine/; damaged index tables keep their intact blocks (originals to quarantine/)',
     )
     .option('--json', 'print {ok, problems[], warnings[], checked, counters, repair, next[], seconds}')
     .addOption(storeOption())
@@ -49,13 +51,36 @@ Examples:
         }
         const server = serverAddress(opts);
         if (server && opts.repairIndex) throw usage('--repair-index needs the store to itself: stop the server and run it locally');
-        const report = server
-          ? await withRemote(opts, server, (client) => client.check({ readData: opts.readData, readDataSubsetPct: subset }))
-          : await withStore(opts, async (store) => {
+        const checkLocal = () =>
+          withStore(
+            opts,
+            async (store) => {
               // Loaded when the command runs, so that other commands do not pay for it at start-up.
               const { checkStore } = await import('../maintenance/check.js');
               return checkStore(store, { readData: opts.readData, readDataSubsetPct: subset, repairIndex: opts.repairIndex });
-            });
+            },
+            // Every index table's checksums, also of those an earlier open verified (bit rot).
+            { recheckIndex: true },
+          );
+        let salvaged: TableSalvageReport[] | undefined;
+        let report: CheckReport;
+        if (server)
+          report = await withRemote(opts, server, (client) => client.check({ readData: opts.readData, readDataSubsetPct: subset }));
+        else {
+          try {
+            report = await checkLocal();
+          } catch (err) {
+            // Damaged index tables keep the store from opening: the repair salvages them first.
+            if (!(opts.repairIndex && err instanceof IndexTableDamage)) throw err;
+            const { salvageIndexTables } = await import('../store/index-salvage.js');
+            salvaged = await salvageIndexTables(storeDir(opts));
+            report = await checkLocal();
+          }
+        }
+        if (salvaged) {
+          if (opts.json) report = { ...report, indexSalvage: salvaged } as CheckReport;
+          else for (const t of salvaged) process.stdout.write(salvageLine(t));
+        }
         if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
         else process.stdout.write(render(report));
         if (!report.ok) {
@@ -66,6 +91,11 @@ Examples:
         }
       }),
     );
+}
+
+function salvageLine(t: TableSalvageReport): string {
+  const kept = t.lost ? `nothing kept (${t.lost})` : `kept ${t.dataBlocksKept} data block(s), dropped ${t.dataBlocksDropped}`;
+  return `salvaged index table ${t.table}: ${kept}${t.quarantined ? `; the damaged file is in ${t.quarantined}` : ''}\n`;
 }
 
 function render(r: CheckReport): string {

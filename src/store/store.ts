@@ -52,6 +52,7 @@ import {
   type SnapshotRecord,
   type StoreDb,
 } from './db.js';
+import { checkIndexFiles } from './index-check.js';
 import { IndexBatch } from './index-batch.js';
 import { ambiguousPrefixError, MIN_PREFIX, SNAPSHOT_ID_RE } from './ids.js';
 import { StoreLock } from './lock.js';
@@ -96,6 +97,8 @@ export interface OpenOptions {
   threadPool?: boolean;
   /** Pack size at which a pack is sealed. */
   packTargetBytes?: number;
+  /** Reads every LevelDB table's checksums at open, also those verified before (`vnstore check`). */
+  recheckIndex?: boolean;
   /**
    * false: do not load the chunk table (catalog work only: `ls`, `stats`, `forget`). Its file is
    * megabytes for a large store; sessions and restores refuse such a store.
@@ -232,6 +235,9 @@ export class Store {
     const pool = new PagePool(options.workers, { start: options.startWorkers !== 'on-demand', threadPool: options.threadPool });
     try {
       for (const d of [p.packs, p.manifests, p.tmp]) await ensurePrivateDir(d);
+      // Before LevelDB sees them: a damaged table would abort the process in a compaction.
+      const checked = await checkIndexFiles(p.db, { recheck: options.recheckIndex });
+      trace(`index files checked (${checked.read} of ${checked.tables} tables read)`);
       db = openDb(p.db);
       try {
         await db.open();

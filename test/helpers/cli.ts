@@ -31,3 +31,48 @@ export function waitExit(child: ChildProcess): Promise<void> {
     child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('close', () => resolve()),
   );
 }
+
+/** process.exit called by the command line run in-process (reportError): its status. */
+class ExitCalled extends Error {
+  constructor(readonly status: number) {
+    super(`process.exit(${status})`);
+  }
+}
+
+/**
+ * Runs `vnstore ARGS...` in this process (src/cli/program.ts), for tests of help text and usage
+ * errors, where what is tested is the text and the status, not the executable: a spawn costs ~0.3 s
+ * of CPU (bench/RESULTS.md "CI time"). stdout, stderr and process.exit are caught for the run;
+ * the same CliResult as runCli. Only for commands that end without a store or a server: anything
+ * else, and the executable itself, goes through runCli.
+ */
+export async function runCliInProcess(args: string[]): Promise<CliResult> {
+  const { runVnstore } = await import('../../src/cli/program.js');
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  const take = (into: Buffer[]) =>
+    ((chunk: string | Uint8Array) => {
+      into.push(Buffer.from(chunk));
+      return true;
+    }) as typeof process.stdout.write;
+  const saved = { out: process.stdout.write, err: process.stderr.write, exit: process.exit, exitCode: process.exitCode };
+  process.stdout.write = take(out);
+  process.stderr.write = take(err);
+  process.exit = ((status?: number) => {
+    throw new ExitCalled(status ?? 0);
+  }) as typeof process.exit;
+  let code: number;
+  try {
+    process.exitCode = undefined;
+    code = (await runVnstore(args)) ?? Number(process.exitCode ?? 0);
+  } catch (e) {
+    if (!(e instanceof ExitCalled)) throw e;
+    code = e.status;
+  } finally {
+    process.stdout.write = saved.out;
+    process.stderr.write = saved.err;
+    process.exit = saved.exit;
+    process.exitCode = saved.exitCode;
+  }
+  return { code, signal: null, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString('utf8') };
+}
