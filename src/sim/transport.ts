@@ -31,10 +31,10 @@ export interface ReliableSender {
 export interface ReliableReceiver {
   expected: number;
   checksum: number;
-  /** Time of the last in-order progress, and the longest gap between two progresses (the application's stall). */
+  /** Time of the last in-order progress, and the longest gap between two progresses (raw: the application's cadence included). */
   lastProgressAt: number;
   longestStall: number;
-  /** When the longest stall ended (it began `longestStall` before): where a stall sits against a pause. */
+  /** When that longest gap ended (it began `longestStall` before). */
   longestStallEnd: number;
 }
 
