@@ -6,7 +6,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { SimEnv } from '../src/sim/env.js';
-import { Rng } from '../src/sim/events.js';
+import { EventQueue, Rng } from '../src/sim/events.js';
 import { parseEnv } from '../src/coordinator/env-file.js';
 import { scenarioSpec } from '../src/sim/scenario.js';
 import {
@@ -220,6 +220,20 @@ describe('simulated VMs', () => {
       divergedAtMs: 15,
     });
     expect(() => addedStall(new Map([['a>b', { bytes: [1000, 6000], at: [10, 40] }]]), ref)).toThrow(/never reached 6000 bytes/);
+  });
+
+  it('yields to the event loop during a long run of synchronous events, in the same order', async () => {
+    const q = new EventQueue();
+    const order: number[] = [];
+    for (let i = 0; i < 10_000; i++) q.after(i % 7, () => void order.push(i));
+    let ranWhenYielded = -1;
+    setImmediate(() => (ranWhenYielded = order.length));
+    await q.runUntil(() => false, Infinity);
+    expect(order.length).toBe(10_000);
+    expect(ranWhenYielded, 'the event loop ran during the run').toBeGreaterThan(0);
+    expect(ranWhenYielded).toBeLessThan(10_000);
+    // by time, then by insertion
+    expect(order).toEqual([...order].sort((a, b) => (a % 7) - (b % 7) || a - b));
   });
 
   it('keeps receipt logs as merged runs', () => {
