@@ -12,7 +12,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import fc from 'fast-check';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { runEnvironment, resumeGroup } from '../src/coordinator/environment-run.js';
 import { AgentLink, remoteAgents } from '../src/coordinator/control-link.js';
 import { serverTarget } from '../src/coordinator/server-target.js';
@@ -38,15 +38,18 @@ import type { Outcome } from '../src/sim/outcome.js';
 import { UdpNetwork } from '../src/sim/udp-network.js';
 import { startSwitchProcesses, type SwitchProcesses } from '../src/sim/switch-processes.js';
 import { startAgentProcesses, type AgentProcesses } from '../src/sim/agent-processes.js';
-import { CLI, initStore, runCli, singleErrorLine, tempDirs } from './helpers/engine.js';
+import { CLI, initStore, makeTempDir, removeDir, runCli, singleErrorLine, tempDirs } from './helpers/engine.js';
 import { parseEnv } from '../src/coordinator/env-file.js';
 import { groupsOn } from './helpers/vne-groups.js';
-import { startServe } from './helpers/serve-process.js';
+import { startServe, type ServeProcess } from './helpers/serve-process.js';
 import { KILL_RUN, killSpec } from './helpers/vne-kill.js';
 
 const tempDir = tempDirs();
 
 const spec = (name: string, seed: number, channels: 'drop' | 'hold'): EnvSpec => killSpec(name, seed, channels, 2000);
+// The kill cases run two at a time: most of a case's real time is spent waiting for its agent and
+// switch processes, each case has its own (and its own environment's groups on the shared server).
+vi.setConfig({ maxConcurrency: 2 });
 const RUN = KILL_RUN;
 
 interface AgentRun {
@@ -59,8 +62,8 @@ interface AgentRun {
 }
 
 /**
- * A store served by a `vnstore serve` child, a switch process and an agent process per host; `during`
- * may kill and restart agent processes at simulated times. Groups are read back before the server stops.
+ * The file's served store (sharedServe), a switch process and an agent process per host; `during`
+ * may kill and restart agent processes at simulated times. Groups are read back at the end.
  */
 async function agentRun(
   s: EnvSpec,
@@ -70,15 +73,12 @@ async function agentRun(
     during?: (epoch: number, env: SimEnv, agents: AgentProcesses, events: string[], switches: SwitchProcesses) => void;
     /** Then restore the environment from its last committed group and take this many more epochs (a VM died). */
     restoreEpochs?: number;
+    /** A store and server of its own (a second run of the same environment, whose groups have the same names). */
+    ownServer?: boolean;
   },
 ): Promise<AgentRun> {
-  const root = tempDir('vne-agents');
-  const store = path.join(root, 'store');
-  const init = await runCli(['init', '--store', store, '--json']);
-  expect(init.code).toBe(0);
-  const tokenFile = (JSON.parse(init.stdout.toString()) as { tokenFile: string }).tokenFile;
-  const token = readFileSync(tokenFile, 'utf8').trim();
-  const serve = await startServe(store);
+  const own = o.ownServer ? await servedStore() : undefined;
+  const { serve, token, tokenFile } = own ?? (await sharedServe());
   const switches = await startSwitchProcesses(s, CLI);
   const agents = await startAgentProcesses(s, CLI, ['--server', serve.address, '--token-file', tokenFile]);
   const network = await UdpNetwork.open(switches.network);
@@ -121,7 +121,7 @@ async function agentRun(
       outcome: run.outcome,
       groups,
       reader: new MapReader(groups),
-      onServer: await groupsOn(serve.address, token),
+      onServer: new Map([...(await groupsOn(serve.address, token))].filter(([g]) => g.startsWith(`${s.name}-e`))),
       events,
     };
   } finally {
@@ -130,8 +130,39 @@ async function agentRun(
     await network.close();
     await agents.stop();
     await switches.stop();
-    await serve.stop();
+    if (own) await stopServed(own);
   }
+}
+
+/**
+ * One store served by one `vnstore serve` for the whole file (a process start per run saved): every
+ * run's environment has a name of its own, so its groups are its own.
+ */
+let shared: Promise<Served> | undefined;
+const sharedServe = () => (shared ??= servedStore());
+afterAll(async () => {
+  if (shared) await stopServed(await shared);
+});
+
+interface Served {
+  serve: ServeProcess;
+  token: string;
+  tokenFile: string;
+  root: string;
+}
+
+async function servedStore(): Promise<Served> {
+  const root = makeTempDir('vne-agents');
+  const store = path.join(root, 'store');
+  const init = await runCli(['init', '--store', store, '--json']);
+  expect(init.code).toBe(0);
+  const tokenFile = (JSON.parse(init.stdout.toString()) as { tokenFile: string }).tokenFile;
+  return { serve: await startServe(store), token: readFileSync(tokenFile, 'utf8').trim(), tokenFile, root };
+}
+
+async function stopServed(s: Served): Promise<void> {
+  await s.serve.stop();
+  removeDir(s.root);
 }
 
 class MapReader implements GroupReader {
@@ -178,7 +209,7 @@ describe('agents in their own processes', () => {
       expect(a.outcome.done).toBe(true);
       for (const t of a.outcome.transfers) expect(t.checksum, 'the live run').toBe(t.expected);
 
-      const b = await agentRun(s, { epochs: 2, syncStop: true });
+      const b = await agentRun(s, { epochs: 2, syncStop: true, ownServer: true });
       expect(b.reports).toEqual(a.reports);
 
       // The same environment with the agents in this process, over switch processes as well.
@@ -228,7 +259,7 @@ const KILLS: KillCase[] = [
 ];
 
 describe('an agent process (or its whole host: agent and switch) SIGKILLed mid-epoch', () => {
-  it.each(KILLS)(
+  it.concurrent.each(KILLS)(
     'seed $seed, $channels, sync-stop $syncStop, mid-turn $midTurn, whole host $host: no partial group; restarted, the next epoch commits',
     { timeout: 180_000 },
     async (c) => {
@@ -290,7 +321,7 @@ const VM_KILLS = [
 ];
 
 describe('a VM killed mid-epoch under agent processes (its hypervisor side dies)', () => {
-  it.each(VM_KILLS)(
+  it.concurrent.each(VM_KILLS)(
     'seed $seed, $channels, sync-stop $syncStop: epoch 2 aborts; restored from the last group, the next epoch commits',
     { timeout: 180_000 },
     async (c) => {

@@ -6,7 +6,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { SimEnv } from '../src/sim/env.js';
-import { Rng } from '../src/sim/events.js';
+import { EventQueue, Rng } from '../src/sim/events.js';
 import { parseEnv } from '../src/coordinator/env-file.js';
 import { scenarioSpec } from '../src/sim/scenario.js';
 import {
@@ -22,6 +22,7 @@ import {
 } from '../src/sim/transport.js';
 import { decodeGuestState, SimVm, STATE_PAGES, addToRuns, inRuns } from '../src/sim/vm.js';
 import { outcomeOf } from '../src/sim/outcome.js';
+import { addedStall, progressLogs, type ProgressLogs } from '../src/sim/progress.js';
 
 describe('reliable transport', () => {
   it('delivers the exact file through random losses (both ways), and delivers nothing when everything is lost', () => {
@@ -163,11 +164,76 @@ describe('simulated VMs', () => {
       o.transfers.map((t) => [t.bytes, t.expected, t.expected]),
     );
     // 200 segments of 1000 bytes, each 1024 bytes on the wire at 100 kB/s: 10.24 ms apart, about 2 s
-    expect(o.longestStallMs).toBeGreaterThanOrEqual(10.24);
-    expect(o.longestStallMs).toBeLessThan(12);
+    expect(o.longestGapMs).toBeGreaterThanOrEqual(10.24);
+    expect(o.longestGapMs).toBeLessThan(12);
     expect(o.finishedAtMs).toBeGreaterThan(2000);
     expect(o.finishedAtMs).toBeLessThan(2200);
     expect(o.timeouts).toBe(0);
+  });
+
+  it('logs every in-order progress, and measures the stall a disturbance adds against the undisturbed run', async () => {
+    const spec = scenarioSpec({
+      seed: 5,
+      vms: 2,
+      hosts: 2,
+      minPages: 32,
+      sizeRatio: 1,
+      pageMs: 1,
+      channels: 'drop',
+      bytesPerSec: 0,
+      transferMs: 0,
+      transferBytes: 20_000,
+      linkBytesPerSec: 100_000,
+    });
+    const env = new SimEnv(spec);
+    await env.clock.runUntil(() => env.transfersDone(), 60_000);
+    const logs = progressLogs(env);
+    expect([...logs.keys()].sort()).toEqual(['vm0>vm1', 'vm1>vm0']);
+    for (const log of logs.values()) {
+      expect(log.bytes).toEqual(Array.from({ length: 20 }, (_, i) => 1000 * (i + 1)));
+      for (let i = 1; i < log.at.length; i++) expect(log.at[i]).toBeGreaterThan(log.at[i - 1]);
+    }
+    // against itself: nothing added, never different
+    expect(addedStall(logs, logs)).toMatchObject({ stallMs: 0, divergedAtMs: Infinity });
+
+    // by hand: the reference progresses every 5 ms; the run waits 20 ms for its third segment, then
+    // goes on at the reference's pace, 15 ms late; its first wait (the start) is not a stall
+    const ref: ProgressLogs = new Map([['a>b', { bytes: [1000, 2000, 3000, 4000, 5000], at: [10, 15, 20, 25, 30] }]]);
+    const run: ProgressLogs = new Map([['a>b', { bytes: [1000, 2000, 3000, 4000, 5000], at: [40, 45, 65, 70, 75] }]]);
+    expect(addedStall(run, ref)).toEqual({
+      stallMs: 15,
+      transfer: 'a>b',
+      gapStartMs: 45,
+      gapEndMs: 65,
+      referenceGapMs: 5,
+      divergedAtMs: 10,
+    });
+    // progress in other steps than the reference's: the reference's time from having the gap's first
+    // bytes to having its last; the runs differ from when the reference had 2000 bytes and this run not
+    const coarse: ProgressLogs = new Map([['a>b', { bytes: [1000, 3000, 5000], at: [10, 32, 40] }]]);
+    expect(addedStall(coarse, ref)).toEqual({
+      stallMs: 12,
+      transfer: 'a>b',
+      gapStartMs: 10,
+      gapEndMs: 32,
+      referenceGapMs: 10,
+      divergedAtMs: 15,
+    });
+    expect(() => addedStall(new Map([['a>b', { bytes: [1000, 6000], at: [10, 40] }]]), ref)).toThrow(/never reached 6000 bytes/);
+  });
+
+  it('yields to the event loop during a long run of synchronous events, in the same order', async () => {
+    const q = new EventQueue();
+    const order: number[] = [];
+    for (let i = 0; i < 10_000; i++) q.after(i % 7, () => void order.push(i));
+    let ranWhenYielded = -1;
+    setImmediate(() => (ranWhenYielded = order.length));
+    await q.runUntil(() => false, Infinity);
+    expect(order.length).toBe(10_000);
+    expect(ranWhenYielded, 'the event loop ran during the run').toBeGreaterThan(0);
+    expect(ranWhenYielded).toBeLessThan(10_000);
+    // by time, then by insertion
+    expect(order).toEqual([...order].sort((a, b) => (a % 7) - (b % 7) || a - b));
   });
 
   it('keeps receipt logs as merged runs', () => {

@@ -186,7 +186,6 @@ describe('vnstore snapshot --env', () => {
 
   it('refuses a bad environment file or option with one line and its exit code', async () => {
     const root = tempDir('vne-cli-bad');
-    const store = await initStore(root);
     const file = (doc: unknown) => {
       const f = path.join(root, `env-${Math.random().toString(36).slice(2)}.json`);
       writeFileSync(f, typeof doc === 'string' ? doc : JSON.stringify(doc));
@@ -210,10 +209,13 @@ describe('vnstore snapshot --env', () => {
         /"vms\[0\]\.nic" must be "HOST:PORT"/,
       ],
     ];
-    for (const [args, code, message] of cases) {
-      const r = await runCli(['snapshot', '--store', store, ...args]);
-      expect(r.code, args.join(' ')).toBe(code);
-      expect(singleErrorLine(r.stderr)).toMatch(message);
-    }
+    // all at once (each a CLI process start), each on a store of its own
+    const results = await Promise.all(
+      cases.map(async ([args], i) => runCli(['snapshot', '--store', await initStore(path.join(root, `s${i}`)), ...args])),
+    );
+    cases.forEach(([args, code, message], i) => {
+      expect(results[i].code, args.join(' ')).toBe(code);
+      expect(singleErrorLine(results[i].stderr)).toMatch(message);
+    });
   });
 });

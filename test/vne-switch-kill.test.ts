@@ -4,7 +4,7 @@
  * restarted: no partial group is ever committed (the epoch aborts, or it commits whole and its group
  * is consistent and resumes to the undisturbed checksums), and the next epoch commits and is consistent.
  */
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { runEnvironment, resumeGroup } from '../src/coordinator/environment-run.js';
 import { MemoryTarget } from '../src/coordinator/target.js';
 import { channelMemberName } from '../src/coordinator/channel-state.js';
@@ -29,6 +29,10 @@ const CASES: Case[] = [
   { seed: 4, channels: 'drop', syncStop: false },
   { seed: 5, channels: 'hold', syncStop: true },
 ];
+
+// The cases run two at a time: most of a case's real time is spent waiting for its switch
+// processes, each case has its own, and the settle tolerates a slow switch.
+vi.setConfig({ maxConcurrency: 2 });
 
 async function killRun(c: Case) {
   const spec = killSpec(`k${c.seed}`, c.seed, c.channels, 3000);
@@ -74,7 +78,7 @@ async function killRun(c: Case) {
 }
 
 describe('a switch process killed mid-epoch', () => {
-  it.each(CASES)(
+  it.concurrent.each(CASES)(
     'seed $seed, $channels, sync-stop $syncStop: no partial group, the next epoch commits consistent',
     { timeout: 120_000 },
     async (c) => {

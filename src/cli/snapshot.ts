@@ -290,7 +290,7 @@ function render(reports: EpochReport[], live: Outcome, verified: Verification[])
     );
   }
   out.push(
-    `live run: ${live.transfers.filter((t) => t.checksum === t.expected && t.diskChecksum === t.expected && t.received === t.bytes).length}/${live.transfers.length} transfers ended with their checksum, in memory and on disk; longest RTO ${ms(live.longestRtoMs)}, longest stall ${ms(live.longestStallMs)}`,
+    `live run: ${live.transfers.filter((t) => t.checksum === t.expected && t.diskChecksum === t.expected && t.received === t.bytes).length}/${live.transfers.length} transfers ended with their checksum, in memory and on disk; longest RTO ${ms(live.longestRtoMs)}, longest gap between progresses ${ms(live.longestGapMs)}`,
   );
   for (const d of live.datagrams) out.push(`  datagrams ${d.from} -> ${d.to}: ${d.sent} sent, ${d.received} received`);
   for (const v of verified) {

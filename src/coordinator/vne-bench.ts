@@ -6,14 +6,15 @@
  * The application is a bulk transfer, as the paper's (BitTorrent): each VM sends a 4 MB file to
  * the next in a ring, as fast as TCP's 8 kB window and a 200 kB/s path per VM pair allow, so the
  * undisturbed transfer's longest gap between two progresses is about one segment's time on the
- * path (5 ms), and a stall measures what the snapshot did.
+ * path (5 ms). The stall is what the snapshot added to such a gap, against the undisturbed run of
+ * the same environment and seed (src/sim/progress.ts).
  */
 import { runEnvironment, resumeGroup } from './environment-run.js';
 import { MemoryTarget } from './target.js';
 import { scenarioSpec, type ScenarioOptions } from '../sim/scenario.js';
 import type { AgentOptions } from './agent.js';
 import type { EpochReport } from './executor.js';
-import type { SimEnv } from '../sim/env.js';
+import { addedStall, progressLogs, type AddedStall, type ProgressLogs } from '../sim/progress.js';
 
 /** 512 pages at 1 ms a page: the smallest VM's first round takes ~0.5 s, a 16x larger one ~8 s. */
 export const BENCH_BASE = {
@@ -59,7 +60,14 @@ export interface BenchFigures {
   framesDropped: number;
   framesHeld: number;
   longestRtoMs: number;
+  /** The longest gap between two progresses of a transfer, raw: the application's own cadence included. */
+  longestGapMs: number;
+  /** The stall: the longest time the snapshot added to one such gap, against the undisturbed run (progress.ts). */
   stallMs: number;
+  /** Where that stall is, and when the run first differed from the undisturbed one (progress.ts's AddedStall). */
+  stall: AddedStall;
+  /** The epoch's first pause (simulated ms): the run must not differ from the undisturbed one before it. */
+  firstPauseMs: number;
   maxDowntimeMs: number;
   maxDurationMs: number;
   rounds: number[];
@@ -68,11 +76,17 @@ export interface BenchFigures {
   udpLostLive: number;
   udpLostRestored?: number;
   /**
-   * The longest stall against its receiver's pause, when the stall spans it: how long before the
-   * pause it began (the receiver's last progress before it), the receiver's downtime, and whether
-   * it ended the instant the receiver resumed (what arrived meanwhile was handled then, not later).
+   * The stall against its receiver's pause, when the gap spans it: how long before the pause the gap
+   * began (the receiver's last progress before it), the receiver's downtime, and whether the gap ended
+   * the instant the receiver resumed (what arrived meanwhile was handled then, not later).
    */
   stallAtPause?: { leadMs: number; downtimeMs: number; endsAtResume: boolean };
+}
+
+/** The undisturbed run of an environment and seed: its longest gap, and its progress to measure stalls against. */
+export interface Undisturbed {
+  longestGapMs: number;
+  progress: ProgressLogs;
 }
 
 function spec(env: BenchEnv, channels: 'drop' | 'hold', seed: number) {
@@ -82,8 +96,17 @@ function spec(env: BenchEnv, channels: 'drop' | 'hold', seed: number) {
 
 const lostDatagrams = (ds: { sent: number; received: number }[]) => ds.reduce((n, d) => n + Math.max(0, d.sent - d.received - 1), 0);
 
-/** One coordinated snapshot at t = 1 s; throws unless it commits and every transfer ends with its checksum (and, with `resume`, the group checks and resumes to them). */
-export async function benchRun(env: BenchEnv, mode: BenchMode, seed: number, options: { resume: boolean }): Promise<BenchFigures> {
+/**
+ * One coordinated snapshot at t = 1 s; throws unless it commits and every transfer ends with its
+ * checksum (and, with `resume`, the group checks and resumes to them). `reference`: the undisturbed
+ * run of the same environment and seed. `controlJitterMs`: the spread of the stop orders (default 2).
+ */
+export async function benchRun(
+  env: BenchEnv,
+  mode: BenchMode,
+  seed: number,
+  options: { resume: boolean; reference: Undisturbed; controlJitterMs?: number },
+): Promise<BenchFigures> {
   const s = spec(env, mode.channels, seed);
   const target = new MemoryTarget();
   const r = await runEnvironment({
@@ -96,22 +119,27 @@ export async function benchRun(env: BenchEnv, mode: BenchMode, seed: number, opt
     timeoutMs: 120_000,
     agent: BENCH_AGENT,
     limitMs: 600_000,
+    controlJitterMs: options.controlJitterMs,
   });
   const rep = r.reports[0];
   if (rep.outcome !== 'committed') throw new Error(`epoch aborted: ${rep.reason}`);
   if (!r.outcome.done || !r.outcome.transfers.every((t) => t.checksum === t.expected))
     throw new Error('a transfer ended with the wrong checksum');
+  const stall = addedStall(progressLogs(r.env), options.reference.progress);
   const figures: BenchFigures = {
     skewMs: rep.skewMs,
     framesDropped: rep.framesDropped,
     framesHeld: rep.framesHeld,
     longestRtoMs: r.outcome.longestRtoMs,
-    stallMs: r.outcome.longestStallMs,
+    longestGapMs: r.outcome.longestGapMs,
+    stallMs: stall.stallMs,
+    stall,
+    firstPauseMs: rep.startedAt + Math.min(...rep.vms.map((v) => v.flipAtMs)),
     maxDowntimeMs: Math.max(...rep.vms.map((v) => v.downtimeMs)),
     maxDurationMs: Math.max(...rep.vms.map((v) => v.durationMs)),
     rounds: rep.vms.map((v) => v.rounds),
     udpLostLive: lostDatagrams(r.outcome.datagrams),
-    stallAtPause: stallAtPause(r.env, rep),
+    stallAtPause: stallAtPause(stall, rep),
   };
   if (options.resume) {
     const g = await resumeGroup(s, target, rep.group, rep.epoch, 600_000);
@@ -124,21 +152,21 @@ export async function benchRun(env: BenchEnv, mode: BenchMode, seed: number, opt
   return figures;
 }
 
-function stallAtPause(env: SimEnv, rep: EpochReport): BenchFigures['stallAtPause'] {
-  let worst: { vm: string; stall: number; end: number } | undefined;
-  for (const [vm, v] of env.vms)
-    for (const r of Object.values(v.state.tcpIn))
-      if (!worst || r.longestStall > worst.stall) worst = { vm, stall: r.longestStall, end: r.longestStallEnd };
-  const pause = rep.vms.find((v) => v.vm === worst?.vm);
-  if (!worst || !pause) return undefined;
+function stallAtPause(stall: AddedStall, rep: EpochReport): BenchFigures['stallAtPause'] {
+  const receiver = stall.transfer.split('>')[1];
+  const pause = rep.vms.find((v) => v.vm === receiver);
+  if (!pause || stall.stallMs <= 0) return undefined;
   const at = rep.startedAt + pause.flipAtMs;
-  const begin = worst.end - worst.stall;
-  if (begin > at || worst.end < at) return undefined;
-  return { leadMs: at - begin, downtimeMs: pause.downtimeMs, endsAtResume: Math.abs(worst.end - (at + pause.downtimeMs)) < 1e-6 };
+  if (stall.gapStartMs > at || stall.gapEndMs < at) return undefined;
+  return {
+    leadMs: at - stall.gapStartMs,
+    downtimeMs: pause.downtimeMs,
+    endsAtResume: Math.abs(stall.gapEndMs - (at + pause.downtimeMs)) < 1e-6,
+  };
 }
 
-/** The same environment with no snapshot: the transfers' longest gap between two progresses anyway. */
-export async function undisturbedStall(env: BenchEnv, seed: number): Promise<number> {
+/** The same environment and seed with no snapshot: the application undisturbed. */
+export async function undisturbedRun(env: BenchEnv, seed: number): Promise<Undisturbed> {
   const r = await runEnvironment({
     spec: spec(env, 'drop', seed),
     target: new MemoryTarget(),
@@ -150,5 +178,6 @@ export async function undisturbedStall(env: BenchEnv, seed: number): Promise<num
     agent: BENCH_AGENT,
     limitMs: 600_000,
   });
-  return r.outcome.longestStallMs;
+  if (!r.outcome.done) throw new Error('the undisturbed run did not finish');
+  return { longestGapMs: r.outcome.longestGapMs, progress: progressLogs(r.env) };
 }

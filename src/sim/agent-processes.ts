@@ -37,7 +37,7 @@ export async function startAgentProcesses(spec: EnvSpec, cli: string, remote: st
   };
   const kill = (host: string) => children.kill(`vnstore agent serve for ${host}`);
   try {
-    for (const h of spec.hosts) await start(h.name);
+    await Promise.all(spec.hosts.map((h) => start(h.name))); // together: each is a node process start
   } catch (err) {
     for (const h of spec.hosts) await kill(h.name);
     throw err;

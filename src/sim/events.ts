@@ -8,6 +8,9 @@ export interface SimClock {
 
 type Action = () => void | Promise<unknown>;
 
+/** Events run between two yields to the event loop in `runUntil`. */
+const YIELD_EVERY = 2000;
+
 interface Entry {
   at: number;
   seq: number;
@@ -52,7 +55,14 @@ export class EventQueue implements SimClock {
    * while real I/O runs and the order of events never depends on how long the I/O took.
    */
   async runUntil(stop: () => boolean, limit: number): Promise<void> {
+    let sinceYield = 0;
     while (this.heap.length > 0 && !stop()) {
+      // Let the process's other work run now and then (sockets, timers, another run): a run of
+      // synchronous events never holds the event loop for long. Simulated time is not affected.
+      if (++sinceYield >= YIELD_EVERY) {
+        sinceYield = 0;
+        await new Promise((r) => setImmediate(r));
+      }
       const e = this.pop();
       if (e.cancelled) continue;
       if (e.at > this.time && this.unsettled && this.settle) {

@@ -1,4 +1,4 @@
-/** What a simulated run achieved, read from its VMs' states: transfers, datagrams, back-off, stall. */
+/** What a simulated run achieved, read from its VMs' states: transfers, datagrams, back-off, the longest gap. */
 import type { SimEnv } from './env.js';
 import { expectedChecksum, fnv1a, FNV_OFFSET } from './transport.js';
 import type { GuestState, SimVm } from './vm.js';
@@ -9,7 +9,11 @@ export interface Outcome {
   datagrams: { from: string; to: string; sent: number; received: number }[];
   longestRtoMs: number;
   timeouts: number;
-  longestStallMs: number;
+  /**
+   * The longest gap between two in-order progresses of a transfer (not its first byte). Raw: it holds
+   * the application's own cadence too; the stall a snapshot adds is progress.ts's `addedStall`.
+   */
+  longestGapMs: number;
   finishedAtMs: number;
   done: boolean;
 }
@@ -35,7 +39,7 @@ export function outcomeOf(env: SimEnv): Outcome {
     })),
     longestRtoMs: Math.max(0, ...states.flatMap((x) => Object.values(x.s.tcpOut).map((t) => t.longestRto))),
     timeouts: states.reduce((n, x) => n + Object.values(x.s.tcpOut).reduce((m, t) => m + t.timeouts, 0), 0),
-    longestStallMs: Math.max(0, ...states.flatMap((x) => Object.values(x.s.tcpIn).map((r) => r.longestStall))),
+    longestGapMs: Math.max(0, ...states.flatMap((x) => Object.values(x.s.tcpIn).map((r) => r.longestStall))),
     finishedAtMs: env.clock.now,
     done: env.transfersDone(),
   };

@@ -70,7 +70,8 @@ export async function startSwitchProcesses(spec: EnvSpec, cli: string, epoch = 0
     stop: () => children.stop(),
   };
   try {
-    for (const h of spec.hosts) await start(h.name);
+    // together: each is a node process start, the most of a run's set-up
+    await Promise.all(spec.hosts.map((h) => start(h.name)));
   } catch (err) {
     for (const h of spec.hosts) await kill(h.name);
     throw err;

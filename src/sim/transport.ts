@@ -31,10 +31,10 @@ export interface ReliableSender {
 export interface ReliableReceiver {
   expected: number;
   checksum: number;
-  /** Time of the last in-order progress, and the longest gap between two progresses (the application's stall). */
+  /** Time of the last in-order progress, and the longest gap between two progresses (raw: the application's cadence included). */
   lastProgressAt: number;
   longestStall: number;
-  /** When the longest stall ended (it began `longestStall` before): where a stall sits against a pause. */
+  /** When that longest gap ended (it began `longestStall` before). */
   longestStallEnd: number;
 }
 
@@ -68,10 +68,28 @@ export function fileByte(seed: number, offset: number): number {
   return Math.imul(offset ^ seed, 2654435761) >>> 24;
 }
 
+/**
+ * The file's bytes from `offset`, a view of one buffer per seed (the file is a pure function of the
+ * seed, and every segment and checksum reads it): never write to it.
+ */
 export function fileSlice(seed: number, offset: number, length: number): Uint8Array {
-  const b = new Uint8Array(length);
-  for (let i = 0; i < length; i++) b[i] = fileByte(seed, offset + i);
-  return b;
+  return fileOf(seed, offset + length).subarray(offset, offset + length);
+}
+
+/** The last few seeds' files, grown on demand (a run reads one seed's, a test file a handful). */
+const files = new Map<number, Uint8Array>();
+const FILES_KEPT = 4;
+
+function fileOf(seed: number, length: number): Uint8Array {
+  const had = files.get(seed);
+  if (had && had.length >= length) return had;
+  const f = new Uint8Array(Math.max(length, 2 * (had?.length ?? 0)));
+  if (had) f.set(had);
+  for (let i = had?.length ?? 0; i < f.length; i++) f[i] = fileByte(seed, i);
+  files.delete(seed);
+  files.set(seed, f);
+  if (files.size > FILES_KEPT) files.delete(files.keys().next().value as number);
+  return f;
 }
 
 export const FNV_OFFSET = 0x811c9dc5;
@@ -81,9 +99,18 @@ export function fnv1a(h: number, data: Uint8Array): number {
   return h;
 }
 
-/** The checksum an undisturbed transfer ends with. */
+const checksums = new Map<string, number>();
+
+/** The checksum an undisturbed transfer ends with (kept: every outcome asks for it). */
 export function expectedChecksum(seed: number, fileBytes: number): number {
-  return fnv1a(FNV_OFFSET, fileSlice(seed, 0, fileBytes));
+  const key = `${seed}:${fileBytes}`;
+  let c = checksums.get(key);
+  if (c === undefined) {
+    c = fnv1a(FNV_OFFSET, fileSlice(seed, 0, fileBytes));
+    if (checksums.size >= 1024) checksums.clear();
+    checksums.set(key, c);
+  }
+  return c;
 }
 
 /** Segments the sender may send now (new data within the window), advancing it; starts the timer. */

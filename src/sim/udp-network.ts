@@ -21,6 +21,7 @@ import dgram from 'node:dgram';
 import type { Endpoint, SwitchStatus } from '../switch/udp.js';
 import type { ChannelFrame, PairCounters } from '../switch/core.js';
 import { isRefused, requestChannelState, requestFlip, requestStatus, type FlipOptions } from '../switch/flip-client.js';
+import { destinationMac, isGroupMac, sourceMac } from '../switch/ethernet.js';
 import { VnstoreError } from '../util/errors.js';
 
 export interface SwitchAddresses {
@@ -50,6 +51,11 @@ interface Probe {
 
 /** A switch silent through a whole settle is asked only this long in the next ones, until it answers. */
 const UNRESPONSIVE_PROBE_MS = 100;
+/**
+ * How long a settle waits for the frames it can account for by their arrival (below) before it asks
+ * the switches instead: a frame dropped or held by a switch never arrives, and costs this once.
+ */
+const ARRIVAL_WAIT_MS = 20;
 
 interface Seen {
   incarnation: string;
@@ -72,6 +78,18 @@ export class UdpNetwork {
   private lastFailure: string[] = [];
   /** The counts of the last STATUS round of this settle: a round equal to it saw nothing move. */
   private lastRound = '';
+  /**
+   * Frames sent since the network was last known quiet, each awaited at its addressee's socket (by
+   * VM and frame bytes; every frame carries its own id, so none repeats). When each has arrived,
+   * nothing this side sent is still travelling, and no STATUS round is needed. `unaccounted`: some
+   * frame cannot be awaited so (its addressee not known here yet, a broadcast, or frames a FLIP
+   * released), so only the switches' counts can tell.
+   */
+  private readonly awaited = new Map<string, number>();
+  private awaitedCount = 0;
+  private unaccounted = false;
+  private readonly macs = new Map<number, string>();
+  private arrived: (() => void) | undefined;
 
   private constructor(private readonly o: UdpNetworkOptions) {
     this.order = [...o.vms.keys()];
@@ -86,6 +104,7 @@ export class UdpNetwork {
       s.on('message', (frame) => {
         n.inbox.push({ vm, frame });
         n.recv.set(vm, (n.recv.get(vm) ?? 0) + 1);
+        n.noteArrival(vm, frame);
       });
       await new Promise<void>((resolve, reject) => {
         s.once('error', (err) =>
@@ -97,6 +116,7 @@ export class UdpNetwork {
     }
     // Every switch's counts as they are before any VM sends: the base the quiet network is judged by.
     n.quiet = false;
+    n.unaccounted = true;
     await n.settle();
     return n;
   }
@@ -110,6 +130,7 @@ export class UdpNetwork {
     const { host } = this.o.vms.get(vm) as { host: string };
     const sw = this.o.switches.get(host) as SwitchAddresses;
     this.quiet = false;
+    this.await(vm, frame);
     this.sent.set(host, (this.sent.get(host) ?? 0) + 1);
     (this.sockets.get(vm) as dgram.Socket).send(frame, sw.vm.port, sw.vm.host, () => undefined);
   }
@@ -120,6 +141,7 @@ export class UdpNetwork {
    */
   async settle(): Promise<boolean> {
     if (this.quiet && this.inbox.length === 0) return true;
+    if (await this.allArrived()) return true;
     const deadline = Date.now() + this.budgetMs;
     this.lastRound = '';
     for (;;) {
@@ -127,6 +149,10 @@ export class UdpNetwork {
       const probes = await this.statuses(0, deadline);
       if (this.isQuiet(probes) && this.inbox.length === 0) {
         this.quiet = true;
+        // everything sent so far has been judged: delivered, dropped or held
+        this.awaited.clear();
+        this.awaitedCount = 0;
+        this.unaccounted = false;
         return true;
       }
       if (Date.now() >= deadline) {
@@ -148,7 +174,7 @@ export class UdpNetwork {
   async flip(vm: string, epoch: number): Promise<void> {
     await this.quiesce(`the flip of ${vm}`);
     await requestFlip(this.controlAddress(vm), vm, epoch, this.asking());
-    this.quiet = false; // frames held for it went out
+    this.expectFrames(); // frames held for it went out
   }
 
   /** The control (tunnel) port of the switch `vm` is attached to: where its FLIP goes. */
@@ -159,6 +185,7 @@ export class UdpNetwork {
   /** Frames may be on their way that this side did not send (a FLIP from an agent process released held ones). */
   expectFrames(): void {
     this.quiet = false;
+    this.unaccounted = true;
   }
 
   /** Raises every VM to the last closed epoch and notes each switch's incarnation; throws if one cannot be reached. */
@@ -210,6 +237,56 @@ export class UdpNetwork {
   async close(): Promise<void> {
     for (const s of this.sockets.values()) await new Promise<void>((r) => s.close(() => r()));
     this.sockets.clear();
+  }
+
+  /** Notes a frame as awaited at its addressee, if the addressee is known by its MAC (it has sent before). */
+  private await(vm: string, frame: Uint8Array): void {
+    this.macs.set(sourceMac(frame), vm);
+    const to = isGroupMac(frame) ? undefined : this.macs.get(destinationMac(frame));
+    if (to === undefined) {
+      this.unaccounted = true;
+      return;
+    }
+    const key = `${to}\0${Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength).toString('latin1')}`;
+    this.awaited.set(key, (this.awaited.get(key) ?? 0) + 1);
+    this.awaitedCount++;
+  }
+
+  private noteArrival(vm: string, frame: Buffer): void {
+    if (this.awaitedCount === 0) return;
+    const key = `${vm}\0${frame.toString('latin1')}`;
+    const n = this.awaited.get(key);
+    if (n === undefined) return; // a copy flooded to a VM it is not addressed to, or a frame a FLIP released
+    if (n > 1) this.awaited.set(key, n - 1);
+    else this.awaited.delete(key);
+    if (--this.awaitedCount === 0) this.arrived?.();
+  }
+
+  /**
+   * The quick settle: every frame sent since the network was last quiet has reached its addressee,
+   * and what they sent in answer too (delivering may make VMs answer), within ARRIVAL_WAIT_MS each
+   * time. Then nothing this side sent is travelling; the copies a switch flooded to other VMs may
+   * be, and are ignored by those VMs' NICs. False (ask the switches) when a frame cannot be accounted
+   * for this way, or did not arrive: a switch dropped or held it, or is slow or down.
+   */
+  private async allArrived(): Promise<boolean> {
+    for (;;) {
+      if (this.unaccounted) return false;
+      if (this.awaitedCount > 0) {
+        const arrived = new Promise<void>((r) => (this.arrived = r));
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<void>((r) => (timer = setTimeout(r, ARRIVAL_WAIT_MS)));
+        await Promise.race([arrived, late]);
+        clearTimeout(timer);
+        this.arrived = undefined;
+        if (this.awaitedCount > 0) return false;
+      }
+      if (this.inbox.length === 0) {
+        this.quiet = true;
+        return true;
+      }
+      this.deliverInbox();
+    }
   }
 
   private async statusOf(host: string, epoch: number): Promise<SwitchStatus> {

@@ -19,6 +19,7 @@ import {
   type ReliableReceiver,
   type ReliableSender,
 } from './transport.js';
+import type { ProgressLog } from './progress.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import { buildFrame, ETH_HEADER_BYTES, macBytes } from '../switch/ethernet.js';
 
@@ -142,6 +143,11 @@ export class SimVm {
    */
   readonly disk: Uint8Array;
   private readonly diskBase = new Map<string, number>();
+  /**
+   * Each incoming transfer's in-order progress (progress.ts), by sender: an observer's trace for
+   * measuring stalls, not guest state (not in the memory image; a restored VM starts a fresh one).
+   */
+  readonly progress = new Map<string, ProgressLog>();
 
   constructor(
     readonly spec: VmSpec,
@@ -256,7 +262,13 @@ export class SimVm {
       const r = this.state.tcpIn[from];
       const before = r.expected;
       const ack = receiverOnSegment(r, { seq: f.seq, data: f.data }, now);
-      if (r.expected > before) this.disk.set(f.data, (this.diskBase.get(from) as number) + before);
+      if (r.expected > before) {
+        this.disk.set(f.data, (this.diskBase.get(from) as number) + before);
+        const log = this.progress.get(from) ?? { bytes: [], at: [] };
+        this.progress.set(from, log);
+        log.bytes.push(r.expected);
+        log.at.push(now);
+      }
       this.send(net, from, MSG.ACK, ack, new Uint8Array(0));
     } else if (f.kind === MSG.ACK && this.state.tcpOut[from]) {
       const snd = this.state.tcpOut[from];
