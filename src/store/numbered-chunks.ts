@@ -71,6 +71,15 @@ export class NumberedChunks {
     this.digestColumns.delete(pack);
   }
 
+  /**
+   * gc's and compact's swap, after their synced `d` batch: the originals leave the index first (it
+   * refuses overlapping numbers), then the copies join it.
+   */
+  async replacePacks(old: readonly { pack: number; digests: Uint8Array }[], added: readonly number[]): Promise<void> {
+    for (const o of old) this.removePack(o.pack, o.digests);
+    for (const pack of added) await this.addSealed(pack);
+  }
+
   /** Where chunk `n` is (undefined when no indexed pack holds it). */
   locate(n: number): NumberedLocation | undefined {
     return this.index.locate(n);
