@@ -201,6 +201,7 @@ export class NumberIndex {
 
   private insertDigest(digests: Uint8Array, k: number, cols: PackColumns, digestOf: DigestOf): void {
     const at = k * 32;
+    if (this.table.insertIfAbsent(digests, at, cols.pack, cols.offsets[k], cols.metas[k])) return; // the common case
     const hit = this.table.get(digests, at);
     const hex = () => Buffer.from(digests.buffer, digests.byteOffset + at, 32).toString('hex');
     if (hit) {
