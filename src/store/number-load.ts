@@ -34,7 +34,13 @@ function allHeld(index: NumberIndex, toc: TocV3): boolean {
   return true;
 }
 
-export async function loadNumberIndex(reader: PackReader, packIds: readonly number[], given?: NumberIndex): Promise<NumberIndexLoad> {
+export async function loadNumberIndex(
+  reader: PackReader,
+  packIds: readonly number[],
+  given?: NumberIndex,
+  /** false: numbers and locations only, the fingerprint table left empty (NumberIndex.addDigests). */
+  withDigests = true,
+): Promise<NumberIndexLoad> {
   const damaged: NumberIndexLoad['damaged'] = [];
   // While loading, clashing fingerprints read the older pack's digest from its TOC, held until the end.
   const digests = new Map<number, Uint8Array>();
@@ -56,7 +62,7 @@ export async function loadNumberIndex(reader: PackReader, packIds: readonly numb
   }
   const chunks = reads.reduce((n, r) => n + r.read.toc.count, 0);
   const index = given ?? new NumberIndex(new ChunkTable(Math.max(chunks, 1 << 14)));
-  index.table.reserve(chunks);
+  if (withDigests) index.table.reserve(chunks);
   const load: NumberIndexLoad = { index, digestColumns: new Map(), damaged, copies: [], conflicting: [] };
   for (const { pack, read } of reads) {
     const overlaps = index.overlapping(read.toc.runStarts, read.toc.runLengths);
@@ -65,9 +71,9 @@ export async function loadNumberIndex(reader: PackReader, packIds: readonly numb
       else load.conflicting.push({ pack, overlaps });
       continue;
     }
-    digests.set(pack, read.toc.digests);
+    if (withDigests) digests.set(pack, read.toc.digests);
     load.digestColumns.set(pack, read.tocOffset + read.toc.digestsAt);
-    index.addPack(pack, read.toc, digestOf);
+    index.addPack(pack, read.toc, digestOf, withDigests);
   }
   return load;
 }
