@@ -59,14 +59,19 @@ for (let round = 0; round < ROUNDS; round++) {
   }
 }
 const layout = (format) =>
-  JSON.parse(spawnSync(process.execPath, [path.join(repo, 'bench/store-layout.mjs'), path.join(work, `store-f${format}`)]).stdout.toString());
+  JSON.parse(
+    spawnSync(process.execPath, [path.join(repo, 'bench/store-layout.mjs'), path.join(work, `store-f${format}`)]).stdout.toString(),
+  );
 const per = (v) => +(v / ROUNDS / 1000).toFixed(3);
 const result = {
   rounds: ROUNDS,
   vms: vms.length,
   snapshotsPerVm: k,
   seconds: Object.fromEntries(
-    [1, 3].map((f) => [`format${f}`, { firstPuts: per(totals[f].first), consecutivePuts: per(totals[f].next), restoreLatest: per(totals[f].restore) }]),
+    [1, 3].map((f) => [
+      `format${f}`,
+      { firstPuts: per(totals[f].first), consecutivePuts: per(totals[f].next), restoreLatest: per(totals[f].restore) },
+    ]),
   ),
   ratio3to1: {
     firstPuts: +(totals[3].first / totals[1].first).toFixed(3),
