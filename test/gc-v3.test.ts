@@ -1,0 +1,119 @@
+/**
+ * gc on a store of format 3, at its defaults (a 5% unused-bytes target): after a third of the
+ * snapshots were forgotten, it reclaims the dead bytes, every kept snapshot reads back exactly, and
+ * no manifest is rewritten (copies keep their numbers). Also: the live bitset, the copy's number
+ * order with containers whose numbers interleave, and a dry run that changes nothing.
+ */
+import { readdirSync } from 'node:fs';
+import path from 'node:path';
+import fc from 'fast-check';
+import { afterAll, describe, expect, it } from 'vitest';
+import { runGcV3, measureNumbered } from '../src/maintenance/gc-v3.js';
+import { markLiveNumbers, NumberSet } from '../src/maintenance/live-v3.js';
+import { NumberedFiles } from '../src/maintenance/numbered-store.js';
+import { tocItems } from '../src/maintenance/pack-copy-v3.js';
+import { CONTAINER_CODEC } from '../src/format/pack.js';
+import { readCounters } from '../src/store/counters.js';
+import { removeDir } from './helpers/engine.js';
+import { dirFileBytes } from './helpers/maintenance.js';
+import { expectAllReadV3, manifestBytes, numberedStoreAfterForget, V3_PACK_TARGET } from './helpers/numbered.js';
+
+const roots: string[] = [];
+
+/** Container items in the indexed packs. */
+async function containerItems(files: NumberedFiles): Promise<number> {
+  let n = 0;
+  for (const id of files.load.index.packIds)
+    n += tocItems((await files.packs.readTocV3(id)).toc).filter((i) => i.codec === CONTAINER_CODEC).length;
+  return n;
+}
+afterAll(() => roots.forEach(removeDir));
+
+describe('NumberSet', () => {
+  it('holds exactly the numbers added (fast-check against a Set)', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 0, max: 200_000 }), { maxLength: 300 }),
+        fc.array(fc.integer({ min: 0, max: 250_000 }), { maxLength: 100 }),
+        (added, probes) => {
+          const s = new NumberSet();
+          for (const n of added) s.add(n);
+          const model = new Set(added);
+          expect(s.size).toBe(model.size);
+          for (const n of [...added, ...probes]) expect(s.has(n)).toBe(model.has(n));
+        },
+      ),
+    );
+  });
+});
+
+describe('gc on store format 3', () => {
+  it('with defaults after forgetting a third: reclaims, every kept snapshot exact, manifests untouched', async () => {
+    const fx = await numberedStoreAfterForget('gc-v3');
+    roots.push(fx.root);
+    const before = manifestBytes(fx.dir, fx.expected.keys());
+    const packsBefore = dirFileBytes(path.join(fx.dir, 'packs'));
+    let files = await NumberedFiles.open(fx.dir, V3_PACK_TARGET);
+    try {
+      const dry = await runGcV3(files, { dryRun: true });
+      expect(dry.result).toBeUndefined();
+      expect(dirFileBytes(path.join(fx.dir, 'packs'))).toEqual(packsBefore);
+      const report = await runGcV3(files);
+      const r = report.result!;
+      expect(r.skipped).toEqual([]);
+      expect(r.reclaimedBytes).toBeGreaterThan(0);
+      expect(r.packsRewritten + r.packsDropped).toBeGreaterThan(0);
+      expect(r.reclaimedBytes).toBe(packsBefore.bytes - dirFileBytes(path.join(fx.dir, 'packs')).bytes);
+      expect(report.keptBasesUnneeded).toEqual([]); // a's first is still a's second's base
+      await expectAllReadV3(files, fx.expected, 'after gc, same process');
+    } finally {
+      await files.close();
+    }
+    // Reopened from the files: the unused bytes left are within the 5% target, nothing dead in a pack
+    // beyond it, the counters follow the files, and a second gc has nothing to do.
+    files = await NumberedFiles.open(fx.dir, V3_PACK_TARGET);
+    try {
+      expect(files.load.damaged).toEqual([]);
+      expect(files.load.copies).toEqual([]);
+      expect(files.load.conflicting).toEqual([]);
+      await expectAllReadV3(files, fx.expected, 'after gc, reopened');
+      const { live } = await markLiveNumbers(files.dir, files.db);
+      const after = await measureNumbered(files, live);
+      const packBytes = after.reduce((s, p) => s + p.bytes, 0);
+      const unused = after.reduce((s, p) => s + p.payloadBytes - p.liveBytes, 0);
+      expect(unused).toBeLessThanOrEqual(0.05 * packBytes);
+      expect(packBytes).toBe(dirFileBytes(path.join(fx.dir, 'packs')).bytes);
+      const counters = (await readCounters(files.db))!;
+      expect(counters.packs).toBe(after.length);
+      expect(counters.packBytes).toBe(packBytes);
+      expect(counters.chunks).toBe(files.load.index.size);
+      const again = await runGcV3(files);
+      expect(again.result!.reclaimedBytes).toBe(0);
+    } finally {
+      await files.close();
+    }
+    const manifests = manifestBytes(fx.dir, fx.expected.keys());
+    for (const [id, bytes] of before) expect(manifests.get(id)!.equals(bytes), `manifest ${id} not rewritten`).toBe(true);
+    expect(readdirSync(path.join(fx.dir, 'tmp'))).toEqual([]);
+  });
+
+  it('with --max-unused 0 leaves no dead chunk, splitting containers that lost pages', async () => {
+    const fx = await numberedStoreAfterForget('gc-v3-zero');
+    roots.push(fx.root);
+    const files = await NumberedFiles.open(fx.dir, V3_PACK_TARGET);
+    try {
+      const containersBefore = await containerItems(files);
+      expect(containersBefore).toBeGreaterThan(0);
+      const report = await runGcV3(files, { maxUnused: { bytes: 0 } });
+      expect(report.plan.totals.deadBytesKept).toBe(0);
+      expect(report.result!.packsRewritten).toBeGreaterThan(0);
+      expect(await containerItems(files)).toBeGreaterThan(0);
+      const { live } = await markLiveNumbers(files.dir, files.db);
+      const after = await measureNumbered(files, live);
+      for (const p of after) expect(p.liveChunks, `pack ${p.id}`).toBe(p.chunks);
+      await expectAllReadV3(files, fx.expected, 'after gc --max-unused 0');
+    } finally {
+      await files.close();
+    }
+  });
+});
