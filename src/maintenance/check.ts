@@ -123,23 +123,34 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   const recorded = await readCounters(store.db);
   const quiet = store.sessions.size === 0 && store.writer.unindexedChunks === 0;
   if (quiet) {
-    const drift = counterDrift(recorded, exact);
-    counters = { recorded: recorded ?? null, exact, drift };
-    if (Object.keys(drift).length > 0) {
-      const fields = Object.entries(drift).map(([f, d]) => `${f} ${d!.counter ?? 'unset'} (exact ${d!.exact})`);
-      problems.push({ kind: 'counters', message: `stats counters drifted: ${fields.join(', ')}`, affects: [], next: NEXT_REPAIR });
-    }
+    counters = compareCounters(recorded, exact, problems);
   } else warnings.push('counters not compared: sessions are open or chunks are being written');
 
-  return {
-    ok: problems.length === 0,
-    problems,
-    warnings,
-    checked,
-    counters,
-    next: nextCommands(problems),
-    seconds: 0,
-  };
+  return checkReport(problems, warnings, checked, counters);
+}
+
+/** A report of these findings (seconds left for the caller). */
+export function checkReport(
+  problems: CheckProblem[],
+  warnings: string[],
+  checked: CheckedCounts,
+  counters: CheckReport['counters'],
+): CheckReport {
+  return { ok: problems.length === 0, problems, warnings, checked, counters, next: nextCommands(problems), seconds: 0 };
+}
+
+/** The counters against a recount; a drift is a problem. */
+export function compareCounters(
+  recorded: StoreCounters | undefined,
+  exact: StoreCounters,
+  problems: CheckProblem[],
+): NonNullable<CheckReport['counters']> {
+  const drift = counterDrift(recorded, exact);
+  if (Object.keys(drift).length > 0) {
+    const fields = Object.entries(drift).map(([f, d]) => `${f} ${d!.counter ?? 'unset'} (exact ${d!.exact})`);
+    problems.push({ kind: 'counters', message: `stats counters drifted: ${fields.join(', ')}`, affects: [], next: NEXT_REPAIR });
+  }
+  return { recorded: recorded ?? null, exact, drift };
 }
 
 /** Adds to each problem in `badDigests` the snapshots (with readable manifests) that use its digest. */
@@ -166,7 +177,7 @@ async function markAffected(
   }
 }
 
-function nextCommands(problems: CheckProblem[]): string[] {
+export function nextCommands(problems: CheckProblem[]): string[] {
   const out: string[] = [];
   const repairFirst = problems.some((p) => p.next.startsWith(NEXT_REPAIR));
   if (repairFirst) out.push(NEXT_REPAIR);

@@ -16,7 +16,7 @@
 import { promises as fsp } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { packFileName, storedShare } from '../format/pack.js';
-import { ITEM_BYTES, metaCodec, metaMember, metaPages, metaStoredLength, numberAt, type TocV3 } from '../format/pack-v3.js';
+import { ITEM_BYTES, metaCodec, metaMember, metaPages, metaStoredLength, type TocV3 } from '../format/pack-v3.js';
 import { DIGEST_BYTES } from '../format/pages.js';
 import { addCounterDelta, type CounterDelta } from '../store/counters.js';
 import { deletedPackKey, deletedPackValue, keptBaseKey } from '../store/keys.js';
@@ -29,7 +29,7 @@ import { emptyGcResult, failpoint, unneededKeptBases, type GcOptions, type GcRep
 import { gcPlanOptions, planGc, type PackLiveness } from './gc-plan.js';
 import { manifestPathOf, markLiveNumbers, type LiveNumbers } from './live-v3.js';
 import { replaceIndexedPacks, type NumberedStore } from './numbered-store.js';
-import { copyNumbered, unitsToCopy, type CopyOptions } from './pack-copy-v3.js';
+import { copyNumbered, tocNumbers, unitsToCopy, type CopyOptions } from './pack-copy-v3.js';
 
 /** What a copied chunk costs in a version-3 TOC at most: its digest and an item of its own. */
 export const V3_TOC_ENTRY_BYTES = DIGEST_BYTES + ITEM_BYTES;
@@ -91,10 +91,11 @@ export async function measureNumbered(
       liveChunks: 0,
       liveBytes: 0,
     };
+    const numbers = tocNumbers(toc);
     for (let k = 0; k < toc.count; k++) {
       const share = entryShare(toc, k);
       p.indexedBytes += share;
-      if (live.has(numberAt(toc, k))) {
+      if (live.has(numbers[k])) {
         p.liveChunks++;
         p.liveBytes += share;
       }

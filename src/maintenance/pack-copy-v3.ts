@@ -11,7 +11,7 @@ import { compressContainers, decodeContainer } from '../chunk/container.js';
 import { hashPage } from '../chunk/hash.js';
 import { getZstd } from '../chunk/zstd.js';
 import { CONTAINER_CODEC, MAX_CONTAINER_PAGES, packFileName } from '../format/pack.js';
-import { metaCodec, metaMember, metaPages, metaStoredLength, numberAt, PACK_VERSION_NUMBERED, type TocV3 } from '../format/pack-v3.js';
+import { metaCodec, metaMember, metaPages, metaStoredLength, PACK_VERSION_NUMBERED, type TocV3 } from '../format/pack-v3.js';
 import { DIGEST_BYTES, digestsEqual, PAGE_SIZE } from '../format/pages.js';
 import { BatchPool, PackFile, WRITE_BATCH_BYTES } from '../store/pack-file.js';
 import type { PackTocV3 } from '../store/pack-reader.js';
@@ -45,6 +45,14 @@ export function tocItems(toc: TocV3): TocItem[] {
   return out;
 }
 
+/** Every entry's number, expanded from the TOC's runs. */
+export function tocNumbers(toc: Pick<TocV3, 'count' | 'runStarts' | 'runLengths'>): Float64Array {
+  const out = new Float64Array(toc.count);
+  let k = 0;
+  for (let r = 0; r < toc.runStarts.length; r++) for (let i = 0; i < toc.runLengths[r]; i++) out[k++] = toc.runStarts[r] + i;
+  return out;
+}
+
 /** Chunks of one source item to copy: `members` of it (all of them: the item may go whole). */
 export interface CopyUnit {
   pack: number;
@@ -58,11 +66,12 @@ export interface CopyUnit {
 /** The units of pack `pack` whose numbers `keep` says to copy. */
 export function unitsToCopy(pack: number, toc: TocV3, keep: (n: number) => boolean): CopyUnit[] {
   const out: CopyUnit[] = [];
+  const numbered = tocNumbers(toc);
   for (const item of tocItems(toc)) {
     const members: number[] = [];
     const numbers: number[] = [];
     for (let m = 0; m < item.pages; m++) {
-      const n = numberAt(toc, item.entry + m);
+      const n = numbered[item.entry + m];
       if (keep(n)) {
         members.push(m);
         numbers.push(n);
