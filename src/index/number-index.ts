@@ -66,6 +66,10 @@ export class NumberIndex {
     return this.chunks;
   }
 
+  hasPack(pack: number): boolean {
+    return this.packs.has(pack);
+  }
+
   get packIds(): number[] {
     return [...this.packs.keys()];
   }
@@ -200,17 +204,24 @@ export class NumberIndex {
     const hit = this.table.get(digests, at);
     const hex = () => Buffer.from(digests.buffer, digests.byteOffset + at, 32).toString('hex');
     if (hit) {
+      const own = locationOf(cols, k);
+      // Put there by the pack writer while the pack was open (the engine's ingest): already in place.
+      if (!hit.ambiguous && sameLocation(hit.location, own)) return;
       // A stored digest shares the fingerprint: both go to the exact map (the slot becomes ambiguous).
-      if (!hit.ambiguous) {
-        const other = this.entryAt(hit.location.pack, hit.location);
-        if (other !== undefined) {
-          this.clashes.set(Buffer.from(digestOf(hit.location.pack, other)).toString('hex'), this.numberOf(hit.location.pack, other));
-        }
+      // The slot's first chunk is registered even when the slot is already ambiguous: a chunk the
+      // writer inserted may have made it so while that chunk's pack was open.
+      const other = this.entryAt(hit.location.pack, hit.location);
+      if (other !== undefined && !(hit.location.pack === cols.pack && other === k)) {
+        this.clashes.set(Buffer.from(digestOf(hit.location.pack, other)).toString('hex'), this.numberOf(hit.location.pack, other));
       }
       this.clashes.set(hex(), this.numberOf(cols.pack, k));
     }
     this.table.insert(digests, locationOf(cols, k), at);
   }
+}
+
+function sameLocation(a: ChunkLocation, b: ChunkLocation): boolean {
+  return a.pack === b.pack && a.offset === b.offset && a.codec === b.codec && (a.member ?? 0) === (b.member ?? 0);
 }
 
 /** The chunk location of entry k (the shape the chunk table and the pack reader use). */

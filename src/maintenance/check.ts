@@ -48,6 +48,7 @@ export interface CheckReport {
 }
 
 export async function checkStore(store: Store, options: CheckOptions = {}): Promise<CheckReport> {
+  store.refuseNumbered('check'); // format 3: docs/FORMAT3-STATUS.md step 6
   return withMaintenanceLock(store, async () => {
     const started = performance.now();
     let repair: RepairReport | undefined;

@@ -54,6 +54,7 @@ export interface CompactReport {
 export const MAX_COMPACT_LEVEL = 19;
 
 export async function runCompact(store: Store, options: CompactOptions = {}): Promise<CompactReport> {
+  store.refuseNumbered('compact'); // format 3: docs/FORMAT3-STATUS.md step 5
   const level = options.level ?? ZSTD_DEFAULT_LEVEL;
   if (!Number.isInteger(level) || level < 1 || level > MAX_COMPACT_LEVEL) {
     throw new VnstoreError('E_USAGE', `compact: --level takes a whole number from 1 to ${MAX_COMPACT_LEVEL}, got ${level}`);

@@ -108,6 +108,7 @@ export interface IndexedEntry {
 }
 
 export async function runGc(store: Store, options: GcOptions = {}): Promise<GcReport> {
+  store.refuseNumbered('gc'); // format 3: docs/FORMAT3-STATUS.md step 5
   const planOptions = gcPlanOptions(options, store.writer.targetBytes);
   return withMaintenanceLock(store, async () => {
     const started = performance.now();

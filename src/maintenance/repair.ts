@@ -51,6 +51,7 @@ export interface RepairReport {
  * be read and salvaging the good chunks of damaged packs. Needs exclusive use of the store.
  */
 export async function repairIndex(store: Store): Promise<RepairReport> {
+  store.refuseNumbered('repair'); // format 3: docs/FORMAT3-STATUS.md step 6
   if (store.sessions.size > 0) throw new VnstoreError('E_SESSION', 'cannot repair the index while snapshot sessions are open');
   await store.writer.flush();
   const p = Store.paths(store.dir);

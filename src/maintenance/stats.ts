@@ -38,6 +38,7 @@ import { withMaintenanceLock } from './fence.js';
 import { listKeptBases } from '../store/keys.js';
 import { collectInFlight, listCommitted } from './live.js';
 import { ManifestLoader } from '../store/manifest-loader.js';
+import { numberedChunkCounters } from './stats-v3.js';
 
 export interface StatsOptions {
   detail?: boolean;
@@ -148,6 +149,9 @@ export async function storeStats(store: Store, options: StatsOptions = {}): Prom
     let state = await readCounterState(store.db);
     if (state.counters && state.deltaKeys.length > FOLD_AFTER_DELTAS) await foldCounters(store.db);
     const records = await listCommitted(store);
+    // Format 3: the summary only, for now (detail and exact read digest-keyed index entries).
+    if (options.detail || options.vm !== undefined || options.snapshot !== undefined || options.exact)
+      store.refuseNumbered('stats --detail, --vm, --snapshot or --exact');
     let snapshotFilter: SnapshotRecord | undefined;
     if (options.snapshot !== undefined) snapshotFilter = await store.resolveSnapshot(options.snapshot);
     if (options.vm !== undefined && !records.some((r) => r.vm === options.vm))
@@ -155,8 +159,8 @@ export async function storeStats(store: Store, options: StatsOptions = {}): Prom
     const detail = options.detail || options.vm !== undefined || options.snapshot !== undefined;
     let exact: StoreCounters | undefined;
     let source: StatsReport['source'] = 'counters';
-    if (options.exact || !state.counters) exact = await recount(store, records);
-    if (!state.counters) {
+    if (options.exact || (!state.counters && !store.isNumbered)) exact = await recount(store, records);
+    if (!state.counters && !store.isNumbered) {
       source = 'recount';
       // A store from before counters: initialise them (only when nothing else writes meanwhile).
       if (store.sessions.size === 0 && store.writer.unindexedChunks === 0) {
@@ -164,7 +168,10 @@ export async function storeStats(store: Store, options: StatsOptions = {}): Prom
         state = await readCounterState(store.db);
       }
     }
-    const c = state.counters ?? exact!;
+    // Format 3: chunk and pack figures from the packs (a seal writes no counter delta there).
+    const c = store.isNumbered
+      ? { ...(state.counters ?? zeroCounters()), ...(await numberedChunkCounters(store)) }
+      : (state.counters ?? exact!);
     const p = Store.paths(store.dir);
     let groups = 0;
     for await (const _ of store.db.keys(prefixRange(Buffer.of(KEY_GROUP)))) groups++;

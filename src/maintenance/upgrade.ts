@@ -10,12 +10,13 @@
  *      upgrade/ copy, then upgrade/ and chunk-table.bin removed. Every step is idempotent: a run
  *      killed here is finished by the next call (and, once the engine opens format 3, by its open).
  * A kill before step 2 leaves the old store as it was, plus an upgrade/ tree the next upgrade removes
- * first. Not yet wired to a CLI command: this engine does not open format-3 stores yet
- * (docs/FORMAT3-STATUS.md).
+ * first. Not yet wired to a CLI command (docs/FORMAT3-STATUS.md); every open of a format-3 store
+ * finishes step 3 under its lock (src/store/upgrade-swap.ts).
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { CONFIG_FILE, readConfig, type StoreConfig } from '../store/config.js';
+import { CONFIG_FILE, STORE_FORMAT_VERSION_NUMBERED, type StoreConfig } from '../store/config.js';
+import { finishUpgradeSwap, readRawConfig, UPGRADE_DIR } from '../store/upgrade-swap.js';
 import { putCounterBase, readCounters, zeroCounters } from '../store/counters.js';
 import { CHUNK_GEN_KEY, CLEAN_PACK_KEY, KEY_CHUNK, KEY_META, KEY_PACK, KEY_SNAPSHOT, openDb, type StoreDb } from '../store/db.js';
 import { listHeld } from '../store/held.js';
@@ -23,15 +24,12 @@ import { KEY_KEPT_BASE, listKeptBases } from '../store/keys.js';
 import { freeBytes } from '../store/reserve.js';
 import { NEXT_NUMBER_KEY, NumberAllocator } from '../store/number-allocator.js';
 import { Store } from '../store/store.js';
-import { exists, fsyncDir, writeFileDurable } from '../util/durable.js';
+import { fsyncDir, writeFileDurable } from '../util/durable.js';
 import { VnstoreError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 import { convertChunks, convertManifests } from './upgrade-v3.js';
 
-export const STORE_FORMAT_VERSION_NUMBERED = 3;
-export const UPGRADE_DIR = 'upgrade';
-/** The parts the swap replaces, in this order. */
-const SWAPPED = ['db', 'packs', 'manifests'] as const;
+export { STORE_FORMAT_VERSION_NUMBERED, UPGRADE_DIR, finishUpgradeSwap };
 
 export interface UpgradeReport {
   chunks: number;
@@ -39,13 +37,6 @@ export interface UpgradeReport {
   manifests: number;
   manifestBytesBefore: number;
   manifestBytesAfter: number;
-}
-
-/** The raw vnstore.json (readConfig refuses version 3 today). */
-async function readRawConfig(dir: string): Promise<StoreConfig> {
-  const text = await fsp.readFile(path.join(dir, CONFIG_FILE), 'utf8').catch(() => undefined);
-  if (text === undefined) return readConfig(dir); // its one-line errors for a missing or unreadable file
-  return JSON.parse(text) as StoreConfig;
 }
 
 export async function upgradeStore(dir: string, options: { packTargetBytes?: number } = {}): Promise<UpgradeReport> {
@@ -134,23 +125,6 @@ export async function upgradeStore(dir: string, options: { packTargetBytes?: num
  */
 export function upgradeCopyBytes(packBytes: number, chunks: number, manifestBytes: number): number {
   return packBytes + 24 * chunks + manifestBytes + 16 * 1024 * 1024;
-}
-
-/** Step 3, idempotent: replaces the old parts by the upgrade's once vnstore.json says version 3. */
-export async function finishUpgradeSwap(dir: string): Promise<void> {
-  const up = path.join(dir, UPGRADE_DIR);
-  if (!(await exists(up))) return;
-  if ((await readRawConfig(dir)).version !== STORE_FORMAT_VERSION_NUMBERED) return; // not committed: the old store stands
-  for (const part of SWAPPED) {
-    if (!(await exists(path.join(up, part)))) continue; // swapped by an earlier run
-    await fsp.rm(path.join(dir, part), { recursive: true, force: true });
-    await fsp.rename(path.join(up, part), path.join(dir, part));
-    await fsyncDir(dir);
-    trace(`upgrade: swapped ${part}`);
-  }
-  await fsp.rm(path.join(dir, 'chunk-table.bin'), { force: true });
-  await fsp.rm(up, { recursive: true, force: true });
-  await fsyncDir(dir);
 }
 
 /**

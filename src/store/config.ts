@@ -14,6 +14,11 @@ export const STORE_FORMAT_VERSION = 1;
  * of reporting its compacted packs as damage (or quarantining one that recovery finds unindexed).
  */
 export const STORE_FORMAT_VERSION_CONTAINERS = 2;
+/**
+ * Store format 3: chunks named by number, the packs' tables of contents are the index (docs/FORMAT.md,
+ * "Store format 3"). Opened beside versions 1 and 2 until `vnstore upgrade` ships (FORMAT3-STATUS.md).
+ */
+export const STORE_FORMAT_VERSION_NUMBERED = 3;
 export const CONFIG_FILE = 'vnstore.json';
 
 export interface StoreConfig {
@@ -45,10 +50,14 @@ export async function readConfig(dir: string): Promise<StoreConfig> {
   }
   if (cfg.format !== STORE_FORMAT)
     throw new VnstoreError('E_NOT_STORE', `${dir} is not a vnstore store (${CONFIG_FILE} has format ${JSON.stringify(cfg.format)})`);
-  if (cfg.version !== STORE_FORMAT_VERSION && cfg.version !== STORE_FORMAT_VERSION_CONTAINERS) {
+  if (
+    cfg.version !== STORE_FORMAT_VERSION &&
+    cfg.version !== STORE_FORMAT_VERSION_CONTAINERS &&
+    cfg.version !== STORE_FORMAT_VERSION_NUMBERED
+  ) {
     throw new VnstoreError(
       'E_FORMAT_VERSION',
-      `${dir}: store format version ${String(cfg.version)} is not supported (this vnstore reads versions ${STORE_FORMAT_VERSION} and ${STORE_FORMAT_VERSION_CONTAINERS}; a newer vnstore wrote it)`,
+      `${dir}: store format version ${String(cfg.version)} is not supported (this vnstore reads versions ${STORE_FORMAT_VERSION} to ${STORE_FORMAT_VERSION_NUMBERED}; a newer vnstore wrote it)`,
     );
   }
   if (cfg.pageSize !== PAGE_SIZE || cfg.chunkDigest !== 'blake3-256') {
@@ -58,6 +67,11 @@ export async function readConfig(dir: string): Promise<StoreConfig> {
     );
   }
   return cfg as StoreConfig;
+}
+
+/** Whether the store names chunks by number (store format 3). */
+export function isNumberedStore(config: StoreConfig): boolean {
+  return config.version === STORE_FORMAT_VERSION_NUMBERED;
 }
 
 /** Raises a version-1 store to version 2 (durably: temp file, fsync, rename) before its first v2 pack. */

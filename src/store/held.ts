@@ -42,8 +42,11 @@ export async function isHeld(db: StoreDb, id: string): Promise<boolean> {
   return (await db.get(heldKey(id))) !== undefined;
 }
 
-export async function putHeld(db: StoreDb, held: HeldPrepared): Promise<void> {
-  await db.put(heldKey(held.record.id), jsonValue(held), { sync: true });
+/** Writes a hold (synced), with `also` in the same batch (format 3: the chunk-number mark). */
+export async function putHeld(db: StoreDb, held: HeldPrepared, also?: [Buffer, Buffer]): Promise<void> {
+  const batch = db.batch().put(heldKey(held.record.id), jsonValue(held));
+  if (also) batch.put(also[0], also[1]);
+  await batch.write({ sync: true });
 }
 
 export async function listHeld(db: StoreDb): Promise<HeldPrepared[]> {

@@ -12,7 +12,17 @@ import type { StoreDb } from './db.js';
 import { IndexBatch } from './index-batch.js';
 import { BatchPool, PackFile } from './pack-file.js';
 import { addCounterDelta, sealedPackDelta } from './counters.js';
-import { packFileName } from '../format/pack.js';
+import { packFileName, PACK_VERSION } from '../format/pack.js';
+import { PACK_VERSION_NUMBERED } from '../format/pack-v3.js';
+
+/**
+ * Store format 3: chunks get numbers from the store's allocator as they are appended, and a sealed
+ * pack joins the in-memory index (its TOC is the index: no LevelDB batch).
+ */
+export interface NumberedSealing {
+  takeNumber(): number;
+  addSealed(pack: number): Promise<void>;
+}
 
 export const DEFAULT_PACK_TARGET_BYTES = 32 * 1024 * 1024;
 
@@ -41,6 +51,8 @@ export class PackWriter {
     readonly targetBytes = DEFAULT_PACK_TARGET_BYTES,
     /** Told the new chunk-generation token after each index batch (the saved table goes stale). */
     private readonly onChunkGeneration: (token: Buffer) => void = () => undefined,
+    /** Set on a format-3 store: version-3 packs of numbered chunks (see NumberedSealing). */
+    private readonly numbered?: NumberedSealing,
   ) {}
 
   /** Queues one chunk for the open pack (its bytes are copied); locateUnindexed then finds it. */
@@ -78,7 +90,7 @@ export class PackWriter {
         pack.copyRun(payload, runStart, runEnd);
         runStart = runEnd = payloadAt[k];
       }
-      const offset = pack.addEntry(digests, digestAt[k], len, codecs[k], runEnd - runStart);
+      const offset = pack.addEntry(digests, digestAt[k], len, codecs[k], runEnd - runStart, this.numbered?.takeNumber());
       runEnd += len;
       this.table.insert(digests, { pack: pack.id, offset, storedLength: len, codec: codecs[k] }, digestAt[k]);
       if (pack.size + (runEnd - runStart) >= this.targetBytes) {
@@ -155,7 +167,7 @@ export class PackWriter {
   }
 
   private startPack(): PackFile {
-    const pack = new PackFile(this.nextPackId++, this.tmpDir, this.batches);
+    const pack = new PackFile(this.nextPackId++, this.tmpDir, this.batches, this.numbered ? PACK_VERSION_NUMBERED : PACK_VERSION);
     this.open = pack;
     this.unindexed.set(pack.id, pack);
     return pack;
@@ -174,6 +186,13 @@ export class PackWriter {
   }
 
   private async seal(pack: PackFile): Promise<void> {
+    if (this.numbered) {
+      await pack.seal(this.packsDir, () => undefined);
+      await this.numbered.addSealed(pack.id); // indexed: lookups find it there from now on
+      this.unindexed.delete(pack.id);
+      this.sealedLog.push(pack.id);
+      return;
+    }
     // The index batch is built while the fsync runs (CPU next to I/O); it is written only after the
     // pack is durable under its final name, as the write order requires.
     let batch: IndexBatch | undefined;

@@ -34,7 +34,12 @@ export async function loadNumberedManifest(
  * and what a session's parent or a restore compares pages with. One read per pack of the span of its
  * digest column the pages use, not 32 bytes a page (a 512 MiB image names ~130k chunks).
  */
-export async function pageDigests(packs: PackReader, load: NumberIndexLoad, pages: NumberedPages, what: string): Promise<PageTable> {
+export async function pageDigests(
+  packs: PackReader,
+  load: Pick<NumberIndexLoad, 'index' | 'digestColumns'>,
+  pages: NumberedPages,
+  what: string,
+): Promise<PageTable> {
   const table = new PageTable(pages.pageCount);
   const packOf = new Int32Array(pages.pageCount).fill(-1);
   const entryOf = new Uint32Array(pages.pageCount);

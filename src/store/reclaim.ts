@@ -24,6 +24,8 @@ export interface ReclaimHint {
 
 /** What the store asks of maintenance to remove garbage it made itself (gcSweeper in src/maintenance). */
 export interface PackSweeper {
+  /** True when it works on store format 3 (a format-3 store ignores a sweeper that does not). */
+  readonly numbered?: boolean;
   /** Drops those of `packs` that hold no live chunk (a failed or killed session's packs). */
   dropDead(store: Store, packs: readonly number[]): Promise<unknown>;
   /** gc limited to `packs`: dead chunks in them are dropped or rewritten away. */

@@ -21,6 +21,10 @@ export interface RecoveryReport {
   packsIndexed: number;
   packsQuarantined: string[];
   orphanManifestsRemoved: number;
+  /** Format 3: copies a killed gc or compact left, deleted (their originals hold every number). */
+  copiesRemoved?: number[];
+  /** Format 3: packs sharing only some numbers with older packs (damage), left out of the index. */
+  conflictingPacks?: number[];
 }
 
 /**
@@ -32,10 +36,7 @@ export async function recover(dir: string, db: StoreDb, packs: PackReader): Prom
   const p = storePaths(dir);
   const report: RecoveryReport = { tempFilesRemoved: 0, packsIndexed: 0, packsQuarantined: [], orphanManifestsRemoved: 0 };
   // 1. Temp files are never referenced by anything committed.
-  for (const name of await fsp.readdir(p.tmp)) {
-    await fsp.rm(path.join(p.tmp, name), { force: true, recursive: true });
-    report.tempFilesRemoved++;
-  }
+  report.tempFilesRemoved = await removeTempFiles(dir);
   // 1b. Packs gc removed from the index but had not yet deleted: finish the deletion (never re-index).
   await finishPackDeletions(dir, db);
   // 2. Packs renamed into place but not indexed (crash between rename and the index batch).
@@ -72,16 +73,38 @@ export async function recover(dir: string, db: StoreDb, packs: PackReader): Prom
     }
   }
   // 3. Manifests written but never committed (crash between manifest and commit record).
-  for (const name of await fsp.readdir(p.manifests)) {
+  report.orphanManifestsRemoved = await removeOrphanManifests(dir, db);
+  return report;
+}
+
+/** Empties tmp/ (nothing committed references a temp file); returns how many entries went. */
+export async function removeTempFiles(dir: string): Promise<number> {
+  const tmp = storePaths(dir).tmp;
+  let removed = 0;
+  for (const name of await fsp.readdir(tmp)) {
+    await fsp.rm(path.join(tmp, name), { force: true, recursive: true });
+    removed++;
+  }
+  return removed;
+}
+
+/**
+ * Removes manifests written but never committed (a crash between manifest and commit record),
+ * unless held or a kept base; returns how many went.
+ */
+export async function removeOrphanManifests(dir: string, db: StoreDb): Promise<number> {
+  const manifests = storePaths(dir).manifests;
+  let removed = 0;
+  for (const name of await fsp.readdir(manifests)) {
     const m = /^([0-9a-f]{16})\.vnm(\.tmp)?$/.exec(name);
     if (!m) continue;
     if (m[2] || (await db.get(prefixedKey(KEY_SNAPSHOT, m[1]))) === undefined) {
       if (!m[2] && ((await isKeptBase(db, m[1])) || (await isHeld(db, m[1])))) continue;
-      await fsp.rm(path.join(p.manifests, name), { force: true });
-      report.orphanManifestsRemoved++;
+      await fsp.rm(path.join(manifests, name), { force: true });
+      removed++;
     }
   }
-  return report;
+  return removed;
 }
 
 /**
@@ -97,7 +120,7 @@ async function isKeptBase(db: StoreDb, id: string): Promise<boolean> {
  * elsewhere) and a crash stopped it before the file was deleted. Delete the file now: re-indexing it as
  * an "unindexed pack" would resurrect dead chunks. Returns the number of files removed.
  */
-async function finishPackDeletions(dir: string, db: StoreDb): Promise<number> {
+export async function finishPackDeletions(dir: string, db: StoreDb): Promise<number> {
   const ids: number[] = [];
   for await (const k of db.keys(prefixRange(Buffer.of(KEY_DELETED_PACK)))) ids.push(k.readUInt32BE(1));
   if (ids.length === 0) return 0;

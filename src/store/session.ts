@@ -5,7 +5,9 @@
  * means last submitted. Nothing is visible before commit; commit is durable.
  */
 import path from 'node:path';
-import { encodeManifest, planManifest } from '../format/manifest.js';
+import { encodeManifest, planManifest, type ManifestHeader } from '../format/manifest.js';
+import { encodeManifestV2, planManifestV2, type NumberedPages } from '../format/manifest-v2.js';
+import { ITEM_BYTES } from '../format/pack-v3.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable, digestsEqual } from '../format/pages.js';
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { getCodec } from '../chunk/codec.js';
@@ -96,7 +98,8 @@ export class Session {
   private constructor(
     private readonly store: Store,
     readonly options: SessionOptions,
-    readonly parent: { id: string; pages: PageTable; depth: number } | undefined,
+    /** On a format-3 store also the parent's numbers (a page equal to the parent's takes its number). */
+    readonly parent: { id: string; pages: PageTable; depth: number; numbers?: NumberedPages } | undefined,
   ) {
     const pageCount = options.memoryBytes !== undefined ? Math.ceil(options.memoryBytes / PAGE_SIZE) : 0;
     // Without a declared size, expect the parent's: growing the table as pages arrive copies it.
@@ -118,7 +121,8 @@ export class Session {
     let parent: Session['parent'];
     if (parentSpec !== 'none') {
       const rec = parentSpec === 'auto' ? await store.latestSnapshot(options.vm) : await store.resolveSnapshot(parentSpec);
-      if (rec) parent = { id: rec.id, pages: await store.loadPages(rec.id), depth: rec.baseDepth };
+      if (rec && store.isNumbered) parent = { id: rec.id, ...(await store.loadNumberedPages(rec.id)), depth: rec.baseDepth };
+      else if (rec) parent = { id: rec.id, pages: await store.loadPages(rec.id), depth: rec.baseDepth };
     }
     // Without a parent every page is hashed and most are compressed: worth the workers' start-up
     // (wantWorkers starts none where thread-pool jobs serve: they need no start-up).
@@ -609,10 +613,12 @@ export class Session {
       // Seal the last pack, and encode the manifest while its writes and fsync run. The manifest
       // file is written only once every pack is durable and indexed (the write order, docs/FORMAT.md).
       const flushing = this.store.writer.flush();
-      const manifest = this.buildManifest(byteLength, pageCount);
+      // Format 3 names pages by number: those of new chunks are known once their packs are indexed.
+      let manifest = this.store.isNumbered ? undefined : this.buildManifest(byteLength, pageCount);
       await flushing;
       trace('packs flushed');
       if (this.store.writer.failureEpoch !== this.failureEpoch) throw this.writerFailure();
+      manifest ??= await this.buildNumberedManifest(byteLength, pageCount);
       const record = await this.writeManifest(manifest);
       trace('manifest written');
       this.state = 'done';
@@ -744,12 +750,69 @@ export class Session {
     );
   }
 
+  /** The manifest's header (not yet with its base). */
+  private manifestHeader(byteLength: number, pageCount: number): ManifestHeader {
+    const meta = { id: this.id, vm: this.options.vm, group: this.options.group, parent: this.parent?.id, time: new Date().toISOString() };
+    return { meta, byteLength, pageCount, imageDigest: imageDigest(this.pages, byteLength) };
+  }
+
+  /** The catalog record that will point at a manifest of `manifestBytes` (`tocBytes`: a new chunk's table entry). */
+  private snapshotRecord(
+    header: ManifestHeader,
+    base: string | undefined,
+    baseDepth: number,
+    zeroPages: number,
+    manifestBytes: number,
+    tocBytes: number,
+  ): SnapshotRecord {
+    return {
+      id: this.id,
+      vm: this.options.vm,
+      group: this.options.group,
+      epoch: this.options.epoch,
+      time: header.meta.time,
+      parent: this.parent?.id,
+      base,
+      baseDepth,
+      byteLength: header.byteLength,
+      pageCount: header.pageCount,
+      zeroPages,
+      imageDigest: Buffer.from(header.imageDigest).toString('hex'),
+      newChunks: this.stats.newChunks,
+      newChunkBytes: this.stats.newChunkBytes,
+      manifestBytes,
+      addedBytes: this.stats.newChunkBytes + this.stats.newChunks * tocBytes + manifestBytes,
+    };
+  }
+
+  /**
+   * Format 3: the version-2 manifest, pages named by number (every pack sealed and indexed by now),
+   * delta-encoded against the parent under the same rule as version 1.
+   */
+  private async buildNumberedManifest(byteLength: number, pageCount: number): Promise<{ bytes: Buffer; record: SnapshotRecord }> {
+    const header = this.manifestHeader(byteLength, pageCount);
+    const parent = this.parent?.numbers ? { pages: this.parent.pages, numbers: this.parent.numbers } : undefined;
+    const numbers = await this.store.numbered!.numberPages(this.pages, parent, `snapshot of VM ${this.options.vm}`);
+    let plan = planManifestV2(numbers);
+    let base: string | undefined;
+    let baseDepth = 0;
+    if (this.parent && parent && this.parent.depth < MAX_BASE_DEPTH) {
+      const delta = planManifestV2(numbers, parent.numbers);
+      if (delta.bodyBytes + Buffer.byteLength(this.parent.id) < plan.bodyBytes) {
+        plan = delta;
+        base = this.parent.id;
+        baseDepth = this.parent.depth + 1;
+      }
+    }
+    const encoded = encodeManifestV2({ ...header, baseId: base }, numbers, plan.base, plan);
+    // A new chunk costs its digest and (at most) one item in its pack's table.
+    const record = this.snapshotRecord(header, base, baseDepth, encoded.stats.zeroPages, encoded.bytes.length, DIGEST_BYTES + ITEM_BYTES);
+    return { bytes: encoded.bytes, record };
+  }
+
   /** The manifest's bytes and the catalog record that will point at it (not yet written). */
   private buildManifest(byteLength: number, pageCount: number): { bytes: Buffer; record: SnapshotRecord } {
-    const time = new Date().toISOString();
-    const meta = { id: this.id, vm: this.options.vm, group: this.options.group, parent: this.parent?.id, time };
-    const digest = imageDigest(this.pages, byteLength);
-    const header = { meta, byteLength, pageCount, imageDigest: digest };
+    const header = this.manifestHeader(byteLength, pageCount);
     // Delta-encode against the parent when the chain stays short and it actually saves space.
     let plan = planManifest(this.pages);
     let base: string | undefined;
@@ -763,24 +826,7 @@ export class Session {
       }
     }
     const encoded = encodeManifest({ ...header, baseId: base }, this.pages, plan.base, plan);
-    const record: SnapshotRecord = {
-      id: this.id,
-      vm: this.options.vm,
-      group: this.options.group,
-      epoch: this.options.epoch,
-      time,
-      parent: this.parent?.id,
-      base,
-      baseDepth,
-      byteLength,
-      pageCount,
-      zeroPages: encoded.stats.zeroPages,
-      imageDigest: Buffer.from(digest).toString('hex'),
-      newChunks: this.stats.newChunks,
-      newChunkBytes: this.stats.newChunkBytes,
-      manifestBytes: encoded.bytes.length,
-      addedBytes: this.stats.newChunkBytes + this.stats.newChunks * TOC_ENTRY_BYTES + encoded.bytes.length,
-    };
+    const record = this.snapshotRecord(header, base, baseDepth, encoded.stats.zeroPages, encoded.bytes.length, TOC_ENTRY_BYTES);
     return { bytes: encoded.bytes, record };
   }
 

@@ -24,7 +24,14 @@ import { SlabPool } from '../chunk/slab-pool.js';
 import { ensurePrivateDir, exists, fsyncDir, writeFileDurable } from '../util/durable.js';
 import { hex } from '../chunk/hash.js';
 import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError, VnstoreError } from '../util/errors.js';
-import { readConfig, STORE_FORMAT, STORE_FORMAT_VERSION, type StoreConfig } from './config.js';
+import {
+  isNumberedStore,
+  readConfig,
+  STORE_FORMAT,
+  STORE_FORMAT_VERSION,
+  STORE_FORMAT_VERSION_NUMBERED,
+  type StoreConfig,
+} from './config.js';
 import {
   CHUNK_GEN_KEY,
   CLEAN_PACK_KEY,
@@ -72,6 +79,12 @@ import { SessionRegistry } from './session-registry.js';
 import { ChunkGeneration } from './chunk-generation.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import { Reclaimer, reclaimFromEnv, type PackSweeper } from './reclaim.js';
+import { NEXT_NUMBER_KEY } from './number-allocator.js';
+import type { NumberedChunks } from './numbered-chunks.js';
+import { NumberedManifestLoader } from './manifest-loader-v3.js';
+import type { NumberedPages } from '../format/manifest-v2.js';
+import { recoverNumbered } from './recovery-v3.js';
+import { finishUpgradeSwap } from './upgrade-swap.js';
 
 export const TABLE_FILE = 'chunk-table.bin';
 
@@ -151,6 +164,10 @@ export class Store {
   /** CLEAN_PACK_KEY as read at open (NaN when absent): close rewrites it only when it moved. */
   private cleanPackMark = NaN;
   private readonly reclaimer: Reclaimer;
+  /** Format 3: version-2 manifests, resolved to numbers and digests. */
+  private readonly numberedManifests: NumberedManifestLoader | undefined;
+  /** The sweeper, when it can work on this store's format (gc of format 3 may not be wired yet). */
+  private readonly sweeper: PackSweeper | undefined;
 
   private constructor(
     readonly dir: string,
@@ -166,19 +183,36 @@ export class Store {
     readonly chunkGen: ChunkGeneration,
     /** False when opened with `chunkTable: false` (catalog work only). */
     readonly hasChunkTable: boolean,
-    private readonly sweeper: PackSweeper | undefined,
+    sweeper: PackSweeper | undefined,
     reclaim: boolean,
+    /**
+     * Store format 3: the chunk index over numbers (from the packs' TOCs), the allocator and the
+     * digest columns; undefined on format 1/2, whose index is LevelDB's `c` entries.
+     */
+    readonly numbered?: NumberedChunks,
   ) {
-    this.reclaimer = new Reclaimer(this, sweeper, reclaim);
+    this.sweeper = numbered && !sweeper?.numbered ? undefined : sweeper;
+    this.reclaimer = new Reclaimer(this, this.sweeper, reclaim);
+    this.numberedManifests = numbered && new NumberedManifestLoader((id) => this.manifestPath(id), numbered, packs);
   }
 
   static paths(dir: string): StorePaths {
     return storePaths(dir);
   }
 
-  /** Creates an empty store. Refuses a directory that already holds a store or other files. */
-  static async init(dir: string): Promise<StoreConfig> {
+  /**
+   * Creates an empty store. Refuses a directory that already holds a store or other files.
+   * `format` 3 (experimental until every command works on it: docs/FORMAT3-STATUS.md) names chunks
+   * by number; the default is format 1.
+   */
+  static async init(dir: string, options: { format?: number } = {}): Promise<StoreConfig> {
     const p = Store.paths(dir);
+    const version = options.format ?? STORE_FORMAT_VERSION;
+    if (version !== STORE_FORMAT_VERSION && version !== STORE_FORMAT_VERSION_NUMBERED)
+      throw new VnstoreError(
+        'E_USAGE',
+        `cannot create a store of format ${version} (${STORE_FORMAT_VERSION} or ${STORE_FORMAT_VERSION_NUMBERED})`,
+      );
     if (await exists(p.config)) throw new VnstoreError('E_EXISTS', `${dir} already holds a vnstore store`);
     try {
       const entries = await fsp.readdir(dir).catch((err: NodeJS.ErrnoException) => {
@@ -194,11 +228,12 @@ export class Store {
       await fsp.chmod(p.db, 0o700); // LevelDB creates it with the process umask
       const batch = db.batch();
       putCounterBase(batch, zeroCounters()); // stats counters start at zero (src/store/counters.ts)
+      if (version === STORE_FORMAT_VERSION_NUMBERED) batch.put(NEXT_NUMBER_KEY, Buffer.from('0', 'latin1'));
       await batch.write({ sync: true });
       await db.close();
       const config: StoreConfig = {
         format: STORE_FORMAT,
-        version: STORE_FORMAT_VERSION,
+        version,
         storeId: randomBytes(16).toString('hex'),
         created: new Date().toISOString(),
         pageSize: PAGE_SIZE,
@@ -231,6 +266,8 @@ export class Store {
     // Workers boot (load modules) while we open LevelDB and recover.
     const pool = new PagePool(options.workers, { start: options.startWorkers !== 'on-demand', threadPool: options.threadPool });
     try {
+      // An upgrade killed after its commit point left its copy beside the old parts: finished first.
+      if (isNumberedStore(config)) await finishUpgradeSwap(dir);
       for (const d of [p.packs, p.manifests, p.tmp]) await ensurePrivateDir(d);
       db = openDb(p.db);
       try {
@@ -242,6 +279,7 @@ export class Store {
       }
       trace('db open');
       packs = new PackReader(p.packs);
+      if (isNumberedStore(config)) return await Store.openNumbered(dir, config, db, lock, packs, pool, options);
       const recovery = await recover(dir, db, packs);
       trace('recovered');
       const savedToken = (await db.get(CHUNK_GEN_KEY)) ?? undefined;
@@ -273,6 +311,53 @@ export class Store {
       await lock.release();
       throw fromSystemError(err, `opening store ${dir}`);
     }
+  }
+
+  /** Format 3's open after LevelDB: recovery builds the index from the TOCs; nothing is saved at close. */
+  private static async openNumbered(
+    dir: string,
+    config: StoreConfig,
+    db: StoreDb,
+    lock: StoreLock,
+    packs: PackReader,
+    pool: PagePool,
+    options: OpenOptions,
+  ): Promise<Store> {
+    const p = Store.paths(dir);
+    const { report, chunks } = await recoverNumbered(dir, db, packs);
+    trace(`recovered (format 3: ${chunks.index.size} chunks in ${chunks.index.packIds.length} packs)`);
+    const gen = new ChunkGeneration(undefined, true); // no chunk-table.bin on format 3
+    const writer = new PackWriter(
+      p.packs,
+      p.tmp,
+      db,
+      chunks.table,
+      (await highestPackId(dir, db)) + 1,
+      options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES,
+      undefined,
+      { takeNumber: () => chunks.allocator.take(), addSealed: (pack) => chunks.addSealed(pack) },
+    );
+    const reclaim = options.reclaim ?? reclaimFromEnv();
+    const store = new Store(dir, config, db, lock, chunks.table, packs, writer, pool, report, gen, true, options.sweeper, reclaim, chunks);
+    await store.discardUncleanPacks();
+    return store;
+  }
+
+  /** Whether this store names chunks by number (store format 3). */
+  get isNumbered(): boolean {
+    return this.numbered !== undefined;
+  }
+
+  /**
+   * Refuses work not yet ported to store format 3 (one line, E_FORMAT_VERSION, exit 4), so that it
+   * never touches such a store wrongly.
+   */
+  refuseNumbered(what: string): void {
+    if (this.numbered)
+      throw new VnstoreError(
+        'E_FORMAT_VERSION',
+        `${what} does not work on store format ${STORE_FORMAT_VERSION_NUMBERED} yet (${this.dir} is an experimental format-3 store)`,
+      );
   }
 
   async close(): Promise<void> {
@@ -427,6 +512,8 @@ export class Store {
         1,
       ),
     ); // stats counters, same batch
+    // Format 3: the numbers these manifests name are published: the mark goes with them (FORMAT.md).
+    if (this.numbered) batch.put(NEXT_NUMBER_KEY, this.numbered.allocator.markValue());
     try {
       await batch.write({ sync: true });
     } catch (err) {
@@ -460,7 +547,7 @@ export class Store {
     const clean = mark === undefined ? NaN : Number(mark.toString('latin1'));
     this.cleanPackMark = clean;
     if (!Number.isSafeInteger(clean)) return;
-    const ids = (await this.listPacks()).map((r) => r.id).filter((id) => id > clean);
+    const ids = (this.numbered ? this.numbered.index.packIds : (await this.listPacks()).map((r) => r.id)).filter((id) => id > clean);
     await this.discardDeadPacks(ids, 'unclean close');
   }
 
@@ -502,7 +589,7 @@ export class Store {
     this.assertOpen();
     if (prepared.state !== 'prepared')
       throw new VnstoreError('E_SESSION', `snapshot ${prepared.record.id} is ${prepared.state}, not prepared`);
-    await putHeld(this.db, { record: prepared.record, deadline });
+    await putHeld(this.db, { record: prepared.record, deadline }, this.numbered && [NEXT_NUMBER_KEY, this.numbered.allocator.markValue()]);
   }
 
   /** The held prepared snapshots (see holdPrepared), prepared again in this process. */
@@ -578,12 +665,21 @@ export class Store {
   // ---------------------------------------------------------------- manifests
 
   async readManifestHeader(id: string): Promise<ManifestHeader> {
-    return this.manifests.readHeader(id);
+    return this.numberedManifests ? this.numberedManifests.readHeader(id) : this.manifests.readHeader(id);
   }
 
-  /** Full page table of a snapshot, resolving delta bases. */
+  /** Full page table of a snapshot (each page's digest), resolving delta bases. */
   async loadPages(id: string): Promise<PageTable> {
+    if (this.numberedManifests) return (await this.numberedManifests.loadWithDigests(id)).pages;
     return (await this.manifests.load(id)).pages;
+  }
+
+  /** Format 3: a snapshot's pages by number and by digest (a session's parent). */
+  async loadNumberedPages(id: string): Promise<{ pages: PageTable; numbers: NumberedPages }> {
+    if (!this.numberedManifests)
+      throw new VnstoreError('E_USAGE', `store format ${this.config.version} names chunks by digest, not number`);
+    const loaded = await this.numberedManifests.loadWithDigests(id);
+    return { pages: loaded.pages, numbers: loaded.numbers };
   }
 
   // ---------------------------------------------------------------- chunk index
@@ -600,7 +696,10 @@ export class Store {
       if (loc) out[i] = loc;
       else missIdx.push(i);
     }
-    if (missIdx.length > 0) {
+    if (missIdx.length > 0 && this.numbered) {
+      const found = await this.numbered.find(missIdx.map((i) => digests[i]));
+      for (let k = 0; k < missIdx.length; k++) out[missIdx[k]] = found[k]?.location;
+    } else if (missIdx.length > 0) {
       const values = await this.db.getMany(missIdx.map((i) => chunkKey(digests[i])));
       for (let k = 0; k < missIdx.length; k++) {
         const v = values[k];

@@ -1,0 +1,62 @@
+/**
+ * The manifest loader of a format-3 store: version-2 manifests resolved through their delta bases
+ * into numbered page tables, and each page's digest from the packs' TOCs (what sessions compare pages
+ * with, and what the image digest is computed over). A small LRU cache as ManifestLoader's: a
+ * manifest never changes, and neither does the digest a number names (gc and compact keep numbers).
+ */
+import { decodeManifestV2Header, decodeManifestV2Pages, type NumberedPages } from '../format/manifest-v2.js';
+import type { ManifestHeader } from '../format/manifest.js';
+import type { PageTable } from '../format/pages.js';
+import { baseUnreadable, ManifestCache, readManifestBytes, readManifestOf } from './manifest-loader.js';
+import type { NumberedChunks } from './numbered-chunks.js';
+import type { PackReader } from './pack-reader.js';
+import { pageDigests } from './read-v3.js';
+
+export interface LoadedNumberedManifest {
+  header: ManifestHeader;
+  numbers: NumberedPages;
+  fileBytes: number;
+  /** Each page's digest, once loadWithDigests read them. */
+  pages?: PageTable;
+}
+
+export class NumberedManifestLoader {
+  private readonly cache: ManifestCache<LoadedNumberedManifest>;
+  constructor(
+    private readonly fileOf: (id: string) => string,
+    private readonly chunks: NumberedChunks,
+    private readonly packs: PackReader,
+    cacheSize = 8,
+  ) {
+    this.cache = new ManifestCache(cacheSize);
+  }
+
+  async readHeader(id: string): Promise<ManifestHeader> {
+    return decodeManifestV2Header(await readManifestBytes(this.fileOf(id), id), id).header;
+  }
+
+  /** The numbered page table, delta bases resolved. */
+  async load(id: string, depth = 0): Promise<LoadedNumberedManifest> {
+    const hit = this.cache.get(id);
+    if (hit) return hit;
+    const { bytes, header, reader } = await readManifestOf(this.fileOf(id), id, depth, decodeManifestV2Header);
+    let base: NumberedPages | undefined;
+    if (header.baseId) {
+      try {
+        base = (await this.load(header.baseId, depth + 1)).numbers;
+      } catch (err) {
+        throw baseUnreadable(id, header.baseId, err);
+      }
+    }
+    const loaded: LoadedNumberedManifest = { header, numbers: decodeManifestV2Pages(header, reader, id, base), fileBytes: bytes.length };
+    this.cache.put(id, loaded);
+    return loaded;
+  }
+
+  /** The numbered page table and each page's digest (read from the TOCs once, then cached). */
+  async loadWithDigests(id: string): Promise<LoadedNumberedManifest & { pages: PageTable }> {
+    const loaded = await this.load(id); // the cached object: the digests are kept with it
+    loaded.pages ??= await pageDigests(this.packs, this.chunks, loaded.numbers, `snapshot ${id}`);
+    return { ...loaded, pages: loaded.pages };
+  }
+}
