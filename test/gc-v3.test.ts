@@ -8,24 +8,32 @@ import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { runGcV3, measureNumbered } from '../src/maintenance/gc-v3.js';
+import { runGc } from '../src/maintenance/gc.js';
+import { measureNumbered } from '../src/maintenance/gc-v3.js';
 import { markLiveNumbers, NumberSet } from '../src/maintenance/live-v3.js';
-import { NumberedFiles } from '../src/maintenance/numbered-store.js';
+import { numberedView } from '../src/maintenance/numbered-store.js';
+import type { Store } from '../src/store/store.js';
 import { tocItems } from '../src/maintenance/pack-copy-v3.js';
 import { CONTAINER_CODEC } from '../src/format/pack.js';
 import { readCounters } from '../src/store/counters.js';
 import { removeDir } from './helpers/engine.js';
 import { dirFileBytes } from './helpers/maintenance.js';
-import { expectAllReadV3, manifestBytes, numberedStoreAfterForget, V3_PACK_TARGET } from './helpers/numbered.js';
+import { expectAllReadV3, manifestBytes, numberedStoreAfterForget, openNumbered } from './helpers/numbered.js';
 
 const roots: string[] = [];
 
 /** Container items in the indexed packs. */
-async function containerItems(files: NumberedFiles): Promise<number> {
+async function containerItems(store: Store): Promise<number> {
   let n = 0;
-  for (const id of files.load.index.packIds)
-    n += tocItems((await files.packs.readTocV3(id)).toc).filter((i) => i.codec === CONTAINER_CODEC).length;
+  for (const id of store.numbered!.index.packIds)
+    n += tocItems((await store.packs.readTocV3(id)).toc).filter((i) => i.codec === CONTAINER_CODEC).length;
   return n;
+}
+
+/** Per-pack liveness now, from a fresh mark. */
+async function liveness(store: Store) {
+  const { live } = await markLiveNumbers(store.dir, store.db);
+  return measureNumbered(numberedView(store), live);
 }
 afterAll(() => roots.forEach(removeDir));
 
@@ -53,12 +61,12 @@ describe('gc on store format 3', () => {
     roots.push(fx.root);
     const before = manifestBytes(fx.dir, fx.expected.keys());
     const packsBefore = dirFileBytes(path.join(fx.dir, 'packs'));
-    let files = await NumberedFiles.open(fx.dir, V3_PACK_TARGET);
+    let files = await openNumbered(fx.dir);
     try {
-      const dry = await runGcV3(files, { dryRun: true });
+      const dry = await runGc(files, { dryRun: true });
       expect(dry.result).toBeUndefined();
       expect(dirFileBytes(path.join(fx.dir, 'packs'))).toEqual(packsBefore);
-      const report = await runGcV3(files);
+      const report = await runGc(files);
       const r = report.result!;
       expect(r.skipped).toEqual([]);
       expect(r.reclaimedBytes).toBeGreaterThan(0);
@@ -71,14 +79,13 @@ describe('gc on store format 3', () => {
     }
     // Reopened from the files: the unused bytes left are within the 5% target, nothing dead in a pack
     // beyond it, the counters follow the files, and a second gc has nothing to do.
-    files = await NumberedFiles.open(fx.dir, V3_PACK_TARGET);
+    files = await openNumbered(fx.dir);
     try {
-      expect(files.load.damaged).toEqual([]);
-      expect(files.load.copies).toEqual([]);
-      expect(files.load.conflicting).toEqual([]);
+      expect(files.recovery.packsQuarantined).toEqual([]);
+      expect(files.recovery.copiesRemoved).toEqual([]);
+      expect(files.recovery.conflictingPacks).toEqual([]);
       await expectAllReadV3(files, fx.expected, 'after gc, reopened');
-      const { live } = await markLiveNumbers(files.dir, files.db);
-      const after = await measureNumbered(files, live);
+      const after = await liveness(files);
       const packBytes = after.reduce((s, p) => s + p.bytes, 0);
       const unused = after.reduce((s, p) => s + p.payloadBytes - p.liveBytes, 0);
       expect(unused).toBeLessThanOrEqual(0.05 * packBytes);
@@ -86,8 +93,8 @@ describe('gc on store format 3', () => {
       const counters = (await readCounters(files.db))!;
       expect(counters.packs).toBe(after.length);
       expect(counters.packBytes).toBe(packBytes);
-      expect(counters.chunks).toBe(files.load.index.size);
-      const again = await runGcV3(files);
+      expect(counters.chunks).toBe(files.numbered!.index.size);
+      const again = await runGc(files);
       expect(again.result!.reclaimedBytes).toBe(0);
     } finally {
       await files.close();
@@ -100,16 +107,15 @@ describe('gc on store format 3', () => {
   it('with --max-unused 0 leaves no dead chunk, splitting containers that lost pages', async () => {
     const fx = await numberedStoreAfterForget('gc-v3-zero');
     roots.push(fx.root);
-    const files = await NumberedFiles.open(fx.dir, V3_PACK_TARGET);
+    const files = await openNumbered(fx.dir);
     try {
       const containersBefore = await containerItems(files);
       expect(containersBefore).toBeGreaterThan(0);
-      const report = await runGcV3(files, { maxUnused: { bytes: 0 } });
+      const report = await runGc(files, { maxUnused: { bytes: 0 } });
       expect(report.plan.totals.deadBytesKept).toBe(0);
       expect(report.result!.packsRewritten).toBeGreaterThan(0);
       expect(await containerItems(files)).toBeGreaterThan(0);
-      const { live } = await markLiveNumbers(files.dir, files.db);
-      const after = await measureNumbered(files, live);
+      const after = await liveness(files);
       for (const p of after) expect(p.liveChunks, `pack ${p.id}`).toBe(p.chunks);
       await expectAllReadV3(files, fx.expected, 'after gc --max-unused 0');
     } finally {

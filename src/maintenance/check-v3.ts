@@ -18,7 +18,7 @@ import { promises as fsp } from 'node:fs';
 import { imageDigest } from '../chunk/hash.js';
 import type { ManifestHeader } from '../format/manifest.js';
 import type { NumberedPages } from '../format/manifest-v2.js';
-import { packFileName } from '../format/pack.js';
+import { packFileName, parsePackFileName } from '../format/pack.js';
 import { PageKind } from '../format/pages.js';
 import { readCounters, zeroCounters, type StoreCounters } from '../store/counters.js';
 import type { SnapshotRecord } from '../store/db.js';
@@ -32,7 +32,7 @@ import { manifestMismatch, missingKeptBase } from './check-manifests.js';
 import { selectPacksToRead, type DataOptions } from './check-data.js';
 import { NEXT_FORGET, NEXT_REPAIR, type CheckedCounts, type CheckProblem } from './check-problems.js';
 import { manifestPathOf, NumberedManifests } from './live-v3.js';
-import { packIdsIn, type NumberedStore } from './numbered-store.js';
+import type { NumberedStore } from './numbered-store.js';
 import { readNumberedPackData } from './pack-data-v3.js';
 
 /** What the pack phase found: a fresh index from the files, and each chunk number's problem. */
@@ -41,6 +41,8 @@ export interface NumberedPacksResult {
   problems: CheckProblem[];
   /** Numbers whose stored copy is unusable → their problem (snapshots naming them are affected). */
   badNumbers: Map<number, CheckProblem>;
+  /** Packs the open store indexes whose file is gone. */
+  missing: number[];
 }
 
 export async function checkNumbered(store: NumberedStore, options: DataOptions = {}): Promise<CheckReport> {
@@ -95,7 +97,7 @@ export async function checkNumbered(store: NumberedStore, options: DataOptions =
   await checkNumberedManifests(store, packs, catalog, problems, checked, exact);
   for (const pr of problems) pr.affects.sort();
   let counters: CheckReport['counters'] = null;
-  if (!store.inFlightNumbers) {
+  if (!store.busy()) {
     for (const id of packs.load.index.packIds) {
       const { toc, tocOffset } = await store.packs.readTocV3(id);
       exact.packs++;
@@ -115,8 +117,21 @@ export async function checkNumbered(store: NumberedStore, options: DataOptions =
 export async function checkNumberedPacks(store: NumberedStore): Promise<NumberedPacksResult> {
   const problems: CheckProblem[] = [];
   const badNumbers = new Map<number, CheckProblem>();
-  const ids = await packIdsIn(storePaths(store.dir).packs);
+  const ids: number[] = [];
+  for (const name of await fsp.readdir(storePaths(store.dir).packs)) {
+    const id = parsePackFileName(name);
+    if (id !== undefined) ids.push(id);
+  }
   const load = await loadNumberIndex(store.packs, ids);
+  for (const name of store.quarantinedOnOpen) {
+    problems.push({
+      kind: 'pack-unreadable',
+      message: `pack ${name} was damaged and was moved to quarantine/ when the store was opened`,
+      pack: name,
+      affects: [],
+      next: NEXT_REPAIR,
+    });
+  }
   for (const d of load.damaged) {
     problems.push({ kind: 'pack-unreadable', message: d.why, pack: packFileName(d.pack), affects: [], next: NEXT_REPAIR });
   }
@@ -139,8 +154,8 @@ export async function checkNumberedPacks(store: NumberedStore): Promise<Numbered
     });
   }
   const onDisk = new Set(ids);
-  for (const id of store.load.index.packIds) {
-    if (onDisk.has(id)) continue;
+  const missing = store.numbered.index.packIds.filter((id) => !onDisk.has(id)).sort((a, b) => a - b);
+  for (const id of missing) {
     problems.push({
       kind: 'pack-missing',
       message: `pack ${packFileName(id)} is missing`,
@@ -149,7 +164,7 @@ export async function checkNumberedPacks(store: NumberedStore): Promise<Numbered
       next: NEXT_REPAIR,
     });
   }
-  return { load, problems, badNumbers };
+  return { load, problems, badNumbers, missing };
 }
 
 /**

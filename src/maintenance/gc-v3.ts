@@ -28,11 +28,31 @@ import { trace } from '../util/trace.js';
 import { emptyGcResult, failpoint, unneededKeptBases, type GcOptions, type GcReport, type GcResult } from './gc.js';
 import { gcPlanOptions, planGc, type PackLiveness } from './gc-plan.js';
 import { manifestPathOf, markLiveNumbers, type LiveNumbers } from './live-v3.js';
-import { replaceIndexedPacks, type NumberedStore } from './numbered-store.js';
-import { copyNumbered, tocNumbers, unitsToCopy, type CopyOptions } from './pack-copy-v3.js';
+import { numberedView, type NumberedStore } from './numbered-store.js';
+import { GcFence, withMaintenanceLock } from './fence.js';
+import type { Store } from '../store/store.js';
+import { DigestSet } from './digest-set.js';
+import { copyNumbered, tocNumbers, unitsToCopy, type CopiedPack, type CopyOptions } from './pack-copy-v3.js';
 
 /** What a copied chunk costs in a version-3 TOC at most: its digest and an item of its own. */
 export const V3_TOC_ENTRY_BYTES = DIGEST_BYTES + ITEM_BYTES;
+
+/** gc of an open format-3 store: under the maintenance lock, with the gc fence up while it runs. */
+export async function runGcNumbered(store: Store, options: GcOptions = {}): Promise<GcReport> {
+  gcPlanOptions(options, store.writer.targetBytes, V3_TOC_ENTRY_BYTES); // checked before the store is touched
+  return withMaintenanceLock(store, async () => {
+    const fence = new GcFence(store);
+    // Up before anything is read: from here on, every chunk a lookup finds is live.
+    store.raiseGcFence(fence);
+    try {
+      const report = await runGcV3(numberedView(store, fence), options);
+      if (report.result) report.result.lookupsHeld = fence.held;
+      return report;
+    } finally {
+      store.lowerGcFence(fence);
+    }
+  });
+}
 
 export async function runGcV3(store: NumberedStore, options: GcOptions = {}): Promise<GcReport> {
   const planOptions = gcPlanOptions(options, store.packTargetBytes, V3_TOC_ENTRY_BYTES);
@@ -77,7 +97,7 @@ export async function measureNumbered(
 ): Promise<PackLiveness[]> {
   const onlySet = only ? new Set(only) : undefined;
   const out: PackLiveness[] = [];
-  for (const id of store.load.index.packIds.sort((a, b) => a - b)) {
+  for (const id of store.numbered.index.packIds.sort((a, b) => a - b)) {
     if (onlySet && !onlySet.has(id)) continue;
     const { toc, tocOffset } = await store.packs.readTocV3(id);
     const { size } = await fsp.stat(store.packs.packPath(id));
@@ -111,10 +131,13 @@ export function entryShare(toc: TocV3, k: number): number {
   return storedShare({ storedLength: metaStoredLength(meta), codec: metaCodec(meta), member: metaMember(meta), pages: metaPages(meta) });
 }
 
+type StepTocs = Map<number, { toc: TocV3; bytes: number; payloadBytes: number }>;
+
 /**
- * One step: the chunks of `old` packs that `keep` names are copied into one new pack (none: the packs
- * are dropped), then the `d` batch, the index swap, the files' removal. A chunk that does not verify
- * skips the step (reported) and leaves the packs as they were.
+ * One step: the chunks of `old` packs that `keep` names (and those a session looked up since gc
+ * began: the fence's journal) are copied into one new pack (none: the packs are dropped), then the
+ * `d` batch, the index swap, the files' removal. A chunk that does not verify skips the step
+ * (reported) and leaves the packs as they were.
  */
 export async function replacePacks(
   store: NumberedStore,
@@ -124,50 +147,58 @@ export async function replacePacks(
   copyOptions: CopyOptions = {},
   reason = 'gc',
 ): Promise<void> {
-  const tocs = new Map<number, { toc: TocV3; bytes: number; payloadBytes: number }>();
+  const tocs: StepTocs = new Map();
   for (const id of old) {
     const { toc, tocOffset } = await store.packs.readTocV3(id);
     tocs.set(id, { toc, bytes: (await fsp.stat(store.packs.packPath(id))).size, payloadBytes: tocOffset - 16 });
   }
-  const units = old.flatMap((id) => unitsToCopy(id, tocs.get(id)!.toc, keep));
-  let copied: Awaited<ReturnType<typeof copyNumbered>> | undefined;
-  if (units.length > 0) {
-    try {
-      copied = await copyNumbered(store, store.reservePackId(), units, copyOptions);
-    } catch (err) {
-      if (!(err instanceof CorruptError)) throw err;
-      result.skipped.push({ packs: old.map(packFileName), reason: err.message });
-      return;
-    }
-    trace(`${reason}: pack written`);
-    failpoint('pack-renamed');
-  }
-  const delta: CounterDelta = {
-    packs: (copied ? 1 : 0) - old.length,
-    packBytes: copied?.bytes ?? 0,
-    packPayloadBytes: copied?.payloadBytes ?? 0,
+  const fence = store.fence;
+  const rescued = new Set<number>();
+  const kept = (toc: TocV3) => (n: number, k: number) => {
+    if (keep(n) || rescued.has(n)) return true;
+    if (!fence?.rescued(toc.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES))) return false;
+    rescued.add(n);
+    return true;
   };
-  delta.chunks = copied?.chunks ?? 0;
-  delta.chunkBytes = copied?.payloadBytes ?? 0;
-  for (const t of tocs.values()) {
-    delta.packBytes! -= t.bytes;
-    delta.packPayloadBytes! -= t.payloadBytes;
-    delta.chunks -= t.toc.count;
-    delta.chunkBytes -= t.payloadBytes;
+  let copied: CopiedPack | undefined;
+  let doomed: DigestSet;
+  for (;;) {
+    const units = old.flatMap((id) => unitsToCopy(id, tocs.get(id)!.toc, kept(tocs.get(id)!.toc)));
+    const copiedRescues = rescued.size;
+    if (units.length > 0) {
+      try {
+        copied = await copyNumbered(store, store.reservePackId(), units, copyOptions);
+      } catch (err) {
+        if (!(err instanceof CorruptError)) throw err;
+        result.skipped.push({ packs: old.map(packFileName), reason: err.message });
+        return;
+      }
+      trace(`${reason}: pack written`);
+      failpoint('pack-renamed');
+    }
+    // From this check to the fence's commit below nothing awaits: no lookup slips in between.
+    doomed = doomedChunks(tocs, kept);
+    if (rescued.size === copiedRescues) break;
+    if (copied) await discardCopy(store, copied.pack); // redone with the late rescues in it
+    copied = undefined;
   }
+  result.chunksRescued += rescued.size;
+  const delta = stepDelta(tocs, copied);
   const at = new Date().toISOString();
-  const batch = store.db.batch();
-  for (const id of old)
-    batch.put(deletedPackKey(id), deletedPackValue({ id, reason: copied ? `${reason}-rewrite` : `${reason}-drop`, at }));
-  batch.put(NEXT_NUMBER_KEY, store.numberMark());
-  addCounterDelta(batch, delta);
-  await batch.write({ sync: true });
-  replaceIndexedPacks(
-    store.packs.packsDir,
-    store.load,
-    old.map((id) => ({ pack: id, digests: tocs.get(id)!.toc.digests })),
-    copied ? [{ pack: copied.pack, read: copied.read }] : [],
-  );
+  const swap = async () => {
+    const batch = store.db.batch();
+    for (const id of old)
+      batch.put(deletedPackKey(id), deletedPackValue({ id, reason: copied ? `${reason}-rewrite` : `${reason}-drop`, at }));
+    batch.put(NEXT_NUMBER_KEY, store.numbered.allocator.markValue());
+    addCounterDelta(batch, delta);
+    await batch.write({ sync: true });
+    // In memory, after the batch: the originals leave the index before the copy joins it.
+    await store.numbered.replacePacks(
+      old.map((id) => ({ pack: id, digests: tocs.get(id)!.toc.digests })),
+      copied ? [copied.pack] : [],
+    );
+  };
+  await (fence ? fence.commit(doomed, swap) : swap());
   trace(`${reason}: index updated`);
   failpoint('index-written');
   // Reads that located a chunk in an old pack just before the swap still find the (unlinked) file.
@@ -180,6 +211,7 @@ export async function replacePacks(
   await done.write({ sync: true });
   trace(`${reason}: packs removed`);
   const chunksBefore = [...tocs.values()].reduce((s, t) => s + t.toc.count, 0);
+  const payloadBefore = [...tocs.values()].reduce((s, t) => s + t.payloadBytes, 0);
   if (copied) {
     result.packsWritten.push(packFileName(copied.pack));
     result.packsRewritten += old.length;
@@ -187,8 +219,44 @@ export async function replacePacks(
     result.bytesCopied += copied.payloadBytes;
   } else result.packsDropped += old.length;
   result.chunksRemoved += chunksBefore - (copied?.chunks ?? 0);
-  result.deadBytesRemoved += [...tocs.values()].reduce((s, t) => s + t.payloadBytes, 0) - (copied?.payloadBytes ?? 0);
+  result.deadBytesRemoved += payloadBefore - (copied?.payloadBytes ?? 0);
   result.reclaimedBytes -= delta.packBytes!;
+}
+
+/** The digests of the chunks of a step's packs that `kept` does not keep. */
+function doomedChunks(tocs: StepTocs, kept: (toc: TocV3) => (n: number, k: number) => boolean): DigestSet {
+  const doomed = new DigestSet(64);
+  for (const { toc } of tocs.values()) {
+    const keeps = kept(toc);
+    const numbers = tocNumbers(toc);
+    for (let k = 0; k < toc.count; k++) if (!keeps(numbers[k], k)) doomed.add(toc.digests, k * DIGEST_BYTES);
+  }
+  return doomed;
+}
+
+/** The counters' change when a step replaces its packs by `copied` (or drops them). */
+function stepDelta(tocs: StepTocs, copied: CopiedPack | undefined): CounterDelta {
+  const delta = {
+    packs: (copied ? 1 : 0) - tocs.size,
+    packBytes: copied?.bytes ?? 0,
+    packPayloadBytes: copied?.payloadBytes ?? 0,
+    chunks: copied?.chunks ?? 0,
+    chunkBytes: copied?.payloadBytes ?? 0,
+  };
+  for (const t of tocs.values()) {
+    delta.packBytes -= t.bytes;
+    delta.packPayloadBytes -= t.payloadBytes;
+    delta.chunks -= t.toc.count;
+    delta.chunkBytes -= t.payloadBytes;
+  }
+  return delta;
+}
+
+/** Removes a copy that never joined the index. */
+async function discardCopy(store: NumberedStore, pack: number): Promise<void> {
+  await store.packs.evict(pack);
+  await fsp.rm(store.packs.packPath(pack), { force: true });
+  await fsyncDir(store.packs.packsDir);
 }
 
 /** Kept base manifests no chain needs any more: their `k` records go (synced), then the files. */

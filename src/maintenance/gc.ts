@@ -30,6 +30,7 @@ import { gcPlanOptions, planGc, type GcPlan, type MaxUnused, type PackLiveness }
 import { deletedPackKey, deletedPackValue, keptBaseKey, listKeptBases, type KeptBaseRecord } from '../store/keys.js';
 import { baseChainIds, baseLookup, collectInFlight, listCommitted, manifestFile, markSnapshots } from './live.js';
 import { copyChunks, removePackFiles } from './pack-io.js';
+import { runGcNumbered } from './gc-v3.js';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { fsyncDir } from '../util/durable.js';
@@ -108,7 +109,7 @@ export interface IndexedEntry {
 }
 
 export async function runGc(store: Store, options: GcOptions = {}): Promise<GcReport> {
-  store.refuseNumbered('gc'); // format 3: docs/FORMAT3-STATUS.md step 5
+  if (store.isNumbered) return runGcNumbered(store, options);
   const planOptions = gcPlanOptions(options, store.writer.targetBytes);
   return withMaintenanceLock(store, async () => {
     const started = performance.now();

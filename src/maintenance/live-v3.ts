@@ -96,10 +96,10 @@ export async function listCommittedRecords(db: StoreDb): Promise<SnapshotRecord[
 export async function markLiveNumbers(
   dir: string,
   db: StoreDb,
-  inFlight?: (into: NumberSet) => { sessions: number; bases: string[] },
+  inFlight?: (into: NumberSet) => Promise<{ sessions: number; bases: string[] }>,
 ): Promise<LiveNumbers> {
   const live = new NumberSet();
-  const fromSessions = inFlight ? inFlight(live) : { sessions: 0, bases: [] };
+  const fromSessions = inFlight ? await inFlight(live) : { sessions: 0, bases: [] };
   const inFlightBases = new Set(fromSessions.bases);
   const manifestsDir = storePaths(dir).manifests;
   const onDisk: string[] = [];

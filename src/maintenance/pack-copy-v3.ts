@@ -64,7 +64,7 @@ export interface CopyUnit {
 }
 
 /** The units of pack `pack` whose numbers `keep` says to copy. */
-export function unitsToCopy(pack: number, toc: TocV3, keep: (n: number) => boolean): CopyUnit[] {
+export function unitsToCopy(pack: number, toc: TocV3, keep: (n: number, entry: number) => boolean): CopyUnit[] {
   const out: CopyUnit[] = [];
   const numbered = tocNumbers(toc);
   for (const item of tocItems(toc)) {
@@ -72,7 +72,7 @@ export function unitsToCopy(pack: number, toc: TocV3, keep: (n: number) => boole
     const numbers: number[] = [];
     for (let m = 0; m < item.pages; m++) {
       const n = numbered[item.entry + m];
-      if (keep(n)) {
+      if (keep(n, item.entry + m)) {
         members.push(m);
         numbers.push(n);
       }

@@ -8,11 +8,12 @@ import { expect } from 'vitest';
 import { forget } from '../../src/maintenance/forget.js';
 import { runCompact } from '../../src/maintenance/compact.js';
 import { listCommittedRecords } from '../../src/maintenance/live-v3.js';
-import { NumberedFiles } from '../../src/maintenance/numbered-store.js';
+import { gcSweeper } from '../../src/maintenance/sweeper.js';
+import { Store } from '../../src/store/store.js';
 import { upgradeStore } from '../../src/maintenance/upgrade.js';
 import { loadNumberedManifest, readImageV3 } from '../../src/store/read-v3.js';
 import { makePage } from './engine.js';
-import { newStore, putImage } from './maintenance.js';
+import { expectAllRestore, newStore, putImage } from './maintenance.js';
 
 export const V3_PACK_TARGET = 64 * 1024;
 
@@ -75,15 +76,22 @@ export async function numberedStoreAfterForget(prefix: string, options: { compac
   return { root, dir, expected, forgotten };
 }
 
-/** Every committed snapshot reads back exactly from the format-3 files (image digest, every page). */
-export async function expectAllReadV3(files: NumberedFiles, expected: Map<string, Buffer>, context: string): Promise<void> {
-  const records = await listCommittedRecords(files.db);
-  expect(records.map((r) => r.id).sort(), `${context}: committed snapshots`).toEqual([...expected.keys()].sort());
-  const manifests = path.join(files.dir, 'manifests');
-  for (const r of records) {
-    const { header, pages } = await loadNumberedManifest(manifests, r.id);
-    const got = await readImageV3(files.packs, files.load, header, pages);
-    expect(got.equals(expected.get(r.id)!), `${context}: ${r.vm} ${r.id} reads back exactly`).toBe(true);
+/** Opens a format-3 store as every command does (gc as its sweeper). */
+export function openNumbered(dir: string): Promise<Store> {
+  return Store.open(dir, { workers: 0, packTargetBytes: V3_PACK_TARGET, sweeper: gcSweeper });
+}
+
+/**
+ * Every committed snapshot restores exactly through the engine, and reads back exactly from the
+ * format-3 files alone (image digest and every page against the TOC digests).
+ */
+export async function expectAllReadV3(store: Store, expected: Map<string, Buffer>, context: string): Promise<void> {
+  await expectAllRestore(store, expected, context);
+  const load = { index: store.numbered!.index, digestColumns: store.numbered!.digestColumns, damaged: [], copies: [], conflicting: [] };
+  for (const r of await listCommittedRecords(store.db)) {
+    const { header, pages } = await loadNumberedManifest(path.join(store.dir, 'manifests'), r.id);
+    const got = await readImageV3(store.packs, load, header, pages);
+    expect(got.equals(expected.get(r.id)!), `${context}: ${r.vm} ${r.id} reads back exactly from the files`).toBe(true);
   }
 }
 
