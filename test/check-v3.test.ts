@@ -138,7 +138,7 @@ describe('check on store format 3', () => {
       rmSync(path.join(dir, 'packs', packFileName(pack)));
       return checkStore(f);
     });
-    expect(r.problems.map((p) => p.kind).sort()).toEqual(['chunk-missing', 'counters', 'pack-missing']);
+    expect(r.problems.map((p) => p.kind).sort()).toEqual(['chunk-missing', 'pack-missing']);
     expect(r.problems.find((p) => p.kind === 'chunk-missing')!.affects).toEqual(affected);
     expect(r.next).toEqual(['vnstore check --repair-index', expect.stringContaining(`vnstore forget ${affected.join(' ')}`)]);
   });

@@ -18,7 +18,7 @@ import { performance } from 'node:perf_hooks';
 import { packFileName, storedShare } from '../format/pack.js';
 import { ITEM_BYTES, metaCodec, metaMember, metaPages, metaStoredLength, type TocV3 } from '../format/pack-v3.js';
 import { DIGEST_BYTES } from '../format/pages.js';
-import { addCounterDelta, type CounterDelta } from '../store/counters.js';
+import { addCounterDelta } from '../store/counters.js';
 import { deletedPackKey, deletedPackValue, keptBaseKey } from '../store/keys.js';
 import { NEXT_NUMBER_KEY } from '../store/number-allocator.js';
 import { storePaths } from '../store/paths.js';
@@ -183,15 +183,13 @@ export async function replacePacks(
     copied = undefined;
   }
   result.chunksRescued += rescued.size;
-  const delta = stepDelta(tocs, copied);
   const at = new Date().toISOString();
   const swap = async () => {
     const batch = store.db.batch();
     for (const id of old)
       batch.put(deletedPackKey(id), deletedPackValue({ id, reason: copied ? `${reason}-rewrite` : `${reason}-drop`, at }));
     batch.put(NEXT_NUMBER_KEY, store.numbered.allocator.markValue());
-    addCounterDelta(batch, delta);
-    await batch.write({ sync: true });
+    await batch.write({ sync: true }); // no counter delta: format 3 counts packs and chunks from the packs
     // In memory, after the batch: the originals leave the index before the copy joins it.
     await store.numbered.replacePacks(
       old.map((id) => ({ pack: id, digests: tocs.get(id)!.toc.digests })),
@@ -220,7 +218,7 @@ export async function replacePacks(
   } else result.packsDropped += old.length;
   result.chunksRemoved += chunksBefore - (copied?.chunks ?? 0);
   result.deadBytesRemoved += payloadBefore - (copied?.payloadBytes ?? 0);
-  result.reclaimedBytes -= delta.packBytes!;
+  result.reclaimedBytes += [...tocs.values()].reduce((s, t) => s + t.bytes, 0) - (copied?.bytes ?? 0);
 }
 
 /** The digests of the chunks of a step's packs that `kept` does not keep. */
@@ -232,24 +230,6 @@ function doomedChunks(tocs: StepTocs, kept: (toc: TocV3) => (n: number, k: numbe
     for (let k = 0; k < toc.count; k++) if (!keeps(numbers[k], k)) doomed.add(toc.digests, k * DIGEST_BYTES);
   }
   return doomed;
-}
-
-/** The counters' change when a step replaces its packs by `copied` (or drops them). */
-function stepDelta(tocs: StepTocs, copied: CopiedPack | undefined): CounterDelta {
-  const delta = {
-    packs: (copied ? 1 : 0) - tocs.size,
-    packBytes: copied?.bytes ?? 0,
-    packPayloadBytes: copied?.payloadBytes ?? 0,
-    chunks: copied?.chunks ?? 0,
-    chunkBytes: copied?.payloadBytes ?? 0,
-  };
-  for (const t of tocs.values()) {
-    delta.packBytes -= t.bytes;
-    delta.packPayloadBytes -= t.payloadBytes;
-    delta.chunks -= t.toc.count;
-    delta.chunkBytes -= t.payloadBytes;
-  }
-  return delta;
 }
 
 /** Removes a copy that never joined the index. */
