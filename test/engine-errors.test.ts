@@ -250,11 +250,12 @@ describe('not a store, format version, existing store', () => {
     const dir = copyStore('v3');
     const cfgPath = path.join(dir, 'vnstore.json');
     const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as { version: number };
-    // Version 2 is a store compact has written zstd containers into (read like version 1).
-    writeFileSync(cfgPath, JSON.stringify({ ...cfg, version: 3 }));
-    expectError(await runCli(['ls', '--store', dir]), 4, 'format version 3');
-    expectError(await runCli(['restore', '--store', dir, idA]), 4, 'format version 3');
-    expectError(await put(dir, 'a', randomPage(1)), 4, 'format version 3');
+    // Version 2 is a store compact has written zstd containers into (read like version 1); version 3
+    // names chunks by number (docs/FORMAT.md, "Store format 3"). 4 is unknown.
+    writeFileSync(cfgPath, JSON.stringify({ ...cfg, version: 4 }));
+    expectError(await runCli(['ls', '--store', dir]), 4, 'format version 4');
+    expectError(await runCli(['restore', '--store', dir, idA]), 4, 'format version 4');
+    expectError(await put(dir, 'a', randomPage(1)), 4, 'format version 4');
     writeFileSync(cfgPath, '{ not json');
     expectError(await runCli(['ls', '--store', dir]), 3, 'not valid JSON');
   });

@@ -1,7 +1,7 @@
 /**
- * Restore: manifest → chunk locations (in-memory table, exact index when ambiguous) → pack reads
- * sorted by (pack, offset) and coalesced → decode + BLAKE3 verify in the page workers → bytes in
- * page order. Every chunk is verified; nothing unverified is ever handed to the sink.
+ * Restore: manifest → chunk locations (format 3: by number, exactly; formats 1/2: the in-memory
+ * table, the exact index when ambiguous) → pack reads sorted by (pack, offset) and coalesced →
+ * decode + BLAKE3 verify in the page workers → bytes in page order. Every chunk is verified; nothing unverified is ever handed to the sink.
  */
 import { packFileName } from '../format/pack.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, type PageTable } from '../format/pages.js';
@@ -50,7 +50,10 @@ export async function restoreSnapshot(
   onProgress?: RestoreProgress,
 ): Promise<void> {
   store.assertChunkTable('a restore');
-  const pages = await store.loadPages(record.id);
+  // Format 3: pages are located by number (exact, no fingerprint hint to confirm).
+  const numbered = store.isNumbered ? await store.loadNumberedPages(record.id) : undefined;
+  const pages = numbered?.pages ?? (await store.loadPages(record.id));
+  const locate: Locator | undefined = numbered && ((page) => store.numbered!.locate(numbered.numbers.numbers[page])?.location);
   const header = await store.readManifestHeader(record.id);
   if (header.byteLength !== record.byteLength || pages.pageCount !== record.pageCount) {
     throw new CorruptError(`snapshot ${record.id}: manifest disagrees with the catalog about the image size`);
@@ -70,7 +73,7 @@ export async function restoreSnapshot(
       const output = direct
         ? { path: sink.filePath!, name: sink.name ?? sink.filePath!, position: first * PAGE_SIZE, limit: total }
         : undefined;
-      const w = restoreWindow(store, record.id, pages, first, n, output);
+      const w = restoreWindow(store, record.id, pages, first, n, output, locate);
       w.catch(() => undefined); // surfaced when awaited, in order
       windows.push({ pages: n, out: w });
       first += n;
@@ -114,6 +117,8 @@ async function writeNonZeroRuns(
 }
 
 type WindowOutput = { path: string; name: string; position: number; limit: number };
+/** Where page `page`'s chunk is, exactly (format 3: by its number); undefined when no pack holds it. */
+type Locator = (page: number) => ChunkLocation | undefined;
 
 async function restoreWindow(
   store: Store,
@@ -122,14 +127,15 @@ async function restoreWindow(
   first: number,
   n: number,
   output?: WindowOutput,
+  locate?: Locator,
 ): Promise<Uint8Array> {
   try {
-    return await restoreWindowOnce(store, snapshotId, pages, first, n, false, output);
+    return await restoreWindowOnce(store, snapshotId, pages, first, n, false, output, locate);
   } catch (err) {
     // gc may have moved chunks and deleted their old pack after we located them: locate again,
     // exactly, and retry once before calling it corruption.
     if (!(err instanceof PackReadError)) throw err;
-    return restoreWindowOnce(store, snapshotId, pages, first, n, true, output);
+    return restoreWindowOnce(store, snapshotId, pages, first, n, true, output, locate);
   }
 }
 
@@ -143,6 +149,7 @@ async function restoreWindowOnce(
   n: number,
   exactOnly: boolean,
   output?: WindowOutput,
+  locate?: Locator,
 ): Promise<Uint8Array> {
   const slots: number[] = [];
   for (let i = 0; i < n; i++) if (pages.kinds[first + i] === PageKind.Digest) slots.push(i);
@@ -153,6 +160,10 @@ async function restoreWindowOnce(
   const locs: (ChunkLocation | undefined)[] = new Array(slots.length);
   const exact: number[] = [];
   for (let k = 0; k < slots.length; k++) {
+    if (locate) {
+      locs[k] = locate(first + slots[k]);
+      continue;
+    }
     const hit = exactOnly ? undefined : store.table.get(pages.digests, (first + slots[k]) * DIGEST_BYTES);
     if (hit && !hit.ambiguous) locs[k] = hit.location;
     else exact.push(k);
@@ -239,7 +250,7 @@ async function restoreWindowOnce(
   for (const c of result.bad) {
     const k = order[c];
     // A table hint can point at the wrong chunk only through a fingerprint clash: retry exactly once.
-    const [loc] = await store.lookupExact([digestOf(slots[k])]);
+    const [loc] = locate ? [undefined] : await store.lookupExact([digestOf(slots[k])]);
     const prev = locs[k]!;
     if (loc && (loc.pack !== prev.pack || loc.offset !== prev.offset)) {
       const page = await store.packs.readVerified(loc, digestOf(slots[k]));

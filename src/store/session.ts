@@ -613,12 +613,14 @@ export class Session {
       // Seal the last pack, and encode the manifest while its writes and fsync run. The manifest
       // file is written only once every pack is durable and indexed (the write order, docs/FORMAT.md).
       const flushing = this.store.writer.flush();
-      // Format 3 names pages by number: those of new chunks are known once their packs are indexed.
-      let manifest = this.store.isNumbered ? undefined : this.buildManifest(byteLength, pageCount);
+      // Format 3 names pages by number: those of new chunks are known once their packs are indexed
+      // (the image digest is computed meanwhile all the same).
+      const numberedHeader = this.store.isNumbered ? this.manifestHeader(byteLength, pageCount) : undefined;
+      let manifest = numberedHeader ? undefined : this.buildManifest(byteLength, pageCount);
       await flushing;
       trace('packs flushed');
       if (this.store.writer.failureEpoch !== this.failureEpoch) throw this.writerFailure();
-      manifest ??= await this.buildNumberedManifest(byteLength, pageCount);
+      manifest ??= await this.buildNumberedManifest(numberedHeader!);
       const record = await this.writeManifest(manifest);
       trace('manifest written');
       this.state = 'done';
@@ -789,8 +791,7 @@ export class Session {
    * Format 3: the version-2 manifest, pages named by number (every pack sealed and indexed by now),
    * delta-encoded against the parent under the same rule as version 1.
    */
-  private async buildNumberedManifest(byteLength: number, pageCount: number): Promise<{ bytes: Buffer; record: SnapshotRecord }> {
-    const header = this.manifestHeader(byteLength, pageCount);
+  private async buildNumberedManifest(header: ManifestHeader): Promise<{ bytes: Buffer; record: SnapshotRecord }> {
     const parent = this.parent?.numbers ? { pages: this.parent.pages, numbers: this.parent.numbers } : undefined;
     const numbers = await this.store.numbered!.numberPages(this.pages, parent, `snapshot of VM ${this.options.vm}`);
     let plan = planManifestV2(numbers);
