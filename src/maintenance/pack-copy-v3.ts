@@ -226,7 +226,8 @@ function singleOf(
 /**
  * Singles on their way into the pack: written as they come, or (compact) LZ4 pages gathered into
  * zstd containers of up to 16 consecutive entries; a container zstd does not make smaller than its
- * pages stored singly is written as those singles. Raw pages stay raw (zstd gains nothing on them).
+ * pages stored singly is written as those singles. A raw page (random-like: zstd gains nothing on it)
+ * ends the container being gathered, since a container's entries must be consecutive in number order.
  */
 class NumberedContainers {
   private held: Single[] = [];
