@@ -229,6 +229,28 @@ export class ChunkTable {
     this.size++;
   }
 
+  /**
+   * Inserts a chunk whose fingerprint is not in the table yet and returns true; returns false (and
+   * changes nothing) when the fingerprint is there. `tocMeta`: a version-3 TOC's meta word (storedLength
+   * | codec << 16 | member << 20 | (pages - 1) << 24). The number index's load inserts every chunk of
+   * a store through this: no location object per chunk, one probe.
+   */
+  insertIfAbsent(digest: Uint8Array, offset: number, pack: number, packOffset: number, tocMeta: number): boolean {
+    if ((this.size + 1) / this.capacity > MAX_LOAD) this.grow();
+    const fp = this.fp(digest, offset);
+    const s = this.find(fp);
+    if (s >= 0) return false;
+    const w = this.words;
+    const p = HEADER_WORDS + (-1 - s) * SLOT_WORDS;
+    w[p] = fp;
+    w[p + 1] = pack;
+    w[p + 2] = packOffset;
+    // The slot keeps pages - 1 above its two flag bits (24, 25), where the TOC meta has it at 24.
+    w[p + 3] = ((tocMeta & 0x00ffffff) | (((tocMeta >>> 24) & 0x0f) << 26) | OCCUPIED) >>> 0;
+    this.size++;
+    return true;
+  }
+
   /** Moves a chunk (gc repack). No-op when the fingerprint is absent. */
   relocate(digest: Uint8Array, loc: ChunkLocation): void {
     const fp = this.fp(digest);

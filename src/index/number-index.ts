@@ -66,6 +66,11 @@ export class NumberIndex {
     return this.chunks;
   }
 
+  /** Entries of an indexed pack (0 when it is not indexed). */
+  packCount(pack: number): number {
+    return this.packs.get(pack)?.count ?? 0;
+  }
+
   hasPack(pack: number): boolean {
     return this.packs.has(pack);
   }
@@ -89,9 +94,10 @@ export class NumberIndex {
   /**
    * Adds a sealed pack's TOC (its digest column is used here, not kept; `digestOf` reads an older
    * pack's digest when fingerprints clash). Returns the packs whose numbers it overlaps, and then adds
-   * nothing: the caller resolves duplicates first.
+   * nothing: the caller resolves duplicates first. `withDigests` false leaves the digests out of the
+   * fingerprint table (addDigests adds them later: an open that only restores never needs them).
    */
-  addPack(pack: number, toc: TocV3, digestOf: DigestOf): number[] {
+  addPack(pack: number, toc: TocV3, digestOf: DigestOf, withDigests = true): number[] {
     if (this.packs.has(pack)) throw new RangeError(`pack ${pack} is already indexed`);
     const overlap = this.overlapping(toc.runStarts, toc.runLengths);
     if (overlap.length > 0) return overlap;
@@ -110,10 +116,17 @@ export class NumberIndex {
       entry += toc.runLengths[r];
       this.nextNumber = Math.max(this.nextNumber, toc.runStarts[r] + toc.runLengths[r]);
     }
-    this.table.reserve(toc.count);
-    for (let k = 0; k < toc.count; k++) this.insertDigest(toc.digests, k, cols, digestOf);
     this.chunks += toc.count;
+    if (withDigests) this.addDigests(pack, toc.digests, digestOf);
     return [];
+  }
+
+  /** Puts an indexed pack's digests (its TOC's column) into the fingerprint table; idempotent. */
+  addDigests(pack: number, digests: Uint8Array, digestOf: DigestOf): void {
+    const cols = this.packs.get(pack);
+    if (!cols) throw new RangeError(`pack ${pack} is not indexed`);
+    this.table.reserve(cols.count);
+    for (let k = 0; k < cols.count; k++) this.insertDigest(digests, k, cols, digestOf);
   }
 
   /** Removes a pack (gc, compact, repair, recovery); `digests` is its digest column. */
@@ -206,6 +219,7 @@ export class NumberIndex {
 
   private insertDigest(digests: Uint8Array, k: number, cols: PackColumns, digestOf: DigestOf): void {
     const at = k * 32;
+    if (this.table.insertIfAbsent(digests, at, cols.pack, cols.offsets[k], cols.metas[k])) return; // the common case
     const hit = this.table.get(digests, at);
     const hex = () => Buffer.from(digests.buffer, digests.byteOffset + at, 32).toString('hex');
     if (hit) {

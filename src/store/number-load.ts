@@ -9,9 +9,10 @@
  * Packs are taken in id order, so an original (lower id) always wins over its copy.
  */
 import { NumberIndex, type DigestOf } from '../index/number-index.js';
+import { ChunkTable } from '../index/chunk-table.js';
 import type { TocV3 } from '../format/pack-v3.js';
 import { VnstoreError } from '../util/errors.js';
-import type { PackReader } from './pack-reader.js';
+import type { PackReader, PackTocV3 } from './pack-reader.js';
 
 export interface NumberIndexLoad {
   index: NumberIndex;
@@ -33,32 +34,46 @@ function allHeld(index: NumberIndex, toc: TocV3): boolean {
   return true;
 }
 
-export async function loadNumberIndex(reader: PackReader, packIds: readonly number[], index = new NumberIndex()): Promise<NumberIndexLoad> {
-  const load: NumberIndexLoad = { index, digestColumns: new Map(), damaged: [], copies: [], conflicting: [] };
+export async function loadNumberIndex(
+  reader: PackReader,
+  packIds: readonly number[],
+  given?: NumberIndex,
+  /** false: numbers and locations only, the fingerprint table left empty (NumberIndex.addDigests). */
+  withDigests = true,
+): Promise<NumberIndexLoad> {
+  const damaged: NumberIndexLoad['damaged'] = [];
   // While loading, clashing fingerprints read the older pack's digest from its TOC, held until the end.
   const digests = new Map<number, Uint8Array>();
   const digestOf: DigestOf = (pack, entry) => digests.get(pack)!.subarray(entry * 32, entry * 32 + 32);
+  // Every TOC is read first, so the fingerprint table is sized once: growing it while adding packs
+  // rehashed it several times into fresh memory, which dominated an open (bench/RESULTS.md).
+  const reads: { pack: number; read: PackTocV3 }[] = [];
   for (const pack of [...packIds].sort((a, b) => a - b)) {
-    let read;
     try {
-      read = await reader.readTocV3(pack);
+      reads.push({ pack, read: await reader.readTocV3(pack) });
     } catch (err) {
       // A newer vnstore's pack is not damage: the whole open fails instead (never quarantine it).
       if (err instanceof VnstoreError && err.code === 'E_CORRUPT') {
-        load.damaged.push({ pack, why: err.message });
+        damaged.push({ pack, why: err.message });
         continue;
       }
       throw err;
     }
+  }
+  const chunks = reads.reduce((n, r) => n + r.read.toc.count, 0);
+  const index = given ?? new NumberIndex(new ChunkTable(Math.max(chunks, 1 << 14)));
+  if (withDigests) index.table.reserve(chunks);
+  const load: NumberIndexLoad = { index, digestColumns: new Map(), damaged, copies: [], conflicting: [] };
+  for (const { pack, read } of reads) {
     const overlaps = index.overlapping(read.toc.runStarts, read.toc.runLengths);
     if (overlaps.length > 0) {
       if (allHeld(index, read.toc)) load.copies.push(pack);
       else load.conflicting.push({ pack, overlaps });
       continue;
     }
-    digests.set(pack, read.toc.digests);
+    if (withDigests) digests.set(pack, read.toc.digests);
     load.digestColumns.set(pack, read.tocOffset + read.toc.digestsAt);
-    index.addPack(pack, read.toc, digestOf);
+    index.addPack(pack, read.toc, digestOf, withDigests);
   }
   return load;
 }

@@ -29,7 +29,35 @@ export class NumberedChunks {
     readonly digestColumns: Map<number, number>,
     readonly allocator: NumberAllocator,
     private readonly packs: PackReader,
+    /** Whether the index's fingerprint table holds every indexed digest yet (see ensureDigests). */
+    private digestsLoaded = true,
   ) {}
+
+  private loadingDigests: Promise<void> | undefined;
+
+  /**
+   * Fills the fingerprint table from the indexed packs' digest columns, once (an open loads numbers
+   * and locations only: a one-shot restore locates by number and never needs digests; a session,
+   * an exact lookup or a pack joining the index do). The table is sized once for all of them.
+   */
+  ensureDigests(): Promise<void> {
+    if (this.digestsLoaded) return Promise.resolve();
+    this.loadingDigests ??= (async () => {
+      const packs = this.index.packIds.sort((a, b) => a - b);
+      const columns = new Map<number, Uint8Array>();
+      let chunks = 0;
+      for (const pack of packs) {
+        const count = this.index.packCount(pack);
+        columns.set(pack, await this.readColumn(pack, 0, count));
+        chunks += count;
+      }
+      this.table.reserve(chunks);
+      const digestOf = (p: number, e: number) => columns.get(p)!.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES);
+      for (const pack of packs) if (this.index.hasPack(pack)) this.index.addDigests(pack, columns.get(pack)!, digestOf);
+      this.digestsLoaded = true;
+    })();
+    return this.loadingDigests;
+  }
 
   /** The digest → location hints (shared with the page workers): the index's fingerprint table. */
   get table(): ChunkTable {
@@ -47,6 +75,7 @@ export class NumberedChunks {
    * and by digest. Refuses a pack whose numbers another pack holds.
    */
   async addSealed(pack: number): Promise<void> {
+    await this.ensureDigests();
     const read = await this.packs.readTocV3(pack);
     const toc = read.toc;
     // Fingerprints this pack shares with indexed chunks: the clash map needs those chunks' digests.
@@ -91,6 +120,7 @@ export class NumberedChunks {
    * (one read per pack and span of entries, not 32 bytes a lookup).
    */
   async find(digests: readonly Uint8Array[]): Promise<(FoundChunk | undefined)[]> {
+    await this.ensureDigests();
     const out: (FoundChunk | undefined)[] = new Array(digests.length);
     const toConfirm: { i: number; pack: number; entry: number; number: number }[] = [];
     for (let i = 0; i < digests.length; i++) {

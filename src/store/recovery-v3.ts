@@ -33,7 +33,8 @@ export async function recoverNumbered(
     const id = parsePackFileName(name);
     if (id !== undefined) ids.push(id);
   }
-  const load = await loadNumberIndex(packs, ids);
+  // The fingerprint table is filled on first need (NumberedChunks.ensureDigests): a restore needs none.
+  const load = await loadNumberIndex(packs, ids, undefined, false);
   // A killed gc's or compact's copy: its originals are all indexed, and the next run redoes the work.
   for (const id of load.copies) {
     await packs.evict(id);
@@ -56,5 +57,5 @@ export async function recoverNumbered(
   // A quarantined pack's numbers are unknown now: the mark, in a synced batch, keeps them from reuse.
   if (load.damaged.length > 0) await db.batch().put(NEXT_NUMBER_KEY, allocator.markValue()).write({ sync: true });
   report.orphanManifestsRemoved = await removeOrphanManifests(dir, db);
-  return { report, chunks: new NumberedChunks(load.index, load.digestColumns, allocator, packs) };
+  return { report, chunks: new NumberedChunks(load.index, load.digestColumns, allocator, packs, false) };
 }

@@ -450,6 +450,7 @@ export class Store {
   async beginSession(options: SessionOptions): Promise<Session> {
     this.assertOpen();
     this.assertChunkTable('a snapshot session');
+    await this.numbered?.ensureDigests(); // sessions and the page workers ask the fingerprint table
     await this.assertRoomToIngest();
     return this.sessions.admit(Session.begin(this, options));
   }
