@@ -148,11 +148,6 @@ export class NumberIndex {
     this.chunks -= cols.count;
   }
 
-  /** How many chunks an indexed pack holds (undefined: not indexed). */
-  entryCount(pack: number): number | undefined {
-    return this.packs.get(pack)?.count;
-  }
-
   /** Where chunk `n` is, or undefined when no pack holds it. */
   locate(n: number): NumberedLocation | undefined {
     const d = upperBound(this.starts, n) - 1;

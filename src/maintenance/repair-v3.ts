@@ -39,8 +39,8 @@ export async function repairNumbered(store: NumberedStore): Promise<RepairReport
   for (const { pack, why, file } of lost) {
     const to = file ? await quarantinePack(store.dir, store.packs, packFileName(pack)) : '';
     await markBatch(store);
-    const count = index.entryCount(pack);
-    if (count !== undefined) {
+    if (index.hasPack(pack)) {
+      const count = index.packCount(pack);
       store.numbered.removePack(pack, new Uint8Array(count * 32));
       report.indexEntriesRemoved += count;
     }
