@@ -16,7 +16,8 @@ import type { Store } from '../src/store/store.js';
 import { tocItems } from '../src/maintenance/pack-copy-v3.js';
 import { CONTAINER_CODEC } from '../src/format/pack.js';
 import { checkStore } from '../src/maintenance/check.js';
-import { removeDir } from './helpers/engine.js';
+import { removeDir, restoreToBuffer } from './helpers/engine.js';
+import { hashPage } from '../src/chunk/hash.js';
 import { dirFileBytes } from './helpers/maintenance.js';
 import { expectAllReadV3, manifestBytes, numberedStoreAfterForget, openNumbered } from './helpers/numbered.js';
 
@@ -118,6 +119,34 @@ describe('gc on store format 3', () => {
       await expectAllReadV3(files, fx.expected, 'after gc --max-unused 0');
     } finally {
       await files.close();
+    }
+  });
+
+  it('a session storing the forgotten pages again while gc runs: its lookups rescue them, its snapshot restores exactly', async () => {
+    const fx = await numberedStoreAfterForget('gc-v3-session');
+    roots.push(fx.root);
+    const img = fx.forgottenImages.get(fx.forgotten[2])!; // c's last: its new pages are dead
+    const store = await openNumbered(fx.dir);
+    try {
+      const s = await store.beginSession({ vm: 'z', parent: 'none' });
+      await s.writePages(0, img); // deduplicated against the dead chunks: the session names them
+      const report = await runGc(store, { maxUnused: { bytes: 0 } });
+      expect(report.live.sessions).toBe(1);
+      expect(report.result!.chunksRescued).toBeGreaterThan(0); // found by the session's lookups (the fence)
+      // The chunks the session names are still stored (gc removed none of them).
+      const digests: Buffer[] = [];
+      for (let p = 0; p * 4096 < img.length; p++) {
+        const pg = img.subarray(p * 4096, (p + 1) * 4096);
+        if (pg.some((b) => b !== 0)) digests.push(hashPage(pg));
+      }
+      expect((await store.numbered!.find(digests)).filter((f) => f === undefined)).toHaveLength(0);
+      const rec = await s.commit({ byteLength: img.length, unwritten: 'zero' });
+      expect((await restoreToBuffer(store, rec)).equals(img)).toBe(true);
+      fx.expected.set(rec.id, img);
+      await expectAllReadV3(store, fx.expected, 'after gc with a session');
+      expect((await checkStore(store, { readData: true })).problems).toEqual([]);
+    } finally {
+      await store.close();
     }
   });
 });

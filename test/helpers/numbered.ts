@@ -40,6 +40,8 @@ export interface NumberedFixture {
   /** Kept snapshots' exact images, by id. */
   expected: Map<string, Buffer>;
   forgotten: string[];
+  /** The forgotten snapshots' images, by id. */
+  forgottenImages: Map<string, Buffer>;
 }
 
 /**
@@ -50,6 +52,7 @@ export async function numberedStoreAfterForget(prefix: string, options: { compac
   const { root, dir, store } = await newStore(prefix, V3_PACK_TARGET);
   const expected = new Map<string, Buffer>();
   const forgotten: string[] = [];
+  const forgottenImages = new Map<string, Buffer>();
   try {
     const byVm = new Map<string, string[]>();
     for (let round = 0; round < 3; round++) {
@@ -68,12 +71,15 @@ export async function numberedStoreAfterForget(prefix: string, options: { compac
     // A third: a's first (a base of a's second: kept), b's second, c's last (its new pages die).
     forgotten.push(byVm.get('a')![0], byVm.get('b')![1], byVm.get('c')![2]);
     await forget(store, { ids: forgotten });
-    for (const id of forgotten) expected.delete(id);
+    for (const id of forgotten) {
+      forgottenImages.set(id, expected.get(id)!);
+      expected.delete(id);
+    }
   } finally {
     await store.close();
   }
   await upgradeStore(dir, { packTargetBytes: V3_PACK_TARGET });
-  return { root, dir, expected, forgotten };
+  return { root, dir, expected, forgotten, forgottenImages };
 }
 
 /** Opens a format-3 store as every command does (gc as its sweeper). */
