@@ -24,7 +24,7 @@ export interface CatalogResult {
   warnings: string[];
 }
 
-export async function checkCatalog(store: Store): Promise<CatalogResult> {
+export async function checkCatalog(store: Pick<Store, 'db'>): Promise<CatalogResult> {
   const problems: CheckProblem[] = [];
   const warnings: string[] = [];
   const records = await readSnapshotRecords(store, problems);
@@ -103,7 +103,7 @@ export async function checkCatalog(store: Store): Promise<CatalogResult> {
  * Commit records, in id order; a damaged one (does not parse, fails its schema, carries another id)
  * is a problem of its own, and the check goes on with the others to show the whole damage.
  */
-async function readSnapshotRecords(store: Store, problems: CheckProblem[]): Promise<SnapshotRecord[]> {
+async function readSnapshotRecords(store: Pick<Store, 'db'>, problems: CheckProblem[]): Promise<SnapshotRecord[]> {
   const out: SnapshotRecord[] = [];
   for await (const [k, v] of store.db.iterator(prefixRange(Buffer.of(KEY_SNAPSHOT)))) {
     const id = k.subarray(1).toString('utf8');

@@ -80,13 +80,7 @@ export async function checkManifests(
       if (zeroPages !== r.zeroPages) mismatch.push(`zero pages ${zeroPages} vs ${r.zeroPages}`);
       if (m.fileBytes !== r.manifestBytes) mismatch.push(`file size ${m.fileBytes} vs ${r.manifestBytes}`);
       if (mismatch.length > 0) {
-        problems.push({
-          kind: 'manifest-mismatch',
-          message: `manifest of snapshot ${r.id} disagrees with its commit record (${mismatch.join('; ')})`,
-          snapshot: r.id,
-          affects: [r.id],
-          next: NEXT_FORGET([r.id]),
-        });
+        problems.push(manifestMismatch(r.id, mismatch));
         brokenManifest.set(r.id, 'manifest mismatch');
       }
       const pages = m.pages;
@@ -115,13 +109,7 @@ export async function checkManifests(
     if (!st) {
       const dependants = records.filter((r) => chainOf(r.id).includes(k.id)).map((r) => r.id);
       if (dependants.length > 0 && !dependants.every((id) => brokenManifest.has(id))) {
-        problems.push({
-          kind: 'manifest-missing',
-          message: `kept base manifest ${k.id} is missing`,
-          snapshot: k.id,
-          affects: dependants,
-          next: NEXT_FORGET(dependants),
-        });
+        problems.push(missingKeptBase(k.id, dependants));
       }
     }
   }
@@ -138,4 +126,26 @@ export async function checkManifests(
       warnings.push(`manifest ${name} belongs to no committed snapshot (removed on next open unless a session is committing it)`);
   }
   return { problems, warnings, referenced, brokenManifest, pagesOf: async (id) => (await loader.load(id)).pages, counted, checked };
+}
+
+/** A kept base manifest that is gone, and the snapshots delta-encoded through it. */
+export function missingKeptBase(id: string, dependants: string[]): CheckProblem {
+  return {
+    kind: 'manifest-missing',
+    message: `kept base manifest ${id} is missing`,
+    snapshot: id,
+    affects: dependants,
+    next: NEXT_FORGET(dependants),
+  };
+}
+
+/** A manifest that disagrees with its commit record, and how. */
+export function manifestMismatch(id: string, mismatch: string[]): CheckProblem {
+  return {
+    kind: 'manifest-mismatch',
+    message: `manifest of snapshot ${id} disagrees with its commit record (${mismatch.join('; ')})`,
+    snapshot: id,
+    affects: [id],
+    next: NEXT_FORGET([id]),
+  };
 }

@@ -8,6 +8,8 @@ export type ProblemKind =
   | 'index-entry'
   | 'chunk-missing'
   | 'chunk-corrupt'
+  /** Store format 3: a chunk number held by two packs. */
+  | 'number-conflict'
   | 'payload-checksum'
   | 'manifest-missing'
   | 'manifest-corrupt'

@@ -27,6 +27,9 @@ import { NEXT_FORGET, NEXT_REPAIR, type CheckedCounts, type CheckProblem } from 
 import { DigestSet } from './digest-set.js';
 import { withMaintenanceLock } from './fence.js';
 import { repairIndex, type RepairReport } from './repair.js';
+import { checkNumbered } from './check-v3.js';
+import { numberedView } from './numbered-store.js';
+import { repairNumbered } from './repair-v3.js';
 
 export type { CheckProblem, ProblemKind } from './check-problems.js';
 export type { RepairReport } from './repair.js';
@@ -48,12 +51,13 @@ export interface CheckReport {
 }
 
 export async function checkStore(store: Store, options: CheckOptions = {}): Promise<CheckReport> {
-  store.refuseNumbered('check'); // format 3: docs/FORMAT3-STATUS.md step 6
   return withMaintenanceLock(store, async () => {
     const started = performance.now();
+    // Format 3 (numbered chunks): the packs' TOCs are the index (check-v3.ts, repair-v3.ts).
+    const numbered = store.isNumbered ? numberedView(store) : undefined;
     let repair: RepairReport | undefined;
-    if (options.repairIndex) repair = await repairIndex(store);
-    const report = await runCheck(store, options);
+    if (options.repairIndex) repair = numbered ? await repairNumbered(numbered) : await repairIndex(store);
+    const report = numbered ? await checkNumbered(numbered, options) : await runCheck(store, options);
     if (repair) {
       report.repair = repair;
       // Counters: a repair makes them exact.
@@ -124,23 +128,34 @@ async function runCheck(store: Store, options: CheckOptions): Promise<CheckRepor
   const recorded = await readCounters(store.db);
   const quiet = store.sessions.size === 0 && store.writer.unindexedChunks === 0;
   if (quiet) {
-    const drift = counterDrift(recorded, exact);
-    counters = { recorded: recorded ?? null, exact, drift };
-    if (Object.keys(drift).length > 0) {
-      const fields = Object.entries(drift).map(([f, d]) => `${f} ${d!.counter ?? 'unset'} (exact ${d!.exact})`);
-      problems.push({ kind: 'counters', message: `stats counters drifted: ${fields.join(', ')}`, affects: [], next: NEXT_REPAIR });
-    }
+    counters = compareCounters(recorded, exact, problems);
   } else warnings.push('counters not compared: sessions are open or chunks are being written');
 
-  return {
-    ok: problems.length === 0,
-    problems,
-    warnings,
-    checked,
-    counters,
-    next: nextCommands(problems),
-    seconds: 0,
-  };
+  return checkReport(problems, warnings, checked, counters);
+}
+
+/** A report of these findings (seconds left for the caller). */
+export function checkReport(
+  problems: CheckProblem[],
+  warnings: string[],
+  checked: CheckedCounts,
+  counters: CheckReport['counters'],
+): CheckReport {
+  return { ok: problems.length === 0, problems, warnings, checked, counters, next: nextCommands(problems), seconds: 0 };
+}
+
+/** The counters against a recount; a drift is a problem. */
+export function compareCounters(
+  recorded: StoreCounters | undefined,
+  exact: StoreCounters,
+  problems: CheckProblem[],
+): NonNullable<CheckReport['counters']> {
+  const drift = counterDrift(recorded, exact);
+  if (Object.keys(drift).length > 0) {
+    const fields = Object.entries(drift).map(([f, d]) => `${f} ${d!.counter ?? 'unset'} (exact ${d!.exact})`);
+    problems.push({ kind: 'counters', message: `stats counters drifted: ${fields.join(', ')}`, affects: [], next: NEXT_REPAIR });
+  }
+  return { recorded: recorded ?? null, exact, drift };
 }
 
 /** Adds to each problem in `badDigests` the snapshots (with readable manifests) that use its digest. */
@@ -167,7 +182,7 @@ async function markAffected(
   }
 }
 
-function nextCommands(problems: CheckProblem[]): string[] {
+export function nextCommands(problems: CheckProblem[]): string[] {
   const out: string[] = [];
   const repairFirst = problems.some((p) => p.next.startsWith(NEXT_REPAIR));
   if (repairFirst) out.push(NEXT_REPAIR);

@@ -23,6 +23,7 @@ import { DigestSet } from './digest-set.js';
 import { GcFence, withMaintenanceLock } from './fence.js';
 import { collectEntries, emptyGcResult, executeSteps, markAndMeasure, type GcResult, type IndexedEntry } from './gc.js';
 import { copyChunks } from './pack-io.js';
+import { runCompactNumbered } from './compact-v3.js';
 
 export interface CompactOptions {
   /** zstd level, 1..19 (default 3: docs/DESIGN.md). */
@@ -53,8 +54,8 @@ export interface CompactReport {
 
 export const MAX_COMPACT_LEVEL = 19;
 
-export async function runCompact(store: Store, options: CompactOptions = {}): Promise<CompactReport> {
-  store.refuseNumbered('compact'); // format 3: docs/FORMAT3-STATUS.md step 5
+/** compact's options, checked (E_USAGE, E_UNSUPPORTED) before the store is touched. */
+export function compactSettings(options: CompactOptions, targetBytes: number): { level: number; minAgeMs: number; now: () => number } {
   const level = options.level ?? ZSTD_DEFAULT_LEVEL;
   if (!Number.isInteger(level) || level < 1 || level > MAX_COMPACT_LEVEL) {
     throw new VnstoreError('E_USAGE', `compact: --level takes a whole number from 1 to ${MAX_COMPACT_LEVEL}, got ${level}`);
@@ -62,7 +63,7 @@ export async function runCompact(store: Store, options: CompactOptions = {}): Pr
   const minAgeMs = options.minAgeMs ?? DEFAULT_MIN_AGE_MS;
   const now = options.now ?? Date.now;
   try {
-    planCompact([], { now: now(), minAgeMs, maxRepackBytes: options.maxRepackBytes, targetBytes: store.writer.targetBytes });
+    planCompact([], { now: now(), minAgeMs, maxRepackBytes: options.maxRepackBytes, targetBytes });
   } catch (err) {
     throw new VnstoreError('E_USAGE', `compact: ${(err as Error).message}`);
   }
@@ -72,6 +73,12 @@ export async function runCompact(store: Store, options: CompactOptions = {}): Pr
       "compact needs libzstd (libzstd.so.1) and vnstore's native addon; install libzstd1 and run 'vnstore version' to see why it is not used (reading compacted packs does not need it)",
     );
   }
+  return { level, minAgeMs, now };
+}
+
+export async function runCompact(store: Store, options: CompactOptions = {}): Promise<CompactReport> {
+  if (store.isNumbered) return runCompactNumbered(store, options);
+  const { level, minAgeMs, now } = compactSettings(options, store.writer.targetBytes);
   return withMaintenanceLock(store, async () => {
     const started = performance.now();
     const fence = new GcFence(store);

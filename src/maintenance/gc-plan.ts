@@ -16,6 +16,7 @@
  * reaches the target size; so the plan knows the new packs' exact sizes and the exact bytes reclaimed.
  */
 import { PACK_HEADER_BYTES, PACK_TRAILER_BYTES, TOC_ENTRY_BYTES } from '../format/pack.js';
+import { VnstoreError } from '../util/errors.js';
 
 export interface PackLiveness {
   id: number;
@@ -41,6 +42,8 @@ export interface GcPlanOptions {
   repackSmall: boolean;
   /** Size at which a new pack is closed (the pack writer's target). */
   targetBytes: number;
+  /** Table-of-contents bytes a copied chunk costs (default: a version-1/2 entry; format 3: digest + item). */
+  tocEntryBytes?: number;
 }
 
 export const DEFAULT_MAX_UNUSED: MaxUnused = { percent: 5 };
@@ -91,8 +94,8 @@ export interface GcPlan {
   };
 }
 
-export function newPackBytes(chunks: number, payloadBytes: number): number {
-  return PACK_HEADER_BYTES + payloadBytes + chunks * TOC_ENTRY_BYTES + PACK_TRAILER_BYTES;
+export function newPackBytes(chunks: number, payloadBytes: number, tocEntryBytes = TOC_ENTRY_BYTES): number {
+  return PACK_HEADER_BYTES + payloadBytes + chunks * tocEntryBytes + PACK_TRAILER_BYTES;
 }
 
 /** The unused bytes allowed when the store's pack files hold `packBytes` after gc. */
@@ -113,6 +116,27 @@ function checkOptions(o: GcPlanOptions): void {
   if (o.maxRepackBytes !== undefined && !(Number.isSafeInteger(o.maxRepackBytes) && o.maxRepackBytes >= 0))
     throw new RangeError(`maxRepackBytes ${o.maxRepackBytes}`);
   if (!(o.targetBytes >= 4096)) throw new RangeError(`targetBytes ${o.targetBytes}`);
+}
+
+/** gc's command options as plan options, checked (E_USAGE) before the store is touched. */
+export function gcPlanOptions(
+  o: { maxUnused?: MaxUnused; maxRepackBytes?: number; repackSmall?: boolean },
+  targetBytes: number,
+  tocEntryBytes?: number,
+): GcPlanOptions {
+  const plan: GcPlanOptions = {
+    maxUnused: o.maxUnused ?? DEFAULT_MAX_UNUSED,
+    maxRepackBytes: o.maxRepackBytes,
+    repackSmall: o.repackSmall ?? false,
+    targetBytes,
+    tocEntryBytes,
+  };
+  try {
+    checkOptions(plan);
+  } catch (err) {
+    throw new VnstoreError('E_USAGE', `gc: ${(err as Error).message}`);
+  }
+  return plan;
 }
 
 export function planGc(packs: readonly PackLiveness[], options: GcPlanOptions): GcPlan {
@@ -156,7 +180,7 @@ export function planGc(packs: readonly PackLiveness[], options: GcPlanOptions): 
     d.reason = `live ${pct(d.liveFraction)}; unused ${unused} B > target ${target} B`;
     copied += d.liveBytes;
     unused -= d.payloadBytes - d.liveBytes;
-    after -= d.bytes - (d.liveBytes + d.liveChunks * TOC_ENTRY_BYTES);
+    after -= d.bytes - (d.liveBytes + d.liveChunks * (options.tocEntryBytes ?? TOC_ENTRY_BYTES));
   }
   if (options.repackSmall) {
     const small = decisions.filter((d) => d.action === 'keep' && d.bytes < options.targetBytes / 4);
@@ -179,13 +203,13 @@ export function planGc(packs: readonly PackLiveness[], options: GcPlanOptions): 
     cur.chunks += d.liveChunks;
     cur.payloadBytes += d.liveBytes;
     if (PACK_HEADER_BYTES + cur.payloadBytes >= options.targetBytes) {
-      cur.bytes = newPackBytes(cur.chunks, cur.payloadBytes);
+      cur.bytes = newPackBytes(cur.chunks, cur.payloadBytes, options.tocEntryBytes);
       newPacks.push(cur);
       cur = undefined;
     }
   }
   if (cur) {
-    cur.bytes = newPackBytes(cur.chunks, cur.payloadBytes);
+    cur.bytes = newPackBytes(cur.chunks, cur.payloadBytes, options.tocEntryBytes);
     newPacks.push(cur);
   }
   const totals: GcPlan['totals'] = {

@@ -21,15 +21,16 @@ import { compactAllKeys, scanChunkIndex, type PackRecord } from '../store/db.js'
 import { IndexBatch } from '../store/index-batch.js';
 import { chunkLocation, type SealedPack } from '../store/pack-file.js';
 import { Store } from '../store/store.js';
-import { CorruptError, VnstoreError } from '../util/errors.js';
+import { CorruptError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 import { addCounterDelta, foldCounters, type CounterDelta } from '../store/counters.js';
 import { DigestSet } from './digest-set.js';
 import { GcFence, withMaintenanceLock } from './fence.js';
-import { DEFAULT_MAX_UNUSED, planGc, type GcPlan, type GcPlanOptions, type MaxUnused, type PackLiveness } from './gc-plan.js';
+import { gcPlanOptions, planGc, type GcPlan, type MaxUnused, type PackLiveness } from './gc-plan.js';
 import { deletedPackKey, deletedPackValue, keptBaseKey, listKeptBases, type KeptBaseRecord } from '../store/keys.js';
 import { baseChainIds, baseLookup, collectInFlight, listCommitted, manifestFile, markSnapshots } from './live.js';
 import { copyChunks, removePackFiles } from './pack-io.js';
+import { runGcNumbered } from './gc-v3.js';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { fsyncDir } from '../util/durable.js';
@@ -98,7 +99,7 @@ export interface GcReport {
  */
 const FAILPOINT = /^([a-z-]+):(\d+)$/.exec(process.env.VNSTORE_GC_FAILPOINT ?? '');
 let failpointHits = 0;
-function failpoint(point: string): void {
+export function failpoint(point: string): void {
   if (FAILPOINT && FAILPOINT[1] === point && ++failpointHits >= Number(FAILPOINT[2])) process.kill(process.pid, 'SIGKILL');
 }
 
@@ -108,18 +109,8 @@ export interface IndexedEntry {
 }
 
 export async function runGc(store: Store, options: GcOptions = {}): Promise<GcReport> {
-  store.refuseNumbered('gc'); // format 3: docs/FORMAT3-STATUS.md step 5
-  const planOptions: GcPlanOptions = {
-    maxUnused: options.maxUnused ?? DEFAULT_MAX_UNUSED,
-    maxRepackBytes: options.maxRepackBytes,
-    repackSmall: options.repackSmall ?? false,
-    targetBytes: store.writer.targetBytes,
-  };
-  try {
-    planGc([], planOptions); // the options, checked before the store is touched
-  } catch (err) {
-    throw new VnstoreError('E_USAGE', `gc: ${(err as Error).message}`);
-  }
+  if (store.isNumbered) return runGcNumbered(store, options);
+  const planOptions = gcPlanOptions(options, store.writer.targetBytes);
   return withMaintenanceLock(store, async () => {
     const started = performance.now();
     const fence = new GcFence(store);
@@ -411,7 +402,7 @@ async function executeStep(
   result.chunksRescued += rescued;
 }
 
-function unneededKeptBases(
+export function unneededKeptBases(
   committed: Parameters<typeof baseLookup>[0],
   kept: KeptBaseRecord[],
   inflightBases: Set<string>,

@@ -46,16 +46,9 @@ export interface RepairReport {
   countersReset: boolean;
 }
 
-/**
- * Rebuilds the chunk index and the pack records from the packs themselves, quarantining what cannot
- * be read and salvaging the good chunks of damaged packs. Needs exclusive use of the store.
- */
-export async function repairIndex(store: Store): Promise<RepairReport> {
-  store.refuseNumbered('repair'); // format 3: docs/FORMAT3-STATUS.md step 6
-  if (store.sessions.size > 0) throw new VnstoreError('E_SESSION', 'cannot repair the index while snapshot sessions are open');
-  await store.writer.flush();
-  const p = Store.paths(store.dir);
-  const report: RepairReport = {
+/** A report of a repair that did nothing yet. */
+export function emptyRepairReport(): RepairReport {
+  return {
     packsScanned: 0,
     packsQuarantined: [],
     packsSalvaged: [],
@@ -65,6 +58,18 @@ export async function repairIndex(store: Store): Promise<RepairReport> {
     catalogFixes: 0,
     countersReset: false,
   };
+}
+
+/**
+ * Rebuilds the chunk index and the pack records from the packs themselves, quarantining what cannot
+ * be read and salvaging the good chunks of damaged packs. Needs exclusive use of the store.
+ */
+export async function repairIndex(store: Store): Promise<RepairReport> {
+  store.refuseNumbered('repair'); // format 3: docs/FORMAT3-STATUS.md step 6
+  if (store.sessions.size > 0) throw new VnstoreError('E_SESSION', 'cannot repair the index while snapshot sessions are open');
+  await store.writer.flush();
+  const p = Store.paths(store.dir);
+  const report = emptyRepairReport();
   // Current index, to prefer existing locations among duplicates and to update the table by diff.
   const current = new DigestSet(1 << 16);
   let curLoc: Float64Array = new Float64Array(1 << 16); // pack · 2^32 + offset
