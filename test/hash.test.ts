@@ -10,7 +10,7 @@ import { blake3 } from '@napi-rs/blake-hash';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../src/format/pages.js';
-import { hashPage, hashPages, hashWholePages, imageDigest, pageHasherStatus } from '../src/chunk/hash.js';
+import { hashPage, hashPages, imageDigest, pageHasherStatus } from '../src/chunk/hash.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SENTINEL = 0xa5;
@@ -119,31 +119,6 @@ describe('hashPages', () => {
       else if (got.status.native) expect(got.status.simd).toBe('avx2');
     });
   }
-});
-
-describe('hashWholePages', () => {
-  it('gives every page its BLAKE3 digest, zero pages included, aligned (thread pool) or not (here)', async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.array(fc.integer({ min: 0, max: 3 }), { minLength: 1, maxLength: 40 }),
-        fc.integer({ min: 0, max: 7 }),
-        async (kinds, shift) => {
-          const backing = new Uint8Array(kinds.length * PAGE_SIZE + 8);
-          const src = backing.subarray(shift, shift + kinds.length * PAGE_SIZE);
-          // 0: all zero; 1: zero but for its last byte; else filled from the page number.
-          kinds.forEach((k, p) => {
-            if (k === 1) src[(p + 1) * PAGE_SIZE - 1] = 1;
-            else if (k > 1) src.fill((p * 7 + k) & 0xff, p * PAGE_SIZE, (p + 1) * PAGE_SIZE);
-          });
-          const out = new Uint8Array(kinds.length * DIGEST_BYTES).fill(SENTINEL);
-          await hashWholePages(src, kinds.length, out);
-          const want = Buffer.concat(kinds.map((_, p) => blake3(Buffer.from(src.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)))));
-          expect(Buffer.from(out).equals(want)).toBe(true);
-        },
-      ),
-      { numRuns: 60 },
-    );
-  });
 });
 
 describe('imageDigest', () => {

@@ -271,27 +271,6 @@ describe('large frames: zero-copy encoding and pooled decoding', () => {
       { numRuns: 40 },
     );
   });
-  it('the pages of a pooled DATA frame, and of a PAGES frame of an even page count, start 8-byte aligned (the thread-pool scanner needs it)', () => {
-    for (const [k, n] of [
-      [0, MAX_PAGES_PER_BATCH],
-      [0, 20],
-      [1, MAX_PAGES_PER_BATCH],
-      [1, 17],
-    ]) {
-      const m = bigMessage(k, n);
-      const wire = encodeMessage(m);
-      for (const cut of [wire.length, 5000]) {
-        // Whole in one read (copied out) or split across reads (gathered): both land in pooled buffers.
-        const d = new FrameDecoder(MAX_FRAME_BYTES, true);
-        const frames = [...d.push(wire.subarray(0, cut)), ...d.push(wire.subarray(cut))];
-        expect(frames).toHaveLength(1);
-        const got = decodeMessage(frames[0]);
-        if (got.t !== 'pages' && got.t !== 'data') throw new Error(`unexpected ${got.t}`);
-        expect(got.data.byteOffset % 8).toBe(0);
-        expect(Buffer.compare(got.data, (m as Extract<Message, { t: 'data' }>).data)).toBe(0);
-      }
-    }
-  });
 });
 
 describe('protocol fuzz', () => {

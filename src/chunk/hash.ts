@@ -126,30 +126,6 @@ export function pageScanner(): PageScanner | undefined {
   return loadPageHasher() ?? undefined; // its N-API functions need no `this`
 }
 
-/** BLAKE3-256 of an all-zero page. */
-export const ZERO_PAGE_DIGEST: Buffer = blake3(Buffer.alloc(PAGE_SIZE));
-
-/**
- * The digest of each of the first `count` whole pages of `src` into out[p*32 ..], zero pages
- * included (ZERO_PAGE_DIGEST). Off the calling thread, on the libuv thread pool, where the page
- * scanner serves and `src` is 8-byte aligned (a frame of a verifying receiver: the thread is free
- * to take in the next frames meanwhile); else here, in one native call. `src` must not change
- * until this settles.
- */
-export async function hashWholePages(src: Uint8Array, count: number, out: Uint8Array): Promise<void> {
-  const scanner = loadPageHasher();
-  if (!scanner || count === 0 || src.byteOffset % 8 !== 0) {
-    const all = new Uint32Array(count);
-    for (let p = 0; p < count; p++) all[p] = p;
-    hashPages(src, all, out);
-    return;
-  }
-  const zero = new Uint8Array(count);
-  const nonZero = await scanner.scanPagesAsync(src, count, zero, out);
-  if (nonZero === count) return;
-  for (let p = 0; p < count; p++) if (zero[p] === 1) out.set(ZERO_PAGE_DIGEST, p * DIGEST_BYTES);
-}
-
 /**
  * Which page hasher serves hashPages(): the SIMD kernel's name, or why the fallback is used; and
  * whether the addon itself loaded (`addon`), which CI requires (test/global-setup.ts).

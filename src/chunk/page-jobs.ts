@@ -6,12 +6,12 @@
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { getSystemErrorName } from 'node:util';
-import { DIGEST_BYTES, PAGE_SIZE, digestsEqual } from '../format/pages.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { CONTAINER_CODEC, packFileName } from '../format/pack.js';
 import { tableHasDigest, tableLocation } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec, type CompressedPages } from './codec.js';
 import { decodeContainer, decodeStoredChunks, MAX_CONTAINER_BYTES } from './container.js';
-import { hashPage, hashPages, hashWholePages, pageScanner, type PageScanner } from './hash.js';
+import { hashPage, hashPages, pageScanner, type PageScanner } from './hash.js';
 
 /** Per-page outcome of hashing, decided as far as a worker can without the exact index. */
 export enum PageStatus {
@@ -103,16 +103,14 @@ function verifyDecoded(out: Uint8Array, windowPages: number, slots: Uint32Array,
   const ok = new Uint32Array(slots.length);
   let n = 0;
   for (let c = 0; c < slots.length; c++) if (!failed[c]) ok[n++] = slots[c];
-  const actual = new Uint8Array(windowPages * DIGEST_BYTES);
+  const actual = Buffer.alloc(windowPages * DIGEST_BYTES);
   hashPages(out, ok.subarray(0, n), actual);
-  return mismatches(actual, slots, digests, failed);
-}
-
-/** Chunks c that failed to decode or whose slot's digest in `actual` is not digests[c]. */
-function mismatches(actual: Uint8Array, slots: Uint32Array, digests: Uint8Array, failed: Uint8Array): number[] {
+  const want = Buffer.from(digests.buffer, digests.byteOffset, digests.length);
   const bad: number[] = [];
-  for (let c = 0; c < slots.length; c++)
-    if (failed[c] || !digestsEqual(actual, slots[c] * DIGEST_BYTES, digests, c * DIGEST_BYTES)) bad.push(c);
+  for (let c = 0; c < slots.length; c++) {
+    const a = slots[c] * DIGEST_BYTES;
+    if (failed[c] || actual.compare(want, c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES, a, a + DIGEST_BYTES) !== 0) bad.push(c);
+  }
   return bad;
 }
 
@@ -505,49 +503,6 @@ function packFd(packsDir: string, pack: number): number {
 let windowBuffer = new Uint8Array(0);
 
 export function runRestoreJob(job: RestoreJob): RestoreResult {
-  const decoded = decodeRestoreWindow(job);
-  if (!('failed' in decoded)) return decoded; // a range could not be read
-  const { out, failed } = decoded;
-  const bad = verifyDecoded(out, job.windowPages, job.slots, job.digests, failed);
-  if (!job.output) return { out, bad };
-  if (bad.length > 0) {
-    // The main thread mends and writes this window itself: hand over named slots only, in a fresh
-    // zeroed buffer (the reused one holds stale bytes where this window has zero pages).
-    const fresh = new Uint8Array(job.windowPages * PAGE_SIZE);
-    for (const slot of job.slots) fresh.set(out.subarray(slot * PAGE_SIZE, (slot + 1) * PAGE_SIZE), slot * PAGE_SIZE);
-    return { out: fresh, bad };
-  }
-  try {
-    writeWindow(job.output, out, job.slots);
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    return { out: new Uint8Array(0), bad, writeError: { code: e.code, message: e.message } };
-  }
-  return { out: new Uint8Array(0), bad };
-}
-
-/**
- * runRestoreJob for a calling thread whose workers are busy, when the window goes back to it (a lent
- * window, no file output): the reads and the decoding run here, the hashing that verifies the window
- * on the libuv thread pool, so this thread takes in and sends other windows meanwhile (a server's
- * restore did both on its main thread: issue 12). Same results as runRestoreJob. Undefined when the
- * job writes a file (its window buffer is per thread) or has no lent window.
- */
-export function runRestoreJobOffThread(job: RestoreJob): Promise<RestoreResult> | undefined {
-  if (job.output || !job.window || !pageScanner()) return undefined;
-  const decoded = decodeRestoreWindow(job);
-  if (!('failed' in decoded)) return Promise.resolve(decoded); // a range could not be read
-  const { out, failed } = decoded;
-  const actual = new Uint8Array(job.windowPages * DIGEST_BYTES);
-  // Pages that failed to decode are hashed too (their slot's bytes are whatever is there) and counted bad.
-  return hashWholePages(out, job.windowPages, actual).then(() => ({ out, bad: mismatches(actual, job.slots, job.digests, failed) }));
-}
-
-/**
- * Reads a restore job's ranges and decodes its chunks into its window, nothing verified yet, with
- * the chunks that failed to decode; or the result of a range that could not be read.
- */
-function decodeRestoreWindow(job: RestoreJob): { out: Uint8Array; failed: Uint8Array } | RestoreResult {
   const codec = getCodec();
   const bytes = job.windowPages * PAGE_SIZE;
   let out: Uint8Array;
@@ -590,7 +545,22 @@ function decodeRestoreWindow(job: RestoreJob): { out: Uint8Array; failed: Uint8A
   const failed = new Uint8Array(m);
   // A container's pages are consecutive here (sorted by pack and offset): each frame is decoded once.
   decodeStoredChunks(codec, scratch, offsets, job.lengths, job.codecs, job.members, job.slots, out, failed);
-  return { out, failed };
+  bad.push(...verifyDecoded(out, job.windowPages, job.slots, job.digests, failed));
+  if (!job.output) return { out, bad };
+  if (bad.length > 0) {
+    // The main thread mends and writes this window itself: hand over named slots only, in a fresh
+    // zeroed buffer (the reused one holds stale bytes where this window has zero pages).
+    const fresh = new Uint8Array(bytes);
+    for (const slot of job.slots) fresh.set(out.subarray(slot * PAGE_SIZE, (slot + 1) * PAGE_SIZE), slot * PAGE_SIZE);
+    return { out: fresh, bad };
+  }
+  try {
+    writeWindow(job.output, out, job.slots);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return { out: new Uint8Array(0), bad, writeError: { code: e.code, message: e.message } };
+  }
+  return { out: new Uint8Array(0), bad };
 }
 
 /** Zeroes the pages of a window that no chunk fills (zero pages of the image). */

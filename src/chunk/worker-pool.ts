@@ -20,7 +20,6 @@ import {
   runHashJobOnThreadPool,
   threadPoolServes,
   runRestoreJob,
-  runRestoreJobOffThread,
   type DecodeJob,
   type DecodeResult,
   type HashJob,
@@ -188,12 +187,7 @@ export class PagePool {
   /** Reads, decodes and verifies one restore window (the worker reads the packs itself). */
   restore(job: RestoreJob): Promise<RestoreResult> {
     const slot = this.pick();
-    if (!slot) {
-      const offThread = this.threadPool ? runRestoreJobOffThread(job) : undefined;
-      if (!offThread) return this.inline(() => runRestoreJob(job));
-      this.jobCounts.threadPool++;
-      return offThread;
-    }
+    if (!slot) return this.inline(() => runRestoreJob(job));
     return this.submit<RestoreResult>(slot, job, slabTransfer(job.window));
   }
 

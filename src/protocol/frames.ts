@@ -48,7 +48,7 @@ export class FrameDecoder {
     private readonly copyAll = false,
     keep = POOLED_FRAMES,
   ) {
-    this.pool = new SlabPool(maxFrameBytes + FRAME_ALIGN_PAD, keep);
+    this.pool = new SlabPool(maxFrameBytes, keep);
   }
 
   /** Bytes held for an incomplete frame (the whole frame's buffer once its header is in; never more). */
@@ -119,8 +119,8 @@ export class FrameDecoder {
    */
   private allocate(length: number): Buffer {
     if (length < POOLED_FRAME_MIN_BYTES) return Buffer.allocUnsafe(length);
-    const view = this.pool.take(length + FRAME_ALIGN_PAD);
-    return Buffer.from(view.buffer, view.byteOffset + FRAME_ALIGN_PAD, length);
+    const view = this.pool.take(length);
+    return Buffer.from(view.buffer, view.byteOffset, length);
   }
 
   private complete(frame: Buffer): RawFrame {
@@ -145,12 +145,6 @@ export class FrameDecoder {
 const FRAME_LENGTH_BYTES = 4;
 /** Split frames at least this long are gathered in pooled buffers (PAGES and DATA batches). */
 const POOLED_FRAME_MIN_BYTES = 64 * 1024;
-/**
- * Where a pooled frame's type byte sits in its (8-byte aligned) buffer: at 3, the body starts at 4,
- * so the page bytes of a DATA frame (body offset 12 + 32n) and of a PAGES frame of an even page
- * count (12 + 36n) start 8-byte aligned, as the thread-pool page scanner that verifies them needs.
- */
-const FRAME_ALIGN_PAD = 3;
 /** Released buffers a decoder keeps: one being filled, one being handled, one spare. */
 const POOLED_FRAMES = 3;
 

@@ -4,8 +4,8 @@
  * `window` frames wait or the server's memory budget is exhausted (TCP pushes back on the agent).
  */
 import type { Socket } from 'node:net';
-import { DIGEST_BYTES, PAGE_SIZE, digestsEqual } from '../format/pages.js';
-import { hashWholePages } from '../chunk/hash.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
+import { hashPages } from '../chunk/hash.js';
 import { decodeMessage, encodeMessageParts, MSG, type Message } from '../protocol/messages.js';
 import { FrameDecoder, writeFrame, type RawFrame } from '../protocol/frames.js';
 import { ProtocolError, wireCodeOf } from '../protocol/errors.js';
@@ -58,12 +58,9 @@ export class Connection {
     this.waiting++;
     this.server.budget.take(bytes);
     if (this.waiting >= DEFAULT_WINDOW || this.server.budget.exhausted) this.socket.pause();
-    const early = this.authed ? verifyEarly(frame) : undefined;
     this.chain = this.chain
-      .then(() => (this.closed ? undefined : this.handle(frame, early)))
-      .finally(async () => {
-        // The early check reads the frame's bytes until it settles (even when the frame was not handled).
-        await early?.verified.catch(() => undefined);
+      .then(() => (this.closed ? undefined : this.handle(frame)))
+      .finally(() => {
         // Handling copies what it keeps (the session's slabs): the frame's buffer can be reused.
         frame.release?.();
         this.waiting--;
@@ -83,12 +80,12 @@ export class Connection {
     return this.chain;
   }
 
-  private async handle(frame: RawFrame, early?: EarlyPages): Promise<void> {
+  private async handle(frame: RawFrame): Promise<void> {
     const req = requestIdOf(frame);
     try {
-      const m = early?.m ?? decodeMessage(frame);
+      const m = decodeMessage(frame);
       if (!this.authed) return await this.hello(m);
-      await this.dispatch(m, early?.verified);
+      await this.dispatch(m);
     } catch (err) {
       this.replyError(req, err);
     }
@@ -118,7 +115,7 @@ export class Connection {
     this.server.log.info({ event: 'hello', peer: this.peer, version });
   }
 
-  private async dispatch(m: Message, verified?: Promise<void>): Promise<void> {
+  private async dispatch(m: Message): Promise<void> {
     const s = this.server;
     switch (m.t) {
       case 'hello':
@@ -131,7 +128,7 @@ export class Connection {
       case 'prepare':
       case 'commit':
       case 'abort':
-        return this.sessionRequest(m, verified);
+        return this.sessionRequest(m);
       case 'group-commit': {
         const records = await s.groupCommit(m.group, m.ids);
         return this.result(m.req, records);
@@ -174,8 +171,7 @@ export class Connection {
     this.result(m.req, { parent: session.parent?.id ?? null });
   }
 
-  /** `verified`: the early check of a PAGES frame's pages (verifyEarly), else they are checked here. */
-  private async sessionRequest(m: SessionRequest, verified?: Promise<void>): Promise<void> {
+  private async sessionRequest(m: SessionRequest): Promise<void> {
     const st = this.sessions.get(m.sid);
     if (!st) throw new ProtocolError('E_UNKNOWN_SESSION', `no session ${m.sid} on this connection`);
     st.lastActive = Date.now();
@@ -196,7 +192,7 @@ export class Connection {
       case 'pages': {
         st.assertWritable();
         checkIndices(st, m.indices);
-        await (verified ?? verifyPages(m.indices, m.digests, m.data));
+        verifyPages(m.indices, m.digests, m.data);
         // Each page hashed once here: the session's page jobs take the checked digests.
         await st.session.writeScattered(m.indices, m.data, m.digests);
         s.metrics.pagesReceived.inc(m.indices.length);
@@ -327,43 +323,18 @@ function checkIndices(st: RemoteSessionState, indices: Uint32Array): void {
   if (max >= 0) st.checkPages(max, 1);
 }
 
-/** A PAGES frame decoded on arrival, and the check of its pages started then. */
-interface EarlyPages {
-  m: Message;
-  verified: Promise<void>;
-}
-
-/**
- * A PAGES frame's pages start being hashed as the frame arrives, on the libuv thread pool, while
- * the frames before it are handled: the frames of a connection are handled one at a time, so
- * checking each only in its turn left the thread pool idle while the main thread applied the last
- * one. Only the check runs early; its outcome (an error frame) still comes in the frame's turn. A
- * frame that does not decode is left to its turn, which reports the error.
- */
-function verifyEarly(frame: RawFrame): EarlyPages | undefined {
-  if (frame.type !== MSG.PAGES) return undefined;
-  let m: Message;
-  try {
-    m = decodeMessage(frame);
-  } catch {
-    return undefined;
-  }
-  if (m.t !== 'pages') return undefined;
-  const verified = verifyPages(m.indices, m.digests, m.data);
-  verified.catch(() => undefined); // seen when its turn comes
-  return { m, verified };
-}
-
-/**
- * Hashes every page (on the libuv thread pool where it serves) and refuses the whole batch on the
- * first mismatch: nothing of it is stored. The frame's bytes must stay put until this settles.
- */
-async function verifyPages(indices: Uint32Array, digests: Uint8Array, data: Uint8Array): Promise<void> {
+/** Hashes every page and refuses the whole batch on the first mismatch: nothing of it is stored. */
+function verifyPages(indices: Uint32Array, digests: Uint8Array, data: Uint8Array): void {
   const n = indices.length;
   const got = new Uint8Array(n * DIGEST_BYTES);
-  await hashWholePages(data.subarray(0, n * PAGE_SIZE), n, got);
+  const order = new Uint32Array(n);
+  for (let k = 0; k < n; k++) order[k] = k;
+  hashPages(data.subarray(0, n * PAGE_SIZE), order, got);
   for (let k = 0; k < n; k++) {
-    if (!digestsEqual(got, k * DIGEST_BYTES, digests, k * DIGEST_BYTES)) {
+    if (
+      Buffer.compare(got.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)) !==
+      0
+    ) {
       throw new ProtocolError(
         'E_DIGEST_MISMATCH',
         `page ${indices[k]}: its bytes do not hash to the digest sent with them; nothing of this batch was stored`,
