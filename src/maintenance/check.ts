@@ -27,9 +27,7 @@ import { NEXT_FORGET, NEXT_REPAIR, type CheckedCounts, type CheckProblem } from 
 import { DigestSet } from './digest-set.js';
 import { withMaintenanceLock } from './fence.js';
 import { repairIndex, type RepairReport } from './repair.js';
-import { checkNumbered } from './check-v3.js';
 import { numberedView } from './numbered-store.js';
-import { repairNumbered } from './repair-v3.js';
 
 export type { CheckProblem, ProblemKind } from './check-problems.js';
 export type { RepairReport } from './repair.js';
@@ -56,8 +54,9 @@ export async function checkStore(store: Store, options: CheckOptions = {}): Prom
     // Format 3 (numbered chunks): the packs' TOCs are the index (check-v3.ts, repair-v3.ts).
     const numbered = store.isNumbered ? numberedView(store) : undefined;
     let repair: RepairReport | undefined;
-    if (options.repairIndex) repair = numbered ? await repairNumbered(numbered) : await repairIndex(store);
-    const report = numbered ? await checkNumbered(numbered, options) : await runCheck(store, options);
+    // The format-3 modules load lazily: they build on this module's report helpers.
+    if (options.repairIndex) repair = numbered ? await (await import('./repair-v3.js')).repairNumbered(numbered) : await repairIndex(store);
+    const report = numbered ? await (await import('./check-v3.js')).checkNumbered(numbered, options) : await runCheck(store, options);
     if (repair) {
       report.repair = repair;
       // Counters: a repair makes them exact.

@@ -23,7 +23,6 @@ import { DigestSet } from './digest-set.js';
 import { GcFence, withMaintenanceLock } from './fence.js';
 import { collectEntries, emptyGcResult, executeSteps, markAndMeasure, type GcResult, type IndexedEntry } from './gc.js';
 import { copyChunks } from './pack-io.js';
-import { runCompactNumbered } from './compact-v3.js';
 
 export interface CompactOptions {
   /** zstd level, 1..19 (default 3: docs/DESIGN.md). */
@@ -77,7 +76,8 @@ export function compactSettings(options: CompactOptions, targetBytes: number): {
 }
 
 export async function runCompact(store: Store, options: CompactOptions = {}): Promise<CompactReport> {
-  if (store.isNumbered) return runCompactNumbered(store, options);
+  // Loaded lazily: compact-v3 builds on this module's settings, and format-1/2 stores never need it.
+  if (store.isNumbered) return (await import('./compact-v3.js')).runCompactNumbered(store, options);
   const { level, minAgeMs, now } = compactSettings(options, store.writer.targetBytes);
   return withMaintenanceLock(store, async () => {
     const started = performance.now();

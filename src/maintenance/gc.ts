@@ -30,7 +30,6 @@ import { gcPlanOptions, planGc, type GcPlan, type MaxUnused, type PackLiveness }
 import { deletedPackKey, deletedPackValue, keptBaseKey, listKeptBases, type KeptBaseRecord } from '../store/keys.js';
 import { baseChainIds, baseLookup, collectInFlight, listCommitted, manifestFile, markSnapshots } from './live.js';
 import { copyChunks, removePackFiles } from './pack-io.js';
-import { runGcNumbered } from './gc-v3.js';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { fsyncDir } from '../util/durable.js';
@@ -109,7 +108,8 @@ export interface IndexedEntry {
 }
 
 export async function runGc(store: Store, options: GcOptions = {}): Promise<GcReport> {
-  if (store.isNumbered) return runGcNumbered(store, options);
+  // Loaded lazily: gc-v3 builds on this module's helpers, and format-1/2 stores never need it.
+  if (store.isNumbered) return (await import('./gc-v3.js')).runGcNumbered(store, options);
   const planOptions = gcPlanOptions(options, store.writer.targetBytes);
   return withMaintenanceLock(store, async () => {
     const started = performance.now();
