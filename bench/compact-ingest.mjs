@@ -22,13 +22,12 @@
  * initial puts alternate between the formats image by image, and every table gains the format-3
  * store's speed against format 1's (format 1 becomes 2 when compact writes containers).
  */
-import { execFileSync } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { DEFAULT_DIST, distImporter } from './dist-workload.mjs';
+import { DEFAULT_DIST, distImporter, timedCli } from './dist-workload.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -66,15 +65,7 @@ const work = mkdtempSync(path.join(values.work, 'compact-ingest-'));
 const timeFile = path.join(work, 'time.txt');
 
 /** Runs one vnstore command under GNU time: stdout, wall and CPU seconds. */
-function vn(cli, ...args) {
-  const stdout = execFileSync('/usr/bin/time', ['-f', '%e %U %S', '-o', timeFile, process.execPath, cli, ...args], {
-    encoding: 'utf8',
-    maxBuffer: 64 << 20,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const [wall, user, sys] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1).split(' ').map(Number);
-  return { stdout, wall, cpu: user + sys };
-}
+const vn = (cli, ...args) => timedCli(cli, timeFile, args);
 
 const images = await readImageDir(values.images);
 const vms = [...new Set(images.map((i) => i.vm))];
