@@ -3,7 +3,7 @@
  * Ingest and restore before and after `vnstore compact`, in one run (issue 16: "ingest speed
  * unchanged (same run, before and after); restore ≥ 80% of the LZ4 store's", per VM).
  *
- *   node bench/compact-ingest.mjs --images DIR [--rounds 3] [--work DIR] [--keep] [--json FILE] [--cli-b PATH]
+ *   node bench/compact-ingest.mjs --images DIR [--rounds 3] [--work DIR] [--keep] [--json FILE] [--cli-b PATH] [--formats 1,3]
  *
  * DIR holds one folder per VM, one raw image per snapshot (bench/qemu-guest-memory.sh --epochs 3).
  * Every snapshot but each VM's last is stored (snapshot-major, as `vnstore bench` does) into an LZ4
@@ -18,14 +18,16 @@
  * Figures: the median over rounds of each command's wall time (Node start-up included, as `vnstore
  * bench` reports) and of its CPU time (user + system, GNU time): on a shared machine the CPU time
  * says what a command costs when wall times mostly say how busy the machine was.
+ * --formats 1,3 does all of this for each store format (`init --format`) in the same run: the
+ * initial puts alternate between the formats image by image, and every table gains the format-3
+ * store's speed against format 1's (format 1 becomes 2 when compact writes containers).
  */
-import { execFileSync } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { DEFAULT_DIST, distImporter } from './dist-workload.mjs';
+import { DEFAULT_DIST, distImporter, timedCli } from './dist-workload.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -35,12 +37,14 @@ const { values } = parseArgs({
     keep: { type: 'boolean', default: false },
     json: { type: 'string' },
     'cli-b': { type: 'string' },
+    formats: { type: 'string', default: '1' },
   },
 });
+const formats = values.formats.split(',').map(Number);
 const rounds = Number(values.rounds);
-if (!values.images || !(rounds >= 1)) {
+if (!values.images || !(rounds >= 1) || !formats.every((f) => f === 1 || f === 3) || (values['cli-b'] && formats.length > 1)) {
   process.stderr.write(
-    'usage: node bench/compact-ingest.mjs --images DIR [--rounds N] [--work DIR] [--keep] [--json FILE] [--cli-b PATH]\n',
+    'usage: node bench/compact-ingest.mjs --images DIR [--rounds N] [--work DIR] [--keep] [--json FILE] [--cli-b PATH | --formats 1,3]\n',
   );
   process.exit(2);
 }
@@ -61,15 +65,7 @@ const work = mkdtempSync(path.join(values.work, 'compact-ingest-'));
 const timeFile = path.join(work, 'time.txt');
 
 /** Runs one vnstore command under GNU time: stdout, wall and CPU seconds. */
-function vn(cli, ...args) {
-  const stdout = execFileSync('/usr/bin/time', ['-f', '%e %U %S', '-o', timeFile, process.execPath, cli, ...args], {
-    encoding: 'utf8',
-    maxBuffer: 64 << 20,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const [wall, user, sys] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1).split(' ').map(Number);
-  return { stdout, wall, cpu: user + sys };
-}
+const vn = (cli, ...args) => timedCli(cli, timeFile, args);
 
 const images = await readImageDir(values.images);
 const vms = [...new Set(images.map((i) => i.vm))];
@@ -79,38 +75,60 @@ const next = images.filter((i) => i.snap === lastSnap.get(i.vm));
 if (stored.length === 0 || next.length === 0) throw new Error('each VM needs at least two images (stored snapshots and a next one)');
 
 const result = { date: new Date().toISOString(), cpus: cpus().length, images: values.images, rounds, load: { start: loadavg() } };
-const L = path.join(work, 'lz4');
-const C = path.join(work, 'compact');
+// Per format: the LZ4 store as ingested and its compacted copy. Names carry the format only when
+// more than one is measured, so a one-format run reads as before.
+const suffix = (f) => (formats.length > 1 ? `-f${f}` : '');
+const stores = formats.map((f) => ({
+  format: f,
+  lz4: path.join(work, `lz4${suffix(f)}`),
+  compact: path.join(work, `compact${suffix(f)}`),
+}));
 // Stores by name, and the build that drives each.
 const variants = [
-  { name: 'lz4', dir: L, cli: CLI },
-  { name: 'compact', dir: C, cli: CLI },
-  ...(CLI_B ? [{ name: 'compact-b', dir: C, cli: CLI_B }] : []),
+  ...stores.flatMap((s) => [
+    { name: `lz4${suffix(s.format)}`, dir: s.lz4, cli: CLI, format: s.format },
+    { name: `compact${suffix(s.format)}`, dir: s.compact, cli: CLI, format: s.format },
+  ]),
+  ...(CLI_B ? [{ name: 'compact-b', dir: stores[0].compact, cli: CLI_B, format: stores[0].format }] : []),
 ];
 /** The variants in round-robin order: round r of item k starts at variant (r + k) mod n. */
 const rotated = (r, k) => variants.map((_, i) => variants[(i + r + k) % variants.length]);
 
 try {
-  log(`storing ${stored.length} images into the LZ4 store`);
-  vn(CLI, 'init', '--store', L);
-  const ids = new Map();
-  let ingestSeconds = 0;
-  for (const img of stored) {
-    const run = vn(CLI, 'put', '--store', L, '--vm', img.vm, '--json', img.path);
-    ids.set(img, JSON.parse(run.stdout).id);
-    ingestSeconds += run.wall;
+  log(`storing ${stored.length} images into the LZ4 store(s) of format ${formats.join(', ')}`);
+  for (const s of stores) vn(CLI, 'init', '--store', s.lz4, '--format', String(s.format));
+  const ids = new Map(stores.map((s) => [s.format, new Map()]));
+  const initial = new Map(stores.map((s) => [s.format, { seconds: 0, cpuSeconds: 0 }]));
+  for (const [k, img] of stored.entries()) {
+    for (const s of stores.map((_, i) => stores[(i + k) % stores.length])) {
+      const run = vn(CLI, 'put', '--store', s.lz4, '--vm', img.vm, '--json', img.path);
+      ids.get(s.format).set(img, JSON.parse(run.stdout).id);
+      initial.get(s.format).seconds += run.wall;
+      initial.get(s.format).cpuSeconds += run.cpu;
+    }
   }
   const storedBytes = stored.reduce((s, i) => s + i.bytes, 0);
-  result.initialIngest = { images: stored.length, bytes: storedBytes, seconds: ingestSeconds, mbPerSec: mbps(storedBytes, ingestSeconds) };
-  cpSync(L, C, { recursive: true });
-  log('compacting the copy');
-  const compact = vn(CLI, 'compact', '--store', C, '--min-age', '0', '--json');
-  result.compact = { seconds: compact.wall, cpuSeconds: compact.cpu };
+  result.initialIngest = Object.fromEntries(
+    stores.map((s) => {
+      const t = initial.get(s.format);
+      return [`format${s.format}`, { images: stored.length, bytes: storedBytes, ...t, mbPerSec: mbps(storedBytes, t.seconds) }];
+    }),
+  );
+  result.compact = {};
+  result.stats = {};
   const stats = async (dir) => {
     const s = JSON.parse(vn(CLI, 'stats', '--store', dir, '--json').stdout).summary;
     return { dirBytes: (await dirSize(dir)).bytes, ...s };
   };
-  result.stats = { lz4: await stats(L), compact: await stats(C) };
+  for (const s of stores) {
+    cpSync(s.lz4, s.compact, { recursive: true });
+    log(`compacting the copy (format ${s.format})`);
+    const compact = vn(CLI, 'compact', '--store', s.compact, '--min-age', '0', '--json');
+    result.compact[`format${s.format}`] = { seconds: compact.wall, cpuSeconds: compact.cpu };
+    result.stats[`lz4${suffix(s.format)}`] = await stats(s.lz4);
+    result.stats[`compact${suffix(s.format)}`] = await stats(s.compact);
+  }
+  const idOf = (v, img) => ids.get(v.format).get(img);
 
   const out = path.join(work, 'out.img');
   const restoreRuns = new Map(stored.map((img) => [img, Object.fromEntries(variants.map((v) => [v.name, []]))]));
@@ -123,7 +141,7 @@ try {
     log(`round ${r + 1}/${rounds}: restoring every stored snapshot (load ${loadavg()})`);
     for (const [k, img] of stored.entries()) {
       for (const v of rotated(r, k)) {
-        const run = vn(v.cli, 'restore', '--store', v.dir, ids.get(img), '-o', out);
+        const run = vn(v.cli, 'restore', '--store', v.dir, idOf(v, img), '-o', out);
         if (!(await sameBytes(img.path, out))) throw new Error(`${v.name}: restored ${img.vm}/${img.snap} differs from the original`);
         rmSync(out);
         restoreRuns.get(img)[v.name].push(run);
@@ -176,13 +194,23 @@ try {
 
 const pct = (x) => `${(100 * x).toFixed(1)}%`;
 const names = variants.map((v) => v.name);
+// Ratio columns: speed of a over b (b's seconds over a's), by wall and by CPU time.
+const ratios = [
+  ...stores.map((s) => ({
+    label: `compact${suffix(s.format)} ÷ lz4${suffix(s.format)}`,
+    a: `compact${suffix(s.format)}`,
+    b: `lz4${suffix(s.format)}`,
+  })),
+  ...(formats.length > 1 ? ['lz4', 'compact'].map((kind) => ({ label: `${kind}-f3 ÷ ${kind}-f1`, a: `${kind}-f3`, b: `${kind}-f1` })) : []),
+];
 const head = (what) => [
-  `| ${what} | ${names.map((n) => `${n} MB/s (CPU s)`).join(' | ')} | compact ÷ lz4, wall | compact ÷ lz4, CPU |${CLI_B ? ' compact-b ÷ lz4, wall |' : ''}`,
-  `| --- | ${names.map(() => '---:').join(' | ')} | ---: | ---: |${CLI_B ? ' ---: |' : ''}`,
+  `| ${what} | ${names.map((n) => `${n} MB/s (CPU s)`).join(' | ')} | ${ratios.map((q) => `${q.label}, wall | ${q.label}, CPU`).join(' | ')} |` +
+    (CLI_B ? ' compact-b ÷ lz4, wall |' : ''),
+  `| --- | ${names.map(() => '---:').join(' | ')} | ${ratios.map(() => '---: | ---:').join(' | ')} |${CLI_B ? ' ---: |' : ''}`,
 ];
 const row = (label, r) =>
   `| ${label} | ${names.map((n) => `${r[n].mbPerSec.toFixed(0)} (${r[n].cpuSeconds.toFixed(2)})`).join(' | ')} | ` +
-  `${pct(r.lz4.wallSeconds / r.compact.wallSeconds)} | ${pct(r.lz4.cpuSeconds / r.compact.cpuSeconds)} |` +
+  `${ratios.map((q) => `${pct(r[q.b].wallSeconds / r[q.a].wallSeconds)} | ${pct(r[q.b].cpuSeconds / r[q.a].cpuSeconds)}`).join(' | ')} |` +
   (CLI_B ? ` ${pct(r.lz4.wallSeconds / r['compact-b'].wallSeconds)} |` : '');
 const total = (rows) => {
   const t = { bytes: rows.reduce((s, r) => s + r.bytes, 0) };
@@ -201,7 +229,7 @@ const lines = [
   row('all', total(result.restore)),
   '',
   ...head('put into the store'),
-  ...result.ingest.map((r) => row(`${r.vm} (${r.what}; ${r.lz4.newChunks} new chunks)`, r)),
+  ...result.ingest.map((r) => row(`${r.vm} (${r.what}; ${r[names[0]].newChunks} new chunks)`, r)),
   row('all', total(result.ingest)),
 ];
 process.stdout.write(lines.join('\n') + '\n');

@@ -2,6 +2,8 @@
  * What the store benchmarks that drive dist/ directly share: importing a build (this checkout's or
  * an older commit's, to compare before and after on one workload) and reproducible page content.
  */
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -32,4 +34,19 @@ export function xorshift(seed) {
 export function fillRandom(buf, seed) {
   const next = xorshift(seed);
   for (let i = 0; i < buf.length; i += 4) buf.writeUInt32LE(next(), i);
+}
+
+/**
+ * Runs `node CLI ARGS` under GNU time (its figures written to `timeFile`): stdout, wall and CPU
+ * (user + system) seconds, and peak RSS bytes. `env` adds to this process's environment.
+ */
+export function timedCli(cli, timeFile, args, env = {}) {
+  const stdout = execFileSync('/usr/bin/time', ['-f', '%e %U %S %M', '-o', timeFile, process.execPath, cli, ...args], {
+    encoding: 'utf8',
+    maxBuffer: 64 << 20,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const [wall, user, sys, kib] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1).split(' ').map(Number);
+  return { stdout, wall, cpu: user + sys, peakRssBytes: kib * 1024 };
 }

@@ -5,9 +5,9 @@
  * first, then runs a gc that rewrites every pack with dead bytes in a child process and reports its
  * peak RSS (VmHWM; process.resourceUsage().maxRSS where /proc is absent).
  *
- *   node bench/gc-rss.mjs [--data-mib 96] [--packs-mib 32,256] [--dist DIR] [--json]
+ *   node bench/gc-rss.mjs [--data-mib 96] [--packs-mib 32,256] [--format 1|3] [--dist DIR] [--json]
  *
- * --dist runs another build (an older commit's dist/) on the same workload. Uses the built dist/.
+ * --format 3 builds a store of format 3 (numbered chunks; builds that know it). --dist runs another build (an older commit's dist/) on the same workload. Uses the built dist/.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -25,6 +25,7 @@ const { values } = parseArgs({
     child: { type: 'string' },
     pack: { type: 'string' },
     json: { type: 'boolean', default: false },
+    format: { type: 'string', default: '1' },
   },
 });
 const dist = path.resolve(values.dist);
@@ -64,7 +65,7 @@ async function child(dir, packBytes) {
 async function build(dir, dataBytes, packBytes) {
   const { Store } = await load('store/store.js');
   const { forget } = await load('maintenance/forget.js');
-  await Store.init(dir);
+  await Store.init(dir, { format: Number(values.format) });
   const store = await Store.open(dir, { workers: 0, packTargetBytes: packBytes });
   try {
     const pages = dataBytes / PAGE;
