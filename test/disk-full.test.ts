@@ -3,7 +3,8 @@
  * at the default pack size (32 MiB) and at small packs, a put, a gc and a restore -o that run out of
  * space exit 9 with one line, leave nothing behind, and every committed snapshot stays exact; a store
  * on a full disk still opens, lists, checks, restores, forgets and collects garbage; a put succeeds
- * once space is back. (`compact` does not exist yet: nothing to test for it.)
+ * once space is back; an upgrade without room for its copy refuses before it writes.
+ * (`compact` does not exist yet: nothing to test for it.)
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -240,5 +241,27 @@ describe.skipIf(!canMount && !inCi)('disk full (tmpfs, real ENOSPC)', () => {
     rmSync(filler);
     ok(await cli(['restore', '--store', dir, aId, '-o', out]));
     expect(readFileSync(out).equals(a)).toBe(true);
+  }, 120_000);
+
+  it('upgrade without room for a copy of the packs: exit 9 with one line before it writes; with room it upgrades', async () => {
+    const dir = freshMount(48);
+    ok(await cli(['init', '--store', dir]));
+    const a = randomBytes(6 * MiB);
+    const aId = ok(await put(dir, 'a', imageFile(a)))
+      .stdout.toString()
+      .trim();
+    const filler = fill(mnt, 12 * MiB); // the upgrade needs 6 MiB of packs + 16 MiB of slack
+    const r = await cli(['upgrade', '--store', dir]);
+    expect(r.code, r.stderr).toBe(9);
+    expect(singleErrorLine(r.stderr)).toMatch(
+      /^vnstore: error: .*upgrade needs [\d.]+ MB free beside the store \(a copy of its packs\); [\d.]+ MB are free$/,
+    );
+    expect(readdirSync(dir)).not.toContain('upgrade');
+    expect(JSON.parse(readFileSync(path.join(dir, 'vnstore.json'), 'utf8')).version).toBe(1);
+    await expectIntact(dir, new Map([[aId, a]]));
+    rmSync(filler);
+    ok(await cli(['upgrade', '--store', dir]));
+    expect(JSON.parse(readFileSync(path.join(dir, 'vnstore.json'), 'utf8')).version).toBe(3);
+    await expectIntact(dir, new Map([[aId, a]]));
   }, 120_000);
 });

@@ -9,7 +9,7 @@ import { ERROR_CODES } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 
 // Each command's module is loaded only when it can be the command: a one-shot command then starts
-// without parsing the other eighteen (measured: bench/RESULTS.md, "CI time"). Completion, a bare
+// without parsing the other nineteen (measured: bench/RESULTS.md, "CI time"). Completion, a bare
 // `vnstore`, top-level help and an unknown word (for commander's "did you mean") load them all, in
 // this order, which is the order --help lists them in.
 type Loader = () => Promise<(program: Command) => void>;
@@ -23,6 +23,7 @@ const COMMANDS: [string, Loader][] = [
   ['compact', async () => (await import('./compact.js')).registerCompact],
   ['stats', async () => (await import('./stats.js')).registerStats],
   ['check', async () => (await import('./check.js')).registerCheck],
+  ['upgrade', async () => (await import('./upgrade.js')).registerUpgrade],
   ['version', async () => (await import('./version.js')).registerVersion],
   ['diff', async () => (await import('./diff.js')).registerDiff],
   ['completion', async () => (await import('./completion.js')).registerCompletion],

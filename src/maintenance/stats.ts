@@ -5,6 +5,7 @@
  * which snapshots share which chunks (bytes only a VM or snapshot holds, the sharing matrix, garbage)
  * need one pass over the committed manifests and the index: `detail` (implied by vm / snapshot).
  * `exact` recounts the summary from manifests, pack records and the index and reports any drift.
+ * On format 3 (stats-v3.ts) chunks are numbers: the same figures from manifests v2 and the packs' TOCs.
  * Field names are documented in docs/OPERATIONS.md and stable.
  */
 import { promises as fsp } from 'node:fs';
@@ -23,7 +24,7 @@ import {
   type SnapshotRecord,
 } from '../store/db.js';
 import { Store, TABLE_FILE } from '../store/store.js';
-import { CorruptError, VnstoreError } from '../util/errors.js';
+import { VnstoreError } from '../util/errors.js';
 import {
   counterDrift,
   FOLD_AFTER_DELTAS,
@@ -33,12 +34,13 @@ import {
   zeroCounters,
   type StoreCounters,
 } from '../store/counters.js';
-import { DigestSet, ensureLength } from './digest-set.js';
+import { DigestSet } from './digest-set.js';
+import { SharingTally, type SharingResult } from './stats-sharing.js';
+import { addCatalogCounts } from './stats-catalog.js';
 import { withMaintenanceLock } from './fence.js';
-import { listKeptBases } from '../store/keys.js';
 import { collectInFlight, listCommitted } from './live.js';
 import { ManifestLoader } from '../store/manifest-loader.js';
-import { numberedChunkCounters } from './stats-v3.js';
+import { numberedChunkCounters, numberedDetail, numberedRecount } from './stats-v3.js';
 
 export interface StatsOptions {
   detail?: boolean;
@@ -149,9 +151,6 @@ export async function storeStats(store: Store, options: StatsOptions = {}): Prom
     let state = await readCounterState(store.db);
     if (state.counters && state.deltaKeys.length > FOLD_AFTER_DELTAS) await foldCounters(store.db);
     const records = await listCommitted(store);
-    // Format 3: the summary only, for now (detail and exact read digest-keyed index entries).
-    if (options.detail || options.vm !== undefined || options.snapshot !== undefined || options.exact)
-      store.refuseNumbered('stats --detail, --vm, --snapshot or --exact');
     let snapshotFilter: SnapshotRecord | undefined;
     if (options.snapshot !== undefined) snapshotFilter = await store.resolveSnapshot(options.snapshot);
     if (options.vm !== undefined && !records.some((r) => r.vm === options.vm))
@@ -159,7 +158,11 @@ export async function storeStats(store: Store, options: StatsOptions = {}): Prom
     const detail = options.detail || options.vm !== undefined || options.snapshot !== undefined;
     let exact: StoreCounters | undefined;
     let source: StatsReport['source'] = 'counters';
-    if (options.exact || (!state.counters && !store.isNumbered)) exact = await recount(store, records);
+    // Format 3: chunk and pack figures from the packs (a seal writes no counter delta there).
+    const numberedChunks = store.isNumbered ? await numberedChunkCounters(store) : undefined;
+    if (numberedChunks) {
+      if (options.exact) exact = await numberedRecount(store, records, numberedChunks);
+    } else if (options.exact || !state.counters) exact = await recount(store, records);
     if (!state.counters && !store.isNumbered) {
       source = 'recount';
       // A store from before counters: initialise them (only when nothing else writes meanwhile).
@@ -168,10 +171,7 @@ export async function storeStats(store: Store, options: StatsOptions = {}): Prom
         state = await readCounterState(store.db);
       }
     }
-    // Format 3: chunk and pack figures from the packs (a seal writes no counter delta there).
-    const c = store.isNumbered
-      ? { ...(state.counters ?? zeroCounters()), ...(await numberedChunkCounters(store)) }
-      : (state.counters ?? exact!);
+    const c = numberedChunks ? { ...(state.counters ?? zeroCounters()), ...numberedChunks } : (state.counters ?? exact!);
     const p = Store.paths(store.dir);
     let groups = 0;
     for await (const _ of store.db.keys(prefixRange(Buffer.of(KEY_GROUP)))) groups++;
@@ -221,7 +221,8 @@ export async function storeStats(store: Store, options: StatsOptions = {}): Prom
     });
     const report: StatsReport = { store: store.dir, source, summary, vmStats, seconds: 0 };
     if (exact && options.exact) {
-      const drift = counterDrift(state.counters, exact);
+      // On format 3 the chunk and pack figures of both sides are the packs' own: only the catalog's can drift.
+      const drift = counterDrift(numberedChunks && state.counters ? c : state.counters, exact);
       report.exact = { counters: exact, drift, drifted: Object.keys(drift).length > 0 };
     }
     if (detail) await addDetail(store, records, vmNames, report, c);
@@ -253,28 +254,21 @@ async function dirBytes(dir: string): Promise<number> {
 export async function recount(store: Store, records?: SnapshotRecord[]): Promise<StoreCounters> {
   const c = zeroCounters();
   const loader = new ManifestLoader((id) => store.manifestPath(id));
-  for (const r of records ?? (await listCommitted(store))) {
-    c.snapshots++;
-    try {
-      const m = await loader.load(r.id);
-      c.logicalBytes += m.header.byteLength;
-      c.pages += m.pages.pageCount;
-      c.zeroPages += m.pages.countKind(PageKind.Zero);
-      c.manifestBytes += m.fileBytes;
-    } catch (err) {
-      if (!(err instanceof CorruptError)) throw err;
-      // Unreadable manifest (check reports it): count what the commit record says.
-      c.logicalBytes += r.byteLength;
-      c.pages += r.pageCount;
-      c.zeroPages += r.zeroPages;
-      c.manifestBytes += r.manifestBytes;
-    }
-  }
-  for (const k of await listKeptBases(store.db)) {
-    c.keptBases++;
-    const st = await fsp.stat(path.join(Store.paths(store.dir).manifests, `${k.id}.vnm`)).catch(() => undefined);
-    c.keptBaseBytes += st?.size ?? k.manifestBytes;
-  }
+  await addCatalogCounts(
+    c,
+    records ?? (await listCommitted(store)),
+    store.db,
+    (id) => store.manifestPath(id),
+    async (id) => {
+      const m = await loader.load(id);
+      return {
+        byteLength: m.header.byteLength,
+        pageCount: m.pages.pageCount,
+        zeroPages: m.pages.countKind(PageKind.Zero),
+        fileBytes: m.fileBytes,
+      };
+    },
+  );
   for await (const v of store.db.values(prefixRange(Buffer.of(KEY_PACK)))) {
     const rec = parseRecord(v, PACK_RECORD);
     c.packs++;
@@ -293,34 +287,19 @@ export async function recount(store: Store, records?: SnapshotRecord[]): Promise
  * chunk's stored size): unique bytes per snapshot and VM, the sharing matrix, garbage.
  */
 async function addDetail(store: Store, records: SnapshotRecord[], vmNames: string[], report: StatsReport, c: StoreCounters): Promise<void> {
+  if (store.isNumbered) {
+    applyDetail(report, records, vmNames, await numberedDetail(store, records, vmNames), c);
+    return;
+  }
   const vmIndex = new Map(vmNames.map((v, i) => [v, i]));
-  const V = vmNames.length;
-  const W = Math.max(1, Math.ceil(V / 32));
   const set = new DigestSet(1 << 16);
-  let owner = new Int32Array(1 << 16); // snapshot index + 1; -1 = several
-  let lastSeen = new Int32Array(1 << 16); // snapshot index + 1 that last counted it
-  let vmMask = new Uint32Array((1 << 16) * W);
-  const snapDistinct = new Array<number>(records.length).fill(0);
+  const tally = new SharingTally(records.length, vmNames.length);
   const loader = new ManifestLoader((id) => store.manifestPath(id), 12);
-  const added = [false];
   for (let si = 0; si < records.length; si++) {
-    const r = records[si];
-    const vi = vmIndex.get(r.vm)!;
-    const pages = (await loader.load(r.id)).pages;
+    const vi = vmIndex.get(records[si].vm)!;
+    const pages = (await loader.load(records[si].id)).pages;
     for (let i = 0; i < pages.pageCount; i++) {
-      if (pages.kinds[i] !== PageKind.Digest) continue;
-      const ord = set.add(pages.digests, i * DIGEST_BYTES, added);
-      if (added[0]) {
-        const cap = set.ordinalCapacity;
-        owner = ensureLength(owner, cap);
-        lastSeen = ensureLength(lastSeen, cap);
-        vmMask = ensureLength(vmMask, cap * W);
-      }
-      if (lastSeen[ord] === si + 1) continue;
-      lastSeen[ord] = si + 1;
-      snapDistinct[si]++;
-      owner[ord] = owner[ord] === 0 ? si + 1 : -1;
-      vmMask[ord * W + (vi >>> 5)] |= 1 << (vi & 31);
+      if (pages.kinds[i] === PageKind.Digest) tally.see(set.add(pages.digests, i * DIGEST_BYTES), si, vi);
     }
   }
   // In-flight work's chunks are not garbage.
@@ -350,68 +329,53 @@ async function addDetail(store: Store, records: SnapshotRecord[], vmNames: strin
   } finally {
     await it.close();
   }
-  const snapUniqueChunks = new Array<number>(records.length).fill(0);
-  const snapUniqueBytes = new Array<number>(records.length).fill(0);
-  const vmUniqueChunks = new Array<number>(V).fill(0);
-  const vmUniqueBytes = new Array<number>(V).fill(0);
-  const shared = Array.from({ length: V }, () => new Array<number>(V).fill(0));
-  let missing = 0;
-  const bits: number[] = [];
-  for (let ord = 0; ord < set.size; ord++) {
-    if (!indexed[ord]) missing++;
-    const bytes = indexed[ord] ? size[ord] + TOC_ENTRY_BYTES : 0;
-    if (owner[ord] > 0) {
-      snapUniqueChunks[owner[ord] - 1]++;
-      snapUniqueBytes[owner[ord] - 1] += bytes;
-    }
-    bits.length = 0;
-    for (let w = 0; w < W; w++) {
-      let m = vmMask[ord * W + w];
-      while (m !== 0) {
-        const b = 31 - Math.clz32(m & -m);
-        bits.push(w * 32 + b);
-        m &= m - 1;
-      }
-    }
-    if (bits.length === 1) {
-      vmUniqueChunks[bits[0]]++;
-      vmUniqueBytes[bits[0]] += bytes;
-    }
-    for (const a of bits) for (const b of bits) shared[a][b]++;
-  }
+  const sharing = tally.result((ord) => (indexed[ord] ? size[ord] + TOC_ENTRY_BYTES : undefined));
+  applyDetail(report, records, vmNames, { sharing, garbageChunks, garbageBytes }, c);
+}
+
+/** Detail figures into the report (both formats): per VM, per snapshot, sharing, garbage, dedup over referenced chunks. */
+function applyDetail(
+  report: StatsReport,
+  records: SnapshotRecord[],
+  vmNames: string[],
+  d: { sharing: SharingResult; garbageChunks: number; garbageBytes: number },
+  c: Pick<StoreCounters, 'packPayloadBytes' | 'chunkBytes'>,
+): void {
+  const { sharing: r } = d;
+  const vmIndex = new Map(vmNames.map((v, i) => [v, i]));
   for (const v of report.vmStats) {
     const i = vmIndex.get(v.vm)!;
-    v.distinctChunks = shared[i][i];
-    v.uniqueChunks = vmUniqueChunks[i];
-    v.uniqueBytes = vmUniqueBytes[i];
+    v.distinctChunks = r.shared[i][i];
+    v.uniqueChunks = r.vmUniqueChunks[i];
+    v.uniqueBytes = r.vmUniqueBytes[i];
   }
-  report.snapshotStats = records.map((r, si) => ({
-    id: r.id,
-    vm: r.vm,
-    group: r.group ?? null,
-    time: r.time,
-    logicalBytes: r.byteLength,
-    zeroPages: r.zeroPages,
-    addedBytes: r.addedBytes,
-    manifestBytes: r.manifestBytes,
-    distinctChunks: snapDistinct[si],
-    uniqueChunks: snapUniqueChunks[si],
-    uniqueBytes: snapUniqueBytes[si],
+  report.snapshotStats = records.map((rec, si) => ({
+    id: rec.id,
+    vm: rec.vm,
+    group: rec.group ?? null,
+    time: rec.time,
+    logicalBytes: rec.byteLength,
+    zeroPages: rec.zeroPages,
+    addedBytes: rec.addedBytes,
+    manifestBytes: rec.manifestBytes,
+    distinctChunks: r.snapDistinct[si],
+    uniqueChunks: r.snapUniqueChunks[si],
+    uniqueBytes: r.snapUniqueBytes[si],
   }));
   report.sharing = {
     vms: vmNames,
-    sharedChunks: shared,
-    fraction: shared.map((row, a) => row.map((n) => (shared[a][a] > 0 ? n / shared[a][a] : null))),
+    sharedChunks: r.shared,
+    fraction: r.shared.map((row, a) => row.map((n) => (r.shared[a][a] > 0 ? n / r.shared[a][a] : null))),
   };
   const unindexed = c.packPayloadBytes - c.chunkBytes;
   report.garbage = {
-    chunks: garbageChunks,
-    payloadBytes: garbageBytes,
+    chunks: d.garbageChunks,
+    payloadBytes: d.garbageBytes,
     unindexedPayloadBytes: unindexed,
-    totalPayloadBytes: garbageBytes + unindexed,
+    totalPayloadBytes: d.garbageBytes + unindexed,
   };
-  report.missingChunks = missing;
-  report.summary.referencedChunks = set.size;
-  report.summary.dedupRatio = ratio(report.summary.nonZeroPages, set.size);
+  report.missingChunks = r.missing;
+  report.summary.referencedChunks = r.referenced;
+  report.summary.dedupRatio = ratio(report.summary.nonZeroPages, r.referenced);
   report.summary.dedupBasis = 'referenced-chunks';
 }

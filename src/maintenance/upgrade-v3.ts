@@ -28,6 +28,8 @@ export interface V3Target {
   tmp: string;
   /** Seal an output pack at this many payload bytes (the ingest default: 32 MiB). */
   packTargetBytes?: number;
+  /** Called after each old pack is copied: chunks copied so far, of all indexed chunks. */
+  onProgress?: (doneChunks: number, totalChunks: number) => void;
 }
 
 export interface ChunkConversion {
@@ -116,6 +118,7 @@ export async function convertChunks(store: Store, target: V3Target): Promise<Chu
       k = e;
     }
     i = j;
+    target.onProgress?.(i, chunks.length);
   }
   await seal();
   return out;

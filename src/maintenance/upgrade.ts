@@ -10,7 +10,7 @@
  *      upgrade/ copy, then upgrade/ and chunk-table.bin removed. Every step is idempotent: a run
  *      killed here is finished by the next call (and, once the engine opens format 3, by its open).
  * A kill before step 2 leaves the old store as it was, plus an upgrade/ tree the next upgrade removes
- * first. Not yet wired to a CLI command (docs/FORMAT3-STATUS.md); every open of a format-3 store
+ * first. The command is `vnstore upgrade` (src/cli/upgrade.ts); every open of a format-3 store
  * finishes step 3 under its lock (src/store/upgrade-swap.ts).
  */
 import { promises as fsp } from 'node:fs';
@@ -24,7 +24,7 @@ import { KEY_KEPT_BASE, listKeptBases } from '../store/keys.js';
 import { freeBytes } from '../store/reserve.js';
 import { NEXT_NUMBER_KEY, NumberAllocator } from '../store/number-allocator.js';
 import { Store } from '../store/store.js';
-import { fsyncDir, writeFileDurable } from '../util/durable.js';
+import { exists, fsyncDir, writeFileDurable } from '../util/durable.js';
 import { VnstoreError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 import { convertChunks, convertManifests } from './upgrade-v3.js';
@@ -37,17 +37,35 @@ export interface UpgradeReport {
   manifests: number;
   manifestBytesBefore: number;
   manifestBytesAfter: number;
+  /** Committed snapshots (every one converted). */
+  snapshots: number;
+  /** Format version before the upgrade (1 or 2). */
+  formatBefore: number;
+  /** Bytes of every file under the store directory, before and after. */
+  storeBytesBefore: number;
+  storeBytesAfter: number;
+  seconds: number;
 }
 
-export async function upgradeStore(dir: string, options: { packTargetBytes?: number } = {}): Promise<UpgradeReport> {
+export interface UpgradeOptions {
+  /** Seal output packs at this many payload bytes (default 32 MiB, as ingest). */
+  packTargetBytes?: number;
+  /** Progress of the pack copy, the long part: chunks copied so far, of all. */
+  onProgress?: (doneChunks: number, totalChunks: number) => void;
+}
+
+export async function upgradeStore(dir: string, options: UpgradeOptions = {}): Promise<UpgradeReport> {
+  const started = performance.now();
   const before = await readRawConfig(dir);
   if (before.version === STORE_FORMAT_VERSION_NUMBERED) {
     await finishUpgradeSwap(dir);
-    throw new VnstoreError('E_USAGE', `${dir} is already at store format version ${STORE_FORMAT_VERSION_NUMBERED}`);
+    throw new VnstoreError('E_USAGE', `${dir} is already at store format version ${STORE_FORMAT_VERSION_NUMBERED}: nothing to upgrade`);
   }
-  const store = await Store.open(dir, { workers: 0, chunkTable: false, reclaim: false });
+  // Measured as the user left it (the open below writes to LevelDB's log); a killed run's upgrade/ is not the store.
   const up = path.join(dir, UPGRADE_DIR);
-  let report: UpgradeReport | undefined;
+  const storeBytesBefore = (await treeBytes(dir)) - ((await exists(up)) ? await treeBytes(up) : 0);
+  const store = await Store.open(dir, { workers: 0, chunkTable: false, reclaim: false });
+  let report: Omit<UpgradeReport, 'storeBytesAfter' | 'seconds'> | undefined;
   let flipped = false;
   try {
     await fsp.rm(up, { recursive: true, force: true }); // a killed upgrade's leftovers: start over
@@ -65,7 +83,7 @@ export async function upgradeStore(dir: string, options: { packTargetBytes?: num
       );
     }
     const target = { packs: path.join(up, 'packs'), manifests: path.join(up, 'manifests'), tmp: path.join(up, 'tmp') };
-    const chunks = await convertChunks(store, { ...target, packTargetBytes: options.packTargetBytes });
+    const chunks = await convertChunks(store, { ...target, packTargetBytes: options.packTargetBytes, onProgress: options.onProgress });
     trace('upgrade: packs written');
     const snapshots = await store.listSnapshots();
     const kept = await listKeptBases(store.db);
@@ -106,6 +124,9 @@ export async function upgradeStore(dir: string, options: { packTargetBytes?: num
       manifests: sizes.size,
       manifestBytesBefore: snapshots.reduce((s, r) => s + r.manifestBytes, 0) + kept.reduce((s, k) => s + k.manifestBytes, 0),
       manifestBytesAfter: [...sizes.values()].reduce((a, b) => a + b, 0),
+      snapshots: snapshots.length,
+      formatBefore: before.version,
+      storeBytesBefore,
     };
   } catch (err) {
     // Before the flip the old store stands: drop the partial copy (a kill leaves it to the next run).
@@ -115,7 +136,7 @@ export async function upgradeStore(dir: string, options: { packTargetBytes?: num
     await store.close();
   }
   await finishUpgradeSwap(dir);
-  return report;
+  return { ...report, storeBytesAfter: await treeBytes(dir), seconds: (performance.now() - started) / 1000 };
 }
 
 /**
@@ -174,6 +195,17 @@ async function copyCatalog(
   });
   batch.put(NEXT_NUMBER_KEY, new NumberAllocator(0, converted.nextNumber).markValue());
   await batch.write({ sync: true });
+}
+
+/** Bytes of every file under `dir`, subdirectories included. */
+async function treeBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) total += await treeBytes(p);
+    else if (e.isFile()) total += (await fsp.stat(p)).size;
+  }
+  return total;
 }
 
 async function dirBytes(dir: string): Promise<number> {

@@ -17,8 +17,16 @@ const SWAPPED = ['db', 'packs', 'manifests'] as const;
 /** The raw vnstore.json, whatever its version (its one-line errors when missing or unreadable). */
 export async function readRawConfig(dir: string): Promise<StoreConfig> {
   const text = await fsp.readFile(path.join(dir, CONFIG_FILE), 'utf8').catch(() => undefined);
-  if (text === undefined) return readConfig(dir);
-  return JSON.parse(text) as StoreConfig;
+  const parsed = text === undefined ? undefined : parseJson(text);
+  return parsed === undefined ? readConfig(dir) : (parsed as StoreConfig); // readConfig says what is wrong
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Replaces the old parts by the upgrade's once vnstore.json says version 3 (idempotent). */
