@@ -67,6 +67,15 @@ describe('CLI on a format-3 store', () => {
     };
     expect(detail.summary.referencedChunks).toBe(s.distinctChunks);
     expect(detail.vmStats.map((v) => v.distinctChunks)).toEqual([150, 90]);
+    // diff reads version-2 manifests (by number) as page digests: two pages of a's next snapshot changed.
+    const a2 = Buffer.from(a);
+    makePage('random', 777).copy(a2, 5 * 4096);
+    makePage('random', 778).copy(a2, 7 * 4096);
+    writeFileSync(path.join(root, 'a2.img'), a2);
+    const idA2 = (await ok(['put', '--store', store, '--vm', 'a', path.join(root, 'a2.img')])).trim();
+    const diff = JSON.parse(await ok(['diff', '--store', store, '--json', idA, idA2])) as { total: Record<string, number> };
+    expect(diff.total).toMatchObject({ changed: 2, added: 0, removed: 0, becameZero: 0, unchanged: 198 });
+    await ok(['forget', '--store', store, idA2]);
     // gc, compact, check and repair work on format 3 (src/maintenance/*-v3.ts).
     for (const cmd of [['gc'], ['compact', '--min-age', '0'], ['check', '--read-data'], ['check', '--repair-index']]) {
       const r = await runCli([...cmd, '--store', store, '--json']);

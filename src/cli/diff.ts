@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import { DEFAULT_REGION_PAGES, diffPages, type PageDiffCounts } from '../maintenance/diff.js';
-import { ManifestLoader } from '../store/manifest-loader.js';
 import type { SnapshotRecord } from '../store/db.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import { CATALOG_ONLY, action, humanBytes, lockWaitOption, storeOption, withStore } from './common.js';
@@ -51,9 +50,8 @@ Examples:
           async (store) => {
             const ra = await store.resolveSnapshot(a);
             const rb = await store.resolveSnapshot(b);
-            const loader = new ManifestLoader((id) => store.manifestPath(id), 4);
-            const pa = (await loader.load(ra.id)).pages;
-            const pb = (await loader.load(rb.id)).pages;
+            const pa = await store.loadPages(ra.id); // by digest on every store format
+            const pb = await store.loadPages(rb.id);
             const d = diffPages(pa, pb, opts.regionPages);
             if (opts.json) {
               const side = (r: SnapshotRecord) => ({ id: r.id, vm: r.vm, time: r.time, byteLength: r.byteLength, pages: r.pageCount });
