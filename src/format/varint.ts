@@ -75,15 +75,17 @@ export class ByteWriter {
 
 export class ByteReader {
   pos = 0;
+  /** `damage` makes the error a read of bad bytes throws: a CorruptError unless the caller's format wants its own. */
   constructor(
     private readonly buf: Uint8Array,
     private readonly what: string,
+    private readonly damage: (message: string) => Error = (message) => new CorruptError(message),
   ) {}
   get remaining(): number {
     return this.buf.length - this.pos;
   }
   private need(n: number): void {
-    if (this.pos + n > this.buf.length) throw new CorruptError(`${this.what}: truncated record`);
+    if (this.pos + n > this.buf.length) throw this.damage(`${this.what}: truncated record`);
   }
   u8(): number {
     this.need(1);
@@ -113,7 +115,7 @@ export class ByteReader {
       }
       mul *= 0x80;
     }
-    throw new CorruptError(`${this.what}: bad varint`);
+    throw this.damage(`${this.what}: bad varint`);
   }
   bytes(n: number): Uint8Array {
     this.need(n);

@@ -4,6 +4,7 @@
  * checksum, and that they tile the file). Formats: leveldb doc/log_format.md and doc/table_format.md
  * (LevelDB 1.20, as classic-level bundles it). Pure: bytes in, findings out.
  */
+import { ByteReader } from '../format/varint.js';
 import { crc32c, maskCrc } from '../util/crc32c.js';
 import { snappyUncompress } from '../util/snappy.js';
 
@@ -64,35 +65,9 @@ export function readLogRecords(bytes: Uint8Array): Buffer[] {
   return records;
 }
 
-/** Reads LevelDB's varints (up to 64 bits; values above 2^53 lose precision, which nothing here needs). */
-class Cursor {
-  pos = 0;
-  constructor(
-    readonly bytes: Uint8Array,
-    private readonly what: string,
-  ) {}
-  get done(): boolean {
-    return this.pos >= this.bytes.length;
-  }
-  varint(): number {
-    let v = 0;
-    for (let shift = 0; shift < 64; shift += 7) {
-      if (this.pos >= this.bytes.length) throw new LevelFileDamage(`${this.what}: varint past the end`);
-      const b = this.bytes[this.pos++];
-      v += (b & 0x7f) * 2 ** shift;
-      if (b < 0x80) return v;
-    }
-    throw new LevelFileDamage(`${this.what}: varint longer than 64 bits`);
-  }
-  slice(n: number): Uint8Array {
-    if (this.pos + n > this.bytes.length) throw new LevelFileDamage(`${this.what}: ${n} bytes past the end`);
-    const s = this.bytes.subarray(this.pos, this.pos + n);
-    this.pos += n;
-    return s;
-  }
-  lengthPrefixed(): Uint8Array {
-    return this.slice(this.varint());
-  }
+/** A reader of LevelDB's varints and length-prefixed slices; bad bytes throw LevelFileDamage. */
+function cursor(bytes: Uint8Array, what: string): ByteReader {
+  return new ByteReader(bytes, what, (message) => new LevelFileDamage(message));
 }
 
 /** VersionEdit tags (leveldb db/version_edit.cc). */
@@ -111,13 +86,13 @@ const enum EditTag {
 export function liveTables(manifest: Uint8Array): Map<number, number> {
   const live = new Map<number, number>();
   for (const record of readLogRecords(manifest)) {
-    const c = new Cursor(record, 'MANIFEST edit');
+    const c = cursor(record, 'MANIFEST edit');
     const added: [number, number][] = [];
-    while (!c.done) {
+    while (c.remaining > 0) {
       const tag = c.varint();
       switch (tag) {
         case EditTag.Comparator:
-          c.lengthPrefixed();
+          c.bytes(c.varint());
           break;
         case EditTag.LogNumber:
         case EditTag.NextFileNumber:
@@ -127,7 +102,7 @@ export function liveTables(manifest: Uint8Array): Map<number, number> {
           break;
         case EditTag.CompactPointer:
           c.varint();
-          c.lengthPrefixed();
+          c.bytes(c.varint());
           break;
         case EditTag.DeletedFile:
           c.varint();
@@ -137,8 +112,8 @@ export function liveTables(manifest: Uint8Array): Map<number, number> {
           c.varint();
           const number = c.varint();
           const size = c.varint();
-          c.lengthPrefixed();
-          c.lengthPrefixed();
+          c.bytes(c.varint());
+          c.bytes(c.varint());
           added.push([number, size]);
           break;
         }
@@ -161,7 +136,7 @@ interface BlockHandle {
   size: number;
 }
 
-function readHandle(c: Cursor): BlockHandle {
+function readHandle(c: ByteReader): BlockHandle {
   return { offset: c.varint(), size: c.varint() };
 }
 
@@ -189,16 +164,16 @@ function blockEntries(block: Uint8Array, what: string): [Uint8Array, Uint8Array]
   const restarts = Buffer.from(block.buffer, block.byteOffset, block.length).readUInt32LE(block.length - 4);
   const end = block.length - 4 - 4 * restarts;
   if (restarts === 0 || end < 0) throw new LevelFileDamage(`${what}: bad restart count ${restarts}`);
-  const c = new Cursor(block.subarray(0, end), what);
+  const c = cursor(block.subarray(0, end), what);
   const entries: [Uint8Array, Uint8Array][] = [];
   let key: Uint8Array = new Uint8Array(0);
-  while (!c.done) {
+  while (c.remaining > 0) {
     const shared = c.varint();
     const unshared = c.varint();
     const valueLength = c.varint();
     if (shared > key.length) throw new LevelFileDamage(`${what}: entry shares ${shared} bytes of a ${key.length}-byte key`);
-    key = shared === 0 ? c.slice(unshared) : Buffer.concat([key.subarray(0, shared), c.slice(unshared)]);
-    entries.push([key, c.slice(valueLength)]);
+    key = shared === 0 ? c.bytes(unshared) : Buffer.concat([key.subarray(0, shared), c.bytes(unshared)]);
+    entries.push([key, c.bytes(valueLength)]);
   }
   return entries;
 }
@@ -218,15 +193,15 @@ function readLayout(table: Uint8Array): TableLayout {
   if (table.length < FOOTER) throw new LevelFileDamage(`${table.length} bytes: shorter than a table's footer`);
   const footer = table.subarray(table.length - FOOTER);
   if (!Buffer.from(footer.subarray(FOOTER - 8)).equals(TABLE_MAGIC)) throw new LevelFileDamage('bad magic number in the footer');
-  const f = new Cursor(footer.subarray(0, FOOTER - 8), 'footer');
+  const f = cursor(footer.subarray(0, FOOTER - 8), 'footer');
   const metaindex = readHandle(f);
   const index = readHandle(f);
   const data = blockEntries(readBlock(table, index, 'index block'), 'index block').map((entry) => ({
-    handle: readHandle(new Cursor(entry[1], 'index entry')),
+    handle: readHandle(cursor(entry[1], 'index entry')),
     entry,
   }));
   const meta = blockEntries(readBlock(table, metaindex, 'metaindex block'), 'metaindex block').map(([, v]) =>
-    readHandle(new Cursor(v, 'metaindex entry')),
+    readHandle(cursor(v, 'metaindex entry')),
   );
   return { metaindex, index, data, meta };
 }
