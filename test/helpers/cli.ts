@@ -39,28 +39,50 @@ class ExitCalled extends Error {
   }
 }
 
+/** In-process runs one at a time: each takes over this process's stdout, stderr, exit and environment. */
+let inProcessTurn: Promise<unknown> = Promise.resolve();
+
 /**
- * Runs `vnstore ARGS...` in this process (src/cli/program.ts), for tests of help text and usage
- * errors, where what is tested is the text and the status, not the executable: a spawn costs ~0.3 s
- * of CPU (bench/RESULTS.md "CI time"). stdout, stderr and process.exit are caught for the run;
- * the same CliResult as runCli. Only for commands that end without a store or a server: anything
- * else, and the executable itself, goes through runCli.
+ * Runs `vnstore ARGS...` in this process (src/cli/program.ts), where what is tested is what the
+ * command does or says, not the executable: a spawn costs ~0.3 s of CPU for node's start-up
+ * (bench/RESULTS.md "CI time"). stdout, stderr, process.exit and the variables of `env` are taken
+ * over for the run, so runs are queued, never overlapping; the same CliResult as runCli. A command
+ * on a store opens it in this process (its lock names this process): the test must not hold it open.
+ * Crash tests kill the executable, never this; servers and anything that waits on stdin or a
+ * signal go through runCli.
  */
-export async function runCliInProcess(args: string[]): Promise<CliResult> {
+export function runCliInProcess(args: string[], options: { env?: Record<string, string | undefined> } = {}): Promise<CliResult> {
+  const run = inProcessTurn.then(() => runInProcessNow(args, options.env ?? {}));
+  inProcessTurn = run.catch(() => undefined);
+  return run;
+}
+
+async function runInProcessNow(args: string[], env: Record<string, string | undefined>): Promise<CliResult> {
   const { runVnstore } = await import('../../src/cli/program.js');
   const out: Buffer[] = [];
   const err: Buffer[] = [];
+  // A write's callback (restore to stdout waits for it) is called as a real stream would: later.
   const take = (into: Buffer[]) =>
-    ((chunk: string | Uint8Array) => {
+    ((chunk: string | Uint8Array, encodingOrDone?: unknown, done?: unknown) => {
       into.push(Buffer.from(chunk));
+      const callback = typeof encodingOrDone === 'function' ? encodingOrDone : done;
+      if (typeof callback === 'function') process.nextTick(callback as () => void);
       return true;
     }) as typeof process.stdout.write;
   const saved = { out: process.stdout.write, err: process.stderr.write, exit: process.exit, exitCode: process.exitCode };
+  const savedEnv = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+  const setEnv = (vars: Record<string, string | undefined>) => {
+    for (const [k, v] of Object.entries(vars)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  };
   process.stdout.write = take(out);
   process.stderr.write = take(err);
   process.exit = ((status?: number) => {
     throw new ExitCalled(status ?? 0);
   }) as typeof process.exit;
+  setEnv(env);
   let code: number;
   try {
     process.exitCode = undefined;
@@ -69,6 +91,7 @@ export async function runCliInProcess(args: string[]): Promise<CliResult> {
     if (!(e instanceof ExitCalled)) throw e;
     code = e.status;
   } finally {
+    setEnv(savedEnv);
     process.stdout.write = saved.out;
     process.stderr.write = saved.err;
     process.exit = saved.exit;
