@@ -4,17 +4,17 @@
  * counting every file, restore after compact ≥ 80% of the LZ4 store's)? For each level, on one LZ4
  * store of real images:
  *
- *   node bench/compact-levels.mjs --images DIR [--snaps 0,1] [--levels 3,4,5,6,7,8,9] [--format 3] [--work DIR] [--json FILE]
+ *   node bench/compact-levels.mjs --images DIR [--snaps 0,1] [--levels 3,4,5,6,7,8,9] [--rounds 1] [--format 3] [--work DIR] [--json FILE]
  *
  * DIR holds one folder per VM, one raw image per snapshot. The images of the chosen snapshots are put
  * into one LZ4 store (`init --format F`, snapshot-major, as `vnstore bench` does); then per level a
  * copy of it (`cp -a`, so every level starts from the same bytes) is compacted (`compact --min-age 0
  * --level N`, under GNU time), sized (all files, and `stats --json`), and every image is restored from
- * it and from the LZ4 store, alternating which goes first, and compared byte for byte. Restore figures
- * are summed over the images; each level's ratio is against the LZ4 restores of the same level's turn,
- * so a load change during the run moves both sides. On format 3 each compacted copy's TOCs are read
- * too (bench/toc-floor.mjs: chunks, digest bytes, stored bytes per chunk). The copy is deleted before
- * the next level.
+ * it and from the LZ4 store, alternating which goes first, and compared byte for byte, `--rounds`
+ * times. Restore figures are the median over rounds per image, summed over the images; each level's
+ * ratio is against the LZ4 restores of the same level's turn, so a load change moves both sides. On
+ * format 3 each compacted copy's TOCs are read too (bench/toc-floor.mjs: chunks, digest bytes,
+ * stored bytes per chunk). The copy is deleted before the next level.
  */
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -30,14 +30,20 @@ const { values } = parseArgs({
     snaps: { type: 'string' },
     levels: { type: 'string', default: '3,4,5,6,7,8,9' },
     format: { type: 'string', default: '3' },
+    rounds: { type: 'string', default: '1' },
     work: { type: 'string', default: tmpdir() },
     json: { type: 'string' },
   },
 });
 const levels = values.levels.split(',').map(Number);
-if (!values.images || !levels.every((l) => Number.isInteger(l) && l >= 1 && l <= 19)) {
+const rounds = Number(values.rounds);
+const median = (xs) => {
+  const v = [...xs].sort((a, b) => a - b);
+  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+};
+if (!values.images || !(rounds >= 1) || !levels.every((l) => Number.isInteger(l) && l >= 1 && l <= 19)) {
   process.stderr.write(
-    'usage: node bench/compact-levels.mjs --images DIR [--snaps 0,1] [--levels 3,...] [--format 3] [--work DIR] [--json FILE]\n',
+    'usage: node bench/compact-levels.mjs --images DIR [--snaps 0,1] [--levels 3,...] [--rounds 1] [--format 3] [--work DIR] [--json FILE]\n',
   );
   process.exit(2);
 }
@@ -60,7 +66,14 @@ const sizes = async (dir) => ({
   ...JSON.parse(vn('stats', '--store', dir, '--json').stdout).summary,
 });
 
-const result = { date: new Date().toISOString(), cpus: cpus().length, images: values.images, load: { start: loadavg() }, levels: [] };
+const result = {
+  date: new Date().toISOString(),
+  cpus: cpus().length,
+  images: values.images,
+  rounds,
+  load: { start: loadavg() },
+  levels: [],
+};
 const lz4 = path.join(work, 'lz4');
 const out = path.join(work, 'out.img');
 try {
@@ -79,17 +92,24 @@ try {
     cpSync(lz4, dir, { recursive: true, preserveTimestamps: true });
     log(`level ${level}: compacting (load ${loadavg()})`);
     const c = vn('compact', '--store', dir, '--min-age', '0', '--level', String(level), '--json');
-    const restore = { lz4: { wall: 0, cpu: 0 }, compacted: { wall: 0, cpu: 0 } };
-    for (const [i, img] of images.entries()) {
-      const order = (i + k) % 2 === 0 ? ['lz4', 'compacted'] : ['compacted', 'lz4'];
-      for (const which of order) {
-        const run = vn('restore', '--store', which === 'lz4' ? lz4 : dir, ids.get(img), '-o', out);
-        if (!(await sameBytes(img.path, out))) throw new Error(`level ${level}, ${which}: ${img.vm}/${img.snap} restored differently`);
-        rmSync(out);
-        restore[which].wall += run.wall;
-        restore[which].cpu += run.cpu;
+    // Per image and store, the median over rounds; the sum over images is the figure.
+    const runs = { lz4: images.map(() => []), compacted: images.map(() => []) };
+    for (let round = 0; round < rounds; round++) {
+      for (const [i, img] of images.entries()) {
+        const order = (i + k + round) % 2 === 0 ? ['lz4', 'compacted'] : ['compacted', 'lz4'];
+        for (const which of order) {
+          const run = vn('restore', '--store', which === 'lz4' ? lz4 : dir, ids.get(img), '-o', out);
+          if (!(await sameBytes(img.path, out))) throw new Error(`level ${level}, ${which}: ${img.vm}/${img.snap} restored differently`);
+          rmSync(out);
+          runs[which][i].push(run);
+        }
       }
     }
+    const summed = (perImage) => ({
+      wall: perImage.reduce((s, xs) => s + median(xs.map((x) => x.wall)), 0),
+      cpu: perImage.reduce((s, xs) => s + median(xs.map((x) => x.cpu)), 0),
+    });
+    const restore = { lz4: summed(runs.lz4), compacted: summed(runs.compacted) };
     const r = {
       level,
       compact: { wall: c.wall, cpu: c.cpu, peakRssBytes: c.peakRssBytes },
