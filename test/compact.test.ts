@@ -5,11 +5,11 @@
  * re-containers the live pages of a container that lost some; sessions commit while compact runs;
  * without libzstd compact fails with one line while reading still works.
  */
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { getZstd } from '../src/chunk/zstd.js';
-import { CONTAINER_CODEC, PACK_VERSION_CONTAINERS } from '../src/format/pack.js';
+import { CONTAINER_CODEC, PACK_VERSION_CONTAINERS, packFileName } from '../src/format/pack.js';
 import { DIGEST_BYTES, PageKind } from '../src/format/pages.js';
 import { checkStore } from '../src/maintenance/check.js';
 import { runCompact } from '../src/maintenance/compact.js';
@@ -34,6 +34,8 @@ import { startServe } from './helpers/serve-process.js';
 import { commitRestoreReopen, dirFileBytes, expectAllRestore, newStore, putImage, textPage } from './helpers/maintenance.js';
 
 const PACK_TARGET = 256 * 1024;
+/** compact's default zstd level, written out: a change of the default should be a decision these tests notice. */
+const DEFAULT_LEVEL = 8;
 const roots: string[] = [];
 afterAll(() => roots.forEach(removeDir));
 
@@ -137,12 +139,34 @@ describe('vnstore compact', () => {
     expect(inContainers).toBeGreaterThan(seen.size * 0.5);
     expect(inversions).toBe(0);
 
+    // Without --level, compact writes its containers at the default level (chosen on real memory:
+    // docs/DESIGN.md): a full container's frame is, byte for byte, its pages compressed at that level.
+    const zstd = getZstd();
+    let full: { pack: number; offset: number; storedLength: number } | undefined;
+    for (const key of seen) {
+      const [loc] = await store.lookupExact([Buffer.from(key, 'hex')]);
+      if (loc!.codec === CONTAINER_CODEC && loc!.pages === 16) {
+        full = loc!;
+        break;
+      }
+    }
+    expect(full).toBeDefined();
+    const frame = Buffer.alloc(full!.storedLength);
+    const fd = openSync(path.join(dir, 'packs', packFileName(full!.pack)), 'r');
+    readSync(fd, frame, 0, frame.length, full!.offset);
+    closeSync(fd);
+    const raw = Buffer.alloc(16 * 4096);
+    zstd.decompress(frame, Uint32Array.of(0), Uint32Array.of(frame.length), raw, Uint32Array.of(0), Uint32Array.of(raw.length));
+    const at = (level: number) => zstd.compress(raw, Uint32Array.of(0), Uint32Array.of(raw.length), level).payload;
+    expect(report.level).toBe(DEFAULT_LEVEL);
+    expect(at(DEFAULT_LEVEL).equals(frame)).toBe(true);
+    expect(at(3).equals(frame)).toBe(false);
+
     // Nothing left: a second run chooses no pack.
     const again = await runCompact(store, { now: later, dryRun: true });
     expect(again.plan.totals.packsChosen).toBe(0);
 
     // Restore decodes each container once per window at most: count frames decoded.
-    const zstd = getZstd();
     const spy = vi.spyOn(zstd, 'decompress');
     try {
       const rec = recs[8];
@@ -284,7 +308,9 @@ describe('vnstore compact (CLI)', () => {
     const { images } = await buildStore(store, 120);
     await store.close();
     const env = { VNSTORE_PACK_TARGET_BYTES: String(PACK_TARGET) };
-    expect((await runCli(['compact', '--help'])).stdout.toString()).toMatch(/--level <N>[\s\S]*--min-age[\s\S]*--max-repack <SIZE>/);
+    const help = (await runCli(['compact', '--help'])).stdout.toString();
+    expect(help).toMatch(/--level <N>[\s\S]*--min-age[\s\S]*--max-repack <SIZE>/);
+    expect(help).toMatch(new RegExp(`--level <N>[^-]*\\(default: "${DEFAULT_LEVEL}"\\)`));
     for (const [args, message] of [
       [['--level', '0'], /--level takes a whole number from 1 to 19/],
       [['--min-age', '-1'], /--min-age takes minutes/],
@@ -308,9 +334,11 @@ describe('vnstore compact (CLI)', () => {
     expect(r.code, r.stderr).toBe(0);
     // Default age: the packs are minutes old at most, so gc --compact compacts nothing yet.
     expect(JSON.parse(r.stdout.toString()).compact.plan.totals.packsChosen).toBe(0);
+    expect(JSON.parse(r.stdout.toString()).compact.level).toBe(DEFAULT_LEVEL);
     const c = await runCli(['compact', '--store', dir, '--min-age', '0', '--json'], { env });
     expect(c.code, c.stderr).toBe(0);
     const rep = JSON.parse(c.stdout.toString());
+    expect(rep.level).toBe(DEFAULT_LEVEL);
     expect(rep.packBytesAfter).toBe(dirFileBytes(path.join(dir, 'packs')).bytes);
     expect(rep.packBytesAfter).toBeLessThan(before);
     const human = await runCli(['compact', '--store', dir, '--min-age', '0'], { env });

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import type { CompactOptions, CompactReport } from '../maintenance/compact.js';
+import { DEFAULT_COMPACT_LEVEL } from '../maintenance/compact-plan.js';
 import { parseSize } from '../maintenance/gc-plan.js';
 import { VnstoreError } from '../util/errors.js';
 import { action, humanBytes, lockWaitOption, progressBar, storeOption, usage, withStore } from './common.js';
@@ -57,7 +58,11 @@ export function registerCompact(program: Command): void {
   const cmd = program
     .command('compact')
     .description('recompress cold LZ4 pages into zstd containers of 16 distinct pages (pack format 2): a smaller store, restores as fast')
-    .option('--level <N>', 'zstd level, 1..19 (3 is measured as the best trade: docs/DESIGN.md)', '3')
+    .option(
+      '--level <N>',
+      `zstd level, 1..19: a higher level stores less and compacts slower, restores about as fast; ${DEFAULT_COMPACT_LEVEL} is measured as the best trade on real guest memory (docs/DESIGN.md)`,
+      String(DEFAULT_COMPACT_LEVEL),
+    )
     .option('--min-age <MINUTES>', 'leave packs sealed less than this many minutes ago (pre-copy rounds rewrite recent pages)', '15')
     .option('--max-repack <SIZE>', 'recompress at most this many live bytes in this run ("1G"); default: no bound')
     .option('--dry-run', 'print which packs would be compacted; change nothing')

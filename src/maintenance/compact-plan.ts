@@ -31,6 +31,11 @@ export interface CompactPlanOptions {
 
 /** Default --min-age: packs sealed in the last 15 minutes stay as they are. */
 export const DEFAULT_MIN_AGE_MS = 15 * 60 * 1000;
+/**
+ * Default --level: the zstd level compact writes containers at. Chosen by measurement on real guest
+ * memory (docs/DESIGN.md, "zstd for cold chunks"); bound (d) stays defined at zstd-3 (ZSTD_DEFAULT_LEVEL).
+ */
+export const DEFAULT_COMPACT_LEVEL = 8;
 /** LZ4 share of a pack's live chunks from which compacting it is worth it. */
 export const MIN_LZ4_SHARE = 0.25;
 

@@ -9,7 +9,7 @@
  * and the copy differ: pages are decoded, verified, and compressed on the libuv thread pool.
  */
 import { performance } from 'node:perf_hooks';
-import { getZstd, ZSTD_DEFAULT_LEVEL } from '../chunk/zstd.js';
+import { getZstd } from '../chunk/zstd.js';
 import { ChunkCodec } from '../chunk/codec.js';
 import { DIGEST_BYTES, PageKind } from '../format/pages.js';
 import { foldCounters } from '../store/counters.js';
@@ -18,14 +18,14 @@ import { Store } from '../store/store.js';
 import { allowContainerPacks } from '../store/config.js';
 import { VnstoreError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
-import { DEFAULT_MIN_AGE_MS, planCompact, type CompactPackFacts, type CompactPlan } from './compact-plan.js';
+import { DEFAULT_COMPACT_LEVEL, DEFAULT_MIN_AGE_MS, planCompact, type CompactPackFacts, type CompactPlan } from './compact-plan.js';
 import { DigestSet } from './digest-set.js';
 import { GcFence, withMaintenanceLock } from './fence.js';
 import { collectEntries, emptyGcResult, executeSteps, markAndMeasure, type GcResult, type IndexedEntry } from './gc.js';
 import { copyChunks } from './pack-io.js';
 
 export interface CompactOptions {
-  /** zstd level, 1..19 (default 3: docs/DESIGN.md). */
+  /** zstd level, 1..19 (default DEFAULT_COMPACT_LEVEL: docs/DESIGN.md). */
   level?: number;
   /** Packs sealed less than this long ago stay as they are (default 15 minutes). */
   minAgeMs?: number;
@@ -55,7 +55,7 @@ export const MAX_COMPACT_LEVEL = 19;
 
 /** compact's options, checked (E_USAGE, E_UNSUPPORTED) before the store is touched. */
 export function compactSettings(options: CompactOptions, targetBytes: number): { level: number; minAgeMs: number; now: () => number } {
-  const level = options.level ?? ZSTD_DEFAULT_LEVEL;
+  const level = options.level ?? DEFAULT_COMPACT_LEVEL;
   if (!Number.isInteger(level) || level < 1 || level > MAX_COMPACT_LEVEL) {
     throw new VnstoreError('E_USAGE', `compact: --level takes a whole number from 1 to ${MAX_COMPACT_LEVEL}, got ${level}`);
   }

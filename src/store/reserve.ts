@@ -10,7 +10,9 @@
  *   - a new snapshot session needs the reserve in place (re-creating it if it can): ingest never eats
  *     the room maintenance needs, and a put on a full disk is refused at once (exit 9).
  *
- * Size: VNSTORE_RESERVE_BYTES (0 = no reserve), else 4 MiB, at most 1/8 of the file system.
+ * Size: VNSTORE_RESERVE_BYTES (0 = no reserve), else 4 MiB, at most 1/8 of the file system. 4 MiB is
+ * LevelDB's write buffer, the largest log an open replays into a table before it can answer
+ * (docs/DESIGN.md, "The space reserve: what it must hold"); it does not grow with the store.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
