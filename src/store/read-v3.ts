@@ -74,7 +74,12 @@ export async function pageDigests(
 }
 
 /** The snapshot's exact image bytes: image digest checked first, then every page against its digest. */
-export async function readImageV3(packs: PackReader, load: NumberIndexLoad, header: ManifestHeader, pages: NumberedPages): Promise<Buffer> {
+export async function readImageV3(
+  packs: PackReader,
+  load: Pick<NumberIndexLoad, 'index' | 'digestColumns'>,
+  header: ManifestHeader,
+  pages: NumberedPages,
+): Promise<Buffer> {
   const what = `snapshot ${header.meta.id}`;
   const digests = await pageDigests(packs, load, pages, what);
   if (!imageDigest(digests, header.byteLength).equals(header.imageDigest)) throw new CorruptError(`${what}: image digest mismatch`);
