@@ -103,6 +103,23 @@ describe('NumberedChunks exact lookups', () => {
     });
   }
 
+  it('indexes a pack sealed before the digests are loaded (gc, compact) and finds it once they are', async () => {
+    const dir = tmp('numbered-chunks-late');
+    const first = await writePack(dir, 1, range(0, 20), 3);
+    const { reader, chunks } = await open(dir, [1]);
+    try {
+      const second = await writePack(dir, 2, range(20, 20), 300);
+      await chunks.addSealed(2);
+      expect(chunks.table.size).toBe(0); // numbers and locations only so far
+      expect(chunks.locate(25)?.pack).toBe(2);
+      const found = await chunks.find([...first, ...second, ...second.map((d) => forgedTwin(d))]);
+      expect(found.map((f) => f?.number)).toEqual([...range(0, 40), ...Array(20).fill(undefined)]);
+      expect(chunks.table.size).toBe(40);
+    } finally {
+      await reader.close();
+    }
+  });
+
   it('decides digests that do share a fingerprint exactly (the clash map), kept or not', async () => {
     for (const keepBytes of [undefined, 0]) {
       const dir = tmp('numbered-chunks-clash');

@@ -139,9 +139,12 @@ export class NumberIndex {
     const cols = this.packs.get(pack);
     if (!cols) return;
     for (let k = 0; k < cols.count; k++) {
-      const hex = Buffer.from(digests.buffer, digests.byteOffset + k * 32, 32).toString('hex');
-      if (this.clashes.delete(hex)) continue; // its slot stays ambiguous: lookups use the map
       const s = this.table.slotOf(digests, k * 32);
+      // Only a digest whose slot is ambiguous (or gone) can be in the exact map: no hex string otherwise.
+      if ((s < 0 || this.table.slotAmbiguous(s)) && this.clashes.size > 0) {
+        const hex = Buffer.from(digests.buffer, digests.byteOffset + k * 32, 32).toString('hex');
+        if (this.clashes.delete(hex)) continue; // its slot stays ambiguous: lookups use the map
+      }
       if (s >= 0 && this.table.slotPack(s) === pack) this.table.remove(digests.subarray(k * 32, k * 32 + 32));
     }
     const keep = this.runPacks.map((p) => p !== pack);

@@ -113,12 +113,15 @@ export class NumberedChunks {
    * and by digest. Refuses a pack whose numbers another pack holds.
    */
   async addSealed(pack: number): Promise<void> {
-    await this.ensureDigests();
     const read = await this.packs.readTocV3(pack);
     const toc = read.toc;
+    // Digests not loaded and no load under way (a gc or compact without sessions): numbers and
+    // locations only, as the open did; a later ensureDigests fills this pack's digests with the rest.
+    const withDigests = this.digestsLoaded || this.loadingDigests !== undefined;
+    if (withDigests) await this.ensureDigests();
     // Fingerprints this pack shares with indexed chunks: the clash map needs those chunks' digests.
     const others = new Map<string, Uint8Array>();
-    for (let k = 0; k < toc.count; k++) {
+    for (let k = 0; withDigests && k < toc.count; k++) {
       const slot = this.table.slotOf(toc.digests, k * DIGEST_BYTES);
       if (slot < 0 || this.table.slotPack(slot) === pack) continue;
       const hit = this.table.get(toc.digests, k * DIGEST_BYTES)!;
@@ -126,8 +129,11 @@ export class NumberedChunks {
       if (entry !== undefined && !others.has(`${hit.location.pack}:${entry}`))
         others.set(`${hit.location.pack}:${entry}`, await this.readDigest(hit.location.pack, entry));
     }
-    const overlaps = this.index.addPack(pack, toc, (p, e) =>
-      p === pack ? toc.digests.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES) : others.get(`${p}:${e}`)!,
+    const overlaps = this.index.addPack(
+      pack,
+      toc,
+      (p, e) => (p === pack ? toc.digests.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES) : others.get(`${p}:${e}`)!),
+      withDigests,
     );
     if (overlaps.length > 0) throw new CorruptError(`pack ${pack}: its chunk numbers are already held by pack(s) ${overlaps.join(', ')}`);
     this.digestColumns.set(pack, read.tocOffset + toc.digestsAt);
