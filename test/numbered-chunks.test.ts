@@ -120,27 +120,34 @@ describe('NumberedChunks exact lookups', () => {
     }
   });
 
-  it('decides digests that do share a fingerprint exactly (the clash map), kept or not', async () => {
-    for (const keepBytes of [undefined, 0]) {
-      const dir = tmp('numbered-chunks-clash');
-      const first = await writePack(dir, 1, range(0, 16), 7);
-      // Pack 2 holds a page whose digest is forged to share pack 1's entry 3's fingerprint.
-      const { reader, chunks } = await open(dir, [1], keepBytes);
-      try {
-        await chunks.ensureDigests();
-        const pack = new PackFile(2, dir, new BatchPool(1), PACK_VERSION_NUMBERED);
+  it('decides digests that do share a fingerprint exactly (the clash map), kept or not, sealed before the fill or after', async () => {
+    for (const keepBytes of [undefined, 0])
+      for (const sealedFirst of [false, true]) {
+        const dir = tmp('numbered-chunks-clash');
+        const first = await writePack(dir, 1, range(0, 16), 7);
+        // Pack 2 holds a page whose digest is forged to share pack 1's entry 3's fingerprint.
         const twin = forgedTwin(first[3]);
-        const p = makePage('random', 999);
-        const z = getCodec().compressPages(p, [0]);
-        pack.append(twin, z.payload.subarray(0, z.lengths[0]), z.codecs[0], 16);
-        await pack.seal(dir, () => undefined);
-        await chunks.addSealed(2);
-        const found = await chunks.find([first[3], twin, forgedTwin(first[3], 20)]);
-        expect(found.map((f) => f?.number)).toEqual([3, 16, undefined]);
-        expect(found[1]!.pack).toBe(2);
-      } finally {
-        await reader.close();
+        const sealTwin = async () => {
+          const pack = new PackFile(2, dir, new BatchPool(1), PACK_VERSION_NUMBERED);
+          const p = makePage('random', 999);
+          const z = getCodec().compressPages(p, [0]);
+          pack.append(twin, z.payload.subarray(0, z.lengths[0]), z.codecs[0], 16);
+          await pack.seal(dir, () => undefined);
+        };
+        if (sealedFirst) await sealTwin();
+        const { reader, chunks } = await open(dir, sealedFirst ? [1, 2] : [1], keepBytes);
+        try {
+          await chunks.ensureDigests();
+          if (!sealedFirst) {
+            await sealTwin();
+            await chunks.addSealed(2);
+          }
+          const found = await chunks.find([first[3], twin, forgedTwin(first[3], 20)]);
+          expect(found.map((f) => f?.number)).toEqual([3, 16, undefined]);
+          expect(found[1]!.pack).toBe(2);
+        } finally {
+          await reader.close();
+        }
       }
-    }
   });
 });

@@ -165,6 +165,23 @@ export class NumberIndex {
     return { pack, entry, location: locationOf(this.packs.get(pack)!, entry) };
   }
 
+  /**
+   * locate() without objects: the directory run holding chunk `n`, or -1. Its pack is `runPack(run)`
+   * and its entry `runEntry(run, n)` (a snapshot's parent locates every page so).
+   */
+  runOf(n: number): number {
+    const d = upperBound(this.starts, n) - 1;
+    return d < 0 || n >= this.starts[d] + this.lengths[d] ? -1 : d;
+  }
+
+  runPack(run: number): number {
+    return this.runPacks[run];
+  }
+
+  runEntry(run: number, n: number): number {
+    return this.runEntries[run] + (n - this.starts[run]);
+  }
+
   /** The location of entry `entry` of an indexed pack. */
   locationAt(pack: number, entry: number): ChunkLocation {
     return locationOf(this.packs.get(pack)!, entry);
