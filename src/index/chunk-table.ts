@@ -207,6 +207,47 @@ export class ChunkTable {
     return { location: slotLocation(this.words, s), ambiguous: slotAmbiguous(this.words, s) };
   }
 
+  /**
+   * The slot holding this digest's fingerprint, or -1: with slotPack/slotOffset/slotMember, a lookup
+   * that makes no location object (format 3 resolves every page of a snapshot so at its commit).
+   */
+  slotOf(digest: Uint8Array, offset = 0): number {
+    const s = this.find(this.fp(digest, offset));
+    return s < 0 ? -1 : s;
+  }
+
+  slotPack(s: number): number {
+    return this.words[HEADER_WORDS + s * SLOT_WORDS + 1];
+  }
+
+  slotOffset(s: number): number {
+    return this.words[HEADER_WORDS + s * SLOT_WORDS + 2];
+  }
+
+  /** The member of the slot's chunk inside its container (0 outside containers). */
+  slotMember(s: number): number {
+    const meta = this.words[HEADER_WORDS + s * SLOT_WORDS + 3];
+    return ((meta >>> 16) & 0x0f) === CONTAINER_CODEC ? (meta >>> 20) & 0x0f : 0;
+  }
+
+  slotAmbiguous(s: number): boolean {
+    return slotAmbiguous(this.words, s);
+  }
+
+  /**
+   * Whether slot `s` holds, unambiguously, the chunk at (pack, packOffset) with this version-3 TOC
+   * meta word (codec and member compared, as a location's are).
+   */
+  slotHolds(s: number, pack: number, packOffset: number, tocMeta: number): boolean {
+    const p = HEADER_WORDS + s * SLOT_WORDS;
+    const w = this.words;
+    const meta = w[p + 3];
+    if ((meta & COLLISION) !== 0 || w[p + 1] !== pack || w[p + 2] !== packOffset) return false;
+    const codec = (meta >>> 16) & 0x0f;
+    if (codec !== ((tocMeta >>> 16) & 0x0f)) return false;
+    return codec !== CONTAINER_CODEC || ((meta >>> 20) & 0x0f) === ((tocMeta >>> 20) & 0x0f);
+  }
+
   /** Grows ahead of a known burst of inserts (a whole image), so it rehashes once, not repeatedly. */
   reserve(extra: number): void {
     while ((this.size + extra) / this.capacity > MAX_LOAD) this.grow();

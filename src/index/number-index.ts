@@ -26,6 +26,8 @@ export interface PackColumns {
   runLengths: number[];
   offsets: Uint32Array;
   metas: Uint32Array;
+  /** The entry of each run's first number (ascending, from 0): numberOf searches it. */
+  runEntries: number[];
 }
 
 /** A chunk's place: its pack, its entry in that pack's TOC, and where its payload is. */
@@ -101,6 +103,8 @@ export class NumberIndex {
     if (this.packs.has(pack)) throw new RangeError(`pack ${pack} is already indexed`);
     const overlap = this.overlapping(toc.runStarts, toc.runLengths);
     if (overlap.length > 0) return overlap;
+    const runEntries: number[] = [];
+    for (let r = 0, e = 0; r < toc.runLengths.length; e += toc.runLengths[r++]) runEntries.push(e);
     const cols: PackColumns = {
       pack,
       count: toc.count,
@@ -108,6 +112,7 @@ export class NumberIndex {
       runLengths: toc.runLengths,
       offsets: toc.offsets,
       metas: toc.metas,
+      runEntries,
     };
     this.packs.set(pack, cols);
     let entry = 0;
@@ -134,10 +139,13 @@ export class NumberIndex {
     const cols = this.packs.get(pack);
     if (!cols) return;
     for (let k = 0; k < cols.count; k++) {
-      const hex = Buffer.from(digests.buffer, digests.byteOffset + k * 32, 32).toString('hex');
-      if (this.clashes.delete(hex)) continue; // its slot stays ambiguous: lookups use the map
-      const hit = this.table.get(digests, k * 32);
-      if (hit && hit.location.pack === pack) this.table.remove(digests.subarray(k * 32, k * 32 + 32));
+      const s = this.table.slotOf(digests, k * 32);
+      // Only a digest whose slot is ambiguous (or gone) can be in the exact map: no hex string otherwise.
+      if ((s < 0 || this.table.slotAmbiguous(s)) && this.clashes.size > 0) {
+        const hex = Buffer.from(digests.buffer, digests.byteOffset + k * 32, 32).toString('hex');
+        if (this.clashes.delete(hex)) continue; // its slot stays ambiguous: lookups use the map
+      }
+      if (s >= 0 && this.table.slotPack(s) === pack) this.table.remove(digests.subarray(k * 32, k * 32 + 32));
     }
     const keep = this.runPacks.map((p) => p !== pack);
     this.starts = this.starts.filter((_, r) => keep[r]);
@@ -157,36 +165,74 @@ export class NumberIndex {
     return { pack, entry, location: locationOf(this.packs.get(pack)!, entry) };
   }
 
+  /**
+   * locate() without objects: the directory run holding chunk `n`, or -1. Its pack is `runPack(run)`
+   * and its entry `runEntry(run, n)` (a snapshot's parent locates every page so).
+   */
+  runOf(n: number): number {
+    const d = upperBound(this.starts, n) - 1;
+    return d < 0 || n >= this.starts[d] + this.lengths[d] ? -1 : d;
+  }
+
+  runPack(run: number): number {
+    return this.runPacks[run];
+  }
+
+  runEntry(run: number, n: number): number {
+    return this.runEntries[run] + (n - this.starts[run]);
+  }
+
+  /** The location of entry `entry` of an indexed pack. */
+  locationAt(pack: number, entry: number): ChunkLocation {
+    return locationOf(this.packs.get(pack)!, entry);
+  }
+
   /** The number of entry `entry` of `pack`. */
   numberOf(pack: number, entry: number): number {
     const cols = this.packs.get(pack);
     if (!cols || entry >= cols.count) throw new RangeError(`no entry ${entry} in pack ${pack}`);
-    let base = 0;
-    for (let r = 0; ; r++) {
-      if (entry < base + cols.runLengths[r]) return cols.runStarts[r] + (entry - base);
-      base += cols.runLengths[r];
-    }
+    const r = upperBound(cols.runEntries, entry) - 1;
+    return cols.runStarts[r] + (entry - cols.runEntries[r]);
   }
 
   /** The TOC entry a location names (a container's page: its frame's first entry plus its member). */
   entryAt(pack: number, loc: ChunkLocation): number | undefined {
+    const entry = this.entryOf(pack, loc.offset, loc.codec === CONTAINER_CODEC ? (loc.member ?? 0) : 0);
+    return entry < 0 ? undefined : entry;
+  }
+
+  /** entryAt from a location's parts (`member` 0 outside containers); -1 when no entry is there. */
+  private entryOf(pack: number, offset: number, member: number): number {
     const cols = this.packs.get(pack);
-    if (!cols) return undefined;
-    const first = upperBound(cols.offsets, loc.offset - 1);
-    const entry = first + (loc.codec === CONTAINER_CODEC ? (loc.member ?? 0) : 0);
-    return entry < cols.count && cols.offsets[entry] === loc.offset ? entry : undefined;
+    if (!cols) return -1;
+    const entry = upperBound(cols.offsets, offset - 1) + member;
+    return entry < cols.count && cols.offsets[entry] === offset ? entry : -1;
+  }
+
+  /**
+   * candidate() without an object: the entry of the only stored chunk with this fingerprint, to
+   * confirm (its pack: `table.slotPack(slot)`), or -1 when absent, or -2 when the slot is ambiguous
+   * (ask `clashNumber`). `slot` is `table.slotOf(digest, offset)`.
+   */
+  candidateEntry(slot: number): number {
+    if (slot < 0) return -1;
+    if (this.table.slotAmbiguous(slot)) return -2;
+    return this.entryOf(this.table.slotPack(slot), this.table.slotOffset(slot), this.table.slotMember(slot));
+  }
+
+  /** The number of a digest whose fingerprint slot is ambiguous, when the exact map has it. */
+  clashNumber(digest: Uint8Array, offset = 0): number | undefined {
+    return this.clashes.get(Buffer.from(digest.buffer, digest.byteOffset + offset, 32).toString('hex'));
   }
 
   /** Is this digest stored? A candidate to confirm, or an exact answer. */
   candidate(digest: Uint8Array, offset = 0): Candidate {
-    const hit = this.table.get(digest, offset);
-    if (!hit) return { kind: 'absent' };
-    if (hit.ambiguous) {
-      return { kind: 'exact', number: this.clashes.get(Buffer.from(digest.buffer, digest.byteOffset + offset, 32).toString('hex')) };
-    }
-    const entry = this.entryAt(hit.location.pack, hit.location);
-    if (entry === undefined) return { kind: 'absent' };
-    return { kind: 'confirm', pack: hit.location.pack, entry, number: this.numberOf(hit.location.pack, entry) };
+    const slot = this.table.slotOf(digest, offset);
+    const entry = this.candidateEntry(slot);
+    if (entry === -1) return { kind: 'absent' };
+    if (entry === -2) return { kind: 'exact', number: this.clashNumber(digest, offset) };
+    const pack = this.table.slotPack(slot);
+    return { kind: 'confirm', pack, entry, number: this.numberOf(pack, entry) };
   }
 
   /** candidate() confirmed with `digestOf`: the digest's number, or undefined when it is not stored. */
@@ -215,12 +261,12 @@ export class NumberIndex {
   private insertDigest(digests: Uint8Array, k: number, cols: PackColumns, digestOf: DigestOf): void {
     const at = k * 32;
     if (this.table.insertIfAbsent(digests, at, cols.pack, cols.offsets[k], cols.metas[k])) return; // the common case
+    // Put there by the pack writer while the pack was open (the engine's ingest): already in place.
+    const slot = this.table.slotOf(digests, at);
+    if (slot >= 0 && this.table.slotHolds(slot, cols.pack, cols.offsets[k], cols.metas[k])) return;
     const hit = this.table.get(digests, at);
     const hex = () => Buffer.from(digests.buffer, digests.byteOffset + at, 32).toString('hex');
     if (hit) {
-      const own = locationOf(cols, k);
-      // Put there by the pack writer while the pack was open (the engine's ingest): already in place.
-      if (!hit.ambiguous && sameLocation(hit.location, own)) return;
       // A stored digest shares the fingerprint: both go to the exact map (the slot becomes ambiguous).
       // The slot's first chunk is registered even when the slot is already ambiguous: a chunk the
       // writer inserted may have made it so while that chunk's pack was open.
@@ -232,10 +278,6 @@ export class NumberIndex {
     }
     this.table.insert(digests, locationOf(cols, k), at);
   }
-}
-
-function sameLocation(a: ChunkLocation, b: ChunkLocation): boolean {
-  return a.pack === b.pack && a.offset === b.offset && a.codec === b.codec && (a.member ?? 0) === (b.member ?? 0);
 }
 
 /** The chunk location of entry k (the shape the chunk table and the pack reader use). */

@@ -21,6 +21,11 @@ export interface NumberIndexLoad {
    * themselves are not kept (docs/DESIGN.md, "Memory").
    */
   digestColumns: Map<number, number>;
+  /**
+   * Each loaded pack's digest column as read with its TOC (views of the read buffers): NumberedChunks
+   * keeps copies of what its budget allows, so a session does not read them again.
+   */
+  digests: Map<number, Uint8Array>;
   damaged: { pack: number; why: string }[];
   copies: number[];
   conflicting: { pack: number; overlaps: number[] }[];
@@ -63,7 +68,7 @@ export async function loadNumberIndex(
   const chunks = reads.reduce((n, r) => n + r.read.toc.count, 0);
   const index = given ?? new NumberIndex(new ChunkTable(Math.max(chunks, 1 << 14)));
   if (withDigests) index.table.reserve(chunks);
-  const load: NumberIndexLoad = { index, digestColumns: new Map(), damaged, copies: [], conflicting: [] };
+  const load: NumberIndexLoad = { index, digestColumns: new Map(), digests, damaged, copies: [], conflicting: [] };
   for (const { pack, read } of reads) {
     const overlaps = index.overlapping(read.toc.runStarts, read.toc.runLengths);
     if (overlaps.length > 0) {
@@ -71,7 +76,7 @@ export async function loadNumberIndex(
       else load.conflicting.push({ pack, overlaps });
       continue;
     }
-    if (withDigests) digests.set(pack, read.toc.digests);
+    digests.set(pack, read.toc.digests.subarray(0, read.toc.count * 32));
     load.digestColumns.set(pack, read.tocOffset + read.toc.digestsAt);
     index.addPack(pack, read.toc, digestOf, withDigests);
   }

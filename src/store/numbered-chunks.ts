@@ -22,16 +22,49 @@ export interface FoundChunk extends NumberedLocation {
 /** Confirmation reads of one pack's digest column cover at most this many entries in one read. */
 const MAX_SPAN_ENTRIES = 4096;
 
+/**
+ * Digest columns kept in memory, at most this many bytes (32 B a chunk: 4 Mi chunks, 16 GiB of
+ * distinct pages). A hit in a kept column is confirmed without a read; beyond the budget, packs' columns
+ * are read from their TOCs per span of entries, as before. docs/DESIGN.md, "Memory".
+ */
+export const KEPT_DIGEST_BYTES = 128 * 1024 * 1024;
+
+export interface NumberedChunksOptions {
+  /** Whether the index's fingerprint table holds every indexed digest yet (see ensureDigests); default true. */
+  digestsLoaded?: boolean;
+  /** Digest columns the caller already read (loadNumberIndex's `kept`), by pack. */
+  kept?: Map<number, Uint8Array>;
+  /** The budget of kept columns in bytes (KEPT_DIGEST_BYTES). */
+  keepBytes?: number;
+}
+
+/** Numbers found for a batch of digests: -1 where absent; pack and entry where found. */
+interface Resolved {
+  numbers: Float64Array;
+  packs: Int32Array;
+  entries: Int32Array;
+}
+
 export class NumberedChunks {
+  private digestsLoaded: boolean;
+  /** Each pack's digest column, for the packs that fit the budget (the rest are read on demand). */
+  private readonly kept: Map<number, Uint8Array>;
+  private keptBytes = 0;
+  private readonly keepBytes: number;
+
   constructor(
     readonly index: NumberIndex,
     /** File offset of each indexed pack's digest column (entry k's digest at + 32k). */
     readonly digestColumns: Map<number, number>,
     readonly allocator: NumberAllocator,
     private readonly packs: PackReader,
-    /** Whether the index's fingerprint table holds every indexed digest yet (see ensureDigests). */
-    private digestsLoaded = true,
-  ) {}
+    options: NumberedChunksOptions = {},
+  ) {
+    this.digestsLoaded = options.digestsLoaded ?? true;
+    this.keepBytes = options.keepBytes ?? KEPT_DIGEST_BYTES;
+    this.kept = new Map();
+    for (const [pack, column] of options.kept ?? []) if (digestColumns.has(pack)) this.keep(pack, column);
+  }
 
   private loadingDigests: Promise<void> | undefined;
 
@@ -48,7 +81,7 @@ export class NumberedChunks {
       let chunks = 0;
       for (const pack of packs) {
         const count = this.index.packCount(pack);
-        columns.set(pack, await this.readColumn(pack, 0, count));
+        columns.set(pack, this.kept.get(pack) ?? (await this.readColumn(pack, 0, count)));
         chunks += count;
       }
       this.table.reserve(chunks);
@@ -64,9 +97,14 @@ export class NumberedChunks {
     return this.index.table;
   }
 
+  /** Bytes of digest columns kept in memory (at most the budget). */
+  get keptDigestBytes(): number {
+    return this.keptBytes;
+  }
+
   /** Entry `entry`'s digest, read from its pack's TOC. */
-  readDigest(pack: number, entry: number): Promise<Buffer> {
-    return this.readColumn(pack, entry, 1);
+  async readDigest(pack: number, entry: number): Promise<Uint8Array> {
+    return this.kept.get(pack)?.subarray(entry * DIGEST_BYTES, (entry + 1) * DIGEST_BYTES) ?? (await this.readColumn(pack, entry, 1));
   }
 
   /**
@@ -75,29 +113,40 @@ export class NumberedChunks {
    * and by digest. Refuses a pack whose numbers another pack holds.
    */
   async addSealed(pack: number): Promise<void> {
-    await this.ensureDigests();
     const read = await this.packs.readTocV3(pack);
     const toc = read.toc;
+    // Digests not loaded and no load under way (a gc or compact without sessions): numbers and
+    // locations only, as the open did; a later ensureDigests fills this pack's digests with the rest.
+    const withDigests = this.digestsLoaded || this.loadingDigests !== undefined;
+    if (withDigests) await this.ensureDigests();
     // Fingerprints this pack shares with indexed chunks: the clash map needs those chunks' digests.
     const others = new Map<string, Uint8Array>();
-    for (let k = 0; k < toc.count; k++) {
-      const hit = this.table.get(toc.digests, k * DIGEST_BYTES);
-      if (!hit || hit.location.pack === pack) continue;
+    for (let k = 0; withDigests && k < toc.count; k++) {
+      const slot = this.table.slotOf(toc.digests, k * DIGEST_BYTES);
+      if (slot < 0 || this.table.slotPack(slot) === pack) continue;
+      const hit = this.table.get(toc.digests, k * DIGEST_BYTES)!;
       const entry = this.index.entryAt(hit.location.pack, hit.location);
       if (entry !== undefined && !others.has(`${hit.location.pack}:${entry}`))
         others.set(`${hit.location.pack}:${entry}`, await this.readDigest(hit.location.pack, entry));
     }
-    const overlaps = this.index.addPack(pack, toc, (p, e) =>
-      p === pack ? toc.digests.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES) : others.get(`${p}:${e}`)!,
+    const overlaps = this.index.addPack(
+      pack,
+      toc,
+      (p, e) => (p === pack ? toc.digests.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES) : others.get(`${p}:${e}`)!),
+      withDigests,
     );
     if (overlaps.length > 0) throw new CorruptError(`pack ${pack}: its chunk numbers are already held by pack(s) ${overlaps.join(', ')}`);
     this.digestColumns.set(pack, read.tocOffset + toc.digestsAt);
+    this.keep(pack, toc.digests.subarray(0, toc.count * DIGEST_BYTES));
   }
 
   /** Takes a pack out of the index (`digests`: its digest column, as its TOC gives it). */
   removePack(pack: number, digests: Uint8Array): void {
     this.index.removePack(pack, digests);
     this.digestColumns.delete(pack);
+    const column = this.kept.get(pack);
+    if (column) this.keptBytes -= column.length;
+    this.kept.delete(pack);
   }
 
   /**
@@ -117,29 +166,62 @@ export class NumberedChunks {
   /**
    * Exact lookups in the sealed packs: each digest's number and location, or undefined when no
    * indexed pack holds it. A fingerprint hit is confirmed against the digest in its pack's TOC
-   * (one read per pack and span of entries, not 32 bytes a lookup).
+   * (kept in memory, or one read per pack and span of entries, not 32 bytes a lookup).
    */
   async find(digests: readonly Uint8Array[]): Promise<(FoundChunk | undefined)[]> {
-    await this.ensureDigests();
+    const r = await this.resolve(
+      digests.length,
+      (i) => digests[i],
+      () => 0,
+    );
     const out: (FoundChunk | undefined)[] = new Array(digests.length);
-    const toConfirm: { i: number; pack: number; entry: number; number: number }[] = [];
     for (let i = 0; i < digests.length; i++) {
-      const c = this.index.candidate(digests[i]);
-      if (c.kind === 'absent') continue;
-      if (c.kind === 'confirm') {
-        toConfirm.push({ i, pack: c.pack, entry: c.entry, number: c.number });
-        continue;
-      }
-      if (c.number !== undefined) {
-        const at = this.index.locate(c.number);
-        if (at) out[i] = { ...at, number: c.number };
-        continue;
-      }
-      // An ambiguous slot whose first chunk is not (yet) in the clash map: compare with that chunk.
-      const hit = this.table.get(digests[i]);
-      const entry = hit ? this.index.entryAt(hit.location.pack, hit.location) : undefined;
-      if (hit && entry !== undefined)
-        toConfirm.push({ i, pack: hit.location.pack, entry, number: this.index.numberOf(hit.location.pack, entry) });
+      if (r.numbers[i] < 0) continue;
+      out[i] = { pack: r.packs[i], entry: r.entries[i], location: this.index.locationAt(r.packs[i], r.entries[i]), number: r.numbers[i] };
+    }
+    return out;
+  }
+
+  /**
+   * The core of every exact lookup: digest i at `bufOf(i)[atOf(i)..+32]`. No object per digest: a
+   * commit resolves every page of a snapshot that its parent does not name.
+   */
+  private async resolve(count: number, bufOf: (i: number) => Uint8Array, atOf: (i: number) => number): Promise<Resolved> {
+    await this.ensureDigests();
+    const r: Resolved = { numbers: new Float64Array(count).fill(-1), packs: new Int32Array(count), entries: new Int32Array(count) };
+    const table = this.table;
+    const index = this.index;
+    // Hits whose pack's column is not kept: confirmed after the loop, one read per span.
+    const toConfirm: { i: number; pack: number; entry: number; number: number }[] = [];
+    const found = (i: number, pack: number, entry: number) => {
+      r.numbers[i] = index.numberOf(pack, entry);
+      r.packs[i] = pack;
+      r.entries[i] = entry;
+    };
+    for (let i = 0; i < count; i++) {
+      const buf = bufOf(i);
+      const at = atOf(i);
+      const slot = table.slotOf(buf, at);
+      let entry = index.candidateEntry(slot);
+      if (entry === -1) continue;
+      let pack: number;
+      if (entry === -2) {
+        const n = index.clashNumber(buf, at);
+        if (n !== undefined) {
+          const loc = index.locate(n);
+          if (loc) found(i, loc.pack, loc.entry);
+          continue;
+        }
+        // An ambiguous slot whose first chunk is not (yet) in the clash map: compare with that chunk.
+        const hit = table.get(buf, at)!;
+        const e = index.entryAt(hit.location.pack, hit.location);
+        if (e === undefined) continue;
+        pack = hit.location.pack;
+        entry = e;
+      } else pack = table.slotPack(slot);
+      const column = this.kept.get(pack);
+      if (column === undefined) toConfirm.push({ i, pack, entry, number: index.numberOf(pack, entry) });
+      else if (digestsEqual(column, DIGEST_BYTES * entry, buf, at)) found(i, pack, entry);
     }
     toConfirm.sort((a, b) => a.pack - b.pack || a.entry - b.entry);
     for (let a = 0; a < toConfirm.length;) {
@@ -150,13 +232,14 @@ export class NumberedChunks {
       const column = await this.readColumn(first.pack, first.entry, last.entry - first.entry + 1);
       for (let c = a; c < b; c++) {
         const t = toConfirm[c];
-        if (!digestsEqual(column, DIGEST_BYTES * (t.entry - first.entry), digests[t.i], 0)) continue;
-        const at = this.index.locate(t.number);
-        if (at) out[t.i] = { ...at, number: t.number };
+        if (!digestsEqual(column, DIGEST_BYTES * (t.entry - first.entry), bufOf(t.i), atOf(t.i))) continue;
+        // Located again: a gc or compact may have moved the chunk (same number) during the read.
+        const at = index.locate(t.number);
+        if (at) found(t.i, at.pack, at.entry);
       }
       a = b;
     }
-    return out;
+    return r;
   }
 
   /**
@@ -184,16 +267,26 @@ export class NumberedChunks {
         out.setNumber(p, parent.numbers.numbers[p]);
       else ask.push(p);
     }
-    const found = await this.find(ask.map((p) => pages.digestAt(p)));
+    const found = await this.resolve(
+      ask.length,
+      () => pages.digests,
+      (k) => ask[k] * DIGEST_BYTES,
+    );
     for (let k = 0; k < ask.length; k++) {
-      const f = found[k];
-      if (!f)
+      if (found.numbers[k] < 0)
         throw new CorruptError(
           `${what}: page ${ask[k]} names chunk ${hex(pages.digestAt(ask[k]))}, which no pack holds; run 'vnstore check'`,
         );
-      out.setNumber(ask[k], f.number);
+      out.setNumber(ask[k], found.numbers[k]);
     }
     return out;
+  }
+
+  /** Keeps a copy of a pack's digest column while the budget allows. */
+  private keep(pack: number, column: Uint8Array): void {
+    if (this.kept.has(pack) || this.keptBytes + column.length > this.keepBytes) return;
+    this.kept.set(pack, Uint8Array.from(column));
+    this.keptBytes += column.length;
   }
 
   private readColumn(pack: number, entry: number, count: number): Promise<Buffer> {

@@ -49,15 +49,18 @@ export async function pageDigests(
       table.setZero(p);
       continue;
     }
-    const at = load.index.locate(pages.numbers[p]);
-    if (!at) throw new CorruptError(`${what}: page ${p} names chunk ${pages.numbers[p]}, which no pack holds`);
-    packOf[p] = at.pack;
-    entryOf[p] = at.entry;
-    const s = span.get(at.pack);
-    if (!s) span.set(at.pack, { lo: at.entry, hi: at.entry });
+    // No location object a page: a parent's ~130k pages are located at every session's start.
+    const run = load.index.runOf(pages.numbers[p]);
+    if (run < 0) throw new CorruptError(`${what}: page ${p} names chunk ${pages.numbers[p]}, which no pack holds`);
+    const pack = load.index.runPack(run);
+    const entry = load.index.runEntry(run, pages.numbers[p]);
+    packOf[p] = pack;
+    entryOf[p] = entry;
+    const s = span.get(pack);
+    if (!s) span.set(pack, { lo: entry, hi: entry });
     else {
-      s.lo = Math.min(s.lo, at.entry);
-      s.hi = Math.max(s.hi, at.entry);
+      s.lo = Math.min(s.lo, entry);
+      s.hi = Math.max(s.hi, entry);
     }
   }
   const columns = new Map<number, { lo: number; bytes: Buffer }>();
@@ -74,7 +77,12 @@ export async function pageDigests(
 }
 
 /** The snapshot's exact image bytes: image digest checked first, then every page against its digest. */
-export async function readImageV3(packs: PackReader, load: NumberIndexLoad, header: ManifestHeader, pages: NumberedPages): Promise<Buffer> {
+export async function readImageV3(
+  packs: PackReader,
+  load: Pick<NumberIndexLoad, 'index' | 'digestColumns'>,
+  header: ManifestHeader,
+  pages: NumberedPages,
+): Promise<Buffer> {
   const what = `snapshot ${header.meta.id}`;
   const digests = await pageDigests(packs, load, pages, what);
   if (!imageDigest(digests, header.byteLength).equals(header.imageDigest)) throw new CorruptError(`${what}: image digest mismatch`);

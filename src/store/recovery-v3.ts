@@ -57,5 +57,8 @@ export async function recoverNumbered(
   // A quarantined pack's numbers are unknown now: the mark, in a synced batch, keeps them from reuse.
   if (load.damaged.length > 0) await db.batch().put(NEXT_NUMBER_KEY, allocator.markValue()).write({ sync: true });
   report.orphanManifestsRemoved = await removeOrphanManifests(dir, db);
-  return { report, chunks: new NumberedChunks(load.index, load.digestColumns, allocator, packs, false) };
+  return {
+    report,
+    chunks: new NumberedChunks(load.index, load.digestColumns, allocator, packs, { digestsLoaded: false, kept: load.digests }),
+  };
 }
