@@ -57,19 +57,23 @@ const push = async (image) => {
   for (let o = 0; o < image.length; o += 4096 * PAGE) await s.writePages(o / PAGE, image.subarray(o, o + 4096 * PAGE));
   return s.commit({ byteLength: image.length, unwritten: 'zero' });
 };
+const stat = async () => (await readFile(`/proc/${child.pid}/stat`, 'utf8')).split(') ')[1].split(' ');
 const cpu = async () => {
-  const f = (await readFile(`/proc/${child.pid}/stat`, 'utf8')).split(') ')[1].split(' ');
+  const f = await stat();
   return (Number(f[11]) + Number(f[12])) / 100;
 };
+/** The server's minor page faults so far (first touches of fresh memory). */
+const faults = async () => Number((await stat())[7]);
 const timed = async (label, fn) => {
   const c0 = process.cpuUsage(),
     s0 = await cpu(),
+    f0 = await faults(),
     t0 = now();
   const v = await fn();
   const w = now() - t0;
   const c = process.cpuUsage(c0);
   console.log(
-    `${label} [${process.hrtime.bigint() / 1000n - BigInt(Math.round(w * 1e6))}..${process.hrtime.bigint() / 1000n}] ${(img.length / MB / w).toFixed(0)} MB/s = ${(img.length / MB / w / base).toFixed(2)}x wall ${w.toFixed(3)} agent ${((c.user + c.system) / 1e6).toFixed(2)} server ${((await cpu()) - s0).toFixed(2)}`,
+    `${label} [${process.hrtime.bigint() / 1000n - BigInt(Math.round(w * 1e6))}..${process.hrtime.bigint() / 1000n}] ${(img.length / MB / w).toFixed(0)} MB/s = ${(img.length / MB / w / base).toFixed(2)}x wall ${w.toFixed(3)} agent ${((c.user + c.system) / 1e6).toFixed(2)} server ${((await cpu()) - s0).toFixed(2)} faults ${(await faults()) - f0}`,
   );
   return v;
 };
