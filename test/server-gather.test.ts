@@ -10,6 +10,7 @@ import { PageGather, GATHER_BYTES } from '../src/server/page-gather.js';
 import { SlabPool } from '../src/chunk/slab-pool.js';
 import { BLOCK_PAGES } from '../src/store/job-sizes.js';
 import type { Session } from '../src/store/session.js';
+import { VnstoreError } from '../src/util/errors.js';
 import { makePage, tempDirs } from './helpers/engine.js';
 import { makeImage, PAGE, restoreRemote, startServer, TEST_TOKEN, type Running } from './helpers/server.js';
 
@@ -138,6 +139,24 @@ describe('server: received pages gathered into page jobs', () => {
       const want = Buffer.alloc(300 * PAGE);
       honest.copy(want);
       expect((await restoreRemote(await r.connect(), id)).equals(want)).toBe(true);
+    }));
+
+  it('a failed write of gathered pages fails every later PREPARE of the session: lost pages are never committed', () =>
+    withCountingServer(async (r) => {
+      const begin = r.store.beginSession.bind(r.store);
+      r.store.beginSession = async (options) => {
+        const s = await begin(options);
+        s.writeScattered = () => Promise.reject(new VnstoreError('E_IO', 'the disk went away'));
+        return s;
+      };
+      const conn = await AgentConnection.connect({ server: r.address, token: TEST_TOKEN });
+      await conn.request({ t: 'begin', sid: 1, vm: 'v', parent: 'none', memoryBytes: 8 * PAGE });
+      await pages(conn, 1, 0, makeImage(8, 41)); // taken: checked and gathered
+      await expect(conn.request({ t: 'prepare', sid: 1, unwritten: 'zero' })).rejects.toMatchObject({ message: 'the disk went away' });
+      // The gathered pages are gone with the failed write: a second PREPARE must not commit without them.
+      await expect(conn.request({ t: 'prepare', sid: 1, unwritten: 'zero' })).rejects.toMatchObject({ message: 'the disk went away' });
+      await conn.close();
+      expect(await r.store.listSnapshots()).toEqual([]);
     }));
 
   it('two sessions of one connection interleaving PAGES: each gets exactly its own pages', () =>
