@@ -28,8 +28,6 @@ export class Connection {
   private chain: Promise<void> = Promise.resolve();
   private waiting = 0;
   private closed = false;
-  /** The session whose received pages may be gathered, not yet written (page-gather.ts). */
-  private gathering: RemoteSessionState | undefined;
   private readonly wake = () => this.maybeResume();
 
   constructor(
@@ -157,7 +155,7 @@ export class Connection {
     // the memory size, and PREPARE gives the exact image length.
     const wholePages = m.memoryBytes === undefined ? undefined : Math.ceil(m.memoryBytes / PAGE_SIZE) * PAGE_SIZE;
     const session = await this.server.store.beginSession({ vm: m.vm, group: m.group, parent: m.parent, memoryBytes: wholePages });
-    const state = new RemoteSessionState(m.sid, session, m.memoryBytes, Date.now(), this.server.pageBuffers);
+    const state = new RemoteSessionState(m.sid, session, m.memoryBytes, Date.now());
     this.sessions.set(m.sid, state);
     this.server.sessionBegun(state);
     this.server.log.info({
@@ -182,7 +180,6 @@ export class Connection {
       case 'offer': {
         st.assertWritable();
         checkIndices(st, m.indices);
-        if (st.gathered.touchesAny(m.indices)) await st.writeGathered();
         const written = await st.session.writeKnown(m.indices, m.digests);
         const missing: number[] = [];
         for (let k = 0; k < written.length; k++) if (!written[k]) missing.push(k);
@@ -196,27 +193,18 @@ export class Connection {
         st.assertWritable();
         checkIndices(st, m.indices);
         verifyPages(m.indices, m.digests, m.data);
-        // Each page hashed once here: the session's page jobs take the checked digests. Gathered
-        // into whole page jobs first (page-gather.ts), so the frame's buffer is free once copied.
-        // One session of a connection gathers at a time: a connection holds at most one gather buffer.
-        const other = this.gathering;
-        if (other && other !== st) await other.writeGathered().catch(() => undefined); // its failure stays with it
-        this.gathering = st;
-        if (!st.gathered.fits(m.indices.length)) await st.writeGathered();
-        st.gathered.add(m.indices, m.digests, m.data);
-        if (st.gathered.full) await st.writeGathered();
+        // Each page hashed once here: the session's page jobs take the checked digests.
+        await st.session.writeScattered(m.indices, m.data, m.digests);
         s.metrics.pagesReceived.inc(m.indices.length);
         return this.result(m.req, {});
       }
       case 'zero': {
         st.assertWritable();
         for (let r = 0; r < m.ranges.length; r += 2) st.checkPages(m.ranges[r], m.ranges[r + 1]);
-        if (st.gathered.touchesRanges(m.ranges)) await st.writeGathered();
         await st.session.writeZeroRanges(m.ranges);
         return this.result(m.req, {});
       }
       case 'prepare':
-        if (st.phase === 'open') await st.writeGathered();
         return this.result(m.req, {
           id: (await s.prepareSession(st, { byteLength: m.byteLength ?? st.memoryBytes, unwritten: m.unwritten })).id,
         });
@@ -341,8 +329,8 @@ const batchDigests = new Uint8Array(MAX_PAGES_PER_BATCH * DIGEST_BYTES);
 
 /**
  * Hashes every page and refuses the whole batch on the first mismatch: nothing of it is stored.
- * Synchronous, so one scratch serves every call: no fresh memory or per-page views per frame (the
- * collector ran 30-40 full collections per cold snapshot, driven by such allocations).
+ * Synchronous, so one scratch serves every call: no fresh memory (external memory, which drives
+ * V8's full collections) and no per-page views per frame.
  */
 function verifyPages(indices: Uint32Array, digests: Uint8Array, data: Uint8Array): void {
   const n = indices.length;

@@ -18,11 +18,6 @@ import { PreparedRegistry, type RemoteSessionState } from './sessions.js';
 import { formatAddress, type Address } from './address.js';
 import { silentLogger, type Logger } from './log.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MEMORY_BUDGET, DEFAULT_PREPARED_TIMEOUT_MS } from './defaults.js';
-import { GATHER_BYTES } from './page-gather.js';
-import { SlabPool } from '../chunk/slab-pool.js';
-
-/** Gather buffers kept for reuse when no connection holds them (more are allocated on demand). */
-const GATHER_BUFFERS_KEPT = 8;
 
 export interface ServerOptions {
   /** The access token, or where to read it at each HELLO (so a rotated token takes effect at once). */
@@ -47,8 +42,6 @@ export class VnServer {
   readonly metrics = new ServerMetrics();
   readonly budget: MemoryBudget;
   readonly prepared = new PreparedRegistry();
-  /** Buffers received pages are gathered in (one per connection at most, while it sends pages). */
-  readonly pageBuffers = new SlabPool(GATHER_BYTES, GATHER_BUFFERS_KEPT);
   readonly log: Logger;
   private readonly tokenSource: () => Promise<string>;
   private readonly connections = new Set<Connection>();

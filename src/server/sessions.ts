@@ -6,8 +6,6 @@
  */
 import type { PreparedSnapshot, Session } from '../store/session.js';
 import { ProtocolError } from '../protocol/errors.js';
-import { PageGather } from './page-gather.js';
-import type { SlabPool } from '../chunk/slab-pool.js';
 
 export type SessionPhase = 'open' | 'preparing' | 'prepared' | 'committed' | 'aborted';
 
@@ -18,41 +16,14 @@ export class RemoteSessionState {
   /** Why it was aborted, when the server did it (idle timeout, shutdown). */
   abortedBy: 'timeout' | 'shutdown' | undefined;
   lastActive: number;
-  /** Received pages not yet written to the session (written before any request that could see them). */
-  readonly gathered: PageGather;
 
   constructor(
     readonly sid: number,
     readonly session: Session,
     readonly memoryBytes: number | undefined,
     now: number,
-    /** Lends the buffers pages are gathered in. */
-    pageBuffers: SlabPool,
   ) {
     this.lastActive = now;
-    this.gathered = new PageGather(pageBuffers);
-  }
-
-  /** Why writing gathered pages failed: the session cannot be prepared any more. */
-  private gatherFailure: unknown;
-
-  /**
-   * Writes the gathered pages to the session (their digests were checked on arrival). Their write
-   * failing fails this call and every later one, so a session that lost pages is never prepared.
-   */
-  async writeGathered(): Promise<void> {
-    if (this.gatherFailure !== undefined) throw this.gatherFailure;
-    if (this.gathered.size === 0) return;
-    const g = this.gathered.take();
-    try {
-      await this.session.writeScattered(g.indices, g.data, g.digests);
-    } catch (err) {
-      this.gatherFailure = err;
-      throw err;
-    } finally {
-      // Copied by the session (or refused): the buffer goes back for the next frames of any session.
-      this.gathered.release();
-    }
   }
 
   get phase(): SessionPhase {
