@@ -6,8 +6,10 @@
 // the same image in this run), wall and CPU seconds of agent and server, and the phase's window in
 // the monotonic clock (µs) that --cpu-prof profiles use, to cut a profile to one phase.
 // Run `npm run build` first.
-//   node bench/server-repeat.mjs [MIB=128] [REPS=5] [cons|restore|all]
-// $SERVE_ARGS: extra node flags for the server (e.g. "--cpu-prof --cpu-prof-dir=D").
+//   node bench/server-repeat.mjs [MIB=128] [REPS=5] [cons|restore|all] [FORMAT]
+// FORMAT: the store format `vnstore init --format` creates (1 or 3; default: init's own).
+// $SERVE_ARGS: extra node flags for the server (e.g. "--cpu-prof --cpu-prof-dir=D", or "--trace-gc":
+// what the server prints on stdout after it listens goes to this process's stderr).
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -17,7 +19,8 @@ import { blake3 } from '@napi-rs/blake-hash';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const mib = Number(process.argv[2] ?? 128),
   reps = Number(process.argv[3] ?? 5),
-  mode = process.argv[4] ?? 'all';
+  mode = process.argv[4] ?? 'all',
+  format = process.argv[5];
 const CLI = join(root, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
@@ -26,7 +29,9 @@ const PAGE = 4096,
   now = () => performance.now() / 1000;
 const work = await mkdtemp(join(tmpdir(), 'vnstore-server-repeat-'));
 const store = join(work, 'store');
-await new Promise((res) => spawn(process.execPath, [CLI, 'init', '--store', store], { stdio: 'ignore' }).on('exit', res));
+await new Promise((res) =>
+  spawn(process.execPath, [CLI, 'init', '--store', store, ...(format ? ['--format', format] : [])], { stdio: 'ignore' }).on('exit', res),
+);
 const token = (await readFile(join(store, 'access-token'), 'utf8')).trim();
 const child = spawn(
   process.execPath,
@@ -41,6 +46,7 @@ await new Promise((res) =>
   }),
 );
 const address = /^listening (\S+)$/m.exec(out)[1];
+child.stdout.on('data', (d) => process.stderr.write(d));
 const client = await AgentClient.connect({ server: address, token });
 const img = makeImage(mib, 1);
 let t = now();
@@ -51,19 +57,23 @@ const push = async (image) => {
   for (let o = 0; o < image.length; o += 4096 * PAGE) await s.writePages(o / PAGE, image.subarray(o, o + 4096 * PAGE));
   return s.commit({ byteLength: image.length, unwritten: 'zero' });
 };
+const stat = async () => (await readFile(`/proc/${child.pid}/stat`, 'utf8')).split(') ')[1].split(' ');
 const cpu = async () => {
-  const f = (await readFile(`/proc/${child.pid}/stat`, 'utf8')).split(') ')[1].split(' ');
+  const f = await stat();
   return (Number(f[11]) + Number(f[12])) / 100;
 };
+/** The server's minor page faults so far (first touches of fresh memory). */
+const faults = async () => Number((await stat())[7]);
 const timed = async (label, fn) => {
   const c0 = process.cpuUsage(),
     s0 = await cpu(),
+    f0 = await faults(),
     t0 = now();
   const v = await fn();
   const w = now() - t0;
   const c = process.cpuUsage(c0);
   console.log(
-    `${label} [${process.hrtime.bigint() / 1000n - BigInt(Math.round(w * 1e6))}..${process.hrtime.bigint() / 1000n}] ${(img.length / MB / w).toFixed(0)} MB/s = ${(img.length / MB / w / base).toFixed(2)}x wall ${w.toFixed(3)} agent ${((c.user + c.system) / 1e6).toFixed(2)} server ${((await cpu()) - s0).toFixed(2)}`,
+    `${label} [${process.hrtime.bigint() / 1000n - BigInt(Math.round(w * 1e6))}..${process.hrtime.bigint() / 1000n}] ${(img.length / MB / w).toFixed(0)} MB/s = ${(img.length / MB / w / base).toFixed(2)}x wall ${w.toFixed(3)} agent ${((c.user + c.system) / 1e6).toFixed(2)} server ${((await cpu()) - s0).toFixed(2)} faults ${(await faults()) - f0}`,
   );
   return v;
 };

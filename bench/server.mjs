@@ -2,7 +2,8 @@
 // Issue 12's ratios through `vnstore serve`: agents (in this process, over loopback TCP) and the
 // server (a child process) on this machine, against single-thread BLAKE3 (one blake3() call per
 // page) over the same bytes in memory. Run `npm run build` first.
-//   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--no-aggregate] [--json]
+//   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--format 1|3] [--no-aggregate] [--json]
+// --format: the store format `vnstore init --format` creates (default: init's own default).
 // --warmup-mib (default 32): before the timed phases, another VM of that size goes through every
 // timed phase (a first snapshot, two consecutive ones, a dirty-list one, a restore), so both
 // processes have compiled their hot code, as a running daemon has: in a fresh server process V8's
@@ -33,6 +34,7 @@ const { values: args } = parseArgs({
     json: { type: 'boolean', default: false },
     'no-aggregate': { type: 'boolean', default: false },
     'warmup-mib': { type: 'string', default: '32' },
+    format: { type: 'string' },
   },
 });
 const PAGE = 4096;
@@ -141,8 +143,9 @@ const work = await mkdtemp(join(tmpdir(), 'vnstore-server-bench-'));
 try {
   const store = join(work, 'store');
   await new Promise((res, rej) =>
-    spawn(process.execPath, [CLI, 'init', '--store', store], { stdio: 'ignore' }).on('exit', (c) =>
-      c === 0 ? res() : rej(new Error('init failed')),
+    spawn(process.execPath, [CLI, 'init', '--store', store, ...(args.format ? ['--format', args.format] : [])], { stdio: 'ignore' }).on(
+      'exit',
+      (c) => (c === 0 ? res() : rej(new Error('init failed'))),
     ),
   );
   const token = (await readFile(join(store, 'access-token'), 'utf8')).trim();
@@ -220,6 +223,7 @@ try {
   const out = {
     date: new Date().toISOString(),
     imageMiB: mib,
+    storeFormat: JSON.parse(await readFile(join(store, 'vnstore.json'), 'utf8').catch(() => '{}')).version ?? null,
     warmupMiB,
     loadavg: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number),
     baselineMBps: base,

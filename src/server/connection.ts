@@ -4,7 +4,7 @@
  * `window` frames wait or the server's memory budget is exhausted (TCP pushes back on the agent).
  */
 import type { Socket } from 'node:net';
-import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
+import { DIGEST_BYTES, digestsEqual, PAGE_SIZE } from '../format/pages.js';
 import { hashPages } from '../chunk/hash.js';
 import { decodeMessage, encodeMessageParts, MSG, type Message } from '../protocol/messages.js';
 import { FrameDecoder, writeFrame, type RawFrame } from '../protocol/frames.js';
@@ -323,18 +323,20 @@ function checkIndices(st: RemoteSessionState, indices: Uint32Array): void {
   if (max >= 0) st.checkPages(max, 1);
 }
 
-/** Hashes every page and refuses the whole batch on the first mismatch: nothing of it is stored. */
+/** The page numbers 0 .. MAX_PAGES_PER_BATCH - 1, and room for a batch's digests: verifyPages's scratch. */
+const BATCH_ORDER = Uint32Array.from({ length: MAX_PAGES_PER_BATCH }, (_, k) => k);
+const batchDigests = new Uint8Array(MAX_PAGES_PER_BATCH * DIGEST_BYTES);
+
+/**
+ * Hashes every page and refuses the whole batch on the first mismatch: nothing of it is stored.
+ * Synchronous, so one scratch serves every call: no fresh memory (external memory, which drives
+ * V8's full collections) and no per-page views per frame.
+ */
 function verifyPages(indices: Uint32Array, digests: Uint8Array, data: Uint8Array): void {
   const n = indices.length;
-  const got = new Uint8Array(n * DIGEST_BYTES);
-  const order = new Uint32Array(n);
-  for (let k = 0; k < n; k++) order[k] = k;
-  hashPages(data.subarray(0, n * PAGE_SIZE), order, got);
+  hashPages(data.subarray(0, n * PAGE_SIZE), BATCH_ORDER.subarray(0, n), batchDigests);
   for (let k = 0; k < n; k++) {
-    if (
-      Buffer.compare(got.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)) !==
-      0
-    ) {
+    if (!digestsEqual(batchDigests, k * DIGEST_BYTES, digests, k * DIGEST_BYTES)) {
       throw new ProtocolError(
         'E_DIGEST_MISMATCH',
         `page ${indices[k]}: its bytes do not hash to the digest sent with them; nothing of this batch was stored`,
