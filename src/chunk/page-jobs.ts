@@ -480,6 +480,21 @@ export function forgetPacks(packsDir: string, ids: readonly number[]): void {
   }
 }
 
+/**
+ * Closes this thread's cached descriptors of every pack under `packsDir` (the store is closing):
+ * the cache is per thread, not per store, and a closed store's descriptors would otherwise stay
+ * open in a long-lived process (keeping removed packs' blocks, and the store's file system, busy).
+ */
+export function forgetPackDir(packsDir: string): void {
+  lastContainer.key = '';
+  const prefix = packsDir + path.sep;
+  for (const [file, fd] of [...packFds]) {
+    if (!file.startsWith(prefix)) continue;
+    packFds.delete(file);
+    closeSync(fd);
+  }
+}
+
 function packFd(packsDir: string, pack: number): number {
   const file = path.join(packsDir, packFileName(pack));
   let fd = packFds.get(file);

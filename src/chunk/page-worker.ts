@@ -1,13 +1,32 @@
 /** Worker thread entry: runs page jobs and hands big buffers back by transfer, not copy. */
 import { parentPort } from 'node:worker_threads';
 import { slabTransfer } from './slab-pool.js';
-import { forgetPacks, runDecodeJob, runHashJob, runRestoreJob, type DecodeJob, type HashJob, type RestoreJob } from './page-jobs.js';
+import {
+  forgetPackDir,
+  forgetPacks,
+  runDecodeJob,
+  runHashJob,
+  runRestoreJob,
+  type DecodeJob,
+  type HashJob,
+  type RestoreJob,
+} from './page-jobs.js';
 
 parentPort?.on(
   'message',
-  (msg: { id: number; job: HashJob | DecodeJob | RestoreJob } | { forgetPacks: { packsDir: string; ids: number[] } }) => {
+  (
+    msg:
+      | { id: number; job: HashJob | DecodeJob | RestoreJob }
+      | { forgetPacks: { packsDir: string; ids: number[] } }
+      | { forgetPackDir: string },
+  ) => {
     if ('forgetPacks' in msg) {
       forgetPacks(msg.forgetPacks.packsDir, msg.forgetPacks.ids); // no reply: later jobs run after it
+      return;
+    }
+    if ('forgetPackDir' in msg) {
+      forgetPackDir(msg.forgetPackDir); // the pool is closing: it terminates this worker on the reply
+      parentPort!.postMessage({ forgotPackDir: true });
       return;
     }
     try {

@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 import type { Worker } from 'node:worker_threads';
 import {
+  forgetPackDir,
   forgetPacks,
   runDecodeJob,
   runHashJob,
@@ -96,7 +97,8 @@ export class PagePool {
       const worker = new WorkerThread(script);
       worker.unref();
       const slot: Slot = { worker, inFlight: 0, ready: false };
-      worker.on('message', (msg: { id: number; result?: unknown; error?: string; ready?: true }) => {
+      worker.on('message', (msg: { id: number; result?: unknown; error?: string; ready?: true; forgotPackDir?: true }) => {
+        if (msg.forgotPackDir) return; // close()'s own listener takes it
         if (msg.ready) {
           slot.ready = true;
           if (this.slots.every((s) => s.ready)) for (const w of this.readyWaiters.splice(0)) w();
@@ -216,13 +218,43 @@ export class PagePool {
     if (this.shelf.length < SHELF_BUFFERS) this.shelf.push(buffer);
   }
 
+  /** Asks one worker to close its descriptors under `packsDir`; settles on its reply, or if it fails. */
+  private forgetPackDirIn(slot: Slot, packsDir: string): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const onMessage = (msg: { forgotPackDir?: true }) => {
+        if (!msg.forgotPackDir) return;
+        done();
+      };
+      const done = () => {
+        slot.worker.unref();
+        slot.worker.off('message', onMessage);
+        slot.worker.off('error', done);
+        slot.worker.off('exit', done);
+        resolve();
+      };
+      slot.worker.on('message', onMessage);
+      slot.worker.once('error', done);
+      slot.worker.once('exit', done);
+      slot.worker.ref(); // an idle worker is unref'd: the reply must keep the process alive
+      slot.worker.postMessage({ forgetPackDir: packsDir });
+    });
+  }
+
   private inline<T>(run: () => T): Promise<T> {
     this.jobCounts.inline++;
     return Promise.resolve().then(run);
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops the workers. `packsDir`: the closing store's packs, whose cached descriptors every thread
+   * closes first (a worker's descriptors are the process's: terminating it does not close them).
+   */
+  async close(packsDir?: string): Promise<void> {
     this.started = true; // a late start() (a session applying while the store closes) starts nothing
+    if (packsDir !== undefined) {
+      forgetPackDir(packsDir);
+      await Promise.all(this.slots.map((s) => this.forgetPackDirIn(s, packsDir)));
+    }
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
     this.slots.length = 0;
     this.shelf.length = 0;

@@ -389,7 +389,7 @@ export class Store {
     trace('chunk table saved');
     await flushing;
     trace('index memtable flushed');
-    await this.pool.close();
+    await this.pool.close(this.packs.packsDir);
     await this.packs.close();
     await this.db.close();
     // Room for the reserve twice over: never the write that fills the disk.
