@@ -167,10 +167,10 @@ export function tempDirs(): (prefix: string) => string {
   };
 }
 
-/** Initialises a new store at ROOT/store and returns its path. */
-export async function initStore(root: string): Promise<string> {
+/** Initialises a new store at ROOT/store and returns its path (`format` 1 or 2: a legacy layout). */
+export async function initStore(root: string, format?: number): Promise<string> {
   const dir = path.join(root, 'store');
-  await Store.init(dir);
+  await Store.init(dir, { format });
   return dir;
 }
 
