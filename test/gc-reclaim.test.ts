@@ -73,7 +73,9 @@ describe('gc with defaults', () => {
     expect(t.deadBytesKept).toBeLessThanOrEqual(t.maxUnusedBytes);
     const after = dirFileBytes(path.join(dir, 'packs'));
     expect(report.result.reclaimedBytes).toBe(before.bytes - after.bytes);
-    expect(after.bytes).toBe(t.packBytesAfter);
+    // The result is exact; on format 3 the plan's figure is an estimate (35 B a copied chunk, not
+    // the copy's number-run directory): within 0.1% of the result.
+    expect(Math.abs(after.bytes - t.packBytesAfter)).toBeLessThanOrEqual(after.bytes / 1000);
     expect(after.bytes).toBeLessThanOrEqual(1.08 * bound(after.files));
 
     const s = await Store.open(dir, { workers: 0 });
