@@ -18,7 +18,8 @@
  * Figures: the median over rounds of each command's wall time (Node start-up included, as `vnstore
  * bench` reports) and of its CPU time (user + system, GNU time): on a shared machine the CPU time
  * says what a command costs when wall times mostly say how busy the machine was.
- * --formats 1,3 does all of this for each store format (`init --format`) in the same run: the
+ * The stores are of format 3 (what init creates) unless --formats says otherwise (--formats 1 with a
+ * --cli-b build older than format 3). --formats 1,3 does all of this for each store format (`init --format`) in the same run: the
  * initial puts alternate between the formats image by image, and every table gains the format-3
  * store's speed against format 1's (format 1 becomes 2 when compact writes containers).
  */
@@ -37,7 +38,7 @@ const { values } = parseArgs({
     keep: { type: 'boolean', default: false },
     json: { type: 'string' },
     'cli-b': { type: 'string' },
-    formats: { type: 'string', default: '1' },
+    formats: { type: 'string', default: '3' },
   },
 });
 const formats = values.formats.split(',').map(Number);

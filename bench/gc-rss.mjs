@@ -5,9 +5,10 @@
  * first, then runs a gc that rewrites every pack with dead bytes in a child process and reports its
  * peak RSS (VmHWM; process.resourceUsage().maxRSS where /proc is absent).
  *
- *   node bench/gc-rss.mjs [--data-mib 96] [--packs-mib 32,256] [--format 1|3] [--dist DIR] [--json]
+ *   node bench/gc-rss.mjs [--data-mib 96] [--packs-mib 32,256] [--format 3|1] [--dist DIR] [--json]
  *
- * --format 3 builds a store of format 3 (numbered chunks; builds that know it). --dist runs another build (an older commit's dist/) on the same workload. Uses the built dist/.
+ * --format picks the store format (default 3, what init creates; 1 for the legacy layout and for --dist
+ * builds older than format 3). --dist runs another build (an older commit's dist/) on the same workload. Uses the built dist/.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -25,7 +26,7 @@ const { values } = parseArgs({
     child: { type: 'string' },
     pack: { type: 'string' },
     json: { type: 'boolean', default: false },
-    format: { type: 'string', default: '1' },
+    format: { type: 'string', default: '3' },
   },
 });
 const dist = path.resolve(values.dist);

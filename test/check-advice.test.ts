@@ -21,7 +21,7 @@ beforeAll(async () => {
   image = Buffer.concat(Array.from({ length: 64 }, (_, i) => randomPage(4_200 + i))); // incompressible: stored raw
   imageFile = path.join(root, 'a.img');
   writeFileSync(imageFile, image);
-  expect((await runCli(['init', '--store', dir])).code).toBe(0);
+  expect((await runCli(['init', '--store', dir, '--format', '1'])).code).toBe(0);
   const r = await runCli(['put', '--store', dir, '--vm', 'a', imageFile]);
   expect(r.code, r.stderr).toBe(0);
   id = r.stdout.toString().trim();

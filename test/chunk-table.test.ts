@@ -185,7 +185,7 @@ describe('the saved chunk table of an older version', () => {
   it('is not read: the store rebuilds the table from its index with a new seed and saves version 3', async () => {
     const dir = makeTempDir('table-v2');
     try {
-      await Store.init(dir);
+      await Store.init(dir, { format: 1 }); // chunk-table.bin: the legacy layout
       const image = Buffer.concat(Array.from({ length: 64 }, (_, i) => randomPage(i + 1)));
       let store = await Store.open(dir, { workers: 0 });
       const s = await store.beginSession({ vm: 'a', parent: 'none' });

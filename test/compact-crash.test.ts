@@ -31,7 +31,7 @@ let steps = 5;
 beforeAll(async () => {
   root = makeTempDir('compact-crash');
   template = path.join(root, 'template');
-  await Store.init(template);
+  await Store.init(template, { format: 1 }); // format 3: maintenance-crash-v3.test.ts
   const store = await Store.open(template, { workers: 0, packTargetBytes: PACK_TARGET });
   const rand = prng(1616);
   let seed = 1;

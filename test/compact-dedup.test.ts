@@ -22,7 +22,7 @@ afterAll(() => roots.forEach(removeDir));
 const image = Buffer.concat(Array.from({ length: 64 }, (_, i) => textPage(1000 + i)));
 
 async function compactedStore(prefix: string) {
-  const { root, dir, store } = await newStore(prefix, 1 << 20);
+  const { root, dir, store } = await newStore(prefix, 1 << 20, 1); // version-2 containers and the exact index (format 3: compact-v3)
   roots.push(root);
   const first = await putImage(store, 'vm0', image);
   await runCompact(store, { minAgeMs: 0 });

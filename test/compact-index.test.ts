@@ -17,7 +17,7 @@ afterAll(() => roots.forEach(removeDir));
 
 describe('the index after compact', () => {
   it('holds no superseded entries: a full LevelDB compaction afterwards finds nothing to drop', async () => {
-    const { root, dir, store } = await newStore('compact-index', 1 << 20);
+    const { root, dir, store } = await newStore('compact-index', 1 << 20, 1); // LevelDB entries: the legacy index
     roots.push(root);
     const images = [0, 1, 2].map((vm) => Buffer.concat(Array.from({ length: 1000 }, (_, i) => textPage(vm * 10_000 + i))));
     const recs = [];
@@ -35,7 +35,7 @@ describe('the index after compact', () => {
   });
 
   it('after forget, a full gc leaves no superseded entries either', async () => {
-    const { root, dir, store } = await newStore('gc-index', 1 << 20);
+    const { root, dir, store } = await newStore('gc-index', 1 << 20, 1);
     roots.push(root);
     const images = [0, 1, 2].map((vm) => Buffer.concat(Array.from({ length: 1000 }, (_, i) => textPage(vm * 10_000 + i))));
     const recs = [];

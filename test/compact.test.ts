@@ -86,7 +86,7 @@ async function containerEntries(store: Store): Promise<number> {
 
 describe('vnstore compact', () => {
   it('compacts cold packs into zstd containers: exact restores, clean check, a smaller store, nothing left to do', async () => {
-    const { root, dir, store } = await newStore('compact', PACK_TARGET);
+    const { root, dir, store } = await newStore('compact', PACK_TARGET, 1); // store format 2 (format 3: compact-v3.test.ts)
     roots.push(root);
     const { recs, images } = await buildStore(store);
     // Just written: nothing is cold at the default age.
@@ -192,7 +192,7 @@ describe('vnstore compact', () => {
   });
 
   it('gc puts the live pages of a container that lost some into new containers', async () => {
-    const { root, dir, store } = await newStore('compact-gc', PACK_TARGET);
+    const { root, dir, store } = await newStore('compact-gc', PACK_TARGET, 1); // store format 2 (format 3: compact-v3.test.ts)
     roots.push(root);
     const { recs, images } = await buildStore(store);
     await runCompact(store, { minAgeMs: 0 });
@@ -217,7 +217,7 @@ describe('vnstore compact', () => {
   });
 
   it('sessions committing while compact runs restore exactly', async () => {
-    const { root, store } = await newStore('compact-concurrent', PACK_TARGET);
+    const { root, store } = await newStore('compact-concurrent', PACK_TARGET, 1); // store format 2 (format 3: compact-v3.test.ts)
     roots.push(root);
     const { images } = await buildStore(store, 200);
     const candidates = [...images.values()].flatMap((img) =>
@@ -245,7 +245,7 @@ describe('vnstore compact', () => {
 
 describe('check --repair-index on a compacted store', () => {
   it('rebuilds the same index from v2 packs; a damaged container loses only its own pages', async () => {
-    const { root, dir, store } = await newStore('compact-repair', PACK_TARGET);
+    const { root, dir, store } = await newStore('compact-repair', PACK_TARGET, 1); // store format 2 (format 3: compact-v3.test.ts)
     roots.push(root);
     const { images } = await buildStore(store, 120);
     await runCompact(store, { minAgeMs: 0 });
@@ -362,7 +362,7 @@ describe('vnstore compact --server', () => {
     const root = makeTempDir('compact-server');
     roots.push(root);
     const dir = path.join(root, 'store');
-    expect((await runCli(['init', '--store', dir])).code).toBe(0);
+    expect((await runCli(['init', '--store', dir, '--format', '1'])).code).toBe(0);
     const store = await Store.open(dir, { workers: 0, packTargetBytes: PACK_TARGET });
     const { images } = await buildStore(store, 100);
     await store.close();

@@ -37,7 +37,7 @@ function image(seed: number): Buffer {
 beforeAll(async () => {
   root = makeTempDir('damage-index');
   base = path.join(root, 'base');
-  await Store.init(base);
+  await Store.init(base, { format: 1 }); // damage to the legacy LevelDB chunk index
   const store = await Store.open(base, { workers: 0 });
   for (let s = 0; s < 2; s++) {
     images.push(image(s));

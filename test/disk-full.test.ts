@@ -268,7 +268,7 @@ describe.skipIf(!canMount && !inCi)('disk full (tmpfs, real ENOSPC)', () => {
 
   it('upgrade without room for a copy of the packs: exit 9 with one line before it writes; with room it upgrades', async () => {
     const dir = freshMount(48);
-    ok(await cli(['init', '--store', dir]));
+    ok(await cli(['init', '--store', dir, '--format', '1'])); // the upgrade's input
     const a = randomBytes(6 * MiB);
     const aId = ok(await put(dir, 'a', imageFile(a)))
       .stdout.toString()

@@ -288,7 +288,7 @@ const lanes: Lane[] = [];
 beforeAll(async () => {
   root = makeTempDir('crash-calibrate');
   const dir = path.join(root, 'store');
-  expect((await runCli(['init', '--store', dir])).code).toBe(0);
+  expect((await runCli(['init', '--store', dir, '--format', '1'])).code).toBe(0); // legacy index (format 3: format3-crash)
   const file = path.join(root, 'cal.img');
   writeFileSync(file, trialImage(0, 1));
   const started = Date.now();
@@ -312,7 +312,7 @@ describe('SIGKILL during put (56 trials in parallel pairs)', () => {
     it(`kill trials, stores ${k * LANES + 1}-${k * LANES + LANES}: committed snapshots survive exactly, partial ones never show`, async () => {
       const mine = Array.from({ length: LANES }, (_, i) => newLane(`lane${k * LANES + i}`, SEED * 31 + k * LANES + i + 1));
       lanes.push(...mine);
-      for (const lane of mine) expect((await runCliInProcess(['init', '--store', lane.dir])).code).toBe(0);
+      for (const lane of mine) expect((await runCliInProcess(['init', '--store', lane.dir, '--format', '1'])).code).toBe(0); // format 3: format3-crash
       await Promise.all(mine.map((lane) => runLane(lane, TRIALS_PER_LANE_PER_TEST)));
       for (const lane of mine) {
         // The CLI agrees with the library: ls --json lists exactly the committed snapshots, with their digests.
@@ -386,7 +386,7 @@ describe('simulated power loss', () => {
   beforeAll(async () => {
     base = makeTempDir('power');
     dir = path.join(base, 'store');
-    expect((await runCli(['init', '--store', dir])).code).toBe(0);
+    expect((await runCli(['init', '--store', dir, '--format', '1'])).code).toBe(0); // legacy index (format 3: format3-crash)
     for (const f of [0, 1]) {
       const img = trialImage(f, 4242 + f);
       const file = path.join(base, `p${f}.img`);

@@ -24,15 +24,24 @@ async function ok(args: string[]): Promise<string> {
 }
 
 describe('CLI on a format-3 store', () => {
-  it('init --format 3, put, restore (file, stdout, group), stats --json and --detail, maintenance', async () => {
+  it('init (format 3 by default), put, restore (file, stdout, group), stats --json and --detail, maintenance', async () => {
     const root = tmp('fmt3-cli');
     const store = path.join(root, 'store');
-    expect(await ok(['init', '--store', store, '--format', '3'])).toContain('format version 3');
+    expect(await ok(['init', '--store', store])).toContain('format version 3');
     expect(JSON.parse(readFileSync(path.join(store, 'vnstore.json'), 'utf8')).version).toBe(3);
-    expect(await ok(['init', '--help'])).not.toContain('--format'); // hidden until every command works
-    const bad = await runCli(['init', '--store', path.join(root, 'other'), '--format', '2']);
-    expect(bad.code).toBe(2);
-    expect(singleErrorLine(bad.stderr)).toContain('--format takes 1 or 3');
+    const help = await ok(['init', '--help']);
+    expect(help).not.toContain('--format'); // only tests and benches of the legacy layouts use it
+    expect(help).toContain('store format 3');
+    for (const v of ['1', '2']) {
+      const legacy = path.join(root, `legacy${v}`);
+      expect(await ok(['init', '--store', legacy, '--format', v])).toContain(`format version ${v}`);
+      expect(JSON.parse(readFileSync(path.join(legacy, 'vnstore.json'), 'utf8')).version).toBe(Number(v));
+    }
+    for (const v of ['4', '0', '3.0', 'x']) {
+      const bad = await runCli(['init', '--store', path.join(root, 'other'), '--format', v]);
+      expect(bad.code).toBe(2);
+      expect(singleErrorLine(bad.stderr)).toContain(`--format takes 1, 2, 3, got "${v}"`);
+    }
 
     const a = image(1, 200);
     const b = image(2, 120);

@@ -3,10 +3,12 @@
  * snapshots of one VM, each rewriting 40% of its pages, has every pack still mostly live after a
  * third of the snapshots is forgotten: the old per-pack rule (rewrite below 50% live) reclaimed
  * nothing there. `vnstore gc` with defaults must leave pack bytes within 1.08 x the bound of what is
- * kept, computed here from the index: the stored bytes of the distinct chunks the kept snapshots
- * reference, their table-of-contents entries, and each pack file's header and trailer. Every kept
- * snapshot restores exactly.
+ * kept, computed here from the images (on the store's default format, 3): the stored bytes of the
+ * distinct chunks the kept snapshots reference (compressed by ingest's rules), their table entries
+ * (35 B: digest and item), and each pack file's header and trailer. Every kept snapshot restores
+ * exactly. (Format 2's default gc: maintenance-gc.test.ts.)
  */
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { forget } from '../src/maintenance/forget.js';
@@ -21,9 +23,10 @@ import {
   newStore,
   PACK_OVERHEAD,
   putImage,
-  readIndex,
-  TOC_ENTRY,
+  storedLengths,
 } from './helpers/maintenance.js';
+
+const V3_TABLE_ENTRY = 35; // a chunk's 32-byte digest and its 3-byte item (docs/FORMAT.md, "Store format 3")
 
 const roots: string[] = [];
 afterEach(() => {
@@ -53,10 +56,11 @@ describe('gc with defaults', () => {
     for (const id of gone) images.delete(id);
     await store.close();
 
+    expect(JSON.parse(readFileSync(path.join(dir, 'vnstore.json'), 'utf8')).version).toBe(3);
     const kept = new Set([...images.values()].flatMap((img) => digestsOf(img).digests));
-    const index = await readIndex(dir);
-    const keptStored = [...kept].reduce((s, d) => s + index.get(d)!.storedLength, 0);
-    const bound = (files: number) => keptStored + kept.size * TOC_ENTRY + files * PACK_OVERHEAD;
+    const stored = storedLengths([...images.values()]);
+    const keptStored = [...kept].reduce((s, d) => s + stored.get(d)!, 0);
+    const bound = (files: number) => keptStored + kept.size * V3_TABLE_ENTRY + files * PACK_OVERHEAD;
     const before = dirFileBytes(path.join(dir, 'packs'));
     expect(before.files).toBeGreaterThanOrEqual(3);
     expect(before.bytes).toBeGreaterThan(1.1 * bound(before.files)); // not vacuous: well above the bound before gc
@@ -69,7 +73,9 @@ describe('gc with defaults', () => {
     expect(t.deadBytesKept).toBeLessThanOrEqual(t.maxUnusedBytes);
     const after = dirFileBytes(path.join(dir, 'packs'));
     expect(report.result.reclaimedBytes).toBe(before.bytes - after.bytes);
-    expect(after.bytes).toBe(t.packBytesAfter);
+    // The result is exact; on format 3 the plan's figure is an estimate (35 B a copied chunk, not
+    // the copy's number-run directory): within 0.1% of the result.
+    expect(Math.abs(after.bytes - t.packBytesAfter)).toBeLessThanOrEqual(after.bytes / 1000);
     expect(after.bytes).toBeLessThanOrEqual(1.08 * bound(after.files));
 
     const s = await Store.open(dir, { workers: 0 });

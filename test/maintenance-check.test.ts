@@ -24,7 +24,7 @@ const ids: Record<string, string> = {};
 beforeAll(async () => {
   root = makeTempDir('check');
   pristine = path.join(root, 'pristine');
-  await Store.init(pristine);
+  await Store.init(pristine, { format: 1 }); // the legacy index and packs (format 3: check-v3.test.ts)
   const store = await Store.open(pristine, { workers: 0, packTargetBytes: PACK_TARGET });
   const a1 = Array.from({ length: 30 }, (_, i) => (i % 7 === 3 ? 'z' : i % 3 === 0 ? `c${i}` : `r${i}`));
   const a2 = a1.map((n, i) => (i % 5 === 1 ? `r${300 + i}` : n));

@@ -37,7 +37,7 @@ let packsWritten = 10;
 beforeAll(async () => {
   root = makeTempDir('gc-crash');
   template = path.join(root, 'template');
-  await Store.init(template);
+  await Store.init(template, { format: 1 }); // format 3: maintenance-crash-v3.test.ts
   const store = await Store.open(template, { workers: 0, packTargetBytes: PACK_TARGET });
   const rand = prng(4242);
   const recs = [];

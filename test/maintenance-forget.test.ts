@@ -98,7 +98,7 @@ describe('forget policy (pure)', () => {
 
 describe('forget on a store', () => {
   it('keeps manifests that kept snapshots delta-decode through, then gc removes them once unneeded', async () => {
-    const { root, dir, store } = await newStore('forget-base');
+    const { root, dir, store } = await newStore('forget-base', undefined, 1); // delta bases of tiny images: the format-1 rule
     roots.push(root);
     const expected = new Map<string, Buffer>();
     // A chain a1 ← a2 ← a3 (each delta-encoded against its parent) and an unrelated b1.
@@ -188,7 +188,7 @@ describe('forget on a store', () => {
   });
 
   it('a session whose parent is forgotten still commits (inherited pages, delta base kept) and restores', async () => {
-    const { root, store } = await newStore('forget-session');
+    const { root, store } = await newStore('forget-session', undefined, 1); // delta bases of tiny images: the format-1 rule
     roots.push(root);
     const img = imageOf(['r1', 'r2', 'z', 'r3', 'c4', 'r5']);
     const p = await putImage(store, 'vm', img);
@@ -210,7 +210,7 @@ describe('forget on a store', () => {
 
 describe('forget racing sessions in the same process', () => {
   it('a session begun while its parent is being forgotten commits a restorable snapshot, whatever the interleaving', async () => {
-    const { root, store } = await newStore('forget-race');
+    const { root, store } = await newStore('forget-race', undefined, 1); // delta bases of tiny images: the format-1 rule
     roots.push(root);
     const expected = new Map<string, Buffer>();
     for (let round = 0; round < 6; round++) {

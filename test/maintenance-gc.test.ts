@@ -216,7 +216,7 @@ async function buildStore(store: Store): Promise<{ recs: SnapshotRecord[]; image
 
 describe('gc on a store', () => {
   it('--max-unused 0 reclaims exactly the dead bytes; copies keep their stored bytes; all else restores', async () => {
-    const { root, dir, store } = await newStore('gc-exact', PACK_TARGET);
+    const { root, dir, store } = await newStore('gc-exact', PACK_TARGET, 1); // legacy accounting (format 3: gc-v3.test.ts)
     roots.push(root);
     const { recs, images } = await buildStore(store);
     const lengths = storedLengths([...images.values()]);
@@ -270,7 +270,7 @@ describe('gc on a store', () => {
   });
 
   it('the default (5% unused) reclaims what the plan says and leaves unused bytes within the target', async () => {
-    const { root, dir, store } = await newStore('gc-default', PACK_TARGET);
+    const { root, dir, store } = await newStore('gc-default', PACK_TARGET, 1); // legacy plan (format 3: gc-v3.test.ts)
     roots.push(root);
     const { recs, images } = await buildStore(store);
     await forget(store, { ids: [recs[0].id, recs[1].id, recs[4].id] });

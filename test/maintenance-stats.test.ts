@@ -67,7 +67,7 @@ function bruteForce(live: Map<string, Buffer>, vms: string[]) {
 beforeAll(async () => {
   root = makeTempDir('stats');
   dir = path.join(root, 'store');
-  await Store.init(dir);
+  await Store.init(dir, { format: 1 }); // legacy counters and LevelDB index (format 3: stats-v3.test.ts)
   const store = await Store.open(dir, { workers: 0, packTargetBytes: PACK_TARGET });
   const os = Array.from({ length: 10 }, (_, i) => (i % 4 === 0 ? `c${i}` : `r${i}`)); // "OS pages" all VMs share
   const put = async (vm: string, names: string[], tail = 0) => {

@@ -13,7 +13,7 @@ import { initStore, makePage, tempDirs } from './helpers/engine.js';
 const tmp = tempDirs();
 
 async function storeWithOnePack(): Promise<{ store: Store; pages: Buffer[]; packId: number }> {
-  const dir = await initStore(tmp('pack-reader'));
+  const dir = await initStore(tmp('pack-reader'), 1); // the legacy pack layout (format 3: pack-v3-files.test.ts)
   const pages = [makePage('random', 1), makePage('compressible', 2), makePage('random', 3)];
   let store = await Store.open(dir, { workers: 0 });
   const s = await store.beginSession({ vm: 'vm1' });

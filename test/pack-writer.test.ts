@@ -29,7 +29,7 @@ describe('PackWriter.appendMany', () => {
         async (chunks, packTarget, reversed) => {
           const dir = makeTempDir('vnstore-pw-');
           try {
-            await Store.init(dir);
+            await Store.init(dir, { format: 1 }); // LevelDB index entries (format 3: format3-roundtrip)
             const store = await Store.open(dir, { workers: 0, packTargetBytes: packTarget });
             try {
               // One block, as a worker returns it: payloads back to back, digests in page order.
@@ -105,7 +105,7 @@ describe('PackWriter.locateUnindexed', () => {
   it('finds chunks whose fingerprints clash (an ambiguous table slot) by their exact digest, and no other', async () => {
     const dir = makeTempDir('vnstore-pw-');
     try {
-      await Store.init(dir);
+      await Store.init(dir, { format: 1 }); // LevelDB index entries (format 3: format3-roundtrip)
       const store = await Store.open(dir, { workers: 0 });
       try {
         // Three digests sharing the 4-byte fingerprint, differing in the last byte (a guest can forge these).

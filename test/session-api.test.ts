@@ -18,12 +18,12 @@ import { makePage, initStore, tempDirs, restoreToBuffer, PAGE } from './helpers/
 
 const tempDir = tempDirs();
 
-async function freshStore(): Promise<Store> {
-  return Store.open(await initStore(tempDir('inherit')), { workers: 0 });
+async function freshStore(format?: number): Promise<Store> {
+  return Store.open(await initStore(tempDir('inherit'), format), { workers: 0 });
 }
 
-async function storeWithParent() {
-  const store = await freshStore();
+async function storeWithParent(format?: number) {
+  const store = await freshStore(format);
   const image = Buffer.concat(Array.from({ length: 8 }, (_, i) => makePage('random', 500 + i)));
   const s = await store.beginSession({ vm: 'x' });
   await s.writePages(0, image);
@@ -34,8 +34,8 @@ async function storeWithParent() {
 type WithParent = Awaited<ReturnType<typeof storeWithParent>>;
 
 /** Runs `fn` on a store holding an 8-page parent snapshot of VM x, and closes the store after. */
-async function withParent(fn: (ctx: WithParent) => Promise<void>): Promise<void> {
-  const ctx = await storeWithParent();
+async function withParent(fn: (ctx: WithParent) => Promise<void>, format?: number): Promise<void> {
+  const ctx = await storeWithParent(format);
   try {
     await fn(ctx);
   } finally {
@@ -92,7 +92,7 @@ describe('inherited pages', () => {
       (store.table as ChunkTable).remove(blake3(image.subarray(5 * PAGE, 6 * PAGE))); // forged: past the read-only view
       const r = await dirtyPut(store, new Map([[1, makePage('random', 901)]]));
       await expectRestores(store, r, patched(image, [[1, makePage('random', 901)]]));
-    }));
+    }, 1)); // the LevelDB index behind the table: format 1/2
 });
 
 describe('writeScattered input', () => {
@@ -124,7 +124,7 @@ describe('a refused writeScattered leaves no trace', () => {
 
 describe('a store opened without its chunk table (catalog work)', () => {
   it('lists snapshots, refuses sessions and restores, and leaves the saved table untouched', async () => {
-    const { store, image, parent } = await storeWithParent();
+    const { store, image, parent } = await storeWithParent(1); // chunk-table.bin: format 1/2
     const dir = store.dir;
     await store.close();
     const tableFile = path.join(dir, TABLE_FILE);

@@ -39,7 +39,7 @@ function changed(base: Buffer, seed: number, every: number, from = 1): Buffer {
 
 describe('upgrade to store format 3: chunks and manifests', () => {
   it('converts every chunk and manifest, and every snapshot reads back exactly from the new files', async () => {
-    const { root, store } = await newStore('upgrade-v3', 64 * 1024);
+    const { root, store } = await newStore('upgrade-v3', 64 * 1024, 1);
     const expected = new Map<string, Buffer>();
     try {
       const a0 = image(1, 300, 1234);

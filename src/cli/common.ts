@@ -99,17 +99,22 @@ export async function withStore<T>(
 ): Promise<T> {
   const dir = storeDir(opts);
   await assertStorePath(dir);
-  const store = await openWaitingForLock(
-    () => Store.open(dir, { sweeper: lazyGcSweeper, ...openOptions }),
-    (opts.lockWait ?? 0) * 1000,
-  ).catch(async (err: unknown) => {
-    throw await explainServerLock(err, dir);
-  });
+  const store = await openForCommand(dir, opts.lockWait, { sweeper: lazyGcSweeper, ...openOptions });
   try {
     return await fn(store);
   } finally {
     await store.close();
   }
+}
+
+/**
+ * Opens a store for a command: waits up to `lockWaitSeconds` for its lock, and a store held by a
+ * running `vnstore serve` is refused with the server's PID and address.
+ */
+export function openForCommand(dir: string, lockWaitSeconds: number | undefined, openOptions: OpenOptions): Promise<Store> {
+  return openWaitingForLock(() => Store.open(dir, openOptions), (lockWaitSeconds ?? 0) * 1000).catch(async (err: unknown) => {
+    throw await explainServerLock(err, dir);
+  });
 }
 
 /** Runs a command action: typed errors become one line on stderr and their exit code. */

@@ -1,10 +1,11 @@
 import type { Command } from 'commander';
-import type { UpgradeReport } from '../maintenance/upgrade.js';
-import { action, assertStorePath, humanBytes, progressBar, storeDir, storeOption } from './common.js';
+import type { AlreadyUpgraded, UpgradeReport } from '../maintenance/upgrade.js';
+import { action, assertStorePath, humanBytes, lockWaitOption, openForCommand, progressBar, storeDir, storeOption } from './common.js';
 
 interface UpgradeCliOptions {
   store?: string;
   json?: boolean;
+  lockWait?: number;
 }
 
 export function registerUpgrade(program: Command): void {
@@ -13,9 +14,10 @@ export function registerUpgrade(program: Command): void {
     .description('convert a store of format 1 or 2 to store format 3 (numbered chunks, compact metadata); cannot be undone')
     .option(
       '--json',
-      'print {formatBefore, formatAfter, snapshots, chunks, packs, manifests, storeBytesBefore, storeBytesAfter, manifestBytesBefore, manifestBytesAfter, seconds}',
+      'print {upgraded, formatBefore, formatAfter, snapshots, chunks, packs, manifests, storeBytesBefore, storeBytesAfter, manifestBytesBefore, manifestBytesAfter, seconds}; on a format-3 store {upgraded: false, formatBefore: 3, formatAfter: 3}',
     )
     .addOption(storeOption())
+    .addOption(lockWaitOption())
     .addHelpText(
       'after',
       `
@@ -25,9 +27,14 @@ the index keeps no per-chunk LevelDB entry, so a store's metadata is a few times
 recompression) into new packs under DIR/upgrade/, re-encodes every manifest, writes a new catalog,
 then switches the store over in one step and removes the old parts.
 
+'vnstore init' creates format 3; a store that is at format 3 already is left as it is ("already
+format 3, nothing to do", exit 0). Stores of format 1 and 2 keep working without an upgrade.
+
 Before it starts it checks the free space: it needs about as much again as the store's packs and
 manifests, on the same file system. Stop 'vnstore serve' and every other command first: the upgrade
-holds the store's lock throughout (a locked store is refused, exit 5).
+holds the store's lock throughout (a locked store is refused, exit 5; --lock-wait waits for it).
+The snapshots' 'added' figures (ls, stats) are recounted for format 3: the same chunk payloads,
+format 3's table entries and the new, smaller manifests.
 
 Crash-safe: killed before the switch, the store is the old one and a new 'vnstore upgrade' starts
 over; killed after it, the next command finishes the switch. It cannot be undone: there is no way
@@ -46,9 +53,10 @@ Examples:
         // Loaded when the command runs, so that other commands do not pay for it at start-up.
         const { upgradeStore } = await import('../maintenance/upgrade.js');
         let bar: ReturnType<typeof progressBar> | undefined;
-        let report: UpgradeReport;
+        let report: UpgradeReport | AlreadyUpgraded;
         try {
           report = await upgradeStore(dir, {
+            open: (d, o) => openForCommand(d, opts.lockWait, o),
             onProgress: (done, total) => {
               // Chunks shown as 4 KiB pages (as compact does): the bar counts bytes.
               bar ??= progressBar('upgrade', total * 4096);
@@ -59,6 +67,7 @@ Examples:
           bar?.stop();
         }
         if (opts.json) process.stdout.write(JSON.stringify({ ...report, formatAfter: 3 }, null, 2) + '\n');
+        else if (!report.upgraded) process.stdout.write(`${dir}: already format 3, nothing to do\n`);
         else process.stdout.write(render(report));
       }),
     );

@@ -202,6 +202,7 @@ export async function replacePacks(
   // Reads that located a chunk in an old pack just before the swap still find the (unlinked) file.
   for (const id of old) await store.packs.retire(id);
   for (const id of old) await fsp.rm(store.packs.packPath(id), { force: true });
+  store.forgetPacks(old); // else a worker that read them keeps the unlinked files open
   await fsyncDir(store.packs.packsDir);
   failpoint('files-removed');
   const done = store.db.batch();
@@ -236,6 +237,7 @@ function doomedChunks(tocs: StepTocs, kept: (toc: TocV3) => (n: number, k: numbe
 async function discardCopy(store: NumberedStore, pack: number): Promise<void> {
   await store.packs.evict(pack);
   await fsp.rm(store.packs.packPath(pack), { force: true });
+  store.forgetPacks([pack]);
   await fsyncDir(store.packs.packsDir);
 }
 

@@ -8,14 +8,14 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { ManifestHeader } from '../format/manifest.js';
-import type { NumberedPages } from '../format/manifest-v2.js';
+import { decodeManifestV2Header, decodeManifestV2Pages, type NumberedPages } from '../format/manifest-v2.js';
 import { PageKind } from '../format/pages.js';
 import { KEY_SNAPSHOT, parseSnapshotRecord, prefixRange, type SnapshotRecord, type StoreDb } from '../store/db.js';
 import { listHeld } from '../store/held.js';
 import { listKeptBases, type KeptBaseRecord } from '../store/keys.js';
 import { storePaths } from '../store/paths.js';
-import { loadNumberedManifest } from '../store/read-v3.js';
-import { MissingError } from '../util/errors.js';
+import { MAX_BASE_DEPTH } from '../store/manifest-loader.js';
+import { CorruptError, MissingError } from '../util/errors.js';
 
 /** A growable bitset over chunk numbers. */
 export class NumberSet {
@@ -51,22 +51,57 @@ export class NumberSet {
   }
 }
 
-/** Loads numbered manifests once each (a delta chain's bases are shared by its snapshots). */
+/**
+ * Loads numbered manifests once each: a delta chain's bases are resolved through the same cache, so
+ * every file is read once however many snapshots share it (stats --detail and gc's mark share one).
+ */
 export class NumberedManifests {
   private readonly cache = new Map<string, Promise<{ header: ManifestHeader; pages: NumberedPages }>>();
   constructor(readonly manifestsDir: string) {}
 
   load(id: string): Promise<{ header: ManifestHeader; pages: NumberedPages }> {
+    return this.loadChain(id, []);
+  }
+
+  private loadChain(id: string, chain: string[]): Promise<{ header: ManifestHeader; pages: NumberedPages }> {
+    // A cycle of bases would wait on its own pending load; the depth bound refuses it first.
+    if (chain.length > MAX_BASE_DEPTH + 1) return Promise.reject(new CorruptError(`manifest of snapshot ${chain[0]}: base chain too deep`));
     let hit = this.cache.get(id);
     if (!hit) {
-      hit = loadNumberedManifest(this.manifestsDir, id).catch((err: unknown) => {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-        throw new MissingError(`manifest of snapshot ${id} (or of its delta base) is missing; run 'vnstore check'`, { cause: err });
-      });
+      hit = this.read(id, [...chain, id]);
       this.cache.set(id, hit);
+    } else if (chain.includes(id)) {
+      return Promise.reject(new CorruptError(`manifest of snapshot ${chain[0]}: its delta bases form a cycle through ${id}`));
     }
     return hit;
   }
+
+  private async read(id: string, chain: string[]): Promise<{ header: ManifestHeader; pages: NumberedPages }> {
+    let bytes: Buffer;
+    try {
+      bytes = await fsp.readFile(path.join(this.manifestsDir, `${id}.vnm`));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      throw missingManifest(chain[0], err);
+    }
+    const { header, reader } = decodeManifestV2Header(bytes, id);
+    if (header.meta.id !== id) throw new CorruptError(`manifest of snapshot ${id} names snapshot ${header.meta.id}`);
+    let base: NumberedPages | undefined;
+    if (header.baseId !== undefined) {
+      try {
+        base = (await this.loadChain(header.baseId, chain)).pages;
+      } catch (err) {
+        if (err instanceof MissingError) throw missingManifest(chain[0], err);
+        throw err;
+      }
+    }
+    return { header, pages: decodeManifestV2Pages(header, reader, id, base) };
+  }
+}
+
+/** The snapshot asked for is named, whichever file of its chain is gone. */
+function missingManifest(id: string, cause: unknown): MissingError {
+  return new MissingError(`manifest of snapshot ${id} (or of its delta base) is missing; run 'vnstore check'`, { cause });
 }
 
 export interface LiveNumbers {
@@ -91,12 +126,14 @@ export async function listCommittedRecords(db: StoreDb): Promise<SnapshotRecord[
 /**
  * Marks every live number. `inFlight` (the open store's sessions and unsealed chunks) runs first,
  * then the manifest directory is listed, then the catalog read: a session that commits meanwhile has
- * written its manifest before its record, so one of the two sees it.
+ * written its manifest before its record, so one of the two sees it. A caller that reads the same
+ * manifests afterwards (stats --detail) passes its `manifests`, so each file is read once.
  */
 export async function markLiveNumbers(
   dir: string,
   db: StoreDb,
   inFlight?: (into: NumberSet) => Promise<{ sessions: number; bases: string[] }>,
+  manifests = new NumberedManifests(storePaths(dir).manifests),
 ): Promise<LiveNumbers> {
   const live = new NumberSet();
   const fromSessions = inFlight ? await inFlight(live) : { sessions: 0, bases: [] };
@@ -110,7 +147,6 @@ export async function markLiveNumbers(
   const committed = await listCommittedRecords(db);
   const kept = await listKeptBases(db);
   const held = await listHeld(db);
-  const manifests = new NumberedManifests(manifestsDir);
   // A kept base's manifest stays for its children's SAME runs; its own chunks are live only when a
   // snapshot names them (as on format 2).
   for (const r of committed) live.addPages((await manifests.load(r.id)).pages);

@@ -20,6 +20,8 @@ export interface NumberedStore {
   readonly packTargetBytes: number;
   /** A pack id above every pack's, for a copy. */
   reservePackId(): number;
+  /** Makes the page workers close the descriptors they cache for these packs (their files are gone). */
+  forgetPacks(ids: readonly number[]): void;
   /**
    * Adds the numbers in-flight work references (open sessions' chunks and parents); returns how many
    * sessions, and the snapshot ids they use as delta bases.
@@ -44,6 +46,7 @@ export function numberedView(store: Store, fence?: GcFence): NumberedStore {
     numbered,
     packTargetBytes: store.writer.targetBytes,
     reservePackId: () => store.writer.reservePackId(),
+    forgetPacks: (ids) => store.pool.forgetPacks(store.packs.packsDir, ids),
     inFlightNumbers: async (into) => {
       const bases: string[] = [];
       let sessions = 0;

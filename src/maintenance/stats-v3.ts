@@ -11,8 +11,9 @@ import { DIGEST_BYTES, PageKind } from '../format/pages.js';
 import { zeroCounters, type StoreCounters } from '../store/counters.js';
 import type { SnapshotRecord } from '../store/db.js';
 import { NumberedManifestLoader } from '../store/manifest-loader-v3.js';
+import { storePaths } from '../store/paths.js';
 import type { Store } from '../store/store.js';
-import { markLiveNumbers } from './live-v3.js';
+import { markLiveNumbers, NumberedManifests } from './live-v3.js';
 import { numberedView } from './numbered-store.js';
 import { SharingTally, type SharingResult } from './stats-sharing.js';
 import { addCatalogCounts } from './stats-catalog.js';
@@ -70,14 +71,15 @@ export async function numberedDetail(
 ): Promise<{ sharing: SharingResult; garbageChunks: number; garbageBytes: number }> {
   const vmIndex = new Map(vmNames.map((v, i) => [v, i]));
   const tally = new SharingTally(records.length, vmNames.length);
-  const loader = new NumberedManifestLoader((id) => store.manifestPath(id), store.numbered!, store.packs, 12);
+  // One read of each manifest: the live marking loads every committed one, the tally takes them from its cache.
+  const manifests = new NumberedManifests(storePaths(store.dir).manifests);
+  const view = numberedView(store);
+  const { live } = await markLiveNumbers(store.dir, store.db, (into) => view.inFlightNumbers(into), manifests);
   for (let si = 0; si < records.length; si++) {
     const vi = vmIndex.get(records[si].vm)!;
-    const { kinds, numbers, pageCount } = (await loader.load(records[si].id)).numbers;
+    const { kinds, numbers, pageCount } = (await manifests.load(records[si].id)).pages;
     for (let i = 0; i < pageCount; i++) if (kinds[i] === PageKind.Digest) tally.see(numbers[i], si, vi);
   }
-  const view = numberedView(store);
-  const { live } = await markLiveNumbers(store.dir, store.db, (into) => view.inFlightNumbers(into));
   const stored = new Map<number, number>();
   let garbageChunks = 0;
   let garbageBytes = 0;

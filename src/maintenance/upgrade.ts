@@ -18,12 +18,25 @@ import path from 'node:path';
 import { CONFIG_FILE, STORE_FORMAT_VERSION_NUMBERED, type StoreConfig } from '../store/config.js';
 import { finishUpgradeSwap, readRawConfig, UPGRADE_DIR } from '../store/upgrade-swap.js';
 import { putCounterBase, readCounters, zeroCounters } from '../store/counters.js';
-import { CHUNK_GEN_KEY, CLEAN_PACK_KEY, KEY_CHUNK, KEY_META, KEY_PACK, KEY_SNAPSHOT, openDb, type StoreDb } from '../store/db.js';
-import { listHeld } from '../store/held.js';
+import {
+  CHUNK_GEN_KEY,
+  CLEAN_PACK_KEY,
+  KEY_CHUNK,
+  KEY_META,
+  KEY_PACK,
+  KEY_SNAPSHOT,
+  jsonValue,
+  openDb,
+  type SnapshotRecord,
+  type StoreDb,
+} from '../store/db.js';
+import { KEY_HELD, listHeld, type HeldPrepared } from '../store/held.js';
 import { KEY_KEPT_BASE, listKeptBases } from '../store/keys.js';
 import { freeBytes } from '../store/reserve.js';
 import { NEXT_NUMBER_KEY, NumberAllocator } from '../store/number-allocator.js';
-import { Store } from '../store/store.js';
+import { Store, type OpenOptions } from '../store/store.js';
+import { ITEM_BYTES } from '../format/pack-v3.js';
+import { DIGEST_BYTES } from '../format/pages.js';
 import { exists, fsyncDir, writeFileDurable } from '../util/durable.js';
 import { VnstoreError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
@@ -32,6 +45,7 @@ import { convertChunks, convertManifests } from './upgrade-v3.js';
 export { STORE_FORMAT_VERSION_NUMBERED, UPGRADE_DIR, finishUpgradeSwap };
 
 export interface UpgradeReport {
+  upgraded: true;
   chunks: number;
   packs: number;
   manifests: number;
@@ -47,24 +61,35 @@ export interface UpgradeReport {
   seconds: number;
 }
 
+/** What `upgradeStore` says of a store that was at format 3 already: nothing was done. */
+export interface AlreadyUpgraded {
+  upgraded: false;
+  formatBefore: typeof STORE_FORMAT_VERSION_NUMBERED;
+}
+
 export interface UpgradeOptions {
+  /** Opens the store (the CLI waits for its lock and names a server that holds it); default Store.open. */
+  open?: (dir: string, options: OpenOptions) => Promise<Store>;
   /** Seal output packs at this many payload bytes (default 32 MiB, as ingest). */
   packTargetBytes?: number;
   /** Progress of the pack copy, the long part: chunks copied so far, of all. */
   onProgress?: (doneChunks: number, totalChunks: number) => void;
 }
 
-export async function upgradeStore(dir: string, options: UpgradeOptions = {}): Promise<UpgradeReport> {
+export async function upgradeStore(dir: string, options: UpgradeOptions = {}): Promise<UpgradeReport | AlreadyUpgraded> {
   const started = performance.now();
+  const open = options.open ?? ((d, o) => Store.open(d, o));
+  const openOptions: OpenOptions = { workers: 0, chunkTable: false, reclaim: false };
   const before = await readRawConfig(dir);
   if (before.version === STORE_FORMAT_VERSION_NUMBERED) {
-    await finishUpgradeSwap(dir);
-    throw new VnstoreError('E_USAGE', `${dir} is already at store format version ${STORE_FORMAT_VERSION_NUMBERED}: nothing to upgrade`);
+    // The open finishes a killed upgrade's swap under the lock (and refuses a store in use).
+    await (await open(dir, openOptions)).close();
+    return { upgraded: false, formatBefore: STORE_FORMAT_VERSION_NUMBERED };
   }
   // Measured as the user left it (the open below writes to LevelDB's log); a killed run's upgrade/ is not the store.
   const up = path.join(dir, UPGRADE_DIR);
   const storeBytesBefore = (await treeBytes(dir)) - ((await exists(up)) ? await treeBytes(up) : 0);
-  const store = await Store.open(dir, { workers: 0, chunkTable: false, reclaim: false });
+  const store = await open(dir, openOptions);
   let report: Omit<UpgradeReport, 'storeBytesAfter' | 'seconds'> | undefined;
   let flipped = false;
   try {
@@ -119,6 +144,7 @@ export async function upgradeStore(dir: string, options: UpgradeOptions = {}): P
     flipped = true;
     trace('upgrade: flipped');
     report = {
+      upgraded: true,
       chunks: chunks.nextNumber,
       packs: chunks.packIds.length,
       manifests: sizes.size,
@@ -148,11 +174,24 @@ export function upgradeCopyBytes(packBytes: number, chunks: number, manifestByte
   return packBytes + 24 * chunks + manifestBytes + 16 * 1024 * 1024;
 }
 
+/** A format-3 table entry of a new chunk: its digest and (at most) one item (as ingest counts it). */
+const NUMBERED_TABLE_BYTES = DIGEST_BYTES + ITEM_BYTES;
+
+/**
+ * A snapshot record with its new manifest's size, and `addedBytes` counted as a format-3 ingest
+ * would have: the same new chunk payloads (copied as stored), their format-3 table entries, the
+ * version-2 manifest. Otherwise ls and stats would show figures of a layout the store no longer has.
+ */
+export function upgradedRecord(rec: SnapshotRecord, manifestBytes: number | undefined): SnapshotRecord {
+  const bytes = manifestBytes ?? rec.manifestBytes;
+  return { ...rec, manifestBytes: bytes, addedBytes: rec.newChunkBytes + rec.newChunks * NUMBERED_TABLE_BYTES + bytes };
+}
+
 /**
  * Copies the catalog into the new database: every record but the chunk index (`c`), the pack records
  * (`p`), the chunk generation, the clean-pack mark and the counters; manifest sizes updated in the
- * snapshot and kept-base records; counters refolded (chunk and pack figures from the conversion);
- * `m nextnumber` set. One synced batch.
+ * snapshot, hold and kept-base records (and `addedBytes` recounted: upgradedRecord); counters refolded
+ * (chunk and pack figures from the conversion); `m nextnumber` set. One synced batch.
  */
 async function copyCatalog(
   from: StoreDb,
@@ -169,10 +208,17 @@ async function copyCatalog(
     (k[0] === KEY_META && k.subarray(1).toString('latin1').startsWith('counters'));
   for await (const [k, v] of from.iterator()) {
     if (skip(k)) continue;
-    if (k[0] === KEY_SNAPSHOT || k[0] === KEY_KEPT_BASE) {
+    if (k[0] === KEY_SNAPSHOT) {
+      const rec = JSON.parse(v.toString('utf8')) as SnapshotRecord;
+      batch.put(k, jsonValue(upgradedRecord(rec, sizes.get(rec.id))));
+    } else if (k[0] === KEY_HELD) {
+      const held = JSON.parse(v.toString('utf8')) as HeldPrepared;
+      const record = upgradedRecord(held.record, sizes.get(held.record.id));
+      batch.put(k, jsonValue({ ...held, record }));
+    } else if (k[0] === KEY_KEPT_BASE) {
       const rec = JSON.parse(v.toString('utf8')) as { id: string; manifestBytes: number };
       rec.manifestBytes = sizes.get(rec.id) ?? rec.manifestBytes;
-      batch.put(k, Buffer.from(JSON.stringify(rec), 'utf8'));
+      batch.put(k, jsonValue(rec));
     } else batch.put(k, v);
   }
   const old = (await readCounters(from)) ?? zeroCounters();

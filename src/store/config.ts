@@ -6,7 +6,7 @@ import { writeFileDurable } from '../util/durable.js';
 import { VnstoreError } from '../util/errors.js';
 
 export const STORE_FORMAT = 'vnstore';
-/** The version `init` writes. */
+/** The first store format: chunks named by digest, indexed by LevelDB `c` entries, LZ4 packs only. */
 export const STORE_FORMAT_VERSION = 1;
 /**
  * The version of a store that may hold version-2 packs (zstd containers): compact raises it before
@@ -16,9 +16,17 @@ export const STORE_FORMAT_VERSION = 1;
 export const STORE_FORMAT_VERSION_CONTAINERS = 2;
 /**
  * Store format 3: chunks named by number, the packs' tables of contents are the index (docs/FORMAT.md,
- * "Store format 3"). Opened beside versions 1 and 2 until `vnstore upgrade` ships (FORMAT3-STATUS.md).
+ * "Store format 3"). Versions 1 and 2 are still opened and written; `vnstore upgrade` converts them.
  */
 export const STORE_FORMAT_VERSION_NUMBERED = 3;
+/** The version `init` writes unless told otherwise (its metadata is a few times smaller). */
+export const DEFAULT_STORE_FORMAT_VERSION = STORE_FORMAT_VERSION_NUMBERED;
+/** The versions `init` can create: 1 and 2 only for tests and benches of the legacy layouts. */
+export const CREATABLE_STORE_FORMAT_VERSIONS: readonly number[] = [
+  STORE_FORMAT_VERSION,
+  STORE_FORMAT_VERSION_CONTAINERS,
+  STORE_FORMAT_VERSION_NUMBERED,
+];
 export const CONFIG_FILE = 'vnstore.json';
 
 export interface StoreConfig {

@@ -27,8 +27,9 @@ import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError, VnstoreError } from 
 import {
   isNumberedStore,
   readConfig,
+  CREATABLE_STORE_FORMAT_VERSIONS,
+  DEFAULT_STORE_FORMAT_VERSION,
   STORE_FORMAT,
-  STORE_FORMAT_VERSION,
   STORE_FORMAT_VERSION_NUMBERED,
   type StoreConfig,
 } from './config.js';
@@ -169,7 +170,7 @@ export class Store {
   private readonly reclaimer: Reclaimer;
   /** Format 3: version-2 manifests, resolved to numbers and digests. */
   private readonly numberedManifests: NumberedManifestLoader | undefined;
-  /** The sweeper, when it can work on this store's format (gc of format 3 may not be wired yet). */
+  /** The sweeper, when it can work on this store's format. */
   private readonly sweeper: PackSweeper | undefined;
 
   private constructor(
@@ -205,17 +206,14 @@ export class Store {
 
   /**
    * Creates an empty store. Refuses a directory that already holds a store or other files.
-   * `format` 3 (experimental until every command works on it: docs/FORMAT3-STATUS.md) names chunks
-   * by number; the default is format 1.
+   * The default is store format 3 (chunks named by number); `format` 1 or 2 creates a store of the
+   * legacy layouts (digest-named chunks in LevelDB), for their tests and for benches that compare.
    */
   static async init(dir: string, options: { format?: number } = {}): Promise<StoreConfig> {
     const p = Store.paths(dir);
-    const version = options.format ?? STORE_FORMAT_VERSION;
-    if (version !== STORE_FORMAT_VERSION && version !== STORE_FORMAT_VERSION_NUMBERED)
-      throw new VnstoreError(
-        'E_USAGE',
-        `cannot create a store of format ${version} (${STORE_FORMAT_VERSION} or ${STORE_FORMAT_VERSION_NUMBERED})`,
-      );
+    const version = options.format ?? DEFAULT_STORE_FORMAT_VERSION;
+    if (!CREATABLE_STORE_FORMAT_VERSIONS.includes(version))
+      throw new VnstoreError('E_USAGE', `cannot create a store of format ${version} (${CREATABLE_STORE_FORMAT_VERSIONS.join(', ')})`);
     if (await exists(p.config)) throw new VnstoreError('E_EXISTS', `${dir} already holds a vnstore store`);
     try {
       const entries = await fsp.readdir(dir).catch((err: NodeJS.ErrnoException) => {
@@ -344,8 +342,10 @@ export class Store {
       { takeNumber: () => chunks.allocator.take(), addSealed: (pack) => chunks.addSealed(pack) },
     );
     const reclaim = options.reclaim ?? reclaimFromEnv();
-    const store = new Store(dir, config, db, lock, chunks.table, packs, writer, pool, report, gen, true, options.sweeper, reclaim, chunks);
-    await store.discardUncleanPacks();
+    // Catalog work (chunkTable: false) leaves a killed put's packs to the next full open, as on format 1/2.
+    const full = options.chunkTable !== false;
+    const store = new Store(dir, config, db, lock, chunks.table, packs, writer, pool, report, gen, full, options.sweeper, reclaim, chunks);
+    if (full) await store.discardUncleanPacks();
     return store;
   }
 
@@ -362,7 +362,7 @@ export class Store {
     if (this.numbered)
       throw new VnstoreError(
         'E_FORMAT_VERSION',
-        `${what} does not work on store format ${STORE_FORMAT_VERSION_NUMBERED} yet (${this.dir} is an experimental format-3 store)`,
+        `${what} does not work on store format ${STORE_FORMAT_VERSION_NUMBERED} yet (${this.dir} is a format-3 store)`,
       );
   }
 

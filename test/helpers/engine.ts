@@ -167,10 +167,10 @@ export function tempDirs(): (prefix: string) => string {
   };
 }
 
-/** Initialises a new store at ROOT/store and returns its path. */
-export async function initStore(root: string): Promise<string> {
+/** Initialises a new store at ROOT/store and returns its path (`format` 1 or 2: a legacy layout). */
+export async function initStore(root: string, format?: number): Promise<string> {
   const dir = path.join(root, 'store');
-  await Store.init(dir);
+  await Store.init(dir, { format });
   return dir;
 }
 
@@ -184,12 +184,22 @@ export function singleErrorLine(stderr: string): string {
 /**
  * Opens the store (nothing else may hold it) and checks that packs/ holds exactly the indexed packs,
  * each well-formed (trailer, table of contents, every chunk decodes to its recorded digest prefix) with
- * the chunk count its pack record says. Returns a list of problems (empty when consistent).
+ * the chunk count its pack record says (format 3: the packs of the number index, and `check
+ * --read-data` clean). Returns a list of problems (empty when consistent).
  */
 export async function packProblems(dir: string): Promise<string[]> {
   const store = await Store.open(dir, { workers: 0 });
   try {
     const problems: string[] = [];
+    if (store.numbered) {
+      // Format 3: the packs' TOCs are the index; check --read-data re-reads each and hashes every chunk.
+      const files = readdirSync(path.join(dir, 'packs')).sort();
+      const indexed = store.numbered.index.packIds.map((id) => packFileName(id)).sort();
+      if (files.join() !== indexed.join()) problems.push(`pack files ${files.join(',')} != indexed ${indexed.join(',')}`);
+      const { checkStore } = await import('../../src/maintenance/check.js');
+      problems.push(...(await checkStore(store, { readData: true })).problems.map((p) => p.message));
+      return problems;
+    }
     const records = await store.listPacks();
     const files = readdirSync(path.join(dir, 'packs')).sort();
     const expected = records.map((r) => packFileName(r.id)).sort();

@@ -81,10 +81,15 @@ export function storedLengths(images: Buffer[]): Map<string, number> {
   return out;
 }
 
-export async function newStore(prefix: string, packTargetBytes = 16 * 1024): Promise<{ root: string; dir: string; store: Store }> {
+/** A new store, open; `format` 1 or 2 for tests of the legacy layouts (default: what init creates, 3). */
+export async function newStore(
+  prefix: string,
+  packTargetBytes = 16 * 1024,
+  format?: number,
+): Promise<{ root: string; dir: string; store: Store }> {
   const root = makeTempDir(prefix);
   const dir = path.join(root, 'store');
-  await Store.init(dir);
+  await Store.init(dir, { format });
   return { root, dir, store: await Store.open(dir, { workers: 0, packTargetBytes }) };
 }
 

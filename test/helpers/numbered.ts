@@ -49,7 +49,7 @@ export interface NumberedFixture {
  * of the snapshots forgotten (one of them a delta base, kept), no gc; then upgraded to format 3.
  */
 export async function numberedStoreAfterForget(prefix: string, options: { compact?: boolean } = {}): Promise<NumberedFixture> {
-  const { root, dir, store } = await newStore(prefix, V3_PACK_TARGET);
+  const { root, dir, store } = await newStore(prefix, V3_PACK_TARGET, 1); // the upgrade's input
   const expected = new Map<string, Buffer>();
   const forgotten: string[] = [];
   const forgottenImages = new Map<string, Buffer>();
