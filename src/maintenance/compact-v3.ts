@@ -17,7 +17,7 @@ import { compactSettings, type CompactOptions, type CompactReport } from './comp
 import { planCompact, type CompactPackFacts } from './compact-plan.js';
 import { GcFence, withMaintenanceLock } from './fence.js';
 import { emptyGcResult } from './gc.js';
-import { entryShare, measureNumbered, replacePacks } from './gc-v3.js';
+import { entryShare, measureNumbered, packsBeforeMark, replacePacks } from './gc-v3.js';
 import { markLiveNumbers } from './live-v3.js';
 import { numberedView, type NumberedStore } from './numbered-store.js';
 import { tocNumbers } from './pack-copy-v3.js';
@@ -45,10 +45,11 @@ async function compactNumbered(
   nowMs: number,
 ): Promise<CompactReport> {
   const started = performance.now();
+  const candidates = packsBeforeMark(store); // before the mark: see packsBeforeMark
   const marked = await markLiveNumbers(store.dir, store.db, store.inFlightNumbers.bind(store));
   const live = (n: number) => marked.live.has(n);
   const facts: CompactPackFacts[] = [];
-  for (const l of await measureNumbered(store, marked.live)) {
+  for (const l of await measureNumbered(store, marked.live, candidates)) {
     const { toc } = await store.packs.readTocV3(l.id);
     const numbers = tocNumbers(toc);
     const f: CompactPackFacts = {

@@ -57,9 +57,10 @@ export async function runGcNumbered(store: Store, options: GcOptions = {}): Prom
 export async function runGcV3(store: NumberedStore, options: GcOptions = {}): Promise<GcReport> {
   const planOptions = gcPlanOptions(options, store.packTargetBytes, V3_TOC_ENTRY_BYTES);
   const started = performance.now();
+  const candidates = packsBeforeMark(store, options.packs);
   const marked = await markLiveNumbers(store.dir, store.db, store.inFlightNumbers?.bind(store));
   trace('gc: marked');
-  const liveness = await measureNumbered(store, marked.live, options.packs);
+  const liveness = await measureNumbered(store, marked.live, candidates);
   const plan = planGc(liveness, planOptions);
   const unneeded = unneededKeptBases(marked.committed, marked.kept, marked.inFlightBases);
   trace('gc: planned');
@@ -87,6 +88,19 @@ export async function runGcV3(store: NumberedStore, options: GcOptions = {}): Pr
   }
   report.seconds = (performance.now() - started) / 1000;
   return report;
+}
+
+/**
+ * The packs gc or compact may touch, listed BEFORE the live set is marked (`only`: of those). A pack
+ * sealed later holds chunks a session wrote that the mark could not number yet (they were still in
+ * the writer's open pack) and that no manifest names until the session commits: measured against
+ * that mark, it would look dead and be dropped under the commit that names it.
+ */
+export function packsBeforeMark(store: NumberedStore, only?: readonly number[]): number[] {
+  const indexed = store.numbered.index.packIds;
+  if (!only) return indexed;
+  const set = new Set(indexed);
+  return only.filter((p) => set.has(p));
 }
 
 /** Per-pack liveness of the indexed packs (`only`: of those), from their TOCs. */

@@ -2,10 +2,10 @@
  * One `vnstore agent serve` process per simulated host, on loopback, for `vnstore snapshot --agents
  * process` and the tests: ports chosen up front, so a restarted agent comes back at the same address.
  */
-import net from 'node:net';
 import type { EnvSpec } from './env.js';
 import type { Endpoint } from '../switch/udp.js';
 import { ChildProcesses } from './children.js';
+import { freeLoopbackPorts } from './ports.js';
 
 export interface AgentProcesses {
   addresses: Map<string, Endpoint>;
@@ -17,18 +17,11 @@ export interface AgentProcesses {
   stop(): Promise<void>;
 }
 
-async function freeTcpPort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
 /** `cli`: the vnstore command's script (dist/cli/bin.cjs); `remote`: its --server and --token-file arguments. */
 export async function startAgentProcesses(spec: EnvSpec, cli: string, remote: string[]): Promise<AgentProcesses> {
   const addresses = new Map<string, Endpoint>();
-  for (const h of spec.hosts) addresses.set(h.name, { host: '127.0.0.1', port: await freeTcpPort() });
+  const ports = await freeLoopbackPorts(spec.hosts.length, 'tcp');
+  spec.hosts.forEach((h, i) => addresses.set(h.name, { host: '127.0.0.1', port: ports[i] }));
   const children = new ChildProcesses();
   const start = async (host: string): Promise<void> => {
     const a = addresses.get(host) as Endpoint;

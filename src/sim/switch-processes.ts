@@ -3,11 +3,11 @@
  * go through real relays (udp-network.ts): ports chosen up front so that every switch knows its peers'
  * tunnel addresses and a restarted switch comes back on the same ones.
  */
-import dgram from 'node:dgram';
 import type { EnvSpec } from './env.js';
 import type { Endpoint } from '../switch/udp.js';
 import type { SwitchAddresses, UdpNetworkOptions } from './udp-network.js';
 import { ChildProcesses } from './children.js';
+import { freeLoopbackPorts } from './ports.js';
 
 export interface SwitchProcesses {
   network: UdpNetworkOptions;
@@ -21,18 +21,9 @@ export interface SwitchProcesses {
   stop(): Promise<void>;
 }
 
-/** `n` UDP ports free on loopback now (bound together, then released). */
-async function freePorts(n: number): Promise<number[]> {
-  const socks = Array.from({ length: n }, () => dgram.createSocket('udp4'));
-  await Promise.all(socks.map((s) => new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()))));
-  const ports = socks.map((s) => s.address().port);
-  await Promise.all(socks.map((s) => new Promise<void>((r) => s.close(() => r()))));
-  return ports;
-}
-
 /** `cli`: the vnstore command's script (dist/cli/bin.cjs). */
 export async function startSwitchProcesses(spec: EnvSpec, cli: string, epoch = 0): Promise<SwitchProcesses> {
-  const ports = await freePorts(spec.vms.length + 2 * spec.hosts.length);
+  const ports = await freeLoopbackPorts(spec.vms.length + 2 * spec.hosts.length, 'udp');
   const lo = (port: number): Endpoint => ({ host: '127.0.0.1', port });
   const vms = new Map(spec.vms.map((v, i) => [v.name, { host: v.host, addr: lo(ports[i]) }]));
   const switches = new Map<string, SwitchAddresses>(

@@ -442,6 +442,7 @@ export class Session {
     // A long session pays back the workers' start-up even when its pages are cheap.
     if (this.stats.pagesWritten >= WORKERS_AFTER_PAGES) this.store.pool.wantWorkers();
     const payloadSlab = this.store.slabs.take(n * PAGE_SIZE);
+    const gcsBefore = this.store.gcFencesRaised; // before the worker reads the chunk table
     const job = this.store.pool.hash({
       kind: 'hash',
       pages,
@@ -468,7 +469,7 @@ export class Session {
         // turning for a whole ingest: pack writes never completed, and every write batch was fresh
         // memory (docs/DESIGN.md, "Event-loop turns").
         await new Promise<void>((resolve) => setImmediate(resolve));
-        if (!this.error) await this.apply(target, n, result);
+        if (!this.error) await this.apply(target, n, result, gcsBefore);
       } catch (err) {
         this.error ??= fromSystemError(err, `session ${this.id}`);
       } finally {
@@ -483,9 +484,15 @@ export class Session {
     this.queued.push(this.applying);
   }
 
-  /** Applies one block's hash results, in order. Only this method mutates the page table. */
-  private async apply(target: number | Uint32Array, n: number, r: HashResult): Promise<void> {
+  /**
+   * Applies one block's hash results, in order. Only this method mutates the page table.
+   * `gcsBefore`: the store's gc count when the job was submitted.
+   */
+  private async apply(target: number | Uint32Array, n: number, r: HashResult, gcsBefore: number): Promise<void> {
     const store = this.store;
+    // A gc running now, or one that ran since the worker found its chunks: the worker's hits may name
+    // chunks that gc did not see referenced (this block was not applied yet) and removed.
+    const gcMeanwhile = store.gcFence !== undefined || store.gcFencesRaised !== gcsBefore;
     // A block with many new pages (LZ4 is the costliest step): workers, if they wait on demand.
     if (r.lengths.length * 5 > n) store.pool.wantWorkers();
     const table = store.table;
@@ -519,8 +526,9 @@ export class Session {
       if (st === PageStatus.Zero || st === PageStatus.SameAsParent || st === PageStatus.DuplicateInBlock) continue;
       if (st === PageStatus.KnownVerified) {
         maybeAt[i] = maybeCount++;
-        // While a gc runs, every reference must go through the exact index (its fence sees lookups).
-        if (store.gcFence) confirm.push(i);
+        // While a gc runs or after one ran, every reference goes through the exact index (its fence
+        // sees lookups; a chunk removed meanwhile is absent there and stored again from maybeRaw).
+        if (gcMeanwhile) confirm.push(i);
         continue;
       }
       if (st === PageStatus.New) {

@@ -436,14 +436,25 @@ export class Store {
   }
 
   /** The fence gc raises while it runs (see LookupFence); sessions ask whether one is up. */
+  private fencesRaised = 0;
+
   get gcFence(): LookupFence | undefined {
     return this.fence;
+  }
+
+  /**
+   * How many gc fences were raised so far: a session that began a hash job before a gc and applies it
+   * after that gc ended compares this to know that its worker's table hits may name removed chunks.
+   */
+  get gcFencesRaised(): number {
+    return this.fencesRaised;
   }
 
   /** gc raises its fence before it reads anything; one at a time (maintenance runs one at a time). */
   raiseGcFence(fence: LookupFence): void {
     if (this.fence) throw new VnstoreError('E_SESSION', 'a gc fence is already up');
     this.fence = fence;
+    this.fencesRaised++;
   }
 
   lowerGcFence(fence: LookupFence): void {
