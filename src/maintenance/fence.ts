@@ -9,7 +9,9 @@
  *     stores a fresh copy (its pack is sealed after gc's batch, never before).
  * Chunks a session references without a lookup (same digest as its parent at the same page index,
  * unwritten pages inherited from the parent) are live through the session's parent page table, which
- * gc collects; new chunks live in packs gc does not touch (sealed after gc listed the packs).
+ * gc collects; new chunks live in packs gc does not touch (sealed after gc listed the packs). A page
+ * a worker found stored before a gc began and that the session applies after it ended is confirmed
+ * through the exact index all the same (Session.apply compares the store's gcFencesRaised).
  */
 import type { ChunkLocation } from '../index/chunk-table.js';
 import type { Store } from '../store/store.js';
