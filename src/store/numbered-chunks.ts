@@ -154,9 +154,22 @@ export class NumberedChunks {
    * refuses overlapping numbers), then the copies join it.
    */
   async replacePacks(old: readonly { pack: number; digests: Uint8Array }[], added: readonly number[]): Promise<void> {
-    for (const o of old) this.removePack(o.pack, o.digests);
-    for (const pack of added) await this.addSealed(pack);
+    // Between the removals and the copies joining (a TOC read each), a copied chunk is in no indexed
+    // pack: lookups wait for the swap (resolve), or a commit numbering its pages would find it absent.
+    let release!: () => void;
+    const swap = new Promise<void>((resolve) => (release = resolve));
+    this.swapping = swap;
+    try {
+      for (const o of old) this.removePack(o.pack, o.digests);
+      for (const pack of added) await this.addSealed(pack);
+    } finally {
+      if (this.swapping === swap) this.swapping = undefined;
+      release();
+    }
   }
+
+  /** gc's or compact's index swap in progress (replacePacks). */
+  private swapping: Promise<void> | undefined;
 
   /** Where chunk `n` is (undefined when no indexed pack holds it). */
   locate(n: number): NumberedLocation | undefined {
@@ -188,6 +201,7 @@ export class NumberedChunks {
    */
   private async resolve(count: number, bufOf: (i: number) => Uint8Array, atOf: (i: number) => number): Promise<Resolved> {
     await this.ensureDigests();
+    while (this.swapping) await this.swapping; // then the lookups below see the index whole
     const r: Resolved = { numbers: new Float64Array(count).fill(-1), packs: new Int32Array(count), entries: new Int32Array(count) };
     const table = this.table;
     const index = this.index;
