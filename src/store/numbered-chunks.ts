@@ -5,6 +5,8 @@
  * maintenance removes and adds packs through removePack/addSealed, and lookups confirm a fingerprint
  * hit against the 32 bytes of TOC it names (never LevelDB, which keeps the catalog only).
  */
+import { closeSync, openSync, readSync } from 'node:fs';
+import type { TocV3 } from '../format/pack-v3.js';
 import { PageKind, DIGEST_BYTES, digestsEqual, PageTable } from '../format/pages.js';
 import { NumberedPages } from '../format/manifest-v2.js';
 import type { ChunkTable } from '../index/chunk-table.js';
@@ -36,6 +38,25 @@ export interface NumberedChunksOptions {
   kept?: Map<number, Uint8Array>;
   /** The budget of kept columns in bytes (KEPT_DIGEST_BYTES). */
   keepBytes?: number;
+}
+
+/** A sealed pack's TOC read and checked, and the clashing digests it needs: ready to join in one turn. */
+interface PreparedJoin {
+  pack: number;
+  toc: TocV3;
+  tocOffset: number;
+  others: Map<string, Uint8Array>;
+}
+
+/**
+ * A read of pack `pack`'s column failed: nothing to read when gc removed the pack meanwhile (its
+ * chunks are in a copy that is indexed, or were dead); anything else is an error.
+ */
+function orGone(chunks: NumberedChunks, pack: number): (err: unknown) => undefined {
+  return (err) => {
+    if (chunks.index.hasPack(pack)) throw err;
+    return undefined;
+  };
 }
 
 /** Numbers found for a batch of digests: -1 where absent; pack and entry where found. */
@@ -71,22 +92,27 @@ export class NumberedChunks {
   /**
    * Fills the fingerprint table from the indexed packs' digest columns, once (an open loads numbers
    * and locations only: a one-shot restore locates by number and never needs digests; a session,
-   * an exact lookup or a pack joining the index do). The table is sized once for all of them.
+   * an exact lookup or a pack joining the index do). Packs that join while the columns are read join
+   * without digests (join), so the load takes them too: it ends, in one turn, when it has read every
+   * indexed pack's column, then fills the table (sized once for all of them).
    */
   ensureDigests(): Promise<void> {
     if (this.digestsLoaded) return Promise.resolve();
     this.loadingDigests ??= (async () => {
-      const packs = this.index.packIds.sort((a, b) => a - b);
       const columns = new Map<number, Uint8Array>();
-      let chunks = 0;
-      for (const pack of packs) {
-        const count = this.index.packCount(pack);
-        columns.set(pack, this.kept.get(pack) ?? (await this.readColumn(pack, 0, count)));
-        chunks += count;
+      for (;;) {
+        const missing = this.index.packIds.filter((p) => !columns.has(p)).sort((a, b) => a - b);
+        if (missing.length === 0) break;
+        for (const pack of missing) {
+          if (!this.index.hasPack(pack)) continue; // removed by gc while earlier columns were read
+          const column = this.kept.get(pack) ?? (await this.readColumn(pack, 0, this.index.packCount(pack)).catch(orGone(this, pack)));
+          if (column) columns.set(pack, column);
+        }
       }
-      this.table.reserve(chunks);
+      const packs = this.index.packIds.sort((a, b) => a - b);
+      this.table.reserve(packs.reduce((n, p) => n + this.index.packCount(p), 0));
       const digestOf = (p: number, e: number) => columns.get(p)!.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES);
-      for (const pack of packs) if (this.index.hasPack(pack)) this.index.addDigests(pack, columns.get(pack)!, digestOf);
+      for (const pack of packs) this.index.addDigests(pack, columns.get(pack)!, digestOf);
       this.digestsLoaded = true;
     })();
     return this.loadingDigests;
@@ -113,31 +139,79 @@ export class NumberedChunks {
    * and by digest. Refuses a pack whose numbers another pack holds.
    */
   async addSealed(pack: number): Promise<void> {
-    const read = await this.packs.readTocV3(pack);
-    const toc = read.toc;
-    // Digests not loaded and no load under way (a gc or compact without sessions): numbers and
-    // locations only, as the open did; a later ensureDigests fills this pack's digests with the rest.
-    const withDigests = this.digestsLoaded || this.loadingDigests !== undefined;
-    if (withDigests) await this.ensureDigests();
+    this.join(await this.prepareJoin(pack));
+  }
+
+  /**
+   * gc's, compact's and repair's swap, after their synced `d` batch: the copies' TOCs are read first,
+   * then, in one turn of the event loop, the originals leave the index (it refuses overlapping
+   * numbers) and the copies join it. A lookup or a locate sees the originals or the copies, never a
+   * moment in which a copied chunk is in no indexed pack (a commit numbering its pages, a restore or
+   * a session's parent locating them would find it absent).
+   */
+  async replacePacks(old: readonly { pack: number; digests: Uint8Array }[], added: readonly number[]): Promise<void> {
+    const joins: PreparedJoin[] = [];
+    for (const pack of added) joins.push(await this.prepareJoin(pack));
+    for (const o of old) this.removePack(o.pack, o.digests);
+    for (const j of joins) this.join(j);
+  }
+
+  /** The asynchronous half of a pack joining the index: its TOC, and the digests its fingerprints clash with. */
+  private async prepareJoin(pack: number): Promise<PreparedJoin> {
+    const { toc, tocOffset } = await this.packs.readTocV3(pack);
     // Fingerprints this pack shares with indexed chunks: the clash map needs those chunks' digests.
+    // Read now where they are not kept in memory (join reads any it still lacks then, synchronously).
     const others = new Map<string, Uint8Array>();
-    for (let k = 0; withDigests && k < toc.count; k++) {
-      const slot = this.table.slotOf(toc.digests, k * DIGEST_BYTES);
-      if (slot < 0 || this.table.slotPack(slot) === pack) continue;
-      const hit = this.table.get(toc.digests, k * DIGEST_BYTES)!;
-      const entry = this.index.entryAt(hit.location.pack, hit.location);
-      if (entry !== undefined && !others.has(`${hit.location.pack}:${entry}`))
-        others.set(`${hit.location.pack}:${entry}`, await this.readDigest(hit.location.pack, entry));
+    for (let k = 0; this.digestsLoaded && k < toc.count; k++) {
+      const hit = this.otherChunkAt(toc.digests, k, pack);
+      if (!hit || this.kept.has(hit.pack) || others.has(`${hit.pack}:${hit.entry}`)) continue;
+      const digest = await this.readDigest(hit.pack, hit.entry).catch(orGone(this, hit.pack));
+      if (digest) others.set(`${hit.pack}:${hit.entry}`, digest);
     }
-    const overlaps = this.index.addPack(
-      pack,
-      toc,
-      (p, e) => (p === pack ? toc.digests.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES) : others.get(`${p}:${e}`)!),
-      withDigests,
-    );
+    return { pack, toc, tocOffset, others };
+  }
+
+  /**
+   * The synchronous half: the pack enters the index in this turn. With digests once the table is
+   * loaded; before that without them, and a load under way takes them (ensureDigests).
+   */
+  private join({ pack, toc, tocOffset, others }: PreparedJoin): void {
+    const digestOf = (p: number, e: number): Uint8Array =>
+      p === pack
+        ? toc.digests.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES)
+        : (this.kept.get(p)?.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES) ?? others.get(`${p}:${e}`) ?? this.readDigestNow(p, e));
+    const overlaps = this.index.addPack(pack, toc, digestOf, this.digestsLoaded);
     if (overlaps.length > 0) throw new CorruptError(`pack ${pack}: its chunk numbers are already held by pack(s) ${overlaps.join(', ')}`);
-    this.digestColumns.set(pack, read.tocOffset + toc.digestsAt);
+    this.digestColumns.set(pack, tocOffset + toc.digestsAt);
     this.keep(pack, toc.digests.subarray(0, toc.count * DIGEST_BYTES));
+  }
+
+  /** The indexed chunk of another pack that entry k's fingerprint names, if any. */
+  private otherChunkAt(digests: Uint8Array, k: number, pack: number): { pack: number; entry: number } | undefined {
+    const slot = this.table.slotOf(digests, k * DIGEST_BYTES);
+    if (slot < 0 || this.table.slotPack(slot) === pack) return undefined;
+    const hit = this.table.get(digests, k * DIGEST_BYTES)!;
+    const entry = this.index.entryAt(hit.location.pack, hit.location);
+    return entry === undefined ? undefined : { pack: hit.location.pack, entry };
+  }
+
+  /**
+   * One digest read synchronously: only for a join whose fingerprint clashes with a chunk of a pack
+   * that is beyond the kept budget and joined while the join was prepared (a fingerprint clash is
+   * already rare: 2^-32 a pair of stored digests).
+   */
+  private readDigestNow(pack: number, entry: number): Uint8Array {
+    const column = this.digestColumns.get(pack);
+    if (column === undefined) throw new RangeError(`pack ${pack} is not indexed`);
+    const fd = openSync(this.packs.packPath(pack), 'r');
+    try {
+      const digest = Buffer.alloc(DIGEST_BYTES);
+      if (readSync(fd, digest, 0, DIGEST_BYTES, column + DIGEST_BYTES * entry) !== DIGEST_BYTES)
+        throw new CorruptError(`pack ${pack}: short read of its digest column`);
+      return digest;
+    } finally {
+      closeSync(fd);
+    }
   }
 
   /** Takes a pack out of the index (`digests`: its digest column, as its TOC gives it). */
@@ -148,28 +222,6 @@ export class NumberedChunks {
     if (column) this.keptBytes -= column.length;
     this.kept.delete(pack);
   }
-
-  /**
-   * gc's and compact's swap, after their synced `d` batch: the originals leave the index first (it
-   * refuses overlapping numbers), then the copies join it.
-   */
-  async replacePacks(old: readonly { pack: number; digests: Uint8Array }[], added: readonly number[]): Promise<void> {
-    // Between the removals and the copies joining (a TOC read each), a copied chunk is in no indexed
-    // pack: lookups wait for the swap (resolve), or a commit numbering its pages would find it absent.
-    let release!: () => void;
-    const swap = new Promise<void>((resolve) => (release = resolve));
-    this.swapping = swap;
-    try {
-      for (const o of old) this.removePack(o.pack, o.digests);
-      for (const pack of added) await this.addSealed(pack);
-    } finally {
-      if (this.swapping === swap) this.swapping = undefined;
-      release();
-    }
-  }
-
-  /** gc's or compact's index swap in progress (replacePacks). */
-  private swapping: Promise<void> | undefined;
 
   /** Where chunk `n` is (undefined when no indexed pack holds it). */
   locate(n: number): NumberedLocation | undefined {
@@ -201,7 +253,6 @@ export class NumberedChunks {
    */
   private async resolve(count: number, bufOf: (i: number) => Uint8Array, atOf: (i: number) => number): Promise<Resolved> {
     await this.ensureDigests();
-    while (this.swapping) await this.swapping; // then the lookups below see the index whole
     const r: Resolved = { numbers: new Float64Array(count).fill(-1), packs: new Int32Array(count), entries: new Int32Array(count) };
     const table = this.table;
     const index = this.index;
@@ -238,12 +289,19 @@ export class NumberedChunks {
       else if (digestsEqual(column, DIGEST_BYTES * entry, buf, at)) found(i, pack, entry);
     }
     toConfirm.sort((a, b) => a.pack - b.pack || a.entry - b.entry);
+    const gone: number[] = [];
     for (let a = 0; a < toConfirm.length;) {
       const first = toConfirm[a];
       let b = a + 1;
       while (b < toConfirm.length && toConfirm[b].pack === first.pack && toConfirm[b].entry - first.entry < MAX_SPAN_ENTRIES) b++;
       const last = toConfirm[b - 1];
-      const column = await this.readColumn(first.pack, first.entry, last.entry - first.entry + 1);
+      const column = await this.readColumn(first.pack, first.entry, last.entry - first.entry + 1).catch(orGone(this, first.pack));
+      if (!column) {
+        // gc swapped the pack out during an earlier read: its chunks (those it kept) are in the copy.
+        for (let c = a; c < b; c++) gone.push(toConfirm[c].i);
+        a = b;
+        continue;
+      }
       for (let c = a; c < b; c++) {
         const t = toConfirm[c];
         if (!digestsEqual(column, DIGEST_BYTES * (t.entry - first.entry), bufOf(t.i), atOf(t.i))) continue;
@@ -252,6 +310,18 @@ export class NumberedChunks {
         if (at) found(t.i, at.pack, at.entry);
       }
       a = b;
+    }
+    if (gone.length > 0) {
+      const again = await this.resolve(
+        gone.length,
+        (k) => bufOf(gone[k]),
+        (k) => atOf(gone[k]),
+      );
+      gone.forEach((i, k) => {
+        r.numbers[i] = again.numbers[k];
+        r.packs[i] = again.packs[k];
+        r.entries[i] = again.entries[k];
+      });
     }
     return r;
   }
@@ -303,7 +373,7 @@ export class NumberedChunks {
     this.keptBytes += column.length;
   }
 
-  private readColumn(pack: number, entry: number, count: number): Promise<Buffer> {
+  private async readColumn(pack: number, entry: number, count: number): Promise<Buffer> {
     const column = this.digestColumns.get(pack);
     if (column === undefined) throw new RangeError(`pack ${pack} is not indexed`);
     return this.packs.read(pack, column + DIGEST_BYTES * entry, DIGEST_BYTES * count);

@@ -40,10 +40,28 @@ export async function pageDigests(
   pages: NumberedPages,
   what: string,
 ): Promise<PageTable> {
+  // A gc beside us may swap a pack out between our reads: its file stays readable for a while
+  // (PackReader.retire), and when it is gone the pages are located again, in their copies.
+  for (let attempt = 1; ; attempt++) {
+    const table = await pageDigestsOnce(packs, load, pages, what, attempt < 4);
+    if (table) return table;
+  }
+}
+
+/** pageDigests, or undefined when a pack left the index meanwhile and could not be read (`retry`). */
+async function pageDigestsOnce(
+  packs: PackReader,
+  load: Pick<NumberIndexLoad, 'index' | 'digestColumns'>,
+  pages: NumberedPages,
+  what: string,
+  retry: boolean,
+): Promise<PageTable | undefined> {
   const table = new PageTable(pages.pageCount);
   const packOf = new Int32Array(pages.pageCount).fill(-1);
   const entryOf = new Uint32Array(pages.pageCount);
-  const span = new Map<number, { lo: number; hi: number }>();
+  // Per pack: the span of entries the pages use, and where its digest column is (taken in the same
+  // turn as the locations: gc may take the pack out of the index before it is read).
+  const span = new Map<number, { lo: number; hi: number; column: number }>();
   for (let p = 0; p < pages.pageCount; p++) {
     if (pages.kinds[p] !== PageKind.Digest) {
       table.setZero(p);
@@ -57,15 +75,21 @@ export async function pageDigests(
     packOf[p] = pack;
     entryOf[p] = entry;
     const s = span.get(pack);
-    if (!s) span.set(pack, { lo: entry, hi: entry });
+    if (!s) span.set(pack, { lo: entry, hi: entry, column: load.digestColumns.get(pack)! });
     else {
       s.lo = Math.min(s.lo, entry);
       s.hi = Math.max(s.hi, entry);
     }
   }
   const columns = new Map<number, { lo: number; bytes: Buffer }>();
-  for (const [pack, { lo, hi }] of span) {
-    const bytes = await packs.read(pack, load.digestColumns.get(pack)! + DIGEST_BYTES * lo, DIGEST_BYTES * (hi - lo + 1));
+  for (const [pack, { lo, hi, column }] of span) {
+    let bytes: Buffer;
+    try {
+      bytes = await packs.read(pack, column + DIGEST_BYTES * lo, DIGEST_BYTES * (hi - lo + 1));
+    } catch (err) {
+      if (retry && !load.index.hasPack(pack)) return undefined;
+      throw err;
+    }
     columns.set(pack, { lo, bytes });
   }
   for (let p = 0; p < pages.pageCount; p++) {
