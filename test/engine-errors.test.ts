@@ -89,8 +89,7 @@ function waitExit(child: ChildProcess): Promise<void> {
 beforeAll(async () => {
   root = makeTempDir('errors');
   store = path.join(root, 'store');
-  // Format 1: its damage tests name the pack a chunk was in (format 3: format3-engine, check-v3).
-  expect((await runCli(['init', '--store', store, '--format', '1'])).code).toBe(0);
+  expect((await runCli(['init', '--store', store])).code).toBe(0);
   imageA = image(300, 1, 1234);
   imageB = Buffer.from(imageA);
   randomPage(99).copy(imageB, 5 * PAGE);
@@ -368,7 +367,7 @@ describe('corruption is detected and named, never returned as data', () => {
     return readdirSync(path.join(dir, 'packs')).sort();
   }
 
-  async function expectRestoreFails(dir: string, id: string, ...fragments: string[]): Promise<void> {
+  async function expectRestoreFails(dir: string, id: string, ...fragments: (string | RegExp)[]): Promise<void> {
     // To a file: the output never appears, nor does its temp file.
     const outDir = path.join(root, `out-${path.basename(dir)}-${id}`);
     mkdirSync(outDir, { recursive: true });
@@ -396,14 +395,38 @@ describe('corruption is detected and named, never returned as data', () => {
     expect(r.stdout.equals(Buffer.concat([randomPage(501), randomPage(502)]))).toBe(true);
   });
 
-  it('a truncated pack or a missing pack: exit 7 naming snapshot and pack', async () => {
+  // Format 3 numbers chunks; only a pack's TOC says which numbers it held, so once the pack is gone
+  // or quarantined the message names the chunk and says where to look and what to run.
+  const LOST_CHUNK = [/page \d+ names chunk \d+, which no pack holds/, 'quarantine/', "run 'vnstore check'"];
+
+  it('a truncated pack: quarantined on open; exit 7 naming snapshot and chunk, and what to run', async () => {
     const dir = copyStore('truncated-pack');
     const pack = packsOf(dir)[0];
     const file = path.join(dir, 'packs', pack);
     truncateSync(file, Math.floor(statSync(file).size / 2));
-    await expectRestoreFails(dir, idA, `snapshot ${idA}`, `pack ${pack}`);
+    await expectRestoreFails(dir, idA, `snapshot ${idA}`, ...LOST_CHUNK);
+    expect(existsSync(file)).toBe(false);
+    expect(readdirSync(path.join(dir, 'quarantine'))).toEqual([pack]);
+  });
+
+  it('a missing pack: exit 7 naming snapshot and chunk, and what to run', async () => {
+    const dir = copyStore('missing-pack');
+    rmSync(path.join(dir, 'packs', packsOf(dir)[0]));
+    await expectRestoreFails(dir, idA, `snapshot ${idA}`, ...LOST_CHUNK);
+  });
+
+  it('format 1 (legacy layout, its index names packs): a truncated or missing pack is named', async () => {
+    const dir = path.join(root, 'legacy-truncated');
+    expect((await runCli(['init', '--store', dir, '--format', '1'])).code).toBe(0);
+    const r = await put(dir, 'a', imageA, [], { VNSTORE_PACK_TARGET_BYTES: String(128 * 1024) });
+    expect(r.code, r.stderr).toBe(0);
+    const id = r.stdout.toString().trim();
+    const pack = packsOf(dir)[0];
+    const file = path.join(dir, 'packs', pack);
+    truncateSync(file, Math.floor(statSync(file).size / 2));
+    await expectRestoreFails(dir, id, `snapshot ${id}`, `pack ${pack}`);
     rmSync(file);
-    await expectRestoreFails(dir, idA, `snapshot ${idA}`, `pack ${pack}`);
+    await expectRestoreFails(dir, id, `snapshot ${id}`, `pack ${pack}`);
   });
 
   it('a flipped byte in a manifest: exit 7 naming the snapshot', async () => {
@@ -522,8 +545,7 @@ describe.skipIf(!canMount && process.env.CI !== 'true')('disk full (tmpfs, real 
       expect(usedBytes(mnt), 'the copied store takes the space the CLI-made one took').toBe(template.usedBytes);
       return dir;
     }
-    // Format 1 (format 3 runs out of space in disk-full.test.ts).
-    expect((await runCli(['init', '--store', dir, '--format', '1'])).code).toBe(0);
+    expect((await runCli(['init', '--store', dir])).code).toBe(0);
     const r = await put(dir, 'vm', first, [], SMALL_PACKS);
     expect(r.code, r.stderr).toBe(0);
     firstId = r.stdout.toString().trim();
