@@ -23,47 +23,32 @@
  * initial puts alternate between the formats image by image, and every table gains the format-3
  * store's speed against format 1's (format 1 becomes 2 when compact writes containers).
  */
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { DEFAULT_DIST, distImporter, timedCli } from './dist-workload.mjs';
+import { timedCli } from './dist-workload.mjs';
+import { CLI, imageBenchArgs, imageFiles, loadavg, log, median, workDir } from './image-bench.mjs';
 
-const { values } = parseArgs({
-  options: {
-    images: { type: 'string' },
-    rounds: { type: 'string', default: '3' },
-    work: { type: 'string', default: tmpdir() },
-    keep: { type: 'boolean', default: false },
-    json: { type: 'string' },
-    'cli-b': { type: 'string' },
-    formats: { type: 'string', default: '3' },
+const formatList = (v) => v.formats.split(',').map(Number);
+const { values, rounds } = imageBenchArgs(
+  'compact-ingest.mjs',
+  '[--rounds N] [--work DIR] [--keep] [--json FILE] [--cli-b PATH | --formats 1,3]',
+  {
+    rounds: '3',
+    options: {
+      keep: { type: 'boolean', default: false },
+      'cli-b': { type: 'string' },
+      formats: { type: 'string', default: '3' },
+    },
+    valid: (v) => formatList(v).every((f) => f === 1 || f === 3) && !(v['cli-b'] && formatList(v).length > 1),
   },
-});
-const formats = values.formats.split(',').map(Number);
-const rounds = Number(values.rounds);
-if (!values.images || !(rounds >= 1) || !formats.every((f) => f === 1 || f === 3) || (values['cli-b'] && formats.length > 1)) {
-  process.stderr.write(
-    'usage: node bench/compact-ingest.mjs --images DIR [--rounds N] [--work DIR] [--keep] [--json FILE] [--cli-b PATH | --formats 1,3]\n',
-  );
-  process.exit(2);
-}
-const load = distImporter(DEFAULT_DIST);
-const { readImageDir, sameBytes, dirSize } = await load('bench/files.js');
-const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'cli', 'bin.cjs');
+);
+const formats = formatList(values);
+const { readImageDir, sameBytes, dirSize } = await imageFiles();
 const CLI_B = values['cli-b'] ? path.resolve(values['cli-b']) : undefined;
 
-const log = (s) => process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${s}\n`);
-const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const mbps = (bytes, s) => bytes / 1e6 / s;
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-
-const work = mkdtempSync(path.join(values.work, 'compact-ingest-'));
-const timeFile = path.join(work, 'time.txt');
+const { work, timeFile } = workDir(values.work, 'compact-ingest-');
 
 /** Runs one vnstore command under GNU time: stdout, wall and CPU seconds. */
 const vn = (cli, ...args) => timedCli(cli, timeFile, args);

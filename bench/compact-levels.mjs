@@ -16,45 +16,29 @@
  * format 3 each compacted copy's TOCs are read too (bench/toc-floor.mjs: chunks, digest bytes,
  * stored bytes per chunk). The copy is deleted before the next level.
  */
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { DEFAULT_DIST, distImporter, timedCli } from './dist-workload.mjs';
+import { timedCli } from './dist-workload.mjs';
+import { CLI, imageBenchArgs, imageFiles, loadavg, log, median, workDir } from './image-bench.mjs';
 import { tocFloor } from './toc-floor.mjs';
 
-const { values } = parseArgs({
-  options: {
-    images: { type: 'string' },
-    snaps: { type: 'string' },
-    levels: { type: 'string', default: '3,4,5,6,7,8,9' },
-    format: { type: 'string', default: '3' },
-    rounds: { type: 'string', default: '1' },
-    work: { type: 'string', default: tmpdir() },
-    json: { type: 'string' },
+const levelList = (v) => v.levels.split(',').map(Number);
+const { values, rounds } = imageBenchArgs(
+  'compact-levels.mjs',
+  '[--snaps 0,1] [--levels 3,...] [--rounds 1] [--format 3] [--work DIR] [--json FILE]',
+  {
+    options: {
+      snaps: { type: 'string' },
+      levels: { type: 'string', default: '3,4,5,6,7,8,9' },
+      format: { type: 'string', default: '3' },
+    },
+    valid: (v) => levelList(v).every((l) => Number.isInteger(l) && l >= 1 && l <= 19),
   },
-});
-const levels = values.levels.split(',').map(Number);
-const rounds = Number(values.rounds);
-const median = (xs) => {
-  const v = [...xs].sort((a, b) => a - b);
-  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
-};
-if (!values.images || !(rounds >= 1) || !levels.every((l) => Number.isInteger(l) && l >= 1 && l <= 19)) {
-  process.stderr.write(
-    'usage: node bench/compact-levels.mjs --images DIR [--snaps 0,1] [--levels 3,...] [--rounds 1] [--format 3] [--work DIR] [--json FILE]\n',
-  );
-  process.exit(2);
-}
-const load = distImporter(DEFAULT_DIST);
-const { readImageDir, sameBytes, dirSize } = await load('bench/files.js');
-const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'cli', 'bin.cjs');
-
-const log = (s) => process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${s}\n`);
-const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
-const work = mkdtempSync(path.join(values.work, 'compact-levels-'));
-const timeFile = path.join(work, 'time.txt');
+);
+const levels = levelList(values);
+const { readImageDir, sameBytes, dirSize } = await imageFiles();
+const { work, timeFile } = workDir(values.work, 'compact-levels-');
 const vn = (...args) => timedCli(CLI, timeFile, args);
 
 const wanted = values.snaps === undefined ? undefined : new Set(values.snaps.split(',').map(Number));

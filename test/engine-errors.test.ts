@@ -89,8 +89,7 @@ function waitExit(child: ChildProcess): Promise<void> {
 beforeAll(async () => {
   root = makeTempDir('errors');
   store = path.join(root, 'store');
-  // Format 1: its damage tests name the pack a chunk was in (format 3: format3-engine, check-v3).
-  expect((await runCli(['init', '--store', store, '--format', '1'])).code).toBe(0);
+  expect((await runCli(['init', '--store', store])).code).toBe(0);
   imageA = image(300, 1, 1234);
   imageB = Buffer.from(imageA);
   randomPage(99).copy(imageB, 5 * PAGE);
@@ -160,6 +159,8 @@ describe('CLI help', () => {
         if (!['bench', 'version', 'completion', 'agent', 'qemu', 'switch'].includes(cmd))
           expect(r.stdout.toString()).toContain('--store <dir>');
       }
+      // Store format 3 is the default: no help describes a legacy layout as the one it works on.
+      expect(cmdHelp, `${cmd} --help`).not.toMatch(/pack\s+format\s+[12]|constant\s+time|rebuild\s+the\s+chunk\s+index/);
       const subs = [...(cmdHelp.split(/^Commands:\n/m)[1] ?? '').matchAll(/^ {2}([a-z][a-z-]*)\b/gm)]
         .map((m) => m[1])
         .filter((c) => c !== 'help');
@@ -368,7 +369,7 @@ describe('corruption is detected and named, never returned as data', () => {
     return readdirSync(path.join(dir, 'packs')).sort();
   }
 
-  async function expectRestoreFails(dir: string, id: string, ...fragments: string[]): Promise<void> {
+  async function expectRestoreFails(dir: string, id: string, ...fragments: (string | RegExp)[]): Promise<void> {
     // To a file: the output never appears, nor does its temp file.
     const outDir = path.join(root, `out-${path.basename(dir)}-${id}`);
     mkdirSync(outDir, { recursive: true });
@@ -396,14 +397,49 @@ describe('corruption is detected and named, never returned as data', () => {
     expect(r.stdout.equals(Buffer.concat([randomPage(501), randomPage(502)]))).toBe(true);
   });
 
-  it('a truncated pack or a missing pack: exit 7 naming snapshot and pack', async () => {
+  // Format 3 numbers chunks; only a pack's TOC says which numbers it held, so once the pack is gone
+  // or quarantined the message names the chunk and says where to look and what to run.
+  const LOST_CHUNK = [/page \d+ names chunk \d+, which no pack holds/, 'quarantine/', "run 'vnstore check'"];
+
+  it('a truncated pack: quarantined on open; exit 7 naming snapshot and chunk, and what to run', async () => {
     const dir = copyStore('truncated-pack');
     const pack = packsOf(dir)[0];
     const file = path.join(dir, 'packs', pack);
     truncateSync(file, Math.floor(statSync(file).size / 2));
-    await expectRestoreFails(dir, idA, `snapshot ${idA}`, `pack ${pack}`);
+    await expectRestoreFails(dir, idA, `snapshot ${idA}`, ...LOST_CHUNK);
+    expect(existsSync(file)).toBe(false);
+    expect(readdirSync(path.join(dir, 'quarantine'))).toEqual([pack]);
+  });
+
+  it('a missing pack: exit 7 naming snapshot and chunk, and what to run', async () => {
+    const dir = copyStore('missing-pack');
+    rmSync(path.join(dir, 'packs', packsOf(dir)[0]));
+    await expectRestoreFails(dir, idA, `snapshot ${idA}`, ...LOST_CHUNK);
+  });
+
+  /** A private format-1 store holding image A (made once, then copied), for the legacy layout's tests. */
+  let legacy: { dir: string; id: string } | undefined;
+  async function legacyStore(name: string): Promise<{ dir: string; id: string }> {
+    if (!legacy) {
+      const dir = path.join(root, 'legacy');
+      expect((await runCli(['init', '--store', dir, '--format', '1'])).code).toBe(0);
+      const r = await put(dir, 'a', imageA, [], { VNSTORE_PACK_TARGET_BYTES: String(128 * 1024) });
+      expect(r.code, r.stderr).toBe(0);
+      legacy = { dir, id: r.stdout.toString().trim() };
+    }
+    const dir = path.join(root, name);
+    cpSync(legacy.dir, dir, { recursive: true });
+    return { dir, id: legacy.id };
+  }
+
+  it('format 1 (legacy layout, its index names packs): a truncated or missing pack is named', async () => {
+    const { dir, id } = await legacyStore('legacy-truncated');
+    const pack = packsOf(dir)[0];
+    const file = path.join(dir, 'packs', pack);
+    truncateSync(file, Math.floor(statSync(file).size / 2));
+    await expectRestoreFails(dir, id, `snapshot ${id}`, `pack ${pack}`);
     rmSync(file);
-    await expectRestoreFails(dir, idA, `snapshot ${idA}`, `pack ${pack}`);
+    await expectRestoreFails(dir, id, `snapshot ${id}`, `pack ${pack}`);
   });
 
   it('a flipped byte in a manifest: exit 7 naming the snapshot', async () => {
@@ -420,22 +456,16 @@ describe('corruption is detected and named, never returned as data', () => {
     expect(ls.code).toBe(0);
   });
 
-  it('a garbled chunk-table cache is ignored: restores stay exact', async () => {
-    const dir = copyStore('bad-cache');
+  it('format 1 (legacy layout, format 3 keeps no chunk-table cache): a garbled cache is ignored, restores stay exact', async () => {
+    const { dir, id } = await legacyStore('bad-cache');
     const cache = path.join(dir, 'chunk-table.bin');
-    if (existsSync(cache)) {
-      const bytes = readFileSync(cache);
-      for (let i = 40; i < bytes.length; i += 97) bytes[i] ^= 0xff;
-      writeFileSync(cache, bytes);
-    } else writeFileSync(cache, 'garbage');
-    for (const [id, img] of [
-      [idA, imageA],
-      [idB, imageB],
-    ] as const) {
-      const r = await runCli(['restore', '--store', dir, id]);
-      expect(r.code, r.stderr).toBe(0);
-      expect(r.stdout.equals(img)).toBe(true);
-    }
+    expect(existsSync(cache)).toBe(true);
+    const bytes = readFileSync(cache);
+    for (let i = 40; i < bytes.length; i += 97) bytes[i] ^= 0xff;
+    writeFileSync(cache, bytes);
+    const r = await runCli(['restore', '--store', dir, id]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.equals(imageA)).toBe(true);
   });
 
   it('an index that cannot be opened: exit 7', async () => {
@@ -522,8 +552,7 @@ describe.skipIf(!canMount && process.env.CI !== 'true')('disk full (tmpfs, real 
       expect(usedBytes(mnt), 'the copied store takes the space the CLI-made one took').toBe(template.usedBytes);
       return dir;
     }
-    // Format 1 (format 3 runs out of space in disk-full.test.ts).
-    expect((await runCli(['init', '--store', dir, '--format', '1'])).code).toBe(0);
+    expect((await runCli(['init', '--store', dir])).code).toBe(0);
     const r = await put(dir, 'vm', first, [], SMALL_PACKS);
     expect(r.code, r.stderr).toBe(0);
     firstId = r.stdout.toString().trim();

@@ -2,7 +2,7 @@
  * Store format 3 in the engine (issue 16, docs/FORMAT3-STATUS.md steps 1-4): a store made by
  * `init --format 3` or by the upgrade opens, ingests, restores exactly and recovers on reopen.
  */
-import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { NEXT_NUMBER_KEY, readNextNumber } from '../src/store/number-allocator.js';
@@ -48,6 +48,17 @@ describe('store format 3 in the engine', () => {
       expect((await restoreToBuffer(store, ra)).equals(a)).toBe(true);
       expect((await restoreToBuffer(store, rb)).equals(b)).toBe(true);
       expect(await readNextNumber(store.db)).toBe(store.numbered!.index.nextNumber);
+      // listPacks from the TOCs and files (format 3 keeps no pack records).
+      const packs = await store.listPacks();
+      const files = readdirSync(path.join(dir, 'packs')).sort();
+      expect(packs.map((r) => packFileName(r.id))).toEqual(files);
+      expect(packs.reduce((n, r) => n + r.chunks, 0)).toBe(ra.newChunks + rb.newChunks);
+      for (const r of packs) {
+        expect(r.bytes).toBe(statSync(path.join(dir, 'packs', packFileName(r.id))).size);
+        expect(r.payloadBytes).toBeGreaterThan(0);
+        expect(r.payloadBytes).toBeLessThan(r.bytes - 16);
+        expect(Date.parse(r.sealedAt)).toBeGreaterThan(Date.now() - 600_000);
+      }
     } finally {
       await store.close();
     }

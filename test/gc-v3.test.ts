@@ -15,6 +15,9 @@ import { numberedView } from '../src/maintenance/numbered-store.js';
 import type { Store } from '../src/store/store.js';
 import { tocItems } from '../src/maintenance/pack-copy-v3.js';
 import { CONTAINER_CODEC } from '../src/format/pack.js';
+import { PAGE_SIZE } from '../src/format/pages.js';
+import { compressContainers, decodeContainer } from '../src/chunk/container.js';
+import { DEFAULT_COMPACT_LEVEL } from '../src/maintenance/compact-plan.js';
 import { checkStore } from '../src/maintenance/check.js';
 import { removeDir, restoreToBuffer } from './helpers/engine.js';
 import { hashPage } from '../src/chunk/hash.js';
@@ -29,6 +32,19 @@ async function containerItems(store: Store): Promise<number> {
   for (const id of store.numbered!.index.packIds)
     n += tocItems((await store.packs.readTocV3(id)).toc).filter((i) => i.codec === CONTAINER_CODEC).length;
   return n;
+}
+
+/** Every container item's frame in the indexed packs, with its decoded pages. */
+async function containerFrames(store: Store): Promise<{ frame: Buffer; pages: Uint8Array }[]> {
+  const out: { frame: Buffer; pages: Uint8Array }[] = [];
+  for (const id of store.numbered!.index.packIds)
+    for (const item of tocItems((await store.packs.readTocV3(id)).toc).filter((i) => i.codec === CONTAINER_CODEC)) {
+      const frame = Buffer.from(await store.packs.read(id, item.offset, item.storedLength));
+      const pages = new Uint8Array(item.pages * PAGE_SIZE);
+      expect(decodeContainer(frame, pages)).toBe(item.pages);
+      out.push({ frame, pages });
+    }
+  return out;
 }
 
 /** Per-pack liveness now, from a fresh mark. */
@@ -117,6 +133,35 @@ describe('gc on store format 3', () => {
       const after = await liveness(files);
       for (const p of after) expect(p.liveChunks, `pack ${p.id}`).toBe(p.chunks);
       await expectAllReadV3(files, fx.expected, 'after gc --max-unused 0');
+    } finally {
+      await files.close();
+    }
+  });
+
+  it("re-containers a split container's live pages at compact's default level (forget + gc keeps compact's gain)", async () => {
+    const fx = await numberedStoreAfterForget('gc-v3-level');
+    roots.push(fx.root);
+    const files = await openNumbered(fx.dir);
+    try {
+      const before = new Set((await containerFrames(files)).map((c) => c.frame.toString('hex')));
+      expect(before.size).toBeGreaterThan(0);
+      await runGc(files, { maxUnused: { bytes: 0 } });
+      // Frames gc wrote: each is exactly its pages compressed at DEFAULT_COMPACT_LEVEL (zstd is
+      // deterministic), and at least one of them would be another frame at zstd-3.
+      const made = (await containerFrames(files)).filter((c) => !before.has(c.frame.toString('hex')));
+      expect(made.length).toBeGreaterThan(0);
+      let differsAt3 = 0;
+      for (const { frame, pages } of made) {
+        const at = async (level: number) => {
+          const z = await compressContainers(pages, [pages.length / PAGE_SIZE], level);
+          return Buffer.from(z.payload.subarray(0, z.lengths[0]));
+        };
+        expect((await at(DEFAULT_COMPACT_LEVEL)).equals(frame)).toBe(true);
+        if (!(await at(3)).equals(frame)) differsAt3++;
+      }
+      expect(differsAt3).toBeGreaterThan(0);
+      await expectAllReadV3(files, fx.expected, 'after gc re-containered');
+      expect((await checkStore(files, { readData: true })).problems).toEqual([]);
     } finally {
       await files.close();
     }

@@ -22,7 +22,7 @@ export function registerCheck(program: Command): void {
     .option('--read-data-subset <pct>', 're-read a random PCT% of the packs (e.g. 10 or 10%)')
     .option(
       '--repair-index',
-      'rebuild the chunk index from the packs (re-hashing every chunk); corrupt packs are salvaged and moved to quarantine/; damaged index tables keep their intact blocks (originals to quarantine/)',
+      're-hash every chunk in the packs: corrupt packs are salvaged (their good chunks copied) and moved to quarantine/; on stores of format 1 or 2 the chunk index is rebuilt from the packs and damaged index tables keep their intact blocks (originals to quarantine/)',
     )
     .option('--json', 'print {ok, problems[], warnings[], checked, counters, repair, next[], seconds}')
     .addOption(storeOption())

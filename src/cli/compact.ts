@@ -57,7 +57,7 @@ interface CliOptions extends RemoteOptions, CompactCliOptions {
 export function registerCompact(program: Command): void {
   const cmd = program
     .command('compact')
-    .description('recompress cold LZ4 pages into zstd containers of 16 distinct pages (pack format 2): a smaller store, restores as fast')
+    .description('recompress cold LZ4 pages into zstd containers of up to 16 distinct pages: a smaller store, restores as fast')
     .option(
       '--level <N>',
       `zstd level, 1..19: a higher level stores less and compacts slower, restores about as fast; ${DEFAULT_COMPACT_LEVEL} is measured as the best trade on real guest memory (docs/DESIGN.md)`,
@@ -76,8 +76,8 @@ export function registerCompact(program: Command): void {
       `
 Cold = packs sealed at least --min-age minutes ago whose live pages are mostly LZ4. Their live pages
 are decoded, verified against their digests, and written into new packs as zstd frames of up to 16
-distinct pages each (64 KiB), in the order a restore of the oldest snapshot using them reads them;
-their dead pages are dropped. Restoring one page decodes at most one container. Safe beside open
+distinct pages each (64 KiB), in the order they were first stored (the order a restore of the
+snapshot that brought them reads them); their dead pages are dropped. Restoring one page decodes at most one container. Safe beside open
 sessions and crash-safe like gc: a new pack is durable and indexed before the old one is deleted.
 Needs libzstd (see 'vnstore version'); reading compacted packs does not. Also: 'vnstore gc --compact'.
 

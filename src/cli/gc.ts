@@ -21,7 +21,7 @@ export function registerGc(program: Command): void {
   const cmd = program
     .command('gc')
     .description(
-      'reclaim space: drop packs with no live chunk, rewrite the sparsest packs (copying live chunks as stored) until unused bytes are within --max-unused',
+      'reclaim space: drop packs with no live chunk, rewrite the sparsest packs (copying live chunks; the live pages of a compacted container stay in zstd containers) until unused bytes are within --max-unused',
     )
     .option('--dry-run', 'print the plan and the bytes it would reclaim; change nothing')
     .option(

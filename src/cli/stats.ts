@@ -27,8 +27,9 @@ export function registerStats(program: Command): void {
     .addHelpText(
       'after',
       `
-The summary comes from counters kept in the same commits as the data (constant time); --detail,
---vm and --snapshot read every committed manifest once.
+The summary comes from counters kept in the same commits as the data; on store format 3 its chunk and
+pack figures are read from the packs' tables of contents (one read per pack). --detail, --vm and
+--snapshot read every committed manifest once.
 
 Examples:
   vnstore stats

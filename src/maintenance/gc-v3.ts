@@ -27,12 +27,19 @@ import { CorruptError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
 import { emptyGcResult, failpoint, unneededKeptBases, type GcOptions, type GcReport, type GcResult } from './gc.js';
 import { gcPlanOptions, planGc, type PackLiveness } from './gc-plan.js';
+import { DEFAULT_COMPACT_LEVEL } from './compact-plan.js';
 import { manifestPathOf, markLiveNumbers, type LiveNumbers } from './live-v3.js';
 import { numberedView, type NumberedStore } from './numbered-store.js';
 import { GcFence, withMaintenanceLock } from './fence.js';
 import type { Store } from '../store/store.js';
 import { DigestSet } from './digest-set.js';
 import { copyNumbered, tocNumbers, unitsToCopy, type CopiedPack, type CopyOptions } from './pack-copy-v3.js';
+
+/**
+ * gc's copies: the live pages of a container that lost some go into new containers at compact's
+ * default level (docs/DESIGN.md, "gc keeps containers"), so forget + gc keeps what compact gained.
+ */
+const GC_COPY: CopyOptions = { recontainerLevel: DEFAULT_COMPACT_LEVEL };
 
 /** What a copied chunk costs in a version-3 TOC at most: its digest and an item of its own. */
 export const V3_TOC_ENTRY_BYTES = DIGEST_BYTES + ITEM_BYTES;
@@ -81,7 +88,7 @@ export async function runGcV3(store: NumberedStore, options: GcOptions = {}): Pr
     const steps: number[][] = [];
     for (let i = 0; i < plan.drop.length; i += 256) steps.push(plan.drop.slice(i, i + 256));
     for (const n of plan.newPacks) steps.push(n.from);
-    for (const old of steps) await replacePacks(store, old, (n) => marked.live.has(n), result);
+    for (const old of steps) await replacePacks(store, old, (n) => marked.live.has(n), result, GC_COPY);
     await pruneKeptBasesV3(store, marked, result);
     report.result = result;
     trace('gc: done');

@@ -3,8 +3,9 @@
  * repair): every chunk is decoded and checked against its TOC digest before it is written, entries
  * go in increasing number order (the pack's rule), and a container is copied whole only when all its
  * pages are copied and no other copied number falls between its first and last (its pages must be
- * consecutive entries); otherwise its pages are stored singly (LZ4), or with `compactLevel` put into
- * new containers. Memory: a read window per source pack (READ_WINDOW_BYTES) and the TOC columns,
+ * consecutive entries); otherwise its pages go into new containers at `recontainerLevel` (gc: so
+ * forget + gc does not undo compact) or are stored singly (LZ4), and with `compactLevel` every LZ4
+ * page is put into new containers. Memory: a read window per source pack (READ_WINDOW_BYTES) and the TOC columns,
  * whatever the pack's size.
  */
 import { getCodec, ChunkCodec } from '../chunk/codec.js';
@@ -91,6 +92,8 @@ export function unitsToCopy(pack: number, toc: TocV3, keep: (n: number, entry: n
 export interface CopyOptions {
   /** Compact: per-page LZ4 chunks go into zstd containers of up to 16 at this level. */
   compactLevel?: number;
+  /** gc: the pages of a container that is not copied whole go into new containers at this level. */
+  recontainerLevel?: number;
   onChunks?: (done: number) => void;
 }
 
@@ -139,6 +142,8 @@ interface Single {
   payload: Uint8Array;
   codec: number;
   page: Uint8Array;
+  /** Split out of a container. */
+  fromContainer: boolean;
 }
 
 /**
@@ -166,7 +171,7 @@ export async function copyNumbered(
   steps.sort((a, b) => a.first - b.first);
   const p = storePaths(store.dir);
   const pack = new PackFile(packId, p.tmp, new BatchPool(1), PACK_VERSION_NUMBERED);
-  const builder = new NumberedContainers(pack, options.compactLevel);
+  const builder = new NumberedContainers(pack, options.compactLevel ?? options.recontainerLevel, options.compactLevel === undefined);
   const frame = { key: '', pages: new Uint8Array(MAX_CONTAINER_PAGES * PAGE_SIZE), count: 0 };
   let done = 0;
   let flushedAt = pack.size;
@@ -249,14 +254,16 @@ function singleOf(
     }
   }
   verify(page, u.digests, i, u.numbers[i], where);
-  if (u.item.codec !== CONTAINER_CODEC) return { number: u.numbers[i], digest, payload, codec: u.item.codec, page };
+  if (u.item.codec !== CONTAINER_CODEC) return { number: u.numbers[i], digest, payload, codec: u.item.codec, page, fromContainer: false };
   const z = getCodec().compressPages(page, [0]);
-  return { number: u.numbers[i], digest, payload: Uint8Array.from(z.payload.subarray(0, z.lengths[0])), codec: z.codecs[0], page };
+  const stored = Uint8Array.from(z.payload.subarray(0, z.lengths[0]));
+  return { number: u.numbers[i], digest, payload: stored, codec: z.codecs[0], page, fromContainer: true };
 }
 
 /**
- * Singles on their way into the pack: written as they come, or (compact) LZ4 pages gathered into
- * zstd containers of up to 16 consecutive entries; a container zstd does not make smaller than its
+ * Singles on their way into the pack: written as they come, or LZ4 pages (compact: all; gc: those
+ * split out of a container) gathered into zstd containers of up to 16 consecutive entries; a
+ * container zstd does not make smaller than its
  * pages stored singly is written as those singles. A raw page (random-like: zstd gains nothing on it)
  * ends the container being gathered, since a container's entries must be consecutive in number order.
  */
@@ -267,10 +274,11 @@ class NumberedContainers {
   constructor(
     private readonly pack: PackFile,
     private readonly level: number | undefined,
+    private readonly splitOnly: boolean,
   ) {}
 
   async add(s: Single): Promise<void> {
-    if (this.level === undefined || !this.zstd.canCompress || s.codec === ChunkCodec.Raw) {
+    if (this.level === undefined || !this.zstd.canCompress || s.codec === ChunkCodec.Raw || (this.splitOnly && !s.fromContainer)) {
       await this.flush();
       this.pack.append(s.digest, s.payload, s.codec, s.number);
       return;

@@ -8,7 +8,8 @@ import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { CONTAINER_CODEC, MAX_CONTAINER_PAGES, PACK_VERSION, PACK_VERSION_CONTAINERS, packFileName } from '../format/pack.js';
 import { ChunkCodec, getCodec } from '../chunk/codec.js';
 import { compressContainers, MAX_CONTAINER_BYTES } from '../chunk/container.js';
-import { getZstd, ZSTD_DEFAULT_LEVEL } from '../chunk/zstd.js';
+import { getZstd } from '../chunk/zstd.js';
+import { DEFAULT_COMPACT_LEVEL } from './compact-plan.js';
 import { decodeOne } from '../store/pack-reader.js';
 import { BatchPool, PackFile, type SealedPack } from '../store/pack-file.js';
 import { Store } from '../store/store.js';
@@ -162,7 +163,8 @@ export async function copyChunks<T extends PlacedChunk>(
   const hasContainers = compact || containers.size > 0;
   const p = Store.paths(store.dir);
   const pack = new PackFile(packId, p.tmp, new BatchPool(1), hasContainers ? PACK_VERSION_CONTAINERS : PACK_VERSION);
-  const builder = new ContainerBuilder(pack, options.compactLevel ?? ZSTD_DEFAULT_LEVEL);
+  // gc re-containers a split container's live pages at compact's default level, not a lower one.
+  const builder = new ContainerBuilder(pack, options.compactLevel ?? DEFAULT_COMPACT_LEVEL);
   try {
     // Batches in the given order; a whole container's pages join the batch of its first page.
     const taken = new Set<T>();

@@ -30,6 +30,12 @@ export async function loadNumberedManifest(
 }
 
 /**
+ * A format-3 index cannot say which pack held a number once that pack is gone or was quarantined as
+ * damaged (its TOC was the only record): say where to look and what to run.
+ */
+const LOST_CHUNK_ADVICE = " (its pack is missing, or was moved to quarantine/ as damaged); run 'vnstore check'";
+
+/**
  * Each page's digest from the TOCs (zero pages stay zero): what the image digest is computed over,
  * and what a session's parent or a restore compares pages with. One read per pack of the span of its
  * digest column the pages use, not 32 bytes a page (a 512 MiB image names ~130k chunks).
@@ -69,7 +75,7 @@ async function pageDigestsOnce(
     }
     // No location object a page: a parent's ~130k pages are located at every session's start.
     const run = load.index.runOf(pages.numbers[p]);
-    if (run < 0) throw new CorruptError(`${what}: page ${p} names chunk ${pages.numbers[p]}, which no pack holds`);
+    if (run < 0) throw new CorruptError(`${what}: page ${p} names chunk ${pages.numbers[p]}, which no pack holds${LOST_CHUNK_ADVICE}`);
     const pack = load.index.runPack(run);
     const entry = load.index.runEntry(run, pages.numbers[p]);
     packOf[p] = pack;

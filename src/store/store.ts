@@ -16,7 +16,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ManifestHeader } from '../format/manifest.js';
-import { packFileName, parsePackFileName } from '../format/pack.js';
+import { PACK_HEADER_BYTES, packFileName, parsePackFileName } from '../format/pack.js';
 import { PAGE_SIZE, type PageTable } from '../format/pages.js';
 import { ChunkTable } from '../index/chunk-table.js';
 import { PagePool } from '../chunk/worker-pool.js';
@@ -674,8 +674,20 @@ export class Store {
     return undefined;
   }
 
+  /**
+   * The indexed packs, by id. Format 3 keeps no `p` records (a pack's TOC is its record): chunks and
+   * payload come from the TOC, bytes from the file, sealedAt from its mtime (as compact's --min-age).
+   */
   async listPacks(): Promise<PackRecord[]> {
     const out: PackRecord[] = [];
+    if (this.numbered) {
+      for (const id of [...this.numbered.index.packIds].sort((a, b) => a - b)) {
+        const { toc, tocOffset } = await this.packs.readTocV3(id);
+        const { size, mtime } = await fsp.stat(this.packs.packPath(id));
+        out.push({ id, chunks: toc.count, bytes: size, payloadBytes: tocOffset - PACK_HEADER_BYTES, sealedAt: mtime.toISOString() });
+      }
+      return out;
+    }
     for await (const v of this.db.values(prefixRange(Buffer.of(KEY_PACK)))) out.push(parseRecord(v, PACK_RECORD));
     return out;
   }
