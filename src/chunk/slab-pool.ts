@@ -1,43 +1,58 @@
 /**
- * Reusable shared buffers ("slabs") for page jobs. The main thread lends a worker a slab for a job's
- * output (compressed payloads, a restored window), the worker fills it in place, and the main thread
- * gives it back once it is done with the bytes.
+ * Reusable buffers ("slabs") for page jobs. The main thread lends a worker a slab for a job's input
+ * pages or output (compressed payloads, a restored window), the worker reads or fills it in place, and
+ * the main thread gives it back once it is done with the bytes.
  *
  * Why: fresh memory costs a page fault per 4 KiB on first touch (about 11 µs each on the project
  * machine, more than hashing the page; bench/RESULTS.md), and a block pipeline that allocated its
- * output buffers anew paid that for every block. Slabs are plain ArrayBuffers that travel by
- * transfer (to the worker with the job, back with the result), not SharedArrayBuffers: V8 copies
- * out of shared memory with relaxed atomic loads, several times slower than memcpy.
+ * buffers anew paid that for every block.
+ *
+ * A pool for slabs that cross to workers is `shared` (SharedArrayBuffers, posted without a transfer
+ * list). Plain ArrayBuffers moved by transfer, two 4 MiB slabs to a worker and back per job, drove the
+ * server's main thread into a mark-compact every few jobs ("external memory pressure": 16-39 in one cold
+ * 256 MiB snapshot, 2 with shared slabs; bench/RESULTS.md, issue 12, session 12). Copies out of
+ * shared memory are no slower whole (6.4 against 6.2 GB/s measured here); page by page they run at
+ * about half memcpy's speed (5.5 against 12.5 GB/s), a few ms per 256 MiB.
  */
 export class SlabPool {
-  private readonly free: ArrayBuffer[] = [];
+  private readonly free: (ArrayBuffer | SharedArrayBuffer)[] = [];
 
   constructor(
     /** Size of a pooled slab; larger requests get a one-off buffer. */
     readonly slabBytes: number,
     /** Slabs kept for reuse at most (the rest are left to the garbage collector). */
     private readonly keep: number,
+    /** SharedArrayBuffer slabs, lent to workers without a transfer (see above). */
+    readonly shared = false,
   ) {}
 
   /** A view of exactly `bytes` bytes at the start of a slab. Its contents are whatever the last user left. */
   take(bytes: number): Uint8Array {
     if (bytes > this.slabBytes) return new Uint8Array(bytes);
-    return new Uint8Array(this.free.pop() ?? new ArrayBuffer(this.slabBytes), 0, bytes);
+    const slab = this.free.pop() ?? (this.shared ? new SharedArrayBuffer(this.slabBytes) : new ArrayBuffer(this.slabBytes));
+    return new Uint8Array(slab, 0, bytes);
   }
 
   /**
    * Returns the slab under `view` (as handed back by a worker, or never sent); the caller must not
-   * use it afterwards. Detached, one-off and foreign buffers are ignored.
+   * use it afterwards. Detached, one-off and foreign buffers are ignored. A shared slab must come
+   * back as the view this pool lent (PagePool hands results back on the lent views, not on a
+   * worker's copies of the SharedArrayBuffer object, which this identity check could not match).
    */
   give(view: Uint8Array | undefined): void {
     const ab = view?.buffer;
-    if (ab instanceof ArrayBuffer && ab.byteLength === this.slabBytes && this.free.length < this.keep && !this.free.includes(ab)) {
+    if (
+      (ab instanceof ArrayBuffer || ab instanceof SharedArrayBuffer) &&
+      ab.byteLength === this.slabBytes &&
+      this.free.length < this.keep &&
+      !this.free.includes(ab)
+    ) {
       this.free.push(ab);
     }
   }
 }
 
-/** The transfer list for lending `view`'s slab to another thread (empty when there is none). */
+/** The transfer list for lending `view`'s slab to another thread (empty when there is none, or it is shared). */
 export function slabTransfer(view: Uint8Array | undefined): ArrayBuffer[] {
   const ab = view?.buffer;
   return ab instanceof ArrayBuffer && ab.byteLength > 0 ? [ab] : [];

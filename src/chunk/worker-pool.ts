@@ -34,6 +34,31 @@ interface Pending {
   reject: (e: Error) => void;
 }
 
+/**
+ * Puts a worker's result back on the caller's own slab views. A shared slab reaches the worker and
+ * comes back as new SharedArrayBuffer objects over the same memory; the caller's pool knows its slabs
+ * by the objects it lent (SlabPool.give), so the result must name those.
+ */
+function onLentSlabs(job: HashJob | DecodeJob | RestoreJob, result: unknown): unknown {
+  if (job.kind === 'hash') {
+    const r = result as HashResult;
+    if (job.payloadSlab?.buffer instanceof SharedArrayBuffer) {
+      r.slab = job.payloadSlab;
+      if (r.payload.buffer instanceof SharedArrayBuffer) r.payload = lentView(job.payloadSlab, r.payload);
+    }
+    if (job.pages.buffer instanceof SharedArrayBuffer) r.pages = job.file ? undefined : job.pages;
+  } else if (job.kind === 'restore') {
+    const r = result as RestoreResult;
+    if (job.window?.buffer instanceof SharedArrayBuffer && r.out.buffer instanceof SharedArrayBuffer) r.out = lentView(job.window, r.out);
+  }
+  return result;
+}
+
+/** The bytes `copy` views (a worker's view of the shared slab under `lent`), as a view of `lent`'s own buffer. */
+function lentView(lent: Uint8Array, copy: Uint8Array): Uint8Array {
+  return new Uint8Array(lent.buffer, copy.byteOffset, copy.length);
+}
+
 interface Slot {
   worker: Worker;
   inFlight: number;
@@ -168,7 +193,7 @@ export class PagePool {
     const id = this.nextId++;
     if (best.inFlight++ === 0) best.worker.ref();
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.pending.set(id, { resolve: (r) => resolve(onLentSlabs(job, r) as T), reject });
       best.worker.postMessage({ id, job }, transfer);
     });
   }

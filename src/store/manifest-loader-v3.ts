@@ -53,6 +53,14 @@ export class NumberedManifestLoader {
     return loaded;
   }
 
+  /**
+   * Caches a snapshot this process just committed, as a session built it (the manifest it wrote
+   * encodes these numbers): the VM's next session begins on it without reading it back.
+   */
+  remember(id: string, loaded: LoadedNumberedManifest & { pages: PageTable }): void {
+    this.cache.put(id, loaded);
+  }
+
   /** The numbered page table and each page's digest (read from the TOCs once, then cached). */
   async loadWithDigests(id: string): Promise<LoadedNumberedManifest & { pages: PageTable }> {
     const loaded = await this.load(id); // the cached object: the digests are kept with it

@@ -22,6 +22,7 @@ import type { Store } from './store.js';
 import { MAX_BASE_DEPTH } from './manifest-loader.js';
 import { SupersededTracker } from './superseded.js';
 import type { ReclaimHint } from './reclaim.js';
+import type { LoadedNumberedManifest } from './manifest-loader-v3.js';
 import { trace } from '../util/trace.js';
 
 /** Largest image a session accepts without a declared memory size (its page table needs 33 B a page). */
@@ -69,6 +70,12 @@ export interface PreparedSnapshot {
   state: PreparedState;
   /** What the session left superseded, for the store to reclaim after the commit (src/store/reclaim.ts). */
   readonly reclaim?: ReclaimHint;
+  /**
+   * Format 3: the snapshot as its manifest names it, which the store's manifest cache keeps once the
+   * snapshot is committed: the VM's next session begins on it without reading the manifest back and
+   * looking up each page's digest again (most of an empty snapshot's BEGIN; issue 12).
+   */
+  readonly loaded?: LoadedNumberedManifest & { pages: PageTable };
 }
 
 export class Session {
@@ -624,7 +631,8 @@ export class Session {
       // Format 3 names pages by number: those of new chunks are known once their packs are indexed
       // (the image digest is computed meanwhile all the same).
       const numberedHeader = this.store.isNumbered ? this.manifestHeader(byteLength, pageCount) : undefined;
-      let manifest = numberedHeader ? undefined : this.buildManifest(byteLength, pageCount);
+      let manifest: { bytes: Buffer; record: SnapshotRecord; numbered?: { header: ManifestHeader; numbers: NumberedPages } } | undefined =
+        numberedHeader ? undefined : this.buildManifest(byteLength, pageCount);
       await flushing;
       trace('packs flushed');
       if (this.store.writer.failureEpoch !== this.failureEpoch) throw this.writerFailure();
@@ -633,7 +641,8 @@ export class Session {
       trace('manifest written');
       this.state = 'done';
       this.store.sessions.unregister(this);
-      return { store: this.store, record, failureEpoch: this.failureEpoch, state: 'prepared', reclaim: this.reclaimHint() };
+      const loaded = manifest.numbered && { ...manifest.numbered, pages: this.committedPages(), fileBytes: manifest.bytes.length };
+      return { store: this.store, record, failureEpoch: this.failureEpoch, state: 'prepared', reclaim: this.reclaimHint(), loaded };
     } catch (err) {
       this.state = 'done';
       this.store.sessions.unregister(this);
@@ -814,7 +823,9 @@ export class Session {
    * Format 3: the version-2 manifest, pages named by number (every pack sealed and indexed by now),
    * delta-encoded against the parent under the same rule as version 1.
    */
-  private async buildNumberedManifest(header: ManifestHeader): Promise<{ bytes: Buffer; record: SnapshotRecord }> {
+  private async buildNumberedManifest(
+    header: ManifestHeader,
+  ): Promise<{ bytes: Buffer; record: SnapshotRecord; numbered: { header: ManifestHeader; numbers: NumberedPages } }> {
     const parent = this.parent?.numbers ? { pages: this.parent.pages, numbers: this.parent.numbers } : undefined;
     const numbers = await this.store.numbered!.numberPages(this.pages, parent, `snapshot of VM ${this.options.vm}`);
     let plan = planManifestV2(numbers);
@@ -831,7 +842,25 @@ export class Session {
     const encoded = encodeManifestV2({ ...header, baseId: base }, numbers, plan.base, plan);
     // A new chunk costs its digest and (at most) one item in its pack's table.
     const record = this.snapshotRecord(header, base, baseDepth, encoded.stats.zeroPages, encoded.bytes.length, DIGEST_BYTES + ITEM_BYTES);
-    return { bytes: encoded.bytes, record };
+    return { bytes: encoded.bytes, record, numbered: { header: { ...header, baseId: base }, numbers } };
+  }
+
+  /**
+   * The page table as a reader of the manifest gets it (read-v3's pageDigests): exactly pageCount
+   * pages, and zero digest bytes where a page is zero (an inherited zero page may keep its parent's
+   * stale digest slot). The session is done with it, so it is handed over in place when it is already
+   * that size: a copy of a 256 MiB image's table was 2 MiB of fresh memory per snapshot.
+   */
+  private committedPages(): PageTable {
+    const n = this.pages.pageCount;
+    let out = this.pages;
+    if (out.kinds.length !== n || out.digests.length !== n * DIGEST_BYTES) {
+      out = new PageTable(n);
+      out.kinds.set(this.pages.kinds.subarray(0, n));
+      out.digests.set(this.pages.digests.subarray(0, n * DIGEST_BYTES));
+    }
+    for (let i = 0; i < n; i++) if (out.kinds[i] !== PageKind.Digest) out.digests.fill(0, i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
+    return out;
   }
 
   /** The manifest's bytes and the catalog record that will point at it (not yet written). */
@@ -854,7 +883,7 @@ export class Session {
     return { bytes: encoded.bytes, record };
   }
 
-  private async writeManifest(manifest: { bytes: Buffer; record: SnapshotRecord }): Promise<SnapshotRecord> {
+  private async writeManifest(manifest: { bytes: Buffer; record: SnapshotRecord; numbered?: unknown }): Promise<SnapshotRecord> {
     const dest = this.store.manifestPath(this.id);
     await writeFileDurable(dest, manifest.bytes, path.join(path.dirname(dest), `${this.id}.vnm.tmp`));
     return manifest.record;

@@ -162,8 +162,11 @@ export class Store {
   private readonly manifests = new ManifestLoader((id) => this.manifestPath(id), 8);
   /** The last commit queued for each group (settled, never rejects): see commitPrepared. */
   private readonly groupCommits = new Map<string, Promise<void>>();
-  /** Output buffers lent to page jobs (compressed payloads of a block, a restored window). */
-  readonly slabs = new SlabPool(Math.max(BLOCK_PAGES, WINDOW_PAGES) * PAGE_SIZE, 12);
+  /**
+   * Buffers lent to page jobs (a block's pages, its compressed payloads, a restored window): shared,
+   * so lending one to a worker moves no ArrayBuffer (slab-pool.ts says why).
+   */
+  readonly slabs = new SlabPool(Math.max(BLOCK_PAGES, WINDOW_PAGES) * PAGE_SIZE, 12, true);
   private closed = false;
   /** CLEAN_PACK_KEY as read at open (NaN when absent): close rewrites it only when it moved. */
   private cleanPackMark = NaN;
@@ -539,6 +542,8 @@ export class Store {
     }
     for (const p of prepared) p.state = 'committed';
     trace('committed');
+    // Committed: its VM's next session may begin on it (remembered only now, never for an aborted one).
+    for (const p of prepared) if (p.loaded) this.numberedManifests?.remember(p.record.id, p.loaded);
     // Durable now: superseded chunks may go, in the background (the caller gets its records first).
     for (const p of prepared) this.reclaimer.afterCommit(p.reclaim);
     return prepared.map((p) => p.record);

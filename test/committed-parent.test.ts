@@ -1,0 +1,87 @@
+/**
+ * Format 3: a snapshot this process just committed is kept in the store's manifest cache as its
+ * session built it, so the VM's next session begins on it without reading the manifest back (issue
+ * 12: most of an empty dirty-list snapshot's BEGIN). What is kept must be exactly what a reader of
+ * the manifest gets, and a prepared snapshot that was aborted is never kept.
+ */
+import { renameSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { PageKind } from '../src/format/pages.js';
+import { Store } from '../src/store/store.js';
+import { makePage, restoreToBuffer, tempDirs } from './helpers/engine.js';
+
+const tmp = tempDirs();
+const PAGE = 4096;
+
+function image(seed: number, pages: number): Buffer {
+  const parts: Buffer[] = [];
+  for (let p = 0; p < pages; p++) parts.push(makePage(p % 6 === 2 ? 'zero' : p % 4 === 0 ? 'random' : 'compressible', seed * 1000 + p));
+  return Buffer.concat(parts);
+}
+
+describe('a committed snapshot as the next parent (format 3)', () => {
+  it('is kept exactly as a reader of its manifest gets it, and lets the next session begin without the file', async () => {
+    const dir = path.join(tmp('committed-parent'), 'store');
+    await Store.init(dir, { format: 3 });
+    let store = await Store.open(dir, { workers: 0, packTargetBytes: 64 * 1024 });
+    const a = image(1, 60);
+    const first = await store.beginSession({ vm: 'vm', parent: 'none' });
+    await first.writePages(0, a);
+    const ra = await first.commit({ byteLength: a.length, unwritten: 'zero' });
+
+    // A dirty-list snapshot: two pages changed, one non-zero page zeroed, the rest inherited (the
+    // parent's zero pages too, whose digest slots the session does not clear).
+    const b = Buffer.from(a);
+    makePage('random', 777).copy(b, 7 * PAGE);
+    b.fill(0, 9 * PAGE, 10 * PAGE);
+    const s = await store.beginSession({ vm: 'vm', memoryBytes: b.length, parent: 'auto' });
+    await s.writePages(7, b.subarray(7 * PAGE, 8 * PAGE));
+    await s.writePages(9, b.subarray(9 * PAGE, 10 * PAGE));
+    const rb = await s.commit({ byteLength: b.length, unwritten: 'parent' });
+    expect(rb.parent).toBe(ra.id);
+
+    // The next session begins on the kept table: the manifest file is not read (moved away here).
+    const file = store.manifestPath(rb.id);
+    renameSync(file, `${file}.away`);
+    const kept = await store.loadNumberedPages(rb.id);
+    expect(kept.pages.kinds[9]).toBe(PageKind.Zero);
+    expect(kept.pages.kinds[7]).toBe(PageKind.Digest);
+    const next = await store.beginSession({ vm: 'vm', memoryBytes: b.length, parent: 'auto' });
+    await next.abort();
+    renameSync(`${file}.away`, file);
+    await store.close();
+
+    // What a fresh process reads from the manifest is the same, byte for byte.
+    store = await Store.open(dir, { workers: 0 });
+    try {
+      const read = await store.loadNumberedPages(rb.id);
+      expect(read.pages.pageCount).toBe(kept.pages.pageCount);
+      expect(Buffer.from(read.pages.kinds.subarray(0, read.pages.pageCount)).equals(Buffer.from(kept.pages.kinds))).toBe(true);
+      expect(Buffer.from(read.pages.digests.subarray(0, read.pages.pageCount * 32)).equals(Buffer.from(kept.pages.digests))).toBe(true);
+      expect(Array.from(read.numbers.kinds)).toEqual(Array.from(kept.numbers.kinds));
+      expect(Array.from(read.numbers.numbers)).toEqual(Array.from(kept.numbers.numbers));
+      expect((await restoreToBuffer(store, rb)).equals(b)).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('is not kept when it was prepared and then aborted', async () => {
+    const dir = path.join(tmp('aborted-parent'), 'store');
+    await Store.init(dir, { format: 3 });
+    const store = await Store.open(dir, { workers: 0 });
+    try {
+      const a = image(2, 20);
+      const s = await store.beginSession({ vm: 'vm', parent: 'none' });
+      await s.writePages(0, a);
+      const prepared = await s.prepare({ byteLength: a.length, unwritten: 'zero' });
+      expect(prepared.loaded).toBeDefined();
+      await store.abortPrepared([prepared]);
+      await expect(store.loadNumberedPages(prepared.record.id)).rejects.toThrow();
+      expect(await store.latestSnapshot('vm')).toBeUndefined();
+    } finally {
+      await store.close();
+    }
+  });
+});
