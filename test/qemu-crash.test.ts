@@ -2,14 +2,16 @@
  * A `vnstore qemu receive` SIGKILLed at instants spread over its whole run (while the stream
  * arrives, while it is stored, while it commits): the store reopens clean (`check` passes) and shows the migration all
  * or nothing: the RAM snapshot and its state image together, or neither; one that shows sends the
- * exact memory back.
+ * exact memory back. The killed receives are child processes; the inits before them and the checks
+ * after them (check, ls, qemu send) run in-process.
  */
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChunkSource } from '../src/qemu/byte-source.js';
 import { decodeStream } from '../src/qemu/stream-decoder.js';
 import { RAM_SECTION_VERSION } from '../src/qemu/stream-format.js';
-import { CLI, makePage, makeTempDir, removeDir, REPO_ROOT, runCli } from './helpers/engine.js';
+import { CLI, makePage, makeTempDir, removeDir, REPO_ROOT } from './helpers/engine.js';
+import { runCliInProcess } from './helpers/cli.js';
 import { encodeModel, type PageRecord, type StreamModel } from './qemu/stream-model.js';
 
 const PAGE = 4096;
@@ -76,7 +78,7 @@ describe('vnstore qemu receive killed at any instant', () => {
     const memory = memoryOf(m);
     // How long a whole receive takes here, unkilled: the kills are spread from 15% to 150% of it
     // (past 100%: on the loaded 2-core machine one receive can take a third longer than another).
-    expect((await runCli(['init', '--store', `${dir}/timing`])).code).toBe(0);
+    expect((await runCliInProcess(['init', '--store', `${dir}/timing`])).code).toBe(0);
     const t0 = performance.now();
     expect(await killedReceive(`${dir}/timing`, 'vm', bytes, 600_000)).toBe(0);
     const wholeMs = performance.now() - t0;
@@ -86,13 +88,13 @@ describe('vnstore qemu receive killed at any instant', () => {
     for (let trial = 0, extra = 0; trial < 6 || (extra < 4 && (outcomes.committed === 0 || outcomes.nothing === 0)); trial++) {
       if (trial >= 6) extra++;
       const store = `${dir}/store${trial}`;
-      expect((await runCli(['init', '--store', store])).code).toBe(0);
+      expect((await runCliInProcess(['init', '--store', store])).code).toBe(0);
       const spread = trial < 6 ? 0.15 + 0.27 * trial : outcomes.committed === 0 ? 1.5 * 2 ** extra : 0.15 / 2 ** extra;
       const killMs = Math.round(wholeMs * spread);
       const code = await killedReceive(store, 'vm', bytes, killMs);
-      const check = await runCli(['check', '--store', store]);
+      const check = await runCliInProcess(['check', '--store', store]);
       expect(check.code, `trial ${trial} (kill at ${killMs} ms, exit ${code}): ${check.stderr}`).toBe(0);
-      const ls = JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString()) as { id: string; vm: string }[];
+      const ls = JSON.parse((await runCliInProcess(['ls', '--json', '--store', store])).stdout.toString()) as { id: string; vm: string }[];
       const vms = ls.map((s) => s.vm).sort();
       if (vms.length === 0) {
         outcomes.nothing++;
@@ -100,7 +102,7 @@ describe('vnstore qemu receive killed at any instant', () => {
       }
       expect(vms, `trial ${trial}`).toEqual(['vm', 'vm.qemu']);
       outcomes.committed++;
-      const sent = await runCli(['qemu', 'send', ls.find((s) => s.vm === 'vm')!.id, '--store', store]);
+      const sent = await runCliInProcess(['qemu', 'send', ls.find((s) => s.vm === 'vm')!.id, '--store', store]);
       expect(sent.code).toBe(0);
       const mem = Buffer.alloc(PAGES * PAGE);
       await decodeStream(ChunkSource.ofBuffer(sent.stdout), {

@@ -6,6 +6,8 @@
  * pauses it, both VMs' members committed as one group. The switch's counters show the frames of
  * both colours; two fresh QEMUs started from the group go on counting and pinging each other.
  * Needs qemu-system-x86 and busybox-static (.ci/run installs them); skipped outside CI without them.
+ * The snapshots and sends under test are the executable (`vnstore qemu snapshot`, QEMU's `exec:`
+ * receivers); set-up and the checks after them (init, ls, qemu info, restore) run in-process.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
@@ -24,6 +26,7 @@ import {
   type Guest,
 } from './qemu/harness.mjs';
 import { makeTempDir, removeDir, runCli } from './helpers/engine.js';
+import { runCliInProcess } from './helpers/cli.js';
 import { startServe } from './helpers/serve-process.js';
 import { decodeChannelState } from '../src/coordinator/channel-state.js';
 
@@ -164,7 +167,7 @@ beforeAll(async () => {
   guest = buildGuest();
   dir = makeTempDir('qemu-env');
   store = `${dir}/store`;
-  expect((await runCli(['init', '--store', store])).code).toBe(0);
+  expect((await runCliInProcess(['init', '--store', store])).code).toBe(0);
 }, 300_000);
 
 afterAll(async () => {
@@ -211,7 +214,7 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
       /^vnstore: error: epoch 1 of lab aborted, no group stored: vm2: (migration of vm2 failed|migration stream uses compressed pages)/,
     );
     expect(failed.stderr.toString().trim().split('\n')).toHaveLength(1);
-    expect(JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString())).toEqual([]);
+    expect(JSON.parse((await runCliInProcess(['ls', '--json', '--store', store])).stdout.toString())).toEqual([]);
     await g2.qmp.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'compress', state: false }] });
     for (const g of [g1, g2]) expect((await g.qmp.cmd<{ status: string }>('query-status')).status).toBe('running');
 
@@ -235,7 +238,7 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
     expect(result.members.map((m) => m.vm)).toEqual(['vm1', 'vm2']);
 
     // Both VMs' RAM and state snapshots, committed in the one group, and nothing else in the store.
-    const ls = await runCli(['ls', '--json', '--store', store]);
+    const ls = await runCliInProcess(['ls', '--json', '--store', store]);
     const listed = JSON.parse(ls.stdout.toString()) as { id: string; vm: string; group: string }[];
     expect(listed.map((s) => `${s.vm}@${s.group}`).sort()).toEqual(['vm1.qemu@lab-e2', 'vm1@lab-e2', 'vm2.qemu@lab-e2', 'vm2@lab-e2']);
     expect(new Set(listed.map((s) => s.id))).toEqual(new Set(result.members.flatMap((m) => [m.id, m.stateId])));
@@ -310,7 +313,7 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
 
   it('snapshots an environment through a vnstore serve (--server) and restores both guests from it', async () => {
     const srvStore = `${dir}/server-store`;
-    const init = await runCli(['init', '--store', srvStore, '--json']);
+    const init = await runCliInProcess(['init', '--store', srvStore, '--json']);
     expect(init.code, init.stderr).toBe(0);
     const tokenFile = (JSON.parse(init.stdout.toString()) as { tokenFile: string }).tokenFile;
     const srv = await startServe(srvStore);
@@ -347,7 +350,7 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
         ]);
       else expect([result.syncStop, result.syncStopReason]).toEqual([true, 'every VM runs under KVM or on QEMU 9.0 or later']);
       // The group is on the server, all four members, and nothing went to the local store.
-      const ls = await runCli(['ls', '--json', ...remote]);
+      const ls = await runCliInProcess(['ls', '--json', ...remote]);
       expect(ls.code, ls.stderr).toBe(0);
       const listed = JSON.parse(ls.stdout.toString()) as { id: string; vm: string; group: string }[];
       expect(listed.map((x) => `${x.vm}@${x.group}`).sort()).toEqual([
@@ -357,7 +360,7 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
         'vm2@remote-e1',
       ]);
       expect(new Set(listed.map((x) => x.id))).toEqual(new Set(result.members.flatMap((m) => [m.id, m.stateId])));
-      const local = JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString()) as { group: string }[];
+      const local = JSON.parse((await runCliInProcess(['ls', '--json', '--store', store])).stdout.toString()) as { group: string }[];
       expect(local.some((x) => x.group === 'remote-e1')).toBe(false);
       await Promise.all([g1.stop(), g2.stop()]);
       await sw.stop();
@@ -430,12 +433,12 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
     // Each stored pc.ram is the paused guest's memory, byte for byte, but for 0xa0000-0xfffff (the
     // VGA window and BIOS shadow in physical memory: not pc.ram there).
     for (const m of on.members) {
-      const info = await runCli(['qemu', 'info', m.id, '--json', '--store', store]);
+      const info = await runCliInProcess(['qemu', 'info', m.id, '--json', '--store', store]);
       const pcRam = (JSON.parse(info.stdout.toString()) as { blocks: { name: string; bytes: number; firstPage: number }[] }).blocks.find(
         (b) => b.name === 'pc.ram',
       )!;
       const image = `${dir}/${m.vm}-sync.restored`;
-      expect((await runCli(['restore', m.id, '-o', image, '--store', store])).code).toBe(0);
+      expect((await runCliInProcess(['restore', m.id, '-o', image, '--store', store])).code).toBe(0);
       const stored = readFileSync(image).subarray(pcRam.firstPage * 4096, pcRam.firstPage * 4096 + pcRam.bytes);
       const truth = readFileSync(paused[m.vm]);
       expect(truth.length).toBe(pcRam.bytes);
@@ -446,7 +449,7 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
       expect(differing, `${m.vm}: pages of pc.ram unlike the paused guest's`).toEqual([]);
     }
     expect([off.group, off.syncStop, on.group, on.syncStop]).toEqual(['sync-e1', false, 'sync-e2', true]);
-    const listed = JSON.parse((await runCli(['ls', '--json', '--store', store])).stdout.toString()) as {
+    const listed = JSON.parse((await runCliInProcess(['ls', '--json', '--store', store])).stdout.toString()) as {
       id: string;
       vm: string;
       group: string;
@@ -463,7 +466,7 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
         .map((x) => x.vm)
         .sort(),
     ).toEqual(['vm1', 'vm1.qemu', 'vm2', 'vm2.qemu']);
-    const image = await runCli(['restore', listed.find((x) => x.vm === 'sync.channels')!.id, '--store', store]);
+    const image = await runCliInProcess(['restore', listed.find((x) => x.vm === 'sync.channels')!.id, '--store', store]);
     const frames = decodeChannelState(image.stdout, 1);
     expect(frames).toHaveLength(off.channelFrames!);
     for (const f of frames) expect([f.src, f.dst].sort()).toEqual(['vm1', 'vm2']);
@@ -519,7 +522,7 @@ describe.skipIf(!haveQemu && !inCi)('a QEMU environment on the vnstore switch', 
     expect(r.stderr.toString()).toMatch(/^vnstore: .*QMP .*nowhere\.qmp: cannot connect/);
     expect(r.stderr.toString().trim().split('\n')).toHaveLength(1);
     await sw.stop();
-    const ls = await runCli(['ls', '--json', '--store', store]);
+    const ls = await runCliInProcess(['ls', '--json', '--store', store]);
     expect((JSON.parse(ls.stdout.toString()) as { group: string }[]).some((x) => x.group.startsWith('broken'))).toBe(false);
   }, 60_000);
 });

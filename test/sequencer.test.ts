@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { longestFirst, readDurationTable } from './sequencer.js';
+import { longestFirst, readDurationTable, runOrder } from './sequencer.js';
 import { REPO_ROOT, makeTempDir, removeDir } from './helpers/engine.js';
 
 describe('longest-first test order', () => {
@@ -18,6 +18,18 @@ describe('longest-first test order', () => {
       (f) => d[f],
     );
     expect(order).toEqual(['c', 'f', 'b', 'a', 'd', 'e']);
+  });
+
+  it('runs the files that share worker processes after all others, each part longest first', () => {
+    const d: Record<string, number | undefined> = { a: 5, b: 120, c: undefined, s1: 0.5, s2: 3, s3: undefined, e: 0.3 };
+    const shared = (f: string) => f.startsWith('s');
+    const order = runOrder(
+      Object.keys(d),
+      (f) => f,
+      (f) => d[f],
+      shared,
+    );
+    expect(order).toEqual(['c', 'b', 'a', 'e', 's3', 's2', 's1']);
   });
 
   it('reads a duration table, and an absent or garbled one as empty', () => {
