@@ -3,16 +3,18 @@
  * from the packs' tables of contents, where each pack's digest column lies in its file, and the number
  * allocator. The one owner of those three: the pack writer adds the packs it seals (addSealed),
  * maintenance removes and adds packs through removePack/addSealed, and lookups confirm a fingerprint
- * hit against the 32 bytes of TOC it names (never LevelDB, which keeps the catalog only).
+ * hit against the 24-byte digest prefix of the TOC entry it names (never LevelDB, which keeps the catalog only).
  */
-import { PageKind, DIGEST_BYTES, digestsEqual, PageTable } from '../format/pages.js';
+import { PageKind, DIGEST_BYTES, PageTable } from '../format/pages.js';
+import { TOC_DIGEST_BYTES, tocDigestsEqual } from '../format/pack-v3.js';
 import { NumberedPages } from '../format/manifest-v2.js';
 import type { ChunkTable } from '../index/chunk-table.js';
 import { NumberIndex, type NumberedLocation } from '../index/number-index.js';
-import { CorruptError } from '../util/errors.js';
-import { hex } from '../chunk/hash.js';
+import { CorruptError, FIND_DAMAGE_ADVICE } from '../util/errors.js';
+import { hashPage, hex } from '../chunk/hash.js';
 import type { NumberAllocator } from './number-allocator.js';
 import type { PackReader } from './pack-reader.js';
+import { digestColumnOf, readDigestPrefixes, type DigestColumn } from './number-load.js';
 
 /** A digest found in a sealed pack: its number and where it is. */
 export interface FoundChunk extends NumberedLocation {
@@ -23,7 +25,7 @@ export interface FoundChunk extends NumberedLocation {
 const MAX_SPAN_ENTRIES = 4096;
 
 /**
- * Digest columns kept in memory, at most this many bytes (32 B a chunk: 4 Mi chunks, 16 GiB of
+ * Digest columns kept in memory, at most this many bytes (24 B a chunk: 5.6 Mi chunks, 21 GiB of
  * distinct pages). A hit in a kept column is confirmed without a read; beyond the budget, packs' columns
  * are read from their TOCs per span of entries, as before. docs/DESIGN.md, "Memory".
  */
@@ -54,8 +56,8 @@ export class NumberedChunks {
 
   constructor(
     readonly index: NumberIndex,
-    /** File offset of each indexed pack's digest column (entry k's digest at + 32k). */
-    readonly digestColumns: Map<number, number>,
+    /** Where each indexed pack's digest column lies in its file. */
+    readonly digestColumns: Map<number, DigestColumn>,
     readonly allocator: NumberAllocator,
     private readonly packs: PackReader,
     options: NumberedChunksOptions = {},
@@ -85,7 +87,7 @@ export class NumberedChunks {
         chunks += count;
       }
       this.table.reserve(chunks);
-      const digestOf = (p: number, e: number) => columns.get(p)!.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES);
+      const digestOf = (p: number, e: number) => columns.get(p)!.subarray(e * TOC_DIGEST_BYTES, (e + 1) * TOC_DIGEST_BYTES);
       for (const pack of packs) if (this.index.hasPack(pack)) this.index.addDigests(pack, columns.get(pack)!, digestOf);
       this.digestsLoaded = true;
     })();
@@ -102,9 +104,11 @@ export class NumberedChunks {
     return this.keptBytes;
   }
 
-  /** Entry `entry`'s digest, read from its pack's TOC. */
+  /** Entry `entry`'s digest prefix (24 B), read from its pack's TOC. */
   async readDigest(pack: number, entry: number): Promise<Uint8Array> {
-    return this.kept.get(pack)?.subarray(entry * DIGEST_BYTES, (entry + 1) * DIGEST_BYTES) ?? (await this.readColumn(pack, entry, 1));
+    return (
+      this.kept.get(pack)?.subarray(entry * TOC_DIGEST_BYTES, (entry + 1) * TOC_DIGEST_BYTES) ?? (await this.readColumn(pack, entry, 1))
+    );
   }
 
   /**
@@ -122,9 +126,9 @@ export class NumberedChunks {
     // Fingerprints this pack shares with indexed chunks: the clash map needs those chunks' digests.
     const others = new Map<string, Uint8Array>();
     for (let k = 0; withDigests && k < toc.count; k++) {
-      const slot = this.table.slotOf(toc.digests, k * DIGEST_BYTES);
+      const slot = this.table.slotOf(toc.digests, k * TOC_DIGEST_BYTES);
       if (slot < 0 || this.table.slotPack(slot) === pack) continue;
-      const hit = this.table.get(toc.digests, k * DIGEST_BYTES)!;
+      const hit = this.table.get(toc.digests, k * TOC_DIGEST_BYTES)!;
       const entry = this.index.entryAt(hit.location.pack, hit.location);
       if (entry !== undefined && !others.has(`${hit.location.pack}:${entry}`))
         others.set(`${hit.location.pack}:${entry}`, await this.readDigest(hit.location.pack, entry));
@@ -132,12 +136,12 @@ export class NumberedChunks {
     const overlaps = this.index.addPack(
       pack,
       toc,
-      (p, e) => (p === pack ? toc.digests.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES) : others.get(`${p}:${e}`)!),
+      (p, e) => (p === pack ? toc.digests.subarray(e * TOC_DIGEST_BYTES, (e + 1) * TOC_DIGEST_BYTES) : others.get(`${p}:${e}`)!),
       withDigests,
     );
     if (overlaps.length > 0) throw new CorruptError(`pack ${pack}: its chunk numbers are already held by pack(s) ${overlaps.join(', ')}`);
-    this.digestColumns.set(pack, read.tocOffset + toc.digestsAt);
-    this.keep(pack, toc.digests.subarray(0, toc.count * DIGEST_BYTES));
+    this.digestColumns.set(pack, digestColumnOf(read.tocOffset, toc));
+    this.keep(pack, toc.digests.subarray(0, toc.count * TOC_DIGEST_BYTES));
   }
 
   /** Takes a pack out of the index (`digests`: its digest column, as its TOC gives it). */
@@ -235,7 +239,7 @@ export class NumberedChunks {
       } else pack = table.slotPack(slot);
       const column = this.kept.get(pack);
       if (column === undefined) toConfirm.push({ i, pack, entry, number: index.numberOf(pack, entry) });
-      else if (digestsEqual(column, DIGEST_BYTES * entry, buf, at)) found(i, pack, entry);
+      else if (tocDigestsEqual(column, TOC_DIGEST_BYTES * entry, buf, at)) found(i, pack, entry);
     }
     toConfirm.sort((a, b) => a.pack - b.pack || a.entry - b.entry);
     for (let a = 0; a < toConfirm.length;) {
@@ -246,7 +250,7 @@ export class NumberedChunks {
       const column = await this.readColumn(first.pack, first.entry, last.entry - first.entry + 1);
       for (let c = a; c < b; c++) {
         const t = toConfirm[c];
-        if (!digestsEqual(column, DIGEST_BYTES * (t.entry - first.entry), bufOf(t.i), atOf(t.i))) continue;
+        if (!tocDigestsEqual(column, TOC_DIGEST_BYTES * (t.entry - first.entry), bufOf(t.i), atOf(t.i))) continue;
         // Located again: a gc or compact may have moved the chunk (same number) during the read.
         const at = index.locate(t.number);
         if (at) found(t.i, at.pack, at.entry);
@@ -276,7 +280,7 @@ export class NumberedChunks {
         parent &&
         p < parent.pages.pageCount &&
         parent.pages.kinds[p] === PageKind.Digest &&
-        digestsEqual(parent.pages.digests, p * DIGEST_BYTES, pages.digests, p * DIGEST_BYTES)
+        tocDigestsEqual(parent.pages.digests, p * DIGEST_BYTES, pages.digests, p * DIGEST_BYTES)
       )
         out.setNumber(p, parent.numbers.numbers[p]);
       else ask.push(p);
@@ -296,6 +300,22 @@ export class NumberedChunks {
     return out;
   }
 
+  /**
+   * The whole digests of chunks `numbers` (32 B each), from their bytes: each chunk is read, decoded
+   * and checked against its TOC prefix. For the rare needs of a whole digest the TOC does not keep.
+   */
+  async hashChunks(numbers: readonly number[], what: string): Promise<Uint8Array> {
+    const out = new Uint8Array(numbers.length * DIGEST_BYTES);
+    for (let k = 0; k < numbers.length; k++) {
+      const at = this.locate(numbers[k]);
+      if (!at) throw new CorruptError(`${what}: chunk ${numbers[k]} is in no pack; run 'vnstore check'`);
+      const page = await this.packs.readVerified(at.location, await this.readDigest(at.pack, at.entry));
+      if (!page) throw new CorruptError(`${what}: chunk ${numbers[k]} does not match its digest; ${FIND_DAMAGE_ADVICE}`);
+      out.set(hashPage(page), k * DIGEST_BYTES);
+    }
+    return out;
+  }
+
   /** Keeps a copy of a pack's digest column while the budget allows. */
   private keep(pack: number, column: Uint8Array): void {
     if (this.kept.has(pack) || this.keptBytes + column.length > this.keepBytes) return;
@@ -303,9 +323,10 @@ export class NumberedChunks {
     this.keptBytes += column.length;
   }
 
-  private readColumn(pack: number, entry: number, count: number): Promise<Buffer> {
+  /** Entries [entry, entry + count) of a pack's digest column, 24 B each (read from its TOC). */
+  private readColumn(pack: number, entry: number, count: number): Promise<Uint8Array> {
     const column = this.digestColumns.get(pack);
     if (column === undefined) throw new RangeError(`pack ${pack} is not indexed`);
-    return this.packs.read(pack, column + DIGEST_BYTES * entry, DIGEST_BYTES * count);
+    return readDigestPrefixes(this.packs, pack, column, entry, count);
   }
 }

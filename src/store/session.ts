@@ -7,7 +7,7 @@
 import path from 'node:path';
 import { encodeManifest, planManifest, type ManifestHeader } from '../format/manifest.js';
 import { encodeManifestV2, planManifestV2, type NumberedPages } from '../format/manifest-v2.js';
-import { ITEM_BYTES } from '../format/pack-v3.js';
+import { NUMBERED_TOC_ENTRY_BYTES, TOC_DIGEST_BYTES, tocDigestsEqual } from '../format/pack-v3.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable, digestsEqual } from '../format/pages.js';
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { getCodec } from '../chunk/codec.js';
@@ -254,7 +254,7 @@ export class Session {
           parent &&
           page < parent.pageCount &&
           parent.kinds[page] === PageKind.Digest &&
-          digestsEqual(parent.digests, page * DIGEST_BYTES, digests, at)
+          this.sameAsParent(parent.digests, page * DIGEST_BYTES, digests, at)
         )
           set(k);
         else ask.push(k);
@@ -450,6 +450,7 @@ export class Session {
       pageCount: n,
       parentDigests,
       parentHasDigest,
+      parentDigestBytes: this.parentDigestBytes,
       table: this.store.table.shared,
       packsDir: this.store.packs.packsDir,
       payloadSlab,
@@ -729,6 +730,7 @@ export class Session {
     const table = this.store.table;
     let unset = 0;
     const unknown: number[] = []; // inherited pages whose chunk the chunk table does not know
+    const inherited: number[] = [];
     const kinds = pages.kinds;
     for (let i = 0; i < pages.pageCount;) {
       if (kinds[i] !== PageKind.Unset) {
@@ -748,6 +750,7 @@ export class Session {
           if (parent!.kinds[k] !== PageKind.Digest) kinds[k] = PageKind.Zero;
           else {
             kinds[k] = PageKind.Digest;
+            inherited.push(k);
             if (!table.hasFingerprint(parent!.digests, k * DIGEST_BYTES)) unknown.push(k);
           }
         }
@@ -757,6 +760,32 @@ export class Session {
     }
     if (unset > 0) throw new VnstoreError('E_SESSION', `${unset} page(s) of the image were never written`);
     if (unknown.length > 0) await this.checkInherited(unknown);
+    if (this.parentDigestBytes < DIGEST_BYTES && inherited.length > 0) await this.hashInherited(inherited);
+  }
+
+  /**
+   * Bytes of the parent's digests a page compares with: a format-3 parent's come from pack TOCs,
+   * which keep the first 24 bytes of each (docs/DESIGN.md, "A 24-byte digest prefix in the TOC").
+   */
+  private get parentDigestBytes(): number {
+    return this.parent?.numbers ? TOC_DIGEST_BYTES : DIGEST_BYTES;
+  }
+
+  private sameAsParent(parentDigests: Uint8Array, parentAt: number, digests: Uint8Array, at: number): boolean {
+    return this.parentDigestBytes < DIGEST_BYTES
+      ? tocDigestsEqual(parentDigests, parentAt, digests, at)
+      : digestsEqual(parentDigests, parentAt, digests, at);
+  }
+
+  /**
+   * Inherited pages of a format-3 parent know only their digest's TOC prefix; the image digest binds
+   * whole digests, so their chunks are read and hashed (each checked against its prefix). The price of
+   * the shorter TOC, paid by sessions that leave pages unwritten (a dirty-list put), not by restore.
+   */
+  private async hashInherited(pageIndices: number[]): Promise<void> {
+    const numbers = pageIndices.map((p) => this.parent!.numbers!.numbers[p]);
+    const digests = await this.store.numbered!.hashChunks(numbers, `parent snapshot ${this.parent!.id}`);
+    pageIndices.forEach((p, k) => this.pages.setDigest(p, digests, k * DIGEST_BYTES));
   }
 
   /**
@@ -830,7 +859,7 @@ export class Session {
     }
     const encoded = encodeManifestV2({ ...header, baseId: base }, numbers, plan.base, plan);
     // A new chunk costs its digest and (at most) one item in its pack's table.
-    const record = this.snapshotRecord(header, base, baseDepth, encoded.stats.zeroPages, encoded.bytes.length, DIGEST_BYTES + ITEM_BYTES);
+    const record = this.snapshotRecord(header, base, baseDepth, encoded.stats.zeroPages, encoded.bytes.length, NUMBERED_TOC_ENTRY_BYTES);
     return { bytes: encoded.bytes, record };
   }
 
