@@ -800,7 +800,8 @@ export class Session {
     if (missing.length === 0) return;
     throw new CorruptError(
       `${missing.length} page(s) left unwritten would inherit chunks of parent snapshot ${this.parent!.id} that the store no longer holds ` +
-        `(first: page ${missing[0]}, chunk ${hex(this.pages.digestAt(missing[0]))}); write those pages, or begin with no parent; run 'vnstore check'`,
+        `(first: page ${missing[0]}, chunk ${hex(this.pages.digestAt(missing[0]).subarray(0, this.parentDigestBytes))}); ` +
+        `write those pages, or begin with no parent; run 'vnstore check'`,
     );
   }
 
