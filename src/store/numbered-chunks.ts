@@ -10,8 +10,8 @@ import { TOC_DIGEST_BYTES, tocDigestsEqual } from '../format/pack-v3.js';
 import { NumberedPages } from '../format/manifest-v2.js';
 import type { ChunkTable } from '../index/chunk-table.js';
 import { NumberIndex, type NumberedLocation } from '../index/number-index.js';
-import { CorruptError, FIND_DAMAGE_ADVICE } from '../util/errors.js';
-import { hashPage, hex } from '../chunk/hash.js';
+import { CorruptError } from '../util/errors.js';
+import { hex } from '../chunk/hash.js';
 import type { NumberAllocator } from './number-allocator.js';
 import type { PackReader } from './pack-reader.js';
 import { digestColumnOf, readDigestPrefixes, type DigestColumn } from './number-load.js';
@@ -296,22 +296,6 @@ export class NumberedChunks {
           `${what}: page ${ask[k]} names chunk ${hex(pages.digestAt(ask[k]))}, which no pack holds; run 'vnstore check'`,
         );
       out.setNumber(ask[k], found.numbers[k]);
-    }
-    return out;
-  }
-
-  /**
-   * The whole digests of chunks `numbers` (32 B each), from their bytes: each chunk is read, decoded
-   * and checked against its TOC prefix. For the rare needs of a whole digest the TOC does not keep.
-   */
-  async hashChunks(numbers: readonly number[], what: string): Promise<Uint8Array> {
-    const out = new Uint8Array(numbers.length * DIGEST_BYTES);
-    for (let k = 0; k < numbers.length; k++) {
-      const at = this.locate(numbers[k]);
-      if (!at) throw new CorruptError(`${what}: chunk ${numbers[k]} is in no pack; run 'vnstore check'`);
-      const page = await this.packs.readVerified(at.location, await this.readDigest(at.pack, at.entry));
-      if (!page) throw new CorruptError(`${what}: chunk ${numbers[k]} does not match its digest; ${FIND_DAMAGE_ADVICE}`);
-      out.set(hashPage(page), k * DIGEST_BYTES);
     }
     return out;
   }

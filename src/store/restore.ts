@@ -107,6 +107,40 @@ export async function restoreSnapshot(
   await sink.setLength?.(total);
 }
 
+/**
+ * Format 3: the whole digests (32 B a page, zero for a zero page) of the pages of snapshot `id`
+ * whose window holds a page `wanted` names, computed from their bytes by the page workers as a
+ * restore decodes them (each checked against its TOC prefix). What a session inheriting pages from
+ * a format-3 parent needs for its image digest: a TOC keeps 24 bytes of each digest.
+ */
+export async function wholeDigests(
+  store: Store,
+  id: string,
+  pages: PageTable,
+  numbers: { numbers: ArrayLike<number> },
+  wanted: Uint8Array,
+): Promise<Uint8Array> {
+  const out = new Uint8Array(pages.pageCount * DIGEST_BYTES);
+  const locate: Locator = (page) => store.numbered!.locate(numbers.numbers[page])?.location;
+  const inFlight: { first: number; n: number; result: Promise<WindowResult> }[] = [];
+  const settle = async () => {
+    const w = inFlight.shift()!;
+    const { out: bytes, actual } = await w.result;
+    out.set(actual!.subarray(0, w.n * DIGEST_BYTES), w.first * DIGEST_BYTES);
+    store.slabs.give(bytes);
+  };
+  for (let first = 0; first < pages.pageCount; first += WINDOW_PAGES) {
+    const n = Math.min(WINDOW_PAGES, pages.pageCount - first);
+    if (!wanted.subarray(first, first + n).includes(1)) continue;
+    const result = restoreWindow(store, id, pages, first, n, undefined, locate);
+    result.catch(() => undefined); // surfaced when settled, in order
+    inFlight.push({ first, n, result });
+    if (inFlight.length >= MAX_WINDOWS_IN_FLIGHT) await settle();
+  }
+  while (inFlight.length > 0) await settle();
+  return out;
+}
+
 /** Writes the runs of non-zero pages of one window at their positions; zero runs stay holes. */
 async function writeNonZeroRuns(
   writeAt: (b: Uint8Array, pos: number) => Promise<void>,

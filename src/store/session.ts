@@ -21,6 +21,7 @@ import { BLOCK_PAGES } from './job-sizes.js';
 import type { Store } from './store.js';
 import { MAX_BASE_DEPTH } from './manifest-loader.js';
 import { SupersededTracker } from './superseded.js';
+import { wholeDigests } from './restore.js';
 import type { ReclaimHint } from './reclaim.js';
 import { trace } from '../util/trace.js';
 
@@ -783,9 +784,12 @@ export class Session {
    * the shorter TOC, paid by sessions that leave pages unwritten (a dirty-list put), not by restore.
    */
   private async hashInherited(pageIndices: number[]): Promise<void> {
-    const numbers = pageIndices.map((p) => this.parent!.numbers!.numbers[p]);
-    const digests = await this.store.numbered!.hashChunks(numbers, `parent snapshot ${this.parent!.id}`);
-    pageIndices.forEach((p, k) => this.pages.setDigest(p, digests, k * DIGEST_BYTES));
+    const parent = this.parent!;
+    const wanted = new Uint8Array(parent.pages.pageCount);
+    for (const p of pageIndices) wanted[p] = 1;
+    // Decoded and hashed as a restore of the parent's windows that hold them, in the page workers.
+    const digests = await wholeDigests(this.store, parent.id, parent.pages, parent.numbers!, wanted);
+    for (const p of pageIndices) this.pages.setDigest(p, digests, p * DIGEST_BYTES);
   }
 
   /**
