@@ -152,4 +152,29 @@ describe('NumberedChunks exact lookups', () => {
         }
       }
   });
+
+  it('loads the digests while gc swaps a pack out and another joins: every chunk found in the index as it ends', async () => {
+    for (const keepBytes of [undefined, 0]) {
+      const dir = tmp('numbered-chunks-swap-load');
+      const first = await writePack(dir, 1, range(0, 20), 3);
+      const second = await writePack(dir, 2, range(20, 20), 300);
+      const { reader, chunks } = await open(dir, [1, 2], keepBytes);
+      try {
+        // gc's copy of pack 2 (same numbers, same chunks) and a pack the writer seals meanwhile.
+        expect(await writePack(dir, 3, range(20, 20), 300)).toEqual(second);
+        const third = await writePack(dir, 4, range(40, 20), 700);
+        const loading = chunks.ensureDigests(); // reads pack 1's column, then pack 2's: gone by then
+        await chunks.replacePacks([{ pack: 2, digests: Buffer.concat(second) }], [3]);
+        await chunks.addSealed(4);
+        await loading;
+        expect(chunks.index.packIds.sort()).toEqual([1, 3, 4]);
+        const found = await chunks.find([...first, ...second, ...third, ...third.map((d) => forgedTwin(d))]);
+        expect(found.map((f) => f?.number)).toEqual([...range(0, 60), ...Array(20).fill(undefined)]);
+        expect(found.slice(20, 40).map((f) => f?.pack)).toEqual(Array(20).fill(3));
+        expect(chunks.table.size).toBe(60);
+      } finally {
+        await reader.close();
+      }
+    }
+  });
 });

@@ -5,8 +5,9 @@
  * maintenance removes and adds packs through removePack/addSealed, and lookups confirm a fingerprint
  * hit against the 24-byte digest prefix of the TOC entry it names (never LevelDB, which keeps the catalog only).
  */
+import { closeSync, openSync, readSync } from 'node:fs';
+import { TOC_DIGEST_BYTES, tocDigestsEqual, type TocV3 } from '../format/pack-v3.js';
 import { PageKind, DIGEST_BYTES, PageTable } from '../format/pages.js';
-import { TOC_DIGEST_BYTES, tocDigestsEqual } from '../format/pack-v3.js';
 import { NumberedPages } from '../format/manifest-v2.js';
 import type { ChunkTable } from '../index/chunk-table.js';
 import { NumberIndex, type NumberedLocation } from '../index/number-index.js';
@@ -40,6 +41,25 @@ export interface NumberedChunksOptions {
   keepBytes?: number;
 }
 
+/** A sealed pack's TOC read and checked, and the clashing digests it needs: ready to join in one turn. */
+interface PreparedJoin {
+  pack: number;
+  toc: TocV3;
+  tocOffset: number;
+  others: Map<string, Uint8Array>;
+}
+
+/**
+ * A read of pack `pack`'s column failed: nothing to read when gc removed the pack meanwhile (its
+ * chunks are in a copy that is indexed, or were dead); anything else is an error.
+ */
+function orGone(chunks: NumberedChunks, pack: number): (err: unknown) => undefined {
+  return (err) => {
+    if (chunks.index.hasPack(pack)) throw err;
+    return undefined;
+  };
+}
+
 /** Numbers found for a batch of digests: -1 where absent; pack and entry where found. */
 interface Resolved {
   numbers: Float64Array;
@@ -56,7 +76,7 @@ export class NumberedChunks {
 
   constructor(
     readonly index: NumberIndex,
-    /** Where each indexed pack's digest column lies in its file. */
+    /** File offset of each indexed pack's digest column (entry k's digest at + 32k). */
     readonly digestColumns: Map<number, DigestColumn>,
     readonly allocator: NumberAllocator,
     private readonly packs: PackReader,
@@ -73,22 +93,27 @@ export class NumberedChunks {
   /**
    * Fills the fingerprint table from the indexed packs' digest columns, once (an open loads numbers
    * and locations only: a one-shot restore locates by number and never needs digests; a session,
-   * an exact lookup or a pack joining the index do). The table is sized once for all of them.
+   * an exact lookup or a pack joining the index do). Packs that join while the columns are read join
+   * without digests (join), so the load takes them too: it ends, in one turn, when it has read every
+   * indexed pack's column, then fills the table (sized once for all of them).
    */
   ensureDigests(): Promise<void> {
     if (this.digestsLoaded) return Promise.resolve();
     this.loadingDigests ??= (async () => {
-      const packs = this.index.packIds.sort((a, b) => a - b);
       const columns = new Map<number, Uint8Array>();
-      let chunks = 0;
-      for (const pack of packs) {
-        const count = this.index.packCount(pack);
-        columns.set(pack, this.kept.get(pack) ?? (await this.readColumn(pack, 0, count)));
-        chunks += count;
+      for (;;) {
+        const missing = this.index.packIds.filter((p) => !columns.has(p)).sort((a, b) => a - b);
+        if (missing.length === 0) break;
+        for (const pack of missing) {
+          if (!this.index.hasPack(pack)) continue; // removed by gc while earlier columns were read
+          const column = this.kept.get(pack) ?? (await this.readColumn(pack, 0, this.index.packCount(pack)).catch(orGone(this, pack)));
+          if (column) columns.set(pack, column);
+        }
       }
-      this.table.reserve(chunks);
+      const packs = this.index.packIds.sort((a, b) => a - b);
+      this.table.reserve(packs.reduce((n, p) => n + this.index.packCount(p), 0));
       const digestOf = (p: number, e: number) => columns.get(p)!.subarray(e * TOC_DIGEST_BYTES, (e + 1) * TOC_DIGEST_BYTES);
-      for (const pack of packs) if (this.index.hasPack(pack)) this.index.addDigests(pack, columns.get(pack)!, digestOf);
+      for (const pack of packs) this.index.addDigests(pack, columns.get(pack)!, digestOf);
       this.digestsLoaded = true;
     })();
     return this.loadingDigests;
@@ -104,7 +129,7 @@ export class NumberedChunks {
     return this.keptBytes;
   }
 
-  /** Entry `entry`'s digest prefix (24 B), read from its pack's TOC. */
+  /** Entry `entry`'s digest, read from its pack's TOC. */
   async readDigest(pack: number, entry: number): Promise<Uint8Array> {
     return (
       this.kept.get(pack)?.subarray(entry * TOC_DIGEST_BYTES, (entry + 1) * TOC_DIGEST_BYTES) ?? (await this.readColumn(pack, entry, 1))
@@ -117,31 +142,82 @@ export class NumberedChunks {
    * and by digest. Refuses a pack whose numbers another pack holds.
    */
   async addSealed(pack: number): Promise<void> {
-    const read = await this.packs.readTocV3(pack);
-    const toc = read.toc;
-    // Digests not loaded and no load under way (a gc or compact without sessions): numbers and
-    // locations only, as the open did; a later ensureDigests fills this pack's digests with the rest.
-    const withDigests = this.digestsLoaded || this.loadingDigests !== undefined;
-    if (withDigests) await this.ensureDigests();
+    this.join(await this.prepareJoin(pack));
+  }
+
+  /**
+   * gc's, compact's and repair's swap, after their synced `d` batch: the copies' TOCs are read first,
+   * then, in one turn of the event loop, the originals leave the index (it refuses overlapping
+   * numbers) and the copies join it. A lookup or a locate sees the originals or the copies, never a
+   * moment in which a copied chunk is in no indexed pack (a commit numbering its pages, a restore or
+   * a session's parent locating them would find it absent).
+   */
+  async replacePacks(old: readonly { pack: number; digests: Uint8Array }[], added: readonly number[]): Promise<void> {
+    const joins: PreparedJoin[] = [];
+    for (const pack of added) joins.push(await this.prepareJoin(pack));
+    for (const o of old) this.removePack(o.pack, o.digests);
+    for (const j of joins) this.join(j);
+  }
+
+  /** The asynchronous half of a pack joining the index: its TOC, and the digests its fingerprints clash with. */
+  private async prepareJoin(pack: number): Promise<PreparedJoin> {
+    const { toc, tocOffset } = await this.packs.readTocV3(pack);
     // Fingerprints this pack shares with indexed chunks: the clash map needs those chunks' digests.
+    // Read now where they are not kept in memory (join reads any it still lacks then, synchronously).
     const others = new Map<string, Uint8Array>();
-    for (let k = 0; withDigests && k < toc.count; k++) {
-      const slot = this.table.slotOf(toc.digests, k * TOC_DIGEST_BYTES);
-      if (slot < 0 || this.table.slotPack(slot) === pack) continue;
-      const hit = this.table.get(toc.digests, k * TOC_DIGEST_BYTES)!;
-      const entry = this.index.entryAt(hit.location.pack, hit.location);
-      if (entry !== undefined && !others.has(`${hit.location.pack}:${entry}`))
-        others.set(`${hit.location.pack}:${entry}`, await this.readDigest(hit.location.pack, entry));
+    for (let k = 0; this.digestsLoaded && k < toc.count; k++) {
+      const hit = this.otherChunkAt(toc.digests, k, pack);
+      if (!hit || this.kept.has(hit.pack) || others.has(`${hit.pack}:${hit.entry}`)) continue;
+      const digest = await this.readDigest(hit.pack, hit.entry).catch(orGone(this, hit.pack));
+      if (digest) others.set(`${hit.pack}:${hit.entry}`, digest);
     }
-    const overlaps = this.index.addPack(
-      pack,
-      toc,
-      (p, e) => (p === pack ? toc.digests.subarray(e * TOC_DIGEST_BYTES, (e + 1) * TOC_DIGEST_BYTES) : others.get(`${p}:${e}`)!),
-      withDigests,
-    );
+    return { pack, toc, tocOffset, others };
+  }
+
+  /**
+   * The synchronous half: the pack enters the index in this turn. With digests once the table is
+   * loaded; before that without them, and a load under way takes them (ensureDigests).
+   */
+  private join({ pack, toc, tocOffset, others }: PreparedJoin): void {
+    const digestOf = (p: number, e: number): Uint8Array =>
+      p === pack
+        ? toc.digests.subarray(e * TOC_DIGEST_BYTES, (e + 1) * TOC_DIGEST_BYTES)
+        : (this.kept.get(p)?.subarray(e * TOC_DIGEST_BYTES, (e + 1) * TOC_DIGEST_BYTES) ??
+          others.get(`${p}:${e}`) ??
+          this.readDigestNow(p, e));
+    const overlaps = this.index.addPack(pack, toc, digestOf, this.digestsLoaded);
     if (overlaps.length > 0) throw new CorruptError(`pack ${pack}: its chunk numbers are already held by pack(s) ${overlaps.join(', ')}`);
-    this.digestColumns.set(pack, digestColumnOf(read.tocOffset, toc));
+    this.digestColumns.set(pack, digestColumnOf(tocOffset, toc));
     this.keep(pack, toc.digests.subarray(0, toc.count * TOC_DIGEST_BYTES));
+  }
+
+  /** The indexed chunk of another pack that entry k's fingerprint names, if any. */
+  private otherChunkAt(digests: Uint8Array, k: number, pack: number): { pack: number; entry: number } | undefined {
+    const slot = this.table.slotOf(digests, k * TOC_DIGEST_BYTES);
+    if (slot < 0 || this.table.slotPack(slot) === pack) return undefined;
+    const hit = this.table.get(digests, k * TOC_DIGEST_BYTES)!;
+    const entry = this.index.entryAt(hit.location.pack, hit.location);
+    return entry === undefined ? undefined : { pack: hit.location.pack, entry };
+  }
+
+  /**
+   * One digest read synchronously: only for a join whose fingerprint clashes with a chunk of a pack
+   * that is beyond the kept budget and joined while the join was prepared (a fingerprint clash is
+   * already rare: 2^-32 a pair of stored digests).
+   */
+  private readDigestNow(pack: number, entry: number): Uint8Array {
+    const column = this.digestColumns.get(pack);
+    if (column === undefined) throw new RangeError(`pack ${pack} is not indexed`);
+    const fd = openSync(this.packs.packPath(pack), 'r');
+    try {
+      // The prefix only, whichever the pack's version (a version-3 column is 32 B an entry).
+      const digest = Buffer.alloc(TOC_DIGEST_BYTES);
+      if (readSync(fd, digest, 0, TOC_DIGEST_BYTES, column.at + column.stride * entry) !== TOC_DIGEST_BYTES)
+        throw new CorruptError(`pack ${pack}: short read of its digest column`);
+      return digest;
+    } finally {
+      closeSync(fd);
+    }
   }
 
   /** Takes a pack out of the index (`digests`: its digest column, as its TOC gives it). */
@@ -153,28 +229,6 @@ export class NumberedChunks {
     this.kept.delete(pack);
   }
 
-  /**
-   * gc's and compact's swap, after their synced `d` batch: the originals leave the index first (it
-   * refuses overlapping numbers), then the copies join it.
-   */
-  async replacePacks(old: readonly { pack: number; digests: Uint8Array }[], added: readonly number[]): Promise<void> {
-    // Between the removals and the copies joining (a TOC read each), a copied chunk is in no indexed
-    // pack: lookups wait for the swap (resolve), or a commit numbering its pages would find it absent.
-    let release!: () => void;
-    const swap = new Promise<void>((resolve) => (release = resolve));
-    this.swapping = swap;
-    try {
-      for (const o of old) this.removePack(o.pack, o.digests);
-      for (const pack of added) await this.addSealed(pack);
-    } finally {
-      if (this.swapping === swap) this.swapping = undefined;
-      release();
-    }
-  }
-
-  /** gc's or compact's index swap in progress (replacePacks). */
-  private swapping: Promise<void> | undefined;
-
   /** Where chunk `n` is (undefined when no indexed pack holds it). */
   locate(n: number): NumberedLocation | undefined {
     return this.index.locate(n);
@@ -183,7 +237,7 @@ export class NumberedChunks {
   /**
    * Exact lookups in the sealed packs: each digest's number and location, or undefined when no
    * indexed pack holds it. A fingerprint hit is confirmed against the digest in its pack's TOC
-   * (kept in memory, or one read per pack and span of entries, not 32 bytes a lookup).
+   * (kept in memory, or one read per pack and span of entries, not a read a lookup).
    */
   async find(digests: readonly Uint8Array[]): Promise<(FoundChunk | undefined)[]> {
     const r = await this.resolve(
@@ -205,7 +259,6 @@ export class NumberedChunks {
    */
   private async resolve(count: number, bufOf: (i: number) => Uint8Array, atOf: (i: number) => number): Promise<Resolved> {
     await this.ensureDigests();
-    while (this.swapping) await this.swapping; // then the lookups below see the index whole
     const r: Resolved = { numbers: new Float64Array(count).fill(-1), packs: new Int32Array(count), entries: new Int32Array(count) };
     const table = this.table;
     const index = this.index;
@@ -242,12 +295,19 @@ export class NumberedChunks {
       else if (tocDigestsEqual(column, TOC_DIGEST_BYTES * entry, buf, at)) found(i, pack, entry);
     }
     toConfirm.sort((a, b) => a.pack - b.pack || a.entry - b.entry);
+    const gone: number[] = [];
     for (let a = 0; a < toConfirm.length;) {
       const first = toConfirm[a];
       let b = a + 1;
       while (b < toConfirm.length && toConfirm[b].pack === first.pack && toConfirm[b].entry - first.entry < MAX_SPAN_ENTRIES) b++;
       const last = toConfirm[b - 1];
-      const column = await this.readColumn(first.pack, first.entry, last.entry - first.entry + 1);
+      const column = await this.readColumn(first.pack, first.entry, last.entry - first.entry + 1).catch(orGone(this, first.pack));
+      if (!column) {
+        // gc swapped the pack out during an earlier read: its chunks (those it kept) are in the copy.
+        for (let c = a; c < b; c++) gone.push(toConfirm[c].i);
+        a = b;
+        continue;
+      }
       for (let c = a; c < b; c++) {
         const t = toConfirm[c];
         if (!tocDigestsEqual(column, TOC_DIGEST_BYTES * (t.entry - first.entry), bufOf(t.i), atOf(t.i))) continue;
@@ -256,6 +316,18 @@ export class NumberedChunks {
         if (at) found(t.i, at.pack, at.entry);
       }
       a = b;
+    }
+    if (gone.length > 0) {
+      const again = await this.resolve(
+        gone.length,
+        (k) => bufOf(gone[k]),
+        (k) => atOf(gone[k]),
+      );
+      gone.forEach((i, k) => {
+        r.numbers[i] = again.numbers[k];
+        r.packs[i] = again.packs[k];
+        r.entries[i] = again.entries[k];
+      });
     }
     return r;
   }
@@ -308,7 +380,7 @@ export class NumberedChunks {
   }
 
   /** Entries [entry, entry + count) of a pack's digest column, 24 B each (read from its TOC). */
-  private readColumn(pack: number, entry: number, count: number): Promise<Uint8Array> {
+  private async readColumn(pack: number, entry: number, count: number): Promise<Uint8Array> {
     const column = this.digestColumns.get(pack);
     if (column === undefined) throw new RangeError(`pack ${pack} is not indexed`);
     return readDigestPrefixes(this.packs, pack, column, entry, count);

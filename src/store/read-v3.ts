@@ -13,7 +13,7 @@ import { decodeManifestV2Header, decodeManifestV2Pages, type NumberedPages } fro
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../format/pages.js';
 import { CorruptError } from '../util/errors.js';
 import { MAX_BASE_DEPTH } from './manifest-loader.js';
-import { readDigestPrefixes, type NumberIndexLoad } from './number-load.js';
+import { readDigestPrefixes, type DigestColumn, type NumberIndexLoad } from './number-load.js';
 import type { PackReader } from './pack-reader.js';
 
 /** Snapshot `id`'s numbered pages from `manifestsDir`, its base chain resolved (at most MAX_BASE_DEPTH deep). */
@@ -43,10 +43,28 @@ export async function pageDigests(
   pages: NumberedPages,
   what: string,
 ): Promise<PageTable> {
+  // A gc beside us may swap a pack out between our reads: its file stays readable for a while
+  // (PackReader.retire), and when it is gone the pages are located again, in their copies.
+  for (let attempt = 1; ; attempt++) {
+    const table = await pageDigestsOnce(packs, load, pages, what, attempt < 4);
+    if (table) return table;
+  }
+}
+
+/** pageDigests, or undefined when a pack left the index meanwhile and could not be read (`retry`). */
+async function pageDigestsOnce(
+  packs: PackReader,
+  load: Pick<NumberIndexLoad, 'index' | 'digestColumns'>,
+  pages: NumberedPages,
+  what: string,
+  retry: boolean,
+): Promise<PageTable | undefined> {
   const table = new PageTable(pages.pageCount);
   const packOf = new Int32Array(pages.pageCount).fill(-1);
   const entryOf = new Uint32Array(pages.pageCount);
-  const span = new Map<number, { lo: number; hi: number }>();
+  // Per pack: the span of entries the pages use, and where its digest column is (taken in the same
+  // turn as the locations: gc may take the pack out of the index before it is read).
+  const span = new Map<number, { lo: number; hi: number; column: DigestColumn }>();
   for (let p = 0; p < pages.pageCount; p++) {
     if (pages.kinds[p] !== PageKind.Digest) {
       table.setZero(p);
@@ -60,15 +78,22 @@ export async function pageDigests(
     packOf[p] = pack;
     entryOf[p] = entry;
     const s = span.get(pack);
-    if (!s) span.set(pack, { lo: entry, hi: entry });
+    if (!s) span.set(pack, { lo: entry, hi: entry, column: load.digestColumns.get(pack)! });
     else {
       s.lo = Math.min(s.lo, entry);
       s.hi = Math.max(s.hi, entry);
     }
   }
   const columns = new Map<number, { lo: number; bytes: Uint8Array }>();
-  for (const [pack, { lo, hi }] of span) {
-    columns.set(pack, { lo, bytes: await readDigestPrefixes(packs, pack, load.digestColumns.get(pack)!, lo, hi - lo + 1) });
+  for (const [pack, { lo, hi, column }] of span) {
+    let bytes: Uint8Array;
+    try {
+      bytes = await readDigestPrefixes(packs, pack, column, lo, hi - lo + 1);
+    } catch (err) {
+      if (retry && !load.index.hasPack(pack)) return undefined;
+      throw err;
+    }
+    columns.set(pack, { lo, bytes });
   }
   for (let p = 0; p < pages.pageCount; p++) {
     if (packOf[p] < 0) continue;
