@@ -65,9 +65,9 @@ describe('CLI on a format-3 store', () => {
     const packFiles = readdirSync(path.join(store, 'packs')).reduce((n, f) => n + readFileSync(path.join(store, 'packs', f)).length, 0);
     expect(s.packBytes).toBe(packFiles);
     expect(s.metadataBytes).toBe(s.packBytes - s.packPayloadBytes + s.manifestBytes + s.keptBaseManifestBytes + s.indexBytes);
-    // Every distinct non-zero page once: 32 B of digest + 3 B of item + per-pack header and trailer.
+    // Every distinct non-zero page once: 24 B of digest prefix + 3 B of item + per-pack header and trailer.
     expect(s.distinctChunks).toBe(200 - 50 + 120 - 30);
-    expect(s.packBytes - s.packPayloadBytes).toBeGreaterThanOrEqual(35 * s.distinctChunks + 48);
+    expect(s.packBytes - s.packPayloadBytes).toBeGreaterThanOrEqual(27 * s.distinctChunks + 48);
 
     // stats --detail on format 3 (compared with format 1 in stats-v3.test.ts): both VMs' chunks, none shared here.
     const detail = JSON.parse(await ok(['stats', '--store', store, '--json', '--detail'])) as {

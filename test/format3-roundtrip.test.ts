@@ -105,12 +105,12 @@ describe('store format 3: round trip', () => {
       for (const { record, image } of expected.values()) {
         expect((await restoreToBuffer(store, record)).equals(image), `snapshot ${record.id}`).toBe(true);
       }
-      // One number per distinct chunk: no number skipped, no digest stored twice.
+      // One number per distinct chunk: no number skipped, no digest (24-byte TOC prefix) stored twice.
       expect(store.numbered!.index.size).toBe(store.numbered!.allocator.nextNumber);
       const digests = new Set<string>();
       for (const pack of store.numbered!.index.packIds) {
         const { toc } = await store.packs.readTocV3(pack);
-        for (let k = 0; k < toc.count; k++) digests.add(Buffer.from(toc.digests.subarray(k * 32, k * 32 + 32)).toString('hex'));
+        for (let k = 0; k < toc.count; k++) digests.add(Buffer.from(toc.digests.subarray(k * 24, k * 24 + 24)).toString('hex'));
       }
       expect(digests.size).toBe(store.numbered!.index.size);
     } finally {

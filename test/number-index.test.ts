@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { CONTAINER_CODEC, PACK_HEADER_BYTES } from '../src/format/pack.js';
-import { encodePackFooterV3, parsePackTocV3, parsePackTrailerV3, type TocV3 } from '../src/format/pack-v3.js';
+import { encodePackFooterV3, parsePackTocV3, parsePackTrailerV3, TOC_DIGEST_BYTES, type TocV3 } from '../src/format/pack-v3.js';
 import { ChunkTable } from '../src/index/chunk-table.js';
 import { NumberIndex } from '../src/index/number-index.js';
 
@@ -20,7 +20,14 @@ interface Chunk {
   member: number;
 }
 
-/** Encodes and parses a version-3 TOC for these chunks (containers: consecutive members). */
+/** The chunks' digest column as a version-4 TOC gives it: 24-byte prefixes. */
+function prefixesOf(chunks: Chunk[]): Uint8Array {
+  const out = new Uint8Array(chunks.length * TOC_DIGEST_BYTES);
+  chunks.forEach((c, k) => out.set(c.digest.subarray(0, TOC_DIGEST_BYTES), k * TOC_DIGEST_BYTES));
+  return out;
+}
+
+/** Encodes and parses a version-4 TOC for these chunks (containers: consecutive members). */
 function tocFor(chunks: Chunk[]): TocV3 {
   const count = chunks.length;
   const digests = new Uint8Array(count * 32);
@@ -81,7 +88,7 @@ describe('number index (store format 3)', () => {
         const dead: Chunk[] = [];
         let nextPack = 1;
         let nextNumber = 0;
-        const digestOf = (pack: number, entry: number) => packs.get(pack)![entry].digest;
+        const digestOf = (pack: number, entry: number) => packs.get(pack)![entry].digest.subarray(0, TOC_DIGEST_BYTES);
         const add = (chunks: Chunk[]) => {
           const id = nextPack++;
           packs.set(id, chunks);
@@ -90,9 +97,7 @@ describe('number index (store format 3)', () => {
         };
         const remove = (id: number) => {
           const chunks = packs.get(id)!;
-          const digests = new Uint8Array(chunks.length * 32);
-          chunks.forEach((c, k) => digests.set(c.digest, k * 32));
-          index.removePack(id, digests);
+          index.removePack(id, prefixesOf(chunks));
           packs.delete(id);
         };
         for (const o of ops) {
@@ -139,15 +144,16 @@ describe('number index (store format 3)', () => {
   });
 
   it('answers digests that share a fingerprint exactly, before and after one of them goes', () => {
-    // The fingerprint reads a digest's first 12 bytes: digests equal there clash whatever the seed.
+    // The fingerprint reads a digest's first 12 bytes: digests equal there clash whatever the seed
+    // (they differ inside the 24-byte prefix the TOC keeps).
     const clash = (tail: number) => {
       const d = new Uint8Array(32).fill(0xab);
-      d[31] = tail;
+      d[23] = tail;
       return d;
     };
     const index = new NumberIndex(new ChunkTable(64));
     const packs = new Map<number, Chunk[]>();
-    const digestOf = (pack: number, entry: number) => packs.get(pack)![entry].digest;
+    const digestOf = (pack: number, entry: number) => packs.get(pack)![entry].digest.subarray(0, TOC_DIGEST_BYTES);
     const a = freshChunks(10, 3, 1, (k) => (k === 1 ? clash(1) : randomBytes(32)));
     const b = freshChunks(13, 2, 1, (k) => (k === 0 ? clash(2) : randomBytes(32)));
     packs.set(1, a);
@@ -158,9 +164,7 @@ describe('number index (store format 3)', () => {
     expect(index.lookup(clash(1), digestOf)).toBe(11);
     expect(index.lookup(clash(2), digestOf)).toBe(13);
     expect(index.lookup(clash(3), digestOf)).toBeUndefined();
-    const digests = new Uint8Array(3 * 32);
-    a.forEach((c, k) => digests.set(c.digest, k * 32));
-    index.removePack(1, digests);
+    index.removePack(1, prefixesOf(a));
     expect(index.lookup(clash(1), digestOf)).toBeUndefined();
     expect(index.lookup(clash(2), digestOf)).toBe(13);
     // A digest absent from the table whose fingerprint one stored chunk has: confirmed false.
@@ -199,7 +203,7 @@ describe('number index (store format 3)', () => {
       tocs.push(tocFor(freshChunks(numbers, perPack, 16, (k) => all.subarray(k * 32, k * 32 + 32))));
       numbers += perPack;
     }
-    const digestOf = (pack: number, entry: number) => tocs[pack].digests.subarray(entry * 32, entry * 32 + 32);
+    const digestOf = (pack: number, entry: number) => tocs[pack].digests.subarray(entry * TOC_DIGEST_BYTES, (entry + 1) * TOC_DIGEST_BYTES);
     const started = process.hrtime.bigint();
     for (let p = 0; p < packs; p++) expect(index.addPack(p, tocs[p], digestOf)).toEqual([]);
     const ms = Number(process.hrtime.bigint() - started) / 1e6;

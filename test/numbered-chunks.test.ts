@@ -7,8 +7,8 @@
 import { describe, expect, it } from 'vitest';
 import { getCodec } from '../src/chunk/codec.js';
 import { hashPage } from '../src/chunk/hash.js';
-import { PACK_VERSION_NUMBERED } from '../src/format/pack-v3.js';
-import { DIGEST_BYTES, PageKind, PageTable } from '../src/format/pages.js';
+import { PACK_VERSION_PREFIXED, TOC_DIGEST_BYTES } from '../src/format/pack-v3.js';
+import { PageKind, PageTable } from '../src/format/pages.js';
 import { NumberAllocator } from '../src/store/number-allocator.js';
 import { loadNumberIndex } from '../src/store/number-load.js';
 import { NumberedChunks } from '../src/store/numbered-chunks.js';
@@ -21,7 +21,7 @@ const tmp = tempDirs();
 
 /** Writes pack `id` of per-page chunks numbered `numbers`; their digests, in entry order. */
 async function writePack(dir: string, id: number, numbers: number[], seed: number): Promise<Buffer[]> {
-  const pack = new PackFile(id, dir, new BatchPool(1), PACK_VERSION_NUMBERED);
+  const pack = new PackFile(id, dir, new BatchPool(1), PACK_VERSION_PREFIXED);
   const digests: Buffer[] = [];
   numbers.forEach((n, k) => {
     const p = makePage(k % 2 ? 'random' : 'sparse', seed + k);
@@ -33,8 +33,8 @@ async function writePack(dir: string, id: number, numbers: number[], seed: numbe
   return digests;
 }
 
-/** A digest with the same fingerprint as `d` (its first 12 bytes) and different bytes after them. */
-function forgedTwin(d: Buffer, at = 31): Buffer {
+/** A digest with the same fingerprint as `d` (its first 12 bytes) and a different 24-byte prefix. */
+function forgedTwin(d: Buffer, at = 23): Buffer {
   const twin = Buffer.from(d);
   twin[at] ^= 0x5a;
   return twin;
@@ -54,11 +54,11 @@ async function open(dir: string, packIds: number[], keepBytes?: number) {
 }
 
 describe('NumberedChunks exact lookups', () => {
-  // 64 digests of 32 B per pack: a budget of 3000 B keeps the first pack's column only.
+  // 64 digest prefixes of 24 B per pack: a budget of 3000 B keeps the first pack's column only.
   for (const [what, keepBytes, kept] of [
-    ['every column kept', undefined, 2 * 64 * DIGEST_BYTES],
+    ['every column kept', undefined, 2 * 64 * TOC_DIGEST_BYTES],
     ['no column kept (TOC reads)', 0, 0],
-    ['one column kept', 3000, 64 * DIGEST_BYTES],
+    ['one column kept', 3000, 64 * TOC_DIGEST_BYTES],
   ] as const) {
     it(`finds every stored digest exactly and no fingerprint twin: ${what}`, async () => {
       const dir = tmp('numbered-chunks');
@@ -92,9 +92,11 @@ describe('NumberedChunks exact lookups', () => {
         await chunks.addSealed(3);
         expect((await chunks.find(added)).map((f) => f?.number)).toEqual(range(300, 8));
         expect(await chunks.find(added.map((d) => forgedTwin(d)))).toEqual(Array(8).fill(undefined));
-        const column = Buffer.concat(stored.slice(0, 64));
+        const column = Buffer.concat(stored.slice(0, 64).map((d) => d.subarray(0, TOC_DIGEST_BYTES)));
         chunks.removePack(1, column);
-        expect(chunks.keptDigestBytes).toBe(keepBytes === undefined ? (64 + 8) * DIGEST_BYTES : keepBytes === 0 ? 0 : 8 * DIGEST_BYTES);
+        expect(chunks.keptDigestBytes).toBe(
+          keepBytes === undefined ? (64 + 8) * TOC_DIGEST_BYTES : keepBytes === 0 ? 0 : 8 * TOC_DIGEST_BYTES,
+        );
         expect(await chunks.find(stored.slice(0, 64))).toEqual(Array(64).fill(undefined));
         expect((await chunks.find(stored.slice(64))).map((f) => f?.number)).toEqual(numberOf.slice(64));
       } finally {
@@ -128,7 +130,7 @@ describe('NumberedChunks exact lookups', () => {
         // Pack 2 holds a page whose digest is forged to share pack 1's entry 3's fingerprint.
         const twin = forgedTwin(first[3]);
         const sealTwin = async () => {
-          const pack = new PackFile(2, dir, new BatchPool(1), PACK_VERSION_NUMBERED);
+          const pack = new PackFile(2, dir, new BatchPool(1), PACK_VERSION_PREFIXED);
           const p = makePage('random', 999);
           const z = getCodec().compressPages(p, [0]);
           pack.append(twin, z.payload.subarray(0, z.lengths[0]), z.codecs[0], 16);

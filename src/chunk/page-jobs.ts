@@ -48,6 +48,8 @@ export interface HashJob {
    */
   parentDigests?: Uint8Array;
   parentHasDigest?: Uint8Array;
+  /** Bytes of each parent digest to compare (default 32): 24 on store format 3, whose TOCs keep a prefix. */
+  parentDigestBytes?: number;
   table?: Uint32Array; // shared chunk table words
   /** With `table`: verify fingerprint hits by comparing with the stored chunk (reads packs here). */
   packsDir?: string;
@@ -96,10 +98,18 @@ function preadFully(fd: number, buf: Uint8Array, length: number, position: numbe
 /** Decodes one stored payload into `out` at `dstOff`; false if it does not decode to a page. */
 /**
  * Checks decoded pages against their expected digests in one hashing pass. Chunk c sits in page
- * slot `slots[c]` of `out` and must hash to `digests[c]`; chunks whose `failed[c]` is 1 (as
- * decodeChunks sets it) already failed. Returns the failed chunk indices, in order.
+ * slot `slots[c]` of `out` and its digest's first `compare` bytes must be `digests[32c..]`'s (all 32,
+ * or a format-3 TOC's 24-byte prefix); chunks whose `failed[c]` is 1 (as decodeChunks sets it) already
+ * failed. Returns the failed chunk indices, in order, and the digests computed (32 B a page slot).
  */
-function verifyDecoded(out: Uint8Array, windowPages: number, slots: Uint32Array, digests: Uint8Array, failed: Uint8Array): number[] {
+function verifyDecoded(
+  out: Uint8Array,
+  windowPages: number,
+  slots: Uint32Array,
+  digests: Uint8Array,
+  failed: Uint8Array,
+  compare = DIGEST_BYTES,
+): { bad: number[]; actual: Buffer } {
   const ok = new Uint32Array(slots.length);
   let n = 0;
   for (let c = 0; c < slots.length; c++) if (!failed[c]) ok[n++] = slots[c];
@@ -109,15 +119,15 @@ function verifyDecoded(out: Uint8Array, windowPages: number, slots: Uint32Array,
   const bad: number[] = [];
   for (let c = 0; c < slots.length; c++) {
     const a = slots[c] * DIGEST_BYTES;
-    if (failed[c] || actual.compare(want, c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES, a, a + DIGEST_BYTES) !== 0) bad.push(c);
+    if (failed[c] || actual.compare(want, c * DIGEST_BYTES, c * DIGEST_BYTES + compare, a, a + compare) !== 0) bad.push(c);
   }
-  return bad;
+  return { bad, actual };
 }
 
-/** Whether the 8 words (one digest) at `at` are equal in both arrays. */
-function sameWords(a: Uint32Array, b: Uint32Array, at: number): boolean {
+/** Whether the first `words` words of the digests at word `at` are equal in both arrays. */
+function sameWords(a: Uint32Array, b: Uint32Array, at: number, words: number): boolean {
   if (at + 8 > b.length) return false;
-  for (let k = 0; k < 8; k++) if (a[at + k] !== b[at + k]) return false;
+  for (let k = 0; k < words; k++) if (a[at + k] !== b[at + k]) return false;
   return true;
 }
 
@@ -246,6 +256,7 @@ function classifyPages(
   const ownWords = new Uint32Array(digests.buffer, digests.byteOffset, pageCount * 8);
   const parentWords =
     job.parentDigests && new Uint32Array(job.parentDigests.buffer, job.parentDigests.byteOffset, job.parentDigests.length >>> 2);
+  const parentCompareWords = (job.parentDigestBytes ?? DIGEST_BYTES) >>> 2;
   for (let i = 0; i < pageCount; i++) {
     const off = i * PAGE_SIZE;
     if (zero[i]) {
@@ -257,7 +268,7 @@ function classifyPages(
     if (
       parentWords &&
       job.parentHasDigest?.[i] &&
-      sameWords(ownWords, parentWords, i * 8) &&
+      sameWords(ownWords, parentWords, i * 8, parentCompareWords) &&
       (!job.table || tableHasDigest(job.table, digests, i * DIGEST_BYTES))
     ) {
       status[i] = PageStatus.SameAsParent;
@@ -415,7 +426,7 @@ export function runDecodeJob(job: DecodeJob): DecodeResult {
   }
   const failed = new Uint8Array(offsets.length);
   decodeStoredChunks(codec, job.payload, offsets, job.lengths, job.codecs, job.members, job.slots, out, failed);
-  return { out, bad: verifyDecoded(out, job.windowPages, job.slots, job.digests, failed) };
+  return { out, bad: verifyDecoded(out, job.windowPages, job.slots, job.digests, failed).bad };
 }
 
 /**
@@ -439,6 +450,11 @@ export interface RestoreJob {
   members?: Uint8Array;
   slots: Uint32Array;
   digests: Uint8Array;
+  /**
+   * Bytes of each digest to compare (default 32): 24 on store format 3, whose TOCs keep a prefix;
+   * the result then carries the digests computed from the pages (`actual`), for the image digest.
+   */
+  digestBytes?: number;
   /** Lent slab (windowPages * PAGE_SIZE bytes) to restore into when there is no `output`; it comes back as `out`. */
   window?: Uint8Array;
   /**
@@ -458,6 +474,8 @@ export interface RestoreResult {
   bad: number[];
   /** A range that could not be read (missing or truncated pack). */
   readError?: { pack: number; message: string };
+  /** With `digestBytes`: each page slot's digest computed from its bytes (32 B a slot; zero where no chunk). */
+  actual?: Uint8Array;
 }
 
 const packFds = new Map<string, number>();
@@ -560,14 +578,16 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
   const failed = new Uint8Array(m);
   // A container's pages are consecutive here (sorted by pack and offset): each frame is decoded once.
   decodeStoredChunks(codec, scratch, offsets, job.lengths, job.codecs, job.members, job.slots, out, failed);
-  bad.push(...verifyDecoded(out, job.windowPages, job.slots, job.digests, failed));
-  if (!job.output) return { out, bad };
+  const verified = verifyDecoded(out, job.windowPages, job.slots, job.digests, failed, job.digestBytes);
+  bad.push(...verified.bad);
+  const actual = job.digestBytes === undefined ? undefined : verified.actual;
+  if (!job.output) return { out, bad, actual };
   if (bad.length > 0) {
     // The main thread mends and writes this window itself: hand over named slots only, in a fresh
     // zeroed buffer (the reused one holds stale bytes where this window has zero pages).
     const fresh = new Uint8Array(bytes);
     for (const slot of job.slots) fresh.set(out.subarray(slot * PAGE_SIZE, (slot + 1) * PAGE_SIZE), slot * PAGE_SIZE);
-    return { out: fresh, bad };
+    return { out: fresh, bad, actual };
   }
   try {
     writeWindow(job.output, out, job.slots);
@@ -575,7 +595,7 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
     const e = err as NodeJS.ErrnoException;
     return { out: new Uint8Array(0), bad, writeError: { code: e.code, message: e.message } };
   }
-  return { out: new Uint8Array(0), bad };
+  return { out: new Uint8Array(0), bad, actual };
 }
 
 /** Zeroes the pages of a window that no chunk fills (zero pages of the image). */

@@ -1,14 +1,17 @@
 /**
- * Pack format 3: the pack's table of contents is the chunk index (pure encode/decode, no I/O). See
- * docs/FORMAT.md, "Store format 3".
+ * Pack formats 3 and 4: the pack's table of contents is the chunk index (pure encode/decode, no I/O).
+ * See docs/FORMAT.md, "Store format 3".
  *
  *   header, payloads, trailer : as versions 1 and 2 (the trailer's count and CRCs, the TOC's offset)
  *   toc   numbers : var runCount, per run var gap | var (length - 1); numbers strictly increase
  *         items   : per stored payload u8 (codec | (pages - 1) << 4) | u16 storedLength
- *         digests : count x 32 B, in entry order
+ *         digests : count x 24 B (version 4) or count x 32 B (version 3), in entry order
  *
- * Every chunk's full digest is kept here once and nowhere else; a chunk's number names it in
- * manifests. A fresh pack's numbers are one run, and a container's pages share one 3-byte item.
+ * Version 4 keeps the first 24 bytes of each chunk's BLAKE3 digest, version 3 all 32; a store holds
+ * both, and both are read as 24-byte prefixes (TOC_DIGEST_BYTES): that is all a format-3 store keeps
+ * of a chunk's digest and all it compares (docs/DESIGN.md, "A 24-byte digest prefix in the TOC").
+ * A chunk's number names it in manifests. A fresh pack's numbers are one run, and a container's pages
+ * share one 3-byte item.
  */
 import { crc32 } from 'node:zlib';
 import { CorruptError } from '../util/errors.js';
@@ -23,9 +26,39 @@ import {
 import { DIGEST_BYTES } from './pages.js';
 import { ByteReader, ByteWriter } from './varint.js';
 
+/** The first numbered pack version: full 32-byte digests in the TOC (read, no longer written). */
 export const PACK_VERSION_NUMBERED = 3;
+/** The numbered pack version written now: 24-byte digest prefixes in the TOC. */
+export const PACK_VERSION_PREFIXED = 4;
+/** The pack versions of a format-3 store, oldest first. */
+export const NUMBERED_PACK_VERSIONS: readonly number[] = [PACK_VERSION_NUMBERED, PACK_VERSION_PREFIXED];
+/** Bytes of a chunk's digest a format-3 store keeps and compares (its BLAKE3 digest's first 24). */
+export const TOC_DIGEST_BYTES = 24;
+
+/** Bytes per entry of a numbered pack's digest column in the file. */
+export function tocDigestStride(version: number): number {
+  if (version === PACK_VERSION_NUMBERED) return DIGEST_BYTES;
+  if (version === PACK_VERSION_PREFIXED) return TOC_DIGEST_BYTES;
+  throw new RangeError(`not a numbered pack version: ${version}`);
+}
+
+/** Whether the 24-byte prefixes a[ao..] and b[bo..] are equal (a full digest compares by its prefix). */
+export function tocDigestsEqual(a: Uint8Array, ao: number, b: Uint8Array, bo: number): boolean {
+  for (let k = 0; k < TOC_DIGEST_BYTES; k++) if (a[ao + k] !== b[bo + k]) return false;
+  return true;
+}
+
+/** 24-byte prefixes, one every `stride` bytes of `column`, packed together (a version-3 column's). */
+export function prefixColumn(column: Uint8Array, count: number, stride: number): Uint8Array {
+  if (stride === TOC_DIGEST_BYTES) return column.subarray(0, count * TOC_DIGEST_BYTES);
+  const out = new Uint8Array(count * TOC_DIGEST_BYTES);
+  for (let k = 0; k < count; k++) out.set(column.subarray(k * stride, k * stride + TOC_DIGEST_BYTES), k * TOC_DIGEST_BYTES);
+  return out;
+}
 /** Bytes of one item (a per-page payload or a whole container). */
 export const ITEM_BYTES = 3;
+/** What a chunk costs in a version-4 TOC at most: its digest prefix and an item of its own. */
+export const NUMBERED_TOC_ENTRY_BYTES = TOC_DIGEST_BYTES + ITEM_BYTES;
 /** Chunk numbers are below 2^48 (docs/FORMAT.md, "Chunk numbers"). */
 export const MAX_CHUNK_NUMBER = 2 ** 48 - 1;
 
@@ -34,6 +67,7 @@ export interface TocV3Input {
   count: number;
   /** Strictly increasing. */
   numbers: ArrayLike<number>;
+  /** 32 bytes an entry (a version-4 TOC keeps the first 24 of each). */
   digests: Uint8Array;
   /** For a container's pages: the frame's length, the same in each of them. */
   lengths: ArrayLike<number>;
@@ -43,7 +77,7 @@ export interface TocV3Input {
 }
 
 /**
- * A parsed TOC in columns: entry k has number numberAt(k), digest digests[32k..], and
+ * A parsed TOC in columns: entry k has number numberAt(k), digest prefix digests[24k..+24], and
  * meta[k] = storedLength | codec << 16 | member << 20 | (pages - 1) << 24, at offsets[k] (a container's
  * pages all give the frame's offset and length).
  */
@@ -54,10 +88,12 @@ export interface TocV3 {
   runLengths: number[];
   offsets: Uint32Array;
   metas: Uint32Array;
-  /** count x 32 bytes (a view into the TOC buffer). */
+  /** count x 24 bytes: each entry's digest prefix, whatever the version (a view or a copy). */
   digests: Uint8Array;
-  /** Where the digest column starts, relative to the TOC's start (a pread of one digest: + 32k). */
+  /** Where the digest column starts, relative to the TOC's start (a pread of one digest: + stride·k). */
   digestsAt: number;
+  /** Bytes per entry of the digest column in the file: 24 (version 4) or 32 (version 3). */
+  digestStride: number;
 }
 
 export function metaStoredLength(meta: number): number {
@@ -121,14 +157,15 @@ function tocItems(toc: TocV3Input): { codecs: number[]; pages: number[]; lengths
   return items;
 }
 
-/** Encodes TOC + trailer of a version-3 pack whose payloads occupy [16, tocOffset). */
-export function encodePackFooterV3(toc: TocV3Input, tocOffset: number, payloadCrc: number): Buffer {
+/** Encodes TOC + trailer of a version-4 (or 3) pack whose payloads occupy [16, tocOffset). */
+export function encodePackFooterV3(toc: TocV3Input, tocOffset: number, payloadCrc: number, version = PACK_VERSION_PREFIXED): Buffer {
   const { count } = toc;
+  const stride = tocDigestStride(version);
   if (count < 1) throw new RangeError('a pack holds at least one chunk');
   if (toc.digests.length < count * DIGEST_BYTES) throw new RangeError('digests must hold 32 bytes per chunk');
   const runs = numberRuns(toc.numbers, count);
   const items = tocItems(toc);
-  const w = new ByteWriter(64 + items.codecs.length * ITEM_BYTES + count * DIGEST_BYTES + PACK_TRAILER_BYTES);
+  const w = new ByteWriter(64 + items.codecs.length * ITEM_BYTES + count * stride + PACK_TRAILER_BYTES);
   w.varint(runs.starts.length);
   let end = 0;
   for (let r = 0; r < runs.starts.length; r++) {
@@ -140,7 +177,8 @@ export function encodePackFooterV3(toc: TocV3Input, tocOffset: number, payloadCr
     w.u8(items.codecs[i] | ((items.pages[i] - 1) << 4));
     w.u16(items.lengths[i]);
   }
-  w.bytes(toc.digests.subarray(0, count * DIGEST_BYTES));
+  if (stride === DIGEST_BYTES) w.bytes(toc.digests.subarray(0, count * DIGEST_BYTES));
+  else for (let k = 0; k < count; k++) w.bytes(toc.digests.subarray(k * DIGEST_BYTES, k * DIGEST_BYTES + stride));
   const tocBytes = w.length;
   w.bytes(new Uint8Array(PACK_TRAILER_BYTES));
   const out = w.finish();
@@ -148,18 +186,29 @@ export function encodePackFooterV3(toc: TocV3Input, tocOffset: number, payloadCr
   return out;
 }
 
-/** The trailer of a version-3 pack: its TOC has whatever the file size leaves (parsed exactly later). */
-export function parsePackTrailerV3(b: Uint8Array, fileSize: number, name: string): ReturnType<typeof parseTrailerFields> {
+/** The trailer of a version-3/4 pack: its TOC has whatever the file size leaves (parsed exactly later). */
+export function parsePackTrailerV3(
+  b: Uint8Array,
+  fileSize: number,
+  name: string,
+  version = PACK_VERSION_PREFIXED,
+): ReturnType<typeof parseTrailerFields> {
   const t = parseTrailerFields(b, fileSize, name);
-  // The smallest TOC: one run (2 B), one item, one digest.
-  if (t.tocOffset < PACK_HEADER_BYTES || t.count < 1 || t.tocBytes < 2 + ITEM_BYTES + t.count * DIGEST_BYTES) {
+  // The smallest TOC: one run (2 B), one item, one digest each.
+  if (t.tocOffset < PACK_HEADER_BYTES || t.count < 1 || t.tocBytes < 2 + ITEM_BYTES + t.count * tocDigestStride(version)) {
     throw new CorruptError(`pack ${name}: table of contents does not match file size`);
   }
   return t;
 }
 
-/** Parses and checks a version-3 TOC (exactly `toc`: the bytes between tocOffset and the trailer). */
-export function parsePackTocV3(toc: Uint8Array, trailer: { count: number; tocOffset: number; tocCrc: number }, name: string): TocV3 {
+/** Parses and checks a version-4 (or 3) TOC (exactly `toc`: the bytes between tocOffset and the trailer). */
+export function parsePackTocV3(
+  toc: Uint8Array,
+  trailer: { count: number; tocOffset: number; tocCrc: number },
+  name: string,
+  version = PACK_VERSION_PREFIXED,
+): TocV3 {
+  const digestStride = tocDigestStride(version);
   if (crc32(toc) !== trailer.tocCrc) throw new CorruptError(`pack ${name}: table of contents checksum mismatch`);
   const { count } = trailer;
   const what = `pack ${name}`;
@@ -205,9 +254,9 @@ export function parsePackTocV3(toc: Uint8Array, trailer: { count: number; tocOff
   }
   if (offset !== trailer.tocOffset) throw new CorruptError(`${what}: chunk lengths do not add up to the payload size`);
   const digestsAt = r.pos;
-  const digests = r.bytes(count * DIGEST_BYTES);
+  const digests = prefixColumn(r.bytes(count * digestStride), count, digestStride);
   if (r.remaining !== 0) throw new CorruptError(`${what}: table of contents has trailing bytes`);
-  return { count, runStarts, runLengths, offsets, metas, digests, digestsAt };
+  return { count, runStarts, runLengths, offsets, metas, digests, digestsAt, digestStride };
 }
 
 /** The number of entry k of a parsed TOC (a walk over its runs: few per pack). */

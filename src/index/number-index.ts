@@ -14,7 +14,7 @@
  */
 import { CONTAINER_CODEC } from '../format/pack.js';
 import { metaCodec, metaMember, metaPages, metaStoredLength, type TocV3 } from '../format/pack-v3.js';
-import { digestsEqual } from '../format/pages.js';
+import { TOC_DIGEST_BYTES, tocDigestsEqual } from '../format/pack-v3.js';
 import { upperBound } from '../util/search.js';
 import { ChunkTable, type ChunkLocation } from './chunk-table.js';
 
@@ -37,7 +37,7 @@ export interface NumberedLocation {
   location: ChunkLocation;
 }
 
-/** Reads entry `entry`'s 32-byte digest from pack `pack`'s TOC (rare: fingerprint clashes only). */
+/** Reads entry `entry`'s 24-byte digest prefix from pack `pack`'s TOC (rare: fingerprint clashes only). */
 export type DigestOf = (pack: number, entry: number) => Uint8Array;
 
 /** The answer to "is this digest stored?" before the caller confirms it. */
@@ -139,13 +139,13 @@ export class NumberIndex {
     const cols = this.packs.get(pack);
     if (!cols) return;
     for (let k = 0; k < cols.count; k++) {
-      const s = this.table.slotOf(digests, k * 32);
+      const s = this.table.slotOf(digests, k * TOC_DIGEST_BYTES);
       // Only a digest whose slot is ambiguous (or gone) can be in the exact map: no hex string otherwise.
       if ((s < 0 || this.table.slotAmbiguous(s)) && this.clashes.size > 0) {
-        const hex = Buffer.from(digests.buffer, digests.byteOffset + k * 32, 32).toString('hex');
+        const hex = Buffer.from(digests.buffer, digests.byteOffset + k * TOC_DIGEST_BYTES, TOC_DIGEST_BYTES).toString('hex');
         if (this.clashes.delete(hex)) continue; // its slot stays ambiguous: lookups use the map
       }
-      if (s >= 0 && this.table.slotPack(s) === pack) this.table.remove(digests.subarray(k * 32, k * 32 + 32));
+      if (s >= 0 && this.table.slotPack(s) === pack) this.table.remove(digests.subarray(k * TOC_DIGEST_BYTES, (k + 1) * TOC_DIGEST_BYTES));
     }
     const keep = this.runPacks.map((p) => p !== pack);
     this.starts = this.starts.filter((_, r) => keep[r]);
@@ -222,7 +222,7 @@ export class NumberIndex {
 
   /** The number of a digest whose fingerprint slot is ambiguous, when the exact map has it. */
   clashNumber(digest: Uint8Array, offset = 0): number | undefined {
-    return this.clashes.get(Buffer.from(digest.buffer, digest.byteOffset + offset, 32).toString('hex'));
+    return this.clashes.get(Buffer.from(digest.buffer, digest.byteOffset + offset, TOC_DIGEST_BYTES).toString('hex'));
   }
 
   /** Is this digest stored? A candidate to confirm, or an exact answer. */
@@ -240,7 +240,7 @@ export class NumberIndex {
     const c = this.candidate(digest, offset);
     if (c.kind === 'absent') return undefined;
     if (c.kind === 'exact') return c.number;
-    return digestsEqual(digestOf(c.pack, c.entry), 0, digest, offset) ? c.number : undefined;
+    return tocDigestsEqual(digestOf(c.pack, c.entry), 0, digest, offset) ? c.number : undefined;
   }
 
   /** Bytes the index holds (typed arrays exactly; the run directory at 8 B a field of a run). */
@@ -259,13 +259,13 @@ export class NumberIndex {
   }
 
   private insertDigest(digests: Uint8Array, k: number, cols: PackColumns, digestOf: DigestOf): void {
-    const at = k * 32;
+    const at = k * TOC_DIGEST_BYTES;
     if (this.table.insertIfAbsent(digests, at, cols.pack, cols.offsets[k], cols.metas[k])) return; // the common case
     // Put there by the pack writer while the pack was open (the engine's ingest): already in place.
     const slot = this.table.slotOf(digests, at);
     if (slot >= 0 && this.table.slotHolds(slot, cols.pack, cols.offsets[k], cols.metas[k])) return;
     const hit = this.table.get(digests, at);
-    const hex = () => Buffer.from(digests.buffer, digests.byteOffset + at, 32).toString('hex');
+    const hex = () => Buffer.from(digests.buffer, digests.byteOffset + at, TOC_DIGEST_BYTES).toString('hex');
     if (hit) {
       // A stored digest shares the fingerprint: both go to the exact map (the slot becomes ambiguous).
       // The slot's first chunk is registered even when the slot is already ambiguous: a chunk the

@@ -2,6 +2,7 @@
  * A compact set of 32-byte chunk digests for marking (gc, stats, check): open addressing over a
  * flat key array, each digest given a stable ordinal (0, 1, 2, ... in insertion order) so callers can
  * keep per-chunk data in parallel typed arrays. Memory: 32 B of key + 4-8 B of slot per digest.
+ * With `keyBytes` 24 it keeps and compares digest prefixes (store format 3, whose TOCs keep 24 bytes).
  *
  * The probe hash mixes three words of the digest with a per-process random seed: digests are
  * guest-chosen content hashes, and a guest must not be able to make marking quadratic.
@@ -23,17 +24,22 @@ export class DigestSet {
   private mask: number;
   size = 0;
 
-  constructor(expected = 1024) {
+  constructor(
+    expected = 1024,
+    /** Bytes of each digest kept and compared: 32, or a 24-byte prefix (at least the 20 the hash mixes). */
+    readonly keyBytes = DIGEST,
+  ) {
+    if (keyBytes < 20 || keyBytes > DIGEST) throw new RangeError(`digest keys of ${keyBytes} bytes`);
     let cap = 1024;
     while (cap * MAX_LOAD < expected) cap *= 2;
     this.slots = new Uint32Array(cap);
     this.mask = cap - 1;
-    this.keys = new Uint8Array(Math.max(expected, 256) * DIGEST);
+    this.keys = new Uint8Array(Math.max(expected, 256) * keyBytes);
   }
 
   /** Capacity of the ordinal space before the key array grows (for sizing parallel arrays). */
   get ordinalCapacity(): number {
-    return this.keys.length / DIGEST;
+    return this.keys.length / this.keyBytes;
   }
 
   private static hash(d: Uint8Array, o: number): number {
@@ -49,8 +55,9 @@ export class DigestSet {
 
   private equalsAt(ordinal: number, d: Uint8Array, o: number): boolean {
     const k = this.keys;
-    const p = ordinal * DIGEST;
-    for (let i = 0; i < DIGEST; i++) if (k[p + i] !== d[o + i]) return false;
+    const n = this.keyBytes;
+    const p = ordinal * n;
+    for (let i = 0; i < n; i++) if (k[p + i] !== d[o + i]) return false;
     return true;
   }
 
@@ -85,12 +92,13 @@ export class DigestSet {
       s = (s + 1) & this.mask;
     }
     const ordinal = this.size;
-    if ((ordinal + 1) * DIGEST > this.keys.length) {
+    const n = this.keyBytes;
+    if ((ordinal + 1) * n > this.keys.length) {
       const next = new Uint8Array(this.keys.length * 2);
       next.set(this.keys);
       this.keys = next;
     }
-    this.keys.set(d.subarray(o, o + DIGEST), ordinal * DIGEST);
+    this.keys.set(d.subarray(o, o + n), ordinal * n);
     this.slots[s] = ordinal + 1;
     this.size++;
     if (this.size > this.slots.length * MAX_LOAD) this.grow();
@@ -98,9 +106,9 @@ export class DigestSet {
     return ordinal;
   }
 
-  /** The digest with this ordinal (a view; copy it to keep it). */
+  /** The digest (keyBytes of it) with this ordinal (a view; copy it to keep it). */
   digest(ordinal: number): Uint8Array {
-    return this.keys.subarray(ordinal * DIGEST, (ordinal + 1) * DIGEST);
+    return this.keys.subarray(ordinal * this.keyBytes, (ordinal + 1) * this.keyBytes);
   }
 
   private grow(): void {
@@ -108,7 +116,7 @@ export class DigestSet {
     const slots = new Uint32Array(cap);
     const mask = cap - 1;
     for (let ord = 0; ord < this.size; ord++) {
-      let s = DigestSet.hash(this.keys, ord * DIGEST) & mask;
+      let s = DigestSet.hash(this.keys, ord * this.keyBytes) & mask;
       while (slots[s] !== 0) s = (s + 1) & mask;
       slots[s] = ord + 1;
     }

@@ -16,17 +16,22 @@
 import type { ChunkLocation } from '../index/chunk-table.js';
 import type { Store } from '../store/store.js';
 import { DigestSet } from './digest-set.js';
+import { TOC_DIGEST_BYTES } from '../format/pack-v3.js';
+import { DIGEST_BYTES } from '../format/pages.js';
 
 export class GcFence {
   /** Digests found by lookups since the fence went up. */
-  readonly journal = new DigestSet(4096);
+  readonly journal: DigestSet;
   /** Every removing batch of this gc run, in order; `seq` counts them. */
   private readonly commits: { seq: number; doomed: DigestSet; done: Promise<void> }[] = [];
   private seq = 0;
   /** Lookups held back until a removing batch settled (then answered "absent"). */
   held = 0;
 
-  constructor(private readonly store: Store) {}
+  constructor(private readonly store: Store) {
+    // Format 3 compares digests by the 24-byte prefix its TOCs keep (a doomed chunk is known by that).
+    this.journal = new DigestSet(4096, store.isNumbered ? TOC_DIGEST_BYTES : DIGEST_BYTES);
+  }
 
   /** Taken by store.lookupExact before it reads the index (see afterLookup). */
   get lookupStart(): number {

@@ -16,8 +16,15 @@
 import { promises as fsp } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { packFileName, storedShare } from '../format/pack.js';
-import { ITEM_BYTES, metaCodec, metaMember, metaPages, metaStoredLength, type TocV3 } from '../format/pack-v3.js';
-import { DIGEST_BYTES } from '../format/pages.js';
+import {
+  metaCodec,
+  metaMember,
+  metaPages,
+  metaStoredLength,
+  NUMBERED_TOC_ENTRY_BYTES,
+  TOC_DIGEST_BYTES,
+  type TocV3,
+} from '../format/pack-v3.js';
 import { addCounterDelta } from '../store/counters.js';
 import { deletedPackKey, deletedPackValue, keptBaseKey } from '../store/keys.js';
 import { NEXT_NUMBER_KEY } from '../store/number-allocator.js';
@@ -41,8 +48,8 @@ import { copyNumbered, tocNumbers, unitsToCopy, type CopiedPack, type CopyOption
  */
 const GC_COPY: CopyOptions = { recontainerLevel: DEFAULT_COMPACT_LEVEL };
 
-/** What a copied chunk costs in a version-3 TOC at most: its digest and an item of its own. */
-export const V3_TOC_ENTRY_BYTES = DIGEST_BYTES + ITEM_BYTES;
+/** What a copied chunk costs in a version-4 TOC at most: its digest prefix and an item of its own. */
+export const V3_TOC_ENTRY_BYTES = NUMBERED_TOC_ENTRY_BYTES;
 
 /** gc of an open format-3 store: under the maintenance lock, with the gc fence up while it runs. */
 export async function runGcNumbered(store: Store, options: GcOptions = {}): Promise<GcReport> {
@@ -177,7 +184,7 @@ export async function replacePacks(
   const rescued = new Set<number>();
   const kept = (toc: TocV3) => (n: number, k: number) => {
     if (keep(n) || rescued.has(n)) return true;
-    if (!fence?.rescued(toc.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES))) return false;
+    if (!fence?.rescued(toc.digests.subarray(k * TOC_DIGEST_BYTES, (k + 1) * TOC_DIGEST_BYTES))) return false;
     rescued.add(n);
     return true;
   };
@@ -245,11 +252,11 @@ export async function replacePacks(
 
 /** The digests of the chunks of a step's packs that `kept` does not keep. */
 function doomedChunks(tocs: StepTocs, kept: (toc: TocV3) => (n: number, k: number) => boolean): DigestSet {
-  const doomed = new DigestSet(64);
+  const doomed = new DigestSet(64, TOC_DIGEST_BYTES);
   for (const { toc } of tocs.values()) {
     const keeps = kept(toc);
     const numbers = tocNumbers(toc);
-    for (let k = 0; k < toc.count; k++) if (!keeps(numbers[k], k)) doomed.add(toc.digests, k * DIGEST_BYTES);
+    for (let k = 0; k < toc.count; k++) if (!keeps(numbers[k], k)) doomed.add(toc.digests, k * TOC_DIGEST_BYTES);
   }
   return doomed;
 }

@@ -13,8 +13,17 @@ import { compressContainers, decodeContainer } from '../chunk/container.js';
 import { hashPage } from '../chunk/hash.js';
 import { getZstd } from '../chunk/zstd.js';
 import { CONTAINER_CODEC, MAX_CONTAINER_PAGES, packFileName } from '../format/pack.js';
-import { metaCodec, metaMember, metaPages, metaStoredLength, PACK_VERSION_NUMBERED, type TocV3 } from '../format/pack-v3.js';
-import { DIGEST_BYTES, digestsEqual, PAGE_SIZE } from '../format/pages.js';
+import {
+  metaCodec,
+  metaMember,
+  metaPages,
+  metaStoredLength,
+  PACK_VERSION_PREFIXED,
+  TOC_DIGEST_BYTES,
+  tocDigestsEqual,
+  type TocV3,
+} from '../format/pack-v3.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { BatchPool, PackFile, WRITE_BATCH_BYTES } from '../store/pack-file.js';
 import type { PackReader, PackTocV3 } from '../store/pack-reader.js';
 import { storePaths } from '../store/paths.js';
@@ -80,9 +89,10 @@ export function unitsToCopy(pack: number, toc: TocV3, keep: (n: number, entry: n
       }
     }
     if (members.length === 0) continue;
+    // 32 B a member, as a pack writer takes digests: the TOC's 24-byte prefix, then zeros.
     const digests = new Uint8Array(members.length * DIGEST_BYTES);
     members.forEach((m, i) =>
-      digests.set(toc.digests.subarray((item.entry + m) * DIGEST_BYTES, (item.entry + m + 1) * DIGEST_BYTES), i * DIGEST_BYTES),
+      digests.set(toc.digests.subarray((item.entry + m) * TOC_DIGEST_BYTES, (item.entry + m + 1) * TOC_DIGEST_BYTES), i * DIGEST_BYTES),
     );
     out.push({ pack, item, members, numbers, digests });
   }
@@ -170,7 +180,7 @@ export async function copyNumbered(
   }
   steps.sort((a, b) => a.first - b.first);
   const p = storePaths(store.dir);
-  const pack = new PackFile(packId, p.tmp, new BatchPool(1), PACK_VERSION_NUMBERED);
+  const pack = new PackFile(packId, p.tmp, new BatchPool(1), PACK_VERSION_PREFIXED);
   const builder = new NumberedContainers(pack, options.compactLevel ?? options.recontainerLevel, options.compactLevel === undefined);
   const frame = { key: '', pages: new Uint8Array(MAX_CONTAINER_PAGES * PAGE_SIZE), count: 0 };
   let done = 0;
@@ -226,7 +236,7 @@ function decodeFrame(payload: Uint8Array, frame: { key: string; pages: Uint8Arra
 }
 
 function verify(page: Uint8Array, digests: Uint8Array, i: number, number: number, where: string): void {
-  if (!digestsEqual(hashPage(page), 0, digests, i * DIGEST_BYTES)) {
+  if (!tocDigestsEqual(hashPage(page), 0, digests, i * DIGEST_BYTES)) {
     throw new CorruptError(`chunk ${number} in ${where} does not match its digest; run 'vnstore check --read-data'`);
   }
 }

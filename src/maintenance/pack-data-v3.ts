@@ -1,6 +1,7 @@
 /**
  * Reading a version-3 pack's data back (check --read-data, repair): its structure, its payload
- * checksum, and every chunk decoded and hashed against the full digest its TOC keeps.
+ * checksum, and every chunk decoded and hashed against the digest prefix its TOC keeps (its whole
+ * digest kept, for the image digests check --read-data verifies).
  */
 import { promises as fsp } from 'node:fs';
 import { crc32 } from 'node:zlib';
@@ -8,8 +9,8 @@ import { getCodec, type ChunkCodec } from '../chunk/codec.js';
 import { decodeContainer } from '../chunk/container.js';
 import { hashPage } from '../chunk/hash.js';
 import { CONTAINER_CODEC, MAX_CONTAINER_PAGES, PACK_HEADER_BYTES } from '../format/pack.js';
-import type { TocV3 } from '../format/pack-v3.js';
-import { DIGEST_BYTES, digestsEqual, PAGE_SIZE } from '../format/pages.js';
+import { TOC_DIGEST_BYTES, tocDigestsEqual, type TocV3 } from '../format/pack-v3.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import type { PackReader } from '../store/pack-reader.js';
 import { CorruptError } from '../util/errors.js';
 import { tocItems, tocNumbers } from './pack-copy-v3.js';
@@ -23,6 +24,8 @@ export interface NumberedPackData {
   payloadCrcOk: boolean;
   /** Chunks that do not decode or do not match their digest. */
   bad: { entry: number; number: number; why: string }[];
+  /** Each entry's whole digest, hashed from its bytes (32 B an entry; zeros for a bad one). */
+  digests?: Uint8Array;
 }
 
 /** Reads pack `id` whole and verifies every chunk; memory: the pack's size (a rare, whole-pack pass). */
@@ -49,6 +52,7 @@ export async function readNumberedPackData(packs: PackReader, id: number): Promi
   };
   const pages = new Uint8Array(MAX_CONTAINER_PAGES * PAGE_SIZE);
   const numbers = tocNumbers(toc);
+  const digests = (out.digests = new Uint8Array(toc.count * DIGEST_BYTES));
   for (const item of tocItems(toc)) {
     const stored = payload.subarray(item.offset - PACK_HEADER_BYTES, item.offset - PACK_HEADER_BYTES + item.storedLength);
     let decoded = 0;
@@ -63,15 +67,17 @@ export async function readNumberedPackData(packs: PackReader, id: number): Promi
     }
     for (let m = 0; m < item.pages; m++) {
       const k = item.entry + m;
+      const digest = decoded > m ? hashPage(pages.subarray(m * PAGE_SIZE, (m + 1) * PAGE_SIZE)) : undefined;
       const why =
         decoded < 0
           ? 'does not decode'
-          : m >= decoded
+          : !digest
             ? `is missing from its container (${decoded} pages)`
-            : digestsEqual(hashPage(pages.subarray(m * PAGE_SIZE, (m + 1) * PAGE_SIZE)), 0, toc.digests, k * DIGEST_BYTES)
+            : tocDigestsEqual(digest, 0, toc.digests, k * TOC_DIGEST_BYTES)
               ? undefined
               : 'does not match its digest';
       if (why) out.bad.push({ entry: k, number: numbers[k], why });
+      else digests.set(digest!, k * DIGEST_BYTES);
     }
   }
   return out;

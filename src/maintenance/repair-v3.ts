@@ -15,6 +15,7 @@
  * snapshots naming numbers that are lost are named by the check that follows.
  */
 import { packFileName } from '../format/pack.js';
+import { TOC_DIGEST_BYTES } from '../format/pack-v3.js';
 import { NEXT_NUMBER_KEY } from '../store/number-allocator.js';
 import { quarantinePack } from '../store/quarantine.js';
 import { VnstoreError } from '../util/errors.js';
@@ -41,7 +42,7 @@ export async function repairNumbered(store: NumberedStore): Promise<RepairReport
     await markBatch(store);
     if (index.hasPack(pack)) {
       const count = index.packCount(pack);
-      store.numbered.removePack(pack, new Uint8Array(count * 32));
+      store.numbered.removePack(pack, new Uint8Array(count * TOC_DIGEST_BYTES));
       report.indexEntriesRemoved += count;
     }
     if (file) report.packsQuarantined.push({ pack: packFileName(pack), to, reason: why });

@@ -6,8 +6,8 @@
  */
 import { promises as fsp } from 'node:fs';
 import { PACK_HEADER_BYTES, storedShare } from '../format/pack.js';
-import { ITEM_BYTES, metaCodec, metaMember, metaPages, metaStoredLength } from '../format/pack-v3.js';
-import { DIGEST_BYTES, PageKind } from '../format/pages.js';
+import { NUMBERED_TOC_ENTRY_BYTES, metaCodec, metaMember, metaPages, metaStoredLength } from '../format/pack-v3.js';
+import { PageKind } from '../format/pages.js';
 import { zeroCounters, type StoreCounters } from '../store/counters.js';
 import type { SnapshotRecord } from '../store/db.js';
 import { NumberedManifestLoader } from '../store/manifest-loader-v3.js';
@@ -19,7 +19,7 @@ import { SharingTally, type SharingResult } from './stats-sharing.js';
 import { addCatalogCounts } from './stats-catalog.js';
 
 /** A chunk's share of its pack's table on format 3 (its digest and at most one item), as gc-v3 counts it. */
-const TABLE_BYTES_V3 = DIGEST_BYTES + ITEM_BYTES;
+const TABLE_BYTES_V3 = NUMBERED_TOC_ENTRY_BYTES;
 
 export type ChunkCounters = Pick<StoreCounters, 'chunks' | 'chunkBytes' | 'packs' | 'packBytes' | 'packPayloadBytes'>;
 

@@ -11,7 +11,7 @@ import { getCodec } from '../chunk/codec.js';
 import { decodeContainer } from '../chunk/container.js';
 import { encodeManifestV2, NumberedPages } from '../format/manifest-v2.js';
 import { CONTAINER_CODEC, MAX_CONTAINER_PAGES, PACK_HEADER_BYTES } from '../format/pack.js';
-import { PACK_VERSION_NUMBERED } from '../format/pack-v3.js';
+import { PACK_VERSION_PREFIXED } from '../format/pack-v3.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind } from '../format/pages.js';
 import { scanChunkIndex } from '../store/db.js';
 import { BatchPool, PackFile } from '../store/pack-file.js';
@@ -76,7 +76,7 @@ export async function convertChunks(store: Store, target: V3Target): Promise<Chu
   };
   const room = async () => {
     if (pack && pack.size >= targetBytes) await seal();
-    pack ??= new PackFile(out.packIds.length + 1, target.tmp, batches, PACK_VERSION_NUMBERED);
+    pack ??= new PackFile(out.packIds.length + 1, target.tmp, batches, PACK_VERSION_PREFIXED);
     return pack;
   };
   const numbered = (digest: Buffer) => {

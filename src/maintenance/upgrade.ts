@@ -35,8 +35,7 @@ import { KEY_KEPT_BASE, listKeptBases } from '../store/keys.js';
 import { freeBytes } from '../store/reserve.js';
 import { NEXT_NUMBER_KEY, NumberAllocator } from '../store/number-allocator.js';
 import { Store, type OpenOptions } from '../store/store.js';
-import { ITEM_BYTES } from '../format/pack-v3.js';
-import { DIGEST_BYTES } from '../format/pages.js';
+import { NUMBERED_TOC_ENTRY_BYTES } from '../format/pack-v3.js';
 import { exists, fsyncDir, writeFileDurable } from '../util/durable.js';
 import { VnstoreError } from '../util/errors.js';
 import { trace } from '../util/trace.js';
@@ -167,7 +166,7 @@ export async function upgradeStore(dir: string, options: UpgradeOptions = {}): P
 
 /**
  * Free bytes the upgrade needs beside the store: a copy of its packs (no dead bytes are copied, but
- * a format-3 table entry costs up to 35 B against 11: 24 B more a chunk), of its manifests (version 2
+ * a format-3 table entry costs up to 27 B against 11: 24 B a chunk leaves a margin), of its manifests (version 2
  * is smaller), and 16 MiB for LevelDB and slack.
  */
 export function upgradeCopyBytes(packBytes: number, chunks: number, manifestBytes: number): number {
@@ -175,7 +174,7 @@ export function upgradeCopyBytes(packBytes: number, chunks: number, manifestByte
 }
 
 /** A format-3 table entry of a new chunk: its digest and (at most) one item (as ingest counts it). */
-const NUMBERED_TABLE_BYTES = DIGEST_BYTES + ITEM_BYTES;
+const NUMBERED_TABLE_BYTES = NUMBERED_TOC_ENTRY_BYTES;
 
 /**
  * A snapshot record with its new manifest's size, and `addedBytes` counted as a format-3 ingest

@@ -155,21 +155,29 @@ export async function streamRestore(store: Store, record: SnapshotRecord, out: D
   const pages = await store.loadPages(record.id);
   const batchBytes = MAX_PAGES_PER_BATCH * PAGE_SIZE;
   let firstPage = 0;
-  const send = (data: Uint8Array): Promise<void> => {
+  // `computed` (store format 3): the digests restore computed from the pages, whose TOCs keep 24 bytes.
+  const send = (data: Uint8Array, computed?: Uint8Array): Promise<void> => {
     const n = Math.ceil(data.length / PAGE_SIZE);
     const digests = new Uint8Array(n * DIGEST_BYTES);
-    for (let k = 0; k < n; k++)
-      if (pages.kinds[firstPage + k] === PageKind.Digest) digests.set(pages.digestAt(firstPage + k), k * DIGEST_BYTES);
+    if (computed) digests.set(computed.subarray(0, n * DIGEST_BYTES));
+    else
+      for (let k = 0; k < n; k++)
+        if (pages.kinds[firstPage + k] === PageKind.Digest) digests.set(pages.digestAt(firstPage + k), k * DIGEST_BYTES);
     const sent = out.send(firstPage, digests, data);
     firstPage += n;
     return sent;
   };
   await restoreSnapshot(store, record, {
     // Every window but the image's last is whole pages, so each batch starts at a page boundary.
-    write: async (chunk) => {
+    write: async (chunk, computed) => {
       const sends: Promise<void>[] = [];
       for (let pos = 0; pos < chunk.length; pos += batchBytes)
-        sends.push(send(chunk.subarray(pos, Math.min(chunk.length, pos + batchBytes))));
+        sends.push(
+          send(
+            chunk.subarray(pos, Math.min(chunk.length, pos + batchBytes)),
+            computed?.subarray((pos / PAGE_SIZE) * DIGEST_BYTES, ((pos + batchBytes) / PAGE_SIZE) * DIGEST_BYTES),
+          ),
+        );
       await Promise.all(sends);
     },
   });

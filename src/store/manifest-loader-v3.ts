@@ -18,6 +18,11 @@ export interface LoadedNumberedManifest {
   fileBytes: number;
   /** Each page's digest, once loadWithDigests read them. */
   pages?: PageTable;
+  /**
+   * True when `pages` holds each page's whole digest (a session of this process just committed it),
+   * not only the 24-byte prefix a pack TOC keeps: a child inheriting pages need not hash them.
+   */
+  wholeDigests?: boolean;
 }
 
 export class NumberedManifestLoader {

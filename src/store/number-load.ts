@@ -10,25 +10,48 @@
  */
 import { NumberIndex, type DigestOf } from '../index/number-index.js';
 import { ChunkTable } from '../index/chunk-table.js';
-import type { TocV3 } from '../format/pack-v3.js';
+import { prefixColumn, TOC_DIGEST_BYTES, type TocV3 } from '../format/pack-v3.js';
 import { VnstoreError } from '../util/errors.js';
 import type { PackReader, PackTocV3 } from './pack-reader.js';
 
 export interface NumberIndexLoad {
   index: NumberIndex;
   /**
-   * Where each loaded pack's digest column starts in its file (entry k's digest: + 32k). The digests
-   * themselves are not kept (docs/DESIGN.md, "Memory").
+   * Where each loaded pack's digest column lies in its file. The digests themselves are not kept
+   * (docs/DESIGN.md, "Memory").
    */
-  digestColumns: Map<number, number>;
+  digestColumns: Map<number, DigestColumn>;
   /**
-   * Each loaded pack's digest column as read with its TOC (views of the read buffers): NumberedChunks
+   * Each loaded pack's digest prefixes as read with its TOC (24 B each): NumberedChunks
    * keeps copies of what its budget allows, so a session does not read them again.
    */
   digests: Map<number, Uint8Array>;
   damaged: { pack: number; why: string }[];
   copies: number[];
   conflicting: { pack: number; overlaps: number[] }[];
+}
+
+/** A pack's digest column in its file: entry k's digest at `at` + `stride`·k (24 B in pack 4, 32 in pack 3). */
+export interface DigestColumn {
+  at: number;
+  stride: number;
+}
+
+/** The digest column of a TOC read at `tocOffset`. */
+export function digestColumnOf(tocOffset: number, toc: Pick<TocV3, 'digestsAt' | 'digestStride'>): DigestColumn {
+  return { at: tocOffset + toc.digestsAt, stride: toc.digestStride };
+}
+
+/** Entries [entry, entry + count) of a pack's digest column, read from its file, as 24-byte prefixes. */
+export async function readDigestPrefixes(
+  reader: Pick<PackReader, 'read'>,
+  pack: number,
+  column: DigestColumn,
+  entry: number,
+  count: number,
+): Promise<Uint8Array> {
+  const bytes = await reader.read(pack, column.at + column.stride * entry, column.stride * count);
+  return prefixColumn(bytes, count, column.stride);
 }
 
 /** Whether every number of `toc` is already held by `index`. */
@@ -49,7 +72,7 @@ export async function loadNumberIndex(
   const damaged: NumberIndexLoad['damaged'] = [];
   // While loading, clashing fingerprints read the older pack's digest from its TOC, held until the end.
   const digests = new Map<number, Uint8Array>();
-  const digestOf: DigestOf = (pack, entry) => digests.get(pack)!.subarray(entry * 32, entry * 32 + 32);
+  const digestOf: DigestOf = (pack, entry) => digests.get(pack)!.subarray(entry * TOC_DIGEST_BYTES, (entry + 1) * TOC_DIGEST_BYTES);
   // Every TOC is read first, so the fingerprint table is sized once: growing it while adding packs
   // rehashed it several times into fresh memory, which dominated an open (bench/RESULTS.md).
   const reads: { pack: number; read: PackTocV3 }[] = [];
@@ -76,8 +99,8 @@ export async function loadNumberIndex(
       else load.conflicting.push({ pack, overlaps });
       continue;
     }
-    digests.set(pack, read.toc.digests.subarray(0, read.toc.count * 32));
-    load.digestColumns.set(pack, read.tocOffset + read.toc.digestsAt);
+    digests.set(pack, read.toc.digests.subarray(0, read.toc.count * TOC_DIGEST_BYTES));
+    load.digestColumns.set(pack, digestColumnOf(read.tocOffset, read.toc));
     index.addPack(pack, read.toc, digestOf, withDigests);
   }
   return load;

@@ -3,11 +3,11 @@
  * from the packs' tables of contents, where each pack's digest column lies in its file, and the number
  * allocator. The one owner of those three: the pack writer adds the packs it seals (addSealed),
  * maintenance removes and adds packs through removePack/addSealed, and lookups confirm a fingerprint
- * hit against the 32 bytes of TOC it names (never LevelDB, which keeps the catalog only).
+ * hit against the 24-byte digest prefix of the TOC entry it names (never LevelDB, which keeps the catalog only).
  */
 import { closeSync, openSync, readSync } from 'node:fs';
-import type { TocV3 } from '../format/pack-v3.js';
-import { PageKind, DIGEST_BYTES, digestsEqual, PageTable } from '../format/pages.js';
+import { TOC_DIGEST_BYTES, tocDigestsEqual, type TocV3 } from '../format/pack-v3.js';
+import { PageKind, DIGEST_BYTES, PageTable } from '../format/pages.js';
 import { NumberedPages } from '../format/manifest-v2.js';
 import type { ChunkTable } from '../index/chunk-table.js';
 import { NumberIndex, type NumberedLocation } from '../index/number-index.js';
@@ -15,6 +15,7 @@ import { CorruptError } from '../util/errors.js';
 import { hex } from '../chunk/hash.js';
 import type { NumberAllocator } from './number-allocator.js';
 import type { PackReader } from './pack-reader.js';
+import { digestColumnOf, readDigestPrefixes, type DigestColumn } from './number-load.js';
 
 /** A digest found in a sealed pack: its number and where it is. */
 export interface FoundChunk extends NumberedLocation {
@@ -25,7 +26,7 @@ export interface FoundChunk extends NumberedLocation {
 const MAX_SPAN_ENTRIES = 4096;
 
 /**
- * Digest columns kept in memory, at most this many bytes (32 B a chunk: 4 Mi chunks, 16 GiB of
+ * Digest columns kept in memory, at most this many bytes (24 B a chunk: 5.6 Mi chunks, 21 GiB of
  * distinct pages). A hit in a kept column is confirmed without a read; beyond the budget, packs' columns
  * are read from their TOCs per span of entries, as before. docs/DESIGN.md, "Memory".
  */
@@ -76,7 +77,7 @@ export class NumberedChunks {
   constructor(
     readonly index: NumberIndex,
     /** File offset of each indexed pack's digest column (entry k's digest at + 32k). */
-    readonly digestColumns: Map<number, number>,
+    readonly digestColumns: Map<number, DigestColumn>,
     readonly allocator: NumberAllocator,
     private readonly packs: PackReader,
     options: NumberedChunksOptions = {},
@@ -111,7 +112,7 @@ export class NumberedChunks {
       }
       const packs = this.index.packIds.sort((a, b) => a - b);
       this.table.reserve(packs.reduce((n, p) => n + this.index.packCount(p), 0));
-      const digestOf = (p: number, e: number) => columns.get(p)!.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES);
+      const digestOf = (p: number, e: number) => columns.get(p)!.subarray(e * TOC_DIGEST_BYTES, (e + 1) * TOC_DIGEST_BYTES);
       for (const pack of packs) this.index.addDigests(pack, columns.get(pack)!, digestOf);
       this.digestsLoaded = true;
     })();
@@ -130,7 +131,9 @@ export class NumberedChunks {
 
   /** Entry `entry`'s digest, read from its pack's TOC. */
   async readDigest(pack: number, entry: number): Promise<Uint8Array> {
-    return this.kept.get(pack)?.subarray(entry * DIGEST_BYTES, (entry + 1) * DIGEST_BYTES) ?? (await this.readColumn(pack, entry, 1));
+    return (
+      this.kept.get(pack)?.subarray(entry * TOC_DIGEST_BYTES, (entry + 1) * TOC_DIGEST_BYTES) ?? (await this.readColumn(pack, entry, 1))
+    );
   }
 
   /**
@@ -178,19 +181,21 @@ export class NumberedChunks {
   private join({ pack, toc, tocOffset, others }: PreparedJoin): void {
     const digestOf = (p: number, e: number): Uint8Array =>
       p === pack
-        ? toc.digests.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES)
-        : (this.kept.get(p)?.subarray(e * DIGEST_BYTES, (e + 1) * DIGEST_BYTES) ?? others.get(`${p}:${e}`) ?? this.readDigestNow(p, e));
+        ? toc.digests.subarray(e * TOC_DIGEST_BYTES, (e + 1) * TOC_DIGEST_BYTES)
+        : (this.kept.get(p)?.subarray(e * TOC_DIGEST_BYTES, (e + 1) * TOC_DIGEST_BYTES) ??
+          others.get(`${p}:${e}`) ??
+          this.readDigestNow(p, e));
     const overlaps = this.index.addPack(pack, toc, digestOf, this.digestsLoaded);
     if (overlaps.length > 0) throw new CorruptError(`pack ${pack}: its chunk numbers are already held by pack(s) ${overlaps.join(', ')}`);
-    this.digestColumns.set(pack, tocOffset + toc.digestsAt);
-    this.keep(pack, toc.digests.subarray(0, toc.count * DIGEST_BYTES));
+    this.digestColumns.set(pack, digestColumnOf(tocOffset, toc));
+    this.keep(pack, toc.digests.subarray(0, toc.count * TOC_DIGEST_BYTES));
   }
 
   /** The indexed chunk of another pack that entry k's fingerprint names, if any. */
   private otherChunkAt(digests: Uint8Array, k: number, pack: number): { pack: number; entry: number } | undefined {
-    const slot = this.table.slotOf(digests, k * DIGEST_BYTES);
+    const slot = this.table.slotOf(digests, k * TOC_DIGEST_BYTES);
     if (slot < 0 || this.table.slotPack(slot) === pack) return undefined;
-    const hit = this.table.get(digests, k * DIGEST_BYTES)!;
+    const hit = this.table.get(digests, k * TOC_DIGEST_BYTES)!;
     const entry = this.index.entryAt(hit.location.pack, hit.location);
     return entry === undefined ? undefined : { pack: hit.location.pack, entry };
   }
@@ -205,8 +210,9 @@ export class NumberedChunks {
     if (column === undefined) throw new RangeError(`pack ${pack} is not indexed`);
     const fd = openSync(this.packs.packPath(pack), 'r');
     try {
-      const digest = Buffer.alloc(DIGEST_BYTES);
-      if (readSync(fd, digest, 0, DIGEST_BYTES, column + DIGEST_BYTES * entry) !== DIGEST_BYTES)
+      // The prefix only, whichever the pack's version (a version-3 column is 32 B an entry).
+      const digest = Buffer.alloc(TOC_DIGEST_BYTES);
+      if (readSync(fd, digest, 0, TOC_DIGEST_BYTES, column.at + column.stride * entry) !== TOC_DIGEST_BYTES)
         throw new CorruptError(`pack ${pack}: short read of its digest column`);
       return digest;
     } finally {
@@ -231,7 +237,7 @@ export class NumberedChunks {
   /**
    * Exact lookups in the sealed packs: each digest's number and location, or undefined when no
    * indexed pack holds it. A fingerprint hit is confirmed against the digest in its pack's TOC
-   * (kept in memory, or one read per pack and span of entries, not 32 bytes a lookup).
+   * (kept in memory, or one read per pack and span of entries, not a read a lookup).
    */
   async find(digests: readonly Uint8Array[]): Promise<(FoundChunk | undefined)[]> {
     const r = await this.resolve(
@@ -286,7 +292,7 @@ export class NumberedChunks {
       } else pack = table.slotPack(slot);
       const column = this.kept.get(pack);
       if (column === undefined) toConfirm.push({ i, pack, entry, number: index.numberOf(pack, entry) });
-      else if (digestsEqual(column, DIGEST_BYTES * entry, buf, at)) found(i, pack, entry);
+      else if (tocDigestsEqual(column, TOC_DIGEST_BYTES * entry, buf, at)) found(i, pack, entry);
     }
     toConfirm.sort((a, b) => a.pack - b.pack || a.entry - b.entry);
     const gone: number[] = [];
@@ -304,7 +310,7 @@ export class NumberedChunks {
       }
       for (let c = a; c < b; c++) {
         const t = toConfirm[c];
-        if (!digestsEqual(column, DIGEST_BYTES * (t.entry - first.entry), bufOf(t.i), atOf(t.i))) continue;
+        if (!tocDigestsEqual(column, TOC_DIGEST_BYTES * (t.entry - first.entry), bufOf(t.i), atOf(t.i))) continue;
         // Located again: a gc or compact may have moved the chunk (same number) during the read.
         const at = index.locate(t.number);
         if (at) found(t.i, at.pack, at.entry);
@@ -346,7 +352,7 @@ export class NumberedChunks {
         parent &&
         p < parent.pages.pageCount &&
         parent.pages.kinds[p] === PageKind.Digest &&
-        digestsEqual(parent.pages.digests, p * DIGEST_BYTES, pages.digests, p * DIGEST_BYTES)
+        tocDigestsEqual(parent.pages.digests, p * DIGEST_BYTES, pages.digests, p * DIGEST_BYTES)
       )
         out.setNumber(p, parent.numbers.numbers[p]);
       else ask.push(p);
@@ -373,9 +379,10 @@ export class NumberedChunks {
     this.keptBytes += column.length;
   }
 
-  private async readColumn(pack: number, entry: number, count: number): Promise<Buffer> {
+  /** Entries [entry, entry + count) of a pack's digest column, 24 B each (read from its TOC). */
+  private async readColumn(pack: number, entry: number, count: number): Promise<Uint8Array> {
     const column = this.digestColumns.get(pack);
     if (column === undefined) throw new RangeError(`pack ${pack} is not indexed`);
-    return this.packs.read(pack, column + DIGEST_BYTES * entry, DIGEST_BYTES * count);
+    return readDigestPrefixes(this.packs, pack, column, entry, count);
   }
 }

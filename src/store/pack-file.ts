@@ -23,7 +23,7 @@ import {
   PACK_TRAILER_BYTES,
   TOC_ENTRY_BYTES,
 } from '../format/pack.js';
-import { encodePackFooterV3, PACK_VERSION_NUMBERED } from '../format/pack-v3.js';
+import { encodePackFooterV3, NUMBERED_PACK_VERSIONS } from '../format/pack-v3.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { fsyncDir, FILE_MODE, writeFully, writevFully } from '../util/durable.js';
 import type { PackRecord } from './db.js';
@@ -105,13 +105,19 @@ export class PackFile {
     private readonly batches: BatchPool,
     /**
      * PACK_VERSION_CONTAINERS for a pack that may hold zstd containers (compact, gc copying them);
-     * PACK_VERSION_NUMBERED (store format 3) for a pack of numbered chunks, any codec.
+     * PACK_VERSION_PREFIXED (store format 3) for a pack of numbered chunks, any codec (PACK_VERSION_NUMBERED,
+     * the older numbered version, for tests of stores that hold both).
      */
     readonly version = PACK_VERSION,
   ) {
     this.tmpPath = path.join(tmpDir, `${packFileName(id)}.tmp`);
     this.fh = fsp.open(this.tmpPath, 'wx', FILE_MODE);
     this.writes = quiet(this.fh.then((h) => writeFully(h, encodePackHeader(PAGE_SIZE, version))));
+  }
+
+  /** Whether this pack's chunks carry numbers (versions 3 and 4). */
+  get numbered(): boolean {
+    return NUMBERED_PACK_VERSIONS.includes(this.version);
   }
 
   /** Room left in the current write batch (a whole new batch when there is none). */
@@ -233,8 +239,8 @@ export class PackFile {
 
   /** The TOC and trailer the seal writes. */
   private footer(): Buffer {
-    if (this.version !== PACK_VERSION_NUMBERED) return encodePackFooter(this, this.size, this.crc);
-    return encodePackFooterV3(this, this.size, this.crc);
+    if (!this.numbered) return encodePackFooter(this, this.size, this.crc);
+    return encodePackFooterV3(this, this.size, this.crc, this.version);
   }
 
   /**
@@ -286,7 +292,7 @@ export class PackFile {
 
   /** A version-3 pack's entry k needs a number above its predecessor's; other versions take none. */
   private checkedNumber(number: number | undefined, k: number): number {
-    if (this.version !== PACK_VERSION_NUMBERED) {
+    if (!this.numbered) {
       if (number !== undefined) throw new RangeError(`a version-${this.version} pack has no chunk numbers`);
       return 0;
     }
@@ -313,7 +319,7 @@ export class PackFile {
     containerPages.set(this.containerPages);
     const offsets = new Uint32Array(cap);
     offsets.set(this.offsets);
-    const numbers = new Float64Array(this.version === PACK_VERSION_NUMBERED ? cap : 0);
+    const numbers = new Float64Array(this.numbered ? cap : 0);
     numbers.set(this.numbers);
     this.digests = digests;
     this.lengths = lengths;

@@ -18,7 +18,7 @@ import {
   CONTAINER_CODEC,
   type PackEntry,
 } from '../format/pack.js';
-import { PACK_VERSION_NUMBERED, parsePackTocV3, parsePackTrailerV3, type TocV3 } from '../format/pack-v3.js';
+import { NUMBERED_PACK_VERSIONS, TOC_DIGEST_BYTES, parsePackTocV3, parsePackTrailerV3, type TocV3 } from '../format/pack-v3.js';
 import { ContainerCache } from '../chunk/container.js';
 import { PAGE_SIZE } from '../format/pages.js';
 import { getCodec, type ChunkCodec } from '../chunk/codec.js';
@@ -78,18 +78,18 @@ export class PackReader {
   }
 
   /**
-   * A version-3 pack's header, trailer and table of contents, checked (not the payload): the index of
-   * store format 3. `tocOffset` + toc.digestsAt + 32k is entry k's digest in the file.
+   * A version-3/4 pack's header, trailer and table of contents, checked (not the payload): the index of
+   * store format 3. `tocOffset` + toc.digestsAt + toc.digestStride·k is entry k's digest in the file.
    */
   async readTocV3(packId: number): Promise<PackTocV3> {
     const fh = await this.handle(packId);
     const { size } = await fh.stat();
     const name = packFileName(packId);
     if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) throw new CorruptError(`pack ${name}: too short (${size} bytes)`);
-    parsePackHeader(await readAt(fh, 0, PACK_HEADER_BYTES), name, [PACK_VERSION_NUMBERED]);
-    const trailer = parsePackTrailerV3(await readAt(fh, size - PACK_TRAILER_BYTES, PACK_TRAILER_BYTES), size, name);
-    const toc = parsePackTocV3(await readAt(fh, trailer.tocOffset, trailer.tocBytes), trailer, name);
-    return { toc, tocOffset: trailer.tocOffset, payloadCrc: trailer.payloadCrc };
+    const { version } = parsePackHeader(await readAt(fh, 0, PACK_HEADER_BYTES), name, NUMBERED_PACK_VERSIONS);
+    const trailer = parsePackTrailerV3(await readAt(fh, size - PACK_TRAILER_BYTES, PACK_TRAILER_BYTES), size, name, version);
+    const toc = parsePackTocV3(await readAt(fh, trailer.tocOffset, trailer.tocBytes), trailer, name, version);
+    return { toc, tocOffset: trailer.tocOffset, payloadCrc: trailer.payloadCrc, version };
   }
 
   /**
@@ -132,7 +132,9 @@ export class PackReader {
     } catch {
       return undefined;
     }
-    return hashPage(page).equals(digest) ? Uint8Array.from(page) : undefined;
+    // A format-3 TOC keeps a digest's first 24 bytes: a prefix compares as such.
+    if (digest.length < TOC_DIGEST_BYTES) throw new RangeError(`a digest of ${digest.length} bytes`);
+    return hashPage(page).subarray(0, digest.length).equals(digest) ? Uint8Array.from(page) : undefined;
   }
 
   /** The pack's file left packs/ (quarantined, removed): close its handle now. */
@@ -207,6 +209,8 @@ export function nameChunk(
 
 export interface PackTocV3 {
   toc: TocV3;
+  /** The pack's version (3 or 4). */
+  version: number;
   /** File offset of the TOC. */
   tocOffset: number;
   payloadCrc: number;

@@ -13,7 +13,7 @@ import { IndexBatch } from './index-batch.js';
 import { BatchPool, PackFile } from './pack-file.js';
 import { addCounterDelta, sealedPackDelta } from './counters.js';
 import { packFileName, PACK_VERSION } from '../format/pack.js';
-import { PACK_VERSION_NUMBERED } from '../format/pack-v3.js';
+import { PACK_VERSION_PREFIXED } from '../format/pack-v3.js';
 
 /**
  * Store format 3: chunks get numbers from the store's allocator as they are appended, and a sealed
@@ -167,7 +167,7 @@ export class PackWriter {
   }
 
   private startPack(): PackFile {
-    const pack = new PackFile(this.nextPackId++, this.tmpDir, this.batches, this.numbered ? PACK_VERSION_NUMBERED : PACK_VERSION);
+    const pack = new PackFile(this.nextPackId++, this.tmpDir, this.batches, this.numbered ? PACK_VERSION_PREFIXED : PACK_VERSION);
     this.open = pack;
     this.unindexed.set(pack.id, pack);
     return pack;

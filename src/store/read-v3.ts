@@ -1,18 +1,19 @@
 /**
  * Reading a snapshot of store format 3, the simple way: resolve its version-2 manifest chain to
- * numbered pages, take each page's digest from its pack's TOC, check the image digest over them, and
- * decode every page verified against its digest. The seed of format 3's restore (which will keep
- * restore.ts's windows and workers); used today to verify `vnstore upgrade`'s output.
+ * numbered pages, take each page's digest prefix from its pack's TOC, decode every page verified
+ * against its prefix, and check the image digest over the digests of the decoded pages (a TOC keeps
+ * 24 bytes of each digest, the image digest binds all 32). Used to verify `vnstore upgrade`'s output.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { imageDigest } from '../chunk/hash.js';
+import { hashPage, imageDigest } from '../chunk/hash.js';
+import { TOC_DIGEST_BYTES } from '../format/pack-v3.js';
 import type { ManifestHeader } from '../format/manifest.js';
 import { decodeManifestV2Header, decodeManifestV2Pages, type NumberedPages } from '../format/manifest-v2.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../format/pages.js';
 import { CorruptError } from '../util/errors.js';
 import { MAX_BASE_DEPTH } from './manifest-loader.js';
-import type { NumberIndexLoad } from './number-load.js';
+import { readDigestPrefixes, type DigestColumn, type NumberIndexLoad } from './number-load.js';
 import type { PackReader } from './pack-reader.js';
 
 /** Snapshot `id`'s numbered pages from `manifestsDir`, its base chain resolved (at most MAX_BASE_DEPTH deep). */
@@ -36,9 +37,11 @@ export async function loadNumberedManifest(
 const LOST_CHUNK_ADVICE = " (its pack is missing, or was moved to quarantine/ as damaged); run 'vnstore check'";
 
 /**
- * Each page's digest from the TOCs (zero pages stay zero): what the image digest is computed over,
- * and what a session's parent or a restore compares pages with. One read per pack of the span of its
- * digest column the pages use, not 32 bytes a page (a 512 MiB image names ~130k chunks).
+ * Each page's digest prefix from the TOCs, in a page table (the first 24 bytes of each page's slot;
+ * the last 8 are zero; zero pages stay zero): what a session's parent or a restore compares pages
+ * with, by prefix (tocDigestsEqual). Not what the image digest is computed over: that needs each
+ * page's whole digest, from its bytes. One read per pack of the span of its digest column the pages
+ * use, not a read a page (a 512 MiB image names ~130k chunks).
  */
 export async function pageDigests(
   packs: PackReader,
@@ -67,7 +70,7 @@ async function pageDigestsOnce(
   const entryOf = new Uint32Array(pages.pageCount);
   // Per pack: the span of entries the pages use, and where its digest column is (taken in the same
   // turn as the locations: gc may take the pack out of the index before it is read).
-  const span = new Map<number, { lo: number; hi: number; column: number }>();
+  const span = new Map<number, { lo: number; hi: number; column: DigestColumn }>();
   for (let p = 0; p < pages.pageCount; p++) {
     if (pages.kinds[p] !== PageKind.Digest) {
       table.setZero(p);
@@ -87,11 +90,11 @@ async function pageDigestsOnce(
       s.hi = Math.max(s.hi, entry);
     }
   }
-  const columns = new Map<number, { lo: number; bytes: Buffer }>();
+  const columns = new Map<number, { lo: number; bytes: Uint8Array }>();
   for (const [pack, { lo, hi, column }] of span) {
-    let bytes: Buffer;
+    let bytes: Uint8Array;
     try {
-      bytes = await packs.read(pack, column + DIGEST_BYTES * lo, DIGEST_BYTES * (hi - lo + 1));
+      bytes = await readDigestPrefixes(packs, pack, column, lo, hi - lo + 1);
     } catch (err) {
       if (retry && !load.index.hasPack(pack)) return undefined;
       throw err;
@@ -101,12 +104,14 @@ async function pageDigestsOnce(
   for (let p = 0; p < pages.pageCount; p++) {
     if (packOf[p] < 0) continue;
     const col = columns.get(packOf[p])!;
-    table.setDigest(p, col.bytes, DIGEST_BYTES * (entryOf[p] - col.lo));
+    const at = TOC_DIGEST_BYTES * (entryOf[p] - col.lo);
+    table.kinds[p] = PageKind.Digest;
+    table.digests.set(col.bytes.subarray(at, at + TOC_DIGEST_BYTES), p * DIGEST_BYTES);
   }
   return table;
 }
 
-/** The snapshot's exact image bytes: image digest checked first, then every page against its digest. */
+/** The snapshot's exact image bytes: every page checked against its digest prefix, then the image digest over the pages' digests. */
 export async function readImageV3(
   packs: PackReader,
   load: Pick<NumberIndexLoad, 'index' | 'digestColumns'>,
@@ -115,14 +120,15 @@ export async function readImageV3(
 ): Promise<Buffer> {
   const what = `snapshot ${header.meta.id}`;
   const digests = await pageDigests(packs, load, pages, what);
-  if (!imageDigest(digests, header.byteLength).equals(header.imageDigest)) throw new CorruptError(`${what}: image digest mismatch`);
   const image = Buffer.alloc(pages.pageCount * PAGE_SIZE);
   for (let p = 0; p < pages.pageCount; p++) {
     if (pages.kinds[p] !== PageKind.Digest) continue;
     const at = load.index.locate(pages.numbers[p])!;
-    const page = await packs.readVerified(at.location, digests.digestAt(p));
+    const page = await packs.readVerified(at.location, digests.digestAt(p).subarray(0, TOC_DIGEST_BYTES));
     if (!page) throw new CorruptError(`${what}: page ${p} (chunk ${pages.numbers[p]}) does not match its digest`);
     image.set(page, p * PAGE_SIZE);
+    digests.setDigest(p, hashPage(page));
   }
+  if (!imageDigest(digests, header.byteLength).equals(header.imageDigest)) throw new CorruptError(`${what}: image digest mismatch`);
   return image.subarray(0, header.byteLength);
 }

@@ -4,7 +4,8 @@
  * decode + BLAKE3 verify in the page workers → bytes in page order. Every chunk is verified; nothing unverified is ever handed to the sink.
  */
 import { packFileName } from '../format/pack.js';
-import { DIGEST_BYTES, PAGE_SIZE, PageKind, type PageTable } from '../format/pages.js';
+import { TOC_DIGEST_BYTES } from '../format/pack-v3.js';
+import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable } from '../format/pages.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import { imageDigest, hex } from '../chunk/hash.js';
 import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError } from '../util/errors.js';
@@ -20,9 +21,11 @@ export interface RestoreSink {
   /**
    * Receives verified bytes in order; may apply backpressure by returning a promise. The chunk is
    * lent: restore reuses its memory once the returned promise settles (or write returns), so a sink
-   * that keeps bytes beyond that must copy them.
+   * that keeps bytes beyond that must copy them. On store format 3 `digests` (lent as well) holds
+   * each page's digest as computed from its verified bytes (32 B a page, zero for a zero page): a
+   * format-3 TOC keeps only 24 bytes of it, and a stream that sends digests sends these.
    */
-  write(chunk: Uint8Array): Promise<void> | void;
+  write(chunk: Uint8Array, digests?: Uint8Array): Promise<void> | void;
   /**
    * Optional, for seekable outputs (a new file): write `chunk` at `position`. When present, runs of
    * zero pages are not written at all (the file gets holes, which read back as zeros) and `setLength`
@@ -58,12 +61,16 @@ export async function restoreSnapshot(
   if (header.byteLength !== record.byteLength || pages.pageCount !== record.pageCount) {
     throw new CorruptError(`snapshot ${record.id}: manifest disagrees with the catalog about the image size`);
   }
-  // The page digest list must be the one committed: check it before a single byte goes out.
+  // Formats 1/2: the page digest list must be the one committed: check it before a single byte goes
+  // out. Format 3's TOCs keep 24 bytes of each digest: pages are checked against those as they are
+  // decoded, and the image digest over the digests of the decoded pages once all are (below).
   const expected = Buffer.from(header.imageDigest).toString('hex');
-  if (imageDigest(pages, header.byteLength).toString('hex') !== expected || expected !== record.imageDigest) {
+  if (expected !== record.imageDigest || (!numbered && imageDigest(pages, header.byteLength).toString('hex') !== expected)) {
     throw new CorruptError(`snapshot ${record.id}: manifest does not match its image digest`);
   }
-  const windows: { pages: number; out: Promise<Uint8Array> }[] = [];
+  const decoded = numbered && new PageTable(pages.pageCount);
+  if (decoded) decoded.kinds.set(pages.kinds.subarray(0, pages.pageCount));
+  const windows: { pages: number; out: Promise<WindowResult> }[] = [];
   let done = 0;
   const total = header.byteLength;
   const direct = sink.filePath !== undefined && sink.writeAt !== undefined;
@@ -80,19 +87,58 @@ export async function restoreSnapshot(
     }
     const windowFirst = done / PAGE_SIZE;
     const next = windows.shift()!;
-    const out = await next.out;
+    const { out, actual } = await next.out;
+    if (decoded) decoded.digests.set(actual!.subarray(0, next.pages * DIGEST_BYTES), windowFirst * DIGEST_BYTES);
     const windowBytes = Math.min(next.pages * PAGE_SIZE, total - done);
     if (out.length > 0 || !direct) {
       // Not written by a worker (no file output, or a page needed the main thread's retry path).
       const bytes = out.subarray(0, windowBytes);
       if (sink.writeAt) await writeNonZeroRuns(sink.writeAt.bind(sink), pages, windowFirst, bytes, done);
-      else await sink.write(bytes);
+      else await sink.write(bytes, actual);
       store.slabs.give(out); // written: the slab (if it is one) can take the next window
     }
     done += windowBytes;
     onProgress?.(done, total);
   }
+  // Every page matched its TOC prefix; the whole digests must make the committed image digest.
+  if (decoded && imageDigest(decoded, header.byteLength).toString('hex') !== expected) {
+    throw new CorruptError(`snapshot ${record.id}: the restored pages do not make its image digest`);
+  }
   await sink.setLength?.(total);
+}
+
+/**
+ * Format 3: the whole digests (32 B a page, zero for a zero page) of the pages of snapshot `id`
+ * whose window holds a page `wanted` names, computed from their bytes by the page workers as a
+ * restore decodes them (each checked against its TOC prefix). What a session inheriting pages from
+ * a format-3 parent needs for its image digest: a TOC keeps 24 bytes of each digest.
+ */
+export async function wholeDigests(
+  store: Store,
+  id: string,
+  pages: PageTable,
+  numbers: { numbers: ArrayLike<number> },
+  wanted: Uint8Array,
+): Promise<Uint8Array> {
+  const out = new Uint8Array(pages.pageCount * DIGEST_BYTES);
+  const locate: Locator = (page) => store.numbered!.locate(numbers.numbers[page])?.location;
+  const inFlight: { first: number; n: number; result: Promise<WindowResult> }[] = [];
+  const settle = async () => {
+    const w = inFlight.shift()!;
+    const { out: bytes, actual } = await w.result;
+    out.set(actual!.subarray(0, w.n * DIGEST_BYTES), w.first * DIGEST_BYTES);
+    store.slabs.give(bytes);
+  };
+  for (let first = 0; first < pages.pageCount; first += WINDOW_PAGES) {
+    const n = Math.min(WINDOW_PAGES, pages.pageCount - first);
+    if (!wanted.subarray(first, first + n).includes(1)) continue;
+    const result = restoreWindow(store, id, pages, first, n, undefined, locate);
+    result.catch(() => undefined); // surfaced when settled, in order
+    inFlight.push({ first, n, result });
+    if (inFlight.length >= MAX_WINDOWS_IN_FLIGHT) await settle();
+  }
+  while (inFlight.length > 0) await settle();
+  return out;
 }
 
 /** Writes the runs of non-zero pages of one window at their positions; zero runs stay holes. */
@@ -117,6 +163,8 @@ async function writeNonZeroRuns(
 }
 
 type WindowOutput = { path: string; name: string; position: number; limit: number };
+/** A window's bytes (empty when a worker wrote them), and with a locator the digests computed from them (32 B a page). */
+type WindowResult = { out: Uint8Array; actual?: Uint8Array };
 /** Where page `page`'s chunk is, exactly (format 3: by its number); undefined when no pack holds it. */
 type Locator = (page: number) => ChunkLocation | undefined;
 
@@ -128,7 +176,7 @@ async function restoreWindow(
   n: number,
   output?: WindowOutput,
   locate?: Locator,
-): Promise<Uint8Array> {
+): Promise<WindowResult> {
   try {
     return await restoreWindowOnce(store, snapshotId, pages, first, n, false, output, locate);
   } catch (err) {
@@ -150,10 +198,13 @@ async function restoreWindowOnce(
   exactOnly: boolean,
   output?: WindowOutput,
   locate?: Locator,
-): Promise<Uint8Array> {
+): Promise<WindowResult> {
   const slots: number[] = [];
   for (let i = 0; i < n; i++) if (pages.kinds[first + i] === PageKind.Digest) slots.push(i);
-  if (slots.length === 0) return output ? new Uint8Array(0) : store.slabs.take(n * PAGE_SIZE).fill(0); // all zero: nothing to read
+  if (slots.length === 0) {
+    // All zero: nothing to read.
+    return { out: output ? new Uint8Array(0) : store.slabs.take(n * PAGE_SIZE).fill(0), actual: new Uint8Array(n * DIGEST_BYTES) };
+  }
   const digestOf = (slot: number) => pages.digests.subarray((first + slot) * DIGEST_BYTES, (first + slot + 1) * DIGEST_BYTES);
 
   // Locate every chunk: the table hint, or the exact index when the hint is missing or ambiguous.
@@ -233,6 +284,8 @@ async function restoreWindowOnce(
     members,
     slots: chunkSlots,
     digests,
+    // Format 3 (located by number): compare the TOC's 24-byte prefix, and take the digests back.
+    digestBytes: locate ? TOC_DIGEST_BYTES : undefined,
     output,
     window: output ? undefined : store.slabs.take(n * PAGE_SIZE),
   });
@@ -263,5 +316,5 @@ async function restoreWindowOnce(
       `snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) in pack ${packFileName(prev.pack)} is corrupt (digest mismatch); ${FIND_DAMAGE_ADVICE}`,
     );
   }
-  return result.out;
+  return { out: result.out, actual: result.actual };
 }

@@ -7,7 +7,7 @@
 import path from 'node:path';
 import { encodeManifest, planManifest, type ManifestHeader } from '../format/manifest.js';
 import { encodeManifestV2, planManifestV2, type NumberedPages } from '../format/manifest-v2.js';
-import { ITEM_BYTES } from '../format/pack-v3.js';
+import { NUMBERED_TOC_ENTRY_BYTES, TOC_DIGEST_BYTES, tocDigestsEqual } from '../format/pack-v3.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable, digestsEqual } from '../format/pages.js';
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { getCodec } from '../chunk/codec.js';
@@ -21,6 +21,7 @@ import { BLOCK_PAGES } from './job-sizes.js';
 import type { Store } from './store.js';
 import { MAX_BASE_DEPTH } from './manifest-loader.js';
 import { SupersededTracker } from './superseded.js';
+import { wholeDigests } from './restore.js';
 import type { ReclaimHint } from './reclaim.js';
 import type { LoadedNumberedManifest } from './manifest-loader-v3.js';
 import { trace } from '../util/trace.js';
@@ -106,7 +107,7 @@ export class Session {
     private readonly store: Store,
     readonly options: SessionOptions,
     /** On a format-3 store also the parent's numbers (a page equal to the parent's takes its number). */
-    readonly parent: { id: string; pages: PageTable; depth: number; numbers?: NumberedPages } | undefined,
+    readonly parent: { id: string; pages: PageTable; depth: number; numbers?: NumberedPages; wholeDigests?: boolean } | undefined,
   ) {
     const pageCount = options.memoryBytes !== undefined ? Math.ceil(options.memoryBytes / PAGE_SIZE) : 0;
     // Without a declared size, expect the parent's: growing the table as pages arrive copies it.
@@ -261,7 +262,7 @@ export class Session {
           parent &&
           page < parent.pageCount &&
           parent.kinds[page] === PageKind.Digest &&
-          digestsEqual(parent.digests, page * DIGEST_BYTES, digests, at)
+          this.sameAsParent(parent.digests, page * DIGEST_BYTES, digests, at)
         )
           set(k);
         else ask.push(k);
@@ -457,6 +458,7 @@ export class Session {
       pageCount: n,
       parentDigests,
       parentHasDigest,
+      parentDigestBytes: this.parentDigestBytes,
       table: this.store.table.shared,
       packsDir: this.store.packs.packsDir,
       payloadSlab,
@@ -641,7 +643,12 @@ export class Session {
       trace('manifest written');
       this.state = 'done';
       this.store.sessions.unregister(this);
-      const loaded = manifest.numbered && { ...manifest.numbered, pages: this.committedPages(), fileBytes: manifest.bytes.length };
+      const loaded = manifest.numbered && {
+        ...manifest.numbered,
+        pages: this.committedPages(),
+        wholeDigests: true, // written pages hashed here, inherited ones whole from the parent or hashInherited
+        fileBytes: manifest.bytes.length,
+      };
       return { store: this.store, record, failureEpoch: this.failureEpoch, state: 'prepared', reclaim: this.reclaimHint(), loaded };
     } catch (err) {
       this.state = 'done';
@@ -738,6 +745,7 @@ export class Session {
     const table = this.store.table;
     let unset = 0;
     const unknown: number[] = []; // inherited pages whose chunk the chunk table does not know
+    const inherited: number[] = [];
     const kinds = pages.kinds;
     for (let i = 0; i < pages.pageCount;) {
       if (kinds[i] !== PageKind.Unset) {
@@ -757,6 +765,7 @@ export class Session {
           if (parent!.kinds[k] !== PageKind.Digest) kinds[k] = PageKind.Zero;
           else {
             kinds[k] = PageKind.Digest;
+            inherited.push(k);
             if (!table.hasFingerprint(parent!.digests, k * DIGEST_BYTES)) unknown.push(k);
           }
         }
@@ -766,6 +775,35 @@ export class Session {
     }
     if (unset > 0) throw new VnstoreError('E_SESSION', `${unset} page(s) of the image were never written`);
     if (unknown.length > 0) await this.checkInherited(unknown);
+    if (this.parentDigestBytes < DIGEST_BYTES && inherited.length > 0) await this.hashInherited(inherited);
+  }
+
+  /**
+   * Bytes of the parent's digests a page compares with: a format-3 parent's come from pack TOCs,
+   * which keep the first 24 bytes of each (docs/DESIGN.md, "A 24-byte digest prefix in the TOC").
+   */
+  private get parentDigestBytes(): number {
+    return this.parent?.numbers && !this.parent.wholeDigests ? TOC_DIGEST_BYTES : DIGEST_BYTES;
+  }
+
+  private sameAsParent(parentDigests: Uint8Array, parentAt: number, digests: Uint8Array, at: number): boolean {
+    return this.parentDigestBytes < DIGEST_BYTES
+      ? tocDigestsEqual(parentDigests, parentAt, digests, at)
+      : digestsEqual(parentDigests, parentAt, digests, at);
+  }
+
+  /**
+   * Inherited pages of a format-3 parent know only their digest's TOC prefix; the image digest binds
+   * whole digests, so their chunks are read and hashed (each checked against its prefix). The price of
+   * the shorter TOC, paid by sessions that leave pages unwritten (a dirty-list put), not by restore.
+   */
+  private async hashInherited(pageIndices: number[]): Promise<void> {
+    const parent = this.parent!;
+    const wanted = new Uint8Array(parent.pages.pageCount);
+    for (const p of pageIndices) wanted[p] = 1;
+    // Decoded and hashed as a restore of the parent's windows that hold them, in the page workers.
+    const digests = await wholeDigests(this.store, parent.id, parent.pages, parent.numbers!, wanted);
+    for (const p of pageIndices) this.pages.setDigest(p, digests, p * DIGEST_BYTES);
   }
 
   /**
@@ -780,7 +818,8 @@ export class Session {
     if (missing.length === 0) return;
     throw new CorruptError(
       `${missing.length} page(s) left unwritten would inherit chunks of parent snapshot ${this.parent!.id} that the store no longer holds ` +
-        `(first: page ${missing[0]}, chunk ${hex(this.pages.digestAt(missing[0]))}); write those pages, or begin with no parent; run 'vnstore check'`,
+        `(first: page ${missing[0]}, chunk ${hex(this.pages.digestAt(missing[0]).subarray(0, this.parentDigestBytes))}); ` +
+        `write those pages, or begin with no parent; run 'vnstore check'`,
     );
   }
 
@@ -841,15 +880,16 @@ export class Session {
     }
     const encoded = encodeManifestV2({ ...header, baseId: base }, numbers, plan.base, plan);
     // A new chunk costs its digest and (at most) one item in its pack's table.
-    const record = this.snapshotRecord(header, base, baseDepth, encoded.stats.zeroPages, encoded.bytes.length, DIGEST_BYTES + ITEM_BYTES);
+    const record = this.snapshotRecord(header, base, baseDepth, encoded.stats.zeroPages, encoded.bytes.length, NUMBERED_TOC_ENTRY_BYTES);
     return { bytes: encoded.bytes, record, numbered: { header: { ...header, baseId: base }, numbers } };
   }
 
   /**
-   * The page table as a reader of the manifest gets it (read-v3's pageDigests): exactly pageCount
-   * pages, and zero digest bytes where a page is zero (an inherited zero page may keep its parent's
-   * stale digest slot). The session is done with it, so it is handed over in place when it is already
-   * that size: a copy of a 256 MiB image's table was 2 MiB of fresh memory per snapshot.
+   * The page table as a reader of the manifest gets it (read-v3's pageDigests), but with each page's
+   * whole digest where a reader gets the TOC's 24-byte prefix: exactly pageCount pages, and zero
+   * digest bytes where a page is zero (an inherited zero page may keep its parent's stale digest
+   * slot). The session is done with it, so it is handed over in place when it is already that size:
+   * a copy of a 256 MiB image's table was 2 MiB of fresh memory per snapshot.
    */
   private committedPages(): PageTable {
     const n = this.pages.pageCount;
