@@ -52,7 +52,8 @@ describe('a committed snapshot as the next parent (format 3)', () => {
     expect(kept.pages.kinds[7]).toBe(PageKind.Digest);
     expect(kept.wholeDigests).toBe(true);
     for (let p = 0; p < kept.pages.pageCount; p++)
-      if (kept.pages.kinds[p] === PageKind.Digest) expect(kept.pages.digestAt(p)).toEqual(hashPage(b.subarray(p * PAGE, (p + 1) * PAGE)));
+      if (kept.pages.kinds[p] === PageKind.Digest)
+        expect(Buffer.from(kept.pages.digestAt(p))).toEqual(hashPage(b.subarray(p * PAGE, (p + 1) * PAGE)));
     // A dirty-list child of the kept parent: its inherited pages' whole digests come from the kept
     // table (no hashing), and its image digest must be right (restore checks it from the content).
     const c = Buffer.from(b);
