@@ -10,7 +10,9 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { hashPage } from '../src/chunk/hash.js';
 import { TOC_DIGEST_BYTES } from '../src/format/pack-v3.js';
-import { PageKind } from '../src/format/pages.js';
+import { PageKind, PageTable } from '../src/format/pages.js';
+import { NumberedPages } from '../src/format/manifest-v2.js';
+import { NumberedManifestLoader } from '../src/store/manifest-loader-v3.js';
 import { Store } from '../src/store/store.js';
 import { makePage, restoreToBuffer, tempDirs } from './helpers/engine.js';
 
@@ -100,5 +102,49 @@ describe('a committed snapshot as the next parent (format 3)', () => {
     } finally {
       await store.close();
     }
+  });
+
+  it('is kept for each VM (its latest), more VMs than the manifest cache holds, within a byte budget', async () => {
+    const dir = path.join(tmp('many-vms'), 'store');
+    await Store.init(dir, { format: 3 });
+    const store = await Store.open(dir, { workers: 0 });
+    try {
+      // 12 VMs commit in turn (the LRU manifest cache holds 8): each one's next parent is kept whole.
+      const ids: string[] = [];
+      for (let v = 0; v < 12; v++) {
+        const s = await store.beginSession({ vm: `vm${v}`, parent: 'none' });
+        await s.writePages(0, image(10 + v, 8));
+        ids.push((await s.commit()).id);
+      }
+      for (const id of ids) expect((await store.loadNumberedPages(id)).wholeDigests, id).toBe(true);
+      // A VM's next snapshot replaces its kept one.
+      const s = await store.beginSession({ vm: 'vm0', parent: 'auto' });
+      await s.writePages(0, image(99, 8));
+      const next = await s.commit({ unwritten: 'parent' });
+      expect((await store.loadNumberedPages(next.id)).wholeDigests).toBe(true);
+      expect((await store.loadNumberedPages(ids[0])).wholeDigests).toBe(false); // read from its manifest
+    } finally {
+      await store.close();
+    }
+    // The budget: a table of 10 pages costs 10 × (1 + 32 + 1 + 8) = 420 B; 1000 B keep two, the oldest VMs go first.
+    const table = () => ({
+      pages: new PageTable(10),
+      numbers: new NumberedPages(10),
+      fileBytes: 0,
+      header: undefined as never,
+      wholeDigests: true,
+    });
+    const loader = new NumberedManifestLoader(() => '/nonexistent', undefined as never, undefined as never, 8, 1000);
+    loader.remember('a', 'a1', table());
+    loader.remember('b', 'b1', table());
+    expect(loader.keptBytes).toBe(840);
+    loader.remember('a', 'a2', table()); // replaces a1
+    expect(loader.keptBytes).toBe(840);
+    loader.remember('c', 'c1', table()); // over the budget: b (committed longest ago) goes
+    expect(loader.keptBytes).toBe(840);
+    expect((await loader.loadWithDigests('a2')).wholeDigests).toBe(true);
+    expect((await loader.loadWithDigests('c1')).wholeDigests).toBe(true);
+    // b1 and a1 remain only in the LRU cache (not as kept parents): a remembered table is cached too.
+    expect((await loader.loadWithDigests('b1')).wholeDigests).toBe(true);
   });
 });

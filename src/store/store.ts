@@ -543,7 +543,7 @@ export class Store {
     for (const p of prepared) p.state = 'committed';
     trace('committed');
     // Committed: its VM's next session may begin on it (remembered only now, never for an aborted one).
-    for (const p of prepared) if (p.loaded) this.numberedManifests?.remember(p.record.id, p.loaded);
+    for (const p of prepared) if (p.loaded) this.numberedManifests?.remember(p.record.vm, p.record.id, p.loaded);
     // Durable now: superseded chunks may go, in the background (the caller gets its records first).
     for (const p of prepared) this.reclaimer.afterCommit(p.reclaim);
     return prepared.map((p) => p.record);
