@@ -76,7 +76,7 @@ export class NumberedChunks {
 
   constructor(
     readonly index: NumberIndex,
-    /** File offset of each indexed pack's digest column (entry k's digest at + 32k). */
+    /** Where each indexed pack's digest column lies in its file (DigestColumn: offset and stride). */
     readonly digestColumns: Map<number, DigestColumn>,
     readonly allocator: NumberAllocator,
     private readonly packs: PackReader,
@@ -105,7 +105,7 @@ export class NumberedChunks {
         const missing = this.index.packIds.filter((p) => !columns.has(p)).sort((a, b) => a - b);
         if (missing.length === 0) break;
         for (const pack of missing) {
-          if (!this.index.hasPack(pack)) continue; // removed by gc while earlier columns were read
+          // A pack gc removed while earlier columns were read is not read (orGone).
           const column = this.kept.get(pack) ?? (await this.readColumn(pack, 0, this.index.packCount(pack)).catch(orGone(this, pack)));
           if (column) columns.set(pack, column);
         }
@@ -129,11 +129,14 @@ export class NumberedChunks {
     return this.keptBytes;
   }
 
-  /** Entry `entry`'s digest, read from its pack's TOC. */
+  /** Entry `entry`'s digest prefix, read from its pack's TOC. */
   async readDigest(pack: number, entry: number): Promise<Uint8Array> {
-    return (
-      this.kept.get(pack)?.subarray(entry * TOC_DIGEST_BYTES, (entry + 1) * TOC_DIGEST_BYTES) ?? (await this.readColumn(pack, entry, 1))
-    );
+    return this.keptDigest(pack, entry) ?? (await this.readColumn(pack, entry, 1));
+  }
+
+  /** Entry `entry`'s digest prefix when its pack's column is kept in memory. */
+  private keptDigest(pack: number, entry: number): Uint8Array | undefined {
+    return this.kept.get(pack)?.subarray(entry * TOC_DIGEST_BYTES, (entry + 1) * TOC_DIGEST_BYTES);
   }
 
   /**
@@ -167,7 +170,7 @@ export class NumberedChunks {
     const others = new Map<string, Uint8Array>();
     for (let k = 0; this.digestsLoaded && k < toc.count; k++) {
       const hit = this.otherChunkAt(toc.digests, k, pack);
-      if (!hit || this.kept.has(hit.pack) || others.has(`${hit.pack}:${hit.entry}`)) continue;
+      if (!hit || this.keptDigest(hit.pack, hit.entry) || others.has(`${hit.pack}:${hit.entry}`)) continue;
       const digest = await this.readDigest(hit.pack, hit.entry).catch(orGone(this, hit.pack));
       if (digest) others.set(`${hit.pack}:${hit.entry}`, digest);
     }
@@ -182,9 +185,7 @@ export class NumberedChunks {
     const digestOf = (p: number, e: number): Uint8Array =>
       p === pack
         ? toc.digests.subarray(e * TOC_DIGEST_BYTES, (e + 1) * TOC_DIGEST_BYTES)
-        : (this.kept.get(p)?.subarray(e * TOC_DIGEST_BYTES, (e + 1) * TOC_DIGEST_BYTES) ??
-          others.get(`${p}:${e}`) ??
-          this.readDigestNow(p, e));
+        : (this.keptDigest(p, e) ?? others.get(`${p}:${e}`) ?? this.readDigestNow(p, e));
     const overlaps = this.index.addPack(pack, toc, digestOf, this.digestsLoaded);
     if (overlaps.length > 0) throw new CorruptError(`pack ${pack}: its chunk numbers are already held by pack(s) ${overlaps.join(', ')}`);
     this.digestColumns.set(pack, digestColumnOf(tocOffset, toc));
@@ -254,7 +255,8 @@ export class NumberedChunks {
   }
 
   /**
-   * The core of every exact lookup: digest i at `bufOf(i)[atOf(i)..+32]`. No object per digest: a
+   * The core of every exact lookup: digest i at `bufOf(i)[atOf(i)..]`, its first 24 bytes compared
+   * with the TOC's prefixes. No object per digest: a
    * commit resolves every page of a snapshot that its parent does not name.
    */
   private async resolve(count: number, bufOf: (i: number) => Uint8Array, atOf: (i: number) => number): Promise<Resolved> {

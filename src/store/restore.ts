@@ -56,7 +56,7 @@ export async function restoreSnapshot(
   // Format 3: pages are located by number (exact, no fingerprint hint to confirm).
   const numbered = store.isNumbered ? await store.loadNumberedPages(record.id) : undefined;
   const pages = numbered?.pages ?? (await store.loadPages(record.id));
-  const locate: Locator | undefined = numbered && ((page) => store.numbered!.locate(numbered.numbers.numbers[page])?.location);
+  const locate = numbered && numberLocator(store, numbered.numbers);
   const header = await store.readManifestHeader(record.id);
   if (header.byteLength !== record.byteLength || pages.pageCount !== record.pageCount) {
     throw new CorruptError(`snapshot ${record.id}: manifest disagrees with the catalog about the image size`);
@@ -121,7 +121,7 @@ export async function wholeDigests(
   wanted: Uint8Array,
 ): Promise<Uint8Array> {
   const out = new Uint8Array(pages.pageCount * DIGEST_BYTES);
-  const locate: Locator = (page) => store.numbered!.locate(numbers.numbers[page])?.location;
+  const locate = numberLocator(store, numbers);
   const inFlight: { first: number; n: number; result: Promise<WindowResult> }[] = [];
   const settle = async () => {
     const w = inFlight.shift()!;
@@ -167,6 +167,11 @@ type WindowOutput = { path: string; name: string; position: number; limit: numbe
 type WindowResult = { out: Uint8Array; actual?: Uint8Array };
 /** Where page `page`'s chunk is, exactly (format 3: by its number); undefined when no pack holds it. */
 type Locator = (page: number) => ChunkLocation | undefined;
+
+/** Format 3's locator: each page's chunk by its number, in the index as it is when asked. */
+function numberLocator(store: Store, numbers: { numbers: ArrayLike<number> }): Locator {
+  return (page) => store.numbered!.locate(numbers.numbers[page])?.location;
+}
 
 async function restoreWindow(
   store: Store,
