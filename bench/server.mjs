@@ -2,14 +2,16 @@
 // Issue 12's ratios through `vnstore serve`: agents (in this process, over loopback TCP) and the
 // server (a child process) on this machine, against single-thread BLAKE3 (one blake3() call per
 // page) over the same bytes in memory. Run `npm run build` first.
-//   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--format 1|3] [--no-aggregate] [--json]
+//   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--warmup-rounds N] [--format 1|3] [--no-aggregate] [--json]
 // --format: the store format `vnstore init --format` creates (default: init's own default).
-// --warmup-mib (default 32): before the timed phases, another VM of that size goes through every
-// timed phase (a first snapshot, two consecutive ones, a dirty-list one, a restore), so both
-// processes have compiled their hot code, as a running daemon has: in a fresh server process V8's
-// optimising compiler took about a quarter of the server's CPU during its first 128 MiB snapshot,
-// and the first consecutive snapshots took 2-3x the server CPU of later ones (bench/RESULTS.md).
-// 0 times a fresh server.
+// --warmup-mib (default: --mib) and --warmup-rounds (default 4): before the timed phases, another VM
+// (other bytes) goes through a first snapshot, then ROUNDS consecutive ones (every other one from a
+// dirty list) and ROUNDS restores, so both processes run the hot code V8 has optimised, as a daemon
+// that has served for a while does. In a fresh server V8's optimising compiler took about a quarter
+// of the server's CPU during its first snapshot, and after one round of warm-up at 32 MiB it still
+// took 26-30% of the server's perf samples in the timed first snapshot and restore; in one server,
+// consecutive snapshots and restores fell from 0.45 and 0.67 server CPU seconds to 0.16-0.19 and
+// 0.27-0.36 s over 3-5 repetitions (bench/server-repeat.mjs; bench/RESULTS.md). 0 times a fresh server.
 // $BENCH_SERVE_NODE_ARGS: extra node flags for the server child (e.g. "--cpu-prof --cpu-prof-dir=D").
 // Figures: first snapshot, consecutive from the whole image, consecutive with a 10% dirty-page list
 // (logical bytes / time), restore (verified client-side), wire bytes of the consecutive snapshot
@@ -17,6 +19,7 @@
 // with 1, 2, 4 and 8 agents, and the server's peak RSS (VmHWM) after the 8-agent run.
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,7 +36,8 @@ const { values: args } = parseArgs({
     'agents-mib': { type: 'string', default: '64' },
     json: { type: 'boolean', default: false },
     'no-aggregate': { type: 'boolean', default: false },
-    'warmup-mib': { type: 'string', default: '32' },
+    'warmup-mib': { type: 'string' },
+    'warmup-rounds': { type: 'string', default: '4' },
     format: { type: 'string' },
   },
 });
@@ -110,8 +114,19 @@ async function timed(serverPid, fn) {
   };
 }
 
+/**
+ * The server's wire-in counter. node:http, not fetch(): fetch's HTTP parser is WebAssembly, and its
+ * first use left V8 compiling that module on a background thread through the next timed phase
+ * (148 of the agent's 401 perf samples in a consecutive snapshot).
+ */
 async function wireIn(metricsUrl) {
-  const text = await (await fetch(metricsUrl)).text();
+  const text = await new Promise((res, rej) =>
+    get(metricsUrl, (r) => {
+      let body = '';
+      r.setEncoding('utf8').on('data', (d) => (body += d));
+      r.on('end', () => res(body)).on('error', rej);
+    }).on('error', rej),
+  );
   return Number(/^vnstore_wire_bytes_total\{direction="in"\} (\S+)$/m.exec(text)?.[1] ?? 0);
 }
 
@@ -163,17 +178,18 @@ try {
   const base = baseline(first);
   const srv = await startServe(store);
   const client = await AgentClient.connect({ server: srv.address, token });
-  const warmupMiB = Number(args['warmup-mib']);
+  const warmupMiB = Number(args['warmup-mib'] ?? mib);
+  const warmupRounds = Number(args['warmup-rounds']);
   if (warmupMiB > 0) {
     const warmImage = makeImage(warmupMiB, 99);
     const warmDirty = [];
     for (let p = 0; p < warmImage.length / PAGE; p += 10) warmDirty.push(p);
     let warm = await push(client, 'warmup', warmImage, { parent: 'none' });
-    for (let round = 1; round <= 3; round++) {
+    for (let round = 1; round <= warmupRounds; round++) {
       for (const p of warmDirty) warmImage.writeUInt32LE(round, p * PAGE + 8);
-      warm = await push(client, 'warmup', warmImage, round === 3 ? { dirty: warmDirty } : {});
+      warm = await push(client, 'warmup', warmImage, round % 2 === 0 ? { dirty: warmDirty } : {});
     }
-    await client.restore(warm.rec.id, () => undefined);
+    for (let round = 1; round <= warmupRounds; round++) await client.restore(warm.rec.id, () => undefined);
   }
   const r = {};
   /** MB/s of `bytes` over the phase's wall time; CPU seconds of agent and server go to r.cpu. */
@@ -225,6 +241,7 @@ try {
     imageMiB: mib,
     storeFormat: JSON.parse(await readFile(join(store, 'vnstore.json'), 'utf8').catch(() => '{}')).version ?? null,
     warmupMiB,
+    warmupRounds,
     loadavg: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number),
     baselineMBps: base,
     firstMBps: r.first,
