@@ -13,11 +13,14 @@
 // first snapshot no faster than its pack write.
 // The 10% dirty list's least mandated work, measured in the same run beside the measured ratio
 // (`dirty10Minimum`): the agent hashes the dirty pages it offers and the server hashes every page it
-// receives (the native multi-page hasher, single thread, timed over those pages), the server LZ4s the
-// new pages (single thread) and writes them durably (their pack write), then commits durably (the
-// bare manifest write and the two synced log appends). The CPU work spreads at best over both cores
-// and overlaps the pack write; the commit's syncs follow it (commit records last):
-//   floor seconds = max((2 x hash + LZ4) / 2, pack write) + bare durable steps
+// receives (the native multi-page hasher, single thread, timed over those pages), the pages cross
+// a loopback TCP socket between two processes (the CPU of sender and receiver, each with one reused
+// 4 MiB buffer), the server LZ4s the new pages (single thread) and writes them durably (the write's
+// CPU, then their pack write with fdatasync), then commits durably (the bare manifest write and the
+// two synced log appends). The CPU work spreads at best over both cores and overlaps the pack write;
+// the commit's syncs follow it (commit records last):
+//   floor seconds = max((2 x hash + LZ4 + TCP send + TCP receive + page-cache write) / 2, pack write)
+//                   + bare durable steps
 // and the best ratio that allows is image bytes / floor seconds / baseline. The measured ratio is the
 // median of `reps` 10% dirty-list snapshots through the server in this run (each with new content).
 // Run `npm run build` first.
@@ -25,6 +28,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, fdatasyncSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -46,6 +50,68 @@ const reps = Number(args.reps);
 const now = () => performance.now() / 1000;
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const loadavg = async () => (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number);
+
+/**
+ * CPU seconds (user + system) that moving `bytes` over loopback TCP costs the sender (a child
+ * process, 4 MiB writes from one buffer) and the receiver (this process, reads into one reused
+ * 4 MiB buffer): medians of `reps` transfers. Agents and server are separate processes, so every
+ * page the server lacks crosses a socket at least this dearly.
+ */
+async function tcpCpu(bytes) {
+  // The child listens and, once connected, sends; it prints its port, then its CPU seconds.
+  const sender = `const net = require('node:net');
+    const buf = Buffer.alloc(4 << 20, 7);
+    const server = net.createServer((s) => {
+      const c0 = process.cpuUsage();
+      let left = ${bytes};
+      const more = () => {
+        while (left > 0) {
+          const n = Math.min(left, buf.length);
+          left -= n;
+          if (!s.write(n === buf.length ? buf : buf.subarray(0, n))) return void s.once('drain', more);
+        }
+        s.end(() => {
+          const c = process.cpuUsage(c0);
+          process.stdout.write(' ' + String((c.user + c.system) / 1e6) + '\\n');
+          server.close();
+        });
+      };
+      more();
+    });
+    server.listen(0, '127.0.0.1', () => process.stdout.write(String(server.address().port)));`;
+  const send = [];
+  const recv = [];
+  for (let r = 0; r < reps; r++) {
+    const child = spawn(process.execPath, ['-e', sender], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let text = '';
+    child.stdout.on('data', (d) => (text += d));
+    const exited = new Promise((res) => child.on('exit', res));
+    while (!/^\d+/.test(text)) await new Promise((res) => setTimeout(res, 5));
+    const port = Number(/^\d+/.exec(text)[0]);
+    let c0;
+    await new Promise((res, rej) => {
+      let got = 0;
+      const sock = connect({
+        port,
+        host: '127.0.0.1',
+        onread: {
+          buffer: Buffer.alloc(4 << 20),
+          callback: (n) => {
+            c0 ??= process.cpuUsage();
+            got += n;
+          },
+        },
+      });
+      sock.on('end', () => (got === bytes ? res() : rej(new Error(`received ${got} of ${bytes} bytes`))));
+      sock.on('error', rej);
+    });
+    const c = process.cpuUsage(c0);
+    recv.push((c.user + c.system) / 1e6);
+    await exited;
+    send.push(Number(/ ([\d.e-]+)\n/.exec(text)[1]));
+  }
+  return { senderSeconds: median(send), receiverSeconds: median(recv) };
+}
 
 const image = makeImage(Number(args.mib), 1);
 const out = { date: new Date().toISOString(), imageMiB: Number(args.mib), reps, loadavg: await loadavg() };
@@ -209,7 +275,20 @@ try {
   const digests = new Uint8Array((dirtyImage.length / PAGE) * 32);
   out.dirty10HashSeconds = bare(() => hashPages(dirtyImage, dirtyList, digests));
   out.dirty10Lz4Seconds = bare(() => compress(dirtyImage, dirty));
-  const cpuWork = 2 * out.dirty10HashSeconds + out.dirty10Lz4Seconds;
+  out.dirty10TcpCpu = await tcpCpu(dirty.length * PAGE);
+  // The pack write's CPU (the copy into the page cache), without its fdatasync.
+  const dirtyPacked = Buffer.from(compress(dirtyImage, dirty).payload);
+  out.dirty10CacheWriteSeconds = bare((r) => {
+    const fd = openSync(join(work, `cache${r}`), 'w', 0o600);
+    for (let o = 0; o < dirtyPacked.length; o += 4 << 20) writeSync(fd, dirtyPacked, o, Math.min(4 << 20, dirtyPacked.length - o));
+    closeSync(fd);
+  });
+  const cpuWork =
+    2 * out.dirty10HashSeconds +
+    out.dirty10Lz4Seconds +
+    out.dirty10TcpCpu.senderSeconds +
+    out.dirty10TcpCpu.receiverSeconds +
+    out.dirty10CacheWriteSeconds;
   out.dirty10Minimum = {
     cpuSecondsOnOneCore: cpuWork,
     seconds: Math.max(cpuWork / 2, out.dirty10PackWrite.seconds) + out.bareDurableStepsSeconds,
