@@ -1,8 +1,9 @@
 /**
  * Zeroes a byte range fast on any buffer. TypedArray.prototype.fill on a SharedArrayBuffer (the
- * store's slabs are shared) stores byte by byte with relaxed atomics: 3.2 GB/s here, against 36 GB/s
- * for Buffer#fill with a buffer pattern, which Node copies natively. Zeroing the zero pages of
- * restore windows took 7% of a server's CPU in a restore (bench/RESULTS.md, restore13).
+ * store's slabs are shared) stores byte by byte with relaxed atomics: 3.2 GB/s here, against 25-36
+ * GB/s for Buffer#fill with a buffer pattern, which Node copies natively (bench/fill-shared.mjs).
+ * Zeroing the zero pages of restore windows took 7% of a server's CPU in a restore (bench/RESULTS.md,
+ * restore13).
  */
 const ZEROS = Buffer.alloc(64 * 1024);
 
