@@ -5,7 +5,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { decodeMessage, encodeMessage, encodeMessageParts, type Message } from '../protocol/messages.js';
-import { FrameDecoder, writeFrame } from '../protocol/frames.js';
+import { FrameDecoder, writeFrame, type RawFrame } from '../protocol/frames.js';
 import { ProtocolError, RemoteError } from '../protocol/errors.js';
 import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
 import { PAGE_SIZE } from '../format/pages.js';
@@ -13,7 +13,7 @@ import { SlabPool } from '../chunk/slab-pool.js';
 import { parseAddress } from '../server/address.js';
 import { VnstoreError } from '../util/errors.js';
 import { drainedOrClosed } from '../util/drain.js';
-import { reusedReadBuffer, type ChunkHandler } from '../protocol/socket-reader.js';
+import { decodingReads, type FrameHandlers } from '../protocol/socket-reader.js';
 
 export interface ConnectOptions {
   /** HOST:PORT, tls://HOST:PORT or unix:PATH (src/server/address.ts). */
@@ -62,9 +62,10 @@ export class AgentConnection {
 
   static async connect(opts: ConnectOptions): Promise<AgentConnection> {
     const addr = parseAddress(opts.server);
-    // Every read goes to `onChunk`: the handshake's handler first, then the connection's.
-    let onChunk: ChunkHandler = () => undefined;
-    const onread = reusedReadBuffer((chunk) => onChunk(chunk));
+    // Frames read go to `handlers`: the handshake's first, then the connection's.
+    let handlers: FrameHandlers = { frames: () => undefined, error: () => undefined };
+    const decoder = new FrameDecoder(MAX_FRAME_BYTES, true, 4); // copies: reads land in reused buffers
+    const onread = decodingReads(decoder, { frames: (f) => handlers.frames(f), error: (e) => handlers.error(e) });
     const socket = await new Promise<net.Socket>((resolve, reject) => {
       const s =
         addr.kind === 'unix'
@@ -72,7 +73,7 @@ export class AgentConnection {
           : addr.tls
             ? tls
                 .connect({ host: addr.host, port: addr.port, ca: opts.tlsCa, servername: net.isIP(addr.host) ? undefined : addr.host })
-                .on('data', (chunk: Buffer) => onChunk(chunk))
+                .on('data', (chunk: Buffer) => pushChunk(decoder, chunk, handlers))
             : net.connect({ port: addr.port, host: addr.host, onread });
       const timer = setTimeout(() => s.destroy(new Error('timed out')), opts.connectTimeoutMs ?? 10_000);
       s.once(addr.kind === 'tcp' && addr.tls ? 'secureConnect' : 'connect', () => {
@@ -86,15 +87,13 @@ export class AgentConnection {
       });
     });
     socket.setNoDelay(true);
-    const decoder = new FrameDecoder(MAX_FRAME_BYTES, true, 4); // copies: reads land in one reused buffer
     socket.write(encodeMessage({ t: 'hello', minVersion: MIN_PROTOCOL_VERSION, maxVersion: PROTOCOL_VERSION, token: opts.token }));
     const welcome = await new Promise<Extract<Message, { t: 'welcome' }>>((resolve, reject) => {
-      const onData = (chunk: Buffer) => {
+      const onFrames = (frames: RawFrame[]) => {
+        if (frames.length === 0) return;
+        handlers = { frames: () => undefined, error: () => undefined };
+        socket.off('close', onClose);
         try {
-          const frames = decoder.push(chunk);
-          if (frames.length === 0) return;
-          onChunk = () => undefined;
-          socket.off('close', onClose);
           const m = decodeMessage(frames[0]);
           if (m.t === 'welcome') resolve(m);
           else if (m.t === 'error') reject(new RemoteError(m.code, `server ${opts.server}: ${m.message}`));
@@ -104,7 +103,7 @@ export class AgentConnection {
         }
       };
       const onClose = () => reject(new VnstoreError('E_IO', `server ${opts.server} closed the connection during the handshake`));
-      onChunk = onData;
+      handlers = { frames: onFrames, error: reject };
       socket.once('close', onClose);
       // Reset during the handshake: the close that follows rejects; the error must not go unhandled.
       socket.on('error', () => undefined);
@@ -113,21 +112,27 @@ export class AgentConnection {
       throw err;
     });
     const c = new AgentConnection(socket, Math.max(1, welcome.window), welcome.serverId, welcome.maxPagesPerBatch);
-    onChunk = c.listen(decoder);
+    handlers = c.listen();
     return c;
   }
 
-  /** Attaches the connection's handlers; returns the one for the bytes read. */
-  private listen(decoder: FrameDecoder): ChunkHandler {
+  /** Attaches the connection's handlers; returns the ones for the frames read. */
+  private listen(): FrameHandlers {
     this.socket.on('error', (err) => this.fail(new VnstoreError('E_IO', `connection to the server failed: ${err.message}`)));
     this.socket.on('close', () => this.fail(new VnstoreError('E_IO', 'the server closed the connection')));
-    return (chunk) => {
-      try {
-        for (const f of decoder.push(chunk)) this.onMessage(decodeMessage(f), f.release);
-      } catch (err) {
-        this.fail(err as Error);
-        this.socket.destroy();
-      }
+    const broken = (err: Error) => {
+      this.fail(err);
+      this.socket.destroy();
+    };
+    return {
+      frames: (frames) => {
+        try {
+          for (const f of frames) this.onMessage(decodeMessage(f), f.release);
+        } catch (err) {
+          broken(err as Error);
+        }
+      },
+      error: broken,
     };
   }
 
@@ -234,4 +239,16 @@ export class AgentConnection {
 export function resultJson<T>(m: Message): T {
   if (m.t !== 'result') throw new ProtocolError('E_MALFORMED', `expected RESULT, got ${m.t.toUpperCase()}`);
   return JSON.parse(m.json) as T;
+}
+
+/** A chunk read without decodingReads (TLS): its frames to `handlers`, or the error that ended the framing. */
+function pushChunk(decoder: FrameDecoder, chunk: Buffer, handlers: FrameHandlers): void {
+  let frames: RawFrame[];
+  try {
+    frames = decoder.push(chunk);
+  } catch (err) {
+    handlers.error(err as Error);
+    return;
+  }
+  handlers.frames(frames);
 }

@@ -12,6 +12,7 @@ import { tableHasDigest, tableLocation } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec, type CompressedPages } from './codec.js';
 import { decodeContainer, decodeStoredChunks, MAX_CONTAINER_BYTES } from './container.js';
 import { hashPage, hashPages, pageScanner, type PageScanner } from './hash.js';
+import { zeroFill } from '../util/zero-fill.js';
 
 /** Per-page outcome of hashing, decided as far as a worker can without the exact index. */
 export enum PageStatus {
@@ -609,7 +610,7 @@ function zeroOutsideSlots(out: Uint8Array, windowPages: number, slots: Uint32Arr
     }
     let j = i + 1;
     while (j < windowPages && !named[j]) j++;
-    out.fill(0, i * PAGE_SIZE, j * PAGE_SIZE);
+    zeroFill(out, i * PAGE_SIZE, j * PAGE_SIZE);
     i = j;
   }
 }

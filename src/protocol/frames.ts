@@ -135,6 +135,27 @@ export class FrameDecoder {
     return out;
   }
 
+  /**
+   * Where the next read may land in place: the missing rest of the frame being gathered, when at
+   * least `min` bytes of it are missing (else undefined: read elsewhere and push()). A read into it
+   * skips push()'s copy of those bytes; report it with gathered().
+   */
+  gatherTarget(min: number): Buffer | undefined {
+    if (this.failed || !this.frame || this.frame.length - this.filled < min) return undefined;
+    return this.frame.subarray(this.filled);
+  }
+
+  /** `n` bytes were read into gatherTarget()'s buffer: returns the frame they complete, if they do. */
+  gathered(n: number): RawFrame[] {
+    if (this.failed) throw this.failed;
+    if (!this.frame || n > this.frame.length - this.filled) throw new RangeError(`gathered ${n} bytes past the frame being gathered`);
+    this.filled += n;
+    if (this.filled < this.frame.length) return [];
+    const frame = this.complete(this.frame);
+    this.frame = undefined;
+    return [frame];
+  }
+
   /** Whether the stream ended between frames (a clean end) rather than inside one. */
   get idle(): boolean {
     return this.head.length === 0 && !this.frame;

@@ -5,6 +5,7 @@
  * reads). The bytes passed to `onChunk` are valid only during the call: the next read overwrites them.
  */
 import net from 'node:net';
+import type { FrameDecoder, RawFrame } from './frames.js';
 
 /** Size of the reused read buffer: one read can take a whole PAGES or DATA frame. */
 export const READ_BUFFER_BYTES = 1 << 20;
@@ -40,4 +41,41 @@ export function adoptAccepted(socket: net.Socket, onChunk: ChunkHandler): net.So
   raw._handle = null;
   socket.destroy(); // its handle is gone: this only updates the listener's connection count
   return new net.Socket({ handle, onread: reusedReadBuffer(onChunk) } as net.SocketConstructorOpts);
+}
+
+/** What decodingReads hands on: the frames each read completes, or the error that ended the framing. */
+export interface FrameHandlers {
+  frames(frames: RawFrame[]): void;
+  error(err: Error): void;
+}
+
+/**
+ * Buffer of decodingReads for headers, small frames and the start of large ones. Small, so that
+ * little of a large frame lands here (and is copied): the rest is read in place.
+ */
+export const SMALL_READ_BYTES = 64 * 1024;
+
+/**
+ * `onread` options that decode frames as they are read. The rest of a large frame being gathered is
+ * read straight into its buffer (FrameDecoder.gatherTarget): the reused read buffer copied each
+ * 1 MiB DATA frame of a restore once more, 8% of a client's CPU (bench/RESULTS.md, restore13).
+ * Everything else is read into one reused SMALL_READ_BYTES buffer and pushed.
+ */
+export function decodingReads(decoder: FrameDecoder, handlers: FrameHandlers): net.OnReadOpts {
+  const buffer = Buffer.allocUnsafe(SMALL_READ_BYTES);
+  return {
+    // Called after each read for where the next one goes (Node's onread buffer generator).
+    buffer: () => decoder.gatherTarget(SMALL_READ_BYTES) ?? buffer,
+    callback: (nread, buf) => {
+      let frames: RawFrame[];
+      try {
+        frames = buf === buffer ? decoder.push(buf.subarray(0, nread)) : decoder.gathered(nread);
+      } catch (err) {
+        handlers.error(err as Error);
+        return true;
+      }
+      handlers.frames(frames);
+      return true; // pausing is socket.pause()'s (backpressure), not this return value's
+    },
+  };
 }

@@ -12,6 +12,7 @@ import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError } from '../util/error
 import type { Store } from './store.js';
 import type { SnapshotRecord } from './db.js';
 import { WINDOW_PAGES } from './job-sizes.js';
+import { zeroFill } from '../util/zero-fill.js';
 
 const MAX_WINDOWS_IN_FLIGHT = 4;
 const COALESCE_GAP_BYTES = 16 * 1024;
@@ -208,7 +209,9 @@ async function restoreWindowOnce(
   for (let i = 0; i < n; i++) if (pages.kinds[first + i] === PageKind.Digest) slots.push(i);
   if (slots.length === 0) {
     // All zero: nothing to read.
-    return { out: output ? new Uint8Array(0) : store.slabs.take(n * PAGE_SIZE).fill(0), actual: new Uint8Array(n * DIGEST_BYTES) };
+    const out = output ? new Uint8Array(0) : store.slabs.take(n * PAGE_SIZE);
+    zeroFill(out);
+    return { out, actual: new Uint8Array(n * DIGEST_BYTES) };
   }
   const digestOf = (slot: number) => pages.digests.subarray((first + slot) * DIGEST_BYTES, (first + slot + 1) * DIGEST_BYTES);
 
