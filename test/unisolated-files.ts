@@ -22,6 +22,7 @@ export const UNISOLATED_FILES = [
   'test/compact-v3.test.ts',
   'test/db-flush.test.ts',
   'test/db-open-errors.test.ts',
+  'test/decoding-reads.test.ts',
   'test/diff.test.ts',
   'test/durable.test.ts',
   'test/engine-dedup.test.ts',
@@ -76,6 +77,7 @@ export const UNISOLATED_FILES = [
   'test/vne-vm-kill.test.ts',
   'test/worker-start.test.ts',
   'test/workload.test.ts',
+  'test/zero-fill.test.ts',
   'test/zstd.test.ts',
 ];
 
