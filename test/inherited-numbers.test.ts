@@ -18,12 +18,13 @@ import {
 } from '../src/format/manifest-v2.js';
 import { chunkLossGeneration, type ChunkTable } from '../src/index/chunk-table.js';
 import type { SnapshotRecord } from '../src/store/db.js';
+import { MAX_BASE_DEPTH } from '../src/store/manifest-loader.js';
 import { Store } from '../src/store/store.js';
 import { makePage, restoreToBuffer, tempDirs } from './helpers/engine.js';
 
 const tmp = tempDirs();
 const PAGE = 4096;
-const PAGES = 48;
+const PAGES = 320;
 
 function image(seed: number): Buffer {
   const parts: Buffer[] = [];
@@ -70,8 +71,14 @@ async function expectManifestOfExactLookups(store: Store, rec: SnapshotRecord, b
       exact.setNumber(p, found[p]!.number);
     }
   }
+  // The base a commit comparing both plans chooses: the parent, when its delta is smaller.
+  const parent = (await store.listSnapshots()).find((r) => r.id === rec.parent);
   let base: NumberedPages | undefined;
-  if (header.baseId !== undefined) base = (await store.loadNumberedPages(header.baseId)).numbers;
+  if (parent && parent.baseDepth < MAX_BASE_DEPTH) {
+    const numbers = (await store.loadNumberedPages(parent.id)).numbers;
+    if (planManifestV2(exact, numbers).bodyBytes + Buffer.byteLength(parent.id) < planManifestV2(exact).bodyBytes) base = numbers;
+  }
+  expect(header.baseId).toBe(base && parent!.id);
   const encoded = encodeManifestV2(header, exact, base, planManifestV2(exact, base));
   expect(Buffer.compare(encoded.bytes, file)).toBe(0);
   // What a reader decodes is what the session kept for the next session to begin on.
@@ -115,10 +122,10 @@ describe('inherited pages take the parent numbers (format 3)', () => {
         ],
         bytes.length,
       );
-      await put([[20, makePage('random', 903)]], 30 * PAGE + 100); // shorter: its last page is cut and stored anew
-      await put([], 30 * PAGE + 100);
-      await put([[33, makePage('random', 904)]], 36 * PAGE); // longer: the pages past the parent are zero
-      await put([], 36 * PAGE);
+      await put([[20, makePage('random', 903)]], 200 * PAGE + 100); // shorter: its last page is cut and stored anew
+      await put([], 200 * PAGE + 100);
+      await put([[325, makePage('random', 904)]], 330 * PAGE); // longer: the pages past the parent are zero
+      await put([], 330 * PAGE);
     }));
 
   it('keeps the shortcut only while no fingerprint was lost: a chunk dropped after the parent committed is refused', () =>

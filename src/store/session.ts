@@ -6,7 +6,7 @@
  */
 import path from 'node:path';
 import { encodeManifest, planManifest, type ManifestHeader } from '../format/manifest.js';
-import { encodeManifestV2, planManifestV2, type NumberedPages } from '../format/manifest-v2.js';
+import { encodeManifestV2, fullPlanBytesAtLeast, planManifestV2, type ManifestV2Plan, type NumberedPages } from '../format/manifest-v2.js';
 import { NUMBERED_TOC_ENTRY_BYTES, TOC_DIGEST_BYTES, tocDigestsEqual } from '../format/pack-v3.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable, digestsEqual } from '../format/pages.js';
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
@@ -927,17 +927,22 @@ export class Session {
     const fromParent = parent ? clipRuns(this.fromParent, inheritedUpTo) : undefined;
     const numbers = await this.store.numbered!.numberPages(this.pages, parent, `snapshot of VM ${this.options.vm}`, fromParent);
     const presentAt = this.presentAt(fromParent ?? []);
-    let plan = planManifestV2(numbers);
+    let plan: ManifestV2Plan | undefined;
     let base: string | undefined;
     let baseDepth = 0;
     if (this.parent && parent && this.parent.depth < MAX_BASE_DEPTH) {
+      // The delta wins when smaller than the full plan; a bound on the full plan's size most often
+      // decides without planning it (the same choice as comparing both plans).
       const delta = planManifestV2(numbers, parent.numbers);
-      if (delta.bodyBytes + Buffer.byteLength(this.parent.id) < plan.bodyBytes) {
+      const deltaBytes = delta.bodyBytes + Buffer.byteLength(this.parent.id);
+      if (deltaBytes >= fullPlanBytesAtLeast(numbers)) plan = planManifestV2(numbers);
+      if (!plan || deltaBytes < plan.bodyBytes) {
         plan = delta;
         base = this.parent.id;
         baseDepth = this.parent.depth + 1;
       }
     }
+    plan ??= planManifestV2(numbers);
     const encoded = encodeManifestV2({ ...header, baseId: base }, numbers, plan.base, plan);
     // A new chunk costs its digest and (at most) one item in its pack's table.
     const record = this.snapshotRecord(header, base, baseDepth, encoded.stats.zeroPages, encoded.bytes.length, NUMBERED_TOC_ENTRY_BYTES);
