@@ -20,7 +20,7 @@ import { chunkLossGeneration, type ChunkTable } from '../src/index/chunk-table.j
 import type { SnapshotRecord } from '../src/store/db.js';
 import { MAX_BASE_DEPTH } from '../src/store/manifest-loader.js';
 import { Store } from '../src/store/store.js';
-import { makePage, restoreToBuffer, tempDirs } from './helpers/engine.js';
+import { expectedImageDigest, makePage, restoreToBuffer, tempDirs } from './helpers/engine.js';
 
 const tmp = tempDirs();
 const PAGE = 4096;
@@ -87,6 +87,7 @@ async function expectManifestOfExactLookups(store: Store, rec: SnapshotRecord, b
   const decoded = decodeManifestV2Pages(header, reader, rec.id, base);
   expect(Buffer.from(kept.numbers.kinds)).toEqual(Buffer.from(decoded.kinds));
   expect(Buffer.from(new Uint8Array(kept.numbers.numbers.buffer))).toEqual(Buffer.from(new Uint8Array(decoded.numbers.buffer)));
+  expect(rec.imageDigest).toBe(expectedImageDigest(bytes));
   expect((await restoreToBuffer(store, rec)).equals(bytes)).toBe(true);
 }
 

@@ -127,6 +127,8 @@ export class Session {
           wholeDigests?: boolean;
           /** chunkLossGeneration() at a moment every chunk of the parent was in the chunk table. */
           presentAt?: number;
+          /** Format 3: the parent's manifest header (its image digest). */
+          header?: ManifestHeader;
         }
       | undefined,
   ) {
@@ -882,7 +884,25 @@ export class Session {
   /** The manifest's header (not yet with its base). */
   private manifestHeader(byteLength: number, pageCount: number): ManifestHeader {
     const meta = { id: this.id, vm: this.options.vm, group: this.options.group, parent: this.parent?.id, time: new Date().toISOString() };
-    return { meta, byteLength, pageCount, imageDigest: imageDigest(this.pages, byteLength) };
+    return {
+      meta,
+      byteLength,
+      pageCount,
+      imageDigest: this.parentImageDigest(byteLength, pageCount) ?? imageDigest(this.pages, byteLength),
+    };
+  }
+
+  /**
+   * The parent's image digest when this image is the parent's: every page taken from it unchanged,
+   * at the same length, and the parent's table held whole digests (this process computed its digest
+   * from them, as imageDigest would now). Hashing a 256 MiB image's 2 MiB of digests is ~2 ms.
+   */
+  private parentImageDigest(byteLength: number, pageCount: number): Uint8Array | undefined {
+    const header = this.parent?.header;
+    // A short last page may have been cut anew (zeroTail): hashed as usual.
+    if (!header || !this.parent!.wholeDigests || header.byteLength !== byteLength || byteLength % PAGE_SIZE !== 0) return undefined;
+    const whole = this.fromParent.length === 2 && this.fromParent[0] === 0 && this.fromParent[1] === pageCount;
+    return whole ? header.imageDigest : undefined;
   }
 
   /** The catalog record that will point at a manifest of `manifestBytes` (`tocBytes`: a new chunk's table entry). */
