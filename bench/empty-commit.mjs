@@ -7,7 +7,7 @@
 // Prints the server's CPU seconds per empty snapshot (whole process, and its main thread; /proc
 // counts in 10 ms ticks, so the N snapshots are measured together) and the medians of BEGIN,
 // PREPARE and COMMIT as the agent sees them. Run `npm run build` first.
-//   node bench/empty-commit.mjs [--mib 256] [--n 20] [--warmup 10] [--server-root DIR] [--json]
+//   node bench/empty-commit.mjs [--mib 256] [--n 20] [--warmup 10] [--server-root DIR] [--json] [--help]
 // --server-root: the checkout whose dist/cli/bin.cjs serves (default: this one), to compare a base
 // build against this one with the same agent. $BENCH_SERVE_NODE_ARGS: extra node flags for the
 // server (e.g. "--cpu-prof --cpu-prof-dir=D").
@@ -26,8 +26,17 @@ const { values: args } = parseArgs({
     warmup: { type: 'string', default: '10' },
     'server-root': { type: 'string' },
     json: { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
   },
 });
+if (args.help) {
+  process.stdout.write(
+    'usage: node bench/empty-commit.mjs [--mib 256] [--n 20] [--warmup 10] [--server-root DIR] [--json]\n' +
+      "The server's CPU per empty dirty-list snapshot (format 3, through vnstore serve) and the agent's\n" +
+      'median BEGIN / PREPARE / COMMIT. --server-root: the checkout whose dist/ serves (a base build).\n',
+  );
+  process.exit(0);
+}
 const serverRoot = resolve(args['server-root'] ?? root);
 const CLI = join(serverRoot, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
