@@ -118,6 +118,23 @@ export function tableLocation(words: Uint32Array, digest: Uint8Array, offset = 0
   return s < 0 || slotAmbiguous(words, s) ? undefined : slotLocation(words, s);
 }
 
+/**
+ * Times any chunk table in this process may have lost a fingerprint (a remove, a new table, a pack
+ * leaving a number index): a caller that saw every fingerprint of a snapshot present while this
+ * stood at G knows they still are while it does (src/store/session.ts, fillUnwritten).
+ */
+let fingerprintLosses = 0;
+
+/** The current count of possible fingerprint losses (see fingerprintLosses). */
+export function chunkLossGeneration(): number {
+  return fingerprintLosses;
+}
+
+/** Records that chunks left an index without their fingerprints removed one by one (a pack dropped). */
+export function noteChunksLost(): void {
+  fingerprintLosses++;
+}
+
 export class ChunkTable {
   private words: Uint32Array;
   private mask: number;
@@ -154,6 +171,7 @@ export class ChunkTable {
   /** `seed` (SEED_BYTES): a saved table's; a new table draws a random one. */
   constructor(initialCapacity = 1 << 16, seed: Uint8Array = randomBytes(SEED_BYTES)) {
     if (seed.length !== SEED_BYTES) throw new RangeError(`chunk table seed must be ${SEED_BYTES} bytes`);
+    fingerprintLosses++; // a new table holds none of an old one's fingerprints
     let cap = 1024;
     while (cap < initialCapacity / MAX_LOAD) cap *= 2;
     this.words = ChunkTable.alloc(cap);
@@ -303,6 +321,7 @@ export class ChunkTable {
 
   /** Removes a fingerprint (gc), keeping probe chains intact by backward-shift deletion. */
   remove(digest: Uint8Array): void {
+    fingerprintLosses++;
     let s = this.find(this.fp(digest));
     if (s < 0) return;
     const w = this.words;

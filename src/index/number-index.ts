@@ -16,7 +16,7 @@ import { CONTAINER_CODEC } from '../format/pack.js';
 import { metaCodec, metaMember, metaPages, metaStoredLength, type TocV3 } from '../format/pack-v3.js';
 import { TOC_DIGEST_BYTES, tocDigestsEqual } from '../format/pack-v3.js';
 import { upperBound } from '../util/search.js';
-import { ChunkTable, type ChunkLocation } from './chunk-table.js';
+import { ChunkTable, noteChunksLost, type ChunkLocation } from './chunk-table.js';
 
 /** What the index keeps of a pack: its TOC's columns (digests are not kept). */
 export interface PackColumns {
@@ -138,6 +138,7 @@ export class NumberIndex {
   removePack(pack: number, digests: Uint8Array): void {
     const cols = this.packs.get(pack);
     if (!cols) return;
+    noteChunksLost(); // also when `digests` is unknown (zeros, after a repair) and no slot goes
     for (let k = 0; k < cols.count; k++) {
       const s = this.table.slotOf(digests, k * TOC_DIGEST_BYTES);
       // Only a digest whose slot is ambiguous (or gone) can be in the exact map: no hex string otherwise.

@@ -23,6 +23,8 @@ export interface LoadedNumberedManifest {
    * not only the 24-byte prefix a pack TOC keeps: a child inheriting pages need not hash them.
    */
   wholeDigests?: boolean;
+  /** chunkLossGeneration() at a moment every chunk it names was in the chunk table (a session just committed it). */
+  presentAt?: number;
 }
 
 /** Default budget of the page tables of committed snapshots a process keeps as next parents. */

@@ -338,15 +338,35 @@ export class NumberedChunks {
    * The numbers of a page table's chunks (every page Zero or Digest), for a manifest: a page whose
    * digest equals the parent's at its index takes the parent's number without a lookup; the others
    * are found exactly. Every chunk must be in a sealed, indexed pack (a commit flushed the writer).
+   * `fromParent`: runs [start, end) (pairs, in page order) whose pages the caller copied from the
+   * parent at the same index (each Zero, or Digest where the parent's is): they take the parent's
+   * numbers without a comparison (an empty snapshot of 256 MiB compared 65,536 digests; issue 12).
    */
   async numberPages(
     pages: PageTable,
     parent: { pages: PageTable; numbers: NumberedPages } | undefined,
     what: string,
+    fromParent: readonly number[] = [],
   ): Promise<NumberedPages> {
     const out = new NumberedPages(pages.pageCount);
     const ask: number[] = [];
+    if (fromParent.length > 0 && !parent) throw new RangeError(`${what}: pages taken from a parent, but there is none`);
+    let run = 0;
     for (let p = 0; p < pages.pageCount; p++) {
+      if (run < fromParent.length && p === fromParent[run]) {
+        const end = fromParent[run + 1];
+        if (!(end > p && end <= Math.min(pages.pageCount, parent!.pages.pageCount)))
+          throw new RangeError(`${what}: bad parent run at page ${p}`);
+        for (let k = p; k < end; k++) {
+          if (pages.kinds[k] === PageKind.Zero) out.setZero(k);
+          else if (pages.kinds[k] === PageKind.Digest && parent!.numbers.kinds[k] === PageKind.Digest)
+            out.setNumber(k, parent!.numbers.numbers[k]);
+          else throw new RangeError(`${what}: page ${k} is not the parent's`);
+        }
+        run += 2;
+        p = end - 1;
+        continue;
+      }
       const kind = pages.kinds[p];
       if (kind === PageKind.Zero) out.setZero(p);
       else if (kind !== PageKind.Digest) throw new RangeError(`${what}: page ${p} has no content`);

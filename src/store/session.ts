@@ -6,13 +6,14 @@
  */
 import path from 'node:path';
 import { encodeManifest, planManifest, type ManifestHeader } from '../format/manifest.js';
-import { encodeManifestV2, planManifestV2, type NumberedPages } from '../format/manifest-v2.js';
+import { encodeManifestV2, fullPlanBytesAtLeast, planManifestV2, type ManifestV2Plan, type NumberedPages } from '../format/manifest-v2.js';
 import { NUMBERED_TOC_ENTRY_BYTES, TOC_DIGEST_BYTES, tocDigestsEqual } from '../format/pack-v3.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable, digestsEqual } from '../format/pages.js';
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
 import { getCodec } from '../chunk/codec.js';
 import { PageStatus, type HashResult } from '../chunk/page-jobs.js';
 import { hashPage, hex, imageDigest } from '../chunk/hash.js';
+import { chunkLossGeneration } from '../index/chunk-table.js';
 import { writeFileDurable } from '../util/durable.js';
 import { CorruptError, fromSystemError, VnstoreError } from '../util/errors.js';
 import type { SnapshotRecord } from './db.js';
@@ -102,12 +103,34 @@ export class Session {
   /** The writer's sealedCount when the session began: the packs a failure may leave behind follow it. */
   private readonly sealMark: number;
   private readonly maxInFlight: number;
+  /**
+   * Runs [start, end) of pages fillUnwritten took from the parent at the same index (pairs, in page
+   * order): the manifest gives them the parent's numbers without comparing digests again.
+   */
+  private fromParent: number[] = [];
+  /**
+   * chunkLossGeneration() when fillUnwritten found every inherited chunk in the chunk table (undefined
+   * when one was not): the first half of the committed snapshot's presentAt.
+   */
+  private inheritedPresentAt: number | undefined;
 
   private constructor(
     private readonly store: Store,
     readonly options: SessionOptions,
     /** On a format-3 store also the parent's numbers (a page equal to the parent's takes its number). */
-    readonly parent: { id: string; pages: PageTable; depth: number; numbers?: NumberedPages; wholeDigests?: boolean } | undefined,
+    readonly parent:
+      | {
+          id: string;
+          pages: PageTable;
+          depth: number;
+          numbers?: NumberedPages;
+          wholeDigests?: boolean;
+          /** chunkLossGeneration() at a moment every chunk of the parent was in the chunk table. */
+          presentAt?: number;
+          /** Format 3: the parent's manifest header (its image digest). */
+          header?: ManifestHeader;
+        }
+      | undefined,
   ) {
     const pageCount = options.memoryBytes !== undefined ? Math.ceil(options.memoryBytes / PAGE_SIZE) : 0;
     // Without a declared size, expect the parent's: growing the table as pages arrive copies it.
@@ -633,8 +656,9 @@ export class Session {
       // Format 3 names pages by number: those of new chunks are known once their packs are indexed
       // (the image digest is computed meanwhile all the same).
       const numberedHeader = this.store.isNumbered ? this.manifestHeader(byteLength, pageCount) : undefined;
-      let manifest: { bytes: Buffer; record: SnapshotRecord; numbered?: { header: ManifestHeader; numbers: NumberedPages } } | undefined =
-        numberedHeader ? undefined : this.buildManifest(byteLength, pageCount);
+      let manifest:
+        | { bytes: Buffer; record: SnapshotRecord; numbered?: { header: ManifestHeader; numbers: NumberedPages; presentAt?: number } }
+        | undefined = numberedHeader ? undefined : this.buildManifest(byteLength, pageCount);
       await flushing;
       trace('packs flushed');
       if (this.store.writer.failureEpoch !== this.failureEpoch) throw this.writerFailure();
@@ -745,8 +769,14 @@ export class Session {
     const table = this.store.table;
     let unset = 0;
     const unknown: number[] = []; // inherited pages whose chunk the chunk table does not know
+    // Inherited digest pages, only where their whole digests must be read (hashInherited).
+    const hashing = this.parentDigestBytes < DIGEST_BYTES;
     const inherited: number[] = [];
+    const fromParent: number[] = [];
     const kinds = pages.kinds;
+    const losses = chunkLossGeneration();
+    // Every chunk of the parent was in the table, and the table has lost none since: no page need ask.
+    const trusted = this.parent?.presentAt === losses;
     for (let i = 0; i < pages.pageCount;) {
       if (kinds[i] !== PageKind.Unset) {
         i++;
@@ -759,14 +789,17 @@ export class Session {
       if (mode === 'error') unset += end - i;
       else {
         const inherit = mode === 'parent' && parent ? Math.min(end, parent.pageCount) : i;
-        if (inherit > i) pages.digests.set(parent!.digests.subarray(i * DIGEST_BYTES, inherit * DIGEST_BYTES), i * DIGEST_BYTES);
+        if (inherit > i) {
+          pages.digests.set(parent!.digests.subarray(i * DIGEST_BYTES, inherit * DIGEST_BYTES), i * DIGEST_BYTES);
+          fromParent.push(i, inherit);
+        }
         for (let k = i; k < inherit; k++) {
           // The parent's digest slot of a non-digest page may be stale: such a page becomes zero here.
           if (parent!.kinds[k] !== PageKind.Digest) kinds[k] = PageKind.Zero;
           else {
             kinds[k] = PageKind.Digest;
-            inherited.push(k);
-            if (!table.hasFingerprint(parent!.digests, k * DIGEST_BYTES)) unknown.push(k);
+            if (hashing) inherited.push(k);
+            if (!trusted && !table.hasFingerprint(parent!.digests, k * DIGEST_BYTES)) unknown.push(k);
           }
         }
         kinds.fill(PageKind.Zero, Math.max(i, inherit), end);
@@ -775,7 +808,32 @@ export class Session {
     }
     if (unset > 0) throw new VnstoreError('E_SESSION', `${unset} page(s) of the image were never written`);
     if (unknown.length > 0) await this.checkInherited(unknown);
-    if (this.parentDigestBytes < DIGEST_BYTES && inherited.length > 0) await this.hashInherited(inherited);
+    if (hashing && inherited.length > 0) await this.hashInherited(inherited);
+    this.fromParent = fromParent;
+    this.inheritedPresentAt = unknown.length === 0 ? losses : undefined;
+  }
+
+  /**
+   * chunkLossGeneration() at a moment every chunk this snapshot names was in the chunk table, once
+   * its pages are numbered (undefined when unknown): a child that begins on it while the count has
+   * not moved need not look its inherited pages up (an empty snapshot of 256 MiB looked up 65,536;
+   * issue 12). Numbering found each page it resolved in the table; inherited pages were trusted or
+   * looked up; other pages equal to an untrusted parent's are looked up here.
+   */
+  private presentAt(fromParent: readonly number[]): number | undefined {
+    const at = this.inheritedPresentAt;
+    if (at === undefined || chunkLossGeneration() !== at) return undefined;
+    if (!this.parent || this.parent.presentAt === at) return at;
+    const { kinds, digests, pageCount } = this.pages;
+    const table = this.store.table;
+    let run = 0;
+    for (let p = 0; p < pageCount; p++) {
+      if (run < fromParent.length && p === fromParent[run]) {
+        p = fromParent[run + 1] - 1;
+        run += 2;
+      } else if (kinds[p] === PageKind.Digest && !table.hasFingerprint(digests, p * DIGEST_BYTES)) return undefined;
+    }
+    return at;
   }
 
   /**
@@ -826,7 +884,25 @@ export class Session {
   /** The manifest's header (not yet with its base). */
   private manifestHeader(byteLength: number, pageCount: number): ManifestHeader {
     const meta = { id: this.id, vm: this.options.vm, group: this.options.group, parent: this.parent?.id, time: new Date().toISOString() };
-    return { meta, byteLength, pageCount, imageDigest: imageDigest(this.pages, byteLength) };
+    return {
+      meta,
+      byteLength,
+      pageCount,
+      imageDigest: this.parentImageDigest(byteLength, pageCount) ?? imageDigest(this.pages, byteLength),
+    };
+  }
+
+  /**
+   * The parent's image digest when this image is the parent's: every page taken from it unchanged,
+   * at the same length, and the parent's table held whole digests (this process computed its digest
+   * from them, as imageDigest would now). Hashing a 256 MiB image's 2 MiB of digests is ~2 ms.
+   */
+  private parentImageDigest(byteLength: number, pageCount: number): Uint8Array | undefined {
+    const header = this.parent?.header;
+    // A short last page may have been cut anew (zeroTail): hashed as usual.
+    if (!header || !this.parent!.wholeDigests || header.byteLength !== byteLength || byteLength % PAGE_SIZE !== 0) return undefined;
+    const whole = this.fromParent.length === 2 && this.fromParent[0] === 0 && this.fromParent[1] === pageCount;
+    return whole ? header.imageDigest : undefined;
   }
 
   /** The catalog record that will point at a manifest of `manifestBytes` (`tocBytes`: a new chunk's table entry). */
@@ -864,24 +940,33 @@ export class Session {
    */
   private async buildNumberedManifest(
     header: ManifestHeader,
-  ): Promise<{ bytes: Buffer; record: SnapshotRecord; numbered: { header: ManifestHeader; numbers: NumberedPages } }> {
+  ): Promise<{ bytes: Buffer; record: SnapshotRecord; numbered: { header: ManifestHeader; numbers: NumberedPages; presentAt?: number } }> {
     const parent = this.parent?.numbers ? { pages: this.parent.pages, numbers: this.parent.numbers } : undefined;
-    const numbers = await this.store.numbered!.numberPages(this.pages, parent, `snapshot of VM ${this.options.vm}`);
-    let plan = planManifestV2(numbers);
+    // zeroTail may have replaced a short last page after it was inherited: that page is numbered anew.
+    const inheritedUpTo = header.byteLength % PAGE_SIZE === 0 ? header.pageCount : header.pageCount - 1;
+    const fromParent = parent ? clipRuns(this.fromParent, inheritedUpTo) : undefined;
+    const numbers = await this.store.numbered!.numberPages(this.pages, parent, `snapshot of VM ${this.options.vm}`, fromParent);
+    const presentAt = this.presentAt(fromParent ?? []);
+    let plan: ManifestV2Plan | undefined;
     let base: string | undefined;
     let baseDepth = 0;
     if (this.parent && parent && this.parent.depth < MAX_BASE_DEPTH) {
+      // The delta wins when smaller than the full plan; a bound on the full plan's size most often
+      // decides without planning it (the same choice as comparing both plans).
       const delta = planManifestV2(numbers, parent.numbers);
-      if (delta.bodyBytes + Buffer.byteLength(this.parent.id) < plan.bodyBytes) {
+      const deltaBytes = delta.bodyBytes + Buffer.byteLength(this.parent.id);
+      if (deltaBytes >= fullPlanBytesAtLeast(numbers)) plan = planManifestV2(numbers);
+      if (!plan || deltaBytes < plan.bodyBytes) {
         plan = delta;
         base = this.parent.id;
         baseDepth = this.parent.depth + 1;
       }
     }
+    plan ??= planManifestV2(numbers);
     const encoded = encodeManifestV2({ ...header, baseId: base }, numbers, plan.base, plan);
     // A new chunk costs its digest and (at most) one item in its pack's table.
     const record = this.snapshotRecord(header, base, baseDepth, encoded.stats.zeroPages, encoded.bytes.length, NUMBERED_TOC_ENTRY_BYTES);
-    return { bytes: encoded.bytes, record, numbered: { header: { ...header, baseId: base }, numbers } };
+    return { bytes: encoded.bytes, record, numbered: { header: { ...header, baseId: base }, numbers, presentAt } };
   }
 
   /**
@@ -932,6 +1017,13 @@ export class Session {
   private assertOpen(): void {
     if (this.state !== 'open') throw new VnstoreError('E_SESSION', `session ${this.id} is no longer open`);
   }
+}
+
+/** Runs [start, end) (pairs, in order) cut to end at `limit`. */
+function clipRuns(runs: readonly number[], limit: number): number[] {
+  const out: number[] = [];
+  for (let r = 0; r < runs.length && runs[r] < limit; r += 2) out.push(runs[r], Math.min(runs[r + 1], limit));
+  return out;
 }
 
 /** A failure to write (a full disk, an I/O error), after which the session's packs are garbage. */

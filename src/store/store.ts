@@ -710,11 +710,14 @@ export class Store {
   }
 
   /** Format 3: a snapshot's pages by number and by digest (a session's parent). */
-  async loadNumberedPages(id: string): Promise<{ pages: PageTable; numbers: NumberedPages; wholeDigests: boolean }> {
+  async loadNumberedPages(
+    id: string,
+  ): Promise<{ pages: PageTable; numbers: NumberedPages; wholeDigests: boolean; presentAt?: number; header: ManifestHeader }> {
     if (!this.numberedManifests)
       throw new VnstoreError('E_USAGE', `store format ${this.config.version} names chunks by digest, not number`);
     const loaded = await this.numberedManifests.loadWithDigests(id);
-    return { pages: loaded.pages, numbers: loaded.numbers, wholeDigests: loaded.wholeDigests === true };
+    const { pages, numbers, presentAt, header } = loaded;
+    return { pages, numbers, wholeDigests: loaded.wholeDigests === true, presentAt, header };
   }
 
   // ---------------------------------------------------------------- chunk index
