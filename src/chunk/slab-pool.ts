@@ -10,9 +10,9 @@
  * A pool for slabs that cross to workers is `shared` (SharedArrayBuffers, posted without a transfer
  * list). Plain ArrayBuffers moved by transfer, two 4 MiB slabs to a worker and back per job, drove the
  * server's main thread into a mark-compact every few jobs ("external memory pressure": 16-39 in one cold
- * 256 MiB snapshot, 2 with shared slabs; bench/RESULTS.md, issue 12, session 12). Copies out of
- * shared memory are no slower whole (6.4 against 6.2 GB/s measured here); page by page they run at
- * about half memcpy's speed (5.5 against 12.5 GB/s), a few ms per 256 MiB.
+ * 256 MiB snapshot, 2 with shared slabs; bench/RESULTS.md, issue 12, session 12). Copy into and out
+ * of the slabs with copyBytes (src/util/copy-bytes.ts): TypedArray.set on shared memory goes a byte
+ * at a time when the two sides are not equally aligned, about 6 times slower than memcpy.
  */
 export class SlabPool {
   private readonly free: (ArrayBuffer | SharedArrayBuffer)[] = [];
