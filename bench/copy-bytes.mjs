@@ -2,7 +2,7 @@
 // Copying received page batches into the store's shared slabs, as Session.lendCopy does for each
 // PAGES frame on the server: 1 MiB of pages at the offset they have in a PAGES frame (odd), into
 // twelve 4 MiB SharedArrayBuffer slabs in turn, with TypedArray.set, with the same copy made
-// equally aligned, and with copyBytes (src/util/copy-bytes.ts). Prints CPU ms per MIB MiB copied.
+// equally aligned, and with copyBytes (src/util/shared-bytes.ts). Prints CPU ms per MIB MiB copied.
 // Run `npm run build` first.  node bench/copy-bytes.mjs [MIB=256]
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Zeroing the zero pages of a restore window (a quarter of its 256 pages, every fourth) by each way
 // there is, on a SharedArrayBuffer (the store's slabs) and on an unshared buffer: V8 fills a shared
-// typed array with relaxed atomic stores, byte by byte (src/util/zero-fill.ts says what restore uses).
+// typed array with relaxed atomic stores, byte by byte (src/util/shared-bytes.ts says what restore uses).
 //   node bench/fill-shared.mjs
 const PAGE = 4096;
 const WINDOW = 256;

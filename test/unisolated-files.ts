@@ -65,6 +65,7 @@ export const UNISOLATED_FILES = [
   'test/server-session.test.ts',
   'test/server-verify.test.ts',
   'test/session-api.test.ts',
+  'test/shared-bytes.test.ts',
   'test/slab-pool.test.ts',
   'test/socket-reader.test.ts',
   'test/store-close-fds.test.ts',
@@ -77,7 +78,6 @@ export const UNISOLATED_FILES = [
   'test/vne-vm-kill.test.ts',
   'test/worker-start.test.ts',
   'test/workload.test.ts',
-  'test/zero-fill.test.ts',
   'test/zstd.test.ts',
 ];
 

@@ -12,7 +12,7 @@ import { tableHasDigest, tableLocation } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec, type CompressedPages } from './codec.js';
 import { decodeContainer, decodeStoredChunks, MAX_CONTAINER_BYTES } from './container.js';
 import { hashPage, hashPages, pageScanner, type PageScanner } from './hash.js';
-import { zeroFill } from '../util/zero-fill.js';
+import { zeroFill } from '../util/shared-bytes.js';
 
 /** Per-page outcome of hashing, decided as far as a worker can without the exact index. */
 export enum PageStatus {

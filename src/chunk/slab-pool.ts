@@ -11,7 +11,7 @@
  * list). Plain ArrayBuffers moved by transfer, two 4 MiB slabs to a worker and back per job, drove the
  * server's main thread into a mark-compact every few jobs ("external memory pressure": 16-39 in one cold
  * 256 MiB snapshot, 2 with shared slabs; bench/RESULTS.md, issue 12, session 12). Copy into and out
- * of the slabs with copyBytes (src/util/copy-bytes.ts): TypedArray.set on shared memory goes a byte
+ * of the slabs with copyBytes (src/util/shared-bytes.ts): TypedArray.set on shared memory goes a byte
  * at a time when the two sides are not equally aligned, about 6 times slower than memcpy.
  */
 export class SlabPool {

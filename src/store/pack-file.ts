@@ -29,7 +29,7 @@ import { fsyncDir, FILE_MODE, writeFully, writevFully } from '../util/durable.js
 import type { PackRecord } from './db.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import { indexOfSorted } from '../util/search.js';
-import { copyBytes } from '../util/copy-bytes.js';
+import { copyBytes } from '../util/shared-bytes.js';
 
 export const WRITE_BATCH_BYTES = 1024 * 1024; // small: each batch is fresh memory once per process
 
@@ -186,7 +186,7 @@ export class PackFile {
     if (this.batch && this.batchUsed + n > this.batch.length) this.writeBuffered();
     this.batch ??= this.batches.take();
     if (n > this.batch.length) throw new RangeError(`run of ${n} bytes exceeds a write batch`);
-    // Not batch.set: payloads come from a shared slab at any offset (src/util/copy-bytes.ts).
+    // Not batch.set: payloads come from a shared slab at any offset (src/util/shared-bytes.ts).
     copyBytes(this.batch, payload.subarray(start, end), this.batchUsed);
     this.batchUsed += n;
     this.size += n;

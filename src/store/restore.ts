@@ -12,7 +12,7 @@ import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError } from '../util/error
 import type { Store } from './store.js';
 import type { SnapshotRecord } from './db.js';
 import { WINDOW_PAGES } from './job-sizes.js';
-import { zeroFill } from '../util/zero-fill.js';
+import { zeroFill } from '../util/shared-bytes.js';
 
 const MAX_WINDOWS_IN_FLIGHT = 4;
 const COALESCE_GAP_BYTES = 16 * 1024;

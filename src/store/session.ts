@@ -26,7 +26,7 @@ import { wholeDigests } from './restore.js';
 import type { ReclaimHint } from './reclaim.js';
 import type { LoadedNumberedManifest } from './manifest-loader-v3.js';
 import { trace } from '../util/trace.js';
-import { copyBytes } from '../util/copy-bytes.js';
+import { copyBytes, zeroFill } from '../util/shared-bytes.js';
 
 /** Largest image a session accepts without a declared memory size (its page table needs 33 B a page). */
 export const MAX_IMAGE_BYTES = 256 * 2 ** 30;
@@ -425,7 +425,7 @@ export class Session {
   private lendCopy(src: Uint8Array, n: number): Uint8Array {
     const out = this.store.slabs.take(n * PAGE_SIZE);
     copyBytes(out, src); // not out.set: the slab is shared memory, and received pages are unaligned
-    out.fill(0, src.length);
+    zeroFill(out, src.length);
     return out;
   }
 
