@@ -101,11 +101,15 @@ export class PagePool {
    * then no job goes to a worker: a worker costs ~90 ms of CPU to start, which a one-shot command
    * whose pages are cheap (a consecutive snapshot, a restore) never earns back.
    */
+  /** Restore windows a worker may hold before the calling thread restores one itself. */
+  private readonly restoreQueue: number;
+
   constructor(
     readonly plannedSize: number = defaultPoolSize(),
-    options: { start?: boolean; threadPool?: boolean } = {},
+    options: { start?: boolean; threadPool?: boolean; restoreQueue?: number } = {},
   ) {
     this.threadPool = options.threadPool ?? process.env.VNSTORE_THREAD_POOL !== '0';
+    this.restoreQueue = Math.max(1, options.restoreQueue ?? WORKER_QUEUE);
     if (options.start !== false) this.start();
   }
 
@@ -181,10 +185,10 @@ export class PagePool {
   }
 
   /** The least-loaded ready worker, or undefined when the caller should run the job itself. */
-  private pick(): Slot | undefined {
+  private pick(queue = WORKER_QUEUE): Slot | undefined {
     let best: Slot | undefined;
     for (const s of this.slots) if (s.ready && (best === undefined || s.inFlight < best.inFlight)) best = s;
-    return best === undefined || best.inFlight >= WORKER_QUEUE ? undefined : best;
+    return best === undefined || best.inFlight >= queue ? undefined : best;
   }
 
   private submit<T>(best: Slot, job: HashJob | DecodeJob | RestoreJob, transfer: ArrayBuffer[]): Promise<T> {
@@ -213,7 +217,7 @@ export class PagePool {
 
   /** Reads, decodes and verifies one restore window (the worker reads the packs itself). */
   restore(job: RestoreJob): Promise<RestoreResult> {
-    const slot = this.pick();
+    const slot = this.pick(this.restoreQueue);
     if (!slot) return this.inline(() => runRestoreJob(job));
     return this.submit<RestoreResult>(slot, job, slabTransfer(job.window));
   }

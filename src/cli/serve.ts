@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { Store } from '../store/store.js';
+import { RESTORE_WINDOWS_IN_FLIGHT } from '../store/job-sizes.js';
 import { lazyGcSweeper } from '../maintenance/lazy-sweeper.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_PREPARED_TIMEOUT_MS } from '../server/defaults.js';
 import { DEFAULT_HOST, DEFAULT_PORT, parseAddress, removeServerRecord, writeServerRecord, type Address } from '../server/address.js';
@@ -73,7 +74,9 @@ async function serve(opts: ServeOptions): Promise<void> {
   // Loaded here, not with the command line: pino and prom-client would slow every other command's start.
   const [{ VnServer }, { createLogger }] = await Promise.all([import('../server/server.js'), import('../server/log.js')]);
   const log = createLogger();
-  const store = await Store.open(dir, { sweeper: lazyGcSweeper });
+  // Restore windows queue on the page workers (as many as a restore keeps in flight): the main
+  // thread writes the DATA frames.
+  const store = await Store.open(dir, { sweeper: lazyGcSweeper, restoreQueue: RESTORE_WINDOWS_IN_FLIGHT });
   const server = new VnServer(store, { token: () => readTokenFile(tokenFile), log, idleTimeoutMs, preparedTimeoutMs });
   await server.adoptHeld();
   const bound: string[] = [];

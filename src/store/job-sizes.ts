@@ -13,3 +13,6 @@ export const BLOCK_PAGES = 1024;
  * time (bench/RESULTS.md).
  */
 export const WINDOW_PAGES = 256;
+
+/** Windows a restore keeps in flight: decoded ahead of the one being written out. */
+export const RESTORE_WINDOWS_IN_FLIGHT = 4;

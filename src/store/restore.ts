@@ -11,10 +11,10 @@ import { imageDigest, hex } from '../chunk/hash.js';
 import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError } from '../util/errors.js';
 import type { Store } from './store.js';
 import type { SnapshotRecord } from './db.js';
-import { WINDOW_PAGES } from './job-sizes.js';
+import { RESTORE_WINDOWS_IN_FLIGHT, WINDOW_PAGES } from './job-sizes.js';
 import { zeroFill } from '../util/shared-bytes.js';
 
-const MAX_WINDOWS_IN_FLIGHT = 4;
+const MAX_WINDOWS_IN_FLIGHT = RESTORE_WINDOWS_IN_FLIGHT;
 const COALESCE_GAP_BYTES = 16 * 1024;
 const MAX_READ_BYTES = 8 * 1024 * 1024;
 

@@ -109,6 +109,12 @@ export interface OpenOptions {
    * serve (default true; VNSTORE_THREAD_POOL=0 turns it off): then 'on-demand' never starts workers.
    */
   threadPool?: boolean;
+  /**
+   * Restore windows a page worker may hold at once before the calling thread restores one itself
+   * (default 2). A server passes more: its main thread has sockets to serve, and restoring windows
+   * there made it the restore's bottleneck while the worker idled (bench/RESULTS.md, session 13).
+   */
+  restoreQueue?: number;
   /** Pack size at which a pack is sealed. */
   packTargetBytes?: number;
   /** Reads every LevelDB table's checksums at open, also those verified before (`vnstore check`). */
@@ -268,7 +274,11 @@ export class Store {
     let db: StoreDb | undefined;
     let packs: PackReader | undefined;
     // Workers boot (load modules) while we open LevelDB and recover.
-    const pool = new PagePool(options.workers, { start: options.startWorkers !== 'on-demand', threadPool: options.threadPool });
+    const pool = new PagePool(options.workers, {
+      start: options.startWorkers !== 'on-demand',
+      threadPool: options.threadPool,
+      restoreQueue: options.restoreQueue,
+    });
     try {
       // An upgrade killed after its commit point left its copy beside the old parts: finished first.
       if (isNumberedStore(config)) await finishUpgradeSwap(dir);
