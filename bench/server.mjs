@@ -4,14 +4,17 @@
 // page) over the same bytes in memory. Run `npm run build` first.
 //   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--warmup-rounds N] [--format 1|3] [--no-aggregate] [--json]
 // --format: the store format `vnstore init --format` creates (default: init's own default).
-// --warmup-mib (default: --mib) and --warmup-rounds (default 4): before the timed phases, another VM
+// --warmup-mib (default: --mib) and --warmup-rounds (default 10): before the timed phases, another VM
 // (other bytes) goes through a first snapshot, then ROUNDS consecutive ones (every other one from a
 // dirty list) and ROUNDS restores, so both processes run the hot code V8 has optimised, as a daemon
 // that has served for a while does. In a fresh server V8's optimising compiler took about a quarter
 // of the server's CPU during its first snapshot, and after one round of warm-up at 32 MiB it still
 // took 26-30% of the server's perf samples in the timed first snapshot and restore; in one server,
 // consecutive snapshots and restores fell from 0.45 and 0.67 server CPU seconds to 0.16-0.19 and
-// 0.27-0.36 s over 3-5 repetitions (bench/server-repeat.mjs; bench/RESULTS.md). 0 times a fresh server.
+// 0.27-0.36 s over 3-5 repetitions (bench/server-repeat.mjs), and after 10-12 rounds the timed
+// first and consecutive snapshots took less server CPU than after 4 in 4 of 5 pairs (functions that
+// run once per snapshot, such as numberPages, are optimised over many snapshots; bench/RESULTS.md).
+// 0 times a fresh server.
 // $BENCH_SERVE_NODE_ARGS: extra node flags for the server child (e.g. "--cpu-prof --cpu-prof-dir=D").
 // Figures: first snapshot, consecutive from the whole image, consecutive with a 10% dirty-page list
 // (logical bytes / time), restore (verified client-side), wire bytes of the consecutive snapshot
@@ -37,7 +40,7 @@ const { values: args } = parseArgs({
     json: { type: 'boolean', default: false },
     'no-aggregate': { type: 'boolean', default: false },
     'warmup-mib': { type: 'string' },
-    'warmup-rounds': { type: 'string', default: '4' },
+    'warmup-rounds': { type: 'string', default: '10' },
     format: { type: 'string' },
   },
 });
@@ -214,7 +217,7 @@ try {
   const wire = (await wireIn(srv.metrics)) - before;
   r.wireBytes = wire;
   r.wireBudget = cons.stats.pagesSent * PAGE + 40 * cons.stats.pagesOffered;
-  await phase('dirty10', third.length, () => push(client, 'vm', third, { dirty }));
+  const dirtyPush = await phase('dirty10', third.length, () => push(client, 'vm', third, { dirty }));
   // What every snapshot pays whatever its size (begin with the parent's page table, prepare and
   // commit: manifest, fsyncs, catalog): a dirty-list snapshot that lists no page.
   r.emptyDirty = (await push(client, 'vm', third, { dirty: [] })).seconds;
@@ -250,6 +253,9 @@ try {
     consecutiveRatio: r.consecutive / base,
     dirty10MBps: r.dirty10,
     dirty10Ratio: r.dirty10 / base,
+    // Where each snapshot's wall time went, as the agent sees it: BEGIN, the writes, PREPARE + COMMIT.
+    consecutiveSteps: cons.seconds,
+    dirty10Steps: dirtyPush.seconds,
     emptyDirtySnapshotSeconds: r.emptyDirty,
     dirty10BudgetSeconds: third.length / MB / (8 * base),
     restoreMBps: r.restore,
