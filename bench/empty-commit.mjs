@@ -41,6 +41,7 @@ const serverRoot = resolve(args['server-root'] ?? root);
 const CLI = join(serverRoot, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
+const { emptySnapshot, startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
 const PAGE = 4096;
 const now = () => performance.now() / 1000;
 const log = (s) => process.stderr.write(`empty-commit: ${s}\n`);
@@ -68,35 +69,16 @@ try {
   const store = join(work, 'store');
   await run(process.execPath, [CLI, 'init', '--store', store, '--format', '3']);
   const token = (await readFile(join(store, 'access-token'), 'utf8')).trim();
-  const nodeArgs = process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
-  child = spawn(process.execPath, [...nodeArgs, CLI, 'serve', '--store', store, '--listen', '127.0.0.1:0'], {
-    stdio: ['ignore', 'pipe', 'ignore'],
-  });
-  let out = '';
-  await new Promise((res, rej) => {
-    child.stdout.on('data', (d) => {
-      out += d;
-      if (/^listening /m.test(out)) res();
-    });
-    child.on('exit', () => rej(new Error('vnstore serve exited')));
-  });
-  const client = await AgentClient.connect({ server: /^listening (\S+)$/m.exec(out)[1], token });
+  const srv = await startServe(CLI, store);
+  child = srv.child;
+  const client = await AgentClient.connect({ server: srv.address, token });
   const image = makeImage(Number(args.mib), 1);
   const first = await client.beginSession({ vm: 'vm', memoryBytes: image.length, parent: 'none' });
   for (let o = 0; o < image.length; o += 4096 * PAGE) await first.writePages(o / PAGE, image.subarray(o, o + 4096 * PAGE));
   await first.commit({ byteLength: image.length, unwritten: 'zero' });
   log(`first snapshot of ${args.mib} MiB stored`);
 
-  /** One empty dirty-list snapshot: the wall seconds of its three requests. */
-  const empty = async () => {
-    const t0 = now();
-    const s = await client.beginSession({ vm: 'vm', memoryBytes: image.length, parent: 'auto' });
-    const t1 = now();
-    await s.prepare({ byteLength: image.length, unwritten: 'parent' });
-    const t2 = now();
-    await s.commitPreparedHere();
-    return { begin: t1 - t0, prepare: t2 - t1, commit: now() - t2 };
-  };
+  const empty = () => emptySnapshot(client, image.length);
   for (let k = 0; k < Number(args.warmup); k++) await empty();
   const n = Number(args.n);
   const cpu0 = await cpuOf(child.pid);

@@ -41,6 +41,7 @@ const { AgentClient } = await import(join(root, 'dist', 'index.js'));
 const { getCodec } = await import(join(root, 'dist', 'chunk', 'codec.js'));
 const { hashPages } = await import(join(root, 'dist', 'chunk', 'hash.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
+const { emptySnapshot, startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
 const { values: args } = parseArgs({
   options: { mib: { type: 'string', default: '256' }, reps: { type: 'string', default: '7' }, json: { type: 'boolean', default: false } },
 });
@@ -124,32 +125,13 @@ try {
   const store = join(work, 'store');
   spawnSync(process.execPath, [CLI, 'init', '--store', store], { stdio: 'ignore' });
   const token = (await readFile(join(store, 'access-token'), 'utf8')).trim();
-  const child = spawn(process.execPath, [CLI, 'serve', '--store', store, '--listen', '127.0.0.1:0'], {
-    stdio: ['ignore', 'pipe', 'ignore'],
-  });
-  let listening = '';
-  await new Promise((res, rej) => {
-    child.stdout.on('data', (d) => {
-      listening += d;
-      if (/^listening /m.test(listening)) res();
-    });
-    child.on('exit', () => rej(new Error('vnstore serve exited')));
-  });
-  const client = await AgentClient.connect({ server: /^listening (\S+)$/m.exec(listening)[1], token });
+  const { child, address } = await startServe(CLI, store, { nodeArgs: [] });
+  const client = await AgentClient.connect({ server: address, token });
   const first = await client.beginSession({ vm: 'vm', memoryBytes: image.length, parent: 'none' });
   for (let o = 0; o < image.length; o += 4096 * PAGE) await first.writePages(o / PAGE, image.subarray(o, o + 4096 * PAGE));
   await first.commit();
 
-  /** One dirty-list snapshot that lists no page: seconds of BEGIN, PREPARE and COMMIT, and its record. */
-  const empty = async () => {
-    const t0 = now();
-    const s = await client.beginSession({ vm: 'vm', memoryBytes: image.length, parent: 'auto' });
-    const t1 = now();
-    await s.prepare({ byteLength: image.length, unwritten: 'parent' });
-    const t2 = now();
-    const record = await s.commitPreparedHere();
-    return { begin: t1 - t0, prepare: t2 - t1, commit: now() - t2, record };
-  };
+  const empty = () => emptySnapshot(client, image.length);
   for (let r = 0; r < 2; r++) await empty(); // warm both processes
   const runs = [];
   for (let r = 0; r < reps; r++) runs.push(await empty());

@@ -33,6 +33,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const CLI = join(root, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
+const { startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
 const { values: args } = parseArgs({
   options: {
     mib: { type: 'string', default: '256' },
@@ -53,33 +54,6 @@ function baseline(image) {
   const t = now();
   for (let o = 0; o < image.length; o += PAGE) blake3(image.subarray(o, o + PAGE));
   return image.length / MB / (now() - t);
-}
-
-async function startServe(store) {
-  const child = spawn(
-    process.execPath,
-    [
-      ...(process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
-      CLI,
-      'serve',
-      '--store',
-      store,
-      '--listen',
-      '127.0.0.1:0',
-      '--metrics',
-      '127.0.0.1:0',
-    ],
-    { stdio: ['ignore', 'pipe', 'ignore'] },
-  );
-  let out = '';
-  await new Promise((res, rej) => {
-    child.stdout.on('data', (d) => {
-      out += d;
-      if (/^listening /m.test(out) && /^metrics /m.test(out)) res();
-    });
-    child.on('exit', () => rej(new Error('vnstore serve exited')));
-  });
-  return { child, address: /^listening (\S+)$/m.exec(out)[1], metrics: /^metrics (\S+)$/m.exec(out)[1] };
 }
 
 /** CPU seconds (user + system) of a process so far, from /proc (all its threads). */
@@ -179,7 +153,7 @@ try {
   const third = Buffer.from(second);
   for (const p of dirty) third.writeUInt32LE(0xdeadbeef, p * PAGE + 8);
   const base = baseline(first);
-  const srv = await startServe(store);
+  const srv = await startServe(CLI, store, { metrics: true });
   const client = await AgentClient.connect({ server: srv.address, token });
   const warmupMiB = Number(args['warmup-mib'] ?? mib);
   const warmupRounds = Number(args['warmup-rounds']);

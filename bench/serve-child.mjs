@@ -1,0 +1,40 @@
+/** `vnstore serve` as a child process for the server benchmarks (server.mjs, server-floor.mjs, empty-commit.mjs). */
+import { spawn } from 'node:child_process';
+
+/**
+ * Starts `node CLI serve --store STORE --listen 127.0.0.1:0` (and `--metrics 127.0.0.1:0` with
+ * `metrics`), with `nodeArgs` before the script ($BENCH_SERVE_NODE_ARGS by default, e.g. profiler
+ * flags); resolves once it prints where it listens: { child, address, metrics }.
+ */
+export async function startServe(
+  cli,
+  store,
+  { metrics = false, nodeArgs = process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? [] } = {},
+) {
+  const argv = [...nodeArgs, cli, 'serve', '--store', store, '--listen', '127.0.0.1:0', ...(metrics ? ['--metrics', '127.0.0.1:0'] : [])];
+  const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'ignore'] });
+  let out = '';
+  await new Promise((res, rej) => {
+    child.stdout.on('data', (d) => {
+      out += d;
+      if (/^listening /m.test(out) && (!metrics || /^metrics /m.test(out))) res();
+    });
+    child.on('exit', () => rej(new Error('vnstore serve exited')));
+  });
+  return { child, address: /^listening (\S+)$/m.exec(out)[1], metrics: metrics ? /^metrics (\S+)$/m.exec(out)[1] : undefined };
+}
+
+/**
+ * One dirty-list snapshot of VM 'vm' that lists no page (what every snapshot through the server
+ * costs whatever its size): wall seconds of BEGIN, PREPARE and COMMIT, and the committed record.
+ */
+export async function emptySnapshot(client, imageBytes) {
+  const now = () => performance.now() / 1000;
+  const t0 = now();
+  const s = await client.beginSession({ vm: 'vm', memoryBytes: imageBytes, parent: 'auto' });
+  const t1 = now();
+  await s.prepare({ byteLength: imageBytes, unwritten: 'parent' });
+  const t2 = now();
+  const record = await s.commitPreparedHere();
+  return { begin: t1 - t0, prepare: t2 - t1, commit: now() - t2, record };
+}
