@@ -50,10 +50,20 @@ const MB = 1e6;
 const log = (s) => process.stderr.write(`server-bench: ${s}\n`);
 const now = () => performance.now() / 1000;
 
+/**
+ * MB/s of single-thread BLAKE3, one call per page, over `image`: the best of three passes. A first
+ * pass ran at ~650 MB/s and the next ones at ~870-920 (call and loop warm-up), so one pass made the
+ * baseline, and every ratio, move by a quarter from run to run; the best pass is the conservative
+ * choice (the highest baseline, the lowest ratios).
+ */
 function baseline(image) {
-  const t = now();
-  for (let o = 0; o < image.length; o += PAGE) blake3(image.subarray(o, o + PAGE));
-  return image.length / MB / (now() - t);
+  const passes = [];
+  for (let r = 0; r < 3; r++) {
+    const t = now();
+    for (let o = 0; o < image.length; o += PAGE) blake3(image.subarray(o, o + PAGE));
+    passes.push(image.length / MB / (now() - t));
+  }
+  return { best: Math.max(...passes), passes };
 }
 
 /** CPU seconds (user + system) of a process so far, from /proc (all its threads). */
@@ -152,7 +162,7 @@ try {
   for (const p of dirty) for (let o = 0; o < PAGE; o += 4) second.writeUInt32LE((Math.imul(p, 2654435761) ^ o) >>> 0, p * PAGE + o);
   const third = Buffer.from(second);
   for (const p of dirty) third.writeUInt32LE(0xdeadbeef, p * PAGE + 8);
-  const base = baseline(first);
+  const { best: base, passes: basePasses } = baseline(first);
   const srv = await startServe(CLI, store, { metrics: true });
   const client = await AgentClient.connect({ server: srv.address, token });
   const warmupMiB = Number(args['warmup-mib'] ?? mib);
@@ -221,6 +231,7 @@ try {
     warmupRounds,
     loadavg: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number),
     baselineMBps: base,
+    baselinePassesMBps: basePasses.map((x) => Math.round(x)),
     firstMBps: r.first,
     firstRatio: r.first / base,
     consecutiveMBps: r.consecutive,
