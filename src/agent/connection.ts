@@ -13,7 +13,7 @@ import { SlabPool } from '../chunk/slab-pool.js';
 import { parseAddress } from '../server/address.js';
 import { VnstoreError } from '../util/errors.js';
 import { drainedOrClosed } from '../util/drain.js';
-import { decodingReads, type FrameHandlers } from '../protocol/socket-reader.js';
+import { decodingReads, deliverFrames, type FrameHandlers } from '../protocol/socket-reader.js';
 
 export interface ConnectOptions {
   /** HOST:PORT, tls://HOST:PORT or unix:PATH (src/server/address.ts). */
@@ -73,7 +73,7 @@ export class AgentConnection {
           : addr.tls
             ? tls
                 .connect({ host: addr.host, port: addr.port, ca: opts.tlsCa, servername: net.isIP(addr.host) ? undefined : addr.host })
-                .on('data', (chunk: Buffer) => pushChunk(decoder, chunk, handlers))
+                .on('data', (chunk: Buffer) => deliverFrames(handlers, () => decoder.push(chunk))) // TLS: no onread
             : net.connect({ port: addr.port, host: addr.host, onread });
       const timer = setTimeout(() => s.destroy(new Error('timed out')), opts.connectTimeoutMs ?? 10_000);
       s.once(addr.kind === 'tcp' && addr.tls ? 'secureConnect' : 'connect', () => {
@@ -239,16 +239,4 @@ export class AgentConnection {
 export function resultJson<T>(m: Message): T {
   if (m.t !== 'result') throw new ProtocolError('E_MALFORMED', `expected RESULT, got ${m.t.toUpperCase()}`);
   return JSON.parse(m.json) as T;
-}
-
-/** A chunk read without decodingReads (TLS): its frames to `handlers`, or the error that ended the framing. */
-function pushChunk(decoder: FrameDecoder, chunk: Buffer, handlers: FrameHandlers): void {
-  let frames: RawFrame[];
-  try {
-    frames = decoder.push(chunk);
-  } catch (err) {
-    handlers.error(err as Error);
-    return;
-  }
-  handlers.frames(frames);
 }

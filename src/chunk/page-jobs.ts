@@ -451,10 +451,7 @@ export interface RestoreJob {
   members?: Uint8Array;
   slots: Uint32Array;
   digests: Uint8Array;
-  /**
-   * Bytes of each digest to compare (default 32): 24 on store format 3, whose TOCs keep a prefix;
-   * the result then carries the digests computed from the pages (`actual`), for the image digest.
-   */
+  /** Bytes of each digest to compare (default 32): 24 on store format 3, whose TOCs keep a prefix. */
   digestBytes?: number;
   /** Lent slab (windowPages * PAGE_SIZE bytes) to restore into when there is no `output`; it comes back as `out`. */
   window?: Uint8Array;
@@ -475,7 +472,11 @@ export interface RestoreResult {
   bad: number[];
   /** A range that could not be read (missing or truncated pack). */
   readError?: { pack: number; message: string };
-  /** With `digestBytes`: each page slot's digest computed from its bytes (32 B a slot; zero where no chunk). */
+  /**
+   * Each page slot's digest as computed from its bytes by the verification (32 B a slot; zero where
+   * no chunk): format 3's image digest needs them (a TOC keeps 24 bytes), and a streaming restore
+   * sends them. Absent only with a writeError.
+   */
   actual?: Uint8Array;
 }
 
@@ -581,7 +582,7 @@ export function runRestoreJob(job: RestoreJob): RestoreResult {
   decodeStoredChunks(codec, scratch, offsets, job.lengths, job.codecs, job.members, job.slots, out, failed);
   const verified = verifyDecoded(out, job.windowPages, job.slots, job.digests, failed, job.digestBytes);
   bad.push(...verified.bad);
-  const actual = job.digestBytes === undefined ? undefined : verified.actual;
+  const actual = verified.actual;
   if (!job.output) return { out, bad, actual };
   if (bad.length > 0) {
     // The main thread mends and writes this window itself: hand over named slots only, in a fresh

@@ -96,14 +96,14 @@ export class PagePool {
    */
   readonly threadPool: boolean;
 
+  /** Restore windows a worker may hold before the calling thread restores one itself. */
+  private readonly restoreQueue: number;
+
   /**
    * `plannedSize` workers, started now or, with `start: false`, on the first start() call. Until
    * then no job goes to a worker: a worker costs ~90 ms of CPU to start, which a one-shot command
    * whose pages are cheap (a consecutive snapshot, a restore) never earns back.
    */
-  /** Restore windows a worker may hold before the calling thread restores one itself. */
-  private readonly restoreQueue: number;
-
   constructor(
     readonly plannedSize: number = defaultPoolSize(),
     options: { start?: boolean; threadPool?: boolean; restoreQueue?: number } = {},

@@ -48,12 +48,9 @@ import { copyNumbered, tocNumbers, unitsToCopy, type CopiedPack, type CopyOption
  */
 const GC_COPY: CopyOptions = { recontainerLevel: DEFAULT_COMPACT_LEVEL };
 
-/** What a copied chunk costs in a version-4 TOC at most: its digest prefix and an item of its own. */
-export const V3_TOC_ENTRY_BYTES = NUMBERED_TOC_ENTRY_BYTES;
-
 /** gc of an open format-3 store: under the maintenance lock, with the gc fence up while it runs. */
 export async function runGcNumbered(store: Store, options: GcOptions = {}): Promise<GcReport> {
-  gcPlanOptions(options, store.writer.targetBytes, V3_TOC_ENTRY_BYTES); // checked before the store is touched
+  gcPlanOptions(options, store.writer.targetBytes, NUMBERED_TOC_ENTRY_BYTES); // checked before the store is touched
   return withMaintenanceLock(store, async () => {
     const fence = new GcFence(store);
     // Up before anything is read: from here on, every chunk a lookup finds is live.
@@ -69,7 +66,7 @@ export async function runGcNumbered(store: Store, options: GcOptions = {}): Prom
 }
 
 export async function runGcV3(store: NumberedStore, options: GcOptions = {}): Promise<GcReport> {
-  const planOptions = gcPlanOptions(options, store.packTargetBytes, V3_TOC_ENTRY_BYTES);
+  const planOptions = gcPlanOptions(options, store.packTargetBytes, NUMBERED_TOC_ENTRY_BYTES);
   const started = performance.now();
   const candidates = packsBeforeMark(store, options.packs);
   const marked = await markLiveNumbers(store.dir, store.db, store.inFlightNumbers?.bind(store));

@@ -18,9 +18,6 @@ import { numberedView } from './numbered-store.js';
 import { SharingTally, type SharingResult } from './stats-sharing.js';
 import { addCatalogCounts } from './stats-catalog.js';
 
-/** A chunk's share of its pack's table on format 3 (its digest and at most one item), as gc-v3 counts it. */
-const TABLE_BYTES_V3 = NUMBERED_TOC_ENTRY_BYTES;
-
 export type ChunkCounters = Pick<StoreCounters, 'chunks' | 'chunkBytes' | 'packs' | 'packBytes' | 'packPayloadBytes'>;
 
 /** Chunks, their stored bytes, packs, pack file bytes and payload bytes of the indexed packs. */
@@ -91,7 +88,8 @@ export async function numberedDetail(
         const n = toc.runStarts[r] + j;
         const m = toc.metas[k];
         const share = storedShare({ storedLength: metaStoredLength(m), codec: metaCodec(m), member: metaMember(m), pages: metaPages(m) });
-        if (tally.referenced(n)) stored.set(n, share + TABLE_BYTES_V3);
+        if (tally.referenced(n))
+          stored.set(n, share + NUMBERED_TOC_ENTRY_BYTES); // and its TOC entry, as gc counts it
         else if (!live.has(n)) {
           garbageChunks++;
           garbageBytes += share;

@@ -173,9 +173,6 @@ export function upgradeCopyBytes(packBytes: number, chunks: number, manifestByte
   return packBytes + 24 * chunks + manifestBytes + 16 * 1024 * 1024;
 }
 
-/** A format-3 table entry of a new chunk: its digest and (at most) one item (as ingest counts it). */
-const NUMBERED_TABLE_BYTES = NUMBERED_TOC_ENTRY_BYTES;
-
 /**
  * A snapshot record with its new manifest's size, and `addedBytes` counted as a format-3 ingest
  * would have: the same new chunk payloads (copied as stored), their format-3 table entries, the
@@ -183,7 +180,7 @@ const NUMBERED_TABLE_BYTES = NUMBERED_TOC_ENTRY_BYTES;
  */
 export function upgradedRecord(rec: SnapshotRecord, manifestBytes: number | undefined): SnapshotRecord {
   const bytes = manifestBytes ?? rec.manifestBytes;
-  return { ...rec, manifestBytes: bytes, addedBytes: rec.newChunkBytes + rec.newChunks * NUMBERED_TABLE_BYTES + bytes };
+  return { ...rec, manifestBytes: bytes, addedBytes: rec.newChunkBytes + rec.newChunks * NUMBERED_TOC_ENTRY_BYTES + bytes };
 }
 
 /**

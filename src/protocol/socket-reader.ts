@@ -67,15 +67,20 @@ export function decodingReads(decoder: FrameDecoder, handlers: FrameHandlers): n
     // Called after each read for where the next one goes (Node's onread buffer generator).
     buffer: () => decoder.gatherTarget(SMALL_READ_BYTES) ?? buffer,
     callback: (nread, buf) => {
-      let frames: RawFrame[];
-      try {
-        frames = buf === buffer ? decoder.push(buf.subarray(0, nread)) : decoder.gathered(nread);
-      } catch (err) {
-        handlers.error(err as Error);
-        return true;
-      }
-      handlers.frames(frames);
+      deliverFrames(handlers, () => (buf === buffer ? decoder.push(buf.subarray(0, nread)) : decoder.gathered(nread)));
       return true; // pausing is socket.pause()'s (backpressure), not this return value's
     },
   };
+}
+
+/** The frames `decode` gives to `handlers.frames`, or the error that ended the framing to `handlers.error`. */
+export function deliverFrames(handlers: FrameHandlers, decode: () => RawFrame[]): void {
+  let frames: RawFrame[];
+  try {
+    frames = decode();
+  } catch (err) {
+    handlers.error(err as Error);
+    return;
+  }
+  handlers.frames(frames);
 }

@@ -2,7 +2,7 @@
  * Catalog calls (CALL) and the streaming restore (RESTORE) a server answers: thin over the Store
  * and the maintenance API, so `--server` commands print what the local ones print.
  */
-import { DIGEST_BYTES, PAGE_SIZE, PageKind } from '../format/pages.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { MAX_PAGES_PER_BATCH } from '../protocol/limits.js';
 import { ProtocolError } from '../protocol/errors.js';
 import type { Store } from '../store/store.js';
@@ -152,32 +152,21 @@ export interface DataSink {
  * written, and restore decodes the next windows meanwhile.
  */
 export async function streamRestore(store: Store, record: SnapshotRecord, out: DataSink): Promise<void> {
-  const pages = await store.loadPages(record.id);
   const batchBytes = MAX_PAGES_PER_BATCH * PAGE_SIZE;
   let firstPage = 0;
-  // `computed` (store format 3): the digests restore computed from the pages, whose TOCs keep 24 bytes.
-  const send = (data: Uint8Array, computed?: Uint8Array): Promise<void> => {
+  // `digests`: what restore computed from the verified pages (zero for a zero page).
+  const send = (data: Uint8Array, digests: Uint8Array): Promise<void> => {
     const n = Math.ceil(data.length / PAGE_SIZE);
-    const digests = new Uint8Array(n * DIGEST_BYTES);
-    if (computed) digests.set(computed.subarray(0, n * DIGEST_BYTES));
-    else
-      for (let k = 0; k < n; k++)
-        if (pages.kinds[firstPage + k] === PageKind.Digest) digests.set(pages.digestAt(firstPage + k), k * DIGEST_BYTES);
-    const sent = out.send(firstPage, digests, data);
+    const sent = out.send(firstPage, digests.subarray(0, n * DIGEST_BYTES), data);
     firstPage += n;
     return sent;
   };
   await restoreSnapshot(store, record, {
     // Every window but the image's last is whole pages, so each batch starts at a page boundary.
-    write: async (chunk, computed) => {
+    write: async (chunk, digests) => {
       const sends: Promise<void>[] = [];
       for (let pos = 0; pos < chunk.length; pos += batchBytes)
-        sends.push(
-          send(
-            chunk.subarray(pos, Math.min(chunk.length, pos + batchBytes)),
-            computed?.subarray((pos / PAGE_SIZE) * DIGEST_BYTES, ((pos + batchBytes) / PAGE_SIZE) * DIGEST_BYTES),
-          ),
-        );
+        sends.push(send(chunk.subarray(pos, Math.min(chunk.length, pos + batchBytes)), digests.subarray((pos / PAGE_SIZE) * DIGEST_BYTES)));
       await Promise.all(sends);
     },
   });

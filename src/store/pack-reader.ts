@@ -125,6 +125,14 @@ export class PackReader {
 
   /** One stored chunk, decoded and checked against `digest`; undefined when it does not decode or match. */
   async readVerified(loc: ChunkLocation, digest: Uint8Array): Promise<Uint8Array | undefined> {
+    return (await this.readHashed(loc, digest))?.page;
+  }
+
+  /**
+   * readVerified, with the page's whole digest as it hashed it: a `digest` of 24 bytes (a format-3
+   * TOC's prefix) compares as a prefix, and a caller that needs all 32 need not hash the page again.
+   */
+  async readHashed(loc: ChunkLocation, digest: Uint8Array): Promise<{ page: Uint8Array; digest: Buffer } | undefined> {
     const payload = await this.read(loc.pack, loc.offset, loc.storedLength);
     let page: Uint8Array;
     try {
@@ -132,9 +140,9 @@ export class PackReader {
     } catch {
       return undefined;
     }
-    // A format-3 TOC keeps a digest's first 24 bytes: a prefix compares as such.
     if (digest.length < TOC_DIGEST_BYTES) throw new RangeError(`a digest of ${digest.length} bytes`);
-    return hashPage(page).subarray(0, digest.length).equals(digest) ? Uint8Array.from(page) : undefined;
+    const whole = hashPage(page);
+    return whole.subarray(0, digest.length).equals(digest) ? { page: Uint8Array.from(page), digest: whole } : undefined;
   }
 
   /** The pack's file left packs/ (quarantined, removed): close its handle now. */

@@ -6,7 +6,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { hashPage, imageDigest } from '../chunk/hash.js';
+import { imageDigest } from '../chunk/hash.js';
 import { TOC_DIGEST_BYTES } from '../format/pack-v3.js';
 import type { ManifestHeader } from '../format/manifest.js';
 import { decodeManifestV2Header, decodeManifestV2Pages, type NumberedPages } from '../format/manifest-v2.js';
@@ -124,10 +124,10 @@ export async function readImageV3(
   for (let p = 0; p < pages.pageCount; p++) {
     if (pages.kinds[p] !== PageKind.Digest) continue;
     const at = load.index.locate(pages.numbers[p])!;
-    const page = await packs.readVerified(at.location, digests.digestAt(p).subarray(0, TOC_DIGEST_BYTES));
-    if (!page) throw new CorruptError(`${what}: page ${p} (chunk ${pages.numbers[p]}) does not match its digest`);
-    image.set(page, p * PAGE_SIZE);
-    digests.setDigest(p, hashPage(page));
+    const read = await packs.readHashed(at.location, digests.digestAt(p).subarray(0, TOC_DIGEST_BYTES));
+    if (!read) throw new CorruptError(`${what}: page ${p} (chunk ${pages.numbers[p]}) does not match its digest`);
+    image.set(read.page, p * PAGE_SIZE);
+    digests.setDigest(p, read.digest);
   }
   if (!imageDigest(digests, header.byteLength).equals(header.imageDigest)) throw new CorruptError(`${what}: image digest mismatch`);
   return image.subarray(0, header.byteLength);

@@ -14,7 +14,6 @@ import type { SnapshotRecord } from './db.js';
 import { RESTORE_WINDOWS_IN_FLIGHT, WINDOW_PAGES } from './job-sizes.js';
 import { zeroFill } from '../util/shared-bytes.js';
 
-const MAX_WINDOWS_IN_FLIGHT = RESTORE_WINDOWS_IN_FLIGHT;
 const COALESCE_GAP_BYTES = 16 * 1024;
 const MAX_READ_BYTES = 8 * 1024 * 1024;
 
@@ -22,11 +21,11 @@ export interface RestoreSink {
   /**
    * Receives verified bytes in order; may apply backpressure by returning a promise. The chunk is
    * lent: restore reuses its memory once the returned promise settles (or write returns), so a sink
-   * that keeps bytes beyond that must copy them. On store format 3 `digests` (lent as well) holds
-   * each page's digest as computed from its verified bytes (32 B a page, zero for a zero page): a
-   * format-3 TOC keeps only 24 bytes of it, and a stream that sends digests sends these.
+   * that keeps bytes beyond that must copy them. `digests` (lent as well) holds each page's digest
+   * as computed from its verified bytes (32 B a page, zero for a zero page): what a stream that sends
+   * digests sends (a format-3 TOC keeps only 24 bytes of each).
    */
-  write(chunk: Uint8Array, digests?: Uint8Array): Promise<void> | void;
+  write(chunk: Uint8Array, digests: Uint8Array): Promise<void> | void;
   /**
    * Optional, for seekable outputs (a new file): write `chunk` at `position`. When present, runs of
    * zero pages are not written at all (the file gets holes, which read back as zeros) and `setLength`
@@ -76,7 +75,7 @@ export async function restoreSnapshot(
   const total = header.byteLength;
   const direct = sink.filePath !== undefined && sink.writeAt !== undefined;
   for (let first = 0; first < pages.pageCount || windows.length > 0;) {
-    while (first < pages.pageCount && windows.length < MAX_WINDOWS_IN_FLIGHT) {
+    while (first < pages.pageCount && windows.length < RESTORE_WINDOWS_IN_FLIGHT) {
       const n = Math.min(WINDOW_PAGES, pages.pageCount - first);
       const output = direct
         ? { path: sink.filePath!, name: sink.name ?? sink.filePath!, position: first * PAGE_SIZE, limit: total }
@@ -89,7 +88,7 @@ export async function restoreSnapshot(
     const windowFirst = done / PAGE_SIZE;
     const next = windows.shift()!;
     const { out, actual } = await next.out;
-    if (decoded) decoded.digests.set(actual!.subarray(0, next.pages * DIGEST_BYTES), windowFirst * DIGEST_BYTES);
+    if (decoded) decoded.digests.set(actual.subarray(0, next.pages * DIGEST_BYTES), windowFirst * DIGEST_BYTES);
     const windowBytes = Math.min(next.pages * PAGE_SIZE, total - done);
     if (out.length > 0 || !direct) {
       // Not written by a worker (no file output, or a page needed the main thread's retry path).
@@ -127,7 +126,7 @@ export async function wholeDigests(
   const settle = async () => {
     const w = inFlight.shift()!;
     const { out: bytes, actual } = await w.result;
-    out.set(actual!.subarray(0, w.n * DIGEST_BYTES), w.first * DIGEST_BYTES);
+    out.set(actual.subarray(0, w.n * DIGEST_BYTES), w.first * DIGEST_BYTES);
     store.slabs.give(bytes);
   };
   for (let first = 0; first < pages.pageCount; first += WINDOW_PAGES) {
@@ -136,7 +135,7 @@ export async function wholeDigests(
     const result = restoreWindow(store, id, pages, first, n, undefined, locate);
     result.catch(() => undefined); // surfaced when settled, in order
     inFlight.push({ first, n, result });
-    if (inFlight.length >= MAX_WINDOWS_IN_FLIGHT) await settle();
+    if (inFlight.length >= RESTORE_WINDOWS_IN_FLIGHT) await settle();
   }
   while (inFlight.length > 0) await settle();
   return out;
@@ -164,8 +163,8 @@ async function writeNonZeroRuns(
 }
 
 type WindowOutput = { path: string; name: string; position: number; limit: number };
-/** A window's bytes (empty when a worker wrote them), and with a locator the digests computed from them (32 B a page). */
-type WindowResult = { out: Uint8Array; actual?: Uint8Array };
+/** A window's bytes (empty when a worker wrote them), and the digests computed from them (32 B a page). */
+type WindowResult = { out: Uint8Array; actual: Uint8Array };
 /** Where page `page`'s chunk is, exactly (format 3: by its number); undefined when no pack holds it. */
 type Locator = (page: number) => ChunkLocation | undefined;
 
@@ -292,7 +291,7 @@ async function restoreWindowOnce(
     members,
     slots: chunkSlots,
     digests,
-    // Format 3 (located by number): compare the TOC's 24-byte prefix, and take the digests back.
+    // Format 3 (located by number): compare the TOC's 24-byte prefix.
     digestBytes: locate ? TOC_DIGEST_BYTES : undefined,
     output,
     window: output ? undefined : store.slabs.take(n * PAGE_SIZE),
@@ -317,6 +316,7 @@ async function restoreWindowOnce(
       const page = await store.packs.readVerified(loc, digestOf(slots[k]));
       if (page) {
         result.out.set(page, slots[k] * PAGE_SIZE);
+        result.actual!.set(digestOf(slots[k]), slots[k] * DIGEST_BYTES); // a whole digest: formats 1/2 only come here
         continue;
       }
     }
@@ -324,5 +324,5 @@ async function restoreWindowOnce(
       `snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) in pack ${packFileName(prev.pack)} is corrupt (digest mismatch); ${FIND_DAMAGE_ADVICE}`,
     );
   }
-  return { out: result.out, actual: result.actual };
+  return { out: result.out, actual: result.actual! };
 }

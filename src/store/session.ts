@@ -657,9 +657,7 @@ export class Session {
       // Format 3 names pages by number: those of new chunks are known once their packs are indexed
       // (the image digest is computed meanwhile all the same).
       const numberedHeader = this.store.isNumbered ? this.manifestHeader(byteLength, pageCount) : undefined;
-      let manifest:
-        | { bytes: Buffer; record: SnapshotRecord; numbered?: { header: ManifestHeader; numbers: NumberedPages; presentAt?: number } }
-        | undefined = numberedHeader ? undefined : this.buildManifest(byteLength, pageCount);
+      let manifest: BuiltManifest | undefined = numberedHeader ? undefined : this.buildManifest(byteLength, pageCount);
       await flushing;
       trace('packs flushed');
       if (this.store.writer.failureEpoch !== this.failureEpoch) throw this.writerFailure();
@@ -939,9 +937,7 @@ export class Session {
    * Format 3: the version-2 manifest, pages named by number (every pack sealed and indexed by now),
    * delta-encoded against the parent under the same rule as version 1.
    */
-  private async buildNumberedManifest(
-    header: ManifestHeader,
-  ): Promise<{ bytes: Buffer; record: SnapshotRecord; numbered: { header: ManifestHeader; numbers: NumberedPages; presentAt?: number } }> {
+  private async buildNumberedManifest(header: ManifestHeader): Promise<Required<BuiltManifest>> {
     const parent = this.parent?.numbers ? { pages: this.parent.pages, numbers: this.parent.numbers } : undefined;
     // zeroTail may have replaced a short last page after it was inherited: that page is numbered anew.
     const inheritedUpTo = header.byteLength % PAGE_SIZE === 0 ? header.pageCount : header.pageCount - 1;
@@ -990,7 +986,7 @@ export class Session {
   }
 
   /** The manifest's bytes and the catalog record that will point at it (not yet written). */
-  private buildManifest(byteLength: number, pageCount: number): { bytes: Buffer; record: SnapshotRecord } {
+  private buildManifest(byteLength: number, pageCount: number): BuiltManifest {
     const header = this.manifestHeader(byteLength, pageCount);
     // Delta-encode against the parent when the chain stays short and it actually saves space.
     let plan = planManifest(this.pages);
@@ -1009,7 +1005,7 @@ export class Session {
     return { bytes: encoded.bytes, record };
   }
 
-  private async writeManifest(manifest: { bytes: Buffer; record: SnapshotRecord; numbered?: unknown }): Promise<SnapshotRecord> {
+  private async writeManifest(manifest: BuiltManifest): Promise<SnapshotRecord> {
     const dest = this.store.manifestPath(this.id);
     await writeFileDurable(dest, manifest.bytes, path.join(path.dirname(dest), `${this.id}.vnm.tmp`));
     return manifest.record;
@@ -1018,6 +1014,13 @@ export class Session {
   private assertOpen(): void {
     if (this.state !== 'open') throw new VnstoreError('E_SESSION', `session ${this.id} is no longer open`);
   }
+}
+
+/** A manifest encoded and the catalog record that will point at it; format 3 adds what the store keeps of it once committed. */
+interface BuiltManifest {
+  bytes: Buffer;
+  record: SnapshotRecord;
+  numbered?: { header: ManifestHeader; numbers: NumberedPages; presentAt?: number };
 }
 
 /** Runs [start, end) (pairs, in order) cut to end at `limit`. */
