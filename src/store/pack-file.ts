@@ -33,10 +33,25 @@ import { copyBytes } from '../util/shared-bytes.js';
 
 export const WRITE_BATCH_BYTES = 1024 * 1024; // small: each batch is fresh memory once per process
 
-/** Write batches kept for reuse: fresh memory costs a page fault per 4 KiB (docs/DESIGN.md). */
+/**
+ * Once this many bytes are written since the last one started, a datasync of the temp file starts
+ * in the background (on the thread pool), so the disk writes the pack while payloads still arrive
+ * and the seal's fsync finds little left to do: a consecutive snapshot's commit through the server
+ * fell from 52-85 ms to 23-37 ms (bench/RESULTS.md, issue 12, session 14). Durability is unchanged:
+ * the seal still fsyncs the whole file before the rename, and a failed early datasync fails the seal.
+ */
+export const EARLY_SYNC_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Write batches kept for reuse: fresh memory costs a page fault per 4 KiB (docs/DESIGN.md). The
+ * writer runs behind the main thread while the page cache takes fresh pages, so a few more than 4
+ * batches come back at once: with 4 kept, every 10% dirty-list snapshot through the server took 6
+ * fresh batches (6 MiB of first touches on the main thread); with 32 kept, a whole bench run took 5
+ * in all (bench/RESULTS.md, issue 12, session 14). Unused spares cost nothing but their memory.
+ */
 export class BatchPool {
   private readonly spare: Buffer[] = [];
-  constructor(private readonly keep = 4) {}
+  constructor(private readonly keep = 16) {}
   take(): Buffer {
     return this.spare.pop() ?? Buffer.allocUnsafeSlow(WRITE_BATCH_BYTES);
   }
@@ -95,6 +110,9 @@ export class PackFile {
   /** Full batches waiting for the writer: written together, in order, by one writev. */
   private queued: { data: Buffer; batch: Buffer }[] = [];
   private draining = false;
+  /** Bytes written since the last early datasync started (EARLY_SYNC_BYTES), and that one while in flight. */
+  private unsynced = 0;
+  private earlySync: Promise<void> | undefined;
   private readonly fh: Promise<FileHandle>;
   /** Settles when every batch handed over so far is written (rejects on the first failed write). */
   private writes: Promise<void>;
@@ -232,11 +250,28 @@ export class PackFile {
           h,
           items.map((q) => q.data),
         );
-        for (const q of items) this.batches.give(q.batch);
+        for (const q of items) {
+          this.unsynced += q.data.length;
+          this.batches.give(q.batch);
+        }
+        if (this.unsynced >= EARLY_SYNC_BYTES && !this.earlySync) this.startEarlySync(h);
       }
     } finally {
       this.draining = false;
     }
+  }
+
+  /** Starts a background datasync; the seal awaits the one in flight (a failure fails the seal). */
+  private startEarlySync(h: FileHandle): void {
+    this.unsynced = 0;
+    const started = h.datasync();
+    this.earlySync = started;
+    started.then(
+      () => {
+        if (this.earlySync === started) this.earlySync = undefined;
+      },
+      () => undefined, // kept in earlySync: the seal awaits it and fails
+    );
   }
 
   /** The TOC and trailer the seal writes. */
@@ -269,6 +304,7 @@ export class PackFile {
     const h = await this.fh;
     const footer = this.footer();
     await writeFully(h, footer);
+    if (this.earlySync) await this.earlySync;
     const synced = h.sync();
     synced.catch(() => undefined); // awaited below; a failure must not surface as unhandled first
     const sealed: SealedPack = { record: this.record(footer.length), chunks: this };
