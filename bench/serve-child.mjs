@@ -1,10 +1,12 @@
 /** `vnstore serve` as a child process for the server benchmarks (server.mjs, server-floor.mjs, empty-commit.mjs). */
 import { spawn } from 'node:child_process';
+import { appendFileSync } from 'node:fs';
 
 /**
  * Starts `node CLI serve --store STORE --listen 127.0.0.1:0` (and `--metrics 127.0.0.1:0` with
  * `metrics`), with `nodeArgs` before the script ($BENCH_SERVE_NODE_ARGS by default, e.g. profiler
- * flags); resolves once it prints where it listens: { child, address, metrics }.
+ * flags); resolves once it prints where it listens: { child, address, metrics }. With
+ * $BENCH_SERVE_STDOUT set, everything the child prints goes to that file too (e.g. --trace-gc lines).
  */
 export async function startServe(
   cli,
@@ -16,6 +18,7 @@ export async function startServe(
   let out = '';
   await new Promise((res, rej) => {
     child.stdout.on('data', (d) => {
+      if (process.env.BENCH_SERVE_STDOUT) appendFileSync(process.env.BENCH_SERVE_STDOUT, d);
       out += d;
       if (/^listening /m.test(out) && (!metrics || /^metrics /m.test(out))) res();
     });

@@ -2,19 +2,20 @@
 // Issue 12's ratios through `vnstore serve`: agents (in this process, over loopback TCP) and the
 // server (a child process) on this machine, against single-thread BLAKE3 (one blake3() call per
 // page) over the same bytes in memory. Run `npm run build` first.
-//   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--warmup-rounds N] [--format 1|3] [--no-aggregate] [--json]
+//   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--warmup-rounds N] [--reps N] [--format 1|3] [--no-aggregate] [--json]
 // --format: the store format `vnstore init --format` creates (default: init's own default).
-// --warmup-mib (default: --mib) and --warmup-rounds (default 10): before the timed phases, another VM
-// (other bytes) goes through a first snapshot, then ROUNDS consecutive ones (every other one from a
-// dirty list) and ROUNDS restores, so both processes run the hot code V8 has optimised, as a daemon
+// --warmup-mib (default: --mib) and --warmup-rounds (default 10): before the timed rounds, each
+// warm-up round stores a first snapshot of a new VM (other bytes), a consecutive one, one from a
+// dirty list, and restores it, so both processes run the hot code V8 has optimised, as a daemon
 // that has served for a while does. In a fresh server V8's optimising compiler took about a quarter
-// of the server's CPU during its first snapshot, and after one round of warm-up at 32 MiB it still
-// took 26-30% of the server's perf samples in the timed first snapshot and restore; in one server,
-// consecutive snapshots and restores fell from 0.45 and 0.67 server CPU seconds to 0.16-0.19 and
-// 0.27-0.36 s over 3-5 repetitions (bench/server-repeat.mjs), and after 10-12 rounds the timed
-// first and consecutive snapshots took less server CPU than after 4 in 4 of 5 pairs (functions that
-// run once per snapshot, such as numberPages, are optimised over many snapshots; bench/RESULTS.md).
-// 0 times a fresh server.
+// of the server's CPU during its first snapshot; after one first snapshot and ten consecutive ones
+// its threads still took 342 of the server's 1580 perf samples in the timed first snapshot, against
+// 38-80 per half second late in the warm-up (functions that run once per snapshot, such as
+// numberPages, are optimised over many snapshots; bench/RESULTS.md). 0 times a fresh server.
+// --reps (default 5): timed rounds, each a new VM: first snapshot, consecutive from the whole image,
+// consecutive from a 10% dirty list, an empty dirty list, restore. Each ratio is the median of the
+// rounds (one ~0.2-0.7 s phase moved by ±30% from run to run on this shared machine); every
+// round's ratio is in the JSON too.
 // $BENCH_SERVE_NODE_ARGS: extra node flags for the server child (e.g. "--cpu-prof --cpu-prof-dir=D").
 // Figures: first snapshot, consecutive from the whole image, consecutive with a 10% dirty-page list
 // (logical bytes / time), restore (verified client-side), wire bytes of the consecutive snapshot
@@ -42,6 +43,7 @@ const { values: args } = parseArgs({
     'no-aggregate': { type: 'boolean', default: false },
     'warmup-mib': { type: 'string' },
     'warmup-rounds': { type: 'string', default: '10' },
+    reps: { type: 'string', default: '5' },
     format: { type: 'string' },
   },
 });
@@ -49,6 +51,7 @@ const PAGE = 4096;
 const MB = 1e6;
 const log = (s) => process.stderr.write(`server-bench: ${s}\n`);
 const now = () => performance.now() / 1000;
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /**
  * MB/s of single-thread BLAKE3, one call per page, over `image`: the best of three passes. A first
@@ -154,14 +157,28 @@ try {
   const mib = Number(args.mib);
   log(`images of ${mib} MiB`);
   const first = makeImage(mib, 1);
-  const second = Buffer.from(first);
+  const second = Buffer.alloc(first.length);
+  const third = Buffer.alloc(first.length);
   const pages = first.length / PAGE;
+  const zero = new Uint8Array(pages);
+  for (let p = 0; p < pages; p++) zero[p] = first.subarray(p * PAGE, (p + 1) * PAGE).every((b) => b === 0) ? 1 : 0;
   // 10% of the pages dirty (every tenth), with new random content.
   const dirty = [];
   for (let p = 0; p < pages; p += 10) dirty.push(p);
-  for (const p of dirty) for (let o = 0; o < PAGE; o += 4) second.writeUInt32LE((Math.imul(p, 2654435761) ^ o) >>> 0, p * PAGE + o);
-  const third = Buffer.from(second);
-  for (const p of dirty) third.writeUInt32LE(0xdeadbeef, p * PAGE + 8);
+  /**
+   * The images of timed round `rep` (new bytes in every non-zero page, so each round's first
+   * snapshot stores them all): first, second (its 10% dirty pages rewritten word by word, so
+   * incompressible) and third (the same pages changed again), in the buffers reused by every round.
+   */
+  const makeRound = (rep) => {
+    for (let p = 0; p < pages; p++) if (!zero[p]) first.writeUInt32LE((0x9e3779b9 ^ rep) >>> 0, p * PAGE + 16);
+    second.set(first);
+    for (const p of dirty)
+      for (let o = 0; o < PAGE; o += 4) second.writeUInt32LE((Math.imul(p + rep * pages, 2654435761) ^ o) >>> 0, p * PAGE + o);
+    third.set(second);
+    for (const p of dirty) third.writeUInt32LE(0xdeadbeef, p * PAGE + 8);
+  };
+  makeRound(0);
   const { best: base, passes: basePasses } = baseline(first);
   const srv = await startServe(CLI, store, { metrics: true });
   const client = await AgentClient.connect({ server: srv.address, token });
@@ -171,43 +188,63 @@ try {
     const warmImage = makeImage(warmupMiB, 99);
     const warmDirty = [];
     for (let p = 0; p < warmImage.length / PAGE; p += 10) warmDirty.push(p);
-    let warm = await push(client, 'warmup', warmImage, { parent: 'none' });
+    let warm;
     for (let round = 1; round <= warmupRounds; round++) {
+      // A first snapshot of a new VM every round, then two consecutive ones (one from a dirty list):
+      // after a single first snapshot in the warm-up, V8's compiler threads took 342 of the server's
+      // 1580 perf samples in the timed first snapshot (bench/RESULTS.md, issue 12, session 14).
+      for (let o = 0; o < warmImage.length; o += PAGE) warmImage.writeUInt32LE(round, o + 16);
+      warm = await push(client, `warmup${round}`, warmImage, { parent: 'none' });
       for (const p of warmDirty) warmImage.writeUInt32LE(round, p * PAGE + 8);
-      warm = await push(client, 'warmup', warmImage, round % 2 === 0 ? { dirty: warmDirty } : {});
+      warm = await push(client, `warmup${round}`, warmImage);
+      for (const p of warmDirty) warmImage.writeUInt32LE(round + 0x10000, p * PAGE + 8);
+      warm = await push(client, `warmup${round}`, warmImage, { dirty: warmDirty });
+      await client.restore(warm.rec.id, () => undefined);
     }
-    for (let round = 1; round <= warmupRounds; round++) await client.restore(warm.rec.id, () => undefined);
   }
-  const r = {};
-  /** MB/s of `bytes` over the phase's wall time; CPU seconds of agent and server go to r.cpu. */
-  r.cpu = {};
-  r.windows = {};
-  const phase = async (name, bytes, fn) => {
-    const m = await timed(srv.child.pid, fn);
-    r[name] = bytes / MB / m.wall;
-    r.cpu[name] = {
-      wall: +m.wall.toFixed(3),
-      agent: +m.agentCpu.toFixed(3),
-      agentMainThread: +m.agentMainCpu.toFixed(2),
-      server: +m.serverCpu.toFixed(2),
-      serverMainThread: +m.serverMainCpu.toFixed(2),
+  const reps = Number(args.reps);
+  const r = { first: [], consecutive: [], dirty10: [], restore: [], consSteps: [], dirtySteps: [], emptyDirty: [] };
+  /** Per round: MB/s of `bytes` over the phase's wall time; CPU seconds of agent and server go to r.cpu. */
+  r.cpu = [];
+  r.windows = [];
+  for (let rep = 0; rep < reps; rep++) {
+    if (rep > 0) makeRound(rep);
+    const vm = `vm${rep}`;
+    const cpu = {};
+    const windows = {};
+    const phase = async (name, bytes, fn) => {
+      const m = await timed(srv.child.pid, fn);
+      r[name].push(bytes / MB / m.wall);
+      cpu[name] = {
+        wall: +m.wall.toFixed(3),
+        agent: +m.agentCpu.toFixed(3),
+        agentMainThread: +m.agentMainCpu.toFixed(2),
+        server: +m.serverCpu.toFixed(2),
+        serverMainThread: +m.serverMainCpu.toFixed(2),
+      };
+      windows[name] = m.window;
+      return m.value;
     };
-    r.windows[name] = m.window;
-    return m.value;
-  };
-  await phase('first', first.length, () => push(client, 'vm', first));
-  const before = await wireIn(srv.metrics);
-  const cons = await phase('consecutive', second.length, () => push(client, 'vm', second));
-  const wire = (await wireIn(srv.metrics)) - before;
-  r.wireBytes = wire;
-  r.wireBudget = cons.stats.pagesSent * PAGE + 40 * cons.stats.pagesOffered;
-  const dirtyPush = await phase('dirty10', third.length, () => push(client, 'vm', third, { dirty }));
-  // What every snapshot pays whatever its size (begin with the parent's page table, prepare and
-  // commit: manifest, fsyncs, catalog): a dirty-list snapshot that lists no page.
-  r.emptyDirty = (await push(client, 'vm', third, { dirty: [] })).seconds;
-  let restored = 0;
-  await phase('restore', first.length, () => client.restore(cons.rec.id, (b) => void (restored += b.length)));
-  if (restored !== second.length) throw new Error(`restored ${restored} bytes, want ${second.length}`);
+    await phase('first', first.length, () => push(client, vm, first));
+    const before = await wireIn(srv.metrics);
+    const cons = await phase('consecutive', second.length, () => push(client, vm, second));
+    const wire = (await wireIn(srv.metrics)) - before;
+    if (rep === 0) {
+      r.wireBytes = wire;
+      r.wireBudget = cons.stats.pagesSent * PAGE + 40 * cons.stats.pagesOffered;
+    }
+    r.consSteps.push(cons.seconds);
+    const dirtyPush = await phase('dirty10', third.length, () => push(client, vm, third, { dirty }));
+    r.dirtySteps.push(dirtyPush.seconds);
+    // What every snapshot pays whatever its size (begin with the parent's page table, prepare and
+    // commit: manifest, fsyncs, catalog): a dirty-list snapshot that lists no page.
+    r.emptyDirty.push((await push(client, vm, third, { dirty: [] })).seconds);
+    let restored = 0;
+    await phase('restore', first.length, () => client.restore(cons.rec.id, (b) => void (restored += b.length)));
+    if (restored !== second.length) throw new Error(`restored ${restored} bytes, want ${second.length}`);
+    r.cpu.push(cpu);
+    r.windows.push(windows);
+  }
   await client.close();
   r.aggregate = {};
   const amib = Number(args['agents-mib']);
@@ -232,19 +269,28 @@ try {
     loadavg: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number),
     baselineMBps: base,
     baselinePassesMBps: basePasses.map((x) => Math.round(x)),
-    firstMBps: r.first,
-    firstRatio: r.first / base,
-    consecutiveMBps: r.consecutive,
-    consecutiveRatio: r.consecutive / base,
-    dirty10MBps: r.dirty10,
-    dirty10Ratio: r.dirty10 / base,
+    // Each ratio is the median of `reps` timed rounds (each a new VM: first snapshot, consecutive,
+    // 10% dirty list, restore); the rounds' own ratios follow it.
+    reps,
+    firstRatio: median(r.first) / base,
+    consecutiveRatio: median(r.consecutive) / base,
+    dirty10Ratio: median(r.dirty10) / base,
+    restoreRatio: median(r.restore) / base,
+    ratiosByRound: {
+      first: r.first.map((x) => +(x / base).toFixed(3)),
+      consecutive: r.consecutive.map((x) => +(x / base).toFixed(3)),
+      dirty10: r.dirty10.map((x) => +(x / base).toFixed(3)),
+      restore: r.restore.map((x) => +(x / base).toFixed(3)),
+    },
+    firstMBps: median(r.first),
+    consecutiveMBps: median(r.consecutive),
+    dirty10MBps: median(r.dirty10),
+    restoreMBps: median(r.restore),
     // Where each snapshot's wall time went, as the agent sees it: BEGIN, the writes, PREPARE + COMMIT.
-    consecutiveSteps: cons.seconds,
-    dirty10Steps: dirtyPush.seconds,
+    consecutiveSteps: r.consSteps,
+    dirty10Steps: r.dirtySteps,
     emptyDirtySnapshotSeconds: r.emptyDirty,
     dirty10BudgetSeconds: third.length / MB / (8 * base),
-    restoreMBps: r.restore,
-    restoreRatio: r.restore / base,
     consecutiveWireBytes: r.wireBytes,
     wireBudgetBytes: r.wireBudget,
     wireRatio: r.wireBytes / r.wireBudget,
