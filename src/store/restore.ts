@@ -56,7 +56,7 @@ export async function restoreSnapshot(
   // Format 3: pages are located by number (exact, no fingerprint hint to confirm).
   const numbered = store.isNumbered ? await store.loadNumberedPages(record.id) : undefined;
   const pages = numbered?.pages ?? (await store.loadPages(record.id));
-  const locate = numbered && numberLocator(store, numbered.numbers);
+  const locate = numbered?.numbers.numbers;
   const header = await store.readManifestHeader(record.id);
   if (header.byteLength !== record.byteLength || pages.pageCount !== record.pageCount) {
     throw new CorruptError(`snapshot ${record.id}: manifest disagrees with the catalog about the image size`);
@@ -121,7 +121,7 @@ export async function wholeDigests(
   wanted: Uint8Array,
 ): Promise<Uint8Array> {
   const out = new Uint8Array(pages.pageCount * DIGEST_BYTES);
-  const locate = numberLocator(store, numbers);
+  const locate = numbers.numbers;
   const inFlight: { first: number; n: number; result: Promise<WindowResult> }[] = [];
   const settle = async () => {
     const w = inFlight.shift()!;
@@ -165,13 +165,14 @@ async function writeNonZeroRuns(
 type WindowOutput = { path: string; name: string; position: number; limit: number };
 /** A window's bytes (empty when a worker wrote them), and the digests computed from them (32 B a page). */
 type WindowResult = { out: Uint8Array; actual: Uint8Array };
-/** Where page `page`'s chunk is, exactly (format 3: by its number); undefined when no pack holds it. */
-type Locator = (page: number) => ChunkLocation | undefined;
-
-/** Format 3's locator: each page's chunk by its number, in the index as it is when asked. */
-function numberLocator(store: Store, numbers: { numbers: ArrayLike<number> }): Locator {
-  return (page) => store.numbered!.locate(numbers.numbers[page])?.location;
-}
+/**
+ * Format 3's locator: each page's chunk number, located in the index as it is when asked. Data, not
+ * a closure: a closure made per restore and called in restoreWindowOnce's loop was inlined into its
+ * optimised code as a constant, and when the restore ended and it was collected V8 threw that code
+ * away ("weak objects") and compiled the function again on the next restore: 40-104 ms of compiler
+ * thread each time (bench/RESULTS.md, issue 12, session 14).
+ */
+type Locator = ArrayLike<number>;
 
 async function restoreWindow(
   store: Store,
@@ -219,7 +220,7 @@ async function restoreWindowOnce(
   const exact: number[] = [];
   for (let k = 0; k < slots.length; k++) {
     if (locate) {
-      locs[k] = locate(first + slots[k]);
+      locs[k] = store.numbered!.locate(locate[first + slots[k]])?.location;
       continue;
     }
     const hit = exactOnly ? undefined : store.table.get(pages.digests, (first + slots[k]) * DIGEST_BYTES);
