@@ -13,9 +13,9 @@
 // 38-80 per half second late in the warm-up (functions that run once per snapshot, such as
 // numberPages, are optimised over many snapshots; bench/RESULTS.md). 0 times a fresh server.
 // --reps (default 5): timed rounds, each a new VM: first snapshot, consecutive from the whole image,
-// consecutive from a 10% dirty list, an empty dirty list, restore. Each ratio is the median of the
-// rounds (one ~0.2-0.7 s phase moved by ±30% from run to run on this shared machine); every
-// round's ratio is in the JSON too.
+// consecutive from a 10% dirty list, an empty dirty list, restore, each against a baseline measured
+// just before the round. Each ratio is the median of the rounds' (one ~0.2-0.7 s phase moved by
+// ±30% from run to run on this shared machine); every round's ratio is in the JSON too.
 // $BENCH_SERVE_NODE_ARGS: extra node flags for the server child (e.g. "--cpu-prof --cpu-prof-dir=D").
 // Figures: first snapshot, consecutive from the whole image, consecutive with a 10% dirty-page list
 // (logical bytes / time), restore (verified client-side), wire bytes of the consecutive snapshot
@@ -207,8 +207,13 @@ try {
   /** Per round: MB/s of `bytes` over the phase's wall time; CPU seconds of agent and server go to r.cpu. */
   r.cpu = [];
   r.windows = [];
+  r.baselines = [];
   for (let rep = 0; rep < reps; rep++) {
     if (rep > 0) makeRound(rep);
+    // Each round against a baseline measured just before it: this machine's speed drifts over a run
+    // (one run's three start-of-run passes all came out at ~718 MB/s, against 960-980 in the runs
+    // beside it, while its phases ran no slower), and a ratio must divide figures taken together.
+    r.baselines.push(rep === 0 ? { best: base, passes: basePasses } : baseline(first));
     const vm = `vm${rep}`;
     const cpu = {};
     const windows = {};
@@ -260,6 +265,8 @@ try {
   r.serverPeakRssMiB = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? NaN) / 1024;
   srv.child.kill('SIGTERM');
   await new Promise((res) => srv.child.on('exit', res));
+  /** Each round's MB/s of phase `name` over that round's own baseline. */
+  const ratios = (name) => r[name].map((x, k) => x / r.baselines[k].best);
   const out = {
     date: new Date().toISOString(),
     imageMiB: mib,
@@ -272,15 +279,16 @@ try {
     // Each ratio is the median of `reps` timed rounds (each a new VM: first snapshot, consecutive,
     // 10% dirty list, restore); the rounds' own ratios follow it.
     reps,
-    firstRatio: median(r.first) / base,
-    consecutiveRatio: median(r.consecutive) / base,
-    dirty10Ratio: median(r.dirty10) / base,
-    restoreRatio: median(r.restore) / base,
+    roundBaselinesMBps: r.baselines.map((b) => Math.round(b.best)),
+    firstRatio: median(ratios('first')),
+    consecutiveRatio: median(ratios('consecutive')),
+    dirty10Ratio: median(ratios('dirty10')),
+    restoreRatio: median(ratios('restore')),
     ratiosByRound: {
-      first: r.first.map((x) => +(x / base).toFixed(3)),
-      consecutive: r.consecutive.map((x) => +(x / base).toFixed(3)),
-      dirty10: r.dirty10.map((x) => +(x / base).toFixed(3)),
-      restore: r.restore.map((x) => +(x / base).toFixed(3)),
+      first: ratios('first').map((x) => +x.toFixed(3)),
+      consecutive: ratios('consecutive').map((x) => +x.toFixed(3)),
+      dirty10: ratios('dirty10').map((x) => +x.toFixed(3)),
+      restore: ratios('restore').map((x) => +x.toFixed(3)),
     },
     firstMBps: median(r.first),
     consecutiveMBps: median(r.consecutive),
@@ -290,7 +298,7 @@ try {
     consecutiveSteps: r.consSteps,
     dirty10Steps: r.dirtySteps,
     emptyDirtySnapshotSeconds: r.emptyDirty,
-    dirty10BudgetSeconds: third.length / MB / (8 * base),
+    dirty10BudgetSeconds: third.length / MB / (8 * median(r.baselines.map((b) => b.best))),
     consecutiveWireBytes: r.wireBytes,
     wireBudgetBytes: r.wireBudget,
     wireRatio: r.wireBytes / r.wireBudget,
