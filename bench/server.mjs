@@ -17,11 +17,14 @@
 // just before the round. Each ratio is the median of the rounds' (one ~0.2-0.7 s phase moved by
 // ±30% from run to run on this shared machine); every round's ratio is in the JSON too.
 // $BENCH_SERVE_NODE_ARGS: extra node flags for the server child (e.g. "--cpu-prof --cpu-prof-dir=D").
+// $BENCH_SERVE_STDOUT: a file for what the server prints (e.g. with --trace-opt), with a "### PHASE
+// round N" line where each timed phase starts and "### end" where it ends.
 // Figures: first snapshot, consecutive from the whole image, consecutive with a 10% dirty-page list
 // (logical bytes / time), restore (verified client-side), wire bytes of the consecutive snapshot
 // against (its new pages' bytes + 40 B per offered page) from the server's metrics, aggregate ingest
 // with 1, 2, 4 and 8 agents, and the server's peak RSS (VmHWM) after the 8-agent run.
 import { spawn } from 'node:child_process';
+import { appendFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { get } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -188,12 +191,16 @@ try {
     const warmImage = makeImage(warmupMiB, 99);
     const warmDirty = [];
     for (let p = 0; p < warmImage.length / PAGE; p += 10) warmDirty.push(p);
+    // The same kinds of pages as the timed images (zero ones too: they go as ranges, their own code).
+    const warmNonZero = [];
+    for (let p = 0; p < warmImage.length / PAGE; p++)
+      if (!warmImage.subarray(p * PAGE, (p + 1) * PAGE).every((b) => b === 0)) warmNonZero.push(p);
     let warm;
     for (let round = 1; round <= warmupRounds; round++) {
       // A first snapshot of a new VM every round, then two consecutive ones (one from a dirty list):
       // after a single first snapshot in the warm-up, V8's compiler threads took 342 of the server's
       // 1580 perf samples in the timed first snapshot (bench/RESULTS.md, issue 12, session 14).
-      for (let o = 0; o < warmImage.length; o += PAGE) warmImage.writeUInt32LE(round, o + 16);
+      for (const p of warmNonZero) warmImage.writeUInt32LE(round, p * PAGE + 16);
       warm = await push(client, `warmup${round}`, warmImage, { parent: 'none' });
       for (const p of warmDirty) warmImage.writeUInt32LE(round, p * PAGE + 8);
       warm = await push(client, `warmup${round}`, warmImage);
@@ -218,7 +225,9 @@ try {
     const cpu = {};
     const windows = {};
     const phase = async (name, bytes, fn) => {
+      if (process.env.BENCH_SERVE_STDOUT) appendFileSync(process.env.BENCH_SERVE_STDOUT, `### ${name} round ${rep}\n`);
       const m = await timed(srv.child.pid, fn);
+      if (process.env.BENCH_SERVE_STDOUT) appendFileSync(process.env.BENCH_SERVE_STDOUT, `### end\n`);
       r[name].push(bytes / MB / m.wall);
       cpu[name] = {
         wall: +m.wall.toFixed(3),
