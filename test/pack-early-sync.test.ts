@@ -40,13 +40,18 @@ describe('PackFile early datasync', () => {
     removeDir(dir);
   });
 
-  it('datasyncs while payloads are written, and the sealed pack holds exactly the bytes', async () => {
+  /** A temp dir with tmp/ and packs/, and the FileHandle prototype to spy on. */
+  async function setup(): Promise<{ tmp: string; packs: string; proto: { datasync: () => Promise<void> } }> {
     dir = makeTempDir('vnstore-early-sync-');
     const tmp = path.join(dir, 'tmp');
     const packs = path.join(dir, 'packs');
     await fsp.mkdir(tmp);
     await fsp.mkdir(packs);
-    const proto = await fileHandlePrototype(dir);
+    return { tmp, packs, proto: await fileHandlePrototype(dir) };
+  }
+
+  it('datasyncs while payloads are written, and the sealed pack holds exactly the bytes', async () => {
+    const { tmp, packs, proto } = await setup();
     const datasync = vi.spyOn(proto, 'datasync');
     const pack = new PackFile(7, tmp, new BatchPool());
     // The default pack target (32 MiB) holds four early-sync steps.
@@ -61,12 +66,7 @@ describe('PackFile early datasync', () => {
   });
 
   it('a failed early datasync fails the seal, and nothing is renamed into packs/', async () => {
-    dir = makeTempDir('vnstore-early-sync-');
-    const tmp = path.join(dir, 'tmp');
-    const packs = path.join(dir, 'packs');
-    await fsp.mkdir(tmp);
-    await fsp.mkdir(packs);
-    const proto = await fileHandlePrototype(dir);
+    const { tmp, packs, proto } = await setup();
     vi.spyOn(proto, 'datasync').mockRejectedValue(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
     const pack = new PackFile(8, tmp, new BatchPool());
     fill(pack, (2 * EARLY_SYNC_BYTES) / PAGE);
