@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { blake3 } from '@napi-rs/blake-hash';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import {
   decodeManifestV2Header,
   decodeManifestV2Pages,
@@ -147,6 +147,31 @@ describe('inherited pages take the parent numbers (format 3)', () => {
       expect(String((err as Error).message)).toContain(`parent snapshot ${kept.id}`);
       expect(String((err as Error).message)).toContain('page 3,');
       expect((await store.listSnapshots()).map((r) => r.id).sort()).toEqual([parent.id, kept.id].sort());
+    }));
+
+  it('writeKnown takes pages equal to a trusted parent without a probe, and after a loss probes each and refuses the lost one', () =>
+    withFirstSnapshot(4, async (store, bytes) => {
+      // Every non-zero page offered by digest, as an agent offers a consecutive snapshot.
+      const pages: number[] = [];
+      for (let p = 0; p < PAGES; p++) if (p % 5 !== 2) pages.push(p);
+      const indices = Uint32Array.from(pages);
+      const digests = Buffer.concat(pages.map((p) => blake3(bytes.subarray(p * PAGE, (p + 1) * PAGE))));
+      const probes = vi.spyOn(store.table as ChunkTable, 'hasFingerprint');
+      const s = await store.beginSession({ vm: 'vm', parent: 'auto' });
+      probes.mockClear();
+      expect([...(await s.writeKnown(indices, digests))]).toEqual(pages.map(() => 1));
+      expect(probes).not.toHaveBeenCalled();
+      const rec = await s.commit({ byteLength: bytes.length, unwritten: 'zero' });
+      expect(Buffer.compare(await restoreToBuffer(store, rec), bytes)).toBe(0);
+      // The table loses page 3's fingerprint: the next session's parent is no longer trusted.
+      (store.table as ChunkTable).remove(blake3(bytes.subarray(3 * PAGE, 4 * PAGE)));
+      const next = await store.beginSession({ vm: 'vm', parent: 'auto' });
+      probes.mockClear();
+      const written = await next.writeKnown(indices, digests);
+      expect(probes).toHaveBeenCalledTimes(pages.length);
+      expect([...written]).toEqual(pages.map((p) => (p === 3 ? 0 : 1)));
+      await next.abort();
+      probes.mockRestore();
     }));
 
   it('a page written equal to an untrusted parent is looked up before its snapshot is trusted', () =>

@@ -279,19 +279,23 @@ export class Session {
     // table lacks, not in an open pack either, is absent (as for New); one the table knows that
     // equals the parent's at its index is known (the parent keeps it live, as for SameAsParent).
     const parent = this.parent?.pages;
+    // Every chunk of the parent was in the chunk table and the table has lost none since (the test
+    // fillUnwritten makes): a page equal to the parent's at its index is known without a probe. Most
+    // pages of a consecutive snapshot are, and each probe is a likely cache miss in a large table.
+    const trusted = parent !== undefined && this.parent!.presentAt === chunkLossGeneration();
     const ask: number[] = [];
     for (let k = 0; k < n; k++) {
       const page = pageIndices[k];
       const at = k * DIGEST_BYTES;
-      if (!this.store.table.hasFingerprint(digests, at)) {
-        if (this.store.writer.locateUnindexed(digests.subarray(at, at + DIGEST_BYTES))) ask.push(k);
-      } else if (
-        parent &&
+      const parentsDigest =
+        parent !== undefined &&
         page < parent.pageCount &&
         parent.kinds[page] === PageKind.Digest &&
-        this.sameAsParent(parent.digests, page * DIGEST_BYTES, digests, at)
-      )
-        this.setKnown(pageIndices[k], digests, at, written, k);
+        this.sameAsParent(parent.digests, page * DIGEST_BYTES, digests, at);
+      if (trusted && parentsDigest) this.setKnown(page, digests, at, written, k);
+      else if (!this.store.table.hasFingerprint(digests, at)) {
+        if (this.store.writer.locateUnindexed(digests.subarray(at, at + DIGEST_BYTES))) ask.push(k);
+      } else if (parentsDigest) this.setKnown(page, digests, at, written, k);
       else ask.push(k);
     }
     if (ask.length === 0) return written;
