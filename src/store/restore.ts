@@ -56,7 +56,7 @@ export async function restoreSnapshot(
   // Format 3: pages are located by number (exact, no fingerprint hint to confirm).
   const numbered = store.isNumbered ? await store.loadNumberedPages(record.id) : undefined;
   const pages = numbered?.pages ?? (await store.loadPages(record.id));
-  const locate = numbered?.numbers.numbers;
+  const chunkNumbers = numbered?.numbers.numbers;
   const header = await store.readManifestHeader(record.id);
   if (header.byteLength !== record.byteLength || pages.pageCount !== record.pageCount) {
     throw new CorruptError(`snapshot ${record.id}: manifest disagrees with the catalog about the image size`);
@@ -80,7 +80,7 @@ export async function restoreSnapshot(
       const output = direct
         ? { path: sink.filePath!, name: sink.name ?? sink.filePath!, position: first * PAGE_SIZE, limit: total }
         : undefined;
-      const w = restoreWindow(store, record.id, pages, first, n, output, locate);
+      const w = restoreWindow(store, record.id, pages, first, n, output, chunkNumbers);
       w.catch(() => undefined); // surfaced when awaited, in order
       windows.push({ pages: n, out: w });
       first += n;
@@ -121,7 +121,7 @@ export async function wholeDigests(
   wanted: Uint8Array,
 ): Promise<Uint8Array> {
   const out = new Uint8Array(pages.pageCount * DIGEST_BYTES);
-  const locate = numbers.numbers;
+  const chunkNumbers = numbers.numbers;
   const inFlight: { first: number; n: number; result: Promise<WindowResult> }[] = [];
   const settle = async () => {
     const w = inFlight.shift()!;
@@ -132,7 +132,7 @@ export async function wholeDigests(
   for (let first = 0; first < pages.pageCount; first += WINDOW_PAGES) {
     const n = Math.min(WINDOW_PAGES, pages.pageCount - first);
     if (!wanted.subarray(first, first + n).includes(1)) continue;
-    const result = restoreWindow(store, id, pages, first, n, undefined, locate);
+    const result = restoreWindow(store, id, pages, first, n, undefined, chunkNumbers);
     result.catch(() => undefined); // surfaced when settled, in order
     inFlight.push({ first, n, result });
     if (inFlight.length >= RESTORE_WINDOWS_IN_FLIGHT) await settle();
@@ -166,13 +166,13 @@ type WindowOutput = { path: string; name: string; position: number; limit: numbe
 /** A window's bytes (empty when a worker wrote them), and the digests computed from them (32 B a page). */
 type WindowResult = { out: Uint8Array; actual: Uint8Array };
 /**
- * Format 3's locator: each page's chunk number, located in the index as it is when asked. Data, not
- * a closure: a closure made per restore and called in restoreWindowOnce's loop was inlined into its
+ * Format 3: each page's chunk number, located in the index as it is when asked. Data, not a locator
+ * closure: a closure made per restore and called in restoreWindowOnce's loop was inlined into its
  * optimised code as a constant, and when the restore ended and it was collected V8 threw that code
  * away ("weak objects") and compiled the function again on the next restore: 40-104 ms of compiler
  * thread each time (bench/RESULTS.md, issue 12, session 14).
  */
-type Locator = ArrayLike<number>;
+type ChunkNumbers = ArrayLike<number>;
 
 async function restoreWindow(
   store: Store,
@@ -181,15 +181,15 @@ async function restoreWindow(
   first: number,
   n: number,
   output?: WindowOutput,
-  locate?: Locator,
+  chunkNumbers?: ChunkNumbers,
 ): Promise<WindowResult> {
   try {
-    return await restoreWindowOnce(store, snapshotId, pages, first, n, false, output, locate);
+    return await restoreWindowOnce(store, snapshotId, pages, first, n, false, output, chunkNumbers);
   } catch (err) {
     // gc may have moved chunks and deleted their old pack after we located them: locate again,
     // exactly, and retry once before calling it corruption.
     if (!(err instanceof PackReadError)) throw err;
-    return restoreWindowOnce(store, snapshotId, pages, first, n, true, output, locate);
+    return restoreWindowOnce(store, snapshotId, pages, first, n, true, output, chunkNumbers);
   }
 }
 
@@ -203,7 +203,7 @@ async function restoreWindowOnce(
   n: number,
   exactOnly: boolean,
   output?: WindowOutput,
-  locate?: Locator,
+  chunkNumbers?: ChunkNumbers,
 ): Promise<WindowResult> {
   const slots: number[] = [];
   for (let i = 0; i < n; i++) if (pages.kinds[first + i] === PageKind.Digest) slots.push(i);
@@ -219,8 +219,8 @@ async function restoreWindowOnce(
   const locs: (ChunkLocation | undefined)[] = new Array(slots.length);
   const exact: number[] = [];
   for (let k = 0; k < slots.length; k++) {
-    if (locate) {
-      locs[k] = store.numbered!.locate(locate[first + slots[k]])?.location;
+    if (chunkNumbers) {
+      locs[k] = store.numbered!.locate(chunkNumbers[first + slots[k]])?.location;
       continue;
     }
     const hit = exactOnly ? undefined : store.table.get(pages.digests, (first + slots[k]) * DIGEST_BYTES);
@@ -293,7 +293,7 @@ async function restoreWindowOnce(
     slots: chunkSlots,
     digests,
     // Format 3 (located by number): compare the TOC's 24-byte prefix.
-    digestBytes: locate ? TOC_DIGEST_BYTES : undefined,
+    digestBytes: chunkNumbers ? TOC_DIGEST_BYTES : undefined,
     output,
     window: output ? undefined : store.slabs.take(n * PAGE_SIZE),
   });
@@ -311,7 +311,7 @@ async function restoreWindowOnce(
   for (const c of result.bad) {
     const k = order[c];
     // A table hint can point at the wrong chunk only through a fingerprint clash: retry exactly once.
-    const [loc] = locate ? [undefined] : await store.lookupExact([digestOf(slots[k])]);
+    const [loc] = chunkNumbers ? [undefined] : await store.lookupExact([digestOf(slots[k])]);
     const prev = locs[k]!;
     if (loc && (loc.pack !== prev.pack || loc.offset !== prev.offset)) {
       const page = await store.packs.readVerified(loc, digestOf(slots[k]));
