@@ -45,7 +45,7 @@ export const EARLY_SYNC_BYTES = 8 * 1024 * 1024;
 /**
  * Write batches kept for reuse: fresh memory costs a page fault per 4 KiB (docs/DESIGN.md). The
  * writer runs behind the main thread while the page cache takes fresh pages, so a few more than 4
- * batches come back at once: with 4 kept, every 10% dirty-list snapshot through the server took 6
+ * batches come back at once: with 4 kept, a 10% dirty-list snapshot through the server took 6
  * fresh batches (6 MiB of first touches on the main thread); with 32 kept, a whole bench run took 5
  * in all (bench/RESULTS.md, issue 12, session 14). Unused spares cost nothing but their memory.
  */
