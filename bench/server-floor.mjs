@@ -242,16 +242,21 @@ try {
       pageNumbers.map((p) => p * PAGE),
       lz4Out,
     );
+  /** The LZ4 output of those pages, as a pack holds it (a copy: the next compress reuses lz4Out). */
+  const packed = (src, pageNumbers) => Buffer.from(compress(src, pageNumbers).payload);
+  /** Writes all of `bytes` to `fd` in 4 MiB writes. */
+  const writeWhole = (fd, bytes) => {
+    for (let o = 0; o < bytes.length; o += 4 << 20) writeSync(fd, bytes, o, Math.min(4 << 20, bytes.length - o));
+  };
   // Write (the copy into new page-cache pages, as the server's pack files grow) and fdatasync (the
   // disk's transfer of bytes already in the page cache), each the median of `reps` new files.
-  const packWrite = (src, pageNumbers) => {
-    const packed = Buffer.from(compress(src, pageNumbers).payload);
+  const packWrite = (bytes, name) => {
     const writes = [];
     const syncs = [];
     for (let r = 0; r < reps; r++) {
-      const fd = openSync(join(work, `pack${pageNumbers.length}-${r}`), 'w', 0o600);
+      const fd = openSync(join(work, `${name}-${r}`), 'w', 0o600);
       const t0 = now();
-      for (let o = 0; o < packed.length; o += 4 << 20) writeSync(fd, packed, o, Math.min(4 << 20, packed.length - o));
+      writeWhole(fd, bytes);
       const t1 = now();
       fdatasyncSync(fd);
       syncs.push(now() - t1);
@@ -259,19 +264,17 @@ try {
       closeSync(fd);
     }
     const seconds = median(writes.map((w, r) => w + syncs[r]));
-    return { bytes: packed.length, writeSeconds: median(writes), syncSeconds: median(syncs), seconds, MBps: packed.length / MB / seconds };
+    return { bytes: bytes.length, writeSeconds: median(writes), syncSeconds: median(syncs), seconds, MBps: bytes.length / MB / seconds };
   };
   /** The same page-cache write right after deleting a file of that size (its pages reused): for comparison. */
-  const recycledWrite = (src, pageNumbers) => {
-    const packed = Buffer.from(compress(src, pageNumbers).payload);
-    return bare((r) => {
+  const recycledWrite = (bytes) =>
+    bare((r) => {
       const f = join(work, `recycled${r}`);
       const fd = openSync(f, 'w', 0o600);
-      for (let o = 0; o < packed.length; o += 4 << 20) writeSync(fd, packed, o, Math.min(4 << 20, packed.length - o));
+      writeWhole(fd, bytes);
       closeSync(fd);
       rmSync(f);
     });
-  };
   // A first snapshot stores every distinct non-zero page.
   const pageCount = image.length / PAGE;
   const allPages = new Uint32Array(pageCount).map((_, p) => p);
@@ -289,15 +292,16 @@ try {
     }
   }
   out.firstPages = { total: pageCount, nonZero: nonZero.length, distinct: distinct.length };
-  out.firstPackWrite = packWrite(image, distinct);
+  out.firstPackWrite = packWrite(packed(image, distinct), 'first');
   // bench/server.mjs's 10% dirty list: every tenth page, rewritten word by word (so incompressible).
   const dirtyImage = Buffer.from(image);
   const dirty = [];
   for (let p = 0; p < image.length / PAGE; p += 10) dirty.push(p);
   for (const p of dirty)
     for (let o = 0; o < PAGE; o += 4) dirtyImage.writeUInt32LE((Math.imul(p, 2654435761) ^ o ^ 0x5a5a) >>> 0, p * PAGE + o);
-  out.dirty10PackWrite = packWrite(dirtyImage, dirty);
-  out.dirty10RecycledCacheWriteSeconds = recycledWrite(dirtyImage, dirty);
+  const dirtyPacked = packed(dirtyImage, dirty);
+  out.dirty10PackWrite = packWrite(dirtyPacked, 'dirty');
+  out.dirty10RecycledCacheWriteSeconds = recycledWrite(dirtyPacked);
   // Single-thread CPU of the dirty pages' mandated work: the fastest hash (native, many pages a call)
   // and LZ4, each the median of `reps` passes over the same pages.
   const dirtyList = Uint32Array.from(dirty);

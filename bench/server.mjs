@@ -36,6 +36,7 @@ import { blake3 } from '@napi-rs/blake-hash';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const CLI = join(root, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
+const { getCodec } = await import(join(root, 'dist', 'chunk', 'codec.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
 const { startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
 const { values: args } = parseArgs({
@@ -163,8 +164,7 @@ try {
   const second = Buffer.alloc(first.length);
   const third = Buffer.alloc(first.length);
   const pages = first.length / PAGE;
-  const zero = new Uint8Array(pages);
-  for (let p = 0; p < pages; p++) zero[p] = first.subarray(p * PAGE, (p + 1) * PAGE).every((b) => b === 0) ? 1 : 0;
+  const zero = getCodec().zeroMask(first, pages);
   // 10% of the pages dirty (every tenth), with new random content.
   const dirty = [];
   for (let p = 0; p < pages; p += 10) dirty.push(p);
@@ -192,9 +192,9 @@ try {
     const warmDirty = [];
     for (let p = 0; p < warmImage.length / PAGE; p += 10) warmDirty.push(p);
     // The same kinds of pages as the timed images (zero ones too: they go as ranges, their own code).
+    const warmZero = getCodec().zeroMask(warmImage, warmImage.length / PAGE);
     const warmNonZero = [];
-    for (let p = 0; p < warmImage.length / PAGE; p++)
-      if (!warmImage.subarray(p * PAGE, (p + 1) * PAGE).every((b) => b === 0)) warmNonZero.push(p);
+    for (let p = 0; p < warmZero.length; p++) if (!warmZero[p]) warmNonZero.push(p);
     let warm;
     for (let round = 1; round <= warmupRounds; round++) {
       // A first snapshot of a new VM every round, then two consecutive ones (one from a dirty list):

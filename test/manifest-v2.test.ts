@@ -40,6 +40,17 @@ function numbered(spec: number[], first = 1000): NumberedPages {
   return t;
 }
 
+/** A numbered table of up to `maxPages` pages (`spec`: its page specs) and an optional base, both counting from the same first number. */
+function tableAndBase(maxPages: number): fc.Arbitrary<{ spec: number[]; pages: NumberedPages; base: NumberedPages | undefined }> {
+  return fc
+    .tuple(
+      fc.array(pageSpec, { maxLength: maxPages }),
+      fc.option(fc.array(pageSpec, { maxLength: maxPages }), { nil: undefined }),
+      fc.integer({ min: 0, max: 2 ** 47 }),
+    )
+    .map(([spec, baseSpec, first]) => ({ spec, pages: numbered(spec, first), base: baseSpec ? numbered(baseSpec, first) : undefined }));
+}
+
 function headerFor(pageCount: number, baseId?: string): ManifestHeader {
   return {
     meta: { id: '01a2b3c4d5e6f708', vm: 'vm-é', time: '2026-12-01T00:00:00.000Z' },
@@ -67,23 +78,16 @@ function expectSame(a: NumberedPages, b: NumberedPages): void {
 describe('manifest format 2', () => {
   it('round-trips any numbered page table, self-contained or against a base, in an exactly sized buffer', () => {
     fc.assert(
-      fc.property(
-        fc.array(pageSpec, { maxLength: 400 }),
-        fc.option(fc.array(pageSpec, { maxLength: 400 }), { nil: undefined }),
-        fc.integer({ min: 0, max: 2 ** 47 }),
-        (spec, baseSpec, first) => {
-          const pages = numbered(spec, first);
-          const base = baseSpec ? numbered(baseSpec, first) : undefined;
-          const plan = planManifestV2(pages, base);
-          const { bytes, stats } = encodeManifestV2(headerFor(spec.length, base ? '01a2b3c4d5e6f709' : undefined), pages, base, plan);
-          expect(bytes.buffer.byteLength).toBe(bytes.length); // sized once, never grown
-          expect(stats.zeroPages).toBe(spec.filter((s) => s === -1).length);
-          expect(stats.numberedEntries + stats.sameEntries).toBe(spec.filter((s) => s !== -1).length);
-          const { header, reader } = decodeManifestV2Header(bytes, 'test');
-          expect(header.pageCount).toBe(spec.length);
-          expectSame(pages, decodeManifestV2Pages(header, reader, 'test', base));
-        },
-      ),
+      fc.property(tableAndBase(400), ({ spec, pages, base }) => {
+        const plan = planManifestV2(pages, base);
+        const { bytes, stats } = encodeManifestV2(headerFor(spec.length, base ? '01a2b3c4d5e6f709' : undefined), pages, base, plan);
+        expect(bytes.buffer.byteLength).toBe(bytes.length); // sized once, never grown
+        expect(stats.zeroPages).toBe(spec.filter((s) => s === -1).length);
+        expect(stats.numberedEntries + stats.sameEntries).toBe(spec.filter((s) => s !== -1).length);
+        const { header, reader } = decodeManifestV2Header(bytes, 'test');
+        expect(header.pageCount).toBe(spec.length);
+        expectSame(pages, decodeManifestV2Pages(header, reader, 'test', base));
+      }),
       { numRuns: 400 },
     );
   });
@@ -258,20 +262,13 @@ function childOf(base: NumberedPages, edits: number[]): NumberedPages {
 describe('manifest format 2 plans', () => {
   it('are exactly the reference plans, with and without a base (fast-check)', () => {
     fc.assert(
-      fc.property(
-        fc.array(pageSpec, { maxLength: 600 }),
-        fc.option(fc.array(pageSpec, { maxLength: 600 }), { nil: undefined }),
-        fc.integer({ min: 0, max: 2 ** 47 }),
-        (spec, baseSpec, first) => {
-          const pages = numbered(spec, first);
-          const base = baseSpec ? numbered(baseSpec, first) : undefined;
-          const plan = planManifestV2(pages, base);
-          const ref = referencePlan(pages, base);
-          expect(Array.from(plan.heads)).toEqual(ref.heads);
-          expect(plan.bodyBytes).toBe(ref.bodyBytes);
-          expect(plan.stats).toEqual(ref.stats);
-        },
-      ),
+      fc.property(tableAndBase(600), ({ pages, base }) => {
+        const plan = planManifestV2(pages, base);
+        const ref = referencePlan(pages, base);
+        expect(Array.from(plan.heads)).toEqual(ref.heads);
+        expect(plan.bodyBytes).toBe(ref.bodyBytes);
+        expect(plan.stats).toEqual(ref.stats);
+      }),
       { numRuns: 500 },
     );
   });

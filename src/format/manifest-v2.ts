@@ -88,8 +88,7 @@ function runKindAt(pages: NumberedPages, base: NumberedPages | undefined, i: num
  * once or twice (issue 12: two plans were a quarter of an empty snapshot's commit).
  */
 export function planManifestV2(pages: NumberedPages, base?: NumberedPages): ManifestV2Plan {
-  let heads: Uint32Array = new Uint32Array(1024);
-  let runs = 0;
+  const heads = new RunHeads();
   const numbers = pages.numbers;
   const n = pages.pageCount;
   let bodyBytes = 0;
@@ -103,9 +102,7 @@ export function planManifestV2(pages: NumberedPages, base?: NumberedPages): Mani
     let j = i + 1;
     while (j < n && runKindAt(pages, base, j) === kind) j++;
     if (kind !== RUN_NUMBERS) {
-      if (runs === heads.length) heads = grown(heads);
-      heads[runs++] = (j - i) * 4 + kind;
-      bodyBytes += sizeOf((j - i) * 4 + kind);
+      bodyBytes += heads.push((j - i) * 4 + kind);
       if (kind === RUN_ZERO) zeroPages += j - i;
       else sameEntries += j - i;
       i = j;
@@ -121,9 +118,7 @@ export function planManifestV2(pages: NumberedPages, base?: NumberedPages): Mani
       // A NUMBERS run here (a stretch long enough), or the end: the LIST gathered so far goes first.
       const numbersRun = a < j && b - a >= MIN_NUMBERS_RUN;
       if (listStart >= 0 && (numbersRun || a === j)) {
-        if (runs === heads.length) heads = grown(heads);
-        heads[runs++] = (a - listStart) * 4 + RUN_LIST;
-        bodyBytes += sizeOf((a - listStart) * 4 + RUN_LIST);
+        bodyBytes += heads.push((a - listStart) * 4 + RUN_LIST);
         for (let k = listStart; k < a; k++) {
           bodyBytes += sizeOf(zigzag(numbers[k] - next));
           next = numbers[k] + 1;
@@ -132,23 +127,36 @@ export function planManifestV2(pages: NumberedPages, base?: NumberedPages): Mani
       }
       if (a === j) break;
       if (numbersRun) {
-        if (runs === heads.length) heads = grown(heads);
-        heads[runs++] = (b - a) * 4 + RUN_NUMBERS;
-        bodyBytes += sizeOf((b - a) * 4 + RUN_NUMBERS) + sizeOf(zigzag(numbers[a] - next));
+        bodyBytes += heads.push((b - a) * 4 + RUN_NUMBERS) + sizeOf(zigzag(numbers[a] - next));
         next = numbers[b - 1] + 1;
       } else if (listStart < 0) listStart = a;
       a = b;
     }
     i = j;
   }
-  return { heads: heads.subarray(0, runs), stats: { runs, numberedEntries, sameEntries, zeroPages }, bodyBytes, base };
+  return { heads: heads.list(), stats: { runs: heads.count, numberedEntries, sameEntries, zeroPages }, bodyBytes, base };
 }
 
-/** Twice the room, the runs so far kept. */
-function grown(heads: Uint32Array): Uint32Array {
-  const out = new Uint32Array(heads.length * 2);
-  out.set(heads);
-  return out;
+/** A plan's run heads as they are appended, in a typed array that doubles when full. */
+class RunHeads {
+  private heads = new Uint32Array(1024);
+  count = 0;
+
+  /** Appends `head`; returns its encoded size. */
+  push(head: number): number {
+    if (this.count === this.heads.length) {
+      const grown = new Uint32Array(this.heads.length * 2);
+      grown.set(this.heads);
+      this.heads = grown;
+    }
+    this.heads[this.count++] = head;
+    return sizeOf(head);
+  }
+
+  /** The heads appended so far. */
+  list(): Uint32Array {
+    return this.heads.subarray(0, this.count);
+  }
 }
 
 /**

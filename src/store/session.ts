@@ -279,10 +279,9 @@ export class Session {
     // table lacks, not in an open pack either, is absent (as for New); one the table knows that
     // equals the parent's at its index is known (the parent keeps it live, as for SameAsParent).
     const parent = this.parent?.pages;
-    // Every chunk of the parent was in the chunk table and the table has lost none since (the test
-    // fillUnwritten makes): a page equal to the parent's at its index is known without a probe. Most
-    // pages of a consecutive snapshot are, and each probe is a likely cache miss in a large table.
-    const trusted = parent !== undefined && this.parent!.presentAt === chunkLossGeneration();
+    // A page equal to a trusted parent's at its index is known without a probe. Most pages of a
+    // consecutive snapshot are, and each probe is a likely cache miss in a large table.
+    const trusted = this.parentTrusted;
     const ask: number[] = [];
     for (let k = 0; k < n; k++) {
       const page = pageIndices[k];
@@ -788,8 +787,7 @@ export class Session {
     const fromParent: number[] = [];
     const kinds = pages.kinds;
     const losses = chunkLossGeneration();
-    // Every chunk of the parent was in the table, and the table has lost none since: no page need ask.
-    const trusted = this.parent?.presentAt === losses;
+    const trusted = this.parentTrusted; // no inherited page need ask
     for (let i = 0; i < pages.pageCount;) {
       if (kinds[i] !== PageKind.Unset) {
         i++;
@@ -827,6 +825,15 @@ export class Session {
   }
 
   /**
+   * Every chunk of the parent was in the chunk table (its presentAt) and no chunk table has lost a
+   * fingerprint since: a page with the parent's digest at its index needs no lookup.
+   */
+  private get parentTrusted(): boolean {
+    const at = this.parent?.presentAt;
+    return at !== undefined && at === chunkLossGeneration();
+  }
+
+  /**
    * chunkLossGeneration() at a moment every chunk this snapshot names was in the chunk table, once
    * its pages are numbered (undefined when unknown): a child that begins on it while the count has
    * not moved need not look its inherited pages up (an empty snapshot of 256 MiB looked up 65,536;
@@ -836,7 +843,7 @@ export class Session {
   private presentAt(fromParent: readonly number[]): number | undefined {
     const at = this.inheritedPresentAt;
     if (at === undefined || chunkLossGeneration() !== at) return undefined;
-    if (!this.parent || this.parent.presentAt === at) return at;
+    if (!this.parent || this.parentTrusted) return at;
     const { kinds, digests, pageCount } = this.pages;
     const table = this.store.table;
     let run = 0;
