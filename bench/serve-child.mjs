@@ -1,19 +1,39 @@
 /** `vnstore serve` as a child process for the server benchmarks (server.mjs, server-floor.mjs, empty-commit.mjs). */
 import { spawn } from 'node:child_process';
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 
 /**
- * Starts `node CLI serve --store STORE --listen 127.0.0.1:0` (and `--metrics 127.0.0.1:0` with
- * `metrics`), with `nodeArgs` before the script ($BENCH_SERVE_NODE_ARGS by default, e.g. profiler
- * flags); resolves once it prints where it listens: { child, address, metrics }. With
- * $BENCH_SERVE_STDOUT set, everything the child prints goes to that file too (e.g. --trace-gc lines).
+ * The node flags the executable's first line gives it (`#!/usr/bin/env -S node FLAGS`): the server
+ * is measured as `vnstore serve` runs, though it is started as `node CLI` here (so that
+ * $BENCH_SERVE_NODE_ARGS can add profiler flags).
+ */
+export function executableNodeFlags(cli) {
+  const m = /^#!\S*env -S node((?: \S+)*)\s*$/m.exec(readFileSync(cli, 'utf8').split('\n')[0]);
+  return m ? m[1].split(' ').filter(Boolean) : [];
+}
+
+/**
+ * Starts `node FLAGS CLI serve --store STORE --listen 127.0.0.1:0` (and `--metrics 127.0.0.1:0` with
+ * `metrics`), FLAGS being the executable's own (executableNodeFlags) then `nodeArgs`
+ * ($BENCH_SERVE_NODE_ARGS by default, e.g. profiler flags); resolves once it prints where it
+ * listens: { child, address, metrics }. With $BENCH_SERVE_STDOUT set, everything the child prints goes to that file too (e.g. --trace-gc lines).
  */
 export async function startServe(
   cli,
   store,
   { metrics = false, nodeArgs = process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? [] } = {},
 ) {
-  const argv = [...nodeArgs, cli, 'serve', '--store', store, '--listen', '127.0.0.1:0', ...(metrics ? ['--metrics', '127.0.0.1:0'] : [])];
+  const argv = [
+    ...executableNodeFlags(cli),
+    ...nodeArgs,
+    cli,
+    'serve',
+    '--store',
+    store,
+    '--listen',
+    '127.0.0.1:0',
+    ...(metrics ? ['--metrics', '127.0.0.1:0'] : []),
+  ];
   const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'ignore'] });
   let out = '';
   await new Promise((res, rej) => {

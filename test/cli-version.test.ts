@@ -3,7 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { REPO_ROOT, runCli } from './helpers/engine.js';
+import { spawnSync } from 'node:child_process';
+import { CLI, REPO_ROOT, runCli } from './helpers/engine.js';
 import { nativeCodecStatus } from '../src/chunk/codec.js';
 import { pageHasherStatus } from '../src/chunk/hash.js';
 import { zstdStatus } from '../src/chunk/zstd.js';
@@ -46,6 +47,17 @@ describe('vnstore version', () => {
     expect(r.zstd.path).toBe(zstd.path === 'native' ? 'native' : 'fzstd');
     expect(r.zstd.libzstd).toBe(zstd.libzstd);
     expect(r.zstd.reason).toBe(zstd.reason);
+    expect(r.nodeFlags).toEqual([]); // run as `node CLI`, not through the executable's first line
+  });
+
+  it("the executable's first line starts node with a larger old generation (the server's GC)", () => {
+    // As the kernel runs it: the interpreter, then everything after it as one argument, then the file.
+    const first = readFileSync(CLI, 'utf8').split('\n')[0];
+    const m = /^#!(\S+) (.+)$/.exec(first);
+    expect(m, first).not.toBeNull();
+    const r = spawnSync(m![1], [m![2], CLI, 'version', '--json'], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as VersionReport).nodeFlags).toContain('--initial-old-space-size=256');
   });
 
   it('prints the same facts as four lines, and --version as one', async () => {

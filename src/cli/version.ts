@@ -11,11 +11,13 @@ import { action } from './common.js';
 export interface VersionReport extends ActivePaths {
   vnstore: string;
   node: string;
+  /** Node's own flags in this process (the executable's first line gives some: bin.cts). */
+  nodeFlags: string[];
 }
 
 export function versionReport(): VersionReport {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return { vnstore: pkg.version, node: process.version, ...activePaths() };
+  return { vnstore: pkg.version, node: process.version, nodeFlags: [...process.execArgv], ...activePaths() };
 }
 
 /** `vnstore version`: one line per path, and why a fallback serves. */
@@ -59,7 +61,7 @@ export function registerVersion(program: Command): void {
     .description("print vnstore's version and which hashing and codec paths are active (native addons or fallbacks)")
     .option(
       '--json',
-      'print {vnstore, node, hashing: {path, kernel, addon, ...}, codec: {path, liblz4, addon, ...}, zstd: {path, libzstd, ...}}',
+      'print {vnstore, node, nodeFlags, hashing: {path, kernel, addon, ...}, codec: {path, liblz4, addon, ...}, zstd: {path, libzstd, ...}}',
     )
     .action(
       action((opts: { json?: boolean }) => {
