@@ -11,6 +11,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { AgentClient } from '../src/agent/client.js';
 import { hashPage, pageScanner } from '../src/chunk/hash.js';
 import { scriptedServer } from './helpers/scripted-server.js';
+import { pagesPerBatch } from '../src/agent/connection.js';
+import { MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH, MAX_REPLY_FRAME_BYTES } from '../src/protocol/limits.js';
 
 const PAGE = 4096;
 const servers: net.Server[] = [];
@@ -55,7 +57,7 @@ function expected(want: Map<number, Uint8Array>): Map<number, string> {
 async function run(write: (s: Awaited<ReturnType<AgentClient['beginSession']>>) => Promise<void>) {
   const srv = await recordingServer();
   const client = await AgentClient.connect({ server: srv.address, token: 't' });
-  const s = await client.beginSession({ vm: 'vm', memoryBytes: 8192 * PAGE });
+  const s = await client.beginSession({ vm: 'vm', memoryBytes: 16384 * PAGE });
   await write(s);
   await s.prepare();
   await client.close();
@@ -68,11 +70,12 @@ describe('agent page scan', () => {
   });
 
   it('a whole-image write of several batches offers every page at its index and sends zero pages as ranges', async () => {
-    // 2500 pages from page 100: three offer batches, the batches after the first start mid-buffer.
-    const data = image(2500, 3, (k) => k % 7 === 0 || (k >= 1500 && k < 1600));
+    // 9000 pages from page 100: three offer batches of up to 4096 pages, each scanned in jobs of
+    // 1024 at once; the batches and jobs after the first start mid-buffer.
+    const data = image(9000, 3, (k) => k % 7 === 0 || (k >= 1500 && k < 1600) || (k >= 4000 && k < 4200));
     const got = await run((s) => s.writePages(100, data));
     const want = new Map<number, Uint8Array>();
-    for (let k = 0; k < 2500; k++) want.set(100 + k, data.subarray(k * PAGE, (k + 1) * PAGE));
+    for (let k = 0; k < 9000; k++) want.set(100 + k, data.subarray(k * PAGE, (k + 1) * PAGE));
     expect(got).toEqual(expected(want));
   });
 
@@ -122,5 +125,42 @@ describe('agent page scan', () => {
       ),
       { numRuns: 25 },
     );
+  });
+
+  it('PAGES frames carry as many pages as the server announces, never more, and every page once', async () => {
+    expect(pagesPerBatch({ maxFrameBytes: MAX_FRAME_BYTES, maxPagesPerBatch: MAX_PAGES_PER_BATCH })).toBe(1024);
+    // A server of the first release: 256 pages in frames of at most 1 MiB (and 256 fit in them).
+    expect(pagesPerBatch({ maxFrameBytes: MAX_REPLY_FRAME_BYTES, maxPagesPerBatch: 256 })).toBe(256);
+    expect(pagesPerBatch({ maxFrameBytes: MAX_REPLY_FRAME_BYTES, maxPagesPerBatch: 4096 })).toBe(256); // the frame limit caps it
+    expect(pagesPerBatch({ maxFrameBytes: MAX_FRAME_BYTES * 4, maxPagesPerBatch: 8192 })).toBe(MAX_PAGES_PER_BATCH); // this build's limit
+    expect(pagesPerBatch({ maxFrameBytes: 1, maxPagesPerBatch: 0 })).toBe(1);
+    for (const announced of [256, 1024, 100]) {
+      const frames: number[] = [];
+      const sent = new Map<number, string>();
+      const { address, server } = await scriptedServer(
+        (m, answer) => {
+          if (m.t === 'offer')
+            answer({ t: 'missing', req: m.req, positions: Uint32Array.from(m.indices.keys()) }); // all missing
+          else if (m.t === 'pages') {
+            frames.push(m.indices.length);
+            m.indices.forEach((p, k) => sent.set(p, hashPage(m.data.subarray(k * PAGE, (k + 1) * PAGE)).toString('hex')));
+            answer({ t: 'result', req: m.req, json: '{}' });
+          } else if (m.t === 'zero') answer({ t: 'result', req: m.req, json: '{}' });
+          else if (m.t === 'prepare') answer({ t: 'result', req: m.req, json: '{"id":"0123456789abcdef"}' });
+        },
+        { maxFrameBytes: MAX_FRAME_BYTES, maxPagesPerBatch: announced },
+      );
+      servers.push(server);
+      const client = await AgentClient.connect({ server: address, token: 't' });
+      const s = await client.beginSession({ vm: 'vm', memoryBytes: 16384 * PAGE });
+      const data = image(5000, 5, (k) => k % 9 === 0);
+      await s.writePages(0, data);
+      await s.prepare();
+      await client.close();
+      expect(Math.max(...frames)).toBe(announced);
+      const want = new Map<number, Uint8Array>();
+      for (let k = 0; k < 5000; k++) if (k % 9 !== 0) want.set(k, data.subarray(k * PAGE, (k + 1) * PAGE));
+      expect(sent).toEqual(expected(want));
+    }
   });
 });

@@ -6,6 +6,7 @@ import {
   encodeMessageParts,
   FrameDecoder,
   FRAME_HEADER_BYTES,
+  MAX_DATA_PAGES,
   MAX_FRAME_BYTES,
   MAX_OFFERS_PER_BATCH,
   MAX_PAGES_PER_BATCH,
@@ -198,6 +199,10 @@ describe('protocol round trip', () => {
         data: new Uint8Array(n * PAGE),
       }),
     ).toThrow(ProtocolError);
+    const d = MAX_DATA_PAGES + 1;
+    expect(() =>
+      encodeMessage({ t: 'data', req: 1, firstPage: 0, digests: new Uint8Array(d * 32), data: new Uint8Array(d * PAGE) }),
+    ).toThrow(/limit/);
     const o = MAX_OFFERS_PER_BATCH + 1;
     expect(() => encodeMessage({ t: 'offer', req: 1, sid: 1, indices: new Uint32Array(o), digests: new Uint8Array(o * 32) })).toThrow(
       /limit/,
@@ -212,6 +217,8 @@ describe('protocol round trip', () => {
 });
 
 describe('large frames: zero-copy encoding and pooled decoding', () => {
+  /** A DATA frame carries at most a restore window. */
+  const dataPages = (n: number) => Math.min(n, MAX_DATA_PAGES);
   /** A PAGES or DATA frame of `n` pages whose bytes say which frame and page they are. */
   function bigMessage(k: number, n: number): Message {
     const data = Buffer.alloc(n * PAGE);
@@ -219,7 +226,13 @@ describe('large frames: zero-copy encoding and pooled decoding', () => {
     const digests = new Uint8Array(n * 32).fill(k & 0xff);
     return k % 2 === 0
       ? { t: 'pages', req: k, sid: 1, indices: Uint32Array.from({ length: n }, (_, p) => p), digests, data }
-      : { t: 'data', req: k, firstPage: k * 1000, digests, data };
+      : {
+          t: 'data',
+          req: k,
+          firstPage: k * 1000,
+          digests: digests.subarray(0, dataPages(n) * 32),
+          data: data.subarray(0, dataPages(n) * PAGE),
+        };
   }
 
   it('a frame is written from the page bytes themselves, not a copy, and joins to the same bytes as encodeMessage', () => {

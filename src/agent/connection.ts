@@ -7,8 +7,8 @@ import tls from 'node:tls';
 import { decodeMessage, encodeMessage, encodeMessageParts, type Message } from '../protocol/messages.js';
 import { FrameDecoder, writeFrame, type RawFrame } from '../protocol/frames.js';
 import { ProtocolError, RemoteError } from '../protocol/errors.js';
-import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
-import { PAGE_SIZE } from '../format/pages.js';
+import { MAX_PAGES_PER_BATCH, MAX_REPLY_FRAME_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { SlabPool } from '../chunk/slab-pool.js';
 import { parseAddress } from '../server/address.js';
 import { VnstoreError } from '../util/errors.js';
@@ -46,7 +46,7 @@ interface Waiter {
 export class AgentConnection {
   private readonly waiters = new Map<number, Waiter>();
   /** Page buffers for PAGES requests, reused once answered (fresh memory faults on first touch). */
-  readonly pageBuffers = new SlabPool(MAX_PAGES_PER_BATCH * PAGE_SIZE, 2 * DEFAULT_WINDOW);
+  readonly pageBuffers: SlabPool;
   private readonly slots: (() => void)[] = [];
   private nextReq = 1;
   private outstanding = 0;
@@ -57,14 +57,18 @@ export class AgentConnection {
     private readonly socket: net.Socket,
     readonly window: number,
     readonly serverId: string,
+    /** Pages in one PAGES frame: what the server takes (WELCOME), at most this build's limit. */
     readonly maxPagesPerBatch: number,
-  ) {}
+  ) {
+    // A window's worth: no more PAGES frames than that are unanswered at once.
+    this.pageBuffers = new SlabPool(maxPagesPerBatch * PAGE_SIZE, Math.max(2, window));
+  }
 
   static async connect(opts: ConnectOptions): Promise<AgentConnection> {
     const addr = parseAddress(opts.server);
     // Frames read go to `handlers`: the handshake's first, then the connection's.
     let handlers: FrameHandlers = { frames: () => undefined, error: () => undefined };
-    const decoder = new FrameDecoder(MAX_FRAME_BYTES, true, 4); // copies: reads land in reused buffers
+    const decoder = new FrameDecoder(MAX_REPLY_FRAME_BYTES, true, 4); // copies: reads land in reused buffers
     const onread = decodingReads(decoder, { frames: (f) => handlers.frames(f), error: (e) => handlers.error(e) });
     const socket = await new Promise<net.Socket>((resolve, reject) => {
       const s =
@@ -111,7 +115,7 @@ export class AgentConnection {
       socket.destroy();
       throw err;
     });
-    const c = new AgentConnection(socket, Math.max(1, welcome.window), welcome.serverId, welcome.maxPagesPerBatch);
+    const c = new AgentConnection(socket, Math.max(1, welcome.window), welcome.serverId, pagesPerBatch(welcome));
     handlers = c.listen();
     return c;
   }
@@ -239,4 +243,13 @@ export class AgentConnection {
 export function resultJson<T>(m: Message): T {
   if (m.t !== 'result') throw new ProtocolError('E_MALFORMED', `expected RESULT, got ${m.t.toUpperCase()}`);
   return JSON.parse(m.json) as T;
+}
+
+/**
+ * Pages in one PAGES frame for a server that sent `welcome`: its maxPagesPerBatch, no more than fit
+ * its maxFrameBytes, and no more than this build sends (a server of the first release takes 256).
+ */
+export function pagesPerBatch(welcome: { maxFrameBytes: number; maxPagesPerBatch: number }): number {
+  const fit = Math.floor((welcome.maxFrameBytes - 64) / (PAGE_SIZE + 4 + DIGEST_BYTES));
+  return Math.max(1, Math.min(MAX_PAGES_PER_BATCH, welcome.maxPagesPerBatch, fit));
 }

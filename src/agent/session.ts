@@ -5,7 +5,7 @@
  */
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { hashPages, isZeroPage, pageScanner } from '../chunk/hash.js';
-import { MAX_OFFERS_PER_BATCH, MAX_PAGES_PER_BATCH } from '../protocol/limits.js';
+import { MAX_OFFERS_PER_BATCH } from '../protocol/limits.js';
 import type { SnapshotRecord } from '../store/db.js';
 import type { CommitOptions, SessionOptions } from '../store/session.js';
 import { VnstoreError } from '../util/errors.js';
@@ -153,8 +153,9 @@ export class RemoteSession {
       const answer = await this.conn.request({ t: 'offer', sid: this.sid, indices: offerIdx, digests: offerDigests });
       if (answer.t !== 'missing') throw new VnstoreError('E_PROTOCOL', `server answered OFFER with ${answer.t.toUpperCase()}`);
       const missing = answer.positions;
-      for (let b = 0; b < missing.length; b += MAX_PAGES_PER_BATCH) {
-        const part = missing.subarray(b, Math.min(missing.length, b + MAX_PAGES_PER_BATCH));
+      const perFrame = this.conn.maxPagesPerBatch;
+      for (let b = 0; b < missing.length; b += perFrame) {
+        const part = missing.subarray(b, Math.min(missing.length, b + perFrame));
         const picked: number[] = [];
         for (const j of part) {
           if (j >= offer.length) throw new VnstoreError('E_PROTOCOL', `server asked for page ${j} of an offer of ${offer.length}`);
@@ -264,8 +265,15 @@ function padToPages(data: Uint8Array, n: number): Uint8Array {
   return out;
 }
 
-/** Pages per OFFER of a pipelined write: small enough that hashing one overlaps the next's round trip. */
-const OFFER_BATCH_PAGES = Math.min(MAX_OFFERS_PER_BATCH, 4 * MAX_PAGES_PER_BATCH);
+/**
+ * Pages per OFFER of a pipelined write: a whole OFFER (16 MiB of pages). Batches of 1024 sent four
+ * times the ZERO, OFFER and MISSING frames, and the server applied each as a write of its own:
+ * ~10% more CPU on both sides (bench/RESULTS.md, issue 12, session 15). A batch is scanned in
+ * SCAN_JOB_PAGES jobs at once, so its hashing still runs on every thread of the pool.
+ */
+const OFFER_BATCH_PAGES = MAX_OFFERS_PER_BATCH;
+/** Pages per thread-pool scan job (zero test and hashes). */
+const SCAN_JOB_PAGES = 1024;
 /** Batches of one write in flight at once. */
 const BATCHES_IN_FLIGHT = 4;
 
@@ -285,8 +293,14 @@ async function scanPages(data: Uint8Array, digests: Uint8Array, keep: Uint32Arra
   // The scanner reads 8-byte words: an unaligned view is scanned here instead.
   if (scanner && n > 0 && keep[n - 1] - first === n - 1 && (data.byteOffset + first * PAGE_SIZE) % 8 === 0) {
     const isZero = new Uint8Array(n);
-    const pages = data.subarray(first * PAGE_SIZE, (first + n) * PAGE_SIZE);
-    await scanner.scanPagesAsync(pages, n, isZero, digests.subarray(first * DIGEST_BYTES, (first + n) * DIGEST_BYTES));
+    const jobs: Promise<number>[] = [];
+    for (let j = 0; j < n; j += SCAN_JOB_PAGES) {
+      const m = Math.min(SCAN_JOB_PAGES, n - j);
+      const at = first + j;
+      const pages = data.subarray(at * PAGE_SIZE, (at + m) * PAGE_SIZE);
+      jobs.push(scanner.scanPagesAsync(pages, m, isZero.subarray(j, j + m), digests.subarray(at * DIGEST_BYTES, (at + m) * DIGEST_BYTES)));
+    }
+    await Promise.all(jobs);
     for (let j = 0; j < n; j++) (isZero[j] === 1 ? zero : offer).push(first + j);
     return { zero, offer };
   }

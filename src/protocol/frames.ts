@@ -41,14 +41,17 @@ export class FrameDecoder {
 
   /**
    * `copyAll`: every frame is copied out of the chunk, none is a view of it (for a socket that reads
-   * into one reused buffer: the chunk is overwritten by the next read). `keep`: pooled buffers kept.
+   * into one reused buffer: the chunk is overwritten by the next read). `keep`: pooled buffers kept,
+   * or a pool of buffers of at least maxFrameBytes to share with other decoders (a server's).
    */
   constructor(
     private readonly maxFrameBytes = MAX_FRAME_BYTES,
     private readonly copyAll = false,
-    keep = POOLED_FRAMES,
+    keep: number | SlabPool = POOLED_FRAMES,
   ) {
-    this.pool = new SlabPool(maxFrameBytes, keep);
+    if (typeof keep !== 'number' && keep.slabBytes < maxFrameBytes)
+      throw new RangeError(`frame pool of ${keep.slabBytes}-byte buffers for frames of up to ${maxFrameBytes} bytes`);
+    this.pool = typeof keep === 'number' ? new SlabPool(maxFrameBytes, keep) : keep;
   }
 
   /** Bytes held for an incomplete frame (the whole frame's buffer once its header is in; never more). */

@@ -8,14 +8,21 @@ export const MIN_PROTOCOL_VERSION = 1;
 
 /** Frame header: u32 length of what follows (type byte + body), then the type byte. */
 export const FRAME_HEADER_BYTES = 5;
-/** Pages in one PAGES frame: 256 pages = 1 MiB of page bytes. */
-export const MAX_PAGES_PER_BATCH = 256;
+/**
+ * Pages in one PAGES frame at most: 1024 pages = 4 MiB of page bytes, a page job's block (the
+ * server says how many it takes in WELCOME, and agents send no more). Four times the 256 of the
+ * first servers: a first snapshot cost the server ~15% and the agent ~25% less CPU (bench/RESULTS.md,
+ * issue 12, session 15).
+ */
+export const MAX_PAGES_PER_BATCH = 1024;
 /** Offers (page index + digest) in one OFFER frame. */
 export const MAX_OFFERS_PER_BATCH = 4096;
 /** Zero ranges in one ZERO frame. */
 export const MAX_ZERO_RANGES = 4096;
+/** Pages in one DATA frame of a restore: a restore window (1 MiB). */
+export const MAX_DATA_PAGES = 256;
 /** Bytes of page data in one DATA frame of a restore. */
-export const MAX_DATA_BYTES = MAX_PAGES_PER_BATCH * PAGE_SIZE;
+export const MAX_DATA_BYTES = MAX_DATA_PAGES * PAGE_SIZE;
 /** Longest string field (names, tokens, messages, JSON arguments). */
 export const MAX_STRING_BYTES = 64 * 1024;
 /** Largest JSON reply (a catalog listing); a larger one is an error, not an allocation. */
@@ -25,5 +32,10 @@ export const MAX_JSON_BYTES = MAX_DATA_BYTES;
  * The decoder refuses a larger length before it buffers anything of the frame.
  */
 export const MAX_FRAME_BYTES = MAX_PAGES_PER_BATCH * (PAGE_SIZE + 4 + DIGEST_BYTES) + 64;
+/**
+ * Largest frame a server sends (a DATA batch, or 1 MiB of JSON), what agents decode: the limit of
+ * the first servers' frames in both directions, so agents keep 1 MiB read buffers.
+ */
+export const MAX_REPLY_FRAME_BYTES = MAX_DATA_PAGES * (PAGE_SIZE + 4 + DIGEST_BYTES) + 64;
 /** Requests a client may have outstanding on one connection (the server's window, sent in WELCOME). */
 export const DEFAULT_WINDOW = 8;

@@ -6,7 +6,15 @@
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { ProtocolError } from './errors.js';
 import { frameHeader, type RawFrame } from './frames.js';
-import { HELLO_MAGIC, MAX_JSON_BYTES, MAX_OFFERS_PER_BATCH, MAX_PAGES_PER_BATCH, MAX_STRING_BYTES, MAX_ZERO_RANGES } from './limits.js';
+import {
+  HELLO_MAGIC,
+  MAX_DATA_PAGES,
+  MAX_JSON_BYTES,
+  MAX_OFFERS_PER_BATCH,
+  MAX_PAGES_PER_BATCH,
+  MAX_STRING_BYTES,
+  MAX_ZERO_RANGES,
+} from './limits.js';
 
 export const MSG = {
   HELLO: 1,
@@ -203,7 +211,7 @@ export function encodeMessageParts(m: Message): Buffer[] {
       return w.u32(m.req).str(m.code).str(m.message.slice(0, 4096)).frame(MSG.ERROR);
     case 'data': {
       const n = m.digests.length / DIGEST_BYTES;
-      checkCount(n, MAX_PAGES_PER_BATCH, 'data pages');
+      checkCount(n, MAX_DATA_PAGES, 'data pages');
       checkDataLength(n, m.data.length);
       return w.u32(m.req).u32(m.firstPage).u32(n).bytes(m.digests).bytes(m.data).frame(MSG.DATA);
     }
@@ -434,7 +442,7 @@ export function decodeMessage(frame: RawFrame): Message {
       r = new Reader(b, 'DATA');
       const req = r.u32();
       const firstPage = r.u32();
-      const n = r.count(MAX_PAGES_PER_BATCH, DIGEST_BYTES, 'data pages');
+      const n = r.count(MAX_DATA_PAGES, DIGEST_BYTES, 'data pages');
       const digests = r.bytes(n * DIGEST_BYTES);
       const data = r.rest();
       checkDataLength(n, data.length);

@@ -3,7 +3,7 @@
  * and the maintenance API, so `--server` commands print what the local ones print.
  */
 import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
-import { MAX_PAGES_PER_BATCH } from '../protocol/limits.js';
+import { MAX_DATA_PAGES } from '../protocol/limits.js';
 import { ProtocolError } from '../protocol/errors.js';
 import type { Store } from '../store/store.js';
 import type { SnapshotRecord } from '../store/db.js';
@@ -144,7 +144,7 @@ export interface DataSink {
 }
 
 /**
- * Streams snapshot `record` as DATA batches of up to MAX_PAGES_PER_BATCH pages, each with its page
+ * Streams snapshot `record` as DATA batches of up to MAX_DATA_PAGES pages, each with its page
  * digests (zero pages as 32 zero bytes) so the client verifies every page and the image digest.
  * Each batch is sent from the window restore lends (whole pages from a page boundary, 256 pages on
  * this build): no copy into a batch buffer of its own, which took a sixth of a warm server's main
@@ -152,7 +152,7 @@ export interface DataSink {
  * written, and restore decodes the next windows meanwhile.
  */
 export async function streamRestore(store: Store, record: SnapshotRecord, out: DataSink): Promise<void> {
-  const batchBytes = MAX_PAGES_PER_BATCH * PAGE_SIZE;
+  const batchBytes = MAX_DATA_PAGES * PAGE_SIZE;
   let firstPage = 0;
   // `digests`: what restore computed from the verified pages (zero for a zero page).
   const send = (data: Uint8Array, digests: Uint8Array): Promise<void> => {

@@ -21,8 +21,8 @@ type SessionRequest = Extract<Message, { sid: number }>;
 
 export class Connection {
   readonly sessions = new Map<number, RemoteSessionState>();
-  /** Copies every frame: reads land in one reused buffer. */
-  private readonly decoder = new FrameDecoder(MAX_FRAME_BYTES, true, DEFAULT_WINDOW + 2);
+  /** Copies every frame (reads land in one reused buffer) into the server's shared frame buffers. */
+  private readonly decoder: FrameDecoder;
   readonly socket: Socket;
   private authed = false;
   private chain: Promise<void> = Promise.resolve();
@@ -35,6 +35,7 @@ export class Connection {
     private readonly server: VnServer,
     readonly peer: string,
   ) {
+    this.decoder = new FrameDecoder(MAX_FRAME_BYTES, true, server.frameBuffers);
     const socket = (this.socket = adoptAccepted(accepted, (chunk) => this.onData(chunk)));
     socket.on('error', (err) => server.log.debug({ event: 'socket_error', peer, err: err.message }));
     socket.on('close', () => void this.onClose());

@@ -13,6 +13,7 @@ import { ProtocolError } from '../protocol/errors.js';
 import { MAX_FRAME_BYTES } from '../protocol/limits.js';
 import { Connection } from './connection.js';
 import { MemoryBudget } from './budget.js';
+import { SlabPool } from '../chunk/slab-pool.js';
 import { ServerMetrics } from './metrics.js';
 import { PreparedRegistry, type RemoteSessionState } from './sessions.js';
 import { formatAddress, type Address } from './address.js';
@@ -41,6 +42,11 @@ export interface TlsFiles {
 export class VnServer {
   readonly metrics = new ServerMetrics();
   readonly budget: MemoryBudget;
+  /**
+   * Buffers for received frames (MAX_FRAME_BYTES each), shared by all connections: as many are kept
+   * as the memory budget holds frames (and two more), whatever the number of connections.
+   */
+  readonly frameBuffers: SlabPool;
   readonly prepared = new PreparedRegistry();
   readonly log: Logger;
   private readonly tokenSource: () => Promise<string>;
@@ -63,6 +69,7 @@ export class VnServer {
     this.preparedMs = options.preparedTimeoutMs ?? DEFAULT_PREPARED_TIMEOUT_MS;
     // At least one full frame must fit, or a single agent could never make progress.
     this.budget = new MemoryBudget(Math.max(options.memoryBudgetBytes ?? DEFAULT_MEMORY_BUDGET, 2 * MAX_FRAME_BYTES));
+    this.frameBuffers = new SlabPool(MAX_FRAME_BYTES, Math.ceil(this.budget.limit / MAX_FRAME_BYTES) + 2);
     const every = Math.max(50, Math.min(1000, Math.floor(Math.min(this.idleMs, this.preparedMs) / 4)));
     this.sweeper = setInterval(() => void this.sweep(Date.now()), every);
     this.sweeper.unref();
