@@ -1,20 +1,23 @@
 /** `vnstore serve` as a child process for the server benchmarks (server.mjs, server-floor.mjs, empty-commit.mjs). */
 import { spawn } from 'node:child_process';
 import { appendFileSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 
 /**
- * The node flags the executable's first line gives it (`#!/usr/bin/env -S node FLAGS`): the server
- * is measured as `vnstore serve` runs, though it is started as `node CLI` here (so that
- * $BENCH_SERVE_NODE_ARGS can add profiler flags).
+ * The node flags the `vnstore` executable (bin/vnstore, beside the dist/ that holds `cli`) starts
+ * node with: the server is measured as `vnstore serve` runs, though it is started as `node CLI`
+ * here (so that $BENCH_SERVE_NODE_ARGS can add profiler flags).
  */
 export function executableNodeFlags(cli) {
-  const m = /^#!\S*env -S node((?: \S+)*)\s*$/m.exec(readFileSync(cli, 'utf8').split('\n')[0]);
-  return m ? m[1].split(' ').filter(Boolean) : [];
+  const launcher = readFileSync(join(dirname(cli), '..', '..', 'bin', 'vnstore'), 'utf8');
+  const m = /^exec node((?: --\S+)*) /m.exec(launcher);
+  if (!m) throw new Error('bin/vnstore: no "exec node FLAGS" line');
+  return m[1].split(' ').filter(Boolean);
 }
 
 /**
  * Starts `node FLAGS CLI serve --store STORE --listen 127.0.0.1:0` (and `--metrics 127.0.0.1:0` with
- * `metrics`), FLAGS being the executable's own (executableNodeFlags) then `nodeArgs`
+ * `metrics`), FLAGS being the executable's (executableNodeFlags) then `nodeArgs`
  * ($BENCH_SERVE_NODE_ARGS by default, e.g. profiler flags); resolves once it prints where it
  * listens: { child, address, metrics }. With $BENCH_SERVE_STDOUT set, everything the child prints goes to that file too (e.g. --trace-gc lines).
  */

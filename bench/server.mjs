@@ -283,7 +283,7 @@ try {
     warmupMiB,
     warmupRounds,
     loadavg: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number),
-    // The server's node flags: the executable's own (its first line), then $BENCH_SERVE_NODE_ARGS.
+    // The server's node flags: the executable's (bin/vnstore), then $BENCH_SERVE_NODE_ARGS.
     serverNodeFlags: [...executableNodeFlags(CLI), ...(process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? [])],
     baselineMBps: base,
     baselinePassesMBps: basePasses.map((x) => Math.round(x)),

@@ -1,10 +1,10 @@
 // `vnstore version` / `--version` say which hashing and codec paths run, with their versions: the
 // answer must be what the library really picks in that environment, not a fixed string.
 import { describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { readFileSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
-import { CLI, REPO_ROOT, runCli } from './helpers/engine.js';
+import { spawn, spawnSync } from 'node:child_process';
+import { makeTempDir, removeDir, REPO_ROOT, runCli } from './helpers/engine.js';
 import { nativeCodecStatus } from '../src/chunk/codec.js';
 import { pageHasherStatus } from '../src/chunk/hash.js';
 import { zstdStatus } from '../src/chunk/zstd.js';
@@ -50,14 +50,43 @@ describe('vnstore version', () => {
     expect(r.nodeFlags).toEqual([]); // run as `node CLI`, not through the executable's first line
   });
 
-  it("the executable's first line starts node with a larger old generation (the server's GC)", () => {
-    // As the kernel runs it: the interpreter, then everything after it as one argument, then the file.
-    const first = readFileSync(CLI, 'utf8').split('\n')[0];
-    const m = /^#!(\S+) (.+)$/.exec(first);
-    expect(m, first).not.toBeNull();
-    const r = spawnSync(m![1], [m![2], CLI, 'version', '--json'], { encoding: 'utf8' });
-    expect(r.status, r.stderr).toBe(0);
-    expect((JSON.parse(r.stdout) as VersionReport).nodeFlags).toContain('--initial-old-space-size=256');
+  it('the executable, bin/vnstore, runs node in its own process with a larger old generation', async () => {
+    const launcher = path.join(REPO_ROOT, 'bin/vnstore');
+    const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { bin: Record<string, string> };
+    expect(pkg.bin.vnstore).toBe('bin/vnstore');
+    // Run directly, and through a symlink elsewhere as npm links it into node_modules/.bin.
+    const dir = makeTempDir('launcher');
+    try {
+      const link = path.join(dir, 'vnstore');
+      symlinkSync(launcher, link);
+      for (const exe of [launcher, link]) {
+        const r = spawnSync(exe, ['version', '--json'], { encoding: 'utf8' });
+        expect(r.status, r.stderr).toBe(0);
+        expect((JSON.parse(r.stdout) as VersionReport).nodeFlags).toEqual(['--initial-old-space-size=256']);
+      }
+      // `exec`: the PID a caller gets is node's, so a SIGKILL of it stops the server (the crash tests rely on it).
+      const store = path.join(dir, 'store');
+      expect((await runCli(['init', '--store', store])).code).toBe(0);
+      const child = spawn(link, ['serve', '--store', store, '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
+      let out = '';
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString('utf8');
+          if (/^listening /m.test(out)) resolve();
+        });
+        child.on('exit', () => reject(new Error('serve exited')));
+      });
+      const argv = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0');
+      expect(path.basename(argv[0])).toBe('node');
+      expect(argv[1]).toBe('--initial-old-space-size=256');
+      expect(path.resolve(argv[2])).toBe(path.join(REPO_ROOT, 'dist/cli/bin.cjs'));
+      child.removeAllListeners('exit');
+      const exited = new Promise<NodeJS.Signals | null>((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
+      process.kill(child.pid!, 'SIGKILL');
+      expect(await exited).toBe('SIGKILL');
+    } finally {
+      removeDir(dir);
+    }
   });
 
   it('prints the same facts as four lines, and --version as one', async () => {

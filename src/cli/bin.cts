@@ -1,12 +1,8 @@
-#!/usr/bin/env -S node --initial-old-space-size=256
+#!/usr/bin/env node
 /**
- * The `vnstore` executable: sizes libuv's thread pool, then runs the command line (main.ts).
- *
- * The first line gives node a larger starting old generation: V8 otherwise starts a major GC
- * whenever the old generation's headroom is below its young generation's size, one or two per
- * snapshot in a server whose live heap is ~13 MB (docs/OPERATIONS.md, "V8's heap"). Node refuses
- * this flag in NODE_OPTIONS and V8 reads it only at start-up, so it is on the executable's own
- * line; `env -S` execs node in place, so the command keeps its PID (signals reach node itself).
+ * The `vnstore` command's entry point: sizes libuv's thread pool, then runs the command line
+ * (main.ts). The executable, bin/vnstore, starts node on it with a larger starting old generation
+ * (docs/OPERATIONS.md, "V8's heap"); `node dist/cli/bin.cjs` runs it without.
  *
  * A one-shot command's page jobs run on that pool (docs/DESIGN.md, "Thread-pool jobs"); on the
  * 2-core project machine two threads instead of libuv's default four made consecutive puts ~4%
