@@ -15,20 +15,20 @@ export function executableNodeFlags(cli) {
   return m[1].split(' ').filter(Boolean);
 }
 
+/** The server's node flags: the executable's (executableNodeFlags), then `nodeArgs`. */
+export function serverNodeFlags(cli, nodeArgs = process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? []) {
+  return [...executableNodeFlags(cli), ...nodeArgs];
+}
+
 /**
  * Starts `node FLAGS CLI serve --store STORE --listen 127.0.0.1:0` (and `--metrics 127.0.0.1:0` with
- * `metrics`), FLAGS being the executable's (executableNodeFlags) then `nodeArgs`
- * ($BENCH_SERVE_NODE_ARGS by default, e.g. profiler flags); resolves once it prints where it
- * listens: { child, address, metrics }. With $BENCH_SERVE_STDOUT set, everything the child prints goes to that file too (e.g. --trace-gc lines).
+ * `metrics`), FLAGS being serverNodeFlags(cli, nodeArgs) ($BENCH_SERVE_NODE_ARGS by default, e.g.
+ * profiler flags); resolves once it prints where it listens: { child, address, metrics }. With
+ * $BENCH_SERVE_STDOUT set, everything the child prints goes to that file too (e.g. --trace-gc lines).
  */
-export async function startServe(
-  cli,
-  store,
-  { metrics = false, nodeArgs = process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? [] } = {},
-) {
+export async function startServe(cli, store, { metrics = false, nodeArgs } = {}) {
   const argv = [
-    ...executableNodeFlags(cli),
-    ...nodeArgs,
+    ...serverNodeFlags(cli, nodeArgs),
     cli,
     'serve',
     '--store',

@@ -38,7 +38,7 @@ const CLI = join(root, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
 const { getCodec } = await import(join(root, 'dist', 'chunk', 'codec.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
-const { executableNodeFlags, startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
+const { serverNodeFlags, startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
 const { values: args } = parseArgs({
   options: {
     mib: { type: 'string', default: '256' },
@@ -284,7 +284,7 @@ try {
     warmupRounds,
     loadavg: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number),
     // The server's node flags: the executable's (bin/vnstore), then $BENCH_SERVE_NODE_ARGS.
-    serverNodeFlags: [...executableNodeFlags(CLI), ...(process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? [])],
+    serverNodeFlags: serverNodeFlags(CLI),
     baselineMBps: base,
     baselinePassesMBps: basePasses.map((x) => Math.round(x)),
     // Each ratio is the median of `reps` timed rounds (each a new VM: first snapshot, consecutive,

@@ -11,8 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { AgentClient } from '../src/agent/client.js';
 import { hashPage, pageScanner } from '../src/chunk/hash.js';
 import { scriptedServer } from './helpers/scripted-server.js';
-import { pagesPerBatch } from '../src/agent/connection.js';
-import { MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH, MAX_REPLY_FRAME_BYTES } from '../src/protocol/limits.js';
+import { MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH, MAX_REPLY_FRAME_BYTES, pagesPerBatch } from '../src/protocol/limits.js';
 
 const PAGE = 4096;
 const servers: net.Server[] = [];

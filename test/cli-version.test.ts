@@ -3,7 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
+import { startServe } from './helpers/serve-process.js';
 import { makeTempDir, removeDir, REPO_ROOT, runCli } from './helpers/engine.js';
 import { nativeCodecStatus } from '../src/chunk/codec.js';
 import { pageHasherStatus } from '../src/chunk/hash.js';
@@ -47,7 +48,7 @@ describe('vnstore version', () => {
     expect(r.zstd.path).toBe(zstd.path === 'native' ? 'native' : 'fzstd');
     expect(r.zstd.libzstd).toBe(zstd.libzstd);
     expect(r.zstd.reason).toBe(zstd.reason);
-    expect(r.nodeFlags).toEqual([]); // run as `node CLI`, not through the executable's first line
+    expect(r.nodeFlags).toEqual([]); // run as `node CLI`, not through bin/vnstore
   });
 
   it('the executable, bin/vnstore, runs node in its own process with a larger old generation', async () => {
@@ -67,23 +68,12 @@ describe('vnstore version', () => {
       // `exec`: the PID a caller gets is node's, so a SIGKILL of it stops the server (the crash tests rely on it).
       const store = path.join(dir, 'store');
       expect((await runCli(['init', '--store', store])).code).toBe(0);
-      const child = spawn(link, ['serve', '--store', store, '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
-      let out = '';
-      await new Promise<void>((resolve, reject) => {
-        child.stdout.on('data', (d: Buffer) => {
-          out += d.toString('utf8');
-          if (/^listening /m.test(out)) resolve();
-        });
-        child.on('exit', () => reject(new Error('serve exited')));
-      });
-      const argv = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0');
+      const srv = await startServe(store, [], {}, link);
+      const argv = readFileSync(`/proc/${srv.child.pid}/cmdline`, 'utf8').split('\0');
       expect(path.basename(argv[0])).toBe('node');
       expect(argv[1]).toBe('--initial-old-space-size=256');
       expect(path.resolve(argv[2])).toBe(path.join(REPO_ROOT, 'dist/cli/bin.cjs'));
-      child.removeAllListeners('exit');
-      const exited = new Promise<NodeJS.Signals | null>((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
-      process.kill(child.pid!, 'SIGKILL');
-      expect(await exited).toBe('SIGKILL');
+      expect((await srv.stop('SIGKILL')).signal).toBe('SIGKILL');
     } finally {
       removeDir(dir);
     }

@@ -7,8 +7,8 @@ import tls from 'node:tls';
 import { decodeMessage, encodeMessage, encodeMessageParts, type Message } from '../protocol/messages.js';
 import { FrameDecoder, writeFrame, type RawFrame } from '../protocol/frames.js';
 import { ProtocolError, RemoteError } from '../protocol/errors.js';
-import { MAX_PAGES_PER_BATCH, MAX_REPLY_FRAME_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/limits.js';
-import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
+import { MAX_REPLY_FRAME_BYTES, MIN_PROTOCOL_VERSION, pagesPerBatch, PROTOCOL_VERSION } from '../protocol/limits.js';
+import { PAGE_SIZE } from '../format/pages.js';
 import { SlabPool } from '../chunk/slab-pool.js';
 import { parseAddress } from '../server/address.js';
 import { VnstoreError } from '../util/errors.js';
@@ -243,13 +243,4 @@ export class AgentConnection {
 export function resultJson<T>(m: Message): T {
   if (m.t !== 'result') throw new ProtocolError('E_MALFORMED', `expected RESULT, got ${m.t.toUpperCase()}`);
   return JSON.parse(m.json) as T;
-}
-
-/**
- * Pages in one PAGES frame for a server that sent `welcome`: its maxPagesPerBatch, no more than fit
- * its maxFrameBytes, and no more than this build sends (a server of the first release takes 256).
- */
-export function pagesPerBatch(welcome: { maxFrameBytes: number; maxPagesPerBatch: number }): number {
-  const fit = Math.floor((welcome.maxFrameBytes - 64) / (PAGE_SIZE + 4 + DIGEST_BYTES));
-  return Math.max(1, Math.min(MAX_PAGES_PER_BATCH, welcome.maxPagesPerBatch, fit));
 }

@@ -11,7 +11,7 @@ import { action } from './common.js';
 export interface VersionReport extends ActivePaths {
   vnstore: string;
   node: string;
-  /** Node's own flags in this process (the executable's first line gives some: bin.cts). */
+  /** Node's own flags in this process (the executable, bin/vnstore, gives some). */
   nodeFlags: string[];
 }
 

@@ -49,9 +49,9 @@ export class FrameDecoder {
     private readonly copyAll = false,
     keep: number | SlabPool = POOLED_FRAMES,
   ) {
-    if (typeof keep !== 'number' && keep.slabBytes < maxFrameBytes)
-      throw new RangeError(`frame pool of ${keep.slabBytes}-byte buffers for frames of up to ${maxFrameBytes} bytes`);
     this.pool = typeof keep === 'number' ? new SlabPool(maxFrameBytes, keep) : keep;
+    if (this.pool.slabBytes < maxFrameBytes)
+      throw new RangeError(`frame pool of ${this.pool.slabBytes}-byte buffers for frames of up to ${maxFrameBytes} bytes`);
   }
 
   /** Bytes held for an incomplete frame (the whole frame's buffer once its header is in; never more). */

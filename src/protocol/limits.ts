@@ -27,15 +27,35 @@ export const MAX_DATA_BYTES = MAX_DATA_PAGES * PAGE_SIZE;
 export const MAX_STRING_BYTES = 64 * 1024;
 /** Largest JSON reply (a catalog listing); a larger one is an error, not an allocation. */
 export const MAX_JSON_BYTES = MAX_DATA_BYTES;
+/** A PAGES entry and its page: u32 index, digest, page bytes. */
+const PAGES_ENTRY_BYTES = 4 + DIGEST_BYTES + PAGE_SIZE;
+/** Room in a frame limit beyond its entries: type byte, req, sid, count. */
+const FRAME_SLACK_BYTES = 64;
+
+/** The frame limit that holds a PAGES batch of `pages` pages. */
+function pagesFrameLimit(pages: number): number {
+  return pages * PAGES_ENTRY_BYTES + FRAME_SLACK_BYTES;
+}
+
 /**
  * Largest frame, header excluded: a full PAGES batch (its entries and bytes) plus slack for ids.
  * The decoder refuses a larger length before it buffers anything of the frame.
  */
-export const MAX_FRAME_BYTES = MAX_PAGES_PER_BATCH * (PAGE_SIZE + 4 + DIGEST_BYTES) + 64;
+export const MAX_FRAME_BYTES = pagesFrameLimit(MAX_PAGES_PER_BATCH);
 /**
  * Largest frame a server sends (a DATA batch, or 1 MiB of JSON), what agents decode: the limit of
- * the first servers' frames in both directions, so agents keep 1 MiB read buffers.
+ * the first servers' frames in both directions (their 256-page PAGES batch), so agents keep 1 MiB
+ * read buffers.
  */
-export const MAX_REPLY_FRAME_BYTES = MAX_DATA_PAGES * (PAGE_SIZE + 4 + DIGEST_BYTES) + 64;
+export const MAX_REPLY_FRAME_BYTES = pagesFrameLimit(MAX_DATA_PAGES);
+
+/**
+ * Pages in one PAGES frame to a server that sent `welcome`: its maxPagesPerBatch, no more than fit
+ * its maxFrameBytes, and no more than this build sends (a server of the first release takes 256).
+ */
+export function pagesPerBatch(welcome: { maxFrameBytes: number; maxPagesPerBatch: number }): number {
+  const fit = Math.floor((welcome.maxFrameBytes - FRAME_SLACK_BYTES) / PAGES_ENTRY_BYTES);
+  return Math.max(1, Math.min(MAX_PAGES_PER_BATCH, welcome.maxPagesPerBatch, fit));
+}
 /** Requests a client may have outstanding on one connection (the server's window, sent in WELCOME). */
 export const DEFAULT_WINDOW = 8;

@@ -10,8 +10,15 @@ export interface ServeProcess {
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-export function startServe(store: string, args: string[] = [], env: Record<string, string | undefined> = {}): Promise<ServeProcess> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--store', store, '--listen', '127.0.0.1:0', ...args], {
+/** `executable`: run that instead of `node dist/cli/bin.cjs` (bin/vnstore, or a link to it). */
+export function startServe(
+  store: string,
+  args: string[] = [],
+  env: Record<string, string | undefined> = {},
+  executable?: string,
+): Promise<ServeProcess> {
+  const argv = ['serve', '--store', store, '--listen', '127.0.0.1:0', ...args];
+  const child = spawn(executable ?? process.execPath, executable ? argv : [CLI, ...argv], {
     cwd: REPO_ROOT,
     env: { ...process.env, VNSTORE_DEBUG: undefined, VNSTORE_STORE: undefined, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
