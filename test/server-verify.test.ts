@@ -1,6 +1,7 @@
 /**
- * The server's check of received pages (src/server/connection.ts, verifyPages): every page of a
- * PAGES frame is hashed and compared with its entry's digest before anything of the frame is written.
+ * The server's check of received pages (Session.writeClaimed, in each PAGES frame's page job): every
+ * page is hashed and compared with its entry's digest before anything of the frame is stored, and a
+ * refused frame leaves no trace in the session.
  */
 import { describe, expect, it } from 'vitest';
 import { blake3 } from '@napi-rs/blake-hash';
@@ -18,22 +19,18 @@ function digestsOf(data: Uint8Array): Uint8Array {
   return out;
 }
 
-/** A server whose sessions record the page counts of their writeScattered calls. */
-async function withCountingServer(fn: (r: Running, calls: number[]) => Promise<void>): Promise<void> {
+/** A server whose sessions are kept, to read their stats afterwards. */
+async function withServerSessions(fn: (r: Running, sessions: Session[]) => Promise<void>): Promise<void> {
   const r = await startServer(tempDir('verify'));
-  const calls: number[] = [];
+  const sessions: Session[] = [];
   const begin = r.store.beginSession.bind(r.store);
   r.store.beginSession = async (options) => {
     const s: Session = await begin(options);
-    const write = s.writeScattered.bind(s);
-    s.writeScattered = (indices, data, checked) => {
-      calls.push(indices.length);
-      return write(indices, data, checked);
-    };
+    sessions.push(s);
     return s;
   };
   try {
-    await fn(r, calls);
+    await fn(r, sessions);
   } finally {
     await r.stop();
   }
@@ -45,14 +42,15 @@ async function pages(conn: AgentConnection, sid: number, first: number, data: Bu
 }
 
 describe('server: received pages checked against their digests', () => {
-  it('a wrong digest on any page of a batch refuses the batch, also after a larger one (the check reuses its scratch)', () =>
-    withCountingServer(async (r, calls) => {
+  it('a wrong digest on any page of a batch refuses the whole batch: none of its pages is stored', () =>
+    withServerSessions(async (r, sessions) => {
       const conn = await AgentConnection.connect({ server: r.address, token: TEST_TOKEN });
       await conn.request({ t: 'begin', sid: 1, vm: 'v', parent: 'none', memoryBytes: 300 * PAGE });
       const honest = makeImage(256, 21);
       await pages(conn, 1, 0, honest);
       const three = Buffer.concat([makePage('random', 31), makePage('random', 32), makePage('random', 33)]);
-      const lies = digestsOf(three);
+      const truth = digestsOf(three);
+      const lies = Uint8Array.from(truth);
       lies.set(digestsOf(makePage('random', 34)), 2 * 32); // the third page's digest is another page's
       await expect(
         conn.request({ t: 'pages', sid: 1, indices: Uint32Array.of(256, 257, 258), digests: lies, data: three }),
@@ -61,9 +59,41 @@ describe('server: received pages checked against their digests', () => {
       const id = prepared.t === 'result' ? (JSON.parse(prepared.json) as { id: string }).id : '';
       await conn.request({ t: 'commit', sid: 1 });
       await conn.close();
-      expect(calls.reduce((a, b) => a + b, 0)).toBe(256); // nothing of the refused batch was written
+      expect(sessions[0].stats.pagesWritten).toBe(256); // the refused batch is not counted
+      // Not even its two honest pages: the batch is refused whole.
+      const stored = await r.store.lookupExact([0, 1, 2].map((k) => truth.subarray(k * 32, (k + 1) * 32)));
+      expect(stored).toEqual([undefined, undefined, undefined]);
       const want = Buffer.alloc(300 * PAGE);
       honest.copy(want);
       expect((await restoreRemote(await r.connect(), id)).equals(want)).toBe(true);
+    }));
+
+  it('a refused batch leaves no trace in the image: its pages keep their earlier content, the length is unchanged', () =>
+    withServerSessions(async (r) => {
+      const conn = await AgentConnection.connect({ server: r.address, token: TEST_TOKEN });
+      // No memory size: the image ends at the furthest page taken.
+      await conn.request({ t: 'begin', sid: 1, vm: 'v', parent: 'none' });
+      const before = makeImage(4, 5);
+      await pages(conn, 1, 0, before);
+      const again = Buffer.concat([makePage('random', 41), makePage('random', 42)]);
+      const lies = digestsOf(again);
+      lies[0] ^= 1;
+      // Page 2 again (it would replace its content) and page 9 (it would lengthen the image).
+      await expect(conn.request({ t: 'pages', sid: 1, indices: Uint32Array.of(2, 9), digests: lies, data: again })).rejects.toMatchObject({
+        wire: 'E_DIGEST_MISMATCH',
+        message: expect.stringContaining('page 2:') as unknown,
+      });
+      // A zero page is claimed with the zero page's digest, and anything else is refused.
+      const zero = Buffer.alloc(PAGE);
+      await expect(
+        conn.request({ t: 'pages', sid: 1, indices: Uint32Array.of(3), digests: digestsOf(makePage('random', 43)), data: zero }),
+      ).rejects.toMatchObject({ wire: 'E_DIGEST_MISMATCH' });
+      const prepared = await conn.request({ t: 'prepare', sid: 1, unwritten: 'zero' });
+      const id = prepared.t === 'result' ? (JSON.parse(prepared.json) as { id: string }).id : '';
+      await conn.request({ t: 'commit', sid: 1 });
+      await conn.close();
+      const restored = await restoreRemote(await r.connect(), id);
+      expect(restored.length).toBe(4 * PAGE);
+      expect(restored.equals(before)).toBe(true);
     }));
 });

@@ -250,16 +250,17 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
     );
   });
 
-  it("with checkedDigests (a server's verified digests) give the results of hashing, inline and on the thread pool, without hashing again", async () => {
+  it("with claimedDigests (a server's received pages) give the results of hashing when every claim holds, and refuse the block at the first that does not, inline and on the thread pool", async () => {
     await fc.assert(
       fc.asyncProperty(
         blockArb,
         fc.array(fc.boolean(), { maxLength: 40 }),
         fc.array(fc.boolean(), { maxLength: 40 }),
-        async (spec, sameAsParent, inTable) => {
+        fc.nat(),
+        async (spec, sameAsParent, inTable, wrongSeed) => {
           const src = blockOf(spec);
           const n = spec.length;
-          // What an agent sends: every page's digest, a zero page's too.
+          // What an agent claims: every page's digest, a zero page's too.
           const real = new Uint8Array(n * DIGEST_BYTES);
           for (let i = 0; i < n; i++) real.set(blake3(Buffer.from(src.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE))), i * DIGEST_BYTES);
           const parentDigests = new Uint8Array(n * DIGEST_BYTES);
@@ -270,7 +271,7 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
             if (inTable[i] || sameAsParent[i])
               table.insert(real, { pack: 1, offset: i * 10, storedLength: 10, codec: 1 }, i * DIGEST_BYTES);
           }
-          const job = (checkedDigests?: Uint8Array): HashJob => ({
+          const job = (claimedDigests?: Uint8Array): HashJob => ({
             kind: 'hash',
             pages: Uint8Array.from(src),
             pageCount: n,
@@ -278,22 +279,27 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
             parentHasDigest,
             table: table.shared,
             payloadSlab: new Uint8Array(n * PAGE_SIZE),
-            checkedDigests,
+            claimedDigests,
           });
           const want = runHashJob(job());
-          sameResult(runHashJob(job(real)), want);
-          sameResult((await runHashJobOnThreadPool(job(real), () => new Uint8Array(0)))!, want);
-          // Taken as given: a (deliberately) different digest for a non-zero page comes back unchanged.
-          const k = spec.findIndex(([kind]) => kind !== 'zero');
-          if (k < 0) return;
-          const other = Uint8Array.from(real);
-          other.set(blake3(Buffer.from('not this page')), k * DIGEST_BYTES);
-          for (const r of [runHashJob(job(other)), (await runHashJobOnThreadPool(job(other), () => new Uint8Array(0)))!]) {
-            expect(
-              Buffer.from(r.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)).equals(
-                Buffer.from(other.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)),
-              ),
-            ).toBe(true);
+          const both = async (claims: Uint8Array) => [
+            runHashJob(job(claims)),
+            (await runHashJobOnThreadPool(job(claims), () => new Uint8Array(0)))!,
+          ];
+          for (const r of await both(real)) {
+            expect(r.refusedAt).toBeUndefined();
+            sameResult(r, want);
+          }
+          // One claim wrong (a zero page's too: it must be the zero page's digest): refused there,
+          // with nothing classified or compressed, and the job's buffers handed back.
+          const k = wrongSeed % n;
+          const wrong = Uint8Array.from(real);
+          wrong[k * DIGEST_BYTES + (wrongSeed % DIGEST_BYTES)] ^= 1 << (wrongSeed % 8);
+          for (const r of await both(wrong)) {
+            expect(r.refusedAt).toBe(k);
+            expect(r.status.length + r.payload.length + r.lengths.length + r.maybeRaw.length).toBe(0);
+            expect(r.slab?.length).toBe(n * PAGE_SIZE);
+            expect(r.pages?.length).toBe(n * PAGE_SIZE);
           }
         },
       ),

@@ -57,11 +57,12 @@ export interface HashJob {
   /** Lent slab (pageCount * PAGE_SIZE bytes) to compress into; handed back as the result's `slab`. */
   payloadSlab?: Uint8Array;
   /**
-   * The pages' digests (pageCount * 32), already checked against these bytes (a server hashed each
-   * page it received to verify the agent's digest): the job takes them instead of hashing again, and
-   * a page whose digest is the zero page's is a zero page. Never set from digests nobody checked.
+   * The pages' digests as a client claims them (pageCount * 32; a zero page's is the zero page's
+   * digest): the job hashes the pages itself, and if any page's bytes do not hash to its claimed
+   * digest it stores nothing of the block and answers `refusedAt` instead. A server checks received
+   * pages so, on the pool's threads rather than its main thread. Not with `file`.
    */
-  checkedDigests?: Uint8Array;
+  claimedDigests?: Uint8Array;
 }
 
 export interface HashResult {
@@ -81,6 +82,11 @@ export interface HashResult {
   slab?: Uint8Array;
   /** The job's `pages` buffer, handed back (jobs fed with bytes, not a file range). */
   pages?: Uint8Array;
+  /**
+   * With `claimedDigests`: the first page whose bytes do not hash to its claimed digest. The job then
+   * classified and compressed nothing (every other field is empty): nothing of the block is stored.
+   */
+  refusedAt?: number;
 }
 
 let readBuffer = new Uint8Array(0);
@@ -152,20 +158,53 @@ function readFileRange(file: { path: string; offset: number; length: number }, p
 export function runHashJob(job: HashJob): HashResult {
   const { pageCount } = job;
   const pages = job.file ? readFileRange(job.file, pageCount) : job.pages;
-  if (job.checkedDigests) {
-    const { digests, status, newOffsets } = classifyChecked(job, pages);
-    const c = newOffsets.length > 0 ? getCodec().compressPages(pages, newOffsets, job.payloadSlab) : undefined;
-    return finishHashJob(job, pages, digests, status, c);
-  }
   const digests = new Uint8Array(pageCount * DIGEST_BYTES);
   const zero = getCodec().zeroMask(pages, pageCount);
   const nonZero = new Uint32Array(pageCount);
   let nonZeroCount = 0;
   for (let i = 0; i < pageCount; i++) if (!zero[i]) nonZero[nonZeroCount++] = i;
   hashPages(pages, nonZero.subarray(0, nonZeroCount), digests);
+  const refusedAt = firstMismatch(job, zero, digests);
+  if (refusedAt >= 0) return refusedResult(job, refusedAt);
   const { status, newOffsets } = classifyPages(job, pages, zero, digests);
   const c = newOffsets.length > 0 ? getCodec().compressPages(pages, newOffsets, job.payloadSlab) : undefined;
   return finishHashJob(job, pages, digests, status, c);
+}
+
+const ZERO_PAGE_DIGEST = hashPage(new Uint8Array(PAGE_SIZE));
+
+/**
+ * The first page of the job whose computed digest is not its claimed one, or -1 (also without
+ * claimed digests). Zero pages are not hashed (their digest bytes stay zero): theirs must be claimed
+ * as the zero page's digest.
+ */
+function firstMismatch(job: HashJob, zero: Uint8Array, digests: Uint8Array): number {
+  const claimed = job.claimedDigests;
+  if (!claimed) return -1;
+  if (claimed.length !== job.pageCount * DIGEST_BYTES)
+    throw new RangeError(`claimedDigests: ${claimed.length} bytes for ${job.pageCount} pages`);
+  for (let i = 0; i < job.pageCount; i++) {
+    const at = i * DIGEST_BYTES;
+    const want = zero[i] ? ZERO_PAGE_DIGEST : digests;
+    const from = zero[i] ? 0 : at;
+    for (let b = 0; b < DIGEST_BYTES; b++) if (want[from + b] !== claimed[at + b]) return i;
+  }
+  return -1;
+}
+
+/** A job refused for page `at` (firstMismatch): nothing classified, the buffers handed back. */
+function refusedResult(job: HashJob, at: number): HashResult {
+  return {
+    maybeRaw: new Uint8Array(0),
+    digests: new Uint8Array(0),
+    status: new Uint8Array(0),
+    payload: new Uint8Array(0),
+    lengths: new Uint32Array(0),
+    codecs: new Uint8Array(0),
+    slab: job.payloadSlab,
+    pages: job.file ? undefined : job.pages,
+    refusedAt: at,
+  };
 }
 
 /**
@@ -189,15 +228,6 @@ async function hashOnThreadPool(
   codec: ReturnType<typeof getCodec>,
 ): Promise<HashResult> {
   const { pageCount } = job;
-  if (job.checkedDigests && !job.file) {
-    // Nothing to hash: only LZ4 goes to the thread pool.
-    const { digests, status, newOffsets } = classifyChecked(job, job.pages);
-    const c =
-      newOffsets.length > 0
-        ? await codec.compressPagesAsync!(job.pages, newOffsets, job.payloadSlab ?? new Uint8Array(newOffsets.length * PAGE_SIZE))
-        : undefined;
-    return finishHashJob(job, job.pages, digests, status, c);
-  }
   const zero = new Uint8Array(pageCount);
   const digests = new Uint8Array(pageCount * DIGEST_BYTES);
   let pages = job.pages;
@@ -217,6 +247,8 @@ async function hashOnThreadPool(
   } else {
     await scan.scanPagesAsync(pages, pageCount, zero, digests);
   }
+  const refusedAt = firstMismatch(job, zero, digests);
+  if (refusedAt >= 0) return refusedResult(job, refusedAt);
   const { status, newOffsets } = classifyPages(job, pages, zero, digests);
   const c =
     newOffsets.length > 0
@@ -291,25 +323,6 @@ function classifyPages(
     newOffsets[newCount++] = off;
   }
   return { status, newOffsets: newOffsets.subarray(0, newCount) };
-}
-
-const ZERO_PAGE_DIGEST = hashPage(new Uint8Array(PAGE_SIZE));
-
-/**
- * classifyPages for a job with checkedDigests, on a copy of them (the result's): a page with the zero
- * page's digest is a zero page, and its digest becomes zero bytes, as a hashing job leaves it.
- */
-function classifyChecked(job: HashJob, pages: Uint8Array): { digests: Uint8Array; status: Uint8Array; newOffsets: Uint32Array } {
-  const digests = Uint8Array.from(job.checkedDigests!);
-  if (digests.length !== job.pageCount * DIGEST_BYTES)
-    throw new RangeError(`checkedDigests: ${digests.length} bytes for ${job.pageCount} pages`);
-  const zero = new Uint8Array(job.pageCount);
-  for (let i = 0; i < job.pageCount; i++) {
-    if (ZERO_PAGE_DIGEST.compare(digests, i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES) !== 0) continue;
-    zero[i] = 1;
-    digests.fill(0, i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
-  }
-  return { digests, ...classifyPages(job, pages, zero, digests) };
 }
 
 /** The job's result: copies out the raw bytes of the pages the store may still need (see maybeRaw). */

@@ -4,8 +4,8 @@
  * `window` frames wait or the server's memory budget is exhausted (TCP pushes back on the agent).
  */
 import type { Socket } from 'node:net';
-import { DIGEST_BYTES, digestsEqual, PAGE_SIZE } from '../format/pages.js';
-import { hashPages } from '../chunk/hash.js';
+import { PAGE_SIZE } from '../format/pages.js';
+import { BLOCK_PAGES } from '../store/job-sizes.js';
 import { decodeMessage, encodeMessageParts, MSG, type Message } from '../protocol/messages.js';
 import { FrameDecoder, writeFrame, type RawFrame } from '../protocol/frames.js';
 import { ProtocolError, wireCodeOf } from '../protocol/errors.js';
@@ -16,6 +16,10 @@ import { runCall, streamRestore } from './catalog.js';
 import { tokensMatch } from './token.js';
 import { adoptAccepted } from '../protocol/socket-reader.js';
 import type { VnServer } from './server.js';
+
+// A PAGES frame is one page job (Session.writeClaimed): checked and stored, or refused, as a whole.
+if (MAX_PAGES_PER_BATCH > BLOCK_PAGES)
+  throw new Error(`a PAGES frame (${MAX_PAGES_PER_BATCH} pages) must fit one page job (${BLOCK_PAGES})`);
 
 type SessionRequest = Extract<Message, { sid: number }>;
 
@@ -193,11 +197,28 @@ export class Connection {
       case 'pages': {
         st.assertWritable();
         checkIndices(st, m.indices);
-        verifyPages(m.indices, m.digests, m.data);
-        // Each page hashed once here: the session's page jobs take the checked digests.
-        await st.session.writeScattered(m.indices, m.data, m.digests);
-        s.metrics.pagesReceived.inc(m.indices.length);
-        return this.result(m.req, {});
+        // The page job hashes each page once, on the pool's threads, and stores nothing of the frame
+        // if a page's bytes do not hash to the digest sent with it. The answer follows that check;
+        // meanwhile this connection's next frames are read (the agent does not wait for it either).
+        const { checked } = await st.session.writeClaimed(m.indices, m.data, m.digests);
+        const { req, indices } = m;
+        checked.then(
+          (refusedAt) => {
+            if (refusedAt === undefined) {
+              s.metrics.pagesReceived.inc(indices.length);
+              this.result(req, {});
+            } else
+              this.replyError(
+                req,
+                new ProtocolError(
+                  'E_DIGEST_MISMATCH',
+                  `page ${indices[refusedAt]}: its bytes do not hash to the digest sent with them; nothing of this batch was stored`,
+                ),
+              );
+          },
+          (err: unknown) => this.replyError(req, err),
+        );
+        return;
       }
       case 'zero': {
         st.assertWritable();
@@ -322,26 +343,4 @@ function checkIndices(st: RemoteSessionState, indices: Uint32Array): void {
   let max = -1;
   for (const i of indices) if (i > max) max = i;
   if (max >= 0) st.checkPages(max, 1);
-}
-
-/** The page numbers 0 .. MAX_PAGES_PER_BATCH - 1, and room for a batch's digests: verifyPages's scratch. */
-const BATCH_ORDER = Uint32Array.from({ length: MAX_PAGES_PER_BATCH }, (_, k) => k);
-const batchDigests = new Uint8Array(MAX_PAGES_PER_BATCH * DIGEST_BYTES);
-
-/**
- * Hashes every page and refuses the whole batch on the first mismatch: nothing of it is stored.
- * Synchronous, so one scratch serves every call: no fresh memory (external memory, which drives
- * V8's full collections) and no per-page views per frame.
- */
-function verifyPages(indices: Uint32Array, digests: Uint8Array, data: Uint8Array): void {
-  const n = indices.length;
-  hashPages(data.subarray(0, n * PAGE_SIZE), BATCH_ORDER.subarray(0, n), batchDigests);
-  for (let k = 0; k < n; k++) {
-    if (!digestsEqual(batchDigests, k * DIGEST_BYTES, digests, k * DIGEST_BYTES)) {
-      throw new ProtocolError(
-        'E_DIGEST_MISMATCH',
-        `page ${indices[k]}: its bytes do not hash to the digest sent with them; nothing of this batch was stored`,
-      );
-    }
-  }
 }

@@ -219,14 +219,10 @@ export class Session {
    * pages: page k of `data` (k * PAGE_SIZE onwards) goes to page index `pageIndices[k]`. Indices may
    * repeat, within a call or across calls; the later write wins, as for separate writes. The
    * cheapest way to send a round's pages: blocks of them go out at once, with no cost per call.
-   * `checkedDigests` (count * 32 bytes): the pages' digests, already checked against these bytes (a
-   * server verified each received page): the page jobs take them instead of hashing again.
    */
-  async writeScattered(pageIndices: ArrayLike<number>, data: Uint8Array, checkedDigests?: Uint8Array): Promise<void> {
+  async writeScattered(pageIndices: ArrayLike<number>, data: Uint8Array): Promise<void> {
     this.assertOpen();
     const count = pageIndices.length;
-    if (checkedDigests && checkedDigests.length !== count * DIGEST_BYTES)
-      throw new VnstoreError('E_USAGE', `writeScattered needs ${count} checked digest(s), got ${checkedDigests.length} bytes`);
     if (data.length !== count * PAGE_SIZE) {
       throw new VnstoreError(
         'E_USAGE',
@@ -244,9 +240,52 @@ export class Session {
       const indices = new Uint32Array(n);
       for (let k = 0; k < n; k++) indices[k] = pageIndices[p + k];
       // A copy: the job may run after the caller reuses its buffer (as `data` is copied by lendCopy).
-      const checked = checkedDigests?.slice(p * DIGEST_BYTES, (p + n) * DIGEST_BYTES);
-      await this.submit(indices, n, this.lendCopy(data.subarray(p * PAGE_SIZE, (p + n) * PAGE_SIZE), n), undefined, checked);
+      await this.submit(indices, n, this.lendCopy(data.subarray(p * PAGE_SIZE, (p + n) * PAGE_SIZE), n));
     }
+  }
+
+  /**
+   * writeScattered of at most BLOCK_PAGES pages whose digests a client claims (a server's received
+   * pages): the block's page job hashes them (on the pool's threads, not the caller's) and stores
+   * nothing of the block if any page's bytes do not hash to its claimed digest (a zero page's claim
+   * is the zero page's digest). Settles once queued, as writeScattered does; `checked` settles once
+   * the block was checked and applied: undefined, or the position of the first page refused, and
+   * then the write left no trace in the session. It rejects only when the session failed.
+   */
+  async writeClaimed(
+    pageIndices: Uint32Array,
+    data: Uint8Array,
+    claimedDigests: Uint8Array,
+  ): Promise<{ checked: Promise<number | undefined> }> {
+    this.assertOpen();
+    const n = pageIndices.length;
+    if (n > BLOCK_PAGES) throw new VnstoreError('E_USAGE', `writeClaimed takes at most ${BLOCK_PAGES} pages at once, got ${n}`);
+    if (claimedDigests.length !== n * DIGEST_BYTES)
+      throw new VnstoreError(
+        'E_USAGE',
+        `writeClaimed needs ${n} digest(s) (${n * DIGEST_BYTES} bytes), got ${claimedDigests.length} bytes`,
+      );
+    if (data.length !== n * PAGE_SIZE)
+      throw new VnstoreError('E_USAGE', `writeClaimed needs ${n} whole page(s) (${n * PAGE_SIZE} bytes), got ${data.length} bytes`);
+    let end = 0;
+    for (let k = 0; k < n; k++) end = Math.max(end, this.checkRange(pageIndices[k], PAGE_SIZE));
+    // Recorded only once the block is taken (a refused one leaves no trace); a short page it replaces
+    // is forgotten then only if no later write noted another (each note is a new object).
+    const short = this.shortPage;
+    const replacesShort = short !== undefined && pageIndices.includes(short.index);
+    let settle!: { resolve: (refusedAt: number | undefined) => void; reject: (err: unknown) => void };
+    const checked = new Promise<number | undefined>((resolve, reject) => (settle = { resolve, reject }));
+    const claim: Claim = {
+      digests: Uint8Array.from(claimedDigests), // the job may run after the caller reuses its buffer
+      accepted: () => {
+        this.furthestByte = Math.max(this.furthestByte, end);
+        if (replacesShort && this.shortPage === short) this.shortPage = undefined;
+      },
+      settle,
+    };
+    await this.sendGathered();
+    await this.submit(Uint32Array.from(pageIndices), n, this.lendCopy(data, n), undefined, claim);
+    return { checked };
   }
 
   /**
@@ -451,7 +490,7 @@ export class Session {
     n: number,
     pages: Uint8Array,
     file?: { path: string; offset: number; length: number },
-    checkedDigests?: Uint8Array,
+    claim?: Claim,
   ): Promise<void> {
     while (this.inFlight >= this.maxInFlight) await this.queued[0];
     if (this.error) throw this.error;
@@ -499,7 +538,7 @@ export class Session {
       table: this.store.table.shared,
       packsDir: this.store.packs.packsDir,
       payloadSlab,
-      checkedDigests,
+      claimedDigests: claim?.digests,
     });
     this.inFlight++;
     this.stats.pagesWritten += n;
@@ -515,7 +554,13 @@ export class Session {
         // turning for a whole ingest: pack writes never completed, and every write batch was fresh
         // memory (docs/DESIGN.md, "Event-loop turns").
         await new Promise<void>((resolve) => setImmediate(resolve));
-        if (!this.error) await this.apply(target, n, result, gcsBefore);
+        if (result.refusedAt !== undefined) {
+          this.stats.pagesWritten -= n;
+          claim?.settle.resolve(result.refusedAt);
+        } else if (!this.error) {
+          claim?.accepted();
+          await this.apply(target, n, result, gcsBefore);
+        }
       } catch (err) {
         this.error ??= fromSystemError(err, `session ${this.id}`);
       } finally {
@@ -525,6 +570,11 @@ export class Session {
         this.store.slabs.give(pagesBack);
         this.inFlight--;
         this.queued.shift();
+        // Settled above when refused; otherwise now, applied or failed (a no-op once settled).
+        if (claim) {
+          if (this.error) claim.settle.reject(this.error);
+          else claim.settle.resolve(undefined);
+        }
       }
     });
     this.queued.push(this.applying);
@@ -1061,4 +1111,12 @@ function shortPageError(index: number, end: number, imageBytes: number): Vnstore
     'E_USAGE',
     `page ${index} was written short (${end - index * PAGE_SIZE} of ${PAGE_SIZE} bytes), but only the image's last page may be short and the image is ${imageBytes} bytes: a truncated page is refused, never padded with zeros`,
   );
+}
+
+/** A writeClaimed block's claim: the digests its job checks, and what to do once it is checked. */
+interface Claim {
+  digests: Uint8Array;
+  /** Records the write in the session (its furthest byte, a short page it replaced): taken. */
+  accepted: () => void;
+  settle: { resolve: (refusedAt: number | undefined) => void; reject: (err: unknown) => void };
 }
