@@ -32,7 +32,7 @@ describe('vnstore version', () => {
     expect(r.hashing.library).toBe(`@napi-rs/blake-hash ${depVersion('@napi-rs/blake-hash')}`);
     expect(r.codec.library).toBe(`lz4-napi ${depVersion('lz4-napi')}`);
     expect(r.hashing.addonAbi).toBe(3);
-    expect(r.codec.addonAbi).toBe(5);
+    expect(r.codec.addonAbi).toBe(6);
     // The same answer the library gives in this (test) process.
     expect(r.hashing.path).toBe(hasher.native ? 'native-simd' : 'napi-rs');
     expect(r.hashing.kernel).toBe(hasher.native ? hasher.simd : undefined);
@@ -92,7 +92,7 @@ describe('vnstore version', () => {
     );
     expect(lines[2]).toMatch(
       codec.active === 'native'
-        ? /^codec: {3}native LZ4, system liblz4 \d+\.\d+\.\d+ \(vnstore_native ABI 5\)$/
+        ? /^codec: {3}native LZ4, system liblz4 \d+\.\d+\.\d+ \(vnstore_native ABI 6\)$/
         : /^codec: {3}TypeScript over lz4-napi /,
     );
     expect(lines[3]).toMatch(

@@ -32,10 +32,20 @@ describe('vnstore serve / token / agent', () => {
     expect(readFileSync(tokenFile, 'utf8').trim()).toBe(rotated);
   });
 
+  it('serve refuses a --pack-cache that is not a number of MiB or "all": exit 2, one line, before anything runs', async () => {
+    const { store } = await initCli(tempDir('cli'));
+    for (const bad of ['lots', '-1', '1.5']) {
+      const r = await runCli(['serve', '--store', store, '--pack-cache', bad]);
+      expect(r.code).toBe(2);
+      expect(singleErrorLine(r.stderr)).toBe("vnstore: error: --pack-cache takes a whole number of MiB, or 'all'");
+    }
+  });
+
   it('push and restore through a served store; local commands name the server; SIGTERM exits 0', async () => {
     const root = tempDir('cli');
     const { store, tokenFile } = await initCli(root);
-    const srv = await startServe(store);
+    // Every pack's pages dropped from the page cache once sealed: the restores below read the disk.
+    const srv = await startServe(store, ['--pack-cache', '0']);
     try {
       const image = makeImage(600, 5, 123);
       const imgFile = path.join(root, 'web1.mem');

@@ -27,6 +27,8 @@
 #include "zstd_codec.h"
 
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -34,12 +36,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define PAGE_SIZE 4096u
 #define CODEC_RAW 0u
 #define CODEC_LZ4 1u
 /* Bumped whenever the JS-visible contract of this addon changes; codec.ts refuses other values. */
-#define ADDON_ABI 5
+#define ADDON_ABI 6
 /* Scratch kept per JS environment for compress output; larger batches use a temporary allocation. */
 #define SCRATCH_KEEP_MAX (64u * 1024u * 1024u)
 
@@ -373,6 +376,50 @@ static napi_value js_decode_page(napi_env env, napi_callback_info info) {
 /* decodePages(payload: Uint8Array, lengths: Uint32Array, codecs: Uint8Array, dst: Uint8Array,
  *             dstOffset: number): void
  * Payloads are concatenated in order; page i lands at dst[dstOffset + i*PAGE_SIZE]. */
+
+/* dropCacheAsync(path: string): Promise<number>
+ * On the thread pool: opens `path` read-only and advises the kernel that its cached pages are not
+ * needed (posix_fadvise POSIX_FADV_DONTNEED over the whole file), then closes it. Resolves to 0, or
+ * to the errno of the open or the advice (ENOENT for a file removed meanwhile): the caller decides.
+ * Only clean pages are dropped, so it is for files already made durable (a sealed pack). Why: the
+ * page cache of packs written long ago is rarely read again, and new pack writes then reuse its
+ * pages instead of taking fresh memory (docs/DESIGN.md, "The page cache of old packs"). */
+typedef struct {
+  vn_async_t base;
+  char path[PATH_MAX];
+} drop_job_t;
+
+static void run_drop_cache(vn_async_t *self) {
+  drop_job_t *job = (drop_job_t *)self;
+  int fd = open(job->path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    self->result = errno;
+    return;
+  }
+  int rc = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  close(fd);
+  self->result = rc;
+}
+
+static napi_value js_drop_cache_async(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) return throw_type(env, "dropCacheAsync(path)");
+  napi_valuetype type;
+  NAPI_OK(napi_typeof(env, argv[0], &type));
+  if (type != napi_string) return throw_type(env, "path must be a string");
+  drop_job_t *job = (drop_job_t *)vn_async_new(sizeof *job, run_drop_cache);
+  if (job == NULL) return throw_range(env, "out of memory");
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, argv[0], job->path, sizeof job->path, &len) != napi_ok || len == 0 ||
+      len >= sizeof job->path - 1) {
+    free(job);
+    return throw_range(env, "path must be 1 to PATH_MAX - 2 bytes");
+  }
+  return vn_async_queue(env, &job->base, NULL, 0, "vnstore.dropCache");
+}
+
 static napi_value js_decode_pages(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -452,6 +499,7 @@ NAPI_MODULE_INIT() {
       {"decodeChunks", NULL, js_decode_chunks, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodePage", NULL, js_decode_page, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodePages", NULL, js_decode_pages, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"dropCacheAsync", NULL, js_drop_cache_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"abi", NULL, NULL, NULL, NULL, abi, napi_enumerable, NULL},
       {"pageSize", NULL, NULL, NULL, NULL, page_size, napi_enumerable, NULL},
       {"lz4Version", NULL, NULL, NULL, NULL, lz4_version, napi_enumerable, NULL},

@@ -296,7 +296,7 @@ class JsPageCodec implements PageCodec {
 // RangeError/TypeError by the addon; codec errors carry code E_CODEC and are re-thrown as CodecError
 // so that callers can rely on instanceof.
 
-/** The addon's exports (native/src/vnstore_native.c), ABI 5; its zstd half is read by zstd.ts. */
+/** The addon's exports (native/src/vnstore_native.c), ABI 6; its zstd half is read by zstd.ts. */
 interface NativeBinding {
   readonly abi: number;
   readonly pageSize: number;
@@ -320,9 +320,10 @@ interface NativeBinding {
     out: Uint8Array,
     failed: Uint8Array,
   ): number;
+  dropCacheAsync(path: string): Promise<number>;
 }
 
-const NATIVE_ABI = 5;
+const NATIVE_ABI = 6;
 
 function rethrow(err: unknown): never {
   if (err instanceof Error && (err as NodeJS.ErrnoException).code === 'E_CODEC') {
@@ -440,6 +441,16 @@ function selfTest(codec: PageCodec): void {
   const out = new Uint8Array(2 * PAGE_SIZE);
   codec.decodePages(c.payload, c.lengths, c.codecs, out, 0);
   if (!asBuffer(out).equals(asBuffer(src))) throw new Error('native self-test: round trip mismatch');
+}
+
+/**
+ * Drops a durable file's pages from the page cache, on the thread pool (the addon's dropCacheAsync):
+ * resolves to 0, or the errno of the failed open or advice (ENOENT: the file is gone). Undefined
+ * when the addon is not loaded: the pages then stay cached, as any file's do.
+ */
+export function dropFileCache(path: string): Promise<number> | undefined {
+  loadNative();
+  return nativeBinding?.dropCacheAsync(path);
 }
 
 /**

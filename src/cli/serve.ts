@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { Store } from '../store/store.js';
 import { RESTORE_WINDOWS_IN_FLIGHT } from '../store/job-sizes.js';
+import { DEFAULT_PACK_CACHE_BYTES } from '../store/pack-cache.js';
 import { lazyGcSweeper } from '../maintenance/lazy-sweeper.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_PREPARED_TIMEOUT_MS } from '../server/defaults.js';
 import { DEFAULT_HOST, DEFAULT_PORT, parseAddress, removeServerRecord, writeServerRecord, type Address } from '../server/address.js';
@@ -19,6 +20,7 @@ interface ServeOptions {
   tlsKey?: string;
   idleTimeout: string;
   preparedTimeout: string;
+  packCache: string;
 }
 
 export function registerServe(program: Command): void {
@@ -35,6 +37,11 @@ export function registerServe(program: Command): void {
       '--prepared-timeout <seconds>',
       'abort a prepared snapshot not committed within this long',
       String(DEFAULT_PREPARED_TIMEOUT_MS / 1000),
+    )
+    .option(
+      '--pack-cache <MiB>',
+      "page cache kept for the newest packs written; older packs' pages are dropped once durable ('all': keep every pack cached)",
+      String(DEFAULT_PACK_CACHE_BYTES / MIB),
     )
     .addOption(storeOption())
     .addHelpText(
@@ -57,6 +64,7 @@ async function serve(opts: ServeOptions): Promise<void> {
   const dir = storeDir(opts);
   const idleTimeoutMs = seconds(opts.idleTimeout, '--idle-timeout');
   const preparedTimeoutMs = seconds(opts.preparedTimeout, '--prepared-timeout');
+  const packCacheBytes = cacheBytes(opts.packCache);
   if (!!opts.tlsCert !== !!opts.tlsKey) throw usage('--tls-cert and --tls-key go together');
   const addresses: Address[] = [];
   if (opts.listen || !opts.socket) {
@@ -76,7 +84,7 @@ async function serve(opts: ServeOptions): Promise<void> {
   const log = createLogger();
   // Restore windows queue on the page workers (as many as a restore keeps in flight): the main
   // thread writes the DATA frames.
-  const store = await Store.open(dir, { sweeper: lazyGcSweeper, restoreQueue: RESTORE_WINDOWS_IN_FLIGHT });
+  const store = await Store.open(dir, { sweeper: lazyGcSweeper, restoreQueue: RESTORE_WINDOWS_IN_FLIGHT, packCacheBytes });
   const server = new VnServer(store, { token: () => readTokenFile(tokenFile), log, idleTimeoutMs, preparedTimeoutMs });
   await server.adoptHeld();
   const bound: string[] = [];
@@ -124,6 +132,14 @@ async function serve(opts: ServeOptions): Promise<void> {
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+const MIB = 1024 * 1024;
+
+function cacheBytes(text: string): number {
+  if (text === 'all') return Infinity;
+  if (!/^\d+$/.test(text)) throw usage("--pack-cache takes a whole number of MiB, or 'all'");
+  return Number(text) * MIB;
 }
 
 function seconds(text: string, what: string): number {

@@ -5,12 +5,14 @@
  * from the moment they are appended; a commit calls flush(), so a snapshot only ever references
  * chunks in sealed, indexed packs.
  */
+import path from 'node:path';
 import { DIGEST_BYTES, digestsEqual, PAGE_SIZE } from '../format/pages.js';
 import type { ChunkLocation, ChunkTable } from '../index/chunk-table.js';
 import { fromSystemError } from '../util/errors.js';
 import type { StoreDb } from './db.js';
 import { IndexBatch } from './index-batch.js';
 import { BatchPool, PackFile } from './pack-file.js';
+import type { PackCacheWindow } from './pack-cache.js';
 import { addCounterDelta, sealedPackDelta } from './counters.js';
 import { packFileName, PACK_VERSION } from '../format/pack.js';
 import { PACK_VERSION_PREFIXED } from '../format/pack-v3.js';
@@ -53,6 +55,8 @@ export class PackWriter {
     private readonly onChunkGeneration: (token: Buffer) => void = () => undefined,
     /** Set on a format-3 store: version-3 packs of numbered chunks (see NumberedSealing). */
     private readonly numbered?: NumberedSealing,
+    /** Told each pack sealed and indexed: keeps the newest packs' pages cached, drops older ones'. */
+    private readonly cacheWindow?: PackCacheWindow,
   ) {}
 
   /** Queues one chunk for the open pack (its bytes are copied); locateUnindexed then finds it. */
@@ -187,17 +191,20 @@ export class PackWriter {
 
   private async seal(pack: PackFile): Promise<void> {
     if (this.numbered) {
-      await pack.seal(this.packsDir, () => undefined);
+      const { sealed } = await pack.seal(this.packsDir, () => undefined);
       await this.numbered.addSealed(pack.id); // indexed: lookups find it there from now on
       this.unindexed.delete(pack.id);
       this.sealedLog.push(pack.id);
+      this.cacheWindow?.sealed(path.join(this.packsDir, packFileName(pack.id)), sealed.record.bytes);
       return;
     }
     // The index batch is built while the fsync runs (CPU next to I/O); it is written only after the
     // pack is durable under its final name, as the write order requires.
     let batch: IndexBatch | undefined;
+    let sealedBytes: number | undefined;
     try {
       await pack.seal(this.packsDir, (sealed) => {
+        sealedBytes = sealed.record.bytes;
         batch = new IndexBatch(this.db).addPack(sealed.record, sealed.chunks);
         addCounterDelta(batch, sealedPackDelta(sealed.record)); // stats counters, same batch (src/store/counters.ts)
       });
@@ -209,6 +216,7 @@ export class PackWriter {
     this.onChunkGeneration(token);
     this.unindexed.delete(pack.id);
     this.sealedLog.push(pack.id);
+    this.cacheWindow?.sealed(path.join(this.packsDir, packFileName(pack.id)), sealedBytes!);
   }
 
   /** A pack that failed to seal: forget its chunks everywhere and remove the temp file. */

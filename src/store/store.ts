@@ -72,6 +72,7 @@ import { trace } from '../util/trace.js';
 import { humanBytes } from '../util/units.js';
 import { readTableFile, writeTableFile } from '../index/table-file.js';
 import { PackWriter, DEFAULT_PACK_TARGET_BYTES } from './pack-writer.js';
+import { DEFAULT_PACK_CACHE_BYTES, PackCacheWindow } from './pack-cache.js';
 import { addCounterDelta, putCounterBase, snapshotDelta, zeroCounters } from './counters.js';
 import { recover, type RecoveryReport } from './recovery.js';
 import { storePaths, type StorePaths } from './paths.js';
@@ -117,6 +118,12 @@ export interface OpenOptions {
   restoreQueue?: number;
   /** Pack size at which a pack is sealed. */
   packTargetBytes?: number;
+  /**
+   * Bytes of the newest packs this process writes kept in the page cache; older ones' pages are
+   * dropped once durable (src/store/pack-cache.ts; default DEFAULT_PACK_CACHE_BYTES, Infinity keeps
+   * all; `vnstore serve --pack-cache`).
+   */
+  packCacheBytes?: number;
   /** Reads every LevelDB table's checksums at open, also those verified before (`vnstore check`). */
   recheckIndex?: boolean;
   /**
@@ -316,6 +323,8 @@ export class Store {
         maxPack + 1,
         options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES,
         (token) => gen.advance(token),
+        undefined,
+        packCacheWindow(options),
       );
       const reclaim = options.reclaim ?? reclaimFromEnv();
       const store = new Store(dir, config, db, lock, table, packs, writer, pool, recovery, gen, withTable, options.sweeper, reclaim);
@@ -353,6 +362,7 @@ export class Store {
       options.packTargetBytes ?? packTargetFromEnv() ?? DEFAULT_PACK_TARGET_BYTES,
       undefined,
       { takeNumber: () => chunks.allocator.take(), addSealed: (pack) => chunks.addSealed(pack) },
+      packCacheWindow(options),
     );
     const reclaim = options.reclaim ?? reclaimFromEnv();
     // Catalog work (chunkTable: false) leaves a killed put's packs to the next full open, as on format 1/2.
@@ -811,6 +821,10 @@ async function loadChunkTable(db: StoreDb): Promise<ChunkTable> {
 }
 
 /** VNSTORE_PACK_TARGET_BYTES: pack size at which packs are sealed (tests use tiny packs). */
+function packCacheWindow(options: OpenOptions): PackCacheWindow {
+  return new PackCacheWindow(options.packCacheBytes ?? DEFAULT_PACK_CACHE_BYTES);
+}
+
 function packTargetFromEnv(): number | undefined {
   const v = process.env.VNSTORE_PACK_TARGET_BYTES;
   if (v === undefined || !/^\d+$/.test(v)) return undefined;
