@@ -75,6 +75,29 @@ describe('ChunkTable', () => {
     expect(t.get(b)).toEqual({ location: loc(1), ambiguous: true });
   });
 
+  it('joinChunk inserts a chunk once, recognises the same chunk, and leaves a clashing or ambiguous slot alone', () => {
+    const t = new ChunkTable(16);
+    const a = randomBytes(32);
+    const twin = Buffer.from(a);
+    twin[31] ^= 1; // the same fingerprint, another digest
+    const meta = 700 | (1 << 16); // storedLength 700, LZ4
+    expect(t.joinChunk(a, 0, 5, 100, meta)).toBe(1);
+    expect(t.get(a)).toEqual({ location: { pack: 5, offset: 100, storedLength: 700, codec: 1 }, ambiguous: false });
+    expect(t.joinChunk(a, 0, 5, 100, meta)).toBe(0); // already there (as the pack writer leaves it)
+    expect(t.joinChunk(twin, 0, 6, 40, meta)).toBe(-1); // another chunk holds the fingerprint
+    expect(t.joinChunk(a, 0, 5, 101, meta)).toBe(-1); // same fingerprint, another place
+    expect(t.joinChunk(a, 0, 5, 100, 700 | (2 << 16))).toBe(-1); // another codec
+    expect(t.size).toBe(1);
+    expect(t.get(a)).toEqual({ location: { pack: 5, offset: 100, storedLength: 700, codec: 1 }, ambiguous: false });
+    t.insert(twin, loc(3)); // a clash marks the slot ambiguous: nothing is "exactly this chunk" then
+    expect(t.joinChunk(a, 0, 5, 100, meta)).toBe(-1);
+    // At an offset inside a digest column, as TOCs hand them.
+    const column = Buffer.concat([randomBytes(24), randomBytes(24)]);
+    expect(t.joinChunk(column, 24, 7, 0, meta)).toBe(1);
+    expect(t.hasFingerprint(column, 24)).toBe(true);
+    expect(t.hasFingerprint(column, 0)).toBe(false);
+  });
+
   it('keys its fingerprints: digests a guest forged to share their first bytes neither clash nor cluster', () => {
     // Unkeyed, the fingerprint was the digest's first 4 bytes: 2000 such pages (2^32 hashes of brute
     // force each, less for a few low bits) shared one ambiguous slot. Keyed, they spread out.

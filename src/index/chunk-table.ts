@@ -288,26 +288,33 @@ export class ChunkTable {
     this.size++;
   }
 
-  /**
-   * Inserts a chunk whose fingerprint is not in the table yet and returns true; returns false (and
-   * changes nothing) when the fingerprint is there. `tocMeta`: a version-3 TOC's meta word (storedLength
-   * | codec << 16 | member << 20 | (pages - 1) << 24). The number index's load inserts every chunk of
-   * a store through this: no location object per chunk, one probe.
-   */
-  insertIfAbsent(digest: Uint8Array, offset: number, pack: number, packOffset: number, tocMeta: number): boolean {
-    if ((this.size + 1) / this.capacity > MAX_LOAD) this.grow();
-    const fp = this.fp(digest, offset);
-    const s = this.find(fp);
-    if (s >= 0) return false;
+  /** Fills empty slot `s` with a chunk described by a version-3 TOC entry. */
+  private writeTocSlot(s: number, fp: number, pack: number, packOffset: number, tocMeta: number): void {
     const w = this.words;
-    const p = HEADER_WORDS + (-1 - s) * SLOT_WORDS;
+    const p = HEADER_WORDS + s * SLOT_WORDS;
     w[p] = fp;
     w[p + 1] = pack;
     w[p + 2] = packOffset;
     // The slot keeps pages - 1 above its two flag bits (24, 25), where the TOC meta has it at 24.
     w[p + 3] = ((tocMeta & 0x00ffffff) | (((tocMeta >>> 24) & 0x0f) << 26) | OCCUPIED) >>> 0;
     this.size++;
-    return true;
+  }
+
+  /**
+   * A chunk of a sealed pack joining the index, in one probe: its writer usually put it in while the
+   * pack was open, and the number index's load inserts every chunk of a store through this (no
+   * location object per chunk). `tocMeta`: a version-3 TOC's meta word (storedLength | codec << 16 |
+   * member << 20 | (pages - 1) << 24). Returns 1 when it inserted the chunk, 0 when the fingerprint's
+   * slot already holds exactly this chunk (see slotHolds), -1 when another chunk holds the
+   * fingerprint or the slot is ambiguous (nothing changed: the caller settles the clash).
+   */
+  joinChunk(digest: Uint8Array, offset: number, pack: number, packOffset: number, tocMeta: number): 1 | 0 | -1 {
+    if ((this.size + 1) / this.capacity > MAX_LOAD) this.grow();
+    const fp = this.fp(digest, offset);
+    const s = this.find(fp);
+    if (s >= 0) return this.slotHolds(s, pack, packOffset, tocMeta) ? 0 : -1;
+    this.writeTocSlot(-1 - s, fp, pack, packOffset, tocMeta);
+    return 1;
   }
 
   /** Moves a chunk (gc repack). No-op when the fingerprint is absent. */

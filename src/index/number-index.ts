@@ -261,10 +261,8 @@ export class NumberIndex {
 
   private insertDigest(digests: Uint8Array, k: number, cols: PackColumns, digestOf: DigestOf): void {
     const at = k * TOC_DIGEST_BYTES;
-    if (this.table.insertIfAbsent(digests, at, cols.pack, cols.offsets[k], cols.metas[k])) return; // the common case
-    // Put there by the pack writer while the pack was open (the engine's ingest): already in place.
-    const slot = this.table.slotOf(digests, at);
-    if (slot >= 0 && this.table.slotHolds(slot, cols.pack, cols.offsets[k], cols.metas[k])) return;
+    // Inserted now, or put there by the pack writer while the pack was open (ingest): one probe.
+    if (this.table.joinChunk(digests, at, cols.pack, cols.offsets[k], cols.metas[k]) >= 0) return;
     const hit = this.table.get(digests, at);
     const hex = () => Buffer.from(digests.buffer, digests.byteOffset + at, TOC_DIGEST_BYTES).toString('hex');
     if (hit) {
