@@ -185,13 +185,22 @@ export class Connection {
       case 'offer': {
         st.assertWritable();
         checkIndices(st, m.indices);
-        const written = await st.session.writeKnown(m.indices, m.digests);
-        const missing: number[] = [];
-        for (let k = 0; k < written.length; k++) if (!written[k]) missing.push(k);
-        s.metrics.pagesOffered.inc(m.indices.length);
-        s.metrics.pagesNew.inc(missing.length);
-        s.metrics.pagesDuplicate.inc(m.indices.length - missing.length);
-        this.send({ t: 'missing', req: m.req, positions: Uint32Array.from(missing) });
+        // Copies: the frame's buffer is reused once this returns, and the offer may be applied later.
+        const { written } = await st.session.queueKnown(Uint32Array.from(m.indices), Uint8Array.from(m.digests));
+        const { req } = m;
+        // Answered once applied (at once when none of its digests can be known); meanwhile this
+        // connection's next frames are handled, in order.
+        written.then(
+          (w) => {
+            const missing: number[] = [];
+            for (let k = 0; k < w.length; k++) if (!w[k]) missing.push(k);
+            s.metrics.pagesOffered.inc(w.length);
+            s.metrics.pagesNew.inc(missing.length);
+            s.metrics.pagesDuplicate.inc(w.length - missing.length);
+            this.send({ t: 'missing', req, positions: Uint32Array.from(missing) });
+          },
+          (err: unknown) => this.replyError(req, err),
+        );
         return;
       }
       case 'pages': {
@@ -223,8 +232,13 @@ export class Connection {
       case 'zero': {
         st.assertWritable();
         for (let r = 0; r < m.ranges.length; r += 2) st.checkPages(m.ranges[r], m.ranges[r + 1]);
-        await st.session.writeZeroRanges(m.ranges);
-        return this.result(m.req, {});
+        const { done } = await st.session.queueZeroRanges(Uint32Array.from(m.ranges));
+        const { req } = m;
+        done.then(
+          () => this.result(req, {}),
+          (err: unknown) => this.replyError(req, err),
+        );
+        return;
       }
       case 'prepare':
         return this.result(m.req, {

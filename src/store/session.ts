@@ -295,6 +295,20 @@ export class Session {
    * to 1 per page written and 0 per page whose chunk the store lacks (left as it was).
    */
   async writeKnown(pageIndices: Uint32Array, digests: Uint8Array): Promise<Uint8Array> {
+    return (await this.queueKnown(pageIndices, digests)).written;
+  }
+
+  /**
+   * writeKnown in two steps: settles once the write has its place in the session's order (after
+   * backpressure), and `written` once it is applied; the caller's arrays must not change until
+   * then. An offer none of whose digests can be known (no fingerprint in the chunk table, none in
+   * an open pack, none its parent's at its index) changes nothing, so its answer, every page
+   * absent, is settled at once, without waiting for the writes queued before it: a server's agent
+   * then sends those pages while the pages before them are still being stored. That answer may be
+   * stale by the time those writes are applied (one of them may store a digest offered here); the
+   * pages then cross the wire once more and are deduplicated on arrival, never lost.
+   */
+  async queueKnown(pageIndices: Uint32Array, digests: Uint8Array): Promise<{ written: Promise<Uint8Array> }> {
     this.assertOpen();
     const n = pageIndices.length;
     if (digests.length !== n * DIGEST_BYTES)
@@ -303,7 +317,29 @@ export class Session {
     for (let k = 0; k < n; k++) end = Math.max(end, this.checkRange(pageIndices[k], PAGE_SIZE));
     this.furthestByte = Math.max(this.furthestByte, end);
     await this.sendGathered();
-    return this.inOrder(() => this.applyKnown(pageIndices, digests));
+    if (this.error) throw this.error;
+    if (!this.anyKnowable(pageIndices, digests)) return { written: Promise.resolve(new Uint8Array(n)) };
+    return { written: (await this.queueInOrder(() => this.applyKnown(pageIndices, digests))).result };
+  }
+
+  /** Whether applyKnown, run now, could find any of these digests (see its first loop). */
+  private anyKnowable(pageIndices: Uint32Array, digests: Uint8Array): boolean {
+    const parent = this.parent?.pages;
+    for (let k = 0; k < pageIndices.length; k++) {
+      const page = pageIndices[k];
+      const at = k * DIGEST_BYTES;
+      // The parent first: no probe (a consecutive snapshot's offers answer here, at their first page).
+      if (
+        parent !== undefined &&
+        page < parent.pageCount &&
+        parent.kinds[page] === PageKind.Digest &&
+        this.sameAsParent(parent.digests, page * DIGEST_BYTES, digests, at)
+      )
+        return true;
+      if (this.store.table.hasFingerprint(digests, at)) return true;
+      if (this.store.writer.locateUnindexed(digests.subarray(at, at + DIGEST_BYTES))) return true;
+    }
+    return false;
   }
 
   /**
@@ -354,6 +390,16 @@ export class Session {
 
   /** Writes all-zero pages without their bytes: `ranges` holds (first page, page count) pairs. */
   async writeZeroRanges(ranges: Uint32Array): Promise<void> {
+    await (
+      await this.queueZeroRanges(ranges)
+    ).done;
+  }
+
+  /**
+   * writeZeroRanges in two steps: settles once the write has its place in the session's order (after
+   * backpressure), and `done` once it is applied; `ranges` must not change until then.
+   */
+  async queueZeroRanges(ranges: Uint32Array): Promise<{ done: Promise<void> }> {
     this.assertOpen();
     if (ranges.length % 2 !== 0) throw new VnstoreError('E_USAGE', 'zero ranges come in (first page, page count) pairs');
     let end = 0;
@@ -362,16 +408,20 @@ export class Session {
     this.furthestByte = Math.max(this.furthestByte, end);
     if (this.shortPage) for (let r = 0; r < ranges.length; r += 2) this.noteWrite(ranges[r], ranges[r + 1] * PAGE_SIZE);
     await this.sendGathered();
-    await this.inOrder(async () => {
-      for (let r = 0; r < ranges.length; r += 2) {
-        const first = ranges[r];
-        const count = ranges[r + 1];
-        if (count === 0) continue;
-        this.pages.ensure(first + count - 1);
-        this.pages.kinds.fill(PageKind.Zero, first, first + count);
-        this.stats.pagesWritten += count;
-      }
-    });
+    return { done: (await this.queueInOrder(() => this.applyZeroRanges(ranges))).result };
+  }
+
+  /** writeZeroRanges's work, in its turn (a method: see applyKnown). */
+  private applyZeroRanges(ranges: Uint32Array): Promise<void> {
+    for (let r = 0; r < ranges.length; r += 2) {
+      const first = ranges[r];
+      const count = ranges[r + 1];
+      if (count === 0) continue;
+      this.pages.ensure(first + count - 1);
+      this.pages.kinds.fill(PageKind.Zero, first, first + count);
+      this.stats.pagesWritten += count;
+    }
+    return Promise.resolve();
   }
 
   /**
@@ -379,6 +429,11 @@ export class Session {
    * the page table changes in submission order. A failure fails the session, as a block's does.
    */
   private async inOrder<T>(fn: () => Promise<T>): Promise<T> {
+    return (await this.queueInOrder(fn)).result;
+  }
+
+  /** inOrder in two steps: settles once `fn` has its place in the order, `result` with `fn`'s. */
+  private async queueInOrder<T>(fn: () => Promise<T>): Promise<{ result: Promise<T> }> {
     while (this.inFlight >= this.maxInFlight) await this.queued[0];
     if (this.error) throw this.error;
     this.inFlight++;
@@ -398,7 +453,7 @@ export class Session {
         this.queued.shift();
       });
     this.queued.push(this.applying);
-    return run;
+    return { result: run };
   }
 
   /** Validates a write of `length` bytes at page `firstPage`; returns the byte just past it. */
