@@ -9,10 +9,11 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { availableParallelism, constants as osConstants } from 'node:os';
 import path from 'node:path';
+import { crc32 } from 'node:zlib';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { blake3 } from '@napi-rs/blake-hash';
-import { getCodec } from '../src/chunk/codec.js';
+import { crc32OnThreadPool, getCodec } from '../src/chunk/codec.js';
 import { hashPages, pageScanner } from '../src/chunk/hash.js';
 import { runHashJob, runHashJobOnThreadPool, type HashJob, type HashResult } from '../src/chunk/page-jobs.js';
 import { PagePool } from '../src/chunk/worker-pool.js';
@@ -181,6 +182,22 @@ describe.runIf(native)('thread-pool addon calls', () => {
         expect(Array.from(got.codecs)).toEqual(Array.from(want.codecs));
       }),
       { numRuns: 40 },
+    );
+  });
+
+  it("crc32OnThreadPool continues a CRC-32 exactly as node:zlib's crc32 does, in pieces or whole", async () => {
+    const sum = crc32OnThreadPool();
+    expect(sum).toBeDefined();
+    await fc.assert(
+      // Non-empty: node:zlib answers 0 for an empty buffer whatever the CRC so far (zlib's Z_NULL case),
+      // where the addon returns the CRC unchanged; packs never sum an empty batch.
+      fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 70_000 }), fc.nat({ max: 70_000 }), fc.nat(), async (data, cut, seed) => {
+        const at = Math.min(cut, data.length);
+        const prev = seed >>> 0;
+        expect(await sum!(data, prev)).toBe(crc32(data, prev));
+        expect(await sum!(data.subarray(at), await sum!(data.subarray(0, at), 0))).toBe(crc32(data));
+      }),
+      { numRuns: 200 },
     );
   });
 

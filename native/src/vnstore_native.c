@@ -420,6 +420,51 @@ static napi_value js_drop_cache_async(napi_env env, napi_callback_info info) {
   return vn_async_queue(env, &job->base, NULL, 0, "vnstore.dropCache");
 }
 
+/* crc32Async(data: Uint8Array, crc: number): Promise<number>
+ * zlib's CRC-32 of `data`, continuing `crc`, on the thread pool: a pack's payload checksum, off the
+ * main thread that applies pages (docs/DESIGN.md, "Packs and durability"). zlib is the one Node
+ * carries and exports to addons (its `crc32`, found with dlsym at load); where it is not found, the
+ * function is not exported and the caller computes the checksum itself. */
+typedef unsigned long (*zlib_crc32_fn)(unsigned long crc, const unsigned char *buf, unsigned int len);
+static zlib_crc32_fn g_crc32;
+
+typedef struct {
+  vn_async_t base;
+  const uint8_t *data;
+  size_t length;
+  unsigned long crc;
+} crc_job_t;
+
+static void run_crc32(vn_async_t *self) {
+  crc_job_t *job = (crc_job_t *)self;
+  unsigned long crc = job->crc;
+  for (size_t at = 0; at < job->length;) {
+    size_t n = job->length - at > (1u << 30) ? (1u << 30) : job->length - at;
+    crc = g_crc32(crc, job->data + at, (unsigned int)n);
+    at += n;
+  }
+  self->result = (double)crc;
+}
+
+static napi_value js_crc32_async(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2) return throw_type(env, "crc32Async(data, crc)");
+  uint8_t *data;
+  size_t length;
+  if (arg_typed(env, argv[0], napi_uint8_array, (void **)&data, &length, "data must be a Uint8Array")) return NULL;
+  double crc;
+  NAPI_OK(napi_get_value_double(env, argv[1], &crc));
+  if (!(crc >= 0 && crc <= 4294967295.0) || crc != floor(crc)) return throw_range(env, "crc must be a u32");
+  crc_job_t *job = (crc_job_t *)vn_async_new(sizeof *job, run_crc32);
+  if (job == NULL) return throw_range(env, "out of memory");
+  job->data = data;
+  job->length = length;
+  job->crc = (unsigned long)crc;
+  return vn_async_queue(env, &job->base, argv, 1, "vnstore.crc32");
+}
+
 static napi_value js_decode_pages(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -505,5 +550,11 @@ NAPI_MODULE_INIT() {
       {"lz4Version", NULL, NULL, NULL, NULL, lz4_version, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  union { void *p; zlib_crc32_fn f; } crc = { dlsym(RTLD_DEFAULT, "crc32") };
+  g_crc32 = crc.f;
+  if (g_crc32 != NULL) {
+    napi_property_descriptor crc_prop = {"crc32Async", NULL, js_crc32_async, NULL, NULL, NULL, napi_enumerable, NULL};
+    NAPI_OK(napi_define_properties(env, exports, 1, &crc_prop));
+  }
   return zstd_define(env, exports);
 }

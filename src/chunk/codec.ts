@@ -321,6 +321,8 @@ interface NativeBinding {
     failed: Uint8Array,
   ): number;
   dropCacheAsync(path: string): Promise<number>;
+  /** Absent when the process carries no zlib the addon can find. */
+  crc32Async?(data: Uint8Array, crc: number): Promise<number>;
 }
 
 const NATIVE_ABI = 6;
@@ -451,6 +453,16 @@ function selfTest(codec: PageCodec): void {
 export function dropFileCache(path: string): Promise<number> | undefined {
   loadNative();
   return nativeBinding?.dropCacheAsync(path);
+}
+
+/**
+ * zlib's CRC-32 of `data` continuing `crc`, on the thread pool (the addon's crc32Async), or undefined
+ * when the addon or its zlib is missing (the caller then uses node:zlib's, on its own thread).
+ */
+export function crc32OnThreadPool(): ((data: Uint8Array, crc: number) => Promise<number>) | undefined {
+  loadNative();
+  const b = nativeBinding;
+  return b?.crc32Async ? (data, crc) => b.crc32Async!(data, crc) : undefined;
 }
 
 /**

@@ -30,6 +30,7 @@ import type { PackRecord } from './db.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
 import { indexOfSorted } from '../util/search.js';
 import { copyBytes } from '../util/shared-bytes.js';
+import { crc32OnThreadPool } from '../chunk/codec.js';
 
 export const WRITE_BATCH_BYTES = 1024 * 1024; // small: each batch is fresh memory once per process
 
@@ -105,10 +106,12 @@ export class PackFile {
   /** Chunk numbers (a version-3 pack only; strictly increasing). */
   numbers = new Float64Array(0);
   private crc = 0; // running CRC32 of the payload handed to writes so far
+  /** With thread-pool checksums: the running CRC32 once the last batch handed over is summed. */
+  private crcChain: Promise<number> | undefined;
   private batch: Buffer | undefined; // payloads not yet handed to a write
   private batchUsed = 0;
   /** Full batches waiting for the writer: written together, in order, by one writev. */
-  private queued: { data: Buffer; batch: Buffer }[] = [];
+  private queued: { data: Buffer; batch: Buffer; summed?: Promise<number> }[] = [];
   private draining = false;
   /** Bytes written since the last early datasync started (EARLY_SYNC_BYTES), and that one while in flight. */
   private unsynced = 0;
@@ -228,8 +231,15 @@ export class PackFile {
       return;
     }
     const data = batch.subarray(0, used);
-    this.crc = crc32(data, this.crc);
-    this.queued.push({ data, batch });
+    // The payload's checksum: on the thread pool where the addon serves (~30 ms of a first snapshot's
+    // main thread through the server), one batch after the other; else here.
+    let summed: Promise<number> | undefined;
+    const sum = threadPoolCrc();
+    if (sum) {
+      summed = quiet((this.crcChain ?? Promise.resolve(this.crc)).then((crc) => sum(data, crc)));
+      this.crcChain = summed;
+    } else this.crc = crc32(data, this.crc);
+    this.queued.push({ data, batch, summed });
     if (!this.draining) {
       this.draining = true;
       this.writes = quiet(this.writes.then(() => this.drainWrites()));
@@ -252,6 +262,7 @@ export class PackFile {
         );
         for (const q of items) {
           this.unsynced += q.data.length;
+          if (q.summed) await q.summed; // its checksum reads the batch too (a failure fails the writes)
           this.batches.give(q.batch);
         }
         if (this.unsynced >= EARLY_SYNC_BYTES && !this.earlySync) this.startEarlySync(h);
@@ -301,6 +312,7 @@ export class PackFile {
    */
   async seal<T>(packsDir: string, whileSyncing: (sealed: SealedPack) => T): Promise<{ sealed: SealedPack; during: T }> {
     await this.written();
+    if (this.crcChain) this.crc = await this.crcChain;
     const h = await this.fh;
     const footer = this.footer();
     await writeFully(h, footer);
@@ -374,7 +386,15 @@ export class PackFile {
  * failure met before that (a full disk while batches are still queued) must not end the process as
  * an unhandled rejection. Returns the same promise.
  */
-function quiet(p: Promise<void>): Promise<void> {
+function quiet<T>(p: Promise<T>): Promise<T> {
   p.catch(() => undefined);
   return p;
+}
+
+let threadPoolSum: ((data: Uint8Array, crc: number) => Promise<number>) | null | undefined;
+
+/** The addon's thread-pool CRC32, or null without it (looked up once, when a pack first needs it). */
+function threadPoolCrc(): ((data: Uint8Array, crc: number) => Promise<number>) | null {
+  if (threadPoolSum === undefined) threadPoolSum = crc32OnThreadPool() ?? null;
+  return threadPoolSum;
 }
