@@ -79,6 +79,8 @@ export class PackWriter {
     lengths: ArrayLike<number>,
     codecs: ArrayLike<number>,
     count: number,
+    /** Set to each chunk's number (a format-3 store's; -1 otherwise), for the caller's hints. */
+    numbersOut?: Float64Array,
   ): void {
     let runStart = 0; // payload bytes [runStart, runEnd) still to copy into the open pack's batch
     let runEnd = 0;
@@ -94,7 +96,9 @@ export class PackWriter {
         pack.copyRun(payload, runStart, runEnd);
         runStart = runEnd = payloadAt[k];
       }
-      const offset = pack.addEntry(digests, digestAt[k], len, codecs[k], runEnd - runStart, this.numbered?.takeNumber());
+      const number = this.numbered?.takeNumber();
+      if (numbersOut) numbersOut[k] = number ?? -1;
+      const offset = pack.addEntry(digests, digestAt[k], len, codecs[k], runEnd - runStart, number);
       runEnd += len;
       this.table.insert(digests, { pack: pack.id, offset, storedLength: len, codec: codecs[k] }, digestAt[k]);
       if (pack.size + (runEnd - runStart) >= this.targetBytes) {

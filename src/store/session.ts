@@ -87,6 +87,11 @@ export class Session {
   private readonly superseded = new SupersededTracker();
   private readonly pages: PageTable;
   private furthestByte = 0;
+  /**
+   * Format 3: the number of the chunk each page stored last, where this session stored it (else -1),
+   * a hint the commit checks before it looks the page's digest up (numberPages); grown as needed.
+   */
+  private numberHints = new Float64Array(0);
   /** The last short page written and not since replaced by a whole one (its index and end byte). */
   private shortPage: { index: number; end: number } | undefined;
   private state: 'open' | 'committing' | 'done' = 'open';
@@ -706,8 +711,15 @@ export class Session {
       confirm.push(i); // MaybeKnown
     }
     if (storeCount > 0) {
-      store.writer.appendMany(r.digests, storeDigestAt, r.payload, storePayloadAt, storeLength, storeCodec, storeCount);
+      const numbers = store.isNumbered ? new Float64Array(storeCount) : undefined;
+      store.writer.appendMany(r.digests, storeDigestAt, r.payload, storePayloadAt, storeLength, storeCodec, storeCount, numbers);
       this.stats.newChunks += storeCount;
+      if (numbers) {
+        for (let k = 0; k < storeCount; k++) {
+          const i = storeDigestAt[k] / DIGEST_BYTES;
+          this.noteNumber(typeof target === 'number' ? target + i : target[i], numbers[k]);
+        }
+      }
     }
     if (confirm.length === 0) return;
     const digests = confirm.map((i) => r.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES));
@@ -732,6 +744,16 @@ export class Session {
     this.store.writer.append(digest, payload, codec);
     this.stats.newChunks++;
     this.stats.newChunkBytes += payload.length;
+  }
+
+  /** Records that page `page` was stored as chunk `number` (a hint: see numberHints). */
+  private noteNumber(page: number, number: number): void {
+    if (page >= this.numberHints.length) {
+      const grown = new Float64Array(Math.max(page + 1, this.pages.pageCount, this.numberHints.length * 2)).fill(-1);
+      grown.set(this.numberHints);
+      this.numberHints = grown;
+    }
+    this.numberHints[page] = number;
   }
 
   /** Waits for every queued write to be hashed and applied. */
@@ -1068,7 +1090,14 @@ export class Session {
     // zeroTail may have replaced a short last page after it was inherited: that page is numbered anew.
     const inheritedUpTo = header.byteLength % PAGE_SIZE === 0 ? header.pageCount : header.pageCount - 1;
     const fromParent = parent ? clipRuns(this.fromParent, inheritedUpTo) : undefined;
-    const numbers = await this.store.numbered!.numberPages(this.pages, parent, `snapshot of VM ${this.options.vm}`, fromParent);
+    const numbers = await this.store.numbered!.numberPages(
+      this.pages,
+      parent,
+      `snapshot of VM ${this.options.vm}`,
+      fromParent,
+      this.numberHints,
+    );
+    this.numberHints = new Float64Array(0); // used: a committed session's object may outlive it
     const presentAt = this.presentAt(fromParent ?? []);
     let plan: ManifestV2Plan | undefined;
     let base: string | undefined;
