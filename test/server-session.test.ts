@@ -160,6 +160,28 @@ describe('server sessions', () => {
       await conn.close();
     }));
 
+  it("a connection keeps no committed session's memory, only how it ended: its number stays refused", () =>
+    withServer(async (r) => {
+      const conn = await AgentConnection.connect({ server: r.address, token: TEST_TOKEN });
+      const page = makeImage(1, 7);
+      for (let sid = 1; sid <= 5; sid++) {
+        await conn.request({ t: 'begin', sid, vm: `v${sid}`, parent: 'none', memoryBytes: PAGE });
+        await conn.request({ t: 'pages', sid, indices: Uint32Array.of(0), digests: blake3(page), data: page });
+        await conn.request({ t: 'prepare', sid });
+        await conn.request({ t: 'commit', sid });
+      }
+      const [server] = [...(r.server as unknown as { connections: Set<{ sessions: Map<number, unknown> }> }).connections];
+      expect(server.sessions.size).toBe(0);
+      await expect(conn.request({ t: 'commit', sid: 3 })).rejects.toMatchObject({
+        wire: 'E_SESSION_STATE',
+        message: expect.stringContaining('committed') as unknown,
+      });
+      await expect(conn.request({ t: 'begin', sid: 5, vm: 'v', parent: 'none' })).rejects.toMatchObject({ wire: 'E_SESSION_STATE' });
+      await expect(conn.request({ t: 'prepare', sid: 9 })).rejects.toMatchObject({ wire: 'E_UNKNOWN_SESSION' });
+      expect(await r.store.listSnapshots()).toHaveLength(5);
+      await conn.close();
+    }));
+
   it('group commit across connections: all prepared members under one group id, all or none', () =>
     withServer(async (r) => {
       const agents = await Promise.all([r.connect(), r.connect(), r.connect()]);

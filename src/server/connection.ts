@@ -25,6 +25,12 @@ type SessionRequest = Extract<Message, { sid: number }>;
 
 export class Connection {
   readonly sessions = new Map<number, RemoteSessionState>();
+  /**
+   * Session numbers whose snapshots are committed or aborted, with how they ended: what a request
+   * naming one is told, without the session's memory (its page table and more, megabytes for a large
+   * VM), which a daemon's connection, open for days, would otherwise hold for every snapshot it made.
+   */
+  private readonly finished = new Map<number, { phase: RemoteSessionState['phase']; abortedBy: RemoteSessionState['abortedBy'] }>();
   /** Copies every frame (reads land in one reused buffer) into the server's shared frame buffers. */
   private readonly decoder: FrameDecoder;
   readonly socket: Socket;
@@ -154,7 +160,8 @@ export class Connection {
   }
 
   private async begin(m: Extract<Message, { t: 'begin' }>): Promise<void> {
-    if (this.sessions.has(m.sid))
+    this.forgetFinished();
+    if (this.sessions.has(m.sid) || this.finished.has(m.sid))
       throw new ProtocolError('E_SESSION_STATE', `session number ${m.sid} is already in use on this connection`);
     // Pages cross the wire whole (a short last page zero-padded): the session takes whole pages up to
     // the memory size, and PREPARE gives the exact image length.
@@ -178,7 +185,12 @@ export class Connection {
 
   private async sessionRequest(m: SessionRequest): Promise<void> {
     const st = this.sessions.get(m.sid);
-    if (!st) throw new ProtocolError('E_UNKNOWN_SESSION', `no session ${m.sid} on this connection`);
+    if (!st) {
+      const ended = this.finished.get(m.sid);
+      if (ended?.abortedBy === 'timeout') throw new ProtocolError('E_TIMEOUT', `session ${m.sid} was aborted after being idle too long`);
+      if (ended) throw new ProtocolError('E_SESSION_STATE', `cannot ${m.t} session ${m.sid}: it is ${ended.phase}`);
+      throw new ProtocolError('E_UNKNOWN_SESSION', `no session ${m.sid} on this connection`);
+    }
     st.lastActive = Date.now();
     const s = this.server;
     switch (m.t) {
@@ -244,12 +256,25 @@ export class Connection {
         return this.result(m.req, {
           id: (await s.prepareSession(st, { byteLength: m.byteLength ?? st.memoryBytes, unwritten: m.unwritten })).id,
         });
-      case 'commit':
-        return this.result(m.req, await s.commitSession(st));
+      case 'commit': {
+        const record = await s.commitSession(st);
+        this.forgetFinished();
+        return this.result(m.req, record);
+      }
       case 'abort':
         await s.abortSession(st);
         this.sessions.delete(m.sid);
         return this.result(m.req, {});
+    }
+  }
+
+  /** Keeps only the ending of sessions that are committed or aborted (a group commit elsewhere ends them too). */
+  private forgetFinished(): void {
+    for (const [sid, st] of this.sessions) {
+      const phase = st.phase;
+      if (phase !== 'committed' && phase !== 'aborted') continue;
+      this.sessions.delete(sid);
+      this.finished.set(sid, { phase, abortedBy: st.abortedBy });
     }
   }
 
