@@ -17,6 +17,9 @@ import { tokensMatch } from './token.js';
 import { adoptAccepted } from '../protocol/socket-reader.js';
 import type { VnServer } from './server.js';
 
+/** Ended sessions whose ending a connection remembers (see Connection.finished). */
+const FINISHED_KEPT = 4096;
+
 // A PAGES frame is one page job (Session.writeClaimed): checked and stored, or refused, as a whole.
 if (MAX_PAGES_PER_BATCH > BLOCK_PAGES)
   throw new Error(`a PAGES frame (${MAX_PAGES_PER_BATCH} pages) must fit one page job (${BLOCK_PAGES})`);
@@ -275,6 +278,9 @@ export class Connection {
       if (phase !== 'committed' && phase !== 'aborted') continue;
       this.sessions.delete(sid);
       this.finished.set(sid, { phase, abortedBy: st.abortedBy });
+      // The oldest go first past a bound: a connection open for years must not grow either (a number
+      // that old is then unknown: E_UNKNOWN_SESSION, and free again).
+      if (this.finished.size > FINISHED_KEPT) this.finished.delete(this.finished.keys().next().value!);
     }
   }
 
