@@ -6,7 +6,7 @@
  * kernel must find elsewhere: on a hypervisor host, the VMs' own file cache, and on a virtual
  * machine with free page reporting, memory its host reclaimed, whose first touch costs ~2 ms a MB
  * here (bench/RESULTS.md). Dropped pages go back to the free lists, where the next pack's writes
- * find them. (restic drops what it writes the same way, for the same reason.)
+ * find them. (restic's fs.ClearCache dropped files it had written in the same way.)
  */
 import { dropFileCache } from '../chunk/codec.js';
 
