@@ -3,19 +3,17 @@
  * (NumberedChunks.numberPages' hints), and checks each hint against the chunk's digest: a page whose
  * content changed after it was stored (a later write by digest, a zero range) gets its real number.
  */
-import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { blake3 } from '@napi-rs/blake-hash';
 import { Store } from '../src/store/store.js';
-import { makePage, restoreToBuffer, tempDirs } from './helpers/engine.js';
+import { initStore, makePage, restoreToBuffer, tempDirs } from './helpers/engine.js';
 
 const tempDir = tempDirs();
 const PAGE = 4096;
 
 describe('number hints at a format-3 commit', () => {
   it('are taken for pages stored and left so, and checked for pages written again after', async () => {
-    const dir = path.join(tempDir('hints'), 'store');
-    await Store.init(dir, { format: 3 });
+    const dir = await initStore(tempDir('hints'), 3);
     const store = await Store.open(dir, { workers: 0 });
     try {
       // Y is stored by another VM first, so a later write of Y by digest is known.

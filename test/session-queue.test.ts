@@ -4,19 +4,16 @@
  * is answered at once, even behind queued blocks, and an answer made stale by those blocks only
  * costs the pages being sent again; everything else still applies in the order it was queued.
  */
-import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { blake3 } from '@napi-rs/blake-hash';
 import { Store } from '../src/store/store.js';
-import { makePage, restoreToBuffer, tempDirs } from './helpers/engine.js';
+import { initStore, makePage, restoreToBuffer, tempDirs } from './helpers/engine.js';
 
 const tempDir = tempDirs();
 const PAGE = 4096;
 
 async function withStore(fn: (store: Store) => Promise<void>): Promise<void> {
-  const dir = path.join(tempDir('queue'), 'store');
-  await Store.init(dir);
-  const store = await Store.open(dir, { workers: 0 });
+  const store = await Store.open(await initStore(tempDir('queue')), { workers: 0 });
   try {
     await fn(store);
   } finally {

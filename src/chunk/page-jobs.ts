@@ -6,7 +6,7 @@
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { getSystemErrorName } from 'node:util';
-import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
+import { DIGEST_BYTES, digestsEqual, PAGE_SIZE } from '../format/pages.js';
 import { CONTAINER_CODEC, packFileName } from '../format/pack.js';
 import { tableHasDigest, tableLocation } from '../index/chunk-table.js';
 import { getCodec, type ChunkCodec, type CompressedPages } from './codec.js';
@@ -185,9 +185,7 @@ function firstMismatch(job: HashJob, zero: Uint8Array, digests: Uint8Array): num
     throw new RangeError(`claimedDigests: ${claimed.length} bytes for ${job.pageCount} pages`);
   for (let i = 0; i < job.pageCount; i++) {
     const at = i * DIGEST_BYTES;
-    const want = zero[i] ? ZERO_PAGE_DIGEST : digests;
-    const from = zero[i] ? 0 : at;
-    for (let b = 0; b < DIGEST_BYTES; b++) if (want[from + b] !== claimed[at + b]) return i;
+    if (!(zero[i] ? digestsEqual(ZERO_PAGE_DIGEST, 0, claimed, at) : digestsEqual(digests, at, claimed, at))) return i;
   }
   return -1;
 }

@@ -11,7 +11,7 @@ import type { ChunkLocation, ChunkTable } from '../index/chunk-table.js';
 import { fromSystemError } from '../util/errors.js';
 import type { StoreDb } from './db.js';
 import { IndexBatch } from './index-batch.js';
-import { BatchPool, PackFile } from './pack-file.js';
+import { BatchPool, PackFile, type SealedPack } from './pack-file.js';
 import type { PackCacheWindow } from './pack-cache.js';
 import { addCounterDelta, sealedPackDelta } from './counters.js';
 import { packFileName, PACK_VERSION } from '../format/pack.js';
@@ -199,19 +199,18 @@ export class PackWriter {
       await this.numbered.addSealed(pack.id); // indexed: lookups find it there from now on
       this.unindexed.delete(pack.id);
       this.sealedLog.push(pack.id);
-      this.cacheWindow?.sealed(path.join(this.packsDir, packFileName(pack.id)), sealed.record.bytes);
+      this.sealedCached(sealed);
       return;
     }
     // The index batch is built while the fsync runs (CPU next to I/O); it is written only after the
     // pack is durable under its final name, as the write order requires.
     let batch: IndexBatch | undefined;
-    let sealedBytes: number | undefined;
+    let sealed: SealedPack;
     try {
-      await pack.seal(this.packsDir, (sealed) => {
-        sealedBytes = sealed.record.bytes;
-        batch = new IndexBatch(this.db).addPack(sealed.record, sealed.chunks);
-        addCounterDelta(batch, sealedPackDelta(sealed.record)); // stats counters, same batch (src/store/counters.ts)
-      });
+      ({ sealed } = await pack.seal(this.packsDir, (s) => {
+        batch = new IndexBatch(this.db).addPack(s.record, s.chunks);
+        addCounterDelta(batch, sealedPackDelta(s.record)); // stats counters, same batch (src/store/counters.ts)
+      }));
     } catch (err) {
       await batch?.close().catch(() => undefined);
       throw err;
@@ -220,7 +219,12 @@ export class PackWriter {
     this.onChunkGeneration(token);
     this.unindexed.delete(pack.id);
     this.sealedLog.push(pack.id);
-    this.cacheWindow?.sealed(path.join(this.packsDir, packFileName(pack.id)), sealedBytes!);
+    this.sealedCached(sealed);
+  }
+
+  /** Tells the page-cache window of a pack sealed and indexed under its final name. */
+  private sealedCached(sealed: SealedPack): void {
+    this.cacheWindow?.sealed(path.join(this.packsDir, packFileName(sealed.record.id)), sealed.record.bytes);
   }
 
   /** A pack that failed to seal: forget its chunks everywhere and remove the temp file. */
