@@ -2,13 +2,16 @@
  * `vnstore serve` on a format-3 store (issue 16): pushed images restore exactly through the server and
  * from the store, a consecutive snapshot sends only the pages the store lacks (dedup by number, the
  * exact index being the packs' TOCs), a group commits across connections, and a prepared snapshot
- * the server holds survives its restart.
+ * the server holds survives its restart. Restores of protocol version 2 are hashed by the client
+ * only (damage on disk is caught there), version 1's by the server too; on format-1 and format-2
+ * stores the server verifies for both.
  */
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Store } from '../src/store/store.js';
 import { expectedImageDigest, makePage, restoreToBuffer, tempDirs } from './helpers/engine.js';
-import { makeImage, PAGE, restoreRemote, startServer, type Running } from './helpers/server.js';
+import { makeImage, PAGE, restoreRemote, startServer, TEST_TOKEN, type Running } from './helpers/server.js';
 
 const tempDir = tempDirs();
 
@@ -62,6 +65,43 @@ describe('server on a format-3 store', () => {
       expect((await restoreRemote(c, r2.id)).equals(next)).toBe(true);
     }));
 
+  it('version 2 leaves the hash to the client (a damaged page is caught there); version 1 is checked by the server', async () =>
+    withServer(await numberedStore(), async (r) => {
+      const image = makeImage(300, 6);
+      const c = await r.connect();
+      const s = await c.beginSession({ vm: 'db', memoryBytes: image.length });
+      await s.writePages(0, image);
+      const rec = await s.commit();
+      const old = await r.connect(TEST_TOKEN, 1);
+      // Both versions restore exactly: v1 as DATA (every page's bytes), v2 as SPARSE_DATA.
+      expect((await restoreRemote(c, rec.id)).equals(image)).toBe(true);
+      expect((await restoreRemote(old, rec.id)).equals(image)).toBe(true);
+      // Damage one stored page (incompressible, so stored raw: its bytes are in the pack as they are).
+      const page = [...Array(300).keys()].find((p) => (p * 7 + 6) % 4 === 0)!;
+      const bytes = image.subarray(page * PAGE, (page + 1) * PAGE);
+      const packsDir = path.join(r.store.dir, 'packs');
+      let damaged = false;
+      for (const f of await readdir(packsDir, { recursive: true })) {
+        const file = path.join(packsDir, String(f));
+        if (!(await stat(file)).isFile()) continue;
+        const pack = await readFile(file);
+        const at = pack.indexOf(bytes);
+        if (at < 0) continue;
+        pack[at + 2000] ^= 0x40;
+        await writeFile(file, pack);
+        damaged = true;
+      }
+      expect(damaged).toBe(true);
+      await expect(restoreRemote(c, rec.id)).rejects.toMatchObject({
+        code: 'E_CORRUPT',
+        message: expect.stringMatching(new RegExp(`page ${page} does not match its digest`)),
+      });
+      await expect(restoreRemote(old, rec.id)).rejects.toMatchObject({
+        code: 'E_CORRUPT',
+        message: expect.stringMatching(new RegExp(`page ${page}\\) in pack .* is corrupt`)),
+      });
+    }));
+
   it('group commit across connections, and a held prepared snapshot across a server restart', async () => {
     const dir = await numberedStore();
     const images = [makeImage(40, 11), makeImage(50, 12), makeImage(30, 13)];
@@ -96,5 +136,27 @@ describe('server on a format-3 store', () => {
       expect((await restoreRemote(coordinator, rec.id)).equals(want)).toBe(true);
       expect((await coordinator.listSnapshots()).length).toBe(4);
     });
+  });
+});
+
+describe('server on a format-1 or format-2 store', () => {
+  it('both protocol versions restore exactly (the server verifies: its chunks are located by fingerprint)', async () => {
+    for (const format of [1, 2] as const) {
+      const dir = path.join(tempDir(`fmt${format}-server`), 'store');
+      await Store.init(dir, { format });
+      const r = await startServer(path.dirname(dir), {}, dir, { packTargetBytes: 256 * 1024 });
+      try {
+        expect(r.store.isNumbered).toBe(false);
+        const image = makeImage(700, format, 1234); // several SPARSE_DATA batches, a short last page
+        const c = await r.connect();
+        const s = await c.beginSession({ vm: 'vm', memoryBytes: image.length });
+        await s.writePages(0, image);
+        const rec = await s.commit();
+        expect((await restoreRemote(c, rec.id)).equals(image)).toBe(true);
+        expect((await restoreRemote(await r.connect(TEST_TOKEN, 1), rec.id)).equals(image)).toBe(true);
+      } finally {
+        await r.stop();
+      }
+    }
   });
 });

@@ -6,6 +6,7 @@ import {
   encodeMessageParts,
   FrameDecoder,
   FRAME_HEADER_BYTES,
+  DATA_DIGEST_PREFIX_BYTES,
   MAX_DATA_PAGES,
   MAX_FRAME_BYTES,
   MAX_OFFERS_PER_BATCH,
@@ -102,6 +103,17 @@ const message: fc.Arbitrary<Message> = fc.oneof(
       data: fc.uint8Array({ minLength: Math.max(0, n * PAGE - 4095), maxLength: n * PAGE }),
     }),
   ),
+  fc.array(fc.boolean(), { maxLength: 5 }).chain((isZero) => {
+    const k = isZero.filter((z) => !z).length;
+    return fc.record({
+      t: fc.constant('sparse-data' as const),
+      req: u32,
+      firstPage: u32,
+      zero: fc.constant(Uint8Array.from(isZero, Number)),
+      prefixes: fc.uint8Array({ minLength: k * DATA_DIGEST_PREFIX_BYTES, maxLength: k * DATA_DIGEST_PREFIX_BYTES }),
+      runs: fc.uint8Array({ minLength: Math.max(0, k * PAGE - 4095), maxLength: k * PAGE }).map((b) => [b]), // decoded: one run
+    });
+  }),
 );
 
 /** Plain values for comparison: typed arrays and Buffers as arrays of numbers. */
@@ -207,6 +219,54 @@ describe('protocol round trip', () => {
     expect(() => encodeMessage({ t: 'offer', req: 1, sid: 1, indices: new Uint32Array(o), digests: new Uint8Array(o * 32) })).toThrow(
       /limit/,
     );
+  });
+
+  it('SPARSE_DATA: runs go out as views however small, and join to one run; a bad zero map or count is refused', () => {
+    const zero = Uint8Array.of(0, 1, 0, 0, 1);
+    const pages = Buffer.alloc(3 * PAGE);
+    for (let i = 0; i < pages.length; i++) pages[i] = (i * 7 + (i >> 12)) & 0xff;
+    const runs = [pages.subarray(0, PAGE), pages.subarray(PAGE, 3 * PAGE - 100)]; // the image's short last page
+    const m: Message = {
+      t: 'sparse-data',
+      req: 9,
+      firstPage: 40,
+      zero,
+      prefixes: new Uint8Array(3 * DATA_DIGEST_PREFIX_BYTES).fill(3),
+      runs,
+    };
+    const parts = encodeMessageParts(m);
+    for (const run of runs)
+      expect(parts.some((p) => p.buffer === run.buffer && p.byteOffset === run.byteOffset && p.length === run.length)).toBe(true);
+    const [back] = decodeAll([Buffer.concat(parts)]);
+    expect(plain(back)).toEqual(plain({ ...m, runs: [pages.subarray(0, 3 * PAGE - 100)] }));
+    // Encoders and decoders agree on what is malformed: a zero-map byte past 1, digests or bytes
+    // that do not match the map's data pages, more pages than a frame holds.
+    const bad: Message[] = [
+      { ...m, zero: Uint8Array.of(0, 2, 0, 0, 1) },
+      { ...m, prefixes: new Uint8Array(2 * DATA_DIGEST_PREFIX_BYTES) },
+      { ...m, runs: [pages], zero: Uint8Array.of(0, 1, 0, 1, 1) },
+      { ...m, zero: new Uint8Array(MAX_DATA_PAGES + 1).fill(1), prefixes: new Uint8Array(0), runs: [] },
+    ];
+    for (const b of bad) expect(() => encodeMessage(b)).toThrow(ProtocolError);
+    // The same frames built by hand reach the decoder, which refuses them too.
+    const frame = (body: Buffer) => Buffer.concat([Buffer.from([0, 0, 0, 0, MSG.SPARSE_DATA]), body]);
+    const head = (n: number) => {
+      const h = Buffer.alloc(12);
+      h.writeUInt32BE(1, 0);
+      h.writeUInt32BE(0, 4);
+      h.writeUInt32BE(n, 8);
+      return h;
+    };
+    const frames = [
+      frame(Buffer.concat([head(2), Buffer.of(0, 7), Buffer.alloc(DATA_DIGEST_PREFIX_BYTES)])), // map byte 7
+      frame(Buffer.concat([head(1), Buffer.of(0), Buffer.alloc(DATA_DIGEST_PREFIX_BYTES), Buffer.alloc(PAGE + 1)])), // a byte past its page
+      frame(Buffer.concat([head(1), Buffer.of(1), Buffer.alloc(1)])), // bytes for a zero page
+      frame(head(MAX_DATA_PAGES + 1)),
+    ];
+    for (const f of frames) {
+      f.writeUInt32BE(f.length - 4, 0);
+      expect(() => decodeAll([f])).toThrow(ProtocolError);
+    }
   });
 
   it('version negotiation picks the highest common version or refuses with E_VERSION', () => {

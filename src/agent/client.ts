@@ -14,6 +14,7 @@ import type { MaxUnused } from '../maintenance/gc-plan.js';
 import type { CheckReport } from '../maintenance/check.js';
 import type { ForgetReport } from '../maintenance/forget.js';
 import { CorruptError, VnstoreError } from '../util/errors.js';
+import { DATA_DIGEST_PREFIX_BYTES, MAX_DATA_BYTES, MAX_DATA_PAGES } from '../protocol/limits.js';
 import type { Message } from '../protocol/messages.js';
 import { AgentConnection, resultJson, type ConnectOptions } from './connection.js';
 import { RemoteSession, type RemotePrepared } from './session.js';
@@ -119,8 +120,9 @@ export class AgentClient {
   }
 
   /**
-   * Streams snapshot `idOrPrefix` to `write` in order (the chunk is lent until `write` settles).
-   * Every page is checked against its digest as it arrives, and the digests against the record's
+   * Streams snapshot `idOrPrefix` to `write` in order, in chunks lent until `write` settles (and not
+   * to be changed: zero runs share one buffer). Every page is hashed here and checked against its
+   * digest (a version-2 server sends a prefix) as it arrives, and the digests against the record's
    * image digest at the end: a mismatch rejects with E_CORRUPT, so a caller writing a file must
    * publish it only once this resolves. Resolves to the record.
    */
@@ -130,27 +132,37 @@ export class AgentClient {
     let nextPage = 0;
     let chain: Promise<void> = Promise.resolve();
     let failure: Error | undefined;
+    // Zero runs of SPARSE_DATA batches are handed to `write` as views of this (lent like the rest).
+    let zeros: Uint8Array | undefined;
     const onFrame = (m: Message, release?: () => void) => {
-      if (m.t !== 'data') release?.();
+      if (m.t !== 'data' && m.t !== 'sparse-data') release?.();
       if (m.t === 'result' && !record) {
         record = JSON.parse(m.json) as SnapshotRecord;
         pages = new PageTable(record.pageCount);
         return;
       }
-      if (m.t !== 'data' || !record || !pages) {
+      if ((m.t !== 'data' && m.t !== 'sparse-data') || !record || !pages) {
         failure ??= new VnstoreError('E_PROTOCOL', `unexpected ${m.t.toUpperCase()} in a restore stream`);
         return;
       }
+      let parts: Uint8Array[];
       try {
-        verifyBatch(record, pages, nextPage, m.firstPage, m.digests, m.data);
-        nextPage += m.digests.length / DIGEST_BYTES;
+        if (m.t === 'data') {
+          verifyBatch(record, pages, nextPage, m.firstPage, m.digests, m.data);
+          nextPage += m.digests.length / DIGEST_BYTES;
+          parts = [m.data];
+        } else {
+          parts = verifySparseBatch(record, pages, nextPage, m, (zeros ??= new Uint8Array(MAX_DATA_BYTES)));
+          nextPage += m.zero.length;
+        }
       } catch (err) {
         failure ??= err as Error;
         return;
       }
-      const data = m.data;
-      chain = chain.then(() => (failure ? undefined : write(data)));
-      // The chunk is lent to `write` until it settles; then its frame's buffer is reused.
+      chain = chain.then(async () => {
+        for (const part of parts) if (!failure) await write(part);
+      });
+      // The parts are lent to `write` until it settles; then the frame's buffer is reused.
       chain.then(
         () => release?.(),
         () => undefined,
@@ -176,6 +188,69 @@ export class AgentClient {
 }
 
 const ZERO_DIGEST = new Uint8Array(DIGEST_BYTES);
+/** Page indices 0, 1, 2, ...: a SPARSE_DATA batch's data pages lie back to back. */
+const FIRST_PAGES = Uint32Array.from({ length: MAX_DATA_PAGES }, (_, k) => k);
+
+/**
+ * Checks one SPARSE_DATA batch: its place in the stream, its byte count, and each data page's bytes
+ * against its digest prefix; records every page's whole digest (as hashed here) for the image
+ * digest, which is the check that counts. Returns the batch's image bytes in order as parts to
+ * write: views of the frame's data runs, and of `zeros` for the zero runs. Hashed on the main
+ * thread: a thread-pool hash per batch cost this process more CPU than it freed (bench/RESULTS.md,
+ * issue 12, session 17).
+ */
+function verifySparseBatch(
+  record: SnapshotRecord,
+  pages: PageTable,
+  expectPage: number,
+  m: Extract<Message, { t: 'sparse-data' }>,
+  zeros: Uint8Array,
+): Uint8Array[] {
+  const { firstPage, zero, prefixes } = m;
+  const n = zero.length;
+  if (firstPage !== expectPage || firstPage + n > record.pageCount)
+    throw new CorruptError(`snapshot ${record.id}: restore batch at page ${firstPage}, expected page ${expectPage}`);
+  const data = m.runs.length === 1 ? m.runs[0] : Buffer.concat(m.runs);
+  const start = firstPage * PAGE_SIZE;
+  const end = Math.min(record.byteLength, (firstPage + n) * PAGE_SIZE);
+  const dataPages = prefixes.length / DATA_DIGEST_PREFIX_BYTES;
+  // Whole data pages, but for the image's last page when it is short and a data page.
+  const short = end - start < n * PAGE_SIZE && zero[n - 1] === 0 ? n * PAGE_SIZE - (end - start) : 0;
+  if (data.length !== dataPages * PAGE_SIZE - short)
+    throw new CorruptError(`snapshot ${record.id}: restore batch at page ${firstPage} has ${data.length} bytes of data pages`);
+  const whole = short === 0 ? data : Buffer.concat([data, Buffer.alloc(short)]);
+  const got = new Uint8Array(dataPages * DIGEST_BYTES);
+  hashPages(whole, FIRST_PAGES.subarray(0, dataPages), got);
+  const parts: Uint8Array[] = [];
+  for (let k = 0, j = 0; k < n;) {
+    const isZero = zero[k] === 1;
+    let e = k;
+    for (; e < n && (zero[e] === 1) === isZero; e++) {
+      if (isZero) {
+        pages.setZero(firstPage + e);
+        continue;
+      }
+      if (!prefixEqual(got, j * DIGEST_BYTES, prefixes, j * DATA_DIGEST_PREFIX_BYTES))
+        throw new CorruptError(`snapshot ${record.id}: page ${firstPage + e} does not match its digest`);
+      pages.setDigest(firstPage + e, got, j * DIGEST_BYTES);
+      j++;
+    }
+    const bytes = Math.min(end, start + e * PAGE_SIZE) - (start + k * PAGE_SIZE);
+    if (isZero) parts.push(zeros.subarray(0, bytes));
+    else {
+      const from = (j - (e - k)) * PAGE_SIZE;
+      parts.push(data.subarray(from, from + bytes));
+    }
+    k = e;
+  }
+  return parts;
+}
+
+/** Whether the digest at a[aOffset..] starts with the prefix at b[bOffset..] (DATA_DIGEST_PREFIX_BYTES). */
+function prefixEqual(a: Uint8Array, aOffset: number, b: Uint8Array, bOffset: number): boolean {
+  for (let k = 0; k < DATA_DIGEST_PREFIX_BYTES; k++) if (a[aOffset + k] !== b[bOffset + k]) return false;
+  return true;
+}
 
 /** Checks one DATA batch: its place in the stream and each page's bytes against its digest. */
 function verifyBatch(

@@ -23,6 +23,8 @@ export interface ConnectOptions {
   tlsCa?: Buffer;
   /** Give up connecting after this long (default 10 s). */
   connectTimeoutMs?: number;
+  /** The highest protocol version to offer (default: this build's); tests speak as older agents. */
+  maxVersion?: number;
 }
 
 type Reply = Extract<Message, { t: 'result' | 'missing' }>;
@@ -91,7 +93,9 @@ export class AgentConnection {
       });
     });
     socket.setNoDelay(true);
-    socket.write(encodeMessage({ t: 'hello', minVersion: MIN_PROTOCOL_VERSION, maxVersion: PROTOCOL_VERSION, token: opts.token }));
+    socket.write(
+      encodeMessage({ t: 'hello', minVersion: MIN_PROTOCOL_VERSION, maxVersion: opts.maxVersion ?? PROTOCOL_VERSION, token: opts.token }),
+    );
     const welcome = await new Promise<Extract<Message, { t: 'welcome' }>>((resolve, reject) => {
       const onFrames = (frames: RawFrame[]) => {
         if (frames.length === 0) return;

@@ -3,8 +3,14 @@ import { PAGE_SIZE, DIGEST_BYTES } from '../format/pages.js';
 
 /** Four bytes that open every HELLO: a peer that is not a vnstore agent is refused at once. */
 export const HELLO_MAGIC = 0x564e5350; // "VNSP"
-export const PROTOCOL_VERSION = 1;
+/**
+ * Version 2 restores with SPARSE_DATA frames (zero pages without bytes, digest prefixes, the client
+ * the only hasher); version 1 clients are still served DATA frames.
+ */
+export const PROTOCOL_VERSION = 2;
 export const MIN_PROTOCOL_VERSION = 1;
+/** The first version whose restores stream SPARSE_DATA frames. */
+export const SPARSE_RESTORE_VERSION = 2;
 
 /** Frame header: u32 length of what follows (type byte + body), then the type byte. */
 export const FRAME_HEADER_BYTES = 5;
@@ -21,6 +27,12 @@ export const MAX_OFFERS_PER_BATCH = 4096;
 export const MAX_ZERO_RANGES = 4096;
 /** Pages in one DATA frame of a restore: a restore window (1 MiB). */
 export const MAX_DATA_PAGES = 256;
+/**
+ * Bytes of each page digest in a SPARSE_DATA frame: a prefix the client compares with its own hash
+ * of the page, to name a bad page; the whole digests it computes make the image digest, which is
+ * the check that counts. 24 is what a format-3 pack's TOC keeps, so the server sends what it holds.
+ */
+export const DATA_DIGEST_PREFIX_BYTES = 24;
 /** Bytes of page data in one DATA frame of a restore. */
 export const MAX_DATA_BYTES = MAX_DATA_PAGES * PAGE_SIZE;
 /** Longest string field (names, tokens, messages, JSON arguments). */

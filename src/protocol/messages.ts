@@ -7,6 +7,7 @@ import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
 import { ProtocolError } from './errors.js';
 import { frameHeader, type RawFrame } from './frames.js';
 import {
+  DATA_DIGEST_PREFIX_BYTES,
   HELLO_MAGIC,
   MAX_DATA_PAGES,
   MAX_JSON_BYTES,
@@ -34,6 +35,7 @@ export const MSG = {
   ERROR: 67,
   DATA: 68,
   END: 69,
+  SPARSE_DATA: 70,
 } as const;
 
 export type Unwritten = 'parent' | 'zero' | 'error';
@@ -65,12 +67,21 @@ export type Message =
    * page); the image's last page may be short.
    */
   | { t: 'data'; req: number; firstPage: number; digests: Uint8Array; data: Uint8Array }
+  /**
+   * Restore (version 2): image pages `firstPage ..` in order; `zero[k]` is 1 for a zero page (no
+   * bytes, no digest), 0 for a data page; each data page's digest prefix (DATA_DIGEST_PREFIX_BYTES),
+   * then the data pages' bytes back to back, given as one or more runs (decoded: one run). The
+   * image's last page may be short.
+   */
+  | { t: 'sparse-data'; req: number; firstPage: number; zero: Uint8Array; prefixes: Uint8Array; runs: readonly Uint8Array[] }
   | { t: 'end'; req: number; json: string };
 
 // ------------------------------------------------------------------ encoding
 
 class Writer {
   private readonly parts: Buffer[] = [];
+  /** Parts written out as views whatever their size (page runs of a SPARSE_DATA frame). */
+  private readonly views = new Set<Buffer>();
   u8(v: number): this {
     this.parts.push(Buffer.of(v));
     return this;
@@ -106,6 +117,17 @@ class Writer {
     this.parts.push(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
     return this;
   }
+  /**
+   * Like bytes(), but always a view of the caller's memory, however small: a restore's runs of
+   * data pages are mostly a few pages long between zero pages, and copying them into the frame
+   * took a tenth of the server's main thread (bench/RESULTS.md, issue 12, session 17).
+   */
+  view(b: Uint8Array): this {
+    const v = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    this.parts.push(v);
+    this.views.add(v);
+    return this;
+  }
   u32s(a: Uint32Array): this {
     const b = Buffer.allocUnsafe(a.length * 4);
     for (let i = 0; i < a.length; i++) b.writeUInt32BE(a[i], i * 4);
@@ -122,7 +144,7 @@ class Writer {
     let bodyBytes = 0;
     for (const p of this.parts) {
       bodyBytes += p.length;
-      if (p.length < LARGE_PART_BYTES) small.push(p);
+      if (p.length < LARGE_PART_BYTES && !this.views.has(p)) small.push(p);
       else {
         out.push(Buffer.concat(small), p);
         small = [];
@@ -215,9 +237,31 @@ export function encodeMessageParts(m: Message): Buffer[] {
       checkDataLength(n, m.data.length);
       return w.u32(m.req).u32(m.firstPage).u32(n).bytes(m.digests).bytes(m.data).frame(MSG.DATA);
     }
+    case 'sparse-data': {
+      const n = m.zero.length;
+      checkCount(n, MAX_DATA_PAGES, 'data pages');
+      const dataPages = countDataPages(m.zero);
+      checkLength(m.prefixes.length, dataPages * DATA_DIGEST_PREFIX_BYTES, 'page digest prefixes');
+      let bytes = 0;
+      for (const run of m.runs) bytes += run.length;
+      checkDataLength(dataPages, bytes);
+      w.u32(m.req).u32(m.firstPage).u32(n).bytes(m.zero).bytes(m.prefixes);
+      for (const run of m.runs) w.view(run);
+      return w.frame(MSG.SPARSE_DATA);
+    }
     case 'end':
       return w.u32(m.req).str(m.json).frame(MSG.END);
   }
+}
+
+/** How many pages a SPARSE_DATA zero map names as data pages; a byte other than 0 or 1 is malformed. */
+function countDataPages(zero: Uint8Array): number {
+  let data = 0;
+  for (let k = 0; k < zero.length; k++) {
+    if (zero[k] > 1) throw new ProtocolError('E_MALFORMED', `SPARSE_DATA: zero map byte ${zero[k]} is neither 0 nor 1`);
+    data += 1 - zero[k];
+  }
+  return data;
 }
 
 /** Index k then digest k, for each k: the wire layout of OFFER and PAGES entries (36 bytes each). */
@@ -447,6 +491,19 @@ export function decodeMessage(frame: RawFrame): Message {
       const data = r.rest();
       checkDataLength(n, data.length);
       m = { t: 'data', req, firstPage, digests, data };
+      break;
+    }
+    case MSG.SPARSE_DATA: {
+      r = new Reader(b, 'SPARSE_DATA');
+      const req = r.u32();
+      const firstPage = r.u32();
+      const n = r.count(MAX_DATA_PAGES, 1, 'data pages');
+      const zero = r.bytes(n);
+      const dataPages = countDataPages(zero);
+      const prefixes = r.bytes(dataPages * DATA_DIGEST_PREFIX_BYTES);
+      const data = r.rest();
+      checkDataLength(dataPages, data.length);
+      m = { t: 'sparse-data', req, firstPage, zero, prefixes, runs: [data] };
       break;
     }
     case MSG.END:

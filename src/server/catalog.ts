@@ -2,8 +2,8 @@
  * Catalog calls (CALL) and the streaming restore (RESTORE) a server answers: thin over the Store
  * and the maintenance API, so `--server` commands print what the local ones print.
  */
-import { DIGEST_BYTES, PAGE_SIZE } from '../format/pages.js';
-import { MAX_DATA_PAGES } from '../protocol/limits.js';
+import { DIGEST_BYTES, PAGE_SIZE, PageKind } from '../format/pages.js';
+import { DATA_DIGEST_PREFIX_BYTES, MAX_DATA_PAGES } from '../protocol/limits.js';
 import { ProtocolError } from '../protocol/errors.js';
 import type { Store } from '../store/store.js';
 import type { SnapshotRecord } from '../store/db.js';
@@ -134,40 +134,84 @@ export async function runCall(store: Store, method: string, argsJson: string): P
   return JSON.stringify(await handler(store, args as Record<string, unknown>));
 }
 
+/** One batch of a restore stream: a DATA frame's fields, or a SPARSE_DATA frame's (protocol version 2). */
+export type DataBatch =
+  | { t: 'data'; firstPage: number; digests: Uint8Array; data: Uint8Array }
+  | { t: 'sparse-data'; firstPage: number; zero: Uint8Array; prefixes: Uint8Array; runs: Uint8Array[] };
+
 /** Where a restore's frames go. */
 export interface DataSink {
   /**
-   * Sends one batch; resolves once `data` and `digests` are no longer needed (written out, or the
-   * connection gone), which is also the backpressure: a slow reader holds the next batch back.
+   * Sends one batch; resolves once its bytes are no longer needed (written out, or the connection
+   * gone), which is also the backpressure: a slow reader holds the next batch back.
    */
-  send(firstPage: number, digests: Uint8Array, data: Uint8Array): Promise<void>;
+  send(batch: DataBatch): Promise<void>;
 }
 
 /**
- * Streams snapshot `record` as DATA batches of up to MAX_DATA_PAGES pages, each with its page
- * digests (zero pages as 32 zero bytes) so the client verifies every page and the image digest.
- * Each batch is sent from the window restore lends (whole pages from a page boundary, 256 pages on
- * this build): no copy into a batch buffer of its own, which took a sixth of a warm server's main
- * thread during a restore (bench/RESULTS.md, issue 12). The window is lent until its frames are
- * written, and restore decodes the next windows meanwhile.
+ * Streams snapshot `record` as batches of up to MAX_DATA_PAGES pages. Each batch is sent from the
+ * window restore lends (whole pages from a page boundary, 256 pages on this build): no copy into a
+ * batch buffer of its own, which took a sixth of a warm server's main thread during a restore
+ * (bench/RESULTS.md, issue 12). The window is lent until its frames are written, and restore
+ * decodes the next windows meanwhile.
+ *
+ * `sparse` (a version-2 client): SPARSE_DATA batches, which leave zero pages' bytes out and carry
+ * each data page's digest prefix; the client hashes every page and checks the image digest, so on
+ * format 3 the server does not hash at all (RestoreSink.readerVerifies). Otherwise DATA batches
+ * with every page's bytes and whole digest (32 zero bytes for a zero page), verified here first.
  */
-export async function streamRestore(store: Store, record: SnapshotRecord, out: DataSink): Promise<void> {
+export async function streamRestore(store: Store, record: SnapshotRecord, out: DataSink, sparse = false): Promise<void> {
   const batchBytes = MAX_DATA_PAGES * PAGE_SIZE;
   let firstPage = 0;
-  // `digests`: what restore computed from the verified pages (zero for a zero page).
-  const send = (data: Uint8Array, digests: Uint8Array): Promise<void> => {
+  // `digests`: the pages' digests (zero for a zero page), whole or (unverified) the TOC's prefix.
+  const send = (data: Uint8Array, digests: Uint8Array, kinds: Uint8Array): Promise<void> => {
     const n = Math.ceil(data.length / PAGE_SIZE);
-    const sent = out.send(firstPage, digests.subarray(0, n * DIGEST_BYTES), data);
+    const sent = out.send(
+      sparse
+        ? sparseBatch(firstPage, data, digests, kinds.subarray(0, n))
+        : { t: 'data', firstPage, digests: digests.subarray(0, n * DIGEST_BYTES), data },
+    );
     firstPage += n;
     return sent;
   };
   await restoreSnapshot(store, record, {
+    readerVerifies: sparse,
     // Every window but the image's last is whole pages, so each batch starts at a page boundary.
-    write: async (chunk, digests) => {
+    write: async (chunk, digests, kinds) => {
       const sends: Promise<void>[] = [];
-      for (let pos = 0; pos < chunk.length; pos += batchBytes)
-        sends.push(send(chunk.subarray(pos, Math.min(chunk.length, pos + batchBytes)), digests.subarray((pos / PAGE_SIZE) * DIGEST_BYTES)));
+      for (let pos = 0; pos < chunk.length; pos += batchBytes) {
+        const page = pos / PAGE_SIZE;
+        sends.push(
+          send(chunk.subarray(pos, Math.min(chunk.length, pos + batchBytes)), digests.subarray(page * DIGEST_BYTES), kinds.subarray(page)),
+        );
+      }
       await Promise.all(sends);
     },
   });
+}
+
+/** A SPARSE_DATA batch of `data`'s pages: the runs of data pages as views, zero pages named only. */
+function sparseBatch(firstPage: number, data: Uint8Array, digests: Uint8Array, kinds: Uint8Array): DataBatch {
+  const n = kinds.length;
+  const zero = new Uint8Array(n);
+  let dataPages = 0;
+  for (let k = 0; k < n; k++) {
+    if (kinds[k] === PageKind.Digest) dataPages++;
+    else zero[k] = 1;
+  }
+  const prefixes = new Uint8Array(dataPages * DATA_DIGEST_PREFIX_BYTES);
+  const runs: Uint8Array[] = [];
+  for (let k = 0, j = 0; k < n;) {
+    if (zero[k]) {
+      k++;
+      continue;
+    }
+    let end = k;
+    for (; end < n && !zero[end]; end++, j++) {
+      prefixes.set(digests.subarray(end * DIGEST_BYTES, end * DIGEST_BYTES + DATA_DIGEST_PREFIX_BYTES), j * DATA_DIGEST_PREFIX_BYTES);
+    }
+    runs.push(data.subarray(k * PAGE_SIZE, Math.min(data.length, end * PAGE_SIZE)));
+    k = end;
+  }
+  return { t: 'sparse-data', firstPage, zero, prefixes, runs };
 }

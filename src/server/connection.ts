@@ -10,9 +10,9 @@ import { decodeMessage, encodeMessageParts, MSG, type Message } from '../protoco
 import { FrameDecoder, writeFrame, type RawFrame } from '../protocol/frames.js';
 import { ProtocolError, wireCodeOf } from '../protocol/errors.js';
 import { negotiateVersion } from '../protocol/version.js';
-import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH } from '../protocol/limits.js';
+import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH, SPARSE_RESTORE_VERSION } from '../protocol/limits.js';
 import { RemoteSessionState } from './sessions.js';
-import { runCall, streamRestore } from './catalog.js';
+import { runCall, streamRestore, type DataBatch } from './catalog.js';
 import { tokensMatch } from './token.js';
 import { adoptAccepted } from '../protocol/socket-reader.js';
 import type { VnServer } from './server.js';
@@ -38,6 +38,8 @@ export class Connection {
   private readonly decoder: FrameDecoder;
   readonly socket: Socket;
   private authed = false;
+  /** The protocol version agreed in HELLO (0 until then). */
+  private version = 0;
   private chain: Promise<void> = Promise.resolve();
   private waiting = 0;
   private closed = false;
@@ -118,6 +120,7 @@ export class Connection {
       throw this.fatal(new ProtocolError('E_AUTH', "access token refused (vnstore token prints the store's token)"));
     }
     this.authed = true;
+    this.version = version;
     this.send({
       t: 'welcome',
       version,
@@ -288,15 +291,16 @@ export class Connection {
     const store = this.server.store;
     const record = await store.resolveSnapshot(id);
     this.result(req, record);
-    await streamRestore(store, record, {
+    const sink = {
       // Settles when the socket has written the frame (or failed): the buffers are then free again.
-      send: (firstPage, digests, data) =>
+      send: (batch: DataBatch) =>
         new Promise<void>((resolve) => {
           if (this.closed)
             resolve(); // nothing is written any more
-          else this.send({ t: 'data', req, firstPage, digests, data }, () => resolve());
+          else this.send({ ...batch, req }, () => resolve());
         }),
-    });
+    };
+    await streamRestore(store, record, sink, this.version >= SPARSE_RESTORE_VERSION);
     this.send({ t: 'end', req, json: '{}' });
   }
 

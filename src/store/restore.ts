@@ -25,7 +25,15 @@ export interface RestoreSink {
    * as computed from its verified bytes (32 B a page, zero for a zero page): what a stream that sends
    * digests sends (a format-3 TOC keeps only 24 bytes of each).
    */
-  write(chunk: Uint8Array, digests: Uint8Array): Promise<void> | void;
+  write(chunk: Uint8Array, digests: Uint8Array, kinds: Uint8Array): Promise<void> | void;
+  /**
+   * The reader hashes every page itself and checks the image digest (a streaming restore to a client
+   * that verifies: protocol version 2). On format 3 the page workers then only read and decode, and
+   * `digests` holds the TOC's 24-byte prefix of each page (the rest zero): one hash per page, at the
+   * end that needs the bytes right, instead of one at each end. Formats 1/2 verify regardless (their
+   * chunks are located by fingerprint hints, which only the hash confirms).
+   */
+  readerVerifies?: boolean;
   /**
    * Optional, for seekable outputs (a new file): write `chunk` at `position`. When present, runs of
    * zero pages are not written at all (the file gets holes, which read back as zeros) and `setLength`
@@ -68,7 +76,9 @@ export async function restoreSnapshot(
   if (expected !== record.imageDigest || (!numbered && imageDigest(pages, header.byteLength).toString('hex') !== expected)) {
     throw new CorruptError(`snapshot ${record.id}: manifest does not match its image digest`);
   }
-  const decoded = numbered && new PageTable(pages.pageCount);
+  // Unverified here (the reader verifies): no whole digests to check the image digest with.
+  const unverified = numbered !== undefined && sink.readerVerifies === true;
+  const decoded = numbered && !unverified && new PageTable(pages.pageCount);
   if (decoded) decoded.kinds.set(pages.kinds.subarray(0, pages.pageCount));
   const windows: { pages: number; out: Promise<WindowResult> }[] = [];
   let done = 0;
@@ -80,7 +90,7 @@ export async function restoreSnapshot(
       const output = direct
         ? { path: sink.filePath!, name: sink.name ?? sink.filePath!, position: first * PAGE_SIZE, limit: total }
         : undefined;
-      const w = restoreWindow(store, record.id, pages, first, n, output, chunkNumbers);
+      const w = restoreWindow(store, record.id, pages, first, n, output, chunkNumbers, unverified);
       w.catch(() => undefined); // surfaced when awaited, in order
       windows.push({ pages: n, out: w });
       first += n;
@@ -94,7 +104,7 @@ export async function restoreSnapshot(
       // Not written by a worker (no file output, or a page needed the main thread's retry path).
       const bytes = out.subarray(0, windowBytes);
       if (sink.writeAt) await writeNonZeroRuns(sink.writeAt.bind(sink), pages, windowFirst, bytes, done);
-      else await sink.write(bytes, actual);
+      else await sink.write(bytes, actual, pages.kinds.subarray(windowFirst, windowFirst + next.pages));
       store.slabs.give(out); // written: the slab (if it is one) can take the next window
     }
     done += windowBytes;
@@ -182,14 +192,15 @@ async function restoreWindow(
   n: number,
   output?: WindowOutput,
   chunkNumbers?: ChunkNumbers,
+  unverified = false,
 ): Promise<WindowResult> {
   try {
-    return await restoreWindowOnce(store, snapshotId, pages, first, n, false, output, chunkNumbers);
+    return await restoreWindowOnce(store, snapshotId, pages, first, n, false, output, chunkNumbers, unverified);
   } catch (err) {
     // gc may have moved chunks and deleted their old pack after we located them: locate again,
     // exactly, and retry once before calling it corruption.
     if (!(err instanceof PackReadError)) throw err;
-    return restoreWindowOnce(store, snapshotId, pages, first, n, true, output, chunkNumbers);
+    return restoreWindowOnce(store, snapshotId, pages, first, n, true, output, chunkNumbers, unverified);
   }
 }
 
@@ -204,6 +215,7 @@ async function restoreWindowOnce(
   exactOnly: boolean,
   output?: WindowOutput,
   chunkNumbers?: ChunkNumbers,
+  unverified = false,
 ): Promise<WindowResult> {
   const slots: number[] = [];
   for (let i = 0; i < n; i++) if (pages.kinds[first + i] === PageKind.Digest) slots.push(i);
@@ -294,6 +306,8 @@ async function restoreWindowOnce(
     digests,
     // Format 3 (located by number): compare the TOC's 24-byte prefix.
     digestBytes: chunkNumbers ? TOC_DIGEST_BYTES : undefined,
+    // Only where the location is exact (by number): a fingerprint hint needs the hash to confirm it.
+    verify: !(chunkNumbers && unverified),
     output,
     window: output ? undefined : store.slabs.take(n * PAGE_SIZE),
   });

@@ -12,7 +12,8 @@ export interface Running {
   store: Store;
   server: VnServer;
   address: string;
-  connect(token?: string): Promise<AgentClient>;
+  /** `maxVersion`: speak as an agent of that protocol version at most. */
+  connect(token?: string, maxVersion?: number): Promise<AgentClient>;
   stop(): Promise<void>;
 }
 
@@ -33,8 +34,8 @@ export async function startServer(
     store,
     server,
     address,
-    async connect(token = TEST_TOKEN) {
-      const c = await AgentClient.connect({ server: address, token });
+    async connect(token = TEST_TOKEN, maxVersion?: number) {
+      const c = await AgentClient.connect({ server: address, token, maxVersion });
       clients.push(c);
       return c;
     },
