@@ -73,6 +73,25 @@ describe('vnstore serve / token / agent', () => {
       const rest = await runCli(['agent', 'restore', '--server', srv.address, '--token-file', tokenFile, second.id, '-o', out]);
       expect(rest.code).toBe(0);
       expect(readFileSync(out).equals(next)).toBe(true);
+      // A quarter of the pages are zero (single pages): left as holes, unless --no-sparse.
+      const sparseOut = statSync(out);
+      expect(sparseOut.blocks * 512).toBeLessThanOrEqual(next.length - 140 * PAGE);
+      const dense = path.join(root, 'dense.mem');
+      const restDense = await runCli([
+        'agent',
+        'restore',
+        '--server',
+        srv.address,
+        '--token-file',
+        tokenFile,
+        second.id,
+        '--no-sparse',
+        '-o',
+        dense,
+      ]);
+      expect(restDense.code).toBe(0);
+      expect(readFileSync(dense).equals(next)).toBe(true);
+      expect(statSync(dense).blocks * 512).toBeGreaterThanOrEqual(next.length);
       const rest1 = await runCli(['agent', 'restore', '--server', srv.address, '--token-file', tokenFile, first.id]);
       expect(rest1.stdout.equals(image)).toBe(true);
       // Without the token: one line, exit 15.

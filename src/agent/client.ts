@@ -121,12 +121,13 @@ export class AgentClient {
 
   /**
    * Streams snapshot `idOrPrefix` to `write` in order, in chunks lent until `write` settles (and not
-   * to be changed: zero runs share one buffer). Every page is hashed here and checked against its
+   * to be changed: zero runs share one buffer); `zero` is true for a run of zero pages (from a
+   * version-2 server), which a file writer may leave as a hole. Every page is hashed here and checked against its
    * digest (a version-2 server sends a prefix) as it arrives, and the digests against the record's
    * image digest at the end: a mismatch rejects with E_CORRUPT, so a caller writing a file must
    * publish it only once this resolves. Resolves to the record.
    */
-  async restore(idOrPrefix: string, write: (chunk: Uint8Array) => Promise<void> | void): Promise<SnapshotRecord> {
+  async restore(idOrPrefix: string, write: (chunk: Uint8Array, zero: boolean) => Promise<void> | void): Promise<SnapshotRecord> {
     let record: SnapshotRecord | undefined;
     let pages: PageTable | undefined;
     let nextPage = 0;
@@ -145,12 +146,12 @@ export class AgentClient {
         failure ??= new VnstoreError('E_PROTOCOL', `unexpected ${m.t.toUpperCase()} in a restore stream`);
         return;
       }
-      let parts: Uint8Array[];
+      let parts: RestoredPart[];
       try {
         if (m.t === 'data') {
           verifyBatch(record, pages, nextPage, m.firstPage, m.digests, m.data);
           nextPage += m.digests.length / DIGEST_BYTES;
-          parts = [m.data];
+          parts = [{ bytes: m.data, zero: false }];
         } else {
           parts = verifySparseBatch(record, pages, nextPage, m, (zeros ??= new Uint8Array(MAX_DATA_BYTES)));
           nextPage += m.zero.length;
@@ -160,7 +161,7 @@ export class AgentClient {
         return;
       }
       chain = chain.then(async () => {
-        for (const part of parts) if (!failure) await write(part);
+        for (const part of parts) if (!failure) await write(part.bytes, part.zero);
       });
       // The parts are lent to `write` until it settles; then the frame's buffer is reused.
       chain.then(
@@ -188,6 +189,8 @@ export class AgentClient {
 }
 
 const ZERO_DIGEST = new Uint8Array(DIGEST_BYTES);
+/** A restored run of the image, and whether it is a run of zero pages. */
+type RestoredPart = { bytes: Uint8Array; zero: boolean };
 /** Page indices 0, 1, 2, ...: a SPARSE_DATA batch's data pages lie back to back. */
 const FIRST_PAGES = Uint32Array.from({ length: MAX_DATA_PAGES }, (_, k) => k);
 
@@ -205,7 +208,7 @@ function verifySparseBatch(
   expectPage: number,
   m: Extract<Message, { t: 'sparse-data' }>,
   zeros: Uint8Array,
-): Uint8Array[] {
+): RestoredPart[] {
   const { firstPage, zero, prefixes } = m;
   const n = zero.length;
   if (firstPage !== expectPage || firstPage + n > record.pageCount)
@@ -221,7 +224,7 @@ function verifySparseBatch(
   const whole = short === 0 ? data : Buffer.concat([data, Buffer.alloc(short)]);
   const got = new Uint8Array(dataPages * DIGEST_BYTES);
   hashPages(whole, FIRST_PAGES.subarray(0, dataPages), got);
-  const parts: Uint8Array[] = [];
+  const parts: RestoredPart[] = [];
   for (let k = 0, j = 0; k < n;) {
     const isZero = zero[k] === 1;
     let e = k;
@@ -236,10 +239,10 @@ function verifySparseBatch(
       j++;
     }
     const bytes = Math.min(end, start + e * PAGE_SIZE) - (start + k * PAGE_SIZE);
-    if (isZero) parts.push(zeros.subarray(0, bytes));
+    if (isZero) parts.push({ bytes: zeros.subarray(0, bytes), zero: true });
     else {
       const from = (j - (e - k)) * PAGE_SIZE;
-      parts.push(data.subarray(from, from + bytes));
+      parts.push({ bytes: data.subarray(from, from + bytes), zero: false });
     }
     k = e;
   }

@@ -50,7 +50,8 @@ export function registerAgent(program: Command): void {
       .command('restore')
       .description('write a snapshot back through the server, verifying every page digest and the image digest here')
       .argument('<id>', 'snapshot id (or a unique prefix of at least 4 hex digits)')
-      .option('-o, --output <file>', 'write to FILE (via a temp file renamed into place only when fully verified); default: stdout'),
+      .option('-o, --output <file>', 'write to FILE (via a temp file renamed into place only when fully verified); default: stdout')
+      .option('--no-sparse', 'with -o: write zero pages out instead of leaving holes (holes read back as zeros)'),
     true,
   ).action(action(restore));
   registerAgentServe(agent);
@@ -212,13 +213,17 @@ export async function readDirtyList(file: string): Promise<number[]> {
   return [...pages].sort((x, y) => x - y);
 }
 
-async function restore(id: string, opts: RemoteOptions & { output?: string }): Promise<void> {
+async function restore(id: string, opts: RemoteOptions & { output?: string; sparse?: boolean }): Promise<void> {
   const server = requireServer(opts);
-  await withRemote(opts, server, (client) => restoreThrough(client, id, opts.output));
+  await withRemote(opts, server, (client) => restoreThrough(client, id, opts.output, opts.sparse !== false));
 }
 
-/** Restores through a server to FILE (temp file renamed once verified) or to standard output. */
-export async function restoreThrough(client: AgentClient, id: string, output: string | undefined): Promise<void> {
+/**
+ * Restores through a server to FILE (temp file renamed once verified) or to standard output. With
+ * `sparse` (the default), runs of zero pages the server names as such are left as holes in FILE,
+ * as a local `restore -o` does.
+ */
+export async function restoreThrough(client: AgentClient, id: string, output: string | undefined, sparse = true): Promise<void> {
   if (!output) {
     if (process.stdout.isTTY) throw usage('refusing to write a memory image to a terminal; use -o FILE or a pipe');
     await client.restore(
@@ -231,5 +236,12 @@ export async function restoreThrough(client: AgentClient, id: string, output: st
     return;
   }
   const out = await checkOutputPath(output);
-  await writeOutputFile(out, (fh) => client.restore(id, (b) => writeFully(fh, b)).then(() => undefined));
+  await writeOutputFile(out, async (fh) => {
+    let position = 0;
+    const record = await client.restore(id, async (b, zero) => {
+      if (!(zero && sparse)) await writeFully(fh, b, position);
+      position += b.length;
+    });
+    await fh.truncate(record.byteLength); // a trailing hole still makes the file its full length
+  });
 }

@@ -63,7 +63,7 @@ Examples:
           if (opts.json) throw usage('--json goes with --group');
           if (server) {
             // Through the server: every page and the image digest are verified here (vnstore agent restore).
-            await withRemote(opts, server, (client) => restoreThrough(client, id, opts.output));
+            await withRemote(opts, server, (client) => restoreThrough(client, id, opts.output, opts.sparse !== false));
             return;
           }
           await withStore(
