@@ -80,8 +80,8 @@ export type Message =
 
 class Writer {
   private readonly parts: Buffer[] = [];
-  /** Parts written out as views whatever their size (page runs of a SPARSE_DATA frame). */
-  private readonly views = new Set<Buffer>();
+  /** Parts written out as views whatever their size (page runs of a SPARSE_DATA frame); made when first needed. */
+  private views: Set<Buffer> | undefined;
   u8(v: number): this {
     this.parts.push(Buffer.of(v));
     return this;
@@ -125,7 +125,7 @@ class Writer {
   view(b: Uint8Array): this {
     const v = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
     this.parts.push(v);
-    this.views.add(v);
+    (this.views ??= new Set()).add(v);
     return this;
   }
   u32s(a: Uint32Array): this {
@@ -144,7 +144,7 @@ class Writer {
     let bodyBytes = 0;
     for (const p of this.parts) {
       bodyBytes += p.length;
-      if (p.length < LARGE_PART_BYTES && !this.views.has(p)) small.push(p);
+      if (p.length < LARGE_PART_BYTES && !this.views?.has(p)) small.push(p);
       else {
         out.push(Buffer.concat(small), p);
         small = [];
