@@ -336,7 +336,7 @@ async function restoreWindowOnce(
       }
     }
     throw new CorruptError(
-      `snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) in pack ${packFileName(prev.pack)} is corrupt (digest mismatch); ${FIND_DAMAGE_ADVICE}`,
+      `snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) in pack ${packFileName(prev.pack)} is corrupt (${unverified && chunkNumbers ? 'it does not decode' : 'digest mismatch'}); ${FIND_DAMAGE_ADVICE}`,
     );
   }
   return { out: result.out, actual: result.actual! };
