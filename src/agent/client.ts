@@ -233,7 +233,7 @@ function verifySparseBatch(
         pages.setZero(firstPage + e);
         continue;
       }
-      if (!prefixEqual(got, j * DIGEST_BYTES, prefixes, j * DATA_DIGEST_PREFIX_BYTES))
+      if (!digestsEqual(got, j * DIGEST_BYTES, prefixes, j * DATA_DIGEST_PREFIX_BYTES, DATA_DIGEST_PREFIX_BYTES))
         throw new CorruptError(`snapshot ${record.id}: page ${firstPage + e} does not match its digest`);
       pages.setDigest(firstPage + e, got, j * DIGEST_BYTES);
       j++;
@@ -247,12 +247,6 @@ function verifySparseBatch(
     k = e;
   }
   return parts;
-}
-
-/** Whether the digest at a[aOffset..] starts with the prefix at b[bOffset..] (DATA_DIGEST_PREFIX_BYTES). */
-function prefixEqual(a: Uint8Array, aOffset: number, b: Uint8Array, bOffset: number): boolean {
-  for (let k = 0; k < DATA_DIGEST_PREFIX_BYTES; k++) if (a[aOffset + k] !== b[bOffset + k]) return false;
-  return true;
 }
 
 /** Checks one DATA batch: its place in the stream and each page's bytes against its digest. */

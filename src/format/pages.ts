@@ -8,9 +8,12 @@ export enum PageKind {
   Digest = 2,
 }
 
-/** Whether the 32-byte digests at a[aOffset..] and b[bOffset..] are equal (in place, no views). */
-export function digestsEqual(a: Uint8Array, aOffset: number, b: Uint8Array, bOffset: number): boolean {
-  for (let k = 0; k < DIGEST_BYTES; k++) if (a[aOffset + k] !== b[bOffset + k]) return false;
+/**
+ * Whether the 32-byte digests at a[aOffset..] and b[bOffset..] are equal (in place, no views), or
+ * their first `bytes` bytes (a digest prefix, as a restore's SPARSE_DATA frame carries).
+ */
+export function digestsEqual(a: Uint8Array, aOffset: number, b: Uint8Array, bOffset: number, bytes = DIGEST_BYTES): boolean {
+  for (let k = 0; k < bytes; k++) if (a[aOffset + k] !== b[bOffset + k]) return false;
   return true;
 }
 

@@ -1,7 +1,8 @@
 /**
  * Restore: manifest → chunk locations (format 3: by number, exactly; formats 1/2: the in-memory
  * table, the exact index when ambiguous) → pack reads sorted by (pack, offset) and coalesced →
- * decode + BLAKE3 verify in the page workers → bytes in page order. Every chunk is verified; nothing unverified is ever handed to the sink.
+ * decode + BLAKE3 verify in the page workers → bytes in page order. Every chunk is verified before
+ * the sink gets it, unless the sink verifies every page itself (RestoreSink.readerVerifies, format 3).
  */
 import { packFileName } from '../format/pack.js';
 import { TOC_DIGEST_BYTES } from '../format/pack-v3.js';
@@ -215,6 +216,7 @@ async function restoreWindowOnce(
   exactOnly: boolean,
   output?: WindowOutput,
   chunkNumbers?: ChunkNumbers,
+  /** Decode only (the reader verifies): only with chunkNumbers, whose locations are exact. */
   unverified = false,
 ): Promise<WindowResult> {
   const slots: number[] = [];
@@ -306,8 +308,7 @@ async function restoreWindowOnce(
     digests,
     // Format 3 (located by number): compare the TOC's 24-byte prefix.
     digestBytes: chunkNumbers ? TOC_DIGEST_BYTES : undefined,
-    // Only where the location is exact (by number): a fingerprint hint needs the hash to confirm it.
-    verify: !(chunkNumbers && unverified),
+    verify: !unverified,
     output,
     window: output ? undefined : store.slabs.take(n * PAGE_SIZE),
   });
@@ -336,7 +337,7 @@ async function restoreWindowOnce(
       }
     }
     throw new CorruptError(
-      `snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) in pack ${packFileName(prev.pack)} is corrupt (${unverified && chunkNumbers ? 'it does not decode' : 'digest mismatch'}); ${FIND_DAMAGE_ADVICE}`,
+      `snapshot ${snapshotId}: chunk ${hex(digestOf(slots[k]))} (page ${first + slots[k]}) in pack ${packFileName(prev.pack)} is corrupt (${unverified ? 'it does not decode' : 'digest mismatch'}); ${FIND_DAMAGE_ADVICE}`,
     );
   }
   return { out: result.out, actual: result.actual! };
