@@ -174,7 +174,7 @@ const hashStatus = pageHasherStatus();
 if (hashStatus.native) {
   const all = Uint32Array.from({ length: NPAGES }, (_, i) => i);
   const digestsOut = new Uint8Array(NPAGES * 32);
-  measure(`hashPages (native ${hashStatus.simd}, 8 pages per SIMD pass), one call for all pages`, NPAGES, () => {
+  measure(`hashPages (native ${hashStatus.simd} kernel), one call for all pages`, NPAGES, () => {
     hashPages(pages, all, digestsOut);
     sink ^= digestsOut[0];
   });

@@ -4,7 +4,8 @@
  * Why this exists (bench/RESULTS.md, "BLAKE3 per page"): hashing is the one cost every ingested and
  * restored page pays. Through @napi-rs/blake-hash a page costs one N-API call and a fresh Buffer, and
  * the hasher inside can only fill four SIMD lanes (a page is four BLAKE3 chunks). Here one call hashes
- * a whole list of pages, eight side by side in AVX2 lanes (blake3_x8.h), into caller-owned memory.
+ * a whole list of pages, eight side by side in AVX2 lanes (blake3_x8.h) or sixteen in AVX-512 ones
+ * (blake3_x16.h), into caller-owned memory.
  *
  * Written from the BLAKE3 specification for exactly one input size (4096 bytes, hash mode, 32-byte
  * output); it is not a general BLAKE3. Tests compare it with @napi-rs/blake-hash on random and edge
@@ -58,7 +59,9 @@ static const uint8_t MSG_SCHEDULE[7][16] = {
     {11, 15, 5, 0, 1, 9, 8, 6, 14, 10, 2, 12, 3, 4, 7, 13},
 };
 
-typedef void (*hash8_fn)(const uint8_t *const page[8], uint8_t *const out[8]);
+/* A kernel hashes LANES pages side by side: page[l] (4096 bytes) -> out[l] (32 bytes). */
+typedef void (*hash_lanes_fn)(const uint8_t *const page[], uint8_t *const out[]);
+#define MAX_LANES 16
 
 #ifdef HAVE_X86_KERNELS
 /* AVX2 variant: rotations by 12 and 7 as two shifts and an or. */
@@ -83,16 +86,29 @@ typedef void (*hash8_fn)(const uint8_t *const page[8], uint8_t *const out[8]);
 #undef KTARGET
 #undef KSUFFIX
 
-static hash8_fn pick_kernel(const char **name) {
+/* AVX-512F variant: sixteen pages in 512-bit lanes. */
+#include "blake3_x16.h"
+
+/* The widest kernel the CPU runs, unless $VNSTORE_HASH_SIMD (a test and bench hook) names a
+ * narrower one: "avx2" or "avx512vl" (the 8-lane kernels). */
+static hash_lanes_fn pick_kernel(const char **name, size_t *lanes) {
   __builtin_cpu_init();
-  const char *force = getenv("VNSTORE_HASH_SIMD"); /* test/bench hook: "avx2" pins the AVX2 kernel */
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      !(force != NULL && strcmp(force, "avx2") == 0)) {
+  const char *force = getenv("VNSTORE_HASH_SIMD");
+  const int want_avx2 = force != NULL && strcmp(force, "avx2") == 0;
+  const int want_avx512vl = force != NULL && strcmp(force, "avx512vl") == 0;
+  if (__builtin_cpu_supports("avx512f") && !want_avx2 && !want_avx512vl) {
+    *name = "avx512";
+    *lanes = 16;
+    return hash16_pages;
+  }
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && !want_avx2) {
     *name = "avx512vl";
+    *lanes = 8;
     return hash8_pages_avx512vl;
   }
   if (__builtin_cpu_supports("avx2")) {
     *name = "avx2";
+    *lanes = 8;
     return hash8_pages_avx2;
   }
   *name = "";
@@ -101,31 +117,35 @@ static hash8_fn pick_kernel(const char **name) {
 #else
 /* Other architectures: no kernel; the module still loads, reports simd = "" and hash.ts keeps
  * using @napi-rs/blake-hash (and the page codec, built in the same node-gyp run, is unaffected). */
-static hash8_fn pick_kernel(const char **name) {
+static hash_lanes_fn pick_kernel(const char **name, size_t *lanes) {
   *name = "";
+  *lanes = 0;
   return NULL;
 }
 #endif
 
-static hash8_fn g_kernel;
+static hash_lanes_fn g_kernel;
+static size_t g_lanes;
 static const char *g_kernel_name = "";
 static pthread_once_t g_kernel_once = PTHREAD_ONCE_INIT;
 
-static void init_kernel(void) { g_kernel = pick_kernel(&g_kernel_name); }
+static void init_kernel(void) { g_kernel = pick_kernel(&g_kernel_name, &g_lanes); }
 
 /* Hashes pages[0..n) of src into out at each page's index (caller validated every index). */
 static void hash_listed(const uint8_t *src, const uint32_t *pages, size_t n, uint8_t *out) {
-  uint8_t discard[8][DIGEST_BYTES];
-  for (size_t k = 0; k < n; k += 8) {
-    const uint8_t *in[8];
-    uint8_t *dst[8];
-    for (size_t l = 0; l < 8; l++) {
+  uint8_t discard[MAX_LANES][DIGEST_BYTES];
+  const size_t lanes = g_lanes;
+  for (size_t k = 0; k < n; k += lanes) {
+    const uint8_t *in[MAX_LANES];
+    uint8_t *dst[MAX_LANES];
+    const uint8_t *const first = src + (size_t)pages[k] * PAGE_SIZE;
+    for (size_t l = 0; l < lanes; l++) {
       /* A short last group repeats its first page in the idle lanes and throws those digests away. */
       if (k + l < n) {
         in[l] = src + (size_t)pages[k + l] * PAGE_SIZE;
         dst[l] = out + (size_t)pages[k + l] * DIGEST_BYTES;
       } else {
-        in[l] = in[0];
+        in[l] = first;
         dst[l] = discard[l];
       }
     }

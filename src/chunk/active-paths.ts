@@ -16,9 +16,9 @@ export type AddonState = 'loaded' | 'failed' | 'disabled';
 
 export interface ActivePaths {
   hashing: {
-    /** 'native-simd': native/src/blake3_pages.c, eight pages per SIMD pass; 'napi-rs': one call per page. */
+    /** 'native-simd': native/src/blake3_pages.c, eight or sixteen pages per SIMD pass; 'napi-rs': one call per page. */
     path: 'native-simd' | 'napi-rs';
-    /** The SIMD kernel ('avx512vl' or 'avx2') on the native path. */
+    /** The SIMD kernel ('avx512', 'avx512vl' or 'avx2') on the native path. */
     kernel?: string;
     addon: AddonState;
     addonAbi: number;

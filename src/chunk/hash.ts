@@ -23,10 +23,10 @@ function loadBlake3(): typeof BlakeHash {
 
 const { blake3, Blake3Hasher } = loadBlake3();
 
-/** native/src/blake3_pages.c, ABI 3: BLAKE3 of whole pages, eight per SIMD pass. */
+/** native/src/blake3_pages.c, ABI 3: BLAKE3 of whole pages, eight or sixteen per SIMD pass. */
 interface HashBinding {
   readonly abi: number;
-  /** "avx512vl", "avx2", or "" when the CPU has no kernel. */
+  /** "avx512" (16 lanes), "avx512vl" or "avx2" (8 lanes), or "" when the CPU has no kernel. */
   readonly simd: string;
   hashPages(src: Uint8Array, pages: Uint32Array, out: Uint8Array): void;
   scanPagesAsync(src: Uint8Array, count: number, zero: Uint8Array, out: Uint8Array): Promise<number>;

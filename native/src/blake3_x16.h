@@ -1,0 +1,154 @@
+/*
+ * BLAKE3-256 of whole 4 KiB pages, sixteen pages at a time, one 32-bit lane of a 512-bit register
+ * per page (AVX-512F). The same scheme as blake3_x8.h (chunk c of every page compressed in lane
+ * order, then the two parent levels across lanes in place); only the width and the transposes
+ * differ. Every rotation is one vprord.
+ *
+ * Why a second width: on a core with full-width 512-bit units (AMD Zen 5 here), one instruction
+ * does the work of two 256-bit ones, and the transposes per page are no dearer; on a core that
+ * splits 512-bit operations in two it is no slower than the 8-lane kernel (bench/RESULTS.md, issue
+ * 12, session 18).
+ *
+ * Included by blake3_pages.c once, inside its x86 section; uses its BLAKE3 constants.
+ */
+
+#define X16_ATTR __attribute__((target("avx512f")))
+
+#define ADD16(a, b) _mm512_add_epi32((a), (b))
+#define XOR16(a, b) _mm512_xor_si512((a), (b))
+#define ROR16(x, n) _mm512_ror_epi32((x), (n))
+
+#define G16(a, b, c, d, mx, my)            \
+  do {                                     \
+    v[a] = ADD16(ADD16(v[a], v[b]), (mx)); \
+    v[d] = ROR16(XOR16(v[d], v[a]), 16);   \
+    v[c] = ADD16(v[c], v[d]);              \
+    v[b] = ROR16(XOR16(v[b], v[c]), 12);   \
+    v[a] = ADD16(ADD16(v[a], v[b]), (my)); \
+    v[d] = ROR16(XOR16(v[d], v[a]), 8);    \
+    v[c] = ADD16(v[c], v[d]);              \
+    v[b] = ROR16(XOR16(v[b], v[c]), 7);    \
+  } while (0)
+
+#define ROUND16(r)                           \
+  do {                                       \
+    const uint8_t *s = MSG_SCHEDULE[r];      \
+    G16(0, 4, 8, 12, m[s[0]], m[s[1]]);      \
+    G16(1, 5, 9, 13, m[s[2]], m[s[3]]);      \
+    G16(2, 6, 10, 14, m[s[4]], m[s[5]]);     \
+    G16(3, 7, 11, 15, m[s[6]], m[s[7]]);     \
+    G16(0, 5, 10, 15, m[s[8]], m[s[9]]);     \
+    G16(1, 6, 11, 12, m[s[10]], m[s[11]]);   \
+    G16(2, 7, 8, 13, m[s[12]], m[s[13]]);    \
+    G16(3, 4, 9, 14, m[s[14]], m[s[15]]);    \
+  } while (0)
+
+/* One compression per lane: cv[i] holds word i of every lane's chaining value; updated in place. */
+static X16_ATTR inline void compress16(__m512i cv[8], const __m512i m[16], __m512i counter, uint32_t flags) {
+  __m512i v[16] = {
+      cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7],
+      _mm512_set1_epi32((int)BLAKE3_IV[0]), _mm512_set1_epi32((int)BLAKE3_IV[1]),
+      _mm512_set1_epi32((int)BLAKE3_IV[2]), _mm512_set1_epi32((int)BLAKE3_IV[3]),
+      counter, _mm512_setzero_si512(), /* counter high word: chunk counters here are 0..3 */
+      _mm512_set1_epi32(BLAKE3_BLOCK_LEN), _mm512_set1_epi32((int)flags),
+  };
+  ROUND16(0);
+  ROUND16(1);
+  ROUND16(2);
+  ROUND16(3);
+  ROUND16(4);
+  ROUND16(5);
+  ROUND16(6);
+  for (int i = 0; i < 8; i++) cv[i] = XOR16(v[i], v[i + 8]);
+}
+
+/* 128-bit blocks 0 and 2 of a then of b (lo), or blocks 1 and 3 (hi). */
+#define LO128(a, b) _mm512_shuffle_i32x4((a), (b), 0x88)
+#define HI128(a, b) _mm512_shuffle_i32x4((a), (b), 0xdd)
+
+/* 16x16 transpose of 32-bit words: in, r[i] = row i; out, r[j] = column j. */
+static X16_ATTR inline void transpose16(__m512i r[16]) {
+  __m512i a[16], b[16];
+  /* Pairs of rows interleaved by 32-bit words, then by 64-bit words: a[4q + k] holds, in each
+   * 128-bit block, word k of rows 4q..4q+3. */
+  for (int q = 0; q < 4; q++) {
+    const __m512i lo01 = _mm512_unpacklo_epi32(r[4 * q], r[4 * q + 1]);
+    const __m512i hi01 = _mm512_unpackhi_epi32(r[4 * q], r[4 * q + 1]);
+    const __m512i lo23 = _mm512_unpacklo_epi32(r[4 * q + 2], r[4 * q + 3]);
+    const __m512i hi23 = _mm512_unpackhi_epi32(r[4 * q + 2], r[4 * q + 3]);
+    a[4 * q + 0] = _mm512_unpacklo_epi64(lo01, lo23);
+    a[4 * q + 1] = _mm512_unpackhi_epi64(lo01, lo23);
+    a[4 * q + 2] = _mm512_unpacklo_epi64(hi01, hi23);
+    a[4 * q + 3] = _mm512_unpackhi_epi64(hi01, hi23);
+  }
+  /* Then by 128-bit blocks, within each half h of the rows (0-7, 8-15): b[8h + k] holds columns
+   * k, 8 + k, k, 8 + k of rows 8h..8h+3, 8h..8h+3, 8h+4..8h+7, 8h+4..8h+7, and b[8h + 4 + k] the
+   * same of columns 4 + k and 12 + k; across the halves last, for whole columns. */
+  for (int h = 0; h < 2; h++)
+    for (int k = 0; k < 4; k++) {
+      b[8 * h + k] = LO128(a[8 * h + k], a[8 * h + 4 + k]);
+      b[8 * h + 4 + k] = HI128(a[8 * h + k], a[8 * h + 4 + k]);
+    }
+  for (int k = 0; k < 8; k++) {
+    r[k] = LO128(b[k], b[8 + k]);
+    r[8 + k] = HI128(b[k], b[8 + k]);
+  }
+}
+
+/* Digests of sixteen whole pages: page[l] (4096 bytes) -> out[l] (32 bytes). Pointers may repeat. */
+static X16_ATTR void hash16_pages(const uint8_t *const page[], uint8_t *const out[]) {
+  __m512i chunk_cv[4][8];
+  for (int c = 0; c < 4; c++) {
+    __m512i *cv = chunk_cv[c];
+    for (int i = 0; i < 8; i++) cv[i] = _mm512_set1_epi32((int)BLAKE3_IV[i]);
+    const __m512i counter = _mm512_set1_epi32(c);
+    for (int blk = 0; blk < 16; blk++) {
+      __m512i m[16];
+      const size_t at = (size_t)c * BLAKE3_CHUNK_LEN + (size_t)blk * BLAKE3_BLOCK_LEN;
+      for (int l = 0; l < 16; l++) m[l] = _mm512_loadu_si512((const void *)(page[l] + at));
+      transpose16(m);
+      const uint32_t flags = (blk == 0 ? BLAKE3_CHUNK_START : 0u) | (blk == 15 ? BLAKE3_CHUNK_END : 0u);
+      compress16(cv, m, counter, flags);
+    }
+  }
+  /* Parents: the message of P(x, y) is x's chaining value then y's, already word-per-vector. */
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i m[16];
+  __m512i left[8], right[8], root[8];
+  for (int i = 0; i < 8; i++) {
+    left[i] = _mm512_set1_epi32((int)BLAKE3_IV[i]);
+    right[i] = left[i];
+    root[i] = left[i];
+    m[i] = chunk_cv[0][i];
+    m[8 + i] = chunk_cv[1][i];
+  }
+  compress16(left, m, zero, BLAKE3_PARENT);
+  for (int i = 0; i < 8; i++) {
+    m[i] = chunk_cv[2][i];
+    m[8 + i] = chunk_cv[3][i];
+  }
+  compress16(right, m, zero, BLAKE3_PARENT);
+  for (int i = 0; i < 8; i++) {
+    m[i] = left[i];
+    m[8 + i] = right[i];
+  }
+  compress16(root, m, zero, BLAKE3_PARENT | BLAKE3_ROOT);
+  /* root[i] holds word i of every lane; a 16-row transpose with rows 8-15 unused gives lane l's
+   * eight words in the low 256 bits of column l. */
+  __m512i t[16];
+  for (int i = 0; i < 8; i++) {
+    t[i] = root[i];
+    t[8 + i] = zero;
+  }
+  transpose16(t);
+  for (int l = 0; l < 16; l++) _mm256_storeu_si256((__m256i *)(void *)out[l], _mm512_castsi512_si256(t[l]));
+}
+
+#undef LO128
+#undef HI128
+#undef ROUND16
+#undef G16
+#undef ROR16
+#undef XOR16
+#undef ADD16
+#undef X16_ATTR
