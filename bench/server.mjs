@@ -2,7 +2,7 @@
 // Issue 12's ratios through `vnstore serve`: agents (in this process, over loopback TCP) and the
 // server (a child process) on this machine, against single-thread BLAKE3 (one blake3() call per
 // page) over the same bytes in memory. Run `npm run build` first.
-//   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--warmup-rounds N] [--reps N] [--format 1|3] [--no-aggregate] [--json]
+//   node bench/server.mjs [--mib N] [--agents-mib N] [--warmup-mib N] [--warmup-rounds N] [--reps N] [--format 1|3] [--writes-in-flight N] [--no-aggregate] [--json]
 // --format: the store format `vnstore init --format` creates (default: init's own default).
 // --warmup-mib (default: --mib) and --warmup-rounds (default 10): before the timed rounds, each
 // warm-up round stores a first snapshot of a new VM (other bytes), a consecutive one, one from a
@@ -12,6 +12,8 @@
 // its threads still took 342 of the server's 1580 perf samples in the timed first snapshot, against
 // 38-80 per half second late in the warm-up (functions that run once per snapshot, such as
 // numberPages, are optimised over many snapshots; bench/RESULTS.md). 0 times a fresh server.
+// --writes-in-flight (default 2, as `vnstore agent push` keeps): a push's 16 MiB write calls are
+// issued before the earlier ones settle; 1 awaits each call before the next (sessions 17 and earlier).
 // --reps (default 5): timed rounds, each a new VM: first snapshot, consecutive from the whole image,
 // consecutive from a 10% dirty list, an empty dirty list, restore, each against a baseline measured
 // just before the round. Each ratio is the median of the rounds' (one ~0.2-0.7 s phase moved by
@@ -49,6 +51,7 @@ const { values: args } = parseArgs({
     'warmup-rounds': { type: 'string', default: '10' },
     reps: { type: 'string', default: '5' },
     format: { type: 'string' },
+    'writes-in-flight': { type: 'string', default: '2' },
   },
 });
 const PAGE = 4096;
@@ -124,8 +127,23 @@ async function wireIn(metricsUrl) {
   return Number(/^vnstore_wire_bytes_total\{direction="in"\} (\S+)$/m.exec(text)?.[1] ?? 0);
 }
 
-/** The send buffer of dirty-list pushes (touched once here, as a running daemon's is). */
-const gather = Buffer.alloc(4096 * PAGE, 1);
+/** Write calls a push keeps in flight (--writes-in-flight; `vnstore agent push` keeps 2). */
+const writesInFlight = Number(args['writes-in-flight']);
+/** The send buffers of dirty-list pushes, one per write in flight (touched once here, as a running daemon's are). */
+const gathers = Array.from({ length: writesInFlight }, () => Buffer.alloc(4096 * PAGE, 1));
+
+/** Runs the write calls `calls` yields (each a function of its call number), `writesInFlight` at a time. */
+async function writeAll(calls) {
+  const inFlight = [];
+  let k = 0;
+  for (const call of calls) {
+    if (inFlight.length >= writesInFlight) await inFlight.shift();
+    const w = call(k++);
+    w.catch(() => undefined); // awaited below
+    inFlight.push(w);
+  }
+  for (const w of inFlight) await w;
+}
 
 /** Stores `image` as a snapshot of `vm`; `seconds` splits the wall time into begin, writes and prepare + commit. */
 async function push(client, vm, image, opts = {}) {
@@ -137,12 +155,22 @@ async function push(client, vm, image, opts = {}) {
     // The dirty pages are gathered (timed) into one reused buffer, as a daemon gathers them into its
     // send buffer: Buffer.concat of 4096 page views into fresh memory took 0.45 s of this process's
     // main thread per 256 MiB image under load, mostly page faults, more than the snapshot itself.
+    // A buffer is gathered into once the call that last used it has settled (writeAll's bound).
+    const calls = [];
     for (let k = 0; k < opts.dirty.length; k += 4096) {
       const part = opts.dirty.slice(k, k + 4096);
-      for (let j = 0; j < part.length; j++) image.copy(gather, j * PAGE, part[j] * PAGE, (part[j] + 1) * PAGE);
-      await s.writeScattered(part, gather.subarray(0, part.length * PAGE));
+      calls.push((n) => {
+        const gather = gathers[n % writesInFlight];
+        for (let j = 0; j < part.length; j++) image.copy(gather, j * PAGE, part[j] * PAGE, (part[j] + 1) * PAGE);
+        return s.writeScattered(part, gather.subarray(0, part.length * PAGE));
+      });
     }
-  } else for (let o = 0; o < image.length; o += block) await s.writePages(o / PAGE, image.subarray(o, o + block));
+    await writeAll(calls);
+  } else {
+    const calls = [];
+    for (let o = 0; o < image.length; o += block) calls.push(() => s.writePages(o / PAGE, image.subarray(o, o + block)));
+    await writeAll(calls);
+  }
   const t2 = now();
   const rec = await s.commit({ byteLength: image.length, unwritten: opts.dirty ? 'parent' : 'zero' });
   return { rec, stats: s.stats, seconds: { begin: t1 - t0, writes: t2 - t1, commit: now() - t2 } };
@@ -282,6 +310,7 @@ try {
     storeFormat: JSON.parse(await readFile(join(store, 'vnstore.json'), 'utf8').catch(() => '{}')).version ?? null,
     warmupMiB,
     warmupRounds,
+    writesInFlight,
     loadavg: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number),
     // The server's node flags: the executable's (bin/vnstore), then $BENCH_SERVE_NODE_ARGS.
     serverNodeFlags: serverNodeFlags(CLI),

@@ -41,6 +41,51 @@ describe('vnstore serve / token / agent', () => {
     }
   });
 
+  it('push of several 16 MiB calls, two in flight, from a file, standard input and a dirty list: each restores exactly', async () => {
+    const root = tempDir('blocks');
+    const { store, tokenFile } = await initCli(root);
+    const srv = await startServe(store);
+    try {
+      const pages = 2 * 4096 + 300; // three write calls, the last short, and a short last page
+      const image = makeImage(pages, 7, 1000);
+      const imgFile = path.join(root, 'vm.mem');
+      writeFileSync(imgFile, image);
+      const push = async (args: string[], input?: Buffer) => {
+        const r = await runCli(['agent', 'push', '--server', srv.address, '--token-file', tokenFile, '--vm', 'vm', '--json', ...args], {
+          input,
+        });
+        expect(r.stderr.toString()).toBe('');
+        expect(r.code).toBe(0);
+        return JSON.parse(r.stdout.toString()) as { id: string; pagesOffered: number; pagesSent: number };
+      };
+      const restored = async (id: string) => {
+        const out = path.join(root, `${id}.out`);
+        expect((await runCli(['agent', 'restore', '--server', srv.address, '--token-file', tokenFile, id, '-o', out])).code).toBe(0);
+        return readFileSync(out);
+      };
+      const first = await push([imgFile]);
+      expect((await restored(first.id)).equals(image)).toBe(true);
+      // Through standard input, every page of every block changed but for a tenth: they cross again.
+      const second = makeImage(pages, 8, 1000);
+      for (let p = 0; p < pages; p += 10) image.copy(second, p * PAGE, p * PAGE, (p + 1) * PAGE);
+      const viaStdin = await push(['-'], second);
+      expect((await restored(viaStdin.id)).equals(second)).toBe(true);
+      // A dirty list of more than two calls' pages (all but every 50th), changed again.
+      const third = Buffer.from(second);
+      const listed: number[] = [];
+      for (let p = 0; p <= pages; p++) if (p % 50 !== 0) listed.push(p);
+      const fresh = makeImage(pages, 9, 1000);
+      for (const p of listed) fresh.copy(third, p * PAGE, p * PAGE, Math.min(third.length, (p + 1) * PAGE));
+      writeFileSync(imgFile, third);
+      writeFileSync(path.join(root, 'dirty'), listed.join('\n'));
+      const dirty = await push(['--dirty-list', path.join(root, 'dirty'), imgFile]);
+      expect(dirty.pagesOffered).toBeLessThanOrEqual(listed.length);
+      expect((await restored(dirty.id)).equals(third)).toBe(true);
+    } finally {
+      expect(await srv.stop('SIGTERM')).toEqual({ code: 0, signal: null });
+    }
+  });
+
   it('push and restore through a served store; local commands name the server; SIGTERM exits 0', async () => {
     const root = tempDir('cli');
     const { store, tokenFile } = await initCli(root);

@@ -27,6 +27,8 @@ export class RemoteSession {
   readonly stats: WireStats = { pagesOffered: 0, pagesSent: 0, zeroPages: 0 };
   /** Write calls run one after another, so pages reach the server in call order (last write wins). */
   private queue: Promise<void> = Promise.resolve();
+  /** The latest write call's first scan: the next call's starts after it, so pages are hashed in call order. */
+  private scans: Promise<unknown> = Promise.resolve();
   private furthestByte = 0;
   private state: 'open' | 'prepared' | 'done' = 'open';
   private gathered: { indices: number[]; data: Uint8Array; slotOf: Map<number, number> } | undefined;
@@ -54,7 +56,7 @@ export class RemoteSession {
     for (let k = 0; k < n; k++) indices[k] = firstPage + k;
     this.furthestByte = Math.max(this.furthestByte, firstPage * PAGE_SIZE + data.length);
     const pages = data.length === n * PAGE_SIZE ? data : padToPages(data, n);
-    return this.enqueue(() => this.send(indices, pages));
+    return this.queueWrite(indices, pages);
   }
 
   /** Page k of `data` goes to `pageIndices[k]`; a repeated index: the later page wins. */
@@ -66,7 +68,7 @@ export class RemoteSession {
     const indices = Uint32Array.from(pageIndices);
     for (const i of indices) this.furthestByte = Math.max(this.furthestByte, (i + 1) * PAGE_SIZE);
     // No copy: this resolves only once the pages have been sent, as writePages does.
-    return this.enqueue(() => this.send(indices, data));
+    return this.queueWrite(indices, data);
   }
 
   /** One page; pages are gathered and sent MAX_OFFERS_PER_BATCH at a time (and before any other write). */
@@ -88,12 +90,31 @@ export class RemoteSession {
     const g = this.gathered;
     if (!g) return this.queue;
     this.gathered = undefined;
-    return this.enqueue(() => this.send(Uint32Array.from(g.indices), g.data.subarray(0, g.indices.length * PAGE_SIZE)));
+    return this.queueWrite(Uint32Array.from(g.indices), g.data.subarray(0, g.indices.length * PAGE_SIZE));
   }
 
   private enqueue(fn: () => Promise<void>): Promise<void> {
     const before = this.gathered ? this.flushGathered() : this.queue;
     const run = before.then(fn);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * A write call: its frames go after every earlier call's (enqueue), but its first batch is
+   * hashed at once, after the earlier calls' first batches, not once they are answered. A caller
+   * with two calls in flight (as `agent push` keeps) so has the next call hashed while the server
+   * answers this one (bench/RESULTS.md, issue 12, session 18).
+   */
+  private queueWrite(indices: Uint32Array, data: Uint8Array): Promise<void> {
+    const before = this.gathered ? this.flushGathered() : this.queue;
+    const keep = lastOccurrences(indices);
+    const digests = new Uint8Array(indices.length * DIGEST_BYTES);
+    const firstScan = this.scans.then(() => scanPages(data, digests, keep.subarray(0, Math.min(keep.length, OFFER_BATCH_PAGES))));
+    this.scans = firstScan.catch(() => undefined);
+    // A write that never runs (an earlier one failed) leaves its scan's failure unobserved.
+    firstScan.catch(() => undefined);
+    const run = before.then(() => this.send(indices, data, keep, digests, firstScan));
     this.queue = run.catch(() => undefined);
     return run;
   }
@@ -108,17 +129,23 @@ export class RemoteSession {
    * because, after dropping all but the last copy of each page, no two batches share a page index.
    * Across calls: a call settles once its last frame is written (PAGES frames carry copies of the
    * pages), not answered, so the next call hashes while the server stores this one's pages; frames
-   * are written in order, so a later call's pages reach the server after this call's. A PAGES
-   * answer's error fails the next call, or prepare.
+   * are written in order, so a later call's pages reach the server after this call's. A call's
+   * first batch was scanned ahead (`firstScan`, see queueWrite). A PAGES answer's error fails the
+   * next call, or prepare.
    */
-  private async send(indices: Uint32Array, data: Uint8Array): Promise<void> {
+  private async send(
+    indices: Uint32Array,
+    data: Uint8Array,
+    keep: Uint32Array,
+    digests: Uint8Array,
+    firstScan: Promise<Scanned>,
+  ): Promise<void> {
     this.throwIfFailed();
-    const keep = lastOccurrences(indices);
-    const digests = new Uint8Array(indices.length * DIGEST_BYTES);
     const pending: Promise<void>[] = [];
     let failed = false;
     for (let start = 0; start < keep.length && !failed; start += OFFER_BATCH_PAGES) {
-      const batch = this.sendBatch(indices, data, digests, keep.subarray(start, Math.min(keep.length, start + OFFER_BATCH_PAGES)));
+      const part = keep.subarray(start, Math.min(keep.length, start + OFFER_BATCH_PAGES));
+      const batch = this.sendBatch(indices, data, start === 0 ? firstScan : scanPages(data, digests, part));
       batch.catch(() => (failed = true));
       pending.push(batch);
       // Bound the batches in flight (each holds its page copies until answered).
@@ -131,11 +158,11 @@ export class RemoteSession {
   }
 
   /**
-   * One batch: positions `keep` (into `indices` and `data`), hashed here into `digests` at those
-   * positions. Settles once its frames are written and its ZERO and OFFER answered.
+   * One batch: the positions (into `indices` and `data`) its scan split into zero pages and pages
+   * to offer. Settles once its frames are written and its ZERO and OFFER answered.
    */
-  private async sendBatch(indices: Uint32Array, data: Uint8Array, digests: Uint8Array, keep: Uint32Array): Promise<void> {
-    const { zero, offer } = await scanPages(data, digests, keep);
+  private async sendBatch(indices: Uint32Array, data: Uint8Array, scan: Promise<Scanned>): Promise<void> {
+    const { zero, offer, digests } = await scan;
     const pending: Promise<unknown>[] = [];
     // Requests answered while this batch still waits on its offer: their failure is seen below.
     const track = (p: Promise<unknown>) => {
@@ -277,6 +304,13 @@ const SCAN_JOB_PAGES = 1024;
 /** Batches of one write in flight at once. */
 const BATCHES_IN_FLIGHT = 4;
 
+/** A batch's positions split into zero pages and pages to offer, whose digests are in `digests` at their positions. */
+interface Scanned {
+  zero: number[];
+  offer: number[];
+  digests: Uint8Array;
+}
+
 /**
  * Splits the pages at positions `keep` of `data` into zero pages and pages to offer, hashing the
  * latter into `digests` at their positions. A contiguous run (every whole-image write) is zero-tested
@@ -284,7 +318,7 @@ const BATCHES_IN_FLIGHT = 4;
  * batches and the batches of a call are scanned on both cores; the caller's pages must not change
  * until this settles, which the write call's own promise already requires.
  */
-async function scanPages(data: Uint8Array, digests: Uint8Array, keep: Uint32Array): Promise<{ zero: number[]; offer: number[] }> {
+async function scanPages(data: Uint8Array, digests: Uint8Array, keep: Uint32Array): Promise<Scanned> {
   const zero: number[] = [];
   const offer: number[] = [];
   const n = keep.length;
@@ -302,11 +336,11 @@ async function scanPages(data: Uint8Array, digests: Uint8Array, keep: Uint32Arra
     }
     await Promise.all(jobs);
     for (let j = 0; j < n; j++) (isZero[j] === 1 ? zero : offer).push(first + j);
-    return { zero, offer };
+    return { zero, offer, digests };
   }
   for (const k of keep) (isZeroPage(data, k * PAGE_SIZE) ? zero : offer).push(k);
   hashPages(data, Uint32Array.from(offer), digests);
-  return { zero, offer };
+  return { zero, offer, digests };
 }
 
 /** Positions k of `indices` that are the last occurrence of their page index, in order. */

@@ -15,6 +15,30 @@ import { registerAgentServe } from './agent-serve.js';
 
 /** Pages read and sent per call: one full OFFER. */
 const READ_PAGES = MAX_OFFERS_PER_BATCH;
+/**
+ * Write calls a push keeps in flight, each with its own buffer: the next block is read and hashed
+ * while the server answers the one before (one at a time left both cores idle a quarter of a
+ * consecutive snapshot; bench/RESULTS.md, issue 12, sessions 17 and 18).
+ */
+const WRITES_IN_FLIGHT = 2;
+
+/** At most `limit` write calls in flight: `add` settles once fewer are, `drain` once none is; either throws a call's error. */
+function writeWindow(limit: number): { add(call: Promise<void>): Promise<void>; drain(): Promise<void> } {
+  const inFlight: Promise<void>[] = [];
+  return {
+    async add(call) {
+      call.catch(() => undefined); // awaited in turn, below
+      inFlight.push(call);
+      if (inFlight.length >= limit) await inFlight.shift();
+    },
+    async drain() {
+      while (inFlight.length > 0) await inFlight.shift();
+    },
+  };
+}
+
+/** One buffer of `READ_PAGES` pages per write in flight; buffer k % WRITES_IN_FLIGHT is free again once writeWindow.add of call k - 1 has settled. */
+const sendBuffers = (): Uint8Array[] => Array.from({ length: WRITES_IN_FLIGHT }, () => new Uint8Array(READ_PAGES * PAGE_SIZE));
 
 interface PushOptions extends RemoteOptions {
   vm: string;
@@ -139,12 +163,15 @@ async function readAt(input: Image, buf: Uint8Array, position: number): Promise<
 }
 
 async function sendFile(session: RemoteSession, input: Image, onProgress: (done: number) => void): Promise<number> {
-  const buf = new Uint8Array(READ_PAGES * PAGE_SIZE);
-  for (let pos = 0; pos < input.size; pos += buf.length) {
+  const bufs = sendBuffers();
+  const writes = writeWindow(WRITES_IN_FLIGHT);
+  for (let pos = 0, k = 0; pos < input.size; pos += READ_PAGES * PAGE_SIZE, k++) {
+    const buf = bufs[k % WRITES_IN_FLIGHT];
     const n = await readAt(input, buf.subarray(0, Math.min(buf.length, input.size - pos)), pos);
-    await session.writePages(pos / PAGE_SIZE, buf.subarray(0, n));
+    await writes.add(session.writePages(pos / PAGE_SIZE, buf.subarray(0, n)));
     onProgress(pos + n);
   }
+  await writes.drain();
   return input.size;
 }
 
@@ -152,8 +179,10 @@ async function sendDirty(session: RemoteSession, input: Image, pages: number[], 
   const lastPage = Math.ceil(input.size / PAGE_SIZE) - 1;
   const bad = pages.find((p) => p > lastPage);
   if (bad !== undefined) throw new VnstoreError('E_INPUT', `dirty page ${bad} is past the end of the image (${lastPage + 1} pages)`);
-  const buf = new Uint8Array(READ_PAGES * PAGE_SIZE);
+  const bufs = sendBuffers();
+  const writes = writeWindow(WRITES_IN_FLIGHT);
   for (let k = 0; k < pages.length; k += READ_PAGES) {
+    const buf = bufs[(k / READ_PAGES) % WRITES_IN_FLIGHT];
     const part = pages.slice(k, k + READ_PAGES);
     buf.fill(0, 0, part.length * PAGE_SIZE);
     for (let j = 0; j < part.length; j++)
@@ -162,9 +191,10 @@ async function sendDirty(session: RemoteSession, input: Image, pages: number[], 
         buf.subarray(j * PAGE_SIZE, Math.min((j + 1) * PAGE_SIZE, j * PAGE_SIZE + input.size - part[j] * PAGE_SIZE)),
         part[j] * PAGE_SIZE,
       );
-    await session.writeScattered(part, buf.subarray(0, part.length * PAGE_SIZE));
+    await writes.add(session.writeScattered(part, buf.subarray(0, part.length * PAGE_SIZE)));
     onProgress((k + part.length) * PAGE_SIZE);
   }
+  await writes.drain();
   return input.size;
 }
 
@@ -172,7 +202,9 @@ async function sendDirty(session: RemoteSession, input: Image, pages: number[], 
 async function sendStream(session: RemoteSession, onProgress: (done: number) => void): Promise<number> {
   if (process.stdin.isTTY)
     throw usage("'-' reads the image from standard input, which is a terminal here; pipe the image in or name a file");
-  const block = new Uint8Array(READ_PAGES * PAGE_SIZE);
+  const blocks = sendBuffers();
+  const writes = writeWindow(WRITES_IN_FLIGHT);
+  let block = blocks[0];
   let fill = 0;
   let total = 0;
   for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
@@ -182,14 +214,16 @@ async function sendStream(session: RemoteSession, onProgress: (done: number) => 
       fill += n;
       pos += n;
       if (fill === block.length) {
-        await session.writePages(total / PAGE_SIZE, block);
+        await writes.add(session.writePages(total / PAGE_SIZE, block));
         total += fill;
         fill = 0;
+        block = blocks[(total / block.length) % WRITES_IN_FLIGHT];
         onProgress(total);
       }
     }
   }
-  if (fill > 0) await session.writePages(total / PAGE_SIZE, block.subarray(0, fill));
+  if (fill > 0) await writes.add(session.writePages(total / PAGE_SIZE, block.subarray(0, fill)));
+  await writes.drain();
   return total + fill;
 }
 

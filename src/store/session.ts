@@ -96,6 +96,8 @@ export class Session {
   private shortPage: { index: number; end: number } | undefined;
   private state: 'open' | 'committing' | 'done' = 'open';
   private applying: Promise<void> = Promise.resolve();
+  /** Digests writeKnown found through the exact index whose pages are not set yet (live for gc). */
+  private readonly decidedUnapplied = new Set<Uint8Array[]>();
   /** Each queued block's apply, oldest first: backpressure waits for one slot, not for the whole queue. */
   private readonly queued: Promise<void>[] = [];
   /**
@@ -305,13 +307,19 @@ export class Session {
 
   /**
    * writeKnown in two steps: settles once the write has its place in the session's order (after
-   * backpressure), and `written` once it is applied; the caller's arrays must not change until
-   * then. An offer none of whose digests can be known (no fingerprint in the chunk table, none in
-   * an open pack, none its parent's at its index) changes nothing, so its answer, every page
-   * absent, is settled at once, without waiting for the writes queued before it: a server's agent
-   * then sends those pages while the pages before them are still being stored. That answer may be
-   * stale by the time those writes are applied (one of them may store a digest offered here); the
-   * pages then cross the wire once more and are deduplicated on arrival, never lost.
+   * backpressure), and `written` once it is decided which pages the store holds; the pages are set
+   * later, in that order, and the caller's arrays must not change until the session commits or
+   * aborts.
+   *
+   * The decision does not wait for the writes queued before it: which chunks the store holds does
+   * not depend on this session's order, only the page table does. So a server answers an agent's
+   * OFFER while the pages of its previous write are still being hashed and stored, and the agent's
+   * next pages cross meanwhile; answered in order, each OFFER waited for those, and a consecutive
+   * snapshot's write calls ran one at a time (bench/RESULTS.md, issue 12, session 18). An answer
+   * may be stale by the time the earlier writes are applied (one of them may store a digest offered
+   * here as absent); those pages then cross the wire once more and are deduplicated on arrival,
+   * never lost. A digest decided present through the exact index stays live for gc until its page
+   * is set (liveDigests), as the parent's chunks are for the whole session.
    */
   async queueKnown(pageIndices: Uint32Array, digests: Uint8Array): Promise<{ written: Promise<Uint8Array> }> {
     this.assertOpen();
@@ -324,7 +332,18 @@ export class Session {
     await this.sendGathered();
     if (this.error) throw this.error;
     if (!this.anyKnowable(pageIndices, digests)) return { written: Promise.resolve(new Uint8Array(n)) };
-    return { written: (await this.queueInOrder(() => this.applyKnown(pageIndices, digests))).result };
+    const decided = this.decideKnown(pageIndices, digests);
+    decided.catch(() => undefined); // the caller's, and the apply's (which fails the session)
+    try {
+      await this.queueInOrder(() => this.applyKnown(pageIndices, digests, decided));
+    } catch (err) {
+      void decided.then(
+        (d) => this.decidedUnapplied.delete(d.held),
+        () => undefined,
+      );
+      throw err;
+    }
+    return { written: decided.then((d) => d.written) };
   }
 
   /** Whether applyKnown, run now, could find any of these digests (see its first loop). */
@@ -348,13 +367,14 @@ export class Session {
   }
 
   /**
-   * writeKnown's work, in its turn. A method, not a closure made per call: each new closure was
-   * optimised anew (on-stack replacement of its loop, ~24 ms of compiler thread each time, 46 times
-   * in one bench run; bench/RESULTS.md, issue 12, session 14).
+   * Which offered digests the store holds now (`written`: 1 per such page) without waiting for the
+   * session's queued writes; `held`, those found through the exact index, stay live for gc until
+   * applyKnown sets their pages.
    */
-  private async applyKnown(pageIndices: Uint32Array, digests: Uint8Array): Promise<Uint8Array> {
+  private async decideKnown(pageIndices: Uint32Array, digests: Uint8Array): Promise<{ written: Uint8Array; held: Uint8Array[] }> {
     const n = pageIndices.length;
     const written = new Uint8Array(n);
+    const held: Uint8Array[] = [];
     // Skipping the exact index where the page workers do too: a digest whose fingerprint the chunk
     // table lacks, not in an open pack either, is absent (as for New); one the table knows that
     // equals the parent's at its index is known (the parent keeps it live, as for SameAsParent).
@@ -371,26 +391,46 @@ export class Session {
         page < parent.pageCount &&
         parent.kinds[page] === PageKind.Digest &&
         this.sameAsParent(parent.digests, page * DIGEST_BYTES, digests, at);
-      if (trusted && parentsDigest) this.setKnown(page, digests, at, written, k);
+      if (trusted && parentsDigest) written[k] = 1;
       else if (!this.store.table.hasFingerprint(digests, at)) {
         if (this.store.writer.locateUnindexed(digests.subarray(at, at + DIGEST_BYTES))) ask.push(k);
-      } else if (parentsDigest) this.setKnown(page, digests, at, written, k);
+      } else if (parentsDigest) written[k] = 1;
       else ask.push(k);
     }
-    if (ask.length === 0) return written;
-    // Through the exact index: a gc running meanwhile sees the lookup (its fence), and the page,
-    // once set, is live for it (liveDigests).
+    if (ask.length === 0) return { written, held };
+    // Through the exact index: a gc running meanwhile sees the lookup (its fence); one that starts
+    // before the page is set sees the digest among the session's (decidedUnapplied, liveDigests).
     const found = await this.store.lookupExact(ask.map((k) => digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)));
-    for (let j = 0; j < ask.length; j++) if (found[j]) this.setKnown(pageIndices[ask[j]], digests, ask[j] * DIGEST_BYTES, written, ask[j]);
-    return written;
+    for (let j = 0; j < ask.length; j++) {
+      if (!found[j]) continue;
+      const k = ask[j];
+      written[k] = 1;
+      held.push(digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES));
+    }
+    if (held.length > 0) this.decidedUnapplied.add(held);
+    return { written, held };
   }
 
-  /** Page `page` gets the digest at digests[at..]; written[k] records it. */
-  private setKnown(page: number, digests: Uint8Array, at: number, written: Uint8Array, k: number): void {
-    this.pages.ensure(page);
-    this.pages.setDigest(page, digests, at);
-    written[k] = 1;
-    this.stats.pagesWritten++;
+  /**
+   * writeKnown's work, in its turn: sets the pages decideKnown found present. A method, not a
+   * closure made per call: each new closure was optimised anew (on-stack replacement of its loop,
+   * ~24 ms of compiler thread each time, 46 times in one bench run; bench/RESULTS.md, issue 12,
+   * session 14).
+   */
+  private async applyKnown(
+    pageIndices: Uint32Array,
+    digests: Uint8Array,
+    decided: Promise<{ written: Uint8Array; held: Uint8Array[] }>,
+  ): Promise<void> {
+    const { written, held } = await decided;
+    for (let k = 0; k < written.length; k++) {
+      if (written[k] === 0) continue;
+      const page = pageIndices[k];
+      this.pages.ensure(page);
+      this.pages.setDigest(page, digests, k * DIGEST_BYTES);
+      this.stats.pagesWritten++;
+    }
+    this.decidedUnapplied.delete(held);
   }
 
   /** Writes all-zero pages without their bytes: `ranges` holds (first page, page count) pairs. */
@@ -873,6 +913,7 @@ export class Session {
   /** Digests this session references so far (gc must treat them as live while it is open). */
   *liveDigests(): Generator<Uint8Array> {
     for (let i = 0; i < this.pages.pageCount; i++) if (this.pages.kinds[i] === PageKind.Digest) yield this.pages.digestAt(i);
+    for (const held of this.decidedUnapplied) yield* held;
   }
 
   /**
