@@ -8,6 +8,7 @@ import { ProtocolError } from '../protocol/errors.js';
 import type { Store } from '../store/store.js';
 import type { SnapshotRecord } from '../store/db.js';
 import { restoreSnapshot } from '../store/restore.js';
+import { STREAM_WINDOW_PAGES } from '../store/job-sizes.js';
 import { storeStats } from '../maintenance/stats.js';
 import { runGc } from '../maintenance/gc.js';
 import { runCompact } from '../maintenance/compact.js';
@@ -176,6 +177,7 @@ export async function streamRestore(store: Store, record: SnapshotRecord, out: D
   };
   await restoreSnapshot(store, record, {
     readerVerifies: sparse,
+    windowPages: STREAM_WINDOW_PAGES,
     // Every window but the image's last is whole pages, so each batch starts at a page boundary.
     write: async (chunk, digests, kinds) => {
       const sends: Promise<void>[] = [];

@@ -14,5 +14,16 @@ export const BLOCK_PAGES = 1024;
  */
 export const WINDOW_PAGES = 256;
 
+/**
+ * Pages per window of a server's streaming restore (2 MiB). A server touches its windows' memory
+ * once and keeps it, and half as many windows cost its main thread half the per-window work: 256
+ * against 512 pages, five A/B pairs through bench/server.mjs, restore 0.149-0.176 s against
+ * 0.156-0.230 s a 256 MiB image (bench/RESULTS.md, issue 12, session 18).
+ */
+export const STREAM_WINDOW_PAGES = 512;
+
+/** The largest window (or block) a store's lent slabs hold. */
+export const SLAB_PAGES = Math.max(BLOCK_PAGES, WINDOW_PAGES, STREAM_WINDOW_PAGES);
+
 /** Windows a restore keeps in flight: decoded ahead of the one being written out. */
 export const RESTORE_WINDOWS_IN_FLIGHT = 4;

@@ -12,7 +12,7 @@ import { imageDigest, hex } from '../chunk/hash.js';
 import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError } from '../util/errors.js';
 import type { Store } from './store.js';
 import type { SnapshotRecord } from './db.js';
-import { RESTORE_WINDOWS_IN_FLIGHT, WINDOW_PAGES } from './job-sizes.js';
+import { RESTORE_WINDOWS_IN_FLIGHT, SLAB_PAGES, WINDOW_PAGES } from './job-sizes.js';
 import { zeroFill } from '../util/shared-bytes.js';
 
 const COALESCE_GAP_BYTES = 16 * 1024;
@@ -47,6 +47,8 @@ export interface RestoreSink {
    * verified windows into it themselves (parallel writes, no copy back to the main thread).
    */
   filePath?: string;
+  /** Pages per restore window (default WINDOW_PAGES; at most SLAB_PAGES): a long-lived server's are larger. */
+  windowPages?: number;
   /** How errors name the output (the file the user asked for, not its temp name). */
   name?: string;
 }
@@ -85,9 +87,10 @@ export async function restoreSnapshot(
   let done = 0;
   const total = header.byteLength;
   const direct = sink.filePath !== undefined && sink.writeAt !== undefined;
+  const windowPages = Math.min(SLAB_PAGES, Math.max(1, sink.windowPages ?? WINDOW_PAGES));
   for (let first = 0; first < pages.pageCount || windows.length > 0;) {
     while (first < pages.pageCount && windows.length < RESTORE_WINDOWS_IN_FLIGHT) {
-      const n = Math.min(WINDOW_PAGES, pages.pageCount - first);
+      const n = Math.min(windowPages, pages.pageCount - first);
       const output = direct
         ? { path: sink.filePath!, name: sink.name ?? sink.filePath!, position: first * PAGE_SIZE, limit: total }
         : undefined;
