@@ -269,6 +269,29 @@ describe('protocol round trip', () => {
     }
   });
 
+  it('PAGES from runs: each run goes out as a view, the frame is the one `data` makes, and runs of the wrong length are refused', () => {
+    const pages = Buffer.alloc(5 * PAGE);
+    for (let i = 0; i < pages.length; i++) pages[i] = (i * 13 + (i >> 12)) & 0xff;
+    const whole: Message = {
+      t: 'pages',
+      req: 3,
+      sid: 4,
+      indices: Uint32Array.of(9, 2, 7, 8, 1),
+      digests: new Uint8Array(5 * 32).fill(5),
+      data: pages,
+    };
+    // Runs of one page and of several, some shorter than a frame's copied fields.
+    const runs = [pages.subarray(0, PAGE), pages.subarray(PAGE, 4 * PAGE), pages.subarray(4 * PAGE)];
+    const m: Message = { ...whole, data: new Uint8Array(0), runs };
+    const parts = encodeMessageParts(m);
+    for (const run of runs)
+      expect(parts.some((p) => p.buffer === run.buffer && p.byteOffset === run.byteOffset && p.length === run.length)).toBe(true);
+    expect(Buffer.concat(parts).equals(encodeMessage(whole))).toBe(true);
+    expect(plain(decodeAll([Buffer.concat(parts)])[0])).toEqual(plain(whole));
+    expect(() => encodeMessage({ ...m, runs: runs.slice(1) })).toThrow(ProtocolError);
+    expect(() => encodeMessage({ ...m, runs: [...runs, pages.subarray(0, 1)] })).toThrow(ProtocolError);
+  });
+
   it('version negotiation picks the highest common version or refuses with E_VERSION', () => {
     expect(negotiateVersion(1, 9)).toBe(PROTOCOL_VERSION);
     expect(() => negotiateVersion(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3)).toThrow(expect.objectContaining({ wire: 'E_VERSION' }));

@@ -8,8 +8,6 @@ import { decodeMessage, encodeMessage, encodeMessageParts, type Message } from '
 import { FrameDecoder, writeFrame, type RawFrame } from '../protocol/frames.js';
 import { ProtocolError, RemoteError } from '../protocol/errors.js';
 import { MAX_REPLY_FRAME_BYTES, MIN_PROTOCOL_VERSION, pagesPerBatch, PROTOCOL_VERSION } from '../protocol/limits.js';
-import { PAGE_SIZE } from '../format/pages.js';
-import { SlabPool } from '../chunk/slab-pool.js';
 import { parseAddress } from '../server/address.js';
 import { VnstoreError } from '../util/errors.js';
 import { drainedOrClosed } from '../util/drain.js';
@@ -47,8 +45,6 @@ interface Waiter {
 
 export class AgentConnection {
   private readonly waiters = new Map<number, Waiter>();
-  /** Page buffers for PAGES requests, reused once answered (fresh memory faults on first touch). */
-  readonly pageBuffers: SlabPool;
   private readonly slots: (() => void)[] = [];
   private nextReq = 1;
   private outstanding = 0;
@@ -61,10 +57,7 @@ export class AgentConnection {
     readonly serverId: string,
     /** Pages in one PAGES frame: what the server takes (WELCOME), at most this build's limit. */
     readonly maxPagesPerBatch: number,
-  ) {
-    // A window's worth: no more PAGES frames than that are unanswered at once.
-    this.pageBuffers = new SlabPool(maxPagesPerBatch * PAGE_SIZE, Math.max(2, window));
-  }
+  ) {}
 
   static async connect(opts: ConnectOptions): Promise<AgentConnection> {
     const addr = parseAddress(opts.server);
@@ -194,16 +187,19 @@ export class AgentConnection {
   }
 
   /**
-   * request() in two steps: `written` settles once the frame is handed to the socket, `answer` with
-   * the answer. Frames are written in the order of the submit() calls (a writer waiting for a window
-   * slot holds back the ones after it), so a caller may go on once `written` settles and still know
-   * its later requests reach the server after this one. Byte fields of `m` must not change until
-   * `answer` settles.
+   * request() in steps: `written` settles once the frame is handed to the socket, `flushed` once the
+   * socket has passed its bytes to the kernel (or the frame will never be sent: the connection
+   * failed), `answer` with the answer. Frames are written in the order of the submit() calls (a
+   * writer waiting for a window slot holds back the ones after it), so a caller may go on once
+   * `written` settles and still know its later requests reach the server after this one. Byte
+   * fields of `m` are sent as views: they must not change until `flushed` settles.
    */
-  submit(m: Outgoing, stream?: StreamHandler): { written: Promise<void>; answer: Promise<Message> } {
+  submit(m: Outgoing, stream?: StreamHandler): { written: Promise<void>; flushed: Promise<void>; answer: Promise<Message> } {
     let settle!: Pick<Waiter, 'resolve' | 'reject'>;
     const answer = new Promise<Message>((resolve, reject) => (settle = { resolve, reject }));
     answer.catch(() => undefined); // the caller sees the rejection; it must not count as unhandled while we wait to send
+    let onFlushed!: () => void;
+    const flushed = new Promise<void>((resolve) => (onFlushed = resolve));
     const written = this.writing.then(async () => {
       while (this.outstanding >= this.window && !this.failure) await new Promise<void>((resolve) => this.slots.push(resolve));
       if (this.failure) {
@@ -215,10 +211,12 @@ export class AgentConnection {
       const frame = encodeMessageParts({ ...m, req } as Message);
       this.outstanding++;
       this.waiters.set(req, { ...settle, stream });
-      if (!writeFrame(this.socket, frame)) await drainedOrClosed(this.socket); // closed: the answer fails
+      // The callback comes once the bytes are out, or with an error if the socket is destroyed first.
+      if (!writeFrame(this.socket, frame, onFlushed)) await drainedOrClosed(this.socket); // closed: the answer fails
     });
+    written.catch(() => onFlushed()); // never handed to the socket: nothing of it is read later
     this.writing = written.catch(() => undefined);
-    return { written, answer };
+    return { written, flushed, answer };
   }
 
   /** False once the connection has failed or closed: every request would reject. */

@@ -127,8 +127,9 @@ export class RemoteSession {
    * and offered while earlier ones wait for their answers and send their bytes (the connection's
    * window bounds what is outstanding). Batches may reach the server interleaved; that is safe
    * because, after dropping all but the last copy of each page, no two batches share a page index.
-   * Across calls: a call settles once its last frame is written (PAGES frames carry copies of the
-   * pages), not answered, so the next call hashes while the server stores this one's pages; frames
+   * Across calls: a call settles once its frames' bytes have gone to the kernel (PAGES frames send
+   * the caller's pages as views), not answered, so the next call hashes while the server stores
+   * this one's pages; frames
    * are written in order, so a later call's pages reach the server after this call's. A call's
    * first batch was scanned ahead (`firstScan`, see queueWrite). A PAGES answer's error fails the
    * next call, or prepare.
@@ -148,7 +149,7 @@ export class RemoteSession {
       const batch = this.sendBatch(indices, data, start === 0 ? firstScan : scanPages(data, digests, part));
       batch.catch(() => (failed = true));
       pending.push(batch);
-      // Bound the batches in flight (each holds its page copies until answered).
+      // Bound the batches in flight (each holds digests and frames until answered).
       if (pending.length >= BATCHES_IN_FLIGHT) await pending[pending.length - BATCHES_IN_FLIGHT].catch(() => undefined);
     }
     // Every batch settled before this call does: the next write must not overtake one still in flight.
@@ -188,22 +189,25 @@ export class RemoteSession {
           if (j >= offer.length) throw new VnstoreError('E_PROTOCOL', `server asked for page ${j} of an offer of ${offer.length}`);
           picked.push(offer[j]);
         }
-        // A reused buffer, given back once the server has answered (it has read the bytes then).
-        const bytes = this.conn.pageBuffers.take(picked.length * PAGE_SIZE);
-        picked.forEach((k, j) => bytes.set(data.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE), j * PAGE_SIZE));
+        // The caller's pages go out as views, a run of consecutive positions each: the call
+        // settles once the socket has passed them on (`flushed`), so they are never copied here.
+        const runs: Uint8Array[] = [];
+        for (let j = 0; j < picked.length;) {
+          let end = j + 1;
+          while (end < picked.length && picked[end] === picked[end - 1] + 1) end++;
+          runs.push(data.subarray(picked[j] * PAGE_SIZE, (picked[end - 1] + 1) * PAGE_SIZE));
+          j = end;
+        }
         const sent = this.conn.submit({
           t: 'pages',
           sid: this.sid,
           indices: Uint32Array.from(picked, (k) => indices[k]),
           digests: gatherDigests(digests, picked),
-          data: bytes,
+          data: NO_BYTES,
+          runs,
         });
-        track(sent.written);
+        track(sent.flushed);
         this.awaitAnswer(sent.answer);
-        void sent.answer.then(
-          () => this.conn.pageBuffers.give(bytes),
-          () => undefined, // failed: the socket may still hold the bytes, so the buffer is not reused
-        );
         this.stats.pagesSent += part.length;
       }
     }
@@ -303,6 +307,8 @@ const OFFER_BATCH_PAGES = MAX_OFFERS_PER_BATCH;
 const SCAN_JOB_PAGES = 1024;
 /** Batches of one write in flight at once. */
 const BATCHES_IN_FLIGHT = 4;
+
+const NO_BYTES = new Uint8Array(0);
 
 /** A batch's positions split into zero pages and pages to offer, whose digests are in `digests` at their positions. */
 interface Scanned {

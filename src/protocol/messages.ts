@@ -46,8 +46,12 @@ export type Message =
   | { t: 'begin'; req: number; sid: number; vm: string; group?: string; parent: string; memoryBytes?: number }
   /** `indices[k]` is offered with digest k of `digests` (32 bytes each). */
   | { t: 'offer'; req: number; sid: number; indices: Uint32Array; digests: Uint8Array }
-  /** Page k of `data` (4096 bytes each) goes to `indices[k]`; its BLAKE3 must be digest k. */
-  | { t: 'pages'; req: number; sid: number; indices: Uint32Array; digests: Uint8Array; data: Uint8Array }
+  /**
+   * Page k of `data` (4096 bytes each) goes to `indices[k]`; its BLAKE3 must be digest k. `runs`
+   * (encoding only): the page bytes as views to send one after another instead of `data`, so an
+   * agent sends runs of its caller's pages without copying them into one buffer.
+   */
+  | { t: 'pages'; req: number; sid: number; indices: Uint32Array; digests: Uint8Array; data: Uint8Array; runs?: readonly Uint8Array[] }
   /** Pairs (first page, page count) of pages that are all zero. */
   | { t: 'zero'; req: number; sid: number; ranges: Uint32Array }
   | { t: 'prepare'; req: number; sid: number; byteLength?: number; unwritten?: Unwritten }
@@ -188,11 +192,17 @@ export function encodeMessageParts(m: Message): Buffer[] {
       checkCount(m.indices.length, MAX_OFFERS_PER_BATCH, 'offers');
       checkLength(m.digests.length, m.indices.length * DIGEST_BYTES, 'offer digests');
       return w.u32(m.req).u32(m.sid).u32(m.indices.length).bytes(interleave(m.indices, m.digests)).frame(MSG.OFFER);
-    case 'pages':
+    case 'pages': {
       checkCount(m.indices.length, MAX_PAGES_PER_BATCH, 'pages');
       checkLength(m.digests.length, m.indices.length * DIGEST_BYTES, 'page digests');
-      checkLength(m.data.length, m.indices.length * PAGE_SIZE, 'page bytes');
-      return w.u32(m.req).u32(m.sid).u32(m.indices.length).bytes(interleave(m.indices, m.digests)).bytes(m.data).frame(MSG.PAGES);
+      let bytes = m.runs ? 0 : m.data.length;
+      for (const run of m.runs ?? []) bytes += run.length;
+      checkLength(bytes, m.indices.length * PAGE_SIZE, 'page bytes');
+      w.u32(m.req).u32(m.sid).u32(m.indices.length).bytes(interleave(m.indices, m.digests));
+      if (!m.runs) return w.bytes(m.data).frame(MSG.PAGES);
+      for (const run of m.runs) w.view(run);
+      return w.frame(MSG.PAGES);
+    }
     case 'zero':
       if (m.ranges.length % 2 !== 0) throw new ProtocolError('E_MALFORMED', 'zero ranges come in (first, count) pairs');
       checkCount(m.ranges.length / 2, MAX_ZERO_RANGES, 'zero ranges');
