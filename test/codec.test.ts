@@ -5,6 +5,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import fc from 'fast-check';
 import { compressSync } from 'lz4-napi';
+import { crc32 } from 'node:zlib';
 import ts from 'typescript';
 import { describe, expect, it } from 'vitest';
 import {
@@ -12,6 +13,8 @@ import {
   CodecError,
   NativeUnavailableError,
   PAGE_SIZE,
+  crc32Kind,
+  crc32OnThreadPool,
   getCodec,
   nativeCodecStatus,
   type PageCodec,
@@ -384,6 +387,65 @@ describe('decodeChunks (one call per restore window)', () => {
       expect(() => c.decodeChunks(payload, Uint32Array.of(1), lengths, kinds, Uint32Array.of(0), out, failed)).toThrow(RangeError);
       expect(() => c.decodeChunks(payload, Uint32Array.of(0), lengths, kinds, Uint32Array.of(1), out, failed)).toThrow(RangeError);
       expect(out.every((x) => x === 9) && failed[0] === 7).toBe(true);
+    }
+  });
+});
+
+/** The CPU flags Linux lists ('' elsewhere). */
+function readCpuFlags(): string {
+  try {
+    return /^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? '';
+  } catch {
+    return '';
+  }
+}
+
+describe.runIf(nativeLoaded)("the addon's CRC-32 (a pack payload's checksum)", () => {
+  // Where the CPU has PCLMULQDQ it folds by carry-less multiplication above 64 bytes: it must be
+  // zlib's CRC-32 at every length, offset and starting value, and when a checksum is continued.
+  it('equals node:zlib crc32 on random bytes, lengths 0-20,000, any offset, continued in two parts', async () => {
+    const crcAsync = crc32OnThreadPool();
+    expect(crcAsync).toBeDefined();
+    // The folding is what is tested here wherever the CPU has it (its load-time self-test passed).
+    const pclmul = process.arch === 'x64' && /\bpclmulqdq\b/.test(readCpuFlags());
+    expect(crc32Kind()).toBe(pclmul ? 'pclmul' : 'zlib');
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uint8Array({ minLength: 0, maxLength: 20_000 }),
+        fc.nat(15),
+        fc.nat(),
+        fc.double({ min: 0, max: 1, noNaN: true }),
+        async (bytes, off, start, cut) => {
+          const data = bytes.subarray(Math.min(off, bytes.length));
+          const seed = start >>> 0;
+          // node:zlib answers 0 for no bytes whatever the starting value (zlib's crc32 of a null buffer).
+          const want = data.length === 0 ? seed : crc32(data, seed);
+          expect(await crcAsync!(data, seed)).toBe(want);
+          const k = Math.floor(cut * data.length);
+          expect(await crcAsync!(data.subarray(k), await crcAsync!(data.subarray(0, k), seed))).toBe(want);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('equals zlib with the folding pinned off ($VNSTORE_CRC=zlib), on a buffer past 1 MiB', () => {
+    const codecUrl = pathToFileURL(path.join(repoRoot, 'dist', 'chunk', 'codec.js')).href;
+    const script = `
+      import { crc32 } from 'node:zlib';
+      const m = await import(${JSON.stringify(codecUrl)});
+      const data = new Uint8Array((1 << 20) + 37);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 2654435761) >>> 24;
+      const crc = m.crc32OnThreadPool();
+      console.log(JSON.stringify({ same: (await crc(data, 7)) === crc32(data, 7), kind: m.crc32Kind() }));
+    `;
+    for (const env of [{}, { VNSTORE_CRC: 'zlib' }]) {
+      const res = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, ...env }, encoding: 'utf8' });
+      expect(res.status, res.stderr).toBe(0);
+      const got = JSON.parse(res.stdout.trim()) as { same: boolean; kind: string };
+      expect(got.same).toBe(true);
+      if ('VNSTORE_CRC' in env) expect(got.kind).toBe('zlib');
+      else expect(got.kind).toBe(crc32Kind());
     }
   });
 });

@@ -428,6 +428,96 @@ static napi_value js_drop_cache_async(napi_env env, napi_callback_info info) {
 typedef unsigned long (*zlib_crc32_fn)(unsigned long crc, const unsigned char *buf, unsigned int len);
 static zlib_crc32_fn g_crc32;
 
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(VNSTORE_NO_SIMD)
+#include <immintrin.h>
+/*
+ * The same CRC-32 (zlib's: reflected polynomial 0xEDB88320) by carry-less multiplication, folding
+ * four 128-bit lanes over each 64 bytes, then Barrett reduction (Intel, "Fast CRC Computation for
+ * Generic Polynomials Using PCLMULQDQ", 2009; the constants are those of Linux's crc32-pclmul).
+ * Why: Node's zlib computes it with tables at ~4-5 GB/s here, and every pack's payload is summed
+ * (a first snapshot of 256 MiB spent ~33 ms of thread-pool CPU on it; bench/RESULTS.md, issue 12,
+ * session 18). `crc` and the result are unconditioned (no inversion); len >= 64, a multiple of 16.
+ */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t crc32_fold(uint32_t crc, const uint8_t *buf, size_t len) {
+  const __m128i k1k2 = _mm_set_epi64x(0x1c6e41596LL, 0x154442bd4LL); /* 64 bytes on */
+  const __m128i k3k4 = _mm_set_epi64x(0x0ccaa009eLL, 0x1751997d0LL); /* 16 bytes on */
+  const __m128i k5 = _mm_set_epi64x(0, 0x163cd6124LL);
+  const __m128i poly = _mm_set_epi64x(0x1f7011641LL, 0x1db710641LL); /* mu, P' */
+  const __m128i mask32 = _mm_set_epi32(0, 0, 0, -1);
+#define FOLD(x, k, next) \
+  _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128((x), (k), 0x00), _mm_clmulepi64_si128((x), (k), 0x11)), (next))
+  __m128i x1 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)buf), _mm_cvtsi32_si128((int)crc));
+  __m128i x2 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 16));
+  __m128i x3 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 32));
+  __m128i x4 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 48));
+  buf += 64;
+  len -= 64;
+  for (; len >= 64; buf += 64, len -= 64) {
+    x1 = FOLD(x1, k1k2, _mm_loadu_si128((const __m128i *)(const void *)buf));
+    x2 = FOLD(x2, k1k2, _mm_loadu_si128((const __m128i *)(const void *)(buf + 16)));
+    x3 = FOLD(x3, k1k2, _mm_loadu_si128((const __m128i *)(const void *)(buf + 32)));
+    x4 = FOLD(x4, k1k2, _mm_loadu_si128((const __m128i *)(const void *)(buf + 48)));
+  }
+  x1 = FOLD(x1, k3k4, x2);
+  x1 = FOLD(x1, k3k4, x3);
+  x1 = FOLD(x1, k3k4, x4);
+  for (; len >= 16; buf += 16, len -= 16) x1 = FOLD(x1, k3k4, _mm_loadu_si128((const __m128i *)(const void *)buf));
+#undef FOLD
+  /* 128 -> 64 bits (appending 32 zero bits), 64 -> 32, then Barrett reduction. */
+  x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), _mm_clmulepi64_si128(k3k4, x1, 0x01));
+  __m128i hi = _mm_srli_si128(x1, 4);
+  x1 = _mm_xor_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, mask32), k5, 0x00), hi);
+  hi = x1;
+  x1 = _mm_and_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, mask32), poly, 0x10), mask32);
+  x1 = _mm_xor_si128(_mm_clmulepi64_si128(x1, poly, 0x00), hi);
+  return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+
+static int g_crc_fold; /* set at load when the CPU has PCLMULQDQ and SSE4.1 and crc32_fold matches zlib */
+
+/* zlib's crc32 over any length, through crc32_fold where it is in use. */
+static unsigned long crc32_any(unsigned long crc, const uint8_t *buf, size_t len) {
+  if (g_crc_fold && len >= 64) {
+    const size_t body = len & ~(size_t)15;
+    crc = (unsigned long)~crc32_fold(~(uint32_t)crc, buf, body);
+    buf += body;
+    len -= body;
+  }
+  while (len > 0) {
+    const unsigned int n = len > (1u << 30) ? (1u << 30) : (unsigned int)len;
+    crc = g_crc32(crc, buf, n);
+    buf += n;
+    len -= n;
+  }
+  return crc;
+}
+
+/* Turns crc32_fold on if the CPU runs it and it agrees with zlib on every length and offset tried. */
+static void pick_crc(void) {
+  __builtin_cpu_init();
+  const char *force = getenv("VNSTORE_CRC"); /* test hook: "zlib" keeps zlib's */
+  if (!__builtin_cpu_supports("pclmul") || !__builtin_cpu_supports("sse4.1") || (force != NULL && strcmp(force, "zlib") == 0)) return;
+  uint8_t buf[1024 + 7];
+  for (size_t i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)(i * 131u + (i >> 5));
+  g_crc_fold = 1;
+  for (size_t len = 64; len <= 1024 && g_crc_fold; len += 61)
+    for (size_t off = 0; off < 8 && g_crc_fold; off += 3)
+      if (crc32_any(0x12345678u, buf + off, len) != g_crc32(0x12345678u, buf + off, (unsigned int)len)) g_crc_fold = 0;
+}
+#else
+static unsigned long crc32_any(unsigned long crc, const uint8_t *buf, size_t len) {
+  while (len > 0) {
+    const unsigned int n = len > (1u << 30) ? (1u << 30) : (unsigned int)len;
+    crc = g_crc32(crc, buf, n);
+    buf += n;
+    len -= n;
+  }
+  return crc;
+}
+static const int g_crc_fold = 0;
+static void pick_crc(void) {}
+#endif
+
 typedef struct {
   vn_async_t base;
   const uint8_t *data;
@@ -437,13 +527,7 @@ typedef struct {
 
 static void run_crc32(vn_async_t *self) {
   crc_job_t *job = (crc_job_t *)self;
-  unsigned long crc = job->crc;
-  for (size_t at = 0; at < job->length;) {
-    size_t n = job->length - at > (1u << 30) ? (1u << 30) : job->length - at;
-    crc = g_crc32(crc, job->data + at, (unsigned int)n);
-    at += n;
-  }
-  self->result = (double)crc;
+  self->result = (double)crc32_any(job->crc, job->data, job->length);
 }
 
 static napi_value js_crc32_async(napi_env env, napi_callback_info info) {
@@ -553,8 +637,15 @@ NAPI_MODULE_INIT() {
   union { void *p; zlib_crc32_fn f; } crc = { dlsym(RTLD_DEFAULT, "crc32") };
   g_crc32 = crc.f;
   if (g_crc32 != NULL) {
-    napi_property_descriptor crc_prop = {"crc32Async", NULL, js_crc32_async, NULL, NULL, NULL, napi_enumerable, NULL};
-    NAPI_OK(napi_define_properties(env, exports, 1, &crc_prop));
+    static pthread_once_t crc_once = PTHREAD_ONCE_INIT; /* the main thread and every worker load this module */
+    pthread_once(&crc_once, pick_crc);
+    napi_value fold;
+    NAPI_OK(napi_get_boolean(env, g_crc_fold != 0, &fold));
+    napi_property_descriptor crc_props[] = {
+        {"crc32Async", NULL, js_crc32_async, NULL, NULL, NULL, napi_enumerable, NULL},
+        {"crc32Fold", NULL, NULL, NULL, NULL, fold, napi_enumerable, NULL}, /* true: crc32_fold serves it */
+    };
+    NAPI_OK(napi_define_properties(env, exports, 2, crc_props));
   }
   return zstd_define(env, exports);
 }

@@ -323,6 +323,8 @@ interface NativeBinding {
   dropCacheAsync(path: string): Promise<number>;
   /** Absent when the process carries no zlib the addon can find. */
   crc32Async?(data: Uint8Array, crc: number): Promise<number>;
+  /** crc32Async folds by carry-less multiplication (PCLMULQDQ) rather than zlib's tables. */
+  readonly crc32Fold?: boolean;
 }
 
 const NATIVE_ABI = 6;
@@ -463,6 +465,13 @@ export function crc32OnThreadPool(): ((data: Uint8Array, crc: number) => Promise
   loadNative();
   const b = nativeBinding;
   return b?.crc32Async ? (data, crc) => b.crc32Async!(data, crc) : undefined;
+}
+
+/** How crc32OnThreadPool computes: 'pclmul' (folding, where the CPU has it), 'zlib', or undefined without it. */
+export function crc32Kind(): 'pclmul' | 'zlib' | undefined {
+  loadNative();
+  const b = nativeBinding;
+  return b?.crc32Async ? (b.crc32Fold ? 'pclmul' : 'zlib') : undefined;
 }
 
 /**
