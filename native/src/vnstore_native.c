@@ -428,6 +428,17 @@ static napi_value js_drop_cache_async(napi_env env, napi_callback_info info) {
 typedef unsigned long (*zlib_crc32_fn)(unsigned long crc, const unsigned char *buf, unsigned int len);
 static zlib_crc32_fn g_crc32;
 
+/* zlib's crc32 over any length (its own takes an unsigned int). */
+static unsigned long crc32_zlib(unsigned long crc, const uint8_t *buf, size_t len) {
+  while (len > 0) {
+    const unsigned int n = len > (1u << 30) ? (1u << 30) : (unsigned int)len;
+    crc = g_crc32(crc, buf, n);
+    buf += n;
+    len -= n;
+  }
+  return crc;
+}
+
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(VNSTORE_NO_SIMD)
 #include <immintrin.h>
 /*
@@ -483,13 +494,7 @@ static unsigned long crc32_any(unsigned long crc, const uint8_t *buf, size_t len
     buf += body;
     len -= body;
   }
-  while (len > 0) {
-    const unsigned int n = len > (1u << 30) ? (1u << 30) : (unsigned int)len;
-    crc = g_crc32(crc, buf, n);
-    buf += n;
-    len -= n;
-  }
-  return crc;
+  return crc32_zlib(crc, buf, len);
 }
 
 /* Turns crc32_fold on if the CPU runs it and it agrees with zlib on every length and offset tried. */
@@ -505,15 +510,7 @@ static void pick_crc(void) {
       if (crc32_any(0x12345678u, buf + off, len) != g_crc32(0x12345678u, buf + off, (unsigned int)len)) g_crc_fold = 0;
 }
 #else
-static unsigned long crc32_any(unsigned long crc, const uint8_t *buf, size_t len) {
-  while (len > 0) {
-    const unsigned int n = len > (1u << 30) ? (1u << 30) : (unsigned int)len;
-    crc = g_crc32(crc, buf, n);
-    buf += n;
-    len -= n;
-  }
-  return crc;
-}
+static unsigned long crc32_any(unsigned long crc, const uint8_t *buf, size_t len) { return crc32_zlib(crc, buf, len); }
 static const int g_crc_fold = 0;
 static void pick_crc(void) {}
 #endif
