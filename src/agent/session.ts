@@ -129,10 +129,9 @@ export class RemoteSession {
    * because, after dropping all but the last copy of each page, no two batches share a page index.
    * Across calls: a call settles once its frames' bytes have gone to the kernel (PAGES frames send
    * the caller's pages as views), not answered, so the next call hashes while the server stores
-   * this one's pages; frames
-   * are written in order, so a later call's pages reach the server after this call's. A call's
-   * first batch was scanned ahead (`firstScan`, see queueWrite). A PAGES answer's error fails the
-   * next call, or prepare.
+   * this one's pages; frames are written in order, so a later call's pages reach the server after
+   * this call's. A call's first batch was scanned ahead (`firstScan`, see queueWrite). A PAGES
+   * answer's error fails the next call, or prepare.
    */
   private async send(
     indices: Uint32Array,
