@@ -38,6 +38,7 @@ import { blake3 } from '@napi-rs/blake-hash';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const CLI = join(root, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
+const { writeWindow } = await import(join(root, 'dist', 'agent', 'write-window.js'));
 const { getCodec } = await import(join(root, 'dist', 'chunk', 'codec.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
 const { serverNodeFlags, startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
@@ -132,45 +133,26 @@ const writesInFlight = Number(args['writes-in-flight']);
 /** The send buffers of dirty-list pushes, one per write in flight (touched once here, as a running daemon's are). */
 const gathers = Array.from({ length: writesInFlight }, () => Buffer.alloc(4096 * PAGE, 1));
 
-/** Runs the write calls `calls` yields (each a function of its call number), `writesInFlight` at a time. */
-async function writeAll(calls) {
-  const inFlight = [];
-  let k = 0;
-  for (const call of calls) {
-    if (inFlight.length >= writesInFlight) await inFlight.shift();
-    const w = call(k++);
-    w.catch(() => undefined); // awaited below
-    inFlight.push(w);
-  }
-  for (const w of inFlight) await w;
-}
-
 /** Stores `image` as a snapshot of `vm`; `seconds` splits the wall time into begin, writes and prepare + commit. */
 async function push(client, vm, image, opts = {}) {
   const t0 = now();
   const s = await client.beginSession({ vm, memoryBytes: image.length, parent: opts.parent ?? 'auto' });
   const t1 = now();
   const block = 4096 * PAGE;
+  const writes = writeWindow(writesInFlight);
   if (opts.dirty) {
-    // The dirty pages are gathered (timed) into one reused buffer, as a daemon gathers them into its
+    // The dirty pages are gathered (timed) into reused buffers, as a daemon gathers them into its
     // send buffer: Buffer.concat of 4096 page views into fresh memory took 0.45 s of this process's
     // main thread per 256 MiB image under load, mostly page faults, more than the snapshot itself.
-    // A buffer is gathered into once the call that last used it has settled (writeAll's bound).
-    const calls = [];
-    for (let k = 0; k < opts.dirty.length; k += 4096) {
+    // Buffer n % writesInFlight is gathered into once call n - writesInFlight has settled (the window's bound).
+    for (let k = 0, n = 0; k < opts.dirty.length; k += 4096, n++) {
       const part = opts.dirty.slice(k, k + 4096);
-      calls.push((n) => {
-        const gather = gathers[n % writesInFlight];
-        for (let j = 0; j < part.length; j++) image.copy(gather, j * PAGE, part[j] * PAGE, (part[j] + 1) * PAGE);
-        return s.writeScattered(part, gather.subarray(0, part.length * PAGE));
-      });
+      const gather = gathers[n % writesInFlight];
+      for (let j = 0; j < part.length; j++) image.copy(gather, j * PAGE, part[j] * PAGE, (part[j] + 1) * PAGE);
+      await writes.add(s.writeScattered(part, gather.subarray(0, part.length * PAGE)));
     }
-    await writeAll(calls);
-  } else {
-    const calls = [];
-    for (let o = 0; o < image.length; o += block) calls.push(() => s.writePages(o / PAGE, image.subarray(o, o + block)));
-    await writeAll(calls);
-  }
+  } else for (let o = 0; o < image.length; o += block) await writes.add(s.writePages(o / PAGE, image.subarray(o, o + block)));
+  await writes.drain();
   const t2 = now();
   const rec = await s.commit({ byteLength: image.length, unwritten: opts.dirty ? 'parent' : 'zero' });
   return { rec, stats: s.stats, seconds: { begin: t1 - t0, writes: t2 - t1, commit: now() - t2 } };

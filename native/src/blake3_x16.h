@@ -14,34 +14,13 @@
 
 #define X16_ATTR __attribute__((target("avx512f")))
 
-#define ADD16(a, b) _mm512_add_epi32((a), (b))
-#define XOR16(a, b) _mm512_xor_si512((a), (b))
-#define ROR16(x, n) _mm512_ror_epi32((x), (n))
-
-#define G16(a, b, c, d, mx, my)            \
-  do {                                     \
-    v[a] = ADD16(ADD16(v[a], v[b]), (mx)); \
-    v[d] = ROR16(XOR16(v[d], v[a]), 16);   \
-    v[c] = ADD16(v[c], v[d]);              \
-    v[b] = ROR16(XOR16(v[b], v[c]), 12);   \
-    v[a] = ADD16(ADD16(v[a], v[b]), (my)); \
-    v[d] = ROR16(XOR16(v[d], v[a]), 8);    \
-    v[c] = ADD16(v[c], v[d]);              \
-    v[b] = ROR16(XOR16(v[b], v[c]), 7);    \
-  } while (0)
-
-#define ROUND16(r)                           \
-  do {                                       \
-    const uint8_t *s = MSG_SCHEDULE[r];      \
-    G16(0, 4, 8, 12, m[s[0]], m[s[1]]);      \
-    G16(1, 5, 9, 13, m[s[2]], m[s[3]]);      \
-    G16(2, 6, 10, 14, m[s[4]], m[s[5]]);     \
-    G16(3, 7, 11, 15, m[s[6]], m[s[7]]);     \
-    G16(0, 5, 10, 15, m[s[8]], m[s[9]]);     \
-    G16(1, 6, 11, 12, m[s[10]], m[s[11]]);   \
-    G16(2, 7, 8, 13, m[s[12]], m[s[13]]);    \
-    G16(3, 4, 9, 14, m[s[14]], m[s[15]]);    \
-  } while (0)
+#define ADD(a, b) _mm512_add_epi32((a), (b))
+#define XOR(a, b) _mm512_xor_si512((a), (b))
+#define ROTR16(x) _mm512_ror_epi32((x), 16)
+#define ROTR12(x) _mm512_ror_epi32((x), 12)
+#define ROTR8(x) _mm512_ror_epi32((x), 8)
+#define ROTR7(x) _mm512_ror_epi32((x), 7)
+#include "blake3_round.h"
 
 /* One compression per lane: cv[i] holds word i of every lane's chaining value; updated in place. */
 static X16_ATTR inline void compress16(__m512i cv[8], const __m512i m[16], __m512i counter, uint32_t flags) {
@@ -52,14 +31,14 @@ static X16_ATTR inline void compress16(__m512i cv[8], const __m512i m[16], __m51
       counter, _mm512_setzero_si512(), /* counter high word: chunk counters here are 0..3 */
       _mm512_set1_epi32(BLAKE3_BLOCK_LEN), _mm512_set1_epi32((int)flags),
   };
-  ROUND16(0);
-  ROUND16(1);
-  ROUND16(2);
-  ROUND16(3);
-  ROUND16(4);
-  ROUND16(5);
-  ROUND16(6);
-  for (int i = 0; i < 8; i++) cv[i] = XOR16(v[i], v[i + 8]);
+  ROUND(0);
+  ROUND(1);
+  ROUND(2);
+  ROUND(3);
+  ROUND(4);
+  ROUND(5);
+  ROUND(6);
+  for (int i = 0; i < 8; i++) cv[i] = XOR(v[i], v[i + 8]);
 }
 
 /* 128-bit blocks 0 and 2 of a then of b (lo), or blocks 1 and 3 (hi). */
@@ -146,9 +125,12 @@ static X16_ATTR void hash16_pages(const uint8_t *const page[], uint8_t *const ou
 
 #undef LO128
 #undef HI128
-#undef ROUND16
-#undef G16
-#undef ROR16
-#undef XOR16
-#undef ADD16
+#undef ROUND
+#undef G
+#undef ROTR7
+#undef ROTR8
+#undef ROTR12
+#undef ROTR16
+#undef XOR
+#undef ADD
 #undef X16_ATTR

@@ -6,6 +6,7 @@ import { PAGE_SIZE } from '../format/pages.js';
 import { MAX_OFFERS_PER_BATCH } from '../protocol/limits.js';
 import type { AgentClient } from '../agent/client.js';
 import type { RemoteSession } from '../agent/session.js';
+import { writeWindow } from '../agent/write-window.js';
 import { writeFully } from '../util/durable.js';
 import { fromSystemError, VnstoreError } from '../util/errors.js';
 import { action, printCommitted, progressBar, usage } from './common.js';
@@ -21,21 +22,6 @@ const READ_PAGES = MAX_OFFERS_PER_BATCH;
  * consecutive snapshot; bench/RESULTS.md, issue 12, sessions 17 and 18).
  */
 const WRITES_IN_FLIGHT = 2;
-
-/** At most `limit` write calls in flight: `add` settles once fewer are, `drain` once none is; either throws a call's error. */
-function writeWindow(limit: number): { add(call: Promise<void>): Promise<void>; drain(): Promise<void> } {
-  const inFlight: Promise<void>[] = [];
-  return {
-    async add(call) {
-      call.catch(() => undefined); // awaited in turn, below
-      inFlight.push(call);
-      if (inFlight.length >= limit) await inFlight.shift();
-    },
-    async drain() {
-      while (inFlight.length > 0) await inFlight.shift();
-    },
-  };
-}
 
 /** One buffer of `READ_PAGES` pages per write in flight; buffer k % WRITES_IN_FLIGHT is free again once writeWindow.add of call k - 1 has settled. */
 const sendBuffers = (): Uint8Array[] => Array.from({ length: WRITES_IN_FLIGHT }, () => new Uint8Array(READ_PAGES * PAGE_SIZE));

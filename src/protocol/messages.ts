@@ -195,9 +195,7 @@ export function encodeMessageParts(m: Message): Buffer[] {
     case 'pages': {
       checkCount(m.indices.length, MAX_PAGES_PER_BATCH, 'pages');
       checkLength(m.digests.length, m.indices.length * DIGEST_BYTES, 'page digests');
-      let bytes = m.runs ? 0 : m.data.length;
-      for (const run of m.runs ?? []) bytes += run.length;
-      checkLength(bytes, m.indices.length * PAGE_SIZE, 'page bytes');
+      checkLength(m.runs ? runsLength(m.runs) : m.data.length, m.indices.length * PAGE_SIZE, 'page bytes');
       w.u32(m.req).u32(m.sid).u32(m.indices.length).bytes(interleave(m.indices, m.digests));
       if (!m.runs) return w.bytes(m.data).frame(MSG.PAGES);
       for (const run of m.runs) w.view(run);
@@ -252,9 +250,7 @@ export function encodeMessageParts(m: Message): Buffer[] {
       checkCount(n, MAX_DATA_PAGES, 'data pages');
       const dataPages = countDataPages(m.zero);
       checkLength(m.prefixes.length, dataPages * DATA_DIGEST_PREFIX_BYTES, 'page digest prefixes');
-      let bytes = 0;
-      for (const run of m.runs) bytes += run.length;
-      checkDataLength(dataPages, bytes);
+      checkDataLength(dataPages, runsLength(m.runs));
       w.u32(m.req).u32(m.firstPage).u32(n).bytes(m.zero).bytes(m.prefixes);
       for (const run of m.runs) w.view(run);
       return w.frame(MSG.SPARSE_DATA);
@@ -262,6 +258,13 @@ export function encodeMessageParts(m: Message): Buffer[] {
     case 'end':
       return w.u32(m.req).str(m.json).frame(MSG.END);
   }
+}
+
+/** Bytes in runs sent back to back. */
+function runsLength(runs: readonly Uint8Array[]): number {
+  let bytes = 0;
+  for (const run of runs) bytes += run.length;
+  return bytes;
 }
 
 /** How many pages a SPARSE_DATA zero map names as data pages; a byte other than 0 or 1 is malformed. */
