@@ -41,7 +41,9 @@ const serverRoot = resolve(args['server-root'] ?? root);
 const CLI = join(serverRoot, 'dist', 'cli', 'bin.cjs');
 const { AgentClient } = await import(join(root, 'dist', 'index.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
-const { emptySnapshot, startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
+const { asExecutableRuns, emptySnapshot, startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
+// Agents and server allocate as `vnstore agent` and `vnstore serve` do (bin/vnstore's environment).
+await asExecutableRuns(CLI);
 const PAGE = 4096;
 const now = () => performance.now() / 1000;
 const log = (s) => process.stderr.write(`empty-commit: ${s}\n`);

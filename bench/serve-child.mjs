@@ -1,5 +1,5 @@
 /** `vnstore serve` as a child process for the server benchmarks (server.mjs, server-floor.mjs, empty-commit.mjs). */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
@@ -15,13 +15,44 @@ export function executableNodeFlags(cli) {
   return m[1].split(' ').filter(Boolean);
 }
 
+/**
+ * The environment the `vnstore` executable runs node in: this process's, with $GLIBC_TUNABLES as
+ * the executable sets it (glibc.malloc.hugetlb=1 added: docs/OPERATIONS.md, "Huge pages"), asked of
+ * the executable itself (`vnstore version --json`).
+ */
+export function executableEnv(cli) {
+  const launcher = join(dirname(cli), '..', '..', 'bin', 'vnstore');
+  const r = spawnSync(launcher, ['version', '--json'], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${launcher} version --json: ${r.stderr || r.error}`);
+  const tunables = JSON.parse(r.stdout).glibcTunables;
+  const env = { ...process.env };
+  if (tunables === null) delete env.GLIBC_TUNABLES;
+  else env.GLIBC_TUNABLES = tunables;
+  return env;
+}
+
+/**
+ * Runs this benchmark again in a child process with the executable's environment (executableEnv),
+ * unless it already has it, so that the agents it runs in-process allocate as `vnstore agent` does
+ * (glibc reads its tunables only at start-up). Resolves in the child; in the parent, exits with
+ * the child's status once it ends.
+ */
+export async function asExecutableRuns(cli) {
+  const env = executableEnv(cli);
+  if ((process.env.GLIBC_TUNABLES ?? null) === (env.GLIBC_TUNABLES ?? null)) return;
+  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], { env, stdio: 'inherit' });
+  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => child.kill(sig));
+  const code = await new Promise((res) => child.on('exit', (c, s) => res(c ?? (s ? 1 : 0))));
+  process.exit(code);
+}
+
 /** The server's node flags: the executable's (executableNodeFlags), then `nodeArgs`. */
 export function serverNodeFlags(cli, nodeArgs = process.env.BENCH_SERVE_NODE_ARGS?.split(' ').filter(Boolean) ?? []) {
   return [...executableNodeFlags(cli), ...nodeArgs];
 }
 
 /**
- * Starts `node FLAGS CLI serve --store STORE --listen 127.0.0.1:0` (and `--metrics 127.0.0.1:0` with
+ * Starts, in the executable's environment (executableEnv), `node FLAGS CLI serve --store STORE --listen 127.0.0.1:0` (and `--metrics 127.0.0.1:0` with
  * `metrics`), FLAGS being serverNodeFlags(cli, nodeArgs) ($BENCH_SERVE_NODE_ARGS by default, e.g.
  * profiler flags); resolves once it prints where it listens: { child, address, metrics }. With
  * $BENCH_SERVE_STDOUT set, everything the child prints goes to that file too (e.g. --trace-gc lines).
@@ -37,7 +68,7 @@ export async function startServe(cli, store, { metrics = false, nodeArgs } = {})
     '127.0.0.1:0',
     ...(metrics ? ['--metrics', '127.0.0.1:0'] : []),
   ];
-  const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn(process.execPath, argv, { env: executableEnv(cli), stdio: ['ignore', 'pipe', 'ignore'] });
   let out = '';
   await new Promise((res, rej) => {
     child.stdout.on('data', (d) => {

@@ -45,7 +45,9 @@ const { AgentClient } = await import(join(root, 'dist', 'index.js'));
 const { getCodec } = await import(join(root, 'dist', 'chunk', 'codec.js'));
 const { hashPages } = await import(join(root, 'dist', 'chunk', 'hash.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
-const { emptySnapshot, startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
+const { asExecutableRuns, emptySnapshot, startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
+// Agents and server allocate as `vnstore agent` and `vnstore serve` do (bin/vnstore's environment).
+await asExecutableRuns(CLI);
 const { values: args } = parseArgs({
   options: { mib: { type: 'string', default: '256' }, reps: { type: 'string', default: '7' }, json: { type: 'boolean', default: false } },
 });

@@ -41,7 +41,9 @@ const { AgentClient } = await import(join(root, 'dist', 'index.js'));
 const { writeWindow } = await import(join(root, 'dist', 'agent', 'write-window.js'));
 const { getCodec } = await import(join(root, 'dist', 'chunk', 'codec.js'));
 const { makeImage } = await import(join(root, 'bench', 'server-image.mjs'));
-const { serverNodeFlags, startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
+const { asExecutableRuns, serverNodeFlags, startServe } = await import(join(root, 'bench', 'serve-child.mjs'));
+// Agents and server allocate as `vnstore agent` and `vnstore serve` do (bin/vnstore's environment).
+await asExecutableRuns(CLI);
 const { values: args } = parseArgs({
   options: {
     mib: { type: 'string', default: '256' },
@@ -296,6 +298,8 @@ try {
     loadavg: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number),
     // The server's node flags: the executable's (bin/vnstore), then $BENCH_SERVE_NODE_ARGS.
     serverNodeFlags: serverNodeFlags(CLI),
+    // Both processes' $GLIBC_TUNABLES (the executable's: bin/vnstore asks malloc for huge pages).
+    glibcTunables: process.env.GLIBC_TUNABLES ?? null,
     baselineMBps: base,
     baselinePassesMBps: basePasses.map((x) => Math.round(x)),
     // Each ratio is the median of `reps` timed rounds (each a new VM: first snapshot, consecutive,

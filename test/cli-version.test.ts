@@ -1,6 +1,7 @@
 // `vnstore version` / `--version` say which hashing and codec paths run, with their versions: the
 // answer must be what the library really picks in that environment, not a fixed string.
 import { describe, expect, it } from 'vitest';
+import { randomFillSync } from 'node:crypto';
 import { readFileSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -10,6 +11,7 @@ import { nativeCodecStatus } from '../src/chunk/codec.js';
 import { pageHasherStatus } from '../src/chunk/hash.js';
 import { zstdStatus } from '../src/chunk/zstd.js';
 import type { VersionReport } from '../src/cli/version.js';
+import { AgentClient } from '../src/index.js';
 
 const pkgVersion = (JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 const depVersion = (name: string) =>
@@ -49,6 +51,7 @@ describe('vnstore version', () => {
     expect(r.zstd.libzstd).toBe(zstd.libzstd);
     expect(r.zstd.reason).toBe(zstd.reason);
     expect(r.nodeFlags).toEqual([]); // run as `node CLI`, not through bin/vnstore
+    expect(r.glibcTunables).toBe(process.env.GLIBC_TUNABLES ?? null);
   });
 
   it('the executable, bin/vnstore, runs node in its own process with a larger old generation', async () => {
@@ -74,6 +77,59 @@ describe('vnstore version', () => {
       expect(argv[1]).toBe('--initial-old-space-size=256');
       expect(path.resolve(argv[2])).toBe(path.join(REPO_ROOT, 'dist/cli/bin.cjs'));
       expect((await srv.stop('SIGKILL')).signal).toBe('SIGKILL');
+    } finally {
+      removeDir(dir);
+    }
+  });
+
+  it('the executable asks glibc for huge pages, keeping tunables the caller set', () => {
+    const launcher = path.join(REPO_ROOT, 'bin/vnstore');
+    const cases: [string | undefined, string][] = [
+      [undefined, 'glibc.malloc.hugetlb=1'],
+      ['', 'glibc.malloc.hugetlb=1'],
+      ['glibc.malloc.arena_max=2', 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'],
+      ['glibc.malloc.hugetlb=0', 'glibc.malloc.hugetlb=0'], // an operator's choice stands
+      ['glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0', 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0'],
+    ];
+    for (const [given, want] of cases) {
+      const env = { ...process.env };
+      if (given === undefined) delete env.GLIBC_TUNABLES;
+      else env.GLIBC_TUNABLES = given;
+      const r = spawnSync(launcher, ['version', '--json'], { encoding: 'utf8', env });
+      expect(r.status, r.stderr).toBe(0);
+      expect((JSON.parse(r.stdout) as VersionReport).glibcTunables, `GLIBC_TUNABLES=${given}`).toBe(want);
+    }
+  });
+
+  // Where transparent huge pages are on request ("madvise", the Debian default) and the C library is
+  // glibc: a server started by the executable holds its large buffers in huge pages, and one told
+  // glibc.malloc.hugetlb=0 holds none (so the first figure is the executable's doing).
+  const thp = /\[(\w+)\]/.exec(readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', { encoding: 'utf8', flag: 'r' }))?.[1];
+  const glibc = (process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime;
+  it.runIf(thp === 'madvise' && glibc !== undefined)("a served store's large buffers sit in huge pages", async () => {
+    const launcher = path.join(REPO_ROOT, 'bin/vnstore');
+    const dir = makeTempDir('thp');
+    try {
+      const image = randomFillSync(Buffer.alloc(32 << 20));
+      const hugeKiB = async (tunables: string | undefined): Promise<number> => {
+        const store = path.join(dir, `store-${tunables ?? 'default'}`);
+        expect((await runCli(['init', '--store', store])).code).toBe(0);
+        const srv = await startServe(store, [], { GLIBC_TUNABLES: tunables }, launcher);
+        try {
+          const token = readFileSync(path.join(store, 'access-token'), 'utf8').trim();
+          const client = await AgentClient.connect({ server: srv.address, token });
+          const s = await client.beginSession({ vm: 'vm', memoryBytes: image.length });
+          for (let o = 0; o < image.length; o += 4 << 20) await s.writePages(o / 4096, image.subarray(o, o + (4 << 20)));
+          await s.commit({ byteLength: image.length, unwritten: 'zero' });
+          await client.close();
+          const rollup = readFileSync(`/proc/${srv.child.pid}/smaps_rollup`, 'utf8');
+          return Number(/^AnonHugePages:\s+(\d+) kB$/m.exec(rollup)?.[1]);
+        } finally {
+          await srv.stop();
+        }
+      };
+      expect(await hugeKiB(undefined)).toBeGreaterThanOrEqual(2048);
+      expect(await hugeKiB('glibc.malloc.hugetlb=0')).toBe(0);
     } finally {
       removeDir(dir);
     }

@@ -13,11 +13,22 @@ export interface VersionReport extends ActivePaths {
   node: string;
   /** Node's own flags in this process (the executable, bin/vnstore, gives some). */
   nodeFlags: string[];
+  /**
+   * $GLIBC_TUNABLES as this process started with it (bin/vnstore adds glibc.malloc.hugetlb=1:
+   * docs/OPERATIONS.md, "Huge pages"), or null when unset.
+   */
+  glibcTunables: string | null;
 }
 
 export function versionReport(): VersionReport {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return { vnstore: pkg.version, node: process.version, nodeFlags: [...process.execArgv], ...activePaths() };
+  return {
+    vnstore: pkg.version,
+    node: process.version,
+    nodeFlags: [...process.execArgv],
+    glibcTunables: process.env.GLIBC_TUNABLES ?? null,
+    ...activePaths(),
+  };
 }
 
 /** `vnstore version`: one line per path, and why a fallback serves. */
@@ -61,7 +72,7 @@ export function registerVersion(program: Command): void {
     .description("print vnstore's version and which hashing and codec paths are active (native addons or fallbacks)")
     .option(
       '--json',
-      'print {vnstore, node, nodeFlags, hashing: {path, kernel, addon, ...}, codec: {path, liblz4, addon, ...}, zstd: {path, libzstd, ...}}',
+      'print {vnstore, node, nodeFlags, glibcTunables, hashing: {path, kernel, addon, ...}, codec: {path, liblz4, addon, ...}, zstd: {path, libzstd, ...}}',
     )
     .action(
       action((opts: { json?: boolean }) => {
