@@ -222,7 +222,7 @@ try {
     }
   }
   const reps = Number(args.reps);
-  const r = { first: [], consecutive: [], dirty10: [], restore: [], consSteps: [], dirtySteps: [], emptyDirty: [] };
+  const r = { first: [], consecutive: [], dirty10: [], restore: [], firstSteps: [], consSteps: [], dirtySteps: [], emptyDirty: [] };
   /** Per round: MB/s of `bytes` over the phase's wall time; CPU seconds of agent and server go to r.cpu. */
   r.cpu = [];
   r.windows = [];
@@ -251,7 +251,7 @@ try {
       windows[name] = m.window;
       return m.value;
     };
-    await phase('first', first.length, () => push(client, vm, first));
+    r.firstSteps.push((await phase('first', first.length, () => push(client, vm, first))).seconds);
     const before = await wireIn(srv.metrics);
     const cons = await phase('consecutive', second.length, () => push(client, vm, second));
     const wire = (await wireIn(srv.metrics)) - before;
@@ -321,6 +321,7 @@ try {
     dirty10MBps: median(r.dirty10),
     restoreMBps: median(r.restore),
     // Where each snapshot's wall time went, as the agent sees it: BEGIN, the writes, PREPARE + COMMIT.
+    firstSteps: r.firstSteps,
     consecutiveSteps: r.consSteps,
     dirty10Steps: r.dirtySteps,
     emptyDirtySnapshotSeconds: r.emptyDirty,

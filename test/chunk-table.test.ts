@@ -8,6 +8,7 @@ import { crc32 } from 'node:zlib';
 import { ChunkTable, fingerprint, tableHasDigest, tableLocation, type ChunkLocation } from '../src/index/chunk-table.js';
 import { TABLE_FILE_VERSION, readTableFile, writeTableFile } from '../src/index/table-file.js';
 import { Store, TABLE_FILE } from '../src/store/store.js';
+import { slotPrefetch, touchOnThreadPool } from '../src/chunk/codec.js';
 import { makeTempDir, randomPage, removeDir, restoreToBuffer } from './helpers/engine.js';
 
 const loc = (i: number): ChunkLocation => ({ pack: i + 1, offset: 16 + i * 7, storedLength: 1 + (i % 4096), codec: i % 2 });
@@ -62,6 +63,97 @@ describe('ChunkTable', () => {
       ),
       { numRuns: 60 },
     );
+  });
+
+  it('prepares each growth ahead with a prefault function and grows into those words', async () => {
+    const digests = Array.from({ length: 3000 }, () => randomBytes(32));
+    const check = (t: ChunkTable, n: number) => {
+      expect(t.size).toBe(n);
+      for (let i = 0; i < digests.length; i++) expect(t.get(digests[i])?.location).toEqual(i < n ? loc(i) : undefined);
+    };
+    // A prefault that resolves: the spare is asked for at 55% load, and the growth at 70% uses it.
+    const asked: Uint8Array[] = [];
+    const t = new ChunkTable(8);
+    t.useHelpers({
+      prefault: (bytes) => {
+        asked.push(bytes);
+        return Promise.resolve(bytes.length);
+      },
+    });
+    let n = 0;
+    while (n < Math.ceil(0.55 * 1024) - 1) t.insert(digests[n], loc(n++));
+    expect(asked).toHaveLength(0);
+    t.insert(digests[n], loc(n++));
+    expect(asked).toHaveLength(1);
+    expect(asked[0].byteLength).toBe((4 + 2048 * 4) * 4); // header and twice the slots
+    await Promise.resolve();
+    expect(t.spareReady).toBe(true);
+    while (t.capacity === 1024) t.insert(digests[n], loc(n++));
+    expect(t.capacity).toBe(2048);
+    expect(t.shared.buffer).toBe(asked[0].buffer);
+    expect(t.spareReady).toBe(false);
+    check(t, n);
+    // Through joinChunk too: the next spare is asked for at 55% of 2048 slots.
+    for (; n < Math.ceil(0.55 * 2048); n++) expect(t.joinChunk(digests[n], 0, n + 1, 16 + n * 7, 1 + (n % 4096))).toBe(1);
+    expect(asked).toHaveLength(2);
+
+    // A prefault still running at the growth: new memory instead, and the stale spare is dropped.
+    const slow = new ChunkTable(8);
+    const pending: Uint8Array[] = [];
+    slow.useHelpers({
+      prefault: (bytes) => {
+        pending.push(bytes);
+        return new Promise(() => undefined);
+      },
+    });
+    for (n = 0; slow.capacity === 1024; n++) slow.insert(digests[n], loc(n));
+    expect(pending).toHaveLength(1);
+    expect(slow.shared.buffer).not.toBe(pending[0].buffer);
+    check(slow, n);
+    while (slow.capacity === 2048) slow.insert(digests[n], loc(n++));
+    expect(pending).toHaveLength(2); // asked again for the next size
+    check(slow, n);
+
+    // A failed prefault: the growth allocates as without one.
+    const failing = new ChunkTable(8);
+    failing.useHelpers({ prefault: () => Promise.reject(new Error('no')) });
+    for (n = 0; failing.capacity === 1024; n++) {
+      failing.insert(digests[n], loc(n));
+      await Promise.resolve();
+    }
+    check(failing, n);
+  });
+
+  it.runIf(slotPrefetch() !== undefined)('requests the lines of batched probes without changing the table, and checks its input', () => {
+    const prefetch = slotPrefetch()!;
+    const t = new ChunkTable(8);
+    t.useHelpers({ prefetch });
+    const digests = randomBytes(32 * 300);
+    for (let i = 0; i < 200; i++) t.insert(digests.subarray(i * 32, i * 32 + 32), loc(i));
+    const before = Buffer.from(new Uint8Array(t.shared.buffer)).toString('hex');
+    t.prefetch(digests, 0, 32, 300);
+    t.prefetch(digests, 32 * 299, 32, 1); // the last one: in range
+    expect(Buffer.from(new Uint8Array(t.shared.buffer)).toString('hex')).toBe(before);
+    for (let i = 0; i < 300; i++) expect(t.get(digests.subarray(i * 32, i * 32 + 32))?.location).toEqual(i < 200 ? loc(i) : undefined);
+    // The addon's fingerprint and home slot are the table's (else it would request the wrong lines).
+    const mask = t.capacity - 1;
+    for (let i = 0; i < 300; i++) expect(prefetch(t.shared, digests, i * 32, 32, 1)).toBe(fingerprint(t.shared, digests, i * 32) & mask);
+    expect(prefetch(t.shared, digests, 0, 32, 0)).toBe(-1);
+    expect(() => prefetch(t.shared, digests, 32 * 299, 32, 2)).toThrow(/digests too short/);
+    expect(() => prefetch(t.shared, digests, 0, 8, 1)).toThrow(/digests too short/);
+    expect(() => prefetch(new Uint32Array(4 + 3 * 4), digests, 0, 32, 1)).toThrow(/not a chunk table/);
+    expect(() => prefetch(t.shared, 'x' as unknown as Uint8Array, 0, 32, 1)).toThrow(/digests must be a Uint8Array/);
+  });
+
+  it.runIf(touchOnThreadPool() !== undefined)('touches memory on the thread pool without changing it', async () => {
+    const touch = touchOnThreadPool()!;
+    const bytes = new Uint8Array(new SharedArrayBuffer(5 * 4096 + 100));
+    for (let i = 0; i < bytes.length; i += 7) bytes[i] = (i * 31) & 0xff;
+    const before = Buffer.from(bytes);
+    expect(await touch(bytes)).toBe(6);
+    expect(Buffer.from(bytes).equals(before)).toBe(true);
+    expect(await touch(new Uint8Array(0))).toBe(0);
+    expect(() => touch('x' as unknown as Uint8Array)).toThrow(/bytes must be a Uint8Array/);
   });
 
   it('marks a fingerprint shared by two digests as ambiguous', () => {

@@ -420,6 +420,95 @@ static napi_value js_drop_cache_async(napi_env env, napi_callback_info info) {
   return vn_async_queue(env, &job->base, NULL, 0, "vnstore.dropCache");
 }
 
+/* prefetchSlots(words: Uint32Array, digests: Uint8Array, offset: number, stride: number, count: number): number
+ * Asks the CPU for the chunk-table line each digest's probe starts at: digest k at
+ * digests[offset + k*stride ..], its fingerprint keyed by the seed in words[0..2] and its home slot
+ * fp & mask, exactly as src/index/chunk-table.ts computes them (a test compares). A table probe is a
+ * cache miss of its own (the table is megabytes); made one after another from JavaScript they run
+ * in series, and requested together here they overlap, so the probes that follow find their lines
+ * cached. A hint: nothing is read or written that a probe would not read. Returns the last digest's
+ * home slot (-1 for none), so tests can hold the fingerprint to the table's. */
+static inline uint32_t le32(const uint8_t *d) {
+  return (uint32_t)d[0] | ((uint32_t)d[1] << 8) | ((uint32_t)d[2] << 16) | ((uint32_t)d[3] << 24);
+}
+
+static inline uint32_t table_fingerprint(const uint32_t *seed, const uint8_t *d) {
+  uint32_t h = ((le32(d) ^ seed[0]) * 0x9e3779b1u) ^ ((le32(d + 4) ^ seed[1]) * 0x85ebca77u) ^ ((le32(d + 8) ^ seed[2]) * 0xc2b2ae3du);
+  h ^= h >> 15;
+  h *= 0x2c1b3c6du;
+  h ^= h >> 13;
+  return h;
+}
+
+#define TABLE_HEADER_WORDS 4
+#define TABLE_SLOT_WORDS 4
+
+static napi_value js_prefetch_slots(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) return throw_type(env, "prefetchSlots(words, digests, offset, stride, count)");
+  uint32_t *words;
+  size_t nwords;
+  uint8_t *digests;
+  size_t dlen;
+  if (arg_typed(env, argv[0], napi_uint32_array, (void **)&words, &nwords, "words must be a Uint32Array") ||
+      arg_typed(env, argv[1], napi_uint8_array, (void **)&digests, &dlen, "digests must be a Uint8Array"))
+    return NULL;
+  uint32_t offset, stride, count;
+  if (napi_get_value_uint32(env, argv[2], &offset) != napi_ok || napi_get_value_uint32(env, argv[3], &stride) != napi_ok ||
+      napi_get_value_uint32(env, argv[4], &count) != napi_ok)
+    return throw_type(env, "offset, stride and count must be numbers");
+  const size_t slots = nwords > TABLE_HEADER_WORDS ? (nwords - TABLE_HEADER_WORDS) / TABLE_SLOT_WORDS : 0;
+  if (slots == 0 || (slots & (slots - 1)) != 0) return throw_range(env, "words is not a chunk table (a power-of-two slot count)");
+  if (count > 0 && (stride < 12 || (uint64_t)offset + (uint64_t)(count - 1) * stride + 12 > dlen))
+    return throw_range(env, "digests too short for count entries of 12 or more bytes at stride");
+  const uint32_t mask = (uint32_t)(slots - 1);
+  int64_t last = -1;
+  for (uint32_t k = 0; k < count; k++) {
+    const uint32_t s = table_fingerprint(words, digests + offset + (size_t)k * stride) & mask;
+    __builtin_prefetch(words + TABLE_HEADER_WORDS + (size_t)s * TABLE_SLOT_WORDS);
+    last = s;
+  }
+  napi_value out;
+  NAPI_OK(napi_create_int64(env, last, &out));
+  return out;
+}
+
+/* touchPagesAsync(bytes: Uint8Array): Promise<number>
+ * On the thread pool: a write access to every 4 KiB page of `bytes` that leaves its contents as they
+ * are (an atomic or of zero), so the kernel gives the memory its pages there and not on the thread
+ * that uses it next. Resolves to the pages touched. Why: a new 4 KiB page costs ~12 µs on the
+ * project machine, and a chunk table's doubling touches megabytes of them at once (the table
+ * prepares its next words ahead with this: src/index/chunk-table.ts, useHelpers). */
+typedef struct {
+  vn_async_t base;
+  uint8_t *bytes;
+  size_t length;
+} touch_job_t;
+
+static void run_touch_pages(vn_async_t *self) {
+  touch_job_t *job = (touch_job_t *)self;
+  size_t pages = 0;
+  for (size_t o = 0; o < job->length; o += PAGE_SIZE, pages++) __atomic_fetch_or(job->bytes + o, (uint8_t)0, __ATOMIC_RELAXED);
+  self->result = (double)pages;
+}
+
+static napi_value js_touch_pages_async(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) return throw_type(env, "touchPagesAsync(bytes)");
+  uint8_t *bytes;
+  size_t length;
+  if (arg_typed(env, argv[0], napi_uint8_array, (void **)&bytes, &length, "bytes must be a Uint8Array")) return NULL;
+  touch_job_t *job = (touch_job_t *)vn_async_new(sizeof *job, run_touch_pages);
+  if (job == NULL) return throw_range(env, "out of memory");
+  job->bytes = bytes;
+  job->length = length;
+  return vn_async_queue(env, &job->base, argv, 1, "vnstore.touchPages");
+}
+
 /* crc32Async(data: Uint8Array, crc: number): Promise<number>
  * zlib's CRC-32 of `data`, continuing `crc`, on the thread pool: a pack's payload checksum, off the
  * main thread that applies pages (docs/DESIGN.md, "Packs and durability"). zlib is the one Node
@@ -626,6 +715,8 @@ NAPI_MODULE_INIT() {
       {"decodePage", NULL, js_decode_page, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodePages", NULL, js_decode_pages, NULL, NULL, NULL, napi_enumerable, NULL},
       {"dropCacheAsync", NULL, js_drop_cache_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"touchPagesAsync", NULL, js_touch_pages_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"prefetchSlots", NULL, js_prefetch_slots, NULL, NULL, NULL, napi_enumerable, NULL},
       {"abi", NULL, NULL, NULL, NULL, abi, napi_enumerable, NULL},
       {"pageSize", NULL, NULL, NULL, NULL, page_size, napi_enumerable, NULL},
       {"lz4Version", NULL, NULL, NULL, NULL, lz4_version, napi_enumerable, NULL},

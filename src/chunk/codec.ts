@@ -321,6 +321,10 @@ interface NativeBinding {
     failed: Uint8Array,
   ): number;
   dropCacheAsync(path: string): Promise<number>;
+  /** A write access to every 4 KiB page of `bytes`, contents kept, on the thread pool (optional: added within ABI 6). */
+  touchPagesAsync?(bytes: Uint8Array): Promise<number>;
+  /** Requests the chunk-table lines of `count` digests' probes (optional: added within ABI 6). */
+  prefetchSlots?(words: Uint32Array, digests: Uint8Array, offset: number, stride: number, count: number): number;
   /** Absent when the process carries no zlib the addon can find. */
   crc32Async?(data: Uint8Array, crc: number): Promise<number>;
   /** crc32Async folds by carry-less multiplication (PCLMULQDQ) rather than zlib's tables. */
@@ -455,6 +459,28 @@ function selfTest(codec: PageCodec): void {
 export function dropFileCache(path: string): Promise<number> | undefined {
   loadNative();
   return nativeBinding?.dropCacheAsync(path);
+}
+
+/**
+ * Gives `bytes` its pages on the thread pool (the addon's touchPagesAsync: each 4 KiB page written
+ * to, its contents kept), or undefined without the addon: the memory then gets its pages where it
+ * is first used, as any memory does.
+ */
+export function touchOnThreadPool(): ((bytes: Uint8Array) => Promise<number>) | undefined {
+  loadNative();
+  const b = nativeBinding;
+  return b?.touchPagesAsync ? (bytes) => b.touchPagesAsync!(bytes) : undefined;
+}
+
+/**
+ * The addon's prefetchSlots (chunk-table lines requested for a batch of digests before they are
+ * probed one by one), or undefined without it: the probes then wait for each line in turn.
+ */
+export function slotPrefetch():
+  ((words: Uint32Array, digests: Uint8Array, offset: number, stride: number, count: number) => void) | undefined {
+  loadNative();
+  const b = nativeBinding;
+  return b?.prefetchSlots; // called bare: the addon's function uses no `this`
 }
 
 /**

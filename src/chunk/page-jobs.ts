@@ -9,7 +9,7 @@ import { getSystemErrorName } from 'node:util';
 import { DIGEST_BYTES, digestsEqual, PAGE_SIZE } from '../format/pages.js';
 import { CONTAINER_CODEC, packFileName } from '../format/pack.js';
 import { tableHasDigest, tableLocation } from '../index/chunk-table.js';
-import { getCodec, type ChunkCodec, type CompressedPages } from './codec.js';
+import { getCodec, slotPrefetch, type ChunkCodec, type CompressedPages } from './codec.js';
 import { decodeContainer, decodeStoredChunks, MAX_CONTAINER_BYTES } from './container.js';
 import { hashPage, hashPages, pageScanner, type PageScanner } from './hash.js';
 import { zeroFill } from '../util/shared-bytes.js';
@@ -282,6 +282,9 @@ function errnoError(errno: number, syscall: string, file: string): NodeJS.ErrnoE
   return Object.assign(new Error(`${code}: ${syscall} failed, '${file}'`), { code, errno: -errno, syscall, path: file });
 }
 
+/** The addon's chunk-table line requests (undefined without it). */
+const prefetchSlots = slotPrefetch();
+
 /**
  * Decides each page's status from its zero flag and digest (see PageStatus), and lists the byte
  * offsets of the New pages, which are the ones to compress.
@@ -298,6 +301,8 @@ function classifyPages(
   let newCount = 0;
   const seen = new Set<string>();
   const digestView = Buffer.from(digests.buffer, digests.byteOffset, digests.length);
+  // Every non-zero page is probed below: their table lines are requested together first.
+  if (job.table && pageCount > 0) prefetchSlots?.(job.table, digests, 0, DIGEST_BYTES, pageCount);
   // Word views for the same-as-parent test: most pages of a consecutive snapshot take it, so it
   // compares 8 words in place instead of making two views and a native call per page.
   const ownWords = new Uint32Array(digests.buffer, digests.byteOffset, pageCount * 8);

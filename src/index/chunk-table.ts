@@ -24,6 +24,34 @@ export const SEED_BYTES = 12;
 const OCCUPIED = 1 << 24;
 const COLLISION = 2 << 24;
 const MAX_LOAD = 0.7;
+/**
+ * Load at which a table with a prefault function (useHelpers) starts preparing its next, doubled
+ * words: allocated now and touched on another thread, so that the growth at MAX_LOAD only rehashes.
+ */
+const SPARE_LOAD = 0.55;
+
+/**
+ * Touches every page of `bytes` on another thread (writing zeros where there are zeros), so that
+ * the first touches that give the memory its pages (~12 µs a 4 KiB page on the project machine)
+ * are not paid by the thread that applies pages.
+ */
+export type Prefault = (bytes: Uint8Array) => Promise<unknown>;
+
+/**
+ * Requests the table lines the probes of `count` digests (at digests[offset + k*stride ..]) start
+ * at, all together, so that the probes made next find them cached instead of each waiting for its
+ * own miss (the codec addon's prefetchSlots).
+ */
+export type SlotPrefetch = (words: Uint32Array, digests: Uint8Array, offset: number, stride: number, count: number) => void;
+
+/** Digests whose lines a loop over many requests at a time: 1024 lines of 64 B stay in a core's L2. */
+export const PROBE_SLICE = 1024;
+
+/** What a table may use from the native addon (ChunkTable.useHelpers). */
+export interface TableHelpers {
+  prefault?: Prefault;
+  prefetch?: SlotPrefetch;
+}
 
 export interface ChunkLocation {
   pack: number;
@@ -139,6 +167,10 @@ export class ChunkTable {
   private words: Uint32Array;
   private mask: number;
   size = 0;
+  private prefault?: Prefault;
+  private prefetcher?: SlotPrefetch;
+  /** The next words (twice the slots), being touched or touched (`ready`); see SPARE_LOAD. */
+  private spare?: { words: Uint32Array; ready: boolean };
 
   /**
    * Rebuilds a table from saved occupied slots (see table-file.ts) and the seed their fingerprints
@@ -266,6 +298,50 @@ export class ChunkTable {
     return codec !== CONTAINER_CODEC || ((meta >>> 20) & 0x0f) === ((tocMeta >>> 20) & 0x0f);
   }
 
+  /**
+   * From now on, prepares each growth ahead (SPARE_LOAD) with `prefault` (the codec addon's, on the
+   * thread pool): a doubling of a table of millions of slots otherwise stalls its thread for the
+   * first touches of the new memory; and requests the lines of batched probes with `prefetch`
+   * (bench/RESULTS.md, issue 12, session 19).
+   */
+  useHelpers(helpers: TableHelpers): void {
+    this.prefault = helpers.prefault;
+    this.prefetcher = helpers.prefetch;
+  }
+
+  /**
+   * Requests the lines that probes of these digests will read (digest k at digests[offset +
+   * k*stride ..]): call before probing a batch of them one by one. A no-op without the addon.
+   */
+  prefetch(digests: Uint8Array, offset: number, stride: number, count: number): void {
+    if (this.prefetcher && count > 0) this.prefetcher(this.words, digests, offset, stride, count);
+  }
+
+  /** Whether the next growth's words are allocated and touched (tests). */
+  get spareReady(): boolean {
+    return this.spare?.ready === true;
+  }
+
+  /** Starts preparing the next words once the load passes SPARE_LOAD (at most one at a time). */
+  private prepareSpare(): void {
+    if (this.spare || !this.prefault || this.size < SPARE_LOAD * this.capacity) return;
+    const spare = { words: ChunkTable.alloc(this.capacity * 2), ready: false };
+    this.spare = spare;
+    this.prefault(new Uint8Array(spare.words.buffer)).then(
+      () => (spare.ready = true),
+      () => {
+        if (this.spare === spare) this.spare = undefined; // grow allocates as without a prefault
+      },
+    );
+  }
+
+  /** Words for `slots` slots: the prepared spare when it is ready and that size, else new memory. */
+  private takeWords(slots: number): Uint32Array {
+    const spare = this.spare;
+    this.spare = undefined; // used now, or stale (still being touched, or sized for another growth)
+    return spare?.ready && spare.words.length === HEADER_WORDS + slots * SLOT_WORDS ? spare.words : ChunkTable.alloc(slots);
+  }
+
   /** Grows ahead of a known burst of inserts (a whole image), so it rehashes once, not repeatedly. */
   reserve(extra: number): void {
     while ((this.size + extra) / this.capacity > MAX_LOAD) this.grow();
@@ -286,6 +362,25 @@ export class ChunkTable {
     }
     this.writeSlot(-1 - s, fp, loc, 0);
     this.size++;
+    if (this.size >= SPARE_LOAD * this.capacity) this.prepareSpare();
+  }
+
+  /**
+   * The empty slot a new chunk of this digest would take (the table grown first if one more chunk
+   * would pass MAX_LOAD), or -1 when its fingerprint is held already. With fillVacant, an insert
+   * of a chunk not known to be new in one probe; nothing may change the table between the two.
+   */
+  vacantSlot(digest: Uint8Array, offset = 0): number {
+    if ((this.size + 1) / this.capacity > MAX_LOAD) this.grow();
+    const s = this.find(this.fp(digest, offset));
+    return s >= 0 ? -1 : -1 - s;
+  }
+
+  /** Records a chunk in the slot vacantSlot gave for its digest. */
+  fillVacant(s: number, digest: Uint8Array, offset: number, loc: ChunkLocation): void {
+    this.writeSlot(s, this.fp(digest, offset), loc, 0);
+    this.size++;
+    if (this.size >= SPARE_LOAD * this.capacity) this.prepareSpare();
   }
 
   /** Fills empty slot `s` with a chunk described by a version-3 TOC entry. */
@@ -314,6 +409,7 @@ export class ChunkTable {
     const s = this.find(fp);
     if (s >= 0) return this.slotHolds(s, pack, packOffset, tocMeta) ? 0 : -1;
     this.writeTocSlot(-1 - s, fp, pack, packOffset, tocMeta);
+    if (this.size >= SPARE_LOAD * this.capacity) this.prepareSpare();
     return 1;
   }
 
@@ -367,7 +463,7 @@ export class ChunkTable {
   private grow(): void {
     const old = this.words;
     const cap = this.capacity * 2;
-    this.words = ChunkTable.alloc(cap);
+    this.words = this.takeWords(cap);
     this.mask = cap - 1;
     const w = this.words;
     w.set(old.subarray(0, HEADER_WORDS)); // the same seed: stored fingerprints stay valid

@@ -319,12 +319,15 @@ export class PackFile {
     const h = await this.fh;
     const footer = this.footer();
     await writeFully(h, footer);
-    if (this.earlySync) await this.earlySync;
+    // The fsync starts beside an early datasync still in flight, not after it: both wait on the same
+    // writeback, and the seal ends at the later of the two (a failure of either fails it).
+    const early = this.earlySync;
     const synced = h.sync();
     synced.catch(() => undefined); // awaited below; a failure must not surface as unhandled first
     const sealed: SealedPack = { record: this.record(footer.length), chunks: this };
     const during = whileSyncing(sealed);
     await synced;
+    if (early) await early;
     await h.close();
     await fsp.rename(this.tmpPath, path.join(packsDir, packFileName(this.id)));
     await fsyncDir(packsDir);

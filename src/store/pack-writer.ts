@@ -81,6 +81,12 @@ export class PackWriter {
     count: number,
     /** Set to each chunk's number (a format-3 store's; -1 otherwise), for the caller's hints. */
     numbersOut?: Float64Array,
+    /**
+     * When given, a chunk whose fingerprint the chunk table holds already is not appended and gets
+     * skippedOut[k] = 1 (its caller confirms it through the exact index): the check and the insert
+     * then take one probe of the table, not two.
+     */
+    skippedOut?: Uint8Array,
   ): void {
     let runStart = 0; // payload bytes [runStart, runEnd) still to copy into the open pack's batch
     let runEnd = 0;
@@ -89,6 +95,12 @@ export class PackWriter {
       // Checked before a pack is started for it (addEntry checks too, after the run bookkeeping).
       if (len < 1 || len > PAGE_SIZE) throw new RangeError(`payload length ${len}`);
       if (digestAt[k] + DIGEST_BYTES > digests.length) throw new RangeError('digest out of range');
+      // Probed before the pack work, which leaves the table alone: the slot stays vacant till filled.
+      const slot = skippedOut ? this.table.vacantSlot(digests, digestAt[k]) : -2;
+      if (slot === -1) {
+        skippedOut![k] = 1;
+        continue; // the next chunk's payload no longer follows the run: it starts a new one
+      }
       const pack = this.open ?? this.startPack();
       // A run never outgrows the room left in the batch it will be copied into (a new batch when
       // there is none), so every copy lands in a reused batch, never in a one-off allocation.
@@ -100,7 +112,9 @@ export class PackWriter {
       if (numbersOut) numbersOut[k] = number ?? -1;
       const offset = pack.addEntry(digests, digestAt[k], len, codecs[k], runEnd - runStart, number);
       runEnd += len;
-      this.table.insert(digests, { pack: pack.id, offset, storedLength: len, codec: codecs[k] }, digestAt[k]);
+      const loc = { pack: pack.id, offset, storedLength: len, codec: codecs[k] };
+      if (slot >= 0) this.table.fillVacant(slot, digests, digestAt[k], loc);
+      else this.table.insert(digests, loc, digestAt[k]);
       if (pack.size + (runEnd - runStart) >= this.targetBytes) {
         pack.copyRun(payload, runStart, runEnd);
         runStart = runEnd;

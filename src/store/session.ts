@@ -349,6 +349,8 @@ export class Session {
   /** Whether applyKnown, run now, could find any of these digests (see its first loop). */
   private anyKnowable(pageIndices: Uint32Array, digests: Uint8Array): boolean {
     const parent = this.parent?.pages;
+    // Without a parent every digest may be probed (a first snapshot's are all absent).
+    if (!parent) this.store.table.prefetch(digests, 0, DIGEST_BYTES, pageIndices.length);
     for (let k = 0; k < pageIndices.length; k++) {
       const page = pageIndices[k];
       const at = k * DIGEST_BYTES;
@@ -382,6 +384,8 @@ export class Session {
     // A page equal to a trusted parent's at its index is known without a probe. Most pages of a
     // consecutive snapshot are, and each probe is a likely cache miss in a large table.
     const trusted = this.parentTrusted;
+    // Probes ahead: each digest's, unless a trusted parent answers most of them without one.
+    if (!trusted || !parent) this.store.table.prefetch(digests, 0, DIGEST_BYTES, n);
     const ask: number[] = [];
     for (let k = 0; k < n; k++) {
       const page = pageIndices[k];
@@ -691,7 +695,6 @@ export class Session {
     const gcMeanwhile = store.gcFence !== undefined || store.gcFencesRaised !== gcsBefore;
     // A block with many new pages (LZ4 is the costliest step): workers, if they wait on demand.
     if (r.lengths.length * 5 > n) store.pool.wantWorkers();
-    const table = store.table;
     const confirm: number[] = [];
     // For New pages: where the worker's compressed payload starts, and its ordinal among New pages.
     const payloadAt = new Int32Array(n).fill(-1);
@@ -731,18 +734,11 @@ export class Session {
         const len = r.lengths[newIdx];
         payloadAt[i] = payloadPos;
         ordinalAt[i] = newIdx;
-        // Another block or session may have stored it since the worker looked.
-        if (table.hasFingerprint(r.digests, i * DIGEST_BYTES)) {
-          confirm.push(i);
-        } else {
-          storeDigestAt[storeCount] = i * DIGEST_BYTES;
-          storePayloadAt[storeCount] = payloadPos;
-          storeLength[storeCount] = len;
-          storeCodec[storeCount] = r.codecs[newIdx];
-          storeCount++;
-          this.superseded.stored(typeof target === 'number' ? target + i : target[i]);
-          this.stats.newChunkBytes += len;
-        }
+        storeDigestAt[storeCount] = i * DIGEST_BYTES;
+        storePayloadAt[storeCount] = payloadPos;
+        storeLength[storeCount] = len;
+        storeCodec[storeCount] = r.codecs[newIdx];
+        storeCount++;
         payloadPos += len;
         newIdx++;
         continue;
@@ -752,13 +748,23 @@ export class Session {
     }
     if (storeCount > 0) {
       const numbers = store.isNumbered ? new Float64Array(storeCount) : undefined;
-      store.writer.appendMany(r.digests, storeDigestAt, r.payload, storePayloadAt, storeLength, storeCodec, storeCount, numbers);
-      this.stats.newChunks += storeCount;
-      if (numbers) {
-        for (let k = 0; k < storeCount; k++) {
-          const i = storeDigestAt[k] / DIGEST_BYTES;
-          this.noteNumber(typeof target === 'number' ? target + i : target[i], numbers[k]);
+      // Another block or session may have stored a New page's chunk since the worker looked: the
+      // writer skips those whose fingerprint the table holds now, and they are confirmed below.
+      const skipped = new Uint8Array(storeCount);
+      // The writer probes each New page's digest: mostly the block's all, in a first snapshot.
+      if (storeCount * 4 >= n) store.table.prefetch(r.digests, 0, DIGEST_BYTES, n);
+      store.writer.appendMany(r.digests, storeDigestAt, r.payload, storePayloadAt, storeLength, storeCodec, storeCount, numbers, skipped);
+      for (let k = 0; k < storeCount; k++) {
+        const i = storeDigestAt[k] / DIGEST_BYTES;
+        if (skipped[k] === 1) {
+          confirm.push(i);
+          continue;
         }
+        const page = typeof target === 'number' ? target + i : target[i];
+        this.superseded.stored(page);
+        this.stats.newChunks++;
+        this.stats.newChunkBytes += storeLength[k];
+        if (numbers) this.noteNumber(page, numbers[k]);
       }
     }
     if (confirm.length === 0) return;

@@ -23,6 +23,7 @@ import { PagePool } from '../chunk/worker-pool.js';
 import { SlabPool } from '../chunk/slab-pool.js';
 import { ensurePrivateDir, exists, fsyncDir, writeFileDurable } from '../util/durable.js';
 import { hex } from '../chunk/hash.js';
+import { slotPrefetch, touchOnThreadPool } from '../chunk/codec.js';
 import { CorruptError, FIND_DAMAGE_ADVICE, fromSystemError, VnstoreError } from '../util/errors.js';
 import {
   isNumberedStore,
@@ -165,7 +166,10 @@ export interface TableChange {
 }
 
 /** The chunk table's read side: sessions and restores ask it; only the store and the pack writer change it. */
-export type ChunkTableView = Pick<ChunkTable, 'get' | 'hasFingerprint' | 'shared' | 'size' | 'seed' | 'capacity' | 'memoryBytes'>;
+export type ChunkTableView = Pick<
+  ChunkTable,
+  'get' | 'hasFingerprint' | 'prefetch' | 'shared' | 'size' | 'seed' | 'capacity' | 'memoryBytes'
+>;
 
 export class Store {
   /** The live snapshot sessions (gc, check and stats read it; sessions register through beginSession). */
@@ -211,6 +215,9 @@ export class Store {
      */
     readonly numbered?: NumberedChunks,
   ) {
+    // Each doubling of the table gets its memory touched ahead, off this thread, and batches of
+    // probes have their lines requested together (ChunkTable.useHelpers).
+    chunkTable.useHelpers({ prefault: touchOnThreadPool(), prefetch: slotPrefetch() });
     this.sweeper = numbered && !sweeper?.numbered ? undefined : sweeper;
     this.reclaimer = new Reclaimer(this, this.sweeper, reclaim);
     this.numberedManifests = numbered && new NumberedManifestLoader((id) => this.manifestPath(id), numbered, packs);
