@@ -403,12 +403,12 @@ describe.runIf(native)('hash jobs on the thread pool', () => {
 
 describe('the vnstore executable', () => {
   /** UV_THREADPOOL_SIZE as the command saw it at exit (a preloaded CommonJS hook prints it). */
-  function poolSizeSeen(env: Record<string, string | undefined>): string {
+  function poolSizeSeen(env: Record<string, string | undefined>, args = ['--version']): string {
     const hook = path.join(tempDir('bin'), 'hook.cjs');
     writeFileSync(hook, "process.on('exit', () => process.stderr.write('pool=' + process.env.UV_THREADPOOL_SIZE + '\\n'));\n");
-    const r = spawnSync(process.execPath, ['-r', hook, CLI, '--version'], { env: { ...process.env, ...env }, encoding: 'utf8' });
+    const r = spawnSync(process.execPath, ['-r', hook, CLI, ...args], { env: { ...process.env, ...env }, encoding: 'utf8' });
     expect(r.status).toBe(0);
-    expect(r.stdout.trim()).toMatch(/^vnstore \d+\.\d+\.\d+ \(node [^\n]+\)$/);
+    if (args[0] === '--version') expect(r.stdout.trim()).toMatch(/^vnstore \d+\.\d+\.\d+ \(node [^\n]+\)$/);
     return /pool=(\S+)/.exec(r.stderr)?.[1] ?? '';
   }
 
@@ -431,5 +431,13 @@ describe('the vnstore executable', () => {
   it('sizes the thread pool to the cores (2 to 4) before it starts, unless the user set it', () => {
     expect(poolSizeSeen({ UV_THREADPOOL_SIZE: undefined })).toBe(String(Math.min(4, Math.max(2, availableParallelism()))));
     expect(poolSizeSeen({ UV_THREADPOOL_SIZE: '3' })).toBe('3');
+  });
+
+  it('gives `vnstore serve` two pool threads more than the cores (at most 8), unless the user set it', () => {
+    const cores = Math.max(2, availableParallelism());
+    expect(poolSizeSeen({ UV_THREADPOOL_SIZE: undefined }, ['serve', '--help'])).toBe(String(Math.min(8, cores + 2)));
+    expect(poolSizeSeen({ UV_THREADPOOL_SIZE: '3' }, ['serve', '--help'])).toBe('3');
+    // Only the command counts, not an argument that spells it.
+    expect(poolSizeSeen({ UV_THREADPOOL_SIZE: undefined }, ['ls', '--help', 'serve'])).toBe(String(Math.min(4, cores)));
   });
 });
