@@ -1,52 +1,41 @@
 /**
- * Socket reads into one reused buffer. Node's default reads allocate a fresh 64 KiB buffer per read,
- * and on the project machine that capped a socket at 110-270 MB/s, where reading into one reused
- * 1 MiB buffer (net's `onread`) took 0.8-2 GB/s (bench/RESULTS.md, "Server (issue 12)", socket
- * reads). The bytes passed to `onChunk` are valid only during the call: the next read overwrites them.
+ * Socket reads that decode frames as they land. Node's default reads allocate a fresh 64 KiB buffer
+ * per read, and on the project machine that capped a socket at 110-270 MB/s, where reading into one
+ * reused buffer (net's `onread`) took 0.8-2 GB/s (bench/RESULTS.md, "Server (issue 12)", socket
+ * reads); large frames are read straight into their own buffers, so their bytes are not copied
+ * again (the server's PAGES, the agent's DATA).
  */
 import net from 'node:net';
 import type { FrameDecoder, RawFrame } from './frames.js';
 
-/** Size of the reused read buffer: one read can take a whole PAGES or DATA frame. */
-export const READ_BUFFER_BYTES = 1 << 20;
-
-export type ChunkHandler = (chunk: Buffer) => void;
-
-/** `onread` options for net.connect / new net.Socket: reads land in one buffer, handed to `onChunk`. */
-export function reusedReadBuffer(onChunk: ChunkHandler): net.OnReadOpts {
-  const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
-  return {
-    buffer,
-    callback: (nread, buf) => {
-      onChunk(Buffer.from(buf.buffer, buf.byteOffset, nread));
-      return true; // pausing is socket.pause()'s (backpressure), not this return value's
-    },
-  };
-}
-
 /**
- * A socket accepted by a net.Server created with `pauseOnConnect`, re-made so that it reads into one
- * reused buffer: net.Server has no `onread` option, so the accepted handle moves to a new Socket that
+ * A socket accepted by a net.Server created with `pauseOnConnect`, re-made so that it reads through
+ * decodingReads: net.Server has no `onread` option, so the accepted handle moves to a new Socket that
  * has one (the old Socket object is dropped without closing the handle). Falls back to 'data' events
- * (the same socket) where the handle cannot be taken, e.g. a TLS socket.
+ * on the same socket, pushed into the decoder, where the handle cannot be taken (a TLS socket).
  */
-export function adoptAccepted(socket: net.Socket, onChunk: ChunkHandler): net.Socket {
+export function adoptDecoding(socket: net.Socket, decoder: FrameDecoder, handlers: FrameHandlers): net.Socket {
   const raw = socket as unknown as { _handle?: unknown };
   if (!(socket instanceof net.Socket) || socket.constructor !== net.Socket || !raw._handle || socket.destroyed) {
-    socket.on('data', onChunk);
+    socket.on('data', (chunk: Buffer) => {
+      handlers.bytes?.(chunk.length);
+      deliverFrames(handlers, () => decoder.push(chunk));
+    });
     socket.resume();
     return socket;
   }
   const handle = raw._handle;
   raw._handle = null;
   socket.destroy(); // its handle is gone: this only updates the listener's connection count
-  return new net.Socket({ handle, onread: reusedReadBuffer(onChunk) } as net.SocketConstructorOpts);
+  return new net.Socket({ handle, onread: decodingReads(decoder, handlers) } as net.SocketConstructorOpts);
 }
 
 /** What decodingReads hands on: the frames each read completes, or the error that ended the framing. */
 export interface FrameHandlers {
   frames(frames: RawFrame[]): void;
   error(err: Error): void;
+  /** Bytes each read took off the socket (a wire-bytes metric), before its frames are handed on. */
+  bytes?(n: number): void;
 }
 
 /**
@@ -67,6 +56,7 @@ export function decodingReads(decoder: FrameDecoder, handlers: FrameHandlers): n
     // Called after each read for where the next one goes (Node's onread buffer generator).
     buffer: () => decoder.gatherTarget(SMALL_READ_BYTES) ?? buffer,
     callback: (nread, buf) => {
+      handlers.bytes?.(nread);
       deliverFrames(handlers, () => (buf === buffer ? decoder.push(buf.subarray(0, nread)) : decoder.gathered(nread)));
       return true; // pausing is socket.pause()'s (backpressure), not this return value's
     },

@@ -14,7 +14,7 @@ import { DEFAULT_WINDOW, MAX_FRAME_BYTES, MAX_PAGES_PER_BATCH, SPARSE_RESTORE_VE
 import { RemoteSessionState } from './sessions.js';
 import { runCall, streamRestore, type DataBatch } from './catalog.js';
 import { tokensMatch } from './token.js';
-import { adoptAccepted } from '../protocol/socket-reader.js';
+import { adoptDecoding } from '../protocol/socket-reader.js';
 import type { VnServer } from './server.js';
 
 /** Ended sessions whose ending a connection remembers (see Connection.finished). */
@@ -51,22 +51,19 @@ export class Connection {
     readonly peer: string,
   ) {
     this.decoder = new FrameDecoder(MAX_FRAME_BYTES, true, server.frameBuffers);
-    const socket = (this.socket = adoptAccepted(accepted, (chunk) => this.onData(chunk)));
+    // Large frames (PAGES) are read straight into their pooled buffers: read into one reused 1 MiB
+    // buffer and pushed, every byte an agent sent was copied once more on this thread (~15 ms of a
+    // 256 MiB first snapshot; bench/RESULTS.md, issue 12, session 19).
+    const socket = (this.socket = adoptDecoding(accepted, this.decoder, {
+      bytes: (n) => this.server.metrics.wireBytes.inc({ direction: 'in' }, n),
+      frames: (frames) => {
+        for (const f of frames) this.enqueue(f);
+      },
+      // The stream has lost its framing: one error frame, then close.
+      error: (err) => this.fail(0, err),
+    }));
     socket.on('error', (err) => server.log.debug({ event: 'socket_error', peer, err: err.message }));
     socket.on('close', () => void this.onClose());
-  }
-
-  private onData(chunk: Buffer): void {
-    this.server.metrics.wireBytes.inc({ direction: 'in' }, chunk.length);
-    let frames: RawFrame[];
-    try {
-      frames = this.decoder.push(chunk);
-    } catch (err) {
-      // The stream has lost its framing: one error frame, then close.
-      this.fail(0, err);
-      return;
-    }
-    for (const f of frames) this.enqueue(f);
   }
 
   private enqueue(frame: RawFrame): void {
