@@ -31,9 +31,9 @@ const MAX_LOAD = 0.7;
 const SPARE_LOAD = 0.55;
 
 /**
- * Touches every page of `bytes` on another thread (writing zeros where there are zeros), so that
- * the first touches that give the memory its pages (~12 µs a 4 KiB page on the project machine)
- * are not paid by the thread that applies pages.
+ * Touches every page of `bytes` on another thread (a write access that keeps the contents), so
+ * that the first touches that give the memory its pages (~12 µs a 4 KiB page on the project
+ * machine) are not paid by the thread that applies pages.
  */
 export type Prefault = (bytes: Uint8Array) => Promise<unknown>;
 

@@ -34,7 +34,7 @@ export class Connection {
    * VM), which a daemon's connection, open for days, would otherwise hold for every snapshot it made.
    */
   private readonly finished = new Map<number, { phase: RemoteSessionState['phase']; abortedBy: RemoteSessionState['abortedBy'] }>();
-  /** Copies every frame (reads land in one reused buffer) into the server's shared frame buffers. */
+  /** Frames into the server's shared frame buffers: small ones copied out of a reused read buffer, large ones read in place. */
   private readonly decoder: FrameDecoder;
   readonly socket: Socket;
   private authed = false;
