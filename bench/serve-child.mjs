@@ -1,30 +1,35 @@
 /** `vnstore serve` as a child process for the server benchmarks (server.mjs, server-floor.mjs, empty-commit.mjs). */
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, readFileSync } from 'node:fs';
+import { appendFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
+/** `vnstore version --json` as the executable (bin/vnstore, beside the dist/ that holds `cli`) runs it, asked once per process. */
+const reports = new Map();
+function executableReport(cli) {
+  if (!reports.has(cli)) {
+    const launcher = join(dirname(cli), '..', '..', 'bin', 'vnstore');
+    const r = spawnSync(launcher, ['version', '--json'], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${launcher} version --json: ${r.stderr || r.error}`);
+    reports.set(cli, JSON.parse(r.stdout));
+  }
+  return reports.get(cli);
+}
+
 /**
- * The node flags the `vnstore` executable (bin/vnstore, beside the dist/ that holds `cli`) starts
- * node with: the server is measured as `vnstore serve` runs, though it is started as `node CLI`
- * here (so that $BENCH_SERVE_NODE_ARGS can add profiler flags).
+ * The node flags the `vnstore` executable starts node with: the server is measured as `vnstore
+ * serve` runs, though it is started as `node CLI` here (so that $BENCH_SERVE_NODE_ARGS can add
+ * profiler flags).
  */
 export function executableNodeFlags(cli) {
-  const launcher = readFileSync(join(dirname(cli), '..', '..', 'bin', 'vnstore'), 'utf8');
-  const m = /^exec node((?: --\S+)*) /m.exec(launcher);
-  if (!m) throw new Error('bin/vnstore: no "exec node FLAGS" line');
-  return m[1].split(' ').filter(Boolean);
+  return executableReport(cli).nodeFlags;
 }
 
 /**
  * The environment the `vnstore` executable runs node in: this process's, with $GLIBC_TUNABLES as
- * the executable sets it (glibc.malloc.hugetlb=1 added: docs/OPERATIONS.md, "Huge pages"), asked of
- * the executable itself (`vnstore version --json`).
+ * the executable sets it (glibc.malloc.hugetlb=1 added: docs/OPERATIONS.md, "Huge pages").
  */
 export function executableEnv(cli) {
-  const launcher = join(dirname(cli), '..', '..', 'bin', 'vnstore');
-  const r = spawnSync(launcher, ['version', '--json'], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${launcher} version --json: ${r.stderr || r.error}`);
-  const tunables = JSON.parse(r.stdout).glibcTunables;
+  const tunables = executableReport(cli).glibcTunables;
   const env = { ...process.env };
   if (tunables === null) delete env.GLIBC_TUNABLES;
   else env.GLIBC_TUNABLES = tunables;

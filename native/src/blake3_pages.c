@@ -156,8 +156,7 @@ static void hash_listed(const uint8_t *src, const uint32_t *pages, size_t n, uin
 /* Every call's prologue: its `n` arguments into argv, and a SIMD kernel to run them on. Throws
  * (usage as the message) and returns -1 otherwise. */
 static int call_args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *usage) {
-  size_t argc = n;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < n) return throw_type(env, usage), -1;
+  if (get_args(env, info, n, argv, usage) != 0) return -1;
   if (g_kernel == NULL) return throw_range(env, "no SIMD kernel on this CPU"), -1;
   return 0;
 }

@@ -1,9 +1,9 @@
 /*
- * One BLAKE3 round (the G function over columns, then diagonals) on sixteen state vectors `v` and
- * sixteen message vectors `m`, whatever the vector width: each kernel header (blake3_x8.h,
- * blake3_x16.h) defines ADD(a, b), XOR(a, b) and ROTR16, ROTR12, ROTR8, ROTR7 (32-bit lane
- * rotations) for its registers, includes this, calls ROUND(0) .. ROUND(6), and undefines G and
- * ROUND with its own macros. Uses MSG_SCHEDULE from blake3_pages.c.
+ * One BLAKE3 compression per lane, whatever the vector width: each kernel header (blake3_x8.h,
+ * blake3_x16.h) defines ADD(a, b), XOR(a, b), ROTR16, ROTR12, ROTR8, ROTR7 (32-bit lane rotations),
+ * SET1(x) (x in every lane) and ZERO() for its registers, includes this, runs COMPRESS in its
+ * compress function, and undefines G, ROUND and COMPRESS with its own macros. Uses MSG_SCHEDULE,
+ * BLAKE3_IV and BLAKE3_BLOCK_LEN from blake3_pages.c.
  */
 
 #define G(a, b, c, d, mx, my)          \
@@ -29,4 +29,24 @@
     G(1, 6, 11, 12, m[s[10]], m[s[11]]);     \
     G(2, 7, 8, 13, m[s[12]], m[s[13]]);      \
     G(3, 4, 9, 14, m[s[14]], m[s[15]]);      \
+  } while (0)
+
+/* cv[i] (word i of every lane's chaining value) updated in place by the compression of message
+ * vectors m under `counter` (low words; chunk counters here are 0..3) and `flags`; VEC is the
+ * kernel's register type. */
+#define COMPRESS(VEC, cv, m, counter, flags)                                           \
+  do {                                                                                 \
+    VEC v[16] = {                                                                      \
+        cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7],                        \
+        SET1(BLAKE3_IV[0]), SET1(BLAKE3_IV[1]), SET1(BLAKE3_IV[2]), SET1(BLAKE3_IV[3]), \
+        (counter), ZERO(), SET1(BLAKE3_BLOCK_LEN), SET1(flags),                         \
+    };                                                                                 \
+    ROUND(0);                                                                          \
+    ROUND(1);                                                                          \
+    ROUND(2);                                                                          \
+    ROUND(3);                                                                          \
+    ROUND(4);                                                                          \
+    ROUND(5);                                                                          \
+    ROUND(6);                                                                          \
+    for (int i = 0; i < 8; i++) cv[i] = XOR(v[i], v[i + 8]);                           \
   } while (0)

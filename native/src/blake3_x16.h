@@ -20,25 +20,13 @@
 #define ROTR12(x) _mm512_ror_epi32((x), 12)
 #define ROTR8(x) _mm512_ror_epi32((x), 8)
 #define ROTR7(x) _mm512_ror_epi32((x), 7)
+#define SET1(x) _mm512_set1_epi32((int)(x))
+#define ZERO() _mm512_setzero_si512()
 #include "blake3_round.h"
 
 /* One compression per lane: cv[i] holds word i of every lane's chaining value; updated in place. */
 static X16_ATTR inline void compress16(__m512i cv[8], const __m512i m[16], __m512i counter, uint32_t flags) {
-  __m512i v[16] = {
-      cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7],
-      _mm512_set1_epi32((int)BLAKE3_IV[0]), _mm512_set1_epi32((int)BLAKE3_IV[1]),
-      _mm512_set1_epi32((int)BLAKE3_IV[2]), _mm512_set1_epi32((int)BLAKE3_IV[3]),
-      counter, _mm512_setzero_si512(), /* counter high word: chunk counters here are 0..3 */
-      _mm512_set1_epi32(BLAKE3_BLOCK_LEN), _mm512_set1_epi32((int)flags),
-  };
-  ROUND(0);
-  ROUND(1);
-  ROUND(2);
-  ROUND(3);
-  ROUND(4);
-  ROUND(5);
-  ROUND(6);
-  for (int i = 0; i < 8; i++) cv[i] = XOR(v[i], v[i + 8]);
+  COMPRESS(__m512i, cv, m, counter, flags);
 }
 
 /* 128-bit blocks 0 and 2 of a then of b (lo), or blocks 1 and 3 (hi). */
@@ -125,8 +113,11 @@ static X16_ATTR void hash16_pages(const uint8_t *const page[], uint8_t *const ou
 
 #undef LO128
 #undef HI128
+#undef COMPRESS
 #undef ROUND
 #undef G
+#undef ZERO
+#undef SET1
 #undef ROTR7
 #undef ROTR8
 #undef ROTR12

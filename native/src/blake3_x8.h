@@ -27,6 +27,8 @@
 #define XOR(a, b) _mm256_xor_si256((a), (b))
 #define ROTR16(x) _mm256_shuffle_epi8((x), rot16_mask)
 #define ROTR8(x) _mm256_shuffle_epi8((x), rot8_mask)
+#define SET1(x) _mm256_set1_epi32((int)(x))
+#define ZERO() _mm256_setzero_si256()
 
 #include "blake3_round.h"
 
@@ -36,21 +38,7 @@ static KATTR inline void KFN(compress8)(__m256i cv[8], const __m256i m[16], __m2
                                               7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
   const __m256i rot8_mask = _mm256_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12, 1, 2, 3, 0, 5,
                                              6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12);
-  __m256i v[16] = {
-      cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7],
-      _mm256_set1_epi32((int)BLAKE3_IV[0]), _mm256_set1_epi32((int)BLAKE3_IV[1]),
-      _mm256_set1_epi32((int)BLAKE3_IV[2]), _mm256_set1_epi32((int)BLAKE3_IV[3]),
-      counter, _mm256_setzero_si256(), /* counter high word: chunk counters here are 0..3 */
-      _mm256_set1_epi32(BLAKE3_BLOCK_LEN), _mm256_set1_epi32((int)flags),
-  };
-  ROUND(0);
-  ROUND(1);
-  ROUND(2);
-  ROUND(3);
-  ROUND(4);
-  ROUND(5);
-  ROUND(6);
-  for (int i = 0; i < 8; i++) cv[i] = XOR(v[i], v[i + 8]);
+  COMPRESS(__m256i, cv, m, counter, flags);
 }
 
 /* 8x8 transpose of 32-bit words: in, r[i] = row i; out, r[j] = column j. */
@@ -128,8 +116,11 @@ static KATTR void KFN(hash8_pages)(const uint8_t *const page[8], uint8_t *const 
   for (int l = 0; l < 8; l++) _mm256_storeu_si256((__m256i *)(void *)out[l], root[l]);
 }
 
+#undef COMPRESS
 #undef ROUND
 #undef G
+#undef ZERO
+#undef SET1
 #undef ROTR8
 #undef ROTR16
 #undef XOR

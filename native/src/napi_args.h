@@ -30,6 +30,20 @@ static inline napi_value throw_range(napi_env env, const char *msg) {
   return NULL;
 }
 
+/* The call's first `n` arguments into argv (room for n), every function's prologue. Returns 0, or -1
+ * with an exception pending: a TypeError with `usage` when fewer than `n` were given. */
+static inline int get_args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *usage) {
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (!pending) napi_throw_error(env, "E_NAPI", "N-API call failed: napi_get_cb_info");
+    return -1;
+  }
+  if (argc < n) return throw_type(env, usage), -1;
+  return 0;
+}
+
 /* Reads a typed array argument of the wanted element type. Returns 0 on success. */
 static inline int get_typed(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *length) {
   bool is_ta = false;

@@ -272,10 +272,8 @@ static void run_compress(vn_async_t *self) {
  * compressPages with a destination, on the libuv thread pool; resolves to the payloads' total length.
  * Every argument is checked here, before the job is queued. */
 static napi_value js_compress_pages_async(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 5) return throw_type(env, "compressPagesAsync(src, offsets, lengths, codecs, dst)");
+  if (get_args(env, info, 5, argv, "compressPagesAsync(src, offsets, lengths, codecs, dst)") != 0) return NULL;
   uint8_t *src, *codecs, *dst;
   uint32_t *offsets, *lengths;
   size_t src_len, n, n_len, n_codecs, dst_len;
@@ -308,10 +306,8 @@ static napi_value js_compress_pages_async(napi_env env, napi_callback_info info)
  * bad arguments throw before any byte is written. One call per restore window: a call per page cost
  * as much as the LZ4 decoding itself. */
 static napi_value js_decode_chunks(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
   napi_value argv[7];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 7) return throw_type(env, "decodeChunks(src, offsets, lengths, codecs, slots, out, failed)");
+  if (get_args(env, info, 7, argv, "decodeChunks(src, offsets, lengths, codecs, slots, out, failed)") != 0) return NULL;
   uint8_t *src, *codecs, *out, *failed;
   uint32_t *offsets, *lengths, *slots;
   size_t src_len, n, n_len, n_codecs, n_slots, out_len, n_failed;
@@ -343,10 +339,8 @@ static napi_value js_decode_chunks(napi_env env, napi_callback_info info) {
 
 /* decodePage(payload: Uint8Array, codec: number, dst: Uint8Array, dstOffset: number): void */
 static napi_value js_decode_page(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 4) return throw_type(env, "decodePage(payload, codec, dst, dstOffset)");
+  if (get_args(env, info, 4, argv, "decodePage(payload, codec, dst, dstOffset)") != 0) return NULL;
   uint8_t *payload;
   size_t len;
   if (get_typed(env, argv[0], napi_uint8_array, (void **)&payload, &len) != 0)
@@ -402,10 +396,8 @@ static void run_drop_cache(vn_async_t *self) {
 }
 
 static napi_value js_drop_cache_async(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) return throw_type(env, "dropCacheAsync(path)");
+  if (get_args(env, info, 1, argv, "dropCacheAsync(path)") != 0) return NULL;
   napi_valuetype type;
   NAPI_OK(napi_typeof(env, argv[0], &type));
   if (type != napi_string) return throw_type(env, "path must be a string");
@@ -444,10 +436,8 @@ static inline uint32_t table_fingerprint(const uint32_t *seed, const uint8_t *d)
 #define TABLE_SLOT_WORDS 4
 
 static napi_value js_prefetch_slots(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 5) return throw_type(env, "prefetchSlots(words, digests, offset, stride, count)");
+  if (get_args(env, info, 5, argv, "prefetchSlots(words, digests, offset, stride, count)") != 0) return NULL;
   uint32_t *words;
   size_t nwords;
   uint8_t *digests;
@@ -495,10 +485,8 @@ static void run_touch_pages(vn_async_t *self) {
 }
 
 static napi_value js_touch_pages_async(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) return throw_type(env, "touchPagesAsync(bytes)");
+  if (get_args(env, info, 1, argv, "touchPagesAsync(bytes)") != 0) return NULL;
   uint8_t *bytes;
   size_t length;
   if (arg_typed(env, argv[0], napi_uint8_array, (void **)&bytes, &length, "bytes must be a Uint8Array")) return NULL;
@@ -617,10 +605,8 @@ static void run_crc32(vn_async_t *self) {
 }
 
 static napi_value js_crc32_async(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2) return throw_type(env, "crc32Async(data, crc)");
+  if (get_args(env, info, 2, argv, "crc32Async(data, crc)") != 0) return NULL;
   uint8_t *data;
   size_t length;
   if (arg_typed(env, argv[0], napi_uint8_array, (void **)&data, &length, "data must be a Uint8Array")) return NULL;
@@ -636,10 +622,8 @@ static napi_value js_crc32_async(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_decode_pages(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 5) return throw_type(env, "decodePages(payload, lengths, codecs, dst, dstOffset)");
+  if (get_args(env, info, 5, argv, "decodePages(payload, lengths, codecs, dst, dstOffset)") != 0) return NULL;
   uint8_t *payload;
   size_t payload_len;
   if (get_typed(env, argv[0], napi_uint8_array, (void **)&payload, &payload_len) != 0)

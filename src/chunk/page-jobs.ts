@@ -282,8 +282,8 @@ function errnoError(errno: number, syscall: string, file: string): NodeJS.ErrnoE
   return Object.assign(new Error(`${code}: ${syscall} failed, '${file}'`), { code, errno: -errno, syscall, path: file });
 }
 
-/** The addon's chunk-table line requests (undefined without it). */
-const prefetchSlots = slotPrefetch();
+/** The addon's chunk-table line requests (null without it), looked up at the first job, not at import. */
+let prefetchSlots: ReturnType<typeof slotPrefetch> | null | undefined;
 
 /**
  * Decides each page's status from its zero flag and digest (see PageStatus), and lists the byte
@@ -302,7 +302,7 @@ function classifyPages(
   const seen = new Set<string>();
   const digestView = Buffer.from(digests.buffer, digests.byteOffset, digests.length);
   // Every non-zero page is probed below: their table lines are requested together first.
-  if (job.table && pageCount > 0) prefetchSlots?.(job.table, digests, 0, DIGEST_BYTES, pageCount);
+  if (job.table && pageCount > 0) (prefetchSlots ??= slotPrefetch() ?? null)?.(job.table, digests, 0, DIGEST_BYTES, pageCount);
   // Word views for the same-as-parent test: most pages of a consecutive snapshot take it, so it
   // compares 8 words in place instead of making two views and a native call per page.
   const ownWords = new Uint32Array(digests.buffer, digests.byteOffset, pageCount * 8);

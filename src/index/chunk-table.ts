@@ -44,8 +44,8 @@ export type Prefault = (bytes: Uint8Array) => Promise<unknown>;
  */
 export type SlotPrefetch = (words: Uint32Array, digests: Uint8Array, offset: number, stride: number, count: number) => void;
 
-/** Digests whose lines a loop over many requests at a time: 1024 lines of 64 B stay in a core's L2. */
-export const PROBE_SLICE = 1024;
+/** Digests whose lines prefetchAhead requests at a time: 1024 lines of 64 B stay in a core's L2. */
+const PROBE_SLICE = 1024;
 
 /** What a table may use from the native addon (ChunkTable.useHelpers). */
 export interface TableHelpers {
@@ -317,14 +317,23 @@ export class ChunkTable {
     if (this.prefetcher && count > 0) this.prefetcher(this.words, digests, offset, stride, count);
   }
 
+  /**
+   * For a loop probing digests 0..count-1 (digest k at digests[k*stride ..]) in order: at digest k,
+   * requests the lines of the next PROBE_SLICE when k starts a slice, so they stay cached until probed.
+   */
+  prefetchAhead(digests: Uint8Array, stride: number, count: number, k: number): void {
+    if (k % PROBE_SLICE === 0) this.prefetch(digests, k * stride, stride, Math.min(PROBE_SLICE, count - k));
+  }
+
   /** Whether the next growth's words are allocated and touched (tests). */
   get spareReady(): boolean {
     return this.spare?.ready === true;
   }
 
-  /** Starts preparing the next words once the load passes SPARE_LOAD (at most one at a time). */
-  private prepareSpare(): void {
-    if (this.spare || !this.prefault || this.size < SPARE_LOAD * this.capacity) return;
+  /** Counts a chunk put in an empty slot; past SPARE_LOAD, starts preparing the next words (one at a time). */
+  private added(): void {
+    this.size++;
+    if (this.size < SPARE_LOAD * this.capacity || this.spare || !this.prefault) return;
     const spare = { words: ChunkTable.alloc(this.capacity * 2), ready: false };
     this.spare = spare;
     this.prefault(new Uint8Array(spare.words.buffer)).then(
@@ -361,8 +370,7 @@ export class ChunkTable {
       return;
     }
     this.writeSlot(-1 - s, fp, loc, 0);
-    this.size++;
-    if (this.size >= SPARE_LOAD * this.capacity) this.prepareSpare();
+    this.added();
   }
 
   /**
@@ -379,8 +387,7 @@ export class ChunkTable {
   /** Records a chunk in the slot vacantSlot gave for its digest. */
   fillVacant(s: number, digest: Uint8Array, offset: number, loc: ChunkLocation): void {
     this.writeSlot(s, this.fp(digest, offset), loc, 0);
-    this.size++;
-    if (this.size >= SPARE_LOAD * this.capacity) this.prepareSpare();
+    this.added();
   }
 
   /** Fills empty slot `s` with a chunk described by a version-3 TOC entry. */
@@ -392,7 +399,7 @@ export class ChunkTable {
     w[p + 2] = packOffset;
     // The slot keeps pages - 1 above its two flag bits (24, 25), where the TOC meta has it at 24.
     w[p + 3] = ((tocMeta & 0x00ffffff) | (((tocMeta >>> 24) & 0x0f) << 26) | OCCUPIED) >>> 0;
-    this.size++;
+    this.added();
   }
 
   /**
@@ -409,7 +416,6 @@ export class ChunkTable {
     const s = this.find(fp);
     if (s >= 0) return this.slotHolds(s, pack, packOffset, tocMeta) ? 0 : -1;
     this.writeTocSlot(-1 - s, fp, pack, packOffset, tocMeta);
-    if (this.size >= SPARE_LOAD * this.capacity) this.prepareSpare();
     return 1;
   }
 

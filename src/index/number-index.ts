@@ -16,7 +16,7 @@ import { CONTAINER_CODEC } from '../format/pack.js';
 import { metaCodec, metaMember, metaPages, metaStoredLength, type TocV3 } from '../format/pack-v3.js';
 import { TOC_DIGEST_BYTES, tocDigestsEqual } from '../format/pack-v3.js';
 import { upperBound } from '../util/search.js';
-import { ChunkTable, noteChunksLost, PROBE_SLICE, type ChunkLocation } from './chunk-table.js';
+import { ChunkTable, noteChunksLost, type ChunkLocation } from './chunk-table.js';
 
 /** What the index keeps of a pack: its TOC's columns (digests are not kept). */
 export interface PackColumns {
@@ -132,9 +132,7 @@ export class NumberIndex {
     if (!cols) throw new RangeError(`pack ${pack} is not indexed`);
     this.table.reserve(cols.count);
     for (let k = 0; k < cols.count; k++) {
-      // Probes ahead, a slice at a time (their lines stay cached until probed).
-      if (k % PROBE_SLICE === 0)
-        this.table.prefetch(digests, k * TOC_DIGEST_BYTES, TOC_DIGEST_BYTES, Math.min(PROBE_SLICE, cols.count - k));
+      this.table.prefetchAhead(digests, TOC_DIGEST_BYTES, cols.count, k);
       this.insertDigest(digests, k, cols, digestOf);
     }
   }

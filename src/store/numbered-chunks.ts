@@ -9,7 +9,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { TOC_DIGEST_BYTES, tocDigestsEqual, type TocV3 } from '../format/pack-v3.js';
 import { PageKind, DIGEST_BYTES, PageTable } from '../format/pages.js';
 import { NumberedPages } from '../format/manifest-v2.js';
-import { PROBE_SLICE, type ChunkTable } from '../index/chunk-table.js';
+import type { ChunkTable } from '../index/chunk-table.js';
 import { NumberIndex, type NumberedLocation } from '../index/number-index.js';
 import { CorruptError } from '../util/errors.js';
 import { hex } from '../chunk/hash.js';
@@ -169,9 +169,7 @@ export class NumberedChunks {
     // Read now where they are not kept in memory (join reads any it still lacks then, synchronously).
     const others = new Map<string, Uint8Array>();
     for (let k = 0; this.digestsLoaded && k < toc.count; k++) {
-      // Probes ahead, a slice at a time (their lines stay cached until probed).
-      if (k % PROBE_SLICE === 0)
-        this.table.prefetch(toc.digests, k * TOC_DIGEST_BYTES, TOC_DIGEST_BYTES, Math.min(PROBE_SLICE, toc.count - k));
+      this.table.prefetchAhead(toc.digests, TOC_DIGEST_BYTES, toc.count, k);
       const hit = this.otherChunkAt(toc.digests, k, pack);
       if (!hit || this.keptDigest(hit.pack, hit.entry) || others.has(`${hit.pack}:${hit.entry}`)) continue;
       const digest = await this.readDigest(hit.pack, hit.entry).catch(orGone(this, hit.pack));

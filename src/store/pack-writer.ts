@@ -96,7 +96,7 @@ export class PackWriter {
       if (len < 1 || len > PAGE_SIZE) throw new RangeError(`payload length ${len}`);
       if (digestAt[k] + DIGEST_BYTES > digests.length) throw new RangeError('digest out of range');
       // Probed before the pack work, which leaves the table alone: the slot stays vacant till filled.
-      const slot = skippedOut ? this.table.vacantSlot(digests, digestAt[k]) : -2;
+      const slot = skippedOut && this.table.vacantSlot(digests, digestAt[k]);
       if (slot === -1) {
         skippedOut![k] = 1;
         continue; // the next chunk's payload no longer follows the run: it starts a new one
@@ -113,8 +113,8 @@ export class PackWriter {
       const offset = pack.addEntry(digests, digestAt[k], len, codecs[k], runEnd - runStart, number);
       runEnd += len;
       const loc = { pack: pack.id, offset, storedLength: len, codec: codecs[k] };
-      if (slot >= 0) this.table.fillVacant(slot, digests, digestAt[k], loc);
-      else this.table.insert(digests, loc, digestAt[k]);
+      if (slot === undefined) this.table.insert(digests, loc, digestAt[k]);
+      else this.table.fillVacant(slot, digests, digestAt[k], loc);
       if (pack.size + (runEnd - runStart) >= this.targetBytes) {
         pack.copyRun(payload, runStart, runEnd);
         runStart = runEnd;

@@ -331,6 +331,9 @@ export class Session {
     this.furthestByte = Math.max(this.furthestByte, end);
     await this.sendGathered();
     if (this.error) throw this.error;
+    // Probes ahead (anyKnowable's, then decideKnown's): each digest's, unless a trusted parent
+    // answers most of them without one.
+    if (!this.parent || !this.parentTrusted) this.store.table.prefetch(digests, 0, DIGEST_BYTES, n);
     if (!this.anyKnowable(pageIndices, digests)) return { written: Promise.resolve(new Uint8Array(n)) };
     const decided = this.decideKnown(pageIndices, digests);
     decided.catch(() => undefined); // the caller's, and the apply's (which fails the session)
@@ -349,8 +352,6 @@ export class Session {
   /** Whether applyKnown, run now, could find any of these digests (see its first loop). */
   private anyKnowable(pageIndices: Uint32Array, digests: Uint8Array): boolean {
     const parent = this.parent?.pages;
-    // Without a parent every digest may be probed (a first snapshot's are all absent).
-    if (!parent) this.store.table.prefetch(digests, 0, DIGEST_BYTES, pageIndices.length);
     for (let k = 0; k < pageIndices.length; k++) {
       const page = pageIndices[k];
       const at = k * DIGEST_BYTES;
@@ -384,8 +385,6 @@ export class Session {
     // A page equal to a trusted parent's at its index is known without a probe. Most pages of a
     // consecutive snapshot are, and each probe is a likely cache miss in a large table.
     const trusted = this.parentTrusted;
-    // Probes ahead: each digest's, unless a trusted parent answers most of them without one.
-    if (!trusted || !parent) this.store.table.prefetch(digests, 0, DIGEST_BYTES, n);
     const ask: number[] = [];
     for (let k = 0; k < n; k++) {
       const page = pageIndices[k];

@@ -216,8 +216,9 @@ export class Store {
     readonly numbered?: NumberedChunks,
   ) {
     // Each doubling of the table gets its memory touched ahead, off this thread, and batches of
-    // probes have their lines requested together (ChunkTable.useHelpers).
-    chunkTable.useHelpers({ prefault: touchOnThreadPool(), prefetch: slotPrefetch() });
+    // probes have their lines requested together (ChunkTable.useHelpers). Not for catalog work
+    // (`chunkTable: false`): no table to grow or probe, and no addon to load for it.
+    if (hasChunkTable) chunkTable.useHelpers({ prefault: touchOnThreadPool(), prefetch: slotPrefetch() });
     this.sweeper = numbered && !sweeper?.numbered ? undefined : sweeper;
     this.reclaimer = new Reclaimer(this, this.sweeper, reclaim);
     this.numberedManifests = numbered && new NumberedManifestLoader((id) => this.manifestPath(id), numbered, packs);
