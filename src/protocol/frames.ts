@@ -7,6 +7,7 @@ import { FRAME_HEADER_BYTES, MAX_FRAME_BYTES } from './limits.js';
 import type { Writable } from 'node:stream';
 import { ProtocolError } from './errors.js';
 import { SlabPool } from '../chunk/slab-pool.js';
+import { copyBytes } from '../util/shared-bytes.js';
 
 export interface RawFrame {
   type: number;
@@ -42,12 +43,15 @@ export class FrameDecoder {
   /**
    * `copyAll`: every frame is copied out of the chunk, none is a view of it (for a socket that reads
    * into one reused buffer: the chunk is overwritten by the next read). `keep`: pooled buffers kept,
-   * or a pool of buffers of at least maxFrameBytes to share with other decoders (a server's).
+   * or a pool of buffers of at least maxFrameBytes (plus `placement`'s largest offset) to share with
+   * other decoders (a server's). `placement`: where in its pooled buffer a large frame of a given
+   * length starts (its type byte), so that a field of it lands aligned (a server's PAGES data).
    */
   constructor(
     private readonly maxFrameBytes = MAX_FRAME_BYTES,
     private readonly copyAll = false,
     keep: number | SlabPool = POOLED_FRAMES,
+    private readonly placement: (length: number) => number = () => 0,
   ) {
     this.pool = typeof keep === 'number' ? new SlabPool(maxFrameBytes, keep) : keep;
     if (this.pool.slabBytes < maxFrameBytes)
@@ -72,7 +76,7 @@ export class FrameDecoder {
     while (pos < buf.length) {
       if (this.frame) {
         const n = Math.min(buf.length - pos, this.frame.length - this.filled);
-        buf.copy(this.frame, this.filled, pos, pos + n);
+        copyBytes(this.frame, buf.subarray(pos, pos + n), this.filled); // the pool may be shared memory
         this.filled += n;
         pos += n;
         if (this.filled < this.frame.length) break;
@@ -101,7 +105,7 @@ export class FrameDecoder {
       }
       if (buf.length - pos >= length && this.copyAll) {
         const frame = this.allocate(length);
-        buf.copy(frame, 0, pos, pos + length);
+        copyBytes(frame, buf.subarray(pos, pos + length));
         frames.push(this.complete(frame));
         pos += length;
       } else if (buf.length - pos >= length) {
@@ -122,8 +126,11 @@ export class FrameDecoder {
    */
   private allocate(length: number): Buffer {
     if (length < POOLED_FRAME_MIN_BYTES) return Buffer.allocUnsafe(length);
-    const view = this.pool.take(length);
-    return Buffer.from(view.buffer, view.byteOffset, length);
+    const at = this.placement(length);
+    if (!Number.isInteger(at) || at < 0 || at + length > this.pool.slabBytes)
+      throw new RangeError(`frame of ${length} bytes placed at ${at} in a ${this.pool.slabBytes}-byte buffer`);
+    const view = this.pool.take(at + length);
+    return Buffer.from(view.buffer, view.byteOffset + at, length);
   }
 
   private complete(frame: Buffer): RawFrame {

@@ -387,6 +387,23 @@ function entries(r: Reader, n: number): { indices: Uint32Array; digests: Uint8Ar
   return { indices, digests };
 }
 
+/** Bytes of a PAGES frame (type byte + body) before its entries: type, req, sid, count. */
+const PAGES_HEAD_BYTES = 1 + 12;
+/** A PAGES entry on the wire: u32 index, digest. */
+const PAGES_ENTRY_BYTES = 4 + DIGEST_BYTES;
+
+/**
+ * Where to start a frame of `length` bytes (type byte + body) in a page-aligned buffer so that, if it
+ * is a PAGES frame, its page data starts on a page boundary: the pages can then be hashed and
+ * compressed where they were received (the scanner reads 8-byte words), not copied first. A length
+ * no PAGES frame has gets 0. The result is below PAGE_SIZE.
+ */
+export function pagesDataPlacement(length: number): number {
+  const n = (length - PAGES_HEAD_BYTES) / (PAGES_ENTRY_BYTES + PAGE_SIZE);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_PAGES_PER_BATCH) return 0;
+  return (PAGE_SIZE - ((PAGES_HEAD_BYTES + PAGES_ENTRY_BYTES * n) % PAGE_SIZE)) % PAGE_SIZE;
+}
+
 /** Decodes one frame. Throws only ProtocolError; byte fields are views into `frame.body`. */
 export function decodeMessage(frame: RawFrame): Message {
   const b = frame.body;

@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import { PAGE_SIZE } from '../format/pages.js';
 import { BLOCK_PAGES } from '../store/job-sizes.js';
-import { decodeMessage, encodeMessageParts, MSG, type Message } from '../protocol/messages.js';
+import { decodeMessage, encodeMessageParts, MSG, pagesDataPlacement, type Message } from '../protocol/messages.js';
 import { FrameDecoder, writeFrame, type RawFrame } from '../protocol/frames.js';
 import { ProtocolError, wireCodeOf } from '../protocol/errors.js';
 import { negotiateVersion } from '../protocol/version.js';
@@ -50,7 +50,7 @@ export class Connection {
     private readonly server: VnServer,
     readonly peer: string,
   ) {
-    this.decoder = new FrameDecoder(MAX_FRAME_BYTES, true, server.frameBuffers);
+    this.decoder = new FrameDecoder(MAX_FRAME_BYTES, true, server.frameBuffers, pagesDataPlacement);
     // Large frames (PAGES) are read straight into their pooled buffers: read into one reused 1 MiB
     // buffer and pushed, every byte an agent sent was copied once more on this thread (~15 ms of a
     // 256 MiB first snapshot; bench/RESULTS.md, issue 12, session 19).
@@ -74,7 +74,7 @@ export class Connection {
     this.chain = this.chain
       .then(() => (this.closed ? undefined : this.handle(frame)))
       .finally(() => {
-        // Handling copies what it keeps (the session's slabs): the frame's buffer can be reused.
+        // Handling copied what it keeps, or took the buffer (a PAGES frame lent to its page job).
         frame.release?.();
         this.waiting--;
         this.server.budget.give(bytes);
@@ -98,7 +98,7 @@ export class Connection {
     try {
       const m = decodeMessage(frame);
       if (!this.authed) return await this.hello(m);
-      await this.dispatch(m);
+      await this.dispatch(m, frame);
     } catch (err) {
       this.replyError(req, err);
     }
@@ -129,7 +129,7 @@ export class Connection {
     this.server.log.info({ event: 'hello', peer: this.peer, version });
   }
 
-  private async dispatch(m: Message): Promise<void> {
+  private async dispatch(m: Message, frame: RawFrame): Promise<void> {
     const s = this.server;
     switch (m.t) {
       case 'hello':
@@ -142,7 +142,7 @@ export class Connection {
       case 'prepare':
       case 'commit':
       case 'abort':
-        return this.sessionRequest(m);
+        return this.sessionRequest(m, frame);
       case 'group-commit': {
         const records = await s.groupCommit(m.group, m.ids);
         return this.result(m.req, records);
@@ -186,7 +186,7 @@ export class Connection {
     this.result(m.req, { parent: session.parent?.id ?? null });
   }
 
-  private async sessionRequest(m: SessionRequest): Promise<void> {
+  private async sessionRequest(m: SessionRequest, frame: RawFrame): Promise<void> {
     const st = this.sessions.get(m.sid);
     if (!st) {
       const ended = this.finished.get(m.sid);
@@ -224,7 +224,12 @@ export class Connection {
         // The page job hashes each page once, on the pool's threads, and stores nothing of the frame
         // if a page's bytes do not hash to the digest sent with it. The answer follows that check;
         // meanwhile this connection's next frames are read (the agent does not wait for it either).
-        const { checked } = await st.session.writeClaimed(m.indices, m.data, m.digests);
+        // The frame's buffer is lent to the job (its pages hashed and compressed where they were
+        // read, not copied first: ~25 ms of this thread per 256 MiB; bench/RESULTS.md, issue 12,
+        // session 20), and freed by it.
+        const lent = frame.release;
+        frame.release = undefined;
+        const { checked } = await st.session.writeClaimed(m.indices, m.data, m.digests, lent);
         const { req, indices } = m;
         checked.then(
           (refusedAt) => {

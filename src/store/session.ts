@@ -258,11 +258,33 @@ export class Session {
    * is the zero page's digest). Settles once queued, as writeScattered does; `checked` settles once
    * the block was checked and applied: undefined, or the position of the first page refused, and
    * then the write left no trace in the session. It rejects only when the session failed.
+   *
+   * `lent`: the caller lends `data` instead of letting it be copied, and this calls `lent` once the
+   * store is done with it (exactly once, also when this throws). Lent pages in shared memory at an
+   * 8-byte-aligned offset are hashed and compressed where they are, with no copy: a server's PAGES
+   * frames, read into such buffers, skip a copy of every received byte on its main thread.
    */
   async writeClaimed(
     pageIndices: Uint32Array,
     data: Uint8Array,
     claimedDigests: Uint8Array,
+    lent?: () => void,
+  ): Promise<{ checked: Promise<number | undefined> }> {
+    // Read in place only where a job can: shared memory (lent without a transfer), word-aligned.
+    const loan = lent && data.buffer instanceof SharedArrayBuffer && data.byteOffset % 8 === 0 ? { release: lent } : undefined;
+    try {
+      return await this.claimed(pageIndices, data, claimedDigests, loan);
+    } finally {
+      // Not lent to a job (copied, refused, or the session failed first): free now.
+      (loan ? loan.release : lent)?.();
+    }
+  }
+
+  private async claimed(
+    pageIndices: Uint32Array,
+    data: Uint8Array,
+    claimedDigests: Uint8Array,
+    loan: Loan | undefined,
   ): Promise<{ checked: Promise<number | undefined> }> {
     this.assertOpen();
     const n = pageIndices.length;
@@ -291,7 +313,7 @@ export class Session {
       settle,
     };
     await this.sendGathered();
-    await this.submit(Uint32Array.from(pageIndices), n, this.lendCopy(data, n), undefined, claim);
+    await this.submit(Uint32Array.from(pageIndices), n, loan ? data : this.lendCopy(data, n), undefined, claim, loan);
     return { checked };
   }
 
@@ -594,6 +616,7 @@ export class Session {
     pages: Uint8Array,
     file?: { path: string; offset: number; length: number },
     claim?: Claim,
+    loan?: Loan,
   ): Promise<void> {
     while (this.inFlight >= this.maxInFlight) await this.queued[0];
     if (this.error) throw this.error;
@@ -643,6 +666,9 @@ export class Session {
       payloadSlab,
       claimedDigests: claim?.digests,
     });
+    // The job reads lent pages until it settles: they are freed below, not by the lender.
+    const release = loan?.release;
+    if (loan) loan.release = undefined;
     this.inFlight++;
     this.stats.pagesWritten += n;
     this.applying = this.applying.then(async () => {
@@ -652,6 +678,7 @@ export class Session {
         const result = await job;
         slab = result.slab;
         pagesBack = result.pages;
+        release?.(); // the job is done with them (apply reads only what it handed back)
         // Apply in a later turn of the event loop. Node delivers up to 1000 worker messages in one
         // turn, running each one's continuations on the spot, so applying here kept the loop from
         // turning for a whole ingest: pack writes never completed, and every write batch was fresh
@@ -670,7 +697,7 @@ export class Session {
         // Apply copied what it kept (PackWriter.append); a failed job's slabs are simply not reused,
         // and a buffer that is not one of the pool's slabs is left alone.
         this.store.slabs.give(slab);
-        this.store.slabs.give(pagesBack);
+        if (!release) this.store.slabs.give(pagesBack); // lent pages are their lender's
         this.inFlight--;
         this.queued.shift();
         // Settled above when refused; otherwise now, applied or failed (a no-op once settled).
@@ -1241,6 +1268,11 @@ function shortPageError(index: number, end: number, imageBytes: number): Vnstore
     'E_USAGE',
     `page ${index} was written short (${end - index * PAGE_SIZE} of ${PAGE_SIZE} bytes), but only the image's last page may be short and the image is ${imageBytes} bytes: a truncated page is refused, never padded with zeros`,
   );
+}
+
+/** Pages a caller lends a job in place: `release` frees them; the job takes it (clears it) when it starts. */
+interface Loan {
+  release: (() => void) | undefined;
 }
 
 /** A writeClaimed block's claim: the digests its job checks, and what to do once it is checked. */
