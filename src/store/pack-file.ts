@@ -113,8 +113,11 @@ export class PackFile {
   private crcChain: Promise<number> | undefined;
   private batch: Buffer | undefined; // payloads not yet handed to a write
   private batchUsed = 0;
-  /** Full batches waiting for the writer: written together, in order, by one writev. */
-  private queued: { data: Buffer; batch: Buffer; summed?: Promise<number> }[] = [];
+  /**
+   * Bytes waiting for the writer, written together, in order, by one writev: full batches, and runs
+   * written from where they are (lendRun), each released once written.
+   */
+  private queued: { data: Uint8Array; batch?: Buffer; release?: () => void; summed?: Promise<number> }[] = [];
   private draining = false;
   /** Bytes written since the last early datasync started (EARLY_SYNC_BYTES), and that one while in flight. */
   private unsynced = 0;
@@ -152,7 +155,7 @@ export class PackFile {
 
   /**
    * Records chunk `digests[digestAt ..+32]` of `length` bytes at the pack's current end plus `skip`
-   * (payload bytes the caller copies later, with copyRun); returns its offset. A version-3 pack needs
+   * (payload bytes the caller hands over later, with copyRun or lendRun); returns its offset. A version-3 pack needs
    * the chunk's `number`.
    */
   addEntry(digests: Uint8Array, digestAt: number, length: number, codec: number, skip = 0, number?: number): number {
@@ -216,6 +219,19 @@ export class PackFile {
     this.size += n;
   }
 
+  /**
+   * Queues payload[start, end) to be written from where it is, after every byte before it: a long
+   * run out of a page job's payload slab, which copyRun would copy into a batch first (~11 ms of the
+   * server's main thread per 256 MiB first snapshot; bench/RESULTS.md, issue 12, session 20).
+   * `release` is called once the bytes are written; never if the write fails (the pack is lost then).
+   */
+  lendRun(payload: Uint8Array, start: number, end: number, release: () => void): void {
+    if (end <= start) return release();
+    this.writeBuffered(); // the bytes before it go first
+    this.size += end - start;
+    this.queueWrite(payload.subarray(start, end), undefined, release);
+  }
+
   /** Settles once every byte handed over so far is written (rejects if a write failed). */
   written(): Promise<void> {
     this.writeBuffered();
@@ -233,16 +249,20 @@ export class PackFile {
       this.batches.give(batch);
       return;
     }
-    const data = batch.subarray(0, used);
+    this.queueWrite(batch.subarray(0, used), batch);
+  }
+
+  /** Hands `data` to the writer (in order): `batch` is reused, `release` called, once it is written. */
+  private queueWrite(data: Uint8Array, batch?: Buffer, release?: () => void): void {
     // The payload's checksum: on the thread pool where the addon serves (~30 ms of a first snapshot's
-    // main thread through the server), one batch after the other; else here.
+    // main thread through the server), one write after the other; else here.
     let summed: Promise<number> | undefined;
     const sum = threadPoolCrc();
     if (sum) {
       summed = quiet((this.crcChain ?? Promise.resolve(this.crc)).then((crc) => sum(data, crc)));
       this.crcChain = summed;
     } else this.crc = crc32(data, this.crc);
-    this.queued.push({ data, batch, summed });
+    this.queued.push({ data, batch, release, summed });
     if (!this.draining) {
       this.draining = true;
       this.writes = quiet(this.writes.then(() => this.drainWrites()));
@@ -265,8 +285,9 @@ export class PackFile {
         );
         for (const q of items) {
           this.unsynced += q.data.length;
-          if (q.summed) await q.summed; // its checksum reads the batch too (a failure fails the writes)
-          this.batches.give(q.batch);
+          if (q.summed) await q.summed; // its checksum reads the bytes too (a failure fails the writes)
+          if (q.batch) this.batches.give(q.batch);
+          q.release?.();
         }
         if (this.unsynced >= EARLY_SYNC_BYTES && !this.earlySync) this.startEarlySync(h);
       }

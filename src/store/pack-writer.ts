@@ -28,6 +28,23 @@ export interface NumberedSealing {
 
 export const DEFAULT_PACK_TARGET_BYTES = 32 * 1024 * 1024;
 
+/** A payload buffer its owner lends to pack writes: it is not reused while a hold is unreleased. */
+export interface PayloadLoan {
+  hold(): () => void;
+}
+
+/**
+ * Runs at least this long are written from the lent payload rather than copied into a write batch:
+ * shorter ones would make many small writes (a consecutive snapshot's few new pages a block).
+ */
+const LENT_RUN_MIN_BYTES = 64 * 1024;
+
+/** Writes payload[start, end) to `pack`: from where it is when lent and long, else through a batch. */
+function putRun(pack: PackFile, payload: Uint8Array, start: number, end: number, lent: PayloadLoan | undefined): void {
+  if (lent && end - start >= LENT_RUN_MIN_BYTES) pack.lendRun(payload, start, end, lent.hold());
+  else pack.copyRun(payload, start, end);
+}
+
 export class PackWriter {
   private open: PackFile | undefined;
   private sealing = new Set<Promise<void>>();
@@ -87,6 +104,11 @@ export class PackWriter {
      * then take one probe of the table, not two.
      */
     skippedOut?: Uint8Array,
+    /**
+     * When given, `payload` may be written from where it is, not copied: each long run is held
+     * (`hold()` returns its release, called once the run is written) until then.
+     */
+    lent?: PayloadLoan,
   ): void {
     let runStart = 0; // payload bytes [runStart, runEnd) still to copy into the open pack's batch
     let runEnd = 0;
@@ -105,7 +127,7 @@ export class PackWriter {
       // A run never outgrows the room left in the batch it will be copied into (a new batch when
       // there is none), so every copy lands in a reused batch, never in a one-off allocation.
       if (payloadAt[k] !== runEnd || runEnd - runStart + len > pack.batchRoom) {
-        pack.copyRun(payload, runStart, runEnd);
+        putRun(pack, payload, runStart, runEnd, lent);
         runStart = runEnd = payloadAt[k];
       }
       const number = this.numbered?.takeNumber();
@@ -116,12 +138,12 @@ export class PackWriter {
       if (slot === undefined) this.table.insert(digests, loc, digestAt[k]);
       else this.table.fillVacant(slot, digests, digestAt[k], loc);
       if (pack.size + (runEnd - runStart) >= this.targetBytes) {
-        pack.copyRun(payload, runStart, runEnd);
+        putRun(pack, payload, runStart, runEnd, lent);
         runStart = runEnd;
         this.sealOpen(); // the next chunk starts a new pack
       }
     }
-    this.open?.copyRun(payload, runStart, runEnd);
+    if (this.open) putRun(this.open, payload, runStart, runEnd, lent);
   }
 
   /**

@@ -10,6 +10,7 @@ import { encodeManifestV2, fullPlanBytesAtLeast, planManifestV2, type ManifestV2
 import { NUMBERED_TOC_ENTRY_BYTES, TOC_DIGEST_BYTES, tocDigestsEqual } from '../format/pack-v3.js';
 import { DIGEST_BYTES, PAGE_SIZE, PageKind, PageTable, digestsEqual } from '../format/pages.js';
 import { TOC_ENTRY_BYTES } from '../format/pack.js';
+import type { PayloadLoan } from './pack-writer.js';
 import { getCodec } from '../chunk/codec.js';
 import { PageStatus, type HashResult } from '../chunk/page-jobs.js';
 import { hashPage, hex, imageDigest } from '../chunk/hash.js';
@@ -674,6 +675,21 @@ export class Session {
     this.applying = this.applying.then(async () => {
       let slab: Uint8Array | undefined;
       let pagesBack: Uint8Array | undefined;
+      // The payload slab goes back to the pool once applied and every pack write from it is done.
+      let holds = 1;
+      const free = () => {
+        if (--holds === 0) this.store.slabs.give(slab);
+      };
+      const payloadLoan = {
+        hold: () => {
+          holds++;
+          let released = false;
+          return () => {
+            if (!released) free();
+            released = true;
+          };
+        },
+      };
       try {
         const result = await job;
         slab = result.slab;
@@ -689,14 +705,14 @@ export class Session {
           claim?.settle.resolve(result.refusedAt);
         } else if (!this.error) {
           claim?.accepted();
-          await this.apply(target, n, result, gcsBefore);
+          await this.apply(target, n, result, gcsBefore, payloadLoan);
         }
       } catch (err) {
         this.error ??= fromSystemError(err, `session ${this.id}`);
       } finally {
-        // Apply copied what it kept (PackWriter.append); a failed job's slabs are simply not reused,
-        // and a buffer that is not one of the pool's slabs is left alone.
-        this.store.slabs.give(slab);
+        // Apply copied what it kept, or holds the payload slab until its pack writes are done (free);
+        // a failed job's slabs are simply not reused, and a buffer not of the pool is left alone.
+        free();
         if (!release) this.store.slabs.give(pagesBack); // lent pages are their lender's
         this.inFlight--;
         this.queued.shift();
@@ -714,7 +730,7 @@ export class Session {
    * Applies one block's hash results, in order. Only this method mutates the page table.
    * `gcsBefore`: the store's gc count when the job was submitted.
    */
-  private async apply(target: number | Uint32Array, n: number, r: HashResult, gcsBefore: number): Promise<void> {
+  private async apply(target: number | Uint32Array, n: number, r: HashResult, gcsBefore: number, payloadLoan: PayloadLoan): Promise<void> {
     const store = this.store;
     // A gc running now, or one that ran since the worker found its chunks: the worker's hits may name
     // chunks that gc did not see referenced (this block was not applied yet) and removed.
@@ -779,7 +795,18 @@ export class Session {
       const skipped = new Uint8Array(storeCount);
       // The writer probes each New page's digest: mostly the block's all, in a first snapshot.
       if (storeCount * 4 >= n) store.table.prefetch(r.digests, 0, DIGEST_BYTES, n);
-      store.writer.appendMany(r.digests, storeDigestAt, r.payload, storePayloadAt, storeLength, storeCodec, storeCount, numbers, skipped);
+      store.writer.appendMany(
+        r.digests,
+        storeDigestAt,
+        r.payload,
+        storePayloadAt,
+        storeLength,
+        storeCodec,
+        storeCount,
+        numbers,
+        skipped,
+        payloadLoan,
+      );
       for (let k = 0; k < storeCount; k++) {
         const i = storeDigestAt[k] / DIGEST_BYTES;
         if (skipped[k] === 1) {
