@@ -386,8 +386,8 @@ export class Session {
         this.sameAsParent(parent.digests, page * DIGEST_BYTES, digests, at)
       )
         return true;
+      // Chunks in open or sealing packs are in the table too (PackWriter.locateUnindexed).
       if (this.store.table.hasFingerprint(digests, at)) return true;
-      if (this.store.writer.locateUnindexed(digests.subarray(at, at + DIGEST_BYTES))) return true;
     }
     return false;
   }
@@ -402,7 +402,7 @@ export class Session {
     const written = new Uint8Array(n);
     const held: Uint8Array[] = [];
     // Skipping the exact index where the page workers do too: a digest whose fingerprint the chunk
-    // table lacks, not in an open pack either, is absent (as for New); one the table knows that
+    // table lacks is absent (as for New; the table holds the open packs' chunks too); one it knows that
     // equals the parent's at its index is known (the parent keeps it live, as for SameAsParent).
     const parent = this.parent?.pages;
     // A page equal to a trusted parent's at its index is known without a probe. Most pages of a
@@ -418,9 +418,9 @@ export class Session {
         parent.kinds[page] === PageKind.Digest &&
         this.sameAsParent(parent.digests, page * DIGEST_BYTES, digests, at);
       if (trusted && parentsDigest) written[k] = 1;
-      else if (!this.store.table.hasFingerprint(digests, at)) {
-        if (this.store.writer.locateUnindexed(digests.subarray(at, at + DIGEST_BYTES))) ask.push(k);
-      } else if (parentsDigest) written[k] = 1;
+      else if (!this.store.table.hasFingerprint(digests, at))
+        continue; // absent: unindexed chunks are in the table too
+      else if (parentsDigest) written[k] = 1;
       else ask.push(k);
     }
     if (ask.length === 0) return { written, held };
