@@ -279,8 +279,19 @@ function countDataPages(zero: Uint8Array): number {
 
 /** Index k then digest k, for each k: the wire layout of OFFER and PAGES entries (36 bytes each). */
 function interleave(indices: Uint32Array, digests: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafe(indices.length * (4 + DIGEST_BYTES));
-  for (let k = 0; k < indices.length; k++) {
+  const n = indices.length;
+  const out = Buffer.allocUnsafe(n * (4 + DIGEST_BYTES));
+  if (out.byteOffset % 4 === 0 && digests.byteOffset % 4 === 0) {
+    // Word-aligned (as entries() decodes them): digests copied a word at a time.
+    const words = new Uint32Array(out.buffer, out.byteOffset, n * 9);
+    const from = new Uint32Array(digests.buffer, digests.byteOffset, n * 8);
+    for (let k = 0, w = 0, d = 0; k < n; k++, w += 9, d += 8) {
+      out.writeUInt32BE(indices[k], k * 36);
+      for (let i = 0; i < 8; i++) words[w + 1 + i] = from[d + i];
+    }
+    return out;
+  }
+  for (let k = 0; k < n; k++) {
     out.writeUInt32BE(indices[k], k * 36);
     // A byte loop: a subarray and set() per 32-byte digest cost more than the copy itself.
     for (let i = 0, from = k * DIGEST_BYTES, to = k * 36 + 4; i < DIGEST_BYTES; i++) out[to + i] = digests[from + i];
