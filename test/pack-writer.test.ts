@@ -12,89 +12,92 @@ import { makePage, makeTempDir, packProblems, PAGE, removeDir, type PageKindSpec
 
 const DIGEST = 32;
 
+/** A block's chunks: a page kind and seed each, and whether appendMany is given it. */
+function chunkList(kinds: PageKindSpec[], pick: fc.Arbitrary<boolean>, maxLength: number) {
+  return fc.array(fc.record({ kind: fc.constantFrom(...kinds), pick, seed: fc.nat() }), { minLength: 1, maxLength });
+}
+
+/** One block as a worker returns it: payloads back to back (chunk i's at `at[i]`), digests in page order. */
+function makeBlock(chunks: { kind: PageKindSpec; seed: number }[], seedStride: number) {
+  const pages = chunks.map((c, i) => makePage(c.kind, c.seed * seedStride + i));
+  const c = getCodec().compressPages(
+    Buffer.concat(pages),
+    pages.map((_, i) => i * PAGE),
+  );
+  const at: number[] = [];
+  for (let i = 0, pos = 0; i < pages.length; pos += c.lengths[i++]) at.push(pos);
+  return { payload: c.payload, lengths: c.lengths, codecs: c.codecs, digests: Buffer.concat(pages.map((p) => blake3(p))), at };
+}
+
+/** A fresh format-1 store (LevelDB index entries; format 3: format3-roundtrip); its packs are checked once closed. */
+async function withStore(packTargetBytes: number, fn: (store: Store) => Promise<void>): Promise<void> {
+  const dir = makeTempDir('vnstore-pw-');
+  try {
+    await Store.init(dir, { format: 1 });
+    const store = await Store.open(dir, { workers: 0, packTargetBytes });
+    try {
+      await fn(store);
+    } finally {
+      await store.close();
+    }
+    // Every pack sealed well-formed: trailer, table of contents, payload CRC, chunk prefixes.
+    expect(await packProblems(dir)).toEqual([]);
+  } finally {
+    removeDir(dir);
+  }
+}
+
 describe('PackWriter.appendMany', () => {
   it('stores exactly the chosen chunks, across pack boundaries, findable by digest', async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc.array(
-          fc.record({
-            kind: fc.constantFrom('random', 'compressible', 'sparse') as fc.Arbitrary<PageKindSpec>,
-            pick: fc.boolean(),
-            seed: fc.nat(),
-          }),
-          { minLength: 1, maxLength: 60 },
-        ),
+        chunkList(['random', 'compressible', 'sparse'], fc.boolean(), 60),
         fc.integer({ min: 2, max: 40 }).map((k) => k * 1024), // pack target: a few chunks per pack
         fc.boolean(),
-        async (chunks, packTarget, reversed) => {
-          const dir = makeTempDir('vnstore-pw-');
-          try {
-            await Store.init(dir, { format: 1 }); // LevelDB index entries (format 3: format3-roundtrip)
-            const store = await Store.open(dir, { workers: 0, packTargetBytes: packTarget });
-            try {
-              // One block, as a worker returns it: payloads back to back, digests in page order.
-              const pages = chunks.map((c, i) => makePage(c.kind, c.seed * 64 + i));
-              const c = getCodec().compressPages(
-                Buffer.concat(pages),
-                pages.map((_, i) => i * PAGE),
-              );
-              const payload = c.payload;
-              const digests = Buffer.concat(pages.map((p) => blake3(p)));
-              const at: number[] = [];
-              let pos = 0;
-              for (let i = 0; i < pages.length; i++) {
-                at.push(pos);
-                pos += c.lengths[i];
+        async (chunks, packTarget, reversed) =>
+          withStore(packTarget, async (store) => {
+            const { payload, lengths, codecs, digests, at } = makeBlock(chunks, 64);
+            const len = (i: number) => lengths[i];
+            let order = chunks.map((_, i) => i).filter((i) => chunks[i].pick);
+            if (reversed) order = order.reverse(); // payloads not in ascending order: no run to extend
+            store.writer.appendMany(
+              digests,
+              order.map((i) => i * DIGEST),
+              payload,
+              order.map((i) => at[i]),
+              order.map(len),
+              order.map((i) => codecs[i]),
+              order.length,
+            );
+            const single = makePage('random', 424242);
+            const singleDigest = blake3(single);
+            store.writer.append(singleDigest, single, 0); // Raw codec
+            // Before sealing, the open pack's table of contents answers exact lookups.
+            const before = new Map(order.map((i) => [i, store.writer.locateUnindexed(digests.subarray(i * DIGEST, (i + 1) * DIGEST))]));
+            for (const i of chunks.map((_, k) => k).filter((k) => !chunks[k].pick)) {
+              if (
+                !order.some((j) => digests.subarray(j * DIGEST, (j + 1) * DIGEST).equals(digests.subarray(i * DIGEST, (i + 1) * DIGEST)))
+              ) {
+                expect(store.writer.locateUnindexed(digests.subarray(i * DIGEST, (i + 1) * DIGEST))).toBeUndefined();
               }
-              const len = (i: number) => c.lengths[i];
-              let order = chunks.map((_, i) => i).filter((i) => chunks[i].pick);
-              if (reversed) order = order.reverse(); // payloads not in ascending order: no run to extend
-              store.writer.appendMany(
-                digests,
-                order.map((i) => i * DIGEST),
-                payload,
-                order.map((i) => at[i]),
-                order.map(len),
-                order.map((i) => c.codecs[i]),
-                order.length,
-              );
-              const single = makePage('random', 424242);
-              const singleDigest = blake3(single);
-              store.writer.append(singleDigest, single, 0); // Raw codec
-              // Before sealing, the open pack's table of contents answers exact lookups.
-              const before = new Map(order.map((i) => [i, store.writer.locateUnindexed(digests.subarray(i * DIGEST, (i + 1) * DIGEST))]));
-              for (const i of chunks.map((_, k) => k).filter((k) => !chunks[k].pick)) {
-                if (
-                  !order.some((j) => digests.subarray(j * DIGEST, (j + 1) * DIGEST).equals(digests.subarray(i * DIGEST, (i + 1) * DIGEST)))
-                ) {
-                  expect(store.writer.locateUnindexed(digests.subarray(i * DIGEST, (i + 1) * DIGEST))).toBeUndefined();
-                }
-              }
-              await store.writer.flush();
-              for (const i of order) {
-                const digest = digests.subarray(i * DIGEST, (i + 1) * DIGEST);
-                const [loc] = await store.lookupExact([digest]);
-                expect(before.get(i)).toEqual(loc); // the same location before and after indexing
-                expect(loc?.storedLength).toBe(len(i));
-                expect(loc?.codec).toBe(c.codecs[i]);
-                const bytes = await store.packs.read(loc!.pack, loc!.offset, loc!.storedLength);
-                expect(bytes.equals(payload.subarray(at[i], at[i] + len(i)))).toBe(true);
-              }
-              for (const i of chunks.map((_, k) => k).filter((k) => !chunks[k].pick)) {
-                expect((await store.lookupExact([digests.subarray(i * DIGEST, (i + 1) * DIGEST)]))[0]).toBeUndefined();
-              }
-              const [sloc] = await store.lookupExact([singleDigest]);
-              expect((await store.packs.read(sloc!.pack, sloc!.offset, sloc!.storedLength)).equals(single)).toBe(true);
-              expect(store.writer.unindexedChunks).toBe(0);
-            } finally {
-              await store.close();
             }
-            // Every pack sealed well-formed: trailer, table of contents, payload CRC, chunk prefixes.
-            expect(await packProblems(dir)).toEqual([]);
-          } finally {
-            removeDir(dir);
-          }
-        },
+            await store.writer.flush();
+            for (const i of order) {
+              const digest = digests.subarray(i * DIGEST, (i + 1) * DIGEST);
+              const [loc] = await store.lookupExact([digest]);
+              expect(before.get(i)).toEqual(loc); // the same location before and after indexing
+              expect(loc?.storedLength).toBe(len(i));
+              expect(loc?.codec).toBe(codecs[i]);
+              const bytes = await store.packs.read(loc!.pack, loc!.offset, loc!.storedLength);
+              expect(bytes.equals(payload.subarray(at[i], at[i] + len(i)))).toBe(true);
+            }
+            for (const i of chunks.map((_, k) => k).filter((k) => !chunks[k].pick)) {
+              expect((await store.lookupExact([digests.subarray(i * DIGEST, (i + 1) * DIGEST)]))[0]).toBeUndefined();
+            }
+            const [sloc] = await store.lookupExact([singleDigest]);
+            expect((await store.packs.read(sloc!.pack, sloc!.offset, sloc!.storedLength)).equals(single)).toBe(true);
+            expect(store.writer.unindexedChunks).toBe(0);
+          }),
       ),
       { numRuns: 25 },
     );
@@ -110,88 +113,63 @@ describe('PackWriter.appendMany with a lent payload', () => {
   it('writes long runs from the payload itself, releases each after its write, and the packs hold exactly the bytes', async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc.array(
-          fc.record({
-            kind: fc.constantFrom('random', 'random', 'compressible') as fc.Arbitrary<PageKindSpec>,
-            pick: fc.nat(9).map((n) => n > 0),
-            seed: fc.nat(),
-          }),
-          { minLength: 1, maxLength: 300 },
+        chunkList(
+          ['random', 'random', 'compressible'],
+          fc.nat(9).map((n) => n > 0),
+          300,
         ),
         fc.integer({ min: 16, max: 2048 }).map((k) => k * 1024),
-        async (chunks, packTarget) => {
-          const dir = makeTempDir('vnstore-pw-lent-');
-          try {
-            await Store.init(dir, { format: 1 });
-            const store = await Store.open(dir, { workers: 0, packTargetBytes: packTarget });
-            try {
-              const pages = chunks.map((c, i) => makePage(c.kind, c.seed * 512 + i));
-              const c = getCodec().compressPages(
-                Buffer.concat(pages),
-                pages.map((_, i) => i * PAGE),
-              );
-              const payload = new Uint8Array(new SharedArrayBuffer(c.payload.length + 8), 8, c.payload.length);
-              payload.set(c.payload);
-              const digests = Buffer.concat(pages.map((p) => blake3(p)));
-              const at: number[] = [];
-              let pos = 0;
-              for (let i = 0; i < pages.length; i++) {
-                at.push(pos);
-                pos += c.lengths[i];
-              }
-              const order = chunks.map((_, i) => i).filter((i) => chunks[i].pick);
-              let holds = 1;
-              let taken = 0;
-              const free = () => {
-                if (--holds === 0) payload.fill(0xee);
-              };
-              const loan = {
-                hold: () => {
-                  holds++;
-                  taken++;
-                  let released = false;
-                  return () => {
-                    expect(released).toBe(false);
-                    released = true;
-                    free();
-                  };
-                },
-              };
-              store.writer.appendMany(
-                digests,
-                order.map((i) => i * DIGEST),
-                payload,
-                order.map((i) => at[i]),
-                order.map((i) => c.lengths[i]),
-                order.map((i) => c.codecs[i]),
-                order.length,
-                undefined,
-                undefined,
-                loan,
-              );
-              free();
-              await store.writer.flush();
-              expect(holds).toBe(0); // every hold released once its run was written
-              // A long run of picked pages in a pack that holds it is lent (cut at most twice short).
-              let longest = 0;
-              for (let i = 0, run = 0; i < chunks.length; i++) {
-                run = chunks[i].pick ? run + c.lengths[i] : 0;
-                longest = Math.max(longest, run);
-              }
-              if (longest >= 512 * 1024 && packTarget >= 1024 * 1024) expect(taken).toBeGreaterThan(0);
-              for (const i of order) {
-                const [loc] = await store.lookupExact([digests.subarray(i * DIGEST, (i + 1) * DIGEST)]);
-                const bytes = await store.packs.read(loc!.pack, loc!.offset, loc!.storedLength);
-                expect(bytes.equals(c.payload.subarray(at[i], at[i] + c.lengths[i]))).toBe(true);
-              }
-            } finally {
-              await store.close();
+        async (chunks, packTarget) =>
+          withStore(packTarget, async (store) => {
+            const { payload: compressed, lengths, codecs, digests, at } = makeBlock(chunks, 512);
+            const payload = new Uint8Array(new SharedArrayBuffer(compressed.length + 8), 8, compressed.length);
+            payload.set(compressed);
+            const order = chunks.map((_, i) => i).filter((i) => chunks[i].pick);
+            let holds = 1;
+            let taken = 0;
+            const free = () => {
+              if (--holds === 0) payload.fill(0xee);
+            };
+            const loan = {
+              hold: () => {
+                holds++;
+                taken++;
+                let released = false;
+                return () => {
+                  expect(released).toBe(false);
+                  released = true;
+                  free();
+                };
+              },
+            };
+            store.writer.appendMany(
+              digests,
+              order.map((i) => i * DIGEST),
+              payload,
+              order.map((i) => at[i]),
+              order.map((i) => lengths[i]),
+              order.map((i) => codecs[i]),
+              order.length,
+              undefined,
+              undefined,
+              loan,
+            );
+            free();
+            await store.writer.flush();
+            expect(holds).toBe(0); // every hold released once its run was written
+            // A long run of picked pages in a pack that holds it is lent (cut at most twice short).
+            let longest = 0;
+            for (let i = 0, run = 0; i < chunks.length; i++) {
+              run = chunks[i].pick ? run + lengths[i] : 0;
+              longest = Math.max(longest, run);
             }
-            expect(await packProblems(dir)).toEqual([]);
-          } finally {
-            removeDir(dir);
-          }
-        },
+            if (longest >= 512 * 1024 && packTarget >= 1024 * 1024) expect(taken).toBeGreaterThan(0);
+            for (const i of order) {
+              const [loc] = await store.lookupExact([digests.subarray(i * DIGEST, (i + 1) * DIGEST)]);
+              const bytes = await store.packs.read(loc!.pack, loc!.offset, loc!.storedLength);
+              expect(bytes.equals(compressed.subarray(at[i], at[i] + lengths[i]))).toBe(true);
+            }
+          }),
       ),
       {
         numRuns: 30,
