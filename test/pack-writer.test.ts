@@ -127,6 +127,7 @@ describe('PackWriter.appendMany with a lent payload', () => {
             const order = chunks.map((_, i) => i).filter((i) => chunks[i].pick);
             let holds = 1;
             let taken = 0;
+            let mostHeld = 0;
             const free = () => {
               if (--holds === 0) payload.fill(0xee);
             };
@@ -134,6 +135,7 @@ describe('PackWriter.appendMany with a lent payload', () => {
               hold: () => {
                 holds++;
                 taken++;
+                mostHeld = Math.max(mostHeld, holds - 1);
                 let released = false;
                 return () => {
                   expect(released).toBe(false);
@@ -157,6 +159,7 @@ describe('PackWriter.appendMany with a lent payload', () => {
             free();
             await store.writer.flush();
             expect(holds).toBe(0); // every hold released once its run was written
+            expect(mostHeld).toBeLessThanOrEqual(4); // LENT_RUNS_MAX: the rest are copied
             // A long run of picked pages in a pack that holds it is lent (cut at most twice short).
             let longest = 0;
             for (let i = 0, run = 0; i < chunks.length; i++) {
@@ -173,8 +176,12 @@ describe('PackWriter.appendMany with a lent payload', () => {
       ),
       {
         numRuns: 30,
-        // 1.2 MiB of raw pages, all picked, into 2 MiB packs: runs lent for certain.
-        examples: [[Array.from({ length: 300 }, (_, i) => ({ kind: 'random' as PageKindSpec, pick: true, seed: i })), 2048 * 1024]],
+        // Raw pages, all picked: 1.2 MiB into 2 MiB packs (runs lent for certain), and 8 MiB in one
+        // block (more runs than may be lent at once).
+        examples: [
+          [Array.from({ length: 300 }, (_, i) => ({ kind: 'random' as PageKindSpec, pick: true, seed: i })), 2048 * 1024],
+          [Array.from({ length: 2048 }, (_, i) => ({ kind: 'random' as PageKindSpec, pick: true, seed: i })), 32 * 1024 * 1024],
+        ],
       },
     );
   });

@@ -38,12 +38,12 @@ export interface PayloadLoan {
  * shorter ones would make many small writes (a consecutive snapshot's few new pages a block).
  */
 const LENT_RUN_MIN_BYTES = 64 * 1024;
-
-/** Writes payload[start, end) to `pack`: from where it is when lent and long, else through a batch. */
-function putRun(pack: PackFile, payload: Uint8Array, start: number, end: number, lent: PayloadLoan | undefined): void {
-  if (lent && end - start >= LENT_RUN_MIN_BYTES) pack.lendRun(payload, start, end, lent.hold());
-  else pack.copyRun(payload, start, end);
-}
+/**
+ * Lent runs waiting for their writes at most; past that, runs are copied. Each keeps a whole payload
+ * slab (4 MiB) from reuse: unbounded, eight agents' snapshots held ~110 MiB more at the server's
+ * peak (bench/RESULTS.md, issue 12, session 20).
+ */
+const LENT_RUNS_MAX = 4;
 
 export class PackWriter {
   private open: PackFile | undefined;
@@ -58,6 +58,8 @@ export class PackWriter {
   /** Bumped on every failed pack: sessions that began before a failure must not commit. */
   failureEpoch = 0;
   lastFailure: Error | undefined;
+  /** Runs lent to pack writes and not yet written (LENT_RUNS_MAX). */
+  private lentRuns = 0;
   /** Ids of the packs sealed and indexed, in order (a failed session's are dropped: sealedSince). */
   private readonly sealedLog: number[] = [];
 
@@ -127,7 +129,7 @@ export class PackWriter {
       // A run never outgrows the room left in the batch it will be copied into (a new batch when
       // there is none), so every copy lands in a reused batch, never in a one-off allocation.
       if (payloadAt[k] !== runEnd || runEnd - runStart + len > pack.batchRoom) {
-        putRun(pack, payload, runStart, runEnd, lent);
+        this.putRun(pack, payload, runStart, runEnd, lent);
         runStart = runEnd = payloadAt[k];
       }
       const number = this.numbered?.takeNumber();
@@ -138,12 +140,24 @@ export class PackWriter {
       if (slot === undefined) this.table.insert(digests, loc, digestAt[k]);
       else this.table.fillVacant(slot, digests, digestAt[k], loc);
       if (pack.size + (runEnd - runStart) >= this.targetBytes) {
-        putRun(pack, payload, runStart, runEnd, lent);
+        this.putRun(pack, payload, runStart, runEnd, lent);
         runStart = runEnd;
         this.sealOpen(); // the next chunk starts a new pack
       }
     }
-    if (this.open) putRun(this.open, payload, runStart, runEnd, lent);
+    if (this.open) this.putRun(this.open, payload, runStart, runEnd, lent);
+  }
+
+  /** Writes payload[start, end) to `pack`: from where it is when lent, long and within the bound, else through a batch. */
+  private putRun(pack: PackFile, payload: Uint8Array, start: number, end: number, lent: PayloadLoan | undefined): void {
+    if (!lent || end - start < LENT_RUN_MIN_BYTES || this.lentRuns >= LENT_RUNS_MAX) return pack.copyRun(payload, start, end);
+    const release = lent.hold();
+    this.lentRuns++;
+    // Never called if the write fails: runs are copied from then on if that leaves the bound reached.
+    pack.lendRun(payload, start, end, () => {
+      this.lentRuns--;
+      release();
+    });
   }
 
   /**
