@@ -277,24 +277,30 @@ function countDataPages(zero: Uint8Array): number {
   return data;
 }
 
-/** Index k then digest k, for each k: the wire layout of OFFER and PAGES entries (36 bytes each). */
+/** An OFFER or PAGES entry on the wire: u32 index, then digest. */
+const ENTRY_BYTES = 4 + DIGEST_BYTES;
+/** The same in 32-bit words, and a digest's words (the word-aligned copies below). */
+const ENTRY_WORDS = ENTRY_BYTES / 4;
+const DIGEST_WORDS = DIGEST_BYTES / 4;
+
+/** Index k then digest k, for each k: the wire layout of OFFER and PAGES entries (ENTRY_BYTES each). */
 function interleave(indices: Uint32Array, digests: Uint8Array): Buffer {
   const n = indices.length;
-  const out = Buffer.allocUnsafe(n * (4 + DIGEST_BYTES));
+  const out = Buffer.allocUnsafe(n * ENTRY_BYTES);
   if (out.byteOffset % 4 === 0 && digests.byteOffset % 4 === 0) {
     // Word-aligned (as entries() decodes them): digests copied a word at a time.
-    const words = new Uint32Array(out.buffer, out.byteOffset, n * 9);
-    const from = new Uint32Array(digests.buffer, digests.byteOffset, n * 8);
-    for (let k = 0, w = 0, d = 0; k < n; k++, w += 9, d += 8) {
-      out.writeUInt32BE(indices[k], k * 36);
-      for (let i = 0; i < 8; i++) words[w + 1 + i] = from[d + i];
+    const words = new Uint32Array(out.buffer, out.byteOffset, n * ENTRY_WORDS);
+    const from = new Uint32Array(digests.buffer, digests.byteOffset, n * DIGEST_WORDS);
+    for (let k = 0, w = 0, d = 0; k < n; k++, w += ENTRY_WORDS, d += DIGEST_WORDS) {
+      out.writeUInt32BE(indices[k], k * ENTRY_BYTES);
+      for (let i = 0; i < DIGEST_WORDS; i++) words[w + 1 + i] = from[d + i];
     }
     return out;
   }
   for (let k = 0; k < n; k++) {
-    out.writeUInt32BE(indices[k], k * 36);
+    out.writeUInt32BE(indices[k], k * ENTRY_BYTES);
     // A byte loop: a subarray and set() per 32-byte digest cost more than the copy itself.
-    for (let i = 0, from = k * DIGEST_BYTES, to = k * 36 + 4; i < DIGEST_BYTES; i++) out[to + i] = digests[from + i];
+    for (let i = 0, from = k * DIGEST_BYTES, to = k * ENTRY_BYTES + 4; i < DIGEST_BYTES; i++) out[to + i] = digests[from + i];
   }
   return out;
 }
@@ -388,32 +394,29 @@ class Reader {
 }
 
 function entries(r: Reader, n: number): { indices: Uint32Array; digests: Uint8Array } {
-  const raw = r.bytes(n * 36);
+  const raw = r.bytes(n * ENTRY_BYTES);
   const indices = new Uint32Array(n);
   const digests = new Uint8Array(n * DIGEST_BYTES);
   if (raw.byteOffset % 4 === 0) {
     // Word-aligned (a server places large frames so: pagesDataPlacement): digests copied a word at a
     // time, a quarter of the loads and stores (an OFFER and a PAGES entry for every page sent).
-    const words = new Uint32Array(raw.buffer, raw.byteOffset, n * 9);
-    const out = new Uint32Array(digests.buffer, 0, n * 8);
-    for (let k = 0, w = 0, o = 0; k < n; k++, w += 9, o += 8) {
-      indices[k] = raw.readUInt32BE(k * 36);
-      for (let i = 0; i < 8; i++) out[o + i] = words[w + 1 + i];
+    const words = new Uint32Array(raw.buffer, raw.byteOffset, n * ENTRY_WORDS);
+    const out = new Uint32Array(digests.buffer, 0, n * DIGEST_WORDS);
+    for (let k = 0, w = 0, o = 0; k < n; k++, w += ENTRY_WORDS, o += DIGEST_WORDS) {
+      indices[k] = raw.readUInt32BE(k * ENTRY_BYTES);
+      for (let i = 0; i < DIGEST_WORDS; i++) out[o + i] = words[w + 1 + i];
     }
     return { indices, digests };
   }
   for (let k = 0; k < n; k++) {
-    indices[k] = raw.readUInt32BE(k * 36);
-    for (let i = 0, from = k * 36 + 4, to = k * DIGEST_BYTES; i < DIGEST_BYTES; i++) digests[to + i] = raw[from + i];
+    indices[k] = raw.readUInt32BE(k * ENTRY_BYTES);
+    for (let i = 0, from = k * ENTRY_BYTES + 4, to = k * DIGEST_BYTES; i < DIGEST_BYTES; i++) digests[to + i] = raw[from + i];
   }
   return { indices, digests };
 }
 
 /** Bytes of a PAGES frame (type byte + body) before its entries: type, req, sid, count. */
 const PAGES_HEAD_BYTES = 1 + 12;
-/** A PAGES entry on the wire: u32 index, digest. */
-const PAGES_ENTRY_BYTES = 4 + DIGEST_BYTES;
-
 /**
  * Where to start a frame of `length` bytes (type byte + body) in a page-aligned buffer so that, if it
  * is a PAGES frame, its page data starts on a page boundary: the pages can then be hashed and
@@ -422,9 +425,9 @@ const PAGES_ENTRY_BYTES = 4 + DIGEST_BYTES;
  * are too). The result is below PAGE_SIZE.
  */
 export function pagesDataPlacement(length: number): number {
-  const n = (length - PAGES_HEAD_BYTES) / (PAGES_ENTRY_BYTES + PAGE_SIZE);
+  const n = (length - PAGES_HEAD_BYTES) / (ENTRY_BYTES + PAGE_SIZE);
   if (!Number.isInteger(n) || n < 1 || n > MAX_PAGES_PER_BATCH) return BODY_ALIGNED_AT;
-  return (PAGE_SIZE - ((PAGES_HEAD_BYTES + PAGES_ENTRY_BYTES * n) % PAGE_SIZE)) % PAGE_SIZE;
+  return (PAGE_SIZE - ((PAGES_HEAD_BYTES + ENTRY_BYTES * n) % PAGE_SIZE)) % PAGE_SIZE;
 }
 
 /** A frame placed here has its body (after the type byte) on a 4-byte boundary. */
@@ -457,7 +460,7 @@ export function decodeMessage(frame: RawFrame): Message {
       r = new Reader(b, 'OFFER');
       const req = r.u32();
       const sid = r.u32();
-      const n = r.count(MAX_OFFERS_PER_BATCH, 36, 'offers');
+      const n = r.count(MAX_OFFERS_PER_BATCH, ENTRY_BYTES, 'offers');
       m = { t: 'offer', req, sid, ...entries(r, n) };
       break;
     }
@@ -465,7 +468,7 @@ export function decodeMessage(frame: RawFrame): Message {
       r = new Reader(b, 'PAGES');
       const req = r.u32();
       const sid = r.u32();
-      const n = r.count(MAX_PAGES_PER_BATCH, 36 + PAGE_SIZE, 'pages');
+      const n = r.count(MAX_PAGES_PER_BATCH, ENTRY_BYTES + PAGE_SIZE, 'pages');
       const e = entries(r, n);
       m = { t: 'pages', req, sid, ...e, data: r.bytes(n * PAGE_SIZE) };
       break;

@@ -12,6 +12,7 @@ import type { CommitOptions } from '../store/session.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { MAX_FRAME_BYTES } from '../protocol/limits.js';
 import { PAGE_SIZE } from '../format/pages.js';
+import { SLABS_KEPT } from '../store/job-sizes.js';
 import { Connection } from './connection.js';
 import { MemoryBudget } from './budget.js';
 import { SlabPool } from '../chunk/slab-pool.js';
@@ -20,9 +21,6 @@ import { PreparedRegistry, type RemoteSessionState } from './sessions.js';
 import { formatAddress, type Address } from './address.js';
 import { silentLogger, type Logger } from './log.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MEMORY_BUDGET, DEFAULT_PREPARED_TIMEOUT_MS } from './defaults.js';
-
-/** Frame buffers kept for reuse beyond the budget's, for PAGES frames lent to page jobs (as many as the store keeps slabs). */
-const LENT_FRAMES_KEPT = 12;
 
 export interface ServerOptions {
   /** The access token, or where to read it at each HELLO (so a rotated token takes effect at once). */
@@ -75,11 +73,7 @@ export class VnServer {
     this.budget = new MemoryBudget(Math.max(options.memoryBudgetBytes ?? DEFAULT_MEMORY_BUDGET, 2 * MAX_FRAME_BYTES));
     // Shared memory, with room to place a PAGES frame's pages on a page boundary: the frame is lent
     // to its page job as it is (Session.writeClaimed), so more buffers are out than the budget's.
-    this.frameBuffers = new SlabPool(
-      MAX_FRAME_BYTES + PAGE_SIZE,
-      Math.ceil(this.budget.limit / MAX_FRAME_BYTES) + 2 + LENT_FRAMES_KEPT,
-      true,
-    );
+    this.frameBuffers = new SlabPool(MAX_FRAME_BYTES + PAGE_SIZE, Math.ceil(this.budget.limit / MAX_FRAME_BYTES) + 2 + SLABS_KEPT, true);
     const every = Math.max(50, Math.min(1000, Math.floor(Math.min(this.idleMs, this.preparedMs) / 4)));
     this.sweeper = setInterval(() => void this.sweep(Date.now()), every);
     this.sweeper.unref();

@@ -25,5 +25,12 @@ export const STREAM_WINDOW_PAGES = 512;
 /** The largest window (or block) a store's lent slabs hold. */
 export const SLAB_PAGES = Math.max(BLOCK_PAGES, WINDOW_PAGES, STREAM_WINDOW_PAGES);
 
+/**
+ * Lent slabs a store keeps for reuse (its SlabPool): the jobs in flight across its sessions and
+ * restores. A server keeps as many frame buffers beyond its budget's, for PAGES frames lent to
+ * page jobs in the slabs' place.
+ */
+export const SLABS_KEPT = 12;
+
 /** Windows a restore keeps in flight: decoded ahead of the one being written out. */
 export const RESTORE_WINDOWS_IN_FLIGHT = 4;

@@ -223,10 +223,9 @@ export class PackFile {
    * Queues payload[start, end) to be written from where it is, after every byte before it: a long
    * run out of a page job's payload slab, which copyRun would copy into a batch first (~11 ms of the
    * server's main thread per 256 MiB first snapshot; bench/RESULTS.md, issue 12, session 20).
-   * `release` is called once the bytes are written; never if the write fails (the pack is lost then).
+   * `release` is called once, when the bytes are written; never if the write fails (the pack is lost then).
    */
   lendRun(payload: Uint8Array, start: number, end: number, release: () => void): void {
-    if (end <= start) return release();
     this.writeBuffered(); // the bytes before it go first
     this.size += end - start;
     this.queueWrite(payload.subarray(start, end), undefined, release);

@@ -680,14 +680,10 @@ export class Session {
       const free = () => {
         if (--holds === 0) this.store.slabs.give(slab);
       };
-      const payloadLoan = {
+      const payloadLoan: PayloadLoan = {
         hold: () => {
           holds++;
-          let released = false;
-          return () => {
-            if (!released) free();
-            released = true;
-          };
+          return free; // called once per hold (PackFile.lendRun)
         },
       };
       try {

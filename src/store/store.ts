@@ -78,7 +78,7 @@ import { addCounterDelta, putCounterBase, snapshotDelta, zeroCounters } from './
 import { recover, type RecoveryReport } from './recovery.js';
 import { storePaths, type StorePaths } from './paths.js';
 import { Session, type PreparedSnapshot, type SessionOptions } from './session.js';
-import { SLAB_PAGES } from './job-sizes.js';
+import { SLAB_PAGES, SLABS_KEPT } from './job-sizes.js';
 import { SessionRegistry } from './session-registry.js';
 import { ChunkGeneration } from './chunk-generation.js';
 import type { ChunkLocation } from '../index/chunk-table.js';
@@ -183,7 +183,7 @@ export class Store {
    * Buffers lent to page jobs (a block's pages, its compressed payloads, a restored window): shared,
    * so lending one to a worker moves no ArrayBuffer (slab-pool.ts says why).
    */
-  readonly slabs = new SlabPool(SLAB_PAGES * PAGE_SIZE, 12, true);
+  readonly slabs = new SlabPool(SLAB_PAGES * PAGE_SIZE, SLABS_KEPT, true);
   private closed = false;
   /** CLEAN_PACK_KEY as read at open (NaN when absent): close rewrites it only when it moved. */
   private cleanPackMark = NaN;
